@@ -1,0 +1,166 @@
+//! [`ClientConfig`]: timeouts and retry bounds, with a validating builder.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// Default overall deadline of one operation, retries included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default bound on establishing one TCP/HTTP2 connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default number of attempts (across endpoints) per operation.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default wait before the first retry on an endpoint already tried.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Default cap on the retry wait.
+pub const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// Default largest gRPC message accepted or sent (a batch of 1 MiB values adds up).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Upper bound accepted for `max_attempts`, so a typo cannot make retries unbounded.
+const MAX_ATTEMPTS_LIMIT: u32 = 100;
+
+/// How a [`Client`](crate::Client) talks to the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Overall deadline of one operation including failover retries; the remaining time
+    /// is sent as the gRPC deadline (`grpc-timeout`) of each attempt.
+    pub request_timeout: Duration,
+    /// Bound on establishing a connection to one endpoint.
+    pub connect_timeout: Duration,
+    /// Attempts per operation, across endpoints (1 = no retry).
+    pub max_attempts: u32,
+    /// Wait before retrying an endpoint already tried in the same operation; doubles per
+    /// round.
+    pub retry_backoff: Duration,
+    /// Cap on the retry wait.
+    pub max_retry_backoff: Duration,
+    /// Largest gRPC message sent or accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ClientConfigBuilder {
+        ClientConfigBuilder {
+            config: ClientConfig::default(),
+        }
+    }
+
+    /// Checks that every bound is usable.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.request_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "request timeout must be positive".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "connect timeout must be positive".into(),
+            ));
+        }
+        if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
+            return Err(Error::InvalidArgument(format!(
+                "max attempts must be in 1..={MAX_ATTEMPTS_LIMIT}, got {}",
+                self.max_attempts
+            )));
+        }
+        if self.retry_backoff > self.max_retry_backoff {
+            return Err(Error::InvalidArgument(
+                "retry backoff must not exceed max retry backoff".into(),
+            ));
+        }
+        if self.max_message_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "max message size must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a validated [`ClientConfig`].
+#[derive(Clone, Debug)]
+pub struct ClientConfigBuilder {
+    config: ClientConfig,
+}
+
+impl ClientConfigBuilder {
+    /// Overall deadline of one operation (default 5 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+
+    /// Bound on establishing a connection (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Attempts per operation across endpoints (default 3).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts;
+        self
+    }
+
+    /// Initial and maximum wait between retry rounds (defaults 50 ms and 1 s).
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.config.retry_backoff = initial;
+        self.config.max_retry_backoff = max;
+        self
+    }
+
+    /// Largest gRPC message sent or accepted (default 64 MiB).
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_message_bytes = bytes;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<ClientConfig, Error> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults are valid and match the documented values.
+    #[test]
+    fn defaults_are_valid() {
+        let config = ClientConfig::builder().build().expect("defaults are valid");
+        assert_eq!(config.request_timeout, Duration::from_secs(5));
+        assert_eq!(config, ClientConfig::default());
+    }
+
+    /// Zero timeouts and zero attempts are rejected.
+    #[test]
+    fn rejects_zero_bounds() {
+        assert!(ClientConfig::builder()
+            .request_timeout(Duration::ZERO)
+            .build()
+            .is_err());
+        assert!(ClientConfig::builder()
+            .connect_timeout(Duration::ZERO)
+            .build()
+            .is_err());
+        assert!(ClientConfig::builder().max_attempts(0).build().is_err());
+        assert!(ClientConfig::builder().max_attempts(1000).build().is_err());
+    }
+}

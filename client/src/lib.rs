@@ -1,0 +1,80 @@
+//! `ringkv-client`: the async Rust client of a ringkv cluster.
+//!
+//! A [`Client`] talks to the cluster's stateless routers over gRPC (`ringkv.v1.Kv` and
+//! `Admin.ClusterStatus`). It connects lazily, sends every request with a gRPC deadline,
+//! and fails over to the next router on transport errors and UNAVAILABLE answers,
+//! within a bounded number of attempts. Every write carries a random 16-byte request id
+//! that is reused by its retries, so the cluster applies it at most once. A write whose
+//! outcome cannot be known is reported as [`Error::OutcomeUnknown`], never as a failure.
+//!
+//! # Modules
+//! - [`client`](Client) — the key-value API: get, put, delete, compare-and-swap, batches,
+//!   cluster status.
+//! - [`config`](ClientConfig) — timeouts and retry bounds with a validating builder.
+//! - [`admin`] — talking to storage nodes directly: `NodeStatus` and cluster bootstrap.
+//! - [`error`](Error) — the error type; the single `tonic::Status` → [`Error`] mapping.
+//! - `retry` — the failover decisions, pure and unit-tested.
+//! - `endpoint` — parsing `host:port` / `http://host:port`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use ringkv_client::{CasOutcome, Client, ClientConfig, Error};
+//! use std::time::Duration;
+//!
+//! # async fn example() -> Result<(), Error> {
+//! let config = ClientConfig::builder()
+//!     .request_timeout(Duration::from_secs(2))
+//!     .build()?;
+//! let client = Client::connect_with(vec!["127.0.0.1:7000".into()], config).await?;
+//!
+//! let version = client.put("greeting", "hello").await?;
+//! let current = client.get("greeting").await?;
+//! assert_eq!(current.map(|v| v.value), Some(b"hello".to_vec()));
+//!
+//! // Replace the value only if nobody changed it since.
+//! match client.compare_and_swap("greeting", version, Some(b"hi".to_vec())).await? {
+//!     CasOutcome::Swapped { new_version } => println!("now at version {new_version}"),
+//!     CasOutcome::Mismatch { current } => println!("lost the race: {current:?}"),
+//! }
+//!
+//! match client.delete("greeting").await {
+//!     Ok(existed) => println!("deleted (existed: {existed})"),
+//!     // The delete may or may not have happened: read the key to find out.
+//!     Err(Error::OutcomeUnknown(why)) => println!("outcome unknown: {why}"),
+//!     Err(err) => return Err(err),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Bootstrapping a cluster talks to the nodes, not the routers:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), ringkv_client::Error> {
+//! let nodes = vec!["127.0.0.1:7001".to_string(), "127.0.0.1:7002".into(), "127.0.0.1:7003".into()];
+//! let response = ringkv_client::admin::init_cluster(&nodes, 16, 3).await?;
+//! println!("cluster {} (existed: {})", response.cluster_id, response.already_initialized);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod admin;
+mod client;
+mod config;
+mod endpoint;
+mod error;
+mod retry;
+mod types;
+
+pub use admin::init_cluster;
+pub use client::{new_request_id, Client, REQUEST_ID_LEN};
+pub use config::{
+    ClientConfig, ClientConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY_BACKOFF,
+};
+pub use endpoint::normalize_endpoint;
+pub use error::Error;
+pub use ringkv_proto::v1 as proto;
+pub use types::{CasOutcome, ReadConsistency, Versioned};

@@ -1,0 +1,144 @@
+//! `ringkv-node`: a storage node. Flags override the TOML config file.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use ringkv_node::{NodeConfig, NodeServer};
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(name = "ringkv-node", version, about = "ringkv storage node")]
+struct Args {
+    /// TOML configuration file (fields of NodeConfig); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id (non-zero, unique in the cluster).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Address to listen on, ip:port (port 0: pick once, then reuse).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address peers and routers use to reach this node.
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Refuse to start unless the data directory belongs to this cluster.
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// Snapshot a group after this many log entries.
+    #[arg(long)]
+    snapshot_logs_since_last: Option<u64>,
+    /// Log entries kept after a snapshot.
+    #[arg(long)]
+    logs_to_keep_after_snapshot: Option<u64>,
+    /// Raft heartbeat interval.
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// Election timeout lower bound (the upper bound is twice this unless configured).
+    #[arg(long)]
+    election_timeout_min_ms: Option<u64>,
+    /// After binding, write the advertised address to this file.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => NodeConfig::default(),
+    };
+    if let Some(node_id) = args.node_id {
+        config.node_id = node_id;
+    }
+    if let Some(listen) = &args.listen {
+        config.listen = listen.clone();
+    }
+    if let Some(addr) = &args.advertise_addr {
+        config.advertise_addr = Some(addr.clone());
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(cluster_id) = &args.cluster_id {
+        config.cluster_id = Some(cluster_id.clone());
+    }
+    if let Some(n) = args.snapshot_logs_since_last {
+        config.snapshot_logs_since_last = n;
+    }
+    if let Some(n) = args.logs_to_keep_after_snapshot {
+        config.logs_to_keep_after_snapshot = n;
+    }
+    if let Some(ms) = args.heartbeat_interval_ms {
+        config.heartbeat_interval_ms = ms;
+    }
+    if let Some(ms) = args.election_timeout_min_ms {
+        config.election_timeout_min_ms = ms;
+        if config.election_timeout_max_ms <= ms {
+            config.election_timeout_max_ms = ms * 2;
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    let handle = NodeServer::start(config).await?;
+    if let Some(path) = &args.addr_file {
+        handle
+            .write_addr_file(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    shutdown_signal().await?;
+    info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The node's typed configuration: a TOML file, overridden by command-line flags.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of one storage node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: non-zero and unique in the cluster. Recorded in the data directory;
+    /// starting the directory with another id is refused.
+    pub node_id: u64,
+    /// `host:port` to listen on. Port 0 picks a free port the first time and reuses it on
+    /// every restart (peers know the node by its address).
+    pub listen: String,
+    /// `host:port` other nodes and routers use to reach this node (default: the bound address).
+    pub advertise_addr: Option<String>,
+    /// Directory holding the sled database and snapshots.
+    pub data_dir: PathBuf,
+    /// When set, refuse to start unless the data directory belongs to this cluster id.
+    pub cluster_id: Option<String>,
+    /// Raft heartbeat interval of every group.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot of a group after this many log entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept after a snapshot (lagging followers within this catch up from the log).
+    pub logs_to_keep_after_snapshot: u64,
+    /// Size of the chunks a snapshot is streamed in.
+    pub snapshot_chunk_bytes: u64,
+    /// Timeout of one Raft RPC to a peer.
+    pub rpc_timeout_ms: u64,
+    /// Timeout for a write to commit and apply, and for a linearizable read check.
+    pub write_timeout_ms: u64,
+    /// Largest key accepted.
+    pub max_key_bytes: usize,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// Most ops in one shard write (one Raft entry).
+    pub max_ops_per_write: usize,
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    /// How long a write's request id de-duplicates retries.
+    pub dedup_window_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 0,
+            listen: "127.0.0.1:7001".to_string(),
+            advertise_addr: None,
+            data_dir: PathBuf::from("ringkv-data"),
+            cluster_id: None,
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_logs_since_last: 10_000,
+            logs_to_keep_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
+            rpc_timeout_ms: 2_000,
+            write_timeout_ms: 5_000,
+            max_key_bytes: 4 << 10,
+            max_value_bytes: 1 << 20,
+            max_ops_per_write: 1_000,
+            max_message_bytes: 16 << 20,
+            dedup_window_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid node config: {0}")]
+pub struct ConfigError(pub String);
+
+impl NodeConfig {
+    /// A config for tests: fast elections, small limits, in `data_dir`, port 0.
+    pub fn for_test(node_id: u64, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            node_id,
+            listen: "127.0.0.1:0".to_string(),
+            data_dir,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            ..NodeConfig::default()
+        }
+    }
+
+    /// Checks every field against its documented range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError(msg));
+        if self.node_id == 0 {
+            return fail("node_id must be set to a non-zero value (--node-id)".to_string());
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return fail(format!("listen must be an ip:port, got {:?}", self.listen));
+        }
+        if let Some(addr) = &self.advertise_addr {
+            if addr.is_empty() || !addr.contains(':') {
+                return fail(format!("advertise_addr must be host:port, got {addr:?}"));
+            }
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return fail("heartbeat_interval_ms must be positive".to_string());
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return fail("election_timeout_min_ms must exceed heartbeat_interval_ms".to_string());
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return fail("election_timeout_max_ms must exceed election_timeout_min_ms".to_string());
+        }
+        if self.snapshot_logs_since_last == 0 {
+            return fail("snapshot_logs_since_last must be positive".to_string());
+        }
+        if self.snapshot_chunk_bytes < 1024 || self.snapshot_chunk_bytes as usize > self.max_message_bytes / 2 {
+            return fail("snapshot_chunk_bytes must be between 1 KiB and half of max_message_bytes".to_string());
+        }
+        if self.rpc_timeout_ms == 0 || self.write_timeout_ms == 0 {
+            return fail("rpc_timeout_ms and write_timeout_ms must be positive".to_string());
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > 64 << 10 {
+            return fail("max_key_bytes must be between 1 and 65536".to_string());
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
+            return fail("max_value_bytes must be between 1 and 64 MiB".to_string());
+        }
+        if self.max_ops_per_write == 0 {
+            return fail("max_ops_per_write must be positive".to_string());
+        }
+        if self.max_message_bytes < self.max_value_bytes + self.max_key_bytes + 4096 {
+            return fail("max_message_bytes must hold at least one maximal key and value".to_string());
+        }
+        if self.dedup_window_ms < 1000 {
+            return fail("dedup_window_ms must be at least 1000".to_string());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defaults and the test config validate; out-of-range values are rejected with a reason.
+    #[test]
+    fn validation() {
+        let mut config = NodeConfig {
+            node_id: 1,
+            ..NodeConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        assert!(NodeConfig::for_test(1, PathBuf::from("x")).validate().is_ok());
+        config.election_timeout_max_ms = config.election_timeout_min_ms;
+        assert!(config.validate().is_err());
+        let zero = NodeConfig::default();
+        let err = zero.validate().expect_err("node id 0");
+        assert!(err.to_string().contains("node_id"));
+        let parsed: Result<NodeConfig, _> = toml::from_str("node_id = 3\nbogus = 1\n");
+        assert!(parsed.is_err(), "unknown fields are rejected");
+    }
+}

@@ -1,0 +1,70 @@
+//! Errors of the node layer. Mapped to gRPC statuses in one place: `service::status`.
+
+use crate::raft::types::{GroupId, NodeId};
+use crate::storage::StorageError;
+
+/// A per-request failure. Fatal conditions (disk errors) are reported as `Storage`.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("unknown shard {shard}: the cluster has {shards} shards (0..{shards})")]
+    UnknownShard { shard: u32, shards: u32 },
+    #[error("shard {0} is not hosted on this node")]
+    ShardNotHosted(u32),
+    #[error("key belongs to shard {actual}, not shard {requested}")]
+    WrongShard { requested: u32, actual: u32 },
+    /// Not the leader of the group. `proposed` is true when the request had already been
+    /// proposed when leadership was lost (its outcome is then unknown).
+    #[error("not the leader of {group}{}", leader_hint(.leader))]
+    NotLeader {
+        group: GroupId,
+        leader: Option<(NodeId, String)>,
+        proposed: bool,
+    },
+    #[error("{group} has no quorum: {detail}")]
+    NoQuorum { group: GroupId, detail: String },
+    #[error("this node is not part of an initialised cluster yet (run `kvctl cluster init`)")]
+    NotInitialized,
+    #[error("cluster id mismatch: this node belongs to cluster {ours}, the request came from cluster {theirs}")]
+    ClusterMismatch { ours: String, theirs: String },
+    #[error("cluster already initialised differently: {0}")]
+    AlreadyInitialized(String),
+    #[error("timed out after {timeout_ms} ms waiting for {what}")]
+    Timeout { what: String, timeout_ms: u64, proposed: bool },
+    #[error("write outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    #[error("peer {node} failed: {detail}")]
+    Peer { node: NodeId, detail: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("raft group stopped: {0}")]
+    Fatal(String),
+}
+
+fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!(": the leader is node {id} at {addr}"),
+        None => ": no leader is known yet".to_string(),
+    }
+}
+
+impl NodeError {
+    /// Whether a write that failed with this error was definitely not applied.
+    pub fn write_rejected(&self) -> bool {
+        match self {
+            NodeError::NotLeader { proposed, .. } | NodeError::Timeout { proposed, .. } => !proposed,
+            NodeError::OutcomeUnknown(_) | NodeError::Storage(_) | NodeError::Fatal(_) | NodeError::Peer { .. } => {
+                false
+            }
+            NodeError::InvalidArgument(_)
+            | NodeError::UnknownShard { .. }
+            | NodeError::ShardNotHosted(_)
+            | NodeError::WrongShard { .. }
+            | NodeError::NoQuorum { .. }
+            | NodeError::NotInitialized
+            | NodeError::ClusterMismatch { .. }
+            | NodeError::AlreadyInitialized(_) => true,
+        }
+    }
+}

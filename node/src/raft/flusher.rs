@@ -1,0 +1,103 @@
+//! Group commit: one task owns `Engine::flush`; appends from every group hand it their
+//! completion callback and are acknowledged after the next fsync that covers them.
+//!
+//! Correctness rests on one ordering: a caller writes its entries to the engine *before*
+//! handing over the callback, and the flusher starts a flush only after receiving it, so
+//! that flush covers the entries.
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, trace};
+
+use super::types::TypeConfig;
+use crate::storage::{EngineRef, StorageError};
+
+/// Largest number of waiters acknowledged by one fsync; bounds the batch.
+const MAX_BATCH: usize = 4096;
+/// Bound of the request queue (callers wait when it is full: backpressure).
+const QUEUE_CAPACITY: usize = 8192;
+
+enum Waiter {
+    Log(openraft::storage::LogFlushed<TypeConfig>),
+    Notify(oneshot::Sender<Result<(), String>>),
+}
+
+/// Handle to the flusher task; cheap to clone.
+#[derive(Clone)]
+pub struct Flusher {
+    tx: mpsc::Sender<Waiter>,
+}
+
+impl Flusher {
+    /// Starts the flusher task; it stops when `cancel` fires (after flushing once more).
+    pub fn spawn(engine: EngineRef, cancel: CancellationToken) -> (Flusher, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let handle = tokio::spawn(run(engine, rx, cancel));
+        (Flusher { tx }, handle)
+    }
+
+    /// Acknowledges `callback` once everything written so far is durable.
+    pub async fn flush_log(&self, callback: openraft::storage::LogFlushed<TypeConfig>) {
+        if let Err(mpsc::error::SendError(Waiter::Log(callback))) = self.tx.send(Waiter::Log(callback)).await {
+            callback.log_io_completed(Err(std::io::Error::other("flusher stopped")));
+        }
+    }
+
+    /// Waits until everything written so far is durable.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Waiter::Notify(tx))
+            .await
+            .map_err(|_| StorageError::Engine("flusher stopped".to_string()))?;
+        rx.await
+            .map_err(|_| StorageError::Engine("flusher stopped".to_string()))?
+            .map_err(StorageError::Engine)
+    }
+}
+
+async fn run(engine: EngineRef, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken) {
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        let first = tokio::select! {
+            waiter = rx.recv() => waiter,
+            _ = cancel.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(waiter) => batch.push(waiter),
+                Err(_) => break,
+            }
+        }
+        let flush_engine = engine.clone();
+        let result = match tokio::task::spawn_blocking(move || flush_engine.flush()).await {
+            Ok(result) => result.map_err(|err| err.to_string()),
+            Err(join_err) => Err(format!("flush task failed: {join_err}")),
+        };
+        if let Err(err) = &result {
+            error!(%err, "fsync failed");
+        }
+        trace!(waiters = batch.len(), "group commit");
+        for waiter in batch.drain(..) {
+            match waiter {
+                Waiter::Log(callback) => callback.log_io_completed(result.clone().map_err(std::io::Error::other)),
+                Waiter::Notify(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
+    }
+    // Fail whoever is still queued rather than leaving them waiting forever.
+    rx.close();
+    let final_flush = engine.flush().map_err(|err| err.to_string());
+    while let Ok(waiter) = rx.try_recv() {
+        match waiter {
+            Waiter::Log(callback) => callback.log_io_completed(final_flush.clone().map_err(std::io::Error::other)),
+            Waiter::Notify(tx) => {
+                let _ = tx.send(final_flush.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The openraft network: every group's RPCs travel over the `ringkv.v1.Raft` gRPC service,
+//! one shared HTTP/2 connection per peer node, each message tagged with its group.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use ringkv_proto::v1::raft_client::RaftClient;
+use ringkv_proto::v1::RaftMessage;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::{GroupId, NodeId, TypeConfig};
+
+/// Errors reaching a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("peer {addr} unreachable: {detail}")]
+    Unreachable { addr: String, detail: String },
+    #[error("rpc to {addr} failed: {detail}")]
+    Rpc { addr: String, detail: String },
+    #[error("cannot encode or decode a raft message: {0}")]
+    Codec(String),
+}
+
+/// Shared connections to peer nodes, keyed by address.
+pub struct Transport {
+    node_id: NodeId,
+    cluster_id: RwLock<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    connect_timeout: Duration,
+    /// Largest gRPC message accepted or sent (snapshot chunks and append batches fit in it).
+    max_message_bytes: usize,
+}
+
+impl Transport {
+    pub fn new(node_id: NodeId, connect_timeout: Duration, max_message_bytes: usize) -> Arc<Transport> {
+        Arc::new(Transport {
+            node_id,
+            cluster_id: RwLock::new(String::new()),
+            channels: Mutex::new(HashMap::new()),
+            connect_timeout,
+            max_message_bytes,
+        })
+    }
+
+    pub fn set_cluster_id(&self, cluster_id: &str) {
+        match self.cluster_id.write() {
+            Ok(mut current) => *current = cluster_id.to_string(),
+            Err(poisoned) => *poisoned.into_inner() = cluster_id.to_string(),
+        }
+    }
+
+    pub fn cluster_id(&self) -> String {
+        match self.cluster_id.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// A (lazily connected, shared) channel to `addr`.
+    pub fn channel(&self, addr: &str) -> Result<Channel, TransportError> {
+        let mut channels = match self.channels.lock() {
+            Ok(channels) => channels,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|err| TransportError::Unreachable {
+                addr: addr.to_string(),
+                detail: format!("invalid address: {err}"),
+            })?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A Raft service client for `addr` with the message size limits applied.
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, TransportError> {
+        Ok(RaftClient::new(self.channel(addr)?)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+}
+
+/// Creates the connections of one group.
+pub struct NetworkFactory {
+    group: GroupId,
+    transport: Arc<Transport>,
+}
+
+impl NetworkFactory {
+    pub fn new(group: GroupId, transport: Arc<Transport>) -> NetworkFactory {
+        NetworkFactory { group, transport }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// One group's view of one peer.
+pub struct Connection {
+    group: GroupId,
+    target: NodeId,
+    addr: String,
+    transport: Arc<Transport>,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+/// Builds the envelope for a group message.
+pub fn envelope(cluster_id: String, group: GroupId, from_node: NodeId, payload: Vec<u8>) -> RaftMessage {
+    let (shard_id, system) = match group {
+        GroupId::System => (0, true),
+        GroupId::Shard(shard) => (shard, false),
+    };
+    RaftMessage {
+        cluster_id,
+        shard_id,
+        system,
+        from_node,
+        payload,
+    }
+}
+
+impl Connection {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = postcard::to_allocvec(request)
+            .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
+        let message = envelope(self.transport.cluster_id(), self.group, self.transport.node_id(), payload);
+        let mut client = self
+            .transport
+            .raft_client(&self.addr)
+            .map_err(|err| RPCError::Unreachable(Unreachable::new(&err)))?;
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        let reply = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| {
+            let detail = status.message().to_string();
+            let addr = self.addr.clone();
+            match status.code() {
+                // Connection failures, and a peer that does not host this group (yet):
+                // openraft backs off before trying again.
+                tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
+                    RPCError::Unreachable(Unreachable::new(&TransportError::Unreachable { addr, detail }))
+                }
+                _ => RPCError::Network(NetworkError::new(&TransportError::Rpc { addr, detail })),
+            }
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.into_inner().payload)
+            .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
+        result.map_err(|err| RPCError::RemoteError(RemoteError::new(self.target, err)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,534 @@
+//! The replicated state machine of a group: versioned key/values with CAS and request
+//! de-duplication (shards), the cluster configuration (system group), and snapshots.
+//!
+//! Layout (tree `<group>.sm.<generation>`): `d` + key → 8-byte big-endian version + value;
+//! `r` + request id → de-duplication record; `x` + expiry (ms, big-endian) + request id →
+//! expiry index; `a` → last applied log id; `m` → last membership; `c` → cluster config.
+//! Every entry is applied as one atomic batch that also moves `a`, so a crash never leaves
+//! half an entry applied. Installing a snapshot fills a new generation of the tree aside,
+//! then flips the generation recorded in the node catalog and drops the old tree.
+
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom};
+use std::ops::Bound;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::info;
+
+use super::snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter};
+use super::types::{
+    ClusterConfig, Command, CommandResult, Entry, GroupId, LogId, RaftStorageError, RequestId, SnapshotMeta,
+    StoredMembership, TypeConfig, Versioned, WriteCommand, WriteOpResult,
+};
+use super::{decode, encode, storage_err};
+use crate::storage::{prefix_bounds, Batch, EngineRef, StorageError, TreeRef};
+
+const DATA_PREFIX: u8 = b'd';
+const DEDUP_PREFIX: u8 = b'r';
+const EXPIRY_PREFIX: u8 = b'x';
+const APPLIED_KEY: &[u8] = b"a";
+const MEMBERSHIP_KEY: &[u8] = b"m";
+const CLUSTER_KEY: &[u8] = b"c";
+/// Expired de-duplication records removed per applied write (bounds the work per entry).
+const MAX_PRUNE_PER_WRITE: usize = 64;
+/// Pairs per batch when loading a snapshot.
+const LOAD_BATCH_PAIRS: usize = 1024;
+
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(DATA_PREFIX);
+    out.extend_from_slice(key);
+    out
+}
+
+fn dedup_key(request_id: &RequestId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(DEDUP_PREFIX);
+    out.extend_from_slice(request_id);
+    out
+}
+
+fn expiry_key(expires_at_ms: u64, request_id: &RequestId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25);
+    out.push(EXPIRY_PREFIX);
+    out.extend_from_slice(&expires_at_ms.to_be_bytes());
+    out.extend_from_slice(request_id);
+    out
+}
+
+fn encode_value(versioned: &Versioned) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + versioned.value.len());
+    out.extend_from_slice(&versioned.version.to_be_bytes());
+    out.extend_from_slice(&versioned.value);
+    out
+}
+
+fn decode_value(tree: &str, bytes: &[u8]) -> Result<Versioned, StorageError> {
+    let Some((version, value)) = bytes.split_first_chunk::<8>() else {
+        return Err(StorageError::Corrupt {
+            tree: tree.to_string(),
+            detail: "stored value shorter than its version".to_string(),
+        });
+    };
+    Ok(Versioned {
+        version: u64::from_be_bytes(*version),
+        value: value.to_vec(),
+    })
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DedupRecord {
+    expires_at_ms: u64,
+    results: Vec<WriteOpResult>,
+}
+
+fn sm_tree_name(group: GroupId, generation: u64) -> String {
+    format!("{}.sm.{generation}", group.name())
+}
+
+fn catalog_key(group: GroupId) -> Vec<u8> {
+    format!("sm-generation/{}", group.name()).into_bytes()
+}
+
+/// State shared by a group's state machine (owned by openraft) and its readers.
+pub struct GroupState {
+    group: GroupId,
+    engine: EngineRef,
+    catalog: TreeRef,
+    /// Current generation and tree; replaced when a snapshot is installed.
+    current: RwLock<(u64, TreeRef)>,
+    /// Held while applying and while dumping a snapshot, so a dump is consistent.
+    apply_lock: Arc<tokio::sync::Mutex<()>>,
+    snapshots: SnapshotDir,
+    dedup_window_ms: u64,
+    cluster_tx: watch::Sender<Option<ClusterConfig>>,
+}
+
+impl GroupState {
+    /// Opens (or creates) the state of `group`, dropping trees left by an interrupted install.
+    pub fn open(
+        group: GroupId,
+        engine: EngineRef,
+        catalog: TreeRef,
+        snapshots: SnapshotDir,
+        dedup_window_ms: u64,
+    ) -> Result<Arc<GroupState>, StorageError> {
+        let generation = match catalog.get(&catalog_key(group))? {
+            Some(bytes) => decode(catalog.name(), &bytes)?,
+            None => 0u64,
+        };
+        let current_name = sm_tree_name(group, generation);
+        let prefix = format!("{}.sm.", group.name());
+        for name in engine.tree_names()? {
+            if name.starts_with(&prefix) && name != current_name {
+                info!(group = %group, tree = %name, "dropping stale state machine tree");
+                engine.drop_tree(&name)?;
+            }
+        }
+        let tree = engine.open_tree(&current_name)?;
+        let cluster = match tree.get(CLUSTER_KEY)? {
+            Some(bytes) => Some(decode(tree.name(), &bytes)?),
+            None => None,
+        };
+        let (cluster_tx, _) = watch::channel(cluster);
+        Ok(Arc::new(GroupState {
+            group,
+            engine,
+            catalog,
+            current: RwLock::new((generation, tree)),
+            apply_lock: Arc::new(tokio::sync::Mutex::new(())),
+            snapshots,
+            dedup_window_ms,
+            cluster_tx,
+        }))
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn tree(&self) -> TreeRef {
+        match self.current.read() {
+            Ok(current) => current.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    /// Reads `key` from the local state (no consistency check: callers do that).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        let tree = self.tree();
+        match tree.get(&data_key(key))? {
+            Some(bytes) => Ok(Some(decode_value(tree.name(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Watches the cluster configuration applied by this group (system group only).
+    pub fn watch_cluster(&self) -> watch::Receiver<Option<ClusterConfig>> {
+        self.cluster_tx.subscribe()
+    }
+
+    /// Every stored key/value pair (`d` records), ascending; for tests and tools.
+    pub fn data_len(&self) -> Result<usize, StorageError> {
+        let (start, end) = prefix_bounds(&[DATA_PREFIX]);
+        let mut count = 0;
+        for pair in self.tree().range(start, end) {
+            pair?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let tree = self.tree();
+        let applied = match tree.get(APPLIED_KEY)? {
+            Some(bytes) => Some(decode(tree.name(), &bytes)?),
+            None => None,
+        };
+        let membership = match tree.get(MEMBERSHIP_KEY)? {
+            Some(bytes) => decode(tree.name(), &bytes)?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    fn apply_entry(&self, tree: &TreeRef, entry: &Entry) -> Result<CommandResult, StorageError> {
+        let mut batch = Batch::default();
+        let result = match &entry.payload {
+            EntryPayload::Blank => CommandResult::None,
+            EntryPayload::Membership(membership) => {
+                let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
+                batch.insert(MEMBERSHIP_KEY.to_vec(), encode(&stored)?);
+                CommandResult::None
+            }
+            EntryPayload::Normal(Command::Write(write)) => {
+                self.apply_write(tree, entry.log_id.index, write, &mut batch)?
+            }
+            EntryPayload::Normal(Command::SetCluster(config)) => {
+                match tree.get(CLUSTER_KEY)? {
+                    Some(bytes) => CommandResult::Cluster(decode(tree.name(), &bytes)?),
+                    None => {
+                        batch.insert(CLUSTER_KEY.to_vec(), encode(config)?);
+                        CommandResult::Cluster(config.clone())
+                    }
+                }
+            }
+        };
+        batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
+        tree.apply_batch(batch)?;
+        if let CommandResult::Cluster(config) = &result {
+            let config = config.clone();
+            self.cluster_tx.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&config);
+                *current = Some(config);
+                changed
+            });
+        }
+        Ok(result)
+    }
+
+    fn apply_write(
+        &self,
+        tree: &TreeRef,
+        log_index: u64,
+        write: &WriteCommand,
+        batch: &mut Batch,
+    ) -> Result<CommandResult, StorageError> {
+        let dedup = dedup_key(&write.request_id);
+        if let Some(bytes) = tree.get(&dedup)? {
+            let record: DedupRecord = decode(tree.name(), &bytes)?;
+            return Ok(CommandResult::Write(record.results));
+        }
+        // Ops of one command may touch the same key: later ops see earlier ones.
+        let mut overlay: HashMap<&[u8], Option<Versioned>> = HashMap::new();
+        let mut results = Vec::with_capacity(write.ops.len());
+        for op in &write.ops {
+            let current = match overlay.get(op.key.as_slice()) {
+                Some(current) => current.clone(),
+                None => match tree.get(&data_key(&op.key))? {
+                    Some(bytes) => Some(decode_value(tree.name(), &bytes)?),
+                    None => None,
+                },
+            };
+            let current_version = current.as_ref().map_or(0, |value| value.version);
+            if op.expected_version.is_some_and(|expected| expected != current_version) {
+                results.push(WriteOpResult {
+                    succeeded: false,
+                    version: 0,
+                    existed: current.is_some(),
+                    current,
+                });
+                continue;
+            }
+            let existed = current.is_some();
+            match &op.value {
+                Some(value) => {
+                    let stored = Versioned {
+                        version: log_index,
+                        value: value.clone(),
+                    };
+                    batch.insert(data_key(&op.key), encode_value(&stored));
+                    overlay.insert(&op.key, Some(stored));
+                    results.push(WriteOpResult {
+                        succeeded: true,
+                        version: log_index,
+                        existed,
+                        current: None,
+                    });
+                }
+                None => {
+                    batch.remove(data_key(&op.key));
+                    overlay.insert(&op.key, None);
+                    results.push(WriteOpResult {
+                        succeeded: true,
+                        version: 0,
+                        existed,
+                        current: None,
+                    });
+                }
+            }
+        }
+        let expires_at_ms = write.issued_at_ms.saturating_add(self.dedup_window_ms);
+        let record = DedupRecord {
+            expires_at_ms,
+            results: results.clone(),
+        };
+        batch.insert(dedup, encode(&record)?);
+        batch.insert(expiry_key(expires_at_ms, &write.request_id), Vec::new());
+        self.prune_expired(tree, write.issued_at_ms, batch)?;
+        Ok(CommandResult::Write(results))
+    }
+
+    /// Drops de-duplication records that expired before `now_ms` (the entry's own clock,
+    /// so every replica prunes the same records).
+    fn prune_expired(&self, tree: &TreeRef, now_ms: u64, batch: &mut Batch) -> Result<(), StorageError> {
+        let (start, end) = prefix_bounds(&[EXPIRY_PREFIX]);
+        for pair in tree.range(start, end).take(MAX_PRUNE_PER_WRITE) {
+            let (key, _) = pair?;
+            let Some(expires) = key.get(1..9) else { break };
+            let mut expires_bytes = [0u8; 8];
+            expires_bytes.copy_from_slice(expires);
+            if u64::from_be_bytes(expires_bytes) >= now_ms {
+                break;
+            }
+            let mut request_id = [0u8; 16];
+            if let Some(id) = key.get(9..25) {
+                request_id.copy_from_slice(id);
+                batch.remove(dedup_key(&request_id));
+            }
+            batch.remove(key);
+        }
+        Ok(())
+    }
+
+    /// Dumps the state to a new snapshot file. Runs on a blocking thread with the apply
+    /// lock held.
+    fn build_snapshot_blocking(&self) -> Result<SnapshotMeta, StorageError> {
+        let tree = self.tree();
+        let (last_applied, membership) = self.applied_state()?;
+        let snapshot_id = match last_applied {
+            Some(log_id) => format!("{}-{}-{:08x}", log_id.leader_id.term, log_id.index, rand::random::<u32>()),
+            None => format!("0-0-{:08x}", rand::random::<u32>()),
+        };
+        let temp = self.snapshots.temp_path();
+        let mut writer = SnapshotWriter::create(&temp)?;
+        for pair in tree.range(Bound::Unbounded, Bound::Unbounded) {
+            let (key, value) = pair?;
+            writer.write(&key, &value)?;
+        }
+        writer.finish()?;
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.snapshots.publish(&meta, &temp)?;
+        Ok(meta)
+    }
+
+    /// Loads a received snapshot into a new tree generation and switches to it. Runs on a
+    /// blocking thread with the apply lock held.
+    fn install_snapshot_blocking(&self, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<(), StorageError> {
+        file.seek(SeekFrom::Start(0))?;
+        let (old_generation, old_tree) = match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let generation = old_generation + 1;
+        let name = sm_tree_name(self.group, generation);
+        self.engine.drop_tree(&name)?;
+        let tree = self.engine.open_tree(&name)?;
+        let copy_path = self.snapshots.temp_path();
+        let mut copy = SnapshotWriter::create(&copy_path)?;
+        let mut reader = SnapshotReader::new(file);
+        let mut batch = Batch::default();
+        let mut pairs = 0usize;
+        while let Some((key, value)) = reader.next_record()? {
+            copy.write(&key, &value)?;
+            batch.insert(key, value);
+            pairs += 1;
+            if pairs % LOAD_BATCH_PAIRS == 0 {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        copy.finish()?;
+        batch.insert(APPLIED_KEY.to_vec(), encode(&meta.last_log_id)?);
+        batch.insert(MEMBERSHIP_KEY.to_vec(), encode(&meta.last_membership)?);
+        tree.apply_batch(batch)?;
+        if meta.last_log_id.is_none() {
+            tree.remove(APPLIED_KEY)?;
+        }
+        // The new tree is durable before the catalog points at it.
+        self.engine.flush()?;
+        self.catalog.insert(&catalog_key(self.group), &encode(&generation)?)?;
+        self.engine.flush()?;
+        let cluster: Option<ClusterConfig> = match tree.get(CLUSTER_KEY)? {
+            Some(bytes) => Some(decode(tree.name(), &bytes)?),
+            None => None,
+        };
+        match self.current.write() {
+            Ok(mut current) => *current = (generation, tree),
+            Err(poisoned) => *poisoned.into_inner() = (generation, tree),
+        }
+        drop(old_tree);
+        self.engine.drop_tree(&sm_tree_name(self.group, old_generation))?;
+        self.snapshots.publish(meta, &copy_path)?;
+        if cluster.is_some() {
+            self.cluster_tx.send_replace(cluster);
+        }
+        info!(group = %self.group, pairs, snapshot_id = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+}
+
+/// The `RaftStateMachine` of one group (owned by openraft).
+pub struct StateMachine {
+    state: Arc<GroupState>,
+}
+
+impl StateMachine {
+    pub fn new(state: Arc<GroupState>) -> StateMachine {
+        StateMachine { state }
+    }
+}
+
+/// Builds snapshots of one group.
+pub struct SnapshotBuilder {
+    state: Arc<GroupState>,
+}
+
+async fn open_snapshot(state: &GroupState, meta: SnapshotMeta) -> Result<Snapshot<TypeConfig>, StorageError> {
+    let file = tokio::fs::File::open(state.snapshots.data_path(&meta.snapshot_id)).await?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(file),
+    })
+}
+
+fn join_error(err: tokio::task::JoinError) -> StorageError {
+    StorageError::Engine(format!("blocking task failed: {err}"))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let build = async {
+            let guard = self.state.apply_lock.clone().lock_owned().await;
+            let state = self.state.clone();
+            let meta = tokio::task::spawn_blocking(move || {
+                let _guard = guard;
+                state.build_snapshot_blocking()
+            })
+            .await
+            .map_err(join_error)??;
+            info!(group = %self.state.group, snapshot_id = %meta.snapshot_id, "built snapshot");
+            open_snapshot(&self.state, meta).await
+        };
+        build
+            .await
+            .map_err(|err| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, err))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        self.state
+            .applied_state()
+            .map_err(|err| storage_err(ErrorSubject::StateMachine, ErrorVerb::Read, err))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let _guard = self.state.apply_lock.lock().await;
+        let tree = self.state.tree();
+        let mut results = Vec::new();
+        for entry in entries {
+            let result = self
+                .state
+                .apply_entry(&tree, &entry)
+                .map_err(|err| storage_err(ErrorSubject::Apply(entry.log_id), ErrorVerb::Write, err))?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            state: self.state.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
+        let path = self.state.snapshots.temp_path();
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|err| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, err))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), RaftStorageError> {
+        let install = async {
+            let guard = self.state.apply_lock.clone().lock_owned().await;
+            let file = snapshot.into_std().await;
+            let state = self.state.clone();
+            let meta = meta.clone();
+            tokio::task::spawn_blocking(move || {
+                let _guard = guard;
+                state.install_snapshot_blocking(&meta, file)
+            })
+            .await
+            .map_err(join_error)?
+        };
+        install
+            .await
+            .map_err(|err| storage_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        let current = async {
+            match self.state.snapshots.current()? {
+                Some(meta) => Ok(Some(open_snapshot(&self.state, meta).await?)),
+                None => Ok(None),
+            }
+        };
+        current
+            .await
+            .map_err(|err: StorageError| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, err))
+    }
+}

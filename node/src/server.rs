@@ -1,0 +1,171 @@
+//! Starting and stopping a node: open storage, bind, serve the gRPC services, shut down.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use ringkv_proto::v1::admin_server::AdminServer;
+use ringkv_proto::v1::raft_server::RaftServer;
+use ringkv_proto::v1::shard_kv_server::ShardKvServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::error::NodeError;
+use crate::node::Node;
+use crate::service::admin::AdminService;
+use crate::service::raft::RaftService;
+use crate::service::shard::ShardKvService;
+use crate::storage::{self, StorageError, TreeRef};
+
+const CATALOG_TREE: &str = "node";
+const LISTEN_ADDR_KEY: &[u8] = b"listen_addr";
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the data directory {dir}: {source}")]
+    Storage { dir: String, source: StorageError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// Starts nodes.
+pub struct NodeServer;
+
+/// A running node.
+pub struct NodeHandle {
+    node: Node,
+    local_addr: SocketAddr,
+    cancel: CancellationToken,
+    serve: tokio::task::JoinHandle<()>,
+}
+
+/// The address to bind: the configured one, except that port 0 reuses the port recorded
+/// in the data directory (peers know the node by its address).
+fn listen_addr(config: &NodeConfig, catalog: &TreeRef) -> Result<SocketAddr, StartError> {
+    let configured: SocketAddr = config
+        .listen
+        .parse()
+        .map_err(|_| ConfigError(format!("listen must be ip:port, got {:?}", config.listen)))?;
+    if configured.port() != 0 {
+        return Ok(configured);
+    }
+    let recorded = catalog
+        .get(LISTEN_ADDR_KEY)
+        .map_err(|source| StartError::Storage {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|addr| addr.parse::<SocketAddr>().ok());
+    Ok(match recorded {
+        Some(recorded) if recorded.ip() == configured.ip() => recorded,
+        _ => configured,
+    })
+}
+
+fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr)?;
+    std::fs::rename(&tmp, path)
+}
+
+impl NodeServer {
+    /// Opens the data directory, binds the listener and starts serving.
+    pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
+        config.validate()?;
+        let storage_err = |source| StartError::Storage {
+            dir: config.data_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(|err| storage_err(err.into()))?;
+        let engine = storage::open(&config.data_dir.join("db")).map_err(storage_err)?;
+        let catalog = engine.open_tree(CATALOG_TREE).map_err(storage_err)?;
+        crate::node::check_identity(&catalog, &config)?;
+        let bind_addr = listen_addr(&config, &catalog)?;
+        let listener = TcpListener::bind(bind_addr).await.map_err(|source| StartError::Bind {
+            addr: bind_addr.to_string(),
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: bind_addr.to_string(),
+            source,
+        })?;
+        catalog
+            .insert(LISTEN_ADDR_KEY, local_addr.to_string().as_bytes())
+            .map_err(storage_err)?;
+        let advertise = match &config.advertise_addr {
+            Some(addr) => addr.clone(),
+            None if local_addr.ip().is_unspecified() => {
+                return Err(ConfigError(format!(
+                    "listening on {local_addr} needs --advertise-addr so peers can reach this node"
+                ))
+                .into())
+            }
+            None => local_addr.to_string(),
+        };
+        let max_message_bytes = config.max_message_bytes;
+        let node = Node::open(config, advertise, engine, catalog).await?;
+        let cancel = CancellationToken::new();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                ShardKvServer::new(ShardKvService::new(node.clone()))
+                    .max_decoding_message_size(max_message_bytes)
+                    .max_encoding_message_size(max_message_bytes),
+            )
+            .add_service(
+                RaftServer::new(RaftService::new(node.clone()))
+                    .max_decoding_message_size(max_message_bytes)
+                    .max_encoding_message_size(max_message_bytes),
+            )
+            .add_service(AdminServer::new(AdminService::new(node.clone())));
+        let shutdown = cancel.clone();
+        let serve = tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(listener);
+            if let Err(err) = router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+            {
+                error!(%err, "grpc server failed");
+            }
+        });
+        info!(%local_addr, "serving");
+        Ok(NodeHandle {
+            node,
+            local_addr,
+            cancel,
+            serve,
+        })
+    }
+}
+
+impl NodeHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Writes the advertised address to `path` atomically (tests and tools wait for it).
+    pub fn write_addr_file(&self, path: &Path) -> std::io::Result<()> {
+        write_addr_file(path, self.node.addr())
+    }
+
+    /// Stops serving, stops every Raft group and flushes storage.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        if let Err(err) = self.serve.await {
+            error!(%err, "grpc server task failed");
+        }
+        self.node.shutdown().await;
+    }
+}

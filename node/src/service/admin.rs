@@ -1,0 +1,47 @@
+//! `Admin` on a node: bootstrap and this node's status. Cluster-wide status is a router's job.
+
+use ringkv_proto::v1::{self, admin_server::Admin};
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::node::Node;
+
+pub struct AdminService {
+    node: Node,
+}
+
+impl AdminService {
+    pub fn new(node: Node) -> AdminService {
+        AdminService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn init_cluster(
+        &self,
+        request: Request<v1::InitClusterRequest>,
+    ) -> Result<Response<v1::InitClusterResponse>, Status> {
+        self.node
+            .init_cluster(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, false))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<v1::NodeStatusRequest>,
+    ) -> Result<Response<v1::NodeStatusResponse>, Status> {
+        Ok(Response::new(self.node.status()))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        Err(Status::unimplemented(
+            "cluster status is served by routers; point kvctl at a router endpoint",
+        ))
+    }
+}

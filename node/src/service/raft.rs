@@ -1,0 +1,106 @@
+//! `Raft`: the multi-raft transport. Each message names its cluster and group; the
+//! payload is the postcard-encoded openraft request, the reply the encoded `Result`.
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use ringkv_proto::v1::{self, raft_server::Raft as RaftRpc};
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::error::NodeError;
+use crate::node::{Group, Node};
+use crate::raft::types::{Command, CommandResult, GroupId, NodeId, TypeConfig};
+use std::sync::Arc;
+
+pub struct RaftService {
+    node: Node,
+}
+
+impl RaftService {
+    pub fn new(node: Node) -> RaftService {
+        RaftService { node }
+    }
+
+    fn group(&self, message: &v1::RaftMessage) -> Result<Arc<Group>, Status> {
+        self.node
+            .check_cluster(&message.cluster_id)
+            .map_err(|err| status(err, false))?;
+        let group_id = if message.system {
+            GroupId::System
+        } else {
+            GroupId::Shard(message.shard_id)
+        };
+        self.node
+            .group(group_id)
+            .ok_or_else(|| Status::not_found(format!("{group_id} is not hosted on node {}", self.node.node_id())))
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(payload).map_err(|err| Status::invalid_argument(format!("malformed raft payload: {err}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<v1::RaftReply>, Status> {
+    let payload = postcard::to_allocvec(value).map_err(|err| Status::internal(format!("encode reply: {err}")))?;
+    Ok(Response::new(v1::RaftReply { payload }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftReply>, Status> {
+        let message = request.into_inner();
+        let group = self.group(&message)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&message.payload)?;
+        reply(&group.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftReply>, Status> {
+        let message = request.into_inner();
+        let group = self.group(&message)?;
+        let rpc: VoteRequest<NodeId> = decode(&message.payload)?;
+        reply(&group.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftReply>, Status> {
+        let message = request.into_inner();
+        let group = self.group(&message)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&message.payload)?;
+        reply(&group.raft.install_snapshot(rpc).await)
+    }
+
+    async fn join_cluster(
+        &self,
+        request: Request<v1::JoinClusterRequest>,
+    ) -> Result<Response<v1::JoinClusterResponse>, Status> {
+        let request = request.into_inner();
+        if request.node_id != self.node.node_id() {
+            return Err(status(
+                NodeError::InvalidArgument(format!(
+                    "join for node {} reached node {}: check the addresses given to init",
+                    request.node_id,
+                    self.node.node_id()
+                )),
+                false,
+            ));
+        }
+        self.node
+            .join_cluster(&request.cluster_id)
+            .map_err(|err| status(err, false))?;
+        Ok(Response::new(v1::JoinClusterResponse {}))
+    }
+
+    async fn propose_system(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftReply>, Status> {
+        let message = request.into_inner();
+        let group = self.group(&message)?;
+        if group.id != GroupId::System {
+            return Err(Status::invalid_argument("system proposals must target the system group"));
+        }
+        let command: Command = decode(&message.payload)?;
+        let outcome: Result<CommandResult, String> = self
+            .node
+            .propose(&group, command)
+            .await
+            .map_err(|err| err.to_string());
+        reply(&outcome)
+    }
+}

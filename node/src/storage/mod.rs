@@ -1,0 +1,154 @@
+//! The storage seam: ordered trees, range iteration, atomic batches, flush.
+//!
+//! Nothing above this module names `sled`. The seam is deliberately narrow so another
+//! engine can be measured against sled later: an [`Engine`] opens named [`Tree`]s; a tree
+//! is an ordered map of byte strings with atomic [`Batch`]es; [`Engine::flush`] makes every
+//! write made before it durable (one fsync for all trees: group commit happens above).
+
+mod sled_engine;
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use sled_engine::SledEngine;
+
+/// Errors from the storage engine. All of them mean the disk or the engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt record in tree {tree}: {detail}")]
+    Corrupt { tree: String, detail: String },
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// One key/value pair read from a tree.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// An ordered map of byte strings.
+pub trait Tree: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn get(&self, key: &[u8]) -> StorageResult<Option<Vec<u8>>>;
+    fn insert(&self, key: &[u8], value: &[u8]) -> StorageResult<()>;
+    fn remove(&self, key: &[u8]) -> StorageResult<()>;
+    /// Applies every operation of `batch` atomically.
+    fn apply_batch(&self, batch: Batch) -> StorageResult<()>;
+    /// Pairs with keys in `(start, end)`, ascending.
+    fn range(
+        &self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+    ) -> Box<dyn Iterator<Item = StorageResult<Pair>> + Send + '_>;
+    /// The pair with the greatest key in `(start, end)`.
+    fn last_in(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> StorageResult<Option<Pair>>;
+    /// Removes every pair.
+    fn clear(&self) -> StorageResult<()>;
+}
+
+/// A handle to a tree, shared between tasks.
+pub type TreeRef = Arc<dyn Tree>;
+
+/// A storage engine holding many trees.
+pub trait Engine: Send + Sync + 'static {
+    fn open_tree(&self, name: &str) -> StorageResult<TreeRef>;
+    fn drop_tree(&self, name: &str) -> StorageResult<()>;
+    fn tree_names(&self) -> StorageResult<Vec<String>>;
+    /// Makes every write issued before this call durable (fsync).
+    fn flush(&self) -> StorageResult<()>;
+}
+
+/// A handle to the engine, shared between tasks.
+pub type EngineRef = Arc<dyn Engine>;
+
+/// Opens the default engine (sled) in `dir`.
+pub fn open(dir: &Path) -> StorageResult<EngineRef> {
+    Ok(Arc::new(SledEngine::open(dir)?))
+}
+
+/// Atomic group of inserts and removes on one tree.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub(crate) ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Some(value.into())));
+    }
+
+    pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Smallest key strictly greater than every key starting with `prefix` (None = unbounded).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Bounds covering exactly the keys starting with `prefix`.
+pub fn prefix_bounds(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let end = match prefix_end(prefix) {
+        Some(end) => Bound::Excluded(end),
+        None => Bound::Unbounded,
+    };
+    (Bound::Included(prefix.to_vec()), end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches apply atomically, ranges are ordered, flush succeeds, trees reopen with data.
+    #[test]
+    fn sled_engine_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let engine = open(dir.path()).expect("open");
+            let tree = engine.open_tree("t").expect("tree");
+            let mut batch = Batch::default();
+            batch.insert(b"b".to_vec(), b"2".to_vec());
+            batch.insert(b"a".to_vec(), b"1".to_vec());
+            batch.insert(b"c".to_vec(), b"3".to_vec());
+            batch.remove(b"c".to_vec());
+            tree.apply_batch(batch).expect("batch");
+            engine.flush().expect("flush");
+        }
+        let engine = open(dir.path()).expect("reopen");
+        let tree = engine.open_tree("t").expect("tree");
+        let pairs: Vec<Pair> = tree
+            .range(Bound::Unbounded, Bound::Unbounded)
+            .collect::<Result<_, _>>()
+            .expect("range");
+        assert_eq!(
+            pairs,
+            vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]
+        );
+        let last = tree.last_in(Bound::Unbounded, Bound::Unbounded).expect("last");
+        assert_eq!(last, Some((b"b".to_vec(), b"2".to_vec())));
+        assert!(engine.tree_names().expect("names").contains(&"t".to_string()));
+    }
+
+    /// prefix_end handles trailing 0xff bytes and the all-0xff prefix.
+    #[test]
+    fn prefix_end_cases() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! Connections to nodes: one lazily connected tonic [`Channel`] per node address, cached,
+//! and [`GrpcNodes`], the [`NodeApi`] over them.
+//!
+//! A channel multiplexes every request to its node over one HTTP/2 connection and
+//! reconnects by itself; a failed connect surfaces as a per-request error that the retry
+//! loop classifies as "unreachable".
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::shard_kv_client::ShardKvClient;
+use ringkv_proto::v1::{
+    NodeStatusRequest, NodeStatusResponse, ShardReadRequest, ShardReadResponse,
+    ShardWriteRequest, ShardWriteResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::config::RouterConfig;
+use crate::node_api::NodeApi;
+
+/// Most cached channels; beyond it an arbitrary one is dropped (it reconnects on next use).
+const MAX_CHANNELS: usize = 4096;
+/// Interval of HTTP/2 keep-alive pings on node connections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a keep-alive ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How node connections are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelSettings {
+    pub connect_timeout: Duration,
+}
+
+/// One lazily connected channel per node address.
+#[derive(Debug)]
+pub struct ChannelPool {
+    settings: ChannelSettings,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl ChannelPool {
+    pub fn new(settings: ChannelSettings) -> Self {
+        ChannelPool {
+            settings,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The channel to `addr`, created (without connecting) on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let endpoint = self.endpoint(addr)?;
+        let channel = endpoint.connect_lazy();
+        if channels.len() >= MAX_CHANNELS {
+            if let Some(evicted) = channels.keys().next().cloned() {
+                channels.remove(&evicted);
+            }
+        }
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, Status> {
+        let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri).map_err(|err| {
+            // Nothing can be sent to a malformed address: classify it as unreachable.
+            let mut status = Status::unavailable(format!("invalid node address {addr:?}: {err}"));
+            status.set_source(Arc::new(tonic::ConnectError(Box::new(err))));
+            status
+        })?;
+        Ok(endpoint
+            .connect_timeout(self.settings.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true))
+    }
+}
+
+/// The [`NodeApi`] over gRPC.
+#[derive(Debug)]
+pub struct GrpcNodes {
+    pool: ChannelPool,
+    /// Largest response accepted from a node.
+    max_response_bytes: usize,
+}
+
+impl GrpcNodes {
+    pub fn new(config: &RouterConfig) -> Self {
+        GrpcNodes {
+            pool: ChannelPool::new(ChannelSettings {
+                connect_timeout: config.connect_timeout(),
+            }),
+            max_response_bytes: config.max_response_bytes,
+        }
+    }
+
+    fn shard_kv(&self, addr: &str) -> Result<ShardKvClient<Channel>, Status> {
+        Ok(ShardKvClient::new(self.pool.channel(addr)?)
+            .max_decoding_message_size(self.max_response_bytes))
+    }
+}
+
+/// A request carrying its deadline to the node (`grpc-timeout`).
+fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+impl NodeApi for GrpcNodes {
+    async fn read(
+        &self,
+        addr: &str,
+        request: ShardReadRequest,
+        timeout: Duration,
+    ) -> Result<ShardReadResponse, Status> {
+        let mut client = self.shard_kv(addr)?;
+        let response = client.read(with_timeout(request, timeout)).await?;
+        Ok(response.into_inner())
+    }
+
+    async fn write(
+        &self,
+        addr: &str,
+        request: ShardWriteRequest,
+        timeout: Duration,
+    ) -> Result<ShardWriteResponse, Status> {
+        let mut client = self.shard_kv(addr)?;
+        let response = client.write(with_timeout(request, timeout)).await?;
+        Ok(response.into_inner())
+    }
+
+    async fn node_status(&self, addr: &str, timeout: Duration) -> Result<NodeStatusResponse, Status> {
+        let mut client = AdminClient::new(self.pool.channel(addr)?)
+            .max_decoding_message_size(self.max_response_bytes);
+        let response = client
+            .node_status(with_timeout(NodeStatusRequest {}, timeout))
+            .await?;
+        Ok(response.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Channels are cached per address and malformed addresses fail as unreachable.
+    #[tokio::test]
+    async fn channels_are_cached_and_addresses_checked() {
+        let pool = ChannelPool::new(ChannelSettings {
+            connect_timeout: Duration::from_millis(100),
+        });
+        assert!(pool.channel("127.0.0.1:1").is_ok());
+        assert!(pool.channel("127.0.0.1:1").is_ok());
+        assert_eq!(pool.channels.lock().map(|c| c.len()).unwrap_or(0), 1);
+        let err = pool.channel("bad host:1");
+        let Err(status) = err else {
+            panic!("expected an error")
+        };
+        let classified = crate::classify::classify(&status);
+        assert_eq!(classified.failure, crate::classify::Failure::Unreachable);
+    }
+}

@@ -1,0 +1,416 @@
+//! Errors of the router, and the one deliberate mapping of a per-request error to a gRPC
+//! status ([`to_status`]).
+//!
+//! - [`RouterError`]: per-request errors of the `Kv` and `Admin` services.
+//! - [`StartError`] / [`ServeError`]: fatal errors of the process (bind, serve), kept apart.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use ringkv_proto::{OUTCOME_UNKNOWN_METADATA, REJECTED_METADATA};
+use ringkv_ring::ShardId;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+
+use crate::config::ConfigError;
+
+/// Longest node error text embedded in one of our messages (node text is network input).
+const MAX_EMBEDDED_MESSAGE_BYTES: usize = 512;
+/// Most per-shard error texts spelled out in a batch failure message.
+const MAX_DETAILED_SHARD_ERRORS: usize = 4;
+/// Most shard ids listed in a batch failure message.
+const MAX_LISTED_SHARDS: usize = 256;
+
+/// A 16-byte write request id.
+pub type RequestId = [u8; 16];
+
+/// Why one client request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The request breaks a limit or is malformed; nothing was sent to a node.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// More than `max_inflight_requests` requests are being served.
+    #[error("too many requests in flight (max_inflight_requests = {max_inflight_requests})")]
+    Overloaded { max_inflight_requests: usize },
+    /// No ring is known: the cluster is not initialised or no node answered.
+    #[error("cluster not initialised or no node reachable")]
+    NoCluster,
+    /// The shard had no reachable leader (or replica) before the deadline.
+    #[error("shard {shard} unavailable after {attempts} attempts: {last_error}")]
+    ShardUnavailable {
+        shard: ShardId,
+        attempts: u32,
+        last_error: String,
+    },
+    /// The deadline passed while an attempt was in flight (or before any could be made).
+    #[error("deadline exceeded on shard {shard} after {attempts} attempts: {last_error}")]
+    DeadlineExceeded {
+        shard: ShardId,
+        attempts: u32,
+        last_error: String,
+    },
+    /// A write may or may not have been applied. Never reported as a plain failure.
+    #[error(
+        "write outcome unknown: shard {shard}, request_id {}, {attempts} attempts, last error: \
+         {last_error}; retry with the same request_id to learn the outcome",
+        hex(request_id)
+    )]
+    OutcomeUnknown {
+        shard: ShardId,
+        request_id: RequestId,
+        attempts: u32,
+        last_error: String,
+    },
+    /// A node answered with an error the router does not retry (bad input, internal error):
+    /// returned to the client with the node's code and message.
+    #[error("node {node} failed shard {shard}: {code:?}: {message}")]
+    Node {
+        shard: ShardId,
+        node: String,
+        code: Code,
+        message: String,
+    },
+    /// A node's answer broke the contract (wrong number of results, unknown keys).
+    #[error("node {node} sent an invalid response for shard {shard}: {reason}")]
+    BadNodeResponse {
+        shard: ShardId,
+        node: String,
+        reason: String,
+    },
+    /// The shard count changed while the request was routed (the cluster was re-created).
+    #[error("the cluster changed during the request (shards {expected} -> {actual}); retry")]
+    RingChanged { expected: u32, actual: u32 },
+    /// Some shards of a batch failed; the others succeeded.
+    #[error("{0}")]
+    BatchFailed(BatchFailure),
+    /// The rpc is not served by routers.
+    #[error("{0}")]
+    Unimplemented(&'static str),
+}
+
+impl RouterError {
+    /// Whether a write covered by this error may have been applied.
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            RouterError::OutcomeUnknown { .. } => true,
+            RouterError::BatchFailed(batch) => batch
+                .failures
+                .iter()
+                .any(|(_, err)| err.is_outcome_unknown()),
+            _ => false,
+        }
+    }
+}
+
+/// The failed shards of a batch, each with its own error.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// Shards the batch touched.
+    pub total_shards: usize,
+    /// The failed shards, sorted by shard id.
+    pub failures: Vec<(ShardId, RouterError)>,
+}
+
+impl BatchFailure {
+    /// The ids of the failed shards whose write outcome is unknown.
+    pub fn outcome_unknown_shards(&self) -> Vec<ShardId> {
+        self.failures
+            .iter()
+            .filter(|(_, err)| err.is_outcome_unknown())
+            .map(|(shard, _)| *shard)
+            .collect()
+    }
+}
+
+impl fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let failed: Vec<ShardId> = self.failures.iter().map(|(shard, _)| *shard).collect();
+        write!(
+            f,
+            "batch failed on {} of {} shards: {}",
+            failed.len(),
+            self.total_shards,
+            list_shards(&failed)
+        )?;
+        let unknown = self.outcome_unknown_shards();
+        if !unknown.is_empty() {
+            write!(
+                f,
+                "; write outcome unknown on shards {}",
+                list_shards(&unknown)
+            )?;
+        }
+        for (shard, err) in self.failures.iter().take(MAX_DETAILED_SHARD_ERRORS) {
+            write!(f, "; shard {shard}: {err}")?;
+        }
+        if self.failures.len() > MAX_DETAILED_SHARD_ERRORS {
+            write!(
+                f,
+                "; ({} more shard errors)",
+                self.failures.len() - MAX_DETAILED_SHARD_ERRORS
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `1, 2, 3` with at most [`MAX_LISTED_SHARDS`] ids.
+fn list_shards(shards: &[ShardId]) -> String {
+    let mut text = shards
+        .iter()
+        .take(MAX_LISTED_SHARDS)
+        .map(|shard| shard.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if shards.len() > MAX_LISTED_SHARDS {
+        text.push_str(&format!(" and {} more", shards.len() - MAX_LISTED_SHARDS));
+    }
+    text
+}
+
+/// The gRPC status for a router error: the single place where codes are chosen.
+///
+/// bad input → INVALID_ARGUMENT; overload → RESOURCE_EXHAUSTED; no leader / unreachable /
+/// ring change → UNAVAILABLE; deadline → DEADLINE_EXCEEDED; outcome unknown → UNAVAILABLE
+/// with `x-ringkv-outcome-unknown: 1`; node errors → the node's own code and message;
+/// partial batch failure → UNAVAILABLE naming the shards (or the shared code when every
+/// failed shard failed the same way).
+pub fn to_status(err: &RouterError) -> Status {
+    let message = err.to_string();
+    match err {
+        RouterError::InvalidArgument(_) => Status::invalid_argument(message),
+        RouterError::Overloaded { .. } => Status::resource_exhausted(message),
+        RouterError::NoCluster
+        | RouterError::ShardUnavailable { .. }
+        | RouterError::RingChanged { .. } => Status::unavailable(message),
+        RouterError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
+        RouterError::OutcomeUnknown { .. } => outcome_unknown_status(message),
+        RouterError::Node {
+            code,
+            message: node_message,
+            ..
+        } => Status::new(*code, node_message.clone()),
+        RouterError::BadNodeResponse { .. } => Status::internal(message),
+        RouterError::Unimplemented(_) => Status::unimplemented(message),
+        RouterError::BatchFailed(batch) => {
+            if err.is_outcome_unknown() {
+                return outcome_unknown_status(message);
+            }
+            let mut codes = batch.failures.iter().map(|(_, err)| to_status(err).code());
+            let first = codes.next().unwrap_or(Code::Unavailable);
+            let shared = codes.all(|code| code == first);
+            if shared {
+                Status::new(first, message)
+            } else {
+                Status::unavailable(message)
+            }
+        }
+    }
+}
+
+impl From<RouterError> for Status {
+    fn from(err: RouterError) -> Status {
+        to_status(&err)
+    }
+}
+
+fn outcome_unknown_status(message: String) -> Status {
+    let mut metadata = MetadataMap::new();
+    metadata.insert(OUTCOME_UNKNOWN_METADATA, MetadataValue::from_static("1"));
+    Status::with_metadata(Code::Unavailable, message, metadata)
+}
+
+/// Whether a node's error carries `x-ringkv-rejected: 1` (the write was not applied).
+pub(crate) fn has_rejected_flag(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(REJECTED_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim() == "1")
+}
+
+/// A node's text, cut to a bounded length on a character boundary.
+pub(crate) fn clip(text: &str) -> String {
+    if text.len() <= MAX_EMBEDDED_MESSAGE_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_EMBEDDED_MESSAGE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Lowercase hex of a request id.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
+/// Fatal errors starting a router.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Fatal errors while serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("grpc server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("grpc server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable(shard: u32) -> RouterError {
+        RouterError::ShardUnavailable {
+            shard: ShardId(shard),
+            attempts: 3,
+            last_error: "no leader".into(),
+        }
+    }
+
+    fn unknown(shard: u32) -> RouterError {
+        RouterError::OutcomeUnknown {
+            shard: ShardId(shard),
+            request_id: [0xab; 16],
+            attempts: 2,
+            last_error: "timeout".into(),
+        }
+    }
+
+    /// Each error kind maps to its documented gRPC code.
+    #[test]
+    fn codes_follow_the_table() {
+        let table: Vec<(RouterError, Code)> = vec![
+            (RouterError::InvalidArgument("x".into()), Code::InvalidArgument),
+            (
+                RouterError::Overloaded {
+                    max_inflight_requests: 1,
+                },
+                Code::ResourceExhausted,
+            ),
+            (RouterError::NoCluster, Code::Unavailable),
+            (unavailable(1), Code::Unavailable),
+            (
+                RouterError::DeadlineExceeded {
+                    shard: ShardId(1),
+                    attempts: 1,
+                    last_error: "t".into(),
+                },
+                Code::DeadlineExceeded,
+            ),
+            (unknown(1), Code::Unavailable),
+            (
+                RouterError::Node {
+                    shard: ShardId(0),
+                    node: "n1".into(),
+                    code: Code::InvalidArgument,
+                    message: "bad key".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (RouterError::Unimplemented("no"), Code::Unimplemented),
+        ];
+        for (err, code) in table {
+            assert_eq!(to_status(&err).code(), code, "{err}");
+        }
+    }
+
+    /// An ambiguous write carries the outcome-unknown metadata and message; nothing else does.
+    #[test]
+    fn outcome_unknown_has_metadata() {
+        let status = to_status(&unknown(4));
+        assert!(status.message().starts_with("write outcome unknown: "));
+        assert!(status.message().contains(&"ab".repeat(16)));
+        assert_eq!(
+            status
+                .metadata()
+                .get(OUTCOME_UNKNOWN_METADATA)
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        let plain = to_status(&unavailable(4));
+        assert!(plain.metadata().get(OUTCOME_UNKNOWN_METADATA).is_none());
+    }
+
+    /// Node errors are passed through with the node's code and exact message.
+    #[test]
+    fn node_errors_pass_through() {
+        let status = to_status(&RouterError::Node {
+            shard: ShardId(2),
+            node: "n1".into(),
+            code: Code::InvalidArgument,
+            message: "key too long".into(),
+        });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "key too long");
+    }
+
+    /// A partial batch failure names every failed shard and flags ambiguous ones.
+    #[test]
+    fn batch_failure_names_shards() {
+        let err = RouterError::BatchFailed(BatchFailure {
+            total_shards: 4,
+            failures: vec![(ShardId(1), unavailable(1)), (ShardId(3), unknown(3))],
+        });
+        let status = to_status(&err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("batch failed on 2 of 4 shards: 1, 3"));
+        assert!(status
+            .message()
+            .contains("write outcome unknown on shards 3"));
+        assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
+
+        let definite = RouterError::BatchFailed(BatchFailure {
+            total_shards: 4,
+            failures: vec![(ShardId(1), unavailable(1)), (ShardId(2), unavailable(2))],
+        });
+        let status = to_status(&definite);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_none());
+    }
+
+    /// A batch whose shards all failed with the same code keeps that code.
+    #[test]
+    fn batch_failure_keeps_a_shared_code() {
+        let node_error = |shard| RouterError::Node {
+            shard: ShardId(shard),
+            node: "n".into(),
+            code: Code::InvalidArgument,
+            message: "bad".into(),
+        };
+        let err = RouterError::BatchFailed(BatchFailure {
+            total_shards: 2,
+            failures: vec![(ShardId(0), node_error(0)), (ShardId(1), node_error(1))],
+        });
+        assert_eq!(to_status(&err).code(), Code::InvalidArgument);
+    }
+
+    /// Long node messages are clipped on a character boundary.
+    #[test]
+    fn clip_bounds_length() {
+        let long = "é".repeat(1000);
+        let clipped = clip(&long);
+        assert!(clipped.len() <= MAX_EMBEDDED_MESSAGE_BYTES + "…".len());
+        assert_eq!(clip("short"), "short");
+        assert_eq!(hex(&[0x00, 0xff, 0x1a]), "00ff1a");
+    }
+}

@@ -1,0 +1,37 @@
+//! The router's view of a storage node: the three calls it makes. A trait so the retry
+//! loop, the refresher and the status merge run against in-process fakes in tests.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ringkv_proto::v1::{
+    NodeStatusResponse, ShardReadRequest, ShardReadResponse, ShardWriteRequest,
+    ShardWriteResponse,
+};
+use tonic::Status;
+
+/// Calls to the node at `addr` (`host:port`), each bounded by `timeout`.
+pub trait NodeApi: Send + Sync + 'static {
+    /// `ShardKv.Read`.
+    fn read(
+        &self,
+        addr: &str,
+        request: ShardReadRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ShardReadResponse, Status>> + Send;
+
+    /// `ShardKv.Write`.
+    fn write(
+        &self,
+        addr: &str,
+        request: ShardWriteRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ShardWriteResponse, Status>> + Send;
+
+    /// `Admin.NodeStatus`.
+    fn node_status(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<NodeStatusResponse, Status>> + Send;
+}
