@@ -26,10 +26,7 @@ pub const MAX_INIT_NODES: usize = 1024;
 
 /// Asks one node (`host:port`) for its identity, ring and replicas; one attempt bounded
 /// by `config.request_timeout`.
-pub async fn node_status(
-    endpoint: &str,
-    config: &ClientConfig,
-) -> Result<proto::NodeStatusResponse, Error> {
+pub async fn node_status(endpoint: &str, config: &ClientConfig) -> Result<proto::NodeStatusResponse, Error> {
     let channel = lazy_channel(endpoint, config)?;
     let mut request = tonic::Request::new(proto::NodeStatusRequest {});
     request.set_timeout(config.request_timeout);
@@ -53,7 +50,13 @@ pub async fn init_cluster(
     shards: u32,
     replication_factor: u32,
 ) -> Result<proto::InitClusterResponse, Error> {
-    init_cluster_with(node_endpoints, shards, replication_factor, &ClientConfig::default()).await
+    init_cluster_with(
+        node_endpoints,
+        shards,
+        replication_factor,
+        &ClientConfig::default(),
+    )
+    .await
 }
 
 /// Bootstraps a cluster: learns each node's id and advertised address with
@@ -70,25 +73,23 @@ pub async fn init_cluster_with(
     validate_init_params(node_endpoints.len(), shards, replication_factor)?;
     let statuses: Vec<(String, proto::NodeStatusResponse)> = stream::iter(node_endpoints)
         .map(|endpoint| async move {
-            let status = node_status(endpoint, config).await.map_err(|err| {
-                annotate(err, &format!("node {endpoint} did not answer NodeStatus"))
-            })?;
+            let status = node_status(endpoint, config)
+                .await
+                .map_err(|err| annotate(err, &format!("node {endpoint} did not answer NodeStatus")))?;
             Ok::<_, Error>((endpoint.clone(), status))
         })
         .buffered(MAX_STATUS_FANOUT)
         .try_collect()
         .await?;
     let request = plan_init(&statuses, shards, replication_factor)?;
-    let first = &node_endpoints[0];
+    let first = node_endpoints
+        .first()
+        .ok_or_else(|| Error::InvalidArgument("no node endpoints given".into()))?;
     send_init(first, request, config).await
 }
 
 /// Checks the init parameters before any network call.
-pub fn validate_init_params(
-    node_count: usize,
-    shards: u32,
-    replication_factor: u32,
-) -> Result<(), Error> {
+pub fn validate_init_params(node_count: usize, shards: u32, replication_factor: u32) -> Result<(), Error> {
     if node_count == 0 {
         return Err(Error::InvalidArgument("no node endpoints given".into()));
     }
@@ -239,8 +240,14 @@ mod tests {
         assert_eq!(
             plan.nodes,
             vec![
-                proto::NodeAddress { node_id: 1, addr: "10.0.0.1:7001".into() },
-                proto::NodeAddress { node_id: 2, addr: "10.0.0.2:7002".into() },
+                proto::NodeAddress {
+                    node_id: 1,
+                    addr: "10.0.0.1:7001".into()
+                },
+                proto::NodeAddress {
+                    node_id: 2,
+                    addr: "10.0.0.2:7002".into()
+                },
             ]
         );
     }

@@ -187,8 +187,7 @@ impl Client {
         &self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<Vec<Option<Versioned>>, Error> {
-        self.batch_get_with(keys, ReadConsistency::Linearizable)
-            .await
+        self.batch_get_with(keys, ReadConsistency::Linearizable).await
     }
 
     /// Reads many keys with the given consistency; one result per key, in order.
@@ -306,9 +305,11 @@ impl Client {
             attempts += 1;
             let raw_index = self.inner.current.load(Ordering::Relaxed);
             let router = &self.inner.endpoints[raw_index % self.inner.endpoints.len()];
-            let outcome =
-                tokio::time::timeout(remaining + DEADLINE_SLACK, attempt(router.channel.clone(), remaining))
-                    .await;
+            let outcome = tokio::time::timeout(
+                remaining + DEADLINE_SLACK,
+                attempt(router.channel.clone(), remaining),
+            )
+            .await;
             let mut failure = match outcome {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => Failure::from_status(&status),

@@ -63,14 +63,10 @@ impl ClientConfig {
     /// Checks that every bound is usable.
     pub fn validate(&self) -> Result<(), Error> {
         if self.request_timeout.is_zero() {
-            return Err(Error::InvalidArgument(
-                "request timeout must be positive".into(),
-            ));
+            return Err(Error::InvalidArgument("request timeout must be positive".into()));
         }
         if self.connect_timeout.is_zero() {
-            return Err(Error::InvalidArgument(
-                "connect timeout must be positive".into(),
-            ));
+            return Err(Error::InvalidArgument("connect timeout must be positive".into()));
         }
         if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
             return Err(Error::InvalidArgument(format!(
@@ -84,9 +80,7 @@ impl ClientConfig {
             ));
         }
         if self.max_message_bytes == 0 {
-            return Err(Error::InvalidArgument(
-                "max message size must be positive".into(),
-            ));
+            return Err(Error::InvalidArgument("max message size must be positive".into()));
         }
         Ok(())
     }

@@ -105,6 +105,7 @@ impl Failure {
         // Statuses synthesised by the tonic transport carry their cause as `source`;
         // statuses sent by a server never do.
         if let Some(source) = StdError::source(status) {
+            let message = with_causes(message, source);
             return Failure::from_local(status.code(), message, source);
         }
         if status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some() {
@@ -163,6 +164,27 @@ impl Failure {
     }
 }
 
+/// Appends the root cause of `source`'s chain when `message` does not already say it,
+/// so "tcp connect error" becomes "tcp connect error: Connection refused (os error 111)".
+fn with_causes(message: String, source: &(dyn StdError + 'static)) -> String {
+    let mut root = source;
+    // The chain of a transport error is short; bound the walk anyway.
+    for _ in 0..16 {
+        match root.source() {
+            Some(next) => root = next,
+            None => break,
+        }
+    }
+    let root_text = root.to_string();
+    if root_text.is_empty() || message.contains(&root_text) {
+        message
+    } else if message.is_empty() {
+        root_text
+    } else {
+        format!("{message}: {root_text}")
+    }
+}
+
 impl From<Status> for Error {
     fn from(status: Status) -> Error {
         Failure::from_status(&status).error
@@ -195,14 +217,18 @@ mod tests {
         assert!(!failure.error.is_retryable());
     }
 
-    /// A connect error means the request was never sent.
+    /// A connect error means the request was never sent; its cause is in the message.
     #[test]
     fn connect_error_is_not_sent() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let mut status = Status::unavailable("tcp connect error");
         status.set_source(Arc::new(tonic::ConnectError(Box::new(io))));
         let failure = Failure::from_status(&status);
-        assert!(matches!(failure.error, Error::Transport(_)));
+        assert!(
+            matches!(failure.error, Error::Transport(ref m) if m == "tcp connect error: refused"),
+            "{:?}",
+            failure.error
+        );
         assert_eq!(failure.delivery, Delivery::NotSent);
     }
 
@@ -231,7 +257,13 @@ mod tests {
     #[test]
     fn other_codes_keep_their_code() {
         let error = Error::from(Status::aborted("conflict"));
-        assert!(matches!(error, Error::Other { code: Code::Aborted, .. }));
+        assert!(matches!(
+            error,
+            Error::Other {
+                code: Code::Aborted,
+                ..
+            }
+        ));
         assert!(!error.is_retryable());
     }
 

@@ -71,8 +71,7 @@ pub use admin::init_cluster;
 pub use client::{new_request_id, Client, REQUEST_ID_LEN};
 pub use config::{
     ClientConfig, ClientConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF,
 };
 pub use endpoint::normalize_endpoint;
 pub use error::Error;

@@ -106,8 +106,10 @@ mod tests {
     fn not_sent_fails_over() {
         for kind in [OpKind::Read, OpKind::Write] {
             let mut state = RetryState::new(kind);
-            let decision =
-                state.on_failure(failure(Error::Transport("refused".into()), Delivery::NotSent), true);
+            let decision = state.on_failure(
+                failure(Error::Transport("refused".into()), Delivery::NotSent),
+                true,
+            );
             assert!(matches!(decision, Decision::Retry));
         }
     }

@@ -118,8 +118,11 @@ impl NodeConfig {
         if self.snapshot_logs_since_last == 0 {
             return fail("snapshot_logs_since_last must be positive".to_string());
         }
-        if self.snapshot_chunk_bytes < 1024 || self.snapshot_chunk_bytes as usize > self.max_message_bytes / 2 {
-            return fail("snapshot_chunk_bytes must be between 1 KiB and half of max_message_bytes".to_string());
+        if self.snapshot_chunk_bytes < 1024 || self.snapshot_chunk_bytes as usize > self.max_message_bytes / 2
+        {
+            return fail(
+                "snapshot_chunk_bytes must be between 1 KiB and half of max_message_bytes".to_string(),
+            );
         }
         if self.rpc_timeout_ms == 0 || self.write_timeout_ms == 0 {
             return fail("rpc_timeout_ms and write_timeout_ms must be positive".to_string());

@@ -26,12 +26,18 @@ pub enum NodeError {
     NoQuorum { group: GroupId, detail: String },
     #[error("this node is not part of an initialised cluster yet (run `kvctl cluster init`)")]
     NotInitialized,
-    #[error("cluster id mismatch: this node belongs to cluster {ours}, the request came from cluster {theirs}")]
+    #[error(
+        "cluster id mismatch: this node belongs to cluster {ours}, the request came from cluster {theirs}"
+    )]
     ClusterMismatch { ours: String, theirs: String },
     #[error("cluster already initialised differently: {0}")]
     AlreadyInitialized(String),
     #[error("timed out after {timeout_ms} ms waiting for {what}")]
-    Timeout { what: String, timeout_ms: u64, proposed: bool },
+    Timeout {
+        what: String,
+        timeout_ms: u64,
+        proposed: bool,
+    },
     #[error("write outcome unknown: {0}")]
     OutcomeUnknown(String),
     #[error("peer {node} failed: {detail}")]
@@ -54,9 +60,10 @@ impl NodeError {
     pub fn write_rejected(&self) -> bool {
         match self {
             NodeError::NotLeader { proposed, .. } | NodeError::Timeout { proposed, .. } => !proposed,
-            NodeError::OutcomeUnknown(_) | NodeError::Storage(_) | NodeError::Fatal(_) | NodeError::Peer { .. } => {
-                false
-            }
+            NodeError::OutcomeUnknown(_)
+            | NodeError::Storage(_)
+            | NodeError::Fatal(_)
+            | NodeError::Peer { .. } => false,
             NodeError::InvalidArgument(_)
             | NodeError::UnknownShard { .. }
             | NodeError::ShardNotHosted(_)

@@ -31,7 +31,9 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::{envelope, NetworkFactory, Transport};
 use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::{GroupState, StateMachine};
-use crate::raft::types::{ClusterConfig, Command, CommandResult, GroupId, NodeId, Raft, Versioned, WriteCommand};
+use crate::raft::types::{
+    ClusterConfig, Command, CommandResult, GroupId, NodeId, Raft, Versioned, WriteCommand,
+};
 use crate::storage::{EngineRef, StorageError, TreeRef};
 
 const NODE_ID_KEY: &[u8] = b"node_id";
@@ -196,7 +198,9 @@ impl Node {
         });
         let node = Node { inner };
         let reconciler = node.clone();
-        node.inner.tasks.spawn(async move { reconciler.reconcile_loop().await });
+        node.inner
+            .tasks
+            .spawn(async move { reconciler.reconcile_loop().await });
         info!(node_id = node.node_id(), addr = %node.addr(), "node started");
         Ok(node)
     }
@@ -271,7 +275,9 @@ impl Node {
                 shards: ring.shard_count(),
             });
         }
-        let group = self.group(GroupId::Shard(shard)).ok_or(NodeError::ShardNotHosted(shard))?;
+        let group = self
+            .group(GroupId::Shard(shard))
+            .ok_or(NodeError::ShardNotHosted(shard))?;
         Ok((ring, group))
     }
 
@@ -304,7 +310,10 @@ impl Node {
             });
         }
         let timeout_ms = self.inner.config.write_timeout_ms;
-        let write = tokio::time::timeout(Duration::from_millis(timeout_ms), group.raft.client_write(command));
+        let write = tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            group.raft.client_write(command),
+        );
         match write.await {
             Err(_elapsed) => Err(NodeError::Timeout {
                 what: format!("{} to commit the write", group.id),
@@ -333,7 +342,10 @@ impl Node {
     /// Waits until a read on `group` at this moment would be linearizable (ReadIndex).
     pub async fn ensure_linearizable(&self, group: &Group) -> Result<(), NodeError> {
         let timeout_ms = self.inner.config.write_timeout_ms;
-        let check = tokio::time::timeout(Duration::from_millis(timeout_ms), group.raft.ensure_linearizable());
+        let check = tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            group.raft.ensure_linearizable(),
+        );
         match check.await {
             Err(_elapsed) => Err(NodeError::Timeout {
                 what: format!("{} to confirm leadership for a read", group.id),
@@ -352,10 +364,12 @@ impl Node {
                     proposed: false,
                 })
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)))) => Err(NodeError::NoQuorum {
-                group: group.id,
-                detail: err.to_string(),
-            }),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)))) => {
+                Err(NodeError::NoQuorum {
+                    group: group.id,
+                    detail: err.to_string(),
+                })
+            }
             Ok(Err(RaftError::Fatal(fatal))) => Err(NodeError::Fatal(fatal.to_string())),
         }
     }
@@ -374,7 +388,9 @@ impl Node {
         });
         match self.propose(group, command).await? {
             CommandResult::Write(results) => Ok(results),
-            other => Err(NodeError::OutcomeUnknown(format!("unexpected apply result {other:?}"))),
+            other => Err(NodeError::OutcomeUnknown(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
@@ -388,7 +404,9 @@ impl Node {
     /// Records `cluster_id` as this node's cluster (first time only).
     pub fn join_cluster(&self, cluster_id: &str) -> Result<(), NodeError> {
         if cluster_id.is_empty() {
-            return Err(NodeError::InvalidArgument("cluster id must not be empty".to_string()));
+            return Err(NodeError::InvalidArgument(
+                "cluster id must not be empty".to_string(),
+            ));
         }
         let mut current = match self.inner.cluster_id.write() {
             Ok(guard) => guard,
@@ -412,7 +430,10 @@ impl Node {
     }
 
     /// Bootstraps a cluster (see the module docs). Idempotent.
-    pub async fn init_cluster(&self, request: v1::InitClusterRequest) -> Result<v1::InitClusterResponse, NodeError> {
+    pub async fn init_cluster(
+        &self,
+        request: v1::InitClusterRequest,
+    ) -> Result<v1::InitClusterResponse, NodeError> {
         let _init = self.inner.init_lock.lock().await;
         let members = validate_init(self.node_id(), &request)?;
         let ring_config = RingConfig {
@@ -454,23 +475,26 @@ impl Node {
         };
         info!(%cluster_id, members = members.len(), shards = request.shards, "initialising cluster");
         for member in members.iter().filter(|m| m.node_id != self.node_id()) {
-            let mut client = self
-                .inner
-                .transport
-                .raft_client(&member.addr)
-                .map_err(|err| NodeError::Peer {
-                    node: member.node_id,
-                    detail: err.to_string(),
-                })?;
+            let mut client =
+                self.inner
+                    .transport
+                    .raft_client(&member.addr)
+                    .map_err(|err| NodeError::Peer {
+                        node: member.node_id,
+                        detail: err.to_string(),
+                    })?;
             let mut join = tonic::Request::new(v1::JoinClusterRequest {
                 cluster_id: cluster_id.clone(),
                 node_id: member.node_id,
             });
             join.set_timeout(Duration::from_millis(self.inner.config.rpc_timeout_ms));
-            client.join_cluster(join).await.map_err(|status| NodeError::Peer {
-                node: member.node_id,
-                detail: format!("{} ({})", status.message(), member.addr),
-            })?;
+            client
+                .join_cluster(join)
+                .await
+                .map_err(|status| NodeError::Peer {
+                    node: member.node_id,
+                    detail: format!("{} ({})", status.message(), member.addr),
+                })?;
         }
         let voters: BTreeMap<NodeId, BasicNode> = members
             .iter()
@@ -517,7 +541,12 @@ impl Node {
         }
     }
 
-    async fn forward_system(&self, leader: NodeId, addr: &str, command: &Command) -> Result<CommandResult, NodeError> {
+    async fn forward_system(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        command: &Command,
+    ) -> Result<CommandResult, NodeError> {
         let peer_err = |detail: String| NodeError::Peer { node: leader, detail };
         let payload = postcard::to_allocvec(command).map_err(|err| peer_err(err.to_string()))?;
         let cluster_id = self.cluster_id().ok_or(NodeError::NotInitialized)?;
@@ -602,22 +631,29 @@ impl Node {
 
     /// This node's status.
     pub fn status(&self) -> v1::NodeStatusResponse {
-        let ring = self.inner.system.state.watch_cluster().borrow().clone().map(|config| v1::RingInfo {
-            cluster_id: config.cluster_id.clone(),
-            shards: config.ring.shards,
-            replication_factor: config.ring.replication_factor,
-            epoch: config.epoch,
-            vnodes_per_node: config.ring.vnodes_per_node,
-            members: config
-                .members
-                .iter()
-                .map(|member| v1::RingMember {
-                    node_id: member.node_id,
-                    addr: member.addr.clone(),
-                    state: member.state.as_str().to_string(),
-                })
-                .collect(),
-        });
+        let ring = self
+            .inner
+            .system
+            .state
+            .watch_cluster()
+            .borrow()
+            .clone()
+            .map(|config| v1::RingInfo {
+                cluster_id: config.cluster_id.clone(),
+                shards: config.ring.shards,
+                replication_factor: config.ring.replication_factor,
+                epoch: config.epoch,
+                vnodes_per_node: config.ring.vnodes_per_node,
+                members: config
+                    .members
+                    .iter()
+                    .map(|member| v1::RingMember {
+                        node_id: member.node_id,
+                        addr: member.addr.clone(),
+                        state: member.state.as_str().to_string(),
+                    })
+                    .collect(),
+            });
         let replicas = self
             .groups()
             .iter()
@@ -642,6 +678,8 @@ impl Node {
                     last_log_index: metrics.last_log_index.unwrap_or(0),
                     applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
                     voters: metrics.membership_config.voter_ids().collect(),
+                    snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+                    purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
                 }
             })
             .collect();
@@ -679,7 +717,9 @@ impl Node {
 
 fn validate_init(self_id: NodeId, request: &v1::InitClusterRequest) -> Result<Vec<RingMember>, NodeError> {
     if request.nodes.is_empty() {
-        return Err(NodeError::InvalidArgument("init needs at least one node".to_string()));
+        return Err(NodeError::InvalidArgument(
+            "init needs at least one node".to_string(),
+        ));
     }
     let mut members = Vec::with_capacity(request.nodes.len());
     for node in &request.nodes {
@@ -687,7 +727,10 @@ fn validate_init(self_id: NodeId, request: &v1::InitClusterRequest) -> Result<Ve
             return Err(NodeError::InvalidArgument("node id 0 is reserved".to_string()));
         }
         if node.addr.is_empty() {
-            return Err(NodeError::InvalidArgument(format!("node {} has no address", node.node_id)));
+            return Err(NodeError::InvalidArgument(format!(
+                "node {} has no address",
+                node.node_id
+            )));
         }
         members.push(RingMember {
             node_id: node.node_id,
@@ -749,7 +792,11 @@ async fn open_group(
         snapshots,
         config.dedup_window_ms,
     )?;
-    let log = LogStore::open(engine.clone(), &format!("{}.log", group_id.name()), flusher.clone())?;
+    let log = LogStore::open(
+        engine.clone(),
+        &format!("{}.log", group_id.name()),
+        flusher.clone(),
+    )?;
     let network = NetworkFactory::new(group_id, transport.clone());
     let raft = Raft::new(
         config.node_id,

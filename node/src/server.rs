@@ -89,10 +89,12 @@ impl NodeServer {
         let catalog = engine.open_tree(CATALOG_TREE).map_err(storage_err)?;
         crate::node::check_identity(&catalog, &config)?;
         let bind_addr = listen_addr(&config, &catalog)?;
-        let listener = TcpListener::bind(bind_addr).await.map_err(|source| StartError::Bind {
-            addr: bind_addr.to_string(),
-            source,
-        })?;
+        let listener = TcpListener::bind(bind_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: bind_addr.to_string(),
+                source,
+            })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: bind_addr.to_string(),
             source,

@@ -51,11 +51,6 @@ impl Backoff {
         debug_assert!(delay <= self.config.max);
         delay
     }
-
-    /// Starts over from the initial delay (after progress, such as a leader hint).
-    pub fn reset(&mut self) {
-        self.next_base = self.config.initial;
-    }
 }
 
 #[cfg(test)]
@@ -84,15 +79,14 @@ mod tests {
         }
     }
 
-    /// Random jitter stays within bounds, and reset starts over.
+    /// Random jitter stays within bounds.
     #[test]
-    fn random_jitter_and_reset() {
+    fn random_jitter_stays_bounded() {
         let mut backoff = Backoff::new(CONFIG);
+        assert!(backoff.next_delay() <= CONFIG.initial);
         for _ in 0..100 {
             let delay = backoff.next_delay();
             assert!(delay >= CONFIG.initial / 2 && delay <= CONFIG.max);
         }
-        backoff.reset();
-        assert!(backoff.next_delay() <= CONFIG.initial);
     }
 }

@@ -136,8 +136,8 @@ impl<T> Assembly<T> {
         let len = self.slots.len();
         let values: Vec<T> = self.slots.into_iter().flatten().collect();
         if values.len() != len {
-            return Err(RouterError::InvalidArgument(format!(
-                "internal error: {} of {len} batch items have no result",
+            return Err(RouterError::Internal(format!(
+                "{} of {len} batch items have no result",
                 len - values.len()
             )));
         }
@@ -189,7 +189,10 @@ mod tests {
         let id = [1u8; 16];
         assert_eq!(sub_request_id(&id, ShardId(3)), sub_request_id(&id, ShardId(3)));
         assert_ne!(sub_request_id(&id, ShardId(3)), sub_request_id(&id, ShardId(4)));
-        assert_ne!(sub_request_id(&id, ShardId(3)), sub_request_id(&[2u8; 16], ShardId(3)));
+        assert_ne!(
+            sub_request_id(&id, ShardId(3)),
+            sub_request_id(&[2u8; 16], ShardId(3))
+        );
         assert_ne!(sub_request_id(&id, ShardId(0)), id);
         // Counter-like ids do not collide across shards the way an xor would.
         let mut next = id;
@@ -206,8 +209,9 @@ mod tests {
 
         let shuffled = vec![result(b"b", 2), result(b"a", 1)];
         let matched = match_read_results(&keys, shuffled);
-        let versions: Option<Vec<u64>> =
-            matched.ok().map(|results| results.iter().map(|r| r.version).collect());
+        let versions: Option<Vec<u64>> = matched
+            .ok()
+            .map(|results| results.iter().map(|r| r.version).collect());
         assert_eq!(versions, Some(vec![1, 2, 1]));
 
         assert!(match_read_results(&keys, vec![result(b"a", 1)]).is_err());

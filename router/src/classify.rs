@@ -45,11 +45,6 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Whether another attempt may succeed.
-    pub fn is_retriable(&self) -> bool {
-        !matches!(self, Failure::Fatal { .. })
-    }
-
     /// Whether the router's view of the cluster should be refreshed before retrying.
     pub fn wants_refresh(&self) -> bool {
         matches!(
@@ -137,8 +132,7 @@ pub fn classify(status: &Status) -> Classified {
     };
     // INVALID_ARGUMENT is decided on the input before anything is proposed, so it is a
     // definite rejection even when a node forgets `x-ringkv-rejected`.
-    let definitely_not_applied =
-        has_rejected_flag(status) || status.code() == Code::InvalidArgument;
+    let definitely_not_applied = has_rejected_flag(status) || status.code() == Code::InvalidArgument;
     Classified {
         failure,
         definitely_not_applied,
@@ -149,10 +143,7 @@ pub fn classify(status: &Status) -> Classified {
 /// A failure produced by the local tonic client rather than sent by the node: such statuses
 /// carry the transport error as their source.
 fn local_failure(status: &Status) -> Option<Failure> {
-    let mut source: Option<&(dyn StdError + 'static)> = status.source();
-    if source.is_none() {
-        return None;
-    }
+    let mut source: Option<&(dyn StdError + 'static)> = Some(status.source()?);
     while let Some(err) = source {
         if err.downcast_ref::<tonic::ConnectError>().is_some() {
             return Some(Failure::Unreachable);
@@ -183,9 +174,7 @@ fn leader_hint(status: &Status) -> Option<(Option<NodeId>, Option<String>)> {
         .and_then(|value| value.to_str().ok())
         .map(str::trim)
         .filter(|addr| {
-            !addr.is_empty()
-                && addr.len() <= MAX_ADDR_HINT_BYTES
-                && !addr.chars().any(char::is_whitespace)
+            !addr.is_empty() && addr.len() <= MAX_ADDR_HINT_BYTES && !addr.chars().any(char::is_whitespace)
         })
         .map(str::to_string);
     if leader_id.is_none() && leader_addr.is_none() {
@@ -302,9 +291,9 @@ mod tests {
     #[test]
     fn local_transport_errors() {
         let mut refused = Status::unavailable("tcp connect error");
-        refused.set_source(Arc::new(tonic::ConnectError(Box::new(
-            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-        ))));
+        refused.set_source(Arc::new(tonic::ConnectError(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))));
         let refused = classify(&refused);
         assert_eq!(refused.failure, Failure::Unreachable);
         assert!(refused.definitely_not_applied);
@@ -322,6 +311,6 @@ mod tests {
         let reset = classify(&reset);
         assert_eq!(reset.failure, Failure::Transport);
         assert!(!reset.definitely_not_applied);
-        assert!(reset.failure.is_retriable());
+        assert!(reset.failure.wants_refresh());
     }
 }

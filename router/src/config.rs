@@ -274,10 +274,7 @@ impl RouterConfig {
 fn check_node_addr(addr: &str) -> Result<(), ConfigError> {
     let without_scheme = addr.strip_prefix("http://").unwrap_or(addr);
     let Some((host, port)) = without_scheme.rsplit_once(':') else {
-        return Err(invalid(
-            "seed_nodes",
-            format!("entry {addr:?} is not host:port"),
-        ));
+        return Err(invalid("seed_nodes", format!("entry {addr:?} is not host:port")));
     };
     if host.is_empty() || host.chars().any(char::is_whitespace) {
         return Err(invalid(
@@ -405,10 +402,7 @@ mod tests {
     #[test]
     fn toml_overrides_and_rejects_unknown_fields() {
         let path = Path::new("router.toml");
-        let parsed = RouterConfig::from_toml_str(
-            "seed_nodes = [\"10.0.0.1:7100\"]\nmax_fanout = 8\n",
-            path,
-        );
+        let parsed = RouterConfig::from_toml_str("seed_nodes = [\"10.0.0.1:7100\"]\nmax_fanout = 8\n", path);
         let config = match parsed {
             Ok(config) => config,
             Err(err) => panic!("parse failed: {err}"),

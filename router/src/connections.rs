@@ -12,8 +12,8 @@ use std::time::Duration;
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::shard_kv_client::ShardKvClient;
 use ringkv_proto::v1::{
-    NodeStatusRequest, NodeStatusResponse, ShardReadRequest, ShardReadResponse,
-    ShardWriteRequest, ShardWriteResponse,
+    NodeStatusRequest, NodeStatusResponse, ShardReadRequest, ShardReadResponse, ShardWriteRequest,
+    ShardWriteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
@@ -106,8 +106,7 @@ impl GrpcNodes {
     }
 
     fn shard_kv(&self, addr: &str) -> Result<ShardKvClient<Channel>, Status> {
-        Ok(ShardKvClient::new(self.pool.channel(addr)?)
-            .max_decoding_message_size(self.max_response_bytes))
+        Ok(ShardKvClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes))
     }
 }
 
@@ -118,6 +117,22 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     request
 }
 
+/// Bounds a whole call, connecting included, by `timeout`; an expired call fails like a
+/// tonic client timeout (CANCELLED with a `TimeoutExpired` source).
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_elapsed) => {
+            let mut status = Status::cancelled(format!("no answer within {} ms", timeout.as_millis()));
+            status.set_source(Arc::new(tonic::TimeoutExpired(())));
+            Err(status)
+        }
+    }
+}
+
 impl NodeApi for GrpcNodes {
     async fn read(
         &self,
@@ -126,7 +141,7 @@ impl NodeApi for GrpcNodes {
         timeout: Duration,
     ) -> Result<ShardReadResponse, Status> {
         let mut client = self.shard_kv(addr)?;
-        let response = client.read(with_timeout(request, timeout)).await?;
+        let response = bounded(timeout, client.read(with_timeout(request, timeout))).await?;
         Ok(response.into_inner())
     }
 
@@ -137,16 +152,18 @@ impl NodeApi for GrpcNodes {
         timeout: Duration,
     ) -> Result<ShardWriteResponse, Status> {
         let mut client = self.shard_kv(addr)?;
-        let response = client.write(with_timeout(request, timeout)).await?;
+        let response = bounded(timeout, client.write(with_timeout(request, timeout))).await?;
         Ok(response.into_inner())
     }
 
     async fn node_status(&self, addr: &str, timeout: Duration) -> Result<NodeStatusResponse, Status> {
-        let mut client = AdminClient::new(self.pool.channel(addr)?)
-            .max_decoding_message_size(self.max_response_bytes);
-        let response = client
-            .node_status(with_timeout(NodeStatusRequest {}, timeout))
-            .await?;
+        let mut client =
+            AdminClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes);
+        let response = bounded(
+            timeout,
+            client.node_status(with_timeout(NodeStatusRequest {}, timeout)),
+        )
+        .await?;
         Ok(response.into_inner())
     }
 }

@@ -72,12 +72,8 @@ pub enum RouterError {
         message: String,
     },
     /// A node's answer broke the contract (wrong number of results, unknown keys).
-    #[error("node {node} sent an invalid response for shard {shard}: {reason}")]
-    BadNodeResponse {
-        shard: ShardId,
-        node: String,
-        reason: String,
-    },
+    #[error("a node sent an invalid response for shard {shard}: {reason}")]
+    BadNodeResponse { shard: ShardId, reason: String },
     /// The shard count changed while the request was routed (the cluster was re-created).
     #[error("the cluster changed during the request (shards {expected} -> {actual}); retry")]
     RingChanged { expected: u32, actual: u32 },
@@ -87,6 +83,9 @@ pub enum RouterError {
     /// The rpc is not served by routers.
     #[error("{0}")]
     Unimplemented(&'static str),
+    /// A router invariant was broken (a bug).
+    #[error("internal router error: {0}")]
+    Internal(String),
 }
 
 impl RouterError {
@@ -94,10 +93,7 @@ impl RouterError {
     pub fn is_outcome_unknown(&self) -> bool {
         match self {
             RouterError::OutcomeUnknown { .. } => true,
-            RouterError::BatchFailed(batch) => batch
-                .failures
-                .iter()
-                .any(|(_, err)| err.is_outcome_unknown()),
+            RouterError::BatchFailed(batch) => batch.failures.iter().any(|(_, err)| err.is_outcome_unknown()),
             _ => false,
         }
     }
@@ -135,11 +131,7 @@ impl fmt::Display for BatchFailure {
         )?;
         let unknown = self.outcome_unknown_shards();
         if !unknown.is_empty() {
-            write!(
-                f,
-                "; write outcome unknown on shards {}",
-                list_shards(&unknown)
-            )?;
+            write!(f, "; write outcome unknown on shards {}", list_shards(&unknown))?;
         }
         for (shard, err) in self.failures.iter().take(MAX_DETAILED_SHARD_ERRORS) {
             write!(f, "; shard {shard}: {err}")?;
@@ -181,9 +173,9 @@ pub fn to_status(err: &RouterError) -> Status {
     match err {
         RouterError::InvalidArgument(_) => Status::invalid_argument(message),
         RouterError::Overloaded { .. } => Status::resource_exhausted(message),
-        RouterError::NoCluster
-        | RouterError::ShardUnavailable { .. }
-        | RouterError::RingChanged { .. } => Status::unavailable(message),
+        RouterError::NoCluster | RouterError::ShardUnavailable { .. } | RouterError::RingChanged { .. } => {
+            Status::unavailable(message)
+        }
         RouterError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
         RouterError::OutcomeUnknown { .. } => outcome_unknown_status(message),
         RouterError::Node {
@@ -191,7 +183,7 @@ pub fn to_status(err: &RouterError) -> Status {
             message: node_message,
             ..
         } => Status::new(*code, node_message.clone()),
-        RouterError::BadNodeResponse { .. } => Status::internal(message),
+        RouterError::BadNodeResponse { .. } | RouterError::Internal(_) => Status::internal(message),
         RouterError::Unimplemented(_) => Status::unimplemented(message),
         RouterError::BatchFailed(batch) => {
             if err.is_outcome_unknown() {
@@ -374,9 +366,7 @@ mod tests {
         let status = to_status(&err);
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("batch failed on 2 of 4 shards: 1, 3"));
-        assert!(status
-            .message()
-            .contains("write outcome unknown on shards 3"));
+        assert!(status.message().contains("write outcome unknown on shards 3"));
         assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
 
         let definite = RouterError::BatchFailed(BatchFailure {

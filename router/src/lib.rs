@@ -1,1 +1,60 @@
-//! placeholder
+//! ringkv router: a stateless gRPC proxy that serves the client API (`ringkv.v1.Kv`) and
+//! `Admin.ClusterStatus`, and forwards every key to its shard's leader through the nodes'
+//! `ShardKv` service.
+//!
+//! Start one with [`Router::start`]; stop it with [`RouterHandle::shutdown`].
+//!
+//! # Map
+//! - Process: [`config`] (typed config, `validate()`), [`server`] ([`Router`],
+//!   [`RouterHandle`]: bind, serve, graceful shutdown), [`log_format`] (JSON log lines
+//!   for the binary).
+//! - Services, one per file: `kv_service` (`Kv`: validation, shard lookup, batches) and
+//!   `admin_service` (`Admin`: cluster status; node rpcs answer UNIMPLEMENTED).
+//! - Request path: `context` (what handlers share), `validate` (limits),
+//!   `deadline` (`grpc-timeout` → deadline), `inflight` (backpressure),
+//!   `forward` (the retry loop), `backoff`, `classify` (node error → retry /
+//!   ambiguity), `batch` (group by shard, sub-request ids, reassembly),
+//!   [`error`] (`RouterError` and its one mapping to gRPC statuses).
+//! - Cluster view: `topology` (ring, node addresses, leader cache), `refresher`
+//!   (the background `NodeStatus` poller), `cluster_status` (the status merge),
+//!   `convert` (protobuf ring → placement ring).
+//! - Nodes: `node_api` (the calls the router makes, a trait so tests use fakes) and
+//!   `connections` (one lazily connected channel per node, the gRPC implementation).
+//!
+//! # Invariants
+//! - Nothing is sent to a node before the request passed validation.
+//! - A write keeps one request id across all its retries; an ambiguous write that did not
+//!   finally succeed is reported as "write outcome unknown" (with
+//!   `x-ringkv-outcome-unknown: 1`), never as a plain failure.
+//! - Every wait is bounded: per attempt by `rpc_timeout_ms`, per request by its deadline,
+//!   fan-out by `max_fanout`, concurrency by `max_inflight_requests`.
+//! - The router keeps no durable state: everything it knows is learnt from nodes.
+//!
+//! # Dependencies
+//! Depends on `ringkv-proto` (wire contract) and `ringkv-ring` (placement), never on the
+//! node crate: nodes are known only through the protobuf contract.
+
+mod admin_service;
+mod backoff;
+mod batch;
+mod classify;
+mod cluster_status;
+pub mod config;
+mod connections;
+mod context;
+mod convert;
+mod deadline;
+pub mod error;
+mod forward;
+mod inflight;
+mod kv_service;
+pub mod log_format;
+mod node_api;
+mod refresher;
+pub mod server;
+mod topology;
+mod validate;
+
+pub use config::{ConfigError, RouterConfig};
+pub use error::{RouterError, ServeError, StartError};
+pub use server::{Router, RouterHandle};

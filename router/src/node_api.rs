@@ -5,8 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use ringkv_proto::v1::{
-    NodeStatusResponse, ShardReadRequest, ShardReadResponse, ShardWriteRequest,
-    ShardWriteResponse,
+    NodeStatusResponse, ShardReadRequest, ShardReadResponse, ShardWriteRequest, ShardWriteResponse,
 };
 use tonic::Status;
 

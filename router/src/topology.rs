@@ -168,7 +168,6 @@ pub struct Topology {
     /// Addresses of ring members (authoritative), then of other nodes seen.
     node_addrs: HashMap<NodeId, String>,
     leaders: HashMap<ShardId, LeaderEntry>,
-    system_leader: Option<LeaderEntry>,
 }
 
 impl Topology {
@@ -176,12 +175,9 @@ impl Topology {
         self.ring.clone()
     }
 
+    #[cfg(test)]
     pub fn leader(&self, shard: ShardId) -> Option<LeaderEntry> {
         self.leaders.get(&shard).copied()
-    }
-
-    pub fn system_leader(&self) -> Option<LeaderEntry> {
-        self.system_leader
     }
 
     pub fn node_addr(&self, node_id: NodeId) -> Option<&str> {
@@ -242,22 +238,15 @@ impl Topology {
                 self.leaders.insert(ShardId(shard), merged);
             }
         }
-        if let Some(claim) = claims.system {
-            if let Some(merged) = merge_claim(self.system_leader, claim) {
-                self.system_leader = Some(merged);
-            }
-        }
         outcome
     }
 
     fn adopt_ring(&mut self, view: RingView) {
         let same_shape = self.ring.as_ref().is_some_and(|old| {
-            old.info.cluster_id == view.info.cluster_id
-                && old.ring.shard_count() == view.ring.shard_count()
+            old.info.cluster_id == view.info.cluster_id && old.ring.shard_count() == view.ring.shard_count()
         });
         if !same_shape {
             self.leaders.clear();
-            self.system_leader = None;
         }
         let members: HashSet<NodeId> = view.ring.members().map(|m| m.node_id).collect();
         // Keep a bounded number of non-member addresses (learnt from hints or seeds).
@@ -317,7 +306,11 @@ impl Topology {
 
     /// Forgets `node_id` as the leader of `shard` (it failed); a newer entry is kept.
     pub fn invalidate(&mut self, shard: ShardId, node_id: NodeId) {
-        if self.leaders.get(&shard).is_some_and(|entry| entry.node_id == node_id) {
+        if self
+            .leaders
+            .get(&shard)
+            .is_some_and(|entry| entry.node_id == node_id)
+        {
             self.leaders.remove(&shard);
         }
     }
@@ -437,17 +430,11 @@ impl TopologyHandle {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Topology> {
-        self.shared
-            .state
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Topology> {
-        self.shared
-            .state
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The current ring, if any.
@@ -472,6 +459,7 @@ impl TopologyHandle {
     }
 
     /// The cached leader of a shard.
+    #[cfg(test)]
     pub fn leader(&self, shard: ShardId) -> Option<LeaderEntry> {
         self.read().leader(shard)
     }
@@ -670,7 +658,10 @@ mod tests {
         let mut seen = HashSet::new();
         for attempt in 0..3 {
             let target = topology.route(ShardId(1), 8, RouteMode::AnyReplica { rotation: 7 }, attempt);
-            if let Ok(Target { node_id: Some(id), .. }) = target {
+            if let Ok(Target {
+                node_id: Some(id), ..
+            }) = target
+            {
                 seen.insert(id);
             }
         }

@@ -27,9 +27,7 @@ impl Limits {
     /// A key is 1..=`max_key_bytes` bytes. `field` names it in the message (`key`, `keys[3]`).
     pub fn check_key(&self, field: &dyn std::fmt::Display, key: &[u8]) -> Result<(), RouterError> {
         if key.is_empty() {
-            return Err(RouterError::InvalidArgument(format!(
-                "{field} must not be empty"
-            )));
+            return Err(RouterError::InvalidArgument(format!("{field} must not be empty")));
         }
         if key.len() > self.max_key_bytes {
             return Err(RouterError::InvalidArgument(format!(
@@ -42,11 +40,7 @@ impl Limits {
     }
 
     /// A value is at most `max_value_bytes` bytes (empty values are allowed).
-    pub fn check_value(
-        &self,
-        field: &dyn std::fmt::Display,
-        value: &[u8],
-    ) -> Result<(), RouterError> {
+    pub fn check_value(&self, field: &dyn std::fmt::Display, value: &[u8]) -> Result<(), RouterError> {
         if value.len() > self.max_value_bytes {
             return Err(RouterError::InvalidArgument(format!(
                 "{field} is {} bytes, more than max_value_bytes = {}",
@@ -166,9 +160,7 @@ mod tests {
         assert!(matches!(parse_request_id(b""), Ok(None)));
         assert!(matches!(parse_request_id(&[7u8; 16]), Ok(Some(id)) if id == [7u8; 16]));
         let err = parse_request_id(&[7u8; 5]);
-        assert!(
-            matches!(err, Err(RouterError::InvalidArgument(ref m)) if m.contains("got 5 bytes"))
-        );
+        assert!(matches!(err, Err(RouterError::InvalidArgument(ref m)) if m.contains("got 5 bytes")));
         let first = request_id_or_random(b"").ok();
         let second = request_id_or_random(b"").ok();
         assert!(first.is_some() && first != second);

@@ -208,7 +208,10 @@ impl Cluster {
 
     fn signal_node(&mut self, id: u64, signal: i32) -> Result<Child> {
         let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
-        let child = node.child.take().ok_or_else(|| anyhow!("node {id} is not running"))?;
+        let child = node
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
         let pid = i32::try_from(child.id()).context("pid")?;
         // SAFETY: sending a signal to a child process we own.
         let rc = unsafe { libc::kill(pid, signal) };
@@ -254,7 +257,10 @@ impl Cluster {
             .map(|node| {
                 Ok(v1::NodeAddress {
                     node_id: node.id,
-                    addr: node.addr.clone().ok_or_else(|| anyhow!("node {} not started", node.id))?,
+                    addr: node
+                        .addr
+                        .clone()
+                        .ok_or_else(|| anyhow!("node {} not started", node.id))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -357,7 +363,9 @@ impl Cluster {
             if !node.is_running() {
                 continue;
             }
-            let Ok(status) = self.node_status(*id).await else { continue };
+            let Ok(status) = self.node_status(*id).await else {
+                continue;
+            };
             for replica in status.replicas {
                 let (Some(shard), "leader") = (replica.shard_id, replica.role.as_str()) else {
                     continue;
@@ -368,7 +376,9 @@ impl Cluster {
                 }
             }
         }
-        best.into_iter().map(|(shard, (_, leader))| (shard, leader)).collect()
+        best.into_iter()
+            .map(|(shard, (_, leader))| (shard, leader))
+            .collect()
     }
 
     /// Waits until every shard has a leader among the running nodes.
@@ -431,10 +441,13 @@ impl Drop for Cluster {
         if std::env::var_os("RINGKV_KEEP_TEST_DIRS").is_some() {
             let path = self.dir.path().to_path_buf();
             eprintln!("keeping test cluster directory {}", path.display());
-            let dir = std::mem::replace(&mut self.dir, match tempfile::tempdir() {
-                Ok(dir) => dir,
-                Err(_) => return,
-            });
+            let dir = std::mem::replace(
+                &mut self.dir,
+                match tempfile::tempdir() {
+                    Ok(dir) => dir,
+                    Err(_) => return,
+                },
+            );
             let _ = dir.keep();
         }
     }

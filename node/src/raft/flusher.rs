@@ -38,7 +38,8 @@ impl Flusher {
 
     /// Acknowledges `callback` once everything written so far is durable.
     pub async fn flush_log(&self, callback: openraft::storage::LogFlushed<TypeConfig>) {
-        if let Err(mpsc::error::SendError(Waiter::Log(callback))) = self.tx.send(Waiter::Log(callback)).await {
+        if let Err(mpsc::error::SendError(Waiter::Log(callback))) = self.tx.send(Waiter::Log(callback)).await
+        {
             callback.log_io_completed(Err(std::io::Error::other("flusher stopped")));
         }
     }
@@ -82,7 +83,9 @@ async fn run(engine: EngineRef, mut rx: mpsc::Receiver<Waiter>, cancel: Cancella
         trace!(waiters = batch.len(), "group commit");
         for waiter in batch.drain(..) {
             match waiter {
-                Waiter::Log(callback) => callback.log_io_completed(result.clone().map_err(std::io::Error::other)),
+                Waiter::Log(callback) => {
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other))
+                }
                 Waiter::Notify(tx) => {
                     let _ = tx.send(result.clone());
                 }
@@ -94,7 +97,9 @@ async fn run(engine: EngineRef, mut rx: mpsc::Receiver<Waiter>, cancel: Cancella
     let final_flush = engine.flush().map_err(|err| err.to_string());
     while let Ok(waiter) = rx.try_recv() {
         match waiter {
-            Waiter::Log(callback) => callback.log_io_completed(final_flush.clone().map_err(std::io::Error::other)),
+            Waiter::Log(callback) => {
+                callback.log_io_completed(final_flush.clone().map_err(std::io::Error::other))
+            }
             Waiter::Notify(tx) => {
                 let _ = tx.send(final_flush.clone());
             }

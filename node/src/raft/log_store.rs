@@ -164,7 +164,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         read().map_err(|err| storage_err(ErrorSubject::Store, ErrorVerb::Read, err))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), RaftStorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftStorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -193,7 +197,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // its log entry disappears, so a restart never finds applied < purged.
             self.flusher.flush().await?;
             self.tree.insert(PURGED_KEY, &encode(&log_id)?)?;
-            self.remove_entries(Bound::Included(vec![ENTRY_PREFIX]), Bound::Included(entry_key(log_id.index)))?;
+            self.remove_entries(
+                Bound::Included(vec![ENTRY_PREFIX]),
+                Bound::Included(entry_key(log_id.index)),
+            )?;
             Ok::<(), StorageError>(())
         };
         purge

@@ -38,10 +38,7 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageE
 }
 
 /// Decodes a value read from `tree`; a failure means the record is corrupt.
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    tree: &str,
-    bytes: &[u8],
-) -> Result<T, StorageError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(tree: &str, bytes: &[u8]) -> Result<T, StorageError> {
     postcard::from_bytes(bytes).map_err(|err| StorageError::Corrupt {
         tree: tree.to_string(),
         detail: err.to_string(),

@@ -8,8 +8,8 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use ringkv_proto::v1::raft_client::RaftClient;
@@ -170,7 +170,12 @@ impl Connection {
     {
         let payload = postcard::to_allocvec(request)
             .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
-        let message = envelope(self.transport.cluster_id(), self.group, self.transport.node_id(), payload);
+        let message = envelope(
+            self.transport.cluster_id(),
+            self.group,
+            self.transport.node_id(),
+            payload,
+        );
         let mut client = self
             .transport
             .raft_client(&self.addr)
@@ -213,8 +218,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.call(Rpc::Snapshot, &rpc, &option).await
     }
 

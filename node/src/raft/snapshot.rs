@@ -34,7 +34,8 @@ impl SnapshotDir {
 
     /// A fresh path for a file being written (received or built).
     pub fn temp_path(&self) -> PathBuf {
-        self.dir.join(format!("incoming-{:016x}.tmp", rand::random::<u64>()))
+        self.dir
+            .join(format!("incoming-{:016x}.tmp", rand::random::<u64>()))
     }
 
     /// The current snapshot's metadata, if any.
@@ -147,10 +148,14 @@ impl<R: Read> SnapshotReader<R> {
             return Ok(None);
         };
         let mut key = vec![0u8; key_len];
-        self.input.read_exact(&mut key).map_err(|_| corrupt("truncated key"))?;
+        self.input
+            .read_exact(&mut key)
+            .map_err(|_| corrupt("truncated key"))?;
         let value_len = self.read_len(false)?.ok_or_else(|| corrupt("missing value"))?;
         let mut value = vec![0u8; value_len];
-        self.input.read_exact(&mut value).map_err(|_| corrupt("truncated value"))?;
+        self.input
+            .read_exact(&mut value)
+            .map_err(|_| corrupt("truncated value"))?;
         Ok(Some((key, value)))
     }
 }
@@ -177,8 +182,14 @@ mod tests {
         writer.finish().expect("finish");
         let bytes = fs::read(&path).expect("read");
         let mut reader = SnapshotReader::new(&bytes[..]);
-        assert_eq!(reader.next_record().expect("r1"), Some((b"k1".to_vec(), b"v1".to_vec())));
-        assert_eq!(reader.next_record().expect("r2"), Some((Vec::new(), vec![0u8; 300])));
+        assert_eq!(
+            reader.next_record().expect("r1"),
+            Some((b"k1".to_vec(), b"v1".to_vec()))
+        );
+        assert_eq!(
+            reader.next_record().expect("r2"),
+            Some((Vec::new(), vec![0u8; 300]))
+        );
         assert_eq!(reader.next_record().expect("end"), None);
         let mut truncated = SnapshotReader::new(&bytes[..bytes.len() - 1]);
         assert!(truncated.next_record().is_ok());

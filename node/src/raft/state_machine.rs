@@ -208,15 +208,13 @@ impl GroupState {
             EntryPayload::Normal(Command::Write(write)) => {
                 self.apply_write(tree, entry.log_id.index, write, &mut batch)?
             }
-            EntryPayload::Normal(Command::SetCluster(config)) => {
-                match tree.get(CLUSTER_KEY)? {
-                    Some(bytes) => CommandResult::Cluster(decode(tree.name(), &bytes)?),
-                    None => {
-                        batch.insert(CLUSTER_KEY.to_vec(), encode(config)?);
-                        CommandResult::Cluster(config.clone())
-                    }
+            EntryPayload::Normal(Command::SetCluster(config)) => match tree.get(CLUSTER_KEY)? {
+                Some(bytes) => CommandResult::Cluster(decode(tree.name(), &bytes)?),
+                None => {
+                    batch.insert(CLUSTER_KEY.to_vec(), encode(config)?);
+                    CommandResult::Cluster(config.clone())
                 }
-            }
+            },
         };
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
         tree.apply_batch(batch)?;
@@ -255,7 +253,10 @@ impl GroupState {
                 },
             };
             let current_version = current.as_ref().map_or(0, |value| value.version);
-            if op.expected_version.is_some_and(|expected| expected != current_version) {
+            if op
+                .expected_version
+                .is_some_and(|expected| expected != current_version)
+            {
                 results.push(WriteOpResult {
                     succeeded: false,
                     version: 0,
@@ -331,7 +332,12 @@ impl GroupState {
         let tree = self.tree();
         let (last_applied, membership) = self.applied_state()?;
         let snapshot_id = match last_applied {
-            Some(log_id) => format!("{}-{}-{:08x}", log_id.leader_id.term, log_id.index, rand::random::<u32>()),
+            Some(log_id) => format!(
+                "{}-{}-{:08x}",
+                log_id.leader_id.term,
+                log_id.index,
+                rand::random::<u32>()
+            ),
             None => format!("0-0-{:08x}", rand::random::<u32>()),
         };
         let temp = self.snapshots.temp_path();
@@ -352,7 +358,11 @@ impl GroupState {
 
     /// Loads a received snapshot into a new tree generation and switches to it. Runs on a
     /// blocking thread with the apply lock held.
-    fn install_snapshot_blocking(&self, meta: &SnapshotMeta, mut file: std::fs::File) -> Result<(), StorageError> {
+    fn install_snapshot_blocking(
+        &self,
+        meta: &SnapshotMeta,
+        mut file: std::fs::File,
+    ) -> Result<(), StorageError> {
         file.seek(SeekFrom::Start(0))?;
         let (old_generation, old_tree) = match self.current.read() {
             Ok(current) => current.clone(),
@@ -384,7 +394,8 @@ impl GroupState {
         }
         // The new tree is durable before the catalog points at it.
         self.engine.flush()?;
-        self.catalog.insert(&catalog_key(self.group), &encode(&generation)?)?;
+        self.catalog
+            .insert(&catalog_key(self.group), &encode(&generation)?)?;
         self.engine.flush()?;
         let cluster: Option<ClusterConfig> = match tree.get(CLUSTER_KEY)? {
             Some(bytes) => Some(decode(tree.name(), &bytes)?),
@@ -515,9 +526,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(join_error)?
         };
-        install
-            .await
-            .map_err(|err| storage_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, err))
+        install.await.map_err(|err| {
+            storage_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                err,
+            )
+        })
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {

@@ -20,9 +20,9 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
     let code = match &err {
         NodeError::InvalidArgument(_) | NodeError::UnknownShard { .. } => Code::InvalidArgument,
         NodeError::ShardNotHosted(_) => Code::NotFound,
-        NodeError::WrongShard { .. } | NodeError::ClusterMismatch { .. } | NodeError::AlreadyInitialized(_) => {
-            Code::FailedPrecondition
-        }
+        NodeError::WrongShard { .. }
+        | NodeError::ClusterMismatch { .. }
+        | NodeError::AlreadyInitialized(_) => Code::FailedPrecondition,
         NodeError::NotLeader { .. }
         | NodeError::NoQuorum { .. }
         | NodeError::NotInitialized
@@ -47,7 +47,9 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
     }
     if is_write {
         if err.write_rejected() {
-            status.metadata_mut().insert(REJECTED_METADATA, MetadataValue::from_static("1"));
+            status
+                .metadata_mut()
+                .insert(REJECTED_METADATA, MetadataValue::from_static("1"));
         } else {
             status
                 .metadata_mut()
@@ -76,7 +78,10 @@ mod tests {
         );
         assert_eq!(rejected.code(), Code::Unavailable);
         assert_eq!(
-            rejected.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()),
+            rejected
+                .metadata()
+                .get(LEADER_ADDR_METADATA)
+                .and_then(|v| v.to_str().ok()),
             Some("127.0.0.1:7002")
         );
         assert!(rejected.metadata().get(REJECTED_METADATA).is_some());
@@ -90,7 +95,13 @@ mod tests {
         );
         assert!(unknown.metadata().get(REJECTED_METADATA).is_none());
         assert!(unknown.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
-        let bad = status(NodeError::UnknownShard { shard: 99, shards: 16 }, false);
+        let bad = status(
+            NodeError::UnknownShard {
+                shard: 99,
+                shards: 16,
+            },
+            false,
+        );
         assert_eq!(bad.code(), Code::InvalidArgument);
         assert!(bad.message().contains("99"));
     }

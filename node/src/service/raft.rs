@@ -30,24 +30,32 @@ impl RaftService {
         } else {
             GroupId::Shard(message.shard_id)
         };
-        self.node
-            .group(group_id)
-            .ok_or_else(|| Status::not_found(format!("{group_id} is not hosted on node {}", self.node.node_id())))
+        self.node.group(group_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "{group_id} is not hosted on node {}",
+                self.node.node_id()
+            ))
+        })
     }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
-    postcard::from_bytes(payload).map_err(|err| Status::invalid_argument(format!("malformed raft payload: {err}")))
+    postcard::from_bytes(payload)
+        .map_err(|err| Status::invalid_argument(format!("malformed raft payload: {err}")))
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<Response<v1::RaftReply>, Status> {
-    let payload = postcard::to_allocvec(value).map_err(|err| Status::internal(format!("encode reply: {err}")))?;
+    let payload =
+        postcard::to_allocvec(value).map_err(|err| Status::internal(format!("encode reply: {err}")))?;
     Ok(Response::new(v1::RaftReply { payload }))
 }
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftReply>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
         let message = request.into_inner();
         let group = self.group(&message)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&message.payload)?;
@@ -61,7 +69,10 @@ impl RaftRpc for RaftService {
         reply(&group.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftReply>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
         let message = request.into_inner();
         let group = self.group(&message)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&message.payload)?;
@@ -89,11 +100,16 @@ impl RaftRpc for RaftService {
         Ok(Response::new(v1::JoinClusterResponse {}))
     }
 
-    async fn propose_system(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftReply>, Status> {
+    async fn propose_system(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
         let message = request.into_inner();
         let group = self.group(&message)?;
         if group.id != GroupId::System {
-            return Err(Status::invalid_argument("system proposals must target the system group"));
+            return Err(Status::invalid_argument(
+                "system proposals must target the system group",
+            ));
         }
         let command: Command = decode(&message.payload)?;
         let outcome: Result<CommandResult, String> = self

@@ -149,7 +149,10 @@ impl ShardKvService {
 
 #[tonic::async_trait]
 impl ShardKv for ShardKvService {
-    async fn read(&self, request: Request<v1::ShardReadRequest>) -> Result<Response<v1::ShardReadResponse>, Status> {
+    async fn read(
+        &self,
+        request: Request<v1::ShardReadRequest>,
+    ) -> Result<Response<v1::ShardReadResponse>, Status> {
         self.read(request.into_inner())
             .await
             .map(Response::new)

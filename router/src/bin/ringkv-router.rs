@@ -1,1 +1,134 @@
-fn main() {}
+//! `ringkv-router`: parse flags, load the config, start a [`Router`], write the bound
+//! address to `--addr-file`, and serve until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use ringkv_router::log_format::JsonLines;
+use ringkv_router::{Router, RouterConfig};
+use tracing_subscriber::EnvFilter;
+
+/// ringkv router: a stateless gRPC proxy in front of the storage nodes.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML config file; flags override its values.
+    #[arg(long, value_name = "TOML")]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC on [default: 127.0.0.1:7000, or the config file's].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Seed node addresses, comma-separated (required unless set in the config file).
+    #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// Once bound, write the listening address to this file (atomically).
+    #[arg(long, value_name = "PATH")]
+    addr_file: Option<PathBuf>,
+    /// Log line format (the level comes from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ringkv-router: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ringkv-router: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = match &cli.config {
+        Some(path) => RouterConfig::load(path)?,
+        None => RouterConfig::default(),
+    };
+    if let Some(listen) = cli.listen {
+        config.listen_addr = listen;
+    }
+    if !cli.nodes.is_empty() {
+        config.seed_nodes = cli.nodes.iter().map(|a| a.trim().to_string()).collect();
+    }
+    config.validate().context("bad configuration (see --help)")?;
+
+    let router = Router::start(config).await?;
+    if let Some(path) = &cli.addr_file {
+        write_atomically(path, &router.local_addr().to_string()).await?;
+        tracing::info!(path = %path.display(), addr = %router.local_addr(), "wrote address file");
+    }
+    router.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Writes `contents` to a temporary file beside `path`, then renames it over `path`.
+async fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    tokio::fs::write(&tmp, contents)
+        .await
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("received SIGINT, shutting down"),
+        () = terminate => tracing::info!("received SIGTERM, shutting down"),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.event_format(JsonLines).init(),
+    }
+}

@@ -42,14 +42,10 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     match command {
         ClusterCommand::Init(args) => {
-            let response = admin::init_cluster_with(
-                &args.nodes,
-                args.shards,
-                args.replication_factor,
-                &node_config,
-            )
-            .await
-            .context("cluster init")?;
+            let response =
+                admin::init_cluster_with(&args.nodes, args.shards, args.replication_factor, &node_config)
+                    .await
+                    .context("cluster init")?;
             output::emit(&output::render_init(&response, format))?;
         }
         ClusterCommand::Status => {

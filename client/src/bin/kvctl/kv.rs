@@ -30,7 +30,7 @@ pub struct GetArgs {
 
 /// Arguments of `kvctl put`.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("source").required(true).args(["value", "file", "stdin"])))]
+#[command(group(ArgGroup::new("source").args(["value", "file", "stdin"])))]
 pub struct PutArgs {
     /// The key (bytes as given; hex with --hex).
     pub key: OsString,
@@ -59,7 +59,7 @@ pub struct DelArgs {
 
 /// Arguments of `kvctl cas`.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("source").required(true).args(["value", "file", "stdin", "delete"])))]
+#[command(group(ArgGroup::new("source").args(["value", "file", "stdin", "delete"])))]
 pub struct CasArgs {
     /// The key (bytes as given; hex with --hex).
     pub key: OsString,

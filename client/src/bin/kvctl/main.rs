@@ -1,1 +1,156 @@
-fn main() {}
+//! `kvctl`: the ringkv command-line tool.
+//!
+//! - `kv` — `get`, `put`, `del`, `cas` against the routers.
+//! - `cluster` — `cluster init` (talks to the nodes) and `cluster status` (a router).
+//! - `playground` — a complete local cluster of real processes (unix only).
+//! - `output` — tables and JSON; `value` — keys and values from arguments, files and
+//!   stdin; `exit` — exit codes and the error → exit code mapping.
+
+mod cluster;
+mod exit;
+mod kv;
+mod output;
+#[cfg(unix)]
+mod playground;
+mod value;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ringkv_client::{Client, ClientConfig, DEFAULT_CONNECT_TIMEOUT};
+use tracing_subscriber::EnvFilter;
+
+use crate::exit::{exit_code, Outcome, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
+use crate::output::OutputFormat;
+
+/// The playground router's address, the default endpoint.
+const DEFAULT_ENDPOINT: &str = "127.0.0.1:7000";
+/// Default deadline of `cluster init`, which creates every shard group.
+const INIT_DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// kvctl — read, write and operate a ringkv cluster.
+///
+/// Exit codes: 0 ok; 1 not found or error; 2 CAS mismatch; 3 unavailable or deadline
+/// exceeded; 4 outcome unknown (the write may have been applied); 64 usage error.
+#[derive(Parser, Debug)]
+#[command(name = "kvctl", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of every command.
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// Router endpoints (host:port or http://host:port), comma-separated.
+    #[arg(
+        short = 'e',
+        long,
+        env = "RINGKV_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = DEFAULT_ENDPOINT,
+        global = true
+    )]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    output: OutputFormat,
+    /// Request timeout in milliseconds, retries included [default: 5000; 30000 for
+    /// `cluster init`].
+    #[arg(long, value_name = "MS", global = true, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read a key (exit 1 when it does not exist).
+    Get(kv::GetArgs),
+    /// Store a value from an argument, a file or stdin.
+    Put(kv::PutArgs),
+    /// Delete a key.
+    #[command(alias = "delete")]
+    Del(kv::DelArgs),
+    /// Compare-and-swap: write only if the key has the expected version (exit 2 if not).
+    Cas(kv::CasArgs),
+    /// Cluster bootstrap and status.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Start a local cluster of real processes (nodes + router) and keep it running.
+    #[cfg(unix)]
+    Playground(playground::PlaygroundArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            exit_code(&err)
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// Logs go to stderr, `warn` unless `RUST_LOG` says otherwise.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A client configuration with `timeout_ms` (or `default`) as the request timeout.
+fn client_config(timeout_ms: Option<u64>, default: Duration) -> anyhow::Result<ClientConfig> {
+    let request_timeout = timeout_ms.map_or(default, Duration::from_millis);
+    Ok(ClientConfig::builder()
+        .request_timeout(request_timeout)
+        .connect_timeout(request_timeout.min(DEFAULT_CONNECT_TIMEOUT))
+        .build()?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let GlobalArgs {
+        endpoints,
+        output,
+        timeout,
+    } = cli.global;
+    let router_config = client_config(timeout, ringkv_client::DEFAULT_REQUEST_TIMEOUT)?;
+    match cli.command {
+        Command::Get(args) => kv::get(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Put(args) => kv::put(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Del(args) => kv::del(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Cas(args) => kv::cas(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Cluster(command) => {
+            let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT)?;
+            cluster::run(command, endpoints, router_config, node_config, output).await
+        }
+        #[cfg(unix)]
+        Command::Playground(args) => playground::run(args).await,
+    }
+}
+
+/// Connects to the routers; a malformed endpoint is a usage error.
+async fn connect(endpoints: Vec<String>, config: ClientConfig) -> anyhow::Result<Client> {
+    Client::connect_with(endpoints, config)
+        .await
+        .map_err(|err| exit::UsageError(format!("--endpoints: {err}")).into())
+}

@@ -344,7 +344,11 @@ fn cluster_status_table(status: &proto::ClusterStatusResponse) -> String {
             let _ = writeln!(
                 out,
                 "cluster {}  epoch {}  shards {}  replication factor {}  system leader {}",
-                if ring.cluster_id.is_empty() { "-" } else { &ring.cluster_id },
+                if ring.cluster_id.is_empty() {
+                    "-"
+                } else {
+                    &ring.cluster_id
+                },
                 ring.epoch,
                 ring.shards,
                 ring.replication_factor,
@@ -415,7 +419,14 @@ fn cluster_status_table(status: &proto::ClusterStatusResponse) -> String {
         out,
         "{}",
         render_table(
-            &["ID", "PLACEMENT", "LEADER", "TERM", "REPLICAS (node:role@applied)", "HEALTH"],
+            &[
+                "ID",
+                "PLACEMENT",
+                "LEADER",
+                "TERM",
+                "REPLICAS (node:role@applied)",
+                "HEALTH"
+            ],
             shard_rows,
             &[0, 3],
         )
@@ -436,7 +447,11 @@ fn join_ids(ids: &[u64]) -> String {
 
 fn replica_label(replica: &proto::ShardReplicaHealth) -> String {
     if replica.reachable {
-        let role = if replica.role.is_empty() { "?" } else { &replica.role };
+        let role = if replica.role.is_empty() {
+            "?"
+        } else {
+            &replica.role
+        };
         format!("{}:{}@{}", replica.node_id, role, replica.applied_index)
     } else {
         format!("{}:unreachable", replica.node_id)
@@ -539,9 +554,9 @@ mod tests {
         assert!(!object.contains_key("value_hex"));
 
         let mut object = Map::new();
-        insert_bytes(&mut object, "value", &[0xde, 0xad]);
+        insert_bytes(&mut object, "value", &[0xff, 0xfe]);
         assert_eq!(object["value"], Value::Null);
-        assert_eq!(object["value_hex"], json!("dead"));
+        assert_eq!(object["value_hex"], json!("fffe"));
     }
 
     /// `get` as JSON is an object with key, found, version and value.
@@ -570,7 +585,10 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 2, "{table}");
         assert!(lines[0].starts_with("KEY"), "{table}");
-        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["foo", "12", "bar"]);
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["foo", "12", "bar"]
+        );
         assert_eq!(
             lines[0].find("VERSION"),
             lines[1].find("12"),
@@ -624,19 +642,28 @@ mod tests {
     /// Shard health: ok, no leader, under-replicated, or both.
     #[test]
     fn shard_health_labels() {
-        let healthy = shard(1, &[(1, true, "leader"), (2, true, "follower"), (3, true, "follower")]);
+        let healthy = shard(
+            1,
+            &[(1, true, "leader"), (2, true, "follower"), (3, true, "follower")],
+        );
         assert_eq!(ShardHealthSummary::of(&healthy, 3).label(), "ok");
 
         let down = shard(1, &[(1, true, "leader"), (2, true, "follower"), (3, false, "")]);
         assert_eq!(ShardHealthSummary::of(&down, 3).label(), "under-replicated (2/3)");
 
-        let leaderless = shard(0, &[(1, true, "candidate"), (2, true, "follower"), (3, false, "")]);
+        let leaderless = shard(
+            0,
+            &[(1, true, "candidate"), (2, true, "follower"), (3, false, "")],
+        );
         assert_eq!(
             ShardHealthSummary::of(&leaderless, 3).label(),
             "no leader, under-replicated (1/3)"
         );
 
-        let learner = shard(1, &[(1, true, "leader"), (2, true, "follower"), (3, true, "learner")]);
+        let learner = shard(
+            1,
+            &[(1, true, "leader"), (2, true, "follower"), (3, true, "learner")],
+        );
         assert!(ShardHealthSummary::of(&learner, 3).is_under_replicated());
 
         // Without a known replication factor the placement size is expected.
@@ -664,7 +691,10 @@ mod tests {
                 replicas: 0,
                 leaders: 0,
             }],
-            shards: vec![shard(0, &[(1, true, "candidate"), (2, true, "follower"), (3, false, "")])],
+            shards: vec![shard(
+                0,
+                &[(1, true, "candidate"), (2, true, "follower"), (3, false, "")],
+            )],
             system_leader_id: 1,
         };
         let table = render_cluster_status(&status, OutputFormat::Table);
@@ -684,6 +714,9 @@ mod tests {
         let value = cluster_status_json(&status);
         assert_eq!(value["ring"]["cluster_id"], json!("c1"));
         assert_eq!(value["nodes"][0]["reachable"], json!(false));
-        assert_eq!(value["shards"][0]["health"], json!("no leader, under-replicated (1/3)"));
+        assert_eq!(
+            value["shards"][0]["health"],
+            json!("no leader, under-replicated (1/3)")
+        );
     }
 }

@@ -85,8 +85,8 @@ pub fn read_value(source: ValueSource, stdin: impl Read) -> anyhow::Result<Vec<u
     match source {
         ValueSource::Literal(bytes) => Ok(bytes),
         ValueSource::File(path) => {
-            let file = std::fs::File::open(&path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
+            let file =
+                std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             read_bounded(file).with_context(|| format!("cannot read {}", path.display()))
         }
         ValueSource::Stdin => read_bounded(stdin).context("cannot read the value from stdin"),
@@ -95,9 +95,7 @@ pub fn read_value(source: ValueSource, stdin: impl Read) -> anyhow::Result<Vec<u
 
 fn read_bounded(reader: impl Read) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    reader
-        .take(MAX_VALUE_READ_BYTES + 1)
-        .read_to_end(&mut bytes)?;
+    reader.take(MAX_VALUE_READ_BYTES + 1).read_to_end(&mut bytes)?;
     if u64::try_from(bytes.len()).map_or(true, |len| len > MAX_VALUE_READ_BYTES) {
         anyhow::bail!(
             "value is larger than {} MiB",
@@ -177,14 +175,13 @@ mod tests {
     #[test]
     fn read_value_is_binary_safe() {
         let binary = vec![0u8, 159, 146, 150, b'\n', 255];
-        let from_stdin =
-            read_value(ValueSource::Stdin, std::io::Cursor::new(binary.clone())).expect("read");
+        let from_stdin = read_value(ValueSource::Stdin, std::io::Cursor::new(binary.clone())).expect("read");
         assert_eq!(from_stdin, binary);
 
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         file.write_all(&binary).expect("write");
-        let from_file = read_value(ValueSource::File(file.path().to_path_buf()), std::io::empty())
-            .expect("read");
+        let from_file =
+            read_value(ValueSource::File(file.path().to_path_buf()), std::io::empty()).expect("read");
         assert_eq!(from_file, binary);
     }
 

@@ -1,0 +1,957 @@
+//! `kvctl playground`: a complete local cluster of real processes in one command.
+//!
+//! Node `i` (1-based) runs as
+//! `ringkv-node --node-id i --listen 127.0.0.1:<port+i> --data-dir <dir>/node-i`, the
+//! router as `ringkv-router --listen 127.0.0.1:<port> --nodes <node addrs>`; each
+//! appends its stdout and stderr to a log file in `<dir>`. Startup waits on conditions,
+//! each bounded by `--startup-timeout`: every node answers `NodeStatus`, then the
+//! (idempotent) cluster init, then the router reports a leader for every shard. The data
+//! dir is kept, so running the playground again resumes the same cluster.
+//!
+//! Children never outlive the playground: they run in their own process group (so
+//! Ctrl-C reaches only kvctl, which stops them in order: SIGTERM, a grace period, then
+//! SIGKILL), are killed when startup fails or the handles drop, and on Linux get SIGTERM
+//! from the kernel if kvctl itself dies (`PR_SET_PDEATHSIG`; kvctl runs a
+//! current-thread runtime, so the spawning thread is the main thread).
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use futures::stream::{FuturesUnordered, StreamExt};
+use ringkv_client::proto;
+use ringkv_client::{admin, Client, ClientConfig};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::time::Instant;
+
+use crate::exit::{Outcome, UsageError};
+
+/// File name of the storage node binary.
+pub const NODE_BIN: &str = "ringkv-node";
+/// File name of the router binary.
+pub const ROUTER_BIN: &str = "ringkv-router";
+/// Environment variable naming a directory that holds the binaries.
+pub const BIN_DIR_ENV: &str = "RINGKV_BIN_DIR";
+/// Most nodes a playground starts.
+pub const MAX_NODES: u16 = 64;
+/// How long children get to stop after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for a killed child to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+/// Pause between two checks of a startup condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Deadline of one probe (NodeStatus, ClusterStatus) during startup.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of the InitCluster call (creating the groups may take a while).
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Log lines shown when a child dies during startup.
+const LOG_TAIL_LINES: usize = 15;
+/// Bytes read from the end of a log to find those lines.
+const LOG_TAIL_BYTES: u64 = 16 * 1024;
+
+/// Arguments of `kvctl playground`.
+#[derive(Args, Debug)]
+pub struct PlaygroundArgs {
+    /// Directory for the nodes' data and the logs; kept across runs (a restart resumes
+    /// the same cluster).
+    #[arg(long, default_value = "./playground-data")]
+    pub dir: PathBuf,
+    /// Number of storage nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_NODES)))]
+    pub nodes: u16,
+    /// Number of shards (a power of two).
+    #[arg(long, default_value_t = 16)]
+    pub shards: u32,
+    /// Replicas per shard [default: 3, or the node count when smaller].
+    #[arg(long)]
+    pub replication_factor: Option<u32>,
+    /// Router port; node i listens on port+i.
+    #[arg(long, default_value_t = 7000)]
+    pub port: u16,
+    /// Seconds to wait for each startup step (nodes up, shard leaders elected).
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub startup_timeout: u64,
+}
+
+/// One storage node of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// 1-based node id.
+    pub node_id: u64,
+    /// `127.0.0.1:<port+i>`.
+    pub addr: String,
+    /// `<dir>/node-<i>`.
+    pub data_dir: PathBuf,
+    /// `<dir>/node-<i>.log`.
+    pub log: PathBuf,
+}
+
+/// Everything the playground will start, computed from the arguments without IO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The data and log directory.
+    pub dir: PathBuf,
+    /// The nodes, in id order.
+    pub nodes: Vec<NodeSpec>,
+    /// `127.0.0.1:<port>`.
+    pub router_addr: String,
+    /// `<dir>/router.log`.
+    pub router_log: PathBuf,
+    /// Shards of the cluster.
+    pub shards: u32,
+    /// Replicas per shard.
+    pub replication_factor: u32,
+    /// Bound of each startup step.
+    pub startup_timeout: Duration,
+}
+
+impl Plan {
+    /// Validates the arguments and lays out ports, directories and logs under `dir`.
+    pub fn new(args: &PlaygroundArgs, dir: &Path) -> Result<Plan, UsageError> {
+        if args.nodes == 0 || args.nodes > MAX_NODES {
+            return Err(UsageError(format!("--nodes must be in 1..={MAX_NODES}")));
+        }
+        let node_count = u32::from(args.nodes);
+        let replication_factor = args.replication_factor.unwrap_or(node_count.min(3));
+        admin::validate_init_params(usize::from(args.nodes), args.shards, replication_factor)
+            .map_err(|err| UsageError(err.to_string()))?;
+        if args.port == 0 || u32::from(args.port) + node_count > u32::from(u16::MAX) {
+            return Err(UsageError(format!(
+                "--port {} leaves no room for {} node ports above it",
+                args.port, args.nodes
+            )));
+        }
+        let nodes = (1..=args.nodes)
+            .map(|index| NodeSpec {
+                node_id: u64::from(index),
+                addr: format!("127.0.0.1:{}", args.port + index),
+                data_dir: dir.join(format!("node-{index}")),
+                log: dir.join(format!("node-{index}.log")),
+            })
+            .collect();
+        Ok(Plan {
+            dir: dir.to_path_buf(),
+            nodes,
+            router_addr: format!("127.0.0.1:{}", args.port),
+            router_log: dir.join("router.log"),
+            shards: args.shards,
+            replication_factor,
+            startup_timeout: Duration::from_secs(args.startup_timeout),
+        })
+    }
+
+    /// The node addresses, comma-separated, as the router takes them.
+    pub fn node_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|node| node.addr.clone()).collect()
+    }
+
+    /// Command-line arguments of one node (see the node CLI contract).
+    pub fn node_args(node: &NodeSpec) -> Vec<OsString> {
+        vec![
+            "--node-id".into(),
+            node.node_id.to_string().into(),
+            "--listen".into(),
+            node.addr.clone().into(),
+            "--data-dir".into(),
+            node.data_dir.clone().into_os_string(),
+        ]
+    }
+
+    /// Command-line arguments of the router.
+    pub fn router_args(&self) -> Vec<OsString> {
+        vec![
+            "--listen".into(),
+            self.router_addr.clone().into(),
+            "--nodes".into(),
+            self.node_addrs().join(",").into(),
+        ]
+    }
+}
+
+/// Where the node and router binaries are.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// `ringkv-node`.
+    pub node: PathBuf,
+    /// `ringkv-router`.
+    pub router: PathBuf,
+}
+
+/// Directories searched for the binaries: next to kvctl, then `$RINGKV_BIN_DIR`.
+fn candidate_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        dirs.push(dir);
+    }
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|dir| !dir.is_empty()) {
+        dirs.push(PathBuf::from(dir));
+    }
+    dirs
+}
+
+/// The first `dirs` entry holding an executable file `name`.
+pub fn find_binary(dirs: &[PathBuf], name: &str) -> Option<PathBuf> {
+    dirs.iter()
+        .map(|dir| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
+        .find(|path| path.is_file())
+}
+
+/// Whether `exe` was built with the release profile (lives under a `release` dir).
+pub fn is_release_build(exe: &Path) -> bool {
+    exe.components()
+        .any(|component| component.as_os_str() == "release")
+}
+
+/// Arguments of the `cargo build` that produces the binaries for a kvctl at `exe`.
+pub fn cargo_build_args(exe: Option<&Path>) -> Vec<String> {
+    let mut args: Vec<String> = ["build", "--bins", "-p", "ringkv-node", "-p", "ringkv-router"]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+    if exe.is_some_and(is_release_build) {
+        args.push("--release".into());
+    }
+    args
+}
+
+/// Finds the binaries; builds them first when kvctl runs under `cargo run` and they
+/// are missing.
+async fn locate_binaries() -> anyhow::Result<Binaries> {
+    let dirs = candidate_dirs();
+    let exe = std::env::current_exe().ok();
+    if find_binary(&dirs, NODE_BIN).is_none() {
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let args = cargo_build_args(exe.as_deref());
+            eprintln!(
+                "{NODE_BIN} not found: building it with `cargo {}`",
+                args.join(" ")
+            );
+            let mut command = tokio::process::Command::new(cargo);
+            command.args(&args).stdin(Stdio::null());
+            if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+                command
+                    .arg("--manifest-path")
+                    .arg(PathBuf::from(manifest_dir).join("Cargo.toml"));
+            }
+            let status = command.status().await.context("cannot run cargo")?;
+            if !status.success() {
+                bail!("`cargo {}` failed ({status})", args.join(" "));
+            }
+        }
+    }
+    let node = find_binary(&dirs, NODE_BIN);
+    let router = find_binary(&dirs, ROUTER_BIN);
+    match (node, router) {
+        (Some(node), Some(router)) => Ok(Binaries { node, router }),
+        (node, _) => {
+            let missing = if node.is_none() { NODE_BIN } else { ROUTER_BIN };
+            let searched = dirs
+                .iter()
+                .map(|dir| dir.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let build = if exe.as_deref().is_some_and(is_release_build) {
+                "cargo build --release"
+            } else {
+                "cargo build"
+            };
+            bail!(
+                "cannot find {missing} (searched: {searched}); build it with `{build}` in the \
+                 ringkv workspace (the same profile as kvctl), or set {BIN_DIR_ENV} to the \
+                 directory holding ringkv-node and ringkv-router"
+            )
+        }
+    }
+}
+
+/// Fails early when a port the plan needs is taken (e.g. by another playground).
+fn check_ports_free(plan: &Plan) -> anyhow::Result<()> {
+    let addrs = std::iter::once(&plan.router_addr).chain(plan.nodes.iter().map(|node| &node.addr));
+    for addr in addrs {
+        if let Err(err) = std::net::TcpListener::bind(addr.as_str()) {
+            bail!("cannot use {addr}: {err} (is another playground running? pick other ports with --port)");
+        }
+    }
+    Ok(())
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP, registered once.
+struct ShutdownSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl ShutdownSignals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+
+    /// Waits for the next shutdown signal; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "interrupt",
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// One child process.
+struct ChildProcess {
+    /// `node 1`, `router`.
+    name: String,
+    addr: String,
+    pid: u32,
+    log: PathBuf,
+    process: tokio::process::Child,
+    exited: Option<ExitStatus>,
+}
+
+/// Owns the children: spawns them, notices exits, stops them.
+#[derive(Default)]
+struct Supervisor {
+    children: Vec<ChildProcess>,
+}
+
+impl Supervisor {
+    /// Spawns `program` with stdout and stderr appended to `log`.
+    fn spawn(
+        &mut self,
+        name: &str,
+        addr: &str,
+        program: &Path,
+        args: &[OsString],
+        log: &Path,
+    ) -> anyhow::Result<()> {
+        let mut log_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open log {}", log.display()))?;
+        let started_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        writeln!(
+            log_file,
+            "=== kvctl playground: starting {name} at unix time {started_at}: {} {} ===",
+            program.display(),
+            args.iter()
+                .map(|arg| arg.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+        .with_context(|| format!("cannot write log {}", log.display()))?;
+        let stderr_file = log_file
+            .try_clone()
+            .with_context(|| format!("cannot open log {}", log.display()))?;
+
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(stderr_file))
+            .kill_on_drop(true)
+            .process_group(0);
+        #[cfg(target_os = "linux")]
+        {
+            let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+            // SAFETY: the closure runs in the forked child before exec and only makes
+            // async-signal-safe system calls (prctl, getppid); it allocates nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        // kvctl died between fork and prctl: do not run orphaned.
+                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let process = command
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({})", program.display()))?;
+        let pid = process
+            .id()
+            .with_context(|| format!("{name} exited before its pid was known"))?;
+        self.children.push(ChildProcess {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            pid,
+            log: log.to_path_buf(),
+            process,
+            exited: None,
+        });
+        Ok(())
+    }
+
+    /// Fails with the end of its log when a child has exited.
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        for child in &mut self.children {
+            if child.exited.is_some() {
+                continue;
+            }
+            match child.process.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    child.exited = Some(status);
+                    bail!(
+                        "{} (pid {}) exited during startup ({status}); last lines of {}:\n{}",
+                        child.name,
+                        child.pid,
+                        child.log.display(),
+                        log_tail(&child.log)
+                    );
+                }
+                Err(err) => bail!("cannot check {} (pid {}): {err}", child.name, child.pid),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every running child: SIGTERM (router first), wait up to `grace`, then
+    /// SIGKILL the stragglers.
+    async fn shutdown(&mut self, grace: Duration) {
+        for child in self.children.iter_mut().rev() {
+            if child.exited.is_none() {
+                if let Some(pid) = child.process.id() {
+                    send_signal(pid, libc::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + grace;
+        for child in self.children.iter_mut().rev() {
+            if child.exited.is_some() {
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, child.process.wait()).await {
+                Ok(Ok(status)) => child.exited = Some(status),
+                Ok(Err(err)) => eprintln!("cannot wait for {} (pid {}): {err}", child.name, child.pid),
+                Err(_elapsed) => {
+                    eprintln!(
+                        "{} (pid {}) did not stop within {}s; killing it",
+                        child.name,
+                        child.pid,
+                        grace.as_secs()
+                    );
+                    let _ = child.process.start_kill();
+                    if let Ok(Ok(status)) = tokio::time::timeout(KILL_WAIT, child.process.wait()).await {
+                        child.exited = Some(status);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends `signal` to one child process.
+fn send_signal(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill has no memory-safety preconditions; `pid` is a child that has not been
+    // reaped yet (tokio reaps only when we wait on it), so it cannot name another process.
+    let _ = unsafe { libc::kill(pid, signal) };
+}
+
+/// The last lines of a log file, indented, or a note when it cannot be read.
+fn log_tail(path: &Path) -> String {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
+        let mut bytes = Vec::new();
+        file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read() {
+        Ok(bytes) => tail_lines(&String::from_utf8_lossy(&bytes), LOG_TAIL_LINES),
+        Err(err) => format!("    (cannot read the log: {err})"),
+    }
+}
+
+/// The last `count` non-empty lines of `text`, each indented by four spaces.
+pub fn tail_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(count);
+    lines[start..]
+        .iter()
+        .map(|line| format!("    {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A one-line progress display on stderr: rewritten in place on a terminal, printed
+/// only on change otherwise.
+struct Progress {
+    terminal: bool,
+    last: String,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            last: String::new(),
+        }
+    }
+
+    fn update(&mut self, text: String) {
+        if text == self.last {
+            return;
+        }
+        let mut stderr = std::io::stderr().lock();
+        if self.terminal {
+            let _ = write!(stderr, "\r\x1b[K{text}");
+        } else {
+            let _ = writeln!(stderr, "{text}");
+        }
+        let _ = stderr.flush();
+        self.last = text;
+    }
+
+    fn finish(&mut self) {
+        if self.terminal && !self.last.is_empty() {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr);
+        }
+        self.last.clear();
+    }
+}
+
+/// The number of shards with a known leader, when `status` is complete enough to count.
+pub fn leaders_ready(status: &proto::ClusterStatusResponse, expected_shards: u32) -> (usize, usize) {
+    let expected = status.ring.as_ref().map_or(expected_shards, |ring| ring.shards);
+    let expected = usize::try_from(expected).unwrap_or(usize::MAX);
+    let with_leader = status.shards.iter().filter(|shard| shard.leader_id != 0).count();
+    (with_leader, expected)
+}
+
+/// Startup: nodes, init, router, leaders. Children spawned so far stay in `supervisor`.
+async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) -> anyhow::Result<String> {
+    std::fs::create_dir_all(&plan.dir).with_context(|| format!("cannot create {}", plan.dir.display()))?;
+    for node in &plan.nodes {
+        std::fs::create_dir_all(&node.data_dir)
+            .with_context(|| format!("cannot create {}", node.data_dir.display()))?;
+        supervisor.spawn(
+            &format!("node {}", node.node_id),
+            &node.addr,
+            &binaries.node,
+            &Plan::node_args(node),
+            &node.log,
+        )?;
+    }
+    wait_for_nodes(plan, supervisor).await?;
+
+    let init_config = ClientConfig::builder().request_timeout(INIT_TIMEOUT).build()?;
+    let init = admin::init_cluster_with(
+        &plan.node_addrs(),
+        plan.shards,
+        plan.replication_factor,
+        &init_config,
+    )
+    .await
+    .context(
+        "cluster init failed (a data dir made with other --nodes/--shards settings needs another --dir)",
+    )?;
+    if init.already_initialized {
+        eprintln!("resuming cluster {}", init.cluster_id);
+    } else {
+        eprintln!("initialised cluster {}", init.cluster_id);
+    }
+
+    supervisor.spawn(
+        "router",
+        &plan.router_addr,
+        &binaries.router,
+        &plan.router_args(),
+        &plan.router_log,
+    )?;
+    wait_for_leaders(plan, supervisor).await?;
+    Ok(init.cluster_id)
+}
+
+/// Waits until every node answers NodeStatus with its expected id.
+async fn wait_for_nodes(plan: &Plan, supervisor: &mut Supervisor) -> anyhow::Result<()> {
+    let probe = ClientConfig::builder()
+        .request_timeout(PROBE_TIMEOUT)
+        .connect_timeout(PROBE_TIMEOUT)
+        .build()?;
+    let deadline = Instant::now() + plan.startup_timeout;
+    let mut up = vec![false; plan.nodes.len()];
+    let mut progress = Progress::new();
+    let mut last_error = String::new();
+    loop {
+        supervisor.ensure_running()?;
+        for (node, ready) in plan.nodes.iter().zip(up.iter_mut()) {
+            if *ready {
+                continue;
+            }
+            match admin::node_status(&node.addr, &probe).await {
+                Ok(status) if status.node_id == node.node_id => *ready = true,
+                Ok(status) => bail!(
+                    "{} answered as node {} instead of node {}: another process owns the port",
+                    node.addr,
+                    status.node_id,
+                    node.node_id
+                ),
+                Err(err) => last_error = format!("{}: {err}", node.addr),
+            }
+        }
+        let ready = up.iter().filter(|ready| **ready).count();
+        progress.update(format!("waiting for nodes {ready}/{}", plan.nodes.len()));
+        if ready == plan.nodes.len() {
+            progress.finish();
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            progress.finish();
+            bail!(
+                "nodes did not answer within {}s (last error: {last_error}); see the logs in {}",
+                plan.startup_timeout.as_secs(),
+                plan.dir.display()
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Waits until the router reports a leader for every shard.
+async fn wait_for_leaders(plan: &Plan, supervisor: &mut Supervisor) -> anyhow::Result<()> {
+    let probe = ClientConfig::builder()
+        .request_timeout(PROBE_TIMEOUT)
+        .connect_timeout(PROBE_TIMEOUT)
+        .max_attempts(1)
+        .build()?;
+    let client = Client::connect_with(vec![plan.router_addr.clone()], probe).await?;
+    let deadline = Instant::now() + plan.startup_timeout;
+    let mut progress = Progress::new();
+    let mut last_error = String::new();
+    loop {
+        supervisor.ensure_running()?;
+        match client.cluster_status().await {
+            Ok(status) => {
+                let (with_leader, expected) = leaders_ready(&status, plan.shards);
+                progress.update(format!("waiting for leaders {with_leader}/{expected}"));
+                if expected > 0 && status.shards.len() == expected && with_leader == expected {
+                    progress.finish();
+                    return Ok(());
+                }
+            }
+            Err(err) => {
+                progress.update("waiting for the router".to_string());
+                last_error = err.to_string();
+            }
+        }
+        if Instant::now() >= deadline {
+            progress.finish();
+            bail!(
+                "shard leaders were not all elected within {}s{}; see the logs in {}",
+                plan.startup_timeout.as_secs(),
+                if last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (last error: {last_error})")
+                },
+                plan.dir.display()
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The "it is up" text: endpoints, pids, logs and what to try.
+fn summary(plan: &Plan, supervisor: &Supervisor, cluster_id: &str, default_router: bool) -> String {
+    let mut rows = Vec::new();
+    for child in &supervisor.children {
+        rows.push(vec![
+            child.name.clone(),
+            child.addr.clone(),
+            child.pid.to_string(),
+            child.log.display().to_string(),
+        ]);
+    }
+    // The router first: it is the endpoint clients use.
+    rows.rotate_right(1);
+    let table = crate::output::render_table(&["PROCESS", "ADDRESS", "PID", "LOG"], rows, &[]);
+    let endpoint_flag = if default_router {
+        String::new()
+    } else {
+        format!(" -e {}", plan.router_addr)
+    };
+    let node_pid = supervisor
+        .children
+        .first()
+        .map_or_else(|| "<pid>".to_string(), |child| child.pid.to_string());
+    format!(
+        "\nringkv playground is up: {} nodes, {} shards, replication factor {}, cluster {cluster_id}\n\n\
+         {table}\n\n\
+         data dir: {}\n\n\
+         try:\n  \
+         kvctl{endpoint_flag} put hello world\n  \
+         kvctl{endpoint_flag} get hello\n  \
+         kvctl{endpoint_flag} cluster status\n  \
+         kill -9 {node_pid}    # kill node 1 and watch the cluster survive\n\n\
+         Ctrl-C to stop.",
+        plan.nodes.len(),
+        plan.shards,
+        plan.replication_factor,
+        plan.dir.display(),
+    )
+}
+
+/// `kvctl playground`.
+pub async fn run(args: PlaygroundArgs) -> anyhow::Result<Outcome> {
+    // Validate before touching the disk, then lay out under the absolute data dir.
+    Plan::new(&args, &args.dir)?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let dir =
+        std::fs::canonicalize(&args.dir).with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+    let plan = Plan::new(&args, &dir)?;
+    let binaries = locate_binaries().await?;
+    check_ports_free(&plan)?;
+    let mut signals = ShutdownSignals::new()?;
+    let mut supervisor = Supervisor::default();
+
+    let started = tokio::select! {
+        result = start(&plan, &binaries, &mut supervisor) => result.map(Some),
+        signal = signals.recv() => {
+            eprintln!("\nreceived {signal} during startup");
+            Ok(None)
+        }
+    };
+    let cluster_id = match started {
+        Ok(Some(cluster_id)) => cluster_id,
+        Ok(None) => {
+            eprintln!("stopping the playground");
+            supervisor.shutdown(STOP_GRACE).await;
+            return Ok(Outcome::Success);
+        }
+        Err(err) => {
+            eprintln!("startup failed; stopping the processes started so far");
+            supervisor.shutdown(STOP_GRACE).await;
+            return Err(err);
+        }
+    };
+    println!("{}", summary(&plan, &supervisor, &cluster_id, args.port == 7000));
+
+    let signal = supervise(&mut supervisor, &mut signals).await;
+    eprintln!("\nreceived {signal}; stopping the playground");
+    supervisor.shutdown(STOP_GRACE).await;
+    eprintln!("stopped (data kept in {})", plan.dir.display());
+    Ok(Outcome::Success)
+}
+
+/// Reports children that exit (without restarting them) until a shutdown signal.
+async fn supervise(supervisor: &mut Supervisor, signals: &mut ShutdownSignals) -> &'static str {
+    loop {
+        let exited = {
+            let mut waits: FuturesUnordered<_> = supervisor
+                .children
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, child)| child.exited.is_none())
+                .map(|(index, child)| async move { (index, child.process.wait().await) })
+                .collect();
+            tokio::select! {
+                signal = signals.recv() => return signal,
+                Some(exit) = waits.next(), if !waits.is_empty() => exit,
+            }
+        };
+        let (index, result) = exited;
+        let Some(child) = supervisor.children.get_mut(index) else {
+            continue;
+        };
+        match result {
+            Ok(status) => {
+                child.exited = Some(status);
+                eprintln!(
+                    "{} (pid {}) exited: {status}; not restarting it (log: {})",
+                    child.name,
+                    child.pid,
+                    child.log.display()
+                );
+            }
+            Err(err) => {
+                eprintln!("cannot wait for {} (pid {}): {err}", child.name, child.pid);
+                // Do not spin on a child that cannot be waited for.
+                child.exited = Some(ExitStatus::default());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> PlaygroundArgs {
+        PlaygroundArgs {
+            dir: PathBuf::from("pg"),
+            nodes: 3,
+            shards: 16,
+            replication_factor: None,
+            port: 7000,
+            startup_timeout: 60,
+        }
+    }
+
+    /// The default plan: nodes on port+1.., data and logs under the dir, RF 3.
+    #[test]
+    fn default_plan_layout() {
+        let plan = Plan::new(&args(), Path::new("pg")).expect("valid");
+        assert_eq!(plan.router_addr, "127.0.0.1:7000");
+        assert_eq!(plan.replication_factor, 3);
+        assert_eq!(plan.nodes.len(), 3);
+        assert_eq!(plan.nodes[0].node_id, 1);
+        assert_eq!(plan.nodes[2].addr, "127.0.0.1:7003");
+        assert_eq!(plan.nodes[1].data_dir, PathBuf::from("pg/node-2"));
+        assert_eq!(plan.nodes[1].log, PathBuf::from("pg/node-2.log"));
+        assert_eq!(plan.router_log, PathBuf::from("pg/router.log"));
+    }
+
+    /// Node and router command lines follow the CLI contracts.
+    #[test]
+    fn command_lines() {
+        let plan = Plan::new(&args(), Path::new("pg")).expect("valid");
+        let node: Vec<String> = Plan::node_args(&plan.nodes[0])
+            .into_iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            node,
+            [
+                "--node-id",
+                "1",
+                "--listen",
+                "127.0.0.1:7001",
+                "--data-dir",
+                "pg/node-1"
+            ]
+        );
+        let router: Vec<String> = plan
+            .router_args()
+            .into_iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            router,
+            [
+                "--listen",
+                "127.0.0.1:7000",
+                "--nodes",
+                "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+            ]
+        );
+    }
+
+    /// The replication factor defaults to the node count when below 3, and is checked.
+    #[test]
+    fn replication_factor_defaults_and_limits() {
+        let single = Plan::new(&PlaygroundArgs { nodes: 1, ..args() }, Path::new("pg")).expect("valid");
+        assert_eq!(single.replication_factor, 1);
+        assert!(Plan::new(
+            &PlaygroundArgs {
+                nodes: 2,
+                replication_factor: Some(3),
+                ..args()
+            },
+            Path::new("pg")
+        )
+        .is_err());
+        assert!(Plan::new(&PlaygroundArgs { shards: 10, ..args() }, Path::new("pg")).is_err());
+    }
+
+    /// Ports must leave room for every node.
+    #[test]
+    fn port_range_is_checked() {
+        assert!(Plan::new(
+            &PlaygroundArgs {
+                port: 65534,
+                ..args()
+            },
+            Path::new("pg")
+        )
+        .is_err());
+        assert!(Plan::new(&PlaygroundArgs { port: 0, ..args() }, Path::new("pg")).is_err());
+        assert!(Plan::new(
+            &PlaygroundArgs {
+                port: 65532,
+                ..args()
+            },
+            Path::new("pg")
+        )
+        .is_ok());
+    }
+
+    /// `--release` is added only for a kvctl built in a release dir.
+    #[test]
+    fn cargo_build_profile() {
+        let debug = cargo_build_args(Some(Path::new("/w/target/debug/kvctl")));
+        assert_eq!(
+            debug,
+            ["build", "--bins", "-p", "ringkv-node", "-p", "ringkv-router"]
+        );
+        let release = cargo_build_args(Some(Path::new("/w/target/release/kvctl")));
+        assert_eq!(release.last().map(String::as_str), Some("--release"));
+        assert!(!cargo_build_args(None).contains(&"--release".to_string()));
+    }
+
+    /// Binaries are looked up in the candidate dirs, in order.
+    #[test]
+    fn find_binary_in_dirs() {
+        let first = tempfile::tempdir().expect("temp dir");
+        let second = tempfile::tempdir().expect("temp dir");
+        std::fs::write(second.path().join(NODE_BIN), b"").expect("write");
+        let dirs = vec![first.path().to_path_buf(), second.path().to_path_buf()];
+        assert_eq!(find_binary(&dirs, NODE_BIN), Some(second.path().join(NODE_BIN)));
+        assert_eq!(find_binary(&dirs, ROUTER_BIN), None);
+    }
+
+    /// The log tail keeps the last non-empty lines, indented.
+    #[test]
+    fn tail_keeps_last_lines() {
+        assert_eq!(tail_lines("a\nb\n\nc\n", 2), "    b\n    c");
+        assert_eq!(tail_lines("", 3), "");
+    }
+
+    /// Leader counting uses the ring's shard count when known.
+    #[test]
+    fn leader_counting() {
+        let status = proto::ClusterStatusResponse {
+            ring: Some(proto::RingInfo {
+                shards: 4,
+                ..Default::default()
+            }),
+            shards: vec![
+                proto::ShardHealth {
+                    leader_id: 1,
+                    ..Default::default()
+                },
+                proto::ShardHealth::default(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(leaders_ready(&status, 16), (1, 4));
+        assert_eq!(
+            leaders_ready(&proto::ClusterStatusResponse::default(), 16),
+            (0, 16)
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! An in-memory mock router for client tests: a versioned map behind the `Kv` and
+//! `Admin` services, with scripted failures and a log of the request ids it saw.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringkv_client::proto;
+use ringkv_client::proto::admin_server::{Admin, AdminServer};
+use ringkv_client::proto::kv_server::{Kv, KvServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+/// Shared state of one mock router.
+#[derive(Default)]
+pub struct MockState {
+    /// key -> (value, version)
+    pub data: BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
+    pub next_version: u64,
+    /// Statuses returned by the next calls, before any call is served.
+    pub failures: VecDeque<Status>,
+    /// Delay before answering each call.
+    pub delay: Option<Duration>,
+    /// Request ids of the writes received, in order.
+    pub request_ids: Vec<Vec<u8>>,
+    /// Number of calls received.
+    pub calls: usize,
+    /// Deadlines (grpc-timeout header) received.
+    pub saw_deadline: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct MockRouter {
+    pub state: Arc<Mutex<MockState>>,
+}
+
+impl MockRouter {
+    /// Serves the mock on a fresh localhost port; returns its address.
+    pub async fn serve(&self) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let router = self.clone();
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(KvServer::new(router.clone()))
+                .add_service(AdminServer::new(router))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        });
+        addr
+    }
+
+    pub fn fail_next(&self, status: Status) {
+        self.lock().failures.push_back(status);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.lock().delay = Some(delay);
+    }
+
+    pub fn request_ids(&self) -> Vec<Vec<u8>> {
+        self.lock().request_ids.clone()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.lock().calls
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MockState> {
+        self.state.lock().expect("mock state lock")
+    }
+
+    /// Common prologue: counts the call, records the request id, applies scripted
+    /// failures and delays.
+    async fn enter<T>(&self, request: &Request<T>, request_id: Option<&[u8]>) -> Result<(), Status> {
+        let (failure, delay) = {
+            let mut state = self.lock();
+            state.calls += 1;
+            if request.metadata().get("grpc-timeout").is_some() {
+                state.saw_deadline = true;
+            }
+            if let Some(id) = request_id {
+                state.request_ids.push(id.to_vec());
+            }
+            (state.failures.pop_front(), state.delay)
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        match failure {
+            Some(status) => Err(status),
+            None => Ok(()),
+        }
+    }
+
+    fn write(&self, key: &[u8], value: Vec<u8>) -> u64 {
+        let mut state = self.lock();
+        state.next_version += 1;
+        let version = state.next_version;
+        state.data.insert(key.to_vec(), (value, version));
+        version
+    }
+
+    fn read(&self, key: &[u8]) -> Option<(Vec<u8>, u64)> {
+        self.lock().data.get(key).cloned()
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for MockRouter {
+    async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
+        self.enter(&request, None).await?;
+        let found = self.read(&request.get_ref().key);
+        Ok(Response::new(match found {
+            Some((value, version)) => proto::GetResponse {
+                found: true,
+                value,
+                version,
+            },
+            None => proto::GetResponse::default(),
+        }))
+    }
+
+    async fn put(&self, request: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
+        self.enter(&request, Some(&request.get_ref().request_id)).await?;
+        let message = request.into_inner();
+        let version = self.write(&message.key, message.value);
+        Ok(Response::new(proto::PutResponse { version }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
+        self.enter(&request, Some(&request.get_ref().request_id)).await?;
+        let existed = self.lock().data.remove(&request.get_ref().key).is_some();
+        Ok(Response::new(proto::DeleteResponse { existed }))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<proto::CompareAndSwapRequest>,
+    ) -> Result<Response<proto::CompareAndSwapResponse>, Status> {
+        self.enter(&request, Some(&request.get_ref().request_id)).await?;
+        let message = request.into_inner();
+        let current = self.read(&message.key);
+        let current_version = current.as_ref().map_or(0, |(_, version)| *version);
+        if current_version != message.expected_version {
+            let (current_value, current_version) = current.clone().unwrap_or_default();
+            return Ok(Response::new(proto::CompareAndSwapResponse {
+                succeeded: false,
+                current_found: current.is_some(),
+                current_value,
+                current_version,
+                ..Default::default()
+            }));
+        }
+        let new_version = if message.delete {
+            self.lock().data.remove(&message.key);
+            0
+        } else {
+            self.write(&message.key, message.new_value)
+        };
+        Ok(Response::new(proto::CompareAndSwapResponse {
+            succeeded: true,
+            new_version,
+            ..Default::default()
+        }))
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<proto::BatchGetRequest>,
+    ) -> Result<Response<proto::BatchGetResponse>, Status> {
+        self.enter(&request, None).await?;
+        let results = request
+            .get_ref()
+            .keys
+            .iter()
+            .map(|key| match self.read(key) {
+                Some((value, version)) => proto::KeyValueResult {
+                    key: key.clone(),
+                    found: true,
+                    value,
+                    version,
+                },
+                None => proto::KeyValueResult {
+                    key: key.clone(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        Ok(Response::new(proto::BatchGetResponse { results }))
+    }
+
+    async fn batch_put(
+        &self,
+        request: Request<proto::BatchPutRequest>,
+    ) -> Result<Response<proto::BatchPutResponse>, Status> {
+        self.enter(&request, Some(&request.get_ref().request_id)).await?;
+        let versions = request
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|entry| self.write(&entry.key, entry.value))
+            .collect();
+        Ok(Response::new(proto::BatchPutResponse { versions }))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for MockRouter {
+    async fn init_cluster(
+        &self,
+        _request: Request<proto::InitClusterRequest>,
+    ) -> Result<Response<proto::InitClusterResponse>, Status> {
+        Err(Status::unimplemented("routers do not init clusters"))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<proto::NodeStatusRequest>,
+    ) -> Result<Response<proto::NodeStatusResponse>, Status> {
+        Err(Status::unimplemented("routers have no node status"))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        self.enter(&request, None).await?;
+        Ok(Response::new(proto::ClusterStatusResponse {
+            ring: Some(proto::RingInfo {
+                cluster_id: "mock".into(),
+                shards: 2,
+                replication_factor: 1,
+                epoch: 1,
+                members: vec![proto::RingMember {
+                    node_id: 1,
+                    addr: "127.0.0.1:1".into(),
+                    state: "active".into(),
+                }],
+                vnodes_per_node: 8,
+            }),
+            nodes: vec![proto::NodeHealth {
+                node_id: 1,
+                addr: "127.0.0.1:1".into(),
+                state: "active".into(),
+                reachable: true,
+                error: String::new(),
+                replicas: 2,
+                leaders: 2,
+            }],
+            shards: (0..2)
+                .map(|shard_id| proto::ShardHealth {
+                    shard_id,
+                    placement: vec![1],
+                    leader_id: 1,
+                    term: 1,
+                    replicas: vec![proto::ShardReplicaHealth {
+                        node_id: 1,
+                        reachable: true,
+                        role: "leader".into(),
+                        applied_index: 5,
+                    }],
+                })
+                .collect(),
+            system_leader_id: 1,
+        }))
+    }
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn dead_endpoint() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("local addr")
+}
+
+/// A status carrying the outcome-unknown metadata.
+pub fn outcome_unknown(message: &str) -> Status {
+    let mut status = Status::unavailable(message.to_string());
+    status.metadata_mut().insert(
+        ringkv_proto::OUTCOME_UNKNOWN_METADATA,
+        "true".parse().expect("ascii"),
+    );
+    status
+}

@@ -1,0 +1,73 @@
+//! What every request handler shares: limits, deadlines, backpressure, the topology and the
+//! forwarder. Built once per router from its config.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+
+use crate::backoff::BackoffConfig;
+use crate::config::RouterConfig;
+use crate::deadline::TimeoutPolicy;
+use crate::error::RouterError;
+use crate::forward::{ForwardSettings, Forwarder};
+use crate::inflight::InflightLimiter;
+use crate::node_api::NodeApi;
+use crate::topology::TopologyHandle;
+use crate::validate::Limits;
+
+/// State shared by the `Kv` and `Admin` services of one router.
+pub struct RouterContext<N> {
+    pub nodes: Arc<N>,
+    pub topology: TopologyHandle,
+    pub forwarder: Forwarder<N>,
+    pub limits: Limits,
+    pub timeouts: TimeoutPolicy,
+    pub inflight: InflightLimiter,
+    /// Timeout of one call to one node.
+    pub rpc_timeout: Duration,
+    /// Most concurrent sub-requests of one client request.
+    pub max_fanout: usize,
+}
+
+/// An admitted request: its in-flight permit (released on drop) and its deadline.
+pub struct Admission {
+    pub _permit: OwnedSemaphorePermit,
+    pub deadline: Instant,
+}
+
+impl<N: NodeApi> RouterContext<N> {
+    pub fn new(config: &RouterConfig, nodes: Arc<N>, topology: TopologyHandle) -> Self {
+        let settings = ForwardSettings {
+            rpc_timeout: config.rpc_timeout(),
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(config.retry_initial_backoff_ms),
+                max: Duration::from_millis(config.retry_max_backoff_ms),
+            },
+        };
+        RouterContext {
+            forwarder: Forwarder::new(Arc::clone(&nodes), topology.clone(), settings),
+            nodes,
+            topology,
+            limits: Limits::from_config(config),
+            timeouts: TimeoutPolicy {
+                default_timeout: config.default_request_timeout(),
+                max_timeout: config.max_request_timeout(),
+            },
+            inflight: InflightLimiter::new(config.max_inflight_requests),
+            rpc_timeout: config.rpc_timeout(),
+            max_fanout: config.max_fanout.max(1),
+        }
+    }
+
+    /// Takes an in-flight permit and computes the request deadline.
+    pub fn admit(&self, metadata: &MetadataMap) -> Result<Admission, RouterError> {
+        let permit = self.inflight.try_acquire()?;
+        Ok(Admission {
+            _permit: permit,
+            deadline: self.timeouts.deadline(metadata),
+        })
+    }
+}

@@ -1,0 +1,763 @@
+//! The retry loop: send one shard request to the right node until it succeeds, fails for
+//! good, or the request deadline passes.
+//!
+//! Each attempt goes to the cached leader (or a placement replica when none is known; any
+//! replica for stale reads) with a timeout of `min(rpc_timeout, time left)`. Not-leader
+//! hints are followed at once (a few times in a row); other retriable failures back off
+//! (bounded, jittered), ask for a topology refresh and try again. Writes keep their request
+//! id across attempts, so the node's de-duplication makes retries safe; if any attempt was
+//! ambiguous and none succeeded, the write is reported as "outcome unknown".
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv_proto::v1::{
+    Consistency, ShardReadRequest, ShardReadResponse, ShardWriteRequest, ShardWriteResponse, WriteOp,
+};
+use ringkv_ring::{NodeId, ShardId};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+use tracing::debug;
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::classify::{classify, Classified, Failure};
+use crate::error::{RequestId, RouterError};
+use crate::node_api::NodeApi;
+use crate::topology::{RouteError, RouteMode, Target, TopologyHandle};
+
+/// Not-leader hints followed in a row without backing off (leadership may be moving).
+const MAX_REDIRECTS_WITHOUT_BACKOFF: u32 = 3;
+
+/// Per-attempt bounds of the retry loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardSettings {
+    /// Timeout of one attempt (capped by the time left).
+    pub rpc_timeout: Duration,
+    pub backoff: BackoffConfig,
+}
+
+/// Sends shard requests to nodes, retrying within the request deadline.
+pub struct Forwarder<N> {
+    nodes: Arc<N>,
+    topology: TopologyHandle,
+    settings: ForwardSettings,
+}
+
+impl<N: NodeApi> Forwarder<N> {
+    pub fn new(nodes: Arc<N>, topology: TopologyHandle, settings: ForwardSettings) -> Self {
+        Forwarder {
+            nodes,
+            topology,
+            settings,
+        }
+    }
+
+    /// `ShardKv.Read` of `keys` (all in `shard`), linearizable through the leader or stale
+    /// from any replica.
+    pub async fn read(
+        &self,
+        shard: ShardId,
+        shard_count: u32,
+        keys: Vec<Vec<u8>>,
+        consistency: Consistency,
+        deadline: Instant,
+    ) -> Result<ShardReadResponse, RouterError> {
+        let mode = match consistency {
+            Consistency::Linearizable => RouteMode::Leader,
+            Consistency::Stale => RouteMode::AnyReplica {
+                rotation: usize::from(rand::random::<u16>()),
+            },
+        };
+        let request = ShardReadRequest {
+            shard_id: shard.0,
+            keys,
+            consistency: consistency as i32,
+        };
+        let nodes = &self.nodes;
+        self.run(shard, shard_count, mode, None, deadline, |target, timeout| {
+            let request = request.clone();
+            async move { nodes.read(&target.addr, request, timeout).await }
+        })
+        .await
+    }
+
+    /// `ShardKv.Write` of `ops` (one Raft entry) with a fixed request id, through the leader.
+    pub async fn write(
+        &self,
+        shard: ShardId,
+        shard_count: u32,
+        request_id: RequestId,
+        ops: Vec<WriteOp>,
+        deadline: Instant,
+    ) -> Result<ShardWriteResponse, RouterError> {
+        let request = ShardWriteRequest {
+            shard_id: shard.0,
+            request_id: request_id.to_vec(),
+            ops,
+        };
+        let nodes = &self.nodes;
+        self.run(
+            shard,
+            shard_count,
+            RouteMode::Leader,
+            Some(request_id),
+            deadline,
+            |target, timeout| {
+                let request = request.clone();
+                async move { nodes.write(&target.addr, request, timeout).await }
+            },
+        )
+        .await
+    }
+
+    async fn run<T, F, Fut>(
+        &self,
+        shard: ShardId,
+        shard_count: u32,
+        mode: RouteMode,
+        write_id: Option<RequestId>,
+        deadline: Instant,
+        mut call: F,
+    ) -> Result<T, RouterError>
+    where
+        F: FnMut(Target, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut state = RetryState::new(shard, write_id);
+        let mut backoff = Backoff::new(self.settings.backoff);
+        let mut redirect: Option<Target> = None;
+        let mut redirects_in_a_row = 0u32;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(state.give_up());
+            }
+            let target = match redirect.take() {
+                Some(target) => target,
+                None => match self
+                    .topology
+                    .route(shard, shard_count, mode, state.attempts as usize)
+                {
+                    Ok(target) => target,
+                    Err(RouteError::ShardCountChanged { expected, actual }) => {
+                        return Err(RouterError::RingChanged { expected, actual });
+                    }
+                    Err(err) => {
+                        state.record(&Classified::no_route(err.to_string()), "router");
+                        self.topology.request_refresh();
+                        pause(&mut backoff, deadline).await;
+                        continue;
+                    }
+                },
+            };
+            let attempt_timeout = self.settings.rpc_timeout.min(deadline - now);
+            state.attempts += 1;
+            let outcome = tokio::time::timeout(attempt_timeout, call(target.clone(), attempt_timeout)).await;
+            let classified = match outcome {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(status)) => classify(&status),
+                Err(_elapsed) => Classified::timeout(),
+            };
+            debug!(
+                shard = shard.0,
+                addr = %target.addr,
+                attempt = state.attempts,
+                failure = %classified.detail,
+                "shard request attempt failed"
+            );
+            state.record(&classified, &target.addr);
+            if let Failure::Fatal { code, message } = &classified.failure {
+                return Err(state.fatal(&target.addr, *code, message));
+            }
+            if classified.failure.invalidates_leader() {
+                if let Some(node_id) = target.node_id {
+                    self.topology.invalidate(shard, node_id);
+                }
+            }
+            if let Failure::NotLeader {
+                leader_id,
+                leader_addr,
+            } = &classified.failure
+            {
+                if let Some(next) = self.follow_hint(shard, *leader_id, leader_addr.as_deref()) {
+                    let moves_on = next.addr != target.addr;
+                    redirect = Some(next);
+                    if moves_on && redirects_in_a_row < MAX_REDIRECTS_WITHOUT_BACKOFF {
+                        redirects_in_a_row += 1;
+                        continue;
+                    }
+                }
+            }
+            redirects_in_a_row = 0;
+            // A hint that could not be followed at once is as good as no leader known.
+            let unfollowed_hint = matches!(classified.failure, Failure::NotLeader { .. });
+            if classified.failure.wants_refresh() || unfollowed_hint {
+                self.topology.request_refresh();
+            }
+            pause(&mut backoff, deadline).await;
+        }
+    }
+
+    /// Records a not-leader hint and returns where to send the next attempt.
+    fn follow_hint(
+        &self,
+        shard: ShardId,
+        leader_id: Option<NodeId>,
+        leader_addr: Option<&str>,
+    ) -> Option<Target> {
+        let Some(leader_id) = leader_id else {
+            return leader_addr.map(|addr| Target {
+                node_id: None,
+                addr: addr.to_string(),
+            });
+        };
+        self.topology.update_leader(shard, leader_id, leader_addr);
+        let addr = self
+            .topology
+            .node_addr(leader_id)
+            .or_else(|| leader_addr.map(str::to_string))?;
+        Some(Target {
+            node_id: Some(leader_id),
+            addr,
+        })
+    }
+}
+
+/// Sleeps for the next backoff delay, never past the deadline.
+async fn pause(backoff: &mut Backoff, deadline: Instant) {
+    let wake = (Instant::now() + backoff.next_delay()).min(deadline);
+    tokio::time::sleep_until(wake).await;
+}
+
+/// The bookkeeping of one request's attempts: how many, the last failure, and whether any
+/// write attempt was ambiguous.
+#[derive(Debug)]
+struct RetryState {
+    shard: ShardId,
+    write_id: Option<RequestId>,
+    attempts: u32,
+    ambiguous: bool,
+    last_failure: Option<Failure>,
+    last_error: String,
+}
+
+impl RetryState {
+    fn new(shard: ShardId, write_id: Option<RequestId>) -> Self {
+        RetryState {
+            shard,
+            write_id,
+            attempts: 0,
+            ambiguous: false,
+            last_failure: None,
+            last_error: "the deadline passed before any attempt".to_string(),
+        }
+    }
+
+    fn record(&mut self, classified: &Classified, addr: &str) {
+        if self.write_id.is_some() && !classified.definitely_not_applied {
+            self.ambiguous = true;
+        }
+        self.last_failure = Some(classified.failure.clone());
+        self.last_error = format!("{addr}: {}", classified.detail);
+    }
+
+    /// The error once the deadline has passed.
+    fn give_up(&self) -> RouterError {
+        if let Some(request_id) = self.ambiguous_write() {
+            return self.outcome_unknown(request_id);
+        }
+        match self.last_failure {
+            None | Some(Failure::Timeout) => RouterError::DeadlineExceeded {
+                shard: self.shard,
+                attempts: self.attempts,
+                last_error: self.last_error.clone(),
+            },
+            Some(_) => RouterError::ShardUnavailable {
+                shard: self.shard,
+                attempts: self.attempts,
+                last_error: self.last_error.clone(),
+            },
+        }
+    }
+
+    /// The error for a failure that is not retried.
+    fn fatal(&self, addr: &str, code: Code, message: &str) -> RouterError {
+        if let Some(request_id) = self.ambiguous_write() {
+            return self.outcome_unknown(request_id);
+        }
+        RouterError::Node {
+            shard: self.shard,
+            node: addr.to_string(),
+            code,
+            message: message.to_string(),
+        }
+    }
+
+    fn ambiguous_write(&self) -> Option<RequestId> {
+        self.write_id.filter(|_| self.ambiguous)
+    }
+
+    fn outcome_unknown(&self, request_id: RequestId) -> RouterError {
+        RouterError::OutcomeUnknown {
+            shard: self.shard,
+            request_id,
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::Mutex;
+
+    use ringkv_proto::v1::{KeyValueResult, NodeStatusResponse, WriteKind, WriteOpResult};
+    use ringkv_proto::{
+        LEADER_ADDR_METADATA, LEADER_ID_METADATA, OUTCOME_UNKNOWN_METADATA, REJECTED_METADATA,
+    };
+    use tonic::metadata::MetadataValue;
+
+    use super::*;
+    use crate::convert::tests::ring_info;
+    use crate::error::to_status;
+    use crate::topology::NodeObservation;
+
+    /// What a fake node does with one call.
+    #[derive(Debug)]
+    pub(crate) enum Script {
+        /// Answer successfully.
+        Ok,
+        /// Fail with this status.
+        Fail(Status),
+        /// Never answer.
+        Hang,
+    }
+
+    /// An in-process fake of the node calls: scripted per address, recording every call.
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeNodes {
+        scripts: Mutex<HashMap<String, VecDeque<Script>>>,
+        /// What to do when an address has no script left.
+        default: Mutex<HashMap<String, fn() -> Script>>,
+        pub(crate) calls: Mutex<Vec<(String, Vec<u8>)>>,
+        pub(crate) statuses: Mutex<HashMap<String, Result<NodeStatusResponse, Status>>>,
+    }
+
+    impl FakeNodes {
+        pub(crate) fn script(&self, addr: &str, steps: Vec<Script>) {
+            if let Ok(mut scripts) = self.scripts.lock() {
+                scripts.entry(addr.to_string()).or_default().extend(steps);
+            }
+        }
+
+        pub(crate) fn always(&self, addr: &str, step: fn() -> Script) {
+            if let Ok(mut defaults) = self.default.lock() {
+                defaults.insert(addr.to_string(), step);
+            }
+        }
+
+        fn next(&self, addr: &str, request_id: Vec<u8>) -> Script {
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push((addr.to_string(), request_id));
+            }
+            let scripted = self
+                .scripts
+                .lock()
+                .ok()
+                .and_then(|mut scripts| scripts.get_mut(addr).and_then(VecDeque::pop_front));
+            if let Some(step) = scripted {
+                return step;
+            }
+            let default = self.default.lock().ok().and_then(|d| d.get(addr).copied());
+            default.map_or(Script::Ok, |make| make())
+        }
+
+        pub(crate) fn called_addrs(&self) -> Vec<String> {
+            self.calls
+                .lock()
+                .map(|calls| calls.iter().map(|(addr, _)| addr.clone()).collect())
+                .unwrap_or_default()
+        }
+    }
+
+    async fn play<T>(step: Script, ok: T) -> Result<T, Status> {
+        match step {
+            Script::Ok => Ok(ok),
+            Script::Fail(status) => Err(status),
+            Script::Hang => std::future::pending().await,
+        }
+    }
+
+    impl NodeApi for FakeNodes {
+        async fn read(
+            &self,
+            addr: &str,
+            request: ShardReadRequest,
+            _timeout: Duration,
+        ) -> Result<ShardReadResponse, Status> {
+            let step = self.next(addr, Vec::new());
+            let results = request
+                .keys
+                .iter()
+                .map(|key| KeyValueResult {
+                    key: key.clone(),
+                    found: true,
+                    value: addr.as_bytes().to_vec(),
+                    version: 1,
+                })
+                .collect();
+            play(step, ShardReadResponse { results }).await
+        }
+
+        async fn write(
+            &self,
+            addr: &str,
+            request: ShardWriteRequest,
+            _timeout: Duration,
+        ) -> Result<ShardWriteResponse, Status> {
+            let step = self.next(addr, request.request_id.clone());
+            let results = request
+                .ops
+                .iter()
+                .enumerate()
+                .map(|(index, _)| WriteOpResult {
+                    succeeded: true,
+                    version: 100 + index as u64,
+                    ..WriteOpResult::default()
+                })
+                .collect();
+            play(step, ShardWriteResponse { results }).await
+        }
+
+        async fn node_status(&self, addr: &str, _timeout: Duration) -> Result<NodeStatusResponse, Status> {
+            let answer = self
+                .statuses
+                .lock()
+                .ok()
+                .and_then(|mut statuses| statuses.remove(addr));
+            match answer {
+                Some(answer) => answer,
+                None => Err(Status::unavailable("no status scripted")),
+            }
+        }
+    }
+
+    pub(crate) fn topology_3_nodes() -> TopologyHandle {
+        let topology = TopologyHandle::new();
+        let pass = topology.begin_pass();
+        topology.finish_pass(
+            pass,
+            &[NodeObservation {
+                addr: "n1:7001".into(),
+                status: NodeStatusResponse {
+                    node_id: 1,
+                    cluster_id: "test-cluster".into(),
+                    ring: Some(ring_info(3, 8, 3)),
+                    ..NodeStatusResponse::default()
+                },
+            }],
+        );
+        topology
+    }
+
+    const SHARD: ShardId = ShardId(3);
+
+    fn forwarder(nodes: &Arc<FakeNodes>, topology: &TopologyHandle) -> Forwarder<FakeNodes> {
+        Forwarder::new(
+            Arc::clone(nodes),
+            topology.clone(),
+            ForwardSettings {
+                rpc_timeout: Duration::from_millis(100),
+                backoff: BackoffConfig {
+                    initial: Duration::from_millis(10),
+                    max: Duration::from_millis(50),
+                },
+            },
+        )
+    }
+
+    fn placement(topology: &TopologyHandle) -> Vec<String> {
+        let Some(view) = topology.ring() else {
+            panic!("ring expected")
+        };
+        view.ring
+            .replicas(SHARD)
+            .iter()
+            .map(|id| format!("n{id}:7001"))
+            .collect()
+    }
+
+    fn not_leader(leader: u64, rejected: bool) -> Status {
+        let mut status = Status::unavailable("not the leader");
+        let metadata = status.metadata_mut();
+        if let Ok(id) = MetadataValue::try_from(leader.to_string()) {
+            metadata.insert(LEADER_ID_METADATA, id);
+        }
+        if let Ok(addr) = MetadataValue::try_from(format!("n{leader}:7001")) {
+            metadata.insert(LEADER_ADDR_METADATA, addr);
+        }
+        if rejected {
+            metadata.insert(REJECTED_METADATA, MetadataValue::from_static("1"));
+        }
+        status
+    }
+
+    fn rejected_unavailable() -> Script {
+        let mut status = Status::unavailable("no leader");
+        status
+            .metadata_mut()
+            .insert(REJECTED_METADATA, MetadataValue::from_static("1"));
+        Script::Fail(status)
+    }
+
+    fn put_op() -> Vec<WriteOp> {
+        vec![WriteOp {
+            key: b"k".to_vec(),
+            kind: WriteKind::Put as i32,
+            value: b"v".to_vec(),
+            expected_version: None,
+        }]
+    }
+
+    fn deadline_in(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    /// A not-leader hint is followed at once, and the leader is cached for the next request.
+    #[tokio::test(start_paused = true)]
+    async fn follows_leader_hints() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        let leader_id: u64 = match replicas[2].trim_start_matches('n').split(':').next() {
+            Some(id) => id.parse().unwrap_or(0),
+            None => 0,
+        };
+        nodes.script(&replicas[0], vec![Script::Fail(not_leader(leader_id, true))]);
+        let forwarder = forwarder(&nodes, &topology);
+        let start = Instant::now();
+        let result = forwarder
+            .read(
+                SHARD,
+                8,
+                vec![b"k".to_vec()],
+                Consistency::Linearizable,
+                deadline_in(1000),
+            )
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(
+            nodes.called_addrs(),
+            vec![replicas[0].clone(), replicas[2].clone()]
+        );
+        assert_eq!(Instant::now(), start, "a hint is followed without backoff");
+        assert_eq!(topology.leader(SHARD).map(|l| l.node_id), Some(leader_id));
+
+        let again = forwarder
+            .read(
+                SHARD,
+                8,
+                vec![b"k".to_vec()],
+                Consistency::Linearizable,
+                deadline_in(1000),
+            )
+            .await;
+        assert!(again.is_ok());
+        assert_eq!(nodes.called_addrs().last(), Some(&replicas[2]));
+    }
+
+    /// An ambiguous attempt followed by a success is a success, with the same request id.
+    #[tokio::test(start_paused = true)]
+    async fn retries_writes_with_the_same_id() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        nodes.script(&replicas[0], vec![Script::Hang]);
+        let forwarder = forwarder(&nodes, &topology);
+        let result = forwarder
+            .write(SHARD, 8, [9u8; 16], put_op(), deadline_in(1000))
+            .await;
+        assert!(result.is_ok());
+        let calls = nodes.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        assert_eq!(calls.len(), 2);
+        assert!(calls.iter().all(|(_, id)| id == &vec![9u8; 16]));
+    }
+
+    /// When the deadline passes after an ambiguous attempt, the write's outcome is unknown.
+    #[tokio::test(start_paused = true)]
+    async fn ambiguous_writes_end_as_outcome_unknown() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        nodes.script(&replicas[0], vec![Script::Hang]);
+        for addr in &replicas {
+            nodes.always(addr, rejected_unavailable);
+        }
+        let forwarder = forwarder(&nodes, &topology);
+        let result = forwarder
+            .write(SHARD, 8, [1u8; 16], put_op(), deadline_in(500))
+            .await;
+        let Err(err) = result else {
+            panic!("expected an error")
+        };
+        assert!(matches!(err, RouterError::OutcomeUnknown { .. }), "{err}");
+        let status = to_status(&err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().starts_with("write outcome unknown: "));
+        assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
+    }
+
+    /// When every attempt was definitely rejected, the error carries no outcome-unknown flag.
+    #[tokio::test(start_paused = true)]
+    async fn definite_rejections_are_plain_failures() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        for addr in placement(&topology) {
+            nodes.always(&addr, rejected_unavailable);
+        }
+        let forwarder = forwarder(&nodes, &topology);
+        let start = Instant::now();
+        let result = forwarder
+            .write(SHARD, 8, [1u8; 16], put_op(), deadline_in(300))
+            .await;
+        let Err(err) = result else {
+            panic!("expected an error")
+        };
+        assert!(matches!(err, RouterError::ShardUnavailable { .. }), "{err}");
+        assert!(to_status(&err).metadata().get(OUTCOME_UNKNOWN_METADATA).is_none());
+        // Bounded by the deadline, with several backed-off attempts in between.
+        assert_eq!(Instant::now() - start, Duration::from_millis(300));
+        let attempts = nodes.called_addrs().len();
+        assert!((4..=30).contains(&attempts), "{attempts} attempts");
+    }
+
+    /// A node's INVALID_ARGUMENT is returned as is, without retrying.
+    #[tokio::test(start_paused = true)]
+    async fn invalid_argument_is_passed_through() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        nodes.script(
+            &replicas[0],
+            vec![Script::Fail(Status::invalid_argument("key belongs elsewhere"))],
+        );
+        let forwarder = forwarder(&nodes, &topology);
+        let result = forwarder
+            .write(SHARD, 8, [1u8; 16], put_op(), deadline_in(1000))
+            .await;
+        let Err(err) = result else {
+            panic!("expected an error")
+        };
+        let status = to_status(&err);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "key belongs elsewhere");
+        assert_eq!(nodes.called_addrs().len(), 1);
+    }
+
+    /// An internal error on a write without the rejected flag is ambiguous, not a failure.
+    #[tokio::test(start_paused = true)]
+    async fn unflagged_write_errors_are_ambiguous() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        nodes.script(&replicas[0], vec![Script::Fail(Status::internal("apply failed"))]);
+        let forwarder = forwarder(&nodes, &topology);
+        let result = forwarder
+            .write(SHARD, 8, [1u8; 16], put_op(), deadline_in(1000))
+            .await;
+        assert!(matches!(result, Err(RouterError::OutcomeUnknown { .. })));
+
+        // The same error on a read is passed through.
+        nodes.script(&replicas[0], vec![Script::Fail(Status::internal("disk"))]);
+        let read = forwarder
+            .read(
+                SHARD,
+                8,
+                vec![b"k".to_vec()],
+                Consistency::Linearizable,
+                deadline_in(1000),
+            )
+            .await;
+        assert!(matches!(
+            read,
+            Err(RouterError::Node {
+                code: Code::Internal,
+                ..
+            })
+        ));
+    }
+
+    /// Reads whose attempts all time out end with DEADLINE_EXCEEDED at the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_end_in_deadline_exceeded() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        for addr in placement(&topology) {
+            nodes.always(&addr, || Script::Hang);
+        }
+        let forwarder = forwarder(&nodes, &topology);
+        let start = Instant::now();
+        let result = forwarder
+            .read(
+                SHARD,
+                8,
+                vec![b"k".to_vec()],
+                Consistency::Linearizable,
+                deadline_in(250),
+            )
+            .await;
+        assert!(matches!(result, Err(RouterError::DeadlineExceeded { .. })));
+        assert_eq!(Instant::now() - start, Duration::from_millis(250));
+    }
+
+    /// Stale reads move on to the next replica when one does not host the shard.
+    #[tokio::test(start_paused = true)]
+    async fn stale_reads_try_other_replicas() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        for addr in &replicas[..2] {
+            nodes.always(addr, || Script::Fail(Status::not_found("shard not hosted")));
+        }
+        nodes.always(&replicas[2], || {
+            Script::Fail(Status::not_found("shard not hosted"))
+        });
+        nodes.script(&replicas[2], vec![Script::Ok]);
+        let forwarder = forwarder(&nodes, &topology);
+        let result = forwarder
+            .read(
+                SHARD,
+                8,
+                vec![b"k".to_vec()],
+                Consistency::Stale,
+                deadline_in(2000),
+            )
+            .await;
+        let Ok(response) = result else {
+            panic!("expected a stale read to succeed")
+        };
+        assert_eq!(response.results[0].value, replicas[2].as_bytes());
+        let called = nodes.called_addrs();
+        assert!(called.len() <= 3, "{called:?}");
+    }
+
+    /// A changed shard count stops the request instead of sending keys to a wrong shard.
+    #[tokio::test(start_paused = true)]
+    async fn ring_change_is_reported() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let forwarder = forwarder(&nodes, &topology);
+        let result = forwarder
+            .read(
+                SHARD,
+                16,
+                vec![b"k".to_vec()],
+                Consistency::Linearizable,
+                deadline_in(100),
+            )
+            .await;
+        assert!(matches!(result, Err(RouterError::RingChanged { .. })));
+    }
+}

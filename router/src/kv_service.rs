@@ -1,0 +1,643 @@
+//! The `ringkv.v1.Kv` service: validate, find each key's shard, forward to the shard's
+//! leader through the retry loop, and map the node's answer back to the client API.
+//!
+//! Put / Delete / CompareAndSwap become one `ShardKv.Write` op; Get one `ShardKv.Read`;
+//! BatchGet / BatchPut are grouped by shard and fanned out (at most `max_fanout` at once),
+//! each shard's BatchPut sub-request carrying an id derived from the batch's request id.
+
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt};
+use ringkv_proto::v1::kv_server::Kv;
+use ringkv_proto::v1::{
+    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, CompareAndSwapRequest,
+    CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValueResult,
+    PutRequest, PutResponse, WriteKind, WriteOp, WriteOpResult,
+};
+use ringkv_ring::ShardId;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+
+use crate::batch::{group_by_shard, match_read_results, sub_request_id, Assembly, ShardGroup};
+use crate::context::RouterContext;
+use crate::error::{to_status, RequestId, RouterError};
+use crate::node_api::NodeApi;
+use crate::validate::{parse_consistency, request_id_or_random};
+
+/// The client-facing key-value service.
+pub struct KvService<N> {
+    ctx: Arc<RouterContext<N>>,
+}
+
+impl<N: NodeApi> KvService<N> {
+    pub fn new(ctx: Arc<RouterContext<N>>) -> Self {
+        KvService { ctx }
+    }
+
+    async fn get(&self, request: GetRequest, deadline: Instant) -> Result<GetResponse, RouterError> {
+        self.ctx.limits.check_key(&"key", &request.key)?;
+        let consistency = parse_consistency(request.consistency)?;
+        let view = self.ctx.topology.wait_for_ring(deadline).await?;
+        let shard = view.ring.shard_for_key(&request.key);
+        let response = self
+            .ctx
+            .forwarder
+            .read(
+                shard,
+                view.ring.shard_count(),
+                vec![request.key.clone()],
+                consistency,
+                deadline,
+            )
+            .await?;
+        let result = single(
+            shard,
+            match_read_results(&[request.key.as_slice()], response.results),
+        )?;
+        Ok(GetResponse {
+            found: result.found,
+            value: result.value,
+            version: result.version,
+        })
+    }
+
+    async fn put(&self, request: PutRequest, deadline: Instant) -> Result<PutResponse, RouterError> {
+        self.ctx.limits.check_key(&"key", &request.key)?;
+        self.ctx.limits.check_value(&"value", &request.value)?;
+        let request_id = request_id_or_random(&request.request_id)?;
+        let op = WriteOp {
+            key: request.key,
+            kind: WriteKind::Put as i32,
+            value: request.value,
+            expected_version: None,
+        };
+        let result = self.write_one(request_id, op, deadline).await?;
+        Ok(PutResponse {
+            version: result.version,
+        })
+    }
+
+    async fn delete(&self, request: DeleteRequest, deadline: Instant) -> Result<DeleteResponse, RouterError> {
+        self.ctx.limits.check_key(&"key", &request.key)?;
+        let request_id = request_id_or_random(&request.request_id)?;
+        let op = WriteOp {
+            key: request.key,
+            kind: WriteKind::Delete as i32,
+            value: Vec::new(),
+            expected_version: None,
+        };
+        let result = self.write_one(request_id, op, deadline).await?;
+        Ok(DeleteResponse {
+            existed: result.existed,
+        })
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: CompareAndSwapRequest,
+        deadline: Instant,
+    ) -> Result<CompareAndSwapResponse, RouterError> {
+        self.ctx.limits.check_key(&"key", &request.key)?;
+        if !request.delete {
+            self.ctx.limits.check_value(&"new_value", &request.new_value)?;
+        }
+        let request_id = request_id_or_random(&request.request_id)?;
+        let (kind, value) = if request.delete {
+            (WriteKind::Delete, Vec::new())
+        } else {
+            (WriteKind::Put, request.new_value)
+        };
+        let op = WriteOp {
+            key: request.key,
+            kind: kind as i32,
+            value,
+            expected_version: Some(request.expected_version),
+        };
+        let result = self.write_one(request_id, op, deadline).await?;
+        Ok(cas_response(result))
+    }
+
+    async fn batch_get(
+        &self,
+        request: BatchGetRequest,
+        deadline: Instant,
+    ) -> Result<BatchGetResponse, RouterError> {
+        let keys = request.keys;
+        self.ctx.limits.check_keys("keys", &keys)?;
+        let consistency = parse_consistency(request.consistency)?;
+        if keys.is_empty() {
+            return Ok(BatchGetResponse::default());
+        }
+        let view = self.ctx.topology.wait_for_ring(deadline).await?;
+        let shard_count = view.ring.shard_count();
+        let groups = group_by_shard(&keys, |key| view.ring.shard_for_key(key));
+        let forwarder = &self.ctx.forwarder;
+        let keys_ref = &keys;
+        let outcomes: Vec<(ShardGroup, _)> = stream::iter(groups.iter().cloned())
+            .map(|group| async move {
+                let group_keys = group.indices.iter().map(|i| keys_ref[*i].clone()).collect();
+                let outcome = forwarder
+                    .read(group.shard, shard_count, group_keys, consistency, deadline)
+                    .await;
+                (group, outcome)
+            })
+            .buffer_unordered(self.ctx.max_fanout)
+            .collect()
+            .await;
+
+        let mut assembly = Assembly::<KeyValueResult>::new(keys.len(), groups.len());
+        for (group, outcome) in outcomes {
+            let matched = outcome.and_then(|response| {
+                let group_keys: Vec<&[u8]> = group.indices.iter().map(|i| keys[*i].as_slice()).collect();
+                match_read_results(&group_keys, response.results).map_err(|reason| {
+                    RouterError::BadNodeResponse {
+                        shard: group.shard,
+                        reason,
+                    }
+                })
+            });
+            fill_or_fail(&mut assembly, &group, matched);
+        }
+        Ok(BatchGetResponse {
+            results: assembly.finish()?,
+        })
+    }
+
+    async fn batch_put(
+        &self,
+        request: BatchPutRequest,
+        deadline: Instant,
+    ) -> Result<BatchPutResponse, RouterError> {
+        let mut entries = request.entries;
+        self.ctx.limits.check_batch_len("entries", entries.len())?;
+        for (index, entry) in entries.iter().enumerate() {
+            self.ctx
+                .limits
+                .check_key(&format_args!("entries[{index}].key"), &entry.key)?;
+            self.ctx
+                .limits
+                .check_value(&format_args!("entries[{index}].value"), &entry.value)?;
+        }
+        let request_id = request_id_or_random(&request.request_id)?;
+        if entries.is_empty() {
+            return Ok(BatchPutResponse::default());
+        }
+        let view = self.ctx.topology.wait_for_ring(deadline).await?;
+        let shard_count = view.ring.shard_count();
+        let groups = group_by_shard(&entries, |entry| view.ring.shard_for_key(&entry.key));
+        // Move keys and values into per-shard ops, in request order within each shard.
+        let sub_requests: Vec<(ShardGroup, Vec<WriteOp>)> = groups
+            .iter()
+            .map(|group| {
+                let ops = group
+                    .indices
+                    .iter()
+                    .map(|i| WriteOp {
+                        key: std::mem::take(&mut entries[*i].key),
+                        kind: WriteKind::Put as i32,
+                        value: std::mem::take(&mut entries[*i].value),
+                        expected_version: None,
+                    })
+                    .collect();
+                (group.clone(), ops)
+            })
+            .collect();
+        let forwarder = &self.ctx.forwarder;
+        let outcomes: Vec<(ShardGroup, _)> = stream::iter(sub_requests)
+            .map(|(group, ops)| async move {
+                let op_count = ops.len();
+                let sub_id = sub_request_id(&request_id, group.shard);
+                let outcome = forwarder
+                    .write(group.shard, shard_count, sub_id, ops, deadline)
+                    .await
+                    .and_then(|response| {
+                        check_result_count(group.shard, op_count, &response.results)?;
+                        Ok(response.results.iter().map(|r| r.version).collect())
+                    });
+                (group, outcome)
+            })
+            .buffer_unordered(self.ctx.max_fanout)
+            .collect()
+            .await;
+
+        let mut assembly = Assembly::<u64>::new(entries.len(), groups.len());
+        for (group, outcome) in outcomes {
+            fill_or_fail(&mut assembly, &group, outcome);
+        }
+        Ok(BatchPutResponse {
+            versions: assembly.finish()?,
+        })
+    }
+
+    /// One op on one key's shard, through the leader.
+    async fn write_one(
+        &self,
+        request_id: RequestId,
+        op: WriteOp,
+        deadline: Instant,
+    ) -> Result<WriteOpResult, RouterError> {
+        let view = self.ctx.topology.wait_for_ring(deadline).await?;
+        let shard = view.ring.shard_for_key(&op.key);
+        let response = self
+            .ctx
+            .forwarder
+            .write(shard, view.ring.shard_count(), request_id, vec![op], deadline)
+            .await?;
+        check_result_count(shard, 1, &response.results)?;
+        single(shard, Ok(response.results))
+    }
+}
+
+/// A node must return one result per op.
+fn check_result_count(shard: ShardId, expected: usize, results: &[WriteOpResult]) -> Result<(), RouterError> {
+    if results.len() != expected {
+        return Err(RouterError::BadNodeResponse {
+            shard,
+            reason: format!("{} results for {expected} ops", results.len()),
+        });
+    }
+    Ok(())
+}
+
+/// The only element of a one-element result list.
+fn single<T>(shard: ShardId, results: Result<Vec<T>, String>) -> Result<T, RouterError> {
+    let bad = |reason: String| RouterError::BadNodeResponse { shard, reason };
+    let mut results = results.map_err(bad)?;
+    if results.len() != 1 {
+        return Err(bad(format!("{} results for one key", results.len())));
+    }
+    results
+        .pop()
+        .ok_or_else(|| bad("no result for the key".to_string()))
+}
+
+/// Places a shard's values, or records its failure.
+fn fill_or_fail<T>(assembly: &mut Assembly<T>, group: &ShardGroup, outcome: Result<Vec<T>, RouterError>) {
+    match outcome {
+        Ok(values) => {
+            if let Err(reason) = assembly.fill(group, values) {
+                assembly.fail(
+                    group.shard,
+                    RouterError::BadNodeResponse {
+                        shard: group.shard,
+                        reason,
+                    },
+                );
+            }
+        }
+        Err(err) => assembly.fail(group.shard, err),
+    }
+}
+
+/// Maps a conditional op's result to the client's CAS response.
+fn cas_response(result: WriteOpResult) -> CompareAndSwapResponse {
+    if result.succeeded {
+        CompareAndSwapResponse {
+            succeeded: true,
+            new_version: result.version,
+            ..CompareAndSwapResponse::default()
+        }
+    } else {
+        CompareAndSwapResponse {
+            succeeded: false,
+            new_version: 0,
+            current_found: result.current_found,
+            current_value: result.current_value,
+            current_version: result.current_version,
+        }
+    }
+}
+
+/// Logs a failed request where it is handled and turns the result into a gRPC reply.
+fn respond<T>(rpc: &'static str, result: Result<T, RouterError>) -> Result<Response<T>, Status> {
+    match result {
+        Ok(value) => Ok(Response::new(value)),
+        Err(err) => {
+            match &err {
+                RouterError::OutcomeUnknown { .. }
+                | RouterError::BadNodeResponse { .. }
+                | RouterError::Internal(_) => warn!(rpc, %err, "request failed"),
+                RouterError::BatchFailed(_) if err.is_outcome_unknown() => {
+                    warn!(rpc, %err, "request failed")
+                }
+                _ => debug!(rpc, %err, "request failed"),
+            }
+            Err(to_status(&err))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<N: NodeApi> Kv for KvService<N> {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "get",
+            KvService::get(self, request.into_inner(), admission.deadline).await,
+        )
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "put",
+            KvService::put(self, request.into_inner(), admission.deadline).await,
+        )
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "delete",
+            KvService::delete(self, request.into_inner(), admission.deadline).await,
+        )
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<CompareAndSwapRequest>,
+    ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "compare_and_swap",
+            KvService::compare_and_swap(self, request.into_inner(), admission.deadline).await,
+        )
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<BatchGetRequest>,
+    ) -> Result<Response<BatchGetResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "batch_get",
+            KvService::batch_get(self, request.into_inner(), admission.deadline).await,
+        )
+    }
+
+    async fn batch_put(
+        &self,
+        request: Request<BatchPutRequest>,
+    ) -> Result<Response<BatchPutResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "batch_put",
+            KvService::batch_put(self, request.into_inner(), admission.deadline).await,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringkv_proto::v1::{Consistency, KeyValue};
+    use ringkv_proto::OUTCOME_UNKNOWN_METADATA;
+    use tonic::Code;
+
+    use super::*;
+    use crate::config::RouterConfig;
+    use crate::forward::tests::{topology_3_nodes, FakeNodes, Script};
+
+    fn service(nodes: &Arc<FakeNodes>) -> KvService<FakeNodes> {
+        let mut config = RouterConfig::for_test(vec!["n1:7001".into()]);
+        config.max_key_bytes = 16;
+        config.max_value_bytes = 32;
+        config.max_batch_keys = 8;
+        config.rpc_timeout_ms = 50;
+        let ctx = RouterContext::new(&config, Arc::clone(nodes), topology_3_nodes());
+        KvService::new(Arc::new(ctx))
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + std::time::Duration::from_millis(400)
+    }
+
+    /// Bad input is rejected with INVALID_ARGUMENT naming the limit, before any node call.
+    #[tokio::test(start_paused = true)]
+    async fn invalid_input_is_rejected_first() {
+        let nodes = Arc::new(FakeNodes::default());
+        let kv = service(&nodes);
+        let cases: Vec<(Result<(), RouterError>, &str)> = vec![
+            (
+                KvService::get(
+                    &kv,
+                    GetRequest {
+                        key: vec![],
+                        consistency: 0,
+                    },
+                    deadline(),
+                )
+                .await
+                .map(|_| ()),
+                "key must not be empty",
+            ),
+            (
+                KvService::put(
+                    &kv,
+                    PutRequest {
+                        key: vec![1; 17],
+                        value: vec![],
+                        request_id: vec![],
+                    },
+                    deadline(),
+                )
+                .await
+                .map(|_| ()),
+                "max_key_bytes = 16",
+            ),
+            (
+                KvService::put(
+                    &kv,
+                    PutRequest {
+                        key: b"k".to_vec(),
+                        value: vec![0; 33],
+                        request_id: vec![],
+                    },
+                    deadline(),
+                )
+                .await
+                .map(|_| ()),
+                "max_value_bytes = 32",
+            ),
+            (
+                KvService::delete(
+                    &kv,
+                    DeleteRequest {
+                        key: b"k".to_vec(),
+                        request_id: vec![1; 3],
+                    },
+                    deadline(),
+                )
+                .await
+                .map(|_| ()),
+                "request_id must be empty or exactly 16 bytes",
+            ),
+            (
+                KvService::batch_get(
+                    &kv,
+                    BatchGetRequest {
+                        keys: vec![b"k".to_vec(); 9],
+                        consistency: 0,
+                    },
+                    deadline(),
+                )
+                .await
+                .map(|_| ()),
+                "max_batch_keys = 8",
+            ),
+            (
+                KvService::batch_put(
+                    &kv,
+                    BatchPutRequest {
+                        entries: vec![KeyValue {
+                            key: b"k".to_vec(),
+                            value: vec![0; 40],
+                        }],
+                        request_id: vec![],
+                    },
+                    deadline(),
+                )
+                .await
+                .map(|_| ()),
+                "entries[0].value is 40 bytes",
+            ),
+        ];
+        for (result, expected) in cases {
+            let Err(err) = result else {
+                panic!("expected {expected:?}")
+            };
+            let status = to_status(&err);
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().contains(expected), "{}", status.message());
+        }
+        assert!(nodes.called_addrs().is_empty());
+    }
+
+    /// A batch put spanning shards returns versions in request order, with one write per
+    /// shard carrying that shard's derived sub-request id.
+    #[tokio::test(start_paused = true)]
+    async fn batch_put_fans_out_per_shard() {
+        let nodes = Arc::new(FakeNodes::default());
+        let kv = service(&nodes);
+        let entries: Vec<KeyValue> = (0..8u8)
+            .map(|i| KeyValue {
+                key: vec![b'k', i],
+                value: vec![i],
+            })
+            .collect();
+        let request_id = [5u8; 16];
+        let result = KvService::batch_put(
+            &kv,
+            BatchPutRequest {
+                entries: entries.clone(),
+                request_id: request_id.to_vec(),
+            },
+            deadline(),
+        )
+        .await;
+        let Ok(response) = result else {
+            panic!("batch put failed: {result:?}")
+        };
+        assert_eq!(response.versions.len(), 8);
+        let Some(view) = kv.ctx.topology.ring() else {
+            panic!("ring expected")
+        };
+        let groups = group_by_shard(&entries, |e| view.ring.shard_for_key(&e.key));
+        let calls = nodes.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        assert_eq!(calls.len(), groups.len());
+        for group in &groups {
+            let expected = sub_request_id(&request_id, group.shard).to_vec();
+            assert!(calls.iter().any(|(_, id)| *id == expected));
+            // The fake assigns 100 + position within the shard's ops.
+            for (position, index) in group.indices.iter().enumerate() {
+                assert_eq!(response.versions[*index], 100 + position as u64);
+            }
+        }
+    }
+
+    /// A batch get returns one result per key, in request order, duplicates included.
+    #[tokio::test(start_paused = true)]
+    async fn batch_get_keeps_request_order() {
+        let nodes = Arc::new(FakeNodes::default());
+        let kv = service(&nodes);
+        let keys: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"a".to_vec()];
+        let result = KvService::batch_get(
+            &kv,
+            BatchGetRequest {
+                keys: keys.clone(),
+                consistency: Consistency::Stale as i32,
+            },
+            deadline(),
+        )
+        .await;
+        let Ok(response) = result else {
+            panic!("batch get failed: {result:?}")
+        };
+        let returned: Vec<Vec<u8>> = response.results.into_iter().map(|r| r.key).collect();
+        assert_eq!(returned, keys);
+    }
+
+    /// When one shard's write is ambiguous, the batch fails naming it as outcome unknown.
+    #[tokio::test(start_paused = true)]
+    async fn batch_put_partial_failure_names_shards() {
+        let nodes = Arc::new(FakeNodes::default());
+        let kv = service(&nodes);
+        for id in 1..=3 {
+            nodes.always(&format!("n{id}:7001"), || Script::Hang);
+        }
+        let entries: Vec<KeyValue> = (0..4u8)
+            .map(|i| KeyValue {
+                key: vec![b'x', i],
+                value: vec![i],
+            })
+            .collect();
+        let result = KvService::batch_put(
+            &kv,
+            BatchPutRequest {
+                entries,
+                request_id: vec![],
+            },
+            deadline(),
+        )
+        .await;
+        let Err(err) = result else {
+            panic!("expected a failure")
+        };
+        let status = to_status(&err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
+        assert!(
+            status.message().contains("outcome unknown"),
+            "{}",
+            status.message()
+        );
+    }
+
+    /// CAS maps to one conditional op, and failures map the node's current state back.
+    #[test]
+    fn cas_results_map_back() {
+        let success = cas_response(WriteOpResult {
+            succeeded: true,
+            version: 12,
+            ..WriteOpResult::default()
+        });
+        assert!(success.succeeded && success.new_version == 12);
+        let failure = cas_response(WriteOpResult {
+            succeeded: false,
+            version: 0,
+            existed: true,
+            current_found: true,
+            current_value: b"now".to_vec(),
+            current_version: 9,
+        });
+        assert!(!failure.succeeded);
+        assert_eq!(
+            (
+                failure.current_found,
+                failure.current_value.as_slice(),
+                failure.current_version
+            ),
+            (true, b"now".as_slice(), 9)
+        );
+    }
+}

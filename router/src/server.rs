@@ -1,0 +1,152 @@
+//! Starting and stopping a router: bind the listener (port 0 supported), start the
+//! topology refresher, serve `Kv` and `Admin` with tonic, and shut down gracefully.
+//!
+//! Shutdown order: stop accepting and drain in-flight requests (bounded by
+//! `shutdown_timeout_ms`), then stop and join the refresher.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv_proto::v1::admin_server::AdminServer;
+use ringkv_proto::v1::kv_server::KvServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::admin_service::AdminService;
+use crate::config::RouterConfig;
+use crate::connections::GrpcNodes;
+use crate::context::RouterContext;
+use crate::error::{ServeError, StartError};
+use crate::kv_service::KvService;
+use crate::node_api::NodeApi;
+use crate::refresher::{RefreshSettings, Refresher};
+use crate::topology::TopologyHandle;
+
+/// Interval of HTTP/2 keep-alive pings to clients.
+const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a client keep-alive ping may go unanswered.
+const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Entry point: `Router::start(config)`.
+pub struct Router;
+
+impl Router {
+    /// Validates `config`, binds its listen address and starts serving.
+    pub async fn start(config: RouterConfig) -> Result<RouterHandle, StartError> {
+        config.validate()?;
+        let nodes = Arc::new(GrpcNodes::new(&config));
+        Self::start_with(config, nodes).await
+    }
+
+    /// Starts a router whose node calls go through `nodes`.
+    pub(crate) async fn start_with<N: NodeApi>(
+        config: RouterConfig,
+        nodes: Arc<N>,
+    ) -> Result<RouterHandle, StartError> {
+        let bind_error = |source| StartError::Bind {
+            addr: config.listen_addr,
+            source,
+        };
+        let listener = TcpListener::bind(config.listen_addr).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+
+        let topology = TopologyHandle::new();
+        let refresher = Refresher::spawn(
+            Arc::clone(&nodes),
+            topology.clone(),
+            RefreshSettings {
+                seeds: config.seed_nodes.clone(),
+                interval: config.refresh_interval(),
+                rpc_timeout: config.rpc_timeout(),
+                max_fanout: config.max_fanout,
+            },
+            CancellationToken::new(),
+        );
+
+        let ctx = Arc::new(RouterContext::new(&config, nodes, topology));
+        let kv = KvServer::new(KvService::new(Arc::clone(&ctx)))
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(config.max_response_bytes);
+        let admin = AdminServer::new(AdminService::new(ctx))
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(config.max_response_bytes);
+
+        let stop_serving = CancellationToken::new();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = Server::builder()
+            .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
+            .add_service(kv)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
+        let server = tokio::spawn(serve);
+        info!(%local_addr, seeds = ?config.seed_nodes, "router listening");
+
+        Ok(RouterHandle {
+            local_addr,
+            stop_serving,
+            server,
+            refresher,
+            shutdown_timeout: config.shutdown_timeout(),
+        })
+    }
+}
+
+/// A running router. Dropping it without [`RouterHandle::shutdown`] leaves its tasks
+/// running until the runtime stops.
+#[derive(Debug)]
+pub struct RouterHandle {
+    local_addr: SocketAddr,
+    stop_serving: CancellationToken,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    refresher: Refresher,
+    shutdown_timeout: Duration,
+}
+
+impl RouterHandle {
+    /// The address the router listens on (the real port when started with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops serving gracefully and joins every task.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.run_until(std::future::ready(())).await
+    }
+
+    /// Serves until `signal` resolves (or the server fails), then shuts down gracefully.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let ended_early = tokio::select! {
+            result = &mut self.server => Some(result),
+            () = signal => None,
+        };
+        self.stop_serving.cancel();
+        let served = match ended_early {
+            Some(result) => result,
+            None => match tokio::time::timeout(self.shutdown_timeout, &mut self.server).await {
+                Ok(result) => result,
+                Err(_elapsed) => {
+                    warn!(
+                        shutdown_timeout_ms = self.shutdown_timeout.as_millis() as u64,
+                        "graceful shutdown timed out; cutting in-flight requests"
+                    );
+                    self.server.abort();
+                    match (&mut self.server).await {
+                        Err(err) if err.is_cancelled() => Ok(Ok(())),
+                        other => other,
+                    }
+                }
+            },
+        };
+        self.refresher.shutdown().await;
+        info!(local_addr = %self.local_addr, "router stopped");
+        served??;
+        Ok(())
+    }
+}

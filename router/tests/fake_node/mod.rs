@@ -1,0 +1,391 @@
+//! In-process fake storage nodes for router tests: they serve `Admin.NodeStatus` and
+//! `ShardKv` over real sockets (port 0) with the contract's error conventions, backed by
+//! one shared in-memory map. The last replica of a shard's placement leads it (so a router
+//! trying placement order meets a not-leader hint first); node 1 leads the system group.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ringkv_proto::v1::admin_server::{Admin, AdminServer};
+use ringkv_proto::v1::shard_kv_server::{ShardKv, ShardKvServer};
+use ringkv_proto::v1::{
+    ClusterStatusRequest, ClusterStatusResponse, Consistency, InitClusterRequest, InitClusterResponse,
+    KeyValueResult, NodeStatusRequest, NodeStatusResponse, ReplicaInfo, RingInfo, RingMember,
+    ShardReadRequest, ShardReadResponse, ShardWriteRequest, ShardWriteResponse, WriteKind, WriteOpResult,
+};
+use ringkv_proto::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, REJECTED_METADATA};
+use ringkv_ring::shard::shard_of_hash;
+use ringkv_ring::{key_hash, MemberState, Ring, RingConfig, ShardId};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
+
+pub const CLUSTER_ID: &str = "fake-cluster";
+/// Leader of the system group.
+pub const LEADER: u64 = 1;
+
+/// The leader of a shard: the last replica of its placement.
+pub fn shard_leader(ring: &Ring, shard: ShardId) -> u64 {
+    ring.replicas(shard).last().copied().unwrap_or(0)
+}
+
+/// A stored value and its version.
+type Versioned = (Vec<u8>, u64);
+
+/// The data every fake node shares (there is no replication to fake).
+#[derive(Default)]
+pub struct Store {
+    data: Mutex<BTreeMap<Vec<u8>, Versioned>>,
+    next_version: Mutex<u64>,
+    applied: Mutex<HashMap<(u32, Vec<u8>), ShardWriteResponse>>,
+    pub writes_applied: Mutex<u64>,
+    pub not_leader_replies: Mutex<u64>,
+}
+
+/// The shared state of a fake cluster.
+pub struct FakeCluster {
+    pub store: Store,
+    pub ring: Option<RingInfo>,
+    pub addrs: HashMap<u64, String>,
+    /// Whether NodeStatus reports leaders and roles (else every replica says "follower"
+    /// with no known leader, and the router must learn leaders from not-leader hints).
+    pub report_leaders: bool,
+}
+
+pub struct FakeNode {
+    node_id: u64,
+    cluster: Arc<FakeCluster>,
+}
+
+/// A running fake cluster.
+pub struct Running {
+    pub cluster: Arc<FakeCluster>,
+    pub addrs: Vec<String>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl Running {
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        for task in self.tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+/// Starts `count` fake nodes; `initialised` decides whether they report a ring.
+pub async fn start(
+    count: u64,
+    shards: u32,
+    replication_factor: u32,
+    initialised: bool,
+    report_leaders: bool,
+) -> anyhow::Result<Running> {
+    let mut listeners = Vec::new();
+    let mut addrs = HashMap::new();
+    for node_id in 1..=count {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        addrs.insert(node_id, listener.local_addr()?.to_string());
+        listeners.push((node_id, listener));
+    }
+    let ring = initialised.then(|| RingInfo {
+        cluster_id: CLUSTER_ID.into(),
+        shards,
+        replication_factor,
+        epoch: 1,
+        members: (1..=count)
+            .map(|node_id| RingMember {
+                node_id,
+                addr: addrs.get(&node_id).cloned().unwrap_or_default(),
+                state: "active".into(),
+            })
+            .collect(),
+        vnodes_per_node: 8,
+    });
+    let cluster = Arc::new(FakeCluster {
+        store: Store::default(),
+        ring,
+        addrs: addrs.clone(),
+        report_leaders,
+    });
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (node_id, listener) in listeners {
+        let node = || FakeNode {
+            node_id,
+            cluster: Arc::clone(&cluster),
+        };
+        let serve = Server::builder()
+            .add_service(AdminServer::new(node()))
+            .add_service(ShardKvServer::new(node()))
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), cancel.clone().cancelled_owned());
+        tasks.push(tokio::spawn(serve));
+    }
+    let mut ordered: Vec<(u64, String)> = addrs.into_iter().collect();
+    ordered.sort();
+    Ok(Running {
+        cluster,
+        addrs: ordered.into_iter().map(|(_, addr)| addr).collect(),
+        cancel,
+        tasks,
+    })
+}
+
+impl FakeNode {
+    fn placement(&self) -> Option<Ring> {
+        let info = self.cluster.ring.as_ref()?;
+        let members = info
+            .members
+            .iter()
+            .map(|m| ringkv_ring::RingMember {
+                node_id: m.node_id,
+                addr: m.addr.clone(),
+                state: MemberState::Active,
+            })
+            .collect();
+        Ring::new(
+            RingConfig {
+                shards: info.shards,
+                replication_factor: info.replication_factor,
+                vnodes_per_node: info.vnodes_per_node,
+            },
+            members,
+        )
+        .ok()
+    }
+
+    /// The contract's checks: initialised, hosting the shard, keys in the shard.
+    fn check(&self, shard_id: u32, keys: &[&[u8]]) -> Result<(), Status> {
+        let ring = self
+            .placement()
+            .ok_or_else(|| Status::unavailable("cluster not initialised"))?;
+        if !ring.replicas(ShardId(shard_id)).contains(&self.node_id) {
+            return Err(rejected(Status::not_found(format!(
+                "shard {shard_id} not hosted"
+            ))));
+        }
+        for key in keys {
+            if shard_of_hash(key_hash(key), ring.shard_count()) != ShardId(shard_id) {
+                return Err(rejected(Status::failed_precondition("key not in shard")));
+            }
+        }
+        Ok(())
+    }
+
+    fn leader_of(&self, shard_id: u32) -> u64 {
+        self.placement()
+            .map_or(0, |ring| shard_leader(&ring, ShardId(shard_id)))
+    }
+
+    fn not_leader(&self, shard_id: u32) -> Status {
+        *self
+            .cluster
+            .store
+            .not_leader_replies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
+        let leader = self.leader_of(shard_id);
+        let mut status = rejected(Status::unavailable("not the leader"));
+        let metadata = status.metadata_mut();
+        metadata.insert(LEADER_ID_METADATA, MetadataValue::from(leader));
+        if let Some(addr) = self.cluster.addrs.get(&leader) {
+            if let Ok(value) = MetadataValue::try_from(addr.as_str()) {
+                metadata.insert(LEADER_ADDR_METADATA, value);
+            }
+        }
+        status
+    }
+}
+
+fn rejected(mut status: Status) -> Status {
+    status
+        .metadata_mut()
+        .insert(REJECTED_METADATA, MetadataValue::from_static("1"));
+    status
+}
+
+#[tonic::async_trait]
+impl ShardKv for FakeNode {
+    async fn read(&self, request: Request<ShardReadRequest>) -> Result<Response<ShardReadResponse>, Status> {
+        let request = request.into_inner();
+        let keys: Vec<&[u8]> = request.keys.iter().map(Vec::as_slice).collect();
+        self.check(request.shard_id, &keys)?;
+        if request.consistency != Consistency::Stale as i32
+            && self.node_id != self.leader_of(request.shard_id)
+        {
+            return Err(self.not_leader(request.shard_id));
+        }
+        let data = self
+            .cluster
+            .store
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let results = request
+            .keys
+            .iter()
+            .map(|key| match data.get(key) {
+                Some((value, version)) => KeyValueResult {
+                    key: key.clone(),
+                    found: true,
+                    value: value.clone(),
+                    version: *version,
+                },
+                None => KeyValueResult {
+                    key: key.clone(),
+                    ..KeyValueResult::default()
+                },
+            })
+            .collect();
+        Ok(Response::new(ShardReadResponse { results }))
+    }
+
+    async fn write(
+        &self,
+        request: Request<ShardWriteRequest>,
+    ) -> Result<Response<ShardWriteResponse>, Status> {
+        let request = request.into_inner();
+        let keys: Vec<&[u8]> = request.ops.iter().map(|op| op.key.as_slice()).collect();
+        self.check(request.shard_id, &keys)?;
+        if self.node_id != self.leader_of(request.shard_id) {
+            return Err(self.not_leader(request.shard_id));
+        }
+        if request.request_id.len() != 16 {
+            return Err(rejected(Status::invalid_argument("request_id must be 16 bytes")));
+        }
+        let store = &self.cluster.store;
+        let dedup_key = (request.shard_id, request.request_id.clone());
+        let mut applied = store.applied.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(response) = applied.get(&dedup_key) {
+            return Ok(Response::new(response.clone()));
+        }
+        let mut data = store.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next_version = store.next_version.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut results = Vec::new();
+        for op in request.ops {
+            let current = data.get(&op.key).cloned();
+            let current_version = current.as_ref().map_or(0, |(_, v)| *v);
+            if op
+                .expected_version
+                .is_some_and(|expected| expected != current_version)
+            {
+                results.push(WriteOpResult {
+                    succeeded: false,
+                    version: 0,
+                    existed: current.is_some(),
+                    current_found: current.is_some(),
+                    current_value: current.map(|(v, _)| v).unwrap_or_default(),
+                    current_version,
+                });
+                continue;
+            }
+            *next_version += 1;
+            let result = if op.kind == WriteKind::Delete as i32 {
+                data.remove(&op.key);
+                WriteOpResult {
+                    succeeded: true,
+                    existed: current.is_some(),
+                    ..WriteOpResult::default()
+                }
+            } else {
+                data.insert(op.key.clone(), (op.value.clone(), *next_version));
+                WriteOpResult {
+                    succeeded: true,
+                    version: *next_version,
+                    existed: current.is_some(),
+                    ..WriteOpResult::default()
+                }
+            };
+            results.push(result);
+        }
+        *store
+            .writes_applied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
+        let response = ShardWriteResponse { results };
+        applied.insert(dedup_key, response.clone());
+        Ok(Response::new(response))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for FakeNode {
+    async fn init_cluster(
+        &self,
+        _request: Request<InitClusterRequest>,
+    ) -> Result<Response<InitClusterResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
+        let replicas = match self.placement() {
+            Some(ring) => ring
+                .shards_of_node(self.node_id)
+                .into_iter()
+                .map(|shard| ReplicaInfo {
+                    shard_id: Some(shard.0),
+                    role: if self.cluster.report_leaders && self.node_id == shard_leader(&ring, shard) {
+                        "leader"
+                    } else {
+                        "follower"
+                    }
+                    .into(),
+                    term: 1,
+                    leader_id: if self.cluster.report_leaders {
+                        shard_leader(&ring, shard)
+                    } else {
+                        0
+                    },
+                    last_log_index: 5,
+                    applied_index: 5,
+                    voters: ring.replicas(shard),
+                    ..ReplicaInfo::default()
+                })
+                .chain(std::iter::once(ReplicaInfo {
+                    shard_id: None,
+                    role: if self.node_id == LEADER {
+                        "leader"
+                    } else {
+                        "follower"
+                    }
+                    .into(),
+                    term: 1,
+                    leader_id: LEADER,
+                    ..ReplicaInfo::default()
+                }))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Response::new(NodeStatusResponse {
+            node_id: self.node_id,
+            addr: self.cluster.addrs.get(&self.node_id).cloned().unwrap_or_default(),
+            cluster_id: if self.cluster.ring.is_some() {
+                CLUSTER_ID.into()
+            } else {
+                String::new()
+            },
+            ring: self.cluster.ring.clone(),
+            replicas,
+            version: "fake".into(),
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Err(Status::unimplemented("served by routers"))
+    }
+}

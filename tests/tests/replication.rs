@@ -1,0 +1,69 @@
+//! Writes through the router land where the ring says and reach every replica.
+
+use ringkv_ring::ShardId;
+use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
+
+/// Every acknowledged write is readable from every replica of its shard, the replicas are
+/// exactly the nodes placement names, and nodes outside placement do not host the shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_reach_every_placement_replica() -> anyhow::Result<()> {
+    let options = ClusterOptions {
+        nodes: 4,
+        shards: 8,
+        replication_factor: 3,
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(options).await?;
+    let client = cluster.client().await?;
+    let ring = cluster.ring(1).await?;
+
+    // Each node hosts exactly the shards placement gives it.
+    for id in 1..=4u64 {
+        let status = cluster.node_status(id).await?;
+        let mut hosted: Vec<u32> = status.replicas.iter().filter_map(|r| r.shard_id).collect();
+        hosted.sort_unstable();
+        let expected: Vec<u32> = ring.shards_of_node(id).into_iter().map(|s| s.0).collect();
+        assert_eq!(hosted, expected, "node {id} hosts the shards placement says");
+    }
+
+    let mut written = Vec::new();
+    for i in 0..64u32 {
+        let key = format!("key-{i}").into_bytes();
+        let value = format!("value-{i}").into_bytes();
+        let version = client.put(&key, value.clone()).await?;
+        written.push((key, value, version));
+    }
+    for (key, value, version) in &written {
+        let shard = ring.shard_for_key(key);
+        let replicas = ring.replicas(shard);
+        assert_eq!(replicas.len(), 3);
+        for replica in replicas {
+            let got = wait_until("the replica to apply the write", WAIT, || async {
+                cluster
+                    .read_replica(replica, shard.0, key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|(_, v)| v == version)
+            })
+            .await?;
+            assert_eq!(
+                &got.0, value,
+                "replica {replica} of shard {shard} holds the value"
+            );
+        }
+        for other in (1..=4u64).filter(|id| !ring.replicas(shard).contains(id)) {
+            let read = cluster.read_replica(other, shard.0, key).await;
+            let err = read.expect_err("a non-replica must not serve the shard");
+            assert!(err.to_string().contains("not hosted"), "unexpected error: {err}");
+        }
+        // And the router's linearizable read agrees.
+        let read = client.get(key).await?.expect("key present");
+        assert_eq!((&read.value, read.version), (value, *version));
+    }
+    // Keys spread over every shard (64 keys over 8 shards).
+    let shards: std::collections::BTreeSet<ShardId> =
+        written.iter().map(|(k, _, _)| ring.shard_for_key(k)).collect();
+    assert_eq!(shards.len(), 8);
+    Ok(())
+}
