@@ -20,8 +20,9 @@ use crate::error::clip;
 use crate::node_api::NodeApi;
 use crate::topology::{NodeObservation, TopologyHandle};
 
-/// Shortest gap between two passes, however often requests ask for one.
-const MIN_PASS_GAP: Duration = Duration::from_millis(20);
+/// Shortest gap between two passes, however often requests ask for one (or the refresh
+/// interval, when shorter).
+const MIN_PASS_GAP: Duration = Duration::from_millis(50);
 
 /// What the refresher needs to know.
 #[derive(Debug, Clone)]
@@ -79,7 +80,7 @@ async fn run<N: NodeApi>(
             () = topology.refresh_requested() => {
                 tokio::select! {
                     () = cancel.cancelled() => break,
-                    () = tokio::time::sleep_until(started + MIN_PASS_GAP) => {}
+                    () = tokio::time::sleep_until(started + MIN_PASS_GAP.min(settings.interval)) => {}
                 }
             }
         }
