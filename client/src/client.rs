@@ -333,7 +333,7 @@ impl Client {
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     );
-                    if attempts % endpoint_count == 0 {
+                    if attempts.is_multiple_of(endpoint_count) {
                         let round = attempts / endpoint_count;
                         let backoff =
                             backoff_for_round(round, config.retry_backoff, config.max_retry_backoff)

@@ -7,6 +7,7 @@
 //!    already belongs to another cluster refuses, and init fails saying so);
 //! 3. initialise the system group with every initial member as a voter;
 //! 4. commit `SetCluster` (cluster id, S, RF, V, members) in the system group.
+//!
 //! Every node applies the config, computes placement and creates the groups of the
 //! shards it hosts; a shard's first replica in ring order initialises the shard group.
 //! Each step is idempotent, so init can be repeated after a crash or on restart.

@@ -30,7 +30,7 @@ impl<N: NodeApi> AdminService<N> {
         AdminService { ctx }
     }
 
-    async fn cluster_status(&self, deadline: Instant) -> Result<ClusterStatusResponse, RouterError> {
+    async fn handle_cluster_status(&self, deadline: Instant) -> Result<ClusterStatusResponse, RouterError> {
         let view = self.ctx.topology.wait_for_ring(deadline).await?;
         let nodes = &self.ctx.nodes;
         let rpc_timeout = self.ctx.rpc_timeout;
@@ -79,7 +79,7 @@ impl<N: NodeApi> Admin for AdminService<N> {
         request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
-        match AdminService::cluster_status(self, admission.deadline).await {
+        match self.handle_cluster_status(admission.deadline).await {
             Ok(response) => Ok(Response::new(response)),
             Err(err) => {
                 debug!(%err, "cluster status failed");

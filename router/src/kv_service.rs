@@ -35,7 +35,7 @@ impl<N: NodeApi> KvService<N> {
         KvService { ctx }
     }
 
-    async fn get(&self, request: GetRequest, deadline: Instant) -> Result<GetResponse, RouterError> {
+    async fn handle_get(&self, request: GetRequest, deadline: Instant) -> Result<GetResponse, RouterError> {
         self.ctx.limits.check_key(&"key", &request.key)?;
         let consistency = parse_consistency(request.consistency)?;
         let view = self.ctx.topology.wait_for_ring(deadline).await?;
@@ -62,7 +62,7 @@ impl<N: NodeApi> KvService<N> {
         })
     }
 
-    async fn put(&self, request: PutRequest, deadline: Instant) -> Result<PutResponse, RouterError> {
+    async fn handle_put(&self, request: PutRequest, deadline: Instant) -> Result<PutResponse, RouterError> {
         self.ctx.limits.check_key(&"key", &request.key)?;
         self.ctx.limits.check_value(&"value", &request.value)?;
         let request_id = request_id_or_random(&request.request_id)?;
@@ -78,7 +78,11 @@ impl<N: NodeApi> KvService<N> {
         })
     }
 
-    async fn delete(&self, request: DeleteRequest, deadline: Instant) -> Result<DeleteResponse, RouterError> {
+    async fn handle_delete(
+        &self,
+        request: DeleteRequest,
+        deadline: Instant,
+    ) -> Result<DeleteResponse, RouterError> {
         self.ctx.limits.check_key(&"key", &request.key)?;
         let request_id = request_id_or_random(&request.request_id)?;
         let op = WriteOp {
@@ -93,7 +97,7 @@ impl<N: NodeApi> KvService<N> {
         })
     }
 
-    async fn compare_and_swap(
+    async fn handle_compare_and_swap(
         &self,
         request: CompareAndSwapRequest,
         deadline: Instant,
@@ -118,7 +122,7 @@ impl<N: NodeApi> KvService<N> {
         Ok(cas_response(result))
     }
 
-    async fn batch_get(
+    async fn handle_batch_get(
         &self,
         request: BatchGetRequest,
         deadline: Instant,
@@ -164,7 +168,7 @@ impl<N: NodeApi> KvService<N> {
         })
     }
 
-    async fn batch_put(
+    async fn handle_batch_put(
         &self,
         request: BatchPutRequest,
         deadline: Instant,
@@ -334,7 +338,7 @@ impl<N: NodeApi> Kv for KvService<N> {
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "get",
-            KvService::get(self, request.into_inner(), admission.deadline).await,
+            self.handle_get(request.into_inner(), admission.deadline).await,
         )
     }
 
@@ -342,7 +346,7 @@ impl<N: NodeApi> Kv for KvService<N> {
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "put",
-            KvService::put(self, request.into_inner(), admission.deadline).await,
+            self.handle_put(request.into_inner(), admission.deadline).await,
         )
     }
 
@@ -350,7 +354,7 @@ impl<N: NodeApi> Kv for KvService<N> {
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "delete",
-            KvService::delete(self, request.into_inner(), admission.deadline).await,
+            self.handle_delete(request.into_inner(), admission.deadline).await,
         )
     }
 
@@ -361,7 +365,8 @@ impl<N: NodeApi> Kv for KvService<N> {
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "compare_and_swap",
-            KvService::compare_and_swap(self, request.into_inner(), admission.deadline).await,
+            self.handle_compare_and_swap(request.into_inner(), admission.deadline)
+                .await,
         )
     }
 
@@ -372,7 +377,8 @@ impl<N: NodeApi> Kv for KvService<N> {
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "batch_get",
-            KvService::batch_get(self, request.into_inner(), admission.deadline).await,
+            self.handle_batch_get(request.into_inner(), admission.deadline)
+                .await,
         )
     }
 
@@ -383,7 +389,8 @@ impl<N: NodeApi> Kv for KvService<N> {
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "batch_put",
-            KvService::batch_put(self, request.into_inner(), admission.deadline).await,
+            self.handle_batch_put(request.into_inner(), admission.deadline)
+                .await,
         )
     }
 }
@@ -419,8 +426,7 @@ mod tests {
         let kv = service(&nodes);
         let cases: Vec<(Result<(), RouterError>, &str)> = vec![
             (
-                KvService::get(
-                    &kv,
+                kv.handle_get(
                     GetRequest {
                         key: vec![],
                         consistency: 0,
@@ -432,8 +438,7 @@ mod tests {
                 "key must not be empty",
             ),
             (
-                KvService::put(
-                    &kv,
+                kv.handle_put(
                     PutRequest {
                         key: vec![1; 17],
                         value: vec![],
@@ -446,8 +451,7 @@ mod tests {
                 "max_key_bytes = 16",
             ),
             (
-                KvService::put(
-                    &kv,
+                kv.handle_put(
                     PutRequest {
                         key: b"k".to_vec(),
                         value: vec![0; 33],
@@ -460,8 +464,7 @@ mod tests {
                 "max_value_bytes = 32",
             ),
             (
-                KvService::delete(
-                    &kv,
+                kv.handle_delete(
                     DeleteRequest {
                         key: b"k".to_vec(),
                         request_id: vec![1; 3],
@@ -473,8 +476,7 @@ mod tests {
                 "request_id must be empty or exactly 16 bytes",
             ),
             (
-                KvService::batch_get(
-                    &kv,
+                kv.handle_batch_get(
                     BatchGetRequest {
                         keys: vec![b"k".to_vec(); 9],
                         consistency: 0,
@@ -486,8 +488,7 @@ mod tests {
                 "max_batch_keys = 8",
             ),
             (
-                KvService::batch_put(
-                    &kv,
+                kv.handle_batch_put(
                     BatchPutRequest {
                         entries: vec![KeyValue {
                             key: b"k".to_vec(),
@@ -526,15 +527,15 @@ mod tests {
             })
             .collect();
         let request_id = [5u8; 16];
-        let result = KvService::batch_put(
-            &kv,
-            BatchPutRequest {
-                entries: entries.clone(),
-                request_id: request_id.to_vec(),
-            },
-            deadline(),
-        )
-        .await;
+        let result = kv
+            .handle_batch_put(
+                BatchPutRequest {
+                    entries: entries.clone(),
+                    request_id: request_id.to_vec(),
+                },
+                deadline(),
+            )
+            .await;
         let Ok(response) = result else {
             panic!("batch put failed: {result:?}")
         };
@@ -561,15 +562,15 @@ mod tests {
         let nodes = Arc::new(FakeNodes::default());
         let kv = service(&nodes);
         let keys: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"a".to_vec()];
-        let result = KvService::batch_get(
-            &kv,
-            BatchGetRequest {
-                keys: keys.clone(),
-                consistency: Consistency::Stale as i32,
-            },
-            deadline(),
-        )
-        .await;
+        let result = kv
+            .handle_batch_get(
+                BatchGetRequest {
+                    keys: keys.clone(),
+                    consistency: Consistency::Stale as i32,
+                },
+                deadline(),
+            )
+            .await;
         let Ok(response) = result else {
             panic!("batch get failed: {result:?}")
         };
@@ -591,15 +592,15 @@ mod tests {
                 value: vec![i],
             })
             .collect();
-        let result = KvService::batch_put(
-            &kv,
-            BatchPutRequest {
-                entries,
-                request_id: vec![],
-            },
-            deadline(),
-        )
-        .await;
+        let result = kv
+            .handle_batch_put(
+                BatchPutRequest {
+                    entries,
+                    request_id: vec![],
+                },
+                deadline(),
+            )
+            .await;
         let Err(err) = result else {
             panic!("expected a failure")
         };

@@ -63,7 +63,7 @@ fn node_pid(data_dir: &Path) -> Option<i32> {
             .map(|arg| String::from_utf8_lossy(arg).into_owned())
             .collect();
         let is_node = args.first().is_some_and(|exe| exe.ends_with("ringkv-node"));
-        if is_node && args.iter().any(|arg| *arg == needle) {
+        if is_node && args.contains(&needle) {
             return Some(pid);
         }
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::types::SnapshotMeta;
 use super::{decode, encode};
-use crate::storage::StorageError;
+use crate::storage::{Pair, StorageError};
 
 const META_FILE: &str = "current.meta";
 
@@ -143,7 +143,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next `(key, value)` record, or None at the end.
-    pub fn next_record(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn next_record(&mut self) -> Result<Option<Pair>, StorageError> {
         let Some(key_len) = self.read_len(true)? else {
             return Ok(None);
         };

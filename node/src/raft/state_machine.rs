@@ -381,7 +381,7 @@ impl GroupState {
             copy.write(&key, &value)?;
             batch.insert(key, value);
             pairs += 1;
-            if pairs % LOAD_BATCH_PAIRS == 0 {
+            if pairs.is_multiple_of(LOAD_BATCH_PAIRS) {
                 tree.apply_batch(std::mem::take(&mut batch))?;
             }
         }
