@@ -322,7 +322,10 @@ impl Client {
                 failure.error = Error::Transport(format!("{}: {message}", router.address));
             }
             debug!(router = %router.address, attempts, error = %failure.error, "{operation} attempt failed");
-            let can_retry = attempts < config.max_attempts && Instant::now() < deadline;
+            // A retry with almost no time left would only time out locally and turn a definite
+            // failure into "outcome unknown"; give up with what we know instead.
+            let budget_left = deadline.saturating_duration_since(Instant::now());
+            let can_retry = attempts < config.max_attempts && budget_left > MIN_RETRY_BUDGET;
             match state.on_failure(failure, can_retry) {
                 Decision::Fail(error) => return Err(error),
                 Decision::Retry => {
@@ -346,6 +349,9 @@ impl Client {
         }
     }
 }
+
+/// Least time left on the deadline for another attempt to be worth making.
+const MIN_RETRY_BUDGET: Duration = Duration::from_millis(100);
 
 /// A fresh random request id for one logical write (reused by its retries).
 pub fn new_request_id() -> Vec<u8> {

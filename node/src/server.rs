@@ -7,7 +7,7 @@ use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::raft_server::RaftServer;
 use ringkv_proto::v1::shard_kv_server::ShardKvServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -116,7 +116,6 @@ impl NodeServer {
         let node = Node::open(config, advertise, engine, catalog).await?;
         let cancel = CancellationToken::new();
         let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(
                 ShardKvServer::new(ShardKvService::new(node.clone()))
                     .max_decoding_message_size(max_message_bytes)
@@ -130,7 +129,8 @@ impl NodeServer {
             .add_service(AdminServer::new(AdminService::new(node.clone())));
         let shutdown = cancel.clone();
         let serve = tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
+            // Nagle would hold small responses behind delayed ACKs (tens of ms per request).
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             if let Err(err) = router
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await
