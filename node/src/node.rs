@@ -58,21 +58,32 @@ pub struct Node {
     inner: Arc<NodeInner>,
 }
 
-struct NodeInner {
+/// What opening a group needs; shared by every group of the node.
+struct GroupDeps {
     config: NodeConfig,
-    node_id: NodeId,
-    addr: String,
     engine: EngineRef,
     catalog: TreeRef,
     flusher: Flusher,
     transport: Arc<Transport>,
     raft_config: Arc<openraft::Config>,
+}
+
+struct NodeInner {
+    node_id: NodeId,
+    addr: String,
+    shared: GroupDeps,
     system: Arc<Group>,
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
     ring: RwLock<Option<Arc<Ring>>>,
     cluster_id: RwLock<Option<String>>,
     init_lock: tokio::sync::Mutex<()>,
-    cancel: CancellationToken,
+    /// Stops the reconciler (first at shutdown).
+    reconcile_cancel: CancellationToken,
+    reconciler: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Stops the per-group log purgers (after the groups).
+    purger_cancel: CancellationToken,
+    /// Stops the group-commit flusher (last).
+    flusher_cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -142,9 +153,10 @@ impl Node {
         catalog: TreeRef,
     ) -> Result<Node, NodeError> {
         let cluster_id = check_identity(&catalog, &config)?;
-        let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let (flusher, flusher_task) = Flusher::spawn(engine.clone(), cancel.child_token());
+        let flusher_cancel = CancellationToken::new();
+        let purger_cancel = CancellationToken::new();
+        let (flusher, flusher_task) = Flusher::spawn(engine.clone(), flusher_cancel.clone());
         tasks.spawn(async move {
             let _ = flusher_task.await;
         });
@@ -164,44 +176,40 @@ impl Node {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: config.logs_to_keep_after_snapshot,
             snapshot_max_chunk_size: config.snapshot_chunk_bytes,
-            install_snapshot_timeout: config.rpc_timeout_ms.max(5_000),
+            // The last chunk's RPC covers installing the snapshot.
+            install_snapshot_timeout: config.rpc_timeout_ms.max(30_000),
             ..openraft::Config::default()
         }
         .validate()
         .map_err(|err| NodeError::InvalidArgument(format!("raft config: {err}")))?;
-        let raft_config = Arc::new(raft_config);
-        let system = open_group(
-            GroupId::System,
-            &config,
-            &engine,
-            &catalog,
-            &flusher,
-            &transport,
-            &raft_config,
-        )
-        .await?;
-        let inner = Arc::new(NodeInner {
-            node_id: config.node_id,
-            addr,
+        let shared = GroupDeps {
             config,
             engine,
             catalog,
             flusher,
             transport,
-            raft_config,
+            raft_config: Arc::new(raft_config),
+        };
+        let system = open_group(GroupId::System, &shared, &purger_cancel, &tasks).await?;
+        let inner = Arc::new(NodeInner {
+            node_id: shared.config.node_id,
+            addr,
+            shared,
             system,
             groups: RwLock::new(HashMap::new()),
             ring: RwLock::new(None),
             cluster_id: RwLock::new(cluster_id),
             init_lock: tokio::sync::Mutex::new(()),
-            cancel,
+            reconcile_cancel: CancellationToken::new(),
+            reconciler: tokio::sync::Mutex::new(None),
+            purger_cancel,
+            flusher_cancel,
             tasks,
         });
         let node = Node { inner };
         let reconciler = node.clone();
-        node.inner
-            .tasks
-            .spawn(async move { reconciler.reconcile_loop().await });
+        let handle = tokio::spawn(async move { reconciler.reconcile_loop().await });
+        *node.inner.reconciler.lock().await = Some(handle);
         info!(node_id = node.node_id(), addr = %node.addr(), "node started");
         Ok(node)
     }
@@ -215,7 +223,7 @@ impl Node {
     }
 
     pub fn config(&self) -> &NodeConfig {
-        &self.inner.config
+        &self.inner.shared.config
     }
 
     pub fn cluster_id(&self) -> Option<String> {
@@ -310,7 +318,7 @@ impl Node {
                 proposed: false,
             });
         }
-        let timeout_ms = self.inner.config.write_timeout_ms;
+        let timeout_ms = self.inner.shared.config.write_timeout_ms;
         let write = tokio::time::timeout(
             Duration::from_millis(timeout_ms),
             group.raft.client_write(command),
@@ -342,7 +350,7 @@ impl Node {
 
     /// Waits until a read on `group` at this moment would be linearizable (ReadIndex).
     pub async fn ensure_linearizable(&self, group: &Group) -> Result<(), NodeError> {
-        let timeout_ms = self.inner.config.write_timeout_ms;
+        let timeout_ms = self.inner.shared.config.write_timeout_ms;
         let check = tokio::time::timeout(
             Duration::from_millis(timeout_ms),
             group.raft.ensure_linearizable(),
@@ -395,11 +403,13 @@ impl Node {
         }
     }
 
-    /// Reads `keys` from the local state of `group`.
-    pub fn read_local(&self, group: &Group, keys: &[Vec<u8>]) -> Result<Vec<Option<Versioned>>, NodeError> {
-        keys.iter()
-            .map(|key| group.state.get(key).map_err(NodeError::from))
-            .collect()
+    /// Reads `keys` from the local state of `group`, all at one point between entries.
+    pub async fn read_local(
+        &self,
+        group: &Group,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Versioned>>, NodeError> {
+        Ok(group.state.get_many(keys).await?)
     }
 
     /// Records `cluster_id` as this node's cluster (first time only).
@@ -420,10 +430,13 @@ impl Node {
                 theirs: cluster_id.to_string(),
             }),
             None => {
-                self.inner.catalog.insert(CLUSTER_ID_KEY, cluster_id.as_bytes())?;
-                self.inner.engine.flush()?;
+                self.inner
+                    .shared
+                    .catalog
+                    .insert(CLUSTER_ID_KEY, cluster_id.as_bytes())?;
+                self.inner.shared.engine.flush()?;
                 *current = Some(cluster_id.to_string());
-                self.inner.transport.set_cluster_id(cluster_id);
+                self.inner.shared.transport.set_cluster_id(cluster_id);
                 info!(cluster_id, "joined cluster");
                 Ok(())
             }
@@ -476,19 +489,20 @@ impl Node {
         };
         info!(%cluster_id, members = members.len(), shards = request.shards, "initialising cluster");
         for member in members.iter().filter(|m| m.node_id != self.node_id()) {
-            let mut client =
-                self.inner
-                    .transport
-                    .raft_client(&member.addr)
-                    .map_err(|err| NodeError::Peer {
-                        node: member.node_id,
-                        detail: err.to_string(),
-                    })?;
+            let mut client = self
+                .inner
+                .shared
+                .transport
+                .raft_client(&member.addr)
+                .map_err(|err| NodeError::Peer {
+                    node: member.node_id,
+                    detail: err.to_string(),
+                })?;
             let mut join = tonic::Request::new(v1::JoinClusterRequest {
                 cluster_id: cluster_id.clone(),
                 node_id: member.node_id,
             });
-            join.set_timeout(Duration::from_millis(self.inner.config.rpc_timeout_ms));
+            join.set_timeout(Duration::from_millis(self.inner.shared.config.rpc_timeout_ms));
             client
                 .join_cluster(join)
                 .await
@@ -501,6 +515,17 @@ impl Node {
             .iter()
             .map(|member| (member.node_id, BasicNode::new(member.addr.clone())))
             .collect();
+        let existing_voters: Vec<NodeId> = {
+            let metrics = self.inner.system.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.voter_ids().collect()
+        };
+        let wanted_voters: Vec<NodeId> = voters.keys().copied().collect();
+        if !existing_voters.is_empty() && existing_voters != wanted_voters {
+            return Err(NodeError::AlreadyInitialized(format!(
+                "the system group already has voters {existing_voters:?}, not {wanted_voters:?}"
+            )));
+        }
         initialize_group(&self.inner.system, voters).await?;
         let config = ClusterConfig { cluster_id, ..wanted };
         let applied = self.propose_system(Command::SetCluster(config.clone())).await?;
@@ -553,11 +578,12 @@ impl Node {
         let cluster_id = self.cluster_id().ok_or(NodeError::NotInitialized)?;
         let mut client = self
             .inner
+            .shared
             .transport
             .raft_client(addr)
             .map_err(|err| peer_err(err.to_string()))?;
         let mut request = tonic::Request::new(envelope(cluster_id, GroupId::System, self.node_id(), payload));
-        request.set_timeout(Duration::from_millis(self.inner.config.write_timeout_ms));
+        request.set_timeout(Duration::from_millis(self.inner.shared.config.write_timeout_ms));
         let reply = client
             .propose_system(request)
             .await
@@ -578,39 +604,58 @@ impl Node {
                 .map_err(|err| NodeError::InvalidArgument(format!("committed ring is invalid: {err}")))?,
         );
         write_lock(&self.inner.ring, Some(ring.clone()));
+        let mut failures = Vec::new();
         for shard in ring.shards_of_node(self.node_id()) {
-            let group_id = GroupId::Shard(shard.0);
-            let group = match self.group(group_id) {
-                Some(group) => group,
-                None => {
-                    let group = open_group(
-                        group_id,
-                        &self.inner.config,
-                        &self.inner.engine,
-                        &self.inner.catalog,
-                        &self.inner.flusher,
-                        &self.inner.transport,
-                        &self.inner.raft_config,
-                    )
-                    .await?;
-                    match self.inner.groups.write() {
-                        Ok(mut groups) => groups.insert(group_id, group.clone()),
-                        Err(poisoned) => poisoned.into_inner().insert(group_id, group.clone()),
-                    };
-                    group
-                }
-            };
-            let replicas = ring.replicas(shard);
-            if replicas.first() == Some(&self.node_id()) {
-                let voters: BTreeMap<NodeId, BasicNode> = replicas
-                    .iter()
-                    .filter_map(|id| ring.member(*id))
-                    .map(|member| (member.node_id, BasicNode::new(member.addr.clone())))
-                    .collect();
-                initialize_group(&group, voters).await?;
+            if self.inner.reconcile_cancel.is_cancelled() {
+                break;
+            }
+            if let Err(err) = self.reconcile_shard(&ring, shard).await {
+                warn!(shard = shard.0, %err, "cannot open or initialise shard group");
+                failures.push(shard.0);
             }
         }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(NodeError::Fatal(format!(
+                "shard groups {failures:?} are not ready"
+            )))
+        }
+    }
+
+    async fn reconcile_shard(&self, ring: &Ring, shard: ringkv_ring::ShardId) -> Result<(), NodeError> {
+        let group_id = GroupId::Shard(shard.0);
+        let group = match self.group(group_id) {
+            Some(group) => group,
+            None => {
+                let group = self.open_group(group_id).await?;
+                match self.inner.groups.write() {
+                    Ok(mut groups) => groups.insert(group_id, group.clone()),
+                    Err(poisoned) => poisoned.into_inner().insert(group_id, group.clone()),
+                };
+                group
+            }
+        };
+        let replicas = ring.replicas(shard);
+        if replicas.first() == Some(&self.node_id()) {
+            let voters: BTreeMap<NodeId, BasicNode> = replicas
+                .iter()
+                .filter_map(|id| ring.member(*id))
+                .map(|member| (member.node_id, BasicNode::new(member.addr.clone())))
+                .collect();
+            initialize_group(&group, voters).await?;
+        }
         Ok(())
+    }
+
+    async fn open_group(&self, group_id: GroupId) -> Result<Arc<Group>, NodeError> {
+        open_group(
+            group_id,
+            &self.inner.shared,
+            &self.inner.purger_cancel,
+            &self.inner.tasks,
+        )
+        .await
     }
 
     async fn reconcile_loop(&self) {
@@ -623,7 +668,7 @@ impl Node {
                 }
             }
             tokio::select! {
-                _ = self.inner.cancel.cancelled() => break,
+                _ = self.inner.reconcile_cancel.cancelled() => break,
                 changed = cluster.changed() => if changed.is_err() { break },
                 _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
             }
@@ -694,18 +739,27 @@ impl Node {
         }
     }
 
-    /// Stops every group and background task; flushes the engine.
+    /// Stops the reconciler, then every group, then the purgers and the flusher (so groups
+    /// can finish their in-flight IO), and flushes the engine.
     pub async fn shutdown(&self) {
-        self.inner.cancel.cancel();
+        self.inner.reconcile_cancel.cancel();
+        if let Some(reconciler) = self.inner.reconciler.lock().await.take() {
+            let _ = reconciler.await;
+        }
         for group in self.groups() {
             if let Err(err) = group.raft.shutdown().await {
                 warn!(group = %group.id, %err, "raft group did not shut down cleanly");
             }
         }
+        self.inner.purger_cancel.cancel();
+        self.inner.flusher_cancel.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-        if let Err(err) = self.inner.engine.flush() {
-            warn!(%err, "final flush failed");
+        let engine = self.inner.shared.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(%err, "final flush failed"),
+            Err(err) => warn!(%err, "final flush task failed"),
         }
         info!(node_id = self.node_id(), "node stopped");
     }
@@ -778,30 +832,36 @@ async fn initialize_group(group: &Group, voters: BTreeMap<NodeId, BasicNode>) ->
 
 async fn open_group(
     group_id: GroupId,
-    config: &NodeConfig,
-    engine: &EngineRef,
-    catalog: &TreeRef,
-    flusher: &Flusher,
-    transport: &Arc<Transport>,
-    raft_config: &Arc<openraft::Config>,
+    deps: &GroupDeps,
+    purger_cancel: &CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<Arc<Group>, NodeError> {
+    let config = &deps.config;
     let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(group_id.name()))?;
     let state = GroupState::open(
         group_id,
-        engine.clone(),
-        catalog.clone(),
+        deps.engine.clone(),
+        deps.catalog.clone(),
         snapshots,
         config.dedup_window_ms,
     )?;
-    let log = LogStore::open(
-        engine.clone(),
+    let (log, purge_requests) = LogStore::open(
+        deps.engine.clone(),
         &format!("{}.log", group_id.name()),
-        flusher.clone(),
+        deps.flusher.clone(),
+        config.max_message_bytes / 2,
     )?;
-    let network = NetworkFactory::new(group_id, transport.clone());
+    tasks.spawn(run_purger(
+        group_id,
+        log.clone(),
+        purge_requests,
+        state.watch_applied(),
+        purger_cancel.clone(),
+    ));
+    let network = NetworkFactory::new(group_id, deps.transport.clone());
     let raft = Raft::new(
         config.node_id,
-        raft_config.clone(),
+        deps.raft_config.clone(),
         network,
         log,
         StateMachine::new(state.clone()),
@@ -814,4 +874,33 @@ async fn open_group(
         raft,
         state,
     }))
+}
+
+/// Purges a group's log once the state machine has applied past the purge point, so the
+/// flush before deleting makes the covering state durable. openraft may ask to purge while
+/// a snapshot is still being installed on a follower; deferring keeps the log until then.
+async fn run_purger(
+    group: GroupId,
+    log: LogStore,
+    mut requests: watch::Receiver<Option<crate::raft::types::LogId>>,
+    mut applied: watch::Receiver<Option<crate::raft::types::LogId>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = requests.changed() => if changed.is_err() { return },
+            _ = cancel.cancelled() => return,
+        }
+        let Some(upto) = *requests.borrow_and_update() else {
+            continue;
+        };
+        let covered = applied.wait_for(|applied| applied.is_some_and(|applied| applied.index >= upto.index));
+        tokio::select! {
+            result = covered => if result.is_err() { return },
+            _ = cancel.cancelled() => return,
+        }
+        if let Err(err) = log.purge_now(upto).await {
+            warn!(group = %group, %err, "log purge failed; will retry at the next purge");
+        }
+    }
 }

@@ -7,8 +7,8 @@ use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::raft_server::RaftServer;
 use ringkv_proto::v1::shard_kv_server::ShardKvServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
 use crate::config::{ConfigError, NodeConfig};

@@ -73,9 +73,22 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let endpoint = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:7000".to_string());
-    let concurrency: usize = args.get(2).map(|s| s.parse()).transpose().context("concurrency")?.unwrap_or(64);
-    let seconds: u64 = args.get(3).map(|s| s.parse()).transpose().context("seconds")?.unwrap_or(10);
+    let endpoint = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:7000".to_string());
+    let concurrency: usize = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()
+        .context("concurrency")?
+        .unwrap_or(64);
+    let seconds: u64 = args
+        .get(3)
+        .map(|s| s.parse())
+        .transpose()
+        .context("seconds")?
+        .unwrap_or(10);
     let client = ringkv_client::Client::connect(vec![endpoint]).await?;
     for (name, write) in [("put", true), ("get", false)] {
         let phase = run_phase(&client, concurrency, seconds, write).await;

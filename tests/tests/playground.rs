@@ -56,8 +56,12 @@ fn start_playground(dir: &Path, port: u16) -> Result<Playground> {
 fn node_pid(data_dir: &Path) -> Option<i32> {
     let needle = data_dir.to_string_lossy().into_owned();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let args: Vec<String> = cmdline
             .split(|b| *b == 0)
             .map(|arg| String::from_utf8_lossy(arg).into_owned())
@@ -100,7 +104,10 @@ async fn playground_survives_kill_and_resumes() -> Result<()> {
     let pid = node_pid(&node2).context("node 2's process")?;
     // SAFETY: signalling a process this test's playground started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    wait_until("node 2 to die", WAIT, || async { node_pid(&node2).is_none().then_some(()) }).await?;
+    wait_until("node 2 to die", WAIT, || async {
+        node_pid(&node2).is_none().then_some(())
+    })
+    .await?;
 
     for (key, value, version) in &written {
         let got = client.get(key).await?.context("acknowledged key after kill -9")?;
@@ -124,7 +131,10 @@ async fn playground_survives_kill_and_resumes() -> Result<()> {
     .await?;
     assert!(status.success(), "playground exit status {status}");
     for id in 1..=3 {
-        assert!(node_pid(&dir.join(format!("node-{id}"))).is_none(), "node {id} outlived the playground");
+        assert!(
+            node_pid(&dir.join(format!("node-{id}"))).is_none(),
+            "node {id} outlived the playground"
+        );
     }
 
     // Started again on the same directory, it resumes with the same data.

@@ -10,6 +10,7 @@ use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader};
+use tokio::sync::watch;
 
 use super::flusher::Flusher;
 use super::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
@@ -33,12 +34,42 @@ fn entry_key(index: u64) -> Vec<u8> {
 pub struct LogStore {
     tree: TreeRef,
     flusher: Flusher,
+    /// Purge requests from openraft, carried out by the group's purger task.
+    purge_tx: std::sync::Arc<watch::Sender<Option<LogId>>>,
+    /// Most bytes of entries returned for one replication RPC (at least one entry).
+    max_batch_bytes: usize,
 }
 
 impl LogStore {
-    pub fn open(engine: EngineRef, tree_name: &str, flusher: Flusher) -> Result<LogStore, StorageError> {
+    /// Opens the log; also returns the purge requests the group's purger must carry out
+    /// (with [`LogStore::purge_now`]).
+    pub fn open(
+        engine: EngineRef,
+        tree_name: &str,
+        flusher: Flusher,
+        max_batch_bytes: usize,
+    ) -> Result<(LogStore, watch::Receiver<Option<LogId>>), StorageError> {
         let tree = engine.open_tree(tree_name)?;
-        Ok(LogStore { tree, flusher })
+        let (purge_tx, purge_rx) = watch::channel(None);
+        let store = LogStore {
+            tree,
+            flusher,
+            purge_tx: std::sync::Arc::new(purge_tx),
+            max_batch_bytes,
+        };
+        Ok((store, purge_rx))
+    }
+
+    /// Deletes entries up to `log_id`: first flushes (so state applied up to there is
+    /// durable), records the purge point, then deletes ascending (no holes on a crash).
+    pub async fn purge_now(&self, log_id: LogId) -> Result<(), StorageError> {
+        self.flusher.flush().await?;
+        self.tree.insert(PURGED_KEY, &encode(&log_id)?)?;
+        self.remove_entries(
+            Bound::Included(vec![ENTRY_PREFIX]),
+            Bound::Included(entry_key(log_id.index)),
+            false,
+        )
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -57,13 +88,22 @@ impl LogStore {
         Ok(entries)
     }
 
-    /// Removes entries with keys in `range` in bounded batches.
-    fn remove_entries(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<(), StorageError> {
-        let keys: Vec<Vec<u8>> = self
+    /// Removes entries with keys in `range` in bounded batches, ascending or (`descending`)
+    /// from the end, so a crash between batches never leaves a hole in the log.
+    fn remove_entries(
+        &self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        descending: bool,
+    ) -> Result<(), StorageError> {
+        let mut keys: Vec<Vec<u8>> = self
             .tree
             .range(start, end)
             .map(|pair| pair.map(|(key, _)| key))
             .collect::<Result<_, _>>()?;
+        if descending {
+            keys.reverse();
+        }
         for chunk in keys.chunks(1024) {
             let mut batch = Batch::default();
             for key in chunk {
@@ -103,6 +143,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
         self.entries_in(start, end)
             .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))
     }
+
+    /// Entries `start..end`, cut at a byte budget so one replication RPC fits in a gRPC
+    /// message (always at least one entry).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let read = || -> Result<Vec<Entry>, StorageError> {
+            let mut entries = Vec::new();
+            let mut bytes = 0usize;
+            for pair in self
+                .tree
+                .range(Bound::Included(entry_key(start)), Bound::Excluded(entry_key(end)))
+            {
+                let (_, value) = pair?;
+                bytes += value.len();
+                if !entries.is_empty() && bytes > self.max_batch_bytes {
+                    break;
+                }
+                entries.push(decode(self.tree.name(), &value)?);
+            }
+            Ok(entries)
+        };
+        read().map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -114,13 +180,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let last = self
                 .tree
                 .last_in(Bound::Included(vec![ENTRY_PREFIX]), entry_range_end())?;
-            let last_log_id = match last {
+            let last_entry = match last {
                 Some((_, bytes)) => {
                     let entry: Entry = decode(self.tree.name(), &bytes)?;
                     Some(entry.log_id)
                 }
-                None => last_purged_log_id,
+                None => None,
             };
+            // A crash during a purge may leave no entry above the purge point.
+            let last_log_id = std::cmp::max(last_entry, last_purged_log_id);
             Ok(LogState {
                 last_purged_log_id,
                 last_log_id,
@@ -187,24 +255,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        self.remove_entries(Bound::Included(entry_key(log_id.index)), entry_range_end())
+        self.remove_entries(Bound::Included(entry_key(log_id.index)), entry_range_end(), true)
             .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Delete, err))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let purge = async {
-            // The state machine shares the engine: make every applied entry durable before
-            // its log entry disappears, so a restart never finds applied < purged.
-            self.flusher.flush().await?;
-            self.tree.insert(PURGED_KEY, &encode(&log_id)?)?;
-            self.remove_entries(
-                Bound::Included(vec![ENTRY_PREFIX]),
-                Bound::Included(entry_key(log_id.index)),
-            )?;
-            Ok::<(), StorageError>(())
-        };
-        purge
-            .await
-            .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Delete, err))
+        // Deferred to the group's purger: it deletes once applied state covers `log_id`.
+        self.purge_tx.send_if_modified(|pending| {
+            let newer = pending.is_none_or(|pending| pending.index < log_id.index);
+            if newer {
+                *pending = Some(log_id);
+            }
+            newer
+        });
+        Ok(())
     }
 }

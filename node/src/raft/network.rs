@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -157,11 +159,14 @@ pub fn envelope(cluster_id: String, group: GroupId, from_node: NodeId, payload: 
 }
 
 impl Connection {
+    /// Sends one RPC. `entries_hint`: for appends, how many entries to retry with when the
+    /// message is too large for gRPC.
     async fn call<Req, Resp, E>(
         &self,
         rpc: Rpc,
         request: &Req,
         option: &RPCOption,
+        entries_hint: u64,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
@@ -191,6 +196,9 @@ impl Connection {
             let detail = status.message().to_string();
             let addr = self.addr.clone();
             match status.code() {
+                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted if matches!(rpc, Rpc::Append) => {
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries_hint.max(1)))
+                }
                 // Connection failures, and a peer that does not host this group (yet):
                 // openraft backs off before trying again.
                 tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
@@ -211,7 +219,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let hint = (rpc.entries.len() as u64 / 2).max(1);
+        self.call(Rpc::Append, &rpc, &option, hint).await
     }
 
     async fn install_snapshot(
@@ -222,7 +231,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        self.call(Rpc::Snapshot, &rpc, &option, 1).await
     }
 
     async fn vote(
@@ -230,6 +239,6 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, &rpc, &option, 1).await
     }
 }

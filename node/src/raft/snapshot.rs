@@ -20,12 +20,17 @@ const META_FILE: &str = "current.meta";
 #[derive(Debug, Clone)]
 pub struct SnapshotDir {
     dir: PathBuf,
+    /// Serialises publishing with opening the current snapshot.
+    files: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl SnapshotDir {
     pub fn open(dir: PathBuf) -> Result<SnapshotDir, StorageError> {
         fs::create_dir_all(&dir)?;
-        Ok(SnapshotDir { dir })
+        Ok(SnapshotDir {
+            dir,
+            files: Default::default(),
+        })
     }
 
     pub fn data_path(&self, snapshot_id: &str) -> PathBuf {
@@ -48,9 +53,20 @@ impl SnapshotDir {
         }
     }
 
+    /// The current snapshot's metadata and its opened data file, if any.
+    pub fn open_current(&self) -> Result<Option<(SnapshotMeta, File)>, StorageError> {
+        let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(meta) = self.current()? else {
+            return Ok(None);
+        };
+        let file = File::open(self.data_path(&meta.snapshot_id))?;
+        Ok(Some((meta, file)))
+    }
+
     /// Makes `data_file` (already fsynced) the current snapshot described by `meta`, then
     /// removes older files.
     pub fn publish(&self, meta: &SnapshotMeta, data_file: &Path) -> Result<(), StorageError> {
+        let _files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let data_path = self.data_path(&meta.snapshot_id);
         fs::rename(data_file, &data_path)?;
         let meta_tmp = self.temp_path();

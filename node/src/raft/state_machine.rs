@@ -101,8 +101,11 @@ pub struct GroupState {
     catalog: TreeRef,
     /// Current generation and tree; replaced when a snapshot is installed.
     current: RwLock<(u64, TreeRef)>,
-    /// Held while applying and while dumping a snapshot, so a dump is consistent.
-    apply_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Written while applying, installing or dumping a snapshot; read by multi-key reads,
+    /// so a dump is consistent and a read never sees half an entry or a switching tree.
+    apply_lock: Arc<tokio::sync::RwLock<()>>,
+    /// The last applied log id (in memory; durable at the next flush).
+    applied_tx: watch::Sender<Option<LogId>>,
     snapshots: SnapshotDir,
     dedup_window_ms: u64,
     cluster_tx: watch::Sender<Option<ClusterConfig>>,
@@ -135,12 +138,18 @@ impl GroupState {
             None => None,
         };
         let (cluster_tx, _) = watch::channel(cluster);
+        let applied: Option<LogId> = match tree.get(APPLIED_KEY)? {
+            Some(bytes) => Some(decode(tree.name(), &bytes)?),
+            None => None,
+        };
+        let (applied_tx, _) = watch::channel(applied);
         Ok(Arc::new(GroupState {
             group,
             engine,
             catalog,
             current: RwLock::new((generation, tree)),
-            apply_lock: Arc::new(tokio::sync::Mutex::new(())),
+            apply_lock: Arc::new(tokio::sync::RwLock::new(())),
+            applied_tx,
             snapshots,
             dedup_window_ms,
             cluster_tx,
@@ -159,12 +168,26 @@ impl GroupState {
     }
 
     /// Reads `key` from the local state (no consistency check: callers do that).
-    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        let mut values = self.get_many(std::slice::from_ref(&key.to_vec())).await?;
+        Ok(values.pop().flatten())
+    }
+
+    /// Reads `keys` from the local state at one point between applied entries.
+    pub async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Versioned>>, StorageError> {
+        let _guard = self.apply_lock.read().await;
         let tree = self.tree();
-        match tree.get(&data_key(key))? {
-            Some(bytes) => Ok(Some(decode_value(tree.name(), &bytes)?)),
-            None => Ok(None),
-        }
+        keys.iter()
+            .map(|key| match tree.get(&data_key(key))? {
+                Some(bytes) => Ok(Some(decode_value(tree.name(), &bytes)?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// Watches the last applied log id.
+    pub fn watch_applied(&self) -> watch::Receiver<Option<LogId>> {
+        self.applied_tx.subscribe()
     }
 
     /// Watches the cluster configuration applied by this group (system group only).
@@ -218,6 +241,7 @@ impl GroupState {
         };
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
         tree.apply_batch(batch)?;
+        self.applied_tx.send_replace(Some(entry.log_id));
         if let CommandResult::Cluster(config) = &result {
             let config = config.clone();
             self.cluster_tx.send_if_modified(|current| {
@@ -328,7 +352,7 @@ impl GroupState {
 
     /// Dumps the state to a new snapshot file. Runs on a blocking thread with the apply
     /// lock held.
-    fn build_snapshot_blocking(&self) -> Result<SnapshotMeta, StorageError> {
+    fn build_snapshot_blocking(&self) -> Result<(SnapshotMeta, std::fs::File), StorageError> {
         let tree = self.tree();
         let (last_applied, membership) = self.applied_state()?;
         let snapshot_id = match last_applied {
@@ -353,7 +377,9 @@ impl GroupState {
             snapshot_id,
         };
         self.snapshots.publish(&meta, &temp)?;
-        Ok(meta)
+        // Opened while the apply lock is still held: no other publish can remove it first.
+        let file = std::fs::File::open(self.snapshots.data_path(&meta.snapshot_id))?;
+        Ok((meta, file))
     }
 
     /// Loads a received snapshot into a new tree generation and switches to it. Runs on a
@@ -363,6 +389,7 @@ impl GroupState {
         meta: &SnapshotMeta,
         mut file: std::fs::File,
     ) -> Result<(), StorageError> {
+        validate_snapshot_id(&meta.snapshot_id)?;
         file.seek(SeekFrom::Start(0))?;
         let (old_generation, old_tree) = match self.current.read() {
             Ok(current) => current.clone(),
@@ -386,12 +413,15 @@ impl GroupState {
             }
         }
         copy.finish()?;
-        batch.insert(APPLIED_KEY.to_vec(), encode(&meta.last_log_id)?);
+        match meta.last_log_id {
+            Some(log_id) => batch.insert(APPLIED_KEY.to_vec(), encode(&log_id)?),
+            None => batch.remove(APPLIED_KEY.to_vec()),
+        }
         batch.insert(MEMBERSHIP_KEY.to_vec(), encode(&meta.last_membership)?);
         tree.apply_batch(batch)?;
-        if meta.last_log_id.is_none() {
-            tree.remove(APPLIED_KEY)?;
-        }
+        // The snapshot file is in place before the state switches to it, so a restart
+        // never finds state ahead of every snapshot it could send.
+        self.snapshots.publish(meta, &copy_path)?;
         // The new tree is durable before the catalog points at it.
         self.engine.flush()?;
         self.catalog
@@ -407,12 +437,29 @@ impl GroupState {
         }
         drop(old_tree);
         self.engine.drop_tree(&sm_tree_name(self.group, old_generation))?;
-        self.snapshots.publish(meta, &copy_path)?;
+        self.applied_tx.send_replace(meta.last_log_id);
         if cluster.is_some() {
             self.cluster_tx.send_replace(cluster);
         }
         info!(group = %self.group, pairs, snapshot_id = %meta.snapshot_id, "installed snapshot");
         Ok(())
+    }
+}
+
+/// Snapshot ids come from peers and name files: allow only a safe alphabet.
+fn validate_snapshot_id(snapshot_id: &str) -> Result<(), StorageError> {
+    let safe = !snapshot_id.is_empty()
+        && snapshot_id.len() <= 128
+        && snapshot_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if safe {
+        Ok(())
+    } else {
+        Err(StorageError::Corrupt {
+            tree: "snapshot".to_string(),
+            detail: format!("invalid snapshot id {snapshot_id:?}"),
+        })
     }
 }
 
@@ -432,12 +479,16 @@ pub struct SnapshotBuilder {
     state: Arc<GroupState>,
 }
 
-async fn open_snapshot(state: &GroupState, meta: SnapshotMeta) -> Result<Snapshot<TypeConfig>, StorageError> {
-    let file = tokio::fs::File::open(state.snapshots.data_path(&meta.snapshot_id)).await?;
-    Ok(Snapshot {
+/// The current snapshot, read and opened under the snapshot directory's lock so a
+/// concurrent publish cannot delete the file in between.
+fn open_current_snapshot(state: &GroupState) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    let Some((meta, file)) = state.snapshots.open_current()? else {
+        return Ok(None);
+    };
+    Ok(Some(Snapshot {
         meta,
-        snapshot: Box::new(file),
-    })
+        snapshot: Box::new(tokio::fs::File::from_std(file)),
+    }))
 }
 
 fn join_error(err: tokio::task::JoinError) -> StorageError {
@@ -447,16 +498,19 @@ fn join_error(err: tokio::task::JoinError) -> StorageError {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         let build = async {
-            let guard = self.state.apply_lock.clone().lock_owned().await;
+            let guard = self.state.apply_lock.clone().write_owned().await;
             let state = self.state.clone();
-            let meta = tokio::task::spawn_blocking(move || {
+            let (meta, file) = tokio::task::spawn_blocking(move || {
                 let _guard = guard;
                 state.build_snapshot_blocking()
             })
             .await
             .map_err(join_error)??;
             info!(group = %self.state.group, snapshot_id = %meta.snapshot_id, "built snapshot");
-            open_snapshot(&self.state, meta).await
+            Ok::<_, StorageError>(Snapshot {
+                meta,
+                snapshot: Box::new(tokio::fs::File::from_std(file)),
+            })
         };
         build
             .await
@@ -478,7 +532,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let _guard = self.state.apply_lock.lock().await;
+        let _guard = self.state.apply_lock.write().await;
         let tree = self.state.tree();
         let mut results = Vec::new();
         for entry in entries {
@@ -515,7 +569,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), RaftStorageError> {
         let install = async {
-            let guard = self.state.apply_lock.clone().lock_owned().await;
+            let guard = self.state.apply_lock.clone().write_owned().await;
             let file = snapshot.into_std().await;
             let state = self.state.clone();
             let meta = meta.clone();
@@ -536,14 +590,122 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let current = async {
-            match self.state.snapshots.current()? {
-                Some(meta) => Ok(Some(open_snapshot(&self.state, meta).await?)),
-                None => Ok(None),
-            }
-        };
-        current
+        let state = self.state.clone();
+        let current = tokio::task::spawn_blocking(move || open_current_snapshot(&state))
             .await
-            .map_err(|err: StorageError| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, err))
+            .map_err(join_error)
+            .and_then(|result| result);
+        current.map_err(|err| storage_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+
+    use super::*;
+    use crate::raft::types::{WriteCommand, WriteOp};
+    use crate::storage;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn put(index: u64, key: &[u8], value: &[u8], request_id: u8) -> Entry {
+        Entry {
+            log_id: log_id(2, index),
+            payload: EntryPayload::Normal(Command::Write(WriteCommand {
+                request_id: [request_id; 16],
+                issued_at_ms: 1_000,
+                ops: vec![WriteOp {
+                    key: key.to_vec(),
+                    value: Some(value.to_vec()),
+                    expected_version: None,
+                }],
+            })),
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> (EngineRef, Arc<GroupState>) {
+        let engine = storage::open(&dir.join("db")).expect("engine");
+        let catalog = engine.open_tree("node").expect("catalog");
+        let snapshots = SnapshotDir::open(dir.join("snapshots")).expect("snapshots");
+        let state =
+            GroupState::open(GroupId::Shard(0), engine.clone(), catalog, snapshots, 60_000).expect("state");
+        (engine, state)
+    }
+
+    /// A retried request id returns the first outcome and is not applied twice; versions
+    /// are log indexes; a failed CAS reports the current value.
+    #[tokio::test]
+    async fn dedup_versions_and_cas() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let first = sm.apply(vec![put(3, b"k", b"v1", 1)]).await.expect("apply");
+        let retry = sm.apply(vec![put(4, b"k", b"v2", 1)]).await.expect("apply retry");
+        assert_eq!(first, retry, "a retry returns the first outcome");
+        let stored = state.get(b"k").await.expect("get").expect("present");
+        assert_eq!((stored.value.as_slice(), stored.version), (&b"v1"[..], 3));
+        let cas = Entry {
+            log_id: log_id(2, 5),
+            payload: EntryPayload::Normal(Command::Write(WriteCommand {
+                request_id: [9; 16],
+                issued_at_ms: 1_000,
+                ops: vec![WriteOp {
+                    key: b"k".to_vec(),
+                    value: Some(b"v3".to_vec()),
+                    expected_version: Some(2),
+                }],
+            })),
+        };
+        let results = sm.apply(vec![cas]).await.expect("cas");
+        let CommandResult::Write(results) = &results[0] else {
+            panic!("write result expected")
+        };
+        assert!(!results[0].succeeded);
+        assert_eq!(results[0].current.as_ref().map(|c| c.version), Some(3));
+    }
+
+    /// Installing a snapshot records the applied log id so that reopening the state (a
+    /// restart right after the install) reports exactly the snapshot's log id and data.
+    #[tokio::test]
+    async fn installed_snapshot_survives_reopen() {
+        let source_dir = tempfile::tempdir().expect("tempdir");
+        let (_source_engine, source) = open(source_dir.path());
+        let mut source_sm = StateMachine::new(source.clone());
+        source_sm
+            .apply(
+                (1..=20)
+                    .map(|i| put(i, format!("k{i}").as_bytes(), b"v", i as u8))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .expect("apply");
+        let mut builder = source_sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.expect("build");
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(2, 20)));
+
+        let target_dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (_engine, target) = open(target_dir.path());
+            let mut target_sm = StateMachine::new(target.clone());
+            target_sm
+                .install_snapshot(&snapshot.meta, snapshot.snapshot)
+                .await
+                .expect("install");
+            let (applied, _) = target_sm.applied_state().await.expect("applied");
+            assert_eq!(applied, Some(log_id(2, 20)));
+        }
+        let (_engine, reopened) = open(target_dir.path());
+        let (applied, _) = reopened.applied_state().expect("applied after reopen");
+        assert_eq!(applied, Some(log_id(2, 20)));
+        assert_eq!(reopened.data_len().expect("len"), 20);
+        let current = reopened
+            .snapshots
+            .current()
+            .expect("meta")
+            .expect("a current snapshot");
+        assert_eq!(current.last_log_id, Some(log_id(2, 20)));
     }
 }

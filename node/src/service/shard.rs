@@ -55,7 +55,7 @@ impl ShardKvService {
         if consistency == v1::Consistency::Linearizable {
             self.node.ensure_linearizable(&group).await?;
         }
-        let values = self.node.read_local(&group, &request.keys)?;
+        let values = self.node.read_local(&group, &request.keys).await?;
         let results = request
             .keys
             .into_iter()
@@ -94,6 +94,14 @@ impl ShardKvService {
             )));
         }
         let max_value = self.node.config().max_value_bytes;
+        // One write is one Raft entry: it must fit in a replication message.
+        let max_write_bytes = self.node.config().max_message_bytes / 2;
+        let write_bytes: usize = request.ops.iter().map(|op| op.key.len() + op.value.len()).sum();
+        if write_bytes > max_write_bytes {
+            return Err(NodeError::InvalidArgument(format!(
+                "write is {write_bytes} bytes, the limit for one shard write is {max_write_bytes}"
+            )));
+        }
         let mut ops = Vec::with_capacity(request.ops.len());
         for op in request.ops {
             self.check_key(&op.key)?;
