@@ -56,6 +56,57 @@ fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
 }
 
 impl NodeError {
+    /// A copy for each waiter of a batched write (storage errors keep their message).
+    pub fn duplicate(&self) -> NodeError {
+        match self {
+            NodeError::InvalidArgument(msg) => NodeError::InvalidArgument(msg.clone()),
+            NodeError::UnknownShard { shard, shards } => NodeError::UnknownShard {
+                shard: *shard,
+                shards: *shards,
+            },
+            NodeError::ShardNotHosted(shard) => NodeError::ShardNotHosted(*shard),
+            NodeError::WrongShard { requested, actual } => NodeError::WrongShard {
+                requested: *requested,
+                actual: *actual,
+            },
+            NodeError::NotLeader {
+                group,
+                leader,
+                proposed,
+            } => NodeError::NotLeader {
+                group: *group,
+                leader: leader.clone(),
+                proposed: *proposed,
+            },
+            NodeError::NoQuorum { group, detail } => NodeError::NoQuorum {
+                group: *group,
+                detail: detail.clone(),
+            },
+            NodeError::NotInitialized => NodeError::NotInitialized,
+            NodeError::ClusterMismatch { ours, theirs } => NodeError::ClusterMismatch {
+                ours: ours.clone(),
+                theirs: theirs.clone(),
+            },
+            NodeError::AlreadyInitialized(msg) => NodeError::AlreadyInitialized(msg.clone()),
+            NodeError::Timeout {
+                what,
+                timeout_ms,
+                proposed,
+            } => NodeError::Timeout {
+                what: what.clone(),
+                timeout_ms: *timeout_ms,
+                proposed: *proposed,
+            },
+            NodeError::OutcomeUnknown(msg) => NodeError::OutcomeUnknown(msg.clone()),
+            NodeError::Peer { node, detail } => NodeError::Peer {
+                node: *node,
+                detail: detail.clone(),
+            },
+            NodeError::Storage(err) => NodeError::Fatal(format!("storage failed: {err}")),
+            NodeError::Fatal(msg) => NodeError::Fatal(msg.clone()),
+        }
+    }
+
     /// Whether a write that failed with this error was definitely not applied.
     pub fn write_rejected(&self) -> bool {
         match self {

@@ -6,12 +6,14 @@
 //! - [`raft`]: multi-raft plumbing — log store, state machine, snapshots, group commit,
 //!   network.
 //! - [`node`]: the node itself: group registry, bootstrap, reconciliation with the ring.
+//! - [`proposal`]: proposing to a group (leader check, timeout) and per-shard write batching.
 //! - [`service`]: the gRPC services (`ShardKv`, `Raft`, `Admin`) and error → status mapping.
 //! - [`server`]: binds the listener, serves, shuts down.
 
 pub mod config;
 pub mod error;
 pub mod node;
+pub mod proposal;
 pub mod raft;
 pub mod server;
 pub mod service;

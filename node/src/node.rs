@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
 use ringkv_proto::v1;
 use ringkv_ring::{MemberState, Ring, RingConfig, RingMember, DEFAULT_VNODES_PER_NODE};
@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::proposal::{self, BatcherSettings, WriteBatcher};
 use crate::raft::flusher::Flusher;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{envelope, NetworkFactory, Transport};
@@ -50,6 +51,8 @@ pub struct Group {
     pub id: GroupId,
     pub raft: Raft,
     pub state: Arc<GroupState>,
+    /// Batches key-value writes into entries (shard groups only).
+    pub batcher: Option<WriteBatcher>,
 }
 
 /// The node. Cheap to clone.
@@ -290,62 +293,10 @@ impl Node {
         Ok((ring, group))
     }
 
-    /// The known leader of `group` with its address, when this node is not it.
-    fn leader_hint(&self, group: &Group) -> Option<(NodeId, String)> {
-        let metrics = group.raft.metrics();
-        let metrics = metrics.borrow();
-        let leader = metrics.current_leader?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|node| node.addr.clone())?;
-        Some((leader, addr))
-    }
-
-    fn is_leader(&self, group: &Group) -> bool {
-        let metrics = group.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.state == ServerState::Leader && metrics.current_leader == Some(self.node_id())
-    }
-
     /// Proposes `command` to `group` and waits until it is committed and applied.
     pub async fn propose(&self, group: &Group, command: Command) -> Result<CommandResult, NodeError> {
-        if !self.is_leader(group) {
-            return Err(NodeError::NotLeader {
-                group: group.id,
-                leader: self.leader_hint(group),
-                proposed: false,
-            });
-        }
         let timeout_ms = self.inner.shared.config.write_timeout_ms;
-        let write = tokio::time::timeout(
-            Duration::from_millis(timeout_ms),
-            group.raft.client_write(command),
-        );
-        match write.await {
-            Err(_elapsed) => Err(NodeError::Timeout {
-                what: format!("{} to commit the write", group.id),
-                timeout_ms,
-                proposed: true,
-            }),
-            Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                let leader = match (forward.leader_id, forward.leader_node) {
-                    (Some(id), Some(node)) => Some((id, node.addr)),
-                    _ => None,
-                };
-                Err(NodeError::NotLeader {
-                    group: group.id,
-                    leader,
-                    proposed: true,
-                })
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(err)))) => {
-                Err(NodeError::OutcomeUnknown(err.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => Err(NodeError::Fatal(fatal.to_string())),
-        }
+        proposal::propose(&group.raft, group.id, self.node_id(), command, timeout_ms).await
     }
 
     /// Waits until a read on `group` at this moment would be linearizable (ReadIndex).
@@ -383,24 +334,24 @@ impl Node {
         }
     }
 
-    /// Applies `ops` on `shard` as one Raft entry.
+    /// Applies `ops` on a shard, atomically and in order (batched with concurrent writes
+    /// into one Raft entry).
     pub async fn write(
         &self,
         group: &Group,
         request_id: [u8; 16],
         ops: Vec<crate::raft::types::WriteOp>,
     ) -> Result<Vec<crate::raft::types::WriteOpResult>, NodeError> {
-        let command = Command::Write(WriteCommand {
-            request_id,
-            issued_at_ms: now_ms(),
-            ops,
-        });
-        match self.propose(group, command).await? {
-            CommandResult::Write(results) => Ok(results),
-            other => Err(NodeError::OutcomeUnknown(format!(
-                "unexpected apply result {other:?}"
-            ))),
-        }
+        let batcher = group.batcher.as_ref().ok_or_else(|| {
+            NodeError::InvalidArgument(format!("{} does not take key-value writes", group.id))
+        })?;
+        batcher
+            .write(WriteCommand {
+                request_id,
+                issued_at_ms: now_ms(),
+                ops,
+            })
+            .await
     }
 
     /// Reads `keys` from the local state of `group`, all at one point between entries.
@@ -868,11 +819,26 @@ async fn open_group(
     )
     .await
     .map_err(|fatal| NodeError::Fatal(fatal.to_string()))?;
+    let batcher = match group_id {
+        GroupId::System => None,
+        GroupId::Shard(_) => {
+            let settings = BatcherSettings {
+                group: group_id,
+                node_id: config.node_id,
+                write_timeout_ms: config.write_timeout_ms,
+                max_entry_bytes: config.max_message_bytes / 2,
+            };
+            let (batcher, task) = WriteBatcher::spawn(raft.clone(), settings, purger_cancel.clone());
+            tasks.spawn(task);
+            Some(batcher)
+        }
+    };
     debug!(group = %group_id, "opened raft group");
     Ok(Arc::new(Group {
         id: group_id,
         raft,
         state,
+        batcher,
     }))
 }
 

@@ -228,8 +228,8 @@ impl GroupState {
                 batch.insert(MEMBERSHIP_KEY.to_vec(), encode(&stored)?);
                 CommandResult::None
             }
-            EntryPayload::Normal(Command::Write(write)) => {
-                self.apply_write(tree, entry.log_id.index, write, &mut batch)?
+            EntryPayload::Normal(Command::Write(writes)) => {
+                self.apply_writes(tree, entry.log_id.index, writes, &mut batch)?
             }
             EntryPayload::Normal(Command::SetCluster(config)) => match tree.get(CLUSTER_KEY)? {
                 Some(bytes) => CommandResult::Cluster(decode(tree.name(), &bytes)?),
@@ -253,23 +253,47 @@ impl GroupState {
         Ok(result)
     }
 
+    /// Applies the writes of one entry. Writes in one entry see each other's effects; a
+    /// request id seen earlier (in this entry or within the window) returns its first outcome.
+    fn apply_writes(
+        &self,
+        tree: &TreeRef,
+        log_index: u64,
+        writes: &[WriteCommand],
+        batch: &mut Batch,
+    ) -> Result<CommandResult, StorageError> {
+        let mut overlay: HashMap<Vec<u8>, Option<Versioned>> = HashMap::new();
+        let mut seen: HashMap<RequestId, Vec<WriteOpResult>> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut latest_ms = 0;
+        for write in writes {
+            outcomes.push(self.apply_write(tree, log_index, write, batch, &mut overlay, &mut seen)?);
+            latest_ms = latest_ms.max(write.issued_at_ms);
+        }
+        self.prune_expired(tree, latest_ms, batch)?;
+        Ok(CommandResult::Write(outcomes))
+    }
+
     fn apply_write(
         &self,
         tree: &TreeRef,
         log_index: u64,
         write: &WriteCommand,
         batch: &mut Batch,
-    ) -> Result<CommandResult, StorageError> {
+        overlay: &mut HashMap<Vec<u8>, Option<Versioned>>,
+        seen: &mut HashMap<RequestId, Vec<WriteOpResult>>,
+    ) -> Result<Vec<WriteOpResult>, StorageError> {
+        if let Some(results) = seen.get(&write.request_id) {
+            return Ok(results.clone());
+        }
         let dedup = dedup_key(&write.request_id);
         if let Some(bytes) = tree.get(&dedup)? {
             let record: DedupRecord = decode(tree.name(), &bytes)?;
-            return Ok(CommandResult::Write(record.results));
+            return Ok(record.results);
         }
-        // Ops of one command may touch the same key: later ops see earlier ones.
-        let mut overlay: HashMap<&[u8], Option<Versioned>> = HashMap::new();
         let mut results = Vec::with_capacity(write.ops.len());
         for op in &write.ops {
-            let current = match overlay.get(op.key.as_slice()) {
+            let current = match overlay.get(&op.key) {
                 Some(current) => current.clone(),
                 None => match tree.get(&data_key(&op.key))? {
                     Some(bytes) => Some(decode_value(tree.name(), &bytes)?),
@@ -297,7 +321,7 @@ impl GroupState {
                         value: value.clone(),
                     };
                     batch.insert(data_key(&op.key), encode_value(&stored));
-                    overlay.insert(&op.key, Some(stored));
+                    overlay.insert(op.key.clone(), Some(stored));
                     results.push(WriteOpResult {
                         succeeded: true,
                         version: log_index,
@@ -307,7 +331,7 @@ impl GroupState {
                 }
                 None => {
                     batch.remove(data_key(&op.key));
-                    overlay.insert(&op.key, None);
+                    overlay.insert(op.key.clone(), None);
                     results.push(WriteOpResult {
                         succeeded: true,
                         version: 0,
@@ -324,8 +348,8 @@ impl GroupState {
         };
         batch.insert(dedup, encode(&record)?);
         batch.insert(expiry_key(expires_at_ms, &write.request_id), Vec::new());
-        self.prune_expired(tree, write.issued_at_ms, batch)?;
-        Ok(CommandResult::Write(results))
+        seen.insert(write.request_id, results.clone());
+        Ok(results)
     }
 
     /// Drops de-duplication records that expired before `now_ms` (the entry's own clock,
@@ -614,7 +638,7 @@ mod tests {
     fn put(index: u64, key: &[u8], value: &[u8], request_id: u8) -> Entry {
         Entry {
             log_id: log_id(2, index),
-            payload: EntryPayload::Normal(Command::Write(WriteCommand {
+            payload: EntryPayload::Normal(Command::Write(vec![WriteCommand {
                 request_id: [request_id; 16],
                 issued_at_ms: 1_000,
                 ops: vec![WriteOp {
@@ -622,7 +646,7 @@ mod tests {
                     value: Some(value.to_vec()),
                     expected_version: None,
                 }],
-            })),
+            }])),
         }
     }
 
@@ -649,7 +673,7 @@ mod tests {
         assert_eq!((stored.value.as_slice(), stored.version), (&b"v1"[..], 3));
         let cas = Entry {
             log_id: log_id(2, 5),
-            payload: EntryPayload::Normal(Command::Write(WriteCommand {
+            payload: EntryPayload::Normal(Command::Write(vec![WriteCommand {
                 request_id: [9; 16],
                 issued_at_ms: 1_000,
                 ops: vec![WriteOp {
@@ -657,14 +681,14 @@ mod tests {
                     value: Some(b"v3".to_vec()),
                     expected_version: Some(2),
                 }],
-            })),
+            }])),
         };
         let results = sm.apply(vec![cas]).await.expect("cas");
-        let CommandResult::Write(results) = &results[0] else {
+        let CommandResult::Write(outcomes) = &results[0] else {
             panic!("write result expected")
         };
-        assert!(!results[0].succeeded);
-        assert_eq!(results[0].current.as_ref().map(|c| c.version), Some(3));
+        assert!(!outcomes[0][0].succeeded);
+        assert_eq!(outcomes[0][0].current.as_ref().map(|c| c.version), Some(3));
     }
 
     /// Installing a snapshot records the applied log id so that reopening the state (a

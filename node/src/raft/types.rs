@@ -57,8 +57,10 @@ impl fmt::Display for GroupId {
 /// A command in the replicated log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Shard groups: ops applied atomically, in order, de-duplicated by request id.
-    Write(WriteCommand),
+    /// Shard groups: writes batched into one entry, applied atomically and in order, each
+    /// de-duplicated by its request id. (The batcher never puts two writes touching the
+    /// same key in one entry, so versions — the entry's index — stay unique per key.)
+    Write(Vec<WriteCommand>),
     /// System group: record the cluster configuration (once; later ring changes bump the epoch).
     SetCluster(ClusterConfig),
 }
@@ -66,7 +68,7 @@ pub enum Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Write(write) => write!(f, "write({} ops)", write.ops.len()),
+            Command::Write(writes) => write!(f, "write({} writes)", writes.len()),
             Command::SetCluster(config) => write!(f, "set-cluster({})", config.cluster_id),
         }
     }
@@ -135,7 +137,8 @@ pub enum CommandResult {
     /// Blank and membership entries.
     #[default]
     None,
-    Write(Vec<WriteOpResult>),
+    /// One outcome per write of the entry, in order.
+    Write(Vec<Vec<WriteOpResult>>),
     /// The configuration now in force (the existing one when a different one was proposed).
     Cluster(ClusterConfig),
 }

@@ -1,0 +1,264 @@
+//! Proposing commands to a group and waiting for their outcome; write batching.
+//!
+//! [`propose`] checks leadership first (so a rejection is definite), then waits for the
+//! entry to commit and apply. [`WriteBatcher`] turns concurrent writes to one shard into
+//! one Raft entry: openraft 0.9 appends (and fsyncs) each proposal separately, so without
+//! batching a shard's write rate is bounded by one fsync per write.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::NodeError;
+use crate::raft::types::{
+    Command, CommandResult, GroupId, NodeId, Raft, RequestId, WriteCommand, WriteOpResult,
+};
+
+/// The known leader of a group with its address.
+pub fn leader_hint(raft: &Raft) -> Option<(NodeId, String)> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let leader = metrics.current_leader?;
+    let addr = metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|node| node.addr.clone())?;
+    Some((leader, addr))
+}
+
+/// Whether `node_id` currently leads the group.
+pub fn is_leader(raft: &Raft, node_id: NodeId) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    metrics.state == ServerState::Leader && metrics.current_leader == Some(node_id)
+}
+
+/// Proposes `command` and waits until it is committed and applied (or `timeout_ms`).
+pub async fn propose(
+    raft: &Raft,
+    group: GroupId,
+    node_id: NodeId,
+    command: Command,
+    timeout_ms: u64,
+) -> Result<CommandResult, NodeError> {
+    if !is_leader(raft, node_id) {
+        return Err(NodeError::NotLeader {
+            group,
+            leader: leader_hint(raft),
+            proposed: false,
+        });
+    }
+    let write = tokio::time::timeout(Duration::from_millis(timeout_ms), raft.client_write(command));
+    match write.await {
+        Err(_elapsed) => Err(NodeError::Timeout {
+            what: format!("{group} to commit the write"),
+            timeout_ms,
+            proposed: true,
+        }),
+        Ok(Ok(response)) => Ok(response.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+            let leader = match (forward.leader_id, forward.leader_node) {
+                (Some(id), Some(node)) => Some((id, node.addr)),
+                _ => None,
+            };
+            Err(NodeError::NotLeader {
+                group,
+                leader,
+                proposed: true,
+            })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(err)))) => {
+            Err(NodeError::OutcomeUnknown(err.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(fatal))) => Err(NodeError::Fatal(fatal.to_string())),
+    }
+}
+
+/// Queued writes per shard (callers wait when it is full).
+const QUEUE_CAPACITY: usize = 1024;
+/// Most writes in one entry.
+const MAX_WRITES_PER_ENTRY: usize = 256;
+/// Entries of one shard being committed at once (pipelining).
+const MAX_INFLIGHT_ENTRIES: usize = 2;
+
+type Reply = oneshot::Sender<Result<Vec<WriteOpResult>, NodeError>>;
+
+struct PendingWrite {
+    write: WriteCommand,
+    reply: Reply,
+}
+
+impl PendingWrite {
+    fn bytes(&self) -> usize {
+        self.write
+            .ops
+            .iter()
+            .map(|op| op.key.len() + op.value.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+}
+
+/// Settings of a shard's batcher.
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherSettings {
+    pub group: GroupId,
+    pub node_id: NodeId,
+    pub write_timeout_ms: u64,
+    /// Most key+value bytes in one entry (a single larger write still goes alone).
+    pub max_entry_bytes: usize,
+}
+
+/// Handle to a shard's batcher task.
+#[derive(Clone)]
+pub struct WriteBatcher {
+    tx: mpsc::Sender<PendingWrite>,
+}
+
+impl WriteBatcher {
+    /// Starts the batcher; it stops when `cancel` fires, failing what is still queued.
+    pub fn spawn(
+        raft: Raft,
+        settings: BatcherSettings,
+        cancel: CancellationToken,
+    ) -> (
+        WriteBatcher,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        (WriteBatcher { tx }, run(raft, settings, rx, cancel))
+    }
+
+    /// Commits `write` (in an entry with other writes) and returns its outcome.
+    pub async fn write(&self, write: WriteCommand) -> Result<Vec<WriteOpResult>, NodeError> {
+        let (reply, outcome) = oneshot::channel();
+        self.tx
+            .send(PendingWrite { write, reply })
+            .await
+            .map_err(|_| NodeError::Fatal("the shard is shutting down".to_string()))?;
+        outcome.await.map_err(|_| {
+            NodeError::OutcomeUnknown("the write was dropped while the shard shut down".to_string())
+        })?
+    }
+}
+
+/// Keys and request ids already in the entry being built: a write touching one of them
+/// waits for the next entry, so versions (entry indexes) stay unique per key.
+#[derive(Default)]
+struct EntryBuilder {
+    writes: Vec<PendingWrite>,
+    keys: HashSet<Vec<u8>>,
+    request_ids: HashSet<RequestId>,
+    bytes: usize,
+}
+
+impl EntryBuilder {
+    fn accepts(&self, pending: &PendingWrite, max_bytes: usize) -> bool {
+        if self.writes.is_empty() {
+            return true;
+        }
+        self.writes.len() < MAX_WRITES_PER_ENTRY
+            && self.bytes + pending.bytes() <= max_bytes
+            && !self.request_ids.contains(&pending.write.request_id)
+            && pending.write.ops.iter().all(|op| !self.keys.contains(&op.key))
+    }
+
+    fn push(&mut self, pending: PendingWrite) {
+        self.bytes += pending.bytes();
+        self.request_ids.insert(pending.write.request_id);
+        self.keys
+            .extend(pending.write.ops.iter().map(|op| op.key.clone()));
+        self.writes.push(pending);
+    }
+}
+
+async fn run(
+    raft: Raft,
+    settings: BatcherSettings,
+    mut rx: mpsc::Receiver<PendingWrite>,
+    cancel: CancellationToken,
+) {
+    let mut inflight = JoinSet::new();
+    let mut carried: Option<PendingWrite> = None;
+    loop {
+        while inflight.len() >= MAX_INFLIGHT_ENTRIES {
+            let _ = inflight.join_next().await;
+        }
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => tokio::select! {
+                pending = rx.recv() => match pending {
+                    Some(pending) => pending,
+                    None => break,
+                },
+                _ = cancel.cancelled() => break,
+            },
+        };
+        let mut entry = EntryBuilder::default();
+        entry.push(first);
+        while let Ok(pending) = rx.try_recv() {
+            if entry.accepts(&pending, settings.max_entry_bytes) {
+                entry.push(pending);
+            } else {
+                carried = Some(pending);
+                break;
+            }
+        }
+        let raft = raft.clone();
+        inflight.spawn(commit_entry(raft, settings, entry.writes));
+    }
+    // In-flight entries finish (or fail) on their own; queued writes are refused.
+    rx.close();
+    let refuse = |pending: PendingWrite| {
+        let _ = pending
+            .reply
+            .send(Err(NodeError::Fatal("the shard is shutting down".to_string())));
+    };
+    if let Some(pending) = carried {
+        refuse(pending);
+    }
+    while let Ok(pending) = rx.try_recv() {
+        refuse(pending);
+    }
+    while inflight.join_next().await.is_some() {}
+}
+
+async fn commit_entry(raft: Raft, settings: BatcherSettings, writes: Vec<PendingWrite>) {
+    let (commands, replies): (Vec<WriteCommand>, Vec<Reply>) = writes
+        .into_iter()
+        .map(|pending| (pending.write, pending.reply))
+        .unzip();
+    let count = commands.len();
+    let outcome = propose(
+        &raft,
+        settings.group,
+        settings.node_id,
+        Command::Write(commands),
+        settings.write_timeout_ms,
+    )
+    .await;
+    match outcome {
+        Ok(CommandResult::Write(outcomes)) if outcomes.len() == count => {
+            for (reply, results) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(results));
+            }
+        }
+        Ok(other) => {
+            for reply in replies {
+                let _ = reply.send(Err(NodeError::OutcomeUnknown(format!(
+                    "unexpected apply result {other:?}"
+                ))));
+            }
+        }
+        Err(err) => {
+            for reply in replies {
+                let _ = reply.send(Err(err.duplicate()));
+            }
+        }
+    }
+}
