@@ -1,0 +1,14 @@
+//! ringkv's Jepsen-style fault-injection harness: it starts real `ringkv-node` and
+//! `ringkv-router` processes, runs concurrent client workloads through the router while a
+//! nemesis injects faults on a seeded schedule, records every operation, and checks the
+//! history.
+//!
+//! - [`history`]: operations (invoke + ok/fail/info), the recorder, JSON export.
+//! - [`edn`]: Jepsen EDN export and a parser for reading histories back.
+//! - [`checker`]: linearizability (Wing–Gong–Lowe, per key) and set (lost/duplicated adds).
+//! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
+
+pub mod checker;
+pub mod edn;
+pub mod history;
+pub mod net;
