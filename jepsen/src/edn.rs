@@ -1,1 +1,734 @@
-//! placeholder
+//! Jepsen EDN export of histories, and a parser for reading them back.
+//!
+//! [`history_to_edn`] writes one op map per line, keys in a fixed order:
+//!
+//! ```text
+//! {:index 0, :time 1000, :type :invoke, :process 0, :f :write, :value [3 7]}
+//! {:index 1, :time 2500, :type :ok, :process 0, :f :write, :value [3 7]}
+//! {:index 2, :time 2600, :type :invoke, :process 1, :f :read, :value [3 nil]}
+//! {:index 3, :time 2900, :type :info, :process :nemesis, :f :kill, :value "kill -9 n2"}
+//! {:index 4, :time 3100, :type :fail, :process 1, :f :cas, :value [3 [7 8]], :error "timeout"}
+//! ```
+//!
+//! Values by function: register reads and writes are `[key value]` (`nil` for no value),
+//! compare-and-set is `[key [from to]]`, a set `:add` is the element, the final set read
+//! (`:f :read-all`) is a vector of elements or `nil`, a nemesis value is a string. A
+//! [`OpValue::Nil`] prints as `nil`. Jepsen's own set checker calls the final read `:read`;
+//! ringkv keeps `:read-all` so that a set read is never confused with a register read.
+//!
+//! Nemesis function names become keywords; characters a keyword cannot hold are written as
+//! `_`, so names should stick to letters, digits and `-`.
+//!
+//! The parser ([`parse`], [`parse_all`], [`parse_history`]) reads exactly the EDN subset the
+//! exporter writes: maps, vectors, keywords, integers, strings (with `\" \\ \n \t \r \uXXXX`
+//! escapes), `nil`, commas as whitespace and `;` comments. It never panics on malformed
+//! input: every problem is an [`EdnError`] with a line and column.
+//!
+//! Round trip: `parse_history(&history_to_edn(h))` equals `h`, with one exception: for a
+//! `:read-all` op, `nil` always reads back as `OpValue::ReadAll(None)` (never `OpValue::Nil`).
+
+use std::fmt::{self, Write as _};
+
+use crate::history::{History, Op, OpType, OpValue, Process, F};
+
+/// Deepest nesting of vectors and maps the parser accepts (ours is at most 3).
+pub const MAX_DEPTH: usize = 64;
+
+/// A parsed EDN value (the subset ringkv writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edn {
+    /// `nil`.
+    Nil,
+    /// An integer; `i128` holds every `u64` and `i64`.
+    Integer(i128),
+    /// A string, unescaped.
+    String(String),
+    /// A keyword, without its leading `:`.
+    Keyword(String),
+    /// `[a b c]`.
+    Vector(Vec<Edn>),
+    /// `{k v, ...}`, entries in written order.
+    Map(Vec<(Edn, Edn)>),
+}
+
+impl Edn {
+    /// The value of keyword key `name` in a map (`None` for absent keys and non-maps).
+    pub fn get(&self, name: &str) -> Option<&Edn> {
+        let Edn::Map(entries) = self else {
+            return None;
+        };
+        entries.iter().find_map(|(key, value)| match key {
+            Edn::Keyword(keyword) if keyword == name => Some(value),
+            _ => None,
+        })
+    }
+
+    fn keyword(name: &str) -> Edn {
+        Edn::Keyword(name.to_string())
+    }
+
+    fn unsigned(value: u64) -> Edn {
+        Edn::Integer(i128::from(value))
+    }
+
+    fn optional(value: Option<u64>) -> Edn {
+        value.map_or(Edn::Nil, Edn::unsigned)
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Edn::Nil => "nil",
+            Edn::Integer(_) => "an integer",
+            Edn::String(_) => "a string",
+            Edn::Keyword(_) => "a keyword",
+            Edn::Vector(_) => "a vector",
+            Edn::Map(_) => "a map",
+        }
+    }
+}
+
+impl fmt::Display for Edn {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Edn::Nil => out.write_str("nil"),
+            Edn::Integer(value) => write!(out, "{value}"),
+            Edn::String(text) => write_string(out, text),
+            Edn::Keyword(name) => {
+                out.write_char(':')?;
+                for character in name.chars() {
+                    out.write_char(if is_symbol_char(character) { character } else { '_' })?;
+                }
+                Ok(())
+            }
+            Edn::Vector(items) => {
+                out.write_char('[')?;
+                for (position, item) in items.iter().enumerate() {
+                    if position > 0 {
+                        out.write_char(' ')?;
+                    }
+                    write!(out, "{item}")?;
+                }
+                out.write_char(']')
+            }
+            Edn::Map(entries) => {
+                out.write_char('{')?;
+                for (position, (key, value)) in entries.iter().enumerate() {
+                    if position > 0 {
+                        out.write_str(", ")?;
+                    }
+                    write!(out, "{key} {value}")?;
+                }
+                out.write_char('}')
+            }
+        }
+    }
+}
+
+fn write_string(out: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    out.write_char('"')?;
+    for character in text.chars() {
+        match character {
+            '"' => out.write_str("\\\"")?,
+            '\\' => out.write_str("\\\\")?,
+            '\n' => out.write_str("\\n")?,
+            '\t' => out.write_str("\\t")?,
+            '\r' => out.write_str("\\r")?,
+            control if control.is_control() => {
+                write!(out, "\\u{:04x}", u32::from(control))?
+            }
+            other => out.write_char(other)?,
+        }
+    }
+    out.write_char('"')
+}
+
+/// Characters a keyword name may contain (after the first `:`).
+fn is_symbol_char(character: char) -> bool {
+    character.is_ascii_alphanumeric() || "-_?!.*+<>=/".contains(character)
+}
+
+/// An EDN document or history could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EdnError {
+    /// The text is not EDN of the supported subset.
+    #[error("edn syntax error at line {line}, column {column}: {reason}")]
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The value is EDN but not a history op as ringkv writes it.
+    #[error("invalid history op at line {line}: {reason}")]
+    InvalidOp {
+        /// 1-based line where the op map starts.
+        line: usize,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// The EDN form of one op (see the module docs for the layout).
+pub fn op_to_edn(op: &Op) -> Edn {
+    let mut entries = vec![
+        (Edn::keyword("index"), Edn::unsigned(op.index)),
+        (Edn::keyword("time"), Edn::unsigned(op.time_ns)),
+        (Edn::keyword("type"), Edn::keyword(op_type_name(op.op_type))),
+        (
+            Edn::keyword("process"),
+            match op.process {
+                Process::Client(client) => Edn::unsigned(client),
+                Process::Nemesis => Edn::keyword("nemesis"),
+            },
+        ),
+        (Edn::keyword("f"), Edn::keyword(f_name(&op.f))),
+        (Edn::keyword("value"), value_to_edn(&op.value)),
+    ];
+    if let Some(error) = &op.error {
+        entries.push((Edn::keyword("error"), Edn::String(error.clone())));
+    }
+    Edn::Map(entries)
+}
+
+/// The whole history as EDN, one op map per line, each line ending with `\n`.
+pub fn history_to_edn(history: &History) -> String {
+    let mut out = String::new();
+    for op in &history.ops {
+        // Writing into a String cannot fail.
+        let _ = writeln!(out, "{}", op_to_edn(op));
+    }
+    out
+}
+
+fn op_type_name(op_type: OpType) -> &'static str {
+    match op_type {
+        OpType::Invoke => "invoke",
+        OpType::Ok => "ok",
+        OpType::Fail => "fail",
+        OpType::Info => "info",
+    }
+}
+
+fn f_name(f: &F) -> &str {
+    match f {
+        F::Read => "read",
+        F::Write => "write",
+        F::Cas => "cas",
+        F::Add => "add",
+        F::ReadAll => "read-all",
+        F::Nemesis(name) => name,
+    }
+}
+
+fn value_to_edn(value: &OpValue) -> Edn {
+    match value {
+        OpValue::Register { key, value } => Edn::Vector(vec![Edn::unsigned(*key), Edn::optional(*value)]),
+        OpValue::Cas { key, from, to } => Edn::Vector(vec![
+            Edn::unsigned(*key),
+            Edn::Vector(vec![Edn::unsigned(*from), Edn::unsigned(*to)]),
+        ]),
+        OpValue::Add(element) => Edn::unsigned(*element),
+        OpValue::ReadAll(None) => Edn::Nil,
+        OpValue::ReadAll(Some(elements)) => {
+            Edn::Vector(elements.iter().map(|element| Edn::unsigned(*element)).collect())
+        }
+        OpValue::Text(text) => Edn::String(text.clone()),
+        OpValue::Nil => Edn::Nil,
+    }
+}
+
+/// Parses exactly one EDN value (surrounding whitespace and comments allowed).
+pub fn parse(input: &str) -> Result<Edn, EdnError> {
+    let mut parser = Parser::new(input);
+    parser.skip_whitespace();
+    let value = parser.value(0)?;
+    parser.skip_whitespace();
+    if parser.position < parser.bytes.len() {
+        return Err(parser.error("unexpected text after the value"));
+    }
+    Ok(value)
+}
+
+/// Parses a sequence of top-level EDN values.
+pub fn parse_all(input: &str) -> Result<Vec<Edn>, EdnError> {
+    Ok(parse_all_with_lines(input)?.into_iter().map(|(_, value)| value).collect())
+}
+
+fn parse_all_with_lines(input: &str) -> Result<Vec<(usize, Edn)>, EdnError> {
+    let mut parser = Parser::new(input);
+    let mut values = Vec::new();
+    loop {
+        parser.skip_whitespace();
+        if parser.position >= parser.bytes.len() {
+            return Ok(values);
+        }
+        let (line, _) = parser.line_and_column(parser.position);
+        values.push((line, parser.value(0)?));
+    }
+}
+
+/// Reads a history written by [`history_to_edn`]: a sequence of op maps.
+///
+/// `:index` may be absent (the op's position is used) and unknown keys are ignored, so
+/// Jepsen-written register histories read too; `:error` may be a string or a keyword.
+pub fn parse_history(input: &str) -> Result<History, EdnError> {
+    let values = parse_all_with_lines(input)?;
+    let mut ops = Vec::with_capacity(values.len());
+    for (position, (line, value)) in values.iter().enumerate() {
+        let op = op_from_edn(value, position as u64).map_err(|reason| EdnError::InvalidOp { line: *line, reason })?;
+        ops.push(op);
+    }
+    Ok(History { ops })
+}
+
+fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
+    if !matches!(value, Edn::Map(_)) {
+        return Err(format!("expected an op map, found {}", value.describe()));
+    }
+    let required = |name: &str| value.get(name).ok_or_else(|| format!("missing :{name}"));
+    let index = match value.get("index") {
+        Some(index) => to_u64(index, "index")?,
+        None => position,
+    };
+    let time_ns = to_u64(required("time")?, "time")?;
+    let op_type = match to_keyword(required("type")?, "type")? {
+        "invoke" => OpType::Invoke,
+        "ok" => OpType::Ok,
+        "fail" => OpType::Fail,
+        "info" => OpType::Info,
+        other => return Err(format!("unknown :type :{other}")),
+    };
+    let process = match required("process")? {
+        Edn::Keyword(name) if name == "nemesis" => Process::Nemesis,
+        other => Process::Client(to_u64(other, "process")?),
+    };
+    let f_keyword = to_keyword(required("f")?, "f")?;
+    let f = match (process, f_keyword) {
+        (Process::Nemesis, name) => F::Nemesis(name.to_string()),
+        (_, "read") => F::Read,
+        (_, "write") => F::Write,
+        (_, "cas") => F::Cas,
+        (_, "add") => F::Add,
+        (_, "read-all") => F::ReadAll,
+        (_, name) => F::Nemesis(name.to_string()),
+    };
+    let value_edn = value.get("value").unwrap_or(&Edn::Nil);
+    let op_value = value_from_edn(&f, value_edn)?;
+    let error = match value.get("error") {
+        None | Some(Edn::Nil) => None,
+        Some(Edn::String(text)) => Some(text.clone()),
+        Some(Edn::Keyword(name)) => Some(name.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    Ok(Op { index, time_ns, process, op_type, f, value: op_value, error })
+}
+
+fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
+    let shape_error = |expected: &str| format!("{} value must be {expected}, found {value}", f_name(f));
+    match (f, value) {
+        (F::ReadAll, Edn::Nil) => Ok(OpValue::ReadAll(None)),
+        (_, Edn::Nil) => Ok(OpValue::Nil),
+        (F::Read | F::Write, Edn::Vector(items)) => match items.as_slice() {
+            [key, Edn::Nil] => Ok(OpValue::Register { key: to_u64(key, "key")?, value: None }),
+            [key, register_value] => Ok(OpValue::Register {
+                key: to_u64(key, "key")?,
+                value: Some(to_u64(register_value, "value")?),
+            }),
+            _ => Err(shape_error("[key value]")),
+        },
+        (F::Cas, Edn::Vector(items)) => match items.as_slice() {
+            [key, Edn::Vector(pair)] => match pair.as_slice() {
+                [from, to] => Ok(OpValue::Cas {
+                    key: to_u64(key, "key")?,
+                    from: to_u64(from, "from")?,
+                    to: to_u64(to, "to")?,
+                }),
+                _ => Err(shape_error("[key [from to]]")),
+            },
+            _ => Err(shape_error("[key [from to]]")),
+        },
+        (F::Add, element) => Ok(OpValue::Add(to_u64(element, "element")?)),
+        (F::ReadAll, Edn::Vector(items)) => {
+            let elements = items.iter().map(|item| to_u64(item, "element")).collect::<Result<_, _>>()?;
+            Ok(OpValue::ReadAll(Some(elements)))
+        }
+        (F::Nemesis(_), Edn::String(text)) => Ok(OpValue::Text(text.clone())),
+        // Jepsen nemeses often carry structured values: keep them as their EDN text.
+        (F::Nemesis(_), other) => Ok(OpValue::Text(other.to_string())),
+        (F::Read | F::Write, _) => Err(shape_error("[key value]")),
+        (F::Cas, _) => Err(shape_error("[key [from to]]")),
+        (F::ReadAll, _) => Err(shape_error("a vector or nil")),
+    }
+}
+
+fn to_u64(value: &Edn, what: &str) -> Result<u64, String> {
+    match value {
+        Edn::Integer(integer) => {
+            u64::try_from(*integer).map_err(|_| format!(":{what} {integer} is not an unsigned 64-bit integer"))
+        }
+        other => Err(format!(":{what} must be an integer, found {}", other.describe())),
+    }
+}
+
+fn to_keyword<'a>(value: &'a Edn, what: &str) -> Result<&'a str, String> {
+    match value {
+        Edn::Keyword(name) => Ok(name),
+        other => Err(format!(":{what} must be a keyword, found {}", other.describe())),
+    }
+}
+
+struct Parser<'a> {
+    input: &'a str,
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn new(input: &'a str) -> Self {
+        Self { input, bytes: input.as_bytes(), position: 0 }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.position).copied()
+    }
+
+    fn line_and_column(&self, position: usize) -> (usize, usize) {
+        let before = self.input.get(..position).unwrap_or(self.input);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+        let column = before.get(line_start..).map_or(0, |text| text.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn error_at(&self, position: usize, reason: &str) -> EdnError {
+        let (line, column) = self.line_and_column(position);
+        EdnError::Syntax { line, column, reason: reason.to_string() }
+    }
+
+    fn error(&self, reason: &str) -> EdnError {
+        self.error_at(self.position, reason)
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(byte) = self.peek() {
+            match byte {
+                b' ' | b'\t' | b'\n' | b'\r' | b',' => self.position += 1,
+                b';' => {
+                    while let Some(byte) = self.peek() {
+                        if byte == b'\n' {
+                            break;
+                        }
+                        self.position += 1;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn is_delimiter(byte: u8) -> bool {
+        matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | b',' | b';' | b'[' | b']' | b'{' | b'}' | b'"')
+    }
+
+    /// The run of non-delimiter bytes starting at the current position (an atom's text).
+    fn atom(&mut self) -> &'a str {
+        let start = self.position;
+        while let Some(byte) = self.peek() {
+            if Self::is_delimiter(byte) {
+                break;
+            }
+            self.position += 1;
+        }
+        // Delimiters are ASCII, so the run ends on a character boundary.
+        self.input.get(start..self.position).unwrap_or("")
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Edn, EdnError> {
+        let start = self.position;
+        let Some(byte) = self.peek() else {
+            return Err(self.error("unexpected end of input, expected a value"));
+        };
+        match byte {
+            b'{' | b'[' => {
+                if depth >= MAX_DEPTH {
+                    return Err(self.error("nesting too deep"));
+                }
+                self.position += 1;
+                let close = if byte == b'{' { b'}' } else { b']' };
+                let mut items = Vec::new();
+                loop {
+                    self.skip_whitespace();
+                    match self.peek() {
+                        None => return Err(self.error_at(start, "unclosed collection")),
+                        Some(next) if next == close => {
+                            self.position += 1;
+                            break;
+                        }
+                        Some(_) => items.push(self.value(depth + 1)?),
+                    }
+                }
+                if byte == b'[' {
+                    return Ok(Edn::Vector(items));
+                }
+                if items.len() % 2 != 0 {
+                    return Err(self.error_at(start, "map with an odd number of forms"));
+                }
+                let mut entries = Vec::with_capacity(items.len() / 2);
+                let mut forms = items.into_iter();
+                while let (Some(key), Some(value)) = (forms.next(), forms.next()) {
+                    entries.push((key, value));
+                }
+                Ok(Edn::Map(entries))
+            }
+            b']' | b'}' => Err(self.error("unexpected closing delimiter")),
+            b'"' => self.string(),
+            b':' => {
+                self.position += 1;
+                let name = self.atom();
+                if name.is_empty() || !name.chars().all(is_symbol_char) {
+                    return Err(self.error_at(start, "invalid keyword"));
+                }
+                Ok(Edn::Keyword(name.to_string()))
+            }
+            _ => {
+                let text = self.atom();
+                if text == "nil" {
+                    return Ok(Edn::Nil);
+                }
+                let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+                if digits.is_empty() || !digits.bytes().all(|digit| digit.is_ascii_digit()) {
+                    return Err(self.error_at(start, &format!("unsupported token {text:?}")));
+                }
+                text.parse::<i128>()
+                    .map(Edn::Integer)
+                    .map_err(|_| self.error_at(start, "integer out of range"))
+            }
+        }
+    }
+
+    fn string(&mut self) -> Result<Edn, EdnError> {
+        let start = self.position;
+        self.position += 1;
+        let mut text = String::new();
+        loop {
+            let run_start = self.position;
+            while let Some(byte) = self.peek() {
+                if byte == b'"' || byte == b'\\' {
+                    break;
+                }
+                self.position += 1;
+            }
+            text.push_str(self.input.get(run_start..self.position).unwrap_or(""));
+            match self.peek() {
+                None => return Err(self.error_at(start, "unterminated string")),
+                Some(b'"') => {
+                    self.position += 1;
+                    return Ok(Edn::String(text));
+                }
+                Some(_) => {
+                    let escape_start = self.position;
+                    self.position += 1;
+                    let escaped = match self.peek() {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'n') => '\n',
+                        Some(b't') => '\t',
+                        Some(b'r') => '\r',
+                        Some(b'u') => {
+                            let hex = self.input.get(self.position + 1..self.position + 5).unwrap_or("");
+                            let code = u32::from_str_radix(hex, 16)
+                                .ok()
+                                .filter(|_| hex.len() == 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                                .and_then(char::from_u32)
+                                .ok_or_else(|| self.error_at(escape_start, "invalid \\u escape"))?;
+                            self.position += 4;
+                            code
+                        }
+                        _ => return Err(self.error_at(escape_start, "invalid string escape")),
+                    };
+                    self.position += 1;
+                    text.push(escaped);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn op(index: u64, process: Process, op_type: OpType, f: F, value: OpValue) -> Op {
+        Op { index, time_ns: index * 1000, process, op_type, f, value, error: None }
+    }
+
+    fn sample_history() -> History {
+        let client = Process::Client(0);
+        let mut failed_cas = op(
+            5,
+            Process::Client(1),
+            OpType::Fail,
+            F::Cas,
+            OpValue::Cas { key: 3, from: 7, to: 8 },
+        );
+        failed_cas.error = Some("timed out: \"deadline\"\n\\retry".into());
+        History::new(vec![
+            op(0, client, OpType::Invoke, F::Write, OpValue::Register { key: 3, value: Some(7) }),
+            op(1, client, OpType::Ok, F::Write, OpValue::Register { key: 3, value: Some(7) }),
+            op(2, client, OpType::Invoke, F::Read, OpValue::Register { key: 3, value: None }),
+            op(3, Process::Nemesis, OpType::Info, F::Nemesis("kill".into()), OpValue::Text("kill -9 n2".into())),
+            op(4, Process::Client(1), OpType::Invoke, F::Cas, OpValue::Cas { key: 3, from: 7, to: 8 }),
+            failed_cas,
+            op(6, client, OpType::Ok, F::Read, OpValue::Register { key: 3, value: Some(7) }),
+            op(7, Process::Client(2), OpType::Invoke, F::Add, OpValue::Add(11)),
+            op(8, Process::Client(2), OpType::Info, F::Add, OpValue::Nil),
+            op(9, Process::Client(3), OpType::Invoke, F::ReadAll, OpValue::ReadAll(None)),
+            op(10, Process::Client(3), OpType::Ok, F::ReadAll, OpValue::ReadAll(Some(vec![11, 2, 3]))),
+        ])
+    }
+
+    /// The export matches Jepsen's EDN layout key for key.
+    #[test]
+    fn export_matches_jepsen_layout() {
+        let edn = history_to_edn(&sample_history());
+        let lines: Vec<&str> = edn.lines().collect();
+        assert_eq!(lines[0], "{:index 0, :time 0, :type :invoke, :process 0, :f :write, :value [3 7]}");
+        assert_eq!(lines[2], "{:index 2, :time 2000, :type :invoke, :process 0, :f :read, :value [3 nil]}");
+        assert_eq!(
+            lines[3],
+            "{:index 3, :time 3000, :type :info, :process :nemesis, :f :kill, :value \"kill -9 n2\"}"
+        );
+        assert_eq!(
+            lines[5],
+            "{:index 5, :time 5000, :type :fail, :process 1, :f :cas, :value [3 [7 8]], \
+             :error \"timed out: \\\"deadline\\\"\\n\\\\retry\"}"
+        );
+        assert_eq!(lines[7], "{:index 7, :time 7000, :type :invoke, :process 2, :f :add, :value 11}");
+        assert_eq!(lines[9], "{:index 9, :time 9000, :type :invoke, :process 3, :f :read-all, :value nil}");
+        assert_eq!(
+            lines[10],
+            "{:index 10, :time 10000, :type :ok, :process 3, :f :read-all, :value [11 2 3]}"
+        );
+    }
+
+    /// Export then parse gives back exactly the same ops.
+    #[test]
+    fn round_trip_preserves_ops() {
+        let history = sample_history();
+        let parsed = parse_history(&history_to_edn(&history)).expect("parse our own export");
+        assert_eq!(parsed, history);
+    }
+
+    /// Malformed documents and malformed ops are errors with a position, never panics.
+    #[test]
+    fn malformed_input_is_an_error() {
+        let cases = [
+            "{:index 0",
+            "{:index 0 :time}",
+            "[1 2",
+            "]",
+            "\"unterminated",
+            "\"bad escape \\q\"",
+            "\"bad unicode \\u12\"",
+            "\"bad unicode \\u12zz\"",
+            "\"\\u",
+            ":",
+            "1.5",
+            "99999999999999999999999999999999999999999999",
+            "true",
+            "#{1 2}",
+            "é",
+        ];
+        for case in cases {
+            assert!(matches!(parse_all(case), Err(EdnError::Syntax { .. })), "accepted {case:?}");
+        }
+        let deep = "[".repeat(MAX_DEPTH + 10);
+        assert!(parse(&deep).is_err());
+        let invalid_ops = [
+            "[1 2]",
+            "{:index 0, :time 1, :type :invoke, :process 0, :f :write, :value [1]}",
+            "{:index 0, :time 1, :type :invoke, :process 0, :f :write, :value [-1 2]}",
+            "{:index 0, :time 1, :type :maybe, :process 0, :f :write, :value nil}",
+            "{:index 0, :type :invoke, :process 0, :f :write, :value nil}",
+            "{:index 0, :time 1, :type :invoke, :process \"p\", :f :write, :value nil}",
+            "{:index 0, :time 1, :type :invoke, :process 0, :f :cas, :value [1 [2]]}",
+            "{:index 0, :time 1, :type :ok, :process 0, :f :read-all, :value [1 :x]}",
+            "{:index 0, :time 1, :type :ok, :process 0, :f :add, :value \"x\"}",
+        ];
+        for case in invalid_ops {
+            assert!(matches!(parse_history(case), Err(EdnError::InvalidOp { .. })), "accepted {case:?}");
+        }
+        assert_eq!(
+            parse_history("\n\n  {:index 0 :time}"),
+            Err(EdnError::Syntax { line: 3, column: 3, reason: "map with an odd number of forms".into() })
+        );
+    }
+
+    /// The parser accepts Jepsen's own spelling: no commas, comments, no `:index`, extra keys.
+    #[test]
+    fn parses_jepsen_written_history() {
+        let text = "; a jepsen history\n\
+                    {:type :invoke :f :read :value [1 nil] :process 4 :time 10}\n\
+                    {:type :ok :f :read :value [1 5] :process 4 :time 20 :node \"n1\" :error :timeout}\n";
+        let history = parse_history(text).expect("parse");
+        assert_eq!(history.ops.len(), 2);
+        assert_eq!(history.ops[1].index, 1);
+        assert_eq!(history.ops[1].value, OpValue::Register { key: 1, value: Some(5) });
+        assert_eq!(history.ops[1].error.as_deref(), Some("timeout"));
+    }
+
+    fn arbitrary_op() -> impl Strategy<Value = Op> {
+        let client_call = prop_oneof![
+            (any::<u64>(), proptest::option::of(any::<u64>()))
+                .prop_map(|(key, value)| (F::Read, OpValue::Register { key, value })),
+            (any::<u64>(), proptest::option::of(any::<u64>()))
+                .prop_map(|(key, value)| (F::Write, OpValue::Register { key, value })),
+            (any::<u64>(), any::<u64>(), any::<u64>())
+                .prop_map(|(key, from, to)| (F::Cas, OpValue::Cas { key, from, to })),
+            any::<u64>().prop_map(|element| (F::Add, OpValue::Add(element))),
+            proptest::option::of(proptest::collection::vec(any::<u64>(), 0..5))
+                .prop_map(|elements| (F::ReadAll, OpValue::ReadAll(elements))),
+            Just((F::Write, OpValue::Nil)),
+        ];
+        let client = (any::<u64>(), client_call).prop_map(|(client, (f, value))| (Process::Client(client), f, value));
+        let nemesis = ("[a-z][a-z0-9-]{0,12}", proptest::option::of(any::<String>())).prop_map(|(name, text)| {
+            (Process::Nemesis, F::Nemesis(name), text.map_or(OpValue::Nil, OpValue::Text))
+        });
+        let op_type = prop_oneof![Just(OpType::Invoke), Just(OpType::Ok), Just(OpType::Fail), Just(OpType::Info)];
+        (
+            any::<u64>(),
+            any::<u64>(),
+            op_type,
+            prop_oneof![client, nemesis],
+            proptest::option::of(any::<String>()),
+        )
+            .prop_map(|(index, time_ns, op_type, (process, f, value), error)| Op {
+                index,
+                time_ns,
+                process,
+                op_type,
+                f,
+                value,
+                error,
+            })
+    }
+
+    proptest! {
+        /// Any op we can record survives export and parse unchanged (strings of any text).
+        #[test]
+        fn round_trip_any_op(ops in proptest::collection::vec(arbitrary_op(), 0..20)) {
+            let history = History::new(ops);
+            let parsed = parse_history(&history_to_edn(&history));
+            prop_assert_eq!(parsed, Ok(history));
+        }
+
+        /// Arbitrary text never makes the parser panic.
+        #[test]
+        fn parser_never_panics(text in ".{0,64}") {
+            let _ = parse_history(&text);
+        }
+    }
+}

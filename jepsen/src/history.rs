@@ -1,1 +1,517 @@
-//! placeholder
+//! Jepsen-style histories: every client operation is recorded twice, once when it is invoked
+//! and once when it completes (`ok`, `fail` or `info`), and nemesis faults are recorded as
+//! single `info` operations.
+//!
+//! - [`Op`] is one event of a history; [`History`] is the ordered list of events.
+//! - [`Recorder`] is the thread-safe, cheaply cloneable handle workers record through. It
+//!   assigns dense indexes in recording order and times in nanoseconds since its start.
+//! - [`History::pairs`] matches each invocation with its completion (per process, at most one
+//!   outstanding operation), which is what the checkers consume.
+//!
+//! Outcome vocabulary (as in Jepsen): `ok` means the operation took effect exactly once
+//! between its invocation and its completion; `fail` means it certainly did not take effect;
+//! `info` means the outcome is unknown (for example a timeout): it may take effect at any time
+//! after its invocation, or never. An invocation with no completion at the end of the history
+//! is treated as `info`.
+//!
+//! JSON form ([`History::to_json`], [`History::from_json`]): JSON Lines, one serde-encoded
+//! [`Op`] object per line, in index order, each line ending with `\n`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// Who performed an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Process {
+    /// A client worker; a process performs at most one operation at a time.
+    Client(u64),
+    /// The fault injector.
+    Nemesis,
+}
+
+/// What kind of event an [`Op`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpType {
+    /// The operation was sent.
+    Invoke,
+    /// The operation took effect (exactly once, between invocation and completion).
+    Ok,
+    /// The operation certainly did not take effect.
+    Fail,
+    /// The outcome is unknown: it may take effect at any time after the invocation, or never.
+    Info,
+}
+
+/// The function an operation performs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum F {
+    /// Register read of one key.
+    Read,
+    /// Register write of one key.
+    Write,
+    /// Register compare-and-set of one key.
+    Cas,
+    /// Set workload: add one unique element.
+    Add,
+    /// Set workload: read the whole set (the final read, after the faults are healed).
+    ReadAll,
+    /// A nemesis action, named as in Jepsen (`"kill"`, `"partition-start"`, ...).
+    Nemesis(String),
+}
+
+/// The argument or result of an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpValue {
+    /// A register key with the value written (write) or read (read completion); `None` is
+    /// `nil`: the value a read invocation carries, and the value of a never-written key.
+    Register {
+        /// Register key.
+        key: u64,
+        /// Written or read value; `None` is `nil`.
+        value: Option<u64>,
+    },
+    /// Compare-and-set of `key` from `from` to `to`.
+    Cas {
+        /// Register key.
+        key: u64,
+        /// Expected current value.
+        from: u64,
+        /// New value.
+        to: u64,
+    },
+    /// The element a set `add` inserts.
+    Add(u64),
+    /// The elements a final set read returned, in the order returned; `None` is `nil` (no
+    /// result: the value of the invocation, or of a read that did not succeed).
+    ReadAll(Option<Vec<u64>>),
+    /// Free text, used for nemesis descriptions.
+    Text(String),
+    /// No value.
+    Nil,
+}
+
+/// One event of a history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// Dense position in the history, starting at 0, in recording order.
+    pub index: u64,
+    /// Nanoseconds since the recorder started.
+    pub time_ns: u64,
+    /// Who performed the operation.
+    pub process: Process,
+    /// Invocation or outcome.
+    pub op_type: OpType,
+    /// The function performed.
+    pub f: F,
+    /// Argument (invocation) or result (completion).
+    pub value: OpValue,
+    /// Error message of a failed or indeterminate completion.
+    pub error: Option<String>,
+}
+
+impl Op {
+    /// Whether this event belongs to a client (not the nemesis).
+    pub fn is_client(&self) -> bool {
+        matches!(self.process, Process::Client(_))
+    }
+}
+
+/// A history does not follow the invoke/complete discipline.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Indexes must strictly increase along the history.
+    #[error("op index {index} follows index {previous}: indexes must strictly increase")]
+    NonMonotonicIndex {
+        /// Index of the offending op.
+        index: u64,
+        /// Index of the op before it.
+        previous: u64,
+    },
+    /// A client process invoked an operation while another of its operations was outstanding.
+    #[error("op {index}: process {process:?} invoked while op {outstanding} is outstanding")]
+    OverlappingInvoke {
+        /// Index of the second invocation.
+        index: u64,
+        /// The process.
+        process: Process,
+        /// Index of the outstanding invocation.
+        outstanding: u64,
+    },
+    /// A completion with no outstanding invocation of the same process.
+    #[error("op {index}: completion for process {process:?} without an outstanding invocation")]
+    CompletionWithoutInvoke {
+        /// Index of the completion.
+        index: u64,
+        /// The process.
+        process: Process,
+    },
+    /// A completion whose function differs from its invocation's.
+    #[error("op {index}: completion f {completion:?} differs from invocation {invoke_index} f {invoke:?}")]
+    MismatchedCompletion {
+        /// Index of the completion.
+        index: u64,
+        /// Index of the invocation.
+        invoke_index: u64,
+        /// Function of the invocation.
+        invoke: F,
+        /// Function of the completion.
+        completion: F,
+    },
+    /// A JSON line could not be decoded.
+    #[error("history json line {line}: {source}")]
+    Json {
+        /// 1-based line number.
+        line: usize,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+}
+
+/// An invocation matched with its completion.
+#[derive(Debug, Clone, Copy)]
+pub struct OpPair<'a> {
+    /// The invocation.
+    pub invoke: &'a Op,
+    /// The completion, or `None` when the history ended while the operation was outstanding.
+    pub completion: Option<&'a Op>,
+}
+
+impl OpPair<'_> {
+    /// The outcome: the completion's type, or [`OpType::Info`] when there is no completion.
+    pub fn outcome(&self) -> OpType {
+        self.completion.map_or(OpType::Info, |completion| completion.op_type)
+    }
+
+    /// The process that performed the operation.
+    pub fn process(&self) -> Process {
+        self.invoke.process
+    }
+
+    /// The function performed.
+    pub fn f(&self) -> &F {
+        &self.invoke.f
+    }
+
+    /// The completion's value if there is a completion, else the invocation's.
+    pub fn result_value(&self) -> &OpValue {
+        self.completion.map_or(&self.invoke.value, |completion| &completion.value)
+    }
+}
+
+/// Number of events of each kind in a history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    /// Client invocations.
+    pub invoke: usize,
+    /// Client `ok` completions.
+    pub ok: usize,
+    /// Client `fail` completions.
+    pub fail: usize,
+    /// Client `info` completions.
+    pub info: usize,
+    /// Client invocations with no completion at the end of the history.
+    pub unfinished: usize,
+    /// Nemesis events.
+    pub nemesis: usize,
+}
+
+/// An ordered list of events, as recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// The events in index order.
+    pub ops: Vec<Op>,
+}
+
+impl History {
+    /// A history of the given events (kept in the given order).
+    pub fn new(ops: Vec<Op>) -> Self {
+        Self { ops }
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether there are no events.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Client events (invocations and completions), in order.
+    pub fn client_ops(&self) -> impl Iterator<Item = &Op> + '_ {
+        self.ops.iter().filter(|op| op.is_client())
+    }
+
+    /// Nemesis events, in order.
+    pub fn nemesis_ops(&self) -> impl Iterator<Item = &Op> + '_ {
+        self.ops.iter().filter(|op| !op.is_client())
+    }
+
+    /// Matches every client invocation with the next completion of the same process, in
+    /// invocation order. Nemesis events are skipped. An invocation still outstanding at the
+    /// end has `completion: None` (its outcome counts as `info`).
+    ///
+    /// Fails when indexes do not strictly increase, a process invokes while it has an
+    /// outstanding operation, a completion has no invocation, or a completion's function
+    /// differs from its invocation's.
+    pub fn pairs(&self) -> Result<Vec<OpPair<'_>>, HistoryError> {
+        let mut pairs: Vec<OpPair<'_>> = Vec::new();
+        let mut outstanding_by_client: HashMap<u64, usize> = HashMap::new();
+        let mut previous_index: Option<u64> = None;
+        for op in &self.ops {
+            if let Some(previous) = previous_index {
+                if op.index <= previous {
+                    return Err(HistoryError::NonMonotonicIndex { index: op.index, previous });
+                }
+            }
+            previous_index = Some(op.index);
+            let Process::Client(client) = op.process else {
+                continue;
+            };
+            if op.op_type == OpType::Invoke {
+                if let Some(&pair_position) = outstanding_by_client.get(&client) {
+                    return Err(HistoryError::OverlappingInvoke {
+                        index: op.index,
+                        process: op.process,
+                        outstanding: pairs[pair_position].invoke.index,
+                    });
+                }
+                outstanding_by_client.insert(client, pairs.len());
+                pairs.push(OpPair { invoke: op, completion: None });
+                continue;
+            }
+            let Some(pair_position) = outstanding_by_client.remove(&client) else {
+                return Err(HistoryError::CompletionWithoutInvoke { index: op.index, process: op.process });
+            };
+            let pair = &mut pairs[pair_position];
+            if pair.invoke.f != op.f {
+                return Err(HistoryError::MismatchedCompletion {
+                    index: op.index,
+                    invoke_index: pair.invoke.index,
+                    invoke: pair.invoke.f.clone(),
+                    completion: op.f.clone(),
+                });
+            }
+            pair.completion = Some(op);
+        }
+        Ok(pairs)
+    }
+
+    /// Counts events by kind. Invocations without a completion are counted as `unfinished`
+    /// (a process's last invocation with no later event of that process).
+    pub fn counts(&self) -> OpCounts {
+        let mut counts = OpCounts::default();
+        let mut outstanding_by_client: HashMap<u64, bool> = HashMap::new();
+        for op in &self.ops {
+            let Process::Client(client) = op.process else {
+                counts.nemesis += 1;
+                continue;
+            };
+            match op.op_type {
+                OpType::Invoke => counts.invoke += 1,
+                OpType::Ok => counts.ok += 1,
+                OpType::Fail => counts.fail += 1,
+                OpType::Info => counts.info += 1,
+            }
+            outstanding_by_client.insert(client, op.op_type == OpType::Invoke);
+        }
+        counts.unfinished = outstanding_by_client.values().filter(|outstanding| **outstanding).count();
+        counts
+    }
+
+    /// JSON Lines: one [`Op`] object per line, in order, each line ending with `\n`.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        let mut out = String::new();
+        for op in &self.ops {
+            out.push_str(&serde_json::to_string(op)?);
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// Reads the JSON Lines form written by [`History::to_json`]; blank lines are skipped.
+    pub fn from_json(input: &str) -> Result<History, HistoryError> {
+        let mut ops = Vec::new();
+        for (line_number, line) in input.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let op = serde_json::from_str(line)
+                .map_err(|source| HistoryError::Json { line: line_number + 1, source })?;
+            ops.push(op);
+        }
+        Ok(History { ops })
+    }
+}
+
+/// The thread-safe handle client workers and the nemesis record events through.
+///
+/// Clones share one history. Each event gets the next dense index and its time (nanoseconds
+/// since `start`) under the same lock, so index order and time order agree.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    shared: Arc<Mutex<RecorderState>>,
+}
+
+#[derive(Debug)]
+struct RecorderState {
+    start: Instant,
+    ops: Vec<Op>,
+}
+
+impl Recorder {
+    /// A recorder whose times count from `start`.
+    pub fn new(start: Instant) -> Self {
+        Self { shared: Arc::new(Mutex::new(RecorderState { start, ops: Vec::new() })) }
+    }
+
+    /// Records and returns the invocation of `f` with `value` by `process`.
+    pub fn invoke(&self, process: Process, f: F, value: OpValue) -> Op {
+        self.record(process, OpType::Invoke, f, value, None)
+    }
+
+    /// Records and returns the completion of `invoke` (same process and function).
+    ///
+    /// `op_type` must be `Ok`, `Fail` or `Info`; an `Invoke` is recorded as `Info` (and
+    /// asserts in debug builds), so a mistaken call cannot break the history's pairing.
+    pub fn complete(&self, invoke: &Op, op_type: OpType, value: OpValue, error: Option<String>) -> Op {
+        debug_assert_eq!(invoke.op_type, OpType::Invoke, "complete() takes the invocation");
+        debug_assert_ne!(op_type, OpType::Invoke, "a completion cannot be an invocation");
+        let completion_type = if op_type == OpType::Invoke { OpType::Info } else { op_type };
+        self.record(invoke.process, completion_type, invoke.f.clone(), value, error)
+    }
+
+    /// Records and returns a nemesis event (`:process :nemesis`, `:type :info`), for example
+    /// `nemesis(F::Nemesis("kill".into()), OpValue::Text("kill -9 n2".into()))`.
+    pub fn nemesis(&self, f: F, value: OpValue) -> Op {
+        self.record(Process::Nemesis, OpType::Info, f, value, None)
+    }
+
+    /// A copy of everything recorded so far.
+    pub fn history(&self) -> History {
+        History { ops: self.lock().ops.clone() }
+    }
+
+    /// Number of events recorded so far.
+    pub fn len(&self) -> usize {
+        self.lock().ops.len()
+    }
+
+    /// Whether nothing has been recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.lock().ops.is_empty()
+    }
+
+    fn record(&self, process: Process, op_type: OpType, f: F, value: OpValue, error: Option<String>) -> Op {
+        let mut state = self.lock();
+        let elapsed = Instant::now().saturating_duration_since(state.start);
+        let time_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let index = state.ops.len() as u64;
+        let op = Op { index, time_ns, process, op_type, f, value, error };
+        state.ops.push(op.clone());
+        op
+    }
+
+    /// The history is append-only, so a panic in another recording thread cannot leave it
+    /// half-updated: recover from poisoning instead of propagating it.
+    fn lock(&self) -> MutexGuard<'_, RecorderState> {
+        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(key: u64, value: Option<u64>) -> OpValue {
+        OpValue::Register { key, value }
+    }
+
+    /// The recorder assigns dense indexes and non-decreasing times across clones and threads.
+    #[test]
+    fn recorder_assigns_dense_indexes_across_threads() {
+        let recorder = Recorder::new(Instant::now());
+        std::thread::scope(|scope| {
+            for client in 0..4 {
+                let recorder = recorder.clone();
+                scope.spawn(move || {
+                    for value in 0..50 {
+                        let invoke =
+                            recorder.invoke(Process::Client(client), F::Write, register(1, Some(value)));
+                        recorder.complete(&invoke, OpType::Ok, invoke.value.clone(), None);
+                    }
+                });
+            }
+        });
+        recorder.nemesis(F::Nemesis("kill".into()), OpValue::Text("kill n1".into()));
+        let history = recorder.history();
+        assert_eq!(history.len(), 401);
+        for (position, op) in history.ops.iter().enumerate() {
+            assert_eq!(op.index, position as u64);
+        }
+        assert!(history.ops.windows(2).all(|pair| pair[0].time_ns <= pair[1].time_ns));
+        let pairs = history.pairs().expect("recorded history pairs");
+        assert_eq!(pairs.len(), 200);
+        assert!(pairs.iter().all(|pair| pair.outcome() == OpType::Ok));
+        let counts = history.counts();
+        assert_eq!((counts.invoke, counts.ok, counts.nemesis, counts.unfinished), (200, 200, 1, 0));
+    }
+
+    /// An invocation with no completion pairs with `None` and counts as `info`.
+    #[test]
+    fn unfinished_invocation_counts_as_info() {
+        let recorder = Recorder::new(Instant::now());
+        let first = recorder.invoke(Process::Client(0), F::Read, register(1, None));
+        recorder.complete(&first, OpType::Ok, register(1, None), None);
+        recorder.invoke(Process::Client(0), F::Write, register(1, Some(3)));
+        let history = recorder.history();
+        let pairs = history.pairs().expect("pairs");
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(pairs[1].outcome(), OpType::Info);
+        assert!(pairs[1].completion.is_none());
+        assert_eq!(history.counts().unfinished, 1);
+    }
+
+    /// Pairing rejects a second invocation while one is outstanding, and orphan completions.
+    #[test]
+    fn pairing_rejects_malformed_histories() {
+        let op = |index: u64, op_type: OpType| Op {
+            index,
+            time_ns: index,
+            process: Process::Client(7),
+            op_type,
+            f: F::Read,
+            value: OpValue::Nil,
+            error: None,
+        };
+        let overlapping = History::new(vec![op(0, OpType::Invoke), op(1, OpType::Invoke)]);
+        assert!(matches!(overlapping.pairs(), Err(HistoryError::OverlappingInvoke { index: 1, .. })));
+        let orphan = History::new(vec![op(0, OpType::Ok)]);
+        assert!(matches!(orphan.pairs(), Err(HistoryError::CompletionWithoutInvoke { index: 0, .. })));
+        let unordered = History::new(vec![op(1, OpType::Invoke), op(0, OpType::Ok)]);
+        assert!(matches!(unordered.pairs(), Err(HistoryError::NonMonotonicIndex { .. })));
+    }
+
+    /// JSON Lines export reads back to the same history.
+    #[test]
+    fn json_lines_round_trip() {
+        let recorder = Recorder::new(Instant::now());
+        let invoke = recorder.invoke(Process::Client(2), F::Cas, OpValue::Cas { key: 4, from: 1, to: 2 });
+        recorder.complete(&invoke, OpType::Fail, invoke.value.clone(), Some("precondition".into()));
+        recorder.nemesis(F::Nemesis("partition-start".into()), OpValue::Text("n1 | n2 n3".into()));
+        let history = recorder.history();
+        let json = history.to_json().expect("serialize");
+        assert_eq!(json.lines().count(), 3);
+        let parsed = History::from_json(&json).expect("parse");
+        assert_eq!(parsed, history);
+        assert!(matches!(History::from_json("{\"index\":"), Err(HistoryError::Json { line: 1, .. })));
+    }
+}

@@ -7,8 +7,18 @@
 //! - [`edn`]: Jepsen EDN export and a parser for reading histories back.
 //! - [`checker`]: linearizability (Wing–Gong–Lowe, per key) and set (lost/duplicated adds).
 //! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
+//! - [`cluster`]: the cluster under test (real processes, loopback or namespaces).
+//! - [`nemesis`]: faults (partitions, kills, pauses) on a seeded schedule, healed at the end.
+//! - [`workload`]: register and set clients that record every operation.
+//! - [`runner`]: one run end to end, writing the results directory.
+//! - [`plot`]: the latency-over-time SVG with fault windows shaded.
 
 pub mod checker;
+pub mod cluster;
 pub mod edn;
 pub mod history;
+pub mod nemesis;
 pub mod net;
+pub mod plot;
+pub mod runner;
+pub mod workload;

@@ -46,6 +46,16 @@ pub struct NodeConfig {
     pub max_message_bytes: usize,
     /// How long a write's request id de-duplicates retries.
     pub dedup_window_ms: u64,
+    /// NEGATIVE CONTROL ONLY — breaks linearizability on purpose: serve reads asked to be
+    /// linearizable from the local state of any replica, without a leader/ReadIndex check.
+    /// The fault-injection harness must catch a cluster running with this on.
+    pub unsafe_skip_read_index: bool,
+    /// NEGATIVE CONTROL ONLY — breaks durability on purpose: acknowledge log appends
+    /// without fsync. The fault-injection harness must catch lost writes after crashes.
+    pub unsafe_skip_fsync: bool,
+    /// NEGATIVE CONTROL ONLY — breaks durability on purpose: acknowledge a write as soon as
+    /// the leader has accepted it, before it is committed by a quorum.
+    pub unsafe_ack_before_commit: bool,
 }
 
 impl Default for NodeConfig {
@@ -69,6 +79,9 @@ impl Default for NodeConfig {
             max_ops_per_write: 1_000,
             max_message_bytes: 16 << 20,
             dedup_window_ms: 5 * 60 * 1000,
+            unsafe_skip_read_index: false,
+            unsafe_skip_fsync: false,
+            unsafe_ack_before_commit: false,
         }
     }
 }

@@ -159,7 +159,16 @@ impl Node {
         let tasks = TaskTracker::new();
         let flusher_cancel = CancellationToken::new();
         let purger_cancel = CancellationToken::new();
-        let (flusher, flusher_task) = Flusher::spawn(engine.clone(), flusher_cancel.clone());
+        if config.unsafe_skip_fsync || config.unsafe_skip_read_index || config.unsafe_ack_before_commit {
+            warn!(
+                skip_fsync = config.unsafe_skip_fsync,
+                skip_read_index = config.unsafe_skip_read_index,
+                ack_before_commit = config.unsafe_ack_before_commit,
+                "UNSAFE negative-control mode: this node breaks ringkv's guarantees on purpose"
+            );
+        }
+        let (flusher, flusher_task) =
+            Flusher::spawn(engine.clone(), flusher_cancel.clone(), config.unsafe_skip_fsync);
         tasks.spawn(async move {
             let _ = flusher_task.await;
         });
@@ -827,6 +836,7 @@ async fn open_group(
                 node_id: config.node_id,
                 write_timeout_ms: config.write_timeout_ms,
                 max_entry_bytes: config.max_message_bytes / 2,
+                unsafe_ack_before_commit: config.unsafe_ack_before_commit,
             };
             let (batcher, task) = WriteBatcher::spawn(raft.clone(), settings, purger_cancel.clone());
             tasks.spawn(task);

@@ -112,6 +112,8 @@ pub struct BatcherSettings {
     pub write_timeout_ms: u64,
     /// Most key+value bytes in one entry (a single larger write still goes alone).
     pub max_entry_bytes: usize,
+    /// NEGATIVE CONTROL ONLY: answer success once the leader accepted the entry.
+    pub unsafe_ack_before_commit: bool,
 }
 
 /// Handle to a shard's batcher task.
@@ -234,6 +236,9 @@ async fn commit_entry(raft: Raft, settings: BatcherSettings, writes: Vec<Pending
         .map(|pending| (pending.write, pending.reply))
         .unzip();
     let count = commands.len();
+    if settings.unsafe_ack_before_commit {
+        return ack_before_commit(&raft, settings, commands, replies).await;
+    }
     let outcome = propose(
         &raft,
         settings.group,
@@ -260,5 +265,34 @@ async fn commit_entry(raft: Raft, settings: BatcherSettings, writes: Vec<Pending
                 let _ = reply.send(Err(err.duplicate()));
             }
         }
+    }
+}
+
+/// The unsafe negative control: acknowledge as soon as the leader accepted the entry.
+async fn ack_before_commit(raft: &Raft, settings: BatcherSettings, commands: Vec<WriteCommand>, replies: Vec<Reply>) {
+    if !is_leader(raft, settings.node_id) {
+        for reply in replies {
+            let _ = reply.send(Err(NodeError::NotLeader {
+                group: settings.group,
+                leader: leader_hint(raft),
+                proposed: false,
+            }));
+        }
+        return;
+    }
+    let ops_per_write: Vec<usize> = commands.iter().map(|write| write.ops.len()).collect();
+    let accepted = raft.client_write_ff(Command::Write(commands)).await;
+    for (reply, ops) in replies.into_iter().zip(ops_per_write) {
+        let outcome = match &accepted {
+            Ok(_) => Ok(vec![
+                WriteOpResult {
+                    succeeded: true,
+                    ..WriteOpResult::default()
+                };
+                ops
+            ]),
+            Err(fatal) => Err(NodeError::Fatal(fatal.to_string())),
+        };
+        let _ = reply.send(outcome);
     }
 }

@@ -40,6 +40,15 @@ struct Args {
     /// Election timeout lower bound (the upper bound is twice this unless configured).
     #[arg(long)]
     election_timeout_min_ms: Option<u64>,
+    /// NEGATIVE CONTROL ONLY: serve linearizable reads without a ReadIndex check.
+    #[arg(long, hide = true)]
+    unsafe_skip_read_index: bool,
+    /// NEGATIVE CONTROL ONLY: acknowledge log appends without fsync.
+    #[arg(long, hide = true)]
+    unsafe_skip_fsync: bool,
+    /// NEGATIVE CONTROL ONLY: acknowledge writes before they are committed.
+    #[arg(long, hide = true)]
+    unsafe_ack_before_commit: bool,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -87,6 +96,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
             config.election_timeout_max_ms = ms * 2;
         }
     }
+    config.unsafe_skip_read_index |= args.unsafe_skip_read_index;
+    config.unsafe_skip_fsync |= args.unsafe_skip_fsync;
+    config.unsafe_ack_before_commit |= args.unsafe_ack_before_commit;
     config.validate()?;
     Ok(config)
 }

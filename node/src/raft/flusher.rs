@@ -30,9 +30,14 @@ pub struct Flusher {
 
 impl Flusher {
     /// Starts the flusher task; it stops when `cancel` fires (after flushing once more).
-    pub fn spawn(engine: EngineRef, cancel: CancellationToken) -> (Flusher, tokio::task::JoinHandle<()>) {
+    /// `skip_fsync` is the unsafe negative control: waiters are acknowledged without a flush.
+    pub fn spawn(
+        engine: EngineRef,
+        cancel: CancellationToken,
+        skip_fsync: bool,
+    ) -> (Flusher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let handle = tokio::spawn(run(engine, rx, cancel));
+        let handle = tokio::spawn(run(engine, rx, cancel, skip_fsync));
         (Flusher { tx }, handle)
     }
 
@@ -57,7 +62,7 @@ impl Flusher {
     }
 }
 
-async fn run(engine: EngineRef, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken) {
+async fn run(engine: EngineRef, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken, skip_fsync: bool) {
     let mut batch = Vec::with_capacity(64);
     loop {
         let first = tokio::select! {
@@ -73,9 +78,13 @@ async fn run(engine: EngineRef, mut rx: mpsc::Receiver<Waiter>, cancel: Cancella
             }
         }
         let flush_engine = engine.clone();
-        let result = match tokio::task::spawn_blocking(move || flush_engine.flush()).await {
-            Ok(result) => result.map_err(|err| err.to_string()),
-            Err(join_err) => Err(format!("flush task failed: {join_err}")),
+        let result = if skip_fsync {
+            Ok(())
+        } else {
+            match tokio::task::spawn_blocking(move || flush_engine.flush()).await {
+                Ok(result) => result.map_err(|err| err.to_string()),
+                Err(join_err) => Err(format!("flush task failed: {join_err}")),
+            }
         };
         if let Err(err) = &result {
             error!(%err, "fsync failed");

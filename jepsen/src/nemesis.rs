@@ -1,0 +1,359 @@
+//! Nemeses: faults injected on a seeded schedule, each recorded in the history as a
+//! `:nemesis` op when it starts and when it is healed, and all healed at the end.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cluster::Cluster;
+use crate::history::{OpValue, Recorder, F};
+
+/// The faults the harness can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NemesisKind {
+    /// Cut one random node off from the others (silent drops).
+    PartitionOne,
+    /// Split into a majority and a minority.
+    PartitionMajority,
+    /// Every node sees a majority, but no two nodes see the same one (needs ≥ 5 nodes;
+    /// with fewer it is a bridge).
+    PartitionRing,
+    /// Two majorities that share one node.
+    PartitionBridge,
+    /// Cut off the leader of a random shard.
+    PartitionLeader,
+    /// Drop traffic in one direction only, from one node to another.
+    PartitionOneWay,
+    /// `kill -9` one node, restart it at heal.
+    KillOne,
+    /// `kill -9` a minority.
+    KillMinority,
+    /// `kill -9` a majority.
+    KillMajority,
+    /// `kill -9` every node.
+    KillAll,
+    /// SIGSTOP one node (a shard leader when one is known) for longer than an election
+    /// timeout, SIGCONT at heal.
+    Pause,
+}
+
+impl NemesisKind {
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            NemesisKind::PartitionOne
+                | NemesisKind::PartitionMajority
+                | NemesisKind::PartitionRing
+                | NemesisKind::PartitionBridge
+                | NemesisKind::PartitionLeader
+                | NemesisKind::PartitionOneWay
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NemesisKind::PartitionOne => "partition-one",
+            NemesisKind::PartitionMajority => "partition-majority",
+            NemesisKind::PartitionRing => "partition-ring",
+            NemesisKind::PartitionBridge => "partition-bridge",
+            NemesisKind::PartitionLeader => "partition-leader",
+            NemesisKind::PartitionOneWay => "partition-one-way",
+            NemesisKind::KillOne => "kill-one",
+            NemesisKind::KillMinority => "kill-minority",
+            NemesisKind::KillMajority => "kill-majority",
+            NemesisKind::KillAll => "kill-all",
+            NemesisKind::Pause => "pause",
+        }
+    }
+
+    /// Every nemesis.
+    pub fn all() -> Vec<NemesisKind> {
+        use NemesisKind::*;
+        vec![
+            PartitionOne,
+            PartitionMajority,
+            PartitionRing,
+            PartitionBridge,
+            PartitionLeader,
+            PartitionOneWay,
+            KillOne,
+            KillMinority,
+            KillMajority,
+            KillAll,
+            Pause,
+        ]
+    }
+}
+
+/// An active fault and how to heal it.
+#[derive(Debug)]
+enum Active {
+    Partition,
+    Killed(Vec<usize>),
+    Paused(Vec<usize>),
+}
+
+/// Timing of the schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Quiet time before each fault.
+    pub quiet: Duration,
+    /// How long each fault lasts.
+    pub fault: Duration,
+}
+
+/// Pairs of nodes (1-based) to block so that `groups` cannot talk to each other.
+pub fn pairs_between(groups: &[Vec<usize>]) -> Vec<(usize, usize)> {
+    let mut pairs = Vec::new();
+    for (i, a) in groups.iter().enumerate() {
+        for b in groups.iter().skip(i + 1) {
+            for x in a {
+                for y in b {
+                    pairs.push((*x, *y));
+                }
+            }
+        }
+    }
+    pairs
+}
+
+/// Blocked pairs for a majorities ring of `n` nodes (n ≥ 5): node i talks to the nodes
+/// within ring distance `n/4` rounded so that each sees a majority; for n < 5 a bridge.
+pub fn majorities_ring(nodes: &[usize]) -> Vec<(usize, usize)> {
+    let n = nodes.len();
+    if n < 5 {
+        return bridge(nodes);
+    }
+    let reach = (n / 2).div_ceil(2);
+    let mut pairs = Vec::new();
+    for i in 0..n {
+        for j in (i + 1)..n {
+            let distance = (j - i).min(n - (j - i));
+            if distance > reach {
+                pairs.push((nodes[i], nodes[j]));
+            }
+        }
+    }
+    pairs
+}
+
+/// Blocked pairs for a bridge: two majorities sharing the middle node.
+pub fn bridge(nodes: &[usize]) -> Vec<(usize, usize)> {
+    let n = nodes.len();
+    let middle = n / 2;
+    let left: Vec<usize> = nodes[..middle].to_vec();
+    let right: Vec<usize> = nodes[middle + 1..].to_vec();
+    pairs_between(&[left, right])
+}
+
+/// Runs the nemesis schedule until `stop` fires, then heals everything.
+pub async fn run_schedule(
+    cluster: &tokio::sync::Mutex<Cluster>,
+    kinds: &[NemesisKind],
+    schedule: Schedule,
+    rng: &mut StdRng,
+    recorder: &Recorder,
+    stop: &CancellationToken,
+) -> Result<Vec<String>> {
+    let mut log = Vec::new();
+    if kinds.is_empty() {
+        stop.cancelled().await;
+        return Ok(log);
+    }
+    // A shuffled bag: every kind runs once before any runs twice.
+    let mut bag: Vec<NemesisKind> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(schedule.quiet) => {}
+        }
+        if bag.is_empty() {
+            bag = kinds.to_vec();
+            bag.shuffle(rng);
+        }
+        let Some(kind) = bag.pop() else { break };
+        let (active, detail) = {
+            let mut cluster = cluster.lock().await;
+            start(&mut cluster, kind, rng).await?
+        };
+        let line = format!("start {} {detail}", kind.name());
+        info!(nemesis = kind.name(), %detail, "fault started");
+        recorder.nemesis(F::Nemesis(format!("start-{}", kind.name())), OpValue::Text(detail.clone()));
+        log.push(line);
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(schedule.fault) => {}
+        }
+        let healed = {
+            let mut cluster = cluster.lock().await;
+            heal(&mut cluster, active).await
+        };
+        let outcome = match &healed {
+            Ok(()) => "healed".to_string(),
+            Err(err) => format!("heal failed: {err}"),
+        };
+        recorder.nemesis(F::Nemesis(format!("stop-{}", kind.name())), OpValue::Text(outcome.clone()));
+        log.push(format!("stop {} {outcome}", kind.name()));
+        healed?;
+        if stop.is_cancelled() {
+            break;
+        }
+    }
+    Ok(log)
+}
+
+fn random_nodes(nodes: &[usize], count: usize, rng: &mut StdRng) -> Vec<usize> {
+    let mut shuffled = nodes.to_vec();
+    shuffled.shuffle(rng);
+    shuffled.truncate(count);
+    shuffled.sort_unstable();
+    shuffled
+}
+
+async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Result<(Active, String)> {
+    let nodes = cluster.node_ids();
+    let n = nodes.len();
+    let block = |cluster: &Cluster, pairs: &[(usize, usize)]| -> Result<()> {
+        let net = cluster
+            .network()
+            .ok_or_else(|| anyhow!("partitions need the namespace network (run as root)"))?;
+        net.block(pairs)?;
+        Ok(())
+    };
+    match kind {
+        NemesisKind::PartitionOne | NemesisKind::PartitionLeader => {
+            let isolated = if kind == NemesisKind::PartitionLeader {
+                let leaders: Vec<usize> = cluster.leaders().await.into_values().collect();
+                leaders.choose(rng).copied().unwrap_or(nodes[0])
+            } else {
+                nodes[rng.random_range(0..n)]
+            };
+            let rest: Vec<usize> = nodes.iter().copied().filter(|id| *id != isolated).collect();
+            block(cluster, &pairs_between(&[vec![isolated], rest.clone()]))?;
+            Ok((Active::Partition, format!("isolated {isolated} from {rest:?}")))
+        }
+        NemesisKind::PartitionMajority => {
+            let minority = random_nodes(&nodes, (n - 1) / 2, rng);
+            let majority: Vec<usize> = nodes.iter().copied().filter(|id| !minority.contains(id)).collect();
+            block(cluster, &pairs_between(&[minority.clone(), majority.clone()]))?;
+            Ok((Active::Partition, format!("{minority:?} | {majority:?}")))
+        }
+        NemesisKind::PartitionRing => {
+            let mut order = nodes.clone();
+            order.shuffle(rng);
+            let pairs = majorities_ring(&order);
+            block(cluster, &pairs)?;
+            Ok((Active::Partition, format!("ring {order:?}, blocked {pairs:?}")))
+        }
+        NemesisKind::PartitionBridge => {
+            let mut order = nodes.clone();
+            order.shuffle(rng);
+            let pairs = bridge(&order);
+            block(cluster, &pairs)?;
+            Ok((Active::Partition, format!("bridge {order:?}, blocked {pairs:?}")))
+        }
+        NemesisKind::PartitionOneWay => {
+            let pair = random_nodes(&nodes, 2, rng);
+            let net = cluster
+                .network()
+                .ok_or_else(|| anyhow!("partitions need the namespace network (run as root)"))?;
+            net.isolate_one_way(pair[0], pair[1])?;
+            Ok((Active::Partition, format!("dropping {} -> {}", pair[0], pair[1])))
+        }
+        NemesisKind::KillOne | NemesisKind::KillMinority | NemesisKind::KillMajority | NemesisKind::KillAll => {
+            let count = match kind {
+                NemesisKind::KillOne => 1,
+                NemesisKind::KillMinority => ((n - 1) / 2).max(1),
+                NemesisKind::KillMajority => n / 2 + 1,
+                _ => n,
+            };
+            let victims = random_nodes(&nodes, count, rng);
+            for id in &victims {
+                cluster.kill_node(*id)?;
+            }
+            Ok((Active::Killed(victims.clone()), format!("killed {victims:?}")))
+        }
+        NemesisKind::Pause => {
+            let leaders: BTreeSet<usize> = cluster.leaders().await.into_values().collect();
+            let candidates: Vec<usize> = if leaders.is_empty() {
+                nodes.clone()
+            } else {
+                leaders.into_iter().collect()
+            };
+            let victim = candidates.choose(rng).copied().unwrap_or(nodes[0]);
+            cluster.signal(victim, libc::SIGSTOP)?;
+            Ok((Active::Paused(vec![victim]), format!("paused {victim}")))
+        }
+    }
+}
+
+async fn heal(cluster: &mut Cluster, active: Active) -> Result<()> {
+    match active {
+        Active::Partition => {
+            if let Some(net) = cluster.network() {
+                net.heal()?;
+            }
+        }
+        Active::Killed(victims) => {
+            for id in victims {
+                cluster.start_node(id).await?;
+            }
+        }
+        Active::Paused(victims) => {
+            for id in victims {
+                if let Err(err) = cluster.signal(id, libc::SIGCONT) {
+                    warn!(node = id, %err, "cannot resume node");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Heals every fault that could still be active (used at the end of a run).
+pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
+    if let Some(net) = cluster.network() {
+        net.heal()?;
+    }
+    for id in cluster.node_ids() {
+        if cluster.is_running(id) {
+            let _ = cluster.signal(id, libc::SIGCONT);
+        } else {
+            cluster.start_node(id).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A majorities ring of 5 lets every node see exactly a majority (itself + 2).
+    #[test]
+    fn ring_gives_each_node_a_majority() {
+        let nodes = vec![1, 2, 3, 4, 5];
+        let blocked = majorities_ring(&nodes);
+        for node in &nodes {
+            let cut = blocked.iter().filter(|(a, b)| a == node || b == node).count();
+            assert_eq!(5 - cut, 3, "node {node} sees a majority");
+        }
+    }
+
+    /// A bridge of 3 blocks only the two ends; of 5, the two sides of the middle node.
+    #[test]
+    fn bridge_shares_the_middle_node() {
+        assert_eq!(bridge(&[1, 2, 3]), vec![(1, 3)]);
+        let five = bridge(&[1, 2, 3, 4, 5]);
+        assert_eq!(five.len(), 4);
+        assert!(five.iter().all(|(a, b)| *a != 3 && *b != 3));
+    }
+}

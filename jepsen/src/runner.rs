@@ -1,0 +1,457 @@
+//! One harness run: start the cluster, run the workloads while the nemesis injects faults,
+//! heal, check liveness, take final reads, check the history and write the results
+//! directory (history as EDN and JSON, nemesis schedule, verdict, summary, latency plot,
+//! node logs).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::checker::{self, Anomaly, Validity, Verdict};
+use crate::cluster::{Cluster, ClusterSpec, Placement};
+use crate::history::{History, OpType, Process, Recorder, F};
+use crate::nemesis::{self, NemesisKind, Schedule};
+use crate::plot;
+use crate::workload::{self, DirectReads, RegisterShared, SetShared, Workload};
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub nodes: usize,
+    pub shards: u32,
+    pub replication_factor: u32,
+    pub duration: Duration,
+    pub seed: u64,
+    pub workloads: Vec<Workload>,
+    pub nemeses: Vec<NemesisKind>,
+    /// Client processes per workload.
+    pub concurrency: usize,
+    /// Registers in the register workload.
+    pub keys: u64,
+    pub schedule: Schedule,
+    /// Parent of the run directory.
+    pub out_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    /// Tiny snapshot and purge thresholds, so lagging nodes must install snapshots.
+    pub snapshot_pressure: bool,
+    /// Send a share of register reads straight to random nodes (catches stale reads).
+    pub direct_reads: bool,
+    /// Negative controls: run the cluster in a deliberately unsafe mode.
+    pub unsafe_skip_read_index: bool,
+    /// Not catchable by process faults alone (a killed process loses nothing the kernel
+    /// has); needs a fault that drops the page cache (future disk nemesis).
+    pub unsafe_skip_fsync: bool,
+    pub unsafe_ack_before_commit: bool,
+    /// Client request timeout.
+    pub op_timeout: Duration,
+    /// After healing, the cluster must serve again within this bound.
+    pub liveness_timeout: Duration,
+    /// Keep node data directories after the run.
+    pub keep_data: bool,
+}
+
+impl RunOptions {
+    /// Defaults for a run of `duration` with `nemeses`.
+    pub fn new(duration: Duration, nemeses: Vec<NemesisKind>, bin_dir: PathBuf, out_dir: PathBuf) -> RunOptions {
+        RunOptions {
+            nodes: 3,
+            shards: 4,
+            replication_factor: 3,
+            duration,
+            seed: rand::random(),
+            workloads: vec![Workload::Register, Workload::Set],
+            nemeses,
+            concurrency: 5,
+            keys: 8,
+            schedule: Schedule {
+                quiet: Duration::from_secs(3),
+                fault: Duration::from_secs(5),
+            },
+            out_dir,
+            bin_dir,
+            snapshot_pressure: false,
+            direct_reads: true,
+            unsafe_skip_read_index: false,
+            unsafe_skip_fsync: false,
+            unsafe_ack_before_commit: false,
+            op_timeout: Duration::from_secs(2),
+            liveness_timeout: Duration::from_secs(30),
+            keep_data: false,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub dir: PathBuf,
+    pub seed: u64,
+    pub verdict: Verdict,
+    pub ops: usize,
+    pub nemesis_log: Vec<String>,
+}
+
+fn run_dir(out_dir: &Path, seed: u64) -> Result<PathBuf> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    let dir = out_dir.join(format!("{stamp}-{seed:016x}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Checks what partitions need; as root, installs missing tools with the project's own
+/// script (`jepsen/scripts/install-deps.sh`) first.
+fn ensure_network_tools() -> Result<()> {
+    match crate::net::check_prerequisites() {
+        Ok(()) => Ok(()),
+        Err(crate::net::NetError::MissingTool { .. }) => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh");
+            info!(script = %script.display(), "installing the tools partitions need");
+            let status = std::process::Command::new(&script)
+                .status()
+                .with_context(|| format!("running {}", script.display()))?;
+            if !status.success() {
+                anyhow::bail!("{} failed ({status})", script.display());
+            }
+            Ok(crate::net::check_prerequisites()?)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn node_args(options: &RunOptions) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--heartbeat-interval-ms",
+        "100",
+        "--election-timeout-min-ms",
+        "500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if options.snapshot_pressure {
+        args.extend(
+            ["--snapshot-logs-since-last", "30", "--logs-to-keep-after-snapshot", "0"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+    }
+    if options.unsafe_skip_read_index {
+        args.push("--unsafe-skip-read-index".to_string());
+    }
+    if options.unsafe_skip_fsync {
+        args.push("--unsafe-skip-fsync".to_string());
+    }
+    if options.unsafe_ack_before_commit {
+        args.push("--unsafe-ack-before-commit".to_string());
+    }
+    args
+}
+
+async fn ring_of(cluster: &Cluster) -> Option<ringkv_ring::Ring> {
+    let status = cluster.node_status(1).await?;
+    let info = status.ring?;
+    let members = info
+        .members
+        .iter()
+        .map(|member| ringkv_ring::RingMember {
+            node_id: member.node_id,
+            addr: member.addr.clone(),
+            state: ringkv_ring::MemberState::Active,
+        })
+        .collect();
+    ringkv_ring::Ring::new(
+        ringkv_ring::RingConfig {
+            shards: info.shards,
+            replication_factor: info.replication_factor,
+            vnodes_per_node: info.vnodes_per_node,
+        },
+        members,
+    )
+    .ok()
+}
+
+/// Runs the harness once.
+pub async fn run(options: RunOptions) -> Result<RunReport> {
+    let dir = run_dir(&options.out_dir, options.seed)?;
+    let cluster_dir = dir.join("cluster");
+    std::fs::create_dir_all(&cluster_dir)?;
+    info!(dir = %dir.display(), seed = options.seed, "starting run");
+    let needs_network = options.nemeses.iter().any(|kind| kind.needs_network());
+    let placement = if needs_network {
+        ensure_network_tools()?;
+        let run_id = format!("{:x}", options.seed & 0xffff_ffff);
+        Placement::Namespaces(Box::new(crate::net::Network::create(&run_id, options.nodes)?))
+    } else {
+        Placement::Loopback
+    };
+    let spec = ClusterSpec {
+        nodes: options.nodes,
+        shards: options.shards,
+        replication_factor: options.replication_factor,
+        node_args: node_args(&options),
+        bin_dir: options.bin_dir.clone(),
+    };
+    let cluster = Cluster::start(spec, &cluster_dir, placement).await?;
+    let recorder = Recorder::new(Instant::now());
+    let stop = CancellationToken::new();
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut clients = tokio::task::JoinSet::new();
+    let mut process = 0u64;
+
+    let direct = if options.direct_reads {
+        ring_of(&cluster).await.map(|ring| DirectReads {
+            node_addrs: cluster.node_ids().iter().filter_map(|id| cluster.node_addr(*id)).collect(),
+            ring,
+        })
+    } else {
+        None
+    };
+    let register = RegisterShared::new(options.keys, direct);
+    let set = Arc::new(SetShared::default());
+    for workload in &options.workloads {
+        for _ in 0..options.concurrency {
+            let client = cluster.client(options.op_timeout).await?;
+            let recorder = recorder.clone();
+            let stop = stop.clone();
+            match workload {
+                Workload::Register => {
+                    let seed = rng.random();
+                    clients.spawn(workload::register_client(process, client, register.clone(), recorder, seed, stop));
+                }
+                Workload::Set => {
+                    clients.spawn(workload::set_client(process, client, set.clone(), recorder, stop));
+                }
+            }
+            process += 1;
+        }
+    }
+
+    let cluster = tokio::sync::Mutex::new(cluster);
+    let started = Instant::now();
+    let nemesis_stop = stop.clone();
+    let duration = options.duration;
+    let timer = async {
+        tokio::time::sleep(duration).await;
+        nemesis_stop.cancel();
+    };
+    let (nemesis_log, ()) = tokio::join!(
+        nemesis::run_schedule(&cluster, &options.nemeses, options.schedule, &mut rng, &recorder, &stop),
+        timer
+    );
+    let mut nemesis_log = nemesis_log?;
+    while clients.join_next().await.is_some() {}
+    info!(elapsed_s = started.elapsed().as_secs(), "workload done; healing");
+
+    // Heal, then the cluster must serve again within the liveness bound.
+    let mut cluster = cluster.into_inner();
+    nemesis::heal_all(&mut cluster).await?;
+    recorder.nemesis(F::Nemesis("heal-all".to_string()), crate::history::OpValue::Text("healed".to_string()));
+    nemesis_log.push("heal-all".to_string());
+    let mut liveness = Verdict {
+        validity: Validity::Unknown,
+        checker: "liveness".to_string(),
+        ops_checked: 0,
+        anomalies: Vec::new(),
+        notes: Vec::new(),
+    };
+    let healed_at = Instant::now();
+    let probe = cluster.client(Duration::from_secs(2)).await?;
+    let live = crate::cluster::wait_for("the cluster to serve after healing", options.liveness_timeout, || async {
+        probe.put(b"jepsen/liveness", b"1".to_vec()).await.ok()
+    })
+    .await;
+    match live {
+        Ok(_) => {
+            liveness.validity = Validity::Valid;
+            liveness.notes.push(format!("served again {:.1}s after healing", healed_at.elapsed().as_secs_f64()));
+        }
+        Err(err) => {
+            liveness.validity = Validity::Invalid;
+            liveness.anomalies.push(Anomaly {
+                kind: "liveness".to_string(),
+                key: None,
+                description: err.to_string(),
+                ops: Vec::new(),
+            });
+        }
+    }
+
+    if options.workloads.contains(&Workload::Set) {
+        let reader = cluster.client(Duration::from_secs(10)).await?;
+        let mut done = false;
+        for _ in 0..5 {
+            if workload::set_final_read(process, &reader, &set, &recorder).await {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            warn!("final set read failed five times");
+        }
+    }
+
+    let history = recorder.history();
+    let mut verdicts = vec![liveness];
+    if options.workloads.contains(&Workload::Register) {
+        verdicts.push(checker::linearizable::check(
+            &history,
+            &checker::linearizable::LinearizableConfig::default(),
+        ));
+    }
+    if options.workloads.contains(&Workload::Set) {
+        verdicts.push(checker::set::check(&history));
+    }
+    let verdict = checker::combine(verdicts);
+    drop(cluster);
+    let report = RunReport {
+        dir: dir.clone(),
+        seed: options.seed,
+        verdict,
+        ops: history.ops.len(),
+        nemesis_log,
+    };
+    write_results(&dir, &options, &history, &report)?;
+    if !options.keep_data {
+        for id in 1..=options.nodes {
+            let _ = std::fs::remove_dir_all(cluster_dir.join(format!("node-{id}")));
+        }
+    }
+    Ok(report)
+}
+
+fn write_results(dir: &Path, options: &RunOptions, history: &History, report: &RunReport) -> Result<()> {
+    std::fs::write(dir.join("history.edn"), crate::edn::history_to_edn(history))?;
+    std::fs::write(dir.join("history.json"), history.to_json()?)?;
+    std::fs::write(dir.join("verdict.json"), serde_json::to_string_pretty(&report.verdict)?)?;
+    let mut schedule = format!(
+        "seed {}\nnemeses {:?}\nquiet {:?} fault {:?}\n",
+        options.seed, options.nemeses, options.schedule.quiet, options.schedule.fault
+    );
+    for line in &report.nemesis_log {
+        schedule.push_str(line);
+        schedule.push('\n');
+    }
+    std::fs::write(dir.join("schedule.txt"), schedule)?;
+    std::fs::write(dir.join("summary.txt"), summary(options, history, report))?;
+    let (points, windows) = plot_data(history);
+    let title = format!(
+        "ringkv {:?} under {:?} (seed {:016x}) — valid: {}",
+        options.workloads,
+        options.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        options.seed,
+        validity_str(report.verdict.validity)
+    );
+    std::fs::write(dir.join("latency.svg"), plot::latency_svg(&title, &points, &windows))?;
+    Ok(())
+}
+
+/// `true`, `false` or `unknown`, as in the verdict file.
+pub fn validity_str(validity: Validity) -> &'static str {
+    match validity {
+        Validity::Valid => "true",
+        Validity::Invalid => "false",
+        Validity::Unknown => "unknown",
+    }
+}
+
+fn summary(options: &RunOptions, history: &History, report: &RunReport) -> String {
+    let mut counts = std::collections::BTreeMap::new();
+    for op in &history.ops {
+        if matches!(op.process, Process::Client(_)) && op.op_type != OpType::Invoke {
+            *counts.entry(format!("{:?} {:?}", op.f, op.op_type)).or_insert(0usize) += 1;
+        }
+    }
+    let mut text = format!(
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} skip-fsync={} ack-before-commit={}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        options.seed,
+        options.duration,
+        options.nodes,
+        options.shards,
+        options.replication_factor,
+        options.workloads,
+        options.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        options.unsafe_skip_read_index,
+        options.unsafe_skip_fsync,
+        options.unsafe_ack_before_commit,
+        report.ops,
+        validity_str(report.verdict.validity),
+    );
+    for (kind, count) in counts {
+        text.push_str(&format!("  {kind}: {count}\n"));
+    }
+    text.push_str("\nanomalies:\n");
+    if report.verdict.anomalies.is_empty() {
+        text.push_str("  none\n");
+    }
+    for anomaly in &report.verdict.anomalies {
+        text.push_str(&format!("  {}: {}\n", anomaly.kind, anomaly.description));
+    }
+    text.push_str("\nnotes:\n");
+    for note in &report.verdict.notes {
+        text.push_str(&format!("  {note}\n"));
+    }
+    text.push_str("\nnemesis:\n");
+    for line in &report.nemesis_log {
+        text.push_str(&format!("  {line}\n"));
+    }
+    text
+}
+
+fn plot_data(history: &History) -> (Vec<plot::Point>, Vec<plot::Window>) {
+    let mut invokes = std::collections::HashMap::new();
+    let mut points = Vec::new();
+    let mut windows = Vec::new();
+    let mut open: Vec<(String, f64, String)> = Vec::new();
+    for op in &history.ops {
+        let t = op.time_ns as f64 / 1e9;
+        match (&op.process, op.op_type) {
+            (Process::Client(p), OpType::Invoke) => {
+                invokes.insert(*p, op.time_ns);
+            }
+            (Process::Client(p), done) => {
+                if let Some(start) = invokes.remove(p) {
+                    points.push(plot::Point {
+                        time_s: start as f64 / 1e9,
+                        latency_ms: (op.time_ns.saturating_sub(start)) as f64 / 1e6,
+                        outcome: match done {
+                            OpType::Ok => "ok",
+                            OpType::Fail => "fail",
+                            _ => "info",
+                        },
+                    });
+                }
+            }
+            (Process::Nemesis, _) => {
+                if let F::Nemesis(name) = &op.f {
+                    if let Some(kind) = name.strip_prefix("start-") {
+                        let detail = match &op.value {
+                            crate::history::OpValue::Text(text) => text.clone(),
+                            _ => String::new(),
+                        };
+                        open.push((kind.to_string(), t, detail));
+                    } else if let Some(kind) = name.strip_prefix("stop-") {
+                        if let Some(pos) = open.iter().position(|(k, _, _)| k == kind) {
+                            let (kind, start, detail) = open.remove(pos);
+                            windows.push(plot::Window {
+                                start_s: start,
+                                end_s: t,
+                                label: format!("{kind} {detail}"),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (points, windows)
+}

@@ -1,0 +1,247 @@
+//! Client workloads: each client is a process in the history; every operation is recorded
+//! as an invoke and a completion (`ok`, `fail` when it certainly did not happen, `info`
+//! when its outcome is unknown).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ringkv_client::{CasOutcome, Client, Error};
+use ringkv_proto::v1;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::history::{Op, OpType, OpValue, Process, Recorder, F};
+
+/// The workloads the harness runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Reads, writes and compare-and-swaps on a few registers; checked for linearizability.
+    Register,
+    /// Unique adds and a final read; checked for lost and duplicated acknowledged adds.
+    Set,
+}
+
+/// Where register reads go.
+#[derive(Debug, Clone)]
+pub struct DirectReads {
+    /// Node addresses; a fraction of reads goes straight to a random node (asking for a
+    /// linearizable read), which only a correct node refuses when it is not the leader.
+    pub node_addrs: Vec<String>,
+    pub ring: ringkv_ring::Ring,
+}
+
+/// Shared state of the register workload.
+pub struct RegisterShared {
+    pub keys: u64,
+    next_value: AtomicU64,
+    pub direct: Option<DirectReads>,
+}
+
+impl RegisterShared {
+    pub fn new(keys: u64, direct: Option<DirectReads>) -> Arc<RegisterShared> {
+        Arc::new(RegisterShared {
+            keys,
+            next_value: AtomicU64::new(1),
+            direct,
+        })
+    }
+}
+
+/// Shared state of the set workload: every value ever attempted.
+#[derive(Default)]
+pub struct SetShared {
+    next_value: AtomicU64,
+    pub attempted: Mutex<Vec<u64>>,
+}
+
+pub fn register_key(key: u64) -> Vec<u8> {
+    format!("jepsen/register/{key}").into_bytes()
+}
+
+pub fn set_key(value: u64) -> Vec<u8> {
+    format!("jepsen/set/{value:012}").into_bytes()
+}
+
+/// Whether an error proves the operation did not take effect.
+fn is_definite(err: &Error) -> bool {
+    !matches!(
+        err,
+        Error::OutcomeUnknown(_) | Error::DeadlineExceeded(_) | Error::Transport(_)
+    )
+}
+
+fn completion_for(err: &Error) -> OpType {
+    if is_definite(err) {
+        OpType::Fail
+    } else {
+        OpType::Info
+    }
+}
+
+/// A register value read back; something unparsable is recorded as a value nobody wrote.
+fn parse_value(bytes: &[u8]) -> u64 {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+async fn direct_read(direct: &DirectReads, key: u64, rng: &mut StdRng) -> Result<Option<u64>, String> {
+    let addr = &direct.node_addrs[rng.random_range(0..direct.node_addrs.len())];
+    let key_bytes = register_key(key);
+    let shard = direct.ring.shard_for_key(&key_bytes).0;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|err| err.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(1));
+    let channel = endpoint.connect().await.map_err(|err| err.to_string())?;
+    let response = v1::shard_kv_client::ShardKvClient::new(channel)
+        .read(v1::ShardReadRequest {
+            shard_id: shard,
+            keys: vec![key_bytes],
+            consistency: v1::Consistency::Linearizable as i32,
+        })
+        .await
+        .map_err(|status| status.message().to_string())?
+        .into_inner();
+    let result = response.results.into_iter().next().ok_or("empty response")?;
+    Ok(result.found.then(|| parse_value(&result.value)))
+}
+
+/// One register client process.
+pub async fn register_client(
+    process: u64,
+    client: Client,
+    shared: Arc<RegisterShared>,
+    recorder: Recorder,
+    seed: u64,
+    stop: CancellationToken,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut last_seen: Vec<Option<u64>> = vec![None; shared.keys as usize];
+    while !stop.is_cancelled() {
+        let key = rng.random_range(0..shared.keys);
+        let key_bytes = register_key(key);
+        let roll: f64 = rng.random();
+        if roll < 0.45 {
+            let direct = shared.direct.as_ref().filter(|_| rng.random_bool(0.3));
+            let op = recorder.invoke(Process::Client(process), F::Read, OpValue::Register { key, value: None });
+            let result = match direct {
+                Some(direct) => direct_read(direct, key, &mut rng).await,
+                None => match client.get(&key_bytes).await {
+                    Ok(found) => Ok(found.map(|versioned| parse_value(&versioned.value))),
+                    Err(err) => Err(err.to_string()),
+                },
+            };
+            match result {
+                Ok(value) => {
+                    last_seen[key as usize] = value;
+                    let _ = recorder.complete(&op, OpType::Ok, OpValue::Register { key, value }, None);
+                }
+                // A failed read changed nothing.
+                Err(err) => complete_err(&recorder, &op, OpType::Fail, err),
+            }
+        } else if roll < 0.8 {
+            let value = shared.next_value.fetch_add(1, Ordering::Relaxed);
+            let op = recorder.invoke(
+                Process::Client(process),
+                F::Write,
+                OpValue::Register {
+                    key,
+                    value: Some(value),
+                },
+            );
+            match client.put(&key_bytes, value.to_string().into_bytes()).await {
+                Ok(_) => complete_ok(&recorder, &op),
+                Err(err) => complete_err(&recorder, &op, completion_for(&err), err.to_string()),
+            }
+        } else {
+            let Some(from) = last_seen[key as usize] else {
+                continue;
+            };
+            let to = shared.next_value.fetch_add(1, Ordering::Relaxed);
+            let op = recorder.invoke(Process::Client(process), F::Cas, OpValue::Cas { key, from, to });
+            cas(&client, &recorder, &op, &key_bytes, from, to).await;
+        }
+    }
+}
+
+/// cas(from, to): read the version, then compare-and-swap on it. Values are unique, so the
+/// version still matching at the swap means the value was still `from` then.
+async fn cas(client: &Client, recorder: &Recorder, op: &Op, key: &[u8], from: u64, to: u64) {
+    let current = match client.get(key).await {
+        Ok(current) => current,
+        Err(err) => return complete_err(recorder, op, OpType::Fail, err.to_string()),
+    };
+    let Some(current) = current.filter(|versioned| parse_value(&versioned.value) == from) else {
+        return complete_err(recorder, op, OpType::Fail, "value is not `from`".to_string());
+    };
+    match client
+        .compare_and_swap(key, current.version, Some(to.to_string().into_bytes()))
+        .await
+    {
+        Ok(CasOutcome::Swapped { .. }) => complete_ok(recorder, op),
+        Ok(CasOutcome::Mismatch { .. }) => {
+            complete_err(recorder, op, OpType::Fail, "version changed".to_string())
+        }
+        Err(err) => complete_err(recorder, op, completion_for(&err), err.to_string()),
+    }
+}
+
+fn complete_err(recorder: &Recorder, op: &Op, op_type: OpType, error: String) {
+    let _ = recorder.complete(op, op_type, op.value.clone(), Some(error));
+}
+
+fn complete_ok(recorder: &Recorder, op: &Op) {
+    let _ = recorder.complete(op, OpType::Ok, op.value.clone(), None);
+}
+
+/// One set client process: adds unique values.
+pub async fn set_client(
+    process: u64,
+    client: Client,
+    shared: Arc<SetShared>,
+    recorder: Recorder,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let value = shared.next_value.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut attempted) = shared.attempted.lock() {
+            attempted.push(value);
+        }
+        let op = recorder.invoke(Process::Client(process), F::Add, OpValue::Add(value));
+        match client.put(set_key(value), Vec::new()).await {
+            Ok(_) => complete_ok(&recorder, &op),
+            Err(err) => complete_err(&recorder, &op, completion_for(&err), err.to_string()),
+        }
+    }
+}
+
+/// The final read of the set: which attempted values are present.
+pub async fn set_final_read(process: u64, client: &Client, shared: &SetShared, recorder: &Recorder) -> bool {
+    let attempted: Vec<u64> = shared.attempted.lock().map(|a| a.clone()).unwrap_or_default();
+    let op = recorder.invoke(Process::Client(process), F::ReadAll, OpValue::ReadAll(None));
+    let mut present = Vec::new();
+    for chunk in attempted.chunks(500) {
+        let keys: Vec<Vec<u8>> = chunk.iter().map(|value| set_key(*value)).collect();
+        match client.batch_get(keys).await {
+            Ok(found) => {
+                for (value, got) in chunk.iter().zip(found) {
+                    if got.is_some() {
+                        present.push(*value);
+                    }
+                }
+            }
+            Err(err) => {
+                complete_err(recorder, &op, OpType::Fail, err.to_string());
+                return false;
+            }
+        }
+    }
+    let _ = recorder.complete(&op, OpType::Ok, OpValue::ReadAll(Some(present)), None);
+    true
+}
