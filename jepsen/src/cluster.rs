@@ -100,7 +100,10 @@ impl Cluster {
         for id in 1..=cluster.spec.nodes {
             let (addr, data_dir) = match &cluster.placement {
                 Placement::Loopback => (String::new(), dir.join(format!("node-{id}"))),
-                Placement::Namespaces(net) => (format!("{}:7001", net.host_ip(id)), dir.join(format!("node-{id}"))),
+                Placement::Namespaces(net) => (
+                    format!("{}:7001", net.host_ip(id)),
+                    dir.join(format!("node-{id}")),
+                ),
             };
             cluster.nodes.insert(
                 id,
@@ -166,9 +169,15 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(log);
         node.child = Some(command.spawn().context("spawning ringkv-node")?);
-        let addr = wait_for(&format!("node {id} to listen"), Duration::from_secs(30), || async {
-            std::fs::read_to_string(&addr_file).ok().filter(|addr| !addr.is_empty())
-        })
+        let addr = wait_for(
+            &format!("node {id} to listen"),
+            Duration::from_secs(30),
+            || async {
+                std::fs::read_to_string(&addr_file)
+                    .ok()
+                    .filter(|addr| !addr.is_empty())
+            },
+        )
         .await?;
         if !node.addr.is_empty() && node.addr != addr {
             bail!("node {id} came back on {addr}, not {}", node.addr);
@@ -187,7 +196,10 @@ impl Cluster {
         let pid = self.pid(id).ok_or_else(|| anyhow!("node {id} is not running"))?;
         // SAFETY: kill(2) on a child process this harness owns.
         if unsafe { libc::kill(pid, signal) } != 0 {
-            bail!("kill({pid}, {signal}) failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "kill({pid}, {signal}) failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(())
     }
@@ -244,7 +256,9 @@ impl Cluster {
             .context("spawning ringkv-router")?;
         self.router = Some(child);
         self.router_addr = wait_for("the router to listen", Duration::from_secs(30), || async {
-            std::fs::read_to_string(&addr_file).ok().filter(|addr| !addr.is_empty())
+            std::fs::read_to_string(&addr_file)
+                .ok()
+                .filter(|addr| !addr.is_empty())
         })
         .await?;
         Ok(())
@@ -274,7 +288,9 @@ impl Cluster {
             if !self.is_running(id) {
                 continue;
             }
-            let Some(status) = self.node_status(id).await else { continue };
+            let Some(status) = self.node_status(id).await else {
+                continue;
+            };
             for replica in status.replicas {
                 if let (Some(shard), "leader") = (replica.shard_id, replica.role.as_str()) {
                     let entry = best.entry(shard).or_insert((0, 0));
@@ -298,7 +314,9 @@ impl Cluster {
 
     /// A client of the router with the given per-request timeout.
     pub async fn client(&self, timeout: Duration) -> Result<ringkv_client::Client> {
-        let config = ringkv_client::ClientConfig::builder().request_timeout(timeout).build()?;
+        let config = ringkv_client::ClientConfig::builder()
+            .request_timeout(timeout)
+            .build()?;
         Ok(ringkv_client::Client::connect_with(vec![self.router_addr.clone()], config).await?)
     }
 

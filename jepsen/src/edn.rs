@@ -133,9 +133,7 @@ fn write_string(out: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
             '\n' => out.write_str("\\n")?,
             '\t' => out.write_str("\\t")?,
             '\r' => out.write_str("\\r")?,
-            control if control.is_control() => {
-                write!(out, "\\u{:04x}", u32::from(control))?
-            }
+            control if control.is_control() => write!(out, "\\u{:04x}", u32::from(control))?,
             other => out.write_char(other)?,
         }
     }
@@ -253,7 +251,10 @@ pub fn parse(input: &str) -> Result<Edn, EdnError> {
 
 /// Parses a sequence of top-level EDN values.
 pub fn parse_all(input: &str) -> Result<Vec<Edn>, EdnError> {
-    Ok(parse_all_with_lines(input)?.into_iter().map(|(_, value)| value).collect())
+    Ok(parse_all_with_lines(input)?
+        .into_iter()
+        .map(|(_, value)| value)
+        .collect())
 }
 
 fn parse_all_with_lines(input: &str) -> Result<Vec<(usize, Edn)>, EdnError> {
@@ -277,7 +278,8 @@ pub fn parse_history(input: &str) -> Result<History, EdnError> {
     let values = parse_all_with_lines(input)?;
     let mut ops = Vec::with_capacity(values.len());
     for (position, (line, value)) in values.iter().enumerate() {
-        let op = op_from_edn(value, position as u64).map_err(|reason| EdnError::InvalidOp { line: *line, reason })?;
+        let op = op_from_edn(value, position as u64)
+            .map_err(|reason| EdnError::InvalidOp { line: *line, reason })?;
         ops.push(op);
     }
     Ok(History { ops })
@@ -322,7 +324,15 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
         Some(Edn::Keyword(name)) => Some(name.clone()),
         Some(other) => Some(other.to_string()),
     };
-    Ok(Op { index, time_ns, process, op_type, f, value: op_value, error })
+    Ok(Op {
+        index,
+        time_ns,
+        process,
+        op_type,
+        f,
+        value: op_value,
+        error,
+    })
 }
 
 fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
@@ -331,7 +341,10 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
         (F::ReadAll, Edn::Nil) => Ok(OpValue::ReadAll(None)),
         (_, Edn::Nil) => Ok(OpValue::Nil),
         (F::Read | F::Write, Edn::Vector(items)) => match items.as_slice() {
-            [key, Edn::Nil] => Ok(OpValue::Register { key: to_u64(key, "key")?, value: None }),
+            [key, Edn::Nil] => Ok(OpValue::Register {
+                key: to_u64(key, "key")?,
+                value: None,
+            }),
             [key, register_value] => Ok(OpValue::Register {
                 key: to_u64(key, "key")?,
                 value: Some(to_u64(register_value, "value")?),
@@ -351,7 +364,10 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
         },
         (F::Add, element) => Ok(OpValue::Add(to_u64(element, "element")?)),
         (F::ReadAll, Edn::Vector(items)) => {
-            let elements = items.iter().map(|item| to_u64(item, "element")).collect::<Result<_, _>>()?;
+            let elements = items
+                .iter()
+                .map(|item| to_u64(item, "element"))
+                .collect::<Result<_, _>>()?;
             Ok(OpValue::ReadAll(Some(elements)))
         }
         (F::Nemesis(_), Edn::String(text)) => Ok(OpValue::Text(text.clone())),
@@ -365,9 +381,8 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
 
 fn to_u64(value: &Edn, what: &str) -> Result<u64, String> {
     match value {
-        Edn::Integer(integer) => {
-            u64::try_from(*integer).map_err(|_| format!(":{what} {integer} is not an unsigned 64-bit integer"))
-        }
+        Edn::Integer(integer) => u64::try_from(*integer)
+            .map_err(|_| format!(":{what} {integer} is not an unsigned 64-bit integer")),
         other => Err(format!(":{what} must be an integer, found {}", other.describe())),
     }
 }
@@ -387,7 +402,11 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn new(input: &'a str) -> Self {
-        Self { input, bytes: input.as_bytes(), position: 0 }
+        Self {
+            input,
+            bytes: input.as_bytes(),
+            position: 0,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -404,7 +423,11 @@ impl<'a> Parser<'a> {
 
     fn error_at(&self, position: usize, reason: &str) -> EdnError {
         let (line, column) = self.line_and_column(position);
-        EdnError::Syntax { line, column, reason: reason.to_string() }
+        EdnError::Syntax {
+            line,
+            column,
+            reason: reason.to_string(),
+        }
     }
 
     fn error(&self, reason: &str) -> EdnError {
@@ -429,7 +452,10 @@ impl<'a> Parser<'a> {
     }
 
     fn is_delimiter(byte: u8) -> bool {
-        matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | b',' | b';' | b'[' | b']' | b'{' | b'}' | b'"')
+        matches!(
+            byte,
+            b' ' | b'\t' | b'\n' | b'\r' | b',' | b';' | b'[' | b']' | b'{' | b'}' | b'"'
+        )
     }
 
     /// The run of non-delimiter bytes starting at the current position (an atom's text).
@@ -562,7 +588,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn op(index: u64, process: Process, op_type: OpType, f: F, value: OpValue) -> Op {
-        Op { index, time_ns: index * 1000, process, op_type, f, value, error: None }
+        Op {
+            index,
+            time_ns: index * 1000,
+            process,
+            op_type,
+            f,
+            value,
+            error: None,
+        }
     }
 
     fn sample_history() -> History {
@@ -572,21 +606,86 @@ mod tests {
             Process::Client(1),
             OpType::Fail,
             F::Cas,
-            OpValue::Cas { key: 3, from: 7, to: 8 },
+            OpValue::Cas {
+                key: 3,
+                from: 7,
+                to: 8,
+            },
         );
         failed_cas.error = Some("timed out: \"deadline\"\n\\retry".into());
         History::new(vec![
-            op(0, client, OpType::Invoke, F::Write, OpValue::Register { key: 3, value: Some(7) }),
-            op(1, client, OpType::Ok, F::Write, OpValue::Register { key: 3, value: Some(7) }),
-            op(2, client, OpType::Invoke, F::Read, OpValue::Register { key: 3, value: None }),
-            op(3, Process::Nemesis, OpType::Info, F::Nemesis("kill".into()), OpValue::Text("kill -9 n2".into())),
-            op(4, Process::Client(1), OpType::Invoke, F::Cas, OpValue::Cas { key: 3, from: 7, to: 8 }),
+            op(
+                0,
+                client,
+                OpType::Invoke,
+                F::Write,
+                OpValue::Register {
+                    key: 3,
+                    value: Some(7),
+                },
+            ),
+            op(
+                1,
+                client,
+                OpType::Ok,
+                F::Write,
+                OpValue::Register {
+                    key: 3,
+                    value: Some(7),
+                },
+            ),
+            op(
+                2,
+                client,
+                OpType::Invoke,
+                F::Read,
+                OpValue::Register { key: 3, value: None },
+            ),
+            op(
+                3,
+                Process::Nemesis,
+                OpType::Info,
+                F::Nemesis("kill".into()),
+                OpValue::Text("kill -9 n2".into()),
+            ),
+            op(
+                4,
+                Process::Client(1),
+                OpType::Invoke,
+                F::Cas,
+                OpValue::Cas {
+                    key: 3,
+                    from: 7,
+                    to: 8,
+                },
+            ),
             failed_cas,
-            op(6, client, OpType::Ok, F::Read, OpValue::Register { key: 3, value: Some(7) }),
+            op(
+                6,
+                client,
+                OpType::Ok,
+                F::Read,
+                OpValue::Register {
+                    key: 3,
+                    value: Some(7),
+                },
+            ),
             op(7, Process::Client(2), OpType::Invoke, F::Add, OpValue::Add(11)),
             op(8, Process::Client(2), OpType::Info, F::Add, OpValue::Nil),
-            op(9, Process::Client(3), OpType::Invoke, F::ReadAll, OpValue::ReadAll(None)),
-            op(10, Process::Client(3), OpType::Ok, F::ReadAll, OpValue::ReadAll(Some(vec![11, 2, 3]))),
+            op(
+                9,
+                Process::Client(3),
+                OpType::Invoke,
+                F::ReadAll,
+                OpValue::ReadAll(None),
+            ),
+            op(
+                10,
+                Process::Client(3),
+                OpType::Ok,
+                F::ReadAll,
+                OpValue::ReadAll(Some(vec![11, 2, 3])),
+            ),
         ])
     }
 
@@ -595,8 +694,14 @@ mod tests {
     fn export_matches_jepsen_layout() {
         let edn = history_to_edn(&sample_history());
         let lines: Vec<&str> = edn.lines().collect();
-        assert_eq!(lines[0], "{:index 0, :time 0, :type :invoke, :process 0, :f :write, :value [3 7]}");
-        assert_eq!(lines[2], "{:index 2, :time 2000, :type :invoke, :process 0, :f :read, :value [3 nil]}");
+        assert_eq!(
+            lines[0],
+            "{:index 0, :time 0, :type :invoke, :process 0, :f :write, :value [3 7]}"
+        );
+        assert_eq!(
+            lines[2],
+            "{:index 2, :time 2000, :type :invoke, :process 0, :f :read, :value [3 nil]}"
+        );
         assert_eq!(
             lines[3],
             "{:index 3, :time 3000, :type :info, :process :nemesis, :f :kill, :value \"kill -9 n2\"}"
@@ -606,8 +711,14 @@ mod tests {
             "{:index 5, :time 5000, :type :fail, :process 1, :f :cas, :value [3 [7 8]], \
              :error \"timed out: \\\"deadline\\\"\\n\\\\retry\"}"
         );
-        assert_eq!(lines[7], "{:index 7, :time 7000, :type :invoke, :process 2, :f :add, :value 11}");
-        assert_eq!(lines[9], "{:index 9, :time 9000, :type :invoke, :process 3, :f :read-all, :value nil}");
+        assert_eq!(
+            lines[7],
+            "{:index 7, :time 7000, :type :invoke, :process 2, :f :add, :value 11}"
+        );
+        assert_eq!(
+            lines[9],
+            "{:index 9, :time 9000, :type :invoke, :process 3, :f :read-all, :value nil}"
+        );
         assert_eq!(
             lines[10],
             "{:index 10, :time 10000, :type :ok, :process 3, :f :read-all, :value [11 2 3]}"
@@ -643,7 +754,10 @@ mod tests {
             "é",
         ];
         for case in cases {
-            assert!(matches!(parse_all(case), Err(EdnError::Syntax { .. })), "accepted {case:?}");
+            assert!(
+                matches!(parse_all(case), Err(EdnError::Syntax { .. })),
+                "accepted {case:?}"
+            );
         }
         let deep = "[".repeat(MAX_DEPTH + 10);
         assert!(parse(&deep).is_err());
@@ -659,11 +773,18 @@ mod tests {
             "{:index 0, :time 1, :type :ok, :process 0, :f :add, :value \"x\"}",
         ];
         for case in invalid_ops {
-            assert!(matches!(parse_history(case), Err(EdnError::InvalidOp { .. })), "accepted {case:?}");
+            assert!(
+                matches!(parse_history(case), Err(EdnError::InvalidOp { .. })),
+                "accepted {case:?}"
+            );
         }
         assert_eq!(
             parse_history("\n\n  {:index 0 :time}"),
-            Err(EdnError::Syntax { line: 3, column: 3, reason: "map with an odd number of forms".into() })
+            Err(EdnError::Syntax {
+                line: 3,
+                column: 3,
+                reason: "map with an odd number of forms".into()
+            })
         );
     }
 
@@ -676,7 +797,13 @@ mod tests {
         let history = parse_history(text).expect("parse");
         assert_eq!(history.ops.len(), 2);
         assert_eq!(history.ops[1].index, 1);
-        assert_eq!(history.ops[1].value, OpValue::Register { key: 1, value: Some(5) });
+        assert_eq!(
+            history.ops[1].value,
+            OpValue::Register {
+                key: 1,
+                value: Some(5)
+            }
+        );
         assert_eq!(history.ops[1].error.as_deref(), Some("timeout"));
     }
 
@@ -693,11 +820,22 @@ mod tests {
                 .prop_map(|elements| (F::ReadAll, OpValue::ReadAll(elements))),
             Just((F::Write, OpValue::Nil)),
         ];
-        let client = (any::<u64>(), client_call).prop_map(|(client, (f, value))| (Process::Client(client), f, value));
-        let nemesis = ("[a-z][a-z0-9-]{0,12}", proptest::option::of(any::<String>())).prop_map(|(name, text)| {
-            (Process::Nemesis, F::Nemesis(name), text.map_or(OpValue::Nil, OpValue::Text))
-        });
-        let op_type = prop_oneof![Just(OpType::Invoke), Just(OpType::Ok), Just(OpType::Fail), Just(OpType::Info)];
+        let client =
+            (any::<u64>(), client_call).prop_map(|(client, (f, value))| (Process::Client(client), f, value));
+        let nemesis =
+            ("[a-z][a-z0-9-]{0,12}", proptest::option::of(any::<String>())).prop_map(|(name, text)| {
+                (
+                    Process::Nemesis,
+                    F::Nemesis(name),
+                    text.map_or(OpValue::Nil, OpValue::Text),
+                )
+            });
+        let op_type = prop_oneof![
+            Just(OpType::Invoke),
+            Just(OpType::Ok),
+            Just(OpType::Fail),
+            Just(OpType::Info)
+        ];
         (
             any::<u64>(),
             any::<u64>(),
@@ -723,6 +861,19 @@ mod tests {
             let history = History::new(ops);
             let parsed = parse_history(&history_to_edn(&history));
             prop_assert_eq!(parsed, Ok(history));
+        }
+
+        /// Any cut or one-character deletion of a valid export is read or rejected, never a panic.
+        #[test]
+        fn damaged_export_never_panics(cut in any::<proptest::sample::Index>(), delete in any::<proptest::sample::Index>()) {
+            let text = history_to_edn(&sample_history());
+            let characters: Vec<char> = text.chars().collect();
+            let truncated: String = characters[..cut.index(characters.len())].iter().collect();
+            let _ = parse_history(&truncated);
+            let mut damaged = characters.clone();
+            damaged.remove(delete.index(damaged.len()));
+            let damaged: String = damaged.into_iter().collect();
+            let _ = parse_history(&damaged);
         }
 
         /// Arbitrary text never makes the parser panic.

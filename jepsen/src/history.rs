@@ -186,7 +186,8 @@ pub struct OpPair<'a> {
 impl OpPair<'_> {
     /// The outcome: the completion's type, or [`OpType::Info`] when there is no completion.
     pub fn outcome(&self) -> OpType {
-        self.completion.map_or(OpType::Info, |completion| completion.op_type)
+        self.completion
+            .map_or(OpType::Info, |completion| completion.op_type)
     }
 
     /// The process that performed the operation.
@@ -201,7 +202,8 @@ impl OpPair<'_> {
 
     /// The completion's value if there is a completion, else the invocation's.
     pub fn result_value(&self) -> &OpValue {
-        self.completion.map_or(&self.invoke.value, |completion| &completion.value)
+        self.completion
+            .map_or(&self.invoke.value, |completion| &completion.value)
     }
 }
 
@@ -269,7 +271,10 @@ impl History {
         for op in &self.ops {
             if let Some(previous) = previous_index {
                 if op.index <= previous {
-                    return Err(HistoryError::NonMonotonicIndex { index: op.index, previous });
+                    return Err(HistoryError::NonMonotonicIndex {
+                        index: op.index,
+                        previous,
+                    });
                 }
             }
             previous_index = Some(op.index);
@@ -285,11 +290,17 @@ impl History {
                     });
                 }
                 outstanding_by_client.insert(client, pairs.len());
-                pairs.push(OpPair { invoke: op, completion: None });
+                pairs.push(OpPair {
+                    invoke: op,
+                    completion: None,
+                });
                 continue;
             }
             let Some(pair_position) = outstanding_by_client.remove(&client) else {
-                return Err(HistoryError::CompletionWithoutInvoke { index: op.index, process: op.process });
+                return Err(HistoryError::CompletionWithoutInvoke {
+                    index: op.index,
+                    process: op.process,
+                });
             };
             let pair = &mut pairs[pair_position];
             if pair.invoke.f != op.f {
@@ -323,7 +334,10 @@ impl History {
             }
             outstanding_by_client.insert(client, op.op_type == OpType::Invoke);
         }
-        counts.unfinished = outstanding_by_client.values().filter(|outstanding| **outstanding).count();
+        counts.unfinished = outstanding_by_client
+            .values()
+            .filter(|outstanding| **outstanding)
+            .count();
         counts
     }
 
@@ -344,8 +358,10 @@ impl History {
             if line.trim().is_empty() {
                 continue;
             }
-            let op = serde_json::from_str(line)
-                .map_err(|source| HistoryError::Json { line: line_number + 1, source })?;
+            let op = serde_json::from_str(line).map_err(|source| HistoryError::Json {
+                line: line_number + 1,
+                source,
+            })?;
             ops.push(op);
         }
         Ok(History { ops })
@@ -370,7 +386,12 @@ struct RecorderState {
 impl Recorder {
     /// A recorder whose times count from `start`.
     pub fn new(start: Instant) -> Self {
-        Self { shared: Arc::new(Mutex::new(RecorderState { start, ops: Vec::new() })) }
+        Self {
+            shared: Arc::new(Mutex::new(RecorderState {
+                start,
+                ops: Vec::new(),
+            })),
+        }
     }
 
     /// Records and returns the invocation of `f` with `value` by `process`.
@@ -385,7 +406,11 @@ impl Recorder {
     pub fn complete(&self, invoke: &Op, op_type: OpType, value: OpValue, error: Option<String>) -> Op {
         debug_assert_eq!(invoke.op_type, OpType::Invoke, "complete() takes the invocation");
         debug_assert_ne!(op_type, OpType::Invoke, "a completion cannot be an invocation");
-        let completion_type = if op_type == OpType::Invoke { OpType::Info } else { op_type };
+        let completion_type = if op_type == OpType::Invoke {
+            OpType::Info
+        } else {
+            op_type
+        };
         self.record(invoke.process, completion_type, invoke.f.clone(), value, error)
     }
 
@@ -397,7 +422,9 @@ impl Recorder {
 
     /// A copy of everything recorded so far.
     pub fn history(&self) -> History {
-        History { ops: self.lock().ops.clone() }
+        History {
+            ops: self.lock().ops.clone(),
+        }
     }
 
     /// Number of events recorded so far.
@@ -415,7 +442,15 @@ impl Recorder {
         let elapsed = Instant::now().saturating_duration_since(state.start);
         let time_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let index = state.ops.len() as u64;
-        let op = Op { index, time_ns, process, op_type, f, value, error };
+        let op = Op {
+            index,
+            time_ns,
+            process,
+            op_type,
+            f,
+            value,
+            error,
+        };
         state.ops.push(op.clone());
         op
     }
@@ -423,7 +458,9 @@ impl Recorder {
     /// The history is append-only, so a panic in another recording thread cannot leave it
     /// half-updated: recover from poisoning instead of propagating it.
     fn lock(&self) -> MutexGuard<'_, RecorderState> {
-        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -457,12 +494,18 @@ mod tests {
         for (position, op) in history.ops.iter().enumerate() {
             assert_eq!(op.index, position as u64);
         }
-        assert!(history.ops.windows(2).all(|pair| pair[0].time_ns <= pair[1].time_ns));
+        assert!(history
+            .ops
+            .windows(2)
+            .all(|pair| pair[0].time_ns <= pair[1].time_ns));
         let pairs = history.pairs().expect("recorded history pairs");
         assert_eq!(pairs.len(), 200);
         assert!(pairs.iter().all(|pair| pair.outcome() == OpType::Ok));
         let counts = history.counts();
-        assert_eq!((counts.invoke, counts.ok, counts.nemesis, counts.unfinished), (200, 200, 1, 0));
+        assert_eq!(
+            (counts.invoke, counts.ok, counts.nemesis, counts.unfinished),
+            (200, 200, 1, 0)
+        );
     }
 
     /// An invocation with no completion pairs with `None` and counts as `info`.
@@ -493,25 +536,53 @@ mod tests {
             error: None,
         };
         let overlapping = History::new(vec![op(0, OpType::Invoke), op(1, OpType::Invoke)]);
-        assert!(matches!(overlapping.pairs(), Err(HistoryError::OverlappingInvoke { index: 1, .. })));
+        assert!(matches!(
+            overlapping.pairs(),
+            Err(HistoryError::OverlappingInvoke { index: 1, .. })
+        ));
         let orphan = History::new(vec![op(0, OpType::Ok)]);
-        assert!(matches!(orphan.pairs(), Err(HistoryError::CompletionWithoutInvoke { index: 0, .. })));
+        assert!(matches!(
+            orphan.pairs(),
+            Err(HistoryError::CompletionWithoutInvoke { index: 0, .. })
+        ));
         let unordered = History::new(vec![op(1, OpType::Invoke), op(0, OpType::Ok)]);
-        assert!(matches!(unordered.pairs(), Err(HistoryError::NonMonotonicIndex { .. })));
+        assert!(matches!(
+            unordered.pairs(),
+            Err(HistoryError::NonMonotonicIndex { .. })
+        ));
     }
 
     /// JSON Lines export reads back to the same history.
     #[test]
     fn json_lines_round_trip() {
         let recorder = Recorder::new(Instant::now());
-        let invoke = recorder.invoke(Process::Client(2), F::Cas, OpValue::Cas { key: 4, from: 1, to: 2 });
-        recorder.complete(&invoke, OpType::Fail, invoke.value.clone(), Some("precondition".into()));
-        recorder.nemesis(F::Nemesis("partition-start".into()), OpValue::Text("n1 | n2 n3".into()));
+        let invoke = recorder.invoke(
+            Process::Client(2),
+            F::Cas,
+            OpValue::Cas {
+                key: 4,
+                from: 1,
+                to: 2,
+            },
+        );
+        recorder.complete(
+            &invoke,
+            OpType::Fail,
+            invoke.value.clone(),
+            Some("precondition".into()),
+        );
+        recorder.nemesis(
+            F::Nemesis("partition-start".into()),
+            OpValue::Text("n1 | n2 n3".into()),
+        );
         let history = recorder.history();
         let json = history.to_json().expect("serialize");
         assert_eq!(json.lines().count(), 3);
         let parsed = History::from_json(&json).expect("parse");
         assert_eq!(parsed, history);
-        assert!(matches!(History::from_json("{\"index\":"), Err(HistoryError::Json { line: 1, .. })));
+        assert!(matches!(
+            History::from_json("{\"index\":"),
+            Err(HistoryError::Json { line: 1, .. })
+        ));
     }
 }

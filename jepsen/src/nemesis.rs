@@ -186,7 +186,10 @@ pub async fn run_schedule(
         };
         let line = format!("start {} {detail}", kind.name());
         info!(nemesis = kind.name(), %detail, "fault started");
-        recorder.nemesis(F::Nemesis(format!("start-{}", kind.name())), OpValue::Text(detail.clone()));
+        recorder.nemesis(
+            F::Nemesis(format!("start-{}", kind.name())),
+            OpValue::Text(detail.clone()),
+        );
         log.push(line);
         tokio::select! {
             _ = stop.cancelled() => {}
@@ -200,7 +203,10 @@ pub async fn run_schedule(
             Ok(()) => "healed".to_string(),
             Err(err) => format!("heal failed: {err}"),
         };
-        recorder.nemesis(F::Nemesis(format!("stop-{}", kind.name())), OpValue::Text(outcome.clone()));
+        recorder.nemesis(
+            F::Nemesis(format!("stop-{}", kind.name())),
+            OpValue::Text(outcome.clone()),
+        );
         log.push(format!("stop {} {outcome}", kind.name()));
         healed?;
         if stop.is_cancelled() {
@@ -242,7 +248,11 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
         }
         NemesisKind::PartitionMajority => {
             let minority = random_nodes(&nodes, (n - 1) / 2, rng);
-            let majority: Vec<usize> = nodes.iter().copied().filter(|id| !minority.contains(id)).collect();
+            let majority: Vec<usize> = nodes
+                .iter()
+                .copied()
+                .filter(|id| !minority.contains(id))
+                .collect();
             block(cluster, &pairs_between(&[minority.clone(), majority.clone()]))?;
             Ok((Active::Partition, format!("{minority:?} | {majority:?}")))
         }
@@ -268,7 +278,10 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
             net.isolate_one_way(pair[0], pair[1])?;
             Ok((Active::Partition, format!("dropping {} -> {}", pair[0], pair[1])))
         }
-        NemesisKind::KillOne | NemesisKind::KillMinority | NemesisKind::KillMajority | NemesisKind::KillAll => {
+        NemesisKind::KillOne
+        | NemesisKind::KillMinority
+        | NemesisKind::KillMajority
+        | NemesisKind::KillAll => {
             let count = match kind {
                 NemesisKind::KillOne => 1,
                 NemesisKind::KillMinority => ((n - 1) / 2).max(1),

@@ -29,7 +29,9 @@ const TOP: f64 = 30.0;
 const BOTTOM: f64 = 50.0;
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Renders the plot.
@@ -40,7 +42,11 @@ pub fn latency_svg(title: &str, points: &[Point], windows: &[Window]) -> String 
         .chain(windows.iter().map(|w| w.end_s))
         .fold(1.0_f64, f64::max);
     let min_ms = 0.1_f64;
-    let max_ms = points.iter().map(|p| p.latency_ms).fold(10.0_f64, f64::max).max(min_ms * 10.0);
+    let max_ms = points
+        .iter()
+        .map(|p| p.latency_ms)
+        .fold(10.0_f64, f64::max)
+        .max(min_ms * 10.0);
     let (log_min, log_max) = (min_ms.log10(), max_ms.log10().ceil());
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
@@ -55,7 +61,11 @@ pub fn latency_svg(title: &str, points: &[Point], windows: &[Window]) -> String 
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(svg, r#"<text x="{LEFT}" y="18" font-size="14">{}</text>"#, escape(title));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="18" font-size="14">{}</text>"#,
+        escape(title)
+    );
     for window in windows {
         let _ = writeln!(
             svg,
@@ -80,7 +90,11 @@ pub fn latency_svg(title: &str, points: &[Point], windows: &[Window]) -> String 
         LEFT + plot_w,
         TOP + plot_h
     );
-    let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}" stroke="black"/>"#, TOP + plot_h);
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{}" stroke="black"/>"#,
+        TOP + plot_h
+    );
     let mut decade = log_min;
     while decade <= log_max + 1e-9 {
         let ms = 10f64.powf(decade);
@@ -91,7 +105,11 @@ pub fn latency_svg(title: &str, points: &[Point], windows: &[Window]) -> String 
             LEFT + plot_w,
             LEFT - 5.0,
             yy + 4.0,
-            if ms < 1.0 { format!("{ms:.1} ms") } else { format!("{ms:.0} ms") }
+            if ms < 1.0 {
+                format!("{ms:.1} ms")
+            } else {
+                format!("{ms:.0} ms")
+            }
         );
         decade += 1.0;
     }

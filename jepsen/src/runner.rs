@@ -59,7 +59,12 @@ pub struct RunOptions {
 
 impl RunOptions {
     /// Defaults for a run of `duration` with `nemeses`.
-    pub fn new(duration: Duration, nemeses: Vec<NemesisKind>, bin_dir: PathBuf, out_dir: PathBuf) -> RunOptions {
+    pub fn new(
+        duration: Duration,
+        nemeses: Vec<NemesisKind>,
+        bin_dir: PathBuf,
+        out_dir: PathBuf,
+    ) -> RunOptions {
         RunOptions {
             nodes: 3,
             shards: 4,
@@ -140,9 +145,14 @@ fn node_args(options: &RunOptions) -> Vec<String> {
     .collect();
     if options.snapshot_pressure {
         args.extend(
-            ["--snapshot-logs-since-last", "30", "--logs-to-keep-after-snapshot", "0"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "--snapshot-logs-since-last",
+                "30",
+                "--logs-to-keep-after-snapshot",
+                "0",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
     }
     if options.unsafe_skip_read_index {
@@ -210,7 +220,11 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
 
     let direct = if options.direct_reads {
         ring_of(&cluster).await.map(|ring| DirectReads {
-            node_addrs: cluster.node_ids().iter().filter_map(|id| cluster.node_addr(*id)).collect(),
+            node_addrs: cluster
+                .node_ids()
+                .iter()
+                .filter_map(|id| cluster.node_addr(*id))
+                .collect(),
             ring,
         })
     } else {
@@ -226,7 +240,14 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
             match workload {
                 Workload::Register => {
                     let seed = rng.random();
-                    clients.spawn(workload::register_client(process, client, register.clone(), recorder, seed, stop));
+                    clients.spawn(workload::register_client(
+                        process,
+                        client,
+                        register.clone(),
+                        recorder,
+                        seed,
+                        stop,
+                    ));
                 }
                 Workload::Set => {
                     clients.spawn(workload::set_client(process, client, set.clone(), recorder, stop));
@@ -245,7 +266,14 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         nemesis_stop.cancel();
     };
     let (nemesis_log, ()) = tokio::join!(
-        nemesis::run_schedule(&cluster, &options.nemeses, options.schedule, &mut rng, &recorder, &stop),
+        nemesis::run_schedule(
+            &cluster,
+            &options.nemeses,
+            options.schedule,
+            &mut rng,
+            &recorder,
+            &stop
+        ),
         timer
     );
     let mut nemesis_log = nemesis_log?;
@@ -255,7 +283,10 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     // Heal, then the cluster must serve again within the liveness bound.
     let mut cluster = cluster.into_inner();
     nemesis::heal_all(&mut cluster).await?;
-    recorder.nemesis(F::Nemesis("heal-all".to_string()), crate::history::OpValue::Text("healed".to_string()));
+    recorder.nemesis(
+        F::Nemesis("heal-all".to_string()),
+        crate::history::OpValue::Text("healed".to_string()),
+    );
     nemesis_log.push("heal-all".to_string());
     let mut liveness = Verdict {
         validity: Validity::Unknown,
@@ -266,14 +297,19 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     };
     let healed_at = Instant::now();
     let probe = cluster.client(Duration::from_secs(2)).await?;
-    let live = crate::cluster::wait_for("the cluster to serve after healing", options.liveness_timeout, || async {
-        probe.put(b"jepsen/liveness", b"1".to_vec()).await.ok()
-    })
+    let live = crate::cluster::wait_for(
+        "the cluster to serve after healing",
+        options.liveness_timeout,
+        || async { probe.put(b"jepsen/liveness", b"1".to_vec()).await.ok() },
+    )
     .await;
     match live {
         Ok(_) => {
             liveness.validity = Validity::Valid;
-            liveness.notes.push(format!("served again {:.1}s after healing", healed_at.elapsed().as_secs_f64()));
+            liveness.notes.push(format!(
+                "served again {:.1}s after healing",
+                healed_at.elapsed().as_secs_f64()
+            ));
         }
         Err(err) => {
             liveness.validity = Validity::Invalid;
@@ -332,7 +368,10 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
 fn write_results(dir: &Path, options: &RunOptions, history: &History, report: &RunReport) -> Result<()> {
     std::fs::write(dir.join("history.edn"), crate::edn::history_to_edn(history))?;
     std::fs::write(dir.join("history.json"), history.to_json()?)?;
-    std::fs::write(dir.join("verdict.json"), serde_json::to_string_pretty(&report.verdict)?)?;
+    std::fs::write(
+        dir.join("verdict.json"),
+        serde_json::to_string_pretty(&report.verdict)?,
+    )?;
     let mut schedule = format!(
         "seed {}\nnemeses {:?}\nquiet {:?} fault {:?}\n",
         options.seed, options.nemeses, options.schedule.quiet, options.schedule.fault
@@ -344,14 +383,27 @@ fn write_results(dir: &Path, options: &RunOptions, history: &History, report: &R
     std::fs::write(dir.join("schedule.txt"), schedule)?;
     std::fs::write(dir.join("summary.txt"), summary(options, history, report))?;
     let (points, windows) = plot_data(history);
+    let nemeses = if options.nemeses.len() > 3 {
+        format!("{} nemeses", options.nemeses.len())
+    } else {
+        options
+            .nemeses
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let title = format!(
-        "ringkv {:?} under {:?} (seed {:016x}) — valid: {}",
+        "ringkv {:?} under {nemeses}, seed {} — valid: {} ({} ops)",
         options.workloads,
-        options.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
         options.seed,
-        validity_str(report.verdict.validity)
+        validity_str(report.verdict.validity),
+        report.ops
     );
-    std::fs::write(dir.join("latency.svg"), plot::latency_svg(&title, &points, &windows))?;
+    std::fs::write(
+        dir.join("latency.svg"),
+        plot::latency_svg(&title, &points, &windows),
+    )?;
     Ok(())
 }
 
@@ -368,7 +420,9 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
     let mut counts = std::collections::BTreeMap::new();
     for op in &history.ops {
         if matches!(op.process, Process::Client(_)) && op.op_type != OpType::Invoke {
-            *counts.entry(format!("{:?} {:?}", op.f, op.op_type)).or_insert(0usize) += 1;
+            *counts
+                .entry(format!("{:?} {:?}", op.f, op.op_type))
+                .or_insert(0usize) += 1;
         }
     }
     let mut text = format!(
@@ -453,5 +507,24 @@ fn plot_data(history: &History) -> (Vec<plot::Point>, Vec<plot::Window>) {
             }
         }
     }
-    (points, windows)
+    (downsample(points), windows)
+}
+
+/// Most points drawn: an SVG with hundreds of thousands of dots is unreadable and huge.
+const MAX_PLOT_POINTS: usize = 20_000;
+
+/// Keeps every failed and unknown op (up to half the budget) and an even sample of the rest.
+fn downsample(points: Vec<plot::Point>) -> Vec<plot::Point> {
+    if points.len() <= MAX_PLOT_POINTS {
+        return points;
+    }
+    let (ok, other): (Vec<plot::Point>, Vec<plot::Point>) =
+        points.into_iter().partition(|p| p.outcome == "ok");
+    let other_budget = MAX_PLOT_POINTS / 2;
+    let other_step = other.len().div_ceil(other_budget).max(1);
+    let mut kept: Vec<plot::Point> = other.into_iter().step_by(other_step).collect();
+    let ok_budget = MAX_PLOT_POINTS - kept.len();
+    let ok_step = ok.len().div_ceil(ok_budget).max(1);
+    kept.extend(ok.into_iter().step_by(ok_step));
+    kept
 }

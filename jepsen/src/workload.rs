@@ -129,7 +129,11 @@ pub async fn register_client(
         let roll: f64 = rng.random();
         if roll < 0.45 {
             let direct = shared.direct.as_ref().filter(|_| rng.random_bool(0.3));
-            let op = recorder.invoke(Process::Client(process), F::Read, OpValue::Register { key, value: None });
+            let op = recorder.invoke(
+                Process::Client(process),
+                F::Read,
+                OpValue::Register { key, value: None },
+            );
             let result = match direct {
                 Some(direct) => direct_read(direct, key, &mut rng).await,
                 None => match client.get(&key_bytes).await {

@@ -11,6 +11,10 @@ use ringkv_jepsen::nemesis::{NemesisKind, Schedule};
 use ringkv_jepsen::runner::{self, RunOptions};
 use ringkv_jepsen::workload::Workload;
 
+/// The runs take turns: three clusters at once on a 2-core machine would measure the
+/// machine, not ringkv.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("RINGKV_BIN_DIR") {
         return PathBuf::from(dir);
@@ -46,6 +50,7 @@ fn options(seconds: u64, nemeses: Vec<NemesisKind>, out: &tempfile::TempDir, see
 /// workloads, comes out valid; its EDN history parses back to the same operations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let out = tempfile::tempdir()?;
     let mut options = options(
         30,
@@ -59,15 +64,27 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
     assert_eq!(report.verdict.validity, Validity::Valid, "{summary}");
     assert!(report.ops > 100, "the workload ran: {summary}");
     assert!(
-        report.nemesis_log.iter().any(|line| line.starts_with("start partition"))
-            && report.nemesis_log.iter().any(|line| line.starts_with("start kill")),
+        report
+            .nemesis_log
+            .iter()
+            .any(|line| line.starts_with("start partition"))
+            && report
+                .nemesis_log
+                .iter()
+                .any(|line| line.starts_with("start kill")),
         "both faults were injected: {:?}",
         report.nemesis_log
     );
     let edn = std::fs::read_to_string(report.dir.join("history.edn"))?;
     let parsed = ringkv_jepsen::edn::parse_history(&edn)?;
     assert_eq!(parsed.ops.len(), report.ops, "the EDN history parses back whole");
-    for file in ["history.json", "verdict.json", "schedule.txt", "latency.svg", "cluster/node-1.log"] {
+    for file in [
+        "history.json",
+        "verdict.json",
+        "schedule.txt",
+        "latency.svg",
+        "cluster/node-1.log",
+    ] {
         assert!(report.dir.join(file).exists(), "{file} written");
     }
     Ok(())
@@ -77,6 +94,7 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
 /// caught by the linearizability checker (an isolated replica keeps answering).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_stale_reads_are_caught() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let out = tempfile::tempdir()?;
     let mut options = options(20, vec![NemesisKind::PartitionOne], &out, 0x5eed_0002);
     options.workloads = vec![Workload::Register];
@@ -96,6 +114,7 @@ async fn negative_control_stale_reads_are_caught() -> anyhow::Result<()> {
 /// acknowledged adds when the leader is cut off; the set checker catches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_early_acks_are_caught() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let out = tempfile::tempdir()?;
     let mut options = options(20, vec![NemesisKind::PartitionLeader], &out, 0x5eed_0003);
     options.workloads = vec![Workload::Set];
@@ -112,7 +131,11 @@ async fn negative_control_early_acks_are_caught() -> anyhow::Result<()> {
         report.verdict
     );
     assert!(
-        report.verdict.anomalies.iter().any(|anomaly| anomaly.kind == "lost"),
+        report
+            .verdict
+            .anomalies
+            .iter()
+            .any(|anomaly| anomaly.kind == "lost"),
         "{:?}",
         report.verdict
     );

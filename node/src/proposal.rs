@@ -269,7 +269,12 @@ async fn commit_entry(raft: Raft, settings: BatcherSettings, writes: Vec<Pending
 }
 
 /// The unsafe negative control: acknowledge as soon as the leader accepted the entry.
-async fn ack_before_commit(raft: &Raft, settings: BatcherSettings, commands: Vec<WriteCommand>, replies: Vec<Reply>) {
+async fn ack_before_commit(
+    raft: &Raft,
+    settings: BatcherSettings,
+    commands: Vec<WriteCommand>,
+    replies: Vec<Reply>,
+) {
     if !is_leader(raft, settings.node_id) {
         for reply in replies {
             let _ = reply.send(Err(NodeError::NotLeader {

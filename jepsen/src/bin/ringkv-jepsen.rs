@@ -13,7 +13,11 @@ use ringkv_jepsen::runner::{self, RunOptions};
 use ringkv_jepsen::workload::Workload;
 
 #[derive(Parser, Debug)]
-#[command(name = "ringkv-jepsen", version, about = "Jepsen-style fault injection for ringkv")]
+#[command(
+    name = "ringkv-jepsen",
+    version,
+    about = "Jepsen-style fault injection for ringkv"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -108,7 +112,12 @@ fn exit_for(validity: Validity) -> ExitCode {
 
 async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     let nemeses = parse_nemeses(&args.nemesis).map_err(anyhow::Error::msg)?;
-    let mut options = RunOptions::new(Duration::from_secs(args.duration_s), nemeses, args.bin_dir, args.out);
+    let mut options = RunOptions::new(
+        Duration::from_secs(args.duration_s),
+        nemeses,
+        args.bin_dir,
+        args.out,
+    );
     if let Some(seed) = args.seed {
         options.seed = seed;
     }
@@ -127,7 +136,10 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_ack_before_commit = args.unsafe_ack_before_commit;
     options.keep_data = args.keep_data;
     let report = runner::run(options).await?;
-    println!("{}", std::fs::read_to_string(report.dir.join("summary.txt")).unwrap_or_default());
+    println!(
+        "{}",
+        std::fs::read_to_string(report.dir.join("summary.txt")).unwrap_or_default()
+    );
     println!("results: {}", report.dir.display());
     Ok(report.verdict.validity)
 }
@@ -136,7 +148,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -151,7 +166,10 @@ fn main() -> ExitCode {
                 let text = std::fs::read_to_string(&history)?;
                 let history = ringkv_jepsen::edn::parse_history(&text)?;
                 let verdict = checker::combine(vec![
-                    checker::linearizable::check(&history, &checker::linearizable::LinearizableConfig::default()),
+                    checker::linearizable::check(
+                        &history,
+                        &checker::linearizable::LinearizableConfig::default(),
+                    ),
                     checker::set::check(&history),
                 ]);
                 println!("{}", serde_json::to_string_pretty(&verdict)?);

@@ -134,9 +134,12 @@ pub fn combine(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
         combined.validity = combined.validity.and(verdict.validity);
         combined.ops_checked += verdict.ops_checked;
         combined.anomalies.extend(verdict.anomalies);
-        combined
-            .notes
-            .extend(verdict.notes.into_iter().map(|note| format!("{}: {note}", verdict.checker)));
+        combined.notes.extend(
+            verdict
+                .notes
+                .into_iter()
+                .map(|note| format!("{}: {note}", verdict.checker)),
+        );
         if !names.contains(&verdict.checker) {
             names.push(verdict.checker);
         }
@@ -176,19 +179,31 @@ pub(crate) mod fixtures {
 
         fn invoke(&mut self, process: u64, f: F, value: OpValue) -> &mut Self {
             let previous = self.outstanding.insert(process, (f.clone(), value.clone()));
-            assert!(previous.is_none(), "fixture bug: process {process} already has an op outstanding");
+            assert!(
+                previous.is_none(),
+                "fixture bug: process {process} already has an op outstanding"
+            );
             self.push(process, OpType::Invoke, f, value)
         }
 
         fn finish(&mut self, process: u64, op_type: OpType, value: Option<OpValue>) -> &mut Self {
-            let (f, invoke_value) =
-                self.outstanding.remove(&process).expect("fixture bug: no outstanding op");
+            let (f, invoke_value) = self
+                .outstanding
+                .remove(&process)
+                .expect("fixture bug: no outstanding op");
             self.push(process, op_type, f, value.unwrap_or(invoke_value))
         }
 
         /// `process` invokes a write of `value` to `key`.
         pub(crate) fn write(&mut self, process: u64, key: u64, value: u64) -> &mut Self {
-            self.invoke(process, F::Write, OpValue::Register { key, value: Some(value) })
+            self.invoke(
+                process,
+                F::Write,
+                OpValue::Register {
+                    key,
+                    value: Some(value),
+                },
+            )
         }
 
         /// `process` invokes a read of `key`.
@@ -223,7 +238,11 @@ pub(crate) mod fixtures {
 
         /// `process`'s outstanding final read completes `ok`, returning `elements`.
         pub(crate) fn ok_read_all(&mut self, process: u64, elements: &[u64]) -> &mut Self {
-            self.finish(process, OpType::Ok, Some(OpValue::ReadAll(Some(elements.to_vec()))))
+            self.finish(
+                process,
+                OpType::Ok,
+                Some(OpValue::ReadAll(Some(elements.to_vec()))),
+            )
         }
 
         /// `process`'s outstanding op completes `fail` (certainly did not happen).
@@ -260,11 +279,16 @@ mod tests {
     /// Validity serializes as Jepsen's `true` / `false` / `"unknown"` and reads back.
     #[test]
     fn validity_serializes_like_jepsen() {
-        for (validity, json) in
-            [(Validity::Valid, "true"), (Validity::Invalid, "false"), (Validity::Unknown, "\"unknown\"")]
-        {
+        for (validity, json) in [
+            (Validity::Valid, "true"),
+            (Validity::Invalid, "false"),
+            (Validity::Unknown, "\"unknown\""),
+        ] {
             assert_eq!(serde_json::to_string(&validity).expect("serialize"), json);
-            assert_eq!(serde_json::from_str::<Validity>(json).expect("deserialize"), validity);
+            assert_eq!(
+                serde_json::from_str::<Validity>(json).expect("deserialize"),
+                validity
+            );
         }
         assert!(serde_json::from_str::<Validity>("\"maybe\"").is_err());
         let text = serde_json::to_string(&verdict(Validity::Valid, "set")).expect("serialize");
@@ -275,9 +299,19 @@ mod tests {
     #[test]
     fn combine_takes_the_worst_validity() {
         let all_valid = combine([verdict(Validity::Valid, "a"), verdict(Validity::Valid, "a")]);
-        assert_eq!((all_valid.validity, all_valid.checker.as_str(), all_valid.ops_checked), (Validity::Valid, "a", 4));
+        assert_eq!(
+            (
+                all_valid.validity,
+                all_valid.checker.as_str(),
+                all_valid.ops_checked
+            ),
+            (Validity::Valid, "a", 4)
+        );
         let unknown = combine([verdict(Validity::Valid, "a"), verdict(Validity::Unknown, "b")]);
-        assert_eq!((unknown.validity, unknown.checker.as_str()), (Validity::Unknown, "a+b"));
+        assert_eq!(
+            (unknown.validity, unknown.checker.as_str()),
+            (Validity::Unknown, "a+b")
+        );
         let invalid = combine([
             verdict(Validity::Unknown, "a"),
             verdict(Validity::Invalid, "b"),

@@ -105,7 +105,10 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
         match pair.f() {
             F::Add => {
                 let OpValue::Add(element) = pair.invoke.value else {
-                    return Err(SetError::Malformed { index: pair.invoke.index, reason: "add without an element" });
+                    return Err(SetError::Malformed {
+                        index: pair.invoke.index,
+                        reason: "add without an element",
+                    });
                 };
                 attempts.entry(element).or_default().push(AddAttempt {
                     invoke_index: pair.invoke.index,
@@ -114,7 +117,10 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
                 });
             }
             F::ReadAll => {
-                let Some(completion) = pair.completion.filter(|completion| completion.op_type == OpType::Ok) else {
+                let Some(completion) = pair
+                    .completion
+                    .filter(|completion| completion.op_type == OpType::Ok)
+                else {
                     continue;
                 };
                 let OpValue::ReadAll(Some(elements)) = &completion.value else {
@@ -134,9 +140,15 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
     }
 
     let acknowledged_at = |element: u64| -> Option<(u64, u64)> {
-        attempts.get(&element)?.iter().filter(|attempt| attempt.outcome == OpType::Ok).find_map(|attempt| {
-            attempt.completion_index.map(|completion| (attempt.invoke_index, completion))
-        })
+        attempts
+            .get(&element)?
+            .iter()
+            .filter(|attempt| attempt.outcome == OpType::Ok)
+            .find_map(|attempt| {
+                attempt
+                    .completion_index
+                    .map(|completion| (attempt.invoke_index, completion))
+            })
     };
     let mut lost: BTreeSet<u64> = BTreeSet::new();
     let mut duplicated: BTreeSet<u64> = BTreeSet::new();
@@ -144,7 +156,10 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
     let mut recovered: BTreeSet<u64> = BTreeSet::new();
     let mut ops_by_kind: BTreeMap<&'static str, BTreeSet<u64>> = BTreeMap::new();
     let mut note = |kind: &'static str, indexes: &[u64]| {
-        ops_by_kind.entry(kind).or_default().extend(indexes.iter().copied());
+        ops_by_kind
+            .entry(kind)
+            .or_default()
+            .extend(indexes.iter().copied());
     };
 
     let read_sets: Vec<BTreeMap<u64, usize>> = reads
@@ -168,13 +183,19 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
                 .get(element)
                 .into_iter()
                 .flatten()
-                .filter(|attempt| attempt.outcome != OpType::Fail && attempt.invoke_index < read.completion_index)
+                .filter(|attempt| {
+                    attempt.outcome != OpType::Fail && attempt.invoke_index < read.completion_index
+                })
                 .collect();
             if possible.is_empty() {
                 unexpected.insert(*element);
                 note("unexpected", &read_ops);
-                let attempted: Vec<u64> =
-                    attempts.get(element).into_iter().flatten().map(|attempt| attempt.invoke_index).collect();
+                let attempted: Vec<u64> = attempts
+                    .get(element)
+                    .into_iter()
+                    .flatten()
+                    .map(|attempt| attempt.invoke_index)
+                    .collect();
                 note("unexpected", &attempted);
             } else if possible.iter().all(|attempt| attempt.outcome != OpType::Ok) {
                 recovered.insert(*element);
@@ -183,10 +204,23 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
         // Acknowledged before this read began.
         for (element, element_attempts) in &attempts {
             for attempt in element_attempts {
-                let Some(completion) = attempt.completion_index else { continue };
-                if attempt.outcome == OpType::Ok && completion < read.invoke_index && !counts.contains_key(element) {
+                let Some(completion) = attempt.completion_index else {
+                    continue;
+                };
+                if attempt.outcome == OpType::Ok
+                    && completion < read.invoke_index
+                    && !counts.contains_key(element)
+                {
                     lost.insert(*element);
-                    note("lost", &[attempt.invoke_index, completion, read.invoke_index, read.completion_index]);
+                    note(
+                        "lost",
+                        &[
+                            attempt.invoke_index,
+                            completion,
+                            read.invoke_index,
+                            read.completion_index,
+                        ],
+                    );
                 }
             }
         }
@@ -195,9 +229,15 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
             if earlier.completion_index >= read.invoke_index {
                 continue;
             }
-            for element in earlier_counts.keys().filter(|element| !counts.contains_key(element)) {
+            for element in earlier_counts
+                .keys()
+                .filter(|element| !counts.contains_key(element))
+            {
                 lost.insert(*element);
-                note("lost", &[earlier.completion_index, read.invoke_index, read.completion_index]);
+                note(
+                    "lost",
+                    &[earlier.completion_index, read.invoke_index, read.completion_index],
+                );
             }
         }
     }
@@ -214,7 +254,10 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
         .count();
     Ok(SetAnalysis {
         attempted: attempts.len(),
-        acknowledged: attempts.keys().filter(|element| acknowledged_at(**element).is_some()).count(),
+        acknowledged: attempts
+            .keys()
+            .filter(|element| acknowledged_at(**element).is_some())
+            .count(),
         final_reads: reads.len(),
         lost: lost.into_iter().collect(),
         duplicated: duplicated.into_iter().collect(),
@@ -223,7 +266,12 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
         unchecked,
         anomaly_ops: ops_by_kind
             .into_iter()
-            .map(|(kind, indexes)| (kind.to_string(), indexes.into_iter().take(MAX_ANOMALY_OPS).collect()))
+            .map(|(kind, indexes)| {
+                (
+                    kind.to_string(),
+                    indexes.into_iter().take(MAX_ANOMALY_OPS).collect(),
+                )
+            })
             .collect(),
     })
 }
@@ -237,7 +285,12 @@ pub fn check(history: &History) -> Verdict {
     };
     let ops_checked = history
         .pairs()
-        .map(|pairs| pairs.iter().filter(|pair| matches!(pair.f(), F::Add | F::ReadAll)).count())
+        .map(|pairs| {
+            pairs
+                .iter()
+                .filter(|pair| matches!(pair.f(), F::Add | F::ReadAll))
+                .count()
+        })
         .unwrap_or(0);
     let mut verdict = Verdict {
         validity: Validity::Valid,
@@ -255,17 +308,32 @@ pub fn check(history: &History) -> Verdict {
         )],
     };
     let kinds = [
-        ("lost", &analysis.lost, "acknowledged or previously read elements missing from a final read"),
-        ("duplicated", &analysis.duplicated, "elements a final read returned more than once"),
-        ("unexpected", &analysis.unexpected, "elements a final read returned that no add could explain"),
+        (
+            "lost",
+            &analysis.lost,
+            "acknowledged or previously read elements missing from a final read",
+        ),
+        (
+            "duplicated",
+            &analysis.duplicated,
+            "elements a final read returned more than once",
+        ),
+        (
+            "unexpected",
+            &analysis.unexpected,
+            "elements a final read returned that no add could explain",
+        ),
     ];
     for (kind, elements, meaning) in kinds {
         if elements.is_empty() {
             continue;
         }
         verdict.validity = Validity::Invalid;
-        let mut listed: Vec<String> =
-            elements.iter().take(MAX_DESCRIBED_ELEMENTS).map(|element| element.to_string()).collect();
+        let mut listed: Vec<String> = elements
+            .iter()
+            .take(MAX_DESCRIBED_ELEMENTS)
+            .map(|element| element.to_string())
+            .collect();
         if elements.len() > MAX_DESCRIBED_ELEMENTS {
             listed.push(format!("... {} more", elements.len() - MAX_DESCRIBED_ELEMENTS));
         }
@@ -278,7 +346,9 @@ pub fn check(history: &History) -> Verdict {
     }
     if analysis.final_reads == 0 && verdict.validity == Validity::Valid {
         verdict.validity = Validity::Unknown;
-        verdict.notes.push("no successful final read: nothing to check the adds against".to_string());
+        verdict
+            .notes
+            .push("no successful final read: nothing to check the adds against".to_string());
     }
     verdict
 }
@@ -292,7 +362,15 @@ mod tests {
     #[test]
     fn complete_final_read_is_valid() {
         let mut history = Builder::default();
-        history.add(0, 1).ok(0).add(1, 2).ok(1).add(0, 3).info(0).add(1, 4).fail(1);
+        history
+            .add(0, 1)
+            .ok(0)
+            .add(1, 2)
+            .ok(1)
+            .add(0, 3)
+            .info(0)
+            .add(1, 4)
+            .fail(1);
         history.read_all(2).ok_read_all(2, &[2, 1, 3]);
         let verdict = check(&history.build());
         assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
