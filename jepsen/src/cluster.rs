@@ -30,6 +30,25 @@ pub struct ClusterSpec {
     pub node_args: Vec<String>,
     /// Directory with `ringkv-node` and `ringkv-router`.
     pub bin_dir: PathBuf,
+    /// Run nodes under libfaketime so the clock nemesis can skew their wall clocks.
+    pub fake_clock: bool,
+}
+
+/// Where Debian's libfaketime lives (multi-threaded variant).
+const LIBFAKETIME_PATHS: [&str; 2] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+];
+
+/// The libfaketime library, or a readable error naming the install script.
+pub fn libfaketime() -> Result<PathBuf> {
+    LIBFAKETIME_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .ok_or_else(|| {
+            anyhow!("the clock nemesis needs libfaketime: run jepsen/scripts/install-deps.sh (as root)")
+        })
 }
 
 struct NodeProc {
@@ -89,9 +108,13 @@ impl Cluster {
                 );
             }
         }
+        // Absolute: node processes get paths (data dir, clock file) through flags and env.
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
         let mut cluster = Cluster {
             spec,
-            dir: dir.to_path_buf(),
+            dir: dir.clone(),
             placement,
             nodes: BTreeMap::new(),
             router: None,
@@ -166,8 +189,20 @@ impl Cluster {
             .arg(&addr_file)
             .args(&self.spec.node_args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .stdout(Stdio::null());
+        if self.spec.fake_clock {
+            // Only the wall clock is faked (what NTP trouble does); monotonic time stays true.
+            let clock_file = self.dir.join(format!("node-{id}.clock"));
+            if !clock_file.exists() {
+                std::fs::write(&clock_file, "+0\n")?;
+            }
+            command
+                .env("LD_PRELOAD", libfaketime()?)
+                .env("FAKETIME_TIMESTAMP_FILE", &clock_file)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_CACHE_DURATION", "1");
+        }
+        command.stdout(Stdio::null()).stderr(log);
         node.child = Some(command.spawn().context("spawning ringkv-node")?);
         let addr = wait_for(
             &format!("node {id} to listen"),
@@ -318,6 +353,27 @@ impl Cluster {
             .request_timeout(timeout)
             .build()?;
         Ok(ringkv_client::Client::connect_with(vec![self.router_addr.clone()], config).await?)
+    }
+
+    pub fn has_fake_clock(&self) -> bool {
+        self.spec.fake_clock
+    }
+
+    /// The libfaketime offset file of node `id`.
+    pub fn clock_file(&self, id: usize) -> PathBuf {
+        self.dir.join(format!("node-{id}.clock"))
+    }
+
+    /// Sets node `id`'s wall-clock offset (seconds; only with `fake_clock`).
+    pub fn set_clock_offset(&self, id: usize, offset_s: i64) -> Result<()> {
+        if !self.spec.fake_clock {
+            bail!("the cluster was not started with a fake clock");
+        }
+        let clock_file = self.dir.join(format!("node-{id}.clock"));
+        let tmp = clock_file.with_extension("clock.tmp");
+        std::fs::write(&tmp, format!("{offset_s:+}\n"))?;
+        std::fs::rename(&tmp, &clock_file)?;
+        Ok(())
     }
 
     /// Log files of every process, for the results directory.

@@ -43,6 +43,12 @@ pub enum NemesisKind {
     /// SIGSTOP one node (a shard leader when one is known) for longer than an election
     /// timeout, SIGCONT at heal.
     Pause,
+    /// Skew the wall clocks of a minority of nodes by up to ±30 s (libfaketime).
+    ClockSkew,
+    /// Jump one node's wall clock by minutes, forward or back.
+    ClockBump,
+    /// Flip one node's wall clock back and forth every 200 ms.
+    ClockStrobe,
 }
 
 impl NemesisKind {
@@ -55,6 +61,13 @@ impl NemesisKind {
                 | NemesisKind::PartitionBridge
                 | NemesisKind::PartitionLeader
                 | NemesisKind::PartitionOneWay
+        )
+    }
+
+    pub fn needs_fake_clock(self) -> bool {
+        matches!(
+            self,
+            NemesisKind::ClockSkew | NemesisKind::ClockBump | NemesisKind::ClockStrobe
         )
     }
 
@@ -71,6 +84,9 @@ impl NemesisKind {
             NemesisKind::KillMajority => "kill-majority",
             NemesisKind::KillAll => "kill-all",
             NemesisKind::Pause => "pause",
+            NemesisKind::ClockSkew => "clock-skew",
+            NemesisKind::ClockBump => "clock-bump",
+            NemesisKind::ClockStrobe => "clock-strobe",
         }
     }
 
@@ -89,6 +105,9 @@ impl NemesisKind {
             KillMajority,
             KillAll,
             Pause,
+            ClockSkew,
+            ClockBump,
+            ClockStrobe,
         ]
     }
 }
@@ -99,6 +118,11 @@ enum Active {
     Partition,
     Killed(Vec<usize>),
     Paused(Vec<usize>),
+    /// Clock offsets to reset, and the strobe task to stop.
+    Clock {
+        nodes: Vec<usize>,
+        strobe: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    },
 }
 
 /// Timing of the schedule.
@@ -294,6 +318,60 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
             }
             Ok((Active::Killed(victims.clone()), format!("killed {victims:?}")))
         }
+        NemesisKind::ClockSkew => {
+            let victims = random_nodes(&nodes, ((n - 1) / 2).max(1), rng);
+            let mut offsets = Vec::new();
+            for id in &victims {
+                let offset = rng.random_range(-30..=30i64);
+                cluster.set_clock_offset(*id, offset)?;
+                offsets.push((*id, offset));
+            }
+            Ok((
+                Active::Clock {
+                    nodes: victims,
+                    strobe: None,
+                },
+                format!("clock offsets (node, s) {offsets:?}"),
+            ))
+        }
+        NemesisKind::ClockBump => {
+            let victim = nodes[rng.random_range(0..n)];
+            let minutes = rng.random_range(1..=5i64) * if rng.random_bool(0.5) { 1 } else { -1 };
+            cluster.set_clock_offset(victim, minutes * 60)?;
+            Ok((
+                Active::Clock {
+                    nodes: vec![victim],
+                    strobe: None,
+                },
+                format!("clock of {victim} bumped {minutes:+} min"),
+            ))
+        }
+        NemesisKind::ClockStrobe => {
+            let victim = nodes[rng.random_range(0..n)];
+            let delta = rng.random_range(5..=60i64);
+            let clock_file = cluster.clock_file(victim);
+            let stop = CancellationToken::new();
+            let strobe_stop = stop.clone();
+            let handle = tokio::spawn(async move {
+                let mut high = false;
+                while !strobe_stop.is_cancelled() {
+                    high = !high;
+                    let offset = if high { delta } else { 0 };
+                    let _ = std::fs::write(&clock_file, format!("{offset:+}\n"));
+                    tokio::select! {
+                        _ = strobe_stop.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            });
+            Ok((
+                Active::Clock {
+                    nodes: vec![victim],
+                    strobe: Some((stop, handle)),
+                },
+                format!("clock of {victim} strobing between +0 and +{delta} s"),
+            ))
+        }
         NemesisKind::Pause => {
             let leaders: BTreeSet<usize> = cluster.leaders().await.into_values().collect();
             let candidates: Vec<usize> = if leaders.is_empty() {
@@ -327,6 +405,15 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<()> {
                 }
             }
         }
+        Active::Clock { nodes, strobe } => {
+            if let Some((stop, handle)) = strobe {
+                stop.cancel();
+                let _ = handle.await;
+            }
+            for id in nodes {
+                cluster.set_clock_offset(id, 0)?;
+            }
+        }
     }
     Ok(())
 }
@@ -335,6 +422,11 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<()> {
 pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
     if let Some(net) = cluster.network() {
         net.heal()?;
+    }
+    if cluster.has_fake_clock() {
+        for id in cluster.node_ids() {
+            cluster.set_clock_offset(id, 0)?;
+        }
     }
     for id in cluster.node_ids() {
         if cluster.is_running(id) {

@@ -119,18 +119,24 @@ fn ensure_network_tools() -> Result<()> {
     match crate::net::check_prerequisites() {
         Ok(()) => Ok(()),
         Err(crate::net::NetError::MissingTool { .. }) => {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh");
-            info!(script = %script.display(), "installing the tools partitions need");
-            let status = std::process::Command::new(&script)
-                .status()
-                .with_context(|| format!("running {}", script.display()))?;
-            if !status.success() {
-                anyhow::bail!("{} failed ({status})", script.display());
-            }
+            run_install_script()?;
             Ok(crate::net::check_prerequisites()?)
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// Runs `jepsen/scripts/install-deps.sh` (iproute2, iptables, faketime; needs root).
+fn run_install_script() -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh");
+    info!(script = %script.display(), "installing the tools the nemeses need");
+    let status = std::process::Command::new(&script)
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        anyhow::bail!("{} failed ({status})", script.display());
+    }
+    Ok(())
 }
 
 fn node_args(options: &RunOptions) -> Vec<String> {
@@ -204,12 +210,18 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     } else {
         Placement::Loopback
     };
+    let fake_clock = options.nemeses.iter().any(|kind| kind.needs_fake_clock());
+    if fake_clock && crate::cluster::libfaketime().is_err() {
+        run_install_script()?;
+        crate::cluster::libfaketime()?;
+    }
     let spec = ClusterSpec {
         nodes: options.nodes,
         shards: options.shards,
         replication_factor: options.replication_factor,
         node_args: node_args(&options),
         bin_dir: options.bin_dir.clone(),
+        fake_clock,
     };
     let cluster = Cluster::start(spec, &cluster_dir, placement).await?;
     let recorder = Recorder::new(Instant::now());
