@@ -172,9 +172,12 @@ impl Ring {
         (0..self.config.shards).map(ShardId)
     }
 
-    /// The replicas of `shard`, in ring order (the first is the preferred leader).
+    /// The replicas of `shard`, in ring order (the first is the preferred leader); empty for
+    /// a shard id outside `0..S`.
     pub fn replicas(&self, shard: ShardId) -> Vec<NodeId> {
-        debug_assert!(shard.0 < self.config.shards);
+        if shard.0 >= self.config.shards {
+            return Vec::new();
+        }
         let start = shard_start(shard, self.config.shards);
         let first = self.tokens.partition_point(|&(token, _)| token < start);
         let want = self.config.replication_factor as usize;
