@@ -7,10 +7,9 @@
 //! `$RINGKV_BIN_DIR`.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ringkv_proto::v1::{self, admin_client::AdminClient, shard_kv_client::ShardKvClient};
@@ -44,25 +43,9 @@ fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Polls `condition` until it returns `Some`, failing after `timeout` with `what`.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut interval = Duration::from_millis(20);
-    loop {
-        if let Some(value) = condition().await {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(Duration::from_millis(250));
-    }
-}
+/// Polls a condition until it returns `Some`, failing after a timeout (shared with the
+/// fault-injection harness).
+pub use ringkv_jepsen::cluster::wait_for as wait_until;
 
 /// Options for a test cluster.
 #[derive(Debug, Clone)]
