@@ -32,9 +32,10 @@ use crate::raft::flusher::Flusher;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{envelope, NetworkFactory, Transport};
 use crate::raft::snapshot::SnapshotDir;
-use crate::raft::state_machine::{GroupState, StateMachine};
+use crate::raft::state_machine::{CountResult, GroupState, ScanOptions, ScanPage, StateMachine};
 use crate::raft::types::{
-    ClusterConfig, Command, CommandResult, GroupId, NodeId, Raft, Versioned, WriteCommand,
+    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, GroupId, NodeId, Raft,
+    Versioned, WriteCommand,
 };
 use crate::storage::{EngineRef, StorageError, TreeRef};
 
@@ -370,6 +371,57 @@ impl Node {
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Versioned>>, NodeError> {
         Ok(group.state.get_many(keys).await?)
+    }
+
+    /// Reads one page of a key range from the local state of `group`, at one point between
+    /// entries.
+    pub async fn scan_local(&self, group: &Group, options: ScanOptions) -> Result<ScanPage, NodeError> {
+        Ok(group.state.scan(options).await?)
+    }
+
+    /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
+    /// local state of `group`, at one point between entries.
+    pub async fn count_local(
+        &self,
+        group: &Group,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u64,
+    ) -> Result<CountResult, NodeError> {
+        Ok(group.state.count(start, end, limit).await?)
+    }
+
+    /// Deletes the first `limit` keys of `[start, end)` (`None` end = no upper bound) on a
+    /// shard in one Raft entry of its own (proposed directly, not batched with writes). A
+    /// retry with the same request id within the de-duplication window returns the first
+    /// outcome without deleting again.
+    pub async fn delete_range(
+        &self,
+        group: &Group,
+        request_id: [u8; 16],
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<DeleteRangeResult, NodeError> {
+        if group.id == GroupId::System {
+            return Err(NodeError::InvalidArgument(format!(
+                "{} does not take key-value writes",
+                group.id
+            )));
+        }
+        let command = Command::DeleteRange(DeleteRangeCommand {
+            request_id,
+            start,
+            end,
+            limit,
+            issued_at_ms: now_ms(),
+        });
+        match self.propose(group, command).await? {
+            CommandResult::DeleteRange(result) => Ok(result),
+            other => Err(NodeError::OutcomeUnknown(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
     }
 
     /// Records `cluster_id` as this node's cluster (first time only).

@@ -47,6 +47,19 @@ pub fn sub_request_id(request_id: &RequestId, shard: ShardId) -> RequestId {
         .as_bytes()
 }
 
+/// The request id of chunk `chunk` of a shard's part of a delete-range: the sub-request id
+/// of the shard, hashed again with the chunk number. A retried delete-range replays the
+/// same chunk ids, so chunks that were applied return their first outcome.
+pub fn chunk_request_id(request_id: &RequestId, shard: ShardId, chunk: u64) -> RequestId {
+    let sub = sub_request_id(request_id, shard);
+    let mut input = [0u8; 24];
+    input[..16].copy_from_slice(&sub);
+    input[16..].copy_from_slice(&chunk.to_be_bytes());
+    SipHasher24::new_with_keys(SUB_ID_KEY_0, SUB_ID_KEY_1)
+        .hash(&input)
+        .as_bytes()
+}
+
 /// Matches a node's read results to the keys asked for, in the order asked.
 pub fn match_read_results(
     keys: &[&[u8]],
@@ -129,6 +142,7 @@ impl<T> Assembly<T> {
                 }
             }
             return Err(RouterError::BatchFailed(BatchFailure {
+                operation: "batch",
                 total_shards: self.total_shards,
                 failures: self.failures,
             }));
@@ -198,6 +212,28 @@ mod tests {
         let mut next = id;
         next[15] ^= 1;
         assert_ne!(sub_request_id(&id, ShardId(1)), sub_request_id(&next, ShardId(0)));
+    }
+
+    /// Chunk ids are deterministic and distinct per chunk and shard.
+    #[test]
+    fn chunk_request_ids_are_deterministic_and_distinct() {
+        let id = [7u8; 16];
+        assert_eq!(
+            chunk_request_id(&id, ShardId(1), 0),
+            chunk_request_id(&id, ShardId(1), 0)
+        );
+        assert_ne!(
+            chunk_request_id(&id, ShardId(1), 0),
+            chunk_request_id(&id, ShardId(1), 1)
+        );
+        assert_ne!(
+            chunk_request_id(&id, ShardId(1), 0),
+            chunk_request_id(&id, ShardId(2), 0)
+        );
+        assert_ne!(
+            chunk_request_id(&id, ShardId(1), 0),
+            sub_request_id(&id, ShardId(1))
+        );
     }
 
     /// Read results match keys by position or, failing that, by key; missing keys fail.

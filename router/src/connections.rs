@@ -12,8 +12,9 @@ use std::time::Duration;
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::shard_kv_client::ShardKvClient;
 use ringkv_proto::v1::{
-    NodeStatusRequest, NodeStatusResponse, ShardReadRequest, ShardReadResponse, ShardWriteRequest,
-    ShardWriteResponse,
+    NodeStatusRequest, NodeStatusResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
+    ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
+    ShardWriteRequest, ShardWriteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
@@ -153,6 +154,39 @@ impl NodeApi for GrpcNodes {
     ) -> Result<ShardWriteResponse, Status> {
         let mut client = self.shard_kv(addr)?;
         let response = bounded(timeout, client.write(with_timeout(request, timeout))).await?;
+        Ok(response.into_inner())
+    }
+
+    async fn scan(
+        &self,
+        addr: &str,
+        request: ShardScanRequest,
+        timeout: Duration,
+    ) -> Result<ShardScanResponse, Status> {
+        let mut client = self.shard_kv(addr)?;
+        let response = bounded(timeout, client.scan(with_timeout(request, timeout))).await?;
+        Ok(response.into_inner())
+    }
+
+    async fn count(
+        &self,
+        addr: &str,
+        request: ShardCountRequest,
+        timeout: Duration,
+    ) -> Result<ShardCountResponse, Status> {
+        let mut client = self.shard_kv(addr)?;
+        let response = bounded(timeout, client.count(with_timeout(request, timeout))).await?;
+        Ok(response.into_inner())
+    }
+
+    async fn delete_range(
+        &self,
+        addr: &str,
+        request: ShardDeleteRangeRequest,
+        timeout: Duration,
+    ) -> Result<ShardDeleteRangeResponse, Status> {
+        let mut client = self.shard_kv(addr)?;
+        let response = bounded(timeout, client.delete_range(with_timeout(request, timeout))).await?;
         Ok(response.into_inner())
     }
 

@@ -30,6 +30,8 @@ pub struct RouterContext<N> {
     pub rpc_timeout: Duration,
     /// Most concurrent sub-requests of one client request.
     pub max_fanout: usize,
+    /// Largest response message to a client.
+    pub max_response_bytes: usize,
 }
 
 /// An admitted request: its in-flight permit (released on drop) and its deadline.
@@ -59,6 +61,7 @@ impl<N: NodeApi> RouterContext<N> {
             inflight: InflightLimiter::new(config.max_inflight_requests),
             rpc_timeout: config.rpc_timeout(),
             max_fanout: config.max_fanout.max(1),
+            max_response_bytes: config.max_response_bytes,
         }
     }
 

@@ -102,6 +102,8 @@ impl RouterError {
 /// The failed shards of a batch, each with its own error.
 #[derive(Debug)]
 pub struct BatchFailure {
+    /// What failed, for the message: `batch`, `scan`, `count`, `delete-range`.
+    pub operation: &'static str,
     /// Shards the batch touched.
     pub total_shards: usize,
     /// The failed shards, sorted by shard id.
@@ -124,7 +126,8 @@ impl fmt::Display for BatchFailure {
         let failed: Vec<ShardId> = self.failures.iter().map(|(shard, _)| *shard).collect();
         write!(
             f,
-            "batch failed on {} of {} shards: {}",
+            "{} failed on {} of {} shards: {}",
+            self.operation,
             failed.len(),
             self.total_shards,
             list_shards(&failed)
@@ -360,6 +363,7 @@ mod tests {
     #[test]
     fn batch_failure_names_shards() {
         let err = RouterError::BatchFailed(BatchFailure {
+            operation: "batch",
             total_shards: 4,
             failures: vec![(ShardId(1), unavailable(1)), (ShardId(3), unknown(3))],
         });
@@ -370,6 +374,7 @@ mod tests {
         assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
 
         let definite = RouterError::BatchFailed(BatchFailure {
+            operation: "batch",
             total_shards: 4,
             failures: vec![(ShardId(1), unavailable(1)), (ShardId(2), unavailable(2))],
         });
@@ -388,6 +393,7 @@ mod tests {
             message: "bad".into(),
         };
         let err = RouterError::BatchFailed(BatchFailure {
+            operation: "batch",
             total_shards: 2,
             failures: vec![(ShardId(0), node_error(0)), (ShardId(1), node_error(1))],
         });

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_proto::v1::{
-    Consistency, ShardReadRequest, ShardReadResponse, ShardWriteRequest, ShardWriteResponse, WriteOp,
+    Consistency, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse,
+    ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteRequest,
+    ShardWriteResponse, WriteOp,
 };
 use ringkv_ring::{NodeId, ShardId};
 use tokio::time::Instant;
@@ -106,6 +108,69 @@ impl<N: NodeApi> Forwarder<N> {
             |target, timeout| {
                 let request = request.clone();
                 async move { nodes.write(&target.addr, request, timeout).await }
+            },
+        )
+        .await
+    }
+
+    /// `ShardKv.Scan` of one shard's part of a range: through the leader, or any replica
+    /// for stale reads.
+    pub async fn scan(
+        &self,
+        shard_count: u32,
+        request: ShardScanRequest,
+        deadline: Instant,
+    ) -> Result<ShardScanResponse, RouterError> {
+        let shard = ShardId(request.shard_id);
+        let mode = read_mode(request.consistency);
+        let nodes = &self.nodes;
+        self.run(shard, shard_count, mode, None, deadline, |target, timeout| {
+            let request = request.clone();
+            async move { nodes.scan(&target.addr, request, timeout).await }
+        })
+        .await
+    }
+
+    /// `ShardKv.Count` of one shard's part of a range.
+    pub async fn count(
+        &self,
+        shard_count: u32,
+        request: ShardCountRequest,
+        deadline: Instant,
+    ) -> Result<ShardCountResponse, RouterError> {
+        let shard = ShardId(request.shard_id);
+        let mode = read_mode(request.consistency);
+        let nodes = &self.nodes;
+        self.run(shard, shard_count, mode, None, deadline, |target, timeout| {
+            let request = request.clone();
+            async move { nodes.count(&target.addr, request, timeout).await }
+        })
+        .await
+    }
+
+    /// `ShardKv.DeleteRange` (one Raft entry) with the request's id, through the leader.
+    pub async fn delete_range(
+        &self,
+        shard_count: u32,
+        request: ShardDeleteRangeRequest,
+        deadline: Instant,
+    ) -> Result<ShardDeleteRangeResponse, RouterError> {
+        let shard = ShardId(request.shard_id);
+        let write_id: RequestId = request
+            .request_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| RouterError::Internal("delete-range request id is not 16 bytes".to_string()))?;
+        let nodes = &self.nodes;
+        self.run(
+            shard,
+            shard_count,
+            RouteMode::Leader,
+            Some(write_id),
+            deadline,
+            |target, timeout| {
+                let request = request.clone();
+                async move { nodes.delete_range(&target.addr, request, timeout).await }
             },
         )
         .await
@@ -221,6 +286,17 @@ impl<N: NodeApi> Forwarder<N> {
             node_id: Some(leader_id),
             addr,
         })
+    }
+}
+
+/// Leader for linearizable reads; any replica (rotating) for stale ones.
+fn read_mode(consistency: i32) -> RouteMode {
+    if consistency == Consistency::Stale as i32 {
+        RouteMode::AnyReplica {
+            rotation: usize::from(rand::random::<u16>()),
+        }
+    } else {
+        RouteMode::Leader
     }
 }
 
@@ -429,6 +505,36 @@ pub(crate) mod tests {
                 })
                 .collect();
             play(step, ShardWriteResponse { results }).await
+        }
+
+        async fn scan(
+            &self,
+            addr: &str,
+            _request: ShardScanRequest,
+            _timeout: Duration,
+        ) -> Result<ShardScanResponse, Status> {
+            let step = self.next(addr, Vec::new());
+            play(step, ShardScanResponse::default()).await
+        }
+
+        async fn count(
+            &self,
+            addr: &str,
+            _request: ShardCountRequest,
+            _timeout: Duration,
+        ) -> Result<ShardCountResponse, Status> {
+            let step = self.next(addr, Vec::new());
+            play(step, ShardCountResponse::default()).await
+        }
+
+        async fn delete_range(
+            &self,
+            addr: &str,
+            request: ShardDeleteRangeRequest,
+            _timeout: Duration,
+        ) -> Result<ShardDeleteRangeResponse, Status> {
+            let step = self.next(addr, request.request_id.clone());
+            play(step, ShardDeleteRangeResponse::default()).await
         }
 
         async fn node_status(&self, addr: &str, _timeout: Duration) -> Result<NodeStatusResponse, Status> {

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
-    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, CompareAndSwapRequest,
-    CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValueResult,
-    PutRequest, PutResponse, WriteKind, WriteOp, WriteOpResult,
+    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, BatchWriteRequest,
+    BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse, CountRequest, CountResponse,
+    DeleteRangeRequest, DeleteRangeResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
+    KeyValueResult, MutationKind, MutationResult, PutRequest, PutResponse, ScanRequest, ScanResponse,
+    WriteKind, WriteOp, WriteOpResult,
 };
 use ringkv_ring::ShardId;
 use tokio::time::Instant;
@@ -23,6 +25,7 @@ use crate::batch::{group_by_shard, match_read_results, sub_request_id, Assembly,
 use crate::context::RouterContext;
 use crate::error::{to_status, RequestId, RouterError};
 use crate::node_api::NodeApi;
+use crate::range_ops::{self, ResponseStream};
 use crate::validate::{parse_consistency, request_id_or_random};
 
 /// The client-facing key-value service.
@@ -234,6 +237,100 @@ impl<N: NodeApi> KvService<N> {
         })
     }
 
+    async fn handle_batch_write(
+        &self,
+        request: BatchWriteRequest,
+        deadline: Instant,
+    ) -> Result<BatchWriteResponse, RouterError> {
+        let mut mutations = request.mutations;
+        self.ctx.limits.check_batch_len("mutations", mutations.len())?;
+        let mut kinds = Vec::with_capacity(mutations.len());
+        for (index, mutation) in mutations.iter().enumerate() {
+            self.ctx
+                .limits
+                .check_key(&format_args!("mutations[{index}].key"), &mutation.key)?;
+            let kind = MutationKind::try_from(mutation.kind).map_err(|_| {
+                RouterError::InvalidArgument(format!(
+                    "mutations[{index}].kind is {}, expected 0 = put or 1 = delete",
+                    mutation.kind
+                ))
+            })?;
+            match kind {
+                MutationKind::Put => self
+                    .ctx
+                    .limits
+                    .check_value(&format_args!("mutations[{index}].value"), &mutation.value)?,
+                MutationKind::Delete if !mutation.value.is_empty() => {
+                    return Err(RouterError::InvalidArgument(format!(
+                        "mutations[{index}] is a delete and must not carry a value"
+                    )));
+                }
+                MutationKind::Delete => {}
+            }
+            kinds.push(kind);
+        }
+        let request_id = request_id_or_random(&request.request_id)?;
+        if mutations.is_empty() {
+            return Ok(BatchWriteResponse::default());
+        }
+        let view = self.ctx.topology.wait_for_ring(deadline).await?;
+        let shard_count = view.ring.shard_count();
+        let groups = group_by_shard(&mutations, |mutation| view.ring.shard_for_key(&mutation.key));
+        let sub_requests: Vec<(ShardGroup, Vec<WriteOp>)> = groups
+            .iter()
+            .map(|group| {
+                let ops = group
+                    .indices
+                    .iter()
+                    .map(|i| {
+                        let kind = match kinds[*i] {
+                            MutationKind::Put => WriteKind::Put,
+                            MutationKind::Delete => WriteKind::Delete,
+                        };
+                        WriteOp {
+                            key: std::mem::take(&mut mutations[*i].key),
+                            kind: kind as i32,
+                            value: std::mem::take(&mut mutations[*i].value),
+                            expected_version: None,
+                        }
+                    })
+                    .collect();
+                (group.clone(), ops)
+            })
+            .collect();
+        let forwarder = &self.ctx.forwarder;
+        let outcomes: Vec<(ShardGroup, _)> = stream::iter(sub_requests)
+            .map(|(group, ops)| async move {
+                let op_count = ops.len();
+                let sub_id = sub_request_id(&request_id, group.shard);
+                let outcome = forwarder
+                    .write(group.shard, shard_count, sub_id, ops, deadline)
+                    .await
+                    .and_then(|response| {
+                        check_result_count(group.shard, op_count, &response.results)?;
+                        Ok(response
+                            .results
+                            .iter()
+                            .map(|r| MutationResult {
+                                version: r.version,
+                                existed: r.existed,
+                            })
+                            .collect())
+                    });
+                (group, outcome)
+            })
+            .buffer_unordered(self.ctx.max_fanout)
+            .collect()
+            .await;
+        let mut assembly = Assembly::<MutationResult>::new(mutations.len(), groups.len());
+        for (group, outcome) in outcomes {
+            fill_or_fail(&mut assembly, &group, outcome);
+        }
+        Ok(BatchWriteResponse {
+            results: assembly.finish()?,
+        })
+    }
+
     /// One op on one key's shard, through the leader.
     async fn write_one(
         &self,
@@ -334,6 +431,59 @@ fn respond<T>(rpc: &'static str, result: Result<T, RouterError>) -> Result<Respo
 
 #[tonic::async_trait]
 impl<N: NodeApi> Kv for KvService<N> {
+    type ScanStreamStream = ResponseStream<ScanResponse>;
+    type CountStream = ResponseStream<CountResponse>;
+
+    async fn batch_write(
+        &self,
+        request: Request<BatchWriteRequest>,
+    ) -> Result<Response<BatchWriteResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "batch_write",
+            self.handle_batch_write(request.into_inner(), admission.deadline)
+                .await,
+        )
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "scan",
+            range_ops::scan(&self.ctx, request.into_inner(), admission.deadline).await,
+        )
+    }
+
+    async fn scan_stream(
+        &self,
+        request: Request<ScanRequest>,
+    ) -> Result<Response<Self::ScanStreamStream>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "scan_stream",
+            range_ops::scan_stream(&self.ctx, request.into_inner(), admission).await,
+        )
+    }
+
+    async fn count(&self, request: Request<CountRequest>) -> Result<Response<Self::CountStream>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "count",
+            range_ops::count(&self.ctx, request.into_inner(), admission).await,
+        )
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "delete_range",
+            range_ops::delete_range(&self.ctx, request.into_inner(), admission.deadline).await,
+        )
+    }
+
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(

@@ -14,6 +14,8 @@
 //!   `deadline` (`grpc-timeout` → deadline), `inflight` (backpressure),
 //!   `forward` (the retry loop), `backoff`, `classify` (node error → retry /
 //!   ambiguity), `batch` (group by shard, sub-request ids, reassembly),
+//!   `range` (key ranges, continuation tokens), `scan` (the k-way merge of shard
+//!   pages), `range_ops` (Scan, ScanStream, Count, DeleteRange),
 //!   [`error`] (`RouterError` and its one mapping to gRPC statuses).
 //! - Cluster view: `topology` (ring, node addresses, leader cache), `refresher`
 //!   (the background `NodeStatus` poller), `cluster_status` (the status merge),
@@ -50,7 +52,10 @@ mod inflight;
 mod kv_service;
 pub mod log_format;
 mod node_api;
+mod range;
+mod range_ops;
 mod refresher;
+mod scan;
 pub mod server;
 mod topology;
 mod validate;

@@ -1,11 +1,13 @@
-//! The router's view of a storage node: the three calls it makes. A trait so the retry
+//! The router's view of a storage node: the calls it makes. A trait so the retry
 //! loop, the refresher and the status merge run against in-process fakes in tests.
 
 use std::future::Future;
 use std::time::Duration;
 
 use ringkv_proto::v1::{
-    NodeStatusResponse, ShardReadRequest, ShardReadResponse, ShardWriteRequest, ShardWriteResponse,
+    NodeStatusResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
+    ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
+    ShardWriteRequest, ShardWriteResponse,
 };
 use tonic::Status;
 
@@ -26,6 +28,30 @@ pub trait NodeApi: Send + Sync + 'static {
         request: ShardWriteRequest,
         timeout: Duration,
     ) -> impl Future<Output = Result<ShardWriteResponse, Status>> + Send;
+
+    /// `ShardKv.Scan`.
+    fn scan(
+        &self,
+        addr: &str,
+        request: ShardScanRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ShardScanResponse, Status>> + Send;
+
+    /// `ShardKv.Count`.
+    fn count(
+        &self,
+        addr: &str,
+        request: ShardCountRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ShardCountResponse, Status>> + Send;
+
+    /// `ShardKv.DeleteRange`.
+    fn delete_range(
+        &self,
+        addr: &str,
+        request: ShardDeleteRangeRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ShardDeleteRangeResponse, Status>> + Send;
 
     /// `Admin.NodeStatus`.
     fn node_status(

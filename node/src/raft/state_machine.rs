@@ -2,8 +2,10 @@
 //! de-duplication (shards), the cluster configuration (system group), and snapshots.
 //!
 //! Layout (tree `<group>.sm.<generation>`): `d` + key → 8-byte big-endian version + value;
-//! `r` + request id → de-duplication record; `x` + expiry (ms, big-endian) + request id →
-//! expiry index; `a` → last applied log id; `m` → last membership; `c` → cluster config.
+//! `r` + request id → de-duplication record of a write; `x` + expiry (ms, big-endian) +
+//! request id → its expiry index; `q` + request id → de-duplication record of a delete-range;
+//! `y` + expiry + request id → its expiry index; `a` → last applied log id; `m` → last
+//! membership; `c` → cluster config.
 //! Every entry is applied as one atomic batch that also moves `a`, so a crash never leaves
 //! half an entry applied. Installing a snapshot fills a new generation of the tree aside,
 //! then flips the generation recorded in the node catalog and drops the old tree.
@@ -21,8 +23,9 @@ use tracing::info;
 
 use super::snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter};
 use super::types::{
-    ClusterConfig, Command, CommandResult, Entry, GroupId, LogId, RaftStorageError, RequestId, SnapshotMeta,
-    StoredMembership, TypeConfig, Versioned, WriteCommand, WriteOpResult,
+    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, GroupId, LogId,
+    RaftStorageError, RequestId, SnapshotMeta, StoredMembership, TypeConfig, Versioned, WriteCommand,
+    WriteOpResult,
 };
 use super::{decode, encode, storage_err};
 use crate::storage::{prefix_bounds, Batch, EngineRef, StorageError, TreeRef};
@@ -30,10 +33,13 @@ use crate::storage::{prefix_bounds, Batch, EngineRef, StorageError, TreeRef};
 const DATA_PREFIX: u8 = b'd';
 const DEDUP_PREFIX: u8 = b'r';
 const EXPIRY_PREFIX: u8 = b'x';
+const RANGE_DEDUP_PREFIX: u8 = b'q';
+const RANGE_EXPIRY_PREFIX: u8 = b'y';
 const APPLIED_KEY: &[u8] = b"a";
 const MEMBERSHIP_KEY: &[u8] = b"m";
 const CLUSTER_KEY: &[u8] = b"c";
-/// Expired de-duplication records removed per applied write (bounds the work per entry).
+/// Expired de-duplication records removed per applied entry and record kind (bounds the
+/// work per entry).
 const MAX_PRUNE_PER_WRITE: usize = 64;
 /// Pairs per batch when loading a snapshot.
 const LOAD_BATCH_PAIRS: usize = 1024;
@@ -45,16 +51,52 @@ fn data_key(key: &[u8]) -> Vec<u8> {
     out
 }
 
-fn dedup_key(request_id: &RequestId) -> Vec<u8> {
+/// The user key of a data record (`d` + key).
+fn user_key(tree: &str, key: &[u8]) -> Result<Vec<u8>, StorageError> {
+    match key.split_first() {
+        Some((&DATA_PREFIX, rest)) => Ok(rest.to_vec()),
+        _ => Err(StorageError::Corrupt {
+            tree: tree.to_string(),
+            detail: "data record key without the data prefix".to_string(),
+        }),
+    }
+}
+
+/// Lower and upper bounds of a range of tree keys.
+type KeyBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// Bounds of the data records of the keys in `[start, end)` (`None` end = no upper bound),
+/// or `None` when the range is empty.
+fn data_bounds(start: &[u8], end: Option<&[u8]>) -> Option<KeyBounds> {
+    let upper = match end {
+        Some(end) if start >= end => return None,
+        Some(end) => Bound::Excluded(data_key(end)),
+        // The end of the data prefix: never reaches the records under other prefixes.
+        None => prefix_bounds(&[DATA_PREFIX]).1,
+    };
+    Some((Bound::Included(data_key(start)), upper))
+}
+
+/// De-duplication record key (`prefix` + request id).
+fn request_key(prefix: u8, request_id: &RequestId) -> Vec<u8> {
     let mut out = Vec::with_capacity(17);
-    out.push(DEDUP_PREFIX);
+    out.push(prefix);
     out.extend_from_slice(request_id);
     out
 }
 
-fn expiry_key(expires_at_ms: u64, request_id: &RequestId) -> Vec<u8> {
+fn dedup_key(request_id: &RequestId) -> Vec<u8> {
+    request_key(DEDUP_PREFIX, request_id)
+}
+
+fn range_dedup_key(request_id: &RequestId) -> Vec<u8> {
+    request_key(RANGE_DEDUP_PREFIX, request_id)
+}
+
+/// Expiry index key (`prefix` + expiry + request id).
+fn expiry_key(prefix: u8, expires_at_ms: u64, request_id: &RequestId) -> Vec<u8> {
     let mut out = Vec::with_capacity(25);
-    out.push(EXPIRY_PREFIX);
+    out.push(prefix);
     out.extend_from_slice(&expires_at_ms.to_be_bytes());
     out.extend_from_slice(request_id);
     out
@@ -65,6 +107,16 @@ fn encode_value(versioned: &Versioned) -> Vec<u8> {
     out.extend_from_slice(&versioned.version.to_be_bytes());
     out.extend_from_slice(&versioned.value);
     out
+}
+
+fn decode_version(tree: &str, bytes: &[u8]) -> Result<u64, StorageError> {
+    match bytes.first_chunk::<8>() {
+        Some(version) => Ok(u64::from_be_bytes(*version)),
+        None => Err(StorageError::Corrupt {
+            tree: tree.to_string(),
+            detail: "stored value shorter than its version".to_string(),
+        }),
+    }
 }
 
 fn decode_value(tree: &str, bytes: &[u8]) -> Result<Versioned, StorageError> {
@@ -84,6 +136,115 @@ fn decode_value(tree: &str, bytes: &[u8]) -> Result<Versioned, StorageError> {
 struct DedupRecord {
     expires_at_ms: u64,
     results: Vec<WriteOpResult>,
+}
+
+/// De-duplication record of a delete-range (its own prefix: [`DedupRecord`] is persisted
+/// and keeps its encoding).
+#[derive(Debug, Serialize, Deserialize)]
+struct RangeDedupRecord {
+    expires_at_ms: u64,
+    result: DeleteRangeResult,
+}
+
+/// What a scan reads: a key range, a direction and a budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// First key of the range (inclusive; empty = the first key).
+    pub start: Vec<u8>,
+    /// End of the range (exclusive); `None` = no upper bound.
+    pub end: Option<Vec<u8>>,
+    /// Most entries returned (0 returns none).
+    pub limit: usize,
+    /// Stop once the returned keys and values hold at least this many bytes; the first
+    /// entry is always returned, whatever its size.
+    pub max_bytes: usize,
+    /// Descending key order: start from the greatest key of the range.
+    pub reverse: bool,
+    /// Return versions without values.
+    pub keys_only: bool,
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Keys with their versions and values (empty values when keys only), in scan order.
+    pub entries: Vec<(Vec<u8>, Versioned)>,
+    /// Whether the range holds at least one more key past the last entry (in scan order).
+    pub more: bool,
+}
+
+/// The outcome of counting the keys of a range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountResult {
+    /// Keys counted.
+    pub count: u64,
+    /// Whether the limit stopped the count with keys left after `last_key`.
+    pub more: bool,
+    /// The last key counted; set only when `more`.
+    pub last_key: Option<Vec<u8>>,
+}
+
+/// One page of the range of `options` from `tree` (the caller holds the apply lock).
+fn scan_tree(tree: &TreeRef, options: &ScanOptions) -> Result<ScanPage, StorageError> {
+    let mut page = ScanPage::default();
+    let Some((start, end)) = data_bounds(&options.start, options.end.as_deref()) else {
+        return Ok(page);
+    };
+    let pairs = if options.reverse {
+        tree.range_rev(start, end)
+    } else {
+        tree.range(start, end)
+    };
+    let mut bytes = 0usize;
+    for pair in pairs {
+        let (key, value) = pair?;
+        // Reading one pair past the page is what tells whether more remain.
+        let budget_spent = !page.entries.is_empty() && bytes >= options.max_bytes;
+        if page.entries.len() >= options.limit || budget_spent {
+            page.more = true;
+            break;
+        }
+        let key = user_key(tree.name(), &key)?;
+        let versioned = if options.keys_only {
+            Versioned {
+                version: decode_version(tree.name(), &value)?,
+                value: Vec::new(),
+            }
+        } else {
+            decode_value(tree.name(), &value)?
+        };
+        bytes = bytes.saturating_add(key.len() + versioned.value.len());
+        page.entries.push((key, versioned));
+    }
+    Ok(page)
+}
+
+/// Counts at most `limit` keys of `[start, end)` in `tree` (the caller holds the apply lock).
+fn count_tree(
+    tree: &TreeRef,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: u64,
+) -> Result<CountResult, StorageError> {
+    let mut result = CountResult::default();
+    let Some((start, end)) = data_bounds(start, end) else {
+        return Ok(result);
+    };
+    let mut last: Option<Vec<u8>> = None;
+    for pair in tree.range(start, end) {
+        let (key, _) = pair?;
+        if result.count >= limit {
+            result.more = true;
+            result.last_key = match last {
+                Some(last) => Some(user_key(tree.name(), &last)?),
+                None => None,
+            };
+            break;
+        }
+        result.count += 1;
+        last = Some(key);
+    }
+    Ok(result)
 }
 
 fn sm_tree_name(group: GroupId, generation: u64) -> String {
@@ -185,6 +346,38 @@ impl GroupState {
             .collect()
     }
 
+    /// Reads one page of a range from the local state at one point between applied entries
+    /// (no consistency check: callers do that). Iterates on a blocking thread.
+    pub async fn scan(&self, options: ScanOptions) -> Result<ScanPage, StorageError> {
+        let guard = self.apply_lock.clone().read_owned().await;
+        let tree = self.tree();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            scan_tree(&tree, &options)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
+    /// local state at one point between applied entries (no consistency check: callers do
+    /// that). Iterates on a blocking thread.
+    pub async fn count(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u64,
+    ) -> Result<CountResult, StorageError> {
+        let guard = self.apply_lock.clone().read_owned().await;
+        let tree = self.tree();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            count_tree(&tree, &start, end.as_deref(), limit)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
     /// Watches the last applied log id.
     pub fn watch_applied(&self) -> watch::Receiver<Option<LogId>> {
         self.applied_tx.subscribe()
@@ -238,6 +431,9 @@ impl GroupState {
                     CommandResult::Cluster(config.clone())
                 }
             },
+            EntryPayload::Normal(Command::DeleteRange(command)) => {
+                self.apply_delete_range(tree, command, &mut batch)?
+            }
         };
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
         tree.apply_batch(batch)?;
@@ -347,31 +543,67 @@ impl GroupState {
             results: results.clone(),
         };
         batch.insert(dedup, encode(&record)?);
-        batch.insert(expiry_key(expires_at_ms, &write.request_id), Vec::new());
+        batch.insert(
+            expiry_key(EXPIRY_PREFIX, expires_at_ms, &write.request_id),
+            Vec::new(),
+        );
         seen.insert(write.request_id, results.clone());
         Ok(results)
     }
 
-    /// Drops de-duplication records that expired before `now_ms` (the entry's own clock,
-    /// so every replica prunes the same records).
+    /// Deletes the first `limit` keys of the command's range (in key order) in `batch`. A
+    /// request id seen within the window returns its first outcome and deletes nothing.
+    fn apply_delete_range(
+        &self,
+        tree: &TreeRef,
+        command: &DeleteRangeCommand,
+        batch: &mut Batch,
+    ) -> Result<CommandResult, StorageError> {
+        let dedup = range_dedup_key(&command.request_id);
+        let result = match tree.get(&dedup)? {
+            Some(bytes) => decode::<RangeDedupRecord>(tree.name(), &bytes)?.result,
+            None => {
+                let mut result = DeleteRangeResult::default();
+                let limit = u64::from(command.limit);
+                if let Some((start, end)) = data_bounds(&command.start, command.end.as_deref()) {
+                    let mut last: Option<Vec<u8>> = None;
+                    for pair in tree.range(start, end) {
+                        let (key, _) = pair?;
+                        if result.deleted >= limit {
+                            result.more = true;
+                            break;
+                        }
+                        batch.remove(key.clone());
+                        result.deleted += 1;
+                        last = Some(key);
+                    }
+                    result.last_deleted = match last {
+                        Some(last) => Some(user_key(tree.name(), &last)?),
+                        None => None,
+                    };
+                }
+                let expires_at_ms = command.issued_at_ms.saturating_add(self.dedup_window_ms);
+                let record = RangeDedupRecord {
+                    expires_at_ms,
+                    result: result.clone(),
+                };
+                batch.insert(dedup, encode(&record)?);
+                batch.insert(
+                    expiry_key(RANGE_EXPIRY_PREFIX, expires_at_ms, &command.request_id),
+                    Vec::new(),
+                );
+                result
+            }
+        };
+        self.prune_expired(tree, command.issued_at_ms, batch)?;
+        Ok(CommandResult::DeleteRange(result))
+    }
+
+    /// Drops de-duplication records (of writes and of delete-ranges) that expired before
+    /// `now_ms` (the entry's own clock, so every replica prunes the same records).
     fn prune_expired(&self, tree: &TreeRef, now_ms: u64, batch: &mut Batch) -> Result<(), StorageError> {
-        let (start, end) = prefix_bounds(&[EXPIRY_PREFIX]);
-        for pair in tree.range(start, end).take(MAX_PRUNE_PER_WRITE) {
-            let (key, _) = pair?;
-            let Some(expires) = key.get(1..9) else { break };
-            let mut expires_bytes = [0u8; 8];
-            expires_bytes.copy_from_slice(expires);
-            if u64::from_be_bytes(expires_bytes) >= now_ms {
-                break;
-            }
-            let mut request_id = [0u8; 16];
-            if let Some(id) = key.get(9..25) {
-                request_id.copy_from_slice(id);
-                batch.remove(dedup_key(&request_id));
-            }
-            batch.remove(key);
-        }
-        Ok(())
+        prune_index(tree, EXPIRY_PREFIX, DEDUP_PREFIX, now_ms, batch)?;
+        prune_index(tree, RANGE_EXPIRY_PREFIX, RANGE_DEDUP_PREFIX, now_ms, batch)
     }
 
     /// Dumps the state to a new snapshot file. Runs on a blocking thread with the apply
@@ -468,6 +700,34 @@ impl GroupState {
         info!(group = %self.group, pairs, snapshot_id = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
+}
+
+/// Drops (at most [`MAX_PRUNE_PER_WRITE`]) records `record_prefix` + request id whose entry
+/// in the expiry index `index_prefix` expired before `now_ms`, with their index entries.
+fn prune_index(
+    tree: &TreeRef,
+    index_prefix: u8,
+    record_prefix: u8,
+    now_ms: u64,
+    batch: &mut Batch,
+) -> Result<(), StorageError> {
+    let (start, end) = prefix_bounds(&[index_prefix]);
+    for pair in tree.range(start, end).take(MAX_PRUNE_PER_WRITE) {
+        let (key, _) = pair?;
+        let Some(expires) = key.get(1..9) else { break };
+        let mut expires_bytes = [0u8; 8];
+        expires_bytes.copy_from_slice(expires);
+        if u64::from_be_bytes(expires_bytes) >= now_ms {
+            break;
+        }
+        let mut request_id = [0u8; 16];
+        if let Some(id) = key.get(9..25) {
+            request_id.copy_from_slice(id);
+            batch.remove(request_key(record_prefix, &request_id));
+        }
+        batch.remove(key);
+    }
+    Ok(())
 }
 
 /// Snapshot ids come from peers and name files: allow only a safe alphabet.
@@ -628,7 +888,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 
     use super::*;
-    use crate::raft::types::{WriteCommand, WriteOp};
+    use crate::raft::types::{DeleteRangeCommand, WriteCommand, WriteOp};
     use crate::storage;
 
     fn log_id(term: u64, index: u64) -> LogId {
@@ -648,6 +908,56 @@ mod tests {
                 }],
             }])),
         }
+    }
+
+    fn delete_range(index: u64, start: &[u8], end: Option<&[u8]>, limit: u32, request_id: u8) -> Entry {
+        Entry {
+            log_id: log_id(2, index),
+            payload: EntryPayload::Normal(Command::DeleteRange(DeleteRangeCommand {
+                request_id: [request_id; 16],
+                start: start.to_vec(),
+                end: end.map(<[u8]>::to_vec),
+                limit,
+                issued_at_ms: 1_000,
+            })),
+        }
+    }
+
+    /// Applies one delete-range entry and returns its outcome.
+    async fn apply_delete_range(sm: &mut StateMachine, entry: Entry) -> DeleteRangeResult {
+        let mut results = sm.apply(vec![entry]).await.expect("apply delete-range");
+        match results.pop() {
+            Some(CommandResult::DeleteRange(result)) => result,
+            other => panic!("delete-range result expected, got {other:?}"),
+        }
+    }
+
+    fn scan_options(start: &[u8], end: Option<&[u8]>, limit: usize) -> ScanOptions {
+        ScanOptions {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+            limit,
+            max_bytes: usize::MAX,
+            reverse: false,
+            keys_only: false,
+        }
+    }
+
+    fn keys(page: &ScanPage) -> Vec<&[u8]> {
+        page.entries.iter().map(|(key, _)| key.as_slice()).collect()
+    }
+
+    /// A state with keys a..e at versions 1..5 (values `v<key>`), plus a write dedup record.
+    async fn five_keys(dir: &std::path::Path) -> (EngineRef, Arc<GroupState>, StateMachine) {
+        let (engine, state) = open(dir);
+        let mut sm = StateMachine::new(state.clone());
+        let entries: Vec<Entry> = [b"a", b"b", b"c", b"d", b"e"]
+            .iter()
+            .zip(1u8..)
+            .map(|(key, i)| put(u64::from(i), *key, &[b'v', key[0]], i))
+            .collect();
+        sm.apply(entries).await.expect("apply");
+        (engine, state, sm)
     }
 
     fn open(dir: &std::path::Path) -> (EngineRef, Arc<GroupState>) {
@@ -743,5 +1053,340 @@ mod tests {
             .expect("meta")
             .expect("a current snapshot");
         assert_eq!(current.last_log_id, Some(log_id(2, 20)));
+    }
+
+    /// Forward and reverse scans honour the range and the limit, report `more` exactly when
+    /// a key remains, return versions, and never reach records outside the data prefix.
+    #[tokio::test]
+    async fn scan_forward_and_reverse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, _sm) = five_keys(dir.path()).await;
+
+        let all = state.scan(scan_options(b"", None, 10)).await.expect("scan");
+        assert_eq!(keys(&all), vec![&b"a"[..], b"b", b"c", b"d", b"e"]);
+        assert!(!all.more);
+        assert_eq!(
+            all.entries[0].1,
+            Versioned {
+                version: 1,
+                value: b"va".to_vec()
+            }
+        );
+        assert_eq!(all.entries[4].1.version, 5);
+
+        let exact = state.scan(scan_options(b"", None, 5)).await.expect("scan");
+        assert_eq!(exact.entries.len(), 5);
+        assert!(!exact.more, "a page ending exactly at the last key has no more");
+        let short = state.scan(scan_options(b"", None, 4)).await.expect("scan");
+        assert_eq!(keys(&short), vec![&b"a"[..], b"b", b"c", b"d"]);
+        assert!(short.more);
+
+        let bounded = state
+            .scan(scan_options(b"b", Some(b"d"), 10))
+            .await
+            .expect("scan");
+        assert_eq!(keys(&bounded), vec![&b"b"[..], b"c"]);
+        assert!(!bounded.more);
+        let first = state.scan(scan_options(b"b", Some(b"d"), 1)).await.expect("scan");
+        assert_eq!(keys(&first), vec![&b"b"[..]]);
+        assert!(first.more);
+        let between = state
+            .scan(scan_options(b"bb", Some(b"cc"), 10))
+            .await
+            .expect("scan");
+        assert_eq!(keys(&between), vec![&b"c"[..]]);
+        let tail = state.scan(scan_options(b"c", None, 10)).await.expect("scan");
+        assert_eq!(keys(&tail), vec![&b"c"[..], b"d", b"e"]);
+
+        let reverse = |start: &[u8], end: Option<&[u8]>, limit| ScanOptions {
+            reverse: true,
+            ..scan_options(start, end, limit)
+        };
+        let last_two = state.scan(reverse(b"", None, 2)).await.expect("scan");
+        assert_eq!(keys(&last_two), vec![&b"e"[..], b"d"]);
+        assert!(last_two.more);
+        let all_rev = state.scan(reverse(b"", None, 5)).await.expect("scan");
+        assert_eq!(keys(&all_rev), vec![&b"e"[..], b"d", b"c", b"b", b"a"]);
+        assert!(!all_rev.more);
+        let bounded_rev = state.scan(reverse(b"b", Some(b"d"), 2)).await.expect("scan");
+        assert_eq!(keys(&bounded_rev), vec![&b"c"[..], b"b"]);
+        assert!(!bounded_rev.more, "exactly the keys of the range");
+        let one_rev = state.scan(reverse(b"b", Some(b"d"), 1)).await.expect("scan");
+        assert_eq!(keys(&one_rev), vec![&b"c"[..]]);
+        assert!(one_rev.more);
+        // Resuming before the last entry of a reverse page (end = that key) continues it.
+        let rest_rev = state.scan(reverse(b"b", Some(b"c"), 10)).await.expect("scan");
+        assert_eq!(keys(&rest_rev), vec![&b"b"[..]]);
+        assert!(!rest_rev.more);
+    }
+
+    /// Keys made of 0xff bytes sort last among data records and are still found by an
+    /// unbounded scan in both directions (the data prefix ends at `e`, not at the key space).
+    #[tokio::test]
+    async fn scan_unbounded_end_stays_in_the_data_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, mut sm) = five_keys(dir.path()).await;
+        sm.apply(vec![put(6, &[0xff, 0xff], b"max", 6)])
+            .await
+            .expect("apply");
+        let forward = state.scan(scan_options(b"d", None, 10)).await.expect("scan");
+        assert_eq!(keys(&forward), vec![&b"d"[..], b"e", &[0xff, 0xff]]);
+        assert!(!forward.more);
+        let backward = state
+            .scan(ScanOptions {
+                reverse: true,
+                ..scan_options(b"", None, 1)
+            })
+            .await
+            .expect("scan");
+        assert_eq!(keys(&backward), vec![&[0xff, 0xff][..]]);
+        assert!(backward.more);
+        assert_eq!(state.count(Vec::new(), None, 100).await.expect("count").count, 6);
+    }
+
+    /// The byte budget stops a page once the returned keys and values reach it, always
+    /// returns the first entry, and counts only the key for keys-only scans (which keep the
+    /// version).
+    #[tokio::test]
+    async fn scan_byte_budget_and_keys_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, _sm) = five_keys(dir.path()).await;
+        // Every entry holds 1 key byte + 2 value bytes.
+        let budget = |max_bytes, keys_only| ScanOptions {
+            max_bytes,
+            keys_only,
+            ..scan_options(b"", None, 10)
+        };
+        let two = state.scan(budget(6, false)).await.expect("scan");
+        assert_eq!(keys(&two), vec![&b"a"[..], b"b"]);
+        assert!(two.more);
+        let three = state.scan(budget(7, false)).await.expect("scan");
+        assert_eq!(three.entries.len(), 3);
+        let one = state.scan(budget(1, false)).await.expect("scan");
+        assert_eq!(keys(&one), vec![&b"a"[..]]);
+        assert!(one.more);
+        let zero = state.scan(budget(0, false)).await.expect("scan");
+        assert_eq!(zero.entries.len(), 1, "at least one entry");
+        let everything = state.scan(budget(15, false)).await.expect("scan");
+        assert_eq!(everything.entries.len(), 5);
+        assert!(!everything.more, "the budget is reached only at the last key");
+
+        let keys_only = state.scan(budget(2, true)).await.expect("scan");
+        assert_eq!(keys(&keys_only), vec![&b"a"[..], b"b"]);
+        assert!(keys_only.more);
+        assert_eq!(
+            keys_only.entries[1].1,
+            Versioned {
+                version: 2,
+                value: Vec::new()
+            }
+        );
+    }
+
+    /// Empty and inverted ranges, ranges holding no key, and limit 0 return no entries.
+    #[tokio::test]
+    async fn scan_empty_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, empty) = open(&dir.path().join("empty"));
+        let page = empty.scan(scan_options(b"", None, 10)).await.expect("scan");
+        assert_eq!(page, ScanPage::default());
+        assert_eq!(
+            empty.count(Vec::new(), None, 10).await.expect("count"),
+            CountResult::default()
+        );
+
+        let (_engine, state, _sm) = five_keys(&dir.path().join("full")).await;
+        for (start, end) in [
+            (&b"c"[..], Some(&b"c"[..])),
+            (b"d", Some(b"b")),
+            (b"x", None),
+            (b"b", Some(b"")),
+        ] {
+            for reverse in [false, true] {
+                let options = ScanOptions {
+                    reverse,
+                    ..scan_options(start, end, 10)
+                };
+                let page = state.scan(options).await.expect("scan");
+                assert_eq!(page, ScanPage::default(), "range {start:?}..{end:?}");
+            }
+            let count = state
+                .count(start.to_vec(), end.map(<[u8]>::to_vec), 10)
+                .await
+                .expect("count");
+            assert_eq!(count, CountResult::default());
+        }
+        let none = state.scan(scan_options(b"", None, 0)).await.expect("scan");
+        assert!(none.entries.is_empty());
+        assert!(none.more);
+    }
+
+    /// Counts stop at the limit with `more` and the last key counted, and resume after it.
+    #[tokio::test]
+    async fn count_with_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, _sm) = five_keys(dir.path()).await;
+        let all = state.count(Vec::new(), None, 100).await.expect("count");
+        assert_eq!(
+            all,
+            CountResult {
+                count: 5,
+                more: false,
+                last_key: None
+            }
+        );
+        let exact = state.count(Vec::new(), None, 5).await.expect("count");
+        assert_eq!(
+            exact,
+            CountResult {
+                count: 5,
+                more: false,
+                last_key: None
+            }
+        );
+        let partial = state.count(Vec::new(), None, 3).await.expect("count");
+        assert_eq!(
+            partial,
+            CountResult {
+                count: 3,
+                more: true,
+                last_key: Some(b"c".to_vec()),
+            }
+        );
+        let mut resume = b"c".to_vec();
+        resume.push(0);
+        let rest = state.count(resume, None, 3).await.expect("count");
+        assert_eq!(
+            rest,
+            CountResult {
+                count: 2,
+                more: false,
+                last_key: None
+            }
+        );
+        let bounded = state
+            .count(b"b".to_vec(), Some(b"e".to_vec()), 100)
+            .await
+            .expect("count");
+        assert_eq!(bounded.count, 3);
+        let bounded_partial = state
+            .count(b"b".to_vec(), Some(b"e".to_vec()), 2)
+            .await
+            .expect("count");
+        assert_eq!(bounded_partial.last_key, Some(b"c".to_vec()));
+        assert!(bounded_partial.more);
+    }
+
+    /// A delete-range removes the first `limit` keys of its range per entry and reports
+    /// whether keys remain; a retried request id returns the first outcome without deleting
+    /// again, also after a restart.
+    #[tokio::test]
+    async fn delete_range_chunks_dedup_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (engine, state, mut sm) = five_keys(dir.path()).await;
+            let first = apply_delete_range(&mut sm, delete_range(6, b"a", Some(b"e"), 2, 20)).await;
+            assert_eq!(
+                first,
+                DeleteRangeResult {
+                    deleted: 2,
+                    last_deleted: Some(b"b".to_vec()),
+                    more: true,
+                }
+            );
+            let second = apply_delete_range(&mut sm, delete_range(7, b"a", Some(b"e"), 2, 21)).await;
+            assert_eq!(
+                second,
+                DeleteRangeResult {
+                    deleted: 2,
+                    last_deleted: Some(b"d".to_vec()),
+                    more: false,
+                },
+                "the chunk ends exactly at the end of the range"
+            );
+            let empty = apply_delete_range(&mut sm, delete_range(8, b"a", Some(b"e"), 2, 22)).await;
+            assert_eq!(empty, DeleteRangeResult::default());
+            let remaining = state.scan(scan_options(b"", None, 10)).await.expect("scan");
+            assert_eq!(keys(&remaining), vec![&b"e"[..]]);
+
+            // `a` is written again; a retry of the first delete-range must not delete it.
+            sm.apply(vec![put(9, b"a", b"again", 30)]).await.expect("apply");
+            let retry = apply_delete_range(&mut sm, delete_range(10, b"a", Some(b"e"), 2, 20)).await;
+            assert_eq!(retry, first);
+            assert_eq!(state.get(b"a").await.expect("get").map(|v| v.version), Some(9));
+            engine.flush().expect("flush");
+        }
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let retry = apply_delete_range(&mut sm, delete_range(11, b"", None, 100, 21)).await;
+        assert_eq!(
+            retry.last_deleted,
+            Some(b"d".to_vec()),
+            "first outcome after a restart"
+        );
+        assert_eq!(state.data_len().expect("len"), 2);
+        let rest = apply_delete_range(&mut sm, delete_range(12, b"", None, 100, 23)).await;
+        assert_eq!(
+            rest,
+            DeleteRangeResult {
+                deleted: 2,
+                last_deleted: Some(b"e".to_vec()),
+                more: false,
+            }
+        );
+        assert_eq!(state.data_len().expect("len"), 0);
+    }
+
+    /// Delete-range de-duplication records expire with the window like write records.
+    #[tokio::test]
+    async fn delete_range_dedup_records_expire() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, mut sm) = five_keys(dir.path()).await;
+        apply_delete_range(&mut sm, delete_range(6, b"", None, 1, 20)).await;
+        let tree = state.tree();
+        assert!(tree.get(&range_dedup_key(&[20; 16])).expect("get").is_some());
+        let mut later = delete_range(7, b"x", None, 1, 21);
+        if let EntryPayload::Normal(Command::DeleteRange(command)) = &mut later.payload {
+            // Past the window of every record so far (issued at 1_000, window 60_000).
+            command.issued_at_ms = 1_000 + 60_000 + 1;
+        }
+        apply_delete_range(&mut sm, later).await;
+        assert!(tree.get(&range_dedup_key(&[20; 16])).expect("get").is_none());
+        assert!(
+            tree.get(&dedup_key(&[1; 16])).expect("get").is_none(),
+            "write records too"
+        );
+        let (start, end) = prefix_bounds(&[RANGE_EXPIRY_PREFIX]);
+        assert_eq!(
+            tree.range(start, end).count(),
+            1,
+            "only the newest expiry entry is left"
+        );
+        // The expired id deletes again.
+        let again = apply_delete_range(&mut sm, delete_range(8, b"", None, 1, 20)).await;
+        assert_eq!(again.last_deleted, Some(b"b".to_vec()));
+    }
+
+    /// A snapshot carries the delete-range de-duplication records: a retry on the replica
+    /// that installed it returns the first outcome.
+    #[tokio::test]
+    async fn snapshot_carries_delete_range_dedup() {
+        let source_dir = tempfile::tempdir().expect("tempdir");
+        let (_source_engine, _source, mut source_sm) = five_keys(source_dir.path()).await;
+        let first = apply_delete_range(&mut source_sm, delete_range(6, b"b", None, 2, 20)).await;
+        let mut builder = source_sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.expect("build");
+
+        let target_dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, target) = open(target_dir.path());
+        let mut target_sm = StateMachine::new(target.clone());
+        target_sm
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        assert_eq!(target.data_len().expect("len"), 3);
+        let retry = apply_delete_range(&mut target_sm, delete_range(7, b"b", None, 2, 20)).await;
+        assert_eq!(retry, first);
+        assert_eq!(target.data_len().expect("len"), 3);
     }
 }

@@ -63,6 +63,9 @@ pub enum Command {
     Write(Vec<WriteCommand>),
     /// System group: record the cluster configuration (once; later ring changes bump the epoch).
     SetCluster(ClusterConfig),
+    /// Shard groups: delete up to `limit` keys of a range in one entry, de-duplicated by its
+    /// request id. (postcard encodes the variant index: new variants go at the end.)
+    DeleteRange(DeleteRangeCommand),
 }
 
 impl fmt::Display for Command {
@@ -70,6 +73,7 @@ impl fmt::Display for Command {
         match self {
             Command::Write(writes) => write!(f, "write({} writes)", writes.len()),
             Command::SetCluster(config) => write!(f, "set-cluster({})", config.cluster_id),
+            Command::DeleteRange(range) => write!(f, "delete-range(limit {})", range.limit),
         }
     }
 }
@@ -93,6 +97,31 @@ pub struct WriteOp {
     pub value: Option<Vec<u8>>,
     /// Apply only if the key's version equals this (0 = absent).
     pub expected_version: Option<u64>,
+}
+
+/// Deletes the first `limit` keys (in key order) of `[start, end)` on a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeCommand {
+    pub request_id: RequestId,
+    /// First key of the range (inclusive; empty = the first key).
+    pub start: Vec<u8>,
+    /// End of the range (exclusive); `None` = no upper bound.
+    pub end: Option<Vec<u8>>,
+    /// Most keys deleted by this entry.
+    pub limit: u32,
+    /// Proposer's wall clock (ms since the Unix epoch): ages the de-duplication record.
+    pub issued_at_ms: u64,
+}
+
+/// The outcome of a [`DeleteRangeCommand`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeResult {
+    /// Keys deleted.
+    pub deleted: u64,
+    /// The last (greatest) key deleted, if any.
+    pub last_deleted: Option<Vec<u8>>,
+    /// Whether keys remain in the range after `last_deleted` (the limit stopped the delete).
+    pub more: bool,
 }
 
 /// The outcome of one [`WriteOp`].
@@ -141,4 +170,34 @@ pub enum CommandResult {
     Write(Vec<Vec<WriteOpResult>>),
     /// The configuration now in force (the existing one when a different one was proposed).
     Cluster(ClusterConfig),
+    /// The outcome of a delete-range (the first one again for a retried request id).
+    DeleteRange(DeleteRangeResult),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// postcard encodes the variant index: persisted log entries and results stay readable
+    /// only while existing variants keep their positions.
+    #[test]
+    fn variant_indexes_are_stable() {
+        let encode = |command: &Command| postcard::to_allocvec(command).expect("encode");
+        assert_eq!(encode(&Command::Write(Vec::new())), vec![0, 0]);
+        let delete_range = Command::DeleteRange(DeleteRangeCommand {
+            request_id: [0; 16],
+            start: Vec::new(),
+            end: None,
+            limit: 1,
+            issued_at_ms: 0,
+        });
+        assert_eq!(encode(&delete_range).first(), Some(&2));
+        let result = |result: &CommandResult| postcard::to_allocvec(result).expect("encode");
+        assert_eq!(result(&CommandResult::None), vec![0]);
+        assert_eq!(result(&CommandResult::Write(Vec::new())), vec![1, 0]);
+        assert_eq!(
+            result(&CommandResult::DeleteRange(DeleteRangeResult::default())).first(),
+            Some(&3)
+        );
+    }
 }

@@ -1,12 +1,79 @@
-//! `ShardKv`: shard-addressed reads and writes, called by routers.
+//! `ShardKv`: shard-addressed reads, writes, range scans, counts and range deletes, called
+//! by routers.
 
 use ringkv_proto::v1::{self, shard_kv_server::ShardKv};
 use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::error::NodeError;
-use crate::node::Node;
+use crate::node::{Group, Node};
+use crate::raft::state_machine::ScanOptions;
 use crate::raft::types::WriteOp;
+
+/// Most entries of one scan page, and most keys deleted by one delete-range call.
+const MAX_PAGE_LIMIT: u32 = 10_000;
+/// Keys counted by one count call when the request leaves the limit at 0.
+const DEFAULT_COUNT_LIMIT: u64 = 100_000;
+/// Most keys counted by one count call (larger limits are lowered to it).
+const MAX_COUNT_LIMIT: u64 = 1_000_000;
+/// Key + value bytes of one scan page when the request leaves `max_bytes` at 0.
+const DEFAULT_SCAN_BYTES: usize = 4 << 20;
+
+/// Checks the bounds of a range `[start, end)` (empty end = no upper bound) and returns the
+/// end as an option. `start == end` is a valid, empty range.
+///
+/// A bound may be one byte longer than a key: a router resuming after a maximal key sends
+/// that key followed by a zero byte.
+fn check_range(max_key_bytes: usize, start: &[u8], end: Vec<u8>) -> Result<Option<Vec<u8>>, NodeError> {
+    let max_bound = max_key_bytes + 1;
+    for (name, key) in [("start", start), ("end", end.as_slice())] {
+        if key.len() > max_bound {
+            return Err(NodeError::InvalidArgument(format!(
+                "range {name} bound is {} bytes, the limit is {max_bound}",
+                key.len()
+            )));
+        }
+    }
+    if end.is_empty() {
+        return Ok(None);
+    }
+    if start > end.as_slice() {
+        return Err(NodeError::InvalidArgument(
+            "range start key is greater than its end key".to_string(),
+        ));
+    }
+    Ok(Some(end))
+}
+
+/// Checks the entry limit of a scan page or a delete-range (`what` names the call).
+fn page_limit(limit: u32, what: &str) -> Result<u32, NodeError> {
+    if (1..=MAX_PAGE_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(NodeError::InvalidArgument(format!(
+            "a {what} needs a limit of 1..={MAX_PAGE_LIMIT}, got {limit}"
+        )))
+    }
+}
+
+/// The keys one count call may count: 0 means the default; larger limits are lowered to
+/// the maximum (the caller continues after `last_key`).
+fn count_limit(limit: u64) -> u64 {
+    match limit {
+        0 => DEFAULT_COUNT_LIMIT,
+        limit => limit.min(MAX_COUNT_LIMIT),
+    }
+}
+
+/// The byte budget of one scan page: 0 means the default; capped at half a message so a
+/// page (which may overshoot by its last entry) still fits in a reply.
+fn scan_max_bytes(max_bytes: u64, max_message_bytes: usize) -> usize {
+    let requested = match max_bytes {
+        0 => DEFAULT_SCAN_BYTES,
+        bytes => usize::try_from(bytes).unwrap_or(usize::MAX),
+    };
+    requested.min(max_message_bytes / 2)
+}
 
 pub struct ShardKvService {
     node: Node,
@@ -31,6 +98,15 @@ impl ShardKvService {
         Ok(())
     }
 
+    /// Waits until a local read is linearizable when the request asks for it (the default).
+    async fn check_consistency(&self, group: &Group, consistency: i32) -> Result<(), NodeError> {
+        let consistency = v1::Consistency::try_from(consistency).unwrap_or(v1::Consistency::Linearizable);
+        if consistency == v1::Consistency::Linearizable && !self.node.config().unsafe_skip_read_index {
+            self.node.ensure_linearizable(group).await?;
+        }
+        Ok(())
+    }
+
     async fn read(&self, request: v1::ShardReadRequest) -> Result<v1::ShardReadResponse, NodeError> {
         let (ring, group) = self.node.shard_group(request.shard_id)?;
         if request.keys.is_empty() || request.keys.len() > self.node.config().max_ops_per_write {
@@ -50,11 +126,7 @@ impl ShardKvService {
                 });
             }
         }
-        let consistency =
-            v1::Consistency::try_from(request.consistency).unwrap_or(v1::Consistency::Linearizable);
-        if consistency == v1::Consistency::Linearizable && !self.node.config().unsafe_skip_read_index {
-            self.node.ensure_linearizable(&group).await?;
-        }
+        self.check_consistency(&group, request.consistency).await?;
         let values = self.node.read_local(&group, &request.keys).await?;
         let results = request
             .keys
@@ -155,6 +227,74 @@ impl ShardKvService {
     }
 }
 
+impl ShardKvService {
+    async fn scan(&self, request: v1::ShardScanRequest) -> Result<v1::ShardScanResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        let config = self.node.config();
+        let end = check_range(config.max_key_bytes, &request.start, request.end)?;
+        let limit = page_limit(request.limit, "scan")?;
+        let options = ScanOptions {
+            start: request.start,
+            end,
+            limit: limit as usize,
+            max_bytes: scan_max_bytes(request.max_bytes, config.max_message_bytes),
+            reverse: request.reverse,
+            keys_only: request.keys_only,
+        };
+        self.check_consistency(&group, request.consistency).await?;
+        let page = self.node.scan_local(&group, options).await?;
+        Ok(v1::ShardScanResponse {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|(key, versioned)| v1::ScanEntry {
+                    key,
+                    value: versioned.value,
+                    version: versioned.version,
+                })
+                .collect(),
+            more: page.more,
+        })
+    }
+
+    async fn count(&self, request: v1::ShardCountRequest) -> Result<v1::ShardCountResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        let end = check_range(self.node.config().max_key_bytes, &request.start, request.end)?;
+        let limit = count_limit(request.limit);
+        self.check_consistency(&group, request.consistency).await?;
+        let result = self.node.count_local(&group, request.start, end, limit).await?;
+        Ok(v1::ShardCountResponse {
+            count: result.count,
+            more: result.more,
+            last_key: result.last_key.unwrap_or_default(),
+        })
+    }
+
+    async fn delete_range(
+        &self,
+        request: v1::ShardDeleteRangeRequest,
+    ) -> Result<v1::ShardDeleteRangeResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        let request_id: [u8; 16] = request.request_id.as_slice().try_into().map_err(|_| {
+            NodeError::InvalidArgument(format!(
+                "request_id must be 16 bytes, got {}",
+                request.request_id.len()
+            ))
+        })?;
+        let end = check_range(self.node.config().max_key_bytes, &request.start, request.end)?;
+        let limit = page_limit(request.limit, "delete-range")?;
+        let result = self
+            .node
+            .delete_range(&group, request_id, request.start, end, limit)
+            .await?;
+        Ok(v1::ShardDeleteRangeResponse {
+            deleted: result.deleted,
+            more: result.more,
+            last_deleted: result.last_deleted.unwrap_or_default(),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl ShardKv for ShardKvService {
     async fn read(
@@ -175,5 +315,84 @@ impl ShardKv for ShardKvService {
             .await
             .map(Response::new)
             .map_err(|err| status(err, true))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<v1::ShardScanRequest>,
+    ) -> Result<Response<v1::ShardScanResponse>, Status> {
+        self.scan(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, false))
+    }
+
+    async fn count(
+        &self,
+        request: Request<v1::ShardCountRequest>,
+    ) -> Result<Response<v1::ShardCountResponse>, Status> {
+        self.count(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, false))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<v1::ShardDeleteRangeRequest>,
+    ) -> Result<Response<v1::ShardDeleteRangeResponse>, Status> {
+        self.delete_range(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Range bounds: empty means unbounded, start == end is an empty range, start > end and
+    /// oversized keys are invalid arguments.
+    #[test]
+    fn range_checks() {
+        assert_eq!(check_range(4, b"a", Vec::new()).expect("unbounded"), None);
+        assert_eq!(check_range(4, b"", Vec::new()).expect("everything"), None);
+        assert_eq!(
+            check_range(4, b"a", b"a".to_vec()).expect("empty range"),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(
+            check_range(4, b"a", b"b".to_vec()).expect("range"),
+            Some(b"b".to_vec())
+        );
+        let inverted = check_range(4, b"b", b"a".to_vec()).expect_err("start > end");
+        assert!(matches!(inverted, NodeError::InvalidArgument(msg) if msg.contains("greater")));
+        // A bound may be a maximal key plus a zero byte (a router resuming after it).
+        assert!(check_range(4, b"abcd\0", Vec::new()).is_ok());
+        let long_start = check_range(4, b"abcdef", Vec::new()).expect_err("long start");
+        assert!(
+            matches!(long_start, NodeError::InvalidArgument(msg) if msg.contains("start bound is 6 bytes"))
+        );
+        let long_end = check_range(4, b"", b"abcdef".to_vec()).expect_err("long end");
+        assert!(matches!(long_end, NodeError::InvalidArgument(msg) if msg.contains("end bound is 6 bytes")));
+    }
+
+    /// Limits: scan and delete-range pages need 1..=10000; counts default and cap; the byte
+    /// budget defaults to 4 MiB and is capped at half a message.
+    #[test]
+    fn limits() {
+        assert!(page_limit(0, "scan").is_err());
+        assert_eq!(page_limit(1, "scan").expect("min"), 1);
+        assert_eq!(page_limit(MAX_PAGE_LIMIT, "scan").expect("max"), MAX_PAGE_LIMIT);
+        let over = page_limit(MAX_PAGE_LIMIT + 1, "delete-range").expect_err("over");
+        assert!(matches!(over, NodeError::InvalidArgument(msg) if msg.contains("delete-range")));
+        assert_eq!(count_limit(0), DEFAULT_COUNT_LIMIT);
+        assert_eq!(count_limit(7), 7);
+        assert_eq!(count_limit(u64::MAX), MAX_COUNT_LIMIT);
+        assert_eq!(scan_max_bytes(0, 16 << 20), 4 << 20);
+        assert_eq!(scan_max_bytes(0, 4 << 20), 2 << 20);
+        assert_eq!(scan_max_bytes(100, 16 << 20), 100);
+        assert_eq!(scan_max_bytes(u64::MAX, 16 << 20), 8 << 20);
     }
 }

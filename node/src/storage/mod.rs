@@ -43,6 +43,12 @@ pub trait Tree: Send + Sync + 'static {
         start: Bound<Vec<u8>>,
         end: Bound<Vec<u8>>,
     ) -> Box<dyn Iterator<Item = StorageResult<Pair>> + Send + '_>;
+    /// Pairs with keys in `(start, end)`, descending.
+    fn range_rev(
+        &self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+    ) -> Box<dyn Iterator<Item = StorageResult<Pair>> + Send + '_>;
     /// The pair with the greatest key in `(start, end)`.
     fn last_in(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> StorageResult<Option<Pair>>;
     /// Removes every pair.
@@ -141,7 +147,42 @@ mod tests {
         );
         let last = tree.last_in(Bound::Unbounded, Bound::Unbounded).expect("last");
         assert_eq!(last, Some((b"b".to_vec(), b"2".to_vec())));
+        let reversed: Vec<Pair> = tree
+            .range_rev(Bound::Unbounded, Bound::Unbounded)
+            .collect::<Result<_, _>>()
+            .expect("reverse range");
+        assert_eq!(
+            reversed,
+            vec![(b"b".to_vec(), b"2".to_vec()), (b"a".to_vec(), b"1".to_vec())]
+        );
         assert!(engine.tree_names().expect("names").contains(&"t".to_string()));
+    }
+
+    /// A reverse range honours both bounds and yields keys in descending order.
+    #[test]
+    fn sled_reverse_range_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path()).expect("open");
+        let tree = engine.open_tree("t").expect("tree");
+        for key in [b"a", b"b", b"c", b"d", b"e"] {
+            tree.insert(key, b"v").expect("insert");
+        }
+        let keys = |start: Bound<Vec<u8>>, end: Bound<Vec<u8>>| -> Vec<Vec<u8>> {
+            tree.range_rev(start, end)
+                .map(|pair| pair.map(|(key, _)| key))
+                .collect::<Result<_, _>>()
+                .expect("reverse range")
+        };
+        assert_eq!(
+            keys(Bound::Included(b"b".to_vec()), Bound::Excluded(b"e".to_vec())),
+            vec![b"d".to_vec(), b"c".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(
+            keys(Bound::Excluded(b"b".to_vec()), Bound::Included(b"e".to_vec())),
+            vec![b"e".to_vec(), b"d".to_vec(), b"c".to_vec()]
+        );
+        assert!(keys(Bound::Included(b"c".to_vec()), Bound::Excluded(b"c".to_vec())).is_empty());
+        assert!(keys(Bound::Included(b"d".to_vec()), Bound::Excluded(b"b".to_vec())).is_empty());
     }
 
     /// prefix_end handles trailing 0xff bytes and the all-0xff prefix.

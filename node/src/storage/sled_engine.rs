@@ -110,6 +110,14 @@ impl Tree for SledTree {
         Box::new(self.tree.range::<Vec<u8>, _>((start, end)).map(to_pair))
     }
 
+    fn range_rev(
+        &self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+    ) -> Box<dyn Iterator<Item = StorageResult<Pair>> + Send + '_> {
+        Box::new(self.tree.range::<Vec<u8>, _>((start, end)).rev().map(to_pair))
+    }
+
     fn last_in(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> StorageResult<Option<Pair>> {
         self.tree
             .range::<Vec<u8>, _>((start, end))

@@ -13,8 +13,10 @@ use ringkv_proto::v1::admin_server::{Admin, AdminServer};
 use ringkv_proto::v1::shard_kv_server::{ShardKv, ShardKvServer};
 use ringkv_proto::v1::{
     ClusterStatusRequest, ClusterStatusResponse, Consistency, InitClusterRequest, InitClusterResponse,
-    KeyValueResult, NodeStatusRequest, NodeStatusResponse, ReplicaInfo, RingInfo, RingMember,
-    ShardReadRequest, ShardReadResponse, ShardWriteRequest, ShardWriteResponse, WriteKind, WriteOpResult,
+    KeyValueResult, NodeStatusRequest, NodeStatusResponse, ReplicaInfo, RingInfo, RingMember, ScanEntry,
+    ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse,
+    ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteRequest,
+    ShardWriteResponse, WriteKind, WriteOpResult,
 };
 use ringkv_proto::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, REJECTED_METADATA};
 use ringkv_ring::shard::shard_of_hash;
@@ -213,8 +215,125 @@ fn rejected(mut status: Status) -> Status {
     status
 }
 
+impl FakeNode {
+    /// The keys of `shard_id` in `[start, end)` (empty end = unbounded), in order, after
+    /// the leader check.
+    fn shard_keys(
+        &self,
+        shard_id: u32,
+        start: &[u8],
+        end: &[u8],
+        consistency: i32,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, Status> {
+        self.check(shard_id, &[])?;
+        if consistency != Consistency::Stale as i32 && self.node_id != self.leader_of(shard_id) {
+            return Err(self.not_leader(shard_id));
+        }
+        let count = self.placement().map_or(1, |ring| ring.shard_count());
+        let data = self
+            .cluster
+            .store
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(data
+            .iter()
+            .filter(|(key, _)| key.as_slice() >= start && (end.is_empty() || key.as_slice() < end))
+            .filter(|(key, _)| shard_of_hash(key_hash(key), count) == ShardId(shard_id))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+}
+
 #[tonic::async_trait]
 impl ShardKv for FakeNode {
+    async fn scan(&self, request: Request<ShardScanRequest>) -> Result<Response<ShardScanResponse>, Status> {
+        let request = request.into_inner();
+        let mut keys = self.shard_keys(
+            request.shard_id,
+            &request.start,
+            &request.end,
+            request.consistency,
+        )?;
+        if request.reverse {
+            keys.reverse();
+        }
+        let limit = request.limit as usize;
+        let more = keys.len() > limit;
+        let entries = keys
+            .into_iter()
+            .take(limit)
+            .map(|(key, (value, version))| ScanEntry {
+                key,
+                value: if request.keys_only { Vec::new() } else { value },
+                version,
+            })
+            .collect();
+        Ok(Response::new(ShardScanResponse { entries, more }))
+    }
+
+    async fn count(
+        &self,
+        request: Request<ShardCountRequest>,
+    ) -> Result<Response<ShardCountResponse>, Status> {
+        let request = request.into_inner();
+        let keys = self.shard_keys(
+            request.shard_id,
+            &request.start,
+            &request.end,
+            request.consistency,
+        )?;
+        // Small calls, so routers must continue after last_key.
+        let limit = if request.limit == 0 {
+            3
+        } else {
+            request.limit as usize
+        };
+        let more = keys.len() > limit;
+        let counted = keys.len().min(limit);
+        let last_key = if more {
+            keys[counted - 1].0.clone()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(ShardCountResponse {
+            count: counted as u64,
+            more,
+            last_key,
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<ShardDeleteRangeRequest>,
+    ) -> Result<Response<ShardDeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        let keys = self.shard_keys(
+            request.shard_id,
+            &request.start,
+            &request.end,
+            Consistency::Linearizable as i32,
+        )?;
+        let limit = request.limit as usize;
+        let more = keys.len() > limit;
+        let mut data = self
+            .cluster
+            .store
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut last_deleted = Vec::new();
+        for (key, _) in keys.iter().take(limit) {
+            data.remove(key);
+            last_deleted = key.clone();
+        }
+        Ok(Response::new(ShardDeleteRangeResponse {
+            deleted: keys.len().min(limit) as u64,
+            more,
+            last_deleted,
+        }))
+    }
+
     async fn read(&self, request: Request<ShardReadRequest>) -> Result<Response<ShardReadResponse>, Status> {
         let request = request.into_inner();
         let keys: Vec<&[u8]> = request.keys.iter().map(Vec::as_slice).collect();
