@@ -83,6 +83,10 @@ pub struct RouterConfig {
     pub retry_max_backoff_ms: u64,
     /// How long a graceful shutdown waits for in-flight requests before cutting them.
     pub shutdown_timeout_ms: u64,
+    /// Bytes of shard pages one scan buffers across all shards (each shard's fetch gets
+    /// `scan_buffer_bytes / shards`, at least 64 KiB): the router memory one scan needs,
+    /// however large its result.
+    pub scan_buffer_bytes: u64,
 }
 
 impl Default for RouterConfig {
@@ -105,6 +109,7 @@ impl Default for RouterConfig {
             retry_initial_backoff_ms: 10,
             retry_max_backoff_ms: 200,
             shutdown_timeout_ms: 10_000,
+            scan_buffer_bytes: 16 * MIB as u64,
         }
     }
 }
@@ -171,6 +176,12 @@ impl RouterConfig {
                     format!("must be between 1 and {MAX_DURATION_MS}, got {value_ms}"),
                 ));
             }
+        }
+        if !(64 * 1024..=1 << 30).contains(&self.scan_buffer_bytes) {
+            return Err(invalid(
+                "scan_buffer_bytes",
+                format!("must be between 64 KiB and 1 GiB, got {}", self.scan_buffer_bytes),
+            ));
         }
         if self.default_request_timeout_ms > self.max_request_timeout_ms {
             return Err(invalid(

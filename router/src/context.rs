@@ -32,6 +32,8 @@ pub struct RouterContext<N> {
     pub max_fanout: usize,
     /// Largest response message to a client.
     pub max_response_bytes: usize,
+    /// Bytes of shard pages one scan buffers.
+    pub scan_buffer_bytes: u64,
 }
 
 /// An admitted request: its in-flight permit (released on drop) and its deadline.
@@ -62,6 +64,7 @@ impl<N: NodeApi> RouterContext<N> {
             rpc_timeout: config.rpc_timeout(),
             max_fanout: config.max_fanout.max(1),
             max_response_bytes: config.max_response_bytes,
+            scan_buffer_bytes: config.scan_buffer_bytes,
         }
     }
 

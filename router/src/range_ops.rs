@@ -43,8 +43,6 @@ pub const MAX_SCAN_LIMIT: u32 = 10_000;
 const STREAM_CHUNK_ENTRIES: usize = 256;
 /// Bytes per message of a streamed scan (at least one entry).
 const STREAM_CHUNK_BYTES: u64 = 1 << 20;
-/// Bytes of shard pages one scan buffers across all its shards (see `scan`).
-const SCAN_BUFFER_BUDGET_BYTES: u64 = 16 << 20;
 /// Keys one delete-range chunk deletes (one Raft entry).
 const DELETE_RANGE_CHUNK_KEYS: u32 = 1000;
 
@@ -114,7 +112,7 @@ fn parse_scan(
 fn merge_settings(ctx: &RouterContext<impl NodeApi>) -> MergeSettings {
     MergeSettings {
         max_fanout: ctx.max_fanout,
-        budget_bytes: SCAN_BUFFER_BUDGET_BYTES,
+        budget_bytes: ctx.scan_buffer_bytes,
     }
 }
 

@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ringkv_proto::v1::{self, admin_client::AdminClient, shard_kv_client::ShardKvClient};
+use ringkv_proto::v1::{
+    self, admin_client::AdminClient, kv_client::KvClient, shard_kv_client::ShardKvClient,
+};
 use ringkv_ring::{MemberState, Ring, RingConfig, RingMember};
 use tonic::transport::Channel;
 
@@ -55,6 +57,8 @@ pub struct ClusterOptions {
     pub replication_factor: u32,
     /// Extra flags for every node (e.g. tiny snapshot thresholds).
     pub node_args: Vec<String>,
+    /// Lines of a TOML config file for the router (empty: no config file).
+    pub router_config: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -69,6 +73,7 @@ impl Default for ClusterOptions {
                 "--election-timeout-min-ms".into(),
                 "500".into(),
             ],
+            router_config: Vec::new(),
         }
     }
 }
@@ -263,7 +268,13 @@ impl Cluster {
         let addr_file = self.dir.path().join("router.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = log_file(&self.dir.path().join("router.log"))?;
-        let child = Command::new(binary("ringkv-router")?)
+        let mut command = Command::new(binary("ringkv-router")?);
+        if !self.options.router_config.is_empty() {
+            let config = self.dir.path().join("router.toml");
+            std::fs::write(&config, self.options.router_config.join("\n"))?;
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--nodes")
@@ -284,6 +295,23 @@ impl Cluster {
     pub async fn client(&self) -> Result<ringkv_client::Client> {
         let addr = self.router_addr.clone().ok_or_else(|| anyhow!("no router"))?;
         Ok(ringkv_client::Client::connect(vec![addr]).await?)
+    }
+
+    /// The raw `Kv` gRPC client of the router (no client-library retries).
+    pub async fn kv(&self) -> Result<KvClient<Channel>> {
+        let addr = self.router_addr.clone().ok_or_else(|| anyhow!("no router"))?;
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await?;
+        Ok(KvClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    /// The router's process id.
+    pub fn router_pid(&self) -> Option<u32> {
+        self.router.as_ref().map(Child::id)
     }
 
     async fn channel(&self, id: u64) -> Result<Channel> {
