@@ -1,5 +1,6 @@
 //! [`Client`]: the typed key-value API over a set of routers, with failover.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,9 +16,14 @@ use tracing::debug;
 
 use crate::endpoint::{authority_of, lazy_channel, normalize_endpoint};
 use crate::error::Failure;
-use crate::retry::{backoff_for_round, Decision, OpKind, RetryState};
-use crate::types::versioned;
-use crate::{CasOutcome, ClientConfig, Error, ReadConsistency, Versioned};
+use crate::retry::{backoff_for_round, Decision, OpKind, ResumeBudget, RetryState};
+use crate::scan::{scan_request, ScanCursor, ScanStream};
+use crate::types::{describe_key, versioned, WireRange};
+use crate::{
+    CasOutcome, ClientConfig, ContinuationToken, CountOptions, CountProgress, CountResult, Error, KeyRange,
+    Mutation, MutationResult, ReadConsistency, ScanOptions, ScanPage, Versioned, DEFAULT_SCAN_PAGE_LIMIT,
+    MAX_SCAN_PAGE_LIMIT,
+};
 
 /// Length of the request id every write carries.
 pub const REQUEST_ID_LEN: usize = 16;
@@ -268,6 +274,335 @@ impl Client {
         Ok(response.versions)
     }
 
+    /// Applies puts and deletes in one batch; returns one result per mutation, in order.
+    ///
+    /// The batch is atomic per shard (one Raft entry per shard), not across shards. A key
+    /// may appear only once per batch (checked locally). Retries reuse the batch's request
+    /// id, so each shard applies its part at most once. When the batch fails after it
+    /// reached a router, some shards may have applied their part: that is reported as
+    /// [`Error::OutcomeUnknown`], never as a plain failure (read the keys, or write the
+    /// batch again).
+    ///
+    /// ```no_run
+    /// use ringkv_client::{Client, Mutation};
+    ///
+    /// # async fn example(client: Client) -> Result<(), ringkv_client::Error> {
+    /// let results = client
+    ///     .batch_write(vec![Mutation::put("a", "1"), Mutation::delete("b")])
+    ///     .await?;
+    /// println!("a is at version {}; b existed: {}", results[0].version, results[1].existed);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn batch_write(
+        &self,
+        mutations: impl IntoIterator<Item = Mutation>,
+    ) -> Result<Vec<MutationResult>, Error> {
+        let mut seen = HashSet::new();
+        let mutations = mutations
+            .into_iter()
+            .map(|mutation| {
+                let key = checked_key(mutation.key())?;
+                if !seen.insert(key) {
+                    return Err(Error::InvalidArgument(format!(
+                        "key {} appears more than once in the batch",
+                        describe_key(mutation.key())
+                    )));
+                }
+                Ok(proto::Mutation::from(mutation))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        if mutations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expected = mutations.len();
+        let message = proto::BatchWriteRequest {
+            mutations,
+            request_id: new_request_id(),
+        };
+        let max_bytes = self.inner.config.max_message_bytes;
+        let response = self
+            .call(OpKind::StepwiseWrite, "batch-write", |channel, timeout| {
+                let request = with_deadline(message.clone(), timeout);
+                async move { kv_client(channel, max_bytes).batch_write(request).await }
+            })
+            .await?;
+        if response.results.len() != expected {
+            // The batch was applied: report the mismatch without calling it a failure.
+            return Err(Error::OutcomeUnknown(format!(
+                "batch write of {expected} mutations returned {} results",
+                response.results.len()
+            )));
+        }
+        Ok(response.results.into_iter().map(MutationResult::from).collect())
+    }
+
+    /// Reads one page of `range` in key order: at most [`ScanOptions::limit`] entries
+    /// (default [`DEFAULT_SCAN_PAGE_LIMIT`]), starting after `token` when given.
+    ///
+    /// Pass [`ScanPage::next`] back, with the same range and options, for the next page;
+    /// it is `None` once the range is exhausted. Each shard's part is linearizable when
+    /// that shard answers (or possibly stale with [`ReadConsistency::Stale`]); the pages
+    /// are not one snapshot of the whole range. Retried on another router on transport
+    /// errors, within the request timeout.
+    ///
+    /// ```no_run
+    /// use ringkv_client::{Client, KeyRange, ScanOptions};
+    ///
+    /// # async fn example(client: Client) -> Result<(), ringkv_client::Error> {
+    /// let range = KeyRange::prefix("user/");
+    /// let options = ScanOptions::new().limit(500);
+    /// let mut token = None;
+    /// loop {
+    ///     let page = client.scan(&range, &options, token.as_ref()).await?;
+    ///     for entry in &page.entries {
+    ///         println!("{:?} @ {}", entry.key, entry.version);
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => token = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn scan(
+        &self,
+        range: &KeyRange,
+        options: &ScanOptions,
+        token: Option<&ContinuationToken>,
+    ) -> Result<ScanPage, Error> {
+        range.validate()?;
+        let limit = options.limit.unwrap_or(DEFAULT_SCAN_PAGE_LIMIT);
+        if !(1..=MAX_SCAN_PAGE_LIMIT).contains(&limit) {
+            return Err(Error::InvalidArgument(format!(
+                "scan page limit must be in 1..={MAX_SCAN_PAGE_LIMIT}, got {limit}"
+            )));
+        }
+        let mut message = scan_request(range, options, limit);
+        message.continuation_token = token.map(|token| token.as_bytes().to_vec()).unwrap_or_default();
+        let max_bytes = self.inner.config.max_message_bytes;
+        let response = self
+            .call(OpKind::Read, "scan", |channel, timeout| {
+                let request = with_deadline(message.clone(), timeout);
+                async move { kv_client(channel, max_bytes).scan(request).await }
+            })
+            .await?;
+        let entries =
+            ScanCursor::page(range.clone(), options.reverse, limit).accept_page(response.entries)?;
+        Ok(ScanPage {
+            entries,
+            next: ContinuationToken::from_wire(response.continuation_token),
+            missing_shards: response.missing_shards,
+        })
+    }
+
+    /// Streams `range` in key order, in chunks, up to [`ScanOptions::limit`] entries in
+    /// all (default: the whole range).
+    ///
+    /// Nothing is sent until the stream is polled. When the stream breaks on a transient
+    /// error (connection lost, router unavailable, nothing received within
+    /// [`ClientConfig::stream_idle_timeout`]) it is reopened, on another router if
+    /// needed, after the last entry received, so every key is yielded once. It ends with
+    /// an error after [`ClientConfig::max_attempts`] breaks in a row without progress, or
+    /// on a definite error. The request timeout bounds opening the stream, not the whole
+    /// scan: wrap the stream in your own timeout to bound that.
+    ///
+    /// Items are [`ScanPage`] chunks (each with its resume token and any missing shards);
+    /// [`ScanStream::entries`] flattens them to entries.
+    ///
+    /// ```no_run
+    /// use futures::TryStreamExt;
+    /// use ringkv_client::{Client, KeyRange, ScanOptions};
+    ///
+    /// # async fn example(client: Client) -> Result<(), ringkv_client::Error> {
+    /// let mut chunks = client.scan_stream(&KeyRange::all(), &ScanOptions::new().keys_only(true));
+    /// let mut keys = 0;
+    /// while let Some(chunk) = chunks.try_next().await? {
+    ///     keys += chunk.entries.len();
+    /// }
+    /// println!("{keys} keys");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn scan_stream(&self, range: &KeyRange, options: &ScanOptions) -> ScanStream {
+        ScanStream::new(self.clone(), range, options)
+    }
+
+    /// Counts the keys of `range`.
+    ///
+    /// Each shard's part is exact when that shard answers; the total is not one snapshot
+    /// across shards. With [`CountOptions::allow_partial`], shards that cannot answer are
+    /// left out and named in [`CountResult::missing_shards`].
+    ///
+    /// ```no_run
+    /// use ringkv_client::{Client, CountOptions, KeyRange};
+    ///
+    /// # async fn example(client: Client) -> Result<(), ringkv_client::Error> {
+    /// let result = client.count(&KeyRange::prefix("user/"), &CountOptions::new()).await?;
+    /// println!("{} users", result.count);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn count(&self, range: &KeyRange, options: &CountOptions) -> Result<CountResult, Error> {
+        self.count_with_progress(range, options, |_| {}).await
+    }
+
+    /// Like [`Client::count`], calling `on_progress` with every progress report of the
+    /// router, the final one (`done`) included.
+    ///
+    /// The router reports as each shard finishes. A count broken by a transient error
+    /// (or silent for [`ClientConfig::stream_idle_timeout`]) is started over, at most
+    /// [`ClientConfig::max_attempts`] times in all, so the reported progress can go back.
+    /// The request timeout bounds opening the count, not the whole count.
+    ///
+    /// ```no_run
+    /// use ringkv_client::{Client, CountOptions, KeyRange};
+    ///
+    /// # async fn example(client: Client) -> Result<(), ringkv_client::Error> {
+    /// let result = client
+    ///     .count_with_progress(&KeyRange::all(), &CountOptions::new(), |progress| {
+    ///         eprintln!(
+    ///             "{} keys so far, {}/{} shards",
+    ///             progress.count, progress.shards_done, progress.shards_total
+    ///         );
+    ///     })
+    ///     .await?;
+    /// println!("{} keys", result.count);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn count_with_progress(
+        &self,
+        range: &KeyRange,
+        options: &CountOptions,
+        mut on_progress: impl FnMut(&CountProgress),
+    ) -> Result<CountResult, Error> {
+        range.validate()?;
+        let WireRange { start, end, prefix } = range.to_wire();
+        let message = proto::CountRequest {
+            start,
+            end,
+            prefix,
+            consistency: proto::Consistency::from(options.consistency) as i32,
+            allow_partial: options.allow_partial,
+        };
+        let max_bytes = self.inner.config.max_message_bytes;
+        let idle = self.inner.config.stream_idle_timeout;
+        // A restarted count starts from zero: every restart counts against the budget.
+        let mut budget = ResumeBudget::new(self.inner.config.max_attempts);
+        loop {
+            let mut stream = self
+                .call(OpKind::Read, "count", |channel, timeout| {
+                    // The router applies the deadline to each round of shard calls; tonic
+                    // bounds only the wait for the response headers with it, not the stream.
+                    let request = with_deadline(message.clone(), timeout);
+                    async move { kv_client(channel, max_bytes).count(request).await }
+                })
+                .await?;
+            let error = loop {
+                match tokio::time::timeout(idle, stream.message()).await {
+                    Ok(Ok(Some(response))) => {
+                        let progress = CountProgress::from(response);
+                        on_progress(&progress);
+                        if progress.done {
+                            return Ok(CountResult {
+                                count: progress.count,
+                                shards_total: progress.shards_total,
+                                missing_shards: progress.missing_shards,
+                            });
+                        }
+                    }
+                    Ok(Ok(None)) => {
+                        break Error::Unavailable("the count stream ended before its final report".into())
+                    }
+                    Ok(Err(status)) => break Failure::from_status(&status).error,
+                    Err(_elapsed) => {
+                        break Error::DeadlineExceeded(format!("count: no progress report within {idle:?}"))
+                    }
+                }
+            };
+            let Some(round) = budget.on_break(&error) else {
+                return Err(error);
+            };
+            debug!(error = %error, round, "count stream broke; starting over");
+            self.resume_backoff(round).await;
+        }
+    }
+
+    /// Deletes every key of `range`; returns how many were deleted.
+    ///
+    /// The whole key space is refused here ([`Error::InvalidArgument`]): use
+    /// [`Client::delete_all`]. The delete is atomic per chunk of a shard, not as a whole:
+    /// when it fails or times out part of the range may be deleted, which is reported as
+    /// [`Error::OutcomeUnknown`]; deleting the range again is safe. Large ranges may need
+    /// a longer [`ClientConfig::request_timeout`].
+    ///
+    /// ```no_run
+    /// use ringkv_client::{Client, KeyRange};
+    ///
+    /// # async fn example(client: Client) -> Result<(), ringkv_client::Error> {
+    /// let deleted = client.delete_range(&KeyRange::between("log/2023", "log/2024")).await?;
+    /// println!("deleted {deleted} keys");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_range(&self, range: &KeyRange) -> Result<u64, Error> {
+        range.validate()?;
+        if range.is_all() {
+            return Err(Error::InvalidArgument(
+                "delete_range of the whole key space is refused: call delete_all to delete every key".into(),
+            ));
+        }
+        self.delete_range_request(range.to_wire(), false).await
+    }
+
+    /// Deletes every key of the cluster; returns how many were deleted. Like
+    /// [`Client::delete_range`], it may be partly applied when it fails.
+    ///
+    /// ```no_run
+    /// # async fn example(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// let deleted = client.delete_all().await?;
+    /// println!("the cluster is empty ({deleted} keys deleted)");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_all(&self) -> Result<u64, Error> {
+        self.delete_range_request(WireRange::default(), true).await
+    }
+
+    async fn delete_range_request(&self, range: WireRange, all: bool) -> Result<u64, Error> {
+        let message = proto::DeleteRangeRequest {
+            start: range.start,
+            end: range.end,
+            prefix: range.prefix,
+            request_id: new_request_id(),
+            all,
+        };
+        let max_bytes = self.inner.config.max_message_bytes;
+        let response = self
+            .call(OpKind::StepwiseWrite, "delete-range", |channel, timeout| {
+                let request = with_deadline(message.clone(), timeout);
+                async move { kv_client(channel, max_bytes).delete_range(request).await }
+            })
+            .await
+            .map_err(|error| match error {
+                Error::OutcomeUnknown(message) => Error::OutcomeUnknown(format!(
+                    "{message} (part of the range may be deleted; deleting it again is safe)"
+                )),
+                other => other,
+            })?;
+        Ok(response.deleted)
+    }
+
+    /// Waits before reopening a broken stream for the `round`-th time in a row.
+    pub(crate) async fn resume_backoff(&self, round: u32) {
+        let config = &self.inner.config;
+        let backoff = backoff_for_round(round, config.retry_backoff, config.max_retry_backoff)
+            .mul_f64(rand::random_range(0.5..=1.0));
+        tokio::time::sleep(backoff).await;
+    }
+
     /// The whole cluster as a router sees it: ring, nodes, shards and leaders.
     pub async fn cluster_status(&self) -> Result<proto::ClusterStatusResponse, Error> {
         let max_bytes = self.inner.config.max_message_bytes;
@@ -284,7 +619,12 @@ impl Client {
     }
 
     /// Runs one operation with failover across routers.
-    async fn call<T, F, Fut>(&self, kind: OpKind, operation: &str, mut attempt: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        kind: OpKind,
+        operation: &str,
+        mut attempt: F,
+    ) -> Result<T, Error>
     where
         F: FnMut(Channel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
@@ -367,13 +707,13 @@ fn checked_key(key: &[u8]) -> Result<Vec<u8>, Error> {
 }
 
 /// Wraps a message in a request carrying `timeout` as its gRPC deadline.
-fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+pub(crate) fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
 }
 
-fn kv_client(channel: Channel, max_message_bytes: usize) -> KvClient<Channel> {
+pub(crate) fn kv_client(channel: Channel, max_message_bytes: usize) -> KvClient<Channel> {
     KvClient::new(channel)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes)

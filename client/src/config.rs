@@ -14,6 +14,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(50);
 /// Default cap on the retry wait.
 pub const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// Default longest wait for the next message of a streamed call (scan stream, count).
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default largest gRPC message accepted or sent (a batch of 1 MiB values adds up).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -24,8 +26,13 @@ const MAX_ATTEMPTS_LIMIT: u32 = 100;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Overall deadline of one operation including failover retries; the remaining time
-    /// is sent as the gRPC deadline (`grpc-timeout`) of each attempt.
+    /// is sent as the gRPC deadline (`grpc-timeout`) of each attempt. For streamed calls
+    /// (`scan_stream`, `count`) it bounds opening the stream (and the router applies it
+    /// to each round of shard calls), not the whole stream.
     pub request_timeout: Duration,
+    /// Longest wait for the next message of an open stream (`scan_stream`, `count`)
+    /// before it is treated as broken and reopened.
+    pub stream_idle_timeout: Duration,
     /// Bound on establishing a connection to one endpoint.
     pub connect_timeout: Duration,
     /// Attempts per operation, across endpoints (1 = no retry).
@@ -43,6 +50,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_backoff: DEFAULT_RETRY_BACKOFF,
@@ -64,6 +72,11 @@ impl ClientConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.request_timeout.is_zero() {
             return Err(Error::InvalidArgument("request timeout must be positive".into()));
+        }
+        if self.stream_idle_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "stream idle timeout must be positive".into(),
+            ));
         }
         if self.connect_timeout.is_zero() {
             return Err(Error::InvalidArgument("connect timeout must be positive".into()));
@@ -96,6 +109,12 @@ impl ClientConfigBuilder {
     /// Overall deadline of one operation (default 5 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
+        self
+    }
+
+    /// Longest wait for the next message of an open stream (default 30 s).
+    pub fn stream_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.stream_idle_timeout = timeout;
         self
     }
 
@@ -152,6 +171,10 @@ mod tests {
             .is_err());
         assert!(ClientConfig::builder()
             .connect_timeout(Duration::ZERO)
+            .build()
+            .is_err());
+        assert!(ClientConfig::builder()
+            .stream_idle_timeout(Duration::ZERO)
             .build()
             .is_err());
         assert!(ClientConfig::builder().max_attempts(0).build().is_err());

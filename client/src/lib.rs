@@ -9,11 +9,13 @@
 //!
 //! # Modules
 //! - [`client`](Client) — the key-value API: get, put, delete, compare-and-swap, batches,
-//!   cluster status.
+//!   ordered range scans (paged or streamed), counts, range deletes, cluster status.
 //! - [`config`](ClientConfig) — timeouts and retry bounds with a validating builder.
 //! - [`admin`] — talking to storage nodes directly: `NodeStatus` and cluster bootstrap.
 //! - [`error`](Error) — the error type; the single `tonic::Status` → [`Error`] mapping.
-//! - `retry` — the failover decisions, pure and unit-tested.
+//! - `retry` — the failover and stream-resume decisions, pure and unit-tested.
+//! - [`scan`](ScanStream) — checking scan results; streamed scans that resume after a
+//!   break.
 //! - `endpoint` — parsing `host:port` / `http://host:port`.
 //!
 //! # Example
@@ -48,6 +50,29 @@
 //! # }
 //! ```
 //!
+//! Ranges are read page by page, or streamed; a stream that breaks on a transient error
+//! resumes where it stopped, so every key is seen once:
+//!
+//! ```no_run
+//! use futures::TryStreamExt;
+//! use ringkv_client::{Client, KeyRange, Mutation, ScanOptions};
+//!
+//! # async fn example(client: Client) -> Result<(), ringkv_client::Error> {
+//! client
+//!     .batch_write(vec![Mutation::put("user/1", "ada"), Mutation::put("user/2", "bob")])
+//!     .await?;
+//!
+//! let users = KeyRange::prefix("user/");
+//! let mut entries = client.scan_stream(&users, &ScanOptions::new()).entries();
+//! while let Some(entry) = entries.try_next().await? {
+//!     println!("{:?} = {:?}", entry.key, entry.value);
+//! }
+//! let deleted = client.delete_range(&users).await?;
+//! println!("deleted {deleted} keys");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Bootstrapping a cluster talks to the nodes, not the routers:
 //!
 //! ```no_run
@@ -65,6 +90,7 @@ mod config;
 mod endpoint;
 mod error;
 mod retry;
+mod scan;
 mod types;
 
 pub use admin::init_cluster;
@@ -72,8 +98,14 @@ pub use client::{new_request_id, Client, REQUEST_ID_LEN};
 pub use config::{
     ClientConfig, ClientConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF,
+    DEFAULT_STREAM_IDLE_TIMEOUT,
 };
 pub use endpoint::normalize_endpoint;
 pub use error::Error;
 pub use ringkv_proto::v1 as proto;
-pub use types::{CasOutcome, ReadConsistency, Versioned};
+pub use scan::ScanStream;
+pub use types::{
+    CasOutcome, ContinuationToken, CountOptions, CountProgress, CountResult, KeyRange, Mutation,
+    MutationResult, ReadConsistency, ScanEntry, ScanOptions, ScanPage, Versioned, DEFAULT_SCAN_PAGE_LIMIT,
+    MAX_SCAN_PAGE_LIMIT,
+};

@@ -6,6 +6,9 @@
 //! request id (the cluster de-duplicates it). When a write attempt may have been applied
 //! and no later attempt settles it, the operation reports
 //! [`Error::OutcomeUnknown`] — never a plain failure.
+//!
+//! Read streams (scan, count) that break after they opened are reopened by their caller
+//! within a [`ResumeBudget`].
 
 use std::time::Duration;
 
@@ -19,6 +22,17 @@ pub(crate) enum OpKind {
     Read,
     /// Writes carrying a request id: safe to repeat with the same id.
     Write,
+    /// Writes applied in several independent steps (delete-range chunks, the shards of a
+    /// batch write): safe to repeat with the same id, and a failure may follow a partial
+    /// application, so any transient error after the request reached a router leaves the
+    /// outcome unknown.
+    StepwiseWrite,
+}
+
+impl OpKind {
+    fn is_write(self) -> bool {
+        matches!(self, OpKind::Write | OpKind::StepwiseWrite)
+    }
 }
 
 /// What to do after a failed attempt.
@@ -49,14 +63,17 @@ impl RetryState {
     /// Decides after a failed attempt. `can_retry` is false when the attempt or time
     /// budget is spent.
     pub(crate) fn on_failure(&mut self, failure: Failure, can_retry: bool) -> Decision {
-        if self.kind == OpKind::Write && failure.delivery == Delivery::MaybeApplied {
+        let maybe_partial = self.kind == OpKind::StepwiseWrite
+            && failure.delivery == Delivery::Answered
+            && failure.error.is_retryable();
+        if self.kind.is_write() && (failure.delivery == Delivery::MaybeApplied || maybe_partial) {
             self.ambiguous = true;
         }
         let fail_over = match (failure.delivery, &failure.error) {
             (Delivery::NotSent, _) => true,
             (Delivery::Answered, Error::Unavailable(_)) => true,
             (Delivery::MaybeApplied, Error::Transport(_)) => true,
-            (Delivery::MaybeApplied, Error::OutcomeUnknown(_)) => self.kind == OpKind::Write,
+            (Delivery::MaybeApplied, Error::OutcomeUnknown(_)) => self.kind.is_write(),
             _ => false,
         };
         if fail_over && can_retry {
@@ -80,6 +97,49 @@ impl RetryState {
             )),
             definite => definite,
         }
+    }
+}
+
+/// Whether a broken read stream (scan, count) is worth reopening: the connection
+/// failed, the router could not serve, or no message came in time. Definite answers
+/// (invalid argument, a foreign continuation token...) end the stream.
+pub(crate) fn is_resumable(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Transport(_) | Error::Unavailable(_) | Error::DeadlineExceeded(_)
+    )
+}
+
+/// Bounds the reopening of a broken read stream: at most `max_attempts - 1` breaks in a
+/// row without progress, where progress (a new entry or a new continuation token) resets
+/// the count. A stream that keeps delivering is resumed as often as it breaks.
+#[derive(Debug)]
+pub(crate) struct ResumeBudget {
+    max_attempts: u32,
+    breaks_without_progress: u32,
+}
+
+impl ResumeBudget {
+    pub(crate) fn new(max_attempts: u32) -> Self {
+        ResumeBudget {
+            max_attempts,
+            breaks_without_progress: 0,
+        }
+    }
+
+    /// The stream made progress since the last break.
+    pub(crate) fn on_progress(&mut self) {
+        self.breaks_without_progress = 0;
+    }
+
+    /// The stream broke with `error`: `Some(round)` (1 for the first retry in a row, for
+    /// [`backoff_for_round`]) when it should be reopened, `None` when the error is final.
+    pub(crate) fn on_break(&mut self, error: &Error) -> Option<u32> {
+        if !is_resumable(error) || self.breaks_without_progress + 1 >= self.max_attempts {
+            return None;
+        }
+        self.breaks_without_progress += 1;
+        Some(self.breaks_without_progress)
     }
 }
 
@@ -197,6 +257,84 @@ mod tests {
             true,
         );
         assert!(matches!(decision, Decision::Fail(Error::InvalidArgument(_))));
+    }
+
+    /// A delete-range that the router answered with a transient error may be partly
+    /// applied: its final error is outcome-unknown, unlike a single-step write's.
+    #[test]
+    fn stepwise_write_answered_unavailable_is_outcome_unknown() {
+        let mut state = RetryState::new(OpKind::StepwiseWrite);
+        let first = state.on_failure(
+            failure(
+                Error::Unavailable("shard 3 has no leader".into()),
+                Delivery::Answered,
+            ),
+            true,
+        );
+        assert!(matches!(first, Decision::Retry));
+        let last = state.on_failure(
+            failure(
+                Error::Unavailable("shard 3 has no leader".into()),
+                Delivery::Answered,
+            ),
+            false,
+        );
+        assert!(matches!(last, Decision::Fail(Error::OutcomeUnknown(_))));
+
+        let mut single = RetryState::new(OpKind::Write);
+        let last = single.on_failure(
+            failure(Error::Unavailable("no leader".into()), Delivery::Answered),
+            false,
+        );
+        assert!(matches!(last, Decision::Fail(Error::Unavailable(_))));
+    }
+
+    /// A delete-range never sent anywhere, or rejected as invalid, failed for sure.
+    #[test]
+    fn stepwise_write_definite_failures_stay_definite() {
+        let mut state = RetryState::new(OpKind::StepwiseWrite);
+        let decision = state.on_failure(
+            failure(Error::Transport("refused".into()), Delivery::NotSent),
+            false,
+        );
+        assert!(matches!(decision, Decision::Fail(Error::Transport(_))));
+        let mut state = RetryState::new(OpKind::StepwiseWrite);
+        let decision = state.on_failure(
+            failure(Error::InvalidArgument("start > end".into()), Delivery::Answered),
+            true,
+        );
+        assert!(matches!(decision, Decision::Fail(Error::InvalidArgument(_))));
+    }
+
+    /// Transient stream breaks are resumed, definite errors are not.
+    #[test]
+    fn resumable_errors() {
+        assert!(is_resumable(&Error::Transport("reset".into())));
+        assert!(is_resumable(&Error::Unavailable("draining".into())));
+        assert!(is_resumable(&Error::DeadlineExceeded("idle".into())));
+        assert!(!is_resumable(&Error::InvalidArgument("foreign token".into())));
+        assert!(!is_resumable(&Error::ResourceExhausted(
+            "message too large".into()
+        )));
+        assert!(!is_resumable(&Error::OutcomeUnknown("x".into())));
+    }
+
+    /// Breaks in a row are bounded by the attempt budget; progress resets the count.
+    #[test]
+    fn resume_budget_counts_breaks_without_progress() {
+        let transient = Error::Unavailable("x".into());
+        let mut budget = ResumeBudget::new(3);
+        assert_eq!(budget.on_break(&transient), Some(1));
+        assert_eq!(budget.on_break(&transient), Some(2));
+        assert_eq!(budget.on_break(&transient), None);
+
+        let mut budget = ResumeBudget::new(3);
+        for _ in 0..10 {
+            assert_eq!(budget.on_break(&transient), Some(1));
+            budget.on_progress();
+        }
+        assert_eq!(budget.on_break(&Error::InvalidArgument("x".into())), None);
+        assert_eq!(ResumeBudget::new(1).on_break(&transient), None);
     }
 
     /// Backoff doubles per round and is capped.

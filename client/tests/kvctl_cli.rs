@@ -183,3 +183,219 @@ async fn cluster_status_output() {
     assert_eq!(value["ring"]["cluster_id"], "mock");
     assert_eq!(value["shards"].as_array().map(Vec::len), Some(2));
 }
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not JSON ({err}): {}\nstderr: {}",
+            text(&output.stdout),
+            text(&output.stderr)
+        )
+    })
+}
+
+/// mput (CSV file, JSON lines on stdin), mget, scan pages and --all, count, delrange.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_load_scan_count_delrange() {
+    let router = MockRouter::default();
+    let endpoint = router.serve().await.to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let csv = dir.path().join("users.csv");
+    std::fs::write(&csv, "key,value\nuser/1,ada\nuser/2,\"b,ob\"\nother,x\n").expect("write csv");
+    let csv = csv.to_str().expect("utf-8 path");
+
+    let mput = kvctl(
+        &endpoint,
+        &[
+            "-o",
+            "json",
+            "mput",
+            csv,
+            "--batch-size",
+            "2",
+            "--concurrency",
+            "2",
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(code(&mput), 0, "{}", text(&mput.stderr));
+    let summary = json(&mput);
+    assert_eq!(summary["loaded"], 3);
+    assert_eq!(summary["batches"], 2);
+    let stdin = kvctl(
+        &endpoint,
+        &["mput", "-", "--format", "jsonl"],
+        b"{\"key_hex\": \"00ff\", \"value\": \"bin\"}\n",
+    )
+    .await;
+    assert_eq!(code(&stdin), 0, "{}", text(&stdin.stderr));
+    assert!(text(&stdin.stdout).contains("LOADED"));
+
+    let mget = kvctl(&endpoint, &["mget", "user/1", "nope"], b"").await;
+    assert_eq!(code(&mget), 1, "{}", text(&mget.stderr));
+    assert!(text(&mget.stdout).contains("(not found)"));
+    let mget = kvctl(&endpoint, &["-o", "json", "mget", "user/1", "user/2"], b"").await;
+    assert_eq!(code(&mget), 0);
+    assert_eq!(json(&mget)[1]["value"], "b,ob");
+
+    let first = kvctl(
+        &endpoint,
+        &["-o", "json", "scan", "--prefix", "user/", "--limit", "1"],
+        b"",
+    )
+    .await;
+    assert_eq!(code(&first), 0, "{}", text(&first.stderr));
+    let first = json(&first);
+    assert_eq!(first["entries"][0]["key"], "user/1");
+    let token = first["next_page_token"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let second = kvctl(
+        &endpoint,
+        &[
+            "-o",
+            "json",
+            "scan",
+            "--prefix",
+            "user/",
+            "--limit",
+            "1",
+            "--page-token",
+            &token,
+        ],
+        b"",
+    )
+    .await;
+    let second = json(&second);
+    assert_eq!(second["entries"][0]["key"], "user/2");
+    assert_eq!(second["next_page_token"], serde_json::Value::Null);
+    let table = kvctl(&endpoint, &["scan", "--limit", "2"], b"").await;
+    assert!(
+        text(&table.stdout).contains("next page: --page-token"),
+        "{}",
+        text(&table.stdout)
+    );
+
+    let all = kvctl(&endpoint, &["-o", "json", "scan", "--all"], b"").await;
+    assert_eq!(code(&all), 0, "{}", text(&all.stderr));
+    let all = json(&all);
+    assert_eq!(all["count"], 4);
+    assert_eq!(all["entries"][0]["key_hex"], "00ff");
+    let keys_only = kvctl(
+        &endpoint,
+        &["scan", "--all", "--keys-only", "--reverse", "--limit", "2"],
+        b"",
+    )
+    .await;
+    let stdout = text(&keys_only.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["KEY", "VERSION"]
+    );
+    assert!(
+        lines[1].starts_with("user/2") && lines[2].starts_with("user/1"),
+        "{stdout}"
+    );
+    assert_eq!(lines.last().copied(), Some("2 entries"));
+
+    let count = kvctl(&endpoint, &["-o", "json", "count", "--prefix", "user/"], b"").await;
+    assert_eq!(code(&count), 0, "{}", text(&count.stderr));
+    assert_eq!(json(&count)["count"], 2);
+    assert!(count.stderr.is_empty(), "no progress bar off a terminal");
+
+    let delrange = kvctl(&endpoint, &["-o", "json", "delrange", "--prefix", "user/"], b"").await;
+    assert_eq!(code(&delrange), 0, "{}", text(&delrange.stderr));
+    assert_eq!(json(&delrange)["deleted"], 2);
+    let everything = kvctl(&endpoint, &["-o", "json", "delrange", "--all", "--yes"], b"").await;
+    assert_eq!(json(&everything)["deleted"], 2);
+}
+
+/// `scan --all` resumes a broken stream: each key printed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn scan_all_resumes() {
+    let router = MockRouter::default();
+    let endpoint = router.serve().await.to_string();
+    let lines: String = (0..7).map(|i| format!("k{i},v{i}\n")).collect();
+    let mput = kvctl(&endpoint, &["mput", "-", "--format", "csv"], lines.as_bytes()).await;
+    assert_eq!(code(&mput), 0, "{}", text(&mput.stderr));
+    router.break_stream_after(2);
+    let all = kvctl(&endpoint, &["-o", "json", "scan", "--all", "k"], b"").await;
+    assert_eq!(code(&all), 0, "{}", text(&all.stderr));
+    let keys: Vec<String> = json(&all)["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| entry["key"].as_str().expect("key").to_string())
+        .collect();
+    assert_eq!(keys, (0..7).map(|i| format!("k{i}")).collect::<Vec<_>>());
+}
+
+/// Bad mput input, risky deletes and bad ranges exit 64, and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn range_and_load_usage_errors() {
+    let router = MockRouter::default();
+    let endpoint = router.serve().await.to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"key\": \"a\", \"value\": \"1\"}\n{\"key\": \"b\"}\n").expect("write");
+    let repeated = dir.path().join("repeated.csv");
+    std::fs::write(&repeated, "a,1\nb,2\na,3\n").expect("write");
+    let unknown = dir.path().join("data.txt");
+    std::fs::write(&unknown, "a,1\n").expect("write");
+    let (bad, repeated, unknown) = (
+        bad.to_str().expect("utf-8"),
+        repeated.to_str().expect("utf-8"),
+        unknown.to_str().expect("utf-8"),
+    );
+
+    for (args, expected) in [
+        (vec!["mput", bad], "line 2: missing \"value\""),
+        (vec!["mput", repeated], "line 3: key a already appears on line 1"),
+        (vec!["mput", unknown], "cannot tell the format"),
+        (vec!["mput", "-"], "give --format"),
+        (vec!["mput", unknown, "--batch-size", "0"], "batch-size"),
+        (vec!["delrange", "--all"], "--yes"),
+        (vec!["delrange", "a"], "START and END"),
+        (vec!["delrange", "--prefix", ""], "--all --yes"),
+        (
+            vec!["delrange", "a", "b", "--all", "--yes"],
+            "cannot be used with",
+        ),
+        (vec!["scan", "b", "a"], "START must not come after END"),
+        (vec!["scan", "--limit", "20000"], "at most 10000"),
+        (vec!["scan", "--page-token", "xyz"], "--page-token"),
+        (vec!["scan", "--all", "--page-token", "00"], "cannot be used with"),
+        (vec!["count", "a", "--prefix", "b"], "cannot be used with"),
+        (vec!["mget"], "required"),
+    ] {
+        let output = kvctl(&endpoint, &args, b"").await;
+        assert_eq!(code(&output), 64, "{args:?}: {}", text(&output.stderr));
+        assert!(
+            text(&output.stderr).contains(expected),
+            "{args:?}: {:?} lacks {expected:?}",
+            text(&output.stderr)
+        );
+    }
+    assert!(router.request_ids().is_empty(), "nothing was written");
+    assert_eq!(router.calls(), 0);
+}
+
+/// A load whose batches the router keeps failing as outcome-unknown exits 4.
+#[tokio::test(flavor = "multi_thread")]
+async fn mput_outcome_unknown_exits_4() {
+    let router = MockRouter::default();
+    for _ in 0..3 {
+        router.fail_next(outcome_unknown("commit not confirmed"));
+    }
+    let endpoint = router.serve().await.to_string();
+    let output = kvctl(&endpoint, &["mput", "-", "--format", "csv"], b"a,1\nb,2\n").await;
+    assert_eq!(code(&output), 4, "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("0 of 2 keys loaded"),
+        "{}",
+        text(&output.stderr)
+    );
+}

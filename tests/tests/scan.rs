@@ -20,6 +20,7 @@ use tonic::Code;
 
 type Kv = KvClient<Channel>;
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+type KeyFilter = Box<dyn Fn(&[u8]) -> bool>;
 
 /// Every entry (key, value) of a scan, page by page through continuation tokens.
 async fn scan_pages(kv: &mut Kv, mut request: ScanRequest) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -234,7 +235,7 @@ async fn run_case(kv: &mut Kv, prefix: &str, ops: &[Op], queries: &[Query]) -> a
         );
     }
     for query in queries {
-        let (request, range): (ScanRequest, Box<dyn Fn(&[u8]) -> bool>) = match &query.prefix {
+        let (request, range): (ScanRequest, KeyFilter) = match &query.prefix {
             Some(sub) => {
                 let p = full(sub);
                 (

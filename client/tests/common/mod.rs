@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,15 @@ use ringkv_client::proto::admin_server::{Admin, AdminServer};
 use ringkv_client::proto::kv_server::{Kv, KvServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+
+/// Entries per message of a mock ScanStream.
+pub const STREAM_CHUNK: usize = 2;
+/// Shards a mock Count reports (keys are spread by their first byte).
+pub const MOCK_SHARDS: u32 = 2;
+
+type MockStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Shared state of one mock router.
 #[derive(Default)]
@@ -31,6 +40,16 @@ pub struct MockState {
     pub calls: usize,
     /// Deadlines (grpc-timeout header) received.
     pub saw_deadline: bool,
+    /// For each ScanStream or Count call in turn: break the stream with UNAVAILABLE
+    /// after this many messages.
+    pub stream_breaks: VecDeque<usize>,
+    /// For each ScanStream call in turn: stop sending (without ending the stream) after
+    /// this many messages.
+    pub stream_stalls: VecDeque<usize>,
+    /// The continuation token each ScanStream call was opened with.
+    pub stream_tokens: Vec<Vec<u8>>,
+    /// The limit each ScanStream call was opened with.
+    pub stream_limits: Vec<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -68,6 +87,17 @@ impl MockRouter {
 
     pub fn calls(&self) -> usize {
         self.lock().calls
+    }
+
+    /// Stalls the next ScanStream after `messages` messages: the stream stays open but
+    /// sends nothing more.
+    pub fn stall_stream_after(&self, messages: usize) {
+        self.lock().stream_stalls.push_back(messages);
+    }
+
+    /// Breaks the next ScanStream or Count stream after `messages` messages.
+    pub fn break_stream_after(&self, messages: usize) {
+        self.lock().stream_breaks.push_back(messages);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MockState> {
@@ -108,6 +138,61 @@ impl MockRouter {
     fn read(&self, key: &[u8]) -> Option<(Vec<u8>, u64)> {
         self.lock().data.get(key).cloned()
     }
+
+    /// The entries of a range, in key order, after the position named by `token`.
+    fn select(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        prefix: &[u8],
+        reverse: bool,
+        token: &[u8],
+    ) -> Result<Vec<proto::ScanEntry>, Status> {
+        if !prefix.is_empty() && (!start.is_empty() || !end.is_empty()) {
+            return Err(Status::invalid_argument("prefix with start or end"));
+        }
+        if !end.is_empty() && start > end {
+            return Err(Status::invalid_argument("start > end"));
+        }
+        let after = match token {
+            [] => None,
+            [b'T', key @ ..] => Some(key.to_vec()),
+            _ => return Err(Status::invalid_argument("foreign continuation token")),
+        };
+        let state = self.lock();
+        let mut entries: Vec<proto::ScanEntry> = state
+            .data
+            .iter()
+            .filter(|(key, _)| {
+                key.starts_with(prefix) && key.as_slice() >= start && (end.is_empty() || key.as_slice() < end)
+            })
+            .map(|(key, (value, version))| proto::ScanEntry {
+                key: key.clone(),
+                value: value.clone(),
+                version: *version,
+            })
+            .collect();
+        if reverse {
+            entries.reverse();
+        }
+        if let Some(after) = after {
+            entries.retain(|entry| {
+                if reverse {
+                    entry.key < after
+                } else {
+                    entry.key > after
+                }
+            });
+        }
+        Ok(entries)
+    }
+}
+
+/// The token resuming after `key`.
+fn token_after(key: &[u8]) -> Vec<u8> {
+    let mut token = vec![b'T'];
+    token.extend_from_slice(key);
+    token
 }
 
 #[tonic::async_trait]
@@ -209,6 +294,177 @@ impl Kv for MockRouter {
             .map(|entry| self.write(&entry.key, entry.value))
             .collect();
         Ok(Response::new(proto::BatchPutResponse { versions }))
+    }
+
+    async fn batch_write(
+        &self,
+        request: Request<proto::BatchWriteRequest>,
+    ) -> Result<Response<proto::BatchWriteResponse>, Status> {
+        self.enter(&request, Some(&request.get_ref().request_id)).await?;
+        let results = request
+            .into_inner()
+            .mutations
+            .into_iter()
+            .map(|mutation| {
+                let existed = self.read(&mutation.key).is_some();
+                if mutation.kind == proto::MutationKind::Delete as i32 {
+                    self.lock().data.remove(&mutation.key);
+                    proto::MutationResult { version: 0, existed }
+                } else {
+                    let version = self.write(&mutation.key, mutation.value);
+                    proto::MutationResult { version, existed }
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::BatchWriteResponse { results }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<proto::ScanRequest>,
+    ) -> Result<Response<proto::ScanResponse>, Status> {
+        self.enter(&request, None).await?;
+        let message = request.into_inner();
+        if message.limit == 0 || message.limit > 10_000 {
+            return Err(Status::invalid_argument("limit must be in 1..=10000"));
+        }
+        let mut entries = self.select(
+            &message.start,
+            &message.end,
+            &message.prefix,
+            message.reverse,
+            &message.continuation_token,
+        )?;
+        let limit = message.limit as usize;
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        if message.keys_only {
+            entries.iter_mut().for_each(|entry| entry.value.clear());
+        }
+        let continuation_token = match (more, entries.last()) {
+            (true, Some(last)) => token_after(&last.key),
+            _ => Vec::new(),
+        };
+        Ok(Response::new(proto::ScanResponse {
+            entries,
+            continuation_token,
+            missing_shards: Vec::new(),
+        }))
+    }
+
+    type ScanStreamStream = MockStream<proto::ScanResponse>;
+
+    async fn scan_stream(
+        &self,
+        request: Request<proto::ScanRequest>,
+    ) -> Result<Response<Self::ScanStreamStream>, Status> {
+        self.enter(&request, None).await?;
+        let message = request.into_inner();
+        let (break_after, stall_after) = {
+            let mut state = self.lock();
+            state.stream_tokens.push(message.continuation_token.clone());
+            state.stream_limits.push(message.limit);
+            (state.stream_breaks.pop_front(), state.stream_stalls.pop_front())
+        };
+        let mut entries = self.select(
+            &message.start,
+            &message.end,
+            &message.prefix,
+            message.reverse,
+            &message.continuation_token,
+        )?;
+        if message.limit > 0 {
+            entries.truncate(message.limit as usize);
+        }
+        if message.keys_only {
+            entries.iter_mut().for_each(|entry| entry.value.clear());
+        }
+        let chunks: Vec<Vec<proto::ScanEntry>> = entries.chunks(STREAM_CHUNK).map(<[_]>::to_vec).collect();
+        let count = chunks.len();
+        let mut messages: Vec<Result<proto::ScanResponse, Status>> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(index, chunk)| {
+                let continuation_token = match chunk.last() {
+                    Some(last) if index + 1 < count => token_after(&last.key),
+                    _ => Vec::new(),
+                };
+                Ok(proto::ScanResponse {
+                    entries: chunk,
+                    continuation_token,
+                    missing_shards: Vec::new(),
+                })
+            })
+            .collect();
+        if let Some(after) = break_after {
+            if after < messages.len() {
+                messages.truncate(after);
+                messages.push(Err(Status::unavailable("stream broken by the test")));
+            }
+        }
+        if let Some(after) = stall_after {
+            messages.truncate(after);
+            let stalled =
+                tokio_stream::StreamExt::chain(tokio_stream::iter(messages), tokio_stream::pending());
+            return Ok(Response::new(Box::pin(stalled)));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    type CountStream = MockStream<proto::CountResponse>;
+
+    async fn count(
+        &self,
+        request: Request<proto::CountRequest>,
+    ) -> Result<Response<Self::CountStream>, Status> {
+        self.enter(&request, None).await?;
+        let message = request.into_inner();
+        let entries = self.select(&message.start, &message.end, &message.prefix, false, &[])?;
+        let per_shard = |shard: u32| {
+            entries
+                .iter()
+                .filter(|entry| u32::from(entry.key[0]) % MOCK_SHARDS == shard)
+                .count() as u64
+        };
+        let mut messages = Vec::new();
+        let mut total = 0;
+        for shard in 0..MOCK_SHARDS {
+            total += per_shard(shard);
+            messages.push(Ok(proto::CountResponse {
+                count: total,
+                shards_done: shard + 1,
+                shards_total: MOCK_SHARDS,
+                done: shard + 1 == MOCK_SHARDS,
+                missing_shards: Vec::new(),
+            }));
+        }
+        if let Some(after) = self.lock().stream_breaks.pop_front() {
+            messages.truncate(after);
+            messages.push(Err(Status::unavailable("stream broken by the test")));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<proto::DeleteRangeRequest>,
+    ) -> Result<Response<proto::DeleteRangeResponse>, Status> {
+        self.enter(&request, Some(&request.get_ref().request_id)).await?;
+        let message = request.into_inner();
+        let everything = message.start.is_empty() && message.end.is_empty() && message.prefix.is_empty();
+        if everything != message.all {
+            return Err(Status::invalid_argument(
+                "the whole key space needs all, and only it",
+            ));
+        }
+        let entries = self.select(&message.start, &message.end, &message.prefix, false, &[])?;
+        let mut state = self.lock();
+        for entry in &entries {
+            state.data.remove(&entry.key);
+        }
+        Ok(Response::new(proto::DeleteRangeResponse {
+            deleted: entries.len() as u64,
+        }))
     }
 }
 

@@ -1,17 +1,25 @@
 //! `kvctl`: the ringkv command-line tool.
 //!
 //! - `kv` — `get`, `put`, `del`, `cas` against the routers.
+//! - `batch` — `mget`, and `mput` (bulk load in concurrent batches); `load` parses its
+//!   JSON-lines and CSV input.
+//! - `range` — `scan` (a page, or `--all` streamed), `count`, `delrange`.
 //! - `cluster` — `cluster init` (talks to the nodes) and `cluster status` (a router).
 //! - `playground` — a complete local cluster of real processes (unix only).
 //! - `output` — tables and JSON; `value` — keys and values from arguments, files and
-//!   stdin; `exit` — exit codes and the error → exit code mapping.
+//!   stdin; `progress` — progress bars on stderr; `exit` — exit codes and the error →
+//!   exit code mapping.
 
+mod batch;
 mod cluster;
 mod exit;
 mod kv;
+mod load;
 mod output;
 #[cfg(unix)]
 mod playground;
+mod progress;
+mod range;
 mod value;
 
 use std::process::ExitCode;
@@ -24,6 +32,17 @@ use tracing_subscriber::EnvFilter;
 use crate::exit::{exit_code, Outcome, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::output::OutputFormat;
 
+/// The walkthrough at the end of `kvctl --help`.
+const EXAMPLES: &str = "Examples:
+  kvctl put user/1 ada                    store a value
+  kvctl get user/1                        read it back
+  kvctl mget user/1 user/2                read several keys
+  kvctl mput users.jsonl                  bulk load {\"key\": ..., \"value\": ...} lines (or .csv)
+  kvctl scan --prefix user/ --limit 10    one page; repeat with the printed --page-token
+  kvctl scan user/ user0 --all -o json    stream a whole range as one JSON document
+  kvctl count --prefix user/              count keys (progress on stderr)
+  kvctl delrange --prefix user/           delete a range (--all --yes: every key)";
+
 /// The playground router's address, the default endpoint.
 const DEFAULT_ENDPOINT: &str = "127.0.0.1:7000";
 /// Default deadline of `cluster init`, which creates every shard group.
@@ -31,10 +50,11 @@ const INIT_DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// kvctl — read, write and operate a ringkv cluster.
 ///
-/// Exit codes: 0 ok; 1 not found or error; 2 CAS mismatch; 3 unavailable or deadline
-/// exceeded; 4 outcome unknown (the write may have been applied); 64 usage error.
+/// Exit codes: 0 ok; 1 not found (get, mget) or error; 2 CAS mismatch; 3 unavailable or
+/// deadline exceeded; 4 outcome unknown (the write may have been applied, or partly for
+/// mput and delrange); 64 usage error or bad input.
 #[derive(Parser, Debug)]
-#[command(name = "kvctl", version, propagate_version = true)]
+#[command(name = "kvctl", version, propagate_version = true, after_help = EXAMPLES)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -59,7 +79,8 @@ struct GlobalArgs {
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table, global = true)]
     output: OutputFormat,
     /// Request timeout in milliseconds, retries included [default: 5000; 30000 for
-    /// `cluster init`].
+    /// `cluster init`]. `scan --all` and `count` wait up to the larger of this and 30 s
+    /// for each chunk, and as long as chunks come.
     #[arg(long, value_name = "MS", global = true, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout: Option<u64>,
 }
@@ -75,6 +96,17 @@ enum Command {
     Del(kv::DelArgs),
     /// Compare-and-swap: write only if the key has the expected version (exit 2 if not).
     Cas(kv::CasArgs),
+    /// Read many keys at once (exit 1 when any does not exist).
+    Mget(batch::MgetArgs),
+    /// Load keys from a JSON-lines or CSV file (or stdin) in concurrent batches.
+    Mput(batch::MputArgs),
+    /// List the keys of a range in order: one page, or the whole range with --all.
+    Scan(range::ScanArgs),
+    /// Count the keys of a range.
+    Count(range::CountArgs),
+    /// Delete the keys of a range (START END or --prefix), or every key (--all --yes).
+    #[command(alias = "delete-range")]
+    Delrange(range::DelrangeArgs),
     /// Cluster bootstrap and status.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -123,6 +155,7 @@ fn client_config(timeout_ms: Option<u64>, default: Duration) -> anyhow::Result<C
     let request_timeout = timeout_ms.map_or(default, Duration::from_millis);
     Ok(ClientConfig::builder()
         .request_timeout(request_timeout)
+        .stream_idle_timeout(request_timeout.max(ringkv_client::DEFAULT_STREAM_IDLE_TIMEOUT))
         .connect_timeout(request_timeout.min(DEFAULT_CONNECT_TIMEOUT))
         .build()?)
 }
@@ -139,6 +172,13 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Put(args) => kv::put(&connect(endpoints, router_config).await?, args, output).await,
         Command::Del(args) => kv::del(&connect(endpoints, router_config).await?, args, output).await,
         Command::Cas(args) => kv::cas(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Mget(args) => batch::mget(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Mput(args) => batch::mput(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Scan(args) => range::scan(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Count(args) => range::count(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Delrange(args) => {
+            range::delrange(&connect(endpoints, router_config).await?, args, output).await
+        }
         Command::Cluster(command) => {
             let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT)?;
             cluster::run(command, endpoints, router_config, node_config, output).await

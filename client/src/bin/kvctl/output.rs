@@ -4,13 +4,15 @@
 //! else as `0x`-prefixed hex. JSON objects carry `value` as a string when it is UTF-8,
 //! else `value: null` plus `value_hex` (keys likewise with `key_hex`).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::Write;
+use std::time::Duration;
 
 use clap::ValueEnum;
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use ringkv_client::proto;
-use ringkv_client::{CasOutcome, Versioned};
+use ringkv_client::{CasOutcome, CountResult, ScanEntry, ScanPage, Versioned};
 use serde_json::{json, Map, Value};
 
 /// Longest value shown in a table cell, in characters; longer values are cut.
@@ -229,6 +231,379 @@ pub fn render_cas(key: &[u8], outcome: &CasOutcome, format: OutputFormat) -> Str
             object.insert("current".into(), Value::Object(state));
             to_json(&Value::Object(object))
         }
+    }
+}
+
+/// `1 entry`, `2 entries`.
+fn plural(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// Shard ids joined by `, `.
+fn join_shards(shards: impl IntoIterator<Item = u32>) -> String {
+    shards
+        .into_iter()
+        .map(|shard| shard.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The warning printed on stderr when shards are missing from a result.
+pub fn partial_warning(missing_shards: &[u32]) -> String {
+    format!(
+        "warning: partial result: shard{} {} did not answer",
+        if missing_shards.len() == 1 { "" } else { "s" },
+        join_shards(missing_shards.iter().copied())
+    )
+}
+
+/// Column headers of scan results.
+fn scan_headers(keys_only: bool) -> &'static [&'static str] {
+    if keys_only {
+        &["KEY", "VERSION"]
+    } else {
+        &["KEY", "VERSION", "VALUE"]
+    }
+}
+
+/// One table row of a scan result.
+fn scan_row(entry: &ScanEntry, keys_only: bool) -> Vec<String> {
+    let mut row = vec![display_bytes(&entry.key), entry.version.to_string()];
+    if !keys_only {
+        row.push(display_bytes(&entry.value));
+    }
+    row
+}
+
+/// One scan entry as JSON: key, version and, unless keys-only, value.
+pub fn scan_entry_json(entry: &ScanEntry, keys_only: bool) -> Value {
+    let mut object = keyed_object(&entry.key);
+    object.insert("version".into(), json!(entry.version));
+    if !keys_only {
+        insert_bytes(&mut object, "value", &entry.value);
+    }
+    Value::Object(object)
+}
+
+/// One page of `scan`: the entries, then a line with their number and the token of the
+/// next page. JSON: `{"entries": [...], "next_page_token": "<hex>" | null,
+/// "missing_shards": [...]}`.
+pub fn render_scan_page(page: &ScanPage, keys_only: bool, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Table => {
+            let mut out = String::new();
+            if !page.entries.is_empty() {
+                let rows = page
+                    .entries
+                    .iter()
+                    .map(|entry| scan_row(entry, keys_only))
+                    .collect();
+                let _ = writeln!(out, "{}\n", render_table(scan_headers(keys_only), rows, &[1]));
+            }
+            let count = u64::try_from(page.entries.len()).unwrap_or(u64::MAX);
+            let _ = write!(out, "{}", plural(count, "entry", "entries"));
+            match &page.next {
+                Some(token) => {
+                    let _ = write!(out, "; next page: --page-token {token}");
+                }
+                None => out.push_str("; end of range"),
+            }
+            if page.is_partial() {
+                let _ = write!(
+                    out,
+                    "; PARTIAL: missing shards {}",
+                    join_shards(page.missing_shards.iter().copied())
+                );
+            }
+            out
+        }
+        OutputFormat::Json => to_json(&json!({
+            "entries": page
+                .entries
+                .iter()
+                .map(|entry| scan_entry_json(entry, keys_only))
+                .collect::<Vec<_>>(),
+            "next_page_token": page.next.as_ref().map(|token| token.to_string()),
+            "missing_shards": page.missing_shards,
+        })),
+    }
+}
+
+/// A table printed as its rows arrive: the first rows fix the column widths (later,
+/// longer cells push their row's next columns right rather than being cut).
+#[derive(Debug)]
+pub struct StreamingTable {
+    headers: Vec<String>,
+    numeric: Vec<usize>,
+    widths: Option<Vec<usize>>,
+}
+
+impl StreamingTable {
+    /// A table with `headers`; `numeric` columns are right-aligned.
+    pub fn new(headers: &[&str], numeric: &[usize]) -> Self {
+        StreamingTable {
+            headers: headers.iter().map(|header| header.to_string()).collect(),
+            numeric: numeric.to_vec(),
+            widths: None,
+        }
+    }
+
+    /// The lines of `rows`, each ending with a newline; the first call also returns the
+    /// header line.
+    pub fn lines(&mut self, rows: &[Vec<String>]) -> String {
+        let mut out = String::new();
+        let widths = match &self.widths {
+            Some(widths) => widths.clone(),
+            None => {
+                let mut widths: Vec<usize> =
+                    self.headers.iter().map(|header| header.chars().count()).collect();
+                for row in rows {
+                    for (width, cell) in widths.iter_mut().zip(row) {
+                        *width = (*width).max(cell.chars().count());
+                    }
+                }
+                self.widths = Some(widths.clone());
+                out.push_str(&self.line(&self.headers, &widths));
+                widths
+            }
+        };
+        for row in rows {
+            out.push_str(&self.line(row, &widths));
+        }
+        out
+    }
+
+    fn line(&self, cells: &[String], widths: &[usize]) -> String {
+        let mut line = String::new();
+        for (index, cell) in cells.iter().enumerate() {
+            if index > 0 {
+                line.push_str("  ");
+            }
+            let width = widths.get(index).copied().unwrap_or(0);
+            let pad = " ".repeat(width.saturating_sub(cell.chars().count()));
+            if self.numeric.contains(&index) {
+                line.push_str(&pad);
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&pad);
+            }
+        }
+        let mut line = line.trim_end().to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// Writes a streamed scan (`scan --all`) as its chunks arrive, in constant memory: a
+/// table, or one JSON document `{"entries": [...], "count": N, "missing_shards": [...]}`
+/// (plus `"error"` when the scan failed part way) with one entry per line.
+pub struct ScanPrinter<W: Write> {
+    out: W,
+    format: OutputFormat,
+    keys_only: bool,
+    table: StreamingTable,
+    count: u64,
+    missing_shards: BTreeSet<u32>,
+}
+
+impl<W: Write> ScanPrinter<W> {
+    /// A printer writing to `out`.
+    pub fn new(out: W, format: OutputFormat, keys_only: bool) -> Self {
+        ScanPrinter {
+            out,
+            format,
+            keys_only,
+            table: StreamingTable::new(scan_headers(keys_only), &[1]),
+            count: 0,
+            missing_shards: BTreeSet::new(),
+        }
+    }
+
+    /// Writes what comes before the first entry.
+    pub fn begin(&mut self) -> std::io::Result<()> {
+        if self.format == OutputFormat::Json {
+            self.out.write_all(b"{\n  \"entries\": [")?;
+        }
+        Ok(())
+    }
+
+    /// Writes the entries of one chunk and flushes them.
+    pub fn chunk(&mut self, page: &ScanPage) -> std::io::Result<()> {
+        self.missing_shards.extend(page.missing_shards.iter().copied());
+        match self.format {
+            OutputFormat::Table => {
+                if !page.entries.is_empty() {
+                    let rows: Vec<Vec<String>> = page
+                        .entries
+                        .iter()
+                        .map(|entry| scan_row(entry, self.keys_only))
+                        .collect();
+                    self.out.write_all(self.table.lines(&rows).as_bytes())?;
+                }
+            }
+            OutputFormat::Json => {
+                for (index, entry) in page.entries.iter().enumerate() {
+                    let separator = if self.count == 0 && index == 0 {
+                        "\n"
+                    } else {
+                        ",\n"
+                    };
+                    let line = scan_entry_json(entry, self.keys_only).to_string();
+                    write!(self.out, "{separator}    {line}")?;
+                }
+            }
+        }
+        self.count += u64::try_from(page.entries.len()).unwrap_or(u64::MAX);
+        self.out.flush()
+    }
+
+    /// Shards missing from the chunks so far.
+    pub fn missing_shards(&self) -> Vec<u32> {
+        self.missing_shards.iter().copied().collect()
+    }
+
+    /// Writes what comes after the last entry: the count (and `error`, when the scan
+    /// failed part way).
+    pub fn finish(mut self, error: Option<&str>) -> std::io::Result<()> {
+        match self.format {
+            OutputFormat::Table => {
+                let mut footer = String::new();
+                if self.count > 0 {
+                    footer.push('\n');
+                }
+                footer.push_str(&plural(self.count, "entry", "entries"));
+                if !self.missing_shards.is_empty() {
+                    let _ = write!(
+                        footer,
+                        "; PARTIAL: missing shards {}",
+                        join_shards(self.missing_shards.iter().copied())
+                    );
+                }
+                if error.is_some() {
+                    footer.push_str("; the scan FAILED before the end of the range");
+                }
+                writeln!(self.out, "{footer}")?;
+            }
+            OutputFormat::Json => {
+                let close = if self.count == 0 { "]" } else { "\n  ]" };
+                let missing = Value::from(self.missing_shards());
+                write!(
+                    self.out,
+                    "{close},\n  \"count\": {},\n  \"missing_shards\": {missing}",
+                    self.count
+                )?;
+                if let Some(error) = error {
+                    write!(self.out, ",\n  \"error\": {}", Value::from(error))?;
+                }
+                self.out.write_all(b"\n}\n")?;
+            }
+        }
+        self.out.flush()
+    }
+}
+
+/// The result of `count`.
+pub fn render_count(result: &CountResult, format: OutputFormat) -> String {
+    let counted = u32::try_from(result.missing_shards.len())
+        .map_or(0, |missing| result.shards_total.saturating_sub(missing));
+    match format {
+        OutputFormat::Table => {
+            let mut headers = vec!["COUNT", "SHARDS"];
+            let mut row = vec![
+                result.count.to_string(),
+                format!("{counted}/{}", result.shards_total),
+            ];
+            if result.is_partial() {
+                headers.push("MISSING SHARDS");
+                row.push(join_shards(result.missing_shards.iter().copied()));
+            }
+            render_table(&headers, vec![row], &[0])
+        }
+        OutputFormat::Json => to_json(&json!({
+            "count": result.count,
+            "shards_total": result.shards_total,
+            "shards_counted": counted,
+            "missing_shards": result.missing_shards,
+        })),
+    }
+}
+
+/// The result of `delrange`.
+pub fn render_delete_range(deleted: u64, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Table => render_table(&["DELETED"], vec![vec![deleted.to_string()]], &[0]),
+        OutputFormat::Json => to_json(&json!({ "deleted": deleted })),
+    }
+}
+
+/// The results of `mget`, one per key in order. JSON: an array of `get` objects, with
+/// `found: false` for absent keys.
+pub fn render_mget(keys: &[Vec<u8>], results: &[Option<Versioned>], format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Table => {
+            let rows = keys
+                .iter()
+                .zip(results)
+                .map(|(key, result)| match result {
+                    Some(found) => vec![
+                        display_bytes(key),
+                        found.version.to_string(),
+                        display_bytes(&found.value),
+                    ],
+                    None => vec![display_bytes(key), "-".into(), "(not found)".into()],
+                })
+                .collect();
+            render_table(&["KEY", "VERSION", "VALUE"], rows, &[1])
+        }
+        OutputFormat::Json => {
+            let items = keys
+                .iter()
+                .zip(results)
+                .map(|(key, result)| {
+                    let mut object = keyed_object(key);
+                    object.insert("found".into(), json!(result.is_some()));
+                    object.insert(
+                        "version".into(),
+                        json!(result.as_ref().map_or(0, |found| found.version)),
+                    );
+                    if let Some(found) = result {
+                        insert_bytes(&mut object, "value", &found.value);
+                    }
+                    Value::Object(object)
+                })
+                .collect();
+            to_json(&Value::Array(items))
+        }
+    }
+}
+
+/// The result of `mput`: keys loaded, batches written, time taken and rate.
+pub fn render_mput(loaded: u64, batches: u64, elapsed: Duration, format: OutputFormat) -> String {
+    let seconds = elapsed.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = if seconds > 0.0 {
+        loaded as f64 / seconds
+    } else {
+        0.0
+    };
+    match format {
+        OutputFormat::Table => render_table(
+            &["LOADED", "BATCHES", "SECONDS", "KEYS/S"],
+            vec![vec![
+                loaded.to_string(),
+                batches.to_string(),
+                format!("{seconds:.2}"),
+                format!("{rate:.0}"),
+            ]],
+            &[0, 1, 2, 3],
+        ),
+        OutputFormat::Json => to_json(&json!({
+            "loaded": loaded,
+            "batches": batches,
+            "elapsed_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "keys_per_second": (rate * 10.0).round() / 10.0,
+        })),
     }
 }
 
@@ -619,6 +994,235 @@ mod tests {
         };
         let table = render_cas(b"k", &outcome, OutputFormat::Table);
         assert!(table.contains("mismatch") && table.contains('5') && table.contains("now"));
+    }
+
+    fn entry(key: &[u8], value: &[u8], version: u64) -> ScanEntry {
+        ScanEntry {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            version,
+        }
+    }
+
+    /// A scan page as JSON: entries (binary-safe), the next token as hex, missing shards.
+    #[test]
+    fn scan_page_json_shape() {
+        let page = ScanPage {
+            entries: vec![entry(b"a", b"x", 3), entry(&[0xff], &[0xfe, 0x01], 4)],
+            next: Some("0a0b".parse().expect("token")),
+            missing_shards: vec![],
+        };
+        let value: Value =
+            serde_json::from_str(&render_scan_page(&page, false, OutputFormat::Json)).expect("json");
+        assert_eq!(
+            value,
+            json!({
+                "entries": [
+                    {"key": "a", "version": 3, "value": "x"},
+                    {"key": null, "key_hex": "ff", "version": 4, "value": null, "value_hex": "fe01"},
+                ],
+                "next_page_token": "0a0b",
+                "missing_shards": [],
+            })
+        );
+        let last = ScanPage {
+            entries: vec![entry(b"k", b"", 1)],
+            next: None,
+            missing_shards: vec![2, 5],
+        };
+        let value: Value =
+            serde_json::from_str(&render_scan_page(&last, true, OutputFormat::Json)).expect("json");
+        assert_eq!(
+            value,
+            json!({"entries": [{"key": "k", "version": 1}], "next_page_token": null, "missing_shards": [2, 5]})
+        );
+    }
+
+    /// A scan page table lists the entries, then the count and the next-page token.
+    #[test]
+    fn scan_page_table() {
+        let page = ScanPage {
+            entries: vec![entry(b"a", b"x", 3), entry(b"bb", b"yy", 10)],
+            next: Some("ff".parse().expect("token")),
+            missing_shards: vec![7],
+        };
+        let table = render_scan_page(&page, false, OutputFormat::Table);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["KEY", "VERSION", "VALUE"]
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["bb", "10", "yy"]
+        );
+        assert_eq!(
+            lines.last().copied(),
+            Some("2 entries; next page: --page-token ff; PARTIAL: missing shards 7")
+        );
+        let empty = ScanPage::default();
+        assert_eq!(
+            render_scan_page(&empty, true, OutputFormat::Table),
+            "0 entries; end of range"
+        );
+    }
+
+    /// The streaming table fixes its widths on the first rows and aligns later ones.
+    #[test]
+    fn streaming_table_alignment() {
+        let mut table = StreamingTable::new(&["KEY", "VERSION", "VALUE"], &[1]);
+        let first = table.lines(&[vec!["alpha".into(), "7".into(), "x".into()]]);
+        assert_eq!(first, "KEY    VERSION  VALUE\nalpha        7  x\n");
+        let next = table.lines(&[
+            vec!["b".into(), "12".into(), "y".into()],
+            vec!["a-much-longer-key".into(), "3".into(), "z".into()],
+        ]);
+        assert_eq!(next, "b           12  y\na-much-longer-key        3  z\n");
+    }
+
+    /// A streamed scan as JSON is one valid document, whatever the chunking.
+    #[test]
+    fn scan_printer_json_document() {
+        let mut out = Vec::new();
+        let mut printer = ScanPrinter::new(&mut out, OutputFormat::Json, false);
+        printer.begin().expect("write");
+        printer
+            .chunk(&ScanPage {
+                entries: vec![entry(b"a", b"1", 1), entry(b"b", b"2", 2)],
+                ..ScanPage::default()
+            })
+            .expect("write");
+        printer.chunk(&ScanPage::default()).expect("write");
+        printer
+            .chunk(&ScanPage {
+                entries: vec![entry(b"c", b"3", 3)],
+                missing_shards: vec![4],
+                ..ScanPage::default()
+            })
+            .expect("write");
+        printer.finish(None).expect("write");
+        let value: Value = serde_json::from_slice(&out).expect("one JSON document");
+        assert_eq!(value["count"], json!(3));
+        assert_eq!(value["missing_shards"], json!([4]));
+        assert_eq!(
+            value["entries"][2],
+            json!({"key": "c", "version": 3, "value": "3"})
+        );
+        assert!(value.get("error").is_none());
+
+        let mut out = Vec::new();
+        let mut printer = ScanPrinter::new(&mut out, OutputFormat::Json, true);
+        printer.begin().expect("write");
+        printer.finish(Some("unavailable: \"no leader\"")).expect("write");
+        let value: Value = serde_json::from_slice(&out).expect("one JSON document");
+        assert_eq!(
+            value,
+            json!({"entries": [], "count": 0, "missing_shards": [], "error": "unavailable: \"no leader\""})
+        );
+    }
+
+    /// A streamed scan table ends with the count, and says when it failed.
+    #[test]
+    fn scan_printer_table() {
+        let mut out = Vec::new();
+        let mut printer = ScanPrinter::new(&mut out, OutputFormat::Table, true);
+        printer.begin().expect("write");
+        printer
+            .chunk(&ScanPage {
+                entries: vec![entry(b"a", b"", 1)],
+                ..ScanPage::default()
+            })
+            .expect("write");
+        printer.finish(Some("boom")).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(
+            text,
+            "KEY  VERSION\na          1\n\n1 entry; the scan FAILED before the end of the range\n"
+        );
+    }
+
+    /// Counts show the shards counted, and name the missing ones.
+    #[test]
+    fn count_output() {
+        let full = CountResult {
+            count: 1234,
+            shards_total: 16,
+            missing_shards: vec![],
+        };
+        let table = render_count(&full, OutputFormat::Table);
+        assert_eq!(
+            table
+                .lines()
+                .nth(1)
+                .map(|line| line.split_whitespace().collect::<Vec<_>>()),
+            Some(vec!["1234", "16/16"])
+        );
+        let partial = CountResult {
+            count: 10,
+            shards_total: 4,
+            missing_shards: vec![1, 3],
+        };
+        assert!(render_count(&partial, OutputFormat::Table).contains("1, 3"));
+        let value: Value = serde_json::from_str(&render_count(&partial, OutputFormat::Json)).expect("json");
+        assert_eq!(
+            value,
+            json!({"count": 10, "shards_total": 4, "shards_counted": 2, "missing_shards": [1, 3]})
+        );
+        assert_eq!(
+            partial_warning(&[1, 3]),
+            "warning: partial result: shards 1, 3 did not answer"
+        );
+    }
+
+    /// `mget` JSON is an array of `get` objects; absent keys say found=false.
+    #[test]
+    fn mget_output() {
+        let keys = vec![b"a".to_vec(), b"b".to_vec()];
+        let results = vec![
+            Some(Versioned {
+                value: b"1".to_vec(),
+                version: 5,
+            }),
+            None,
+        ];
+        let value: Value =
+            serde_json::from_str(&render_mget(&keys, &results, OutputFormat::Json)).expect("json");
+        assert_eq!(
+            value,
+            json!([
+                {"key": "a", "found": true, "version": 5, "value": "1"},
+                {"key": "b", "found": false, "version": 0},
+            ])
+        );
+        let table = render_mget(&keys, &results, OutputFormat::Table);
+        assert!(table.contains("(not found)"), "{table}");
+    }
+
+    /// `mput` and `delrange` summaries.
+    #[test]
+    fn mput_and_delrange_output() {
+        let value: Value = serde_json::from_str(&render_mput(
+            1000,
+            4,
+            Duration::from_millis(500),
+            OutputFormat::Json,
+        ))
+        .expect("json");
+        assert_eq!(
+            value,
+            json!({"loaded": 1000, "batches": 4, "elapsed_ms": 500, "keys_per_second": 2000.0})
+        );
+        let table = render_mput(1000, 4, Duration::from_millis(500), OutputFormat::Table);
+        assert_eq!(
+            table
+                .lines()
+                .nth(1)
+                .map(|line| line.split_whitespace().collect::<Vec<_>>()),
+            Some(vec!["1000", "4", "0.50", "2000"])
+        );
+        let value: Value = serde_json::from_str(&render_delete_range(42, OutputFormat::Json)).expect("json");
+        assert_eq!(value, json!({"deleted": 42}));
+        assert!(render_delete_range(42, OutputFormat::Table).ends_with("42"));
     }
 
     fn shard(leader_id: u64, replicas: &[(u64, bool, &str)]) -> proto::ShardHealth {

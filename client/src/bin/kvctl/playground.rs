@@ -706,6 +706,7 @@ fn summary(plan: &Plan, supervisor: &Supervisor, cluster_id: &str, default_route
          try:\n  \
          kvctl{endpoint_flag} put hello world\n  \
          kvctl{endpoint_flag} get hello\n  \
+         kvctl{endpoint_flag} scan --prefix h\n  \
          kvctl{endpoint_flag} cluster status\n  \
          kill -9 {node_pid}    # kill node 1 and watch the cluster survive\n\n\
          Ctrl-C to stop.",
