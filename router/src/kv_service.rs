@@ -176,7 +176,7 @@ impl<N: NodeApi> KvService<N> {
         request: BatchPutRequest,
         deadline: Instant,
     ) -> Result<BatchPutResponse, RouterError> {
-        let mut entries = request.entries;
+        let entries = request.entries;
         self.ctx.limits.check_batch_len("entries", entries.len())?;
         for (index, entry) in entries.iter().enumerate() {
             self.ctx
@@ -187,53 +187,18 @@ impl<N: NodeApi> KvService<N> {
                 .check_value(&format_args!("entries[{index}].value"), &entry.value)?;
         }
         let request_id = request_id_or_random(&request.request_id)?;
-        if entries.is_empty() {
-            return Ok(BatchPutResponse::default());
-        }
-        let view = self.ctx.topology.wait_for_ring(deadline).await?;
-        let shard_count = view.ring.shard_count();
-        let groups = group_by_shard(&entries, |entry| view.ring.shard_for_key(&entry.key));
-        // Move keys and values into per-shard ops, in request order within each shard.
-        let sub_requests: Vec<(ShardGroup, Vec<WriteOp>)> = groups
-            .iter()
-            .map(|group| {
-                let ops = group
-                    .indices
-                    .iter()
-                    .map(|i| WriteOp {
-                        key: std::mem::take(&mut entries[*i].key),
-                        kind: WriteKind::Put as i32,
-                        value: std::mem::take(&mut entries[*i].value),
-                        expected_version: None,
-                    })
-                    .collect();
-                (group.clone(), ops)
+        let ops = entries
+            .into_iter()
+            .map(|entry| WriteOp {
+                key: entry.key,
+                kind: WriteKind::Put as i32,
+                value: entry.value,
+                expected_version: None,
             })
             .collect();
-        let forwarder = &self.ctx.forwarder;
-        let outcomes: Vec<(ShardGroup, _)> = stream::iter(sub_requests)
-            .map(|(group, ops)| async move {
-                let op_count = ops.len();
-                let sub_id = sub_request_id(&request_id, group.shard);
-                let outcome = forwarder
-                    .write(group.shard, shard_count, sub_id, ops, deadline)
-                    .await
-                    .and_then(|response| {
-                        check_result_count(group.shard, op_count, &response.results)?;
-                        Ok(response.results.iter().map(|r| r.version).collect())
-                    });
-                (group, outcome)
-            })
-            .buffer_unordered(self.ctx.max_fanout)
-            .collect()
-            .await;
-
-        let mut assembly = Assembly::<u64>::new(entries.len(), groups.len());
-        for (group, outcome) in outcomes {
-            fill_or_fail(&mut assembly, &group, outcome);
-        }
+        let results = self.write_batch(request_id, ops, deadline).await?;
         Ok(BatchPutResponse {
-            versions: assembly.finish()?,
+            versions: results.iter().map(|r| r.version).collect(),
         })
     }
 
@@ -242,7 +207,7 @@ impl<N: NodeApi> KvService<N> {
         request: BatchWriteRequest,
         deadline: Instant,
     ) -> Result<BatchWriteResponse, RouterError> {
-        let mut mutations = request.mutations;
+        let mutations = request.mutations;
         self.ctx.limits.check_batch_len("mutations", mutations.len())?;
         let mut kinds = Vec::with_capacity(mutations.len());
         for (index, mutation) in mutations.iter().enumerate() {
@@ -270,65 +235,80 @@ impl<N: NodeApi> KvService<N> {
             kinds.push(kind);
         }
         let request_id = request_id_or_random(&request.request_id)?;
-        if mutations.is_empty() {
-            return Ok(BatchWriteResponse::default());
+        let ops = mutations
+            .into_iter()
+            .zip(kinds)
+            .map(|(mutation, kind)| WriteOp {
+                key: mutation.key,
+                kind: match kind {
+                    MutationKind::Put => WriteKind::Put,
+                    MutationKind::Delete => WriteKind::Delete,
+                } as i32,
+                value: mutation.value,
+                expected_version: None,
+            })
+            .collect();
+        let results = self.write_batch(request_id, ops, deadline).await?;
+        Ok(BatchWriteResponse {
+            results: results
+                .into_iter()
+                .map(|r| MutationResult {
+                    version: r.version,
+                    existed: r.existed,
+                })
+                .collect(),
+        })
+    }
+
+    /// Writes `ops` grouped by shard, one Raft entry per shard (at most `max_fanout` shards
+    /// at once), each shard's sub-request with an id derived from `request_id`. Results
+    /// come back in request order, or one error naming every failed shard.
+    async fn write_batch(
+        &self,
+        request_id: RequestId,
+        mut ops: Vec<WriteOp>,
+        deadline: Instant,
+    ) -> Result<Vec<WriteOpResult>, RouterError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
         }
         let view = self.ctx.topology.wait_for_ring(deadline).await?;
         let shard_count = view.ring.shard_count();
-        let groups = group_by_shard(&mutations, |mutation| view.ring.shard_for_key(&mutation.key));
+        let groups = group_by_shard(&ops, |op| view.ring.shard_for_key(&op.key));
+        // Move the ops into per-shard sub-requests, in request order within each shard.
         let sub_requests: Vec<(ShardGroup, Vec<WriteOp>)> = groups
             .iter()
             .map(|group| {
-                let ops = group
+                let shard_ops = group
                     .indices
                     .iter()
-                    .map(|i| {
-                        let kind = match kinds[*i] {
-                            MutationKind::Put => WriteKind::Put,
-                            MutationKind::Delete => WriteKind::Delete,
-                        };
-                        WriteOp {
-                            key: std::mem::take(&mut mutations[*i].key),
-                            kind: kind as i32,
-                            value: std::mem::take(&mut mutations[*i].value),
-                            expected_version: None,
-                        }
-                    })
+                    .map(|i| std::mem::take(&mut ops[*i]))
                     .collect();
-                (group.clone(), ops)
+                (group.clone(), shard_ops)
             })
             .collect();
         let forwarder = &self.ctx.forwarder;
         let outcomes: Vec<(ShardGroup, _)> = stream::iter(sub_requests)
-            .map(|(group, ops)| async move {
-                let op_count = ops.len();
+            .map(|(group, shard_ops)| async move {
+                let op_count = shard_ops.len();
                 let sub_id = sub_request_id(&request_id, group.shard);
                 let outcome = forwarder
-                    .write(group.shard, shard_count, sub_id, ops, deadline)
+                    .write(group.shard, shard_count, sub_id, shard_ops, deadline)
                     .await
                     .and_then(|response| {
                         check_result_count(group.shard, op_count, &response.results)?;
-                        Ok(response
-                            .results
-                            .iter()
-                            .map(|r| MutationResult {
-                                version: r.version,
-                                existed: r.existed,
-                            })
-                            .collect())
+                        Ok(response.results)
                     });
                 (group, outcome)
             })
             .buffer_unordered(self.ctx.max_fanout)
             .collect()
             .await;
-        let mut assembly = Assembly::<MutationResult>::new(mutations.len(), groups.len());
+        let mut assembly = Assembly::<WriteOpResult>::new(ops.len(), groups.len());
         for (group, outcome) in outcomes {
             fill_or_fail(&mut assembly, &group, outcome);
         }
-        Ok(BatchWriteResponse {
-            results: assembly.finish()?,
-        })
+        assembly.finish()
     }
 
     /// One op on one key's shard, through the leader.
