@@ -618,6 +618,84 @@ impl Client {
         .await
     }
 
+    /// Adds a running node (started with an empty data directory) to the ring. It joins as
+    /// `joining`; shard leaders then move replicas to it, and it becomes `active` when it
+    /// holds every replica placement gives it ([`Client::rebalance_status`] shows the
+    /// progress). Idempotent: adding a member again answers `changed = false`.
+    pub async fn add_node(&self, node_id: u64, addr: &str) -> Result<proto::RingChangeResponse, Error> {
+        let max_bytes = self.inner.config.max_message_bytes;
+        self.call(OpKind::Read, "add node", |channel, timeout| {
+            let request = with_deadline(
+                proto::AddNodeRequest {
+                    node_id,
+                    addr: addr.to_string(),
+                },
+                timeout,
+            );
+            async move {
+                AdminClient::new(channel)
+                    .max_decoding_message_size(max_bytes)
+                    .add_node(request)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Starts decommissioning a node: every replica moves away, then the node becomes
+    /// `removed` and can be stopped. Idempotent.
+    pub async fn decommission_node(&self, node_id: u64) -> Result<proto::RingChangeResponse, Error> {
+        let max_bytes = self.inner.config.max_message_bytes;
+        self.call(OpKind::Read, "decommission node", |channel, timeout| {
+            let request = with_deadline(proto::DecommissionNodeRequest { node_id }, timeout);
+            async move {
+                AdminClient::new(channel)
+                    .max_decoding_message_size(max_bytes)
+                    .decommission_node(request)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Which replicas a ring change would move, without applying it.
+    pub async fn plan_ring_change(
+        &self,
+        change: proto::plan_ring_change_request::Change,
+    ) -> Result<proto::PlanRingChangeResponse, Error> {
+        let max_bytes = self.inner.config.max_message_bytes;
+        self.call(OpKind::Read, "plan ring change", |channel, timeout| {
+            let request = with_deadline(
+                proto::PlanRingChangeRequest {
+                    change: Some(change.clone()),
+                },
+                timeout,
+            );
+            async move {
+                AdminClient::new(channel)
+                    .max_decoding_message_size(max_bytes)
+                    .plan_ring_change(request)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// How far shard replicas are from the placement of the current ring.
+    pub async fn rebalance_status(&self) -> Result<proto::RebalanceStatusResponse, Error> {
+        let max_bytes = self.inner.config.max_message_bytes;
+        self.call(OpKind::Read, "rebalance status", |channel, timeout| {
+            let request = with_deadline(proto::RebalanceStatusRequest {}, timeout);
+            async move {
+                AdminClient::new(channel)
+                    .max_decoding_message_size(max_bytes)
+                    .rebalance_status(request)
+                    .await
+            }
+        })
+        .await
+    }
+
     /// Runs one operation with failover across routers.
     pub(crate) async fn call<T, F, Fut>(
         &self,

@@ -46,6 +46,16 @@ pub struct NodeConfig {
     pub max_message_bytes: usize,
     /// How long a write's request id de-duplicates retries.
     pub dedup_window_ms: u64,
+    /// Most replica moves this node runs at once as a shard leader.
+    pub max_concurrent_moves: usize,
+    /// How long a new replica may take to catch up (snapshot + log) before the move is
+    /// abandoned and retried.
+    pub catch_up_timeout_ms: u64,
+    /// A ring member unreachable for longer than this is declared dead and its replicas
+    /// are re-created elsewhere (0 = never).
+    pub dead_node_timeout_ms: u64,
+    /// How often the system leader checks members (liveness, joins, decommissions).
+    pub membership_interval_ms: u64,
     /// NEGATIVE CONTROL ONLY — breaks linearizability on purpose: serve reads asked to be
     /// linearizable from the local state of any replica, without a leader/ReadIndex check.
     /// The fault-injection harness must catch a cluster running with this on.
@@ -79,6 +89,10 @@ impl Default for NodeConfig {
             max_ops_per_write: 1_000,
             max_message_bytes: 16 << 20,
             dedup_window_ms: 5 * 60 * 1000,
+            max_concurrent_moves: 2,
+            catch_up_timeout_ms: 10 * 60 * 1000,
+            dead_node_timeout_ms: 5 * 60 * 1000,
+            membership_interval_ms: 1000,
             unsafe_skip_read_index: false,
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,
@@ -151,6 +165,18 @@ impl NodeConfig {
         }
         if self.max_message_bytes < self.max_value_bytes + self.max_key_bytes + 4096 {
             return fail("max_message_bytes must hold at least one maximal key and value".to_string());
+        }
+        if self.max_concurrent_moves == 0 || self.max_concurrent_moves > 64 {
+            return fail("max_concurrent_moves must be between 1 and 64".to_string());
+        }
+        if self.catch_up_timeout_ms < 1000 {
+            return fail("catch_up_timeout_ms must be at least 1000".to_string());
+        }
+        if self.dead_node_timeout_ms != 0 && self.dead_node_timeout_ms < 1000 {
+            return fail("dead_node_timeout_ms must be 0 (never) or at least 1000".to_string());
+        }
+        if self.membership_interval_ms < 50 || self.membership_interval_ms > 60_000 {
+            return fail("membership_interval_ms must be between 50 and 60000".to_string());
         }
         if self.dedup_window_ms < 1000 {
             return fail("dedup_window_ms must be at least 1000".to_string());

@@ -12,7 +12,8 @@
 //! shards it hosts; a shard's first replica in ring order initialises the shard group.
 //! Each step is idempotent, so init can be repeated after a crash or on restart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,12 +36,18 @@ use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::{CountResult, GroupState, ScanOptions, ScanPage, StateMachine};
 use crate::raft::types::{
     ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, GroupId, NodeId, Raft,
-    Versioned, WriteCommand,
+    RingChange, RingChangeKind, RingChangeOutcome, Versioned, WriteCommand,
 };
+use crate::rebalance::{self, MembershipView, MoveOutcome};
 use crate::storage::{EngineRef, StorageError, TreeRef};
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+/// Catalog prefix marking a group this node must never initialise: it held a replica that
+/// was moved away, so the group exists elsewhere (written before the replica is deleted).
+const NEVER_INIT_PREFIX: &str = "never-init/";
+/// Catalog prefix marking a replica whose deletion started (finished at the next start).
+const RETIRING_PREFIX: &str = "retiring/";
 /// How often the reconciler re-checks placement even without a config change (to retry
 /// shard initialisation that failed, e.g. while a peer was down).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
@@ -54,6 +61,8 @@ pub struct Group {
     pub state: Arc<GroupState>,
     /// Batches key-value writes into entries (shard groups only).
     pub batcher: Option<WriteBatcher>,
+    /// Stops this group's background tasks (purger, batcher) when the replica is deleted.
+    pub cancel: CancellationToken,
 }
 
 /// The node. Cheap to clone.
@@ -89,6 +98,20 @@ struct NodeInner {
     /// Stops the group-commit flusher (last).
     flusher_cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Bounds the replica moves this node runs as a shard leader at once.
+    moves: Arc<tokio::sync::Semaphore>,
+    /// Shards with a move or a removal check in flight (never two for one shard).
+    busy_shards: std::sync::Mutex<HashSet<u32>>,
+    counters: MoveCounters,
+}
+
+/// Replica moves and deletions, reported in the node status.
+#[derive(Default)]
+struct MoveCounters {
+    started: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    replicas_deleted: AtomicU64,
 }
 
 fn read_lock<T: Clone>(lock: &RwLock<T>) -> T {
@@ -203,13 +226,23 @@ impl Node {
             transport,
             raft_config: Arc::new(raft_config),
         };
+        finish_retirements(&shared)?;
         let system = open_group(GroupId::System, &shared, &purger_cancel, &tasks).await?;
+        let mut stored = HashMap::new();
+        for shard in stored_shards(&shared.engine)? {
+            let group_id = GroupId::Shard(shard);
+            stored.insert(
+                group_id,
+                open_group(group_id, &shared, &purger_cancel, &tasks).await?,
+            );
+        }
+        let max_moves = shared.config.max_concurrent_moves.max(1);
         let inner = Arc::new(NodeInner {
             node_id: shared.config.node_id,
             addr,
             shared,
             system,
-            groups: RwLock::new(HashMap::new()),
+            groups: RwLock::new(stored),
             ring: RwLock::new(None),
             cluster_id: RwLock::new(cluster_id),
             init_lock: tokio::sync::Mutex::new(()),
@@ -218,10 +251,17 @@ impl Node {
             purger_cancel,
             flusher_cancel,
             tasks,
+            moves: Arc::new(tokio::sync::Semaphore::new(max_moves)),
+            busy_shards: std::sync::Mutex::new(HashSet::new()),
+            counters: MoveCounters::default(),
         });
         let node = Node { inner };
         let reconciler = node.clone();
         let handle = tokio::spawn(async move { reconciler.reconcile_loop().await });
+        node.inner.tasks.spawn(crate::membership::run(
+            node.clone(),
+            node.inner.reconcile_cancel.clone(),
+        ));
         *node.inner.reconciler.lock().await = Some(handle);
         info!(node_id = node.node_id(), addr = %node.addr(), "node started");
         Ok(node)
@@ -296,6 +336,14 @@ impl Node {
                 shard,
                 shards: ring.shard_count(),
             });
+        }
+        // A node that left the ring (decommissioned or declared dead) serves nothing, not
+        // even stale reads: its replicas may be arbitrarily old.
+        if ring
+            .member(self.node_id())
+            .is_some_and(|member| member.state.is_gone())
+        {
+            return Err(NodeError::ShardNotHosted(shard));
         }
         let group = self
             .group(GroupId::Shard(shard))
@@ -554,6 +602,145 @@ impl Node {
         }
     }
 
+    /// Adds a running node to the ring: the new node records the cluster id (and refuses if
+    /// it belongs to another cluster), then the system group commits it as `joining`.
+    pub async fn add_node(&self, node_id: NodeId, addr: String) -> Result<v1::RingChangeResponse, NodeError> {
+        let config = self.committed_config()?;
+        if node_id == 0 || addr.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "add node needs a non-zero node id and an address".to_string(),
+            ));
+        }
+        let known = config.members.iter().find(|member| member.node_id == node_id);
+        if known.is_none() {
+            self.ready_for_ring_change(&config)?;
+            self.send_join(node_id, &addr, &config.cluster_id).await?;
+        }
+        self.change_ring(RingChangeKind::AddNode { node_id, addr }).await
+    }
+
+    /// Starts decommissioning a ring member.
+    pub async fn decommission_node(&self, node_id: NodeId) -> Result<v1::RingChangeResponse, NodeError> {
+        let config = self.committed_config()?;
+        self.ready_for_ring_change(&config)?;
+        self.change_ring(RingChangeKind::Decommission { node_id }).await
+    }
+
+    fn committed_config(&self) -> Result<ClusterConfig, NodeError> {
+        self.inner
+            .system
+            .state
+            .watch_cluster()
+            .borrow()
+            .clone()
+            .ok_or(NodeError::NotInitialized)
+    }
+
+    /// The first ring change waits until every shard group of the initial ring exists here
+    /// or has a leader known to this node (groups are only ever initialised under the
+    /// initial ring).
+    fn ready_for_ring_change(&self, config: &ClusterConfig) -> Result<(), NodeError> {
+        if config.epoch > 1 {
+            return Ok(());
+        }
+        let ring = self.ring().ok_or(NodeError::NotInitialized)?;
+        for shard in ring.shards_of_node(self.node_id()) {
+            let ready = self
+                .group(GroupId::Shard(shard.0))
+                .is_some_and(|group| group.raft.metrics().borrow().current_leader.is_some());
+            if !ready {
+                return Err(NodeError::NoQuorum {
+                    group: GroupId::Shard(shard.0),
+                    detail: "the shard has no leader yet; ring changes wait until every shard of the initial ring is up".to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_join(&self, node_id: NodeId, addr: &str, cluster_id: &str) -> Result<(), NodeError> {
+        let peer_err = |detail: String| NodeError::Peer {
+            node: node_id,
+            detail,
+        };
+        let mut client = self
+            .inner
+            .shared
+            .transport
+            .raft_client(addr)
+            .map_err(|err| peer_err(err.to_string()))?;
+        let mut join = tonic::Request::new(v1::JoinClusterRequest {
+            cluster_id: cluster_id.to_string(),
+            node_id,
+        });
+        join.set_timeout(Duration::from_millis(self.inner.shared.config.rpc_timeout_ms));
+        match client.join_cluster(join).await {
+            Ok(_) => Ok(()),
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    || status.code() == tonic::Code::InvalidArgument =>
+            {
+                Err(NodeError::InvalidArgument(format!(
+                    "node {node_id} at {addr} refused to join: {}",
+                    status.message()
+                )))
+            }
+            Err(status) => Err(peer_err(format!(
+                "cannot reach the new node at {addr}: {}",
+                status.message()
+            ))),
+        }
+    }
+
+    /// Another node's status.
+    pub async fn peer_status(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<v1::NodeStatusResponse, NodeError> {
+        let channel = self
+            .inner
+            .shared
+            .transport
+            .channel(addr)
+            .map_err(|err| NodeError::Peer {
+                node: 0,
+                detail: err.to_string(),
+            })?;
+        let mut client = v1::admin_client::AdminClient::new(channel)
+            .max_decoding_message_size(self.inner.shared.config.max_message_bytes);
+        let mut request = tonic::Request::new(v1::NodeStatusRequest {});
+        request.set_timeout(timeout);
+        client
+            .node_status(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| NodeError::Peer {
+                node: 0,
+                detail: format!("{addr}: {}", status.message()),
+            })
+    }
+
+    /// Commits a ring change in the system group.
+    pub async fn change_ring(&self, kind: RingChangeKind) -> Result<v1::RingChangeResponse, NodeError> {
+        let command = Command::ChangeRing(RingChange {
+            expected_epoch: None,
+            kind,
+        });
+        let (config, changed) = match self.propose_system(command).await? {
+            CommandResult::Ring(RingChangeOutcome::Applied(config)) => (config, true),
+            CommandResult::Ring(RingChangeOutcome::Unchanged(config)) => (config, false),
+            CommandResult::Ring(RingChangeOutcome::Rejected(reason)) => {
+                return Err(NodeError::InvalidArgument(reason))
+            }
+            other => return Err(NodeError::OutcomeUnknown(format!("unexpected result {other:?}"))),
+        };
+        Ok(v1::RingChangeResponse {
+            ring: Some(ring_info(&config)),
+            changed,
+        })
+    }
+
     /// Commits `command` in the system group, forwarding it to the system leader.
     pub async fn propose_system(&self, command: Command) -> Result<CommandResult, NodeError> {
         let deadline = Instant::now() + INIT_TIMEOUT;
@@ -605,8 +792,11 @@ impl Node {
         outcome.map_err(peer_err)
     }
 
-    /// Creates and (when this node is the shard's first replica) initialises the groups of
-    /// every shard placement gives this node.
+    /// Brings the groups hosted here in line with the committed ring: opens the groups of
+    /// every shard placement gives this node (the first replica of a shard initialises it,
+    /// but only under the initial ring: later, groups exist and grow by membership changes);
+    /// as a shard leader, moves the group's replicas toward placement; and deletes replicas
+    /// a committed membership left out.
     async fn reconcile(&self, config: &ClusterConfig) -> Result<(), NodeError> {
         if self.cluster_id().is_none() {
             self.join_cluster(&config.cluster_id)?;
@@ -617,13 +807,40 @@ impl Node {
         );
         write_lock(&self.inner.ring, Some(ring.clone()));
         let mut failures = Vec::new();
-        for shard in ring.shards_of_node(self.node_id()) {
+        let placed: HashSet<u32> = ring
+            .shards_of_node(self.node_id())
+            .into_iter()
+            .map(|shard| shard.0)
+            .collect();
+        let gone = ring
+            .member(self.node_id())
+            .is_some_and(|member| member.state.is_gone());
+        if !gone {
+            for &shard in &placed {
+                if self.inner.reconcile_cancel.is_cancelled() {
+                    break;
+                }
+                if let Err(err) = self.reconcile_shard(&ring, config.epoch, shard).await {
+                    warn!(shard, %err, "cannot open or initialise shard group");
+                    failures.push(shard);
+                }
+            }
+        }
+        for group in self.groups() {
+            let GroupId::Shard(shard) = group.id else {
+                continue;
+            };
             if self.inner.reconcile_cancel.is_cancelled() {
                 break;
             }
-            if let Err(err) = self.reconcile_shard(&ring, shard).await {
-                warn!(shard = shard.0, %err, "cannot open or initialise shard group");
-                failures.push(shard.0);
+            let view = MembershipView::of(&group);
+            if view.leader {
+                let target = placement_addrs(&ring, shard);
+                if !view.settled(&target.keys().copied().collect()) {
+                    self.spawn_move(group, target);
+                }
+            } else if !placed.contains(&shard) {
+                self.spawn_removal_check(group, ring.clone());
             }
         }
         if failures.is_empty() {
@@ -635,8 +852,8 @@ impl Node {
         }
     }
 
-    async fn reconcile_shard(&self, ring: &Ring, shard: ringkv_ring::ShardId) -> Result<(), NodeError> {
-        let group_id = GroupId::Shard(shard.0);
+    async fn reconcile_shard(&self, ring: &Ring, epoch: u64, shard: u32) -> Result<(), NodeError> {
+        let group_id = GroupId::Shard(shard);
         let group = match self.group(group_id) {
             Some(group) => group,
             None => {
@@ -648,8 +865,11 @@ impl Node {
                 group
             }
         };
-        let replicas = ring.replicas(shard);
-        if replicas.first() == Some(&self.node_id()) {
+        // Only the initial ring creates groups: after a ring change every group already
+        // exists (ring changes wait for every shard to have a leader), and initialising
+        // again would start a second group with the same id.
+        let replicas = ring.replicas(ringkv_ring::ShardId(shard));
+        if epoch == 1 && replicas.first() == Some(&self.node_id()) && !self.never_init(group_id)? {
             let voters: BTreeMap<NodeId, BasicNode> = replicas
                 .iter()
                 .filter_map(|id| ring.member(*id))
@@ -657,6 +877,183 @@ impl Node {
                 .collect();
             initialize_group(&group, voters).await?;
         }
+        Ok(())
+    }
+
+    fn never_init(&self, group: GroupId) -> Result<bool, NodeError> {
+        let key = format!("{NEVER_INIT_PREFIX}{}", group.name());
+        Ok(self.inner.shared.catalog.get(key.as_bytes())?.is_some())
+    }
+
+    /// Marks `shard` busy; false when a move or removal check already runs for it.
+    fn claim_shard(&self, shard: u32) -> bool {
+        match self.inner.busy_shards.lock() {
+            Ok(mut busy) => busy.insert(shard),
+            Err(poisoned) => poisoned.into_inner().insert(shard),
+        }
+    }
+
+    fn release_shard(&self, shard: u32) {
+        match self.inner.busy_shards.lock() {
+            Ok(mut busy) => busy.remove(&shard),
+            Err(poisoned) => poisoned.into_inner().remove(&shard),
+        };
+    }
+
+    /// Starts moving a shard's replicas toward `target` (at most `max_concurrent_moves` at
+    /// once on this node; the reconciler retries what did not finish).
+    fn spawn_move(&self, group: Arc<Group>, target: BTreeMap<NodeId, String>) {
+        let GroupId::Shard(shard) = group.id else {
+            return;
+        };
+        let Ok(permit) = self.inner.moves.clone().try_acquire_owned() else {
+            return;
+        };
+        if !self.claim_shard(shard) {
+            return;
+        }
+        let node = self.clone();
+        let timeout = Duration::from_millis(self.inner.shared.config.catch_up_timeout_ms);
+        let cancel = self.inner.reconcile_cancel.clone();
+        self.inner.tasks.spawn(async move {
+            let started = Instant::now();
+            node.inner.counters.started.fetch_add(1, Ordering::Relaxed);
+            let outcome = tokio::select! {
+                outcome = rebalance::move_toward(&group, &target, timeout) => Some(outcome),
+                _ = cancel.cancelled() => None,
+            };
+            match outcome {
+                Some(Ok(MoveOutcome::Moved { from, to })) => {
+                    node.inner.counters.completed.fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        shard,
+                        ?from,
+                        ?to,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "replicas moved"
+                    );
+                }
+                Some(Ok(MoveOutcome::Settled)) => {}
+                Some(Err(err)) => {
+                    node.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(shard, %err, "replica move did not finish; will retry");
+                }
+                None => {}
+            }
+            node.release_shard(shard);
+            drop(permit);
+        });
+    }
+
+    /// Asks the shard's leader whether this node's replica was removed; deletes it when a
+    /// committed membership leaves this node out.
+    fn spawn_removal_check(&self, group: Arc<Group>, ring: Arc<Ring>) {
+        let GroupId::Shard(shard) = group.id else {
+            return;
+        };
+        if !self.claim_shard(shard) {
+            return;
+        }
+        let node = self.clone();
+        let cancel = self.inner.reconcile_cancel.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                result = node.check_removed(&group, &ring) => {
+                    if let Err(err) = result {
+                        debug!(shard, %err, "removal check failed; will retry");
+                    }
+                }
+                _ = cancel.cancelled() => {}
+            }
+            node.release_shard(shard);
+        });
+    }
+
+    async fn check_removed(&self, group: &Arc<Group>, ring: &Ring) -> Result<(), NodeError> {
+        let GroupId::Shard(shard) = group.id else {
+            return Ok(());
+        };
+        let cluster_id = self.cluster_id().ok_or(NodeError::NotInitialized)?;
+        let view = MembershipView::of(group);
+        let mut candidates: Vec<String> = Vec::new();
+        let known_leader = view.leader_id.and_then(|id| {
+            ring.member(id).map(|member| member.addr.clone()).or_else(|| {
+                group
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|node| node.addr.clone())
+            })
+        });
+        candidates.extend(known_leader);
+        for id in ring.replicas(ringkv_ring::ShardId(shard)) {
+            if let Some(member) = ring.member(id) {
+                candidates.push(member.addr.clone());
+            }
+        }
+        let mut seen = HashSet::new();
+        candidates.retain(|addr| addr != self.addr() && seen.insert(addr.clone()));
+        for addr in candidates {
+            let Ok(mut client) = self.inner.shared.transport.raft_client(&addr) else {
+                continue;
+            };
+            let mut request = tonic::Request::new(v1::GroupMembershipRequest {
+                cluster_id: cluster_id.clone(),
+                shard_id: shard,
+                from_node: self.node_id(),
+            });
+            request.set_timeout(Duration::from_millis(self.inner.shared.config.rpc_timeout_ms));
+            let Ok(reply) = client.group_membership(request).await else {
+                continue;
+            };
+            let reply = reply.into_inner();
+            if rebalance::removal_committed(&reply, self.node_id()) {
+                info!(shard, voters = ?reply.voters, "replica removed from the group; deleting it");
+                return self.retire_group(group.id).await;
+            }
+            return Ok(());
+        }
+        Err(NodeError::NoQuorum {
+            group: group.id,
+            detail: "no leader answered".to_string(),
+        })
+    }
+
+    /// Deletes the local replica of `group_id`: unregisters and stops the group, marks it
+    /// never to be initialised here, then drops its trees and snapshots.
+    async fn retire_group(&self, group_id: GroupId) -> Result<(), NodeError> {
+        let group = match self.inner.groups.write() {
+            Ok(mut groups) => groups.remove(&group_id),
+            Err(poisoned) => poisoned.into_inner().remove(&group_id),
+        };
+        let Some(group) = group else {
+            return Ok(());
+        };
+        if let Err(err) = group.raft.shutdown().await {
+            warn!(group = %group_id, %err, "raft group did not shut down cleanly");
+        }
+        group.cancel.cancel();
+        let shared = &self.inner.shared;
+        shared
+            .catalog
+            .insert(format!("{NEVER_INIT_PREFIX}{}", group_id.name()).as_bytes(), b"1")?;
+        shared
+            .catalog
+            .insert(format!("{RETIRING_PREFIX}{}", group_id.name()).as_bytes(), b"1")?;
+        shared.engine.flush()?;
+        destroy_group_data(shared, group_id)?;
+        shared
+            .catalog
+            .remove(format!("{RETIRING_PREFIX}{}", group_id.name()).as_bytes())?;
+        shared.engine.flush()?;
+        self.inner
+            .counters
+            .replicas_deleted
+            .fetch_add(1, Ordering::Relaxed);
+        info!(group = %group_id, "deleted replica");
         Ok(())
     }
 
@@ -696,22 +1093,7 @@ impl Node {
             .watch_cluster()
             .borrow()
             .clone()
-            .map(|config| v1::RingInfo {
-                cluster_id: config.cluster_id.clone(),
-                shards: config.ring.shards,
-                replication_factor: config.ring.replication_factor,
-                epoch: config.epoch,
-                vnodes_per_node: config.ring.vnodes_per_node,
-                members: config
-                    .members
-                    .iter()
-                    .map(|member| v1::RingMember {
-                        node_id: member.node_id,
-                        addr: member.addr.clone(),
-                        state: member.state.as_str().to_string(),
-                    })
-                    .collect(),
-            });
+            .map(|config| ring_info(&config));
         let replicas = self
             .groups()
             .iter()
@@ -736,6 +1118,8 @@ impl Node {
                     last_log_index: metrics.last_log_index.unwrap_or(0),
                     applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
                     voters: metrics.membership_config.voter_ids().collect(),
+                    learners: metrics.membership_config.membership().learner_ids().collect(),
+                    joint: metrics.membership_config.membership().get_joint_config().len() > 1,
                     snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
                     purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
                 }
@@ -748,6 +1132,12 @@ impl Node {
             ring,
             replicas,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            moves: Some(v1::MoveCounters {
+                started: self.inner.counters.started.load(Ordering::Relaxed),
+                completed: self.inner.counters.completed.load(Ordering::Relaxed),
+                failed: self.inner.counters.failed.load(Ordering::Relaxed),
+                replicas_deleted: self.inner.counters.replicas_deleted.load(Ordering::Relaxed),
+            }),
         }
     }
 
@@ -849,6 +1239,7 @@ async fn open_group(
     tasks: &TaskTracker,
 ) -> Result<Arc<Group>, NodeError> {
     let config = &deps.config;
+    let cancel = purger_cancel.child_token();
     let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(group_id.name()))?;
     let state = GroupState::open(
         group_id,
@@ -868,7 +1259,7 @@ async fn open_group(
         log.clone(),
         purge_requests,
         state.watch_applied(),
-        purger_cancel.clone(),
+        cancel.clone(),
     ));
     let network = NetworkFactory::new(group_id, deps.transport.clone());
     let raft = Raft::new(
@@ -890,7 +1281,7 @@ async fn open_group(
                 max_entry_bytes: config.max_message_bytes / 2,
                 unsafe_ack_before_commit: config.unsafe_ack_before_commit,
             };
-            let (batcher, task) = WriteBatcher::spawn(raft.clone(), settings, purger_cancel.clone());
+            let (batcher, task) = WriteBatcher::spawn(raft.clone(), settings, cancel.clone());
             tasks.spawn(task);
             Some(batcher)
         }
@@ -901,6 +1292,7 @@ async fn open_group(
         raft,
         state,
         batcher,
+        cancel,
     }))
 }
 
@@ -930,5 +1322,85 @@ async fn run_purger(
         if let Err(err) = log.purge_now(upto).await {
             warn!(group = %group, %err, "log purge failed; will retry at the next purge");
         }
+    }
+}
+
+/// `node id → address` of the replicas placement gives `shard`.
+fn placement_addrs(ring: &Ring, shard: u32) -> BTreeMap<NodeId, String> {
+    ring.replicas(ringkv_ring::ShardId(shard))
+        .into_iter()
+        .filter_map(|id| ring.member(id).map(|member| (id, member.addr.clone())))
+        .collect()
+}
+
+/// Shards with a log tree in the engine: replicas this node held when it stopped (opened at
+/// start even if placement moved on, since they may still be needed for a quorum).
+fn stored_shards(engine: &EngineRef) -> Result<Vec<u32>, NodeError> {
+    let mut shards: Vec<u32> = engine
+        .tree_names()?
+        .iter()
+        .filter_map(|name| name.strip_prefix("shard-")?.strip_suffix(".log")?.parse().ok())
+        .collect();
+    shards.sort_unstable();
+    Ok(shards)
+}
+
+/// Drops every tree, catalog record and snapshot file of `group_id`.
+fn destroy_group_data(deps: &GroupDeps, group_id: GroupId) -> Result<(), NodeError> {
+    let name = group_id.name();
+    let sm_prefix = format!("{name}.sm.");
+    for tree in deps.engine.tree_names()? {
+        if tree == format!("{name}.log") || tree.starts_with(&sm_prefix) {
+            deps.engine.drop_tree(&tree)?;
+        }
+    }
+    crate::raft::state_machine::forget_group(&deps.catalog, group_id)?;
+    let snapshots = deps.config.data_dir.join("snapshots").join(&name);
+    match std::fs::remove_dir_all(&snapshots) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(NodeError::Storage(StorageError::Io(err))),
+    }
+    Ok(())
+}
+
+/// Finishes deleting replicas whose deletion a crash interrupted.
+fn finish_retirements(deps: &GroupDeps) -> Result<(), NodeError> {
+    let (start, end) = crate::storage::prefix_bounds(RETIRING_PREFIX.as_bytes());
+    let pending: Vec<Vec<u8>> = deps
+        .catalog
+        .range(start, end)
+        .map(|pair| pair.map(|(key, _)| key))
+        .collect::<Result<_, _>>()?;
+    for key in pending {
+        let name = String::from_utf8_lossy(&key[RETIRING_PREFIX.len()..]).into_owned();
+        let Some(shard) = name.strip_prefix("shard-").and_then(|id| id.parse::<u32>().ok()) else {
+            continue;
+        };
+        info!(shard, "finishing an interrupted replica deletion");
+        destroy_group_data(deps, GroupId::Shard(shard))?;
+        deps.catalog.remove(&key)?;
+    }
+    deps.engine.flush()?;
+    Ok(())
+}
+
+/// The committed configuration as reported over the wire.
+pub fn ring_info(config: &ClusterConfig) -> v1::RingInfo {
+    v1::RingInfo {
+        cluster_id: config.cluster_id.clone(),
+        shards: config.ring.shards,
+        replication_factor: config.ring.replication_factor,
+        epoch: config.epoch,
+        vnodes_per_node: config.ring.vnodes_per_node,
+        members: config
+            .members
+            .iter()
+            .map(|member| v1::RingMember {
+                node_id: member.node_id,
+                addr: member.addr.clone(),
+                state: member.state.as_str().to_string(),
+            })
+            .collect(),
     }
 }

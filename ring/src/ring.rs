@@ -51,14 +51,23 @@ pub enum MemberState {
     Active,
     /// Replicas moving away; owns no tokens.
     Decommissioning,
-    /// Gone; owns no tokens.
+    /// Gone after a decommission; owns no tokens.
     Removed,
+    /// Declared dead after being unreachable for longer than the dead-node timeout; its
+    /// replicas are re-created elsewhere. Owns no tokens. (Serialized by variant index:
+    /// new states go at the end.)
+    Dead,
 }
 
 impl MemberState {
     /// Whether the member's tokens take part in placement.
     pub fn owns_tokens(self) -> bool {
         matches!(self, MemberState::Joining | MemberState::Active)
+    }
+
+    /// Whether the member is gone for good (decommissioned or declared dead).
+    pub fn is_gone(self) -> bool {
+        matches!(self, MemberState::Removed | MemberState::Dead)
     }
 
     /// Lowercase name used in status output.
@@ -68,6 +77,7 @@ impl MemberState {
             MemberState::Active => "active",
             MemberState::Decommissioning => "decommissioning",
             MemberState::Removed => "removed",
+            MemberState::Dead => "dead",
         }
     }
 }

@@ -1,24 +1,30 @@
 //! The `ringkv.v1.Admin` service on a router: `ClusterStatus` asks every ring member for
 //! its `NodeStatus` in parallel (each bounded by `rpc_timeout_ms`, at most `max_fanout` at
-//! once) and merges the answers (`cluster_status.rs`). `InitCluster` and `NodeStatus` are
-//! node rpcs: the router answers UNIMPLEMENTED saying where to send them.
+//! once) and merges the answers (`cluster_status.rs`); `RebalanceStatus` does the same and
+//! compares shard voters with placement, `PlanRingChange` evaluates a change on the ring
+//! (`rebalance.rs`). `AddNode` and `DecommissionNode` go to a ring member, which forwards
+//! them to the system leader. `InitCluster` and `NodeStatus` are node rpcs: the router
+//! answers UNIMPLEMENTED saying where to send them.
 
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 use ringkv_proto::v1::admin_server::Admin;
 use ringkv_proto::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, InitClusterRequest, InitClusterResponse, NodeStatusRequest,
-    NodeStatusResponse,
+    AddNodeRequest, ClusterStatusRequest, ClusterStatusResponse, DecommissionNodeRequest, InitClusterRequest,
+    InitClusterResponse, NodeStatusRequest, NodeStatusResponse, PlanRingChangeRequest,
+    PlanRingChangeResponse, RebalanceStatusRequest, RebalanceStatusResponse, RingChangeResponse,
 };
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::debug;
 
 use crate::cluster_status::{build_cluster_status, NodeProbe};
 use crate::context::RouterContext;
 use crate::error::{to_status, RouterError};
-use crate::node_api::NodeApi;
+use crate::node_api::{NodeApi, RingChangeRequest};
+use crate::rebalance;
+use crate::topology::RingView;
 
 /// The router's admin service.
 pub struct AdminService<N> {
@@ -31,6 +37,85 @@ impl<N: NodeApi> AdminService<N> {
     }
 
     async fn handle_cluster_status(&self, deadline: Instant) -> Result<ClusterStatusResponse, RouterError> {
+        let (view, probes) = self.probe_members(deadline).await?;
+        Ok(build_cluster_status(&view, &probes))
+    }
+
+    async fn handle_rebalance_status(
+        &self,
+        deadline: Instant,
+    ) -> Result<RebalanceStatusResponse, RouterError> {
+        let (view, probes) = self.probe_members(deadline).await?;
+        let statuses: Vec<NodeStatusResponse> = probes
+            .into_iter()
+            .filter_map(|probe| {
+                probe
+                    .answer
+                    .ok()
+                    .filter(|status| status.node_id == probe.member.node_id)
+            })
+            .collect();
+        // Nodes may have applied a newer ring than the router's cache: judge by the newest.
+        let newest = statuses
+            .iter()
+            .filter_map(|status| status.ring.as_ref())
+            .filter(|ring| ring.cluster_id == view.info.cluster_id)
+            .max_by_key(|ring| ring.epoch)
+            .filter(|ring| ring.epoch > view.info.epoch)
+            .cloned()
+            .unwrap_or_else(|| view.info.clone());
+        rebalance::rebalance_status(&newest, &statuses)
+    }
+
+    /// Sends a ring change to ring members in turn until one answers (it forwards the
+    /// change to the system leader); a definite refusal is returned at once.
+    async fn handle_ring_change(
+        &self,
+        change: RingChangeRequest,
+        deadline: Instant,
+    ) -> Result<RingChangeResponse, RouterError> {
+        let view = self.ctx.topology.wait_for_ring(deadline).await?;
+        let mut last_error = String::from("no ring member to ask");
+        for member in view
+            .info
+            .members
+            .iter()
+            .filter(|m| m.state == "active" || m.state == "joining")
+        {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            if timeout.is_zero() {
+                break;
+            }
+            match self
+                .ctx
+                .nodes
+                .change_ring(&member.addr, change.clone(), timeout)
+                .await
+            {
+                Ok(response) => {
+                    self.ctx.topology.request_refresh();
+                    return Ok(response);
+                }
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists
+                    ) =>
+                {
+                    return Err(RouterError::InvalidArgument(status.message().to_string()));
+                }
+                Err(status) => {
+                    debug!(addr = %member.addr, code = ?status.code(), "ring change not taken; trying another member");
+                    last_error = format!("node {}: {}", member.node_id, status.message());
+                }
+            }
+        }
+        Err(RouterError::Unavailable(format!(
+            "no node took the ring change: {last_error}"
+        )))
+    }
+
+    async fn probe_members(&self, deadline: Instant) -> Result<(Arc<RingView>, Vec<NodeProbe>), RouterError> {
         let view = self.ctx.topology.wait_for_ring(deadline).await?;
         let nodes = &self.ctx.nodes;
         let rpc_timeout = self.ctx.rpc_timeout;
@@ -49,7 +134,7 @@ impl<N: NodeApi> AdminService<N> {
             .collect()
             .await;
         probes.sort_by_key(|probe| probe.member.node_id);
-        Ok(build_cluster_status(&view, &probes))
+        Ok((view, probes))
     }
 }
 
@@ -72,6 +157,69 @@ impl<N: NodeApi> Admin for AdminService<N> {
             "NodeStatus is served by storage nodes, not routers: send it to a node's address \
              (or ask the router for ClusterStatus)",
         )))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<RingChangeResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        let request = request.into_inner();
+        if request.node_id == 0 || request.addr.is_empty() {
+            return Err(to_status(&RouterError::InvalidArgument(
+                "add node needs a non-zero node id and the node's host:port".to_string(),
+            )));
+        }
+        self.handle_ring_change(RingChangeRequest::Add(request), admission.deadline)
+            .await
+            .map(Response::new)
+            .map_err(|err| to_status(&err))
+    }
+
+    async fn decommission_node(
+        &self,
+        request: Request<DecommissionNodeRequest>,
+    ) -> Result<Response<RingChangeResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        self.handle_ring_change(
+            RingChangeRequest::Decommission(request.into_inner()),
+            admission.deadline,
+        )
+        .await
+        .map(Response::new)
+        .map_err(|err| to_status(&err))
+    }
+
+    async fn plan_ring_change(
+        &self,
+        request: Request<PlanRingChangeRequest>,
+    ) -> Result<Response<PlanRingChangeResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        let Some(change) = request.into_inner().change else {
+            return Err(to_status(&RouterError::InvalidArgument(
+                "say which change to plan: add, decommission or dead".to_string(),
+            )));
+        };
+        let view = self
+            .ctx
+            .topology
+            .wait_for_ring(admission.deadline)
+            .await
+            .map_err(|err| to_status(&err))?;
+        rebalance::plan(&view.info, &change)
+            .map(Response::new)
+            .map_err(|err| to_status(&err))
+    }
+
+    async fn rebalance_status(
+        &self,
+        request: Request<RebalanceStatusRequest>,
+    ) -> Result<Response<RebalanceStatusResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        self.handle_rebalance_status(admission.deadline)
+            .await
+            .map(Response::new)
+            .map_err(|err| to_status(&err))
     }
 
     async fn cluster_status(

@@ -207,6 +207,7 @@ mod tests {
             ring: Some(view.info.clone()),
             replicas,
             version: String::new(),
+            moves: None,
         }
     }
 

@@ -12,15 +12,15 @@ use std::time::Duration;
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::shard_kv_client::ShardKvClient;
 use ringkv_proto::v1::{
-    NodeStatusRequest, NodeStatusResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
-    ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
-    ShardWriteRequest, ShardWriteResponse,
+    NodeStatusRequest, NodeStatusResponse, RingChangeResponse, ShardCountRequest, ShardCountResponse,
+    ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest,
+    ShardScanResponse, ShardWriteRequest, ShardWriteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use crate::config::RouterConfig;
-use crate::node_api::NodeApi;
+use crate::node_api::{NodeApi, RingChangeRequest};
 
 /// Most cached channels; beyond it an arbitrary one is dropped (it reconnects on next use).
 const MAX_CHANNELS: usize = 4096;
@@ -198,6 +198,25 @@ impl NodeApi for GrpcNodes {
             client.node_status(with_timeout(NodeStatusRequest {}, timeout)),
         )
         .await?;
+        Ok(response.into_inner())
+    }
+
+    async fn change_ring(
+        &self,
+        addr: &str,
+        change: RingChangeRequest,
+        timeout: Duration,
+    ) -> Result<RingChangeResponse, Status> {
+        let mut client =
+            AdminClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes);
+        let response = match change {
+            RingChangeRequest::Add(request) => {
+                bounded(timeout, client.add_node(with_timeout(request, timeout))).await?
+            }
+            RingChangeRequest::Decommission(request) => {
+                bounded(timeout, client.decommission_node(with_timeout(request, timeout))).await?
+            }
+        };
         Ok(response.into_inner())
     }
 }

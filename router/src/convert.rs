@@ -20,6 +20,7 @@ pub fn parse_member_state(state: &str) -> Option<MemberState> {
         "active" => Some(MemberState::Active),
         "decommissioning" => Some(MemberState::Decommissioning),
         "removed" => Some(MemberState::Removed),
+        "dead" => Some(MemberState::Dead),
         _ => None,
     }
 }
@@ -113,7 +114,7 @@ pub(crate) mod tests {
     /// Every documented state string parses.
     #[test]
     fn parses_states() {
-        for state in ["joining", "active", "decommissioning", "removed"] {
+        for state in ["joining", "active", "decommissioning", "removed", "dead"] {
             assert_eq!(parse_member_state(state).map(MemberState::as_str), Some(state));
         }
         assert_eq!(parse_member_state("Active"), None);

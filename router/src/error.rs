@@ -83,6 +83,9 @@ pub enum RouterError {
     /// The rpc is not served by routers.
     #[error("{0}")]
     Unimplemented(&'static str),
+    /// A cluster-level operation found no node able to serve it.
+    #[error("{0}")]
+    Unavailable(String),
     /// A router invariant was broken (a bug).
     #[error("internal router error: {0}")]
     Internal(String),
@@ -188,6 +191,7 @@ pub fn to_status(err: &RouterError) -> Status {
         } => Status::new(*code, node_message.clone()),
         RouterError::BadNodeResponse { .. } | RouterError::Internal(_) => Status::internal(message),
         RouterError::Unimplemented(_) => Status::unimplemented(message),
+        RouterError::Unavailable(_) => Status::unavailable(message),
         RouterError::BatchFailed(batch) => {
             if err.is_outcome_unknown() {
                 return outcome_unknown_status(message);

@@ -19,6 +19,7 @@
 //!   [`error`] (`RouterError` and its one mapping to gRPC statuses).
 //! - Cluster view: `topology` (ring, node addresses, leader cache), `refresher`
 //!   (the background `NodeStatus` poller), `cluster_status` (the status merge),
+//!   `rebalance` (ring-change plans and rebalance progress),
 //!   `convert` (protobuf ring → placement ring).
 //! - Nodes: `node_api` (the calls the router makes, a trait so tests use fakes) and
 //!   `connections` (one lazily connected channel per node, the gRPC implementation).
@@ -54,6 +55,7 @@ pub mod log_format;
 mod node_api;
 mod range;
 mod range_ops;
+mod rebalance;
 mod refresher;
 mod scan;
 pub mod server;

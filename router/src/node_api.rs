@@ -5,9 +5,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use ringkv_proto::v1::{
-    NodeStatusResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
-    ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
-    ShardWriteRequest, ShardWriteResponse,
+    AddNodeRequest, DecommissionNodeRequest, NodeStatusResponse, RingChangeResponse, ShardCountRequest,
+    ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest,
+    ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteRequest, ShardWriteResponse,
 };
 use tonic::Status;
 
@@ -59,4 +59,27 @@ pub trait NodeApi: Send + Sync + 'static {
         addr: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<NodeStatusResponse, Status>> + Send;
+
+    /// `Admin.AddNode` / `Admin.DecommissionNode` at a node (which forwards the ring change
+    /// to the system leader).
+    fn change_ring(
+        &self,
+        addr: &str,
+        change: RingChangeRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<RingChangeResponse, Status>> + Send {
+        let _ = (addr, change, timeout);
+        async {
+            Err(Status::unimplemented(
+                "ring changes are not supported by this node api",
+            ))
+        }
+    }
+}
+
+/// A ring change a router forwards to a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RingChangeRequest {
+    Add(AddNodeRequest),
+    Decommission(DecommissionNodeRequest),
 }

@@ -556,6 +556,7 @@ mod tests {
                 ring,
                 replicas,
                 version: String::new(),
+                moves: None,
             },
         }
     }

@@ -351,12 +351,22 @@ impl Cluster {
         let members = info
             .members
             .iter()
-            .map(|member| RingMember {
-                node_id: member.node_id,
-                addr: member.addr.clone(),
-                state: MemberState::Active,
+            .map(|member| {
+                let state = match member.state.as_str() {
+                    "joining" => MemberState::Joining,
+                    "active" => MemberState::Active,
+                    "decommissioning" => MemberState::Decommissioning,
+                    "removed" => MemberState::Removed,
+                    "dead" => MemberState::Dead,
+                    other => return Err(anyhow!("node {} has unknown state {other:?}", member.node_id)),
+                };
+                Ok(RingMember {
+                    node_id: member.node_id,
+                    addr: member.addr.clone(),
+                    state,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Ring::new(
             RingConfig {
                 shards: info.shards,
@@ -430,6 +440,18 @@ impl Cluster {
             .iter()
             .find(|replica| replica.shard_id == Some(shard))
             .map(|replica| replica.applied_index))
+    }
+
+    /// The shards node `id` hosts a replica of (from its status).
+    pub async fn hosted_shards(&self, id: u64) -> Result<Vec<u32>> {
+        let status = self.node_status(id).await?;
+        let mut shards: Vec<u32> = status
+            .replicas
+            .iter()
+            .filter_map(|replica| replica.shard_id)
+            .collect();
+        shards.sort_unstable();
+        Ok(shards)
     }
 
     /// Path of node `id`'s log file.

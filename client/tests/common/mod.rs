@@ -484,6 +484,34 @@ impl Admin for MockRouter {
         Err(Status::unimplemented("routers have no node status"))
     }
 
+    async fn add_node(
+        &self,
+        _request: Request<proto::AddNodeRequest>,
+    ) -> Result<Response<proto::RingChangeResponse>, Status> {
+        Err(Status::unimplemented("mock router"))
+    }
+
+    async fn decommission_node(
+        &self,
+        _request: Request<proto::DecommissionNodeRequest>,
+    ) -> Result<Response<proto::RingChangeResponse>, Status> {
+        Err(Status::unimplemented("mock router"))
+    }
+
+    async fn plan_ring_change(
+        &self,
+        _request: Request<proto::PlanRingChangeRequest>,
+    ) -> Result<Response<proto::PlanRingChangeResponse>, Status> {
+        Err(Status::unimplemented("mock router"))
+    }
+
+    async fn rebalance_status(
+        &self,
+        _request: Request<proto::RebalanceStatusRequest>,
+    ) -> Result<Response<proto::RebalanceStatusResponse>, Status> {
+        Err(Status::unimplemented("mock router"))
+    }
+
     async fn cluster_status(
         &self,
         request: Request<proto::ClusterStatusRequest>,

@@ -40,6 +40,15 @@ struct Args {
     /// Election timeout lower bound (the upper bound is twice this unless configured).
     #[arg(long)]
     election_timeout_min_ms: Option<u64>,
+    /// Declare a ring member dead after this long unreachable (0 = never).
+    #[arg(long)]
+    dead_node_timeout_ms: Option<u64>,
+    /// Most replica moves this node runs at once as a shard leader.
+    #[arg(long)]
+    max_concurrent_moves: Option<usize>,
+    /// How often the system leader checks members.
+    #[arg(long)]
+    membership_interval_ms: Option<u64>,
     /// NEGATIVE CONTROL ONLY: serve linearizable reads without a ReadIndex check.
     #[arg(long, hide = true)]
     unsafe_skip_read_index: bool,
@@ -95,6 +104,15 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
         if config.election_timeout_max_ms <= ms {
             config.election_timeout_max_ms = ms * 2;
         }
+    }
+    if let Some(ms) = args.dead_node_timeout_ms {
+        config.dead_node_timeout_ms = ms;
+    }
+    if let Some(n) = args.max_concurrent_moves {
+        config.max_concurrent_moves = n;
+    }
+    if let Some(ms) = args.membership_interval_ms {
+        config.membership_interval_ms = ms;
     }
     config.unsafe_skip_read_index |= args.unsafe_skip_read_index;
     config.unsafe_skip_fsync |= args.unsafe_skip_fsync;

@@ -24,10 +24,11 @@ use tracing::info;
 use super::snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter};
 use super::types::{
     ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, GroupId, LogId,
-    RaftStorageError, RequestId, SnapshotMeta, StoredMembership, TypeConfig, Versioned, WriteCommand,
-    WriteOpResult,
+    RaftStorageError, RequestId, RingChangeOutcome, SnapshotMeta, StoredMembership, TypeConfig, Versioned,
+    WriteCommand, WriteOpResult,
 };
 use super::{decode, encode, storage_err};
+use crate::ring_change;
 use crate::storage::{prefix_bounds, Batch, EngineRef, StorageError, TreeRef};
 
 const DATA_PREFIX: u8 = b'd';
@@ -255,6 +256,12 @@ fn catalog_key(group: GroupId) -> Vec<u8> {
     format!("sm-generation/{}", group.name()).into_bytes()
 }
 
+/// Removes the catalog record of `group`'s state-machine generation (its trees are
+/// dropped by the caller).
+pub fn forget_group(catalog: &TreeRef, group: GroupId) -> Result<(), StorageError> {
+    catalog.remove(&catalog_key(group))
+}
+
 /// State shared by a group's state machine (owned by openraft) and its readers.
 pub struct GroupState {
     group: GroupId,
@@ -434,12 +441,30 @@ impl GroupState {
             EntryPayload::Normal(Command::DeleteRange(command)) => {
                 self.apply_delete_range(tree, command, &mut batch)?
             }
+            EntryPayload::Normal(Command::ChangeRing(change)) => match tree.get(CLUSTER_KEY)? {
+                None => CommandResult::Ring(RingChangeOutcome::Rejected(
+                    "the cluster is not initialised".to_string(),
+                )),
+                Some(bytes) => {
+                    let current: ClusterConfig = decode(tree.name(), &bytes)?;
+                    let outcome = ring_change::apply(&current, change);
+                    if let RingChangeOutcome::Applied(next) = &outcome {
+                        batch.insert(CLUSTER_KEY.to_vec(), encode(next)?);
+                    }
+                    CommandResult::Ring(outcome)
+                }
+            },
         };
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
         tree.apply_batch(batch)?;
         self.applied_tx.send_replace(Some(entry.log_id));
-        if let CommandResult::Cluster(config) = &result {
-            let config = config.clone();
+        let new_config = match &result {
+            CommandResult::Cluster(config) | CommandResult::Ring(RingChangeOutcome::Applied(config)) => {
+                Some(config.clone())
+            }
+            _ => None,
+        };
+        if let Some(config) = new_config {
             self.cluster_tx.send_if_modified(|current| {
                 let changed = current.as_ref() != Some(&config);
                 *current = Some(config);

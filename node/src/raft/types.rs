@@ -66,6 +66,48 @@ pub enum Command {
     /// Shard groups: delete up to `limit` keys of a range in one entry, de-duplicated by its
     /// request id. (postcard encodes the variant index: new variants go at the end.)
     DeleteRange(DeleteRangeCommand),
+    /// System group: change the ring (add a node, start a decommission, record a node as
+    /// active, removed or dead). Applied only if the epoch is still `expected_epoch`, so a
+    /// change decided on a stale view is rejected, not misapplied.
+    ChangeRing(RingChange),
+}
+
+/// A change of ring membership, proposed to the system group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingChange {
+    /// The epoch the change was decided on; `None` applies it to whatever epoch is current.
+    pub expected_epoch: Option<u64>,
+    pub kind: RingChangeKind,
+}
+
+/// What a [`RingChange`] does. (postcard encodes the variant index: new variants go at
+/// the end.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RingChangeKind {
+    /// A new node joins: it owns tokens at once (state `joining`), so placement starts
+    /// moving replicas to it.
+    AddNode { node_id: NodeId, addr: String },
+    /// Start moving every replica away from a node (state `decommissioning`).
+    Decommission { node_id: NodeId },
+    /// A joining node holds every replica placement gives it (state `active`).
+    MarkActive { node_id: NodeId },
+    /// A decommissioning node holds no replica any more (state `removed`).
+    MarkRemoved { node_id: NodeId },
+    /// A node unreachable for longer than the dead-node timeout (state `dead`): its
+    /// replicas are re-created elsewhere.
+    MarkDead { node_id: NodeId },
+}
+
+impl fmt::Display for RingChangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RingChangeKind::AddNode { node_id, addr } => write!(f, "add node {node_id} at {addr}"),
+            RingChangeKind::Decommission { node_id } => write!(f, "decommission node {node_id}"),
+            RingChangeKind::MarkActive { node_id } => write!(f, "mark node {node_id} active"),
+            RingChangeKind::MarkRemoved { node_id } => write!(f, "mark node {node_id} removed"),
+            RingChangeKind::MarkDead { node_id } => write!(f, "mark node {node_id} dead"),
+        }
+    }
 }
 
 impl fmt::Display for Command {
@@ -74,6 +116,7 @@ impl fmt::Display for Command {
             Command::Write(writes) => write!(f, "write({} writes)", writes.len()),
             Command::SetCluster(config) => write!(f, "set-cluster({})", config.cluster_id),
             Command::DeleteRange(range) => write!(f, "delete-range(limit {})", range.limit),
+            Command::ChangeRing(change) => write!(f, "change-ring({})", change.kind),
         }
     }
 }
@@ -172,6 +215,19 @@ pub enum CommandResult {
     Cluster(ClusterConfig),
     /// The outcome of a delete-range (the first one again for a retried request id).
     DeleteRange(DeleteRangeResult),
+    /// The outcome of a [`RingChange`].
+    Ring(RingChangeOutcome),
+}
+
+/// The outcome of a [`RingChange`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RingChangeOutcome {
+    /// Applied: the new configuration (epoch + 1).
+    Applied(ClusterConfig),
+    /// Already in effect (a repeated request): the configuration, epoch unchanged.
+    Unchanged(ClusterConfig),
+    /// Refused, with the reason; nothing changed.
+    Rejected(String),
 }
 
 #[cfg(test)]

@@ -36,6 +36,47 @@ impl Admin for AdminService {
         Ok(Response::new(self.node.status()))
     }
 
+    async fn add_node(
+        &self,
+        request: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::RingChangeResponse>, Status> {
+        let request = request.into_inner();
+        self.node
+            .add_node(request.node_id, request.addr)
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, false))
+    }
+
+    async fn decommission_node(
+        &self,
+        request: Request<v1::DecommissionNodeRequest>,
+    ) -> Result<Response<v1::RingChangeResponse>, Status> {
+        self.node
+            .decommission_node(request.into_inner().node_id)
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, false))
+    }
+
+    async fn plan_ring_change(
+        &self,
+        _request: Request<v1::PlanRingChangeRequest>,
+    ) -> Result<Response<v1::PlanRingChangeResponse>, Status> {
+        Err(Status::unimplemented(
+            "ring change plans are served by routers; point kvctl at a router endpoint",
+        ))
+    }
+
+    async fn rebalance_status(
+        &self,
+        _request: Request<v1::RebalanceStatusRequest>,
+    ) -> Result<Response<v1::RebalanceStatusResponse>, Status> {
+        Err(Status::unimplemented(
+            "rebalance status is served by routers; point kvctl at a router endpoint",
+        ))
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<v1::ClusterStatusRequest>,

@@ -10,6 +10,7 @@ use super::status;
 use crate::error::NodeError;
 use crate::node::{Group, Node};
 use crate::raft::types::{Command, CommandResult, GroupId, NodeId, TypeConfig};
+use crate::rebalance::MembershipView;
 use std::sync::Arc;
 
 pub struct RaftService {
@@ -98,6 +99,32 @@ impl RaftRpc for RaftService {
             .join_cluster(&request.cluster_id)
             .map_err(|err| status(err, false))?;
         Ok(Response::new(v1::JoinClusterResponse {}))
+    }
+
+    async fn group_membership(
+        &self,
+        request: Request<v1::GroupMembershipRequest>,
+    ) -> Result<Response<v1::GroupMembershipResponse>, Status> {
+        let request = request.into_inner();
+        self.node
+            .check_cluster(&request.cluster_id)
+            .map_err(|err| status(err, false))?;
+        let group = self
+            .node
+            .group(GroupId::Shard(request.shard_id))
+            .ok_or_else(|| status(NodeError::ShardNotHosted(request.shard_id), false))?;
+        let view = MembershipView::of(&group);
+        if !view.leader {
+            return Err(status(
+                NodeError::NotLeader {
+                    group: group.id,
+                    leader: None,
+                    proposed: false,
+                },
+                false,
+            ));
+        }
+        Ok(Response::new(view.to_proto()))
     }
 
     async fn propose_system(

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use ringkv_proto::v1;
 use ringkv_proto::v1::admin_server::{Admin, AdminServer};
 use ringkv_proto::v1::shard_kv_server::{ShardKv, ShardKvServer};
 use ringkv_proto::v1::{
@@ -445,6 +446,34 @@ impl Admin for FakeNode {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn add_node(
+        &self,
+        _request: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::RingChangeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn decommission_node(
+        &self,
+        _request: Request<v1::DecommissionNodeRequest>,
+    ) -> Result<Response<v1::RingChangeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn plan_ring_change(
+        &self,
+        _request: Request<v1::PlanRingChangeRequest>,
+    ) -> Result<Response<v1::PlanRingChangeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn rebalance_status(
+        &self,
+        _request: Request<v1::RebalanceStatusRequest>,
+    ) -> Result<Response<v1::RebalanceStatusResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn node_status(
         &self,
         _request: Request<NodeStatusRequest>,
@@ -498,6 +527,7 @@ impl Admin for FakeNode {
             ring: self.cluster.ring.clone(),
             replicas,
             version: "fake".into(),
+            moves: None,
         }))
     }
 

@@ -1,0 +1,344 @@
+//! Elastic membership against real processes: a node joins under write load, a node is
+//! decommissioned, a dead node is replaced. Each ends with every acknowledged write
+//! readable and every shard's voters equal to placement.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ringkv_proto::v1::{self, plan_ring_change_request::Change};
+use ringkv_tests::{wait_until, Cluster, ClusterOptions};
+
+/// How long a rebalance may take in these tests (small data, debug builds, 2 cores).
+const REBALANCE_WAIT: Duration = Duration::from_secs(120);
+
+fn options(nodes: u64, extra: &[&str]) -> ClusterOptions {
+    let mut options = ClusterOptions {
+        nodes,
+        shards: 16,
+        ..ClusterOptions::default()
+    };
+    options.node_args.extend(
+        ["--membership-interval-ms", "200", "--max-concurrent-moves", "4"]
+            .iter()
+            .chain(extra)
+            .map(|arg| arg.to_string()),
+    );
+    options
+}
+
+/// What a write load saw.
+#[derive(Default)]
+struct LoadLog {
+    /// key → (value, version) of every acknowledged put.
+    acked: BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
+    /// When each acknowledged put finished, and how long it took.
+    done: Vec<(Instant, Duration)>,
+    errors: u64,
+}
+
+/// Concurrent puts of unique keys until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<LoadLog>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Load {
+    fn start(client: ringkv_client::Client, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(LoadLog::default()));
+        let handles = (0..workers)
+            .map(|worker| {
+                let (client, stop, log) = (client.clone(), stop.clone(), log.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("load/{worker}/{n}").into_bytes();
+                        let value = format!("v{n}").into_bytes();
+                        n += 1;
+                        let began = Instant::now();
+                        let outcome = client.put(&key, value.clone()).await;
+                        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                        match outcome {
+                            Ok(version) => {
+                                log.acked.insert(key, (value, version));
+                                log.done.push((Instant::now(), began.elapsed()));
+                            }
+                            Err(_) => log.errors += 1,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            log,
+            workers: handles,
+            started: Instant::now(),
+        }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.log.lock().map(|log| log.acked.len()).unwrap_or(0)
+    }
+
+    /// Stops the workers; returns the log and the longest stretch without an acknowledged
+    /// write.
+    async fn finish(self) -> Result<(LoadLog, Duration)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.context("load worker")?;
+        }
+        let log = Arc::try_unwrap(self.log)
+            .map_err(|_| anyhow::anyhow!("load log still shared"))?
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut times: Vec<Instant> = log.done.iter().map(|(at, _)| *at).collect();
+        times.sort_unstable();
+        let mut longest = Duration::ZERO;
+        let mut previous = self.started;
+        for at in times {
+            longest = longest.max(at.duration_since(previous));
+            previous = at;
+        }
+        Ok((log, longest))
+    }
+}
+
+fn percentile(latencies: &mut [Duration], p: f64) -> Duration {
+    if latencies.is_empty() {
+        return Duration::ZERO;
+    }
+    latencies.sort_unstable();
+    let index = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+    latencies[index.min(latencies.len() - 1)]
+}
+
+async fn check_readable(
+    client: &ringkv_client::Client,
+    acked: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
+) -> Result<()> {
+    let keys: Vec<Vec<u8>> = acked.keys().cloned().collect();
+    for chunk in keys.chunks(500) {
+        let got = client.batch_get(chunk).await?;
+        for (key, value) in chunk.iter().zip(got) {
+            let Some(value) = value else {
+                bail!("acknowledged key {} lost", String::from_utf8_lossy(key));
+            };
+            let (expected, version) = &acked[key];
+            if (&value.value, value.version) != (expected, *version) {
+                bail!(
+                    "key {} reads version {} instead of {version}",
+                    String::from_utf8_lossy(key),
+                    value.version
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the router reports every shard's voters equal to placement, and every
+/// running member hosts exactly the shards placement gives it.
+async fn wait_settled(
+    cluster: &Cluster,
+    client: &ringkv_client::Client,
+    running: &[u64],
+) -> Result<v1::RebalanceStatusResponse> {
+    let status = wait_until("every shard settled on placement", REBALANCE_WAIT, || async {
+        let status = client.rebalance_status().await.ok()?;
+        (status.shards_settled == status.shards_total).then_some(status)
+    })
+    .await?;
+    wait_until("replicas off placement deleted", REBALANCE_WAIT, || async {
+        let ring = cluster.ring(running[0]).await.ok()?;
+        for &id in running {
+            let mut want: Vec<u32> = ring.shards_of_node(id).into_iter().map(|shard| shard.0).collect();
+            want.sort_unstable();
+            if cluster.hosted_shards(id).await.ok()? != want {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    Ok(status)
+}
+
+async fn member_state(cluster: &Cluster, from: u64, node: u64) -> Option<String> {
+    let status = cluster.node_status(from).await.ok()?;
+    status
+        .ring?
+        .members
+        .into_iter()
+        .find(|member| member.node_id == node)
+        .map(|member| member.state)
+}
+
+/// A 4th node joins a loaded 3-node cluster under steady writes: replicas end balanced,
+/// every acknowledged write is readable, writes are never unavailable for long, and the
+/// number of moved replicas is close to the consistent-hashing minimum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_under_load_rebalances_without_loss() -> Result<()> {
+    let mut cluster = Cluster::start(options(3, &[])).await?;
+    let client = cluster.client().await?;
+    let preload: Vec<ringkv_client::Mutation> = (0..2000)
+        .map(|i| ringkv_client::Mutation::put(format!("pre/{i}"), vec![b'x'; 100]))
+        .collect();
+    for chunk in preload.chunks(500) {
+        client.batch_write(chunk.to_vec()).await?;
+    }
+    let load = Load::start(client.clone(), 4);
+    wait_until("the load to get going", Duration::from_secs(30), || async {
+        (load.acked_count() >= 50).then_some(())
+    })
+    .await?;
+
+    let addr = cluster.start_node(4).await?;
+    let plan = client
+        .plan_ring_change(Change::Add(v1::NodeAddress {
+            node_id: 4,
+            addr: addr.clone(),
+        }))
+        .await?;
+    let joined_at = Instant::now();
+    let change = client.add_node(4, &addr).await?;
+    assert!(change.changed);
+    let again = client.add_node(4, &addr).await?;
+    assert!(!again.changed, "adding a member again changes nothing");
+
+    let status = wait_settled(&cluster, &client, &[1, 2, 3, 4]).await?;
+    wait_until("node 4 active", REBALANCE_WAIT, || async {
+        (member_state(&cluster, 1, 4).await.as_deref() == Some("active")).then_some(())
+    })
+    .await?;
+    let rebalance_time = joined_at.elapsed();
+    // Keep writing a little on the new topology, then stop.
+    let acked_before_stop = load.acked_count();
+    wait_until("writes on the new topology", Duration::from_secs(30), || async {
+        (load.acked_count() >= acked_before_stop + 50).then_some(())
+    })
+    .await?;
+    let (log, longest_gap) = load.finish().await?;
+    check_readable(&client, &log.acked).await?;
+
+    let ring = cluster.ring(1).await?;
+    let fair = (16 * 3) as f64 / 4.0;
+    let mut per_node = BTreeMap::new();
+    for id in 1..=4u64 {
+        let hosted = cluster.hosted_shards(id).await?.len();
+        per_node.insert(id, hosted);
+        assert_eq!(hosted, ring.shards_of_node(id).len());
+        assert!(
+            (hosted as f64) >= fair * 0.5 && (hosted as f64) <= fair * 1.5,
+            "node {id} holds {hosted} replicas, fair share {fair}"
+        );
+    }
+    let mut latencies: Vec<Duration> = log.done.iter().map(|(_, latency)| *latency).collect();
+    eprintln!(
+        "join: {} replicas moved (ideal {}), rebalance {:.1}s, epoch {}, replicas per node {per_node:?}; \
+         writes: {} acked, {} errors, p50 {:?}, p99 {:?}, max {:?}, longest gap {:?}",
+        plan.replicas_moved,
+        plan.ideal_replicas_moved,
+        rebalance_time.as_secs_f64(),
+        status.epoch,
+        log.acked.len(),
+        log.errors,
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
+        percentile(&mut latencies, 1.0),
+        longest_gap,
+    );
+    assert!(
+        plan.replicas_moved <= plan.ideal_replicas_moved * 2,
+        "moved {} replicas, ideal {}",
+        plan.replicas_moved,
+        plan.ideal_replicas_moved
+    );
+    assert!(
+        longest_gap < Duration::from_secs(10),
+        "writes stalled for {longest_gap:?}"
+    );
+    Ok(())
+}
+
+/// Decommissioning a node moves every replica away with no lost write; the node then holds
+/// nothing, is `removed`, and stopping it does not disturb the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_empties_the_node() -> Result<()> {
+    let mut cluster = Cluster::start(options(4, &[])).await?;
+    let client = cluster.client().await?;
+    let load = Load::start(client.clone(), 2);
+    wait_until("the load to get going", Duration::from_secs(30), || async {
+        (load.acked_count() >= 50).then_some(())
+    })
+    .await?;
+    let plan = client.plan_ring_change(Change::Decommission(2)).await?;
+    assert!(plan
+        .moves
+        .iter()
+        .all(|m| m.from.contains(&2) && !m.to.contains(&2)));
+    client.decommission_node(2).await?;
+    wait_until("node 2 removed", REBALANCE_WAIT, || async {
+        (member_state(&cluster, 1, 2).await.as_deref() == Some("removed")).then_some(())
+    })
+    .await?;
+    wait_until("node 2 to hold no replica", REBALANCE_WAIT, || async {
+        cluster.hosted_shards(2).await.ok()?.is_empty().then_some(())
+    })
+    .await?;
+    wait_settled(&cluster, &client, &[1, 3, 4]).await?;
+    cluster.stop_node(2).await?;
+    let (log, longest_gap) = load.finish().await?;
+    eprintln!(
+        "decommission: {} writes acked, longest gap {longest_gap:?}",
+        log.acked.len()
+    );
+    check_readable(&client, &log.acked).await?;
+    client.put("after-decommission", "ok").await?;
+    let denied = client.decommission_node(1).await;
+    assert!(denied.is_err(), "decommissioning below RF owners must be refused");
+    Ok(())
+}
+
+/// A node unreachable for longer than the dead-node timeout is declared dead and its
+/// replicas are re-created on the others; when it comes back it deletes its stale
+/// replicas and serves nothing stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_node_is_replaced_and_cleans_up_on_return() -> Result<()> {
+    let mut cluster = Cluster::start(options(4, &["--dead-node-timeout-ms", "3000"])).await?;
+    let client = cluster.client().await?;
+    let mut acked = BTreeMap::new();
+    for i in 0..200 {
+        let key = format!("k{i}").into_bytes();
+        let version = client.put(&key, b"before".to_vec()).await?;
+        acked.insert(key, (b"before".to_vec(), version));
+    }
+    cluster.kill_node(3)?;
+    wait_until("node 3 declared dead", REBALANCE_WAIT, || async {
+        (member_state(&cluster, 1, 3).await.as_deref() == Some("dead")).then_some(())
+    })
+    .await?;
+    wait_settled(&cluster, &client, &[1, 2, 4]).await?;
+    check_readable(&client, &acked).await?;
+    // Overwrite everything while node 3 is away: its copies are now stale.
+    for (key, entry) in acked.iter_mut() {
+        let version = client.put(key, b"after".to_vec()).await?;
+        *entry = (b"after".to_vec(), version);
+    }
+    cluster.start_node(3).await?;
+    wait_until("node 3 to delete its stale replicas", REBALANCE_WAIT, || async {
+        cluster.hosted_shards(3).await.ok()?.is_empty().then_some(())
+    })
+    .await?;
+    let ring = cluster.ring(3).await?;
+    let shard = ring.shard_for_key(b"k0").0;
+    let stale = cluster.read_replica(3, shard, b"k0").await;
+    assert!(stale.is_err(), "a replaced node must not serve reads: {stale:?}");
+    check_readable(&client, &acked).await?;
+    Ok(())
+}
