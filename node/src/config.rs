@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub logs_to_keep_after_snapshot: u64,
     /// Size of the chunks a snapshot is streamed in.
     pub snapshot_chunk_bytes: u64,
+    /// Snapshot bytes this node sends per second, over all groups (moves and lagging
+    /// followers share it; 0 = unlimited).
+    pub snapshot_send_bytes_per_sec: u64,
     /// Timeout of one Raft RPC to a peer.
     pub rpc_timeout_ms: u64,
     /// Timeout for a write to commit and apply, and for a linearizable read check.
@@ -82,6 +85,7 @@ impl Default for NodeConfig {
             snapshot_logs_since_last: 10_000,
             logs_to_keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
+            snapshot_send_bytes_per_sec: 64 << 20,
             rpc_timeout_ms: 2_000,
             write_timeout_ms: 5_000,
             max_key_bytes: 4 << 10,

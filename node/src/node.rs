@@ -200,6 +200,7 @@ impl Node {
             config.node_id,
             Duration::from_millis(config.rpc_timeout_ms),
             config.max_message_bytes,
+            config.snapshot_send_bytes_per_sec,
         );
         if let Some(cluster_id) = &cluster_id {
             transport.set_cluster_id(cluster_id);

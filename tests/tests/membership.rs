@@ -169,6 +169,24 @@ async fn wait_settled(
     Ok(status)
 }
 
+/// Runs kvctl against the router and parses its JSON output.
+async fn kvctl(router: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let output = tokio::process::Command::new(ringkv_tests::bin_dir()?.join("kvctl"))
+        .arg("-e")
+        .arg(router)
+        .args(args)
+        .output()
+        .await
+        .context("running kvctl")?;
+    if !output.status.success() {
+        bail!(
+            "kvctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    serde_json::from_slice(&output.stdout).context("kvctl output is not JSON")
+}
+
 async fn member_state(cluster: &Cluster, from: u64, node: u64) -> Option<String> {
     let status = cluster.node_status(from).await.ok()?;
     status
@@ -277,12 +295,38 @@ async fn decommission_empties_the_node() -> Result<()> {
         (load.acked_count() >= 50).then_some(())
     })
     .await?;
-    let plan = client.plan_ring_change(Change::Decommission(2)).await?;
-    assert!(plan
-        .moves
-        .iter()
-        .all(|m| m.from.contains(&2) && !m.to.contains(&2)));
-    client.decommission_node(2).await?;
+    // Through kvctl, as an operator would: plan, decommission, wait for the moves.
+    let router = cluster.router_addr.clone().context("router address")?;
+    let plan = kvctl(&router, &["cluster", "plan", "--decommission", "2", "-o", "json"]).await?;
+    let moves = plan["moves"].as_array().context("moves")?;
+    assert!(!moves.is_empty());
+    for shard_move in moves {
+        let from: Vec<u64> = serde_json::from_value(shard_move["from"].clone())?;
+        let to: Vec<u64> = serde_json::from_value(shard_move["to"].clone())?;
+        assert!(from.contains(&2) && !to.contains(&2), "{shard_move}");
+    }
+    let changed = kvctl(&router, &["node", "decommission", "2", "-o", "json"]).await?;
+    assert_eq!(changed["changed"], true);
+    let settled = kvctl(
+        &router,
+        &[
+            "rebalance",
+            "status",
+            "--wait",
+            "--wait-timeout-s",
+            "120",
+            "-o",
+            "json",
+        ],
+    )
+    .await?;
+    assert_eq!(settled["shards_settled"], settled["shards_total"]);
+    let unknown = std::process::Command::new(ringkv_tests::bin_dir()?.join("kvctl"))
+        .args(["-e", &router, "node", "decommission", "99"])
+        .output()?;
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("not a ring member"), "{stderr}");
     wait_until("node 2 removed", REBALANCE_WAIT, || async {
         (member_state(&cluster, 1, 2).await.as_deref() == Some("removed")).then_some(())
     })

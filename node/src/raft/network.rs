@@ -41,16 +41,52 @@ pub struct Transport {
     connect_timeout: Duration,
     /// Largest gRPC message accepted or sent (snapshot chunks and append batches fit in it).
     max_message_bytes: usize,
+    /// Paces snapshot chunks sent by every group of this node (None = unlimited).
+    snapshot_pacer: Option<Pacer>,
+}
+
+/// Paces bytes to a rate shared by every caller: each send reserves its share of time
+/// after the previous reservation and waits until its slot starts.
+pub struct Pacer {
+    bytes_per_sec: f64,
+    next_free: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub fn new(bytes_per_sec: u64) -> Option<Pacer> {
+        (bytes_per_sec > 0).then(|| Pacer {
+            bytes_per_sec: bytes_per_sec as f64,
+            next_free: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    /// Waits until `bytes` may be sent at the configured rate.
+    pub async fn pace(&self, bytes: usize) {
+        let start = {
+            let mut next_free = self.next_free.lock().await;
+            let now = tokio::time::Instant::now();
+            let start = (*next_free).max(now);
+            *next_free = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
 }
 
 impl Transport {
-    pub fn new(node_id: NodeId, connect_timeout: Duration, max_message_bytes: usize) -> Arc<Transport> {
+    pub fn new(
+        node_id: NodeId,
+        connect_timeout: Duration,
+        max_message_bytes: usize,
+        snapshot_bytes_per_sec: u64,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
             cluster_id: RwLock::new(String::new()),
             channels: Mutex::new(HashMap::new()),
             connect_timeout,
             max_message_bytes,
+            snapshot_pacer: Pacer::new(snapshot_bytes_per_sec),
         })
     }
 
@@ -231,6 +267,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        if let Some(pacer) = &self.transport.snapshot_pacer {
+            pacer.pace(rpc.data.len()).await;
+        }
         self.call(Rpc::Snapshot, &rpc, &option, 1).await
     }
 
@@ -240,5 +279,26 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(Rpc::Vote, &rpc, &option, 1).await
+    }
+}
+
+#[cfg(test)]
+mod pacer_tests {
+    use super::*;
+
+    /// Chunks share the rate: the third 1 MB chunk at 1 MB/s may start only after 2 s.
+    #[tokio::test(start_paused = true)]
+    async fn pacer_spreads_chunks_at_the_rate() {
+        let pacer = Arc::new(Pacer::new(1_000_000).expect("limited"));
+        let began = tokio::time::Instant::now();
+        for _ in 0..3 {
+            pacer.pace(1_000_000).await;
+        }
+        let waited = began.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_millis(2100),
+            "{waited:?}"
+        );
+        assert!(Pacer::new(0).is_none(), "0 means unlimited");
     }
 }

@@ -1,4 +1,4 @@
-//! `cluster init` (talks to the nodes) and `cluster status` (asks a router).
+//! `cluster init` (talks to the nodes), `cluster status` and `cluster plan` (ask a router).
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -15,6 +15,8 @@ pub enum ClusterCommand {
     Init(InitArgs),
     /// Show nodes, shards, leaders and replica health, as seen by a router.
     Status,
+    /// Show which replicas a ring change would move, without applying it.
+    Plan(crate::membership::PlanArgs),
 }
 
 /// Arguments of `kvctl cluster init`.
@@ -52,6 +54,10 @@ pub async fn run(
             let client = Client::connect_with(endpoints, router_config).await?;
             let status = client.cluster_status().await.context("cluster status")?;
             output::emit(&output::render_cluster_status(&status, format))?;
+        }
+        ClusterCommand::Plan(args) => {
+            let client = Client::connect_with(endpoints, router_config).await?;
+            return crate::membership::plan(&client, args, format).await;
         }
     }
     Ok(Outcome::Success)

@@ -4,7 +4,9 @@
 //! - `batch` — `mget`, and `mput` (bulk load in concurrent batches); `load` parses its
 //!   JSON-lines and CSV input.
 //! - `range` — `scan` (a page, or `--all` streamed), `count`, `delrange`.
-//! - `cluster` — `cluster init` (talks to the nodes) and `cluster status` (a router).
+//! - `cluster` — `cluster init` (talks to the nodes), `cluster status` and `cluster plan`
+//!   (a router).
+//! - `membership` — `node add`, `node decommission`, `cluster plan`, `rebalance status`.
 //! - `playground` — a complete local cluster of real processes (unix only).
 //! - `output` — tables and JSON; `value` — keys and values from arguments, files and
 //!   stdin; `progress` — progress bars on stderr; `exit` — exit codes and the error →
@@ -15,6 +17,7 @@ mod cluster;
 mod exit;
 mod kv;
 mod load;
+mod membership;
 mod output;
 #[cfg(unix)]
 mod playground;
@@ -107,9 +110,15 @@ enum Command {
     /// Delete the keys of a range (START END or --prefix), or every key (--all --yes).
     #[command(alias = "delete-range")]
     Delrange(range::DelrangeArgs),
-    /// Cluster bootstrap and status.
+    /// Cluster bootstrap, status, and plans of ring changes.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Add a node to the ring or decommission one.
+    #[command(subcommand)]
+    Node(membership::NodeCommand),
+    /// Progress of replica moves toward the current ring's placement.
+    #[command(subcommand)]
+    Rebalance(membership::RebalanceCommand),
     /// Start a local cluster of real processes (nodes + router) and keep it running.
     #[cfg(unix)]
     Playground(playground::PlaygroundArgs),
@@ -182,6 +191,12 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Cluster(command) => {
             let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT)?;
             cluster::run(command, endpoints, router_config, node_config, output).await
+        }
+        Command::Node(command) => {
+            membership::node(&connect(endpoints, router_config).await?, command, output).await
+        }
+        Command::Rebalance(command) => {
+            membership::rebalance(&connect(endpoints, router_config).await?, command, output).await
         }
         #[cfg(unix)]
         Command::Playground(args) => playground::run(args).await,
