@@ -49,6 +49,11 @@ pub struct NodeConfig {
     pub max_message_bytes: usize,
     /// How long a write's request id de-duplicates retries.
     pub dedup_window_ms: u64,
+    /// Gossip seeds (`host:port` of other nodes or routers). Gossip runs over UDP on the
+    /// node's listen address; ring members are always seeds too.
+    pub gossip_seeds: Vec<String>,
+    /// Gossip round interval.
+    pub gossip_interval_ms: u64,
     /// Most replica moves this node runs at once as a shard leader.
     pub max_concurrent_moves: usize,
     /// How long a new replica may take to catch up (snapshot + log) before the move is
@@ -93,6 +98,8 @@ impl Default for NodeConfig {
             max_ops_per_write: 1_000,
             max_message_bytes: 16 << 20,
             dedup_window_ms: 5 * 60 * 1000,
+            gossip_seeds: Vec::new(),
+            gossip_interval_ms: 500,
             max_concurrent_moves: 2,
             catch_up_timeout_ms: 10 * 60 * 1000,
             dead_node_timeout_ms: 5 * 60 * 1000,
@@ -169,6 +176,12 @@ impl NodeConfig {
         }
         if self.max_message_bytes < self.max_value_bytes + self.max_key_bytes + 4096 {
             return fail("max_message_bytes must hold at least one maximal key and value".to_string());
+        }
+        if !(10..=60_000).contains(&self.gossip_interval_ms) {
+            return fail("gossip_interval_ms must be between 10 and 60000".to_string());
+        }
+        if let Some(seed) = self.gossip_seeds.iter().find(|seed| !seed.contains(':')) {
+            return fail(format!("gossip seeds must be host:port, got {seed:?}"));
         }
         if self.max_concurrent_moves == 0 || self.max_concurrent_moves > 64 {
             return fail("max_concurrent_moves must be between 1 and 64".to_string());

@@ -11,12 +11,14 @@
 //!   consensus → removal) and deleting replicas this node no longer holds.
 //! - [`membership`]: the system leader's duties: system-group membership, joining nodes
 //!   becoming active, decommissions finishing, dead nodes declared.
+//! - [`gossip_agent`]: gossip (chitchat): what this node publishes, and members' liveness.
 //! - [`proposal`]: proposing to a group (leader check, timeout) and per-shard write batching.
 //! - [`service`]: the gRPC services (`ShardKv`, `Raft`, `Admin`) and error → status mapping.
 //! - [`server`]: binds the listener, serves, shuts down.
 
 pub mod config;
 pub mod error;
+pub mod gossip_agent;
 pub mod membership;
 pub mod node;
 pub mod proposal;

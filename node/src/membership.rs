@@ -9,8 +9,8 @@
 //!   has it as a voter;
 //! - **decommissions finish**: a `decommissioning` member becomes `removed` once no shard
 //!   group counts it (and, if reachable, it reports no replicas left);
-//! - **dead nodes**: a member nobody (this leader) heard from for `dead_node_timeout_ms`
-//!   is declared `dead` — one at a time, never below RF token owners — so its replicas are
+//! - **dead nodes**: a member neither this leader's status polls nor gossip (through any
+//!   peer) heard from for `dead_node_timeout_ms` is declared `dead` — one at a time, never below RF token owners — so its replicas are
 //!   re-created elsewhere.
 //!
 //! Every decision is a ring change with the epoch it was decided on: if the ring moved
@@ -187,6 +187,15 @@ async fn pass(node: &Node, last_heard: &mut HashMap<NodeId, Instant>) -> Result<
     let statuses = poll_members(node, &config).await;
     for status in &statuses {
         last_heard.insert(status.node_id, now);
+    }
+    // Gossip hears members through any peer, not only from this leader: a member is dead
+    // only if neither a direct poll nor gossip heard it within the timeout.
+    for (node_id, member) in node.gossip_view() {
+        if let Some(ago) = member.last_heard {
+            let heard = now.checked_sub(ago).unwrap_or(now);
+            let entry = last_heard.entry(node_id).or_insert(heard);
+            *entry = (*entry).max(heard);
+        }
     }
     last_heard.retain(|id, _| config.members.iter().any(|m| m.node_id == *id));
     let views = shard_views(&statuses);

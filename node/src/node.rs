@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::gossip_agent::GossipMember;
 use crate::proposal::{self, BatcherSettings, WriteBatcher};
 use crate::raft::flusher::Flusher;
 use crate::raft::log_store::LogStore;
@@ -103,6 +104,8 @@ struct NodeInner {
     /// Shards with a move or a removal check in flight (never two for one shard).
     busy_shards: std::sync::Mutex<HashSet<u32>>,
     counters: MoveCounters,
+    /// Every other member's liveness as gossip sees it (updated by the gossip agent).
+    gossip_view: RwLock<HashMap<NodeId, GossipMember>>,
 }
 
 /// Replica moves and deletions, reported in the node status.
@@ -255,6 +258,7 @@ impl Node {
             moves: Arc::new(tokio::sync::Semaphore::new(max_moves)),
             busy_shards: std::sync::Mutex::new(HashSet::new()),
             counters: MoveCounters::default(),
+            gossip_view: RwLock::new(HashMap::new()),
         });
         let node = Node { inner };
         let reconciler = node.clone();
@@ -270,6 +274,16 @@ impl Node {
 
     pub fn node_id(&self) -> NodeId {
         self.inner.node_id
+    }
+
+    /// Records what gossip says about the other members.
+    pub fn set_gossip_view(&self, view: HashMap<NodeId, GossipMember>) {
+        write_lock(&self.inner.gossip_view, view);
+    }
+
+    /// What gossip says about the other members.
+    pub fn gossip_view(&self) -> HashMap<NodeId, GossipMember> {
+        read_lock(&self.inner.gossip_view)
     }
 
     pub fn addr(&self) -> &str {

@@ -9,7 +9,9 @@ use ringkv_proto::v1::shard_kv_server::ShardKvServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+use crate::gossip_agent::GossipAgent;
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::error::NodeError;
@@ -44,6 +46,7 @@ pub struct NodeHandle {
     local_addr: SocketAddr,
     cancel: CancellationToken,
     serve: tokio::task::JoinHandle<()>,
+    gossip: Option<GossipAgent>,
 }
 
 /// The address to bind: the configured one, except that port 0 reuses the port recorded
@@ -139,11 +142,20 @@ impl NodeServer {
             }
         });
         info!(%local_addr, "serving");
+        let gossip = match GossipAgent::start(node.clone(), local_addr, node.addr()).await {
+            Ok(agent) => Some(agent),
+            Err(err) => {
+                // Gossip is advisory (liveness, leader hints): the node serves without it.
+                warn!(%err, "gossip did not start; liveness comes from direct status polls only");
+                None
+            }
+        };
         Ok(NodeHandle {
             node,
             local_addr,
             cancel,
             serve,
+            gossip,
         })
     }
 }
@@ -164,6 +176,9 @@ impl NodeHandle {
 
     /// Stops serving, stops every Raft group and flushes storage.
     pub async fn shutdown(self) {
+        if let Some(gossip) = self.gossip {
+            gossip.shutdown().await;
+        }
         self.cancel.cancel();
         if let Err(err) = self.serve.await {
             error!(%err, "grpc server task failed");

@@ -38,7 +38,17 @@ impl<N: NodeApi> AdminService<N> {
 
     async fn handle_cluster_status(&self, deadline: Instant) -> Result<ClusterStatusResponse, RouterError> {
         let (view, probes) = self.probe_members(deadline).await?;
-        Ok(build_cluster_status(&view, &probes))
+        let mut status = build_cluster_status(&view, &probes);
+        for node in &mut status.nodes {
+            match self.ctx.gossip.get(node.node_id) {
+                Some(seen) => {
+                    node.liveness = seen.liveness.to_string();
+                    node.last_heard_ms = seen.last_heard.map(|ago| ago.as_millis() as u64);
+                }
+                None => node.liveness = "unknown".to_string(),
+            }
+        }
+        Ok(status)
     }
 
     async fn handle_rebalance_status(

@@ -50,8 +50,11 @@ pub struct RouterConfig {
     /// `host:port` of storage nodes to learn the cluster from. Ring members found through
     /// them are polled too, so a few seeds are enough.
     pub seed_nodes: Vec<String>,
-    /// How often the topology refresher polls `NodeStatus` on every known node.
+    /// How often the topology refresher polls `NodeStatus` on every known node (gossip
+    /// triggers a refresh as soon as the cluster changes; this is the fallback).
     pub refresh_interval_ms: u64,
+    /// Gossip round interval (gossip runs over UDP on the listen address).
+    pub gossip_interval_ms: u64,
     /// Deadline of a client request that carries no `grpc-timeout` header.
     pub default_request_timeout_ms: u64,
     /// Cap on a client's `grpc-timeout`: no request is retried for longer than this.
@@ -95,6 +98,7 @@ impl Default for RouterConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
             seed_nodes: Vec::new(),
             refresh_interval_ms: 500,
+            gossip_interval_ms: 500,
             default_request_timeout_ms: 5_000,
             max_request_timeout_ms: 60_000,
             rpc_timeout_ms: 2_000,
@@ -162,6 +166,7 @@ impl RouterConfig {
         }
         for (field, value_ms) in [
             ("refresh_interval_ms", self.refresh_interval_ms),
+            ("gossip_interval_ms", self.gossip_interval_ms),
             ("default_request_timeout_ms", self.default_request_timeout_ms),
             ("max_request_timeout_ms", self.max_request_timeout_ms),
             ("rpc_timeout_ms", self.rpc_timeout_ms),
@@ -248,6 +253,11 @@ impl RouterConfig {
             return Err(invalid("max_inflight_requests", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// [`Self::gossip_interval_ms`] as a duration.
+    pub fn gossip_interval(&self) -> Duration {
+        Duration::from_millis(self.gossip_interval_ms)
     }
 
     /// [`Self::refresh_interval_ms`] as a duration.

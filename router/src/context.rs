@@ -34,6 +34,8 @@ pub struct RouterContext<N> {
     pub max_response_bytes: usize,
     /// Bytes of shard pages one scan buffers.
     pub scan_buffer_bytes: u64,
+    /// Node liveness as the router's gossip sees it.
+    pub gossip: Arc<crate::gossip::GossipView>,
 }
 
 /// An admitted request: its in-flight permit (released on drop) and its deadline.
@@ -65,6 +67,7 @@ impl<N: NodeApi> RouterContext<N> {
             max_fanout: config.max_fanout.max(1),
             max_response_bytes: config.max_response_bytes,
             scan_buffer_bytes: config.scan_buffer_bytes,
+            gossip: Arc::default(),
         }
     }
 

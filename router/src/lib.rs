@@ -19,7 +19,8 @@
 //!   [`error`] (`RouterError` and its one mapping to gRPC statuses).
 //! - Cluster view: `topology` (ring, node addresses, leader cache), `refresher`
 //!   (the background `NodeStatus` poller), `cluster_status` (the status merge),
-//!   `rebalance` (ring-change plans and rebalance progress),
+//!   `rebalance` (ring-change plans and rebalance progress), `gossip` (chitchat: liveness,
+//!   and a topology refresh whenever the cluster changes),
 //!   `convert` (protobuf ring → placement ring).
 //! - Nodes: `node_api` (the calls the router makes, a trait so tests use fakes) and
 //!   `connections` (one lazily connected channel per node, the gRPC implementation).
@@ -49,6 +50,7 @@ mod convert;
 mod deadline;
 pub mod error;
 mod forward;
+mod gossip;
 mod inflight;
 mod kv_service;
 pub mod log_format;

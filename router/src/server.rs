@@ -23,6 +23,7 @@ use crate::config::RouterConfig;
 use crate::connections::GrpcNodes;
 use crate::context::RouterContext;
 use crate::error::{ServeError, StartError};
+use crate::gossip::RouterGossip;
 use crate::kv_service::KvService;
 use crate::node_api::NodeApi;
 use crate::refresher::{RefreshSettings, Refresher};
@@ -69,7 +70,22 @@ impl Router {
             CancellationToken::new(),
         );
 
-        let ctx = Arc::new(RouterContext::new(&config, nodes, topology));
+        let ctx = Arc::new(RouterContext::new(&config, nodes, topology.clone()));
+        let gossip = match RouterGossip::start(
+            local_addr,
+            config.seed_nodes.clone(),
+            config.gossip_interval(),
+            topology,
+            Arc::clone(&ctx.gossip),
+        )
+        .await
+        {
+            Ok(gossip) => Some(gossip),
+            Err(err) => {
+                warn!(%err, "gossip did not start; the router follows the cluster by polling only");
+                None
+            }
+        };
         let kv = KvServer::new(KvService::new(Arc::clone(&ctx)))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
@@ -93,6 +109,7 @@ impl Router {
             stop_serving,
             server,
             refresher,
+            gossip,
             shutdown_timeout: config.shutdown_timeout(),
         })
     }
@@ -106,6 +123,7 @@ pub struct RouterHandle {
     stop_serving: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     refresher: Refresher,
+    gossip: Option<RouterGossip>,
     shutdown_timeout: Duration,
 }
 
@@ -145,6 +163,9 @@ impl RouterHandle {
             },
         };
         self.refresher.shutdown().await;
+        if let Some(gossip) = self.gossip.take() {
+            gossip.shutdown().await;
+        }
         info!(local_addr = %self.local_addr, "router stopped");
         served??;
         Ok(())

@@ -362,7 +362,27 @@ async fn dead_node_is_replaced_and_cleans_up_on_return() -> Result<()> {
         let version = client.put(&key, b"before".to_vec()).await?;
         acked.insert(key, (b"before".to_vec(), version));
     }
+    // Gossip: every node alive, heard recently, in the router's cluster status.
+    wait_until("gossip hears every node", Duration::from_secs(30), || async {
+        let status = client.cluster_status().await.ok()?;
+        status
+            .nodes
+            .iter()
+            .all(|node| node.liveness == "alive" && node.last_heard_ms.is_some_and(|ms| ms < 5_000))
+            .then_some(())
+    })
+    .await?;
     cluster.kill_node(3)?;
+    wait_until(
+        "gossip to stop calling node 3 alive",
+        Duration::from_secs(30),
+        || async {
+            let status = client.cluster_status().await.ok()?;
+            let node = status.nodes.iter().find(|node| node.node_id == 3)?;
+            (node.liveness == "suspect" || node.liveness == "dead").then_some(())
+        },
+    )
+    .await?;
     wait_until("node 3 declared dead", REBALANCE_WAIT, || async {
         (member_state(&cluster, 1, 3).await.as_deref() == Some("dead")).then_some(())
     })

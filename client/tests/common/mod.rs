@@ -538,6 +538,8 @@ impl Admin for MockRouter {
                 error: String::new(),
                 replicas: 2,
                 leaders: 2,
+                liveness: "alive".into(),
+                last_heard_ms: Some(300),
             }],
             shards: (0..2)
                 .map(|shard_id| proto::ShardHealth {

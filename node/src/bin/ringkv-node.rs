@@ -40,6 +40,9 @@ struct Args {
     /// Election timeout lower bound (the upper bound is twice this unless configured).
     #[arg(long)]
     election_timeout_min_ms: Option<u64>,
+    /// Gossip seeds (host:port of other nodes or routers), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    gossip_seeds: Vec<String>,
     /// Declare a ring member dead after this long unreachable (0 = never).
     #[arg(long)]
     dead_node_timeout_ms: Option<u64>,
@@ -104,6 +107,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
         if config.election_timeout_max_ms <= ms {
             config.election_timeout_max_ms = ms * 2;
         }
+    }
+    if !args.gossip_seeds.is_empty() {
+        config.gossip_seeds = args.gossip_seeds.clone();
     }
     if let Some(ms) = args.dead_node_timeout_ms {
         config.dead_node_timeout_ms = ms;

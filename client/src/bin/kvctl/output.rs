@@ -740,7 +740,16 @@ fn cluster_status_table(status: &proto::ClusterStatusResponse) -> String {
     }
 
     let show_errors = status.nodes.iter().any(|node| !node.error.is_empty());
-    let mut node_headers = vec!["ID", "ADDR", "STATE", "REACHABLE", "REPLICAS", "LEADERS"];
+    let mut node_headers = vec![
+        "ID",
+        "ADDR",
+        "STATE",
+        "GOSSIP",
+        "LAST HEARD",
+        "REACHABLE",
+        "REPLICAS",
+        "LEADERS",
+    ];
     if show_errors {
         node_headers.push("ERROR");
     }
@@ -752,6 +761,13 @@ fn cluster_status_table(status: &proto::ClusterStatusResponse) -> String {
                 node.node_id.to_string(),
                 node.addr.clone(),
                 node.state.clone(),
+                if node.liveness.is_empty() {
+                    "-".to_string()
+                } else {
+                    node.liveness.clone()
+                },
+                node.last_heard_ms
+                    .map_or_else(|| "-".to_string(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
                 yes_no(node.reachable),
                 node.replicas.to_string(),
                 node.leaders.to_string(),
@@ -860,6 +876,8 @@ pub fn cluster_status_json(status: &proto::ClusterStatusResponse) -> Value {
                 "addr": node.addr,
                 "state": node.state,
                 "reachable": node.reachable,
+                "liveness": node.liveness,
+                "last_heard_ms": node.last_heard_ms,
                 "error": node.error,
                 "replicas": node.replicas,
                 "leaders": node.leaders,
@@ -1294,6 +1312,8 @@ mod tests {
                 error: "connection refused".into(),
                 replicas: 0,
                 leaders: 0,
+                liveness: "dead".into(),
+                last_heard_ms: Some(12_300),
             }],
             shards: vec![shard(
                 0,
@@ -1307,6 +1327,8 @@ mod tests {
             "NODES",
             "127.0.0.1:7003",
             "connection refused",
+            "dead",
+            "12.3s ago",
             "SHARDS",
             "1:candidate@10",
             "3:unreachable",
@@ -1318,6 +1340,7 @@ mod tests {
         let value = cluster_status_json(&status);
         assert_eq!(value["ring"]["cluster_id"], json!("c1"));
         assert_eq!(value["nodes"][0]["reachable"], json!(false));
+        assert_eq!(value["nodes"][0]["liveness"], json!("dead"));
         assert_eq!(
             value["shards"][0]["health"],
             json!("no leader, under-replicated (1/3)")

@@ -1,0 +1,200 @@
+//! The node's gossip agent (chitchat, through `ringkv-gossip`): publishes what routers and
+//! operators want to know without asking every node — address, role, ring epoch, the shards
+//! it leads (with terms), load and whether it is draining — and keeps the node's view of
+//! every member's liveness, which the system leader uses before declaring a node dead.
+//!
+//! Gossip runs over UDP on the same ip:port as the node's gRPC (TCP) listener, so a ring
+//! member's address is also its gossip address: seeds are the configured `gossip_seeds` plus
+//! the ring's members. A node that hears nobody although the ring has other members (a new
+//! node that started without seeds and learnt the ring afterwards) restarts its agent with
+//! the ring's members as seeds.
+//!
+//! Shutdown: [`GossipAgent::shutdown`] stops the loop, which shuts chitchat down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use ringkv_gossip::{Gossip, GossipConfig, Liveness};
+use ringkv_ring::MemberState;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::node::Node;
+use crate::raft::types::NodeId;
+
+/// Chitchat cluster name shared by every ringkv process; members of other ringkv clusters
+/// are told apart by their `cluster_id` key.
+pub const GOSSIP_CLUSTER: &str = "ringkv";
+/// Shortest time between two agent restarts for lack of peers.
+const RESTART_GAP: Duration = Duration::from_secs(10);
+
+/// What gossip says about one ring member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GossipMember {
+    pub liveness: Liveness,
+    /// Time since its heartbeat was last seen changing.
+    pub last_heard: Option<Duration>,
+}
+
+/// The running agent.
+pub struct GossipAgent {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl GossipAgent {
+    /// Starts gossip on `bound` (UDP, the gRPC listener's ip:port), advertising `advertise`.
+    pub async fn start(node: Node, bound: SocketAddr, advertise: &str) -> Result<GossipAgent, String> {
+        let advertise = advertise
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next());
+        let gossip = start_gossip(&node, bound, advertise).await?;
+        info!(addr = %gossip.local_addr(), "gossip started");
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(node, gossip, bound, advertise, cancel.clone()));
+        Ok(GossipAgent { cancel, task })
+    }
+
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        if let Err(err) = self.task.await {
+            warn!(%err, "gossip agent task failed");
+        }
+    }
+}
+
+fn seeds(node: &Node) -> Vec<String> {
+    let mut seeds = node.config().gossip_seeds.clone();
+    if let Some(ring) = node.ring() {
+        seeds.extend(
+            ring.members()
+                .filter(|member| member.node_id != node.node_id() && !member.state.is_gone())
+                .map(|member| member.addr.clone()),
+        );
+    }
+    seeds.retain(|seed| seed != node.addr());
+    seeds.sort();
+    seeds.dedup();
+    seeds
+}
+
+async fn start_gossip(
+    node: &Node,
+    bound: SocketAddr,
+    advertise: Option<SocketAddr>,
+) -> Result<Gossip, String> {
+    let mut config = GossipConfig::new(GOSSIP_CLUSTER, format!("node-{}", node.node_id()), bound);
+    config.advertise = advertise;
+    config.seeds = seeds(node);
+    config.interval = Duration::from_millis(node.config().gossip_interval_ms);
+    config.initial_state = published(node).into_iter().collect();
+    Gossip::start(config).await.map_err(|err| err.to_string())
+}
+
+/// The keys this node publishes.
+fn published(node: &Node) -> BTreeMap<String, String> {
+    let status = node.status();
+    let mut leaders = Vec::new();
+    let mut replicas = 0usize;
+    for replica in &status.replicas {
+        if let Some(shard) = replica.shard_id {
+            replicas += 1;
+            if replica.role == "leader" {
+                leaders.push(format!("{shard}:{}", replica.term));
+            }
+        }
+    }
+    let ring = node.ring();
+    let draining = ring
+        .as_ref()
+        .and_then(|ring| ring.member(node.node_id()).map(|member| member.state))
+        .is_some_and(|state| state == MemberState::Decommissioning || state.is_gone());
+    let epoch = status.ring.as_ref().map_or(0, |ring| ring.epoch);
+    BTreeMap::from([
+        ("role".to_string(), "node".to_string()),
+        ("node_id".to_string(), node.node_id().to_string()),
+        ("addr".to_string(), node.addr().to_string()),
+        ("cluster_id".to_string(), status.cluster_id.clone()),
+        ("ring_epoch".to_string(), epoch.to_string()),
+        ("leaders".to_string(), leaders.join(",")),
+        (
+            "load".to_string(),
+            format!("replicas={replicas},leaders={}", leaders.len()),
+        ),
+        ("draining".to_string(), draining.to_string()),
+    ])
+}
+
+async fn run(
+    node: Node,
+    mut gossip: Gossip,
+    bound: SocketAddr,
+    advertise: Option<SocketAddr>,
+    cancel: CancellationToken,
+) {
+    let interval = Duration::from_millis(node.config().gossip_interval_ms);
+    let mut last_published = BTreeMap::new();
+    let mut last_restart = Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let state = published(&node);
+        if state != last_published {
+            gossip
+                .set_many(state.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .await;
+            last_published = state;
+        }
+        let cluster_id = node.cluster_id().unwrap_or_default();
+        let mut view = HashMap::new();
+        let mut heard_others = false;
+        for member in gossip.members().await {
+            let same_cluster = member.state.get("cluster_id").is_some_and(|id| *id == cluster_id);
+            let Some(node_id) = member
+                .state
+                .get("node_id")
+                .filter(|_| member.state.get("role").map(String::as_str) == Some("node"))
+                .and_then(|id| id.parse::<NodeId>().ok())
+            else {
+                continue;
+            };
+            if node_id == node.node_id() || !same_cluster {
+                continue;
+            }
+            heard_others |= member.liveness == Liveness::Alive;
+            view.insert(
+                node_id,
+                GossipMember {
+                    liveness: member.liveness,
+                    last_heard: member.last_heard,
+                },
+            );
+        }
+        node.set_gossip_view(view);
+        if !heard_others && !seeds(&node).is_empty() && last_restart.elapsed() > RESTART_GAP {
+            debug!("gossip hears no peer; restarting with the ring's members as seeds");
+            last_restart = Instant::now();
+            gossip.shutdown().await;
+            gossip = loop {
+                match start_gossip(&node, bound, advertise).await {
+                    Ok(gossip) => break gossip,
+                    Err(err) => {
+                        warn!(%err, "gossip restart failed; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(RESTART_GAP) => {}
+                        }
+                    }
+                }
+            };
+            last_published.clear();
+        }
+    }
+    gossip.shutdown().await;
+    debug!("gossip agent stopped");
+}

@@ -1,0 +1,135 @@
+//! The router's gossip agent (chitchat, through `ringkv-gossip`) on UDP at the router's
+//! listen ip:port. Nodes gossip the shards they lead, their ring epoch and liveness; any
+//! change the router hears (a node joining or dying, a leader moving, a new ring epoch)
+//! triggers an immediate topology refresh, so the router follows the cluster without
+//! waiting for its periodic poll. The liveness view feeds `ClusterStatus`.
+//!
+//! Shutdown: [`RouterGossip::shutdown`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ringkv_gossip::{Gossip, GossipConfig, Liveness};
+use ringkv_ring::NodeId;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::topology::TopologyHandle;
+
+/// Chitchat cluster name shared with the nodes.
+const GOSSIP_CLUSTER: &str = "ringkv";
+
+/// One node as gossip sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLiveness {
+    pub liveness: Liveness,
+    pub last_heard: Option<Duration>,
+}
+
+/// Every node's liveness as the router's gossip sees it (empty without gossip).
+#[derive(Debug, Default)]
+pub struct GossipView {
+    nodes: RwLock<HashMap<NodeId, NodeLiveness>>,
+}
+
+impl GossipView {
+    pub fn get(&self, node_id: NodeId) -> Option<NodeLiveness> {
+        match self.nodes.read() {
+            Ok(nodes) => nodes.get(&node_id).copied(),
+            Err(poisoned) => poisoned.into_inner().get(&node_id).copied(),
+        }
+    }
+
+    fn replace(&self, view: HashMap<NodeId, NodeLiveness>) {
+        match self.nodes.write() {
+            Ok(mut nodes) => *nodes = view,
+            Err(poisoned) => *poisoned.into_inner() = view,
+        }
+    }
+}
+
+/// The running agent.
+#[derive(Debug)]
+pub struct RouterGossip {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RouterGossip {
+    /// Starts gossip on `bound` (UDP) with `seeds` (node addresses double as gossip
+    /// addresses).
+    pub async fn start(
+        bound: SocketAddr,
+        seeds: Vec<String>,
+        interval: Duration,
+        topology: TopologyHandle,
+        view: Arc<GossipView>,
+    ) -> Result<RouterGossip, String> {
+        let mut config = GossipConfig::new(GOSSIP_CLUSTER, format!("router-{bound}"), bound);
+        config.seeds = seeds;
+        config.interval = interval;
+        config.initial_state = vec![("role".to_string(), "router".to_string())];
+        let gossip = Gossip::start(config).await.map_err(|err| err.to_string())?;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(gossip, interval, topology, view, cancel.clone()));
+        Ok(RouterGossip { cancel, task })
+    }
+
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        if let Err(err) = self.task.await {
+            warn!(%err, "router gossip task failed");
+        }
+    }
+}
+
+async fn run(
+    gossip: Gossip,
+    interval: Duration,
+    topology: TopologyHandle,
+    view: Arc<GossipView>,
+    cancel: CancellationToken,
+) {
+    let mut changes = gossip.watch();
+    loop {
+        let changed = tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                true
+            }
+            _ = tokio::time::sleep(interval) => false,
+        };
+        let mut nodes = HashMap::new();
+        for member in gossip.members().await {
+            if member.state.get("role").map(String::as_str) != Some("node") {
+                continue;
+            }
+            let Some(node_id) = member
+                .state
+                .get("node_id")
+                .and_then(|id| id.parse::<NodeId>().ok())
+            else {
+                continue;
+            };
+            nodes.insert(
+                node_id,
+                NodeLiveness {
+                    liveness: member.liveness,
+                    last_heard: member.last_heard,
+                },
+            );
+        }
+        view.replace(nodes);
+        if changed {
+            debug!("gossip changed; refreshing the topology");
+            topology.request_refresh();
+        }
+    }
+    gossip.shutdown().await;
+}
