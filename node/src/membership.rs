@@ -110,7 +110,8 @@ pub fn finished_decommissions(
 
 /// The system group's voters wanted for `config`: current voters that are still eligible
 /// (joining/active), topped up from eligible members in `ready` (caught-up learners), up to
-/// 5 voters (3 below 5 eligible members).
+/// 5 voters (3 below 5 eligible members); decommissioning voters keep their vote until a
+/// replacement is ready. Dead and removed voters leave at once.
 pub fn wanted_system_voters(
     config: &ClusterConfig,
     current: &BTreeSet<NodeId>,
@@ -140,6 +141,18 @@ pub fn wanted_system_voters(
         if ready.contains(&node) {
             wanted.insert(node);
         }
+    }
+    // A decommissioning voter keeps its vote until a caught-up replacement exists: shrinking
+    // 3 voters to 2 would leave the system group unable to lose any node.
+    let leaving = config
+        .members
+        .iter()
+        .filter(|member| member.state == MemberState::Decommissioning && current.contains(&member.node_id));
+    for member in leaving {
+        if wanted.len() >= size {
+            break;
+        }
+        wanted.insert(member.node_id);
     }
     wanted
 }
@@ -400,8 +413,8 @@ mod tests {
         );
         assert_eq!(
             wanted_system_voters(&leaving, &set(&[1, 2, 3]), &set(&[])),
-            set(&[1, 2]),
-            "not caught up yet: shrink, add later"
+            set(&[1, 2, 3]),
+            "no caught-up replacement yet: the leaving voter keeps its vote"
         );
         let five = config(&[Active, Active, Active, Active, Joining]);
         assert_eq!(

@@ -835,6 +835,10 @@ impl Node {
                 if self.inner.reconcile_cancel.is_cancelled() {
                     break;
                 }
+                if self.group(GroupId::Shard(shard)).is_none() && self.is_busy(shard) {
+                    // A deletion of this shard's old replica is still running: reopen after.
+                    continue;
+                }
                 if let Err(err) = self.reconcile_shard(&ring, config.epoch, shard).await {
                     warn!(shard, %err, "cannot open or initialise shard group");
                     failures.push(shard);
@@ -898,6 +902,13 @@ impl Node {
     fn never_init(&self, group: GroupId) -> Result<bool, NodeError> {
         let key = format!("{NEVER_INIT_PREFIX}{}", group.name());
         Ok(self.inner.shared.catalog.get(key.as_bytes())?.is_some())
+    }
+
+    fn is_busy(&self, shard: u32) -> bool {
+        match self.inner.busy_shards.lock() {
+            Ok(busy) => busy.contains(&shard),
+            Err(poisoned) => poisoned.into_inner().contains(&shard),
+        }
     }
 
     /// Marks `shard` busy; false when a move or removal check already runs for it.
@@ -1025,7 +1036,17 @@ impl Node {
                 continue;
             };
             let reply = reply.into_inner();
-            if rebalance::removal_committed(&reply, self.node_id()) {
+            // Decide on an answer at least as new as what this replica knows, and only if
+            // the ring (which may have changed meanwhile) still leaves this node out.
+            let still_placed_elsewhere = self.ring().is_some_and(|ring| {
+                !ring
+                    .replicas(ringkv_ring::ShardId(shard))
+                    .contains(&self.node_id())
+            });
+            if reply.log_index >= view.log_index
+                && still_placed_elsewhere
+                && rebalance::removal_committed(&reply, self.node_id())
+            {
                 info!(shard, voters = ?reply.voters, "replica removed from the group; deleting it");
                 return self.retire_group(group.id).await;
             }

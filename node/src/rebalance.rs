@@ -160,11 +160,12 @@ pub async fn move_toward(
         if !view.learners.contains(&node) {
             let addr = target.get(&node).cloned().unwrap_or_default();
             info!(group = %group.id, node, %addr, "adding learner");
-            group
-                .raft
-                .add_learner(node, BasicNode::new(addr), false)
-                .await
-                .map_err(|err| write_error(group, err))?;
+            bounded(
+                group,
+                catch_up_timeout,
+                group.raft.add_learner(node, BasicNode::new(addr), false),
+            )
+            .await?;
         }
     }
     if !newcomers.is_empty() {
@@ -172,23 +173,45 @@ pub async fn move_toward(
     }
     if view.voters != wanted || view.joint {
         info!(group = %group.id, from = ?view.voters, to = ?wanted, "changing voters");
-        group
-            .raft
-            .change_membership(wanted.clone(), false)
-            .await
-            .map_err(|err| write_error(group, err))?;
+        bounded(
+            group,
+            catch_up_timeout,
+            group.raft.change_membership(wanted.clone(), false),
+        )
+        .await?;
     }
     let after = MembershipView::of(group);
     let strays: BTreeSet<NodeId> = after.learners.difference(&wanted).copied().collect();
     if after.leader && !strays.is_empty() {
         info!(group = %group.id, learners = ?strays, "removing stray learners");
-        group
-            .raft
-            .change_membership(ChangeMembers::RemoveNodes(strays), false)
-            .await
-            .map_err(|err| write_error(group, err))?;
+        bounded(
+            group,
+            catch_up_timeout,
+            group
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(strays), false),
+        )
+        .await?;
     }
     Ok(MoveOutcome::Moved { from, to: wanted })
+}
+
+/// Runs a membership call with a timeout: a leader that lost its quorum does not step down
+/// in openraft 0.9, and a move must not hold its permit forever (openraft goes on committing
+/// the change in the background; the next attempt sees it in progress or done).
+async fn bounded<T>(
+    group: &Group,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>>,
+) -> Result<T, NodeError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(|err| write_error(group, err)),
+        Err(_elapsed) => Err(NodeError::Timeout {
+            what: format!("{}: membership change", group.id),
+            timeout_ms: timeout.as_millis() as u64,
+            proposed: true,
+        }),
+    }
 }
 
 /// Waits until every node of `learners` has replicated the leader's log up to its last

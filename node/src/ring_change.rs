@@ -32,13 +32,14 @@ pub fn apply(config: &ClusterConfig, change: &RingChange) -> RingChangeOutcome {
             if addr.is_empty() {
                 return RingChangeOutcome::Rejected(format!("node {node_id} has no address"));
             }
-            if let Some(other) = members.iter().find(|m| m.addr == *addr && m.node_id != *node_id) {
-                if !other.state.is_gone() {
-                    return RingChangeOutcome::Rejected(format!(
-                        "address {addr} already belongs to node {}",
-                        other.node_id
-                    ));
-                }
+            if let Some(other) = members
+                .iter()
+                .find(|m| m.addr == *addr && m.node_id != *node_id && !m.state.is_gone())
+            {
+                return RingChangeOutcome::Rejected(format!(
+                    "address {addr} already belongs to node {}",
+                    other.node_id
+                ));
             }
             match member_index(*node_id) {
                 Some(index) => {

@@ -107,6 +107,7 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
             system: true,
             from_node: 9,
             payload: vec![],
+            to_node: 0,
         })
         .await
         .expect_err("foreign cluster");
@@ -115,6 +116,25 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
         foreign.message().contains("cluster id mismatch"),
         "{}",
         foreign.message()
+    );
+    // A message meant for another node id (an address reused by a new node) is refused.
+    let cluster_id = cluster.node_status(1).await?.cluster_id;
+    let misaddressed = raft
+        .vote(v1::RaftMessage {
+            cluster_id,
+            shard_id: 0,
+            system: true,
+            from_node: 2,
+            payload: vec![],
+            to_node: 42,
+        })
+        .await
+        .expect_err("meant for node 42");
+    assert_eq!(misaddressed.code(), Code::FailedPrecondition);
+    assert!(
+        misaddressed.message().contains("for node 42 reached node 1"),
+        "{}",
+        misaddressed.message()
     );
 
     // Re-initialising with another shape is refused; with the same shape it is a no-op.

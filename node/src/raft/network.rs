@@ -191,6 +191,7 @@ pub fn envelope(cluster_id: String, group: GroupId, from_node: NodeId, payload: 
         system,
         from_node,
         payload,
+        to_node: 0,
     }
 }
 
@@ -211,12 +212,13 @@ impl Connection {
     {
         let payload = postcard::to_allocvec(request)
             .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
-        let message = envelope(
+        let mut message = envelope(
             self.transport.cluster_id(),
             self.group,
             self.transport.node_id(),
             payload,
         );
+        message.to_node = self.target;
         let mut client = self
             .transport
             .raft_client(&self.addr)

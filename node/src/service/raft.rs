@@ -26,6 +26,13 @@ impl RaftService {
         self.node
             .check_cluster(&message.cluster_id)
             .map_err(|err| status(err, false))?;
+        if message.to_node != 0 && message.to_node != self.node.node_id() {
+            return Err(Status::failed_precondition(format!(
+                "raft message for node {} reached node {} (an address reused by another node?)",
+                message.to_node,
+                self.node.node_id()
+            )));
+        }
         let group_id = if message.system {
             GroupId::System
         } else {
