@@ -1,10 +1,16 @@
 //! The cluster under test: real `ringkv-node` processes (each in its own network namespace
 //! when partitions are wanted, else on loopback) and one `ringkv-router` in the host
 //! namespace. Processes are killed and namespaces removed when the cluster is dropped.
+//!
+//! Membership changes: the network has spare slots (namespaces) beyond the initial nodes.
+//! A node added later gets a fresh node id (ids are never reused) and a free slot; a node
+//! the cluster records as removed or dead is stopped once it holds no shard replica, and
+//! its slot becomes free again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,6 +30,8 @@ pub enum Placement {
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
     pub nodes: usize,
+    /// Network slots (namespaces) in all: `nodes` plus spares for nodes added later.
+    pub slots: usize,
     pub shards: u32,
     pub replication_factor: u32,
     /// Extra `ringkv-node` flags (timeouts, snapshot thresholds, unsafe negative controls).
@@ -51,10 +59,27 @@ pub fn libfaketime() -> Result<PathBuf> {
         })
 }
 
+/// What the harness does with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// A cluster member: faults may hit it, heals restart it.
+    Member,
+    /// Killed for good by the replace nemesis; restarted once the cluster declared it dead,
+    /// to check that it deletes its stale replicas and serves nothing.
+    Replaced,
+    /// A replaced node running again after the cluster declared it dead.
+    Returned,
+    /// Removed or dead, holds no replica, stopped; its slot is free.
+    Retired,
+}
+
 struct NodeProc {
+    /// Network slot (namespace index); 0 on loopback.
+    slot: usize,
     addr: String,
     data_dir: PathBuf,
     child: Option<Child>,
+    fate: Fate,
 }
 
 /// A running cluster.
@@ -65,6 +90,8 @@ pub struct Cluster {
     nodes: BTreeMap<usize, NodeProc>,
     router: Option<Child>,
     pub router_addr: String,
+    /// Addresses of every node not retired, shared with the direct-read clients.
+    addr_book: Arc<RwLock<Vec<String>>>,
 }
 
 /// Polls `probe` until it returns `Some`, or fails after `timeout`.
@@ -119,23 +146,10 @@ impl Cluster {
             nodes: BTreeMap::new(),
             router: None,
             router_addr: String::new(),
+            addr_book: Arc::default(),
         };
         for id in 1..=cluster.spec.nodes {
-            let (addr, data_dir) = match &cluster.placement {
-                Placement::Loopback => (String::new(), dir.join(format!("node-{id}"))),
-                Placement::Namespaces(net) => (
-                    format!("{}:7001", net.host_ip(id)),
-                    dir.join(format!("node-{id}")),
-                ),
-            };
-            cluster.nodes.insert(
-                id,
-                NodeProc {
-                    addr,
-                    data_dir,
-                    child: None,
-                },
-            );
+            cluster.place_node(id)?;
             cluster.start_node(id).await?;
         }
         cluster.init().await?;
@@ -144,8 +158,104 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Registers node `id` in a free slot (not started yet).
+    fn place_node(&mut self, id: usize) -> Result<()> {
+        let (slot, addr) = match &self.placement {
+            Placement::Loopback => (0, String::new()),
+            Placement::Namespaces(net) => {
+                let slot = (1..=net.node_count())
+                    .find(|slot| {
+                        !self
+                            .nodes
+                            .values()
+                            .any(|node| node.slot == *slot && node.fate != Fate::Retired)
+                    })
+                    .ok_or_else(|| anyhow!("no free network slot for node {id}"))?;
+                (slot, format!("{}:7001", net.host_ip(slot)))
+            }
+        };
+        self.nodes.insert(
+            id,
+            NodeProc {
+                slot,
+                addr,
+                data_dir: self.dir.join(format!("node-{id}")),
+                child: None,
+                fate: Fate::Member,
+            },
+        );
+        Ok(())
+    }
+
+    /// Member nodes (the ones faults may hit), whether running or not.
     pub fn node_ids(&self) -> Vec<usize> {
-        self.nodes.keys().copied().collect()
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.fate == Fate::Member)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Every node the harness ever started, with its fate.
+    pub fn fates(&self) -> BTreeMap<usize, Fate> {
+        self.nodes.iter().map(|(id, node)| (*id, node.fate)).collect()
+    }
+
+    /// Whether a free slot exists for another node.
+    pub fn has_free_slot(&self) -> bool {
+        let used = self
+            .nodes
+            .values()
+            .filter(|node| node.fate != Fate::Retired)
+            .count();
+        used < self.spec.slots
+    }
+
+    /// The addresses of every node not retired; updated as nodes come and go.
+    pub fn addr_book(&self) -> Arc<RwLock<Vec<String>>> {
+        self.addr_book.clone()
+    }
+
+    fn update_addr_book(&self) {
+        let addrs = self
+            .nodes
+            .values()
+            .filter(|node| node.fate != Fate::Retired && !node.addr.is_empty())
+            .map(|node| node.addr.clone())
+            .collect();
+        *self
+            .addr_book
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = addrs;
+    }
+
+    /// Drops traffic between each pair of nodes (node ids), both ways.
+    pub fn block(&self, pairs: &[(usize, usize)]) -> Result<()> {
+        let net = self
+            .network()
+            .ok_or_else(|| anyhow!("partitions need the namespace network (run as root)"))?;
+        let slots = pairs
+            .iter()
+            .map(|(a, b)| Ok((self.slot(*a)?, self.slot(*b)?)))
+            .collect::<Result<Vec<_>>>()?;
+        net.block(&slots)?;
+        Ok(())
+    }
+
+    /// Drops packets from node `from` to node `to` only.
+    pub fn isolate_one_way(&self, from: usize, to: usize) -> Result<()> {
+        let net = self
+            .network()
+            .ok_or_else(|| anyhow!("partitions need the namespace network (run as root)"))?;
+        net.isolate_one_way(self.slot(from)?, self.slot(to)?)?;
+        Ok(())
+    }
+
+    fn slot(&self, id: usize) -> Result<usize> {
+        self.nodes
+            .get(&id)
+            .map(|node| node.slot)
+            .ok_or_else(|| anyhow!("no node {id}"))
     }
 
     pub fn network(&self) -> Option<&Network> {
@@ -168,7 +278,7 @@ impl Cluster {
         let node_bin = self.spec.bin_dir.join("ringkv-node");
         let log = log_file(&self.dir.join(format!("node-{id}.log")))?;
         let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
-        if node.child.is_some() {
+        if node.child.is_some() || node.fate == Fate::Retired {
             return Ok(());
         }
         std::fs::create_dir_all(&node.data_dir)?;
@@ -176,7 +286,7 @@ impl Cluster {
         let _ = std::fs::remove_file(&addr_file);
         let (mut command, listen) = match &self.placement {
             Placement::Loopback => (Command::new(&node_bin), "127.0.0.1:0".to_string()),
-            Placement::Namespaces(net) => (net.command(id, &node_bin), node.addr.clone()),
+            Placement::Namespaces(net) => (net.command(node.slot, &node_bin), node.addr.clone()),
         };
         command
             .arg("--node-id")
@@ -218,6 +328,7 @@ impl Cluster {
             bail!("node {id} came back on {addr}, not {}", node.addr);
         }
         node.addr = addr;
+        self.update_addr_book();
         Ok(())
     }
 
@@ -316,6 +427,187 @@ impl Cluster {
             .map(|response| response.into_inner())
     }
 
+    /// Statuses of every running node that answers, by node id.
+    pub async fn statuses(&self) -> BTreeMap<usize, v1::NodeStatusResponse> {
+        let running: Vec<usize> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.child.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let answers = futures::future::join_all(running.iter().map(|id| self.node_status(*id))).await;
+        running
+            .into_iter()
+            .zip(answers)
+            .filter_map(|(id, status)| status.map(|status| (id, status)))
+            .collect()
+    }
+
+    /// The ring with the highest epoch any running node reports.
+    pub async fn ring(&self) -> Option<v1::RingInfo> {
+        self.statuses()
+            .await
+            .into_values()
+            .filter_map(|status| status.ring)
+            .max_by_key(|ring| ring.epoch)
+    }
+
+    /// Ring members that own tokens (joining or active), by node id.
+    pub async fn ring_owners(&self) -> Vec<usize> {
+        self.ring()
+            .await
+            .map(|ring| {
+                ring.members
+                    .iter()
+                    .filter(|member| member.state == "joining" || member.state == "active")
+                    .map(|member| member.node_id as usize)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn replication_factor(&self) -> usize {
+        self.spec.replication_factor as usize
+    }
+
+    /// Addresses of running members other than `avoid`, to send admin requests to.
+    fn member_addrs(&self, avoid: Option<usize>) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(id, node)| Some(**id) != avoid && node.fate == Fate::Member && node.child.is_some())
+            .map(|(_, node)| node.addr.clone())
+            .collect()
+    }
+
+    async fn admin(addr: &str) -> Result<AdminClient<tonic::transport::Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(15))
+            .connect()
+            .await?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// Starts a node with a fresh id (ids are never reused) in a free slot and asks the
+    /// cluster to add it (`AddNode`, sent to each running member in turn). When the cluster
+    /// refuses, the node is stopped and its slot freed again.
+    pub async fn add_node(&mut self) -> Result<usize> {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        self.place_node(id)?;
+        if let Err(err) = self.start_node(id).await {
+            self.retire(id);
+            return Err(err);
+        }
+        let addr = self.node_addr(id).unwrap_or_default();
+        let mut last_error = String::from("no running member to ask");
+        for member in self.member_addrs(Some(id)) {
+            let request = v1::AddNodeRequest {
+                node_id: id as u64,
+                addr: addr.clone(),
+            };
+            match Self::admin(&member).await {
+                Ok(mut admin) => match admin.add_node(request).await {
+                    Ok(_) => return Ok(id),
+                    Err(status) => last_error = format!("{member}: {}", status.message()),
+                },
+                Err(err) => last_error = format!("{member}: {err}"),
+            }
+        }
+        self.retire(id);
+        bail!("adding node {id}: {last_error}")
+    }
+
+    /// Asks the cluster to decommission node `id` (`DecommissionNode`, sent to each running
+    /// member in turn). The node keeps running until [`Cluster::reap`] sees it removed.
+    pub async fn decommission(&self, id: usize) -> Result<()> {
+        let mut last_error = String::from("no running member to ask");
+        let mut members = self.member_addrs(Some(id));
+        members.extend(self.member_addrs(None));
+        for member in members {
+            match Self::admin(&member).await {
+                Ok(mut admin) => match admin
+                    .decommission_node(v1::DecommissionNodeRequest { node_id: id as u64 })
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(status) => last_error = format!("{member}: {}", status.message()),
+                },
+                Err(err) => last_error = format!("{member}: {err}"),
+            }
+        }
+        bail!("decommissioning node {id}: {last_error}")
+    }
+
+    /// `kill -9` node `id` for good: it stays down (and is no fault target) until the cluster
+    /// declares it dead, when [`Cluster::reap`] restarts it.
+    pub fn abandon(&mut self, id: usize) -> Result<()> {
+        self.kill_node(id)?;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.fate = Fate::Replaced;
+        }
+        Ok(())
+    }
+
+    /// Stops node `id` and frees its slot (its data directory stays for the results).
+    fn retire(&mut self, id: usize) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            node.fate = Fate::Retired;
+        }
+        self.update_addr_book();
+    }
+
+    /// Follows what the cluster decided about membership: restarts a replaced node once the
+    /// ring records it dead (it must then delete its stale replicas and serve nothing), and
+    /// stops every node the ring records removed or dead once it holds no shard replica.
+    /// Returns a line per action.
+    pub async fn reap(&mut self) -> Result<Vec<String>> {
+        let statuses = self.statuses().await;
+        let Some(ring) = statuses
+            .values()
+            .filter_map(|status| status.ring.as_ref())
+            .max_by_key(|ring| ring.epoch)
+            .cloned()
+        else {
+            return Ok(Vec::new());
+        };
+        let gone = |id: usize| {
+            ring.members.iter().any(|member| {
+                member.node_id == id as u64 && (member.state == "removed" || member.state == "dead")
+            })
+        };
+        let mut actions = Vec::new();
+        let ids: Vec<(usize, Fate)> = self.fates().into_iter().collect();
+        for (id, fate) in ids {
+            if !gone(id) {
+                continue;
+            }
+            match fate {
+                Fate::Replaced => {
+                    if let Some(node) = self.nodes.get_mut(&id) {
+                        node.fate = Fate::Returned;
+                    }
+                    self.start_node(id).await?;
+                    actions.push(format!("restarted node {id}, which the cluster declared dead"));
+                }
+                Fate::Member | Fate::Returned if self.is_running(id) => {
+                    let holds_shards = statuses
+                        .get(&id)
+                        .map(|status| status.replicas.iter().any(|replica| replica.shard_id.is_some()));
+                    if holds_shards == Some(false) {
+                        self.retire(id);
+                        actions.push(format!("stopped node {id}: gone from the ring, no replicas left"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(actions)
+    }
+
     /// The leader of every shard as claimed by running nodes (highest term wins).
     pub async fn leaders(&self) -> BTreeMap<u32, usize> {
         let mut best: BTreeMap<u32, (u64, usize)> = BTreeMap::new();
@@ -379,8 +671,8 @@ impl Cluster {
     /// Log files of every process, for the results directory.
     pub fn log_files(&self) -> Vec<PathBuf> {
         let mut logs: Vec<PathBuf> = self
-            .node_ids()
-            .iter()
+            .nodes
+            .keys()
             .map(|id| self.dir.join(format!("node-{id}.log")))
             .collect();
         logs.push(self.dir.join("router.log"));
@@ -390,7 +682,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let ids = self.node_ids();
+        let ids: Vec<usize> = self.nodes.keys().copied().collect();
         for id in ids {
             // Resume paused nodes so they can die.
             let _ = self.signal(id, libc::SIGCONT);

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Fate};
 use crate::history::{OpValue, Recorder, F};
 
 /// The faults the harness can inject.
@@ -49,6 +49,17 @@ pub enum NemesisKind {
     ClockBump,
     /// Flip one node's wall clock back and forth every 200 ms.
     ClockStrobe,
+    /// Start a node with a fresh id and add it to the ring (`AddNode`); the shards rebalance
+    /// onto it while the next faults run. With no free slot left, decommissions instead.
+    AddNode,
+    /// Decommission a random ring member; it is stopped once the cluster records it removed
+    /// and it holds no replica. With only RF members left, adds a node instead.
+    DecommissionNode,
+    /// Add a fresh node and `kill -9` a member for good; after the dead-node timeout the
+    /// cluster declares it dead and restores RF elsewhere. The harness then restarts the dead
+    /// node, which must delete its stale replicas and serve nothing (direct reads still go
+    /// to it), and finally stops it.
+    ReplaceNode,
 }
 
 impl NemesisKind {
@@ -61,6 +72,15 @@ impl NemesisKind {
                 | NemesisKind::PartitionBridge
                 | NemesisKind::PartitionLeader
                 | NemesisKind::PartitionOneWay
+        )
+    }
+
+    /// Whether the nemesis changes membership (needs spare network slots and a short
+    /// dead-node timeout).
+    pub fn changes_membership(self) -> bool {
+        matches!(
+            self,
+            NemesisKind::AddNode | NemesisKind::DecommissionNode | NemesisKind::ReplaceNode
         )
     }
 
@@ -87,6 +107,9 @@ impl NemesisKind {
             NemesisKind::ClockSkew => "clock-skew",
             NemesisKind::ClockBump => "clock-bump",
             NemesisKind::ClockStrobe => "clock-strobe",
+            NemesisKind::AddNode => "add-node",
+            NemesisKind::DecommissionNode => "decommission-node",
+            NemesisKind::ReplaceNode => "replace-node",
         }
     }
 
@@ -108,6 +131,9 @@ impl NemesisKind {
             ClockSkew,
             ClockBump,
             ClockStrobe,
+            AddNode,
+            DecommissionNode,
+            ReplaceNode,
         ]
     }
 }
@@ -118,6 +144,9 @@ enum Active {
     Partition,
     Killed(Vec<usize>),
     Paused(Vec<usize>),
+    /// A membership change: nothing to heal (the cluster carries it out in the background;
+    /// [`Cluster::reap`] follows up at every step).
+    Membership,
     /// Clock offsets to reset, and the strobe task to stop.
     Clock {
         nodes: Vec<usize>,
@@ -206,6 +235,14 @@ pub async fn run_schedule(
         let Some(kind) = bag.pop() else { break };
         let (active, detail) = {
             let mut cluster = cluster.lock().await;
+            for action in cluster.reap().await? {
+                info!(%action, "membership");
+                recorder.nemesis(
+                    F::Nemesis("membership".to_string()),
+                    OpValue::Text(action.clone()),
+                );
+                log.push(format!("membership {action}"));
+            }
             start(&mut cluster, kind, rng).await?
         };
         let line = format!("start {} {detail}", kind.name());
@@ -251,13 +288,7 @@ fn random_nodes(nodes: &[usize], count: usize, rng: &mut StdRng) -> Vec<usize> {
 async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Result<(Active, String)> {
     let nodes = cluster.node_ids();
     let n = nodes.len();
-    let block = |cluster: &Cluster, pairs: &[(usize, usize)]| -> Result<()> {
-        let net = cluster
-            .network()
-            .ok_or_else(|| anyhow!("partitions need the namespace network (run as root)"))?;
-        net.block(pairs)?;
-        Ok(())
-    };
+    let block = |cluster: &Cluster, pairs: &[(usize, usize)]| cluster.block(pairs);
     match kind {
         NemesisKind::PartitionOne | NemesisKind::PartitionLeader => {
             let isolated = if kind == NemesisKind::PartitionLeader {
@@ -296,10 +327,7 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
         }
         NemesisKind::PartitionOneWay => {
             let pair = random_nodes(&nodes, 2, rng);
-            let net = cluster
-                .network()
-                .ok_or_else(|| anyhow!("partitions need the namespace network (run as root)"))?;
-            net.isolate_one_way(pair[0], pair[1])?;
+            cluster.isolate_one_way(pair[0], pair[1])?;
             Ok((Active::Partition, format!("dropping {} -> {}", pair[0], pair[1])))
         }
         NemesisKind::KillOne
@@ -372,6 +400,10 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
                 format!("clock of {victim} strobing between +0 and +{delta} s"),
             ))
         }
+        NemesisKind::AddNode | NemesisKind::DecommissionNode | NemesisKind::ReplaceNode => {
+            let detail = change_membership(cluster, kind, rng).await;
+            Ok((Active::Membership, detail))
+        }
         NemesisKind::Pause => {
             let leaders: BTreeSet<usize> = cluster.leaders().await.into_values().collect();
             let candidates: Vec<usize> = if leaders.is_empty() {
@@ -386,8 +418,67 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
     }
 }
 
+/// What a membership nemesis does, given the ring: it adds when it cannot remove (only RF
+/// owners left) and removes when it cannot add (no free slot). Failures are part of the
+/// detail, not errors: the cluster may refuse a change (e.g. while a previous one is
+/// still settling), and the run goes on.
+async fn change_membership(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> String {
+    let owners = cluster.ring_owners().await;
+    let candidates: Vec<usize> = cluster
+        .node_ids()
+        .into_iter()
+        .filter(|id| owners.contains(id) && cluster.is_running(*id))
+        .collect();
+    let can_add = cluster.has_free_slot();
+    let can_remove = owners.len() > cluster.replication_factor() && !candidates.is_empty();
+    match kind {
+        NemesisKind::AddNode | NemesisKind::DecommissionNode
+            if (kind == NemesisKind::AddNode && can_add) || !can_remove =>
+        {
+            add_node(cluster).await.1
+        }
+        NemesisKind::AddNode | NemesisKind::DecommissionNode => {
+            let Some(victim) = candidates.choose(rng).copied() else {
+                return "no member to decommission".to_string();
+            };
+            match cluster.decommission(victim).await {
+                Ok(()) => format!("decommissioning node {victim}"),
+                Err(err) => format!("decommission failed: {err:#}"),
+            }
+        }
+        _ => {
+            // Add first, so that declaring the victim dead keeps at least RF owners.
+            let (added, mut detail) = if can_add {
+                add_node(cluster).await
+            } else {
+                (None, "no free slot".to_string())
+            };
+            let owners_after = owners.len() + usize::from(added.is_some());
+            if owners_after <= cluster.replication_factor() {
+                detail.push_str("; too few owners to replace one");
+                return detail;
+            }
+            let Some(victim) = candidates.choose(rng).copied() else {
+                return detail;
+            };
+            match cluster.abandon(victim) {
+                Ok(()) => format!("{detail}; killed node {victim} for good"),
+                Err(err) => format!("{detail}; kill failed: {err:#}"),
+            }
+        }
+    }
+}
+
+async fn add_node(cluster: &mut Cluster) -> (Option<usize>, String) {
+    match cluster.add_node().await {
+        Ok(id) => (Some(id), format!("added node {id}")),
+        Err(err) => (None, format!("add failed: {err:#}")),
+    }
+}
+
 async fn heal(cluster: &mut Cluster, active: Active) -> Result<()> {
     match active {
+        Active::Membership => {}
         Active::Partition => {
             if let Some(net) = cluster.network() {
                 net.heal()?;
@@ -423,12 +514,20 @@ pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
     if let Some(net) = cluster.network() {
         net.heal()?;
     }
+    let ids: Vec<usize> = cluster
+        .fates()
+        .into_iter()
+        .filter(|(_, fate)| *fate != Fate::Retired)
+        .map(|(id, _)| id)
+        .collect();
     if cluster.has_fake_clock() {
-        for id in cluster.node_ids() {
-            cluster.set_clock_offset(id, 0)?;
+        for id in &ids {
+            cluster.set_clock_offset(*id, 0)?;
         }
     }
-    for id in cluster.node_ids() {
+    // Nodes killed for good come back too: whether or not the cluster declared them dead
+    // yet, they must rejoin or clean up without serving anything stale.
+    for id in ids {
         if cluster.is_running(id) {
             let _ = cluster.signal(id, libc::SIGCONT);
         } else {

@@ -139,6 +139,15 @@ fn run_install_script() -> Result<()> {
     Ok(())
 }
 
+/// Network slots beyond the initial nodes, for nodes the membership nemeses add.
+fn spare_slots(options: &RunOptions) -> usize {
+    if options.nemeses.iter().any(|kind| kind.changes_membership()) {
+        3
+    } else {
+        0
+    }
+}
+
 fn node_args(options: &RunOptions) -> Vec<String> {
     let mut args: Vec<String> = [
         "--heartbeat-interval-ms",
@@ -160,6 +169,13 @@ fn node_args(options: &RunOptions) -> Vec<String> {
             .iter()
             .map(|s| s.to_string()),
         );
+    }
+    if options.nemeses.iter().any(|kind| kind.changes_membership()) {
+        // Long enough that no single partition, kill or pause (one fault duration) gets a
+        // node declared dead; short enough that replaced nodes are declared dead in a run.
+        let dead_after = (options.schedule.fault * 3).max(Duration::from_secs(10));
+        args.push("--dead-node-timeout-ms".to_string());
+        args.push(dead_after.as_millis().to_string());
     }
     if options.unsafe_skip_read_index {
         args.push("--unsafe-skip-read-index".to_string());
@@ -203,10 +219,11 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     std::fs::create_dir_all(&cluster_dir)?;
     info!(dir = %dir.display(), seed = options.seed, "starting run");
     let needs_network = options.nemeses.iter().any(|kind| kind.needs_network());
+    let slots = options.nodes + spare_slots(&options);
     let placement = if needs_network {
         ensure_network_tools()?;
         let run_id = format!("{:x}", options.seed & 0xffff_ffff);
-        Placement::Namespaces(Box::new(crate::net::Network::create(&run_id, options.nodes)?))
+        Placement::Namespaces(Box::new(crate::net::Network::create(&run_id, slots)?))
     } else {
         Placement::Loopback
     };
@@ -217,6 +234,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     }
     let spec = ClusterSpec {
         nodes: options.nodes,
+        slots,
         shards: options.shards,
         replication_factor: options.replication_factor,
         node_args: node_args(&options),
@@ -232,11 +250,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
 
     let direct = if options.direct_reads {
         ring_of(&cluster).await.map(|ring| DirectReads {
-            node_addrs: cluster
-                .node_ids()
-                .iter()
-                .filter_map(|id| cluster.node_addr(*id))
-                .collect(),
+            node_addrs: cluster.addr_book(),
             ring,
         })
     } else {
@@ -334,6 +348,22 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         }
     }
 
+    if options.nemeses.iter().any(|kind| kind.changes_membership()) {
+        let members = cluster
+            .ring()
+            .await
+            .map(|ring| {
+                let members: Vec<String> = ring
+                    .members
+                    .iter()
+                    .map(|member| format!("{}={}", member.node_id, member.state))
+                    .collect();
+                format!("ring epoch {}: {}", ring.epoch, members.join(" "))
+            })
+            .unwrap_or_else(|| "ring unknown".to_string());
+        nemesis_log.push(format!("membership at end: {members}"));
+    }
+
     if options.workloads.contains(&Workload::Set) {
         let reader = cluster.client(Duration::from_secs(10)).await?;
         let mut done = false;
@@ -370,8 +400,10 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     };
     write_results(&dir, &options, &history, &report)?;
     if !options.keep_data {
-        for id in 1..=options.nodes {
-            let _ = std::fs::remove_dir_all(cluster_dir.join(format!("node-{id}")));
+        for entry in std::fs::read_dir(&cluster_dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("node-") && entry.path().is_dir() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
         }
     }
     Ok(report)

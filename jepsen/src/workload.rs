@@ -28,9 +28,10 @@ pub enum Workload {
 /// Where register reads go.
 #[derive(Debug, Clone)]
 pub struct DirectReads {
-    /// Node addresses; a fraction of reads goes straight to a random node (asking for a
-    /// linearizable read), which only a correct node refuses when it is not the leader.
-    pub node_addrs: Vec<String>,
+    /// Node addresses (kept current by the cluster as nodes come and go); a fraction of
+    /// reads goes straight to a random node (asking for a linearizable read), which only a
+    /// correct node refuses when it is not the leader.
+    pub node_addrs: Arc<std::sync::RwLock<Vec<String>>>,
     pub ring: ringkv_ring::Ring,
 }
 
@@ -91,7 +92,16 @@ fn parse_value(bytes: &[u8]) -> u64 {
 }
 
 async fn direct_read(direct: &DirectReads, key: u64, rng: &mut StdRng) -> Result<Option<u64>, String> {
-    let addr = &direct.node_addrs[rng.random_range(0..direct.node_addrs.len())];
+    let addr = {
+        let addrs = direct
+            .node_addrs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if addrs.is_empty() {
+            return Err("no node address known".to_string());
+        }
+        addrs[rng.random_range(0..addrs.len())].clone()
+    };
     let key_bytes = register_key(key);
     let shard = direct.ring.shard_for_key(&key_bytes).0;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

@@ -90,6 +90,45 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Membership changes under load and faults: nodes are added, decommissioned and replaced
+/// (killed for good, declared dead, restarted to clean up) while a partition and kills run;
+/// the register and set workloads stay valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_membership_changes_are_valid() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut options = options(
+        45,
+        vec![
+            NemesisKind::AddNode,
+            NemesisKind::ReplaceNode,
+            NemesisKind::DecommissionNode,
+            NemesisKind::PartitionMajority,
+            NemesisKind::KillOne,
+        ],
+        &out,
+        0x5eed_0004,
+    );
+    options.schedule = Schedule {
+        quiet: Duration::from_secs(2),
+        fault: Duration::from_secs(4),
+    };
+    let report = runner::run(options).await?;
+    let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
+    assert_eq!(report.verdict.validity, Validity::Valid, "{summary}");
+    let log = report.nemesis_log.join("\n");
+    assert!(log.contains("added node"), "a node was added:\n{log}");
+    assert!(
+        log.contains("decommissioning node") || log.contains("for good"),
+        "a node was decommissioned or replaced:\n{log}"
+    );
+    assert!(
+        log.contains("membership at end: ring epoch"),
+        "the final ring is reported:\n{log}"
+    );
+    Ok(())
+}
+
 /// Negative control: nodes that serve "linearizable" reads without a ReadIndex check are
 /// caught by the linearizability checker (an isolated replica keeps answering).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

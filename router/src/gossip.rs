@@ -1,8 +1,9 @@
 //! The router's gossip agent (chitchat, through `ringkv-gossip`) on UDP at the router's
-//! listen ip:port. Nodes gossip the shards they lead, their ring epoch and liveness; any
-//! change the router hears (a node joining or dying, a leader moving, a new ring epoch)
-//! triggers an immediate topology refresh, so the router follows the cluster without
-//! waiting for its periodic poll. The liveness view feeds `ClusterStatus`.
+//! listen ip:port. Nodes gossip the shards they lead (with the term), their ring epoch and
+//! address; the router adopts those leader claims directly. Only a newer ring epoch or a
+//! change in which nodes are alive triggers a `NodeStatus` poll (the ring itself is read
+//! from the nodes, which hold it from the system group). The liveness view feeds
+//! `ClusterStatus`.
 //!
 //! Shutdown: [`RouterGossip::shutdown`].
 
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::topology::TopologyHandle;
+use crate::topology::{GossipReport, TopologyHandle};
 
 /// Chitchat cluster name shared with the nodes.
 const GOSSIP_CLUSTER: &str = "ringkv";
@@ -94,6 +95,7 @@ async fn run(
     cancel: CancellationToken,
 ) {
     let mut changes = gossip.watch();
+    let mut last_alive: Vec<NodeId> = Vec::new();
     loop {
         let changed = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -106,6 +108,7 @@ async fn run(
             _ = tokio::time::sleep(interval) => false,
         };
         let mut nodes = HashMap::new();
+        let mut reports = Vec::new();
         for member in gossip.members().await {
             if member.state.get("role").map(String::as_str) != Some("node") {
                 continue;
@@ -117,6 +120,13 @@ async fn run(
             else {
                 continue;
             };
+            // A dead node's last words (its old leader claims) stay in gossip: only live
+            // nodes are believed.
+            if member.liveness == Liveness::Alive {
+                if let Some(report) = GossipReport::parse(&member.state) {
+                    reports.push(report);
+                }
+            }
             nodes.insert(
                 node_id,
                 NodeLiveness {
@@ -125,11 +135,30 @@ async fn run(
                 },
             );
         }
+        let mut alive: Vec<NodeId> = nodes
+            .iter()
+            .filter(|(_, node)| node.liveness == Liveness::Alive)
+            .map(|(id, _)| *id)
+            .collect();
+        alive.sort_unstable();
         view.replace(nodes);
         if changed {
-            debug!("gossip changed; refreshing the topology");
-            topology.request_refresh();
+            let outcome = topology.apply_gossip(&reports);
+            if outcome.leaders_changed > 0 {
+                debug!(
+                    leaders_changed = outcome.leaders_changed,
+                    "leaders learnt from gossip"
+                );
+            }
+            if outcome.ring_behind || alive != last_alive {
+                debug!(
+                    ring_behind = outcome.ring_behind,
+                    "gossip: refreshing the topology"
+                );
+                topology.request_refresh();
+            }
         }
+        last_alive = alive;
     }
     gossip.shutdown().await;
 }

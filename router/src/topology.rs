@@ -1,5 +1,6 @@
 //! The router's view of the cluster: the ring (placement), node addresses and a shard →
-//! leader cache, learnt from nodes' `NodeStatus` answers and from not-leader hints.
+//! leader cache, learnt from the leader claims nodes gossip, from nodes' `NodeStatus`
+//! answers (the ring, and a periodic fallback poll) and from not-leader hints.
 //!
 //! - [`Topology`] is the pure view: merging observations, following hints, routing a shard
 //!   to a node. Unit-tested without IO.
@@ -54,6 +55,58 @@ pub struct Claim {
 pub struct LeaderClaims {
     pub shards: HashMap<u32, Claim>,
     pub system: Option<Claim>,
+}
+
+/// What one node gossips: its address, cluster, ring epoch and the shards it leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipReport {
+    pub node_id: NodeId,
+    pub addr: String,
+    pub cluster_id: String,
+    pub ring_epoch: u64,
+    /// `(shard, term)` of every shard the node leads.
+    pub leads: Vec<(u32, u64)>,
+}
+
+impl GossipReport {
+    /// Parses a node's gossip keys (`node_id`, `addr`, `cluster_id`, `ring_epoch`, and
+    /// `leaders` as `shard:term,...`); `None` when the identity is missing or malformed.
+    /// Malformed leader entries are skipped.
+    pub fn parse(state: &std::collections::BTreeMap<String, String>) -> Option<GossipReport> {
+        let node_id = state.get("node_id")?.parse::<NodeId>().ok()?;
+        let ring_epoch = state
+            .get("ring_epoch")
+            .and_then(|epoch| epoch.parse().ok())
+            .unwrap_or(0);
+        let leads = state
+            .get("leaders")
+            .map(|leaders| {
+                leaders
+                    .split(',')
+                    .filter_map(|entry| {
+                        let (shard, term) = entry.split_once(':')?;
+                        Some((shard.parse().ok()?, term.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(GossipReport {
+            node_id,
+            addr: state.get("addr").cloned().unwrap_or_default(),
+            cluster_id: state.get("cluster_id").cloned().unwrap_or_default(),
+            ring_epoch,
+            leads,
+        })
+    }
+}
+
+/// What applying gossip found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GossipOutcome {
+    pub leaders_changed: usize,
+    /// Some node of the adopted cluster runs a newer ring (or no ring is known yet): the
+    /// ring must be read from a node.
+    pub ring_behind: bool,
 }
 
 /// Picks, for every group, the leader reported with the highest term.
@@ -236,6 +289,46 @@ impl Topology {
                     outcome.leaders_changed += 1;
                 }
                 self.leaders.insert(ShardId(shard), merged);
+            }
+        }
+        outcome
+    }
+
+    /// Adopts the leader claims nodes gossip (each node claims the shards it leads, with
+    /// the term), merged like `NodeStatus` claims: a higher term wins, an equal term does not
+    /// override a more recent not-leader hint. Reports from other clusters are ignored.
+    pub fn apply_gossip(&mut self, reports: &[GossipReport]) -> GossipOutcome {
+        let mut outcome = GossipOutcome::default();
+        let Some(view) = self.ring.clone() else {
+            outcome.ring_behind = !reports.is_empty();
+            return outcome;
+        };
+        for report in reports {
+            if report.node_id == 0 || report.cluster_id != view.info.cluster_id {
+                continue;
+            }
+            if report.ring_epoch > view.info.epoch {
+                outcome.ring_behind = true;
+            }
+            if !report.addr.is_empty() && !self.is_member(report.node_id) {
+                self.remember_addr(report.node_id, &report.addr);
+            }
+            for &(shard, term) in &report.leads {
+                if shard >= view.ring.shard_count() {
+                    continue;
+                }
+                let claim = Claim {
+                    leader_id: report.node_id,
+                    term,
+                    self_claim: true,
+                };
+                let entry = self.leaders.get(&ShardId(shard)).copied();
+                if let Some(merged) = merge_claim(entry, claim) {
+                    if entry.map(|entry| entry.node_id) != Some(merged.node_id) {
+                        outcome.leaders_changed += 1;
+                    }
+                    self.leaders.insert(ShardId(shard), merged);
+                }
             }
         }
         outcome
@@ -469,6 +562,11 @@ impl TopologyHandle {
         self.write().update_leader(shard, leader_id, addr_hint);
     }
 
+    /// See [`Topology::apply_gossip`].
+    pub fn apply_gossip(&self, reports: &[GossipReport]) -> GossipOutcome {
+        self.write().apply_gossip(reports)
+    }
+
     /// See [`Topology::invalidate`].
     pub fn invalidate(&self, shard: ShardId, node_id: NodeId) {
         self.write().invalidate(shard, node_id);
@@ -694,6 +792,53 @@ mod tests {
     }
 
     /// A hinted leader outside the ring is reachable through its address hint.
+    #[test]
+    fn gossip_claims_follow_terms_and_hints() {
+        let mut topology = topology_with_ring();
+        let cluster_id = topology
+            .ring()
+            .map(|view| view.info.cluster_id.clone())
+            .unwrap_or_default();
+        let epoch = topology.ring().map_or(0, |view| view.info.epoch);
+        let state = |node: u64, leaders: &str, epoch: u64| {
+            std::collections::BTreeMap::from([
+                ("node_id".to_string(), node.to_string()),
+                ("addr".to_string(), format!("n{node}:1")),
+                ("cluster_id".to_string(), cluster_id.clone()),
+                ("ring_epoch".to_string(), epoch.to_string()),
+                ("leaders".to_string(), leaders.to_string()),
+            ])
+        };
+        let report =
+            |node: u64, leaders: &str, epoch: u64| GossipReport::parse(&state(node, leaders, epoch)).unwrap();
+        assert_eq!(report(2, "0:5,1:7,bad,3:x", epoch).leads, vec![(0, 5), (1, 7)]);
+        let outcome = topology.apply_gossip(&[report(2, "0:5", epoch)]);
+        assert_eq!(outcome.leaders_changed, 1);
+        assert!(!outcome.ring_behind);
+        assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(2));
+        // An older term does not win; a newer one does.
+        topology.apply_gossip(&[report(3, "0:4", epoch)]);
+        assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(2));
+        topology.apply_gossip(&[report(3, "0:6", epoch)]);
+        assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(3));
+        // A hint newer than the gossiped claim is not overridden at the same term.
+        topology.update_leader(ShardId(0), 1, None);
+        topology.apply_gossip(&[report(3, "0:6", epoch)]);
+        assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(1));
+        // Other clusters are ignored; a newer ring epoch asks for a poll.
+        let mut foreign = report(2, "1:99", epoch);
+        foreign.cluster_id = "other".to_string();
+        assert_eq!(topology.apply_gossip(&[foreign]), GossipOutcome::default());
+        assert!(topology.apply_gossip(&[report(2, "", epoch + 1)]).ring_behind);
+        // Shards beyond the ring are skipped.
+        assert_eq!(
+            topology
+                .apply_gossip(&[report(2, "4096:9", epoch)])
+                .leaders_changed,
+            0
+        );
+    }
+
     #[test]
     fn hint_addresses_are_remembered() {
         let mut topology = topology_with_ring();
