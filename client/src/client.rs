@@ -658,6 +658,32 @@ impl Client {
         .await
     }
 
+    /// Hands the leadership of `shard` to `to_node`, one of its voters. Writes to the shard
+    /// pause for about a round trip while the target catches up and takes over.
+    pub async fn transfer_leader(
+        &self,
+        shard: u32,
+        to_node: u64,
+    ) -> Result<proto::TransferLeaderResponse, Error> {
+        let max_bytes = self.inner.config.max_message_bytes;
+        self.call(OpKind::Read, "transfer leader", |channel, timeout| {
+            let request = with_deadline(
+                proto::TransferLeaderRequest {
+                    shard_id: shard,
+                    to_node,
+                },
+                timeout,
+            );
+            async move {
+                AdminClient::new(channel)
+                    .max_decoding_message_size(max_bytes)
+                    .transfer_leader(request)
+                    .await
+            }
+        })
+        .await
+    }
+
     /// Which replicas a ring change would move, without applying it.
     pub async fn plan_ring_change(
         &self,

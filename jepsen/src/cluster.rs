@@ -538,6 +538,21 @@ impl Cluster {
         bail!("decommissioning node {id}: {last_error}")
     }
 
+    /// Asks node `from` (the leader of `shard`) to hand the leadership to `to`; returns the
+    /// new term.
+    pub async fn transfer_leader(&self, shard: u32, from: usize, to: usize) -> Result<u64> {
+        let addr = self.node_addr(from).ok_or_else(|| anyhow!("no node {from}"))?;
+        let response = Self::admin(&addr)
+            .await?
+            .transfer_leader(v1::TransferLeaderRequest {
+                shard_id: shard,
+                to_node: to as u64,
+            })
+            .await
+            .map_err(|status| anyhow!("{}", status.message()))?;
+        Ok(response.into_inner().term)
+    }
+
     /// `kill -9` node `id` for good: it stays down (and is no fault target) until the cluster
     /// declares it dead, when [`Cluster::reap`] restarts it.
     pub fn abandon(&mut self, id: usize) -> Result<()> {

@@ -60,6 +60,8 @@ pub enum NemesisKind {
     /// node, which must delete its stale replicas and serve nothing (direct reads still go
     /// to it), and finally stops it.
     ReplaceNode,
+    /// Move a random shard's leadership to another of its voters (`TransferLeader`).
+    TransferLeader,
 }
 
 impl NemesisKind {
@@ -110,6 +112,7 @@ impl NemesisKind {
             NemesisKind::AddNode => "add-node",
             NemesisKind::DecommissionNode => "decommission-node",
             NemesisKind::ReplaceNode => "replace-node",
+            NemesisKind::TransferLeader => "transfer-leader",
         }
     }
 
@@ -134,6 +137,7 @@ impl NemesisKind {
             AddNode,
             DecommissionNode,
             ReplaceNode,
+            TransferLeader,
         ]
     }
 }
@@ -404,6 +408,10 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
             let detail = change_membership(cluster, kind, rng).await;
             Ok((Active::Membership, detail))
         }
+        NemesisKind::TransferLeader => {
+            let detail = transfer_leader(cluster, rng).await;
+            Ok((Active::Membership, detail))
+        }
         NemesisKind::Pause => {
             let leaders: BTreeSet<usize> = cluster.leaders().await.into_values().collect();
             let candidates: Vec<usize> = if leaders.is_empty() {
@@ -466,6 +474,34 @@ async fn change_membership(cluster: &mut Cluster, kind: NemesisKind, rng: &mut S
                 Err(err) => format!("{detail}; kill failed: {err:#}"),
             }
         }
+    }
+}
+
+/// Moves a random shard's leadership to a random other voter; a refusal is the detail.
+async fn transfer_leader(cluster: &Cluster, rng: &mut StdRng) -> String {
+    let mut led: Vec<(u32, usize, Vec<usize>)> = Vec::new();
+    for (id, status) in cluster.statuses().await {
+        for replica in status.replicas {
+            if let (Some(shard), "leader") = (replica.shard_id, replica.role.as_str()) {
+                let others = replica
+                    .voters
+                    .iter()
+                    .map(|voter| *voter as usize)
+                    .filter(|voter| *voter != id)
+                    .collect();
+                led.push((shard, id, others));
+            }
+        }
+    }
+    let Some((shard, from, others)) = led.choose(rng).cloned() else {
+        return "no shard leader known".to_string();
+    };
+    let Some(to) = others.choose(rng).copied() else {
+        return format!("shard {shard} has no other voter");
+    };
+    match cluster.transfer_leader(shard, from, to).await {
+        Ok(term) => format!("shard {shard}: leader {from} -> {to} (term {term})"),
+        Err(err) => format!("shard {shard}: transfer {from} -> {to} failed: {err:#}"),
     }
 }
 

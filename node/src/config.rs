@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub dead_node_timeout_ms: u64,
     /// How often the system leader checks members (liveness, joins, decommissions).
     pub membership_interval_ms: u64,
+    /// The system leader moves shard leaderships (one per membership pass) until every
+    /// active node leads within one shard of every other.
+    pub balance_leaders: bool,
     /// NEGATIVE CONTROL ONLY — breaks linearizability on purpose: serve reads asked to be
     /// linearizable from the local state of any replica, without a leader/ReadIndex check.
     /// The fault-injection harness must catch a cluster running with this on.
@@ -104,6 +107,7 @@ impl Default for NodeConfig {
             catch_up_timeout_ms: 10 * 60 * 1000,
             dead_node_timeout_ms: 5 * 60 * 1000,
             membership_interval_ms: 1000,
+            balance_leaders: true,
             unsafe_skip_read_index: false,
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,

@@ -28,6 +28,7 @@ pub mod ring_change;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod transfer;
 
 pub use config::NodeConfig;
 pub use server::{NodeHandle, NodeServer};

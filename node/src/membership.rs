@@ -13,6 +13,10 @@
 //!   peer) heard from for `dead_node_timeout_ms` is declared `dead` — one at a time, never below RF token owners — so its replicas are
 //!   re-created elsewhere.
 //!
+//! - **leader balance** (`balance_leaders`): once no ring change is pending and every shard
+//!   is settled, one shard leadership per pass moves from the node leading most to a voter
+//!   leading fewest (`transfer.rs`), until every active node leads within one of every other.
+//!
 //! Every decision is a ring change with the epoch it was decided on: if the ring moved
 //! meanwhile the change is rejected and decided again next time.
 
@@ -29,6 +33,10 @@ use tracing::{debug, info, warn};
 use crate::error::NodeError;
 use crate::node::Node;
 use crate::raft::types::{ClusterConfig, Command, NodeId, RingChange, RingChangeKind};
+use crate::transfer::{next_leader_move, LedShard};
+
+/// How long the leader balancer rests after a failed move.
+const BALANCE_REST: Duration = Duration::from_secs(10);
 
 /// Most status polls in flight at once.
 const MAX_POLLS: usize = 16;
@@ -161,6 +169,9 @@ pub fn wanted_system_voters(
 pub async fn run(node: Node, cancel: CancellationToken) {
     let interval = Duration::from_millis(node.config().membership_interval_ms);
     let mut last_heard: HashMap<NodeId, Instant> = HashMap::new();
+    // After a failed leader move the balancer rests, so a move that cannot work does not
+    // cost an election every pass.
+    let mut balance_after = Instant::now();
     let mut was_leader = false;
     loop {
         tokio::select! {
@@ -179,7 +190,7 @@ pub async fn run(node: Node, cancel: CancellationToken) {
         }
         let outcome = tokio::select! {
             _ = cancel.cancelled() => break,
-            outcome = pass(&node, &mut last_heard) => outcome,
+            outcome = pass(&node, &mut last_heard, &mut balance_after) => outcome,
         };
         if let Err(err) = outcome {
             debug!(%err, "membership pass did not finish; will retry");
@@ -188,7 +199,11 @@ pub async fn run(node: Node, cancel: CancellationToken) {
     debug!("membership manager stopped");
 }
 
-async fn pass(node: &Node, last_heard: &mut HashMap<NodeId, Instant>) -> Result<(), NodeError> {
+async fn pass(
+    node: &Node,
+    last_heard: &mut HashMap<NodeId, Instant>,
+    balance_after: &mut Instant,
+) -> Result<(), NodeError> {
     let Some(config) = node.watch_cluster().borrow().clone() else {
         return Ok(());
     };
@@ -250,7 +265,70 @@ async fn pass(node: &Node, last_heard: &mut HashMap<NodeId, Instant>) -> Result<
             kind,
         });
         node.propose(&node.system_group(), command).await?;
+        return Ok(());
     }
+    if node.config().balance_leaders
+        && Instant::now() >= *balance_after
+        && views.len() == ring.shard_count() as usize
+        && unsettled_shards(&ring, &views).is_empty()
+    {
+        if let Err(err) = balance_leaders(node, &config, &ring, &views, &statuses).await {
+            warn!(%err, "leader move failed; the balancer rests for {BALANCE_REST:?}");
+            *balance_after = Instant::now() + BALANCE_REST;
+        }
+    }
+    Ok(())
+}
+
+/// Moves one shard leadership toward an even spread over the active members that answered.
+async fn balance_leaders(
+    node: &Node,
+    config: &ClusterConfig,
+    ring: &Ring,
+    views: &HashMap<u32, ShardView>,
+    statuses: &[v1::NodeStatusResponse],
+) -> Result<(), NodeError> {
+    let active: Vec<NodeId> = ring
+        .members()
+        .filter(|member| member.state == MemberState::Active)
+        .map(|member| member.node_id)
+        .filter(|id| statuses.iter().any(|status| status.node_id == *id))
+        .collect();
+    let shards = views
+        .iter()
+        .map(|(shard, view)| {
+            (
+                *shard,
+                LedShard {
+                    leader: view.leader,
+                    voters: view.voters.iter().copied().collect(),
+                },
+            )
+        })
+        .collect();
+    let Some(step) = next_leader_move(&shards, &active) else {
+        return Ok(());
+    };
+    info!(
+        shard = step.shard,
+        from = step.from,
+        to = step.to,
+        "moving a shard leadership to balance leaders"
+    );
+    if step.from == node.node_id() {
+        node.transfer_leader(step.shard, step.to).await?;
+        return Ok(());
+    }
+    let addr = config
+        .members
+        .iter()
+        .find(|member| member.node_id == step.from)
+        .map(|member| member.addr.clone())
+        .ok_or(NodeError::Peer {
+            node: step.from,
+            detail: "no address in the ring".to_string(),
+        })?;
+    node.peer_transfer_leader(&addr, step.shard, step.to).await?;
     Ok(())
 }
 

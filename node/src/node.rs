@@ -41,6 +41,7 @@ use crate::raft::types::{
 };
 use crate::rebalance::{self, MembershipView, MoveOutcome};
 use crate::storage::{EngineRef, StorageError, TreeRef};
+use crate::transfer::{self, Leadership, TransferContext};
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
@@ -62,6 +63,8 @@ pub struct Group {
     pub state: Arc<GroupState>,
     /// Batches key-value writes into entries (shard groups only).
     pub batcher: Option<WriteBatcher>,
+    /// When this replica became leader, and the write gate a leader transfer closes.
+    pub leadership: Arc<Leadership>,
     /// Stops this group's background tasks (purger, batcher) when the replica is deleted.
     pub cancel: CancellationToken,
 }
@@ -103,6 +106,9 @@ struct NodeInner {
     moves: Arc<tokio::sync::Semaphore>,
     /// Shards with a move or a removal check in flight (never two for one shard).
     busy_shards: std::sync::Mutex<HashSet<u32>>,
+    /// Shards whose last leadership hand-over failed: their next move lets the leader
+    /// remove itself instead (an election), so a move cannot hang on a transfer.
+    failed_handovers: std::sync::Mutex<HashSet<u32>>,
     counters: MoveCounters,
     /// Every other member's liveness as gossip sees it (updated by the gossip agent).
     gossip_view: RwLock<HashMap<NodeId, GossipMember>>,
@@ -257,6 +263,7 @@ impl Node {
             tasks,
             moves: Arc::new(tokio::sync::Semaphore::new(max_moves)),
             busy_shards: std::sync::Mutex::new(HashSet::new()),
+            failed_handovers: std::sync::Mutex::new(HashSet::new()),
             counters: MoveCounters::default(),
             gossip_view: RwLock::new(HashMap::new()),
         });
@@ -369,7 +376,57 @@ impl Node {
     /// Proposes `command` to `group` and waits until it is committed and applied.
     pub async fn propose(&self, group: &Group, command: Command) -> Result<CommandResult, NodeError> {
         let timeout_ms = self.inner.shared.config.write_timeout_ms;
+        // A leader transfer holds the gate while the target catches up and campaigns.
+        let gate = group.leadership.gate();
+        let _open = gate.read().await;
         proposal::propose(&group.raft, group.id, self.node_id(), command, timeout_ms).await
+    }
+
+    /// Hands the leadership of `shard` (led by this node) to voter `target`; returns the new
+    /// term. See `transfer.rs`.
+    pub async fn transfer_leader(&self, shard: u32, target: NodeId) -> Result<u64, NodeError> {
+        let group = self
+            .group(GroupId::Shard(shard))
+            .ok_or(NodeError::ShardNotHosted(shard))?;
+        if !proposal::is_leader(&group.raft, self.node_id()) {
+            return Err(NodeError::NotLeader {
+                group: group.id,
+                leader: proposal::leader_hint(&group.raft),
+                proposed: false,
+            });
+        }
+        let config = &self.inner.shared.config;
+        let cluster_id = self.cluster_id().unwrap_or_default();
+        let ctx = TransferContext {
+            group: group.id,
+            raft: &group.raft,
+            leadership: &group.leadership,
+            node_id: self.node_id(),
+            lease: Duration::from_millis(config.election_timeout_max_ms),
+            timeout: Duration::from_millis(config.write_timeout_ms),
+        };
+        let rpc_timeout = Duration::from_millis(config.rpc_timeout_ms);
+        let transport = self.inner.shared.transport.clone();
+        let from_node = self.node_id();
+        transfer::transfer(ctx, target, |addr: String| async move {
+            let peer_err = |detail: String| NodeError::Peer { node: target, detail };
+            let mut client = transport
+                .raft_client(&addr)
+                .map_err(|err| peer_err(err.to_string()))?;
+            let mut request = tonic::Request::new(v1::CampaignRequest {
+                cluster_id,
+                shard_id: shard,
+                to_node: target,
+                from_node,
+            });
+            request.set_timeout(rpc_timeout);
+            client
+                .campaign(request)
+                .await
+                .map(|_| ())
+                .map_err(|status| peer_err(format!("{addr}: {}", status.message())))
+        })
+        .await
     }
 
     /// Waits until a read on `group` at this moment would be linearizable (ReadIndex).
@@ -707,6 +764,36 @@ impl Node {
         }
     }
 
+    /// Asks the node at `addr` (the leader of `shard`) to hand the leadership to `target`.
+    pub async fn peer_transfer_leader(
+        &self,
+        addr: &str,
+        shard: u32,
+        target: NodeId,
+    ) -> Result<v1::TransferLeaderResponse, NodeError> {
+        let peer_err = |detail: String| NodeError::Peer { node: 0, detail };
+        let channel = self
+            .inner
+            .shared
+            .transport
+            .channel(addr)
+            .map_err(|err| peer_err(err.to_string()))?;
+        let config = &self.inner.shared.config;
+        // A transfer may wait out the old leader's lease, drain writes and wait for the
+        // election: bounded by both timeouts.
+        let bound = Duration::from_millis(config.election_timeout_max_ms * 3 + config.write_timeout_ms * 2);
+        let mut request = tonic::Request::new(v1::TransferLeaderRequest {
+            shard_id: shard,
+            to_node: target,
+        });
+        request.set_timeout(bound);
+        v1::admin_client::AdminClient::new(channel)
+            .transfer_leader(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| peer_err(format!("{addr}: {}", status.message())))
+    }
+
     /// Another node's status.
     pub async fn peer_status(
         &self,
@@ -944,8 +1031,14 @@ impl Node {
         self.inner.tasks.spawn(async move {
             let started = Instant::now();
             node.inner.counters.started.fetch_add(1, Ordering::Relaxed);
+            let hand_over = !node
+                .inner
+                .failed_handovers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&shard);
             let outcome = tokio::select! {
-                outcome = rebalance::move_toward(&group, &target, timeout) => Some(outcome),
+                outcome = rebalance::move_toward(&group, &target, timeout, hand_over) => Some(outcome),
                 _ = cancel.cancelled() => None,
             };
             match outcome {
@@ -960,6 +1053,26 @@ impl Node {
                     );
                 }
                 Some(Ok(MoveOutcome::Settled)) => {}
+                Some(Ok(MoveOutcome::HandOver { successor })) => {
+                    info!(shard, successor, "leaving the group: handing the leadership over first");
+                    let handed = node.transfer_leader(shard, successor).await;
+                    let mut failed = node
+                        .inner
+                        .failed_handovers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match handed {
+                        Ok(term) => {
+                            failed.remove(&shard);
+                            info!(shard, successor, term, "leadership handed over; the new leader finishes the move");
+                        }
+                        Err(err) => {
+                            failed.insert(shard);
+                            node.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+                            warn!(shard, successor, %err, "leadership hand-over failed; the next try removes this leader directly");
+                        }
+                    }
+                }
                 Some(Err(err)) => {
                     node.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
                     warn!(shard, %err, "replica move did not finish; will retry");
@@ -1307,6 +1420,12 @@ async fn open_group(
     )
     .await
     .map_err(|fatal| NodeError::Fatal(fatal.to_string()))?;
+    let leadership = Arc::new(Leadership::default());
+    tasks.spawn(transfer::watch_leadership(
+        raft.clone(),
+        leadership.clone(),
+        cancel.clone(),
+    ));
     let batcher = match group_id {
         GroupId::System => None,
         GroupId::Shard(_) => {
@@ -1317,7 +1436,8 @@ async fn open_group(
                 max_entry_bytes: config.max_message_bytes / 2,
                 unsafe_ack_before_commit: config.unsafe_ack_before_commit,
             };
-            let (batcher, task) = WriteBatcher::spawn(raft.clone(), settings, cancel.clone());
+            let (batcher, task) =
+                WriteBatcher::spawn(raft.clone(), settings, leadership.gate(), cancel.clone());
             tasks.spawn(task);
             Some(batcher)
         }
@@ -1328,6 +1448,7 @@ async fn open_group(
         raft,
         state,
         batcher,
+        leadership,
         cancel,
     }))
 }

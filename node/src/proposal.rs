@@ -6,6 +6,7 @@
 //! batching a shard's write rate is bounded by one fsync per write.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -124,16 +125,18 @@ pub struct WriteBatcher {
 
 impl WriteBatcher {
     /// Starts the batcher; it stops when `cancel` fires, failing what is still queued.
+    /// Entries pass `gate` (shared) while proposing; a leader transfer closes it.
     pub fn spawn(
         raft: Raft,
         settings: BatcherSettings,
+        gate: Arc<tokio::sync::RwLock<()>>,
         cancel: CancellationToken,
     ) -> (
         WriteBatcher,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        (WriteBatcher { tx }, run(raft, settings, rx, cancel))
+        (WriteBatcher { tx }, run(raft, settings, gate, rx, cancel))
     }
 
     /// Commits `write` (in an entry with other writes) and returns its outcome.
@@ -182,6 +185,7 @@ impl EntryBuilder {
 async fn run(
     raft: Raft,
     settings: BatcherSettings,
+    gate: Arc<tokio::sync::RwLock<()>>,
     mut rx: mpsc::Receiver<PendingWrite>,
     cancel: CancellationToken,
 ) {
@@ -212,7 +216,7 @@ async fn run(
             }
         }
         let raft = raft.clone();
-        inflight.spawn(commit_entry(raft, settings, entry.writes));
+        inflight.spawn(commit_entry(raft, settings, gate.clone(), entry.writes));
     }
     // In-flight entries finish (or fail) on their own; queued writes are refused.
     rx.close();
@@ -230,7 +234,13 @@ async fn run(
     while inflight.join_next().await.is_some() {}
 }
 
-async fn commit_entry(raft: Raft, settings: BatcherSettings, writes: Vec<PendingWrite>) {
+async fn commit_entry(
+    raft: Raft,
+    settings: BatcherSettings,
+    gate: Arc<tokio::sync::RwLock<()>>,
+    writes: Vec<PendingWrite>,
+) {
+    let _open = gate.read_owned().await;
     let (commands, replies): (Vec<WriteCommand>, Vec<Reply>) = writes
         .into_iter()
         .map(|pending| (pending.write, pending.reply))

@@ -8,8 +8,13 @@
 //! 3. changes the voters to the placement in one joint-consensus change (openraft commits the
 //!    joint configuration, then the new one): a quorum of the old *and* of the new voters
 //!    must accept every entry in between, so the group is never below quorum;
-//! 4. removes stray learners. A leader that is not in the new voters steps down once the new
-//!    configuration is committed; the remaining voters elect a new leader.
+//! 4. removes stray learners.
+//!
+//! A leader that is not among the new voters hands its leadership to a voter that stays
+//! before step 3 (`transfer.rs`); the new leader finishes the move. Only when no voter stays
+//! (or the transfer fails) does the leader remove itself: it steps down once the new
+//! configuration is committed and the remaining voters elect a new leader (an election
+//! timeout without writes).
 //!
 //! Replica side ([`removal_committed`]): a node holding a replica that placement no longer
 //! gives it asks the shard's leader for the group's membership; only when a committed
@@ -27,6 +32,7 @@ use tracing::info;
 use crate::error::NodeError;
 use crate::node::Group;
 use crate::raft::types::NodeId;
+use crate::transfer::MAX_TRANSFER_VOTERS;
 
 /// A group's membership as one replica sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +113,10 @@ pub enum MoveOutcome {
         from: BTreeSet<NodeId>,
         to: BTreeSet<NodeId>,
     },
+    /// The new replicas caught up, but this leader is not among the new voters: it should
+    /// hand the leadership to `successor` (a voter that stays), which finishes the move
+    /// without the election a leader removing itself would cost.
+    HandOver { successor: NodeId },
 }
 
 fn write_error(group: &Group, err: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> NodeError {
@@ -137,10 +147,15 @@ fn write_error(group: &Group, err: RaftError<NodeId, ClientWriteError<NodeId, Ba
 /// module docs for the steps. Returns early with an error when leadership is lost, a
 /// learner does not catch up within `catch_up_timeout`, or a change cannot commit; calling
 /// again later resumes from wherever the group is.
+///
+/// With `hand_over`, a leader that is not among the new voters returns
+/// [`MoveOutcome::HandOver`] once the new replicas caught up (groups of at most
+/// [`MAX_TRANSFER_VOTERS`] voters).
 pub async fn move_toward(
     group: &Group,
     target: &BTreeMap<NodeId, String>,
     catch_up_timeout: Duration,
+    hand_over: bool,
 ) -> Result<MoveOutcome, NodeError> {
     let wanted: BTreeSet<NodeId> = target.keys().copied().collect();
     let view = MembershipView::of(group);
@@ -170,6 +185,14 @@ pub async fn move_toward(
     }
     if !newcomers.is_empty() {
         wait_caught_up(group, &newcomers, catch_up_timeout).await?;
+    }
+    let self_id = group.raft.metrics().borrow().id;
+    if hand_over && !wanted.contains(&self_id) && !view.joint && view.voters.len() <= MAX_TRANSFER_VOTERS {
+        if let Some(successor) = view.voters.intersection(&wanted).next() {
+            return Ok(MoveOutcome::HandOver {
+                successor: *successor,
+            });
+        }
     }
     if view.voters != wanted || view.joint {
         info!(group = %group.id, from = ?view.voters, to = ?wanted, "changing voters");

@@ -14,6 +14,7 @@ use ringkv_proto::v1::{
     AddNodeRequest, ClusterStatusRequest, ClusterStatusResponse, DecommissionNodeRequest, InitClusterRequest,
     InitClusterResponse, NodeStatusRequest, NodeStatusResponse, PlanRingChangeRequest,
     PlanRingChangeResponse, RebalanceStatusRequest, RebalanceStatusResponse, RingChangeResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
@@ -25,6 +26,9 @@ use crate::error::{to_status, RouterError};
 use crate::node_api::{NodeApi, RingChangeRequest};
 use crate::rebalance;
 use crate::topology::RingView;
+
+/// Leaders a transfer is sent to before giving up (the leader may move meanwhile).
+const TRANSFER_ATTEMPTS: usize = 3;
 
 /// The router's admin service.
 pub struct AdminService<N> {
@@ -125,6 +129,68 @@ impl<N: NodeApi> AdminService<N> {
         )))
     }
 
+    /// Sends a leader transfer to the shard's leader; a node that is no longer the leader
+    /// is skipped (after a refresh) up to a few times, a definite refusal returns at once.
+    async fn handle_transfer_leader(
+        &self,
+        request: TransferLeaderRequest,
+        deadline: Instant,
+    ) -> Result<TransferLeaderResponse, RouterError> {
+        let view = self.ctx.topology.wait_for_ring(deadline).await?;
+        let shards = view.ring.shard_count();
+        if request.shard_id >= shards {
+            return Err(RouterError::InvalidArgument(format!(
+                "shard {} does not exist (the cluster has {shards} shards)",
+                request.shard_id
+            )));
+        }
+        if view.ring.member(request.to_node).is_none() {
+            return Err(RouterError::InvalidArgument(format!(
+                "node {} is not a ring member",
+                request.to_node
+            )));
+        }
+        let shard = ringkv_ring::ShardId(request.shard_id);
+        let mut last_error = String::from("no leader known");
+        for attempt in 0..TRANSFER_ATTEMPTS {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            if timeout.is_zero() {
+                break;
+            }
+            let target = self
+                .ctx
+                .topology
+                .route(shard, shards, crate::topology::RouteMode::Leader, attempt)
+                .map_err(|err| RouterError::Unavailable(err.to_string()))?;
+            match self
+                .ctx
+                .nodes
+                .transfer_leader(&target.addr, request, timeout)
+                .await
+            {
+                Ok(response) => {
+                    self.ctx.topology.update_leader(shard, response.leader_id, None);
+                    return Ok(response);
+                }
+                Err(status) if matches!(status.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
+                    return Err(RouterError::InvalidArgument(status.message().to_string()));
+                }
+                Err(status) => {
+                    debug!(addr = %target.addr, code = ?status.code(), "leader transfer not taken; trying again");
+                    last_error = status.message().to_string();
+                    if let Some(node_id) = target.node_id {
+                        self.ctx.topology.invalidate(shard, node_id);
+                    }
+                    self.ctx.topology.request_refresh();
+                }
+            }
+        }
+        Err(RouterError::Unavailable(format!(
+            "leader transfer of shard {} did not happen: {last_error}",
+            request.shard_id
+        )))
+    }
+
     async fn probe_members(&self, deadline: Instant) -> Result<(Arc<RingView>, Vec<NodeProbe>), RouterError> {
         let view = self.ctx.topology.wait_for_ring(deadline).await?;
         let nodes = &self.ctx.nodes;
@@ -198,6 +264,17 @@ impl<N: NodeApi> Admin for AdminService<N> {
         .await
         .map(Response::new)
         .map_err(|err| to_status(&err))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        self.handle_transfer_leader(request.into_inner(), admission.deadline)
+            .await
+            .map(Response::new)
+            .map_err(|err| to_status(&err))
     }
 
     async fn plan_ring_change(

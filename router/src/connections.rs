@@ -14,7 +14,7 @@ use ringkv_proto::v1::shard_kv_client::ShardKvClient;
 use ringkv_proto::v1::{
     NodeStatusRequest, NodeStatusResponse, RingChangeResponse, ShardCountRequest, ShardCountResponse,
     ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest,
-    ShardScanResponse, ShardWriteRequest, ShardWriteResponse,
+    ShardScanResponse, ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
@@ -217,6 +217,18 @@ impl NodeApi for GrpcNodes {
                 bounded(timeout, client.decommission_node(with_timeout(request, timeout))).await?
             }
         };
+        Ok(response.into_inner())
+    }
+
+    async fn transfer_leader(
+        &self,
+        addr: &str,
+        request: TransferLeaderRequest,
+        timeout: Duration,
+    ) -> Result<TransferLeaderResponse, Status> {
+        let mut client =
+            AdminClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes);
+        let response = bounded(timeout, client.transfer_leader(with_timeout(request, timeout))).await?;
         Ok(response.into_inner())
     }
 }

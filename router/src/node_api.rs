@@ -8,6 +8,7 @@ use ringkv_proto::v1::{
     AddNodeRequest, DecommissionNodeRequest, NodeStatusResponse, RingChangeResponse, ShardCountRequest,
     ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest,
     ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteRequest, ShardWriteResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::Status;
 
@@ -72,6 +73,21 @@ pub trait NodeApi: Send + Sync + 'static {
         async {
             Err(Status::unimplemented(
                 "ring changes are not supported by this node api",
+            ))
+        }
+    }
+
+    /// `Admin.TransferLeader` at the shard's leader.
+    fn transfer_leader(
+        &self,
+        addr: &str,
+        request: TransferLeaderRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<TransferLeaderResponse, Status>> + Send {
+        let _ = (addr, request, timeout);
+        async {
+            Err(Status::unimplemented(
+                "leader transfer is not supported by this node api",
             ))
         }
     }

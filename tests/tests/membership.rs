@@ -105,6 +105,7 @@ impl Load {
             longest = longest.max(at.duration_since(previous));
             previous = at;
         }
+
         Ok((log, longest))
     }
 }
@@ -235,6 +236,22 @@ async fn join_under_load_rebalances_without_loss() -> Result<()> {
     })
     .await?;
     let rebalance_time = joined_at.elapsed();
+    // The system leader then spreads shard leaderships: every node within one of S/N.
+    let leaders_per_node = wait_until("leaders spread evenly", REBALANCE_WAIT, || async {
+        let leaders = cluster.leaders().await;
+        if leaders.len() != 16 {
+            return None;
+        }
+        let mut per_node: BTreeMap<u64, usize> = (1..=4).map(|id| (id, 0)).collect();
+        for leader in leaders.values() {
+            *per_node.entry(*leader).or_default() += 1;
+        }
+        per_node
+            .values()
+            .all(|count| (3..=5).contains(count))
+            .then_some(per_node)
+    })
+    .await?;
     // Keep writing a little on the new topology, then stop.
     let acked_before_stop = load.acked_count();
     wait_until("writes on the new topology", Duration::from_secs(30), || async {
@@ -259,6 +276,7 @@ async fn join_under_load_rebalances_without_loss() -> Result<()> {
     let mut latencies: Vec<Duration> = log.done.iter().map(|(_, latency)| *latency).collect();
     eprintln!(
         "join: {} replicas moved (ideal {}), rebalance {:.1}s, epoch {}, replicas per node {per_node:?}; \
+         leaders per node {leaders_per_node:?}; \
          writes: {} acked, {} errors, p50 {:?}, p99 {:?}, max {:?}, longest gap {:?}",
         plan.replicas_moved,
         plan.ideal_replicas_moved,
@@ -281,6 +299,68 @@ async fn join_under_load_rebalances_without_loss() -> Result<()> {
         longest_gap < Duration::from_secs(10),
         "writes stalled for {longest_gap:?}"
     );
+    Ok(())
+}
+
+/// `kvctl leader transfer` moves a shard's leadership to the named voter under write load;
+/// writes pause briefly, none is lost; bad requests get clear errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_transfer_moves_leadership_under_load() -> Result<()> {
+    let cluster = Cluster::start(options(3, &["--no-balance-leaders"])).await?;
+    let client = cluster.client().await?;
+    let router = cluster.router_addr.clone().context("router address")?;
+    let load = Load::start(client.clone(), 4);
+    wait_until("the load to get going", Duration::from_secs(30), || async {
+        (load.acked_count() >= 50).then_some(())
+    })
+    .await?;
+    let mut transfers = Vec::new();
+    for shard in [0u32, 5, 11] {
+        let leaders = cluster.wait_for_leaders(Duration::from_secs(30)).await?;
+        let from = leaders[&shard];
+        let to = if from == 3 { 1 } else { from + 1 };
+        let started = Instant::now();
+        let answer = kvctl(
+            &router,
+            &[
+                "-o",
+                "json",
+                "leader",
+                "transfer",
+                &shard.to_string(),
+                "--to",
+                &to.to_string(),
+            ],
+        )
+        .await?;
+        assert_eq!(answer["leader"], to, "{answer}");
+        let took = started.elapsed();
+        let leaders = cluster.wait_for_leaders(Duration::from_secs(30)).await?;
+        assert_eq!(leaders[&shard], to, "shard {shard} is led by node {to}");
+        transfers.push((shard, from, to, took));
+    }
+    let (log, longest_gap) = load.finish().await?;
+    check_readable(&client, &log.acked).await?;
+    eprintln!(
+        "leader transfers {transfers:?}; writes: {} acked, {} errors, longest gap {longest_gap:?}",
+        log.acked.len(),
+        log.errors
+    );
+    assert!(
+        longest_gap < Duration::from_secs(5),
+        "writes stalled for {longest_gap:?}"
+    );
+    // Bad requests: a node that is not a voter, a shard that does not exist.
+    for args in [
+        vec!["leader", "transfer", "0", "--to", "9"],
+        vec!["leader", "transfer", "999", "--to", "1"],
+    ] {
+        let err = kvctl(&router, &args).await.expect_err("refused");
+        assert!(
+            err.to_string().contains("not a ring member") || err.to_string().contains("does not exist"),
+            "{err}"
+        );
+    }
     Ok(())
 }
 

@@ -491,6 +491,13 @@ impl Admin for MockRouter {
         Err(Status::unimplemented("mock router"))
     }
 
+    async fn transfer_leader(
+        &self,
+        _request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn decommission_node(
         &self,
         _request: Request<proto::DecommissionNodeRequest>,

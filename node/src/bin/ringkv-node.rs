@@ -49,6 +49,9 @@ struct Args {
     /// Most replica moves this node runs at once as a shard leader.
     #[arg(long)]
     max_concurrent_moves: Option<usize>,
+    /// Do not move shard leaderships to spread them evenly (the system leader does by default).
+    #[arg(long)]
+    no_balance_leaders: bool,
     /// How often the system leader checks members.
     #[arg(long)]
     membership_interval_ms: Option<u64>,
@@ -116,6 +119,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(n) = args.max_concurrent_moves {
         config.max_concurrent_moves = n;
+    }
+    if args.no_balance_leaders {
+        config.balance_leaders = false;
     }
     if let Some(ms) = args.membership_interval_ms {
         config.membership_interval_ms = ms;

@@ -59,6 +59,22 @@ impl Admin for AdminService {
             .map_err(|err| status(err, false))
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<v1::TransferLeaderRequest>,
+    ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        let request = request.into_inner();
+        let term = self
+            .node
+            .transfer_leader(request.shard_id, request.to_node)
+            .await
+            .map_err(|err| status(err, false))?;
+        Ok(Response::new(v1::TransferLeaderResponse {
+            leader_id: request.to_node,
+            term,
+        }))
+    }
+
     async fn plan_ring_change(
         &self,
         _request: Request<v1::PlanRingChangeRequest>,

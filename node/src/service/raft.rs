@@ -108,6 +108,42 @@ impl RaftRpc for RaftService {
         Ok(Response::new(v1::JoinClusterResponse {}))
     }
 
+    async fn campaign(
+        &self,
+        request: Request<v1::CampaignRequest>,
+    ) -> Result<Response<v1::CampaignResponse>, Status> {
+        let request = request.into_inner();
+        self.node
+            .check_cluster(&request.cluster_id)
+            .map_err(|err| status(err, false))?;
+        if request.to_node != self.node.node_id() {
+            return Err(status(
+                NodeError::InvalidArgument(format!(
+                    "campaign request for node {} reached node {}",
+                    request.to_node,
+                    self.node.node_id()
+                )),
+                false,
+            ));
+        }
+        let group = self
+            .node
+            .group(GroupId::Shard(request.shard_id))
+            .ok_or_else(|| status(NodeError::ShardNotHosted(request.shard_id), false))?;
+        tracing::info!(
+            shard = request.shard_id,
+            from = request.from_node,
+            "campaigning: the leader hands over"
+        );
+        group
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|fatal| status(NodeError::Fatal(fatal.to_string()), false))?;
+        Ok(Response::new(v1::CampaignResponse {}))
+    }
+
     async fn group_membership(
         &self,
         request: Request<v1::GroupMembershipRequest>,

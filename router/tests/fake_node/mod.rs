@@ -453,6 +453,13 @@ impl Admin for FakeNode {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn transfer_leader(
+        &self,
+        _request: Request<v1::TransferLeaderRequest>,
+    ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn decommission_node(
         &self,
         _request: Request<v1::DecommissionNodeRequest>,

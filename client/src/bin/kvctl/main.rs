@@ -119,6 +119,9 @@ enum Command {
     /// Progress of replica moves toward the current ring's placement.
     #[command(subcommand)]
     Rebalance(membership::RebalanceCommand),
+    /// Move a shard's leadership.
+    #[command(subcommand)]
+    Leader(membership::LeaderCommand),
     /// Start a local cluster of real processes (nodes + router) and keep it running.
     #[cfg(unix)]
     Playground(playground::PlaygroundArgs),
@@ -197,6 +200,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Rebalance(command) => {
             membership::rebalance(&connect(endpoints, router_config).await?, command, output).await
+        }
+        Command::Leader(command) => {
+            membership::leader(&connect(endpoints, router_config).await?, command, output).await
         }
         #[cfg(unix)]
         Command::Playground(args) => playground::run(args).await,

@@ -1,5 +1,5 @@
-//! Elastic membership: `node add`, `node decommission`, `cluster plan` and
-//! `rebalance status` (all through a router).
+//! Elastic membership: `node add`, `node decommission`, `cluster plan`,
+//! `rebalance status` and `leader transfer` (all through a router).
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,56 @@ pub struct AddArgs {
     pub node_id: u64,
     /// The new node's address (host:port) as other nodes and routers reach it.
     pub addr: String,
+}
+
+/// `kvctl leader ...`
+#[derive(Subcommand, Debug)]
+pub enum LeaderCommand {
+    /// Hand a shard's leadership to one of its voters (writes pause for about a round trip).
+    /// The system leader also does this on its own to spread leaders evenly.
+    Transfer(TransferArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TransferArgs {
+    /// The shard.
+    pub shard: u32,
+    /// The voter to lead it.
+    #[arg(long = "to", value_name = "NODE")]
+    pub to_node: u64,
+}
+
+pub async fn leader(
+    client: &Client,
+    command: LeaderCommand,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
+    let LeaderCommand::Transfer(args) = command;
+    let response = client
+        .transfer_leader(args.shard, args.to_node)
+        .await
+        .with_context(|| {
+            format!(
+                "moving the leadership of shard {} to node {}",
+                args.shard, args.to_node
+            )
+        })?;
+    output::emit(&render_transfer(args.shard, &response, format))?;
+    Ok(Outcome::Success)
+}
+
+pub fn render_transfer(shard: u32, response: &proto::TransferLeaderResponse, format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Json => to_json(&json!({
+            "shard": shard,
+            "leader": response.leader_id,
+            "term": response.term,
+        })),
+        OutputFormat::Table => format!(
+            "shard {shard}: node {} leads now (term {})",
+            response.leader_id, response.term
+        ),
+    }
 }
 
 #[derive(Args, Debug)]
