@@ -1185,6 +1185,9 @@ impl Node {
             warn!(group = %group_id, %err, "raft group did not shut down cleanly");
         }
         group.cancel.cancel();
+        // openraft's state-machine worker may still hold a queued apply or snapshot install:
+        // from here on they fail instead of recreating the trees deleted below.
+        group.state.retire().await;
         let shared = &self.inner.shared;
         shared
             .catalog

@@ -277,6 +277,10 @@ pub struct GroupState {
     snapshots: SnapshotDir,
     dedup_window_ms: u64,
     cluster_tx: watch::Sender<Option<ClusterConfig>>,
+    /// Set (under the apply lock) when the replica is being deleted: openraft's state-machine
+    /// worker may outlive `Raft::shutdown`, and a late apply or snapshot install must not
+    /// recreate the trees the deletion removes.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl GroupState {
@@ -321,7 +325,25 @@ impl GroupState {
             snapshots,
             dedup_window_ms,
             cluster_tx,
+            retired: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Marks the state retired once no apply, install or snapshot dump is running; every
+    /// later one fails instead of writing. Called before the replica's data is deleted.
+    pub async fn retire(&self) {
+        let _guard = self.apply_lock.write().await;
+        self.retired.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check_not_retired(&self) -> Result<(), StorageError> {
+        if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StorageError::Engine(format!(
+                "{} is being deleted from this node",
+                self.group
+            )));
+        }
+        Ok(())
     }
 
     pub fn group(&self) -> GroupId {
@@ -808,6 +830,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         let build = async {
             let guard = self.state.apply_lock.clone().write_owned().await;
+            self.state.check_not_retired()?;
             let state = self.state.clone();
             let (meta, file) = tokio::task::spawn_blocking(move || {
                 let _guard = guard;
@@ -842,6 +865,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let _guard = self.state.apply_lock.write().await;
+        self.state
+            .check_not_retired()
+            .map_err(|err| storage_err(ErrorSubject::StateMachine, ErrorVerb::Write, err))?;
         let tree = self.state.tree();
         let mut results = Vec::new();
         for entry in entries {
@@ -879,6 +905,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), RaftStorageError> {
         let install = async {
             let guard = self.state.apply_lock.clone().write_owned().await;
+            self.state.check_not_retired()?;
             let file = snapshot.into_std().await;
             let state = self.state.clone();
             let meta = meta.clone();
@@ -1036,6 +1063,24 @@ mod tests {
         };
         assert!(!outcomes[0][0].succeeded);
         assert_eq!(outcomes[0][0].current.as_ref().map(|c| c.version), Some(3));
+    }
+
+    /// A retired state refuses applies and snapshot dumps (a deleted replica's late work
+    /// must not recreate its trees).
+    #[tokio::test]
+    async fn retired_state_refuses_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        sm.apply(vec![put(3, b"k", b"v1", 1)]).await.expect("apply");
+        state.retire().await;
+        let late = sm.apply(vec![put(4, b"k", b"v2", 2)]).await;
+        assert!(late.is_err(), "an apply after retire fails");
+        let mut builder = sm.get_snapshot_builder().await;
+        assert!(
+            builder.build_snapshot().await.is_err(),
+            "a dump after retire fails"
+        );
     }
 
     /// Installing a snapshot records the applied log id so that reopening the state (a
