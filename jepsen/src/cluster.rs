@@ -513,6 +513,15 @@ impl Cluster {
                 Err(err) => last_error = format!("{member}: {err}"),
             }
         }
+        // The outcome may be unknown (a timeout after the change committed): a node the ring
+        // lists stays, as a member.
+        let listed = self
+            .ring()
+            .await
+            .is_some_and(|ring| ring.members.iter().any(|member| member.node_id == id as u64));
+        if listed {
+            return Ok(id);
+        }
         self.retire(id);
         bail!("adding node {id}: {last_error}")
     }

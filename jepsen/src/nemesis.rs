@@ -239,7 +239,11 @@ pub async fn run_schedule(
         let Some(kind) = bag.pop() else { break };
         let (active, detail) = {
             let mut cluster = cluster.lock().await;
-            for action in cluster.reap().await? {
+            let actions = cluster
+                .reap()
+                .await
+                .unwrap_or_else(|err| vec![format!("following the ring failed: {err:#}")]);
+            for action in actions {
                 info!(%action, "membership");
                 recorder.nemesis(
                     F::Nemesis("membership".to_string()),
@@ -453,6 +457,12 @@ async fn change_membership(cluster: &mut Cluster, kind: NemesisKind, rng: &mut S
                 Ok(()) => format!("decommissioning node {victim}"),
                 Err(err) => format!("decommission failed: {err:#}"),
             }
+        }
+        _ if cluster.fates().values().any(|fate| *fate == Fate::Replaced) => {
+            // One replacement at a time: a second victim could take a quorum of some shard
+            // (or of the system group, which declares nodes dead) down with the first.
+            let (_, detail) = add_node(cluster).await;
+            format!("{detail} (a replaced node is not declared dead yet: no second victim)")
         }
         _ => {
             // Add first, so that declaring the victim dead keeps at least RF owners.

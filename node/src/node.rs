@@ -41,7 +41,7 @@ use crate::raft::types::{
 };
 use crate::rebalance::{self, MembershipView, MoveOutcome};
 use crate::storage::{EngineRef, StorageError, TreeRef};
-use crate::transfer::{self, Leadership, TransferContext};
+use crate::transfer::{self, CampaignOrder, Leadership, TransferContext};
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
@@ -383,8 +383,21 @@ impl Node {
     }
 
     /// Hands the leadership of `shard` (led by this node) to voter `target`; returns the new
-    /// term. See `transfer.rs`.
+    /// term. See `transfer.rs`. Refused while a replica move of the shard runs here.
     pub async fn transfer_leader(&self, shard: u32, target: NodeId) -> Result<u64, NodeError> {
+        if !self.claim_shard(shard) {
+            return Err(NodeError::NoQuorum {
+                group: GroupId::Shard(shard),
+                detail: "a replica move of the shard is running; transfer its leadership later".to_string(),
+            });
+        }
+        let outcome = self.transfer_claimed(shard, target).await;
+        self.release_shard(shard);
+        outcome
+    }
+
+    /// [`Node::transfer_leader`] for a caller that already claimed the shard.
+    async fn transfer_claimed(&self, shard: u32, target: NodeId) -> Result<u64, NodeError> {
         let group = self
             .group(GroupId::Shard(shard))
             .ok_or(NodeError::ShardNotHosted(shard))?;
@@ -408,23 +421,25 @@ impl Node {
         let rpc_timeout = Duration::from_millis(config.rpc_timeout_ms);
         let transport = self.inner.shared.transport.clone();
         let from_node = self.node_id();
-        transfer::transfer(ctx, target, |addr: String| async move {
+        transfer::transfer(ctx, target, |order: CampaignOrder| async move {
             let peer_err = |detail: String| NodeError::Peer { node: target, detail };
             let mut client = transport
-                .raft_client(&addr)
+                .raft_client(&order.addr)
                 .map_err(|err| peer_err(err.to_string()))?;
             let mut request = tonic::Request::new(v1::CampaignRequest {
                 cluster_id,
                 shard_id: shard,
                 to_node: target,
                 from_node,
+                term: order.term,
+                last_log_index: order.last_log_index,
             });
             request.set_timeout(rpc_timeout);
             client
                 .campaign(request)
                 .await
                 .map(|_| ())
-                .map_err(|status| peer_err(format!("{addr}: {}", status.message())))
+                .map_err(|status| peer_err(format!("{}: {}", order.addr, status.message())))
         })
         .await
     }
@@ -1043,6 +1058,11 @@ impl Node {
             };
             match outcome {
                 Some(Ok(MoveOutcome::Moved { from, to })) => {
+                    node.inner
+                        .failed_handovers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&shard);
                     node.inner.counters.completed.fetch_add(1, Ordering::Relaxed);
                     info!(
                         shard,
@@ -1055,7 +1075,7 @@ impl Node {
                 Some(Ok(MoveOutcome::Settled)) => {}
                 Some(Ok(MoveOutcome::HandOver { successor })) => {
                     info!(shard, successor, "leaving the group: handing the leadership over first");
-                    let handed = node.transfer_leader(shard, successor).await;
+                    let handed = node.transfer_claimed(shard, successor).await;
                     let mut failed = node
                         .inner
                         .failed_handovers

@@ -188,7 +188,20 @@ pub async fn move_toward(
     }
     let self_id = group.raft.metrics().borrow().id;
     if hand_over && !wanted.contains(&self_id) && !view.joint && view.voters.len() <= MAX_TRANSFER_VOTERS {
-        if let Some(successor) = view.voters.intersection(&wanted).next() {
+        // The staying voter furthest along the log takes over.
+        let metrics = group.raft.metrics().borrow().clone();
+        let matched = |node: &NodeId| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(node).copied().flatten())
+                .map(|log_id| log_id.index)
+        };
+        if let Some(successor) = view
+            .voters
+            .intersection(&wanted)
+            .max_by_key(|node| (matched(node), std::cmp::Reverse(**node)))
+        {
             return Ok(MoveOutcome::HandOver {
                 successor: *successor,
             });

@@ -7,13 +7,17 @@
 //! target needs, so a transfer is:
 //!
 //! 1. the leader has led for longer than the maximum election timeout (its own lease is over);
-//! 2. it stops appending: new writes of the shard wait at its write gate, in-flight ones
-//!    finish;
-//! 3. it waits until the target has replicated its whole log (otherwise the vote is refused
-//!    on the log check, and the target's higher term would depose the leader for nothing);
-//! 4. it asks the target to campaign (`Raft.Campaign`); the target calls `trigger().elect()`,
-//!    the leader grants and steps down, the target leads;
+//! 2. while writes still flow, it waits until the target is within a few entries of its log;
+//! 3. it stops appending: new writes of the shard wait at its write gate, in-flight ones
+//!    finish; then it waits (briefly) until the target has replicated its whole log, still in
+//!    the same term (otherwise the vote is refused on the log check, and the target's higher
+//!    term would depose the leader for nothing);
+//! 4. it asks the target to campaign (`Raft.Campaign`, carrying the leader's term and last log
+//!    index: the target refuses a stale or premature order); the target calls
+//!    `trigger().elect()`, the leader grants and steps down, the target leads;
 //! 5. the gate opens; the waiting writes find a follower and are sent to the new leader.
+//!
+//! The gate stays closed for at most half the lease plus the lease (usually a round trip).
 //!
 //! Groups with more than three voters are refused: their other followers' leases would
 //! reject the vote, and the failed campaign would cost an election.
@@ -31,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::NodeError;
 use crate::raft::types::{GroupId, NodeId, Raft};
+
+type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 
 /// Most voters a transfer supports (see the module docs).
 pub const MAX_TRANSFER_VOTERS: usize = 3;
@@ -98,7 +104,7 @@ pub struct TransferContext<'a> {
 /// election (an RPC to it). Returns the new term.
 pub async fn transfer<F, Fut>(ctx: TransferContext<'_>, target: NodeId, campaign: F) -> Result<u64, NodeError>
 where
-    F: FnOnce(String) -> Fut,
+    F: FnOnce(CampaignOrder) -> Fut,
     Fut: std::future::Future<Output = Result<(), NodeError>>,
 {
     let invalid = |detail: String| NodeError::InvalidArgument(detail);
@@ -149,65 +155,98 @@ where
     if led_for < ctx.lease + margin {
         tokio::time::sleep(ctx.lease + margin - led_for).await;
     }
+    let still_leading =
+        |metrics: &RaftMetrics| metrics.state == ServerState::Leader && metrics.current_term == term;
+    let lost = || NodeError::NotLeader {
+        group: ctx.group,
+        leader: None,
+        proposed: false,
+    };
+    let timeout_err = |what: String, bound: Duration| NodeError::Timeout {
+        what,
+        timeout_ms: bound.as_millis() as u64,
+        proposed: false,
+    };
+    let target_matched = |metrics: &RaftMetrics| {
+        metrics
+            .replication
+            .as_ref()
+            .and_then(|replication| replication.get(&target).copied().flatten())
+            .map(|log_id| log_id.index)
+    };
 
-    // 2. Close the gate: in-flight writes finish, new ones wait.
-    let gate = ctx.leadership.gate();
-    let _closed = tokio::time::timeout(ctx.timeout, gate.write())
-        .await
-        .map_err(|_| NodeError::Timeout {
-            what: format!("{} writes to drain before a leader transfer", ctx.group),
-            timeout_ms: ctx.timeout.as_millis() as u64,
-            proposed: false,
-        })?;
-
-    // 3. The target has the whole log.
-    let caught_up = ctx
-        .raft
+    // 2. While writes still flow, wait until the target is nearly caught up, so the gate
+    //    below stays closed only briefly.
+    ctx.raft
         .wait(Some(ctx.timeout))
         .metrics(
             |metrics| {
-                let last = metrics.last_log_index;
-                metrics.state != ServerState::Leader
-                    || metrics.replication.as_ref().is_some_and(|replication| {
-                        replication
-                            .get(&target)
-                            .is_some_and(|matched| matched.map(|log_id| log_id.index) == last)
-                    })
+                !still_leading(metrics)
+                    || target_matched(metrics).unwrap_or(0) + CATCH_UP_SLACK
+                        >= metrics.last_log_index.unwrap_or(0)
             },
+            "the transfer target to come close to the leader's log",
+        )
+        .await
+        .map_err(|err| {
+            timeout_err(
+                format!("node {target} to catch up on {}: {err}", ctx.group),
+                ctx.timeout,
+            )
+        })?;
+
+    // 3. Close the gate (in-flight writes finish, new ones wait), then the target must have
+    //    the whole log within a short bound, in the same term.
+    let gate = ctx.leadership.gate();
+    let _closed = tokio::time::timeout(ctx.timeout, gate.write())
+        .await
+        .map_err(|_| {
+            timeout_err(
+                format!("{} writes to drain before a leader transfer", ctx.group),
+                ctx.timeout,
+            )
+        })?;
+    let gated = (ctx.lease / 2).max(Duration::from_millis(100));
+    let caught_up = ctx
+        .raft
+        .wait(Some(gated))
+        .metrics(
+            |metrics| !still_leading(metrics) || target_matched(metrics) == metrics.last_log_index,
             "the transfer target to replicate the whole log",
         )
         .await
-        .map_err(|err| NodeError::Timeout {
-            what: format!(
-                "node {target} to catch up before taking over {}: {err}",
-                ctx.group
-            ),
-            timeout_ms: ctx.timeout.as_millis() as u64,
-            proposed: false,
+        .map_err(|err| {
+            timeout_err(
+                format!("node {target} to replicate all of {}: {err}", ctx.group),
+                gated,
+            )
         })?;
-    if caught_up.state != ServerState::Leader {
-        return Err(NodeError::NotLeader {
-            group: ctx.group,
-            leader: None,
-            proposed: false,
-        });
+    if !still_leading(&caught_up) {
+        return Err(lost());
     }
+    let last_log_index = caught_up.last_log_index.unwrap_or(0);
 
-    // 4. The target campaigns; wait until it leads.
-    campaign(target_addr).await?;
-    let deadline = ctx.lease * 2;
+    // 4. The target campaigns (it checks that we still lead it at this term and that it has
+    //    our log); wait, gate closed, until it leads.
+    campaign(CampaignOrder {
+        addr: target_addr,
+        term,
+        last_log_index,
+    })
+    .await?;
     let taken = ctx
         .raft
-        .wait(Some(deadline))
+        .wait(Some(ctx.lease))
         .metrics(
             |metrics| metrics.current_term > term && metrics.current_leader.is_some(),
             "a new leader after the transfer",
         )
         .await
-        .map_err(|err| NodeError::Timeout {
-            what: format!("node {target} to take over {}: {err}", ctx.group),
-            timeout_ms: deadline.as_millis() as u64,
-            proposed: false,
+        .map_err(|err| {
+            timeout_err(
+                format!("node {target} to take over {}: {err}", ctx.group),
+                ctx.lease,
+            )
         })?;
     match taken.current_leader {
         Some(leader) if leader == target => Ok(taken.current_term),
@@ -217,6 +256,42 @@ where
             other.unwrap_or(0)
         ))),
     }
+}
+
+/// Log entries the target may still miss when the write gate closes.
+const CATCH_UP_SLACK: u64 = 64;
+
+/// What the leader asks the transfer target to do.
+#[derive(Debug, Clone)]
+pub struct CampaignOrder {
+    pub addr: String,
+    /// The leader's term: the target campaigns only while it follows this leader in it.
+    pub term: u64,
+    /// The leader's last log index: the target campaigns only if it has at least this much.
+    pub last_log_index: u64,
+}
+
+/// The target's side: whether a campaign request from leader `from_node` is still current
+/// (its leader, in that term, and its log as long as the leader's).
+pub fn campaign_is_current(
+    metrics: &RaftMetrics,
+    from_node: NodeId,
+    term: u64,
+    last_log_index: u64,
+) -> Result<(), String> {
+    if metrics.current_leader != Some(from_node) || metrics.current_term != term {
+        return Err(format!(
+            "stale campaign request: node {from_node} at term {term}, but this replica follows {:?} at term {}",
+            metrics.current_leader, metrics.current_term
+        ));
+    }
+    if metrics.last_log_index.unwrap_or(0) < last_log_index {
+        return Err(format!(
+            "not caught up: last log index {} < the leader's {last_log_index}",
+            metrics.last_log_index.unwrap_or(0)
+        ));
+    }
+    Ok(())
 }
 
 /// One leader move the balancer wants.
@@ -312,6 +387,22 @@ mod tests {
         let five = [1, 2, 3, 4, 5];
         let wide = shards(&[(0, 1, &five), (1, 1, &five), (2, 1, &five)]);
         assert_eq!(next_leader_move(&wide, &[1, 2, 3, 4, 5]), None);
+    }
+
+    /// A campaign order is obeyed only from the current leader, in its term, with its log.
+    #[test]
+    fn stale_or_early_campaign_orders_are_refused() {
+        let mut metrics = RaftMetrics::new_initial(2);
+        metrics.current_leader = Some(1);
+        metrics.current_term = 7;
+        metrics.last_log_index = Some(40);
+        assert!(campaign_is_current(&metrics, 1, 7, 40).is_ok());
+        assert!(campaign_is_current(&metrics, 1, 6, 40).is_err(), "older term");
+        assert!(campaign_is_current(&metrics, 3, 7, 40).is_err(), "not our leader");
+        assert!(
+            campaign_is_current(&metrics, 1, 7, 41).is_err(),
+            "log behind the leader's"
+        );
     }
 
     /// Repeating the moves ends balanced (every node within one of every other).

@@ -157,6 +157,9 @@ async fn run(
                 );
                 topology.request_refresh();
             }
+        } else if alive != last_alive {
+            // A liveness change first seen on a timer tick: poll too.
+            topology.request_refresh();
         }
         last_alive = alive;
     }

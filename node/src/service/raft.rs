@@ -130,9 +130,21 @@ impl RaftRpc for RaftService {
             .node
             .group(GroupId::Shard(request.shard_id))
             .ok_or_else(|| status(NodeError::ShardNotHosted(request.shard_id), false))?;
+        {
+            let metrics = group.raft.metrics();
+            let metrics = metrics.borrow();
+            crate::transfer::campaign_is_current(
+                &metrics,
+                request.from_node,
+                request.term,
+                request.last_log_index,
+            )
+            .map_err(Status::failed_precondition)?;
+        }
         tracing::info!(
             shard = request.shard_id,
             from = request.from_node,
+            term = request.term,
             "campaigning: the leader hands over"
         );
         group
