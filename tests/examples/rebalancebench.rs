@@ -283,11 +283,11 @@ async fn main() -> Result<()> {
     for r in &results {
         println!(
             "{:>4} {:>8.0} {:>12.1} {:>10} {:>8} {:>22} {:>22} {:>10}",
-            r["run"],
+            r["run"].to_string(),
             r["data_mb"].as_f64().unwrap_or(0.0),
             r["rebalance_s"].as_f64().unwrap_or(0.0),
-            r["replicas_moved"],
-            r["ideal_replicas_moved"],
+            r["replicas_moved"].to_string(),
+            r["ideal_replicas_moved"].to_string(),
             format!(
                 "{}/{}/{}",
                 r["writes_during"]["p50_ms"], r["writes_during"]["p99_ms"], r["writes_during"]["max_ms"]
