@@ -7,6 +7,7 @@
 //! ```sh
 //! cargo build --release --bins
 //! cargo run --release -p ringkv-tests --example rebalancebench -- [KEYS] [VALUE_BYTES] [RUNS] [OUT_DIR]
+//! # or, built: target/release/examples/rebalancebench ...
 //! ```
 //! Defaults: 100000 keys of 1024 bytes, 3 runs, results in `target/rebalancebench/`.
 

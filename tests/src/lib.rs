@@ -28,7 +28,8 @@ pub fn bin_dir() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("locating the test executable")?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") {
+    // Test binaries live in `target/<profile>/deps`, examples in `target/<profile>/examples`.
+    if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
     Ok(dir)
