@@ -809,8 +809,9 @@ mod tests {
                 ("leaders".to_string(), leaders.to_string()),
             ])
         };
-        let report =
-            |node: u64, leaders: &str, epoch: u64| GossipReport::parse(&state(node, leaders, epoch)).unwrap();
+        let report = |node: u64, leaders: &str, epoch: u64| {
+            GossipReport::parse(&state(node, leaders, epoch)).expect("a well-formed report parses")
+        };
         assert_eq!(report(2, "0:5,1:7,bad,3:x", epoch).leads, vec![(0, 5), (1, 7)]);
         let outcome = topology.apply_gossip(&[report(2, "0:5", epoch)]);
         assert_eq!(outcome.leaders_changed, 1);
