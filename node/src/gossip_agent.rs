@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ringkv_gossip::{Gossip, GossipConfig, Liveness};
@@ -38,6 +39,26 @@ pub struct GossipMember {
     pub last_heard: Option<Duration>,
 }
 
+/// Every other member's liveness as gossip sees it: written by the agent, read by the
+/// system leader's duties (`membership.rs`) before declaring a node dead.
+#[derive(Debug, Clone, Default)]
+pub struct LivenessView {
+    members: Arc<RwLock<HashMap<NodeId, GossipMember>>>,
+}
+
+impl LivenessView {
+    pub fn set(&self, view: HashMap<NodeId, GossipMember>) {
+        *self.members.write().unwrap_or_else(PoisonError::into_inner) = view;
+    }
+
+    pub fn get(&self) -> HashMap<NodeId, GossipMember> {
+        self.members
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The running agent.
 pub struct GossipAgent {
     cancel: CancellationToken,
@@ -45,8 +66,14 @@ pub struct GossipAgent {
 }
 
 impl GossipAgent {
-    /// Starts gossip on `bound` (UDP, the gRPC listener's ip:port), advertising `advertise`.
-    pub async fn start(node: Node, bound: SocketAddr, advertise: &str) -> Result<GossipAgent, String> {
+    /// Starts gossip on `bound` (UDP, the gRPC listener's ip:port), advertising `advertise`;
+    /// what it hears about other members goes to `liveness`.
+    pub async fn start(
+        node: Node,
+        liveness: LivenessView,
+        bound: SocketAddr,
+        advertise: &str,
+    ) -> Result<GossipAgent, String> {
         let advertise = advertise
             .to_socket_addrs()
             .ok()
@@ -54,7 +81,7 @@ impl GossipAgent {
         let gossip = start_gossip(&node, bound, advertise).await?;
         info!(addr = %gossip.local_addr(), "gossip started");
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(node, gossip, bound, advertise, cancel.clone()));
+        let task = tokio::spawn(run(node, liveness, gossip, bound, advertise, cancel.clone()));
         Ok(GossipAgent { cancel, task })
     }
 
@@ -130,6 +157,7 @@ fn published(node: &Node) -> BTreeMap<String, String> {
 
 async fn run(
     node: Node,
+    liveness: LivenessView,
     mut gossip: Gossip,
     bound: SocketAddr,
     advertise: Option<SocketAddr>,
@@ -175,7 +203,7 @@ async fn run(
                 },
             );
         }
-        node.set_gossip_view(view);
+        liveness.set(view);
         if !heard_others && !seeds(&node).is_empty() && last_restart.elapsed() > RESTART_GAP {
             debug!("gossip hears no peer; restarting with the ring's members as seeds");
             last_restart = Instant::now();

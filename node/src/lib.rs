@@ -5,7 +5,11 @@
 //! - [`storage`]: the storage seam (ordered trees, batches, flush) and its sled engine.
 //! - [`raft`]: multi-raft plumbing — log store, state machine, snapshots, group commit,
 //!   network.
-//! - [`node`]: the node itself: group registry, bootstrap, reconciliation with the ring.
+//! - [`group`]: one hosted Raft group and its life cycle on disk (open, initialise, destroy).
+//! - [`node`]: the node itself: group registry, bootstrap, data path, status.
+//! - [`peers`]: every node-to-node call besides Raft replication, behind one seam.
+//! - [`reconcile`]: the reconciler — a pure planner over the ring and the local groups, and
+//!   the executor that opens, initialises, moves and deletes replicas.
 //! - [`ring_change`]: ring membership changes as a pure function of the committed config.
 //! - [`rebalance`]: moving shard replicas toward placement (learner → catch up → joint
 //!   consensus → removal) and deleting replicas this node no longer holds.
@@ -14,16 +18,20 @@
 //! - [`gossip_agent`]: gossip (chitchat): what this node publishes, and members' liveness.
 //! - [`proposal`]: proposing to a group (leader check, timeout) and per-shard write batching.
 //! - [`service`]: the gRPC services (`ShardKv`, `Raft`, `Admin`) and error → status mapping.
-//! - [`server`]: binds the listener, serves, shuts down.
+//! - [`server`]: the composition root: opens the node, starts the reconciler, the system
+//!   duties and gossip, binds the listener, serves, shuts down in order.
 
 pub mod config;
 pub mod error;
 pub mod gossip_agent;
+pub mod group;
 pub mod membership;
 pub mod node;
+pub mod peers;
 pub mod proposal;
 pub mod raft;
 pub mod rebalance;
+pub mod reconcile;
 pub mod ring_change;
 pub mod server;
 pub mod service;

@@ -27,11 +27,14 @@ use futures::stream::{self, StreamExt};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use ringkv_proto::v1;
 use ringkv_ring::{MemberState, Ring, ShardId};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::NodeError;
+use crate::gossip_agent::LivenessView;
 use crate::node::Node;
+use crate::peers::Peer;
 use crate::raft::types::{ClusterConfig, Command, NodeId, RingChange, RingChangeKind};
 use crate::transfer::{next_leader_move, LedShard};
 
@@ -165,8 +168,31 @@ pub fn wanted_system_voters(
     wanted
 }
 
+/// The running duties (on every node; they act while it leads the system group).
+pub struct SystemDuties {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl SystemDuties {
+    /// Starts the duties of `node`, which count members `liveness` (gossip) hears as alive.
+    pub fn spawn(node: Node, liveness: LivenessView) -> SystemDuties {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(node, liveness, cancel.clone()));
+        SystemDuties { cancel, task }
+    }
+
+    /// Stops the duties and waits for the pass in flight to end.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        if let Err(err) = self.task.await {
+            warn!(%err, "system duties task failed");
+        }
+    }
+}
+
 /// Runs the system leader's duties until `cancel` fires.
-pub async fn run(node: Node, cancel: CancellationToken) {
+async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
     let interval = Duration::from_millis(node.config().membership_interval_ms);
     let mut last_heard: HashMap<NodeId, Instant> = HashMap::new();
     // After a failed leader move the balancer rests, so a move that cannot work does not
@@ -190,7 +216,7 @@ pub async fn run(node: Node, cancel: CancellationToken) {
         }
         let outcome = tokio::select! {
             _ = cancel.cancelled() => break,
-            outcome = pass(&node, &mut last_heard, &mut balance_after) => outcome,
+            outcome = pass(&node, &liveness, &mut last_heard, &mut balance_after) => outcome,
         };
         if let Err(err) = outcome {
             debug!(%err, "membership pass did not finish; will retry");
@@ -201,6 +227,7 @@ pub async fn run(node: Node, cancel: CancellationToken) {
 
 async fn pass(
     node: &Node,
+    liveness: &LivenessView,
     last_heard: &mut HashMap<NodeId, Instant>,
     balance_after: &mut Instant,
 ) -> Result<(), NodeError> {
@@ -218,7 +245,7 @@ async fn pass(
     }
     // Gossip hears members through any peer, not only from this leader: a member is dead
     // only if neither a direct poll nor gossip heard it within the timeout.
-    for (node_id, member) in node.gossip_view() {
+    for (node_id, member) in liveness.get() {
         if let Some(ago) = member.last_heard {
             let heard = now.checked_sub(ago).unwrap_or(now);
             let entry = last_heard.entry(node_id).or_insert(heard);
@@ -328,13 +355,16 @@ async fn balance_leaders(
             node: step.from,
             detail: "no address in the ring".to_string(),
         })?;
-    node.peer_transfer_leader(&addr, step.shard, step.to).await?;
+    let leader = Peer {
+        node: step.from,
+        addr: &addr,
+    };
+    node.transfer_leader_at(leader, step.shard, step.to).await?;
     Ok(())
 }
 
 /// Every member's status (this node's own without an RPC), unreachable ones left out.
 async fn poll_members(node: &Node, config: &ClusterConfig) -> Vec<v1::NodeStatusResponse> {
-    let timeout = Duration::from_millis(node.config().rpc_timeout_ms);
     let targets: Vec<(NodeId, String)> = config
         .members
         .iter()
@@ -346,7 +376,11 @@ async fn poll_members(node: &Node, config: &ClusterConfig) -> Vec<v1::NodeStatus
             if node_id == node.node_id() {
                 return Some(node.status());
             }
-            match node.peer_status(&addr, timeout).await {
+            let peer = Peer {
+                node: node_id,
+                addr: &addr,
+            };
+            match node.peers().status(peer).await {
                 Ok(status) if status.node_id == node_id => Some(status),
                 Ok(status) => {
                     warn!(expected = node_id, found = status.node_id, %addr, "a different node answers at a member's address");

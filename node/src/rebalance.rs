@@ -30,7 +30,7 @@ use ringkv_proto::v1;
 use tracing::info;
 
 use crate::error::NodeError;
-use crate::node::Group;
+use crate::group::Group;
 use crate::raft::types::NodeId;
 use crate::transfer::MAX_TRANSFER_VOTERS;
 

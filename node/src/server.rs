@@ -11,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, warn};
 
-use crate::gossip_agent::GossipAgent;
-
 use crate::config::{ConfigError, NodeConfig};
 use crate::error::NodeError;
+use crate::gossip_agent::{GossipAgent, LivenessView};
+use crate::membership::SystemDuties;
 use crate::node::Node;
+use crate::reconcile::Reconciler;
 use crate::service::admin::AdminService;
 use crate::service::raft::RaftService;
 use crate::service::shard::ShardKvService;
@@ -46,6 +47,8 @@ pub struct NodeHandle {
     local_addr: SocketAddr,
     cancel: CancellationToken,
     serve: tokio::task::JoinHandle<()>,
+    reconciler: Reconciler,
+    duties: SystemDuties,
     gossip: Option<GossipAgent>,
 }
 
@@ -117,6 +120,9 @@ impl NodeServer {
         };
         let max_message_bytes = config.max_message_bytes;
         let node = Node::open(config, advertise, engine, catalog).await?;
+        let liveness = LivenessView::default();
+        let reconciler = Reconciler::spawn(node.clone());
+        let duties = SystemDuties::spawn(node.clone(), liveness.clone());
         let cancel = CancellationToken::new();
         let router = tonic::transport::Server::builder()
             .add_service(
@@ -142,7 +148,7 @@ impl NodeServer {
             }
         });
         info!(%local_addr, "serving");
-        let gossip = match GossipAgent::start(node.clone(), local_addr, node.addr()).await {
+        let gossip = match GossipAgent::start(node.clone(), liveness, local_addr, node.addr()).await {
             Ok(agent) => Some(agent),
             Err(err) => {
                 // Gossip is advisory (liveness, leader hints): the node serves without it.
@@ -155,6 +161,8 @@ impl NodeServer {
             local_addr,
             cancel,
             serve,
+            reconciler,
+            duties,
             gossip,
         })
     }
@@ -174,7 +182,8 @@ impl NodeHandle {
         write_addr_file(path, self.node.addr())
     }
 
-    /// Stops serving, stops every Raft group and flushes storage.
+    /// Stops gossip and serving, then the reconciler and the system duties (and the moves
+    /// they run), then every Raft group, and flushes storage.
     pub async fn shutdown(self) {
         if let Some(gossip) = self.gossip {
             gossip.shutdown().await;
@@ -183,6 +192,8 @@ impl NodeHandle {
         if let Err(err) = self.serve.await {
             error!(%err, "grpc server task failed");
         }
+        self.reconciler.shutdown().await;
+        self.duties.shutdown().await;
         self.node.shutdown().await;
     }
 }

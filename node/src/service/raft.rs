@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::error::NodeError;
-use crate::node::{Group, Node};
+use crate::group::Group;
+use crate::node::Node;
 use crate::raft::types::{Command, CommandResult, GroupId, NodeId, TypeConfig};
 use crate::rebalance::MembershipView;
 use std::sync::Arc;

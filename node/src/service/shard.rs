@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::error::NodeError;
-use crate::node::{Group, Node};
+use crate::group::Group;
+use crate::node::Node;
 use crate::raft::state_machine::ScanOptions;
 use crate::raft::types::WriteOp;
 

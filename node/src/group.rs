@@ -1,0 +1,264 @@
+//! One Raft group hosted by a node — the system group or a shard's replica — and its life
+//! cycle on disk: open (log store, state machine, purger, write batcher, leadership watch),
+//! initialise, and destroy.
+//!
+//! A group's data is the log tree `<group>.log`, the state-machine trees `<group>.sm.<gen>`,
+//! its catalog records and its snapshot directory. Deleting a replica marks it in the node
+//! catalog first (`never-init/` so it is never initialised here again, `retiring/` so a crash
+//! midway finishes the deletion at the next start), then drops the data.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::BasicNode;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::proposal::{BatcherSettings, WriteBatcher};
+use crate::raft::flusher::Flusher;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{NetworkFactory, Transport};
+use crate::raft::snapshot::SnapshotDir;
+use crate::raft::state_machine::{GroupState, StateMachine};
+use crate::raft::types::{GroupId, LogId, NodeId, Raft};
+use crate::storage::{EngineRef, StorageError, TreeRef};
+use crate::transfer::{self, Leadership};
+
+/// Catalog prefix marking a group this node must never initialise: it held a replica that
+/// was moved away, so the group exists elsewhere (written before the replica is deleted).
+const NEVER_INIT_PREFIX: &str = "never-init/";
+/// Catalog prefix marking a replica whose deletion started (finished at the next start).
+const RETIRING_PREFIX: &str = "retiring/";
+
+/// One Raft group hosted by this node.
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft,
+    pub state: Arc<GroupState>,
+    /// Batches key-value writes into entries (shard groups only).
+    pub batcher: Option<WriteBatcher>,
+    /// When this replica became leader, and the write gate a leader transfer closes.
+    pub leadership: Arc<Leadership>,
+    /// Stops this group's background tasks (purger, batcher) when the replica is deleted.
+    pub cancel: CancellationToken,
+}
+
+/// What opening a group needs; shared by every group of the node.
+pub struct GroupDeps {
+    pub config: NodeConfig,
+    pub engine: EngineRef,
+    pub catalog: TreeRef,
+    pub flusher: Flusher,
+    pub transport: Arc<Transport>,
+    pub raft_config: Arc<openraft::Config>,
+    /// Parent of every group's `cancel`: stops the purgers and batchers at shutdown.
+    pub tasks_cancel: CancellationToken,
+    /// Owns every group's background tasks.
+    pub tasks: TaskTracker,
+}
+
+impl GroupDeps {
+    /// Opens `group_id`'s log and state machine and starts its Raft node and background tasks.
+    pub async fn open(&self, group_id: GroupId) -> Result<Arc<Group>, NodeError> {
+        let config = &self.config;
+        let cancel = self.tasks_cancel.child_token();
+        let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(group_id.name()))?;
+        let state = GroupState::open(
+            group_id,
+            self.engine.clone(),
+            self.catalog.clone(),
+            snapshots,
+            config.dedup_window_ms,
+        )?;
+        let (log, purge_requests) = LogStore::open(
+            self.engine.clone(),
+            &format!("{}.log", group_id.name()),
+            self.flusher.clone(),
+            config.max_message_bytes / 2,
+        )?;
+        self.tasks.spawn(run_purger(
+            group_id,
+            log.clone(),
+            purge_requests,
+            state.watch_applied(),
+            cancel.clone(),
+        ));
+        let network = NetworkFactory::new(group_id, self.transport.clone());
+        let raft = Raft::new(
+            config.node_id,
+            self.raft_config.clone(),
+            network,
+            log,
+            StateMachine::new(state.clone()),
+        )
+        .await
+        .map_err(|fatal| NodeError::Fatal(fatal.to_string()))?;
+        let leadership = Arc::new(Leadership::default());
+        self.tasks.spawn(transfer::watch_leadership(
+            raft.clone(),
+            leadership.clone(),
+            cancel.clone(),
+        ));
+        let batcher = match group_id {
+            GroupId::System => None,
+            GroupId::Shard(_) => {
+                let settings = BatcherSettings {
+                    group: group_id,
+                    node_id: config.node_id,
+                    write_timeout_ms: config.write_timeout_ms,
+                    max_entry_bytes: config.max_message_bytes / 2,
+                    unsafe_ack_before_commit: config.unsafe_ack_before_commit,
+                };
+                let (batcher, task) =
+                    WriteBatcher::spawn(raft.clone(), settings, leadership.gate(), cancel.clone());
+                self.tasks.spawn(task);
+                Some(batcher)
+            }
+        };
+        debug!(group = %group_id, "opened raft group");
+        Ok(Arc::new(Group {
+            id: group_id,
+            raft,
+            state,
+            batcher,
+            leadership,
+            cancel,
+        }))
+    }
+
+    /// The shards marked never to be initialised here.
+    pub fn never_init_shards(&self) -> Result<HashSet<u32>, NodeError> {
+        let (start, end) = crate::storage::prefix_bounds(NEVER_INIT_PREFIX.as_bytes());
+        let mut shards = HashSet::new();
+        for pair in self.catalog.range(start, end) {
+            let (key, _) = pair?;
+            let name = String::from_utf8_lossy(&key[NEVER_INIT_PREFIX.len()..]).into_owned();
+            if let Some(shard) = name.strip_prefix("shard-").and_then(|id| id.parse::<u32>().ok()) {
+                shards.insert(shard);
+            }
+        }
+        Ok(shards)
+    }
+
+    /// Deletes a stopped replica's data: marks it never to be initialised here and as
+    /// retiring (durably), drops its data, then clears the retiring mark.
+    pub fn destroy(&self, group_id: GroupId) -> Result<(), NodeError> {
+        let never_init = format!("{NEVER_INIT_PREFIX}{}", group_id.name());
+        let retiring = format!("{RETIRING_PREFIX}{}", group_id.name());
+        self.catalog.insert(never_init.as_bytes(), b"1")?;
+        self.catalog.insert(retiring.as_bytes(), b"1")?;
+        self.engine.flush()?;
+        self.destroy_data(group_id)?;
+        self.catalog.remove(retiring.as_bytes())?;
+        self.engine.flush()?;
+        Ok(())
+    }
+
+    /// Drops every tree, catalog record and snapshot file of `group_id`.
+    fn destroy_data(&self, group_id: GroupId) -> Result<(), NodeError> {
+        let name = group_id.name();
+        let sm_prefix = format!("{name}.sm.");
+        for tree in self.engine.tree_names()? {
+            if tree == format!("{name}.log") || tree.starts_with(&sm_prefix) {
+                self.engine.drop_tree(&tree)?;
+            }
+        }
+        crate::raft::state_machine::forget_group(&self.catalog, group_id)?;
+        let snapshots = self.config.data_dir.join("snapshots").join(&name);
+        match std::fs::remove_dir_all(&snapshots) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(NodeError::Storage(StorageError::Io(err))),
+        }
+        Ok(())
+    }
+
+    /// Finishes deleting replicas whose deletion a crash interrupted.
+    pub fn finish_retirements(&self) -> Result<(), NodeError> {
+        let (start, end) = crate::storage::prefix_bounds(RETIRING_PREFIX.as_bytes());
+        let pending: Vec<Vec<u8>> = self
+            .catalog
+            .range(start, end)
+            .map(|pair| pair.map(|(key, _)| key))
+            .collect::<Result<_, _>>()?;
+        for key in pending {
+            let name = String::from_utf8_lossy(&key[RETIRING_PREFIX.len()..]).into_owned();
+            let Some(shard) = name.strip_prefix("shard-").and_then(|id| id.parse::<u32>().ok()) else {
+                continue;
+            };
+            info!(shard, "finishing an interrupted replica deletion");
+            self.destroy_data(GroupId::Shard(shard))?;
+            self.catalog.remove(&key)?;
+        }
+        self.engine.flush()?;
+        Ok(())
+    }
+
+    /// Shards with a log tree in the engine: replicas this node held when it stopped (opened
+    /// at start even if placement moved on, since they may still be needed for a quorum).
+    pub fn stored_shards(&self) -> Result<Vec<u32>, NodeError> {
+        let mut shards: Vec<u32> = self
+            .engine
+            .tree_names()?
+            .iter()
+            .filter_map(|name| name.strip_prefix("shard-")?.strip_suffix(".log")?.parse().ok())
+            .collect();
+        shards.sort_unstable();
+        Ok(shards)
+    }
+}
+
+/// Initialises `group` with `voters` unless it already is.
+pub async fn initialize(group: &Group, voters: BTreeMap<NodeId, BasicNode>) -> Result<(), NodeError> {
+    let initialized = group
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|fatal| NodeError::Fatal(fatal.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    match group.raft.initialize(voters).await {
+        Ok(()) => {
+            info!(group = %group.id, "initialised raft group");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(RaftError::APIError(err)) => Err(NodeError::InvalidArgument(err.to_string())),
+        Err(RaftError::Fatal(fatal)) => Err(NodeError::Fatal(fatal.to_string())),
+    }
+}
+
+/// Purges a group's log once the state machine has applied past the purge point, so the
+/// flush before deleting makes the covering state durable. openraft may ask to purge while
+/// a snapshot is still being installed on a follower; deferring keeps the log until then.
+async fn run_purger(
+    group: GroupId,
+    log: LogStore,
+    mut requests: watch::Receiver<Option<LogId>>,
+    mut applied: watch::Receiver<Option<LogId>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = requests.changed() => if changed.is_err() { return },
+            _ = cancel.cancelled() => return,
+        }
+        let Some(upto) = *requests.borrow_and_update() else {
+            continue;
+        };
+        let covered = applied.wait_for(|applied| applied.is_some_and(|applied| applied.index >= upto.index));
+        tokio::select! {
+            result = covered => if result.is_err() { return },
+            _ = cancel.cancelled() => return,
+        }
+        if let Err(err) = log.purge_now(upto).await {
+            warn!(group = %group, %err, "log purge failed; will retry at the next purge");
+        }
+    }
+}

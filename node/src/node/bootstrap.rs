@@ -1,0 +1,414 @@
+//! Identity, bootstrap and ring changes: everything that goes through the system group.
+//!
+//! Bootstrap (`kvctl cluster init` → [`Node::init_cluster`] on one node):
+//! 1. pick a cluster id (or reuse the one already recorded) and record it;
+//! 2. `JoinCluster` every other initial member, which records the same id (a node that
+//!    already belongs to another cluster refuses, and init fails saying so);
+//! 3. initialise the system group with every initial member as a voter;
+//! 4. commit `SetCluster` (cluster id, S, RF, V, members) in the system group.
+//!
+//! Every node applies the config and the reconciler (`reconcile/`) creates the groups of the
+//! shards it hosts; a shard's first replica in ring order initialises the shard group.
+//! Each step is idempotent, so init can be repeated after a crash or on restart.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use ringkv_proto::v1;
+use ringkv_ring::{MemberState, Ring, RingConfig, RingMember, DEFAULT_VNODES_PER_NODE};
+use tracing::{debug, info};
+
+use super::Node;
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::group;
+use crate::peers::Peer;
+use crate::raft::types::{
+    ClusterConfig, Command, CommandResult, GroupId, NodeId, RingChange, RingChangeKind, RingChangeOutcome,
+};
+use crate::storage::{StorageError, TreeRef};
+
+const NODE_ID_KEY: &[u8] = b"node_id";
+const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+/// Deadline of a bootstrap or of a system proposal (retried until then).
+const SYSTEM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks the node id recorded in the data directory (recording it the first time) and
+/// returns the recorded cluster id, if any.
+pub fn check_identity(catalog: &TreeRef, config: &NodeConfig) -> Result<Option<String>, NodeError> {
+    match catalog.get(NODE_ID_KEY)? {
+        Some(bytes) => {
+            let recorded = <[u8; 8]>::try_from(bytes.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StorageError::Corrupt {
+                    tree: catalog.name().to_string(),
+                    detail: "node id record".to_string(),
+                })?;
+            if recorded != config.node_id {
+                return Err(NodeError::InvalidArgument(format!(
+                    "data directory {} belongs to node {recorded}, not node {}",
+                    config.data_dir.display(),
+                    config.node_id
+                )));
+            }
+        }
+        None => catalog.insert(NODE_ID_KEY, &config.node_id.to_be_bytes())?,
+    }
+    let cluster_id = catalog
+        .get(CLUSTER_ID_KEY)?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    if let (Some(expected), Some(recorded)) = (&config.cluster_id, &cluster_id) {
+        if expected != recorded {
+            return Err(NodeError::ClusterMismatch {
+                ours: recorded.clone(),
+                theirs: expected.clone(),
+            });
+        }
+    }
+    Ok(cluster_id)
+}
+
+impl Node {
+    /// Records `cluster_id` as this node's cluster (first time only, durably).
+    pub fn join_cluster(&self, cluster_id: &str) -> Result<(), NodeError> {
+        if cluster_id.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "cluster id must not be empty".to_string(),
+            ));
+        }
+        let mut current = self
+            .inner
+            .cluster_id
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*current {
+            Some(ours) if ours == cluster_id => Ok(()),
+            Some(ours) => Err(NodeError::ClusterMismatch {
+                ours: ours.clone(),
+                theirs: cluster_id.to_string(),
+            }),
+            None => {
+                let deps = &self.inner.deps;
+                deps.catalog.insert(CLUSTER_ID_KEY, cluster_id.as_bytes())?;
+                deps.engine.flush()?;
+                *current = Some(cluster_id.to_string());
+                deps.transport.set_cluster_id(cluster_id);
+                info!(cluster_id, "joined cluster");
+                Ok(())
+            }
+        }
+    }
+
+    /// Adopts the configuration committed in the system group: joins its cluster if this
+    /// node has not yet, and makes its ring the one every request is checked against.
+    pub fn adopt_config(&self, config: &ClusterConfig) -> Result<Arc<Ring>, NodeError> {
+        if self.cluster_id().is_none() {
+            self.join_cluster(&config.cluster_id)?;
+        }
+        let ring = Arc::new(
+            Ring::new(config.ring, config.members.clone())
+                .map_err(|err| NodeError::InvalidArgument(format!("committed ring is invalid: {err}")))?,
+        );
+        *self.inner.ring.write().unwrap_or_else(PoisonError::into_inner) = Some(ring.clone());
+        Ok(ring)
+    }
+
+    /// Bootstraps a cluster (see the module docs). Idempotent.
+    pub async fn init_cluster(
+        &self,
+        request: v1::InitClusterRequest,
+    ) -> Result<v1::InitClusterResponse, NodeError> {
+        let _init = self.inner.init_lock.lock().await;
+        let members = validate_init(self.node_id(), &request)?;
+        let ring_config = RingConfig {
+            shards: request.shards,
+            replication_factor: request.replication_factor,
+            vnodes_per_node: DEFAULT_VNODES_PER_NODE,
+        };
+        Ring::new(ring_config, members.clone()).map_err(|err| NodeError::InvalidArgument(err.to_string()))?;
+        let wanted = ClusterConfig {
+            cluster_id: String::new(),
+            ring: ring_config,
+            members: members.clone(),
+            epoch: 1,
+        };
+        if let Some(existing) = self.watch_cluster().borrow().clone() {
+            return if existing.same_shape(&wanted) {
+                Ok(v1::InitClusterResponse {
+                    cluster_id: existing.cluster_id,
+                    already_initialized: true,
+                })
+            } else {
+                Err(NodeError::AlreadyInitialized(format!(
+                    "cluster {} has {} shards, replication factor {} and members {:?}",
+                    existing.cluster_id,
+                    existing.ring.shards,
+                    existing.ring.replication_factor,
+                    existing.members.iter().map(|m| m.node_id).collect::<Vec<_>>()
+                )))
+            };
+        }
+        let cluster_id = match self.cluster_id() {
+            Some(cluster_id) => cluster_id,
+            None => {
+                let cluster_id = format!("{:032x}", rand::random::<u128>());
+                self.join_cluster(&cluster_id)?;
+                cluster_id
+            }
+        };
+        info!(%cluster_id, members = members.len(), shards = request.shards, "initialising cluster");
+        for member in members.iter().filter(|m| m.node_id != self.node_id()) {
+            let peer = Peer {
+                node: member.node_id,
+                addr: &member.addr,
+            };
+            self.peers().join(peer, &cluster_id).await?;
+        }
+        let voters: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|member| (member.node_id, BasicNode::new(member.addr.clone())))
+            .collect();
+        let existing_voters: Vec<NodeId> = {
+            let metrics = self.inner.system.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.voter_ids().collect()
+        };
+        let wanted_voters: Vec<NodeId> = voters.keys().copied().collect();
+        if !existing_voters.is_empty() && existing_voters != wanted_voters {
+            return Err(NodeError::AlreadyInitialized(format!(
+                "the system group already has voters {existing_voters:?}, not {wanted_voters:?}"
+            )));
+        }
+        group::initialize(&self.inner.system, voters).await?;
+        let config = ClusterConfig { cluster_id, ..wanted };
+        let applied = self.propose_system(Command::SetCluster(config.clone())).await?;
+        match applied {
+            CommandResult::Cluster(applied) if applied.same_shape(&config) => Ok(v1::InitClusterResponse {
+                already_initialized: applied.cluster_id != config.cluster_id,
+                cluster_id: applied.cluster_id,
+            }),
+            CommandResult::Cluster(applied) => Err(NodeError::AlreadyInitialized(format!(
+                "cluster {} was initialised concurrently with another shape",
+                applied.cluster_id
+            ))),
+            other => Err(NodeError::OutcomeUnknown(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// Adds a running node to the ring: the new node records the cluster id (and refuses if
+    /// it belongs to another cluster), then the system group commits it as `joining`.
+    pub async fn add_node(&self, node_id: NodeId, addr: String) -> Result<v1::RingChangeResponse, NodeError> {
+        let config = self.committed_config()?;
+        if node_id == 0 || addr.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "add node needs a non-zero node id and an address".to_string(),
+            ));
+        }
+        let known = config.members.iter().any(|member| member.node_id == node_id);
+        if !known {
+            self.ready_for_ring_change(&config)?;
+            let peer = Peer {
+                node: node_id,
+                addr: &addr,
+            };
+            self.peers().join(peer, &config.cluster_id).await?;
+        }
+        self.change_ring(RingChangeKind::AddNode { node_id, addr }).await
+    }
+
+    /// Starts decommissioning a ring member.
+    pub async fn decommission_node(&self, node_id: NodeId) -> Result<v1::RingChangeResponse, NodeError> {
+        let config = self.committed_config()?;
+        self.ready_for_ring_change(&config)?;
+        self.change_ring(RingChangeKind::Decommission { node_id }).await
+    }
+
+    /// The first ring change waits until every shard group of the initial ring exists here
+    /// or has a leader known to this node (groups are only ever initialised under the
+    /// initial ring).
+    fn ready_for_ring_change(&self, config: &ClusterConfig) -> Result<(), NodeError> {
+        if config.epoch > 1 {
+            return Ok(());
+        }
+        let ring = self.ring().ok_or(NodeError::NotInitialized)?;
+        for shard in ring.shards_of_node(self.node_id()) {
+            let ready = self
+                .group(GroupId::Shard(shard.0))
+                .is_some_and(|group| group.raft.metrics().borrow().current_leader.is_some());
+            if !ready {
+                return Err(NodeError::NoQuorum {
+                    group: GroupId::Shard(shard.0),
+                    detail: "the shard has no leader yet; ring changes wait until every shard of the initial ring is up".to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits a ring change in the system group.
+    pub async fn change_ring(&self, kind: RingChangeKind) -> Result<v1::RingChangeResponse, NodeError> {
+        let command = Command::ChangeRing(RingChange {
+            expected_epoch: None,
+            kind,
+        });
+        let (config, changed) = match self.propose_system(command).await? {
+            CommandResult::Ring(RingChangeOutcome::Applied(config)) => (config, true),
+            CommandResult::Ring(RingChangeOutcome::Unchanged(config)) => (config, false),
+            CommandResult::Ring(RingChangeOutcome::Rejected(reason)) => {
+                return Err(NodeError::InvalidArgument(reason))
+            }
+            other => return Err(NodeError::OutcomeUnknown(format!("unexpected result {other:?}"))),
+        };
+        Ok(v1::RingChangeResponse {
+            ring: Some(ring_info(&config)),
+            changed,
+        })
+    }
+
+    /// Commits `command` in the system group, forwarding it to the system leader, retrying
+    /// (with backoff) until it commits or the deadline passes.
+    pub async fn propose_system(&self, command: Command) -> Result<CommandResult, NodeError> {
+        let deadline = Instant::now() + SYSTEM_TIMEOUT;
+        let system = self.inner.system.clone();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = match self.propose(&system, command.clone()).await {
+                Err(NodeError::NotLeader {
+                    leader: Some((leader, addr)),
+                    ..
+                }) if leader != self.node_id() => self.forward_system(leader, &addr, &command).await,
+                other => other,
+            };
+            match attempt {
+                Ok(result) => return Ok(result),
+                Err(err) if Instant::now() + backoff < deadline => {
+                    debug!(%err, "system proposal not committed yet, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn forward_system(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        command: &Command,
+    ) -> Result<CommandResult, NodeError> {
+        if self.cluster_id().is_none() {
+            return Err(NodeError::NotInitialized);
+        }
+        let peer = Peer { node: leader, addr };
+        let timeout = Duration::from_millis(self.config().write_timeout_ms);
+        self.peers()
+            .propose_system(peer, self.node_id(), command, timeout)
+            .await
+    }
+}
+
+fn validate_init(self_id: NodeId, request: &v1::InitClusterRequest) -> Result<Vec<RingMember>, NodeError> {
+    if request.nodes.is_empty() {
+        return Err(NodeError::InvalidArgument(
+            "init needs at least one node".to_string(),
+        ));
+    }
+    let mut members = Vec::with_capacity(request.nodes.len());
+    for node in &request.nodes {
+        if node.node_id == 0 {
+            return Err(NodeError::InvalidArgument("node id 0 is reserved".to_string()));
+        }
+        if node.addr.is_empty() {
+            return Err(NodeError::InvalidArgument(format!(
+                "node {} has no address",
+                node.node_id
+            )));
+        }
+        members.push(RingMember {
+            node_id: node.node_id,
+            addr: node.addr.clone(),
+            state: MemberState::Active,
+        });
+    }
+    members.sort_by_key(|member| member.node_id);
+    if !members.iter().any(|member| member.node_id == self_id) {
+        return Err(NodeError::InvalidArgument(format!(
+            "this node ({self_id}) is not among the initial members"
+        )));
+    }
+    if request.replication_factor as usize > members.len() {
+        return Err(NodeError::InvalidArgument(format!(
+            "replication factor {} exceeds the number of nodes ({})",
+            request.replication_factor,
+            members.len()
+        )));
+    }
+    Ok(members)
+}
+
+/// The committed configuration as reported over the wire.
+pub fn ring_info(config: &ClusterConfig) -> v1::RingInfo {
+    v1::RingInfo {
+        cluster_id: config.cluster_id.clone(),
+        shards: config.ring.shards,
+        replication_factor: config.ring.replication_factor,
+        epoch: config.epoch,
+        vnodes_per_node: config.ring.vnodes_per_node,
+        members: config
+            .members
+            .iter()
+            .map(|member| v1::RingMember {
+                node_id: member.node_id,
+                addr: member.addr.clone(),
+                state: member.state.as_str().to_string(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(nodes: &[(u64, &str)], rf: u32) -> v1::InitClusterRequest {
+        v1::InitClusterRequest {
+            nodes: nodes
+                .iter()
+                .map(|(node_id, addr)| v1::NodeAddress {
+                    node_id: *node_id,
+                    addr: addr.to_string(),
+                })
+                .collect(),
+            shards: 16,
+            replication_factor: rf,
+        }
+    }
+
+    /// Init takes sorted, addressed, non-zero members that include the caller and at least
+    /// RF of them; anything else is refused before any state changes.
+    #[test]
+    fn init_requests_are_validated() {
+        let members = validate_init(1, &request(&[(2, "b:1"), (1, "a:1"), (3, "c:1")], 3)).expect("valid");
+        assert_eq!(
+            members.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let refused = [
+            (request(&[], 1), "empty"),
+            (request(&[(0, "a:1")], 1), "node id 0"),
+            (request(&[(1, "")], 1), "no address"),
+            (request(&[(2, "b:1")], 1), "caller missing"),
+            (request(&[(1, "a:1"), (2, "b:1")], 3), "RF above the node count"),
+        ];
+        for (index, (request, why)) in refused.iter().enumerate() {
+            let outcome = validate_init(1, request);
+            assert!(
+                matches!(outcome, Err(NodeError::InvalidArgument(_))),
+                "case {index} ({why}): {outcome:?}"
+            );
+        }
+    }
+}

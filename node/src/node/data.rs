@@ -1,0 +1,176 @@
+//! The read and write paths of shard groups: which group serves a request, proposals
+//! (through the leader-transfer write gate), ReadIndex for linearizable reads, batched
+//! writes, local reads, and delete-range entries.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use ringkv_ring::Ring;
+
+use super::Node;
+use crate::error::NodeError;
+use crate::group::Group;
+use crate::proposal;
+use crate::raft::state_machine::{CountResult, ScanOptions, ScanPage};
+use crate::raft::types::{
+    Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, GroupId, Versioned, WriteCommand, WriteOp,
+    WriteOpResult,
+};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// The shard group for a request, after checking the shard exists and is hosted here.
+    pub fn shard_group(&self, shard: u32) -> Result<(Arc<Ring>, Arc<Group>), NodeError> {
+        let ring = self.ring().ok_or(NodeError::NotInitialized)?;
+        if shard >= ring.shard_count() {
+            return Err(NodeError::UnknownShard {
+                shard,
+                shards: ring.shard_count(),
+            });
+        }
+        // A node that left the ring (decommissioned or declared dead) serves nothing, not
+        // even stale reads: its replicas may be arbitrarily old.
+        if ring
+            .member(self.node_id())
+            .is_some_and(|member| member.state.is_gone())
+        {
+            return Err(NodeError::ShardNotHosted(shard));
+        }
+        let group = self
+            .group(GroupId::Shard(shard))
+            .ok_or(NodeError::ShardNotHosted(shard))?;
+        Ok((ring, group))
+    }
+
+    /// Proposes `command` to `group` and waits until it is committed and applied.
+    pub async fn propose(&self, group: &Group, command: Command) -> Result<CommandResult, NodeError> {
+        let timeout_ms = self.config().write_timeout_ms;
+        // A leader transfer holds the gate while the target catches up and campaigns.
+        let gate = group.leadership.gate();
+        let _open = gate.read().await;
+        proposal::propose(&group.raft, group.id, self.node_id(), command, timeout_ms).await
+    }
+
+    /// Waits until a read on `group` at this moment would be linearizable (ReadIndex).
+    pub async fn ensure_linearizable(&self, group: &Group) -> Result<(), NodeError> {
+        let timeout_ms = self.config().write_timeout_ms;
+        let check = tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            group.raft.ensure_linearizable(),
+        );
+        match check.await {
+            Err(_elapsed) => Err(NodeError::Timeout {
+                what: format!("{} to confirm leadership for a read", group.id),
+                timeout_ms,
+                proposed: false,
+            }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                let leader = match (forward.leader_id, forward.leader_node) {
+                    (Some(id), Some(node)) => Some((id, node.addr)),
+                    _ => None,
+                };
+                Err(NodeError::NotLeader {
+                    group: group.id,
+                    leader,
+                    proposed: false,
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)))) => {
+                Err(NodeError::NoQuorum {
+                    group: group.id,
+                    detail: err.to_string(),
+                })
+            }
+            Ok(Err(RaftError::Fatal(fatal))) => Err(NodeError::Fatal(fatal.to_string())),
+        }
+    }
+
+    /// Applies `ops` on a shard, atomically and in order (batched with concurrent writes
+    /// into one Raft entry).
+    pub async fn write(
+        &self,
+        group: &Group,
+        request_id: [u8; 16],
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteOpResult>, NodeError> {
+        let batcher = group.batcher.as_ref().ok_or_else(|| {
+            NodeError::InvalidArgument(format!("{} does not take key-value writes", group.id))
+        })?;
+        batcher
+            .write(WriteCommand {
+                request_id,
+                issued_at_ms: now_ms(),
+                ops,
+            })
+            .await
+    }
+
+    /// Reads `keys` from the local state of `group`, all at one point between entries.
+    pub async fn read_local(
+        &self,
+        group: &Group,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Versioned>>, NodeError> {
+        Ok(group.state.get_many(keys).await?)
+    }
+
+    /// Reads one page of a key range from the local state of `group`, at one point between
+    /// entries.
+    pub async fn scan_local(&self, group: &Group, options: ScanOptions) -> Result<ScanPage, NodeError> {
+        Ok(group.state.scan(options).await?)
+    }
+
+    /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
+    /// local state of `group`, at one point between entries.
+    pub async fn count_local(
+        &self,
+        group: &Group,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u64,
+    ) -> Result<CountResult, NodeError> {
+        Ok(group.state.count(start, end, limit).await?)
+    }
+
+    /// Deletes the first `limit` keys of `[start, end)` (`None` end = no upper bound) on a
+    /// shard in one Raft entry of its own (proposed directly, not batched with writes). A
+    /// retry with the same request id within the de-duplication window returns the first
+    /// outcome without deleting again.
+    pub async fn delete_range(
+        &self,
+        group: &Group,
+        request_id: [u8; 16],
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<DeleteRangeResult, NodeError> {
+        if group.id == GroupId::System {
+            return Err(NodeError::InvalidArgument(format!(
+                "{} does not take key-value writes",
+                group.id
+            )));
+        }
+        let command = Command::DeleteRange(DeleteRangeCommand {
+            request_id,
+            start,
+            end,
+            limit,
+            issued_at_ms: now_ms(),
+        });
+        match self.propose(group, command).await? {
+            CommandResult::DeleteRange(result) => Ok(result),
+            other => Err(NodeError::OutcomeUnknown(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The node's status report (`Admin.NodeStatus`): the ring it holds, each replica's Raft
+//! state, and the replica moves it ran.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::ServerState;
+use ringkv_proto::v1;
+
+use super::{ring_info, Node};
+use crate::group::Group;
+use crate::raft::types::GroupId;
+
+/// Replica moves and deletions, reported in the node status.
+#[derive(Debug, Default)]
+pub struct MoveCounters {
+    pub started: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub replicas_deleted: AtomicU64,
+}
+
+impl MoveCounters {
+    fn to_proto(&self) -> v1::MoveCounters {
+        v1::MoveCounters {
+            started: self.started.load(Ordering::Relaxed),
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            replicas_deleted: self.replicas_deleted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Node {
+    /// This node's status.
+    pub fn status(&self) -> v1::NodeStatusResponse {
+        let ring = self.watch_cluster().borrow().as_ref().map(ring_info);
+        v1::NodeStatusResponse {
+            node_id: self.node_id(),
+            addr: self.addr().to_string(),
+            cluster_id: self.cluster_id().unwrap_or_default(),
+            ring,
+            replicas: self.groups().iter().map(|group| replica_info(group)).collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            moves: Some(self.counters().to_proto()),
+        }
+    }
+}
+
+/// One replica's Raft state as reported over the wire.
+fn replica_info(group: &Group) -> v1::ReplicaInfo {
+    let metrics = group.raft.metrics();
+    let metrics = metrics.borrow();
+    v1::ReplicaInfo {
+        shard_id: match group.id {
+            GroupId::System => None,
+            GroupId::Shard(shard) => Some(shard),
+        },
+        role: match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        }
+        .to_string(),
+        term: metrics.current_term,
+        leader_id: metrics.current_leader.unwrap_or(0),
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+        voters: metrics.membership_config.voter_ids().collect(),
+        learners: metrics.membership_config.membership().learner_ids().collect(),
+        joint: metrics.membership_config.membership().get_joint_config().len() > 1,
+        snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+        purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
+    }
+}

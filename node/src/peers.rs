@@ -1,0 +1,187 @@
+//! Every node-to-node call that is not Raft replication, behind one seam: one way to get a
+//! channel (the transport's shared connection per peer address), one deadline rule, one
+//! mapping of a peer's `Status` to a [`NodeError`].
+//!
+//! Raft replication itself (append, vote, snapshot) goes through openraft's network
+//! (`raft/network.rs`), which shares the same connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv_proto::v1;
+use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::raft_client::RaftClient;
+use tonic::transport::Channel;
+
+use crate::error::NodeError;
+use crate::raft::network::{envelope, Transport};
+use crate::raft::types::{Command, CommandResult, GroupId, NodeId};
+
+/// Calls to other nodes.
+#[derive(Clone)]
+pub struct Peers {
+    transport: Arc<Transport>,
+    /// Deadline of a plain request/response call.
+    rpc_timeout: Duration,
+    max_message_bytes: usize,
+}
+
+/// Who a call went to, for error messages (`node` 0 when only the address is known).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    pub node: NodeId,
+    pub addr: &'a str,
+}
+
+impl Peer<'_> {
+    /// A peer failure: the call did not reach the peer or the peer refused it.
+    fn failed(&self, detail: impl std::fmt::Display) -> NodeError {
+        NodeError::Peer {
+            node: self.node,
+            detail: format!("{}: {detail}", self.addr),
+        }
+    }
+
+    fn status_failed(&self, status: &tonic::Status) -> NodeError {
+        self.failed(status.message())
+    }
+}
+
+impl Peers {
+    pub fn new(transport: Arc<Transport>, rpc_timeout: Duration, max_message_bytes: usize) -> Peers {
+        Peers {
+            transport,
+            rpc_timeout,
+            max_message_bytes,
+        }
+    }
+
+    fn raft(&self, peer: Peer<'_>) -> Result<RaftClient<Channel>, NodeError> {
+        self.transport
+            .raft_client(peer.addr)
+            .map_err(|err| peer.failed(err))
+    }
+
+    fn admin(&self, peer: Peer<'_>) -> Result<AdminClient<Channel>, NodeError> {
+        let channel = self
+            .transport
+            .channel(peer.addr)
+            .map_err(|err| peer.failed(err))?;
+        Ok(AdminClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        request
+    }
+
+    /// Asks `peer` to record `cluster_id` as its cluster. A peer that refuses (it belongs to
+    /// another cluster, or is another node) is a bad request (`InvalidArgument`); one that
+    /// cannot be reached is a peer failure.
+    pub async fn join(&self, peer: Peer<'_>, cluster_id: &str) -> Result<(), NodeError> {
+        let join = v1::JoinClusterRequest {
+            cluster_id: cluster_id.to_string(),
+            node_id: peer.node,
+        };
+        match self
+            .raft(peer)?
+            .join_cluster(self.request(join, self.rpc_timeout))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    || status.code() == tonic::Code::InvalidArgument =>
+            {
+                Err(NodeError::InvalidArgument(format!(
+                    "node {} at {} refused to join: {}",
+                    peer.node,
+                    peer.addr,
+                    status.message()
+                )))
+            }
+            Err(status) => Err(peer.failed(format!("cannot reach the node: {}", status.message()))),
+        }
+    }
+
+    /// Orders `peer` to campaign for `shard` (a leader transfer's last step).
+    pub async fn campaign(&self, peer: Peer<'_>, order: v1::CampaignRequest) -> Result<(), NodeError> {
+        self.raft(peer)?
+            .campaign(self.request(order, self.rpc_timeout))
+            .await
+            .map(|_| ())
+            .map_err(|status| peer.status_failed(&status))
+    }
+
+    /// Asks the node at `peer` (the leader of `shard`) to hand the leadership to `target`,
+    /// waiting at most `timeout` (a transfer may wait out a lease and an election).
+    pub async fn transfer_leader(
+        &self,
+        peer: Peer<'_>,
+        shard: u32,
+        target: NodeId,
+        timeout: Duration,
+    ) -> Result<v1::TransferLeaderResponse, NodeError> {
+        let request = v1::TransferLeaderRequest {
+            shard_id: shard,
+            to_node: target,
+        };
+        self.admin(peer)?
+            .transfer_leader(self.request(request, timeout))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| peer.status_failed(&status))
+    }
+
+    /// `peer`'s status.
+    pub async fn status(&self, peer: Peer<'_>) -> Result<v1::NodeStatusResponse, NodeError> {
+        self.admin(peer)?
+            .node_status(self.request(v1::NodeStatusRequest {}, self.rpc_timeout))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| peer.status_failed(&status))
+    }
+
+    /// What the group's membership is, as `peer` (the shard's leader, we hope) sees it.
+    pub async fn group_membership(
+        &self,
+        peer: Peer<'_>,
+        shard: u32,
+        from_node: NodeId,
+    ) -> Result<v1::GroupMembershipResponse, NodeError> {
+        let request = v1::GroupMembershipRequest {
+            cluster_id: self.transport.cluster_id(),
+            shard_id: shard,
+            from_node,
+        };
+        self.raft(peer)?
+            .group_membership(self.request(request, self.rpc_timeout))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| peer.status_failed(&status))
+    }
+
+    /// Commits `command` in the system group through its leader `peer`, waiting at most
+    /// `timeout` (a write's deadline).
+    pub async fn propose_system(
+        &self,
+        peer: Peer<'_>,
+        from_node: NodeId,
+        command: &Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, NodeError> {
+        let payload = postcard::to_allocvec(command).map_err(|err| peer.failed(err))?;
+        let message = envelope(self.transport.cluster_id(), GroupId::System, from_node, payload);
+        let reply = self
+            .raft(peer)?
+            .propose_system(self.request(message, timeout))
+            .await
+            .map_err(|status| peer.status_failed(&status))?;
+        let outcome: Result<CommandResult, String> =
+            postcard::from_bytes(&reply.into_inner().payload).map_err(|err| peer.failed(err))?;
+        outcome.map_err(|detail| peer.failed(detail))
+    }
+}
