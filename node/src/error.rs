@@ -1,7 +1,8 @@
 //! Errors of the node layer. Mapped to gRPC statuses in one place: `service::status`.
 
-use crate::raft::types::{GroupId, NodeId};
+use crate::raft::types::{GroupId, NodeId, RingChangeRejection};
 use crate::storage::StorageError;
+use crate::transfer::CampaignRefusal;
 
 /// A per-request failure. Fatal conditions (disk errors) are reported as `Storage`.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,18 @@ pub enum NodeError {
     },
     #[error("write outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// A node-to-node request reached a node other than the one it was meant for (an
+    /// address reused by another node, or a wrong address given to init).
+    #[error("request for node {meant_for} reached node {reached}: an address reused by another node, or a wrong address")]
+    WrongNode { meant_for: NodeId, reached: NodeId },
+    #[error("malformed {what}: {detail}")]
+    Malformed { what: &'static str, detail: String },
+    #[error("ring change refused: {0}")]
+    RingChangeRejected(#[from] RingChangeRejection),
+    #[error("campaign refused: {0}")]
+    CampaignRefused(#[from] CampaignRefusal),
+    #[error("cannot encode {what}: {detail}")]
+    Encode { what: &'static str, detail: String },
     #[error("peer {node} failed: {detail}")]
     Peer { node: NodeId, detail: String },
     #[error(transparent)]
@@ -98,6 +111,20 @@ impl NodeError {
                 proposed: *proposed,
             },
             NodeError::OutcomeUnknown(msg) => NodeError::OutcomeUnknown(msg.clone()),
+            NodeError::WrongNode { meant_for, reached } => NodeError::WrongNode {
+                meant_for: *meant_for,
+                reached: *reached,
+            },
+            NodeError::Malformed { what, detail } => NodeError::Malformed {
+                what,
+                detail: detail.clone(),
+            },
+            NodeError::RingChangeRejected(rejection) => NodeError::RingChangeRejected(rejection.clone()),
+            NodeError::CampaignRefused(refusal) => NodeError::CampaignRefused(refusal.clone()),
+            NodeError::Encode { what, detail } => NodeError::Encode {
+                what,
+                detail: detail.clone(),
+            },
             NodeError::Peer { node, detail } => NodeError::Peer {
                 node: *node,
                 detail: detail.clone(),
@@ -114,6 +141,7 @@ impl NodeError {
             NodeError::OutcomeUnknown(_)
             | NodeError::Storage(_)
             | NodeError::Fatal(_)
+            | NodeError::Encode { .. }
             | NodeError::Peer { .. } => false,
             NodeError::InvalidArgument(_)
             | NodeError::UnknownShard { .. }
@@ -122,7 +150,11 @@ impl NodeError {
             | NodeError::NoQuorum { .. }
             | NodeError::NotInitialized
             | NodeError::ClusterMismatch { .. }
-            | NodeError::AlreadyInitialized(_) => true,
+            | NodeError::AlreadyInitialized(_)
+            | NodeError::WrongNode { .. }
+            | NodeError::Malformed { .. }
+            | NodeError::RingChangeRejected(_)
+            | NodeError::CampaignRefused(_) => true,
         }
     }
 }

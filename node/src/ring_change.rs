@@ -5,16 +5,20 @@
 
 use ringkv_ring::{MemberState, Ring, RingMember};
 
-use crate::raft::types::{ClusterConfig, RingChange, RingChangeKind, RingChangeOutcome};
+use crate::raft::types::{ClusterConfig, RingChange, RingChangeKind, RingChangeOutcome, RingChangeRejection};
+
+fn rejected(rejection: RingChangeRejection) -> RingChangeOutcome {
+    RingChangeOutcome::Rejected(rejection)
+}
 
 /// Applies `change` to `config`.
 pub fn apply(config: &ClusterConfig, change: &RingChange) -> RingChangeOutcome {
     if let Some(expected) = change.expected_epoch {
         if expected != config.epoch {
-            return RingChangeOutcome::Rejected(format!(
-                "the ring changed meanwhile (epoch {} is now {}); look again and retry",
-                expected, config.epoch
-            ));
+            return rejected(RingChangeRejection::StaleEpoch {
+                expected,
+                current: config.epoch,
+            });
         }
     }
     let mut members = config.members.clone();
@@ -27,39 +31,37 @@ pub fn apply(config: &ClusterConfig, change: &RingChange) -> RingChangeOutcome {
     match &change.kind {
         RingChangeKind::AddNode { node_id, addr } => {
             if *node_id == 0 {
-                return RingChangeOutcome::Rejected("node id 0 is reserved".to_string());
+                return rejected(RingChangeRejection::ReservedNodeId);
             }
             if addr.is_empty() {
-                return RingChangeOutcome::Rejected(format!("node {node_id} has no address"));
+                return rejected(RingChangeRejection::NoAddress { node_id: *node_id });
             }
             if let Some(other) = members
                 .iter()
                 .find(|m| m.addr == *addr && m.node_id != *node_id && !m.state.is_gone())
             {
-                return RingChangeOutcome::Rejected(format!(
-                    "address {addr} already belongs to node {}",
-                    other.node_id
-                ));
+                return rejected(RingChangeRejection::AddressTaken {
+                    addr: addr.clone(),
+                    owner: other.node_id,
+                });
             }
             match member_index(*node_id) {
                 Some(index) => {
                     let member = &members[index];
                     if member.state.is_gone() {
-                        return RingChangeOutcome::Rejected(format!(
-                            "node {node_id} was {} from the ring; a node id is never reused — start the node with a new id and an empty data directory",
-                            member.state.as_str()
-                        ));
+                        return rejected(RingChangeRejection::IdNeverReused {
+                            node_id: *node_id,
+                            state: member.state,
+                        });
                     }
                     if member.addr != *addr {
-                        return RingChangeOutcome::Rejected(format!(
-                            "node {node_id} is already a member at {}",
-                            member.addr
-                        ));
+                        return rejected(RingChangeRejection::MemberElsewhere {
+                            node_id: *node_id,
+                            addr: member.addr.clone(),
+                        });
                     }
                     if member.state == MemberState::Decommissioning {
-                        return RingChangeOutcome::Rejected(format!(
-                            "node {node_id} is being decommissioned"
-                        ));
+                        return rejected(RingChangeRejection::BeingDecommissioned { node_id: *node_id });
                     }
                     return unchanged();
                 }
@@ -72,7 +74,7 @@ pub fn apply(config: &ClusterConfig, change: &RingChange) -> RingChangeOutcome {
         }
         RingChangeKind::Decommission { node_id } => {
             let Some(index) = member_index(*node_id) else {
-                return RingChangeOutcome::Rejected(format!("node {node_id} is not a ring member"));
+                return rejected(RingChangeRejection::NotMember { node_id: *node_id });
             };
             match members[index].state {
                 MemberState::Joining | MemberState::Active => {
@@ -80,45 +82,45 @@ pub fn apply(config: &ClusterConfig, change: &RingChange) -> RingChangeOutcome {
                 }
                 MemberState::Decommissioning | MemberState::Removed => return unchanged(),
                 MemberState::Dead => {
-                    return RingChangeOutcome::Rejected(format!(
-                        "node {node_id} was declared dead; its replicas were already re-created elsewhere"
-                    ))
+                    return rejected(RingChangeRejection::DeclaredDead { node_id: *node_id })
                 }
             }
         }
         RingChangeKind::MarkActive { node_id } => {
             let Some(index) = member_index(*node_id) else {
-                return RingChangeOutcome::Rejected(format!("node {node_id} is not a ring member"));
+                return rejected(RingChangeRejection::NotMember { node_id: *node_id });
             };
             match members[index].state {
                 MemberState::Joining => members[index].state = MemberState::Active,
                 MemberState::Active => return unchanged(),
-                other => {
-                    return RingChangeOutcome::Rejected(format!(
-                        "node {node_id} is {}, not joining",
-                        other.as_str()
-                    ))
+                state => {
+                    return rejected(RingChangeRejection::WrongState {
+                        node_id: *node_id,
+                        state,
+                        expected: MemberState::Joining,
+                    })
                 }
             }
         }
         RingChangeKind::MarkRemoved { node_id } => {
             let Some(index) = member_index(*node_id) else {
-                return RingChangeOutcome::Rejected(format!("node {node_id} is not a ring member"));
+                return rejected(RingChangeRejection::NotMember { node_id: *node_id });
             };
             match members[index].state {
                 MemberState::Decommissioning => members[index].state = MemberState::Removed,
                 MemberState::Removed => return unchanged(),
-                other => {
-                    return RingChangeOutcome::Rejected(format!(
-                        "node {node_id} is {}, not decommissioning",
-                        other.as_str()
-                    ))
+                state => {
+                    return rejected(RingChangeRejection::WrongState {
+                        node_id: *node_id,
+                        state,
+                        expected: MemberState::Decommissioning,
+                    })
                 }
             }
         }
         RingChangeKind::MarkDead { node_id } => {
             let Some(index) = member_index(*node_id) else {
-                return RingChangeOutcome::Rejected(format!("node {node_id} is not a ring member"));
+                return rejected(RingChangeRejection::NotMember { node_id: *node_id });
             };
             match members[index].state {
                 MemberState::Joining | MemberState::Active | MemberState::Decommissioning => {
@@ -126,13 +128,16 @@ pub fn apply(config: &ClusterConfig, change: &RingChange) -> RingChangeOutcome {
                 }
                 MemberState::Dead => return unchanged(),
                 MemberState::Removed => {
-                    return RingChangeOutcome::Rejected(format!("node {node_id} was already removed"))
+                    return rejected(RingChangeRejection::AlreadyRemoved { node_id: *node_id })
                 }
             }
         }
     }
     if let Err(err) = Ring::new(config.ring, members.clone()) {
-        return RingChangeOutcome::Rejected(format!("{}: {err}", change.kind));
+        return rejected(RingChangeRejection::InvalidRing {
+            change: change.kind.to_string(),
+            detail: err.to_string(),
+        });
     }
     RingChangeOutcome::Applied(ClusterConfig {
         cluster_id: config.cluster_id.clone(),
@@ -178,9 +183,9 @@ mod tests {
         }
     }
 
-    fn rejected(outcome: RingChangeOutcome) -> String {
+    fn rejection(outcome: RingChangeOutcome) -> RingChangeRejection {
         match outcome {
-            RingChangeOutcome::Rejected(reason) => reason,
+            RingChangeOutcome::Rejected(rejection) => rejection,
             other => panic!("expected rejected, got {other:?}"),
         }
     }
@@ -218,7 +223,7 @@ mod tests {
             (removed.epoch, removed.members[3].state),
             (5, MemberState::Removed)
         );
-        let reuse = rejected(apply(
+        let reuse = rejection(apply(
             &removed,
             &change(
                 None,
@@ -228,24 +233,36 @@ mod tests {
                 },
             ),
         ));
-        assert!(reuse.contains("never reused"), "{reuse}");
+        assert_eq!(
+            reuse,
+            RingChangeRejection::IdNeverReused {
+                node_id: 4,
+                state: MemberState::Removed
+            }
+        );
     }
 
     /// Stale epochs, unknown nodes, taken addresses and going below RF owners are refused.
     #[test]
     fn rejects_what_would_be_wrong() {
         let three = config(3);
-        let stale = rejected(apply(
+        let stale = rejection(apply(
             &three,
             &change(Some(7), RingChangeKind::MarkActive { node_id: 1 }),
         ));
-        assert!(stale.contains("epoch"), "{stale}");
-        let unknown = rejected(apply(
+        assert_eq!(
+            stale,
+            RingChangeRejection::StaleEpoch {
+                expected: 7,
+                current: 1
+            }
+        );
+        let unknown = rejection(apply(
             &three,
             &change(None, RingChangeKind::Decommission { node_id: 9 }),
         ));
-        assert!(unknown.contains("not a ring member"), "{unknown}");
-        let taken = rejected(apply(
+        assert_eq!(unknown, RingChangeRejection::NotMember { node_id: 9 });
+        let taken = rejection(apply(
             &three,
             &change(
                 None,
@@ -255,20 +272,29 @@ mod tests {
                 },
             ),
         ));
-        assert!(taken.contains("already belongs to node 2"), "{taken}");
-        let below_rf = rejected(apply(
+        assert_eq!(
+            taken,
+            RingChangeRejection::AddressTaken {
+                addr: "n2:1".to_string(),
+                owner: 2
+            }
+        );
+        let below_rf = rejection(apply(
             &three,
             &change(None, RingChangeKind::Decommission { node_id: 1 }),
         ));
         assert!(
-            below_rf.contains("fewer than the replication factor"),
-            "{below_rf}"
+            matches!(below_rf, RingChangeRejection::InvalidRing { .. }),
+            "{below_rf:?}"
         );
-        let dead_below_rf = rejected(apply(
+        let dead_below_rf = rejection(apply(
             &three,
             &change(None, RingChangeKind::MarkDead { node_id: 2 }),
         ));
-        assert!(dead_below_rf.contains("replication factor"), "{dead_below_rf}");
+        assert!(
+            matches!(dead_below_rf, RingChangeRejection::InvalidRing { .. }),
+            "{dead_below_rf:?}"
+        );
         let four = applied(apply(
             &three,
             &change(
@@ -284,10 +310,17 @@ mod tests {
             &change(None, RingChangeKind::MarkDead { node_id: 2 }),
         ));
         assert_eq!(dead.members[1].state, MemberState::Dead);
-        let not_leaving = rejected(apply(
+        let not_leaving = rejection(apply(
             &dead,
             &change(None, RingChangeKind::MarkRemoved { node_id: 1 }),
         ));
-        assert!(not_leaving.contains("not decommissioning"), "{not_leaving}");
+        assert_eq!(
+            not_leaving,
+            RingChangeRejection::WrongState {
+                node_id: 1,
+                state: MemberState::Active,
+                expected: MemberState::Decommissioning
+            }
+        );
     }
 }

@@ -278,20 +278,42 @@ pub fn campaign_is_current(
     from_node: NodeId,
     term: u64,
     last_log_index: u64,
-) -> Result<(), String> {
+) -> Result<(), CampaignRefusal> {
     if metrics.current_leader != Some(from_node) || metrics.current_term != term {
-        return Err(format!(
-            "stale campaign request: node {from_node} at term {term}, but this replica follows {:?} at term {}",
-            metrics.current_leader, metrics.current_term
-        ));
+        return Err(CampaignRefusal::Stale {
+            from_node,
+            term,
+            leader: metrics.current_leader,
+            current_term: metrics.current_term,
+        });
     }
-    if metrics.last_log_index.unwrap_or(0) < last_log_index {
-        return Err(format!(
-            "not caught up: last log index {} < the leader's {last_log_index}",
-            metrics.last_log_index.unwrap_or(0)
-        ));
+    let ours = metrics.last_log_index.unwrap_or(0);
+    if ours < last_log_index {
+        return Err(CampaignRefusal::Behind {
+            last_log_index: ours,
+            leader_last_log_index: last_log_index,
+        });
     }
     Ok(())
+}
+
+/// Why a target refuses to campaign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CampaignRefusal {
+    /// The order comes from a node that is not this replica's leader in that term.
+    #[error("stale campaign request: node {from_node} at term {term}, but this replica follows {leader:?} at term {current_term}")]
+    Stale {
+        from_node: NodeId,
+        term: u64,
+        leader: Option<NodeId>,
+        current_term: u64,
+    },
+    /// This replica has not replicated the leader's whole log yet.
+    #[error("not caught up: last log index {last_log_index} < the leader's {leader_last_log_index}")]
+    Behind {
+        last_log_index: u64,
+        leader_last_log_index: u64,
+    },
 }
 
 /// One leader move the balancer wants.
@@ -396,11 +418,27 @@ mod tests {
         metrics.current_leader = Some(1);
         metrics.current_term = 7;
         metrics.last_log_index = Some(40);
-        assert!(campaign_is_current(&metrics, 1, 7, 40).is_ok());
-        assert!(campaign_is_current(&metrics, 1, 6, 40).is_err(), "older term");
-        assert!(campaign_is_current(&metrics, 3, 7, 40).is_err(), "not our leader");
+        assert_eq!(campaign_is_current(&metrics, 1, 7, 40), Ok(()));
         assert!(
-            campaign_is_current(&metrics, 1, 7, 41).is_err(),
+            matches!(
+                campaign_is_current(&metrics, 1, 6, 40),
+                Err(CampaignRefusal::Stale { .. })
+            ),
+            "older term"
+        );
+        assert!(
+            matches!(
+                campaign_is_current(&metrics, 3, 7, 40),
+                Err(CampaignRefusal::Stale { .. })
+            ),
+            "not our leader"
+        );
+        assert_eq!(
+            campaign_is_current(&metrics, 1, 7, 41),
+            Err(CampaignRefusal::Behind {
+                last_log_index: 40,
+                leader_last_log_index: 41
+            }),
             "log behind the leader's"
         );
     }

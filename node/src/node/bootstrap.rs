@@ -256,8 +256,8 @@ impl Node {
         let (config, changed) = match self.propose_system(command).await? {
             CommandResult::Ring(RingChangeOutcome::Applied(config)) => (config, true),
             CommandResult::Ring(RingChangeOutcome::Unchanged(config)) => (config, false),
-            CommandResult::Ring(RingChangeOutcome::Rejected(reason)) => {
-                return Err(NodeError::InvalidArgument(reason))
+            CommandResult::Ring(RingChangeOutcome::Rejected(rejection)) => {
+                return Err(NodeError::RingChangeRejected(rejection))
             }
             other => return Err(NodeError::OutcomeUnknown(format!("unexpected result {other:?}"))),
         };

@@ -24,8 +24,8 @@ use tracing::info;
 use super::snapshot::{SnapshotDir, SnapshotReader, SnapshotWriter};
 use super::types::{
     ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, GroupId, LogId,
-    RaftStorageError, RequestId, RingChangeOutcome, SnapshotMeta, StoredMembership, TypeConfig, Versioned,
-    WriteCommand, WriteOpResult,
+    RaftStorageError, RequestId, RingChangeOutcome, RingChangeRejection, SnapshotMeta, StoredMembership,
+    TypeConfig, Versioned, WriteCommand, WriteOpResult,
 };
 use super::{decode, encode, storage_err};
 use crate::ring_change;
@@ -464,9 +464,7 @@ impl GroupState {
                 self.apply_delete_range(tree, command, &mut batch)?
             }
             EntryPayload::Normal(Command::ChangeRing(change)) => match tree.get(CLUSTER_KEY)? {
-                None => CommandResult::Ring(RingChangeOutcome::Rejected(
-                    "the cluster is not initialised".to_string(),
-                )),
+                None => CommandResult::Ring(RingChangeOutcome::Rejected(RingChangeRejection::NotInitialized)),
                 Some(bytes) => {
                     let current: ClusterConfig = decode(tree.name(), &bytes)?;
                     let outcome = ring_change::apply(&current, change);

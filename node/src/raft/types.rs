@@ -3,7 +3,7 @@
 use std::fmt;
 
 use openraft::BasicNode;
-use ringkv_ring::{RingConfig, RingMember};
+use ringkv_ring::{MemberState, RingConfig, RingMember};
 use serde::{Deserialize, Serialize};
 
 pub type NodeId = u64;
@@ -226,8 +226,48 @@ pub enum RingChangeOutcome {
     Applied(ClusterConfig),
     /// Already in effect (a repeated request): the configuration, epoch unchanged.
     Unchanged(ClusterConfig),
-    /// Refused, with the reason; nothing changed.
-    Rejected(String),
+    /// Refused; nothing changed.
+    Rejected(RingChangeRejection),
+}
+
+/// Why a ring change is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RingChangeRejection {
+    #[error("the cluster is not initialised")]
+    NotInitialized,
+    /// Decided on an older ring (the system leader's changes carry the epoch they were
+    /// decided on).
+    #[error("the ring changed meanwhile (epoch {expected} is now {current}); look again and retry")]
+    StaleEpoch { expected: u64, current: u64 },
+    #[error("node id 0 is reserved")]
+    ReservedNodeId,
+    #[error("node {node_id} has no address")]
+    NoAddress { node_id: NodeId },
+    #[error("address {addr} already belongs to node {owner}")]
+    AddressTaken { addr: String, owner: NodeId },
+    #[error("node {node_id} was {} from the ring; a node id is never reused — start the node with a new id and an empty data directory", .state.as_str())]
+    IdNeverReused { node_id: NodeId, state: MemberState },
+    #[error("node {node_id} is already a member at {addr}")]
+    MemberElsewhere { node_id: NodeId, addr: String },
+    #[error("node {node_id} is being decommissioned")]
+    BeingDecommissioned { node_id: NodeId },
+    #[error("node {node_id} is not a ring member")]
+    NotMember { node_id: NodeId },
+    #[error("node {node_id} was declared dead; its replicas were already re-created elsewhere")]
+    DeclaredDead { node_id: NodeId },
+    /// A state transition from the wrong state (e.g. marking active a node that is not joining).
+    #[error("node {node_id} is {}, not {}", .state.as_str(), .expected.as_str())]
+    WrongState {
+        node_id: NodeId,
+        state: MemberState,
+        expected: MemberState,
+    },
+    #[error("node {node_id} was already removed")]
+    AlreadyRemoved { node_id: NodeId },
+    /// The resulting ring would be invalid (e.g. fewer token owners than the replication
+    /// factor).
+    #[error("{change}: {detail}")]
+    InvalidRing { change: String, detail: String },
 }
 
 #[cfg(test)]

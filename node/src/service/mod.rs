@@ -18,11 +18,16 @@ use crate::error::NodeError;
 /// the write was not applied (`x-ringkv-rejected`) and those whose outcome is unknown.
 pub fn status(err: NodeError, is_write: bool) -> Status {
     let code = match &err {
-        NodeError::InvalidArgument(_) | NodeError::UnknownShard { .. } => Code::InvalidArgument,
+        NodeError::InvalidArgument(_)
+        | NodeError::UnknownShard { .. }
+        | NodeError::Malformed { .. }
+        | NodeError::RingChangeRejected(_) => Code::InvalidArgument,
         NodeError::ShardNotHosted(_) => Code::NotFound,
         NodeError::WrongShard { .. }
         | NodeError::ClusterMismatch { .. }
-        | NodeError::AlreadyInitialized(_) => Code::FailedPrecondition,
+        | NodeError::AlreadyInitialized(_)
+        | NodeError::WrongNode { .. }
+        | NodeError::CampaignRefused(_) => Code::FailedPrecondition,
         NodeError::NotLeader { .. }
         | NodeError::NoQuorum { .. }
         | NodeError::NotInitialized
@@ -30,7 +35,7 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         | NodeError::Peer { .. }
         | NodeError::Fatal(_) => Code::Unavailable,
         NodeError::Timeout { .. } => Code::DeadlineExceeded,
-        NodeError::Storage(_) => Code::Internal,
+        NodeError::Storage(_) | NodeError::Encode { .. } => Code::Internal,
     };
     let mut status = Status::new(code, err.to_string());
     if let NodeError::NotLeader {

@@ -28,34 +28,43 @@ impl RaftService {
             .check_cluster(&message.cluster_id)
             .map_err(|err| status(err, false))?;
         if message.to_node != 0 && message.to_node != self.node.node_id() {
-            return Err(Status::failed_precondition(format!(
-                "raft message for node {} reached node {} (an address reused by another node?)",
-                message.to_node,
-                self.node.node_id()
-            )));
+            return Err(status(
+                NodeError::WrongNode {
+                    meant_for: message.to_node,
+                    reached: self.node.node_id(),
+                },
+                false,
+            ));
         }
         let group_id = if message.system {
             GroupId::System
         } else {
             GroupId::Shard(message.shard_id)
         };
-        self.node.group(group_id).ok_or_else(|| {
-            Status::not_found(format!(
-                "{group_id} is not hosted on node {}",
-                self.node.node_id()
-            ))
-        })
+        self.node
+            .group(group_id)
+            .ok_or_else(|| status(NodeError::ShardNotHosted(message.shard_id), false))
     }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
-    postcard::from_bytes(payload)
-        .map_err(|err| Status::invalid_argument(format!("malformed raft payload: {err}")))
+    postcard::from_bytes(payload).map_err(|err| {
+        let malformed = NodeError::Malformed {
+            what: "raft payload",
+            detail: err.to_string(),
+        };
+        status(malformed, false)
+    })
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<Response<v1::RaftReply>, Status> {
-    let payload =
-        postcard::to_allocvec(value).map_err(|err| Status::internal(format!("encode reply: {err}")))?;
+    let payload = postcard::to_allocvec(value).map_err(|err| {
+        let encode = NodeError::Encode {
+            what: "raft reply",
+            detail: err.to_string(),
+        };
+        status(encode, false)
+    })?;
     Ok(Response::new(v1::RaftReply { payload }))
 }
 
@@ -94,14 +103,11 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<v1::JoinClusterResponse>, Status> {
         let request = request.into_inner();
         if request.node_id != self.node.node_id() {
-            return Err(status(
-                NodeError::InvalidArgument(format!(
-                    "join for node {} reached node {}: check the addresses given to init",
-                    request.node_id,
-                    self.node.node_id()
-                )),
-                false,
-            ));
+            let wrong = NodeError::WrongNode {
+                meant_for: request.node_id,
+                reached: self.node.node_id(),
+            };
+            return Err(status(wrong, false));
         }
         self.node
             .join_cluster(&request.cluster_id)
@@ -118,14 +124,11 @@ impl RaftRpc for RaftService {
             .check_cluster(&request.cluster_id)
             .map_err(|err| status(err, false))?;
         if request.to_node != self.node.node_id() {
-            return Err(status(
-                NodeError::InvalidArgument(format!(
-                    "campaign request for node {} reached node {}",
-                    request.to_node,
-                    self.node.node_id()
-                )),
-                false,
-            ));
+            let wrong = NodeError::WrongNode {
+                meant_for: request.to_node,
+                reached: self.node.node_id(),
+            };
+            return Err(status(wrong, false));
         }
         let group = self
             .node
@@ -140,7 +143,7 @@ impl RaftRpc for RaftService {
                 request.term,
                 request.last_log_index,
             )
-            .map_err(Status::failed_precondition)?;
+            .map_err(|refusal| status(refusal.into(), false))?;
         }
         tracing::info!(
             shard = request.shard_id,
@@ -190,8 +193,9 @@ impl RaftRpc for RaftService {
         let message = request.into_inner();
         let group = self.group(&message)?;
         if group.id != GroupId::System {
-            return Err(Status::invalid_argument(
-                "system proposals must target the system group",
+            return Err(status(
+                NodeError::InvalidArgument("system proposals must target the system group".to_string()),
+                false,
             ));
         }
         let command: Command = decode(&message.payload)?;
