@@ -2,7 +2,6 @@
 
 use crate::raft::types::{GroupId, NodeId, RingChangeRejection};
 use crate::storage::StorageError;
-use crate::transfer::CampaignRefusal;
 
 /// A per-request failure. Fatal conditions (disk errors) are reported as `Storage`.
 #[derive(Debug, thiserror::Error)]
@@ -157,4 +156,23 @@ impl NodeError {
             | NodeError::CampaignRefused(_) => true,
         }
     }
+}
+
+/// Why a target refuses to campaign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CampaignRefusal {
+    /// The order comes from a node that is not this replica's leader in that term.
+    #[error("stale campaign request: node {from_node} at term {term}, but this replica follows {leader:?} at term {current_term}")]
+    Stale {
+        from_node: NodeId,
+        term: u64,
+        leader: Option<NodeId>,
+        current_term: u64,
+    },
+    /// This replica has not replicated the leader's whole log yet.
+    #[error("not caught up: last log index {last_log_index} < the leader's {leader_last_log_index}")]
+    Behind {
+        last_log_index: u64,
+        leader_last_log_index: u64,
+    },
 }

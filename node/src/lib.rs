@@ -10,7 +10,6 @@
 //! - [`peers`]: every node-to-node call besides Raft replication, behind one seam.
 //! - [`reconcile`]: the reconciler — a pure planner over the ring and the local groups, and
 //!   the executor that opens, initialises, moves and deletes replicas.
-//! - [`ring_change`]: ring membership changes as a pure function of the committed config.
 //! - [`rebalance`]: moving shard replicas toward placement (learner → catch up → joint
 //!   consensus → removal) and deleting replicas this node no longer holds.
 //! - [`membership`]: the system leader's duties: system-group membership, joining nodes
@@ -32,7 +31,6 @@ pub mod proposal;
 pub mod raft;
 pub mod rebalance;
 pub mod reconcile;
-pub mod ring_change;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -33,7 +33,7 @@ use openraft::ServerState;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::NodeError;
+use crate::error::{CampaignRefusal, NodeError};
 use crate::raft::types::{GroupId, NodeId, Raft};
 
 type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
@@ -295,25 +295,6 @@ pub fn campaign_is_current(
         });
     }
     Ok(())
-}
-
-/// Why a target refuses to campaign.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CampaignRefusal {
-    /// The order comes from a node that is not this replica's leader in that term.
-    #[error("stale campaign request: node {from_node} at term {term}, but this replica follows {leader:?} at term {current_term}")]
-    Stale {
-        from_node: NodeId,
-        term: u64,
-        leader: Option<NodeId>,
-        current_term: u64,
-    },
-    /// This replica has not replicated the leader's whole log yet.
-    #[error("not caught up: last log index {last_log_index} < the leader's {leader_last_log_index}")]
-    Behind {
-        last_log_index: u64,
-        leader_last_log_index: u64,
-    },
 }
 
 /// One leader move the balancer wants.

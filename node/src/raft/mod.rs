@@ -6,12 +6,15 @@
 //! - [`log_store`]: the durable Raft log and vote (`RaftLogStorage`).
 //! - [`state_machine`]: key → versioned value, CAS, request de-duplication, the cluster
 //!   config (`RaftStateMachine`), plus snapshot build/install.
+//! - [`ring_change`]: ring membership changes as a pure function of the committed config,
+//!   applied by the system group's state machine.
 //! - [`snapshot`]: the snapshot file format and its files on disk.
 //! - [`network`]: the openraft network over the `Raft` gRPC service.
 
 pub mod flusher;
 pub mod log_store;
 pub mod network;
+pub mod ring_change;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

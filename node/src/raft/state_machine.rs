@@ -28,7 +28,7 @@ use super::types::{
     TypeConfig, Versioned, WriteCommand, WriteOpResult,
 };
 use super::{decode, encode, storage_err};
-use crate::ring_change;
+use crate::raft::ring_change;
 use crate::storage::{prefix_bounds, Batch, EngineRef, StorageError, TreeRef};
 
 const DATA_PREFIX: u8 = b'd';
