@@ -58,8 +58,8 @@ fn new_snapshot_id(last_applied: Option<LogId>) -> String {
 mod tests {
     use openraft::CommittedLeaderId;
 
-    use super::super::install::validate_snapshot_id;
     use super::*;
+    use crate::raft::snapshot::install::validate_snapshot_id;
 
     /// Snapshot ids name the last applied entry and pass the installer's id check.
     #[test]

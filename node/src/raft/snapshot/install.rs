@@ -85,6 +85,7 @@ mod tests {
         apply_delete_range, delete_range, five_keys, log_id, open, put,
     };
     use crate::raft::state_machine::StateMachine;
+    use crate::raft::types::{CommandResult, DeleteRangeResult, WriteOpResult};
 
     /// Ids that could name a file outside the snapshot directory (or none) are refused.
     #[test]
@@ -94,6 +95,68 @@ mod tests {
         for id in ["", "../x", "a/b", "a.data", too_long.as_str()] {
             assert!(validate_snapshot_id(id).is_err(), "{id:?}");
         }
+    }
+
+    /// A snapshot written, byte for byte, in the record layout existing data directories and
+    /// snapshots hold (literal bytes, not this crate's codecs) installs: its data is read
+    /// back and retries of its write and delete-range request ids get their first outcomes.
+    #[tokio::test]
+    async fn snapshot_in_the_stored_format_installs() {
+        const EXPIRES_61_000_VARINT: [u8; 3] = [0xc8, 0xdc, 0x03];
+        const EXPIRES_61_000_BE: [u8; 8] = [0, 0, 0, 0, 0, 0, 0xee, 0x48];
+        let records: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"dk".to_vec(), [&[0, 0, 0, 0, 0, 0, 0, 3][..], b"v"].concat()),
+            (
+                [&[b'q'][..], &[2; 16]].concat(),
+                [&EXPIRES_61_000_VARINT[..], &[2, 1, 1, b'b', 1]].concat(),
+            ),
+            (
+                [&[b'r'][..], &[1; 16]].concat(),
+                [&EXPIRES_61_000_VARINT[..], &[1, 1, 3, 0, 0]].concat(),
+            ),
+            ([&[b'x'][..], &EXPIRES_61_000_BE, &[1; 16]].concat(), Vec::new()),
+            ([&[b'y'][..], &EXPIRES_61_000_BE, &[2; 16]].concat(), Vec::new()),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fixture.data");
+        let mut writer = SnapshotWriter::create(&path).expect("create");
+        for (key, value) in &records {
+            writer.write(key, value).expect("write");
+        }
+        writer.finish().expect("finish");
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(2, 5)),
+            last_membership: Default::default(),
+            snapshot_id: "2-5-00000001".to_string(),
+        };
+        let (_engine, state) = open(&dir.path().join("node"));
+        let mut sm = StateMachine::new(state.clone());
+        let file = tokio::fs::File::open(&path).await.expect("open fixture");
+        sm.install_snapshot(&meta, Box::new(file)).await.expect("install");
+
+        let stored = state.get(b"k").await.expect("get").expect("present");
+        assert_eq!((stored.version, stored.value.as_slice()), (3, &b"v"[..]));
+        let retried_write = sm.apply(vec![put(6, b"k", b"other", 1)]).await.expect("apply");
+        assert_eq!(
+            retried_write,
+            vec![CommandResult::Write(vec![vec![WriteOpResult {
+                succeeded: true,
+                version: 3,
+                existed: false,
+                current: None,
+            }]])]
+        );
+        let retried_delete = apply_delete_range(&mut sm, delete_range(7, b"", None, 10, 2)).await;
+        assert_eq!(
+            retried_delete,
+            DeleteRangeResult {
+                deleted: 2,
+                last_deleted: Some(b"b".to_vec()),
+                more: true,
+            }
+        );
+        let stored = state.get(b"k").await.expect("get").expect("still present");
+        assert_eq!(stored.version, 3, "neither retry was applied again");
     }
 
     /// Installing a snapshot records the applied log id so that reopening the state (a

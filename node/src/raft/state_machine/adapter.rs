@@ -10,11 +10,11 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use tracing::info;
 
-use super::super::storage_err;
-use super::super::types::{
+use super::{join_error, GroupState};
+use crate::raft::storage_err;
+use crate::raft::types::{
     CommandResult, Entry, LogId, RaftStorageError, SnapshotMeta, StoredMembership, TypeConfig,
 };
-use super::{join_error, GroupState};
 use crate::storage::StorageError;
 
 /// The `RaftStateMachine` of one group (owned by openraft).

@@ -11,16 +11,16 @@ use std::collections::HashMap;
 
 use openraft::EntryPayload;
 
-use super::super::types::{
-    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, RequestId,
-    RingChangeOutcome, StoredMembership, Versioned, WriteCommand, WriteOpResult,
-};
-use super::super::{decode, encode};
 use super::dedup::{prune_expired, DELETE_RANGES, WRITES};
 use super::layout::{
     data_bounds, data_key, decode_value, encode_value, user_key, APPLIED_KEY, CLUSTER_KEY, MEMBERSHIP_KEY,
 };
 use super::GroupState;
+use crate::raft::types::{
+    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, RequestId,
+    RingChangeOutcome, StoredMembership, Versioned, WriteCommand, WriteOpResult,
+};
+use crate::raft::{decode, encode};
 use crate::ring_change;
 use crate::storage::{Batch, StorageError, TreeRef};
 
@@ -244,12 +244,12 @@ mod tests {
     use openraft::storage::RaftStateMachine;
     use openraft::EntryPayload;
 
-    use super::super::layout::RANGE_EXPIRY_PREFIX;
-    use super::super::test_support::{
+    use super::*;
+    use crate::raft::state_machine::layout::RANGE_EXPIRY_PREFIX;
+    use crate::raft::state_machine::test_support::{
         apply_delete_range, delete_range, five_keys, keys, log_id, open, put, scan_options,
     };
-    use super::super::StateMachine;
-    use super::*;
+    use crate::raft::state_machine::StateMachine;
     use crate::raft::types::WriteOp;
     use crate::storage::prefix_bounds;
 

@@ -17,12 +17,12 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::super::types::{DeleteRangeResult, RequestId, WriteOpResult};
-use super::super::{decode, encode};
 use super::layout::{
     expiry_key, request_key, split_expiry_key, RANGE_DEDUP_PREFIX, RANGE_EXPIRY_PREFIX, WRITE_DEDUP_PREFIX,
     WRITE_EXPIRY_PREFIX,
 };
+use crate::raft::types::{DeleteRangeResult, RequestId, WriteOpResult};
+use crate::raft::{decode, encode};
 use crate::storage::{prefix_bounds, Batch, StorageError, TreeRef};
 
 /// Expired records removed per applied entry and table (bounds the work of one entry).

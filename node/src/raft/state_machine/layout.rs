@@ -14,15 +14,18 @@
 //! | `m` | postcard `StoredMembership` | last applied membership |
 //! | `c` | postcard `ClusterConfig` | cluster configuration (system group only) |
 //!
-//! Outside the tree, the node catalog maps `sm-generation/<group>` to the postcard `u64`
-//! generation in use. A snapshot is every pair of the tree as stored, so this table is also
-//! the snapshot's content: existing data directories and snapshots load only as long as it
-//! does not change. Data records sort before every other record kind that a range read could
-//! reach by accident: reads stay within `d` by bounding their ranges to the data prefix.
+//! Values marked postcard are postcard-encoded (integers as varints, a struct as its fields
+//! in order). Outside the tree, the node catalog maps `sm-generation/<group>` to the postcard
+//! `u64` generation in use.
+//!
+//! A snapshot is every pair of the tree as stored, so this table is also the snapshot's
+//! content: existing data directories and snapshots load only as long as it does not change.
+//! Records of other kinds sort on both sides of the `d` records: range reads stay among the
+//! data records by bounding their ranges to the data prefix.
 
 use std::ops::Bound;
 
-use super::super::types::{GroupId, RequestId, Versioned};
+use crate::raft::types::{GroupId, RequestId, Versioned};
 use crate::storage::{prefix_bounds, StorageError};
 
 /// Data records: `d` + user key.

@@ -5,9 +5,9 @@
 //! on a blocking thread: a page or a count can touch many records. None of these check
 //! consistency (leadership, ReadIndex); their callers do.
 
-use super::super::types::Versioned;
 use super::layout::{all_data_bounds, data_bounds, data_key, decode_value, decode_version, user_key};
 use super::{join_error, GroupState};
+use crate::raft::types::Versioned;
 use crate::storage::{StorageError, TreeRef};
 
 /// What a scan reads: a key range, a direction and a budget.
@@ -178,8 +178,8 @@ fn count_tree(
 mod tests {
     use openraft::storage::RaftStateMachine;
 
-    use super::super::test_support::{five_keys, keys, open, put, scan_options};
     use super::*;
+    use crate::raft::state_machine::test_support::{five_keys, keys, open, put, scan_options};
 
     /// Forward and reverse scans honour the range and the limit, report `more` exactly when
     /// a key remains, return versions, and never reach records outside the data prefix.

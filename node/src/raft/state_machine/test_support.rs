@@ -6,12 +6,12 @@ use std::sync::Arc;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
 
-use super::super::snapshot::SnapshotDir;
-use super::super::types::{
+use super::{GroupState, ScanOptions, ScanPage, StateMachine};
+use crate::raft::snapshot::SnapshotDir;
+use crate::raft::types::{
     Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, GroupId, LogId, WriteCommand,
     WriteOp,
 };
-use super::{GroupState, ScanOptions, ScanPage, StateMachine};
 use crate::storage::{self, EngineRef};
 
 /// A log id of leader `term` (node 1).
