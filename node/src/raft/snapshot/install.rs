@@ -77,15 +77,30 @@ pub(super) fn validate_snapshot_id(snapshot_id: &str) -> Result<(), StorageError
 
 #[cfg(test)]
 mod tests {
-    use openraft::storage::RaftStateMachine;
+    use std::sync::Arc;
+
+    use openraft::storage::{RaftStateMachine, Snapshot};
     use openraft::RaftSnapshotBuilder;
 
     use super::*;
     use crate::raft::state_machine::test_support::{
         apply_delete_range, delete_range, five_keys, log_id, open, put,
     };
-    use crate::raft::state_machine::StateMachine;
-    use crate::raft::types::{CommandResult, DeleteRangeResult, WriteOpResult};
+    use crate::raft::state_machine::{GroupState, StateMachine};
+    use crate::raft::types::{CommandResult, DeleteRangeResult, TypeConfig, WriteOpResult};
+
+    /// Opens a fresh state in `dir` and installs `snapshot` into it.
+    async fn install_into(
+        dir: &std::path::Path,
+        snapshot: Snapshot<TypeConfig>,
+    ) -> (EngineRef, Arc<GroupState>, StateMachine) {
+        let (engine, state) = open(dir);
+        let mut sm = StateMachine::new(state.clone());
+        sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        (engine, state, sm)
+    }
 
     /// Ids that could name a file outside the snapshot directory (or none) are refused.
     #[test]
@@ -129,10 +144,11 @@ mod tests {
             last_membership: Default::default(),
             snapshot_id: "2-5-00000001".to_string(),
         };
-        let (_engine, state) = open(&dir.path().join("node"));
-        let mut sm = StateMachine::new(state.clone());
-        let file = tokio::fs::File::open(&path).await.expect("open fixture");
-        sm.install_snapshot(&meta, Box::new(file)).await.expect("install");
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::open(&path).await.expect("open fixture")),
+        };
+        let (_engine, state, mut sm) = install_into(&dir.path().join("node"), snapshot).await;
 
         let stored = state.get(b"k").await.expect("get").expect("present");
         assert_eq!((stored.version, stored.value.as_slice()), (3, &b"v"[..]));
@@ -180,12 +196,7 @@ mod tests {
 
         let target_dir = tempfile::tempdir().expect("tempdir");
         {
-            let (_engine, target) = open(target_dir.path());
-            let mut target_sm = StateMachine::new(target.clone());
-            target_sm
-                .install_snapshot(&snapshot.meta, snapshot.snapshot)
-                .await
-                .expect("install");
+            let (_engine, _target, mut target_sm) = install_into(target_dir.path(), snapshot).await;
             let (applied, _) = target_sm.applied_state().await.expect("applied");
             assert_eq!(applied, Some(log_id(2, 20)));
         }
@@ -215,12 +226,7 @@ mod tests {
         let snapshot = builder.build_snapshot().await.expect("build");
 
         let target_dir = tempfile::tempdir().expect("tempdir");
-        let (_engine, target) = open(target_dir.path());
-        let mut target_sm = StateMachine::new(target.clone());
-        target_sm
-            .install_snapshot(&snapshot.meta, snapshot.snapshot)
-            .await
-            .expect("install");
+        let (_engine, target, mut target_sm) = install_into(target_dir.path(), snapshot).await;
         assert_eq!(target.data_len().expect("len"), 3);
         let retry = apply_delete_range(&mut target_sm, delete_range(7, b"b", None, 2, 20)).await;
         assert_eq!(retry, first);
