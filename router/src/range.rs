@@ -8,6 +8,7 @@
 //! token is tied to its query by a keyed hash, so a token of another query (or a damaged
 //! one) is rejected instead of silently scanning something else.
 
+use ringkv_ring::keys::prefix_end;
 use siphasher::sip::SipHasher24;
 
 use crate::error::RouterError;
@@ -111,19 +112,6 @@ impl KeyRange {
     pub fn end_bytes(&self) -> Vec<u8> {
         self.end.clone().unwrap_or_default()
     }
-}
-
-/// The smallest key greater than every key starting with `prefix`; `None` when there is
-/// none (the prefix is all `0xff`).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// The token resuming a scan of `query` after `last_key`.

@@ -5,10 +5,11 @@
 //! - [`flusher`]: group commit — one fsync acknowledges appends of every group.
 //! - [`log_store`]: the durable Raft log and vote (`RaftLogStorage`).
 //! - [`state_machine`]: key → versioned value, CAS, request de-duplication, the cluster
-//!   config (`RaftStateMachine`), plus snapshot build/install.
+//!   config (`RaftStateMachine`), split by concern (record layout, dedup, apply, reads).
+//! - [`snapshot`]: the snapshot file format, its files on disk, and building and installing
+//!   a state machine's snapshots.
 //! - [`ring_change`]: ring membership changes as a pure function of the committed config,
 //!   applied by the system group's state machine.
-//! - [`snapshot`]: the snapshot file format and its files on disk.
 //! - [`network`]: the openraft network over the `Raft` gRPC service.
 
 pub mod flusher;

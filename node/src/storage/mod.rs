@@ -11,6 +11,8 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
+use ringkv_ring::keys::prefix_end;
+
 pub use sled_engine::SledEngine;
 
 /// Errors from the storage engine. All of them mean the disk or the engine failed.
@@ -95,19 +97,7 @@ impl Batch {
     }
 }
 
-/// Smallest key strictly greater than every key starting with `prefix` (None = unbounded).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
-/// Bounds covering exactly the keys starting with `prefix`.
+/// Bounds covering exactly the keys starting with `prefix` (see [`prefix_end`]).
 pub fn prefix_bounds(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     let end = match prefix_end(prefix) {
         Some(end) => Bound::Excluded(end),
@@ -185,11 +175,16 @@ mod tests {
         assert!(keys(Bound::Included(b"d".to_vec()), Bound::Excluded(b"b".to_vec())).is_empty());
     }
 
-    /// prefix_end handles trailing 0xff bytes and the all-0xff prefix.
+    /// The bounds of a prefix hold its keys only; an all-`0xff` prefix has no upper bound.
     #[test]
-    fn prefix_end_cases() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
-        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    fn prefix_bounds_cases() {
+        assert_eq!(
+            prefix_bounds(b"d"),
+            (Bound::Included(b"d".to_vec()), Bound::Excluded(b"e".to_vec()))
+        );
+        assert_eq!(
+            prefix_bounds(&[0xff]),
+            (Bound::Included(vec![0xff]), Bound::Unbounded)
+        );
     }
 }

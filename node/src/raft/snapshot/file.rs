@@ -1,4 +1,5 @@
 //! Snapshot files: the format of a state-machine dump and where the files live.
+//! Knows records only as key/value pairs; what they mean is the state machine's layout.
 //!
 //! A snapshot of a group is two files in `<data_dir>/snapshots/<group>/`:
 //! `<id>.data`, a sequence of records `[u32 key len][key][u32 value len][value]` (big-endian
@@ -10,8 +11,8 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::types::SnapshotMeta;
-use super::{decode, encode};
+use crate::raft::types::SnapshotMeta;
+use crate::raft::{decode, encode};
 use crate::storage::{Pair, StorageError};
 
 const META_FILE: &str = "current.meta";

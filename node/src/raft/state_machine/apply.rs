@@ -1,0 +1,375 @@
+//! Entry application: what each committed entry does to the state.
+//!
+//! Every entry becomes one atomic [`Batch`] on the state-machine tree that also records the
+//! entry's log id as applied (invariant 2), so a crash never leaves half an entry applied.
+//! Writes store versioned values (the version is the entry's log index, unique per key
+//! because one entry never writes a key twice) with compare-and-set; writes and delete-ranges
+//! are de-duplicated by request id ([`super::dedup`]); the system group's entries set or
+//! change the cluster configuration. The caller holds the apply lock for writing.
+
+use std::collections::HashMap;
+
+use openraft::EntryPayload;
+
+use super::dedup::{prune_expired, DELETE_RANGES, WRITES};
+use super::layout::{
+    data_bounds, data_key, decode_value, encode_value, user_key, APPLIED_KEY, CLUSTER_KEY, MEMBERSHIP_KEY,
+};
+use super::GroupState;
+use crate::raft::ring_change;
+use crate::raft::types::{
+    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, RequestId,
+    RingChangeOutcome, RingChangeRejection, StoredMembership, Versioned, WriteCommand, WriteOpResult,
+};
+use crate::raft::{decode, encode};
+use crate::storage::{Batch, StorageError, TreeRef};
+
+/// The values of the keys written so far by the entry being applied (`None`: deleted), so
+/// the writes of one entry see each other's effects before the batch is applied.
+type Overlay = HashMap<Vec<u8>, Option<Versioned>>;
+
+impl GroupState {
+    /// Applies `entry` to `tree` as one batch and publishes the new applied log id (and
+    /// cluster configuration, if it changed).
+    pub(super) fn apply_entry(&self, tree: &TreeRef, entry: &Entry) -> Result<CommandResult, StorageError> {
+        let mut batch = Batch::default();
+        let result = match &entry.payload {
+            EntryPayload::Blank => CommandResult::None,
+            EntryPayload::Membership(membership) => {
+                let stored = StoredMembership::new(Some(entry.log_id), membership.clone());
+                batch.insert(MEMBERSHIP_KEY.to_vec(), encode(&stored)?);
+                CommandResult::None
+            }
+            EntryPayload::Normal(Command::Write(writes)) => {
+                self.apply_writes(tree, entry.log_id.index, writes, &mut batch)?
+            }
+            EntryPayload::Normal(Command::SetCluster(config)) => match tree.get(CLUSTER_KEY)? {
+                Some(bytes) => CommandResult::Cluster(decode(tree.name(), &bytes)?),
+                None => {
+                    batch.insert(CLUSTER_KEY.to_vec(), encode(config)?);
+                    CommandResult::Cluster(config.clone())
+                }
+            },
+            EntryPayload::Normal(Command::DeleteRange(command)) => {
+                self.apply_delete_range(tree, command, &mut batch)?
+            }
+            EntryPayload::Normal(Command::ChangeRing(change)) => match tree.get(CLUSTER_KEY)? {
+                None => CommandResult::Ring(RingChangeOutcome::Rejected(RingChangeRejection::NotInitialized)),
+                Some(bytes) => {
+                    let current: ClusterConfig = decode(tree.name(), &bytes)?;
+                    let outcome = ring_change::apply(&current, change);
+                    if let RingChangeOutcome::Applied(next) = &outcome {
+                        batch.insert(CLUSTER_KEY.to_vec(), encode(next)?);
+                    }
+                    CommandResult::Ring(outcome)
+                }
+            },
+        };
+        batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
+        tree.apply_batch(batch)?;
+        self.applied_tx.send_replace(Some(entry.log_id));
+        let new_config = match &result {
+            CommandResult::Cluster(config) | CommandResult::Ring(RingChangeOutcome::Applied(config)) => {
+                Some(config.clone())
+            }
+            _ => None,
+        };
+        if let Some(config) = new_config {
+            self.cluster_tx.send_if_modified(|current| {
+                let changed = current.as_ref() != Some(&config);
+                *current = Some(config);
+                changed
+            });
+        }
+        Ok(result)
+    }
+
+    /// Applies the writes of one entry. Writes in one entry see each other's effects; a
+    /// request id seen earlier (in this entry or within the window) returns its first outcome.
+    fn apply_writes(
+        &self,
+        tree: &TreeRef,
+        log_index: u64,
+        writes: &[WriteCommand],
+        batch: &mut Batch,
+    ) -> Result<CommandResult, StorageError> {
+        let mut overlay = Overlay::new();
+        let mut seen: HashMap<RequestId, Vec<WriteOpResult>> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut latest_ms = 0;
+        for write in writes {
+            outcomes.push(self.apply_write(tree, log_index, write, batch, &mut overlay, &mut seen)?);
+            latest_ms = latest_ms.max(write.issued_at_ms);
+        }
+        prune_expired(tree, latest_ms, batch)?;
+        Ok(CommandResult::Write(outcomes))
+    }
+
+    fn apply_write(
+        &self,
+        tree: &TreeRef,
+        log_index: u64,
+        write: &WriteCommand,
+        batch: &mut Batch,
+        overlay: &mut Overlay,
+        seen: &mut HashMap<RequestId, Vec<WriteOpResult>>,
+    ) -> Result<Vec<WriteOpResult>, StorageError> {
+        if let Some(results) = seen.get(&write.request_id) {
+            return Ok(results.clone());
+        }
+        if let Some(results) = WRITES.lookup(tree, &write.request_id)? {
+            return Ok(results);
+        }
+        let mut results = Vec::with_capacity(write.ops.len());
+        for op in &write.ops {
+            let current = match overlay.get(&op.key) {
+                Some(current) => current.clone(),
+                None => match tree.get(&data_key(&op.key))? {
+                    Some(bytes) => Some(decode_value(tree.name(), &bytes)?),
+                    None => None,
+                },
+            };
+            let current_version = current.as_ref().map_or(0, |value| value.version);
+            if op
+                .expected_version
+                .is_some_and(|expected| expected != current_version)
+            {
+                results.push(WriteOpResult {
+                    succeeded: false,
+                    version: 0,
+                    existed: current.is_some(),
+                    current,
+                });
+                continue;
+            }
+            let existed = current.is_some();
+            match &op.value {
+                Some(value) => {
+                    let stored = Versioned {
+                        version: log_index,
+                        value: value.clone(),
+                    };
+                    batch.insert(data_key(&op.key), encode_value(&stored));
+                    overlay.insert(op.key.clone(), Some(stored));
+                    results.push(WriteOpResult {
+                        succeeded: true,
+                        version: log_index,
+                        existed,
+                        current: None,
+                    });
+                }
+                None => {
+                    batch.remove(data_key(&op.key));
+                    overlay.insert(op.key.clone(), None);
+                    results.push(WriteOpResult {
+                        succeeded: true,
+                        version: 0,
+                        existed,
+                        current: None,
+                    });
+                }
+            }
+        }
+        WRITES.record(
+            batch,
+            &write.request_id,
+            write.issued_at_ms,
+            self.dedup_window_ms,
+            &results,
+        )?;
+        seen.insert(write.request_id, results.clone());
+        Ok(results)
+    }
+
+    /// Deletes the first `limit` keys of the command's range (in key order) in `batch`. A
+    /// request id seen within the window returns its first outcome and deletes nothing.
+    fn apply_delete_range(
+        &self,
+        tree: &TreeRef,
+        command: &DeleteRangeCommand,
+        batch: &mut Batch,
+    ) -> Result<CommandResult, StorageError> {
+        let result = match DELETE_RANGES.lookup(tree, &command.request_id)? {
+            Some(result) => result,
+            None => {
+                let result = delete_first(tree, command, batch)?;
+                DELETE_RANGES.record(
+                    batch,
+                    &command.request_id,
+                    command.issued_at_ms,
+                    self.dedup_window_ms,
+                    &result,
+                )?;
+                result
+            }
+        };
+        prune_expired(tree, command.issued_at_ms, batch)?;
+        Ok(CommandResult::DeleteRange(result))
+    }
+}
+
+/// Removes in `batch` the first `command.limit` keys of the command's range, in key order.
+fn delete_first(
+    tree: &TreeRef,
+    command: &DeleteRangeCommand,
+    batch: &mut Batch,
+) -> Result<DeleteRangeResult, StorageError> {
+    let mut result = DeleteRangeResult::default();
+    let Some((start, end)) = data_bounds(&command.start, command.end.as_deref()) else {
+        return Ok(result);
+    };
+    let limit = u64::from(command.limit);
+    let mut last: Option<Vec<u8>> = None;
+    for pair in tree.range(start, end) {
+        let (key, _) = pair?;
+        if result.deleted >= limit {
+            result.more = true;
+            break;
+        }
+        batch.remove(key.clone());
+        result.deleted += 1;
+        last = Some(key);
+    }
+    result.last_deleted = match last {
+        Some(last) => Some(user_key(tree.name(), &last)?),
+        None => None,
+    };
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::raft::state_machine::layout::RANGE_EXPIRY_PREFIX;
+    use crate::raft::state_machine::test_support::{
+        apply_delete_range, delete_range, five_keys, keys, log_id, open, put, scan_options,
+    };
+    use crate::raft::state_machine::StateMachine;
+    use crate::raft::types::WriteOp;
+    use crate::storage::prefix_bounds;
+
+    /// A retried request id returns the first outcome and is not applied twice; versions
+    /// are log indexes; a failed CAS reports the current value.
+    #[tokio::test]
+    async fn dedup_versions_and_cas() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let first = sm.apply(vec![put(3, b"k", b"v1", 1)]).await.expect("apply");
+        let retry = sm.apply(vec![put(4, b"k", b"v2", 1)]).await.expect("apply retry");
+        assert_eq!(first, retry, "a retry returns the first outcome");
+        let stored = state.get(b"k").await.expect("get").expect("present");
+        assert_eq!((stored.value.as_slice(), stored.version), (&b"v1"[..], 3));
+        let cas = Entry {
+            log_id: log_id(2, 5),
+            payload: EntryPayload::Normal(Command::Write(vec![WriteCommand {
+                request_id: [9; 16],
+                issued_at_ms: 1_000,
+                ops: vec![WriteOp {
+                    key: b"k".to_vec(),
+                    value: Some(b"v3".to_vec()),
+                    expected_version: Some(2),
+                }],
+            }])),
+        };
+        let results = sm.apply(vec![cas]).await.expect("cas");
+        let CommandResult::Write(outcomes) = &results[0] else {
+            panic!("write result expected")
+        };
+        assert!(!outcomes[0][0].succeeded);
+        assert_eq!(outcomes[0][0].current.as_ref().map(|c| c.version), Some(3));
+    }
+
+    /// A delete-range removes the first `limit` keys of its range per entry and reports
+    /// whether keys remain; a retried request id returns the first outcome without deleting
+    /// again, also after a restart.
+    #[tokio::test]
+    async fn delete_range_chunks_dedup_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (engine, state, mut sm) = five_keys(dir.path()).await;
+            let first = apply_delete_range(&mut sm, delete_range(6, b"a", Some(b"e"), 2, 20)).await;
+            assert_eq!(
+                first,
+                DeleteRangeResult {
+                    deleted: 2,
+                    last_deleted: Some(b"b".to_vec()),
+                    more: true,
+                }
+            );
+            let second = apply_delete_range(&mut sm, delete_range(7, b"a", Some(b"e"), 2, 21)).await;
+            assert_eq!(
+                second,
+                DeleteRangeResult {
+                    deleted: 2,
+                    last_deleted: Some(b"d".to_vec()),
+                    more: false,
+                },
+                "the chunk ends exactly at the end of the range"
+            );
+            let empty = apply_delete_range(&mut sm, delete_range(8, b"a", Some(b"e"), 2, 22)).await;
+            assert_eq!(empty, DeleteRangeResult::default());
+            let remaining = state.scan(scan_options(b"", None, 10)).await.expect("scan");
+            assert_eq!(keys(&remaining), vec![&b"e"[..]]);
+
+            // `a` is written again; a retry of the first delete-range must not delete it.
+            sm.apply(vec![put(9, b"a", b"again", 30)]).await.expect("apply");
+            let retry = apply_delete_range(&mut sm, delete_range(10, b"a", Some(b"e"), 2, 20)).await;
+            assert_eq!(retry, first);
+            assert_eq!(state.get(b"a").await.expect("get").map(|v| v.version), Some(9));
+            engine.flush().expect("flush");
+        }
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let retry = apply_delete_range(&mut sm, delete_range(11, b"", None, 100, 21)).await;
+        assert_eq!(
+            retry.last_deleted,
+            Some(b"d".to_vec()),
+            "first outcome after a restart"
+        );
+        assert_eq!(state.data_len().expect("len"), 2);
+        let rest = apply_delete_range(&mut sm, delete_range(12, b"", None, 100, 23)).await;
+        assert_eq!(
+            rest,
+            DeleteRangeResult {
+                deleted: 2,
+                last_deleted: Some(b"e".to_vec()),
+                more: false,
+            }
+        );
+        assert_eq!(state.data_len().expect("len"), 0);
+    }
+
+    /// Delete-range de-duplication records expire with the window like write records.
+    #[tokio::test]
+    async fn delete_range_dedup_records_expire() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, mut sm) = five_keys(dir.path()).await;
+        apply_delete_range(&mut sm, delete_range(6, b"", None, 1, 20)).await;
+        let tree = state.tree();
+        assert!(DELETE_RANGES.lookup(&tree, &[20; 16]).expect("lookup").is_some());
+        let mut later = delete_range(7, b"x", None, 1, 21);
+        if let EntryPayload::Normal(Command::DeleteRange(command)) = &mut later.payload {
+            // Past the window of every record so far (issued at 1_000, window 60_000).
+            command.issued_at_ms = 1_000 + 60_000 + 1;
+        }
+        apply_delete_range(&mut sm, later).await;
+        assert!(DELETE_RANGES.lookup(&tree, &[20; 16]).expect("lookup").is_none());
+        assert!(
+            WRITES.lookup(&tree, &[1; 16]).expect("lookup").is_none(),
+            "write records too"
+        );
+        let (start, end) = prefix_bounds(&[RANGE_EXPIRY_PREFIX]);
+        assert_eq!(
+            tree.range(start, end).count(),
+            1,
+            "only the newest expiry entry is left"
+        );
+        // The expired id deletes again.
+        let again = apply_delete_range(&mut sm, delete_range(8, b"", None, 1, 20)).await;
+        assert_eq!(again.last_deleted, Some(b"b".to_vec()));
+    }
+}

@@ -1,0 +1,262 @@
+//! The record layout of a group's state-machine tree and the codecs of its keys and values.
+//!
+//! Tree `<group>.sm.<generation>` (one tree per generation; a snapshot install fills the next
+//! generation aside). Every record, by key prefix:
+//!
+//! | key | value | what |
+//! | --- | --- | --- |
+//! | `d` ‖ user key | version (u64 big-endian) ‖ value bytes | a stored key; the version is the log index of the write |
+//! | `r` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, Vec<WriteOpResult>)` | de-duplication record of a write |
+//! | `x` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `r` records |
+//! | `q` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, DeleteRangeResult)` | de-duplication record of a delete-range |
+//! | `y` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `q` records |
+//! | `a` | postcard `LogId` | last applied log id |
+//! | `m` | postcard `StoredMembership` | last applied membership |
+//! | `c` | postcard `ClusterConfig` | cluster configuration (system group only) |
+//!
+//! Values marked postcard are postcard-encoded (integers as varints, a struct as its fields
+//! in order). Outside the tree, the node catalog maps `sm-generation/<group>` to the postcard
+//! `u64` generation in use.
+//!
+//! A snapshot is every pair of the tree as stored, so this table is also the snapshot's
+//! content: existing data directories and snapshots load only as long as it does not change.
+//! Records of other kinds sort on both sides of the `d` records: range reads stay among the
+//! data records by bounding their ranges to the data prefix.
+
+use std::ops::Bound;
+
+use crate::raft::types::{GroupId, RequestId, Versioned};
+use crate::storage::{prefix_bounds, StorageError};
+
+/// Data records: `d` + user key.
+pub(super) const DATA_PREFIX: u8 = b'd';
+/// De-duplication records of writes: `r` + request id.
+pub(super) const WRITE_DEDUP_PREFIX: u8 = b'r';
+/// Expiry index of the write records: `x` + expiry + request id.
+pub(super) const WRITE_EXPIRY_PREFIX: u8 = b'x';
+/// De-duplication records of delete-ranges: `q` + request id.
+pub(super) const RANGE_DEDUP_PREFIX: u8 = b'q';
+/// Expiry index of the delete-range records: `y` + expiry + request id.
+pub(super) const RANGE_EXPIRY_PREFIX: u8 = b'y';
+/// The last applied log id.
+pub(in crate::raft) const APPLIED_KEY: &[u8] = b"a";
+/// The last applied membership.
+pub(in crate::raft) const MEMBERSHIP_KEY: &[u8] = b"m";
+/// The cluster configuration.
+pub(super) const CLUSTER_KEY: &[u8] = b"c";
+
+/// Bytes of a request id in a key.
+const REQUEST_ID_BYTES: usize = std::mem::size_of::<RequestId>();
+/// Bytes of an expiry in an index key.
+const EXPIRY_BYTES: usize = std::mem::size_of::<u64>();
+
+/// The tree holding `generation` of `group`'s state machine.
+pub(in crate::raft) fn sm_tree_name(group: GroupId, generation: u64) -> String {
+    format!("{}{generation}", sm_tree_prefix(group))
+}
+
+/// The name shared by every generation's tree of `group`.
+pub(super) fn sm_tree_prefix(group: GroupId) -> String {
+    format!("{}.sm.", group.name())
+}
+
+/// The node-catalog key recording `group`'s generation in use.
+pub(super) fn catalog_key(group: GroupId) -> Vec<u8> {
+    format!("sm-generation/{}", group.name()).into_bytes()
+}
+
+/// The data record key of a user key (`d` + key).
+pub(super) fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(DATA_PREFIX);
+    out.extend_from_slice(key);
+    out
+}
+
+/// The user key of a data record (`d` + key).
+pub(super) fn user_key(tree: &str, key: &[u8]) -> Result<Vec<u8>, StorageError> {
+    match key.split_first() {
+        Some((&DATA_PREFIX, rest)) => Ok(rest.to_vec()),
+        _ => Err(StorageError::Corrupt {
+            tree: tree.to_string(),
+            detail: "data record key without the data prefix".to_string(),
+        }),
+    }
+}
+
+/// Lower and upper bounds of a range of tree keys.
+pub(super) type KeyBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// Bounds of every data record.
+pub(super) fn all_data_bounds() -> KeyBounds {
+    prefix_bounds(&[DATA_PREFIX])
+}
+
+/// Bounds of the data records of the keys in `[start, end)` (`None` end = no upper bound),
+/// or `None` when the range is empty.
+pub(super) fn data_bounds(start: &[u8], end: Option<&[u8]>) -> Option<KeyBounds> {
+    let upper = match end {
+        Some(end) if start >= end => return None,
+        Some(end) => Bound::Excluded(data_key(end)),
+        // The end of the data prefix: never reaches the records under other prefixes.
+        None => all_data_bounds().1,
+    };
+    Some((Bound::Included(data_key(start)), upper))
+}
+
+/// The value of a data record: version (big-endian) then the value bytes.
+pub(super) fn encode_value(versioned: &Versioned) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + versioned.value.len());
+    out.extend_from_slice(&versioned.version.to_be_bytes());
+    out.extend_from_slice(&versioned.value);
+    out
+}
+
+/// The version of a data record's value, without copying the value.
+pub(super) fn decode_version(tree: &str, bytes: &[u8]) -> Result<u64, StorageError> {
+    match bytes.first_chunk::<8>() {
+        Some(version) => Ok(u64::from_be_bytes(*version)),
+        None => Err(short_value(tree)),
+    }
+}
+
+/// The version and value of a data record's value.
+pub(super) fn decode_value(tree: &str, bytes: &[u8]) -> Result<Versioned, StorageError> {
+    let Some((version, value)) = bytes.split_first_chunk::<8>() else {
+        return Err(short_value(tree));
+    };
+    Ok(Versioned {
+        version: u64::from_be_bytes(*version),
+        value: value.to_vec(),
+    })
+}
+
+fn short_value(tree: &str) -> StorageError {
+    StorageError::Corrupt {
+        tree: tree.to_string(),
+        detail: "stored value shorter than its version".to_string(),
+    }
+}
+
+/// A de-duplication record key (`prefix` + request id).
+pub(super) fn request_key(prefix: u8, request_id: &RequestId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + REQUEST_ID_BYTES);
+    out.push(prefix);
+    out.extend_from_slice(request_id);
+    out
+}
+
+/// An expiry index key (`prefix` + expiry + request id): index keys sort by expiry.
+pub(super) fn expiry_key(prefix: u8, expires_at_ms: u64, request_id: &RequestId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + EXPIRY_BYTES + REQUEST_ID_BYTES);
+    out.push(prefix);
+    out.extend_from_slice(&expires_at_ms.to_be_bytes());
+    out.extend_from_slice(request_id);
+    out
+}
+
+/// The expiry of an expiry index key and its request id when the key holds one whole;
+/// `None` when the key is too short to hold an expiry.
+pub(super) fn split_expiry_key(key: &[u8]) -> Option<(u64, Option<RequestId>)> {
+    let expiry_end = 1 + EXPIRY_BYTES;
+    let expires: [u8; EXPIRY_BYTES] = key.get(1..expiry_end)?.try_into().ok()?;
+    let request_id = key
+        .get(expiry_end..expiry_end + REQUEST_ID_BYTES)
+        .and_then(|id| id.try_into().ok());
+    Some((u64::from_be_bytes(expires), request_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::RangeBounds;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Keys drawn from a small alphabet with the extreme bytes, so ranges and prefixes meet.
+    fn small_key() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![Just(0u8), Just(b'd'), Just(0xffu8), any::<u8>()],
+            0..5,
+        )
+    }
+
+    /// Tree names, catalog keys and fixed keys are part of the on-disk format.
+    #[test]
+    fn names_and_fixed_keys_are_stable() {
+        assert_eq!(sm_tree_name(GroupId::Shard(3), 7), "shard-3.sm.7");
+        assert!(sm_tree_name(GroupId::System, 0).starts_with(&sm_tree_prefix(GroupId::System)));
+        assert_eq!(catalog_key(GroupId::Shard(3)), b"sm-generation/shard-3".to_vec());
+        assert_eq!(
+            [APPLIED_KEY, MEMBERSHIP_KEY, CLUSTER_KEY],
+            [&b"a"[..], b"m", b"c"]
+        );
+        assert_eq!(data_key(b"k"), b"dk".to_vec());
+        assert_eq!(
+            encode_value(&Versioned {
+                version: 258,
+                value: b"v".to_vec()
+            }),
+            vec![0, 0, 0, 0, 0, 0, 1, 2, b'v']
+        );
+        assert_eq!(request_key(b'r', &[7; 16]), [&[b'r'][..], &[7; 16]].concat());
+        assert_eq!(
+            expiry_key(b'x', 258, &[7; 16]),
+            [&[b'x', 0, 0, 0, 0, 0, 0, 1, 2][..], &[7; 16]].concat()
+        );
+    }
+
+    /// A data key without the data prefix and a value shorter than a version are corrupt.
+    #[test]
+    fn malformed_records_are_corrupt() {
+        assert!(user_key("t", b"").is_err());
+        assert!(user_key("t", b"rk").is_err());
+        assert!(decode_value("t", &[0; 7]).is_err());
+        assert!(decode_version("t", &[0; 7]).is_err());
+        assert_eq!(split_expiry_key(&[b'x', 0, 0]), None);
+        assert_eq!(split_expiry_key(&[b'x', 0, 0, 0, 0, 0, 0, 0, 9]), Some((9, None)));
+    }
+
+    proptest! {
+        /// A data record's key and value decode to what was encoded.
+        #[test]
+        fn data_records_round_trip(key in small_key(), version in any::<u64>(), value in small_key()) {
+            prop_assert_eq!(user_key("t", &data_key(&key)).ok(), Some(key));
+            let versioned = Versioned { version, value };
+            let encoded = encode_value(&versioned);
+            prop_assert_eq!(decode_version("t", &encoded).ok(), Some(version));
+            prop_assert_eq!(decode_value("t", &encoded).ok(), Some(versioned));
+        }
+
+        /// An expiry index key splits back into its expiry and request id, and index keys
+        /// sort by expiry first (pruning walks them oldest first).
+        #[test]
+        fn expiry_keys_round_trip_and_sort_by_expiry(
+            first in any::<(u64, [u8; 16])>(),
+            second in any::<(u64, [u8; 16])>(),
+        ) {
+            let first_key = expiry_key(b'x', first.0, &first.1);
+            prop_assert_eq!(split_expiry_key(&first_key), Some((first.0, Some(first.1))));
+            let second_key = expiry_key(b'x', second.0, &second.1);
+            prop_assert_eq!(first_key.cmp(&second_key), first.cmp(&second));
+        }
+
+        /// The bounds of `[start, end)` hold a tree key exactly when it is the data record
+        /// of a key in the range: never a record of another kind.
+        #[test]
+        fn data_bounds_hold_exactly_the_range(
+            start in small_key(),
+            end in proptest::option::of(small_key()),
+            tree_key in small_key(),
+        ) {
+            let in_range = |key: &[u8]| key >= start.as_slice() && end.as_ref().is_none_or(|end| key < end.as_slice());
+            let expected = match tree_key.split_first() {
+                Some((&DATA_PREFIX, key)) => in_range(key),
+                _ => false,
+            };
+            let held = data_bounds(&start, end.as_deref()).is_some_and(|bounds| bounds.contains(&tree_key));
+            prop_assert_eq!(held, expected);
+        }
+    }
+}

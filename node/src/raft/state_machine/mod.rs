@@ -1,0 +1,263 @@
+//! The replicated state machine of a group: versioned key/values with CAS and request
+//! de-duplication (shards), the cluster configuration (system group), and snapshots.
+//!
+//! [`GroupState`] is what a node holds of one group's state: the tree of the current
+//! generation (`<group>.sm.<generation>`), the apply lock that orders applies, snapshot
+//! work and multi-key reads, and watchers of the applied log id and cluster configuration.
+//! [`StateMachine`] hands it to openraft. By concern:
+//!
+//! - `layout`: every record of the tree (key prefixes, value encodings) and their codecs.
+//! - `dedup`: the de-duplication tables of writes and delete-ranges (first outcome per
+//!   request id within a window).
+//! - `apply`: what each committed entry does, as one atomic batch.
+//! - `read`: `get`, `get_many`, [`GroupState::scan`] and [`GroupState::count`].
+//! - `adapter`: [`StateMachine`] and [`SnapshotBuilder`], the openraft traits.
+//! - generations (this file): installing a snapshot fills a new generation of the tree
+//!   aside (see [`crate::raft::snapshot`]), then flips the generation recorded in the node
+//!   catalog and drops the old tree.
+
+mod adapter;
+mod apply;
+mod dedup;
+pub(in crate::raft) mod layout;
+mod read;
+#[cfg(test)]
+pub(in crate::raft) mod test_support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+use tracing::info;
+
+pub use adapter::{SnapshotBuilder, StateMachine};
+pub use read::{CountResult, ScanOptions, ScanPage};
+
+use super::snapshot::{self, SnapshotDir};
+use super::types::{ClusterConfig, GroupId, LogId, SnapshotMeta, StoredMembership};
+use super::{decode, encode};
+use crate::storage::{EngineRef, StorageError, TreeRef};
+use layout::{catalog_key, sm_tree_name, sm_tree_prefix, APPLIED_KEY, CLUSTER_KEY, MEMBERSHIP_KEY};
+
+/// Removes the catalog record of `group`'s state-machine generation (its trees are
+/// dropped by the caller).
+pub fn forget_group(catalog: &TreeRef, group: GroupId) -> Result<(), StorageError> {
+    catalog.remove(&catalog_key(group))
+}
+
+/// State shared by a group's state machine (owned by openraft) and its readers.
+pub struct GroupState {
+    group: GroupId,
+    engine: EngineRef,
+    catalog: TreeRef,
+    /// Current generation and tree; replaced when a snapshot is installed.
+    current: RwLock<(u64, TreeRef)>,
+    /// Written while applying, installing or dumping a snapshot; read by multi-key reads,
+    /// so a dump is consistent and a read never sees half an entry or a switching tree.
+    apply_lock: Arc<tokio::sync::RwLock<()>>,
+    /// The last applied log id (in memory; durable at the next flush).
+    applied_tx: watch::Sender<Option<LogId>>,
+    snapshots: SnapshotDir,
+    dedup_window_ms: u64,
+    cluster_tx: watch::Sender<Option<ClusterConfig>>,
+    /// Set (under the apply lock) when the replica is being deleted: openraft's state-machine
+    /// worker may outlive `Raft::shutdown`, and a late apply or snapshot install must not
+    /// recreate the trees the deletion removes.
+    retired: AtomicBool,
+}
+
+impl GroupState {
+    /// Opens (or creates) the state of `group`, dropping trees left by an interrupted install.
+    pub fn open(
+        group: GroupId,
+        engine: EngineRef,
+        catalog: TreeRef,
+        snapshots: SnapshotDir,
+        dedup_window_ms: u64,
+    ) -> Result<Arc<GroupState>, StorageError> {
+        let generation = match catalog.get(&catalog_key(group))? {
+            Some(bytes) => decode(catalog.name(), &bytes)?,
+            None => 0u64,
+        };
+        let current_name = sm_tree_name(group, generation);
+        let prefix = sm_tree_prefix(group);
+        for name in engine.tree_names()? {
+            if name.starts_with(&prefix) && name != current_name {
+                info!(group = %group, tree = %name, "dropping stale state machine tree");
+                engine.drop_tree(&name)?;
+            }
+        }
+        let tree = engine.open_tree(&current_name)?;
+        let cluster = match tree.get(CLUSTER_KEY)? {
+            Some(bytes) => Some(decode(tree.name(), &bytes)?),
+            None => None,
+        };
+        let (cluster_tx, _) = watch::channel(cluster);
+        let applied: Option<LogId> = match tree.get(APPLIED_KEY)? {
+            Some(bytes) => Some(decode(tree.name(), &bytes)?),
+            None => None,
+        };
+        let (applied_tx, _) = watch::channel(applied);
+        Ok(Arc::new(GroupState {
+            group,
+            engine,
+            catalog,
+            current: RwLock::new((generation, tree)),
+            apply_lock: Arc::new(tokio::sync::RwLock::new(())),
+            applied_tx,
+            snapshots,
+            dedup_window_ms,
+            cluster_tx,
+            retired: AtomicBool::new(false),
+        }))
+    }
+
+    /// Marks the state retired once no apply, install or snapshot dump is running; every
+    /// later one fails instead of writing. Called before the replica's data is deleted.
+    pub async fn retire(&self) {
+        let _guard = self.apply_lock.write().await;
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    fn check_not_retired(&self) -> Result<(), StorageError> {
+        if self.retired.load(Ordering::SeqCst) {
+            return Err(StorageError::Engine(format!(
+                "{} is being deleted from this node",
+                self.group
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The current generation and its tree.
+    fn current(&self) -> (u64, TreeRef) {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn tree(&self) -> TreeRef {
+        self.current().1
+    }
+
+    /// Watches the last applied log id.
+    pub fn watch_applied(&self) -> watch::Receiver<Option<LogId>> {
+        self.applied_tx.subscribe()
+    }
+
+    /// Watches the cluster configuration applied by this group (system group only).
+    pub fn watch_cluster(&self) -> watch::Receiver<Option<ClusterConfig>> {
+        self.cluster_tx.subscribe()
+    }
+
+    fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let tree = self.tree();
+        let applied = match tree.get(APPLIED_KEY)? {
+            Some(bytes) => Some(decode(tree.name(), &bytes)?),
+            None => None,
+        };
+        let membership = match tree.get(MEMBERSHIP_KEY)? {
+            Some(bytes) => decode(tree.name(), &bytes)?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    /// Dumps the state to a new snapshot file. Runs on a blocking thread with the apply
+    /// lock held.
+    fn build_snapshot_blocking(&self) -> Result<(SnapshotMeta, std::fs::File), StorageError> {
+        let (last_applied, membership) = self.applied_state()?;
+        snapshot::dump(&self.tree(), last_applied, membership, &self.snapshots)
+    }
+
+    /// Loads a received snapshot into a new tree generation and switches to it. Runs on a
+    /// blocking thread with the apply lock held.
+    fn install_snapshot_blocking(
+        &self,
+        meta: &SnapshotMeta,
+        file: std::fs::File,
+    ) -> Result<(), StorageError> {
+        let (old_generation, old_tree) = self.current();
+        let generation = old_generation + 1;
+        let (tree, pairs) = snapshot::load(
+            &self.engine,
+            &sm_tree_name(self.group, generation),
+            meta,
+            file,
+            &self.snapshots,
+        )?;
+        self.switch_generation((old_generation, old_tree), (generation, tree), meta.last_log_id)?;
+        info!(group = %self.group, pairs, snapshot_id = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    /// Switches from the current generation `from` to the loaded generation `to` (applied
+    /// up to `last_applied`): `to` is made durable, then recorded in the catalog, then
+    /// current; the tree of `from` is dropped last.
+    fn switch_generation(
+        &self,
+        from: (u64, TreeRef),
+        to: (u64, TreeRef),
+        last_applied: Option<LogId>,
+    ) -> Result<(), StorageError> {
+        let (old_generation, old_tree) = from;
+        let (generation, tree) = to;
+        debug_assert_eq!(generation, old_generation + 1, "generations follow each other");
+        // The new tree is durable before the catalog points at it.
+        self.engine.flush()?;
+        self.catalog
+            .insert(&catalog_key(self.group), &encode(&generation)?)?;
+        self.engine.flush()?;
+        let cluster: Option<ClusterConfig> = match tree.get(CLUSTER_KEY)? {
+            Some(bytes) => Some(decode(tree.name(), &bytes)?),
+            None => None,
+        };
+        match self.current.write() {
+            Ok(mut current) => *current = (generation, tree),
+            Err(poisoned) => *poisoned.into_inner() = (generation, tree),
+        }
+        drop(old_tree);
+        self.engine.drop_tree(&sm_tree_name(self.group, old_generation))?;
+        self.applied_tx.send_replace(last_applied);
+        if cluster.is_some() {
+            self.cluster_tx.send_replace(cluster);
+        }
+        Ok(())
+    }
+}
+
+fn join_error(err: tokio::task::JoinError) -> StorageError {
+    StorageError::Engine(format!("blocking task failed: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::RaftSnapshotBuilder;
+
+    use super::test_support::{open, put};
+    use super::*;
+
+    /// A retired state refuses applies and snapshot dumps (a deleted replica's late work
+    /// must not recreate its trees).
+    #[tokio::test]
+    async fn retired_state_refuses_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        sm.apply(vec![put(3, b"k", b"v1", 1)]).await.expect("apply");
+        state.retire().await;
+        let late = sm.apply(vec![put(4, b"k", b"v2", 2)]).await;
+        assert!(late.is_err(), "an apply after retire fails");
+        let mut builder = sm.get_snapshot_builder().await;
+        assert!(
+            builder.build_snapshot().await.is_err(),
+            "a dump after retire fails"
+        );
+    }
+}

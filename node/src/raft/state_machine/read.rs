@@ -1,0 +1,405 @@
+//! Reads of a group's local state: point reads (`get`, `get_many`), range scans and counts.
+//!
+//! Every read holds the apply lock for reading, so it sees one point between applied entries
+//! (invariant 6) and never a tree being switched by a snapshot install. Range reads iterate
+//! on a blocking thread: a page or a count can touch many records. None of these check
+//! consistency (leadership, ReadIndex); their callers do.
+
+use super::layout::{all_data_bounds, data_bounds, data_key, decode_value, decode_version, user_key};
+use super::{join_error, GroupState};
+use crate::raft::types::Versioned;
+use crate::storage::{StorageError, TreeRef};
+
+/// What a scan reads: a key range, a direction and a budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// First key of the range (inclusive; empty = the first key).
+    pub start: Vec<u8>,
+    /// End of the range (exclusive); `None` = no upper bound.
+    pub end: Option<Vec<u8>>,
+    /// Most entries returned (0 returns none).
+    pub limit: usize,
+    /// Stop once the returned keys and values hold at least this many bytes; the first
+    /// entry is always returned, whatever its size.
+    pub max_bytes: usize,
+    /// Descending key order: start from the greatest key of the range.
+    pub reverse: bool,
+    /// Return versions without values.
+    pub keys_only: bool,
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Keys with their versions and values (empty values when keys only), in scan order.
+    pub entries: Vec<(Vec<u8>, Versioned)>,
+    /// Whether the range holds at least one more key past the last entry (in scan order).
+    pub more: bool,
+}
+
+/// The outcome of counting the keys of a range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountResult {
+    /// Keys counted.
+    pub count: u64,
+    /// Whether the limit stopped the count with keys left after `last_key`.
+    pub more: bool,
+    /// The last key counted; set only when `more`.
+    pub last_key: Option<Vec<u8>>,
+}
+
+impl GroupState {
+    /// Reads `key` from the local state (no consistency check: callers do that).
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        let mut values = self.get_many(std::slice::from_ref(&key.to_vec())).await?;
+        Ok(values.pop().flatten())
+    }
+
+    /// Reads `keys` from the local state at one point between applied entries.
+    pub async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Versioned>>, StorageError> {
+        let _guard = self.apply_lock.read().await;
+        let tree = self.tree();
+        keys.iter()
+            .map(|key| match tree.get(&data_key(key))? {
+                Some(bytes) => Ok(Some(decode_value(tree.name(), &bytes)?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// Reads one page of a range from the local state at one point between applied entries
+    /// (no consistency check: callers do that). Iterates on a blocking thread.
+    pub async fn scan(&self, options: ScanOptions) -> Result<ScanPage, StorageError> {
+        let guard = self.apply_lock.clone().read_owned().await;
+        let tree = self.tree();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            scan_tree(&tree, &options)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
+    /// local state at one point between applied entries (no consistency check: callers do
+    /// that). Iterates on a blocking thread.
+    pub async fn count(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u64,
+    ) -> Result<CountResult, StorageError> {
+        let guard = self.apply_lock.clone().read_owned().await;
+        let tree = self.tree();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            count_tree(&tree, &start, end.as_deref(), limit)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// The number of stored keys (`d` records); for tests and tools.
+    pub fn data_len(&self) -> Result<usize, StorageError> {
+        let (start, end) = all_data_bounds();
+        let mut count = 0;
+        for pair in self.tree().range(start, end) {
+            pair?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+/// One page of the range of `options` from `tree` (the caller holds the apply lock).
+fn scan_tree(tree: &TreeRef, options: &ScanOptions) -> Result<ScanPage, StorageError> {
+    let mut page = ScanPage::default();
+    let Some((start, end)) = data_bounds(&options.start, options.end.as_deref()) else {
+        return Ok(page);
+    };
+    let pairs = if options.reverse {
+        tree.range_rev(start, end)
+    } else {
+        tree.range(start, end)
+    };
+    let mut bytes = 0usize;
+    for pair in pairs {
+        let (key, value) = pair?;
+        // Reading one pair past the page is what tells whether more remain.
+        let budget_spent = !page.entries.is_empty() && bytes >= options.max_bytes;
+        if page.entries.len() >= options.limit || budget_spent {
+            page.more = true;
+            break;
+        }
+        let key = user_key(tree.name(), &key)?;
+        let versioned = if options.keys_only {
+            Versioned {
+                version: decode_version(tree.name(), &value)?,
+                value: Vec::new(),
+            }
+        } else {
+            decode_value(tree.name(), &value)?
+        };
+        bytes = bytes.saturating_add(key.len() + versioned.value.len());
+        page.entries.push((key, versioned));
+    }
+    Ok(page)
+}
+
+/// Counts at most `limit` keys of `[start, end)` in `tree` (the caller holds the apply lock).
+fn count_tree(
+    tree: &TreeRef,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: u64,
+) -> Result<CountResult, StorageError> {
+    let mut result = CountResult::default();
+    let Some((start, end)) = data_bounds(start, end) else {
+        return Ok(result);
+    };
+    let mut last: Option<Vec<u8>> = None;
+    for pair in tree.range(start, end) {
+        let (key, _) = pair?;
+        if result.count >= limit {
+            result.more = true;
+            result.last_key = match last {
+                Some(last) => Some(user_key(tree.name(), &last)?),
+                None => None,
+            };
+            break;
+        }
+        result.count += 1;
+        last = Some(key);
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+
+    use super::*;
+    use crate::raft::state_machine::test_support::{five_keys, keys, open, put, scan_options};
+
+    /// Forward and reverse scans honour the range and the limit, report `more` exactly when
+    /// a key remains, return versions, and never reach records outside the data prefix.
+    #[tokio::test]
+    async fn scan_forward_and_reverse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, _sm) = five_keys(dir.path()).await;
+
+        let all = state.scan(scan_options(b"", None, 10)).await.expect("scan");
+        assert_eq!(keys(&all), vec![&b"a"[..], b"b", b"c", b"d", b"e"]);
+        assert!(!all.more);
+        assert_eq!(
+            all.entries[0].1,
+            Versioned {
+                version: 1,
+                value: b"va".to_vec()
+            }
+        );
+        assert_eq!(all.entries[4].1.version, 5);
+
+        let exact = state.scan(scan_options(b"", None, 5)).await.expect("scan");
+        assert_eq!(exact.entries.len(), 5);
+        assert!(!exact.more, "a page ending exactly at the last key has no more");
+        let short = state.scan(scan_options(b"", None, 4)).await.expect("scan");
+        assert_eq!(keys(&short), vec![&b"a"[..], b"b", b"c", b"d"]);
+        assert!(short.more);
+
+        let bounded = state
+            .scan(scan_options(b"b", Some(b"d"), 10))
+            .await
+            .expect("scan");
+        assert_eq!(keys(&bounded), vec![&b"b"[..], b"c"]);
+        assert!(!bounded.more);
+        let first = state.scan(scan_options(b"b", Some(b"d"), 1)).await.expect("scan");
+        assert_eq!(keys(&first), vec![&b"b"[..]]);
+        assert!(first.more);
+        let between = state
+            .scan(scan_options(b"bb", Some(b"cc"), 10))
+            .await
+            .expect("scan");
+        assert_eq!(keys(&between), vec![&b"c"[..]]);
+        let tail = state.scan(scan_options(b"c", None, 10)).await.expect("scan");
+        assert_eq!(keys(&tail), vec![&b"c"[..], b"d", b"e"]);
+
+        let reverse = |start: &[u8], end: Option<&[u8]>, limit| ScanOptions {
+            reverse: true,
+            ..scan_options(start, end, limit)
+        };
+        let last_two = state.scan(reverse(b"", None, 2)).await.expect("scan");
+        assert_eq!(keys(&last_two), vec![&b"e"[..], b"d"]);
+        assert!(last_two.more);
+        let all_rev = state.scan(reverse(b"", None, 5)).await.expect("scan");
+        assert_eq!(keys(&all_rev), vec![&b"e"[..], b"d", b"c", b"b", b"a"]);
+        assert!(!all_rev.more);
+        let bounded_rev = state.scan(reverse(b"b", Some(b"d"), 2)).await.expect("scan");
+        assert_eq!(keys(&bounded_rev), vec![&b"c"[..], b"b"]);
+        assert!(!bounded_rev.more, "exactly the keys of the range");
+        let one_rev = state.scan(reverse(b"b", Some(b"d"), 1)).await.expect("scan");
+        assert_eq!(keys(&one_rev), vec![&b"c"[..]]);
+        assert!(one_rev.more);
+        // Resuming before the last entry of a reverse page (end = that key) continues it.
+        let rest_rev = state.scan(reverse(b"b", Some(b"c"), 10)).await.expect("scan");
+        assert_eq!(keys(&rest_rev), vec![&b"b"[..]]);
+        assert!(!rest_rev.more);
+    }
+
+    /// Keys made of 0xff bytes sort last among data records and are still found by an
+    /// unbounded scan in both directions (the data prefix ends at `e`, not at the key space).
+    #[tokio::test]
+    async fn scan_unbounded_end_stays_in_the_data_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, mut sm) = five_keys(dir.path()).await;
+        sm.apply(vec![put(6, &[0xff, 0xff], b"max", 6)])
+            .await
+            .expect("apply");
+        let forward = state.scan(scan_options(b"d", None, 10)).await.expect("scan");
+        assert_eq!(keys(&forward), vec![&b"d"[..], b"e", &[0xff, 0xff]]);
+        assert!(!forward.more);
+        let backward = state
+            .scan(ScanOptions {
+                reverse: true,
+                ..scan_options(b"", None, 1)
+            })
+            .await
+            .expect("scan");
+        assert_eq!(keys(&backward), vec![&[0xff, 0xff][..]]);
+        assert!(backward.more);
+        assert_eq!(state.count(Vec::new(), None, 100).await.expect("count").count, 6);
+    }
+
+    /// The byte budget stops a page once the returned keys and values reach it, always
+    /// returns the first entry, and counts only the key for keys-only scans (which keep the
+    /// version).
+    #[tokio::test]
+    async fn scan_byte_budget_and_keys_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, _sm) = five_keys(dir.path()).await;
+        // Every entry holds 1 key byte + 2 value bytes.
+        let budget = |max_bytes, keys_only| ScanOptions {
+            max_bytes,
+            keys_only,
+            ..scan_options(b"", None, 10)
+        };
+        let two = state.scan(budget(6, false)).await.expect("scan");
+        assert_eq!(keys(&two), vec![&b"a"[..], b"b"]);
+        assert!(two.more);
+        let three = state.scan(budget(7, false)).await.expect("scan");
+        assert_eq!(three.entries.len(), 3);
+        let one = state.scan(budget(1, false)).await.expect("scan");
+        assert_eq!(keys(&one), vec![&b"a"[..]]);
+        assert!(one.more);
+        let zero = state.scan(budget(0, false)).await.expect("scan");
+        assert_eq!(zero.entries.len(), 1, "at least one entry");
+        let everything = state.scan(budget(15, false)).await.expect("scan");
+        assert_eq!(everything.entries.len(), 5);
+        assert!(!everything.more, "the budget is reached only at the last key");
+
+        let keys_only = state.scan(budget(2, true)).await.expect("scan");
+        assert_eq!(keys(&keys_only), vec![&b"a"[..], b"b"]);
+        assert!(keys_only.more);
+        assert_eq!(
+            keys_only.entries[1].1,
+            Versioned {
+                version: 2,
+                value: Vec::new()
+            }
+        );
+    }
+
+    /// Empty and inverted ranges, ranges holding no key, and limit 0 return no entries.
+    #[tokio::test]
+    async fn scan_empty_ranges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, empty) = open(&dir.path().join("empty"));
+        let page = empty.scan(scan_options(b"", None, 10)).await.expect("scan");
+        assert_eq!(page, ScanPage::default());
+        assert_eq!(
+            empty.count(Vec::new(), None, 10).await.expect("count"),
+            CountResult::default()
+        );
+
+        let (_engine, state, _sm) = five_keys(&dir.path().join("full")).await;
+        for (start, end) in [
+            (&b"c"[..], Some(&b"c"[..])),
+            (b"d", Some(b"b")),
+            (b"x", None),
+            (b"b", Some(b"")),
+        ] {
+            for reverse in [false, true] {
+                let options = ScanOptions {
+                    reverse,
+                    ..scan_options(start, end, 10)
+                };
+                let page = state.scan(options).await.expect("scan");
+                assert_eq!(page, ScanPage::default(), "range {start:?}..{end:?}");
+            }
+            let count = state
+                .count(start.to_vec(), end.map(<[u8]>::to_vec), 10)
+                .await
+                .expect("count");
+            assert_eq!(count, CountResult::default());
+        }
+        let none = state.scan(scan_options(b"", None, 0)).await.expect("scan");
+        assert!(none.entries.is_empty());
+        assert!(none.more);
+    }
+
+    /// Counts stop at the limit with `more` and the last key counted, and resume after it.
+    #[tokio::test]
+    async fn count_with_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, _sm) = five_keys(dir.path()).await;
+        let all = state.count(Vec::new(), None, 100).await.expect("count");
+        assert_eq!(
+            all,
+            CountResult {
+                count: 5,
+                more: false,
+                last_key: None
+            }
+        );
+        let exact = state.count(Vec::new(), None, 5).await.expect("count");
+        assert_eq!(
+            exact,
+            CountResult {
+                count: 5,
+                more: false,
+                last_key: None
+            }
+        );
+        let partial = state.count(Vec::new(), None, 3).await.expect("count");
+        assert_eq!(
+            partial,
+            CountResult {
+                count: 3,
+                more: true,
+                last_key: Some(b"c".to_vec()),
+            }
+        );
+        let mut resume = b"c".to_vec();
+        resume.push(0);
+        let rest = state.count(resume, None, 3).await.expect("count");
+        assert_eq!(
+            rest,
+            CountResult {
+                count: 2,
+                more: false,
+                last_key: None
+            }
+        );
+        let bounded = state
+            .count(b"b".to_vec(), Some(b"e".to_vec()), 100)
+            .await
+            .expect("count");
+        assert_eq!(bounded.count, 3);
+        let bounded_partial = state
+            .count(b"b".to_vec(), Some(b"e".to_vec()), 2)
+            .await
+            .expect("count");
+        assert_eq!(bounded_partial.last_key, Some(b"c".to_vec()));
+        assert!(bounded_partial.more);
+    }
+}
