@@ -35,6 +35,15 @@
 //! is a `watch` channel holding one `u64`. Per-member bookkeeping is dropped as soon as chitchat
 //! forgets the member. Chitchat itself sends UDP datagrams of at most 64 KiB; a member's state
 //! that does not fit is replicated over several rounds, so keep values small.
+//!
+//! # Modules
+//!
+//! - [`announcement`]: what nodes and routers publish about themselves — the gossip keys
+//!   and their value syntax, written and read through one type ([`Announcement`]).
+
+pub mod announcement;
+
+pub use announcement::{Announcement, AnnouncementError, LeaderClaim, Load, NodeAnnouncement};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use ringkv_gossip::NodeAnnouncement;
 use ringkv_proto::v1::{NodeStatusResponse, ReplicaInfo, RingInfo};
 use ringkv_ring::{MemberState, NodeId, Ring, ShardId};
 use tokio::sync::{watch, Notify};
@@ -55,49 +56,6 @@ pub struct Claim {
 pub struct LeaderClaims {
     pub shards: HashMap<u32, Claim>,
     pub system: Option<Claim>,
-}
-
-/// What one node gossips: its address, cluster, ring epoch and the shards it leads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GossipReport {
-    pub node_id: NodeId,
-    pub addr: String,
-    pub cluster_id: String,
-    pub ring_epoch: u64,
-    /// `(shard, term)` of every shard the node leads.
-    pub leads: Vec<(u32, u64)>,
-}
-
-impl GossipReport {
-    /// Parses a node's gossip keys (`node_id`, `addr`, `cluster_id`, `ring_epoch`, and
-    /// `leaders` as `shard:term,...`); `None` when the identity is missing or malformed.
-    /// Malformed leader entries are skipped.
-    pub fn parse(state: &std::collections::BTreeMap<String, String>) -> Option<GossipReport> {
-        let node_id = state.get("node_id")?.parse::<NodeId>().ok()?;
-        let ring_epoch = state
-            .get("ring_epoch")
-            .and_then(|epoch| epoch.parse().ok())
-            .unwrap_or(0);
-        let leads = state
-            .get("leaders")
-            .map(|leaders| {
-                leaders
-                    .split(',')
-                    .filter_map(|entry| {
-                        let (shard, term) = entry.split_once(':')?;
-                        Some((shard.parse().ok()?, term.parse().ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(GossipReport {
-            node_id,
-            addr: state.get("addr").cloned().unwrap_or_default(),
-            cluster_id: state.get("cluster_id").cloned().unwrap_or_default(),
-            ring_epoch,
-            leads,
-        })
-    }
 }
 
 /// What applying gossip found.
@@ -297,7 +255,7 @@ impl Topology {
     /// Adopts the leader claims nodes gossip (each node claims the shards it leads, with
     /// the term), merged like `NodeStatus` claims: a higher term wins, an equal term does not
     /// override a more recent not-leader hint. Reports from other clusters are ignored.
-    pub fn apply_gossip(&mut self, reports: &[GossipReport]) -> GossipOutcome {
+    pub fn apply_gossip(&mut self, reports: &[NodeAnnouncement]) -> GossipOutcome {
         let mut outcome = GossipOutcome::default();
         let Some(view) = self.ring.clone() else {
             outcome.ring_behind = !reports.is_empty();
@@ -313,21 +271,22 @@ impl Topology {
             if !report.addr.is_empty() && !self.is_member(report.node_id) {
                 self.remember_addr(report.node_id, &report.addr);
             }
-            for &(shard, term) in &report.leads {
-                if shard >= view.ring.shard_count() {
+            for lead in &report.leaders {
+                if lead.shard_id >= view.ring.shard_count() {
                     continue;
                 }
                 let claim = Claim {
                     leader_id: report.node_id,
-                    term,
+                    term: lead.term,
                     self_claim: true,
                 };
-                let entry = self.leaders.get(&ShardId(shard)).copied();
+                let shard = ShardId(lead.shard_id);
+                let entry = self.leaders.get(&shard).copied();
                 if let Some(merged) = merge_claim(entry, claim) {
                     if entry.map(|entry| entry.node_id) != Some(merged.node_id) {
                         outcome.leaders_changed += 1;
                     }
-                    self.leaders.insert(ShardId(shard), merged);
+                    self.leaders.insert(shard, merged);
                 }
             }
         }
@@ -563,7 +522,7 @@ impl TopologyHandle {
     }
 
     /// See [`Topology::apply_gossip`].
-    pub fn apply_gossip(&self, reports: &[GossipReport]) -> GossipOutcome {
+    pub fn apply_gossip(&self, reports: &[NodeAnnouncement]) -> GossipOutcome {
         self.write().apply_gossip(reports)
     }
 
@@ -629,6 +588,7 @@ impl TopologyHandle {
 
 #[cfg(test)]
 mod tests {
+    use ringkv_gossip::{LeaderClaim, Load};
     use ringkv_proto::v1::ReplicaInfo;
 
     use super::*;
@@ -800,41 +760,40 @@ mod tests {
             .map(|view| view.info.cluster_id.clone())
             .unwrap_or_default();
         let epoch = topology.ring().map_or(0, |view| view.info.epoch);
-        let state = |node: u64, leaders: &str, epoch: u64| {
-            std::collections::BTreeMap::from([
-                ("node_id".to_string(), node.to_string()),
-                ("addr".to_string(), format!("n{node}:1")),
-                ("cluster_id".to_string(), cluster_id.clone()),
-                ("ring_epoch".to_string(), epoch.to_string()),
-                ("leaders".to_string(), leaders.to_string()),
-            ])
+        let report = |node: u64, leaders: &[(u32, u64)], epoch: u64| NodeAnnouncement {
+            node_id: node,
+            addr: format!("n{node}:1"),
+            cluster_id: cluster_id.clone(),
+            ring_epoch: epoch,
+            leaders: leaders
+                .iter()
+                .map(|&(shard_id, term)| LeaderClaim { shard_id, term })
+                .collect(),
+            load: Load::default(),
+            draining: false,
         };
-        let report = |node: u64, leaders: &str, epoch: u64| {
-            GossipReport::parse(&state(node, leaders, epoch)).expect("a well-formed report parses")
-        };
-        assert_eq!(report(2, "0:5,1:7,bad,3:x", epoch).leads, vec![(0, 5), (1, 7)]);
-        let outcome = topology.apply_gossip(&[report(2, "0:5", epoch)]);
+        let outcome = topology.apply_gossip(&[report(2, &[(0, 5)], epoch)]);
         assert_eq!(outcome.leaders_changed, 1);
         assert!(!outcome.ring_behind);
         assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(2));
         // An older term does not win; a newer one does.
-        topology.apply_gossip(&[report(3, "0:4", epoch)]);
+        topology.apply_gossip(&[report(3, &[(0, 4)], epoch)]);
         assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(2));
-        topology.apply_gossip(&[report(3, "0:6", epoch)]);
+        topology.apply_gossip(&[report(3, &[(0, 6)], epoch)]);
         assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(3));
         // A hint newer than the gossiped claim is not overridden at the same term.
         topology.update_leader(ShardId(0), 1, None);
-        topology.apply_gossip(&[report(3, "0:6", epoch)]);
+        topology.apply_gossip(&[report(3, &[(0, 6)], epoch)]);
         assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(1));
         // Other clusters are ignored; a newer ring epoch asks for a poll.
-        let mut foreign = report(2, "1:99", epoch);
+        let mut foreign = report(2, &[(1, 99)], epoch);
         foreign.cluster_id = "other".to_string();
         assert_eq!(topology.apply_gossip(&[foreign]), GossipOutcome::default());
-        assert!(topology.apply_gossip(&[report(2, "", epoch + 1)]).ring_behind);
+        assert!(topology.apply_gossip(&[report(2, &[], epoch + 1)]).ring_behind);
         // Shards beyond the ring are skipped.
         assert_eq!(
             topology
-                .apply_gossip(&[report(2, "4096:9", epoch)])
+                .apply_gossip(&[report(2, &[(4096, 9)], epoch)])
                 .leaders_changed,
             0
         );
