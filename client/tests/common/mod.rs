@@ -576,9 +576,6 @@ pub async fn dead_endpoint() -> SocketAddr {
 /// A status carrying the outcome-unknown metadata.
 pub fn outcome_unknown(message: &str) -> Status {
     let mut status = Status::unavailable(message.to_string());
-    status.metadata_mut().insert(
-        ringkv_proto::OUTCOME_UNKNOWN_METADATA,
-        "true".parse().expect("ascii"),
-    );
+    ringkv_proto::metadata::set_outcome_unknown(&mut status);
     status
 }

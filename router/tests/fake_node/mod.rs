@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use ringkv_proto::metadata;
 use ringkv_proto::v1;
 use ringkv_proto::v1::admin_server::{Admin, AdminServer};
 use ringkv_proto::v1::shard_kv_server::{ShardKv, ShardKvServer};
@@ -19,13 +20,11 @@ use ringkv_proto::v1::{
     ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteRequest,
     ShardWriteResponse, WriteKind, WriteOpResult,
 };
-use ringkv_proto::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, REJECTED_METADATA};
 use ringkv_ring::shard::shard_of_hash;
 use ringkv_ring::{key_hash, MemberState, Ring, RingConfig, ShardId};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
@@ -198,21 +197,17 @@ impl FakeNode {
             .unwrap_or_else(PoisonError::into_inner) += 1;
         let leader = self.leader_of(shard_id);
         let mut status = rejected(Status::unavailable("not the leader"));
-        let metadata = status.metadata_mut();
-        metadata.insert(LEADER_ID_METADATA, MetadataValue::from(leader));
-        if let Some(addr) = self.cluster.addrs.get(&leader) {
-            if let Ok(value) = MetadataValue::try_from(addr.as_str()) {
-                metadata.insert(LEADER_ADDR_METADATA, value);
-            }
-        }
+        metadata::set_leader_hint(
+            &mut status,
+            leader,
+            self.cluster.addrs.get(&leader).map(String::as_str),
+        );
         status
     }
 }
 
 fn rejected(mut status: Status) -> Status {
-    status
-        .metadata_mut()
-        .insert(REJECTED_METADATA, MetadataValue::from_static("1"));
+    metadata::set_rejected(&mut status);
     status
 }
 
