@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ringkv_gossip::announcement::CLUSTER_NAME;
 use ringkv_gossip::{Announcement, Gossip, GossipConfig, LeaderClaim, Liveness, Load, NodeAnnouncement};
+use ringkv_proto::v1::ReplicaRole;
 use ringkv_ring::MemberState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +101,7 @@ fn announcement(node: &Node) -> NodeAnnouncement {
     for replica in &status.replicas {
         if let Some(shard_id) = replica.shard_id {
             replicas += 1;
-            if replica.role == "leader" {
+            if replica.role() == ReplicaRole::Leader {
                 leaders.push(LeaderClaim {
                     shard_id,
                     term: replica.term,

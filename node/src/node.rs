@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::BasicNode;
 use ringkv_proto::v1;
 use ringkv_ring::{MemberState, Ring, RingConfig, RingMember, DEFAULT_VNODES_PER_NODE};
 use tokio::sync::watch;
@@ -1277,14 +1277,7 @@ impl Node {
                         GroupId::System => None,
                         GroupId::Shard(shard) => Some(shard),
                     },
-                    role: match metrics.state {
-                        ServerState::Leader => "leader",
-                        ServerState::Follower => "follower",
-                        ServerState::Candidate => "candidate",
-                        ServerState::Learner => "learner",
-                        ServerState::Shutdown => "shutdown",
-                    }
-                    .to_string(),
+                    role: crate::convert::replica_role(metrics.state) as i32,
                     term: metrics.current_term,
                     leader_id: metrics.current_leader.unwrap_or(0),
                     last_log_index: metrics.last_log_index.unwrap_or(0),
@@ -1579,7 +1572,7 @@ pub fn ring_info(config: &ClusterConfig) -> v1::RingInfo {
             .map(|member| v1::RingMember {
                 node_id: member.node_id,
                 addr: member.addr.clone(),
-                state: member.state.as_str().to_string(),
+                state: crate::convert::member_state(member.state) as i32,
             })
             .collect(),
     }

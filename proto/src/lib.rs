@@ -5,11 +5,13 @@
 //! - `ShardKv`, `Raft` — internal router→node and node→node services (`node.proto`).
 //! - [`metadata`] — the `x-ringkv-*` metadata on error statuses (leader hints, rejected,
 //!   outcome unknown), with the one setter and getter of each key.
+//! - [`labels`] — the names shown for the enums (`ReplicaRole::label`, `MemberState::label`).
 //!
 //! This crate depends on nothing internal; every other ringkv crate depends on it.
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod labels;
 pub mod metadata;
 
 /// Generated code for the `ringkv.v1` package.

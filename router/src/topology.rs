@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ringkv_gossip::NodeAnnouncement;
-use ringkv_proto::v1::{NodeStatusResponse, ReplicaInfo, RingInfo};
+use ringkv_proto::v1::{NodeStatusResponse, ReplicaInfo, ReplicaRole, RingInfo};
 use ringkv_ring::{MemberState, NodeId, Ring, ShardId};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::convert::{parse_member_state, ring_from_info};
+use crate::convert::{member_state, ring_from_info};
 use crate::error::RouterError;
 
 /// Most node addresses remembered beyond the ring members (learnt from hints and seeds).
@@ -47,7 +47,7 @@ pub struct LeaderEntry {
 pub struct Claim {
     pub leader_id: NodeId,
     pub term: u64,
-    /// Made by the leader itself (role `leader`), which wins ties.
+    /// Made by the leader itself (role [`ReplicaRole::Leader`]), which wins ties.
     pub self_claim: bool,
 }
 
@@ -71,7 +71,7 @@ pub struct GossipOutcome {
 pub fn leader_claims<'a>(reports: impl IntoIterator<Item = (NodeId, &'a ReplicaInfo)>) -> LeaderClaims {
     let mut claims = LeaderClaims::default();
     for (reporter, replica) in reports {
-        let is_leader = replica.role == "leader";
+        let is_leader = replica.role() == ReplicaRole::Leader;
         let leader_id = if replica.leader_id != 0 {
             replica.leader_id
         } else if is_leader && reporter != 0 {
@@ -416,7 +416,7 @@ impl Topology {
             view.info
                 .members
                 .iter()
-                .filter(|member| parse_member_state(&member.state) != Some(MemberState::Removed))
+                .filter(|member| member_state(member.state()) != Some(MemberState::Removed))
                 .map(|member| member.addr.clone())
         });
         seeds
@@ -589,15 +589,15 @@ impl TopologyHandle {
 #[cfg(test)]
 mod tests {
     use ringkv_gossip::{LeaderClaim, Load};
-    use ringkv_proto::v1::ReplicaInfo;
+    use ringkv_proto::v1::{MemberState as ProtoMemberState, ReplicaInfo};
 
     use super::*;
     use crate::convert::tests::ring_info;
 
-    fn replica(shard: Option<u32>, role: &str, term: u64, leader_id: u64) -> ReplicaInfo {
+    fn replica(shard: Option<u32>, role: ReplicaRole, term: u64, leader_id: u64) -> ReplicaInfo {
         ReplicaInfo {
             shard_id: shard,
-            role: role.into(),
+            role: role as i32,
             term,
             leader_id,
             ..ReplicaInfo::default()
@@ -629,11 +629,11 @@ mod tests {
     /// The leader with the highest term wins; the leader's own claim wins a tie.
     #[test]
     fn claims_pick_highest_term() {
-        let r1 = replica(Some(0), "follower", 4, 2);
-        let r2 = replica(Some(0), "follower", 5, 3);
-        let r3 = replica(Some(0), "leader", 5, 0);
-        let r4 = replica(None, "leader", 9, 1);
-        let r5 = replica(Some(1), "candidate", 7, 0);
+        let r1 = replica(Some(0), ReplicaRole::Follower, 4, 2);
+        let r2 = replica(Some(0), ReplicaRole::Follower, 5, 3);
+        let r3 = replica(Some(0), ReplicaRole::Leader, 5, 0);
+        let r4 = replica(None, ReplicaRole::Leader, 9, 1);
+        let r5 = replica(Some(1), ReplicaRole::Candidate, 7, 0);
         let claims = leader_claims([(1, &r1), (2, &r2), (3, &r3), (1, &r4), (2, &r5)]);
         assert_eq!(
             claims.shards.get(&0),
@@ -732,18 +732,29 @@ mod tests {
     fn hints_and_claims_merge_by_term() {
         let mut topology = topology_with_ring();
         let shard = ShardId(2);
-        topology.apply_observations(&[observation(1, None, vec![replica(Some(2), "leader", 5, 1)])]);
+        topology.apply_observations(&[observation(
+            1,
+            None,
+            vec![replica(Some(2), ReplicaRole::Leader, 5, 1)],
+        )]);
         assert_eq!(topology.leader(shard).map(|l| (l.node_id, l.term)), Some((1, 5)));
 
         // A hint says node 2 leads now; a stale refresh at term 5 must not undo it.
         topology.update_leader(shard, 2, None);
-        let outcome =
-            topology.apply_observations(&[observation(1, None, vec![replica(Some(2), "leader", 5, 1)])]);
+        let outcome = topology.apply_observations(&[observation(
+            1,
+            None,
+            vec![replica(Some(2), ReplicaRole::Leader, 5, 1)],
+        )]);
         assert_eq!(outcome.leaders_changed, 0);
         assert_eq!(topology.leader(shard).map(|l| l.node_id), Some(2));
 
         // A newer term wins.
-        topology.apply_observations(&[observation(3, None, vec![replica(Some(2), "leader", 6, 3)])]);
+        topology.apply_observations(&[observation(
+            3,
+            None,
+            vec![replica(Some(2), ReplicaRole::Leader, 6, 3)],
+        )]);
         assert_eq!(topology.leader(shard).map(|l| (l.node_id, l.term)), Some((3, 6)));
 
         // Hints for shards outside the ring are ignored.
@@ -817,7 +828,7 @@ mod tests {
     #[test]
     fn poll_targets_dedup_and_skip_removed() {
         let mut info = ring_info(3, 8, 2);
-        info.members[2].state = "removed".into();
+        info.members[2].state = ProtoMemberState::Removed as i32;
         let mut topology = Topology::default();
         topology.apply_observations(&[observation(1, Some(info), vec![])]);
         let targets = topology.poll_targets(&["seed:1".into(), "n1:7001".into()]);

@@ -533,14 +533,14 @@ impl Admin for MockRouter {
                 members: vec![proto::RingMember {
                     node_id: 1,
                     addr: "127.0.0.1:1".into(),
-                    state: "active".into(),
+                    state: proto::MemberState::Active as i32,
                 }],
                 vnodes_per_node: 8,
             }),
             nodes: vec![proto::NodeHealth {
                 node_id: 1,
                 addr: "127.0.0.1:1".into(),
-                state: "active".into(),
+                state: proto::MemberState::Active as i32,
                 reachable: true,
                 error: String::new(),
                 replicas: 2,
@@ -557,7 +557,8 @@ impl Admin for MockRouter {
                     replicas: vec![proto::ShardReplicaHealth {
                         node_id: 1,
                         reachable: true,
-                        role: "leader".into(),
+                        hosted: true,
+                        role: proto::ReplicaRole::Leader as i32,
                         applied_index: 5,
                     }],
                 })

@@ -15,10 +15,10 @@ use ringkv_proto::v1::admin_server::{Admin, AdminServer};
 use ringkv_proto::v1::shard_kv_server::{ShardKv, ShardKvServer};
 use ringkv_proto::v1::{
     ClusterStatusRequest, ClusterStatusResponse, Consistency, InitClusterRequest, InitClusterResponse,
-    KeyValueResult, NodeStatusRequest, NodeStatusResponse, ReplicaInfo, RingInfo, RingMember, ScanEntry,
-    ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse,
-    ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteRequest,
-    ShardWriteResponse, WriteKind, WriteOpResult,
+    KeyValueResult, MemberState as ProtoMemberState, NodeStatusRequest, NodeStatusResponse, ReplicaInfo,
+    ReplicaRole, RingInfo, RingMember, ScanEntry, ShardCountRequest, ShardCountResponse,
+    ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest,
+    ShardScanResponse, ShardWriteRequest, ShardWriteResponse, WriteKind, WriteOpResult,
 };
 use ringkv_ring::shard::shard_of_hash;
 use ringkv_ring::{key_hash, MemberState, Ring, RingConfig, ShardId};
@@ -56,7 +56,7 @@ pub struct FakeCluster {
     pub store: Store,
     pub ring: Option<RingInfo>,
     pub addrs: HashMap<u64, String>,
-    /// Whether NodeStatus reports leaders and roles (else every replica says "follower"
+    /// Whether NodeStatus reports leaders and roles (else every replica says follower
     /// with no known leader, and the router must learn leaders from not-leader hints).
     pub report_leaders: bool,
 }
@@ -108,7 +108,7 @@ pub async fn start(
             .map(|node_id| RingMember {
                 node_id,
                 addr: addrs.get(&node_id).cloned().unwrap_or_default(),
-                state: "active".into(),
+                state: ProtoMemberState::Active as i32,
             })
             .collect(),
         vnodes_per_node: 8,
@@ -487,11 +487,10 @@ impl Admin for FakeNode {
                 .map(|shard| ReplicaInfo {
                     shard_id: Some(shard.0),
                     role: if self.cluster.report_leaders && self.node_id == shard_leader(&ring, shard) {
-                        "leader"
+                        ReplicaRole::Leader as i32
                     } else {
-                        "follower"
-                    }
-                    .into(),
+                        ReplicaRole::Follower as i32
+                    },
                     term: 1,
                     leader_id: if self.cluster.report_leaders {
                         shard_leader(&ring, shard)
@@ -506,11 +505,10 @@ impl Admin for FakeNode {
                 .chain(std::iter::once(ReplicaInfo {
                     shard_id: None,
                     role: if self.node_id == LEADER {
-                        "leader"
+                        ReplicaRole::Leader as i32
                     } else {
-                        "follower"
-                    }
-                    .into(),
+                        ReplicaRole::Follower as i32
+                    },
                     term: 1,
                     leader_id: LEADER,
                     ..ReplicaInfo::default()
