@@ -112,7 +112,10 @@ pub fn is_outcome_unknown(status: &Status) -> bool {
 mod tests {
     use super::*;
 
-    fn with_metadata(pairs: &[(&'static str, &'static str)]) -> Status {
+    /// A metadata key and its raw value.
+    type Pair = (&'static str, &'static str);
+
+    fn with_metadata(pairs: &[Pair]) -> Status {
         let mut status = Status::unavailable("node says no");
         for (key, value) in pairs {
             status
@@ -178,7 +181,7 @@ mod tests {
     #[test]
     fn garbage_hints_are_ignored() {
         let long_addr: &'static str = "a".repeat(MAX_LEADER_ADDR_BYTES + 1).leak();
-        let table: [(&[(&'static str, &'static str)], Option<LeaderHint>); 6] = [
+        let table: [(&[Pair], Option<LeaderHint>); 6] = [
             (
                 &[(LEADER_ID, " 3 "), (LEADER_ADDR, " n3:7100 ")],
                 Some(LeaderHint {
