@@ -273,6 +273,22 @@ pub struct MemberView {
     pub state: BTreeMap<String, String>,
 }
 
+impl MemberView {
+    /// What the member announces if it is a storage node: `None` for routers and for members
+    /// whose state is not an announcement this version understands (logged at debug level;
+    /// see [`Announcement::parse`]).
+    pub fn node_announcement(&self) -> Option<NodeAnnouncement> {
+        match Announcement::parse(&self.state) {
+            Ok(Announcement::Node(announced)) => Some(announced),
+            Ok(Announcement::Router) => None,
+            Err(err) => {
+                debug!(member_id = %self.member_id, %err, "ignoring a gossip member");
+                None
+            }
+        }
+    }
+}
+
 /// A running gossip member. Stop it with [`Gossip::shutdown`]; merely dropping it also stops
 /// the background tasks, without waiting for them.
 pub struct Gossip {

@@ -160,13 +160,8 @@ async fn run(
         let mut view = HashMap::new();
         let mut heard_others = false;
         for member in gossip.members().await {
-            let announced = match Announcement::parse(&member.state) {
-                Ok(Announcement::Node(announced)) => announced,
-                Ok(Announcement::Router) => continue,
-                Err(err) => {
-                    debug!(member_id = %member.member_id, %err, "ignoring a gossip member");
-                    continue;
-                }
+            let Some(announced) = member.node_announcement() else {
+                continue;
             };
             let node_id: NodeId = announced.node_id;
             if node_id == node.node_id() || announced.cluster_id != cluster_id {

@@ -108,13 +108,8 @@ async fn run(
         let mut nodes = HashMap::new();
         let mut reports = Vec::new();
         for member in gossip.members().await {
-            let announced = match Announcement::parse(&member.state) {
-                Ok(Announcement::Node(announced)) => announced,
-                Ok(Announcement::Router) => continue,
-                Err(err) => {
-                    debug!(member_id = %member.member_id, %err, "ignoring a gossip member");
-                    continue;
-                }
+            let Some(announced) = member.node_announcement() else {
+                continue;
             };
             let node_id: NodeId = announced.node_id;
             // A dead node's last words (its old leader claims) stay in gossip: only live
