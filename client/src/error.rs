@@ -6,7 +6,7 @@
 
 use std::error::Error as StdError;
 
-use ringkv_proto::OUTCOME_UNKNOWN_METADATA;
+use ringkv_proto::metadata;
 use tonic::{Code, Status, TimeoutExpired};
 
 /// Every error the ringkv client returns.
@@ -108,7 +108,7 @@ impl Failure {
             let message = with_causes(message, source);
             return Failure::from_local(status.code(), message, source);
         }
-        if status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some() {
+        if metadata::is_outcome_unknown(status) {
             return Failure {
                 error: Error::OutcomeUnknown(message),
                 delivery: Delivery::MaybeApplied,
@@ -208,9 +208,7 @@ mod tests {
     #[test]
     fn outcome_unknown_metadata_maps_to_outcome_unknown() {
         let mut status = Status::deadline_exceeded("commit timed out");
-        status
-            .metadata_mut()
-            .insert(OUTCOME_UNKNOWN_METADATA, "1".parse().expect("ascii"));
+        metadata::set_outcome_unknown(&mut status);
         let failure = Failure::from_status(&status);
         assert!(failure.error.is_outcome_unknown());
         assert_eq!(failure.delivery, Delivery::MaybeApplied);

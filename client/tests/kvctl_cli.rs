@@ -182,6 +182,10 @@ async fn cluster_status_output() {
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
     assert_eq!(value["ring"]["cluster_id"], "mock");
     assert_eq!(value["shards"].as_array().map(Vec::len), Some(2));
+    // Roles and states are enums on the wire and the same words as before in the output.
+    assert_eq!(value["ring"]["members"][0]["state"], "active");
+    assert_eq!(value["nodes"][0]["state"], "active");
+    assert_eq!(value["shards"][0]["replicas"][0]["role"], "leader");
 }
 
 fn json(output: &Output) -> serde_json::Value {

@@ -35,6 +35,15 @@
 //! is a `watch` channel holding one `u64`. Per-member bookkeeping is dropped as soon as chitchat
 //! forgets the member. Chitchat itself sends UDP datagrams of at most 64 KiB; a member's state
 //! that does not fit is replicated over several rounds, so keep values small.
+//!
+//! # Modules
+//!
+//! - [`announcement`]: what nodes and routers publish about themselves — the gossip keys
+//!   and their value syntax, written and read through one type ([`Announcement`]).
+
+pub mod announcement;
+
+pub use announcement::{Announcement, AnnouncementError, LeaderClaim, Load, NodeAnnouncement};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
@@ -262,6 +271,22 @@ pub struct MemberView {
     pub last_heard: Option<Duration>,
     /// The member's published key/values, as far as they have reached us.
     pub state: BTreeMap<String, String>,
+}
+
+impl MemberView {
+    /// What the member announces if it is a storage node: `None` for routers and for members
+    /// whose state is not an announcement this version understands (logged at debug level;
+    /// see [`Announcement::parse`]).
+    pub fn node_announcement(&self) -> Option<NodeAnnouncement> {
+        match Announcement::parse(&self.state) {
+            Ok(Announcement::Node(announced)) => Some(announced),
+            Ok(Announcement::Router) => None,
+            Err(err) => {
+                debug!(member_id = %self.member_id, %err, "ignoring a gossip member");
+                None
+            }
+        }
+    }
 }
 
 /// A running gossip member. Stop it with [`Gossip::shutdown`]; merely dropping it also stops

@@ -459,7 +459,9 @@ impl Cluster {
             .map(|ring| {
                 ring.members
                     .iter()
-                    .filter(|member| member.state == "joining" || member.state == "active")
+                    .filter(|member| {
+                        matches!(member.state(), v1::MemberState::Joining | v1::MemberState::Active)
+                    })
                     .map(|member| member.node_id as usize)
                     .collect()
             })
@@ -600,7 +602,8 @@ impl Cluster {
         };
         let gone = |id: usize| {
             ring.members.iter().any(|member| {
-                member.node_id == id as u64 && (member.state == "removed" || member.state == "dead")
+                member.node_id == id as u64
+                    && matches!(member.state(), v1::MemberState::Removed | v1::MemberState::Dead)
             })
         };
         let mut actions = Vec::new();
@@ -643,7 +646,7 @@ impl Cluster {
                 continue;
             };
             for replica in status.replicas {
-                if let (Some(shard), "leader") = (replica.shard_id, replica.role.as_str()) {
+                if let (Some(shard), v1::ReplicaRole::Leader) = (replica.shard_id, replica.role()) {
                     let entry = best.entry(shard).or_insert((0, 0));
                     if replica.term >= entry.0 {
                         *entry = (replica.term, id);

@@ -8,6 +8,7 @@ use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
+use ringkv_proto::v1;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -492,7 +493,7 @@ async fn transfer_leader(cluster: &Cluster, rng: &mut StdRng) -> String {
     let mut led: Vec<(u32, usize, Vec<usize>)> = Vec::new();
     for (id, status) in cluster.statuses().await {
         for replica in status.replicas {
-            if let (Some(shard), "leader") = (replica.shard_id, replica.role.as_str()) {
+            if let (Some(shard), v1::ReplicaRole::Leader) = (replica.shard_id, replica.role()) {
                 let others = replica
                     .voters
                     .iter()

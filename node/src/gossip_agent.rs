@@ -16,7 +16,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use ringkv_gossip::{Gossip, GossipConfig, Liveness};
+use ringkv_gossip::announcement::CLUSTER_NAME;
+use ringkv_gossip::{Announcement, Gossip, GossipConfig, LeaderClaim, Liveness, Load, NodeAnnouncement};
+use ringkv_proto::v1::ReplicaRole;
 use ringkv_ring::MemberState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,9 +27,6 @@ use tracing::{debug, info, warn};
 use crate::node::Node;
 use crate::raft::types::NodeId;
 
-/// Chitchat cluster name shared by every ringkv process; members of other ringkv clusters
-/// are told apart by their `cluster_id` key.
-pub const GOSSIP_CLUSTER: &str = "ringkv";
 /// Shortest time between two agent restarts for lack of peers.
 const RESTART_GAP: Duration = Duration::from_secs(10);
 
@@ -113,7 +112,7 @@ async fn start_gossip(
     bound: SocketAddr,
     advertise: Option<SocketAddr>,
 ) -> Result<Gossip, String> {
-    let mut config = GossipConfig::new(GOSSIP_CLUSTER, format!("node-{}", node.node_id()), bound);
+    let mut config = GossipConfig::new(CLUSTER_NAME, format!("node-{}", node.node_id()), bound);
     config.advertise = advertise;
     config.seeds = seeds(node);
     config.interval = Duration::from_millis(node.config().gossip_interval_ms);
@@ -121,16 +120,19 @@ async fn start_gossip(
     Gossip::start(config).await.map_err(|err| err.to_string())
 }
 
-/// The keys this node publishes.
-fn published(node: &Node) -> BTreeMap<String, String> {
+/// What this node announces.
+fn announcement(node: &Node) -> NodeAnnouncement {
     let status = node.status();
     let mut leaders = Vec::new();
-    let mut replicas = 0usize;
+    let mut replicas = 0u64;
     for replica in &status.replicas {
-        if let Some(shard) = replica.shard_id {
+        if let Some(shard_id) = replica.shard_id {
             replicas += 1;
-            if replica.role == "leader" {
-                leaders.push(format!("{shard}:{}", replica.term));
+            if replica.role() == ReplicaRole::Leader {
+                leaders.push(LeaderClaim {
+                    shard_id,
+                    term: replica.term,
+                });
             }
         }
     }
@@ -139,20 +141,24 @@ fn published(node: &Node) -> BTreeMap<String, String> {
         .as_ref()
         .and_then(|ring| ring.member(node.node_id()).map(|member| member.state))
         .is_some_and(|state| state == MemberState::Decommissioning || state.is_gone());
-    let epoch = status.ring.as_ref().map_or(0, |ring| ring.epoch);
-    BTreeMap::from([
-        ("role".to_string(), "node".to_string()),
-        ("node_id".to_string(), node.node_id().to_string()),
-        ("addr".to_string(), node.addr().to_string()),
-        ("cluster_id".to_string(), status.cluster_id.clone()),
-        ("ring_epoch".to_string(), epoch.to_string()),
-        ("leaders".to_string(), leaders.join(",")),
-        (
-            "load".to_string(),
-            format!("replicas={replicas},leaders={}", leaders.len()),
-        ),
-        ("draining".to_string(), draining.to_string()),
-    ])
+    let load = Load {
+        replicas,
+        leaders: leaders.len() as u64,
+    };
+    NodeAnnouncement {
+        node_id: node.node_id(),
+        addr: node.addr().to_string(),
+        cluster_id: status.cluster_id.clone(),
+        ring_epoch: status.ring.as_ref().map_or(0, |ring| ring.epoch),
+        leaders,
+        load,
+        draining,
+    }
+}
+
+/// The gossip keys this node publishes.
+fn published(node: &Node) -> BTreeMap<String, String> {
+    Announcement::Node(announcement(node)).to_state()
 }
 
 async fn run(
@@ -182,16 +188,11 @@ async fn run(
         let mut view = HashMap::new();
         let mut heard_others = false;
         for member in gossip.members().await {
-            let same_cluster = member.state.get("cluster_id").is_some_and(|id| *id == cluster_id);
-            let Some(node_id) = member
-                .state
-                .get("node_id")
-                .filter(|_| member.state.get("role").map(String::as_str) == Some("node"))
-                .and_then(|id| id.parse::<NodeId>().ok())
-            else {
+            let Some(announced) = member.node_announcement() else {
                 continue;
             };
-            if node_id == node.node_id() || !same_cluster {
+            let node_id: NodeId = announced.node_id;
+            if node_id == node.node_id() || announced.cluster_id != cluster_id {
                 continue;
             }
             heard_others |= member.liveness == Liveness::Alive;

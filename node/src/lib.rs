@@ -2,6 +2,7 @@
 //! system group that holds the cluster configuration and the ring.
 //!
 //! - [`config`]: the typed node configuration.
+//! - [`convert`]: the node's enums as protobuf enums (replica roles, member states).
 //! - [`storage`]: the storage seam (ordered trees, batches, flush) and its sled engine.
 //! - [`raft`]: multi-raft plumbing — log store, state machine, snapshots, group commit,
 //!   network.
@@ -21,6 +22,7 @@
 //!   duties and gossip, binds the listener, serves, shuts down in order.
 
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod gossip_agent;
 pub mod group;

@@ -62,7 +62,7 @@ pub fn shard_views(statuses: &[v1::NodeStatusResponse]) -> HashMap<u32, ShardVie
             let Some(shard) = replica.shard_id else {
                 continue;
             };
-            if replica.role != "leader" {
+            if replica.role() != v1::ReplicaRole::Leader {
                 continue;
             }
             let newer = views.get(&shard).is_none_or(|view| replica.term > view.term);

@@ -3,22 +3,18 @@
 //! - `Kv` — the client API served by routers (`kv.proto`).
 //! - `Admin` — cluster bootstrap and status (`admin.proto`).
 //! - `ShardKv`, `Raft` — internal router→node and node→node services (`node.proto`).
+//! - [`metadata`] — the `x-ringkv-*` metadata on error statuses (leader hints, rejected,
+//!   outcome unknown), with the one setter and getter of each key.
+//! - [`labels`] — the names shown for the enums (`ReplicaRole::label`, `MemberState::label`).
 //!
 //! This crate depends on nothing internal; every other ringkv crate depends on it.
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod labels;
+pub mod metadata;
+
 /// Generated code for the `ringkv.v1` package.
 pub mod v1 {
     tonic::include_proto!("ringkv.v1");
 }
-
-/// gRPC metadata key carrying the leader's node id on a not-leader error.
-pub const LEADER_ID_METADATA: &str = "x-ringkv-leader-id";
-/// gRPC metadata key carrying the leader's address on a not-leader error.
-pub const LEADER_ADDR_METADATA: &str = "x-ringkv-leader-addr";
-/// gRPC metadata key set on errors whose write outcome is unknown.
-pub const OUTCOME_UNKNOWN_METADATA: &str = "x-ringkv-outcome-unknown";
-/// gRPC metadata key set on write errors where the write was definitely not applied
-/// (rejected before it was proposed), so a router may retry it anywhere.
-pub const REJECTED_METADATA: &str = "x-ringkv-rejected";

@@ -12,7 +12,7 @@ use futures::stream::{self, StreamExt};
 use ringkv_proto::v1::admin_server::Admin;
 use ringkv_proto::v1::{
     AddNodeRequest, ClusterStatusRequest, ClusterStatusResponse, DecommissionNodeRequest, InitClusterRequest,
-    InitClusterResponse, NodeStatusRequest, NodeStatusResponse, PlanRingChangeRequest,
+    InitClusterResponse, MemberState, NodeStatusRequest, NodeStatusResponse, PlanRingChangeRequest,
     PlanRingChangeResponse, RebalanceStatusRequest, RebalanceStatusResponse, RingChangeResponse,
     TransferLeaderRequest, TransferLeaderResponse,
 };
@@ -94,7 +94,7 @@ impl<N: NodeApi> AdminService<N> {
             .info
             .members
             .iter()
-            .filter(|m| m.state == "active" || m.state == "joining")
+            .filter(|m| matches!(m.state(), MemberState::Active | MemberState::Joining))
         {
             let timeout = deadline.saturating_duration_since(Instant::now());
             if timeout.is_zero() {

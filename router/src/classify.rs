@@ -9,14 +9,11 @@
 
 use std::error::Error as StdError;
 
-use ringkv_proto::{LEADER_ADDR_METADATA, LEADER_ID_METADATA};
+use ringkv_proto::metadata::{self, LeaderHint};
 use ringkv_ring::NodeId;
 use tonic::{Code, Status};
 
-use crate::error::{clip, has_rejected_flag};
-
-/// Longest accepted leader address hint.
-const MAX_ADDR_HINT_BYTES: usize = 256;
+use crate::error::clip;
 
 /// What went wrong with one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,8 +110,11 @@ pub fn classify(status: &Status) -> Classified {
         };
     }
     let failure = match status.code() {
-        Code::Unavailable => match leader_hint(status) {
-            Some((leader_id, leader_addr)) => Failure::NotLeader {
+        Code::Unavailable => match metadata::leader_hint(status) {
+            Some(LeaderHint {
+                leader_id,
+                leader_addr,
+            }) => Failure::NotLeader {
                 leader_id,
                 leader_addr,
             },
@@ -132,7 +132,7 @@ pub fn classify(status: &Status) -> Classified {
     };
     // INVALID_ARGUMENT is decided on the input before anything is proposed, so it is a
     // definite rejection even when a node forgets `x-ringkv-rejected`.
-    let definitely_not_applied = has_rejected_flag(status) || status.code() == Code::InvalidArgument;
+    let definitely_not_applied = metadata::is_rejected(status) || status.code() == Code::InvalidArgument;
     Classified {
         failure,
         definitely_not_applied,
@@ -156,48 +156,20 @@ fn local_failure(status: &Status) -> Option<Failure> {
     Some(Failure::Transport)
 }
 
-/// The leader named by a not-leader error, if any part of the hint is usable.
-fn leader_hint(status: &Status) -> Option<(Option<NodeId>, Option<String>)> {
-    let metadata = status.metadata();
-    let id_present = metadata.get(LEADER_ID_METADATA).is_some();
-    let addr_present = metadata.get(LEADER_ADDR_METADATA).is_some();
-    if !id_present && !addr_present {
-        return None;
-    }
-    let leader_id = metadata
-        .get(LEADER_ID_METADATA)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.trim().parse::<NodeId>().ok())
-        .filter(|id| *id != 0);
-    let leader_addr = metadata
-        .get(LEADER_ADDR_METADATA)
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|addr| {
-            !addr.is_empty() && addr.len() <= MAX_ADDR_HINT_BYTES && !addr.chars().any(char::is_whitespace)
-        })
-        .map(str::to_string);
-    if leader_id.is_none() && leader_addr.is_none() {
-        return None;
-    }
-    Some((leader_id, leader_addr))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use ringkv_proto::REJECTED_METADATA;
-    use tonic::metadata::MetadataValue;
-
     use super::*;
 
-    fn with_metadata(code: Code, pairs: &[(&'static str, &'static str)]) -> Status {
+    /// A status from a node: `code`, optionally naming a leader, optionally marked rejected.
+    fn from_node(code: Code, leader: Option<(u64, Option<&str>)>, rejected: bool) -> Status {
         let mut status = Status::new(code, "node says no");
-        for (key, value) in pairs {
-            status
-                .metadata_mut()
-                .insert(*key, MetadataValue::from_static(value));
+        if let Some((leader_id, leader_addr)) = leader {
+            metadata::set_leader_hint(&mut status, leader_id, leader_addr);
+        }
+        if rejected {
+            metadata::set_rejected(&mut status);
         }
         status
     }
@@ -231,13 +203,11 @@ mod tests {
         }
     }
 
-    /// UNAVAILABLE with leader metadata is a redirect; garbage hints are ignored.
+    /// UNAVAILABLE with leader metadata is a redirect; a hint with no usable part is none
+    /// (the parsing itself is tested in `ringkv_proto::metadata`).
     #[test]
     fn leader_hints_are_parsed() {
-        let hinted = with_metadata(
-            Code::Unavailable,
-            &[(LEADER_ID_METADATA, "3"), (LEADER_ADDR_METADATA, "n3:7100")],
-        );
+        let hinted = from_node(Code::Unavailable, Some((3, Some("n3:7100"))), false);
         assert_eq!(
             classify(&hinted).failure,
             Failure::NotLeader {
@@ -245,7 +215,7 @@ mod tests {
                 leader_addr: Some("n3:7100".into())
             }
         );
-        let id_only = with_metadata(Code::Unavailable, &[(LEADER_ID_METADATA, "7")]);
+        let id_only = from_node(Code::Unavailable, Some((7, None)), false);
         assert_eq!(
             classify(&id_only).failure,
             Failure::NotLeader {
@@ -253,30 +223,19 @@ mod tests {
                 leader_addr: None
             }
         );
-        let garbage = with_metadata(
-            Code::Unavailable,
-            &[(LEADER_ID_METADATA, "zero"), (LEADER_ADDR_METADATA, "")],
-        );
-        assert_eq!(classify(&garbage).failure, Failure::NoLeader);
-        let zero = with_metadata(Code::Unavailable, &[(LEADER_ID_METADATA, "0")]);
-        assert_eq!(classify(&zero).failure, Failure::NoLeader);
+        let unusable = from_node(Code::Unavailable, Some((0, Some(""))), false);
+        assert_eq!(classify(&unusable).failure, Failure::NoLeader);
     }
 
     /// A write error is definite only with `x-ringkv-rejected: 1` (or bad input, or no
     /// connection); everything else is ambiguous.
     #[test]
     fn ambiguous_versus_definite() {
-        let rejected = with_metadata(
-            Code::Unavailable,
-            &[(REJECTED_METADATA, "1"), (LEADER_ID_METADATA, "2")],
-        );
+        let rejected = from_node(Code::Unavailable, Some((2, None)), true);
         assert!(classify(&rejected).definitely_not_applied);
 
-        let no_flag = with_metadata(Code::Unavailable, &[(LEADER_ID_METADATA, "2")]);
+        let no_flag = from_node(Code::Unavailable, Some((2, None)), false);
         assert!(!classify(&no_flag).definitely_not_applied);
-
-        let wrong_flag = with_metadata(Code::NotFound, &[(REJECTED_METADATA, "0")]);
-        assert!(!classify(&wrong_flag).definitely_not_applied);
 
         let internal = Status::internal("apply failed");
         assert!(!classify(&internal).definitely_not_applied);

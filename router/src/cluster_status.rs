@@ -5,18 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ringkv_proto::v1::{
-    ClusterStatusResponse, NodeHealth, NodeStatusResponse, ReplicaInfo, RingMember, ShardHealth,
+    ClusterStatusResponse, NodeHealth, NodeStatusResponse, ReplicaInfo, ReplicaRole, RingMember, ShardHealth,
     ShardReplicaHealth,
 };
 use ringkv_ring::NodeId;
 
 use crate::error::clip;
 use crate::topology::{leader_claims, RingView};
-
-/// Role reported for a placement replica on a reachable node that does not host it.
-pub const ROLE_MISSING: &str = "missing";
-/// Role reported for a replica on a node that could not be asked.
-pub const ROLE_UNKNOWN: &str = "unknown";
 
 /// One ring member and what asking it for its status gave.
 #[derive(Debug, Clone)]
@@ -56,7 +51,7 @@ pub fn build_cluster_status(view: &RingView, probes: &[NodeProbe]) -> ClusterSta
         let mut health = NodeHealth {
             node_id: member.node_id,
             addr: member.addr.clone(),
-            state: member.state.clone(),
+            state: member.state,
             ..NodeHealth::default()
         };
         match usable(view, probe) {
@@ -64,7 +59,7 @@ pub fn build_cluster_status(view: &RingView, probes: &[NodeProbe]) -> ClusterSta
                 let shard_replicas = status.replicas.iter().filter(|r| r.shard_id.is_some());
                 health.reachable = true;
                 health.replicas = count(shard_replicas.clone());
-                health.leaders = count(shard_replicas.filter(|r| r.role == "leader"));
+                health.leaders = count(shard_replicas.filter(|r| r.role() == ReplicaRole::Leader));
                 answered.insert(member.node_id, status);
             }
             Err(error) => {
@@ -111,7 +106,8 @@ pub fn build_cluster_status(view: &RingView, probes: &[NodeProbe]) -> ClusterSta
                         replicas.push(ShardReplicaHealth {
                             node_id: *node_id,
                             reachable: true,
-                            role: replica.role.clone(),
+                            hosted: true,
+                            role: replica.role,
                             applied_index: replica.applied_index,
                         });
                     }
@@ -142,15 +138,11 @@ fn replica_health(
     on_nodes: Option<&BTreeMap<NodeId, &ReplicaInfo>>,
 ) -> ShardReplicaHealth {
     let replica = on_nodes.and_then(|nodes| nodes.get(&node_id));
-    let role = match (reachable, replica) {
-        (_, Some(replica)) => replica.role.clone(),
-        (true, None) => ROLE_MISSING.to_string(),
-        (false, None) => ROLE_UNKNOWN.to_string(),
-    };
     ShardReplicaHealth {
         node_id,
         reachable,
-        role,
+        hosted: replica.is_some(),
+        role: replica.map_or(ReplicaRole::Unspecified as i32, |replica| replica.role),
         applied_index: replica.map_or(0, |replica| replica.applied_index),
     }
 }
@@ -183,9 +175,9 @@ mod tests {
             .map(|shard: ShardId| ReplicaInfo {
                 shard_id: Some(shard.0),
                 role: if view.ring.replicas(shard)[0] == node_id {
-                    "leader".into()
+                    ReplicaRole::Leader as i32
                 } else {
-                    "follower".into()
+                    ReplicaRole::Follower as i32
                 },
                 term: leader_term,
                 leader_id: view.ring.replicas(shard)[0],
@@ -194,7 +186,11 @@ mod tests {
             })
             .chain(std::iter::once(ReplicaInfo {
                 shard_id: None,
-                role: if node_id == 2 { "leader" } else { "follower" }.into(),
+                role: if node_id == 2 {
+                    ReplicaRole::Leader as i32
+                } else {
+                    ReplicaRole::Follower as i32
+                },
                 term: 1,
                 leader_id: 2,
                 ..ReplicaInfo::default()
@@ -276,10 +272,13 @@ mod tests {
             for replica in &shard.replicas {
                 match replica.node_id {
                     1 | 2 => {
-                        assert!(!replica.reachable);
-                        assert_eq!(replica.role, ROLE_UNKNOWN);
+                        assert!(!replica.reachable && !replica.hosted);
+                        assert_eq!(replica.role_label(), "unknown");
                     }
-                    _ => assert_eq!(replica.role, ROLE_MISSING),
+                    _ => {
+                        assert!(replica.reachable && !replica.hosted);
+                        assert_eq!(replica.role_label(), "missing");
+                    }
                 }
             }
             assert_eq!(shard.leader_id, 0);

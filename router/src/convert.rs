@@ -1,27 +1,30 @@
-//! Protobuf ↔ placement conversions: a node's `RingInfo` into a [`ringkv_ring::Ring`].
+//! Protobuf ↔ placement conversions: a node's `RingInfo` into a [`ringkv_ring::Ring`], and
+//! the router's one mapping of a protobuf member state to a ring [`MemberState`].
 
-use ringkv_proto::v1::RingInfo;
+use ringkv_proto::v1::{self, RingInfo};
 use ringkv_ring::ring::DEFAULT_VNODES_PER_NODE;
 use ringkv_ring::{MemberState, Ring, RingConfig, RingError, RingMember};
 
 /// Why a `RingInfo` could not be turned into a ring.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
-    #[error("ring member {node_id} has unknown state {state:?}")]
-    UnknownMemberState { node_id: u64, state: String },
+    /// The state is unspecified, or a value this version does not know (a newer peer).
+    #[error("ring member {node_id} has unknown state {state}")]
+    UnknownMemberState { node_id: u64, state: i32 },
     #[error("invalid ring: {0}")]
     Ring(#[from] RingError),
 }
 
-/// Parses a member state as written in `RingMember.state`.
-pub fn parse_member_state(state: &str) -> Option<MemberState> {
+/// The ring state of a member state carried in `RingMember.state`; `None` when it is
+/// unspecified (which is also what a value unknown to this version reads as).
+pub fn member_state(state: v1::MemberState) -> Option<MemberState> {
     match state {
-        "joining" => Some(MemberState::Joining),
-        "active" => Some(MemberState::Active),
-        "decommissioning" => Some(MemberState::Decommissioning),
-        "removed" => Some(MemberState::Removed),
-        "dead" => Some(MemberState::Dead),
-        _ => None,
+        v1::MemberState::Unspecified => None,
+        v1::MemberState::Joining => Some(MemberState::Joining),
+        v1::MemberState::Active => Some(MemberState::Active),
+        v1::MemberState::Decommissioning => Some(MemberState::Decommissioning),
+        v1::MemberState::Removed => Some(MemberState::Removed),
+        v1::MemberState::Dead => Some(MemberState::Dead),
     }
 }
 
@@ -41,10 +44,10 @@ pub fn ring_from_info(info: &RingInfo) -> Result<Ring, ConvertError> {
     };
     let mut members = Vec::with_capacity(info.members.len());
     for member in &info.members {
-        let Some(state) = parse_member_state(&member.state) else {
+        let Some(state) = member_state(member.state()) else {
             return Err(ConvertError::UnknownMemberState {
                 node_id: member.node_id,
-                state: crate::error::clip(&member.state),
+                state: member.state,
             });
         };
         members.push(RingMember {
@@ -73,7 +76,7 @@ pub(crate) mod tests {
                 .map(|node_id| ProtoMember {
                     node_id,
                     addr: format!("n{node_id}:7001"),
-                    state: "active".into(),
+                    state: v1::MemberState::Active as i32,
                 })
                 .collect(),
             vnodes_per_node: 16,
@@ -96,7 +99,7 @@ pub(crate) mod tests {
     #[test]
     fn rejects_bad_rings() {
         let mut unknown_state = ring_info(3, 8, 3);
-        unknown_state.members[0].state = "sleeping".into();
+        unknown_state.members[0].state = 99;
         assert!(matches!(
             ring_from_info(&unknown_state),
             Err(ConvertError::UnknownMemberState { node_id: 1, .. })
@@ -111,12 +114,19 @@ pub(crate) mod tests {
         ));
     }
 
-    /// Every documented state string parses.
+    /// Every protobuf state but unspecified maps to the ring state of the same name.
     #[test]
-    fn parses_states() {
-        for state in ["joining", "active", "decommissioning", "removed", "dead"] {
-            assert_eq!(parse_member_state(state).map(MemberState::as_str), Some(state));
+    fn converts_states() {
+        let states = [
+            v1::MemberState::Joining,
+            v1::MemberState::Active,
+            v1::MemberState::Decommissioning,
+            v1::MemberState::Removed,
+            v1::MemberState::Dead,
+        ];
+        for state in states {
+            assert_eq!(member_state(state).map(MemberState::as_str), Some(state.label()));
         }
-        assert_eq!(parse_member_state("Active"), None);
+        assert_eq!(member_state(v1::MemberState::Unspecified), None);
     }
 }

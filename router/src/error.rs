@@ -7,9 +7,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use ringkv_proto::{OUTCOME_UNKNOWN_METADATA, REJECTED_METADATA};
+use ringkv_proto::metadata;
 use ringkv_ring::ShardId;
-use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 use crate::config::ConfigError;
@@ -215,18 +214,9 @@ impl From<RouterError> for Status {
 }
 
 fn outcome_unknown_status(message: String) -> Status {
-    let mut metadata = MetadataMap::new();
-    metadata.insert(OUTCOME_UNKNOWN_METADATA, MetadataValue::from_static("1"));
-    Status::with_metadata(Code::Unavailable, message, metadata)
-}
-
-/// Whether a node's error carries `x-ringkv-rejected: 1` (the write was not applied).
-pub(crate) fn has_rejected_flag(status: &Status) -> bool {
+    let mut status = Status::unavailable(message);
+    metadata::set_outcome_unknown(&mut status);
     status
-        .metadata()
-        .get(REJECTED_METADATA)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.trim() == "1")
 }
 
 /// A node's text, cut to a bounded length on a character boundary.
@@ -339,15 +329,9 @@ mod tests {
         let status = to_status(&unknown(4));
         assert!(status.message().starts_with("write outcome unknown: "));
         assert!(status.message().contains(&"ab".repeat(16)));
-        assert_eq!(
-            status
-                .metadata()
-                .get(OUTCOME_UNKNOWN_METADATA)
-                .and_then(|v| v.to_str().ok()),
-            Some("1")
-        );
+        assert!(metadata::is_outcome_unknown(&status));
         let plain = to_status(&unavailable(4));
-        assert!(plain.metadata().get(OUTCOME_UNKNOWN_METADATA).is_none());
+        assert!(!metadata::is_outcome_unknown(&plain));
     }
 
     /// Node errors are passed through with the node's code and exact message.
@@ -375,7 +359,7 @@ mod tests {
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().contains("batch failed on 2 of 4 shards: 1, 3"));
         assert!(status.message().contains("write outcome unknown on shards 3"));
-        assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
+        assert!(metadata::is_outcome_unknown(&status));
 
         let definite = RouterError::BatchFailed(BatchFailure {
             operation: "batch",
@@ -384,7 +368,7 @@ mod tests {
         });
         let status = to_status(&definite);
         assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_none());
+        assert!(!metadata::is_outcome_unknown(&status));
     }
 
     /// A batch whose shards all failed with the same code keeps that code.

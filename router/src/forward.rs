@@ -389,11 +389,8 @@ pub(crate) mod tests {
     use std::collections::{HashMap, VecDeque};
     use std::sync::Mutex;
 
+    use ringkv_proto::metadata;
     use ringkv_proto::v1::{KeyValueResult, NodeStatusResponse, WriteKind, WriteOpResult};
-    use ringkv_proto::{
-        LEADER_ADDR_METADATA, LEADER_ID_METADATA, OUTCOME_UNKNOWN_METADATA, REJECTED_METADATA,
-    };
-    use tonic::metadata::MetadataValue;
 
     use super::*;
     use crate::convert::tests::ring_info;
@@ -597,24 +594,16 @@ pub(crate) mod tests {
 
     fn not_leader(leader: u64, rejected: bool) -> Status {
         let mut status = Status::unavailable("not the leader");
-        let metadata = status.metadata_mut();
-        if let Ok(id) = MetadataValue::try_from(leader.to_string()) {
-            metadata.insert(LEADER_ID_METADATA, id);
-        }
-        if let Ok(addr) = MetadataValue::try_from(format!("n{leader}:7001")) {
-            metadata.insert(LEADER_ADDR_METADATA, addr);
-        }
+        metadata::set_leader_hint(&mut status, leader, Some(&format!("n{leader}:7001")));
         if rejected {
-            metadata.insert(REJECTED_METADATA, MetadataValue::from_static("1"));
+            metadata::set_rejected(&mut status);
         }
         status
     }
 
     fn rejected_unavailable() -> Script {
         let mut status = Status::unavailable("no leader");
-        status
-            .metadata_mut()
-            .insert(REJECTED_METADATA, MetadataValue::from_static("1"));
+        metadata::set_rejected(&mut status);
         Script::Fail(status)
     }
 
@@ -712,7 +701,7 @@ pub(crate) mod tests {
         let status = to_status(&err);
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.message().starts_with("write outcome unknown: "));
-        assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
+        assert!(metadata::is_outcome_unknown(&status));
     }
 
     /// When every attempt was definitely rejected, the error carries no outcome-unknown flag.
@@ -732,7 +721,7 @@ pub(crate) mod tests {
             panic!("expected an error")
         };
         assert!(matches!(err, RouterError::ShardUnavailable { .. }), "{err}");
-        assert!(to_status(&err).metadata().get(OUTCOME_UNKNOWN_METADATA).is_none());
+        assert!(!metadata::is_outcome_unknown(&to_status(&err)));
         // Bounded by the deadline, with several backed-off attempts in between.
         assert_eq!(Instant::now() - start, Duration::from_millis(300));
         let attempts = nodes.called_addrs().len();

@@ -12,16 +12,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ringkv_gossip::{Gossip, GossipConfig, Liveness};
+use ringkv_gossip::announcement::CLUSTER_NAME;
+use ringkv_gossip::{Announcement, Gossip, GossipConfig, Liveness};
 use ringkv_ring::NodeId;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::topology::{GossipReport, TopologyHandle};
-
-/// Chitchat cluster name shared with the nodes.
-const GOSSIP_CLUSTER: &str = "ringkv";
+use crate::topology::TopologyHandle;
 
 /// One node as gossip sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,10 +67,10 @@ impl RouterGossip {
         topology: TopologyHandle,
         view: Arc<GossipView>,
     ) -> Result<RouterGossip, String> {
-        let mut config = GossipConfig::new(GOSSIP_CLUSTER, format!("router-{bound}"), bound);
+        let mut config = GossipConfig::new(CLUSTER_NAME, format!("router-{bound}"), bound);
         config.seeds = seeds;
         config.interval = interval;
-        config.initial_state = vec![("role".to_string(), "router".to_string())];
+        config.initial_state = Announcement::Router.to_state().into_iter().collect();
         let gossip = Gossip::start(config).await.map_err(|err| err.to_string())?;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(gossip, interval, topology, view, cancel.clone()));
@@ -110,22 +108,14 @@ async fn run(
         let mut nodes = HashMap::new();
         let mut reports = Vec::new();
         for member in gossip.members().await {
-            if member.state.get("role").map(String::as_str) != Some("node") {
-                continue;
-            }
-            let Some(node_id) = member
-                .state
-                .get("node_id")
-                .and_then(|id| id.parse::<NodeId>().ok())
-            else {
+            let Some(announced) = member.node_announcement() else {
                 continue;
             };
+            let node_id: NodeId = announced.node_id;
             // A dead node's last words (its old leader claims) stay in gossip: only live
             // nodes are believed.
             if member.liveness == Liveness::Alive {
-                if let Some(report) = GossipReport::parse(&member.state) {
-                    reports.push(report);
-                }
+                reports.push(announced);
             }
             nodes.insert(
                 node_id,

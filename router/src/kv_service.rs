@@ -527,8 +527,8 @@ impl<N: NodeApi> Kv for KvService<N> {
 
 #[cfg(test)]
 mod tests {
+    use ringkv_proto::metadata;
     use ringkv_proto::v1::{Consistency, KeyValue};
-    use ringkv_proto::OUTCOME_UNKNOWN_METADATA;
     use tonic::Code;
 
     use super::*;
@@ -736,7 +736,7 @@ mod tests {
         };
         let status = to_status(&err);
         assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
+        assert!(metadata::is_outcome_unknown(&status));
         assert!(
             status.message().contains("outcome unknown"),
             "{}",

@@ -10,20 +10,20 @@ use std::collections::{BTreeSet, HashMap};
 
 use ringkv_proto::v1::{
     plan_ring_change_request::Change, NodeStatusResponse, PlanRingChangeResponse, RebalanceStatusResponse,
-    RingInfo, ShardMove, ShardRebalance,
+    ReplicaRole, RingInfo, ShardMove, ShardRebalance,
 };
 use ringkv_ring::{MemberState, NodeId, Ring, RingMember, ShardId};
 
-use crate::convert::{parse_member_state, ring_from_info};
+use crate::convert::{member_state, ring_from_info};
 use crate::error::RouterError;
 
 fn members_of(info: &RingInfo) -> Result<Vec<RingMember>, RouterError> {
     info.members
         .iter()
         .map(|member| {
-            let state = parse_member_state(&member.state).ok_or_else(|| {
+            let state = member_state(member.state()).ok_or_else(|| {
                 RouterError::Internal(format!(
-                    "node {} has unknown state {:?}",
+                    "node {} has unknown state {}",
                     member.node_id, member.state
                 ))
             })?;
@@ -137,7 +137,7 @@ pub fn rebalance_status(
             let Some(shard) = replica.shard_id else {
                 continue;
             };
-            if replica.role != "leader" {
+            if replica.role() != ReplicaRole::Leader {
                 continue;
             }
             if leaders.get(&shard).is_none_or(|known| replica.term > known.term) {
@@ -182,7 +182,9 @@ pub fn rebalance_status(
     }
     let mut members_by_state = HashMap::new();
     for member in &info.members {
-        *members_by_state.entry(member.state.clone()).or_insert(0u32) += 1;
+        *members_by_state
+            .entry(member.state().label().to_string())
+            .or_insert(0u32) += 1;
     }
     let shards_total = ring.shard_count();
     Ok(RebalanceStatusResponse {
@@ -197,7 +199,7 @@ pub fn rebalance_status(
 
 #[cfg(test)]
 mod tests {
-    use ringkv_proto::v1::{NodeAddress, ReplicaInfo};
+    use ringkv_proto::v1::{MemberState as ProtoMemberState, NodeAddress, ReplicaInfo};
 
     use super::*;
     use crate::convert::tests::ring_info;
@@ -247,7 +249,7 @@ mod tests {
         let ring = ring_from_info(&info).expect("ring");
         let leader = |shard: u32, voters: Vec<u64>, learners: Vec<u64>| ReplicaInfo {
             shard_id: Some(shard),
-            role: "leader".into(),
+            role: ReplicaRole::Leader as i32,
             term: 2,
             voters,
             learners,
@@ -269,6 +271,9 @@ mod tests {
         assert_eq!(report.shards_settled, 1);
         let pending: Vec<u32> = report.pending.iter().map(|p| p.shard_id).collect();
         assert_eq!(pending, vec![1, 2, 3]);
-        assert_eq!(report.members_by_state.get("active"), Some(&3));
+        assert_eq!(
+            report.members_by_state.get(ProtoMemberState::Active.label()),
+            Some(&3)
+        );
     }
 }

@@ -11,12 +11,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use ringkv_proto::v1::{NodeStatusResponse, ReplicaInfo, RingInfo};
+use ringkv_gossip::NodeAnnouncement;
+use ringkv_proto::v1::{NodeStatusResponse, ReplicaInfo, ReplicaRole, RingInfo};
 use ringkv_ring::{MemberState, NodeId, Ring, ShardId};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::convert::{parse_member_state, ring_from_info};
+use crate::convert::{member_state, ring_from_info};
 use crate::error::RouterError;
 
 /// Most node addresses remembered beyond the ring members (learnt from hints and seeds).
@@ -46,7 +47,7 @@ pub struct LeaderEntry {
 pub struct Claim {
     pub leader_id: NodeId,
     pub term: u64,
-    /// Made by the leader itself (role `leader`), which wins ties.
+    /// Made by the leader itself (role [`ReplicaRole::Leader`]), which wins ties.
     pub self_claim: bool,
 }
 
@@ -55,49 +56,6 @@ pub struct Claim {
 pub struct LeaderClaims {
     pub shards: HashMap<u32, Claim>,
     pub system: Option<Claim>,
-}
-
-/// What one node gossips: its address, cluster, ring epoch and the shards it leads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GossipReport {
-    pub node_id: NodeId,
-    pub addr: String,
-    pub cluster_id: String,
-    pub ring_epoch: u64,
-    /// `(shard, term)` of every shard the node leads.
-    pub leads: Vec<(u32, u64)>,
-}
-
-impl GossipReport {
-    /// Parses a node's gossip keys (`node_id`, `addr`, `cluster_id`, `ring_epoch`, and
-    /// `leaders` as `shard:term,...`); `None` when the identity is missing or malformed.
-    /// Malformed leader entries are skipped.
-    pub fn parse(state: &std::collections::BTreeMap<String, String>) -> Option<GossipReport> {
-        let node_id = state.get("node_id")?.parse::<NodeId>().ok()?;
-        let ring_epoch = state
-            .get("ring_epoch")
-            .and_then(|epoch| epoch.parse().ok())
-            .unwrap_or(0);
-        let leads = state
-            .get("leaders")
-            .map(|leaders| {
-                leaders
-                    .split(',')
-                    .filter_map(|entry| {
-                        let (shard, term) = entry.split_once(':')?;
-                        Some((shard.parse().ok()?, term.parse().ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(GossipReport {
-            node_id,
-            addr: state.get("addr").cloned().unwrap_or_default(),
-            cluster_id: state.get("cluster_id").cloned().unwrap_or_default(),
-            ring_epoch,
-            leads,
-        })
-    }
 }
 
 /// What applying gossip found.
@@ -113,7 +71,7 @@ pub struct GossipOutcome {
 pub fn leader_claims<'a>(reports: impl IntoIterator<Item = (NodeId, &'a ReplicaInfo)>) -> LeaderClaims {
     let mut claims = LeaderClaims::default();
     for (reporter, replica) in reports {
-        let is_leader = replica.role == "leader";
+        let is_leader = replica.role() == ReplicaRole::Leader;
         let leader_id = if replica.leader_id != 0 {
             replica.leader_id
         } else if is_leader && reporter != 0 {
@@ -297,7 +255,7 @@ impl Topology {
     /// Adopts the leader claims nodes gossip (each node claims the shards it leads, with
     /// the term), merged like `NodeStatus` claims: a higher term wins, an equal term does not
     /// override a more recent not-leader hint. Reports from other clusters are ignored.
-    pub fn apply_gossip(&mut self, reports: &[GossipReport]) -> GossipOutcome {
+    pub fn apply_gossip(&mut self, reports: &[NodeAnnouncement]) -> GossipOutcome {
         let mut outcome = GossipOutcome::default();
         let Some(view) = self.ring.clone() else {
             outcome.ring_behind = !reports.is_empty();
@@ -313,21 +271,22 @@ impl Topology {
             if !report.addr.is_empty() && !self.is_member(report.node_id) {
                 self.remember_addr(report.node_id, &report.addr);
             }
-            for &(shard, term) in &report.leads {
-                if shard >= view.ring.shard_count() {
+            for lead in &report.leaders {
+                if lead.shard_id >= view.ring.shard_count() {
                     continue;
                 }
                 let claim = Claim {
                     leader_id: report.node_id,
-                    term,
+                    term: lead.term,
                     self_claim: true,
                 };
-                let entry = self.leaders.get(&ShardId(shard)).copied();
+                let shard = ShardId(lead.shard_id);
+                let entry = self.leaders.get(&shard).copied();
                 if let Some(merged) = merge_claim(entry, claim) {
                     if entry.map(|entry| entry.node_id) != Some(merged.node_id) {
                         outcome.leaders_changed += 1;
                     }
-                    self.leaders.insert(ShardId(shard), merged);
+                    self.leaders.insert(shard, merged);
                 }
             }
         }
@@ -457,7 +416,7 @@ impl Topology {
             view.info
                 .members
                 .iter()
-                .filter(|member| parse_member_state(&member.state) != Some(MemberState::Removed))
+                .filter(|member| member_state(member.state()) != Some(MemberState::Removed))
                 .map(|member| member.addr.clone())
         });
         seeds
@@ -563,7 +522,7 @@ impl TopologyHandle {
     }
 
     /// See [`Topology::apply_gossip`].
-    pub fn apply_gossip(&self, reports: &[GossipReport]) -> GossipOutcome {
+    pub fn apply_gossip(&self, reports: &[NodeAnnouncement]) -> GossipOutcome {
         self.write().apply_gossip(reports)
     }
 
@@ -629,15 +588,16 @@ impl TopologyHandle {
 
 #[cfg(test)]
 mod tests {
-    use ringkv_proto::v1::ReplicaInfo;
+    use ringkv_gossip::{LeaderClaim, Load};
+    use ringkv_proto::v1::{MemberState as ProtoMemberState, ReplicaInfo};
 
     use super::*;
     use crate::convert::tests::ring_info;
 
-    fn replica(shard: Option<u32>, role: &str, term: u64, leader_id: u64) -> ReplicaInfo {
+    fn replica(shard: Option<u32>, role: ReplicaRole, term: u64, leader_id: u64) -> ReplicaInfo {
         ReplicaInfo {
             shard_id: shard,
-            role: role.into(),
+            role: role as i32,
             term,
             leader_id,
             ..ReplicaInfo::default()
@@ -669,11 +629,11 @@ mod tests {
     /// The leader with the highest term wins; the leader's own claim wins a tie.
     #[test]
     fn claims_pick_highest_term() {
-        let r1 = replica(Some(0), "follower", 4, 2);
-        let r2 = replica(Some(0), "follower", 5, 3);
-        let r3 = replica(Some(0), "leader", 5, 0);
-        let r4 = replica(None, "leader", 9, 1);
-        let r5 = replica(Some(1), "candidate", 7, 0);
+        let r1 = replica(Some(0), ReplicaRole::Follower, 4, 2);
+        let r2 = replica(Some(0), ReplicaRole::Follower, 5, 3);
+        let r3 = replica(Some(0), ReplicaRole::Leader, 5, 0);
+        let r4 = replica(None, ReplicaRole::Leader, 9, 1);
+        let r5 = replica(Some(1), ReplicaRole::Candidate, 7, 0);
         let claims = leader_claims([(1, &r1), (2, &r2), (3, &r3), (1, &r4), (2, &r5)]);
         assert_eq!(
             claims.shards.get(&0),
@@ -772,18 +732,29 @@ mod tests {
     fn hints_and_claims_merge_by_term() {
         let mut topology = topology_with_ring();
         let shard = ShardId(2);
-        topology.apply_observations(&[observation(1, None, vec![replica(Some(2), "leader", 5, 1)])]);
+        topology.apply_observations(&[observation(
+            1,
+            None,
+            vec![replica(Some(2), ReplicaRole::Leader, 5, 1)],
+        )]);
         assert_eq!(topology.leader(shard).map(|l| (l.node_id, l.term)), Some((1, 5)));
 
         // A hint says node 2 leads now; a stale refresh at term 5 must not undo it.
         topology.update_leader(shard, 2, None);
-        let outcome =
-            topology.apply_observations(&[observation(1, None, vec![replica(Some(2), "leader", 5, 1)])]);
+        let outcome = topology.apply_observations(&[observation(
+            1,
+            None,
+            vec![replica(Some(2), ReplicaRole::Leader, 5, 1)],
+        )]);
         assert_eq!(outcome.leaders_changed, 0);
         assert_eq!(topology.leader(shard).map(|l| l.node_id), Some(2));
 
         // A newer term wins.
-        topology.apply_observations(&[observation(3, None, vec![replica(Some(2), "leader", 6, 3)])]);
+        topology.apply_observations(&[observation(
+            3,
+            None,
+            vec![replica(Some(2), ReplicaRole::Leader, 6, 3)],
+        )]);
         assert_eq!(topology.leader(shard).map(|l| (l.node_id, l.term)), Some((3, 6)));
 
         // Hints for shards outside the ring are ignored.
@@ -800,41 +771,40 @@ mod tests {
             .map(|view| view.info.cluster_id.clone())
             .unwrap_or_default();
         let epoch = topology.ring().map_or(0, |view| view.info.epoch);
-        let state = |node: u64, leaders: &str, epoch: u64| {
-            std::collections::BTreeMap::from([
-                ("node_id".to_string(), node.to_string()),
-                ("addr".to_string(), format!("n{node}:1")),
-                ("cluster_id".to_string(), cluster_id.clone()),
-                ("ring_epoch".to_string(), epoch.to_string()),
-                ("leaders".to_string(), leaders.to_string()),
-            ])
+        let report = |node: u64, leaders: &[(u32, u64)], epoch: u64| NodeAnnouncement {
+            node_id: node,
+            addr: format!("n{node}:1"),
+            cluster_id: cluster_id.clone(),
+            ring_epoch: epoch,
+            leaders: leaders
+                .iter()
+                .map(|&(shard_id, term)| LeaderClaim { shard_id, term })
+                .collect(),
+            load: Load::default(),
+            draining: false,
         };
-        let report = |node: u64, leaders: &str, epoch: u64| {
-            GossipReport::parse(&state(node, leaders, epoch)).expect("a well-formed report parses")
-        };
-        assert_eq!(report(2, "0:5,1:7,bad,3:x", epoch).leads, vec![(0, 5), (1, 7)]);
-        let outcome = topology.apply_gossip(&[report(2, "0:5", epoch)]);
+        let outcome = topology.apply_gossip(&[report(2, &[(0, 5)], epoch)]);
         assert_eq!(outcome.leaders_changed, 1);
         assert!(!outcome.ring_behind);
         assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(2));
         // An older term does not win; a newer one does.
-        topology.apply_gossip(&[report(3, "0:4", epoch)]);
+        topology.apply_gossip(&[report(3, &[(0, 4)], epoch)]);
         assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(2));
-        topology.apply_gossip(&[report(3, "0:6", epoch)]);
+        topology.apply_gossip(&[report(3, &[(0, 6)], epoch)]);
         assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(3));
         // A hint newer than the gossiped claim is not overridden at the same term.
         topology.update_leader(ShardId(0), 1, None);
-        topology.apply_gossip(&[report(3, "0:6", epoch)]);
+        topology.apply_gossip(&[report(3, &[(0, 6)], epoch)]);
         assert_eq!(topology.leader(ShardId(0)).map(|entry| entry.node_id), Some(1));
         // Other clusters are ignored; a newer ring epoch asks for a poll.
-        let mut foreign = report(2, "1:99", epoch);
+        let mut foreign = report(2, &[(1, 99)], epoch);
         foreign.cluster_id = "other".to_string();
         assert_eq!(topology.apply_gossip(&[foreign]), GossipOutcome::default());
-        assert!(topology.apply_gossip(&[report(2, "", epoch + 1)]).ring_behind);
+        assert!(topology.apply_gossip(&[report(2, &[], epoch + 1)]).ring_behind);
         // Shards beyond the ring are skipped.
         assert_eq!(
             topology
-                .apply_gossip(&[report(2, "4096:9", epoch)])
+                .apply_gossip(&[report(2, &[(4096, 9)], epoch)])
                 .leaders_changed,
             0
         );
@@ -858,7 +828,7 @@ mod tests {
     #[test]
     fn poll_targets_dedup_and_skip_removed() {
         let mut info = ring_info(3, 8, 2);
-        info.members[2].state = "removed".into();
+        info.members[2].state = ProtoMemberState::Removed as i32;
         let mut topology = Topology::default();
         topology.apply_observations(&[observation(1, Some(info), vec![])]);
         let targets = topology.poll_targets(&["seed:1".into(), "n1:7001".into()]);

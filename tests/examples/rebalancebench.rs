@@ -151,7 +151,11 @@ async fn run_once(
     client.add_node(4, &addr).await?;
     wait_until("every shard settled and node 4 active", SETTLE_WAIT, || async {
         let status = client.rebalance_status().await.ok()?;
-        let active = status.members_by_state.get("active").copied() == Some(4);
+        let active = status
+            .members_by_state
+            .get(v1::MemberState::Active.label())
+            .copied()
+            == Some(4);
         (status.shards_settled == status.shards_total && active).then_some(())
     })
     .await?;

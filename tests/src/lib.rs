@@ -353,13 +353,19 @@ impl Cluster {
             .members
             .iter()
             .map(|member| {
-                let state = match member.state.as_str() {
-                    "joining" => MemberState::Joining,
-                    "active" => MemberState::Active,
-                    "decommissioning" => MemberState::Decommissioning,
-                    "removed" => MemberState::Removed,
-                    "dead" => MemberState::Dead,
-                    other => return Err(anyhow!("node {} has unknown state {other:?}", member.node_id)),
+                let state = match member.state() {
+                    v1::MemberState::Joining => MemberState::Joining,
+                    v1::MemberState::Active => MemberState::Active,
+                    v1::MemberState::Decommissioning => MemberState::Decommissioning,
+                    v1::MemberState::Removed => MemberState::Removed,
+                    v1::MemberState::Dead => MemberState::Dead,
+                    v1::MemberState::Unspecified => {
+                        return Err(anyhow!(
+                            "node {} has unknown state {}",
+                            member.node_id,
+                            member.state
+                        ))
+                    }
                 };
                 Ok(RingMember {
                     node_id: member.node_id,
@@ -389,7 +395,7 @@ impl Cluster {
                 continue;
             };
             for replica in status.replicas {
-                let (Some(shard), "leader") = (replica.shard_id, replica.role.as_str()) else {
+                let (Some(shard), v1::ReplicaRole::Leader) = (replica.shard_id, replica.role()) else {
                     continue;
                 };
                 let entry = best.entry(shard).or_insert((0, 0));

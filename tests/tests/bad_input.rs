@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use ringkv_client::Error;
-use ringkv_proto::v1;
+use ringkv_proto::{metadata, v1};
 use ringkv_tests::{bin_dir, Cluster, ClusterOptions, WAIT};
 use tonic::Code;
 
@@ -87,16 +87,9 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
         .await
         .expect_err("write at a follower");
     assert_eq!(not_leader.code(), Code::Unavailable);
-    let hint = not_leader
-        .metadata()
-        .get(ringkv_proto::LEADER_ID_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    assert_eq!(hint, Some(leader.to_string()), "the error names the leader");
-    assert!(not_leader
-        .metadata()
-        .get(ringkv_proto::REJECTED_METADATA)
-        .is_some());
+    let hint = metadata::leader_hint(&not_leader).and_then(|hint| hint.leader_id);
+    assert_eq!(hint, Some(leader), "the error names the leader");
+    assert!(metadata::is_rejected(&not_leader));
 
     // A peer speaking another cluster id is refused.
     let mut raft = v1::raft_client::RaftClient::connect(format!("http://{}", cluster.node_addr(1)?)).await?;

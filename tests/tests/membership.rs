@@ -188,14 +188,14 @@ async fn kvctl(router: &str, args: &[&str]) -> Result<serde_json::Value> {
     serde_json::from_slice(&output.stdout).context("kvctl output is not JSON")
 }
 
-async fn member_state(cluster: &Cluster, from: u64, node: u64) -> Option<String> {
+async fn member_state(cluster: &Cluster, from: u64, node: u64) -> Option<v1::MemberState> {
     let status = cluster.node_status(from).await.ok()?;
     status
         .ring?
         .members
         .into_iter()
         .find(|member| member.node_id == node)
-        .map(|member| member.state)
+        .map(|member| member.state())
 }
 
 /// A 4th node joins a loaded 3-node cluster under steady writes: replicas end balanced,
@@ -232,7 +232,7 @@ async fn join_under_load_rebalances_without_loss() -> Result<()> {
 
     let status = wait_settled(&cluster, &client, &[1, 2, 3, 4]).await?;
     wait_until("node 4 active", REBALANCE_WAIT, || async {
-        (member_state(&cluster, 1, 4).await.as_deref() == Some("active")).then_some(())
+        (member_state(&cluster, 1, 4).await == Some(v1::MemberState::Active)).then_some(())
     })
     .await?;
     let rebalance_time = joined_at.elapsed();
@@ -408,7 +408,7 @@ async fn decommission_empties_the_node() -> Result<()> {
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(stderr.contains("not a ring member"), "{stderr}");
     wait_until("node 2 removed", REBALANCE_WAIT, || async {
-        (member_state(&cluster, 1, 2).await.as_deref() == Some("removed")).then_some(())
+        (member_state(&cluster, 1, 2).await == Some(v1::MemberState::Removed)).then_some(())
     })
     .await?;
     wait_until("node 2 to hold no replica", REBALANCE_WAIT, || async {
@@ -464,7 +464,7 @@ async fn dead_node_is_replaced_and_cleans_up_on_return() -> Result<()> {
     )
     .await?;
     wait_until("node 3 declared dead", REBALANCE_WAIT, || async {
-        (member_state(&cluster, 1, 3).await.as_deref() == Some("dead")).then_some(())
+        (member_state(&cluster, 1, 3).await == Some(v1::MemberState::Dead)).then_some(())
     })
     .await?;
     wait_settled(&cluster, &client, &[1, 2, 4]).await?;

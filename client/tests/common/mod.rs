@@ -533,14 +533,14 @@ impl Admin for MockRouter {
                 members: vec![proto::RingMember {
                     node_id: 1,
                     addr: "127.0.0.1:1".into(),
-                    state: "active".into(),
+                    state: proto::MemberState::Active as i32,
                 }],
                 vnodes_per_node: 8,
             }),
             nodes: vec![proto::NodeHealth {
                 node_id: 1,
                 addr: "127.0.0.1:1".into(),
-                state: "active".into(),
+                state: proto::MemberState::Active as i32,
                 reachable: true,
                 error: String::new(),
                 replicas: 2,
@@ -557,7 +557,8 @@ impl Admin for MockRouter {
                     replicas: vec![proto::ShardReplicaHealth {
                         node_id: 1,
                         reachable: true,
-                        role: "leader".into(),
+                        hosted: true,
+                        role: proto::ReplicaRole::Leader as i32,
                         applied_index: 5,
                     }],
                 })
@@ -576,9 +577,6 @@ pub async fn dead_endpoint() -> SocketAddr {
 /// A status carrying the outcome-unknown metadata.
 pub fn outcome_unknown(message: &str) -> Status {
     let mut status = Status::unavailable(message.to_string());
-    status.metadata_mut().insert(
-        ringkv_proto::OUTCOME_UNKNOWN_METADATA,
-        "true".parse().expect("ascii"),
-    );
+    ringkv_proto::metadata::set_outcome_unknown(&mut status);
     status
 }

@@ -363,7 +363,7 @@ pub fn ring_info(config: &ClusterConfig) -> v1::RingInfo {
             .map(|member| v1::RingMember {
                 node_id: member.node_id,
                 addr: member.addr.clone(),
-                state: member.state.as_str().to_string(),
+                state: crate::convert::member_state(member.state) as i32,
             })
             .collect(),
     }

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use openraft::ServerState;
 use ringkv_proto::v1;
 
 use super::{ring_info, Node};
@@ -55,14 +54,7 @@ fn replica_info(group: &Group) -> v1::ReplicaInfo {
             GroupId::System => None,
             GroupId::Shard(shard) => Some(shard),
         },
-        role: match metrics.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        }
-        .to_string(),
+        role: crate::convert::replica_role(metrics.state) as i32,
         term: metrics.current_term,
         leader_id: metrics.current_leader.unwrap_or(0),
         last_log_index: metrics.last_log_index.unwrap_or(0),

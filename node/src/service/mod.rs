@@ -8,8 +8,7 @@ pub mod admin;
 pub mod raft;
 pub mod shard;
 
-use ringkv_proto::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, OUTCOME_UNKNOWN_METADATA, REJECTED_METADATA};
-use tonic::metadata::MetadataValue;
+use ringkv_proto::metadata;
 use tonic::{Code, Status};
 
 use crate::error::NodeError;
@@ -43,22 +42,13 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         ..
     } = &err
     {
-        if let Ok(value) = MetadataValue::try_from(leader_id.to_string()) {
-            status.metadata_mut().insert(LEADER_ID_METADATA, value);
-        }
-        if let Ok(value) = MetadataValue::try_from(leader_addr.as_str()) {
-            status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
-        }
+        metadata::set_leader_hint(&mut status, *leader_id, Some(leader_addr));
     }
     if is_write {
         if err.write_rejected() {
-            status
-                .metadata_mut()
-                .insert(REJECTED_METADATA, MetadataValue::from_static("1"));
+            metadata::set_rejected(&mut status);
         } else {
-            status
-                .metadata_mut()
-                .insert(OUTCOME_UNKNOWN_METADATA, MetadataValue::from_static("1"));
+            metadata::set_outcome_unknown(&mut status);
         }
     }
     status
@@ -83,13 +73,14 @@ mod tests {
         );
         assert_eq!(rejected.code(), Code::Unavailable);
         assert_eq!(
-            rejected
-                .metadata()
-                .get(LEADER_ADDR_METADATA)
-                .and_then(|v| v.to_str().ok()),
-            Some("127.0.0.1:7002")
+            metadata::leader_hint(&rejected),
+            Some(metadata::LeaderHint {
+                leader_id: Some(2),
+                leader_addr: Some("127.0.0.1:7002".to_string()),
+            })
         );
-        assert!(rejected.metadata().get(REJECTED_METADATA).is_some());
+        assert!(metadata::is_rejected(&rejected));
+        assert!(!metadata::is_outcome_unknown(&rejected));
         let unknown = status(
             NodeError::NotLeader {
                 group: GroupId::Shard(3),
@@ -98,8 +89,8 @@ mod tests {
             },
             true,
         );
-        assert!(unknown.metadata().get(REJECTED_METADATA).is_none());
-        assert!(unknown.metadata().get(OUTCOME_UNKNOWN_METADATA).is_some());
+        assert!(!metadata::is_rejected(&unknown));
+        assert!(metadata::is_outcome_unknown(&unknown));
         let bad = status(
             NodeError::UnknownShard {
                 shard: 99,

@@ -9,23 +9,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use ringkv_proto::metadata;
 use ringkv_proto::v1;
 use ringkv_proto::v1::admin_server::{Admin, AdminServer};
 use ringkv_proto::v1::shard_kv_server::{ShardKv, ShardKvServer};
 use ringkv_proto::v1::{
     ClusterStatusRequest, ClusterStatusResponse, Consistency, InitClusterRequest, InitClusterResponse,
-    KeyValueResult, NodeStatusRequest, NodeStatusResponse, ReplicaInfo, RingInfo, RingMember, ScanEntry,
-    ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse,
-    ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteRequest,
-    ShardWriteResponse, WriteKind, WriteOpResult,
+    KeyValueResult, MemberState as ProtoMemberState, NodeStatusRequest, NodeStatusResponse, ReplicaInfo,
+    ReplicaRole, RingInfo, RingMember, ScanEntry, ShardCountRequest, ShardCountResponse,
+    ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest,
+    ShardScanResponse, ShardWriteRequest, ShardWriteResponse, WriteKind, WriteOpResult,
 };
-use ringkv_proto::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, REJECTED_METADATA};
 use ringkv_ring::shard::shard_of_hash;
 use ringkv_ring::{key_hash, MemberState, Ring, RingConfig, ShardId};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
@@ -57,7 +56,7 @@ pub struct FakeCluster {
     pub store: Store,
     pub ring: Option<RingInfo>,
     pub addrs: HashMap<u64, String>,
-    /// Whether NodeStatus reports leaders and roles (else every replica says "follower"
+    /// Whether NodeStatus reports leaders and roles (else every replica says follower
     /// with no known leader, and the router must learn leaders from not-leader hints).
     pub report_leaders: bool,
 }
@@ -109,7 +108,7 @@ pub async fn start(
             .map(|node_id| RingMember {
                 node_id,
                 addr: addrs.get(&node_id).cloned().unwrap_or_default(),
-                state: "active".into(),
+                state: ProtoMemberState::Active as i32,
             })
             .collect(),
         vnodes_per_node: 8,
@@ -198,21 +197,17 @@ impl FakeNode {
             .unwrap_or_else(PoisonError::into_inner) += 1;
         let leader = self.leader_of(shard_id);
         let mut status = rejected(Status::unavailable("not the leader"));
-        let metadata = status.metadata_mut();
-        metadata.insert(LEADER_ID_METADATA, MetadataValue::from(leader));
-        if let Some(addr) = self.cluster.addrs.get(&leader) {
-            if let Ok(value) = MetadataValue::try_from(addr.as_str()) {
-                metadata.insert(LEADER_ADDR_METADATA, value);
-            }
-        }
+        metadata::set_leader_hint(
+            &mut status,
+            leader,
+            self.cluster.addrs.get(&leader).map(String::as_str),
+        );
         status
     }
 }
 
 fn rejected(mut status: Status) -> Status {
-    status
-        .metadata_mut()
-        .insert(REJECTED_METADATA, MetadataValue::from_static("1"));
+    metadata::set_rejected(&mut status);
     status
 }
 
@@ -492,11 +487,10 @@ impl Admin for FakeNode {
                 .map(|shard| ReplicaInfo {
                     shard_id: Some(shard.0),
                     role: if self.cluster.report_leaders && self.node_id == shard_leader(&ring, shard) {
-                        "leader"
+                        ReplicaRole::Leader as i32
                     } else {
-                        "follower"
-                    }
-                    .into(),
+                        ReplicaRole::Follower as i32
+                    },
                     term: 1,
                     leader_id: if self.cluster.report_leaders {
                         shard_leader(&ring, shard)
@@ -511,11 +505,10 @@ impl Admin for FakeNode {
                 .chain(std::iter::once(ReplicaInfo {
                     shard_id: None,
                     role: if self.node_id == LEADER {
-                        "leader"
+                        ReplicaRole::Leader as i32
                     } else {
-                        "follower"
-                    }
-                    .into(),
+                        ReplicaRole::Follower as i32
+                    },
                     term: 1,
                     leader_id: LEADER,
                     ..ReplicaInfo::default()

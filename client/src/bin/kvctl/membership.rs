@@ -232,7 +232,7 @@ fn ring_json(ring: Option<&proto::RingInfo>) -> Value {
         json!({
             "epoch": ring.epoch,
             "members": ring.members.iter().map(|m| json!({
-                "node_id": m.node_id, "addr": m.addr, "state": m.state,
+                "node_id": m.node_id, "addr": m.addr, "state": m.state().label(),
             })).collect::<Vec<_>>(),
         })
     })
@@ -256,7 +256,13 @@ pub fn render_ring_change(response: &proto::RingChangeResponse, what: &str, form
                     &["NODE", "ADDR", "STATE"],
                     ring.members
                         .iter()
-                        .map(|m| vec![m.node_id.to_string(), m.addr.clone(), m.state.clone()])
+                        .map(|m| {
+                            vec![
+                                m.node_id.to_string(),
+                                m.addr.clone(),
+                                m.state().label().to_string(),
+                            ]
+                        })
                         .collect(),
                     &[0],
                 )

@@ -630,9 +630,15 @@ pub fn render_init(response: &proto::InitClusterResponse, format: OutputFormat) 
     }
 }
 
-/// Roles of a replica that count toward a shard's replication.
-fn is_voting_role(role: &str) -> bool {
-    matches!(role, "leader" | "follower")
+/// Whether a replica counts toward a shard's replication: reachable, hosted, and a leader
+/// or follower.
+fn is_voting_replica(replica: &proto::ShardReplicaHealth) -> bool {
+    replica.reachable
+        && replica.hosted
+        && matches!(
+            replica.role(),
+            proto::ReplicaRole::Leader | proto::ReplicaRole::Follower
+        )
 }
 
 /// How healthy one shard is.
@@ -653,7 +659,7 @@ impl ShardHealthSummary {
         let healthy_replicas = shard
             .replicas
             .iter()
-            .filter(|replica| replica.reachable && is_voting_role(&replica.role))
+            .filter(|replica| is_voting_replica(replica))
             .count();
         let expected_replicas = match usize::try_from(replication_factor) {
             Ok(rf) if rf > 0 => rf,
@@ -760,7 +766,7 @@ fn cluster_status_table(status: &proto::ClusterStatusResponse) -> String {
             let mut row = vec![
                 node.node_id.to_string(),
                 node.addr.clone(),
-                node.state.clone(),
+                node.state().label().to_string(),
                 if node.liveness.is_empty() {
                     "-".to_string()
                 } else {
@@ -838,12 +844,12 @@ fn join_ids(ids: &[u64]) -> String {
 
 fn replica_label(replica: &proto::ShardReplicaHealth) -> String {
     if replica.reachable {
-        let role = if replica.role.is_empty() {
-            "?"
-        } else {
-            &replica.role
-        };
-        format!("{}:{}@{}", replica.node_id, role, replica.applied_index)
+        format!(
+            "{}:{}@{}",
+            replica.node_id,
+            replica.role_label(),
+            replica.applied_index
+        )
     } else {
         format!("{}:unreachable", replica.node_id)
     }
@@ -863,7 +869,7 @@ pub fn cluster_status_json(status: &proto::ClusterStatusResponse) -> Value {
             "members": ring.members.iter().map(|member| json!({
                 "node_id": member.node_id,
                 "addr": member.addr,
-                "state": member.state,
+                "state": member.state().label(),
             })).collect::<Vec<_>>(),
         })
     });
@@ -874,7 +880,7 @@ pub fn cluster_status_json(status: &proto::ClusterStatusResponse) -> Value {
             json!({
                 "node_id": node.node_id,
                 "addr": node.addr,
-                "state": node.state,
+                "state": node.state().label(),
                 "reachable": node.reachable,
                 "liveness": node.liveness,
                 "last_heard_ms": node.last_heard_ms,
@@ -896,7 +902,7 @@ pub fn cluster_status_json(status: &proto::ClusterStatusResponse) -> Value {
                 "replicas": shard.replicas.iter().map(|replica| json!({
                     "node_id": replica.node_id,
                     "reachable": replica.reachable,
-                    "role": replica.role,
+                    "role": replica.role_label(),
                     "applied_index": replica.applied_index,
                 })).collect::<Vec<_>>(),
                 "health": ShardHealthSummary::of(shard, replication_factor).label(),
@@ -1243,7 +1249,9 @@ mod tests {
         assert!(render_delete_range(42, OutputFormat::Table).ends_with("42"));
     }
 
-    fn shard(leader_id: u64, replicas: &[(u64, bool, &str)]) -> proto::ShardHealth {
+    /// A shard whose replicas are `(node id, reachable, role)`; a replica with a role is
+    /// hosted.
+    fn shard(leader_id: u64, replicas: &[(u64, bool, Option<proto::ReplicaRole>)]) -> proto::ShardHealth {
         proto::ShardHealth {
             shard_id: 0,
             placement: replicas.iter().map(|r| r.0).collect(),
@@ -1254,7 +1262,8 @@ mod tests {
                 .map(|(node_id, reachable, role)| proto::ShardReplicaHealth {
                     node_id: *node_id,
                     reachable: *reachable,
-                    role: role.to_string(),
+                    hosted: role.is_some(),
+                    role: role.unwrap_or_default() as i32,
                     applied_index: 10,
                 })
                 .collect(),
@@ -1264,18 +1273,34 @@ mod tests {
     /// Shard health: ok, no leader, under-replicated, or both.
     #[test]
     fn shard_health_labels() {
+        use proto::ReplicaRole::{Candidate, Follower, Leader, Learner};
         let healthy = shard(
             1,
-            &[(1, true, "leader"), (2, true, "follower"), (3, true, "follower")],
+            &[
+                (1, true, Some(Leader)),
+                (2, true, Some(Follower)),
+                (3, true, Some(Follower)),
+            ],
         );
         assert_eq!(ShardHealthSummary::of(&healthy, 3).label(), "ok");
 
-        let down = shard(1, &[(1, true, "leader"), (2, true, "follower"), (3, false, "")]);
+        let down = shard(
+            1,
+            &[
+                (1, true, Some(Leader)),
+                (2, true, Some(Follower)),
+                (3, false, None),
+            ],
+        );
         assert_eq!(ShardHealthSummary::of(&down, 3).label(), "under-replicated (2/3)");
 
         let leaderless = shard(
             0,
-            &[(1, true, "candidate"), (2, true, "follower"), (3, false, "")],
+            &[
+                (1, true, Some(Candidate)),
+                (2, true, Some(Follower)),
+                (3, false, None),
+            ],
         );
         assert_eq!(
             ShardHealthSummary::of(&leaderless, 3).label(),
@@ -1284,7 +1309,11 @@ mod tests {
 
         let learner = shard(
             1,
-            &[(1, true, "leader"), (2, true, "follower"), (3, true, "learner")],
+            &[
+                (1, true, Some(Leader)),
+                (2, true, Some(Follower)),
+                (3, true, Some(Learner)),
+            ],
         );
         assert!(ShardHealthSummary::of(&learner, 3).is_under_replicated());
 
@@ -1307,7 +1336,7 @@ mod tests {
             nodes: vec![proto::NodeHealth {
                 node_id: 3,
                 addr: "127.0.0.1:7003".into(),
-                state: "active".into(),
+                state: proto::MemberState::Active as i32,
                 reachable: false,
                 error: "connection refused".into(),
                 replicas: 0,
@@ -1317,7 +1346,11 @@ mod tests {
             }],
             shards: vec![shard(
                 0,
-                &[(1, true, "candidate"), (2, true, "follower"), (3, false, "")],
+                &[
+                    (1, true, Some(proto::ReplicaRole::Candidate)),
+                    (2, true, Some(proto::ReplicaRole::Follower)),
+                    (3, false, None),
+                ],
             )],
             system_leader_id: 1,
         };
@@ -1341,6 +1374,9 @@ mod tests {
         assert_eq!(value["ring"]["cluster_id"], json!("c1"));
         assert_eq!(value["nodes"][0]["reachable"], json!(false));
         assert_eq!(value["nodes"][0]["liveness"], json!("dead"));
+        assert_eq!(value["nodes"][0]["state"], json!("active"));
+        assert_eq!(value["shards"][0]["replicas"][0]["role"], json!("candidate"));
+        assert_eq!(value["shards"][0]["replicas"][2]["role"], json!("unknown"));
         assert_eq!(
             value["shards"][0]["health"],
             json!("no leader, under-replicated (1/3)")

@@ -1,0 +1,218 @@
+//! The `x-ringkv-*` gRPC metadata on error statuses: the part of the error contract that
+//! protobuf messages do not carry. Every writer (nodes, routers, test fakes) and every reader
+//! (routers, the client) goes through these functions; the keys are private to this module.
+//!
+//! | key                        | set by          | meaning                                        |
+//! |----------------------------|-----------------|------------------------------------------------|
+//! | `x-ringkv-leader-id`       | node            | not the leader; this node id is (decimal)      |
+//! | `x-ringkv-leader-addr`     | node            | not the leader; the leader's `host:port`       |
+//! | `x-ringkv-rejected`        | node            | `1`: the write was definitely not applied      |
+//! | `x-ringkv-outcome-unknown` | node and router | `1`: the write may or may not have been applied |
+//!
+//! Readers are deliberately asymmetric about values. A rejection counts only when the value
+//! is exactly `1` (reading a rejection where there was none would let a write be retried
+//! elsewhere after it was applied), while outcome-unknown counts whatever the value (reading
+//! it where there was none only makes a caller more careful).
+
+use tonic::metadata::MetadataValue;
+use tonic::Status;
+
+/// Carries the leader's node id on a not-leader error.
+const LEADER_ID: &str = "x-ringkv-leader-id";
+/// Carries the leader's address on a not-leader error.
+const LEADER_ADDR: &str = "x-ringkv-leader-addr";
+/// Set on write errors whose outcome is unknown.
+const OUTCOME_UNKNOWN: &str = "x-ringkv-outcome-unknown";
+/// Set on write errors where the write was definitely not applied (rejected before it was
+/// proposed), so a router may retry it anywhere.
+const REJECTED: &str = "x-ringkv-rejected";
+
+/// The value of the flag keys.
+const FLAG_SET: &str = "1";
+
+/// Longest leader address hint a reader accepts (the hint is network input).
+pub const MAX_LEADER_ADDR_BYTES: usize = 256;
+
+/// The leader a not-leader error names: at least one of the two parts is present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderHint {
+    /// The leader's node id (never 0).
+    pub leader_id: Option<u64>,
+    /// The leader's `host:port`: non-empty, without whitespace, at most
+    /// [`MAX_LEADER_ADDR_BYTES`].
+    pub leader_addr: Option<String>,
+}
+
+/// Names the leader on a not-leader error. An address that cannot be sent as gRPC metadata
+/// (non-ASCII) is left out.
+pub fn set_leader_hint(status: &mut Status, leader_id: u64, leader_addr: Option<&str>) {
+    let metadata = status.metadata_mut();
+    metadata.insert(LEADER_ID, MetadataValue::from(leader_id));
+    if let Some(value) = leader_addr.and_then(|addr| MetadataValue::try_from(addr).ok()) {
+        metadata.insert(LEADER_ADDR, value);
+    }
+}
+
+/// The leader a not-leader error names, if any part of the hint is usable: an id that is
+/// not a non-zero number and an address that is empty, too long or contains whitespace are
+/// ignored (surrounding whitespace is trimmed).
+pub fn leader_hint(status: &Status) -> Option<LeaderHint> {
+    let metadata = status.metadata();
+    let leader_id = metadata
+        .get(LEADER_ID)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|id| *id != 0);
+    let leader_addr = metadata
+        .get(LEADER_ADDR)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|addr| {
+            !addr.is_empty() && addr.len() <= MAX_LEADER_ADDR_BYTES && !addr.chars().any(char::is_whitespace)
+        })
+        .map(str::to_string);
+    if leader_id.is_none() && leader_addr.is_none() {
+        return None;
+    }
+    Some(LeaderHint {
+        leader_id,
+        leader_addr,
+    })
+}
+
+/// Marks a write error as a definite rejection: the write was not applied.
+pub fn set_rejected(status: &mut Status) {
+    status
+        .metadata_mut()
+        .insert(REJECTED, MetadataValue::from_static(FLAG_SET));
+}
+
+/// Whether a write error is marked as a definite rejection (value exactly `1`, trimmed).
+pub fn is_rejected(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(REJECTED)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim() == FLAG_SET)
+}
+
+/// Marks a write error as ambiguous: the write may or may not have been applied.
+pub fn set_outcome_unknown(status: &mut Status) {
+    status
+        .metadata_mut()
+        .insert(OUTCOME_UNKNOWN, MetadataValue::from_static(FLAG_SET));
+}
+
+/// Whether a write error is marked as ambiguous (the key present, whatever its value).
+pub fn is_outcome_unknown(status: &Status) -> bool {
+    status.metadata().get(OUTCOME_UNKNOWN).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A metadata key and its raw value.
+    type Pair = (&'static str, &'static str);
+
+    fn with_metadata(pairs: &[Pair]) -> Status {
+        let mut status = Status::unavailable("node says no");
+        for (key, value) in pairs {
+            status
+                .metadata_mut()
+                .insert(*key, MetadataValue::from_static(value));
+        }
+        status
+    }
+
+    /// The keys and values on the wire are the ones older versions write and read.
+    #[test]
+    fn wire_format_is_unchanged() {
+        let mut status = Status::unavailable("not the leader");
+        set_leader_hint(&mut status, 3, Some("n3:7100"));
+        set_rejected(&mut status);
+        set_outcome_unknown(&mut status);
+        let value = |key: &str| {
+            status
+                .metadata()
+                .get(key)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(value("x-ringkv-leader-id").as_deref(), Some("3"));
+        assert_eq!(value("x-ringkv-leader-addr").as_deref(), Some("n3:7100"));
+        assert_eq!(value("x-ringkv-rejected").as_deref(), Some("1"));
+        assert_eq!(value("x-ringkv-outcome-unknown").as_deref(), Some("1"));
+    }
+
+    /// What a setter writes, the getter reads; an unmarked status reads as unmarked.
+    #[test]
+    fn setters_and_getters_agree() {
+        let plain = Status::unavailable("no leader");
+        assert_eq!(leader_hint(&plain), None);
+        assert!(!is_rejected(&plain));
+        assert!(!is_outcome_unknown(&plain));
+
+        let mut hinted = plain.clone();
+        set_leader_hint(&mut hinted, 7, None);
+        assert_eq!(
+            leader_hint(&hinted),
+            Some(LeaderHint {
+                leader_id: Some(7),
+                leader_addr: None
+            })
+        );
+        let mut non_ascii = plain.clone();
+        set_leader_hint(&mut non_ascii, 7, Some("nœud:1"));
+        assert_eq!(leader_hint(&non_ascii).and_then(|hint| hint.leader_addr), None);
+
+        let mut rejected = plain.clone();
+        set_rejected(&mut rejected);
+        assert!(is_rejected(&rejected));
+        assert!(!is_outcome_unknown(&rejected));
+
+        let mut unknown = plain;
+        set_outcome_unknown(&mut unknown);
+        assert!(is_outcome_unknown(&unknown));
+        assert!(!is_rejected(&unknown));
+    }
+
+    /// Garbage hints are ignored part by part; a hint with no usable part is no hint.
+    #[test]
+    fn garbage_hints_are_ignored() {
+        let long_addr: &'static str = "a".repeat(MAX_LEADER_ADDR_BYTES + 1).leak();
+        let table: [(&[Pair], Option<LeaderHint>); 6] = [
+            (
+                &[(LEADER_ID, " 3 "), (LEADER_ADDR, " n3:7100 ")],
+                Some(LeaderHint {
+                    leader_id: Some(3),
+                    leader_addr: Some("n3:7100".into()),
+                }),
+            ),
+            (&[(LEADER_ID, "zero"), (LEADER_ADDR, "")], None),
+            (&[(LEADER_ID, "0")], None),
+            (&[(LEADER_ADDR, "n 3:7100")], None),
+            (&[(LEADER_ADDR, long_addr)], None),
+            (
+                &[(LEADER_ID, "-1"), (LEADER_ADDR, "n3:7100")],
+                Some(LeaderHint {
+                    leader_id: None,
+                    leader_addr: Some("n3:7100".into()),
+                }),
+            ),
+        ];
+        for (case, (pairs, expected)) in table.into_iter().enumerate() {
+            assert_eq!(leader_hint(&with_metadata(pairs)), expected, "case {case}");
+        }
+    }
+
+    /// A rejection needs the value `1`; outcome-unknown counts whatever its value.
+    #[test]
+    fn flag_values_are_read_asymmetrically() {
+        assert!(is_rejected(&with_metadata(&[(REJECTED, " 1 ")])));
+        assert!(!is_rejected(&with_metadata(&[(REJECTED, "0")])));
+        assert!(!is_rejected(&with_metadata(&[(REJECTED, "true")])));
+        assert!(is_outcome_unknown(&with_metadata(&[(OUTCOME_UNKNOWN, "true")])));
+        assert!(is_outcome_unknown(&with_metadata(&[(OUTCOME_UNKNOWN, "")])));
+    }
+}
