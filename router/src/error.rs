@@ -85,6 +85,9 @@ pub enum RouterError {
     /// A cluster-level operation found no node able to serve it.
     #[error("{0}")]
     Unavailable(String),
+    /// A planned ring change cannot be made.
+    #[error(transparent)]
+    PlanRejected(#[from] crate::rebalance::PlanRejection),
     /// A router invariant was broken (a bug).
     #[error("internal router error: {0}")]
     Internal(String),
@@ -176,7 +179,7 @@ fn list_shards(shards: &[ShardId]) -> String {
 pub fn to_status(err: &RouterError) -> Status {
     let message = err.to_string();
     match err {
-        RouterError::InvalidArgument(_) => Status::invalid_argument(message),
+        RouterError::InvalidArgument(_) | RouterError::PlanRejected(_) => Status::invalid_argument(message),
         RouterError::Overloaded { .. } => Status::resource_exhausted(message),
         RouterError::NoCluster | RouterError::ShardUnavailable { .. } | RouterError::RingChanged { .. } => {
             Status::unavailable(message)

@@ -36,6 +36,23 @@ fn members_of(info: &RingInfo) -> Result<Vec<RingMember>, RouterError> {
         .collect()
 }
 
+/// Why a ring change cannot be planned (nothing was sent to a node).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanRejection {
+    #[error("node {node_id} is not a ring member")]
+    NotMember { node_id: NodeId },
+    /// Decommissioning or declaring dead a member that owns no tokens any more.
+    #[error("node {node_id} is {}: it owns no replicas to move", .state.as_str())]
+    OwnsNothing { node_id: NodeId, state: MemberState },
+    #[error("a node to add needs a non-zero id and an address")]
+    IncompleteNode,
+    #[error("node {node_id} is already a ring member")]
+    AlreadyMember { node_id: NodeId },
+    /// The ring after the change would be invalid (e.g. fewer owners than RF).
+    #[error("the change is not possible: {0}")]
+    Impossible(String),
+}
+
 /// The replicas `change` would move under the ring `info`.
 pub fn plan(info: &RingInfo, change: &Change) -> Result<PlanRingChangeResponse, RouterError> {
     let before = ring_from_info(info).map_err(|err| RouterError::Internal(err.to_string()))?;
@@ -48,26 +65,22 @@ pub fn plan(info: &RingInfo, change: &Change) -> Result<PlanRingChangeResponse, 
             member.state = state;
             Ok(())
         }
-        Some(member) => Err(RouterError::InvalidArgument(format!(
-            "node {node_id} is {}: it owns no replicas to move",
-            member.state.as_str()
-        ))),
-        None => Err(RouterError::InvalidArgument(format!(
-            "node {node_id} is not a ring member"
-        ))),
+        Some(member) => Err(PlanRejection::OwnsNothing {
+            node_id,
+            state: member.state,
+        }),
+        None => Err(PlanRejection::NotMember { node_id }),
     };
     match change {
         Change::Add(node) => {
             if node.node_id == 0 || node.addr.is_empty() {
-                return Err(RouterError::InvalidArgument(
-                    "a node to add needs a non-zero id and an address".to_string(),
-                ));
+                return Err(PlanRejection::IncompleteNode.into());
             }
             if members.iter().any(|member| member.node_id == node.node_id) {
-                return Err(RouterError::InvalidArgument(format!(
-                    "node {} is already a ring member",
-                    node.node_id
-                )));
+                return Err(PlanRejection::AlreadyMember {
+                    node_id: node.node_id,
+                }
+                .into());
             }
             members.push(RingMember {
                 node_id: node.node_id,
@@ -78,8 +91,8 @@ pub fn plan(info: &RingInfo, change: &Change) -> Result<PlanRingChangeResponse, 
         Change::Decommission(node_id) => set_state(&mut members, *node_id, MemberState::Decommissioning)?,
         Change::Dead(node_id) => set_state(&mut members, *node_id, MemberState::Dead)?,
     }
-    let after = Ring::new(before.config(), members)
-        .map_err(|err| RouterError::InvalidArgument(format!("the change is not possible: {err}")))?;
+    let after =
+        Ring::new(before.config(), members).map_err(|err| PlanRejection::Impossible(err.to_string()))?;
     let owners = |ring: &Ring| ring.members().filter(|m| m.state.owns_tokens()).count() as u32;
     // The side of the change with more owners: a join adds the N-th node, a removal takes
     // one of N away; either way about RF·S/N replicas must move.
@@ -227,11 +240,11 @@ mod tests {
         assert!(add.moves.iter().all(|m| m.to.contains(&4)));
         assert!(matches!(
             plan(&three, &Change::Decommission(2)),
-            Err(RouterError::InvalidArgument(msg)) if msg.contains("replication factor")
+            Err(RouterError::PlanRejected(PlanRejection::Impossible(_)))
         ));
         assert!(matches!(
             plan(&three, &Change::Dead(9)),
-            Err(RouterError::InvalidArgument(msg)) if msg.contains("not a ring member")
+            Err(RouterError::PlanRejected(PlanRejection::NotMember { node_id: 9 }))
         ));
         let four = ring_info(4, 64, 3);
         let leave = plan(&four, &Change::Decommission(4)).expect("plan");
