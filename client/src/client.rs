@@ -4,12 +4,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use ringkv_proto::v1 as proto;
-use ringkv_proto::v1::admin_client::AdminClient;
 use tracing::debug;
 
 use crate::error::Failure;
 use crate::retry::{OpKind, ResumeBudget};
-use crate::routers::{kv_client, with_deadline, Routers};
+use crate::routers::{admin_client, kv_client, with_deadline, Routers};
 use crate::scan::{scan_request, ScanCursor, ScanStream};
 use crate::types::{describe_key, versioned, WireRange};
 use crate::{
@@ -563,12 +562,7 @@ impl Client {
         self.routers
             .call(OpKind::Read, "cluster status", |channel, timeout| {
                 let request = with_deadline(proto::ClusterStatusRequest {}, timeout);
-                async move {
-                    AdminClient::new(channel)
-                        .max_decoding_message_size(max_bytes)
-                        .cluster_status(request)
-                        .await
-                }
+                async move { admin_client(channel, max_bytes).cluster_status(request).await }
             })
             .await
     }
@@ -588,12 +582,7 @@ impl Client {
                     },
                     timeout,
                 );
-                async move {
-                    AdminClient::new(channel)
-                        .max_decoding_message_size(max_bytes)
-                        .add_node(request)
-                        .await
-                }
+                async move { admin_client(channel, max_bytes).add_node(request).await }
             })
             .await
     }
@@ -605,12 +594,7 @@ impl Client {
         self.routers
             .call(OpKind::Read, "decommission node", |channel, timeout| {
                 let request = with_deadline(proto::DecommissionNodeRequest { node_id }, timeout);
-                async move {
-                    AdminClient::new(channel)
-                        .max_decoding_message_size(max_bytes)
-                        .decommission_node(request)
-                        .await
-                }
+                async move { admin_client(channel, max_bytes).decommission_node(request).await }
             })
             .await
     }
@@ -632,12 +616,7 @@ impl Client {
                     },
                     timeout,
                 );
-                async move {
-                    AdminClient::new(channel)
-                        .max_decoding_message_size(max_bytes)
-                        .transfer_leader(request)
-                        .await
-                }
+                async move { admin_client(channel, max_bytes).transfer_leader(request).await }
             })
             .await
     }
@@ -656,12 +635,7 @@ impl Client {
                     },
                     timeout,
                 );
-                async move {
-                    AdminClient::new(channel)
-                        .max_decoding_message_size(max_bytes)
-                        .plan_ring_change(request)
-                        .await
-                }
+                async move { admin_client(channel, max_bytes).plan_ring_change(request).await }
             })
             .await
     }
@@ -672,12 +646,7 @@ impl Client {
         self.routers
             .call(OpKind::Read, "rebalance status", |channel, timeout| {
                 let request = with_deadline(proto::RebalanceStatusRequest {}, timeout);
-                async move {
-                    AdminClient::new(channel)
-                        .max_decoding_message_size(max_bytes)
-                        .rebalance_status(request)
-                        .await
-                }
+                async move { admin_client(channel, max_bytes).rebalance_status(request).await }
             })
             .await
     }

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::kv_client::KvClient;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -168,6 +169,12 @@ pub(crate) fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
+}
+
+/// An `Admin` client on `channel` (router-served calls) with the configured limit on
+/// response size.
+pub(crate) fn admin_client(channel: Channel, max_message_bytes: usize) -> AdminClient<Channel> {
+    AdminClient::new(channel).max_decoding_message_size(max_message_bytes)
 }
 
 /// A `Kv` client on `channel` with the configured message size limits.

@@ -331,7 +331,9 @@ impl Cluster {
     /// Bootstraps the cluster through node 1.
     async fn init(&self) -> Result<()> {
         let addrs: Vec<String> = self.nodes.values().map(|node| node.addr.clone()).collect();
-        launch::init_cluster(&addrs, self.spec.shards, self.spec.replication_factor).await?;
+        launch::init_cluster(&addrs, self.spec.shards, self.spec.replication_factor)
+            .await
+            .context("cluster init")?;
         Ok(())
     }
 

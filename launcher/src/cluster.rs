@@ -13,40 +13,30 @@ use crate::{wait_for, LaunchError};
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A client configuration with `timeout` per request and for connecting.
-fn probe_config(timeout: Duration, what: &str) -> Result<ClientConfig, LaunchError> {
+fn probe_config(timeout: Duration) -> Result<ClientConfig, ringkv_client::Error> {
     ClientConfig::builder()
         .request_timeout(timeout)
         .connect_timeout(timeout.min(DEFAULT_CONNECT_TIMEOUT))
         .build()
-        .map_err(|source| LaunchError::Client {
-            what: what.to_string(),
-            source,
-        })
 }
 
 /// Bootstraps the cluster from its nodes (`host:port`, the first one receives the
-/// request), as `kvctl cluster init` does; idempotent.
+/// request), as `kvctl cluster init` does, within [`INIT_TIMEOUT`]; idempotent.
 pub async fn init_cluster(
     node_addrs: &[String],
     shards: u32,
     replication_factor: u32,
-) -> Result<proto::InitClusterResponse, LaunchError> {
-    let config = probe_config(INIT_TIMEOUT, "cluster init")?;
-    admin::init_cluster_with(node_addrs, shards, replication_factor, &config)
-        .await
-        .map_err(|source| LaunchError::Client {
-            what: "cluster init".into(),
-            source,
-        })
+) -> Result<proto::InitClusterResponse, ringkv_client::Error> {
+    let config = probe_config(INIT_TIMEOUT)?;
+    admin::init_cluster_with(node_addrs, shards, replication_factor, &config).await
 }
 
 /// One node's `Admin.NodeStatus`, within `timeout`.
-pub async fn node_status(addr: &str, timeout: Duration) -> Result<proto::NodeStatusResponse, LaunchError> {
-    let what = format!("status of node {addr}");
-    let config = probe_config(timeout, &what)?;
-    admin::node_status(addr, &config)
-        .await
-        .map_err(|source| LaunchError::Client { what, source })
+pub async fn node_status(
+    addr: &str,
+    timeout: Duration,
+) -> Result<proto::NodeStatusResponse, ringkv_client::Error> {
+    admin::node_status(addr, &probe_config(timeout)?).await
 }
 
 /// The leader of every shard claimed in `statuses` (node id, its status); when two nodes

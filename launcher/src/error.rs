@@ -57,15 +57,6 @@ pub enum LaunchError {
         /// How long it was given.
         timeout: Duration,
     },
-    /// A call to the cluster failed (init, status).
-    #[error("{what}: {source}")]
-    Client {
-        /// What was being done.
-        what: String,
-        /// The client library's error.
-        #[source]
-        source: ringkv_client::Error,
-    },
 }
 
 fn log_note(log: Option<&PathBuf>, tail: &str) -> String {

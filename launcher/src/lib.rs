@@ -24,7 +24,7 @@
 //! use std::time::Duration;
 //! use ringkv_launcher::{binaries::Binaries, cluster, Launch};
 //!
-//! # async fn example() -> Result<(), ringkv_launcher::LaunchError> {
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let binaries = Binaries::in_dir(&ringkv_launcher::binaries::executable_dir()?)?;
 //! let dir = std::path::Path::new("/tmp/ringkv-example");
 //! let mut node = Launch::new("node 1", &binaries.node)
