@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use crate::wait::{FIRST_POLL_PAUSE, MAX_POLL_PAUSE};
 use crate::LaunchError;
 
-/// How long a killed process may take to be reaped.
-pub const KILL_WAIT: Duration = Duration::from_secs(2);
+/// How long a killed process may take to be reaped (one in an uninterruptible fsync dies
+/// only when the call returns, which can take seconds on a loaded disk).
+pub const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Pause between two checks of whether a killed process is gone.
 const REAP_POLL: Duration = Duration::from_millis(5);
 /// Log lines shown when a process exits unexpectedly.

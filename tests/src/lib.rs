@@ -104,17 +104,7 @@ impl Cluster {
     /// Starts `options.nodes` nodes, initialises the cluster, starts a router and waits for
     /// every shard to have a leader.
     pub async fn start(options: ClusterOptions) -> Result<Cluster> {
-        let mut cluster = Cluster {
-            dir: tempfile::tempdir().context("creating the cluster directory")?,
-            options,
-            nodes: BTreeMap::new(),
-            router: None,
-            router_addr: None,
-        };
-        for id in 1..=cluster.options.nodes {
-            cluster.start_node(id).await?;
-        }
-        cluster.init().await?;
+        let mut cluster = Cluster::nodes_only(options).await?;
         cluster.start_router().await?;
         cluster.wait_for_leaders(WAIT).await?;
         Ok(cluster)
