@@ -1,22 +1,14 @@
 //! [`Client`]: the typed key-value API over a set of routers, with failover.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ringkv_proto::v1 as proto;
-use ringkv_proto::v1::admin_client::AdminClient;
-use ringkv_proto::v1::kv_client::KvClient;
-use tokio::time::Instant;
-use tonic::transport::Channel;
-use tonic::{Response, Status};
 use tracing::debug;
 
-use crate::endpoint::{authority_of, lazy_channel, normalize_endpoint};
 use crate::error::Failure;
-use crate::retry::{backoff_for_round, Decision, OpKind, ResumeBudget, RetryState};
+use crate::retry::{OpKind, ResumeBudget};
+use crate::routers::{admin_client, kv_client, with_deadline, Routers};
 use crate::scan::{scan_request, ScanCursor, ScanStream};
 use crate::types::{describe_key, versioned, WireRange};
 use crate::{
@@ -28,10 +20,6 @@ use crate::{
 /// Length of the request id every write carries.
 pub const REQUEST_ID_LEN: usize = 16;
 
-/// Extra time granted to tonic's own deadline handling before the attempt is abandoned
-/// locally, so the transport reports the timeout itself when it can.
-const DEADLINE_SLACK: Duration = Duration::from_millis(50);
-
 /// An async client of a ringkv cluster, talking to its routers.
 ///
 /// Cheap to clone: clones share the connections. Connections are opened lazily on first
@@ -40,22 +28,7 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 /// [`ClientConfig::max_attempts`]; a router that answered stays the preferred one.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    endpoints: Vec<RouterEndpoint>,
-    /// Index (modulo the endpoint count) of the router tried first.
-    current: AtomicUsize,
-    config: ClientConfig,
-}
-
-#[derive(Debug)]
-struct RouterEndpoint {
-    /// `host:port` for messages.
-    address: String,
-    channel: Channel,
+    routers: Arc<Routers>,
 }
 
 impl Client {
@@ -67,41 +40,19 @@ impl Client {
 
     /// Like [`Client::connect`] with an explicit configuration.
     pub async fn connect_with(endpoints: Vec<String>, config: ClientConfig) -> Result<Client, Error> {
-        config.validate()?;
-        let mut routers: Vec<RouterEndpoint> = Vec::with_capacity(endpoints.len());
-        for endpoint in &endpoints {
-            let uri = normalize_endpoint(endpoint)?;
-            let address = authority_of(&uri).to_string();
-            if routers.iter().any(|router| router.address == address) {
-                continue;
-            }
-            let channel = lazy_channel(&uri, &config)?;
-            routers.push(RouterEndpoint { address, channel });
-        }
-        if routers.is_empty() {
-            return Err(Error::InvalidArgument("no router endpoints given".into()));
-        }
         Ok(Client {
-            inner: Arc::new(Inner {
-                endpoints: routers,
-                current: AtomicUsize::new(0),
-                config,
-            }),
+            routers: Arc::new(Routers::new(&endpoints, config)?),
         })
     }
 
     /// The router addresses (`host:port`), in rotation order.
     pub fn endpoints(&self) -> Vec<String> {
-        self.inner
-            .endpoints
-            .iter()
-            .map(|router| router.address.clone())
-            .collect()
+        self.routers.addresses()
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &ClientConfig {
-        &self.inner.config
+        self.routers.config()
     }
 
     /// Reads `key` linearizably; `None` when it is absent.
@@ -119,8 +70,9 @@ impl Client {
             key: checked_key(key.as_ref())?,
             consistency: proto::Consistency::from(consistency) as i32,
         };
-        let max_bytes = self.inner.config.max_message_bytes;
+        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
+            .routers
             .call(OpKind::Read, "get", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).get(request).await }
@@ -136,8 +88,9 @@ impl Client {
             value: value.into(),
             request_id: new_request_id(),
         };
-        let max_bytes = self.inner.config.max_message_bytes;
+        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
+            .routers
             .call(OpKind::Write, "put", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).put(request).await }
@@ -152,8 +105,9 @@ impl Client {
             key: checked_key(key.as_ref())?,
             request_id: new_request_id(),
         };
-        let max_bytes = self.inner.config.max_message_bytes;
+        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
+            .routers
             .call(OpKind::Write, "delete", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).delete(request).await }
@@ -178,8 +132,9 @@ impl Client {
             delete,
             request_id: new_request_id(),
         };
-        let max_bytes = self.inner.config.max_message_bytes;
+        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
+            .routers
             .call(OpKind::Write, "compare-and-swap", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).compare_and_swap(request).await }
@@ -214,8 +169,9 @@ impl Client {
             keys,
             consistency: proto::Consistency::from(consistency) as i32,
         };
-        let max_bytes = self.inner.config.max_message_bytes;
+        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
+            .routers
             .call(OpKind::Read, "batch-get", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).batch_get(request).await }
@@ -257,8 +213,9 @@ impl Client {
             entries,
             request_id: new_request_id(),
         };
-        let max_bytes = self.inner.config.max_message_bytes;
+        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
+            .routers
             .call(OpKind::Write, "batch-put", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).batch_put(request).await }
@@ -320,8 +277,9 @@ impl Client {
             mutations,
             request_id: new_request_id(),
         };
-        let max_bytes = self.inner.config.max_message_bytes;
+        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
+            .routers
             .call(OpKind::StepwiseWrite, "batch-write", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).batch_write(request).await }
@@ -381,8 +339,9 @@ impl Client {
         }
         let mut message = scan_request(range, options, limit);
         message.continuation_token = token.map(|token| token.as_bytes().to_vec()).unwrap_or_default();
-        let max_bytes = self.inner.config.max_message_bytes;
+        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
+            .routers
             .call(OpKind::Read, "scan", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).scan(request).await }
@@ -426,7 +385,7 @@ impl Client {
     /// # }
     /// ```
     pub fn scan_stream(&self, range: &KeyRange, options: &ScanOptions) -> ScanStream {
-        ScanStream::new(self.clone(), range, options)
+        ScanStream::new(Arc::clone(&self.routers), range, options)
     }
 
     /// Counts the keys of `range`.
@@ -487,12 +446,13 @@ impl Client {
             consistency: proto::Consistency::from(options.consistency) as i32,
             allow_partial: options.allow_partial,
         };
-        let max_bytes = self.inner.config.max_message_bytes;
-        let idle = self.inner.config.stream_idle_timeout;
+        let max_bytes = self.routers.config().max_message_bytes;
+        let idle = self.routers.config().stream_idle_timeout;
         // A restarted count starts from zero: every restart counts against the budget.
-        let mut budget = ResumeBudget::new(self.inner.config.max_attempts);
+        let mut budget = ResumeBudget::new(self.routers.config().max_attempts);
         loop {
             let mut stream = self
+                .routers
                 .call(OpKind::Read, "count", |channel, timeout| {
                     // The router applies the deadline to each round of shard calls; tonic
                     // bounds only the wait for the response headers with it, not the stream.
@@ -526,7 +486,7 @@ impl Client {
                 return Err(error);
             };
             debug!(error = %error, round, "count stream broke; starting over");
-            self.resume_backoff(round).await;
+            self.routers.resume_backoff(round).await;
         }
     }
 
@@ -579,8 +539,9 @@ impl Client {
             request_id: new_request_id(),
             all,
         };
-        let max_bytes = self.inner.config.max_message_bytes;
+        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
+            .routers
             .call(OpKind::StepwiseWrite, "delete-range", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).delete_range(request).await }
@@ -595,27 +556,15 @@ impl Client {
         Ok(response.deleted)
     }
 
-    /// Waits before reopening a broken stream for the `round`-th time in a row.
-    pub(crate) async fn resume_backoff(&self, round: u32) {
-        let config = &self.inner.config;
-        let backoff = backoff_for_round(round, config.retry_backoff, config.max_retry_backoff)
-            .mul_f64(rand::random_range(0.5..=1.0));
-        tokio::time::sleep(backoff).await;
-    }
-
     /// The whole cluster as a router sees it: ring, nodes, shards and leaders.
     pub async fn cluster_status(&self) -> Result<proto::ClusterStatusResponse, Error> {
-        let max_bytes = self.inner.config.max_message_bytes;
-        self.call(OpKind::Read, "cluster status", |channel, timeout| {
-            let request = with_deadline(proto::ClusterStatusRequest {}, timeout);
-            async move {
-                AdminClient::new(channel)
-                    .max_decoding_message_size(max_bytes)
-                    .cluster_status(request)
-                    .await
-            }
-        })
-        .await
+        let max_bytes = self.routers.config().max_message_bytes;
+        self.routers
+            .call(OpKind::Read, "cluster status", |channel, timeout| {
+                let request = with_deadline(proto::ClusterStatusRequest {}, timeout);
+                async move { admin_client(channel, max_bytes).cluster_status(request).await }
+            })
+            .await
     }
 
     /// Adds a running node (started with an empty data directory) to the ring. It joins as
@@ -623,39 +572,31 @@ impl Client {
     /// holds every replica placement gives it ([`Client::rebalance_status`] shows the
     /// progress). Idempotent: adding a member again answers `changed = false`.
     pub async fn add_node(&self, node_id: u64, addr: &str) -> Result<proto::RingChangeResponse, Error> {
-        let max_bytes = self.inner.config.max_message_bytes;
-        self.call(OpKind::Read, "add node", |channel, timeout| {
-            let request = with_deadline(
-                proto::AddNodeRequest {
-                    node_id,
-                    addr: addr.to_string(),
-                },
-                timeout,
-            );
-            async move {
-                AdminClient::new(channel)
-                    .max_decoding_message_size(max_bytes)
-                    .add_node(request)
-                    .await
-            }
-        })
-        .await
+        let max_bytes = self.routers.config().max_message_bytes;
+        self.routers
+            .call(OpKind::Read, "add node", |channel, timeout| {
+                let request = with_deadline(
+                    proto::AddNodeRequest {
+                        node_id,
+                        addr: addr.to_string(),
+                    },
+                    timeout,
+                );
+                async move { admin_client(channel, max_bytes).add_node(request).await }
+            })
+            .await
     }
 
     /// Starts decommissioning a node: every replica moves away, then the node becomes
     /// `removed` and can be stopped. Idempotent.
     pub async fn decommission_node(&self, node_id: u64) -> Result<proto::RingChangeResponse, Error> {
-        let max_bytes = self.inner.config.max_message_bytes;
-        self.call(OpKind::Read, "decommission node", |channel, timeout| {
-            let request = with_deadline(proto::DecommissionNodeRequest { node_id }, timeout);
-            async move {
-                AdminClient::new(channel)
-                    .max_decoding_message_size(max_bytes)
-                    .decommission_node(request)
-                    .await
-            }
-        })
-        .await
+        let max_bytes = self.routers.config().max_message_bytes;
+        self.routers
+            .call(OpKind::Read, "decommission node", |channel, timeout| {
+                let request = with_deadline(proto::DecommissionNodeRequest { node_id }, timeout);
+                async move { admin_client(channel, max_bytes).decommission_node(request).await }
+            })
+            .await
     }
 
     /// Hands the leadership of `shard` to `to_node`, one of its voters. Writes to the shard
@@ -665,23 +606,19 @@ impl Client {
         shard: u32,
         to_node: u64,
     ) -> Result<proto::TransferLeaderResponse, Error> {
-        let max_bytes = self.inner.config.max_message_bytes;
-        self.call(OpKind::Read, "transfer leader", |channel, timeout| {
-            let request = with_deadline(
-                proto::TransferLeaderRequest {
-                    shard_id: shard,
-                    to_node,
-                },
-                timeout,
-            );
-            async move {
-                AdminClient::new(channel)
-                    .max_decoding_message_size(max_bytes)
-                    .transfer_leader(request)
-                    .await
-            }
-        })
-        .await
+        let max_bytes = self.routers.config().max_message_bytes;
+        self.routers
+            .call(OpKind::Read, "transfer leader", |channel, timeout| {
+                let request = with_deadline(
+                    proto::TransferLeaderRequest {
+                        shard_id: shard,
+                        to_node,
+                    },
+                    timeout,
+                );
+                async move { admin_client(channel, max_bytes).transfer_leader(request).await }
+            })
+            .await
     }
 
     /// Which replicas a ring change would move, without applying it.
@@ -689,113 +626,31 @@ impl Client {
         &self,
         change: proto::plan_ring_change_request::Change,
     ) -> Result<proto::PlanRingChangeResponse, Error> {
-        let max_bytes = self.inner.config.max_message_bytes;
-        self.call(OpKind::Read, "plan ring change", |channel, timeout| {
-            let request = with_deadline(
-                proto::PlanRingChangeRequest {
-                    change: Some(change.clone()),
-                },
-                timeout,
-            );
-            async move {
-                AdminClient::new(channel)
-                    .max_decoding_message_size(max_bytes)
-                    .plan_ring_change(request)
-                    .await
-            }
-        })
-        .await
+        let max_bytes = self.routers.config().max_message_bytes;
+        self.routers
+            .call(OpKind::Read, "plan ring change", |channel, timeout| {
+                let request = with_deadline(
+                    proto::PlanRingChangeRequest {
+                        change: Some(change.clone()),
+                    },
+                    timeout,
+                );
+                async move { admin_client(channel, max_bytes).plan_ring_change(request).await }
+            })
+            .await
     }
 
     /// How far shard replicas are from the placement of the current ring.
     pub async fn rebalance_status(&self) -> Result<proto::RebalanceStatusResponse, Error> {
-        let max_bytes = self.inner.config.max_message_bytes;
-        self.call(OpKind::Read, "rebalance status", |channel, timeout| {
-            let request = with_deadline(proto::RebalanceStatusRequest {}, timeout);
-            async move {
-                AdminClient::new(channel)
-                    .max_decoding_message_size(max_bytes)
-                    .rebalance_status(request)
-                    .await
-            }
-        })
-        .await
-    }
-
-    /// Runs one operation with failover across routers.
-    pub(crate) async fn call<T, F, Fut>(
-        &self,
-        kind: OpKind,
-        operation: &str,
-        mut attempt: F,
-    ) -> Result<T, Error>
-    where
-        F: FnMut(Channel, Duration) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
-    {
-        let config = &self.inner.config;
-        let endpoint_count = u32::try_from(self.inner.endpoints.len()).unwrap_or(u32::MAX);
-        let deadline = Instant::now() + config.request_timeout;
-        let mut state = RetryState::new(kind);
-        let mut attempts = 0u32;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(state.final_error(Error::DeadlineExceeded(format!(
-                    "{operation} did not complete within {:?} ({attempts} attempts)",
-                    config.request_timeout
-                ))));
-            }
-            attempts += 1;
-            let raw_index = self.inner.current.load(Ordering::Relaxed);
-            let router = &self.inner.endpoints[raw_index % self.inner.endpoints.len()];
-            let outcome = tokio::time::timeout(
-                remaining + DEADLINE_SLACK,
-                attempt(router.channel.clone(), remaining),
-            )
-            .await;
-            let mut failure = match outcome {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => Failure::from_status(&status),
-                Err(_elapsed) => Failure::deadline(format!(
-                    "{operation} did not complete within {:?}",
-                    config.request_timeout
-                )),
-            };
-            if let Error::Transport(message) = &failure.error {
-                failure.error = Error::Transport(format!("{}: {message}", router.address));
-            }
-            debug!(router = %router.address, attempts, error = %failure.error, "{operation} attempt failed");
-            // A retry with almost no time left would only time out locally and turn a definite
-            // failure into "outcome unknown"; give up with what we know instead.
-            let budget_left = deadline.saturating_duration_since(Instant::now());
-            let can_retry = attempts < config.max_attempts && budget_left > MIN_RETRY_BUDGET;
-            match state.on_failure(failure, can_retry) {
-                Decision::Fail(error) => return Err(error),
-                Decision::Retry => {
-                    // Prefer the next router from now on, unless another call moved on already.
-                    let _ = self.inner.current.compare_exchange(
-                        raw_index,
-                        raw_index.wrapping_add(1),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                    if attempts.is_multiple_of(endpoint_count) {
-                        let round = attempts / endpoint_count;
-                        let backoff =
-                            backoff_for_round(round, config.retry_backoff, config.max_retry_backoff)
-                                .mul_f64(rand::random_range(0.5..=1.0));
-                        let remaining = deadline.saturating_duration_since(Instant::now());
-                        tokio::time::sleep(backoff.min(remaining)).await;
-                    }
-                }
-            }
-        }
+        let max_bytes = self.routers.config().max_message_bytes;
+        self.routers
+            .call(OpKind::Read, "rebalance status", |channel, timeout| {
+                let request = with_deadline(proto::RebalanceStatusRequest {}, timeout);
+                async move { admin_client(channel, max_bytes).rebalance_status(request).await }
+            })
+            .await
     }
 }
-
-/// Least time left on the deadline for another attempt to be worth making.
-const MIN_RETRY_BUDGET: Duration = Duration::from_millis(100);
 
 /// A fresh random request id for one logical write (reused by its retries).
 pub fn new_request_id() -> Vec<u8> {
@@ -808,19 +663,6 @@ fn checked_key(key: &[u8]) -> Result<Vec<u8>, Error> {
         return Err(Error::InvalidArgument("key must not be empty".into()));
     }
     Ok(key.to_vec())
-}
-
-/// Wraps a message in a request carrying `timeout` as its gRPC deadline.
-pub(crate) fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
-}
-
-pub(crate) fn kv_client(channel: Channel, max_message_bytes: usize) -> KvClient<Channel> {
-    KvClient::new(channel)
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes)
 }
 
 #[cfg(test)]

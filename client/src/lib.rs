@@ -14,8 +14,13 @@
 //! - [`admin`] — talking to storage nodes directly: `NodeStatus` and cluster bootstrap.
 //! - [`error`](Error) — the error type; the single `tonic::Status` → [`Error`] mapping.
 //! - `retry` — the failover and stream-resume decisions, pure and unit-tested.
+//! - `routers` — the routers' channels and the IO loop of failover (`call`), which
+//!   times, rotates and backs off as `retry` decides.
 //! - [`scan`](ScanStream) — checking scan results; streamed scans that resume after a
 //!   break.
+//!
+//! Module dependencies run one way: `client` → `scan` → `routers` → `retry`, `endpoint`,
+//! `error`; `scan` does not know [`Client`].
 //! - `endpoint` — parsing `host:port` / `http://host:port`.
 //!
 //! # Example
@@ -90,6 +95,7 @@ mod config;
 mod endpoint;
 mod error;
 mod retry;
+mod routers;
 mod scan;
 mod types;
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,11 +13,11 @@ use ringkv_proto::v1 as proto;
 use tonic::codec::Streaming;
 use tracing::debug;
 
-use crate::client::{kv_client, with_deadline};
 use crate::error::Failure;
 use crate::retry::{OpKind, ResumeBudget};
+use crate::routers::{kv_client, with_deadline, Routers};
 use crate::types::{describe_key, WireRange};
-use crate::{Client, ContinuationToken, Error, KeyRange, ScanEntry, ScanOptions, ScanPage};
+use crate::{ContinuationToken, Error, KeyRange, ScanEntry, ScanOptions, ScanPage};
 
 /// The wire request of a scan of `range` with `options` and `limit` (0: no limit, for
 /// streams), without a continuation token. The range must be validated.
@@ -153,7 +154,7 @@ impl ScanCursor {
     }
 }
 
-/// A streamed scan, from [`Client::scan_stream`]: a [`Stream`] of [`ScanPage`] chunks in
+/// A streamed scan, from [`Client::scan_stream`](crate::Client::scan_stream): a [`Stream`] of [`ScanPage`] chunks in
 /// key order.
 ///
 /// Each chunk carries the token to resume after it and the shards missing from it (with
@@ -164,8 +165,8 @@ pub struct ScanStream {
 }
 
 impl ScanStream {
-    pub(crate) fn new(client: Client, range: &KeyRange, options: &ScanOptions) -> ScanStream {
-        let inner = match StreamState::new(client, range, options) {
+    pub(crate) fn new(routers: Arc<Routers>, range: &KeyRange, options: &ScanOptions) -> ScanStream {
+        let inner = match StreamState::new(routers, range, options) {
             Ok(state) => stream::unfold(state, |mut state| async move {
                 let item = state.next_chunk().await?;
                 Some((item, state))
@@ -218,7 +219,7 @@ impl fmt::Debug for ScanStream {
 
 /// The state of a [`ScanStream`] between two chunks.
 struct StreamState {
-    client: Client,
+    routers: Arc<Routers>,
     /// The request; its token and limit are set each time the stream is (re)opened.
     request: proto::ScanRequest,
     cursor: ScanCursor,
@@ -234,14 +235,14 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn new(client: Client, range: &KeyRange, options: &ScanOptions) -> Result<StreamState, Error> {
+    fn new(routers: Arc<Routers>, range: &KeyRange, options: &ScanOptions) -> Result<StreamState, Error> {
         range.validate()?;
         if options.limit == Some(0) {
             return Err(Error::InvalidArgument(
                 "scan stream limit must be at least 1 (leave it unset for no limit)".into(),
             ));
         }
-        let config = client.config();
+        let config = routers.config();
         let budget = ResumeBudget::new(config.max_attempts);
         let idle = config.stream_idle_timeout;
         Ok(StreamState {
@@ -253,7 +254,7 @@ impl StreamState {
             budget,
             idle,
             finished: false,
-            client,
+            routers,
         })
     }
 
@@ -309,7 +310,7 @@ impl StreamState {
                 return Some(Err(error));
             };
             debug!(error = %error, round, "scan stream broke; resuming after the last token");
-            self.client.resume_backoff(round).await;
+            self.routers.resume_backoff(round).await;
         }
     }
 
@@ -318,8 +319,8 @@ impl StreamState {
         self.request.continuation_token = self.token.clone();
         self.request.limit = self.cursor.remaining_limit();
         let message = self.request.clone();
-        let max_bytes = self.client.config().max_message_bytes;
-        self.client
+        let max_bytes = self.routers.config().max_message_bytes;
+        self.routers
             .call(OpKind::Read, "scan stream", |channel, timeout| {
                 // The router applies the deadline to each round of shard calls; tonic
                 // bounds only the wait for the response headers with it, not the stream.

@@ -6,17 +6,27 @@
 //! A node added later gets a fresh node id (ids are never reused) and a free slot; a node
 //! the cluster records as removed or dead is stopped once it holds no shard replica, and
 //! its slot becomes free again.
+//!
+//! Spawning, address files, init and leader waits are `ringkv-launcher`'s (shared with the
+//! end-to-end tests and `kvctl playground`); this module keeps what is particular to fault
+//! injection: slots in the namespace network, fates, libfaketime clocks, membership changes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use ringkv_launcher::binaries::Binaries;
+use ringkv_launcher::{cluster as launch, Launch, Process};
 use ringkv_proto::v1::{self, admin_client::AdminClient};
 
 use crate::net::Network;
+
+/// How long a node or the router may take to write its address file.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of one node status call (a partitioned node must not hold up a probe long).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How nodes are placed on the network.
 pub enum Placement {
@@ -78,69 +88,38 @@ struct NodeProc {
     slot: usize,
     addr: String,
     data_dir: PathBuf,
-    child: Option<Child>,
+    process: Option<Process>,
     fate: Fate,
 }
 
 /// A running cluster.
 pub struct Cluster {
     spec: ClusterSpec,
+    binaries: Binaries,
     dir: PathBuf,
     placement: Placement,
     nodes: BTreeMap<usize, NodeProc>,
-    router: Option<Child>,
+    router: Option<Process>,
     pub router_addr: String,
     /// Addresses of every node not retired, shared with the direct-read clients.
     addr_book: Arc<RwLock<Vec<String>>>,
-}
-
-/// Polls `probe` until it returns `Some`, or fails after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        if let Some(value) = probe().await {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
-}
-
-fn log_file(path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
 }
 
 impl Cluster {
     /// Starts the nodes, initialises the cluster, starts the router and waits until every
     /// shard has a leader.
     pub async fn start(spec: ClusterSpec, dir: &Path, placement: Placement) -> Result<Cluster> {
-        for bin in ["ringkv-node", "ringkv-router"] {
-            if !spec.bin_dir.join(bin).exists() {
-                bail!(
-                    "{} not found in {}: build with `cargo build --release --bins`",
-                    bin,
-                    spec.bin_dir.display()
-                );
-            }
-        }
+        let binaries = Binaries::find(
+            std::slice::from_ref(&spec.bin_dir),
+            "build with `cargo build --release --bins`",
+        )?;
         // Absolute: node processes get paths (data dir, clock file) through flags and env.
         let dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
         let mut cluster = Cluster {
             spec,
+            binaries,
             dir: dir.clone(),
             placement,
             nodes: BTreeMap::new(),
@@ -180,7 +159,7 @@ impl Cluster {
                 slot,
                 addr,
                 data_dir: self.dir.join(format!("node-{id}")),
-                child: None,
+                process: None,
                 fate: Fate::Member,
             },
         );
@@ -270,25 +249,29 @@ impl Cluster {
     }
 
     pub fn is_running(&self, id: usize) -> bool {
-        self.nodes.get(&id).is_some_and(|node| node.child.is_some())
+        self.nodes.get(&id).is_some_and(|node| node.process.is_some())
     }
 
     /// Starts (or restarts) node `id` and waits until it listens.
     pub async fn start_node(&mut self, id: usize) -> Result<()> {
-        let node_bin = self.spec.bin_dir.join("ringkv-node");
-        let log = log_file(&self.dir.join(format!("node-{id}.log")))?;
+        let log = self.dir.join(format!("node-{id}.log"));
+        let clock_file = self.clock_file(id);
         let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
-        if node.child.is_some() || node.fate == Fate::Retired {
+        if node.process.is_some() || node.fate == Fate::Retired {
             return Ok(());
         }
         std::fs::create_dir_all(&node.data_dir)?;
         let addr_file = node.data_dir.join("addr");
         let _ = std::fs::remove_file(&addr_file);
-        let (mut command, listen) = match &self.placement {
-            Placement::Loopback => (Command::new(&node_bin), "127.0.0.1:0".to_string()),
-            Placement::Namespaces(net) => (net.command(node.slot, &node_bin), node.addr.clone()),
+        let mut launch = Launch::new(format!("node {id}"), &self.binaries.node);
+        let listen = match &self.placement {
+            Placement::Loopback => "127.0.0.1:0".to_string(),
+            Placement::Namespaces(net) => {
+                launch = launch.prefix(net.exec_prefix(node.slot));
+                node.addr.clone()
+            }
         };
-        command
+        launch = launch
             .arg("--node-id")
             .arg(id.to_string())
             .arg("--listen")
@@ -298,32 +281,20 @@ impl Cluster {
             .arg("--addr-file")
             .arg(&addr_file)
             .args(&self.spec.node_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .log(log);
         if self.spec.fake_clock {
             // Only the wall clock is faked (what NTP trouble does); monotonic time stays true.
-            let clock_file = self.dir.join(format!("node-{id}.clock"));
             if !clock_file.exists() {
                 std::fs::write(&clock_file, "+0\n")?;
             }
-            command
+            launch = launch
                 .env("LD_PRELOAD", libfaketime()?)
                 .env("FAKETIME_TIMESTAMP_FILE", &clock_file)
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_CACHE_DURATION", "1");
         }
-        command.stdout(Stdio::null()).stderr(log);
-        node.child = Some(command.spawn().context("spawning ringkv-node")?);
-        let addr = wait_for(
-            &format!("node {id} to listen"),
-            Duration::from_secs(30),
-            || async {
-                std::fs::read_to_string(&addr_file)
-                    .ok()
-                    .filter(|addr| !addr.is_empty())
-            },
-        )
-        .await?;
+        let process = node.process.insert(launch.spawn()?);
+        let addr = process.wait_for_addr_file(&addr_file, LISTEN_TIMEOUT).await?;
         if !node.addr.is_empty() && node.addr != addr {
             bail!("node {id} came back on {addr}, not {}", node.addr);
         }
@@ -332,53 +303,35 @@ impl Cluster {
         Ok(())
     }
 
-    fn pid(&self, id: usize) -> Option<i32> {
-        let child = self.nodes.get(&id)?.child.as_ref()?;
-        i32::try_from(child.id()).ok()
-    }
-
     /// Sends `signal` to node `id`'s process.
     pub fn signal(&self, id: usize, signal: i32) -> Result<()> {
-        let pid = self.pid(id).ok_or_else(|| anyhow!("node {id} is not running"))?;
-        // SAFETY: kill(2) on a child process this harness owns.
-        if unsafe { libc::kill(pid, signal) } != 0 {
-            bail!(
-                "kill({pid}, {signal}) failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        let process = self
+            .nodes
+            .get(&id)
+            .and_then(|node| node.process.as_ref())
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        process.signal(signal)?;
         Ok(())
     }
 
     /// `kill -9` node `id` and reap it.
     pub fn kill_node(&mut self, id: usize) -> Result<()> {
-        self.signal(id, libc::SIGKILL)?;
+        let process = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|node| node.process.as_mut())
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        process.kill().context("killing the node")?;
         if let Some(node) = self.nodes.get_mut(&id) {
-            if let Some(mut child) = node.child.take() {
-                child.wait().context("reaping the node")?;
-            }
+            node.process = None;
         }
         Ok(())
     }
 
     /// Bootstraps the cluster through node 1.
     async fn init(&self) -> Result<()> {
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|(id, node)| v1::NodeAddress {
-                node_id: *id as u64,
-                addr: node.addr.clone(),
-            })
-            .collect();
-        let first = self.node_addr(1).ok_or_else(|| anyhow!("no node 1"))?;
-        let mut admin = AdminClient::connect(format!("http://{first}")).await?;
-        admin
-            .init_cluster(v1::InitClusterRequest {
-                nodes,
-                shards: self.spec.shards,
-                replication_factor: self.spec.replication_factor,
-            })
+        let addrs: Vec<String> = self.nodes.values().map(|node| node.addr.clone()).collect();
+        launch::init_cluster(&addrs, self.spec.shards, self.spec.replication_factor)
             .await
             .context("cluster init")?;
         Ok(())
@@ -388,43 +341,25 @@ impl Cluster {
         let addr_file = self.dir.join("router.addr");
         let _ = std::fs::remove_file(&addr_file);
         let nodes: Vec<String> = self.nodes.values().map(|node| node.addr.clone()).collect();
-        let child = Command::new(self.spec.bin_dir.join("ringkv-router"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--nodes")
+        let router = Launch::new("router", &self.binaries.router)
+            .args(["--listen", "127.0.0.1:0", "--nodes"])
             .arg(nodes.join(","))
             .arg("--addr-file")
             .arg(&addr_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.dir.join("router.log"))?)
-            .spawn()
-            .context("spawning ringkv-router")?;
-        self.router = Some(child);
-        self.router_addr = wait_for("the router to listen", Duration::from_secs(30), || async {
-            std::fs::read_to_string(&addr_file)
-                .ok()
-                .filter(|addr| !addr.is_empty())
-        })
-        .await?;
+            .log(self.dir.join("router.log"))
+            .spawn()?;
+        self.router_addr = self
+            .router
+            .insert(router)
+            .wait_for_addr_file(&addr_file, LISTEN_TIMEOUT)
+            .await?;
         Ok(())
     }
 
     /// Node `id`'s status, if it answers within a second.
     pub async fn node_status(&self, id: usize) -> Option<v1::NodeStatusResponse> {
         let addr = self.node_addr(id)?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(1))
-            .connect()
-            .await
-            .ok()?;
-        AdminClient::new(channel)
-            .node_status(v1::NodeStatusRequest {})
-            .await
-            .ok()
-            .map(|response| response.into_inner())
+        launch::node_status(&addr, STATUS_TIMEOUT).await.ok()
     }
 
     /// Statuses of every running node that answers, by node id.
@@ -432,7 +367,7 @@ impl Cluster {
         let running: Vec<usize> = self
             .nodes
             .iter()
-            .filter(|(_, node)| node.child.is_some())
+            .filter(|(_, node)| node.process.is_some())
             .map(|(id, _)| *id)
             .collect();
         let answers = futures::future::join_all(running.iter().map(|id| self.node_status(*id))).await;
@@ -476,7 +411,7 @@ impl Cluster {
     fn member_addrs(&self, avoid: Option<usize>) -> Vec<String> {
         self.nodes
             .iter()
-            .filter(|(id, node)| Some(**id) != avoid && node.fate == Fate::Member && node.child.is_some())
+            .filter(|(id, node)| Some(**id) != avoid && node.fate == Fate::Member && node.process.is_some())
             .map(|(_, node)| node.addr.clone())
             .collect()
     }
@@ -577,10 +512,8 @@ impl Cluster {
     /// Stops node `id` and frees its slot (its data directory stays for the results).
     fn retire(&mut self, id: usize) {
         if let Some(node) = self.nodes.get_mut(&id) {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            // Dropping the process kills and reaps it.
+            node.process = None;
             node.fate = Fate::Retired;
         }
         self.update_addr_book();
@@ -635,35 +568,32 @@ impl Cluster {
         Ok(actions)
     }
 
+    /// Running member nodes: (node id, address).
+    fn running_members(&self) -> Vec<(u64, String)> {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.fate == Fate::Member && node.process.is_some())
+            .map(|(id, node)| (*id as u64, node.addr.clone()))
+            .collect()
+    }
+
     /// The leader of every shard as claimed by running nodes (highest term wins).
     pub async fn leaders(&self) -> BTreeMap<u32, usize> {
-        let mut best: BTreeMap<u32, (u64, usize)> = BTreeMap::new();
-        for id in self.node_ids() {
-            if !self.is_running(id) {
-                continue;
-            }
-            let Some(status) = self.node_status(id).await else {
-                continue;
-            };
-            for replica in status.replicas {
-                if let (Some(shard), v1::ReplicaRole::Leader) = (replica.shard_id, replica.role()) {
-                    let entry = best.entry(shard).or_insert((0, 0));
-                    if replica.term >= entry.0 {
-                        *entry = (replica.term, id);
-                    }
-                }
-            }
-        }
-        best.into_iter().map(|(shard, (_, id))| (shard, id)).collect()
+        launch::shard_leaders(&self.running_members(), STATUS_TIMEOUT)
+            .await
+            .into_iter()
+            .map(|(shard, id)| (shard, id as usize))
+            .collect()
     }
 
     pub async fn wait_for_leaders(&self, timeout: Duration) -> Result<BTreeMap<u32, usize>> {
-        let shards = self.spec.shards as usize;
-        wait_for("a leader for every shard", timeout, || async {
-            let leaders = self.leaders().await;
-            (leaders.len() == shards).then_some(leaders)
-        })
-        .await
+        let leaders =
+            launch::wait_for_leaders(&self.running_members(), self.spec.shards, timeout, STATUS_TIMEOUT)
+                .await?;
+        Ok(leaders
+            .into_iter()
+            .map(|(shard, id)| (shard, id as usize))
+            .collect())
     }
 
     /// A client of the router with the given per-request timeout.
@@ -688,7 +618,7 @@ impl Cluster {
         if !self.spec.fake_clock {
             bail!("the cluster was not started with a fake clock");
         }
-        let clock_file = self.dir.join(format!("node-{id}.clock"));
+        let clock_file = self.clock_file(id);
         let tmp = clock_file.with_extension("clock.tmp");
         std::fs::write(&tmp, format!("{offset_s:+}\n"))?;
         std::fs::rename(&tmp, &clock_file)?;
@@ -709,20 +639,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let ids: Vec<usize> = self.nodes.keys().copied().collect();
-        for id in ids {
-            // Resume paused nodes so they can die.
-            let _ = self.signal(id, libc::SIGCONT);
-            if let Some(node) = self.nodes.get_mut(&id) {
-                if let Some(mut child) = node.child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            }
+        // Processes first (each is resumed if paused, killed and reaped as it drops), then
+        // the fields, among them the namespaces the nodes ran in.
+        for node in self.nodes.values_mut() {
+            node.process = None;
         }
-        if let Some(mut router) = self.router.take() {
-            let _ = router.kill();
-            let _ = router.wait();
-        }
+        self.router = None;
     }
 }

@@ -47,7 +47,7 @@
 //! `jepsen/scripts/install-deps.sh` installs them. [`check_prerequisites`] says what is missing.
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
@@ -520,11 +520,24 @@ impl Network {
     /// # Panics
     /// If `index` is not in `1..=node_count()`.
     pub fn command(&self, index: usize, program: impl AsRef<OsStr>) -> Command {
-        let mut command = self.ip();
+        let prefix = self.exec_prefix(index);
+        let mut command = Command::new(&prefix[0]);
+        command.args(&prefix[1..]).arg(program);
         command
-            .args(["netns", "exec", self.namespace(index)])
-            .arg(program);
-        command
+    }
+
+    /// The command prefix that runs a program inside node `index`'s namespace: `ip netns
+    /// exec <ns>` (see [`Network::command`]), for launchers that take a prefix.
+    ///
+    /// # Panics
+    /// If `index` is not in `1..=node_count()`.
+    pub fn exec_prefix(&self, index: usize) -> Vec<OsString> {
+        vec![
+            self.tools.ip.clone().into_os_string(),
+            "netns".into(),
+            "exec".into(),
+            self.namespace(index).into(),
+        ]
     }
 
     /// Runs `work` on a fresh thread that has joined node `index`'s network namespace, and

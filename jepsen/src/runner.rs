@@ -323,7 +323,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     };
     let healed_at = Instant::now();
     let probe = cluster.client(Duration::from_secs(2)).await?;
-    let live = crate::cluster::wait_for(
+    let live = ringkv_launcher::wait_for(
         "the cluster to serve after healing",
         options.liveness_timeout,
         || async { probe.put(b"jepsen/liveness", b"1".to_vec()).await.ok() },

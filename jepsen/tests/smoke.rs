@@ -15,18 +15,10 @@ use ringkv_jepsen::workload::Workload;
 /// machine, not ringkv.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// `$RINGKV_BIN_DIR`, else the profile directory above this test's `deps/`.
 fn bin_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("RINGKV_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let mut dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(PathBuf::from))
-        .unwrap_or_default();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir
+    ringkv_launcher::binaries::env_bin_dir()
+        .unwrap_or_else(|| ringkv_launcher::binaries::executable_dir().expect("locating the test executable"))
 }
 
 fn options(seconds: u64, nemeses: Vec<NemesisKind>, out: &tempfile::TempDir, seed: u64) -> RunOptions {

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use ringkv_proto::metadata;
-use ringkv_ring::ShardId;
+use ringkv_ring::{MemberState, NodeId, ShardId};
 use tonic::{Code, Status};
 
 use crate::config::ConfigError;
@@ -87,7 +87,7 @@ pub enum RouterError {
     Unavailable(String),
     /// A planned ring change cannot be made.
     #[error(transparent)]
-    PlanRejected(#[from] crate::rebalance::PlanRejection),
+    PlanRejected(#[from] PlanRejection),
     /// A router invariant was broken (a bug).
     #[error("internal router error: {0}")]
     Internal(String),
@@ -265,6 +265,23 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("grpc server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// Why a ring change cannot be planned (nothing was sent to a node).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanRejection {
+    #[error("node {node_id} is not a ring member")]
+    NotMember { node_id: NodeId },
+    /// Decommissioning or declaring dead a member that owns no tokens any more.
+    #[error("node {node_id} is {}: it owns no replicas to move", .state.as_str())]
+    OwnsNothing { node_id: NodeId, state: MemberState },
+    #[error("a node to add needs a non-zero id and an address")]
+    IncompleteNode,
+    #[error("node {node_id} is already a ring member")]
+    AlreadyMember { node_id: NodeId },
+    /// The ring after the change would be invalid (e.g. fewer owners than RF).
+    #[error("the change is not possible: {0}")]
+    Impossible(String),
 }
 
 #[cfg(test)]

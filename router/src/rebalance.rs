@@ -15,7 +15,7 @@ use ringkv_proto::v1::{
 use ringkv_ring::{MemberState, NodeId, Ring, RingMember, ShardId};
 
 use crate::convert::{member_state, ring_from_info};
-use crate::error::RouterError;
+use crate::error::{PlanRejection, RouterError};
 
 fn members_of(info: &RingInfo) -> Result<Vec<RingMember>, RouterError> {
     info.members
@@ -34,23 +34,6 @@ fn members_of(info: &RingInfo) -> Result<Vec<RingMember>, RouterError> {
             })
         })
         .collect()
-}
-
-/// Why a ring change cannot be planned (nothing was sent to a node).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanRejection {
-    #[error("node {node_id} is not a ring member")]
-    NotMember { node_id: NodeId },
-    /// Decommissioning or declaring dead a member that owns no tokens any more.
-    #[error("node {node_id} is {}: it owns no replicas to move", .state.as_str())]
-    OwnsNothing { node_id: NodeId, state: MemberState },
-    #[error("a node to add needs a non-zero id and an address")]
-    IncompleteNode,
-    #[error("node {node_id} is already a ring member")]
-    AlreadyMember { node_id: NodeId },
-    /// The ring after the change would be invalid (e.g. fewer owners than RF).
-    #[error("the change is not possible: {0}")]
-    Impossible(String),
 }
 
 /// The replicas `change` would move under the ring `info`.

@@ -1,17 +1,20 @@
 //! Test harness for end-to-end tests: starts real `ringkv-node` and `ringkv-router`
 //! processes on loopback (port 0), each node with its own data directory, and offers
-//! condition waits (`wait_for_leaders`, `wait_until`) instead of sleeps.
+//! condition waits (`wait_for_leaders`, `wait_until`) instead of sleeps. Spawning, address
+//! files, init and leader waits come from `ringkv-launcher`, shared with the fault-injection
+//! harness and `kvctl playground`.
 //!
 //! The binaries must be built first (`cargo build --bins`, which the README test command
 //! does); they are found next to the test executable's `deps/` directory, or in
 //! `$RINGKV_BIN_DIR`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use ringkv_launcher::binaries::{env_bin_dir, executable_dir, Binaries};
+use ringkv_launcher::{cluster as launch, Launch, Process};
 use ringkv_proto::v1::{
     self, admin_client::AdminClient, kv_client::KvClient, shard_kv_client::ShardKvClient,
 };
@@ -21,34 +24,25 @@ use tonic::transport::Channel;
 /// Default time allowed for a condition in tests (generous for slow CI machines).
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// Directory holding the ringkv binaries.
+/// Deadline of one node status call.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Directory holding the ringkv binaries: `$RINGKV_BIN_DIR`, else the test executable's
+/// profile directory.
 pub fn bin_dir() -> Result<PathBuf> {
-    if let Ok(dir) = std::env::var("RINGKV_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
+    match env_bin_dir() {
+        Some(dir) => Ok(dir),
+        None => Ok(executable_dir()?),
     }
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    // Test binaries live in `target/<profile>/deps`, examples in `target/<profile>/examples`.
-    if dir.ends_with("deps") || dir.ends_with("examples") {
-        dir.pop();
-    }
-    Ok(dir)
 }
 
-fn binary(name: &str) -> Result<PathBuf> {
-    let path = bin_dir()?.join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found: build the binaries first with `cargo build --bins` (or set RINGKV_BIN_DIR)",
-            path.display()
-        );
-    }
-    Ok(path)
+fn binaries() -> Result<Binaries> {
+    Ok(Binaries::in_dir(&bin_dir()?)?)
 }
 
-/// Polls a condition until it returns `Some`, failing after a timeout (shared with the
-/// fault-injection harness).
-pub use ringkv_jepsen::cluster::wait_for as wait_until;
+/// Polls a condition until it returns `Some`, failing after a timeout (the launcher's
+/// `wait_for`, shared with the fault-injection harness).
+pub use ringkv_launcher::wait_for as wait_until;
 
 /// Options for a test cluster.
 #[derive(Debug, Clone)]
@@ -84,16 +78,16 @@ pub struct NodeProcess {
     pub id: u64,
     pub data_dir: PathBuf,
     pub addr: Option<String>,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 impl NodeProcess {
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(Process::pid)
     }
 }
 
@@ -102,40 +96,15 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub options: ClusterOptions,
     pub nodes: BTreeMap<u64, NodeProcess>,
-    router: Option<Child>,
+    router: Option<Process>,
     pub router_addr: Option<String>,
-}
-
-async fn read_addr_file(path: &Path, what: &str) -> Result<String> {
-    wait_until(what, WAIT, || async {
-        std::fs::read_to_string(path).ok().filter(|addr| !addr.is_empty())
-    })
-    .await
-}
-
-fn log_file(path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
 }
 
 impl Cluster {
     /// Starts `options.nodes` nodes, initialises the cluster, starts a router and waits for
     /// every shard to have a leader.
     pub async fn start(options: ClusterOptions) -> Result<Cluster> {
-        let mut cluster = Cluster {
-            dir: tempfile::tempdir().context("creating the cluster directory")?,
-            options,
-            nodes: BTreeMap::new(),
-            router: None,
-            router_addr: None,
-        };
-        for id in 1..=cluster.options.nodes {
-            cluster.start_node(id).await?;
-        }
-        cluster.init().await?;
+        let mut cluster = Cluster::nodes_only(options).await?;
         cluster.start_router().await?;
         cluster.wait_for_leaders(WAIT).await?;
         Ok(cluster)
@@ -163,29 +132,24 @@ impl Cluster {
         std::fs::create_dir_all(&data_dir)?;
         let addr_file = data_dir.join("addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = log_file(&self.dir.path().join(format!("node-{id}.log")))?;
-        let child = Command::new(binary("ringkv-node")?)
+        let process = Launch::new(format!("node {id}"), binaries()?.node)
             .arg("--node-id")
             .arg(id.to_string())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .arg("--addr-file")
             .arg(&addr_file)
             .args(&self.options.node_args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawning ringkv-node")?;
+            .log(self.node_log(id))
+            .spawn()?;
         let node = self.nodes.entry(id).or_insert(NodeProcess {
             id,
             data_dir,
             addr: None,
-            child: None,
+            process: None,
         });
-        node.child = Some(child);
-        let addr = read_addr_file(&addr_file, &format!("node {id} to listen")).await?;
+        let process = node.process.insert(process);
+        let addr = process.wait_for_addr_file(&addr_file, WAIT).await?;
         if let Some(previous) = &node.addr {
             if previous != &addr {
                 bail!("node {id} came back on {addr}, not {previous}");
@@ -195,36 +159,27 @@ impl Cluster {
         Ok(addr)
     }
 
-    fn signal_node(&mut self, id: u64, signal: i32) -> Result<Child> {
+    fn take_process(&mut self, id: u64) -> Result<Process> {
         let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
-        let child = node
-            .child
+        node.process
             .take()
-            .ok_or_else(|| anyhow!("node {id} is not running"))?;
-        let pid = i32::try_from(child.id()).context("pid")?;
-        // SAFETY: sending a signal to a child process we own.
-        let rc = unsafe { libc::kill(pid, signal) };
-        if rc != 0 {
-            bail!("kill({pid}, {signal}) failed");
-        }
-        Ok(child)
+            .ok_or_else(|| anyhow!("node {id} is not running"))
     }
 
     /// `kill -9` node `id`.
     pub fn kill_node(&mut self, id: u64) -> Result<()> {
-        let mut child = self.signal_node(id, libc::SIGKILL)?;
-        child.wait().context("reaping the node")?;
+        self.take_process(id)?.kill()?;
         Ok(())
     }
 
     /// SIGTERM node `id` and wait for it to exit.
     pub async fn stop_node(&mut self, id: u64) -> Result<()> {
-        let mut child = self.signal_node(id, libc::SIGTERM)?;
-        wait_until(&format!("node {id} to exit"), WAIT, || {
-            let exited = child.try_wait().ok().flatten().is_some();
-            async move { exited.then_some(()) }
-        })
-        .await
+        let mut process = self.take_process(id)?;
+        process.signal(libc::SIGTERM)?;
+        tokio::time::timeout(WAIT, process.wait())
+            .await
+            .with_context(|| format!("node {id} did not exit within {WAIT:?} of SIGTERM"))??;
+        Ok(())
     }
 
     pub fn node_addr(&self, id: u64) -> Result<String> {
@@ -238,56 +193,41 @@ impl Cluster {
         self.nodes.values().filter_map(|node| node.addr.clone()).collect()
     }
 
-    /// Bootstraps the cluster through node 1.
+    /// Bootstraps the cluster (through node 1, the first address).
     pub async fn init(&self) -> Result<v1::InitClusterResponse> {
-        let nodes = self
-            .nodes
-            .values()
-            .map(|node| {
-                Ok(v1::NodeAddress {
-                    node_id: node.id,
-                    addr: node
-                        .addr
-                        .clone()
-                        .ok_or_else(|| anyhow!("node {} not started", node.id))?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut admin = self.admin(1).await?;
-        let response = admin
-            .init_cluster(v1::InitClusterRequest {
-                nodes,
-                shards: self.options.shards,
-                replication_factor: self.options.replication_factor,
-            })
-            .await?;
-        Ok(response.into_inner())
+        if let Some(node) = self.nodes.values().find(|node| node.addr.is_none()) {
+            bail!("node {} not started", node.id);
+        }
+        Ok(launch::init_cluster(
+            &self.node_addrs(),
+            self.options.shards,
+            self.options.replication_factor,
+        )
+        .await?)
     }
 
     /// Starts the router; waits until it listens.
     pub async fn start_router(&mut self) -> Result<String> {
         let addr_file = self.dir.path().join("router.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = log_file(&self.dir.path().join("router.log"))?;
-        let mut command = Command::new(binary("ringkv-router")?);
+        let mut launch = Launch::new("router", binaries()?.router);
         if !self.options.router_config.is_empty() {
             let config = self.dir.path().join("router.toml");
             std::fs::write(&config, self.options.router_config.join("\n"))?;
-            command.arg("--config").arg(config);
+            launch = launch.arg("--config").arg(config);
         }
-        let child = command
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--nodes")
+        let router = launch
+            .args(["--listen", "127.0.0.1:0", "--nodes"])
             .arg(self.node_addrs().join(","))
             .arg("--addr-file")
             .arg(&addr_file)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawning ringkv-router")?;
-        self.router = Some(child);
-        let addr = read_addr_file(&addr_file, "the router to listen").await?;
+            .log(self.dir.path().join("router.log"))
+            .spawn()?;
+        let addr = self
+            .router
+            .insert(router)
+            .wait_for_addr_file(&addr_file, WAIT)
+            .await?;
         self.router_addr = Some(addr.clone());
         Ok(addr)
     }
@@ -312,7 +252,7 @@ impl Cluster {
 
     /// The router's process id.
     pub fn router_pid(&self) -> Option<u32> {
-        self.router.as_ref().map(Child::id)
+        self.router.as_ref().map(Process::pid)
     }
 
     async fn channel(&self, id: u64) -> Result<Channel> {
@@ -384,39 +324,29 @@ impl Cluster {
         )?)
     }
 
+    /// The running nodes with an address: (node id, address).
+    fn running_nodes(&self) -> Vec<(u64, String)> {
+        self.nodes
+            .values()
+            .filter(|node| node.is_running())
+            .filter_map(|node| Some((node.id, node.addr.clone()?)))
+            .collect()
+    }
+
     /// The leader of every shard, as claimed by the running nodes (highest term wins).
     pub async fn leaders(&self) -> BTreeMap<u32, u64> {
-        let mut best: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-        for (id, node) in &self.nodes {
-            if !node.is_running() {
-                continue;
-            }
-            let Ok(status) = self.node_status(*id).await else {
-                continue;
-            };
-            for replica in status.replicas {
-                let (Some(shard), v1::ReplicaRole::Leader) = (replica.shard_id, replica.role()) else {
-                    continue;
-                };
-                let entry = best.entry(shard).or_insert((0, 0));
-                if replica.term >= entry.0 {
-                    *entry = (replica.term, *id);
-                }
-            }
-        }
-        best.into_iter()
-            .map(|(shard, (_, leader))| (shard, leader))
-            .collect()
+        launch::shard_leaders(&self.running_nodes(), STATUS_TIMEOUT).await
     }
 
     /// Waits until every shard has a leader among the running nodes.
     pub async fn wait_for_leaders(&self, timeout: Duration) -> Result<BTreeMap<u32, u64>> {
-        let shards = self.options.shards as usize;
-        wait_until("a leader for every shard", timeout, || async {
-            let leaders = self.leaders().await;
-            (leaders.len() == shards).then_some(leaders)
-        })
-        .await
+        Ok(launch::wait_for_leaders(
+            &self.running_nodes(),
+            self.options.shards,
+            timeout,
+            STATUS_TIMEOUT,
+        )
+        .await?)
     }
 
     /// Reads `key` from node `id`'s local replica (a stale read: no leader check).
@@ -469,14 +399,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let children = self
-            .nodes
-            .values_mut()
-            .filter_map(|node| node.child.take())
-            .chain(self.router.take());
-        for mut child in children {
-            let _ = child.kill();
-            let _ = child.wait();
+        // The processes die (killed and reaped) before their directory goes.
+        self.router = None;
+        for node in self.nodes.values_mut() {
+            node.process = None;
         }
         if std::env::var_os("RINGKV_KEEP_TEST_DIRS").is_some() {
             let path = self.dir.path().to_path_buf();

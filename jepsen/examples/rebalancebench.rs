@@ -6,10 +6,13 @@
 //!
 //! ```sh
 //! cargo build --release --bins
-//! cargo run --release -p ringkv-tests --example rebalancebench -- [KEYS] [VALUE_BYTES] [RUNS] [OUT_DIR]
+//! cargo run --release -p ringkv-jepsen --example rebalancebench -- [KEYS] [VALUE_BYTES] [RUNS] [OUT_DIR]
 //! # or, built: target/release/examples/rebalancebench ...
 //! ```
 //! Defaults: 100000 keys of 1024 bytes, 3 runs, results in `target/rebalancebench/`.
+//!
+//! It lives with the fault-injection harness for its latency plot (`plot`); the cluster is
+//! the end-to-end tests' (`ringkv-tests`, a dev-dependency), so `tests` needs no `jepsen`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

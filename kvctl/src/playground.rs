@@ -13,12 +13,16 @@
 //! SIGKILL), are killed when startup fails or the handles drop, and on Linux get SIGTERM
 //! from the kernel if kvctl itself dies (`PR_SET_PDEATHSIG`; kvctl runs a
 //! current-thread runtime, so the spawning thread is the main thread).
+//!
+//! Locating the binaries, spawning, exit checks and init are `ringkv-launcher`'s (shared
+//! with the end-to-end tests and the fault-injection harness); the plan, the progress
+//! display and the supervision until Ctrl-C are the playground's.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -26,33 +30,23 @@ use clap::Args;
 use futures::stream::{FuturesUnordered, StreamExt};
 use ringkv_client::proto;
 use ringkv_client::{admin, Client, ClientConfig};
+use ringkv_launcher::binaries::{
+    env_bin_dir, executable_dir, find_binary, is_release_build, Binaries, BIN_DIR_ENV, NODE_BIN, ROUTER_BIN,
+};
+use ringkv_launcher::{cluster as launch, Launch, LaunchError, Process};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
 use crate::exit::{Outcome, UsageError};
 
-/// File name of the storage node binary.
-pub const NODE_BIN: &str = "ringkv-node";
-/// File name of the router binary.
-pub const ROUTER_BIN: &str = "ringkv-router";
-/// Environment variable naming a directory that holds the binaries.
-pub const BIN_DIR_ENV: &str = "RINGKV_BIN_DIR";
 /// Most nodes a playground starts.
 pub const MAX_NODES: u16 = 64;
 /// How long children get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// How long to wait for a killed child to be reaped.
-const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Pause between two checks of a startup condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Deadline of one probe (NodeStatus, ClusterStatus) during startup.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Deadline of the InitCluster call (creating the groups may take a while).
-const INIT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Log lines shown when a child dies during startup.
-const LOG_TAIL_LINES: usize = 15;
-/// Bytes read from the end of a log to find those lines.
-const LOG_TAIL_BYTES: u64 = 16 * 1024;
 
 /// Arguments of `kvctl playground`.
 #[derive(Args, Debug)]
@@ -173,41 +167,9 @@ impl Plan {
     }
 }
 
-/// Where the node and router binaries are.
-#[derive(Clone, Debug)]
-pub struct Binaries {
-    /// `ringkv-node`.
-    pub node: PathBuf,
-    /// `ringkv-router`.
-    pub router: PathBuf,
-}
-
 /// Directories searched for the binaries: next to kvctl, then `$RINGKV_BIN_DIR`.
 fn candidate_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-    {
-        dirs.push(dir);
-    }
-    if let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|dir| !dir.is_empty()) {
-        dirs.push(PathBuf::from(dir));
-    }
-    dirs
-}
-
-/// The first `dirs` entry holding an executable file `name`.
-pub fn find_binary(dirs: &[PathBuf], name: &str) -> Option<PathBuf> {
-    dirs.iter()
-        .map(|dir| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
-        .find(|path| path.is_file())
-}
-
-/// Whether `exe` was built with the release profile (lives under a `release` dir).
-pub fn is_release_build(exe: &Path) -> bool {
-    exe.components()
-        .any(|component| component.as_os_str() == "release")
+    executable_dir().ok().into_iter().chain(env_bin_dir()).collect()
 }
 
 /// Arguments of the `cargo build` that produces the binaries for a kvctl at `exe`.
@@ -311,13 +273,16 @@ impl ShutdownSignals {
 
 /// One child process.
 struct ChildProcess {
-    /// `node 1`, `router`.
-    name: String,
     addr: String,
-    pid: u32,
-    log: PathBuf,
-    process: tokio::process::Child,
-    exited: Option<ExitStatus>,
+    process: Process,
+    /// Waiting for it failed: it is no longer watched.
+    abandoned: bool,
+}
+
+impl ChildProcess {
+    fn is_watched(&self) -> bool {
+        self.process.exit_status().is_none() && !self.abandoned
+    }
 }
 
 /// Owns the children: spawns them, notices exits, stops them.
@@ -336,6 +301,11 @@ impl Supervisor {
         args: &[OsString],
         log: &Path,
     ) -> anyhow::Result<()> {
+        let launch = Launch::new(name, program)
+            .args(args)
+            .log(log)
+            .own_process_group()
+            .die_with_parent();
         let mut log_file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -346,57 +316,20 @@ impl Supervisor {
             .map_or(0, |elapsed| elapsed.as_secs());
         writeln!(
             log_file,
-            "=== kvctl playground: starting {name} at unix time {started_at}: {} {} ===",
-            program.display(),
-            args.iter()
-                .map(|arg| arg.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" ")
+            "=== kvctl playground: starting {name} at unix time {started_at}: {} ===",
+            launch.command_line()
         )
         .with_context(|| format!("cannot write log {}", log.display()))?;
-        let stderr_file = log_file
-            .try_clone()
-            .with_context(|| format!("cannot open log {}", log.display()))?;
-
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(stderr_file))
-            .kill_on_drop(true)
-            .process_group(0);
-        #[cfg(target_os = "linux")]
-        {
-            let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
-            // SAFETY: the closure runs in the forked child before exec and only makes
-            // async-signal-safe system calls (prctl, getppid); it allocates nothing.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::getppid() != parent {
-                        // kvctl died between fork and prctl: do not run orphaned.
-                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                    }
-                    Ok(())
-                });
+        let process = launch.spawn().map_err(|err| match err {
+            LaunchError::Spawn { source, .. } => {
+                anyhow::Error::new(source).context(format!("cannot start {name} ({})", program.display()))
             }
-        }
-        let process = command
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({})", program.display()))?;
-        let pid = process
-            .id()
-            .with_context(|| format!("{name} exited before its pid was known"))?;
+            other => other.into(),
+        })?;
         self.children.push(ChildProcess {
-            name: name.to_string(),
             addr: addr.to_string(),
-            pid,
-            log: log.to_path_buf(),
             process,
-            exited: None,
+            abandoned: false,
         });
         Ok(())
     }
@@ -404,22 +337,22 @@ impl Supervisor {
     /// Fails with the end of its log when a child has exited.
     fn ensure_running(&mut self) -> anyhow::Result<()> {
         for child in &mut self.children {
-            if child.exited.is_some() {
+            if !child.is_watched() {
                 continue;
             }
-            match child.process.try_wait() {
-                Ok(None) => {}
-                Ok(Some(status)) => {
-                    child.exited = Some(status);
-                    bail!(
-                        "{} (pid {}) exited during startup ({status}); last lines of {}:\n{}",
-                        child.name,
-                        child.pid,
-                        child.log.display(),
-                        log_tail(&child.log)
-                    );
-                }
-                Err(err) => bail!("cannot check {} (pid {}): {err}", child.name, child.pid),
+            match child.process.check_running() {
+                Ok(()) => {}
+                Err(LaunchError::Exited {
+                    name,
+                    pid,
+                    status,
+                    log,
+                    tail,
+                }) => bail!(
+                    "{name} (pid {pid}) exited during startup ({status}); last lines of {}:\n{tail}",
+                    log.unwrap_or_default().display(),
+                ),
+                Err(err) => bail!("{err}"),
             }
         }
         Ok(())
@@ -429,72 +362,30 @@ impl Supervisor {
     /// SIGKILL the stragglers.
     async fn shutdown(&mut self, grace: Duration) {
         for child in self.children.iter_mut().rev() {
-            if child.exited.is_none() {
-                if let Some(pid) = child.process.id() {
-                    send_signal(pid, libc::SIGTERM);
-                }
+            if child.is_watched() {
+                let _ = child.process.signal(libc::SIGTERM);
             }
         }
         let deadline = Instant::now() + grace;
         for child in self.children.iter_mut().rev() {
-            if child.exited.is_some() {
+            if !child.is_watched() {
                 continue;
             }
             match tokio::time::timeout_at(deadline, child.process.wait()).await {
-                Ok(Ok(status)) => child.exited = Some(status),
-                Ok(Err(err)) => eprintln!("cannot wait for {} (pid {}): {err}", child.name, child.pid),
+                Ok(Ok(_status)) => {}
+                Ok(Err(err)) => eprintln!("{err}"),
                 Err(_elapsed) => {
                     eprintln!(
                         "{} (pid {}) did not stop within {}s; killing it",
-                        child.name,
-                        child.pid,
+                        child.process.name(),
+                        child.process.pid(),
                         grace.as_secs()
                     );
-                    let _ = child.process.start_kill();
-                    if let Ok(Ok(status)) = tokio::time::timeout(KILL_WAIT, child.process.wait()).await {
-                        child.exited = Some(status);
-                    }
+                    let _ = child.process.kill();
                 }
             }
         }
     }
-}
-
-/// Sends `signal` to one child process.
-fn send_signal(pid: u32, signal: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill has no memory-safety preconditions; `pid` is a child that has not been
-    // reaped yet (tokio reaps only when we wait on it), so it cannot name another process.
-    let _ = unsafe { libc::kill(pid, signal) };
-}
-
-/// The last lines of a log file, indented, or a note when it cannot be read.
-fn log_tail(path: &Path) -> String {
-    let read = || -> std::io::Result<Vec<u8>> {
-        let mut file = std::fs::File::open(path)?;
-        let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
-        let mut bytes = Vec::new();
-        file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes)?;
-        Ok(bytes)
-    };
-    match read() {
-        Ok(bytes) => tail_lines(&String::from_utf8_lossy(&bytes), LOG_TAIL_LINES),
-        Err(err) => format!("    (cannot read the log: {err})"),
-    }
-}
-
-/// The last `count` non-empty lines of `text`, each indented by four spaces.
-pub fn tail_lines(text: &str, count: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(count);
-    lines[start..]
-        .iter()
-        .map(|line| format!("    {line}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// A one-line progress display on stderr: rewritten in place on a terminal, printed
@@ -559,17 +450,11 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
     }
     wait_for_nodes(plan, supervisor).await?;
 
-    let init_config = ClientConfig::builder().request_timeout(INIT_TIMEOUT).build()?;
-    let init = admin::init_cluster_with(
-        &plan.node_addrs(),
-        plan.shards,
-        plan.replication_factor,
-        &init_config,
-    )
-    .await
-    .context(
-        "cluster init failed (a data dir made with other --nodes/--shards settings needs another --dir)",
-    )?;
+    let init = launch::init_cluster(&plan.node_addrs(), plan.shards, plan.replication_factor)
+        .await
+        .context(
+            "cluster init failed (a data dir made with other --nodes/--shards settings needs another --dir)",
+        )?;
     if init.already_initialized {
         eprintln!("resuming cluster {}", init.cluster_id);
     } else {
@@ -681,10 +566,10 @@ fn summary(plan: &Plan, supervisor: &Supervisor, cluster_id: &str, default_route
     let mut rows = Vec::new();
     for child in &supervisor.children {
         rows.push(vec![
-            child.name.clone(),
+            child.process.name().to_string(),
             child.addr.clone(),
-            child.pid.to_string(),
-            child.log.display().to_string(),
+            child.process.pid().to_string(),
+            child.process.log().unwrap_or(Path::new("")).display().to_string(),
         ]);
     }
     // The router first: it is the endpoint clients use.
@@ -698,7 +583,7 @@ fn summary(plan: &Plan, supervisor: &Supervisor, cluster_id: &str, default_route
     let node_pid = supervisor
         .children
         .first()
-        .map_or_else(|| "<pid>".to_string(), |child| child.pid.to_string());
+        .map_or_else(|| "<pid>".to_string(), |child| child.process.pid().to_string());
     format!(
         "\nringkv playground is up: {} nodes, {} shards, replication factor {}, cluster {cluster_id}\n\n\
          {table}\n\n\
@@ -767,7 +652,7 @@ async fn supervise(supervisor: &mut Supervisor, signals: &mut ShutdownSignals) -
                 .children
                 .iter_mut()
                 .enumerate()
-                .filter(|(_, child)| child.exited.is_none())
+                .filter(|(_, child)| child.is_watched())
                 .map(|(index, child)| async move { (index, child.process.wait().await) })
                 .collect();
             tokio::select! {
@@ -781,18 +666,17 @@ async fn supervise(supervisor: &mut Supervisor, signals: &mut ShutdownSignals) -
         };
         match result {
             Ok(status) => {
-                child.exited = Some(status);
                 eprintln!(
                     "{} (pid {}) exited: {status}; not restarting it (log: {})",
-                    child.name,
-                    child.pid,
-                    child.log.display()
+                    child.process.name(),
+                    child.process.pid(),
+                    child.process.log().unwrap_or(Path::new("")).display()
                 );
             }
             Err(err) => {
-                eprintln!("cannot wait for {} (pid {}): {err}", child.name, child.pid);
+                eprintln!("{err}");
                 // Do not spin on a child that cannot be waited for.
-                child.exited = Some(ExitStatus::default());
+                child.abandoned = true;
             }
         }
     }
@@ -912,24 +796,6 @@ mod tests {
         let release = cargo_build_args(Some(Path::new("/w/target/release/kvctl")));
         assert_eq!(release.last().map(String::as_str), Some("--release"));
         assert!(!cargo_build_args(None).contains(&"--release".to_string()));
-    }
-
-    /// Binaries are looked up in the candidate dirs, in order.
-    #[test]
-    fn find_binary_in_dirs() {
-        let first = tempfile::tempdir().expect("temp dir");
-        let second = tempfile::tempdir().expect("temp dir");
-        std::fs::write(second.path().join(NODE_BIN), b"").expect("write");
-        let dirs = vec![first.path().to_path_buf(), second.path().to_path_buf()];
-        assert_eq!(find_binary(&dirs, NODE_BIN), Some(second.path().join(NODE_BIN)));
-        assert_eq!(find_binary(&dirs, ROUTER_BIN), None);
-    }
-
-    /// The log tail keeps the last non-empty lines, indented.
-    #[test]
-    fn tail_keeps_last_lines() {
-        assert_eq!(tail_lines("a\nb\n\nc\n", 2), "    b\n    c");
-        assert_eq!(tail_lines("", 3), "");
     }
 
     /// Leader counting uses the ring's shard count when known.

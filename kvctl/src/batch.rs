@@ -5,16 +5,17 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
 use futures::stream::{FuturesUnordered, StreamExt};
-use ringkv_client::{Client, Error as ClientError, Mutation, ReadConsistency};
+use ringkv_client::{Client, Error as ClientError, Mutation, ReadConsistency, Versioned};
+use serde_json::{json, Value};
 
 use crate::exit::{Outcome, UsageError};
 use crate::load::{InputFormat, Record, Records};
-use crate::output::{self, display_bytes, OutputFormat};
+use crate::output::{self, display_bytes, insert_bytes, keyed_object, render_table, to_json, OutputFormat};
 use crate::progress;
 use crate::value::decode_key;
 
@@ -68,7 +69,7 @@ pub async fn mget(client: &Client, args: MgetArgs, format: OutputFormat) -> anyh
         .batch_get_with(&keys, consistency)
         .await
         .with_context(|| format!("mget of {} keys", keys.len()))?;
-    output::emit(&output::render_mget(&keys, &results, format))?;
+    output::emit(&render_mget(&keys, &results, format))?;
     let missing = results.iter().filter(|result| result.is_none()).count();
     if missing > 0 {
         eprintln!("{missing} of {} keys not found", keys.len());
@@ -159,12 +160,7 @@ pub async fn mput(client: &Client, args: MputArgs, format: OutputFormat) -> anyh
             report.loaded
         )));
     }
-    output::emit(&output::render_mput(
-        report.loaded,
-        report.batches,
-        elapsed,
-        format,
-    ))?;
+    output::emit(&render_mput(report.loaded, report.batches, elapsed, format))?;
     Ok(Outcome::Success)
 }
 
@@ -293,6 +289,76 @@ async fn write_batch(client: &Client, batch: Vec<Record>) -> anyhow::Result<u64>
     Ok(keys)
 }
 
+/// The results of `mget`, one per key in order. JSON: an array of `get` objects, with
+/// `found: false` for absent keys.
+pub fn render_mget(keys: &[Vec<u8>], results: &[Option<Versioned>], format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Table => {
+            let rows = keys
+                .iter()
+                .zip(results)
+                .map(|(key, result)| match result {
+                    Some(found) => vec![
+                        display_bytes(key),
+                        found.version.to_string(),
+                        display_bytes(&found.value),
+                    ],
+                    None => vec![display_bytes(key), "-".into(), "(not found)".into()],
+                })
+                .collect();
+            render_table(&["KEY", "VERSION", "VALUE"], rows, &[1])
+        }
+        OutputFormat::Json => {
+            let items = keys
+                .iter()
+                .zip(results)
+                .map(|(key, result)| {
+                    let mut object = keyed_object(key);
+                    object.insert("found".into(), json!(result.is_some()));
+                    object.insert(
+                        "version".into(),
+                        json!(result.as_ref().map_or(0, |found| found.version)),
+                    );
+                    if let Some(found) = result {
+                        insert_bytes(&mut object, "value", &found.value);
+                    }
+                    Value::Object(object)
+                })
+                .collect();
+            to_json(&Value::Array(items))
+        }
+    }
+}
+
+/// The result of `mput`: keys loaded, batches written, time taken and rate.
+pub fn render_mput(loaded: u64, batches: u64, elapsed: Duration, format: OutputFormat) -> String {
+    let seconds = elapsed.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = if seconds > 0.0 {
+        loaded as f64 / seconds
+    } else {
+        0.0
+    };
+    match format {
+        OutputFormat::Table => render_table(
+            &["LOADED", "BATCHES", "SECONDS", "KEYS/S"],
+            vec![vec![
+                loaded.to_string(),
+                batches.to_string(),
+                format!("{seconds:.2}"),
+                format!("{rate:.0}"),
+            ]],
+            &[0, 1, 2, 3],
+        ),
+        OutputFormat::Json => to_json(&json!({
+            "loaded": loaded,
+            "batches": batches,
+            "elapsed_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "keys_per_second": (rate * 10.0).round() / 10.0,
+        })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +396,53 @@ mod tests {
         let error = anyhow::Error::new(ClientError::OutcomeUnknown("x".into())).context("batch");
         assert!(is_outcome_unknown(&error));
         assert!(!is_outcome_unknown(&anyhow::anyhow!("disk")));
+    }
+
+    /// `mget` JSON is an array of `get` objects; absent keys say found=false.
+    #[test]
+    fn mget_output() {
+        let keys = vec![b"a".to_vec(), b"b".to_vec()];
+        let results = vec![
+            Some(Versioned {
+                value: b"1".to_vec(),
+                version: 5,
+            }),
+            None,
+        ];
+        let value: Value =
+            serde_json::from_str(&render_mget(&keys, &results, OutputFormat::Json)).expect("json");
+        assert_eq!(
+            value,
+            json!([
+                {"key": "a", "found": true, "version": 5, "value": "1"},
+                {"key": "b", "found": false, "version": 0},
+            ])
+        );
+        let table = render_mget(&keys, &results, OutputFormat::Table);
+        assert!(table.contains("(not found)"), "{table}");
+    }
+
+    /// The `mput` summary: keys, batches, seconds and rate.
+    #[test]
+    fn mput_output() {
+        let value: Value = serde_json::from_str(&render_mput(
+            1000,
+            4,
+            Duration::from_millis(500),
+            OutputFormat::Json,
+        ))
+        .expect("json");
+        assert_eq!(
+            value,
+            json!({"loaded": 1000, "batches": 4, "elapsed_ms": 500, "keys_per_second": 2000.0})
+        );
+        let table = render_mput(1000, 4, Duration::from_millis(500), OutputFormat::Table);
+        assert_eq!(
+            table
+                .lines()
+                .nth(1)
+                .map(|line| line.split_whitespace().collect::<Vec<_>>()),
+            Some(vec!["1000", "4", "0.50", "2000"])
+        );
     }
 }

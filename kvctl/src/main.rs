@@ -1,5 +1,8 @@
 //! `kvctl`: the ringkv command-line tool.
 //!
+//! Each command module parses its arguments, calls the client library and renders its own
+//! results (table or JSON).
+//!
 //! - `kv` — `get`, `put`, `del`, `cas` against the routers.
 //! - `batch` — `mget`, and `mput` (bulk load in concurrent batches); `load` parses its
 //!   JSON-lines and CSV input.
@@ -8,7 +11,8 @@
 //!   (a router).
 //! - `membership` — `node add`, `node decommission`, `cluster plan`, `rebalance status`.
 //! - `playground` — a complete local cluster of real processes (unix only).
-//! - `output` — tables and JSON; `value` — keys and values from arguments, files and
+//! - `output` — what the renderings share: the output format, bytes as cells and JSON
+//!   fields, aligned tables, writing to stdout; `value` — keys and values from arguments, files and
 //!   stdin; `progress` — progress bars on stderr; `exit` — exit codes and the error →
 //!   exit code mapping.
 

@@ -1,5 +1,7 @@
 //! The kvctl binary against a mock router: output formats, binary safety and exit codes.
 
+// The client library's mock router (one copy, shared with the client's own tests).
+#[path = "../../client/tests/common/mod.rs"]
 mod common;
 
 use std::process::Output;
