@@ -4,7 +4,7 @@ use std::process::Command;
 
 use ringkv_client::Error;
 use ringkv_proto::{metadata, v1};
-use ringkv_tests::{bin_dir, Cluster, ClusterOptions, WAIT};
+use ringkv_tests::{bin_dir, wait_until, Cluster, ClusterOptions, WAIT};
 use tonic::Code;
 
 /// Key, value and batch limits, a bad request id, an unknown shard, a wrong-shard key and
@@ -81,6 +81,17 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
         .await
         .expect_err("short request id");
     assert_eq!(short_id.code(), Code::InvalidArgument);
+    // The follower names the leader once it has heard from it (a heartbeat after the
+    // election): wait for that, then its refusal must carry the hint.
+    wait_until("the follower to know the shard's leader", WAIT, || async {
+        let status = cluster.node_status(follower).await.ok()?;
+        status
+            .replicas
+            .iter()
+            .any(|replica| replica.shard_id == Some(shard) && replica.leader_id == leader)
+            .then_some(())
+    })
+    .await?;
     let mut follower_node = cluster.shard_kv(follower).await?;
     let not_leader = follower_node
         .write(put(shard, vec![2; 16]))
