@@ -2,10 +2,10 @@
 //! shard) and what callers do with them. Split by concern:
 //!
 //! - this file: the [`Node`] handle, the group registry, shard claims, shutdown;
-//! - [`bootstrap`]: identity, `cluster init`, joining, ring changes, system proposals;
-//! - [`data`]: the read and write paths of shard groups (proposals, ReadIndex, batching);
-//! - [`replicas`]: leader transfer and replica deletion, the operations moves need;
-//! - [`status`]: the node's status report.
+//! - `bootstrap`: identity, `cluster init`, joining, ring changes, system proposals;
+//! - `data`: the read and write paths of shard groups (proposals, ReadIndex, batching);
+//! - `replicas`: leader transfer and replica deletion, the operations moves need;
+//! - `status`: the node's status report.
 //!
 //! The node does not run its own background duties: the composition root (`server.rs`)
 //! starts the reconciler (`reconcile/`), the system leader's duties (`membership.rs`) and the

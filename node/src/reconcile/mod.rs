@@ -1,5 +1,5 @@
 //! The reconciler: brings the groups hosted here in line with the ring committed in the
-//! system group. [`plan`] decides (pure, table-tested); this module only does the IO — it
+//! system group. [`plan()`](plan::plan) decides (pure, table-tested); this module only does the IO — it
 //! gathers the inputs, runs each action, and owns the replica moves and removal checks it
 //! starts.
 //!
