@@ -72,14 +72,22 @@ pub fn default_socket_path(mountpoint: &Path) -> PathBuf {
 
 /// Sends one request to a running `ringkv-faultfs mount` and returns its answer.
 pub fn request(socket: &Path, request: Request) -> Result<Answer, Error> {
-    let socket_error = |source| Error::ControlSocket { path: socket.to_path_buf(), source };
+    let socket_error = |source| Error::ControlSocket {
+        path: socket.to_path_buf(),
+        source,
+    };
     let mut stream = UnixStream::connect(socket).map_err(socket_error)?;
     stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(socket_error)?;
     stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(socket_error)?;
     writeln!(stream, "{}", request.as_line()).map_err(socket_error)?;
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).map_err(socket_error)?;
-    serde_json::from_str(&line).map_err(|_| Error::ControlAnswer { path: socket.to_path_buf(), answer: line })
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(socket_error)?;
+    serde_json::from_str(&line).map_err(|_| Error::ControlAnswer {
+        path: socket.to_path_buf(),
+        answer: line,
+    })
 }
 
 /// The thread serving the control socket; stop it with [`ControlServer::shutdown`].
@@ -92,7 +100,10 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds `path` (replacing a stale socket file) and serves requests against `control`.
     pub fn start(path: &Path, control: Control) -> Result<Self, Error> {
-        let socket_error = |source| Error::ControlSocket { path: path.to_path_buf(), source };
+        let socket_error = |source| Error::ControlSocket {
+            path: path.to_path_buf(),
+            source,
+        };
         match std::fs::remove_file(path) {
             Ok(()) => info!(path = %path.display(), "removed a stale control socket"),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -104,9 +115,16 @@ impl ControlServer {
         let thread = std::thread::Builder::new()
             .name("faultfs-control".into())
             .spawn(move || serve(&listener, &control, &thread_stop))
-            .map_err(|source| Error::Spawn { name: "faultfs-control", source })?;
+            .map_err(|source| Error::Spawn {
+                name: "faultfs-control",
+                source,
+            })?;
         info!(path = %path.display(), "control socket listening");
-        Ok(Self { path: path.to_path_buf(), stop, thread: Some(thread) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// The socket's path.
@@ -165,10 +183,16 @@ fn answer(stream: UnixStream, control: &Control) -> io::Result<()> {
     let mut writer = &stream;
     let Some(request) = Request::parse(&line) else {
         warn!(request = line.trim(), "unknown control request");
-        return writeln!(writer, "{{\"error\":\"unknown request; expected drop-unsynced or stats\"}}");
+        return writeln!(
+            writer,
+            "{{\"error\":\"unknown request; expected drop-unsynced or stats\"}}"
+        );
     };
     let dropped = (request == Request::DropUnsynced).then(|| control.drop_unsynced());
-    let answer = Answer { dropped, stats: control.stats() };
+    let answer = Answer {
+        dropped,
+        stats: control.stats(),
+    };
     let json = serde_json::to_string(&answer).map_err(io::Error::other)?;
     writeln!(writer, "{json}")
 }

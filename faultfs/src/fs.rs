@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{info, warn};
 
@@ -58,7 +58,14 @@ struct Node {
 
 impl Node {
     fn new(parent: u64, name: OsString) -> Self {
-        Self { parent, name, layer: None, created_unsynced: false, open_handles: 0, lookups: 0 }
+        Self {
+            parent,
+            name,
+            layer: None,
+            created_unsynced: false,
+            open_handles: 0,
+            lookups: 0,
+        }
     }
 }
 
@@ -134,7 +141,9 @@ impl State {
 
     /// Takes `ino` out of the namespace (after an unlink, or when a rename replaced it).
     fn detach(&mut self, ino: u64) {
-        let Some(node) = self.nodes.get_mut(&ino) else { return };
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
         let key = (node.parent, std::mem::take(&mut node.name));
         node.parent = DETACHED;
         if self.entries.get(&key) == Some(&ino) {
@@ -145,8 +154,10 @@ impl State {
 
     /// Forgets a detached inode nobody refers to any more.
     fn collect(&mut self, ino: u64) {
-        let unused =
-            self.nodes.get(&ino).is_some_and(|n| n.parent == DETACHED && n.lookups == 0 && n.open_handles == 0);
+        let unused = self
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.parent == DETACHED && n.lookups == 0 && n.open_handles == 0);
         if unused {
             self.nodes.remove(&ino);
         }
@@ -157,13 +168,21 @@ impl State {
         if let Some(path) = self.path(ino) {
             return fs::symlink_metadata(path).map_err(Errno::from);
         }
-        let (_, file) = self.files.values().find(|(owner, _)| *owner == ino).ok_or(Errno::ENOENT)?;
+        let (_, file) = self
+            .files
+            .values()
+            .find(|(owner, _)| *owner == ino)
+            .ok_or(Errno::ENOENT)?;
         file.metadata().map_err(Errno::from)
     }
 
     fn attr(&self, ino: u64) -> Result<FileAttr, Errno> {
         let meta = self.backing_metadata(ino)?;
-        let size = self.nodes.get(&ino).and_then(|n| n.layer.as_ref()).map(VolatileFile::len);
+        let size = self
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.layer.as_ref())
+            .map(VolatileFile::len);
         Ok(file_attr(ino, &meta, size))
     }
 
@@ -179,7 +198,11 @@ impl State {
     }
 
     /// The volatile layer of `ino`, created over the current backing size on first use.
-    fn layer_mut(&mut self, ino: u64, durable_len: impl FnOnce() -> Result<u64, Errno>) -> Result<&mut VolatileFile, Errno> {
+    fn layer_mut(
+        &mut self,
+        ino: u64,
+        durable_len: impl FnOnce() -> Result<u64, Errno>,
+    ) -> Result<&mut VolatileFile, Errno> {
         let node = self.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if node.layer.is_none() {
             node.layer = Some(VolatileFile::new(durable_len()?));
@@ -219,7 +242,9 @@ impl State {
             if let Some(mtime) = change.mtime {
                 times = times.set_modified(system_time(mtime));
             }
-            File::open(path).and_then(|file| file.set_times(times)).map_err(Errno::from)?;
+            File::open(path)
+                .and_then(|file| file.set_times(times))
+                .map_err(Errno::from)?;
         }
         self.attr(ino)
     }
@@ -265,8 +290,12 @@ impl State {
 
     fn create(&mut self, parent: u64, name: &OsStr, mode: u32, flags: i32) -> Result<(FileAttr, u64), Errno> {
         let path = self.child_path(parent, name)?;
-        let created =
-            OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(&path);
+        let created = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path);
         let (file, is_new) = match created {
             Ok(file) => (file, true),
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists && flags & libc::O_EXCL == 0 => {
@@ -347,13 +376,20 @@ impl State {
             self.stats.synced_bytes += written;
         }
         node.created_unsynced = false;
-        let synced = if datasync { file.sync_data() } else { file.sync_all() };
+        let synced = if datasync {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        };
         synced.map_err(Errno::from)
     }
 
     fn mkdir(&mut self, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr, Errno> {
         let path = self.child_path(parent, name)?;
-        fs::DirBuilder::new().mode(mode).create(&path).map_err(Errno::from)?;
+        fs::DirBuilder::new()
+            .mode(mode)
+            .create(&path)
+            .map_err(Errno::from)?;
         self.lookup(parent, name)
     }
 
@@ -365,7 +401,11 @@ impl State {
 
     fn remove(&mut self, parent: u64, name: &OsStr, is_dir: bool) -> Result<(), Errno> {
         let path = self.child_path(parent, name)?;
-        let removed = if is_dir { fs::remove_dir(&path) } else { fs::remove_file(&path) };
+        let removed = if is_dir {
+            fs::remove_dir(&path)
+        } else {
+            fs::remove_file(&path)
+        };
         removed.map_err(Errno::from)?;
         if let Some(&ino) = self.entries.get(&(parent, name.to_os_string())) {
             let still_open = self.nodes.get(&ino).is_some_and(|n| n.open_handles > 0);
@@ -417,7 +457,11 @@ impl State {
         ];
         for entry in fs::read_dir(&path).map_err(Errno::from)? {
             let entry = entry.map_err(Errno::from)?;
-            let kind = entry.file_type().ok().and_then(FileType::from_std).unwrap_or(FileType::RegularFile);
+            let kind = entry
+                .file_type()
+                .ok()
+                .and_then(FileType::from_std)
+                .unwrap_or(FileType::RegularFile);
             entries.push((entry.file_name(), kind, entry.ino()));
         }
         let fh = self.next_fh;
@@ -534,7 +578,11 @@ fn file_attr(ino: u64, meta: &Metadata, size_override: Option<u64>) -> FileAttr 
     FileAttr {
         ino: INodeNo(ino),
         size,
-        blocks: if size_override.is_some() { size.div_ceil(512) } else { meta.blocks() },
+        blocks: if size_override.is_some() {
+            size.div_ceil(512)
+        } else {
+            meta.blocks()
+        },
         atime: unix_time(meta.atime(), meta.atime_nsec()),
         mtime: unix_time(meta.mtime(), meta.mtime_nsec()),
         ctime: unix_time(meta.ctime(), meta.ctime_nsec()),
@@ -605,7 +653,15 @@ impl Filesystem for FaultFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let change = AttrChange { fh: fh.map(|fh| fh.0), size, mode, uid, gid, atime, mtime };
+        let change = AttrChange {
+            fh: fh.map(|fh| fh.0),
+            size,
+            mode,
+            uid,
+            gid,
+            atime,
+            mtime,
+        };
         match lock(&self.state).setattr(ino.0, change) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(errno) => reply.error(errno),
@@ -613,7 +669,9 @@ impl Filesystem for FaultFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let target = lock(&self.state).path_or_enoent(ino.0).and_then(|p| fs::read_link(p).map_err(Errno::from));
+        let target = lock(&self.state)
+            .path_or_enoent(ino.0)
+            .and_then(|p| fs::read_link(p).map_err(Errno::from));
         match target {
             Ok(target) => reply.data(target.as_os_str().as_bytes()),
             Err(errno) => reply.error(errno),
@@ -706,7 +764,14 @@ impl Filesystem for FaultFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // close() is not a durability point.
         reply.ok();
     }
@@ -754,7 +819,14 @@ impl Filesystem for FaultFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         lock(&self.state).dirs.remove(&fh.0);
         reply.ok();
     }
@@ -762,9 +834,9 @@ impl Filesystem for FaultFs {
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let mut state = lock(&self.state);
         state.stats.dir_fsyncs += 1;
-        let synced = state.path_or_enoent(ino.0).and_then(|p| {
-            File::open(p).and_then(|dir| dir.sync_all()).map_err(Errno::from)
-        });
+        let synced = state
+            .path_or_enoent(ino.0)
+            .and_then(|p| File::open(p).and_then(|dir| dir.sync_all()).map_err(Errno::from));
         match synced {
             Ok(()) => reply.ok(),
             Err(errno) => reply.error(errno),

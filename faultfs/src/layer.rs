@@ -56,7 +56,12 @@ pub struct VolatileFile {
 impl VolatileFile {
     /// A clean layer over a backing file of `durable_len` bytes.
     pub fn new(durable_len: u64) -> Self {
-        Self { durable_len, visible_backing_len: durable_len, len: durable_len, extents: BTreeMap::new() }
+        Self {
+            durable_len,
+            visible_backing_len: durable_len,
+            len: durable_len,
+            extents: BTreeMap::new(),
+        }
     }
 
     /// The file's size as seen through the mount.
@@ -132,10 +137,17 @@ impl VolatileFile {
                     continue;
                 }
             }
-            let gap_end = self.extents.range(pos..).next().map_or(end, |(&start, _)| start.min(end));
+            let gap_end = self
+                .extents
+                .range(pos..)
+                .next()
+                .map_or(end, |(&start, _)| start.min(end));
             let backing_end = gap_end.min(self.visible_backing_len);
             if pos < backing_end {
-                pieces.push(ReadPiece::Backing { offset: pos, len: backing_end - pos });
+                pieces.push(ReadPiece::Backing {
+                    offset: pos,
+                    len: backing_end - pos,
+                });
                 pos = backing_end;
             }
             if pos < gap_end {
@@ -156,8 +168,16 @@ impl VolatileFile {
             .map(|(start, data)| start + data.len() as u64)
             .fold(self.visible_backing_len, u64::max);
         let extend_to = (size_after_writes != self.len).then_some(self.len);
-        debug_assert!(size_after_writes <= self.len, "an extent ends past the file's size");
-        SyncPlan { truncate_to, writes: self.extents.into_iter().collect(), extend_to, final_len: self.len }
+        debug_assert!(
+            size_after_writes <= self.len,
+            "an extent ends past the file's size"
+        );
+        SyncPlan {
+            truncate_to,
+            writes: self.extents.into_iter().collect(),
+            extend_to,
+            final_len: self.len,
+        }
     }
 
     /// Removes the bytes `start..end` from the extents (splitting the ones that straddle a bound).
@@ -170,10 +190,13 @@ impl VolatileFile {
             .map(|(&ext_start, _)| ext_start)
             .collect();
         for ext_start in overlapping {
-            let Some(data) = self.extents.remove(&ext_start) else { continue };
+            let Some(data) = self.extents.remove(&ext_start) else {
+                continue;
+            };
             let ext_end = ext_start + data.len() as u64;
             if ext_end > end {
-                self.extents.insert(end, data[(end - ext_start) as usize..].to_vec());
+                self.extents
+                    .insert(end, data[(end - ext_start) as usize..].to_vec());
             }
             if ext_start < start {
                 let mut left = data;
@@ -250,11 +273,20 @@ mod tests {
             (b"abcdef", vec![Op::SetLen(2), Op::SetLen(5)]),
             (b"abcdef", vec![Op::SetLen(2), Op::Write(4, b"Z")]),
             (b"abcdef", vec![Op::Write(0, b"12345678"), Op::SetLen(3)]),
-            (b"abcdef", vec![Op::Write(1, b"1"), Op::Write(3, b"3"), Op::Write(0, b"xxxxx")]),
-            (b"abcdef", vec![Op::Write(0, b"ab"), Op::Write(2, b"cd"), Op::Write(4, b"ef")]),
+            (
+                b"abcdef",
+                vec![Op::Write(1, b"1"), Op::Write(3, b"3"), Op::Write(0, b"xxxxx")],
+            ),
+            (
+                b"abcdef",
+                vec![Op::Write(0, b"ab"), Op::Write(2, b"cd"), Op::Write(4, b"ef")],
+            ),
             (b"abcdef", vec![Op::SetLen(0)]),
             (b"abcdef", vec![Op::SetLen(9)]),
-            (b"abcdefgh", vec![Op::Write(2, b"12"), Op::Write(5, b"34"), Op::Write(3, b"ZZZ")]),
+            (
+                b"abcdefgh",
+                vec![Op::Write(2, b"12"), Op::Write(5, b"34"), Op::Write(3, b"ZZZ")],
+            ),
         ];
         for (case, (durable, ops)) in cases.into_iter().enumerate() {
             let mut layer = VolatileFile::new(durable.len() as u64);
@@ -279,7 +311,11 @@ mod tests {
             assert_eq!(read(&layer, durable, 0, 1 << 20), model, "case {case}: full read");
             for offset in 0..model.len() as u64 {
                 let expected = &model[offset as usize..model.len().min(offset as usize + 3)];
-                assert_eq!(read(&layer, durable, offset, 3), expected, "case {case}: read at {offset}");
+                assert_eq!(
+                    read(&layer, durable, offset, 3),
+                    expected,
+                    "case {case}: read at {offset}"
+                );
             }
             let mut backing = durable.to_vec();
             apply(layer.sync_plan(), &mut backing);

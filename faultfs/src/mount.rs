@@ -18,10 +18,14 @@ use crate::stats::{DropReport, Stats};
 /// mount(2) path; without root, fuser would need the setuid `fusermount3` and `user_allow_other`).
 pub fn fuse_available() -> Result<(), Error> {
     if !Path::new("/dev/fuse").exists() {
-        return Err(Error::FuseUnavailable { reason: "/dev/fuse does not exist (modprobe fuse?)".into() });
+        return Err(Error::FuseUnavailable {
+            reason: "/dev/fuse does not exist (modprobe fuse?)".into(),
+        });
     }
     if !nix::unistd::geteuid().is_root() {
-        return Err(Error::FuseUnavailable { reason: "not running as root".into() });
+        return Err(Error::FuseUnavailable {
+            reason: "not running as root".into(),
+        });
     }
     Ok(())
 }
@@ -69,14 +73,21 @@ impl FaultMount {
         on_session_end: impl FnOnce() + Send + 'static,
     ) -> Result<Self, Error> {
         fuse_available()?;
-        let backing_root =
-            backing.canonicalize().map_err(|source| Error::Backing { path: backing.to_path_buf(), source })?;
+        let backing_root = backing.canonicalize().map_err(|source| Error::Backing {
+            path: backing.to_path_buf(),
+            source,
+        })?;
         if !backing_root.is_dir() {
             let source = io::Error::new(io::ErrorKind::NotADirectory, "not a directory");
-            return Err(Error::Backing { path: backing_root, source });
+            return Err(Error::Backing {
+                path: backing_root,
+                source,
+            });
         }
         let state = Arc::new(Mutex::new(State::new(backing_root.clone())));
-        let filesystem = FaultFs { state: Arc::clone(&state) };
+        let filesystem = FaultFs {
+            state: Arc::clone(&state),
+        };
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(format!("ringkv-faultfs:{}", backing_root.display())),
@@ -84,14 +95,19 @@ impl FaultMount {
             MountOption::DefaultPermissions,
         ];
         config.acl = fuser::SessionACL::All;
-        let mount_error = |source| Error::Mount { mountpoint: mountpoint.to_path_buf(), source };
+        let mount_error = |source| Error::Mount {
+            mountpoint: mountpoint.to_path_buf(),
+            source,
+        };
         let mut session = Session::new(filesystem, mountpoint, &config).map_err(mount_error)?;
         let unmounter = session.unmount_callable();
-        let thread = std::thread::Builder::new().name("faultfs-session".into()).spawn(move || {
-            let result = session.run();
-            on_session_end();
-            result
-        });
+        let thread = std::thread::Builder::new()
+            .name("faultfs-session".into())
+            .spawn(move || {
+                let result = session.run();
+                on_session_end();
+                result
+            });
         let session = match thread {
             Ok(handle) => handle,
             Err(source) => {
@@ -99,11 +115,19 @@ impl FaultMount {
                 if let Err(err) = unmounter.unmount() {
                     warn!(%err, "failed to unmount after the session thread could not start");
                 }
-                return Err(Error::Spawn { name: "faultfs-session", source });
+                return Err(Error::Spawn {
+                    name: "faultfs-session",
+                    source,
+                });
             }
         };
         info!(backing = %backing_root.display(), mountpoint = %mountpoint.display(), "mounted");
-        Ok(Self { mountpoint: mountpoint.to_path_buf(), control: Control { state }, unmounter, session: Some(session) })
+        Ok(Self {
+            mountpoint: mountpoint.to_path_buf(),
+            control: Control { state },
+            unmounter,
+            session: Some(session),
+        })
     }
 
     /// The handle that drops unsynced data and reads counters.
@@ -124,7 +148,9 @@ impl FaultMount {
     }
 
     fn unmount_inner(&mut self) -> Result<(), Error> {
-        let Some(session) = self.session.take() else { return Ok(()) };
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
         if session.is_finished() {
             // Unmounted from outside (umount, fusermount -u): nothing left to do.
             return join(session, &self.mountpoint);
@@ -138,16 +164,27 @@ impl FaultMount {
                 if let Err(errno) = detached {
                     warn!(%errno, "lazy unmount failed too");
                 }
-                Err(Error::Unmount { mountpoint: self.mountpoint.clone(), source: err })
+                Err(Error::Unmount {
+                    mountpoint: self.mountpoint.clone(),
+                    source: err,
+                })
             }
-            Err(source) => Err(Error::Unmount { mountpoint: self.mountpoint.clone(), source }),
+            Err(source) => Err(Error::Unmount {
+                mountpoint: self.mountpoint.clone(),
+                source,
+            }),
         }
     }
 }
 
 fn join(session: JoinHandle<io::Result<()>>, mountpoint: &Path) -> Result<(), Error> {
-    let result = session.join().unwrap_or_else(|_| Err(io::Error::other("FUSE session thread panicked")));
-    result.map_err(|source| Error::Unmount { mountpoint: mountpoint.to_path_buf(), source })?;
+    let result = session
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("FUSE session thread panicked")));
+    result.map_err(|source| Error::Unmount {
+        mountpoint: mountpoint.to_path_buf(),
+        source,
+    })?;
     info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
 }

@@ -26,7 +26,12 @@ const KEYS: u32 = 1000;
 const FLUSHED_MARKER: &str = "RINGKV_FAULTFS_SLED_FLUSHED";
 
 fn open_like_the_node(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir).flush_every_ms(None).cache_capacity(16 << 20).open().expect("open sled")
+    sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .cache_capacity(16 << 20)
+        .open()
+        .expect("open sled")
 }
 
 /// Syncs every file and directory under `dir` (what a real durability point must do for sled).
@@ -36,10 +41,14 @@ fn fsync_tree(dir: &Path) {
         if path.is_dir() {
             fsync_tree(&path);
         } else {
-            std::fs::File::open(&path).and_then(|f| f.sync_data()).expect("fdatasync");
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_data())
+                .expect("fdatasync");
         }
     }
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).expect("fsync dir");
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .expect("fsync dir");
 }
 
 /// Not a test on its own: the child process body (a no-op unless [`CHILD_ENV`] is set). Writes
@@ -49,7 +58,8 @@ fn sled_child_writer() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     let db = open_like_the_node(Path::new(&dir));
     for i in 0..KEYS {
-        db.insert(format!("key-{i:05}"), format!("value-{i}").as_bytes()).expect("insert");
+        db.insert(format!("key-{i:05}"), format!("value-{i}").as_bytes())
+            .expect("insert");
     }
     db.flush().expect("flush");
     if std::env::var(CHILD_FSYNC_ENV).as_deref() == Ok("1") {
@@ -81,7 +91,10 @@ fn kill_drop_reopen(test: &str, fsync_after_flush: bool) -> Option<Outcome> {
         .spawn()
         .expect("spawn the sled writer");
     let stdout = child.stdout.take().expect("child stdout");
-    let flushed = BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line.contains(FLUSHED_MARKER));
+    let flushed = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains(FLUSHED_MARKER));
     child.kill().expect("kill -9 the writer");
     child.wait().expect("reap the writer");
     assert!(flushed, "the sled writer died before flushing");
@@ -117,7 +130,10 @@ fn sled_flush_alone_loses_flushed_writes_at_a_power_cut() {
         return;
     };
     assert_eq!(outcome.syncs, 0, "sled 0.34 flush issues no fsync/fdatasync");
-    assert!(outcome.dropped_bytes > 0, "the flushed data was only in the volatile layer");
+    assert!(
+        outcome.dropped_bytes > 0,
+        "the flushed data was only in the volatile layer"
+    );
     assert_eq!(outcome.surviving_keys, 0, "no flushed key survives the power cut");
 }
 
@@ -129,5 +145,8 @@ fn sled_flush_plus_fdatasync_keeps_flushed_writes() {
         return;
     };
     assert!(outcome.syncs > 0);
-    assert_eq!(outcome.surviving_keys, KEYS as usize, "every flushed key survives");
+    assert_eq!(
+        outcome.surviving_keys, KEYS as usize,
+        "every flushed key survives"
+    );
 }

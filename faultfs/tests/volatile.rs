@@ -15,14 +15,24 @@ fn read(path: &std::path::Path) -> Vec<u8> {
 /// created through the mount disappears with its data.
 #[test]
 fn synced_file_survives_and_unsynced_file_is_lost() {
-    let Some(fx) = Fixture::mount("synced_file_survives_and_unsynced_file_is_lost") else { return };
+    let Some(fx) = Fixture::mount("synced_file_survives_and_unsynced_file_is_lost") else {
+        return;
+    };
     let mut synced = File::create(fx.mnt.join("synced")).unwrap();
     synced.write_all(b"durable").unwrap();
     synced.sync_all().unwrap();
     let mut unsynced = File::create(fx.mnt.join("unsynced")).unwrap();
     unsynced.write_all(b"volatile").unwrap();
-    assert_eq!(read(&fx.mnt.join("unsynced")), b"volatile", "the writer sees its own writes");
-    assert_eq!(read(&fx.backing.join("unsynced")), b"", "unsynced data is not in the backing dir");
+    assert_eq!(
+        read(&fx.mnt.join("unsynced")),
+        b"volatile",
+        "the writer sees its own writes"
+    );
+    assert_eq!(
+        read(&fx.backing.join("unsynced")),
+        b"",
+        "unsynced data is not in the backing dir"
+    );
     drop((synced, unsynced));
 
     let report = fx.control().drop_unsynced();
@@ -30,7 +40,10 @@ fn synced_file_survives_and_unsynced_file_is_lost() {
     assert_eq!(report.dropped_files, 1);
     assert_eq!(read(&fx.backing.join("synced")), b"durable");
     assert_eq!(read(&fx.mnt.join("synced")), b"durable");
-    assert!(!fx.mnt.join("unsynced").exists(), "a never-synced file is gone after the drop");
+    assert!(
+        !fx.mnt.join("unsynced").exists(),
+        "a never-synced file is gone after the drop"
+    );
     assert!(!fx.backing.join("unsynced").exists());
     let stats = fx.control().stats();
     assert_eq!((stats.fsyncs, stats.drops, stats.dropped_bytes), (1, 1, 8));
@@ -40,7 +53,9 @@ fn synced_file_survives_and_unsynced_file_is_lost() {
 /// Write A, fsync, write B, drop: A only.
 #[test]
 fn partially_synced_file_keeps_the_synced_prefix() {
-    let Some(fx) = Fixture::mount("partially_synced_file_keeps_the_synced_prefix") else { return };
+    let Some(fx) = Fixture::mount("partially_synced_file_keeps_the_synced_prefix") else {
+        return;
+    };
     let path = fx.mnt.join("log");
     let mut file = File::create(&path).unwrap();
     file.write_all(b"AAAA").unwrap();
@@ -51,7 +66,10 @@ fn partially_synced_file_keeps_the_synced_prefix() {
     drop(file);
 
     let report = fx.control().drop_unsynced();
-    assert_eq!((report.dropped_bytes, report.reverted_files, report.dropped_files), (4, 1, 0));
+    assert_eq!(
+        (report.dropped_bytes, report.reverted_files, report.dropped_files),
+        (4, 1, 0)
+    );
     assert_eq!(read(&path), b"AAAA");
     assert_eq!(read(&fx.backing.join("log")), b"AAAA");
     assert_eq!(fx.control().stats().fdatasyncs, 1);
@@ -60,7 +78,9 @@ fn partially_synced_file_keeps_the_synced_prefix() {
 /// Overwriting bytes inside the synced region and dropping brings the old bytes back.
 #[test]
 fn overwrite_in_synced_region_reverts_on_drop() {
-    let Some(fx) = Fixture::mount("overwrite_in_synced_region_reverts_on_drop") else { return };
+    let Some(fx) = Fixture::mount("overwrite_in_synced_region_reverts_on_drop") else {
+        return;
+    };
     let path = fx.mnt.join("data");
     let mut file = File::create(&path).unwrap();
     file.write_all(b"0123456789").unwrap();
@@ -82,7 +102,9 @@ fn overwrite_in_synced_region_reverts_on_drop() {
 /// synced truncate-then-extend reads zeros where the old bytes were.
 #[test]
 fn truncation_is_volatile_until_synced() {
-    let Some(fx) = Fixture::mount("truncation_is_volatile_until_synced") else { return };
+    let Some(fx) = Fixture::mount("truncation_is_volatile_until_synced") else {
+        return;
+    };
     let path = fx.mnt.join("t");
     let mut file = File::create(&path).unwrap();
     file.write_all(b"abcdefgh").unwrap();
@@ -90,7 +112,11 @@ fn truncation_is_volatile_until_synced() {
     file.set_len(3).unwrap();
     assert_eq!(fs::metadata(&path).unwrap().len(), 3);
     assert_eq!(read(&path), b"abc");
-    assert_eq!(read(&fx.backing.join("t")), b"abcdefgh", "the truncate is not durable yet");
+    assert_eq!(
+        read(&fx.backing.join("t")),
+        b"abcdefgh",
+        "the truncate is not durable yet"
+    );
     drop(file);
     fx.control().drop_unsynced();
     assert_eq!(read(&path), b"abcdefgh", "a dropped truncate restores the bytes");
@@ -100,7 +126,11 @@ fn truncation_is_volatile_until_synced() {
     assert_eq!(read(&path), b"");
     file.write_all(b"xy").unwrap();
     file.set_len(5).unwrap();
-    assert_eq!(read(&path), b"xy\0\0\0", "truncate then extend reads zeros, not the old bytes");
+    assert_eq!(
+        read(&path),
+        b"xy\0\0\0",
+        "truncate then extend reads zeros, not the old bytes"
+    );
     file.sync_all().unwrap();
     drop(file);
     fx.control().drop_unsynced();
@@ -112,15 +142,19 @@ fn truncation_is_volatile_until_synced() {
 /// rename of a synced file survive a drop, and data synced before a rename follows the file.
 #[test]
 fn metadata_operations_are_durable() {
-    let Some(fx) = Fixture::mount("metadata_operations_are_durable") else { return };
+    let Some(fx) = Fixture::mount("metadata_operations_are_durable") else {
+        return;
+    };
     fs::create_dir(fx.mnt.join("dir")).unwrap();
     let mut file = File::create(fx.mnt.join("dir/tmp")).unwrap();
     file.write_all(b"state").unwrap();
     file.sync_all().unwrap();
     drop(file);
     fs::rename(fx.mnt.join("dir/tmp"), fx.mnt.join("dir/final")).unwrap();
-    let mut names: Vec<_> =
-        fs::read_dir(fx.mnt.join("dir")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = fs::read_dir(fx.mnt.join("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     assert_eq!(names, ["final"]);
 
@@ -138,7 +172,9 @@ fn metadata_operations_are_durable() {
 /// appends are dropped, and an append-mode writer sees its own appends.
 #[test]
 fn appends_to_a_durable_file_are_dropped() {
-    let Some(fx) = Fixture::mount("appends_to_a_durable_file_are_dropped") else { return };
+    let Some(fx) = Fixture::mount("appends_to_a_durable_file_are_dropped") else {
+        return;
+    };
     fs::write(fx.backing.join("pre"), b"old").unwrap();
     let path = fx.mnt.join("pre");
     let mut file = OpenOptions::new().append(true).open(&path).unwrap();
@@ -155,7 +191,9 @@ fn appends_to_a_durable_file_are_dropped() {
 /// Unmounting leaves no mount behind.
 #[test]
 fn unmount_is_clean() {
-    let Some(mut fx) = Fixture::mount("unmount_is_clean") else { return };
+    let Some(mut fx) = Fixture::mount("unmount_is_clean") else {
+        return;
+    };
     assert!(common::is_mounted(&fx.mnt));
     fx.unmount();
     assert!(!common::is_mounted(&fx.mnt));

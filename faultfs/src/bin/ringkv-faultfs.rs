@@ -13,7 +13,11 @@ use signal_hook::iterator::Signals;
 use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
-#[command(name = "ringkv-faultfs", version, about = "FUSE pass-through that loses unsynced data on command")]
+#[command(
+    name = "ringkv-faultfs",
+    version,
+    about = "FUSE pass-through that loses unsynced data on command"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -56,21 +60,30 @@ fn socket_path(mountpoint: &Path, flag: Option<PathBuf>) -> PathBuf {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     match Args::parse().command {
-        Command::Mount { backing_dir, mountpoint, control_socket } => {
-            run_mount(&backing_dir, &mountpoint, &socket_path(&mountpoint, control_socket))
-        }
-        Command::DropUnsynced { mountpoint, control_socket } => {
-            print_answer(&socket_path(&mountpoint, control_socket), Request::DropUnsynced)
-        }
-        Command::Stats { mountpoint, control_socket } => {
-            print_answer(&socket_path(&mountpoint, control_socket), Request::Stats)
-        }
+        Command::Mount {
+            backing_dir,
+            mountpoint,
+            control_socket,
+        } => run_mount(
+            &backing_dir,
+            &mountpoint,
+            &socket_path(&mountpoint, control_socket),
+        ),
+        Command::DropUnsynced {
+            mountpoint,
+            control_socket,
+        } => print_answer(&socket_path(&mountpoint, control_socket), Request::DropUnsynced),
+        Command::Stats {
+            mountpoint,
+            control_socket,
+        } => print_answer(&socket_path(&mountpoint, control_socket), Request::Stats),
     }
 }
 

@@ -20,7 +20,9 @@ pub fn fuse_or_skip(test: &str) -> bool {
             eprintln!("skipping {test}: {err} ({SKIP_ENV}=1)");
             false
         }
-        Err(err) => panic!("{test} needs FUSE: {err}. Run as root with /dev/fuse, or set {SKIP_ENV}=1 to skip"),
+        Err(err) => {
+            panic!("{test} needs FUSE: {err}. Run as root with /dev/fuse, or set {SKIP_ENV}=1 to skip")
+        }
     }
 }
 
@@ -45,7 +47,12 @@ impl Fixture {
         std::fs::create_dir(&backing).expect("backing dir");
         std::fs::create_dir(&mnt).expect("mountpoint");
         let mount = FaultMount::mount(&backing, &mnt).expect("mount");
-        Some(Self { mount: Some(mount), backing, mnt, dir })
+        Some(Self {
+            mount: Some(mount),
+            backing,
+            mnt,
+            dir,
+        })
     }
 
     pub fn control(&self) -> Control {
@@ -68,5 +75,7 @@ impl Fixture {
 pub fn is_mounted(path: &Path) -> bool {
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    mountinfo.lines().any(|line| line.split(' ').nth(4) == Some(canonical.to_str().expect("utf-8 path")))
+    mountinfo
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(canonical.to_str().expect("utf-8 path")))
 }
