@@ -54,10 +54,13 @@ struct Node {
     open_handles: u64,
     /// Lookups the kernel has not forgotten yet.
     lookups: u64,
+    /// The backing file's inode number when this node was made: a different one under the same
+    /// name means the file was replaced behind the mount, and must not inherit this node's layer.
+    backing_ino: u64,
 }
 
 impl Node {
-    fn new(parent: u64, name: OsString) -> Self {
+    fn new(parent: u64, name: OsString, backing_ino: u64) -> Self {
         Self {
             parent,
             name,
@@ -65,6 +68,7 @@ impl Node {
             created_unsynced: false,
             open_handles: 0,
             lookups: 0,
+            backing_ino,
         }
     }
 }
@@ -89,7 +93,7 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn new(backing_root: PathBuf) -> Self {
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT_INO, Node::new(ROOT_INO, OsString::new()));
+        nodes.insert(ROOT_INO, Node::new(ROOT_INO, OsString::new(), 0));
         Self {
             backing_root,
             nodes,
@@ -127,14 +131,21 @@ impl State {
         Ok(self.path_or_enoent(parent)?.join(name))
     }
 
-    /// The inode of `parent/name`, created on first sight.
-    fn ino_of(&mut self, parent: u64, name: &OsStr) -> u64 {
+    /// The inode of `parent/name` backed by the backing inode `backing_ino`, created on first
+    /// sight (or anew when the backing file was replaced behind the mount).
+    fn ino_of(&mut self, parent: u64, name: &OsStr, backing_ino: u64) -> u64 {
         if let Some(&ino) = self.entries.get(&(parent, name.to_os_string())) {
-            return ino;
+            if self.nodes.get(&ino).is_some_and(|n| n.backing_ino == backing_ino) {
+                return ino;
+            }
+            warn!(ino, name = ?name, "backing file replaced behind the mount: its unsynced data is dropped");
+            self.forget_layer_unless_open(ino);
+            self.detach(ino);
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.nodes.insert(ino, Node::new(parent, name.to_os_string()));
+        self.nodes
+            .insert(ino, Node::new(parent, name.to_os_string(), backing_ino));
         self.entries.insert((parent, name.to_os_string()), ino);
         ino
     }
@@ -150,6 +161,14 @@ impl State {
             self.entries.remove(&key);
         }
         self.collect(ino);
+    }
+
+    /// Drops the layer of a file that lost its name, unless an open handle can still read it
+    /// (nobody else can reach its data any more: nothing to keep in memory).
+    fn forget_layer_unless_open(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino).filter(|n| n.open_handles == 0) {
+            node.layer = None;
+        }
     }
 
     /// Forgets a detached inode nobody refers to any more.
@@ -189,8 +208,8 @@ impl State {
     /// Answers a lookup of `parent/name` (one more kernel reference to the inode).
     fn lookup(&mut self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let path = self.child_path(parent, name)?;
-        fs::symlink_metadata(&path).map_err(Errno::from)?;
-        let ino = self.ino_of(parent, name);
+        let meta = fs::symlink_metadata(&path).map_err(Errno::from)?;
+        let ino = self.ino_of(parent, name, meta.ino());
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups += 1;
         }
@@ -303,7 +322,8 @@ impl State {
             }
             Err(err) => return Err(Errno::from(err)),
         };
-        let ino = self.ino_of(parent, name);
+        let backing_ino = file.metadata().map_err(Errno::from)?.ino();
+        let ino = self.ino_of(parent, name, backing_ino);
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups += 1;
             node.created_unsynced |= is_new;
@@ -340,7 +360,13 @@ impl State {
     fn write(&mut self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         let written = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
         let (_, file) = self.files.get(&fh).ok_or(Errno::EBADF)?;
-        let durable_len = file.metadata().map_err(Errno::from)?.len();
+        let has_layer = self.nodes.get(&ino).is_some_and(|n| n.layer.is_some());
+        // The backing size matters only when the layer is made (one fstat, not one per write).
+        let durable_len = if has_layer {
+            0
+        } else {
+            file.metadata().map_err(Errno::from)?.len()
+        };
         self.layer_mut(ino, || Ok(durable_len))?.write(offset, data);
         self.stats.written_bytes += data.len() as u64;
         Ok(written)
@@ -408,11 +434,7 @@ impl State {
         };
         removed.map_err(Errno::from)?;
         if let Some(&ino) = self.entries.get(&(parent, name.to_os_string())) {
-            let still_open = self.nodes.get(&ino).is_some_and(|n| n.open_handles > 0);
-            if let Some(node) = self.nodes.get_mut(&ino).filter(|_| !still_open) {
-                // Nobody can reach its data any more: nothing to keep in memory.
-                node.layer = None;
-            }
+            self.forget_layer_unless_open(ino);
             self.detach(ino);
         }
         Ok(())

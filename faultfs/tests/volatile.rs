@@ -198,3 +198,19 @@ fn unmount_is_clean() {
     fx.unmount();
     assert!(!common::is_mounted(&fx.mnt));
 }
+
+/// A file replaced in the backing dir behind the mount (as a corruption nemesis might do while the
+/// node is down) does not inherit the old file's unsynced data.
+#[test]
+fn file_replaced_behind_the_mount_does_not_inherit_unsynced_data() {
+    let Some(fx) = Fixture::mount("file_replaced_behind_the_mount_does_not_inherit_unsynced_data") else {
+        return;
+    };
+    fs::write(fx.backing.join("f"), b"old").unwrap();
+    let mut file = OpenOptions::new().write(true).open(fx.mnt.join("f")).unwrap();
+    file.write_all(b"OLD+unsynced").unwrap();
+    drop(file);
+    fs::remove_file(fx.backing.join("f")).unwrap();
+    fs::write(fx.backing.join("f"), b"replacement").unwrap();
+    assert_eq!(read(&fx.mnt.join("f")), b"replacement");
+}
