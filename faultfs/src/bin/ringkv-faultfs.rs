@@ -1,0 +1,131 @@
+//! `ringkv-faultfs`: mount the fault filesystem, or ask a running mount to drop its unsynced data
+//! or report its counters. Signals of `mount`: SIGUSR1 drops unsynced data (like `drop-unsynced`),
+//! SIGTERM/SIGINT unmount and exit.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ringkv_faultfs::control::{self, ControlServer, Request};
+use ringkv_faultfs::FaultMount;
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+use tracing::{info, warn};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringkv-faultfs",
+    version,
+    about = "FUSE pass-through that loses unsynced data on command"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve MOUNTPOINT as BACKING_DIR, keeping unsynced file data in memory. Runs until
+    /// SIGTERM/SIGINT (then unmounts); SIGUSR1 drops unsynced data. Prints `mounted` on stdout
+    /// once the mount and the control socket are ready.
+    Mount {
+        /// Directory holding the durable data.
+        backing_dir: PathBuf,
+        /// Empty directory to mount on.
+        mountpoint: PathBuf,
+        /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+    /// Drop the unsynced data of a running mount (a simulated power cut); prints a JSON answer.
+    DropUnsynced {
+        mountpoint: PathBuf,
+        /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+    /// Print the counters of a running mount (fsyncs, dropped bytes, ...) as JSON.
+    Stats {
+        mountpoint: PathBuf,
+        /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+}
+
+fn socket_path(mountpoint: &Path, flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| control::default_socket_path(mountpoint))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Args::parse().command {
+        Command::Mount {
+            backing_dir,
+            mountpoint,
+            control_socket,
+        } => run_mount(
+            &backing_dir,
+            &mountpoint,
+            &socket_path(&mountpoint, control_socket),
+        ),
+        Command::DropUnsynced {
+            mountpoint,
+            control_socket,
+        } => print_answer(&socket_path(&mountpoint, control_socket), Request::DropUnsynced),
+        Command::Stats {
+            mountpoint,
+            control_socket,
+        } => print_answer(&socket_path(&mountpoint, control_socket), Request::Stats),
+    }
+}
+
+fn print_answer(socket: &Path, request: Request) -> anyhow::Result<()> {
+    let answer = control::request(socket, request)?;
+    println!("{}", serde_json::to_string(&answer)?);
+    Ok(())
+}
+
+fn run_mount(backing_dir: &Path, mountpoint: &Path, socket: &Path) -> anyhow::Result<()> {
+    // Registered before mounting, so a SIGTERM during start-up still unmounts.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR1]).context("registering signal handlers")?;
+    let signals_handle = signals.handle();
+    // If the mount goes away from outside (umount), stop waiting for signals.
+    let mount = FaultMount::mount_with_exit_hook(backing_dir, mountpoint, move || signals_handle.close())?;
+    let server = ControlServer::start(socket, mount.control())?;
+    println!("mounted");
+    for signal in signals.forever() {
+        match signal {
+            SIGUSR1 => {
+                mount.control().drop_unsynced();
+            }
+            _ => {
+                info!(signal, "shutting down");
+                break;
+            }
+        }
+    }
+    server.shutdown();
+    let stats = mount.control().stats();
+    info!(
+        fsyncs = stats.fsyncs,
+        fdatasyncs = stats.fdatasyncs,
+        dir_fsyncs = stats.dir_fsyncs,
+        drops = stats.drops,
+        dropped_bytes = stats.dropped_bytes,
+        volatile_bytes = stats.volatile_bytes,
+        "final counters (volatile bytes are lost with this process)"
+    );
+    if let Err(err) = mount.unmount() {
+        warn!(%err, "unclean unmount");
+        return Err(err.into());
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The control socket: how another process (the nemesis, or `ringkv-faultfs drop-unsynced`) tells a
+//! running `ringkv-faultfs mount` to drop its volatile layer or report its counters.
+//!
+//! A unix stream socket at `<MOUNTPOINT>.faultfs.sock` (next to the mountpoint, not inside it, so
+//! the served directory shows nothing extra) unless `--control-socket` says otherwise. Protocol:
+//! one request line (`drop-unsynced` or `stats`), one JSON answer line ([`Answer`]), then the server
+//! closes the connection. Requests are served one at a time.
+
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::error::Error;
+use crate::mount::Control;
+use crate::stats::{DropReport, Stats};
+
+/// Longest request line accepted.
+const MAX_REQUEST_BYTES: u64 = 64;
+/// How long a client may take to send its request, and the server to answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request to the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Drop the volatile layer, then report.
+    DropUnsynced,
+    /// Report the counters only.
+    Stats,
+}
+
+impl Request {
+    fn as_line(self) -> &'static str {
+        match self {
+            Request::DropUnsynced => "drop-unsynced",
+            Request::Stats => "stats",
+        }
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        match line.trim() {
+            "drop-unsynced" => Some(Request::DropUnsynced),
+            "stats" => Some(Request::Stats),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to a request: what a drop lost (for `drop-unsynced`) and the counters after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// Set for `drop-unsynced`.
+    pub dropped: Option<DropReport>,
+    /// Counters since the mount.
+    pub stats: Stats,
+}
+
+/// The default control socket of a mountpoint: `<MOUNTPOINT>.faultfs.sock`, beside it.
+pub fn default_socket_path(mountpoint: &Path) -> PathBuf {
+    let trimmed = mountpoint.components().as_path();
+    let mut name = OsString::from(trimmed.as_os_str());
+    name.push(".faultfs.sock");
+    PathBuf::from(name)
+}
+
+/// Sends one request to a running `ringkv-faultfs mount` and returns its answer.
+pub fn request(socket: &Path, request: Request) -> Result<Answer, Error> {
+    let socket_error = |source| Error::ControlSocket {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(socket_error)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(socket_error)?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(socket_error)?;
+    writeln!(stream, "{}", request.as_line()).map_err(socket_error)?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(socket_error)?;
+    serde_json::from_str(&line).map_err(|_| Error::ControlAnswer {
+        path: socket.to_path_buf(),
+        answer: line,
+    })
+}
+
+/// The thread serving the control socket; stop it with [`ControlServer::shutdown`].
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Binds `path` (replacing a stale socket file) and serves requests against `control`.
+    pub fn start(path: &Path, control: Control) -> Result<Self, Error> {
+        let socket_error = |source| Error::ControlSocket {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::remove_file(path) {
+            Ok(()) => info!(path = %path.display(), "removed a stale control socket"),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(socket_error(err)),
+        }
+        let listener = UnixListener::bind(path).map_err(socket_error)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("faultfs-control".into())
+            .spawn(move || serve(&listener, &control, &thread_stop))
+            .map_err(|source| Error::Spawn {
+                name: "faultfs-control",
+                source,
+            })?;
+        info!(path = %path.display(), "control socket listening");
+        Ok(Self {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, joins the thread and removes the socket file.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let Some(thread) = self.thread.take() else { return };
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept(); the loop sees the flag and returns.
+        if let Err(err) = UnixStream::connect(&self.path) {
+            warn!(%err, "failed to wake the control thread");
+        }
+        if thread.join().is_err() {
+            warn!("control thread panicked");
+        }
+        if let Err(err) = std::fs::remove_file(&self.path) {
+            warn!(path = %self.path.display(), %err, "failed to remove the control socket");
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn serve(listener: &UnixListener, control: &Control, stop: &AtomicBool) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match stream {
+            Ok(stream) => {
+                if let Err(err) = answer(stream, control) {
+                    warn!(%err, "control request failed");
+                }
+            }
+            Err(err) => warn!(%err, "failed to accept a control connection"),
+        }
+    }
+}
+
+fn answer(stream: UnixStream, control: &Control) -> io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(io::Read::take(&stream, MAX_REQUEST_BYTES)).read_line(&mut line)?;
+    let mut writer = &stream;
+    let Some(request) = Request::parse(&line) else {
+        warn!(request = line.trim(), "unknown control request");
+        return writeln!(
+            writer,
+            "{{\"error\":\"unknown request; expected drop-unsynced or stats\"}}"
+        );
+    };
+    let dropped = (request == Request::DropUnsynced).then(|| control.drop_unsynced());
+    let answer = Answer {
+        dropped,
+        stats: control.stats(),
+    };
+    let json = serde_json::to_string(&answer).map_err(io::Error::other)?;
+    writeln!(writer, "{json}")
+}

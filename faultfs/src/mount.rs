@@ -1,0 +1,198 @@
+//! Mounting and unmounting: a [`FaultMount`] owns the FUSE session thread; a [`Control`] drops the
+//! volatile layer and reads the counters from any thread.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use fuser::{Config, MountOption, Session, SessionUnmounter};
+use tracing::{info, warn};
+
+use crate::error::Error;
+use crate::fs::{lock, FaultFs, State};
+use crate::stats::{DropReport, Stats};
+
+/// Checks that this process can serve a FUSE mount: `/dev/fuse` exists and we are root (the
+/// mount(2) path; without root, fuser would need the setuid `fusermount3` and `user_allow_other`).
+pub fn fuse_available() -> Result<(), Error> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::FuseUnavailable {
+            reason: "/dev/fuse does not exist (modprobe fuse?)".into(),
+        });
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::FuseUnavailable {
+            reason: "not running as root".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Drops the volatile layer and reads the counters of one mounted filesystem; cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    state: Arc<Mutex<State>>,
+}
+
+impl Control {
+    /// Throws away everything not synced (a simulated power cut) and logs what was lost. Meant for
+    /// when the processes using the mount have been killed; a live process would see its unsynced
+    /// writes vanish.
+    pub fn drop_unsynced(&self) -> DropReport {
+        lock(&self.state).drop_unsynced()
+    }
+
+    /// The counters since the mount.
+    pub fn stats(&self) -> Stats {
+        lock(&self.state).stats()
+    }
+}
+
+/// A mounted fault filesystem. Dropping it unmounts (best effort); prefer [`FaultMount::unmount`],
+/// which reports errors.
+pub struct FaultMount {
+    mountpoint: PathBuf,
+    control: Control,
+    unmounter: SessionUnmounter,
+    session: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl FaultMount {
+    /// Serves `mountpoint` as a pass-through of `backing` with a volatile layer.
+    pub fn mount(backing: &Path, mountpoint: &Path) -> Result<Self, Error> {
+        Self::mount_with_exit_hook(backing, mountpoint, || {})
+    }
+
+    /// Like [`FaultMount::mount`]; `on_session_end` runs on the session thread when the mount goes
+    /// away, whoever unmounted it (the binary uses it to stop waiting for signals).
+    pub fn mount_with_exit_hook(
+        backing: &Path,
+        mountpoint: &Path,
+        on_session_end: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, Error> {
+        fuse_available()?;
+        let backing_root = backing.canonicalize().map_err(|source| Error::Backing {
+            path: backing.to_path_buf(),
+            source,
+        })?;
+        if !backing_root.is_dir() {
+            let source = io::Error::new(io::ErrorKind::NotADirectory, "not a directory");
+            return Err(Error::Backing {
+                path: backing_root,
+                source,
+            });
+        }
+        let state = Arc::new(Mutex::new(State::new(backing_root.clone())));
+        let filesystem = FaultFs {
+            state: Arc::clone(&state),
+        };
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(format!("ringkv-faultfs:{}", backing_root.display())),
+            MountOption::Subtype("ringkv-faultfs".into()),
+            MountOption::DefaultPermissions,
+        ];
+        config.acl = fuser::SessionACL::All;
+        let mount_error = |source| Error::Mount {
+            mountpoint: mountpoint.to_path_buf(),
+            source,
+        };
+        let mut session = Session::new(filesystem, mountpoint, &config).map_err(mount_error)?;
+        let unmounter = session.unmount_callable();
+        let thread = std::thread::Builder::new()
+            .name("faultfs-session".into())
+            .spawn(move || {
+                let result = session.run();
+                on_session_end();
+                result
+            });
+        let session = match thread {
+            Ok(handle) => handle,
+            Err(source) => {
+                let mut unmounter = unmounter;
+                if let Err(err) = unmounter.unmount() {
+                    warn!(%err, "failed to unmount after the session thread could not start");
+                }
+                return Err(Error::Spawn {
+                    name: "faultfs-session",
+                    source,
+                });
+            }
+        };
+        info!(backing = %backing_root.display(), mountpoint = %mountpoint.display(), "mounted");
+        Ok(Self {
+            mountpoint: mountpoint.to_path_buf(),
+            control: Control { state },
+            unmounter,
+            session: Some(session),
+        })
+    }
+
+    /// The handle that drops unsynced data and reads counters.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Where the filesystem is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and joins the session thread. If the mount is busy (a process still has a file
+    /// open on it), it is detached lazily instead and the session thread is left to end with the
+    /// last open file (or with this process); the error says so.
+    pub fn unmount(mut self) -> Result<(), Error> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<(), Error> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        if session.is_finished() {
+            // Unmounted from outside (umount, fusermount -u): nothing left to do.
+            return join(session, &self.mountpoint);
+        }
+        let device = std::fs::metadata(&self.mountpoint).map(|meta| meta.dev()).ok();
+        match self.unmounter.unmount() {
+            Ok(()) => join(session, &self.mountpoint),
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+                warn!(mountpoint = %self.mountpoint.display(), ?device, "mount busy: detaching lazily");
+                let detached = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                if let Err(errno) = detached {
+                    warn!(%errno, "lazy unmount failed too");
+                }
+                Err(Error::Unmount {
+                    mountpoint: self.mountpoint.clone(),
+                    source: err,
+                })
+            }
+            Err(source) => Err(Error::Unmount {
+                mountpoint: self.mountpoint.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+fn join(session: JoinHandle<io::Result<()>>, mountpoint: &Path) -> Result<(), Error> {
+    let result = session
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("FUSE session thread panicked")));
+    result.map_err(|source| Error::Unmount {
+        mountpoint: mountpoint.to_path_buf(),
+        source,
+    })?;
+    info!(mountpoint = %mountpoint.display(), "unmounted");
+    Ok(())
+}
+
+impl Drop for FaultMount {
+    fn drop(&mut self) {
+        if let Err(err) = self.unmount_inner() {
+            warn!(%err, "unmount on drop failed");
+        }
+    }
+}
