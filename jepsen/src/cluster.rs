@@ -50,6 +50,9 @@ pub struct ClusterSpec {
     pub bin_dir: PathBuf,
     /// Run nodes under libfaketime so the clock nemesis can skew their wall clocks.
     pub fake_clock: bool,
+    /// Put each node's data directory on a `ringkv-faultfs` mount, so the lose-unsynced
+    /// nemesis can drop what a node wrote but did not fsync (a power cut).
+    pub disk_faults: bool,
 }
 
 /// Where Debian's libfaketime lives (multi-threaded variant).
@@ -89,6 +92,9 @@ struct NodeProc {
     addr: String,
     data_dir: PathBuf,
     process: Option<Process>,
+    /// The faultfs mount under `data_dir` (disk faults only). Declared after `process`, so
+    /// the node is killed before its filesystem is unmounted.
+    disk: Option<ringkv_faultfs::FaultMount>,
     fate: Fate,
 }
 
@@ -160,6 +166,7 @@ impl Cluster {
                 addr,
                 data_dir: self.dir.join(format!("node-{id}")),
                 process: None,
+                disk: None,
                 fate: Fate::Member,
             },
         );
@@ -261,6 +268,13 @@ impl Cluster {
             return Ok(());
         }
         std::fs::create_dir_all(&node.data_dir)?;
+        if self.spec.disk_faults && node.disk.is_none() {
+            let backing = self.dir.join(format!("node-{id}.disk"));
+            std::fs::create_dir_all(&backing)?;
+            let mount = ringkv_faultfs::FaultMount::mount(&backing, &node.data_dir)
+                .with_context(|| format!("mounting faultfs for node {id} on {}", node.data_dir.display()))?;
+            node.disk = Some(mount);
+        }
         let addr_file = node.data_dir.join("addr");
         let _ = std::fs::remove_file(&addr_file);
         let mut launch = Launch::new(format!("node {id}"), &self.binaries.node);
@@ -326,6 +340,32 @@ impl Cluster {
             node.process = None;
         }
         Ok(())
+    }
+
+    /// Drops everything node `id` wrote since its last fsync (a power cut of its machine);
+    /// the node must be stopped. Returns what was lost, for the schedule.
+    pub fn lose_unsynced(&mut self, id: usize) -> Result<String> {
+        let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        if node.process.is_some() {
+            bail!("node {id} is running: stop it before dropping its unsynced data");
+        }
+        let disk = node
+            .disk
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {id} has no faultfs mount (run with a lose-unsynced nemesis)"))?;
+        let report = disk.control().drop_unsynced();
+        Ok(format!(
+            "node {id} lost {} unsynced bytes ({} files reverted, {} never-synced files removed)",
+            report.dropped_bytes, report.reverted_files, report.dropped_files
+        ))
+    }
+
+    /// Each node's disk counters (fsyncs, fdatasyncs, bytes dropped), for the summary.
+    pub fn disk_stats(&self) -> Vec<(usize, ringkv_faultfs::Stats)> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, node)| Some((*id, node.disk.as_ref()?.control().stats())))
+            .collect()
     }
 
     /// Bootstraps the cluster through node 1.

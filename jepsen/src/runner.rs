@@ -218,7 +218,13 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     let cluster_dir = dir.join("cluster");
     std::fs::create_dir_all(&cluster_dir)?;
     info!(dir = %dir.display(), seed = options.seed, "starting run");
-    let needs_network = options.nemeses.iter().any(|kind| kind.needs_network());
+    // A machine that loses power keeps its address: nodes under disk faults get fixed
+    // addresses in namespaces too (on loopback a node whose lost data held its port would
+    // come back on another one).
+    let needs_network = options
+        .nemeses
+        .iter()
+        .any(|kind| kind.needs_network() || kind.needs_disk_faults());
     let slots = options.nodes + spare_slots(&options);
     let placement = if needs_network {
         ensure_network_tools()?;
@@ -240,7 +246,11 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         node_args: node_args(&options),
         bin_dir: options.bin_dir.clone(),
         fake_clock,
+        disk_faults: options.nemeses.iter().any(|kind| kind.needs_disk_faults()),
     };
+    if spec.disk_faults {
+        ringkv_faultfs::fuse_available().context("the lose-unsynced nemeses need FUSE")?;
+    }
     let cluster = Cluster::start(spec, &cluster_dir, placement).await?;
     let recorder = Recorder::new(Instant::now());
     let stop = CancellationToken::new();
@@ -321,6 +331,12 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         anomalies: Vec::new(),
         notes: Vec::new(),
     };
+    for (id, disk) in cluster.disk_stats() {
+        liveness.notes.push(format!(
+            "disk of node {id}: {} fsyncs, {} fdatasyncs, {} directory fsyncs; {} of {} written bytes synced; {} bytes lost in {} drops",
+            disk.fsyncs, disk.fdatasyncs, disk.dir_fsyncs, disk.synced_bytes, disk.written_bytes, disk.dropped_bytes, disk.drops
+        ));
+    }
     let healed_at = Instant::now();
     let probe = cluster.client(Duration::from_secs(2)).await?;
     let live = ringkv_launcher::wait_for(
