@@ -135,8 +135,8 @@ impl NemesisKind {
         }
     }
 
-    /// Every nemesis but the disk faults: `lose-unsynced-*` are named explicitly until the
-    /// node syncs what it acknowledges (today it does not: see the README's recorded runs).
+    /// Every nemesis but the disk faults: `lose-unsynced-*` put every node on a FUSE mount
+    /// (slower, and needs `/dev/fuse`), so runs name them explicitly.
     pub fn all() -> Vec<NemesisKind> {
         use NemesisKind::*;
         vec![

@@ -94,7 +94,7 @@ fn parse_nemeses(names: &[String]) -> Result<Vec<NemesisKind>, String> {
         } else if name == "none" {
         } else {
             kinds.push(NemesisKind::from_str(name, true).map_err(|_| {
-                let known: Vec<&str> = NemesisKind::all().iter().map(|k| k.name()).collect();
+                let known: Vec<&str> = NemesisKind::value_variants().iter().map(|k| k.name()).collect();
                 format!("unknown nemesis {name:?}; known: {}, all, none", known.join(", "))
             })?);
         }
