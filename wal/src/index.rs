@@ -1,0 +1,150 @@
+//! The in-memory index: where every live entry and value of every group is, and how many
+//! of them each segment still holds (a segment holding none can be deleted).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::record::Record;
+
+/// Where an entry's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A segment file and how many live entries and values it holds.
+pub(crate) struct Segment {
+    pub file: Arc<File>,
+    pub refs: usize,
+}
+
+/// One group's live entries (by index; gaps allowed, as a log may have one while a
+/// snapshot install and its purge are in flight) and small values.
+#[derive(Default)]
+pub(crate) struct GroupIndex {
+    pub entries: BTreeMap<u64, Loc>,
+    /// Value and the segment holding its record.
+    pub meta: BTreeMap<u8, (Vec<u8>, u64)>,
+}
+
+impl GroupIndex {
+    /// Whether any live entry or value of this group is in `segment`.
+    pub fn references(&self, segment: u64) -> bool {
+        self.entries.values().any(|loc| loc.segment == segment)
+            || self.meta.values().any(|(_, held)| *held == segment)
+    }
+}
+
+/// Every group's index and every segment's reference count.
+#[derive(Default)]
+pub(crate) struct Index {
+    pub groups: HashMap<u64, GroupIndex>,
+    pub segments: BTreeMap<u64, Segment>,
+}
+
+impl Index {
+    /// Applies `record`, read from (or just written to) the frame at `frame_offset` of
+    /// `segment`. `entry_base` is added to the entries' offsets to make them absolute.
+    pub fn apply(&mut self, segment: u64, entry_base: u64, record: &Record<'_>) {
+        match record {
+            Record::Append {
+                group,
+                first,
+                entries,
+            } => {
+                for (i, (offset, len)) in entries.iter().enumerate() {
+                    let loc = Loc {
+                        segment,
+                        offset: entry_base + *offset as u64,
+                        len: *len,
+                    };
+                    self.add_ref(segment);
+                    let old = self.group(*group).entries.insert(first + i as u64, loc);
+                    if let Some(old) = old {
+                        self.release(old.segment);
+                    }
+                }
+            }
+            Record::Truncate { group, from } => {
+                let Some(index) = self.groups.get_mut(group) else {
+                    return;
+                };
+                let removed = index.entries.split_off(from);
+                self.release_all(removed.values().map(|loc| loc.segment));
+            }
+            Record::Purge { group, upto } => {
+                let Some(index) = self.groups.get_mut(group) else {
+                    return;
+                };
+                let kept = match upto.checked_add(1) {
+                    Some(next) => index.entries.split_off(&next),
+                    None => BTreeMap::new(),
+                };
+                let removed = std::mem::replace(&mut index.entries, kept);
+                self.release_all(removed.values().map(|loc| loc.segment));
+            }
+            Record::Meta { group, key, value } => {
+                self.add_ref(segment);
+                let old = self.group(*group).meta.insert(*key, (value.to_vec(), segment));
+                if let Some((_, old)) = old {
+                    self.release(old);
+                }
+            }
+            Record::Drop { group } => {
+                if let Some(index) = self.groups.remove(group) {
+                    self.release_all(index.entries.values().map(|loc| loc.segment));
+                    self.release_all(index.meta.values().map(|(_, segment)| *segment));
+                }
+            }
+        }
+    }
+
+    /// The locations of `group`'s entries in `(start, end)`, ascending.
+    pub fn locs(&self, group: u64, start: Bound<u64>, end: Bound<u64>) -> Vec<(u64, Loc)> {
+        match self.groups.get(&group) {
+            Some(index) if range_is_valid(start, end) => index
+                .entries
+                .range((start, end))
+                .map(|(i, loc)| (*i, *loc))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn group(&mut self, group: u64) -> &mut GroupIndex {
+        self.groups.entry(group).or_default()
+    }
+
+    fn add_ref(&mut self, segment: u64) {
+        if let Some(held) = self.segments.get_mut(&segment) {
+            held.refs += 1;
+        }
+    }
+
+    fn release(&mut self, segment: u64) {
+        if let Some(held) = self.segments.get_mut(&segment) {
+            held.refs = held.refs.saturating_sub(1);
+        }
+    }
+
+    fn release_all(&mut self, segments: impl Iterator<Item = u64>) {
+        for segment in segments {
+            self.release(segment);
+        }
+    }
+}
+
+/// `BTreeMap::range` panics on an empty or inverted range; such a range holds nothing.
+fn range_is_valid(start: Bound<u64>, end: Bound<u64>) -> bool {
+    match (start, end) {
+        (Bound::Included(s), Bound::Included(e)) => s <= e,
+        (Bound::Included(s), Bound::Excluded(e))
+        | (Bound::Excluded(s), Bound::Included(e))
+        | (Bound::Excluded(s), Bound::Excluded(e)) => s < e,
+        _ => true,
+    }
+}

@@ -1,0 +1,122 @@
+//! Segment files: naming, the header, and reading a segment's frames back at recovery.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::record::{self, Record, FRAME_HEADER};
+use crate::WalError;
+
+/// The first bytes of every segment: the format and its version.
+pub(crate) const MAGIC: &[u8; 8] = b"RKVWAL01";
+/// Bytes before the first frame.
+pub(crate) const HEADER: u64 = MAGIC.len() as u64;
+
+const SUFFIX: &str = ".wal";
+
+/// The path of segment `id` in `dir`.
+pub(crate) fn path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}{SUFFIX}"))
+}
+
+/// The ids of the segments in `dir`, ascending.
+pub(crate) fn list(dir: &Path) -> Result<Vec<u64>, WalError> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = name.strip_suffix(SUFFIX).and_then(|stem| stem.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Creates segment `id` with its header and makes its directory entry durable.
+pub(crate) fn create(dir: &Path, id: u64) -> Result<File, WalError> {
+    let path = path(dir, id);
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    file.write_all(MAGIC)?;
+    file.sync_data()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Makes the entries of `dir` (created, renamed or removed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// A frame read back from a segment: where it starts and its decoded record.
+pub(crate) struct Frame<'a> {
+    pub offset: u64,
+    pub record: Record<'a>,
+}
+
+/// How a segment's contents ended.
+pub(crate) enum End {
+    /// Every byte belongs to a valid frame.
+    Clean,
+    /// The bytes from `at` on are not a valid frame: a torn write, unwritten space, or (if
+    /// this is not the last segment) corruption.
+    Torn { at: u64, reason: &'static str },
+}
+
+/// The valid frames of a segment's bytes, in order, and how the bytes ended. A missing or
+/// short header counts as a segment torn at its start.
+pub(crate) fn frames(bytes: &[u8]) -> Result<(Vec<Frame<'_>>, End), WalError> {
+    if bytes.len() < MAGIC.len() {
+        return Ok((
+            Vec::new(),
+            End::Torn {
+                at: 0,
+                reason: "no header",
+            },
+        ));
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err(WalError::Corrupt(
+            "segment does not start with the ringkv WAL header".to_string(),
+        ));
+    }
+    let mut frames = Vec::new();
+    let mut at = MAGIC.len();
+    while at < bytes.len() {
+        let torn = |reason| End::Torn {
+            at: at as u64,
+            reason,
+        };
+        let Some((len, crc)) = record::frame_len(&bytes[at..]) else {
+            return Ok((frames, torn("no valid frame header")));
+        };
+        let Some(body) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
+            return Ok((frames, torn("frame runs past the end")));
+        };
+        if crc32fast::hash(body) != crc {
+            return Ok((frames, torn("checksum mismatch")));
+        }
+        let Some(record) = record::decode(body) else {
+            return Ok((frames, torn("malformed record")));
+        };
+        frames.push(Frame {
+            offset: at as u64,
+            record,
+        });
+        at += FRAME_HEADER + len;
+    }
+    Ok((frames, End::Clean))
+}
+
+/// Reads `len` bytes at `offset` of `file`.
+pub(crate) fn read_at(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, WalError> {
+    let mut bytes = vec![0; len];
+    file.read_exact_at(&mut bytes, offset)?;
+    Ok(bytes)
+}
