@@ -2,8 +2,8 @@
 //! cycle on disk: open (log store, state machine, purger, write batcher, leadership watch),
 //! initialise, and destroy.
 //!
-//! A group's data is the log tree `<group>.log`, the state-machine trees `<group>.sm.<gen>`,
-//! its catalog records and its snapshot directory. Deleting a replica marks it in the node
+//! A group's data is its log in the node's write-ahead log, the state-machine trees
+//! `<group>.sm.<gen>`, its catalog records and its snapshot directory. Deleting a replica marks it in the node
 //! catalog first (`never-init/` so it is never initialised here again, `retiring/` so a crash
 //! midway finishes the deletion at the next start), then drops the data.
 
@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::BasicNode;
+use ringkv_wal::Wal;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +22,7 @@ use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::proposal::{BatcherSettings, WriteBatcher};
 use crate::raft::flusher::Flusher;
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{wal_group, LogStore};
 use crate::raft::network::{NetworkFactory, Transport};
 use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::{GroupState, StateMachine};
@@ -53,6 +54,8 @@ pub struct GroupDeps {
     pub config: NodeConfig,
     pub engine: EngineRef,
     pub catalog: TreeRef,
+    /// Every group's Raft log.
+    pub wal: Wal,
     pub flusher: Flusher,
     pub transport: Arc<Transport>,
     pub raft_config: Arc<openraft::Config>,
@@ -76,11 +79,12 @@ impl GroupDeps {
             config.dedup_window_ms,
         )?;
         let (log, purge_requests) = LogStore::open(
+            self.wal.clone(),
+            group_id,
             self.engine.clone(),
-            &format!("{}.log", group_id.name()),
             self.flusher.clone(),
             config.max_message_bytes / 2,
-        )?;
+        );
         self.tasks.spawn(run_purger(
             group_id,
             log.clone(),
@@ -163,8 +167,11 @@ impl GroupDeps {
     fn destroy_data(&self, group_id: GroupId) -> Result<(), NodeError> {
         let name = group_id.name();
         let sm_prefix = format!("{name}.sm.");
+        self.wal
+            .drop_group(wal_group(group_id))
+            .map_err(StorageError::from)?;
         for tree in self.engine.tree_names()? {
-            if tree == format!("{name}.log") || tree.starts_with(&sm_prefix) {
+            if tree.starts_with(&sm_prefix) {
                 self.engine.drop_tree(&tree)?;
             }
         }
@@ -199,17 +206,16 @@ impl GroupDeps {
         Ok(())
     }
 
-    /// Shards with a log tree in the engine: replicas this node held when it stopped (opened
-    /// at start even if placement moved on, since they may still be needed for a quorum).
-    pub fn stored_shards(&self) -> Result<Vec<u32>, NodeError> {
-        let mut shards: Vec<u32> = self
-            .engine
-            .tree_names()?
-            .iter()
-            .filter_map(|name| name.strip_prefix("shard-")?.strip_suffix(".log")?.parse().ok())
-            .collect();
-        shards.sort_unstable();
-        Ok(shards)
+    /// Shards with a log in the WAL: replicas this node held when it stopped (opened at
+    /// start even if placement moved on, since they may still be needed for a quorum).
+    pub fn stored_shards(&self) -> Vec<u32> {
+        let system = wal_group(GroupId::System);
+        self.wal
+            .groups()
+            .into_iter()
+            .filter(|group| *group != system)
+            .filter_map(|group| u32::try_from(group).ok())
+            .collect()
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ringkv_ring::Ring;
+use ringkv_wal::{Wal, WalOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,9 +36,10 @@ use crate::error::NodeError;
 use crate::group::{Group, GroupDeps};
 use crate::peers::Peers;
 use crate::raft::flusher::Flusher;
+use crate::raft::log_store::migrate_legacy_logs;
 use crate::raft::network::Transport;
 use crate::raft::types::{ClusterConfig, GroupId, NodeId};
-use crate::storage::{EngineRef, TreeRef};
+use crate::storage::{EngineRef, StorageError, TreeRef};
 
 /// The node. Cheap to clone.
 #[derive(Clone)]
@@ -60,6 +62,22 @@ struct NodeInner {
     counters: MoveCounters,
     /// Stops the group-commit flusher (last).
     flusher_cancel: CancellationToken,
+}
+
+/// Opens the node's write-ahead log (`<data dir>/wal`) and moves into it any log a data
+/// directory from before the WAL kept in sled.
+async fn open_wal(config: &NodeConfig, engine: &EngineRef) -> Result<Wal, NodeError> {
+    let dir = config.data_dir.join("wal");
+    let engine = engine.clone();
+    let open = move || -> Result<Wal, StorageError> {
+        let (wal, _) = Wal::open(&dir, WalOptions::default())?;
+        migrate_legacy_logs(&engine, &wal)?;
+        Ok(wal)
+    };
+    let wal = tokio::task::spawn_blocking(open)
+        .await
+        .map_err(|err| NodeError::Fatal(format!("opening the write-ahead log failed: {err}")))??;
+    Ok(wal)
 }
 
 fn read_lock<T: Clone>(lock: &RwLock<T>) -> T {
@@ -86,8 +104,9 @@ impl Node {
                 "UNSAFE negative-control mode: this node breaks ringkv's guarantees on purpose"
             );
         }
+        let wal = open_wal(&config, &engine).await?;
         let (flusher, flusher_task) =
-            Flusher::spawn(engine.clone(), flusher_cancel.clone(), config.unsafe_skip_fsync);
+            Flusher::spawn(wal.clone(), flusher_cancel.clone(), config.unsafe_skip_fsync);
         tasks.spawn(async move {
             let _ = flusher_task.await;
         });
@@ -120,6 +139,7 @@ impl Node {
             config,
             engine,
             catalog,
+            wal,
             flusher,
             transport,
             raft_config: Arc::new(raft_config),
@@ -129,7 +149,7 @@ impl Node {
         deps.finish_retirements()?;
         let system = deps.open(GroupId::System).await?;
         let mut stored = HashMap::new();
-        for shard in deps.stored_shards()? {
+        for shard in deps.stored_shards() {
             let group_id = GroupId::Shard(shard);
             stored.insert(group_id, deps.open(group_id).await?);
         }
@@ -299,7 +319,12 @@ impl Node {
         deps.tasks.close();
         deps.tasks.wait().await;
         let engine = deps.engine.clone();
-        match tokio::task::spawn_blocking(move || engine.flush()).await {
+        let wal = deps.wal.clone();
+        let flush = move || -> Result<(), crate::storage::StorageError> {
+            wal.sync()?;
+            engine.flush()
+        };
+        match tokio::task::spawn_blocking(flush).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => warn!(%err, "final flush failed"),
             Err(err) => warn!(%err, "final flush task failed"),

@@ -1,5 +1,5 @@
-//! Group commit: one task owns `Engine::flush`; appends from every group hand it their
-//! completion callback and are acknowledged after the next fsync that covers them.
+//! Group commit: one task owns [`Wal::sync`]; appends from every group hand it their
+//! completion callback and are acknowledged after the next fdatasync that covers them.
 //!
 //! Correctness rests on one ordering: a caller writes its entries to the engine *before*
 //! handing over the callback, and the flusher starts a flush only after receiving it, so
@@ -9,8 +9,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, trace};
 
+use ringkv_wal::Wal;
+
 use super::types::TypeConfig;
-use crate::storage::{EngineRef, StorageError};
+use crate::storage::StorageError;
 
 /// Largest number of waiters acknowledged by one fsync; bounds the batch.
 const MAX_BATCH: usize = 4096;
@@ -32,12 +34,12 @@ impl Flusher {
     /// Starts the flusher task; it stops when `cancel` fires (after flushing once more).
     /// `skip_fsync` is the unsafe negative control: waiters are acknowledged without a flush.
     pub fn spawn(
-        engine: EngineRef,
+        wal: Wal,
         cancel: CancellationToken,
         skip_fsync: bool,
     ) -> (Flusher, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let handle = tokio::spawn(run(engine, rx, cancel, skip_fsync));
+        let handle = tokio::spawn(run(wal, rx, cancel, skip_fsync));
         (Flusher { tx }, handle)
     }
 
@@ -62,7 +64,7 @@ impl Flusher {
     }
 }
 
-async fn run(engine: EngineRef, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken, skip_fsync: bool) {
+async fn run(wal: Wal, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken, skip_fsync: bool) {
     let mut batch = Vec::with_capacity(64);
     loop {
         let first = tokio::select! {
@@ -77,11 +79,11 @@ async fn run(engine: EngineRef, mut rx: mpsc::Receiver<Waiter>, cancel: Cancella
                 Err(_) => break,
             }
         }
-        let flush_engine = engine.clone();
+        let sync_wal = wal.clone();
         let result = if skip_fsync {
             Ok(())
         } else {
-            match tokio::task::spawn_blocking(move || flush_engine.flush()).await {
+            match tokio::task::spawn_blocking(move || sync_wal.sync()).await {
                 Ok(result) => result.map_err(|err| err.to_string()),
                 Err(join_err) => Err(format!("flush task failed: {join_err}")),
             }
@@ -103,7 +105,7 @@ async fn run(engine: EngineRef, mut rx: mpsc::Receiver<Waiter>, cancel: Cancella
     }
     // Fail whoever is still queued rather than leaving them waiting forever.
     rx.close();
-    let final_flush = engine.flush().map_err(|err| err.to_string());
+    let final_flush = wal.sync().map_err(|err| err.to_string());
     while let Ok(waiter) = rx.try_recv() {
         match waiter {
             Waiter::Log(callback) => {

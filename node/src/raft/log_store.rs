@@ -1,130 +1,124 @@
-//! The durable Raft log of one group: entries, vote, committed and purged ids in one tree.
+//! The durable Raft log of one group, kept in the node's shared write-ahead log
+//! ([`ringkv_wal::Wal`], one stream of segments for every group).
 //!
-//! Layout (tree `<group>.log`): `e` + index (big-endian u64) → entry; `v` → vote;
-//! `c` → committed log id; `p` → last purged log id. Appends are acknowledged through the
-//! group-commit [`Flusher`] only after an fsync covers them; the vote is flushed before
-//! `save_vote` returns.
+//! Entries are postcard-encoded [`Entry`]s at their log index; the group's small values are
+//! [`VOTE`], [`COMMITTED`] and [`PURGED`] (postcard too). Appends are acknowledged through
+//! the group-commit [`Flusher`] only after an fdatasync covers them; the vote is synced
+//! before `save_vote` returns. Entries are purged only after the state machine covering them
+//! is durable (the sled engine is flushed first).
+//!
+//! Logs of data directories written before the WAL (a `<group>.log` tree in sled: `e` +
+//! index → entry, `v` vote, `c` committed, `p` purged, the same encodings) are moved into
+//! the WAL when the node opens ([`migrate_legacy_logs`]).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader};
+use ringkv_wal::Wal;
 use tokio::sync::watch;
+use tracing::info;
 
 use super::flusher::Flusher;
-use super::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
+use super::types::{Entry, GroupId, LogId, RaftStorageError, TypeConfig, Vote};
 use super::{decode, encode, storage_err};
-use crate::storage::{Batch, EngineRef, StorageError, TreeRef};
+use crate::storage::{EngineRef, StorageError};
 
-const ENTRY_PREFIX: u8 = b'e';
-const VOTE_KEY: &[u8] = b"v";
-const COMMITTED_KEY: &[u8] = b"c";
-const PURGED_KEY: &[u8] = b"p";
+/// The group's vote.
+const VOTE: u8 = b'v';
+/// The last committed log id (not synced: recomputed from a quorum after a crash).
+const COMMITTED: u8 = b'c';
+/// The last purged log id.
+const PURGED: u8 = b'p';
 
-fn entry_key(index: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9);
-    key.push(ENTRY_PREFIX);
-    key.extend_from_slice(&index.to_be_bytes());
-    key
-}
-
-/// The log store of one group. Clones share the same tree.
+/// The log store of one group. Clones share the same log.
 #[derive(Clone)]
 pub struct LogStore {
-    tree: TreeRef,
+    wal: Wal,
+    /// The group's id in the WAL.
+    group: u64,
+    /// For messages: `<group>.log`.
+    name: String,
     flusher: Flusher,
+    /// The state machines' engine, flushed before entries are purged.
+    engine: EngineRef,
     /// Purge requests from openraft, carried out by the group's purger task.
     purge_tx: std::sync::Arc<watch::Sender<Option<LogId>>>,
     /// Most bytes of entries returned for one replication RPC (at least one entry).
     max_batch_bytes: usize,
 }
 
+/// The id of `group`'s log in the WAL.
+pub fn wal_group(group: GroupId) -> u64 {
+    match group {
+        GroupId::System => u64::MAX,
+        GroupId::Shard(shard) => u64::from(shard),
+    }
+}
+
 impl LogStore {
-    /// Opens the log; also returns the purge requests the group's purger must carry out
-    /// (with [`LogStore::purge_now`]).
+    /// Opens `group`'s log; also returns the purge requests the group's purger must carry
+    /// out (with [`LogStore::purge_now`]).
     pub fn open(
+        wal: Wal,
+        group: GroupId,
         engine: EngineRef,
-        tree_name: &str,
         flusher: Flusher,
         max_batch_bytes: usize,
-    ) -> Result<(LogStore, watch::Receiver<Option<LogId>>), StorageError> {
-        let tree = engine.open_tree(tree_name)?;
+    ) -> (LogStore, watch::Receiver<Option<LogId>>) {
         let (purge_tx, purge_rx) = watch::channel(None);
         let store = LogStore {
-            tree,
+            wal,
+            group: wal_group(group),
+            name: format!("{}.log", group.name()),
             flusher,
+            engine,
             purge_tx: std::sync::Arc::new(purge_tx),
             max_batch_bytes,
         };
-        Ok((store, purge_rx))
+        (store, purge_rx)
     }
 
-    /// Deletes entries up to `log_id`: first flushes (so state applied up to there is
-    /// durable), records the purge point, then deletes ascending (no holes on a crash).
+    /// Deletes entries up to `log_id`: first makes the state machine (applied up to there)
+    /// durable, records the purge point, then purges and collects freed segments.
     pub async fn purge_now(&self, log_id: LogId) -> Result<(), StorageError> {
-        self.flusher.flush().await?;
-        self.tree.insert(PURGED_KEY, &encode(&log_id)?)?;
-        self.remove_entries(
-            Bound::Included(vec![ENTRY_PREFIX]),
-            Bound::Included(entry_key(log_id.index)),
-            false,
-        )
+        let engine = self.engine.clone();
+        blocking(move || engine.flush()).await?;
+        self.wal.set_meta(self.group, PURGED, &encode(&log_id)?)?;
+        self.wal.purge(self.group, log_id.index)?;
+        let wal = self.wal.clone();
+        blocking(move || wal.collect_garbage().map(drop).map_err(StorageError::from)).await
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        match self.tree.get(key)? {
-            Some(bytes) => Ok(Some(decode(self.tree.name(), &bytes)?)),
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: u8) -> Result<Option<T>, StorageError> {
+        match self.wal.meta(self.group, key) {
+            Some(bytes) => Ok(Some(decode(&self.name, &bytes)?)),
             None => Ok(None),
         }
     }
 
-    fn entries_in(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<Vec<Entry>, StorageError> {
-        let mut entries = Vec::new();
-        for pair in self.tree.range(start, end) {
-            let (_, bytes) = pair?;
-            entries.push(decode(self.tree.name(), &bytes)?);
-        }
-        Ok(entries)
-    }
-
-    /// Removes entries with keys in `range` in bounded batches, ascending or (`descending`)
-    /// from the end, so a crash between batches never leaves a hole in the log.
-    fn remove_entries(
+    fn entries_in(
         &self,
-        start: Bound<Vec<u8>>,
-        end: Bound<Vec<u8>>,
-        descending: bool,
-    ) -> Result<(), StorageError> {
-        let mut keys: Vec<Vec<u8>> = self
-            .tree
-            .range(start, end)
-            .map(|pair| pair.map(|(key, _)| key))
-            .collect::<Result<_, _>>()?;
-        if descending {
-            keys.reverse();
-        }
-        for chunk in keys.chunks(1024) {
-            let mut batch = Batch::default();
-            for key in chunk {
-                batch.remove(key.clone());
-            }
-            self.tree.apply_batch(batch)?;
-        }
-        Ok(())
+        start: Bound<u64>,
+        end: Bound<u64>,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.wal
+            .read(self.group, start, end, max_bytes)?
+            .into_iter()
+            .map(|(_, bytes)| decode(&self.name, &bytes))
+            .collect()
     }
 }
 
-fn to_key_bound(bound: Bound<&u64>) -> Bound<Vec<u8>> {
-    match bound {
-        Bound::Included(index) => Bound::Included(entry_key(*index)),
-        Bound::Excluded(index) => Bound::Excluded(entry_key(*index)),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
-fn entry_range_end() -> Bound<Vec<u8>> {
-    Bound::Excluded(vec![ENTRY_PREFIX + 1])
+/// Runs blocking storage work off the async workers.
+async fn blocking(
+    work: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
+) -> Result<(), StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| StorageError::Engine(format!("storage task failed: {err}")))?
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -132,16 +126,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        let start = match range.start_bound() {
-            Bound::Unbounded => Bound::Included(vec![ENTRY_PREFIX]),
-            bound => to_key_bound(bound),
-        };
-        let end = match range.end_bound() {
-            Bound::Unbounded => entry_range_end(),
-            bound => to_key_bound(bound),
-        };
-        self.entries_in(start, end)
-            .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))
+        self.entries_in(
+            range.start_bound().cloned(),
+            range.end_bound().cloned(),
+            usize::MAX,
+        )
+        .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))
     }
 
     /// Entries `start..end`, cut at a byte budget so one replication RPC fits in a gRPC
@@ -151,23 +141,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        let read = || -> Result<Vec<Entry>, StorageError> {
-            let mut entries = Vec::new();
-            let mut bytes = 0usize;
-            for pair in self
-                .tree
-                .range(Bound::Included(entry_key(start)), Bound::Excluded(entry_key(end)))
-            {
-                let (_, value) = pair?;
-                bytes += value.len();
-                if !entries.is_empty() && bytes > self.max_batch_bytes {
-                    break;
-                }
-                entries.push(decode(self.tree.name(), &value)?);
-            }
-            Ok(entries)
-        };
-        read().map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))
+        self.entries_in(Bound::Included(start), Bound::Excluded(end), self.max_batch_bytes)
+            .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))
     }
 }
 
@@ -176,14 +151,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
         let read = || -> Result<LogState<TypeConfig>, StorageError> {
-            let last_purged_log_id: Option<LogId> = self.read_meta(PURGED_KEY)?;
-            let last = self
-                .tree
-                .last_in(Bound::Included(vec![ENTRY_PREFIX]), entry_range_end())?;
-            let last_entry = match last {
-                Some((_, bytes)) => {
-                    let entry: Entry = decode(self.tree.name(), &bytes)?;
-                    Some(entry.log_id)
+            let last_purged_log_id: Option<LogId> = self.read_meta(PURGED)?;
+            let last_entry = match self.wal.bounds(self.group) {
+                Some((_, last)) => {
+                    let entries =
+                        self.entries_in(Bound::Included(last), Bound::Included(last), usize::MAX)?;
+                    entries.last().map(|entry| entry.log_id)
                 }
                 None => None,
             };
@@ -203,7 +176,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
         let write = async {
-            self.tree.insert(VOTE_KEY, &encode(vote)?)?;
+            self.wal.set_meta(self.group, VOTE, &encode(vote)?)?;
             self.flusher.flush().await
         };
         write
@@ -212,14 +185,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
-        self.read_meta(VOTE_KEY)
+        self.read_meta(VOTE)
             .map_err(|err| storage_err(ErrorSubject::Vote, ErrorVerb::Read, err))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
-        // Not flushed: after a crash the committed id is recomputed from a quorum.
+        // Not synced: after a crash the committed id is recomputed from a quorum.
         let write = || -> Result<(), StorageError> {
-            self.tree.insert(COMMITTED_KEY, &encode(&committed)?)?;
+            self.wal.set_meta(self.group, COMMITTED, &encode(&committed)?)?;
             Ok(())
         };
         write().map_err(|err| storage_err(ErrorSubject::Store, ErrorVerb::Write, err))
@@ -227,7 +200,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
         let read = || -> Result<Option<LogId>, StorageError> {
-            Ok(self.read_meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+            Ok(self.read_meta::<Option<LogId>>(COMMITTED)?.flatten())
         };
         read().map_err(|err| storage_err(ErrorSubject::Store, ErrorVerb::Read, err))
     }
@@ -242,20 +215,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let write = || -> Result<(), StorageError> {
-            let mut batch = Batch::default();
+            // openraft appends consecutive entries; write each run of them as one record.
+            let mut run: Vec<Vec<u8>> = Vec::new();
+            let mut first = 0;
             for entry in entries {
-                batch.insert(entry_key(entry.log_id.index), encode(&entry)?);
+                let index = entry.log_id.index;
+                if !run.is_empty() && index != first + run.len() as u64 {
+                    self.wal.append(self.group, first, &std::mem::take(&mut run))?;
+                }
+                if run.is_empty() {
+                    first = index;
+                }
+                run.push(encode(&entry)?);
             }
-            self.tree.apply_batch(batch)
+            self.wal.append(self.group, first, &run)?;
+            Ok(())
         };
         write().map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Write, err))?;
-        // Acknowledged by the group-commit flusher after the covering fsync.
+        // Acknowledged by the group-commit flusher after the covering fdatasync.
         self.flusher.flush_log(callback).await;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        self.remove_entries(Bound::Included(entry_key(log_id.index)), entry_range_end(), true)
+        self.wal
+            .truncate(self.group, log_id.index)
             .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Delete, err))
     }
 
@@ -269,5 +253,160 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             newer
         });
         Ok(())
+    }
+}
+
+/// The group whose log a legacy tree named `name` holds.
+fn legacy_group(name: &str) -> Option<GroupId> {
+    let group = name.strip_suffix(".log")?;
+    if group == GroupId::System.name() {
+        return Some(GroupId::System);
+    }
+    group.strip_prefix("shard-")?.parse().ok().map(GroupId::Shard)
+}
+
+/// Moves logs kept in sled trees (data directories written before the WAL) into `wal`:
+/// copies entries and values, syncs the WAL, then drops the tree. A crash midway repeats
+/// the copy of a group the WAL does not hold yet and only drops the tree of one it does.
+pub fn migrate_legacy_logs(engine: &EngineRef, wal: &Wal) -> Result<(), StorageError> {
+    let legacy: Vec<(String, GroupId)> = engine
+        .tree_names()?
+        .into_iter()
+        .filter_map(|name| legacy_group(&name).map(|group| (name, group)))
+        .collect();
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let held = wal.groups();
+    for (name, group) in &legacy {
+        let id = wal_group(*group);
+        if held.contains(&id) {
+            continue;
+        }
+        let tree = engine.open_tree(name)?;
+        let mut entries = 0usize;
+        for pair in tree.range(Bound::Unbounded, Bound::Unbounded) {
+            let (key, value) = pair?;
+            match key.as_slice() {
+                [b'e', index @ ..] => {
+                    let index: [u8; 8] = index.try_into().map_err(|_| StorageError::Corrupt {
+                        tree: name.clone(),
+                        detail: "entry key is not an index".to_string(),
+                    })?;
+                    wal.append(id, u64::from_be_bytes(index), &[value])?;
+                    entries += 1;
+                }
+                [key @ (b'v' | b'c' | b'p')] => wal.set_meta(id, *key, &value)?,
+                _ => {}
+            }
+        }
+        info!(group = %group, entries, "moved a raft log from sled into the write-ahead log");
+    }
+    wal.sync()?;
+    for (name, _) in &legacy {
+        engine.drop_tree(name)?;
+    }
+    engine.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Vote as RaftVote;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::raft::state_machine::test_support::{log_id, put};
+    use crate::storage::{self, Batch};
+
+    fn open_wal(dir: &std::path::Path) -> Wal {
+        Wal::open(&dir.join("wal"), ringkv_wal::WalOptions::default())
+            .expect("wal")
+            .0
+    }
+
+    /// Entries, vote and purge point come back after a reopen; truncation and purge remove
+    /// exactly what they name; purge makes the state machine's engine durable first.
+    #[tokio::test]
+    async fn log_round_trip_through_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = storage::open(&dir.path().join("db")).expect("engine");
+        let group = GroupId::Shard(3);
+        {
+            let wal = open_wal(dir.path());
+            let cancel = CancellationToken::new();
+            let (flusher, task) = Flusher::spawn(wal.clone(), cancel.clone(), false);
+            let (mut store, _purges) = LogStore::open(wal.clone(), group, engine.clone(), flusher, 1 << 20);
+            let encoded: Vec<Vec<u8>> = (1..=5)
+                .map(|i| encode(&put(i, b"k", b"v", i as u8)).expect("encode"))
+                .collect();
+            wal.append(wal_group(group), 1, &encoded).expect("append");
+            let vote = RaftVote::new(2, 1);
+            store.save_vote(&vote).await.expect("vote");
+            store.truncate(log_id(2, 5)).await.expect("truncate");
+            store.purge_now(log_id(2, 2)).await.expect("purge");
+            cancel.cancel();
+            task.await.expect("flusher");
+        }
+        let wal = open_wal(dir.path());
+        let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
+        let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20);
+        assert_eq!(store.read_vote().await.expect("vote"), Some(RaftVote::new(2, 1)));
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 2)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 4)));
+        let entries = store.try_get_log_entries(0..100).await.expect("entries");
+        let indexes: Vec<u64> = entries.iter().map(|entry| entry.log_id.index).collect();
+        assert_eq!(indexes, vec![3, 4]);
+        assert_eq!(entries[0], put(3, b"k", b"v", 3));
+        let limited = store.limited_get_log_entries(3, 5).await.expect("limited");
+        assert_eq!(limited.len(), 2);
+    }
+
+    /// A log kept in a sled tree by an older version moves into the WAL intact, and the
+    /// tree is dropped.
+    #[test]
+    fn legacy_sled_logs_are_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = storage::open(&dir.path().join("db")).expect("engine");
+        let tree = engine.open_tree("shard-7.log").expect("tree");
+        let mut batch = Batch::default();
+        for i in 1..=3u64 {
+            let mut key = vec![b'e'];
+            key.extend_from_slice(&i.to_be_bytes());
+            batch.insert(key, encode(&put(i, b"k", b"v", i as u8)).expect("encode"));
+        }
+        batch.insert(
+            b"v".to_vec(),
+            encode(&RaftVote::<u64>::new(4, 2)).expect("encode"),
+        );
+        batch.insert(b"p".to_vec(), encode(&log_id(1, 0)).expect("encode"));
+        tree.apply_batch(batch).expect("batch");
+        engine
+            .open_tree("sys.log")
+            .expect("system tree")
+            .insert(b"v", b"\x01")
+            .expect("insert");
+        let wal = open_wal(dir.path());
+        migrate_legacy_logs(&engine, &wal).expect("migrate");
+        assert!(!engine
+            .tree_names()
+            .expect("names")
+            .iter()
+            .any(|name| name.ends_with(".log")));
+        assert_eq!(wal.groups(), vec![7, wal_group(GroupId::System)]);
+        assert_eq!(wal.bounds(7), Some((1, 3)));
+        let vote: RaftVote<u64> = decode("test", &wal.meta(7, VOTE).expect("vote")).expect("decode");
+        assert_eq!(vote, RaftVote::new(4, 2));
+        let entry: Entry = decode(
+            "test",
+            &wal.read(7, Bound::Included(2), Bound::Included(2), 1 << 20)
+                .expect("read")[0]
+                .1,
+        )
+        .expect("decode");
+        assert_eq!(entry, put(2, b"k", b"v", 2));
+        // Nothing left to move: a second pass is a no-op.
+        migrate_legacy_logs(&engine, &wal).expect("migrate again");
+        assert_eq!(wal.bounds(7), Some((1, 3)));
     }
 }

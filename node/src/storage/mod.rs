@@ -24,6 +24,8 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
     #[error("corrupt record in tree {tree}: {detail}")]
     Corrupt { tree: String, detail: String },
+    #[error("raft log: {0}")]
+    Wal(#[from] ringkv_wal::WalError),
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
