@@ -1,5 +1,5 @@
 //! One Raft group hosted by a node — the system group or a shard's replica — and its life
-//! cycle on disk: open (log store, state machine, purger, write batcher, leadership watch),
+//! cycle on disk: open (log store, state machine, purger, write and read batchers, leadership watch),
 //! initialise, and destroy.
 //!
 //! A group's data is its log in the node's write-ahead log, the state-machine trees
@@ -27,6 +27,7 @@ use crate::raft::network::{NetworkFactory, Transport};
 use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::{GroupState, StateMachine};
 use crate::raft::types::{GroupId, LogId, NodeId, Raft};
+use crate::read_index::ReadBatcher;
 use crate::storage::{EngineRef, StorageError, TreeRef};
 use crate::transfer::{self, Leadership};
 
@@ -43,6 +44,8 @@ pub struct Group {
     pub state: Arc<GroupState>,
     /// Batches key-value writes into entries (shard groups only).
     pub batcher: Option<WriteBatcher>,
+    /// Shares ReadIndex rounds between concurrent linearizable reads.
+    pub reads: ReadBatcher,
     /// When this replica became leader, and the write gate a leader transfer closes.
     pub leadership: Arc<Leadership>,
     /// Stops this group's background tasks (purger, batcher) when the replica is deleted.
@@ -124,12 +127,16 @@ impl GroupDeps {
                 Some(batcher)
             }
         };
+        let (reads, task) =
+            ReadBatcher::spawn(raft.clone(), group_id, config.write_timeout_ms, cancel.clone());
+        self.tasks.spawn(task);
         debug!(group = %group_id, "opened raft group");
         Ok(Arc::new(Group {
             id: group_id,
             raft,
             state,
             batcher,
+            reads,
             leadership,
             cancel,
         }))

@@ -31,6 +31,7 @@ pub mod node;
 pub mod peers;
 pub mod proposal;
 pub mod raft;
+pub mod read_index;
 pub mod rebalance;
 pub mod reconcile;
 pub mod server;

@@ -3,9 +3,8 @@
 //! writes, local reads, and delete-range entries.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, RaftError};
 use ringkv_ring::Ring;
 
 use super::Node;
@@ -59,39 +58,10 @@ impl Node {
         proposal::propose(&group.raft, group.id, self.node_id(), command, timeout_ms).await
     }
 
-    /// Waits until a read on `group` at this moment would be linearizable (ReadIndex).
+    /// Waits until a read on `group` at this moment would be linearizable (ReadIndex, one
+    /// round shared by the reads that arrived before it started).
     pub async fn ensure_linearizable(&self, group: &Group) -> Result<(), NodeError> {
-        let timeout_ms = self.config().write_timeout_ms;
-        let check = tokio::time::timeout(
-            Duration::from_millis(timeout_ms),
-            group.raft.ensure_linearizable(),
-        );
-        match check.await {
-            Err(_elapsed) => Err(NodeError::Timeout {
-                what: format!("{} to confirm leadership for a read", group.id),
-                timeout_ms,
-                proposed: false,
-            }),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                let leader = match (forward.leader_id, forward.leader_node) {
-                    (Some(id), Some(node)) => Some((id, node.addr)),
-                    _ => None,
-                };
-                Err(NodeError::NotLeader {
-                    group: group.id,
-                    leader,
-                    proposed: false,
-                })
-            }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)))) => {
-                Err(NodeError::NoQuorum {
-                    group: group.id,
-                    detail: err.to_string(),
-                })
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => Err(NodeError::Fatal(fatal.to_string())),
-        }
+        group.reads.confirm().await
     }
 
     /// Applies `ops` on a shard, atomically and in order (batched with concurrent writes
