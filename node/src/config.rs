@@ -32,8 +32,9 @@ pub struct NodeConfig {
     pub logs_to_keep_after_snapshot: u64,
     /// Size of the chunks a snapshot is streamed in.
     pub snapshot_chunk_bytes: u64,
-    /// Snapshot bytes this node sends per second, over all groups (moves and lagging
-    /// followers share it; 0 = unlimited).
+    /// Catch-up bytes this node sends per second, over all groups: snapshot chunks and
+    /// large append batches to followers that lag (moves and restarted replicas share it;
+    /// 0 = unlimited).
     pub snapshot_send_bytes_per_sec: u64,
     /// Timeout of one Raft RPC to a peer.
     pub rpc_timeout_ms: u64,

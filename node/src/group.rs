@@ -37,6 +37,11 @@ const NEVER_INIT_PREFIX: &str = "never-init/";
 /// Catalog prefix marking a replica whose deletion started (finished at the next start).
 const RETIRING_PREFIX: &str = "retiring/";
 
+/// Most bytes of entries in one append to a follower (one entry may exceed it): a follower
+/// catching up gets many paced batches instead of a few huge ones that would hold up the
+/// heartbeats and writes sharing the connection.
+const REPLICATION_BATCH_BYTES: usize = 1 << 20;
+
 /// One Raft group hosted by this node.
 pub struct Group {
     pub id: GroupId,
@@ -86,7 +91,7 @@ impl GroupDeps {
             group_id,
             self.engine.clone(),
             self.flusher.clone(),
-            config.max_message_bytes / 2,
+            REPLICATION_BATCH_BYTES.min(config.max_message_bytes / 2),
         );
         self.tasks.spawn(run_purger(
             group_id,

@@ -41,9 +41,14 @@ pub struct Transport {
     connect_timeout: Duration,
     /// Largest gRPC message accepted or sent (snapshot chunks and append batches fit in it).
     max_message_bytes: usize,
-    /// Paces snapshot chunks sent by every group of this node (None = unlimited).
-    snapshot_pacer: Option<Pacer>,
+    /// Paces the catch-up traffic of every group of this node — snapshot chunks and large
+    /// append batches — to one byte rate (None = unlimited).
+    catch_up_pacer: Option<Pacer>,
 }
+
+/// Appends at least this large count as catch-up traffic (paced); replication of fresh
+/// writes sends far smaller batches.
+const CATCH_UP_APPEND_BYTES: usize = 256 << 10;
 
 /// Paces bytes to a rate shared by every caller: each send reserves its share of time
 /// after the previous reservation and waits until its slot starts.
@@ -62,14 +67,26 @@ impl Pacer {
 
     /// Waits until `bytes` may be sent at the configured rate.
     pub async fn pace(&self, bytes: usize) {
-        let start = {
+        let start = self.reserve(bytes).await;
+        tokio::time::sleep_until(start).await;
+    }
+
+    /// Like [`Pacer::pace`] but waits at most `max_wait` (the bytes still count against the
+    /// rate, so later senders wait longer): for RPCs whose deadline includes the wait.
+    pub async fn pace_at_most(&self, bytes: usize, max_wait: Duration) {
+        let start = self.reserve(bytes).await;
+        tokio::time::sleep_until(start.min(tokio::time::Instant::now() + max_wait)).await;
+    }
+
+    /// Reserves the next slot for `bytes`; returns when it starts.
+    async fn reserve(&self, bytes: usize) -> tokio::time::Instant {
+        {
             let mut next_free = self.next_free.lock().await;
             let now = tokio::time::Instant::now();
             let start = (*next_free).max(now);
             *next_free = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
             start
-        };
-        tokio::time::sleep_until(start).await;
+        }
     }
 }
 
@@ -86,7 +103,7 @@ impl Transport {
             channels: Mutex::new(HashMap::new()),
             connect_timeout,
             max_message_bytes,
-            snapshot_pacer: Pacer::new(snapshot_bytes_per_sec),
+            catch_up_pacer: Pacer::new(snapshot_bytes_per_sec),
         })
     }
 
@@ -212,6 +229,14 @@ impl Connection {
     {
         let payload = postcard::to_allocvec(request)
             .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
+        // A large append is a follower catching up (a new replica of a move, or one that was
+        // down): it shares the snapshot budget, so moves leave room for heartbeats and
+        // client writes. The wait is bounded: openraft's deadline for the RPC includes it.
+        if matches!(rpc, Rpc::Append) && payload.len() >= CATCH_UP_APPEND_BYTES {
+            if let Some(pacer) = &self.transport.catch_up_pacer {
+                pacer.pace_at_most(payload.len(), option.hard_ttl() / 2).await;
+            }
+        }
         let mut message = envelope(
             self.transport.cluster_id(),
             self.group,
@@ -269,7 +294,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        if let Some(pacer) = &self.transport.snapshot_pacer {
+        if let Some(pacer) = &self.transport.catch_up_pacer {
             pacer.pace(rpc.data.len()).await;
         }
         self.call(Rpc::Snapshot, &rpc, &option, 1).await
@@ -302,5 +327,26 @@ mod pacer_tests {
             "{waited:?}"
         );
         assert!(Pacer::new(0).is_none(), "0 means unlimited");
+    }
+
+    /// A bounded wait returns by its bound, yet the bytes still count: the next sender's
+    /// slot starts after them.
+    #[tokio::test(start_paused = true)]
+    async fn bounded_pacing_waits_at_most_its_bound() {
+        let pacer = Pacer::new(1_000_000).expect("limited");
+        let start = tokio::time::Instant::now();
+        pacer.pace(1_000_000).await;
+        pacer.pace_at_most(1_000_000, Duration::from_millis(100)).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(100),
+            "the first slot ends at 1 s; the bound is 100 ms"
+        );
+        pacer.pace(1).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(2),
+            "the bounded sender's bytes still took their slot"
+        );
     }
 }
