@@ -11,6 +11,7 @@
 //! | `q` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, DeleteRangeResult)` | de-duplication record of a delete-range |
 //! | `y` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `q` records |
 //! | `a` | postcard `LogId` | last applied log id |
+//! | `i` | postcard `(LogId, Vec<(key, Option<value>)>)` | the last applied entry's writes, recorded before they are made (see `apply.rs`) |
 //! | `m` | postcard `StoredMembership` | last applied membership |
 //! | `c` | postcard `ClusterConfig` | cluster configuration (system group only) |
 //!
@@ -40,6 +41,8 @@ pub(super) const RANGE_DEDUP_PREFIX: u8 = b'q';
 pub(super) const RANGE_EXPIRY_PREFIX: u8 = b'y';
 /// The last applied log id.
 pub(in crate::raft) const APPLIED_KEY: &[u8] = b"a";
+/// The writes of the entry being applied, recorded first (see `apply.rs`).
+pub(in crate::raft) const INTENT_KEY: &[u8] = b"i";
 /// The last applied membership.
 pub(in crate::raft) const MEMBERSHIP_KEY: &[u8] = b"m";
 /// The cluster configuration.
@@ -189,8 +192,8 @@ mod tests {
         assert!(sm_tree_name(GroupId::System, 0).starts_with(&sm_tree_prefix(GroupId::System)));
         assert_eq!(catalog_key(GroupId::Shard(3)), b"sm-generation/shard-3".to_vec());
         assert_eq!(
-            [APPLIED_KEY, MEMBERSHIP_KEY, CLUSTER_KEY],
-            [&b"a"[..], b"m", b"c"]
+            [APPLIED_KEY, INTENT_KEY, MEMBERSHIP_KEY, CLUSTER_KEY],
+            [&b"a"[..], b"i", b"m", b"c"]
         );
         assert_eq!(data_key(b"k"), b"dk".to_vec());
         assert_eq!(

@@ -93,10 +93,14 @@ impl GroupState {
             None => None,
         };
         let (cluster_tx, _) = watch::channel(cluster);
-        let applied: Option<LogId> = match tree.get(APPLIED_KEY)? {
+        let mut applied: Option<LogId> = match tree.get(APPLIED_KEY)? {
             Some(bytes) => Some(decode(tree.name(), &bytes)?),
             None => None,
         };
+        if let Some(finished) = apply::redo_intent(&tree, applied)? {
+            info!(group = %group, log_id = %finished, "finished applying an entry a crash interrupted");
+            applied = Some(finished);
+        }
         let (applied_tx, _) = watch::channel(applied);
         Ok(Arc::new(GroupState {
             group,
