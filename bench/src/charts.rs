@@ -68,13 +68,19 @@ pub fn throughput_charts(medians: &[RunResult]) -> Vec<PlotFile> {
         if ticks.len() < 2 {
             continue;
         }
-        let title = format!("{}: throughput vs clients (closed loop, median)", workload.describe());
+        let title = format!(
+            "{}: throughput vs clients (closed loop, median)",
+            workload.describe()
+        );
         let chart = Chart {
             title: title.clone(),
             x: Axis {
                 label: "outstanding operations (clients), log scale".into(),
                 scale: Scale::Log,
-                ticks: ticks.iter().map(|clients| (*clients as f64, clients.to_string())).collect(),
+                ticks: ticks
+                    .iter()
+                    .map(|clients| (*clients as f64, clients.to_string()))
+                    .collect(),
             },
             y: Axis::new("operations per second", Scale::Linear),
             series,

@@ -100,7 +100,8 @@ impl BenchConfig {
 
     /// The key choice of `workload` in this benchmark.
     pub fn distribution_of(&self, workload: Workload) -> Distribution {
-        self.distribution.unwrap_or_else(|| workload.default_distribution())
+        self.distribution
+            .unwrap_or_else(|| workload.default_distribution())
     }
 
     /// Refuses configurations that cannot run or would not mean anything.
@@ -112,7 +113,11 @@ impl BenchConfig {
         if self.clients.is_empty() && self.rates.is_empty() {
             return fail("give closed-loop client counts (--clients) or open-loop rates (--rates)".into());
         }
-        if let Some(clients) = self.clients.iter().find(|clients| !(1..=MAX_CLIENTS).contains(*clients)) {
+        if let Some(clients) = self
+            .clients
+            .iter()
+            .find(|clients| !(1..=MAX_CLIENTS).contains(*clients))
+        {
             return fail(format!("--clients {clients} is out of 1..={MAX_CLIENTS}"));
         }
         if self.rates.contains(&0) {
@@ -159,12 +164,48 @@ mod tests {
         BenchConfig::default().validate().expect("defaults");
         BenchConfig::for_test().validate().expect("for_test");
         let cases: Vec<(&str, BenchConfig)> = vec![
-            ("no workload", BenchConfig { workloads: vec![], ..BenchConfig::for_test() }),
-            ("zero clients", BenchConfig { clients: vec![0], ..BenchConfig::for_test() }),
-            ("zero duration", BenchConfig { duration_s: 0.0, ..BenchConfig::for_test() }),
-            ("zero rate", BenchConfig { rates: vec![0], ..BenchConfig::for_test() }),
-            ("odd shards", BenchConfig { shards: 3, ..BenchConfig::for_test() }),
-            ("no records", BenchConfig { records: 0, ..BenchConfig::for_test() }),
+            (
+                "no workload",
+                BenchConfig {
+                    workloads: vec![],
+                    ..BenchConfig::for_test()
+                },
+            ),
+            (
+                "zero clients",
+                BenchConfig {
+                    clients: vec![0],
+                    ..BenchConfig::for_test()
+                },
+            ),
+            (
+                "zero duration",
+                BenchConfig {
+                    duration_s: 0.0,
+                    ..BenchConfig::for_test()
+                },
+            ),
+            (
+                "zero rate",
+                BenchConfig {
+                    rates: vec![0],
+                    ..BenchConfig::for_test()
+                },
+            ),
+            (
+                "odd shards",
+                BenchConfig {
+                    shards: 3,
+                    ..BenchConfig::for_test()
+                },
+            ),
+            (
+                "no records",
+                BenchConfig {
+                    records: 0,
+                    ..BenchConfig::for_test()
+                },
+            ),
         ];
         for (index, (name, config)) in cases.iter().enumerate() {
             assert!(config.validate().is_err(), "case {index}: {name} accepted");

@@ -142,7 +142,16 @@ pub async fn run<T: Target>(
         let schedule = Schedule::new(spec.mode, worker, started);
         let histogram = new_histogram()?;
         tasks.spawn(async move {
-            run_worker(handle, generator, value, schedule, histogram, window_start, window_end).await
+            run_worker(
+                handle,
+                generator,
+                value,
+                schedule,
+                histogram,
+                window_start,
+                window_end,
+            )
+            .await
         });
     }
 
@@ -163,7 +172,9 @@ pub async fn run<T: Target>(
             total.ops += tally.ops;
             total.errors += tally.errors;
             let room = MAX_ERROR_SAMPLES.saturating_sub(total.error_samples.len());
-            total.error_samples.extend(tally.error_samples.into_iter().take(room));
+            total
+                .error_samples
+                .extend(tally.error_samples.into_iter().take(room));
             total
                 .latency_us
                 .add(&tally.latency_us)
@@ -288,7 +299,10 @@ pub async fn load<T: Target>(
             // Loader l writes records l, l + L, l + 2L, ... in chunks.
             let mine: Vec<u64> = (loader..records).step_by(loaders as usize).collect();
             for chunk in mine.chunks(LOAD_CHUNK_RECORDS as usize) {
-                let entries = chunk.iter().map(|index| (record_key(*index), value.clone())).collect();
+                let entries = chunk
+                    .iter()
+                    .map(|index| (record_key(*index), value.clone()))
+                    .collect();
                 handle.load(entries).await?;
             }
             Ok::<(), target::TargetError>(())

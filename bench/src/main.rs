@@ -16,7 +16,11 @@ use ringkv_bench::{BenchConfig, BenchError};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser, Debug)]
-#[command(name = "ringkv-bench", version, about = "Benchmarks ringkv side by side with etcd")]
+#[command(
+    name = "ringkv-bench",
+    version,
+    about = "Benchmarks ringkv side by side with etcd"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -129,7 +133,11 @@ impl CommonArgs {
     fn config(&self) -> BenchConfig {
         let defaults = BenchConfig::default();
         BenchConfig {
-            workloads: if self.workloads.is_empty() { defaults.workloads } else { self.workloads.clone() },
+            workloads: if self.workloads.is_empty() {
+                defaults.workloads
+            } else {
+                self.workloads.clone()
+            },
             distribution: self.distribution,
             clients: if self.clients.is_empty() && self.rates.is_empty() {
                 defaults.clients
@@ -222,7 +230,10 @@ async fn execute(cli: Cli) -> Result<(), BenchError> {
             }
         }
         Command::Compare(args) => {
-            let plans = [args.common.plan(SystemKind::Ringkv), args.common.plan(SystemKind::Etcd)];
+            let plans = [
+                args.common.plan(SystemKind::Ringkv),
+                args.common.plan(SystemKind::Etcd),
+            ];
             let dir = args
                 .out_dir
                 .clone()

@@ -17,7 +17,11 @@ pub fn utc_date(unix_s: u64) -> String {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
 }
@@ -74,7 +78,12 @@ pub fn readme_text(report: &Report, plots: &[PlotFile]) -> String {
     ));
     text.push_str("## Systems\n\n");
     for info in &report.systems {
-        text.push_str(&format!("- **{}**: {}; {}\n", info.system.name(), info.version, info.setup));
+        text.push_str(&format!(
+            "- **{}**: {}; {}\n",
+            info.system.name(),
+            info.version,
+            info.setup
+        ));
     }
     text.push_str("\n## Headline ratios\n\n");
     text.push_str(&ratio_table(&headline_ratios(&report.medians)));

@@ -167,7 +167,9 @@ pub fn format_number(value: f64) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 impl Chart {
@@ -175,8 +177,16 @@ impl Chart {
     pub fn render(&self) -> String {
         let plot_right = WIDTH - RIGHT;
         let plot_bottom = HEIGHT - BOTTOM;
-        let xs: Vec<f64> = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
-        let ys: Vec<f64> = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).collect();
+        let xs: Vec<f64> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .collect();
+        let ys: Vec<f64> = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .collect();
         let x_map = Mapping::new(&self.x, &xs, LEFT, plot_right);
         let y_map = Mapping::new(&self.y, &ys, plot_bottom, TOP);
         let mut svg = String::new();
@@ -191,7 +201,11 @@ impl Chart {
             (LEFT + plot_right) / 2.0,
             escape(&self.title)
         );
-        let x_ticks = if self.x.ticks.is_empty() { x_map.auto_ticks() } else { self.x.ticks.clone() };
+        let x_ticks = if self.x.ticks.is_empty() {
+            x_map.auto_ticks()
+        } else {
+            self.x.ticks.clone()
+        };
         for (value, label) in &x_ticks {
             let Some(x) = x_map.position(*value) else { continue };
             let _ = writeln!(
@@ -202,7 +216,11 @@ impl Chart {
                 escape(label)
             );
         }
-        let y_ticks = if self.y.ticks.is_empty() { y_map.auto_ticks() } else { self.y.ticks.clone() };
+        let y_ticks = if self.y.ticks.is_empty() {
+            y_map.auto_ticks()
+        } else {
+            self.y.ticks.clone()
+        };
         for (value, label) in &y_ticks {
             let Some(y) = y_map.position(*value) else { continue };
             let _ = writeln!(
@@ -241,7 +259,11 @@ impl Chart {
                 .filter_map(|(x, y)| Some((x_map.position(*x)?, y_map.position(*y)?)))
                 .collect();
             let path: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-            let dash = if series.dashed { r#" stroke-dasharray="6 4""# } else { "" };
+            let dash = if series.dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
             let _ = writeln!(
                 svg,
                 r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
@@ -299,7 +321,11 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("a &lt;title&gt;"));
         assert_eq!(svg.matches("<polyline").count(), 2);
-        assert_eq!(svg.matches("<circle").count(), 4, "the zero x is left out on a log axis");
+        assert_eq!(
+            svg.matches("<circle").count(),
+            4,
+            "the zero x is left out on a log axis"
+        );
         assert!(svg.contains(">64</text>") && svg.contains(">ringkv</text>") && svg.contains(">etcd</text>"));
     }
 

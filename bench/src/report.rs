@@ -115,7 +115,12 @@ pub struct RunResult {
 
 impl RunResult {
     /// The result of `measurement` of the run `key` on `servers`.
-    pub fn new(key: RunKey, repetition: u32, measurement: &Measurement, servers: &[ServerProcess]) -> RunResult {
+    pub fn new(
+        key: RunKey,
+        repetition: u32,
+        measurement: &Measurement,
+        servers: &[ServerProcess],
+    ) -> RunResult {
         let histogram = &measurement.latency_us;
         let measured_s = measurement.measured.as_secs_f64();
         let usage: Vec<ServerUsage> = servers
@@ -211,7 +216,8 @@ pub fn medians(runs: &[RunResult]) -> Vec<RunResult> {
             let median_ops = median(group.iter().map(|run| run.ops_per_s))?;
             let typical = group.iter().find(|run| run.ops_per_s == median_ops)?;
             let pick = |field: fn(&RunResult) -> u64| median(group.iter().map(|run| field(run))).unwrap_or(0);
-            let pick_f = |field: fn(&RunResult) -> Option<f64>| median(group.iter().filter_map(|run| field(run)));
+            let pick_f =
+                |field: fn(&RunResult) -> Option<f64>| median(group.iter().filter_map(|run| field(run)));
             Some(RunResult {
                 repetition: 0,
                 ops: pick(|run| run.ops),
@@ -308,7 +314,7 @@ pub fn markdown_table(results: &[RunResult]) -> String {
             result.errors,
             optional(result.server_cpu_s, |cpu| format!("{cpu:.1}")),
             optional(result.ops_per_server_cpu_s, thousands),
-            optional(result.write_bytes_per_op, |bytes| thousands(bytes)),
+            optional(result.write_bytes_per_op, thousands),
             optional(result.peak_rss_bytes.map(|bytes| bytes as f64), |bytes| {
                 format!("{:.0}", bytes / (1024.0 * 1024.0))
             }),
@@ -333,12 +339,12 @@ pub struct Ratio {
 }
 
 /// The closed-loop median of `system`, `workload` at `clients`.
-fn closed_cell<'a>(
-    medians: &'a [RunResult],
+fn closed_cell(
+    medians: &[RunResult],
     system: SystemKind,
     workload: Workload,
     clients: usize,
-) -> Option<&'a RunResult> {
+) -> Option<&RunResult> {
     medians.iter().find(|result| {
         result.key.system == system
             && result.key.workload == workload
@@ -346,32 +352,85 @@ fn closed_cell<'a>(
     })
 }
 
-/// The headline ratios ringkv/etcd (from the medians): puts/s and linearizable gets/s at
-/// 64 clients, 1-client put p50, put p99 at 64 clients, puts per server-CPU-second.
+/// One headline figure: which run, which number, how it reads.
+struct Headline {
+    what: &'static str,
+    workload: Workload,
+    clients: usize,
+    figure: fn(&RunResult) -> Option<f64>,
+    higher_is_better: bool,
+    format: fn(f64) -> String,
+}
+
+fn milliseconds(value: f64) -> String {
+    format!("{value:.2}")
+}
+
+/// The headline figures: puts/s and linearizable gets/s at 64 clients, 1-client put p50,
+/// put p99 at 64 clients, puts per server-CPU-second at 64 clients.
+const HEADLINES: [Headline; 5] = [
+    Headline {
+        what: "puts/s, 64 clients",
+        workload: Workload::Put,
+        clients: 64,
+        figure: |run| Some(run.ops_per_s),
+        higher_is_better: true,
+        format: thousands,
+    },
+    Headline {
+        what: "linearizable gets/s, 64 clients",
+        workload: Workload::Get,
+        clients: 64,
+        figure: |run| Some(run.ops_per_s),
+        higher_is_better: true,
+        format: thousands,
+    },
+    Headline {
+        what: "put p50, 1 client (ms)",
+        workload: Workload::Put,
+        clients: 1,
+        figure: |run| Some(run.latency.p50_us as f64 / 1000.0),
+        higher_is_better: false,
+        format: milliseconds,
+    },
+    Headline {
+        what: "put p99, 64 clients (ms)",
+        workload: Workload::Put,
+        clients: 64,
+        figure: |run| Some(run.latency.p99_us as f64 / 1000.0),
+        higher_is_better: false,
+        format: milliseconds,
+    },
+    Headline {
+        what: "puts per server-CPU-second, 64 clients",
+        workload: Workload::Put,
+        clients: 64,
+        figure: |run| run.ops_per_server_cpu_s,
+        higher_is_better: true,
+        format: thousands,
+    },
+];
+
+/// The headline ratios ringkv/etcd, from the medians: puts/s and linearizable gets/s at 64 clients,
+/// 1-client put p50, put p99 at 64 clients, puts per server-CPU-second at 64 clients.
 pub fn headline_ratios(medians: &[RunResult]) -> Vec<Ratio> {
-    type Figure = fn(&RunResult) -> Option<f64>;
-    let rows: [(&str, Workload, usize, Figure, bool, fn(f64) -> String); 5] = [
-        ("puts/s, 64 clients", Workload::Put, 64, |r| Some(r.ops_per_s), true, thousands),
-        ("linearizable gets/s, 64 clients", Workload::Get, 64, |r| Some(r.ops_per_s), true, thousands),
-        ("put p50, 1 client (ms)", Workload::Put, 1, |r| Some(r.latency.p50_us as f64 / 1000.0), false, |v| {
-            format!("{v:.2}")
-        }),
-        ("put p99, 64 clients (ms)", Workload::Put, 64, |r| Some(r.latency.p99_us as f64 / 1000.0), false, |v| {
-            format!("{v:.2}")
-        }),
-        ("puts per server-CPU-second, 64 clients", Workload::Put, 64, |r| r.ops_per_server_cpu_s, true, thousands),
-    ];
-    rows.iter()
-        .map(|(what, workload, clients, figure, higher_is_better, format)| {
-            let value = |system| closed_cell(medians, system, *workload, *clients).and_then(figure);
+    HEADLINES
+        .iter()
+        .map(|headline| {
+            let value = |system| {
+                closed_cell(medians, system, headline.workload, headline.clients).and_then(headline.figure)
+            };
             let ringkv = value(SystemKind::Ringkv);
             let etcd = value(SystemKind::Etcd);
             Ratio {
-                what: what.to_string(),
-                ringkv: ringkv.map_or_else(|| "—".into(), format),
-                etcd: etcd.map_or_else(|| "—".into(), format),
-                ratio: ringkv.zip(etcd).filter(|(_, etcd)| *etcd > 0.0).map(|(ringkv, etcd)| ringkv / etcd),
-                higher_is_better: *higher_is_better,
+                what: headline.what.to_string(),
+                ringkv: ringkv.map_or_else(|| "—".into(), headline.format),
+                etcd: etcd.map_or_else(|| "—".into(), headline.format),
+                ratio: ringkv
+                    .zip(etcd)
+                    .filter(|(_, etcd)| *etcd > 0.0)
+                    .map(|(ringkv, etcd)| ringkv / etcd),
+                higher_is_better: headline.higher_is_better,
             }
         })
         .collect()
@@ -379,15 +438,22 @@ pub fn headline_ratios(medians: &[RunResult]) -> Vec<Ratio> {
 
 /// The ratios as a markdown table.
 pub fn ratio_table(ratios: &[Ratio]) -> String {
-    let mut table = String::from("| figure | ringkv | etcd | ringkv / etcd |\n| --- | ---: | ---: | ---: |\n");
+    let mut table =
+        String::from("| figure | ringkv | etcd | ringkv / etcd |\n| --- | ---: | ---: | ---: |\n");
     for ratio in ratios {
-        let better = if ratio.higher_is_better { "higher is better" } else { "lower is better" };
+        let better = if ratio.higher_is_better {
+            "higher is better"
+        } else {
+            "lower is better"
+        };
         table.push_str(&format!(
             "| {} ({better}) | {} | {} | {} |\n",
             ratio.what,
             ratio.ringkv,
             ratio.etcd,
-            ratio.ratio.map_or_else(|| "—".into(), |ratio| format!("{ratio:.2}×")),
+            ratio
+                .ratio
+                .map_or_else(|| "—".into(), |ratio| format!("{ratio:.2}×")),
         ));
     }
     table
@@ -397,7 +463,13 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
 mod tests {
     use super::*;
 
-    fn result(system: SystemKind, workload: Workload, clients: usize, repetition: u32, ops_per_s: f64) -> RunResult {
+    fn result(
+        system: SystemKind,
+        workload: Workload,
+        clients: usize,
+        repetition: u32,
+        ops_per_s: f64,
+    ) -> RunResult {
         RunResult {
             key: RunKey {
                 system,
@@ -454,7 +526,10 @@ mod tests {
         assert_eq!(ratios[0].ratio, Some(0.25));
         assert_eq!(ratios[1].ratio, None);
         let table = ratio_table(&ratios);
-        assert!(table.contains("| puts/s, 64 clients (higher is better) | 1,000 | 4,000 | 0.25× |"), "{table}");
+        assert!(
+            table.contains("| puts/s, 64 clients (higher is better) | 1,000 | 4,000 | 0.25× |"),
+            "{table}"
+        );
     }
 
     /// Thousands separators.

@@ -75,7 +75,8 @@ impl Progress {
                 "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} runs  eta {eta}  {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar());
-            let bar = ProgressBar::with_draw_target(Some(runs), ProgressDrawTarget::stderr()).with_style(style);
+            let bar =
+                ProgressBar::with_draw_target(Some(runs), ProgressDrawTarget::stderr()).with_style(style);
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         } else {
@@ -113,7 +114,9 @@ pub fn modes(config: &BenchConfig) -> Vec<LoopMode> {
     config
         .clients
         .iter()
-        .map(|clients| LoopMode::Closed { outstanding: *clients })
+        .map(|clients| LoopMode::Closed {
+            outstanding: *clients,
+        })
         .chain(config.rates.iter().map(|rate| LoopMode::Open {
             rate_per_s: *rate,
             workers: config.open_loop_workers,
@@ -223,7 +226,14 @@ async fn measure<T: Target>(
         config.value_bytes
     ));
     let loaded_at = tokio::time::Instant::now();
-    driver::load(target, system.name(), &keys, config.value_bytes, config.load_concurrency).await?;
+    driver::load(
+        target,
+        system.name(),
+        &keys,
+        config.value_bytes,
+        config.load_concurrency,
+    )
+    .await?;
     running.check_running()?;
     progress.note(format!(
         "{}: loaded in {:.1} s",

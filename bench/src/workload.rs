@@ -23,7 +23,9 @@ pub const ZIPFIAN_THETA: f64 = 0.99;
 pub const MAX_SCAN_RECORDS: u32 = 100;
 
 /// A benchmark workload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// 100% put (uniform keys).
@@ -76,7 +78,9 @@ impl Mix {
 }
 
 /// How keys are chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Distribution {
     /// Scrambled zipfian, constant 0.99 (YCSB's default).
@@ -243,7 +247,11 @@ impl Zipfian {
         debug_assert!(items >= 1, "a zipfian needs at least one item");
         debug_assert!(theta > 0.0 && theta < 1.0, "theta out of (0, 1)");
         let items = items.max(1);
-        let zeta = |count: u64| (1..=count).map(|rank| 1.0 / (rank as f64).powf(theta)).sum::<f64>();
+        let zeta = |count: u64| {
+            (1..=count)
+                .map(|rank| 1.0 / (rank as f64).powf(theta))
+                .sum::<f64>()
+        };
         let zeta_n = zeta(items);
         let zeta_2 = zeta(2);
         let eta = (1.0 - (2.0 / items as f64).powf(1.0 - theta)) / (1.0 - zeta_2 / zeta_n);
@@ -411,7 +419,10 @@ mod tests {
             }
         }
         let expected = f64::from(draws) / zipfian.zeta_n;
-        assert!((f64::from(zeros) - expected).abs() < expected * 0.1, "{zeros} vs {expected}");
+        assert!(
+            (f64::from(zeros) - expected).abs() < expected * 0.1,
+            "{zeros} vs {expected}"
+        );
     }
 
     /// Inserts take fresh record numbers; `latest` reads favour the newest records.

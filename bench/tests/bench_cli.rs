@@ -22,9 +22,27 @@ fn bench() -> tokio::process::Command {
 /// to `json`, data under `work_dir`.
 fn tiny_run(system: &str, duration_s: &str, json: &Path, work_dir: &Path) -> Vec<String> {
     [
-        "run", "--system", system, "--workloads", "put,get,a", "--clients", "2", "--records", "50",
-        "--warmup-s", "0.2", "--duration-s", duration_s, "--repetitions", "1", "--connections", "1",
-        "--shards", "4", "--load-concurrency", "4",
+        "run",
+        "--system",
+        system,
+        "--workloads",
+        "put,get,a",
+        "--clients",
+        "2",
+        "--records",
+        "50",
+        "--warmup-s",
+        "0.2",
+        "--duration-s",
+        duration_s,
+        "--repetitions",
+        "1",
+        "--connections",
+        "1",
+        "--shards",
+        "4",
+        "--load-concurrency",
+        "4",
     ]
     .iter()
     .map(|arg| arg.to_string())
@@ -63,9 +81,15 @@ fn check_report(json: &Path, system: &str) -> usize {
         let latency = &run["latency"];
         let [p50, p99, p999, max] = ["p50_us", "p99_us", "p999_us", "max_us"]
             .map(|field| latency[field].as_u64().expect("percentile"));
-        assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "run {index}: {latency}");
+        assert!(
+            0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max,
+            "run {index}: {latency}"
+        );
         assert!(max < 60_000_000, "run {index}: {latency}");
-        assert!(run["server_cpu_s"].as_f64().expect("server cpu") > 0.0, "run {index}");
+        assert!(
+            run["server_cpu_s"].as_f64().expect("server cpu") > 0.0,
+            "run {index}"
+        );
         assert!(run["ops_per_s"].as_f64().expect("ops/s") > 0.0, "run {index}");
     }
     runs.len()
@@ -86,7 +110,10 @@ async fn ringkv_run_reports_sane_results() {
     let output = run_to_end(&tiny_run("ringkv", "1.5", &json, &work_dir)).await;
     assert_eq!(check_report(&json, "ringkv"), 3);
     let table = String::from_utf8_lossy(&output.stdout);
-    assert!(table.contains("| ringkv | put | uniform | closed | 2 |"), "{table}");
+    assert!(
+        table.contains("| ringkv | put | uniform | closed | 2 |"),
+        "{table}"
+    );
     assert_empty(&work_dir);
 }
 

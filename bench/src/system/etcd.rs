@@ -44,7 +44,12 @@ async fn version(etcd: &Path) -> Result<String, BenchError> {
         .await
         .map_err(BenchError::io(format!("running {} --version", etcd.display())))?;
     let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text.lines().next().unwrap_or("etcd (unknown version)").trim().to_string())
+    Ok(text
+        .lines()
+        .next()
+        .unwrap_or("etcd (unknown version)")
+        .trim()
+        .to_string())
 }
 
 /// `count` distinct loopback ports that were free a moment ago.
@@ -76,9 +81,9 @@ pub async fn start(etcd: &Path, parent: &Path) -> Result<RunningSystem, BenchErr
         .join(",");
     let token = format!("ringkv-bench-{}", std::process::id());
     let mut endpoints = Vec::new();
-    for index in 0..members {
+    for (index, client_port) in client_ports.iter().enumerate() {
         let name = format!("m{}", index + 1);
-        let client_url = format!("http://127.0.0.1:{}", client_ports[index]);
+        let client_url = format!("http://127.0.0.1:{client_port}");
         let launch = Launch::new(format!("etcd {name}"), etcd)
             .args(["--name", name.as_str(), "--data-dir"])
             .arg(dir.join(&name))
@@ -87,11 +92,16 @@ pub async fn start(etcd: &Path, parent: &Path) -> Result<RunningSystem, BenchErr
             .args(["--listen-peer-urls", peer_url(index).as_str()])
             .args(["--initial-advertise-peer-urls", peer_url(index).as_str()])
             .args(["--initial-cluster", initial_cluster.as_str()])
-            .args(["--initial-cluster-state", "new", "--initial-cluster-token", token.as_str()])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                token.as_str(),
+            ])
             .args(["--logger", "zap", "--log-level", "warn"])
             .log(dir.join(format!("{name}.log")));
         started.spawn(launch)?;
-        endpoints.push(format!("127.0.0.1:{}", client_ports[index]));
+        endpoints.push(format!("127.0.0.1:{client_port}"));
     }
     for endpoint in &endpoints {
         let what = format!("etcd at {endpoint} to answer a linearizable read");
@@ -100,7 +110,10 @@ pub async fn start(etcd: &Path, parent: &Path) -> Result<RunningSystem, BenchErr
     let info = SystemInfo {
         system: SystemKind::Etcd,
         version,
-        setup: format!("{MEMBERS} members on loopback, default settings, {}", etcd.display()),
+        setup: format!(
+            "{MEMBERS} members on loopback, default settings, {}",
+            etcd.display()
+        ),
     };
     Ok(started.into_system(info, endpoints))
 }

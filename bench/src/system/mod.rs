@@ -27,7 +27,9 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Which system.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SystemKind {
     /// ringkv, through its router.
@@ -176,7 +178,10 @@ fn fresh_dir(parent: &std::path::Path, kind: SystemKind) -> Result<tempfile::Tem
     tempfile::Builder::new()
         .prefix(&format!("ringkv-bench-{}-", kind.name()))
         .tempdir_in(parent)
-        .map_err(BenchError::io(format!("creating a data directory in {}", parent.display())))
+        .map_err(BenchError::io(format!(
+            "creating a data directory in {}",
+            parent.display()
+        )))
 }
 
 /// Waits until `probe` succeeds, failing early when a process exits; the last probe

@@ -8,7 +8,9 @@ use ringkv_client::{Client, ClientConfig};
 use ringkv_launcher::binaries::{env_bin_dir, executable_dir, is_release_build, Binaries, BIN_DIR_ENV};
 use ringkv_launcher::{cluster, Launch};
 
-use super::{fresh_dir, wait_until_serving, RunningSystem, Started, SystemInfo, SystemKind, MEMBERS, STARTUP_TIMEOUT};
+use super::{
+    fresh_dir, wait_until_serving, RunningSystem, Started, SystemInfo, SystemKind, MEMBERS, STARTUP_TIMEOUT,
+};
 use crate::BenchError;
 
 /// Deadline of one node status call while waiting for leaders.
@@ -24,9 +26,7 @@ pub fn locate_binaries(bin_dir: Option<&Path>) -> Result<Binaries, BenchError> {
     };
     Ok(Binaries::find(
         &dirs,
-        &format!(
-            "build them with `cargo build --release --bins` (or pass --bin-dir, or set {BIN_DIR_ENV})"
-        ),
+        &format!("build them with `cargo build --release --bins` (or pass --bin-dir, or set {BIN_DIR_ENV})"),
     )?)
 }
 
@@ -64,7 +64,9 @@ pub async fn start(binaries: &Binaries, shards: u32, parent: &Path) -> Result<Ru
             .arg(&router_addr_file)
             .log(dir.join("router.log")),
     )?;
-    let router_addr = router.wait_for_addr_file(&router_addr_file, STARTUP_TIMEOUT).await?;
+    let router_addr = router
+        .wait_for_addr_file(&router_addr_file, STARTUP_TIMEOUT)
+        .await?;
     let probe_config = ClientConfig::builder()
         .request_timeout(STATUS_TIMEOUT)
         .max_attempts(1)

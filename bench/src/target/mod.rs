@@ -30,8 +30,11 @@ pub trait Target: Clone + Send + Sync + 'static {
     fn for_worker(&self, worker: usize) -> Self;
 
     /// Reads `key`; whether it was found.
-    fn get(&self, key: Vec<u8>, consistency: Consistency)
-        -> impl Future<Output = Result<bool, TargetError>> + Send;
+    fn get(
+        &self,
+        key: Vec<u8>,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<bool, TargetError>> + Send;
 
     /// Writes `value` under `key`.
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> impl Future<Output = Result<(), TargetError>> + Send;

@@ -61,7 +61,11 @@ impl Target for RingkvTarget {
     async fn scan(&self, start: Vec<u8>, records: u32) -> Result<usize, TargetError> {
         let page = self
             .client()
-            .scan(&KeyRange::starting_at(start), &ScanOptions::new().limit(records), None)
+            .scan(
+                &KeyRange::starting_at(start),
+                &ScanOptions::new().limit(records),
+                None,
+            )
             .await?;
         Ok(page.entries.len())
     }
