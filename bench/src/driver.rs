@@ -93,6 +93,9 @@ pub struct Measurement {
     pub measured: Duration,
     /// Each server's counters at the window's start and end.
     pub usage: Vec<(ProcSample, ProcSample)>,
+    /// CPU seconds this load generator used in the window (it shares the machine with the
+    /// servers).
+    pub client_cpu_s: f64,
 }
 
 /// One worker's tally.
@@ -155,10 +158,16 @@ pub async fn run<T: Target>(
         });
     }
 
+    let me = ServerProcess {
+        name: "ringkv-bench".into(),
+        pid: std::process::id(),
+    };
     tokio::time::sleep_until(window_start).await;
     let before = procstat::sample_all(servers)?;
+    let client_before = procstat::sample(&me)?;
     tokio::time::sleep_until(window_end).await;
     let after = procstat::sample_all(servers)?;
+    let client_after = procstat::sample(&me)?;
 
     let mut total = Tally {
         ops: 0,
@@ -199,6 +208,7 @@ pub async fn run<T: Target>(
         latency_us: total.latency_us,
         measured: spec.duration,
         usage: before.into_iter().zip(after).collect(),
+        client_cpu_s: (client_after.cpu_s - client_before.cpu_s).max(0.0),
     })
 }
 

@@ -286,7 +286,16 @@ async fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            let mut message = format!("error: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !message.contains(&cause_text) {
+                    message.push_str(&format!(": {cause_text}"));
+                }
+                source = cause.source();
+            }
+            eprintln!("{message}");
             match err {
                 BenchError::Usage(_) => ExitCode::from(2),
                 BenchError::Interrupted(_) => ExitCode::from(130),

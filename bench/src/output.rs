@@ -93,7 +93,8 @@ pub fn readme_text(report: &Report, plots: &[PlotFile]) -> String {
         "\nServer CPU is user + system time of every server process (ringkv: 3 nodes and the \
          router; etcd: 3 members) during the measured window, from `/proc/<pid>/stat`; bytes \
          written are `/proc/<pid>/io` `write_bytes`; peak RSS is the sum of the processes' \
-         `VmHWM`. Latency is measured from each operation's intended start.\n",
+         `VmHWM`; bench CPU s is the load generator's own CPU time in the window (it shares the \
+         machine with the servers). Latency is measured from each operation's intended start.\n",
     );
     if !plots.is_empty() {
         text.push_str("\n## Plots\n\n");

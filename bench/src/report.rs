@@ -111,6 +111,9 @@ pub struct RunResult {
     pub write_bytes_per_op: Option<f64>,
     /// Sum of the servers' peak resident sets, bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// CPU seconds the load generator used in the window.
+    #[serde(default)]
+    pub client_cpu_s: f64,
 }
 
 impl RunResult {
@@ -164,6 +167,7 @@ impl RunResult {
             ops_per_server_cpu_s: server_cpu_s.filter(|cpu| *cpu > 0.0).map(|cpu| ops as f64 / cpu),
             write_bytes_per_op: written.filter(|_| ops > 0).map(|bytes| bytes as f64 / ops as f64),
             peak_rss_bytes,
+            client_cpu_s: measurement.client_cpu_s,
         }
     }
 }
@@ -234,6 +238,7 @@ pub fn medians(runs: &[RunResult]) -> Vec<RunResult> {
                 server_cpu_s: pick_f(|run| run.server_cpu_s),
                 ops_per_server_cpu_s: pick_f(|run| run.ops_per_server_cpu_s),
                 write_bytes_per_op: pick_f(|run| run.write_bytes_per_op),
+                client_cpu_s: median(group.iter().map(|run| run.client_cpu_s)).unwrap_or(0.0),
                 ..(*typical).clone()
             })
         })
@@ -294,13 +299,13 @@ pub fn loop_label(mode: LoopMode) -> String {
 pub fn markdown_table(results: &[RunResult]) -> String {
     let mut table = String::from(
         "| system | workload | keys | loop | clients | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors \
-         | server CPU s | ops per server-CPU-s | bytes written per op | peak RSS MiB |\n\
-         | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         | server CPU s | ops per server-CPU-s | bytes written per op | peak RSS MiB | bench CPU s |\n\
+         | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for result in results {
         let key = &result.key;
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
             key.system.name(),
             key.workload.describe(),
             key.distribution.name(),
@@ -318,6 +323,7 @@ pub fn markdown_table(results: &[RunResult]) -> String {
             optional(result.peak_rss_bytes.map(|bytes| bytes as f64), |bytes| {
                 format!("{:.0}", bytes / (1024.0 * 1024.0))
             }),
+            result.client_cpu_s,
         ));
     }
     table
@@ -493,6 +499,7 @@ mod tests {
             ops_per_server_cpu_s: Some(ops_per_s),
             write_bytes_per_op: None,
             peak_rss_bytes: None,
+            client_cpu_s: 1.0,
         }
     }
 

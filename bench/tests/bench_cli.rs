@@ -133,30 +133,59 @@ async fn etcd_run_reports_sane_results() {
     assert_empty(&work_dir);
 }
 
-/// Ctrl-C while the servers run stops them and deletes their data; the exit code is 130.
+/// Processes whose command line mentions `dir` (the servers started with data there).
+fn processes_using(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some(cmdline)
+        })
+        .collect()
+}
+
+/// Ctrl-C during a measured run stops the servers and deletes their data; the exit code
+/// is 130 and no results are written.
 #[tokio::test]
 async fn interrupt_cleans_up() {
+    use tokio::io::AsyncBufReadExt;
+
     let scratch = tempfile::tempdir().expect("temp dir");
     let work_dir = scratch.path().join("work");
     let json = scratch.path().join("results.json");
     let args = tiny_run("ringkv", "60", &json, &work_dir);
     let mut child = bench()
         .args(&args)
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    // Wait for the system's data directory to appear, then for the servers to be busy.
-    let started = tokio::time::timeout(RUN_TIMEOUT, async {
-        while std::fs::read_dir(&work_dir).map_or(true, |mut entries| entries.next().is_none()) {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!("ringkv-bench exited early ({status})");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    // The load phase ends just before the first measured run starts.
+    let loaded = tokio::time::timeout(RUN_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if line.contains("loaded in") {
+                return true;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        false
     })
     .await;
-    assert!(started.is_ok(), "no data directory appeared");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(loaded, Ok(true), "the load phase did not finish");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!processes_using(&work_dir).is_empty(), "no server runs");
     let pid = libc::pid_t::try_from(child.id().expect("pid")).expect("pid fits");
     // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
@@ -166,5 +195,10 @@ async fn interrupt_cleans_up() {
         .expect("wait");
     assert_eq!(status.code(), Some(130), "{status}");
     assert_empty(&work_dir);
+    assert_eq!(
+        processes_using(&work_dir),
+        Vec::<String>::new(),
+        "servers outlived the tool"
+    );
     assert!(!json.exists(), "an interrupted run writes no results");
 }
