@@ -68,8 +68,8 @@ pub struct RunningSystem {
     pub endpoints: Vec<String>,
     /// The server processes whose usage is measured.
     pub servers: Vec<ServerProcess>,
-    processes: Vec<Process>,
-    data_dir: Option<tempfile::TempDir>,
+    /// What the tool started (`None` for an external system).
+    started: Option<Started>,
 }
 
 impl RunningSystem {
@@ -90,42 +90,29 @@ impl RunningSystem {
                     pid: *pid,
                 })
                 .collect(),
-            processes: Vec::new(),
-            data_dir: None,
+            started: None,
         }
     }
 
     /// Fails, with the end of its log, when a started process has exited.
     pub fn check_running(&mut self) -> Result<(), BenchError> {
-        for process in &mut self.processes {
-            process.check_running()?;
+        match &mut self.started {
+            Some(started) => started.check_running(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Stops the processes (SIGTERM, then SIGKILL after a grace period) and deletes the
     /// data directory.
     pub async fn shutdown(mut self) {
-        for process in self.processes.iter_mut().rev() {
-            let _ = process.signal(libc::SIGTERM);
-        }
-        let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        for process in self.processes.iter_mut().rev() {
-            if tokio::time::timeout_at(deadline, process.wait()).await.is_err() {
-                let _ = process.kill();
-            }
-        }
-        self.processes.clear();
-        if let Some(dir) = self.data_dir.take() {
-            let path = dir.path().display().to_string();
-            if let Err(err) = dir.close() {
-                eprintln!("warning: cannot delete {path}: {err}");
-            }
+        if let Some(started) = self.started.take() {
+            started.shutdown().await;
         }
     }
 }
 
-/// Builds a system from processes started in `data_dir`.
+/// Processes started in a data directory; dropping it kills them and deletes the data.
+#[derive(Debug)]
 struct Started {
     data_dir: tempfile::TempDir,
     processes: Vec<Process>,
@@ -161,13 +148,31 @@ impl Started {
         Ok(())
     }
 
-    fn into_system(self, info: SystemInfo, endpoints: Vec<String>) -> RunningSystem {
+    /// SIGTERM to every process (the last started first), SIGKILL to those still running
+    /// after [`STOP_GRACE`]; then the data directory is deleted.
+    async fn shutdown(mut self) {
+        for process in self.processes.iter_mut().rev() {
+            let _ = process.signal(libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        for process in self.processes.iter_mut().rev() {
+            if tokio::time::timeout_at(deadline, process.wait()).await.is_err() {
+                let _ = process.kill();
+            }
+        }
+        self.processes.clear();
+        let path = self.data_dir.path().display().to_string();
+        if let Err(err) = self.data_dir.close() {
+            eprintln!("warning: cannot delete {path}: {err}");
+        }
+    }
+
+    fn into_system(mut self, info: SystemInfo, endpoints: Vec<String>) -> RunningSystem {
         RunningSystem {
             info,
             endpoints,
-            servers: self.servers,
-            processes: self.processes,
-            data_dir: Some(self.data_dir),
+            servers: std::mem::take(&mut self.servers),
+            started: Some(self),
         }
     }
 }
