@@ -330,3 +330,115 @@ pub async fn load<T: Target>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::workload::Consistency;
+
+    /// A target whose every operation takes `latency`, except operation number `stall_op`,
+    /// which takes `stall`.
+    #[derive(Clone)]
+    struct FakeTarget {
+        latency: Duration,
+        stall_op: u64,
+        stall: Duration,
+        started_ops: Arc<AtomicU64>,
+    }
+
+    impl FakeTarget {
+        fn new(latency_ms: u64, stall_op: u64, stall_ms: u64) -> FakeTarget {
+            FakeTarget {
+                latency: Duration::from_millis(latency_ms),
+                stall_op,
+                stall: Duration::from_millis(stall_ms),
+                started_ops: Arc::new(AtomicU64::new(0)),
+            }
+        }
+
+        async fn operation(&self) {
+            let number = self.started_ops.fetch_add(1, Ordering::Relaxed);
+            let took = if number == self.stall_op {
+                self.stall
+            } else {
+                self.latency
+            };
+            tokio::time::sleep(took).await;
+        }
+    }
+
+    impl Target for FakeTarget {
+        fn for_worker(&self, _worker: usize) -> Self {
+            self.clone()
+        }
+
+        async fn get(&self, _key: Vec<u8>, _consistency: Consistency) -> Result<bool, target::TargetError> {
+            self.operation().await;
+            Ok(true)
+        }
+
+        async fn put(&self, _key: Vec<u8>, _value: Vec<u8>) -> Result<(), target::TargetError> {
+            self.operation().await;
+            Ok(())
+        }
+
+        async fn scan(&self, _start: Vec<u8>, records: u32) -> Result<usize, target::TargetError> {
+            self.operation().await;
+            Ok(records as usize)
+        }
+    }
+
+    fn spec(mode: LoopMode, warmup_ms: u64, duration_ms: u64) -> RunSpec {
+        RunSpec {
+            workload: Workload::Put,
+            distribution: Distribution::Uniform,
+            mode,
+            warmup: Duration::from_millis(warmup_ms),
+            duration: Duration::from_millis(duration_ms),
+            value_bytes: 8,
+            seed: 1,
+        }
+    }
+
+    /// Closed loop: N workers each keep one operation in flight, so a 1 s window of 1 ms
+    /// operations counts about N × 1000; warm-up operations are not counted.
+    #[tokio::test(start_paused = true)]
+    async fn closed_loop_counts_the_window_only() {
+        let target = FakeTarget::new(1, u64::MAX, 0);
+        let keys = KeySpace::new(10);
+        let mode = LoopMode::Closed { outstanding: 4 };
+        let measured = run(&target, &keys, &spec(mode, 500, 1000), &[])
+            .await
+            .expect("run");
+        assert!((3990..=4000).contains(&measured.ops), "{}", measured.ops);
+        assert_eq!(measured.errors, 0);
+        let p50 = measured.latency_us.value_at_quantile(0.5);
+        assert!((1000..=1100).contains(&p50), "{p50}");
+    }
+
+    /// Open loop: one operation stalls 300 ms; the operations meant to start during the
+    /// stall (and the backlog drained after it) are measured from their intended start, so
+    /// about 30 of them show the wait (a closed loop, or an open loop timing from the actual
+    /// send, would show one).
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_has_no_coordinated_omission() {
+        // 100 ops/s on one worker: one every 10 ms; operation 50 (at 0.5 s) stalls.
+        let target = FakeTarget::new(1, 50, 300);
+        let keys = KeySpace::new(10);
+        let mode = LoopMode::Open {
+            rate_per_s: 100,
+            workers: 1,
+        };
+        let measured = run(&target, &keys, &spec(mode, 0, 1000), &[]).await.expect("run");
+        assert!((98..=100).contains(&measured.ops), "{}", measured.ops);
+        let delayed = measured.latency_us.count_between(20_000, MAX_LATENCY_US);
+        assert!((28..=35).contains(&delayed), "{delayed} operations saw the stall");
+        let max = measured.latency_us.max();
+        assert!((300_000..=302_000).contains(&max), "{max}");
+        let p50 = measured.latency_us.value_at_quantile(0.5);
+        assert!(p50 < 2_000, "{p50}");
+    }
+}
