@@ -238,6 +238,13 @@ async fn execute(cli: Cli) -> Result<(), BenchError> {
                 .out_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("docs/benchmarks").join(utc_date(now_unix_s())));
+            // Checked before the (long) run: recorded results are never overwritten.
+            if dir.join("results.json").exists() {
+                return Err(BenchError::Usage(format!(
+                    "{} already holds results; pass another --out-dir or remove them",
+                    dir.display()
+                )));
+            }
             let report = benchmark(&args.common, &plans).await?;
             println!("{}", ratio_table(&headline_ratios(&report.medians)));
             println!("{}", markdown_table(&report.medians));
