@@ -267,8 +267,10 @@ async fn measure<T: Target>(
                 value_bytes: config.value_bytes,
                 seed: config.seed.wrapping_add(u64::from(repetition) << 32),
             };
-            let measurement = driver::run(target, &keys, &spec, &running.servers).await?;
+            let measurement = driver::run(target, &keys, &spec, &running.servers).await;
+            // A server that died explains a failed run better than the run's own error.
             running.check_running()?;
+            let measurement = measurement?;
             let result = RunResult::new(key, repetition, &measurement, &running.servers);
             progress.finish_run(format!(
                 "{label}: {} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",

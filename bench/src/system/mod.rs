@@ -114,9 +114,10 @@ impl RunningSystem {
 /// Processes started in a data directory; dropping it kills them and deletes the data.
 #[derive(Debug)]
 struct Started {
-    data_dir: tempfile::TempDir,
+    // Fields drop in order: the processes are killed before their data is deleted.
     processes: Vec<Process>,
     servers: Vec<ServerProcess>,
+    data_dir: tempfile::TempDir,
 }
 
 impl Started {
