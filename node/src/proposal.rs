@@ -85,8 +85,12 @@ pub async fn propose(
 const QUEUE_CAPACITY: usize = 1024;
 /// Most writes in one entry.
 const MAX_WRITES_PER_ENTRY: usize = 256;
-/// Entries of one shard being committed at once (pipelining).
-const MAX_INFLIGHT_ENTRIES: usize = 2;
+/// Entries of one shard being committed at once. One: while an entry commits, the next
+/// one gathers every write that arrives, so per-entry costs (replication RPCs, fdatasyncs,
+/// the apply's fixed records) are shared by more writes. Measured against 2 (3 nodes, 16
+/// shards, 64 clients, 2 cores): 1,178 → 2,084 puts/s, p50 54 → 30 ms, and 25% more puts
+/// per server CPU-second; a single client's latency is unchanged.
+const MAX_INFLIGHT_ENTRIES: usize = 1;
 
 type Reply = oneshot::Sender<Result<Vec<WriteOpResult>, NodeError>>;
 
