@@ -53,6 +53,7 @@ impl Node {
     /// Proposes `command` to `group` and waits until it is committed and applied.
     pub async fn propose(&self, group: &Group, command: Command) -> Result<CommandResult, NodeError> {
         let timeout_ms = self.config().write_timeout_ms;
+        group.hibernation.touch();
         // A leader transfer holds the gate while the target catches up and campaigns.
         let gate = group.leadership.gate();
         let _open = gate.read().await;
@@ -62,6 +63,9 @@ impl Node {
     /// Waits until a read on `group` at this moment would be linearizable (ReadIndex).
     pub async fn ensure_linearizable(&self, group: &Group) -> Result<(), NodeError> {
         let timeout_ms = self.config().write_timeout_ms;
+        // The check runs its own heartbeat round, asleep or not; waking restarts the quiet
+        // period so a read-only group keeps its heartbeats (and fast failover).
+        group.hibernation.touch();
         let check = tokio::time::timeout(
             Duration::from_millis(timeout_ms),
             group.raft.ensure_linearizable(),
@@ -105,6 +109,7 @@ impl Node {
         let batcher = group.batcher.as_ref().ok_or_else(|| {
             NodeError::InvalidArgument(format!("{} does not take key-value writes", group.id))
         })?;
+        group.hibernation.touch();
         batcher
             .write(WriteCommand {
                 request_id,
