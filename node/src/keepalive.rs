@@ -148,21 +148,16 @@ impl Driver {
                 continue;
             };
             hosted.insert(shard);
-            let (seen, fingerprint, applied, peers) = {
+            let (seen, fingerprint) = {
                 let metrics = group.raft.metrics();
                 let metrics = metrics.borrow();
-                (
-                    observe(me, &metrics, claimed.contains(&shard)),
-                    fingerprint(&metrics),
-                    metrics.last_applied.map_or(0, |log_id| log_id.index),
-                    voter_addrs(me, &metrics),
-                )
+                (observe(me, &metrics, claimed.contains(&shard)), fingerprint(&metrics))
             };
             if self.fingerprints.insert(shard, fingerprint) != Some(fingerprint) {
                 group.hibernation.touch();
             }
             let settings = &self.settings;
-            group.hibernation.step(|sleep| {
+            let listed_term = group.hibernation.step(|sleep| {
                 if late {
                     sleep.extend(now, settings.sleep_lease);
                 }
@@ -171,8 +166,16 @@ impl Driver {
                 let effect = if observed == Effect::None { expired } else { observed };
                 (sleep.listed_term(), effect)
             });
-            let Some(term) = group.hibernation.get().listed_term() else {
+            let Some(term) = listed_term else {
                 continue;
+            };
+            let (applied, peers) = {
+                let metrics = group.raft.metrics();
+                let metrics = metrics.borrow();
+                (
+                    metrics.last_applied.map_or(0, |log_id| log_id.index),
+                    voter_addrs(me, &metrics),
+                )
             };
             for (peer, addr) in &peers {
                 keepalives
@@ -258,6 +261,13 @@ impl Driver {
 /// How the driver sees a group: leading, term, settled (see `hibernation.rs`).
 fn observe(me: NodeId, metrics: &RaftMetrics, claimed: bool) -> Observation {
     let leading = metrics.state == ServerState::Leader && metrics.current_leader == Some(me);
+    if !leading {
+        return Observation {
+            leading,
+            term: metrics.current_term,
+            settled: false,
+        };
+    }
     let membership = metrics.membership_config.membership();
     let uniform = membership.get_joint_config().len() == 1;
     let no_learners = membership.learner_ids().next().is_none();

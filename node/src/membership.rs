@@ -17,6 +17,9 @@
 //!   is settled, one shard leadership per pass moves from the node leading most to a voter
 //!   leading fewest (`transfer.rs`), until every active node leads within one of every other.
 //!
+//! While nothing is pending a pass runs only every `QUIET_PASS_EVERY` intervals (or at once
+//! on a new ring epoch): each pass fetches every replica's status from every member.
+//!
 //! Every decision is a ring change with the epoch it was decided on: if the ring moved
 //! meanwhile the change is rejected and decided again next time.
 
@@ -43,6 +46,13 @@ const BALANCE_REST: Duration = Duration::from_secs(10);
 
 /// Most status polls in flight at once.
 const MAX_POLLS: usize = 16;
+
+/// While nothing is pending (every member answered, every shard settled, leaders balanced,
+/// no ring change), a full pass — a status of every replica of every member — runs only
+/// every this many intervals, or at once when the ring epoch changes. Gossip keeps the
+/// members' liveness in between. (Polling 1024-replica statuses every second was a large
+/// part of an idle node's CPU.)
+const QUIET_PASS_EVERY: u64 = 10;
 
 /// What the shard leaders reported about one shard.
 #[derive(Debug, Clone, Default)]
@@ -199,6 +209,17 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
     // cost an election every pass.
     let mut balance_after = Instant::now();
     let mut was_leader = false;
+    // Quiet passes to skip, and the epoch the last pass saw (see `QUIET_PASS_EVERY`).
+    let dead_after = Duration::from_millis(node.config().dead_node_timeout_ms);
+    let quiet_skip = if dead_after.is_zero() {
+        QUIET_PASS_EVERY - 1
+    } else {
+        // Never let a skipped stretch take more than a quarter of the dead-node timeout.
+        let quarter = (dead_after / 4).as_millis() as u64 / interval.as_millis().max(1) as u64;
+        quarter.min(QUIET_PASS_EVERY - 1)
+    };
+    let mut skip = 0;
+    let mut seen_epoch = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -207,8 +228,15 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
         let leader = node.system_group().raft.metrics().borrow().state == ServerState::Leader;
         if !leader {
             was_leader = false;
+            skip = 0;
             continue;
         }
+        let epoch = node.watch_cluster().borrow().as_ref().map(|config| config.epoch);
+        if skip > 0 && epoch == seen_epoch {
+            skip -= 1;
+            continue;
+        }
+        seen_epoch = epoch;
         if !was_leader {
             // A new leader gives every member a full timeout before declaring it dead.
             last_heard.clear();
@@ -218,11 +246,23 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             outcome = pass(&node, &liveness, &mut last_heard, &mut balance_after) => outcome,
         };
-        if let Err(err) = outcome {
-            debug!(%err, "membership pass did not finish; will retry");
-        }
+        skip = match outcome {
+            Ok(Pass::Quiet) => quiet_skip,
+            Ok(Pass::Busy) => 0,
+            Err(err) => {
+                debug!(%err, "membership pass did not finish; will retry");
+                0
+            }
+        };
     }
     debug!("membership manager stopped");
+}
+
+/// Whether a pass found anything pending.
+enum Pass {
+    /// Every member answered, every shard is settled, leaders are balanced, no ring change.
+    Quiet,
+    Busy,
 }
 
 async fn pass(
@@ -230,9 +270,9 @@ async fn pass(
     liveness: &LivenessView,
     last_heard: &mut HashMap<NodeId, Instant>,
     balance_after: &mut Instant,
-) -> Result<(), NodeError> {
+) -> Result<Pass, NodeError> {
     let Some(config) = node.watch_cluster().borrow().clone() else {
-        return Ok(());
+        return Ok(Pass::Busy);
     };
     let ring = Ring::new(config.ring, config.members.clone())
         .map_err(|err| NodeError::InvalidArgument(format!("committed ring is invalid: {err}")))?;
@@ -292,29 +332,41 @@ async fn pass(
             kind,
         });
         node.propose(&node.system_group(), command).await?;
-        return Ok(());
+        return Ok(Pass::Busy);
     }
-    if node.config().balance_leaders
-        && Instant::now() >= *balance_after
-        && views.len() == ring.shard_count() as usize
-        && unsettled_shards(&ring, &views).is_empty()
-    {
-        if let Err(err) = balance_leaders(node, &config, &ring, &views, &statuses).await {
-            warn!(%err, "leader move failed; the balancer rests for {BALANCE_REST:?}");
-            *balance_after = Instant::now() + BALANCE_REST;
+    let everyone_answered = config
+        .members
+        .iter()
+        .filter(|member| !member.state.is_gone())
+        .all(|member| statuses.iter().any(|status| status.node_id == member.node_id));
+    let settled = views.len() == ring.shard_count() as usize && unsettled_shards(&ring, &views).is_empty();
+    let mut balanced = true;
+    if node.config().balance_leaders && Instant::now() >= *balance_after && settled {
+        match balance_leaders(node, &config, &ring, &views, &statuses).await {
+            Ok(moved) => balanced = !moved,
+            Err(err) => {
+                warn!(%err, "leader move failed; the balancer rests for {BALANCE_REST:?}");
+                *balance_after = Instant::now() + BALANCE_REST;
+                balanced = false;
+            }
         }
     }
-    Ok(())
+    Ok(if everyone_answered && settled && balanced {
+        Pass::Quiet
+    } else {
+        Pass::Busy
+    })
 }
 
-/// Moves one shard leadership toward an even spread over the active members that answered.
+/// Moves one shard leadership toward an even spread over the active members that answered;
+/// false when none needed to move.
 async fn balance_leaders(
     node: &Node,
     config: &ClusterConfig,
     ring: &Ring,
     views: &HashMap<u32, ShardView>,
     statuses: &[v1::NodeStatusResponse],
-) -> Result<(), NodeError> {
+) -> Result<bool, NodeError> {
     let active: Vec<NodeId> = ring
         .members()
         .filter(|member| member.state == MemberState::Active)
@@ -334,7 +386,7 @@ async fn balance_leaders(
         })
         .collect();
     let Some(step) = next_leader_move(&shards, &active) else {
-        return Ok(());
+        return Ok(false);
     };
     info!(
         shard = step.shard,
@@ -344,7 +396,7 @@ async fn balance_leaders(
     );
     if step.from == node.node_id() {
         node.transfer_leader(step.shard, step.to).await?;
-        return Ok(());
+        return Ok(true);
     }
     let addr = config
         .members
@@ -360,7 +412,7 @@ async fn balance_leaders(
         addr: &addr,
     };
     node.transfer_leader_at(leader, step.shard, step.to).await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Every member's status (this node's own without an RPC), unreachable ones left out.

@@ -97,7 +97,9 @@ impl Default for RouterConfig {
         RouterConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
             seed_nodes: Vec::new(),
-            refresh_interval_ms: 500,
+            // A fallback only (gossip and requests trigger refreshes): each poll costs every
+            // node a status of all its replicas, which dominated an idle node's CPU.
+            refresh_interval_ms: 2_000,
             gossip_interval_ms: 500,
             default_request_timeout_ms: 5_000,
             max_request_timeout_ms: 60_000,
