@@ -15,8 +15,9 @@
 //!    every voter has the whole log, everything applied, no move or transfer claims the
 //!    shard). Still heartbeating, but listed in keep-alives so followers stop their election
 //!    timers first.
-//! 3. **Asleep**: once a quorum of voters (the leader included) accepted one keep-alive
-//!    listing the group, the leader turns its ticks off. Any activity wakes it at once
+//! 3. **Asleep**: once one keep-alive round listing the group was accepted by a quorum of
+//!    voters (the leader included) and by every voter gossip does not declare dead, the
+//!    leader turns its ticks off. Any activity wakes it at once
 //!    (ticks on; the next tick heartbeats). A follower that refuses the group wakes it too.
 //!
 //! A follower accepts a listed group only from the leader it follows, in that term, once it

@@ -11,8 +11,10 @@
 //!    gossip declares dead, wakes;
 //! 2. sends each peer one `Raft.KeepAlive` listing the drowsy and sleeping groups led here in
 //!    which the peer votes (at most one call per peer, each bounded by the interval);
-//! 3. tells each listed group how its round went: a quorum of acceptances puts a drowsy
-//!    leader to sleep, a refusal wakes it.
+//! 3. tells each listed group how its round went: a drowsy leader sleeps once every voter
+//!    accepted, except voters gossip declares dead (and at least a quorum did); a refusal
+//!    wakes it. A voter that is down thus keeps its groups awake only until gossip declares
+//!    it dead; one that is slow to answer never finds itself without heartbeats.
 //!
 //! Worst-case failover of a sleeping group whose leader's node dies (defaults: keep-alive
 //! 1 s, election timeout 1–2 s, heartbeat 250 ms): the followers' lease of three intervals
@@ -204,15 +206,18 @@ impl Driver {
             };
             let mut accepted = 0;
             let mut refused = false;
+            let mut live_silent = false;
             for voter in &entry.voters {
                 match replies.get(voter) {
                     _ if *voter == me => accepted += 1,
                     Some(Some(refusals)) if refusals.contains(&shard) => refused = true,
                     Some(Some(_)) => accepted += 1,
-                    _ => {}
+                    // A voter that did not answer but is not known dead may be alive with its
+                    // election timer running: without heartbeats it would campaign.
+                    _ => live_silent |= !dead.contains(voter),
                 }
             }
-            let quorum = accepted * 2 > entry.voters.len();
+            let quorum = accepted * 2 > entry.voters.len() && !live_silent;
             entry
                 .group
                 .hibernation
