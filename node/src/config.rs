@@ -172,7 +172,9 @@ impl NodeConfig {
             return fail("keepalive_interval_ms must be between 50 and 60000".to_string());
         }
         if self.hibernate_after_ms != 0 && self.hibernate_after_ms < self.keepalive_interval_ms {
-            return fail("hibernate_after_ms must be 0 (never) or at least keepalive_interval_ms".to_string());
+            return fail(
+                "hibernate_after_ms must be 0 (never) or at least keepalive_interval_ms".to_string(),
+            );
         }
         if self.snapshot_logs_since_last == 0 {
             return fail("snapshot_logs_since_last must be positive".to_string());

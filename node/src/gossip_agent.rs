@@ -135,7 +135,11 @@ fn announcement(node: &Node) -> NodeAnnouncement {
         replicas,
         leaders: leaders.len() as u64,
     };
-    let ring_epoch = node.watch_cluster().borrow().as_ref().map_or(0, |config| config.epoch);
+    let ring_epoch = node
+        .watch_cluster()
+        .borrow()
+        .as_ref()
+        .map_or(0, |config| config.epoch);
     NodeAnnouncement {
         node_id: node.node_id(),
         addr: node.addr().to_string(),

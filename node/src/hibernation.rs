@@ -69,7 +69,9 @@ impl Settings {
             hibernate_after: (hibernate_after_ms > 0).then(|| Duration::from_millis(hibernate_after_ms)),
             keepalive_interval,
             sleep_lease: keepalive_interval * Self::MISSED_KEEPALIVES,
-            max_jitter: Duration::from_millis(election_timeout_max_ms.saturating_sub(election_timeout_min_ms)),
+            max_jitter: Duration::from_millis(
+                election_timeout_max_ms.saturating_sub(election_timeout_min_ms),
+            ),
         }
     }
 
@@ -99,7 +101,11 @@ pub enum SleepState {
     /// Led here: ticks off, listed in keep-alives.
     LeaderAsleep { term: u64 },
     /// Follows `leader` in `term`: ticks off until `until` unless a keep-alive renews it.
-    FollowerAsleep { leader: NodeId, term: u64, until: Instant },
+    FollowerAsleep {
+        leader: NodeId,
+        term: u64,
+        until: Instant,
+    },
 }
 
 /// What the caller must do to the group's Raft timers.
@@ -189,7 +195,9 @@ impl Sleep {
             SleepState::FollowerAsleep { .. } if !seen.leading => Effect::None,
             SleepState::FollowerAsleep { .. } => self.wake(now),
             _ if !seen.leading || !seen.settled => self.wake(now),
-            SleepState::Drowsy { term } | SleepState::LeaderAsleep { term } if term != seen.term => self.wake(now),
+            SleepState::Drowsy { term } | SleepState::LeaderAsleep { term } if term != seen.term => {
+                self.wake(now)
+            }
             SleepState::Drowsy { .. } | SleepState::LeaderAsleep { .. } => Effect::None,
             SleepState::Awake => {
                 let quiet = now.saturating_duration_since(self.last_active);
@@ -336,7 +344,10 @@ mod tests {
         assert_eq!(sleep.round_outcome(start + SECOND, 3, false, false), Effect::None);
         assert_eq!(sleep.round_outcome(start + SECOND, 2, true, false), Effect::None);
         assert_eq!(sleep.state(), SleepState::Drowsy { term: 3 });
-        assert_eq!(sleep.round_outcome(start + SECOND, 3, true, false), Effect::TickOff);
+        assert_eq!(
+            sleep.round_outcome(start + SECOND, 3, true, false),
+            Effect::TickOff
+        );
         assert_eq!(sleep.state(), SleepState::LeaderAsleep { term: 3 });
         assert!(sleep.is_asleep());
         let later = start + 5 * SECOND;
@@ -393,7 +404,10 @@ mod tests {
                     )
                 }),
             ),
-            ("refused", Box::new(|sleep| sleep.round_outcome(at, 4, true, true))),
+            (
+                "refused",
+                Box::new(|sleep| sleep.round_outcome(at, 4, true, true)),
+            ),
             ("role change", Box::new(|sleep| sleep.role_changed(at))),
         ];
         for (index, (name, step)) in cases.iter().enumerate() {
@@ -434,7 +448,11 @@ mod tests {
         assert_eq!(sleep.accept(1, 7, start + lease), (true, Effect::TickOff));
         assert!(sleep.is_asleep());
         assert_eq!(sleep.touch(start), Effect::None);
-        assert_eq!(sleep.accept(1, 7, start + 2 * lease), (true, Effect::None), "renewed");
+        assert_eq!(
+            sleep.accept(1, 7, start + 2 * lease),
+            (true, Effect::None),
+            "renewed"
+        );
         assert_eq!(sleep.expire(start + lease, |_| false), Effect::None);
         assert_eq!(
             sleep.observe(
@@ -449,12 +467,24 @@ mod tests {
             Effect::None,
             "the driver's pass leaves a follower alone"
         );
-        assert_eq!(sleep.expire(start + 2 * lease, |_| false), Effect::TickOn, "lease over");
+        assert_eq!(
+            sleep.expire(start + 2 * lease, |_| false),
+            Effect::TickOn,
+            "lease over"
+        );
         assert_eq!(sleep.state(), SleepState::Awake);
 
         sleep.accept(1, 7, start + 10 * lease);
-        assert_eq!(sleep.expire(start, |leader| leader == 2), Effect::None, "another node died");
-        assert_eq!(sleep.expire(start, |leader| leader == 1), Effect::TickOn, "its leader died");
+        assert_eq!(
+            sleep.expire(start, |leader| leader == 2),
+            Effect::None,
+            "another node died"
+        );
+        assert_eq!(
+            sleep.expire(start, |leader| leader == 1),
+            Effect::TickOn,
+            "its leader died"
+        );
     }
 
     /// A replica that thinks it leads refuses to sleep as a follower; one that becomes the

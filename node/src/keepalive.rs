@@ -153,7 +153,10 @@ impl Driver {
             let (seen, fingerprint) = {
                 let metrics = group.raft.metrics();
                 let metrics = metrics.borrow();
-                (observe(me, &metrics, claimed.contains(&shard)), fingerprint(&metrics))
+                (
+                    observe(me, &metrics, claimed.contains(&shard)),
+                    fingerprint(&metrics),
+                )
             };
             if self.fingerprints.insert(shard, fingerprint) != Some(fingerprint) {
                 group.hibernation.touch();
@@ -165,7 +168,11 @@ impl Driver {
                 }
                 let expired = sleep.expire(now, |leader| dead.contains(&leader));
                 let observed = sleep.observe(now, seen, settings);
-                let effect = if observed == Effect::None { expired } else { observed };
+                let effect = if observed == Effect::None {
+                    expired
+                } else {
+                    observed
+                };
                 (sleep.listed_term(), effect)
             });
             let Some(term) = listed_term else {
@@ -279,9 +286,15 @@ fn observe(me: NodeId, metrics: &RaftMetrics, claimed: bool) -> Observation {
     let last = metrics.last_log_index;
     let applied = metrics.last_applied.map(|log_id| log_id.index);
     let replicated = metrics.replication.as_ref().is_some_and(|replication| {
-        membership
-            .voter_ids()
-            .all(|voter| voter == me || replication.get(&voter).copied().flatten().map(|log_id| log_id.index) == last)
+        membership.voter_ids().all(|voter| {
+            voter == me
+                || replication
+                    .get(&voter)
+                    .copied()
+                    .flatten()
+                    .map(|log_id| log_id.index)
+                    == last
+        })
     });
     Observation {
         leading,

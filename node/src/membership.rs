@@ -17,8 +17,7 @@
 //!   is settled, one shard leadership per pass moves from the node leading most to a voter
 //!   leading fewest (`transfer.rs`), until every active node leads within one of every other.
 //!
-//! While nothing is pending a pass runs only every `QUIET_PASS_EVERY` intervals (or at once
-//! on a new ring epoch): each pass fetches every replica's status from every member.
+//! While nothing is pending, passes space out (`pacing.rs`).
 //!
 //! Every decision is a ring change with the epoch it was decided on: if the ring moved
 //! meanwhile the change is rejected and decided again next time.
@@ -37,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::error::NodeError;
 use crate::gossip_agent::LivenessView;
 use crate::node::Node;
+use crate::pacing::QuietPacer;
 use crate::peers::Peer;
 use crate::raft::types::{ClusterConfig, Command, NodeId, RingChange, RingChangeKind};
 use crate::transfer::{next_leader_move, LedShard};
@@ -46,13 +46,6 @@ const BALANCE_REST: Duration = Duration::from_secs(10);
 
 /// Most status polls in flight at once.
 const MAX_POLLS: usize = 16;
-
-/// While nothing is pending (every member answered, every shard settled, leaders balanced,
-/// no ring change), a full pass — a status of every replica of every member — runs only
-/// every this many intervals, or at once when the ring epoch changes. Gossip keeps the
-/// members' liveness in between. (Polling 1024-replica statuses every second was a large
-/// part of an idle node's CPU.)
-const QUIET_PASS_EVERY: u64 = 10;
 
 /// What the shard leaders reported about one shard.
 #[derive(Debug, Clone, Default)]
@@ -209,17 +202,8 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
     // cost an election every pass.
     let mut balance_after = Instant::now();
     let mut was_leader = false;
-    // Quiet passes to skip, and the epoch the last pass saw (see `QUIET_PASS_EVERY`).
-    let dead_after = Duration::from_millis(node.config().dead_node_timeout_ms);
-    let quiet_skip = if dead_after.is_zero() {
-        QUIET_PASS_EVERY - 1
-    } else {
-        // Never let a skipped stretch take more than a quarter of the dead-node timeout.
-        let quarter = (dead_after / 4).as_millis() as u64 / interval.as_millis().max(1) as u64;
-        quarter.min(QUIET_PASS_EVERY - 1)
-    };
-    let mut skip = 0;
-    let mut seen_epoch = None;
+    let config = node.config();
+    let mut pacer = QuietPacer::for_duty(config.membership_interval_ms, config.dead_node_timeout_ms);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -228,15 +212,12 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
         let leader = node.system_group().raft.metrics().borrow().state == ServerState::Leader;
         if !leader {
             was_leader = false;
-            skip = 0;
+            pacer.reset();
             continue;
         }
-        let epoch = node.watch_cluster().borrow().as_ref().map(|config| config.epoch);
-        if skip > 0 && epoch == seen_epoch {
-            skip -= 1;
+        if !pacer.should_run(node.watch_cluster().borrow().as_ref().map(|config| config.epoch)) {
             continue;
         }
-        seen_epoch = epoch;
         if !was_leader {
             // A new leader gives every member a full timeout before declaring it dead.
             last_heard.clear();
@@ -246,23 +227,10 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             outcome = pass(&node, &liveness, &mut last_heard, &mut balance_after) => outcome,
         };
-        skip = match outcome {
-            Ok(Pass::Quiet) => quiet_skip,
-            Ok(Pass::Busy) => 0,
-            Err(err) => {
-                debug!(%err, "membership pass did not finish; will retry");
-                0
-            }
-        };
+        let quiet = outcome.inspect_err(|err| debug!(%err, "membership pass did not finish; will retry"));
+        pacer.ran(quiet.unwrap_or(false));
     }
     debug!("membership manager stopped");
-}
-
-/// Whether a pass found anything pending.
-enum Pass {
-    /// Every member answered, every shard is settled, leaders are balanced, no ring change.
-    Quiet,
-    Busy,
 }
 
 async fn pass(
@@ -270,9 +238,10 @@ async fn pass(
     liveness: &LivenessView,
     last_heard: &mut HashMap<NodeId, Instant>,
     balance_after: &mut Instant,
-) -> Result<Pass, NodeError> {
+) -> Result<bool, NodeError> {
+    // Ok(true): quiet — every member answered, every shard settled, leaders balanced.
     let Some(config) = node.watch_cluster().borrow().clone() else {
-        return Ok(Pass::Busy);
+        return Ok(false);
     };
     let ring = Ring::new(config.ring, config.members.clone())
         .map_err(|err| NodeError::InvalidArgument(format!("committed ring is invalid: {err}")))?;
@@ -332,7 +301,7 @@ async fn pass(
             kind,
         });
         node.propose(&node.system_group(), command).await?;
-        return Ok(Pass::Busy);
+        return Ok(false);
     }
     let everyone_answered = config
         .members
@@ -351,11 +320,7 @@ async fn pass(
             }
         }
     }
-    Ok(if everyone_answered && settled && balanced {
-        Pass::Quiet
-    } else {
-        Pass::Busy
-    })
+    Ok(everyone_answered && settled && balanced)
 }
 
 /// Moves one shard leadership toward an even spread over the active members that answered;

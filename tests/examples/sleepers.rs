@@ -13,7 +13,10 @@ async fn main() -> anyhow::Result<()> {
             .max_decoding_message_size(64 << 20);
         let status = admin.node_status(v1::NodeStatusRequest {}).await?.into_inner();
         let shards: Vec<&v1::ReplicaInfo> = status.replicas.iter().filter(|r| r.shard_id.is_some()).collect();
-        let leaders = shards.iter().filter(|r| r.role() == v1::ReplicaRole::Leader).count();
+        let leaders = shards
+            .iter()
+            .filter(|r| r.role() == v1::ReplicaRole::Leader)
+            .count();
         let asleep = shards.iter().filter(|r| r.hibernating).count();
         println!(
             "node {} ({addr}): {} shard replicas, {leaders} leaders, {asleep} hibernating",

@@ -51,9 +51,11 @@ async fn all_asleep(cluster: &Cluster, shard: u32) -> anyhow::Result<bool> {
 }
 
 async fn wait_asleep(cluster: &Cluster, shard: u32) -> anyhow::Result<()> {
-    wait_until(&format!("every replica of shard {shard} to hibernate"), WAIT, || async {
-        all_asleep(cluster, shard).await.ok().filter(|asleep| *asleep)
-    })
+    wait_until(
+        &format!("every replica of shard {shard} to hibernate"),
+        WAIT,
+        || async { all_asleep(cluster, shard).await.ok().filter(|asleep| *asleep) },
+    )
     .await?;
     Ok(())
 }
@@ -82,7 +84,11 @@ async fn sleeping_group_serves_writes_and_linearizable_reads() -> anyhow::Result
     let started = Instant::now();
     let got = client.get(&key).await?.context("the key is still there")?;
     assert_eq!(got.version, version);
-    assert!(started.elapsed() < PROMPT, "read on a sleeping group took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < PROMPT,
+        "read on a sleeping group took {:?}",
+        started.elapsed()
+    );
     wait_asleep(&cluster, shard).await?;
     Ok(())
 }

@@ -4,8 +4,8 @@
 //! starts.
 //!
 //! A pass runs whenever the committed configuration changes and every `RECONCILE_INTERVAL`
-//! (`QUIET_RECONCILE_INTERVAL` after a pass with nothing to do)
-//! (to retry what failed, e.g. a shard initialisation while a peer was down).
+//! (to retry what failed, e.g. a shard initialisation while a peer was down), or every
+//! `QUIET_RECONCILE_INTERVAL` after a pass with nothing to do.
 //!
 //! Shutdown: [`Reconciler::shutdown`] stops the loop and every move or check it started
 //! (each watches the same cancellation token) and waits for them.
