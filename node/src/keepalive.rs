@@ -18,10 +18,11 @@
 //!
 //! Worst-case failover of a sleeping group whose leader's node dies (defaults: keep-alive
 //! 1 s, election timeout 1–2 s, heartbeat 250 ms): the followers' lease of three intervals
-//! (3 s) plus the jitter (≤ 1 s) plus the driver's pass (≤ 1 s), then openraft's next tick
-//! (≤ 375 ms) starts the election at once (no heartbeat was heard for long); a split vote
-//! costs one more election timeout (≤ 2 s). About 5.4 s, 7.4 s with a split vote, against
-//! about 4.4 s for an awake group. Gossip declaring the node dead earlier wakes them earlier.
+//! (3 s) plus the jitter (≤ 1 s) plus the driver's period (≤ 2 s: a pause and a round whose
+//! keep-alives time out), then openraft's next tick (≤ 375 ms) starts the election at once
+//! (no heartbeat was heard for long); a split vote costs one more election timeout (≤ 2 s).
+//! About 6.4 s, 8.4 s with a split vote, against about 4.4 s for an awake group; typically
+//! 3–4 s. Gossip declaring the node dead earlier wakes them earlier.
 //!
 //! Shutdown: [`Hibernator::shutdown`] stops the loop (a round in flight is dropped).
 
@@ -89,18 +90,18 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
         settings,
         fingerprints: HashMap::new(),
     };
-    let mut last_pass = Instant::now();
     loop {
+        let asleep_since = Instant::now();
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(settings.keepalive_interval) => {}
         }
-        let now = Instant::now();
-        // A pass far behind its schedule means this process could not watch the time (it
-        // was paused, or starved): give sleeping followers a fresh lease rather than wake
-        // every group at once for a silence that was ours.
-        let late = now.saturating_duration_since(last_pass) > settings.keepalive_interval * 2;
-        last_pass = now;
+        // A sleep that overran by a whole interval means this process could not watch the
+        // time (it was paused, or starved): give sleeping followers a fresh lease rather than
+        // wake every group at once for a silence that was ours. (Only the sleep is timed: a
+        // pass that waited on a peer's keep-alive is not lateness, or an unreachable peer
+        // would keep its followers' leases alive.)
+        let late = asleep_since.elapsed() > settings.keepalive_interval * 2;
         tokio::select! {
             _ = cancel.cancelled() => break,
             () = driver.pass(&liveness, late) => {}
