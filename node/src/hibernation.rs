@@ -376,7 +376,8 @@ mod tests {
             sleep
         };
         let at = start + 2 * SECOND;
-        let cases: [(&str, Box<dyn Fn(&mut Sleep) -> Effect>); 5] = [
+        type Case<'a> = (&'static str, Box<dyn Fn(&mut Sleep) -> Effect + 'a>);
+        let cases: [Case<'_>; 5] = [
             (
                 "lost leadership",
                 Box::new(|sleep| {
