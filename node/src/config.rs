@@ -94,7 +94,11 @@ impl Default for NodeConfig {
             advertise_addr: None,
             data_dir: PathBuf::from("ringkv-data"),
             cluster_id: None,
-            heartbeat_interval_ms: 250,
+            // openraft ticks every 1.5 heartbeat intervals per group, sleeping or not (its tick
+            // task only skips the tick): at 1000s of groups those timers are most of an idle
+            // node's CPU. Followers wait the lease (election_timeout_max) plus an election
+            // timeout after the last heartbeat, so 500 ms still leaves 6+ heartbeats of slack.
+            heartbeat_interval_ms: 500,
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
             hibernate_after_ms: 5_000,

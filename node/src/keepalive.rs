@@ -17,12 +17,12 @@
 //!    it dead; one that is slow to answer never finds itself without heartbeats.
 //!
 //! Worst-case failover of a sleeping group whose leader's node dies (defaults: keep-alive
-//! 1 s, election timeout 1–2 s, heartbeat 250 ms): the followers' lease of three intervals
+//! 1 s, election timeout 1–2 s, heartbeat 500 ms): the followers' lease of three intervals
 //! (3 s) plus the jitter (≤ 1 s) plus the driver's period (≤ 2 s: a pause and a round whose
-//! keep-alives time out), then openraft's next tick (≤ 375 ms) starts the election at once
+//! keep-alives time out), then openraft's next tick (≤ 750 ms) starts the election at once
 //! (no heartbeat was heard for long); a split vote costs one more election timeout (≤ 2 s).
-//! About 6.4 s, 8.4 s with a split vote, against about 4.4 s for an awake group; typically
-//! 3–4 s. Gossip declaring the node dead earlier wakes them earlier.
+//! About 6.8 s, 8.8 s with a split vote, against about 4.8 s for an awake group (lease 2 s +
+//! election timeout + tick); typically 3–4 s. Gossip declaring the node dead earlier wakes them earlier.
 //!
 //! Shutdown: [`Hibernator::shutdown`] stops the loop (a round in flight is dropped).
 
