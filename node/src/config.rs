@@ -26,6 +26,13 @@ pub struct NodeConfig {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout.
     pub election_timeout_max_ms: u64,
+    /// A shard group led here that saw no proposal, read or membership change for this long
+    /// (and is fully replicated) hibernates: its Raft timers stop, and keep-alives between
+    /// nodes stand in for its heartbeats (0 = never hibernate). See `hibernation.rs`.
+    pub hibernate_after_ms: u64,
+    /// How often a node sends each peer the keep-alive of the sleeping groups it leads. A
+    /// sleeping follower wakes (and may campaign) after three intervals without one.
+    pub keepalive_interval_ms: u64,
     /// Build a snapshot of a group after this many log entries since the last one.
     pub snapshot_logs_since_last: u64,
     /// Log entries kept after a snapshot (lagging followers within this catch up from the log).
@@ -88,9 +95,15 @@ impl Default for NodeConfig {
             advertise_addr: None,
             data_dir: PathBuf::from("ringkv-data"),
             cluster_id: None,
-            heartbeat_interval_ms: 250,
+            // openraft ticks every 1.5 heartbeat intervals per group, sleeping or not (its tick
+            // task only skips the tick): at 1000s of groups those timers are most of an idle
+            // node's CPU. Followers wait the lease (election_timeout_max) plus an election
+            // timeout after the last heartbeat, so 500 ms still leaves 6+ heartbeats of slack.
+            heartbeat_interval_ms: 500,
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
+            hibernate_after_ms: 5_000,
+            keepalive_interval_ms: 1_000,
             snapshot_logs_since_last: 10_000,
             logs_to_keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
@@ -131,6 +144,8 @@ impl NodeConfig {
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
+            hibernate_after_ms: 2_000,
+            keepalive_interval_ms: 200,
             ..NodeConfig::default()
         }
     }
@@ -157,6 +172,14 @@ impl NodeConfig {
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return fail("election_timeout_max_ms must exceed election_timeout_min_ms".to_string());
+        }
+        if !(50..=60_000).contains(&self.keepalive_interval_ms) {
+            return fail("keepalive_interval_ms must be between 50 and 60000".to_string());
+        }
+        if self.hibernate_after_ms != 0 && self.hibernate_after_ms < self.keepalive_interval_ms {
+            return fail(
+                "hibernate_after_ms must be 0 (never) or at least keepalive_interval_ms".to_string(),
+            );
         }
         if self.snapshot_logs_since_last == 0 {
             return fail("snapshot_logs_since_last must be positive".to_string());

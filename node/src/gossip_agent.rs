@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use ringkv_gossip::announcement::CLUSTER_NAME;
 use ringkv_gossip::{Announcement, Gossip, GossipConfig, LeaderClaim, Liveness, Load, NodeAnnouncement};
-use ringkv_proto::v1::ReplicaRole;
 use ringkv_ring::MemberState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -122,20 +121,11 @@ async fn start_gossip(
 
 /// What this node announces.
 fn announcement(node: &Node) -> NodeAnnouncement {
-    let status = node.status();
-    let mut leaders = Vec::new();
-    let mut replicas = 0u64;
-    for replica in &status.replicas {
-        if let Some(shard_id) = replica.shard_id {
-            replicas += 1;
-            if replica.role() == ReplicaRole::Leader {
-                leaders.push(LeaderClaim {
-                    shard_id,
-                    term: replica.term,
-                });
-            }
-        }
-    }
+    let (led, replicas) = node.led_shards();
+    let leaders: Vec<LeaderClaim> = led
+        .into_iter()
+        .map(|(shard_id, term)| LeaderClaim { shard_id, term })
+        .collect();
     let ring = node.ring();
     let draining = ring
         .as_ref()
@@ -145,11 +135,16 @@ fn announcement(node: &Node) -> NodeAnnouncement {
         replicas,
         leaders: leaders.len() as u64,
     };
+    let ring_epoch = node
+        .watch_cluster()
+        .borrow()
+        .as_ref()
+        .map_or(0, |config| config.epoch);
     NodeAnnouncement {
         node_id: node.node_id(),
         addr: node.addr().to_string(),
-        cluster_id: status.cluster_id.clone(),
-        ring_epoch: status.ring.as_ref().map_or(0, |ring| ring.epoch),
+        cluster_id: node.cluster_id().unwrap_or_default(),
+        ring_epoch,
         leaders,
         load,
         draining,

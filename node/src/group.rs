@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::hibernation::Hibernation;
 use crate::proposal::{BatcherSettings, WriteBatcher};
 use crate::raft::flusher::Flusher;
 use crate::raft::log_store::{wal_group, LogStore};
@@ -55,6 +56,8 @@ pub struct Group {
     pub leadership: Arc<Leadership>,
     /// Stops this group's background tasks (purger, batcher) when the replica is deleted.
     pub cancel: CancellationToken,
+    /// Whether the group sleeps (timers off) while quiet; see `hibernation.rs`.
+    pub hibernation: Arc<Hibernation>,
 }
 
 /// What opening a group needs; shared by every group of the node.
@@ -111,9 +114,11 @@ impl GroupDeps {
         .await
         .map_err(|fatal| NodeError::Fatal(fatal.to_string()))?;
         let leadership = Arc::new(Leadership::default());
+        let hibernation = Arc::new(Hibernation::new(raft.clone()));
         self.tasks.spawn(transfer::watch_leadership(
             raft.clone(),
             leadership.clone(),
+            hibernation.clone(),
             cancel.clone(),
         ));
         let batcher = match group_id {
@@ -144,6 +149,7 @@ impl GroupDeps {
             reads,
             leadership,
             cancel,
+            hibernation,
         }))
     }
 

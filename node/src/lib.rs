@@ -16,6 +16,10 @@
 //! - [`membership`]: the system leader's duties: system-group membership, joining nodes
 //!   becoming active, decommissions finishing, dead nodes declared.
 //! - [`gossip_agent`]: gossip (chitchat): what this node publishes, and members' liveness.
+//! - [`hibernation`]: quiet shard groups stop their Raft timers (one group's state, pure).
+//! - [`keepalive`]: the node's hibernation driver: puts quiet groups to sleep, and one
+//!   keep-alive per peer and interval stands in for the heartbeats of sleeping groups.
+//! - [`pacing`]: spacing out periodic passes over every group while nothing is pending.
 //! - [`proposal`]: proposing to a group (leader check, timeout) and per-shard write batching.
 //! - [`service`]: the gRPC services (`ShardKv`, `Raft`, `Admin`) and error → status mapping.
 //! - [`server`]: the composition root: opens the node, starts the reconciler, the system
@@ -26,8 +30,11 @@ pub mod convert;
 pub mod error;
 pub mod gossip_agent;
 pub mod group;
+pub mod hibernation;
+pub mod keepalive;
 pub mod membership;
 pub mod node;
+pub mod pacing;
 pub mod peers;
 pub mod proposal;
 pub mod raft;

@@ -17,6 +17,8 @@
 //!   is settled, one shard leadership per pass moves from the node leading most to a voter
 //!   leading fewest (`transfer.rs`), until every active node leads within one of every other.
 //!
+//! While nothing is pending, passes space out (`pacing.rs`).
+//!
 //! Every decision is a ring change with the epoch it was decided on: if the ring moved
 //! meanwhile the change is rejected and decided again next time.
 
@@ -34,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::error::NodeError;
 use crate::gossip_agent::LivenessView;
 use crate::node::Node;
+use crate::pacing::QuietPacer;
 use crate::peers::Peer;
 use crate::raft::types::{ClusterConfig, Command, NodeId, RingChange, RingChangeKind};
 use crate::transfer::{next_leader_move, LedShard};
@@ -199,6 +202,8 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
     // cost an election every pass.
     let mut balance_after = Instant::now();
     let mut was_leader = false;
+    let config = node.config();
+    let mut pacer = QuietPacer::for_duty(config.membership_interval_ms, config.dead_node_timeout_ms);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -207,6 +212,10 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
         let leader = node.system_group().raft.metrics().borrow().state == ServerState::Leader;
         if !leader {
             was_leader = false;
+            pacer.reset();
+            continue;
+        }
+        if !pacer.should_run(node.watch_cluster().borrow().as_ref().map(|config| config.epoch)) {
             continue;
         }
         if !was_leader {
@@ -218,9 +227,8 @@ async fn run(node: Node, liveness: LivenessView, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             outcome = pass(&node, &liveness, &mut last_heard, &mut balance_after) => outcome,
         };
-        if let Err(err) = outcome {
-            debug!(%err, "membership pass did not finish; will retry");
-        }
+        let quiet = outcome.inspect_err(|err| debug!(%err, "membership pass did not finish; will retry"));
+        pacer.ran(quiet.unwrap_or(false));
     }
     debug!("membership manager stopped");
 }
@@ -230,9 +238,10 @@ async fn pass(
     liveness: &LivenessView,
     last_heard: &mut HashMap<NodeId, Instant>,
     balance_after: &mut Instant,
-) -> Result<(), NodeError> {
+) -> Result<bool, NodeError> {
+    // Ok(true): quiet — every member answered, every shard settled, leaders balanced.
     let Some(config) = node.watch_cluster().borrow().clone() else {
-        return Ok(());
+        return Ok(false);
     };
     let ring = Ring::new(config.ring, config.members.clone())
         .map_err(|err| NodeError::InvalidArgument(format!("committed ring is invalid: {err}")))?;
@@ -292,29 +301,37 @@ async fn pass(
             kind,
         });
         node.propose(&node.system_group(), command).await?;
-        return Ok(());
+        return Ok(false);
     }
-    if node.config().balance_leaders
-        && Instant::now() >= *balance_after
-        && views.len() == ring.shard_count() as usize
-        && unsettled_shards(&ring, &views).is_empty()
-    {
-        if let Err(err) = balance_leaders(node, &config, &ring, &views, &statuses).await {
-            warn!(%err, "leader move failed; the balancer rests for {BALANCE_REST:?}");
-            *balance_after = Instant::now() + BALANCE_REST;
+    let everyone_answered = config
+        .members
+        .iter()
+        .filter(|member| !member.state.is_gone())
+        .all(|member| statuses.iter().any(|status| status.node_id == member.node_id));
+    let settled = views.len() == ring.shard_count() as usize && unsettled_shards(&ring, &views).is_empty();
+    let mut balanced = true;
+    if node.config().balance_leaders && Instant::now() >= *balance_after && settled {
+        match balance_leaders(node, &config, &ring, &views, &statuses).await {
+            Ok(moved) => balanced = !moved,
+            Err(err) => {
+                warn!(%err, "leader move failed; the balancer rests for {BALANCE_REST:?}");
+                *balance_after = Instant::now() + BALANCE_REST;
+                balanced = false;
+            }
         }
     }
-    Ok(())
+    Ok(everyone_answered && settled && balanced)
 }
 
-/// Moves one shard leadership toward an even spread over the active members that answered.
+/// Moves one shard leadership toward an even spread over the active members that answered;
+/// false when none needed to move.
 async fn balance_leaders(
     node: &Node,
     config: &ClusterConfig,
     ring: &Ring,
     views: &HashMap<u32, ShardView>,
     statuses: &[v1::NodeStatusResponse],
-) -> Result<(), NodeError> {
+) -> Result<bool, NodeError> {
     let active: Vec<NodeId> = ring
         .members()
         .filter(|member| member.state == MemberState::Active)
@@ -334,7 +351,7 @@ async fn balance_leaders(
         })
         .collect();
     let Some(step) = next_leader_move(&shards, &active) else {
-        return Ok(());
+        return Ok(false);
     };
     info!(
         shard = step.shard,
@@ -344,7 +361,7 @@ async fn balance_leaders(
     );
     if step.from == node.node_id() {
         node.transfer_leader(step.shard, step.to).await?;
-        return Ok(());
+        return Ok(true);
     }
     let addr = config
         .members
@@ -360,7 +377,7 @@ async fn balance_leaders(
         addr: &addr,
     };
     node.transfer_leader_at(leader, step.shard, step.to).await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Every member's status (this node's own without an RPC), unreachable ones left out.

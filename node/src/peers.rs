@@ -116,6 +116,20 @@ impl Peers {
             .map_err(|status| peer.status_failed(&status))
     }
 
+    /// Sends a hibernation keep-alive (`keepalive.rs`), waiting at most `timeout`.
+    pub async fn keep_alive(
+        &self,
+        peer: Peer<'_>,
+        request: v1::KeepAliveRequest,
+        timeout: Duration,
+    ) -> Result<v1::KeepAliveResponse, NodeError> {
+        self.raft(peer)?
+            .keep_alive(self.request(request, timeout))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| peer.status_failed(&status))
+    }
+
     /// Asks the node at `peer` (the leader of `shard`) to hand the leadership to `target`,
     /// waiting at most `timeout` (a transfer may wait out a lease and an election).
     pub async fn transfer_leader(

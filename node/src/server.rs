@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::config::{ConfigError, NodeConfig};
 use crate::error::NodeError;
 use crate::gossip_agent::{GossipAgent, LivenessView};
+use crate::keepalive::Hibernator;
 use crate::membership::SystemDuties;
 use crate::node::Node;
 use crate::reconcile::Reconciler;
@@ -49,6 +50,7 @@ pub struct NodeHandle {
     serve: tokio::task::JoinHandle<()>,
     reconciler: Reconciler,
     duties: SystemDuties,
+    hibernator: Hibernator,
     gossip: Option<GossipAgent>,
 }
 
@@ -123,6 +125,7 @@ impl NodeServer {
         let liveness = LivenessView::default();
         let reconciler = Reconciler::spawn(node.clone());
         let duties = SystemDuties::spawn(node.clone(), liveness.clone());
+        let hibernator = Hibernator::spawn(node.clone(), liveness.clone());
         let cancel = CancellationToken::new();
         let router = tonic::transport::Server::builder()
             .add_service(
@@ -163,6 +166,7 @@ impl NodeServer {
             serve,
             reconciler,
             duties,
+            hibernator,
             gossip,
         })
     }
@@ -194,6 +198,7 @@ impl NodeHandle {
         }
         self.reconciler.shutdown().await;
         self.duties.shutdown().await;
+        self.hibernator.shutdown().await;
         self.node.shutdown().await;
     }
 }

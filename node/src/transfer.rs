@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{CampaignRefusal, NodeError};
+use crate::hibernation::Hibernation;
 use crate::raft::types::{GroupId, NodeId, Raft};
 
 type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
@@ -72,15 +73,26 @@ impl Leadership {
     }
 }
 
-/// Follows the group's metrics to record when it became leader. Stops with `cancel` or
-/// when the group shuts down.
-pub async fn watch_leadership(raft: Raft, leadership: Arc<Leadership>, cancel: CancellationToken) {
+/// Follows the group's metrics to record when it became leader, and wakes a hibernating
+/// group when its role or term changes. Stops with `cancel` or when the group shuts down.
+pub async fn watch_leadership(
+    raft: Raft,
+    leadership: Arc<Leadership>,
+    hibernation: Arc<Hibernation>,
+    cancel: CancellationToken,
+) {
     let mut metrics = raft.metrics();
+    let mut seen = None;
     loop {
-        {
+        let role = {
             let current = metrics.borrow_and_update();
             leadership.observe(current.state, current.current_term);
+            (current.state, current.current_term, current.current_leader)
+        };
+        if seen.is_some_and(|seen| seen != role) {
+            hibernation.role_changed();
         }
+        seen = Some(role);
         tokio::select! {
             _ = cancel.cancelled() => break,
             changed = metrics.changed() => if changed.is_err() { break },

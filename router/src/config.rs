@@ -97,7 +97,9 @@ impl Default for RouterConfig {
         RouterConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
             seed_nodes: Vec::new(),
-            refresh_interval_ms: 500,
+            // A fallback only (gossip and requests trigger refreshes): each poll costs every
+            // node a status of all its replicas, which dominated an idle node's CPU.
+            refresh_interval_ms: 2_000,
             gossip_interval_ms: 500,
             default_request_timeout_ms: 5_000,
             max_request_timeout_ms: 60_000,
@@ -335,7 +337,9 @@ mod tests {
     fn defaults_with_a_seed_are_valid() {
         let config = with_seed();
         assert_eq!(config.validate().ok(), Some(()));
-        assert_eq!(config.refresh_interval_ms, 500);
+        // 500 ms until idle cost was measured: polling every node's full status twice a
+        // second cost each node of 1024 shards ≈ 0.4 % of a core (ARCHITECTURE.md).
+        assert_eq!(config.refresh_interval_ms, 2000);
         assert_eq!(config.default_request_timeout_ms, 5000);
         assert_eq!(config.rpc_timeout_ms, 2000);
         assert_eq!(config.max_key_bytes, 4096);

@@ -55,6 +55,12 @@ struct Args {
     /// How often the system leader checks members.
     #[arg(long)]
     membership_interval_ms: Option<u64>,
+    /// Quiet time after which an idle shard group hibernates (0 = never).
+    #[arg(long)]
+    hibernate_after_ms: Option<u64>,
+    /// How often keep-alives for hibernating groups go to each peer.
+    #[arg(long)]
+    keepalive_interval_ms: Option<u64>,
     /// NEGATIVE CONTROL ONLY: serve linearizable reads without a ReadIndex check.
     #[arg(long, hide = true)]
     unsafe_skip_read_index: bool,
@@ -125,6 +131,12 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(ms) = args.membership_interval_ms {
         config.membership_interval_ms = ms;
+    }
+    if let Some(ms) = args.hibernate_after_ms {
+        config.hibernate_after_ms = ms;
+    }
+    if let Some(ms) = args.keepalive_interval_ms {
+        config.keepalive_interval_ms = ms;
     }
     config.unsafe_skip_read_index |= args.unsafe_skip_read_index;
     config.unsafe_skip_fsync |= args.unsafe_skip_fsync;

@@ -52,6 +52,7 @@ impl Node {
     /// Proposes `command` to `group` and waits until it is committed and applied.
     pub async fn propose(&self, group: &Group, command: Command) -> Result<CommandResult, NodeError> {
         let timeout_ms = self.config().write_timeout_ms;
+        group.hibernation.touch();
         // A leader transfer holds the gate while the target catches up and campaigns.
         let gate = group.leadership.gate();
         let _open = gate.read().await;
@@ -61,6 +62,9 @@ impl Node {
     /// Waits until a read on `group` at this moment would be linearizable (ReadIndex, one
     /// round shared by the reads that arrived before it started).
     pub async fn ensure_linearizable(&self, group: &Group) -> Result<(), NodeError> {
+        // The round runs its own heartbeats, asleep or not; a read restarts the quiet period
+        // so a read-only group keeps its heartbeats (and fast failover).
+        group.hibernation.touch();
         group.reads.confirm().await
     }
 
@@ -75,6 +79,7 @@ impl Node {
         let batcher = group.batcher.as_ref().ok_or_else(|| {
             NodeError::InvalidArgument(format!("{} does not take key-value writes", group.id))
         })?;
+        group.hibernation.touch();
         batcher
             .write(WriteCommand {
                 request_id,

@@ -43,6 +43,8 @@ impl Node {
                 proposed: false,
             });
         }
+        // The transfer waits on replication metrics and the target's lease: heartbeats on.
+        group.hibernation.touch();
         let config = self.config();
         let ctx = TransferContext {
             group: group.id,

@@ -45,6 +45,28 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The shards this node leads, with their terms, and how many shard replicas it hosts:
+    /// what gossip announces, without building the whole status (it runs every gossip
+    /// round, over every group).
+    pub fn led_shards(&self) -> (Vec<(u32, u64)>, u64) {
+        let mut led = Vec::new();
+        let mut replicas = 0;
+        for group in self.groups() {
+            let GroupId::Shard(shard) = group.id else {
+                continue;
+            };
+            replicas += 1;
+            let metrics = group.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.state == openraft::ServerState::Leader {
+                led.push((shard, metrics.current_term));
+            }
+        }
+        (led, replicas)
+    }
+}
+
 /// One replica's Raft state as reported over the wire.
 fn replica_info(group: &Group) -> v1::ReplicaInfo {
     let metrics = group.raft.metrics();
@@ -64,5 +86,6 @@ fn replica_info(group: &Group) -> v1::ReplicaInfo {
         joint: metrics.membership_config.membership().get_joint_config().len() > 1,
         snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
         purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
+        hibernating: group.hibernation.get().is_asleep(),
     }
 }

@@ -4,7 +4,8 @@
 //! starts.
 //!
 //! A pass runs whenever the committed configuration changes and every `RECONCILE_INTERVAL`
-//! (to retry what failed, e.g. a shard initialisation while a peer was down).
+//! (to retry what failed, e.g. a shard initialisation while a peer was down), or every
+//! `QUIET_RECONCILE_INTERVAL` after a pass with nothing to do.
 //!
 //! Shutdown: [`Reconciler::shutdown`] stops the loop and every move or check it started
 //! (each watches the same cancellation token) and waits for them.
@@ -33,6 +34,9 @@ use plan::{plan, Action, Inputs};
 
 /// How often the reconciler re-checks placement even without a config change.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
+/// The same after a quiet pass (nothing to do, nothing failed, nothing running): a pass
+/// looks at every group, which is most of what an idle node with 1000s of groups does.
+const QUIET_RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The running reconciler.
 pub struct Reconciler {
@@ -80,21 +84,25 @@ impl Executor {
         let mut cluster = self.node.watch_cluster();
         loop {
             let config = cluster.borrow_and_update().clone();
+            let mut next_pass = RECONCILE_INTERVAL;
             if let Some(config) = config {
-                if let Err(err) = self.pass(&config).await {
-                    warn!(%err, "reconciling shard groups failed; will retry");
+                match self.pass(&config).await {
+                    Ok(true) => next_pass = QUIET_RECONCILE_INTERVAL,
+                    Ok(false) => {}
+                    Err(err) => warn!(%err, "reconciling shard groups failed; will retry"),
                 }
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 changed = cluster.changed() => if changed.is_err() { break },
-                _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+                _ = tokio::time::sleep(next_pass) => {}
             }
         }
         debug!("reconciler stopped");
     }
 
-    async fn pass(self: &Arc<Self>, config: &ClusterConfig) -> Result<(), NodeError> {
+    /// One pass; true when it was quiet (only skips, no failures, no shard claimed).
+    async fn pass(self: &Arc<Self>, config: &ClusterConfig) -> Result<bool, NodeError> {
         let ring = self.node.adopt_config(config)?;
         let local: BTreeMap<u32, MembershipView> = self
             .node
@@ -116,6 +124,7 @@ impl Executor {
             never_init: &never_init,
             move_slots: self.moves.available_permits(),
         });
+        let quiet = claimed.is_empty() && actions.iter().all(|action| matches!(action, Action::Skip { .. }));
         let mut failures = Vec::new();
         for action in actions {
             if self.cancel.is_cancelled() {
@@ -137,7 +146,7 @@ impl Executor {
             }
         }
         if failures.is_empty() {
-            Ok(())
+            Ok(quiet)
         } else {
             Err(NodeError::Fatal(format!(
                 "shard groups {failures:?} are not ready"

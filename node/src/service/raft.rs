@@ -145,6 +145,9 @@ impl RaftRpc for RaftService {
             )
             .map_err(|refusal| status(refusal.into(), false))?;
         }
+        // A sleeping follower's ticks are off; the election below does not need them, but
+        // the leader it becomes does.
+        group.hibernation.role_changed();
         tracing::info!(
             shard = request.shard_id,
             from = request.from_node,
@@ -184,6 +187,15 @@ impl RaftRpc for RaftService {
             ));
         }
         Ok(Response::new(view.to_proto()))
+    }
+
+    async fn keep_alive(
+        &self,
+        request: Request<v1::KeepAliveRequest>,
+    ) -> Result<Response<v1::KeepAliveResponse>, Status> {
+        crate::keepalive::receive(&self.node, request.into_inner())
+            .map(Response::new)
+            .map_err(|err| status(err, false))
     }
 
     async fn propose_system(
