@@ -9,7 +9,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::BasicNode;
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -31,6 +32,14 @@ pub fn leader_hint(raft: &Raft) -> Option<(NodeId, String)> {
         .get_node(&leader)
         .map(|node| node.addr.clone())?;
     Some((leader, addr))
+}
+
+/// The leader (with its address) that an openraft "forward to leader" answer names.
+pub fn forwarded_leader(forward: ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+    match (forward.leader_id, forward.leader_node) {
+        (Some(id), Some(node)) => Some((id, node.addr)),
+        _ => None,
+    }
 }
 
 /// Whether `node_id` currently leads the group.
@@ -64,13 +73,9 @@ pub async fn propose(
         }),
         Ok(Ok(response)) => Ok(response.data),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-            let leader = match (forward.leader_id, forward.leader_node) {
-                (Some(id), Some(node)) => Some((id, node.addr)),
-                _ => None,
-            };
             Err(NodeError::NotLeader {
                 group,
-                leader,
+                leader: forwarded_leader(forward),
                 proposed: true,
             })
         }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::NodeError;
+use crate::proposal::forwarded_leader;
 use crate::raft::types::{GroupId, Raft};
 
 /// Most reads waiting for the next round (further readers wait for room: backpressure).
@@ -102,13 +103,9 @@ async fn round(raft: &Raft, group: GroupId, timeout_ms: u64) -> Result<(), NodeE
         }),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-            let leader = match (forward.leader_id, forward.leader_node) {
-                (Some(id), Some(node)) => Some((id, node.addr)),
-                _ => None,
-            };
             Err(NodeError::NotLeader {
                 group,
-                leader,
+                leader: forwarded_leader(forward),
                 proposed: false,
             })
         }

@@ -123,10 +123,7 @@ fn write_error(group: &Group, err: RaftError<NodeId, ClientWriteError<NodeId, Ba
     match err {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => NodeError::NotLeader {
             group: group.id,
-            leader: match (forward.leader_id, forward.leader_node) {
-                (Some(id), Some(node)) => Some((id, node.addr)),
-                _ => None,
-            },
+            leader: crate::proposal::forwarded_leader(forward),
             proposed: false,
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(

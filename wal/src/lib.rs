@@ -239,26 +239,7 @@ impl Wal {
             return Ok(());
         }
         let mut state = self.state()?;
-        let mut buf = std::mem::take(&mut state.buf);
-        buf.clear();
-        let positions = record::encode_append(&mut buf, group, first, entries)?;
-        let result = self.write_frame(&mut state, &buf).map(|(segment, offset)| {
-            let entries = positions
-                .iter()
-                .map(|&(at, len)| (at - FRAME_HEADER, len))
-                .collect();
-            state.index.apply(
-                segment,
-                offset + FRAME_HEADER as u64,
-                &Record::Append {
-                    group,
-                    first,
-                    entries,
-                },
-            );
-        });
-        state.buf = buf;
-        result
+        self.append_locked(&mut state, group, first, entries)
     }
 
     /// Removes `group`'s entries with index ≥ `from`.
@@ -462,11 +443,49 @@ impl Wal {
         record: Record<'_>,
     ) -> Result<(), WalError> {
         let mut state = self.state()?;
+        self.record_locked(&mut state, encode, record)
+    }
+
+    /// [`Wal::write_record`] with the state already locked.
+    fn record_locked(
+        &self,
+        state: &mut State,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), WalError>,
+        record: Record<'_>,
+    ) -> Result<(), WalError> {
         let mut buf = std::mem::take(&mut state.buf);
         buf.clear();
         let result = encode(&mut buf)
-            .and_then(|()| self.write_frame(&mut state, &buf))
+            .and_then(|()| self.write_frame(state, &buf))
             .map(|(segment, offset)| state.index.apply(segment, offset + FRAME_HEADER as u64, &record));
+        state.buf = buf;
+        result
+    }
+
+    /// [`Wal::append`] with the state already locked.
+    fn append_locked<E: AsRef<[u8]>>(
+        &self,
+        state: &mut State,
+        group: u64,
+        first: u64,
+        entries: &[E],
+    ) -> Result<(), WalError> {
+        let mut buf = std::mem::take(&mut state.buf);
+        buf.clear();
+        let result = record::encode_append(&mut buf, group, first, entries).and_then(|positions| {
+            let (segment, offset) = self.write_frame(state, &buf)?;
+            let entries = positions
+                .iter()
+                .map(|&(at, len)| (at - FRAME_HEADER, len))
+                .collect();
+            let record = Record::Append {
+                group,
+                first,
+                entries,
+            };
+            state.index.apply(segment, offset + FRAME_HEADER as u64, &record);
+            Ok(())
+        });
         state.buf = buf;
         result
     }
@@ -568,7 +587,7 @@ impl Wal {
             let mut run_first = 0;
             for (index, bytes) in entries {
                 if !run.is_empty() && index != run_first + run.len() as u64 {
-                    self.rewrite_append(state, group, run_first, &std::mem::take(&mut run))?;
+                    self.append_locked(state, group, run_first, &std::mem::take(&mut run))?;
                 }
                 if run.is_empty() {
                     run_first = index;
@@ -576,7 +595,7 @@ impl Wal {
                 run.push(bytes);
             }
             if !run.is_empty() {
-                self.rewrite_append(state, group, run_first, &run)?;
+                self.append_locked(state, group, run_first, &run)?;
             }
             let meta: Vec<(u8, Vec<u8>)> = state
                 .index
@@ -591,47 +610,15 @@ impl Wal {
                 })
                 .unwrap_or_default();
             for (key, value) in meta {
-                let mut buf = Vec::new();
-                record::encode_meta(&mut buf, group, key, &value)?;
-                let (segment, offset) = self.write_frame(state, &buf)?;
-                state.index.apply(
-                    segment,
-                    offset + FRAME_HEADER as u64,
-                    &Record::Meta {
-                        group,
-                        key,
-                        value: &value,
-                    },
-                );
+                let record = Record::Meta {
+                    group,
+                    key,
+                    value: &value,
+                };
+                self.record_locked(state, |buf| record::encode_meta(buf, group, key, &value), record)?;
             }
             self.inner.rewritten_groups.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
-    }
-
-    fn rewrite_append(
-        &self,
-        state: &mut State,
-        group: u64,
-        first: u64,
-        entries: &[Vec<u8>],
-    ) -> Result<(), WalError> {
-        let mut buf = Vec::new();
-        let positions = record::encode_append(&mut buf, group, first, entries)?;
-        let (segment, offset) = self.write_frame(state, &buf)?;
-        let entries = positions
-            .iter()
-            .map(|&(at, len)| (at - FRAME_HEADER, len))
-            .collect();
-        state.index.apply(
-            segment,
-            offset + FRAME_HEADER as u64,
-            &Record::Append {
-                group,
-                first,
-                entries,
-            },
-        );
         Ok(())
     }
 }
