@@ -46,8 +46,7 @@ pub struct Transport {
     catch_up_pacer: Option<Pacer>,
 }
 
-/// Appends at least this large count as catch-up traffic (paced); replication of fresh
-/// writes sends far smaller batches.
+/// Catch-up appends at least this large are paced (smaller ones are cheap enough).
 const CATCH_UP_APPEND_BYTES: usize = 256 << 10;
 
 /// Paces bytes to a rate shared by every caller: each send reserves its share of time
@@ -214,13 +213,15 @@ pub fn envelope(cluster_id: String, group: GroupId, from_node: NodeId, payload: 
 
 impl Connection {
     /// Sends one RPC. `entries_hint`: for appends, how many entries to retry with when the
-    /// message is too large for gRPC.
+    /// message is too large for gRPC. `catch_up`: an append of entries the quorum already
+    /// committed without this follower (paced when large).
     async fn call<Req, Resp, E>(
         &self,
         rpc: Rpc,
         request: &Req,
         option: &RPCOption,
         entries_hint: u64,
+        catch_up: bool,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
@@ -229,10 +230,11 @@ impl Connection {
     {
         let payload = postcard::to_allocvec(request)
             .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
-        // A large append is a follower catching up (a new replica of a move, or one that was
-        // down): it shares the snapshot budget, so moves leave room for heartbeats and
-        // client writes. The wait is bounded: openraft's deadline for the RPC includes it.
-        if matches!(rpc, Rpc::Append) && payload.len() >= CATCH_UP_APPEND_BYTES {
+        // A large append to a follower catching up (a new replica of a move, or one that was
+        // down) shares the snapshot budget, so moves leave room for heartbeats and client
+        // writes. Fresh entries, which commit only with this follower's answer, never wait.
+        // The wait is bounded: openraft's deadline for the RPC includes it.
+        if catch_up && payload.len() >= CATCH_UP_APPEND_BYTES {
             if let Some(pacer) = &self.transport.catch_up_pacer {
                 pacer.pace_at_most(payload.len(), option.hard_ttl() / 2).await;
             }
@@ -283,7 +285,12 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let hint = (rpc.entries.len() as u64 / 2).max(1);
-        self.call(Rpc::Append, &rpc, &option, hint).await
+        // Every entry already committed: the quorum did not need this follower for them.
+        let catch_up = match (rpc.entries.last(), rpc.leader_commit) {
+            (Some(last), Some(committed)) => last.log_id.index <= committed.index,
+            _ => false,
+        };
+        self.call(Rpc::Append, &rpc, &option, hint, catch_up).await
     }
 
     async fn install_snapshot(
@@ -297,7 +304,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         if let Some(pacer) = &self.transport.catch_up_pacer {
             pacer.pace(rpc.data.len()).await;
         }
-        self.call(Rpc::Snapshot, &rpc, &option, 1).await
+        self.call(Rpc::Snapshot, &rpc, &option, 1, false).await
     }
 
     async fn vote(
@@ -305,7 +312,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option, 1).await
+        self.call(Rpc::Vote, &rpc, &option, 1, false).await
     }
 }
 
