@@ -2,7 +2,7 @@
 //! ([`ringkv_wal::Wal`], one stream of segments for every group).
 //!
 //! Entries are postcard-encoded [`Entry`]s at their log index; the group's small values are
-//! [`VOTE`], [`COMMITTED`] and [`PURGED`] (postcard too). Appends are acknowledged through
+//! `VOTE`, `COMMITTED` and `PURGED` (postcard too). Appends are acknowledged through
 //! the group-commit [`Flusher`] only after an fdatasync covers them; the vote is synced
 //! before `save_vote` returns. Entries are purged only after the state machine covering them
 //! is durable (the sled engine is flushed first).
