@@ -32,6 +32,13 @@ pub(crate) struct GroupIndex {
 }
 
 impl GroupIndex {
+    /// Bytes of the live entries and values (what a rewrite would copy).
+    pub fn live_bytes(&self) -> u64 {
+        let entries: u64 = self.entries.values().map(|loc| u64::from(loc.len)).sum();
+        let meta: u64 = self.meta.values().map(|(value, _)| value.len() as u64).sum();
+        entries + meta
+    }
+
     /// Whether any live entry or value of this group is in `segment`.
     pub fn references(&self, segment: u64) -> bool {
         self.entries.values().any(|loc| loc.segment == segment)

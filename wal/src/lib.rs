@@ -17,7 +17,8 @@
 //!   [`Wal::collect_garbage`] deletes the oldest segments once they hold none, after a sync
 //!   has made the records that released them durable; when more than
 //!   [`WalOptions::max_segments`] exist, the groups pinning the oldest one (an idle group's
-//!   log or vote) are rewritten into the active segment first.
+//!   log or vote) are rewritten into the active segment first — unless they hold more than
+//!   half a segment, which only busy groups do (they free it at their next purge).
 //! - **Fail-stop**: after a failed write or sync the log accepts nothing more (a partial
 //!   record would hide every later one from recovery, and a failed fsync may have dropped
 //!   pages); the node must restart and recover.
@@ -362,7 +363,8 @@ impl Wal {
     /// Deletes the oldest segments that hold nothing live, after a sync makes the records
     /// that released them durable; first, if there are more than
     /// [`WalOptions::max_segments`], rewrites the groups pinning the oldest segment into the
-    /// active one. Returns how many segments were deleted.
+    /// active one (when what they hold is at most half a segment). Returns how many segments
+    /// were deleted.
     pub fn collect_garbage(&self) -> Result<usize, WalError> {
         let candidates = {
             let mut state = self.state()?;
@@ -564,6 +566,17 @@ impl Wal {
             .filter(|(_, group)| group.references(oldest))
             .map(|(id, _)| *id)
             .collect();
+        // Worth it for idle groups holding a few entries and their vote; groups with much
+        // live log are busy and free the segment themselves at their next purge. Copying
+        // them would stall every append (the state is locked) for nothing.
+        let live_bytes: u64 = pinning
+            .iter()
+            .filter_map(|group| state.index.groups.get(group))
+            .map(|index| index.live_bytes())
+            .sum();
+        if live_bytes > self.inner.options.segment_bytes / 2 {
+            return Ok(());
+        }
         for group in pinning {
             let locs = state.index.locs(group, Bound::Unbounded, Bound::Unbounded);
             let files: Vec<Arc<File>> = locs

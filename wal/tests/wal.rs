@@ -181,6 +181,26 @@ fn segments_are_collected_and_idle_groups_rewritten() {
     assert_eq!(wal.bounds(1), Some((196, 200)));
 }
 
+/// Groups holding much live log are not copied forward (they are busy and free the segment
+/// at their next purge): segments then outnumber the limit until they do.
+#[test]
+fn busy_groups_are_not_rewritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), small()).expect("open");
+    for index in 1..=60u64 {
+        wal.append(1, index, &[vec![1u8; 40]]).expect("append");
+    }
+    assert_eq!(wal.collect_garbage().expect("gc"), 0);
+    let stats = wal.stats();
+    assert_eq!(stats.rewritten_groups, 0, "{stats:?}");
+    assert!(stats.segments > small().max_segments, "{stats:?}");
+    wal.purge(1, 60).expect("purge");
+    assert!(
+        wal.collect_garbage().expect("gc") > 0,
+        "the purge frees the segments"
+    );
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append {

@@ -197,19 +197,38 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
-    loop {
-        started.check_running()?;
-        let last_error = match probe().await {
-            Ok(()) => return Ok(()),
-            Err(err) => err,
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(BenchError::Timeout {
+    let last_error = std::sync::Mutex::new(String::new());
+    let outcome = ringkv_launcher::wait::wait_for(what, STARTUP_TIMEOUT, || {
+        let running = started.check_running();
+        let probing = probe();
+        let last_error = &last_error;
+        async move {
+            if let Err(exited) = running {
+                return Some(Err(exited));
+            }
+            match probing.await {
+                Ok(()) => Some(Ok(())),
+                Err(err) => {
+                    *last_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = err;
+                    None
+                }
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(result) => result,
+        Err(ringkv_launcher::LaunchError::Timeout { .. }) => {
+            let last_error = last_error
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Err(BenchError::Timeout {
                 what: format!("{what} (last error: {last_error})"),
                 timeout: STARTUP_TIMEOUT,
-            });
+            })
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Err(other) => Err(other.into()),
     }
 }

@@ -1,7 +1,7 @@
 //! Group commit: one task owns [`Wal::sync`]; appends from every group hand it their
 //! completion callback and are acknowledged after the next fdatasync that covers them.
 //!
-//! Correctness rests on one ordering: a caller writes its entries to the engine *before*
+//! Correctness rests on one ordering: a caller writes its entries to the WAL *before*
 //! handing over the callback, and the flusher starts a flush only after receiving it, so
 //! that flush covers the entries.
 
