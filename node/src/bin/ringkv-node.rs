@@ -7,6 +7,11 @@ use clap::Parser;
 use ringkv_node::{NodeConfig, NodeServer};
 use tracing::info;
 
+/// mimalloc: glibc malloc cost ~12% of a node's CPU under write load (arena locking,
+/// `malloc_consolidate`); see docs/benchmarks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "ringkv-node", version, about = "ringkv storage node")]
 struct Args {
