@@ -55,7 +55,9 @@ pub struct NodeConfig {
     pub max_ops_per_write: usize,
     /// Largest gRPC message accepted or sent.
     pub max_message_bytes: usize,
-    /// How long a write's request id de-duplicates retries.
+    /// How long a write's request id de-duplicates retries beyond the last
+    /// [`crate::raft::state_machine::DedupPolicy::MIN_RECORDS`] requests of its shard, which are
+    /// always kept (by the entries' clocks; every node must use the same value).
     pub dedup_window_ms: u64,
     /// Gossip seeds (`host:port` of other nodes or routers). Gossip runs over UDP on the
     /// node's listen address; ring members are always seeds too.

@@ -26,7 +26,7 @@ use crate::raft::flusher::Flusher;
 use crate::raft::log_store::{wal_group, LogStore};
 use crate::raft::network::{NetworkFactory, Transport};
 use crate::raft::snapshot::SnapshotDir;
-use crate::raft::state_machine::{GroupState, StateMachine};
+use crate::raft::state_machine::{DedupPolicy, GroupState, StateMachine};
 use crate::raft::types::{GroupId, LogId, NodeId, Raft};
 use crate::read_index::ReadBatcher;
 use crate::storage::{EngineRef, StorageError, TreeRef};
@@ -87,7 +87,7 @@ impl GroupDeps {
             self.engine.clone(),
             self.catalog.clone(),
             snapshots,
-            config.dedup_window_ms,
+            DedupPolicy::with_window(config.dedup_window_ms),
         )?;
         let (log, purge_requests) = LogStore::open(
             self.wal.clone(),

@@ -14,10 +14,11 @@
 //! change the cluster configuration. The caller holds the apply lock for writing.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use openraft::EntryPayload;
 
-use super::dedup::{prune_expired, DELETE_RANGES, WRITES};
+use super::dedup::{EntryRecords, DELETE_RANGES, WRITES};
 use super::layout::{
     data_bounds, data_key, decode_value, encode_value, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY,
     MEMBERSHIP_KEY,
@@ -93,7 +94,7 @@ impl GroupState {
                 }
             },
             EntryPayload::Normal(Command::DeleteRange(command)) => {
-                self.apply_delete_range(tree, command, &mut batch)?
+                self.apply_delete_range(tree, entry.log_id.index, command, &mut batch)?
             }
             EntryPayload::Normal(Command::ChangeRing(change)) => match tree.get(CLUSTER_KEY)? {
                 None => CommandResult::Ring(RingChangeOutcome::Rejected(RingChangeRejection::NotInitialized)),
@@ -127,7 +128,7 @@ impl GroupState {
     }
 
     /// Applies the writes of one entry. Writes in one entry see each other's effects; a
-    /// request id seen earlier (in this entry or within the window) returns its first outcome.
+    /// request id seen earlier (in this entry or still remembered) returns its first outcome.
     fn apply_writes(
         &self,
         tree: &TreeRef,
@@ -135,18 +136,48 @@ impl GroupState {
         writes: &[WriteCommand],
         batch: &mut Batch,
     ) -> Result<CommandResult, StorageError> {
+        let legacy = self.legacy_dedup.load(Ordering::SeqCst);
         let mut overlay = Overlay::new();
         let mut seen: HashMap<RequestId, Vec<WriteOpResult>> = HashMap::new();
+        let mut records = EntryRecords::default();
         let mut outcomes = Vec::with_capacity(writes.len());
-        let mut latest_ms = 0;
         for write in writes {
-            outcomes.push(self.apply_write(tree, log_index, write, batch, &mut overlay, &mut seen)?);
-            latest_ms = latest_ms.max(write.issued_at_ms);
+            records.observe_clock(write.issued_at_ms);
+            let outcome = match seen.get(&write.request_id) {
+                Some(results) => results.clone(),
+                None => match WRITES.lookup(tree, &write.request_id, legacy)? {
+                    Some(results) => results,
+                    None => {
+                        let results = self.apply_write(tree, log_index, write, batch, &mut overlay)?;
+                        records.record_write(batch, &write.request_id, write.issued_at_ms, &results)?;
+                        results
+                    }
+                },
+            };
+            seen.insert(write.request_id, outcome.clone());
+            outcomes.push(outcome);
         }
-        prune_expired(tree, latest_ms, batch)?;
+        self.finish_records(tree, batch, records, log_index, legacy)?;
         Ok(CommandResult::Write(outcomes))
     }
 
+    /// Lists and prunes the entry's de-duplication records (see [`super::dedup`]).
+    fn finish_records(
+        &self,
+        tree: &TreeRef,
+        batch: &mut Batch,
+        records: EntryRecords,
+        log_index: u64,
+        legacy: bool,
+    ) -> Result<(), StorageError> {
+        let legacy_left = records.finish(tree, batch, &self.dedup, log_index, legacy)?;
+        if legacy && !legacy_left {
+            self.legacy_dedup.store(false, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// The per-op results of a write seen for the first time; its effects go to `batch`.
     fn apply_write(
         &self,
         tree: &TreeRef,
@@ -154,14 +185,7 @@ impl GroupState {
         write: &WriteCommand,
         batch: &mut Batch,
         overlay: &mut Overlay,
-        seen: &mut HashMap<RequestId, Vec<WriteOpResult>>,
     ) -> Result<Vec<WriteOpResult>, StorageError> {
-        if let Some(results) = seen.get(&write.request_id) {
-            return Ok(results.clone());
-        }
-        if let Some(results) = WRITES.lookup(tree, &write.request_id)? {
-            return Ok(results);
-        }
         let mut results = Vec::with_capacity(write.ops.len());
         for op in &write.ops {
             let current = match overlay.get(&op.key) {
@@ -212,14 +236,6 @@ impl GroupState {
                 }
             }
         }
-        WRITES.record(
-            batch,
-            &write.request_id,
-            write.issued_at_ms,
-            self.dedup_window_ms,
-            &results,
-        )?;
-        seen.insert(write.request_id, results.clone());
         Ok(results)
     }
 
@@ -228,24 +244,22 @@ impl GroupState {
     fn apply_delete_range(
         &self,
         tree: &TreeRef,
+        log_index: u64,
         command: &DeleteRangeCommand,
         batch: &mut Batch,
     ) -> Result<CommandResult, StorageError> {
-        let result = match DELETE_RANGES.lookup(tree, &command.request_id)? {
+        let legacy = self.legacy_dedup.load(Ordering::SeqCst);
+        let mut records = EntryRecords::default();
+        records.observe_clock(command.issued_at_ms);
+        let result = match DELETE_RANGES.lookup(tree, &command.request_id, legacy)? {
             Some(result) => result,
             None => {
                 let result = delete_first(tree, command, batch)?;
-                DELETE_RANGES.record(
-                    batch,
-                    &command.request_id,
-                    command.issued_at_ms,
-                    self.dedup_window_ms,
-                    &result,
-                )?;
+                records.record_delete_range(batch, &command.request_id, command.issued_at_ms, &result)?;
                 result
             }
         };
-        prune_expired(tree, command.issued_at_ms, batch)?;
+        self.finish_records(tree, batch, records, log_index, legacy)?;
         Ok(CommandResult::DeleteRange(result))
     }
 }
@@ -285,10 +299,11 @@ mod tests {
     use openraft::EntryPayload;
 
     use super::*;
-    use crate::raft::state_machine::layout::RANGE_EXPIRY_PREFIX;
+    use crate::raft::state_machine::layout::RANGE_LIST_PREFIX;
     use crate::raft::state_machine::test_support::{
-        apply_delete_range, delete_range, five_keys, keys, log_id, open, put, scan_options,
+        apply_delete_range, delete_range, five_keys, keys, log_id, open, open_with_policy, put, scan_options,
     };
+    use crate::raft::state_machine::DedupPolicy;
     use crate::raft::state_machine::StateMachine;
     use crate::raft::types::WriteOp;
     use crate::storage::prefix_bounds;
@@ -353,7 +368,7 @@ mod tests {
             let tree = state.tree();
             tree.insert(APPLIED_KEY, &encode(&log_id(2, 3)).expect("encode"))
                 .expect("insert");
-            let (start, end) = crate::storage::prefix_bounds(&[super::super::layout::WRITE_DEDUP_PREFIX]);
+            let (start, end) = crate::storage::prefix_bounds(&[super::super::layout::WRITE_RECORD_PREFIX]);
             let dedup: Vec<Vec<u8>> = tree.range(start, end).map(|pair| pair.expect("pair").0).collect();
             assert!(!dedup.is_empty());
             for key in dedup {
@@ -445,33 +460,83 @@ mod tests {
         assert_eq!(state.data_len().expect("len"), 0);
     }
 
-    /// Delete-range de-duplication records expire with the window like write records.
+    /// Delete-range de-duplication records expire with the window like write records,
+    /// beyond the last `min_records` of each table.
     #[tokio::test]
     async fn delete_range_dedup_records_expire() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_engine, state, mut sm) = five_keys(dir.path()).await;
+        let policy = DedupPolicy {
+            window_ms: 60_000,
+            min_records: 1,
+            max_records: 100,
+        };
+        let (_engine, state) = open_with_policy(dir.path(), policy);
+        let mut sm = StateMachine::new(state.clone());
+        for (index, key) in (1u8..).zip([b"a", b"b", b"c"]) {
+            sm.apply(vec![put(u64::from(index), key, b"v", index)])
+                .await
+                .expect("apply");
+        }
         apply_delete_range(&mut sm, delete_range(6, b"", None, 1, 20)).await;
         let tree = state.tree();
-        assert!(DELETE_RANGES.lookup(&tree, &[20; 16]).expect("lookup").is_some());
+        assert!(DELETE_RANGES
+            .lookup(&tree, &[20; 16], false)
+            .expect("lookup")
+            .is_some());
         let mut later = delete_range(7, b"x", None, 1, 21);
         if let EntryPayload::Normal(Command::DeleteRange(command)) = &mut later.payload {
             // Past the window of every record so far (issued at 1_000, window 60_000).
             command.issued_at_ms = 1_000 + 60_000 + 1;
         }
         apply_delete_range(&mut sm, later).await;
-        assert!(DELETE_RANGES.lookup(&tree, &[20; 16]).expect("lookup").is_none());
+        assert!(DELETE_RANGES
+            .lookup(&tree, &[20; 16], false)
+            .expect("lookup")
+            .is_none());
         assert!(
-            WRITES.lookup(&tree, &[1; 16]).expect("lookup").is_none(),
-            "write records too"
+            WRITES.lookup(&tree, &[1; 16], false).expect("lookup").is_none(),
+            "expired write records too"
         );
-        let (start, end) = prefix_bounds(&[RANGE_EXPIRY_PREFIX]);
-        assert_eq!(
-            tree.range(start, end).count(),
-            1,
-            "only the newest expiry entry is left"
+        assert!(
+            WRITES.lookup(&tree, &[3; 16], false).expect("lookup").is_some(),
+            "the last write record is within min_records"
         );
+        let (start, end) = prefix_bounds(&[RANGE_LIST_PREFIX]);
+        assert_eq!(tree.range(start, end).count(), 1, "only the newest list is left");
         // The expired id deletes again.
         let again = apply_delete_range(&mut sm, delete_range(8, b"", None, 1, 20)).await;
         assert_eq!(again.last_deleted, Some(b"b".to_vec()));
+    }
+
+    /// A leader whose clock runs far ahead cannot make a retry apply twice: the last
+    /// `min_records` requests are remembered whatever the entries' clocks say.
+    #[tokio::test]
+    async fn a_clock_far_ahead_does_not_forget_recent_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let incr = |index: u64, request_id: u8, issued_at_ms: u64| Entry {
+            log_id: log_id(2, index),
+            payload: EntryPayload::Normal(Command::Write(vec![WriteCommand {
+                request_id: [request_id; 16],
+                issued_at_ms,
+                ops: vec![WriteOp {
+                    key: b"k".to_vec(),
+                    value: Some(vec![request_id]),
+                    expected_version: None,
+                }],
+            }])),
+        };
+        sm.apply(vec![incr(3, 1, 1_000)]).await.expect("apply");
+        // A new leader ten minutes ahead writes, then the first request is retried.
+        let ahead = 1_000 + 10 * 60_000;
+        sm.apply(vec![incr(4, 2, ahead)]).await.expect("apply");
+        let retry = sm.apply(vec![incr(5, 1, ahead)]).await.expect("retry");
+        let CommandResult::Write(outcomes) = &retry[0] else {
+            panic!("write result expected")
+        };
+        assert_eq!(outcomes[0][0].version, 3, "the first outcome, not a second write");
+        let stored = state.get(b"k").await.expect("get").expect("present");
+        assert_eq!((stored.value, stored.version), (vec![2], 4));
     }
 }

@@ -1,16 +1,25 @@
-//! Request de-duplication: the first outcome of each request id, kept for a window.
+//! Request de-duplication: the first outcome of each request id, remembered by the shard.
 //!
 //! A client retries a write or a delete-range with the same request id when it does not know
 //! whether the first attempt was applied; the state machine must apply it at most once and
 //! answer the retry with the first outcome (invariant 5). One mechanism serves both kinds of
-//! command: a [`DedupTable`] is a record per request id (`record prefix` + id → expiry and
-//! outcome) plus an expiry index (`index prefix` + expiry + id) that pruning walks oldest
-//! first. Writes and delete-ranges keep separate tables ([`WRITES`], [`DELETE_RANGES`]) because
-//! their outcomes differ in type and the two prefixes are already on disk (see
-//! [`super::layout`]).
+//! command: a [`DedupTable`] is a record per request id (`record prefix` + id → outcome) plus
+//! one request list per entry that recorded any (`list prefix` + log index → the entry's
+//! clock and ids), which pruning walks oldest first. Writes and delete-ranges keep separate
+//! tables ([`WRITES`], [`DELETE_RANGES`]) because their outcomes differ in type. The number
+//! of records of each table is kept under [`COUNTS_KEY`].
 //!
-//! Records age by the clock of the entries themselves (`issued_at_ms`, the proposer's wall
-//! clock), never the replica's: every replica prunes the same records at the same entry.
+//! What is remembered ([`DedupPolicy`]): the last `min_records` requests of each table are
+//! always remembered, whatever any clock says; older ones are forgotten once the entry being
+//! applied was issued more than the window after them (by the proposers' wall clocks, as the
+//! entries carry them), and the table never holds more than `max_records`. So a leader whose
+//! clock jumps ahead can shorten the window only down to the last `min_records` requests,
+//! and the records of a busy shard stay bounded. Every decision depends only on the entries
+//! and the tree, so every replica prunes the same records at the same entry.
+//!
+//! Trees written before this layout hold records under the legacy prefixes (`r`/`x`, `q`/`y`:
+//! a record per id and an expiry index keyed by wall-clock expiry). Lookups still find them,
+//! and they drain by their recorded expiry; no new ones are made.
 
 use std::marker::PhantomData;
 
@@ -18,109 +27,314 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::layout::{
-    expiry_key, request_key, split_expiry_key, RANGE_DEDUP_PREFIX, RANGE_EXPIRY_PREFIX, WRITE_DEDUP_PREFIX,
-    WRITE_EXPIRY_PREFIX,
+    list_key, request_key, split_expiry_key, split_list_key, COUNTS_KEY, RANGE_DEDUP_PREFIX,
+    RANGE_EXPIRY_PREFIX, RANGE_LIST_PREFIX, RANGE_RECORD_PREFIX, WRITE_DEDUP_PREFIX, WRITE_EXPIRY_PREFIX,
+    WRITE_LIST_PREFIX, WRITE_RECORD_PREFIX,
 };
 use crate::raft::types::{DeleteRangeResult, RequestId, WriteOpResult};
 use crate::raft::{decode, encode};
 use crate::storage::{prefix_bounds, Batch, StorageError, TreeRef};
 
-/// Expired records removed per applied entry and table (bounds the work of one entry).
-const MAX_PRUNE_PER_ENTRY: usize = 64;
+/// Request lists pruned per entry and table for being older than the window (the cap is
+/// enforced in full: an entry adds at most one list).
+const MAX_EXPIRED_LISTS_PER_ENTRY: usize = 8;
+
+/// Legacy records removed per applied entry and table while they drain.
+const MAX_LEGACY_PRUNE_PER_ENTRY: usize = 64;
+
+/// How much a shard remembers. Every replica of a group must use the same policy (the
+/// window comes from the node configuration, like every node's `dedup_window_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupPolicy {
+    /// Records older than this (by the entries' clocks) may be forgotten…
+    pub window_ms: u64,
+    /// …but the last this many of each table never are, whatever the clocks say…
+    pub min_records: u64,
+    /// …and a table never holds more than this many.
+    pub max_records: u64,
+}
+
+impl DedupPolicy {
+    /// Requests of each table always remembered.
+    pub const MIN_RECORDS: u64 = 16_384;
+    /// Most records of each table.
+    pub const MAX_RECORDS: u64 = 262_144;
+
+    /// The production policy with the configured window.
+    pub fn with_window(window_ms: u64) -> DedupPolicy {
+        DedupPolicy {
+            window_ms,
+            min_records: Self::MIN_RECORDS,
+            max_records: Self::MAX_RECORDS,
+        }
+    }
+}
 
 /// The de-duplication table of writes: the per-op results of a write command.
-pub(super) const WRITES: DedupTable<Vec<WriteOpResult>> =
-    DedupTable::new(WRITE_DEDUP_PREFIX, WRITE_EXPIRY_PREFIX);
+pub(super) const WRITES: DedupTable<Vec<WriteOpResult>> = DedupTable::new(
+    WRITE_RECORD_PREFIX,
+    WRITE_LIST_PREFIX,
+    WRITE_DEDUP_PREFIX,
+    WRITE_EXPIRY_PREFIX,
+);
 
 /// The de-duplication table of delete-ranges: the outcome of one chunk.
-pub(super) const DELETE_RANGES: DedupTable<DeleteRangeResult> =
-    DedupTable::new(RANGE_DEDUP_PREFIX, RANGE_EXPIRY_PREFIX);
+pub(super) const DELETE_RANGES: DedupTable<DeleteRangeResult> = DedupTable::new(
+    RANGE_RECORD_PREFIX,
+    RANGE_LIST_PREFIX,
+    RANGE_DEDUP_PREFIX,
+    RANGE_EXPIRY_PREFIX,
+);
 
-/// The stored value of a de-duplication record. postcard encodes a struct as its fields in
-/// order, so this is byte-for-byte the record both tables have always written.
+/// The request list of one entry: its clock (the latest `issued_at_ms` of its commands) and
+/// the ids it recorded.
 #[derive(Debug, Serialize, Deserialize)]
-struct DedupRecord<R> {
+struct RequestList {
+    issued_at_ms: u64,
+    ids: Vec<RequestId>,
+}
+
+/// The record counts of both tables (`COUNTS_KEY`; absent = both zero).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Counts {
+    writes: u64,
+    delete_ranges: u64,
+}
+
+/// A legacy record: postcard encodes a struct as its fields in order.
+#[derive(Debug, Deserialize)]
+struct LegacyRecord<R> {
+    #[allow(dead_code)]
     expires_at_ms: u64,
     result: R,
 }
 
-/// The first outcomes (of type `R`) of request ids, under two key prefixes of the tree.
+/// The first outcomes (of type `R`) of request ids, under their key prefixes of the tree.
 pub(super) struct DedupTable<R> {
     /// Records: this prefix + request id.
     record_prefix: u8,
-    /// Expiry index: this prefix + expiry + request id.
-    index_prefix: u8,
+    /// Request lists: this prefix + log index (big-endian, so lists sort oldest first).
+    list_prefix: u8,
+    /// Legacy records: this prefix + request id.
+    legacy_record_prefix: u8,
+    /// Legacy expiry index: this prefix + expiry + request id.
+    legacy_index_prefix: u8,
     result: PhantomData<fn() -> R>,
 }
 
 impl<R> DedupTable<R> {
-    const fn new(record_prefix: u8, index_prefix: u8) -> DedupTable<R> {
+    const fn new(
+        record_prefix: u8,
+        list_prefix: u8,
+        legacy_record_prefix: u8,
+        legacy_index_prefix: u8,
+    ) -> DedupTable<R> {
         DedupTable {
             record_prefix,
-            index_prefix,
+            list_prefix,
+            legacy_record_prefix,
+            legacy_index_prefix,
             result: PhantomData,
         }
     }
 }
 
 impl<R: Serialize + DeserializeOwned> DedupTable<R> {
-    /// The first outcome of `request_id`, if its record is still in `tree`.
-    pub(super) fn lookup(&self, tree: &TreeRef, request_id: &RequestId) -> Result<Option<R>, StorageError> {
-        match tree.get(&request_key(self.record_prefix, request_id))? {
-            Some(bytes) => Ok(Some(decode::<DedupRecord<R>>(tree.name(), &bytes)?.result)),
-            None => Ok(None),
+    /// The first outcome of `request_id`, if its record is still in `tree`. `legacy`: the
+    /// tree may still hold legacy records (see [`drain_legacy`]).
+    pub(super) fn lookup(
+        &self,
+        tree: &TreeRef,
+        request_id: &RequestId,
+        legacy: bool,
+    ) -> Result<Option<R>, StorageError> {
+        if let Some(bytes) = tree.get(&request_key(self.record_prefix, request_id))? {
+            return Ok(Some(decode(tree.name(), &bytes)?));
         }
+        if legacy {
+            if let Some(bytes) = tree.get(&request_key(self.legacy_record_prefix, request_id))? {
+                return Ok(Some(decode::<LegacyRecord<R>>(tree.name(), &bytes)?.result));
+            }
+        }
+        Ok(None)
     }
 
-    /// Records in `batch` the first outcome of `request_id`, issued at `issued_at_ms` and
-    /// kept for `window_ms`.
+    /// Records in `batch` the first outcome of `request_id` (the entry's request list,
+    /// written by [`EntryRecords::finish`], makes it prunable).
     pub(super) fn record(
         &self,
         batch: &mut Batch,
         request_id: &RequestId,
-        issued_at_ms: u64,
-        window_ms: u64,
         result: &R,
     ) -> Result<(), StorageError> {
-        let expires_at_ms = issued_at_ms.saturating_add(window_ms);
-        let record = DedupRecord {
-            expires_at_ms,
-            result,
-        };
-        batch.insert(request_key(self.record_prefix, request_id), encode(&record)?);
-        batch.insert(
-            expiry_key(self.index_prefix, expires_at_ms, request_id),
-            Vec::new(),
-        );
-        Ok(())
-    }
-
-    /// Removes in `batch` (at most [`MAX_PRUNE_PER_ENTRY`]) records that expired before
-    /// `now_ms`, oldest first, with their index entries.
-    pub(super) fn prune(&self, tree: &TreeRef, now_ms: u64, batch: &mut Batch) -> Result<(), StorageError> {
-        let (start, end) = prefix_bounds(&[self.index_prefix]);
-        for pair in tree.range(start, end).take(MAX_PRUNE_PER_ENTRY) {
-            let (key, _) = pair?;
-            let Some((expires_at_ms, request_id)) = split_expiry_key(&key) else {
-                break;
-            };
-            if expires_at_ms >= now_ms {
-                break;
-            }
-            if let Some(request_id) = request_id {
-                batch.remove(request_key(self.record_prefix, &request_id));
-            }
-            batch.remove(key);
-        }
+        batch.insert(request_key(self.record_prefix, request_id), encode(result)?);
         Ok(())
     }
 }
 
-/// Removes in `batch` the records of both tables that expired before `now_ms` (the clock of
-/// the entry being applied).
-pub(super) fn prune_expired(tree: &TreeRef, now_ms: u64, batch: &mut Batch) -> Result<(), StorageError> {
-    WRITES.prune(tree, now_ms, batch)?;
-    DELETE_RANGES.prune(tree, now_ms, batch)
+impl<R> DedupTable<R> {
+    /// Writes the request list of the entry at `log_index` and prunes old lists with their
+    /// records; returns the table's new record count.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        tree: &TreeRef,
+        batch: &mut Batch,
+        policy: &DedupPolicy,
+        log_index: u64,
+        now_ms: u64,
+        recorded: Vec<RequestId>,
+        count: u64,
+    ) -> Result<u64, StorageError> {
+        let mut count = count + recorded.len() as u64;
+        if !recorded.is_empty() {
+            let list = RequestList {
+                issued_at_ms: now_ms,
+                ids: recorded,
+            };
+            batch.insert(list_key(self.list_prefix, log_index), encode(&list)?);
+        }
+        if count <= policy.min_records {
+            return Ok(count);
+        }
+        let (start, end) = prefix_bounds(&[self.list_prefix]);
+        let mut expired_lists = 0;
+        for pair in tree.range(start, end) {
+            let (key, value) = pair?;
+            if split_list_key(&key).is_none_or(|index| index >= log_index) {
+                break;
+            }
+            let list: RequestList = decode(tree.name(), &value)?;
+            let left = count.saturating_sub(list.ids.len() as u64);
+            let over_cap = count > policy.max_records;
+            let expired = left >= policy.min_records
+                && list.issued_at_ms.saturating_add(policy.window_ms) < now_ms
+                && expired_lists < MAX_EXPIRED_LISTS_PER_ENTRY;
+            if !over_cap && !expired {
+                break;
+            }
+            if !over_cap {
+                expired_lists += 1;
+            }
+            for id in &list.ids {
+                batch.remove(request_key(self.record_prefix, id));
+            }
+            batch.remove(key);
+            count = left;
+        }
+        Ok(count)
+    }
+
+    /// Removes in `batch` (at most [`MAX_LEGACY_PRUNE_PER_ENTRY`]) legacy records that
+    /// expired before `now_ms`, oldest first. Returns whether any legacy record is left.
+    fn prune_legacy(&self, tree: &TreeRef, now_ms: u64, batch: &mut Batch) -> Result<bool, StorageError> {
+        let (start, end) = prefix_bounds(&[self.legacy_index_prefix]);
+        for (pruned, pair) in tree.range(start, end).enumerate() {
+            let (key, _) = pair?;
+            let Some((expires_at_ms, request_id)) = split_expiry_key(&key) else {
+                return Ok(true);
+            };
+            if expires_at_ms >= now_ms || pruned == MAX_LEGACY_PRUNE_PER_ENTRY {
+                return Ok(true);
+            }
+            if let Some(request_id) = request_id {
+                batch.remove(request_key(self.legacy_record_prefix, &request_id));
+            }
+            batch.remove(key);
+        }
+        Ok(false)
+    }
+}
+
+/// The de-duplication records one entry makes: collected while the entry is applied, then
+/// listed and pruned by [`EntryRecords::finish`].
+#[derive(Default)]
+pub(super) struct EntryRecords {
+    writes: Vec<RequestId>,
+    delete_ranges: Vec<RequestId>,
+    /// The latest `issued_at_ms` of the entry's commands: the entry's clock.
+    now_ms: u64,
+}
+
+impl EntryRecords {
+    /// Records in `batch` the outcome of a write first seen in this entry.
+    pub(super) fn record_write(
+        &mut self,
+        batch: &mut Batch,
+        request_id: &RequestId,
+        issued_at_ms: u64,
+        results: &Vec<WriteOpResult>,
+    ) -> Result<(), StorageError> {
+        WRITES.record(batch, request_id, results)?;
+        self.writes.push(*request_id);
+        self.now_ms = self.now_ms.max(issued_at_ms);
+        Ok(())
+    }
+
+    /// Records in `batch` the outcome of a delete-range first seen in this entry.
+    pub(super) fn record_delete_range(
+        &mut self,
+        batch: &mut Batch,
+        request_id: &RequestId,
+        issued_at_ms: u64,
+        result: &DeleteRangeResult,
+    ) -> Result<(), StorageError> {
+        DELETE_RANGES.record(batch, request_id, result)?;
+        self.delete_ranges.push(*request_id);
+        self.now_ms = self.now_ms.max(issued_at_ms);
+        Ok(())
+    }
+
+    /// Advances the entry's clock (a command that recorded nothing still carries one).
+    pub(super) fn observe_clock(&mut self, issued_at_ms: u64) {
+        self.now_ms = self.now_ms.max(issued_at_ms);
+    }
+
+    /// Writes the entry's request lists, prunes what `policy` lets go and updates the
+    /// counts, all in `batch`. `legacy`: the tree may still hold legacy records; returns
+    /// whether it still may.
+    pub(super) fn finish(
+        self,
+        tree: &TreeRef,
+        batch: &mut Batch,
+        policy: &DedupPolicy,
+        log_index: u64,
+        legacy: bool,
+    ) -> Result<bool, StorageError> {
+        let before: Counts = match tree.get(COUNTS_KEY)? {
+            Some(bytes) => decode(tree.name(), &bytes)?,
+            None => Counts::default(),
+        };
+        let after = Counts {
+            writes: WRITES.finish(
+                tree,
+                batch,
+                policy,
+                log_index,
+                self.now_ms,
+                self.writes,
+                before.writes,
+            )?,
+            delete_ranges: DELETE_RANGES.finish(
+                tree,
+                batch,
+                policy,
+                log_index,
+                self.now_ms,
+                self.delete_ranges,
+                before.delete_ranges,
+            )?,
+        };
+        if after != before {
+            batch.insert(COUNTS_KEY.to_vec(), encode(&after)?);
+        }
+        if !legacy {
+            return Ok(false);
+        }
+        let writes_left = WRITES.prune_legacy(tree, self.now_ms, batch)?;
+        let ranges_left = DELETE_RANGES.prune_legacy(tree, self.now_ms, batch)?;
+        Ok(writes_left || ranges_left)
+    }
 }
 
 #[cfg(test)]
@@ -128,9 +342,8 @@ mod tests {
     use std::ops::Bound;
 
     use super::*;
+    use crate::raft::state_machine::layout::expiry_key;
     use crate::storage::{self, EngineRef};
-
-    const WINDOW_MS: u64 = 60_000;
 
     fn tree(dir: &std::path::Path) -> (EngineRef, TreeRef) {
         let engine = storage::open(dir).expect("engine");
@@ -138,126 +351,173 @@ mod tests {
         (engine, tree)
     }
 
-    fn range_result(deleted: u64) -> DeleteRangeResult {
-        DeleteRangeResult {
-            deleted,
-            last_deleted: Some(b"b".to_vec()),
-            more: true,
+    fn policy(min_records: u64, max_records: u64) -> DedupPolicy {
+        DedupPolicy {
+            window_ms: 60_000,
+            min_records,
+            max_records,
         }
     }
 
-    /// Both record kinds keep the bytes they had on disk before the tables were unified
-    /// (expiry 61 000 as a varint, then the outcome's fields in order).
-    #[test]
-    fn records_keep_their_encoding() {
-        let write = DedupRecord {
-            expires_at_ms: 61_000,
-            result: vec![WriteOpResult {
-                succeeded: true,
-                version: 3,
-                existed: false,
-                current: None,
-            }],
-        };
-        assert_eq!(
-            encode(&write).expect("encode"),
-            vec![0xc8, 0xdc, 0x03, 1, 1, 3, 0, 0]
-        );
-        let delete_range = DedupRecord {
-            expires_at_ms: 61_000,
-            result: range_result(2),
-        };
-        assert_eq!(
-            encode(&delete_range).expect("encode"),
-            vec![0xc8, 0xdc, 0x03, 2, 1, 1, b'b', 1]
-        );
+    fn ok() -> Vec<WriteOpResult> {
+        vec![WriteOpResult {
+            succeeded: true,
+            version: 3,
+            existed: false,
+            current: None,
+        }]
     }
 
-    /// A recorded outcome is found again by its request id, only in its own table, under
-    /// the table's prefixes.
+    /// Applies one entry at `index` recording the writes `ids`, issued at `issued_at_ms`.
+    fn entry(tree: &TreeRef, policy: &DedupPolicy, index: u64, issued_at_ms: u64, ids: &[u8]) {
+        let mut batch = Batch::default();
+        let mut records = EntryRecords::default();
+        records.observe_clock(issued_at_ms);
+        for id in ids {
+            records
+                .record_write(&mut batch, &[*id; 16], issued_at_ms, &ok())
+                .expect("record");
+        }
+        records
+            .finish(tree, &mut batch, policy, index, false)
+            .expect("finish");
+        tree.apply_batch(batch).expect("apply");
+    }
+
+    fn remembered(tree: &TreeRef, ids: impl IntoIterator<Item = u8>) -> Vec<u8> {
+        ids.into_iter()
+            .filter(|id| WRITES.lookup(tree, &[*id; 16], false).expect("lookup").is_some())
+            .collect()
+    }
+
+    fn counts(tree: &TreeRef) -> Counts {
+        decode(tree.name(), &tree.get(COUNTS_KEY).expect("get").expect("counts")).expect("decode")
+    }
+
+    /// A recorded outcome is found again by its request id, only in its own table.
     #[test]
     fn recorded_outcomes_are_found_in_their_own_table() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_engine, tree) = tree(dir.path());
+        let result = DeleteRangeResult {
+            deleted: 2,
+            last_deleted: Some(b"b".to_vec()),
+            more: true,
+        };
         let mut batch = Batch::default();
-        DELETE_RANGES
-            .record(&mut batch, &[1; 16], 1_000, WINDOW_MS, &range_result(2))
+        let mut records = EntryRecords::default();
+        records
+            .record_delete_range(&mut batch, &[1; 16], 1_000, &result)
             .expect("record");
+        records
+            .finish(&tree, &mut batch, &policy(10, 20), 5, false)
+            .expect("finish");
         tree.apply_batch(batch).expect("apply");
         assert_eq!(
-            DELETE_RANGES.lookup(&tree, &[1; 16]).expect("lookup"),
-            Some(range_result(2))
+            DELETE_RANGES.lookup(&tree, &[1; 16], false).expect("lookup"),
+            Some(result)
         );
-        assert_eq!(DELETE_RANGES.lookup(&tree, &[2; 16]).expect("lookup"), None);
-        assert_eq!(WRITES.lookup(&tree, &[1; 16]).expect("lookup"), None);
-        let keys: Vec<Vec<u8>> = tree
-            .range(Bound::Unbounded, Bound::Unbounded)
-            .map(|pair| pair.map(|(key, _)| key))
-            .collect::<Result<_, _>>()
-            .expect("range");
         assert_eq!(
-            keys,
-            vec![
-                request_key(RANGE_DEDUP_PREFIX, &[1; 16]),
-                expiry_key(RANGE_EXPIRY_PREFIX, 61_000, &[1; 16]),
-            ]
+            DELETE_RANGES.lookup(&tree, &[2; 16], false).expect("lookup"),
+            None
+        );
+        assert_eq!(WRITES.lookup(&tree, &[1; 16], false).expect("lookup"), None);
+        assert_eq!(
+            counts(&tree),
+            Counts {
+                writes: 0,
+                delete_ranges: 1
+            }
         );
     }
 
-    /// Pruning removes records that expired strictly before the entry's clock, oldest first,
-    /// at most [`MAX_PRUNE_PER_ENTRY`] per table and entry, and leaves the other table alone.
+    /// However far the entries' clock jumps, the last `min_records` requests are remembered;
+    /// older ones go once the clock passes the window, whole entries at a time.
     #[test]
-    fn prune_removes_expired_records_oldest_first_and_bounded() {
+    fn a_clock_jump_never_forgets_the_last_min_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_engine, tree) = tree(dir.path());
-        let mut batch = Batch::default();
-        let records = MAX_PRUNE_PER_ENTRY as u64 + 6;
-        for issued in 0..records {
-            let request_id = [issued as u8; 16];
-            WRITES
-                .record(&mut batch, &request_id, issued, WINDOW_MS, &Vec::new())
-                .expect("record");
+        let policy = policy(4, 100);
+        for index in 0..6u8 {
+            entry(
+                &tree,
+                &policy,
+                u64::from(index) + 1,
+                1_000,
+                &[index * 2, index * 2 + 1],
+            );
         }
-        DELETE_RANGES
-            .record(&mut batch, &[0; 16], 0, WINDOW_MS, &range_result(1))
-            .expect("record");
-        tree.apply_batch(batch).expect("apply");
-
-        // Only the record issued at 0 expired before 60_001 (it expires at 60_000).
-        let mut batch = Batch::default();
-        WRITES.prune(&tree, WINDOW_MS + 1, &mut batch).expect("prune");
-        tree.apply_batch(batch).expect("apply");
-        assert_eq!(WRITES.lookup(&tree, &[0; 16]).expect("lookup"), None);
-        assert!(WRITES.lookup(&tree, &[1; 16]).expect("lookup").is_some());
-        assert!(
-            DELETE_RANGES.lookup(&tree, &[0; 16]).expect("lookup").is_some(),
-            "the other table is untouched"
-        );
-
-        // Everything expired: one entry removes at most the bound, the next one the rest.
-        let mut batch = Batch::default();
-        prune_expired(&tree, u64::MAX, &mut batch).expect("prune");
-        tree.apply_batch(batch).expect("apply");
-        let left = (0..records)
-            .filter(|issued| {
-                WRITES
-                    .lookup(&tree, &[*issued as u8; 16])
-                    .expect("lookup")
-                    .is_some()
-            })
-            .collect::<Vec<_>>();
         assert_eq!(
-            left,
-            (MAX_PRUNE_PER_ENTRY as u64 + 1..records).collect::<Vec<_>>()
+            remembered(&tree, 0..12),
+            (0..12).collect::<Vec<_>>(),
+            "within the window"
         );
-        assert_eq!(DELETE_RANGES.lookup(&tree, &[0; 16]).expect("lookup"), None);
+        // A leader ten years ahead: everything older than the window, yet the last 4 stay.
+        entry(&tree, &policy, 7, u64::MAX / 2, &[]);
+        assert_eq!(remembered(&tree, 0..12), vec![8, 9, 10, 11]);
+        assert_eq!(counts(&tree).writes, 4);
+    }
+
+    /// The cap holds whatever the clock: the oldest entries' records go first.
+    #[test]
+    fn the_cap_bounds_the_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, tree) = tree(dir.path());
+        let policy = policy(2, 6);
+        for index in 0..5u8 {
+            entry(
+                &tree,
+                &policy,
+                u64::from(index) + 1,
+                1_000,
+                &[index * 2, index * 2 + 1],
+            );
+        }
+        assert_eq!(remembered(&tree, 0..10), vec![4, 5, 6, 7, 8, 9]);
+        assert_eq!(counts(&tree).writes, 6);
+        let lists = tree
+            .range(
+                Bound::Included(vec![WRITE_LIST_PREFIX]),
+                Bound::Excluded(vec![WRITE_LIST_PREFIX + 1]),
+            )
+            .count();
+        assert_eq!(lists, 3, "one list per entry left");
+    }
+
+    /// Legacy records are still found and drain by their recorded expiry; new records never
+    /// use the legacy prefixes.
+    #[test]
+    fn legacy_records_are_found_and_drain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, tree) = tree(dir.path());
+        // As the previous layout wrote them: (expiry, result) under `r`, index under `x`.
+        let legacy = (61_000u64, ok());
+        tree.insert(
+            &request_key(WRITE_DEDUP_PREFIX, &[7; 16]),
+            &encode(&legacy).expect("encode"),
+        )
+        .expect("insert");
+        tree.insert(&expiry_key(WRITE_EXPIRY_PREFIX, 61_000, &[7; 16]), &[])
+            .expect("insert");
+        assert_eq!(WRITES.lookup(&tree, &[7; 16], true).expect("lookup"), Some(ok()));
+
         let mut batch = Batch::default();
-        prune_expired(&tree, u64::MAX, &mut batch).expect("prune");
+        let left = EntryRecords::default()
+            .finish(&tree, &mut batch, &policy(4, 8), 1, true)
+            .expect("finish");
         tree.apply_batch(batch).expect("apply");
-        assert_eq!(
-            tree.range(Bound::Unbounded, Bound::Unbounded).count(),
-            0,
-            "records and index entries are gone"
-        );
+        assert!(left, "not expired yet");
+        assert!(WRITES.lookup(&tree, &[7; 16], true).expect("lookup").is_some());
+
+        let mut batch = Batch::default();
+        let mut records = EntryRecords::default();
+        records.observe_clock(61_001);
+        let left = records
+            .finish(&tree, &mut batch, &policy(4, 8), 2, true)
+            .expect("finish");
+        tree.apply_batch(batch).expect("apply");
+        assert!(!left, "drained");
+        assert_eq!(WRITES.lookup(&tree, &[7; 16], true).expect("lookup"), None);
+        assert_eq!(tree.range(Bound::Unbounded, Bound::Unbounded).count(), 0);
     }
 }

@@ -6,10 +6,15 @@
 //! | key | value | what |
 //! | --- | --- | --- |
 //! | `d` ‖ user key | version (u64 big-endian) ‖ value bytes | a stored key; the version is the log index of the write |
-//! | `r` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, Vec<WriteOpResult>)` | de-duplication record of a write |
-//! | `x` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `r` records |
-//! | `q` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, DeleteRangeResult)` | de-duplication record of a delete-range |
-//! | `y` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `q` records |
+//! | `w` ‖ request id (16 bytes) | postcard `Vec<WriteOpResult>` | de-duplication record of a write |
+//! | `l` ‖ log index (u64 big-endian) | postcard `(issued_at_ms: u64, Vec<request id>)` | the write records made by that entry (pruning walks these oldest first) |
+//! | `g` ‖ request id (16 bytes) | postcard `DeleteRangeResult` | de-duplication record of a delete-range |
+//! | `h` ‖ log index (u64 big-endian) | postcard `(issued_at_ms: u64, Vec<request id>)` | the delete-range records made by that entry |
+//! | `n` | postcard `(writes: u64, delete_ranges: u64)` | how many `w` and `g` records there are |
+//! | `r` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, Vec<WriteOpResult>)` | legacy write record (read and drained, no longer written) |
+//! | `x` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `r` records (legacy) |
+//! | `q` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, DeleteRangeResult)` | legacy delete-range record |
+//! | `y` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `q` records (legacy) |
 //! | `a` | postcard `LogId` | last applied log id |
 //! | `i` | postcard `(LogId, Vec<(key, Option<value>)>)` | the last applied entry's writes, recorded before they are made (see `apply.rs`) |
 //! | `m` | postcard `StoredMembership` | last applied membership |
@@ -31,13 +36,23 @@ use crate::storage::{prefix_bounds, StorageError};
 
 /// Data records: `d` + user key.
 pub(super) const DATA_PREFIX: u8 = b'd';
-/// De-duplication records of writes: `r` + request id.
+/// De-duplication records of writes: `w` + request id.
+pub(super) const WRITE_RECORD_PREFIX: u8 = b'w';
+/// Request lists of the write records: `l` + log index.
+pub(super) const WRITE_LIST_PREFIX: u8 = b'l';
+/// De-duplication records of delete-ranges: `g` + request id.
+pub(super) const RANGE_RECORD_PREFIX: u8 = b'g';
+/// Request lists of the delete-range records: `h` + log index.
+pub(super) const RANGE_LIST_PREFIX: u8 = b'h';
+/// The record counts of both de-duplication tables.
+pub(super) const COUNTS_KEY: &[u8] = b"n";
+/// Legacy de-duplication records of writes: `r` + request id.
 pub(super) const WRITE_DEDUP_PREFIX: u8 = b'r';
-/// Expiry index of the write records: `x` + expiry + request id.
+/// Legacy expiry index of the write records: `x` + expiry + request id.
 pub(super) const WRITE_EXPIRY_PREFIX: u8 = b'x';
-/// De-duplication records of delete-ranges: `q` + request id.
+/// Legacy de-duplication records of delete-ranges: `q` + request id.
 pub(super) const RANGE_DEDUP_PREFIX: u8 = b'q';
-/// Expiry index of the delete-range records: `y` + expiry + request id.
+/// Legacy expiry index of the delete-range records: `y` + expiry + request id.
 pub(super) const RANGE_EXPIRY_PREFIX: u8 = b'y';
 /// The last applied log id.
 pub(in crate::raft) const APPLIED_KEY: &[u8] = b"a";
@@ -149,7 +164,23 @@ pub(super) fn request_key(prefix: u8, request_id: &RequestId) -> Vec<u8> {
     out
 }
 
-/// An expiry index key (`prefix` + expiry + request id): index keys sort by expiry.
+/// A request list key (`prefix` + log index, big-endian): lists sort oldest first.
+pub(super) fn list_key(prefix: u8, log_index: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8);
+    out.push(prefix);
+    out.extend_from_slice(&log_index.to_be_bytes());
+    out
+}
+
+/// The log index of a request list key; `None` when the key does not hold one.
+pub(super) fn split_list_key(key: &[u8]) -> Option<u64> {
+    let index: [u8; 8] = key.get(1..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(index))
+}
+
+/// An expiry index key (`prefix` + expiry + request id): index keys sort by expiry. Only
+/// tests still write legacy records.
+#[cfg(test)]
 pub(super) fn expiry_key(prefix: u8, expires_at_ms: u64, request_id: &RequestId) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + EXPIRY_BYTES + REQUEST_ID_BYTES);
     out.push(prefix);
@@ -204,6 +235,10 @@ mod tests {
             vec![0, 0, 0, 0, 0, 0, 1, 2, b'v']
         );
         assert_eq!(request_key(b'r', &[7; 16]), [&[b'r'][..], &[7; 16]].concat());
+        assert_eq!(list_key(b'l', 258), vec![b'l', 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(split_list_key(&list_key(b'l', 258)), Some(258));
+        assert_eq!(split_list_key(b"l1"), None);
+        assert_eq!(COUNTS_KEY, b"n");
         assert_eq!(
             expiry_key(b'x', 258, &[7; 16]),
             [&[b'x', 0, 0, 0, 0, 0, 0, 1, 2][..], &[7; 16]].concat()

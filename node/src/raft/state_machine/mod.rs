@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 pub use adapter::{SnapshotBuilder, StateMachine};
+pub use dedup::DedupPolicy;
 pub use read::{CountResult, ScanOptions, ScanPage};
 
 use super::snapshot::{self, SnapshotDir};
@@ -58,7 +59,10 @@ pub struct GroupState {
     /// The last applied log id (in memory; durable at the next flush).
     applied_tx: watch::Sender<Option<LogId>>,
     snapshots: SnapshotDir,
-    dedup_window_ms: u64,
+    dedup: DedupPolicy,
+    /// The tree may still hold de-duplication records of the legacy layout (cleared by the
+    /// apply that finds none left; set again when a snapshot brings a new tree).
+    legacy_dedup: AtomicBool,
     cluster_tx: watch::Sender<Option<ClusterConfig>>,
     /// Set (under the apply lock) when the replica is being deleted: openraft's state-machine
     /// worker may outlive `Raft::shutdown`, and a late apply or snapshot install must not
@@ -73,7 +77,7 @@ impl GroupState {
         engine: EngineRef,
         catalog: TreeRef,
         snapshots: SnapshotDir,
-        dedup_window_ms: u64,
+        dedup: DedupPolicy,
     ) -> Result<Arc<GroupState>, StorageError> {
         let generation = match catalog.get(&catalog_key(group))? {
             Some(bytes) => decode(catalog.name(), &bytes)?,
@@ -110,7 +114,8 @@ impl GroupState {
             apply_lock: Arc::new(tokio::sync::RwLock::new(())),
             applied_tx,
             snapshots,
-            dedup_window_ms,
+            dedup,
+            legacy_dedup: AtomicBool::new(true),
             cluster_tx,
             retired: AtomicBool::new(false),
         }))
@@ -225,6 +230,7 @@ impl GroupState {
             Ok(mut current) => *current = (generation, tree),
             Err(poisoned) => *poisoned.into_inner() = (generation, tree),
         }
+        self.legacy_dedup.store(true, Ordering::SeqCst);
         drop(old_tree);
         self.engine.drop_tree(&sm_tree_name(self.group, old_generation))?;
         self.applied_tx.send_replace(last_applied);

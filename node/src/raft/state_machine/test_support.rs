@@ -96,6 +96,14 @@ pub(crate) async fn five_keys(dir: &std::path::Path) -> (EngineRef, Arc<GroupSta
 
 /// Opens (or reopens) the state of shard 0 in `dir` with a 60 s de-duplication window.
 pub(crate) fn open(dir: &std::path::Path) -> (EngineRef, Arc<GroupState>) {
+    open_with_policy(dir, super::DedupPolicy::with_window(60_000))
+}
+
+/// Opens (or reopens) the state of shard 0 in `dir` with a de-duplication `policy`.
+pub(crate) fn open_with_policy(
+    dir: &std::path::Path,
+    policy: super::DedupPolicy,
+) -> (EngineRef, Arc<GroupState>) {
     // sled's IO threads may hold the directory lock briefly after the last handle of a
     // previous open is dropped: wait (bounded) for it to be released.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -112,6 +120,6 @@ pub(crate) fn open(dir: &std::path::Path) -> (EngineRef, Arc<GroupState>) {
     let catalog = engine.open_tree("node").expect("catalog");
     let snapshots = SnapshotDir::open(dir.join("snapshots")).expect("snapshots");
     let state =
-        GroupState::open(GroupId::Shard(0), engine.clone(), catalog, snapshots, 60_000).expect("state");
+        GroupState::open(GroupId::Shard(0), engine.clone(), catalog, snapshots, policy).expect("state");
     (engine, state)
 }
