@@ -67,3 +67,56 @@ async fn acknowledged_writes_reach_every_placement_replica() -> anyhow::Result<(
     assert_eq!(shards.len(), 8);
     Ok(())
 }
+
+/// Followers apply a write within `commit_propagation_delay_ms` even when nothing follows
+/// it: the leader holds back an AppendEntries that would only carry the commit index, but
+/// not until the next heartbeat. Heartbeats here are 1.5 s apart and each write may wait
+/// 500 ms; the writes go out every 300 ms for 1.8 s, so some of them fall more than 500 ms
+/// before a heartbeat: a follower that only learned commits from heartbeats fails this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_apply_a_lone_write_without_waiting_for_a_heartbeat() -> anyhow::Result<()> {
+    let options = ClusterOptions {
+        nodes: 3,
+        shards: 2,
+        replication_factor: 3,
+        node_args: [
+            "--heartbeat-interval-ms",
+            "1500",
+            "--election-timeout-min-ms",
+            "3000",
+            "--commit-propagation-delay-ms",
+            "10",
+            "--hibernate-after-ms",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(options).await?;
+    let client = cluster.client().await?;
+    let ring = cluster.ring(1).await?;
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(300));
+    for i in 0..7u32 {
+        pace.tick().await;
+        let key = format!("lone-{i}").into_bytes();
+        let version = client.put(&key, b"v".to_vec()).await?;
+        let shard = ring.shard_for_key(&key);
+        for replica in ring.replicas(shard) {
+            wait_until(
+                "every replica to apply the write",
+                std::time::Duration::from_millis(500),
+                || async {
+                    cluster
+                        .read_replica(replica, shard.0, &key)
+                        .await
+                        .ok()
+                        .flatten()
+                        .filter(|(_, v)| *v == version)
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}

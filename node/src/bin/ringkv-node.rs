@@ -42,6 +42,9 @@ struct Args {
     /// Raft heartbeat interval.
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
+    /// Longest wait for the next entries to carry a newer commit index to followers.
+    #[arg(long)]
+    commit_propagation_delay_ms: Option<u64>,
     /// Election timeout lower bound (the upper bound is twice this unless configured).
     #[arg(long)]
     election_timeout_min_ms: Option<u64>,
@@ -115,6 +118,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(ms) = args.heartbeat_interval_ms {
         config.heartbeat_interval_ms = ms;
+    }
+    if let Some(ms) = args.commit_propagation_delay_ms {
+        config.commit_propagation_delay_ms = ms;
     }
     if let Some(ms) = args.election_timeout_min_ms {
         config.election_timeout_min_ms = ms;

@@ -131,6 +131,7 @@ impl Node {
             snapshot_max_chunk_size: config.snapshot_chunk_bytes,
             // The last chunk's RPC covers installing the snapshot.
             install_snapshot_timeout: config.rpc_timeout_ms.max(30_000),
+            commit_propagation_delay: config.commit_propagation_delay_ms,
             ..openraft::Config::default()
         }
         .validate()
