@@ -28,12 +28,17 @@ where C: RaftTypeConfig
 
     /// Emit event or not
     enabled: Arc<AtomicBool>,
+
+    /// ringkv patch: wakes the loop when ticks are enabled again; while they are off, the
+    /// loop waits here instead of waking every interval to skip a tick.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 pub(crate) struct TickHandle<C>
 where C: RaftTypeConfig
 {
     enabled: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     join_handle: Mutex<Option<JoinHandleOf<C, ()>>>,
 }
@@ -55,10 +60,12 @@ where C: RaftTypeConfig
 {
     pub(crate) fn spawn(interval: Duration, tx: mpsc::UnboundedSender<Notify<C>>, enabled: bool) -> TickHandle<C> {
         let enabled = Arc::new(AtomicBool::from(enabled));
+        let wake = Arc::new(tokio::sync::Notify::new());
         let this = Self {
             interval,
             enabled: enabled.clone(),
             tx,
+            wake: wake.clone(),
         };
 
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -73,6 +80,7 @@ where C: RaftTypeConfig
 
         TickHandle {
             enabled,
+            wake,
             shutdown,
             join_handle: Mutex::new(Some(join_handle)),
         }
@@ -84,18 +92,33 @@ where C: RaftTypeConfig
         let mut cancel = std::pin::pin!(cancel_rx);
 
         loop {
-            let at = C::now() + self.interval;
-            let sleep_fut = C::sleep_until(at);
-            let sleep_fut = std::pin::pin!(sleep_fut);
-            let cancel_fut = cancel.as_mut();
-
-            match futures::future::select(cancel_fut, sleep_fut).await {
-                Either::Left((_canceled, _)) => {
-                    tracing::info!("TickLoop received cancel signal, quit");
-                    return;
+            // ringkv patch: while ticks are off, sleep until they are turned on (a stored
+            // permit from `enable(true)` makes a wake-up between the check and the wait count),
+            // then tick at once: upstream's loop would have ticked within one interval.
+            if !self.enabled.load(Ordering::Relaxed) {
+                let notified = self.wake.notified();
+                let notified = std::pin::pin!(notified);
+                match futures::future::select(cancel.as_mut(), notified).await {
+                    Either::Left((_canceled, _)) => {
+                        tracing::info!("TickLoop received cancel signal, quit");
+                        return;
+                    }
+                    Either::Right((_, _)) => {}
                 }
-                Either::Right((_, _)) => {
-                    // sleep done
+            } else {
+                let at = C::now() + self.interval;
+                let sleep_fut = C::sleep_until(at);
+                let sleep_fut = std::pin::pin!(sleep_fut);
+                let cancel_fut = cancel.as_mut();
+
+                match futures::future::select(cancel_fut, sleep_fut).await {
+                    Either::Left((_canceled, _)) => {
+                        tracing::info!("TickLoop received cancel signal, quit");
+                        return;
+                    }
+                    Either::Right((_, _)) => {
+                        // sleep done
+                    }
                 }
             }
 
@@ -121,6 +144,10 @@ where C: RaftTypeConfig
 {
     pub(crate) fn enable(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Relaxed);
+        if enabled {
+            // ringkv patch: wake a loop waiting for ticks to come back.
+            self.wake.notify_one();
+        }
     }
 
     /// Signal the tick loop to stop. And return a JoinHandle to wait for the loop to stop.
