@@ -369,6 +369,28 @@ impl Cluster {
         Ok(result.found.then_some((result.value, result.version)))
     }
 
+    /// Waits (up to `timeout`) until node `id`'s replica of `shard` holds `key` at `version`;
+    /// returns the value.
+    pub async fn wait_replica_at(
+        &self,
+        id: u64,
+        shard: u32,
+        key: &[u8],
+        version: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let what = format!("node {id}'s replica of shard {shard} to hold version {version}");
+        let (value, _) = wait_until(&what, timeout, || async {
+            self.read_replica(id, shard, key)
+                .await
+                .ok()
+                .flatten()
+                .filter(|(_, v)| *v == version)
+        })
+        .await?;
+        Ok(value)
+    }
+
     /// Node `id`'s applied index for `shard`, if it hosts it.
     pub async fn applied_index(&self, id: u64, shard: u32) -> Result<Option<u64>> {
         let status = self.node_status(id).await?;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context;
 use ringkv_tests::{Cluster, ClusterOptions, WAIT};
 
 async fn write_keys(
@@ -74,14 +75,9 @@ async fn kill_shard_leader_then_writes_resume() -> anyhow::Result<()> {
 
     // The old leader comes back as a follower and catches up.
     cluster.start_node(old_leader).await?;
-    ringkv_tests::wait_until("the old leader to catch up", WAIT, || async {
-        cluster
-            .read_replica(old_leader, shard, &key)
-            .await
-            .ok()
-            .flatten()
-            .filter(|(_, v)| *v == version)
-    })
-    .await?;
+    cluster
+        .wait_replica_at(old_leader, shard, &key, version, WAIT)
+        .await
+        .context("the old leader to catch up")?;
     Ok(())
 }

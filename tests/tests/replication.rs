@@ -1,7 +1,7 @@
 //! Writes through the router land where the ring says and reach every replica.
 
 use ringkv_ring::ShardId;
-use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
+use ringkv_tests::{Cluster, ClusterOptions, WAIT};
 
 /// Every acknowledged write is readable from every replica of its shard, the replicas are
 /// exactly the nodes placement names, and nodes outside placement do not host the shard.
@@ -38,19 +38,10 @@ async fn acknowledged_writes_reach_every_placement_replica() -> anyhow::Result<(
         let replicas = ring.replicas(shard);
         assert_eq!(replicas.len(), 3);
         for replica in replicas {
-            let got = wait_until("the replica to apply the write", WAIT, || async {
-                cluster
-                    .read_replica(replica, shard.0, key)
-                    .await
-                    .ok()
-                    .flatten()
-                    .filter(|(_, v)| v == version)
-            })
-            .await?;
-            assert_eq!(
-                &got.0, value,
-                "replica {replica} of shard {shard} holds the value"
-            );
+            let got = cluster
+                .wait_replica_at(replica, shard.0, key, *version, WAIT)
+                .await?;
+            assert_eq!(&got, value, "replica {replica} of shard {shard} holds the value");
         }
         for other in (1..=4u64).filter(|id| !ring.replicas(shard).contains(id)) {
             let read = cluster.read_replica(other, shard.0, key).await;
@@ -103,19 +94,10 @@ async fn followers_apply_a_lone_write_without_waiting_for_a_heartbeat() -> anyho
         let version = client.put(&key, b"v".to_vec()).await?;
         let shard = ring.shard_for_key(&key);
         for replica in ring.replicas(shard) {
-            wait_until(
-                "every replica to apply the write",
-                std::time::Duration::from_millis(500),
-                || async {
-                    cluster
-                        .read_replica(replica, shard.0, &key)
-                        .await
-                        .ok()
-                        .flatten()
-                        .filter(|(_, v)| *v == version)
-                },
-            )
-            .await?;
+            let timeout = std::time::Duration::from_millis(500);
+            cluster
+                .wait_replica_at(replica, shard.0, &key, version, timeout)
+                .await?;
         }
     }
     Ok(())
