@@ -384,6 +384,19 @@ mod tests {
         tree.apply_batch(batch).expect("apply");
     }
 
+    /// Entries 1..=`entries` at clock 1,000, entry `i` recording ids `2(i-1)` and `2(i-1)+1`.
+    fn pairs_of_requests(tree: &TreeRef, policy: &DedupPolicy, entries: u8) {
+        for index in 0..entries {
+            entry(
+                tree,
+                policy,
+                u64::from(index) + 1,
+                1_000,
+                &[index * 2, index * 2 + 1],
+            );
+        }
+    }
+
     fn remembered(tree: &TreeRef, ids: impl IntoIterator<Item = u8>) -> Vec<u8> {
         ids.into_iter()
             .filter(|id| WRITES.lookup(tree, &[*id; 16], false).expect("lookup").is_some())
@@ -438,15 +451,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_engine, tree) = tree(dir.path());
         let policy = policy(4, 100);
-        for index in 0..6u8 {
-            entry(
-                &tree,
-                &policy,
-                u64::from(index) + 1,
-                1_000,
-                &[index * 2, index * 2 + 1],
-            );
-        }
+        pairs_of_requests(&tree, &policy, 6);
         assert_eq!(
             remembered(&tree, 0..12),
             (0..12).collect::<Vec<_>>(),
@@ -464,15 +469,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_engine, tree) = tree(dir.path());
         let policy = policy(2, 6);
-        for index in 0..5u8 {
-            entry(
-                &tree,
-                &policy,
-                u64::from(index) + 1,
-                1_000,
-                &[index * 2, index * 2 + 1],
-            );
-        }
+        pairs_of_requests(&tree, &policy, 5);
         assert_eq!(remembered(&tree, 0..10), vec![4, 5, 6, 7, 8, 9]);
         assert_eq!(counts(&tree).writes, 6);
         let lists = tree
