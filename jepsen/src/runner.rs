@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub direct_reads: bool,
     /// Negative controls: run the cluster in a deliberately unsafe mode.
     pub unsafe_skip_read_index: bool,
+    /// Nodes trust a leader lease this many ms long (0: off), longer than followers keep it.
+    pub unsafe_read_lease_ms: u64,
     /// Not catchable by process faults alone (a killed process loses nothing the kernel
     /// has); needs a fault that drops the page cache (future disk nemesis).
     pub unsafe_skip_fsync: bool,
@@ -84,6 +86,7 @@ impl RunOptions {
             snapshot_pressure: false,
             direct_reads: true,
             unsafe_skip_read_index: false,
+            unsafe_read_lease_ms: 0,
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,
             op_timeout: Duration::from_secs(2),
@@ -179,6 +182,10 @@ fn node_args(options: &RunOptions) -> Vec<String> {
     }
     if options.unsafe_skip_read_index {
         args.push("--unsafe-skip-read-index".to_string());
+    }
+    if options.unsafe_read_lease_ms > 0 {
+        args.push("--unsafe-read-lease-ms".to_string());
+        args.push(options.unsafe_read_lease_ms.to_string());
     }
     if options.unsafe_skip_fsync {
         args.push("--unsafe-skip-fsync".to_string());
@@ -486,7 +493,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} skip-fsync={} ack-before-commit={}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -495,6 +502,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.workloads,
         options.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
         options.unsafe_skip_read_index,
+        options.unsafe_read_lease_ms,
         options.unsafe_skip_fsync,
         options.unsafe_ack_before_commit,
         report.ops,

@@ -141,6 +141,27 @@ async fn negative_control_stale_reads_are_caught() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Negative control: a leader that trusts its lease far longer than its followers keep
+/// theirs goes on answering linearizable reads, cut off from the other nodes (clients still
+/// reach it), after they elected a new leader and took new writes; the checker catches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_overlong_lease_is_caught() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut options = options(20, vec![NemesisKind::PartitionLeader], &out, 0x5eed_0007);
+    options.workloads = vec![Workload::Register];
+    options.unsafe_read_lease_ms = 60_000;
+    options.schedule.fault = Duration::from_secs(6);
+    let report = runner::run(options).await?;
+    assert_eq!(
+        report.verdict.validity,
+        Validity::Invalid,
+        "stale reads under an overlong lease must be caught: {:?}",
+        report.verdict
+    );
+    Ok(())
+}
+
 /// Negative control: nodes that acknowledge writes before a quorum commits them lose
 /// acknowledged adds when the leader is cut off; the set checker catches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,10 +81,21 @@ pub struct NodeConfig {
     /// The system leader moves shard leaderships (one per membership pass) until every
     /// active node leads within one shard of every other.
     pub balance_leaders: bool,
+    /// Serve linearizable reads on a leader under its lease, without a heartbeat round: while
+    /// a quorum acknowledged this leader less than `election_timeout_min_ms` ago (its
+    /// followers refuse other candidates for `election_timeout_max_ms` after hearing from
+    /// it). Safe while monotonic clocks advance at rates within (max − min) / max of each
+    /// other; off, every read takes a ReadIndex round. Every node must use the same election
+    /// timeouts.
+    pub lease_reads: bool,
     /// NEGATIVE CONTROL ONLY — breaks linearizability on purpose: serve reads asked to be
     /// linearizable from the local state of any replica, without a leader/ReadIndex check.
     /// The fault-injection harness must catch a cluster running with this on.
     pub unsafe_skip_read_index: bool,
+    /// NEGATIVE CONTROL ONLY — breaks linearizability on purpose: lease reads trust a lease
+    /// this long (0 = off), however long followers keep theirs, and even after this leader
+    /// ordered a transfer. The fault-injection harness must catch a cluster running with it.
+    pub unsafe_read_lease_ms: u64,
     /// NEGATIVE CONTROL ONLY — breaks durability on purpose: acknowledge log appends
     /// without fsync. The fault-injection harness must catch lost writes after crashes.
     pub unsafe_skip_fsync: bool,
@@ -130,11 +141,22 @@ impl Default for NodeConfig {
             dead_node_timeout_ms: 5 * 60 * 1000,
             membership_interval_ms: 1000,
             balance_leaders: true,
+            lease_reads: true,
             unsafe_skip_read_index: false,
+            unsafe_read_lease_ms: 0,
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,
         }
     }
+}
+
+/// How long a leader's lease lasts for reads (see [`NodeConfig::read_lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLease {
+    /// From the time a quorum acknowledged the leadership.
+    pub duration: std::time::Duration,
+    /// NEGATIVE CONTROL ONLY: keep trusting the lease after ordering a transfer.
+    pub unsafe_ignore_transfers: bool,
 }
 
 /// A configuration value out of range.
@@ -156,6 +178,22 @@ impl NodeConfig {
             keepalive_interval_ms: 200,
             ..NodeConfig::default()
         }
+    }
+
+    /// The lease linearizable reads may rely on, if any: `election_timeout_min_ms` after a
+    /// quorum acknowledged the leader (followers refuse candidates for
+    /// `election_timeout_max_ms`; the difference absorbs clock-rate drift).
+    pub fn read_lease(&self) -> Option<ReadLease> {
+        if self.unsafe_read_lease_ms > 0 {
+            return Some(ReadLease {
+                duration: std::time::Duration::from_millis(self.unsafe_read_lease_ms),
+                unsafe_ignore_transfers: true,
+            });
+        }
+        self.lease_reads.then(|| ReadLease {
+            duration: std::time::Duration::from_millis(self.election_timeout_min_ms),
+            unsafe_ignore_transfers: false,
+        })
     }
 
     /// Checks every field against its documented range.

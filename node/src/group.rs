@@ -28,7 +28,7 @@ use crate::raft::network::{NetworkFactory, Transport};
 use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::{DedupPolicy, GroupState, StateMachine};
 use crate::raft::types::{GroupId, LogId, NodeId, Raft};
-use crate::read_index::ReadBatcher;
+use crate::read_index::{ReadBatcher, ReadCounters, ReadSettings};
 use crate::storage::{EngineRef, StorageError, TreeRef};
 use crate::transfer::{self, Leadership};
 
@@ -74,6 +74,8 @@ pub struct GroupDeps {
     pub tasks_cancel: CancellationToken,
     /// Owns every group's background tasks.
     pub tasks: TaskTracker,
+    /// How this node's linearizable reads were confirmed (all groups).
+    pub read_counters: Arc<ReadCounters>,
 }
 
 impl GroupDeps {
@@ -137,8 +139,14 @@ impl GroupDeps {
                 Some(batcher)
             }
         };
-        let (reads, task) =
-            ReadBatcher::spawn(raft.clone(), group_id, config.write_timeout_ms, cancel.clone());
+        let read_settings = ReadSettings {
+            group: group_id,
+            timeout_ms: config.write_timeout_ms,
+            lease: config.read_lease(),
+            leadership: leadership.clone(),
+            counters: self.read_counters.clone(),
+        };
+        let (reads, task) = ReadBatcher::spawn(raft.clone(), read_settings, cancel.clone());
         self.tasks.spawn(task);
         debug!(group = %group_id, "opened raft group");
         Ok(Arc::new(Group {

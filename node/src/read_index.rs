@@ -1,33 +1,73 @@
-//! Linearizable reads share ReadIndex rounds.
+//! Linearizable reads: under the leader lease, or sharing ReadIndex rounds.
 //!
-//! A linearizable read on a leader needs a ReadIndex round: openraft's
-//! `ensure_linearizable` sends a heartbeat to every follower, waits for a quorum to confirm
-//! the leadership, then waits until the state machine applied up to the commit index seen
-//! when the round started. One round per read costs a heartbeat message to each follower
-//! per read. [`ReadBatcher`] runs one round for every read that arrived before the round
-//! started: reads queue while a round is in flight and the next round serves them all.
+//! A linearizable read on a leader must know that no other leader could have committed a
+//! write it does not have. Two ways:
 //!
-//! Why sharing is safe: a round that *starts* after a read arrived confirms a commit index
-//! at least as new as every write acknowledged before the read arrived, which is all that
-//! linearizability asks of that read. A read never joins a round already in flight (that
-//! round's commit index may predate a write the reader saw acknowledged).
+//! - **Lease** (`lease_reads`, on by default): openraft's followers refuse every candidate
+//!   for `election_timeout_max` after they last heard from their leader. If a quorum
+//!   acknowledged AppendEntries this leader sent at time `t`, no other leader can exist
+//!   before `t + election_timeout_max` (by the followers' clocks). The leader reads while
+//!   `now < t + election_timeout_min`: the difference absorbs clock-rate drift (monotonic
+//!   clocks; wall-clock jumps do not matter). One message to the local Raft core, no network.
+//!   A leader that ordered a transfer target to campaign (`transfer.rs`) stops trusting its
+//!   lease for that term: the target votes for itself despite its own lease and may win
+//!   with another follower's vote alone.
+//! - **ReadIndex round** otherwise (lease lapsed, e.g. after a hibernation or a pause):
+//!   openraft's `ensure_linearizable` sends a heartbeat to every follower and waits for a
+//!   quorum to confirm the leadership.
+//!
+//! Either way the read then waits until the state machine applied up to the commit index
+//! (or this leader's first entry) seen at the check.
+//!
+//! [`ReadBatcher`] runs one check for every read that arrived before the check started:
+//! reads queue while a check is in flight and the next check serves them all. Why sharing
+//! is safe: a check that *starts* after a read arrived confirms a commit index at least as
+//! new as every write acknowledged before the read arrived, which is all that
+//! linearizability asks of that read. A read never joins a check already in flight (that
+//! check's commit index may predate a write the reader saw acknowledged).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::metrics::WaitError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ReadLease;
 use crate::error::NodeError;
 use crate::proposal::forwarded_leader;
-use crate::raft::types::{GroupId, Raft};
+use crate::raft::types::{GroupId, NodeId, Raft};
+use crate::transfer::Leadership;
 
 /// Most reads waiting for the next round (further readers wait for room: backpressure).
 const QUEUE_CAPACITY: usize = 4096;
 
 type Waiter = oneshot::Sender<Result<(), NodeError>>;
 
-/// Handle to a group's read-round task; cheap to clone.
+/// Linearizable reads served on this node, by how their leadership was confirmed.
+#[derive(Debug, Default)]
+pub struct ReadCounters {
+    /// Checks answered under the leader lease.
+    pub lease: AtomicU64,
+    /// ReadIndex rounds run (heartbeats to the followers).
+    pub rounds: AtomicU64,
+}
+
+/// What a group's read task needs besides its Raft handle.
+pub struct ReadSettings {
+    pub group: GroupId,
+    /// Bound of one check, and of the wait for the state machine after it.
+    pub timeout_ms: u64,
+    /// The lease reads may rely on (`None`: ReadIndex rounds only).
+    pub lease: Option<ReadLease>,
+    /// Whether this replica ordered a campaign in a term (which ends its lease).
+    pub leadership: Arc<Leadership>,
+    pub counters: Arc<ReadCounters>,
+}
+
+/// Handle to a group's read task; cheap to clone.
 #[derive(Clone)]
 pub struct ReadBatcher {
     tx: mpsc::Sender<Waiter>,
@@ -35,20 +75,19 @@ pub struct ReadBatcher {
 }
 
 impl ReadBatcher {
-    /// Starts the task running `group`'s rounds (each bounded by `timeout_ms`); it stops
-    /// when `cancel` fires. The caller owns the returned future (spawn it on the group's
-    /// task tracker).
+    /// Starts the task confirming the group's reads; it stops when `cancel` fires. The
+    /// caller owns the returned future (spawn it on the group's task tracker).
     pub fn spawn(
         raft: Raft,
-        group: GroupId,
-        timeout_ms: u64,
+        settings: ReadSettings,
         cancel: CancellationToken,
     ) -> (
         ReadBatcher,
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let task = run(raft, group, timeout_ms, rx, cancel);
+        let group = settings.group;
+        let task = run(raft, settings, rx, cancel);
         (ReadBatcher { tx, group }, task)
     }
 
@@ -61,13 +100,8 @@ impl ReadBatcher {
     }
 }
 
-async fn run(
-    raft: Raft,
-    group: GroupId,
-    timeout_ms: u64,
-    mut rx: mpsc::Receiver<Waiter>,
-    cancel: CancellationToken,
-) {
+async fn run(raft: Raft, settings: ReadSettings, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken) {
+    let group = settings.group;
     let mut batch: Vec<Waiter> = Vec::new();
     loop {
         let first = tokio::select! {
@@ -83,7 +117,7 @@ async fn run(
             }
         }
         let result = tokio::select! {
-            result = round(&raft, group, timeout_ms) => result,
+            result = check(&raft, &settings) => result,
             _ = cancel.cancelled() => Err(NodeError::Fatal(format!("{group} is shutting down"))),
         };
         for waiter in batch.drain(..) {
@@ -92,27 +126,81 @@ async fn run(
     }
 }
 
+/// One check for a batch of reads: under the lease if it holds, else a ReadIndex round.
+async fn check(raft: &Raft, settings: &ReadSettings) -> Result<(), NodeError> {
+    if let Some(lease) = settings.lease {
+        if let Some(read_log_id) = lease_check(raft, settings, lease).await? {
+            settings.counters.lease.fetch_add(1, Ordering::Relaxed);
+            return wait_applied(raft, settings, read_log_id).await;
+        }
+    }
+    settings.counters.rounds.fetch_add(1, Ordering::Relaxed);
+    round(raft, settings).await
+}
+
+/// The index the state machine must reach, if the lease holds now.
+async fn lease_check(
+    raft: &Raft,
+    settings: &ReadSettings,
+    lease: ReadLease,
+) -> Result<Option<u64>, NodeError> {
+    let Some(read) = raft
+        .lease_read(lease.duration)
+        .await
+        .map_err(|err| check_error(settings, err))?
+    else {
+        return Ok(None);
+    };
+    if !lease.unsafe_ignore_transfers && !settings.leadership.lease_holds(read.term) {
+        return Ok(None);
+    }
+    Ok(Some(read.read_log_id.map_or(0, |log_id| log_id.index)))
+}
+
+async fn wait_applied(raft: &Raft, settings: &ReadSettings, index: u64) -> Result<(), NodeError> {
+    raft.wait(Some(Duration::from_millis(settings.timeout_ms)))
+        .applied_index_at_least(Some(index), "a lease read")
+        .await
+        .map(|_| ())
+        .map_err(|err| match err {
+            WaitError::Timeout(..) => NodeError::Timeout {
+                what: format!("{} to apply up to index {index} for a read", settings.group),
+                timeout_ms: settings.timeout_ms,
+                proposed: false,
+            },
+            WaitError::ShuttingDown => NodeError::Fatal(format!("{} is shutting down", settings.group)),
+        })
+}
+
 /// One ReadIndex round: leadership confirmed by a quorum, then applied up to the read index.
-async fn round(raft: &Raft, group: GroupId, timeout_ms: u64) -> Result<(), NodeError> {
+async fn round(raft: &Raft, settings: &ReadSettings) -> Result<(), NodeError> {
+    let timeout_ms = settings.timeout_ms;
     let check = tokio::time::timeout(Duration::from_millis(timeout_ms), raft.ensure_linearizable());
     match check.await {
         Err(_elapsed) => Err(NodeError::Timeout {
-            what: format!("{group} to confirm leadership for a read"),
+            what: format!("{} to confirm leadership for a read", settings.group),
             timeout_ms,
             proposed: false,
         }),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-            Err(NodeError::NotLeader {
-                group,
-                leader: forwarded_leader(forward),
-                proposed: false,
-            })
-        }
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)))) => Err(NodeError::NoQuorum {
+        Ok(result) => result.map(|_| ()).map_err(|err| check_error(settings, err)),
+    }
+}
+
+fn check_error(
+    settings: &ReadSettings,
+    err: RaftError<NodeId, CheckIsLeaderError<NodeId, openraft::BasicNode>>,
+) -> NodeError {
+    let group = settings.group;
+    match err {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => NodeError::NotLeader {
+            group,
+            leader: forwarded_leader(forward),
+            proposed: false,
+        },
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(err)) => NodeError::NoQuorum {
             group,
             detail: err.to_string(),
-        }),
-        Ok(Err(RaftError::Fatal(fatal))) => Err(NodeError::Fatal(fatal.to_string())),
+        },
+        RaftError::Fatal(fatal) => NodeError::Fatal(fatal.to_string()),
     }
 }

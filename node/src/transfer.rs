@@ -26,6 +26,7 @@
 //! wins a normal Raft election or nobody does.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -49,12 +50,22 @@ pub struct Leadership {
     since: Mutex<Option<(u64, Instant)>>,
     /// Writes hold it shared while proposing; a transfer holds it exclusively.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// The term in which this replica ordered a transfer target to campaign (0: none). The
+    /// target votes for itself despite its lease and may win with another follower's vote,
+    /// without this replica's: from the order on, this term's leader lease proves nothing,
+    /// and its reads take ReadIndex rounds.
+    no_lease_term: AtomicU64,
 }
 
 impl Leadership {
     /// The gate writes pass (shared) and a transfer closes (exclusive).
     pub fn gate(&self) -> Arc<tokio::sync::RwLock<()>> {
         self.gate.clone()
+    }
+
+    /// Whether reads in `term` may rely on the leader lease (no campaign ordered in it).
+    pub fn lease_holds(&self, term: u64) -> bool {
+        self.no_lease_term.load(Ordering::SeqCst) != term
     }
 
     /// How long this replica has led in `term`, if it leads in that term.
@@ -239,7 +250,9 @@ where
     let last_log_index = caught_up.last_log_index.unwrap_or(0);
 
     // 4. The target campaigns (it checks that we still lead it at this term and that it has
-    //    our log); wait, gate closed, until it leads.
+    //    our log); wait, gate closed, until it leads. Lease reads stop first: the target may
+    //    win without our vote.
+    ctx.leadership.no_lease_term.store(term, Ordering::SeqCst);
     campaign(CampaignOrder {
         addr: target_addr,
         term,

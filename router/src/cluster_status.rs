@@ -204,6 +204,7 @@ mod tests {
             replicas,
             version: String::new(),
             moves: None,
+            reads: None,
         }
     }
 

@@ -615,6 +615,7 @@ mod tests {
                 replicas,
                 version: String::new(),
                 moves: None,
+                reads: None,
             },
         }
     }

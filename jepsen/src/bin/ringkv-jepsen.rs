@@ -67,6 +67,10 @@ struct RunArgs {
     /// Negative control: nodes serve linearizable reads without a ReadIndex check.
     #[arg(long)]
     unsafe_skip_read_index: bool,
+    /// Negative control: nodes trust a leader lease this many ms long for reads (followers
+    /// keep theirs for the maximum election timeout).
+    #[arg(long, default_value_t = 0)]
+    unsafe_read_lease_ms: u64,
     /// Negative control: nodes acknowledge appends without fsync (not caught by process
     /// faults: needs a page-cache-loss fault).
     #[arg(long)]
@@ -132,6 +136,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     };
     options.snapshot_pressure = args.snapshot_pressure;
     options.unsafe_skip_read_index = args.unsafe_skip_read_index;
+    options.unsafe_read_lease_ms = args.unsafe_read_lease_ms;
     options.unsafe_skip_fsync = args.unsafe_skip_fsync;
     options.unsafe_ack_before_commit = args.unsafe_ack_before_commit;
     options.keep_data = args.keep_data;

@@ -69,9 +69,17 @@ struct Args {
     /// How often keep-alives for hibernating groups go to each peer.
     #[arg(long)]
     keepalive_interval_ms: Option<u64>,
+    /// Take a ReadIndex round for every linearizable read instead of reading under the
+    /// leader lease.
+    #[arg(long)]
+    no_lease_reads: bool,
     /// NEGATIVE CONTROL ONLY: serve linearizable reads without a ReadIndex check.
     #[arg(long, hide = true)]
     unsafe_skip_read_index: bool,
+    /// NEGATIVE CONTROL ONLY: trust a leader lease this many ms long, however long
+    /// followers keep theirs.
+    #[arg(long, hide = true)]
+    unsafe_read_lease_ms: Option<u64>,
     /// NEGATIVE CONTROL ONLY: acknowledge log appends without fsync.
     #[arg(long, hide = true)]
     unsafe_skip_fsync: bool,
@@ -149,7 +157,13 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     if let Some(ms) = args.keepalive_interval_ms {
         config.keepalive_interval_ms = ms;
     }
+    if args.no_lease_reads {
+        config.lease_reads = false;
+    }
     config.unsafe_skip_read_index |= args.unsafe_skip_read_index;
+    if let Some(ms) = args.unsafe_read_lease_ms {
+        config.unsafe_read_lease_ms = ms;
+    }
     config.unsafe_skip_fsync |= args.unsafe_skip_fsync;
     config.unsafe_ack_before_commit |= args.unsafe_ack_before_commit;
     config.validate()?;

@@ -146,6 +146,7 @@ impl Node {
             raft_config: Arc::new(raft_config),
             tasks_cancel: CancellationToken::new(),
             tasks,
+            read_counters: Arc::default(),
         };
         deps.finish_retirements()?;
         let system = deps.open(GroupId::System).await?;

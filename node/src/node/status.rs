@@ -41,11 +41,20 @@ impl Node {
             replicas: self.groups().iter().map(|group| replica_info(group)).collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             moves: Some(self.counters().to_proto()),
+            reads: Some(self.read_counters()),
         }
     }
 }
 
 impl Node {
+    fn read_counters(&self) -> v1::ReadCounters {
+        let counters = &self.inner.deps.read_counters;
+        v1::ReadCounters {
+            lease_checks: counters.lease.load(Ordering::Relaxed),
+            read_index_rounds: counters.rounds.load(Ordering::Relaxed),
+        }
+    }
+
     /// The shards this node leads, with their terms, and how many shard replicas it hosts:
     /// what gossip announces, without building the whole status (it runs every gossip
     /// round, over every group).

@@ -528,6 +528,7 @@ impl Admin for FakeNode {
             replicas,
             version: "fake".into(),
             moves: None,
+            reads: None,
         }))
     }
 

@@ -688,6 +688,26 @@ where
         Some(vote.leader_id().voted_for().unwrap())
     }
 
+    /// ringkv patch: answers a lease read (see `Raft::lease_read`).
+    fn handle_lease_read_request(&mut self, lease: Duration, tx: crate::core::raft_msg::LeaseReadTx<C>) {
+        let now = C::now();
+        let acked = self.last_quorum_acked_time();
+        let term = self.engine.state.vote_ref().leader_id().get_term();
+        let applied = self.engine.state.io_applied().cloned();
+        let resp = match self.engine.leader_handler() {
+            Err(forward) => Err(forward.into()),
+            Ok(lh) => {
+                let valid = matches!(acked, Some(t) if now < t + lease);
+                Ok(valid.then(|| crate::raft::LeaseRead {
+                    term,
+                    read_log_id: lh.get_read_log_id(),
+                    applied,
+                }))
+            }
+        };
+        let _ = tx.send(resp);
+    }
+
     /// Retrieves the most recent timestamp that is acknowledged by a quorum.
     ///
     /// This function returns the latest known time at which the leader received acknowledgment
@@ -1172,6 +1192,10 @@ where
             }
             RaftMsg::CheckIsLeaderRequest { tx } => {
                 self.handle_check_is_leader_request(tx).await;
+            }
+            // ringkv patch: lease reads.
+            RaftMsg::LeaseReadRequest { lease, tx } => {
+                self.handle_lease_read_request(lease, tx);
             }
             RaftMsg::ClientWriteRequest { app_data, tx } => {
                 self.write_entry(C::Entry::from_app_data(app_data), Some(tx));

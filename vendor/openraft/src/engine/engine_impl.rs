@@ -158,6 +158,18 @@ where C: RaftTypeConfig
         if self.state.is_leader(&self.config.id) {
             self.vote_handler().update_internal_server_state();
 
+            // ringkv patch: a leader restored at start-up does not know how far its log was
+            // committed (the commit index restarts at the state machine's durable applied
+            // index, which a power cut can roll back below entries a quorum committed and
+            // clients saw acknowledged), and it appends no new blank entry. Reads must wait
+            // until its whole log is applied, as after a blank entry of a new term.
+            let last_log_id = self.state.last_log_id().cloned();
+            if let Some(leader) = self.leader.as_mut() {
+                if leader.noop_log_id < last_log_id {
+                    leader.noop_log_id = last_log_id;
+                }
+            }
+
             let mut rh = self.replication_handler();
 
             // Restore the progress about the local log

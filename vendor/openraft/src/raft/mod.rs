@@ -197,6 +197,17 @@ macro_rules! declare_raft_types {
 /// If any of the interfaces returns a `RaftError::Fatal`, this indicates that the Raft node
 /// is shutting down. If the parent application needs to shutdown the Raft node for any reason,
 /// calling `shutdown` will do the trick.
+/// ringkv patch: what a valid lease read returns ([`Raft::lease_read`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRead<NID: crate::NodeId> {
+    /// The leader's term.
+    pub term: u64,
+    /// The state machine must have applied up to here before the read.
+    pub read_log_id: Option<LogId<NID>>,
+    /// What the state machine had applied when the lease was checked.
+    pub applied: Option<LogId<NID>>,
+}
+
 #[derive(Clone)]
 pub struct Raft<C>
 where C: RaftTypeConfig
@@ -627,6 +638,23 @@ where C: RaftTypeConfig
         let (tx, rx) = C::AsyncRuntime::oneshot();
         let (read_log_id, applied) = self.inner.call_core(RaftMsg::CheckIsLeaderRequest { tx }, rx).await?;
         Ok((read_log_id, applied))
+    }
+
+    /// ringkv patch: a linearizable read under the leader lease, without a heartbeat round.
+    ///
+    /// Returns `Ok(Some(_))` when this node leads and a quorum acknowledged its leadership
+    /// (AppendEntries sent at time `t`, answered) with `now < t + lease`: followers that
+    /// acknowledged refuse every vote until their own `leader_lease` after they received it,
+    /// so no other leader can exist before then. `lease` must therefore not exceed any voter's
+    /// `leader_lease` (the maximum election timeout), minus the clock drift to allow for.
+    /// The caller then waits until the state machine applied `read_log_id`, as with
+    /// [`Raft::get_read_log_id`]. `Ok(None)`: no valid lease now (use a ReadIndex round).
+    pub async fn lease_read(
+        &self,
+        lease: Duration,
+    ) -> Result<Option<LeaseRead<C::NodeId>>, RaftError<C::NodeId, CheckIsLeaderError<C::NodeId, C::Node>>> {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        self.inner.call_core(RaftMsg::LeaseReadRequest { lease, tx }, rx).await
     }
 
     /// Submit a mutating client request to Raft to update the state of the system (§5.1).

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::core::raft_msg::external_command::ExternalCommand;
 use crate::error::CheckIsLeaderError;
@@ -36,6 +37,13 @@ pub(crate) type AppendEntriesTx<C> = ResultSender<C, AppendEntriesResponse<NodeI
 /// TX for Linearizable Read Response
 pub(crate) type ClientReadTx<C> =
     ResultSender<C, (Option<LogIdOf<C>>, Option<LogIdOf<C>>), CheckIsLeaderError<NodeIdOf<C>, NodeOf<C>>>;
+
+/// ringkv patch: TX for a lease read: `Ok(None)` when the lease is not valid now.
+pub(crate) type LeaseReadTx<C> = ResultSender<
+    C,
+    Option<crate::raft::LeaseRead<NodeIdOf<C>>>,
+    CheckIsLeaderError<NodeIdOf<C>, NodeOf<C>>,
+>;
 
 /// A message sent by application to the [`RaftCore`].
 ///
@@ -76,6 +84,12 @@ where C: RaftTypeConfig
 
     CheckIsLeaderRequest {
         tx: ClientReadTx<C>,
+    },
+
+    /// ringkv patch: a read under the leader lease, without a heartbeat round.
+    LeaseReadRequest {
+        lease: Duration,
+        tx: LeaseReadTx<C>,
     },
 
     Initialize {
@@ -119,6 +133,7 @@ where C: RaftTypeConfig
             }
             RaftMsg::ClientWriteRequest { .. } => "ClientWriteRequest".to_string(),
             RaftMsg::CheckIsLeaderRequest { .. } => "CheckIsLeaderRequest".to_string(),
+            RaftMsg::LeaseReadRequest { lease, .. } => format!("LeaseReadRequest: lease: {:?}", lease),
             RaftMsg::Initialize { members, .. } => {
                 format!("Initialize: {:?}", members)
             }
