@@ -21,6 +21,7 @@ use tonic::{Request, Status};
 
 use crate::config::RouterConfig;
 use crate::node_api::{NodeApi, RingChangeRequest};
+use crate::read_merge::{ReadLane, SendRead, MAX_MERGED_KEYS};
 
 /// Most cached channels; beyond it an arbitrary one is dropped (it reconnects on next use).
 const MAX_CHANNELS: usize = 4096;
@@ -88,12 +89,40 @@ impl ChannelPool {
     }
 }
 
+/// Most read lanes kept; beyond it an arbitrary one is dropped (its task ends once its
+/// reads are answered).
+const MAX_READ_LANES: usize = 4096;
+
 /// The [`NodeApi`] over gRPC.
-#[derive(Debug)]
 pub struct GrpcNodes {
     pool: ChannelPool,
     /// Largest response accepted from a node.
     max_response_bytes: usize,
+    /// Reads per (node address, shard, consistency), merged while others are in flight.
+    read_lanes: Mutex<HashMap<(String, u32, i32), ReadLane>>,
+}
+
+impl std::fmt::Debug for GrpcNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcNodes")
+            .field("pool", &self.pool)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends a lane's (merged) reads to its node.
+#[derive(Clone)]
+struct LaneSender {
+    client: ShardKvClient<Channel>,
+}
+
+impl SendRead for LaneSender {
+    async fn send(&self, request: ShardReadRequest, timeout: Duration) -> Result<ShardReadResponse, Status> {
+        let mut client = self.client.clone();
+        let response = bounded(timeout, client.read(with_timeout(request, timeout))).await?;
+        Ok(response.into_inner())
+    }
 }
 
 impl GrpcNodes {
@@ -103,7 +132,31 @@ impl GrpcNodes {
                 connect_timeout: config.connect_timeout(),
             }),
             max_response_bytes: config.max_response_bytes,
+            read_lanes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The read lane of `shard` at `consistency` on `addr`, started on first use.
+    fn read_lane(&self, addr: &str, shard: u32, consistency: i32) -> Result<ReadLane, Status> {
+        let key = (addr.to_string(), shard, consistency);
+        let mut lanes = self.read_lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(lane) = lanes.get(&key) {
+            return Ok(lane.clone());
+        }
+        let lane = ReadLane::spawn(
+            LaneSender {
+                client: self.shard_kv(addr)?,
+            },
+            shard,
+            consistency,
+        );
+        if lanes.len() >= MAX_READ_LANES {
+            if let Some(evicted) = lanes.keys().next().cloned() {
+                lanes.remove(&evicted);
+            }
+        }
+        lanes.insert(key, lane.clone());
+        Ok(lane)
     }
 
     fn shard_kv(&self, addr: &str) -> Result<ShardKvClient<Channel>, Status> {
@@ -141,9 +194,13 @@ impl NodeApi for GrpcNodes {
         request: ShardReadRequest,
         timeout: Duration,
     ) -> Result<ShardReadResponse, Status> {
-        let mut client = self.shard_kv(addr)?;
-        let response = bounded(timeout, client.read(with_timeout(request, timeout))).await?;
-        Ok(response.into_inner())
+        if request.keys.len() >= MAX_MERGED_KEYS {
+            let mut client = self.shard_kv(addr)?;
+            let response = bounded(timeout, client.read(with_timeout(request, timeout))).await?;
+            return Ok(response.into_inner());
+        }
+        let lane = self.read_lane(addr, request.shard_id, request.consistency)?;
+        bounded(timeout, lane.read(request.keys, timeout)).await
     }
 
     async fn write(

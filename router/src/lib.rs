@@ -57,6 +57,7 @@ pub mod log_format;
 mod node_api;
 mod range;
 mod range_ops;
+mod read_merge;
 mod rebalance;
 mod refresher;
 mod scan;
