@@ -54,13 +54,31 @@ struct Node {
     open_handles: u64,
     /// Lookups the kernel has not forgotten yet.
     lookups: u64,
-    /// The backing file's inode number when this node was made: a different one under the same
-    /// name means the file was replaced behind the mount, and must not inherit this node's layer.
-    backing_ino: u64,
+    /// The backing file when this node was made: another one under the same name means the
+    /// file was replaced behind the mount, and must not inherit this node's layer.
+    backing: BackingId,
+}
+
+/// Which backing file a node stands for: its inode number and birth time. The number alone
+/// is not enough: ext4 hands a freed inode number to the next file created, so a file
+/// replaced behind the mount often gets the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BackingId {
+    ino: u64,
+    born: Option<std::time::SystemTime>,
+}
+
+impl BackingId {
+    fn of(meta: &fs::Metadata) -> Self {
+        BackingId {
+            ino: meta.ino(),
+            born: meta.created().ok(),
+        }
+    }
 }
 
 impl Node {
-    fn new(parent: u64, name: OsString, backing_ino: u64) -> Self {
+    fn new(parent: u64, name: OsString, backing: BackingId) -> Self {
         Self {
             parent,
             name,
@@ -68,7 +86,7 @@ impl Node {
             created_unsynced: false,
             open_handles: 0,
             lookups: 0,
-            backing_ino,
+            backing,
         }
     }
 }
@@ -93,7 +111,10 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn new(backing_root: PathBuf) -> Self {
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT_INO, Node::new(ROOT_INO, OsString::new(), 0));
+        nodes.insert(
+            ROOT_INO,
+            Node::new(ROOT_INO, OsString::new(), BackingId { ino: 0, born: None }),
+        );
         Self {
             backing_root,
             nodes,
@@ -131,11 +152,11 @@ impl State {
         Ok(self.path_or_enoent(parent)?.join(name))
     }
 
-    /// The inode of `parent/name` backed by the backing inode `backing_ino`, created on first
+    /// The inode of `parent/name` backed by the backing file `backing`, created on first
     /// sight (or anew when the backing file was replaced behind the mount).
-    fn ino_of(&mut self, parent: u64, name: &OsStr, backing_ino: u64) -> u64 {
+    fn ino_of(&mut self, parent: u64, name: &OsStr, backing: BackingId) -> u64 {
         if let Some(&ino) = self.entries.get(&(parent, name.to_os_string())) {
-            if self.nodes.get(&ino).is_some_and(|n| n.backing_ino == backing_ino) {
+            if self.nodes.get(&ino).is_some_and(|n| n.backing == backing) {
                 return ino;
             }
             warn!(ino, name = ?name, "backing file replaced behind the mount: its unsynced data is dropped");
@@ -145,7 +166,7 @@ impl State {
         let ino = self.next_ino;
         self.next_ino += 1;
         self.nodes
-            .insert(ino, Node::new(parent, name.to_os_string(), backing_ino));
+            .insert(ino, Node::new(parent, name.to_os_string(), backing));
         self.entries.insert((parent, name.to_os_string()), ino);
         ino
     }
@@ -209,7 +230,7 @@ impl State {
     fn lookup(&mut self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
         let path = self.child_path(parent, name)?;
         let meta = fs::symlink_metadata(&path).map_err(Errno::from)?;
-        let ino = self.ino_of(parent, name, meta.ino());
+        let ino = self.ino_of(parent, name, BackingId::of(&meta));
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups += 1;
         }
@@ -322,8 +343,8 @@ impl State {
             }
             Err(err) => return Err(Errno::from(err)),
         };
-        let backing_ino = file.metadata().map_err(Errno::from)?.ino();
-        let ino = self.ino_of(parent, name, backing_ino);
+        let backing = BackingId::of(&file.metadata().map_err(Errno::from)?);
+        let ino = self.ino_of(parent, name, backing);
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups += 1;
             node.created_unsynced |= is_new;
