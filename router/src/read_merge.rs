@@ -10,7 +10,7 @@
 //! 674 ops/s), 64 clients 16,279 / 13,698 → 16,300 / 16,593, 256 clients 16,958 / 18,238 →
 //! 30,665 / 24,274; two requests in flight per lane merged too little at 64 clients.
 //!
-//! The lane's task is owned by its handles ([`GrpcNodes`](crate::connections) keeps one per
+//! The lane's task is owned by its handles (`GrpcNodes` in `connections.rs` keeps one per
 //! lane, at most 4096): it ends when the last handle is dropped, after answering what it
 //! holds; every send is bounded by the latest deadline of the reads in it.
 //!
