@@ -188,19 +188,48 @@ async fn send_merged<S: SendRead>(sender: S, shard: u32, consistency: i32, batch
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use ringkv_proto::v1::KeyValueResult;
+    use tokio::sync::watch;
 
     use super::*;
 
-    /// Answers each key with its own name as the value after a short delay, recording the
+    /// Answers each key with its own name as the value once its gate is open, recording the
     /// requests; keys named "bad" make the whole request invalid.
-    #[derive(Clone, Default)]
+    #[derive(Clone)]
     struct Echo {
         requests: Arc<Mutex<Vec<Vec<Vec<u8>>>>>,
-        calls: Arc<AtomicUsize>,
+        calls: Arc<watch::Sender<usize>>,
+        open: Arc<watch::Sender<bool>>,
+    }
+
+    impl Echo {
+        /// Holds every request until [`Echo::open`].
+        fn closed() -> Echo {
+            Echo {
+                requests: Arc::default(),
+                calls: Arc::new(watch::Sender::new(0)),
+                open: Arc::new(watch::Sender::new(false)),
+            }
+        }
+
+        fn open(&self) {
+            self.open.send_replace(true);
+        }
+
+        /// Waits until `count` requests reached the node.
+        async fn wait_for_calls(&self, count: usize) {
+            let mut calls = self.calls.subscribe();
+            tokio::time::timeout(Duration::from_secs(5), calls.wait_for(|calls| *calls >= count))
+                .await
+                .expect("requests in time")
+                .expect("echo alive");
+        }
+
+        fn calls(&self) -> usize {
+            *self.calls.borrow()
+        }
     }
 
     impl SendRead for Echo {
@@ -209,9 +238,9 @@ mod tests {
             request: ShardReadRequest,
             _timeout: Duration,
         ) -> Result<ShardReadResponse, Status> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
             self.requests.lock().expect("lock").push(request.keys.clone());
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.calls.send_modify(|calls| *calls += 1);
+            let _ = self.open.subscribe().wait_for(|open| *open).await;
             if request.keys.iter().any(|key| key == b"bad") {
                 return Err(Status::invalid_argument("bad key"));
             }
@@ -241,7 +270,7 @@ mod tests {
     /// Concurrent reads share requests, and each gets exactly its own keys back.
     #[tokio::test]
     async fn concurrent_reads_are_merged_and_split_back() {
-        let echo = Echo::default();
+        let echo = Echo::closed();
         let lane = ReadLane::spawn(echo.clone(), 7, 0);
         let mut reads = JoinSet::new();
         for i in 0..40u32 {
@@ -252,12 +281,15 @@ mod tests {
                 (keys, response)
             });
         }
+        // The first request is held at the node while the rest queue behind it.
+        echo.wait_for_calls(1).await;
+        echo.open();
         while let Some(joined) = reads.join_next().await {
             let (keys, response) = joined.expect("read task");
             assert_eq!(values(&response.expect("read")), keys);
         }
-        let calls = echo.calls.load(Ordering::SeqCst);
-        assert!(calls < 40, "40 concurrent reads took {calls} requests");
+        let calls = echo.calls();
+        assert!(calls <= 2, "40 concurrent reads took {calls} requests");
         assert!(
             echo.requests
                 .lock()
@@ -272,9 +304,9 @@ mod tests {
     /// bad key fails.
     #[tokio::test]
     async fn an_invalid_read_does_not_fail_the_reads_merged_with_it() {
-        let echo = Echo::default();
+        let echo = Echo::closed();
         let lane = ReadLane::spawn(echo.clone(), 7, 0);
-        // Occupy the in-flight slots so the next reads queue and merge.
+        // Occupy the in-flight slots (held at the node) so the next reads queue and merge.
         let busy: Vec<_> = (0..MAX_INFLIGHT)
             .map(|i| {
                 let lane = lane.clone();
@@ -284,7 +316,7 @@ mod tests {
                 })
             })
             .collect();
-        tokio::task::yield_now().await;
+        echo.wait_for_calls(MAX_INFLIGHT).await;
         let good = {
             let lane = lane.clone();
             tokio::spawn(async move { lane.read(vec![b"good".to_vec()], Duration::from_secs(5)).await })
@@ -293,6 +325,9 @@ mod tests {
             let lane = lane.clone();
             tokio::spawn(async move { lane.read(vec![b"bad".to_vec()], Duration::from_secs(5)).await })
         };
+        // Both queue (this test's runtime runs them before it resumes), then the node answers.
+        tokio::task::yield_now().await;
+        echo.open();
         assert_eq!(
             values(&good.await.expect("task").expect("good read")),
             vec![b"good".to_vec()]
