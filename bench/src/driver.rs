@@ -246,6 +246,15 @@ impl Schedule {
     }
 }
 
+/// Until when a worker waits before sending an operation meant to start at `intended`:
+/// only an operation whose start is still ahead waits. tokio's timer rounds every deadline
+/// up to its next millisecond tick, so even `sleep_until(now)` parks the worker for up to a
+/// millisecond; a closed loop that did so added ~1 ms to every operation (and to both
+/// systems' latencies) until 2026-12-04.
+fn start_delay(intended: Instant, now: Instant) -> Option<Instant> {
+    (intended > now).then_some(intended)
+}
+
 async fn run_worker<T: Target>(
     target: T,
     mut generator: OpGenerator,
@@ -268,7 +277,9 @@ async fn run_worker<T: Target>(
             return tally;
         }
         sequence = sequence.saturating_add(1);
-        tokio::time::sleep_until(intended).await;
+        if let Some(start) = start_delay(intended, Instant::now()) {
+            tokio::time::sleep_until(start).await;
+        }
         let op = generator.next_op();
         let result = target::execute(&target, op, &value).await;
         let done = Instant::now();
@@ -417,6 +428,17 @@ mod tests {
         assert_eq!(measured.errors, 0);
         let p50 = measured.latency_us.value_at_quantile(0.5);
         assert!((1000..=1100).contains(&p50), "{p50}");
+    }
+
+    /// A closed loop's next operation, and an open loop's late one, go out without touching
+    /// the timer (which would round up to the next millisecond).
+    #[test]
+    fn only_an_operation_meant_for_later_waits() {
+        let now = Instant::now();
+        assert_eq!(start_delay(now, now), None);
+        assert_eq!(start_delay(now - Duration::from_millis(3), now), None);
+        let later = now + Duration::from_micros(200);
+        assert_eq!(start_delay(later, now), Some(later));
     }
 
     /// Open loop: one operation stalls 300 ms; the operations meant to start during the

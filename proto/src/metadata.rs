@@ -108,9 +108,85 @@ pub fn is_outcome_unknown(status: &Status) -> bool {
     status.metadata().get(OUTCOME_UNKNOWN).is_some()
 }
 
+/// Every key above, the ones a [`write_failure`] carries.
+const KEYS: [&str; 4] = [LEADER_ID, LEADER_ADDR, OUTCOME_UNKNOWN, REJECTED];
+
+/// One write's error status of a `ShardKv.WriteBatch`, as a message (code, message and the
+/// `x-ringkv-*` metadata).
+pub fn write_failure(status: &Status) -> crate::v1::WriteFailure {
+    let metadata = KEYS
+        .iter()
+        .filter_map(|key| {
+            let value = status.metadata().get(*key)?.to_str().ok()?;
+            Some(crate::v1::MetadataEntry {
+                key: (*key).to_string(),
+                value: value.to_string(),
+            })
+        })
+        .collect();
+    crate::v1::WriteFailure {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        metadata,
+    }
+}
+
+/// The status a [`write_failure`] describes. Network input: an unknown code reads as
+/// `UNKNOWN`, and metadata outside the `x-ringkv-*` keys above (or not sendable as metadata)
+/// is dropped.
+pub fn failure_status(failure: crate::v1::WriteFailure) -> Status {
+    let mut status = Status::new(tonic::Code::from_i32(failure.code), failure.message);
+    for entry in failure.metadata {
+        let Some(key) = KEYS.iter().find(|key| **key == entry.key) else {
+            continue;
+        };
+        if let Ok(value) = MetadataValue::try_from(entry.value.as_str()) {
+            status.metadata_mut().insert(*key, value);
+        }
+    }
+    status
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failure message carries a status's code, message and flags, and nothing else.
+    #[test]
+    fn write_failures_round_trip_only_ringkv_metadata() {
+        let mut status = Status::unavailable("not the leader");
+        set_leader_hint(&mut status, 3, Some("10.0.0.3:7003"));
+        set_rejected(&mut status);
+        status
+            .metadata_mut()
+            .insert("x-other", MetadataValue::from_static("secret"));
+        let mut failure = write_failure(&status);
+        assert_eq!(failure.metadata.len(), 3);
+        failure.metadata.push(crate::v1::MetadataEntry {
+            key: "x-injected".to_string(),
+            value: "1".to_string(),
+        });
+        let back = failure_status(failure);
+        assert_eq!(back.code(), tonic::Code::Unavailable);
+        assert_eq!(back.message(), "not the leader");
+        assert!(is_rejected(&back));
+        assert!(!is_outcome_unknown(&back));
+        assert_eq!(
+            leader_hint(&back),
+            Some(LeaderHint {
+                leader_id: Some(3),
+                leader_addr: Some("10.0.0.3:7003".to_string()),
+            })
+        );
+        assert!(back.metadata().get("x-other").is_none());
+        assert!(back.metadata().get("x-injected").is_none());
+        let unknown_code = failure_status(crate::v1::WriteFailure {
+            code: 999,
+            message: String::new(),
+            metadata: Vec::new(),
+        });
+        assert_eq!(unknown_code.code(), tonic::Code::Unknown);
+    }
 
     /// A metadata key and its raw value.
     type Pair = (&'static str, &'static str);

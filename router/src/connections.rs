@@ -14,7 +14,8 @@ use ringkv_proto::v1::shard_kv_client::ShardKvClient;
 use ringkv_proto::v1::{
     NodeStatusRequest, NodeStatusResponse, RingChangeResponse, ShardCountRequest, ShardCountResponse,
     ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest,
-    ShardScanResponse, ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest, TransferLeaderResponse,
+    ShardScanResponse, ShardWriteBatchRequest, ShardWriteBatchResponse, ShardWriteRequest,
+    ShardWriteResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
@@ -22,6 +23,7 @@ use tonic::{Request, Status};
 use crate::config::RouterConfig;
 use crate::node_api::{NodeApi, RingChangeRequest};
 use crate::read_merge::{ReadLane, SendRead, MAX_MERGED_KEYS};
+use crate::write_merge::{SendWrite, WriteLane};
 
 /// Most cached channels; beyond it an arbitrary one is dropped (it reconnects on next use).
 const MAX_CHANNELS: usize = 4096;
@@ -89,9 +91,9 @@ impl ChannelPool {
     }
 }
 
-/// Most read lanes kept; beyond it an arbitrary one is dropped (its task ends once its
-/// reads are answered).
-const MAX_READ_LANES: usize = 4096;
+/// Most read lanes, and most write lanes, kept; beyond it an arbitrary one is dropped (its
+/// task ends once its requests are answered).
+const MAX_LANES: usize = 4096;
 
 /// The [`NodeApi`] over gRPC.
 pub struct GrpcNodes {
@@ -99,7 +101,9 @@ pub struct GrpcNodes {
     /// Largest response accepted from a node.
     max_response_bytes: usize,
     /// Reads per (node address, shard, consistency), merged while others are in flight.
-    read_lanes: Mutex<HashMap<(String, u32, i32), ReadLane>>,
+    read_lanes: Mutex<HashMap<(String, u32, i32), ReadLane<LaneSender>>>,
+    /// Writes per (node address, shard), merged while others are in flight.
+    write_lanes: Mutex<HashMap<(String, u32), WriteLane<LaneSender>>>,
 }
 
 impl std::fmt::Debug for GrpcNodes {
@@ -111,7 +115,7 @@ impl std::fmt::Debug for GrpcNodes {
     }
 }
 
-/// Sends a lane's (merged) reads to its node.
+/// Sends a lane's (merged) reads or writes to its node.
 #[derive(Clone)]
 struct LaneSender {
     client: ShardKvClient<Channel>,
@@ -125,6 +129,52 @@ impl SendRead for LaneSender {
     }
 }
 
+impl SendWrite for LaneSender {
+    async fn send(
+        &self,
+        request: ShardWriteRequest,
+        timeout: Duration,
+    ) -> Result<ShardWriteResponse, Status> {
+        let mut client = self.client.clone();
+        let response = bounded(timeout, client.write(with_timeout(request, timeout))).await?;
+        Ok(response.into_inner())
+    }
+
+    async fn send_batch(
+        &self,
+        request: ShardWriteBatchRequest,
+        timeout: Duration,
+    ) -> Result<ShardWriteBatchResponse, Status> {
+        let mut client = self.client.clone();
+        let response = bounded(timeout, client.write_batch(with_timeout(request, timeout))).await?;
+        Ok(response.into_inner())
+    }
+}
+
+/// The lane under `key`, started with `start` on first use; at most [`MAX_LANES`] kept.
+fn lane<K, L>(
+    lanes: &Mutex<HashMap<K, L>>,
+    key: K,
+    start: impl FnOnce() -> Result<L, Status>,
+) -> Result<L, Status>
+where
+    K: std::hash::Hash + Eq + Clone,
+    L: Clone,
+{
+    let mut lanes = lanes.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(lane) = lanes.get(&key) {
+        return Ok(lane.clone());
+    }
+    let lane = start()?;
+    if lanes.len() >= MAX_LANES {
+        if let Some(evicted) = lanes.keys().next().cloned() {
+            lanes.remove(&evicted);
+        }
+    }
+    lanes.insert(key, lane.clone());
+    Ok(lane)
+}
+
 impl GrpcNodes {
     pub fn new(config: &RouterConfig) -> Self {
         GrpcNodes {
@@ -133,30 +183,28 @@ impl GrpcNodes {
             }),
             max_response_bytes: config.max_response_bytes,
             read_lanes: Mutex::new(HashMap::new()),
+            write_lanes: Mutex::new(HashMap::new()),
         }
     }
 
     /// The read lane of `shard` at `consistency` on `addr`, started on first use.
-    fn read_lane(&self, addr: &str, shard: u32, consistency: i32) -> Result<ReadLane, Status> {
-        let key = (addr.to_string(), shard, consistency);
-        let mut lanes = self.read_lanes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(lane) = lanes.get(&key) {
-            return Ok(lane.clone());
-        }
-        let lane = ReadLane::spawn(
-            LaneSender {
+    fn read_lane(&self, addr: &str, shard: u32, consistency: i32) -> Result<ReadLane<LaneSender>, Status> {
+        lane(&self.read_lanes, (addr.to_string(), shard, consistency), || {
+            let sender = LaneSender {
                 client: self.shard_kv(addr)?,
-            },
-            shard,
-            consistency,
-        );
-        if lanes.len() >= MAX_READ_LANES {
-            if let Some(evicted) = lanes.keys().next().cloned() {
-                lanes.remove(&evicted);
-            }
-        }
-        lanes.insert(key, lane.clone());
-        Ok(lane)
+            };
+            Ok(ReadLane::spawn(sender, shard, consistency))
+        })
+    }
+
+    /// The write lane of `shard` on `addr`, started on first use.
+    fn write_lane(&self, addr: &str, shard: u32) -> Result<WriteLane<LaneSender>, Status> {
+        lane(&self.write_lanes, (addr.to_string(), shard), || {
+            let sender = LaneSender {
+                client: self.shard_kv(addr)?,
+            };
+            Ok(WriteLane::spawn(sender, shard))
+        })
     }
 
     fn shard_kv(&self, addr: &str) -> Result<ShardKvClient<Channel>, Status> {
@@ -209,9 +257,8 @@ impl NodeApi for GrpcNodes {
         request: ShardWriteRequest,
         timeout: Duration,
     ) -> Result<ShardWriteResponse, Status> {
-        let mut client = self.shard_kv(addr)?;
-        let response = bounded(timeout, client.write(with_timeout(request, timeout))).await?;
-        Ok(response.into_inner())
+        let lane = self.write_lane(addr, request.shard_id)?;
+        bounded(timeout, lane.write(request, timeout)).await
     }
 
     async fn scan(

@@ -22,8 +22,10 @@
 //!   `rebalance` (ring-change plans and rebalance progress), `gossip` (chitchat: liveness,
 //!   and a topology refresh whenever the cluster changes),
 //!   `convert` (protobuf ring → placement ring).
-//! - Nodes: `node_api` (the calls the router makes, a trait so tests use fakes) and
-//!   `connections` (one lazily connected channel per node, the gRPC implementation).
+//! - Nodes: `node_api` (the calls the router makes, a trait so tests use fakes),
+//!   `connections` (one lazily connected channel per node, the gRPC implementation), and
+//!   `lane` with `read_merge` and `write_merge` (concurrent reads, and writes, of one shard
+//!   on one node merged into one call while the previous one is in flight).
 //!
 //! # Invariants
 //! - Nothing is sent to a node before the request passed validation.
@@ -53,6 +55,7 @@ mod forward;
 mod gossip;
 mod inflight;
 mod kv_service;
+mod lane;
 pub mod log_format;
 mod node_api;
 mod range;
@@ -64,6 +67,7 @@ mod scan;
 pub mod server;
 mod topology;
 mod validate;
+mod write_merge;
 
 pub use config::{ConfigError, RouterConfig};
 pub use error::{RouterError, ServeError, StartError};

@@ -10,9 +10,8 @@
 //! 674 ops/s), 64 clients 16,279 / 13,698 → 16,300 / 16,593, 256 clients 16,958 / 18,238 →
 //! 30,665 / 24,274; two requests in flight per lane merged too little at 64 clients.
 //!
-//! The lane's task is owned by its handles (`GrpcNodes` in `connections.rs` keeps one per
-//! lane, at most 4096): it ends when the last handle is dropped, after answering what it
-//! holds; every send is bounded by the latest deadline of the reads in it.
+//! The queue, the in-flight bound and the task's ownership are `lane`'s; every send is
+//! bounded by the latest deadline of the reads in it.
 //!
 //! A merged read is what the node would answer for each read alone: every key belongs to the
 //! same shard and is read at the same consistency, and a node checks the leadership (or
@@ -23,25 +22,16 @@
 use std::time::Duration;
 
 use ringkv_proto::v1::{ShardReadRequest, ShardReadResponse};
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::{Code, Status};
+
+use crate::lane::{time_left, Lane, Merge, Waiting};
 
 /// Requests of one lane in flight at once.
 pub const MAX_INFLIGHT: usize = 1;
 /// Most keys in one merged request.
 pub const MAX_MERGED_KEYS: usize = 256;
-/// Reads waiting in one lane (callers beyond it wait for room).
-const QUEUE_CAPACITY: usize = 1024;
-
-type Reply = oneshot::Sender<Result<ShardReadResponse, Status>>;
-
-struct Waiting {
-    keys: Vec<Vec<u8>>,
-    deadline: Instant,
-    reply: Reply,
-}
 
 /// Sends one request: `(request, timeout) -> response`.
 pub trait SendRead: Clone + Send + Sync + 'static {
@@ -54,133 +44,112 @@ pub trait SendRead: Clone + Send + Sync + 'static {
 
 /// Handle to one lane's task; the task ends when every handle is dropped.
 #[derive(Clone)]
-pub struct ReadLane {
-    tx: mpsc::Sender<Waiting>,
+pub struct ReadLane<S: SendRead> {
+    lane: Lane<ReadMerge<S>>,
 }
 
-impl ReadLane {
+impl<S: SendRead> ReadLane<S> {
     /// Starts the lane of `shard` at `consistency`, sending through `sender`.
-    pub fn spawn<S: SendRead>(sender: S, shard: u32, consistency: i32) -> ReadLane {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(sender, shard, consistency, rx));
-        ReadLane { tx }
+    pub fn spawn(sender: S, shard: u32, consistency: i32) -> ReadLane<S> {
+        let merge = ReadMerge {
+            sender,
+            shard,
+            consistency,
+        };
+        ReadLane {
+            lane: Lane::spawn(merge, MAX_INFLIGHT),
+        }
     }
 
     /// Reads `keys` (all of this lane's shard) within `timeout`.
     pub async fn read(&self, keys: Vec<Vec<u8>>, timeout: Duration) -> Result<ShardReadResponse, Status> {
-        let (reply, answer) = oneshot::channel();
-        let waiting = Waiting {
+        self.lane.call(keys, timeout).await
+    }
+}
+
+/// Reads of one shard at one consistency, merged key list after key list.
+#[derive(Clone)]
+struct ReadMerge<S> {
+    sender: S,
+    shard: u32,
+    consistency: i32,
+}
+
+impl<S: SendRead> ReadMerge<S> {
+    fn request(&self, keys: Vec<Vec<u8>>) -> ShardReadRequest {
+        ShardReadRequest {
+            shard_id: self.shard,
             keys,
-            deadline: Instant::now() + timeout,
-            reply,
-        };
-        let gone = || Status::unavailable("the router's read lane stopped");
-        self.tx.send(waiting).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+            consistency: self.consistency,
+        }
     }
 }
 
-async fn run<S: SendRead>(sender: S, shard: u32, consistency: i32, mut rx: mpsc::Receiver<Waiting>) {
-    let mut inflight = JoinSet::new();
-    let mut carried: Option<Waiting> = None;
-    loop {
-        while inflight.len() >= MAX_INFLIGHT {
-            let _ = inflight.join_next().await;
-        }
-        let first = match carried.take() {
-            Some(waiting) => waiting,
-            None => {
-                // Reap finished sends while idle, so the set does not grow.
-                while inflight.try_join_next().is_some() {}
-                match rx.recv().await {
-                    Some(waiting) => waiting,
-                    None => break,
-                }
-            }
-        };
-        let mut keys = first.keys.len();
-        let mut batch = vec![first];
-        while keys < MAX_MERGED_KEYS {
-            match rx.try_recv() {
-                Ok(waiting) if keys + waiting.keys.len() <= MAX_MERGED_KEYS => {
-                    keys += waiting.keys.len();
-                    batch.push(waiting);
-                }
-                Ok(waiting) => {
-                    carried = Some(waiting);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        inflight.spawn(send_merged(sender.clone(), shard, consistency, batch));
-    }
-    while inflight.join_next().await.is_some() {}
-}
+impl<S: SendRead> Merge for ReadMerge<S> {
+    type Item = Vec<Vec<u8>>;
+    type Answer = ShardReadResponse;
 
-async fn send_merged<S: SendRead>(sender: S, shard: u32, consistency: i32, batch: Vec<Waiting>) {
-    let now = Instant::now();
-    let Some(deadline) = batch.iter().map(|waiting| waiting.deadline).max() else {
-        return;
-    };
-    let request = |keys: Vec<Vec<u8>>| ShardReadRequest {
-        shard_id: shard,
-        keys,
-        consistency,
-    };
-    if batch.len() == 1 {
-        let Some(waiting) = batch.into_iter().next() else {
+    fn admits(&self, batch: &[Waiting<Self>], next: &Vec<Vec<u8>>) -> bool {
+        let keys: usize = batch.iter().map(|waiting| waiting.item.len()).sum();
+        keys + next.len() <= MAX_MERGED_KEYS
+    }
+
+    async fn send(&self, batch: Vec<Waiting<Self>>) {
+        let timeout = time_left(&batch);
+        if batch.len() == 1 {
+            for waiting in batch {
+                let answer = self.sender.send(self.request(waiting.item), timeout).await;
+                let _ = waiting.reply.send(answer);
+            }
             return;
-        };
-        let answer = sender.send(request(waiting.keys), deadline - now).await;
-        let _ = waiting.reply.send(answer);
-        return;
-    }
-    let counts: Vec<usize> = batch.iter().map(|waiting| waiting.keys.len()).collect();
-    let mut keys = Vec::with_capacity(counts.iter().sum());
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut alone = Vec::with_capacity(batch.len());
-    for waiting in batch {
-        alone.push((waiting.keys.clone(), waiting.deadline));
-        keys.extend(waiting.keys);
-        replies.push(waiting.reply);
-    }
-    match sender.send(request(keys), deadline - now).await {
-        Ok(response) if response.results.len() == counts.iter().sum::<usize>() => {
-            let mut results = response.results.into_iter();
-            for (reply, count) in replies.into_iter().zip(counts) {
-                let part = ShardReadResponse {
-                    results: results.by_ref().take(count).collect(),
-                };
-                let _ = reply.send(Ok(part));
-            }
         }
-        Ok(response) => {
-            let status = Status::internal(format!(
-                "shard {shard} answered {} results for {} keys",
-                response.results.len(),
-                counts.iter().sum::<usize>()
-            ));
-            for reply in replies {
-                let _ = reply.send(Err(status.clone()));
-            }
+        let counts: Vec<usize> = batch.iter().map(|waiting| waiting.item.len()).collect();
+        let total: usize = counts.iter().sum();
+        let mut keys = Vec::with_capacity(total);
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut alone = Vec::with_capacity(batch.len());
+        for waiting in batch {
+            alone.push((waiting.item.clone(), waiting.deadline));
+            keys.extend(waiting.item);
+            replies.push(waiting.reply);
         }
-        Err(status) if status.code() == Code::InvalidArgument => {
-            // Possibly one read's key: each read alone gets its own answer.
-            let mut sends = JoinSet::new();
-            for ((keys, deadline), reply) in alone.into_iter().zip(replies) {
-                let sender = sender.clone();
-                let timeout = deadline.saturating_duration_since(Instant::now());
-                let request = request(keys);
-                sends.spawn(async move {
-                    let _ = reply.send(sender.send(request, timeout).await);
-                });
+        match self.sender.send(self.request(keys), timeout).await {
+            Ok(response) if response.results.len() == total => {
+                let mut results = response.results.into_iter();
+                for (reply, count) in replies.into_iter().zip(counts) {
+                    let part = ShardReadResponse {
+                        results: results.by_ref().take(count).collect(),
+                    };
+                    let _ = reply.send(Ok(part));
+                }
             }
-            while sends.join_next().await.is_some() {}
-        }
-        Err(status) => {
-            for reply in replies {
-                let _ = reply.send(Err(status.clone()));
+            Ok(response) => {
+                let status = Status::internal(format!(
+                    "shard {} answered {} results for {total} keys",
+                    self.shard,
+                    response.results.len(),
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                // Possibly one read's key: each read alone gets its own answer.
+                let mut sends = JoinSet::new();
+                for ((keys, deadline), reply) in alone.into_iter().zip(replies) {
+                    let sender = self.sender.clone();
+                    let timeout = deadline.saturating_duration_since(Instant::now());
+                    let request = self.request(keys);
+                    sends.spawn(async move {
+                        let _ = reply.send(sender.send(request, timeout).await);
+                    });
+                }
+                while sends.join_next().await.is_some() {}
+            }
+            Err(status) => {
+                for reply in replies {
+                    let _ = reply.send(Err(status.clone()));
+                }
             }
         }
     }

@@ -1,16 +1,21 @@
 //! `ShardKv`: shard-addressed reads, writes, range scans, counts and range deletes, called
 //! by routers.
 
+use ringkv_proto::metadata;
 use ringkv_proto::v1::{self, shard_kv_server::ShardKv};
+use ringkv_ring::Ring;
 use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::error::NodeError;
 use crate::group::Group;
 use crate::node::Node;
+use crate::proposal;
 use crate::raft::state_machine::ScanOptions;
 use crate::raft::types::WriteOp;
 
+/// Most writes in one `WriteBatch` call.
+const MAX_BATCH_WRITES: usize = 256;
 /// Most entries of one scan page, and most keys deleted by one delete-range call.
 const MAX_PAGE_LIMIT: u32 = 10_000;
 /// Keys counted by one count call when the request leaves the limit at 0.
@@ -153,6 +158,64 @@ impl ShardKvService {
 
     async fn write(&self, request: v1::ShardWriteRequest) -> Result<v1::ShardWriteResponse, NodeError> {
         let (ring, group) = self.node.shard_group(request.shard_id)?;
+        let (request_id, ops) = self.check_write(&ring, request)?;
+        let results = self.node.write(&group, request_id, ops).await?;
+        Ok(write_response(results))
+    }
+
+    /// Proposes the batch's writes together (so they share an entry where they can) and
+    /// answers each one as `write` would have.
+    async fn write_batch(
+        &self,
+        request: v1::ShardWriteBatchRequest,
+    ) -> Result<v1::ShardWriteBatchResponse, NodeError> {
+        if request.writes.is_empty() || request.writes.len() > MAX_BATCH_WRITES {
+            return Err(NodeError::InvalidArgument(format!(
+                "a write batch needs 1..={MAX_BATCH_WRITES} writes, got {}",
+                request.writes.len()
+            )));
+        }
+        let shard_id = request.shard_id;
+        let (ring, group) = self.node.shard_group(shard_id)?;
+        // Not the leader concerns every write: say it once, for the whole batch.
+        if !proposal::is_leader(&group.raft, self.node.node_id()) {
+            return Err(NodeError::NotLeader {
+                group: group.id,
+                leader: proposal::leader_hint(&group.raft),
+                proposed: false,
+            });
+        }
+        let writes = request.writes.into_iter().map(|mut write| {
+            write.shard_id = shard_id;
+            let checked = self.check_write(&ring, write);
+            let group = &group;
+            async move {
+                let (request_id, ops) = checked?;
+                self.node.write(group, request_id, ops).await
+            }
+        });
+        let outcomes = futures::future::join_all(writes).await;
+        Ok(v1::ShardWriteBatchResponse {
+            outcomes: outcomes
+                .into_iter()
+                .map(|outcome| v1::ShardWriteOutcome {
+                    outcome: Some(match outcome {
+                        Ok(results) => v1::shard_write_outcome::Outcome::Response(write_response(results)),
+                        Err(err) => v1::shard_write_outcome::Outcome::Failure(metadata::write_failure(
+                            &status(err, true),
+                        )),
+                    }),
+                })
+                .collect(),
+        })
+    }
+
+    /// Checks a write's request id and ops against the limits and the ring.
+    fn check_write(
+        &self,
+        ring: &Ring,
+        request: v1::ShardWriteRequest,
+    ) -> Result<([u8; 16], Vec<WriteOp>), NodeError> {
         let request_id: [u8; 16] = request.request_id.as_slice().try_into().map_err(|_| {
             NodeError::InvalidArgument(format!(
                 "request_id must be 16 bytes, got {}",
@@ -205,26 +268,30 @@ impl ShardKvService {
                 expected_version: op.expected_version,
             });
         }
-        let results = self.node.write(&group, request_id, ops).await?;
-        Ok(v1::ShardWriteResponse {
-            results: results
-                .into_iter()
-                .map(|result| {
-                    let (current_found, current_value, current_version) = match result.current {
-                        Some(current) => (true, current.value, current.version),
-                        None => (false, Vec::new(), 0),
-                    };
-                    v1::WriteOpResult {
-                        succeeded: result.succeeded,
-                        version: result.version,
-                        existed: result.existed,
-                        current_found,
-                        current_value,
-                        current_version,
-                    }
-                })
-                .collect(),
-        })
+        Ok((request_id, ops))
+    }
+}
+
+/// The reply to one write.
+fn write_response(results: Vec<crate::raft::types::WriteOpResult>) -> v1::ShardWriteResponse {
+    v1::ShardWriteResponse {
+        results: results
+            .into_iter()
+            .map(|result| {
+                let (current_found, current_value, current_version) = match result.current {
+                    Some(current) => (true, current.value, current.version),
+                    None => (false, Vec::new(), 0),
+                };
+                v1::WriteOpResult {
+                    succeeded: result.succeeded,
+                    version: result.version,
+                    existed: result.existed,
+                    current_found,
+                    current_value,
+                    current_version,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -313,6 +380,16 @@ impl ShardKv for ShardKvService {
         request: Request<v1::ShardWriteRequest>,
     ) -> Result<Response<v1::ShardWriteResponse>, Status> {
         self.write(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, true))
+    }
+
+    async fn write_batch(
+        &self,
+        request: Request<v1::ShardWriteBatchRequest>,
+    ) -> Result<Response<v1::ShardWriteBatchResponse>, Status> {
+        self.write_batch(request.into_inner())
             .await
             .map(Response::new)
             .map_err(|err| status(err, true))

@@ -14,11 +14,12 @@ use ringkv_proto::v1;
 use ringkv_proto::v1::admin_server::{Admin, AdminServer};
 use ringkv_proto::v1::shard_kv_server::{ShardKv, ShardKvServer};
 use ringkv_proto::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, Consistency, InitClusterRequest, InitClusterResponse,
-    KeyValueResult, MemberState as ProtoMemberState, NodeStatusRequest, NodeStatusResponse, ReplicaInfo,
-    ReplicaRole, RingInfo, RingMember, ScanEntry, ShardCountRequest, ShardCountResponse,
-    ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest,
-    ShardScanResponse, ShardWriteRequest, ShardWriteResponse, WriteKind, WriteOpResult,
+    shard_write_outcome, ClusterStatusRequest, ClusterStatusResponse, Consistency, InitClusterRequest,
+    InitClusterResponse, KeyValueResult, MemberState as ProtoMemberState, NodeStatusRequest,
+    NodeStatusResponse, ReplicaInfo, ReplicaRole, RingInfo, RingMember, ScanEntry, ShardCountRequest,
+    ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest,
+    ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteBatchRequest, ShardWriteBatchResponse,
+    ShardWriteOutcome, ShardWriteRequest, ShardWriteResponse, WriteKind, WriteOpResult,
 };
 use ringkv_ring::shard::shard_of_hash;
 use ringkv_ring::{key_hash, MemberState, Ring, RingConfig, ShardId};
@@ -362,6 +363,26 @@ impl ShardKv for FakeNode {
             })
             .collect();
         Ok(Response::new(ShardReadResponse { results }))
+    }
+
+    /// Each write as `write` answers it alone (a status becomes that write's failure).
+    async fn write_batch(
+        &self,
+        request: Request<ShardWriteBatchRequest>,
+    ) -> Result<Response<ShardWriteBatchResponse>, Status> {
+        let request = request.into_inner();
+        let mut outcomes = Vec::with_capacity(request.writes.len());
+        for mut write in request.writes {
+            write.shard_id = request.shard_id;
+            let outcome = match ShardKv::write(self, Request::new(write)).await {
+                Ok(response) => shard_write_outcome::Outcome::Response(response.into_inner()),
+                Err(status) => shard_write_outcome::Outcome::Failure(metadata::write_failure(&status)),
+            };
+            outcomes.push(ShardWriteOutcome {
+                outcome: Some(outcome),
+            });
+        }
+        Ok(Response::new(ShardWriteBatchResponse { outcomes }))
     }
 
     async fn write(
