@@ -206,6 +206,12 @@ where
 
     pub(crate) command_state: CommandState,
 
+    /// ringkv patch: the last of this node's own appends as leader that has not been reported
+    /// flushed yet. Before it answers anything (an AppendEntries whose entries it already
+    /// holds, most of all), a node that stepped down with such appends waits for the flush:
+    /// it must not claim entries a power cut could still take.
+    pub(crate) unflushed_leader_append: Option<LogIOId<C::NodeId>>,
+
     pub(crate) span: Span,
 
     pub(crate) _p: PhantomData<SM>,
@@ -1302,6 +1308,27 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { log_io_id, result } => {
+                if let Err(e) = result {
+                    let err = StorageIOError::write_logs(AnyError::error(e));
+                    return Err(Fatal::StorageError(StorageError::from(err)));
+                }
+                // Only the leader that appended counts the flush, and only while it leads in
+                // the same term (a flush reported to a later leadership is ignored).
+                let same_leader = self.engine.state.vote_ref().committed_leader_id().as_ref()
+                    == Some(&log_io_id.committed_leader_id);
+                if self.unflushed_leader_append.as_ref().is_some_and(|pending| {
+                    pending.committed_leader_id == log_io_id.committed_leader_id && pending.log_id <= log_io_id.log_id
+                }) {
+                    self.unflushed_leader_append = None;
+                }
+                if same_leader {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(log_io_id.log_id);
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1661,6 +1688,19 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
+                // ringkv patch: a leader appending its own entries does not wait for them to
+                // be flushed: the replication commands queued after this one send them to the
+                // followers while the local flush runs (Raft thesis 10.2.1), and the leader
+                // counts itself toward the quorum when `Notify::LocalLogFlushed` arrives. A
+                // follower still answers AppendEntries only after its flush (below).
+                if self.engine.leader_handler().is_ok() {
+                    let log_io_id = LogIOId::new(vote, Some(last_log_id));
+                    let callback = LogFlushed::notify_core(log_io_id.clone(), self.tx_notify.clone());
+                    self.log_store.append(entries, callback).await?;
+                    self.unflushed_leader_append = Some(log_io_id);
+                    return Ok(None);
+                }
+
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 
                 // The leader may have changed.
@@ -1756,6 +1796,14 @@ where
                 })?;
             }
             Command::Respond { resp: send, .. } => {
+                // ringkv patch: see `unflushed_leader_append`. An empty append waits for the
+                // flush of everything written before it.
+                if let Some(pending) = self.unflushed_leader_append.take() {
+                    if let Some(last) = pending.log_id.clone() {
+                        let vote = self.engine.state.vote_ref().clone();
+                        self.append_to_log(std::iter::empty(), vote, last).await?;
+                    }
+                }
                 send.send();
             }
         }

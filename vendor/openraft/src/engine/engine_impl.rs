@@ -154,6 +154,19 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
+        // ringkv patch: a leader sends its entries to the followers before its own flush, so a
+        // power cut can take from it entries the followers hold. Resuming leadership of the same
+        // term with that shorter log would hand out those log ids again for other entries.
+        // Instead it starts as a candidate of its term (as if it had stopped while campaigning)
+        // and leads again only after an election at a higher term, in which the followers'
+        // longer logs count; the branch below no longer runs.
+        if self.state.is_leader(&self.config.id) {
+            let term = self.state.vote_ref().leader_id().get_term();
+            let demoted = Vote::new(term, self.config.id.clone());
+            tracing::info!("startup: was leader in term {}; starts as a candidate of that term", term);
+            self.state.vote.update(C::now(), demoted);
+        }
+
         // Previously it is a leader. restore it as leader at once
         if self.state.is_leader(&self.config.id) {
             self.vote_handler().update_internal_server_state();

@@ -310,6 +310,7 @@ where C: RaftTypeConfig
             tx_server_metrics,
 
             command_state: CommandState::default(),
+            unflushed_leader_append: None,
             span: core_span,
 
             _p: Default::default(),

@@ -5,6 +5,7 @@ use std::io;
 use tokio::sync::oneshot;
 
 use crate::async_runtime::AsyncOneshotSendExt;
+use crate::core::notify::Notify;
 use crate::raft_state::io_state::log_io_id::LogIOId;
 use crate::type_config::alias::OneshotSenderOf;
 use crate::LogId;
@@ -16,7 +17,16 @@ pub struct LogFlushed<C>
 where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
-    tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    to: FlushedTo<C>,
+}
+
+/// ringkv patch: where a flush is reported — to a waiting caller, or (a leader's own append,
+/// which does not wait) to the core as a notification.
+enum FlushedTo<C>
+where C: RaftTypeConfig
+{
+    Caller(OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>),
+    Core(tokio::sync::mpsc::UnboundedSender<Notify<C>>),
 }
 
 impl<C> LogFlushed<C>
@@ -26,22 +36,46 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            to: FlushedTo::Caller(tx),
+        }
+    }
+
+    /// ringkv patch: a callback that reports to the core as `Notify::LocalLogFlushed`.
+    pub(crate) fn notify_core(log_io_id: LogIOId<C::NodeId>, tx: tokio::sync::mpsc::UnboundedSender<Notify<C>>) -> Self {
+        Self {
+            log_io_id,
+            to: FlushedTo::Core(tx),
+        }
     }
 
     /// Report log io completion event.
     ///
     /// It will be called when the log is successfully appended to the storage or an error occurs.
     pub fn log_io_completed(self, result: Result<(), io::Error>) {
-        let res = if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!("LogFlush error: {}, while flushing upto {}", e, self.log_io_id);
-            self.tx.send(Err(e))
-        } else {
-            self.tx.send(Ok(self.log_io_id))
-        };
-
-        if let Err(e) = res {
-            tracing::error!("failed to send log io completion event: {:?}", e);
+        }
+        match self.to {
+            FlushedTo::Caller(tx) => {
+                let res = match result {
+                    Err(e) => tx.send(Err(e)),
+                    Ok(()) => tx.send(Ok(self.log_io_id)),
+                };
+                if let Err(e) = res {
+                    tracing::error!("failed to send log io completion event: {:?}", e);
+                }
+            }
+            FlushedTo::Core(tx) => {
+                let notify = Notify::LocalLogFlushed {
+                    log_io_id: self.log_io_id,
+                    result: result.map_err(|e| e.to_string()),
+                };
+                if tx.send(notify).is_err() {
+                    tracing::debug!("the core stopped before a log flush was reported");
+                }
+            }
         }
     }
 }
