@@ -91,6 +91,36 @@ impl LogStore {
         blocking(move || wal.collect_garbage().map(drop).map_err(StorageError::from)).await
     }
 
+    /// Before entries starting at `first` are appended after a gap (a follower that installed
+    /// a snapshot ahead of its log appends the entries after the snapshot), carries out at once
+    /// the purge openraft asked for up to the snapshot. The purger would do it later; a crash
+    /// before it did would leave the old entries, a hole, then the new ones, and the group
+    /// could not start again (openraft reads the log from the old purge point on). The purge
+    /// record goes into the WAL before the new entries, so any durable prefix that holds them
+    /// holds it too.
+    async fn close_gap_before(&self, first: u64) -> Result<(), StorageError> {
+        let last_entry = self.wal.bounds(self.group).map(|(_, last)| last);
+        let purged = self.read_meta::<LogId>(PURGED)?.map(|log_id| log_id.index);
+        let end = last_entry.max(purged).unwrap_or(0);
+        if first <= end + 1 {
+            return Ok(());
+        }
+        let pending = *self.purge_tx.borrow();
+        match pending {
+            Some(snapshot) if snapshot.index + 1 == first => self.purge_now(snapshot).await,
+            _ => {
+                // Not a gap openraft leaves after a snapshot; nothing to record it with.
+                tracing::warn!(
+                    group = %self.name,
+                    first,
+                    end,
+                    "entries appended after a gap in the log with no purge up to it"
+                );
+                Ok(())
+            }
+        }
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: u8) -> Result<Option<T>, StorageError> {
         match self.wal.meta(self.group, key) {
             Some(bytes) => Ok(Some(decode(&self.name, &bytes)?)),
@@ -214,6 +244,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(first) = entries.first() {
+            self.close_gap_before(first.log_id.index)
+                .await
+                .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Write, err))?;
+        }
         let write = || -> Result<(), StorageError> {
             // openraft appends consecutive entries; write each run of them as one record.
             let mut run: Vec<Vec<u8>> = Vec::new();
@@ -360,6 +396,48 @@ mod tests {
         assert_eq!(entries[0], put(3, b"k", b"v", 3));
         let limited = store.limited_get_log_entries(3, 5).await.expect("limited");
         assert_eq!(limited.len(), 2);
+    }
+
+    /// A follower that installed a snapshot (openraft asked to purge up to it; the purger has
+    /// not run) appends the entries after it: the purge is recorded first, so a crash right
+    /// after leaves a log without a hole (issue 14: old entries, a gap, new entries, and a
+    /// group that cannot start).
+    #[tokio::test]
+    async fn appending_after_a_snapshot_leaves_no_hole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = storage::open(&dir.path().join("db")).expect("engine");
+        let group = GroupId::Shard(4);
+        let encoded = |range: std::ops::RangeInclusive<u64>| -> Vec<Vec<u8>> {
+            range
+                .map(|i| encode(&put(i, b"k", b"v", i as u8)).expect("encode"))
+                .collect()
+        };
+        {
+            let wal = open_wal(dir.path());
+            let cancel = CancellationToken::new();
+            let (flusher, task) = Flusher::spawn(wal.clone(), cancel.clone(), false);
+            let (mut store, _purges) = LogStore::open(wal.clone(), group, engine.clone(), flusher, 1 << 20);
+            wal.append(wal_group(group), 1, &encoded(1..=5)).expect("append");
+            // The snapshot covers 1..=20; openraft asks for the purge, the purger is slow.
+            store.purge(log_id(2, 20)).await.expect("purge request");
+            store.close_gap_before(21).await.expect("close the gap");
+            wal.append(wal_group(group), 21, &encoded(21..=23))
+                .expect("append");
+            wal.sync().expect("sync");
+            // The crash: nothing else runs.
+            cancel.cancel();
+            task.await.expect("flusher");
+        }
+        let wal = open_wal(dir.path());
+        let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
+        let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20);
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 20)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 23)));
+        let entries = store.try_get_log_entries(21..24).await.expect("entries");
+        assert_eq!(entries.len(), 3, "no hole after the purge point");
+        // Appending right after the log's end needs nothing.
+        store.close_gap_before(24).await.expect("contiguous");
     }
 
     /// A log kept in a sled tree by an older version moves into the WAL intact, and the
