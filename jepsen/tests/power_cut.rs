@@ -1,10 +1,12 @@
 //! A power cut of every node, then linearizable reads at once.
 //!
 //! The cut rolls every state machine back to its last sync (its entries are in the synced
-//! log and are applied again), and openraft restores the leader of each shard as leader of
-//! the same term, without an election and without a new blank entry. Such a leader must
-//! not serve a read before its whole log is applied: its commit index restarts at the
-//! rolled-back applied index, below writes that were acknowledged before the cut.
+//! log and are applied again). Upstream openraft restored the leader of each shard as leader
+//! of the same term, without an election and without a new blank entry, and such a leader
+//! served reads from the rolled-back state (openraft patch 4); since patch 6 a restarted
+//! leader is elected anew. Either way no read may come before the whole log is applied: a
+//! commit index restarts at the rolled-back applied index, below writes that were
+//! acknowledged before the cut.
 //!
 //! Needs root (network namespaces: a node keeps its address across the cut) and FUSE.
 

@@ -100,6 +100,11 @@ impl LogStore {
     /// holds it too.
     async fn close_gap_before(&self, first: u64) -> Result<(), StorageError> {
         let last_entry = self.wal.bounds(self.group).map(|(_, last)| last);
+        // The common case (every append but the first after a snapshot) decides here, without
+        // reading the purge point.
+        if last_entry.is_some_and(|last| first <= last + 1) {
+            return Ok(());
+        }
         let purged = self.read_meta::<LogId>(PURGED)?.map(|log_id| log_id.index);
         let end = last_entry.max(purged).unwrap_or(0);
         if first <= end + 1 {
@@ -244,8 +249,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        if let Some(first) = entries.first() {
+        let mut entries = entries.into_iter().peekable();
+        if let Some(first) = entries.peek() {
             self.close_gap_before(first.log_id.index)
                 .await
                 .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Write, err))?;
