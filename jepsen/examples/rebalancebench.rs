@@ -2,7 +2,7 @@
 //! `VALUE_BYTES`, writers put steadily, a 4th node joins; measures the time until every shard's
 //! voters match placement (and node 4 is active), replicas moved vs the consistent-hashing
 //! minimum, leaders per node afterwards, and the write latency before, during and after the
-//! move. Repeats `RUNS` times; prints a table, writes JSON and a latency plot per run.
+//! move. Repeats `RUNS` times; prints a table, writes JSON, every write (CSV) and a latency plot per run.
 //!
 //! ```sh
 //! cargo build --release --bins
@@ -10,6 +10,7 @@
 //! # or, built: target/release/examples/rebalancebench ...
 //! ```
 //! Defaults: 100000 keys of 1024 bytes, 3 runs, results in `target/rebalancebench/`.
+//! `REBALANCEBENCH_NODE_ARGS` adds flags to every node (e.g. `--config pacing.toml`).
 //!
 //! It lives with the fault-injection harness for its latency plot (`plot`); the cluster is
 //! the end-to-end tests' (`ringkv-tests`, a dev-dependency), so `tests` needs no `jepsen`.
@@ -32,6 +33,8 @@ const SETTLE_WAIT: Duration = Duration::from_secs(1800);
 /// One acknowledged (or failed) write: when it started (since the run began) and how long.
 #[derive(Clone, Copy)]
 struct Sample {
+    /// The shard of its key.
+    shard: u32,
     start_s: f64,
     latency: Duration,
     ok: bool,
@@ -80,6 +83,12 @@ async fn run_once(
     options
         .node_args
         .extend(["--membership-interval-ms".to_string(), "500".to_string()]);
+    // Extra node flags to compare settings, e.g. `--config pacing.toml`.
+    if let Ok(extra) = std::env::var("REBALANCEBENCH_NODE_ARGS") {
+        options
+            .node_args
+            .extend(extra.split_whitespace().map(str::to_string));
+    }
     let mut cluster = Cluster::start(options).await?;
     let client = cluster.client().await?;
 
@@ -110,6 +119,9 @@ async fn run_once(
     eprintln!("run {run}: preloaded {keys} x {value_bytes} B in {preload_s:.1}s");
 
     let origin = Instant::now();
+    let origin_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let stop = Arc::new(AtomicBool::new(false));
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let mut writers = Vec::new();
@@ -119,12 +131,13 @@ async fn run_once(
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                let key = format!("load/{worker}/{n}");
+                let shard =
+                    ringkv_ring::shard::shard_of_hash(ringkv_ring::key_hash(key.as_bytes()), SHARDS).0;
                 let started = Instant::now();
-                let ok = client
-                    .put(format!("load/{worker}/{n}").as_bytes(), value.clone())
-                    .await
-                    .is_ok();
+                let ok = client.put(key.as_bytes(), value.clone()).await.is_ok();
                 let sample = Sample {
+                    shard,
                     start_s: started.duration_since(origin).as_secs_f64(),
                     latency: started.elapsed(),
                     ok,
@@ -208,6 +221,9 @@ async fn run_once(
 
     let result = serde_json::json!({
         "run": run,
+        "origin_unix_ms": origin_unix_ms,
+        "join_s": join_s,
+        "settled_s": settled_s,
         "keys": keys,
         "value_bytes": value_bytes,
         "data_mb": (keys * value_bytes) as f64 / 1e6,
@@ -249,6 +265,17 @@ async fn run_once(
         out.join(format!("run-{run}.svg")),
         latency_svg(&title, &points, &windows),
     )?;
+    let mut csv = String::from("start_s,latency_ms,ok,shard\n");
+    for s in &samples {
+        csv.push_str(&format!(
+            "{:.6},{:.3},{},{}\n",
+            s.start_s,
+            s.latency.as_secs_f64() * 1000.0,
+            s.ok,
+            s.shard
+        ));
+    }
+    std::fs::write(out.join(format!("run-{run}-writes.csv")), csv)?;
     std::fs::write(
         out.join(format!("run-{run}.json")),
         serde_json::to_string_pretty(&result)?,

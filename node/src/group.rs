@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::BasicNode;
@@ -22,6 +23,7 @@ use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::hibernation::Hibernation;
 use crate::proposal::{BatcherSettings, WriteBatcher};
+use crate::raft::catch_up::CatchUp;
 use crate::raft::flusher::Flusher;
 use crate::raft::log_store::{wal_group, LogStore};
 use crate::raft::network::{NetworkFactory, Transport};
@@ -97,6 +99,11 @@ impl GroupDeps {
             self.engine.clone(),
             self.flusher.clone(),
             REPLICATION_BATCH_BYTES.min(config.max_message_bytes / 2),
+            // A follower catching up gets an RPC (its heartbeat too) at least this often.
+            CatchUp::new(
+                self.transport.catch_up_pacer(),
+                Duration::from_millis(config.election_timeout_min_ms / 4),
+            ),
         );
         self.tasks.spawn(run_purger(
             group_id,

@@ -39,6 +39,10 @@ struct Args {
     /// Log entries kept after a snapshot.
     #[arg(long)]
     logs_to_keep_after_snapshot: Option<u64>,
+    /// Catch-up bytes per second this node sends over all groups: snapshot chunks and log
+    /// entries for followers that lag, e.g. new replicas of a move (0 = unlimited).
+    #[arg(long)]
+    catch_up_bytes_per_sec: Option<u64>,
     /// Raft heartbeat interval.
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
@@ -123,6 +127,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(n) = args.logs_to_keep_after_snapshot {
         config.logs_to_keep_after_snapshot = n;
+    }
+    if let Some(n) = args.catch_up_bytes_per_sec {
+        config.catch_up_bytes_per_sec = n;
     }
     if let Some(ms) = args.heartbeat_interval_ms {
         config.heartbeat_interval_ms = ms;

@@ -115,7 +115,7 @@ impl Node {
             config.node_id,
             rpc_timeout,
             config.max_message_bytes,
-            config.snapshot_send_bytes_per_sec,
+            config.catch_up_bytes_per_sec,
         );
         if let Some(cluster_id) = &cluster_id {
             transport.set_cluster_id(cluster_id);

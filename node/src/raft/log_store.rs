@@ -20,6 +20,7 @@ use ringkv_wal::Wal;
 use tokio::sync::watch;
 use tracing::info;
 
+use super::catch_up::CatchUp;
 use super::flusher::Flusher;
 use super::types::{Entry, GroupId, LogId, RaftStorageError, TypeConfig, Vote};
 use super::{decode, encode, storage_err};
@@ -47,6 +48,8 @@ pub struct LogStore {
     purge_tx: std::sync::Arc<watch::Sender<Option<LogId>>>,
     /// Most bytes of entries returned for one replication RPC (at least one entry).
     max_batch_bytes: usize,
+    /// Paces replication reads of committed entries (followers catching up).
+    catch_up: CatchUp,
 }
 
 /// The id of `group`'s log in the WAL.
@@ -66,6 +69,7 @@ impl LogStore {
         engine: EngineRef,
         flusher: Flusher,
         max_batch_bytes: usize,
+        catch_up: CatchUp,
     ) -> (LogStore, watch::Receiver<Option<LogId>>) {
         let (purge_tx, purge_rx) = watch::channel(None);
         let store = LogStore {
@@ -76,6 +80,7 @@ impl LogStore {
             engine,
             purge_tx: std::sync::Arc::new(purge_tx),
             max_batch_bytes,
+            catch_up,
         };
         (store, purge_rx)
     }
@@ -139,11 +144,23 @@ impl LogStore {
         end: Bound<u64>,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.wal
-            .read(self.group, start, end, max_bytes)?
+        Ok(self.entries_and_bytes_in(start, end, max_bytes)?.0)
+    }
+
+    /// Like [`LogStore::entries_in`], also returning the entries' encoded size.
+    fn entries_and_bytes_in(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+        max_bytes: usize,
+    ) -> Result<(Vec<Entry>, usize), StorageError> {
+        let records = self.wal.read(self.group, start, end, max_bytes)?;
+        let bytes = records.iter().map(|(_, bytes)| bytes.len()).sum();
+        let entries = records
             .into_iter()
             .map(|(_, bytes)| decode(&self.name, &bytes))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((entries, bytes))
     }
 }
 
@@ -170,14 +187,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     /// Entries `start..end`, cut at a byte budget so one replication RPC fits in a gRPC
-    /// message (always at least one entry).
+    /// message (always at least one entry). Only replication reads this way: a large read of
+    /// committed entries (a follower catching up) first waits for the node's catch-up budget.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        self.entries_in(Bound::Included(start), Bound::Excluded(end), self.max_batch_bytes)
-            .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))
+        let (entries, bytes) = self
+            .entries_and_bytes_in(Bound::Included(start), Bound::Excluded(end), self.max_batch_bytes)
+            .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))?;
+        if let Some(last) = entries.last() {
+            self.catch_up.pace_read(last.log_id.index, bytes).await;
+        }
+        Ok(entries)
     }
 }
 
@@ -225,6 +248,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        self.catch_up.set_committed(committed.map(|log_id| log_id.index));
         // Not synced: after a crash the committed id is recomputed from a quorum.
         let write = || -> Result<(), StorageError> {
             self.wal.set_meta(self.group, COMMITTED, &encode(&committed)?)?;
@@ -365,6 +389,10 @@ mod tests {
             .0
     }
 
+    fn unpaced() -> CatchUp {
+        CatchUp::new(None, std::time::Duration::ZERO)
+    }
+
     /// Entries, vote and purge point come back after a reopen; truncation and purge remove
     /// exactly what they name; purge makes the state machine's engine durable first.
     #[tokio::test]
@@ -376,7 +404,8 @@ mod tests {
             let wal = open_wal(dir.path());
             let cancel = CancellationToken::new();
             let (flusher, task) = Flusher::spawn(wal.clone(), cancel.clone(), false);
-            let (mut store, _purges) = LogStore::open(wal.clone(), group, engine.clone(), flusher, 1 << 20);
+            let (mut store, _purges) =
+                LogStore::open(wal.clone(), group, engine.clone(), flusher, 1 << 20, unpaced());
             let encoded: Vec<Vec<u8>> = (1..=5)
                 .map(|i| encode(&put(i, b"k", b"v", i as u8)).expect("encode"))
                 .collect();
@@ -390,7 +419,7 @@ mod tests {
         }
         let wal = open_wal(dir.path());
         let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
-        let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20);
+        let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20, unpaced());
         assert_eq!(store.read_vote().await.expect("vote"), Some(RaftVote::new(2, 1)));
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 2)));
@@ -421,7 +450,8 @@ mod tests {
             let wal = open_wal(dir.path());
             let cancel = CancellationToken::new();
             let (flusher, task) = Flusher::spawn(wal.clone(), cancel.clone(), false);
-            let (mut store, _purges) = LogStore::open(wal.clone(), group, engine.clone(), flusher, 1 << 20);
+            let (mut store, _purges) =
+                LogStore::open(wal.clone(), group, engine.clone(), flusher, 1 << 20, unpaced());
             wal.append(wal_group(group), 1, &encoded(1..=5)).expect("append");
             // The snapshot covers 1..=20; openraft asks for the purge, the purger is slow.
             store.purge(log_id(2, 20)).await.expect("purge request");
@@ -435,7 +465,7 @@ mod tests {
         }
         let wal = open_wal(dir.path());
         let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
-        let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20);
+        let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20, unpaced());
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 20)));
         assert_eq!(state.last_log_id, Some(log_id(2, 23)));
@@ -491,5 +521,52 @@ mod tests {
         // Nothing left to move: a second pass is a no-op.
         migrate_legacy_logs(&engine, &wal).expect("migrate again");
         assert_eq!(wal.bounds(7), Some((1, 3)));
+    }
+
+    /// Replication reads of committed entries wait for the catch-up budget; reads that
+    /// reach past the commit index (fresh entries a quorum still needs) do not.
+    #[tokio::test(start_paused = true)]
+    async fn replication_reads_of_committed_entries_are_paced() {
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = storage::open(&dir.path().join("db")).expect("engine");
+        let wal = open_wal(dir.path());
+        let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
+        let group = GroupId::Shard(3);
+        // 1 MiB/s; each read is four 100 KiB entries (over the 256 KiB threshold).
+        let catch_up = CatchUp::new(
+            crate::raft::catch_up::Pacer::new(1 << 20),
+            Duration::from_secs(60),
+        );
+        let (mut store, _purges) = LogStore::open(wal.clone(), group, engine, flusher, 450 << 10, catch_up);
+        let value = vec![7u8; 100 << 10];
+        let encoded: Vec<Vec<u8>> = (1..=12)
+            .map(|i| encode(&put(i, b"k", &value, i as u8)).expect("encode"))
+            .collect();
+        wal.append(wal_group(group), 1, &encoded).expect("append");
+        store.save_committed(Some(log_id(1, 8))).await.expect("committed");
+        let timed_read = |start: u64| {
+            let mut store = store.clone();
+            async move {
+                let began = tokio::time::Instant::now();
+                let entries = store.limited_get_log_entries(start, 13).await.expect("read");
+                (entries.len(), began.elapsed())
+            }
+        };
+        let (read, waited) = timed_read(1).await;
+        assert_eq!(
+            (read, waited),
+            (4, Duration::ZERO),
+            "the first slot starts at once"
+        );
+        let (read, waited) = timed_read(5).await;
+        assert_eq!(read, 4);
+        assert!(
+            waited >= Duration::from_millis(350),
+            "waited {waited:?} for the first read's slot"
+        );
+        let (read, waited) = timed_read(9).await;
+        assert_eq!((read, waited), (4, Duration::ZERO), "fresh entries never wait");
     }
 }

@@ -11,7 +11,10 @@
 //! - [`ring_change`]: ring membership changes as a pure function of the committed config,
 //!   applied by the system group's state machine.
 //! - [`network`]: the openraft network over the `Raft` gRPC service.
+//! - [`catch_up`]: one byte rate per node for snapshot chunks and the log entries read for
+//!   followers that lag.
 
+pub mod catch_up;
 pub mod flusher;
 pub mod log_store;
 pub mod network;

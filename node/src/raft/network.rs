@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::catch_up::Pacer;
 use super::types::{GroupId, NodeId, TypeConfig};
 
 /// Errors reaching a peer.
@@ -41,52 +42,9 @@ pub struct Transport {
     connect_timeout: Duration,
     /// Largest gRPC message accepted or sent (snapshot chunks and append batches fit in it).
     max_message_bytes: usize,
-    /// Paces the catch-up traffic of every group of this node — snapshot chunks and large
-    /// append batches — to one byte rate (None = unlimited).
-    catch_up_pacer: Option<Pacer>,
-}
-
-/// Catch-up appends at least this large are paced (smaller ones are cheap enough).
-const CATCH_UP_APPEND_BYTES: usize = 256 << 10;
-
-/// Paces bytes to a rate shared by every caller: each send reserves its share of time
-/// after the previous reservation and waits until its slot starts.
-pub struct Pacer {
-    bytes_per_sec: f64,
-    next_free: tokio::sync::Mutex<tokio::time::Instant>,
-}
-
-impl Pacer {
-    pub fn new(bytes_per_sec: u64) -> Option<Pacer> {
-        (bytes_per_sec > 0).then(|| Pacer {
-            bytes_per_sec: bytes_per_sec as f64,
-            next_free: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-        })
-    }
-
-    /// Waits until `bytes` may be sent at the configured rate.
-    pub async fn pace(&self, bytes: usize) {
-        let start = self.reserve(bytes).await;
-        tokio::time::sleep_until(start).await;
-    }
-
-    /// Like [`Pacer::pace`] but waits at most `max_wait` (the bytes still count against the
-    /// rate, so later senders wait longer): for RPCs whose deadline includes the wait.
-    pub async fn pace_at_most(&self, bytes: usize, max_wait: Duration) {
-        let start = self.reserve(bytes).await;
-        tokio::time::sleep_until(start.min(tokio::time::Instant::now() + max_wait)).await;
-    }
-
-    /// Reserves the next slot for `bytes`; returns when it starts.
-    async fn reserve(&self, bytes: usize) -> tokio::time::Instant {
-        {
-            let mut next_free = self.next_free.lock().await;
-            let now = tokio::time::Instant::now();
-            let start = (*next_free).max(now);
-            *next_free = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
-            start
-        }
-    }
+    /// Paces the catch-up traffic of every group of this node — snapshot chunks here, log
+    /// entries for lagging followers where they are read — to one byte rate (None = unlimited).
+    catch_up_pacer: Option<Arc<Pacer>>,
 }
 
 impl Transport {
@@ -94,7 +52,7 @@ impl Transport {
         node_id: NodeId,
         connect_timeout: Duration,
         max_message_bytes: usize,
-        snapshot_bytes_per_sec: u64,
+        catch_up_bytes_per_sec: u64,
     ) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
@@ -102,7 +60,7 @@ impl Transport {
             channels: Mutex::new(HashMap::new()),
             connect_timeout,
             max_message_bytes,
-            catch_up_pacer: Pacer::new(snapshot_bytes_per_sec),
+            catch_up_pacer: Pacer::new(catch_up_bytes_per_sec),
         })
     }
 
@@ -122,6 +80,11 @@ impl Transport {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The node's catch-up pacer (None = unlimited).
+    pub fn catch_up_pacer(&self) -> Option<Arc<Pacer>> {
+        self.catch_up_pacer.clone()
     }
 
     /// A (lazily connected, shared) channel to `addr`.
@@ -213,15 +176,13 @@ pub fn envelope(cluster_id: String, group: GroupId, from_node: NodeId, payload: 
 
 impl Connection {
     /// Sends one RPC. `entries_hint`: for appends, how many entries to retry with when the
-    /// message is too large for gRPC. `catch_up`: an append of entries the quorum already
-    /// committed without this follower (paced when large).
+    /// message is too large for gRPC.
     async fn call<Req, Resp, E>(
         &self,
         rpc: Rpc,
         request: &Req,
         option: &RPCOption,
         entries_hint: u64,
-        catch_up: bool,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
@@ -230,15 +191,6 @@ impl Connection {
     {
         let payload = postcard::to_allocvec(request)
             .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
-        // A large append to a follower catching up (a new replica of a move, or one that was
-        // down) shares the snapshot budget, so moves leave room for heartbeats and client
-        // writes. Fresh entries, which commit only with this follower's answer, never wait.
-        // The wait is bounded: openraft's deadline for the RPC includes it.
-        if catch_up && payload.len() >= CATCH_UP_APPEND_BYTES {
-            if let Some(pacer) = &self.transport.catch_up_pacer {
-                pacer.pace_at_most(payload.len(), option.hard_ttl() / 2).await;
-            }
-        }
         let mut message = envelope(
             self.transport.cluster_id(),
             self.group,
@@ -285,12 +237,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let hint = (rpc.entries.len() as u64 / 2).max(1);
-        // Every entry already committed: the quorum did not need this follower for them.
-        let catch_up = match (rpc.entries.last(), rpc.leader_commit) {
-            (Some(last), Some(committed)) => last.log_id.index <= committed.index,
-            _ => false,
-        };
-        self.call(Rpc::Append, &rpc, &option, hint, catch_up).await
+        self.call(Rpc::Append, &rpc, &option, hint).await
     }
 
     async fn install_snapshot(
@@ -304,7 +251,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         if let Some(pacer) = &self.transport.catch_up_pacer {
             pacer.pace(rpc.data.len()).await;
         }
-        self.call(Rpc::Snapshot, &rpc, &option, 1, false).await
+        self.call(Rpc::Snapshot, &rpc, &option, 1).await
     }
 
     async fn vote(
@@ -312,48 +259,6 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option, 1, false).await
-    }
-}
-
-#[cfg(test)]
-mod pacer_tests {
-    use super::*;
-
-    /// Chunks share the rate: the third 1 MB chunk at 1 MB/s may start only after 2 s.
-    #[tokio::test(start_paused = true)]
-    async fn pacer_spreads_chunks_at_the_rate() {
-        let pacer = Arc::new(Pacer::new(1_000_000).expect("limited"));
-        let began = tokio::time::Instant::now();
-        for _ in 0..3 {
-            pacer.pace(1_000_000).await;
-        }
-        let waited = began.elapsed();
-        assert!(
-            waited >= Duration::from_secs(2) && waited < Duration::from_millis(2100),
-            "{waited:?}"
-        );
-        assert!(Pacer::new(0).is_none(), "0 means unlimited");
-    }
-
-    /// A bounded wait returns by its bound, yet the bytes still count: the next sender's
-    /// slot starts after them.
-    #[tokio::test(start_paused = true)]
-    async fn bounded_pacing_waits_at_most_its_bound() {
-        let pacer = Pacer::new(1_000_000).expect("limited");
-        let start = tokio::time::Instant::now();
-        pacer.pace(1_000_000).await;
-        pacer.pace_at_most(1_000_000, Duration::from_millis(100)).await;
-        assert_eq!(
-            start.elapsed(),
-            Duration::from_millis(100),
-            "the first slot ends at 1 s; the bound is 100 ms"
-        );
-        pacer.pace(1).await;
-        assert_eq!(
-            start.elapsed(),
-            Duration::from_secs(2),
-            "the bounded sender's bytes still took their slot"
-        );
+        self.call(Rpc::Vote, &rpc, &option, 1).await
     }
 }

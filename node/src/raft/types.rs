@@ -135,8 +135,10 @@ pub struct WriteCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteOp {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// `Some(value)` stores the value, `None` deletes the key.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// Apply only if the key's version equals this (0 = absent).
     pub expected_version: Option<u64>,
@@ -147,8 +149,10 @@ pub struct WriteOp {
 pub struct DeleteRangeCommand {
     pub request_id: RequestId,
     /// First key of the range (inclusive; empty = the first key).
+    #[serde(with = "serde_bytes")]
     pub start: Vec<u8>,
     /// End of the range (exclusive); `None` = no upper bound.
+    #[serde(with = "serde_bytes")]
     pub end: Option<Vec<u8>>,
     /// Most keys deleted by this entry.
     pub limit: u32,
@@ -162,6 +166,7 @@ pub struct DeleteRangeResult {
     /// Keys deleted.
     pub deleted: u64,
     /// The last (greatest) key deleted, if any.
+    #[serde(with = "serde_bytes")]
     pub last_deleted: Option<Vec<u8>>,
     /// Whether keys remain in the range after `last_deleted` (the limit stopped the delete).
     pub more: bool,
@@ -183,6 +188,7 @@ pub struct WriteOpResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
     pub version: u64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -294,6 +300,73 @@ mod tests {
         assert_eq!(
             result(&CommandResult::DeleteRange(DeleteRangeResult::default())).first(),
             Some(&3)
+        );
+    }
+
+    /// Byte strings are encoded as one slice (`serde_bytes`) but produce the bytes serde's
+    /// element-by-element `Vec<u8>` did: entries in existing logs, snapshots and
+    /// de-duplication records decode unchanged, and old and new nodes understand each other.
+    #[test]
+    fn byte_strings_keep_their_encoding() {
+        #[derive(Serialize)]
+        struct PlainOp {
+            key: Vec<u8>,
+            value: Option<Vec<u8>>,
+            expected_version: Option<u64>,
+        }
+        #[derive(Serialize)]
+        struct PlainRange {
+            request_id: RequestId,
+            start: Vec<u8>,
+            end: Option<Vec<u8>>,
+            limit: u32,
+            issued_at_ms: u64,
+        }
+        #[derive(Serialize)]
+        struct PlainVersioned {
+            version: u64,
+            value: Vec<u8>,
+        }
+        let value: Vec<u8> = (0..=255).collect();
+        let op = WriteOp {
+            key: b"key".to_vec(),
+            value: Some(value.clone()),
+            expected_version: Some(7),
+        };
+        let plain = PlainOp {
+            key: b"key".to_vec(),
+            value: Some(value.clone()),
+            expected_version: Some(7),
+        };
+        let encoded = postcard::to_allocvec(&op).expect("encode");
+        assert_eq!(encoded, postcard::to_allocvec(&plain).expect("encode"));
+        assert_eq!(postcard::from_bytes::<WriteOp>(&encoded).expect("decode"), op);
+        let range = DeleteRangeCommand {
+            request_id: [3; 16],
+            start: b"a".to_vec(),
+            end: Some(b"z".to_vec()),
+            limit: 9,
+            issued_at_ms: 12,
+        };
+        let plain_range = PlainRange {
+            request_id: [3; 16],
+            start: b"a".to_vec(),
+            end: Some(b"z".to_vec()),
+            limit: 9,
+            issued_at_ms: 12,
+        };
+        assert_eq!(
+            postcard::to_allocvec(&range).expect("encode"),
+            postcard::to_allocvec(&plain_range).expect("encode")
+        );
+        let versioned = Versioned {
+            version: 5,
+            value: value.clone(),
+        };
+        let plain_versioned = PlainVersioned { version: 5, value };
+        assert_eq!(
+            postcard::to_allocvec(&versioned).expect("encode"),
+            postcard::to_allocvec(&plain_versioned).expect("encode")
         );
     }
 }

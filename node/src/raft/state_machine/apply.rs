@@ -1,13 +1,15 @@
 //! Entry application: what each committed entry does to the state.
 //!
 //! Every entry's effects are computed as one [`Batch`] that also records the entry's log id
-//! as applied, and written so that a crash never leaves half an entry applied (invariant 2):
-//! first the whole batch as one record (`i`, the intent), then each write on its own. sled
-//! recovers a prefix of its log, so after a crash either the intent is missing (nothing of
-//! the entry was applied; the log replays it) or it is there and [`redo_intent`] finishes
-//! what it says, with the values computed the first time (a CAS is not re-evaluated).
-//! sled's own atomic batches would do the same but roll its IO buffer twice per batch,
-//! which cost a third of a node's CPU under write load.
+//! as applied, and written so that a crash never leaves half an entry applied (invariant 2).
+//! A small batch is written as one record first (`i`, the intent), then each write on its
+//! own. sled recovers a prefix of its log, so after a crash either the intent is missing
+//! (nothing of the entry was applied; the log replays it) or it is there and [`redo_intent`]
+//! finishes what it says, with the values computed the first time (a CAS is not
+//! re-evaluated). sled's own atomic batches would do the same but roll its IO buffer twice
+//! per batch, which cost a third of a node's CPU under a load of one-put entries; a batch
+//! of at least [`ATOMIC_BATCH_BYTES`] is written that way all the same, since the intent
+//! would write each of its values twice.
 //! Writes store versioned values (the version is the entry's log index, unique per key
 //! because one entry never writes a key twice) with compare-and-set; writes and delete-ranges
 //! are de-duplicated by request id ([`super::dedup`]); the system group's entries set or
@@ -17,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use openraft::EntryPayload;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::dedup::{EntryRecords, DELETE_RANGES, WRITES};
 use super::layout::{
@@ -39,10 +42,48 @@ type Overlay = HashMap<Vec<u8>, Option<Versioned>>;
 /// One write of an entry's batch: a key and its new value (`None`: removed).
 type Write = (Vec<u8>, Option<Vec<u8>>);
 
-/// Writes `batch` (whose last write records `log_id` as applied) crash-atomically: the
-/// intent record first, then each write.
-fn write_with_intent(tree: &TreeRef, log_id: LogId, batch: Batch) -> Result<(), StorageError> {
-    tree.insert(INTENT_KEY, &encode(&(log_id, &batch.ops))?)?;
+/// The writes of an intent record, encoded as a sequence of `(key, value)` pairs whose byte
+/// strings go out as one slice each: the same postcard bytes as `Vec<Write>`, without a call
+/// per byte (serde's default for `Vec<u8>`).
+struct IntentWrites<'a>(&'a [Write]);
+
+impl Serialize for IntentWrites<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct WriteRef<'a>(
+            #[serde(with = "serde_bytes")] &'a [u8],
+            #[serde(with = "serde_bytes")] Option<&'a [u8]>,
+        );
+        serializer.collect_seq(self.0.iter().map(|(key, value)| WriteRef(key, value.as_deref())))
+    }
+}
+
+/// One write of a decoded intent record (see [`IntentWrites`]).
+#[derive(Deserialize)]
+struct IntentWrite(
+    #[serde(with = "serde_bytes")] Vec<u8>,
+    #[serde(with = "serde_bytes")] Option<Vec<u8>>,
+);
+
+/// Entries whose writes carry at least this many bytes go to sled as one atomic batch: the
+/// batch's fixed cost (two IO buffer rolls) is then smaller than writing every value twice,
+/// once in the intent record. Replaying a move's log (entries of many values) wrote half its
+/// disk bytes into intent records.
+const ATOMIC_BATCH_BYTES: usize = 4 << 10;
+
+/// Writes `batch` (whose last write records `log_id` as applied) crash-atomically: a large
+/// batch as one sled batch, a small one as the intent record first, then each write.
+fn write_atomically(tree: &TreeRef, log_id: LogId, batch: Batch) -> Result<(), StorageError> {
+    let bytes: usize = batch
+        .ops
+        .iter()
+        .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
+        .sum();
+    if bytes >= ATOMIC_BATCH_BYTES {
+        // An older intent record may stay behind: redo ignores intents already applied.
+        return tree.apply_batch(batch);
+    }
+    tree.insert(INTENT_KEY, &encode(&(log_id, IntentWrites(&batch.ops)))?)?;
     apply_writes_one_by_one(tree, &batch.ops)
 }
 
@@ -63,7 +104,11 @@ pub(super) fn redo_intent(tree: &TreeRef, applied: Option<LogId>) -> Result<Opti
     let Some(bytes) = tree.get(INTENT_KEY)? else {
         return Ok(None);
     };
-    let (log_id, writes): (LogId, Vec<Write>) = decode(tree.name(), &bytes)?;
+    let (log_id, writes): (LogId, Vec<IntentWrite>) = decode(tree.name(), &bytes)?;
+    let writes: Vec<Write> = writes
+        .into_iter()
+        .map(|IntentWrite(key, value)| (key, value))
+        .collect();
     if applied.is_some_and(|applied| applied >= log_id) {
         return Ok(None);
     }
@@ -109,7 +154,7 @@ impl GroupState {
             },
         };
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
-        write_with_intent(tree, entry.log_id, batch)?;
+        write_atomically(tree, entry.log_id, batch)?;
         self.applied_tx.send_replace(Some(entry.log_id));
         let new_config = match &result {
             CommandResult::Cluster(config) | CommandResult::Ring(RingChangeOutcome::Applied(config)) => {
@@ -538,5 +583,59 @@ mod tests {
         assert_eq!(outcomes[0][0].version, 3, "the first outcome, not a second write");
         let stored = state.get(b"k").await.expect("get").expect("present");
         assert_eq!((stored.value, stored.version), (vec![2], 4));
+    }
+
+    /// Intent records keep the encoding of a plain `(LogId, Vec<Write>)`, so an intent left by
+    /// an older build is finished by this one, and the other way round.
+    #[test]
+    fn intent_records_keep_their_encoding() {
+        let writes: Vec<Write> = vec![
+            (b"d/key".to_vec(), Some((0..=255).collect())),
+            (b"d/gone".to_vec(), None),
+        ];
+        let encoded = encode(&(log_id(2, 9), IntentWrites(&writes))).expect("encode");
+        assert_eq!(encoded, encode(&(log_id(2, 9), &writes)).expect("encode"));
+        let (decoded_id, decoded): (LogId, Vec<IntentWrite>) = decode("t", &encoded).expect("decode");
+        let decoded: Vec<Write> = decoded.into_iter().map(|IntentWrite(k, v)| (k, v)).collect();
+        assert_eq!((decoded_id, decoded), (log_id(2, 9), writes));
+    }
+
+    /// An entry of many bytes goes to sled as one atomic batch, with no intent record of its
+    /// own; the intent left by an earlier small entry is not redone at open.
+    #[tokio::test]
+    async fn a_large_entry_is_one_sled_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = vec![9u8; ATOMIC_BATCH_BYTES];
+        {
+            let (engine, state) = open(dir.path());
+            let mut sm = StateMachine::new(state.clone());
+            sm.apply(vec![put(3, b"small", b"v", 1)]).await.expect("apply");
+            sm.apply(vec![put(4, b"big", &big, 2)]).await.expect("apply");
+            let intent = state.tree().get(INTENT_KEY).expect("get").expect("an intent");
+            let (intent_id, _): (LogId, Vec<IntentWrite>) = decode("t", &intent).expect("decode");
+            assert_eq!(intent_id, log_id(2, 3), "the large entry wrote no intent");
+            // Overwrite the small key outside the state machine: a redo of the stale intent
+            // at open would put its old value back.
+            let tree = state.tree();
+            tree.insert(
+                &super::super::layout::data_key(b"small"),
+                &encode_value(&Versioned {
+                    version: 3,
+                    value: b"changed".to_vec(),
+                }),
+            )
+            .expect("insert");
+            engine.flush().expect("flush");
+        }
+        let (_engine, state) = open(dir.path());
+        assert_eq!(*state.watch_applied().borrow(), Some(log_id(2, 4)));
+        let big_value = state.get(b"big").await.expect("get").expect("present");
+        assert_eq!((big_value.value, big_value.version), (big, 4));
+        let small = state.get(b"small").await.expect("get").expect("present");
+        assert_eq!(
+            small.value,
+            b"changed".to_vec(),
+            "the stale intent was not redone"
+        );
     }
 }

@@ -1,0 +1,187 @@
+//! Pacing of catch-up traffic: snapshot chunks and the log entries a leader reads for a
+//! follower that lags (a new replica of a move, or one that was down) share one byte rate
+//! per node, so moves leave disk, CPU and network to client writes and heartbeats.
+//!
+//! Log entries are paced where the replication task reads them ([`CatchUp::pace_read`]),
+//! not where they are sent: openraft bounds an AppendEntries RPC by one heartbeat
+//! interval, so a wait inside the RPC had to be capped below that and, with a few
+//! followers catching up at once, the cap rather than the rate decided how fast they went.
+//! Only entries the quorum already committed wait (the follower is not needed for them);
+//! fresh entries never do.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Reads of catch-up entries at least this large are paced (smaller ones are cheap enough).
+pub const CATCH_UP_READ_BYTES: usize = 256 << 10;
+
+/// Paces bytes to a rate shared by every caller: each send reserves its share of time
+/// after the previous reservation and waits until its slot starts.
+pub struct Pacer {
+    bytes_per_sec: f64,
+    next_free: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub fn new(bytes_per_sec: u64) -> Option<Arc<Pacer>> {
+        (bytes_per_sec > 0).then(|| {
+            Arc::new(Pacer {
+                bytes_per_sec: bytes_per_sec as f64,
+                next_free: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            })
+        })
+    }
+
+    /// Waits until `bytes` may be sent at the configured rate.
+    pub async fn pace(&self, bytes: usize) {
+        let start = self.reserve(bytes).await;
+        tokio::time::sleep_until(start).await;
+    }
+
+    /// Like [`Pacer::pace`] but waits at most `max_wait` (the bytes still count against the
+    /// rate, so later callers wait longer).
+    pub async fn pace_at_most(&self, bytes: usize, max_wait: Duration) {
+        let start = self.reserve(bytes).await;
+        tokio::time::sleep_until(start.min(tokio::time::Instant::now() + max_wait)).await;
+    }
+
+    /// Reserves the next slot for `bytes`; returns when it starts.
+    async fn reserve(&self, bytes: usize) -> tokio::time::Instant {
+        let mut next_free = self.next_free.lock().await;
+        let start = (*next_free).max(tokio::time::Instant::now());
+        *next_free = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+        start
+    }
+}
+
+/// One group's side of catch-up pacing: the node's pacer and what the group committed.
+#[derive(Clone)]
+pub struct CatchUp {
+    /// The node's catch-up pacer (None = unlimited).
+    pacer: Option<Arc<Pacer>>,
+    /// Longest wait of one read: replication to that follower, heartbeats included, waits
+    /// meanwhile, so this stays well under an election timeout.
+    max_wait: Duration,
+    /// The group's committed index + 1 (0 = nothing committed), shared by the log store
+    /// and its replication readers.
+    committed: Arc<AtomicU64>,
+}
+
+impl CatchUp {
+    pub fn new(pacer: Option<Arc<Pacer>>, max_wait: Duration) -> CatchUp {
+        CatchUp {
+            pacer,
+            max_wait,
+            committed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Records the group's committed index.
+    pub fn set_committed(&self, index: Option<u64>) {
+        let value = index.map_or(0, |index| index.saturating_add(1));
+        self.committed.fetch_max(value, Ordering::Relaxed);
+    }
+
+    /// Whether entries up to `last_index` are all committed.
+    pub fn is_committed(&self, last_index: u64) -> bool {
+        last_index < self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the budget of a replication read of `bytes` ending at `last_index`, when
+    /// those entries were already committed and the read is large.
+    pub async fn pace_read(&self, last_index: u64, bytes: usize) {
+        if bytes < CATCH_UP_READ_BYTES || !self.is_committed(last_index) {
+            return;
+        }
+        if let Some(pacer) = &self.pacer {
+            pacer.pace_at_most(bytes, self.max_wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Large reads of committed entries wait for the rate; fresh or small ones never do.
+    #[tokio::test(start_paused = true)]
+    async fn only_large_committed_reads_wait() {
+        let pacer = Pacer::new(1 << 20);
+        let catch_up = CatchUp::new(pacer, Duration::from_secs(10));
+        catch_up.set_committed(Some(100));
+        let timed = |last: u64, bytes: usize| {
+            let catch_up = catch_up.clone();
+            async move {
+                let start = tokio::time::Instant::now();
+                catch_up.pace_read(last, bytes).await;
+                start.elapsed()
+            }
+        };
+        // The first reservation starts now; the next waits for the first's second.
+        assert_eq!(timed(100, 1 << 20).await, Duration::ZERO);
+        assert_eq!(timed(100, 1 << 20).await, Duration::from_secs(1));
+        assert_eq!(
+            timed(101, 1 << 20).await,
+            Duration::ZERO,
+            "fresh entries never wait"
+        );
+        assert_eq!(timed(50, 1 << 10).await, Duration::ZERO, "small reads never wait");
+        // A lower commit index reported late does not move it back.
+        catch_up.set_committed(Some(10));
+        assert!(catch_up.is_committed(100));
+    }
+
+    /// A wait is capped, and the bytes still count against the rate.
+    #[tokio::test(start_paused = true)]
+    async fn waits_are_capped() {
+        let catch_up = CatchUp::new(Pacer::new(1 << 20), Duration::from_millis(200));
+        catch_up.set_committed(Some(9));
+        let start = tokio::time::Instant::now();
+        catch_up.pace_read(9, 4 << 20).await;
+        catch_up.pace_read(9, 4 << 20).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(200));
+        let unlimited = CatchUp::new(None, Duration::from_secs(1));
+        unlimited.set_committed(Some(9));
+        let start = tokio::time::Instant::now();
+        unlimited.pace_read(9, 64 << 20).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    /// Chunks share the rate: the third 1 MB chunk at 1 MB/s may start only after 2 s.
+    #[tokio::test(start_paused = true)]
+    async fn pacer_spreads_chunks_at_the_rate() {
+        let pacer = Pacer::new(1_000_000).expect("limited");
+        let began = tokio::time::Instant::now();
+        for _ in 0..3 {
+            pacer.pace(1_000_000).await;
+        }
+        let waited = began.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_millis(2100),
+            "{waited:?}"
+        );
+        assert!(Pacer::new(0).is_none(), "0 means unlimited");
+    }
+
+    /// A bounded wait returns by its bound, yet the bytes still count: the next sender's
+    /// slot starts after them.
+    #[tokio::test(start_paused = true)]
+    async fn bounded_pacing_waits_at_most_its_bound() {
+        let pacer = Pacer::new(1_000_000).expect("limited");
+        let start = tokio::time::Instant::now();
+        pacer.pace(1_000_000).await;
+        pacer.pace_at_most(1_000_000, Duration::from_millis(100)).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(100),
+            "the first slot ends at 1 s; the bound is 100 ms"
+        );
+        pacer.pace(1).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(2),
+            "the bounded sender's bytes still took their slot"
+        );
+    }
+}
