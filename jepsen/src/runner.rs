@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub bin_dir: PathBuf,
     /// Tiny snapshot and purge thresholds, so lagging nodes must install snapshots.
     pub snapshot_pressure: bool,
+    /// Register values are padded to this many bytes (0: just the number), e.g. so entries
+    /// take the state machine's large-batch path.
+    pub value_bytes: usize,
     /// Send a share of register reads straight to random nodes (catches stale reads).
     pub direct_reads: bool,
     /// Negative controls: run the cluster in a deliberately unsafe mode.
@@ -84,6 +87,7 @@ impl RunOptions {
             out_dir,
             bin_dir,
             snapshot_pressure: false,
+            value_bytes: 0,
             direct_reads: true,
             unsafe_skip_read_index: false,
             unsafe_read_lease_ms: 0,
@@ -273,7 +277,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     } else {
         None
     };
-    let register = RegisterShared::new(options.keys, direct);
+    let register = RegisterShared::new(options.keys, options.value_bytes, direct);
     let set = Arc::new(SetShared::default());
     for workload in &options.workloads {
         for _ in 0..options.concurrency {

@@ -38,14 +38,17 @@ pub struct DirectReads {
 /// Shared state of the register workload.
 pub struct RegisterShared {
     pub keys: u64,
+    /// Values are padded to this many bytes (0: just the number).
+    value_bytes: usize,
     next_value: AtomicU64,
     pub direct: Option<DirectReads>,
 }
 
 impl RegisterShared {
-    pub fn new(keys: u64, direct: Option<DirectReads>) -> Arc<RegisterShared> {
+    pub fn new(keys: u64, value_bytes: usize, direct: Option<DirectReads>) -> Arc<RegisterShared> {
         Arc::new(RegisterShared {
             keys,
+            value_bytes,
             next_value: AtomicU64::new(1),
             direct,
         })
@@ -83,9 +86,21 @@ fn completion_for(err: &Error) -> OpType {
     }
 }
 
+/// A register value as stored: the number, then (when padded) a space and dots up to
+/// `value_bytes`.
+fn encode_value(value: u64, value_bytes: usize) -> Vec<u8> {
+    let mut bytes = value.to_string().into_bytes();
+    if bytes.len() < value_bytes {
+        bytes.push(b' ');
+        bytes.resize(value_bytes, b'.');
+    }
+    bytes
+}
+
 /// A register value read back; something unparsable is recorded as a value nobody wrote.
 fn parse_value(bytes: &[u8]) -> u64 {
-    std::str::from_utf8(bytes)
+    let number = bytes.split(|&b| b == b' ').next().unwrap_or_default();
+    std::str::from_utf8(number)
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(u64::MAX)
@@ -169,7 +184,10 @@ pub async fn register_client(
                     value: Some(value),
                 },
             );
-            match client.put(&key_bytes, value.to_string().into_bytes()).await {
+            match client
+                .put(&key_bytes, encode_value(value, shared.value_bytes))
+                .await
+            {
                 Ok(_) => complete_ok(&recorder, &op),
                 Err(err) => complete_err(&recorder, &op, completion_for(&err), err.to_string()),
             }
@@ -179,14 +197,15 @@ pub async fn register_client(
             };
             let to = shared.next_value.fetch_add(1, Ordering::Relaxed);
             let op = recorder.invoke(Process::Client(process), F::Cas, OpValue::Cas { key, from, to });
-            cas(&client, &recorder, &op, &key_bytes, from, to).await;
+            let to_bytes = encode_value(to, shared.value_bytes);
+            cas(&client, &recorder, &op, &key_bytes, from, to_bytes).await;
         }
     }
 }
 
 /// cas(from, to): read the version, then compare-and-swap on it. Values are unique, so the
 /// version still matching at the swap means the value was still `from` then.
-async fn cas(client: &Client, recorder: &Recorder, op: &Op, key: &[u8], from: u64, to: u64) {
+async fn cas(client: &Client, recorder: &Recorder, op: &Op, key: &[u8], from: u64, to: Vec<u8>) {
     let current = match client.get(key).await {
         Ok(current) => current,
         Err(err) => return complete_err(recorder, op, OpType::Fail, err.to_string()),
@@ -194,10 +213,7 @@ async fn cas(client: &Client, recorder: &Recorder, op: &Op, key: &[u8], from: u6
     let Some(current) = current.filter(|versioned| parse_value(&versioned.value) == from) else {
         return complete_err(recorder, op, OpType::Fail, "value is not `from`".to_string());
     };
-    match client
-        .compare_and_swap(key, current.version, Some(to.to_string().into_bytes()))
-        .await
-    {
+    match client.compare_and_swap(key, current.version, Some(to)).await {
         Ok(CasOutcome::Swapped { .. }) => complete_ok(recorder, op),
         Ok(CasOutcome::Mismatch { .. }) => {
             complete_err(recorder, op, OpType::Fail, "version changed".to_string())
@@ -258,4 +274,20 @@ pub async fn set_final_read(process: u64, client: &Client, shared: &SetShared, r
     }
     let _ = recorder.complete(&op, OpType::Ok, OpValue::ReadAll(Some(present)), None);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Padded values read back as the number written; short or unpadded ones too.
+    #[test]
+    fn padded_register_values_round_trip() {
+        for value_bytes in [0, 1, 4096] {
+            let encoded = encode_value(1234, value_bytes);
+            assert_eq!(encoded.len(), value_bytes.max(4));
+            assert_eq!(parse_value(&encoded), 1234);
+        }
+        assert_eq!(parse_value(b"x 1"), u64::MAX, "garbage is a value nobody wrote");
+    }
 }

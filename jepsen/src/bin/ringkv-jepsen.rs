@@ -64,6 +64,10 @@ struct RunArgs {
     /// Tiny snapshot/purge thresholds so lagging nodes install snapshots.
     #[arg(long)]
     snapshot_pressure: bool,
+    /// Pad register values to this many bytes (0: just the number); 4096 or more makes every
+    /// write entry take the state machine's large-batch path.
+    #[arg(long, default_value_t = 0)]
+    value_bytes: usize,
     /// Negative control: nodes serve linearizable reads without a ReadIndex check.
     #[arg(long)]
     unsafe_skip_read_index: bool,
@@ -135,6 +139,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         fault: Duration::from_secs(args.fault_s),
     };
     options.snapshot_pressure = args.snapshot_pressure;
+    options.value_bytes = args.value_bytes;
     options.unsafe_skip_read_index = args.unsafe_skip_read_index;
     options.unsafe_read_lease_ms = args.unsafe_read_lease_ms;
     options.unsafe_skip_fsync = args.unsafe_skip_fsync;
