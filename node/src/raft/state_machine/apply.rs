@@ -105,13 +105,13 @@ pub(super) fn redo_intent(tree: &TreeRef, applied: Option<LogId>) -> Result<Opti
         return Ok(None);
     };
     let (log_id, writes): (LogId, Vec<IntentWrite>) = decode(tree.name(), &bytes)?;
+    if applied.is_some_and(|applied| applied >= log_id) {
+        return Ok(None);
+    }
     let writes: Vec<Write> = writes
         .into_iter()
         .map(|IntentWrite(key, value)| (key, value))
         .collect();
-    if applied.is_some_and(|applied| applied >= log_id) {
-        return Ok(None);
-    }
     apply_writes_one_by_one(tree, &writes)?;
     Ok(Some(log_id))
 }
