@@ -79,6 +79,21 @@ pub fn open(dir: &Path) -> StorageResult<EngineRef> {
     Ok(Arc::new(SledEngine::open(dir)?))
 }
 
+/// Opens (or reopens) the engine in `dir` for a test. sled's IO threads may hold the
+/// directory lock briefly after the last handle of a previous open is dropped: waits
+/// (bounded) for it to be released.
+#[cfg(test)]
+pub(crate) fn open_for_test(dir: &Path) -> EngineRef {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open(dir) {
+            Ok(engine) => return engine,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::yield_now(),
+            Err(err) => panic!("cannot reopen the engine: {err}"),
+        }
+    }
+}
+
 /// Atomic group of inserts and removes on one tree.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -127,7 +142,7 @@ mod tests {
             tree.apply_batch(batch).expect("batch");
             engine.flush().expect("flush");
         }
-        let engine = open(dir.path()).expect("reopen");
+        let engine = open_for_test(dir.path());
         let tree = engine.open_tree("t").expect("tree");
         let pairs: Vec<Pair> = tree
             .range(Bound::Unbounded, Bound::Unbounded)

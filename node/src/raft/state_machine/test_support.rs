@@ -104,19 +104,7 @@ pub(crate) fn open_with_policy(
     dir: &std::path::Path,
     policy: super::DedupPolicy,
 ) -> (EngineRef, Arc<GroupState>) {
-    // sled's IO threads may hold the directory lock briefly after the last handle of a
-    // previous open is dropped: wait (bounded) for it to be released.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let engine = loop {
-        match storage::open(&dir.join("db")) {
-            Ok(engine) => break engine,
-            Err(err) if std::time::Instant::now() < deadline => {
-                let _ = err;
-                std::thread::yield_now();
-            }
-            Err(err) => panic!("cannot reopen the engine: {err}"),
-        }
-    };
+    let engine = storage::open_for_test(&dir.join("db"));
     let catalog = engine.open_tree("node").expect("catalog");
     let snapshots = SnapshotDir::open(dir.join("snapshots")).expect("snapshots");
     let state =
