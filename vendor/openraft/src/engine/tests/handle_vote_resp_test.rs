@@ -200,7 +200,7 @@ fn test_handle_vote_resp_equal_vote() -> anyhow::Result<()> {
                 },
                 Command::Replicate {
                     target: 2,
-                    req: Inflight::logs(None, Some(log_id(2, 1, 1))).with_id(1),
+                    req: Inflight::logs(Some(log_id(0, 0, 0)), Some(log_id(2, 1, 1))).with_id(1), // ringkv patch 7
                 },
             ],
             eng.output.take_commands()

@@ -7,13 +7,9 @@ use crate::engine::testing::UTConfig;
 use crate::engine::Command;
 use crate::engine::Engine;
 use crate::engine::LogIdList;
-use crate::entry::RaftEntry;
-use crate::progress::entry::ProgressEntry;
-use crate::progress::Inflight;
 use crate::testing::log_id;
 use crate::utime::UTime;
 use crate::EffectiveMembership;
-use crate::Entry;
 use crate::Membership;
 use crate::ServerState;
 use crate::TokioInstant;
@@ -53,30 +49,13 @@ fn test_startup_as_leader_without_logs() -> anyhow::Result<()> {
 
     eng.startup();
 
-    assert_eq!(ServerState::Leader, eng.state.server_state);
-    assert_eq!(
-        vec![
-            //
-            Command::BecomeLeader,
-            Command::RebuildReplicationStreams {
-                targets: vec![(3, ProgressEntry {
-                    matching: None,
-                    curr_inflight_id: 0,
-                    inflight: Inflight::None,
-                    searching_end: 0
-                })]
-            },
-            Command::AppendInputEntries {
-                vote: Vote::new_committed(1, 2),
-                entries: vec![Entry::<UTConfig>::new_blank(log_id(1, 2, 0))],
-            },
-            Command::Replicate {
-                target: 3,
-                req: Inflight::logs(None, Some(log_id(1, 2, 0))).with_id(1)
-            }
-        ],
-        eng.output.take_commands()
-    );
+    // ringkv patch 6: a node that led before it stopped starts as a candidate of its term, not
+    // as the leader, and leads again only after an election.
+    assert_eq!(ServerState::Follower, eng.state.server_state);
+    assert!(eng.leader.is_none());
+    assert_eq!(&Vote::new(1, 2), eng.state.vote_ref());
+    assert!(!eng.state.vote_ref().is_committed());
+    assert!(!eng.output.take_commands().iter().any(|c| matches!(c, Command::BecomeLeader)));
 
     Ok(())
 }
@@ -96,28 +75,13 @@ fn test_startup_as_leader_with_proposed_logs() -> anyhow::Result<()> {
 
     eng.startup();
 
-    assert_eq!(ServerState::Leader, eng.state.server_state);
-    assert_eq!(eng.leader.as_ref().unwrap().noop_log_id(), Some(&log_id(1, 2, 4)));
-    assert_eq!(eng.leader.as_ref().unwrap().last_log_id(), Some(&log_id(1, 2, 6)));
-    assert_eq!(
-        vec![
-            //
-            Command::BecomeLeader,
-            Command::RebuildReplicationStreams {
-                targets: vec![(3, ProgressEntry {
-                    matching: None,
-                    curr_inflight_id: 0,
-                    inflight: Inflight::None,
-                    searching_end: 7
-                })]
-            },
-            Command::Replicate {
-                target: 3,
-                req: Inflight::logs(None, Some(log_id(1, 2, 6))).with_id(1)
-            }
-        ],
-        eng.output.take_commands()
-    );
+    // ringkv patch 6: a node that led before it stopped starts as a candidate of its term, not
+    // as the leader, and leads again only after an election.
+    assert_eq!(ServerState::Follower, eng.state.server_state);
+    assert!(eng.leader.is_none());
+    assert_eq!(&Vote::new(1, 2), eng.state.vote_ref());
+    assert!(!eng.state.vote_ref().is_committed());
+    assert!(!eng.output.take_commands().iter().any(|c| matches!(c, Command::BecomeLeader)));
 
     Ok(())
 }

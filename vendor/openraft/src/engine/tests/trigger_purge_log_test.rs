@@ -7,6 +7,8 @@ use crate::engine::testing::UTConfig;
 use crate::engine::Command;
 use crate::engine::Engine;
 use crate::engine::LogIdList;
+use crate::progress::Inflight;
+use crate::LogIdOptionExt;
 use crate::progress::Progress;
 use crate::testing::log_id;
 use crate::utime::UTime;
@@ -113,7 +115,15 @@ fn test_trigger_purge_log_in_used_wont_be_delete() -> anyhow::Result<()> {
     // Make it a leader and mark the logs are in flight.
     eng.testing_new_leader();
     let l = eng.leader.as_mut().unwrap();
-    let _ = l.progress.get_mut(&2).unwrap().next_send(eng.state.deref(), 10).unwrap();
+    // ringkv patch 7: a new leader's first probe carries its last entry alone; the search that
+    // follows a conflict sends from the middle of the log, which is what puts logs in use here.
+    let pe = l.progress.get_mut(&2).unwrap();
+    let probe = pe.next_send(eng.state.deref(), 10).unwrap().clone();
+    let Inflight::Logs { id, log_id_range } = probe else {
+        unreachable!("the probe sends logs")
+    };
+    pe.update_conflicting(Some(id), log_id_range.prev.index().unwrap())?;
+    let _ = pe.next_send(eng.state.deref(), 10).unwrap();
 
     eng.trigger_purge_log(5);
 

@@ -221,6 +221,19 @@ impl<NID: NodeId> ProgressEntry<NID> {
         // Run a binary search to find the matching log id, if matching log id is not determined.
         let matching_next = self.matching.next_index();
         let mut start = Self::calc_mid(matching_next, self.searching_end);
+
+        // ringkv patch 7: probe where the follower most likely matches before bisecting. A new
+        // leader knows nothing of its followers' logs (`searching_end` is the end of its log when
+        // it was elected, `matching` below it), and upstream bisects: it sends from the middle of
+        // the log to its end, so a follower that already holds every entry receives half the
+        // leader's unpurged log again before the leader's first commit can count it. The first
+        // send to a target that matches nothing yet (`curr_inflight_id` is 0 until a send) now
+        // starts at `searching_end`: after an election, that is the leader's blank entry alone. A
+        // follower holding the log accepts it at once; one that does not answers a conflict that
+        // lowers `searching_end`, and the search then bisects as upstream does.
+        if self.matching.is_none() && self.searching_end > 0 && self.curr_inflight_id == 0 {
+            start = std::cmp::min(self.searching_end, last_next - 1);
+        }
         if start < purge_upto_next {
             start = purge_upto_next;
         }

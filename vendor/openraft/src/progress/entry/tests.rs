@@ -343,3 +343,28 @@ fn test_next_send() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// ringkv patch 7: a new leader probes with its last entry before it bisects.
+#[test]
+fn test_next_send_probes_the_end_first() -> anyhow::Result<()> {
+    // A new leader: nothing matches yet, the search ends at the leader's log end.
+    let mut pe = ProgressEntry::empty(21);
+    let res = pe.next_send(&LogState::new(6, 10, 20), 100);
+    assert_eq!(Ok(&inflight_logs(19, 20).with_id(1)), res);
+
+    // A follower that holds the log matches at once.
+    {
+        let mut pe = pe;
+        pe.update_matching(1, Some(log_id(20)))?;
+        assert_eq!(Some(log_id(20)), pe.matching);
+        assert_eq!(21, pe.searching_end);
+    }
+
+    // A follower that does not answers a conflict at the probe's prev; the search then bisects
+    // below it, as upstream does.
+    pe.update_conflicting(Some(1), 19)?;
+    assert_eq!(19, pe.searching_end);
+    let res = pe.next_send(&LogState::new(6, 10, 20), 100);
+    assert_eq!(Ok(&inflight_logs(7, 20).with_id(2)), res);
+    Ok(())
+}

@@ -134,11 +134,11 @@ fn test_leader_append_entries_normal() -> anyhow::Result<()> {
             },
             Command::Replicate {
                 target: 2,
-                req: Inflight::logs(None, Some(log_id(3, 1, 6))).with_id(1),
+                req: Inflight::logs(Some(log_id(2, 1, 3)), Some(log_id(3, 1, 6))).with_id(1), // ringkv patch 7
             },
             Command::Replicate {
                 target: 3,
-                req: Inflight::logs(None, Some(log_id(3, 1, 6))).with_id(1),
+                req: Inflight::logs(Some(log_id(2, 1, 3)), Some(log_id(3, 1, 6))).with_id(1), // ringkv patch 7
             },
         ],
         eng.output.take_commands()
@@ -252,7 +252,7 @@ fn test_leader_append_entries_with_membership_log() -> anyhow::Result<()> {
             },
             Command::Replicate {
                 target: 2,
-                req: Inflight::logs(None, Some(log_id(3, 1, 6))).with_id(1),
+                req: Inflight::logs(Some(log_id(3, 1, 5)), Some(log_id(3, 1, 6))).with_id(1), // ringkv patch 7
             },
         ],
         eng.output.take_commands()

@@ -60,11 +60,11 @@ fn test_leader_send_heartbeat() -> anyhow::Result<()> {
             vec![
                 Command::Replicate {
                     target: 2,
-                    req: Inflight::logs(None, Some(log_id(2, 1, 3))).with_id(1),
+                    req: Inflight::logs(Some(log_id(1, 1, 2)), Some(log_id(2, 1, 3))).with_id(1), // ringkv patch 7: the last entry alone
                 },
                 Command::Replicate {
                     target: 3,
-                    req: Inflight::logs(None, Some(log_id(2, 1, 3))).with_id(1),
+                    req: Inflight::logs(Some(log_id(1, 1, 2)), Some(log_id(2, 1, 3))).with_id(1), // ringkv patch 7: the last entry alone
                 },
             ],
             eng.output.take_commands()

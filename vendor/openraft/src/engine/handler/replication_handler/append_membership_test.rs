@@ -170,7 +170,8 @@ fn test_leader_append_membership_update_learner_process() -> anyhow::Result<()> 
 
         assert_eq!(
             &ProgressEntry::empty(11)
-                .with_inflight(Inflight::logs(None, Some(log_id(5, 1, 10))).with_id(1))
+                // ringkv patch 7: a new learner is probed with the last entry alone
+                .with_inflight(Inflight::logs(Some(log_id(1, 1, 9)), Some(log_id(5, 1, 10))).with_id(1))
                 .with_curr_inflight_id(1),
             l.progress.get(&6)
         );
