@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ringkv/v1/kv.proto",
         "proto/ringkv/v1/admin.proto",
         "proto/ringkv/v1/node.proto",
+        "proto/ringkv/v1/tso.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -1,6 +1,7 @@
 //! [`Client`]: the typed key-value API over a set of routers, with failover.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::Arc;
 
 use ringkv_proto::v1 as proto;
@@ -8,7 +9,7 @@ use tracing::debug;
 
 use crate::error::Failure;
 use crate::retry::{OpKind, ResumeBudget};
-use crate::routers::{admin_client, kv_client, with_deadline, Routers};
+use crate::routers::{admin_client, kv_client, tso_client, with_deadline, Routers};
 use crate::scan::{scan_request, ScanCursor, ScanStream};
 use crate::types::{describe_key, versioned, WireRange};
 use crate::{
@@ -638,6 +639,39 @@ impl Client {
                 async move { admin_client(channel, max_bytes).plan_ring_change(request).await }
             })
             .await
+    }
+
+    /// One timestamp of the cluster's timestamp oracle: above every timestamp handed out
+    /// before this call began (`physical_ms << 18 | logical`; see [`Client::timestamps`]).
+    pub async fn timestamp(&self) -> Result<u64, Error> {
+        Ok(self.timestamps(1).await?.start)
+    }
+
+    /// `count` (1..=65536) consecutive timestamps of the cluster's timestamp oracle, each
+    /// above every timestamp handed out before this call began. A timestamp is
+    /// `physical_ms << 18 | logical`: milliseconds since the Unix epoch (the system
+    /// leader's clock, never going back) and an 18-bit counter. A retry after a lost
+    /// answer simply gets newer timestamps.
+    pub async fn timestamps(&self, count: u32) -> Result<Range<u64>, Error> {
+        if count == 0 || count > 1 << 16 {
+            return Err(Error::InvalidArgument(format!(
+                "count must be between 1 and 65536, got {count}"
+            )));
+        }
+        let response = self
+            .routers
+            .call(OpKind::Read, "timestamps", |channel, timeout| {
+                let request = with_deadline(proto::GetTimestampsRequest { count }, timeout);
+                async move { tso_client(channel).get_timestamps(request).await }
+            })
+            .await?;
+        if response.first == 0 || response.count != count {
+            return Err(Error::InvalidResponse(format!(
+                "the router answered {} timestamps from {} for {count}",
+                response.count, response.first
+            )));
+        }
+        Ok(response.first..response.first + u64::from(count))
     }
 
     /// How far shard replicas are from the placement of the current ring.

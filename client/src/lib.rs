@@ -97,6 +97,7 @@ mod error;
 mod retry;
 mod routers;
 mod scan;
+pub mod timestamp;
 mod types;
 
 pub use admin::init_cluster;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::kv_client::KvClient;
+use ringkv_proto::v1::tso_client::TsoClient;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Response, Status};
@@ -175,6 +176,11 @@ pub(crate) fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<
 /// response size.
 pub(crate) fn admin_client(channel: Channel, max_message_bytes: usize) -> AdminClient<Channel> {
     AdminClient::new(channel).max_decoding_message_size(max_message_bytes)
+}
+
+/// A `Tso` client on `channel`.
+pub(crate) fn tso_client(channel: Channel) -> TsoClient<Channel> {
+    TsoClient::new(channel)
 }
 
 /// A `Kv` client on `channel` with the configured message size limits.

@@ -626,6 +626,20 @@ impl Cluster {
             .collect()
     }
 
+    /// The leader of the system group (which serves the timestamp oracle), if one claims it.
+    pub async fn system_leader(&self) -> Option<usize> {
+        launch::system_leader(&self.running_members(), STATUS_TIMEOUT)
+            .await
+            .map(|id| id as usize)
+    }
+
+    /// Every node leading a shard or the system group.
+    pub async fn leading_nodes(&self) -> Vec<usize> {
+        let mut leading: std::collections::BTreeSet<usize> = self.leaders().await.into_values().collect();
+        leading.extend(self.system_leader().await);
+        leading.into_iter().collect()
+    }
+
     pub async fn wait_for_leaders(&self, timeout: Duration) -> Result<BTreeMap<u32, usize>> {
         let leaders =
             launch::wait_for_leaders(&self.running_members(), self.spec.shards, timeout, STATUS_TIMEOUT)

@@ -12,8 +12,8 @@
 //!
 //! Values by function: register reads and writes are `[key value]` (`nil` for no value),
 //! compare-and-set is `[key [from to]]`, a set `:add` is the element, the final set read
-//! (`:f :read-all`) is a vector of elements or `nil`, a nemesis value is a string. A
-//! [`OpValue::Nil`] prints as `nil`. Jepsen's own set checker calls the final read `:read`;
+//! (`:f :read-all`) is a vector of elements or `nil`, a `:timestamp` is the timestamp taken
+//! (`nil` in the invocation), a nemesis value is a string. A [`OpValue::Nil`] prints as `nil`. Jepsen's own set checker calls the final read `:read`;
 //! ringkv keeps `:read-all` so that a set read is never confused with a register read.
 //!
 //! Nemesis function names become keywords; characters a keyword cannot hold are written as
@@ -25,7 +25,8 @@
 //! input: every problem is an [`EdnError`] with a line and column.
 //!
 //! Round trip: `parse_history(&history_to_edn(h))` equals `h`, with one exception: for a
-//! `:read-all` op, `nil` always reads back as `OpValue::ReadAll(None)` (never `OpValue::Nil`).
+//! `:read-all` op, `nil` always reads back as `OpValue::ReadAll(None)` (never `OpValue::Nil`),
+//! and for a `:timestamp` op as `OpValue::Timestamp(None)`.
 
 use std::fmt::{self, Write as _};
 
@@ -216,6 +217,7 @@ fn f_name(f: &F) -> &str {
         F::Cas => "cas",
         F::Add => "add",
         F::ReadAll => "read-all",
+        F::Timestamp => "timestamp",
         F::Nemesis(name) => name,
     }
 }
@@ -232,6 +234,7 @@ fn value_to_edn(value: &OpValue) -> Edn {
         OpValue::ReadAll(Some(elements)) => {
             Edn::Vector(elements.iter().map(|element| Edn::unsigned(*element)).collect())
         }
+        OpValue::Timestamp(timestamp) => Edn::optional(*timestamp),
         OpValue::Text(text) => Edn::String(text.clone()),
         OpValue::Nil => Edn::Nil,
     }
@@ -314,6 +317,7 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
         (_, "cas") => F::Cas,
         (_, "add") => F::Add,
         (_, "read-all") => F::ReadAll,
+        (_, "timestamp") => F::Timestamp,
         (_, name) => F::Nemesis(name.to_string()),
     };
     let value_edn = value.get("value").unwrap_or(&Edn::Nil);
@@ -339,6 +343,7 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
     let shape_error = |expected: &str| format!("{} value must be {expected}, found {value}", f_name(f));
     match (f, value) {
         (F::ReadAll, Edn::Nil) => Ok(OpValue::ReadAll(None)),
+        (F::Timestamp, Edn::Nil) => Ok(OpValue::Timestamp(None)),
         (_, Edn::Nil) => Ok(OpValue::Nil),
         (F::Read | F::Write, Edn::Vector(items)) => match items.as_slice() {
             [key, Edn::Nil] => Ok(OpValue::Register {
@@ -363,6 +368,7 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
             _ => Err(shape_error("[key [from to]]")),
         },
         (F::Add, element) => Ok(OpValue::Add(to_u64(element, "element")?)),
+        (F::Timestamp, timestamp) => Ok(OpValue::Timestamp(Some(to_u64(timestamp, "timestamp")?))),
         (F::ReadAll, Edn::Vector(items)) => {
             let elements = items
                 .iter()
@@ -818,6 +824,8 @@ mod tests {
             any::<u64>().prop_map(|element| (F::Add, OpValue::Add(element))),
             proptest::option::of(proptest::collection::vec(any::<u64>(), 0..5))
                 .prop_map(|elements| (F::ReadAll, OpValue::ReadAll(elements))),
+            proptest::option::of(any::<u64>())
+                .prop_map(|timestamp| (F::Timestamp, OpValue::Timestamp(timestamp))),
             Just((F::Write, OpValue::Nil)),
         ];
         let client =

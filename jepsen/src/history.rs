@@ -61,6 +61,8 @@ pub enum F {
     Add,
     /// Set workload: read the whole set (the final read, after the faults are healed).
     ReadAll,
+    /// Timestamp workload: take one timestamp of the cluster's timestamp oracle.
+    Timestamp,
     /// A nemesis action, named as in Jepsen (`"kill"`, `"partition-start"`, ...).
     Nemesis(String),
 }
@@ -91,6 +93,9 @@ pub enum OpValue {
     /// The elements a final set read returned, in the order returned; `None` is `nil` (no
     /// result: the value of the invocation, or of a read that did not succeed).
     ReadAll(Option<Vec<u64>>),
+    /// A timestamp of the oracle: `None` (`nil`) in the invocation, the timestamp in an `ok`
+    /// completion.
+    Timestamp(Option<u64>),
     /// Free text, used for nemesis descriptions.
     Text(String),
     /// No value.

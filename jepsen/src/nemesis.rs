@@ -1,7 +1,6 @@
 //! Nemeses: faults injected on a seeded schedule, each recorded in the history as a
 //! `:nemesis` op when it starts and when it is healed, and all healed at the end.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -29,7 +28,7 @@ pub enum NemesisKind {
     PartitionRing,
     /// Two majorities that share one node.
     PartitionBridge,
-    /// Cut off the leader of a random shard.
+    /// Cut off the leader of a random shard or of the system group.
     PartitionLeader,
     /// Drop traffic in one direction only, from one node to another.
     PartitionOneWay,
@@ -41,8 +40,8 @@ pub enum NemesisKind {
     KillMajority,
     /// `kill -9` every node.
     KillAll,
-    /// SIGSTOP one node (a shard leader when one is known) for longer than an election
-    /// timeout, SIGCONT at heal.
+    /// SIGSTOP one node (a shard or system leader when one is known) for longer than an
+    /// election timeout, SIGCONT at heal.
     Pause,
     /// Skew the wall clocks of a minority of nodes by up to ±30 s (libfaketime).
     ClockSkew,
@@ -320,7 +319,7 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
     match kind {
         NemesisKind::PartitionOne | NemesisKind::PartitionLeader => {
             let isolated = if kind == NemesisKind::PartitionLeader {
-                let leaders: Vec<usize> = cluster.leaders().await.into_values().collect();
+                let leaders = cluster.leading_nodes().await;
                 leaders.choose(rng).copied().unwrap_or(nodes[0])
             } else {
                 nodes[rng.random_range(0..n)]
@@ -454,11 +453,11 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
             Ok((Active::Membership, detail))
         }
         NemesisKind::Pause => {
-            let leaders: BTreeSet<usize> = cluster.leaders().await.into_values().collect();
+            let leaders = cluster.leading_nodes().await;
             let candidates: Vec<usize> = if leaders.is_empty() {
                 nodes.clone()
             } else {
-                leaders.into_iter().collect()
+                leaders
             };
             let victim = candidates.choose(rng).copied().unwrap_or(nodes[0]);
             cluster.signal(victim, libc::SIGSTOP)?;

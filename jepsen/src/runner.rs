@@ -299,6 +299,9 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                 Workload::Set => {
                     clients.spawn(workload::set_client(process, client, set.clone(), recorder, stop));
                 }
+                Workload::Timestamp => {
+                    clients.spawn(workload::timestamp_client(process, client, recorder, stop));
+                }
             }
             process += 1;
         }
@@ -415,6 +418,9 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     }
     if options.workloads.contains(&Workload::Set) {
         verdicts.push(checker::set::check(&history));
+    }
+    if options.workloads.contains(&Workload::Timestamp) {
+        verdicts.push(checker::timestamps::check(&history));
     }
     let verdict = checker::combine(verdicts);
     drop(cluster);

@@ -23,6 +23,8 @@ pub enum Workload {
     Register,
     /// Unique adds and a final read; checked for lost and duplicated acknowledged adds.
     Set,
+    /// Timestamps of the timestamp oracle; checked to be unique and in real-time order.
+    Timestamp,
 }
 
 /// Where register reads go.
@@ -246,6 +248,19 @@ pub async fn set_client(
         let op = recorder.invoke(Process::Client(process), F::Add, OpValue::Add(value));
         match client.put(set_key(value), Vec::new()).await {
             Ok(_) => complete_ok(&recorder, &op),
+            Err(err) => complete_err(&recorder, &op, completion_for(&err), err.to_string()),
+        }
+    }
+}
+
+/// One timestamp client process: takes timestamps one after another.
+pub async fn timestamp_client(process: u64, client: Client, recorder: Recorder, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        let op = recorder.invoke(Process::Client(process), F::Timestamp, OpValue::Timestamp(None));
+        match client.timestamp().await {
+            Ok(timestamp) => {
+                let _ = recorder.complete(&op, OpType::Ok, OpValue::Timestamp(Some(timestamp)), None);
+            }
             Err(err) => complete_err(&recorder, &op, completion_for(&err), err.to_string()),
         }
     }

@@ -38,8 +38,8 @@ fn options(seconds: u64, nemeses: Vec<NemesisKind>, out: &tempfile::TempDir, see
     options
 }
 
-/// A short run with a majority/minority partition and a node kill, register and set
-/// workloads, comes out valid; its EDN history parses back to the same operations.
+/// A short run with a majority/minority partition and a node kill, register, set and
+/// timestamp workloads, comes out valid; its EDN history parses back to the same operations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -51,10 +51,15 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
         0x5eed_0001,
     );
     options.snapshot_pressure = true;
+    options.workloads = vec![Workload::Register, Workload::Set, Workload::Timestamp];
     let report = runner::run(options).await?;
     let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
     assert_eq!(report.verdict.validity, Validity::Valid, "{summary}");
     assert!(report.ops > 100, "the workload ran: {summary}");
+    assert!(
+        report.verdict.checker.contains("timestamps"),
+        "the timestamps were checked: {summary}"
+    );
     assert!(
         report
             .nemesis_log

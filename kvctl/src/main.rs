@@ -27,6 +27,7 @@ mod output;
 mod playground;
 mod progress;
 mod range;
+mod timestamp;
 mod value;
 
 use std::process::ExitCode;
@@ -126,6 +127,9 @@ enum Command {
     /// Move a shard's leadership.
     #[command(subcommand)]
     Leader(membership::LeaderCommand),
+    /// Take timestamps of the cluster's timestamp oracle (what transactions are ordered by).
+    #[command(alias = "tso")]
+    Timestamp(timestamp::TimestampArgs),
     /// Start a local cluster of real processes (nodes + router) and keep it running.
     #[cfg(unix)]
     Playground(playground::PlaygroundArgs),
@@ -207,6 +211,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Leader(command) => {
             membership::leader(&connect(endpoints, router_config).await?, command, output).await
+        }
+        Command::Timestamp(args) => {
+            timestamp::run(&connect(endpoints, router_config).await?, args, output).await
         }
         #[cfg(unix)]
         Command::Playground(args) => playground::run(args).await,

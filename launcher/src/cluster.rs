@@ -73,6 +73,27 @@ pub async fn shard_leaders(nodes: &[(u64, String)], status_timeout: Duration) ->
     leaders_of(statuses.iter().map(|(node_id, status)| (*node_id, status)))
 }
 
+/// The node that claims to lead the system group with the highest term, among the `nodes`
+/// (node id, address) that answer within `status_timeout`.
+pub async fn system_leader(nodes: &[(u64, String)], status_timeout: Duration) -> Option<u64> {
+    let mut best: Option<(u64, u64)> = None;
+    for (node_id, addr) in nodes {
+        let Ok(status) = node_status(addr, status_timeout).await else {
+            continue;
+        };
+        let claim = status
+            .replicas
+            .iter()
+            .find(|replica| replica.shard_id.is_none() && replica.role() == proto::ReplicaRole::Leader);
+        if let Some(replica) = claim {
+            if best.is_none_or(|(term, _)| replica.term >= term) {
+                best = Some((replica.term, *node_id));
+            }
+        }
+    }
+    best.map(|(_, node_id)| node_id)
+}
+
 /// Waits until the `nodes` claim a leader for each of `shards` shards; returns them.
 pub async fn wait_for_leaders(
     nodes: &[(u64, String)],

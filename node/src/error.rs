@@ -58,6 +58,9 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error("raft group stopped: {0}")]
     Fatal(String),
+    /// A bounded queue is full; retry later.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
@@ -130,6 +133,7 @@ impl NodeError {
             },
             NodeError::Storage(err) => NodeError::Fatal(format!("storage failed: {err}")),
             NodeError::Fatal(msg) => NodeError::Fatal(msg.clone()),
+            NodeError::Overloaded(msg) => NodeError::Overloaded(msg.clone()),
         }
     }
 
@@ -153,7 +157,8 @@ impl NodeError {
             | NodeError::WrongNode { .. }
             | NodeError::Malformed { .. }
             | NodeError::RingChangeRejected(_)
-            | NodeError::CampaignRefused(_) => true,
+            | NodeError::CampaignRefused(_)
+            | NodeError::Overloaded(_) => true,
         }
     }
 }

@@ -45,6 +45,7 @@ pub mod server;
 pub mod service;
 pub mod storage;
 pub mod transfer;
+pub mod tso;
 
 pub use config::NodeConfig;
 pub use server::{NodeHandle, NodeServer};

@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::raft_server::RaftServer;
 use ringkv_proto::v1::shard_kv_server::ShardKvServer;
+use ringkv_proto::v1::tso_server::TsoServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -21,7 +23,9 @@ use crate::reconcile::Reconciler;
 use crate::service::admin::AdminService;
 use crate::service::raft::RaftService;
 use crate::service::shard::ShardKvService;
+use crate::service::tso::TsoService;
 use crate::storage::{self, StorageError, TreeRef};
+use crate::tso::Oracle;
 
 const CATALOG_TREE: &str = "node";
 const LISTEN_ADDR_KEY: &[u8] = b"listen_addr";
@@ -51,6 +55,7 @@ pub struct NodeHandle {
     reconciler: Reconciler,
     duties: SystemDuties,
     hibernator: Hibernator,
+    oracle: Arc<Oracle>,
     gossip: Option<GossipAgent>,
 }
 
@@ -126,6 +131,7 @@ impl NodeServer {
         let reconciler = Reconciler::spawn(node.clone());
         let duties = SystemDuties::spawn(node.clone(), liveness.clone());
         let hibernator = Hibernator::spawn(node.clone(), liveness.clone());
+        let oracle = Oracle::start(node.clone());
         let cancel = CancellationToken::new();
         let router = tonic::transport::Server::builder()
             .add_service(
@@ -138,7 +144,8 @@ impl NodeServer {
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes),
             )
-            .add_service(AdminServer::new(AdminService::new(node.clone())));
+            .add_service(AdminServer::new(AdminService::new(node.clone(), oracle.clone())))
+            .add_service(TsoServer::new(TsoService::new(oracle.clone())));
         let shutdown = cancel.clone();
         let serve = tokio::spawn(async move {
             // Nagle would hold small responses behind delayed ACKs (tens of ms per request).
@@ -167,6 +174,7 @@ impl NodeServer {
             reconciler,
             duties,
             hibernator,
+            oracle,
             gossip,
         })
     }
@@ -187,7 +195,8 @@ impl NodeHandle {
     }
 
     /// Stops gossip and serving, then the reconciler and the system duties (and the moves
-    /// they run), then every Raft group, and flushes storage.
+    /// they run), the hibernation driver and the timestamp oracle, then every Raft group,
+    /// and flushes storage.
     pub async fn shutdown(self) {
         if let Some(gossip) = self.gossip {
             gossip.shutdown().await;
@@ -199,6 +208,7 @@ impl NodeHandle {
         self.reconciler.shutdown().await;
         self.duties.shutdown().await;
         self.hibernator.shutdown().await;
+        self.oracle.shutdown().await;
         self.node.shutdown().await;
     }
 }

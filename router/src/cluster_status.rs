@@ -205,6 +205,7 @@ mod tests {
             version: String::new(),
             moves: None,
             reads: None,
+            tso: None,
         }
     }
 

@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::shard_kv_client::ShardKvClient;
+use ringkv_proto::v1::tso_client::TsoClient as TsoGrpcClient;
 use ringkv_proto::v1::{
-    NodeStatusRequest, NodeStatusResponse, RingChangeResponse, ShardCountRequest, ShardCountResponse,
-    ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest,
-    ShardScanResponse, ShardWriteBatchRequest, ShardWriteBatchResponse, ShardWriteRequest,
-    ShardWriteResponse, TransferLeaderRequest, TransferLeaderResponse,
+    GetTimestampsRequest, GetTimestampsResponse, NodeStatusRequest, NodeStatusResponse, RingChangeResponse,
+    ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse,
+    ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteBatchRequest,
+    ShardWriteBatchResponse, ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest,
+    TransferLeaderResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
@@ -321,6 +323,17 @@ impl NodeApi for GrpcNodes {
                 bounded(timeout, client.decommission_node(with_timeout(request, timeout))).await?
             }
         };
+        Ok(response.into_inner())
+    }
+
+    async fn timestamps(
+        &self,
+        addr: &str,
+        request: GetTimestampsRequest,
+        timeout: Duration,
+    ) -> Result<GetTimestampsResponse, Status> {
+        let mut client = TsoGrpcClient::new(self.pool.channel(addr)?);
+        let response = bounded(timeout, client.get_timestamps(with_timeout(request, timeout))).await?;
         Ok(response.into_inner())
     }
 

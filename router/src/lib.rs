@@ -66,6 +66,8 @@ mod refresher;
 mod scan;
 pub mod server;
 mod topology;
+mod tso;
+mod tso_service;
 mod validate;
 mod write_merge;
 

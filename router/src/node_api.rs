@@ -5,10 +5,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use ringkv_proto::v1::{
-    AddNodeRequest, DecommissionNodeRequest, NodeStatusResponse, RingChangeResponse, ShardCountRequest,
-    ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest,
-    ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteRequest, ShardWriteResponse,
-    TransferLeaderRequest, TransferLeaderResponse,
+    AddNodeRequest, DecommissionNodeRequest, GetTimestampsRequest, GetTimestampsResponse, NodeStatusResponse,
+    RingChangeResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
+    ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
+    ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::Status;
 
@@ -73,6 +73,21 @@ pub trait NodeApi: Send + Sync + 'static {
         async {
             Err(Status::unimplemented(
                 "ring changes are not supported by this node api",
+            ))
+        }
+    }
+
+    /// `Tso.GetTimestamps` at the node believed to lead the system group.
+    fn timestamps(
+        &self,
+        addr: &str,
+        request: GetTimestampsRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<GetTimestampsResponse, Status>> + Send {
+        let _ = (addr, request, timeout);
+        async {
+            Err(Status::unimplemented(
+                "timestamps are not supported by this node api",
             ))
         }
     }

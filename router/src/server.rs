@@ -1,8 +1,9 @@
 //! Starting and stopping a router: bind the listener (port 0 supported), start the
-//! topology refresher, serve `Kv` and `Admin` with tonic, and shut down gracefully.
+//! topology refresher and the timestamp client, serve `Kv`, `Admin` and `Tso` with tonic,
+//! and shut down gracefully.
 //!
 //! Shutdown order: stop accepting and drain in-flight requests (bounded by
-//! `shutdown_timeout_ms`), then stop and join the refresher.
+//! `shutdown_timeout_ms`), then stop the timestamp client and join the refresher.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::kv_server::KvServer;
+use ringkv_proto::v1::tso_server::TsoServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,8 @@ use crate::kv_service::KvService;
 use crate::node_api::NodeApi;
 use crate::refresher::{RefreshSettings, Refresher};
 use crate::topology::TopologyHandle;
+use crate::tso::TsoClient;
+use crate::tso_service::TsoService;
 
 /// Interval of HTTP/2 keep-alive pings to clients.
 const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -70,6 +74,11 @@ impl Router {
             CancellationToken::new(),
         );
 
+        let tso = Arc::new(TsoClient::spawn(
+            Arc::clone(&nodes),
+            topology.clone(),
+            config.rpc_timeout(),
+        ));
         let ctx = Arc::new(RouterContext::new(&config, nodes, topology.clone()));
         let gossip = match RouterGossip::start(
             local_addr,
@@ -89,6 +98,7 @@ impl Router {
         let kv = KvServer::new(KvService::new(Arc::clone(&ctx)))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
+        let tso_service = TsoServer::new(TsoService::new(Arc::clone(&ctx), Arc::clone(&tso)));
         let admin = AdminServer::new(AdminService::new(ctx))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
@@ -100,6 +110,7 @@ impl Router {
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .add_service(kv)
             .add_service(admin)
+            .add_service(tso_service)
             .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
         let server = tokio::spawn(serve);
         info!(%local_addr, seeds = ?config.seed_nodes, "router listening");
@@ -109,6 +120,7 @@ impl Router {
             stop_serving,
             server,
             refresher,
+            tso,
             gossip,
             shutdown_timeout: config.shutdown_timeout(),
         })
@@ -123,6 +135,7 @@ pub struct RouterHandle {
     stop_serving: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     refresher: Refresher,
+    tso: Arc<TsoClient>,
     gossip: Option<RouterGossip>,
     shutdown_timeout: Duration,
 }
@@ -162,6 +175,7 @@ impl RouterHandle {
                 }
             },
         };
+        self.tso.shutdown().await;
         self.refresher.shutdown().await;
         if let Some(gossip) = self.gossip.take() {
             gossip.shutdown().await;

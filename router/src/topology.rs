@@ -616,6 +616,7 @@ mod tests {
                 version: String::new(),
                 moves: None,
                 reads: None,
+                tso: None,
             },
         }
     }

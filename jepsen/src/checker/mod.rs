@@ -3,6 +3,7 @@
 //! - [`linearizable`]: per-key registers (read / write / cas), checked for linearizability
 //!   with the Wing–Gong–Lowe search, one key at a time (P-compositionality).
 //! - [`set`]: unique adds and final reads: lost, duplicated and unexpected elements.
+//! - [`timestamps`]: timestamps of the oracle: unique, and in real-time order.
 //!
 //! Every checker returns a [`Verdict`]; [`combine`] merges the verdicts of several checkers
 //! (or several keys) into one. A verdict serializes to JSON as
@@ -11,6 +12,7 @@
 
 pub mod linearizable;
 pub mod set;
+pub mod timestamps;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -224,6 +226,16 @@ pub(crate) mod fixtures {
         /// `process` invokes a final set read.
         pub(crate) fn read_all(&mut self, process: u64) -> &mut Self {
             self.invoke(process, F::ReadAll, OpValue::ReadAll(None))
+        }
+
+        /// `process` invokes taking a timestamp.
+        pub(crate) fn timestamp(&mut self, process: u64) -> &mut Self {
+            self.invoke(process, F::Timestamp, OpValue::Timestamp(None))
+        }
+
+        /// `process`'s outstanding timestamp op completes `ok`, given `timestamp`.
+        pub(crate) fn ok_timestamp(&mut self, process: u64, timestamp: u64) -> &mut Self {
+            self.finish(process, OpType::Ok, Some(OpValue::Timestamp(Some(timestamp))))
         }
 
         /// `process`'s outstanding op completes `ok` with the invocation's value.

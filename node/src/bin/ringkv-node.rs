@@ -90,6 +90,10 @@ struct Args {
     /// NEGATIVE CONTROL ONLY: acknowledge writes before they are committed.
     #[arg(long, hide = true)]
     unsafe_ack_before_commit: bool,
+    /// NEGATIVE CONTROL ONLY: a new system leader hands out timestamps from its own clock,
+    /// ignoring the persisted bound.
+    #[arg(long, hide = true)]
+    unsafe_tso_ignore_bound: bool,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -173,6 +177,7 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     config.unsafe_skip_fsync |= args.unsafe_skip_fsync;
     config.unsafe_ack_before_commit |= args.unsafe_ack_before_commit;
+    config.unsafe_tso_ignore_bound |= args.unsafe_tso_ignore_bound;
     config.validate()?;
     Ok(config)
 }

@@ -42,6 +42,8 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").to_string(),
             moves: Some(self.counters().to_proto()),
             reads: Some(self.read_counters()),
+            // Filled in by the Admin service, which holds the oracle.
+            tso: None,
         }
     }
 }

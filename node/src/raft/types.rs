@@ -70,6 +70,11 @@ pub enum Command {
     /// active, removed or dead). Applied only if the epoch is still `expected_epoch`, so a
     /// change decided on a stale view is rejected, not misapplied.
     ChangeRing(RingChange),
+    /// System group: raise the timestamp oracle's persisted bound to at least this many
+    /// milliseconds (never lowers it). The oracle's leader hands out only timestamps whose
+    /// physical part is below the committed bound, so a later leader starts above every
+    /// timestamp an earlier one handed out (see `tso/`).
+    TsoAdvance(u64),
 }
 
 /// A change of ring membership, proposed to the system group.
@@ -117,6 +122,7 @@ impl fmt::Display for Command {
             Command::SetCluster(config) => write!(f, "set-cluster({})", config.cluster_id),
             Command::DeleteRange(range) => write!(f, "delete-range(limit {})", range.limit),
             Command::ChangeRing(change) => write!(f, "change-ring({})", change.kind),
+            Command::TsoAdvance(limit_ms) => write!(f, "tso-advance({limit_ms} ms)"),
         }
     }
 }
@@ -223,6 +229,8 @@ pub enum CommandResult {
     DeleteRange(DeleteRangeResult),
     /// The outcome of a [`RingChange`].
     Ring(RingChangeOutcome),
+    /// The timestamp oracle's bound in force after a [`Command::TsoAdvance`] (milliseconds).
+    TsoLimit(u64),
 }
 
 /// The outcome of a [`RingChange`].
@@ -294,6 +302,7 @@ mod tests {
             issued_at_ms: 0,
         });
         assert_eq!(encode(&delete_range).first(), Some(&2));
+        assert_eq!(encode(&Command::TsoAdvance(300)), vec![4, 172, 2]);
         let result = |result: &CommandResult| postcard::to_allocvec(result).expect("encode");
         assert_eq!(result(&CommandResult::None), vec![0]);
         assert_eq!(result(&CommandResult::Write(Vec::new())), vec![1, 0]);
@@ -301,6 +310,7 @@ mod tests {
             result(&CommandResult::DeleteRange(DeleteRangeResult::default())).first(),
             Some(&3)
         );
+        assert_eq!(result(&CommandResult::TsoLimit(1)), vec![5, 1]);
     }
 
     /// Byte strings are encoded as one slice (`serde_bytes`) but produce the bytes serde's

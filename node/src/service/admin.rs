@@ -1,18 +1,22 @@
 //! `Admin` on a node: bootstrap and this node's status. Cluster-wide status is a router's job.
 
+use std::sync::Arc;
+
 use ringkv_proto::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::node::Node;
+use crate::tso::Oracle;
 
 pub struct AdminService {
     node: Node,
+    oracle: Arc<Oracle>,
 }
 
 impl AdminService {
-    pub fn new(node: Node) -> AdminService {
-        AdminService { node }
+    pub fn new(node: Node, oracle: Arc<Oracle>) -> AdminService {
+        AdminService { node, oracle }
     }
 }
 
@@ -33,7 +37,14 @@ impl Admin for AdminService {
         &self,
         _request: Request<v1::NodeStatusRequest>,
     ) -> Result<Response<v1::NodeStatusResponse>, Status> {
-        Ok(Response::new(self.node.status()))
+        let mut status = self.node.status();
+        let tso = self.oracle.counters();
+        status.tso = Some(v1::TsoCounters {
+            requests: tso.requests,
+            batches: tso.batches,
+            advances: tso.advances,
+        });
+        Ok(Response::new(status))
     }
 
     async fn add_node(

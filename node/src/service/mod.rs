@@ -3,10 +3,12 @@
 //! - [`shard`]: `ShardKv` — shard-addressed reads and writes from routers.
 //! - [`raft`]: `Raft` — the multi-raft transport, cluster join, system proposals.
 //! - [`admin`]: `Admin` — cluster bootstrap and node status.
+//! - [`tso`]: `Tso` — timestamps from the timestamp oracle.
 
 pub mod admin;
 pub mod raft;
 pub mod shard;
+pub mod tso;
 
 use ringkv_proto::metadata;
 use tonic::{Code, Status};
@@ -35,6 +37,7 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         | NodeError::Fatal(_) => Code::Unavailable,
         NodeError::Timeout { .. } => Code::DeadlineExceeded,
         NodeError::Storage(_) | NodeError::Encode { .. } => Code::Internal,
+        NodeError::Overloaded(_) => Code::ResourceExhausted,
     };
     let mut status = Status::new(code, err.to_string());
     if let NodeError::NotLeader {

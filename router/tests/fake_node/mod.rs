@@ -550,6 +550,7 @@ impl Admin for FakeNode {
             version: "fake".into(),
             moves: None,
             reads: None,
+            tso: None,
         }))
     }
 

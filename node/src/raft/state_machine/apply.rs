@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::dedup::{EntryRecords, DELETE_RANGES, WRITES};
 use super::layout::{
     data_bounds, data_key, decode_value, encode_value, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY,
-    MEMBERSHIP_KEY,
+    MEMBERSHIP_KEY, TSO_LIMIT_KEY,
 };
 use super::GroupState;
 use crate::raft::ring_change;
@@ -152,6 +152,17 @@ impl GroupState {
                     CommandResult::Ring(outcome)
                 }
             },
+            EntryPayload::Normal(Command::TsoAdvance(limit_ms)) => {
+                let current: u64 = match tree.get(TSO_LIMIT_KEY)? {
+                    Some(bytes) => decode(tree.name(), &bytes)?,
+                    None => 0,
+                };
+                let limit = current.max(*limit_ms);
+                if limit != current {
+                    batch.insert(TSO_LIMIT_KEY.to_vec(), encode(&limit)?);
+                }
+                CommandResult::TsoLimit(limit)
+            }
         };
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
         write_atomically(tree, entry.log_id, batch)?;
@@ -587,6 +598,37 @@ mod tests {
 
     /// Intent records keep the encoding of a plain `(LogId, Vec<Write>)`, so an intent left by
     /// an older build is finished by this one, and the other way round.
+    /// The oracle's bound only rises, survives a reopen, and a lower proposal reports the
+    /// bound in force.
+    #[tokio::test]
+    async fn the_oracle_bound_only_rises() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let advance = |index: u64, limit_ms: u64| Entry {
+            log_id: log_id(2, index),
+            payload: EntryPayload::Normal(Command::TsoAdvance(limit_ms)),
+        };
+        {
+            let (_engine, state) = open(dir.path());
+            assert_eq!(state.tso_limit_ms().expect("limit"), 0);
+            let mut sm = StateMachine::new(state.clone());
+            let results = sm
+                .apply(vec![advance(1, 5_000), advance(2, 3_000), advance(3, 9_000)])
+                .await
+                .expect("apply");
+            assert_eq!(
+                results,
+                vec![
+                    CommandResult::TsoLimit(5_000),
+                    CommandResult::TsoLimit(5_000),
+                    CommandResult::TsoLimit(9_000)
+                ]
+            );
+            state.engine.flush().expect("flush");
+        }
+        let (_engine, state) = open(dir.path());
+        assert_eq!(state.tso_limit_ms().expect("limit"), 9_000);
+    }
+
     #[test]
     fn intent_records_keep_their_encoding() {
         let writes: Vec<Write> = vec![

@@ -19,6 +19,7 @@
 //! | `i` | postcard `(LogId, Vec<(key, Option<value>)>)` | the last applied entry's writes, recorded before they are made (see `apply.rs`) |
 //! | `m` | postcard `StoredMembership` | last applied membership |
 //! | `c` | postcard `ClusterConfig` | cluster configuration (system group only) |
+//! | `o` | postcard `u64` | the timestamp oracle's persisted bound, in milliseconds (system group only) |
 //!
 //! Values marked postcard are postcard-encoded (integers as varints, a struct as its fields
 //! in order). Outside the tree, the node catalog maps `sm-generation/<group>` to the postcard
@@ -62,6 +63,8 @@ pub(in crate::raft) const INTENT_KEY: &[u8] = b"i";
 pub(in crate::raft) const MEMBERSHIP_KEY: &[u8] = b"m";
 /// The cluster configuration.
 pub(super) const CLUSTER_KEY: &[u8] = b"c";
+/// The timestamp oracle's persisted bound (milliseconds).
+pub(super) const TSO_LIMIT_KEY: &[u8] = b"o";
 
 /// Bytes of a request id in a key.
 const REQUEST_ID_BYTES: usize = std::mem::size_of::<RequestId>();

@@ -38,7 +38,9 @@ use super::snapshot::{self, SnapshotDir};
 use super::types::{ClusterConfig, GroupId, LogId, SnapshotMeta, StoredMembership};
 use super::{decode, encode};
 use crate::storage::{EngineRef, StorageError, TreeRef};
-use layout::{catalog_key, sm_tree_name, sm_tree_prefix, APPLIED_KEY, CLUSTER_KEY, MEMBERSHIP_KEY};
+use layout::{
+    catalog_key, sm_tree_name, sm_tree_prefix, APPLIED_KEY, CLUSTER_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
+};
 
 /// Removes the catalog record of `group`'s state-machine generation (its trees are
 /// dropped by the caller).
@@ -162,6 +164,16 @@ impl GroupState {
     /// Watches the cluster configuration applied by this group (system group only).
     pub fn watch_cluster(&self) -> watch::Receiver<Option<ClusterConfig>> {
         self.cluster_tx.subscribe()
+    }
+
+    /// The timestamp oracle's persisted bound in milliseconds, as far as this replica applied
+    /// (system group only; 0 before the first [`crate::raft::types::Command::TsoAdvance`]).
+    pub fn tso_limit_ms(&self) -> Result<u64, StorageError> {
+        let tree = self.tree();
+        match tree.get(TSO_LIMIT_KEY)? {
+            Some(bytes) => decode(tree.name(), &bytes),
+            None => Ok(0),
+        }
     }
 
     fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {

@@ -1,0 +1,449 @@
+//! Timestamps for clients: `Tso.GetTimestamps`, answered by the system group's leader.
+//!
+//! One task per router ([`TsoClient`]) calls the system leader: requests that arrive while a
+//! call is in flight wait in a bounded queue and are served together by the next call (one
+//! range, split among them). A request never joins a call that began before it arrived, so
+//! every timestamp it gets is above every timestamp handed out before it began. Nothing is
+//! allocated ahead: a range kept by one router for later would let another router's client,
+//! starting later, receive a smaller timestamp.
+//!
+//! The system leader is found by asking ring members in turn and following the not-leader
+//! hints they answer with; the leader found is remembered until it stops answering.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ringkv_proto::metadata;
+use ringkv_proto::v1::{GetTimestampsRequest, MemberState};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tracing::{debug, warn};
+
+use crate::error::RouterError;
+use crate::node_api::NodeApi;
+use crate::topology::TopologyHandle;
+
+/// Most timestamps one request may ask for (the node's limit too).
+pub const MAX_TIMESTAMPS_PER_REQUEST: u32 = 1 << 16;
+/// Most requests waiting for a call; more are refused as overloaded.
+const QUEUE_CAPACITY: usize = 4096;
+/// Most attempts of one call (not-leader hints followed and nodes tried); the request's
+/// deadline usually ends the attempts first (an election takes about a second).
+const MAX_ATTEMPTS: u32 = 32;
+/// First and longest pause between attempts that found no leader.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(400);
+
+struct Waiter {
+    count: u32,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Range<u64>, RouterError>>,
+}
+
+/// What the router's oracle client has done (for tests and status).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TsoCounters {
+    /// Requests answered with timestamps.
+    pub requests: u64,
+    /// Calls to the system leader that answered.
+    pub calls: u64,
+}
+
+/// The router's client of the timestamp oracle.
+pub struct TsoClient {
+    queue: mpsc::Sender<Waiter>,
+    counters: Arc<Mutex<TsoCounters>>,
+    cancel: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl TsoClient {
+    /// Starts the client's task; [`TsoClient::shutdown`] stops it.
+    pub fn spawn<N: NodeApi>(nodes: Arc<N>, topology: TopologyHandle, rpc_timeout: Duration) -> TsoClient {
+        let (queue, waiters) = mpsc::channel(QUEUE_CAPACITY);
+        let counters = Arc::new(Mutex::new(TsoCounters::default()));
+        let cancel = CancellationToken::new();
+        let caller = Caller {
+            nodes,
+            topology,
+            rpc_timeout,
+            leader: None,
+            next_member: 0,
+        };
+        let task = tokio::spawn(run(caller, waiters, counters.clone(), cancel.clone()));
+        TsoClient {
+            queue,
+            counters,
+            cancel,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// `count` consecutive timestamps (1..=[`MAX_TIMESTAMPS_PER_REQUEST`]), before `deadline`.
+    pub async fn timestamps(&self, count: u32, deadline: Instant) -> Result<Range<u64>, RouterError> {
+        if count == 0 || count > MAX_TIMESTAMPS_PER_REQUEST {
+            return Err(RouterError::InvalidArgument(format!(
+                "count must be between 1 and {MAX_TIMESTAMPS_PER_REQUEST}, got {count}"
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Waiter {
+                count,
+                deadline,
+                reply,
+            })
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => RouterError::Unavailable(format!(
+                    "{QUEUE_CAPACITY} timestamp requests are already waiting; retry later"
+                )),
+                mpsc::error::TrySendError::Closed(_) => stopped(),
+            })?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub fn counters(&self) -> TsoCounters {
+        *self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops the task; waiting requests are refused.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task {
+            if let Err(err) = task.await {
+                warn!(%err, "timestamp client task failed");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for TsoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TsoClient")
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
+    }
+}
+
+fn stopped() -> RouterError {
+    RouterError::Unavailable("the router is shutting down".to_string())
+}
+
+async fn run<N: NodeApi>(
+    mut caller: Caller<N>,
+    mut waiters: mpsc::Receiver<Waiter>,
+    counters: Arc<Mutex<TsoCounters>>,
+    cancel: CancellationToken,
+) {
+    let mut held: Option<Waiter> = None;
+    loop {
+        let first = match held.take() {
+            Some(waiter) => waiter,
+            None => tokio::select! {
+                () = cancel.cancelled() => break,
+                waiter = waiters.recv() => match waiter {
+                    Some(waiter) => waiter,
+                    None => break,
+                },
+            },
+        };
+        let mut total = first.count;
+        let mut batch = vec![first];
+        while let Ok(waiter) = waiters.try_recv() {
+            if total + waiter.count > MAX_TIMESTAMPS_PER_REQUEST {
+                held = Some(waiter);
+                break;
+            }
+            total += waiter.count;
+            batch.push(waiter);
+        }
+        let now = Instant::now();
+        let (live, late): (Vec<Waiter>, Vec<Waiter>) = batch.into_iter().partition(|w| w.deadline > now);
+        for waiter in late {
+            let _ = waiter.reply.send(Err(RouterError::Unavailable(
+                "deadline passed while waiting for a timestamp".to_string(),
+            )));
+        }
+        let Some(deadline) = live.iter().map(|waiter| waiter.deadline).max() else {
+            continue;
+        };
+        let total: u32 = live.iter().map(|waiter| waiter.count).sum();
+        let outcome = tokio::select! {
+            () = cancel.cancelled() => Err(stopped()),
+            outcome = caller.call(total, deadline) => outcome,
+        };
+        match outcome {
+            Ok(range) => {
+                {
+                    let mut counters = counters.lock().unwrap_or_else(PoisonError::into_inner);
+                    counters.calls += 1;
+                    counters.requests += live.len() as u64;
+                }
+                let mut next = range.start;
+                for waiter in live {
+                    let end = next + u64::from(waiter.count);
+                    let _ = waiter.reply.send(Ok(next..end));
+                    next = end;
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for waiter in live {
+                    let _ = waiter.reply.send(Err(RouterError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+    waiters.close();
+    for waiter in held
+        .into_iter()
+        .chain(std::iter::from_fn(|| waiters.try_recv().ok()))
+    {
+        let _ = waiter.reply.send(Err(stopped()));
+    }
+}
+
+/// Calls the system leader, finding it first when needed.
+struct Caller<N> {
+    nodes: Arc<N>,
+    topology: TopologyHandle,
+    rpc_timeout: Duration,
+    /// The system leader's address, as last learnt.
+    leader: Option<String>,
+    /// Which ring member to ask next when no leader is known.
+    next_member: usize,
+}
+
+impl<N: NodeApi> Caller<N> {
+    async fn call(&mut self, count: u32, deadline: Instant) -> Result<Range<u64>, RouterError> {
+        let mut backoff = INITIAL_BACKOFF;
+        let mut last_error = String::from("no node to ask");
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(addr) = self.target(deadline).await? else {
+                break;
+            };
+            let timeout = self
+                .rpc_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            if timeout.is_zero() {
+                break;
+            }
+            match self
+                .nodes
+                .timestamps(&addr, GetTimestampsRequest { count }, timeout)
+                .await
+            {
+                Ok(response) => {
+                    if response.first == 0 || response.count != count {
+                        return Err(RouterError::Internal(format!(
+                            "node at {addr} answered {} timestamps from {} for {count}",
+                            response.count, response.first
+                        )));
+                    }
+                    self.leader = Some(addr);
+                    return Ok(response.first..response.first + u64::from(count));
+                }
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    return Err(RouterError::InvalidArgument(status.message().to_string()));
+                }
+                Err(status) => {
+                    last_error = format!("{addr}: {}", status.message());
+                    let hint = metadata::leader_hint(&status).and_then(|hint| hint.leader_addr);
+                    debug!(%addr, code = ?status.code(), ?hint, "timestamp call not served");
+                    match hint {
+                        Some(hinted) if hinted != addr => self.leader = Some(hinted),
+                        _ => {
+                            self.leader = None;
+                            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                            tokio::time::sleep(pause).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
+                }
+            }
+        }
+        Err(RouterError::Unavailable(format!(
+            "no system leader handed out timestamps: {last_error}"
+        )))
+    }
+
+    /// The address to ask: the known leader, or the next ring member in turn.
+    async fn target(&mut self, deadline: Instant) -> Result<Option<String>, RouterError> {
+        if let Some(leader) = &self.leader {
+            return Ok(Some(leader.clone()));
+        }
+        let view = self.topology.wait_for_ring(deadline).await?;
+        let members: Vec<&str> = view
+            .info
+            .members
+            .iter()
+            .filter(|member| matches!(member.state(), MemberState::Active | MemberState::Joining))
+            .map(|member| member.addr.as_str())
+            .collect();
+        if members.is_empty() {
+            return Ok(None);
+        }
+        self.next_member = (self.next_member + 1) % members.len();
+        Ok(Some(members[self.next_member].to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use ringkv_proto::v1::GetTimestampsResponse;
+    use tonic::Status;
+
+    use super::*;
+    use crate::forward::tests::topology_3_nodes;
+
+    /// Node 1 (`n1:7001`) leads the system group; the others answer "not leader" with a
+    /// hint to it. Each call takes a moment, so requests arriving meanwhile queue up.
+    #[derive(Default)]
+    struct FakeOracle {
+        next: AtomicU64,
+        calls: Mutex<Vec<(String, u32)>>,
+    }
+
+    impl NodeApi for FakeOracle {
+        async fn read(
+            &self,
+            _: &str,
+            _: ringkv_proto::v1::ShardReadRequest,
+            _: Duration,
+        ) -> Result<ringkv_proto::v1::ShardReadResponse, Status> {
+            Err(Status::unimplemented("read"))
+        }
+        async fn write(
+            &self,
+            _: &str,
+            _: ringkv_proto::v1::ShardWriteRequest,
+            _: Duration,
+        ) -> Result<ringkv_proto::v1::ShardWriteResponse, Status> {
+            Err(Status::unimplemented("write"))
+        }
+        async fn scan(
+            &self,
+            _: &str,
+            _: ringkv_proto::v1::ShardScanRequest,
+            _: Duration,
+        ) -> Result<ringkv_proto::v1::ShardScanResponse, Status> {
+            Err(Status::unimplemented("scan"))
+        }
+        async fn count(
+            &self,
+            _: &str,
+            _: ringkv_proto::v1::ShardCountRequest,
+            _: Duration,
+        ) -> Result<ringkv_proto::v1::ShardCountResponse, Status> {
+            Err(Status::unimplemented("count"))
+        }
+        async fn delete_range(
+            &self,
+            _: &str,
+            _: ringkv_proto::v1::ShardDeleteRangeRequest,
+            _: Duration,
+        ) -> Result<ringkv_proto::v1::ShardDeleteRangeResponse, Status> {
+            Err(Status::unimplemented("delete range"))
+        }
+        async fn node_status(
+            &self,
+            _: &str,
+            _: Duration,
+        ) -> Result<ringkv_proto::v1::NodeStatusResponse, Status> {
+            Err(Status::unimplemented("status"))
+        }
+        async fn timestamps(
+            &self,
+            addr: &str,
+            request: GetTimestampsRequest,
+            _: Duration,
+        ) -> Result<GetTimestampsResponse, Status> {
+            self.calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((addr.to_string(), request.count));
+            if addr != "n1:7001" {
+                let mut status = Status::unavailable("not the leader of the system group");
+                metadata::set_leader_hint(&mut status, 1, Some("n1:7001"));
+                return Err(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let first = self.next.fetch_add(u64::from(request.count), Ordering::SeqCst) + 1;
+            Ok(GetTimestampsResponse {
+                first,
+                count: request.count,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_follow_the_hint_and_share_calls() {
+        let nodes = Arc::new(FakeOracle::default());
+        let client = Arc::new(TsoClient::spawn(
+            Arc::clone(&nodes),
+            topology_3_nodes(),
+            Duration::from_secs(1),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let first = client.timestamps(1, deadline).await.expect("a timestamp");
+        let ranges = futures::future::join_all((1..=40).map(|count| {
+            let client = Arc::clone(&client);
+            async move { client.timestamps(count, deadline).await }
+        }))
+        .await;
+        let mut ranges: Vec<Range<u64>> = ranges.into_iter().map(|r| r.expect("timestamps")).collect();
+        for (range, count) in ranges.iter().zip(1u64..) {
+            assert_eq!(range.end - range.start, count);
+            assert!(range.start >= first.end, "later requests get later timestamps");
+        }
+        ranges.sort_by_key(|range| range.start);
+        for pair in ranges.windows(2) {
+            assert!(pair[0].end <= pair[1].start, "ranges never overlap: {pair:?}");
+        }
+        let calls = nodes.calls.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let served: Vec<&(String, u32)> = calls.iter().filter(|(addr, _)| addr == "n1:7001").collect();
+        assert!(
+            served.len() < 41,
+            "41 requests took {} calls: {calls:?}",
+            served.len()
+        );
+        assert!(
+            calls.iter().filter(|(addr, _)| addr != "n1:7001").count() == 1,
+            "the hint is followed and remembered: {calls:?}"
+        );
+        let counters = client.counters();
+        assert_eq!(counters.requests, 41);
+        assert_eq!(counters.calls as usize, served.len());
+        client.shutdown().await;
+        assert!(
+            client.timestamps(1, deadline).await.is_err(),
+            "a stopped client refuses"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_counts_are_refused_without_a_call() {
+        let nodes = Arc::new(FakeOracle::default());
+        let client = TsoClient::spawn(Arc::clone(&nodes), topology_3_nodes(), Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for count in [0, MAX_TIMESTAMPS_PER_REQUEST + 1] {
+            match client.timestamps(count, deadline).await {
+                Err(RouterError::InvalidArgument(message)) => assert!(message.contains("65536"), "{message}"),
+                other => panic!("count {count}: {other:?}"),
+            }
+        }
+        assert!(nodes
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty());
+        client.shutdown().await;
+    }
+}
