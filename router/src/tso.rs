@@ -103,7 +103,14 @@ impl TsoClient {
                 )),
                 mpsc::error::TrySendError::Closed(_) => stopped(),
             })?;
-        answer.await.map_err(|_| stopped())?
+        // A call serving several requests runs until the latest of their deadlines; this
+        // one answers at its own.
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(answer) => answer.map_err(|_| stopped())?,
+            Err(_elapsed) => Err(RouterError::Unavailable(
+                "deadline passed while waiting for a timestamp".to_string(),
+            )),
+        }
     }
 
     pub fn counters(&self) -> TsoCounters {
@@ -127,6 +134,16 @@ impl std::fmt::Debug for TsoClient {
         f.debug_struct("TsoClient")
             .field("counters", &self.counters())
             .finish_non_exhaustive()
+    }
+}
+
+/// The error of a call, for each request it served (a broken answer stays internal, the
+/// rest is unavailability).
+fn copy_error(err: &RouterError) -> RouterError {
+    match err {
+        RouterError::InvalidArgument(message) => RouterError::InvalidArgument(message.clone()),
+        RouterError::Internal(message) => RouterError::Internal(message.clone()),
+        other => RouterError::Unavailable(other.to_string()),
     }
 }
 
@@ -162,13 +179,12 @@ async fn run<N: NodeApi>(
             total += waiter.count;
             batch.push(waiter);
         }
+        // Requests whose callers gave up (deadline passed) are not served.
         let now = Instant::now();
-        let (live, late): (Vec<Waiter>, Vec<Waiter>) = batch.into_iter().partition(|w| w.deadline > now);
-        for waiter in late {
-            let _ = waiter.reply.send(Err(RouterError::Unavailable(
-                "deadline passed while waiting for a timestamp".to_string(),
-            )));
-        }
+        let live: Vec<Waiter> = batch
+            .into_iter()
+            .filter(|waiter| waiter.deadline > now && !waiter.reply.is_closed())
+            .collect();
         let Some(deadline) = live.iter().map(|waiter| waiter.deadline).max() else {
             continue;
         };
@@ -192,9 +208,8 @@ async fn run<N: NodeApi>(
                 }
             }
             Err(err) => {
-                let message = err.to_string();
                 for waiter in live {
-                    let _ = waiter.reply.send(Err(RouterError::Unavailable(message.clone())));
+                    let _ = waiter.reply.send(Err(copy_error(&err)));
                 }
             }
         }
@@ -222,6 +237,7 @@ struct Caller<N> {
 impl<N: NodeApi> Caller<N> {
     async fn call(&mut self, count: u32, deadline: Instant) -> Result<Range<u64>, RouterError> {
         let mut backoff = INITIAL_BACKOFF;
+        let mut hints_in_a_row = 0;
         let mut last_error = String::from("no node to ask");
         for _ in 0..MAX_ATTEMPTS {
             let Some(addr) = self.target(deadline).await? else {
@@ -239,14 +255,15 @@ impl<N: NodeApi> Caller<N> {
                 .await
             {
                 Ok(response) => {
-                    if response.first == 0 || response.count != count {
+                    let end = response.first.checked_add(u64::from(count));
+                    let (true, Some(end)) = (response.first > 0 && response.count == count, end) else {
                         return Err(RouterError::Internal(format!(
                             "node at {addr} answered {} timestamps from {} for {count}",
                             response.count, response.first
                         )));
-                    }
+                    };
                     self.leader = Some(addr);
-                    return Ok(response.first..response.first + u64::from(count));
+                    return Ok(response.first..end);
                 }
                 Err(status) if status.code() == Code::InvalidArgument => {
                     return Err(RouterError::InvalidArgument(status.message().to_string()));
@@ -255,14 +272,24 @@ impl<N: NodeApi> Caller<N> {
                     last_error = format!("{addr}: {}", status.message());
                     let hint = metadata::leader_hint(&status).and_then(|hint| hint.leader_addr);
                     debug!(%addr, code = ?status.code(), ?hint, "timestamp call not served");
-                    match hint {
-                        Some(hinted) if hinted != addr => self.leader = Some(hinted),
+                    // Hints are followed at once, except when they keep pointing elsewhere
+                    // (stale hints during an election): then back off as after a failure.
+                    let follow = match hint {
+                        Some(hinted) if hinted != addr => {
+                            self.leader = Some(hinted);
+                            hints_in_a_row += 1;
+                            hints_in_a_row < 2
+                        }
                         _ => {
                             self.leader = None;
-                            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                            tokio::time::sleep(pause).await;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            hints_in_a_row = 0;
+                            false
                         }
+                    };
+                    if !follow {
+                        let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                        tokio::time::sleep(pause).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }
@@ -309,6 +336,8 @@ mod tests {
     struct FakeOracle {
         next: AtomicU64,
         calls: Mutex<Vec<(String, u32)>>,
+        /// The leader answers a range that would overflow.
+        broken: std::sync::atomic::AtomicBool,
     }
 
     impl NodeApi for FakeOracle {
@@ -375,6 +404,12 @@ mod tests {
                 return Err(status);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.broken.load(Ordering::SeqCst) {
+                return Ok(GetTimestampsResponse {
+                    first: u64::MAX - 1,
+                    count: request.count,
+                });
+            }
             let first = self.next.fetch_add(u64::from(request.count), Ordering::SeqCst) + 1;
             Ok(GetTimestampsResponse {
                 first,
@@ -426,6 +461,36 @@ mod tests {
             client.timestamps(1, deadline).await.is_err(),
             "a stopped client refuses"
         );
+    }
+
+    /// A node's answer that does not fit is an error for its requests, and the client
+    /// goes on serving; a request answers at its own deadline even while a call runs.
+    #[tokio::test]
+    async fn bad_answers_and_short_deadlines_leave_the_client_serving() {
+        let nodes = Arc::new(FakeOracle::default());
+        let client = TsoClient::spawn(Arc::clone(&nodes), topology_3_nodes(), Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        nodes.broken.store(true, Ordering::SeqCst);
+        match client.timestamps(5, deadline).await {
+            Err(RouterError::Internal(message)) => assert!(message.contains("answered"), "{message}"),
+            other => panic!("an overflowing range must be refused: {other:?}"),
+        }
+        nodes.broken.store(false, Ordering::SeqCst);
+        assert!(
+            client.timestamps(5, deadline).await.is_ok(),
+            "the client still serves"
+        );
+        // The fake leader takes 20 ms per call: a 5 ms deadline answers at 5 ms.
+        // (The fake ignores the call's timeout: without the request's own deadline the
+        // answer would come, late, after 20 ms.)
+        let short = client
+            .timestamps(1, Instant::now() + Duration::from_millis(5))
+            .await;
+        match short {
+            Err(RouterError::Unavailable(message)) => assert!(message.contains("deadline"), "{message}"),
+            other => panic!("expected the request's deadline to pass: {other:?}"),
+        }
+        client.shutdown().await;
     }
 
     #[tokio::test]

@@ -73,9 +73,14 @@ pub enum Command {
     /// System group: raise the timestamp oracle's persisted bound to at least this many
     /// milliseconds (never lowers it). The oracle's leader hands out only timestamps whose
     /// physical part is below the committed bound, so a later leader starts above every
-    /// timestamp an earlier one handed out (see `tso/`).
+    /// timestamp an earlier one handed out (see `tso/`). A bound above
+    /// [`TSO_MAX_PHYSICAL_MS`] is applied as that maximum.
     TsoAdvance(u64),
 }
+
+/// The largest physical part (milliseconds) a timestamp can hold: 46 bits, about the year
+/// 4199. A clock beyond it is a clock fault; bounds and timestamps stop there.
+pub const TSO_MAX_PHYSICAL_MS: u64 = (1 << 46) - 1;
 
 /// A change of ring membership, proposed to the system group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

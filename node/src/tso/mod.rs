@@ -147,6 +147,11 @@ async fn serve(
                 Err(_) => break,
             }
         }
+        // Callers that gave up (their deadline passed while the queue waited) get nothing.
+        batch.retain(|request| !request.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let total: u64 = batch.iter().map(|request| u64::from(request.count)).sum();
         let outcome = tokio::select! {
             () = cancel.cancelled() => Err(stopped()),
@@ -169,7 +174,10 @@ async fn serve(
                 renew(&node, &mut window, &counters).await;
             }
             Err(err) => {
-                window = None;
+                // The window stays: what it handed out and the bound it committed are still
+                // true in its term, and a window of another term is replaced at the next
+                // batch. Dropping it would start the next batch at the bound, seconds ahead
+                // of the clock, after every transient failure.
                 for request in batch {
                     let _ = request.reply.send(Err(err.duplicate()));
                 }
@@ -191,23 +199,26 @@ async fn allocate(
 ) -> Result<Range<u64>, NodeError> {
     let system = node.system_group();
     let term = leader_term(node)?;
-    let mut current = match window.take() {
-        Some(current) if current.term() == term => current,
-        _ => {
-            // Everything committed before this term is applied after the confirmation,
-            // so the bound read next is the last one any earlier leader used.
-            node.ensure_linearizable(&system).await?;
-            let limit_ms = system.state.tso_limit_ms()?;
-            debug!(term, limit_ms, "timestamp oracle starts a window");
-            if node.config().unsafe_tso_ignore_bound {
-                warn!("NEGATIVE CONTROL: the timestamp oracle ignores its persisted bound");
-                let mut window = Window::new(term, 0);
-                window.raise_limit(limit_ms);
-                window
-            } else {
-                Window::new(term, limit_ms)
-            }
-        }
+    if window.as_ref().map(Window::term) != Some(term) {
+        *window = None;
+        // Everything committed before this term is applied after the confirmation, so the
+        // bound read next is the last one any earlier leader used.
+        node.ensure_linearizable(&system).await?;
+        let limit_ms = system.state.tso_limit_ms()?;
+        debug!(term, limit_ms, "timestamp oracle starts a window");
+        *window = Some(if node.config().unsafe_tso_ignore_bound {
+            warn!("NEGATIVE CONTROL: the timestamp oracle ignores its persisted bound");
+            let mut window = Window::new(term, 0);
+            window.raise_limit(limit_ms);
+            window
+        } else {
+            Window::new(term, limit_ms)
+        });
+    }
+    let Some(current) = window.as_mut() else {
+        return Err(NodeError::Fatal(
+            "the timestamp oracle lost its window".to_string(),
+        ));
     };
     let mut advances = 0;
     let range = loop {
@@ -236,7 +247,6 @@ async fn allocate(
             proposed: false,
         });
     }
-    *window = Some(current);
     Ok(range)
 }
 
@@ -251,10 +261,8 @@ async fn renew(node: &Node, window: &mut Option<Window>, counters: &Mutex<Oracle
                 current.raise_limit(committed);
             }
         }
-        Err(err) => {
-            debug!(%err, "timestamp oracle could not renew its bound");
-            *window = None;
-        }
+        // The bound in force stays valid; the next batch commits a higher one if it needs it.
+        Err(err) => debug!(%err, "timestamp oracle could not renew its bound"),
     }
 }
 

@@ -13,12 +13,17 @@
 
 use std::ops::Range;
 
+use crate::raft::types::TSO_MAX_PHYSICAL_MS;
+
 /// Bits of the logical counter.
 pub const LOGICAL_BITS: u32 = 18;
 /// How far ahead of the clock (or of the last timestamp) a new bound is set.
 pub const WINDOW_MS: u64 = 3_000;
 /// A bound closer than this to the clock is renewed before it runs out.
 pub const RENEW_MARGIN_MS: u64 = 1_000;
+/// A clock reading past this is taken as this (a clock fault: timestamps hold 46 bits of
+/// milliseconds).
+const MAX_CLOCK_MS: u64 = TSO_MAX_PHYSICAL_MS - WINDOW_MS;
 
 /// The timestamp of `physical_ms` and `logical`.
 pub fn compose(physical_ms: u64, logical: u64) -> u64 {
@@ -60,6 +65,7 @@ impl Window {
     /// The window of a leader of `term` whose system group has committed `limit_ms`: it
     /// starts at the bound, above everything any earlier leader could have handed out.
     pub fn new(term: u64, limit_ms: u64) -> Window {
+        let limit_ms = limit_ms.min(TSO_MAX_PHYSICAL_MS);
         Window {
             term,
             last: compose(limit_ms, 0).saturating_sub(1),
@@ -79,13 +85,17 @@ impl Window {
     /// Allocates `count` (≥ 1) consecutive timestamps at `now_ms`: none below the clock,
     /// each above every one handed out before.
     pub fn allocate(&mut self, now_ms: u64, count: u64) -> Step {
+        let now_ms = now_ms.min(MAX_CLOCK_MS);
         let count = count.max(1);
         let first = (self.last + 1).max(compose(now_ms, 0));
         let end = first.saturating_add(count);
         if end > compose(self.limit_ms, 0) {
-            let needed_ms = physical_ms(end - 1) + 1;
+            let needed_ms = physical_ms(end - 1).saturating_add(1);
             return Step::Advance {
-                limit_ms: needed_ms.max(now_ms) + WINDOW_MS,
+                limit_ms: needed_ms
+                    .max(now_ms)
+                    .saturating_add(WINDOW_MS)
+                    .min(TSO_MAX_PHYSICAL_MS),
             };
         }
         self.last = end - 1;
@@ -100,8 +110,9 @@ impl Window {
     /// The bound to commit now so that allocations at `now_ms` do not wait for one: `Some`
     /// once the clock (or the last timestamp) is within [`RENEW_MARGIN_MS`] of the bound.
     pub fn renewal(&self, now_ms: u64) -> Option<u64> {
-        let ahead = now_ms.max(physical_ms(self.last));
-        (ahead + RENEW_MARGIN_MS >= self.limit_ms).then_some(ahead + WINDOW_MS)
+        let ahead = now_ms.min(MAX_CLOCK_MS).max(physical_ms(self.last));
+        let wanted = (ahead + WINDOW_MS).min(TSO_MAX_PHYSICAL_MS);
+        (ahead + RENEW_MARGIN_MS >= self.limit_ms && wanted > self.limit_ms).then_some(wanted)
     }
 }
 
@@ -188,6 +199,34 @@ mod tests {
             Step::Advance { limit_ms } => assert!(compose(limit_ms, 0) > compose(10_002, 1)),
             other => panic!("expected an advance, got {other:?}"),
         }
+    }
+
+    /// A clock past what a timestamp can hold is a clock fault: no overflow, no wrap, and
+    /// timestamps keep rising until the 46 bits run out.
+    #[test]
+    fn a_clock_beyond_the_format_neither_wraps_nor_panics() {
+        let mut window = with_room(0);
+        let step = window.allocate(u64::MAX, 1);
+        let Step::Advance { limit_ms } = step else {
+            panic!("expected an advance, got {step:?}");
+        };
+        assert_eq!(limit_ms, TSO_MAX_PHYSICAL_MS);
+        window.raise_limit(limit_ms);
+        let first = issue(&mut window, u64::MAX, 1);
+        let second = issue(&mut window, u64::MAX, 1);
+        assert!(second.start > first.start);
+        assert!(first.start >= compose(MAX_CLOCK_MS, 0));
+        assert_eq!(
+            window.renewal(u64::MAX),
+            None,
+            "no bound beyond the maximum to ask for"
+        );
+        // The last millisecond runs out: an advance that cannot rise, never a wrap.
+        let rest = compose(TSO_MAX_PHYSICAL_MS, 0) - second.end;
+        assert!(matches!(
+            window.allocate(u64::MAX, rest + 1),
+            Step::Advance { .. }
+        ));
     }
 
     /// The bound is renewed a margin before the clock reaches it, and bounds never fall.

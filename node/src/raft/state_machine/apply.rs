@@ -28,6 +28,7 @@ use super::layout::{
 };
 use super::GroupState;
 use crate::raft::ring_change;
+use crate::raft::types::TSO_MAX_PHYSICAL_MS;
 use crate::raft::types::{
     ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, LogId, RequestId,
     RingChangeOutcome, RingChangeRejection, StoredMembership, Versioned, WriteCommand, WriteOpResult,
@@ -157,7 +158,7 @@ impl GroupState {
                     Some(bytes) => decode(tree.name(), &bytes)?,
                     None => 0,
                 };
-                let limit = current.max(*limit_ms);
+                let limit = current.max((*limit_ms).min(TSO_MAX_PHYSICAL_MS));
                 if limit != current {
                     batch.insert(TSO_LIMIT_KEY.to_vec(), encode(&limit)?);
                 }
@@ -623,10 +624,15 @@ mod tests {
                     CommandResult::TsoLimit(9_000)
                 ]
             );
+            // A bound past what a timestamp can hold (a clock fault) stops at the maximum.
+            let results = sm.apply(vec![advance(4, u64::MAX)]).await.expect("apply");
+            assert_eq!(results, vec![CommandResult::TsoLimit(TSO_MAX_PHYSICAL_MS)]);
+            let results = sm.apply(vec![advance(5, 9_000)]).await.expect("apply");
+            assert_eq!(results, vec![CommandResult::TsoLimit(TSO_MAX_PHYSICAL_MS)]);
             state.engine.flush().expect("flush");
         }
         let (_engine, state) = open(dir.path());
-        assert_eq!(state.tso_limit_ms().expect("limit"), 9_000);
+        assert_eq!(state.tso_limit_ms().expect("limit"), TSO_MAX_PHYSICAL_MS);
     }
 
     #[test]
