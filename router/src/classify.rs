@@ -29,7 +29,9 @@ pub enum Failure {
     NotHosted,
     /// Wrong shard for the key or cluster mismatch: the router's ring is stale.
     StaleRing,
-    /// The node is overloaded or aborted the request (RESOURCE_EXHAUSTED, ABORTED).
+    /// The node is overloaded (RESOURCE_EXHAUSTED). ABORTED is not this: a node aborts a
+    /// transaction for good (a conflict), and replaying the request cannot succeed, so it
+    /// is returned to the client as it came.
     Busy,
     /// No connection could be made: the request was never sent.
     Unreachable,
@@ -122,7 +124,7 @@ pub fn classify(status: &Status) -> Classified {
         },
         Code::NotFound => Failure::NotHosted,
         Code::FailedPrecondition => Failure::StaleRing,
-        Code::ResourceExhausted | Code::Aborted => Failure::Busy,
+        Code::ResourceExhausted => Failure::Busy,
         Code::DeadlineExceeded => Failure::Timeout,
         Code::Cancelled | Code::Unknown => Failure::Transport,
         code => Failure::Fatal {
@@ -194,6 +196,13 @@ mod tests {
                 Code::Internal,
                 Failure::Fatal {
                     code: Code::Internal,
+                    message: "node says no".into(),
+                },
+            ),
+            (
+                Code::Aborted,
+                Failure::Fatal {
+                    code: Code::Aborted,
                     message: "node says no".into(),
                 },
             ),

@@ -784,6 +784,36 @@ pub(crate) mod tests {
         ));
     }
 
+    /// A node's ABORTED is final (a transaction aborted for good): passed back after one
+    /// attempt, never replayed as if the node were busy; a rejected write stays rejected.
+    #[tokio::test(start_paused = true)]
+    async fn aborted_is_returned_not_retried() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        let mut aborted = Status::aborted("write conflict");
+        metadata::set_rejected(&mut aborted);
+        nodes.script(&replicas[0], vec![Script::Fail(aborted)]);
+        let forwarder = forwarder(&nodes, &topology);
+        let result = forwarder
+            .write(SHARD, 8, [2u8; 16], put_op(), deadline_in(1000))
+            .await;
+        match result {
+            Err(RouterError::Node {
+                code: Code::Aborted,
+                message,
+                ..
+            }) => assert_eq!(message, "write conflict"),
+            other => panic!("expected the node's ABORTED, got {other:?}"),
+        }
+        assert_eq!(
+            nodes.called_addrs().len(),
+            1,
+            "not retried: {:?}",
+            nodes.called_addrs()
+        );
+    }
+
     /// Reads whose attempts all time out end with DEADLINE_EXCEEDED at the deadline.
     #[tokio::test(start_paused = true)]
     async fn timeouts_end_in_deadline_exceeded() {
