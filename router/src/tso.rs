@@ -331,13 +331,33 @@ mod tests {
     use crate::forward::tests::topology_3_nodes;
 
     /// Node 1 (`n1:7001`) leads the system group; the others answer "not leader" with a
-    /// hint to it. Each call takes a moment, so requests arriving meanwhile queue up.
-    #[derive(Default)]
+    /// hint to it. The leader answers a call only once the test lets it through `gate` (one
+    /// permit per call), so the test decides what queues up behind a call in flight.
     struct FakeOracle {
         next: AtomicU64,
         calls: Mutex<Vec<(String, u32)>>,
         /// The leader answers a range that would overflow.
         broken: std::sync::atomic::AtomicBool,
+        gate: tokio::sync::Semaphore,
+        /// Notified when a call reaches the leader.
+        arrived: tokio::sync::Notify,
+    }
+
+    impl FakeOracle {
+        /// A fake whose leader lets `permits` calls through before it holds the next.
+        fn with_permits(permits: usize) -> FakeOracle {
+            FakeOracle {
+                next: AtomicU64::default(),
+                calls: Mutex::default(),
+                broken: std::sync::atomic::AtomicBool::default(),
+                gate: tokio::sync::Semaphore::new(permits),
+                arrived: tokio::sync::Notify::new(),
+            }
+        }
+
+        fn open() -> FakeOracle {
+            FakeOracle::with_permits(tokio::sync::Semaphore::MAX_PERMITS)
+        }
     }
 
     impl NodeApi for FakeOracle {
@@ -403,7 +423,11 @@ mod tests {
                 metadata::set_leader_hint(&mut status, 1, Some("n1:7001"));
                 return Err(status);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.arrived.notify_one();
+            match self.gate.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_closed) => return Err(Status::unavailable("the fake is closed")),
+            }
             if self.broken.load(Ordering::SeqCst) {
                 return Ok(GetTimestampsResponse {
                     first: u64::MAX - 1,
@@ -420,19 +444,31 @@ mod tests {
 
     #[tokio::test]
     async fn requests_follow_the_hint_and_share_calls() {
-        let nodes = Arc::new(FakeOracle::default());
+        let nodes = Arc::new(FakeOracle::with_permits(0));
         let client = Arc::new(TsoClient::spawn(
             Arc::clone(&nodes),
             topology_3_nodes(),
             Duration::from_secs(1),
         ));
         let deadline = Instant::now() + Duration::from_secs(5);
-        let first = client.timestamps(1, deadline).await.expect("a timestamp");
-        let ranges = futures::future::join_all((1..=40).map(|count| {
+        let first = tokio::spawn({
             let client = Arc::clone(&client);
-            async move { client.timestamps(count, deadline).await }
-        }))
-        .await;
+            async move { client.timestamps(1, deadline).await }
+        });
+        // The first call is at the leader and held there.
+        tokio::time::timeout(Duration::from_secs(5), nodes.arrived.notified())
+            .await
+            .expect("the first call reaches the leader");
+        // 40 requests queue up behind it (each enqueues when first polled), then the
+        // leader answers.
+        let (ranges, ()) = futures::join!(
+            futures::future::join_all((1..=40).map(|count| {
+                let client = Arc::clone(&client);
+                async move { client.timestamps(count, deadline).await }
+            })),
+            async { nodes.gate.add_permits(1_000) },
+        );
+        let first = first.await.expect("first request task").expect("a timestamp");
         let mut ranges: Vec<Range<u64>> = ranges.into_iter().map(|r| r.expect("timestamps")).collect();
         for (range, count) in ranges.iter().zip(1u64..) {
             assert_eq!(range.end - range.start, count);
@@ -444,10 +480,10 @@ mod tests {
         }
         let calls = nodes.calls.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let served: Vec<&(String, u32)> = calls.iter().filter(|(addr, _)| addr == "n1:7001").collect();
-        assert!(
-            served.len() < 41,
-            "41 requests took {} calls: {calls:?}",
-            served.len()
+        assert_eq!(
+            served.len(),
+            2,
+            "the first request, then one call for the 40 that queued behind it: {calls:?}"
         );
         assert!(
             calls.iter().filter(|(addr, _)| addr != "n1:7001").count() == 1,
@@ -467,7 +503,8 @@ mod tests {
     /// goes on serving; a request answers at its own deadline even while a call runs.
     #[tokio::test]
     async fn bad_answers_and_short_deadlines_leave_the_client_serving() {
-        let nodes = Arc::new(FakeOracle::default());
+        // Two calls go through; the third is held until the test ends.
+        let nodes = Arc::new(FakeOracle::with_permits(2));
         let client = TsoClient::spawn(Arc::clone(&nodes), topology_3_nodes(), Duration::from_secs(1));
         let deadline = Instant::now() + Duration::from_secs(5);
         nodes.broken.store(true, Ordering::SeqCst);
@@ -480,9 +517,8 @@ mod tests {
             client.timestamps(5, deadline).await.is_ok(),
             "the client still serves"
         );
-        // The fake leader takes 20 ms per call: a 5 ms deadline answers at 5 ms.
-        // (The fake ignores the call's timeout: without the request's own deadline the
-        // answer would come, late, after 20 ms.)
+        // The leader now holds the call (and ignores the call's timeout): the request
+        // answers at its own deadline all the same.
         let short = client
             .timestamps(1, Instant::now() + Duration::from_millis(5))
             .await;
@@ -495,7 +531,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_counts_are_refused_without_a_call() {
-        let nodes = Arc::new(FakeOracle::default());
+        let nodes = Arc::new(FakeOracle::open());
         let client = TsoClient::spawn(Arc::clone(&nodes), topology_3_nodes(), Duration::from_secs(1));
         let deadline = Instant::now() + Duration::from_secs(5);
         for count in [0, MAX_TIMESTAMPS_PER_REQUEST + 1] {
