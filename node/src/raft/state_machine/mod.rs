@@ -20,6 +20,7 @@ mod adapter;
 mod apply;
 mod dedup;
 pub(in crate::raft) mod layout;
+mod mvcc;
 mod read;
 #[cfg(test)]
 pub(in crate::raft) mod test_support;
