@@ -251,8 +251,9 @@ impl NodeConfig {
         if self.rpc_timeout_ms == 0 || self.write_timeout_ms == 0 {
             return fail("rpc_timeout_ms and write_timeout_ms must be positive".to_string());
         }
-        if self.max_key_bytes == 0 || self.max_key_bytes > 64 << 10 {
-            return fail("max_key_bytes must be between 1 and 65536".to_string());
+        // A key's history records hold its length in 16 bits.
+        if self.max_key_bytes == 0 || self.max_key_bytes > usize::from(u16::MAX) {
+            return fail("max_key_bytes must be between 1 and 65535".to_string());
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
             return fail("max_value_bytes must be between 1 and 64 MiB".to_string());

@@ -23,22 +23,23 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::dedup::{EntryRecords, DELETE_RANGES, WRITES};
 use super::layout::{
-    data_bounds, data_key, decode_value, encode_value, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY,
-    MEMBERSHIP_KEY, TSO_LIMIT_KEY,
+    data_bounds, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
 };
+use super::mvcc::{self, Version};
 use super::GroupState;
 use crate::raft::ring_change;
 use crate::raft::types::TSO_MAX_PHYSICAL_MS;
 use crate::raft::types::{
     ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, LogId, RequestId,
-    RingChangeOutcome, RingChangeRejection, StoredMembership, Versioned, WriteCommand, WriteOpResult,
+    RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
 };
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
 
 /// The values of the keys written so far by the entry being applied (`None`: deleted), so
 /// the writes of one entry see each other's effects before the batch is applied.
-type Overlay = HashMap<Vec<u8>, Option<Versioned>>;
+/// The heads an entry wrote so far, by user key (`None`: the key has no head).
+type Overlay = HashMap<Vec<u8>, Option<Version>>;
 
 /// One write of an entry's batch: a key and its new value (`None`: removed).
 type Write = (Vec<u8>, Option<Vec<u8>>);
@@ -129,8 +130,9 @@ impl GroupState {
                 batch.insert(MEMBERSHIP_KEY.to_vec(), encode(&stored)?);
                 CommandResult::None
             }
+            // An entry without a commit timestamp commits each key just above its head.
             EntryPayload::Normal(Command::Write(writes)) => {
-                self.apply_writes(tree, entry.log_id.index, writes, &mut batch)?
+                self.apply_writes(tree, entry.log_id.index, 0, writes, &mut batch)?
             }
             EntryPayload::Normal(Command::SetCluster(config)) => match tree.get(CLUSTER_KEY)? {
                 Some(bytes) => CommandResult::Cluster(decode(tree.name(), &bytes)?),
@@ -190,6 +192,7 @@ impl GroupState {
         &self,
         tree: &TreeRef,
         log_index: u64,
+        commit_ts: u64,
         writes: &[WriteCommand],
         batch: &mut Batch,
     ) -> Result<CommandResult, StorageError> {
@@ -205,7 +208,8 @@ impl GroupState {
                 None => match WRITES.lookup(tree, &write.request_id, legacy)? {
                     Some(results) => results,
                     None => {
-                        let results = self.apply_write(tree, log_index, write, batch, &mut overlay)?;
+                        let results =
+                            self.apply_write(tree, log_index, commit_ts, write, batch, &mut overlay)?;
                         records.record_write(batch, &write.request_id, write.issued_at_ms, &results)?;
                         results
                     }
@@ -239,19 +243,19 @@ impl GroupState {
         &self,
         tree: &TreeRef,
         log_index: u64,
+        commit_ts: u64,
         write: &WriteCommand,
         batch: &mut Batch,
         overlay: &mut Overlay,
     ) -> Result<Vec<WriteOpResult>, StorageError> {
         let mut results = Vec::with_capacity(write.ops.len());
         for op in &write.ops {
-            let current = match overlay.get(&op.key) {
-                Some(current) => current.clone(),
-                None => match tree.get(&data_key(&op.key))? {
-                    Some(bytes) => Some(decode_value(tree.name(), &bytes)?),
-                    None => None,
-                },
+            let head = match overlay.get(&op.key) {
+                Some(head) => head.clone(),
+                None => mvcc::head(tree, &op.key)?,
             };
+            // What the single-key API sees: the head unless it is a tombstone.
+            let current = head.as_ref().and_then(Version::versioned);
             let current_version = current.as_ref().map_or(0, |value| value.version);
             if op
                 .expected_version
@@ -266,32 +270,21 @@ impl GroupState {
                 continue;
             }
             let existed = current.is_some();
-            match &op.value {
-                Some(value) => {
-                    let stored = Versioned {
-                        version: log_index,
-                        value: value.clone(),
-                    };
-                    batch.insert(data_key(&op.key), encode_value(&stored));
-                    overlay.insert(op.key.clone(), Some(stored));
-                    results.push(WriteOpResult {
-                        succeeded: true,
-                        version: log_index,
-                        existed,
-                        current: None,
-                    });
-                }
-                None => {
-                    batch.remove(data_key(&op.key));
-                    overlay.insert(op.key.clone(), None);
-                    results.push(WriteOpResult {
-                        succeeded: true,
-                        version: 0,
-                        existed,
-                        current: None,
-                    });
-                }
+            let next = Version {
+                version: log_index,
+                commit_ts: mvcc::effective_commit_ts(head.as_ref(), commit_ts),
+                value: op.value.clone(),
+            };
+            mvcc::put_version(batch, &op.key, head.as_ref(), &next)?;
+            if next.value.is_some() || existed {
+                overlay.insert(op.key.clone(), Some(next));
             }
+            results.push(WriteOpResult {
+                succeeded: true,
+                version: if op.value.is_some() { log_index } else { 0 },
+                existed,
+                current: None,
+            });
         }
         Ok(results)
     }
@@ -311,7 +304,7 @@ impl GroupState {
         let result = match DELETE_RANGES.lookup(tree, &command.request_id, legacy)? {
             Some(result) => result,
             None => {
-                let result = delete_first(tree, command, batch)?;
+                let result = delete_first(tree, log_index, command, batch)?;
                 records.record_delete_range(batch, &command.request_id, command.issued_at_ms, &result)?;
                 result
             }
@@ -321,9 +314,11 @@ impl GroupState {
     }
 }
 
-/// Removes in `batch` the first `command.limit` keys of the command's range, in key order.
+/// Deletes in `batch` the first `command.limit` live keys of the command's range, in key
+/// order (each gets a tombstone over its head, which becomes history).
 fn delete_first(
     tree: &TreeRef,
+    log_index: u64,
     command: &DeleteRangeCommand,
     batch: &mut Batch,
 ) -> Result<DeleteRangeResult, StorageError> {
@@ -334,19 +329,26 @@ fn delete_first(
     let limit = u64::from(command.limit);
     let mut last: Option<Vec<u8>> = None;
     for pair in tree.range(start, end) {
-        let (key, _) = pair?;
+        let (key, bytes) = pair?;
+        let head = mvcc::decode_head(tree.name(), &bytes)?;
+        if head.value.is_none() {
+            continue;
+        }
         if result.deleted >= limit {
             result.more = true;
             break;
         }
-        batch.remove(key.clone());
+        let user = user_key(tree.name(), &key)?;
+        let tombstone = Version {
+            version: log_index,
+            commit_ts: mvcc::effective_commit_ts(Some(&head), 0),
+            value: None,
+        };
+        mvcc::put_version(batch, &user, Some(&head), &tombstone)?;
         result.deleted += 1;
-        last = Some(key);
+        last = Some(user);
     }
-    result.last_deleted = match last {
-        Some(last) => Some(user_key(tree.name(), &last)?),
-        None => None,
-    };
+    result.last_deleted = last;
     Ok(result)
 }
 
@@ -356,13 +358,14 @@ mod tests {
     use openraft::EntryPayload;
 
     use super::*;
+    use crate::raft::state_machine::layout::encode_value;
     use crate::raft::state_machine::layout::RANGE_LIST_PREFIX;
     use crate::raft::state_machine::test_support::{
         apply_delete_range, delete_range, five_keys, keys, log_id, open, open_with_policy, put, scan_options,
     };
     use crate::raft::state_machine::DedupPolicy;
     use crate::raft::state_machine::StateMachine;
-    use crate::raft::types::WriteOp;
+    use crate::raft::types::{Versioned, WriteOp};
     use crate::storage::prefix_bounds;
 
     /// A retried request id returns the first outcome and is not applied twice; versions

@@ -30,8 +30,10 @@ const HEAD_V2: u64 = 1 << 63;
 const TOMBSTONE: u8 = 1;
 /// Bytes of a head before its value: version, commit timestamp, flags.
 const HEAD_BYTES: usize = 8 + 8 + 1;
-/// Longest key a history record can name (its length is a u16).
-pub(super) const MAX_KEY_BYTES: usize = u16::MAX as usize;
+/// Longest key a history record can name (its length is a u16; `max_key_bytes` is
+/// bounded by it).
+#[cfg(test)]
+const MAX_KEY_BYTES: usize = u16::MAX as usize;
 
 /// One version of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,10 +179,7 @@ pub(super) fn read_at(tree: &TreeRef, key: &[u8], read_ts: u64) -> Result<Option
     let from = history_key(key, read_ts)?;
     let mut end = prefix;
     end.extend_from_slice(&[0xff; 8]);
-    let mut versions = tree.range(
-        std::ops::Bound::Included(from),
-        std::ops::Bound::Included(end),
-    );
+    let mut versions = tree.range(std::ops::Bound::Included(from), std::ops::Bound::Included(end));
     match versions.next() {
         Some(pair) => {
             let (history_key, bytes) = pair?;
@@ -296,7 +295,13 @@ pub(super) fn collect_garbage(
 
 /// Drops `key`'s head when it is a tombstone at or below `safe_point`: every read that could
 /// still look at the key sees it absent, and its history is gone with this walk.
-fn drop_dead_tombstone(batch: &mut Batch, chunk: &mut GcChunk, key: &[u8], head: Option<&Version>, safe_point: u64) {
+fn drop_dead_tombstone(
+    batch: &mut Batch,
+    chunk: &mut GcChunk,
+    key: &[u8],
+    head: Option<&Version>,
+    safe_point: u64,
+) {
     if head.is_some_and(|head| head.value.is_none() && head.commit_ts <= safe_point) {
         batch.remove(data_key(key));
         chunk.tombstones_dropped += 1;

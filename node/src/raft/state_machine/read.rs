@@ -5,7 +5,8 @@
 //! on a blocking thread: a page or a count can touch many records. None of these check
 //! consistency (leadership, ReadIndex); their callers do.
 
-use super::layout::{all_data_bounds, data_bounds, data_key, decode_value, decode_version, user_key};
+use super::layout::{all_data_bounds, data_bounds, user_key};
+use super::mvcc;
 use super::{join_error, GroupState};
 use crate::raft::types::Versioned;
 use crate::storage::{StorageError, TreeRef};
@@ -60,10 +61,7 @@ impl GroupState {
         let _guard = self.apply_lock.read().await;
         let tree = self.tree();
         keys.iter()
-            .map(|key| match tree.get(&data_key(key))? {
-                Some(bytes) => Ok(Some(decode_value(tree.name(), &bytes)?)),
-                None => Ok(None),
-            })
+            .map(|key| Ok(mvcc::head(&tree, key)?.and_then(|head| head.versioned())))
             .collect()
     }
 
@@ -99,13 +97,15 @@ impl GroupState {
         .map_err(join_error)?
     }
 
-    /// The number of stored keys (`d` records); for tests and tools.
+    /// The number of stored keys (heads that are not tombstones); for tests and tools.
     pub fn data_len(&self) -> Result<usize, StorageError> {
         let (start, end) = all_data_bounds();
         let mut count = 0;
         for pair in self.tree().range(start, end) {
-            pair?;
-            count += 1;
+            let (_, value) = pair?;
+            if !mvcc::is_tombstone(&value) {
+                count += 1;
+            }
         }
         Ok(count)
     }
@@ -125,6 +125,9 @@ fn scan_tree(tree: &TreeRef, options: &ScanOptions) -> Result<ScanPage, StorageE
     let mut bytes = 0usize;
     for pair in pairs {
         let (key, value) = pair?;
+        if mvcc::is_tombstone(&value) {
+            continue;
+        }
         // Reading one pair past the page is what tells whether more remain.
         let budget_spent = !page.entries.is_empty() && bytes >= options.max_bytes;
         if page.entries.len() >= options.limit || budget_spent {
@@ -132,13 +135,13 @@ fn scan_tree(tree: &TreeRef, options: &ScanOptions) -> Result<ScanPage, StorageE
             break;
         }
         let key = user_key(tree.name(), &key)?;
-        let versioned = if options.keys_only {
-            Versioned {
-                version: decode_version(tree.name(), &value)?,
-                value: Vec::new(),
-            }
-        } else {
-            decode_value(tree.name(), &value)?
+        let head = mvcc::decode_head(tree.name(), &value)?;
+        let versioned = Versioned {
+            version: head.version,
+            value: match head.value {
+                Some(value) if !options.keys_only => value,
+                _ => Vec::new(),
+            },
         };
         bytes = bytes.saturating_add(key.len() + versioned.value.len());
         page.entries.push((key, versioned));
@@ -159,7 +162,10 @@ fn count_tree(
     };
     let mut last: Option<Vec<u8>> = None;
     for pair in tree.range(start, end) {
-        let (key, _) = pair?;
+        let (key, value) = pair?;
+        if mvcc::is_tombstone(&value) {
+            continue;
+        }
         if result.count >= limit {
             result.more = true;
             result.last_key = match last {
