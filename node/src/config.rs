@@ -107,6 +107,10 @@ pub struct NodeConfig {
     /// starts at its own clock instead of above the persisted bound, so after a leader whose
     /// clock ran ahead, timestamps go back.
     pub unsafe_tso_ignore_bound: bool,
+    /// How long old versions stay readable by snapshot reads (and transactions), in ms.
+    pub gc_life_time_ms: u64,
+    /// How often a shard leader collects old versions, in ms.
+    pub gc_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -155,6 +159,8 @@ impl Default for NodeConfig {
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,
             unsafe_tso_ignore_bound: false,
+            gc_life_time_ms: 60_000,
+            gc_interval_ms: 10_000,
         }
     }
 }
@@ -250,6 +256,9 @@ impl NodeConfig {
         }
         if self.rpc_timeout_ms == 0 || self.write_timeout_ms == 0 {
             return fail("rpc_timeout_ms and write_timeout_ms must be positive".to_string());
+        }
+        if self.gc_interval_ms < 100 {
+            return fail("gc_interval_ms must be at least 100".to_string());
         }
         // A key's history records hold its length in 16 bits.
         if self.max_key_bytes == 0 || self.max_key_bytes > usize::from(u16::MAX) {

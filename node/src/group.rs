@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::concurrency::{ConcurrencyManager, TimestampSlot};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::hibernation::Hibernation;
-use crate::proposal::{BatcherSettings, WriteBatcher};
+use crate::proposal::{BatcherSettings, Timestamps, WriteBatcher};
 use crate::raft::catch_up::CatchUp;
 use crate::raft::flusher::Flusher;
 use crate::raft::log_store::{wal_group, LogStore};
@@ -60,6 +61,8 @@ pub struct Group {
     pub cancel: CancellationToken,
     /// Whether the group sleeps (timers off) while quiet; see `hibernation.rs`.
     pub hibernation: Arc<Hibernation>,
+    /// The fence between this shard's write timestamps and its snapshot reads.
+    pub concurrency: Arc<ConcurrencyManager>,
 }
 
 /// What opening a group needs; shared by every group of the node.
@@ -78,6 +81,8 @@ pub struct GroupDeps {
     pub tasks: TaskTracker,
     /// How this node's linearizable reads were confirmed (all groups).
     pub read_counters: Arc<ReadCounters>,
+    /// The node's timestamp oracle, once it runs (commit timestamps of shard writes).
+    pub timestamps: TimestampSlot,
 }
 
 impl GroupDeps {
@@ -130,6 +135,7 @@ impl GroupDeps {
             hibernation.clone(),
             cancel.clone(),
         ));
+        let concurrency = Arc::new(ConcurrencyManager::default());
         let batcher = match group_id {
             GroupId::System => None,
             GroupId::Shard(_) => {
@@ -140,8 +146,17 @@ impl GroupDeps {
                     max_entry_bytes: config.max_message_bytes / 2,
                     unsafe_ack_before_commit: config.unsafe_ack_before_commit,
                 };
-                let (batcher, task) =
-                    WriteBatcher::spawn(raft.clone(), settings, leadership.gate(), cancel.clone());
+                let timestamps = Timestamps {
+                    source: self.timestamps.clone(),
+                    manager: concurrency.clone(),
+                };
+                let (batcher, task) = WriteBatcher::spawn(
+                    raft.clone(),
+                    settings,
+                    timestamps,
+                    leadership.gate(),
+                    cancel.clone(),
+                );
                 self.tasks.spawn(task);
                 Some(batcher)
             }
@@ -165,6 +180,7 @@ impl GroupDeps {
             leadership,
             cancel,
             hibernation,
+            concurrency,
         }))
     }
 

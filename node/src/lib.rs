@@ -25,9 +25,11 @@
 //! - [`server`]: the composition root: opens the node, starts the reconciler, the system
 //!   duties and gossip, binds the listener, serves, shuts down in order.
 
+pub mod concurrency;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod gc;
 pub mod gossip_agent;
 pub mod group;
 pub mod hibernation;

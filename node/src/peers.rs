@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringkv_proto::v1;
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::raft_client::RaftClient;
+use ringkv_proto::{metadata, v1};
 use tonic::transport::Channel;
 
 use crate::error::NodeError;
@@ -148,6 +148,35 @@ impl Peers {
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| peer.status_failed(&status))
+    }
+
+    /// `count` timestamps from the timestamp oracle at `peer` (the system leader, we hope).
+    pub async fn timestamps(&self, peer: Peer<'_>, count: u32) -> Result<std::ops::Range<u64>, NodeError> {
+        let channel = self
+            .transport
+            .channel(peer.addr)
+            .map_err(|err| peer.failed(err))?;
+        let answer = v1::tso_client::TsoClient::new(channel)
+            .get_timestamps(self.request(v1::GetTimestampsRequest { count }, self.rpc_timeout))
+            .await
+            .map_err(|status| match metadata::leader_hint(&status) {
+                // Not the leader after all: say who is, so the caller can follow.
+                Some(hint) => NodeError::NotLeader {
+                    group: GroupId::System,
+                    leader: hint.leader_id.zip(hint.leader_addr),
+                    proposed: false,
+                },
+                None => peer.status_failed(&status),
+            })?
+            .into_inner();
+        let end = answer.first.checked_add(u64::from(count));
+        match (answer.first > 0 && answer.count == count, end) {
+            (true, Some(end)) => Ok(answer.first..end),
+            _ => Err(peer.failed(format!(
+                "answered {} timestamps from {} for {count}",
+                answer.count, answer.first
+            ))),
+        }
     }
 
     /// `peer`'s status.

@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::concurrency::{ConcurrencyManager, TimestampSlot};
 use crate::error::NodeError;
 use crate::raft::types::{
-    Command, CommandResult, GroupId, NodeId, Raft, RequestId, WriteCommand, WriteOpResult,
+    Command, CommandResult, GroupId, NodeId, Raft, RequestId, TimedWrites, WriteCommand, WriteOpResult,
 };
 
 /// The known leader of a group with its address.
@@ -132,12 +133,20 @@ pub struct WriteBatcher {
     tx: mpsc::Sender<PendingWrite>,
 }
 
+/// Where a shard's entries get their commit timestamps (see `concurrency.rs`).
+#[derive(Clone)]
+pub struct Timestamps {
+    pub source: TimestampSlot,
+    pub manager: Arc<ConcurrencyManager>,
+}
+
 impl WriteBatcher {
     /// Starts the batcher; it stops when `cancel` fires, failing what is still queued.
     /// Entries pass `gate` (shared) while proposing; a leader transfer closes it.
     pub fn spawn(
         raft: Raft,
         settings: BatcherSettings,
+        timestamps: Timestamps,
         gate: Arc<tokio::sync::RwLock<()>>,
         cancel: CancellationToken,
     ) -> (
@@ -145,7 +154,10 @@ impl WriteBatcher {
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        (WriteBatcher { tx }, run(raft, settings, gate, rx, cancel))
+        (
+            WriteBatcher { tx },
+            run(raft, settings, timestamps, gate, rx, cancel),
+        )
     }
 
     /// Commits `write` (in an entry with other writes) and returns its outcome.
@@ -194,6 +206,7 @@ impl EntryBuilder {
 async fn run(
     raft: Raft,
     settings: BatcherSettings,
+    timestamps: Timestamps,
     gate: Arc<tokio::sync::RwLock<()>>,
     mut rx: mpsc::Receiver<PendingWrite>,
     cancel: CancellationToken,
@@ -225,7 +238,13 @@ async fn run(
             }
         }
         let raft = raft.clone();
-        inflight.spawn(commit_entry(raft, settings, gate.clone(), entry.writes));
+        inflight.spawn(commit_entry(
+            raft,
+            settings,
+            timestamps.clone(),
+            gate.clone(),
+            entry.writes,
+        ));
     }
     // In-flight entries finish (or fail) on their own; queued writes are refused.
     rx.close();
@@ -246,6 +265,7 @@ async fn run(
 async fn commit_entry(
     raft: Raft,
     settings: BatcherSettings,
+    timestamps: Timestamps,
     gate: Arc<tokio::sync::RwLock<()>>,
     writes: Vec<PendingWrite>,
 ) {
@@ -258,11 +278,43 @@ async fn commit_entry(
     if settings.unsafe_ack_before_commit {
         return ack_before_commit(&raft, settings, commands, replies).await;
     }
+    // Only a leader fetches a commit timestamp: one fetched after this replica became leader
+    // is above every snapshot read an earlier leader served (see `concurrency.rs`).
+    if !is_leader(&raft, settings.node_id) {
+        let not_leader = NodeError::NotLeader {
+            group: settings.group,
+            leader: leader_hint(&raft),
+            proposed: false,
+        };
+        for reply in replies {
+            let _ = reply.send(Err(not_leader.duplicate()));
+        }
+        return;
+    }
+    let (command, _registered) = match timestamps.source.get() {
+        Some(source) => match timestamps.manager.write_timestamp(source.as_ref()).await {
+            Ok(registered) => (
+                Command::WriteAt(TimedWrites {
+                    commit_ts: registered.commit_ts(),
+                    writes: commands,
+                }),
+                Some(registered),
+            ),
+            Err(err) => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.duplicate()));
+                }
+                return;
+            }
+        },
+        // Before the oracle runs (start-up): each key commits just above its head.
+        None => (Command::Write(commands), None),
+    };
     let outcome = propose(
         &raft,
         settings.group,
         settings.node_id,
-        Command::Write(commands),
+        command,
         settings.write_timeout_ms,
     )
     .await;

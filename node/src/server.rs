@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::error::NodeError;
+use crate::gc::GarbageCollector;
 use crate::gossip_agent::{GossipAgent, LivenessView};
 use crate::keepalive::Hibernator;
 use crate::membership::SystemDuties;
@@ -56,6 +57,7 @@ pub struct NodeHandle {
     duties: SystemDuties,
     hibernator: Hibernator,
     oracle: Arc<Oracle>,
+    gc: GarbageCollector,
     gossip: Option<GossipAgent>,
 }
 
@@ -132,6 +134,8 @@ impl NodeServer {
         let duties = SystemDuties::spawn(node.clone(), liveness.clone());
         let hibernator = Hibernator::spawn(node.clone(), liveness.clone());
         let oracle = Oracle::start(node.clone());
+        node.set_timestamp_source(oracle.clone());
+        let gc = GarbageCollector::spawn(node.clone());
         let cancel = CancellationToken::new();
         let router = tonic::transport::Server::builder()
             .add_service(
@@ -175,6 +179,7 @@ impl NodeServer {
             duties,
             hibernator,
             oracle,
+            gc,
             gossip,
         })
     }
@@ -208,6 +213,7 @@ impl NodeHandle {
         self.reconciler.shutdown().await;
         self.duties.shutdown().await;
         self.hibernator.shutdown().await;
+        self.gc.shutdown().await;
         self.oracle.shutdown().await;
         self.node.shutdown().await;
     }

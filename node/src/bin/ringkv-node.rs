@@ -39,6 +39,12 @@ struct Args {
     /// Log entries kept after a snapshot.
     #[arg(long)]
     logs_to_keep_after_snapshot: Option<u64>,
+    /// How long old versions stay readable by snapshot reads, in ms.
+    #[arg(long)]
+    gc_life_time_ms: Option<u64>,
+    /// How often a shard leader collects versions older than that, in ms.
+    #[arg(long)]
+    gc_interval_ms: Option<u64>,
     /// Catch-up bytes per second this node sends over all groups: snapshot chunks and log
     /// entries for followers that lag, e.g. new replicas of a move (0 = unlimited).
     #[arg(long)]
@@ -131,6 +137,12 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(n) = args.logs_to_keep_after_snapshot {
         config.logs_to_keep_after_snapshot = n;
+    }
+    if let Some(ms) = args.gc_life_time_ms {
+        config.gc_life_time_ms = ms;
+    }
+    if let Some(ms) = args.gc_interval_ms {
+        config.gc_interval_ms = ms;
     }
     if let Some(n) = args.catch_up_bytes_per_sec {
         config.catch_up_bytes_per_sec = n;

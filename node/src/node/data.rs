@@ -98,6 +98,27 @@ impl Node {
         Ok(group.state.get_many(keys).await?)
     }
 
+    /// Reads `keys` of shard `group` as of oracle timestamp `read_ts` (a snapshot read): the
+    /// leader confirms its leadership, fences writes at or below `read_ts` and waits for those
+    /// still being committed (`concurrency.rs`), then reads each key's newest version at or
+    /// before `read_ts`.
+    pub async fn read_at(
+        &self,
+        group: &Group,
+        keys: &[Vec<u8>],
+        read_ts: u64,
+    ) -> Result<Vec<Option<Versioned>>, NodeError> {
+        self.ensure_linearizable(group).await?;
+        group.concurrency.prepare_read(read_ts).await;
+        match group.state.get_many_at(keys, read_ts).await? {
+            Ok(values) => Ok(values),
+            Err(safe_point) => Err(NodeError::InvalidArgument(format!(
+                "read timestamp {read_ts} is below the shard's garbage-collection safe point {safe_point}: \
+                 versions it would need may be gone; read at a newer timestamp"
+            ))),
+        }
+    }
+
     /// Reads one page of a key range from the local state of `group`, at one point between
     /// entries.
     pub async fn scan_local(&self, group: &Group, options: ScanOptions) -> Result<ScanPage, NodeError> {

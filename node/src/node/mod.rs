@@ -31,6 +31,7 @@ pub use bootstrap::{check_identity, ring_info};
 pub use data::now_ms;
 pub use status::MoveCounters;
 
+use crate::concurrency::{TimestampSlot, TimestampSource};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::group::{Group, GroupDeps};
@@ -147,6 +148,7 @@ impl Node {
             tasks_cancel: CancellationToken::new(),
             tasks,
             read_counters: Arc::default(),
+            timestamps: TimestampSlot::default(),
         };
         deps.finish_retirements()?;
         let system = deps.open(GroupId::System).await?;
@@ -198,6 +200,17 @@ impl Node {
     /// The ring as last adopted from the system group.
     pub fn ring(&self) -> Option<Arc<Ring>> {
         read_lock(&self.inner.ring)
+    }
+
+    /// Gives the node's groups their source of commit timestamps (the oracle, which needs
+    /// the node to exist first). Set once; later calls change nothing.
+    pub fn set_timestamp_source(&self, source: Arc<dyn TimestampSource>) {
+        let _ = self.inner.deps.timestamps.set(source);
+    }
+
+    /// The node's timestamp source, once the oracle runs.
+    pub fn timestamp_source(&self) -> Option<Arc<dyn TimestampSource>> {
+        self.inner.deps.timestamps.get().cloned()
     }
 
     pub fn system_group(&self) -> Arc<Group> {

@@ -76,6 +76,42 @@ pub enum Command {
     /// timestamp an earlier one handed out (see `tso/`). A bound above
     /// [`TSO_MAX_PHYSICAL_MS`] is applied as that maximum.
     TsoAdvance(u64),
+    /// Shard groups: like [`Command::Write`], committed at `commit_ts` (a timestamp of the
+    /// oracle; a key whose head is at or above it commits just above its head instead).
+    WriteAt(TimedWrites),
+    /// Shard groups: drop versions no read at or after `safe_point` can see, in one chunk
+    /// of history records (see `state_machine/mvcc.rs`). The safe point only rises.
+    CollectGarbage(GcCommand),
+}
+
+/// One chunk of garbage collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcCommand {
+    pub safe_point: u64,
+    /// Resume after this history record (`None`: from the first).
+    #[serde(with = "serde_bytes")]
+    pub after: Option<Vec<u8>>,
+    /// Most history records examined.
+    pub limit: u32,
+}
+
+/// What one chunk of garbage collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcOutcome {
+    pub versions_dropped: u64,
+    pub tombstones_dropped: u64,
+    /// Where the next chunk starts; `None` once every history record was examined.
+    #[serde(with = "serde_bytes")]
+    pub resume_after: Option<Vec<u8>>,
+    /// The safe point in force after the chunk.
+    pub safe_point: u64,
+}
+
+/// The writes of a [`Command::WriteAt`] entry and their commit timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimedWrites {
+    pub commit_ts: u64,
+    pub writes: Vec<WriteCommand>,
 }
 
 /// The largest physical part (milliseconds) a timestamp can hold: 46 bits, about the year
@@ -128,6 +164,14 @@ impl fmt::Display for Command {
             Command::DeleteRange(range) => write!(f, "delete-range(limit {})", range.limit),
             Command::ChangeRing(change) => write!(f, "change-ring({})", change.kind),
             Command::TsoAdvance(limit_ms) => write!(f, "tso-advance({limit_ms} ms)"),
+            Command::WriteAt(timed) => {
+                write!(f, "write({} writes at {})", timed.writes.len(), timed.commit_ts)
+            }
+            Command::CollectGarbage(gc) => write!(
+                f,
+                "collect-garbage(below {}, {} records)",
+                gc.safe_point, gc.limit
+            ),
         }
     }
 }
@@ -236,6 +280,8 @@ pub enum CommandResult {
     Ring(RingChangeOutcome),
     /// The timestamp oracle's bound in force after a [`Command::TsoAdvance`] (milliseconds).
     TsoLimit(u64),
+    /// The outcome of a [`Command::CollectGarbage`] chunk.
+    Gc(GcOutcome),
 }
 
 /// The outcome of a [`RingChange`].

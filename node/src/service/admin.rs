@@ -43,6 +43,7 @@ impl Admin for AdminService {
             requests: tso.requests,
             batches: tso.batches,
             advances: tso.advances,
+            forwarded: tso.forwarded,
         });
         Ok(Response::new(status))
     }

@@ -132,8 +132,18 @@ impl ShardKvService {
                 });
             }
         }
-        self.check_consistency(&group, request.consistency).await?;
-        let values = self.node.read_local(&group, &request.keys).await?;
+        let values = if request.read_ts == 0 {
+            self.check_consistency(&group, request.consistency).await?;
+            self.node.read_local(&group, &request.keys).await?
+        } else {
+            if request.consistency != v1::Consistency::Linearizable as i32 {
+                return Err(NodeError::InvalidArgument(
+                    "a read at a timestamp is served by the leader only (linearizable consistency)"
+                        .to_string(),
+                ));
+            }
+            self.node.read_at(&group, &request.keys, request.read_ts).await?
+        };
         let results = request
             .keys
             .into_iter()

@@ -27,7 +27,7 @@ impl Tso for TsoService {
         let count = request.into_inner().count.max(1);
         let range = self
             .oracle
-            .timestamps(count)
+            .timestamps_here(count)
             .await
             .map_err(|err| status(err, false))?;
         Ok(Response::new(v1::GetTimestampsResponse {

@@ -19,7 +19,9 @@
 
 mod window;
 
+use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::ServerState;
@@ -28,8 +30,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::concurrency::TimestampSource;
 use crate::error::NodeError;
 use crate::node::{now_ms, Node};
+use crate::peers::Peer;
 use crate::proposal::leader_hint;
 use crate::raft::types::{Command, CommandResult, GroupId};
 
@@ -47,6 +51,10 @@ const MAX_ADVANCES_PER_BATCH: usize = 3;
 
 struct Request {
     count: u32,
+    /// Whether a node that does not lead the system group passes the request on to the
+    /// leader (calls from inside this node) or answers "not leader" with a hint (calls from
+    /// routers, which follow hints themselves: no chains of forwards between nodes).
+    forward: bool,
     reply: oneshot::Sender<Result<Range<u64>, NodeError>>,
 }
 
@@ -59,6 +67,8 @@ pub struct OracleCounters {
     pub batches: u64,
     /// Bounds committed to the system group.
     pub advances: u64,
+    /// Batches passed on to the system leader (this node did not lead).
+    pub forwarded: u64,
 }
 
 /// The node's timestamp oracle: a queue and the task that serves it.
@@ -85,8 +95,19 @@ impl Oracle {
     }
 
     /// `count` consecutive timestamps, each above every timestamp the cluster handed out
-    /// before this call began. Only the system group's leader hands them out.
+    /// before this call began: from this node when it leads the system group, else from the
+    /// leader (one call per batch).
     pub async fn timestamps(&self, count: u32) -> Result<Range<u64>, NodeError> {
+        self.request(count, true).await
+    }
+
+    /// Like [`Oracle::timestamps`], but a node that does not lead the system group answers
+    /// "not leader" (with a hint) instead of asking the leader: what the `Tso` service does.
+    pub async fn timestamps_here(&self, count: u32) -> Result<Range<u64>, NodeError> {
+        self.request(count, false).await
+    }
+
+    async fn request(&self, count: u32, forward: bool) -> Result<Range<u64>, NodeError> {
         if count == 0 || count > MAX_TIMESTAMPS_PER_REQUEST {
             return Err(NodeError::InvalidArgument(format!(
                 "count must be between 1 and {MAX_TIMESTAMPS_PER_REQUEST}, got {count}"
@@ -94,7 +115,11 @@ impl Oracle {
         }
         let (reply, answer) = oneshot::channel();
         self.queue
-            .try_send(Request { count, reply })
+            .try_send(Request {
+                count,
+                forward,
+                reply,
+            })
             .map_err(|err| match err {
                 mpsc::error::TrySendError::Full(_) => {
                     NodeError::Overloaded(format!("{QUEUE_CAPACITY} timestamp requests are already waiting"))
@@ -120,6 +145,12 @@ impl Oracle {
     }
 }
 
+impl TimestampSource for Oracle {
+    fn timestamp(&self) -> Pin<Box<dyn Future<Output = Result<u64, NodeError>> + Send + '_>> {
+        Box::pin(async move { Ok(self.timestamps(1).await?.start) })
+    }
+}
+
 fn stopped() -> NodeError {
     NodeError::Fatal("the timestamp oracle stopped (the node is shutting down)".to_string())
 }
@@ -132,18 +163,32 @@ async fn serve(
     cancel: CancellationToken,
 ) {
     let mut window: Option<Window> = None;
+    let mut held: Option<Request> = None;
     loop {
-        let first = tokio::select! {
-            () = cancel.cancelled() => break,
-            request = requests.recv() => match request {
-                Some(request) => request,
-                None => break,
+        let first = match held.take() {
+            Some(request) => request,
+            None => tokio::select! {
+                () = cancel.cancelled() => break,
+                request = requests.recv() => match request {
+                    Some(request) => request,
+                    None => break,
+                },
             },
         };
+        // One batch: at most MAX_BATCH requests and one request's worth of timestamps (what
+        // one forwarded call may ask for).
+        let mut total = first.count;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
-                Ok(request) => batch.push(request),
+                Ok(request) if total + request.count > MAX_TIMESTAMPS_PER_REQUEST => {
+                    held = Some(request);
+                    break;
+                }
+                Ok(request) => {
+                    total += request.count;
+                    batch.push(request);
+                }
                 Err(_) => break,
             }
         }
@@ -152,10 +197,10 @@ async fn serve(
         if batch.is_empty() {
             continue;
         }
-        let total: u64 = batch.iter().map(|request| u64::from(request.count)).sum();
+        let total: u32 = batch.iter().map(|request| request.count).sum();
         let outcome = tokio::select! {
             () = cancel.cancelled() => Err(stopped()),
-            outcome = allocate(&node, &mut window, total, &counters) => outcome,
+            outcome = allocate(&node, &mut window, u64::from(total), &counters) => outcome,
         };
         match outcome {
             Ok(range) => {
@@ -164,29 +209,70 @@ async fn serve(
                     counters.batches += 1;
                     counters.requests += batch.len() as u64;
                 }
-                let mut next = range.start;
-                for request in batch {
-                    let end = next + u64::from(request.count);
-                    let _ = request.reply.send(Ok(next..end));
-                    next = end;
-                }
-                debug_assert_eq!(next, range.end);
+                hand_out(batch, range);
                 renew(&node, &mut window, &counters).await;
             }
-            Err(err) => {
-                // The window stays: what it handed out and the bound it committed are still
-                // true in its term, and a window of another term is replaced at the next
-                // batch. Dropping it would start the next batch at the bound, seconds ahead
-                // of the clock, after every transient failure.
-                for request in batch {
-                    let _ = request.reply.send(Err(err.duplicate()));
+            // The window stays on every error: what it handed out and the bound it committed
+            // are still true in its term, and a window of another term is replaced at the
+            // next batch. Dropping it would start the next batch at the bound, seconds ahead
+            // of the clock, after every transient failure.
+            Err(NodeError::NotLeader {
+                leader: Some((leader, addr)),
+                ..
+            }) if leader != node.node_id() && batch.iter().any(|request| request.forward) => {
+                let (forward, refuse): (Vec<Request>, Vec<Request>) =
+                    batch.into_iter().partition(|request| request.forward);
+                let not_leader = NodeError::NotLeader {
+                    group: GroupId::System,
+                    leader: Some((leader, addr.clone())),
+                    proposed: false,
+                };
+                for request in refuse {
+                    let _ = request.reply.send(Err(not_leader.duplicate()));
+                }
+                let count: u32 = forward.iter().map(|request| request.count).sum();
+                let peer = Peer {
+                    node: leader,
+                    addr: &addr,
+                };
+                let answer = tokio::select! {
+                    () = cancel.cancelled() => Err(stopped()),
+                    answer = node.peers().timestamps(peer, count) => answer,
+                };
+                match answer {
+                    Ok(range) => {
+                        counters.lock().unwrap_or_else(PoisonError::into_inner).forwarded += 1;
+                        hand_out(forward, range);
+                    }
+                    Err(err) => fail_all(forward, &err),
                 }
             }
+            Err(err) => fail_all(batch, &err),
         }
     }
     requests.close();
-    while let Ok(request) = requests.try_recv() {
+    for request in held
+        .into_iter()
+        .chain(std::iter::from_fn(|| requests.try_recv().ok()))
+    {
         let _ = request.reply.send(Err(stopped()));
+    }
+}
+
+/// Splits `range` among `batch`, in order.
+fn hand_out(batch: Vec<Request>, range: Range<u64>) {
+    let mut next = range.start;
+    for request in batch {
+        let end = next + u64::from(request.count);
+        let _ = request.reply.send(Ok(next..end));
+        next = end;
+    }
+    debug_assert_eq!(next, range.end);
+}
+
+fn fail_all(batch: Vec<Request>, err: &NodeError) {
+    for request in batch {
+        let _ = request.reply.send(Err(err.duplicate()));
     }
 }
 

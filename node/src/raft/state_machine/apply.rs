@@ -30,8 +30,8 @@ use super::GroupState;
 use crate::raft::ring_change;
 use crate::raft::types::TSO_MAX_PHYSICAL_MS;
 use crate::raft::types::{
-    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, LogId, RequestId,
-    RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
+    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, GcOutcome, LogId,
+    RequestId, RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
 };
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
@@ -134,6 +134,30 @@ impl GroupState {
             EntryPayload::Normal(Command::Write(writes)) => {
                 self.apply_writes(tree, entry.log_id.index, 0, writes, &mut batch)?
             }
+            EntryPayload::Normal(Command::CollectGarbage(gc)) => {
+                let safe_point = mvcc::safe_point(tree)?.max(gc.safe_point);
+                let chunk = mvcc::collect_garbage(
+                    tree,
+                    &mut batch,
+                    safe_point,
+                    gc.after.as_deref(),
+                    gc.limit as usize,
+                )?;
+                batch.insert(mvcc::SAFE_POINT_KEY.to_vec(), safe_point.to_be_bytes().to_vec());
+                CommandResult::Gc(GcOutcome {
+                    versions_dropped: chunk.versions_dropped,
+                    tombstones_dropped: chunk.tombstones_dropped,
+                    resume_after: chunk.resume_after,
+                    safe_point,
+                })
+            }
+            EntryPayload::Normal(Command::WriteAt(timed)) => self.apply_writes(
+                tree,
+                entry.log_id.index,
+                timed.commit_ts,
+                &timed.writes,
+                &mut batch,
+            )?,
             EntryPayload::Normal(Command::SetCluster(config)) => match tree.get(CLUSTER_KEY)? {
                 Some(bytes) => CommandResult::Cluster(decode(tree.name(), &bytes)?),
                 None => {

@@ -24,6 +24,8 @@ use super::layout::data_key;
 
 /// History records: `v` + key length + key + inverted commit timestamp.
 pub(super) const HISTORY_PREFIX: u8 = b'v';
+/// The safe point of the last garbage collection (u64 big-endian).
+pub(super) const SAFE_POINT_KEY: &[u8] = b"s";
 /// Marks a head in the multi-version format (versions are log indexes, below 2^63).
 const HEAD_V2: u64 = 1 << 63;
 /// Flag bit: the version is a deletion.
@@ -217,6 +219,18 @@ pub(super) fn put_version(
     }
     batch.insert(data_key(key), encode_head(next));
     Ok(())
+}
+
+/// The safe point garbage collection last ran at (0: never): reads below it may miss
+/// versions it dropped.
+pub(super) fn safe_point(tree: &TreeRef) -> Result<u64, StorageError> {
+    match tree.get(SAFE_POINT_KEY)? {
+        Some(bytes) => match bytes.first_chunk::<8>() {
+            Some(bytes) => Ok(u64::from_be_bytes(*bytes)),
+            None => Err(corrupt(tree.name(), "safe point shorter than 8 bytes")),
+        },
+        None => Ok(0),
+    }
 }
 
 /// What garbage collection did to one chunk of history.

@@ -65,6 +65,27 @@ impl GroupState {
             .collect()
     }
 
+    /// Reads `keys` as of `read_ts`: the newest version of each committed at or before it
+    /// (no consistency check or fence: callers do that). `Err(safe_point)` when garbage
+    /// collection may already have dropped versions a read at `read_ts` needs.
+    pub async fn get_many_at(
+        &self,
+        keys: &[Vec<u8>],
+        read_ts: u64,
+    ) -> Result<Result<Vec<Option<Versioned>>, u64>, StorageError> {
+        let _guard = self.apply_lock.read().await;
+        let tree = self.tree();
+        let safe_point = mvcc::safe_point(&tree)?;
+        if read_ts < safe_point {
+            return Ok(Err(safe_point));
+        }
+        let values = keys
+            .iter()
+            .map(|key| Ok(mvcc::read_at(&tree, key, read_ts)?.and_then(|version| version.versioned())))
+            .collect::<Result<_, StorageError>>()?;
+        Ok(Ok(values))
+    }
+
     /// Reads one page of a range from the local state at one point between applied entries
     /// (no consistency check: callers do that). Iterates on a blocking thread.
     pub async fn scan(&self, options: ScanOptions) -> Result<ScanPage, StorageError> {
@@ -95,6 +116,12 @@ impl GroupState {
         })
         .await
         .map_err(join_error)?
+    }
+
+    /// Whether any history record exists (garbage collection has something to look at).
+    pub fn has_history(&self) -> Result<bool, StorageError> {
+        let (start, end) = crate::storage::prefix_bounds(&[mvcc::HISTORY_PREFIX]);
+        Ok(self.tree().range(start, end).next().transpose()?.is_some())
     }
 
     /// The number of stored keys (heads that are not tombstones); for tests and tools.
