@@ -70,6 +70,7 @@ impl Client {
         let message = proto::GetRequest {
             key: checked_key(key.as_ref())?,
             consistency: proto::Consistency::from(consistency) as i32,
+            read_ts: consistency.read_ts(),
         };
         let max_bytes = self.routers.config().max_message_bytes;
         let response = self
@@ -169,6 +170,7 @@ impl Client {
         let message = proto::BatchGetRequest {
             keys,
             consistency: proto::Consistency::from(consistency) as i32,
+            read_ts: consistency.read_ts(),
         };
         let max_bytes = self.routers.config().max_message_bytes;
         let response = self

@@ -30,13 +30,27 @@ pub enum ReadConsistency {
     Linearizable,
     /// By any replica from its local state: possibly stale, never torn.
     Stale,
+    /// A snapshot read as of a timestamp of the oracle ([`crate::Client::timestamp`]): the
+    /// newest version committed at or before it, through the shard leader. Timestamps older
+    /// than the cluster's `gc_life_time_ms` are refused (those versions may be gone).
+    At(u64),
 }
 
 impl From<ReadConsistency> for proto::Consistency {
     fn from(consistency: ReadConsistency) -> Self {
         match consistency {
-            ReadConsistency::Linearizable => proto::Consistency::Linearizable,
+            ReadConsistency::Linearizable | ReadConsistency::At(_) => proto::Consistency::Linearizable,
             ReadConsistency::Stale => proto::Consistency::Stale,
+        }
+    }
+}
+
+impl ReadConsistency {
+    /// The read timestamp on the wire (0: the latest values).
+    pub(crate) fn read_ts(self) -> u64 {
+        match self {
+            ReadConsistency::At(read_ts) => read_ts,
+            ReadConsistency::Linearizable | ReadConsistency::Stale => 0,
         }
     }
 }

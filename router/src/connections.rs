@@ -244,7 +244,7 @@ impl NodeApi for GrpcNodes {
         request: ShardReadRequest,
         timeout: Duration,
     ) -> Result<ShardReadResponse, Status> {
-        if request.keys.len() >= MAX_MERGED_KEYS {
+        if request.keys.len() >= MAX_MERGED_KEYS || request.read_ts != 0 {
             let mut client = self.shard_kv(addr)?;
             let response = bounded(timeout, client.read(with_timeout(request, timeout))).await?;
             return Ok(response.into_inner());

@@ -56,25 +56,27 @@ impl<N: NodeApi> Forwarder<N> {
     }
 
     /// `ShardKv.Read` of `keys` (all in `shard`), linearizable through the leader or stale
-    /// from any replica.
+    /// from any replica; at `read_ts` (not 0), a snapshot read through the leader.
     pub async fn read(
         &self,
         shard: ShardId,
         shard_count: u32,
         keys: Vec<Vec<u8>>,
         consistency: Consistency,
+        read_ts: u64,
         deadline: Instant,
     ) -> Result<ShardReadResponse, RouterError> {
         let mode = match consistency {
-            Consistency::Linearizable => RouteMode::Leader,
-            Consistency::Stale => RouteMode::AnyReplica {
+            Consistency::Stale if read_ts == 0 => RouteMode::AnyReplica {
                 rotation: usize::from(rand::random::<u16>()),
             },
+            _ => RouteMode::Leader,
         };
         let request = ShardReadRequest {
             shard_id: shard.0,
             keys,
             consistency: consistency as i32,
+            read_ts,
         };
         let nodes = &self.nodes;
         self.run(shard, shard_count, mode, None, deadline, |target, timeout| {
@@ -639,6 +641,7 @@ pub(crate) mod tests {
                 8,
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
+                0,
                 deadline_in(1000),
             )
             .await;
@@ -656,6 +659,7 @@ pub(crate) mod tests {
                 8,
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
+                0,
                 deadline_in(1000),
             )
             .await;
@@ -772,6 +776,7 @@ pub(crate) mod tests {
                 8,
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
+                0,
                 deadline_in(1000),
             )
             .await;
@@ -830,6 +835,7 @@ pub(crate) mod tests {
                 8,
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
+                0,
                 deadline_in(250),
             )
             .await;
@@ -857,6 +863,7 @@ pub(crate) mod tests {
                 8,
                 vec![b"k".to_vec()],
                 Consistency::Stale,
+                0,
                 deadline_in(2000),
             )
             .await;
@@ -880,6 +887,7 @@ pub(crate) mod tests {
                 16,
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
+                0,
                 deadline_in(100),
             )
             .await;

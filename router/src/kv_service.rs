@@ -26,7 +26,7 @@ use crate::context::RouterContext;
 use crate::error::{to_status, RequestId, RouterError};
 use crate::node_api::NodeApi;
 use crate::range_ops::{self, ResponseStream};
-use crate::validate::{parse_consistency, request_id_or_random};
+use crate::validate::{check_read_ts, parse_consistency, request_id_or_random};
 
 /// The client-facing key-value service.
 pub struct KvService<N> {
@@ -41,6 +41,7 @@ impl<N: NodeApi> KvService<N> {
     async fn handle_get(&self, request: GetRequest, deadline: Instant) -> Result<GetResponse, RouterError> {
         self.ctx.limits.check_key(&"key", &request.key)?;
         let consistency = parse_consistency(request.consistency)?;
+        check_read_ts(consistency, request.read_ts)?;
         let view = self.ctx.topology.wait_for_ring(deadline).await?;
         let shard = view.ring.shard_for_key(&request.key);
         let response = self
@@ -51,6 +52,7 @@ impl<N: NodeApi> KvService<N> {
                 view.ring.shard_count(),
                 vec![request.key.clone()],
                 consistency,
+                request.read_ts,
                 deadline,
             )
             .await?;
@@ -133,6 +135,8 @@ impl<N: NodeApi> KvService<N> {
         let keys = request.keys;
         self.ctx.limits.check_keys("keys", &keys)?;
         let consistency = parse_consistency(request.consistency)?;
+        check_read_ts(consistency, request.read_ts)?;
+        let read_ts = request.read_ts;
         if keys.is_empty() {
             return Ok(BatchGetResponse::default());
         }
@@ -145,7 +149,14 @@ impl<N: NodeApi> KvService<N> {
             .map(|group| async move {
                 let group_keys = group.indices.iter().map(|i| keys_ref[*i].clone()).collect();
                 let outcome = forwarder
-                    .read(group.shard, shard_count, group_keys, consistency, deadline)
+                    .read(
+                        group.shard,
+                        shard_count,
+                        group_keys,
+                        consistency,
+                        read_ts,
+                        deadline,
+                    )
                     .await;
                 (group, outcome)
             })
@@ -560,6 +571,7 @@ mod tests {
                     GetRequest {
                         key: vec![],
                         consistency: 0,
+                        read_ts: 0,
                     },
                     deadline(),
                 )
@@ -610,6 +622,7 @@ mod tests {
                     BatchGetRequest {
                         keys: vec![b"k".to_vec(); 9],
                         consistency: 0,
+                        read_ts: 0,
                     },
                     deadline(),
                 )
@@ -697,6 +710,7 @@ mod tests {
                 BatchGetRequest {
                     keys: keys.clone(),
                     consistency: Consistency::Stale as i32,
+                    read_ts: 0,
                 },
                 deadline(),
             )

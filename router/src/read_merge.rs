@@ -81,6 +81,7 @@ impl<S: SendRead> ReadMerge<S> {
             shard_id: self.shard,
             keys,
             consistency: self.consistency,
+            read_ts: 0,
         }
     }
 }

@@ -100,6 +100,16 @@ pub fn parse_consistency(value: i32) -> Result<Consistency, RouterError> {
     })
 }
 
+/// A read at a timestamp goes through the leader: stale consistency cannot ask for one.
+pub fn check_read_ts(consistency: Consistency, read_ts: u64) -> Result<(), RouterError> {
+    if read_ts != 0 && consistency == Consistency::Stale {
+        return Err(RouterError::InvalidArgument(
+            "a read at a timestamp is served by the shard leader: it cannot be stale".to_string(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,7 @@ async fn serves_and_stops_on_sigterm() -> anyhow::Result<()> {
         .get(GetRequest {
             key: b"k".to_vec(),
             consistency: 0,
+            read_ts: 0,
         })
         .await?
         .into_inner();

@@ -46,6 +46,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
         .get(GetRequest {
             key: b"alpha".to_vec(),
             consistency: Consistency::Linearizable as i32,
+            read_ts: 0,
         })
         .await?
         .into_inner();
@@ -55,6 +56,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
         .get(GetRequest {
             key: b"alpha".to_vec(),
             consistency: Consistency::Stale as i32,
+            read_ts: 0,
         })
         .await?
         .into_inner();
@@ -129,6 +131,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
         .batch_get(BatchGetRequest {
             keys: keys.clone(),
             consistency: Consistency::Linearizable as i32,
+            read_ts: 0,
         })
         .await?
         .into_inner();
@@ -152,6 +155,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
         .get(GetRequest {
             key: b"alpha".to_vec(),
             consistency: 0,
+            read_ts: 0,
         })
         .await?
         .into_inner();
@@ -212,6 +216,7 @@ async fn uninitialised_cluster_is_unavailable() -> anyhow::Result<()> {
         .get(GetRequest {
             key: b"k".to_vec(),
             consistency: 0,
+            read_ts: 0,
         })
         .await
         .err()
@@ -266,6 +271,7 @@ async fn invalid_requests_are_rejected() -> anyhow::Result<()> {
         .batch_get(BatchGetRequest {
             keys: vec![],
             consistency: 0,
+            read_ts: 0,
         })
         .await
     {

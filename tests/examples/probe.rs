@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
                     shard_id: shard,
                     keys: vec![key.clone()],
                     consistency,
+                    read_ts: 0,
                 })
                 .await
                 .is_err()

@@ -358,6 +358,7 @@ impl Cluster {
                 shard_id: shard,
                 keys: vec![key.to_vec()],
                 consistency: v1::Consistency::Stale as i32,
+                read_ts: 0,
             })
             .await?
             .into_inner();

@@ -270,8 +270,7 @@ pub(super) fn collect_garbage(
     // already kept for it.
     let mut walking: Option<(Vec<u8>, Option<Version>, bool)> = None;
     let mut last_examined: Option<Vec<u8>> = None;
-    let mut examined = 0usize;
-    for pair in tree.range(start, end) {
+    for (examined, pair) in tree.range(start, end).enumerate() {
         let (record_key, _) = pair?;
         let (key, commit_ts) = split_history_key(tree.name(), &record_key)?;
         let same_key = walking.as_ref().is_some_and(|(walked, _, _)| *walked == key);
@@ -285,7 +284,6 @@ pub(super) fn collect_garbage(
             chunk.resume_after = last_examined;
             return Ok(chunk);
         }
-        examined += 1;
         if !same_key {
             let head = head(tree, &key)?;
             let head_covers = head.as_ref().is_some_and(|head| head.commit_ts <= safe_point);
@@ -377,6 +375,9 @@ mod tests {
         assert!(history_key(&vec![0; MAX_KEY_BYTES + 1], 1).is_err());
     }
 
+    /// Every version ever written, per key, oldest first: (commit_ts, version, value).
+    type Model = BTreeMap<Vec<u8>, Vec<(u64, u64, Option<u8>)>>;
+
     /// One step of the model test.
     #[derive(Debug, Clone)]
     enum Step {
@@ -405,7 +406,7 @@ mod tests {
             let (_engine, state) = open(dir.path());
             let tree = state.tree();
             // key → versions (commit_ts, version, value), oldest first.
-            let mut model: BTreeMap<Vec<u8>, Vec<(u64, u64, Option<u8>)>> = BTreeMap::new();
+            let mut model = Model::new();
             let mut highest_safe_point = 0u64;
             for (index, step) in steps.iter().enumerate() {
                 let log_index = index as u64 + 1;
@@ -477,7 +478,7 @@ mod tests {
     /// Applies one put or delete to the tree (through `put_version`) and to the model.
     fn write(
         tree: &TreeRef,
-        model: &mut BTreeMap<Vec<u8>, Vec<(u64, u64, Option<u8>)>>,
+        model: &mut Model,
         key: u8,
         ts: u64,
         log_index: u64,
