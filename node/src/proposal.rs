@@ -87,6 +87,57 @@ pub async fn propose(
     }
 }
 
+/// Like [`propose`], but `guard` (a registered commit timestamp) is released only when
+/// openraft has resolved the write — committed and applied, or failed — not when the caller
+/// stops waiting: a write that times out here may still commit, and a snapshot read must go
+/// on waiting for it. The write's task ends with openraft's answer (openraft answers every
+/// pending write at the latest when the group shuts down).
+pub async fn propose_holding<G: Send + 'static>(
+    raft: &Raft,
+    group: GroupId,
+    node_id: NodeId,
+    command: Command,
+    timeout_ms: u64,
+    guard: G,
+) -> Result<CommandResult, NodeError> {
+    if !is_leader(raft, node_id) {
+        return Err(NodeError::NotLeader {
+            group,
+            leader: leader_hint(raft),
+            proposed: false,
+        });
+    }
+    let (done, answer) = oneshot::channel();
+    let writer = raft.clone();
+    tokio::spawn(async move {
+        let result = writer.client_write(command).await;
+        drop(guard);
+        let _ = done.send(result);
+    });
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), answer).await {
+        Err(_elapsed) => Err(NodeError::Timeout {
+            what: format!("{group} to commit the write"),
+            timeout_ms,
+            proposed: true,
+        }),
+        Ok(Err(_dropped)) => Err(NodeError::OutcomeUnknown(format!(
+            "{group} dropped the write while it was being committed"
+        ))),
+        Ok(Ok(Ok(response))) => Ok(response.data),
+        Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))))) => {
+            Err(NodeError::NotLeader {
+                group,
+                leader: forwarded_leader(forward),
+                proposed: true,
+            })
+        }
+        Ok(Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(err))))) => {
+            Err(NodeError::OutcomeUnknown(err.to_string()))
+        }
+        Ok(Ok(Err(RaftError::Fatal(fatal)))) => Err(NodeError::Fatal(fatal.to_string())),
+    }
+}
+
 /// Queued writes per shard (callers wait when it is full).
 const QUEUE_CAPACITY: usize = 1024;
 /// Most writes in one entry.
@@ -291,33 +342,38 @@ async fn commit_entry(
         }
         return;
     }
-    let (command, _registered) = match timestamps.source.get() {
-        Some(source) => match timestamps.manager.write_timestamp(source.as_ref()).await {
-            Ok(registered) => (
-                Command::WriteAt(TimedWrites {
-                    commit_ts: registered.commit_ts(),
-                    writes: commands,
+    let outcome = match timestamps.source.get() {
+        Some(source) => {
+            let term = raft.metrics().borrow().current_term;
+            match timestamps.manager.write_timestamp(source.as_ref()).await {
+                // The term must not have moved while the timestamp was fetched: a leader of a
+                // term in between may have served a snapshot read above it.
+                Ok(_) if raft.metrics().borrow().current_term != term => Err(NodeError::NotLeader {
+                    group: settings.group,
+                    leader: leader_hint(&raft),
+                    proposed: false,
                 }),
-                Some(registered),
-            ),
-            Err(err) => {
-                for reply in replies {
-                    let _ = reply.send(Err(err.duplicate()));
+                Ok(registered) => {
+                    let command = Command::WriteAt(TimedWrites {
+                        commit_ts: registered.commit_ts(),
+                        writes: commands,
+                    });
+                    propose_holding(
+                        &raft,
+                        settings.group,
+                        settings.node_id,
+                        command,
+                        settings.write_timeout_ms,
+                        registered,
+                    )
+                    .await
                 }
-                return;
+                Err(err) => Err(err),
             }
-        },
-        // Before the oracle runs (start-up): each key commits just above its head.
-        None => (Command::Write(commands), None),
+        }
+        // Before the oracle runs (start-up) nothing is served yet.
+        None => Err(NodeError::NotInitialized),
     };
-    let outcome = propose(
-        &raft,
-        settings.group,
-        settings.node_id,
-        command,
-        settings.write_timeout_ms,
-    )
-    .await;
     match outcome {
         Ok(CommandResult::Write(outcomes)) if outcomes.len() == count => {
             for (reply, results) in replies.into_iter().zip(outcomes) {

@@ -14,8 +14,7 @@ use crate::proposal;
 use crate::raft::state_machine::{CountResult, ScanOptions, ScanPage};
 use crate::raft::types::{
     Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, GroupId, Versioned, WriteCommand, WriteOp,
-    WriteOpResult,
-};
+    WriteOpResult, TimedDeleteRange};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
@@ -108,8 +107,18 @@ impl Node {
         keys: &[Vec<u8>],
         read_ts: u64,
     ) -> Result<Vec<Option<Versioned>>, NodeError> {
+        // A timestamp no oracle handed out yet would fence every write for good.
+        let source = self.timestamp_source().ok_or(NodeError::NotInitialized)?;
+        let now = source.timestamp().await?;
+        if read_ts > now {
+            return Err(NodeError::InvalidArgument(format!(
+                "read timestamp {read_ts} is in the future (the oracle is at {now})"
+            )));
+        }
         self.ensure_linearizable(group).await?;
         group.concurrency.prepare_read(read_ts).await;
+        // Still the leader after the wait: writes it waited for were its own.
+        self.ensure_linearizable(group).await?;
         match group.state.get_many_at(keys, read_ts).await? {
             Ok(values) => Ok(values),
             Err(safe_point) => Err(NodeError::InvalidArgument(format!(
@@ -155,14 +164,41 @@ impl Node {
                 group.id
             )));
         }
-        let command = Command::DeleteRange(DeleteRangeCommand {
+        let command = DeleteRangeCommand {
             request_id,
             start,
             end,
             limit,
             issued_at_ms: now_ms(),
+        };
+        // Tombstones are versions: they commit at an oracle timestamp, fenced like writes.
+        let source = self.timestamp_source().ok_or(NodeError::NotInitialized)?;
+        group.hibernation.touch();
+        let gate = group.leadership.gate();
+        let _open = gate.read().await;
+        let term = group.raft.metrics().borrow().current_term;
+        let registered = group.concurrency.write_timestamp(source.as_ref()).await?;
+        if group.raft.metrics().borrow().current_term != term {
+            return Err(NodeError::NotLeader {
+                group: group.id,
+                leader: proposal::leader_hint(&group.raft),
+                proposed: false,
+            });
+        }
+        let command = Command::DeleteRangeAt(TimedDeleteRange {
+            commit_ts: registered.commit_ts(),
+            command,
         });
-        match self.propose(group, command).await? {
+        let outcome = proposal::propose_holding(
+            &group.raft,
+            group.id,
+            self.node_id(),
+            command,
+            self.config().write_timeout_ms,
+            registered,
+        )
+        .await?;
+        match outcome {
             CommandResult::DeleteRange(result) => Ok(result),
             other => Err(NodeError::OutcomeUnknown(format!(
                 "unexpected apply result {other:?}"

@@ -82,6 +82,15 @@ pub enum Command {
     /// Shard groups: drop versions no read at or after `safe_point` can see, in one chunk
     /// of history records (see `state_machine/mvcc.rs`). The safe point only rises.
     CollectGarbage(GcCommand),
+    /// Shard groups: a delete-range whose tombstones commit at `commit_ts`.
+    DeleteRangeAt(TimedDeleteRange),
+}
+
+/// A [`Command::DeleteRangeAt`]: the delete-range and its commit timestamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimedDeleteRange {
+    pub commit_ts: u64,
+    pub command: DeleteRangeCommand,
 }
 
 /// One chunk of garbage collection.
@@ -167,6 +176,7 @@ impl fmt::Display for Command {
             Command::WriteAt(timed) => {
                 write!(f, "write({} writes at {})", timed.writes.len(), timed.commit_ts)
             }
+            Command::DeleteRangeAt(timed) => write!(f, "delete-range(limit {} at {})", timed.command.limit, timed.commit_ts),
             Command::CollectGarbage(gc) => write!(
                 f,
                 "collect-garbage(below {}, {} records)",

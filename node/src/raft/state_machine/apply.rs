@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::dedup::{EntryRecords, DELETE_RANGES, WRITES};
 use super::layout::{
-    data_bounds, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
+    data_bounds, data_key, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
 };
 use super::mvcc::{self, Version};
 use super::GroupState;
@@ -166,7 +166,10 @@ impl GroupState {
                 }
             },
             EntryPayload::Normal(Command::DeleteRange(command)) => {
-                self.apply_delete_range(tree, entry.log_id.index, command, &mut batch)?
+                self.apply_delete_range(tree, entry.log_id.index, 0, command, &mut batch)?
+            }
+            EntryPayload::Normal(Command::DeleteRangeAt(timed)) => {
+                self.apply_delete_range(tree, entry.log_id.index, timed.commit_ts, &timed.command, &mut batch)?
             }
             EntryPayload::Normal(Command::ChangeRing(change)) => match tree.get(CLUSTER_KEY)? {
                 None => CommandResult::Ring(RingChangeOutcome::Rejected(RingChangeRejection::NotInitialized)),
@@ -294,14 +297,29 @@ impl GroupState {
                 continue;
             }
             let existed = current.is_some();
-            let next = Version {
-                version: log_index,
-                commit_ts: mvcc::effective_commit_ts(head.as_ref(), commit_ts),
-                value: op.value.clone(),
-            };
-            mvcc::put_version(batch, &op.key, head.as_ref(), &next)?;
-            if next.value.is_some() || existed {
-                overlay.insert(op.key.clone(), Some(next));
+            match overlay.get(&op.key) {
+                // Written earlier in this entry: the entry is one version of the key, at one
+                // commit timestamp, and only the head from before the entry is history.
+                Some(Some(earlier)) => {
+                    let next = Version {
+                        version: log_index,
+                        commit_ts: earlier.commit_ts,
+                        value: op.value.clone(),
+                    };
+                    batch.insert(data_key(&op.key), mvcc::encode_head(&next));
+                    overlay.insert(op.key.clone(), Some(next));
+                }
+                _ => {
+                    let next = Version {
+                        version: log_index,
+                        commit_ts: mvcc::effective_commit_ts(head.as_ref(), commit_ts),
+                        value: op.value.clone(),
+                    };
+                    mvcc::put_version(batch, &op.key, head.as_ref(), &next)?;
+                    if next.value.is_some() || existed {
+                        overlay.insert(op.key.clone(), Some(next));
+                    }
+                }
             }
             results.push(WriteOpResult {
                 succeeded: true,
@@ -319,6 +337,7 @@ impl GroupState {
         &self,
         tree: &TreeRef,
         log_index: u64,
+        commit_ts: u64,
         command: &DeleteRangeCommand,
         batch: &mut Batch,
     ) -> Result<CommandResult, StorageError> {
@@ -328,7 +347,7 @@ impl GroupState {
         let result = match DELETE_RANGES.lookup(tree, &command.request_id, legacy)? {
             Some(result) => result,
             None => {
-                let result = delete_first(tree, log_index, command, batch)?;
+                let result = delete_first(tree, log_index, commit_ts, command, batch)?;
                 records.record_delete_range(batch, &command.request_id, command.issued_at_ms, &result)?;
                 result
             }
@@ -343,6 +362,7 @@ impl GroupState {
 fn delete_first(
     tree: &TreeRef,
     log_index: u64,
+    commit_ts: u64,
     command: &DeleteRangeCommand,
     batch: &mut Batch,
 ) -> Result<DeleteRangeResult, StorageError> {
@@ -365,7 +385,7 @@ fn delete_first(
         let user = user_key(tree.name(), &key)?;
         let tombstone = Version {
             version: log_index,
-            commit_ts: mvcc::effective_commit_ts(Some(&head), 0),
+            commit_ts: mvcc::effective_commit_ts(Some(&head), commit_ts),
             value: None,
         };
         mvcc::put_version(batch, &user, Some(&head), &tombstone)?;
@@ -660,6 +680,42 @@ mod tests {
         }
         let (_engine, state) = open(dir.path());
         assert_eq!(state.tso_limit_ms().expect("limit"), TSO_MAX_PHYSICAL_MS);
+    }
+
+    /// Writes of one key within one entry are one version at the entry's commit timestamp;
+    /// only the head from before the entry becomes history.
+    #[tokio::test]
+    async fn one_entry_is_one_version_per_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        sm.apply(vec![put(1, b"k", b"old", 1)]).await.expect("apply");
+        let op = |value: &[u8]| WriteOp {
+            key: b"k".to_vec(),
+            value: Some(value.to_vec()),
+            expected_version: None,
+        };
+        let entry = Entry {
+            log_id: log_id(2, 2),
+            payload: EntryPayload::Normal(Command::WriteAt(crate::raft::types::TimedWrites {
+                commit_ts: 100,
+                writes: vec![WriteCommand {
+                    request_id: [2; 16],
+                    issued_at_ms: 1_000,
+                    ops: vec![op(b"a"), op(b"b"), op(b"c")],
+                }],
+            })),
+        };
+        sm.apply(vec![entry]).await.expect("apply");
+        let tree = state.tree();
+        let head = mvcc::head(&tree, b"k").expect("head").expect("a head");
+        assert_eq!((head.commit_ts, head.value), (100, Some(b"c".to_vec())));
+        let at = |ts| mvcc::read_at(&tree, b"k", ts).expect("read").and_then(|v| v.value);
+        assert_eq!(at(100), Some(b"c".to_vec()));
+        assert_eq!(at(101), Some(b"c".to_vec()), "no version above the entry's timestamp");
+        assert_eq!(at(99), Some(b"old".to_vec()));
+        let (start, end) = prefix_bounds(&[mvcc::HISTORY_PREFIX]);
+        assert_eq!(tree.range(start, end).count(), 1, "only the head from before the entry");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! | `a` | postcard `LogId` | last applied log id |
 //! | `i` | postcard `(LogId, Vec<(key, Option<value>)>)` | the last applied entry's writes, recorded before they are made (see `apply.rs`) |
 //! | `m` | postcard `StoredMembership` | last applied membership |
+//! | `s` | safe point (u64 big-endian) | garbage collection's last safe point: reads below it are refused |
 //! | `c` | postcard `ClusterConfig` | cluster configuration (system group only) |
 //! | `o` | postcard `u64` | the timestamp oracle's persisted bound, in milliseconds (system group only) |
 //!

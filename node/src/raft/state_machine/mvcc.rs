@@ -177,8 +177,9 @@ pub(super) fn read_at(tree: &TreeRef, key: &[u8], read_ts: u64) -> Result<Option
     if head.commit_ts <= read_ts {
         return Ok(head.value.is_some().then_some(head));
     }
-    let prefix = history_prefix(key)?;
-    let from = history_key(key, read_ts)?;
+    let (Ok(prefix), Ok(from)) = (history_prefix(key), history_key(key, read_ts)) else {
+        return Ok(None);
+    };
     let mut end = prefix;
     end.extend_from_slice(&[0xff; 8]);
     let mut versions = tree.range(std::ops::Bound::Included(from), std::ops::Bound::Included(end));
@@ -215,7 +216,11 @@ pub(super) fn put_version(
         return Ok(());
     }
     if let Some(current) = current {
-        batch.insert(history_key(key, current.commit_ts)?, encode_history(current));
+        // A key too long for a history record (only data written before the 65,535-byte key
+        // limit can be) keeps no history: snapshot reads below its head see it absent.
+        if let Ok(history) = history_key(key, current.commit_ts) {
+            batch.insert(history, encode_history(current));
+        }
     }
     batch.insert(data_key(key), encode_head(next));
     Ok(())
