@@ -49,15 +49,23 @@ async fn reads_at_a_timestamp_see_the_writes_before_it() -> anyhow::Result<()> {
 
     // A delete-range is versioned too: a read before it still sees the keys.
     let before_range = client.timestamp().await?;
-    let deleted = client.delete_range(&ringkv_client::KeyRange::prefix(b"oth")).await?;
+    let deleted = client
+        .delete_range(&ringkv_client::KeyRange::prefix(b"oth"))
+        .await?;
     assert_eq!(deleted, 1);
     assert_eq!(
-        value(client.get_with(b"other", ReadConsistency::At(before_range)).await?),
+        value(
+            client
+                .get_with(b"other", ReadConsistency::At(before_range))
+                .await?
+        ),
         Some(b"x".to_vec())
     );
     assert_eq!(client.get(b"other").await?, None);
     // A timestamp no oracle handed out yet is refused.
-    let future = client.get_with(b"k", ReadConsistency::At(before_range + (1 << 40))).await;
+    let future = client
+        .get_with(b"k", ReadConsistency::At(before_range + (1 << 40)))
+        .await;
     assert!(matches!(future, Err(Error::InvalidArgument(_))), "{future:?}");
 
     // Garbage collection passes `after_one` (3 s of life); reads there are refused, reads at
@@ -76,7 +84,10 @@ async fn reads_at_a_timestamp_see_the_writes_before_it() -> anyhow::Result<()> {
     assert!(refused.contains("safe point"), "{refused}");
     let now = client.timestamp().await?;
     assert_eq!(value(at(now).await?), None);
-    assert_eq!(value(client.get_with(b"other", ReadConsistency::At(now)).await?), None);
+    assert_eq!(
+        value(client.get_with(b"other", ReadConsistency::At(now)).await?),
+        None
+    );
     let stale_at = client
         .get_with(b"k", ReadConsistency::Stale)
         .await

@@ -13,8 +13,9 @@ use crate::group::Group;
 use crate::proposal;
 use crate::raft::state_machine::{CountResult, ScanOptions, ScanPage};
 use crate::raft::types::{
-    Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, GroupId, Versioned, WriteCommand, WriteOp,
-    WriteOpResult, TimedDeleteRange};
+    Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, GroupId, TimedDeleteRange, Versioned,
+    WriteCommand, WriteOp, WriteOpResult,
+};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {

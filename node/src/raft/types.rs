@@ -176,7 +176,11 @@ impl fmt::Display for Command {
             Command::WriteAt(timed) => {
                 write!(f, "write({} writes at {})", timed.writes.len(), timed.commit_ts)
             }
-            Command::DeleteRangeAt(timed) => write!(f, "delete-range(limit {} at {})", timed.command.limit, timed.commit_ts),
+            Command::DeleteRangeAt(timed) => write!(
+                f,
+                "delete-range(limit {} at {})",
+                timed.command.limit, timed.commit_ts
+            ),
             Command::CollectGarbage(gc) => write!(
                 f,
                 "collect-garbage(below {}, {} records)",

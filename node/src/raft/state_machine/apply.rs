@@ -168,9 +168,13 @@ impl GroupState {
             EntryPayload::Normal(Command::DeleteRange(command)) => {
                 self.apply_delete_range(tree, entry.log_id.index, 0, command, &mut batch)?
             }
-            EntryPayload::Normal(Command::DeleteRangeAt(timed)) => {
-                self.apply_delete_range(tree, entry.log_id.index, timed.commit_ts, &timed.command, &mut batch)?
-            }
+            EntryPayload::Normal(Command::DeleteRangeAt(timed)) => self.apply_delete_range(
+                tree,
+                entry.log_id.index,
+                timed.commit_ts,
+                &timed.command,
+                &mut batch,
+            )?,
             EntryPayload::Normal(Command::ChangeRing(change)) => match tree.get(CLUSTER_KEY)? {
                 None => CommandResult::Ring(RingChangeOutcome::Rejected(RingChangeRejection::NotInitialized)),
                 Some(bytes) => {
@@ -710,12 +714,24 @@ mod tests {
         let tree = state.tree();
         let head = mvcc::head(&tree, b"k").expect("head").expect("a head");
         assert_eq!((head.commit_ts, head.value), (100, Some(b"c".to_vec())));
-        let at = |ts| mvcc::read_at(&tree, b"k", ts).expect("read").and_then(|v| v.value);
+        let at = |ts| {
+            mvcc::read_at(&tree, b"k", ts)
+                .expect("read")
+                .and_then(|v| v.value)
+        };
         assert_eq!(at(100), Some(b"c".to_vec()));
-        assert_eq!(at(101), Some(b"c".to_vec()), "no version above the entry's timestamp");
+        assert_eq!(
+            at(101),
+            Some(b"c".to_vec()),
+            "no version above the entry's timestamp"
+        );
         assert_eq!(at(99), Some(b"old".to_vec()));
         let (start, end) = prefix_bounds(&[mvcc::HISTORY_PREFIX]);
-        assert_eq!(tree.range(start, end).count(), 1, "only the head from before the entry");
+        assert_eq!(
+            tree.range(start, end).count(),
+            1,
+            "only the head from before the entry"
+        );
     }
 
     #[test]
