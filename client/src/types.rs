@@ -31,8 +31,9 @@ pub enum ReadConsistency {
     /// By any replica from its local state: possibly stale, never torn.
     Stale,
     /// A snapshot read as of a timestamp of the oracle ([`crate::Client::timestamp`]): the
-    /// newest version committed at or before it, through the shard leader. Timestamps older
-    /// than the cluster's `gc_life_time_ms` are refused (those versions may be gone).
+    /// newest version committed at or before it, through the shard leader. A timestamp older
+    /// than the shard's version history (the nodes' `--mvcc-window-ms`, 10 s by default, and
+    /// not across a leader's restart) is refused with "snapshot too old".
     At(u64),
 }
 

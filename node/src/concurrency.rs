@@ -15,6 +15,14 @@
 //! waited for. Because every `T` comes from the oracle, a transaction that starts after a
 //! write was acknowledged gets a larger start timestamp and sees it.
 //!
+//! A leader fetches each entry's timestamp and hands the entry to openraft under one lock
+//! ([`ConcurrencyManager::proposing`]), so a shard's log holds its entries in timestamp
+//! order: entries of an earlier term were fetched before this leader was elected, hence
+//! below its timestamps. The state machine therefore commits every entry at the timestamp
+//! it carries (it would lift one that came out of order just above the shard's highest).
+//! A commit timestamp that did not come from the oracle could be missed by a read whose
+//! timestamp was taken after the write was acknowledged.
+//!
 //! The oracle lives above the node's groups (`tso/`), so it is reached through the
 //! [`TimestampSource`] trait, set once at start-up ([`TimestampSlot`]).
 
@@ -53,6 +61,8 @@ pub struct ConcurrencyManager {
     state: Mutex<State>,
     /// Woken whenever a write unregisters.
     released: Notify,
+    /// Held from fetching a write's timestamp until its entry is handed to openraft.
+    proposing: tokio::sync::Mutex<()>,
 }
 
 /// A registered write timestamp; unregisters on drop.
@@ -85,6 +95,14 @@ impl Drop for WriteTimestamp {
 impl ConcurrencyManager {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held by a proposer from fetching its timestamp until openraft has its entry, so the
+    /// shard's entries enter the log in timestamp order and the state machine commits each
+    /// at the timestamp it carries (`state_machine/mvcc.rs`). A later entry still fetches
+    /// while earlier ones are being replicated.
+    pub async fn proposing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.proposing.lock().await
     }
 
     /// A commit timestamp for a write entry, registered until the returned guard drops.

@@ -107,10 +107,12 @@ pub struct NodeConfig {
     /// starts at its own clock instead of above the persisted bound, so after a leader whose
     /// clock ran ahead, timestamps go back.
     pub unsafe_tso_ignore_bound: bool,
-    /// How long old versions stay readable by snapshot reads (and transactions), in ms.
-    pub gc_life_time_ms: u64,
-    /// How often a shard leader collects old versions, in ms.
-    pub gc_interval_ms: u64,
+    /// How long replaced versions stay in memory for snapshot reads (and transactions), in
+    /// ms of oracle time: a read at an older timestamp is refused (see `mvcc.rs`).
+    pub mvcc_window_ms: u64,
+    /// Most bytes of replaced versions all of the node's shards keep in memory together;
+    /// past it the oldest go first, shortening the window.
+    pub mvcc_history_max_bytes: usize,
 }
 
 impl Default for NodeConfig {
@@ -159,8 +161,9 @@ impl Default for NodeConfig {
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,
             unsafe_tso_ignore_bound: false,
-            gc_life_time_ms: 60_000,
-            gc_interval_ms: 10_000,
+            // FoundationDB keeps 5 s; a transaction may run this long.
+            mvcc_window_ms: 10_000,
+            mvcc_history_max_bytes: 256 << 20,
         }
     }
 }
@@ -257,12 +260,8 @@ impl NodeConfig {
         if self.rpc_timeout_ms == 0 || self.write_timeout_ms == 0 {
             return fail("rpc_timeout_ms and write_timeout_ms must be positive".to_string());
         }
-        if self.gc_interval_ms < 100 {
-            return fail("gc_interval_ms must be at least 100".to_string());
-        }
-        // A key's history records hold its length in 16 bits.
-        if self.max_key_bytes == 0 || self.max_key_bytes > usize::from(u16::MAX) {
-            return fail("max_key_bytes must be between 1 and 65535".to_string());
+        if self.max_key_bytes == 0 || self.max_key_bytes > 64 << 10 {
+            return fail("max_key_bytes must be between 1 and 65536".to_string());
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
             return fail("max_value_bytes must be between 1 and 64 MiB".to_string());

@@ -61,6 +61,14 @@ pub enum NodeError {
     /// A bounded queue is full; retry later.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// A snapshot read older than the versions the shard keeps (see
+    /// `raft/state_machine/mvcc.rs`).
+    #[error(
+        "snapshot too old: read timestamp {read_ts} is below {floor}, the oldest this shard's version \
+         history reaches (versions are kept for --mvcc-window-ms, and not across a restart or a \
+         snapshot install); read at a newer timestamp"
+    )]
+    SnapshotTooOld { read_ts: u64, floor: u64 },
 }
 
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
@@ -123,6 +131,10 @@ impl NodeError {
             },
             NodeError::RingChangeRejected(rejection) => NodeError::RingChangeRejected(rejection.clone()),
             NodeError::CampaignRefused(refusal) => NodeError::CampaignRefused(refusal.clone()),
+            NodeError::SnapshotTooOld { read_ts, floor } => NodeError::SnapshotTooOld {
+                read_ts: *read_ts,
+                floor: *floor,
+            },
             NodeError::Encode { what, detail } => NodeError::Encode {
                 what,
                 detail: detail.clone(),
@@ -158,7 +170,8 @@ impl NodeError {
             | NodeError::Malformed { .. }
             | NodeError::RingChangeRejected(_)
             | NodeError::CampaignRefused(_)
-            | NodeError::Overloaded(_) => true,
+            | NodeError::Overloaded(_)
+            | NodeError::SnapshotTooOld { .. } => true,
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::raft::flusher::Flusher;
 use crate::raft::log_store::{wal_group, LogStore};
 use crate::raft::network::{NetworkFactory, Transport};
 use crate::raft::snapshot::SnapshotDir;
-use crate::raft::state_machine::{DedupPolicy, GroupState, StateMachine};
+use crate::raft::state_machine::{DedupPolicy, GroupState, HistoryBudget, HistoryPolicy, StateMachine};
 use crate::raft::types::{GroupId, LogId, NodeId, Raft};
 use crate::read_index::{ReadBatcher, ReadCounters, ReadSettings};
 use crate::storage::{EngineRef, StorageError, TreeRef};
@@ -83,6 +83,8 @@ pub struct GroupDeps {
     pub read_counters: Arc<ReadCounters>,
     /// The node's timestamp oracle, once it runs (commit timestamps of shard writes).
     pub timestamps: TimestampSlot,
+    /// The memory all of the node's shards may keep history in (see `mvcc.rs`).
+    pub history_budget: Arc<HistoryBudget>,
 }
 
 impl GroupDeps {
@@ -97,6 +99,10 @@ impl GroupDeps {
             self.catalog.clone(),
             snapshots,
             DedupPolicy::with_window(config.dedup_window_ms),
+            HistoryPolicy {
+                window_ms: config.mvcc_window_ms,
+                budget: self.history_budget.clone(),
+            },
         )?;
         let (log, purge_requests) = LogStore::open(
             self.wal.clone(),

@@ -29,7 +29,6 @@ pub mod concurrency;
 pub mod config;
 pub mod convert;
 pub mod error;
-pub mod gc;
 pub mod gossip_agent;
 pub mod group;
 pub mod hibernation;

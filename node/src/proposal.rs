@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::concurrency::{ConcurrencyManager, TimestampSlot};
+use crate::concurrency::{ConcurrencyManager, TimestampSlot, TimestampSource};
 use crate::error::NodeError;
 use crate::raft::types::{
     Command, CommandResult, GroupId, NodeId, Raft, RequestId, TimedWrites, WriteCommand, WriteOpResult,
@@ -87,54 +87,71 @@ pub async fn propose(
     }
 }
 
-/// Like [`propose`], but `guard` (a registered commit timestamp) is released only when
-/// openraft has resolved the write — committed and applied, or failed — not when the caller
+/// Proposes `make(commit_ts)` at a fresh commit timestamp from `source`: the entry is handed
+/// to openraft before any later timestamp of the shard is fetched, so the shard's log holds
+/// its entries in timestamp order (`concurrency.rs`). The timestamp stays registered until
+/// openraft resolves the write — committed and applied, or failed — not until the caller
 /// stops waiting: a write that times out here may still commit, and a snapshot read must go
-/// on waiting for it. The write's task ends with openraft's answer (openraft answers every
+/// on waiting for it. That wait's task ends with openraft's answer (openraft answers every
 /// pending write at the latest when the group shuts down).
-pub async fn propose_holding<G: Send + 'static>(
+pub async fn propose_timed(
     raft: &Raft,
     group: GroupId,
     node_id: NodeId,
-    command: Command,
+    timestamps: (&Arc<ConcurrencyManager>, &dyn TimestampSource),
     timeout_ms: u64,
-    guard: G,
+    make: impl FnOnce(u64) -> Command,
 ) -> Result<CommandResult, NodeError> {
+    let not_leader = || NodeError::NotLeader {
+        group,
+        leader: leader_hint(raft),
+        proposed: false,
+    };
+    // Only a leader fetches: a timestamp fetched after this replica became leader is above
+    // every snapshot read an earlier leader served.
     if !is_leader(raft, node_id) {
-        return Err(NodeError::NotLeader {
-            group,
-            leader: leader_hint(raft),
-            proposed: false,
-        });
+        return Err(not_leader());
     }
-    let (done, answer) = oneshot::channel();
-    let writer = raft.clone();
+    let (manager, source) = timestamps;
+    let (registered, answer) = {
+        let _in_order = manager.proposing().await;
+        let term = raft.metrics().borrow().current_term;
+        let registered = manager.write_timestamp(source).await?;
+        // The term must not have moved while the timestamp was fetched: a leader of a term
+        // in between may have served a snapshot read above it.
+        if raft.metrics().borrow().current_term != term {
+            return Err(not_leader());
+        }
+        let answer = raft
+            .client_write_ff(make(registered.commit_ts()))
+            .await
+            .map_err(|fatal| NodeError::Fatal(fatal.to_string()))?;
+        (registered, answer)
+    };
+    let (done, resolved) = oneshot::channel();
     tokio::spawn(async move {
-        let result = writer.client_write(command).await;
-        drop(guard);
+        let result = answer.await;
+        drop(registered);
         let _ = done.send(result);
     });
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), answer).await {
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), resolved).await {
         Err(_elapsed) => Err(NodeError::Timeout {
             what: format!("{group} to commit the write"),
             timeout_ms,
             proposed: true,
         }),
-        Ok(Err(_dropped)) => Err(NodeError::OutcomeUnknown(format!(
-            "{group} dropped the write while it was being committed"
+        Ok(Err(_)) | Ok(Ok(Err(_))) => Err(NodeError::OutcomeUnknown(format!(
+            "{group} stopped while the write was being committed"
         ))),
-        Ok(Ok(Ok(response))) => Ok(response.data),
-        Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))))) => {
-            Err(NodeError::NotLeader {
-                group,
-                leader: forwarded_leader(forward),
-                proposed: true,
-            })
-        }
-        Ok(Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(err))))) => {
+        Ok(Ok(Ok(Ok(response)))) => Ok(response.data),
+        Ok(Ok(Ok(Err(ClientWriteError::ForwardToLeader(forward))))) => Err(NodeError::NotLeader {
+            group,
+            leader: forwarded_leader(forward),
+            proposed: true,
+        }),
+        Ok(Ok(Ok(Err(ClientWriteError::ChangeMembershipError(err))))) => {
             Err(NodeError::OutcomeUnknown(err.to_string()))
         }
-        Ok(Ok(Err(RaftError::Fatal(fatal)))) => Err(NodeError::Fatal(fatal.to_string())),
     }
 }
 
@@ -329,47 +346,22 @@ async fn commit_entry(
     if settings.unsafe_ack_before_commit {
         return ack_before_commit(&raft, settings, commands, replies).await;
     }
-    // Only a leader fetches a commit timestamp: one fetched after this replica became leader
-    // is above every snapshot read an earlier leader served (see `concurrency.rs`).
-    if !is_leader(&raft, settings.node_id) {
-        let not_leader = NodeError::NotLeader {
-            group: settings.group,
-            leader: leader_hint(&raft),
-            proposed: false,
-        };
-        for reply in replies {
-            let _ = reply.send(Err(not_leader.duplicate()));
-        }
-        return;
-    }
     let outcome = match timestamps.source.get() {
         Some(source) => {
-            let term = raft.metrics().borrow().current_term;
-            match timestamps.manager.write_timestamp(source.as_ref()).await {
-                // The term must not have moved while the timestamp was fetched: a leader of a
-                // term in between may have served a snapshot read above it.
-                Ok(_) if raft.metrics().borrow().current_term != term => Err(NodeError::NotLeader {
-                    group: settings.group,
-                    leader: leader_hint(&raft),
-                    proposed: false,
-                }),
-                Ok(registered) => {
-                    let command = Command::WriteAt(TimedWrites {
-                        commit_ts: registered.commit_ts(),
+            propose_timed(
+                &raft,
+                settings.group,
+                settings.node_id,
+                (&timestamps.manager, source.as_ref()),
+                settings.write_timeout_ms,
+                |commit_ts| {
+                    Command::WriteAt(TimedWrites {
+                        commit_ts,
                         writes: commands,
-                    });
-                    propose_holding(
-                        &raft,
-                        settings.group,
-                        settings.node_id,
-                        command,
-                        settings.write_timeout_ms,
-                        registered,
-                    )
-                    .await
-                }
-                Err(err) => Err(err),
-            }
+                    })
+                },
+            )
+            .await
         }
         // Before the oracle runs (start-up) nothing is served yet.
         None => Err(NodeError::NotInitialized),

@@ -15,7 +15,6 @@ use tracing::{error, info, warn};
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::error::NodeError;
-use crate::gc::GarbageCollector;
 use crate::gossip_agent::{GossipAgent, LivenessView};
 use crate::keepalive::Hibernator;
 use crate::membership::SystemDuties;
@@ -57,7 +56,6 @@ pub struct NodeHandle {
     duties: SystemDuties,
     hibernator: Hibernator,
     oracle: Arc<Oracle>,
-    gc: GarbageCollector,
     gossip: Option<GossipAgent>,
 }
 
@@ -135,7 +133,6 @@ impl NodeServer {
         let hibernator = Hibernator::spawn(node.clone(), liveness.clone());
         let oracle = Oracle::start(node.clone());
         node.set_timestamp_source(oracle.clone());
-        let gc = GarbageCollector::spawn(node.clone());
         let cancel = CancellationToken::new();
         let router = tonic::transport::Server::builder()
             .add_service(
@@ -179,7 +176,6 @@ impl NodeServer {
             duties,
             hibernator,
             oracle,
-            gc,
             gossip,
         })
     }
@@ -213,7 +209,6 @@ impl NodeHandle {
         self.reconciler.shutdown().await;
         self.duties.shutdown().await;
         self.hibernator.shutdown().await;
-        self.gc.shutdown().await;
         self.oracle.shutdown().await;
         self.node.shutdown().await;
     }

@@ -39,12 +39,12 @@ struct Args {
     /// Log entries kept after a snapshot.
     #[arg(long)]
     logs_to_keep_after_snapshot: Option<u64>,
-    /// How long old versions stay readable by snapshot reads, in ms.
+    /// How long replaced versions stay readable by snapshot reads and transactions, in ms.
     #[arg(long)]
-    gc_life_time_ms: Option<u64>,
-    /// How often a shard leader collects versions older than that, in ms.
+    mvcc_window_ms: Option<u64>,
+    /// Most bytes of replaced versions the node keeps in memory (all shards together).
     #[arg(long)]
-    gc_interval_ms: Option<u64>,
+    mvcc_history_max_bytes: Option<usize>,
     /// Catch-up bytes per second this node sends over all groups: snapshot chunks and log
     /// entries for followers that lag, e.g. new replicas of a move (0 = unlimited).
     #[arg(long)]
@@ -138,11 +138,11 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     if let Some(n) = args.logs_to_keep_after_snapshot {
         config.logs_to_keep_after_snapshot = n;
     }
-    if let Some(ms) = args.gc_life_time_ms {
-        config.gc_life_time_ms = ms;
+    if let Some(ms) = args.mvcc_window_ms {
+        config.mvcc_window_ms = ms;
     }
-    if let Some(ms) = args.gc_interval_ms {
-        config.gc_interval_ms = ms;
+    if let Some(bytes) = args.mvcc_history_max_bytes {
+        config.mvcc_history_max_bytes = bytes;
     }
     if let Some(n) = args.catch_up_bytes_per_sec {
         config.catch_up_bytes_per_sec = n;

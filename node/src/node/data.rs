@@ -122,10 +122,10 @@ impl Node {
         self.ensure_linearizable(group).await?;
         match group.state.get_many_at(keys, read_ts).await? {
             Ok(values) => Ok(values),
-            Err(safe_point) => Err(NodeError::InvalidArgument(format!(
-                "read timestamp {read_ts} is below the shard's garbage-collection safe point {safe_point}: \
-                 versions it would need may be gone; read at a newer timestamp"
-            ))),
+            Err(below) => Err(NodeError::SnapshotTooOld {
+                read_ts,
+                floor: below.floor,
+            }),
         }
     }
 
@@ -172,31 +172,18 @@ impl Node {
             limit,
             issued_at_ms: now_ms(),
         };
-        // Tombstones are versions: they commit at an oracle timestamp, fenced like writes.
+        // Deletions are versions: they commit at an oracle timestamp, fenced like writes.
         let source = self.timestamp_source().ok_or(NodeError::NotInitialized)?;
         group.hibernation.touch();
         let gate = group.leadership.gate();
         let _open = gate.read().await;
-        let term = group.raft.metrics().borrow().current_term;
-        let registered = group.concurrency.write_timestamp(source.as_ref()).await?;
-        if group.raft.metrics().borrow().current_term != term {
-            return Err(NodeError::NotLeader {
-                group: group.id,
-                leader: proposal::leader_hint(&group.raft),
-                proposed: false,
-            });
-        }
-        let command = Command::DeleteRangeAt(TimedDeleteRange {
-            commit_ts: registered.commit_ts(),
-            command,
-        });
-        let outcome = proposal::propose_holding(
+        let outcome = proposal::propose_timed(
             &group.raft,
             group.id,
             self.node_id(),
-            command,
+            (&group.concurrency, source.as_ref()),
             self.config().write_timeout_ms,
-            registered,
+            |commit_ts| Command::DeleteRangeAt(TimedDeleteRange { commit_ts, command }),
         )
         .await?;
         match outcome {

@@ -39,6 +39,7 @@ use crate::peers::Peers;
 use crate::raft::flusher::Flusher;
 use crate::raft::log_store::migrate_legacy_logs;
 use crate::raft::network::Transport;
+use crate::raft::state_machine::HistoryBudget;
 use crate::raft::types::{ClusterConfig, GroupId, NodeId};
 use crate::storage::{EngineRef, StorageError, TreeRef};
 
@@ -137,6 +138,7 @@ impl Node {
         }
         .validate()
         .map_err(|err| NodeError::InvalidArgument(format!("raft config: {err}")))?;
+        let history_budget = HistoryBudget::new(config.mvcc_history_max_bytes);
         let deps = GroupDeps {
             config,
             engine,
@@ -149,6 +151,7 @@ impl Node {
             tasks,
             read_counters: Arc::default(),
             timestamps: TimestampSlot::default(),
+            history_budget,
         };
         deps.finish_retirements()?;
         let system = deps.open(GroupId::System).await?;

@@ -77,12 +77,10 @@ pub enum Command {
     /// [`TSO_MAX_PHYSICAL_MS`] is applied as that maximum.
     TsoAdvance(u64),
     /// Shard groups: like [`Command::Write`], committed at `commit_ts` (a timestamp of the
-    /// oracle; a key whose head is at or above it commits just above its head instead).
+    /// oracle; if the shard already applied one at or above it, just above that instead:
+    /// see `state_machine/mvcc.rs`).
     WriteAt(TimedWrites),
-    /// Shard groups: drop versions no read at or after `safe_point` can see, in one chunk
-    /// of history records (see `state_machine/mvcc.rs`). The safe point only rises.
-    CollectGarbage(GcCommand),
-    /// Shard groups: a delete-range whose tombstones commit at `commit_ts`.
+    /// Shard groups: a delete-range committed at `commit_ts` (as [`Command::WriteAt`]).
     DeleteRangeAt(TimedDeleteRange),
 }
 
@@ -91,29 +89,6 @@ pub enum Command {
 pub struct TimedDeleteRange {
     pub commit_ts: u64,
     pub command: DeleteRangeCommand,
-}
-
-/// One chunk of garbage collection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GcCommand {
-    pub safe_point: u64,
-    /// Resume after this history record (`None`: from the first).
-    #[serde(with = "serde_bytes")]
-    pub after: Option<Vec<u8>>,
-    /// Most history records examined.
-    pub limit: u32,
-}
-
-/// What one chunk of garbage collection did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GcOutcome {
-    pub versions_dropped: u64,
-    pub tombstones_dropped: u64,
-    /// Where the next chunk starts; `None` once every history record was examined.
-    #[serde(with = "serde_bytes")]
-    pub resume_after: Option<Vec<u8>>,
-    /// The safe point in force after the chunk.
-    pub safe_point: u64,
 }
 
 /// The writes of a [`Command::WriteAt`] entry and their commit timestamp.
@@ -180,11 +155,6 @@ impl fmt::Display for Command {
                 f,
                 "delete-range(limit {} at {})",
                 timed.command.limit, timed.commit_ts
-            ),
-            Command::CollectGarbage(gc) => write!(
-                f,
-                "collect-garbage(below {}, {} records)",
-                gc.safe_point, gc.limit
             ),
         }
     }
@@ -294,8 +264,6 @@ pub enum CommandResult {
     Ring(RingChangeOutcome),
     /// The timestamp oracle's bound in force after a [`Command::TsoAdvance`] (milliseconds).
     TsoLimit(u64),
-    /// The outcome of a [`Command::CollectGarbage`] chunk.
-    Gc(GcOutcome),
 }
 
 /// The outcome of a [`RingChange`].
@@ -368,6 +336,18 @@ mod tests {
         });
         assert_eq!(encode(&delete_range).first(), Some(&2));
         assert_eq!(encode(&Command::TsoAdvance(300)), vec![4, 172, 2]);
+        let write_at = Command::WriteAt(TimedWrites {
+            commit_ts: 1,
+            writes: Vec::new(),
+        });
+        assert_eq!(encode(&write_at), vec![5, 1, 0]);
+        if let Command::DeleteRange(command) = delete_range {
+            let timed = Command::DeleteRangeAt(TimedDeleteRange {
+                commit_ts: 1,
+                command,
+            });
+            assert_eq!(encode(&timed).first(), Some(&6));
+        }
         let result = |result: &CommandResult| postcard::to_allocvec(result).expect("encode");
         assert_eq!(result(&CommandResult::None), vec![0]);
         assert_eq!(result(&CommandResult::Write(Vec::new())), vec![1, 0]);

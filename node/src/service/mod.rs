@@ -29,6 +29,8 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         | NodeError::AlreadyInitialized(_)
         | NodeError::WrongNode { .. }
         | NodeError::CampaignRefused(_) => Code::FailedPrecondition,
+        // Final (the router does not retry it): the caller needs a newer timestamp.
+        NodeError::SnapshotTooOld { .. } => Code::OutOfRange,
         NodeError::NotLeader { .. }
         | NodeError::NoQuorum { .. }
         | NodeError::NotInitialized

@@ -20,26 +20,22 @@ use std::sync::atomic::Ordering;
 
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize, Serializer};
+use tracing::warn;
 
 use super::dedup::{EntryRecords, DELETE_RANGES, WRITES};
 use super::layout::{
     data_bounds, data_key, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
 };
-use super::mvcc::{self, Version};
+use super::mvcc::{self, Head, Superseded, HIGH_WATER_KEY};
 use super::GroupState;
 use crate::raft::ring_change;
 use crate::raft::types::TSO_MAX_PHYSICAL_MS;
 use crate::raft::types::{
-    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, GcOutcome, LogId,
-    RequestId, RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
+    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, LogId, RequestId,
+    RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
 };
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
-
-/// The values of the keys written so far by the entry being applied (`None`: deleted), so
-/// the writes of one entry see each other's effects before the batch is applied.
-/// The heads an entry wrote so far, by user key (`None`: the key has no head).
-type Overlay = HashMap<Vec<u8>, Option<Version>>;
 
 /// One write of an entry's batch: a key and its new value (`None`: removed).
 type Write = (Vec<u8>, Option<Vec<u8>>);
@@ -123,6 +119,7 @@ impl GroupState {
     /// cluster configuration, if it changed).
     pub(super) fn apply_entry(&self, tree: &TreeRef, entry: &Entry) -> Result<CommandResult, StorageError> {
         let mut batch = Batch::default();
+        let mut versions: Option<EntryVersions> = None;
         let result = match &entry.payload {
             EntryPayload::Blank => CommandResult::None,
             EntryPayload::Membership(membership) => {
@@ -130,33 +127,20 @@ impl GroupState {
                 batch.insert(MEMBERSHIP_KEY.to_vec(), encode(&stored)?);
                 CommandResult::None
             }
-            // An entry without a commit timestamp commits each key just above its head.
-            EntryPayload::Normal(Command::Write(writes)) => {
-                self.apply_writes(tree, entry.log_id.index, 0, writes, &mut batch)?
-            }
-            EntryPayload::Normal(Command::CollectGarbage(gc)) => {
-                let safe_point = mvcc::safe_point(tree)?.max(gc.safe_point);
-                let chunk = mvcc::collect_garbage(
-                    tree,
-                    &mut batch,
-                    safe_point,
-                    gc.after.as_deref(),
-                    gc.limit as usize,
-                )?;
-                batch.insert(mvcc::SAFE_POINT_KEY.to_vec(), safe_point.to_be_bytes().to_vec());
-                CommandResult::Gc(GcOutcome {
-                    versions_dropped: chunk.versions_dropped,
-                    tombstones_dropped: chunk.tombstones_dropped,
-                    resume_after: chunk.resume_after,
-                    safe_point,
-                })
-            }
+            // An entry without a commit timestamp commits just above the shard's highest.
+            EntryPayload::Normal(Command::Write(writes)) => self.apply_writes(
+                tree,
+                entry.log_id.index,
+                writes,
+                &mut batch,
+                versions.insert(self.entry_versions(0)),
+            )?,
             EntryPayload::Normal(Command::WriteAt(timed)) => self.apply_writes(
                 tree,
                 entry.log_id.index,
-                timed.commit_ts,
                 &timed.writes,
                 &mut batch,
+                versions.insert(self.entry_versions(timed.commit_ts)),
             )?,
             EntryPayload::Normal(Command::SetCluster(config)) => match tree.get(CLUSTER_KEY)? {
                 Some(bytes) => CommandResult::Cluster(decode(tree.name(), &bytes)?),
@@ -165,15 +149,19 @@ impl GroupState {
                     CommandResult::Cluster(config.clone())
                 }
             },
-            EntryPayload::Normal(Command::DeleteRange(command)) => {
-                self.apply_delete_range(tree, entry.log_id.index, 0, command, &mut batch)?
-            }
+            EntryPayload::Normal(Command::DeleteRange(command)) => self.apply_delete_range(
+                tree,
+                entry.log_id.index,
+                command,
+                &mut batch,
+                versions.insert(self.entry_versions(0)),
+            )?,
             EntryPayload::Normal(Command::DeleteRangeAt(timed)) => self.apply_delete_range(
                 tree,
                 entry.log_id.index,
-                timed.commit_ts,
                 &timed.command,
                 &mut batch,
+                versions.insert(self.entry_versions(timed.commit_ts)),
             )?,
             EntryPayload::Normal(Command::ChangeRing(change)) => match tree.get(CLUSTER_KEY)? {
                 None => CommandResult::Ring(RingChangeOutcome::Rejected(RingChangeRejection::NotInitialized)),
@@ -198,8 +186,14 @@ impl GroupState {
                 CommandResult::TsoLimit(limit)
             }
         };
+        if let Some(versions) = &versions {
+            batch.insert(HIGH_WATER_KEY.to_vec(), versions.commit_ts.to_be_bytes().to_vec());
+        }
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
         write_atomically(tree, entry.log_id, batch)?;
+        if let Some(versions) = versions {
+            self.history().record(versions.commit_ts, versions.replaced);
+        }
         self.applied_tx.send_replace(Some(entry.log_id));
         let new_config = match &result {
             CommandResult::Cluster(config) | CommandResult::Ring(RingChangeOutcome::Applied(config)) => {
@@ -223,12 +217,11 @@ impl GroupState {
         &self,
         tree: &TreeRef,
         log_index: u64,
-        commit_ts: u64,
         writes: &[WriteCommand],
         batch: &mut Batch,
+        versions: &mut EntryVersions,
     ) -> Result<CommandResult, StorageError> {
         let legacy = self.legacy_dedup.load(Ordering::SeqCst);
-        let mut overlay = Overlay::new();
         let mut seen: HashMap<RequestId, Vec<WriteOpResult>> = HashMap::new();
         let mut records = EntryRecords::default();
         let mut outcomes = Vec::with_capacity(writes.len());
@@ -239,8 +232,7 @@ impl GroupState {
                 None => match WRITES.lookup(tree, &write.request_id, legacy)? {
                     Some(results) => results,
                     None => {
-                        let results =
-                            self.apply_write(tree, log_index, commit_ts, write, batch, &mut overlay)?;
+                        let results = apply_write(tree, log_index, write, batch, versions)?;
                         records.record_write(batch, &write.request_id, write.issued_at_ms, &results)?;
                         results
                     }
@@ -269,81 +261,15 @@ impl GroupState {
         Ok(())
     }
 
-    /// The per-op results of a write seen for the first time; its effects go to `batch`.
-    fn apply_write(
-        &self,
-        tree: &TreeRef,
-        log_index: u64,
-        commit_ts: u64,
-        write: &WriteCommand,
-        batch: &mut Batch,
-        overlay: &mut Overlay,
-    ) -> Result<Vec<WriteOpResult>, StorageError> {
-        let mut results = Vec::with_capacity(write.ops.len());
-        for op in &write.ops {
-            let head = match overlay.get(&op.key) {
-                Some(head) => head.clone(),
-                None => mvcc::head(tree, &op.key)?,
-            };
-            // What the single-key API sees: the head unless it is a tombstone.
-            let current = head.as_ref().and_then(Version::versioned);
-            let current_version = current.as_ref().map_or(0, |value| value.version);
-            if op
-                .expected_version
-                .is_some_and(|expected| expected != current_version)
-            {
-                results.push(WriteOpResult {
-                    succeeded: false,
-                    version: 0,
-                    existed: current.is_some(),
-                    current,
-                });
-                continue;
-            }
-            let existed = current.is_some();
-            match overlay.get(&op.key) {
-                // Written earlier in this entry: the entry is one version of the key, at one
-                // commit timestamp, and only the head from before the entry is history.
-                Some(Some(earlier)) => {
-                    let next = Version {
-                        version: log_index,
-                        commit_ts: earlier.commit_ts,
-                        value: op.value.clone(),
-                    };
-                    batch.insert(data_key(&op.key), mvcc::encode_head(&next));
-                    overlay.insert(op.key.clone(), Some(next));
-                }
-                _ => {
-                    let next = Version {
-                        version: log_index,
-                        commit_ts: mvcc::effective_commit_ts(head.as_ref(), commit_ts),
-                        value: op.value.clone(),
-                    };
-                    mvcc::put_version(batch, &op.key, head.as_ref(), &next)?;
-                    if next.value.is_some() || existed {
-                        overlay.insert(op.key.clone(), Some(next));
-                    }
-                }
-            }
-            results.push(WriteOpResult {
-                succeeded: true,
-                version: if op.value.is_some() { log_index } else { 0 },
-                existed,
-                current: None,
-            });
-        }
-        Ok(results)
-    }
-
     /// Deletes the first `limit` keys of the command's range (in key order) in `batch`. A
     /// request id seen within the window returns its first outcome and deletes nothing.
     fn apply_delete_range(
         &self,
         tree: &TreeRef,
         log_index: u64,
-        commit_ts: u64,
         command: &DeleteRangeCommand,
         batch: &mut Batch,
+        versions: &mut EntryVersions,
     ) -> Result<CommandResult, StorageError> {
         let legacy = self.legacy_dedup.load(Ordering::SeqCst);
         let mut records = EntryRecords::default();
@@ -351,7 +277,7 @@ impl GroupState {
         let result = match DELETE_RANGES.lookup(tree, &command.request_id, legacy)? {
             Some(result) => result,
             None => {
-                let result = delete_first(tree, log_index, commit_ts, command, batch)?;
+                let result = delete_first(tree, log_index, command, batch, versions)?;
                 records.record_delete_range(batch, &command.request_id, command.issued_at_ms, &result)?;
                 result
             }
@@ -359,16 +285,125 @@ impl GroupState {
         self.finish_records(tree, batch, records, log_index, legacy)?;
         Ok(CommandResult::DeleteRange(result))
     }
+
+    /// The multi-version bookkeeping of a write entry carrying commit timestamp `carried`
+    /// (0: none).
+    fn entry_versions(&self, carried: u64) -> EntryVersions {
+        let high_water = self.history().high_water();
+        let commit_ts = mvcc::entry_commit_ts(carried, high_water);
+        if carried != 0 && carried != commit_ts {
+            // Leaders propose in timestamp order (`concurrency.rs`); this is a defect.
+            warn!(group = %self.group, carried, high_water, "write entry committed above its timestamp");
+        }
+        EntryVersions {
+            commit_ts,
+            heads: HashMap::new(),
+            replaced: Vec::new(),
+        }
+    }
 }
 
-/// Deletes in `batch` the first `command.limit` live keys of the command's range, in key
-/// order (each gets a tombstone over its head, which becomes history).
+/// The multi-version effects of one write entry: every key it writes commits at
+/// `commit_ts`; the heads it replaced go to the in-memory history once its batch is written.
+pub(super) struct EntryVersions {
+    commit_ts: u64,
+    /// Keys written so far by the entry, with their head now (`None`: absent), so the
+    /// entry's writes see each other's effects before the batch is applied.
+    heads: HashMap<Vec<u8>, Option<Head>>,
+    replaced: Vec<Superseded>,
+}
+
+impl EntryVersions {
+    /// `key`'s head as the entry sees it.
+    fn head(&self, tree: &TreeRef, key: &[u8]) -> Result<Option<Head>, StorageError> {
+        match self.heads.get(key) {
+            Some(head) => Ok(head.clone()),
+            None => mvcc::head(tree, key),
+        }
+    }
+
+    /// Makes `value` `key`'s head (`None`: removes it) in `batch`. `current` is the head the
+    /// entry saw; the head from before the entry becomes history, and only it: one entry is
+    /// one version of a key.
+    fn set(
+        &mut self,
+        batch: &mut Batch,
+        key: &[u8],
+        current: Option<Head>,
+        version: u64,
+        value: Option<&[u8]>,
+    ) {
+        if !self.heads.contains_key(key) {
+            if let Some(old) = current {
+                self.replaced.push(Superseded {
+                    key: key.to_vec(),
+                    version: old.version,
+                    commit_ts: old.commit_ts,
+                    value: old.value,
+                });
+            }
+        }
+        let head = match value {
+            Some(value) => {
+                batch.insert(data_key(key), mvcc::encode_head(version, self.commit_ts, value));
+                Some(Head {
+                    version,
+                    commit_ts: self.commit_ts,
+                    value: value.to_vec(),
+                })
+            }
+            None => {
+                batch.remove(data_key(key));
+                None
+            }
+        };
+        self.heads.insert(key.to_vec(), head);
+    }
+}
+
+/// The per-op results of a write seen for the first time; its effects go to `batch`.
+fn apply_write(
+    tree: &TreeRef,
+    log_index: u64,
+    write: &WriteCommand,
+    batch: &mut Batch,
+    versions: &mut EntryVersions,
+) -> Result<Vec<WriteOpResult>, StorageError> {
+    let mut results = Vec::with_capacity(write.ops.len());
+    for op in &write.ops {
+        let head = versions.head(tree, &op.key)?;
+        let existed = head.is_some();
+        let current_version = head.as_ref().map_or(0, |head| head.version);
+        if op
+            .expected_version
+            .is_some_and(|expected| expected != current_version)
+        {
+            results.push(WriteOpResult {
+                succeeded: false,
+                version: 0,
+                existed,
+                current: head.map(Head::versioned),
+            });
+            continue;
+        }
+        versions.set(batch, &op.key, head, log_index, op.value.as_deref());
+        results.push(WriteOpResult {
+            succeeded: true,
+            version: if op.value.is_some() { log_index } else { 0 },
+            existed,
+            current: None,
+        });
+    }
+    Ok(results)
+}
+
+/// Removes in `batch` the first `command.limit` keys of the command's range, in key order.
 fn delete_first(
     tree: &TreeRef,
     log_index: u64,
-    commit_ts: u64,
     command: &DeleteRangeCommand,
     batch: &mut Batch,
+    versions: &mut EntryVersions,
 ) -> Result<DeleteRangeResult, StorageError> {
     let mut result = DeleteRangeResult::default();
     let Some((start, end)) = data_bounds(&command.start, command.end.as_deref()) else {
@@ -378,21 +413,13 @@ fn delete_first(
     let mut last: Option<Vec<u8>> = None;
     for pair in tree.range(start, end) {
         let (key, bytes) = pair?;
-        let head = mvcc::decode_head(tree.name(), &bytes)?;
-        if head.value.is_none() {
-            continue;
-        }
         if result.deleted >= limit {
             result.more = true;
             break;
         }
         let user = user_key(tree.name(), &key)?;
-        let tombstone = Version {
-            version: log_index,
-            commit_ts: mvcc::effective_commit_ts(Some(&head), commit_ts),
-            value: None,
-        };
-        mvcc::put_version(batch, &user, Some(&head), &tombstone)?;
+        let head = mvcc::decode_head(tree.name(), &bytes)?;
+        versions.set(batch, &user, Some(head), log_index, None);
         result.deleted += 1;
         last = Some(user);
     }
@@ -687,51 +714,85 @@ mod tests {
     }
 
     /// Writes of one key within one entry are one version at the entry's commit timestamp;
-    /// only the head from before the entry becomes history.
+    /// only the head from before the entry becomes history; an entry whose timestamp is not
+    /// above the shard's highest commits just above it; deletions keep the deleted version.
     #[tokio::test]
-    async fn one_entry_is_one_version_per_key() {
+    async fn entries_are_versions_at_their_timestamps() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_engine, state) = open(dir.path());
         let mut sm = StateMachine::new(state.clone());
-        sm.apply(vec![put(1, b"k", b"old", 1)]).await.expect("apply");
-        let op = |value: &[u8]| WriteOp {
-            key: b"k".to_vec(),
-            value: Some(value.to_vec()),
+        let op = |key: &[u8], value: Option<&[u8]>| WriteOp {
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
             expected_version: None,
         };
-        let entry = Entry {
-            log_id: log_id(2, 2),
+        let entry = |index: u64, commit_ts: u64, ops: Vec<WriteOp>| Entry {
+            log_id: log_id(1, index),
             payload: EntryPayload::Normal(Command::WriteAt(crate::raft::types::TimedWrites {
-                commit_ts: 100,
+                commit_ts,
                 writes: vec![WriteCommand {
-                    request_id: [2; 16],
+                    request_id: [index as u8; 16],
                     issued_at_ms: 1_000,
-                    ops: vec![op(b"a"), op(b"b"), op(b"c")],
+                    ops,
                 }],
             })),
         };
-        sm.apply(vec![entry]).await.expect("apply");
-        let tree = state.tree();
-        let head = mvcc::head(&tree, b"k").expect("head").expect("a head");
-        assert_eq!((head.commit_ts, head.value), (100, Some(b"c".to_vec())));
-        let at = |ts| {
-            mvcc::read_at(&tree, b"k", ts)
-                .expect("read")
-                .and_then(|v| v.value)
+        sm.apply(vec![
+            entry(1, 50, vec![op(b"k", Some(b"old")), op(b"gone", Some(b"x"))]),
+            entry(
+                2,
+                100,
+                vec![op(b"k", Some(b"a")), op(b"k", Some(b"b")), op(b"k", Some(b"c"))],
+            ),
+            // Carries a timestamp below the shard's highest: commits at 101.
+            entry(3, 90, vec![op(b"gone", None)]),
+        ])
+        .await
+        .expect("apply");
+        let at = |ts: u64| {
+            let state = state.clone();
+            async move {
+                let values = state
+                    .get_many_at(&[b"k".to_vec(), b"gone".to_vec()], ts)
+                    .await
+                    .expect("read")
+                    .expect("within the history");
+                values
+                    .into_iter()
+                    .map(|value| value.map(|v| (v.version, v.value)))
+                    .collect::<Vec<_>>()
+            }
         };
-        assert_eq!(at(100), Some(b"c".to_vec()));
+        assert_eq!(at(49).await, vec![None, None]);
         assert_eq!(
-            at(101),
-            Some(b"c".to_vec()),
-            "no version above the entry's timestamp"
+            at(50).await,
+            vec![Some((1, b"old".to_vec())), Some((1, b"x".to_vec()))]
         );
-        assert_eq!(at(99), Some(b"old".to_vec()));
-        let (start, end) = prefix_bounds(&[mvcc::HISTORY_PREFIX]);
         assert_eq!(
-            tree.range(start, end).count(),
-            1,
-            "only the head from before the entry"
+            at(99).await,
+            vec![Some((1, b"old".to_vec())), Some((1, b"x".to_vec()))]
         );
+        assert_eq!(
+            at(100).await,
+            vec![Some((2, b"c".to_vec())), Some((1, b"x".to_vec()))],
+            "no intermediate value of the entry, and the delete is not yet"
+        );
+        assert_eq!(at(101).await, vec![Some((2, b"c".to_vec())), None]);
+        assert_eq!(state.history_span(), (0, 2), "one replaced head per key");
+        // Reopened: the history is gone; the floor is the highest applied timestamp, and
+        // heads still answer reads below it.
+        drop(sm);
+        drop(state);
+        drop(_engine);
+        let (_engine, state) = open(dir.path());
+        assert_eq!(state.history_span(), (101, 0));
+        let below = state.get_many_at(&[b"k".to_vec()], 100).await.expect("read");
+        assert_eq!(
+            below.expect("the head answers").pop().flatten().map(|v| v.value),
+            Some(b"c".to_vec())
+        );
+        let gone = state.get_many_at(&[b"gone".to_vec()], 100).await.expect("read");
+        assert_eq!(gone, Err(mvcc::BelowFloor { floor: 101 }));
     }
 
     #[test]

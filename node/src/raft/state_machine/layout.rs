@@ -5,8 +5,7 @@
 //!
 //! | key | value | what |
 //! | --- | --- | --- |
-//! | `d` ‖ user key | `version \| 1 << 63` (u64 big-endian) ‖ `commit_ts` (u64 big-endian) ‖ flags (u8: 1 = tombstone) ‖ value bytes | a key's latest version (see `mvcc.rs`); the version is the log index of the write. Written before MVCC: version (top bit clear) ‖ value, read as committed at 0 |
-//! | `v` ‖ key length (u16 big-endian) ‖ user key ‖ `u64::MAX - commit_ts` (big-endian) | version (u64 big-endian) ‖ flags ‖ value bytes | an older version of a key, newest first, until garbage collection drops it |
+//! | `d` ‖ user key | `version \| 1 << 63` (u64 big-endian) ‖ `commit_ts` (u64 big-endian) ‖ flags (u8, 0) ‖ value bytes | a key's latest version (see `mvcc.rs`); the version is the log index of the write. Written before MVCC: version (top bit clear) ‖ value, read as committed at 0 |
 //! | `w` ‖ request id (16 bytes) | postcard `Vec<WriteOpResult>` | de-duplication record of a write |
 //! | `l` ‖ log index (u64 big-endian) | postcard `(issued_at_ms: u64, Vec<request id>)` | the write records made by that entry (pruning walks these oldest first) |
 //! | `g` ‖ request id (16 bytes) | postcard `DeleteRangeResult` | de-duplication record of a delete-range |
@@ -19,7 +18,7 @@
 //! | `a` | postcard `LogId` | last applied log id |
 //! | `i` | postcard `(LogId, Vec<(key, Option<value>)>)` | the last applied entry's writes, recorded before they are made (see `apply.rs`) |
 //! | `m` | postcard `StoredMembership` | last applied membership |
-//! | `s` | safe point (u64 big-endian) | garbage collection's last safe point: reads below it are refused |
+//! | `s` | u64 big-endian | the highest commit timestamp applied (shards; see `mvcc.rs`) |
 //! | `c` | postcard `ClusterConfig` | cluster configuration (system group only) |
 //! | `o` | postcard `u64` | the timestamp oracle's persisted bound, in milliseconds (system group only) |
 //!

@@ -20,19 +20,20 @@ mod adapter;
 mod apply;
 mod dedup;
 pub(in crate::raft) mod layout;
-mod mvcc;
+pub(crate) mod mvcc;
 mod read;
 #[cfg(test)]
 pub(in crate::raft) mod test_support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::watch;
 use tracing::info;
 
 pub use adapter::{SnapshotBuilder, StateMachine};
 pub use dedup::DedupPolicy;
+pub use mvcc::{HistoryBudget, HistoryPolicy};
 pub use read::{CountResult, ScanOptions, ScanPage};
 
 use super::snapshot::{self, SnapshotDir};
@@ -71,6 +72,8 @@ pub struct GroupState {
     /// worker may outlive `Raft::shutdown`, and a late apply or snapshot install must not
     /// recreate the trees the deletion removes.
     retired: AtomicBool,
+    /// Versions superseded within the window (see `mvcc.rs`); changed under the apply lock.
+    history: Mutex<mvcc::History>,
 }
 
 impl GroupState {
@@ -81,6 +84,7 @@ impl GroupState {
         catalog: TreeRef,
         snapshots: SnapshotDir,
         dedup: DedupPolicy,
+        history: HistoryPolicy,
     ) -> Result<Arc<GroupState>, StorageError> {
         let generation = match catalog.get(&catalog_key(group))? {
             Some(bytes) => decode(catalog.name(), &bytes)?,
@@ -109,6 +113,7 @@ impl GroupState {
             applied = Some(finished);
         }
         let (applied_tx, _) = watch::channel(applied);
+        let history = mvcc::History::new(history, mvcc::high_water(&tree)?);
         Ok(Arc::new(GroupState {
             group,
             engine,
@@ -121,6 +126,7 @@ impl GroupState {
             legacy_dedup: AtomicBool::new(true),
             cluster_tx,
             retired: AtomicBool::new(false),
+            history: Mutex::new(history),
         }))
     }
 
@@ -155,6 +161,10 @@ impl GroupState {
 
     fn tree(&self) -> TreeRef {
         self.current().1
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, mvcc::History> {
+        self.history.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Watches the last applied log id.
@@ -239,6 +249,8 @@ impl GroupState {
             Some(bytes) => Some(decode(tree.name(), &bytes)?),
             None => None,
         };
+        // The snapshot brings no history: reads below its newest version are refused.
+        self.history().reset(mvcc::high_water(&tree)?);
         match self.current.write() {
             Ok(mut current) => *current = (generation, tree),
             Err(poisoned) => *poisoned.into_inner() = (generation, tree),

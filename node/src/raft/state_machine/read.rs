@@ -61,29 +61,37 @@ impl GroupState {
         let _guard = self.apply_lock.read().await;
         let tree = self.tree();
         keys.iter()
-            .map(|key| Ok(mvcc::head(&tree, key)?.and_then(|head| head.versioned())))
+            .map(|key| Ok(mvcc::head(&tree, key)?.map(mvcc::Head::versioned)))
             .collect()
     }
 
     /// Reads `keys` as of `read_ts`: the newest version of each committed at or before it
-    /// (no consistency check or fence: callers do that). `Err(safe_point)` when garbage
-    /// collection may already have dropped versions a read at `read_ts` needs.
+    /// (no consistency check or fence: callers do that). `Err` when the shard's history no
+    /// longer reaches back to `read_ts` (see `mvcc.rs`).
     pub async fn get_many_at(
         &self,
         keys: &[Vec<u8>],
         read_ts: u64,
-    ) -> Result<Result<Vec<Option<Versioned>>, u64>, StorageError> {
+    ) -> Result<Result<Vec<Option<Versioned>>, mvcc::BelowFloor>, StorageError> {
         let _guard = self.apply_lock.read().await;
         let tree = self.tree();
-        let safe_point = mvcc::safe_point(&tree)?;
-        if read_ts < safe_point {
-            return Ok(Err(safe_point));
-        }
-        let values = keys
+        let heads = keys
             .iter()
-            .map(|key| Ok(mvcc::read_at(&tree, key, read_ts)?.and_then(|version| version.versioned())))
-            .collect::<Result<_, StorageError>>()?;
-        Ok(Ok(values))
+            .map(|key| mvcc::head(&tree, key))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let history = self.history();
+        Ok(keys
+            .iter()
+            .zip(heads)
+            .map(|(key, head)| history.read(key, head, read_ts))
+            .collect())
+    }
+
+    /// The oldest timestamp reads of this replica can be served at, and how many replaced
+    /// versions it holds in memory.
+    pub fn history_span(&self) -> (u64, usize) {
+        let history = self.history();
+        (history.floor(), history.len())
     }
 
     /// Reads one page of a range from the local state at one point between applied entries
@@ -118,21 +126,13 @@ impl GroupState {
         .map_err(join_error)?
     }
 
-    /// Whether any history record exists (garbage collection has something to look at).
-    pub fn has_history(&self) -> Result<bool, StorageError> {
-        let (start, end) = crate::storage::prefix_bounds(&[mvcc::HISTORY_PREFIX]);
-        Ok(self.tree().range(start, end).next().transpose()?.is_some())
-    }
-
-    /// The number of stored keys (heads that are not tombstones); for tests and tools.
+    /// The number of stored keys (`d` records); for tests and tools.
     pub fn data_len(&self) -> Result<usize, StorageError> {
         let (start, end) = all_data_bounds();
         let mut count = 0;
         for pair in self.tree().range(start, end) {
-            let (_, value) = pair?;
-            if !mvcc::is_tombstone(&value) {
-                count += 1;
-            }
+            pair?;
+            count += 1;
         }
         Ok(count)
     }
@@ -152,9 +152,6 @@ fn scan_tree(tree: &TreeRef, options: &ScanOptions) -> Result<ScanPage, StorageE
     let mut bytes = 0usize;
     for pair in pairs {
         let (key, value) = pair?;
-        if mvcc::is_tombstone(&value) {
-            continue;
-        }
         // Reading one pair past the page is what tells whether more remain.
         let budget_spent = !page.entries.is_empty() && bytes >= options.max_bytes;
         if page.entries.len() >= options.limit || budget_spent {
@@ -162,13 +159,13 @@ fn scan_tree(tree: &TreeRef, options: &ScanOptions) -> Result<ScanPage, StorageE
             break;
         }
         let key = user_key(tree.name(), &key)?;
-        let head = mvcc::decode_head(tree.name(), &value)?;
-        let versioned = Versioned {
-            version: head.version,
-            value: match head.value {
-                Some(value) if !options.keys_only => value,
-                _ => Vec::new(),
-            },
+        let versioned = if options.keys_only {
+            Versioned {
+                version: mvcc::decode_version(tree.name(), &value)?,
+                value: Vec::new(),
+            }
+        } else {
+            mvcc::decode_head(tree.name(), &value)?.versioned()
         };
         bytes = bytes.saturating_add(key.len() + versioned.value.len());
         page.entries.push((key, versioned));
@@ -189,10 +186,7 @@ fn count_tree(
     };
     let mut last: Option<Vec<u8>> = None;
     for pair in tree.range(start, end) {
-        let (key, value) = pair?;
-        if mvcc::is_tombstone(&value) {
-            continue;
-        }
+        let (key, _) = pair?;
         if result.count >= limit {
             result.more = true;
             result.last_key = match last {

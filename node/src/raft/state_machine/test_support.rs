@@ -107,7 +107,14 @@ pub(crate) fn open_with_policy(
     let engine = storage::open_for_test(&dir.join("db"));
     let catalog = engine.open_tree("node").expect("catalog");
     let snapshots = SnapshotDir::open(dir.join("snapshots")).expect("snapshots");
-    let state =
-        GroupState::open(GroupId::Shard(0), engine.clone(), catalog, snapshots, policy).expect("state");
+    let state = GroupState::open(
+        GroupId::Shard(0),
+        engine.clone(),
+        catalog,
+        snapshots,
+        policy,
+        super::HistoryPolicy::standalone(10_000, 64 << 20),
+    )
+    .expect("state");
     (engine, state)
 }
