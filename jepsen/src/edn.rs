@@ -13,8 +13,11 @@
 //! Values by function: register reads and writes are `[key value]` (`nil` for no value),
 //! compare-and-set is `[key [from to]]`, a set `:add` is the element, the final set read
 //! (`:f :read-all`) is a vector of elements or `nil`, a `:timestamp` is the timestamp taken
-//! (`nil` in the invocation), a nemesis value is a string. A [`OpValue::Nil`] prints as `nil`. Jepsen's own set checker calls the final read `:read`;
-//! ringkv keeps `:read-all` so that a set read is never confused with a register read.
+//! (`nil` in the invocation), a `:chain-write` is `[chain n]`, a `:snapshot-read` is
+//! `[chain ts [v0 v1 v2 v3]]` (`[chain nil nil]` in the invocation and in a failed read; `nil`
+//! for a key with no value), a nemesis value is a string. A [`OpValue::Nil`] prints as `nil`.
+//! Jepsen's own set checker calls the final read `:read`; ringkv keeps `:read-all` so that a
+//! set read is never confused with a register read.
 //!
 //! Nemesis function names become keywords; characters a keyword cannot hold are written as
 //! `_`, so names should stick to letters, digits and `-`.
@@ -218,6 +221,8 @@ fn f_name(f: &F) -> &str {
         F::Add => "add",
         F::ReadAll => "read-all",
         F::Timestamp => "timestamp",
+        F::ChainWrite => "chain-write",
+        F::SnapshotRead => "snapshot-read",
         F::Nemesis(name) => name,
     }
 }
@@ -235,6 +240,14 @@ fn value_to_edn(value: &OpValue) -> Edn {
             Edn::Vector(elements.iter().map(|element| Edn::unsigned(*element)).collect())
         }
         OpValue::Timestamp(timestamp) => Edn::optional(*timestamp),
+        OpValue::ChainWrite { chain, n } => Edn::Vector(vec![Edn::unsigned(*chain), Edn::unsigned(*n)]),
+        OpValue::SnapshotRead { chain, ts, values } => Edn::Vector(vec![
+            Edn::unsigned(*chain),
+            Edn::optional(*ts),
+            values.as_ref().map_or(Edn::Nil, |values| {
+                Edn::Vector(values.iter().map(|value| Edn::optional(*value)).collect())
+            }),
+        ]),
         OpValue::Text(text) => Edn::String(text.clone()),
         OpValue::Nil => Edn::Nil,
     }
@@ -318,6 +331,8 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
         (_, "add") => F::Add,
         (_, "read-all") => F::ReadAll,
         (_, "timestamp") => F::Timestamp,
+        (_, "chain-write") => F::ChainWrite,
+        (_, "snapshot-read") => F::SnapshotRead,
         (_, name) => F::Nemesis(name.to_string()),
     };
     let value_edn = value.get("value").unwrap_or(&Edn::Nil);
@@ -376,12 +391,45 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
                 .collect::<Result<_, _>>()?;
             Ok(OpValue::ReadAll(Some(elements)))
         }
+        (F::ChainWrite, Edn::Vector(items)) => match items.as_slice() {
+            [chain, n] => Ok(OpValue::ChainWrite {
+                chain: to_u64(chain, "chain")?,
+                n: to_u64(n, "n")?,
+            }),
+            _ => Err(shape_error("[chain n]")),
+        },
+        (F::SnapshotRead, Edn::Vector(items)) => match items.as_slice() {
+            [chain, ts, values] => Ok(OpValue::SnapshotRead {
+                chain: to_u64(chain, "chain")?,
+                ts: to_optional_u64(ts, "ts")?,
+                values: match values {
+                    Edn::Nil => None,
+                    Edn::Vector(values) => Some(
+                        values
+                            .iter()
+                            .map(|value| to_optional_u64(value, "value"))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    _ => return Err(shape_error("[chain ts [values]]")),
+                },
+            }),
+            _ => Err(shape_error("[chain ts [values]]")),
+        },
         (F::Nemesis(_), Edn::String(text)) => Ok(OpValue::Text(text.clone())),
         // Jepsen nemeses often carry structured values: keep them as their EDN text.
         (F::Nemesis(_), other) => Ok(OpValue::Text(other.to_string())),
         (F::Read | F::Write, _) => Err(shape_error("[key value]")),
         (F::Cas, _) => Err(shape_error("[key [from to]]")),
         (F::ReadAll, _) => Err(shape_error("a vector or nil")),
+        (F::ChainWrite, _) => Err(shape_error("[chain n]")),
+        (F::SnapshotRead, _) => Err(shape_error("[chain ts [values]]")),
+    }
+}
+
+fn to_optional_u64(value: &Edn, what: &str) -> Result<Option<u64>, String> {
+    match value {
+        Edn::Nil => Ok(None),
+        other => to_u64(other, what).map(Some),
     }
 }
 
@@ -692,6 +740,42 @@ mod tests {
                 F::ReadAll,
                 OpValue::ReadAll(Some(vec![11, 2, 3])),
             ),
+            op(
+                11,
+                Process::Client(4),
+                OpType::Invoke,
+                F::ChainWrite,
+                OpValue::ChainWrite { chain: 2, n: 5 },
+            ),
+            op(
+                12,
+                Process::Client(5),
+                OpType::Invoke,
+                F::SnapshotRead,
+                OpValue::SnapshotRead {
+                    chain: 2,
+                    ts: None,
+                    values: None,
+                },
+            ),
+            op(
+                13,
+                Process::Client(4),
+                OpType::Ok,
+                F::ChainWrite,
+                OpValue::ChainWrite { chain: 2, n: 5 },
+            ),
+            op(
+                14,
+                Process::Client(5),
+                OpType::Ok,
+                F::SnapshotRead,
+                OpValue::SnapshotRead {
+                    chain: 2,
+                    ts: Some(90),
+                    values: Some(vec![Some(4), Some(5), Some(2), None]),
+                },
+            ),
         ])
     }
 
@@ -728,6 +812,18 @@ mod tests {
         assert_eq!(
             lines[10],
             "{:index 10, :time 10000, :type :ok, :process 3, :f :read-all, :value [11 2 3]}"
+        );
+        assert_eq!(
+            lines[11],
+            "{:index 11, :time 11000, :type :invoke, :process 4, :f :chain-write, :value [2 5]}"
+        );
+        assert_eq!(
+            lines[12],
+            "{:index 12, :time 12000, :type :invoke, :process 5, :f :snapshot-read, :value [2 nil nil]}"
+        );
+        assert_eq!(
+            lines[14],
+            "{:index 14, :time 14000, :type :ok, :process 5, :f :snapshot-read, :value [2 90 [4 5 2 nil]]}"
         );
     }
 
@@ -777,6 +873,11 @@ mod tests {
             "{:index 0, :time 1, :type :invoke, :process 0, :f :cas, :value [1 [2]]}",
             "{:index 0, :time 1, :type :ok, :process 0, :f :read-all, :value [1 :x]}",
             "{:index 0, :time 1, :type :ok, :process 0, :f :add, :value \"x\"}",
+            "{:index 0, :time 1, :type :ok, :process 0, :f :chain-write, :value [1]}",
+            "{:index 0, :time 1, :type :ok, :process 0, :f :chain-write, :value 1}",
+            "{:index 0, :time 1, :type :ok, :process 0, :f :snapshot-read, :value [1 2]}",
+            "{:index 0, :time 1, :type :ok, :process 0, :f :snapshot-read, :value [1 2 3]}",
+            "{:index 0, :time 1, :type :ok, :process 0, :f :snapshot-read, :value [1 2 [3 :x]]}",
         ];
         for case in invalid_ops {
             assert!(
@@ -826,6 +927,21 @@ mod tests {
                 .prop_map(|elements| (F::ReadAll, OpValue::ReadAll(elements))),
             proptest::option::of(any::<u64>())
                 .prop_map(|timestamp| (F::Timestamp, OpValue::Timestamp(timestamp))),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(chain, n)| (F::ChainWrite, OpValue::ChainWrite { chain, n })),
+            (
+                any::<u64>(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(proptest::collection::vec(
+                    proptest::option::of(any::<u64>()),
+                    0..5
+                )),
+            )
+                .prop_map(|(chain, ts, values)| (
+                    F::SnapshotRead,
+                    OpValue::SnapshotRead { chain, ts, values }
+                )),
+            Just((F::SnapshotRead, OpValue::Nil)),
             Just((F::Write, OpValue::Nil)),
         ];
         let client =

@@ -63,6 +63,10 @@ pub enum F {
     ReadAll,
     /// Timestamp workload: take one timestamp of the cluster's timestamp oracle.
     Timestamp,
+    /// Snapshot workload: write number `n` of a chain (value `n` to the chain's key `n % 4`).
+    ChainWrite,
+    /// Snapshot workload: read all keys of a chain as of one timestamp of the oracle.
+    SnapshotRead,
     /// A nemesis action, named as in Jepsen (`"kill"`, `"partition-start"`, ...).
     Nemesis(String),
 }
@@ -96,6 +100,26 @@ pub enum OpValue {
     /// A timestamp of the oracle: `None` (`nil`) in the invocation, the timestamp in an `ok`
     /// completion.
     Timestamp(Option<u64>),
+    /// Write number `n` (counting from 1) of chain `chain`: the value `n` written to the
+    /// chain's key `n % 4`.
+    ChainWrite {
+        /// Chain id (unique per chain; one writer per chain).
+        chain: u64,
+        /// Write number within the chain, which is also the value written.
+        n: u64,
+    },
+    /// A snapshot read of every key of chain `chain`.
+    SnapshotRead {
+        /// Chain id.
+        chain: u64,
+        /// Timestamp of the oracle the keys were read at: `None` (`nil`) in the invocation and
+        /// in a read that did not succeed.
+        ts: Option<u64>,
+        /// The value of each key of the chain (key `j` at position `j`; `None` is `nil`, a key
+        /// with no value at `ts`); `None` (`nil`) in the invocation and in a read that did
+        /// not succeed.
+        values: Option<Vec<Option<u64>>>,
+    },
     /// Free text, used for nemesis descriptions.
     Text(String),
     /// No value.

@@ -5,11 +5,12 @@
 //!
 //! - [`history`]: operations (invoke + ok/fail/info), the recorder, JSON export.
 //! - [`edn`]: Jepsen EDN export and a parser for reading histories back.
-//! - [`checker`]: linearizability (Wing–Gong–Lowe, per key) and set (lost/duplicated adds).
+//! - [`checker`]: linearizability (Wing–Gong–Lowe, per key), set (lost/duplicated adds),
+//!   timestamps (unique, real-time order) and snapshot (consistent prefixes of chains).
 //! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
 //! - [`cluster`]: the cluster under test (real processes, loopback or namespaces).
 //! - [`nemesis`]: faults (partitions, kills, pauses) on a seeded schedule, healed at the end.
-//! - [`workload`]: register and set clients that record every operation.
+//! - [`workload`]: register, set, timestamp and snapshot clients that record every operation.
 //! - [`runner`]: one run end to end, writing the results directory.
 //! - [`plot`]: the latency-over-time SVG with fault windows shaded.
 

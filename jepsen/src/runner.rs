@@ -19,7 +19,7 @@ use crate::cluster::{Cluster, ClusterSpec, Placement};
 use crate::history::{History, OpType, Process, Recorder, F};
 use crate::nemesis::{self, NemesisKind, Schedule};
 use crate::plot;
-use crate::workload::{self, DirectReads, RegisterShared, SetShared, Workload};
+use crate::workload::{self, DirectReads, RegisterShared, SetShared, SnapshotShared, Workload};
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
@@ -31,7 +31,8 @@ pub struct RunOptions {
     pub seed: u64,
     pub workloads: Vec<Workload>,
     pub nemeses: Vec<NemesisKind>,
-    /// Client processes per workload.
+    /// Client processes per workload (the snapshot workload's alternate between writers and
+    /// readers, starting with a writer).
     pub concurrency: usize,
     /// Registers in the register workload.
     pub keys: u64,
@@ -54,6 +55,8 @@ pub struct RunOptions {
     /// has); needs a fault that drops the page cache (future disk nemesis).
     pub unsafe_skip_fsync: bool,
     pub unsafe_ack_before_commit: bool,
+    /// Shard leaders commit writes at local timestamps (caught by the snapshot workload).
+    pub unsafe_local_commit_ts: bool,
     /// Client request timeout.
     pub op_timeout: Duration,
     /// After healing, the cluster must serve again within this bound.
@@ -93,6 +96,7 @@ impl RunOptions {
             unsafe_read_lease_ms: 0,
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,
+            unsafe_local_commit_ts: false,
             op_timeout: Duration::from_secs(2),
             liveness_timeout: Duration::from_secs(30),
             keep_data: false,
@@ -197,6 +201,9 @@ fn node_args(options: &RunOptions) -> Vec<String> {
     if options.unsafe_ack_before_commit {
         args.push("--unsafe-ack-before-commit".to_string());
     }
+    if options.unsafe_local_commit_ts {
+        args.push("--unsafe-local-commit-ts".to_string());
+    }
     args
 }
 
@@ -279,8 +286,9 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     };
     let register = RegisterShared::new(options.keys, options.value_bytes, direct);
     let set = Arc::new(SetShared::default());
+    let snapshot = Arc::new(SnapshotShared::default());
     for workload in &options.workloads {
-        for _ in 0..options.concurrency {
+        for index in 0..options.concurrency {
             let client = cluster.client(options.op_timeout).await?;
             let recorder = recorder.clone();
             let stop = stop.clone();
@@ -301,6 +309,27 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                 }
                 Workload::Timestamp => {
                     clients.spawn(workload::timestamp_client(process, client, recorder, stop));
+                }
+                // Writers and readers alternate, starting with a writer.
+                Workload::Snapshot if index % 2 == 0 => {
+                    clients.spawn(workload::snapshot_writer(
+                        process,
+                        client,
+                        snapshot.clone(),
+                        recorder,
+                        stop,
+                    ));
+                }
+                Workload::Snapshot => {
+                    let seed = rng.random();
+                    clients.spawn(workload::snapshot_reader(
+                        process,
+                        client,
+                        snapshot.clone(),
+                        recorder,
+                        seed,
+                        stop,
+                    ));
                 }
             }
             process += 1;
@@ -422,6 +451,9 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     if options.workloads.contains(&Workload::Timestamp) {
         verdicts.push(checker::timestamps::check(&history));
     }
+    if options.workloads.contains(&Workload::Snapshot) {
+        verdicts.push(checker::snapshot::check(&history));
+    }
     let verdict = checker::combine(verdicts);
     drop(cluster);
     let report = RunReport {
@@ -503,7 +535,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -515,6 +547,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.unsafe_read_lease_ms,
         options.unsafe_skip_fsync,
         options.unsafe_ack_before_commit,
+        options.unsafe_local_commit_ts,
         report.ops,
         validity_str(report.verdict.validity),
     );

@@ -1,6 +1,12 @@
 //! Client workloads: each client is a process in the history; every operation is recorded
 //! as an invoke and a completion (`ok`, `fail` when it certainly did not happen, `info`
 //! when its outcome is unknown).
+//!
+//! The snapshot workload writes "chains": a writer process writes its chain one write at a
+//! time, write `n` (from 1) storing the value `n` in the chain's key `n % CHAIN_KEYS`; readers
+//! read all keys of a chain as of one timestamp of the oracle. A write of unknown outcome may
+//! still take effect later, so it ends its chain and the writer starts a new one (see
+//! [`crate::checker::snapshot`] for what a read must see).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,7 +14,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ringkv_client::{CasOutcome, Client, Error};
+use ringkv_client::{CasOutcome, Client, Error, ReadConsistency};
 use ringkv_proto::v1;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +31,10 @@ pub enum Workload {
     Set,
     /// Timestamps of the timestamp oracle; checked to be unique and in real-time order.
     Timestamp,
+    /// Chains of sequential writes across shards, read as of timestamps of the oracle; each
+    /// read checked to be a consistent prefix of its chain, in real-time order. Even processes
+    /// write, odd ones read.
+    Snapshot,
 }
 
 /// Where register reads go.
@@ -64,12 +74,53 @@ pub struct SetShared {
     pub attempted: Mutex<Vec<u64>>,
 }
 
+/// Keys per chain of the snapshot workload: write `n` of a chain goes to key `n % CHAIN_KEYS`.
+pub const CHAIN_KEYS: u64 = 4;
+
+/// Most snapshot reads (three in four) go to one of this many newest chains, which are the
+/// ones writers are still extending; the rest go to any chain started so far.
+const RECENT_CHAINS: u64 = 8;
+
+/// Shared state of the snapshot workload: how many chains have started. Chain ids are
+/// `0..started`, handed out in order; readers wait on it for the first chain.
+pub struct SnapshotShared {
+    started: tokio::sync::watch::Sender<u64>,
+    /// Chain writes acknowledged so far (readers re-read a snapshot once writes went on).
+    acked: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for SnapshotShared {
+    fn default() -> Self {
+        SnapshotShared {
+            started: tokio::sync::watch::Sender::new(0),
+            acked: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl SnapshotShared {
+    /// Starts a new chain and returns its id.
+    fn start_chain(&self) -> u64 {
+        let mut chain = 0;
+        self.started.send_modify(|started| {
+            chain = *started;
+            *started += 1;
+        });
+        chain
+    }
+}
+
 pub fn register_key(key: u64) -> Vec<u8> {
     format!("jepsen/register/{key}").into_bytes()
 }
 
 pub fn set_key(value: u64) -> Vec<u8> {
     format!("jepsen/set/{value:012}").into_bytes()
+}
+
+/// Key `j` (`0..CHAIN_KEYS`) of snapshot chain `chain`.
+pub fn chain_key(chain: u64, j: u64) -> Vec<u8> {
+    format!("jepsen/snapshot/{chain}/{j}").into_bytes()
 }
 
 /// Whether an error proves the operation did not take effect.
@@ -99,7 +150,8 @@ fn encode_value(value: u64, value_bytes: usize) -> Vec<u8> {
     bytes
 }
 
-/// A register value read back; something unparsable is recorded as a value nobody wrote.
+/// A register (or chain) value read back; something unparsable is recorded as a value
+/// nobody wrote.
 fn parse_value(bytes: &[u8]) -> u64 {
     let number = bytes.split(|&b| b == b' ').next().unwrap_or_default();
     std::str::from_utf8(number)
@@ -265,6 +317,173 @@ pub async fn timestamp_client(process: u64, client: Client, recorder: Recorder, 
             Err(err) => complete_err(&recorder, &op, completion_for(&err), err.to_string()),
         }
     }
+}
+
+/// One snapshot writer process: writes its chain one write at a time, starting a new chain
+/// after a write of unknown outcome.
+pub async fn snapshot_writer(
+    process: u64,
+    client: Client,
+    shared: Arc<SnapshotShared>,
+    recorder: Recorder,
+    stop: CancellationToken,
+) {
+    let mut chain = shared.start_chain();
+    let mut n = 1u64;
+    while !stop.is_cancelled() {
+        let op = recorder.invoke(
+            Process::Client(process),
+            F::ChainWrite,
+            OpValue::ChainWrite { chain, n },
+        );
+        match client
+            .put(chain_key(chain, n % CHAIN_KEYS), n.to_string().into_bytes())
+            .await
+        {
+            Ok(_) => {
+                complete_ok(&recorder, &op);
+                shared.acked.send_modify(|acked| *acked += 1);
+                n += 1;
+            }
+            Err(err) => {
+                let outcome = completion_for(&err);
+                complete_err(&recorder, &op, outcome, err.to_string());
+                if outcome == OpType::Fail {
+                    // It certainly did not happen: the chain goes on without it.
+                    n += 1;
+                } else {
+                    // It may still happen, after any later write: the chain ends here.
+                    chain = shared.start_chain();
+                    n = 1;
+                }
+            }
+        }
+    }
+}
+
+/// One snapshot reader process: reads every key of a chain as of a fresh timestamp of the
+/// oracle, mostly one of the newest chains. Waits for the first chain to start.
+pub async fn snapshot_reader(
+    process: u64,
+    client: Client,
+    shared: Arc<SnapshotShared>,
+    recorder: Recorder,
+    seed: u64,
+    stop: CancellationToken,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut started = shared.started.subscribe();
+    tokio::select! {
+        () = stop.cancelled() => return,
+        first = started.wait_for(|started| *started > 0) => {
+            // The sender lives in `shared`, which this process holds: it cannot be dropped.
+            if first.is_err() {
+                return;
+            }
+        }
+    }
+    while !stop.is_cancelled() {
+        let chains = *started.borrow();
+        let chain = if rng.random_bool(0.75) {
+            rng.random_range(chains.saturating_sub(RECENT_CHAINS)..chains)
+        } else {
+            rng.random_range(0..chains)
+        };
+        // Half the reads take their timestamp themselves; the others take it first, let the
+        // writers go on, then read: writes begun after the timestamp was returned must not
+        // be in the snapshot.
+        let ts = if rng.random_bool(0.5) {
+            let op = recorder.invoke(
+                Process::Client(process),
+                F::SnapshotRead,
+                OpValue::SnapshotRead {
+                    chain,
+                    ts: None,
+                    values: None,
+                },
+            );
+            let first = match client.timestamp().await {
+                Ok(ts) => read_chain_at(&client, chain, ts).await.map(|values| (ts, values)),
+                Err(err) => Err(err.to_string()),
+            };
+            match first {
+                Ok((ts, values)) => {
+                    let value = OpValue::SnapshotRead {
+                        chain,
+                        ts: Some(ts),
+                        values: Some(values),
+                    };
+                    let _ = recorder.complete(&op, OpType::Ok, value, None);
+                    ts
+                }
+                // A failed read changed nothing.
+                Err(err) => {
+                    complete_err(&recorder, &op, OpType::Fail, err);
+                    continue;
+                }
+            }
+        } else {
+            let op = recorder.invoke(Process::Client(process), F::Timestamp, OpValue::Timestamp(None));
+            match client.timestamp().await {
+                Ok(ts) => {
+                    let _ = recorder.complete(&op, OpType::Ok, OpValue::Timestamp(Some(ts)), None);
+                    ts
+                }
+                Err(err) => {
+                    complete_err(&recorder, &op, completion_for(&err), err.to_string());
+                    continue;
+                }
+            }
+        };
+        // Read the snapshot (again) once writes went on, or a while passed: it must not have
+        // changed, and must not hold writes begun after the timestamp was returned.
+        let mut acked = shared.acked.subscribe();
+        let before = *acked.borrow_and_update();
+        let _ = tokio::time::timeout(REREAD_AFTER, acked.wait_for(|acked| *acked >= before + 2)).await;
+        if stop.is_cancelled() {
+            break;
+        }
+        let op = recorder.invoke(
+            Process::Client(process),
+            F::SnapshotRead,
+            OpValue::SnapshotRead {
+                chain,
+                ts: Some(ts),
+                values: None,
+            },
+        );
+        match read_chain_at(&client, chain, ts).await {
+            Ok(values) => {
+                let value = OpValue::SnapshotRead {
+                    chain,
+                    ts: Some(ts),
+                    values: Some(values),
+                };
+                let _ = recorder.complete(&op, OpType::Ok, value, None);
+            }
+            Err(err) => complete_err(&recorder, &op, OpType::Fail, err),
+        }
+    }
+}
+
+/// Longest a reader waits for two more chain writes before it reads a snapshot again.
+const REREAD_AFTER: Duration = Duration::from_millis(500);
+
+/// Reads every key of `chain` as of `ts`.
+async fn read_chain_at(client: &Client, chain: u64, ts: u64) -> Result<Vec<Option<u64>>, String> {
+    let keys = (0..CHAIN_KEYS).map(|j| chain_key(chain, j));
+    let found = client
+        .batch_get_with(keys, ReadConsistency::At(ts))
+        .await
+        .map_err(|err| err.to_string())?;
+    if found.len() as u64 != CHAIN_KEYS {
+        return Err(format!("{} results for {CHAIN_KEYS} keys", found.len()));
+    }
+    let values = found
+        .iter()
+        .map(|versioned| versioned.as_ref().map(|versioned| parse_value(&versioned.value)))
+        .collect();
+    Ok(values)
 }
 
 /// The final read of the set: which attempted values are present.

@@ -38,8 +38,8 @@ fn options(seconds: u64, nemeses: Vec<NemesisKind>, out: &tempfile::TempDir, see
     options
 }
 
-/// A short run with a majority/minority partition and a node kill, register, set and
-/// timestamp workloads, comes out valid; its EDN history parses back to the same operations.
+/// A short run with a majority/minority partition and a node kill, register, set,
+/// timestamp and snapshot workloads, comes out valid; its EDN history parses back to the same operations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -51,14 +51,19 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
         0x5eed_0001,
     );
     options.snapshot_pressure = true;
-    options.workloads = vec![Workload::Register, Workload::Set, Workload::Timestamp];
+    options.workloads = vec![
+        Workload::Register,
+        Workload::Set,
+        Workload::Timestamp,
+        Workload::Snapshot,
+    ];
     let report = runner::run(options).await?;
     let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
     assert_eq!(report.verdict.validity, Validity::Valid, "{summary}");
     assert!(report.ops > 100, "the workload ran: {summary}");
     assert!(
-        report.verdict.checker.contains("timestamps"),
-        "the timestamps were checked: {summary}"
+        report.verdict.checker.contains("timestamps") && report.verdict.checker.contains("snapshot"),
+        "the timestamps and snapshot reads were checked: {summary}"
     );
     assert!(
         report
@@ -193,6 +198,36 @@ async fn negative_control_early_acks_are_caught() -> anyhow::Result<()> {
             .anomalies
             .iter()
             .any(|anomaly| anomaly.kind == "lost"),
+        "{:?}",
+        report.verdict
+    );
+    Ok(())
+}
+
+/// Negative control: shard leaders that commit writes at timestamps of their own (above the
+/// reads they served, as the research's design would without asking the oracle) let a
+/// snapshot read see writes begun after its timestamp was returned; the snapshot checker
+/// catches it without any fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_local_commit_timestamps_are_caught() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut options = options(15, Vec::new(), &out, 0x5eed_0005);
+    options.workloads = vec![Workload::Snapshot];
+    options.concurrency = 6;
+    options.unsafe_local_commit_ts = true;
+    let report = runner::run(options).await?;
+    assert_eq!(
+        report.verdict.validity,
+        Validity::Invalid,
+        "snapshot reads of local commit timestamps must be caught: {:?}",
+        report.verdict
+    );
+    assert!(
+        report.verdict.anomalies.iter().any(|anomaly| matches!(
+            anomaly.kind.as_str(),
+            "future-value" | "not-a-prefix" | "stale-snapshot" | "unrepeatable-snapshot"
+        )),
         "{:?}",
         report.verdict
     );

@@ -26,8 +26,12 @@ pub struct MgetArgs {
     #[arg(required = true, num_args = 1..)]
     pub keys: Vec<OsString>,
     /// Serve the reads from any replica (fast, possibly stale).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "at")]
     pub stale: bool,
+    /// Read every key as of this one timestamp (from `kvctl timestamp`): a consistent
+    /// snapshot across shards. Timestamps older than the nodes' --mvcc-window-ms are refused.
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub at: Option<u64>,
     /// The keys are hex-encoded.
     #[arg(long)]
     pub hex: bool,
@@ -60,10 +64,10 @@ pub async fn mget(client: &Client, args: MgetArgs, format: OutputFormat) -> anyh
         .into_iter()
         .map(|key| decode_key(key, args.hex))
         .collect::<Result<Vec<_>, _>>()?;
-    let consistency = if args.stale {
-        ReadConsistency::Stale
-    } else {
-        ReadConsistency::Linearizable
+    let consistency = match (args.stale, args.at) {
+        (_, Some(ts)) => ReadConsistency::At(ts),
+        (true, None) => ReadConsistency::Stale,
+        (false, None) => ReadConsistency::Linearizable,
     };
     let results = client
         .batch_get_with(&keys, consistency)

@@ -19,8 +19,12 @@ pub struct GetArgs {
     /// The key (bytes as given; hex with --hex).
     pub key: OsString,
     /// Serve the read from any replica (fast, possibly stale).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "at")]
     pub stale: bool,
+    /// Read the value as of this timestamp (from `kvctl timestamp`): the version committed at
+    /// or before it. Timestamps older than the nodes' --mvcc-window-ms are refused.
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub at: Option<u64>,
     /// Write exactly the value bytes to stdout: no formatting, no newline.
     #[arg(long)]
     pub raw: bool,
@@ -86,10 +90,10 @@ pub struct CasArgs {
 /// `kvctl get`: prints the value, or says it is not found (exit 1).
 pub async fn get(client: &Client, args: GetArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
     let key = decode_key(args.key, args.hex)?;
-    let consistency = if args.stale {
-        ReadConsistency::Stale
-    } else {
-        ReadConsistency::Linearizable
+    let consistency = match (args.stale, args.at) {
+        (_, Some(ts)) => ReadConsistency::At(ts),
+        (true, None) => ReadConsistency::Stale,
+        (false, None) => ReadConsistency::Linearizable,
     };
     let found = client
         .get_with(&key, consistency)

@@ -51,6 +51,8 @@ const MAX_FETCHES: usize = 8;
 struct State {
     /// The highest timestamp a snapshot read was served at (or is being served at).
     max_read_ts: u64,
+    /// The last local timestamp (`--unsafe-local-commit-ts` only).
+    last_local: u64,
     /// Timestamps of writes being committed, with how many writes hold each.
     inflight: BTreeMap<u64, usize>,
 }
@@ -63,6 +65,8 @@ pub struct ConcurrencyManager {
     released: Notify,
     /// Held from fetching a write's timestamp until its entry is handed to openraft.
     proposing: tokio::sync::Mutex<()>,
+    /// NEGATIVE CONTROL ONLY: timestamps of its own instead of the oracle's.
+    unsafe_local: bool,
 }
 
 /// A registered write timestamp; unregisters on drop.
@@ -93,6 +97,14 @@ impl Drop for WriteTimestamp {
 }
 
 impl ConcurrencyManager {
+    /// A manager; `unsafe_local` is the `--unsafe-local-commit-ts` negative control.
+    pub fn new(unsafe_local: bool) -> ConcurrencyManager {
+        ConcurrencyManager {
+            unsafe_local,
+            ..ConcurrencyManager::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -110,6 +122,15 @@ impl ConcurrencyManager {
         self: &Arc<Self>,
         source: &dyn TimestampSource,
     ) -> Result<WriteTimestamp, NodeError> {
+        if self.unsafe_local {
+            let mut state = self.lock();
+            let commit_ts = state.max_read_ts.max(state.last_local) + 1;
+            state.last_local = commit_ts;
+            drop(state);
+            if let Some(registered) = self.register(commit_ts) {
+                return Ok(registered);
+            }
+        }
         for _ in 0..MAX_FETCHES {
             let commit_ts = source.timestamp().await?;
             if let Some(registered) = self.register(commit_ts) {

@@ -107,6 +107,11 @@ pub struct NodeConfig {
     /// starts at its own clock instead of above the persisted bound, so after a leader whose
     /// clock ran ahead, timestamps go back.
     pub unsafe_tso_ignore_bound: bool,
+    /// NEGATIVE CONTROL ONLY — breaks snapshot reads on purpose: shard leaders commit writes
+    /// at timestamps of their own (one above the highest read they served or timestamp they
+    /// assigned) instead of fetching them from the oracle; a read at a timestamp then sees a
+    /// write on one shard without an earlier one on another.
+    pub unsafe_local_commit_ts: bool,
     /// How long replaced versions stay in memory for snapshot reads (and transactions), in
     /// ms of oracle time: a read at an older timestamp is refused (see `mvcc.rs`).
     pub mvcc_window_ms: u64,
@@ -161,6 +166,7 @@ impl Default for NodeConfig {
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,
             unsafe_tso_ignore_bound: false,
+            unsafe_local_commit_ts: false,
             // FoundationDB keeps 5 s; a transaction may run this long.
             mvcc_window_ms: 10_000,
             mvcc_history_max_bytes: 256 << 20,

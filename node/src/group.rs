@@ -141,7 +141,7 @@ impl GroupDeps {
             hibernation.clone(),
             cancel.clone(),
         ));
-        let concurrency = Arc::new(ConcurrencyManager::default());
+        let concurrency = Arc::new(ConcurrencyManager::new(config.unsafe_local_commit_ts));
         let batcher = match group_id {
             GroupId::System => None,
             GroupId::Shard(_) => {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ringkv_jepsen::checker::{self, Validity};
+use ringkv_jepsen::history::F;
 use ringkv_jepsen::nemesis::{NemesisKind, Schedule};
 use ringkv_jepsen::runner::{self, RunOptions};
 use ringkv_jepsen::workload::Workload;
@@ -52,7 +53,8 @@ struct RunArgs {
     nodes: usize,
     #[arg(long, default_value_t = 4)]
     shards: u32,
-    /// Client processes per workload.
+    /// Client processes per workload (snapshot: alternately writers and readers, the first a
+    /// writer).
     #[arg(long, default_value_t = 5)]
     concurrency: usize,
     /// Quiet seconds before each fault.
@@ -82,6 +84,10 @@ struct RunArgs {
     /// Negative control: nodes acknowledge writes before they are committed.
     #[arg(long)]
     unsafe_ack_before_commit: bool,
+    /// Negative control: shard leaders commit writes at local timestamps instead of the
+    /// oracle's (the snapshot workload catches it).
+    #[arg(long)]
+    unsafe_local_commit_ts: bool,
     /// Results go to a new directory under this one.
     #[arg(long, default_value = "jepsen/results")]
     out: PathBuf,
@@ -144,6 +150,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_read_lease_ms = args.unsafe_read_lease_ms;
     options.unsafe_skip_fsync = args.unsafe_skip_fsync;
     options.unsafe_ack_before_commit = args.unsafe_ack_before_commit;
+    options.unsafe_local_commit_ts = args.unsafe_local_commit_ts;
     options.keep_data = args.keep_data;
     let report = runner::run(options).await?;
     println!(
@@ -175,13 +182,21 @@ fn main() -> ExitCode {
             Command::Check { history } => {
                 let text = std::fs::read_to_string(&history)?;
                 let history = ringkv_jepsen::edn::parse_history(&text)?;
-                let verdict = checker::combine(vec![
+                let mut verdicts = vec![
                     checker::linearizable::check(
                         &history,
                         &checker::linearizable::LinearizableConfig::default(),
                     ),
                     checker::set::check(&history),
-                ]);
+                ];
+                if history
+                    .ops
+                    .iter()
+                    .any(|op| matches!(op.f, F::ChainWrite | F::SnapshotRead))
+                {
+                    verdicts.push(checker::snapshot::check(&history));
+                }
+                let verdict = checker::combine(verdicts);
                 println!("{}", serde_json::to_string_pretty(&verdict)?);
                 Ok(verdict.validity)
             }

@@ -4,6 +4,9 @@
 //!   with the Wing–Gong–Lowe search, one key at a time (P-compositionality).
 //! - [`set`]: unique adds and final reads: lost, duplicated and unexpected elements.
 //! - [`timestamps`]: timestamps of the oracle: unique, and in real-time order.
+//! - [`snapshot`]: snapshot reads of chains of sequential writes across shards: each read a
+//!   consistent prefix of its chain, between the writes completed before it and those
+//!   invoked before it completed.
 //!
 //! Every checker returns a [`Verdict`]; [`combine`] merges the verdicts of several checkers
 //! (or several keys) into one. A verdict serializes to JSON as
@@ -12,6 +15,7 @@
 
 pub mod linearizable;
 pub mod set;
+pub mod snapshot;
 pub mod timestamps;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -236,6 +240,57 @@ pub(crate) mod fixtures {
         /// `process`'s outstanding timestamp op completes `ok`, given `timestamp`.
         pub(crate) fn ok_timestamp(&mut self, process: u64, timestamp: u64) -> &mut Self {
             self.finish(process, OpType::Ok, Some(OpValue::Timestamp(Some(timestamp))))
+        }
+
+        /// `process` invokes write `n` of snapshot chain `chain`.
+        pub(crate) fn chain_write(&mut self, process: u64, chain: u64, n: u64) -> &mut Self {
+            self.invoke(process, F::ChainWrite, OpValue::ChainWrite { chain, n })
+        }
+
+        /// `process` invokes a snapshot read of chain `chain`.
+        pub(crate) fn snapshot_read_again(&mut self, process: u64, chain: u64, ts: u64) -> &mut Self {
+            self.invoke(
+                process,
+                F::SnapshotRead,
+                OpValue::SnapshotRead {
+                    chain,
+                    ts: Some(ts),
+                    values: None,
+                },
+            )
+        }
+
+        /// `process` invokes a snapshot read of `chain` (taking a fresh timestamp).
+        pub(crate) fn snapshot_read(&mut self, process: u64, chain: u64) -> &mut Self {
+            self.invoke(
+                process,
+                F::SnapshotRead,
+                OpValue::SnapshotRead {
+                    chain,
+                    ts: None,
+                    values: None,
+                },
+            )
+        }
+
+        /// `process`'s outstanding snapshot read of `chain` completes `ok`: at `ts` the keys
+        /// held `values`.
+        pub(crate) fn ok_snapshot_read(
+            &mut self,
+            process: u64,
+            chain: u64,
+            ts: u64,
+            values: &[Option<u64>],
+        ) -> &mut Self {
+            self.finish(
+                process,
+                OpType::Ok,
+                Some(OpValue::SnapshotRead {
+                    chain,
+                    ts: Some(ts),
+                    values: Some(values.to_vec()),
+                }),
+            )
         }
 
         /// `process`'s outstanding op completes `ok` with the invocation's value.

@@ -100,6 +100,10 @@ struct Args {
     /// ignoring the persisted bound.
     #[arg(long, hide = true)]
     unsafe_tso_ignore_bound: bool,
+    /// NEGATIVE CONTROL ONLY: shard leaders commit writes at local timestamps instead of
+    /// timestamps of the oracle.
+    #[arg(long, hide = true)]
+    unsafe_local_commit_ts: bool,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -190,6 +194,7 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     config.unsafe_skip_fsync |= args.unsafe_skip_fsync;
     config.unsafe_ack_before_commit |= args.unsafe_ack_before_commit;
     config.unsafe_tso_ignore_bound |= args.unsafe_tso_ignore_bound;
+    config.unsafe_local_commit_ts |= args.unsafe_local_commit_ts;
     config.validate()?;
     Ok(config)
 }

@@ -98,6 +98,9 @@ impl Node {
         let cluster_id = check_identity(&catalog, &config)?;
         let tasks = TaskTracker::new();
         let flusher_cancel = CancellationToken::new();
+        if config.unsafe_local_commit_ts {
+            warn!("NEGATIVE CONTROL: shard writes commit at local timestamps, not the oracle's");
+        }
         if config.unsafe_skip_fsync || config.unsafe_skip_read_index || config.unsafe_ack_before_commit {
             warn!(
                 skip_fsync = config.unsafe_skip_fsync,
