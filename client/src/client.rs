@@ -448,6 +448,7 @@ impl Client {
             prefix,
             consistency: proto::Consistency::from(options.consistency) as i32,
             allow_partial: options.allow_partial,
+            read_ts: options.consistency.read_ts(),
         };
         let max_bytes = self.routers.config().max_message_bytes;
         let idle = self.routers.config().stream_idle_timeout;

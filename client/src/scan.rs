@@ -33,6 +33,7 @@ pub(crate) fn scan_request(range: &KeyRange, options: &ScanOptions, limit: u32) 
         consistency: proto::Consistency::from(options.consistency) as i32,
         continuation_token: Vec::new(),
         allow_partial: options.allow_partial,
+        read_ts: options.consistency.read_ts(),
     }
 }
 

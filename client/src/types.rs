@@ -317,7 +317,9 @@ impl ScanOptions {
         self
     }
 
-    /// How each shard serves its part (default linearizable).
+    /// How each shard serves its part (default linearizable). [`ReadConsistency::At`]
+    /// reads every shard as of one timestamp: a consistent snapshot of the whole range,
+    /// also across pages and a resumed stream.
     pub fn consistency(mut self, consistency: ReadConsistency) -> ScanOptions {
         self.consistency = consistency;
         self

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use futures::stream::{FuturesUnordered, StreamExt};
-use ringkv_client::{Client, Error as ClientError, Mutation, ReadConsistency, Versioned};
+use ringkv_client::{Client, Error as ClientError, Mutation, Versioned};
 use serde_json::{json, Value};
 
 use crate::exit::{Outcome, UsageError};
@@ -64,11 +64,7 @@ pub async fn mget(client: &Client, args: MgetArgs, format: OutputFormat) -> anyh
         .into_iter()
         .map(|key| decode_key(key, args.hex))
         .collect::<Result<Vec<_>, _>>()?;
-    let consistency = match (args.stale, args.at) {
-        (_, Some(ts)) => ReadConsistency::At(ts),
-        (true, None) => ReadConsistency::Stale,
-        (false, None) => ReadConsistency::Linearizable,
-    };
+    let consistency = crate::range::consistency(args.stale, args.at);
     let results = client
         .batch_get_with(&keys, consistency)
         .await

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{ArgGroup, Args};
-use ringkv_client::{CasOutcome, Client, ReadConsistency, Versioned};
+use ringkv_client::{CasOutcome, Client, Versioned};
 use serde_json::{json, Map, Value};
 
 use crate::exit::{Outcome, UsageError};
@@ -90,11 +90,7 @@ pub struct CasArgs {
 /// `kvctl get`: prints the value, or says it is not found (exit 1).
 pub async fn get(client: &Client, args: GetArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
     let key = decode_key(args.key, args.hex)?;
-    let consistency = match (args.stale, args.at) {
-        (_, Some(ts)) => ReadConsistency::At(ts),
-        (true, None) => ReadConsistency::Stale,
-        (false, None) => ReadConsistency::Linearizable,
-    };
+    let consistency = crate::range::consistency(args.stale, args.at);
     let found = client
         .get_with(&key, consistency)
         .await

@@ -84,8 +84,13 @@ pub struct ScanArgs {
     #[arg(long)]
     pub keys_only: bool,
     /// Serve each shard's part from any replica (fast, possibly stale).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "at")]
     pub stale: bool,
+    /// Read the range as of this timestamp (from `kvctl timestamp`): one consistent snapshot
+    /// across every shard (give it again with --page-token). Timestamps older than the
+    /// nodes' --mvcc-window-ms are refused.
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub at: Option<u64>,
     /// When shards cannot answer, list the others' keys and name the missing shards.
     #[arg(long)]
     pub allow_partial: bool,
@@ -104,8 +109,12 @@ pub struct CountArgs {
     #[command(flatten)]
     pub range: RangeArgs,
     /// Serve each shard's part from any replica (fast, possibly stale).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "at")]
     pub stale: bool,
+    /// Count the keys present at this timestamp (from `kvctl timestamp`), on every shard
+    /// at the same moment. Timestamps older than the nodes' --mvcc-window-ms are refused.
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub at: Option<u64>,
     /// When shards cannot answer, count the others and name the missing shards.
     #[arg(long)]
     pub allow_partial: bool,
@@ -132,11 +141,12 @@ pub struct DelrangeArgs {
     pub yes: bool,
 }
 
-fn consistency(stale: bool) -> ReadConsistency {
-    if stale {
-        ReadConsistency::Stale
-    } else {
-        ReadConsistency::Linearizable
+/// How a read asked for with `--stale` / `--at TIMESTAMP` (which conflict) is served.
+pub(crate) fn consistency(stale: bool, at: Option<u64>) -> ReadConsistency {
+    match (stale, at) {
+        (_, Some(ts)) => ReadConsistency::At(ts),
+        (true, None) => ReadConsistency::Stale,
+        (false, None) => ReadConsistency::Linearizable,
     }
 }
 
@@ -147,7 +157,7 @@ pub async fn scan(client: &Client, args: ScanArgs, format: OutputFormat) -> anyh
     let mut options = ScanOptions::new()
         .reverse(args.reverse)
         .keys_only(args.keys_only)
-        .consistency(consistency(args.stale))
+        .consistency(consistency(args.stale, args.at))
         .allow_partial(args.allow_partial);
     if args.all {
         if let Some(limit) = args.limit {
@@ -230,7 +240,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 pub async fn count(client: &Client, args: CountArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
     let range = args.range.key_range()?;
     let options = CountOptions::new()
-        .consistency(consistency(args.stale))
+        .consistency(consistency(args.stale, args.at))
         .allow_partial(args.allow_partial);
     let bar = progress::bar(None, progress::COUNT_TEMPLATE);
     bar.set_message("waiting for the first report");

@@ -35,7 +35,7 @@ use crate::error::{to_status, BatchFailure, RouterError};
 use crate::node_api::NodeApi;
 use crate::range::{decode_token, encode_token, KeyRange};
 use crate::scan::{MergeSettings, Merger, ScanSpec, ShardPages};
-use crate::validate::{parse_consistency, request_id_or_random};
+use crate::validate::{check_read_ts, parse_consistency, request_id_or_random};
 
 /// The most entries one Scan page returns.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
@@ -79,6 +79,7 @@ fn parse_scan(
 ) -> Result<ParsedScan, RouterError> {
     let query = KeyRange::parse(&ctx.limits, &request.start, &request.end, &request.prefix)?;
     let consistency = parse_consistency(request.consistency)?;
+    check_read_ts(consistency, request.read_ts)?;
     let limit = if streamed {
         (request.limit > 0).then_some(u64::from(request.limit))
     } else {
@@ -103,6 +104,7 @@ fn parse_scan(
             reverse: request.reverse,
             keys_only: request.keys_only,
             consistency,
+            read_ts: request.read_ts,
             allow_partial: request.allow_partial,
             limit,
         },
@@ -225,7 +227,9 @@ pub async fn count<N: NodeApi>(
     admission: Admission,
 ) -> Result<ResponseStream<CountResponse>, RouterError> {
     let range = KeyRange::parse(&ctx.limits, &request.start, &request.end, &request.prefix)?;
-    let consistency = parse_consistency(request.consistency)? as i32;
+    let consistency = parse_consistency(request.consistency)?;
+    check_read_ts(consistency, request.read_ts)?;
+    let (consistency, read_ts) = (consistency as i32, request.read_ts);
     let round_timeout = admission.deadline.saturating_duration_since(Instant::now());
     let view = ctx.topology.wait_for_ring(admission.deadline).await?;
     let shard_count = view.ring.shard_count();
@@ -251,7 +255,7 @@ pub async fn count<N: NodeApi>(
                         shard_count,
                         ShardId(shard),
                         range,
-                        consistency,
+                        (consistency, read_ts),
                         round_timeout,
                         &progress,
                     )
@@ -348,7 +352,7 @@ async fn count_shard<N: NodeApi>(
     shard_count: u32,
     shard: ShardId,
     mut rest: KeyRange,
-    consistency: i32,
+    (consistency, read_ts): (i32, u64),
     round_timeout: Duration,
     progress: &AtomicU64,
 ) -> Result<u64, RouterError> {
@@ -360,6 +364,7 @@ async fn count_shard<N: NodeApi>(
             end: rest.end_bytes(),
             limit: 0,
             consistency,
+            read_ts,
         };
         let deadline = Instant::now() + round_timeout;
         let response = ctx.forwarder.count(shard_count, request, deadline).await?;

@@ -50,6 +50,8 @@ pub struct ScanSpec {
     pub reverse: bool,
     pub keys_only: bool,
     pub consistency: Consistency,
+    /// 0: the latest values; otherwise every shard's page as of this oracle timestamp.
+    pub read_ts: u64,
     /// Leave out shards that fail (reported in [`Merger::missing_shards`]) instead of
     /// failing the scan.
     pub allow_partial: bool,
@@ -254,6 +256,7 @@ impl<P: ShardPages> Merger<P> {
                     reverse: self.spec.reverse,
                     keys_only: self.spec.keys_only,
                     consistency: self.spec.consistency as i32,
+                    read_ts: self.spec.read_ts,
                 };
                 (index, request)
             })
@@ -434,6 +437,7 @@ pub(crate) mod tests {
             reverse,
             keys_only: false,
             consistency: Consistency::Linearizable,
+            read_ts: 0,
             allow_partial: false,
             limit,
         }

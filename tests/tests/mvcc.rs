@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use ringkv_client::{Error, ReadConsistency};
+use futures::TryStreamExt;
+use ringkv_client::{Client, CountOptions, Error, KeyRange, ReadConsistency, ScanOptions};
 use ringkv_tests::{wait_until, Cluster, ClusterOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,6 +64,10 @@ async fn reads_at_a_timestamp_see_the_writes_before_it() -> anyhow::Result<()> {
         Some(b"x".to_vec())
     );
     assert_eq!(client.get(b"other").await?, None);
+    // Scans and counts at a timestamp: one snapshot across both shards, also across pages
+    // written between.
+    ranges_at_timestamps(&client).await?;
+
     // A timestamp no oracle handed out yet is refused.
     let future = client
         .get_with(b"k", ReadConsistency::At(before_range + (1 << 40)))
@@ -96,5 +101,88 @@ async fn reads_at_a_timestamp_see_the_writes_before_it() -> anyhow::Result<()> {
         .await
         .context("a stale read")?;
     assert_eq!(stale_at.map(|v| v.value), Some(b"three".to_vec()));
+    Ok(())
+}
+
+/// Keys `s/a`..`s/f` (spread over the shards), then changed: a scan or count at the first
+/// timestamp sees the first state whatever came after, page by page and streamed, forward
+/// and backward.
+async fn ranges_at_timestamps(client: &Client) -> anyhow::Result<()> {
+    for key in ["a", "b", "c", "d", "e", "f"] {
+        client.put(format!("s/{key}"), format!("{key}1")).await?;
+    }
+    let first = client.timestamp().await?;
+    assert!(client.delete(b"s/b").await?);
+    client.put(b"s/c", b"c2".to_vec()).await?;
+    client.put(b"s/g", b"g2".to_vec()).await?;
+    let second = client.timestamp().await?;
+    let range = KeyRange::prefix(b"s/");
+    let first_state: Vec<(String, String)> = ["a", "b", "c", "d", "e", "f"]
+        .map(|key| (format!("s/{key}"), format!("{key}1")))
+        .into();
+    let second_state: Vec<(String, String)> = [
+        ("a", "a1"),
+        ("c", "c2"),
+        ("d", "d1"),
+        ("e", "e1"),
+        ("f", "f1"),
+        ("g", "g2"),
+    ]
+    .map(|(key, value)| (format!("s/{key}"), value.to_string()))
+    .into();
+    let pairs = |entries: Vec<ringkv_client::ScanEntry>| -> Vec<(String, String)> {
+        entries
+            .into_iter()
+            .map(|entry| {
+                (
+                    String::from_utf8_lossy(&entry.key).into_owned(),
+                    String::from_utf8_lossy(&entry.value).into_owned(),
+                )
+            })
+            .collect()
+    };
+
+    // Page by page at `first`, with writes between the pages.
+    let options = ScanOptions::new()
+        .limit(2)
+        .consistency(ReadConsistency::At(first));
+    let mut paged = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client.scan(&range, &options, token.as_ref()).await?;
+        paged.extend(pairs(page.entries));
+        client.put(b"s/aa", b"between pages".to_vec()).await?;
+        client.put(b"s/d", b"d3".to_vec()).await?;
+        match page.next {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, first_state, "pages at one timestamp are one snapshot");
+
+    let streamed: Vec<ringkv_client::ScanEntry> = client
+        .scan_stream(
+            &range,
+            &ScanOptions::new()
+                .reverse(true)
+                .consistency(ReadConsistency::At(second)),
+        )
+        .map_ok(|chunk| futures::stream::iter(chunk.entries.into_iter().map(Ok::<_, Error>)))
+        .try_flatten()
+        .try_collect()
+        .await?;
+    let mut backward = second_state.clone();
+    backward.reverse();
+    assert_eq!(pairs(streamed), backward);
+
+    for ts in [first, second] {
+        let options = CountOptions::new().consistency(ReadConsistency::At(ts));
+        assert_eq!(client.count(&range, &options).await?.count, 6);
+    }
+    assert_eq!(
+        client.count(&range, &CountOptions::new()).await?.count,
+        7,
+        "the latest state has s/aa too"
+    );
     Ok(())
 }

@@ -11,6 +11,7 @@ use super::Node;
 use crate::error::NodeError;
 use crate::group::Group;
 use crate::proposal;
+use crate::raft::state_machine::mvcc::BelowFloor;
 use crate::raft::state_machine::{CountResult, ScanOptions, ScanPage};
 use crate::raft::types::{
     Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, GroupId, TimedDeleteRange, Versioned,
@@ -108,6 +109,44 @@ impl Node {
         keys: &[Vec<u8>],
         read_ts: u64,
     ) -> Result<Vec<Option<Versioned>>, NodeError> {
+        self.prepare_read_at(group, read_ts).await?;
+        let values = group.state.get_many_at(keys, read_ts).await?;
+        values.map_err(|below| too_old(read_ts, below))
+    }
+
+    /// Reads one page of a key range of shard `group` as of oracle timestamp `read_ts`,
+    /// fenced as [`Node::read_at`]: with the other shards' pages at the same timestamp, one
+    /// consistent snapshot of the range.
+    pub async fn scan_at(
+        &self,
+        group: &Group,
+        options: ScanOptions,
+        read_ts: u64,
+    ) -> Result<ScanPage, NodeError> {
+        self.prepare_read_at(group, read_ts).await?;
+        let page = group.state.scan_at(options, read_ts).await?;
+        page.map_err(|below| too_old(read_ts, below))
+    }
+
+    /// Counts at most `limit` keys of `[start, end)` of shard `group` present as of oracle
+    /// timestamp `read_ts`, fenced as [`Node::read_at`].
+    pub async fn count_at(
+        &self,
+        group: &Group,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u64,
+        read_ts: u64,
+    ) -> Result<CountResult, NodeError> {
+        self.prepare_read_at(group, read_ts).await?;
+        let counted = group.state.count_at(start, end, limit, read_ts).await?;
+        counted.map_err(|below| too_old(read_ts, below))
+    }
+
+    /// Makes this leader of `group` ready to read at `read_ts`: the timestamp was handed out
+    /// by the oracle, the leadership is confirmed, writes at or below it are fenced and those
+    /// still being committed have applied (`concurrency.rs`).
+    async fn prepare_read_at(&self, group: &Group, read_ts: u64) -> Result<(), NodeError> {
         // A timestamp no oracle handed out yet would fence every write for good.
         let source = self.timestamp_source().ok_or(NodeError::NotInitialized)?;
         let now = source.timestamp().await?;
@@ -119,14 +158,7 @@ impl Node {
         self.ensure_linearizable(group).await?;
         group.concurrency.prepare_read(read_ts).await;
         // Still the leader after the wait: writes it waited for were its own.
-        self.ensure_linearizable(group).await?;
-        match group.state.get_many_at(keys, read_ts).await? {
-            Ok(values) => Ok(values),
-            Err(below) => Err(NodeError::SnapshotTooOld {
-                read_ts,
-                floor: below.floor,
-            }),
-        }
+        self.ensure_linearizable(group).await
     }
 
     /// Reads one page of a key range from the local state of `group`, at one point between
@@ -192,5 +224,13 @@ impl Node {
                 "unexpected apply result {other:?}"
             ))),
         }
+    }
+}
+
+/// The error of a read at `read_ts` below a shard's history.
+fn too_old(read_ts: u64, below: BelowFloor) -> NodeError {
+    NodeError::SnapshotTooOld {
+        read_ts,
+        floor: below.floor,
     }
 }

@@ -136,12 +136,7 @@ impl ShardKvService {
             self.check_consistency(&group, request.consistency).await?;
             self.node.read_local(&group, &request.keys).await?
         } else {
-            if request.consistency != v1::Consistency::Linearizable as i32 {
-                return Err(NodeError::InvalidArgument(
-                    "a read at a timestamp is served by the leader only (linearizable consistency)"
-                        .to_string(),
-                ));
-            }
+            check_read_at(request.consistency)?;
             self.node.read_at(&group, &request.keys, request.read_ts).await?
         };
         let results = request
@@ -282,6 +277,16 @@ impl ShardKvService {
     }
 }
 
+/// A read at a timestamp is served by the leader only: its consistency must be linearizable.
+fn check_read_at(consistency: i32) -> Result<(), NodeError> {
+    if consistency == v1::Consistency::Linearizable as i32 {
+        return Ok(());
+    }
+    Err(NodeError::InvalidArgument(
+        "a read at a timestamp is served by the leader only (linearizable consistency)".to_string(),
+    ))
+}
+
 /// The reply to one write.
 fn write_response(results: Vec<crate::raft::types::WriteOpResult>) -> v1::ShardWriteResponse {
     v1::ShardWriteResponse {
@@ -319,8 +324,13 @@ impl ShardKvService {
             reverse: request.reverse,
             keys_only: request.keys_only,
         };
-        self.check_consistency(&group, request.consistency).await?;
-        let page = self.node.scan_local(&group, options).await?;
+        let page = if request.read_ts == 0 {
+            self.check_consistency(&group, request.consistency).await?;
+            self.node.scan_local(&group, options).await?
+        } else {
+            check_read_at(request.consistency)?;
+            self.node.scan_at(&group, options, request.read_ts).await?
+        };
         Ok(v1::ShardScanResponse {
             entries: page
                 .entries
@@ -339,8 +349,15 @@ impl ShardKvService {
         let (_ring, group) = self.node.shard_group(request.shard_id)?;
         let end = check_range(self.node.config().max_key_bytes, &request.start, request.end)?;
         let limit = count_limit(request.limit);
-        self.check_consistency(&group, request.consistency).await?;
-        let result = self.node.count_local(&group, request.start, end, limit).await?;
+        let result = if request.read_ts == 0 {
+            self.check_consistency(&group, request.consistency).await?;
+            self.node.count_local(&group, request.start, end, limit).await?
+        } else {
+            check_read_at(request.consistency)?;
+            self.node
+                .count_at(&group, request.start, end, limit, request.read_ts)
+                .await?
+        };
         Ok(v1::ShardCountResponse {
             count: result.count,
             more: result.more,

@@ -73,7 +73,8 @@ pub struct GroupState {
     /// recreate the trees the deletion removes.
     retired: AtomicBool,
     /// Versions superseded within the window (see `mvcc.rs`); changed under the apply lock.
-    history: Mutex<mvcc::History>,
+    /// (Shared so a range read on a blocking thread can hold it.)
+    history: Arc<Mutex<mvcc::History>>,
 }
 
 impl GroupState {
@@ -126,7 +127,7 @@ impl GroupState {
             legacy_dedup: AtomicBool::new(true),
             cluster_tx,
             retired: AtomicBool::new(false),
-            history: Mutex::new(history),
+            history: Arc::new(Mutex::new(history)),
         }))
     }
 

@@ -25,6 +25,7 @@
 //! which only decides which reads each may answer, never what it answers.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -347,6 +348,28 @@ impl History {
             version: old.version,
             value: old.value.clone(),
         }))
+    }
+}
+
+impl History {
+    /// The keys with versions in memory in `[start, end)` (`None` end: no upper bound), in
+    /// key order: with the heads of the range, every key a scan at a timestamp at or above
+    /// the floor may find (a key absent from both had no version live at or above it).
+    pub fn keys_in<'a>(
+        &'a self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+        let empty = end.is_some_and(|end| start >= end);
+        let upper = match end {
+            Some(end) if !empty => Bound::Excluded(end),
+            // An empty range is asked for as `[start, start)`, which `range` accepts.
+            Some(_) => Bound::Excluded(start),
+            None => Bound::Unbounded,
+        };
+        self.versions
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .map(|(key, _)| key.as_slice())
     }
 }
 
