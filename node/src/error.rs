@@ -1,6 +1,6 @@
 //! Errors of the node layer. Mapped to gRPC statuses in one place: `service::status`.
 
-use crate::raft::types::{GroupId, NodeId, RingChangeRejection};
+use crate::raft::types::{GroupId, LockedKey, NodeId, RingChangeRejection};
 use crate::storage::StorageError;
 
 /// A per-request failure. Fatal conditions (disk errors) are reported as `Storage`.
@@ -69,6 +69,14 @@ pub enum NodeError {
          snapshot install); read at a newer timestamp"
     )]
     SnapshotTooOld { read_ts: u64, floor: u64 },
+    /// A write (or delete-range) met a key locked by a transaction being committed or
+    /// rolled back; it was not applied. Retry once the transaction is over.
+    #[error(
+        "key {} is locked by transaction {}, which is committing or rolling back; retry",
+        String::from_utf8_lossy(&.0.key),
+        .0.start_ts
+    )]
+    KeyLocked(LockedKey),
 }
 
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
@@ -135,6 +143,7 @@ impl NodeError {
                 read_ts: *read_ts,
                 floor: *floor,
             },
+            NodeError::KeyLocked(locked) => NodeError::KeyLocked(locked.clone()),
             NodeError::Encode { what, detail } => NodeError::Encode {
                 what,
                 detail: detail.clone(),
@@ -171,7 +180,8 @@ impl NodeError {
             | NodeError::RingChangeRejected(_)
             | NodeError::CampaignRefused(_)
             | NodeError::Overloaded(_)
-            | NodeError::SnapshotTooOld { .. } => true,
+            | NodeError::SnapshotTooOld { .. }
+            | NodeError::KeyLocked(_) => true,
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::concurrency::{ConcurrencyManager, TimestampSlot, TimestampSource};
 use crate::error::NodeError;
 use crate::raft::types::{
+    WriteOutcome,
     Command, CommandResult, GroupId, NodeId, Raft, RequestId, TimedWrites, WriteCommand, WriteOpResult,
 };
 
@@ -368,8 +369,11 @@ async fn commit_entry(
     };
     match outcome {
         Ok(CommandResult::Write(outcomes)) if outcomes.len() == count => {
-            for (reply, results) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(results));
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(match outcome {
+                    WriteOutcome::Applied(results) => Ok(results),
+                    WriteOutcome::Locked(locked) => Err(NodeError::KeyLocked(locked)),
+                });
             }
         }
         Ok(other) => {

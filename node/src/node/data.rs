@@ -110,6 +110,7 @@ impl Node {
         read_ts: u64,
     ) -> Result<Vec<Option<Versioned>>, NodeError> {
         self.prepare_read_at(group, read_ts).await?;
+        self.check_unlocked(group, keys, read_ts)?;
         let values = group.state.get_many_at(keys, read_ts).await?;
         values.map_err(|below| too_old(read_ts, below))
     }
@@ -124,6 +125,7 @@ impl Node {
         read_ts: u64,
     ) -> Result<ScanPage, NodeError> {
         self.prepare_read_at(group, read_ts).await?;
+        self.check_range_unlocked(group, &options.start, options.end.as_deref(), read_ts)?;
         let page = group.state.scan_at(options, read_ts).await?;
         page.map_err(|below| too_old(read_ts, below))
     }
@@ -139,8 +141,33 @@ impl Node {
         read_ts: u64,
     ) -> Result<CountResult, NodeError> {
         self.prepare_read_at(group, read_ts).await?;
+        self.check_range_unlocked(group, &start, end.as_deref(), read_ts)?;
         let counted = group.state.count_at(start, end, limit, read_ts).await?;
         counted.map_err(|below| too_old(read_ts, below))
+    }
+
+    /// Refuses a read of `keys` of `group` while one is locked by a transaction that started
+    /// at or before `max_start_ts` (`u64::MAX` for a linearizable read of the latest values):
+    /// it may commit below the read's timestamp (`KeyLocked`, retried by the router).
+    pub fn check_unlocked(&self, group: &Group, keys: &[Vec<u8>], max_start_ts: u64) -> Result<(), NodeError> {
+        match group.state.first_lock(keys, max_start_ts)? {
+            Some(locked) => Err(NodeError::KeyLocked(locked)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Node::check_unlocked`] for the keys of `[start, end)` (`None` end = no upper bound).
+    pub fn check_range_unlocked(
+        &self,
+        group: &Group,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_start_ts: u64,
+    ) -> Result<(), NodeError> {
+        match group.state.first_lock_in(start, end, max_start_ts)? {
+            Some(locked) => Err(NodeError::KeyLocked(locked)),
+            None => Ok(()),
+        }
     }
 
     /// Makes this leader of `group` ready to read at `read_ts`: the timestamp was handed out
@@ -220,6 +247,7 @@ impl Node {
         .await?;
         match outcome {
             CommandResult::DeleteRange(result) => Ok(result),
+            CommandResult::RangeLocked(locked) => Err(NodeError::KeyLocked(locked)),
             other => Err(NodeError::OutcomeUnknown(format!(
                 "unexpected apply result {other:?}"
             ))),

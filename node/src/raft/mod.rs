@@ -21,6 +21,7 @@ pub mod network;
 pub mod ring_change;
 pub mod snapshot;
 pub mod state_machine;
+pub mod txn;
 pub mod types;
 
 use crate::storage::StorageError;

@@ -6,6 +6,8 @@ use openraft::BasicNode;
 use ringkv_ring::{MemberState, RingConfig, RingMember};
 use serde::{Deserialize, Serialize};
 
+pub use super::txn::{LockedKey, TxnCheckStatus, TxnCommit, TxnOutcome, TxnPrewrite, TxnRollback};
+
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
@@ -82,6 +84,14 @@ pub enum Command {
     WriteAt(TimedWrites),
     /// Shard groups: a delete-range committed at `commit_ts` (as [`Command::WriteAt`]).
     DeleteRangeAt(TimedDeleteRange),
+    /// Shard groups: lock keys with a transaction's writes (see `raft/txn.rs`).
+    TxnPrewrite(TxnPrewrite),
+    /// Shard groups: commit a transaction's locks at its commit timestamp.
+    TxnCommit(TxnCommit),
+    /// Shard groups: remove a transaction's locks.
+    TxnRollback(TxnRollback),
+    /// Shard groups: what became of a transaction, rolling back one past its expiry.
+    TxnCheckStatus(TxnCheckStatus),
 }
 
 /// A [`Command::DeleteRangeAt`]: the delete-range and its commit timestamp.
@@ -156,6 +166,26 @@ impl fmt::Display for Command {
                 "delete-range(limit {} at {})",
                 timed.command.limit, timed.commit_ts
             ),
+            Command::TxnPrewrite(prewrite) => write!(
+                f,
+                "txn-prewrite({} keys of {})",
+                prewrite.mutations.len(),
+                prewrite.start_ts
+            ),
+            Command::TxnCommit(commit) => write!(
+                f,
+                "txn-commit({} keys of {} at {})",
+                commit.keys.len(),
+                commit.start_ts,
+                commit.commit_ts
+            ),
+            Command::TxnRollback(rollback) => write!(
+                f,
+                "txn-rollback({} keys of {})",
+                rollback.keys.len(),
+                rollback.start_ts
+            ),
+            Command::TxnCheckStatus(check) => write!(f, "txn-check-status({})", check.start_ts),
         }
     }
 }
@@ -223,6 +253,26 @@ pub struct WriteOpResult {
     pub current: Option<Versioned>,
 }
 
+/// What became of one write of a write entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    /// Applied (or applied before, for a retried request id): one result per op.
+    Applied(Vec<WriteOpResult>),
+    /// Not applied: a key is locked by a transaction, which must commit or roll back
+    /// first. Nothing is recorded, so a retry is evaluated afresh.
+    Locked(LockedKey),
+}
+
+impl WriteOutcome {
+    /// The op results of an applied write; `None` when it met a lock.
+    pub fn results(&self) -> Option<&[WriteOpResult]> {
+        match self {
+            WriteOutcome::Applied(results) => Some(results),
+            WriteOutcome::Locked(_) => None,
+        }
+    }
+}
+
 /// A stored value with its version (the log index of the write that produced it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
@@ -255,7 +305,7 @@ pub enum CommandResult {
     #[default]
     None,
     /// One outcome per write of the entry, in order.
-    Write(Vec<Vec<WriteOpResult>>),
+    Write(Vec<WriteOutcome>),
     /// The configuration now in force (the existing one when a different one was proposed).
     Cluster(ClusterConfig),
     /// The outcome of a delete-range (the first one again for a retried request id).
@@ -264,6 +314,10 @@ pub enum CommandResult {
     Ring(RingChangeOutcome),
     /// The timestamp oracle's bound in force after a [`Command::TsoAdvance`] (milliseconds).
     TsoLimit(u64),
+    /// The outcome of a transaction command.
+    Txn(TxnOutcome),
+    /// A delete-range not applied: a key in its range is locked by a transaction.
+    RangeLocked(LockedKey),
 }
 
 /// The outcome of a [`RingChange`].
@@ -356,6 +410,16 @@ mod tests {
             Some(&3)
         );
         assert_eq!(result(&CommandResult::TsoLimit(1)), vec![5, 1]);
+        let check = Command::TxnCheckStatus(TxnCheckStatus {
+            start_ts: 1,
+            primary: vec![7],
+            now_ts: 2,
+        });
+        assert_eq!(encode(&check), vec![10, 1, 1, 7, 2]);
+        assert_eq!(
+            result(&CommandResult::Txn(TxnOutcome::Prewritten)),
+            vec![6, 0]
+        );
     }
 
     /// Byte strings are encoded as one slice (`serde_bytes`) but produce the bytes serde's

@@ -39,7 +39,8 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         | NodeError::Fatal(_) => Code::Unavailable,
         NodeError::Timeout { .. } => Code::DeadlineExceeded,
         NodeError::Storage(_) | NodeError::Encode { .. } => Code::Internal,
-        NodeError::Overloaded(_) => Code::ResourceExhausted,
+        // Busy: the router retries it within the request's deadline.
+        NodeError::Overloaded(_) | NodeError::KeyLocked(_) => Code::ResourceExhausted,
     };
     let mut status = Status::new(code, err.to_string());
     if let NodeError::NotLeader {

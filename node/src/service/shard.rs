@@ -134,6 +134,9 @@ impl ShardKvService {
         }
         let values = if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
+            if request.consistency == v1::Consistency::Linearizable as i32 {
+                self.node.check_unlocked(&group, &request.keys, u64::MAX)?;
+            }
             self.node.read_local(&group, &request.keys).await?
         } else {
             check_read_at(request.consistency)?;
@@ -326,6 +329,11 @@ impl ShardKvService {
         };
         let page = if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
+            if request.consistency == v1::Consistency::Linearizable as i32 {
+                let end = options.end.as_deref();
+                self.node
+                    .check_range_unlocked(&group, &options.start, end, u64::MAX)?;
+            }
             self.node.scan_local(&group, options).await?
         } else {
             check_read_at(request.consistency)?;
@@ -351,6 +359,10 @@ impl ShardKvService {
         let limit = count_limit(request.limit);
         let result = if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
+            if request.consistency == v1::Consistency::Linearizable as i32 {
+                self.node
+                    .check_range_unlocked(&group, &request.start, end.as_deref(), u64::MAX)?;
+            }
             self.node.count_local(&group, request.start, end, limit).await?
         } else {
             check_read_at(request.consistency)?;

@@ -24,15 +24,17 @@ use tracing::warn;
 
 use super::dedup::{EntryRecords, DELETE_RANGES, WRITES};
 use super::layout::{
-    data_bounds, data_key, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
+    data_bounds, data_key, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY,
+    TSO_LIMIT_KEY,
 };
 use super::mvcc::{self, Head, Superseded, HIGH_WATER_KEY};
-use super::GroupState;
+use super::{txn, GroupState};
 use crate::raft::ring_change;
 use crate::raft::types::TSO_MAX_PHYSICAL_MS;
 use crate::raft::types::{
     ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, LogId, RequestId,
-    RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
+    LockedKey, RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
+    WriteOutcome,
 };
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
@@ -174,6 +176,20 @@ impl GroupState {
                     CommandResult::Ring(outcome)
                 }
             },
+            EntryPayload::Normal(Command::TxnPrewrite(prewrite)) => {
+                CommandResult::Txn(self.apply_prewrite(tree, prewrite, &mut batch)?)
+            }
+            EntryPayload::Normal(Command::TxnCommit(commit)) => {
+                let (outcome, committed) = self.apply_commit(tree, entry.log_id.index, commit, &mut batch)?;
+                versions = committed;
+                CommandResult::Txn(outcome)
+            }
+            EntryPayload::Normal(Command::TxnRollback(rollback)) => {
+                CommandResult::Txn(self.apply_rollback(tree, rollback, &mut batch)?)
+            }
+            EntryPayload::Normal(Command::TxnCheckStatus(check)) => {
+                CommandResult::Txn(self.apply_check_status(tree, check, &mut batch)?)
+            }
             EntryPayload::Normal(Command::TsoAdvance(limit_ms)) => {
                 let current: u64 = match tree.get(TSO_LIMIT_KEY)? {
                     Some(bytes) => decode(tree.name(), &bytes)?,
@@ -187,7 +203,9 @@ impl GroupState {
             }
         };
         if let Some(versions) = &versions {
-            batch.insert(HIGH_WATER_KEY.to_vec(), versions.commit_ts.to_be_bytes().to_vec());
+            // A transaction commits at its own timestamp, which may be below the mark.
+            let high_water = self.history().high_water().max(versions.commit_ts);
+            batch.insert(HIGH_WATER_KEY.to_vec(), high_water.to_be_bytes().to_vec());
         }
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
         write_atomically(tree, entry.log_id, batch)?;
@@ -227,19 +245,24 @@ impl GroupState {
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
             records.observe_clock(write.issued_at_ms);
-            let outcome = match seen.get(&write.request_id) {
+            let results = match seen.get(&write.request_id) {
                 Some(results) => results.clone(),
                 None => match WRITES.lookup(tree, &write.request_id, legacy)? {
                     Some(results) => results,
                     None => {
+                        // A transaction's lock keeps every other write off its key.
+                        if let Some(locked) = first_lock(tree, write)? {
+                            outcomes.push(WriteOutcome::Locked(locked));
+                            continue;
+                        }
                         let results = apply_write(tree, log_index, write, batch, versions)?;
                         records.record_write(batch, &write.request_id, write.issued_at_ms, &results)?;
                         results
                     }
                 },
             };
-            seen.insert(write.request_id, outcome.clone());
-            outcomes.push(outcome);
+            seen.insert(write.request_id, results.clone());
+            outcomes.push(WriteOutcome::Applied(results));
         }
         self.finish_records(tree, batch, records, log_index, legacy)?;
         Ok(CommandResult::Write(outcomes))
@@ -277,6 +300,10 @@ impl GroupState {
         let result = match DELETE_RANGES.lookup(tree, &command.request_id, legacy)? {
             Some(result) => result,
             None => {
+                if let Some(locked) = command_range_locked(tree, command)? {
+                    // Not applied, nothing recorded: a retry is evaluated afresh.
+                    return Ok(CommandResult::RangeLocked(locked));
+                }
                 let result = delete_first(tree, log_index, command, batch, versions)?;
                 records.record_delete_range(batch, &command.request_id, command.issued_at_ms, &result)?;
                 result
@@ -295,18 +322,14 @@ impl GroupState {
             // Leaders propose in timestamp order (`concurrency.rs`); this is a defect.
             warn!(group = %self.group, carried, high_water, "write entry committed above its timestamp");
         }
-        EntryVersions {
-            commit_ts,
-            heads: HashMap::new(),
-            replaced: Vec::new(),
-        }
+        EntryVersions::exact(commit_ts)
     }
 }
 
 /// The multi-version effects of one write entry: every key it writes commits at
 /// `commit_ts`; the heads it replaced go to the in-memory history once its batch is written.
 pub(super) struct EntryVersions {
-    commit_ts: u64,
+    pub(super) commit_ts: u64,
     /// Keys written so far by the entry, with their head now (`None`: absent), so the
     /// entry's writes see each other's effects before the batch is applied.
     heads: HashMap<Vec<u8>, Option<Head>>,
@@ -314,8 +337,17 @@ pub(super) struct EntryVersions {
 }
 
 impl EntryVersions {
+    /// Versions committed at exactly `commit_ts` (a transaction's commit).
+    pub(super) fn exact(commit_ts: u64) -> EntryVersions {
+        EntryVersions {
+            commit_ts,
+            heads: HashMap::new(),
+            replaced: Vec::new(),
+        }
+    }
+
     /// `key`'s head as the entry sees it.
-    fn head(&self, tree: &TreeRef, key: &[u8]) -> Result<Option<Head>, StorageError> {
+    pub(super) fn head(&self, tree: &TreeRef, key: &[u8]) -> Result<Option<Head>, StorageError> {
         match self.heads.get(key) {
             Some(head) => Ok(head.clone()),
             None => mvcc::head(tree, key),
@@ -325,7 +357,7 @@ impl EntryVersions {
     /// Makes `value` `key`'s head (`None`: removes it) in `batch`. `current` is the head the
     /// entry saw; the head from before the entry becomes history, and only it: one entry is
     /// one version of a key.
-    fn set(
+    pub(super) fn set(
         &mut self,
         batch: &mut Batch,
         key: &[u8],
@@ -359,6 +391,22 @@ impl EntryVersions {
         };
         self.heads.insert(key.to_vec(), head);
     }
+}
+
+/// The first key of `write` locked by a transaction.
+fn first_lock(tree: &TreeRef, write: &WriteCommand) -> Result<Option<LockedKey>, StorageError> {
+    for op in &write.ops {
+        if let Some(held) = txn::lock(tree, &op.key)? {
+            return Ok(Some(held.of(&op.key)));
+        }
+    }
+    Ok(None)
+}
+
+/// The first lock in a delete-range's range, with its transaction's start: the whole range
+/// waits for it (its chunk may reach the key, and a lock may stand for a key not yet there).
+fn command_range_locked(tree: &TreeRef, command: &DeleteRangeCommand) -> Result<Option<LockedKey>, StorageError> {
+    txn::first_lock_in(tree, &command.start, command.end.as_deref(), u64::MAX)
 }
 
 /// The per-op results of a write seen for the first time; its effects go to `batch`.
@@ -471,8 +519,8 @@ mod tests {
         let CommandResult::Write(outcomes) = &results[0] else {
             panic!("write result expected")
         };
-        assert!(!outcomes[0][0].succeeded);
-        assert_eq!(outcomes[0][0].current.as_ref().map(|c| c.version), Some(3));
+        assert!(!outcomes[0].results().expect("applied")[0].succeeded);
+        assert_eq!(outcomes[0].results().expect("applied")[0].current.as_ref().map(|c| c.version), Some(3));
     }
 
     /// A crash after an entry's intent record and some of its writes: reopening finishes the
@@ -525,7 +573,7 @@ mod tests {
             panic!("write result expected")
         };
         assert!(
-            outcomes[0][0].succeeded,
+            outcomes[0].results().expect("applied")[0].succeeded,
             "a retry returns the first outcome: success"
         );
         // Without an interrupted entry, opening changes nothing.
@@ -670,7 +718,7 @@ mod tests {
         let CommandResult::Write(outcomes) = &retry[0] else {
             panic!("write result expected")
         };
-        assert_eq!(outcomes[0][0].version, 3, "the first outcome, not a second write");
+        assert_eq!(outcomes[0].results().expect("applied")[0].version, 3, "the first outcome, not a second write");
         let stored = state.get(b"k").await.expect("get").expect("present");
         assert_eq!((stored.value, stored.version), (vec![2], 4));
     }

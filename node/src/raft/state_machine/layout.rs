@@ -19,6 +19,8 @@
 //! | `i` | postcard `(LogId, Vec<(key, Option<value>)>)` | the last applied entry's writes, recorded before they are made (see `apply.rs`) |
 //! | `m` | postcard `StoredMembership` | last applied membership |
 //! | `s` | u64 big-endian | the highest commit timestamp applied (shards; see `mvcc.rs`) |
+//! | `k` ‖ user key | postcard `Lock` | a transaction's prewritten, uncommitted write of the key (shards; see `txn.rs`) |
+//! | `t` ‖ start timestamp (u64 big-endian) | postcard `TxnStatus` | a transaction's status, on its primary key's shard |
 //! | `c` | postcard `ClusterConfig` | cluster configuration (system group only) |
 //! | `o` | postcard `u64` | the timestamp oracle's persisted bound, in milliseconds (system group only) |
 //!
@@ -58,6 +60,10 @@ pub(super) const WRITE_EXPIRY_PREFIX: u8 = b'x';
 pub(super) const RANGE_DEDUP_PREFIX: u8 = b'q';
 /// Legacy expiry index of the delete-range records: `y` + expiry + request id.
 pub(super) const RANGE_EXPIRY_PREFIX: u8 = b'y';
+/// Transaction locks: `k` + user key.
+pub(super) const LOCK_PREFIX: u8 = b'k';
+/// Transaction records: `t` + start timestamp.
+pub(super) const TXN_RECORD_PREFIX: u8 = b't';
 /// The last applied log id.
 pub(in crate::raft) const APPLIED_KEY: &[u8] = b"a";
 /// The writes of the entry being applied, recorded first (see `apply.rs`).
@@ -97,6 +103,22 @@ pub(super) fn data_key(key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The lock record key of a user key (`k` + key).
+pub(super) fn lock_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(LOCK_PREFIX);
+    out.extend_from_slice(key);
+    out
+}
+
+/// The transaction record key of transaction `start_ts` (`t` + start timestamp).
+pub(super) fn txn_record_key(start_ts: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8);
+    out.push(TXN_RECORD_PREFIX);
+    out.extend_from_slice(&start_ts.to_be_bytes());
+    out
+}
+
 /// The user key of a data record (`d` + key).
 pub(super) fn user_key(tree: &str, key: &[u8]) -> Result<Vec<u8>, StorageError> {
     match key.split_first() {
@@ -126,6 +148,17 @@ pub(super) fn data_bounds(start: &[u8], end: Option<&[u8]>) -> Option<KeyBounds>
         None => all_data_bounds().1,
     };
     Some((Bound::Included(data_key(start)), upper))
+}
+
+/// Bounds of the lock records of the keys in `[start, end)` (`None` end = no upper bound),
+/// or `None` when the range is empty.
+pub(super) fn lock_bounds(start: &[u8], end: Option<&[u8]>) -> Option<KeyBounds> {
+    let upper = match end {
+        Some(end) if start >= end => return None,
+        Some(end) => Bound::Excluded(lock_key(end)),
+        None => prefix_bounds(&[LOCK_PREFIX]).1,
+    };
+    Some((Bound::Included(lock_key(start)), upper))
 }
 
 /// A data record value in the format before MVCC: version (big-endian) then the value bytes

@@ -22,6 +22,7 @@ mod dedup;
 pub(in crate::raft) mod layout;
 pub(crate) mod mvcc;
 mod read;
+mod txn;
 #[cfg(test)]
 pub(in crate::raft) mod test_support;
 

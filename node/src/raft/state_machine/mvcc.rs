@@ -352,6 +352,19 @@ impl History {
 }
 
 impl History {
+    /// The newest timestamp `key`'s value was replaced or deleted at, when after `ts`.
+    /// `Err` when `ts` is below the floor: a change after it may be forgotten.
+    pub fn superseded_after(&self, key: &[u8], ts: u64) -> Result<Option<u64>, BelowFloor> {
+        if ts < self.floor {
+            return Err(BelowFloor { floor: self.floor });
+        }
+        let newest = self
+            .versions
+            .get(key)
+            .and_then(|versions| versions.iter().map(|old| old.superseded_ts).max());
+        Ok(newest.filter(|superseded| *superseded > ts))
+    }
+
     /// The keys with versions in memory in `[start, end)` (`None` end: no upper bound), in
     /// key order: with the heads of the range, every key a scan at a timestamp at or above
     /// the floor may find (a key absent from both had no version live at or above it).

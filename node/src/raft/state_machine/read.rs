@@ -9,8 +9,8 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, PoisonError};
 
 use super::layout::{all_data_bounds, data_bounds, user_key};
-use super::mvcc;
-use super::{join_error, GroupState};
+use super::{join_error, mvcc, txn, GroupState};
+use crate::raft::txn::LockedKey;
 use crate::raft::types::Versioned;
 use crate::storage::{StorageError, TreeRef};
 
@@ -175,6 +175,33 @@ impl GroupState {
         })
         .await
         .map_err(join_error)?
+    }
+
+    /// The first of `keys` locked by a transaction that started at or before
+    /// `max_start_ts`, with that start. A read must not answer for such a key until the
+    /// transaction is over: it may commit at or below the read's timestamp. Check before
+    /// reading: a lock taken after the check belongs to a transaction that commits after it.
+    pub fn first_lock(&self, keys: &[Vec<u8>], max_start_ts: u64) -> Result<Option<LockedKey>, StorageError> {
+        let tree = self.tree();
+        for key in keys {
+            if let Some(held) = txn::lock(&tree, key)? {
+                if held.start_ts <= max_start_ts {
+                    return Ok(Some(held.of(key)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first key of `[start, end)` (`None` end = no upper bound) locked by a transaction
+    /// that started at or before `max_start_ts` (see [`GroupState::first_lock`]).
+    pub fn first_lock_in(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max_start_ts: u64,
+    ) -> Result<Option<LockedKey>, StorageError> {
+        txn::first_lock_in(&self.tree(), start, end, max_start_ts)
     }
 
     /// The number of stored keys (`d` records); for tests and tools.

@@ -1,0 +1,553 @@
+//! Transactions in a shard's state: locks (`k` records) and transaction records (`t`), and
+//! how the commands of `raft/txn.rs` change them.
+//!
+//! - **Prewrite** locks every key it names, or none: a key locked by another transaction, or
+//!   (when conflicts are checked) written after the transaction's start, refuses the whole
+//!   prewrite. Conflicts are judged by the key's head and, for a key without one (deleted),
+//!   by the history in memory; a start below the shard's floor cannot be judged and is
+//!   refused too. On the primary key's shard the record is created pending.
+//! - **Commit** turns the transaction's locks into heads committed at exactly the commit
+//!   timestamp — not lifted above the shard's high-water mark as plain writes are (their
+//!   timestamps rise with the log; a transaction's must be the same on every shard). A lock
+//!   kept every other write off its key since before the commit timestamp was taken, so no
+//!   version of the key is newer. On the primary's shard the record turns committed first:
+//!   that entry is the transaction's commit point; a rolled-back record refuses the commit.
+//! - **Rollback** removes the locks; on the primary's shard it records the rollback first,
+//!   unless the transaction committed, which then stands and nothing is removed.
+//! - **Check status** answers the record, rolling back a transaction pending past its expiry
+//!   (oracle time, never a clock of this node) or never prewritten here.
+//!
+//! Every command is idempotent: a lock of the transaction already present, a commit or
+//! rollback of locks already gone, a record already in the requested state change nothing.
+
+use super::apply::EntryVersions;
+use super::layout::{lock_bounds, lock_key, txn_record_key};
+use super::mvcc;
+use super::GroupState;
+use crate::raft::txn::{
+    Lock, LockedKey, TxnCheckStatus, TxnCommit, TxnConflict, TxnOutcome, TxnPrewrite, TxnRollback, TxnStatus,
+};
+use crate::raft::{decode, encode};
+use crate::storage::{Batch, StorageError, TreeRef};
+
+/// `key`'s lock, if it has one.
+pub(super) fn lock(tree: &TreeRef, key: &[u8]) -> Result<Option<Lock>, StorageError> {
+    tree.get(&lock_key(key))?
+        .map(|bytes| decode(tree.name(), &bytes))
+        .transpose()
+}
+
+/// The first key of `[start, end)` (`None` end = no upper bound) locked by a transaction
+/// that started at or before `max_start_ts`.
+pub(super) fn first_lock_in(
+    tree: &TreeRef,
+    start: &[u8],
+    end: Option<&[u8]>,
+    max_start_ts: u64,
+) -> Result<Option<LockedKey>, StorageError> {
+    let Some((lower, upper)) = lock_bounds(start, end) else {
+        return Ok(None);
+    };
+    for pair in tree.range(lower, upper) {
+        let (key, bytes) = pair?;
+        let held: Lock = decode(tree.name(), &bytes)?;
+        if held.start_ts <= max_start_ts {
+            return Ok(Some(held.of(key.get(1..).unwrap_or_default())));
+        }
+    }
+    Ok(None)
+}
+
+/// The record of transaction `start_ts`, if this shard holds one.
+fn record(tree: &TreeRef, start_ts: u64) -> Result<Option<TxnStatus>, StorageError> {
+    tree.get(&txn_record_key(start_ts))?
+        .map(|bytes| decode(tree.name(), &bytes))
+        .transpose()
+}
+
+fn set_record(batch: &mut Batch, start_ts: u64, status: TxnStatus) -> Result<(), StorageError> {
+    batch.insert(txn_record_key(start_ts), encode(&status)?);
+    Ok(())
+}
+
+impl GroupState {
+    /// Applies a prewrite: every key locked, or nothing written and the conflicts answered.
+    pub(super) fn apply_prewrite(
+        &self,
+        tree: &TreeRef,
+        prewrite: &TxnPrewrite,
+        batch: &mut Batch,
+    ) -> Result<TxnOutcome, StorageError> {
+        let start_ts = prewrite.start_ts;
+        let existing = match prewrite.expires_ts {
+            Some(_) => record(tree, start_ts)?,
+            None => None,
+        };
+        if let Some(finished @ (TxnStatus::Committed { .. } | TxnStatus::RolledBack)) = existing {
+            return Ok(TxnOutcome::Conflicts(vec![TxnConflict::Finished(finished)]));
+        }
+        let history = self.history();
+        let mut conflicts = Vec::new();
+        let mut locks = Vec::with_capacity(prewrite.mutations.len());
+        for mutation in &prewrite.mutations {
+            let key = &mutation.key;
+            match lock(tree, key)? {
+                // Prewritten before: a retry.
+                Some(held) if held.start_ts == start_ts => continue,
+                Some(held) => {
+                    conflicts.push(TxnConflict::Locked {
+                        key: key.clone(),
+                        start_ts: held.start_ts,
+                        primary: held.primary,
+                    });
+                    continue;
+                }
+                None => {}
+            }
+            if prewrite.check_conflicts {
+                let changed = match mvcc::head(tree, key)? {
+                    Some(head) => Ok((head.commit_ts > start_ts).then_some(head.commit_ts)),
+                    // Deleted since, or never written: the history knows.
+                    None => history.superseded_after(key, start_ts),
+                };
+                match changed {
+                    Ok(None) => {}
+                    Ok(Some(commit_ts)) => {
+                        conflicts.push(TxnConflict::WriteConflict {
+                            key: key.clone(),
+                            commit_ts,
+                        });
+                        continue;
+                    }
+                    Err(below) => {
+                        conflicts.push(TxnConflict::TooOld {
+                            key: key.clone(),
+                            floor: below.floor,
+                        });
+                        continue;
+                    }
+                }
+            }
+            let lock = Lock {
+                start_ts,
+                primary: prewrite.primary.clone(),
+                value: mutation.value.clone(),
+            };
+            locks.push((lock_key(key), encode(&lock)?));
+        }
+        if !conflicts.is_empty() {
+            return Ok(TxnOutcome::Conflicts(conflicts));
+        }
+        for (key, lock) in locks {
+            batch.insert(key, lock);
+        }
+        if let (Some(expires_ts), None) = (prewrite.expires_ts, existing) {
+            set_record(batch, start_ts, TxnStatus::Pending { expires_ts })?;
+        }
+        Ok(TxnOutcome::Prewritten)
+    }
+
+    /// Applies a commit. Returns the transaction's status and, when it commits locks here,
+    /// the entry's versions (at exactly the commit timestamp).
+    pub(super) fn apply_commit(
+        &self,
+        tree: &TreeRef,
+        log_index: u64,
+        commit: &TxnCommit,
+        batch: &mut Batch,
+    ) -> Result<(TxnOutcome, Option<EntryVersions>), StorageError> {
+        let mut commit_ts = commit.commit_ts;
+        if commit.primary {
+            match record(tree, commit.start_ts)? {
+                Some(TxnStatus::Pending { .. }) => {
+                    set_record(batch, commit.start_ts, TxnStatus::Committed { commit_ts })?;
+                }
+                // A retry: the first commit timestamp stands; commit what is left at it.
+                Some(TxnStatus::Committed { commit_ts: first }) => commit_ts = first,
+                Some(TxnStatus::RolledBack) => {
+                    return Ok((TxnOutcome::Status(TxnStatus::RolledBack), None));
+                }
+                // Never prewritten here: it never can be now.
+                None => {
+                    set_record(batch, commit.start_ts, TxnStatus::RolledBack)?;
+                    return Ok((TxnOutcome::Status(TxnStatus::RolledBack), None));
+                }
+            }
+        }
+        let mut versions = EntryVersions::exact(commit_ts);
+        for key in &commit.keys {
+            let Some(held) = lock(tree, key)?.filter(|held| held.start_ts == commit.start_ts) else {
+                // Committed or rolled back before.
+                continue;
+            };
+            let head = versions.head(tree, key)?;
+            versions.set(batch, key, head, log_index, held.value.as_deref());
+            batch.remove(lock_key(key));
+        }
+        Ok((
+            TxnOutcome::Status(TxnStatus::Committed { commit_ts }),
+            Some(versions),
+        ))
+    }
+
+    /// Applies a rollback: the record (on the primary's shard) says rolled back unless the
+    /// transaction committed, then the transaction's locks on the keys are removed.
+    pub(super) fn apply_rollback(
+        &self,
+        tree: &TreeRef,
+        rollback: &TxnRollback,
+        batch: &mut Batch,
+    ) -> Result<TxnOutcome, StorageError> {
+        if rollback.primary {
+            match record(tree, rollback.start_ts)? {
+                Some(committed @ TxnStatus::Committed { .. }) => return Ok(TxnOutcome::Status(committed)),
+                Some(TxnStatus::RolledBack) => {}
+                Some(TxnStatus::Pending { .. }) | None => {
+                    set_record(batch, rollback.start_ts, TxnStatus::RolledBack)?;
+                }
+            }
+        }
+        for key in &rollback.keys {
+            if lock(tree, key)?.is_some_and(|held| held.start_ts == rollback.start_ts) {
+                batch.remove(lock_key(key));
+            }
+        }
+        Ok(TxnOutcome::Status(TxnStatus::RolledBack))
+    }
+
+    /// Applies a status check on the primary's shard: the record, after rolling back a
+    /// transaction pending past its expiry or never prewritten (its primary lock goes too).
+    pub(super) fn apply_check_status(
+        &self,
+        tree: &TreeRef,
+        check: &TxnCheckStatus,
+        batch: &mut Batch,
+    ) -> Result<TxnOutcome, StorageError> {
+        match record(tree, check.start_ts)? {
+            Some(TxnStatus::Pending { expires_ts }) if expires_ts < check.now_ts => {}
+            Some(status) => return Ok(TxnOutcome::Status(status)),
+            None => {}
+        }
+        let rollback = TxnRollback {
+            start_ts: check.start_ts,
+            keys: vec![check.primary.clone()],
+            primary: true,
+        };
+        self.apply_rollback(tree, &rollback, batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::EntryPayload;
+
+    use super::*;
+    use crate::raft::state_machine::test_support::{log_id, open, put};
+    use crate::raft::state_machine::StateMachine;
+    use crate::raft::txn::TxnMutation;
+    use crate::raft::types::{Command, CommandResult, Entry};
+
+    /// Applies `command` as entry `index` and returns its transaction outcome.
+    async fn apply(sm: &mut StateMachine, index: u64, command: Command) -> TxnOutcome {
+        let entry = Entry {
+            log_id: log_id(2, index),
+            payload: EntryPayload::Normal(command),
+        };
+        match sm.apply(vec![entry]).await.expect("apply").pop() {
+            Some(CommandResult::Txn(outcome)) => outcome,
+            other => panic!("a transaction outcome expected, got {other:?}"),
+        }
+    }
+
+    fn prewrite(start_ts: u64, writes: &[(&[u8], Option<&[u8]>)], primary_expires: Option<u64>) -> Command {
+        Command::TxnPrewrite(TxnPrewrite {
+            start_ts,
+            primary: writes.first().map(|(key, _)| key.to_vec()).unwrap_or_default(),
+            mutations: writes
+                .iter()
+                .map(|(key, value)| TxnMutation {
+                    key: key.to_vec(),
+                    value: value.map(<[u8]>::to_vec),
+                })
+                .collect(),
+            check_conflicts: true,
+            expires_ts: primary_expires,
+        })
+    }
+
+    fn commit(start_ts: u64, commit_ts: u64, keys: &[&[u8]], primary: bool) -> Command {
+        Command::TxnCommit(TxnCommit {
+            start_ts,
+            commit_ts,
+            keys: keys.iter().map(|key| key.to_vec()).collect(),
+            primary,
+        })
+    }
+
+    const COMMITTED_AT_900: TxnOutcome = TxnOutcome::Status(TxnStatus::Committed { commit_ts: 900 });
+
+    /// Prewrite locks without changing what reads see; the primary's commit is the commit
+    /// point and lands the values at exactly the commit timestamp (below the shard's
+    /// high-water mark too); a retried commit keeps the first timestamp.
+    #[tokio::test]
+    async fn prewrite_then_commit_lands_at_the_commit_timestamp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        sm.apply(vec![put(1, b"a", b"old", 1)]).await.expect("put");
+        let writes: [(&[u8], Option<&[u8]>); 2] = [(b"a", Some(b"new")), (b"b", Some(b"fresh"))];
+        assert_eq!(
+            apply(&mut sm, 2, prewrite(500, &writes, Some(10_000))).await,
+            TxnOutcome::Prewritten
+        );
+        assert_eq!(
+            apply(&mut sm, 3, prewrite(500, &writes, Some(10_000))).await,
+            TxnOutcome::Prewritten,
+            "a retried prewrite"
+        );
+        let tree = state.tree();
+        assert_eq!(lock(&tree, b"a").expect("lock").map(|l| l.start_ts), Some(500));
+        assert_eq!(record(&tree, 500).expect("record"), Some(TxnStatus::Pending { expires_ts: 10_000 }));
+        assert_eq!(state.get(b"a").await.expect("get").map(|v| v.value), Some(b"old".to_vec()));
+        assert_eq!(state.get(b"b").await.expect("get"), None);
+        // Another shard's plain write raised this shard's high-water mark above 900.
+        sm.apply(vec![Entry {
+            log_id: log_id(2, 4),
+            payload: EntryPayload::Normal(Command::WriteAt(crate::raft::types::TimedWrites {
+                commit_ts: 1_000,
+                writes: Vec::new(),
+            })),
+        }])
+        .await
+        .expect("write");
+        assert_eq!(apply(&mut sm, 5, commit(500, 900, &[b"a", b"b"], true)).await, COMMITTED_AT_900);
+        assert_eq!(lock(&tree, b"a").expect("lock"), None);
+        let at = |ts: u64| {
+            let state = state.clone();
+            async move {
+                let values = state
+                    .get_many_at(&[b"a".to_vec(), b"b".to_vec()], ts)
+                    .await
+                    .expect("read")
+                    .expect("within the history");
+                values.into_iter().map(|v| v.map(|v| (v.version, v.value))).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(at(899).await, vec![Some((1, b"old".to_vec())), None]);
+        assert_eq!(
+            at(900).await,
+            vec![Some((5, b"new".to_vec())), Some((5, b"fresh".to_vec()))]
+        );
+        assert_eq!(state.history_span().0, 0);
+        // A retry at another timestamp keeps the first.
+        assert_eq!(apply(&mut sm, 6, commit(500, 950, &[b"a", b"b"], true)).await, COMMITTED_AT_900);
+        assert_eq!(at(2_000).await[0], Some((5, b"new".to_vec())));
+    }
+
+    /// A key locked by another transaction or written after the start refuses the whole
+    /// prewrite; read committed (no conflict check) takes the newer write.
+    #[tokio::test]
+    async fn conflicts_refuse_the_whole_prewrite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        sm.apply(vec![Entry {
+            log_id: log_id(2, 1),
+            payload: EntryPayload::Normal(Command::WriteAt(crate::raft::types::TimedWrites {
+                commit_ts: 300,
+                writes: vec![crate::raft::types::WriteCommand {
+                    request_id: [1; 16],
+                    issued_at_ms: 1_000,
+                    ops: vec![crate::raft::types::WriteOp {
+                        key: b"w".to_vec(),
+                        value: Some(b"at 300".to_vec()),
+                        expected_version: None,
+                    }],
+                }],
+            })),
+        }])
+        .await
+        .expect("write");
+        assert_eq!(
+            apply(&mut sm, 2, prewrite(100, &[(b"l", Some(b"x"))], Some(10_000))).await,
+            TxnOutcome::Prewritten
+        );
+        let outcome = apply(
+            &mut sm,
+            3,
+            prewrite(200, &[(b"free", Some(b"y")), (b"l", Some(b"y")), (b"w", None)], None),
+        )
+        .await;
+        assert_eq!(
+            outcome,
+            TxnOutcome::Conflicts(vec![
+                TxnConflict::Locked {
+                    key: b"l".to_vec(),
+                    start_ts: 100,
+                    primary: b"l".to_vec(),
+                },
+                TxnConflict::WriteConflict {
+                    key: b"w".to_vec(),
+                    commit_ts: 300,
+                },
+            ])
+        );
+        let tree = state.tree();
+        assert_eq!(lock(&tree, b"free").expect("lock"), None, "nothing was written");
+        // Without the conflict check (read committed), the newer write does not matter.
+        let mut read_committed = prewrite(200, &[(b"w", None)], None);
+        if let Command::TxnPrewrite(prewrite) = &mut read_committed {
+            prewrite.check_conflicts = false;
+        }
+        assert_eq!(apply(&mut sm, 4, read_committed).await, TxnOutcome::Prewritten);
+        // The delete commits at 400: the key is gone then, not before.
+        assert_eq!(
+            apply(&mut sm, 5, commit(200, 400, &[b"w"], false)).await,
+            TxnOutcome::Status(TxnStatus::Committed { commit_ts: 400 })
+        );
+        assert_eq!(state.get(b"w").await.expect("get"), None);
+        // A later transaction started before the delete conflicts with it (the history
+        // knows; there is no head).
+        assert_eq!(
+            apply(&mut sm, 6, prewrite(350, &[(b"w", Some(b"z"))], None)).await,
+            TxnOutcome::Conflicts(vec![TxnConflict::WriteConflict {
+                key: b"w".to_vec(),
+                commit_ts: 400,
+            }])
+        );
+    }
+
+    /// A rollback wins over a later commit and prewrite; a commit wins over a later
+    /// rollback; a status check rolls back only past the expiry, or a transaction the
+    /// primary's shard never saw.
+    #[tokio::test]
+    async fn the_record_decides_between_commit_and_rollback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let check = |start_ts: u64, now_ts: u64| {
+            Command::TxnCheckStatus(TxnCheckStatus {
+                start_ts,
+                primary: b"p".to_vec(),
+                now_ts,
+            })
+        };
+        assert_eq!(
+            apply(&mut sm, 1, prewrite(100, &[(b"p", Some(b"1"))], Some(5_000))).await,
+            TxnOutcome::Prewritten
+        );
+        assert_eq!(
+            apply(&mut sm, 2, check(100, 4_000)).await,
+            TxnOutcome::Status(TxnStatus::Pending { expires_ts: 5_000 })
+        );
+        assert_eq!(
+            apply(&mut sm, 3, check(100, 6_000)).await,
+            TxnOutcome::Status(TxnStatus::RolledBack),
+            "expired"
+        );
+        let tree = state.tree();
+        assert_eq!(lock(&tree, b"p").expect("lock"), None, "the primary lock went too");
+        assert_eq!(
+            apply(&mut sm, 4, commit(100, 900, &[b"p"], true)).await,
+            TxnOutcome::Status(TxnStatus::RolledBack),
+            "a commit after the rollback is refused"
+        );
+        assert_eq!(state.get(b"p").await.expect("get"), None);
+        assert_eq!(
+            apply(&mut sm, 5, prewrite(100, &[(b"p", Some(b"1"))], Some(5_000))).await,
+            TxnOutcome::Conflicts(vec![TxnConflict::Finished(TxnStatus::RolledBack)]),
+            "a late prewrite is refused"
+        );
+        // Never prewritten: rolled back for good.
+        assert_eq!(
+            apply(&mut sm, 6, check(200, 0)).await,
+            TxnOutcome::Status(TxnStatus::RolledBack)
+        );
+        // Committed first: the rollback changes nothing.
+        assert_eq!(
+            apply(&mut sm, 7, prewrite(300, &[(b"q", Some(b"2"))], Some(5_000))).await,
+            TxnOutcome::Prewritten
+        );
+        assert_eq!(
+            apply(&mut sm, 8, commit(300, 900, &[], true)).await,
+            COMMITTED_AT_900,
+            "the record commits before its keys"
+        );
+        let rollback = Command::TxnRollback(TxnRollback {
+            start_ts: 300,
+            keys: vec![b"q".to_vec()],
+            primary: true,
+        });
+        assert_eq!(apply(&mut sm, 9, rollback).await, COMMITTED_AT_900);
+        assert_eq!(lock(&tree, b"q").expect("lock").map(|l| l.start_ts), Some(300));
+        assert_eq!(apply(&mut sm, 10, commit(300, 900, &[b"q"], false)).await, COMMITTED_AT_900);
+        assert_eq!(state.get(b"q").await.expect("get").map(|v| v.value), Some(b"2".to_vec()));
+    }
+
+    /// A plain write to a locked key, or a delete-range over one, is not applied and leaves
+    /// no de-duplication record (its retry is evaluated afresh); other writes of the entry
+    /// apply. After the commit, the retry applies.
+    #[tokio::test]
+    async fn locks_keep_plain_writes_off_their_keys() {
+        use crate::raft::state_machine::test_support::{apply_delete_range, delete_range};
+        use crate::raft::types::{WriteCommand, WriteOp, WriteOutcome};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        assert_eq!(
+            apply(&mut sm, 1, prewrite(100, &[(b"l", Some(b"txn"))], Some(10_000))).await,
+            TxnOutcome::Prewritten
+        );
+        let write = |request_id: u8, key: &[u8]| WriteCommand {
+            request_id: [request_id; 16],
+            issued_at_ms: 1_000,
+            ops: vec![WriteOp {
+                key: key.to_vec(),
+                value: Some(b"plain".to_vec()),
+                expected_version: None,
+            }],
+        };
+        let entry = |index: u64, writes: Vec<WriteCommand>| Entry {
+            log_id: log_id(2, index),
+            payload: EntryPayload::Normal(Command::Write(writes)),
+        };
+        let results = sm
+            .apply(vec![entry(2, vec![write(1, b"l"), write(2, b"m")])])
+            .await
+            .expect("apply");
+        let CommandResult::Write(outcomes) = &results[0] else {
+            panic!("write outcomes expected, got {results:?}")
+        };
+        assert_eq!(
+            outcomes[0],
+            WriteOutcome::Locked(LockedKey {
+                key: b"l".to_vec(),
+                start_ts: 100,
+                primary: b"l".to_vec(),
+            })
+        );
+        assert!(outcomes[1].results().is_some_and(|r| r[0].succeeded));
+        let results = sm.apply(vec![delete_range(3, b"a", None, 10, 3)]).await.expect("apply");
+        assert_eq!(
+            results,
+            vec![CommandResult::RangeLocked(LockedKey {
+                key: b"l".to_vec(),
+                start_ts: 100,
+                primary: b"l".to_vec(),
+            })]
+        );
+        assert_eq!(state.get(b"m").await.expect("get").map(|v| v.value), Some(b"plain".to_vec()));
+        assert_eq!(
+            apply(&mut sm, 4, commit(100, 900, &[b"l"], true)).await,
+            COMMITTED_AT_900
+        );
+        let results = sm.apply(vec![entry(5, vec![write(1, b"l")])]).await.expect("apply");
+        let CommandResult::Write(outcomes) = &results[0] else {
+            panic!("write outcomes expected, got {results:?}")
+        };
+        assert!(outcomes[0].results().is_some_and(|r| r[0].succeeded), "the retry applies");
+        let deleted = apply_delete_range(&mut sm, delete_range(6, b"a", None, 10, 3)).await;
+        assert_eq!(deleted.deleted, 2);
+    }
+}

@@ -1,0 +1,142 @@
+//! The replicated commands of transactions and what applying them answers (Percolator's
+//! two-phase commit, as `state_machine/txn.rs` applies it).
+//!
+//! A transaction reads at its start timestamp and buffers its writes in the client; at commit
+//! its coordinator (the router) prewrites every written key — a **lock** holding the new value
+//! — on each shard it touches, the shard of its **primary** key also recording the
+//! transaction as pending; then it takes a commit timestamp from the oracle and commits the
+//! primary (the commit point), then the others. Whoever meets a lock asks the primary's shard
+//! what became of the transaction (`TxnCheckStatus`), which rolls back a transaction whose
+//! time ran out; locks are then committed or removed to match (`TxnCommit` / `TxnRollback`).
+//!
+//! These are persisted in the Raft log: postcard encodes enum variants by index, so new
+//! variants go at the end and fields are never added to existing structs.
+
+use serde::{Deserialize, Serialize};
+
+/// One write of a transaction: store `value`, or delete the key (`None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnMutation {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
+/// Prewrite the transaction's writes to keys of one shard: lock each key with its new value,
+/// all or none. Applying it again is harmless (a key already locked by the transaction is
+/// left as it is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnPrewrite {
+    /// The transaction's start (read) timestamp, which names it.
+    pub start_ts: u64,
+    /// The transaction's primary key (maybe on another shard): where its status is recorded.
+    #[serde(with = "serde_bytes")]
+    pub primary: Vec<u8>,
+    pub mutations: Vec<TxnMutation>,
+    /// Refuse a key committed after `start_ts` (first committer wins: repeatable read and
+    /// serializable); read committed and read uncommitted skip the check.
+    pub check_conflicts: bool,
+    /// On the primary key's shard: record the transaction as pending until this oracle
+    /// timestamp (after it, a reader may roll it back). `None` on the other shards.
+    pub expires_ts: Option<u64>,
+}
+
+/// Commit the transaction's locks on `keys` (of one shard) at `commit_ts`. On the primary's
+/// shard (`primary`), the transaction record turns committed first — the commit point — and
+/// nothing is committed if the record was rolled back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnCommit {
+    pub start_ts: u64,
+    pub commit_ts: u64,
+    pub keys: Vec<Vec<u8>>,
+    pub primary: bool,
+}
+
+/// Remove the transaction's locks on `keys` (of one shard). On the primary's shard, the
+/// record turns rolled back first (so a late prewrite or commit fails) — unless it committed,
+/// and then nothing is removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRollback {
+    pub start_ts: u64,
+    pub keys: Vec<Vec<u8>>,
+    pub primary: bool,
+}
+
+/// On the primary key's shard: what became of transaction `start_ts`, rolling it back when
+/// it is pending past its expiry at oracle time `now_ts`, or was never prewritten here (so it
+/// never can be).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnCheckStatus {
+    pub start_ts: u64,
+    #[serde(with = "serde_bytes")]
+    pub primary: Vec<u8>,
+    pub now_ts: u64,
+}
+
+/// A transaction's status, as recorded on its primary key's shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnStatus {
+    /// Prewritten; may still commit. A reader may roll it back after `expires_ts`.
+    Pending { expires_ts: u64 },
+    Committed { commit_ts: u64 },
+    RolledBack,
+}
+
+/// A prewritten key: the new value of an uncommitted transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub start_ts: u64,
+    #[serde(with = "serde_bytes")]
+    pub primary: Vec<u8>,
+    /// The new value; `None` deletes the key.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
+/// A key found locked by a transaction: what a reader or writer needs to resolve it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedKey {
+    pub key: Vec<u8>,
+    /// The locking transaction's start timestamp.
+    pub start_ts: u64,
+    /// Its primary key, where its status is recorded.
+    pub primary: Vec<u8>,
+}
+
+impl Lock {
+    /// This lock as found on `key`.
+    pub fn of(&self, key: &[u8]) -> LockedKey {
+        LockedKey {
+            key: key.to_vec(),
+            start_ts: self.start_ts,
+            primary: self.primary.clone(),
+        }
+    }
+}
+
+/// Why a prewrite wrote nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnConflict {
+    /// The key is locked by another transaction (`lock.start_ts`), which must be resolved
+    /// first.
+    Locked { key: Vec<u8>, start_ts: u64, primary: Vec<u8> },
+    /// The key was written at `commit_ts`, after the transaction's start: first committer
+    /// wins.
+    WriteConflict { key: Vec<u8>, commit_ts: u64 },
+    /// Whether the key changed after the start is no longer known (its history is gone).
+    TooOld { key: Vec<u8>, floor: u64 },
+    /// The transaction was already rolled back (or committed): its prewrite comes too late.
+    Finished(TxnStatus),
+}
+
+/// What applying a transaction command answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOutcome {
+    /// Every key is locked by the transaction.
+    Prewritten,
+    /// Nothing was written.
+    Conflicts(Vec<TxnConflict>),
+    /// The transaction's status after a commit, rollback or status check.
+    Status(TxnStatus),
+}
