@@ -9,6 +9,9 @@
 //! | `x-ringkv-rejected`        | node            | `1`: the write was definitely not applied      |
 //! | `x-ringkv-outcome-unknown` | node and router | `1`: the write may or may not have been applied |
 //!
+//! A "key locked" error (`RESOURCE_EXHAUSTED`) carries the lock it met as its status
+//! details: a protobuf-encoded `LockInfo` ([`locked`], [`lock_info`]).
+//!
 //! Readers are deliberately asymmetric about values. A rejection counts only when the value
 //! is exactly `1` (reading a rejection where there was none would let a write be retried
 //! elsewhere after it was applied), while outcome-unknown counts whatever the value (reading
@@ -108,6 +111,27 @@ pub fn is_outcome_unknown(status: &Status) -> bool {
     status.metadata().get(OUTCOME_UNKNOWN).is_some()
 }
 
+/// A "key locked" error: the request met a transaction's lock (in the details), was not
+/// applied, and may be retried once the lock is resolved.
+pub fn locked(message: impl Into<String>, lock: &crate::v1::LockInfo) -> Status {
+    use prost::Message;
+    Status::with_details(
+        tonic::Code::ResourceExhausted,
+        message,
+        lock.encode_to_vec().into(),
+    )
+}
+
+/// The lock a "key locked" error met; `None` for any other status (or undecodable details:
+/// network input).
+pub fn lock_info(status: &Status) -> Option<crate::v1::LockInfo> {
+    use prost::Message;
+    if status.code() != tonic::Code::ResourceExhausted || status.details().is_empty() {
+        return None;
+    }
+    crate::v1::LockInfo::decode(status.details()).ok()
+}
+
 /// Every key above, the ones a [`write_failure`] carries.
 const KEYS: [&str; 4] = [LEADER_ID, LEADER_ADDR, OUTCOME_UNKNOWN, REJECTED];
 
@@ -128,6 +152,7 @@ pub fn write_failure(status: &Status) -> crate::v1::WriteFailure {
         code: status.code() as i32,
         message: status.message().to_string(),
         metadata,
+        details: status.details().to_vec(),
     }
 }
 
@@ -135,7 +160,11 @@ pub fn write_failure(status: &Status) -> crate::v1::WriteFailure {
 /// `UNKNOWN`, and metadata outside the `x-ringkv-*` keys above (or not sendable as metadata)
 /// is dropped.
 pub fn failure_status(failure: crate::v1::WriteFailure) -> Status {
-    let mut status = Status::new(tonic::Code::from_i32(failure.code), failure.message);
+    let mut status = Status::with_details(
+        tonic::Code::from_i32(failure.code),
+        failure.message,
+        failure.details.into(),
+    );
     for entry in failure.metadata {
         let Some(key) = KEYS.iter().find(|key| **key == entry.key) else {
             continue;
@@ -184,8 +213,26 @@ mod tests {
             code: 999,
             message: String::new(),
             metadata: Vec::new(),
+            details: Vec::new(),
         });
         assert_eq!(unknown_code.code(), tonic::Code::Unknown);
+    }
+
+    /// A "key locked" error carries its lock, also through a batch's failure message;
+    /// other statuses carry none, and undecodable details read as none.
+    #[test]
+    fn locks_travel_in_the_details() {
+        let lock = crate::v1::LockInfo {
+            key: b"k".to_vec(),
+            start_ts: 7,
+            primary: b"p".to_vec(),
+        };
+        let status = locked("key k is locked", &lock);
+        assert_eq!(lock_info(&status), Some(lock.clone()));
+        assert_eq!(lock_info(&failure_status(write_failure(&status))), Some(lock));
+        assert_eq!(lock_info(&Status::resource_exhausted("overloaded")), None);
+        let garbage = Status::with_details(tonic::Code::ResourceExhausted, "x", vec![0xff; 3].into());
+        assert_eq!(lock_info(&garbage), None);
     }
 
     /// A metadata key and its raw value.

@@ -15,6 +15,9 @@ mod bootstrap;
 mod data;
 mod replicas;
 mod status;
+mod txn;
+
+pub use txn::Prewrite;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

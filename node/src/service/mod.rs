@@ -10,10 +10,11 @@ pub mod raft;
 pub mod shard;
 pub mod tso;
 
-use ringkv_proto::metadata;
+use ringkv_proto::{metadata, v1};
 use tonic::{Code, Status};
 
 use crate::error::NodeError;
+use crate::raft::types::LockedKey;
 
 /// Maps a node error to a gRPC status. For writes (`is_write`), marks errors that prove
 /// the write was not applied (`x-ringkv-rejected`) and those whose outcome is unknown.
@@ -42,7 +43,10 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         // Busy: the router retries it within the request's deadline.
         NodeError::Overloaded(_) | NodeError::KeyLocked(_) => Code::ResourceExhausted,
     };
-    let mut status = Status::new(code, err.to_string());
+    let mut status = match &err {
+        NodeError::KeyLocked(locked) => metadata::locked(err.to_string(), &lock_info(locked)),
+        _ => Status::new(code, err.to_string()),
+    };
     if let NodeError::NotLeader {
         leader: Some((leader_id, leader_addr)),
         ..
@@ -106,5 +110,14 @@ mod tests {
         );
         assert_eq!(bad.code(), Code::InvalidArgument);
         assert!(bad.message().contains("99"));
+    }
+}
+
+/// The wire form of a lock met.
+pub fn lock_info(locked: &LockedKey) -> v1::LockInfo {
+    v1::LockInfo {
+        key: locked.key.clone(),
+        start_ts: locked.start_ts,
+        primary: locked.primary.clone(),
     }
 }

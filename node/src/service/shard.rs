@@ -6,6 +6,8 @@ use ringkv_proto::v1::{self, shard_kv_server::ShardKv};
 use ringkv_ring::Ring;
 use tonic::{Request, Response, Status};
 
+mod txn;
+
 use super::status;
 use crate::error::NodeError;
 use crate::group::Group;
@@ -459,6 +461,46 @@ impl ShardKv for ShardKvService {
         request: Request<v1::ShardDeleteRangeRequest>,
     ) -> Result<Response<v1::ShardDeleteRangeResponse>, Status> {
         self.delete_range(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, true))
+    }
+
+    async fn txn_prewrite(
+        &self,
+        request: Request<v1::TxnPrewriteRequest>,
+    ) -> Result<Response<v1::TxnPrewriteResponse>, Status> {
+        self.txn_prewrite(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, true))
+    }
+
+    async fn txn_commit(
+        &self,
+        request: Request<v1::TxnCommitRequest>,
+    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        self.txn_commit(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, true))
+    }
+
+    async fn txn_rollback(
+        &self,
+        request: Request<v1::TxnRollbackRequest>,
+    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        self.txn_rollback(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, true))
+    }
+
+    async fn txn_check_status(
+        &self,
+        request: Request<v1::TxnCheckStatusRequest>,
+    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        self.txn_check_status(request.into_inner())
             .await
             .map(Response::new)
             .map_err(|err| status(err, true))

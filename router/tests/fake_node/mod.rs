@@ -331,6 +331,35 @@ impl ShardKv for FakeNode {
         }))
     }
 
+    // The router's key-value tests use no transactions.
+    async fn txn_prewrite(
+        &self,
+        _request: Request<v1::TxnPrewriteRequest>,
+    ) -> Result<Response<v1::TxnPrewriteResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no transactions"))
+    }
+
+    async fn txn_commit(
+        &self,
+        _request: Request<v1::TxnCommitRequest>,
+    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no transactions"))
+    }
+
+    async fn txn_rollback(
+        &self,
+        _request: Request<v1::TxnRollbackRequest>,
+    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no transactions"))
+    }
+
+    async fn txn_check_status(
+        &self,
+        _request: Request<v1::TxnCheckStatusRequest>,
+    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no transactions"))
+    }
+
     async fn read(&self, request: Request<ShardReadRequest>) -> Result<Response<ShardReadResponse>, Status> {
         let request = request.into_inner();
         let keys: Vec<&[u8]> = request.keys.iter().map(Vec::as_slice).collect();

@@ -1,0 +1,106 @@
+//! The node side of transactions: each command of `raft/txn.rs` proposed to a shard group as
+//! an entry of its own (not batched with writes), through the leadership gate like every
+//! write. Expiry is oracle time: a prewrite on the primary's shard records the transaction
+//! as pending until a fresh timestamp plus its time to live, and a status check compares
+//! with a fresh timestamp. No node's clock decides it.
+
+use super::Node;
+use crate::error::NodeError;
+use crate::group::Group;
+use crate::proposal;
+use crate::raft::txn::{TxnCheckStatus, TxnCommit, TxnMutation, TxnOutcome, TxnPrewrite, TxnRollback};
+use crate::raft::types::{Command, CommandResult, GroupId};
+
+/// Bits of a timestamp below its physical part (milliseconds).
+const LOGICAL_BITS: u32 = 18;
+
+/// What a prewrite asks for (the shard and transaction come separately).
+#[derive(Debug, Clone)]
+pub struct Prewrite {
+    pub start_ts: u64,
+    pub primary: Vec<u8>,
+    pub mutations: Vec<TxnMutation>,
+    pub check_conflicts: bool,
+    /// Non-zero on the primary key's shard: how long the transaction stays pending.
+    pub ttl_ms: u64,
+}
+
+impl Node {
+    /// Prewrites on shard `group` (see `TxnPrewrite`).
+    pub async fn txn_prewrite(&self, group: &Group, prewrite: Prewrite) -> Result<TxnOutcome, NodeError> {
+        let expires_ts = if prewrite.ttl_ms == 0 {
+            None
+        } else {
+            let now = self.oracle_now().await?;
+            Some(now.saturating_add(prewrite.ttl_ms.saturating_mul(1 << LOGICAL_BITS)))
+        };
+        let command = Command::TxnPrewrite(TxnPrewrite {
+            start_ts: prewrite.start_ts,
+            primary: prewrite.primary,
+            mutations: prewrite.mutations,
+            check_conflicts: prewrite.check_conflicts,
+            expires_ts,
+        });
+        self.propose_txn(group, command).await
+    }
+
+    /// Commits the transaction's locks on `keys` of shard `group` (see `TxnCommit`).
+    pub async fn txn_commit(&self, group: &Group, commit: TxnCommit) -> Result<TxnOutcome, NodeError> {
+        self.propose_txn(group, Command::TxnCommit(commit)).await
+    }
+
+    /// Rolls back the transaction's locks on `keys` of shard `group` (see `TxnRollback`).
+    pub async fn txn_rollback(&self, group: &Group, rollback: TxnRollback) -> Result<TxnOutcome, NodeError> {
+        self.propose_txn(group, Command::TxnRollback(rollback)).await
+    }
+
+    /// The status of transaction `start_ts` on its primary key's shard `group`, rolling it
+    /// back when it is pending past its expiry or unknown there.
+    pub async fn txn_check_status(
+        &self,
+        group: &Group,
+        start_ts: u64,
+        primary: Vec<u8>,
+    ) -> Result<TxnOutcome, NodeError> {
+        let now_ts = self.oracle_now().await?;
+        let command = Command::TxnCheckStatus(TxnCheckStatus {
+            start_ts,
+            primary,
+            now_ts,
+        });
+        self.propose_txn(group, command).await
+    }
+
+    /// A fresh timestamp of the oracle.
+    async fn oracle_now(&self) -> Result<u64, NodeError> {
+        let source = self.timestamp_source().ok_or(NodeError::NotInitialized)?;
+        source.timestamp().await
+    }
+
+    /// Proposes a transaction command to shard `group` and waits for its outcome.
+    async fn propose_txn(&self, group: &Group, command: Command) -> Result<TxnOutcome, NodeError> {
+        if group.id == GroupId::System {
+            return Err(NodeError::InvalidArgument(format!(
+                "{} does not take transactions",
+                group.id
+            )));
+        }
+        group.hibernation.touch();
+        let gate = group.leadership.gate();
+        let _open = gate.read().await;
+        let result = proposal::propose(
+            &group.raft,
+            group.id,
+            self.node_id(),
+            command,
+            self.config().write_timeout_ms,
+        )
+        .await?;
+        match result {
+            CommandResult::Txn(outcome) => Ok(outcome),
+            other => Err(NodeError::OutcomeUnknown(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+}

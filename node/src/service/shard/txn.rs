@@ -1,0 +1,221 @@
+//! The transaction calls of `ShardKv`: prewrite, commit, rollback and status check, each
+//! checked (keys of the shard, sizes) and proposed as one entry.
+
+use ringkv_proto::v1;
+
+use super::ShardKvService;
+use crate::error::NodeError;
+use crate::node::Prewrite;
+use crate::raft::txn::{TxnCommit, TxnConflict, TxnMutation, TxnOutcome, TxnRollback, TxnStatus};
+
+/// Longest time to live a transaction may ask for (oracle milliseconds).
+const MAX_TTL_MS: u64 = 60_000;
+
+impl ShardKvService {
+    /// Checks that `keys` are 1..=max_ops_per_write keys of `shard_id`.
+    fn check_txn_keys<'a>(
+        &self,
+        shard_id: u32,
+        keys: impl ExactSizeIterator<Item = &'a [u8]>,
+    ) -> Result<(), NodeError> {
+        let (ring, _group) = self.node.shard_group(shard_id)?;
+        let max = self.node.config().max_ops_per_write;
+        if keys.len() > max {
+            return Err(NodeError::InvalidArgument(format!(
+                "a transaction command takes at most {max} keys per shard, got {}",
+                keys.len()
+            )));
+        }
+        for key in keys {
+            self.check_key(key)?;
+            let actual = ring.shard_for_key(key).0;
+            if actual != shard_id {
+                return Err(NodeError::WrongShard {
+                    requested: shard_id,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn txn_prewrite(
+        &self,
+        request: v1::TxnPrewriteRequest,
+    ) -> Result<v1::TxnPrewriteResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        if request.mutations.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "a prewrite needs at least one mutation".to_string(),
+            ));
+        }
+        self.check_txn_keys(
+            request.shard_id,
+            request.mutations.iter().map(|mutation| mutation.key.as_slice()),
+        )?;
+        if request.primary.is_empty() || request.primary.len() > self.node.config().max_key_bytes {
+            return Err(NodeError::InvalidArgument(
+                "the primary key must be a valid key".to_string(),
+            ));
+        }
+        if request.ttl_ms > MAX_TTL_MS {
+            return Err(NodeError::InvalidArgument(format!(
+                "ttl_ms is at most {MAX_TTL_MS}, got {}",
+                request.ttl_ms
+            )));
+        }
+        let max_value = self.node.config().max_value_bytes;
+        let mut mutations = Vec::with_capacity(request.mutations.len());
+        for mutation in request.mutations {
+            let value = match v1::WriteKind::try_from(mutation.kind) {
+                Ok(v1::WriteKind::Put) if mutation.value.len() > max_value => {
+                    return Err(NodeError::InvalidArgument(format!(
+                        "value is {} bytes, the limit is {max_value}",
+                        mutation.value.len()
+                    )))
+                }
+                Ok(v1::WriteKind::Put) => Some(mutation.value),
+                Ok(v1::WriteKind::Delete) => None,
+                Err(_) => {
+                    return Err(NodeError::InvalidArgument(format!(
+                        "unknown mutation kind {}",
+                        mutation.kind
+                    )))
+                }
+            };
+            mutations.push(TxnMutation {
+                key: mutation.key,
+                value,
+            });
+        }
+        let prewrite = Prewrite {
+            start_ts: request.start_ts,
+            primary: request.primary,
+            mutations,
+            check_conflicts: request.check_conflicts,
+            ttl_ms: request.ttl_ms,
+        };
+        let conflicts = match self.node.txn_prewrite(&group, prewrite).await? {
+            TxnOutcome::Prewritten => Vec::new(),
+            TxnOutcome::Conflicts(conflicts) => conflicts.into_iter().map(conflict).collect(),
+            TxnOutcome::Status(status) => {
+                return Err(NodeError::OutcomeUnknown(format!(
+                    "a prewrite answered a status ({status:?})"
+                )))
+            }
+        };
+        Ok(v1::TxnPrewriteResponse { conflicts })
+    }
+
+    pub(super) async fn txn_commit(
+        &self,
+        request: v1::TxnCommitRequest,
+    ) -> Result<v1::TxnStatusResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        self.check_txn_keys(request.shard_id, request.keys.iter().map(Vec::as_slice))?;
+        if request.commit_ts <= request.start_ts {
+            return Err(NodeError::InvalidArgument(format!(
+                "commit_ts {} must be above start_ts {}",
+                request.commit_ts, request.start_ts
+            )));
+        }
+        let commit = TxnCommit {
+            start_ts: request.start_ts,
+            commit_ts: request.commit_ts,
+            keys: request.keys,
+            primary: request.primary,
+        };
+        status_response(self.node.txn_commit(&group, commit).await?)
+    }
+
+    pub(super) async fn txn_rollback(
+        &self,
+        request: v1::TxnRollbackRequest,
+    ) -> Result<v1::TxnStatusResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        self.check_txn_keys(request.shard_id, request.keys.iter().map(Vec::as_slice))?;
+        let rollback = TxnRollback {
+            start_ts: request.start_ts,
+            keys: request.keys,
+            primary: request.primary,
+        };
+        status_response(self.node.txn_rollback(&group, rollback).await?)
+    }
+
+    pub(super) async fn txn_check_status(
+        &self,
+        request: v1::TxnCheckStatusRequest,
+    ) -> Result<v1::TxnStatusResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        self.check_txn_keys(request.shard_id, std::iter::once(request.primary.as_slice()))?;
+        let outcome = self
+            .node
+            .txn_check_status(&group, request.start_ts, request.primary)
+            .await?;
+        status_response(outcome)
+    }
+}
+
+/// The wire form of a transaction's status.
+fn status_message(status: TxnStatus) -> v1::TxnStatusResponse {
+    match status {
+        TxnStatus::Pending { expires_ts } => v1::TxnStatusResponse {
+            state: v1::TxnState::Pending as i32,
+            commit_ts: 0,
+            expires_ts,
+        },
+        TxnStatus::Committed { commit_ts } => v1::TxnStatusResponse {
+            state: v1::TxnState::Committed as i32,
+            commit_ts,
+            expires_ts: 0,
+        },
+        TxnStatus::RolledBack => v1::TxnStatusResponse {
+            state: v1::TxnState::RolledBack as i32,
+            commit_ts: 0,
+            expires_ts: 0,
+        },
+    }
+}
+
+fn status_response(outcome: TxnOutcome) -> Result<v1::TxnStatusResponse, NodeError> {
+    match outcome {
+        TxnOutcome::Status(status) => Ok(status_message(status)),
+        other => Err(NodeError::OutcomeUnknown(format!(
+            "a commit, rollback or status check answered {other:?}"
+        ))),
+    }
+}
+
+/// The wire form of a prewrite conflict.
+fn conflict(conflict: TxnConflict) -> v1::TxnConflict {
+    let mut message = v1::TxnConflict::default();
+    match conflict {
+        TxnConflict::Locked {
+            key,
+            start_ts,
+            primary,
+        } => {
+            message.set_kind(v1::txn_conflict::Kind::Locked);
+            message.key = key;
+            message.start_ts = start_ts;
+            message.primary = primary;
+        }
+        TxnConflict::WriteConflict { key, commit_ts } => {
+            message.set_kind(v1::txn_conflict::Kind::WriteConflict);
+            message.key = key;
+            message.commit_ts = commit_ts;
+        }
+        TxnConflict::TooOld { key, floor } => {
+            message.set_kind(v1::txn_conflict::Kind::TooOld);
+            message.key = key;
+            message.commit_ts = floor;
+        }
+        TxnConflict::Finished(status) => {
+            message.set_kind(v1::txn_conflict::Kind::Finished);
+            let status = status_message(status);
+            message.state = status.state;
+            message.commit_ts = status.commit_ts;
+        }
+    }
+    message
+}
