@@ -208,6 +208,15 @@ fn annotate(error: Error, context: &str) -> Error {
         Error::FailedPrecondition(m) => Error::FailedPrecondition(format!("{context}: {m}")),
         Error::Transport(m) => Error::Transport(format!("{context}: {m}")),
         Error::InvalidResponse(m) => Error::InvalidResponse(format!("{context}: {m}")),
+        Error::TxnAborted {
+            reason,
+            retryable,
+            message,
+        } => Error::TxnAborted {
+            reason,
+            retryable,
+            message: format!("{context}: {message}"),
+        },
         Error::Other { code, message } => Error::Other {
             code,
             message: format!("{context}: {message}"),

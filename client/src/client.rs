@@ -56,6 +56,10 @@ impl Client {
         self.routers.config()
     }
 
+    pub(crate) fn routers(&self) -> &Routers {
+        &self.routers
+    }
+
     /// Reads `key` linearizably; `None` when it is absent.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, Error> {
         self.get_with(key, ReadConsistency::Linearizable).await

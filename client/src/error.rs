@@ -46,6 +46,16 @@ pub enum Error {
     /// The server answered with something that breaks the wire contract.
     #[error("invalid response: {0}")]
     InvalidResponse(String),
+    /// A transaction aborted: none of its writes took effect. `reason` is the router's
+    /// (`WRITE_CONFLICT`, `LOCK_CONFLICT`, `TXN_TOO_OLD`, `TXN_ABORTED`); when `retryable`,
+    /// running the transaction again may succeed ([`crate::Client::transact`] does).
+    /// (The router's message names the reason already.)
+    #[error("{message}")]
+    TxnAborted {
+        reason: String,
+        retryable: bool,
+        message: String,
+    },
     /// Any other gRPC status.
     #[error("{code:?}: {message}")]
     Other {
@@ -70,6 +80,11 @@ impl Error {
                 | Error::DeadlineExceeded(_)
                 | Error::ResourceExhausted(_)
         )
+    }
+
+    /// Whether this is a transaction's abort after which running it again may succeed.
+    pub fn is_retryable_abort(&self) -> bool {
+        matches!(self, Error::TxnAborted { retryable: true, .. })
     }
 
     /// Whether this error means a write may have been applied.
@@ -112,6 +127,16 @@ impl Failure {
             return Failure {
                 error: Error::OutcomeUnknown(message),
                 delivery: Delivery::MaybeApplied,
+            };
+        }
+        if let Some((reason, retryable)) = metadata::txn_abort(status) {
+            return Failure {
+                error: Error::TxnAborted {
+                    reason,
+                    retryable,
+                    message,
+                },
+                delivery: Delivery::Answered,
             };
         }
         let error = match status.code() {

@@ -98,6 +98,7 @@ mod retry;
 mod routers;
 mod scan;
 pub mod timestamp;
+mod txn;
 mod types;
 
 pub use admin::init_cluster;
@@ -111,6 +112,7 @@ pub use endpoint::normalize_endpoint;
 pub use error::Error;
 pub use ringkv_proto::v1 as proto;
 pub use scan::ScanStream;
+pub use txn::{Committed, Isolation, Transaction, TxnState, MAX_TRANSACT_RUNS};
 pub use types::{
     CasOutcome, ContinuationToken, CountOptions, CountProgress, CountResult, KeyRange, Mutation,
     MutationResult, ReadConsistency, ScanEntry, ScanOptions, ScanPage, Versioned, DEFAULT_SCAN_PAGE_LIMIT,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::tso_client::TsoClient;
+use ringkv_proto::v1::txn_client::TxnClient;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Response, Status};
@@ -181,6 +182,13 @@ pub(crate) fn admin_client(channel: Channel, max_message_bytes: usize) -> AdminC
 /// A `Tso` client on `channel`.
 pub(crate) fn tso_client(channel: Channel) -> TsoClient<Channel> {
     TsoClient::new(channel)
+}
+
+/// A `Txn` client on `channel` with the configured message size limits.
+pub(crate) fn txn_client(channel: Channel, max_message_bytes: usize) -> TxnClient<Channel> {
+    TxnClient::new(channel)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes)
 }
 
 /// A `Kv` client on `channel` with the configured message size limits.

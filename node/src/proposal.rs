@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::concurrency::{ConcurrencyManager, TimestampSlot, TimestampSource};
 use crate::error::NodeError;
 use crate::raft::types::{
-    WriteOutcome,
     Command, CommandResult, GroupId, NodeId, Raft, RequestId, TimedWrites, WriteCommand, WriteOpResult,
+    WriteOutcome,
 };
 
 /// The known leader of a group with its address.

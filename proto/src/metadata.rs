@@ -8,6 +8,8 @@
 //! | `x-ringkv-leader-addr`     | node            | not the leader; the leader's `host:port`       |
 //! | `x-ringkv-rejected`        | node            | `1`: the write was definitely not applied      |
 //! | `x-ringkv-outcome-unknown` | node and router | `1`: the write may or may not have been applied |
+//! | `x-ringkv-txn-abort`       | router          | a transaction aborted (ABORTED): why           |
+//! | `x-ringkv-retryable`       | router          | `1`: running the transaction again may succeed |
 //!
 //! A "key locked" error (`RESOURCE_EXHAUSTED`) carries the lock it met as its status
 //! details: a protobuf-encoded `LockInfo` ([`locked`], [`lock_info`]).
@@ -29,6 +31,11 @@ const OUTCOME_UNKNOWN: &str = "x-ringkv-outcome-unknown";
 /// Set on write errors where the write was definitely not applied (rejected before it was
 /// proposed), so a router may retry it anywhere.
 const REJECTED: &str = "x-ringkv-rejected";
+
+/// Set on a transaction's abort: the reason (`WRITE_CONFLICT`, `LOCK_CONFLICT`, ...).
+const TXN_ABORT: &str = "x-ringkv-txn-abort";
+/// Set on a transaction's abort: `1` when running it again may succeed.
+const RETRYABLE: &str = "x-ringkv-retryable";
 
 /// The value of the flag keys.
 const FLAG_SET: &str = "1";
@@ -109,6 +116,40 @@ pub fn set_outcome_unknown(status: &mut Status) {
 /// Whether a write error is marked as ambiguous (the key present, whatever its value).
 pub fn is_outcome_unknown(status: &Status) -> bool {
     status.metadata().get(OUTCOME_UNKNOWN).is_some()
+}
+
+/// An aborted transaction: ABORTED with the reason (an upper-case word) and whether running
+/// it again may succeed.
+pub fn txn_aborted(message: impl Into<String>, reason: &'static str, retryable: bool) -> Status {
+    let mut status = Status::aborted(message);
+    status
+        .metadata_mut()
+        .insert(TXN_ABORT, MetadataValue::from_static(reason));
+    let flag = if retryable { FLAG_SET } else { "0" };
+    status
+        .metadata_mut()
+        .insert(RETRYABLE, MetadataValue::from_static(flag));
+    status
+}
+
+/// The reason and retryable flag of an aborted transaction; `None` for another status.
+pub fn txn_abort(status: &Status) -> Option<(String, bool)> {
+    if status.code() != tonic::Code::Aborted {
+        return None;
+    }
+    let reason = status
+        .metadata()
+        .get(TXN_ABORT)?
+        .to_str()
+        .ok()?
+        .trim()
+        .to_string();
+    let retryable = status
+        .metadata()
+        .get(RETRYABLE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim() == FLAG_SET);
+    Some((reason, retryable))
 }
 
 /// A "key locked" error: the request met a transaction's lock (in the details), was not

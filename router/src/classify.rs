@@ -33,6 +33,13 @@ pub enum Failure {
     /// transaction for good (a conflict), and replaying the request cannot succeed, so it
     /// is returned to the client as it came.
     Busy,
+    /// The request met a transaction's lock (RESOURCE_EXHAUSTED with the lock in the
+    /// details) and was not applied: resolve the lock, then retry.
+    Locked {
+        key: Vec<u8>,
+        start_ts: u64,
+        primary: Vec<u8>,
+    },
     /// No connection could be made: the request was never sent.
     Unreachable,
     /// The attempt timed out (router-side or node-side deadline).
@@ -124,7 +131,14 @@ pub fn classify(status: &Status) -> Classified {
         },
         Code::NotFound => Failure::NotHosted,
         Code::FailedPrecondition => Failure::StaleRing,
-        Code::ResourceExhausted => Failure::Busy,
+        Code::ResourceExhausted => match metadata::lock_info(status) {
+            Some(lock) => Failure::Locked {
+                key: lock.key,
+                start_ts: lock.start_ts,
+                primary: lock.primary,
+            },
+            None => Failure::Busy,
+        },
         Code::DeadlineExceeded => Failure::Timeout,
         Code::Cancelled | Code::Unknown => Failure::Transport,
         code => Failure::Fatal {

@@ -23,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use crate::config::RouterConfig;
-use crate::node_api::{NodeApi, RingChangeRequest};
+use crate::node_api::{NodeApi, RingChangeRequest, TxnCall, TxnReply};
 use crate::read_merge::{ReadLane, SendRead, MAX_MERGED_KEYS};
 use crate::write_merge::{SendWrite, WriteLane};
 
@@ -294,6 +294,33 @@ impl NodeApi for GrpcNodes {
         let mut client = self.shard_kv(addr)?;
         let response = bounded(timeout, client.delete_range(with_timeout(request, timeout))).await?;
         Ok(response.into_inner())
+    }
+
+    async fn txn(&self, addr: &str, call: TxnCall, timeout: Duration) -> Result<TxnReply, Status> {
+        let mut client = self.shard_kv(addr)?;
+        let reply = match call {
+            TxnCall::Prewrite(request) => TxnReply::Prewrite(
+                bounded(timeout, client.txn_prewrite(with_timeout(request, timeout)))
+                    .await?
+                    .into_inner(),
+            ),
+            TxnCall::Commit(request) => TxnReply::Status(
+                bounded(timeout, client.txn_commit(with_timeout(request, timeout)))
+                    .await?
+                    .into_inner(),
+            ),
+            TxnCall::Rollback(request) => TxnReply::Status(
+                bounded(timeout, client.txn_rollback(with_timeout(request, timeout)))
+                    .await?
+                    .into_inner(),
+            ),
+            TxnCall::CheckStatus(request) => TxnReply::Status(
+                bounded(timeout, client.txn_check_status(with_timeout(request, timeout)))
+                    .await?
+                    .into_inner(),
+            ),
+        };
+        Ok(reply)
     }
 
     async fn node_status(&self, addr: &str, timeout: Duration) -> Result<NodeStatusResponse, Status> {

@@ -91,13 +91,30 @@ pub enum RouterError {
     /// A router invariant was broken (a bug).
     #[error("internal router error: {0}")]
     Internal(String),
+    /// A transaction aborted: none of its writes is visible, none will be.
+    #[error("transaction aborted ({reason}): {detail}")]
+    TxnAborted {
+        reason: &'static str,
+        retryable: bool,
+        detail: String,
+    },
+    /// A transaction's commit may or may not have taken effect.
+    #[error(
+        "commit outcome unknown for transaction {start_ts} (primary key {}): {detail}; ask Txn.Status with the start timestamp and primary key",
+        hex(primary)
+    )]
+    TxnOutcomeUnknown {
+        start_ts: u64,
+        primary: Vec<u8>,
+        detail: String,
+    },
 }
 
 impl RouterError {
     /// Whether a write covered by this error may have been applied.
     pub fn is_outcome_unknown(&self) -> bool {
         match self {
-            RouterError::OutcomeUnknown { .. } => true,
+            RouterError::OutcomeUnknown { .. } | RouterError::TxnOutcomeUnknown { .. } => true,
             RouterError::BatchFailed(batch) => batch.failures.iter().any(|(_, err)| err.is_outcome_unknown()),
             _ => false,
         }
@@ -185,7 +202,12 @@ pub fn to_status(err: &RouterError) -> Status {
             Status::unavailable(message)
         }
         RouterError::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
-        RouterError::OutcomeUnknown { .. } => outcome_unknown_status(message),
+        RouterError::OutcomeUnknown { .. } | RouterError::TxnOutcomeUnknown { .. } => {
+            outcome_unknown_status(message)
+        }
+        RouterError::TxnAborted {
+            reason, retryable, ..
+        } => ringkv_proto::metadata::txn_aborted(message, reason, *retryable),
         RouterError::Node {
             code,
             message: node_message,

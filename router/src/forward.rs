@@ -9,13 +9,15 @@
 //! ambiguous and none succeeded, the write is reported as "outcome unknown".
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_proto::v1::{
     Consistency, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse,
-    ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWriteRequest,
-    ShardWriteResponse, WriteOp,
+    ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardTxnCheckStatusRequest,
+    ShardTxnCommitRequest, ShardTxnRollbackRequest, ShardTxnStatusResponse, ShardWriteRequest,
+    ShardWriteResponse, TxnState, WriteOp,
 };
 use ringkv_ring::{NodeId, ShardId};
 use tokio::time::Instant;
@@ -25,8 +27,16 @@ use tracing::debug;
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::classify::{classify, Classified, Failure};
 use crate::error::{RequestId, RouterError};
-use crate::node_api::NodeApi;
+use crate::node_api::{NodeApi, TxnCall, TxnReply};
 use crate::topology::{RouteError, RouteMode, Target, TopologyHandle};
+
+/// A transaction's lock met by a request.
+#[derive(Debug, Clone)]
+pub struct MetLock {
+    pub key: Vec<u8>,
+    pub start_ts: u64,
+    pub primary: Vec<u8>,
+}
 
 /// Not-leader hints followed in a row without backing off (leadership may be moving).
 const MAX_REDIRECTS_WITHOUT_BACKOFF: u32 = 3;
@@ -237,6 +247,24 @@ impl<N: NodeApi> Forwarder<N> {
             if let Failure::Fatal { code, message } = &classified.failure {
                 return Err(state.fatal(&target.addr, *code, message));
             }
+            if let Failure::Locked {
+                key,
+                start_ts,
+                primary,
+            } = &classified.failure
+            {
+                let lock = MetLock {
+                    key: key.clone(),
+                    start_ts: *start_ts,
+                    primary: primary.clone(),
+                };
+                // Resolved: retry at once. Still pending (or unresolvable now): wait.
+                if let Ok(true) = self.resolve_lock(shard_count, lock, deadline).await {
+                    continue;
+                }
+                pause(&mut backoff, deadline).await;
+                continue;
+            }
             if classified.failure.invalidates_leader() {
                 if let Some(node_id) = target.node_id {
                     self.topology.invalidate(shard, node_id);
@@ -264,6 +292,91 @@ impl<N: NodeApi> Forwarder<N> {
             }
             pause(&mut backoff, deadline).await;
         }
+    }
+
+    /// A transaction command at its shard's leader. Every one is idempotent, so any failure
+    /// is retried within the deadline (an ambiguous attempt cannot apply twice).
+    pub async fn txn(
+        &self,
+        shard_count: u32,
+        call: TxnCall,
+        deadline: Instant,
+    ) -> Result<TxnReply, RouterError> {
+        let shard = ShardId(call.shard_id());
+        let nodes = &self.nodes;
+        self.run(
+            shard,
+            shard_count,
+            RouteMode::Leader,
+            None,
+            deadline,
+            |target, timeout| {
+                let call = call.clone();
+                async move { nodes.txn(&target.addr, call, timeout).await }
+            },
+        )
+        .await
+    }
+
+    /// A transaction command answered by a status (commit, rollback, status check).
+    pub async fn txn_status(
+        &self,
+        shard_count: u32,
+        call: TxnCall,
+        deadline: Instant,
+    ) -> Result<ShardTxnStatusResponse, RouterError> {
+        let shard = ShardId(call.shard_id());
+        match self.txn(shard_count, call, deadline).await? {
+            TxnReply::Status(status) => Ok(status),
+            TxnReply::Prewrite(_) => Err(RouterError::BadNodeResponse {
+                shard,
+                reason: "a prewrite's answer to a status call".to_string(),
+            }),
+        }
+    }
+
+    /// Resolves a lock a request met: asks the shard of the lock's primary key what became
+    /// of its transaction (which rolls back one past its time to live), then commits or
+    /// rolls back the locked key to match. `Ok(false)`: the transaction is still pending.
+    /// Boxed: it runs inside the retry loop and runs the retry loop itself.
+    pub fn resolve_lock<'a>(
+        &'a self,
+        shard_count: u32,
+        lock: MetLock,
+        deadline: Instant,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, RouterError>> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(view) = self.topology.ring() else {
+                return Ok(false);
+            };
+            let primary_shard = view.ring.shard_for_key(&lock.primary).0;
+            let key_shard = view.ring.shard_for_key(&lock.key).0;
+            let check = TxnCall::CheckStatus(ShardTxnCheckStatusRequest {
+                shard_id: primary_shard,
+                start_ts: lock.start_ts,
+                primary: lock.primary.clone(),
+            });
+            let status = self.txn_status(shard_count, check, deadline).await?;
+            let resolve = match TxnState::try_from(status.state) {
+                Ok(TxnState::Committed) => TxnCall::Commit(ShardTxnCommitRequest {
+                    shard_id: key_shard,
+                    start_ts: lock.start_ts,
+                    commit_ts: status.commit_ts,
+                    keys: vec![lock.key],
+                    primary: false,
+                }),
+                Ok(TxnState::RolledBack) => TxnCall::Rollback(ShardTxnRollbackRequest {
+                    shard_id: key_shard,
+                    start_ts: lock.start_ts,
+                    keys: vec![lock.key],
+                    primary: false,
+                }),
+                Ok(TxnState::Pending) | Err(_) => return Ok(false),
+            };
+            debug!(start_ts = lock.start_ts, state = status.state, "resolving a lock");
+            self.txn_status(shard_count, resolve, deadline).await?;
+            Ok(true)
+        })
     }
 
     /// Records a not-leader hint and returns where to send the next attempt.

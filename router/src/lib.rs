@@ -68,6 +68,8 @@ pub mod server;
 mod topology;
 mod tso;
 mod tso_service;
+mod txn;
+mod txn_service;
 mod validate;
 mod write_merge;
 

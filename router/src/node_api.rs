@@ -8,7 +8,9 @@ use ringkv_proto::v1::{
     AddNodeRequest, DecommissionNodeRequest, GetTimestampsRequest, GetTimestampsResponse, NodeStatusResponse,
     RingChangeResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
     ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
-    ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest, TransferLeaderResponse,
+    ShardTxnCheckStatusRequest, ShardTxnCommitRequest, ShardTxnPrewriteRequest, ShardTxnPrewriteResponse,
+    ShardTxnRollbackRequest, ShardTxnStatusResponse, ShardWriteRequest, ShardWriteResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::Status;
 
@@ -92,6 +94,21 @@ pub trait NodeApi: Send + Sync + 'static {
         }
     }
 
+    /// `ShardKv.TxnPrewrite` / `TxnCommit` / `TxnRollback` / `TxnCheckStatus`.
+    fn txn(
+        &self,
+        addr: &str,
+        call: TxnCall,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<TxnReply, Status>> + Send {
+        let _ = (addr, call, timeout);
+        async {
+            Err(Status::unimplemented(
+                "transactions are not supported by this node api",
+            ))
+        }
+    }
+
     /// `Admin.TransferLeader` at the shard's leader.
     fn transfer_leader(
         &self,
@@ -106,6 +123,34 @@ pub trait NodeApi: Send + Sync + 'static {
             ))
         }
     }
+}
+
+/// A transaction command a router sends to a shard's leader (`ShardKv.Txn*`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxnCall {
+    Prewrite(ShardTxnPrewriteRequest),
+    Commit(ShardTxnCommitRequest),
+    Rollback(ShardTxnRollbackRequest),
+    CheckStatus(ShardTxnCheckStatusRequest),
+}
+
+impl TxnCall {
+    /// The shard the command is for.
+    pub fn shard_id(&self) -> u32 {
+        match self {
+            TxnCall::Prewrite(request) => request.shard_id,
+            TxnCall::Commit(request) => request.shard_id,
+            TxnCall::Rollback(request) => request.shard_id,
+            TxnCall::CheckStatus(request) => request.shard_id,
+        }
+    }
+}
+
+/// A node's answer to a [`TxnCall`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxnReply {
+    Prewrite(ShardTxnPrewriteResponse),
+    Status(ShardTxnStatusResponse),
 }
 
 /// A ring change a router forwards to a node.

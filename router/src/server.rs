@@ -13,6 +13,7 @@ use std::time::Duration;
 use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::kv_server::KvServer;
 use ringkv_proto::v1::tso_server::TsoServer;
+use ringkv_proto::v1::txn_server::TxnServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,7 @@ use crate::refresher::{RefreshSettings, Refresher};
 use crate::topology::TopologyHandle;
 use crate::tso::TsoClient;
 use crate::tso_service::TsoService;
+use crate::txn_service::TxnService;
 
 /// Interval of HTTP/2 keep-alive pings to clients.
 const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -99,6 +101,9 @@ impl Router {
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
         let tso_service = TsoServer::new(TsoService::new(Arc::clone(&ctx), Arc::clone(&tso)));
+        let txn_service = TxnServer::new(TxnService::new(Arc::clone(&ctx), Arc::clone(&tso)))
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(config.max_response_bytes);
         let admin = AdminServer::new(AdminService::new(ctx))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
@@ -111,6 +116,7 @@ impl Router {
             .add_service(kv)
             .add_service(admin)
             .add_service(tso_service)
+            .add_service(txn_service)
             .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
         let server = tokio::spawn(serve);
         info!(%local_addr, seeds = ?config.seed_nodes, "router listening");

@@ -149,7 +149,12 @@ impl Node {
     /// Refuses a read of `keys` of `group` while one is locked by a transaction that started
     /// at or before `max_start_ts` (`u64::MAX` for a linearizable read of the latest values):
     /// it may commit below the read's timestamp (`KeyLocked`, retried by the router).
-    pub fn check_unlocked(&self, group: &Group, keys: &[Vec<u8>], max_start_ts: u64) -> Result<(), NodeError> {
+    pub fn check_unlocked(
+        &self,
+        group: &Group,
+        keys: &[Vec<u8>],
+        max_start_ts: u64,
+    ) -> Result<(), NodeError> {
         match group.state.first_lock(keys, max_start_ts)? {
             Some(locked) => Err(NodeError::KeyLocked(locked)),
             None => Ok(()),

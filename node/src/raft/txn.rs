@@ -78,8 +78,12 @@ pub struct TxnCheckStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnStatus {
     /// Prewritten; may still commit. A reader may roll it back after `expires_ts`.
-    Pending { expires_ts: u64 },
-    Committed { commit_ts: u64 },
+    Pending {
+        expires_ts: u64,
+    },
+    Committed {
+        commit_ts: u64,
+    },
     RolledBack,
 }
 
@@ -120,7 +124,11 @@ impl Lock {
 pub enum TxnConflict {
     /// The key is locked by another transaction (`lock.start_ts`), which must be resolved
     /// first.
-    Locked { key: Vec<u8>, start_ts: u64, primary: Vec<u8> },
+    Locked {
+        key: Vec<u8>,
+        start_ts: u64,
+        primary: Vec<u8>,
+    },
     /// The key was written at `commit_ts`, after the transaction's start: first committer
     /// wins.
     WriteConflict { key: Vec<u8>, commit_ts: u64 },

@@ -416,10 +416,7 @@ mod tests {
             now_ts: 2,
         });
         assert_eq!(encode(&check), vec![10, 1, 1, 7, 2]);
-        assert_eq!(
-            result(&CommandResult::Txn(TxnOutcome::Prewritten)),
-            vec![6, 0]
-        );
+        assert_eq!(result(&CommandResult::Txn(TxnOutcome::Prewritten)), vec![6, 0]);
     }
 
     /// Byte strings are encoded as one slice (`serde_bytes`) but produce the bytes serde's

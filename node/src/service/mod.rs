@@ -64,6 +64,15 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
     status
 }
 
+/// The wire form of a lock met.
+pub fn lock_info(locked: &LockedKey) -> v1::LockInfo {
+    v1::LockInfo {
+        key: locked.key.clone(),
+        start_ts: locked.start_ts,
+        primary: locked.primary.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,14 +119,5 @@ mod tests {
         );
         assert_eq!(bad.code(), Code::InvalidArgument);
         assert!(bad.message().contains("99"));
-    }
-}
-
-/// The wire form of a lock met.
-pub fn lock_info(locked: &LockedKey) -> v1::LockInfo {
-    v1::LockInfo {
-        key: locked.key.clone(),
-        start_ts: locked.start_ts,
-        primary: locked.primary.clone(),
     }
 }

@@ -468,8 +468,8 @@ impl ShardKv for ShardKvService {
 
     async fn txn_prewrite(
         &self,
-        request: Request<v1::TxnPrewriteRequest>,
-    ) -> Result<Response<v1::TxnPrewriteResponse>, Status> {
+        request: Request<v1::ShardTxnPrewriteRequest>,
+    ) -> Result<Response<v1::ShardTxnPrewriteResponse>, Status> {
         self.txn_prewrite(request.into_inner())
             .await
             .map(Response::new)
@@ -478,8 +478,8 @@ impl ShardKv for ShardKvService {
 
     async fn txn_commit(
         &self,
-        request: Request<v1::TxnCommitRequest>,
-    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        request: Request<v1::ShardTxnCommitRequest>,
+    ) -> Result<Response<v1::ShardTxnStatusResponse>, Status> {
         self.txn_commit(request.into_inner())
             .await
             .map(Response::new)
@@ -488,8 +488,8 @@ impl ShardKv for ShardKvService {
 
     async fn txn_rollback(
         &self,
-        request: Request<v1::TxnRollbackRequest>,
-    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        request: Request<v1::ShardTxnRollbackRequest>,
+    ) -> Result<Response<v1::ShardTxnStatusResponse>, Status> {
         self.txn_rollback(request.into_inner())
             .await
             .map(Response::new)
@@ -498,8 +498,8 @@ impl ShardKv for ShardKvService {
 
     async fn txn_check_status(
         &self,
-        request: Request<v1::TxnCheckStatusRequest>,
-    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        request: Request<v1::ShardTxnCheckStatusRequest>,
+    ) -> Result<Response<v1::ShardTxnStatusResponse>, Status> {
         self.txn_check_status(request.into_inner())
             .await
             .map(Response::new)

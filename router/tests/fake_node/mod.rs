@@ -334,29 +334,29 @@ impl ShardKv for FakeNode {
     // The router's key-value tests use no transactions.
     async fn txn_prewrite(
         &self,
-        _request: Request<v1::TxnPrewriteRequest>,
-    ) -> Result<Response<v1::TxnPrewriteResponse>, Status> {
+        _request: Request<v1::ShardTxnPrewriteRequest>,
+    ) -> Result<Response<v1::ShardTxnPrewriteResponse>, Status> {
         Err(Status::unimplemented("the fake node has no transactions"))
     }
 
     async fn txn_commit(
         &self,
-        _request: Request<v1::TxnCommitRequest>,
-    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        _request: Request<v1::ShardTxnCommitRequest>,
+    ) -> Result<Response<v1::ShardTxnStatusResponse>, Status> {
         Err(Status::unimplemented("the fake node has no transactions"))
     }
 
     async fn txn_rollback(
         &self,
-        _request: Request<v1::TxnRollbackRequest>,
-    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        _request: Request<v1::ShardTxnRollbackRequest>,
+    ) -> Result<Response<v1::ShardTxnStatusResponse>, Status> {
         Err(Status::unimplemented("the fake node has no transactions"))
     }
 
     async fn txn_check_status(
         &self,
-        _request: Request<v1::TxnCheckStatusRequest>,
-    ) -> Result<Response<v1::TxnStatusResponse>, Status> {
+        _request: Request<v1::ShardTxnCheckStatusRequest>,
+    ) -> Result<Response<v1::ShardTxnStatusResponse>, Status> {
         Err(Status::unimplemented("the fake node has no transactions"))
     }
 

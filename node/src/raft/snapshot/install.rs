@@ -155,12 +155,14 @@ mod tests {
         let retried_write = sm.apply(vec![put(6, b"k", b"other", 1)]).await.expect("apply");
         assert_eq!(
             retried_write,
-            vec![CommandResult::Write(vec![crate::raft::types::WriteOutcome::Applied(vec![WriteOpResult {
-                succeeded: true,
-                version: 3,
-                existed: false,
-                current: None,
-            }])])]
+            vec![CommandResult::Write(vec![
+                crate::raft::types::WriteOutcome::Applied(vec![WriteOpResult {
+                    succeeded: true,
+                    version: 3,
+                    existed: false,
+                    current: None,
+                }])
+            ])]
         );
         let retried_delete = apply_delete_range(&mut sm, delete_range(7, b"", None, 10, 2)).await;
         assert_eq!(

@@ -24,16 +24,15 @@ use tracing::warn;
 
 use super::dedup::{EntryRecords, DELETE_RANGES, WRITES};
 use super::layout::{
-    data_bounds, data_key, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY,
-    TSO_LIMIT_KEY,
+    data_bounds, data_key, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
 };
 use super::mvcc::{self, Head, Superseded, HIGH_WATER_KEY};
 use super::{txn, GroupState};
 use crate::raft::ring_change;
 use crate::raft::types::TSO_MAX_PHYSICAL_MS;
 use crate::raft::types::{
-    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, LogId, RequestId,
-    LockedKey, RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
+    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, LockedKey, LogId,
+    RequestId, RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
     WriteOutcome,
 };
 use crate::raft::{decode, encode};
@@ -405,7 +404,10 @@ fn first_lock(tree: &TreeRef, write: &WriteCommand) -> Result<Option<LockedKey>,
 
 /// The first lock in a delete-range's range, with its transaction's start: the whole range
 /// waits for it (its chunk may reach the key, and a lock may stand for a key not yet there).
-fn command_range_locked(tree: &TreeRef, command: &DeleteRangeCommand) -> Result<Option<LockedKey>, StorageError> {
+fn command_range_locked(
+    tree: &TreeRef,
+    command: &DeleteRangeCommand,
+) -> Result<Option<LockedKey>, StorageError> {
     txn::first_lock_in(tree, &command.start, command.end.as_deref(), u64::MAX)
 }
 
@@ -520,7 +522,13 @@ mod tests {
             panic!("write result expected")
         };
         assert!(!outcomes[0].results().expect("applied")[0].succeeded);
-        assert_eq!(outcomes[0].results().expect("applied")[0].current.as_ref().map(|c| c.version), Some(3));
+        assert_eq!(
+            outcomes[0].results().expect("applied")[0]
+                .current
+                .as_ref()
+                .map(|c| c.version),
+            Some(3)
+        );
     }
 
     /// A crash after an entry's intent record and some of its writes: reopening finishes the
@@ -718,7 +726,11 @@ mod tests {
         let CommandResult::Write(outcomes) = &retry[0] else {
             panic!("write result expected")
         };
-        assert_eq!(outcomes[0].results().expect("applied")[0].version, 3, "the first outcome, not a second write");
+        assert_eq!(
+            outcomes[0].results().expect("applied")[0].version,
+            3,
+            "the first outcome, not a second write"
+        );
         let stored = state.get(b"k").await.expect("get").expect("present");
         assert_eq!((stored.value, stored.version), (vec![2], 4));
     }

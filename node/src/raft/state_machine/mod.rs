@@ -22,9 +22,9 @@ mod dedup;
 pub(in crate::raft) mod layout;
 pub(crate) mod mvcc;
 mod read;
-mod txn;
 #[cfg(test)]
 pub(in crate::raft) mod test_support;
+mod txn;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};

@@ -308,8 +308,14 @@ mod tests {
         );
         let tree = state.tree();
         assert_eq!(lock(&tree, b"a").expect("lock").map(|l| l.start_ts), Some(500));
-        assert_eq!(record(&tree, 500).expect("record"), Some(TxnStatus::Pending { expires_ts: 10_000 }));
-        assert_eq!(state.get(b"a").await.expect("get").map(|v| v.value), Some(b"old".to_vec()));
+        assert_eq!(
+            record(&tree, 500).expect("record"),
+            Some(TxnStatus::Pending { expires_ts: 10_000 })
+        );
+        assert_eq!(
+            state.get(b"a").await.expect("get").map(|v| v.value),
+            Some(b"old".to_vec())
+        );
         assert_eq!(state.get(b"b").await.expect("get"), None);
         // Another shard's plain write raised this shard's high-water mark above 900.
         sm.apply(vec![Entry {
@@ -321,7 +327,10 @@ mod tests {
         }])
         .await
         .expect("write");
-        assert_eq!(apply(&mut sm, 5, commit(500, 900, &[b"a", b"b"], true)).await, COMMITTED_AT_900);
+        assert_eq!(
+            apply(&mut sm, 5, commit(500, 900, &[b"a", b"b"], true)).await,
+            COMMITTED_AT_900
+        );
         assert_eq!(lock(&tree, b"a").expect("lock"), None);
         let at = |ts: u64| {
             let state = state.clone();
@@ -331,7 +340,10 @@ mod tests {
                     .await
                     .expect("read")
                     .expect("within the history");
-                values.into_iter().map(|v| v.map(|v| (v.version, v.value))).collect::<Vec<_>>()
+                values
+                    .into_iter()
+                    .map(|v| v.map(|v| (v.version, v.value)))
+                    .collect::<Vec<_>>()
             }
         };
         assert_eq!(at(899).await, vec![Some((1, b"old".to_vec())), None]);
@@ -341,7 +353,10 @@ mod tests {
         );
         assert_eq!(state.history_span().0, 0);
         // A retry at another timestamp keeps the first.
-        assert_eq!(apply(&mut sm, 6, commit(500, 950, &[b"a", b"b"], true)).await, COMMITTED_AT_900);
+        assert_eq!(
+            apply(&mut sm, 6, commit(500, 950, &[b"a", b"b"], true)).await,
+            COMMITTED_AT_900
+        );
         assert_eq!(at(2_000).await[0], Some((5, b"new".to_vec())));
     }
 
@@ -376,7 +391,11 @@ mod tests {
         let outcome = apply(
             &mut sm,
             3,
-            prewrite(200, &[(b"free", Some(b"y")), (b"l", Some(b"y")), (b"w", None)], None),
+            prewrite(
+                200,
+                &[(b"free", Some(b"y")), (b"l", Some(b"y")), (b"w", None)],
+                None,
+            ),
         )
         .await;
         assert_eq!(
@@ -447,7 +466,11 @@ mod tests {
             "expired"
         );
         let tree = state.tree();
-        assert_eq!(lock(&tree, b"p").expect("lock"), None, "the primary lock went too");
+        assert_eq!(
+            lock(&tree, b"p").expect("lock"),
+            None,
+            "the primary lock went too"
+        );
         assert_eq!(
             apply(&mut sm, 4, commit(100, 900, &[b"p"], true)).await,
             TxnOutcome::Status(TxnStatus::RolledBack),
@@ -481,8 +504,14 @@ mod tests {
         });
         assert_eq!(apply(&mut sm, 9, rollback).await, COMMITTED_AT_900);
         assert_eq!(lock(&tree, b"q").expect("lock").map(|l| l.start_ts), Some(300));
-        assert_eq!(apply(&mut sm, 10, commit(300, 900, &[b"q"], false)).await, COMMITTED_AT_900);
-        assert_eq!(state.get(b"q").await.expect("get").map(|v| v.value), Some(b"2".to_vec()));
+        assert_eq!(
+            apply(&mut sm, 10, commit(300, 900, &[b"q"], false)).await,
+            COMMITTED_AT_900
+        );
+        assert_eq!(
+            state.get(b"q").await.expect("get").map(|v| v.value),
+            Some(b"2".to_vec())
+        );
     }
 
     /// A plain write to a locked key, or a delete-range over one, is not applied and leaves
@@ -528,7 +557,10 @@ mod tests {
             })
         );
         assert!(outcomes[1].results().is_some_and(|r| r[0].succeeded));
-        let results = sm.apply(vec![delete_range(3, b"a", None, 10, 3)]).await.expect("apply");
+        let results = sm
+            .apply(vec![delete_range(3, b"a", None, 10, 3)])
+            .await
+            .expect("apply");
         assert_eq!(
             results,
             vec![CommandResult::RangeLocked(LockedKey {
@@ -537,16 +569,25 @@ mod tests {
                 primary: b"l".to_vec(),
             })]
         );
-        assert_eq!(state.get(b"m").await.expect("get").map(|v| v.value), Some(b"plain".to_vec()));
+        assert_eq!(
+            state.get(b"m").await.expect("get").map(|v| v.value),
+            Some(b"plain".to_vec())
+        );
         assert_eq!(
             apply(&mut sm, 4, commit(100, 900, &[b"l"], true)).await,
             COMMITTED_AT_900
         );
-        let results = sm.apply(vec![entry(5, vec![write(1, b"l")])]).await.expect("apply");
+        let results = sm
+            .apply(vec![entry(5, vec![write(1, b"l")])])
+            .await
+            .expect("apply");
         let CommandResult::Write(outcomes) = &results[0] else {
             panic!("write outcomes expected, got {results:?}")
         };
-        assert!(outcomes[0].results().is_some_and(|r| r[0].succeeded), "the retry applies");
+        assert!(
+            outcomes[0].results().is_some_and(|r| r[0].succeeded),
+            "the retry applies"
+        );
         let deleted = apply_delete_range(&mut sm, delete_range(6, b"a", None, 10, 3)).await;
         assert_eq!(deleted.deleted, 2);
     }

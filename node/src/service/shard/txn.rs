@@ -41,8 +41,8 @@ impl ShardKvService {
 
     pub(super) async fn txn_prewrite(
         &self,
-        request: v1::TxnPrewriteRequest,
-    ) -> Result<v1::TxnPrewriteResponse, NodeError> {
+        request: v1::ShardTxnPrewriteRequest,
+    ) -> Result<v1::ShardTxnPrewriteResponse, NodeError> {
         let (_ring, group) = self.node.shard_group(request.shard_id)?;
         if request.mutations.is_empty() {
             return Err(NodeError::InvalidArgument(
@@ -104,13 +104,13 @@ impl ShardKvService {
                 )))
             }
         };
-        Ok(v1::TxnPrewriteResponse { conflicts })
+        Ok(v1::ShardTxnPrewriteResponse { conflicts })
     }
 
     pub(super) async fn txn_commit(
         &self,
-        request: v1::TxnCommitRequest,
-    ) -> Result<v1::TxnStatusResponse, NodeError> {
+        request: v1::ShardTxnCommitRequest,
+    ) -> Result<v1::ShardTxnStatusResponse, NodeError> {
         let (_ring, group) = self.node.shard_group(request.shard_id)?;
         self.check_txn_keys(request.shard_id, request.keys.iter().map(Vec::as_slice))?;
         if request.commit_ts <= request.start_ts {
@@ -130,8 +130,8 @@ impl ShardKvService {
 
     pub(super) async fn txn_rollback(
         &self,
-        request: v1::TxnRollbackRequest,
-    ) -> Result<v1::TxnStatusResponse, NodeError> {
+        request: v1::ShardTxnRollbackRequest,
+    ) -> Result<v1::ShardTxnStatusResponse, NodeError> {
         let (_ring, group) = self.node.shard_group(request.shard_id)?;
         self.check_txn_keys(request.shard_id, request.keys.iter().map(Vec::as_slice))?;
         let rollback = TxnRollback {
@@ -144,8 +144,8 @@ impl ShardKvService {
 
     pub(super) async fn txn_check_status(
         &self,
-        request: v1::TxnCheckStatusRequest,
-    ) -> Result<v1::TxnStatusResponse, NodeError> {
+        request: v1::ShardTxnCheckStatusRequest,
+    ) -> Result<v1::ShardTxnStatusResponse, NodeError> {
         let (_ring, group) = self.node.shard_group(request.shard_id)?;
         self.check_txn_keys(request.shard_id, std::iter::once(request.primary.as_slice()))?;
         let outcome = self
@@ -157,19 +157,19 @@ impl ShardKvService {
 }
 
 /// The wire form of a transaction's status.
-fn status_message(status: TxnStatus) -> v1::TxnStatusResponse {
+fn status_message(status: TxnStatus) -> v1::ShardTxnStatusResponse {
     match status {
-        TxnStatus::Pending { expires_ts } => v1::TxnStatusResponse {
+        TxnStatus::Pending { expires_ts } => v1::ShardTxnStatusResponse {
             state: v1::TxnState::Pending as i32,
             commit_ts: 0,
             expires_ts,
         },
-        TxnStatus::Committed { commit_ts } => v1::TxnStatusResponse {
+        TxnStatus::Committed { commit_ts } => v1::ShardTxnStatusResponse {
             state: v1::TxnState::Committed as i32,
             commit_ts,
             expires_ts: 0,
         },
-        TxnStatus::RolledBack => v1::TxnStatusResponse {
+        TxnStatus::RolledBack => v1::ShardTxnStatusResponse {
             state: v1::TxnState::RolledBack as i32,
             commit_ts: 0,
             expires_ts: 0,
@@ -177,7 +177,7 @@ fn status_message(status: TxnStatus) -> v1::TxnStatusResponse {
     }
 }
 
-fn status_response(outcome: TxnOutcome) -> Result<v1::TxnStatusResponse, NodeError> {
+fn status_response(outcome: TxnOutcome) -> Result<v1::ShardTxnStatusResponse, NodeError> {
     match outcome {
         TxnOutcome::Status(status) => Ok(status_message(status)),
         other => Err(NodeError::OutcomeUnknown(format!(

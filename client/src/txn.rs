@@ -1,0 +1,291 @@
+//! Transactions: [`Client::begin`] and [`Client::transact`].
+//!
+//! A [`Transaction`] lives here, in the client: it takes a start timestamp from the oracle,
+//! reads through the routers (at the start timestamp under [`Isolation::RepeatableRead`],
+//! the latest committed values under [`Isolation::ReadCommitted`]), sees its own writes,
+//! buffers every write, and sends them in one `Txn.Commit`, which the router runs as a
+//! two-phase commit across the shards. Nothing is locked until the commit, so a transaction
+//! dropped without committing leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use ringkv_proto::v1 as proto;
+
+use crate::retry::OpKind;
+use crate::routers::{txn_client, with_deadline};
+use crate::{Client, Error, ReadConsistency, Versioned};
+
+/// Most runs of one [`Client::transact`] body (each after a retryable abort).
+pub const MAX_TRANSACT_RUNS: u32 = 32;
+
+/// How isolated a transaction is from concurrent ones (the contract: README's table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each read sees the latest committed values; writes still lock, so two transactions
+    /// never interleave their writes to one key. Not yet distinct from
+    /// [`Isolation::ReadCommitted`]: provisional values are not read.
+    ReadUncommitted,
+    /// Each read sees the latest committed values (a read may differ from an earlier one
+    /// of the same key); concurrent writers do not abort each other.
+    ReadCommitted,
+    /// Snapshot isolation: every read sees the snapshot at the start; a write to a key
+    /// committed by another transaction after the start aborts (first committer wins).
+    #[default]
+    RepeatableRead,
+    /// Not implemented yet: a commit asking for it is refused.
+    Serializable,
+}
+
+impl Isolation {
+    fn wire(self) -> proto::IsolationLevel {
+        match self {
+            Isolation::ReadUncommitted => proto::IsolationLevel::ReadUncommitted,
+            Isolation::ReadCommitted => proto::IsolationLevel::ReadCommitted,
+            Isolation::RepeatableRead => proto::IsolationLevel::RepeatableRead,
+            Isolation::Serializable => proto::IsolationLevel::Serializable,
+        }
+    }
+}
+
+/// What a committed transaction reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The timestamp its writes became visible at (its start for a read-only one).
+    pub commit_ts: u64,
+}
+
+/// A transaction in progress: reads, buffered writes, then [`Transaction::commit`].
+#[derive(Debug)]
+pub struct Transaction {
+    client: Client,
+    start_ts: u64,
+    isolation: Isolation,
+    /// Buffered writes by key: a value, or `None` for a delete.
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Client {
+    /// Begins a transaction at a fresh start timestamp.
+    pub async fn begin(&self, isolation: Isolation) -> Result<Transaction, Error> {
+        let start_ts = self.timestamp().await?;
+        Ok(Transaction {
+            client: self.clone(),
+            start_ts,
+            isolation,
+            writes: BTreeMap::new(),
+        })
+    }
+
+    /// Runs `body` in a transaction and commits it, running it again (with a new start
+    /// timestamp) after an abort that says a retry may succeed — a write conflict, a lock
+    /// that stayed — up to [`MAX_TRANSACT_RUNS`] times, with a growing, jittered pause
+    /// (`ClientConfig::retry_backoff` up to `max_retry_backoff`). `body` must be safe to
+    /// run more than once: only its last run commits.
+    ///
+    /// ```no_run
+    /// # use ringkv_client::{Client, Error, Isolation};
+    /// # async fn transfer(client: &Client) -> Result<(), Error> {
+    /// client
+    ///     .transact(Isolation::RepeatableRead, |txn| {
+    ///         Box::pin(async move {
+    ///             let balance = |found: Option<ringkv_client::Versioned>| -> i64 {
+    ///                 found.and_then(|v| String::from_utf8(v.value).ok()?.parse().ok()).unwrap_or(0)
+    ///             };
+    ///             let alice = balance(txn.get(b"account/alice").await?);
+    ///             let bob = balance(txn.get(b"account/bob").await?);
+    ///             txn.put(b"account/alice", (alice - 10).to_string());
+    ///             txn.put(b"account/bob", (bob + 10).to_string());
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn transact<T, F>(&self, isolation: Isolation, mut body: F) -> Result<T, Error>
+    where
+        F: for<'t> FnMut(&'t mut Transaction) -> Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>,
+    {
+        let max_attempts = MAX_TRANSACT_RUNS;
+        let mut pause = self.config().retry_backoff;
+        let mut attempt = 1;
+        loop {
+            let mut txn = self.begin(isolation).await?;
+            let outcome = match body(&mut txn).await {
+                Ok(value) => txn.commit().await.map(|_| value),
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Err(err) if err.is_retryable_abort() && attempt < max_attempts => {
+                    attempt += 1;
+                    let jittered = pause.mul_f64(rand::random_range(0.5..=1.0));
+                    tokio::time::sleep(jittered).await;
+                    pause = (pause * 2).min(self.config().max_retry_backoff);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Transaction {
+    /// The start timestamp: the snapshot a repeatable-read transaction reads.
+    pub fn start_ts(&self) -> u64 {
+        self.start_ts
+    }
+
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
+    /// How reads of committed values are served.
+    fn consistency(&self) -> ReadConsistency {
+        match self.isolation {
+            Isolation::RepeatableRead | Isolation::Serializable => ReadConsistency::At(self.start_ts),
+            Isolation::ReadCommitted | Isolation::ReadUncommitted => ReadConsistency::Linearizable,
+        }
+    }
+
+    /// Reads `key`: the transaction's own write if it made one, else the committed value
+    /// its isolation level sees. (A value written by the transaction reads with version 0:
+    /// it has none until the commit.)
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, Error> {
+        let key = key.as_ref();
+        if let Some(own) = self.writes.get(key) {
+            return Ok(own.clone().map(|value| Versioned { version: 0, value }));
+        }
+        self.client.get_with(key, self.consistency()).await
+    }
+
+    /// Reads `keys` (one result per key, in order), as [`Transaction::get`] does.
+    pub async fn batch_get<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<Versioned>>, Error> {
+        let keys: Vec<Vec<u8>> = keys.into_iter().map(|key| key.as_ref().to_vec()).collect();
+        let unbuffered: Vec<&Vec<u8>> = keys
+            .iter()
+            .filter(|key| !self.writes.contains_key(*key))
+            .collect();
+        let mut read = if unbuffered.is_empty() {
+            Vec::new()
+        } else {
+            self.client.batch_get_with(unbuffered, self.consistency()).await?
+        }
+        .into_iter();
+        keys.iter()
+            .map(|key| match self.writes.get(key) {
+                Some(own) => Ok(own.clone().map(|value| Versioned { version: 0, value })),
+                None => read
+                    .next()
+                    .ok_or_else(|| Error::InvalidResponse("too few results for a batch read".to_string())),
+            })
+            .collect()
+    }
+
+    /// Buffers a write of `value` to `key` (sent at the commit).
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
+        self.writes.insert(key.as_ref().to_vec(), Some(value.into()));
+    }
+
+    /// Buffers a delete of `key` (sent at the commit).
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) {
+        self.writes.insert(key.as_ref().to_vec(), None);
+    }
+
+    /// Writes buffered so far.
+    pub fn pending_writes(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Commits: every buffered write becomes visible at one commit timestamp, on every
+    /// shard, or none does. A read-only transaction commits without a call. An abort is
+    /// [`Error::TxnAborted`] (see [`Error::is_retryable_abort`]); "outcome unknown" means
+    /// the commit may have happened: [`Client::txn_status`] settles it.
+    pub async fn commit(self) -> Result<Committed, Error> {
+        if self.writes.is_empty() {
+            return Ok(Committed {
+                commit_ts: self.start_ts,
+            });
+        }
+        let mutations: Vec<proto::Mutation> = self
+            .writes
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => proto::Mutation {
+                    key,
+                    kind: proto::MutationKind::Put as i32,
+                    value,
+                },
+                None => proto::Mutation {
+                    key,
+                    kind: proto::MutationKind::Delete as i32,
+                    value: Vec::new(),
+                },
+            })
+            .collect();
+        let message = proto::TxnCommitRequest {
+            start_ts: self.start_ts,
+            isolation: self.isolation.wire() as i32,
+            mutations,
+        };
+        let max_bytes = self.client.config().max_message_bytes;
+        // A commit is idempotent (same start timestamp, same writes): retrying one whose
+        // answer was lost returns its outcome.
+        let response = self
+            .client
+            .routers()
+            .call(OpKind::Write, "commit", |channel, timeout| {
+                let request = with_deadline(message.clone(), timeout);
+                async move { txn_client(channel, max_bytes).commit(request).await }
+            })
+            .await?;
+        Ok(Committed {
+            commit_ts: response.commit_ts,
+        })
+    }
+
+    /// Drops the transaction: nothing was locked or written before a commit.
+    pub fn rollback(self) {}
+}
+
+/// What became of a transaction whose commit ended with "outcome unknown".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnState {
+    /// Still being committed: ask again.
+    Pending,
+    Committed {
+        commit_ts: u64,
+    },
+    Aborted,
+}
+
+impl Client {
+    /// The state of transaction `start_ts` with primary key `primary` (named in an
+    /// "outcome unknown" error). One still pending past its time to live is rolled back.
+    pub async fn txn_status(&self, start_ts: u64, primary: impl AsRef<[u8]>) -> Result<TxnState, Error> {
+        let message = proto::TxnStatusRequest {
+            start_ts,
+            primary: primary.as_ref().to_vec(),
+        };
+        let max_bytes = self.config().max_message_bytes;
+        let response = self
+            .routers()
+            .call(OpKind::Read, "txn status", |channel, timeout| {
+                let request = with_deadline(message.clone(), timeout);
+                async move { txn_client(channel, max_bytes).status(request).await }
+            })
+            .await?;
+        Ok(
+            match proto::txn_status_response::State::try_from(response.state) {
+                Ok(proto::txn_status_response::State::Committed) => TxnState::Committed {
+                    commit_ts: response.commit_ts,
+                },
+                Ok(proto::txn_status_response::State::Aborted) => TxnState::Aborted,
+                _ => TxnState::Pending,
+            },
+        )
+    }
+}

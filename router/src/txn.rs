@@ -1,0 +1,501 @@
+//! The transaction coordinator: a `Txn.Commit` runs Percolator's two-phase commit over the
+//! shards its writes touch, and keeps nothing once it answers.
+//!
+//! 1. Writes are grouped by shard. The **primary** shard is the one with the most writes
+//!    (lowest id on a tie); its smallest key is the primary key, whose shard records the
+//!    transaction's status.
+//! 2. **Prewrite** on every shard in parallel: each locks all its keys or none. A key locked
+//!    by another transaction is resolved (committed or rolled back to match its primary's
+//!    record, which rolls back one past its time to live) and the shard prewritten again, a
+//!    few times; a lock that stays is an abort (`LOCK_CONFLICT`). A key committed after the
+//!    start aborts under repeatable read (`WRITE_CONFLICT`: first committer wins).
+//! 3. A **commit timestamp** from the oracle, taken after every lock is in place: any read
+//!    at or above it meets the locks or the committed values.
+//! 4. **Commit the primary shard** — the commit point. Its record turns committed unless a
+//!    reader rolled the transaction back first (`TXN_ABORTED`). A failure here leaves the
+//!    outcome unknown (the commit is idempotent and was retried to the deadline): the
+//!    client asks `Txn.Status`.
+//! 5. **Commit the other shards** before answering (in parallel). One that fails is left to
+//!    readers, who resolve its locks through the primary's record.
+//!
+//! On any abort before the commit point, the locks are rolled back (the primary's record
+//! first, so nothing can commit it afterwards); a rollback that fails is left to readers
+//! too, after the time to live.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use ringkv_proto::v1::{
+    txn_conflict, txn_status_response, IsolationLevel, MutationKind, ShardTxnCheckStatusRequest,
+    ShardTxnCommitRequest, ShardTxnPrewriteRequest, ShardTxnRollbackRequest, TxnCommitRequest,
+    TxnCommitResponse, TxnConflict, TxnMutation, TxnState, TxnStatusRequest, TxnStatusResponse, WriteKind,
+};
+use ringkv_ring::ShardId;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::context::RouterContext;
+use crate::error::RouterError;
+use crate::forward::MetLock;
+use crate::node_api::{NodeApi, TxnCall, TxnReply};
+use crate::tso::TsoClient;
+
+/// How long a transaction stays pending before a reader may roll it back (oracle time).
+/// Locks exist only while a commit runs, which takes a few round trips.
+pub const TXN_TTL: Duration = Duration::from_secs(5);
+
+/// Rounds of resolving the locks a prewrite met before giving up with `LOCK_CONFLICT`.
+const PREWRITE_ROUNDS: usize = 4;
+
+/// Pause between prewrite rounds.
+const PREWRITE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// One shard's part of a transaction.
+struct ShardPart {
+    shard: ShardId,
+    mutations: Vec<TxnMutation>,
+}
+
+impl ShardPart {
+    fn keys(&self) -> Vec<Vec<u8>> {
+        self.mutations
+            .iter()
+            .map(|mutation| mutation.key.clone())
+            .collect()
+    }
+}
+
+/// Why a shard's prewrite did not lock its keys.
+enum PrewriteRefusal {
+    /// Locked by live transactions (after resolving what could be resolved).
+    Locked(Vec<u8>),
+    WriteConflict {
+        key: Vec<u8>,
+        commit_ts: u64,
+    },
+    TooOld(Vec<u8>),
+    /// The transaction was already committed (a retried commit) at this timestamp.
+    AlreadyCommitted(u64),
+    /// The transaction was already rolled back.
+    RolledBack,
+}
+
+/// What an isolation level asks of the commit: whether writes check for conflicts.
+fn check_conflicts(isolation: i32) -> Result<bool, RouterError> {
+    match IsolationLevel::try_from(isolation) {
+        Ok(IsolationLevel::RepeatableRead) => Ok(true),
+        Ok(IsolationLevel::ReadCommitted | IsolationLevel::ReadUncommitted) => Ok(false),
+        Ok(IsolationLevel::Serializable) => Err(RouterError::InvalidArgument(
+            "SERIALIZABLE transactions are not implemented yet (read validation is missing); \
+             use REPEATABLE_READ"
+                .to_string(),
+        )),
+        Err(_) => Err(RouterError::InvalidArgument(format!(
+            "unknown isolation level {isolation}"
+        ))),
+    }
+}
+
+/// `Txn.Commit`: the two-phase commit of the request's mutations (see the module docs).
+pub async fn commit<N: NodeApi>(
+    ctx: &RouterContext<N>,
+    tso: &TsoClient,
+    request: TxnCommitRequest,
+    deadline: Instant,
+) -> Result<TxnCommitResponse, RouterError> {
+    let check_conflicts = check_conflicts(request.isolation)?;
+    if request.start_ts == 0 {
+        return Err(RouterError::InvalidArgument(
+            "start_ts must be a timestamp of the oracle".to_string(),
+        ));
+    }
+    ctx.limits.check_batch_len("mutations", request.mutations.len())?;
+    // One mutation per key: a later one replaces an earlier one.
+    let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    for (index, mutation) in request.mutations.into_iter().enumerate() {
+        ctx.limits
+            .check_key(&format_args!("mutations[{index}].key"), &mutation.key)?;
+        let value = match MutationKind::try_from(mutation.kind) {
+            Ok(MutationKind::Put) => {
+                ctx.limits
+                    .check_value(&format_args!("mutations[{index}].value"), &mutation.value)?;
+                Some(mutation.value)
+            }
+            Ok(MutationKind::Delete) => None,
+            Err(_) => {
+                return Err(RouterError::InvalidArgument(format!(
+                    "mutations[{index}].kind {} is unknown",
+                    mutation.kind
+                )))
+            }
+        };
+        writes.insert(mutation.key, value);
+    }
+    if writes.is_empty() {
+        // Read-only: its reads were one snapshot; nothing to commit.
+        return Ok(TxnCommitResponse {
+            commit_ts: request.start_ts,
+            primary: Vec::new(),
+        });
+    }
+    let view = ctx.topology.wait_for_ring(deadline).await?;
+    let shard_count = view.ring.shard_count();
+    let mut by_shard: BTreeMap<ShardId, Vec<TxnMutation>> = BTreeMap::new();
+    for (key, value) in writes {
+        let shard = view.ring.shard_for_key(&key);
+        let (kind, value) = match value {
+            Some(value) => (WriteKind::Put, value),
+            None => (WriteKind::Delete, Vec::new()),
+        };
+        by_shard.entry(shard).or_default().push(TxnMutation {
+            key,
+            kind: kind as i32,
+            value,
+        });
+    }
+    let mut parts: Vec<ShardPart> = by_shard
+        .into_iter()
+        .map(|(shard, mutations)| ShardPart { shard, mutations })
+        .collect();
+    // The primary first: the most writes, the lowest shard id on a tie (a stable sort).
+    parts.sort_by_key(|part| std::cmp::Reverse(part.mutations.len()));
+    let primary = parts
+        .first()
+        .and_then(|part| part.mutations.first())
+        .map(|mutation| mutation.key.clone())
+        .unwrap_or_default();
+    let coordinator = Coordinator {
+        ctx,
+        shard_count,
+        start_ts: request.start_ts,
+        primary,
+        check_conflicts,
+        deadline,
+    };
+    coordinator.run(tso, &parts).await
+}
+
+/// One commit in progress.
+struct Coordinator<'a, N> {
+    ctx: &'a RouterContext<N>,
+    shard_count: u32,
+    start_ts: u64,
+    primary: Vec<u8>,
+    check_conflicts: bool,
+    deadline: Instant,
+}
+
+impl<N: NodeApi> Coordinator<'_, N> {
+    async fn run(&self, tso: &TsoClient, parts: &[ShardPart]) -> Result<TxnCommitResponse, RouterError> {
+        let fanout = self.ctx.max_fanout;
+        let prewrites: Vec<(usize, Result<Option<PrewriteRefusal>, RouterError>)> =
+            stream::iter(0..parts.len())
+                .map(|index| async move { (index, self.prewrite(&parts[index], index == 0).await) })
+                .buffer_unordered(fanout)
+                .collect()
+                .await;
+        let mut refusal = None;
+        let mut error = None;
+        for (_, outcome) in prewrites {
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(found)) => refusal = refusal.or(Some(found)),
+                Err(err) => error = error.or(Some(err)),
+            }
+        }
+        if let Some(PrewriteRefusal::AlreadyCommitted(commit_ts)) = refusal {
+            return Ok(self.committed(commit_ts));
+        }
+        if refusal.is_some() || error.is_some() {
+            self.roll_back(parts).await;
+            return Err(match (refusal, error) {
+                (Some(refusal), _) => abort(self.start_ts, refusal),
+                (None, Some(err)) => err,
+                (None, None) => RouterError::Internal("an abort without a reason".to_string()),
+            });
+        }
+        let commit_ts = tso.timestamps(1, self.deadline).await?.start;
+        let Some((primary_part, others)) = parts.split_first() else {
+            return Err(RouterError::Internal("a commit without a shard".to_string()));
+        };
+        let primary_commit = TxnCall::Commit(ShardTxnCommitRequest {
+            shard_id: primary_part.shard.0,
+            start_ts: self.start_ts,
+            commit_ts,
+            keys: primary_part.keys(),
+            primary: true,
+        });
+        let status = match self
+            .ctx
+            .forwarder
+            .txn_status(self.shard_count, primary_commit, self.deadline)
+            .await
+        {
+            Ok(status) => status,
+            Err(err) => {
+                return Err(RouterError::TxnOutcomeUnknown {
+                    start_ts: self.start_ts,
+                    primary: self.primary.clone(),
+                    detail: err.to_string(),
+                })
+            }
+        };
+        let commit_ts = match TxnState::try_from(status.state) {
+            Ok(TxnState::Committed) => status.commit_ts,
+            Ok(TxnState::RolledBack) => {
+                self.roll_back(others).await;
+                return Err(RouterError::TxnAborted {
+                    reason: "TXN_ABORTED",
+                    retryable: true,
+                    detail: format!(
+                        "transaction {} was rolled back by another client before it committed (its time to live ran out)",
+                        self.start_ts
+                    ),
+                });
+            }
+            _ => {
+                return Err(RouterError::TxnOutcomeUnknown {
+                    start_ts: self.start_ts,
+                    primary: self.primary.clone(),
+                    detail: format!("the primary's commit answered state {}", status.state),
+                })
+            }
+        };
+        // Committed. The other shards' locks commit now; any left are resolved by readers.
+        let fanout = self.ctx.max_fanout;
+        stream::iter(0..others.len())
+            .map(|index| async move {
+                let part = &others[index];
+                let call = TxnCall::Commit(ShardTxnCommitRequest {
+                    shard_id: part.shard.0,
+                    start_ts: self.start_ts,
+                    commit_ts,
+                    keys: part.keys(),
+                    primary: false,
+                });
+                if let Err(err) = self
+                    .ctx
+                    .forwarder
+                    .txn_status(self.shard_count, call, self.deadline)
+                    .await
+                {
+                    debug!(start_ts = self.start_ts, shard = part.shard.0, %err, "secondary commit left to readers");
+                }
+            })
+            .buffer_unordered(fanout)
+            .collect::<Vec<()>>()
+            .await;
+        Ok(self.committed(commit_ts))
+    }
+
+    fn committed(&self, commit_ts: u64) -> TxnCommitResponse {
+        TxnCommitResponse {
+            commit_ts,
+            primary: self.primary.clone(),
+        }
+    }
+
+    /// Prewrites one shard's part, resolving the locks it meets for a few rounds.
+    async fn prewrite(
+        &self,
+        part: &ShardPart,
+        is_primary: bool,
+    ) -> Result<Option<PrewriteRefusal>, RouterError> {
+        let request = ShardTxnPrewriteRequest {
+            shard_id: part.shard.0,
+            start_ts: self.start_ts,
+            primary: self.primary.clone(),
+            mutations: part.mutations.clone(),
+            check_conflicts: self.check_conflicts,
+            ttl_ms: if is_primary { TXN_TTL.as_millis() as u64 } else { 0 },
+        };
+        for round in 0..PREWRITE_ROUNDS {
+            let reply = self
+                .ctx
+                .forwarder
+                .txn(
+                    self.shard_count,
+                    TxnCall::Prewrite(request.clone()),
+                    self.deadline,
+                )
+                .await?;
+            let TxnReply::Prewrite(response) = reply else {
+                return Err(RouterError::BadNodeResponse {
+                    shard: part.shard,
+                    reason: "a status answer to a prewrite".to_string(),
+                });
+            };
+            let Some(refusal) = self.refusal(&response.conflicts) else {
+                return Ok(None);
+            };
+            let PrewriteRefusal::Locked(_) = refusal else {
+                return Ok(Some(refusal));
+            };
+            // Resolve every lock met (each asks its primary), then try again.
+            let mut pending = false;
+            for conflict in &response.conflicts {
+                let lock = MetLock {
+                    key: conflict.key.clone(),
+                    start_ts: conflict.start_ts,
+                    primary: conflict.primary.clone(),
+                };
+                let resolved = self
+                    .ctx
+                    .forwarder
+                    .resolve_lock(self.shard_count, lock, self.deadline)
+                    .await?;
+                if !resolved {
+                    pending = true;
+                }
+            }
+            if round + 1 == PREWRITE_ROUNDS {
+                return Ok(Some(refusal));
+            }
+            if pending {
+                let pause = PREWRITE_RETRY_PAUSE.min(self.deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The refusal a prewrite's conflicts amount to (`None`: no conflicts). Anything other
+    /// than locks is final; locks are resolved and retried.
+    fn refusal(&self, conflicts: &[TxnConflict]) -> Option<PrewriteRefusal> {
+        let mut locked = None;
+        for conflict in conflicts {
+            match txn_conflict::Kind::try_from(conflict.kind) {
+                Ok(txn_conflict::Kind::Locked) => locked = locked.or(Some(conflict.key.clone())),
+                Ok(txn_conflict::Kind::WriteConflict) => {
+                    return Some(PrewriteRefusal::WriteConflict {
+                        key: conflict.key.clone(),
+                        commit_ts: conflict.commit_ts,
+                    })
+                }
+                Ok(txn_conflict::Kind::TooOld) => return Some(PrewriteRefusal::TooOld(conflict.key.clone())),
+                Ok(txn_conflict::Kind::Finished) => {
+                    return Some(match TxnState::try_from(conflict.state) {
+                        Ok(TxnState::Committed) => PrewriteRefusal::AlreadyCommitted(conflict.commit_ts),
+                        _ => PrewriteRefusal::RolledBack,
+                    })
+                }
+                Err(_) => return Some(PrewriteRefusal::RolledBack),
+            }
+        }
+        locked.map(PrewriteRefusal::Locked)
+    }
+
+    /// Rolls the transaction back on `parts`: the primary's record first (when among them),
+    /// so nothing commits it afterwards, then the rest in parallel. Failures are left to
+    /// readers (the locks expire).
+    async fn roll_back(&self, parts: &[ShardPart]) {
+        let rollback = |part: &ShardPart, primary: bool| {
+            TxnCall::Rollback(ShardTxnRollbackRequest {
+                shard_id: part.shard.0,
+                start_ts: self.start_ts,
+                keys: part.keys(),
+                primary,
+            })
+        };
+        let mut rest = parts;
+        if let Some(first) = parts.first() {
+            if first
+                .mutations
+                .iter()
+                .any(|mutation| mutation.key == self.primary)
+            {
+                let call = rollback(first, true);
+                if let Err(err) = self
+                    .ctx
+                    .forwarder
+                    .txn(self.shard_count, call, self.deadline)
+                    .await
+                {
+                    debug!(start_ts = self.start_ts, %err, "rollback of the primary left to readers");
+                }
+                rest = &parts[1..];
+            }
+        }
+        let fanout = self.ctx.max_fanout;
+        stream::iter(0..rest.len())
+            .map(|index| async move {
+                let part = &rest[index];
+                let call = rollback(part, false);
+                if let Err(err) = self
+                    .ctx
+                    .forwarder
+                    .txn(self.shard_count, call, self.deadline)
+                    .await
+                {
+                    debug!(start_ts = self.start_ts, shard = part.shard.0, %err, "rollback left to readers");
+                }
+            })
+            .buffer_unordered(fanout)
+            .collect::<Vec<()>>()
+            .await;
+    }
+}
+
+/// The abort a prewrite refusal amounts to.
+fn abort(start_ts: u64, refusal: PrewriteRefusal) -> RouterError {
+    let key = |key: &[u8]| String::from_utf8_lossy(key).into_owned();
+    match refusal {
+        PrewriteRefusal::Locked(locked) => RouterError::TxnAborted {
+            reason: "LOCK_CONFLICT",
+            retryable: true,
+            detail: format!("key {} stayed locked by another transaction", key(&locked)),
+        },
+        PrewriteRefusal::WriteConflict { key: written, commit_ts } => RouterError::TxnAborted {
+            reason: "WRITE_CONFLICT",
+            retryable: true,
+            detail: format!(
+                "key {} was committed at {commit_ts}, after this transaction started at {start_ts}",
+                key(&written)
+            ),
+        },
+        PrewriteRefusal::TooOld(old) => RouterError::TxnAborted {
+            reason: "TXN_TOO_OLD",
+            retryable: true,
+            detail: format!(
+                "whether key {} changed since {start_ts} is no longer known (older than the shards' version history)",
+                key(&old)
+            ),
+        },
+        PrewriteRefusal::RolledBack => RouterError::TxnAborted {
+            reason: "TXN_ABORTED",
+            retryable: true,
+            detail: format!("transaction {start_ts} was already rolled back"),
+        },
+        PrewriteRefusal::AlreadyCommitted(_) => RouterError::Internal("a committed transaction aborted".to_string()),
+    }
+}
+
+/// `Txn.Status`: what became of a transaction, from its primary key's shard (one pending
+/// past its time to live is rolled back by asking).
+pub async fn status<N: NodeApi>(
+    ctx: &RouterContext<N>,
+    request: TxnStatusRequest,
+    deadline: Instant,
+) -> Result<TxnStatusResponse, RouterError> {
+    ctx.limits.check_key(&"primary", &request.primary)?;
+    let view = ctx.topology.wait_for_ring(deadline).await?;
+    let call = TxnCall::CheckStatus(ShardTxnCheckStatusRequest {
+        shard_id: view.ring.shard_for_key(&request.primary).0,
+        start_ts: request.start_ts,
+        primary: request.primary,
+    });
+    let status = ctx
+        .forwarder
+        .txn_status(view.ring.shard_count(), call, deadline)
+        .await?;
+    let (state, commit_ts) = match TxnState::try_from(status.state) {
+        Ok(TxnState::Committed) => (txn_status_response::State::Committed, status.commit_ts),
+        Ok(TxnState::RolledBack) => (txn_status_response::State::Aborted, 0),
+        _ => (txn_status_response::State::Pending, 0),
+    };
+    Ok(TxnStatusResponse {
+        state: state as i32,
+        commit_ts,
+    })
+}

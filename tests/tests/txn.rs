@@ -1,0 +1,265 @@
+//! Transactions end to end: commits across shards become visible at one timestamp, first
+//! committer wins under repeatable read (and not under read committed), concurrent
+//! transfers conserve money, and a coordinator that vanished between prewrite and commit
+//! leaves no half-visible transaction: readers and writers resolve its locks through the
+//! primary's record (rolled back after its time to live, or committed when the primary was).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use ringkv_client::{proto, Client, Error, Isolation, ReadConsistency};
+use ringkv_tests::{wait_until, Cluster, ClusterOptions};
+
+/// An account's balance (absent: 0).
+fn balance(found: Option<ringkv_client::Versioned>) -> i64 {
+    found
+        .and_then(|versioned| String::from_utf8(versioned.value).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_atomically_and_conflicts_abort() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        shards: 4,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = cluster.client().await?;
+
+    // Writes to many shards become visible together, at the commit timestamp.
+    let mut txn = client.begin(Isolation::RepeatableRead).await?;
+    for i in 0..8 {
+        txn.put(format!("t/{i}"), format!("v{i}"));
+    }
+    assert_eq!(
+        txn.get(b"t/3").await?.map(|v| v.value),
+        Some(b"v3".to_vec()),
+        "own write"
+    );
+    let committed = txn.commit().await?;
+    let keys: Vec<String> = (0..8).map(|i| format!("t/{i}")).collect();
+    let before = client
+        .batch_get_with(&keys, ReadConsistency::At(committed.commit_ts - 1))
+        .await?;
+    assert!(
+        before.iter().all(Option::is_none),
+        "nothing before the commit: {before:?}"
+    );
+    let at = client
+        .batch_get_with(&keys, ReadConsistency::At(committed.commit_ts))
+        .await?;
+    assert!(at.iter().all(Option::is_some), "everything at the commit: {at:?}");
+
+    // First committer wins under repeatable read...
+    let mut first = client.begin(Isolation::RepeatableRead).await?;
+    let mut second = client.begin(Isolation::RepeatableRead).await?;
+    first.put(b"t/0", b"first".to_vec());
+    second.put(b"t/0", b"second".to_vec());
+    first.commit().await?;
+    match second.commit().await {
+        Err(Error::TxnAborted {
+            reason, retryable, ..
+        }) => {
+            assert_eq!(reason, "WRITE_CONFLICT");
+            assert!(retryable);
+        }
+        other => panic!("a write conflict expected, got {other:?}"),
+    }
+    assert_eq!(
+        client.get(b"t/0").await?.map(|v| v.value),
+        Some(b"first".to_vec())
+    );
+    // ...not under read committed (a lost update is allowed there).
+    let mut first = client.begin(Isolation::ReadCommitted).await?;
+    let mut second = client.begin(Isolation::ReadCommitted).await?;
+    first.put(b"t/1", b"first".to_vec());
+    second.put(b"t/1", b"second".to_vec());
+    first.commit().await?;
+    second.commit().await?;
+    assert_eq!(
+        client.get(b"t/1").await?.map(|v| v.value),
+        Some(b"second".to_vec())
+    );
+    // Serializable is refused for now, with a clear message.
+    let mut serializable = client.begin(Isolation::Serializable).await?;
+    serializable.put(b"t/2", b"x".to_vec());
+    let refused = serializable.commit().await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(message)) if message.contains("SERIALIZABLE")),
+        "{refused:?}"
+    );
+
+    transfers_conserve_money(&client).await?;
+    abandoned_transactions_are_resolved(&cluster, &client).await?;
+    Ok(())
+}
+
+/// Concurrent transfers between accounts on every shard, with snapshot reads of the total
+/// while they run: the total never changes.
+async fn transfers_conserve_money(client: &Client) -> anyhow::Result<()> {
+    const ACCOUNTS: usize = 6;
+    const INITIAL: i64 = 100;
+    let account = |i: usize| format!("bank/{i}");
+    let mut setup = client.begin(Isolation::RepeatableRead).await?;
+    for i in 0..ACCOUNTS {
+        setup.put(account(i), INITIAL.to_string());
+    }
+    setup.commit().await?;
+    let total = ACCOUNTS as i64 * INITIAL;
+
+    let transfers = stream::iter(0..40usize)
+        .map(|n| {
+            let client = client.clone();
+            async move {
+                let (from, to) = (account(n % ACCOUNTS), account((n * 7 + 1) % ACCOUNTS));
+                if from == to {
+                    return Ok::<_, Error>(());
+                }
+                client
+                    .transact(Isolation::RepeatableRead, |txn| {
+                        let (from, to) = (from.clone(), to.clone());
+                        Box::pin(async move {
+                            let a = balance(txn.get(&from).await?);
+                            let b = balance(txn.get(&to).await?);
+                            txn.put(&from, (a - 3).to_string());
+                            txn.put(&to, (b + 3).to_string());
+                            Ok(())
+                        })
+                    })
+                    .await
+            }
+        })
+        .buffer_unordered(6);
+    let audits = async {
+        let keys: Vec<String> = (0..ACCOUNTS).map(account).collect();
+        for _ in 0..20 {
+            let ts = client.timestamp().await?;
+            let balances = client.batch_get_with(&keys, ReadConsistency::At(ts)).await?;
+            let sum: i64 = balances.into_iter().map(balance).sum();
+            anyhow::ensure!(sum == total, "a snapshot at {ts} sums to {sum}, not {total}");
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (transferred, audited) = tokio::join!(transfers.try_collect::<Vec<()>>(), audits);
+    transferred.context("transfers")?;
+    audited?;
+    let keys: Vec<String> = (0..ACCOUNTS).map(account).collect();
+    let sum: i64 = client.batch_get(&keys).await?.into_iter().map(balance).sum();
+    assert_eq!(sum, total, "money is conserved");
+    Ok(())
+}
+
+/// Prewrites as a coordinator would, straight at the shard leaders, then vanishes: once
+/// before committing anything (readers wait, then roll it back after its time to live) and
+/// once after committing only the primary (readers commit the rest at once).
+async fn abandoned_transactions_are_resolved(cluster: &Cluster, client: &Client) -> anyhow::Result<()> {
+    client.put(b"orphan/a", b"old-a".to_vec()).await?;
+    client.put(b"orphan/b", b"old-b".to_vec()).await?;
+    client.put(b"half/a", b"old-a".to_vec()).await?;
+    client.put(b"half/b", b"old-b".to_vec()).await?;
+
+    // Never committed: a reader waits for the lock, which is rolled back once its time to
+    // live runs out; the old values stay, and writes to the keys go through.
+    let start_ts = client.timestamp().await?;
+    prewrite(
+        cluster,
+        start_ts,
+        &[(b"orphan/a", b"new-a"), (b"orphan/b", b"new-b")],
+    )
+    .await?;
+    let read = client.get(b"orphan/b").await?;
+    assert_eq!(read.map(|v| v.value), Some(b"old-b".to_vec()));
+    assert_eq!(
+        client.get(b"orphan/a").await?.map(|v| v.value),
+        Some(b"old-a".to_vec())
+    );
+    client.put(b"orphan/a", b"after".to_vec()).await?;
+
+    // The primary committed, the other key not: a reader commits it.
+    let start_ts = client.timestamp().await?;
+    prewrite(cluster, start_ts, &[(b"half/a", b"new-a"), (b"half/b", b"new-b")]).await?;
+    let commit_ts = client.timestamp().await?;
+    shard_call(cluster, b"half/a", |shard_id, mut shard_kv| async move {
+        shard_kv
+            .txn_commit(proto::ShardTxnCommitRequest {
+                shard_id,
+                start_ts,
+                commit_ts,
+                keys: vec![b"half/a".to_vec()],
+                primary: true,
+            })
+            .await
+            .map(drop)
+    })
+    .await?;
+    let both = client.batch_get([&b"half/a"[..], b"half/b"]).await?;
+    let values: Vec<Option<Vec<u8>>> = both.into_iter().map(|v| v.map(|v| v.value)).collect();
+    assert_eq!(values, vec![Some(b"new-a".to_vec()), Some(b"new-b".to_vec())]);
+    Ok(())
+}
+
+/// The time to live of the abandoned transactions (the router gives its own 5 s).
+const ORPHAN_TTL_MS: u64 = 1_000;
+
+/// Prewrites `writes` for transaction `start_ts` (the first key primary) on their shards.
+async fn prewrite(cluster: &Cluster, start_ts: u64, writes: &[(&[u8], &[u8])]) -> anyhow::Result<()> {
+    let primary = writes[0].0.to_vec();
+    for (index, (key, value)) in writes.iter().enumerate() {
+        let (primary, key, value) = (primary.clone(), key.to_vec(), value.to_vec());
+        shard_call(cluster, &key.clone(), move |shard_id, mut shard_kv| {
+            let (primary, key, value) = (primary.clone(), key.clone(), value.clone());
+            async move {
+                let response = shard_kv
+                    .txn_prewrite(proto::ShardTxnPrewriteRequest {
+                        shard_id,
+                        start_ts,
+                        primary,
+                        mutations: vec![proto::TxnMutation {
+                            key,
+                            kind: proto::WriteKind::Put as i32,
+                            value,
+                        }],
+                        check_conflicts: true,
+                        ttl_ms: if index == 0 { ORPHAN_TTL_MS } else { 0 },
+                    })
+                    .await?
+                    .into_inner();
+                if response.conflicts.is_empty() {
+                    Ok(())
+                } else {
+                    Err(tonic::Status::aborted(format!("{:?}", response.conflicts)))
+                }
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs `call` against the leader of `key`'s shard (each node in turn until one takes it).
+async fn shard_call<F, Fut>(cluster: &Cluster, key: &[u8], call: F) -> anyhow::Result<()>
+where
+    F: Fn(u32, proto::shard_kv_client::ShardKvClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let ring = cluster.ring(ids[0]).await?;
+    let shard_id = ring.shard_for_key(key).0;
+    let (call, ids) = (&call, &ids);
+    wait_until(
+        "a shard leader to take the call",
+        Duration::from_secs(20),
+        || async move {
+            for id in ids {
+                let shard_kv = cluster.shard_kv(*id).await.ok()?;
+                if call(shard_id, shard_kv).await.is_ok() {
+                    return Some(());
+                }
+            }
+            None
+        },
+    )
+    .await?;
+    Ok(())
+}
