@@ -28,6 +28,7 @@ mod playground;
 mod progress;
 mod range;
 mod timestamp;
+mod txn;
 mod value;
 
 use std::process::ExitCode;
@@ -130,6 +131,8 @@ enum Command {
     /// Take timestamps of the cluster's timestamp oracle (what transactions are ordered by).
     #[command(alias = "tso")]
     Timestamp(timestamp::TimestampArgs),
+    /// Run a script of gets, puts and deletes as one transaction (stdin or a file).
+    Txn(txn::TxnArgs),
     /// Start a local cluster of real processes (nodes + router) and keep it running.
     #[cfg(unix)]
     Playground(playground::PlaygroundArgs),
@@ -212,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Leader(command) => {
             membership::leader(&connect(endpoints, router_config).await?, command, output).await
         }
+        Command::Txn(args) => txn::run(&connect(endpoints, router_config).await?, args, output).await,
         Command::Timestamp(args) => {
             timestamp::run(&connect(endpoints, router_config).await?, args, output).await
         }

@@ -92,6 +92,59 @@ async fn transactions_commit_atomically_and_conflicts_abort() -> anyhow::Result<
 
     transfers_conserve_money(&client).await?;
     abandoned_transactions_are_resolved(&cluster, &client).await?;
+    kvctl_runs_a_script(&cluster, &client).await?;
+    Ok(())
+}
+
+/// `kvctl txn` reads a script from stdin, runs it as one transaction and prints each line's
+/// result as JSON; a bad line is a usage error (exit 64) and nothing is written.
+async fn kvctl_runs_a_script(cluster: &Cluster, client: &Client) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let router = cluster.router_addr.clone().context("the router's address")?;
+    let run = |script: &'static str| {
+        let router = router.clone();
+        async move {
+            let mut child = tokio::process::Command::new(ringkv_tests::bin_dir()?.join("kvctl"))
+                .args([
+                    "-e",
+                    &router,
+                    "-o",
+                    "json",
+                    "txn",
+                    "--isolation",
+                    "read-committed",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawn kvctl")?;
+            let mut stdin = child.stdin.take().context("kvctl's stdin")?;
+            stdin.write_all(script.as_bytes()).await?;
+            drop(stdin);
+            anyhow::Ok(child.wait_with_output().await?)
+        }
+    };
+    let output = run("put cli/a 1\nput cli/b two words\nget cli/b\ndel cli/c\n").await?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(printed["ops"][2]["value"], "two words", "{printed}");
+    assert!(printed["commit_ts"].as_u64().is_some(), "{printed}");
+    assert_eq!(client.get(b"cli/a").await?.map(|v| v.value), Some(b"1".to_vec()));
+    let output = run("put cli/a 2\nfrob cli/a\n").await?;
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("line 2"));
+    assert_eq!(client.get(b"cli/a").await?.map(|v| v.value), Some(b"1".to_vec()));
     Ok(())
 }
 
