@@ -26,7 +26,7 @@ use crate::hibernation::Hibernation;
 use crate::proposal::{BatcherSettings, Timestamps, WriteBatcher};
 use crate::raft::catch_up::CatchUp;
 use crate::raft::flusher::Flusher;
-use crate::raft::log_store::{wal_group, LogStore};
+use crate::raft::log_store::{self, wal_group, LogStore, Tombstone};
 use crate::raft::network::{NetworkFactory, Transport};
 use crate::raft::snapshot::SnapshotDir;
 use crate::raft::state_machine::{DedupPolicy, GroupState, HistoryBudget, HistoryPolicy, StateMachine};
@@ -40,6 +40,8 @@ use crate::transfer::{self, Leadership};
 const NEVER_INIT_PREFIX: &str = "never-init/";
 /// Catalog prefix marking a replica whose deletion started (finished at the next start).
 const RETIRING_PREFIX: &str = "retiring/";
+/// Catalog prefix of a deleted replica's [`Tombstone`] (postcard): the vote and log it had.
+const TOMBSTONE_PREFIX: &str = "raft-tombstone/";
 
 /// Most bytes of entries in one append to a follower (one entry may exceed it): a follower
 /// catching up gets many paced batches instead of a few huge ones that would hold up the
@@ -104,6 +106,10 @@ impl GroupDeps {
                 budget: self.history_budget.clone(),
             },
         )?;
+        let tombstone = self.tombstone(group_id)?;
+        if log_store::restore_vote(&self.wal, group_id, &tombstone)? {
+            info!(group = %group_id, ?tombstone, "re-created replica starts from the vote of its deleted predecessor");
+        }
         let (log, purge_requests) = LogStore::open(
             self.wal.clone(),
             group_id,
@@ -209,6 +215,15 @@ impl GroupDeps {
     pub fn destroy(&self, group_id: GroupId) -> Result<(), NodeError> {
         let never_init = format!("{NEVER_INIT_PREFIX}{}", group_id.name());
         let retiring = format!("{RETIRING_PREFIX}{}", group_id.name());
+        // What the replica promised outlives it: a replica re-created here later starts
+        // from it (a voter that forgot its vote or log could elect a stale leader).
+        let tombstone = self
+            .tombstone(group_id)?
+            .merge(log_store::tombstone(&self.wal, group_id)?);
+        self.catalog.insert(
+            self.tombstone_key(group_id).as_bytes(),
+            &crate::raft::encode(&tombstone)?,
+        )?;
         self.catalog.insert(never_init.as_bytes(), b"1")?;
         self.catalog.insert(retiring.as_bytes(), b"1")?;
         self.engine.flush()?;
@@ -216,6 +231,19 @@ impl GroupDeps {
         self.catalog.remove(retiring.as_bytes())?;
         self.engine.flush()?;
         Ok(())
+    }
+
+    fn tombstone_key(&self, group_id: GroupId) -> String {
+        format!("{TOMBSTONE_PREFIX}{}", group_id.name())
+    }
+
+    /// What a deleted replica of `group_id` on this node had promised (empty if none was
+    /// ever deleted here).
+    pub fn tombstone(&self, group_id: GroupId) -> Result<Tombstone, NodeError> {
+        match self.catalog.get(self.tombstone_key(group_id).as_bytes())? {
+            Some(bytes) => Ok(crate::raft::decode(self.catalog.name(), &bytes)?),
+            None => Ok(Tombstone::default()),
+        }
     }
 
     /// Drops every tree, catalog record and snapshot file of `group_id`.

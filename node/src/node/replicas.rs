@@ -113,4 +113,10 @@ impl Node {
         info!(group = %group_id, "deleted replica");
         Ok(())
     }
+
+    /// What a deleted replica of `group_id` here had promised (see `log_store::Tombstone`):
+    /// a vote request it forbids is refused.
+    pub fn group_tombstone(&self, group_id: GroupId) -> Result<crate::raft::log_store::Tombstone, NodeError> {
+        self.inner.deps.tombstone(group_id)
+    }
 }

@@ -33,6 +33,94 @@ const COMMITTED: u8 = b'c';
 /// The last purged log id.
 const PURGED: u8 = b'p';
 
+/// What a replica had promised when its data was dropped: its vote and the last log id it
+/// held. Raft's safety rests on a voter never forgetting either; a replica re-created here
+/// under the same node id starts from them (see `group.rs`: its vote is restored, and it
+/// grants no vote to a candidate whose log is behind `last_log_id`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tombstone {
+    pub vote: Option<Vote>,
+    pub last_log_id: Option<LogId>,
+}
+
+impl Tombstone {
+    /// The later of two tombstones' promises (a group deleted twice keeps both).
+    pub fn merge(self, other: Tombstone) -> Tombstone {
+        let vote = match (self.vote, other.vote) {
+            (Some(a), Some(b)) => Some(if b.leader_id().term > a.leader_id().term {
+                b
+            } else {
+                a
+            }),
+            (a, b) => a.or(b),
+        };
+        Tombstone {
+            vote,
+            last_log_id: self.last_log_id.max(other.last_log_id),
+        }
+    }
+
+    /// Why this replica must refuse a vote request from a candidate with `vote` and
+    /// `last_log_id`; `None` when the tombstone does not forbid it.
+    pub fn refuses(&self, vote: &Vote, last_log_id: Option<LogId>) -> Option<String> {
+        if let Some(promised) = &self.vote {
+            if vote.leader_id().term < promised.leader_id().term
+                || (vote.leader_id().term == promised.leader_id().term
+                    && vote.leader_id() != promised.leader_id())
+            {
+                return Some(format!(
+                    "this replica was re-created after voting {promised}; it grants no vote at {vote}"
+                ));
+            }
+        }
+        if last_log_id < self.last_log_id {
+            return Some(format!(
+                "this replica was re-created after holding the log up to {:?}; the candidate's log ends at {last_log_id:?}",
+                self.last_log_id
+            ));
+        }
+        None
+    }
+}
+
+/// The vote and last log id `group`'s log holds now (for a [`Tombstone`]).
+pub fn tombstone(wal: &Wal, group: GroupId) -> Result<Tombstone, StorageError> {
+    let id = wal_group(group);
+    let name = format!("{}.log", group.name());
+    let meta = |key: u8| -> Result<Option<Vec<u8>>, StorageError> { Ok(wal.meta(id, key)) };
+    let vote: Option<Vote> = meta(VOTE)?.map(|bytes| decode(&name, &bytes)).transpose()?;
+    let purged: Option<LogId> = meta(PURGED)?.map(|bytes| decode(&name, &bytes)).transpose()?;
+    let last_entry = match wal.bounds(id) {
+        Some((_, last)) => {
+            let records = wal.read(id, Bound::Included(last), Bound::Included(last), usize::MAX)?;
+            match records.last() {
+                Some((_, bytes)) => Some(decode::<Entry>(&name, bytes)?.log_id),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    Ok(Tombstone {
+        vote,
+        last_log_id: last_entry.max(purged),
+    })
+}
+
+/// Restores the vote of a replica re-created after `tombstone`: a fresh log has none, and
+/// without it the replica could vote twice in a term it voted in before. Returns whether a
+/// vote was written (then synced before the group starts).
+pub fn restore_vote(wal: &Wal, group: GroupId, tombstone: &Tombstone) -> Result<bool, StorageError> {
+    let id = wal_group(group);
+    match (&tombstone.vote, wal.meta(id, VOTE)) {
+        (Some(vote), None) => {
+            wal.set_meta(id, VOTE, &encode(vote)?)?;
+            wal.sync()?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// The log store of one group. Clones share the same log.
 #[derive(Clone)]
 pub struct LogStore {
@@ -382,6 +470,71 @@ mod tests {
     use super::*;
     use crate::raft::state_machine::test_support::{log_id, put};
     use crate::storage::{self, Batch};
+
+    /// A replica re-created after a deletion grants no vote its predecessor could not have:
+    /// none at a lower term or to another candidate of the term it voted in, none to a
+    /// candidate whose log is behind the one it held (the fork a jepsen run found: a
+    /// re-created, empty voter elected a restarted node with a stale log).
+    #[test]
+    fn tombstones_refuse_what_the_deleted_replica_could_not_grant() {
+        let tombstone = Tombstone {
+            vote: Some(RaftVote::new_committed(30, 5)),
+            last_log_id: Some(log_id(30, 25_614)),
+        };
+        let stale = RaftVote::new(31, 2);
+        assert!(
+            tombstone.refuses(&stale, Some(log_id(28, 24_917))).is_some(),
+            "stale log"
+        );
+        assert!(tombstone.refuses(&stale, Some(log_id(31, 25_700))).is_none());
+        assert!(
+            tombstone
+                .refuses(&RaftVote::new(29, 2), Some(log_id(31, 30_000)))
+                .is_some(),
+            "older term"
+        );
+        assert!(
+            tombstone
+                .refuses(&RaftVote::new(30, 3), Some(log_id(31, 30_000)))
+                .is_some(),
+            "another candidate of the term"
+        );
+        assert!(tombstone
+            .refuses(&RaftVote::new(30, 5), Some(log_id(30, 25_614)))
+            .is_none());
+        assert!(Tombstone::default().refuses(&stale, None).is_none());
+        let older = Tombstone {
+            vote: Some(RaftVote::new(12, 1)),
+            last_log_id: Some(log_id(12, 900)),
+        };
+        assert_eq!(older.merge(tombstone), tombstone);
+        assert_eq!(tombstone.merge(older), tombstone);
+    }
+
+    /// A deleted group's tombstone holds its vote and last log id; a fresh log under the
+    /// same group gets the vote back.
+    #[tokio::test]
+    async fn a_re_created_log_gets_its_predecessors_vote() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open_wal(dir.path());
+        let group = GroupId::Shard(3);
+        let vote = RaftVote::new_committed(7, 2);
+        wal.set_meta(wal_group(group), VOTE, &encode(&vote).expect("encode"))
+            .expect("vote");
+        let entry = put(12, b"k", b"v", 1);
+        wal.append(wal_group(group), 12, &[encode(&entry).expect("encode")])
+            .expect("append");
+        let dropped = tombstone(&wal, group).expect("tombstone");
+        assert_eq!(dropped.vote, Some(vote));
+        assert_eq!(dropped.last_log_id, Some(entry.log_id));
+        wal.drop_group(wal_group(group)).expect("drop");
+        assert!(restore_vote(&wal, group, &dropped).expect("restore"));
+        assert_eq!(tombstone(&wal, group).expect("tombstone").vote, Some(vote));
+        assert!(
+            !restore_vote(&wal, group, &dropped).expect("restore"),
+            "a stored vote stays"
+        );
+    }
 
     fn open_wal(dir: &std::path::Path) -> Wal {
         Wal::open(&dir.join("wal"), ringkv_wal::WalOptions::default())

@@ -1,10 +1,12 @@
 //! `Raft`: the multi-raft transport. Each message names its cluster and group; the
 //! payload is the postcard-encoded openraft request, the reply the encoded `Result`.
 
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest, VoteResponse};
 use ringkv_proto::v1::{self, raft_server::Raft as RaftRpc};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
+use tracing::debug;
 
 use super::status;
 use crate::error::NodeError;
@@ -84,6 +86,21 @@ impl RaftRpc for RaftService {
         let message = request.into_inner();
         let group = self.group(&message)?;
         let rpc: VoteRequest<NodeId> = decode(&message.payload)?;
+        // A replica re-created here keeps its deleted predecessor's promises.
+        let tombstone = self
+            .node
+            .group_tombstone(group.id)
+            .map_err(|err| status(err, false))?;
+        if let Some(reason) = tombstone.refuses(&rpc.vote, rpc.last_log_id) {
+            debug!(group = %group.id, candidate = %rpc.vote, %reason, "vote refused");
+            let current = group.raft.metrics().borrow().vote;
+            let refused: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse {
+                vote: current,
+                vote_granted: false,
+                last_log_id: tombstone.last_log_id,
+            });
+            return reply(&refused);
+        }
         reply(&group.raft.vote(rpc).await)
     }
 
