@@ -6,7 +6,10 @@ use ringkv_proto::v1::{self, shard_kv_server::ShardKv};
 use ringkv_ring::Ring;
 use tonic::{Request, Response, Status};
 
+mod limits;
 mod txn;
+
+use limits::{check_range, count_limit, page_limit, scan_max_bytes};
 
 use super::status;
 use crate::error::NodeError;
@@ -18,71 +21,6 @@ use crate::raft::types::WriteOp;
 
 /// Most writes in one `WriteBatch` call.
 const MAX_BATCH_WRITES: usize = 256;
-/// Most entries of one scan page, and most keys deleted by one delete-range call.
-const MAX_PAGE_LIMIT: u32 = 10_000;
-/// Keys counted by one count call when the request leaves the limit at 0.
-const DEFAULT_COUNT_LIMIT: u64 = 100_000;
-/// Most keys counted by one count call (larger limits are lowered to it).
-const MAX_COUNT_LIMIT: u64 = 1_000_000;
-/// Key + value bytes of one scan page when the request leaves `max_bytes` at 0.
-const DEFAULT_SCAN_BYTES: usize = 4 << 20;
-
-/// Checks the bounds of a range `[start, end)` (empty end = no upper bound) and returns the
-/// end as an option. `start == end` is a valid, empty range.
-///
-/// A bound may be one byte longer than a key: a router resuming after a maximal key sends
-/// that key followed by a zero byte.
-fn check_range(max_key_bytes: usize, start: &[u8], end: Vec<u8>) -> Result<Option<Vec<u8>>, NodeError> {
-    let max_bound = max_key_bytes + 1;
-    for (name, key) in [("start", start), ("end", end.as_slice())] {
-        if key.len() > max_bound {
-            return Err(NodeError::InvalidArgument(format!(
-                "range {name} bound is {} bytes, the limit is {max_bound}",
-                key.len()
-            )));
-        }
-    }
-    if end.is_empty() {
-        return Ok(None);
-    }
-    if start > end.as_slice() {
-        return Err(NodeError::InvalidArgument(
-            "range start key is greater than its end key".to_string(),
-        ));
-    }
-    Ok(Some(end))
-}
-
-/// Checks the entry limit of a scan page or a delete-range (`what` names the call).
-fn page_limit(limit: u32, what: &str) -> Result<u32, NodeError> {
-    if (1..=MAX_PAGE_LIMIT).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(NodeError::InvalidArgument(format!(
-            "a {what} needs a limit of 1..={MAX_PAGE_LIMIT}, got {limit}"
-        )))
-    }
-}
-
-/// The keys one count call may count: 0 means the default; larger limits are lowered to
-/// the maximum (the caller continues after `last_key`).
-fn count_limit(limit: u64) -> u64 {
-    match limit {
-        0 => DEFAULT_COUNT_LIMIT,
-        limit => limit.min(MAX_COUNT_LIMIT),
-    }
-}
-
-/// The byte budget of one scan page: 0 means the default; capped at half a message so a
-/// page (which may overshoot by its last entry) still fits in a reply.
-fn scan_max_bytes(max_bytes: u64, max_message_bytes: usize) -> usize {
-    let requested = match max_bytes {
-        0 => DEFAULT_SCAN_BYTES,
-        bytes => usize::try_from(bytes).unwrap_or(usize::MAX),
-    };
-    requested.min(max_message_bytes / 2)
-}
-
 pub struct ShardKvService {
     node: Node,
 }
@@ -509,6 +447,7 @@ impl ShardKv for ShardKvService {
 
 #[cfg(test)]
 mod tests {
+    use super::limits::{DEFAULT_COUNT_LIMIT, MAX_COUNT_LIMIT, MAX_PAGE_LIMIT};
     use super::*;
 
     /// Range bounds: empty means unbounded, start == end is an empty range, start > end and
