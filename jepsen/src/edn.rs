@@ -15,7 +15,9 @@
 //! (`:f :read-all`) is a vector of elements or `nil`, a `:timestamp` is the timestamp taken
 //! (`nil` in the invocation), a `:chain-write` is `[chain n]`, a `:snapshot-read` is
 //! `[chain ts [v0 v1 v2 v3]]` (`[chain nil nil]` in the invocation and in a failed read; `nil`
-//! for a key with no value), a nemesis value is a string. A [`OpValue::Nil`] prints as `nil`.
+//! for a key with no value), a `:txn` is Elle's list-append transaction, a vector of
+//! micro-operations `[[:append 3 7] [:r 3 [1 2 7]]]` (`[:r 3 nil]` in the invocation), a
+//! nemesis value is a string. A [`OpValue::Nil`] prints as `nil`.
 //! Jepsen's own set checker calls the final read `:read`; ringkv keeps `:read-all` so that a
 //! set read is never confused with a register read.
 //!
@@ -33,7 +35,7 @@
 
 use std::fmt::{self, Write as _};
 
-use crate::history::{History, Op, OpType, OpValue, Process, F};
+use crate::history::{History, MicroOp, Op, OpType, OpValue, Process, F};
 
 /// Deepest nesting of vectors and maps the parser accepts (ours is at most 3).
 pub const MAX_DEPTH: usize = 64;
@@ -224,6 +226,7 @@ fn f_name(f: &F) -> &str {
         F::ChainWrite => "chain-write",
         F::SnapshotRead => "snapshot-read",
         F::Nemesis(name) => name,
+        F::Txn => "txn",
     }
 }
 
@@ -250,6 +253,52 @@ fn value_to_edn(value: &OpValue) -> Edn {
         ]),
         OpValue::Text(text) => Edn::String(text.clone()),
         OpValue::Nil => Edn::Nil,
+        OpValue::Txn(micro_ops) => Edn::Vector(micro_ops.iter().map(micro_op_to_edn).collect()),
+    }
+}
+
+/// `[:append k v]`, or `[:r k [v ...]]` (`[:r k nil]` without a result), as Elle writes them.
+fn micro_op_to_edn(micro_op: &MicroOp) -> Edn {
+    match micro_op {
+        MicroOp::Append { key, value } => Edn::Vector(vec![
+            Edn::keyword("append"),
+            Edn::unsigned(*key),
+            Edn::unsigned(*value),
+        ]),
+        MicroOp::Read { key, values } => Edn::Vector(vec![
+            Edn::keyword("r"),
+            Edn::unsigned(*key),
+            values.as_ref().map_or(Edn::Nil, |values| {
+                Edn::Vector(values.iter().map(|value| Edn::unsigned(*value)).collect())
+            }),
+        ]),
+    }
+}
+
+fn micro_op_from_edn(micro_op: &Edn) -> Result<MicroOp, String> {
+    let shape_error = || format!("txn micro-op must be [:append k v] or [:r k list], found {micro_op}");
+    let Edn::Vector(items) = micro_op else {
+        return Err(shape_error());
+    };
+    match items.as_slice() {
+        [Edn::Keyword(f), key, value] if f == "append" => Ok(MicroOp::Append {
+            key: to_u64(key, "key")?,
+            value: to_u64(value, "value")?,
+        }),
+        [Edn::Keyword(f), key, Edn::Nil] if f == "r" => Ok(MicroOp::Read {
+            key: to_u64(key, "key")?,
+            values: None,
+        }),
+        [Edn::Keyword(f), key, Edn::Vector(values)] if f == "r" => Ok(MicroOp::Read {
+            key: to_u64(key, "key")?,
+            values: Some(
+                values
+                    .iter()
+                    .map(|value| to_u64(value, "value"))
+                    .collect::<Result<_, _>>()?,
+            ),
+        }),
+        _ => Err(shape_error()),
     }
 }
 
@@ -333,6 +382,7 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
         (_, "timestamp") => F::Timestamp,
         (_, "chain-write") => F::ChainWrite,
         (_, "snapshot-read") => F::SnapshotRead,
+        (_, "txn") => F::Txn,
         (_, name) => F::Nemesis(name.to_string()),
     };
     let value_edn = value.get("value").unwrap_or(&Edn::Nil);
@@ -415,6 +465,12 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
             }),
             _ => Err(shape_error("[chain ts [values]]")),
         },
+        (F::Txn, Edn::Vector(micro_ops)) => Ok(OpValue::Txn(
+            micro_ops
+                .iter()
+                .map(micro_op_from_edn)
+                .collect::<Result<_, _>>()?,
+        )),
         (F::Nemesis(_), Edn::String(text)) => Ok(OpValue::Text(text.clone())),
         // Jepsen nemeses often carry structured values: keep them as their EDN text.
         (F::Nemesis(_), other) => Ok(OpValue::Text(other.to_string())),
@@ -423,6 +479,7 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
         (F::ReadAll, _) => Err(shape_error("a vector or nil")),
         (F::ChainWrite, _) => Err(shape_error("[chain n]")),
         (F::SnapshotRead, _) => Err(shape_error("[chain ts [values]]")),
+        (F::Txn, _) => Err(shape_error("a vector of micro-ops")),
     }
 }
 
@@ -776,6 +833,46 @@ mod tests {
                     values: Some(vec![Some(4), Some(5), Some(2), None]),
                 },
             ),
+            op(
+                15,
+                Process::Client(6),
+                OpType::Invoke,
+                F::Txn,
+                OpValue::Txn(vec![
+                    MicroOp::Append { key: 3, value: 7 },
+                    MicroOp::Read { key: 3, values: None },
+                ]),
+            ),
+            op(
+                16,
+                Process::Client(6),
+                OpType::Ok,
+                F::Txn,
+                OpValue::Txn(vec![
+                    MicroOp::Append { key: 3, value: 7 },
+                    MicroOp::Read {
+                        key: 3,
+                        values: Some(vec![1, 2, 7]),
+                    },
+                ]),
+            ),
+            op(
+                17,
+                Process::Client(7),
+                OpType::Invoke,
+                F::Txn,
+                OpValue::Txn(vec![MicroOp::Read { key: 4, values: None }]),
+            ),
+            op(
+                18,
+                Process::Client(7),
+                OpType::Ok,
+                F::Txn,
+                OpValue::Txn(vec![MicroOp::Read {
+                    key: 4,
+                    values: Some(Vec::new()),
+                }]),
+            ),
         ])
     }
 
@@ -825,6 +922,54 @@ mod tests {
             lines[14],
             "{:index 14, :time 14000, :type :ok, :process 5, :f :snapshot-read, :value [2 90 [4 5 2 nil]]}"
         );
+        assert_eq!(
+            lines[15],
+            "{:index 15, :time 15000, :type :invoke, :process 6, :f :txn, :value [[:append 3 7] [:r 3 nil]]}"
+        );
+        assert_eq!(
+            lines[16],
+            "{:index 16, :time 16000, :type :ok, :process 6, :f :txn, :value [[:append 3 7] [:r 3 [1 2 7]]]}"
+        );
+        assert_eq!(
+            lines[18],
+            "{:index 18, :time 18000, :type :ok, :process 7, :f :txn, :value [[:r 4 []]]}"
+        );
+    }
+
+    /// A list-append history as Elle writes it (no commas, no `:index`) reads as transactions.
+    #[test]
+    fn parses_elle_list_append_history() {
+        let text = "{:type :invoke, :f :txn, :value [[:r 1 nil] [:append 1 4]], :process 0, :time 5}\n\
+                    {:type :ok :f :txn :value [[:r 1 [2 3]] [:append 1 4]] :process 0 :time 9}\n\
+                    {:type :fail :f :txn :value [[:append 2 1]] :process 1 :time 11 :error :conflict}\n";
+        let history = parse_history(text).expect("parse");
+        assert_eq!(history.ops.len(), 3);
+        assert_eq!(history.ops[1].f, F::Txn);
+        assert_eq!(
+            history.ops[1].value,
+            OpValue::Txn(vec![
+                MicroOp::Read {
+                    key: 1,
+                    values: Some(vec![2, 3])
+                },
+                MicroOp::Append { key: 1, value: 4 },
+            ])
+        );
+        assert_eq!(
+            history.ops[2].value,
+            OpValue::Txn(vec![MicroOp::Append { key: 2, value: 1 }])
+        );
+        for malformed in [
+            "{:type :ok :f :txn :value [[:w 1 2]] :process 0 :time 1}",
+            "{:type :ok :f :txn :value [[:append 1]] :process 0 :time 1}",
+            "{:type :ok :f :txn :value [[:r 1 [2 :x]]] :process 0 :time 1}",
+            "{:type :ok :f :txn :value 7 :process 0 :time 1}",
+        ] {
+            assert!(
+                matches!(parse_history(malformed), Err(EdnError::InvalidOp { .. })),
+                "accepted {malformed:?}"
+            );
+        }
     }
 
     /// Export then parse gives back exactly the same ops.
@@ -941,6 +1086,18 @@ mod tests {
                     F::SnapshotRead,
                     OpValue::SnapshotRead { chain, ts, values }
                 )),
+            proptest::collection::vec(
+                prop_oneof![
+                    (any::<u64>(), any::<u64>()).prop_map(|(key, value)| MicroOp::Append { key, value }),
+                    (
+                        any::<u64>(),
+                        proptest::option::of(proptest::collection::vec(any::<u64>(), 0..4))
+                    )
+                        .prop_map(|(key, values)| MicroOp::Read { key, values }),
+                ],
+                0..4
+            )
+            .prop_map(|micro_ops| (F::Txn, OpValue::Txn(micro_ops))),
             Just((F::SnapshotRead, OpValue::Nil)),
             Just((F::Write, OpValue::Nil)),
         ];

@@ -69,6 +69,8 @@ pub enum F {
     SnapshotRead,
     /// A nemesis action, named as in Jepsen (`"kill"`, `"partition-start"`, ...).
     Nemesis(String),
+    /// List-append workload: one transaction of [`MicroOp`]s (Elle's `:txn`).
+    Txn,
 }
 
 /// The argument or result of an operation.
@@ -124,6 +126,40 @@ pub enum OpValue {
     Text(String),
     /// No value.
     Nil,
+    /// The micro-operations of a transaction, in order: in the invocation every read is
+    /// `values: None`; in an `ok` completion every read carries the list it returned.
+    Txn(Vec<MicroOp>),
+}
+
+/// One step of a list-append transaction (Elle's `[:append k v]` and `[:r k list]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MicroOp {
+    /// Append `value` to the list stored at `key`. The workload appends every value at most
+    /// once per key.
+    Append {
+        /// List key.
+        key: u64,
+        /// Appended value, unique per key.
+        value: u64,
+    },
+    /// Read the whole list stored at `key`.
+    Read {
+        /// List key.
+        key: u64,
+        /// The list read, oldest element first: `None` (`nil`) in an invocation and in a
+        /// transaction that did not complete `ok`; the empty list for a never-written key.
+        values: Option<Vec<u64>>,
+    },
+}
+
+impl MicroOp {
+    /// The key this micro-operation reads or appends to.
+    pub fn key(&self) -> u64 {
+        match self {
+            MicroOp::Append { key, .. } | MicroOp::Read { key, .. } => *key,
+        }
+    }
 }
 
 /// One event of a history.
@@ -613,5 +649,42 @@ mod tests {
             History::from_json("{\"index\":"),
             Err(HistoryError::Json { line: 1, .. })
         ));
+    }
+
+    /// A list-append transaction serializes like the other values and reads back.
+    #[test]
+    fn txn_json_round_trip() {
+        let recorder = Recorder::new(Instant::now());
+        let invoke = recorder.invoke(
+            Process::Client(0),
+            F::Txn,
+            OpValue::Txn(vec![
+                MicroOp::Read { key: 3, values: None },
+                MicroOp::Append { key: 3, value: 7 },
+            ]),
+        );
+        let completion = recorder.complete(
+            &invoke,
+            OpType::Ok,
+            OpValue::Txn(vec![
+                MicroOp::Read {
+                    key: 3,
+                    values: Some(vec![1, 2]),
+                },
+                MicroOp::Append { key: 3, value: 7 },
+            ]),
+            None,
+        );
+        let json = serde_json::to_string(&completion).expect("serialize");
+        assert!(
+            json.contains(
+                "\"f\":\"txn\",\"value\":{\"txn\":[{\"read\":{\"key\":3,\"values\":[1,2]}},\
+                 {\"append\":{\"key\":3,\"value\":7}}]}"
+            ),
+            "{json}"
+        );
+        let history = recorder.history();
+        let parsed = History::from_json(&history.to_json().expect("serialize")).expect("parse");
+        assert_eq!(parsed, history);
     }
 }

@@ -6,7 +6,8 @@
 //! - [`history`]: operations (invoke + ok/fail/info), the recorder, JSON export.
 //! - [`edn`]: Jepsen EDN export and a parser for reading histories back.
 //! - [`checker`]: linearizability (Wing–Gong–Lowe, per key), set (lost/duplicated adds),
-//!   timestamps (unique, real-time order) and snapshot (consistent prefixes of chains).
+//!   timestamps (unique, real-time order), snapshot (consistent prefixes of chains) and
+//!   Elle-style list-append transactions against an isolation level.
 //! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
 //! - [`cluster`]: the cluster under test (real processes, loopback or namespaces).
 //! - [`nemesis`]: faults (partitions, kills, pauses) on a seeded schedule, healed at the end.

@@ -355,7 +355,10 @@ fn extract(pairs: &[OpPair<'_>]) -> Extracted {
             (F::Write, _) => Err("write without a [key value] argument"),
             (F::Cas, OpValue::Cas { key, from, to }) => Ok((*key, RegisterOp::Cas { from: *from, to: *to })),
             (F::Cas, _) => Err("cas without a [key [from to]] argument"),
-            (F::Add | F::ReadAll | F::Timestamp | F::ChainWrite | F::SnapshotRead | F::Nemesis(_), _) => {
+            (
+                F::Add | F::ReadAll | F::Timestamp | F::ChainWrite | F::SnapshotRead | F::Nemesis(_) | F::Txn,
+                _,
+            ) => {
                 extracted.ignored_other += 1;
                 continue;
             }

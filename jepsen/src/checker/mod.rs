@@ -7,12 +7,16 @@
 //! - [`snapshot`]: snapshot reads of chains of sequential writes across shards: each read a
 //!   consistent prefix of its chain, between the writes completed before it and those
 //!   invoked before it completed.
+//! - [`elle`]: list-append transactions, checked like Elle against an isolation level:
+//!   version orders from the reads, Adya's dependency graph, its cycles classified
+//!   (`G0` ... `G2-item`, real-time variants), aborted, intermediate and lost updates.
 //!
 //! Every checker returns a [`Verdict`]; [`combine`] merges the verdicts of several checkers
 //! (or several keys) into one. A verdict serializes to JSON as
 //! `{"valid": true|false|"unknown", "checker": ..., "ops_checked": ..., "anomalies": [...],
 //! "notes": [...]}`.
 
+pub mod elle;
 pub mod linearizable;
 pub mod set;
 pub mod snapshot;
@@ -159,13 +163,28 @@ pub fn combine(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
 pub(crate) mod fixtures {
     use std::collections::HashMap;
 
-    use crate::history::{History, Op, OpType, OpValue, Process, F};
+    use crate::history::{History, MicroOp, Op, OpType, OpValue, Process, F};
+
+    /// `[:append key value]`.
+    pub(crate) fn append(key: u64, value: u64) -> MicroOp {
+        MicroOp::Append { key, value }
+    }
+
+    /// `[:r key values]`: a read of `key` that returned `values` (sent as `[:r key nil]`).
+    pub(crate) fn read(key: u64, values: &[u64]) -> MicroOp {
+        MicroOp::Read {
+            key,
+            values: Some(values.to_vec()),
+        }
+    }
 
     /// Builds a history event by event; each event gets the next index (used as time).
     #[derive(Default)]
     pub(crate) struct Builder {
         ops: Vec<Op>,
         outstanding: HashMap<u64, (F, OpValue)>,
+        /// The micro-ops (with read results) an outstanding transaction completes `ok` with.
+        txn_results: HashMap<u64, Vec<MicroOp>>,
     }
 
     impl Builder {
@@ -193,6 +212,7 @@ pub(crate) mod fixtures {
         }
 
         fn finish(&mut self, process: u64, op_type: OpType, value: Option<OpValue>) -> &mut Self {
+            self.txn_results.remove(&process);
             let (f, invoke_value) = self
                 .outstanding
                 .remove(&process)
@@ -291,6 +311,38 @@ pub(crate) mod fixtures {
                     values: Some(values.to_vec()),
                 }),
             )
+        }
+
+        /// `process` invokes the transaction `micro_ops` (its reads sent as `nil`); the read
+        /// results given here are what [`Builder::ok_txn`] completes it with.
+        pub(crate) fn txn(&mut self, process: u64, micro_ops: &[MicroOp]) -> &mut Self {
+            let sent = micro_ops
+                .iter()
+                .map(|micro_op| match micro_op {
+                    MicroOp::Read { key, .. } => MicroOp::Read {
+                        key: *key,
+                        values: None,
+                    },
+                    append @ MicroOp::Append { .. } => append.clone(),
+                })
+                .collect();
+            self.txn_results.insert(process, micro_ops.to_vec());
+            self.invoke(process, F::Txn, OpValue::Txn(sent))
+        }
+
+        /// `process`'s outstanding transaction completes `ok` with the reads given to
+        /// [`Builder::txn`].
+        pub(crate) fn ok_txn(&mut self, process: u64) -> &mut Self {
+            let micro_ops = self
+                .txn_results
+                .remove(&process)
+                .expect("fixture bug: no outstanding transaction");
+            self.finish(process, OpType::Ok, Some(OpValue::Txn(micro_ops)))
+        }
+
+        /// `process` runs the transaction `micro_ops` alone: invoked, then completed `ok`.
+        pub(crate) fn committed(&mut self, process: u64, micro_ops: &[MicroOp]) -> &mut Self {
+            self.txn(process, micro_ops).ok_txn(process)
         }
 
         /// `process`'s outstanding op completes `ok` with the invocation's value.

@@ -135,7 +135,14 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
                     elements: elements.clone(),
                 });
             }
-            F::Read | F::Write | F::Cas | F::Timestamp | F::ChainWrite | F::SnapshotRead | F::Nemesis(_) => {}
+            F::Read
+            | F::Write
+            | F::Cas
+            | F::Timestamp
+            | F::ChainWrite
+            | F::SnapshotRead
+            | F::Nemesis(_)
+            | F::Txn => {}
         }
     }
 

@@ -438,7 +438,7 @@ fn extract(pairs: &[OpPair<'_>]) -> Result<Extracted, String> {
                     }
                 }
             }
-            F::Read | F::Write | F::Cas | F::Add | F::ReadAll | F::Nemesis(_) => {}
+            F::Read | F::Write | F::Cas | F::Add | F::ReadAll | F::Nemesis(_) | F::Txn => {}
         }
     }
     Ok(extracted)
