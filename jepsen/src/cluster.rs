@@ -46,6 +46,8 @@ pub struct ClusterSpec {
     pub replication_factor: u32,
     /// Extra `ringkv-node` flags (timeouts, snapshot thresholds, unsafe negative controls).
     pub node_args: Vec<String>,
+    /// Extra `ringkv-router` flags (unsafe negative controls).
+    pub router_args: Vec<String>,
     /// Directory with `ringkv-node` and `ringkv-router`.
     pub bin_dir: PathBuf,
     /// Run nodes under libfaketime so the clock nemesis can skew their wall clocks.
@@ -386,6 +388,7 @@ impl Cluster {
             .arg(nodes.join(","))
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(self.spec.router_args.iter())
             .log(self.dir.join("router.log"))
             .spawn()?;
         self.router_addr = self

@@ -15,6 +15,7 @@
 //! - [`runner`]: one run end to end, writing the results directory.
 //! - [`plot`]: the latency-over-time SVG with fault windows shaded.
 
+pub mod append;
 pub mod checker;
 pub mod cluster;
 pub mod edn;

@@ -19,6 +19,7 @@ use crate::cluster::{Cluster, ClusterSpec, Placement};
 use crate::history::{History, OpType, Process, Recorder, F};
 use crate::nemesis::{self, NemesisKind, Schedule};
 use crate::plot;
+use crate::append::{checked_level, AppendShared};
 use crate::workload::{self, DirectReads, RegisterShared, SetShared, SnapshotShared, Workload};
 
 /// Everything a run needs.
@@ -57,6 +58,11 @@ pub struct RunOptions {
     pub unsafe_ack_before_commit: bool,
     /// Shard leaders commit writes at local timestamps (caught by the snapshot workload).
     pub unsafe_local_commit_ts: bool,
+    /// Isolation level of the append workload's transactions.
+    pub isolation: ringkv_client::Isolation,
+    /// The router commits repeatable-read transactions without the write-conflict check
+    /// (lost updates; caught by the append workload).
+    pub unsafe_skip_write_conflict: bool,
     /// Client request timeout.
     pub op_timeout: Duration,
     /// After healing, the cluster must serve again within this bound.
@@ -97,6 +103,8 @@ impl RunOptions {
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,
             unsafe_local_commit_ts: false,
+            isolation: ringkv_client::Isolation::RepeatableRead,
+            unsafe_skip_write_conflict: false,
             op_timeout: Duration::from_secs(2),
             liveness_timeout: Duration::from_secs(30),
             keep_data: false,
@@ -262,6 +270,11 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         shards: options.shards,
         replication_factor: options.replication_factor,
         node_args: node_args(&options),
+        router_args: if options.unsafe_skip_write_conflict {
+            vec!["--unsafe-skip-write-conflict".to_string()]
+        } else {
+            Vec::new()
+        },
         bin_dir: options.bin_dir.clone(),
         fake_clock,
         disk_faults: options.nemeses.iter().any(|kind| kind.needs_disk_faults()),
@@ -287,6 +300,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     let register = RegisterShared::new(options.keys, options.value_bytes, direct);
     let set = Arc::new(SetShared::default());
     let snapshot = Arc::new(SnapshotShared::default());
+    let append = Arc::new(AppendShared::default());
     for workload in &options.workloads {
         for index in 0..options.concurrency {
             let client = cluster.client(options.op_timeout).await?;
@@ -317,6 +331,18 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                         client,
                         snapshot.clone(),
                         recorder,
+                        stop,
+                    ));
+                }
+                Workload::Append => {
+                    let seed = rng.random();
+                    clients.spawn(crate::append::append_client(
+                        process,
+                        client,
+                        append.clone(),
+                        options.isolation,
+                        recorder,
+                        seed,
                         stop,
                     ));
                 }
@@ -454,6 +480,9 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     if options.workloads.contains(&Workload::Snapshot) {
         verdicts.push(checker::snapshot::check(&history));
     }
+    if options.workloads.contains(&Workload::Append) {
+        verdicts.push(checker::elle::check(&history, checked_level(options.isolation)));
+    }
     let verdict = checker::combine(verdicts);
     drop(cluster);
     let report = RunReport {
@@ -535,7 +564,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -548,6 +577,8 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.unsafe_skip_fsync,
         options.unsafe_ack_before_commit,
         options.unsafe_local_commit_ts,
+        options.unsafe_skip_write_conflict,
+        options.isolation,
         report.ops,
         validity_str(report.verdict.validity),
     );

@@ -35,6 +35,9 @@ pub enum Workload {
     /// read checked to be a consistent prefix of its chain, in real-time order. Even processes
     /// write, odd ones read.
     Snapshot,
+    /// Transactions of reads and appends over a few lists (Elle's list-append), at the run's
+    /// isolation level; checked for the anomalies that level forbids (`checker::elle`).
+    Append,
 }
 
 /// Where register reads go.

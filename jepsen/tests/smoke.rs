@@ -56,14 +56,17 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
         Workload::Set,
         Workload::Timestamp,
         Workload::Snapshot,
+        Workload::Append,
     ];
     let report = runner::run(options).await?;
     let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
     assert_eq!(report.verdict.validity, Validity::Valid, "{summary}");
     assert!(report.ops > 100, "the workload ran: {summary}");
     assert!(
-        report.verdict.checker.contains("timestamps") && report.verdict.checker.contains("snapshot"),
-        "the timestamps and snapshot reads were checked: {summary}"
+        report.verdict.checker.contains("timestamps")
+            && report.verdict.checker.contains("snapshot")
+            && report.verdict.checker.contains("list-append"),
+        "the timestamps, snapshot reads and transactions were checked: {summary}"
     );
     assert!(
         report
@@ -229,6 +232,46 @@ async fn negative_control_local_commit_timestamps_are_caught() -> anyhow::Result
             "future-value" | "not-a-prefix" | "stale-snapshot" | "unrepeatable-snapshot"
         )),
         "{:?}",
+        report.verdict
+    );
+    Ok(())
+}
+
+/// Read committed allows lost updates, and a run shows them (a level that never shows what
+/// it allows is not what it says) while staying valid at its level; the same transactions
+/// under repeatable read with the router's write-conflict check switched off
+/// (`--unsafe-skip-write-conflict`) are caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_committed_shows_lost_updates_and_repeatable_read_must_not() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let lost_update_kinds = ["lost-update", "G-single", "G-nonadjacent", "G2-item"];
+    let out = tempfile::tempdir()?;
+    let mut options = options(15, Vec::new(), &out, 0x5eed_0006);
+    options.workloads = vec![Workload::Append];
+    options.concurrency = 6;
+    options.isolation = ringkv_client::Isolation::ReadCommitted;
+    let report = runner::run(options).await?;
+    assert_eq!(report.verdict.validity, Validity::Valid, "{:?}", report.verdict);
+    assert!(
+        report
+            .verdict
+            .anomalies
+            .iter()
+            .any(|anomaly| lost_update_kinds.contains(&anomaly.kind.as_str())),
+        "read committed showed no lost update: {:?}",
+        report.verdict
+    );
+
+    let out = tempfile::tempdir()?;
+    let mut options = options(15, Vec::new(), &out, 0x5eed_0007);
+    options.workloads = vec![Workload::Append];
+    options.concurrency = 6;
+    options.unsafe_skip_write_conflict = true;
+    let report = runner::run(options).await?;
+    assert_eq!(
+        report.verdict.validity,
+        Validity::Invalid,
+        "lost updates under repeatable read must be caught: {:?}",
         report.verdict
     );
     Ok(())

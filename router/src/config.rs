@@ -90,6 +90,10 @@ pub struct RouterConfig {
     /// `scan_buffer_bytes / shards`, at least 64 KiB): the router memory one scan needs,
     /// however large its result.
     pub scan_buffer_bytes: u64,
+    /// NEGATIVE CONTROL ONLY — breaks repeatable read on purpose: transactions commit
+    /// without the write-conflict check (lost updates). Not settable from a config file.
+    #[serde(skip)]
+    pub unsafe_skip_write_conflict: bool,
 }
 
 impl Default for RouterConfig {
@@ -116,6 +120,7 @@ impl Default for RouterConfig {
             retry_max_backoff_ms: 200,
             shutdown_timeout_ms: 10_000,
             scan_buffer_bytes: 16 * MIB as u64,
+            unsafe_skip_write_conflict: false,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct RouterContext<N> {
     pub scan_buffer_bytes: u64,
     /// Node liveness as the router's gossip sees it.
     pub gossip: Arc<crate::gossip::GossipView>,
+    /// NEGATIVE CONTROL ONLY: transactions skip the write-conflict check.
+    pub unsafe_skip_write_conflict: bool,
 }
 
 /// An admitted request: its in-flight permit (released on drop) and its deadline.
@@ -68,6 +70,7 @@ impl<N: NodeApi> RouterContext<N> {
             max_response_bytes: config.max_response_bytes,
             scan_buffer_bytes: config.scan_buffer_bytes,
             gossip: Arc::default(),
+            unsafe_skip_write_conflict: config.unsafe_skip_write_conflict,
         }
     }
 

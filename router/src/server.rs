@@ -47,6 +47,9 @@ impl Router {
     /// Validates `config`, binds its listen address and starts serving.
     pub async fn start(config: RouterConfig) -> Result<RouterHandle, StartError> {
         config.validate()?;
+        if config.unsafe_skip_write_conflict {
+            warn!("NEGATIVE CONTROL: transactions commit without the write-conflict check");
+        }
         let nodes = Arc::new(GrpcNodes::new(&config));
         Self::start_with(config, nodes).await
     }

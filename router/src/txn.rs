@@ -104,7 +104,7 @@ pub async fn commit<N: NodeApi>(
     request: TxnCommitRequest,
     deadline: Instant,
 ) -> Result<TxnCommitResponse, RouterError> {
-    let check_conflicts = check_conflicts(request.isolation)?;
+    let check_conflicts = check_conflicts(request.isolation)? && !ctx.unsafe_skip_write_conflict;
     if request.start_ts == 0 {
         return Err(RouterError::InvalidArgument(
             "start_ts must be a timestamp of the oracle".to_string(),

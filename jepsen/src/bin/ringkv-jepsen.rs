@@ -88,6 +88,13 @@ struct RunArgs {
     /// oracle's (the snapshot workload catches it).
     #[arg(long)]
     unsafe_local_commit_ts: bool,
+    /// Isolation level of the append workload's transactions.
+    #[arg(long, value_enum, default_value = "repeatable-read")]
+    isolation: IsolationArg,
+    /// Negative control: the router commits repeatable-read transactions without the
+    /// write-conflict check (the append workload catches the lost updates).
+    #[arg(long)]
+    unsafe_skip_write_conflict: bool,
     /// Results go to a new directory under this one.
     #[arg(long, default_value = "jepsen/results")]
     out: PathBuf,
@@ -151,6 +158,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_skip_fsync = args.unsafe_skip_fsync;
     options.unsafe_ack_before_commit = args.unsafe_ack_before_commit;
     options.unsafe_local_commit_ts = args.unsafe_local_commit_ts;
+    options.isolation = args.isolation.into();
+    options.unsafe_skip_write_conflict = args.unsafe_skip_write_conflict;
     options.keep_data = args.keep_data;
     let report = runner::run(options).await?;
     println!(
@@ -207,6 +216,26 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(3)
+        }
+    }
+}
+
+/// The isolation levels as the command line names them.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum IsolationArg {
+    ReadUncommitted,
+    ReadCommitted,
+    RepeatableRead,
+    Serializable,
+}
+
+impl From<IsolationArg> for ringkv_client::Isolation {
+    fn from(level: IsolationArg) -> Self {
+        match level {
+            IsolationArg::ReadUncommitted => ringkv_client::Isolation::ReadUncommitted,
+            IsolationArg::ReadCommitted => ringkv_client::Isolation::ReadCommitted,
+            IsolationArg::RepeatableRead => ringkv_client::Isolation::RepeatableRead,
+            IsolationArg::Serializable => ringkv_client::Isolation::Serializable,
         }
     }
 }

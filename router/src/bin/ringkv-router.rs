@@ -35,6 +35,10 @@ struct Cli {
     /// Log line format (the level comes from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// NEGATIVE CONTROL ONLY: commit repeatable-read transactions without the
+    /// write-conflict check (lost updates).
+    #[arg(long, hide = true)]
+    unsafe_skip_write_conflict: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.nodes.is_empty() {
         config.seed_nodes = cli.nodes.iter().map(|a| a.trim().to_string()).collect();
     }
+    config.unsafe_skip_write_conflict |= cli.unsafe_skip_write_conflict;
     config.validate().context("bad configuration (see --help)")?;
 
     let router = Router::start(config).await?;
