@@ -14,12 +14,12 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::append::{checked_level, AppendShared};
 use crate::checker::{self, Anomaly, Validity, Verdict};
 use crate::cluster::{Cluster, ClusterSpec, Placement};
 use crate::history::{History, OpType, Process, Recorder, F};
 use crate::nemesis::{self, NemesisKind, Schedule};
 use crate::plot;
-use crate::append::{checked_level, AppendShared};
 use crate::workload::{self, DirectReads, RegisterShared, SetShared, SnapshotShared, Workload};
 
 /// Everything a run needs.

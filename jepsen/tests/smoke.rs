@@ -237,37 +237,20 @@ async fn negative_control_local_commit_timestamps_are_caught() -> anyhow::Result
     Ok(())
 }
 
-/// Read committed allows lost updates, and a run shows them (a level that never shows what
-/// it allows is not what it says) while staying valid at its level; the same transactions
-/// under repeatable read with the router's write-conflict check switched off
-/// (`--unsafe-skip-write-conflict`) are caught.
+/// Repeatable-read transactions with the router's write-conflict check switched off
+/// (`--unsafe-skip-write-conflict`) lose appends, and the list-append checker catches it.
+/// (Read committed cannot be checked by this workload yet: its appends are read-modify-write
+/// in the transaction, so a lost update drops elements other reads saw, which list-append
+/// reads as an impossible order; it needs an atomic append.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_committed_shows_lost_updates_and_repeatable_read_must_not() -> anyhow::Result<()> {
+async fn negative_control_skipped_write_conflicts_are_caught() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let lost_update_kinds = ["lost-update", "G-single", "G-nonadjacent", "G2-item"];
     let out = tempfile::tempdir()?;
-    let mut options = options(15, Vec::new(), &out, 0x5eed_0006);
-    options.workloads = vec![Workload::Append];
-    options.concurrency = 6;
-    options.isolation = ringkv_client::Isolation::ReadCommitted;
-    let report = runner::run(options).await?;
-    assert_eq!(report.verdict.validity, Validity::Valid, "{:?}", report.verdict);
-    assert!(
-        report
-            .verdict
-            .anomalies
-            .iter()
-            .any(|anomaly| lost_update_kinds.contains(&anomaly.kind.as_str())),
-        "read committed showed no lost update: {:?}",
-        report.verdict
-    );
-
-    let out = tempfile::tempdir()?;
-    let mut options = options(15, Vec::new(), &out, 0x5eed_0007);
-    options.workloads = vec![Workload::Append];
-    options.concurrency = 6;
-    options.unsafe_skip_write_conflict = true;
-    let report = runner::run(options).await?;
+    let mut unchecked = options(15, Vec::new(), &out, 0x5eed_0007);
+    unchecked.workloads = vec![Workload::Append];
+    unchecked.concurrency = 6;
+    unchecked.unsafe_skip_write_conflict = true;
+    let report = runner::run(unchecked).await?;
     assert_eq!(
         report.verdict.validity,
         Validity::Invalid,
