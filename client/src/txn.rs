@@ -62,8 +62,17 @@ pub struct Transaction {
     client: Client,
     start_ts: u64,
     isolation: Isolation,
-    /// Buffered writes by key: a value, or `None` for a delete.
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Buffered writes by key.
+    writes: BTreeMap<Vec<u8>, Buffered>,
+}
+
+/// A write buffered until the commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Buffered {
+    Put(Vec<u8>),
+    Delete,
+    /// Appended to whatever is committed when the transaction commits.
+    Append(Vec<u8>),
 }
 
 impl Client {
@@ -153,10 +162,15 @@ impl Transaction {
     /// it has none until the commit.)
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, Error> {
         let key = key.as_ref();
-        if let Some(own) = self.writes.get(key) {
-            return Ok(own.clone().map(|value| Versioned { version: 0, value }));
+        match self.writes.get(key) {
+            Some(Buffered::Put(value)) => Ok(Some(own(value.clone()))),
+            Some(Buffered::Delete) => Ok(None),
+            Some(Buffered::Append(suffix)) => {
+                let committed = self.client.get_with(key, self.consistency()).await?;
+                Ok(Some(appended(committed, suffix)))
+            }
+            None => self.client.get_with(key, self.consistency()).await,
         }
-        self.client.get_with(key, self.consistency()).await
     }
 
     /// Reads `keys` (one result per key, in order), as [`Transaction::get`] does.
@@ -165,34 +179,58 @@ impl Transaction {
         keys: impl IntoIterator<Item = K>,
     ) -> Result<Vec<Option<Versioned>>, Error> {
         let keys: Vec<Vec<u8>> = keys.into_iter().map(|key| key.as_ref().to_vec()).collect();
-        let unbuffered: Vec<&Vec<u8>> = keys
-            .iter()
-            .filter(|key| !self.writes.contains_key(*key))
-            .collect();
-        let mut read = if unbuffered.is_empty() {
+        let needs_read = |key: &Vec<u8>| matches!(self.writes.get(key), None | Some(Buffered::Append(_)));
+        let to_read: Vec<&Vec<u8>> = keys.iter().filter(|key| needs_read(key)).collect();
+        let mut read = if to_read.is_empty() {
             Vec::new()
         } else {
-            self.client.batch_get_with(unbuffered, self.consistency()).await?
+            self.client.batch_get_with(to_read, self.consistency()).await?
         }
         .into_iter();
+        let mut next_read = || {
+            read.next()
+                .ok_or_else(|| Error::InvalidResponse("too few results for a batch read".to_string()))
+        };
         keys.iter()
             .map(|key| match self.writes.get(key) {
-                Some(own) => Ok(own.clone().map(|value| Versioned { version: 0, value })),
-                None => read
-                    .next()
-                    .ok_or_else(|| Error::InvalidResponse("too few results for a batch read".to_string())),
+                Some(Buffered::Put(value)) => Ok(Some(own(value.clone()))),
+                Some(Buffered::Delete) => Ok(None),
+                Some(Buffered::Append(suffix)) => Ok(Some(appended(next_read()?, suffix))),
+                None => next_read(),
             })
             .collect()
     }
 
     /// Buffers a write of `value` to `key` (sent at the commit).
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
-        self.writes.insert(key.as_ref().to_vec(), Some(value.into()));
+        self.writes
+            .insert(key.as_ref().to_vec(), Buffered::Put(value.into()));
     }
 
     /// Buffers a delete of `key` (sent at the commit).
     pub fn delete(&mut self, key: impl AsRef<[u8]>) {
-        self.writes.insert(key.as_ref().to_vec(), None);
+        self.writes.insert(key.as_ref().to_vec(), Buffered::Delete);
+    }
+
+    /// Buffers an append of `suffix` to `key`'s value (absent: empty). The append lands on
+    /// the value committed when the transaction commits, not the one it read: two
+    /// transactions appending to one key both land (under repeatable read the later
+    /// committer aborts instead, as for any write conflict).
+    pub fn append(&mut self, key: impl AsRef<[u8]>, suffix: impl AsRef<[u8]>) {
+        let suffix = suffix.as_ref();
+        let merged = match self.writes.remove(key.as_ref()) {
+            Some(Buffered::Put(mut value)) => {
+                value.extend_from_slice(suffix);
+                Buffered::Put(value)
+            }
+            Some(Buffered::Delete) => Buffered::Put(suffix.to_vec()),
+            Some(Buffered::Append(mut pending)) => {
+                pending.extend_from_slice(suffix);
+                Buffered::Append(pending)
+            }
+            None => Buffered::Append(suffix.to_vec()),
+        };
+        self.writes.insert(key.as_ref().to_vec(), merged);
     }
 
     /// Writes buffered so far.
@@ -213,17 +251,17 @@ impl Transaction {
         let mutations: Vec<proto::Mutation> = self
             .writes
             .into_iter()
-            .map(|(key, value)| match value {
-                Some(value) => proto::Mutation {
+            .map(|(key, write)| {
+                let (kind, value) = match write {
+                    Buffered::Put(value) => (proto::MutationKind::Put, value),
+                    Buffered::Delete => (proto::MutationKind::Delete, Vec::new()),
+                    Buffered::Append(suffix) => (proto::MutationKind::Append, suffix),
+                };
+                proto::Mutation {
                     key,
-                    kind: proto::MutationKind::Put as i32,
+                    kind: kind as i32,
                     value,
-                },
-                None => proto::Mutation {
-                    key,
-                    kind: proto::MutationKind::Delete as i32,
-                    value: Vec::new(),
-                },
+                }
             })
             .collect();
         let message = proto::TxnCommitRequest {
@@ -249,6 +287,18 @@ impl Transaction {
 
     /// Drops the transaction: nothing was locked or written before a commit.
     pub fn rollback(self) {}
+}
+
+/// A value the transaction wrote itself: it has no version until the commit.
+fn own(value: Vec<u8>) -> Versioned {
+    Versioned { version: 0, value }
+}
+
+/// A committed value (absent: empty) with the transaction's pending append.
+fn appended(committed: Option<Versioned>, suffix: &[u8]) -> Versioned {
+    let mut value = committed.map(|found| found.value).unwrap_or_default();
+    value.extend_from_slice(suffix);
+    own(value)
 }
 
 /// What became of a transaction whose commit ended with "outcome unknown".

@@ -237,14 +237,31 @@ async fn negative_control_local_commit_timestamps_are_caught() -> anyhow::Result
     Ok(())
 }
 
-/// Repeatable-read transactions with the router's write-conflict check switched off
-/// (`--unsafe-skip-write-conflict`) lose appends, and the list-append checker catches it.
-/// (Read committed cannot be checked by this workload yet: its appends are read-modify-write
-/// in the transaction, so a lost update drops elements other reads saw, which list-append
-/// reads as an impossible order; it needs an atomic append.)
+/// Read committed allows read skew and lost updates, and a run shows them (a level that
+/// never shows what it allows is not what it says) while staying valid at its level; the
+/// same transactions under repeatable read with the router's write-conflict check switched
+/// off (`--unsafe-skip-write-conflict`) are caught.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn negative_control_skipped_write_conflicts_are_caught() -> anyhow::Result<()> {
+async fn read_committed_shows_its_anomalies_and_repeatable_read_must_not() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let allowed_at_read_committed = ["lost-update", "G-single", "G-nonadjacent", "G2-item"];
+    let out = tempfile::tempdir()?;
+    let mut read_committed = options(15, Vec::new(), &out, 0x5eed_0006);
+    read_committed.workloads = vec![Workload::Append];
+    read_committed.concurrency = 6;
+    read_committed.isolation = ringkv_client::Isolation::ReadCommitted;
+    let report = runner::run(read_committed).await?;
+    assert_eq!(report.verdict.validity, Validity::Valid, "{:?}", report.verdict);
+    assert!(
+        report
+            .verdict
+            .anomalies
+            .iter()
+            .any(|anomaly| allowed_at_read_committed.contains(&anomaly.kind.as_str())),
+        "read committed showed none of the anomalies it allows: {:?}",
+        report.verdict
+    );
+
     let out = tempfile::tempdir()?;
     let mut unchecked = options(15, Vec::new(), &out, 0x5eed_0007);
     unchecked.workloads = vec![Workload::Append];

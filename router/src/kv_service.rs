@@ -242,6 +242,11 @@ impl<N: NodeApi> KvService<N> {
                     )));
                 }
                 MutationKind::Delete => {}
+                MutationKind::Append => {
+                    return Err(RouterError::InvalidArgument(format!(
+                        "mutations[{index}] is an append, which only a transaction's commit takes"
+                    )));
+                }
             }
             kinds.push(kind);
         }
@@ -253,7 +258,7 @@ impl<N: NodeApi> KvService<N> {
                 key: mutation.key,
                 kind: match kind {
                     MutationKind::Put => WriteKind::Put,
-                    MutationKind::Delete => WriteKind::Delete,
+                    MutationKind::Delete | MutationKind::Append => WriteKind::Delete,
                 } as i32,
                 value: mutation.value,
                 expected_version: None,

@@ -112,17 +112,22 @@ pub async fn commit<N: NodeApi>(
     }
     ctx.limits.check_batch_len("mutations", request.mutations.len())?;
     // One mutation per key: a later one replaces an earlier one.
-    let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    let mut writes: BTreeMap<Vec<u8>, (WriteKind, Vec<u8>)> = BTreeMap::new();
     for (index, mutation) in request.mutations.into_iter().enumerate() {
         ctx.limits
             .check_key(&format_args!("mutations[{index}].key"), &mutation.key)?;
         let value = match MutationKind::try_from(mutation.kind) {
-            Ok(MutationKind::Put) => {
+            Ok(kind @ (MutationKind::Put | MutationKind::Append)) => {
                 ctx.limits
                     .check_value(&format_args!("mutations[{index}].value"), &mutation.value)?;
-                Some(mutation.value)
+                let kind = if kind == MutationKind::Put {
+                    WriteKind::Put
+                } else {
+                    WriteKind::Append
+                };
+                (kind, mutation.value)
             }
-            Ok(MutationKind::Delete) => None,
+            Ok(MutationKind::Delete) => (WriteKind::Delete, Vec::new()),
             Err(_) => {
                 return Err(RouterError::InvalidArgument(format!(
                     "mutations[{index}].kind {} is unknown",
@@ -142,12 +147,8 @@ pub async fn commit<N: NodeApi>(
     let view = ctx.topology.wait_for_ring(deadline).await?;
     let shard_count = view.ring.shard_count();
     let mut by_shard: BTreeMap<ShardId, Vec<TxnMutation>> = BTreeMap::new();
-    for (key, value) in writes {
+    for (key, (kind, value)) in writes {
         let shard = view.ring.shard_for_key(&key);
-        let (kind, value) = match value {
-            Some(value) => (WriteKind::Put, value),
-            None => (WriteKind::Delete, Vec::new()),
-        };
         by_shard.entry(shard).or_default().push(TxnMutation {
             key,
             kind: kind as i32,

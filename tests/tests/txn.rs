@@ -81,6 +81,20 @@ async fn transactions_commit_atomically_and_conflicts_abort() -> anyhow::Result<
         client.get(b"t/1").await?.map(|v| v.value),
         Some(b"second".to_vec())
     );
+    // Appends land on what is committed at the commit: under read committed two concurrent
+    // appends both land; a transaction reads its own append on top of the committed value.
+    client.put(b"t/list", b"a".to_vec()).await?;
+    let mut first = client.begin(Isolation::ReadCommitted).await?;
+    let mut second = client.begin(Isolation::ReadCommitted).await?;
+    first.append(b"t/list", b"b");
+    second.append(b"t/list", b"c");
+    assert_eq!(first.get(b"t/list").await?.map(|v| v.value), Some(b"ab".to_vec()));
+    first.commit().await?;
+    second.commit().await?;
+    assert_eq!(
+        client.get(b"t/list").await?.map(|v| v.value),
+        Some(b"abc".to_vec())
+    );
     // Serializable is refused for now, with a clear message.
     let mut serializable = client.begin(Isolation::Serializable).await?;
     serializable.put(b"t/2", b"x".to_vec());

@@ -14,13 +14,24 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One write of a transaction: store `value`, or delete the key (`None`).
+/// What a transaction does to one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// Store the value.
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Delete the key.
+    Delete,
+    /// Append the bytes to the value committed before it (an absent key counts as empty),
+    /// taken when the commit applies: concurrent appends that both commit both land.
+    Append(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// One write of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnMutation {
     #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub value: Option<Vec<u8>>,
+    pub op: TxnOp,
 }
 
 /// Prewrite the transaction's writes to keys of one shard: lock each key with its new value,
@@ -93,9 +104,8 @@ pub struct Lock {
     pub start_ts: u64,
     #[serde(with = "serde_bytes")]
     pub primary: Vec<u8>,
-    /// The new value; `None` deletes the key.
-    #[serde(with = "serde_bytes")]
-    pub value: Option<Vec<u8>>,
+    /// What the commit does to the key.
+    pub op: TxnOp,
 }
 
 /// A key found locked by a transaction: what a reader or writer needs to resolve it.

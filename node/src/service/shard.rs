@@ -209,6 +209,11 @@ impl ShardKvService {
                     Some(op.value)
                 }
                 v1::WriteKind::Delete => None,
+                v1::WriteKind::Append => {
+                    return Err(NodeError::InvalidArgument(
+                        "an append is a transaction's mutation, not a write".to_string(),
+                    ))
+                }
             };
             ops.push(WriteOp {
                 key: op.key,

@@ -25,7 +25,8 @@ use super::layout::{lock_bounds, lock_key, txn_record_key};
 use super::mvcc;
 use super::GroupState;
 use crate::raft::txn::{
-    Lock, LockedKey, TxnCheckStatus, TxnCommit, TxnConflict, TxnOutcome, TxnPrewrite, TxnRollback, TxnStatus,
+    Lock, LockedKey, TxnCheckStatus, TxnCommit, TxnConflict, TxnOp, TxnOutcome, TxnPrewrite, TxnRollback,
+    TxnStatus,
 };
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
@@ -131,7 +132,7 @@ impl GroupState {
             let lock = Lock {
                 start_ts,
                 primary: prewrite.primary.clone(),
-                value: mutation.value.clone(),
+                op: mutation.op.clone(),
             };
             locks.push((lock_key(key), encode(&lock)?));
         }
@@ -181,7 +182,16 @@ impl GroupState {
                 continue;
             };
             let head = versions.head(tree, key)?;
-            versions.set(batch, key, head, log_index, held.value.as_deref());
+            let value = match held.op {
+                TxnOp::Put(value) => Some(value),
+                TxnOp::Delete => None,
+                TxnOp::Append(suffix) => {
+                    let mut value = head.as_ref().map(|head| head.value.clone()).unwrap_or_default();
+                    value.extend_from_slice(&suffix);
+                    Some(value)
+                }
+            };
+            versions.set(batch, key, head, log_index, value.as_deref());
             batch.remove(lock_key(key));
         }
         Ok((
@@ -268,7 +278,7 @@ mod tests {
                 .iter()
                 .map(|(key, value)| TxnMutation {
                     key: key.to_vec(),
-                    value: value.map(<[u8]>::to_vec),
+                    op: value.map_or(TxnOp::Delete, |value| TxnOp::Put(value.to_vec())),
                 })
                 .collect(),
             check_conflicts: true,

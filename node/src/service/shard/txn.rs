@@ -6,7 +6,7 @@ use ringkv_proto::v1;
 use super::ShardKvService;
 use crate::error::NodeError;
 use crate::node::Prewrite;
-use crate::raft::txn::{TxnCommit, TxnConflict, TxnMutation, TxnOutcome, TxnRollback, TxnStatus};
+use crate::raft::txn::{TxnCommit, TxnConflict, TxnMutation, TxnOp, TxnOutcome, TxnRollback, TxnStatus};
 
 /// Longest time to live a transaction may ask for (oracle milliseconds).
 const MAX_TTL_MS: u64 = 60_000;
@@ -67,15 +67,19 @@ impl ShardKvService {
         let max_value = self.node.config().max_value_bytes;
         let mut mutations = Vec::with_capacity(request.mutations.len());
         for mutation in request.mutations {
-            let value = match v1::WriteKind::try_from(mutation.kind) {
-                Ok(v1::WriteKind::Put) if mutation.value.len() > max_value => {
-                    return Err(NodeError::InvalidArgument(format!(
-                        "value is {} bytes, the limit is {max_value}",
-                        mutation.value.len()
-                    )))
-                }
-                Ok(v1::WriteKind::Put) => Some(mutation.value),
-                Ok(v1::WriteKind::Delete) => None,
+            let kind = v1::WriteKind::try_from(mutation.kind);
+            if matches!(kind, Ok(v1::WriteKind::Put | v1::WriteKind::Append))
+                && mutation.value.len() > max_value
+            {
+                return Err(NodeError::InvalidArgument(format!(
+                    "value is {} bytes, the limit is {max_value}",
+                    mutation.value.len()
+                )));
+            }
+            let op = match kind {
+                Ok(v1::WriteKind::Put) => TxnOp::Put(mutation.value),
+                Ok(v1::WriteKind::Delete) => TxnOp::Delete,
+                Ok(v1::WriteKind::Append) => TxnOp::Append(mutation.value),
                 Err(_) => {
                     return Err(NodeError::InvalidArgument(format!(
                         "unknown mutation kind {}",
@@ -85,7 +89,7 @@ impl ShardKvService {
             };
             mutations.push(TxnMutation {
                 key: mutation.key,
-                value,
+                op,
             });
         }
         let prewrite = Prewrite {
