@@ -13,7 +13,7 @@ use std::pin::Pin;
 
 use ringkv_proto::v1 as proto;
 
-use crate::retry::OpKind;
+use crate::retry::{backoff_for_round, OpKind};
 use crate::routers::{txn_client, with_deadline};
 use crate::{Client, Error, ReadConsistency, Versioned};
 
@@ -118,7 +118,6 @@ impl Client {
         F: for<'t> FnMut(&'t mut Transaction) -> Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>,
     {
         let max_attempts = MAX_TRANSACT_RUNS;
-        let mut pause = self.config().retry_backoff;
         let mut attempt = 1;
         loop {
             let mut txn = self.begin(isolation).await?;
@@ -128,10 +127,11 @@ impl Client {
             };
             match outcome {
                 Err(err) if err.is_retryable_abort() && attempt < max_attempts => {
+                    // The routers' failover backoff, one round per rerun.
+                    let config = self.config();
+                    let backoff = backoff_for_round(attempt, config.retry_backoff, config.max_retry_backoff);
                     attempt += 1;
-                    let jittered = pause.mul_f64(rand::random_range(0.5..=1.0));
-                    tokio::time::sleep(jittered).await;
-                    pause = (pause * 2).min(self.config().max_retry_backoff);
+                    tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..=1.0))).await;
                 }
                 other => return other,
             }

@@ -294,6 +294,11 @@ impl<N: NodeApi> Forwarder<N> {
         }
     }
 
+    /// A fresh backoff with the retry loop's settings.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.settings.backoff)
+    }
+
     /// A transaction command at its shard's leader. Every one is idempotent, so any failure
     /// is retried within the deadline (an ambiguous attempt cannot apply twice).
     pub async fn txn(
@@ -416,7 +421,7 @@ fn read_mode(consistency: i32) -> RouteMode {
 }
 
 /// Sleeps for the next backoff delay, never past the deadline.
-async fn pause(backoff: &mut Backoff, deadline: Instant) {
+pub(crate) async fn pause(backoff: &mut Backoff, deadline: Instant) {
     let wake = (Instant::now() + backoff.next_delay()).min(deadline);
     tokio::time::sleep_until(wake).await;
 }

@@ -37,7 +37,7 @@ use tracing::debug;
 
 use crate::context::RouterContext;
 use crate::error::RouterError;
-use crate::forward::MetLock;
+use crate::forward::{pause, MetLock};
 use crate::node_api::{NodeApi, TxnCall, TxnReply};
 use crate::tso::TsoClient;
 
@@ -47,9 +47,6 @@ pub const TXN_TTL: Duration = Duration::from_secs(5);
 
 /// Rounds of resolving the locks a prewrite met before giving up with `LOCK_CONFLICT`.
 const PREWRITE_ROUNDS: usize = 4;
-
-/// Pause between prewrite rounds.
-const PREWRITE_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// One shard's part of a transaction.
 struct ShardPart {
@@ -311,6 +308,7 @@ impl<N: NodeApi> Coordinator<'_, N> {
             check_conflicts: self.check_conflicts,
             ttl_ms: if is_primary { TXN_TTL.as_millis() as u64 } else { 0 },
         };
+        let mut backoff = self.ctx.forwarder.backoff();
         for round in 0..PREWRITE_ROUNDS {
             let reply = self
                 .ctx
@@ -354,8 +352,7 @@ impl<N: NodeApi> Coordinator<'_, N> {
                 return Ok(Some(refusal));
             }
             if pending {
-                let pause = PREWRITE_RETRY_PAUSE.min(self.deadline.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(pause).await;
+                pause(&mut backoff, self.deadline).await;
             }
         }
         Ok(None)

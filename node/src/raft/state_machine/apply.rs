@@ -208,6 +208,12 @@ impl GroupState {
         }
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
         write_atomically(tree, entry.log_id, batch)?;
+        if let EntryPayload::Normal(
+            Command::TxnCommit(_) | Command::TxnRollback(_) | Command::TxnCheckStatus(_),
+        ) = &entry.payload
+        {
+            self.recount_locks(tree)?;
+        }
         if let Some(versions) = versions {
             self.history().record(versions.commit_ts, versions.replaced);
         }
@@ -250,7 +256,11 @@ impl GroupState {
                     Some(results) => results,
                     None => {
                         // A transaction's lock keeps every other write off its key.
-                        if let Some(locked) = first_lock(tree, write)? {
+                        let locked = match self.may_have_locks() {
+                            true => first_lock(tree, write)?,
+                            false => None,
+                        };
+                        if let Some(locked) = locked {
                             outcomes.push(WriteOutcome::Locked(locked));
                             continue;
                         }
@@ -299,7 +309,11 @@ impl GroupState {
         let result = match DELETE_RANGES.lookup(tree, &command.request_id, legacy)? {
             Some(result) => result,
             None => {
-                if let Some(locked) = command_range_locked(tree, command)? {
+                let locked = match self.may_have_locks() {
+                    true => command_range_locked(tree, command)?,
+                    false => None,
+                };
+                if let Some(locked) = locked {
                     // Not applied, nothing recorded: a retry is evaluated afresh.
                     return Ok(CommandResult::RangeLocked(locked));
                 }

@@ -68,6 +68,11 @@ pub struct GroupState {
     /// The tree may still hold de-duplication records of the legacy layout (cleared by the
     /// apply that finds none left; set again when a snapshot brings a new tree).
     legacy_dedup: AtomicBool,
+    /// Whether the tree may hold transaction locks: false only while it holds none, so the
+    /// write and read paths skip their lock lookups when no transaction is committing (set
+    /// before a prewrite is written, recomputed after every other transaction command and
+    /// at open and snapshot install; see `txn.rs`).
+    may_have_locks: AtomicBool,
     cluster_tx: watch::Sender<Option<ClusterConfig>>,
     /// Set (under the apply lock) when the replica is being deleted: openraft's state-machine
     /// worker may outlive `Raft::shutdown`, and a late apply or snapshot install must not
@@ -116,6 +121,7 @@ impl GroupState {
         }
         let (applied_tx, _) = watch::channel(applied);
         let history = mvcc::History::new(history, mvcc::high_water(&tree)?);
+        let may_have_locks = AtomicBool::new(txn::holds_locks(&tree)?);
         Ok(Arc::new(GroupState {
             group,
             engine,
@@ -126,6 +132,7 @@ impl GroupState {
             snapshots,
             dedup,
             legacy_dedup: AtomicBool::new(true),
+            may_have_locks,
             cluster_tx,
             retired: AtomicBool::new(false),
             history: Arc::new(Mutex::new(history)),
@@ -253,6 +260,9 @@ impl GroupState {
         };
         // The snapshot brings no history: reads below its newest version are refused.
         self.history().reset(mvcc::high_water(&tree)?);
+        // A snapshot taken mid-commit carries locks.
+        self.may_have_locks
+            .store(txn::holds_locks(&tree)?, Ordering::SeqCst);
         match self.current.write() {
             Ok(mut current) => *current = (generation, tree),
             Err(poisoned) => *poisoned.into_inner() = (generation, tree),

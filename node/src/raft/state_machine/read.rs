@@ -182,6 +182,9 @@ impl GroupState {
     /// transaction is over: it may commit at or below the read's timestamp. Check before
     /// reading: a lock taken after the check belongs to a transaction that commits after it.
     pub fn first_lock(&self, keys: &[Vec<u8>], max_start_ts: u64) -> Result<Option<LockedKey>, StorageError> {
+        if !self.may_have_locks() {
+            return Ok(None);
+        }
         let tree = self.tree();
         for key in keys {
             if let Some(held) = txn::lock(&tree, key)? {
@@ -201,6 +204,9 @@ impl GroupState {
         end: Option<&[u8]>,
         max_start_ts: u64,
     ) -> Result<Option<LockedKey>, StorageError> {
+        if !self.may_have_locks() {
+            return Ok(None);
+        }
         txn::first_lock_in(&self.tree(), start, end, max_start_ts)
     }
 

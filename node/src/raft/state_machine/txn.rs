@@ -21,7 +21,7 @@
 //! rollback of locks already gone, a record already in the requested state change nothing.
 
 use super::apply::EntryVersions;
-use super::layout::{lock_bounds, lock_key, txn_record_key};
+use super::layout::{lock_bounds, lock_key, txn_record_key, LOCK_PREFIX};
 use super::mvcc;
 use super::GroupState;
 use crate::raft::txn::{
@@ -30,6 +30,7 @@ use crate::raft::txn::{
 };
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
+use std::sync::atomic::Ordering;
 
 /// `key`'s lock, if it has one.
 pub(super) fn lock(tree: &TreeRef, key: &[u8]) -> Result<Option<Lock>, StorageError> {
@@ -59,6 +60,12 @@ pub(super) fn first_lock_in(
     Ok(None)
 }
 
+/// Whether `tree` holds any lock (one seek).
+pub(super) fn holds_locks(tree: &TreeRef) -> Result<bool, StorageError> {
+    let (start, end) = crate::storage::prefix_bounds(&[LOCK_PREFIX]);
+    Ok(tree.range(start, end).next().transpose()?.is_some())
+}
+
 /// The record of transaction `start_ts`, if this shard holds one.
 fn record(tree: &TreeRef, start_ts: u64) -> Result<Option<TxnStatus>, StorageError> {
     tree.get(&txn_record_key(start_ts))?
@@ -72,6 +79,18 @@ fn set_record(batch: &mut Batch, start_ts: u64, status: TxnStatus) -> Result<(),
 }
 
 impl GroupState {
+    /// Whether the state may hold locks: when false, no key is locked (the lock lookups of
+    /// plain reads and writes are skipped).
+    pub(super) fn may_have_locks(&self) -> bool {
+        self.may_have_locks.load(Ordering::SeqCst)
+    }
+
+    /// After a commit, rollback or status check is written: whether any lock is left.
+    pub(super) fn recount_locks(&self, tree: &TreeRef) -> Result<(), StorageError> {
+        self.may_have_locks.store(holds_locks(tree)?, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Applies a prewrite: every key locked, or nothing written and the conflicts answered.
     pub(super) fn apply_prewrite(
         &self,
@@ -139,6 +158,8 @@ impl GroupState {
         if !conflicts.is_empty() {
             return Ok(TxnOutcome::Conflicts(conflicts));
         }
+        // Set before the locks are written: a reader that sees it clear saw no lock.
+        self.may_have_locks.store(true, Ordering::SeqCst);
         for (key, lock) in locks {
             batch.insert(key, lock);
         }
@@ -551,6 +572,7 @@ mod tests {
             log_id: log_id(2, index),
             payload: EntryPayload::Normal(Command::Write(writes)),
         };
+        assert!(state.may_have_locks(), "a prewrite sets the flag");
         let results = sm
             .apply(vec![entry(2, vec![write(1, b"l"), write(2, b"m")])])
             .await
@@ -586,6 +608,10 @@ mod tests {
         assert_eq!(
             apply(&mut sm, 4, commit(100, 900, &[b"l"], true)).await,
             COMMITTED_AT_900
+        );
+        assert!(
+            !state.may_have_locks(),
+            "no lock is left: lookups are skipped again"
         );
         let results = sm
             .apply(vec![entry(5, vec![write(1, b"l")])])
