@@ -5,17 +5,22 @@
 //! the latest committed values under [`Isolation::ReadCommitted`]), sees its own writes,
 //! buffers every write, and sends them in one `Txn.Commit`, which the router runs as a
 //! two-phase commit across the shards. Nothing is locked until the commit, so a transaction
-//! dropped without committing leaves nothing behind.
+//! dropped without committing leaves nothing behind. A serializable transaction also keeps
+//! what it read (keys, and ranges as far as its scans looked) and sends it with the commit,
+//! which validates it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+
+use futures::TryStreamExt;
 
 use ringkv_proto::v1 as proto;
 
 use crate::retry::{backoff_for_round, OpKind};
 use crate::routers::{txn_client, with_deadline};
-use crate::{Client, Error, ReadConsistency, Versioned};
+use crate::{Client, Error, KeyRange, ReadConsistency, ScanEntry, ScanOptions, Versioned};
 
 /// Most runs of one [`Client::transact`] body (each after a retryable abort).
 pub const MAX_TRANSACT_RUNS: u32 = 32;
@@ -32,9 +37,13 @@ pub enum Isolation {
     ReadCommitted,
     /// Snapshot isolation: every read sees the snapshot at the start; a write to a key
     /// committed by another transaction after the start aborts (first committer wins).
+    /// Write skew is possible: two transactions may each read what the other writes.
     #[default]
     RepeatableRead,
-    /// Not implemented yet: a commit asking for it is refused.
+    /// Snapshot isolation, and at the commit every key read and range scanned must be
+    /// unchanged since the start (else a retryable `SERIALIZATION_FAILURE` abort): the
+    /// transactions appear to run one at a time, in commit-timestamp order, which respects
+    /// real time (strict serializability). No write skew, no phantoms.
     Serializable,
 }
 
@@ -64,6 +73,15 @@ pub struct Transaction {
     isolation: Isolation,
     /// Buffered writes by key.
     writes: BTreeMap<Vec<u8>, Buffered>,
+    /// Serializable only: what was read from the store, validated at the commit.
+    reads: Mutex<ReadSet>,
+}
+
+/// Keys read and ranges scanned (`[start, end)`, an empty end unbounded).
+#[derive(Debug, Default)]
+struct ReadSet {
+    keys: BTreeSet<Vec<u8>>,
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A write buffered until the commit.
@@ -84,6 +102,7 @@ impl Client {
             start_ts,
             isolation,
             writes: BTreeMap::new(),
+            reads: Mutex::default(),
         })
     }
 
@@ -157,6 +176,14 @@ impl Transaction {
         }
     }
 
+    /// Under [`Isolation::Serializable`], remembers that `keys` were read from the store.
+    fn record_keys<'k>(&self, keys: impl IntoIterator<Item = &'k Vec<u8>>) {
+        if self.isolation == Isolation::Serializable {
+            let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+            reads.keys.extend(keys.into_iter().cloned());
+        }
+    }
+
     /// Reads `key`: the transaction's own write if it made one, else the committed value
     /// its isolation level sees. (A value written by the transaction reads with version 0:
     /// it has none until the commit.)
@@ -167,10 +194,93 @@ impl Transaction {
             Some(Buffered::Delete) => Ok(None),
             Some(Buffered::Append(suffix)) => {
                 let committed = self.client.get_with(key, self.consistency()).await?;
+                self.record_keys([&key.to_vec()]);
                 Ok(Some(appended(committed, suffix)))
             }
-            None => self.client.get_with(key, self.consistency()).await,
+            None => {
+                let found = self.client.get_with(key, self.consistency()).await?;
+                self.record_keys([&key.to_vec()]);
+                Ok(found)
+            }
         }
+    }
+
+    /// Reads the first `limit` entries of `range` in key order, as the transaction sees
+    /// them: the committed entries its isolation level sees (one snapshot across every
+    /// shard under repeatable read and serializable), with its own writes applied — a put
+    /// adds or replaces an entry, a delete removes one, an append extends one (entries it
+    /// wrote have version 0). Under serializable, the part of the range the scan looked at
+    /// (all of it, or up to the last entry returned when `limit` cut it short) must not
+    /// change before the commit: no phantoms.
+    pub async fn scan(&self, range: &KeyRange, limit: usize) -> Result<Vec<ScanEntry>, Error> {
+        range.validate()?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let own: Vec<(&Vec<u8>, &Buffered)> = self
+            .writes
+            .iter()
+            .filter(|(key, _)| range.contains(key))
+            .collect();
+        // Enough committed entries that `limit` remain after the transaction's deletes.
+        let deletes = own.iter().filter(|(_, write)| **write == Buffered::Delete).count();
+        let want = limit.saturating_add(deletes);
+        let options = ScanOptions::new()
+            .limit(u32::try_from(want).unwrap_or(u32::MAX))
+            .consistency(self.consistency());
+        let committed: Vec<ScanEntry> = self
+            .client
+            .scan_stream(range, &options)
+            .entries()
+            .try_collect()
+            .await?;
+        // Past the last committed entry read, more committed entries may exist: own writes
+        // there cannot be placed among them.
+        let horizon = (committed.len() >= want)
+            .then(|| committed.last().map(|entry| entry.key.clone()))
+            .flatten();
+        let mut merged: BTreeMap<Vec<u8>, ScanEntry> = committed
+            .into_iter()
+            .map(|entry| (entry.key.clone(), entry))
+            .collect();
+        for (key, write) in own {
+            if horizon.as_ref().is_some_and(|horizon| key > horizon) {
+                continue;
+            }
+            let entry = |value: Vec<u8>| ScanEntry {
+                key: key.clone(),
+                value,
+                version: 0,
+            };
+            match write {
+                Buffered::Put(value) => {
+                    merged.insert(key.clone(), entry(value.clone()));
+                }
+                Buffered::Delete => {
+                    merged.remove(key);
+                }
+                Buffered::Append(suffix) => {
+                    let mut value = merged.remove(key).map(|found| found.value).unwrap_or_default();
+                    value.extend_from_slice(suffix);
+                    merged.insert(key.clone(), entry(value));
+                }
+            }
+        }
+        let entries: Vec<ScanEntry> = merged.into_values().take(limit).collect();
+        if self.isolation == Isolation::Serializable {
+            let (start, end) = range.span();
+            let looked_until = match entries.last() {
+                Some(last) if entries.len() == limit => {
+                    let mut after = last.key.clone();
+                    after.push(0);
+                    after
+                }
+                _ => end.unwrap_or_default(),
+            };
+            let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+            reads.ranges.push((start, looked_until));
+        }
+        Ok(entries)
     }
 
     /// Reads `keys` (one result per key, in order), as [`Transaction::get`] does.
@@ -184,7 +294,9 @@ impl Transaction {
         let mut read = if to_read.is_empty() {
             Vec::new()
         } else {
-            self.client.batch_get_with(to_read, self.consistency()).await?
+            let values = self.client.batch_get_with(to_read.iter().copied(), self.consistency()).await?;
+            self.record_keys(to_read.iter().copied());
+            values
         }
         .into_iter();
         let mut next_read = || {
@@ -264,10 +376,17 @@ impl Transaction {
                 }
             })
             .collect();
+        let reads = self.reads.into_inner().unwrap_or_else(PoisonError::into_inner);
         let message = proto::TxnCommitRequest {
             start_ts: self.start_ts,
             isolation: self.isolation.wire() as i32,
             mutations,
+            read_keys: reads.keys.into_iter().collect(),
+            read_ranges: reads
+                .ranges
+                .into_iter()
+                .map(|(start, end)| proto::TxnReadRange { start, end })
+                .collect(),
         };
         let max_bytes = self.client.config().max_message_bytes;
         // A commit is idempotent (same start timestamp, same writes): retrying one whose

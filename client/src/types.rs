@@ -195,6 +195,25 @@ impl KeyRange {
         }
     }
 
+    /// The range as `[start, end)` (`None` end: no upper bound), a prefix included.
+    pub(crate) fn span(&self) -> (Vec<u8>, Option<Vec<u8>>) {
+        match &self.bounds {
+            Bounds::All => (Vec::new(), None),
+            Bounds::Prefix(prefix) => {
+                // The smallest key above every key with the prefix (none for all 0xff).
+                let mut end = prefix.clone();
+                while let Some(last) = end.pop() {
+                    if last < u8::MAX {
+                        end.push(last + 1);
+                        return (prefix.clone(), Some(end));
+                    }
+                }
+                (prefix.clone(), None)
+            }
+            Bounds::Span { start, end } => (start.clone(), end.clone()),
+        }
+    }
+
     /// Whether `key` belongs to the range.
     pub fn contains(&self, key: &[u8]) -> bool {
         match &self.bounds {

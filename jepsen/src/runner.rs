@@ -63,6 +63,9 @@ pub struct RunOptions {
     /// The router commits repeatable-read transactions without the write-conflict check
     /// (lost updates; caught by the append workload).
     pub unsafe_skip_write_conflict: bool,
+    /// The router commits serializable transactions without validating their reads
+    /// (write skew; caught by the append workload at serializable).
+    pub unsafe_skip_read_validation: bool,
     /// Client request timeout.
     pub op_timeout: Duration,
     /// After healing, the cluster must serve again within this bound.
@@ -105,6 +108,7 @@ impl RunOptions {
             unsafe_local_commit_ts: false,
             isolation: ringkv_client::Isolation::RepeatableRead,
             unsafe_skip_write_conflict: false,
+            unsafe_skip_read_validation: false,
             op_timeout: Duration::from_secs(2),
             liveness_timeout: Duration::from_secs(30),
             keep_data: false,
@@ -270,11 +274,14 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         shards: options.shards,
         replication_factor: options.replication_factor,
         node_args: node_args(&options),
-        router_args: if options.unsafe_skip_write_conflict {
-            vec!["--unsafe-skip-write-conflict".to_string()]
-        } else {
-            Vec::new()
-        },
+        router_args: [
+            (options.unsafe_skip_write_conflict, "--unsafe-skip-write-conflict"),
+            (options.unsafe_skip_read_validation, "--unsafe-skip-read-validation"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, flag)| flag.to_string())
+        .collect(),
         bin_dir: options.bin_dir.clone(),
         fake_clock,
         disk_faults: options.nemeses.iter().any(|kind| kind.needs_disk_faults()),
@@ -564,7 +571,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -578,6 +585,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.unsafe_ack_before_commit,
         options.unsafe_local_commit_ts,
         options.unsafe_skip_write_conflict,
+        options.unsafe_skip_read_validation,
         options.isolation,
         report.ops,
         validity_str(report.verdict.validity),

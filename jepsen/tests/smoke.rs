@@ -277,6 +277,37 @@ async fn read_committed_shows_its_anomalies_and_repeatable_read_must_not() -> an
     Ok(())
 }
 
+/// Serializable forbids every cycle, write skew included, in real-time order: a run is
+/// valid as strict serializable; the same transactions with the router's read validation
+/// switched off (`--unsafe-skip-read-validation`, snapshot isolation in effect) show write
+/// skew, and are caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializable_is_strict_and_skipping_read_validation_is_caught() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut serializable = options(15, Vec::new(), &out, 0x5eed_0008);
+    serializable.workloads = vec![Workload::Append];
+    serializable.concurrency = 6;
+    serializable.isolation = ringkv_client::Isolation::Serializable;
+    let report = runner::run(serializable).await?;
+    assert_eq!(report.verdict.validity, Validity::Valid, "{:?}", report.verdict);
+
+    let out = tempfile::tempdir()?;
+    let mut unvalidated = options(15, Vec::new(), &out, 0x5eed_0009);
+    unvalidated.workloads = vec![Workload::Append];
+    unvalidated.concurrency = 6;
+    unvalidated.isolation = ringkv_client::Isolation::Serializable;
+    unvalidated.unsafe_skip_read_validation = true;
+    let report = runner::run(unvalidated).await?;
+    assert_eq!(
+        report.verdict.validity,
+        Validity::Invalid,
+        "write skew under serializable must be caught: {:?}",
+        report.verdict
+    );
+    Ok(())
+}
+
 /// Whether the FUSE tests run here: they need root and `/dev/fuse`. Without them a test
 /// fails, unless `RINGKV_SKIP_FUSE_TESTS=1` says to skip (and it prints why).
 fn fuse_or_skip(test: &str) -> bool {

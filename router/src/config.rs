@@ -94,6 +94,11 @@ pub struct RouterConfig {
     /// without the write-conflict check (lost updates). Not settable from a config file.
     #[serde(skip)]
     pub unsafe_skip_write_conflict: bool,
+    /// NEGATIVE CONTROL ONLY — breaks serializable on purpose: transactions commit without
+    /// validating their reads (write skew, as under repeatable read). Not settable from a
+    /// config file.
+    #[serde(skip)]
+    pub unsafe_skip_read_validation: bool,
 }
 
 impl Default for RouterConfig {
@@ -121,6 +126,7 @@ impl Default for RouterConfig {
             shutdown_timeout_ms: 10_000,
             scan_buffer_bytes: 16 * MIB as u64,
             unsafe_skip_write_conflict: false,
+            unsafe_skip_read_validation: false,
         }
     }
 }

@@ -319,6 +319,11 @@ impl NodeApi for GrpcNodes {
                     .await?
                     .into_inner(),
             ),
+            TxnCall::Validate(request) => TxnReply::Validate(
+                bounded(timeout, client.txn_validate(with_timeout(request, timeout)))
+                    .await?
+                    .into_inner(),
+            ),
         };
         Ok(reply)
     }

@@ -38,6 +38,8 @@ pub struct RouterContext<N> {
     pub gossip: Arc<crate::gossip::GossipView>,
     /// NEGATIVE CONTROL ONLY: transactions skip the write-conflict check.
     pub unsafe_skip_write_conflict: bool,
+    /// NEGATIVE CONTROL ONLY: serializable commits skip read validation.
+    pub unsafe_skip_read_validation: bool,
 }
 
 /// An admitted request: its in-flight permit (released on drop) and its deadline.
@@ -71,6 +73,7 @@ impl<N: NodeApi> RouterContext<N> {
             scan_buffer_bytes: config.scan_buffer_bytes,
             gossip: Arc::default(),
             unsafe_skip_write_conflict: config.unsafe_skip_write_conflict,
+            unsafe_skip_read_validation: config.unsafe_skip_read_validation,
         }
     }
 

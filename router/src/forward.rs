@@ -333,9 +333,9 @@ impl<N: NodeApi> Forwarder<N> {
         let shard = ShardId(call.shard_id());
         match self.txn(shard_count, call, deadline).await? {
             TxnReply::Status(status) => Ok(status),
-            TxnReply::Prewrite(_) => Err(RouterError::BadNodeResponse {
+            TxnReply::Prewrite(_) | TxnReply::Validate(_) => Err(RouterError::BadNodeResponse {
                 shard,
-                reason: "a prewrite's answer to a status call".to_string(),
+                reason: "conflicts in answer to a status call".to_string(),
             }),
         }
     }

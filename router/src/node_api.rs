@@ -9,7 +9,7 @@ use ringkv_proto::v1::{
     RingChangeResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
     ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
     ShardTxnCheckStatusRequest, ShardTxnCommitRequest, ShardTxnPrewriteRequest, ShardTxnPrewriteResponse,
-    ShardTxnRollbackRequest, ShardTxnStatusResponse, ShardWriteRequest, ShardWriteResponse,
+    ShardTxnRollbackRequest, ShardTxnStatusResponse, ShardTxnValidateRequest, ShardTxnValidateResponse, ShardWriteRequest, ShardWriteResponse,
     TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::Status;
@@ -94,7 +94,7 @@ pub trait NodeApi: Send + Sync + 'static {
         }
     }
 
-    /// `ShardKv.TxnPrewrite` / `TxnCommit` / `TxnRollback` / `TxnCheckStatus`.
+    /// `ShardKv.TxnPrewrite` / `TxnCommit` / `TxnRollback` / `TxnCheckStatus` / `TxnValidate`.
     fn txn(
         &self,
         addr: &str,
@@ -132,6 +132,7 @@ pub enum TxnCall {
     Commit(ShardTxnCommitRequest),
     Rollback(ShardTxnRollbackRequest),
     CheckStatus(ShardTxnCheckStatusRequest),
+    Validate(ShardTxnValidateRequest),
 }
 
 impl TxnCall {
@@ -142,6 +143,7 @@ impl TxnCall {
             TxnCall::Commit(request) => request.shard_id,
             TxnCall::Rollback(request) => request.shard_id,
             TxnCall::CheckStatus(request) => request.shard_id,
+            TxnCall::Validate(request) => request.shard_id,
         }
     }
 }
@@ -151,6 +153,7 @@ impl TxnCall {
 pub enum TxnReply {
     Prewrite(ShardTxnPrewriteResponse),
     Status(ShardTxnStatusResponse),
+    Validate(ShardTxnValidateResponse),
 }
 
 /// A ring change a router forwards to a node.

@@ -50,6 +50,9 @@ impl Router {
         if config.unsafe_skip_write_conflict {
             warn!("NEGATIVE CONTROL: transactions commit without the write-conflict check");
         }
+        if config.unsafe_skip_read_validation {
+            warn!("NEGATIVE CONTROL: serializable transactions commit without read validation");
+        }
         let nodes = Arc::new(GrpcNodes::new(&config));
         Self::start_with(config, nodes).await
     }

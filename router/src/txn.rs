@@ -11,6 +11,11 @@
 //!    start aborts under repeatable read (`WRITE_CONFLICT`: first committer wins).
 //! 3. A **commit timestamp** from the oracle, taken after every lock is in place: any read
 //!    at or above it meets the locks or the committed values.
+//!    **Serializable only: validate the reads** on every shard they touched, in parallel:
+//!    a key read or a range scanned that changed between the start and the commit
+//!    timestamp aborts (`SERIALIZATION_FAILURE`). A lock met there is resolved; one of an
+//!    older transaction that stays pending aborts this one (wait-die: the younger dies, so
+//!    two validations never wait on each other), one of a younger is waited for.
 //! 4. **Commit the primary shard** — the commit point. Its record turns committed unless a
 //!    reader rolled the transaction back first (`TXN_ABORTED`). A failure here leaves the
 //!    outcome unknown (the commit is idempotent and was retried to the deadline): the
@@ -28,8 +33,9 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use ringkv_proto::v1::{
     txn_conflict, txn_status_response, IsolationLevel, MutationKind, ShardTxnCheckStatusRequest,
-    ShardTxnCommitRequest, ShardTxnPrewriteRequest, ShardTxnRollbackRequest, TxnCommitRequest,
-    TxnCommitResponse, TxnConflict, TxnMutation, TxnState, TxnStatusRequest, TxnStatusResponse, WriteKind,
+    ShardTxnCommitRequest, ShardTxnPrewriteRequest, ShardTxnRollbackRequest, ShardTxnValidateRequest,
+    TxnCommitRequest, TxnCommitResponse, TxnConflict, TxnMutation, TxnReadRange, TxnState,
+    TxnStatusRequest, TxnStatusResponse, WriteKind,
 };
 use ringkv_ring::ShardId;
 use tokio::time::Instant;
@@ -45,8 +51,9 @@ use crate::tso::TsoClient;
 /// Locks exist only while a commit runs, which takes a few round trips.
 pub const TXN_TTL: Duration = Duration::from_secs(5);
 
-/// Rounds of resolving the locks a prewrite met before giving up with `LOCK_CONFLICT`.
-const PREWRITE_ROUNDS: usize = 4;
+/// Rounds of resolving the locks a prewrite or a validation met before giving up with
+/// `LOCK_CONFLICT`.
+const LOCK_ROUNDS: usize = 4;
 
 /// One shard's part of a transaction.
 struct ShardPart {
@@ -63,7 +70,14 @@ impl ShardPart {
     }
 }
 
-/// Why a shard's prewrite did not lock its keys.
+/// What a serializable transaction read on one shard, to validate at its commit.
+#[derive(Default)]
+struct ShardReads {
+    keys: Vec<Vec<u8>>,
+    ranges: Vec<TxnReadRange>,
+}
+
+/// Why a shard's prewrite did not lock its keys, or its validation failed.
 enum PrewriteRefusal {
     /// Locked by live transactions (after resolving what could be resolved).
     Locked(Vec<u8>),
@@ -72,26 +86,54 @@ enum PrewriteRefusal {
         commit_ts: u64,
     },
     TooOld(Vec<u8>),
+    /// Serializable: a key the transaction read was written at `commit_ts`, between its
+    /// start and its commit timestamp.
+    ReadChanged {
+        key: Vec<u8>,
+        commit_ts: u64,
+    },
     /// The transaction was already committed (a retried commit) at this timestamp.
     AlreadyCommitted(u64),
     /// The transaction was already rolled back.
     RolledBack,
 }
 
-/// What an isolation level asks of the commit: whether writes check for conflicts.
-fn check_conflicts(isolation: i32) -> Result<bool, RouterError> {
+/// What an isolation level asks of the commit: whether writes check for conflicts, and
+/// whether reads are validated.
+fn level_checks(isolation: i32) -> Result<(bool, bool), RouterError> {
     match IsolationLevel::try_from(isolation) {
-        Ok(IsolationLevel::RepeatableRead) => Ok(true),
-        Ok(IsolationLevel::ReadCommitted | IsolationLevel::ReadUncommitted) => Ok(false),
-        Ok(IsolationLevel::Serializable) => Err(RouterError::InvalidArgument(
-            "SERIALIZABLE transactions are not implemented yet (read validation is missing); \
-             use REPEATABLE_READ"
-                .to_string(),
-        )),
+        Ok(IsolationLevel::Serializable) => Ok((true, true)),
+        Ok(IsolationLevel::RepeatableRead) => Ok((true, false)),
+        Ok(IsolationLevel::ReadCommitted | IsolationLevel::ReadUncommitted) => Ok((false, false)),
         Err(_) => Err(RouterError::InvalidArgument(format!(
             "unknown isolation level {isolation}"
         ))),
     }
+}
+
+/// Checks the read set of a commit: only serializable transactions send one.
+fn check_reads(ctx_limits: &crate::validate::Limits, request: &TxnCommitRequest, validates: bool) -> Result<(), RouterError> {
+    if !validates && !(request.read_keys.is_empty() && request.read_ranges.is_empty()) {
+        return Err(RouterError::InvalidArgument(
+            "read_keys and read_ranges are validated only for SERIALIZABLE transactions".to_string(),
+        ));
+    }
+    ctx_limits.check_keys("read_keys", &request.read_keys)?;
+    ctx_limits.check_batch_len("read_ranges", request.read_ranges.len())?;
+    let max_bound = ctx_limits.max_key_bytes + 1;
+    for (index, range) in request.read_ranges.iter().enumerate() {
+        if range.start.len() > max_bound || range.end.len() > max_bound {
+            return Err(RouterError::InvalidArgument(format!(
+                "read_ranges[{index}] has a bound longer than {max_bound} bytes"
+            )));
+        }
+        if !range.end.is_empty() && range.start > range.end {
+            return Err(RouterError::InvalidArgument(format!(
+                "read_ranges[{index}] starts after its end"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `Txn.Commit`: the two-phase commit of the request's mutations (see the module docs).
@@ -101,7 +143,10 @@ pub async fn commit<N: NodeApi>(
     request: TxnCommitRequest,
     deadline: Instant,
 ) -> Result<TxnCommitResponse, RouterError> {
-    let check_conflicts = check_conflicts(request.isolation)? && !ctx.unsafe_skip_write_conflict;
+    let (check_conflicts, validates) = level_checks(request.isolation)?;
+    let check_conflicts = check_conflicts && !ctx.unsafe_skip_write_conflict;
+    check_reads(&ctx.limits, &request, validates)?;
+    let validates = validates && !ctx.unsafe_skip_read_validation;
     if request.start_ts == 0 {
         return Err(RouterError::InvalidArgument(
             "start_ts must be a timestamp of the oracle".to_string(),
@@ -135,7 +180,8 @@ pub async fn commit<N: NodeApi>(
         writes.insert(mutation.key, value);
     }
     if writes.is_empty() {
-        // Read-only: its reads were one snapshot; nothing to commit.
+        // Read-only: its reads were one snapshot, which is serializable at the start (every
+        // writer is serialized at its commit timestamp); nothing to commit.
         return Ok(TxnCommitResponse {
             commit_ts: request.start_ts,
             primary: Vec::new(),
@@ -163,6 +209,20 @@ pub async fn commit<N: NodeApi>(
         .and_then(|part| part.mutations.first())
         .map(|mutation| mutation.key.clone())
         .unwrap_or_default();
+    // Serializable: each shard validates the keys read on it and every range scanned (a
+    // range's keys are spread over all shards).
+    let mut reads: BTreeMap<ShardId, ShardReads> = BTreeMap::new();
+    if validates {
+        for key in request.read_keys {
+            let shard = view.ring.shard_for_key(&key);
+            reads.entry(shard).or_default().keys.push(key);
+        }
+        if !request.read_ranges.is_empty() {
+            for shard in 0..shard_count {
+                reads.entry(ShardId(shard)).or_default().ranges = request.read_ranges.clone();
+            }
+        }
+    }
     let coordinator = Coordinator {
         ctx,
         shard_count,
@@ -171,7 +231,7 @@ pub async fn commit<N: NodeApi>(
         check_conflicts,
         deadline,
     };
-    coordinator.run(tso, &parts).await
+    coordinator.run(tso, &parts, &reads).await
 }
 
 /// One commit in progress.
@@ -185,7 +245,12 @@ struct Coordinator<'a, N> {
 }
 
 impl<N: NodeApi> Coordinator<'_, N> {
-    async fn run(&self, tso: &TsoClient, parts: &[ShardPart]) -> Result<TxnCommitResponse, RouterError> {
+    async fn run(
+        &self,
+        tso: &TsoClient,
+        parts: &[ShardPart],
+        reads: &BTreeMap<ShardId, ShardReads>,
+    ) -> Result<TxnCommitResponse, RouterError> {
         let fanout = self.ctx.max_fanout;
         let prewrites: Vec<(usize, Result<Option<PrewriteRefusal>, RouterError>)> =
             stream::iter(0..parts.len())
@@ -214,6 +279,19 @@ impl<N: NodeApi> Coordinator<'_, N> {
             });
         }
         let commit_ts = tso.timestamps(1, self.deadline).await?.start;
+        if !reads.is_empty() {
+            let refusal = match self.validate(reads, commit_ts).await {
+                Ok(refusal) => refusal,
+                Err(err) => {
+                    self.roll_back(parts).await;
+                    return Err(err);
+                }
+            };
+            if let Some(refusal) = refusal {
+                self.roll_back(parts).await;
+                return Err(abort(self.start_ts, refusal));
+            }
+        }
         let Some((primary_part, others)) = parts.split_first() else {
             return Err(RouterError::Internal("a commit without a shard".to_string()));
         };
@@ -309,7 +387,7 @@ impl<N: NodeApi> Coordinator<'_, N> {
             ttl_ms: if is_primary { TXN_TTL.as_millis() as u64 } else { 0 },
         };
         let mut backoff = self.ctx.forwarder.backoff();
-        for round in 0..PREWRITE_ROUNDS {
+        for round in 0..LOCK_ROUNDS {
             let reply = self
                 .ctx
                 .forwarder
@@ -348,10 +426,106 @@ impl<N: NodeApi> Coordinator<'_, N> {
                     pending = true;
                 }
             }
-            if round + 1 == PREWRITE_ROUNDS {
+            if round + 1 == LOCK_ROUNDS {
                 return Ok(Some(refusal));
             }
             if pending {
+                pause(&mut backoff, self.deadline).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Validates the reads on every shard they touched, in parallel: the first refusal
+    /// met, if any.
+    async fn validate(
+        &self,
+        reads: &BTreeMap<ShardId, ShardReads>,
+        commit_ts: u64,
+    ) -> Result<Option<PrewriteRefusal>, RouterError> {
+        let shards: Vec<(ShardId, &ShardReads)> = reads.iter().map(|(shard, reads)| (*shard, reads)).collect();
+        let shards = &shards;
+        let outcomes: Vec<Result<Option<PrewriteRefusal>, RouterError>> = stream::iter(0..shards.len())
+            .map(|index| async move {
+                let (shard, shard_reads) = shards[index];
+                self.validate_shard(shard, shard_reads, commit_ts).await
+            })
+            .buffer_unordered(self.ctx.max_fanout)
+            .collect()
+            .await;
+        let mut error = None;
+        for outcome in outcomes {
+            match outcome {
+                Ok(Some(refusal)) => return Ok(Some(refusal)),
+                Ok(None) => {}
+                Err(err) => error = error.or(Some(err)),
+            }
+        }
+        error.map_or(Ok(None), Err)
+    }
+
+    /// Validates the reads on one shard, resolving the locks it meets (wait-die: a pending
+    /// lock of an older transaction aborts this one; one of a younger is waited for, a few
+    /// rounds).
+    async fn validate_shard(
+        &self,
+        shard: ShardId,
+        reads: &ShardReads,
+        commit_ts: u64,
+    ) -> Result<Option<PrewriteRefusal>, RouterError> {
+        let request = ShardTxnValidateRequest {
+            shard_id: shard.0,
+            start_ts: self.start_ts,
+            commit_ts,
+            keys: reads.keys.clone(),
+            ranges: reads.ranges.clone(),
+        };
+        let mut backoff = self.ctx.forwarder.backoff();
+        for round in 0..LOCK_ROUNDS {
+            let reply = self
+                .ctx
+                .forwarder
+                .txn(self.shard_count, TxnCall::Validate(request.clone()), self.deadline)
+                .await?;
+            let TxnReply::Validate(response) = reply else {
+                return Err(RouterError::BadNodeResponse {
+                    shard,
+                    reason: "a status answer to a read validation".to_string(),
+                });
+            };
+            let Some(refusal) = self.refusal(&response.conflicts) else {
+                return Ok(None);
+            };
+            let refusal = match refusal {
+                PrewriteRefusal::WriteConflict { key, commit_ts } => {
+                    return Ok(Some(PrewriteRefusal::ReadChanged { key, commit_ts }))
+                }
+                PrewriteRefusal::Locked(key) => key,
+                other => return Ok(Some(other)),
+            };
+            let mut waiting = false;
+            for conflict in &response.conflicts {
+                let lock = MetLock {
+                    key: conflict.key.clone(),
+                    start_ts: conflict.start_ts,
+                    primary: conflict.primary.clone(),
+                };
+                let older = lock.start_ts < self.start_ts;
+                let resolved = self
+                    .ctx
+                    .forwarder
+                    .resolve_lock(self.shard_count, lock, self.deadline)
+                    .await?;
+                match (resolved, older) {
+                    (true, _) => {}
+                    (false, true) => return Ok(Some(PrewriteRefusal::Locked(refusal))),
+                    (false, false) => waiting = true,
+                }
+            }
+            if round + 1 == LOCK_ROUNDS {
+                return Ok(Some(PrewriteRefusal::Locked(refusal)));
+            }
+            if waiting {
                 pause(&mut backoff, self.deadline).await;
             }
         }
@@ -450,6 +624,14 @@ fn abort(start_ts: u64, refusal: PrewriteRefusal) -> RouterError {
             detail: format!(
                 "key {} was committed at {commit_ts}, after this transaction started at {start_ts}",
                 key(&written)
+            ),
+        },
+        PrewriteRefusal::ReadChanged { key: read, commit_ts } => RouterError::TxnAborted {
+            reason: "SERIALIZATION_FAILURE",
+            retryable: true,
+            detail: format!(
+                "key {} read by this transaction (started at {start_ts}) was written at {commit_ts}, before it could commit",
+                key(&read)
             ),
         },
         PrewriteRefusal::TooOld(old) => RouterError::TxnAborted {

@@ -95,16 +95,10 @@ async fn transactions_commit_atomically_and_conflicts_abort() -> anyhow::Result<
         client.get(b"t/list").await?.map(|v| v.value),
         Some(b"abc".to_vec())
     );
-    // Serializable is refused for now, with a clear message.
-    let mut serializable = client.begin(Isolation::Serializable).await?;
-    serializable.put(b"t/2", b"x".to_vec());
-    let refused = serializable.commit().await;
-    assert!(
-        matches!(&refused, Err(Error::InvalidArgument(message)) if message.contains("SERIALIZABLE")),
-        "{refused:?}"
-    );
+    serializable_forbids_write_skew_and_phantoms(&client).await?;
 
-    transfers_conserve_money(&client).await?;
+    transfers_conserve_money(&client, Isolation::RepeatableRead, "bank").await?;
+    transfers_conserve_money(&client, Isolation::Serializable, "sbank").await?;
     abandoned_transactions_are_resolved(&cluster, &client).await?;
     kvctl_runs_a_script(&cluster, &client).await?;
     Ok(())
@@ -162,13 +156,74 @@ async fn kvctl_runs_a_script(cluster: &Cluster, client: &Client) -> anyhow::Resu
     Ok(())
 }
 
+/// Two on-call doctors: each transaction checks that both are on call and takes one off.
+/// Under repeatable read both commit (write skew: nobody is left on call); under
+/// serializable the second aborts with a retryable `SERIALIZATION_FAILURE`. A transaction
+/// that scanned a range aborts when another inserts into it before it commits (a phantom),
+/// and a transactional scan sees the transaction's own writes.
+async fn serializable_forbids_write_skew_and_phantoms(client: &Client) -> anyhow::Result<()> {
+    for (isolation, prefix) in [(Isolation::RepeatableRead, "rr"), (Isolation::Serializable, "ser")] {
+        let (alice, bob) = (format!("{prefix}/oncall/alice"), format!("{prefix}/oncall/bob"));
+        client.put(&alice, b"on".to_vec()).await?;
+        client.put(&bob, b"on".to_vec()).await?;
+        let mut first = client.begin(isolation).await?;
+        let mut second = client.begin(isolation).await?;
+        for txn in [&first, &second] {
+            let both = txn.batch_get([&alice, &bob]).await?;
+            assert!(both.iter().all(Option::is_some), "both on call at the start");
+        }
+        first.put(&alice, b"off".to_vec());
+        second.put(&bob, b"off".to_vec());
+        first.commit().await?;
+        let outcome = second.commit().await;
+        match isolation {
+            Isolation::RepeatableRead => {
+                outcome.context("write skew commits under repeatable read")?;
+            }
+            _ => match outcome {
+                Err(Error::TxnAborted {
+                    reason, retryable, ..
+                }) => {
+                    assert_eq!(reason, "SERIALIZATION_FAILURE");
+                    assert!(retryable);
+                    assert_eq!(client.get(&bob).await?.map(|v| v.value), Some(b"on".to_vec()));
+                }
+                other => panic!("serializable must refuse write skew, got {other:?}"),
+            },
+        }
+    }
+
+    // A phantom: a scan saw no key of a range, and another transaction inserts one.
+    let range = ringkv_client::KeyRange::prefix(b"ser/tickets/");
+    let mut scanner = client.begin(Isolation::Serializable).await?;
+    scanner.put(b"ser/tickets/mine", b"1".to_vec());
+    let seen = scanner.scan(&range, 10).await?;
+    let keys: Vec<&[u8]> = seen.iter().map(|entry| entry.key.as_slice()).collect();
+    assert_eq!(keys, vec![b"ser/tickets/mine".as_slice()], "the scan sees its own write");
+    let mut inserter = client.begin(Isolation::Serializable).await?;
+    inserter.put(b"ser/tickets/other", b"1".to_vec());
+    inserter.commit().await?;
+    match scanner.commit().await {
+        Err(Error::TxnAborted { reason, .. }) => assert_eq!(reason, "SERIALIZATION_FAILURE"),
+        other => panic!("a phantom must abort a serializable scanner, got {other:?}"),
+    }
+    // Past what a limited scan looked at, inserts do not matter.
+    let mut scanner = client.begin(Isolation::Serializable).await?;
+    let first = scanner.scan(&range, 1).await?;
+    assert_eq!(first.len(), 1);
+    scanner.put(b"ser/summary", b"1".to_vec());
+    client.put(b"ser/tickets/zzz", b"later".to_vec()).await?;
+    scanner.commit().await.context("an insert past the scanned part")?;
+    Ok(())
+}
+
 /// Concurrent transfers between accounts on every shard, with snapshot reads of the total
 /// while they run: the total never changes.
-async fn transfers_conserve_money(client: &Client) -> anyhow::Result<()> {
+async fn transfers_conserve_money(client: &Client, isolation: Isolation, prefix: &str) -> anyhow::Result<()> {
     const ACCOUNTS: usize = 6;
     const INITIAL: i64 = 100;
-    let account = |i: usize| format!("bank/{i}");
-    let mut setup = client.begin(Isolation::RepeatableRead).await?;
+    let account = |i: usize| format!("{prefix}/{i}");
+    let mut setup = client.begin(isolation).await?;
     for i in 0..ACCOUNTS {
         setup.put(account(i), INITIAL.to_string());
     }
@@ -184,7 +239,7 @@ async fn transfers_conserve_money(client: &Client) -> anyhow::Result<()> {
                     return Ok::<_, Error>(());
                 }
                 client
-                    .transact(Isolation::RepeatableRead, |txn| {
+                    .transact(isolation, |txn| {
                         let (from, to) = (from.clone(), to.clone());
                         Box::pin(async move {
                             let a = balance(txn.get(&from).await?);

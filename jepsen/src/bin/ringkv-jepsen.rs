@@ -95,6 +95,10 @@ struct RunArgs {
     /// write-conflict check (the append workload catches the lost updates).
     #[arg(long)]
     unsafe_skip_write_conflict: bool,
+    /// Negative control: the router commits serializable transactions without validating
+    /// their reads (the append workload at serializable catches the write skew).
+    #[arg(long)]
+    unsafe_skip_read_validation: bool,
     /// Results go to a new directory under this one.
     #[arg(long, default_value = "jepsen/results")]
     out: PathBuf,
@@ -160,6 +164,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_local_commit_ts = args.unsafe_local_commit_ts;
     options.isolation = args.isolation.into();
     options.unsafe_skip_write_conflict = args.unsafe_skip_write_conflict;
+    options.unsafe_skip_read_validation = args.unsafe_skip_read_validation;
     options.keep_data = args.keep_data;
     let report = runner::run(options).await?;
     println!(

@@ -178,7 +178,7 @@ impl Node {
     /// Makes this leader of `group` ready to read at `read_ts`: the timestamp was handed out
     /// by the oracle, the leadership is confirmed, writes at or below it are fenced and those
     /// still being committed have applied (`concurrency.rs`).
-    async fn prepare_read_at(&self, group: &Group, read_ts: u64) -> Result<(), NodeError> {
+    pub(super) async fn prepare_read_at(&self, group: &Group, read_ts: u64) -> Result<(), NodeError> {
         // A timestamp no oracle handed out yet would fence every write for good.
         let source = self.timestamp_source().ok_or(NodeError::NotInitialized)?;
         let now = source.timestamp().await?;

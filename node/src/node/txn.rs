@@ -8,7 +8,10 @@ use super::Node;
 use crate::error::NodeError;
 use crate::group::Group;
 use crate::proposal;
-use crate::raft::txn::{TxnCheckStatus, TxnCommit, TxnMutation, TxnOutcome, TxnPrewrite, TxnRollback};
+use crate::raft::state_machine::ReadSet;
+use crate::raft::txn::{
+    TxnCheckStatus, TxnCommit, TxnConflict, TxnMutation, TxnOutcome, TxnPrewrite, TxnRollback,
+};
 use crate::raft::types::{Command, CommandResult, GroupId};
 
 /// Bits of a timestamp below its physical part (milliseconds).
@@ -69,6 +72,27 @@ impl Node {
             now_ts,
         });
         self.propose_txn(group, command).await
+    }
+
+    /// Validates what serializable transaction `start_ts` read on shard `group` at its
+    /// commit timestamp (see `state_machine/validate.rs`): a read on the leader, fenced at
+    /// `commit_ts` as a snapshot read at it is, so every write at or below it has applied
+    /// or is still a lock, and every later one commits above it. Empty: the reads hold.
+    pub async fn txn_validate(
+        &self,
+        group: &Group,
+        start_ts: u64,
+        commit_ts: u64,
+        reads: ReadSet,
+    ) -> Result<Vec<TxnConflict>, NodeError> {
+        if group.id == GroupId::System {
+            return Err(NodeError::InvalidArgument(format!(
+                "{} does not take transactions",
+                group.id
+            )));
+        }
+        self.prepare_read_at(group, commit_ts).await?;
+        Ok(group.state.validate_reads(start_ts, commit_ts, reads).await?)
     }
 
     /// A fresh timestamp of the oracle.

@@ -448,6 +448,16 @@ impl ShardKv for ShardKvService {
             .map(Response::new)
             .map_err(|err| status(err, true))
     }
+
+    async fn txn_validate(
+        &self,
+        request: Request<v1::ShardTxnValidateRequest>,
+    ) -> Result<Response<v1::ShardTxnValidateResponse>, Status> {
+        self.txn_validate(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|err| status(err, true))
+    }
 }
 
 #[cfg(test)]

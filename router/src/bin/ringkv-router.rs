@@ -39,6 +39,10 @@ struct Cli {
     /// write-conflict check (lost updates).
     #[arg(long, hide = true)]
     unsafe_skip_write_conflict: bool,
+    /// NEGATIVE CONTROL ONLY: commit serializable transactions without validating their
+    /// reads (write skew).
+    #[arg(long, hide = true)]
+    unsafe_skip_read_validation: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -78,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config.seed_nodes = cli.nodes.iter().map(|a| a.trim().to_string()).collect();
     }
     config.unsafe_skip_write_conflict |= cli.unsafe_skip_write_conflict;
+    config.unsafe_skip_read_validation |= cli.unsafe_skip_read_validation;
     config.validate().context("bad configuration (see --help)")?;
 
     let router = Router::start(config).await?;

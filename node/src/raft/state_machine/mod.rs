@@ -25,6 +25,7 @@ mod read;
 #[cfg(test)]
 pub(in crate::raft) mod test_support;
 mod txn;
+mod validate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -36,6 +37,7 @@ pub use adapter::{SnapshotBuilder, StateMachine};
 pub use dedup::DedupPolicy;
 pub use mvcc::{HistoryBudget, HistoryPolicy};
 pub use read::{CountResult, ScanOptions, ScanPage};
+pub use validate::{ReadSet, MAX_CONFLICTS};
 
 use super::snapshot::{self, SnapshotDir};
 use super::types::{ClusterConfig, GroupId, LogId, SnapshotMeta, StoredMembership};

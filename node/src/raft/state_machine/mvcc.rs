@@ -365,6 +365,36 @@ impl History {
         Ok(newest.filter(|superseded| *superseded > ts))
     }
 
+    /// A timestamp in `(after, upto]` at which `key` (whose head is `head`) was written or
+    /// deleted, if there is one: what serializable read validation asks of every key read.
+    /// A head committed at or before `after` settles it (nothing is newer); otherwise the
+    /// history must reach back to `after` (`Err` below the floor).
+    pub fn changed_between(
+        &self,
+        key: &[u8],
+        head: Option<&Head>,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<u64>, BelowFloor> {
+        let within = |ts: u64| ts > after && ts <= upto;
+        match head {
+            Some(head) if within(head.commit_ts) => return Ok(Some(head.commit_ts)),
+            Some(head) if head.commit_ts <= after => return Ok(None),
+            _ => {}
+        }
+        if after < self.floor {
+            return Err(BelowFloor { floor: self.floor });
+        }
+        let changed = self.versions.get(key).and_then(|versions| {
+            versions.iter().find_map(|old| {
+                [old.commit_ts, old.superseded_ts]
+                    .into_iter()
+                    .find(|ts| within(*ts))
+            })
+        });
+        Ok(changed)
+    }
+
     /// The keys with versions in memory in `[start, end)` (`None` end: no upper bound), in
     /// key order: with the heads of the range, every key a scan at a timestamp at or above
     /// the floor may find (a key absent from both had no version live at or above it).
@@ -531,6 +561,30 @@ mod tests {
                             Err(below) => {
                                 prop_assert!(read_ts < history.floor() && !head_covers, "key {} at {} refused", key, read_ts);
                                 prop_assert_eq!(below, BelowFloor { floor: history.floor() });
+                            }
+                        }
+                    }
+                }
+                // Read validation: a change between two timestamps is reported exactly
+                // when the key's value differs somewhere in between.
+                for key in 0u8..4 {
+                    let head = heads.get(&key);
+                    for (i, &after) in points.iter().enumerate() {
+                        for &upto in &points[i..] {
+                            let before = model_read(&model, key, after);
+                            let differs = points
+                                .iter()
+                                .filter(|ts| **ts > after && **ts <= upto)
+                                .any(|ts| model_read(&model, key, *ts) != before);
+                            match history.changed_between(&[key], head, after, upto) {
+                                Ok(Some(ts)) => {
+                                    prop_assert!(ts > after && ts <= upto);
+                                    let written = model[&key].iter().any(|(at, _, _)| *at == ts);
+                                    prop_assert!(written, "key {} changed at {} per the history only", key, ts);
+                                    prop_assert!(differs, "key {} reported changed in ({}, {}]", key, after, upto);
+                                }
+                                Ok(None) => prop_assert!(!differs, "key {} changed in ({}, {}]", key, after, upto),
+                                Err(_) => prop_assert!(after < history.floor()),
                             }
                         }
                     }

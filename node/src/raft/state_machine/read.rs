@@ -159,7 +159,7 @@ impl GroupState {
 
     /// Runs `read` on a blocking thread with the tree and the history, under the apply lock
     /// (applies wait: the history and the heads stay at one point between entries).
-    async fn with_history<T: Send + 'static>(
+    pub(super) async fn with_history<T: Send + 'static>(
         &self,
         read: impl FnOnce(&TreeRef, &mvcc::History) -> Result<Result<T, mvcc::BelowFloor>, StorageError>
             + Send

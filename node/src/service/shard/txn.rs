@@ -6,6 +6,7 @@ use ringkv_proto::v1;
 use super::ShardKvService;
 use crate::error::NodeError;
 use crate::node::Prewrite;
+use crate::raft::state_machine::ReadSet;
 use crate::raft::txn::{TxnCommit, TxnConflict, TxnMutation, TxnOp, TxnOutcome, TxnRollback, TxnStatus};
 
 /// Longest time to live a transaction may ask for (oracle milliseconds).
@@ -157,6 +158,51 @@ impl ShardKvService {
             .txn_check_status(&group, request.start_ts, request.primary)
             .await?;
         status_response(outcome)
+    }
+}
+
+impl ShardKvService {
+    pub(super) async fn txn_validate(
+        &self,
+        request: v1::ShardTxnValidateRequest,
+    ) -> Result<v1::ShardTxnValidateResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        if request.keys.is_empty() && request.ranges.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "a validation needs at least one key or range".to_string(),
+            ));
+        }
+        if request.commit_ts <= request.start_ts {
+            return Err(NodeError::InvalidArgument(format!(
+                "commit_ts {} must be above start_ts {}",
+                request.commit_ts, request.start_ts
+            )));
+        }
+        self.check_txn_keys(request.shard_id, request.keys.iter().map(Vec::as_slice))?;
+        let max_ranges = self.node.config().max_ops_per_write;
+        if request.ranges.len() > max_ranges {
+            return Err(NodeError::InvalidArgument(format!(
+                "a validation takes at most {max_ranges} ranges, got {}",
+                request.ranges.len()
+            )));
+        }
+        let mut ranges = Vec::with_capacity(request.ranges.len());
+        let max_key_bytes = self.node.config().max_key_bytes;
+        for range in request.ranges {
+            let end = super::limits::check_range(max_key_bytes, &range.start, range.end)?;
+            ranges.push((range.start, end));
+        }
+        let reads = ReadSet {
+            keys: request.keys,
+            ranges,
+        };
+        let conflicts = self
+            .node
+            .txn_validate(&group, request.start_ts, request.commit_ts, reads)
+            .await?;
+        Ok(v1::ShardTxnValidateResponse {
+            conflicts: conflicts.into_iter().map(conflict).collect(),
+        })
     }
 }
 
