@@ -71,10 +71,21 @@ impl Client {
         key: impl AsRef<[u8]>,
         consistency: ReadConsistency,
     ) -> Result<Option<Versioned>, Error> {
+        self.get_inner(key.as_ref(), consistency, false).await
+    }
+
+    /// [`Client::get_with`], or (`uncommitted`) the newest value with provisional ones.
+    pub(crate) async fn get_inner(
+        &self,
+        key: &[u8],
+        consistency: ReadConsistency,
+        uncommitted: bool,
+    ) -> Result<Option<Versioned>, Error> {
         let message = proto::GetRequest {
-            key: checked_key(key.as_ref())?,
+            key: checked_key(key)?,
             consistency: proto::Consistency::from(consistency) as i32,
             read_ts: consistency.read_ts(),
+            read_uncommitted: uncommitted,
         };
         let max_bytes = self.routers.config().max_message_bytes;
         let response = self
@@ -163,6 +174,17 @@ impl Client {
         keys: impl IntoIterator<Item = K>,
         consistency: ReadConsistency,
     ) -> Result<Vec<Option<Versioned>>, Error> {
+        self.batch_get_inner(keys, consistency, false).await
+    }
+
+    /// [`Client::batch_get_with`], or (`uncommitted`) the newest values with provisional
+    /// ones.
+    pub(crate) async fn batch_get_inner<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        consistency: ReadConsistency,
+        uncommitted: bool,
+    ) -> Result<Vec<Option<Versioned>>, Error> {
         let keys = keys
             .into_iter()
             .map(|key| checked_key(key.as_ref()))
@@ -175,6 +197,7 @@ impl Client {
             keys,
             consistency: proto::Consistency::from(consistency) as i32,
             read_ts: consistency.read_ts(),
+            read_uncommitted: uncommitted,
         };
         let max_bytes = self.routers.config().max_message_bytes;
         let response = self

@@ -28,9 +28,11 @@ pub const MAX_TRANSACT_RUNS: u32 = 32;
 /// How isolated a transaction is from concurrent ones (the contract: README's table).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Isolation {
-    /// Each read sees the latest committed values; writes still lock, so two transactions
-    /// never interleave their writes to one key. Not yet distinct from
-    /// [`Isolation::ReadCommitted`]: provisional values are not read.
+    /// Each point read sees the newest value, a provisional one included (what another
+    /// transaction prewrote and may still roll back: a dirty read), and never waits for a
+    /// transaction to finish; writes still lock, so two transactions never interleave
+    /// their writes to one key (no dirty writes). Scans read committed values, as under
+    /// [`Isolation::ReadCommitted`].
     ReadUncommitted,
     /// Each read sees the latest committed values (a read may differ from an earlier one
     /// of the same key); concurrent writers do not abort each other.
@@ -176,6 +178,11 @@ impl Transaction {
         }
     }
 
+    /// Whether point reads see provisional values ([`Isolation::ReadUncommitted`]).
+    fn dirty(&self) -> bool {
+        self.isolation == Isolation::ReadUncommitted
+    }
+
     /// Under [`Isolation::Serializable`], remembers that `keys` were read from the store.
     fn record_keys<'k>(&self, keys: impl IntoIterator<Item = &'k Vec<u8>>) {
         if self.isolation == Isolation::Serializable {
@@ -193,12 +200,18 @@ impl Transaction {
             Some(Buffered::Put(value)) => Ok(Some(own(value.clone()))),
             Some(Buffered::Delete) => Ok(None),
             Some(Buffered::Append(suffix)) => {
-                let committed = self.client.get_with(key, self.consistency()).await?;
+                let committed = self
+                    .client
+                    .get_inner(key, self.consistency(), self.dirty())
+                    .await?;
                 self.record_keys([&key.to_vec()]);
                 Ok(Some(appended(committed, suffix)))
             }
             None => {
-                let found = self.client.get_with(key, self.consistency()).await?;
+                let found = self
+                    .client
+                    .get_inner(key, self.consistency(), self.dirty())
+                    .await?;
                 self.record_keys([&key.to_vec()]);
                 Ok(found)
             }
@@ -223,7 +236,10 @@ impl Transaction {
             .filter(|(key, _)| range.contains(key))
             .collect();
         // Enough committed entries that `limit` remain after the transaction's deletes.
-        let deletes = own.iter().filter(|(_, write)| **write == Buffered::Delete).count();
+        let deletes = own
+            .iter()
+            .filter(|(_, write)| **write == Buffered::Delete)
+            .count();
         let want = limit.saturating_add(deletes);
         let options = ScanOptions::new()
             .limit(u32::try_from(want).unwrap_or(u32::MAX))
@@ -294,7 +310,10 @@ impl Transaction {
         let mut read = if to_read.is_empty() {
             Vec::new()
         } else {
-            let values = self.client.batch_get_with(to_read.iter().copied(), self.consistency()).await?;
+            let values = self
+                .client
+                .batch_get_inner(to_read.iter().copied(), self.consistency(), self.dirty())
+                .await?;
             self.record_keys(to_read.iter().copied());
             values
         }

@@ -276,7 +276,10 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         node_args: node_args(&options),
         router_args: [
             (options.unsafe_skip_write_conflict, "--unsafe-skip-write-conflict"),
-            (options.unsafe_skip_read_validation, "--unsafe-skip-read-validation"),
+            (
+                options.unsafe_skip_read_validation,
+                "--unsafe-skip-read-validation",
+            ),
         ]
         .into_iter()
         .filter(|(on, _)| *on)

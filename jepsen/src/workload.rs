@@ -187,6 +187,7 @@ async fn direct_read(direct: &DirectReads, key: u64, rng: &mut StdRng) -> Result
             keys: vec![key_bytes],
             consistency: v1::Consistency::Linearizable as i32,
             read_ts: 0,
+            read_uncommitted: false,
         })
         .await
         .map_err(|status| status.message().to_string())?

@@ -277,6 +277,34 @@ async fn read_committed_shows_its_anomalies_and_repeatable_read_must_not() -> an
     Ok(())
 }
 
+/// Read uncommitted reads provisional values, and a run shows it: reads of appends whose
+/// transactions then aborted (G1a, dirty reads), while no dirty write (G0) appears — the
+/// one thing the level forbids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_uncommitted_shows_dirty_reads() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut dirty = options(15, Vec::new(), &out, 0x5eed_000a);
+    dirty.workloads = vec![Workload::Append];
+    dirty.concurrency = 6;
+    dirty.isolation = ringkv_client::Isolation::ReadUncommitted;
+    let report = runner::run(dirty).await?;
+    assert_eq!(report.verdict.validity, Validity::Valid, "{:?}", report.verdict);
+    let dirty_reads = report
+        .verdict
+        .anomalies
+        .iter()
+        .filter(|anomaly| anomaly.kind == "G1a")
+        .count();
+    eprintln!("dirty reads listed: {dirty_reads}");
+    assert!(
+        dirty_reads > 0,
+        "read uncommitted showed no dirty read: {:?}",
+        report.verdict
+    );
+    Ok(())
+}
+
 /// Serializable forbids every cycle, write skew included, in real-time order: a run is
 /// valid as strict serializable; the same transactions with the router's read validation
 /// switched off (`--unsafe-skip-read-validation`, snapshot isolation in effect) show write

@@ -1,7 +1,9 @@
 //! `kvctl txn`: a script of reads and writes run as one transaction, like etcdctl's `txn`.
 //!
-//! The script (a file, or stdin) has one operation per line — `get KEY`, `put KEY VALUE`
-//! (the rest of the line is the value), `del KEY` — blank lines and `#` comments skipped.
+//! The script (a file, or stdin) has one operation per line — `get KEY`, `scan PREFIX
+//! [LIMIT]` (the transaction's view of the keys with that prefix, its own writes included;
+//! at most LIMIT, default 100), `put KEY VALUE` (the rest of the line is the value), `del
+//! KEY` — blank lines and `#` comments skipped.
 //! Reads see the transaction's snapshot and its own earlier writes; every write commits
 //! together at the end, or none does. With `--retry`, a run aborted by a conflict runs
 //! again from the first line (up to the client's limit); each run's reads are printed only
@@ -12,11 +14,15 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use ringkv_client::{Client, Error as ClientError, Isolation, Transaction};
+use ringkv_client::{Client, Error as ClientError, Isolation, KeyRange, Transaction};
 use serde_json::{json, Value};
 
 use crate::exit::{Outcome, UsageError};
 use crate::output::{self, display_bytes, insert_bytes, keyed_object, render_table, to_json, OutputFormat};
+
+/// Entries a `scan` line reads when it names no limit, and the most it may name.
+const DEFAULT_SCAN_LIMIT: usize = 100;
+const MAX_SCAN_LIMIT: usize = 10_000;
 
 /// Longest script accepted, in bytes.
 const MAX_SCRIPT_BYTES: usize = 16 << 20;
@@ -44,7 +50,8 @@ impl From<IsolationArg> for Isolation {
 /// Arguments of `kvctl txn`.
 #[derive(Args, Debug)]
 pub struct TxnArgs {
-    /// The script: `get KEY`, `put KEY VALUE`, `del KEY`, one per line (default: stdin).
+    /// The script: `get KEY`, `scan PREFIX [LIMIT]`, `put KEY VALUE`, `del KEY`, one per
+    /// line (default: stdin).
     pub script: Option<PathBuf>,
     /// Isolation level of the transaction.
     #[arg(long, value_enum, default_value = "repeatable-read")]
@@ -58,6 +65,7 @@ pub struct TxnArgs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Op {
     Get(Vec<u8>),
+    Scan(Vec<u8>, usize),
     Put(Vec<u8>, Vec<u8>),
     Del(Vec<u8>),
 }
@@ -82,6 +90,24 @@ fn parse(script: &str) -> Result<Vec<Op>, UsageError> {
         let op = match verb {
             "get" => Op::Get(key_only("get")?),
             "del" | "delete" => Op::Del(key_only("del")?),
+            "scan" => {
+                let mut words = rest.split_whitespace();
+                let (Some(prefix), limit, None) = (words.next(), words.next(), words.next()) else {
+                    return Err(UsageError(format!("line {number}: scan takes PREFIX [LIMIT]")));
+                };
+                let limit = match limit {
+                    None => DEFAULT_SCAN_LIMIT,
+                    Some(limit) => match limit.parse::<usize>() {
+                        Ok(limit @ 1..=MAX_SCAN_LIMIT) => limit,
+                        _ => {
+                            return Err(UsageError(format!(
+                                "line {number}: scan LIMIT must be 1..={MAX_SCAN_LIMIT}, got {limit:?}"
+                            )))
+                        }
+                    },
+                };
+                Op::Scan(prefix.as_bytes().to_vec(), limit)
+            }
             "put" => {
                 let Some((key, value)) = rest.split_once(char::is_whitespace) else {
                     return Err(UsageError(format!("line {number}: put takes KEY VALUE")));
@@ -90,7 +116,7 @@ fn parse(script: &str) -> Result<Vec<Op>, UsageError> {
             }
             other => {
                 return Err(UsageError(format!(
-                    "line {number}: unknown operation {other:?} (get, put, del)"
+                    "line {number}: unknown operation {other:?} (get, scan, put, del)"
                 )))
             }
         };
@@ -115,6 +141,22 @@ struct Row {
 async fn run_ops(txn: &mut Transaction, ops: &[Op]) -> Result<Vec<Row>, ClientError> {
     let mut rows = Vec::with_capacity(ops.len());
     for op in ops {
+        if let Op::Scan(prefix, limit) = op {
+            let entries = txn.scan(&KeyRange::prefix(prefix), *limit).await?;
+            if entries.is_empty() {
+                rows.push(Row {
+                    op: "scan",
+                    key: prefix.clone(),
+                    value: None,
+                });
+            }
+            rows.extend(entries.into_iter().map(|entry| Row {
+                op: "scan",
+                key: entry.key,
+                value: Some(entry.value),
+            }));
+            continue;
+        }
         let row = match op {
             Op::Get(key) => Row {
                 op: "get",
@@ -137,6 +179,7 @@ async fn run_ops(txn: &mut Transaction, ops: &[Op]) -> Result<Vec<Row>, ClientEr
                     value: None,
                 }
             }
+            Op::Scan(..) => continue,
         };
         rows.push(row);
     }
@@ -231,11 +274,14 @@ mod tests {
 
     #[test]
     fn scripts_parse_and_bad_lines_are_named() {
-        let ops = parse("# move 10\nget a\n  put b hello world \n\ndel c\n").expect("parse");
+        let ops =
+            parse("# move 10\nget a\nscan acct/ 5\nscan x\n  put b hello world \n\ndel c\n").expect("parse");
         assert_eq!(
             ops,
             vec![
                 Op::Get(b"a".to_vec()),
+                Op::Scan(b"acct/".to_vec(), 5),
+                Op::Scan(b"x".to_vec(), DEFAULT_SCAN_LIMIT),
                 Op::Put(b"b".to_vec(), b"hello world ".to_vec()),
                 Op::Del(b"c".to_vec()),
             ]
@@ -243,6 +289,9 @@ mod tests {
         assert!(parse("get a b").is_err_and(|err| err.0.contains("line 1")));
         assert!(parse("get a\nput b").is_err_and(|err| err.0.contains("line 2")));
         assert!(parse("frob x").is_err_and(|err| err.0.contains("unknown operation")));
+        assert!(parse("scan a 0").is_err_and(|err| err.0.contains("LIMIT")));
+        assert!(parse("scan a 1 2").is_err_and(|err| err.0.contains("PREFIX")));
+        assert!(parse("scan").is_err_and(|err| err.0.contains("PREFIX")));
         assert!(parse("# nothing\n").is_err());
     }
 }

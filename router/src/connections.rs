@@ -244,7 +244,8 @@ impl NodeApi for GrpcNodes {
         request: ShardReadRequest,
         timeout: Duration,
     ) -> Result<ShardReadResponse, Status> {
-        if request.keys.len() >= MAX_MERGED_KEYS || request.read_ts != 0 {
+        // Snapshot and uncommitted reads go alone: a lane merges plain reads only.
+        if request.keys.len() >= MAX_MERGED_KEYS || request.read_ts != 0 || request.read_uncommitted {
             let mut client = self.shard_kv(addr)?;
             let response = bounded(timeout, client.read(with_timeout(request, timeout))).await?;
             return Ok(response.into_inner());

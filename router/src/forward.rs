@@ -66,7 +66,9 @@ impl<N: NodeApi> Forwarder<N> {
     }
 
     /// `ShardKv.Read` of `keys` (all in `shard`), linearizable through the leader or stale
-    /// from any replica; at `read_ts` (not 0), a snapshot read through the leader.
+    /// from any replica; at `read_ts` (not 0), a snapshot read through the leader; with
+    /// `uncommitted`, the newest values with provisional ones, through the leader.
+    #[allow(clippy::too_many_arguments)]
     pub async fn read(
         &self,
         shard: ShardId,
@@ -74,6 +76,7 @@ impl<N: NodeApi> Forwarder<N> {
         keys: Vec<Vec<u8>>,
         consistency: Consistency,
         read_ts: u64,
+        uncommitted: bool,
         deadline: Instant,
     ) -> Result<ShardReadResponse, RouterError> {
         let mode = match consistency {
@@ -87,6 +90,7 @@ impl<N: NodeApi> Forwarder<N> {
             keys,
             consistency: consistency as i32,
             read_ts,
+            read_uncommitted: uncommitted,
         };
         let nodes = &self.nodes;
         self.run(shard, shard_count, mode, None, deadline, |target, timeout| {
@@ -760,6 +764,7 @@ pub(crate) mod tests {
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
                 0,
+                false,
                 deadline_in(1000),
             )
             .await;
@@ -778,6 +783,7 @@ pub(crate) mod tests {
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
                 0,
+                false,
                 deadline_in(1000),
             )
             .await;
@@ -895,6 +901,7 @@ pub(crate) mod tests {
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
                 0,
+                false,
                 deadline_in(1000),
             )
             .await;
@@ -954,6 +961,7 @@ pub(crate) mod tests {
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
                 0,
+                false,
                 deadline_in(250),
             )
             .await;
@@ -982,6 +990,7 @@ pub(crate) mod tests {
                 vec![b"k".to_vec()],
                 Consistency::Stale,
                 0,
+                false,
                 deadline_in(2000),
             )
             .await;
@@ -1006,6 +1015,7 @@ pub(crate) mod tests {
                 vec![b"k".to_vec()],
                 Consistency::Linearizable,
                 0,
+                false,
                 deadline_in(100),
             )
             .await;

@@ -26,7 +26,7 @@ use crate::context::RouterContext;
 use crate::error::{to_status, RequestId, RouterError};
 use crate::node_api::NodeApi;
 use crate::range_ops::{self, ResponseStream};
-use crate::validate::{check_read_ts, parse_consistency, request_id_or_random};
+use crate::validate::{check_read_ts, check_read_uncommitted, parse_consistency, request_id_or_random};
 
 /// The client-facing key-value service.
 pub struct KvService<N> {
@@ -42,6 +42,7 @@ impl<N: NodeApi> KvService<N> {
         self.ctx.limits.check_key(&"key", &request.key)?;
         let consistency = parse_consistency(request.consistency)?;
         check_read_ts(consistency, request.read_ts)?;
+        check_read_uncommitted(consistency, request.read_ts, request.read_uncommitted)?;
         let view = self.ctx.topology.wait_for_ring(deadline).await?;
         let shard = view.ring.shard_for_key(&request.key);
         let response = self
@@ -53,6 +54,7 @@ impl<N: NodeApi> KvService<N> {
                 vec![request.key.clone()],
                 consistency,
                 request.read_ts,
+                request.read_uncommitted,
                 deadline,
             )
             .await?;
@@ -136,7 +138,9 @@ impl<N: NodeApi> KvService<N> {
         self.ctx.limits.check_keys("keys", &keys)?;
         let consistency = parse_consistency(request.consistency)?;
         check_read_ts(consistency, request.read_ts)?;
+        check_read_uncommitted(consistency, request.read_ts, request.read_uncommitted)?;
         let read_ts = request.read_ts;
+        let uncommitted = request.read_uncommitted;
         if keys.is_empty() {
             return Ok(BatchGetResponse::default());
         }
@@ -155,6 +159,7 @@ impl<N: NodeApi> KvService<N> {
                         group_keys,
                         consistency,
                         read_ts,
+                        uncommitted,
                         deadline,
                     )
                     .await;
@@ -577,6 +582,7 @@ mod tests {
                         key: vec![],
                         consistency: 0,
                         read_ts: 0,
+                        read_uncommitted: false,
                     },
                     deadline(),
                 )
@@ -628,6 +634,7 @@ mod tests {
                         keys: vec![b"k".to_vec(); 9],
                         consistency: 0,
                         read_ts: 0,
+                        read_uncommitted: false,
                     },
                     deadline(),
                 )
@@ -716,6 +723,7 @@ mod tests {
                     keys: keys.clone(),
                     consistency: Consistency::Stale as i32,
                     read_ts: 0,
+                    read_uncommitted: false,
                 },
                 deadline(),
             )

@@ -9,8 +9,8 @@ use ringkv_proto::v1::{
     RingChangeResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
     ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
     ShardTxnCheckStatusRequest, ShardTxnCommitRequest, ShardTxnPrewriteRequest, ShardTxnPrewriteResponse,
-    ShardTxnRollbackRequest, ShardTxnStatusResponse, ShardTxnValidateRequest, ShardTxnValidateResponse, ShardWriteRequest, ShardWriteResponse,
-    TransferLeaderRequest, TransferLeaderResponse,
+    ShardTxnRollbackRequest, ShardTxnStatusResponse, ShardTxnValidateRequest, ShardTxnValidateResponse,
+    ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::Status;
 

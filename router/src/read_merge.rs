@@ -82,6 +82,7 @@ impl<S: SendRead> ReadMerge<S> {
             keys,
             consistency: self.consistency,
             read_ts: 0,
+            read_uncommitted: false,
         }
     }
 }

@@ -34,8 +34,8 @@ use futures::stream::{self, StreamExt};
 use ringkv_proto::v1::{
     txn_conflict, txn_status_response, IsolationLevel, MutationKind, ShardTxnCheckStatusRequest,
     ShardTxnCommitRequest, ShardTxnPrewriteRequest, ShardTxnRollbackRequest, ShardTxnValidateRequest,
-    TxnCommitRequest, TxnCommitResponse, TxnConflict, TxnMutation, TxnReadRange, TxnState,
-    TxnStatusRequest, TxnStatusResponse, WriteKind,
+    TxnCommitRequest, TxnCommitResponse, TxnConflict, TxnMutation, TxnReadRange, TxnState, TxnStatusRequest,
+    TxnStatusResponse, WriteKind,
 };
 use ringkv_ring::ShardId;
 use tokio::time::Instant;
@@ -112,15 +112,20 @@ fn level_checks(isolation: i32) -> Result<(bool, bool), RouterError> {
 }
 
 /// Checks the read set of a commit: only serializable transactions send one.
-fn check_reads(ctx_limits: &crate::validate::Limits, request: &TxnCommitRequest, validates: bool) -> Result<(), RouterError> {
-    if !validates && !(request.read_keys.is_empty() && request.read_ranges.is_empty()) {
+fn check_reads(
+    limits: &crate::validate::Limits,
+    request: &TxnCommitRequest,
+    validates: bool,
+) -> Result<(), RouterError> {
+    let sends_reads = !request.read_keys.is_empty() || !request.read_ranges.is_empty();
+    if sends_reads && !validates {
         return Err(RouterError::InvalidArgument(
             "read_keys and read_ranges are validated only for SERIALIZABLE transactions".to_string(),
         ));
     }
-    ctx_limits.check_keys("read_keys", &request.read_keys)?;
-    ctx_limits.check_batch_len("read_ranges", request.read_ranges.len())?;
-    let max_bound = ctx_limits.max_key_bytes + 1;
+    limits.check_keys("read_keys", &request.read_keys)?;
+    limits.check_batch_len("read_ranges", request.read_ranges.len())?;
+    let max_bound = limits.max_key_bytes + 1;
     for (index, range) in request.read_ranges.iter().enumerate() {
         if range.start.len() > max_bound || range.end.len() > max_bound {
             return Err(RouterError::InvalidArgument(format!(
@@ -443,7 +448,8 @@ impl<N: NodeApi> Coordinator<'_, N> {
         reads: &BTreeMap<ShardId, ShardReads>,
         commit_ts: u64,
     ) -> Result<Option<PrewriteRefusal>, RouterError> {
-        let shards: Vec<(ShardId, &ShardReads)> = reads.iter().map(|(shard, reads)| (*shard, reads)).collect();
+        let shards: Vec<(ShardId, &ShardReads)> =
+            reads.iter().map(|(shard, reads)| (*shard, reads)).collect();
         let shards = &shards;
         let outcomes: Vec<Result<Option<PrewriteRefusal>, RouterError>> = stream::iter(0..shards.len())
             .map(|index| async move {
@@ -485,7 +491,11 @@ impl<N: NodeApi> Coordinator<'_, N> {
             let reply = self
                 .ctx
                 .forwarder
-                .txn(self.shard_count, TxnCall::Validate(request.clone()), self.deadline)
+                .txn(
+                    self.shard_count,
+                    TxnCall::Validate(request.clone()),
+                    self.deadline,
+                )
                 .await?;
             let TxnReply::Validate(response) = reply else {
                 return Err(RouterError::BadNodeResponse {

@@ -110,6 +110,21 @@ pub fn check_read_ts(consistency: Consistency, read_ts: u64) -> Result<(), Route
     Ok(())
 }
 
+/// A read of provisional values is of the latest values, through the leader.
+pub fn check_read_uncommitted(
+    consistency: Consistency,
+    read_ts: u64,
+    uncommitted: bool,
+) -> Result<(), RouterError> {
+    if uncommitted && (read_ts != 0 || consistency == Consistency::Stale) {
+        return Err(RouterError::InvalidArgument(
+            "read_uncommitted reads the latest values through the leader: it takes neither read_ts nor stale consistency"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

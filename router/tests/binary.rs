@@ -59,6 +59,7 @@ async fn serves_and_stops_on_sigterm() -> anyhow::Result<()> {
             key: b"k".to_vec(),
             consistency: 0,
             read_ts: 0,
+            read_uncommitted: false,
         })
         .await?
         .into_inner();

@@ -47,6 +47,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
             key: b"alpha".to_vec(),
             consistency: Consistency::Linearizable as i32,
             read_ts: 0,
+            read_uncommitted: false,
         })
         .await?
         .into_inner();
@@ -57,6 +58,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
             key: b"alpha".to_vec(),
             consistency: Consistency::Stale as i32,
             read_ts: 0,
+            read_uncommitted: false,
         })
         .await?
         .into_inner();
@@ -132,6 +134,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
             keys: keys.clone(),
             consistency: Consistency::Linearizable as i32,
             read_ts: 0,
+            read_uncommitted: false,
         })
         .await?
         .into_inner();
@@ -156,6 +159,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
             key: b"alpha".to_vec(),
             consistency: 0,
             read_ts: 0,
+            read_uncommitted: false,
         })
         .await?
         .into_inner();
@@ -217,6 +221,7 @@ async fn uninitialised_cluster_is_unavailable() -> anyhow::Result<()> {
             key: b"k".to_vec(),
             consistency: 0,
             read_ts: 0,
+            read_uncommitted: false,
         })
         .await
         .err()
@@ -272,6 +277,7 @@ async fn invalid_requests_are_rejected() -> anyhow::Result<()> {
             keys: vec![],
             consistency: 0,
             read_ts: 0,
+            read_uncommitted: false,
         })
         .await
     {

@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
                     keys: vec![key.clone()],
                     consistency,
                     read_ts: 0,
+                    read_uncommitted: false,
                 })
                 .await
                 .is_err()

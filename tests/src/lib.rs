@@ -359,6 +359,7 @@ impl Cluster {
                 keys: vec![key.to_vec()],
                 consistency: v1::Consistency::Stale as i32,
                 read_ts: 0,
+                read_uncommitted: false,
             })
             .await?
             .into_inner();

@@ -110,6 +110,7 @@ async fn a_leader_paused_through_an_election_serves_no_stale_read() -> anyhow::R
             keys: vec![b"k".to_vec()],
             consistency: v1::Consistency::Linearizable as i32,
             read_ts: 0,
+            read_uncommitted: false,
         })
         .await;
     match read {

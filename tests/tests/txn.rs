@@ -162,7 +162,10 @@ async fn kvctl_runs_a_script(cluster: &Cluster, client: &Client) -> anyhow::Resu
 /// that scanned a range aborts when another inserts into it before it commits (a phantom),
 /// and a transactional scan sees the transaction's own writes.
 async fn serializable_forbids_write_skew_and_phantoms(client: &Client) -> anyhow::Result<()> {
-    for (isolation, prefix) in [(Isolation::RepeatableRead, "rr"), (Isolation::Serializable, "ser")] {
+    for (isolation, prefix) in [
+        (Isolation::RepeatableRead, "rr"),
+        (Isolation::Serializable, "ser"),
+    ] {
         let (alice, bob) = (format!("{prefix}/oncall/alice"), format!("{prefix}/oncall/bob"));
         client.put(&alice, b"on".to_vec()).await?;
         client.put(&bob, b"on".to_vec()).await?;
@@ -199,7 +202,11 @@ async fn serializable_forbids_write_skew_and_phantoms(client: &Client) -> anyhow
     scanner.put(b"ser/tickets/mine", b"1".to_vec());
     let seen = scanner.scan(&range, 10).await?;
     let keys: Vec<&[u8]> = seen.iter().map(|entry| entry.key.as_slice()).collect();
-    assert_eq!(keys, vec![b"ser/tickets/mine".as_slice()], "the scan sees its own write");
+    assert_eq!(
+        keys,
+        vec![b"ser/tickets/mine".as_slice()],
+        "the scan sees its own write"
+    );
     let mut inserter = client.begin(Isolation::Serializable).await?;
     inserter.put(b"ser/tickets/other", b"1".to_vec());
     inserter.commit().await?;
@@ -213,7 +220,10 @@ async fn serializable_forbids_write_skew_and_phantoms(client: &Client) -> anyhow
     assert_eq!(first.len(), 1);
     scanner.put(b"ser/summary", b"1".to_vec());
     client.put(b"ser/tickets/zzz", b"later".to_vec()).await?;
-    scanner.commit().await.context("an insert past the scanned part")?;
+    scanner
+        .commit()
+        .await
+        .context("an insert past the scanned part")?;
     Ok(())
 }
 

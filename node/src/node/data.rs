@@ -99,6 +99,16 @@ impl Node {
         Ok(group.state.get_many(keys).await?)
     }
 
+    /// Reads `keys` from the local state of `group` with provisional values (READ
+    /// UNCOMMITTED): a locked key reads as its transaction would leave it. Never waits.
+    pub async fn read_uncommitted(
+        &self,
+        group: &Group,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Versioned>>, NodeError> {
+        Ok(group.state.get_many_uncommitted(keys).await?)
+    }
+
     /// Reads `keys` of shard `group` as of oracle timestamp `read_ts` (a snapshot read): the
     /// leader confirms its leadership, fences writes at or below `read_ts` and waits for those
     /// still being committed (`concurrency.rs`), then reads each key's newest version at or

@@ -72,7 +72,16 @@ impl ShardKvService {
                 });
             }
         }
-        let values = if request.read_ts == 0 {
+        let values = if request.read_uncommitted {
+            if request.read_ts != 0 || request.consistency != v1::Consistency::Linearizable as i32 {
+                return Err(NodeError::InvalidArgument(
+                    "read_uncommitted reads the latest values through the leader: no read_ts, not stale"
+                        .to_string(),
+                ));
+            }
+            self.check_consistency(&group, request.consistency).await?;
+            self.node.read_uncommitted(&group, &request.keys).await?
+        } else if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
             if request.consistency == v1::Consistency::Linearizable as i32 {
                 self.node.check_unlocked(&group, &request.keys, u64::MAX)?;

@@ -360,6 +360,13 @@ impl ShardKv for FakeNode {
         Err(Status::unimplemented("the fake node has no transactions"))
     }
 
+    async fn txn_validate(
+        &self,
+        _request: Request<v1::ShardTxnValidateRequest>,
+    ) -> Result<Response<v1::ShardTxnValidateResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no transactions"))
+    }
+
     async fn read(&self, request: Request<ShardReadRequest>) -> Result<Response<ShardReadResponse>, Status> {
         let request = request.into_inner();
         let keys: Vec<&[u8]> = request.keys.iter().map(Vec::as_slice).collect();

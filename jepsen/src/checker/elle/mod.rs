@@ -436,8 +436,9 @@ impl Findings {
 /// are ignored). Fails when the history does not fit the model: broken invoke/complete
 /// pairing, a transaction without micro-operations, an `ok` one without read results.
 pub fn analyze(history: &History) -> Result<Report, ModelError> {
-    let txns = txns::extract(history)?;
+    let mut txns = txns::extract(history)?;
     let mut findings = Findings::default();
+    txns::strip_aborted_reads(&mut txns, &mut findings);
     let observed = txns::observe(&txns, &mut findings);
     let graph = graph::Graph::build(&txns, &observed);
     let mut stats = graph.stats();

@@ -120,6 +120,24 @@ fn a_write_cycle_is_g0() {
     assert_eq!(valid_at(&history), []);
 }
 
+/// A dirty read of an append that then aborted (what read uncommitted allows) is one G1a:
+/// the committed lists read before and after it, which never hold the aborted value, are
+/// still one version order — no `incompatible-order`, and valid at read uncommitted.
+#[test]
+fn a_dirty_read_of_an_aborted_append_is_only_g1a() {
+    let mut history = Builder::default();
+    history
+        .committed(0, &[append(1, 1)])
+        .txn(1, &[append(1, 2)])
+        .committed(2, &[read(1, &[1, 2])])
+        .fail(1)
+        .committed(3, &[append(1, 3)])
+        .committed(4, &[read(1, &[1, 3])]);
+    let found = report(&history);
+    assert_eq!(kinds(&found), ["G1a"]);
+    assert_eq!(valid_at(&history), up_to(Isolation::ReadUncommitted));
+}
+
 /// G1a: a committed read observes the append of a transaction that failed.
 #[test]
 fn reading_a_failed_append_is_g1a() {

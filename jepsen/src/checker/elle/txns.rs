@@ -180,6 +180,68 @@ impl Observed {
     }
 }
 
+/// Reports every read of a committed transaction that saw a value appended by a failed one
+/// (`G1a`, an aborted read) and takes those values out of the read. What remains is what the
+/// read saw of transactions that may have committed: the version orders and dependencies are
+/// built from that, so a dirty read — which READ UNCOMMITTED allows, and which puts a value
+/// no later read has into a list — is reported once, as `G1a`, not also as an
+/// `incompatible-order` of every read after it.
+pub(super) fn strip_aborted_reads(txns: &mut [Txn], findings: &mut Findings) {
+    let mut failed: HashMap<(u64, u64), usize> = HashMap::new();
+    for (position, txn) in txns.iter().enumerate() {
+        if txn.outcome == Outcome::Failed {
+            for micro_op in &txn.micro_ops {
+                if let MicroOp::Append { key, value } = micro_op {
+                    failed.entry((*key, *value)).or_insert(position);
+                }
+            }
+        }
+    }
+    if failed.is_empty() {
+        return;
+    }
+    for position in 0..txns.len() {
+        if txns[position].outcome != Outcome::Ok {
+            continue;
+        }
+        for micro_op_position in 0..txns[position].micro_ops.len() {
+            let MicroOp::Read {
+                key,
+                values: Some(values),
+            } = &txns[position].micro_ops[micro_op_position]
+            else {
+                continue;
+            };
+            let key = *key;
+            let Some((value, writer)) = values
+                .iter()
+                .find_map(|value| Some((*value, *failed.get(&(key, *value))?)))
+            else {
+                continue;
+            };
+            let reader = &txns[position];
+            let writer_txn = &txns[writer];
+            findings.add(
+                AnomalyKind::G1a,
+                Some(key),
+                format!(
+                    "{} read key {key} as {}: {value} was appended by {}, which failed",
+                    reader.name(),
+                    show(values),
+                    writer_txn.name()
+                ),
+                reader.ops().chain(writer_txn.ops()).collect(),
+            );
+            if let MicroOp::Read {
+                values: Some(values), ..
+            } = &mut txns[position].micro_ops[micro_op_position]
+            {
+                values.retain(|value| !failed.contains_key(&(key, *value)));
+            }
+        }
+    }
+}
+
 /// Derives version orders and observations from the reads of `txns`, reporting the
 /// anomalies they show on their own.
 pub(super) fn observe(txns: &[Txn], findings: &mut Findings) -> Observed {

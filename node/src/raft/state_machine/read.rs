@@ -10,7 +10,7 @@ use std::sync::{Arc, PoisonError};
 
 use super::layout::{all_data_bounds, data_bounds, user_key};
 use super::{join_error, mvcc, txn, GroupState};
-use crate::raft::txn::LockedKey;
+use crate::raft::txn::{LockedKey, TxnOp};
 use crate::raft::types::Versioned;
 use crate::storage::{StorageError, TreeRef};
 
@@ -65,6 +65,41 @@ impl GroupState {
         let tree = self.tree();
         keys.iter()
             .map(|key| Ok(mvcc::head(&tree, key)?.map(mvcc::Head::versioned)))
+            .collect()
+    }
+
+    /// Reads `keys` at one point between applied entries with provisional values: a key
+    /// locked by a transaction reads as the transaction's commit would leave it — a put's
+    /// value, absent after a delete, the committed value with the suffix of an append — at
+    /// version 0 (it has none yet); other keys read their heads. What READ UNCOMMITTED
+    /// transactions read: the transaction may still roll back (a dirty read).
+    pub async fn get_many_uncommitted(
+        &self,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Versioned>>, StorageError> {
+        let _guard = self.apply_lock.read().await;
+        let tree = self.tree();
+        let may_have_locks = self.may_have_locks();
+        keys.iter()
+            .map(|key| {
+                let head = mvcc::head(&tree, key)?.map(mvcc::Head::versioned);
+                let lock = if may_have_locks {
+                    txn::lock(&tree, key)?
+                } else {
+                    None
+                };
+                let provisional = |value: Vec<u8>| Versioned { version: 0, value };
+                Ok(match lock.map(|lock| lock.op) {
+                    None => head,
+                    Some(TxnOp::Put(value)) => Some(provisional(value)),
+                    Some(TxnOp::Delete) => None,
+                    Some(TxnOp::Append(suffix)) => {
+                        let mut value = head.map(|head| head.value).unwrap_or_default();
+                        value.extend_from_slice(&suffix);
+                        Some(provisional(value))
+                    }
+                })
+            })
             .collect()
     }
 

@@ -316,6 +316,52 @@ mod tests {
         })
     }
 
+    /// Read uncommitted sees what a prewritten transaction would leave (a put's value, a
+    /// delete's absence, an append on the committed value) at version 0, while every other
+    /// read still sees the committed values.
+    #[tokio::test]
+    async fn uncommitted_reads_see_provisional_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        sm.apply(vec![
+            put(1, b"a", b"old", 1),
+            put(2, b"b", b"gone", 2),
+            put(3, b"c", b"x", 3),
+        ])
+        .await
+        .expect("put");
+        let mut prewrite = prewrite(500, &[(b"a", Some(b"new")), (b"b", None)], Some(10_000));
+        if let Command::TxnPrewrite(request) = &mut prewrite {
+            request.mutations.push(TxnMutation {
+                key: b"c".to_vec(),
+                op: TxnOp::Append(b"y".to_vec()),
+            });
+        }
+        assert_eq!(apply(&mut sm, 4, prewrite).await, TxnOutcome::Prewritten);
+        let keys = [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()];
+        let dirty = state.get_many_uncommitted(&keys).await.expect("read");
+        let dirty: Vec<Option<(u64, Vec<u8>)>> = dirty
+            .into_iter()
+            .map(|v| v.map(|v| (v.version, v.value)))
+            .collect();
+        assert_eq!(
+            dirty,
+            vec![Some((0, b"new".to_vec())), None, Some((0, b"xy".to_vec())), None]
+        );
+        let committed = state.get_many(&keys).await.expect("read");
+        let committed: Vec<Option<Vec<u8>>> = committed.into_iter().map(|v| v.map(|v| v.value)).collect();
+        assert_eq!(
+            committed,
+            vec![
+                Some(b"old".to_vec()),
+                Some(b"gone".to_vec()),
+                Some(b"x".to_vec()),
+                None
+            ]
+        );
+    }
+
     const COMMITTED_AT_900: TxnOutcome = TxnOutcome::Status(TxnStatus::Committed { commit_ts: 900 });
 
     /// Prewrite locks without changing what reads see; the primary's commit is the commit

@@ -266,10 +266,24 @@ mod tests {
         sm.apply(vec![write_at(2, 250, &[(b"a", Some(b"2"))])])
             .await
             .expect("apply");
-        assert_eq!(validate(200, 400, keys(&[b"a", b"b"])).await, vec![changed(b"a", 250)]);
-        assert_eq!(validate(250, 400, keys(&[b"a"])).await, vec![], "written at the start");
-        assert_eq!(validate(200, 249, keys(&[b"a"])).await, vec![], "written after the commit");
-        assert_eq!(validate(200, 400, range(b"a", Some(b"b"))).await, vec![changed(b"a", 250)]);
+        assert_eq!(
+            validate(200, 400, keys(&[b"a", b"b"])).await,
+            vec![changed(b"a", 250)]
+        );
+        assert_eq!(
+            validate(250, 400, keys(&[b"a"])).await,
+            vec![],
+            "written at the start"
+        );
+        assert_eq!(
+            validate(200, 249, keys(&[b"a"])).await,
+            vec![],
+            "written after the commit"
+        );
+        assert_eq!(
+            validate(200, 400, range(b"a", Some(b"b"))).await,
+            vec![changed(b"a", 250)]
+        );
         assert_eq!(validate(200, 400, range(b"b", None)).await, vec![]);
         // A delete is a change; so is a key created in a scanned range (a phantom).
         sm.apply(vec![write_at(3, 350, &[(b"b", None), (b"c", Some(b"new"))])])
@@ -305,8 +319,11 @@ mod tests {
         };
         assert_eq!(validate(360, 400, keys(&[b"d"])).await, vec![locked_d.clone()]);
         assert_eq!(validate(360, 400, range(b"c", None)).await, vec![locked_d]);
-        assert_eq!(validate(360, 380, keys(&[b"d"])).await, vec![], "starts at the commit");
+        assert_eq!(
+            validate(360, 380, keys(&[b"d"])).await,
+            vec![],
+            "starts at the commit"
+        );
         assert_eq!(validate(380, 400, keys(&[b"d"])).await, vec![], "its own lock");
     }
-
 }
