@@ -439,6 +439,83 @@ fn appended(committed: Option<Versioned>, suffix: &[u8]) -> Versioned {
     own(value)
 }
 
+/// Where a collection of old transaction records is ([`Client::collect_txn_records`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnGcProgress {
+    /// `resolve` (locks below the safe point), `purge` (records below it) or `done`.
+    pub phase: &'static str,
+    /// Shards finished in this phase, of `shards`.
+    pub shards_done: u32,
+    pub shards: u32,
+    /// Records of transactions that started below this oracle timestamp go.
+    pub safe_point: u64,
+    pub locks_resolved: u64,
+    pub records_purged: u64,
+}
+
+impl From<proto::TxnGcProgress> for TxnGcProgress {
+    fn from(progress: proto::TxnGcProgress) -> Self {
+        use proto::txn_gc_progress::Phase;
+        let phase = match Phase::try_from(progress.phase) {
+            Ok(Phase::Resolve) => "resolve",
+            Ok(Phase::Purge) => "purge",
+            Ok(Phase::Done) => "done",
+            Err(_) => "unknown",
+        };
+        TxnGcProgress {
+            phase,
+            shards_done: progress.shards_done,
+            shards: progress.shards,
+            safe_point: progress.safe_point,
+            locks_resolved: progress.locks_resolved,
+            records_purged: progress.records_purged,
+        }
+    }
+}
+
+impl Client {
+    /// Collects the records of transactions older than `age` now (`None`: the router's
+    /// `txn_gc_age_ms`), as routers do on their own every `txn_gc_interval_ms`: resolves
+    /// every lock below the safe point on every shard, then deletes the records of finished
+    /// transactions below it. `on_progress` sees each step the router reports (some may be
+    /// skipped when the client reads slowly); the final one (`done`) is returned. Not
+    /// retried: running it again is safe.
+    pub async fn collect_txn_records(
+        &self,
+        age: Option<std::time::Duration>,
+        mut on_progress: impl FnMut(&TxnGcProgress),
+    ) -> Result<TxnGcProgress, Error> {
+        let message = proto::TxnGcRequest {
+            age_ms: age.map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX).max(1)),
+        };
+        let max_bytes = self.config().max_message_bytes;
+        let mut stream = self
+            .routers()
+            .call(OpKind::Read, "txn gc", |channel, timeout| {
+                let request = with_deadline(message, timeout);
+                async move { txn_client(channel, max_bytes).gc(request).await }
+            })
+            .await?;
+        loop {
+            match stream.message().await {
+                Ok(Some(step)) => {
+                    let step = TxnGcProgress::from(step);
+                    on_progress(&step);
+                    if step.phase == "done" {
+                        return Ok(step);
+                    }
+                }
+                Ok(None) => {
+                    return Err(Error::Unavailable(
+                        "the collection's stream ended before it was done".to_string(),
+                    ))
+                }
+                Err(status) => return Err(crate::error::Failure::from_status(&status).error),
+            }
+        }
+    }
+}
+
 /// What became of a transaction whose commit ended with "outcome unknown".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxnState {

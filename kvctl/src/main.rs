@@ -29,6 +29,7 @@ mod progress;
 mod range;
 mod timestamp;
 mod txn;
+mod txn_gc;
 mod value;
 
 use std::process::ExitCode;
@@ -133,6 +134,9 @@ enum Command {
     Timestamp(timestamp::TimestampArgs),
     /// Run a script of gets, puts and deletes as one transaction (stdin or a file).
     Txn(txn::TxnArgs),
+    /// Collect the records of old transactions now (routers also do it periodically).
+    #[command(name = "txn-gc")]
+    TxnGc(txn_gc::TxnGcArgs),
     /// Start a local cluster of real processes (nodes + router) and keep it running.
     #[cfg(unix)]
     Playground(playground::PlaygroundArgs),
@@ -216,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             membership::leader(&connect(endpoints, router_config).await?, command, output).await
         }
         Command::Txn(args) => txn::run(&connect(endpoints, router_config).await?, args, output).await,
+        Command::TxnGc(args) => txn_gc::run(&connect(endpoints, router_config).await?, args, output).await,
         Command::Timestamp(args) => {
             timestamp::run(&connect(endpoints, router_config).await?, args, output).await
         }

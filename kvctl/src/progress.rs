@@ -16,6 +16,19 @@ pub const LOAD_TEMPLATE: &str =
 /// `count`: the running count and shards done in the message (see [`count_message`]).
 pub const COUNT_TEMPLATE: &str = "{spinner} counting: {msg}  [{elapsed}]";
 
+/// `txn-gc`: shards done of the phase, the phase and its counts in the message (see
+/// [`gc_message`]).
+pub const GC_TEMPLATE: &str = "{spinner} txn-gc: {wide_bar} shards {pos}/{len}  {msg}  [{elapsed}]";
+
+/// `purge: 3 locks resolved, 1,234 records collected`.
+pub fn gc_message(phase: &str, locks_resolved: u64, records_purged: u64) -> String {
+    format!(
+        "{phase}: {} locks resolved, {} records collected",
+        HumanCount(locks_resolved),
+        HumanCount(records_purged)
+    )
+}
+
 /// `1,234 keys/s` from a bar's position and elapsed time.
 pub fn rate_message(bar: &ProgressBar) -> String {
     let seconds = bar.elapsed().as_secs_f64();
@@ -55,7 +68,7 @@ mod tests {
     /// Every template parses (a typo would silently fall back to the default style).
     #[test]
     fn templates_parse() {
-        for template in [LOAD_TEMPLATE, COUNT_TEMPLATE] {
+        for template in [LOAD_TEMPLATE, COUNT_TEMPLATE, GC_TEMPLATE] {
             assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
         }
     }
@@ -65,5 +78,9 @@ mod tests {
     fn messages() {
         assert_eq!(count_message(1234, 3, 16), "1,234 keys so far, shards 3/16");
         assert_eq!(rate_message(&ProgressBar::hidden()), "0 keys/s");
+        assert_eq!(
+            gc_message("purge", 3, 1234),
+            "purge: 3 locks resolved, 1,234 records collected"
+        );
     }
 }

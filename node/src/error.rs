@@ -69,6 +69,14 @@ pub enum NodeError {
          snapshot install); read at a newer timestamp"
     )]
     SnapshotTooOld { read_ts: u64, floor: u64 },
+    /// A transaction below the shard's transaction safe point has no record: it was
+    /// garbage-collected, and its outcome is no longer known.
+    #[error(
+        "transaction {start_ts} started below the transaction safe point {safe_point}: its record \
+         was garbage-collected and its outcome is no longer known here (every lock it left was \
+         resolved before; read its keys to see what it wrote)"
+    )]
+    TxnForgotten { start_ts: u64, safe_point: u64 },
     /// A write (or delete-range) met a key locked by a transaction being committed or
     /// rolled back; it was not applied. Retry once the transaction is over.
     #[error(
@@ -144,6 +152,10 @@ impl NodeError {
                 floor: *floor,
             },
             NodeError::KeyLocked(locked) => NodeError::KeyLocked(locked.clone()),
+            NodeError::TxnForgotten { start_ts, safe_point } => NodeError::TxnForgotten {
+                start_ts: *start_ts,
+                safe_point: *safe_point,
+            },
             NodeError::Encode { what, detail } => NodeError::Encode {
                 what,
                 detail: detail.clone(),
@@ -181,6 +193,7 @@ impl NodeError {
             | NodeError::CampaignRefused(_)
             | NodeError::Overloaded(_)
             | NodeError::SnapshotTooOld { .. }
+            | NodeError::TxnForgotten { .. }
             | NodeError::KeyLocked(_) => true,
         }
     }

@@ -90,6 +90,12 @@ pub struct RouterConfig {
     /// `scan_buffer_bytes / shards`, at least 64 KiB): the router memory one scan needs,
     /// however large its result.
     pub scan_buffer_bytes: u64,
+    /// How often the router collects the records of old transactions (`txn_gc.rs`); 0 never
+    /// (`Txn.Gc` / `kvctl txn-gc` still do on demand).
+    pub txn_gc_interval_ms: u64,
+    /// Records of transactions that started longer ago than this (oracle time) are
+    /// collected, and a transaction older than this can no longer commit (`TXN_TOO_OLD`).
+    pub txn_gc_age_ms: u64,
     /// NEGATIVE CONTROL ONLY — breaks repeatable read on purpose: transactions commit
     /// without the write-conflict check (lost updates). Not settable from a config file.
     #[serde(skip)]
@@ -125,6 +131,8 @@ impl Default for RouterConfig {
             retry_max_backoff_ms: 200,
             shutdown_timeout_ms: 10_000,
             scan_buffer_bytes: 16 * MIB as u64,
+            txn_gc_interval_ms: 300_000,
+            txn_gc_age_ms: 600_000,
             unsafe_skip_write_conflict: false,
             unsafe_skip_read_validation: false,
         }
@@ -187,6 +195,7 @@ impl RouterConfig {
             ("retry_initial_backoff_ms", self.retry_initial_backoff_ms),
             ("retry_max_backoff_ms", self.retry_max_backoff_ms),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("txn_gc_age_ms", self.txn_gc_age_ms),
         ] {
             if value_ms == 0 || value_ms > MAX_DURATION_MS {
                 return Err(invalid(
@@ -194,6 +203,15 @@ impl RouterConfig {
                     format!("must be between 1 and {MAX_DURATION_MS}, got {value_ms}"),
                 ));
             }
+        }
+        if self.txn_gc_interval_ms > MAX_DURATION_MS {
+            return Err(invalid(
+                "txn_gc_interval_ms",
+                format!(
+                    "must be at most {MAX_DURATION_MS} (0: never), got {}",
+                    self.txn_gc_interval_ms
+                ),
+            ));
         }
         if !(64 * 1024..=1 << 30).contains(&self.scan_buffer_bytes) {
             return Err(invalid(
@@ -276,6 +294,11 @@ impl RouterConfig {
     /// [`Self::refresh_interval_ms`] as a duration.
     pub fn refresh_interval(&self) -> Duration {
         Duration::from_millis(self.refresh_interval_ms)
+    }
+
+    /// [`Self::txn_gc_age_ms`] as a duration.
+    pub fn txn_gc_age(&self) -> Duration {
+        Duration::from_millis(self.txn_gc_age_ms)
     }
 
     /// [`Self::default_request_timeout_ms`] as a duration.

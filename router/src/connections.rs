@@ -325,6 +325,16 @@ impl NodeApi for GrpcNodes {
                     .await?
                     .into_inner(),
             ),
+            TxnCall::Gc(request) => TxnReply::Gc(
+                bounded(timeout, client.txn_gc(with_timeout(request, timeout)))
+                    .await?
+                    .into_inner(),
+            ),
+            TxnCall::ScanLocks(request) => TxnReply::ScanLocks(
+                bounded(timeout, client.txn_scan_locks(with_timeout(request, timeout)))
+                    .await?
+                    .into_inner(),
+            ),
         };
         Ok(reply)
     }

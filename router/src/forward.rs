@@ -337,9 +337,9 @@ impl<N: NodeApi> Forwarder<N> {
         let shard = ShardId(call.shard_id());
         match self.txn(shard_count, call, deadline).await? {
             TxnReply::Status(status) => Ok(status),
-            TxnReply::Prewrite(_) | TxnReply::Validate(_) => Err(RouterError::BadNodeResponse {
+            _ => Err(RouterError::BadNodeResponse {
                 shard,
-                reason: "conflicts in answer to a status call".to_string(),
+                reason: "not a status in answer to a status call".to_string(),
             }),
         }
     }
@@ -365,7 +365,20 @@ impl<N: NodeApi> Forwarder<N> {
                 start_ts: lock.start_ts,
                 primary: lock.primary.clone(),
             });
-            let status = self.txn_status(shard_count, check, deadline).await?;
+            let status = match self.txn_status(shard_count, check, deadline).await {
+                Ok(status) => status,
+                // Below the transaction safe point without a record: garbage-collected after
+                // every lock of a committed transaction was resolved, so this lock's
+                // transaction never committed.
+                Err(RouterError::Node {
+                    code: tonic::Code::OutOfRange,
+                    ..
+                }) => ShardTxnStatusResponse {
+                    state: TxnState::RolledBack as i32,
+                    ..ShardTxnStatusResponse::default()
+                },
+                Err(err) => return Err(err),
+            };
             let resolve = match TxnState::try_from(status.state) {
                 Ok(TxnState::Committed) => TxnCall::Commit(ShardTxnCommitRequest {
                     shard_id: key_shard,

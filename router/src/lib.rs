@@ -69,6 +69,7 @@ mod topology;
 mod tso;
 mod tso_service;
 mod txn;
+mod txn_gc;
 mod txn_service;
 mod validate;
 mod write_merge;

@@ -8,8 +8,9 @@ use ringkv_proto::v1::{
     AddNodeRequest, DecommissionNodeRequest, GetTimestampsRequest, GetTimestampsResponse, NodeStatusResponse,
     RingChangeResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
     ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
-    ShardTxnCheckStatusRequest, ShardTxnCommitRequest, ShardTxnPrewriteRequest, ShardTxnPrewriteResponse,
-    ShardTxnRollbackRequest, ShardTxnStatusResponse, ShardTxnValidateRequest, ShardTxnValidateResponse,
+    ShardTxnCheckStatusRequest, ShardTxnCommitRequest, ShardTxnGcRequest, ShardTxnGcResponse,
+    ShardTxnPrewriteRequest, ShardTxnPrewriteResponse, ShardTxnRollbackRequest, ShardTxnScanLocksRequest,
+    ShardTxnScanLocksResponse, ShardTxnStatusResponse, ShardTxnValidateRequest, ShardTxnValidateResponse,
     ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::Status;
@@ -133,6 +134,8 @@ pub enum TxnCall {
     Rollback(ShardTxnRollbackRequest),
     CheckStatus(ShardTxnCheckStatusRequest),
     Validate(ShardTxnValidateRequest),
+    Gc(ShardTxnGcRequest),
+    ScanLocks(ShardTxnScanLocksRequest),
 }
 
 impl TxnCall {
@@ -144,6 +147,8 @@ impl TxnCall {
             TxnCall::Rollback(request) => request.shard_id,
             TxnCall::CheckStatus(request) => request.shard_id,
             TxnCall::Validate(request) => request.shard_id,
+            TxnCall::Gc(request) => request.shard_id,
+            TxnCall::ScanLocks(request) => request.shard_id,
         }
     }
 }
@@ -154,6 +159,8 @@ pub enum TxnReply {
     Prewrite(ShardTxnPrewriteResponse),
     Status(ShardTxnStatusResponse),
     Validate(ShardTxnValidateResponse),
+    Gc(ShardTxnGcResponse),
+    ScanLocks(ShardTxnScanLocksResponse),
 }
 
 /// A ring change a router forwards to a node.

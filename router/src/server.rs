@@ -33,6 +33,7 @@ use crate::refresher::{RefreshSettings, Refresher};
 use crate::topology::TopologyHandle;
 use crate::tso::TsoClient;
 use crate::tso_service::TsoService;
+use crate::txn_gc::TxnGcTask;
 use crate::txn_service::TxnService;
 
 /// Interval of HTTP/2 keep-alive pings to clients.
@@ -88,6 +89,14 @@ impl Router {
             config.rpc_timeout(),
         ));
         let ctx = Arc::new(RouterContext::new(&config, nodes, topology.clone()));
+        let txn_gc = (config.txn_gc_interval_ms > 0).then(|| {
+            TxnGcTask::spawn(
+                Arc::clone(&ctx),
+                Arc::clone(&tso),
+                Duration::from_millis(config.txn_gc_interval_ms),
+                config.txn_gc_age(),
+            )
+        });
         let gossip = match RouterGossip::start(
             local_addr,
             config.seed_nodes.clone(),
@@ -107,9 +116,13 @@ impl Router {
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
         let tso_service = TsoServer::new(TsoService::new(Arc::clone(&ctx), Arc::clone(&tso)));
-        let txn_service = TxnServer::new(TxnService::new(Arc::clone(&ctx), Arc::clone(&tso)))
-            .max_decoding_message_size(config.max_request_bytes)
-            .max_encoding_message_size(config.max_response_bytes);
+        let txn_service = TxnServer::new(TxnService::new(
+            Arc::clone(&ctx),
+            Arc::clone(&tso),
+            config.txn_gc_age(),
+        ))
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.max_response_bytes);
         let admin = AdminServer::new(AdminService::new(ctx))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
@@ -134,6 +147,7 @@ impl Router {
             refresher,
             tso,
             gossip,
+            txn_gc,
             shutdown_timeout: config.shutdown_timeout(),
         })
     }
@@ -149,6 +163,7 @@ pub struct RouterHandle {
     refresher: Refresher,
     tso: Arc<TsoClient>,
     gossip: Option<RouterGossip>,
+    txn_gc: Option<TxnGcTask>,
     shutdown_timeout: Duration,
 }
 
@@ -187,6 +202,9 @@ impl RouterHandle {
                 }
             },
         };
+        if let Some(txn_gc) = self.txn_gc.take() {
+            txn_gc.shutdown().await;
+        }
         self.tso.shutdown().await;
         self.refresher.shutdown().await;
         if let Some(gossip) = self.gossip.take() {

@@ -101,6 +101,7 @@ async fn transactions_commit_atomically_and_conflicts_abort() -> anyhow::Result<
     transfers_conserve_money(&client, Isolation::Serializable, "sbank").await?;
     abandoned_transactions_are_resolved(&cluster, &client).await?;
     kvctl_runs_a_script(&cluster, &client).await?;
+    old_transaction_records_are_collected(&cluster, &client).await?;
     Ok(())
 }
 
@@ -328,6 +329,80 @@ async fn abandoned_transactions_are_resolved(cluster: &Cluster, client: &Client)
     let both = client.batch_get([&b"half/a"[..], b"half/b"]).await?;
     let values: Vec<Option<Vec<u8>>> = both.into_iter().map(|v| v.map(|v| v.value)).collect();
     assert_eq!(values, vec![Some(b"new-a".to_vec()), Some(b"new-b".to_vec())]);
+    Ok(())
+}
+
+/// A collection finishes a transaction whose primary committed but whose other lock nobody
+/// met (it commits the lock), then deletes the records of finished transactions; asking
+/// about a collected one says it is no longer known (never "aborted"); a second collection
+/// finds nothing; `kvctl txn-gc` runs one too.
+async fn old_transaction_records_are_collected(cluster: &Cluster, client: &Client) -> anyhow::Result<()> {
+    let mut txn = client.begin(Isolation::RepeatableRead).await?;
+    txn.put(b"gc/x", b"1".to_vec());
+    txn.put(b"gc/y", b"1".to_vec());
+    txn.commit().await?;
+    let start_ts = client.timestamp().await?;
+    prewrite(cluster, start_ts, &[(b"gc/a", b"new-a"), (b"gc/b", b"new-b")]).await?;
+    let commit_ts = client.timestamp().await?;
+    shard_call(cluster, b"gc/a", |shard_id, mut shard_kv| async move {
+        shard_kv
+            .txn_commit(proto::ShardTxnCommitRequest {
+                shard_id,
+                start_ts,
+                commit_ts,
+                keys: vec![b"gc/a".to_vec()],
+                primary: true,
+            })
+            .await
+            .map(drop)
+    })
+    .await?;
+    assert_eq!(
+        client.txn_status(start_ts, b"gc/a").await?,
+        ringkv_client::TxnState::Committed { commit_ts }
+    );
+
+    let mut phases = Vec::new();
+    let done = client
+        .collect_txn_records(Some(Duration::from_millis(1)), |step| phases.push(step.phase))
+        .await?;
+    assert_eq!(done.phase, "done");
+    assert!(done.locks_resolved >= 1, "the lock left on gc/b: {done:?}");
+    assert!(done.records_purged >= 2, "{done:?}");
+    assert!(
+        phases.contains(&"resolve") && phases.contains(&"purge"),
+        "{phases:?}"
+    );
+    let values: Vec<Option<Vec<u8>>> = client
+        .batch_get([&b"gc/a"[..], b"gc/b"])
+        .await?
+        .into_iter()
+        .map(|v| v.map(|v| v.value))
+        .collect();
+    assert_eq!(values, vec![Some(b"new-a".to_vec()), Some(b"new-b".to_vec())]);
+    let forgotten = client.txn_status(start_ts, b"gc/a").await;
+    assert!(
+        matches!(&forgotten, Err(err) if err.to_string().contains("garbage-collected")),
+        "{forgotten:?}"
+    );
+
+    let again = client
+        .collect_txn_records(Some(Duration::from_millis(1)), |_| {})
+        .await?;
+    assert_eq!((again.locks_resolved, again.records_purged), (0, 0), "{again:?}");
+    let router = cluster.router_addr.clone().context("the router's address")?;
+    let output = tokio::process::Command::new(ringkv_tests::bin_dir()?.join("kvctl"))
+        .args(["-e", &router, "-o", "json", "txn-gc", "--age-ms", "1"])
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(report["records_collected"], 0, "{report}");
     Ok(())
 }
 

@@ -10,7 +10,8 @@ use crate::group::Group;
 use crate::proposal;
 use crate::raft::state_machine::ReadSet;
 use crate::raft::txn::{
-    TxnCheckStatus, TxnCommit, TxnConflict, TxnMutation, TxnOutcome, TxnPrewrite, TxnRollback,
+    LockedKey, TxnCheckStatus, TxnCommit, TxnConflict, TxnGc, TxnMutation, TxnOutcome, TxnPrewrite,
+    TxnRollback,
 };
 use crate::raft::types::{Command, CommandResult, GroupId};
 
@@ -93,6 +94,51 @@ impl Node {
         }
         self.prepare_read_at(group, commit_ts).await?;
         Ok(group.state.validate_reads(start_ts, commit_ts, reads).await?)
+    }
+
+    /// Garbage collection on shard `group` (see `TxnGc`): an entry only when the leader
+    /// holds a record to delete, so a quiet shard costs one leadership check.
+    pub async fn txn_gc(&self, group: &Group, gc: TxnGc) -> Result<TxnOutcome, NodeError> {
+        let now = self.oracle_now().await?;
+        if gc.safe_point > now {
+            return Err(NodeError::InvalidArgument(format!(
+                "safe point {} is in the future (the oracle is at {now})",
+                gc.safe_point
+            )));
+        }
+        if group.id == GroupId::System {
+            return Err(NodeError::InvalidArgument(format!(
+                "{} does not take transactions",
+                group.id
+            )));
+        }
+        self.ensure_linearizable(group).await?;
+        if !group.state.has_collectable_records(gc.safe_point).await? {
+            return Ok(TxnOutcome::Collected {
+                safe_point: gc.safe_point,
+                purged: 0,
+                more: false,
+            });
+        }
+        self.propose_txn(group, Command::TxnGc(gc)).await
+    }
+
+    /// Up to `limit` locks on shard `group` of transactions that started below `below`, read
+    /// on the leader, and whether more exist.
+    pub async fn txn_scan_locks(
+        &self,
+        group: &Group,
+        below: u64,
+        limit: usize,
+    ) -> Result<(Vec<LockedKey>, bool), NodeError> {
+        if group.id == GroupId::System {
+            return Err(NodeError::InvalidArgument(format!(
+                "{} does not take transactions",
+                group.id
+            )));
+        }
+        self.ensure_linearizable(group).await?;
+        Ok(group.state.locks_below(below, limit).await?)
     }
 
     /// A fresh timestamp of the oracle.

@@ -85,6 +85,20 @@ pub struct TxnCheckStatus {
     pub now_ts: u64,
 }
 
+/// Garbage collection of transaction records on one shard: deletes up to `purge_limit`
+/// records of transactions that started below `safe_point` and are over — rolled back, or
+/// committed below `safe_point` — and raises the shard's transaction safe point to it (a
+/// prewrite that started below the safe point is refused from then on, and a transaction
+/// below it without a record is "forgotten"). The collector takes `safe_point` from the
+/// oracle before it resolves every lock below it on every shard: a transaction committed
+/// below it had every lock in place before, so none of its locks is left or comes back; a
+/// lock of a rolled-back one that shows up later is rolled back by whoever meets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnGc {
+    pub safe_point: u64,
+    pub purge_limit: u32,
+}
+
 /// A transaction's status, as recorded on its primary key's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnStatus {
@@ -157,4 +171,14 @@ pub enum TxnOutcome {
     Conflicts(Vec<TxnConflict>),
     /// The transaction's status after a commit, rollback or status check.
     Status(TxnStatus),
+    /// The transaction started below the shard's transaction safe point and has no record:
+    /// it was garbage-collected, and its outcome is no longer known here.
+    Forgotten { safe_point: u64 },
+    /// A garbage collection: the shard's safe point, the records deleted, and whether
+    /// records below the safe point remain.
+    Collected {
+        safe_point: u64,
+        purged: u64,
+        more: bool,
+    },
 }

@@ -6,7 +6,7 @@ use openraft::BasicNode;
 use ringkv_ring::{MemberState, RingConfig, RingMember};
 use serde::{Deserialize, Serialize};
 
-pub use super::txn::{LockedKey, TxnCheckStatus, TxnCommit, TxnOutcome, TxnPrewrite, TxnRollback};
+pub use super::txn::{LockedKey, TxnCheckStatus, TxnCommit, TxnGc, TxnOutcome, TxnPrewrite, TxnRollback};
 
 pub type NodeId = u64;
 
@@ -92,6 +92,8 @@ pub enum Command {
     TxnRollback(TxnRollback),
     /// Shard groups: what became of a transaction, rolling back one past its expiry.
     TxnCheckStatus(TxnCheckStatus),
+    /// Shard groups: raise the transaction safe point and delete records below it.
+    TxnGc(TxnGc),
 }
 
 /// A [`Command::DeleteRangeAt`]: the delete-range and its commit timestamp.
@@ -186,6 +188,7 @@ impl fmt::Display for Command {
                 rollback.start_ts
             ),
             Command::TxnCheckStatus(check) => write!(f, "txn-check-status({})", check.start_ts),
+            Command::TxnGc(gc) => write!(f, "txn-gc(below {}, up to {})", gc.safe_point, gc.purge_limit),
         }
     }
 }

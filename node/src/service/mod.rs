@@ -31,7 +31,7 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         | NodeError::WrongNode { .. }
         | NodeError::CampaignRefused(_) => Code::FailedPrecondition,
         // Final (the router does not retry it): the caller needs a newer timestamp.
-        NodeError::SnapshotTooOld { .. } => Code::OutOfRange,
+        NodeError::SnapshotTooOld { .. } | NodeError::TxnForgotten { .. } => Code::OutOfRange,
         NodeError::NotLeader { .. }
         | NodeError::NoQuorum { .. }
         | NodeError::NotInitialized

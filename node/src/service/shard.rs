@@ -467,6 +467,22 @@ impl ShardKv for ShardKvService {
             .map(Response::new)
             .map_err(|err| status(err, true))
     }
+
+    async fn txn_gc(
+        &self,
+        request: Request<v1::ShardTxnGcRequest>,
+    ) -> Result<Response<v1::ShardTxnGcResponse>, Status> {
+        let result = self.txn_gc(request.into_inner()).await;
+        result.map(Response::new).map_err(|err| status(err, true))
+    }
+
+    async fn txn_scan_locks(
+        &self,
+        request: Request<v1::ShardTxnScanLocksRequest>,
+    ) -> Result<Response<v1::ShardTxnScanLocksResponse>, Status> {
+        let result = self.txn_scan_locks(request.into_inner()).await;
+        result.map(Response::new).map_err(|err| status(err, true))
+    }
 }
 
 #[cfg(test)]

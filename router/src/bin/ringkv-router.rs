@@ -29,6 +29,12 @@ struct Cli {
     /// Seed node addresses, comma-separated (required unless set in the config file).
     #[arg(long, value_name = "ADDR,ADDR,...", value_delimiter = ',')]
     nodes: Vec<String>,
+    /// Collect the records of old transactions this often, in ms (0: never) [default: 300000].
+    #[arg(long, value_name = "MS")]
+    txn_gc_interval_ms: Option<u64>,
+    /// Collect the records of transactions older than this, in ms [default: 600000].
+    #[arg(long, value_name = "MS")]
+    txn_gc_age_ms: Option<u64>,
     /// Once bound, write the listening address to this file (atomically).
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
@@ -80,6 +86,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if !cli.nodes.is_empty() {
         config.seed_nodes = cli.nodes.iter().map(|a| a.trim().to_string()).collect();
+    }
+    if let Some(ms) = cli.txn_gc_interval_ms {
+        config.txn_gc_interval_ms = ms;
+    }
+    if let Some(ms) = cli.txn_gc_age_ms {
+        config.txn_gc_age_ms = ms;
     }
     config.unsafe_skip_write_conflict |= cli.unsafe_skip_write_conflict;
     config.unsafe_skip_read_validation |= cli.unsafe_skip_read_validation;

@@ -367,6 +367,20 @@ impl ShardKv for FakeNode {
         Err(Status::unimplemented("the fake node has no transactions"))
     }
 
+    async fn txn_gc(
+        &self,
+        _request: Request<v1::ShardTxnGcRequest>,
+    ) -> Result<Response<v1::ShardTxnGcResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no transactions"))
+    }
+
+    async fn txn_scan_locks(
+        &self,
+        _request: Request<v1::ShardTxnScanLocksRequest>,
+    ) -> Result<Response<v1::ShardTxnScanLocksResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no transactions"))
+    }
+
     async fn read(&self, request: Request<ShardReadRequest>) -> Result<Response<ShardReadResponse>, Status> {
         let request = request.into_inner();
         let keys: Vec<&[u8]> = request.keys.iter().map(Vec::as_slice).collect();

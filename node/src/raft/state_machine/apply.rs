@@ -189,6 +189,9 @@ impl GroupState {
             EntryPayload::Normal(Command::TxnCheckStatus(check)) => {
                 CommandResult::Txn(self.apply_check_status(tree, check, &mut batch)?)
             }
+            EntryPayload::Normal(Command::TxnGc(gc)) => {
+                CommandResult::Txn(self.apply_gc(tree, gc, &mut batch)?)
+            }
             EntryPayload::Normal(Command::TsoAdvance(limit_ms)) => {
                 let current: u64 = match tree.get(TSO_LIMIT_KEY)? {
                     Some(bytes) => decode(tree.name(), &bytes)?,

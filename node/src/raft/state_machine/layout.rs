@@ -21,6 +21,7 @@
 //! | `s` | u64 big-endian | the highest commit timestamp applied (shards; see `mvcc.rs`) |
 //! | `k` ‖ user key | postcard `Lock` | a transaction's prewritten, uncommitted write of the key (shards; see `txn.rs`) |
 //! | `t` ‖ start timestamp (u64 big-endian) | postcard `TxnStatus` | a transaction's status, on its primary key's shard |
+//! | `f` | u64 big-endian | the transaction safe point: prewrites that started below it are refused, records below it may be gone (shards; see `txn.rs`) |
 //! | `c` | postcard `ClusterConfig` | cluster configuration (system group only) |
 //! | `o` | postcard `u64` | the timestamp oracle's persisted bound, in milliseconds (system group only) |
 //!
@@ -64,6 +65,8 @@ pub(super) const RANGE_EXPIRY_PREFIX: u8 = b'y';
 pub(super) const LOCK_PREFIX: u8 = b'k';
 /// Transaction records: `t` + start timestamp.
 pub(super) const TXN_RECORD_PREFIX: u8 = b't';
+/// The transaction safe point (u64 big-endian).
+pub(super) const TXN_SAFE_POINT_KEY: &[u8] = b"f";
 /// The last applied log id.
 pub(in crate::raft) const APPLIED_KEY: &[u8] = b"a";
 /// The writes of the entry being applied, recorded first (see `apply.rs`).

@@ -245,6 +245,43 @@ impl GroupState {
         txn::first_lock_in(&self.tree(), start, end, max_start_ts)
     }
 
+    /// Up to `limit` locks of transactions that started below `below`, in key order, and
+    /// whether more exist (what garbage collection resolves before it purges records).
+    pub async fn locks_below(
+        &self,
+        below: u64,
+        limit: usize,
+    ) -> Result<(Vec<LockedKey>, bool), StorageError> {
+        if !self.may_have_locks() {
+            return Ok((Vec::new(), false));
+        }
+        let guard = self.apply_lock.clone().read_owned().await;
+        let tree = self.tree();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let mut found = Vec::new();
+            let mut next = Vec::new();
+            while let Some(locked) = txn::first_lock_in(&tree, &next, None, below.saturating_sub(1))? {
+                if found.len() >= limit {
+                    return Ok((found, true));
+                }
+                next = locked.key.clone();
+                next.push(0);
+                found.push(locked);
+            }
+            Ok((found, false))
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Whether a garbage collection at `safe_point` would delete a record here.
+    pub async fn has_collectable_records(&self, safe_point: u64) -> Result<bool, StorageError> {
+        let _guard = self.apply_lock.read().await;
+        let (keys, more) = txn::collectable_below(&self.tree(), safe_point, 1)?;
+        Ok(!keys.is_empty() || more)
+    }
+
     /// The number of stored keys (`d` records); for tests and tools.
     pub fn data_len(&self) -> Result<usize, StorageError> {
         let (start, end) = all_data_bounds();

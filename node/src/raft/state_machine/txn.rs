@@ -17,16 +17,25 @@
 //! - **Check status** answers the record, rolling back a transaction pending past its expiry
 //!   (oracle time, never a clock of this node) or never prewritten here.
 //!
+//! - **Garbage collection** (`TxnGc`, see `raft/txn.rs`) deletes the records of finished
+//!   transactions below the safe point the collector names and raises the shard's safe point
+//!   (prewrites that started below it are refused from then on). A commit, rollback or status
+//!   check of a transaction below the safe point without a record answers "forgotten": its
+//!   outcome is no longer known here (never "rolled back", which could contradict a commit
+//!   whose record was collected; a lock resolver rolls such a lock back itself).
+//!
 //! Every command is idempotent: a lock of the transaction already present, a commit or
 //! rollback of locks already gone, a record already in the requested state change nothing.
 
 use super::apply::EntryVersions;
-use super::layout::{lock_bounds, lock_key, txn_record_key, LOCK_PREFIX};
+use super::layout::{
+    lock_bounds, lock_key, txn_record_key, LOCK_PREFIX, TXN_RECORD_PREFIX, TXN_SAFE_POINT_KEY,
+};
 use super::mvcc;
 use super::GroupState;
 use crate::raft::txn::{
-    Lock, LockedKey, TxnCheckStatus, TxnCommit, TxnConflict, TxnOp, TxnOutcome, TxnPrewrite, TxnRollback,
-    TxnStatus,
+    Lock, LockedKey, TxnCheckStatus, TxnCommit, TxnConflict, TxnGc, TxnOp, TxnOutcome, TxnPrewrite,
+    TxnRollback, TxnStatus,
 };
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
@@ -73,6 +82,55 @@ fn record(tree: &TreeRef, start_ts: u64) -> Result<Option<TxnStatus>, StorageErr
         .transpose()
 }
 
+/// The shard's transaction safe point (0: none yet).
+pub(super) fn safe_point(tree: &TreeRef) -> Result<u64, StorageError> {
+    match tree.get(TXN_SAFE_POINT_KEY)? {
+        Some(bytes) => match bytes.first_chunk::<8>() {
+            Some(bytes) => Ok(u64::from_be_bytes(*bytes)),
+            None => Err(StorageError::Corrupt {
+                tree: tree.name().to_string(),
+                detail: "transaction safe point shorter than 8 bytes".to_string(),
+            }),
+        },
+        None => Ok(0),
+    }
+}
+
+/// Up to `limit` keys of records that a collection at `safe_point` deletes — transactions
+/// that started below it and rolled back, or committed below it (a pending one, or one
+/// committed at or above it, stays) — and whether more exist.
+pub(super) fn collectable_below(
+    tree: &TreeRef,
+    safe_point: u64,
+    limit: usize,
+) -> Result<(Vec<Vec<u8>>, bool), StorageError> {
+    let start = std::ops::Bound::Included(vec![TXN_RECORD_PREFIX]);
+    let end = std::ops::Bound::Excluded(txn_record_key(safe_point));
+    let mut keys = Vec::new();
+    for pair in tree.range(start, end) {
+        let (key, bytes) = pair?;
+        let collectable = match decode(tree.name(), &bytes)? {
+            TxnStatus::RolledBack => true,
+            TxnStatus::Committed { commit_ts } => commit_ts < safe_point,
+            TxnStatus::Pending { .. } => false,
+        };
+        if collectable {
+            if keys.len() >= limit {
+                return Ok((keys, true));
+            }
+            keys.push(key);
+        }
+    }
+    Ok((keys, false))
+}
+
+/// Without a record: `Forgotten` when the transaction started below the safe point (its
+/// record may have been collected), else `None` (it was never prewritten here).
+fn forgotten(tree: &TreeRef, start_ts: u64) -> Result<Option<TxnOutcome>, StorageError> {
+    let safe_point = safe_point(tree)?;
+    Ok((start_ts < safe_point).then_some(TxnOutcome::Forgotten { safe_point }))
+}
+
 fn set_record(batch: &mut Batch, start_ts: u64, status: TxnStatus) -> Result<(), StorageError> {
     batch.insert(txn_record_key(start_ts), encode(&status)?);
     Ok(())
@@ -105,6 +163,15 @@ impl GroupState {
         };
         if let Some(finished @ (TxnStatus::Committed { .. } | TxnStatus::RolledBack)) = existing {
             return Ok(TxnOutcome::Conflicts(vec![TxnConflict::Finished(finished)]));
+        }
+        let safe_point = safe_point(tree)?;
+        if start_ts < safe_point {
+            // Collected below: a lock now could outlive the record it depends on.
+            let key = prewrite.mutations.first().map(|mutation| mutation.key.clone());
+            return Ok(TxnOutcome::Conflicts(vec![TxnConflict::TooOld {
+                key: key.unwrap_or_default(),
+                floor: safe_point,
+            }]));
         }
         let history = self.history();
         let mut conflicts = Vec::new();
@@ -189,8 +256,11 @@ impl GroupState {
                 Some(TxnStatus::RolledBack) => {
                     return Ok((TxnOutcome::Status(TxnStatus::RolledBack), None));
                 }
-                // Never prewritten here: it never can be now.
                 None => {
+                    if let Some(forgotten) = forgotten(tree, commit.start_ts)? {
+                        return Ok((forgotten, None));
+                    }
+                    // Never prewritten here: it never can be now.
                     set_record(batch, commit.start_ts, TxnStatus::RolledBack)?;
                     return Ok((TxnOutcome::Status(TxnStatus::RolledBack), None));
                 }
@@ -233,7 +303,13 @@ impl GroupState {
             match record(tree, rollback.start_ts)? {
                 Some(committed @ TxnStatus::Committed { .. }) => return Ok(TxnOutcome::Status(committed)),
                 Some(TxnStatus::RolledBack) => {}
-                Some(TxnStatus::Pending { .. }) | None => {
+                Some(TxnStatus::Pending { .. }) => {
+                    set_record(batch, rollback.start_ts, TxnStatus::RolledBack)?;
+                }
+                None => {
+                    if let Some(forgotten) = forgotten(tree, rollback.start_ts)? {
+                        return Ok(forgotten);
+                    }
                     set_record(batch, rollback.start_ts, TxnStatus::RolledBack)?;
                 }
             }
@@ -257,7 +333,11 @@ impl GroupState {
         match record(tree, check.start_ts)? {
             Some(TxnStatus::Pending { expires_ts }) if expires_ts < check.now_ts => {}
             Some(status) => return Ok(TxnOutcome::Status(status)),
-            None => {}
+            None => {
+                if let Some(forgotten) = forgotten(tree, check.start_ts)? {
+                    return Ok(forgotten);
+                }
+            }
         }
         let rollback = TxnRollback {
             start_ts: check.start_ts,
@@ -265,6 +345,33 @@ impl GroupState {
             primary: true,
         };
         self.apply_rollback(tree, &rollback, batch)
+    }
+}
+
+impl GroupState {
+    /// Applies a garbage collection: deletes up to `purge_limit` collectable records below
+    /// `gc.safe_point` (see [`collectable_below`]) and raises the safe point.
+    pub(super) fn apply_gc(
+        &self,
+        tree: &TreeRef,
+        gc: &TxnGc,
+        batch: &mut Batch,
+    ) -> Result<TxnOutcome, StorageError> {
+        let current = safe_point(tree)?;
+        let raised = current.max(gc.safe_point);
+        if raised != current {
+            batch.insert(TXN_SAFE_POINT_KEY.to_vec(), raised.to_be_bytes().to_vec());
+        }
+        let (keys, more) = collectable_below(tree, gc.safe_point, gc.purge_limit as usize)?;
+        let purged = keys.len() as u64;
+        for key in keys {
+            batch.remove(key);
+        }
+        Ok(TxnOutcome::Collected {
+            safe_point: raised,
+            purged,
+            more,
+        })
     }
 }
 
@@ -359,6 +466,113 @@ mod tests {
                 Some(b"x".to_vec()),
                 None
             ]
+        );
+    }
+
+    /// Garbage collection deletes the records of rolled-back transactions and of those
+    /// committed below the safe point, keeps pending ones and later commits; below the safe
+    /// point a transaction without a record is forgotten (never reported rolled back) and a
+    /// prewrite is refused.
+    #[tokio::test]
+    async fn collection_forgets_finished_transactions_below_the_safe_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let tree = state.tree();
+        assert_eq!(
+            apply(&mut sm, 1, prewrite(500, &[(b"a", Some(b"1"))], Some(10_000))).await,
+            TxnOutcome::Prewritten
+        );
+        assert_eq!(
+            apply(&mut sm, 2, commit(500, 900, &[b"a"], true)).await,
+            COMMITTED_AT_900
+        );
+        assert_eq!(
+            apply(&mut sm, 3, prewrite(600, &[(b"b", Some(b"1"))], Some(10_000))).await,
+            TxnOutcome::Prewritten
+        );
+        let rollback = Command::TxnRollback(TxnRollback {
+            start_ts: 600,
+            keys: vec![b"b".to_vec()],
+            primary: true,
+        });
+        assert_eq!(
+            apply(&mut sm, 4, rollback).await,
+            TxnOutcome::Status(TxnStatus::RolledBack)
+        );
+        assert_eq!(
+            apply(&mut sm, 5, prewrite(700, &[(b"c", Some(b"1"))], Some(10_000))).await,
+            TxnOutcome::Prewritten
+        );
+        let gc = |safe_point: u64| {
+            Command::TxnGc(TxnGc {
+                safe_point,
+                purge_limit: 10,
+            })
+        };
+        assert_eq!(
+            apply(&mut sm, 6, gc(800)).await,
+            TxnOutcome::Collected {
+                safe_point: 800,
+                purged: 1,
+                more: false
+            },
+            "the rollback goes; the commit at 900 and the pending transaction stay"
+        );
+        assert_eq!(record(&tree, 600).expect("record"), None);
+        assert!(record(&tree, 500).expect("record").is_some());
+        assert_eq!(
+            apply(&mut sm, 7, gc(1_000)).await,
+            TxnOutcome::Collected {
+                safe_point: 1_000,
+                purged: 1,
+                more: false
+            }
+        );
+        assert_eq!(record(&tree, 500).expect("record"), None);
+        assert_eq!(
+            record(&tree, 700).expect("record"),
+            Some(TxnStatus::Pending { expires_ts: 10_000 })
+        );
+        assert_eq!(
+            apply(&mut sm, 8, gc(800)).await,
+            TxnOutcome::Collected {
+                safe_point: 1_000,
+                purged: 0,
+                more: false
+            },
+            "never lowered"
+        );
+        let forgotten = TxnOutcome::Forgotten { safe_point: 1_000 };
+        let check = |start_ts: u64| {
+            Command::TxnCheckStatus(TxnCheckStatus {
+                start_ts,
+                primary: b"a".to_vec(),
+                now_ts: 20_000,
+            })
+        };
+        assert_eq!(
+            apply(&mut sm, 9, check(500)).await,
+            forgotten,
+            "committed, then collected"
+        );
+        assert_eq!(
+            apply(&mut sm, 10, commit(600, 950, &[b"b"], true)).await,
+            forgotten
+        );
+        assert_eq!(
+            record(&tree, 600).expect("record"),
+            None,
+            "nothing recorded for a forgotten one"
+        );
+        assert!(matches!(
+            apply(&mut sm, 11, prewrite(650, &[(b"d", Some(b"1"))], Some(30_000))).await,
+            TxnOutcome::Conflicts(conflicts) if matches!(conflicts[..], [TxnConflict::TooOld { floor: 1_000, .. }])
+        ));
+        // Above the safe point, an unknown transaction is still rolled back as before.
+        assert_eq!(
+            apply(&mut sm, 12, check(1_500)).await,
+            TxnOutcome::Status(TxnStatus::RolledBack)
         );
     }
 

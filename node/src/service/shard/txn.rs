@@ -7,7 +7,9 @@ use super::ShardKvService;
 use crate::error::NodeError;
 use crate::node::Prewrite;
 use crate::raft::state_machine::ReadSet;
-use crate::raft::txn::{TxnCommit, TxnConflict, TxnMutation, TxnOp, TxnOutcome, TxnRollback, TxnStatus};
+use crate::raft::txn::{
+    TxnCommit, TxnConflict, TxnGc, TxnMutation, TxnOp, TxnOutcome, TxnRollback, TxnStatus,
+};
 
 /// Longest time to live a transaction may ask for (oracle milliseconds).
 const MAX_TTL_MS: u64 = 60_000;
@@ -103,9 +105,9 @@ impl ShardKvService {
         let conflicts = match self.node.txn_prewrite(&group, prewrite).await? {
             TxnOutcome::Prewritten => Vec::new(),
             TxnOutcome::Conflicts(conflicts) => conflicts.into_iter().map(conflict).collect(),
-            TxnOutcome::Status(status) => {
+            other => {
                 return Err(NodeError::OutcomeUnknown(format!(
-                    "a prewrite answered a status ({status:?})"
+                    "a prewrite answered {other:?}"
                 )))
             }
         };
@@ -124,13 +126,14 @@ impl ShardKvService {
                 request.commit_ts, request.start_ts
             )));
         }
+        let start_ts = request.start_ts;
         let commit = TxnCommit {
-            start_ts: request.start_ts,
+            start_ts,
             commit_ts: request.commit_ts,
             keys: request.keys,
             primary: request.primary,
         };
-        status_response(self.node.txn_commit(&group, commit).await?)
+        status_response(self.node.txn_commit(&group, commit).await?, start_ts)
     }
 
     pub(super) async fn txn_rollback(
@@ -139,12 +142,13 @@ impl ShardKvService {
     ) -> Result<v1::ShardTxnStatusResponse, NodeError> {
         let (_ring, group) = self.node.shard_group(request.shard_id)?;
         self.check_txn_keys(request.shard_id, request.keys.iter().map(Vec::as_slice))?;
+        let start_ts = request.start_ts;
         let rollback = TxnRollback {
-            start_ts: request.start_ts,
+            start_ts,
             keys: request.keys,
             primary: request.primary,
         };
-        status_response(self.node.txn_rollback(&group, rollback).await?)
+        status_response(self.node.txn_rollback(&group, rollback).await?, start_ts)
     }
 
     pub(super) async fn txn_check_status(
@@ -155,9 +159,9 @@ impl ShardKvService {
         self.check_txn_keys(request.shard_id, std::iter::once(request.primary.as_slice()))?;
         let outcome = self
             .node
-            .txn_check_status(&group, request.start_ts, request.primary)
+            .txn_check_status(&group, request.start_ts, request.primary.clone())
             .await?;
-        status_response(outcome)
+        status_response(outcome, request.start_ts)
     }
 }
 
@@ -206,6 +210,72 @@ impl ShardKvService {
     }
 }
 
+/// Most locks one `TxnScanLocks` returns.
+const MAX_SCAN_LOCKS: u32 = 10_000;
+/// Most records one `TxnGc` deletes (one Raft entry).
+const MAX_PURGE: u32 = 10_000;
+
+impl ShardKvService {
+    pub(super) async fn txn_gc(
+        &self,
+        request: v1::ShardTxnGcRequest,
+    ) -> Result<v1::ShardTxnGcResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        if !(1..=MAX_PURGE).contains(&request.purge_limit) {
+            return Err(NodeError::InvalidArgument(format!(
+                "purge_limit must be 1..={MAX_PURGE}, got {}",
+                request.purge_limit
+            )));
+        }
+        let gc = TxnGc {
+            safe_point: request.safe_point,
+            purge_limit: request.purge_limit,
+        };
+        match self.node.txn_gc(&group, gc).await? {
+            TxnOutcome::Collected {
+                safe_point,
+                purged,
+                more,
+            } => Ok(v1::ShardTxnGcResponse {
+                safe_point,
+                purged,
+                more,
+            }),
+            other => Err(NodeError::OutcomeUnknown(format!(
+                "a garbage collection answered {other:?}"
+            ))),
+        }
+    }
+
+    pub(super) async fn txn_scan_locks(
+        &self,
+        request: v1::ShardTxnScanLocksRequest,
+    ) -> Result<v1::ShardTxnScanLocksResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        if !(1..=MAX_SCAN_LOCKS).contains(&request.limit) {
+            return Err(NodeError::InvalidArgument(format!(
+                "limit must be 1..={MAX_SCAN_LOCKS}, got {}",
+                request.limit
+            )));
+        }
+        let (locks, more) = self
+            .node
+            .txn_scan_locks(&group, request.below, request.limit as usize)
+            .await?;
+        let locks = locks
+            .into_iter()
+            .map(|locked| {
+                conflict(TxnConflict::Locked {
+                    key: locked.key,
+                    start_ts: locked.start_ts,
+                    primary: locked.primary,
+                })
+            })
+            .collect();
+        Ok(v1::ShardTxnScanLocksResponse { locks, more })
+    }
+}
+
 /// The wire form of a transaction's status.
 fn status_message(status: TxnStatus) -> v1::ShardTxnStatusResponse {
     match status {
@@ -227,9 +297,10 @@ fn status_message(status: TxnStatus) -> v1::ShardTxnStatusResponse {
     }
 }
 
-fn status_response(outcome: TxnOutcome) -> Result<v1::ShardTxnStatusResponse, NodeError> {
+fn status_response(outcome: TxnOutcome, start_ts: u64) -> Result<v1::ShardTxnStatusResponse, NodeError> {
     match outcome {
         TxnOutcome::Status(status) => Ok(status_message(status)),
+        TxnOutcome::Forgotten { safe_point } => Err(NodeError::TxnForgotten { start_ts, safe_point }),
         other => Err(NodeError::OutcomeUnknown(format!(
             "a commit, rollback or status check answered {other:?}"
         ))),
