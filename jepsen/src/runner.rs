@@ -171,6 +171,23 @@ fn spare_slots(options: &RunOptions) -> usize {
     }
 }
 
+/// The routers' flags: the negative controls asked for, and transaction record collection
+/// every few seconds of records older than a few seconds, so that a run collects under its
+/// faults (a record collected too early shows as a broken transaction).
+fn router_args(options: &RunOptions) -> Vec<String> {
+    let mut args: Vec<String> = ["--txn-gc-interval-ms", "3000", "--txn-gc-age-ms", "6000"]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    if options.unsafe_skip_write_conflict {
+        args.push("--unsafe-skip-write-conflict".to_string());
+    }
+    if options.unsafe_skip_read_validation {
+        args.push("--unsafe-skip-read-validation".to_string());
+    }
+    args
+}
+
 fn node_args(options: &RunOptions) -> Vec<String> {
     let mut args: Vec<String> = [
         "--heartbeat-interval-ms",
@@ -274,17 +291,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         shards: options.shards,
         replication_factor: options.replication_factor,
         node_args: node_args(&options),
-        router_args: [
-            (options.unsafe_skip_write_conflict, "--unsafe-skip-write-conflict"),
-            (
-                options.unsafe_skip_read_validation,
-                "--unsafe-skip-read-validation",
-            ),
-        ]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, flag)| flag.to_string())
-        .collect(),
+        router_args: router_args(&options),
         bin_dir: options.bin_dir.clone(),
         fake_clock,
         disk_faults: options.nemeses.iter().any(|kind| kind.needs_disk_faults()),
