@@ -65,6 +65,9 @@ impl Isolation {
 pub struct Committed {
     /// The timestamp its writes became visible at (its start for a read-only one).
     pub commit_ts: u64,
+    /// Every write (and, serializable, every read) was on one shard: it committed in one
+    /// Raft entry there, without locks (one-phase commit).
+    pub one_phase: bool,
 }
 
 /// A transaction in progress: reads, buffered writes, then [`Transaction::commit`].
@@ -377,6 +380,7 @@ impl Transaction {
         if self.writes.is_empty() {
             return Ok(Committed {
                 commit_ts: self.start_ts,
+                one_phase: false,
             });
         }
         let mutations: Vec<proto::Mutation> = self
@@ -420,6 +424,7 @@ impl Transaction {
             .await?;
         Ok(Committed {
             commit_ts: response.commit_ts,
+            one_phase: response.one_phase,
         })
     }
 

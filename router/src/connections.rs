@@ -330,6 +330,11 @@ impl NodeApi for GrpcNodes {
                     .await?
                     .into_inner(),
             ),
+            TxnCall::OnePc(request) => TxnReply::OnePc(
+                bounded(timeout, client.txn_one_pc(with_timeout(request, timeout)))
+                    .await?
+                    .into_inner(),
+            ),
             TxnCall::ScanLocks(request) => TxnReply::ScanLocks(
                 bounded(timeout, client.txn_scan_locks(with_timeout(request, timeout)))
                     .await?

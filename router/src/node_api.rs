@@ -9,9 +9,10 @@ use ringkv_proto::v1::{
     RingChangeResponse, ShardCountRequest, ShardCountResponse, ShardDeleteRangeRequest,
     ShardDeleteRangeResponse, ShardReadRequest, ShardReadResponse, ShardScanRequest, ShardScanResponse,
     ShardTxnCheckStatusRequest, ShardTxnCommitRequest, ShardTxnGcRequest, ShardTxnGcResponse,
-    ShardTxnPrewriteRequest, ShardTxnPrewriteResponse, ShardTxnRollbackRequest, ShardTxnScanLocksRequest,
-    ShardTxnScanLocksResponse, ShardTxnStatusResponse, ShardTxnValidateRequest, ShardTxnValidateResponse,
-    ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest, TransferLeaderResponse,
+    ShardTxnOnePcRequest, ShardTxnOnePcResponse, ShardTxnPrewriteRequest, ShardTxnPrewriteResponse,
+    ShardTxnRollbackRequest, ShardTxnScanLocksRequest, ShardTxnScanLocksResponse, ShardTxnStatusResponse,
+    ShardTxnValidateRequest, ShardTxnValidateResponse, ShardWriteRequest, ShardWriteResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::Status;
 
@@ -136,6 +137,7 @@ pub enum TxnCall {
     Validate(ShardTxnValidateRequest),
     Gc(ShardTxnGcRequest),
     ScanLocks(ShardTxnScanLocksRequest),
+    OnePc(ShardTxnOnePcRequest),
 }
 
 impl TxnCall {
@@ -149,6 +151,7 @@ impl TxnCall {
             TxnCall::Validate(request) => request.shard_id,
             TxnCall::Gc(request) => request.shard_id,
             TxnCall::ScanLocks(request) => request.shard_id,
+            TxnCall::OnePc(request) => request.shard_id,
         }
     }
 }
@@ -161,6 +164,7 @@ pub enum TxnReply {
     Validate(ShardTxnValidateResponse),
     Gc(ShardTxnGcResponse),
     ScanLocks(ShardTxnScanLocksResponse),
+    OnePc(ShardTxnOnePcResponse),
 }
 
 /// A ring change a router forwards to a node.

@@ -33,9 +33,9 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use ringkv_proto::v1::{
     txn_conflict, txn_status_response, IsolationLevel, MutationKind, ShardTxnCheckStatusRequest,
-    ShardTxnCommitRequest, ShardTxnPrewriteRequest, ShardTxnRollbackRequest, ShardTxnValidateRequest,
-    TxnCommitRequest, TxnCommitResponse, TxnConflict, TxnMutation, TxnReadRange, TxnState, TxnStatusRequest,
-    TxnStatusResponse, WriteKind,
+    ShardTxnCommitRequest, ShardTxnOnePcRequest, ShardTxnPrewriteRequest, ShardTxnRollbackRequest,
+    ShardTxnValidateRequest, TxnCommitRequest, TxnCommitResponse, TxnConflict, TxnMutation, TxnReadRange,
+    TxnState, TxnStatusRequest, TxnStatusResponse, WriteKind,
 };
 use ringkv_ring::ShardId;
 use tokio::time::Instant;
@@ -190,6 +190,7 @@ pub async fn commit<N: NodeApi>(
         return Ok(TxnCommitResponse {
             commit_ts: request.start_ts,
             primary: Vec::new(),
+            one_phase: false,
         });
     }
     let view = ctx.topology.wait_for_ring(deadline).await?;
@@ -236,6 +237,12 @@ pub async fn commit<N: NodeApi>(
         check_conflicts,
         deadline,
     };
+    // One shard holds every write (and every read to validate): one entry, no locks.
+    if let [part] = parts.as_slice() {
+        if reads.keys().all(|shard| *shard == part.shard) {
+            return coordinator.one_pc(part, reads.remove(&part.shard)).await;
+        }
+    }
     coordinator.run(tso, &parts, &reads).await
 }
 
@@ -374,6 +381,7 @@ impl<N: NodeApi> Coordinator<'_, N> {
         TxnCommitResponse {
             commit_ts,
             primary: self.primary.clone(),
+            one_phase: false,
         }
     }
 
@@ -439,6 +447,91 @@ impl<N: NodeApi> Coordinator<'_, N> {
             }
         }
         Ok(None)
+    }
+
+    /// Commits a single-shard transaction in one entry (`ShardKv.TxnOnePc`), resolving the
+    /// locks it meets for a few rounds (each round is a new entry at a new timestamp).
+    async fn one_pc(
+        &self,
+        part: &ShardPart,
+        reads: Option<ShardReads>,
+    ) -> Result<TxnCommitResponse, RouterError> {
+        let reads = reads.unwrap_or_default();
+        let request = ShardTxnOnePcRequest {
+            shard_id: part.shard.0,
+            start_ts: self.start_ts,
+            mutations: part.mutations.clone(),
+            check_conflicts: self.check_conflicts,
+            read_keys: reads.keys,
+            read_ranges: reads.ranges,
+        };
+        let mut backoff = self.ctx.forwarder.backoff();
+        for round in 0..LOCK_ROUNDS {
+            let call = TxnCall::OnePc(request.clone());
+            let reply = match self
+                .ctx
+                .forwarder
+                .txn(self.shard_count, call, self.deadline)
+                .await
+            {
+                Ok(reply) => reply,
+                Err(err @ (RouterError::InvalidArgument(_) | RouterError::Node { .. })) => return Err(err),
+                // The entry may have been committed: its record says.
+                Err(err) => {
+                    return Err(RouterError::TxnOutcomeUnknown {
+                        start_ts: self.start_ts,
+                        primary: self.primary.clone(),
+                        detail: err.to_string(),
+                    })
+                }
+            };
+            let TxnReply::OnePc(response) = reply else {
+                return Err(RouterError::BadNodeResponse {
+                    shard: part.shard,
+                    reason: "not a one-phase commit's answer".to_string(),
+                });
+            };
+            let refusal = match self.refusal(&response.conflicts) {
+                None => return Ok(self.committed_in_one_phase(response.commit_ts)),
+                Some(PrewriteRefusal::AlreadyCommitted(commit_ts)) => {
+                    return Ok(self.committed_in_one_phase(commit_ts))
+                }
+                Some(PrewriteRefusal::Locked(key)) => key,
+                Some(other) => return Err(abort(self.start_ts, other)),
+            };
+            let mut pending = false;
+            for conflict in &response.conflicts {
+                let lock = MetLock {
+                    key: conflict.key.clone(),
+                    start_ts: conflict.start_ts,
+                    primary: conflict.primary.clone(),
+                };
+                if !self
+                    .ctx
+                    .forwarder
+                    .resolve_lock(self.shard_count, lock, self.deadline)
+                    .await?
+                {
+                    pending = true;
+                }
+            }
+            if round + 1 == LOCK_ROUNDS {
+                return Err(abort(self.start_ts, PrewriteRefusal::Locked(refusal)));
+            }
+            if pending {
+                pause(&mut backoff, self.deadline).await;
+            }
+        }
+        Err(RouterError::Internal(
+            "a one-phase commit without an outcome".to_string(),
+        ))
+    }
+
+    fn committed_in_one_phase(&self, commit_ts: u64) -> TxnCommitResponse {
+        TxnCommitResponse {
+            one_phase: true,
+            ..self.committed(commit_ts)
+        }
     }
 
     /// Validates the reads on every shard they touched, in parallel: the first refusal
@@ -507,9 +600,6 @@ impl<N: NodeApi> Coordinator<'_, N> {
                 return Ok(None);
             };
             let refusal = match refusal {
-                PrewriteRefusal::WriteConflict { key, commit_ts } => {
-                    return Ok(Some(PrewriteRefusal::ReadChanged { key, commit_ts }))
-                }
                 PrewriteRefusal::Locked(key) => key,
                 other => return Ok(Some(other)),
             };
@@ -556,6 +646,12 @@ impl<N: NodeApi> Coordinator<'_, N> {
                     })
                 }
                 Ok(txn_conflict::Kind::TooOld) => return Some(PrewriteRefusal::TooOld(conflict.key.clone())),
+                Ok(txn_conflict::Kind::ReadChanged) => {
+                    return Some(PrewriteRefusal::ReadChanged {
+                        key: conflict.key.clone(),
+                        commit_ts: conflict.commit_ts,
+                    })
+                }
                 Ok(txn_conflict::Kind::Finished) => {
                     return Some(match TxnState::try_from(conflict.state) {
                         Ok(TxnState::Committed) => PrewriteRefusal::AlreadyCommitted(conflict.commit_ts),

@@ -38,6 +38,10 @@ async fn transactions_commit_atomically_and_conflicts_abort() -> anyhow::Result<
         "own write"
     );
     let committed = txn.commit().await?;
+    assert!(
+        !committed.one_phase,
+        "eight keys over four shards take two phases"
+    );
     let keys: Vec<String> = (0..8).map(|i| format!("t/{i}")).collect();
     let before = client
         .batch_get_with(&keys, ReadConsistency::At(committed.commit_ts - 1))
@@ -56,7 +60,7 @@ async fn transactions_commit_atomically_and_conflicts_abort() -> anyhow::Result<
     let mut second = client.begin(Isolation::RepeatableRead).await?;
     first.put(b"t/0", b"first".to_vec());
     second.put(b"t/0", b"second".to_vec());
-    first.commit().await?;
+    assert!(first.commit().await?.one_phase, "one key: one phase");
     match second.commit().await {
         Err(Error::TxnAborted {
             reason, retryable, ..

@@ -10,7 +10,7 @@ use crate::group::Group;
 use crate::proposal;
 use crate::raft::state_machine::ReadSet;
 use crate::raft::txn::{
-    LockedKey, TxnCheckStatus, TxnCommit, TxnConflict, TxnGc, TxnMutation, TxnOutcome, TxnPrewrite,
+    LockedKey, TxnCheckStatus, TxnCommit, TxnConflict, TxnGc, TxnMutation, TxnOnePc, TxnOutcome, TxnPrewrite,
     TxnRollback,
 };
 use crate::raft::types::{Command, CommandResult, GroupId};
@@ -94,6 +94,36 @@ impl Node {
         }
         self.prepare_read_at(group, commit_ts).await?;
         Ok(group.state.validate_reads(start_ts, commit_ts, reads).await?)
+    }
+
+    /// A one-phase commit on shard `group` (see `TxnOnePc`): one entry at a commit timestamp
+    /// fetched and fenced like a plain write's.
+    pub async fn txn_one_pc(&self, group: &Group, one: TxnOnePc) -> Result<TxnOutcome, NodeError> {
+        if group.id == GroupId::System {
+            return Err(NodeError::InvalidArgument(format!(
+                "{} does not take transactions",
+                group.id
+            )));
+        }
+        let source = self.timestamp_source().ok_or(NodeError::NotInitialized)?;
+        group.hibernation.touch();
+        let gate = group.leadership.gate();
+        let _open = gate.read().await;
+        let result = proposal::propose_timed(
+            &group.raft,
+            group.id,
+            self.node_id(),
+            (&group.concurrency, source.as_ref()),
+            self.config().write_timeout_ms,
+            |commit_ts| Command::TxnOnePc(TxnOnePc { commit_ts, ..one }),
+        )
+        .await?;
+        match result {
+            CommandResult::Txn(outcome) => Ok(outcome),
+            other => Err(NodeError::OutcomeUnknown(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
     }
 
     /// Garbage collection on shard `group` (see `TxnGc`): an entry only when the leader

@@ -99,6 +99,24 @@ pub struct TxnGc {
     pub purge_limit: u32,
 }
 
+/// One-phase commit of a transaction whose writes (and, serializable, reads) are all on one
+/// shard: one entry that checks what a prewrite checks, validates the reads over
+/// `(start_ts, commit]` (exact: it runs inside the apply, and later writes commit above), and
+/// commits the writes at the entry's commit timestamp — `commit_ts`, fetched and fenced like a
+/// plain write's, lifted above the shard's highest if need be. The record it leaves
+/// (`Committed`) makes a retry answer the first outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnOnePc {
+    pub start_ts: u64,
+    pub commit_ts: u64,
+    pub mutations: Vec<TxnMutation>,
+    pub check_conflicts: bool,
+    /// Serializable: keys read, validated at the commit.
+    pub read_keys: Vec<Vec<u8>>,
+    /// Serializable: ranges scanned, `[start, end)` (`None` end: no upper bound).
+    pub read_ranges: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
 /// A transaction's status, as recorded on its primary key's shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnStatus {
@@ -160,6 +178,9 @@ pub enum TxnConflict {
     TooOld { key: Vec<u8>, floor: u64 },
     /// The transaction was already rolled back (or committed): its prewrite comes too late.
     Finished(TxnStatus),
+    /// Serializable: a key the transaction read (or a key of a range it scanned) was written
+    /// at `commit_ts`, after its start and not after its commit.
+    ReadChanged { key: Vec<u8>, commit_ts: u64 },
 }
 
 /// What applying a transaction command answered.

@@ -6,7 +6,9 @@ use openraft::BasicNode;
 use ringkv_ring::{MemberState, RingConfig, RingMember};
 use serde::{Deserialize, Serialize};
 
-pub use super::txn::{LockedKey, TxnCheckStatus, TxnCommit, TxnGc, TxnOutcome, TxnPrewrite, TxnRollback};
+pub use super::txn::{
+    LockedKey, TxnCheckStatus, TxnCommit, TxnGc, TxnOnePc, TxnOutcome, TxnPrewrite, TxnRollback,
+};
 
 pub type NodeId = u64;
 
@@ -94,6 +96,8 @@ pub enum Command {
     TxnCheckStatus(TxnCheckStatus),
     /// Shard groups: raise the transaction safe point and delete records below it.
     TxnGc(TxnGc),
+    /// Shard groups: a single-shard transaction committed in one entry.
+    TxnOnePc(TxnOnePc),
 }
 
 /// A [`Command::DeleteRangeAt`]: the delete-range and its commit timestamp.
@@ -189,6 +193,13 @@ impl fmt::Display for Command {
             ),
             Command::TxnCheckStatus(check) => write!(f, "txn-check-status({})", check.start_ts),
             Command::TxnGc(gc) => write!(f, "txn-gc(below {}, up to {})", gc.safe_point, gc.purge_limit),
+            Command::TxnOnePc(one) => write!(
+                f,
+                "txn-1pc({} keys of {} at {})",
+                one.mutations.len(),
+                one.start_ts,
+                one.commit_ts
+            ),
         }
     }
 }

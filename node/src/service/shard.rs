@@ -468,6 +468,14 @@ impl ShardKv for ShardKvService {
             .map_err(|err| status(err, true))
     }
 
+    async fn txn_one_pc(
+        &self,
+        request: Request<v1::ShardTxnOnePcRequest>,
+    ) -> Result<Response<v1::ShardTxnOnePcResponse>, Status> {
+        let result = self.txn_one_pc(request.into_inner()).await;
+        result.map(Response::new).map_err(|err| status(err, true))
+    }
+
     async fn txn_gc(
         &self,
         request: Request<v1::ShardTxnGcRequest>,

@@ -367,6 +367,13 @@ impl ShardKv for FakeNode {
         Err(Status::unimplemented("the fake node has no transactions"))
     }
 
+    async fn txn_one_pc(
+        &self,
+        _request: Request<v1::ShardTxnOnePcRequest>,
+    ) -> Result<Response<v1::ShardTxnOnePcResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no transactions"))
+    }
+
     async fn txn_gc(
         &self,
         _request: Request<v1::ShardTxnGcRequest>,

@@ -175,22 +175,17 @@ impl GroupState {
                     CommandResult::Ring(outcome)
                 }
             },
-            EntryPayload::Normal(Command::TxnPrewrite(prewrite)) => {
-                CommandResult::Txn(self.apply_prewrite(tree, prewrite, &mut batch)?)
-            }
-            EntryPayload::Normal(Command::TxnCommit(commit)) => {
-                let (outcome, committed) = self.apply_commit(tree, entry.log_id.index, commit, &mut batch)?;
+            EntryPayload::Normal(
+                command @ (Command::TxnPrewrite(_)
+                | Command::TxnCommit(_)
+                | Command::TxnRollback(_)
+                | Command::TxnCheckStatus(_)
+                | Command::TxnGc(_)
+                | Command::TxnOnePc(_)),
+            ) => {
+                let (outcome, committed) = self.apply_txn(tree, entry.log_id.index, command, &mut batch)?;
                 versions = committed;
                 CommandResult::Txn(outcome)
-            }
-            EntryPayload::Normal(Command::TxnRollback(rollback)) => {
-                CommandResult::Txn(self.apply_rollback(tree, rollback, &mut batch)?)
-            }
-            EntryPayload::Normal(Command::TxnCheckStatus(check)) => {
-                CommandResult::Txn(self.apply_check_status(tree, check, &mut batch)?)
-            }
-            EntryPayload::Normal(Command::TxnGc(gc)) => {
-                CommandResult::Txn(self.apply_gc(tree, gc, &mut batch)?)
             }
             EntryPayload::Normal(Command::TsoAdvance(limit_ms)) => {
                 let current: u64 = match tree.get(TSO_LIMIT_KEY)? {
@@ -331,7 +326,7 @@ impl GroupState {
 
     /// The multi-version bookkeeping of a write entry carrying commit timestamp `carried`
     /// (0: none).
-    fn entry_versions(&self, carried: u64) -> EntryVersions {
+    pub(super) fn entry_versions(&self, carried: u64) -> EntryVersions {
         let high_water = self.history().high_water();
         let commit_ts = mvcc::entry_commit_ts(carried, high_water);
         if carried != 0 && carried != commit_ts {

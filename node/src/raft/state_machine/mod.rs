@@ -21,10 +21,12 @@ mod apply;
 mod dedup;
 pub(in crate::raft) mod layout;
 pub(crate) mod mvcc;
+mod one_pc;
 mod read;
 #[cfg(test)]
 pub(in crate::raft) mod test_support;
 mod txn;
+mod txn_read;
 mod validate;
 
 use std::sync::atomic::{AtomicBool, Ordering};

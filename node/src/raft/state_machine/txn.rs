@@ -37,6 +37,7 @@ use crate::raft::txn::{
     Lock, LockedKey, TxnCheckStatus, TxnCommit, TxnConflict, TxnGc, TxnOp, TxnOutcome, TxnPrewrite,
     TxnRollback, TxnStatus,
 };
+use crate::raft::types::Command;
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
 use std::sync::atomic::Ordering;
@@ -76,7 +77,7 @@ pub(super) fn holds_locks(tree: &TreeRef) -> Result<bool, StorageError> {
 }
 
 /// The record of transaction `start_ts`, if this shard holds one.
-fn record(tree: &TreeRef, start_ts: u64) -> Result<Option<TxnStatus>, StorageError> {
+pub(super) fn record(tree: &TreeRef, start_ts: u64) -> Result<Option<TxnStatus>, StorageError> {
     tree.get(&txn_record_key(start_ts))?
         .map(|bytes| decode(tree.name(), &bytes))
         .transpose()
@@ -124,6 +125,69 @@ pub(super) fn collectable_below(
     Ok((keys, false))
 }
 
+/// The value `op` leaves on a key whose head is `head` when it commits (`None`: absent).
+pub(super) fn committed_value(op: TxnOp, head: Option<&mvcc::Head>) -> Option<Vec<u8>> {
+    match op {
+        TxnOp::Put(value) => Some(value),
+        TxnOp::Delete => None,
+        TxnOp::Append(suffix) => {
+            let mut value = head.map(|head| head.value.clone()).unwrap_or_default();
+            value.extend_from_slice(&suffix);
+            Some(value)
+        }
+    }
+}
+
+/// Whether a transaction may write a key.
+pub(super) enum KeyCheck {
+    Free,
+    /// Locked by the transaction itself (a retried prewrite).
+    OwnLock,
+    Conflict(TxnConflict),
+}
+
+/// Whether transaction `start_ts` may write `key`: not while another transaction locks it,
+/// and (with `check_conflicts`: first committer wins) not once it was written after
+/// `start_ts` — judged by the head, or for a key without one (deleted) by the history, which
+/// must reach back to `start_ts`.
+pub(super) fn check_write(
+    tree: &TreeRef,
+    history: &mvcc::History,
+    key: &[u8],
+    start_ts: u64,
+    check_conflicts: bool,
+) -> Result<KeyCheck, StorageError> {
+    match lock(tree, key)? {
+        Some(held) if held.start_ts == start_ts => return Ok(KeyCheck::OwnLock),
+        Some(held) => {
+            return Ok(KeyCheck::Conflict(TxnConflict::Locked {
+                key: key.to_vec(),
+                start_ts: held.start_ts,
+                primary: held.primary,
+            }))
+        }
+        None => {}
+    }
+    if !check_conflicts {
+        return Ok(KeyCheck::Free);
+    }
+    let changed = match mvcc::head(tree, key)? {
+        Some(head) => Ok((head.commit_ts > start_ts).then_some(head.commit_ts)),
+        None => history.superseded_after(key, start_ts),
+    };
+    Ok(match changed {
+        Ok(None) => KeyCheck::Free,
+        Ok(Some(commit_ts)) => KeyCheck::Conflict(TxnConflict::WriteConflict {
+            key: key.to_vec(),
+            commit_ts,
+        }),
+        Err(below) => KeyCheck::Conflict(TxnConflict::TooOld {
+            key: key.to_vec(),
+            floor: below.floor,
+        }),
+    })
+}
+
 /// Without a record: `Forgotten` when the transaction started below the safe point (its
 /// record may have been collected), else `None` (it was never prewritten here).
 fn forgotten(tree: &TreeRef, start_ts: u64) -> Result<Option<TxnOutcome>, StorageError> {
@@ -131,7 +195,7 @@ fn forgotten(tree: &TreeRef, start_ts: u64) -> Result<Option<TxnOutcome>, Storag
     Ok((start_ts < safe_point).then_some(TxnOutcome::Forgotten { safe_point }))
 }
 
-fn set_record(batch: &mut Batch, start_ts: u64, status: TxnStatus) -> Result<(), StorageError> {
+pub(super) fn set_record(batch: &mut Batch, start_ts: u64, status: TxnStatus) -> Result<(), StorageError> {
     batch.insert(txn_record_key(start_ts), encode(&status)?);
     Ok(())
 }
@@ -147,6 +211,30 @@ impl GroupState {
     pub(super) fn recount_locks(&self, tree: &TreeRef) -> Result<(), StorageError> {
         self.may_have_locks.store(holds_locks(tree)?, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Applies a transaction command; the versions it committed, if any.
+    pub(super) fn apply_txn(
+        &self,
+        tree: &TreeRef,
+        log_index: u64,
+        command: &Command,
+        batch: &mut Batch,
+    ) -> Result<(TxnOutcome, Option<EntryVersions>), StorageError> {
+        Ok(match command {
+            Command::TxnPrewrite(prewrite) => (self.apply_prewrite(tree, prewrite, batch)?, None),
+            Command::TxnCommit(commit) => self.apply_commit(tree, log_index, commit, batch)?,
+            Command::TxnRollback(rollback) => (self.apply_rollback(tree, rollback, batch)?, None),
+            Command::TxnCheckStatus(check) => (self.apply_check_status(tree, check, batch)?, None),
+            Command::TxnGc(gc) => (self.apply_gc(tree, gc, batch)?, None),
+            Command::TxnOnePc(one) => self.apply_one_pc(tree, log_index, one, batch)?,
+            other => {
+                return Err(StorageError::Corrupt {
+                    tree: tree.name().to_string(),
+                    detail: format!("{other} is not a transaction command"),
+                })
+            }
+        })
     }
 
     /// Applies a prewrite: every key locked, or nothing written and the conflicts answered.
@@ -178,42 +266,14 @@ impl GroupState {
         let mut locks = Vec::with_capacity(prewrite.mutations.len());
         for mutation in &prewrite.mutations {
             let key = &mutation.key;
-            match lock(tree, key)? {
+            match check_write(tree, &history, key, start_ts, prewrite.check_conflicts)? {
                 // Prewritten before: a retry.
-                Some(held) if held.start_ts == start_ts => continue,
-                Some(held) => {
-                    conflicts.push(TxnConflict::Locked {
-                        key: key.clone(),
-                        start_ts: held.start_ts,
-                        primary: held.primary,
-                    });
+                KeyCheck::OwnLock => continue,
+                KeyCheck::Conflict(conflict) => {
+                    conflicts.push(conflict);
                     continue;
                 }
-                None => {}
-            }
-            if prewrite.check_conflicts {
-                let changed = match mvcc::head(tree, key)? {
-                    Some(head) => Ok((head.commit_ts > start_ts).then_some(head.commit_ts)),
-                    // Deleted since, or never written: the history knows.
-                    None => history.superseded_after(key, start_ts),
-                };
-                match changed {
-                    Ok(None) => {}
-                    Ok(Some(commit_ts)) => {
-                        conflicts.push(TxnConflict::WriteConflict {
-                            key: key.clone(),
-                            commit_ts,
-                        });
-                        continue;
-                    }
-                    Err(below) => {
-                        conflicts.push(TxnConflict::TooOld {
-                            key: key.clone(),
-                            floor: below.floor,
-                        });
-                        continue;
-                    }
-                }
+                KeyCheck::Free => {}
             }
             let lock = Lock {
                 start_ts,
@@ -273,15 +333,7 @@ impl GroupState {
                 continue;
             };
             let head = versions.head(tree, key)?;
-            let value = match held.op {
-                TxnOp::Put(value) => Some(value),
-                TxnOp::Delete => None,
-                TxnOp::Append(suffix) => {
-                    let mut value = head.as_ref().map(|head| head.value.clone()).unwrap_or_default();
-                    value.extend_from_slice(&suffix);
-                    Some(value)
-                }
-            };
+            let value = committed_value(held.op, head.as_ref());
             versions.set(batch, key, head, log_index, value.as_deref());
             batch.remove(lock_key(key));
         }

@@ -60,14 +60,14 @@ impl GroupState {
     }
 }
 
-struct Validation {
-    start_ts: u64,
-    commit_ts: u64,
-    check_locks: bool,
+pub(super) struct Validation {
+    pub(super) start_ts: u64,
+    pub(super) commit_ts: u64,
+    pub(super) check_locks: bool,
 }
 
 impl Validation {
-    fn run(
+    pub(super) fn run(
         &self,
         tree: &TreeRef,
         history: &mvcc::History,
@@ -112,7 +112,7 @@ impl Validation {
     ) {
         match history.changed_between(key, head, self.start_ts, self.commit_ts) {
             Ok(None) => {}
-            Ok(Some(commit_ts)) => conflicts.push(TxnConflict::WriteConflict {
+            Ok(Some(commit_ts)) => conflicts.push(TxnConflict::ReadChanged {
                 key: key.to_vec(),
                 commit_ts,
             }),
@@ -234,7 +234,7 @@ mod tests {
     }
 
     fn changed(key: &[u8], commit_ts: u64) -> TxnConflict {
-        TxnConflict::WriteConflict {
+        TxnConflict::ReadChanged {
             key: key.to_vec(),
             commit_ts,
         }

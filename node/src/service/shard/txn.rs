@@ -8,7 +8,7 @@ use crate::error::NodeError;
 use crate::node::Prewrite;
 use crate::raft::state_machine::ReadSet;
 use crate::raft::txn::{
-    TxnCommit, TxnConflict, TxnGc, TxnMutation, TxnOp, TxnOutcome, TxnRollback, TxnStatus,
+    TxnCommit, TxnConflict, TxnGc, TxnMutation, TxnOnePc, TxnOp, TxnOutcome, TxnRollback, TxnStatus,
 };
 
 /// Longest time to live a transaction may ask for (oracle milliseconds).
@@ -42,34 +42,21 @@ impl ShardKvService {
         Ok(())
     }
 
-    pub(super) async fn txn_prewrite(
+    /// Checks and converts a transaction's mutations of shard `shard_id` (at least one).
+    fn parse_mutations(
         &self,
-        request: v1::ShardTxnPrewriteRequest,
-    ) -> Result<v1::ShardTxnPrewriteResponse, NodeError> {
-        let (_ring, group) = self.node.shard_group(request.shard_id)?;
-        if request.mutations.is_empty() {
+        shard_id: u32,
+        mutations: Vec<v1::TxnMutation>,
+    ) -> Result<Vec<TxnMutation>, NodeError> {
+        if mutations.is_empty() {
             return Err(NodeError::InvalidArgument(
-                "a prewrite needs at least one mutation".to_string(),
+                "a transaction command needs at least one mutation".to_string(),
             ));
         }
-        self.check_txn_keys(
-            request.shard_id,
-            request.mutations.iter().map(|mutation| mutation.key.as_slice()),
-        )?;
-        if request.primary.is_empty() || request.primary.len() > self.node.config().max_key_bytes {
-            return Err(NodeError::InvalidArgument(
-                "the primary key must be a valid key".to_string(),
-            ));
-        }
-        if request.ttl_ms > MAX_TTL_MS {
-            return Err(NodeError::InvalidArgument(format!(
-                "ttl_ms is at most {MAX_TTL_MS}, got {}",
-                request.ttl_ms
-            )));
-        }
+        self.check_txn_keys(shard_id, mutations.iter().map(|mutation| mutation.key.as_slice()))?;
         let max_value = self.node.config().max_value_bytes;
-        let mut mutations = Vec::with_capacity(request.mutations.len());
-        for mutation in request.mutations {
+        let mut parsed = Vec::with_capacity(mutations.len());
+        for mutation in mutations {
             let kind = v1::WriteKind::try_from(mutation.kind);
             if matches!(kind, Ok(v1::WriteKind::Put | v1::WriteKind::Append))
                 && mutation.value.len() > max_value
@@ -90,10 +77,88 @@ impl ShardKvService {
                     )))
                 }
             };
-            mutations.push(TxnMutation {
+            parsed.push(TxnMutation {
                 key: mutation.key,
                 op,
             });
+        }
+        Ok(parsed)
+    }
+
+    /// Checks and converts what a serializable transaction read on shard `shard_id`.
+    fn parse_reads(
+        &self,
+        shard_id: u32,
+        keys: Vec<Vec<u8>>,
+        ranges: Vec<v1::TxnReadRange>,
+    ) -> Result<ReadSet, NodeError> {
+        if !keys.is_empty() {
+            self.check_txn_keys(shard_id, keys.iter().map(Vec::as_slice))?;
+        }
+        let max_ranges = self.node.config().max_ops_per_write;
+        if ranges.len() > max_ranges {
+            return Err(NodeError::InvalidArgument(format!(
+                "a transaction command takes at most {max_ranges} ranges, got {}",
+                ranges.len()
+            )));
+        }
+        let max_key_bytes = self.node.config().max_key_bytes;
+        let mut parsed = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let end = super::limits::check_range(max_key_bytes, &range.start, range.end)?;
+            parsed.push((range.start, end));
+        }
+        Ok(ReadSet { keys, ranges: parsed })
+    }
+
+    pub(super) async fn txn_one_pc(
+        &self,
+        request: v1::ShardTxnOnePcRequest,
+    ) -> Result<v1::ShardTxnOnePcResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        let mutations = self.parse_mutations(request.shard_id, request.mutations)?;
+        let reads = self.parse_reads(request.shard_id, request.read_keys, request.read_ranges)?;
+        let one = TxnOnePc {
+            start_ts: request.start_ts,
+            commit_ts: 0,
+            mutations,
+            check_conflicts: request.check_conflicts,
+            read_keys: reads.keys,
+            read_ranges: reads.ranges,
+        };
+        Ok(match self.node.txn_one_pc(&group, one).await? {
+            TxnOutcome::Status(TxnStatus::Committed { commit_ts }) => v1::ShardTxnOnePcResponse {
+                conflicts: Vec::new(),
+                commit_ts,
+            },
+            TxnOutcome::Conflicts(conflicts) => v1::ShardTxnOnePcResponse {
+                conflicts: conflicts.into_iter().map(conflict).collect(),
+                commit_ts: 0,
+            },
+            other => {
+                return Err(NodeError::OutcomeUnknown(format!(
+                    "a one-phase commit answered {other:?}"
+                )))
+            }
+        })
+    }
+
+    pub(super) async fn txn_prewrite(
+        &self,
+        request: v1::ShardTxnPrewriteRequest,
+    ) -> Result<v1::ShardTxnPrewriteResponse, NodeError> {
+        let (_ring, group) = self.node.shard_group(request.shard_id)?;
+        let mutations = self.parse_mutations(request.shard_id, request.mutations)?;
+        if request.primary.is_empty() || request.primary.len() > self.node.config().max_key_bytes {
+            return Err(NodeError::InvalidArgument(
+                "the primary key must be a valid key".to_string(),
+            ));
+        }
+        if request.ttl_ms > MAX_TTL_MS {
+            return Err(NodeError::InvalidArgument(format!(
+                "ttl_ms is at most {MAX_TTL_MS}, got {}",
+                request.ttl_ms
+            )));
         }
         let prewrite = Prewrite {
             start_ts: request.start_ts,
@@ -182,24 +247,7 @@ impl ShardKvService {
                 request.commit_ts, request.start_ts
             )));
         }
-        self.check_txn_keys(request.shard_id, request.keys.iter().map(Vec::as_slice))?;
-        let max_ranges = self.node.config().max_ops_per_write;
-        if request.ranges.len() > max_ranges {
-            return Err(NodeError::InvalidArgument(format!(
-                "a validation takes at most {max_ranges} ranges, got {}",
-                request.ranges.len()
-            )));
-        }
-        let mut ranges = Vec::with_capacity(request.ranges.len());
-        let max_key_bytes = self.node.config().max_key_bytes;
-        for range in request.ranges {
-            let end = super::limits::check_range(max_key_bytes, &range.start, range.end)?;
-            ranges.push((range.start, end));
-        }
-        let reads = ReadSet {
-            keys: request.keys,
-            ranges,
-        };
+        let reads = self.parse_reads(request.shard_id, request.keys, request.ranges)?;
         let conflicts = self
             .node
             .txn_validate(&group, request.start_ts, request.commit_ts, reads)
@@ -330,6 +378,11 @@ fn conflict(conflict: TxnConflict) -> v1::TxnConflict {
             message.set_kind(v1::txn_conflict::Kind::TooOld);
             message.key = key;
             message.commit_ts = floor;
+        }
+        TxnConflict::ReadChanged { key, commit_ts } => {
+            message.set_kind(v1::txn_conflict::Kind::ReadChanged);
+            message.key = key;
+            message.commit_ts = commit_ts;
         }
         TxnConflict::Finished(status) => {
             message.set_kind(v1::txn_conflict::Kind::Finished);
