@@ -400,6 +400,16 @@ mod tests {
             self.operation().await;
             Ok(records as usize)
         }
+
+        async fn transact(
+            &self,
+            _keys: Vec<Vec<u8>>,
+            _value: Vec<u8>,
+            _serializable: bool,
+        ) -> Result<(), target::TargetError> {
+            self.operation().await;
+            Ok(())
+        }
     }
 
     fn spec(mode: LoopMode, warmup_ms: u64, duration_ms: u64) -> RunSpec {

@@ -4,7 +4,10 @@
 //! YCSB's core workloads follow the YCSB definitions (A 50/50 read/update, B 95/5 read/update,
 //! C read-only, D 95/5 read-latest/insert, E 95/5 short-scan/insert, F 50/50
 //! read/read-modify-write, zipfian constant 0.99), W is 100% update with uniform keys, and
-//! `put` / `get` / `stale-get` are the plain single-operation loads.
+//! `put` / `get` / `stale-get` are the plain single-operation loads. The transactional ones
+//! follow YCSB-T's "closed economy" idea: `t` moves value between two records (read both,
+//! write both, one transaction: cross-shard when they fall on two shards), `t-ser` the same
+//! at serializable, `t1` is a one-record read-modify-write transaction (single-shard).
 //!
 //! Keys are `user` + 16 hex digits of the FNV-1a hash of the record number (YCSB's hashed
 //! insert order), so hot records are spread over the key space and over shards, and a scan
@@ -48,6 +51,12 @@ pub enum Workload {
     F,
     /// W: 100% update, uniform keys.
     W,
+    /// T: a transaction reading two records and writing both (repeatable read).
+    T,
+    /// T at serializable.
+    TSer,
+    /// T1: a transaction reading one record and writing it (repeatable read; one shard).
+    T1,
 }
 
 /// Percentages of each operation kind in a workload (they sum to 100).
@@ -63,6 +72,8 @@ pub struct Mix {
     pub scan: u32,
     /// A read, then a write of the same record.
     pub read_modify_write: u32,
+    /// A transaction reading records and writing them.
+    pub transaction: u32,
 }
 
 impl Mix {
@@ -73,7 +84,19 @@ impl Mix {
             insert,
             scan,
             read_modify_write,
+            transaction: 0,
         }
+    }
+
+    const fn transactions() -> Mix {
+        Mix {
+            transaction: 100,
+            ..Mix::new(0, 0, 0, 0, 0)
+        }
+    }
+
+    fn total(self) -> u32 {
+        self.read + self.update + self.insert + self.scan + self.read_modify_write + self.transaction
     }
 }
 
@@ -125,6 +148,9 @@ impl Workload {
             Workload::E => "e",
             Workload::F => "f",
             Workload::W => "w",
+            Workload::T => "t",
+            Workload::TSer => "t-ser",
+            Workload::T1 => "t1",
         }
     }
 
@@ -141,6 +167,9 @@ impl Workload {
             Workload::E => "YCSB E (scan/insert)",
             Workload::F => "YCSB F (read-modify-write)",
             Workload::W => "W (100% update)",
+            Workload::T => "T (two-record transfer transaction, repeatable read)",
+            Workload::TSer => "T-SER (two-record transfer transaction, serializable)",
+            Workload::T1 => "T1 (one-record read-modify-write transaction)",
         }
     }
 
@@ -154,13 +183,20 @@ impl Workload {
             Workload::D => Mix::new(95, 0, 5, 0, 0),
             Workload::E => Mix::new(0, 0, 5, 95, 0),
             Workload::F => Mix::new(50, 0, 0, 0, 50),
+            Workload::T | Workload::TSer | Workload::T1 => Mix::transactions(),
         }
     }
 
     /// The key choice when none is asked for: YCSB's own, uniform for the plain loads.
     pub fn default_distribution(self) -> Distribution {
         match self {
-            Workload::Put | Workload::Get | Workload::StaleGet | Workload::W => Distribution::Uniform,
+            Workload::Put
+            | Workload::Get
+            | Workload::StaleGet
+            | Workload::W
+            | Workload::T
+            | Workload::TSer
+            | Workload::T1 => Distribution::Uniform,
             Workload::D => Distribution::Latest,
             Workload::A | Workload::B | Workload::C | Workload::E | Workload::F => Distribution::Zipfian,
         }
@@ -177,7 +213,16 @@ impl Workload {
     /// Whether the workload reads records (so they must be loaded first).
     pub fn reads(self) -> bool {
         let mix = self.mix();
-        mix.read + mix.scan + mix.read_modify_write > 0
+        mix.read + mix.scan + mix.read_modify_write + mix.transaction > 0
+    }
+
+    /// Records one transaction of this workload reads and writes (0: not transactional).
+    pub fn txn_records(self) -> usize {
+        match self {
+            Workload::T | Workload::TSer => 2,
+            Workload::T1 => 1,
+            _ => 0,
+        }
     }
 }
 
@@ -212,6 +257,13 @@ pub enum Op {
     ReadModifyWrite {
         /// The key.
         key: Vec<u8>,
+    },
+    /// One transaction: read every key, then write every key.
+    Transaction {
+        /// Distinct keys.
+        keys: Vec<Vec<u8>>,
+        /// At serializable (else repeatable read).
+        serializable: bool,
     },
 }
 
@@ -355,12 +407,23 @@ impl OpGenerator {
     /// The next operation.
     pub fn next_op(&mut self) -> Op {
         let mix = self.workload.mix();
-        debug_assert_eq!(
-            mix.read + mix.update + mix.insert + mix.scan + mix.read_modify_write,
-            100,
-            "a mix is in percent"
-        );
+        debug_assert_eq!(mix.total(), 100, "a mix is in percent");
         let mut roll = self.rng.random_range(0..100u32);
+        if roll < mix.transaction {
+            let wanted = self.workload.txn_records().min(self.keys.records() as usize);
+            let mut keys: Vec<Vec<u8>> = Vec::with_capacity(wanted);
+            while keys.len() < wanted {
+                let key = record_key(self.keys.choose(self.distribution, &mut self.rng));
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            return Op::Transaction {
+                keys,
+                serializable: self.workload == Workload::TSer,
+            };
+        }
+        roll -= mix.transaction;
         if roll < mix.insert {
             return Op::Insert {
                 key: record_key(self.keys.take_insert()),
@@ -398,9 +461,7 @@ mod tests {
     fn mixes_are_percentages() {
         use clap::ValueEnum;
         for workload in Workload::value_variants() {
-            let mix = workload.mix();
-            let total = mix.read + mix.update + mix.insert + mix.scan + mix.read_modify_write;
-            assert_eq!(total, 100, "{workload:?}");
+            assert_eq!(workload.mix().total(), 100, "{workload:?}");
         }
     }
 

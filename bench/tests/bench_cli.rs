@@ -26,7 +26,7 @@ fn tiny_run(system: &str, duration_s: &str, json: &Path, work_dir: &Path) -> Vec
         "--system",
         system,
         "--workloads",
-        "put,get,a",
+        "put,get,a,t,t1",
         "--clients",
         "2",
         "--records",
@@ -108,7 +108,7 @@ async fn ringkv_run_reports_sane_results() {
     let work_dir = scratch.path().join("work");
     let json = scratch.path().join("results.json");
     let output = run_to_end(&tiny_run("ringkv", "1.5", &json, &work_dir)).await;
-    assert_eq!(check_report(&json, "ringkv"), 3);
+    assert_eq!(check_report(&json, "ringkv"), 5);
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(
         table.contains("| ringkv | put | uniform | closed | 2 |"),
@@ -129,7 +129,7 @@ async fn etcd_run_reports_sane_results() {
     let work_dir = scratch.path().join("work");
     let json = scratch.path().join("results.json");
     run_to_end(&tiny_run("etcd", "1.5", &json, &work_dir)).await;
-    assert_eq!(check_report(&json, "etcd"), 3);
+    assert_eq!(check_report(&json, "etcd"), 5);
     assert_empty(&work_dir);
 }
 

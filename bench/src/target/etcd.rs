@@ -24,7 +24,13 @@ pub mod pb {
     }
 }
 
-use pb::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+use pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use pb::etcdserverpb::request_op::Request;
+use pb::etcdserverpb::response_op::Response;
+use pb::etcdserverpb::{kv_client::KvClient, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+
+/// Runs of one transaction before it counts as failed (ringkv's client allows as many).
+const MAX_TXN_RUNS: u32 = 32;
 
 /// Bound on connecting to one member.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,6 +126,70 @@ impl Target for EtcdTarget {
             })
             .await?;
         Ok(())
+    }
+
+    /// etcd's transactions are compare-and-swap: read the keys at one revision (a Txn of
+    /// ranges), then a Txn that puts them only if none was modified since (`mod_revision`
+    /// compares), else again. That is serializable, which etcd offers for any transaction.
+    async fn transact(
+        &self,
+        keys: Vec<Vec<u8>>,
+        value: Vec<u8>,
+        _serializable: bool,
+    ) -> Result<(), TargetError> {
+        let mut client = self.client();
+        for _ in 0..MAX_TXN_RUNS {
+            let reads = TxnRequest {
+                success: keys
+                    .iter()
+                    .map(|key| RequestOp {
+                        request: Some(Request::RequestRange(RangeRequest {
+                            key: key.clone(),
+                            ..RangeRequest::default()
+                        })),
+                    })
+                    .collect(),
+                ..TxnRequest::default()
+            };
+            let read = client.txn(reads).await?.into_inner();
+            let compare = keys
+                .iter()
+                .zip(&read.responses)
+                .map(|(key, response)| {
+                    let mod_revision = match &response.response {
+                        Some(Response::ResponseRange(range)) => {
+                            range.kvs.first().map_or(0, |kv| kv.mod_revision)
+                        }
+                        _ => 0,
+                    };
+                    Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Mod as i32,
+                        key: key.clone(),
+                        target_union: Some(TargetUnion::ModRevision(mod_revision)),
+                        range_end: Vec::new(),
+                    }
+                })
+                .collect();
+            let writes = TxnRequest {
+                compare,
+                success: keys
+                    .iter()
+                    .map(|key| RequestOp {
+                        request: Some(Request::RequestPut(PutRequest {
+                            key: key.clone(),
+                            value: value.clone(),
+                            ..PutRequest::default()
+                        })),
+                    })
+                    .collect(),
+                failure: Vec::new(),
+            };
+            if client.txn(writes).await?.into_inner().succeeded {
+                return Ok(());
+            }
+        }
+        Err(TargetError::Conflicts(MAX_TXN_RUNS))
     }
 
     async fn scan(&self, start: Vec<u8>, records: u32) -> Result<usize, TargetError> {

@@ -22,6 +22,9 @@ pub enum TargetError {
     /// A gRPC status from etcd.
     #[error("etcd: {0}")]
     Etcd(#[from] tonic::Status),
+    /// A transaction that kept conflicting.
+    #[error("transaction conflicted {0} times in a row")]
+    Conflicts(u32),
 }
 
 /// A key-value system under test.
@@ -41,6 +44,16 @@ pub trait Target: Clone + Send + Sync + 'static {
 
     /// Reads up to `records` records in key order from `start` (linearizable); how many came.
     fn scan(&self, start: Vec<u8>, records: u32) -> impl Future<Output = Result<usize, TargetError>> + Send;
+
+    /// One transaction: reads every key, then writes `value` to every key, atomically and
+    /// isolated (`serializable` asks for more than snapshot isolation where a system has
+    /// both); run again after a conflict until it commits.
+    fn transact(
+        &self,
+        keys: Vec<Vec<u8>>,
+        value: Vec<u8>,
+        serializable: bool,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
     /// Writes many records (the load phase); a system may batch them.
     fn load(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> impl Future<Output = Result<(), TargetError>> + Send {
@@ -63,5 +76,6 @@ pub async fn execute<T: Target>(target: &T, op: Op, value: &[u8]) -> Result<(), 
             target.get(key.clone(), Consistency::Linearizable).await?;
             target.put(key, value.to_vec()).await
         }
+        Op::Transaction { keys, serializable } => target.transact(keys, value.to_vec(), serializable).await,
     }
 }

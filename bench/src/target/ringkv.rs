@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ringkv_client::{Client, ClientConfig, KeyRange, ReadConsistency, ScanOptions};
+use ringkv_client::{Client, ClientConfig, Isolation, KeyRange, ReadConsistency, ScanOptions};
 
 use crate::target::{Target, TargetError};
 use crate::workload::Consistency;
@@ -68,6 +68,32 @@ impl Target for RingkvTarget {
             )
             .await?;
         Ok(page.entries.len())
+    }
+
+    async fn transact(
+        &self,
+        keys: Vec<Vec<u8>>,
+        value: Vec<u8>,
+        serializable: bool,
+    ) -> Result<(), TargetError> {
+        let isolation = if serializable {
+            Isolation::Serializable
+        } else {
+            Isolation::RepeatableRead
+        };
+        self.client()
+            .transact(isolation, |txn| {
+                let (keys, value) = (keys.clone(), value.clone());
+                Box::pin(async move {
+                    txn.batch_get(&keys).await?;
+                    for key in keys {
+                        txn.put(key, value.clone());
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
     }
 
     async fn load(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), TargetError> {
