@@ -32,6 +32,9 @@ enum Command {
     Check {
         /// The EDN history file.
         history: PathBuf,
+        /// The isolation level the history's transactions (append workload) ran at.
+        #[arg(long, value_enum, default_value = "repeatable-read")]
+        isolation: IsolationArg,
     },
 }
 
@@ -193,22 +196,31 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run(args).await,
-            Command::Check { history } => {
+            Command::Check { history, isolation } => {
                 let text = std::fs::read_to_string(&history)?;
                 let history = ringkv_jepsen::edn::parse_history(&text)?;
-                let mut verdicts = vec![
-                    checker::linearizable::check(
+                // Each checker whose operations the history holds.
+                let has = |wanted: &dyn Fn(&F) -> bool| history.ops.iter().any(|op| wanted(&op.f));
+                let mut verdicts = Vec::new();
+                if has(&|f| matches!(f, F::Read | F::Write | F::Cas)) {
+                    verdicts.push(checker::linearizable::check(
                         &history,
                         &checker::linearizable::LinearizableConfig::default(),
-                    ),
-                    checker::set::check(&history),
-                ];
+                    ));
+                }
+                if has(&|f| matches!(f, F::Add | F::ReadAll)) {
+                    verdicts.push(checker::set::check(&history));
+                }
                 if history
                     .ops
                     .iter()
                     .any(|op| matches!(op.f, F::ChainWrite | F::SnapshotRead))
                 {
                     verdicts.push(checker::snapshot::check(&history));
+                }
+                if history.ops.iter().any(|op| matches!(op.f, F::Txn)) {
+                    let level = ringkv_jepsen::append::checked_level(isolation.into());
+                    verdicts.push(checker::elle::check(&history, level));
                 }
                 let verdict = checker::combine(verdicts);
                 println!("{}", serde_json::to_string_pretty(&verdict)?);

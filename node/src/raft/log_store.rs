@@ -206,16 +206,14 @@ impl LogStore {
         let pending = *self.purge_tx.borrow();
         match pending {
             Some(snapshot) if snapshot.index + 1 == first => self.purge_now(snapshot).await,
-            _ => {
-                // Not a gap openraft leaves after a snapshot; nothing to record it with.
-                tracing::warn!(
-                    group = %self.name,
-                    first,
-                    end,
-                    "entries appended after a gap in the log with no purge up to it"
-                );
-                Ok(())
-            }
+            // Not a gap openraft leaves after a snapshot: appending would leave a log with a
+            // hole nobody can start from. Refuse (the group stops, visibly) instead.
+            _ => Err(StorageError::Corrupt {
+                tree: self.name.clone(),
+                detail: format!(
+                    "entries from {first} would follow a log that ends at {end}, with no purge up to them"
+                ),
+            }),
         }
     }
 
@@ -235,7 +233,9 @@ impl LogStore {
         Ok(self.entries_and_bytes_in(start, end, max_bytes)?.0)
     }
 
-    /// Like [`LogStore::entries_in`], also returning the entries' encoded size.
+    /// Like [`LogStore::entries_in`], also returning the entries' encoded size. Entries
+    /// that start above `start` where nothing was purged are an error, never a shifted batch
+    /// (a caller would take them for the ones it asked for).
     fn entries_and_bytes_in(
         &self,
         start: Bound<u64>,
@@ -243,6 +243,20 @@ impl LogStore {
         max_bytes: usize,
     ) -> Result<(Vec<Entry>, usize), StorageError> {
         let records = self.wal.read(self.group, start, end, max_bytes)?;
+        if let (Bound::Included(wanted), Some((first, _))) = (start, records.first()) {
+            let purged = || {
+                self.read_meta::<LogId>(PURGED)
+                    .map(|purged| purged.map(|log_id| log_id.index))
+            };
+            if *first > wanted && purged()?.is_none_or(|purged| purged + 1 < *first) {
+                return Err(StorageError::Corrupt {
+                    tree: self.name.clone(),
+                    detail: format!(
+                        "log entries from {wanted} asked for; the log has them only from {first}, with no purge up to them"
+                    ),
+                });
+            }
+        }
         let bytes = records.iter().map(|(_, bytes)| bytes.len()).sum();
         let entries = records
             .into_iter()
@@ -583,6 +597,42 @@ mod tests {
         assert_eq!(entries[0], put(3, b"k", b"v", 3));
         let limited = store.limited_get_log_entries(3, 5).await.expect("limited");
         assert_eq!(limited.len(), 2);
+    }
+
+    /// A log whose entries start above what was purged (a hole) answers a read from below
+    /// them with an error, never with the entries above the hole in place of those asked
+    /// for; a read from a purged index still gets what follows the purge.
+    #[tokio::test]
+    async fn a_hole_is_an_error_not_a_shifted_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = storage::open(&dir.path().join("db")).expect("engine");
+        let group = GroupId::Shard(4);
+        let wal = open_wal(dir.path());
+        let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
+        let (mut store, _purges) = LogStore::open(wal.clone(), group, engine, flusher, 1 << 20, unpaced());
+        let encoded: Vec<Vec<u8>> = (9000..9003)
+            .map(|i| encode(&put(i, b"k", b"v", i as u8)).expect("encode"))
+            .collect();
+        wal.append(wal_group(group), 9000, &encoded).expect("append");
+        assert!(store.limited_get_log_entries(0, 9003).await.is_err());
+        assert!(store.try_get_log_entries(5..9003).await.is_err());
+        assert_eq!(
+            store
+                .limited_get_log_entries(9001, 9003)
+                .await
+                .expect("read")
+                .len(),
+            2
+        );
+        store.purge_now(log_id(2, 8999)).await.expect("purge");
+        assert_eq!(
+            store
+                .limited_get_log_entries(0, 9003)
+                .await
+                .expect("after the purge")
+                .len(),
+            3
+        );
     }
 
     /// A follower that installed a snapshot (openraft asked to purge up to it; the purger has

@@ -138,6 +138,41 @@ fn a_dirty_read_of_an_aborted_append_is_only_g1a() {
     assert_eq!(valid_at(&history), up_to(Isolation::ReadUncommitted));
 }
 
+/// A dirty read of an append whose transaction ended unknown, and which a longer read shows
+/// never committed (another value took its place), is a G1a as well; one that a read shows
+/// with another value after it committed, and an order that contradicts it stays an
+/// incompatible order.
+#[test]
+fn a_dirty_read_of_an_unknown_append_that_never_committed_is_g1a() {
+    let mut history = Builder::default();
+    history
+        .committed(0, &[append(1, 1)])
+        .txn(1, &[append(1, 2)])
+        .committed(2, &[read(1, &[1, 2])])
+        .info(1)
+        .committed(3, &[append(1, 3)])
+        .committed(5, &[append(1, 5)])
+        .committed(4, &[read(1, &[1, 3, 5])]);
+    let found = report(&history);
+    assert_eq!(kinds(&found), ["G1a"]);
+    assert!(
+        found.anomalies[0].description.contains("never committed"),
+        "{found:?}"
+    );
+    assert_eq!(valid_at(&history), up_to(Isolation::ReadUncommitted));
+
+    let mut seen_inside = Builder::default();
+    seen_inside
+        .committed(0, &[append(1, 1)])
+        .txn(1, &[append(1, 2)])
+        .info(1)
+        .committed(2, &[read(1, &[1, 2, 4])])
+        .committed(3, &[append(1, 3)])
+        .committed(5, &[append(1, 4)])
+        .committed(4, &[read(1, &[1, 3, 4])]);
+    assert!(kinds(&report(&seen_inside)).contains(&"incompatible-order"));
+}
+
 /// G1a: a committed read observes the append of a transaction that failed.
 #[test]
 fn reading_a_failed_append_is_g1a() {
@@ -328,8 +363,7 @@ fn diverging_reads_are_an_incompatible_order() {
     history
         .committed(0, &[append(1, 1)])
         .committed(0, &[append(1, 2)])
-        .txn(3, &[append(1, 3)])
-        .info(3)
+        .committed(3, &[append(1, 3)])
         .committed(1, &[read(1, &[1, 2])])
         .committed(2, &[read(1, &[1, 3])]);
     let found = report(&history);

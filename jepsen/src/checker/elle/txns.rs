@@ -50,7 +50,7 @@ impl Txn {
     }
 
     /// The values this transaction appends to `key`, in order.
-    fn appends_to(&self, key: u64) -> impl Iterator<Item = u64> + '_ {
+    pub(super) fn appends_to(&self, key: u64) -> impl Iterator<Item = u64> + '_ {
         self.micro_ops.iter().filter_map(move |micro_op| match micro_op {
             MicroOp::Append {
                 key: appended_key,
@@ -180,24 +180,124 @@ impl Observed {
     }
 }
 
-/// Reports every read of a committed transaction that saw a value appended by a failed one
-/// (`G1a`, an aborted read) and takes those values out of the read. What remains is what the
-/// read saw of transactions that may have committed: the version orders and dependencies are
-/// built from that, so a dirty read — which READ UNCOMMITTED allows, and which puts a value
-/// no later read has into a list — is reported once, as `G1a`, not also as an
-/// `incompatible-order` of every read after it.
+/// Reports every read of a committed transaction that saw a value appended by a transaction
+/// that never committed (`G1a`, an aborted read) and takes those values out of the read.
+/// What remains is what the read saw of transactions that may have committed: the version
+/// orders and dependencies are built from that, so a dirty read — which READ UNCOMMITTED
+/// allows, and which puts a value no later read has into a list — is reported once, as
+/// `G1a`, not also as an `incompatible-order` of every read after it.
+///
+/// A transaction never committed when it failed, or — its outcome unknown — when a read
+/// saw its value at a position of the key's list where the longest read of the key (values
+/// of failed transactions aside) holds another value and never this one: lists only grow,
+/// so a committed value would be there.
 pub(super) fn strip_aborted_reads(txns: &mut [Txn], findings: &mut Findings) {
-    let mut failed: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut aborted: HashMap<(u64, u64), (usize, &'static str)> = HashMap::new();
     for (position, txn) in txns.iter().enumerate() {
         if txn.outcome == Outcome::Failed {
             for micro_op in &txn.micro_ops {
                 if let MicroOp::Append { key, value } = micro_op {
-                    failed.entry((*key, *value)).or_insert(position);
+                    aborted
+                        .entry((*key, *value))
+                        .or_insert((position, "which failed"));
                 }
             }
         }
     }
-    if failed.is_empty() {
+    let mut unknown: HashMap<(u64, u64), usize> = HashMap::new();
+    for (position, txn) in txns.iter().enumerate() {
+        if txn.outcome == Outcome::Unknown {
+            for micro_op in &txn.micro_ops {
+                if let MicroOp::Append { key, value } = micro_op {
+                    unknown.entry((*key, *value)).or_insert(position);
+                }
+            }
+        }
+    }
+    // Committed reads, each without the reader's own appends at its end.
+    let committed_reads = |txns: &[Txn]| -> Vec<(u64, Vec<u64>)> {
+        let mut reads = Vec::new();
+        for txn in txns.iter().filter(|txn| txn.outcome == Outcome::Ok) {
+            for micro_op in &txn.micro_ops {
+                if let MicroOp::Read {
+                    key,
+                    values: Some(values),
+                } = micro_op
+                {
+                    let own: Vec<u64> = txn.appends_to(*key).collect();
+                    let mut values = values.clone();
+                    while values.last().is_some_and(|last| own.contains(last)) {
+                        values.pop();
+                    }
+                    reads.push((*key, values));
+                }
+            }
+        }
+        reads
+    };
+    if !unknown.is_empty() {
+        let reads = committed_reads(txns);
+        let mut longest: HashMap<u64, Vec<u64>> = HashMap::new();
+        for (key, values) in &reads {
+            let kept: Vec<u64> = values
+                .iter()
+                .copied()
+                .filter(|value| !aborted.contains_key(&(*key, *value)))
+                .collect();
+            let entry = longest.entry(*key).or_default();
+            if kept.len() > entry.len() {
+                *entry = kept;
+            }
+        }
+        // A read's provisional part is its last values, all of one transaction. A value some
+        // read has with another transaction's after it was committed once.
+        let mut committed_once: HashSet<(u64, usize)> = HashSet::new();
+        let mut candidates: Vec<(u64, usize, usize)> = Vec::new();
+        for (key, values) in &reads {
+            let kept: Vec<u64> = values
+                .iter()
+                .copied()
+                .filter(|value| !aborted.contains_key(&(*key, *value)))
+                .collect();
+            let writer_at = |position: usize| unknown.get(&(*key, kept[position])).copied();
+            let mut start = kept.len();
+            let tail_writer = kept.len().checked_sub(1).and_then(writer_at);
+            while start > 0 && tail_writer.is_some() && writer_at(start - 1) == tail_writer {
+                start -= 1;
+            }
+            for position in 0..start {
+                if let Some(writer) = writer_at(position) {
+                    committed_once.insert((*key, writer));
+                }
+            }
+            if let Some(writer) = tail_writer {
+                candidates.push((*key, writer, start));
+            }
+        }
+        let mut never_committed: BTreeSet<usize> = BTreeSet::new();
+        for (key, writer, position) in candidates {
+            if committed_once.contains(&(key, writer)) {
+                continue;
+            }
+            let order = longest.get(&key).map_or(&[][..], Vec::as_slice);
+            let appended: Vec<u64> = txns[writer].appends_to(key).collect();
+            let displaced = order.get(position).is_some_and(|there| !appended.contains(there));
+            if displaced && !order.iter().any(|value| appended.contains(value)) {
+                never_committed.insert(writer);
+            }
+        }
+        for writer in never_committed {
+            for micro_op in &txns[writer].micro_ops {
+                if let MicroOp::Append { key, value } = micro_op {
+                    aborted.insert(
+                        (*key, *value),
+                        (writer, "whose outcome was unknown and which never committed"),
+                    );
+                }
+            }
+        }
+    }
+    if aborted.is_empty() {
         return;
     }
     for position in 0..txns.len() {
@@ -213,9 +313,9 @@ pub(super) fn strip_aborted_reads(txns: &mut [Txn], findings: &mut Findings) {
                 continue;
             };
             let key = *key;
-            let Some((value, writer)) = values
+            let Some((value, (writer, how))) = values
                 .iter()
-                .find_map(|value| Some((*value, *failed.get(&(key, *value))?)))
+                .find_map(|value| Some((*value, *aborted.get(&(key, *value))?)))
             else {
                 continue;
             };
@@ -225,7 +325,7 @@ pub(super) fn strip_aborted_reads(txns: &mut [Txn], findings: &mut Findings) {
                 AnomalyKind::G1a,
                 Some(key),
                 format!(
-                    "{} read key {key} as {}: {value} was appended by {}, which failed",
+                    "{} read key {key} as {}: {value} was appended by {}, {how}",
                     reader.name(),
                     show(values),
                     writer_txn.name()
@@ -236,7 +336,7 @@ pub(super) fn strip_aborted_reads(txns: &mut [Txn], findings: &mut Findings) {
                 values: Some(values), ..
             } = &mut txns[position].micro_ops[micro_op_position]
             {
-                values.retain(|value| !failed.contains_key(&(key, *value)));
+                values.retain(|value| !aborted.contains_key(&(key, *value)));
             }
         }
     }

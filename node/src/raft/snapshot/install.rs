@@ -217,6 +217,49 @@ mod tests {
         assert_eq!(current.last_log_id, Some(log_id(2, 20)));
     }
 
+    /// A crash after the received snapshot was published but before the state switched to
+    /// it (the install's two steps) is finished at reopen: the state is the snapshot's, not
+    /// an empty one behind a snapshot openraft would trust.
+    #[tokio::test]
+    async fn an_install_a_crash_interrupted_is_finished_at_reopen() {
+        let source_dir = tempfile::tempdir().expect("tempdir");
+        let (_source_engine, source) = open(source_dir.path());
+        let mut source_sm = StateMachine::new(source.clone());
+        source_sm
+            .apply(
+                (1..=20)
+                    .map(|i| put(i, format!("k{i}").as_bytes(), b"v", i as u8))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .expect("apply");
+        let snapshot = source_sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+
+        let target_dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (engine, target) = open(target_dir.path());
+            let snapshots = SnapshotDir::open(target_dir.path().join("snapshots")).expect("snapshots");
+            let tree_name =
+                crate::raft::state_machine::layout::sm_tree_name(crate::raft::types::GroupId::Shard(0), 1);
+            // The install's load and publish, then the crash: no switch.
+            let file = snapshot.snapshot.try_into_std().expect("a std file");
+            load(&engine, &tree_name, &snapshot.meta, file, &snapshots).expect("load");
+            assert_eq!(target.data_len().expect("len"), 0, "still the old state");
+        }
+        let (_engine, reopened) = open(target_dir.path());
+        let (applied, _) = StateMachine::new(reopened.clone())
+            .applied_state()
+            .await
+            .expect("applied after reopen");
+        assert_eq!(applied, Some(log_id(2, 20)));
+        assert_eq!(reopened.data_len().expect("len"), 20);
+    }
+
     /// A snapshot carries the delete-range de-duplication records: a retry on the replica
     /// that installed it returns the first outcome.
     #[tokio::test]

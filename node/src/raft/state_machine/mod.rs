@@ -88,7 +88,9 @@ pub struct GroupState {
 }
 
 impl GroupState {
-    /// Opens (or creates) the state of `group`, dropping trees left by an interrupted install.
+    /// Opens (or creates) the state of `group`, dropping trees left by an interrupted install
+    /// and finishing the install itself when its snapshot was already published (see
+    /// [`GroupState::finish_interrupted_install`]).
     pub fn open(
         group: GroupId,
         engine: EngineRef,
@@ -126,7 +128,7 @@ impl GroupState {
         let (applied_tx, _) = watch::channel(applied);
         let history = mvcc::History::new(history, mvcc::high_water(&tree)?);
         let may_have_locks = AtomicBool::new(txn::holds_locks(&tree)?);
-        Ok(Arc::new(GroupState {
+        let state = Arc::new(GroupState {
             group,
             engine,
             catalog,
@@ -140,7 +142,32 @@ impl GroupState {
             cluster_tx,
             retired: AtomicBool::new(false),
             history: Arc::new(Mutex::new(history)),
-        }))
+        });
+        state.finish_interrupted_install(applied)?;
+        Ok(state)
+    }
+
+    /// An install publishes the received snapshot before it switches the state to it
+    /// (`snapshot/install.rs`), so a crash in between leaves a current snapshot ahead of the
+    /// state — and openraft, which trusts the snapshot, would purge nothing, apply from the
+    /// state's point and accept entries after the snapshot on a log that lacks those before
+    /// it: a hole it can never start from again (found by a jepsen run: a replica killed
+    /// mid-install). A snapshot of this replica's own is never ahead of its state, so one
+    /// that is ahead was being installed: load it again and switch, as the install would have.
+    fn finish_interrupted_install(&self, applied: Option<LogId>) -> Result<(), StorageError> {
+        let Some((meta, file)) = self.snapshots.open_current()? else {
+            return Ok(());
+        };
+        if meta.last_log_id <= applied {
+            return Ok(());
+        }
+        info!(
+            group = %self.group,
+            snapshot_id = %meta.snapshot_id,
+            applied = ?applied,
+            "finishing the install of a snapshot a crash interrupted"
+        );
+        self.install_snapshot_blocking(&meta, file)
     }
 
     /// Marks the state retired once no apply, install or snapshot dump is running; every
