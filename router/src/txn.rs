@@ -70,6 +70,14 @@ impl ShardPart {
     }
 }
 
+/// Locks still pending after a round of resolution.
+#[derive(Default)]
+struct LocksLeft {
+    pending: bool,
+    /// One of them belongs to a transaction older than this one (wait-die: die).
+    older_pending: bool,
+}
+
 /// What a serializable transaction read on one shard, to validate at its commit.
 #[derive(Default)]
 struct ShardReads {
@@ -424,21 +432,7 @@ impl<N: NodeApi> Coordinator<'_, N> {
             };
             // Resolve every lock met (each asks its primary), then try again.
             let mut pending = false;
-            for conflict in &response.conflicts {
-                let lock = MetLock {
-                    key: conflict.key.clone(),
-                    start_ts: conflict.start_ts,
-                    primary: conflict.primary.clone(),
-                };
-                let resolved = self
-                    .ctx
-                    .forwarder
-                    .resolve_lock(self.shard_count, lock, self.deadline)
-                    .await?;
-                if !resolved {
-                    pending = true;
-                }
-            }
+            pending |= self.resolve_locks(&response.conflicts).await?.pending;
             if round + 1 == LOCK_ROUNDS {
                 return Ok(Some(refusal));
             }
@@ -500,21 +494,7 @@ impl<N: NodeApi> Coordinator<'_, N> {
                 Some(other) => return Err(abort(self.start_ts, other)),
             };
             let mut pending = false;
-            for conflict in &response.conflicts {
-                let lock = MetLock {
-                    key: conflict.key.clone(),
-                    start_ts: conflict.start_ts,
-                    primary: conflict.primary.clone(),
-                };
-                if !self
-                    .ctx
-                    .forwarder
-                    .resolve_lock(self.shard_count, lock, self.deadline)
-                    .await?
-                {
-                    pending = true;
-                }
-            }
+            pending |= self.resolve_locks(&response.conflicts).await?.pending;
             if round + 1 == LOCK_ROUNDS {
                 return Err(abort(self.start_ts, PrewriteRefusal::Locked(refusal)));
             }
@@ -604,24 +584,11 @@ impl<N: NodeApi> Coordinator<'_, N> {
                 other => return Ok(Some(other)),
             };
             let mut waiting = false;
-            for conflict in &response.conflicts {
-                let lock = MetLock {
-                    key: conflict.key.clone(),
-                    start_ts: conflict.start_ts,
-                    primary: conflict.primary.clone(),
-                };
-                let older = lock.start_ts < self.start_ts;
-                let resolved = self
-                    .ctx
-                    .forwarder
-                    .resolve_lock(self.shard_count, lock, self.deadline)
-                    .await?;
-                match (resolved, older) {
-                    (true, _) => {}
-                    (false, true) => return Ok(Some(PrewriteRefusal::Locked(refusal))),
-                    (false, false) => waiting = true,
-                }
+            let left = self.resolve_locks(&response.conflicts).await?;
+            if left.older_pending {
+                return Ok(Some(PrewriteRefusal::Locked(refusal)));
             }
+            waiting |= left.pending;
             if round + 1 == LOCK_ROUNDS {
                 return Ok(Some(PrewriteRefusal::Locked(refusal)));
             }
@@ -630,6 +597,32 @@ impl<N: NodeApi> Coordinator<'_, N> {
             }
         }
         Ok(None)
+    }
+
+    /// Resolves every lock among `conflicts` through its primary's record: what stayed.
+    async fn resolve_locks(&self, conflicts: &[TxnConflict]) -> Result<LocksLeft, RouterError> {
+        let mut left = LocksLeft::default();
+        for conflict in conflicts {
+            if txn_conflict::Kind::try_from(conflict.kind) != Ok(txn_conflict::Kind::Locked) {
+                continue;
+            }
+            let lock = MetLock {
+                key: conflict.key.clone(),
+                start_ts: conflict.start_ts,
+                primary: conflict.primary.clone(),
+            };
+            let older = lock.start_ts < self.start_ts;
+            if !self
+                .ctx
+                .forwarder
+                .resolve_lock(self.shard_count, lock, self.deadline)
+                .await?
+            {
+                left.pending = true;
+                left.older_pending |= older;
+            }
+        }
+        Ok(left)
     }
 
     /// The refusal a prewrite's conflicts amount to (`None`: no conflicts). Anything other

@@ -74,39 +74,34 @@ pub async fn collect<N: NodeApi>(
         report(&progress);
         return Ok(progress);
     }
-    report(&progress);
-    let resolved: Vec<Result<u64, RouterError>> = stream::iter(0..shard_count)
-        .map(|shard| resolve_shard(ctx, shard_count, ShardId(shard), safe_point))
-        .buffer_unordered(ctx.max_fanout)
-        .inspect(|outcome| {
-            progress.shards_done += 1;
-            if let Ok(count) = outcome {
-                progress.locks_resolved += count;
-            }
-            report(&progress);
-        })
-        .collect()
-        .await;
-    for outcome in resolved {
-        outcome?;
-    }
-    progress.phase = Phase::Purge as i32;
-    progress.shards_done = 0;
-    report(&progress);
-    let purged: Vec<Result<u64, RouterError>> = stream::iter(0..shard_count)
-        .map(|shard| purge_shard(ctx, shard_count, ShardId(shard), safe_point))
-        .buffer_unordered(ctx.max_fanout)
-        .inspect(|outcome| {
-            progress.shards_done += 1;
-            if let Ok(count) = outcome {
-                progress.records_purged += count;
-            }
-            report(&progress);
-        })
-        .collect()
-        .await;
-    for outcome in purged {
-        outcome?;
+    for phase in [Phase::Resolve, Phase::Purge] {
+        progress.phase = phase as i32;
+        progress.shards_done = 0;
+        report(&progress);
+        let outcomes: Vec<Result<u64, RouterError>> = stream::iter(0..shard_count)
+            .map(|shard| async move {
+                let shard = ShardId(shard);
+                match phase {
+                    Phase::Resolve => resolve_shard(ctx, shard_count, shard, safe_point).await,
+                    _ => purge_shard(ctx, shard_count, shard, safe_point).await,
+                }
+            })
+            .buffer_unordered(ctx.max_fanout)
+            .inspect(|outcome| {
+                progress.shards_done += 1;
+                let count = outcome.as_ref().copied().unwrap_or(0);
+                match phase {
+                    Phase::Resolve => progress.locks_resolved += count,
+                    _ => progress.records_purged += count,
+                }
+                report(&progress);
+            })
+            .collect()
+            .await;
+        // Nothing is deleted unless every lock was resolved.
+        for outcome in outcomes {
+            outcome?;
+        }
     }
     progress.phase = Phase::Done as i32;
     report(&progress);

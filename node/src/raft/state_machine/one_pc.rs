@@ -91,23 +91,15 @@ impl GroupState {
 #[cfg(test)]
 mod tests {
     use openraft::storage::RaftStateMachine;
-    use openraft::EntryPayload;
 
     use super::*;
-    use crate::raft::state_machine::test_support::{log_id, open, put};
+    use crate::raft::state_machine::test_support::{open, put};
     use crate::raft::state_machine::StateMachine;
     use crate::raft::txn::{TxnMutation, TxnOp, TxnPrewrite};
-    use crate::raft::types::{Command, CommandResult, Entry};
+    use crate::raft::types::Command;
 
     async fn apply(sm: &mut StateMachine, index: u64, command: Command) -> TxnOutcome {
-        let entry = Entry {
-            log_id: log_id(2, index),
-            payload: EntryPayload::Normal(command),
-        };
-        match sm.apply(vec![entry]).await.expect("apply").pop() {
-            Some(CommandResult::Txn(outcome)) => outcome,
-            other => panic!("a transaction outcome expected, got {other:?}"),
-        }
+        crate::raft::state_machine::test_support::apply_txn(sm, index, command).await
     }
 
     fn one_pc(start_ts: u64, commit_ts: u64, key: &[u8], read_keys: &[&[u8]]) -> Command {

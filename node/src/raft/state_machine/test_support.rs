@@ -118,3 +118,19 @@ pub(crate) fn open_with_policy(
     .expect("state");
     (engine, state)
 }
+
+/// Applies `command` as entry `index` and returns its transaction outcome.
+pub(crate) async fn apply_txn(
+    sm: &mut StateMachine,
+    index: u64,
+    command: Command,
+) -> crate::raft::txn::TxnOutcome {
+    let entry = Entry {
+        log_id: log_id(2, index),
+        payload: EntryPayload::Normal(command),
+    };
+    match sm.apply(vec![entry]).await.expect("apply").pop() {
+        Some(CommandResult::Txn(outcome)) => outcome,
+        other => panic!("a transaction outcome expected, got {other:?}"),
+    }
+}

@@ -438,16 +438,8 @@ mod tests {
     use crate::raft::txn::TxnMutation;
     use crate::raft::types::{Command, CommandResult, Entry};
 
-    /// Applies `command` as entry `index` and returns its transaction outcome.
     async fn apply(sm: &mut StateMachine, index: u64, command: Command) -> TxnOutcome {
-        let entry = Entry {
-            log_id: log_id(2, index),
-            payload: EntryPayload::Normal(command),
-        };
-        match sm.apply(vec![entry]).await.expect("apply").pop() {
-            Some(CommandResult::Txn(outcome)) => outcome,
-            other => panic!("a transaction outcome expected, got {other:?}"),
-        }
+        crate::raft::state_machine::test_support::apply_txn(sm, index, command).await
     }
 
     fn prewrite(start_ts: u64, writes: &[(&[u8], Option<&[u8]>)], primary_expires: Option<u64>) -> Command {
