@@ -34,6 +34,7 @@ pub(crate) fn scan_request(range: &KeyRange, options: &ScanOptions, limit: u32) 
         continuation_token: Vec::new(),
         allow_partial: options.allow_partial,
         read_ts: options.consistency.read_ts(),
+        read_uncommitted: options.read_uncommitted,
     }
 }
 

@@ -28,11 +28,10 @@ pub const MAX_TRANSACT_RUNS: u32 = 32;
 /// How isolated a transaction is from concurrent ones (the contract: README's table).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Isolation {
-    /// Each point read sees the newest value, a provisional one included (what another
+    /// Each read sees the newest value, a provisional one included (what another
     /// transaction prewrote and may still roll back: a dirty read), and never waits for a
     /// transaction to finish; writes still lock, so two transactions never interleave
-    /// their writes to one key (no dirty writes). Scans read committed values, as under
-    /// [`Isolation::ReadCommitted`].
+    /// their writes to one key (no dirty writes). Scans see provisional values too.
     ReadUncommitted,
     /// Each read sees the latest committed values (a read may differ from an earlier one
     /// of the same key); concurrent writers do not abort each other.
@@ -244,9 +243,10 @@ impl Transaction {
             .filter(|(_, write)| **write == Buffered::Delete)
             .count();
         let want = limit.saturating_add(deletes);
-        let options = ScanOptions::new()
+        let mut options = ScanOptions::new()
             .limit(u32::try_from(want).unwrap_or(u32::MAX))
             .consistency(self.consistency());
+        options.read_uncommitted = self.dirty();
         let committed: Vec<ScanEntry> = self
             .client
             .scan_stream(range, &options)

@@ -307,6 +307,8 @@ pub struct ScanOptions {
     pub(crate) keys_only: bool,
     pub(crate) consistency: ReadConsistency,
     pub(crate) allow_partial: bool,
+    /// Provisional values too (read-uncommitted transactions).
+    pub(crate) read_uncommitted: bool,
 }
 
 impl ScanOptions {

@@ -35,7 +35,7 @@ use crate::error::{to_status, BatchFailure, RouterError};
 use crate::node_api::NodeApi;
 use crate::range::{decode_token, encode_token, KeyRange};
 use crate::scan::{MergeSettings, Merger, ScanSpec, ShardPages};
-use crate::validate::{check_read_ts, parse_consistency, request_id_or_random};
+use crate::validate::{check_read_ts, check_read_uncommitted, parse_consistency, request_id_or_random};
 
 /// The most entries one Scan page returns.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
@@ -80,6 +80,7 @@ fn parse_scan(
     let query = KeyRange::parse(&ctx.limits, &request.start, &request.end, &request.prefix)?;
     let consistency = parse_consistency(request.consistency)?;
     check_read_ts(consistency, request.read_ts)?;
+    check_read_uncommitted(consistency, request.read_ts, request.read_uncommitted)?;
     let limit = if streamed {
         (request.limit > 0).then_some(u64::from(request.limit))
     } else {
@@ -105,6 +106,7 @@ fn parse_scan(
             keys_only: request.keys_only,
             consistency,
             read_ts: request.read_ts,
+            read_uncommitted: request.read_uncommitted,
             allow_partial: request.allow_partial,
             limit,
         },

@@ -52,6 +52,8 @@ pub struct ScanSpec {
     pub consistency: Consistency,
     /// 0: the latest values; otherwise every shard's page as of this oracle timestamp.
     pub read_ts: u64,
+    /// The latest values with provisional ones (read uncommitted).
+    pub read_uncommitted: bool,
     /// Leave out shards that fail (reported in [`Merger::missing_shards`]) instead of
     /// failing the scan.
     pub allow_partial: bool,
@@ -257,6 +259,7 @@ impl<P: ShardPages> Merger<P> {
                     keys_only: self.spec.keys_only,
                     consistency: self.spec.consistency as i32,
                     read_ts: self.spec.read_ts,
+                    read_uncommitted: self.spec.read_uncommitted,
                 };
                 (index, request)
             })
@@ -438,6 +441,7 @@ pub(crate) mod tests {
             keys_only: false,
             consistency: Consistency::Linearizable,
             read_ts: 0,
+            read_uncommitted: false,
             allow_partial: false,
             limit,
         }

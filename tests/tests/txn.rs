@@ -305,6 +305,17 @@ async fn abandoned_transactions_are_resolved(cluster: &Cluster, client: &Client)
         &[(b"orphan/a", b"new-a"), (b"orphan/b", b"new-b")],
     )
     .await?;
+    // Read uncommitted sees the provisional values at once, in point reads and scans.
+    let dirty = client.begin(Isolation::ReadUncommitted).await?;
+    assert_eq!(
+        dirty.get(b"orphan/b").await?.map(|v| v.value),
+        Some(b"new-b".to_vec())
+    );
+    let scanned = dirty
+        .scan(&ringkv_client::KeyRange::prefix(b"orphan/"), 10)
+        .await?;
+    let values: Vec<Vec<u8>> = scanned.into_iter().map(|entry| entry.value).collect();
+    assert_eq!(values, vec![b"new-a".to_vec(), b"new-b".to_vec()]);
     let read = client.get(b"orphan/b").await?;
     assert_eq!(read.map(|v| v.value), Some(b"old-b".to_vec()));
     assert_eq!(

@@ -73,12 +73,7 @@ impl ShardKvService {
             }
         }
         let values = if request.read_uncommitted {
-            if request.read_ts != 0 || request.consistency != v1::Consistency::Linearizable as i32 {
-                return Err(NodeError::InvalidArgument(
-                    "read_uncommitted reads the latest values through the leader: no read_ts, not stale"
-                        .to_string(),
-                ));
-            }
+            limits::check_uncommitted(request.read_ts, request.consistency)?;
             self.check_consistency(&group, request.consistency).await?;
             self.node.read_uncommitted(&group, &request.keys).await?
         } else if request.read_ts == 0 {
@@ -281,7 +276,11 @@ impl ShardKvService {
             reverse: request.reverse,
             keys_only: request.keys_only,
         };
-        let page = if request.read_ts == 0 {
+        let page = if request.read_uncommitted {
+            limits::check_uncommitted(request.read_ts, request.consistency)?;
+            self.check_consistency(&group, request.consistency).await?;
+            group.state.scan_uncommitted(options).await?
+        } else if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
             if request.consistency == v1::Consistency::Linearizable as i32 {
                 let end = options.end.as_deref();

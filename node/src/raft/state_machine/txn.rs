@@ -513,6 +513,64 @@ mod tests {
         );
     }
 
+    /// A read-uncommitted scan merges the locks of the range into its heads, in either
+    /// direction, with the page limit counting what it shows.
+    #[tokio::test]
+    async fn uncommitted_scans_merge_locks_into_the_range() {
+        use crate::raft::state_machine::test_support::scan_options;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        sm.apply(vec![
+            put(1, b"a", b"1", 1),
+            put(2, b"b", b"2", 2),
+            put(3, b"c", b"3", 3),
+        ])
+        .await
+        .expect("put");
+        let mut prewrite = prewrite(500, &[(b"b", None), (b"bb", Some(b"new"))], Some(10_000));
+        if let Command::TxnPrewrite(request) = &mut prewrite {
+            request.mutations.push(TxnMutation {
+                key: b"c".to_vec(),
+                op: TxnOp::Append(b"+".to_vec()),
+            });
+        }
+        assert_eq!(apply(&mut sm, 4, prewrite).await, TxnOutcome::Prewritten);
+        let shown = |page: crate::raft::state_machine::ScanPage| -> Vec<(Vec<u8>, u64, Vec<u8>)> {
+            page.entries
+                .into_iter()
+                .map(|(key, versioned)| (key, versioned.version, versioned.value))
+                .collect()
+        };
+        let all = state
+            .scan_uncommitted(scan_options(b"", None, 10))
+            .await
+            .expect("scan");
+        assert_eq!(
+            shown(all),
+            vec![
+                (b"a".to_vec(), 1, b"1".to_vec()),
+                (b"bb".to_vec(), 0, b"new".to_vec()),
+                (b"c".to_vec(), 0, b"3+".to_vec()),
+            ]
+        );
+        let mut reverse = scan_options(b"", None, 2);
+        reverse.reverse = true;
+        let page = state.scan_uncommitted(reverse).await.expect("scan");
+        assert!(page.more);
+        let keys: Vec<Vec<u8>> = page.entries.into_iter().map(|(key, _)| key).collect();
+        assert_eq!(keys, vec![b"c".to_vec(), b"bb".to_vec()]);
+        let page = state
+            .scan_uncommitted(scan_options(b"b", Some(b"c"), 10))
+            .await
+            .expect("scan");
+        assert_eq!(
+            shown(page),
+            vec![(b"bb".to_vec(), 0, b"new".to_vec())],
+            "b is deleted"
+        );
+    }
+
     /// Garbage collection deletes the records of rolled-back transactions and of those
     /// committed below the safe point, keeps pending ones and later commits; below the safe
     /// point a transaction without a record is forgotten (never reported rolled back) and a

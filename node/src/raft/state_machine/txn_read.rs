@@ -2,10 +2,15 @@
 //! and the records a garbage collection visits. Each holds the apply lock for reading, like
 //! every read (`read.rs`); none checks consistency: callers do.
 
+use std::iter::Peekable;
+
+use super::layout::{data_bounds, lock_bounds, user_key};
+use super::read::{ScanOptions, ScanPage};
 use super::{join_error, mvcc, txn, GroupState};
-use crate::raft::txn::{LockedKey, TxnOp};
+use crate::raft::decode;
+use crate::raft::txn::{Lock, LockedKey, TxnOp};
 use crate::raft::types::Versioned;
-use crate::storage::StorageError;
+use crate::storage::{StorageError, TreeRef};
 
 impl GroupState {
     /// Reads `keys` at one point between applied entries with provisional values: a key
@@ -78,5 +83,109 @@ impl GroupState {
         let _guard = self.apply_lock.read().await;
         let (keys, more) = txn::collectable_below(&self.tree(), safe_point, 1)?;
         Ok(!keys.is_empty() || more)
+    }
+
+    /// One page of a range with provisional values (read uncommitted): the heads of the
+    /// range and the locks on it merged in scan order, each locked key as its transaction
+    /// would leave it (a delete hides the key, a put or an append on a key without a head
+    /// shows it). Iterates on a blocking thread under the apply lock, like every scan.
+    pub async fn scan_uncommitted(&self, options: ScanOptions) -> Result<ScanPage, StorageError> {
+        let guard = self.apply_lock.clone().read_owned().await;
+        let tree = self.tree();
+        let may_have_locks = self.may_have_locks();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            scan_uncommitted_tree(&tree, &options, may_have_locks)
+        })
+        .await
+        .map_err(join_error)?
+    }
+}
+
+type Pairs<'a> = Peekable<Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a>>;
+
+/// The next user key of `pairs` (records of one prefix: data, or locks), without taking it.
+fn peek_key(pairs: &mut Pairs<'_>, tree: &TreeRef, data: bool) -> Result<Option<Vec<u8>>, StorageError> {
+    match pairs.peek() {
+        None => Ok(None),
+        Some(Ok((key, _))) if data => Ok(Some(user_key(tree.name(), key)?)),
+        Some(Ok((key, _))) => Ok(Some(key.get(1..).unwrap_or_default().to_vec())),
+        Some(Err(_)) => match pairs.next() {
+            Some(Err(err)) => Err(err),
+            _ => Ok(None),
+        },
+    }
+}
+
+fn scan_uncommitted_tree(
+    tree: &TreeRef,
+    options: &ScanOptions,
+    may_have_locks: bool,
+) -> Result<ScanPage, StorageError> {
+    let mut page = ScanPage::default();
+    let Some((lower, upper)) = data_bounds(&options.start, options.end.as_deref()) else {
+        return Ok(page);
+    };
+    let ordered = |lower, upper| -> Pairs<'_> {
+        let pairs: Box<dyn Iterator<Item = _>> = if options.reverse {
+            Box::new(tree.range_rev(lower, upper))
+        } else {
+            Box::new(tree.range(lower, upper))
+        };
+        pairs.peekable()
+    };
+    let mut heads = ordered(lower, upper);
+    let mut locks = match lock_bounds(&options.start, options.end.as_deref()).filter(|_| may_have_locks) {
+        Some((lower, upper)) => ordered(lower, upper),
+        None => (Box::new(std::iter::empty()) as Box<dyn Iterator<Item = _> + '_>).peekable(),
+    };
+    let before = |a: &[u8], b: &[u8]| if options.reverse { a > b } else { a < b };
+    let mut bytes = 0usize;
+    loop {
+        let head_key = peek_key(&mut heads, tree, true)?;
+        let lock_key = peek_key(&mut locks, tree, false)?;
+        // Which comes next in scan order: the head, the lock, or both (the same key).
+        let (take_head, take_lock) = match (&head_key, &lock_key) {
+            (None, None) => return Ok(page),
+            (Some(head), Some(lock)) if head == lock => (true, true),
+            (Some(head), Some(lock)) => (before(head, lock), !before(head, lock)),
+            (Some(_), None) => (true, false),
+            (None, Some(_)) => (false, true),
+        };
+        let key = if take_head { head_key } else { lock_key }.unwrap_or_default();
+        let head = if take_head {
+            heads.next().transpose()?.map(|(_, value)| value)
+        } else {
+            None
+        };
+        let lock = if take_lock {
+            locks.next().transpose()?.map(|(_, value)| value)
+        } else {
+            None
+        };
+        let head = head
+            .map(|bytes| mvcc::decode_head(tree.name(), &bytes))
+            .transpose()?;
+        let versioned = match lock {
+            None => head.map(mvcc::Head::versioned),
+            Some(bytes) => {
+                let lock: Lock = decode(tree.name(), &bytes)?;
+                txn::committed_value(lock.op, head.as_ref()).map(|value| Versioned { version: 0, value })
+            }
+        };
+        let Some(mut versioned) = versioned else {
+            continue;
+        };
+        // Finding one entry past the page is what tells whether more remain.
+        let budget_spent = !page.entries.is_empty() && bytes >= options.max_bytes;
+        if page.entries.len() >= options.limit || budget_spent {
+            page.more = true;
+            return Ok(page);
+        }
+        if options.keys_only {
+            versioned.value = Vec::new();
+        }
+        bytes = bytes.saturating_add(key.len() + versioned.value.len());
+        page.entries.push((key, versioned));
     }
 }

@@ -1,5 +1,7 @@
 //! The bounds of `ShardKv` range calls: page and count limits, byte budgets, range bounds.
 
+use ringkv_proto::v1;
+
 use crate::error::NodeError;
 
 /// Most entries of one scan page, and most keys deleted by one delete-range call.
@@ -39,6 +41,16 @@ pub(super) fn check_range(
         ));
     }
     Ok(Some(end))
+}
+
+/// A read of provisional values is of the latest values, through the leader.
+pub(super) fn check_uncommitted(read_ts: u64, consistency: i32) -> Result<(), NodeError> {
+    if read_ts != 0 || consistency != v1::Consistency::Linearizable as i32 {
+        return Err(NodeError::InvalidArgument(
+            "read_uncommitted reads the latest values through the leader: no read_ts, not stale".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the entry limit of a scan page or a delete-range (`what` names the call).
