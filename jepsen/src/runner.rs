@@ -172,10 +172,10 @@ fn spare_slots(options: &RunOptions) -> usize {
 }
 
 /// The routers' flags: the negative controls asked for, and transaction record collection
-/// every few seconds of records older than a few seconds, so that a run collects under its
-/// faults (a record collected too early shows as a broken transaction).
+/// every 10 s of records older than 20 s, so that a run collects under its faults (a record
+/// collected too early shows as a broken transaction).
 fn router_args(options: &RunOptions) -> Vec<String> {
-    let mut args: Vec<String> = ["--txn-gc-interval-ms", "3000", "--txn-gc-age-ms", "6000"]
+    let mut args: Vec<String> = ["--txn-gc-interval-ms", "10000", "--txn-gc-age-ms", "20000"]
         .into_iter()
         .map(str::to_string)
         .collect();

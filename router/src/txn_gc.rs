@@ -39,7 +39,7 @@ use crate::tso::TsoClient;
 /// Locks read per `TxnScanLocks` call.
 const SCAN_LOCKS_PAGE: u32 = 256;
 /// Records deleted per `TxnGc` entry.
-const PURGE_PAGE: u32 = 1024;
+const PURGE_PAGE: u32 = 256;
 /// Time one shard's step may take (its calls retry within it).
 const SHARD_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bits of a timestamp below its milliseconds.
