@@ -90,7 +90,7 @@ pub struct GroupState {
 impl GroupState {
     /// Opens (or creates) the state of `group`, dropping trees left by an interrupted install
     /// and finishing the install itself when its snapshot was already published (see
-    /// [`GroupState::finish_interrupted_install`]).
+    /// `GroupState::finish_interrupted_install`).
     pub fn open(
         group: GroupId,
         engine: EngineRef,
