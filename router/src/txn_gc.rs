@@ -186,7 +186,8 @@ pub struct TxnGcTask {
 }
 
 impl TxnGcTask {
-    /// Collects every `interval` (with up to a tenth of jitter, so routers drift apart).
+    /// Collects every `interval` (starting with up to a tenth of jitter, so routers drift
+    /// apart).
     pub fn spawn<N: NodeApi>(
         ctx: std::sync::Arc<RouterContext<N>>,
         tso: std::sync::Arc<TsoClient>,
@@ -195,12 +196,16 @@ impl TxnGcTask {
     ) -> TxnGcTask {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
+        // The first round after one interval and a tenth of jitter, so that routers started
+        // together drift apart; a round that overran its tick waits a full interval.
+        let jitter = interval.mul_f64(rand::random_range(0.0..0.1));
+        let mut ticks = tokio::time::interval_at(Instant::now() + interval + jitter, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let task = tokio::spawn(async move {
             loop {
-                let jitter = interval.mul_f64(rand::random_range(0.0..0.1));
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(interval + jitter) => {}
+                    _ = ticks.tick() => {}
                 }
                 let run = collect(&ctx, &tso, age, |_| {});
                 let outcome = tokio::select! {
