@@ -96,6 +96,17 @@ async fn run_txn(client: &Client, isolation: Isolation, mops: &[MicroOp]) -> Res
     Ok(done)
 }
 
+/// How a transaction that ended in `err` completes in the history: `info` when its commit
+/// may have happened (outcome unknown, deadline, transport), else `fail`. Before the commit
+/// nothing is locked: only a commit can end unknown.
+pub fn failed_txn_outcome(err: &Error) -> OpType {
+    if err.is_outcome_unknown() || matches!(err, Error::DeadlineExceeded(_) | Error::Transport(_)) {
+        OpType::Info
+    } else {
+        OpType::Fail
+    }
+}
+
 /// One list-append client process.
 pub async fn append_client(
     process: u64,
@@ -128,15 +139,12 @@ pub async fn append_client(
                 let _ = recorder.complete(&op, OpType::Ok, OpValue::Txn(done), None);
             }
             Err(err) => {
-                // Before the commit nothing is locked: only a commit can end unknown.
-                let op_type = if err.is_outcome_unknown()
-                    || matches!(err, Error::DeadlineExceeded(_) | Error::Transport(_))
-                {
-                    OpType::Info
-                } else {
-                    OpType::Fail
-                };
-                let _ = recorder.complete(&op, op_type, op.value.clone(), Some(err.to_string()));
+                let _ = recorder.complete(
+                    &op,
+                    failed_txn_outcome(&err),
+                    op.value.clone(),
+                    Some(err.to_string()),
+                );
             }
         }
     }

@@ -16,8 +16,10 @@
 //! (`nil` in the invocation), a `:chain-write` is `[chain n]`, a `:snapshot-read` is
 //! `[chain ts [v0 v1 v2 v3]]` (`[chain nil nil]` in the invocation and in a failed read; `nil`
 //! for a key with no value), a `:txn` is Elle's list-append transaction, a vector of
-//! micro-operations `[[:append 3 7] [:r 3 [1 2 7]]]` (`[:r 3 nil]` in the invocation), a
-//! nemesis value is a string. A [`OpValue::Nil`] prints as `nil`.
+//! micro-operations `[[:append 3 7] [:r 3 [1 2 7]]]` (`[:r 3 nil]` in the invocation), a bank
+//! `:transfer` is `{:from 1, :to 2, :amount 5}` and a `:bank-read` maps every account to its
+//! balance, `{0 100, 1 95, 2 nil}` (`nil` in the invocation; Jepsen's bank checker calls it
+//! `:read`), a nemesis value is a string. A [`OpValue::Nil`] prints as `nil`.
 //! Jepsen's own set checker calls the final read `:read`; ringkv keeps `:read-all` so that a
 //! set read is never confused with a register read.
 //!
@@ -227,6 +229,8 @@ fn f_name(f: &F) -> &str {
         F::SnapshotRead => "snapshot-read",
         F::Nemesis(name) => name,
         F::Txn => "txn",
+        F::Transfer => "transfer",
+        F::BankRead => "bank-read",
     }
 }
 
@@ -254,6 +258,24 @@ fn value_to_edn(value: &OpValue) -> Edn {
         OpValue::Text(text) => Edn::String(text.clone()),
         OpValue::Nil => Edn::Nil,
         OpValue::Txn(micro_ops) => Edn::Vector(micro_ops.iter().map(micro_op_to_edn).collect()),
+        OpValue::Transfer { from, to, amount } => Edn::Map(vec![
+            (Edn::keyword("from"), Edn::unsigned(*from)),
+            (Edn::keyword("to"), Edn::unsigned(*to)),
+            (Edn::keyword("amount"), Edn::unsigned(*amount)),
+        ]),
+        OpValue::Balances(None) => Edn::Nil,
+        OpValue::Balances(Some(balances)) => Edn::Map(
+            balances
+                .iter()
+                .enumerate()
+                .map(|(account, balance)| {
+                    (
+                        Edn::unsigned(account as u64),
+                        balance.map_or(Edn::Nil, |balance| Edn::Integer(balance.into())),
+                    )
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -383,6 +405,8 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
         (_, "chain-write") => F::ChainWrite,
         (_, "snapshot-read") => F::SnapshotRead,
         (_, "txn") => F::Txn,
+        (_, "transfer") => F::Transfer,
+        (_, "bank-read") => F::BankRead,
         (_, name) => F::Nemesis(name.to_string()),
     };
     let value_edn = value.get("value").unwrap_or(&Edn::Nil);
@@ -409,6 +433,7 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
     match (f, value) {
         (F::ReadAll, Edn::Nil) => Ok(OpValue::ReadAll(None)),
         (F::Timestamp, Edn::Nil) => Ok(OpValue::Timestamp(None)),
+        (F::BankRead, Edn::Nil) => Ok(OpValue::Balances(None)),
         (_, Edn::Nil) => Ok(OpValue::Nil),
         (F::Read | F::Write, Edn::Vector(items)) => match items.as_slice() {
             [key, Edn::Nil] => Ok(OpValue::Register {
@@ -471,6 +496,36 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
                 .map(micro_op_from_edn)
                 .collect::<Result<_, _>>()?,
         )),
+        (F::Transfer, Edn::Map(_)) => {
+            let field = |name: &str| {
+                value
+                    .get(name)
+                    .ok_or_else(|| shape_error("{:from a, :to b, :amount n}"))
+                    .and_then(|field| to_u64(field, name))
+            };
+            Ok(OpValue::Transfer {
+                from: field("from")?,
+                to: field("to")?,
+                amount: field("amount")?,
+            })
+        }
+        (F::BankRead, Edn::Map(entries)) => {
+            let mut balances = vec![None; entries.len()];
+            for (account, balance) in entries {
+                let slot = usize::try_from(to_u64(account, "account")?)
+                    .ok()
+                    .and_then(|account| balances.get_mut(account))
+                    .ok_or_else(|| shape_error("{account balance ...} with accounts 0..n"))?;
+                *slot = match balance {
+                    Edn::Nil => None,
+                    Edn::Integer(balance) => Some(
+                        i64::try_from(*balance).map_err(|_| format!("balance {balance} is out of range"))?,
+                    ),
+                    other => return Err(format!("a balance must be an integer or nil, found {other}")),
+                };
+            }
+            Ok(OpValue::Balances(Some(balances)))
+        }
         (F::Nemesis(_), Edn::String(text)) => Ok(OpValue::Text(text.clone())),
         // Jepsen nemeses often carry structured values: keep them as their EDN text.
         (F::Nemesis(_), other) => Ok(OpValue::Text(other.to_string())),
@@ -480,6 +535,8 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
         (F::ChainWrite, _) => Err(shape_error("[chain n]")),
         (F::SnapshotRead, _) => Err(shape_error("[chain ts [values]]")),
         (F::Txn, _) => Err(shape_error("a vector of micro-ops")),
+        (F::Transfer, _) => Err(shape_error("{:from a, :to b, :amount n}")),
+        (F::BankRead, _) => Err(shape_error("{account balance ...} or nil")),
     }
 }
 
@@ -873,6 +930,31 @@ mod tests {
                     values: Some(Vec::new()),
                 }]),
             ),
+            op(
+                19,
+                Process::Client(8),
+                OpType::Invoke,
+                F::Transfer,
+                OpValue::Transfer {
+                    from: 1,
+                    to: 2,
+                    amount: 5,
+                },
+            ),
+            op(
+                20,
+                Process::Client(9),
+                OpType::Invoke,
+                F::BankRead,
+                OpValue::Balances(None),
+            ),
+            op(
+                21,
+                Process::Client(9),
+                OpType::Ok,
+                F::BankRead,
+                OpValue::Balances(Some(vec![Some(100), Some(-5), None])),
+            ),
         ])
     }
 
@@ -933,6 +1015,18 @@ mod tests {
         assert_eq!(
             lines[18],
             "{:index 18, :time 18000, :type :ok, :process 7, :f :txn, :value [[:r 4 []]]}"
+        );
+        assert_eq!(
+            lines[19],
+            "{:index 19, :time 19000, :type :invoke, :process 8, :f :transfer, :value {:from 1, :to 2, :amount 5}}"
+        );
+        assert_eq!(
+            lines[20],
+            "{:index 20, :time 20000, :type :invoke, :process 9, :f :bank-read, :value nil}"
+        );
+        assert_eq!(
+            lines[21],
+            "{:index 21, :time 21000, :type :ok, :process 9, :f :bank-read, :value {0 100, 1 -5, 2 nil}}"
         );
     }
 
@@ -1098,6 +1192,13 @@ mod tests {
                 0..4
             )
             .prop_map(|micro_ops| (F::Txn, OpValue::Txn(micro_ops))),
+            (any::<u64>(), any::<u64>(), any::<u64>())
+                .prop_map(|(from, to, amount)| (F::Transfer, OpValue::Transfer { from, to, amount })),
+            proptest::option::of(proptest::collection::vec(
+                proptest::option::of(any::<i64>()),
+                0..5
+            ))
+            .prop_map(|balances| (F::BankRead, OpValue::Balances(balances))),
             Just((F::SnapshotRead, OpValue::Nil)),
             Just((F::Write, OpValue::Nil)),
         ];

@@ -71,6 +71,10 @@ pub enum F {
     Nemesis(String),
     /// List-append workload: one transaction of [`MicroOp`]s (Elle's `:txn`).
     Txn,
+    /// Bank workload: one transaction moving an amount from one account to another.
+    Transfer,
+    /// Bank workload: one transaction reading every account's balance.
+    BankRead,
 }
 
 /// The argument or result of an operation.
@@ -129,6 +133,18 @@ pub enum OpValue {
     /// The micro-operations of a transaction, in order: in the invocation every read is
     /// `values: None`; in an `ok` completion every read carries the list it returned.
     Txn(Vec<MicroOp>),
+    /// A transfer of `amount` from account `from` to account `to`.
+    Transfer {
+        /// Account debited.
+        from: u64,
+        /// Account credited.
+        to: u64,
+        /// Amount moved.
+        amount: u64,
+    },
+    /// Every account's balance, account `i` at position `i` (`None`: no balance stored);
+    /// `None` (`nil`) in the invocation and in a read that did not succeed.
+    Balances(Option<Vec<Option<i64>>>),
 }
 
 /// One step of a list-append transaction (Elle's `[:append k v]` and `[:r k list]`).

@@ -11,11 +11,13 @@
 //! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
 //! - [`cluster`]: the cluster under test (real processes, loopback or namespaces).
 //! - [`nemesis`]: faults (partitions, kills, pauses) on a seeded schedule, healed at the end.
-//! - [`workload`]: register, set, timestamp and snapshot clients that record every operation.
+//! - [`workload`]: register, set, timestamp and snapshot clients that record every operation;
+//!   [`append`] and [`bank`]: the transactional workloads.
 //! - [`runner`]: one run end to end, writing the results directory.
 //! - [`plot`]: the latency-over-time SVG with fault windows shaded.
 
 pub mod append;
+pub mod bank;
 pub mod checker;
 pub mod cluster;
 pub mod edn;

@@ -66,6 +66,12 @@ pub struct RunOptions {
     /// The router commits serializable transactions without validating their reads
     /// (write skew; caught by the append workload at serializable).
     pub unsafe_skip_read_validation: bool,
+    /// Nodes serve reads at a timestamp past the transaction locks below it (fractured
+    /// reads; caught by the append workload at repeatable read).
+    pub unsafe_ignore_locks: bool,
+    /// The routers roll back every lock they meet without asking its primary's record
+    /// (committed transactions lose writes; caught by the append workload).
+    pub unsafe_resolve_without_primary: bool,
     /// Client request timeout.
     pub op_timeout: Duration,
     /// After healing, the cluster must serve again within this bound.
@@ -109,6 +115,8 @@ impl RunOptions {
             isolation: ringkv_client::Isolation::RepeatableRead,
             unsafe_skip_write_conflict: false,
             unsafe_skip_read_validation: false,
+            unsafe_ignore_locks: false,
+            unsafe_resolve_without_primary: false,
             op_timeout: Duration::from_secs(2),
             liveness_timeout: Duration::from_secs(30),
             keep_data: false,
@@ -185,6 +193,9 @@ fn router_args(options: &RunOptions) -> Vec<String> {
     if options.unsafe_skip_read_validation {
         args.push("--unsafe-skip-read-validation".to_string());
     }
+    if options.unsafe_resolve_without_primary {
+        args.push("--unsafe-resolve-without-primary".to_string());
+    }
     args
 }
 
@@ -232,6 +243,9 @@ fn node_args(options: &RunOptions) -> Vec<String> {
     }
     if options.unsafe_local_commit_ts {
         args.push("--unsafe-local-commit-ts".to_string());
+    }
+    if options.unsafe_ignore_locks {
+        args.push("--unsafe-ignore-locks".to_string());
     }
     args
 }
@@ -318,6 +332,10 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     let set = Arc::new(SetShared::default());
     let snapshot = Arc::new(SnapshotShared::default());
     let append = Arc::new(AppendShared::default());
+    if options.workloads.contains(&Workload::Bank) {
+        let client = cluster.client(options.op_timeout).await?;
+        crate::bank::set_up(&client, options.liveness_timeout).await?;
+    }
     for workload in &options.workloads {
         for index in 0..options.concurrency {
             let client = cluster.client(options.op_timeout).await?;
@@ -357,6 +375,17 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                         process,
                         client,
                         append.clone(),
+                        options.isolation,
+                        recorder,
+                        seed,
+                        stop,
+                    ));
+                }
+                Workload::Bank => {
+                    let seed = rng.random();
+                    clients.spawn(crate::bank::bank_client(
+                        process,
+                        client,
                         options.isolation,
                         recorder,
                         seed,
@@ -480,6 +509,29 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         }
     }
 
+    if options.workloads.contains(&Workload::Bank) {
+        // One more read, a snapshot, after the faults: under a snapshot level it must sum to
+        // the total too.
+        let reader = cluster.client(Duration::from_secs(10)).await?;
+        let mut done = false;
+        for _ in 0..5 {
+            if crate::bank::record_read(
+                process,
+                &reader,
+                ringkv_client::Isolation::RepeatableRead,
+                &recorder,
+            )
+            .await
+            {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            warn!("final bank read failed five times");
+        }
+    }
+
     let history = recorder.history();
     let mut verdicts = vec![liveness];
     if options.workloads.contains(&Workload::Register) {
@@ -499,6 +551,9 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     }
     if options.workloads.contains(&Workload::Append) {
         verdicts.push(checker::elle::check(&history, checked_level(options.isolation)));
+    }
+    if options.workloads.contains(&Workload::Bank) {
+        verdicts.push(checker::bank::check(&history, checked_level(options.isolation)));
     }
     let verdict = checker::combine(verdicts);
     drop(cluster);
@@ -581,7 +636,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -596,6 +651,8 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.unsafe_local_commit_ts,
         options.unsafe_skip_write_conflict,
         options.unsafe_skip_read_validation,
+        options.unsafe_ignore_locks,
+        options.unsafe_resolve_without_primary,
         options.isolation,
         report.ops,
         validity_str(report.verdict.validity),

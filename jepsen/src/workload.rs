@@ -38,6 +38,9 @@ pub enum Workload {
     /// Transactions of reads and appends over a few lists (Elle's list-append), at the run's
     /// isolation level; checked for the anomalies that level forbids (`checker::elle`).
     Append,
+    /// Transfers between a few accounts and reads of all of them (Jepsen's bank), at the
+    /// run's isolation level; every snapshot read must sum to the total (`checker::bank`).
+    Bank,
 }
 
 /// Where register reads go.

@@ -39,7 +39,7 @@ fn options(seconds: u64, nemeses: Vec<NemesisKind>, out: &tempfile::TempDir, see
 }
 
 /// A short run with a majority/minority partition and a node kill, register, set,
-/// timestamp and snapshot workloads, comes out valid; its EDN history parses back to the same operations.
+/// timestamp, snapshot, list-append and bank workloads, comes out valid; its EDN history parses back to the same operations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -57,6 +57,7 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
         Workload::Timestamp,
         Workload::Snapshot,
         Workload::Append,
+        Workload::Bank,
     ];
     let report = runner::run(options).await?;
     let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
@@ -65,7 +66,8 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
     assert!(
         report.verdict.checker.contains("timestamps")
             && report.verdict.checker.contains("snapshot")
-            && report.verdict.checker.contains("list-append"),
+            && report.verdict.checker.contains("list-append")
+            && report.verdict.checker.contains("bank"),
         "the timestamps, snapshot reads and transactions were checked: {summary}"
     );
     assert!(
@@ -264,7 +266,7 @@ async fn read_committed_shows_its_anomalies_and_repeatable_read_must_not() -> an
 
     let out = tempfile::tempdir()?;
     let mut unchecked = options(15, Vec::new(), &out, 0x5eed_0007);
-    unchecked.workloads = vec![Workload::Append];
+    unchecked.workloads = vec![Workload::Append, Workload::Bank];
     unchecked.concurrency = 6;
     unchecked.unsafe_skip_write_conflict = true;
     let report = runner::run(unchecked).await?;
@@ -272,6 +274,40 @@ async fn read_committed_shows_its_anomalies_and_repeatable_read_must_not() -> an
         report.verdict.validity,
         Validity::Invalid,
         "lost updates under repeatable read must be caught: {:?}",
+        report.verdict
+    );
+    assert!(
+        report
+            .verdict
+            .anomalies
+            .iter()
+            .any(|anomaly| anomaly.kind == "wrong-total"),
+        "transfers that both spent one balance make a snapshot's total wrong: {:?}",
+        report.verdict
+    );
+    Ok(())
+}
+
+/// The bank at read committed: a read takes a fresh timestamp per account, so it may see a
+/// transfer's debit without its credit, and two transfers reading one balance may both
+/// commit; a run shows wrong totals, which the level allows (the verdict stays valid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_at_read_committed_shows_wrong_totals() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut options = options(12, Vec::new(), &out, 0x5eed_000b);
+    options.workloads = vec![Workload::Bank];
+    options.concurrency = 6;
+    options.isolation = ringkv_client::Isolation::ReadCommitted;
+    let report = runner::run(options).await?;
+    assert_eq!(report.verdict.validity, Validity::Valid, "{:?}", report.verdict);
+    assert!(
+        report
+            .verdict
+            .anomalies
+            .iter()
+            .any(|anomaly| anomaly.kind == "wrong-total"),
+        "read committed showed no wrong total: {:?}",
         report.verdict
     );
     Ok(())

@@ -112,6 +112,14 @@ pub struct NodeConfig {
     /// assigned) instead of fetching them from the oracle; a read at a timestamp then sees a
     /// write on one shard without an earlier one on another.
     pub unsafe_local_commit_ts: bool,
+    /// NEGATIVE CONTROL ONLY — breaks snapshot reads on purpose: a read at a timestamp
+    /// (repeatable-read and serializable transactional reads, plain reads at a timestamp)
+    /// ignores the locks of transactions that started at or before it and returns the
+    /// newest committed version, instead of refusing the read until the lock is resolved.
+    /// A transaction whose primary committed but whose secondaries are still locked is then
+    /// seen on one shard and not on another (fractured reads). For testing only: the
+    /// fault-injection harness must catch a cluster running with this on.
+    pub unsafe_ignore_locks: bool,
     /// How long replaced versions stay in memory for snapshot reads (and transactions), in
     /// ms of oracle time: a read at an older timestamp is refused (see `mvcc.rs`).
     pub mvcc_window_ms: u64,
@@ -167,6 +175,7 @@ impl Default for NodeConfig {
             unsafe_ack_before_commit: false,
             unsafe_tso_ignore_bound: false,
             unsafe_local_commit_ts: false,
+            unsafe_ignore_locks: false,
             // FoundationDB keeps 5 s; a transaction may run this long.
             mvcc_window_ms: 10_000,
             mvcc_history_max_bytes: 256 << 20,

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failpoint::Failpoint;
+
 /// Bytes in one mebibyte.
 const MIB: usize = 1024 * 1024;
 
@@ -105,6 +107,16 @@ pub struct RouterConfig {
     /// config file.
     #[serde(skip)]
     pub unsafe_skip_read_validation: bool,
+    /// NEGATIVE CONTROL ONLY — breaks atomicity on purpose: a lock a request meets is rolled
+    /// back at once, without asking its primary's shard for the transaction record (no
+    /// status check, no wait for its time to live), so a transaction whose primary commits
+    /// loses the writes whose locks went. For testing only; not settable from a config file.
+    #[serde(skip)]
+    pub unsafe_resolve_without_primary: bool,
+    /// TESTS ONLY — the router exits at this point of a transaction's commit
+    /// (`failpoint.rs`). Not settable from a config file.
+    #[serde(skip)]
+    pub unsafe_failpoint: Option<Failpoint>,
 }
 
 impl Default for RouterConfig {
@@ -135,6 +147,8 @@ impl Default for RouterConfig {
             txn_gc_age_ms: 600_000,
             unsafe_skip_write_conflict: false,
             unsafe_skip_read_validation: false,
+            unsafe_resolve_without_primary: false,
+            unsafe_failpoint: None,
         }
     }
 }

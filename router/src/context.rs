@@ -12,9 +12,11 @@ use crate::backoff::BackoffConfig;
 use crate::config::RouterConfig;
 use crate::deadline::TimeoutPolicy;
 use crate::error::RouterError;
+use crate::failpoint::Failpoint;
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::inflight::InflightLimiter;
 use crate::node_api::NodeApi;
+use crate::secondaries::SecondaryCommits;
 use crate::topology::TopologyHandle;
 use crate::validate::Limits;
 
@@ -40,6 +42,10 @@ pub struct RouterContext<N> {
     pub unsafe_skip_write_conflict: bool,
     /// NEGATIVE CONTROL ONLY: serializable commits skip read validation.
     pub unsafe_skip_read_validation: bool,
+    /// TESTS ONLY: where a commit exits the process (`failpoint.rs`).
+    pub failpoint: Option<Failpoint>,
+    /// Transactions' secondary commits running after their answers.
+    pub secondaries: SecondaryCommits,
 }
 
 /// An admitted request: its in-flight permit (released on drop) and its deadline.
@@ -56,6 +62,7 @@ impl<N: NodeApi> RouterContext<N> {
                 initial: Duration::from_millis(config.retry_initial_backoff_ms),
                 max: Duration::from_millis(config.retry_max_backoff_ms),
             },
+            unsafe_resolve_without_primary: config.unsafe_resolve_without_primary,
         };
         RouterContext {
             forwarder: Forwarder::new(Arc::clone(&nodes), topology.clone(), settings),
@@ -74,6 +81,8 @@ impl<N: NodeApi> RouterContext<N> {
             gossip: Arc::default(),
             unsafe_skip_write_conflict: config.unsafe_skip_write_conflict,
             unsafe_skip_read_validation: config.unsafe_skip_read_validation,
+            failpoint: config.unsafe_failpoint,
+            secondaries: SecondaryCommits::default(),
         }
     }
 

@@ -41,12 +41,15 @@ pub struct MetLock {
 /// Not-leader hints followed in a row without backing off (leadership may be moving).
 const MAX_REDIRECTS_WITHOUT_BACKOFF: u32 = 3;
 
-/// Per-attempt bounds of the retry loop.
+/// Per-attempt bounds of the retry loop, and how it resolves the locks it meets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardSettings {
     /// Timeout of one attempt (capped by the time left).
     pub rpc_timeout: Duration,
     pub backoff: BackoffConfig,
+    /// NEGATIVE CONTROL ONLY (`--unsafe-resolve-without-primary`): a lock met is rolled
+    /// back at once, without asking its primary's record (see [`Forwarder::resolve_lock`]).
+    pub unsafe_resolve_without_primary: bool,
 }
 
 /// Sends shard requests to nodes, retrying within the request deadline.
@@ -348,6 +351,10 @@ impl<N: NodeApi> Forwarder<N> {
     /// of its transaction (which rolls back one past its time to live), then commits or
     /// rolls back the locked key to match. `Ok(false)`: the transaction is still pending.
     /// Boxed: it runs inside the retry loop and runs the retry loop itself.
+    ///
+    /// With the `unsafe_resolve_without_primary` negative control, the locked key is rolled
+    /// back at once whatever the record says: a transaction that commits (or committed)
+    /// loses that write, which the jepsen append workload must catch.
     pub fn resolve_lock<'a>(
         &'a self,
         shard_count: u32,
@@ -360,6 +367,22 @@ impl<N: NodeApi> Forwarder<N> {
             };
             let primary_shard = view.ring.shard_for_key(&lock.primary).0;
             let key_shard = view.ring.shard_for_key(&lock.key).0;
+            if self.settings.unsafe_resolve_without_primary {
+                // Removes the lock only (`primary: false`), even the primary key's: the
+                // record stays as it is, and the transaction's commit skips the key.
+                let rollback = TxnCall::Rollback(ShardTxnRollbackRequest {
+                    shard_id: key_shard,
+                    start_ts: lock.start_ts,
+                    keys: vec![lock.key],
+                    primary: false,
+                });
+                debug!(
+                    start_ts = lock.start_ts,
+                    "rolling a lock back without its record (negative control)"
+                );
+                self.txn_status(shard_count, rollback, deadline).await?;
+                return Ok(true);
+            }
             let check = TxnCall::CheckStatus(ShardTxnCheckStatusRequest {
                 shard_id: primary_shard,
                 start_ts: lock.start_ts,
@@ -714,6 +737,7 @@ pub(crate) mod tests {
                     initial: Duration::from_millis(10),
                     max: Duration::from_millis(50),
                 },
+                unsafe_resolve_without_primary: false,
             },
         )
     }

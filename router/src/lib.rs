@@ -16,7 +16,11 @@
 //!   ambiguity), `batch` (group by shard, sub-request ids, reassembly),
 //!   `range` (key ranges, continuation tokens), `scan` (the k-way merge of shard
 //!   pages), `range_ops` (Scan, ScanStream, Count, DeleteRange),
-//!   [`error`] (`RouterError` and its one mapping to gRPC statuses).
+//!   [`error`] (`RouterError` and its one mapping to gRPC statuses), [`failpoint`]
+//!   (test-only exits inside a commit, `--unsafe-failpoint`).
+//! - Transactions: `txn_service` (`Txn`), `txn` (the two-phase commit coordinator),
+//!   `secondaries` (secondary commits after the answer, bounded and owned), `txn_gc`
+//!   (transaction-record collection), `tso` (the oracle client).
 //! - Cluster view: `topology` (ring, node addresses, leader cache), `refresher`
 //!   (the background `NodeStatus` poller), `cluster_status` (the status merge),
 //!   `rebalance` (ring-change plans and rebalance progress), `gossip` (chitchat: liveness,
@@ -51,6 +55,7 @@ mod context;
 mod convert;
 mod deadline;
 pub mod error;
+pub mod failpoint;
 mod forward;
 mod gossip;
 mod inflight;
@@ -64,6 +69,7 @@ mod read_merge;
 mod rebalance;
 mod refresher;
 mod scan;
+mod secondaries;
 pub mod server;
 mod topology;
 mod tso;

@@ -30,6 +30,7 @@ use crate::gossip::RouterGossip;
 use crate::kv_service::KvService;
 use crate::node_api::NodeApi;
 use crate::refresher::{RefreshSettings, Refresher};
+use crate::secondaries::SecondaryCommits;
 use crate::topology::TopologyHandle;
 use crate::tso::TsoClient;
 use crate::tso_service::TsoService;
@@ -53,6 +54,12 @@ impl Router {
         }
         if config.unsafe_skip_read_validation {
             warn!("NEGATIVE CONTROL: serializable transactions commit without read validation");
+        }
+        if config.unsafe_resolve_without_primary {
+            warn!("NEGATIVE CONTROL: locks met are rolled back without asking their primary's record");
+        }
+        if let Some(failpoint) = config.unsafe_failpoint {
+            warn!(%failpoint, "TEST FAILPOINT: the router exits when a commit reaches it");
         }
         let nodes = Arc::new(GrpcNodes::new(&config));
         Self::start_with(config, nodes).await
@@ -89,6 +96,7 @@ impl Router {
             config.rpc_timeout(),
         ));
         let ctx = Arc::new(RouterContext::new(&config, nodes, topology.clone()));
+        let secondaries = ctx.secondaries.clone();
         let txn_gc = (config.txn_gc_interval_ms > 0).then(|| {
             TxnGcTask::spawn(
                 Arc::clone(&ctx),
@@ -148,6 +156,7 @@ impl Router {
             tso,
             gossip,
             txn_gc,
+            secondaries,
             shutdown_timeout: config.shutdown_timeout(),
         })
     }
@@ -164,6 +173,7 @@ pub struct RouterHandle {
     tso: Arc<TsoClient>,
     gossip: Option<RouterGossip>,
     txn_gc: Option<TxnGcTask>,
+    secondaries: SecondaryCommits,
     shutdown_timeout: Duration,
 }
 
@@ -205,6 +215,7 @@ impl RouterHandle {
         if let Some(txn_gc) = self.txn_gc.take() {
             txn_gc.shutdown().await;
         }
+        self.secondaries.shutdown(self.shutdown_timeout).await;
         self.tso.shutdown().await;
         self.refresher.shutdown().await;
         if let Some(gossip) = self.gossip.take() {

@@ -20,14 +20,17 @@
 //!    reader rolled the transaction back first (`TXN_ABORTED`). A failure here leaves the
 //!    outcome unknown (the commit is idempotent and was retried to the deadline): the
 //!    client asks `Txn.Status`.
-//! 5. **Commit the other shards** before answering (in parallel). One that fails is left to
-//!    readers, who resolve its locks through the primary's record.
+//! 5. **Commit the other shards** after answering, in the background (`secondaries.rs`;
+//!    before answering when the background is full), in parallel. One that fails, or that a
+//!    shutdown cuts short, is left to readers, who resolve its locks through the primary's
+//!    record.
 //!
 //! On any abort before the commit point, the locks are rolled back (the primary's record
 //! first, so nothing can commit it afterwards); a rollback that fails is left to readers
 //! too, after the time to live.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -43,6 +46,7 @@ use tracing::debug;
 
 use crate::context::RouterContext;
 use crate::error::RouterError;
+use crate::failpoint::{self, Failpoint};
 use crate::forward::{pause, MetLock};
 use crate::node_api::{NodeApi, TxnCall, TxnReply};
 use crate::tso::TsoClient;
@@ -151,7 +155,7 @@ fn check_reads(
 
 /// `Txn.Commit`: the two-phase commit of the request's mutations (see the module docs).
 pub async fn commit<N: NodeApi>(
-    ctx: &RouterContext<N>,
+    ctx: &Arc<RouterContext<N>>,
     tso: &TsoClient,
     request: TxnCommitRequest,
     deadline: Instant,
@@ -256,7 +260,7 @@ pub async fn commit<N: NodeApi>(
 
 /// One commit in progress.
 struct Coordinator<'a, N> {
-    ctx: &'a RouterContext<N>,
+    ctx: &'a Arc<RouterContext<N>>,
     shard_count: u32,
     start_ts: u64,
     primary: Vec<u8>,
@@ -298,6 +302,7 @@ impl<N: NodeApi> Coordinator<'_, N> {
                 (None, None) => RouterError::Internal("an abort without a reason".to_string()),
             });
         }
+        failpoint::check(self.ctx.failpoint, Failpoint::TxnExitAfterPrewrite);
         let commit_ts = tso.timestamps(1, self.deadline).await?.start;
         if !reads.is_empty() {
             let refusal = match self.validate(reads, commit_ts).await {
@@ -358,30 +363,35 @@ impl<N: NodeApi> Coordinator<'_, N> {
                 })
             }
         };
-        // Committed. The other shards' locks commit now; any left are resolved by readers.
-        let fanout = self.ctx.max_fanout;
-        stream::iter(0..others.len())
-            .map(|index| async move {
-                let part = &others[index];
-                let call = TxnCall::Commit(ShardTxnCommitRequest {
-                    shard_id: part.shard.0,
-                    start_ts: self.start_ts,
-                    commit_ts,
-                    keys: part.keys(),
-                    primary: false,
-                });
-                if let Err(err) = self
-                    .ctx
-                    .forwarder
-                    .txn_status(self.shard_count, call, self.deadline)
-                    .await
-                {
-                    debug!(start_ts = self.start_ts, shard = part.shard.0, %err, "secondary commit left to readers");
-                }
+        failpoint::check(self.ctx.failpoint, Failpoint::TxnExitAfterPrimaryCommit);
+        // Committed. The other shards' locks commit after the answer when there is room in
+        // the background (`secondaries.rs`), else now; any left are resolved by readers.
+        let commits: Vec<ShardTxnCommitRequest> = others
+            .iter()
+            .map(|part| ShardTxnCommitRequest {
+                shard_id: part.shard.0,
+                start_ts: self.start_ts,
+                commit_ts,
+                keys: part.keys(),
+                primary: false,
             })
-            .buffer_unordered(fanout)
-            .collect::<Vec<()>>()
-            .await;
+            .collect();
+        if commits.is_empty() {
+            return Ok(self.committed(commit_ts));
+        }
+        match self.ctx.secondaries.slot() {
+            Some(slot) => {
+                let ctx = Arc::clone(self.ctx);
+                let shard_count = self.shard_count;
+                // Its own deadline: the client's may be about to end, and it is answered.
+                let deadline = Instant::now() + ctx.timeouts.default_timeout;
+                let background = ctx.secondaries.clone();
+                background.spawn(slot, async move {
+                    commit_secondaries(&ctx, shard_count, commits, deadline).await;
+                });
+            }
+            None => commit_secondaries(self.ctx, self.shard_count, commits, self.deadline).await,
+        }
         Ok(self.committed(commit_ts))
     }
 
@@ -709,6 +719,27 @@ impl<N: NodeApi> Coordinator<'_, N> {
 }
 
 /// The abort a prewrite refusal amounts to.
+/// Commits a committed transaction's locks on the shards other than the primary's, in
+/// parallel; a commit that fails is left to readers (they resolve through the primary).
+async fn commit_secondaries<N: NodeApi>(
+    ctx: &RouterContext<N>,
+    shard_count: u32,
+    commits: Vec<ShardTxnCommitRequest>,
+    deadline: Instant,
+) {
+    stream::iter(commits)
+        .map(|commit| async move {
+            let (start_ts, shard) = (commit.start_ts, commit.shard_id);
+            let call = TxnCall::Commit(commit);
+            if let Err(err) = ctx.forwarder.txn_status(shard_count, call, deadline).await {
+                debug!(start_ts, shard, %err, "secondary commit left to readers");
+            }
+        })
+        .buffer_unordered(ctx.max_fanout)
+        .collect::<Vec<()>>()
+        .await;
+}
+
 fn abort(start_ts: u64, refusal: PrewriteRefusal) -> RouterError {
     let key = |key: &[u8]| String::from_utf8_lossy(key).into_owned();
     match refusal {

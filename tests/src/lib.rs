@@ -208,6 +208,13 @@ impl Cluster {
 
     /// Starts the router; waits until it listens.
     pub async fn start_router(&mut self) -> Result<String> {
+        self.start_router_with(&[]).await
+    }
+
+    /// Starts the router with extra flags (a running one is killed first); waits until it
+    /// listens. Its output is appended to the same `router.log`.
+    pub async fn start_router_with(&mut self, extra_args: &[&str]) -> Result<String> {
+        self.router = None;
         let addr_file = self.dir.path().join("router.addr");
         let _ = std::fs::remove_file(&addr_file);
         let mut launch = Launch::new("router", binaries()?.router);
@@ -221,6 +228,7 @@ impl Cluster {
             .arg(self.node_addrs().join(","))
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(extra_args)
             .log(self.dir.path().join("router.log"))
             .spawn()?;
         let addr = self
@@ -253,6 +261,14 @@ impl Cluster {
     /// The router's process id.
     pub fn router_pid(&self) -> Option<u32> {
         self.router.as_ref().map(Process::pid)
+    }
+
+    /// Waits (up to `timeout`) for the router to exit by itself; how it ended.
+    pub async fn wait_for_router_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let router = self.router.as_mut().ok_or_else(|| anyhow!("no router"))?;
+        Ok(tokio::time::timeout(timeout, router.wait())
+            .await
+            .with_context(|| format!("the router did not exit within {timeout:?}"))??)
     }
 
     async fn channel(&self, id: u64) -> Result<Channel> {
@@ -413,6 +429,33 @@ impl Cluster {
             .collect();
         shards.sort_unstable();
         Ok(shards)
+    }
+
+    /// Every transaction lock on `shard`, read on its leader (each running node is asked
+    /// in turn; followers refuse).
+    pub async fn shard_locks(&self, shard: u32) -> Result<Vec<v1::TxnConflict>> {
+        let mut refusals = Vec::new();
+        for (id, _) in self.running_nodes() {
+            let request = v1::ShardTxnScanLocksRequest {
+                shard_id: shard,
+                below: u64::MAX,
+                limit: 10_000,
+            };
+            let answer = match self.shard_kv(id).await {
+                Ok(mut shard_kv) => shard_kv
+                    .txn_scan_locks(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(anyhow::Error::from),
+                Err(err) => Err(err),
+            };
+            match answer {
+                Ok(response) if response.more => bail!("more than 10,000 locks on shard {shard}"),
+                Ok(response) => return Ok(response.locks),
+                Err(err) => refusals.push(format!("node {id}: {err:#}")),
+            }
+        }
+        bail!("no node answered for shard {shard}'s locks: {refusals:?}")
     }
 
     /// Path of node `id`'s log file.

@@ -485,3 +485,67 @@ where
     .await?;
     Ok(())
 }
+
+/// Old versions go (the history keeps `--mvcc-window-ms` of them) without breaking a live
+/// snapshot: a transaction keeps reading what it first read while the key is overwritten
+/// many times; once its snapshot falls out of the window its reads are refused with a clear
+/// "too old" error, never answered with a newer value; a new transaction reads the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_versions_go_without_breaking_a_live_snapshot() -> anyhow::Result<()> {
+    const WINDOW_MS: u64 = 2_000;
+    let mut options = ClusterOptions {
+        shards: 2,
+        ..ClusterOptions::default()
+    };
+    options
+        .node_args
+        .extend(["--mvcc-window-ms".to_string(), WINDOW_MS.to_string()]);
+    let cluster = Cluster::start(options).await?;
+    let client = cluster.client().await?;
+    client.put(b"old/k", b"v0".to_vec()).await?;
+    client.put(b"old/other", b"o0".to_vec()).await?;
+
+    let live = client.begin(Isolation::RepeatableRead).await?;
+    let read = |found: Option<ringkv_client::Versioned>| found.map(|found| found.value);
+    assert_eq!(read(live.get(b"old/k").await?), Some(b"v0".to_vec()));
+    for i in 1..=50 {
+        client.put(b"old/k", format!("v{i}").into_bytes()).await?;
+    }
+    client.put(b"old/other", b"o1".to_vec()).await?;
+    assert_eq!(
+        read(live.get(b"old/k").await?),
+        Some(b"v0".to_vec()),
+        "the live snapshot reads its version under 50 newer ones"
+    );
+    assert_eq!(
+        read(live.get(b"old/other").await?),
+        Some(b"o0".to_vec()),
+        "and a key it had not read yet as of its start"
+    );
+
+    // Past the window the versions below the newest are gone: the old snapshot is refused.
+    // History is trimmed as the shard applies newer writes, so the key keeps being written.
+    let refused = wait_until(
+        "the old snapshot to fall out of the history",
+        Duration::from_millis(10 * WINDOW_MS),
+        || async {
+            client.put(b"old/k", b"v50".to_vec()).await.ok()?;
+            match live.get(b"old/k").await {
+                Ok(found) => {
+                    assert_eq!(read(found), Some(b"v0".to_vec()), "never a newer value");
+                    None
+                }
+                Err(err) => Some(err),
+            }
+        },
+    )
+    .await?;
+    let message = refused.to_string();
+    assert!(
+        message.contains("too old") || message.contains("TOO_OLD"),
+        "{refused:?}"
+    );
+    let fresh = client.begin(Isolation::RepeatableRead).await?;
+    assert_eq!(read(fresh.get(b"old/k").await?), Some(b"v50".to_vec()));
+    Ok(())
+}

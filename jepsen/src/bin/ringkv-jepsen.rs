@@ -102,6 +102,14 @@ struct RunArgs {
     /// their reads (the append workload at serializable catches the write skew).
     #[arg(long)]
     unsafe_skip_read_validation: bool,
+    /// Negative control: nodes serve reads at a timestamp past the transaction locks below
+    /// it (the append workload at repeatable read catches the fractured reads).
+    #[arg(long)]
+    unsafe_ignore_locks: bool,
+    /// Negative control: the router rolls back every lock it meets without asking its
+    /// primary's record (the append workload catches the committed writes that went).
+    #[arg(long)]
+    unsafe_resolve_without_primary: bool,
     /// Results go to a new directory under this one.
     #[arg(long, default_value = "jepsen/results")]
     out: PathBuf,
@@ -168,6 +176,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.isolation = args.isolation.into();
     options.unsafe_skip_write_conflict = args.unsafe_skip_write_conflict;
     options.unsafe_skip_read_validation = args.unsafe_skip_read_validation;
+    options.unsafe_ignore_locks = args.unsafe_ignore_locks;
+    options.unsafe_resolve_without_primary = args.unsafe_resolve_without_primary;
     options.keep_data = args.keep_data;
     let report = runner::run(options).await?;
     println!(
@@ -221,6 +231,10 @@ fn main() -> ExitCode {
                 if history.ops.iter().any(|op| matches!(op.f, F::Txn)) {
                     let level = ringkv_jepsen::append::checked_level(isolation.into());
                     verdicts.push(checker::elle::check(&history, level));
+                }
+                if has(&|f| matches!(f, F::Transfer | F::BankRead)) {
+                    let level = ringkv_jepsen::append::checked_level(isolation.into());
+                    verdicts.push(checker::bank::check(&history, level));
                 }
                 let verdict = checker::combine(verdicts);
                 println!("{}", serde_json::to_string_pretty(&verdict)?);

@@ -356,7 +356,15 @@ fn extract(pairs: &[OpPair<'_>]) -> Extracted {
             (F::Cas, OpValue::Cas { key, from, to }) => Ok((*key, RegisterOp::Cas { from: *from, to: *to })),
             (F::Cas, _) => Err("cas without a [key [from to]] argument"),
             (
-                F::Add | F::ReadAll | F::Timestamp | F::ChainWrite | F::SnapshotRead | F::Nemesis(_) | F::Txn,
+                F::Add
+                | F::ReadAll
+                | F::Timestamp
+                | F::ChainWrite
+                | F::SnapshotRead
+                | F::Nemesis(_)
+                | F::Txn
+                | F::Transfer
+                | F::BankRead,
                 _,
             ) => {
                 extracted.ignored_other += 1;

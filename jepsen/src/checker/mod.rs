@@ -10,12 +10,15 @@
 //! - [`elle`]: list-append transactions, checked like Elle against an isolation level:
 //!   version orders from the reads, Adya's dependency graph, its cycles classified
 //!   (`G0` ... `G2-item`, real-time variants), aborted, intermediate and lost updates.
+//! - [`bank`]: transfers between accounts: every snapshot read sums to the total, with no
+//!   negative balance.
 //!
 //! Every checker returns a [`Verdict`]; [`combine`] merges the verdicts of several checkers
 //! (or several keys) into one. A verdict serializes to JSON as
 //! `{"valid": true|false|"unknown", "checker": ..., "ops_checked": ..., "anomalies": [...],
 //! "notes": [...]}`.
 
+pub mod bank;
 pub mod elle;
 pub mod linearizable;
 pub mod set;

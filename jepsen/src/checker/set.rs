@@ -142,7 +142,9 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
             | F::ChainWrite
             | F::SnapshotRead
             | F::Nemesis(_)
-            | F::Txn => {}
+            | F::Txn
+            | F::Transfer
+            | F::BankRead => {}
         }
     }
 

@@ -438,7 +438,15 @@ fn extract(pairs: &[OpPair<'_>]) -> Result<Extracted, String> {
                     }
                 }
             }
-            F::Read | F::Write | F::Cas | F::Add | F::ReadAll | F::Nemesis(_) | F::Txn => {}
+            F::Read
+            | F::Write
+            | F::Cas
+            | F::Add
+            | F::ReadAll
+            | F::Nemesis(_)
+            | F::Txn
+            | F::Transfer
+            | F::BankRead => {}
         }
     }
     Ok(extracted)

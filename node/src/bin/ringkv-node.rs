@@ -104,6 +104,10 @@ struct Args {
     /// timestamps of the oracle.
     #[arg(long, hide = true)]
     unsafe_local_commit_ts: bool,
+    /// NEGATIVE CONTROL ONLY: reads at a timestamp ignore transaction locks below it and
+    /// return the newest committed version (fractured reads).
+    #[arg(long, hide = true)]
+    unsafe_ignore_locks: bool,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -195,6 +199,7 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     config.unsafe_ack_before_commit |= args.unsafe_ack_before_commit;
     config.unsafe_tso_ignore_bound |= args.unsafe_tso_ignore_bound;
     config.unsafe_local_commit_ts |= args.unsafe_local_commit_ts;
+    config.unsafe_ignore_locks |= args.unsafe_ignore_locks;
     config.validate()?;
     Ok(config)
 }

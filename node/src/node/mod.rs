@@ -104,6 +104,9 @@ impl Node {
         if config.unsafe_local_commit_ts {
             warn!("NEGATIVE CONTROL: shard writes commit at local timestamps, not the oracle's");
         }
+        if config.unsafe_ignore_locks {
+            warn!("NEGATIVE CONTROL: reads at a timestamp ignore transaction locks below it");
+        }
         if config.unsafe_skip_fsync || config.unsafe_skip_read_index || config.unsafe_ack_before_commit {
             warn!(
                 skip_fsync = config.unsafe_skip_fsync,

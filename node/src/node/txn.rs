@@ -66,6 +66,9 @@ impl Node {
         start_ts: u64,
         primary: Vec<u8>,
     ) -> Result<TxnOutcome, NodeError> {
+        if let Some(status) = group.state.final_txn_status(start_ts)? {
+            return Ok(TxnOutcome::Status(status));
+        }
         let now_ts = self.oracle_now().await?;
         let command = Command::TxnCheckStatus(TxnCheckStatus {
             start_ts,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use ringkv_router::failpoint::Failpoint;
 use ringkv_router::log_format::JsonLines;
 use ringkv_router::{Router, RouterConfig};
 use tracing_subscriber::EnvFilter;
@@ -49,6 +50,14 @@ struct Cli {
     /// reads (write skew).
     #[arg(long, hide = true)]
     unsafe_skip_read_validation: bool,
+    /// NEGATIVE CONTROL ONLY: roll back every lock met at once, without asking the
+    /// transaction record on its primary's shard (committed transactions lose writes).
+    #[arg(long, hide = true)]
+    unsafe_resolve_without_primary: bool,
+    /// TESTS ONLY: exit at once when a transaction's commit reaches this point
+    /// (txn-exit-after-prewrite, txn-exit-after-primary-commit).
+    #[arg(long, hide = true, value_name = "NAME")]
+    unsafe_failpoint: Option<Failpoint>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -95,6 +104,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     config.unsafe_skip_write_conflict |= cli.unsafe_skip_write_conflict;
     config.unsafe_skip_read_validation |= cli.unsafe_skip_read_validation;
+    config.unsafe_resolve_without_primary |= cli.unsafe_resolve_without_primary;
+    config.unsafe_failpoint = cli.unsafe_failpoint.or(config.unsafe_failpoint);
     config.validate().context("bad configuration (see --help)")?;
 
     let router = Router::start(config).await?;

@@ -43,7 +43,7 @@ const HEAD_BYTES: usize = 8 + 8 + 1;
 /// Bytes a history version costs beyond its key and value (maps, queues, timestamps).
 const VERSION_OVERHEAD: usize = 96;
 /// Bits of an oracle timestamp below its milliseconds (see `tso/window.rs`).
-const LOGICAL_BITS: u32 = 18;
+pub(super) const LOGICAL_BITS: u32 = 18;
 
 /// A key's head: its latest version.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,10 @@
 //! - **Rollback** removes the locks; on the primary's shard it records the rollback first,
 //!   unless the transaction committed, which then stands and nothing is removed.
 //! - **Check status** answers the record, rolling back a transaction pending past its expiry
-//!   (oracle time, never a clock of this node) or never prewritten here.
+//!   (oracle time, never a clock of this node), or one never prewritten here once
+//!   [`MISSING_RECORD_GRACE_MS`] passed since its start. Until then a missing record answers
+//!   pending: the coordinator prewrites every shard at once, so a reader may meet a secondary
+//!   lock before the primary's prewrite has landed, and must not kill a live transaction.
 //!
 //! - **Garbage collection** (`TxnGc`, see `raft/txn.rs`) deletes the records of finished
 //!   transactions below the safe point the collector names and raises the shard's safe point
@@ -41,6 +44,12 @@ use crate::raft::types::Command;
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
 use std::sync::atomic::Ordering;
+
+/// How long after its start (oracle time) a transaction whose record the primary's shard
+/// does not hold still counts as pending: its primary prewrite may be on its way. Twice the
+/// router's lock time to live; a transaction is refused as too old after about the history
+/// window (10 s by default) anyway.
+pub const MISSING_RECORD_GRACE_MS: u64 = 10_000;
 
 /// `key`'s lock, if it has one.
 pub(super) fn lock(tree: &TreeRef, key: &[u8]) -> Result<Option<Lock>, StorageError> {
@@ -375,7 +384,8 @@ impl GroupState {
     }
 
     /// Applies a status check on the primary's shard: the record, after rolling back a
-    /// transaction pending past its expiry or never prewritten (its primary lock goes too).
+    /// transaction pending past its expiry, or never prewritten and older than
+    /// [`MISSING_RECORD_GRACE_MS`] (its primary lock goes too).
     pub(super) fn apply_check_status(
         &self,
         tree: &TreeRef,
@@ -389,6 +399,14 @@ impl GroupState {
                 if let Some(forgotten) = forgotten(tree, check.start_ts)? {
                     return Ok(forgotten);
                 }
+                let grace_ends = check
+                    .start_ts
+                    .saturating_add(MISSING_RECORD_GRACE_MS << mvcc::LOGICAL_BITS);
+                if check.now_ts <= grace_ends {
+                    return Ok(TxnOutcome::Status(TxnStatus::Pending {
+                        expires_ts: grace_ends,
+                    }));
+                }
             }
         }
         let rollback = TxnRollback {
@@ -401,6 +419,14 @@ impl GroupState {
 }
 
 impl GroupState {
+    /// Transaction `start_ts`'s outcome when its record here is final (committed or rolled
+    /// back), read from the applied state: a final record never changes (it is only deleted,
+    /// below the safe point, after every lock was resolved), so a status check that finds
+    /// one needs no entry.
+    pub fn final_txn_status(&self, start_ts: u64) -> Result<Option<TxnStatus>, StorageError> {
+        Ok(record(&self.tree(), start_ts)?.filter(|status| !matches!(status, TxnStatus::Pending { .. })))
+    }
+
     /// Applies a garbage collection: deletes up to `purge_limit` collectable records below
     /// `gc.safe_point` (see [`collectable_below`]) and raises the safe point.
     pub(super) fn apply_gc(
@@ -854,9 +880,18 @@ mod tests {
             TxnOutcome::Status(TxnStatus::Pending { expires_ts: 5_000 })
         );
         assert_eq!(
+            state.final_txn_status(100).expect("read"),
+            None,
+            "pending is not final"
+        );
+        assert_eq!(
             apply(&mut sm, 3, check(100, 6_000)).await,
             TxnOutcome::Status(TxnStatus::RolledBack),
             "expired"
+        );
+        assert_eq!(
+            state.final_txn_status(100).expect("read"),
+            Some(TxnStatus::RolledBack)
         );
         let tree = state.tree();
         assert_eq!(
@@ -875,9 +910,18 @@ mod tests {
             TxnOutcome::Conflicts(vec![TxnConflict::Finished(TxnStatus::RolledBack)]),
             "a late prewrite is refused"
         );
-        // Never prewritten: rolled back for good.
+        // Not prewritten (yet): pending within the grace after its start (the primary's
+        // prewrite may be on its way), then rolled back for good.
+        let grace_ends = 200 + (MISSING_RECORD_GRACE_MS << crate::raft::state_machine::mvcc::LOGICAL_BITS);
         assert_eq!(
-            apply(&mut sm, 6, check(200, 0)).await,
+            apply(&mut sm, 6, check(200, grace_ends)).await,
+            TxnOutcome::Status(TxnStatus::Pending {
+                expires_ts: grace_ends
+            })
+        );
+        assert_eq!(record(&tree, 200).expect("record"), None, "nothing written");
+        assert_eq!(
+            apply(&mut sm, 6, check(200, grace_ends + 1)).await,
             TxnOutcome::Status(TxnStatus::RolledBack)
         );
         // Committed first: the rollback changes nothing.
