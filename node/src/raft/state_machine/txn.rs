@@ -697,9 +697,24 @@ mod tests {
             apply(&mut sm, 11, prewrite(650, &[(b"d", Some(b"1"))], Some(30_000))).await,
             TxnOutcome::Conflicts(conflicts) if matches!(conflicts[..], [TxnConflict::TooOld { floor: 1_000, .. }])
         ));
-        // Above the safe point, an unknown transaction is still rolled back as before.
+        // Above the safe point, an unknown transaction is still pending within its grace and
+        // rolled back after it, as before.
+        let grace_ends = 1_500 + (MISSING_RECORD_GRACE_MS << mvcc::LOGICAL_BITS);
+        let check_at = |now_ts: u64| {
+            Command::TxnCheckStatus(TxnCheckStatus {
+                start_ts: 1_500,
+                primary: b"a".to_vec(),
+                now_ts,
+            })
+        };
         assert_eq!(
-            apply(&mut sm, 12, check(1_500)).await,
+            apply(&mut sm, 12, check_at(grace_ends)).await,
+            TxnOutcome::Status(TxnStatus::Pending {
+                expires_ts: grace_ends
+            })
+        );
+        assert_eq!(
+            apply(&mut sm, 13, check_at(grace_ends + 1)).await,
             TxnOutcome::Status(TxnStatus::RolledBack)
         );
     }
