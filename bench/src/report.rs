@@ -374,7 +374,7 @@ fn milliseconds(value: f64) -> String {
 
 /// The headline figures: puts/s and linearizable gets/s at 64 clients, 1-client put p50,
 /// put p99 at 64 clients, puts per server-CPU-second at 64 clients.
-const HEADLINES: [Headline; 5] = [
+const HEADLINES: [Headline; 8] = [
     Headline {
         what: "puts/s, 64 clients",
         workload: Workload::Put,
@@ -415,20 +415,48 @@ const HEADLINES: [Headline; 5] = [
         higher_is_better: true,
         format: thousands,
     },
+    Headline {
+        what: "two-record transfers (t)/s, 64 clients",
+        workload: Workload::T,
+        clients: 64,
+        figure: |run| Some(run.ops_per_s),
+        higher_is_better: true,
+        format: thousands,
+    },
+    Headline {
+        what: "two-record transfer (t) p50, 1 client (ms)",
+        workload: Workload::T,
+        clients: 1,
+        figure: |run| Some(run.latency.p50_us as f64 / 1000.0),
+        higher_is_better: false,
+        format: milliseconds,
+    },
+    Headline {
+        what: "one-record transactions (t1)/s, 64 clients",
+        workload: Workload::T1,
+        clients: 64,
+        figure: |run| Some(run.ops_per_s),
+        higher_is_better: true,
+        format: thousands,
+    },
 ];
 
 /// The headline ratios ringkv/etcd, from the medians: puts/s and linearizable gets/s at 64 clients,
-/// 1-client put p50, put p99 at 64 clients, puts per server-CPU-second at 64 clients.
+/// 1-client put p50, put p99 at 64 clients, puts per server-CPU-second at 64 clients, and the
+/// transactional ones; a figure neither system measured is left out.
 pub fn headline_ratios(medians: &[RunResult]) -> Vec<Ratio> {
     HEADLINES
         .iter()
-        .map(|headline| {
+        .filter_map(|headline| {
             let value = |system| {
                 closed_cell(medians, system, headline.workload, headline.clients).and_then(headline.figure)
             };
             let ringkv = value(SystemKind::Ringkv);
             let etcd = value(SystemKind::Etcd);
-            Ratio {
+            if ringkv.is_none() && etcd.is_none() {
+                return None;
+            }
+            Some(Ratio {
                 what: headline.what.to_string(),
                 ringkv: ringkv.map_or_else(|| "—".into(), headline.format),
                 etcd: etcd.map_or_else(|| "—".into(), headline.format),
@@ -437,7 +465,7 @@ pub fn headline_ratios(medians: &[RunResult]) -> Vec<Ratio> {
                     .filter(|(_, etcd)| *etcd > 0.0)
                     .map(|(ringkv, etcd)| ringkv / etcd),
                 higher_is_better: headline.higher_is_better,
-            }
+            })
         })
         .collect()
 }
@@ -522,16 +550,28 @@ mod tests {
         assert_eq!(medians[1].ops_per_s, 400.0);
     }
 
-    /// The headline ratios divide ringkv by etcd; a missing cell shows a dash.
+    /// The headline ratios divide ringkv by etcd; a missing cell shows a dash, and a figure
+    /// neither system measured is left out.
     #[test]
     fn ratios() {
         let medians = vec![
             result(SystemKind::Ringkv, Workload::Put, 64, 0, 1000.0),
             result(SystemKind::Etcd, Workload::Put, 64, 0, 4000.0),
+            result(SystemKind::Ringkv, Workload::T, 64, 0, 100.0),
         ];
         let ratios = headline_ratios(&medians);
+        let whats: Vec<&str> = ratios.iter().map(|ratio| ratio.what.as_str()).collect();
+        assert_eq!(
+            whats,
+            [
+                "puts/s, 64 clients",
+                "put p99, 64 clients (ms)",
+                "puts per server-CPU-second, 64 clients",
+                "two-record transfers (t)/s, 64 clients"
+            ]
+        );
         assert_eq!(ratios[0].ratio, Some(0.25));
-        assert_eq!(ratios[1].ratio, None);
+        assert_eq!(ratios[3].ratio, None, "etcd's cell is missing");
         let table = ratio_table(&ratios);
         assert!(
             table.contains("| puts/s, 64 clients (higher is better) | 1,000 | 4,000 | 0.25× |"),

@@ -84,7 +84,7 @@ pub async fn start(binaries: &Binaries, shards: u32, parent: &Path) -> Result<Ru
     })
     .await?;
 
-    let profile = if is_release_build(&binaries.node) {
+    let profile = if built_for_release(&binaries.node).await {
         "release"
     } else {
         "debug (numbers not meaningful)"
@@ -98,4 +98,19 @@ pub async fn start(binaries: &Binaries, shards: u32, parent: &Path) -> Result<Ru
         ),
     };
     Ok(started.into_system(info, vec![router_addr]))
+}
+
+/// Whether `node` is a release build: what its `--version` says (copied binaries too), or,
+/// from a node too old to say, whether its path runs through a `release` directory.
+async fn built_for_release(node: &Path) -> bool {
+    match tokio::process::Command::new(node).arg("--version").output().await {
+        Ok(output) if output.status.success() => {
+            let version = String::from_utf8_lossy(&output.stdout);
+            if version.contains("build)") {
+                return version.contains("(release build)");
+            }
+            is_release_build(node)
+        }
+        _ => is_release_build(node),
+    }
 }

@@ -12,8 +12,15 @@ use tracing::info;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version`: the version and the build profile (`ringkv-bench` labels its results by it).
+const VERSION: &str = if cfg!(debug_assertions) {
+    concat!(env!("CARGO_PKG_VERSION"), " (debug build)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (release build)")
+};
+
 #[derive(Debug, Parser)]
-#[command(name = "ringkv-node", version, about = "ringkv storage node")]
+#[command(name = "ringkv-node", version = VERSION, about = "ringkv storage node")]
 struct Args {
     /// TOML configuration file (fields of NodeConfig); flags override it.
     #[arg(long)]
