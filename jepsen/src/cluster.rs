@@ -1,6 +1,7 @@
 //! The cluster under test: real `ringkv-node` processes (each in its own network namespace
-//! when partitions are wanted, else on loopback) and one `ringkv-router` in the host
-//! namespace. Processes are killed and namespaces removed when the cluster is dropped.
+//! when partitions are wanted, else on loopback) and one or more `ringkv-router`s in the host
+//! namespace (clients spread over them, each failing over to the others). Processes are
+//! killed and namespaces removed when the cluster is dropped.
 //!
 //! Membership changes: the network has spare slots (namespaces) beyond the initial nodes.
 //! A node added later gets a fresh node id (ids are never reused) and a free slot; a node
@@ -46,6 +47,8 @@ pub struct ClusterSpec {
     pub replication_factor: u32,
     /// Extra `ringkv-node` flags (timeouts, snapshot thresholds, unsafe negative controls).
     pub node_args: Vec<String>,
+    /// Routers (at least one); logs `router.log`, then `router-2.log`, ...
+    pub routers: usize,
     /// Extra `ringkv-router` flags (unsafe negative controls).
     pub router_args: Vec<String>,
     /// Directory with `ringkv-node` and `ringkv-router`.
@@ -107,8 +110,11 @@ pub struct Cluster {
     dir: PathBuf,
     placement: Placement,
     nodes: BTreeMap<usize, NodeProc>,
-    router: Option<Process>,
-    pub router_addr: String,
+    routers: Vec<Process>,
+    /// Every router's address, in start order.
+    pub router_addrs: Vec<String>,
+    /// Clients handed out so far (each starts at the next router).
+    clients_made: std::sync::atomic::AtomicUsize,
     /// Addresses of every node not retired, shared with the direct-read clients.
     addr_book: Arc<RwLock<Vec<String>>>,
 }
@@ -131,8 +137,9 @@ impl Cluster {
             dir: dir.clone(),
             placement,
             nodes: BTreeMap::new(),
-            router: None,
-            router_addr: String::new(),
+            routers: Vec::new(),
+            router_addrs: Vec::new(),
+            clients_made: std::sync::atomic::AtomicUsize::new(0),
             addr_book: Arc::default(),
         };
         for id in 1..=cluster.spec.nodes {
@@ -140,7 +147,9 @@ impl Cluster {
             cluster.start_node(id).await?;
         }
         cluster.init().await?;
-        cluster.start_router().await?;
+        for index in 0..cluster.spec.routers.max(1) {
+            cluster.start_router(index).await?;
+        }
         cluster.wait_for_leaders(Duration::from_secs(60)).await?;
         Ok(cluster)
     }
@@ -379,8 +388,16 @@ impl Cluster {
         Ok(())
     }
 
-    async fn start_router(&mut self) -> Result<()> {
-        let addr_file = self.dir.join("router.addr");
+    /// The log file of router `index` (from 0).
+    fn router_log(&self, index: usize) -> PathBuf {
+        match index {
+            0 => self.dir.join("router.log"),
+            _ => self.dir.join(format!("router-{}.log", index + 1)),
+        }
+    }
+
+    async fn start_router(&mut self, index: usize) -> Result<()> {
+        let addr_file = self.dir.join(format!("router-{index}.addr"));
         let _ = std::fs::remove_file(&addr_file);
         let nodes: Vec<String> = self.nodes.values().map(|node| node.addr.clone()).collect();
         let router = Launch::new("router", &self.binaries.router)
@@ -389,13 +406,14 @@ impl Cluster {
             .arg("--addr-file")
             .arg(&addr_file)
             .args(self.spec.router_args.iter())
-            .log(self.dir.join("router.log"))
+            .log(self.router_log(index))
             .spawn()?;
-        self.router_addr = self
-            .router
-            .insert(router)
-            .wait_for_addr_file(&addr_file, LISTEN_TIMEOUT)
-            .await?;
+        self.routers.push(router);
+        let addr = match self.routers.last_mut() {
+            Some(router) => router.wait_for_addr_file(&addr_file, LISTEN_TIMEOUT).await?,
+            None => bail!("router {index} was not kept"),
+        };
+        self.router_addrs.push(addr);
         Ok(())
     }
 
@@ -653,12 +671,19 @@ impl Cluster {
             .collect())
     }
 
-    /// A client of the router with the given per-request timeout.
+    /// A client of the routers with the given per-request timeout: each client starts at the
+    /// next router in turn and fails over to the others.
     pub async fn client(&self, timeout: Duration) -> Result<ringkv_client::Client> {
         let config = ringkv_client::ClientConfig::builder()
             .request_timeout(timeout)
             .build()?;
-        Ok(ringkv_client::Client::connect_with(vec![self.router_addr.clone()], config).await?)
+        let mut routers = self.router_addrs.clone();
+        if !routers.is_empty() {
+            let made = self.clients_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let first = made % routers.len();
+            routers.rotate_left(first);
+        }
+        Ok(ringkv_client::Client::connect_with(routers, config).await?)
     }
 
     pub fn has_fake_clock(&self) -> bool {
@@ -689,7 +714,7 @@ impl Cluster {
             .keys()
             .map(|id| self.dir.join(format!("node-{id}.log")))
             .collect();
-        logs.push(self.dir.join("router.log"));
+        logs.extend((0..self.routers.len()).map(|index| self.router_log(index)));
         logs
     }
 }
@@ -701,6 +726,6 @@ impl Drop for Cluster {
         for node in self.nodes.values_mut() {
             node.process = None;
         }
-        self.router = None;
+        self.routers.clear();
     }
 }

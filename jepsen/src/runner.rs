@@ -72,6 +72,11 @@ pub struct RunOptions {
     /// The routers roll back every lock they meet without asking its primary's record
     /// (committed transactions lose writes; caught by the append workload).
     pub unsafe_resolve_without_primary: bool,
+    /// Each router hands out timestamps from a range of this many it took ahead (0: off;
+    /// with two routers or more, real-time order breaks: caught at serializable).
+    pub unsafe_tso_prefetch: u32,
+    /// Routers; clients start at each in turn and fail over to the others.
+    pub routers: usize,
     /// Client request timeout.
     pub op_timeout: Duration,
     /// After healing, the cluster must serve again within this bound.
@@ -117,6 +122,8 @@ impl RunOptions {
             unsafe_skip_read_validation: false,
             unsafe_ignore_locks: false,
             unsafe_resolve_without_primary: false,
+            unsafe_tso_prefetch: 0,
+            routers: 1,
             op_timeout: Duration::from_secs(2),
             liveness_timeout: Duration::from_secs(30),
             keep_data: false,
@@ -195,6 +202,10 @@ fn router_args(options: &RunOptions) -> Vec<String> {
     }
     if options.unsafe_resolve_without_primary {
         args.push("--unsafe-resolve-without-primary".to_string());
+    }
+    if options.unsafe_tso_prefetch > 0 {
+        args.push("--unsafe-tso-prefetch".to_string());
+        args.push(options.unsafe_tso_prefetch.to_string());
     }
     args
 }
@@ -305,6 +316,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         shards: options.shards,
         replication_factor: options.replication_factor,
         node_args: node_args(&options),
+        routers: options.routers,
         router_args: router_args(&options),
         bin_dir: options.bin_dir.clone(),
         fake_clock,
@@ -636,12 +648,13 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
         options.shards,
         options.replication_factor,
+        options.routers,
         options.workloads,
         options.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
         options.unsafe_skip_read_index,
@@ -653,6 +666,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.unsafe_skip_read_validation,
         options.unsafe_ignore_locks,
         options.unsafe_resolve_without_primary,
+        options.unsafe_tso_prefetch,
         options.isolation,
         report.ops,
         validity_str(report.verdict.validity),

@@ -45,6 +45,7 @@ async fn a_leader_restored_after_a_power_cut_serves_no_stale_read() -> anyhow::R
         ]
         .map(String::from)
         .to_vec(),
+        routers: 1,
         router_args: Vec::new(),
         bin_dir,
         fake_clock: false,

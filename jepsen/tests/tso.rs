@@ -51,6 +51,7 @@ async fn timestamps_around_a_fast_leader(unsafe_ignore_bound: bool) -> anyhow::R
         shards: 1,
         replication_factor: 3,
         node_args,
+        routers: 1,
         router_args: Vec::new(),
         bin_dir,
         fake_clock: true,

@@ -117,6 +117,12 @@ pub struct RouterConfig {
     /// (`failpoint.rs`). Not settable from a config file.
     #[serde(skip)]
     pub unsafe_failpoint: Option<Failpoint>,
+    /// NEGATIVE CONTROL ONLY — breaks real-time order on purpose: the router takes this many
+    /// timestamps from the oracle at a time and hands them out from its own range (a
+    /// per-router pre-allocated range), so a client of another router that starts later can
+    /// get a smaller timestamp. 0: off. Not settable from a config file.
+    #[serde(skip)]
+    pub unsafe_tso_prefetch: u32,
 }
 
 impl Default for RouterConfig {
@@ -147,6 +153,7 @@ impl Default for RouterConfig {
             txn_gc_age_ms: 600_000,
             unsafe_skip_write_conflict: false,
             unsafe_skip_read_validation: false,
+            unsafe_tso_prefetch: 0,
             unsafe_resolve_without_primary: false,
             unsafe_failpoint: None,
         }

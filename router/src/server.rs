@@ -58,6 +58,12 @@ impl Router {
         if config.unsafe_resolve_without_primary {
             warn!("NEGATIVE CONTROL: locks met are rolled back without asking their primary's record");
         }
+        if config.unsafe_tso_prefetch > 0 {
+            warn!(
+                count = config.unsafe_tso_prefetch,
+                "NEGATIVE CONTROL: timestamps are handed out from a range this router took ahead"
+            );
+        }
         if let Some(failpoint) = config.unsafe_failpoint {
             warn!(%failpoint, "TEST FAILPOINT: the router exits when a commit reaches it");
         }
@@ -90,10 +96,11 @@ impl Router {
             CancellationToken::new(),
         );
 
-        let tso = Arc::new(TsoClient::spawn(
+        let tso = Arc::new(TsoClient::spawn_prefetching(
             Arc::clone(&nodes),
             topology.clone(),
             config.rpc_timeout(),
+            config.unsafe_tso_prefetch,
         ));
         let ctx = Arc::new(RouterContext::new(&config, nodes, topology.clone()));
         let secondaries = ctx.secondaries.clone();

@@ -63,7 +63,21 @@ pub struct TsoClient {
 
 impl TsoClient {
     /// Starts the client's task; [`TsoClient::shutdown`] stops it.
+    #[cfg(test)]
     pub fn spawn<N: NodeApi>(nodes: Arc<N>, topology: TopologyHandle, rpc_timeout: Duration) -> TsoClient {
+        TsoClient::spawn_prefetching(nodes, topology, rpc_timeout, 0)
+    }
+
+    /// [`TsoClient::spawn`], except that with `unsafe_prefetch > 0` — the
+    /// `--unsafe-tso-prefetch` NEGATIVE CONTROL — each call takes at least that many
+    /// timestamps (at most [`MAX_TIMESTAMPS_PER_REQUEST`]) and later requests are served from
+    /// what is left, without a call: exactly the per-router range the module docs rule out.
+    pub fn spawn_prefetching<N: NodeApi>(
+        nodes: Arc<N>,
+        topology: TopologyHandle,
+        rpc_timeout: Duration,
+        unsafe_prefetch: u32,
+    ) -> TsoClient {
         let (queue, waiters) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Mutex::new(TsoCounters::default()));
         let cancel = CancellationToken::new();
@@ -74,7 +88,8 @@ impl TsoClient {
             leader: None,
             next_member: 0,
         };
-        let task = tokio::spawn(run(caller, waiters, counters.clone(), cancel.clone()));
+        let prefetch = unsafe_prefetch.min(MAX_TIMESTAMPS_PER_REQUEST);
+        let task = tokio::spawn(run(caller, waiters, counters.clone(), cancel.clone(), prefetch));
         TsoClient {
             queue,
             counters,
@@ -156,8 +171,11 @@ async fn run<N: NodeApi>(
     mut waiters: mpsc::Receiver<Waiter>,
     counters: Arc<Mutex<TsoCounters>>,
     cancel: CancellationToken,
+    prefetch: u32,
 ) {
     let mut held: Option<Waiter> = None;
+    // What a prefetching (unsafe) client has left of its last call.
+    let mut spare: Range<u64> = 0..0;
     loop {
         let first = match held.take() {
             Some(waiter) => waiter,
@@ -189,9 +207,21 @@ async fn run<N: NodeApi>(
             continue;
         };
         let total: u32 = live.iter().map(|waiter| waiter.count).sum();
-        let outcome = tokio::select! {
-            () = cancel.cancelled() => Err(stopped()),
-            outcome = caller.call(total, deadline) => outcome,
+        let outcome = if spare.end - spare.start >= u64::from(total) {
+            let start = spare.start;
+            spare.start += u64::from(total);
+            Ok(start..spare.start)
+        } else {
+            let asked = total.max(prefetch);
+            let outcome = tokio::select! {
+                () = cancel.cancelled() => Err(stopped()),
+                outcome = caller.call(asked, deadline) => outcome,
+            };
+            outcome.map(|range| {
+                let served = range.start..range.start + u64::from(total);
+                spare = served.end..range.end;
+                served
+            })
         };
         match outcome {
             Ok(range) => {
@@ -497,6 +527,40 @@ mod tests {
             client.timestamps(1, deadline).await.is_err(),
             "a stopped client refuses"
         );
+    }
+
+    /// The `--unsafe-tso-prefetch` negative control does what it must break: a router that
+    /// took a range ahead serves a later request below what another router already handed
+    /// out; without it, the later request is always higher.
+    #[tokio::test]
+    async fn a_prefetched_range_goes_back_in_time_across_routers() {
+        for prefetch in [0, 1_000] {
+            let nodes = Arc::new(FakeOracle::with_permits(1_000));
+            let spawn = || {
+                TsoClient::spawn_prefetching(
+                    Arc::clone(&nodes),
+                    topology_3_nodes(),
+                    Duration::from_secs(1),
+                    prefetch,
+                )
+            };
+            let (first_router, second_router) = (spawn(), spawn());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let early = first_router.timestamps(1, deadline).await.expect("a timestamp");
+            let other = second_router.timestamps(1, deadline).await.expect("a timestamp");
+            let later = first_router.timestamps(1, deadline).await.expect("a timestamp");
+            assert!(other.start > early.start);
+            if prefetch == 0 {
+                assert!(later.start > other.start, "real-time order across routers");
+            } else {
+                assert!(
+                    later.start < other.start,
+                    "served from the first router's own range: {later:?} below {other:?}"
+                );
+            }
+            first_router.shutdown().await;
+            second_router.shutdown().await;
+        }
     }
 
     /// A node's answer that does not fit is an error for its requests, and the client

@@ -110,6 +110,13 @@ struct RunArgs {
     /// primary's record (the append workload catches the committed writes that went).
     #[arg(long)]
     unsafe_resolve_without_primary: bool,
+    /// Negative control: each router hands out timestamps from a range of N it took ahead
+    /// (with `--routers 2` or more, serializable runs catch the real-time violations).
+    #[arg(long, default_value_t = 0)]
+    unsafe_tso_prefetch: u32,
+    /// Routers; clients start at each in turn and fail over to the others.
+    #[arg(long, default_value_t = 1)]
+    routers: usize,
     /// Results go to a new directory under this one.
     #[arg(long, default_value = "jepsen/results")]
     out: PathBuf,
@@ -178,6 +185,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_skip_read_validation = args.unsafe_skip_read_validation;
     options.unsafe_ignore_locks = args.unsafe_ignore_locks;
     options.unsafe_resolve_without_primary = args.unsafe_resolve_without_primary;
+    options.unsafe_tso_prefetch = args.unsafe_tso_prefetch;
+    options.routers = args.routers.max(1);
     options.keep_data = args.keep_data;
     let report = runner::run(options).await?;
     println!(

@@ -58,6 +58,10 @@ struct Cli {
     /// (txn-exit-after-prewrite, txn-exit-after-primary-commit).
     #[arg(long, hide = true, value_name = "NAME")]
     unsafe_failpoint: Option<Failpoint>,
+    /// NEGATIVE CONTROL ONLY: take this many timestamps from the oracle at a time and hand
+    /// them out from the router's own range (real-time order breaks across routers).
+    #[arg(long, hide = true, value_name = "N")]
+    unsafe_tso_prefetch: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -106,6 +110,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.unsafe_skip_read_validation |= cli.unsafe_skip_read_validation;
     config.unsafe_resolve_without_primary |= cli.unsafe_resolve_without_primary;
     config.unsafe_failpoint = cli.unsafe_failpoint.or(config.unsafe_failpoint);
+    if let Some(count) = cli.unsafe_tso_prefetch {
+        config.unsafe_tso_prefetch = count;
+    }
     config.validate().context("bad configuration (see --help)")?;
 
     let router = Router::start(config).await?;
