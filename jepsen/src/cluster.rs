@@ -110,8 +110,9 @@ pub struct Cluster {
     dir: PathBuf,
     placement: Placement,
     nodes: BTreeMap<usize, NodeProc>,
-    routers: Vec<Process>,
-    /// Every router's address, in start order.
+    /// Router `i` at position `i`; `None` while the router nemesis has it killed.
+    routers: Vec<Option<Process>>,
+    /// Every router's address, in start order (a restarted router listens there again).
     pub router_addrs: Vec<String>,
     /// Clients handed out so far (each starts at the next router).
     clients_made: std::sync::atomic::AtomicUsize,
@@ -396,24 +397,74 @@ impl Cluster {
         }
     }
 
-    async fn start_router(&mut self, index: usize) -> Result<()> {
+    /// Starts router `index` (from 0): a new one on a free port, or one the router nemesis
+    /// killed again on its old address (its clients know only that one). Its seeds are the
+    /// nodes running now.
+    pub async fn start_router(&mut self, index: usize) -> Result<()> {
+        if self.routers.get(index).is_some_and(Option::is_some) {
+            return Ok(());
+        }
+        let listen = self
+            .router_addrs
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
         let addr_file = self.dir.join(format!("router-{index}.addr"));
         let _ = std::fs::remove_file(&addr_file);
-        let nodes: Vec<String> = self.nodes.values().map(|node| node.addr.clone()).collect();
-        let router = Launch::new("router", &self.binaries.router)
-            .args(["--listen", "127.0.0.1:0", "--nodes"])
+        let nodes: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|node| node.process.is_some())
+            .map(|node| node.addr.clone())
+            .collect();
+        let mut router = Launch::new("router", &self.binaries.router)
+            .args(["--listen", &listen, "--nodes"])
             .arg(nodes.join(","))
             .arg("--addr-file")
             .arg(&addr_file)
             .args(self.spec.router_args.iter())
             .log(self.router_log(index))
             .spawn()?;
-        self.routers.push(router);
-        let addr = match self.routers.last_mut() {
-            Some(router) => router.wait_for_addr_file(&addr_file, LISTEN_TIMEOUT).await?,
-            None => bail!("router {index} was not kept"),
-        };
-        self.router_addrs.push(addr);
+        let addr = router.wait_for_addr_file(&addr_file, LISTEN_TIMEOUT).await?;
+        match self.routers.get_mut(index) {
+            Some(slot) => *slot = Some(router),
+            None => {
+                self.routers.push(Some(router));
+                self.router_addrs.push(addr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Routers started (running or killed).
+    pub fn router_count(&self) -> usize {
+        self.routers.len()
+    }
+
+    /// Whether router `index` runs (it may be paused).
+    pub fn router_running(&self, index: usize) -> bool {
+        self.routers.get(index).is_some_and(Option::is_some)
+    }
+
+    /// `kill -9` router `index` and reap it.
+    pub fn kill_router(&mut self, index: usize) -> Result<()> {
+        let mut router = self
+            .routers
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| anyhow!("router {index} is not running"))?;
+        router.kill().context("killing the router")?;
+        Ok(())
+    }
+
+    /// Sends `signal` to router `index`.
+    pub fn signal_router(&self, index: usize, signal: i32) -> Result<()> {
+        let router = self
+            .routers
+            .get(index)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| anyhow!("router {index} is not running"))?;
+        router.signal(signal)?;
         Ok(())
     }
 
@@ -679,7 +730,9 @@ impl Cluster {
             .build()?;
         let mut routers = self.router_addrs.clone();
         if !routers.is_empty() {
-            let made = self.clients_made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let made = self
+                .clients_made
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let first = made % routers.len();
             routers.rotate_left(first);
         }

@@ -69,6 +69,12 @@ pub enum NemesisKind {
     LoseUnsyncedMinority,
     /// A power cut of every node at once.
     LoseUnsyncedAll,
+    /// `kill -9` one router (its clients fail over to the others, or wait when it is the
+    /// only one), restarted on its old address at heal. A router keeps nothing: a commit it
+    /// was coordinating is left to readers.
+    KillRouter,
+    /// SIGSTOP one router, SIGCONT at heal: its calls in flight stall, then go on late.
+    PauseRouter,
 }
 
 impl NemesisKind {
@@ -131,6 +137,8 @@ impl NemesisKind {
             NemesisKind::LoseUnsyncedOne => "lose-unsynced-one",
             NemesisKind::LoseUnsyncedMinority => "lose-unsynced-minority",
             NemesisKind::LoseUnsyncedAll => "lose-unsynced-all",
+            NemesisKind::KillRouter => "kill-router",
+            NemesisKind::PauseRouter => "pause-router",
         }
     }
 
@@ -157,6 +165,8 @@ impl NemesisKind {
             DecommissionNode,
             ReplaceNode,
             TransferLeader,
+            KillRouter,
+            PauseRouter,
         ]
     }
 }
@@ -167,6 +177,10 @@ enum Active {
     Partition,
     Killed(Vec<usize>),
     Paused(Vec<usize>),
+    /// Router index (from 0) to restart.
+    RouterKilled(usize),
+    /// Router index (from 0) to resume.
+    RouterPaused(usize),
     /// A membership change: nothing to heal (the cluster carries it out in the background;
     /// [`Cluster::reap`] follows up at every step).
     Membership,
@@ -452,6 +466,27 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
             let detail = transfer_leader(cluster, rng).await;
             Ok((Active::Membership, detail))
         }
+        NemesisKind::KillRouter | NemesisKind::PauseRouter => {
+            let running: Vec<usize> = (0..cluster.router_count())
+                .filter(|index| cluster.router_running(*index))
+                .collect();
+            let Some(victim) = running.choose(rng).copied() else {
+                return Ok((Active::Membership, "no router running".to_string()));
+            };
+            if kind == NemesisKind::KillRouter {
+                cluster.kill_router(victim)?;
+                Ok((
+                    Active::RouterKilled(victim),
+                    format!("killed router {}", victim + 1),
+                ))
+            } else {
+                cluster.signal_router(victim, libc::SIGSTOP)?;
+                Ok((
+                    Active::RouterPaused(victim),
+                    format!("paused router {}", victim + 1),
+                ))
+            }
+        }
         NemesisKind::Pause => {
             let leaders = cluster.leading_nodes().await;
             let candidates: Vec<usize> = if leaders.is_empty() {
@@ -578,6 +613,8 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<()> {
                 }
             }
         }
+        Active::RouterKilled(index) => cluster.start_router(index).await?,
+        Active::RouterPaused(index) => cluster.signal_router(index, libc::SIGCONT)?,
         Active::Clock { nodes, strobe } => {
             if let Some((stop, handle)) = strobe {
                 stop.cancel();
@@ -614,6 +651,13 @@ pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
             let _ = cluster.signal(id, libc::SIGCONT);
         } else {
             cluster.start_node(id).await?;
+        }
+    }
+    for index in 0..cluster.router_count() {
+        if cluster.router_running(index) {
+            let _ = cluster.signal_router(index, libc::SIGCONT);
+        } else {
+            cluster.start_router(index).await?;
         }
     }
     Ok(())

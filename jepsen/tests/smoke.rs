@@ -38,19 +38,27 @@ fn options(seconds: u64, nemeses: Vec<NemesisKind>, out: &tempfile::TempDir, see
     options
 }
 
-/// A short run with a majority/minority partition and a node kill, register, set,
-/// timestamp, snapshot, list-append and bank workloads, comes out valid; its EDN history parses back to the same operations.
+/// A short run with a majority/minority partition, a node kill and two router faults (two
+/// routers: one killed, one paused), register, set, timestamp, snapshot, list-append and
+/// bank workloads, comes out valid; its EDN history parses back to the same operations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let out = tempfile::tempdir()?;
+    // Four faults of 2 + 5 s each, with room for restarts: every kind runs once.
     let mut options = options(
-        30,
-        vec![NemesisKind::PartitionMajority, NemesisKind::KillOne],
+        36,
+        vec![
+            NemesisKind::PartitionMajority,
+            NemesisKind::KillOne,
+            NemesisKind::KillRouter,
+            NemesisKind::PauseRouter,
+        ],
         &out,
         0x5eed_0001,
     );
     options.snapshot_pressure = true;
+    options.routers = 2;
     options.workloads = vec![
         Workload::Register,
         Workload::Set,
@@ -78,8 +86,12 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
             && report
                 .nemesis_log
                 .iter()
-                .any(|line| line.starts_with("start kill")),
-        "both faults were injected: {:?}",
+                .any(|line| line.starts_with("start kill-one"))
+            && report
+                .nemesis_log
+                .iter()
+                .any(|line| line.starts_with("start kill-router killed router")),
+        "the faults were injected: {:?}",
         report.nemesis_log
     );
     let edn = std::fs::read_to_string(report.dir.join("history.edn"))?;
