@@ -19,9 +19,24 @@
 //! micro-operations `[[:append 3 7] [:r 3 [1 2 7]]]` (`[:r 3 nil]` in the invocation), a bank
 //! `:transfer` is `{:from 1, :to 2, :amount 5}` and a `:bank-read` maps every account to its
 //! balance, `{0 100, 1 95, 2 nil}` (`nil` in the invocation; Jepsen's bank checker calls it
-//! `:read`), a nemesis value is a string. A [`OpValue::Nil`] prints as `nil`.
+//! `:read`), an `:rw-txn` is Elle's rw-register transaction, a vector of micro-operations
+//! `[[:w 3 7] [:r 4 2] [:r 5 nil]]` (below), a nemesis value is a string. A [`OpValue::Nil`]
+//! prints as `nil`.
 //! Jepsen's own set checker calls the final read `:read`; ringkv keeps `:read-all` so that a
 //! set read is never confused with a register read.
+//!
+//! Rw-register transactions. Elle writes both of its transactional workloads as `:f :txn`
+//! and tells them apart by their micro-operations; ringkv writes rw-register ones as
+//! `:f :rw-txn`, because one `:txn` micro-op is ambiguous: `[:r k nil]` is an unread
+//! list-append read, an unread register read, and a register read that found no value.
+//! Elle ignores `:f` (it checks the ops it is given), so an `:rw-txn` history is still one
+//! Elle's rw-register checker reads once the ops are selected by `:f`. Within an
+//! `:rw-txn`, `[:r k nil]` is a read that found no value in an `:ok` op and an unread read
+//! in any other op (an invocation, `:fail`, `:info`), as in Elle. The parser also reads
+//! Elle's own spelling: a `:txn` op holding a `[:w k v]`, a `[:r k 3]`, or (in an `:ok` op,
+//! where a list-append read is always a vector) a `[:r k nil]` is an rw-register
+//! transaction; a `:txn` op whose micro-ops are only `[:r k nil]` outside an `:ok` op is
+//! read as list-append unless the op it pairs with (same process) is an rw-register one.
 //!
 //! Nemesis function names become keywords; characters a keyword cannot hold are written as
 //! `_`, so names should stick to letters, digits and `-`.
@@ -33,11 +48,15 @@
 //!
 //! Round trip: `parse_history(&history_to_edn(h))` equals `h`, with one exception: for a
 //! `:read-all` op, `nil` always reads back as `OpValue::ReadAll(None)` (never `OpValue::Nil`),
-//! and for a `:timestamp` op as `OpValue::Timestamp(None)`.
+//! and for a `:timestamp` op as `OpValue::Timestamp(None)`; and an `:rw-txn` read's `nil`
+//! reads back by the op's type (above), and an `:ok` `:txn` op with an unread `[:r k nil]`
+//! reads as rw-register (ringkv records every read of an `ok` transaction).
 
 use std::fmt::{self, Write as _};
 
-use crate::history::{History, MicroOp, Op, OpType, OpValue, Process, F};
+use std::collections::HashMap;
+
+use crate::history::{History, MicroOp, Op, OpType, OpValue, Process, RwMicroOp, F};
 
 /// Deepest nesting of vectors and maps the parser accepts (ours is at most 3).
 pub const MAX_DEPTH: usize = 64;
@@ -231,6 +250,7 @@ fn f_name(f: &F) -> &str {
         F::Txn => "txn",
         F::Transfer => "transfer",
         F::BankRead => "bank-read",
+        F::RwTxn => "rw-txn",
     }
 }
 
@@ -258,6 +278,7 @@ fn value_to_edn(value: &OpValue) -> Edn {
         OpValue::Text(text) => Edn::String(text.clone()),
         OpValue::Nil => Edn::Nil,
         OpValue::Txn(micro_ops) => Edn::Vector(micro_ops.iter().map(micro_op_to_edn).collect()),
+        OpValue::RwTxn(micro_ops) => Edn::Vector(micro_ops.iter().map(rw_micro_op_to_edn).collect()),
         OpValue::Transfer { from, to, amount } => Edn::Map(vec![
             (Edn::keyword("from"), Edn::unsigned(*from)),
             (Edn::keyword("to"), Edn::unsigned(*to)),
@@ -324,6 +345,111 @@ fn micro_op_from_edn(micro_op: &Edn) -> Result<MicroOp, String> {
     }
 }
 
+/// `[:w k v]`, or `[:r k v]` (`[:r k nil]` without a result or for no value), as Elle
+/// writes them.
+fn rw_micro_op_to_edn(micro_op: &RwMicroOp) -> Edn {
+    match micro_op {
+        RwMicroOp::Write { key, value } => Edn::Vector(vec![
+            Edn::keyword("w"),
+            Edn::unsigned(*key),
+            Edn::unsigned(*value),
+        ]),
+        RwMicroOp::Read { key, value } => Edn::Vector(vec![
+            Edn::keyword("r"),
+            Edn::unsigned(*key),
+            Edn::optional(value.flatten()),
+        ]),
+    }
+}
+
+/// An rw-register micro-op of an op of type `op_type`: `[:r k nil]` found no value in an
+/// `:ok` op, and was not read in any other.
+fn rw_micro_op_from_edn(micro_op: &Edn, op_type: OpType) -> Result<RwMicroOp, String> {
+    let shape_error = || format!("rw-register micro-op must be [:w k v] or [:r k v], found {micro_op}");
+    let Edn::Vector(items) = micro_op else {
+        return Err(shape_error());
+    };
+    match items.as_slice() {
+        [Edn::Keyword(f), key, value] if f == "w" => Ok(RwMicroOp::Write {
+            key: to_u64(key, "key")?,
+            value: to_u64(value, "value")?,
+        }),
+        [Edn::Keyword(f), key, Edn::Nil] if f == "r" => Ok(RwMicroOp::Read {
+            key: to_u64(key, "key")?,
+            value: (op_type == OpType::Ok).then_some(None),
+        }),
+        [Edn::Keyword(f), key, value @ Edn::Integer(_)] if f == "r" => Ok(RwMicroOp::Read {
+            key: to_u64(key, "key")?,
+            value: Some(Some(to_u64(value, "value")?)),
+        }),
+        _ => Err(shape_error()),
+    }
+}
+
+/// Whether the value of a `:txn` op of type `op_type` is Elle's rw-register transaction: it
+/// holds a write `[:w k v]`, a read of one value `[:r k 3]`, or — in an `:ok` op, where a
+/// list-append read is always a vector — a read of `nil`.
+fn is_elle_rw_register(value: &Edn, op_type: OpType) -> bool {
+    let Edn::Vector(micro_ops) = value else {
+        return false;
+    };
+    micro_ops.iter().any(|micro_op| {
+        let Edn::Vector(items) = micro_op else {
+            return false;
+        };
+        match items.as_slice() {
+            [Edn::Keyword(f), _, _] if f == "w" => true,
+            [Edn::Keyword(f), _, Edn::Integer(_)] if f == "r" => true,
+            [Edn::Keyword(f), _, Edn::Nil] if f == "r" => op_type == OpType::Ok,
+            _ => false,
+        }
+    })
+}
+
+/// Elle's `:txn` ops that could not be told apart on their own (only unread `[:r k nil]`
+/// reads, read as list-append) take the rw-register flavour of the op they pair with (the
+/// invocation or completion of the same process) when that one is an Elle-spelled
+/// rw-register op too (`elle_rw_register[position]`: `:f :txn` read as rw-register).
+fn adopt_rw_register_pairs(ops: &mut [Op], elle_rw_register: &[bool]) {
+    let mut outstanding: HashMap<u64, usize> = HashMap::new();
+    for position in 0..ops.len() {
+        let Process::Client(client) = ops[position].process else {
+            continue;
+        };
+        if ops[position].op_type == OpType::Invoke {
+            outstanding.insert(client, position);
+            continue;
+        }
+        let Some(invoke) = outstanding.remove(&client) else {
+            continue;
+        };
+        let elle_spelled = |at: usize| elle_rw_register.get(at).copied().unwrap_or(false);
+        let unresolved = match (&ops[invoke].f, &ops[position].f) {
+            (F::Txn, F::RwTxn) if elle_spelled(position) => invoke,
+            (F::RwTxn, F::Txn) if elle_spelled(invoke) => position,
+            _ => continue,
+        };
+        let op = &mut ops[unresolved];
+        let OpValue::Txn(micro_ops) = &op.value else {
+            continue;
+        };
+        let reads: Option<Vec<RwMicroOp>> = micro_ops
+            .iter()
+            .map(|micro_op| match micro_op {
+                MicroOp::Read { key, values: None } => Some(RwMicroOp::Read {
+                    key: *key,
+                    value: None,
+                }),
+                _ => None,
+            })
+            .collect();
+        if let Some(reads) = reads {
+            op.f = F::RwTxn;
+            op.value = OpValue::RwTxn(reads);
+        }
+    }
+}
+
 /// Parses exactly one EDN value (surrounding whitespace and comments allowed).
 pub fn parse(input: &str) -> Result<Edn, EdnError> {
     let mut parser = Parser::new(input);
@@ -364,11 +490,15 @@ fn parse_all_with_lines(input: &str) -> Result<Vec<(usize, Edn)>, EdnError> {
 pub fn parse_history(input: &str) -> Result<History, EdnError> {
     let values = parse_all_with_lines(input)?;
     let mut ops = Vec::with_capacity(values.len());
+    let mut elle_rw_register = Vec::with_capacity(values.len());
     for (position, (line, value)) in values.iter().enumerate() {
         let op = op_from_edn(value, position as u64)
             .map_err(|reason| EdnError::InvalidOp { line: *line, reason })?;
+        let spelled_txn = matches!(value.get("f"), Some(Edn::Keyword(name)) if name == "txn");
+        elle_rw_register.push(spelled_txn && op.f == F::RwTxn);
         ops.push(op);
     }
+    adopt_rw_register_pairs(&mut ops, &elle_rw_register);
     Ok(History { ops })
 }
 
@@ -404,13 +534,15 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
         (_, "timestamp") => F::Timestamp,
         (_, "chain-write") => F::ChainWrite,
         (_, "snapshot-read") => F::SnapshotRead,
+        (_, "txn") if is_elle_rw_register(value.get("value").unwrap_or(&Edn::Nil), op_type) => F::RwTxn,
         (_, "txn") => F::Txn,
+        (_, "rw-txn") => F::RwTxn,
         (_, "transfer") => F::Transfer,
         (_, "bank-read") => F::BankRead,
         (_, name) => F::Nemesis(name.to_string()),
     };
     let value_edn = value.get("value").unwrap_or(&Edn::Nil);
-    let op_value = value_from_edn(&f, value_edn)?;
+    let op_value = value_from_edn(&f, op_type, value_edn)?;
     let error = match value.get("error") {
         None | Some(Edn::Nil) => None,
         Some(Edn::String(text)) => Some(text.clone()),
@@ -428,7 +560,7 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
     })
 }
 
-fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
+fn value_from_edn(f: &F, op_type: OpType, value: &Edn) -> Result<OpValue, String> {
     let shape_error = |expected: &str| format!("{} value must be {expected}, found {value}", f_name(f));
     match (f, value) {
         (F::ReadAll, Edn::Nil) => Ok(OpValue::ReadAll(None)),
@@ -496,6 +628,12 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
                 .map(micro_op_from_edn)
                 .collect::<Result<_, _>>()?,
         )),
+        (F::RwTxn, Edn::Vector(micro_ops)) => Ok(OpValue::RwTxn(
+            micro_ops
+                .iter()
+                .map(|micro_op| rw_micro_op_from_edn(micro_op, op_type))
+                .collect::<Result<_, _>>()?,
+        )),
         (F::Transfer, Edn::Map(_)) => {
             let field = |name: &str| {
                 value
@@ -534,7 +672,7 @@ fn value_from_edn(f: &F, value: &Edn) -> Result<OpValue, String> {
         (F::ReadAll, _) => Err(shape_error("a vector or nil")),
         (F::ChainWrite, _) => Err(shape_error("[chain n]")),
         (F::SnapshotRead, _) => Err(shape_error("[chain ts [values]]")),
-        (F::Txn, _) => Err(shape_error("a vector of micro-ops")),
+        (F::Txn | F::RwTxn, _) => Err(shape_error("a vector of micro-ops")),
         (F::Transfer, _) => Err(shape_error("{:from a, :to b, :amount n}")),
         (F::BankRead, _) => Err(shape_error("{account balance ...} or nil")),
     }
@@ -955,6 +1093,34 @@ mod tests {
                 F::BankRead,
                 OpValue::Balances(Some(vec![Some(100), Some(-5), None])),
             ),
+            op(
+                22,
+                Process::Client(10),
+                OpType::Invoke,
+                F::RwTxn,
+                OpValue::RwTxn(vec![
+                    RwMicroOp::Read { key: 3, value: None },
+                    RwMicroOp::Write { key: 3, value: 9 },
+                    RwMicroOp::Read { key: 4, value: None },
+                ]),
+            ),
+            op(
+                23,
+                Process::Client(10),
+                OpType::Ok,
+                F::RwTxn,
+                OpValue::RwTxn(vec![
+                    RwMicroOp::Read {
+                        key: 3,
+                        value: Some(Some(7)),
+                    },
+                    RwMicroOp::Write { key: 3, value: 9 },
+                    RwMicroOp::Read {
+                        key: 4,
+                        value: Some(None),
+                    },
+                ]),
+            ),
         ])
     }
 
@@ -1028,6 +1194,14 @@ mod tests {
             lines[21],
             "{:index 21, :time 21000, :type :ok, :process 9, :f :bank-read, :value {0 100, 1 -5, 2 nil}}"
         );
+        assert_eq!(
+            lines[22],
+            "{:index 22, :time 22000, :type :invoke, :process 10, :f :rw-txn, :value [[:r 3 nil] [:w 3 9] [:r 4 nil]]}"
+        );
+        assert_eq!(
+            lines[23],
+            "{:index 23, :time 23000, :type :ok, :process 10, :f :rw-txn, :value [[:r 3 7] [:w 3 9] [:r 4 nil]]}"
+        );
     }
 
     /// A list-append history as Elle writes it (no commas, no `:index`) reads as transactions.
@@ -1054,10 +1228,83 @@ mod tests {
             OpValue::Txn(vec![MicroOp::Append { key: 2, value: 1 }])
         );
         for malformed in [
-            "{:type :ok :f :txn :value [[:w 1 2]] :process 0 :time 1}",
+            "{:type :ok :f :txn :value [[:w 1 2] [:append 1 3]] :process 0 :time 1}",
+            "{:type :ok :f :txn :value [[:r 1 [2]] [:r 1 3]] :process 0 :time 1}",
             "{:type :ok :f :txn :value [[:append 1]] :process 0 :time 1}",
             "{:type :ok :f :txn :value [[:r 1 [2 :x]]] :process 0 :time 1}",
             "{:type :ok :f :txn :value 7 :process 0 :time 1}",
+        ] {
+            assert!(
+                matches!(parse_history(malformed), Err(EdnError::InvalidOp { .. })),
+                "accepted {malformed:?}"
+            );
+        }
+    }
+
+    /// An rw-register history as Elle writes it (`:f :txn`, no `:index`) reads as rw-register
+    /// transactions, the read-only invocations whose reads are all `nil` included (they take
+    /// the flavour of their completion); `[:r k nil]` found no value in an `:ok` op.
+    #[test]
+    fn parses_elle_rw_register_history() {
+        let text = "{:type :invoke, :f :txn, :value [[:r 1 nil] [:w 1 4]], :process 0, :time 5}\n\
+                    {:type :invoke :f :txn :value [[:r 2 nil]] :process 1 :time 6}\n\
+                    {:type :ok :f :txn :value [[:r 1 3] [:w 1 4]] :process 0 :time 9}\n\
+                    {:type :ok :f :txn :value [[:r 2 nil]] :process 1 :time 10}\n\
+                    {:type :invoke :f :txn :value [[:r 2 nil]] :process 1 :time 11}\n\
+                    {:type :fail :f :txn :value [[:r 2 nil]] :process 1 :time 12 :error :conflict}\n\
+                    {:type :invoke :f :txn :value [[:r 2 nil]] :process 2 :time 13}\n\
+                    {:type :info :f :txn :value [[:r 2 nil]] :process 2 :time 14}\n";
+        let history = parse_history(text).expect("parse");
+        let fs: Vec<&F> = history.ops.iter().map(|op| &op.f).collect();
+        assert_eq!(
+            fs,
+            [
+                &F::RwTxn,
+                &F::RwTxn,
+                &F::RwTxn,
+                &F::RwTxn,
+                &F::Txn,
+                &F::Txn,
+                &F::Txn,
+                &F::Txn
+            ],
+            "a read-only transaction that never completed ok stays ambiguous (list-append)"
+        );
+        assert_eq!(
+            history.ops[0].value,
+            OpValue::RwTxn(vec![
+                RwMicroOp::Read { key: 1, value: None },
+                RwMicroOp::Write { key: 1, value: 4 },
+            ])
+        );
+        assert_eq!(
+            history.ops[1].value,
+            OpValue::RwTxn(vec![RwMicroOp::Read { key: 2, value: None }])
+        );
+        assert_eq!(
+            history.ops[2].value,
+            OpValue::RwTxn(vec![
+                RwMicroOp::Read {
+                    key: 1,
+                    value: Some(Some(3))
+                },
+                RwMicroOp::Write { key: 1, value: 4 },
+            ])
+        );
+        assert_eq!(
+            history.ops[3].value,
+            OpValue::RwTxn(vec![RwMicroOp::Read {
+                key: 2,
+                value: Some(None)
+            }])
+        );
+        history.pairs().expect("invocations pair with their completions");
+        for malformed in [
+            "{:type :ok :f :rw-txn :value [[:append 1 2]] :process 0 :time 1}",
+            "{:type :ok :f :rw-txn :value [[:r 1 [2]]] :process 0 :time 1}",
+            "{:type :ok :f :rw-txn :value [[:w 1 nil]] :process 0 :time 1}",
+            "{:type :ok :f :rw-txn :value [[:w 1]] :process 0 :time 1}",
+            "{:type :ok :f :rw-txn :value 7 :process 0 :time 1}",
         ] {
             assert!(
                 matches!(parse_history(malformed), Err(EdnError::InvalidOp { .. })),
@@ -1192,6 +1439,18 @@ mod tests {
                 0..4
             )
             .prop_map(|micro_ops| (F::Txn, OpValue::Txn(micro_ops))),
+            proptest::collection::vec(
+                prop_oneof![
+                    (any::<u64>(), any::<u64>()).prop_map(|(key, value)| RwMicroOp::Write { key, value }),
+                    (
+                        any::<u64>(),
+                        proptest::option::of(proptest::option::of(any::<u64>()))
+                    )
+                        .prop_map(|(key, value)| RwMicroOp::Read { key, value }),
+                ],
+                0..4
+            )
+            .prop_map(|micro_ops| (F::RwTxn, OpValue::RwTxn(micro_ops))),
             (any::<u64>(), any::<u64>(), any::<u64>())
                 .prop_map(|(from, to, amount)| (F::Transfer, OpValue::Transfer { from, to, amount })),
             proptest::option::of(proptest::collection::vec(
@@ -1231,9 +1490,48 @@ mod tests {
                 process,
                 op_type,
                 f,
-                value,
+                value: recordable(op_type, value),
                 error,
             })
+    }
+
+    /// `value` as the workloads record it in an op of type `op_type`: an rw-register read
+    /// has its result in an `ok` op (`nil`: no value) and none in any other.
+    fn recordable(op_type: OpType, value: OpValue) -> OpValue {
+        if let OpValue::Txn(micro_ops) = value {
+            // Likewise every list-append read of an `ok` transaction has its list.
+            return OpValue::Txn(
+                micro_ops
+                    .into_iter()
+                    .map(|micro_op| match micro_op {
+                        MicroOp::Read { key, values: None } if op_type == OpType::Ok => MicroOp::Read {
+                            key,
+                            values: Some(Vec::new()),
+                        },
+                        other => other,
+                    })
+                    .collect(),
+            );
+        }
+        let OpValue::RwTxn(micro_ops) = value else {
+            return value;
+        };
+        OpValue::RwTxn(
+            micro_ops
+                .into_iter()
+                .map(|micro_op| match micro_op {
+                    RwMicroOp::Read { key, value } if op_type == OpType::Ok => RwMicroOp::Read {
+                        key,
+                        value: Some(value.flatten()),
+                    },
+                    RwMicroOp::Read {
+                        key,
+                        value: Some(None),
+                    } => RwMicroOp::Read { key, value: None },
+                    other => other,
+                })
+                .collect(),
+        )
     }
 
     proptest! {

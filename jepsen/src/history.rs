@@ -75,6 +75,9 @@ pub enum F {
     Transfer,
     /// Bank workload: one transaction reading every account's balance.
     BankRead,
+    /// Rw-register workload: one transaction of [`RwMicroOp`]s (Elle's rw-register
+    /// transaction; EDN `:f :rw-txn`, so that it is never taken for a list-append one).
+    RwTxn,
 }
 
 /// The argument or result of an operation.
@@ -145,6 +148,10 @@ pub enum OpValue {
     /// Every account's balance, account `i` at position `i` (`None`: no balance stored);
     /// `None` (`nil`) in the invocation and in a read that did not succeed.
     Balances(Option<Vec<Option<i64>>>),
+    /// The micro-operations of an rw-register transaction, in order: in the invocation (and
+    /// in a `fail` or `info` completion) every read is `value: None`; in an `ok` completion
+    /// every read carries what it returned.
+    RwTxn(Vec<RwMicroOp>),
 }
 
 /// One step of a list-append transaction (Elle's `[:append k v]` and `[:r k list]`).
@@ -174,6 +181,48 @@ impl MicroOp {
     pub fn key(&self) -> u64 {
         match self {
             MicroOp::Append { key, .. } | MicroOp::Read { key, .. } => *key,
+        }
+    }
+}
+
+/// One step of an rw-register transaction (Elle's `[:w k v]` and `[:r k v]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RwMicroOp {
+    /// Write `value` to the register at `key`. The workload writes every value at most once.
+    Write {
+        /// Register key.
+        key: u64,
+        /// Written value, unique in the run.
+        value: u64,
+    },
+    /// Read the register at `key`.
+    Read {
+        /// Register key.
+        key: u64,
+        /// `None` when not read (the invocation, and a transaction that did not complete
+        /// `ok`); `Some(None)` for a register never written (`nil`); `Some(Some(v))` for `v`.
+        /// In JSON: the field is absent when not read, `null` for `nil`.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "read_result"
+        )]
+        value: Option<Option<u64>>,
+    },
+}
+
+/// A present `value` field of a register read: its result (`null`: `nil`), told apart from
+/// an absent one (not read).
+fn read_result<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(deserializer).map(Some)
+}
+
+impl RwMicroOp {
+    /// The key this micro-operation reads or writes.
+    pub fn key(&self) -> u64 {
+        match self {
+            RwMicroOp::Write { key, .. } | RwMicroOp::Read { key, .. } => *key,
         }
     }
 }
@@ -696,6 +745,44 @@ mod tests {
             json.contains(
                 "\"f\":\"txn\",\"value\":{\"txn\":[{\"read\":{\"key\":3,\"values\":[1,2]}},\
                  {\"append\":{\"key\":3,\"value\":7}}]}"
+            ),
+            "{json}"
+        );
+        let history = recorder.history();
+        let parsed = History::from_json(&history.to_json().expect("serialize")).expect("parse");
+        assert_eq!(parsed, history);
+    }
+
+    /// An rw-register transaction reads back from JSON with its reads' three states: not
+    /// read, `nil`, a value.
+    #[test]
+    fn rw_txn_json_round_trip() {
+        let recorder = Recorder::new(Instant::now());
+        let read = |key: u64, value: Option<Option<u64>>| RwMicroOp::Read { key, value };
+        let invoke = recorder.invoke(
+            Process::Client(0),
+            F::RwTxn,
+            OpValue::RwTxn(vec![
+                read(3, None),
+                read(4, None),
+                RwMicroOp::Write { key: 3, value: 7 },
+            ]),
+        );
+        let completion = recorder.complete(
+            &invoke,
+            OpType::Ok,
+            OpValue::RwTxn(vec![
+                read(3, Some(Some(5))),
+                read(4, Some(None)),
+                RwMicroOp::Write { key: 3, value: 7 },
+            ]),
+            None,
+        );
+        let json = serde_json::to_string(&completion).expect("serialize");
+        assert!(
+            json.contains(
+                "\"f\":\"rw_txn\",\"value\":{\"rw_txn\":[{\"read\":{\"key\":3,\"value\":5}},\
+                 {\"read\":{\"key\":4,\"value\":null}},{\"write\":{\"key\":3,\"value\":7}}]}"
             ),
             "{json}"
         );

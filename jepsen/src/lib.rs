@@ -7,12 +7,12 @@
 //! - [`edn`]: Jepsen EDN export and a parser for reading histories back.
 //! - [`checker`]: linearizability (Wing–Gong–Lowe, per key), set (lost/duplicated adds),
 //!   timestamps (unique, real-time order), snapshot (consistent prefixes of chains) and
-//!   Elle-style list-append transactions against an isolation level.
+//!   Elle-style list-append and rw-register transactions against an isolation level.
 //! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
 //! - [`cluster`]: the cluster under test (real processes, loopback or namespaces).
 //! - [`nemesis`]: faults (partitions, kills, pauses) on a seeded schedule, healed at the end.
 //! - [`workload`]: register, set, timestamp and snapshot clients that record every operation;
-//!   [`append`] and [`bank`]: the transactional workloads.
+//!   [`append`], [`rw_register`] and [`bank`]: the transactional workloads.
 //! - [`runner`]: one run end to end, writing the results directory.
 //! - [`plot`]: the latency-over-time SVG with fault windows shaded.
 
@@ -26,4 +26,5 @@ pub mod nemesis;
 pub mod net;
 pub mod plot;
 pub mod runner;
+pub mod rw_register;
 pub mod workload;

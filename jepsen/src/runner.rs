@@ -58,7 +58,7 @@ pub struct RunOptions {
     pub unsafe_ack_before_commit: bool,
     /// Shard leaders commit writes at local timestamps (caught by the snapshot workload).
     pub unsafe_local_commit_ts: bool,
-    /// Isolation level of the append workload's transactions.
+    /// Isolation level of the append, rw-register and bank workloads' transactions.
     pub isolation: ringkv_client::Isolation,
     /// The router commits repeatable-read transactions without the write-conflict check
     /// (lost updates; caught by the append workload).
@@ -344,6 +344,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     let set = Arc::new(SetShared::default());
     let snapshot = Arc::new(SnapshotShared::default());
     let append = Arc::new(AppendShared::default());
+    let rw_register = Arc::new(crate::rw_register::RwShared::default());
     if options.workloads.contains(&Workload::Bank) {
         let client = cluster.client(options.op_timeout).await?;
         crate::bank::set_up(&client, options.liveness_timeout).await?;
@@ -387,6 +388,18 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                         process,
                         client,
                         append.clone(),
+                        options.isolation,
+                        recorder,
+                        seed,
+                        stop,
+                    ));
+                }
+                Workload::RwRegister => {
+                    let seed = rng.random();
+                    clients.spawn(crate::rw_register::rw_register_client(
+                        process,
+                        client,
+                        rw_register.clone(),
                         options.isolation,
                         recorder,
                         seed,
@@ -563,6 +576,12 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     }
     if options.workloads.contains(&Workload::Append) {
         verdicts.push(checker::elle::check(&history, checked_level(options.isolation)));
+    }
+    if options.workloads.contains(&Workload::RwRegister) {
+        verdicts.push(checker::elle::rw_register::check(
+            &history,
+            checked_level(options.isolation),
+        ));
     }
     if options.workloads.contains(&Workload::Bank) {
         verdicts.push(checker::bank::check(&history, checked_level(options.isolation)));

@@ -41,6 +41,10 @@ pub enum Workload {
     /// Transfers between a few accounts and reads of all of them (Jepsen's bank), at the
     /// run's isolation level; every snapshot read must sum to the total (`checker::bank`).
     Bank,
+    /// Transactions of reads and writes over a few registers (Elle's rw-register), at the
+    /// run's isolation level; checked for the anomalies that level forbids
+    /// (`checker::elle::rw_register`).
+    RwRegister,
 }
 
 /// Where register reads go.

@@ -32,7 +32,8 @@ enum Command {
     Check {
         /// The EDN history file.
         history: PathBuf,
-        /// The isolation level the history's transactions (append workload) ran at.
+        /// The isolation level the history's transactions (append, rw-register and bank
+        /// workloads) ran at.
         #[arg(long, value_enum, default_value = "repeatable-read")]
         isolation: IsolationArg,
     },
@@ -91,7 +92,7 @@ struct RunArgs {
     /// oracle's (the snapshot workload catches it).
     #[arg(long)]
     unsafe_local_commit_ts: bool,
-    /// Isolation level of the append workload's transactions.
+    /// Isolation level of the append, rw-register and bank workloads' transactions.
     #[arg(long, value_enum, default_value = "repeatable-read")]
     isolation: IsolationArg,
     /// Negative control: the router commits repeatable-read transactions without the
@@ -240,6 +241,10 @@ fn main() -> ExitCode {
                 if history.ops.iter().any(|op| matches!(op.f, F::Txn)) {
                     let level = ringkv_jepsen::append::checked_level(isolation.into());
                     verdicts.push(checker::elle::check(&history, level));
+                }
+                if has(&|f| matches!(f, F::RwTxn)) {
+                    let level = ringkv_jepsen::append::checked_level(isolation.into());
+                    verdicts.push(checker::elle::rw_register::check(&history, level));
                 }
                 if has(&|f| matches!(f, F::Transfer | F::BankRead)) {
                     let level = ringkv_jepsen::append::checked_level(isolation.into());

@@ -364,7 +364,8 @@ fn extract(pairs: &[OpPair<'_>]) -> Extracted {
                 | F::Nemesis(_)
                 | F::Txn
                 | F::Transfer
-                | F::BankRead,
+                | F::BankRead
+                | F::RwTxn,
                 _,
             ) => {
                 extracted.ignored_other += 1;

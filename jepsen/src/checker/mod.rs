@@ -9,7 +9,9 @@
 //!   invoked before it completed.
 //! - [`elle`]: list-append transactions, checked like Elle against an isolation level:
 //!   version orders from the reads, Adya's dependency graph, its cycles classified
-//!   (`G0` ... `G2-item`, real-time variants), aborted, intermediate and lost updates.
+//!   (`G0` ... `G2-item`, real-time variants), aborted, intermediate and lost updates; and
+//!   rw-register transactions ([`elle::rw_register`]), their version orders inferred from
+//!   what the level guarantees.
 //! - [`bank`]: transfers between accounts: every snapshot read sums to the total, with no
 //!   negative balance.
 //!
@@ -166,7 +168,21 @@ pub fn combine(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
 pub(crate) mod fixtures {
     use std::collections::HashMap;
 
-    use crate::history::{History, MicroOp, Op, OpType, OpValue, Process, F};
+    use crate::history::{History, MicroOp, Op, OpType, OpValue, Process, RwMicroOp, F};
+
+    /// `[:w key value]`.
+    pub(crate) fn w(key: u64, value: u64) -> RwMicroOp {
+        RwMicroOp::Write { key, value }
+    }
+
+    /// `[:r key value]`: a register read of `key` that returned `value` (`None`: `nil`; sent
+    /// as `[:r key nil]`).
+    pub(crate) fn r(key: u64, value: Option<u64>) -> RwMicroOp {
+        RwMicroOp::Read {
+            key,
+            value: Some(value),
+        }
+    }
 
     /// `[:append key value]`.
     pub(crate) fn append(key: u64, value: u64) -> MicroOp {
@@ -188,6 +204,8 @@ pub(crate) mod fixtures {
         outstanding: HashMap<u64, (F, OpValue)>,
         /// The micro-ops (with read results) an outstanding transaction completes `ok` with.
         txn_results: HashMap<u64, Vec<MicroOp>>,
+        /// The same for rw-register transactions.
+        rw_txn_results: HashMap<u64, Vec<RwMicroOp>>,
     }
 
     impl Builder {
@@ -216,6 +234,7 @@ pub(crate) mod fixtures {
 
         fn finish(&mut self, process: u64, op_type: OpType, value: Option<OpValue>) -> &mut Self {
             self.txn_results.remove(&process);
+            self.rw_txn_results.remove(&process);
             let (f, invoke_value) = self
                 .outstanding
                 .remove(&process)
@@ -346,6 +365,39 @@ pub(crate) mod fixtures {
         /// `process` runs the transaction `micro_ops` alone: invoked, then completed `ok`.
         pub(crate) fn committed(&mut self, process: u64, micro_ops: &[MicroOp]) -> &mut Self {
             self.txn(process, micro_ops).ok_txn(process)
+        }
+
+        /// `process` invokes the rw-register transaction `micro_ops` (its reads sent unread);
+        /// the read results given here are what [`Builder::ok_rw_txn`] completes it with.
+        pub(crate) fn rw_txn(&mut self, process: u64, micro_ops: &[RwMicroOp]) -> &mut Self {
+            let sent = micro_ops
+                .iter()
+                .map(|micro_op| match micro_op {
+                    RwMicroOp::Read { key, .. } => RwMicroOp::Read {
+                        key: *key,
+                        value: None,
+                    },
+                    write @ RwMicroOp::Write { .. } => *write,
+                })
+                .collect();
+            self.rw_txn_results.insert(process, micro_ops.to_vec());
+            self.invoke(process, F::RwTxn, OpValue::RwTxn(sent))
+        }
+
+        /// `process`'s outstanding rw-register transaction completes `ok` with the reads
+        /// given to [`Builder::rw_txn`].
+        pub(crate) fn ok_rw_txn(&mut self, process: u64) -> &mut Self {
+            let micro_ops = self
+                .rw_txn_results
+                .remove(&process)
+                .expect("fixture bug: no outstanding rw-register transaction");
+            self.finish(process, OpType::Ok, Some(OpValue::RwTxn(micro_ops)))
+        }
+
+        /// `process` runs the rw-register transaction `micro_ops` alone: invoked, then
+        /// completed `ok`.
+        pub(crate) fn rw_committed(&mut self, process: u64, micro_ops: &[RwMicroOp]) -> &mut Self {
+            self.rw_txn(process, micro_ops).ok_rw_txn(process)
         }
 
         /// `process`'s outstanding op completes `ok` with the invocation's value.

@@ -144,7 +144,8 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
             | F::Nemesis(_)
             | F::Txn
             | F::Transfer
-            | F::BankRead => {}
+            | F::BankRead
+            | F::RwTxn => {}
         }
     }
 

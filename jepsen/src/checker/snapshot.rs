@@ -446,7 +446,8 @@ fn extract(pairs: &[OpPair<'_>]) -> Result<Extracted, String> {
             | F::Nemesis(_)
             | F::Txn
             | F::Transfer
-            | F::BankRead => {}
+            | F::BankRead
+            | F::RwTxn => {}
         }
     }
     Ok(extracted)

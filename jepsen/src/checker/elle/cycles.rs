@@ -39,7 +39,7 @@ const MAX_DESCRIBED_EDGES: usize = 24;
 
 /// Searches `graph` for cycles, adds each found to `findings`, and records the component
 /// counts in `stats`.
-pub(super) fn search(graph: &Graph, txns: &[Txn], findings: &mut Findings, stats: &mut GraphStats) {
+pub(super) fn search<M>(graph: &Graph, txns: &[Txn<M>], findings: &mut Findings, stats: &mut GraphStats) {
     let mut search = CycleSearch {
         graph,
         txns,
@@ -54,15 +54,15 @@ pub(super) fn search(graph: &Graph, txns: &[Txn], findings: &mut Findings, stats
     stats.budget_exhausted = budget.exhausted;
 }
 
-struct CycleSearch<'a> {
+struct CycleSearch<'a, M> {
     graph: &'a Graph,
-    txns: &'a [Txn],
+    txns: &'a [Txn<M>],
     findings: &'a mut Findings,
     /// Cycles already reported, as edge ids rotated to start at the smallest.
     seen: HashSet<Vec<usize>>,
 }
 
-impl CycleSearch<'_> {
+impl<M> CycleSearch<'_, M> {
     /// Pass 1: `G0`. Returns the number of non-trivial components.
     fn write_cycles(&mut self) -> usize {
         let components = self.components(Kinds::WW);

@@ -76,31 +76,19 @@ pub(super) struct Graph {
 }
 
 impl Graph {
-    /// Builds the graph: a node per committed transaction; `ww`, `wr` and `rw` edges from the
-    /// usable version orders and observations; realtime edges between `ok` transactions and
-    /// the committed transactions invoked after they completed, transitively reduced.
+    /// Builds the list-append graph: a node per committed transaction; `ww`, `wr` and `rw`
+    /// edges from the usable version orders and observations; realtime edges (see
+    /// [`Graph::from_txn_edges`]).
     pub(super) fn build(txns: &[Txn], observed: &Observed) -> Graph {
-        let mut node_of = vec![NONE; txns.len()];
-        let mut txn_of = Vec::new();
-        for (position, committed) in observed.committed.iter().enumerate() {
-            if *committed {
-                node_of[position] = txn_of.len() as u32;
-                txn_of.push(position as u32);
-            }
-        }
-        let writer_node = |key: u64, value: u64| -> Option<u32> {
-            let writer = observed.writers.get(&(key, value))?;
-            Some(node_of[writer.txn as usize]).filter(|node| *node != NONE)
-        };
+        let writer_txn =
+            |key: u64, value: u64| -> Option<u32> { Some(observed.writers.get(&(key, value))?.txn) };
         let mut edges = Vec::new();
         let mut push = |from: u32, to: u32, kind: EdgeKind, key: u64| {
-            if from != to {
-                edges.push(Edge { from, to, kind, key });
-            }
+            edges.push(Edge { from, to, kind, key });
         };
         for (key, order) in observed.orders.iter().filter(|(_, order)| order.usable) {
             for pair in order.values.windows(2) {
-                if let (Some(from), Some(to)) = (writer_node(*key, pair[0]), writer_node(*key, pair[1])) {
+                if let (Some(from), Some(to)) = (writer_txn(*key, pair[0]), writer_txn(*key, pair[1])) {
                     push(from, to, EdgeKind::Ww, *key);
                 }
             }
@@ -109,25 +97,55 @@ impl Graph {
             let Some(order) = observed.orders.get(&observation.key).filter(|order| order.usable) else {
                 continue;
             };
-            let reader = node_of[observation.txn as usize];
-            if reader == NONE {
-                continue;
-            }
+            let reader = observation.txn;
             let key = observation.key;
             let values = observed.values(txns, observation);
-            if let Some(writer) = values.last().and_then(|last| writer_node(key, *last)) {
+            if let Some(writer) = values.last().and_then(|last| writer_txn(key, *last)) {
                 push(writer, reader, EdgeKind::Wr, key);
             }
             if observation.compatible {
                 let next_writer = order
                     .values
                     .get(values.len())
-                    .and_then(|next| writer_node(key, *next));
+                    .and_then(|next| writer_txn(key, *next));
                 if let Some(next_writer) = next_writer {
                     push(reader, next_writer, EdgeKind::Rw, key);
                 }
             }
         }
+        Graph::from_txn_edges(txns, &observed.committed, edges)
+    }
+
+    /// The graph over the committed transactions (`committed[position]`), one node each, with
+    /// `txn_edges` (whose ends are positions in `txns`; those with an end not committed, and
+    /// loops, are left out) and realtime edges between `ok` transactions and the committed
+    /// transactions invoked after they completed, transitively reduced.
+    pub(super) fn from_txn_edges<M>(
+        txns: &[Txn<M>],
+        committed: &[bool],
+        txn_edges: impl IntoIterator<Item = Edge>,
+    ) -> Graph {
+        let mut node_of = vec![NONE; txns.len()];
+        let mut txn_of = Vec::new();
+        for (position, committed) in committed.iter().enumerate().take(txns.len()) {
+            if *committed {
+                node_of[position] = txn_of.len() as u32;
+                txn_of.push(position as u32);
+            }
+        }
+        let node = |position: u32| {
+            node_of
+                .get(position as usize)
+                .copied()
+                .filter(|node| *node != NONE)
+        };
+        let mut edges: Vec<Edge> = txn_edges
+            .into_iter()
+            .filter_map(|edge| {
+                let (from, to) = (node(edge.from)?, node(edge.to)?);
+                (from != to).then_some(Edge { from, to, ..edge })
+            })
+            .collect();
         edges.extend(realtime_edges(txns, &txn_of));
         // Stable: of several edges of one kind between two nodes, the first key found stays.
         edges.sort_by_key(|edge| (edge.from, edge.to, edge.kind));
@@ -182,7 +200,7 @@ impl Graph {
 /// completing transaction's own predecessors from the frontier and adds it. Frontier members
 /// overlap pairwise in time, so the frontier is no larger than the concurrency and the edges
 /// number at most transactions × concurrency.
-fn realtime_edges(txns: &[Txn], txn_of: &[u32]) -> Vec<Edge> {
+fn realtime_edges<M>(txns: &[Txn<M>], txn_of: &[u32]) -> Vec<Edge> {
     let mut events: Vec<(u64, bool, u32)> = Vec::with_capacity(txn_of.len() * 2);
     for (node, position) in txn_of.iter().enumerate() {
         let txn = &txns[*position as usize];

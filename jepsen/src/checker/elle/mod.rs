@@ -28,6 +28,11 @@
 //! anomalies it allows do happen. [`analyze`] returns the full [`Report`] independently of a
 //! level.
 //!
+//! The rw-register checker ([`rw_register`]: `:rw-txn` operations of `[:w k v]` and
+//! `[:r k v]`) shares the graph, the cycle search, the kinds and the levels; a register read
+//! does not show the version order, so `versions` infers it per key from what the checked
+//! level guarantees, and its report is made for that level.
+//!
 //! Transactions are named `T<n>`, `n` being the history index of their invocation.
 //!
 //! Reads and the transaction's own appends. A transaction reads its own buffered appends: a
@@ -56,8 +61,12 @@
 
 mod cycles;
 mod graph;
+pub mod rw_register;
 mod txns;
+mod versions;
 
+#[cfg(test)]
+mod rw_register_tests;
 #[cfg(test)]
 mod tests;
 
@@ -116,19 +125,21 @@ impl Isolation {
     /// The anomaly kinds this level forbids (Adya; Elle's `direct-proscribed-anomalies`).
     /// Each level forbids everything the weaker levels forbid. The structural kinds
     /// (`duplicate-append`, `incompatible-order`, `internal`, `garbage-read`) break the
-    /// list-append model itself and are forbidden at every level.
+    /// list-append or rw-register model itself and are forbidden at every level; so is
+    /// `cyclic-versions`, which the rw-register checker reports only when what the level
+    /// checked guarantees contradicts itself.
     pub fn forbidden(self) -> &'static [AnomalyKind] {
         // `AnomalyKind::ALL` lists the kinds grouped by the weakest level forbidding them.
         let kinds = &AnomalyKind::ALL;
         match self {
-            // The four structural kinds and G0.
-            Isolation::ReadUncommitted => &kinds[..5],
+            // The four structural kinds, cyclic-versions and G0.
+            Isolation::ReadUncommitted => &kinds[..6],
             // + G1a, G1b, G1c.
-            Isolation::ReadCommitted => &kinds[..8],
+            Isolation::ReadCommitted => &kinds[..9],
             // + G-single, G-nonadjacent, lost-update.
-            Isolation::RepeatableRead => &kinds[..11],
+            Isolation::RepeatableRead => &kinds[..12],
             // + G2-item: every cycle without realtime edges.
-            Isolation::Serializable => &kinds[..12],
+            Isolation::Serializable => &kinds[..13],
             // + the realtime variants.
             Isolation::StrictSerializable => kinds,
         }
@@ -146,7 +157,7 @@ impl fmt::Display for Isolation {
     }
 }
 
-/// The kinds of anomaly the list-append checker reports.
+/// The kinds of anomaly the list-append and rw-register checkers report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum AnomalyKind {
     /// The same value appended twice to one key, or a read holding a value twice.
@@ -155,18 +166,22 @@ pub enum AnomalyKind {
     /// Two reads of a key of which neither is a prefix of the other.
     #[serde(rename = "incompatible-order")]
     IncompatibleOrder,
-    /// A read inconsistent with its own transaction's earlier appends.
+    /// A read inconsistent with its own transaction's earlier appends (or writes).
     #[serde(rename = "internal")]
     Internal,
-    /// A read holding a value no transaction appended to that key.
+    /// A read holding a value no transaction appended (or wrote) to that key.
     #[serde(rename = "garbage-read")]
     GarbageRead,
+    /// rw-register: the version order of a key that the checked level guarantees is cyclic
+    /// (e.g. writes follow reads one way and first-committer-wins the other).
+    #[serde(rename = "cyclic-versions")]
+    CyclicVersions,
     /// A cycle of write-write dependencies (dirty write).
     G0,
     /// Aborted read: a committed read observed a value whose transaction failed.
     G1a,
     /// Intermediate read: a read ends at a value its writer later followed with another
-    /// append to the same key.
+    /// append (or write) to the same key.
     G1b,
     /// A cycle of write-write and write-read dependencies, at least one write-read.
     G1c,
@@ -176,7 +191,8 @@ pub enum AnomalyKind {
     /// A cycle with several anti-dependency edges, no two adjacent.
     #[serde(rename = "G-nonadjacent")]
     GNonadjacent,
-    /// Two committed transactions read the same version of a key and both appended to it.
+    /// Two committed transactions read the same version of a key and both appended to (or
+    /// wrote) it.
     #[serde(rename = "lost-update")]
     LostUpdate,
     /// A cycle with anti-dependency edges, two of them adjacent (write skew).
@@ -201,11 +217,12 @@ pub enum AnomalyKind {
 
 impl AnomalyKind {
     /// Every kind, grouped by the weakest level that forbids it ([`Isolation::forbidden`]).
-    pub const ALL: [AnomalyKind; 17] = [
+    pub const ALL: [AnomalyKind; 18] = [
         AnomalyKind::DuplicateAppend,
         AnomalyKind::IncompatibleOrder,
         AnomalyKind::Internal,
         AnomalyKind::GarbageRead,
+        AnomalyKind::CyclicVersions,
         AnomalyKind::G0,
         AnomalyKind::G1a,
         AnomalyKind::G1b,
@@ -228,6 +245,7 @@ impl AnomalyKind {
             AnomalyKind::IncompatibleOrder => "incompatible-order",
             AnomalyKind::Internal => "internal",
             AnomalyKind::GarbageRead => "garbage-read",
+            AnomalyKind::CyclicVersions => "cyclic-versions",
             AnomalyKind::G0 => "G0",
             AnomalyKind::G1a => "G1a",
             AnomalyKind::G1b => "G1b",
@@ -251,7 +269,7 @@ impl fmt::Display for AnomalyKind {
     }
 }
 
-/// A list-append history the model does not fit.
+/// A list-append or rw-register history the model does not fit.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The invoke/complete discipline is broken.
@@ -306,9 +324,43 @@ pub struct GraphStats {
     pub budget_exhausted: bool,
 }
 
-/// Everything the list-append checker found in one history.
+/// Which transactional workload a [`Report`] is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Model {
+    /// `:txn` operations of `[:append k v]` and `[:r k list]` (this module's checker).
+    #[default]
+    ListAppend,
+    /// `:rw-txn` operations of `[:w k v]` and `[:r k v]` ([`rw_register`]).
+    RwRegister,
+}
+
+impl Model {
+    /// The checker's name in verdicts.
+    pub fn checker_name(self) -> &'static str {
+        match self {
+            Model::ListAppend => CHECKER_NAME,
+            Model::RwRegister => rw_register::CHECKER_NAME,
+        }
+    }
+
+    /// Whether this model's checker can report `kind` (the verdict lists only those).
+    pub fn reports(self, kind: AnomalyKind) -> bool {
+        match self {
+            Model::ListAppend => kind != AnomalyKind::CyclicVersions,
+            Model::RwRegister => !matches!(
+                kind,
+                AnomalyKind::DuplicateAppend | AnomalyKind::IncompatibleOrder
+            ),
+        }
+    }
+}
+
+/// Everything the list-append (or rw-register) checker found in one history.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
+    /// The workload's model: names the checker in the verdict.
+    pub model: Model,
     /// The anomalies found, at most [`MAX_LISTED_PER_KIND`] of each kind, in the order found.
     pub anomalies: Vec<Anomaly>,
     /// How many anomalies of each kind were found (listed or not).
@@ -353,6 +405,7 @@ impl Report {
                 level
                     .forbidden()
                     .iter()
+                    .filter(|kind| self.model.reports(**kind))
                     .map(|kind| kind.name())
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -402,7 +455,7 @@ impl Report {
             } else {
                 Validity::Invalid
             },
-            checker: CHECKER_NAME.to_string(),
+            checker: self.model.checker_name().to_string(),
             ops_checked: self.txns.ok + self.txns.failed + self.txns.info,
             anomalies: self.anomalies.clone(),
             notes,
@@ -444,6 +497,7 @@ pub fn analyze(history: &History) -> Result<Report, ModelError> {
     let mut stats = graph.stats();
     cycles::search(&graph, &txns, &mut findings, &mut stats);
     Ok(Report {
+        model: Model::ListAppend,
         anomalies: findings.listed,
         counts: findings.counts,
         txns: observed.counts,

@@ -9,7 +9,7 @@ use crate::history::{History, MicroOp, OpType, OpValue, F};
 
 /// Most transactions one history may hold: graph nodes are `u32`, and the product graph of
 /// the cycle search numbers two states per node.
-const MAX_TXNS: usize = (u32::MAX / 4) as usize;
+pub(super) const MAX_TXNS: usize = (u32::MAX / 4) as usize;
 
 /// Most values of a list quoted in full in a description.
 const MAX_QUOTED_VALUES: usize = 8;
@@ -25,9 +25,9 @@ pub(super) enum Outcome {
     Unknown,
 }
 
-/// One transaction of the history.
+/// One transaction of the history, with micro-ops of type `M` (list-append's by default).
 #[derive(Debug, Clone)]
-pub(super) struct Txn {
+pub(super) struct Txn<M = MicroOp> {
     /// History index of the invocation (the transaction is named `T<invoke_index>`).
     pub(super) invoke_index: u64,
     /// History index of the completion, if any.
@@ -35,10 +35,10 @@ pub(super) struct Txn {
     pub(super) outcome: Outcome,
     /// The completion's micro-ops for an `ok` transaction (reads with results), else the
     /// invocation's.
-    pub(super) micro_ops: Vec<MicroOp>,
+    pub(super) micro_ops: Vec<M>,
 }
 
-impl Txn {
+impl<M> Txn<M> {
     /// `T<invoke index>`.
     pub(super) fn name(&self) -> String {
         format!("T{}", self.invoke_index)
@@ -48,7 +48,9 @@ impl Txn {
     pub(super) fn ops(&self) -> impl Iterator<Item = u64> {
         std::iter::once(self.invoke_index).chain(self.completion_index)
     }
+}
 
+impl Txn {
     /// The values this transaction appends to `key`, in order.
     pub(super) fn appends_to(&self, key: u64) -> impl Iterator<Item = u64> + '_ {
         self.micro_ops.iter().filter_map(move |micro_op| match micro_op {
@@ -63,12 +65,32 @@ impl Txn {
 
 /// The `:txn` operations of `history`, in invocation order.
 pub(super) fn extract(history: &History) -> Result<Vec<Txn>, ModelError> {
+    extract_ops(
+        history,
+        &F::Txn,
+        |value| match value {
+            OpValue::Txn(micro_ops) => Some(micro_ops),
+            _ => None,
+        },
+        |micro_op| matches!(micro_op, MicroOp::Read { values: None, .. }),
+    )
+}
+
+/// The transactions of function `f` in `history`, in invocation order, for any model:
+/// `micro_ops` finds an op's micro-ops, `unread` tells a read without its result (which an
+/// `ok` completion must not hold).
+pub(super) fn extract_ops<M: Clone>(
+    history: &History,
+    f: &F,
+    micro_ops: impl Fn(&OpValue) -> Option<&Vec<M>>,
+    unread: impl Fn(&M) -> bool,
+) -> Result<Vec<Txn<M>>, ModelError> {
     let mut txns = Vec::new();
     for pair in history.pairs()? {
-        if *pair.f() != F::Txn {
+        if pair.f() != f {
             continue;
         }
-        let OpValue::Txn(invoked) = &pair.invoke.value else {
+        let Some(invoked) = micro_ops(&pair.invoke.value) else {
             return Err(ModelError::Malformed {
                 index: pair.invoke.index,
                 reason: "a txn invocation without micro-ops",
@@ -81,16 +103,13 @@ pub(super) fn extract(history: &History) -> Result<Vec<Txn>, ModelError> {
         };
         let micro_ops = match pair.completion {
             Some(completion) if outcome == Outcome::Ok => {
-                let OpValue::Txn(completed) = &completion.value else {
+                let Some(completed) = micro_ops(&completion.value) else {
                     return Err(ModelError::Malformed {
                         index: completion.index,
                         reason: "an ok txn completion without micro-ops",
                     });
                 };
-                let unread = completed
-                    .iter()
-                    .any(|micro_op| matches!(micro_op, MicroOp::Read { values: None, .. }));
-                if unread {
+                if completed.iter().any(&unread) {
                     return Err(ModelError::Malformed {
                         index: completion.index,
                         reason: "an ok txn without read results",
