@@ -1,6 +1,7 @@
 //! The rw-register workload against real processes: valid at serializable through a node
 //! kill, and at read committed valid while showing the anomalies read committed allows
-//! (the same history is invalid at repeatable read: the checker can fail).
+//! (the same history is invalid at repeatable read: the checker can fail); repeatable read
+//! without the write-conflict check is caught (a negative control).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -142,6 +143,32 @@ async fn read_committed_run_shows_lost_updates_and_is_valid() -> anyhow::Result<
         rw_register::check(&history, elle::Isolation::RepeatableRead).validity,
         Validity::Invalid,
         "the same history is invalid at repeatable read"
+    );
+    Ok(())
+}
+
+/// Negative control: repeatable read with the router's write-conflict check switched off
+/// (`--unsafe-skip-write-conflict`) lets two transactions that read a key's version both
+/// write it; the rw-register checker catches the lost updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_skipped_write_conflicts_are_caught() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut options = options(Isolation::RepeatableRead, Vec::new(), &out, 0x5eed_0303);
+    options.unsafe_skip_write_conflict = true;
+    let (report, summary, _) = run("skip write conflict", options).await?;
+    assert_eq!(
+        report.verdict.validity,
+        Validity::Invalid,
+        "lost updates under repeatable read must be caught: {summary}"
+    );
+    assert!(
+        report
+            .verdict
+            .anomalies
+            .iter()
+            .any(|anomaly| anomaly.kind == "lost-update"),
+        "{summary}"
     );
     Ok(())
 }
