@@ -19,7 +19,7 @@ use ringkv_client::{Client, Error, Isolation, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use crate::checker::elle;
-use crate::history::{MicroOp, OpType, OpValue, Process, Recorder, F};
+use crate::history::{MicroOp, Op, OpType, OpValue, Process, Recorder, F};
 
 /// Keys the transactions spread over.
 pub const APPEND_KEYS: u64 = 8;
@@ -107,6 +107,20 @@ pub fn failed_txn_outcome(err: &Error) -> OpType {
     }
 }
 
+/// Records how the transaction invoked as `op` ended: `ok` with what it read, or as
+/// [`failed_txn_outcome`] classifies its error (with the invocation's value).
+pub fn complete_txn(recorder: &Recorder, op: &Op, done: Result<OpValue, Error>) {
+    let _ = match done {
+        Ok(done) => recorder.complete(op, OpType::Ok, done, None),
+        Err(err) => recorder.complete(
+            op,
+            failed_txn_outcome(&err),
+            op.value.clone(),
+            Some(err.to_string()),
+        ),
+    };
+}
+
 /// One list-append client process.
 pub async fn append_client(
     process: u64,
@@ -134,19 +148,8 @@ pub async fn append_client(
             })
             .collect();
         let op = recorder.invoke(Process::Client(process), F::Txn, OpValue::Txn(mops.clone()));
-        match run_txn(&client, isolation, &mops).await {
-            Ok(done) => {
-                let _ = recorder.complete(&op, OpType::Ok, OpValue::Txn(done), None);
-            }
-            Err(err) => {
-                let _ = recorder.complete(
-                    &op,
-                    failed_txn_outcome(&err),
-                    op.value.clone(),
-                    Some(err.to_string()),
-                );
-            }
-        }
+        let done = run_txn(&client, isolation, &mops).await.map(OpValue::Txn);
+        complete_txn(&recorder, &op, done);
     }
 }
 

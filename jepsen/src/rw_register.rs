@@ -19,8 +19,8 @@ use rand::{Rng, SeedableRng};
 use ringkv_client::{Client, Error, Isolation};
 use tokio_util::sync::CancellationToken;
 
-use crate::append::failed_txn_outcome;
-use crate::history::{OpType, OpValue, Process, Recorder, RwMicroOp, F};
+use crate::append::complete_txn;
+use crate::history::{OpValue, Process, Recorder, RwMicroOp, F};
 
 /// Registers the transactions spread over.
 pub const RW_KEYS: u64 = 8;
@@ -128,19 +128,8 @@ pub async fn rw_register_client(
             F::RwTxn,
             OpValue::RwTxn(micro_ops.clone()),
         );
-        match run_txn(&client, isolation, &micro_ops).await {
-            Ok(done) => {
-                let _ = recorder.complete(&op, OpType::Ok, OpValue::RwTxn(done), None);
-            }
-            Err(err) => {
-                let _ = recorder.complete(
-                    &op,
-                    failed_txn_outcome(&err),
-                    op.value.clone(),
-                    Some(err.to_string()),
-                );
-            }
-        }
+        let done = run_txn(&client, isolation, &micro_ops).await.map(OpValue::RwTxn);
+        complete_txn(&recorder, &op, done);
     }
 }
 

@@ -672,15 +672,15 @@ mod tests {
             "never lowered"
         );
         let forgotten = TxnOutcome::Forgotten { safe_point: 1_000 };
-        let check = |start_ts: u64| {
+        let check = |start_ts: u64, now_ts: u64| {
             Command::TxnCheckStatus(TxnCheckStatus {
                 start_ts,
                 primary: b"a".to_vec(),
-                now_ts: 20_000,
+                now_ts,
             })
         };
         assert_eq!(
-            apply(&mut sm, 9, check(500)).await,
+            apply(&mut sm, 9, check(500, 20_000)).await,
             forgotten,
             "committed, then collected"
         );
@@ -700,21 +700,14 @@ mod tests {
         // Above the safe point, an unknown transaction is still pending within its grace and
         // rolled back after it, as before.
         let grace_ends = 1_500 + (MISSING_RECORD_GRACE_MS << mvcc::LOGICAL_BITS);
-        let check_at = |now_ts: u64| {
-            Command::TxnCheckStatus(TxnCheckStatus {
-                start_ts: 1_500,
-                primary: b"a".to_vec(),
-                now_ts,
-            })
-        };
         assert_eq!(
-            apply(&mut sm, 12, check_at(grace_ends)).await,
+            apply(&mut sm, 12, check(1_500, grace_ends)).await,
             TxnOutcome::Status(TxnStatus::Pending {
                 expires_ts: grace_ends
             })
         );
         assert_eq!(
-            apply(&mut sm, 13, check_at(grace_ends + 1)).await,
+            apply(&mut sm, 13, check(1_500, grace_ends + 1)).await,
             TxnOutcome::Status(TxnStatus::RolledBack)
         );
     }
