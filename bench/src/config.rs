@@ -64,6 +64,8 @@ impl Default for BenchConfig {
                 Workload::F,
                 Workload::W,
                 Workload::T,
+                Workload::TRu,
+                Workload::TRc,
                 Workload::TSer,
                 Workload::T1,
             ],

@@ -405,7 +405,7 @@ mod tests {
             &self,
             _keys: Vec<Vec<u8>>,
             _value: Vec<u8>,
-            _serializable: bool,
+            _isolation: crate::workload::TxnIsolation,
         ) -> Result<(), target::TargetError> {
             self.operation().await;
             Ok(())

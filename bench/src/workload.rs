@@ -6,8 +6,9 @@
 //! read/read-modify-write, zipfian constant 0.99), W is 100% update with uniform keys, and
 //! `put` / `get` / `stale-get` are the plain single-operation loads. The transactional ones
 //! follow YCSB-T's "closed economy" idea: `t` moves value between two records (read both,
-//! write both, one transaction: cross-shard when they fall on two shards), `t-ser` the same
-//! at serializable, `t1` is a one-record read-modify-write transaction (single-shard).
+//! write both, one transaction at repeatable read: cross-shard when they fall on two shards),
+//! `t-ru`, `t-rc` and `t-ser` the same at read uncommitted, read committed and serializable,
+//! `t1` is a one-record read-modify-write transaction (repeatable read, single-shard).
 //!
 //! Keys are `user` + 16 hex digits of the FNV-1a hash of the record number (YCSB's hashed
 //! insert order), so hot records are spread over the key space and over shards, and a scan
@@ -53,6 +54,10 @@ pub enum Workload {
     W,
     /// T: a transaction reading two records and writing both (repeatable read).
     T,
+    /// T at read uncommitted.
+    TRu,
+    /// T at read committed.
+    TRc,
     /// T at serializable.
     TSer,
     /// T1: a transaction reading one record and writing it (repeatable read; one shard).
@@ -149,6 +154,8 @@ impl Workload {
             Workload::F => "f",
             Workload::W => "w",
             Workload::T => "t",
+            Workload::TRu => "t-ru",
+            Workload::TRc => "t-rc",
             Workload::TSer => "t-ser",
             Workload::T1 => "t1",
         }
@@ -168,6 +175,8 @@ impl Workload {
             Workload::F => "YCSB F (read-modify-write)",
             Workload::W => "W (100% update)",
             Workload::T => "T (two-record transfer transaction, repeatable read)",
+            Workload::TRu => "T-RU (two-record transfer transaction, read uncommitted)",
+            Workload::TRc => "T-RC (two-record transfer transaction, read committed)",
             Workload::TSer => "T-SER (two-record transfer transaction, serializable)",
             Workload::T1 => "T1 (one-record read-modify-write transaction)",
         }
@@ -183,7 +192,9 @@ impl Workload {
             Workload::D => Mix::new(95, 0, 5, 0, 0),
             Workload::E => Mix::new(0, 0, 5, 95, 0),
             Workload::F => Mix::new(50, 0, 0, 0, 50),
-            Workload::T | Workload::TSer | Workload::T1 => Mix::transactions(),
+            Workload::T | Workload::TRu | Workload::TRc | Workload::TSer | Workload::T1 => {
+                Mix::transactions()
+            }
         }
     }
 
@@ -195,6 +206,8 @@ impl Workload {
             | Workload::StaleGet
             | Workload::W
             | Workload::T
+            | Workload::TRu
+            | Workload::TRc
             | Workload::TSer
             | Workload::T1 => Distribution::Uniform,
             Workload::D => Distribution::Latest,
@@ -219,9 +232,20 @@ impl Workload {
     /// Records one transaction of this workload reads and writes (0: not transactional).
     pub fn txn_records(self) -> usize {
         match self {
-            Workload::T | Workload::TSer => 2,
+            Workload::T | Workload::TRu | Workload::TRc | Workload::TSer => 2,
             Workload::T1 => 1,
             _ => 0,
+        }
+    }
+
+    /// How isolated this workload's transactions are (repeatable read for the
+    /// non-transactional ones, where it is not used).
+    pub fn txn_isolation(self) -> TxnIsolation {
+        match self {
+            Workload::TRu => TxnIsolation::ReadUncommitted,
+            Workload::TRc => TxnIsolation::ReadCommitted,
+            Workload::TSer => TxnIsolation::Serializable,
+            _ => TxnIsolation::RepeatableRead,
         }
     }
 }
@@ -262,9 +286,23 @@ pub enum Op {
     Transaction {
         /// Distinct keys.
         keys: Vec<Vec<u8>>,
-        /// At serializable (else repeatable read).
-        serializable: bool,
+        /// How isolated.
+        isolation: TxnIsolation,
     },
+}
+
+/// The isolation level of a transactional workload, as the seed's table names them
+/// (systems with fewer levels run each as the nearest one they offer that is at least as strong).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnIsolation {
+    /// Dirty reads allowed.
+    ReadUncommitted,
+    /// Each read sees committed data, not one snapshot.
+    ReadCommitted,
+    /// One snapshot; first committer wins.
+    RepeatableRead,
+    /// Snapshot plus read validation.
+    Serializable,
 }
 
 /// 64-bit FNV-1a of the record number's little-endian bytes.
@@ -420,7 +458,7 @@ impl OpGenerator {
             }
             return Op::Transaction {
                 keys,
-                serializable: self.workload == Workload::TSer,
+                isolation: self.workload.txn_isolation(),
             };
         }
         roll -= mix.transaction;
@@ -521,6 +559,31 @@ mod tests {
             match rmw.next_op() {
                 Op::Read { .. } | Op::ReadModifyWrite { .. } => {}
                 other => panic!("F generated {other:?}"),
+            }
+        }
+    }
+
+    /// The transactional workloads read and write distinct records, each at its own level.
+    #[test]
+    fn transactions_carry_their_level() {
+        let cases = [
+            (Workload::T, TxnIsolation::RepeatableRead, 2),
+            (Workload::TRu, TxnIsolation::ReadUncommitted, 2),
+            (Workload::TRc, TxnIsolation::ReadCommitted, 2),
+            (Workload::TSer, TxnIsolation::Serializable, 2),
+            (Workload::T1, TxnIsolation::RepeatableRead, 1),
+        ];
+        for (workload, level, records) in cases {
+            let mut ops = OpGenerator::new(workload, Distribution::Uniform, KeySpace::new(10), 7);
+            for _ in 0..100 {
+                match ops.next_op() {
+                    Op::Transaction { keys, isolation } => {
+                        assert_eq!(isolation, level, "{workload:?}");
+                        assert_eq!(keys.len(), records, "{workload:?}");
+                        assert_ne!(keys.first(), keys.get(1), "{workload:?}");
+                    }
+                    other => panic!("{workload:?} generated {other:?}"),
+                }
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::target::{Target, TargetError};
-use crate::workload::Consistency;
+use crate::workload::{Consistency, TxnIsolation};
 use crate::BenchError;
 
 /// The generated `etcdserverpb` and `mvccpb` code.
@@ -130,12 +130,13 @@ impl Target for EtcdTarget {
 
     /// etcd's transactions are compare-and-swap: read the keys at one revision (a Txn of
     /// ranges), then a Txn that puts them only if none was modified since (`mod_revision`
-    /// compares), else again. That is serializable, which etcd offers for any transaction.
+    /// compares), else again. That is serializable, which etcd offers for any transaction, so
+    /// every level runs the same.
     async fn transact(
         &self,
         keys: Vec<Vec<u8>>,
         value: Vec<u8>,
-        _serializable: bool,
+        _isolation: TxnIsolation,
     ) -> Result<(), TargetError> {
         let mut client = self.client();
         for _ in 0..MAX_TXN_RUNS {

@@ -11,7 +11,7 @@ pub mod ringkv;
 
 use std::future::Future;
 
-use crate::workload::{Consistency, Op};
+use crate::workload::{Consistency, Op, TxnIsolation};
 
 /// A failed operation during a run (counted, not fatal).
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +45,14 @@ pub trait Target: Clone + Send + Sync + 'static {
     /// Reads up to `records` records in key order from `start` (linearizable); how many came.
     fn scan(&self, start: Vec<u8>, records: u32) -> impl Future<Output = Result<usize, TargetError>> + Send;
 
-    /// One transaction: reads every key, then writes `value` to every key, atomically and
-    /// isolated (`serializable` asks for more than snapshot isolation where a system has
-    /// both); run again after a conflict until it commits.
+    /// One transaction: reads every key, then writes `value` to every key, atomically, at
+    /// `isolation` (or the nearest stronger level the system offers); run again after a
+    /// conflict until it commits.
     fn transact(
         &self,
         keys: Vec<Vec<u8>>,
         value: Vec<u8>,
-        serializable: bool,
+        isolation: TxnIsolation,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
     /// Writes many records (the load phase); a system may batch them.
@@ -76,6 +76,6 @@ pub async fn execute<T: Target>(target: &T, op: Op, value: &[u8]) -> Result<(), 
             target.get(key.clone(), Consistency::Linearizable).await?;
             target.put(key, value.to_vec()).await
         }
-        Op::Transaction { keys, serializable } => target.transact(keys, value.to_vec(), serializable).await,
+        Op::Transaction { keys, isolation } => target.transact(keys, value.to_vec(), isolation).await,
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ringkv_client::{Client, ClientConfig, Isolation, KeyRange, ReadConsistency, ScanOptions};
 
 use crate::target::{Target, TargetError};
-use crate::workload::Consistency;
+use crate::workload::{Consistency, TxnIsolation};
 use crate::BenchError;
 
 /// Records per `batch_put` of the load phase.
@@ -74,12 +74,13 @@ impl Target for RingkvTarget {
         &self,
         keys: Vec<Vec<u8>>,
         value: Vec<u8>,
-        serializable: bool,
+        isolation: TxnIsolation,
     ) -> Result<(), TargetError> {
-        let isolation = if serializable {
-            Isolation::Serializable
-        } else {
-            Isolation::RepeatableRead
+        let isolation = match isolation {
+            TxnIsolation::ReadUncommitted => Isolation::ReadUncommitted,
+            TxnIsolation::ReadCommitted => Isolation::ReadCommitted,
+            TxnIsolation::RepeatableRead => Isolation::RepeatableRead,
+            TxnIsolation::Serializable => Isolation::Serializable,
         };
         self.client()
             .transact(isolation, |txn| {
