@@ -1,6 +1,7 @@
 //! The benchmark's plots, from the median results: throughput against clients (one chart
 //! per workload, a line per system) and latency CDFs (one chart per workload, a line per
-//! system and client count, on a "nines" axis so the tail is visible).
+//! system and client count, on a "nines" axis so the tail is visible), and the two-record
+//! transfer's throughput per isolation level (a line per system and client count).
 
 use crate::driver::LoopMode;
 use crate::plot::{Axis, Chart, Scale, Series};
@@ -94,6 +95,86 @@ pub fn throughput_charts(medians: &[RunResult]) -> Vec<PlotFile> {
     files
 }
 
+/// The two-record transfer at each isolation level, weakest first, with the level's label.
+const TRANSFER_LEVELS: [(Workload, &str); 4] = [
+    (Workload::TRu, "RU"),
+    (Workload::TRc, "RC"),
+    (Workload::T, "RR"),
+    (Workload::TSer, "SER"),
+];
+
+/// Transfers per second at each isolation level measured (at least two), one line per
+/// system and closed-loop client count.
+pub fn isolation_chart(medians: &[RunResult]) -> Option<PlotFile> {
+    let measured: Vec<(usize, &str)> = TRANSFER_LEVELS
+        .iter()
+        .enumerate()
+        .filter(|(_, (workload, _))| medians.iter().any(|result| result.key.workload == *workload))
+        .map(|(position, (_, label))| (position, *label))
+        .collect();
+    if measured.len() < 2 {
+        return None;
+    }
+    let mut lines: Vec<(SystemKind, usize)> = medians
+        .iter()
+        .filter(|result| {
+            TRANSFER_LEVELS
+                .iter()
+                .any(|(workload, _)| *workload == result.key.workload)
+        })
+        .filter_map(|result| match result.key.mode {
+            LoopMode::Closed { outstanding } => Some((result.key.system, outstanding)),
+            LoopMode::Open { .. } => None,
+        })
+        .collect();
+    lines.sort_unstable();
+    lines.dedup();
+    let series = lines
+        .into_iter()
+        .map(|(system, clients)| {
+            let points = TRANSFER_LEVELS
+                .iter()
+                .enumerate()
+                .filter_map(|(position, (workload, _))| {
+                    medians
+                        .iter()
+                        .find(|result| {
+                            result.key.system == system
+                                && result.key.workload == *workload
+                                && result.key.mode == LoopMode::Closed { outstanding: clients }
+                        })
+                        .map(|result| (position as f64 + 1.0, result.ops_per_s))
+                })
+                .collect();
+            Series {
+                name: format!("{} ×{clients}", system.name()),
+                points,
+                dashed: system == SystemKind::Etcd,
+            }
+        })
+        .collect();
+    let title = "Two-record transfers per second by isolation level (closed loop, median)".to_string();
+    let chart = Chart {
+        title: title.clone(),
+        x: Axis {
+            label: "read uncommitted, read committed, repeatable read, serializable (etcd: its one Txn)"
+                .into(),
+            scale: Scale::Linear,
+            ticks: measured
+                .iter()
+                .map(|(position, label)| (*position as f64 + 1.0, (*label).to_string()))
+                .collect(),
+        },
+        y: Axis::new("transactions per second", Scale::Linear),
+        series,
+    };
+    Some(PlotFile {
+        name: "throughput-by-isolation.svg".into(),
+        title,
+        svg: chart.render(),
+    })
+}
+
 /// `-log10(1 - p/100)`: 0 at p0, 1 at p90, 2 at p99, 3 at p99.9.
 fn nines(percentile: f64) -> f64 {
     -(1.0 - percentile.min(CDF_TOP_PERCENTILE) / 100.0).log10()
@@ -151,6 +232,30 @@ pub fn latency_charts(medians: &[RunResult]) -> Vec<PlotFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The isolation chart has a tick per measured level, in strength order, and a line per
+    /// system and client count; one level alone makes no chart.
+    #[test]
+    fn isolation_chart_orders_levels() {
+        use crate::report::tests::result;
+        let medians = [
+            result(SystemKind::Ringkv, Workload::TSer, 64, 0, 700.0),
+            result(SystemKind::Ringkv, Workload::TRu, 64, 0, 1000.0),
+            result(SystemKind::Ringkv, Workload::TRu, 1, 0, 200.0),
+            result(SystemKind::Etcd, Workload::TRu, 64, 0, 2000.0),
+            result(SystemKind::Ringkv, Workload::Put, 64, 0, 5000.0),
+        ];
+        assert_eq!(isolation_chart(&medians[..1]), None);
+        let chart = isolation_chart(&medians).expect("two levels measured");
+        let svg = &chart.svg;
+        let uncommitted = svg.find(">RU<").expect("tick");
+        let serializable = svg.find(">SER<").expect("tick");
+        assert!(uncommitted < serializable, "weakest first");
+        assert!(!svg.contains(">RC<"), "an unmeasured level has no tick");
+        for legend in ["ringkv ×1", "ringkv ×64", "etcd ×64"] {
+            assert!(svg.contains(legend), "{legend}");
+        }
+    }
 
     /// The nines axis puts p90 at 1 and p99 at 2, and caps at p99.99.
     #[test]

@@ -33,6 +33,21 @@ enum Command {
     /// Measure ringkv, then etcd, and write results.json, README.md and plots to
     /// docs/benchmarks/<date>/.
     Compare(CompareArgs),
+    /// Draw the plots (and, with --readme, the README.md) of a results.json again, e.g.
+    /// after the tool learned a new plot.
+    Render(RenderArgs),
+}
+
+#[derive(Args, Debug)]
+struct RenderArgs {
+    /// The results.json written by `run --out-dir` or `compare`.
+    results: PathBuf,
+    /// Where to write [default: the directory of the results].
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Write README.md too (as `compare` does).
+    #[arg(long)]
+    readme: bool,
 }
 
 #[derive(Args, Debug)]
@@ -250,6 +265,21 @@ async fn execute(cli: Cli) -> Result<(), BenchError> {
             println!("{}", markdown_table(&report.medians));
             write_results(&dir, &report, true)?;
             eprintln!("results written to {}", dir.display());
+        }
+        Command::Render(args) => {
+            let path = &args.results;
+            let text = std::fs::read_to_string(path)
+                .map_err(BenchError::io(format!("reading {}", path.display())))?;
+            let report: Report = serde_json::from_str(&text).map_err(|source| BenchError::Json {
+                what: format!("decoding {}", path.display()),
+                source,
+            })?;
+            let dir = match &args.out_dir {
+                Some(dir) => dir.clone(),
+                None => path.parent().map(PathBuf::from).unwrap_or_default(),
+            };
+            write_results(&dir, &report, args.readme)?;
+            eprintln!("plots written to {}", dir.display());
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::charts::{latency_charts, throughput_charts, PlotFile};
+use crate::charts::{isolation_chart, latency_charts, throughput_charts, PlotFile};
 use crate::report::{headline_ratios, markdown_table, ratio_table, Report};
 use crate::BenchError;
 
@@ -16,6 +16,7 @@ pub fn utc_date(unix_s: u64) -> String {
 pub fn plots(report: &Report) -> Vec<PlotFile> {
     let mut files = throughput_charts(&report.medians);
     files.extend(latency_charts(&report.medians));
+    files.extend(isolation_chart(&report.medians));
     files
 }
 

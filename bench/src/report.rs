@@ -494,10 +494,11 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn result(
+    /// A closed-loop run of `workload` with `clients`, measuring `ops_per_s`.
+    pub(crate) fn result(
         system: SystemKind,
         workload: Workload,
         clients: usize,
