@@ -172,3 +172,30 @@ async fn negative_control_skipped_write_conflicts_are_caught() -> anyhow::Result
     );
     Ok(())
 }
+
+/// Negative control: serializable with the router's read validation switched off
+/// (`--unsafe-skip-read-validation`) is snapshot isolation, whose write skew — two
+/// transactions each reading the register the other writes — the rw-register checker
+/// catches as a cycle with anti-dependencies (G2-item or G-single).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_skipped_read_validation_is_caught() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut options = options(Isolation::Serializable, Vec::new(), &out, 0x5eed_0304);
+    options.unsafe_skip_read_validation = true;
+    let (report, summary, _) = run("skip read validation", options).await?;
+    assert_eq!(
+        report.verdict.validity,
+        Validity::Invalid,
+        "write skew under serializable must be caught: {summary}"
+    );
+    assert!(
+        report
+            .verdict
+            .anomalies
+            .iter()
+            .any(|anomaly| anomaly.kind.starts_with("G2") || anomaly.kind.starts_with("G-single")),
+        "{summary}"
+    );
+    Ok(())
+}
