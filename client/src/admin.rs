@@ -204,6 +204,7 @@ fn annotate(error: Error, context: &str) -> Error {
         Error::Unavailable(m) => Error::Unavailable(format!("{context}: {m}")),
         Error::DeadlineExceeded(m) => Error::DeadlineExceeded(format!("{context}: {m}")),
         Error::OutcomeUnknown(m) => Error::OutcomeUnknown(format!("{context}: {m}")),
+        Error::RequestIdReused(m) => Error::RequestIdReused(format!("{context}: {m}")),
         Error::ResourceExhausted(m) => Error::ResourceExhausted(format!("{context}: {m}")),
         Error::FailedPrecondition(m) => Error::FailedPrecondition(format!("{context}: {m}")),
         Error::Transport(m) => Error::Transport(format!("{context}: {m}")),

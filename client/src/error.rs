@@ -34,6 +34,11 @@ pub enum Error {
     /// learn the outcome (retrying with a *new* request would apply it twice).
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// The write's request id was already used for a different request (another key,
+    /// value, kind or expected version; another range): nothing was written. A retry must
+    /// repeat its request exactly; a new request needs a new request id. Not retryable.
+    #[error("request id reused: {0}")]
+    RequestIdReused(String),
     /// The cluster is overloaded or a limit (request size, batch size) was hit.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
@@ -136,6 +141,12 @@ impl Failure {
                     retryable,
                     message,
                 },
+                delivery: Delivery::Answered,
+            };
+        }
+        if metadata::is_request_id_reused(status) {
+            return Failure {
+                error: Error::RequestIdReused(message),
                 delivery: Delivery::Answered,
             };
         }
@@ -274,6 +285,24 @@ mod tests {
         let failure = Failure::from_status(&status);
         assert!(matches!(failure.error, Error::Transport(_)));
         assert_eq!(failure.delivery, Delivery::MaybeApplied);
+    }
+
+    /// A reused request id's refusal is its own error, answered and not retryable; a plain
+    /// INVALID_ARGUMENT stays `InvalidArgument`.
+    #[test]
+    fn reused_request_ids_have_their_own_error() {
+        let status = metadata::request_id_reused("request_id 07 was already used for a different request");
+        let failure = Failure::from_status(&status);
+        assert!(
+            matches!(failure.error, Error::RequestIdReused(ref m) if m.contains("different request")),
+            "{:?}",
+            failure.error
+        );
+        assert_eq!(failure.delivery, Delivery::Answered);
+        assert!(!failure.error.is_retryable() && !failure.error.is_outcome_unknown());
+        assert!(failure.error.to_string().starts_with("request id reused: "));
+        let plain = Error::from(Status::invalid_argument("key too long"));
+        assert!(matches!(plain, Error::InvalidArgument(_)));
     }
 
     /// Codes without a dedicated variant keep their code in `Other`.

@@ -92,6 +92,7 @@ mod tests {
             (ClientError::InvalidArgument("x".into()), EXIT_FAILURE),
             (ClientError::FailedPrecondition("x".into()), EXIT_FAILURE),
             (ClientError::NotFound("x".into()), EXIT_FAILURE),
+            (ClientError::RequestIdReused("x".into()), EXIT_FAILURE),
         ];
         for (error, code) in cases {
             assert_eq!(client_exit_code(&error), code, "{error}");

@@ -1,6 +1,6 @@
 //! Errors of the node layer. Mapped to gRPC statuses in one place: `service::status`.
 
-use crate::raft::types::{GroupId, LockedKey, NodeId, RingChangeRejection};
+use crate::raft::types::{GroupId, LockedKey, NodeId, RequestId, RingChangeRejection};
 use crate::storage::StorageError;
 
 /// A per-request failure. Fatal conditions (disk errors) are reported as `Storage`.
@@ -85,6 +85,20 @@ pub enum NodeError {
         .0.start_ts
     )]
     KeyLocked(LockedKey),
+    /// A write or delete-range under a request id the shard remembers for a different
+    /// request (another fingerprint): not applied. A retry must repeat its request exactly;
+    /// a new request needs a new id.
+    #[error(
+        "request id {} was already used for a different request on this shard: nothing was \
+         applied (a retry must repeat its request exactly; a new request needs a new request id)",
+        hex(.request_id)
+    )]
+    RequestIdReused { request_id: RequestId },
+}
+
+/// Lowercase hex of a request id.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
@@ -152,6 +166,9 @@ impl NodeError {
                 floor: *floor,
             },
             NodeError::KeyLocked(locked) => NodeError::KeyLocked(locked.clone()),
+            NodeError::RequestIdReused { request_id } => NodeError::RequestIdReused {
+                request_id: *request_id,
+            },
             NodeError::TxnForgotten { start_ts, safe_point } => NodeError::TxnForgotten {
                 start_ts: *start_ts,
                 safe_point: *safe_point,
@@ -194,7 +211,8 @@ impl NodeError {
             | NodeError::Overloaded(_)
             | NodeError::SnapshotTooOld { .. }
             | NodeError::TxnForgotten { .. }
-            | NodeError::KeyLocked(_) => true,
+            | NodeError::KeyLocked(_)
+            | NodeError::RequestIdReused { .. } => true,
         }
     }
 }

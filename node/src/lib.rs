@@ -2,7 +2,8 @@
 //! system group that holds the cluster configuration and the ring.
 //!
 //! - [`config`]: the typed node configuration.
-//! - [`convert`]: the node's enums as protobuf enums (replica roles, member states).
+//! - [`convert`]: the node's enums as protobuf enums (replica roles, member states), and a
+//!   write's op results as its reply.
 //! - [`storage`]: the storage seam (ordered trees, batches, flush) and its sled engine.
 //! - [`raft`]: multi-raft plumbing — log store, state machine, snapshots, group commit,
 //!   network.

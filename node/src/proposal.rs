@@ -373,6 +373,9 @@ async fn commit_entry(
                 let _ = reply.send(match outcome {
                     WriteOutcome::Applied(results) => Ok(results),
                     WriteOutcome::Locked(locked) => Err(NodeError::KeyLocked(locked)),
+                    WriteOutcome::RequestIdReused(request_id) => {
+                        Err(NodeError::RequestIdReused { request_id })
+                    }
                 });
             }
         }

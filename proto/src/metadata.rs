@@ -10,6 +10,7 @@
 //! | `x-ringkv-outcome-unknown` | node and router | `1`: the write may or may not have been applied |
 //! | `x-ringkv-txn-abort`       | router          | a transaction aborted (ABORTED): why           |
 //! | `x-ringkv-retryable`       | router          | `1`: running the transaction again may succeed |
+//! | `x-ringkv-request-id-reused` | node and router | `1`: INVALID_ARGUMENT because the write's request id was used for a different request; nothing was applied |
 //!
 //! A "key locked" error (`RESOURCE_EXHAUSTED`) carries the lock it met as its status
 //! details: a protobuf-encoded `LockInfo` ([`locked`], [`lock_info`]).
@@ -36,6 +37,9 @@ const REJECTED: &str = "x-ringkv-rejected";
 const TXN_ABORT: &str = "x-ringkv-txn-abort";
 /// Set on a transaction's abort: `1` when running it again may succeed.
 const RETRYABLE: &str = "x-ringkv-retryable";
+
+/// Set on the refusal of a write whose request id was used for a different request.
+const REQUEST_ID_REUSED: &str = "x-ringkv-request-id-reused";
 
 /// The value of the flag keys.
 const FLAG_SET: &str = "1";
@@ -118,6 +122,28 @@ pub fn is_outcome_unknown(status: &Status) -> bool {
     status.metadata().get(OUTCOME_UNKNOWN).is_some()
 }
 
+/// The refusal of a write (or delete-range) whose request id is remembered for a different
+/// request: INVALID_ARGUMENT, marked so routers and clients tell it from other bad input.
+/// Nothing was applied; it must not be retried as it is.
+pub fn request_id_reused(message: impl Into<String>) -> Status {
+    let mut status = Status::invalid_argument(message);
+    status
+        .metadata_mut()
+        .insert(REQUEST_ID_REUSED, MetadataValue::from_static(FLAG_SET));
+    status
+}
+
+/// Whether a status is the refusal of a reused request id (INVALID_ARGUMENT with the flag
+/// exactly `1`).
+pub fn is_request_id_reused(status: &Status) -> bool {
+    status.code() == tonic::Code::InvalidArgument
+        && status
+            .metadata()
+            .get(REQUEST_ID_REUSED)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.trim() == FLAG_SET)
+}
+
 /// An aborted transaction: ABORTED with the reason (an upper-case word) and whether running
 /// it again may succeed.
 pub fn txn_aborted(message: impl Into<String>, reason: &'static str, retryable: bool) -> Status {
@@ -174,7 +200,13 @@ pub fn lock_info(status: &Status) -> Option<crate::v1::LockInfo> {
 }
 
 /// Every key above, the ones a [`write_failure`] carries.
-const KEYS: [&str; 4] = [LEADER_ID, LEADER_ADDR, OUTCOME_UNKNOWN, REJECTED];
+const KEYS: [&str; 5] = [
+    LEADER_ID,
+    LEADER_ADDR,
+    OUTCOME_UNKNOWN,
+    REJECTED,
+    REQUEST_ID_REUSED,
+];
 
 /// One write's error status of a `ShardKv.WriteBatch`, as a message (code, message and the
 /// `x-ringkv-*` metadata).
@@ -274,6 +306,25 @@ mod tests {
         assert_eq!(lock_info(&Status::resource_exhausted("overloaded")), None);
         let garbage = Status::with_details(tonic::Code::ResourceExhausted, "x", vec![0xff; 3].into());
         assert_eq!(lock_info(&garbage), None);
+    }
+
+    /// A reused request id's refusal is marked INVALID_ARGUMENT, keeps its mark through a
+    /// batch's failure message, and nothing else reads as one.
+    #[test]
+    fn reused_request_ids_are_marked() {
+        let mut status = request_id_reused("request id 07 was already used");
+        set_rejected(&mut status);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(is_request_id_reused(&status));
+        let back = failure_status(write_failure(&status));
+        assert!(is_request_id_reused(&back) && is_rejected(&back));
+        assert_eq!(back.message(), status.message());
+        assert!(!is_request_id_reused(&Status::invalid_argument("bad key")));
+        let mut other_code = Status::unavailable("x");
+        other_code
+            .metadata_mut()
+            .insert(REQUEST_ID_REUSED, MetadataValue::from_static(FLAG_SET));
+        assert!(!is_request_id_reused(&other_code));
     }
 
     /// A metadata key and its raw value.

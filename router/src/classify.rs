@@ -4,8 +4,10 @@
 //! The contract (see `node.proto`): UNAVAILABLE with `x-ringkv-leader-id/-addr` = not the
 //! leader; UNAVAILABLE without = no leader known; NOT_FOUND = shard not hosted;
 //! FAILED_PRECONDITION = wrong shard or cluster (refresh the ring); INVALID_ARGUMENT = bad
-//! input. A write error is a definite rejection only with `x-ringkv-rejected: 1`; a
-//! transport error or timeout after the request was sent is ambiguous.
+//! input, or (marked `x-ringkv-request-id-reused`) a write whose request id the shard
+//! remembers for a different request. A write error is a definite rejection only with
+//! `x-ringkv-rejected: 1`; a transport error or timeout after the request was sent is
+//! ambiguous.
 
 use std::error::Error as StdError;
 
@@ -46,6 +48,9 @@ pub enum Failure {
     Timeout,
     /// The connection failed in another way, possibly after the request was sent.
     Transport,
+    /// The write's request id is remembered for a different request: not applied, and
+    /// never retried (the answer would be the same). Returned to the client, marked.
+    RequestIdReused { message: String },
     /// An error not worth retrying (bad input, internal error): returned to the client.
     Fatal { code: Code, message: String },
 }
@@ -115,6 +120,15 @@ pub fn classify(status: &Status) -> Classified {
         return Classified {
             definitely_not_applied: local == Failure::Unreachable,
             failure: local,
+            detail,
+        };
+    }
+    if metadata::is_request_id_reused(status) {
+        return Classified {
+            failure: Failure::RequestIdReused {
+                message: clip(status.message()),
+            },
+            definitely_not_applied: true,
             detail,
         };
     }
@@ -250,8 +264,8 @@ mod tests {
         assert_eq!(classify(&unusable).failure, Failure::NoLeader);
     }
 
-    /// A write error is definite only with `x-ringkv-rejected: 1` (or bad input, or no
-    /// connection); everything else is ambiguous.
+    /// A write error is definite only with `x-ringkv-rejected: 1` (or bad input, a reused
+    /// request id, or no connection); everything else is ambiguous.
     #[test]
     fn ambiguous_versus_definite() {
         let rejected = from_node(Code::Unavailable, Some((2, None)), true);
@@ -265,6 +279,16 @@ mod tests {
 
         let bad_input = Status::invalid_argument("key too long");
         assert!(classify(&bad_input).definitely_not_applied);
+
+        let reused = classify(&metadata::request_id_reused("request id 07 was already used"));
+        assert!(reused.definitely_not_applied);
+        assert_eq!(
+            reused.failure,
+            Failure::RequestIdReused {
+                message: "request id 07 was already used".into()
+            }
+        );
+        assert!(!reused.failure.wants_refresh() && !reused.failure.invalidates_leader());
 
         assert!(!Classified::timeout().definitely_not_applied);
     }

@@ -61,6 +61,16 @@ pub enum RouterError {
         attempts: u32,
         last_error: String,
     },
+    /// The shard remembers the write's request id for a different request (another key,
+    /// value, kind or expected version; another range): nothing was written. Never retried.
+    /// `request_id` is the client's (a batch's shard part and a delete-range's chunk use ids
+    /// derived from it).
+    #[error(
+        "request_id {} was already used for a different request (shard {shard}): nothing was \
+         written; a retry must repeat its request exactly, a new request needs a new request_id",
+        hex(request_id)
+    )]
+    RequestIdReused { shard: ShardId, request_id: RequestId },
     /// A node answered with an error the router does not retry (bad input, internal error):
     /// returned to the client with the node's code and message.
     #[error("node {node} failed shard {shard}: {code:?}: {message}")]
@@ -111,6 +121,15 @@ pub enum RouterError {
 }
 
 impl RouterError {
+    /// This error with `request_id` (the client's) for a reused request id, whatever id
+    /// the shard was sent.
+    pub fn for_request(self, request_id: RequestId) -> RouterError {
+        match self {
+            RouterError::RequestIdReused { shard, .. } => RouterError::RequestIdReused { shard, request_id },
+            other => other,
+        }
+    }
+
     /// Whether a write covered by this error may have been applied.
     pub fn is_outcome_unknown(&self) -> bool {
         match self {
@@ -190,9 +209,11 @@ fn list_shards(shards: &[ShardId]) -> String {
 ///
 /// bad input → INVALID_ARGUMENT; overload → RESOURCE_EXHAUSTED; no leader / unreachable /
 /// ring change → UNAVAILABLE; deadline → DEADLINE_EXCEEDED; outcome unknown → UNAVAILABLE
-/// with `x-ringkv-outcome-unknown: 1`; node errors → the node's own code and message;
+/// with `x-ringkv-outcome-unknown: 1`; a reused request id → INVALID_ARGUMENT with
+/// `x-ringkv-request-id-reused: 1`; node errors → the node's own code and message;
 /// partial batch failure → UNAVAILABLE naming the shards (or the shared code when every
-/// failed shard failed the same way).
+/// failed shard failed the same way, marked as a reused request id when that is what every
+/// failed shard said).
 pub fn to_status(err: &RouterError) -> Status {
     let message = err.to_string();
     match err {
@@ -208,6 +229,7 @@ pub fn to_status(err: &RouterError) -> Status {
         RouterError::TxnAborted {
             reason, retryable, ..
         } => ringkv_proto::metadata::txn_aborted(message, reason, *retryable),
+        RouterError::RequestIdReused { .. } => metadata::request_id_reused(message),
         RouterError::Node {
             code,
             message: node_message,
@@ -219,6 +241,11 @@ pub fn to_status(err: &RouterError) -> Status {
         RouterError::BatchFailed(batch) => {
             if err.is_outcome_unknown() {
                 return outcome_unknown_status(message);
+            }
+            let reused =
+                |(_, err): &(ShardId, RouterError)| matches!(err, RouterError::RequestIdReused { .. });
+            if !batch.failures.is_empty() && batch.failures.iter().all(reused) {
+                return metadata::request_id_reused(message);
             }
             let mut codes = batch.failures.iter().map(|(_, err)| to_status(err).code());
             let first = codes.next().unwrap_or(Code::Unavailable);
@@ -428,6 +455,37 @@ mod tests {
             failures: vec![(ShardId(0), node_error(0)), (ShardId(1), node_error(1))],
         });
         assert_eq!(to_status(&err).code(), Code::InvalidArgument);
+    }
+
+    /// A reused request id is a marked INVALID_ARGUMENT naming the client's id, alone or
+    /// when it is what every failed shard of a batch said; a batch with other failures too
+    /// keeps the usual code, without the mark.
+    #[test]
+    fn reused_request_ids_are_marked() {
+        let reused = |shard| RouterError::RequestIdReused {
+            shard: ShardId(shard),
+            request_id: [0x11; 16],
+        };
+        let alone = to_status(&reused(3).for_request([0xcd; 16]));
+        assert_eq!(alone.code(), Code::InvalidArgument);
+        assert!(metadata::is_request_id_reused(&alone));
+        assert!(alone.message().contains(&"cd".repeat(16)), "{}", alone.message());
+        assert!(alone.message().contains("already used for a different request"));
+        let batch = |failures| {
+            to_status(&RouterError::BatchFailed(BatchFailure {
+                operation: "batch",
+                total_shards: 3,
+                failures,
+            }))
+        };
+        let all = batch(vec![(ShardId(1), reused(1)), (ShardId(2), reused(2))]);
+        assert_eq!(all.code(), Code::InvalidArgument);
+        assert!(metadata::is_request_id_reused(&all));
+        let mixed = batch(vec![(ShardId(1), reused(1)), (ShardId(2), unavailable(2))]);
+        assert_eq!(mixed.code(), Code::Unavailable);
+        assert!(!metadata::is_request_id_reused(&mixed));
+        let plain = to_status(&unavailable(1).for_request([0xcd; 16]));
+        assert!(!metadata::is_request_id_reused(&plain));
     }
 
     /// Long node messages are clipped on a character boundary.

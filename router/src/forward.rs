@@ -251,6 +251,9 @@ impl<N: NodeApi> Forwarder<N> {
                 "shard request attempt failed"
             );
             state.record(&classified, &target.addr);
+            if let Failure::RequestIdReused { message } = &classified.failure {
+                return Err(state.request_id_reused(&target.addr, message));
+            }
             if let Failure::Fatal { code, message } = &classified.failure {
                 return Err(state.fatal(&target.addr, *code, message));
             }
@@ -530,6 +533,24 @@ impl RetryState {
         }
     }
 
+    /// The error for a request id the shard remembers for a different request. Definite
+    /// even after an ambiguous attempt: every attempt sent the same request, so had one been
+    /// applied, its record would match this one.
+    fn request_id_reused(&self, addr: &str, message: &str) -> RouterError {
+        match self.write_id {
+            Some(request_id) => RouterError::RequestIdReused {
+                shard: self.shard,
+                request_id,
+            },
+            None => RouterError::Node {
+                shard: self.shard,
+                node: addr.to_string(),
+                code: Code::InvalidArgument,
+                message: message.to_string(),
+            },
+        }
+    }
+
     fn ambiguous_write(&self) -> Option<RequestId> {
         self.write_id.filter(|_| self.ambiguous)
     }
@@ -566,6 +587,9 @@ pub(crate) mod tests {
         Fail(Status),
         /// Never answer.
         Hang,
+        /// Writes: every op's comparison failed on a key at this version, whose value the
+        /// reply leaves out (other calls: answer successfully).
+        ComparisonFailed { current_version: u64 },
     }
 
     /// An in-process fake of the node calls: scripted per address, recording every call.
@@ -617,7 +641,7 @@ pub(crate) mod tests {
 
     async fn play<T>(step: Script, ok: T) -> Result<T, Status> {
         match step {
-            Script::Ok => Ok(ok),
+            Script::Ok | Script::ComparisonFailed { .. } => Ok(ok),
             Script::Fail(status) => Err(status),
             Script::Hang => std::future::pending().await,
         }
@@ -655,10 +679,19 @@ pub(crate) mod tests {
                 .ops
                 .iter()
                 .enumerate()
-                .map(|(index, _)| WriteOpResult {
-                    succeeded: true,
-                    version: 100 + index as u64,
-                    ..WriteOpResult::default()
+                .map(|(index, _)| match step {
+                    Script::ComparisonFailed { current_version } => WriteOpResult {
+                        existed: true,
+                        current_found: true,
+                        current_version,
+                        current_value_omitted: true,
+                        ..WriteOpResult::default()
+                    },
+                    _ => WriteOpResult {
+                        succeeded: true,
+                        version: 100 + index as u64,
+                        ..WriteOpResult::default()
+                    },
                 })
                 .collect();
             play(step, ShardWriteResponse { results }).await
@@ -914,6 +947,35 @@ pub(crate) mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "key belongs elsewhere");
         assert_eq!(nodes.called_addrs().len(), 1);
+    }
+
+    /// A reused request id is returned after one attempt, as is, never retried; even after
+    /// an ambiguous attempt it is definite (the same request cannot have been applied).
+    #[tokio::test(start_paused = true)]
+    async fn a_reused_request_id_is_returned_not_retried() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        fn reused() -> Script {
+            let mut status = metadata::request_id_reused("request id 09… was already used");
+            metadata::set_rejected(&mut status);
+            Script::Fail(status)
+        }
+        nodes.script(&replicas[0], vec![Script::Hang]);
+        for addr in &replicas {
+            nodes.always(addr, reused);
+        }
+        let forwarder = forwarder(&nodes, &topology);
+        let result = forwarder
+            .write(SHARD, 8, [9u8; 16], put_op(), deadline_in(1000))
+            .await;
+        match result {
+            Err(RouterError::RequestIdReused { shard, request_id }) => {
+                assert_eq!((shard, request_id), (SHARD, [9u8; 16]))
+            }
+            other => panic!("expected a reused request id, got {other:?}"),
+        }
+        assert_eq!(nodes.called_addrs().len(), 2, "the hang, then the answer");
     }
 
     /// An internal error on a write without the rejected flag is ambiguous, not a failure.

@@ -11,10 +11,10 @@ use futures::stream::{self, StreamExt};
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, BatchWriteRequest,
-    BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse, CountRequest, CountResponse,
-    DeleteRangeRequest, DeleteRangeResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
-    KeyValueResult, MutationKind, MutationResult, PutRequest, PutResponse, ScanRequest, ScanResponse,
-    WriteKind, WriteOp, WriteOpResult,
+    BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse, Consistency, CountRequest,
+    CountResponse, DeleteRangeRequest, DeleteRangeResponse, DeleteRequest, DeleteResponse, GetRequest,
+    GetResponse, KeyValueResult, MutationKind, MutationResult, PutRequest, PutResponse, ScanRequest,
+    ScanResponse, WriteKind, WriteOp, WriteOpResult,
 };
 use ringkv_ring::ShardId;
 use tokio::time::Instant;
@@ -119,6 +119,7 @@ impl<N: NodeApi> KvService<N> {
         } else {
             (WriteKind::Put, request.new_value)
         };
+        let key = request.key.clone();
         let op = WriteOp {
             key: request.key,
             kind: kind as i32,
@@ -126,7 +127,44 @@ impl<N: NodeApi> KvService<N> {
             expected_version: Some(request.expected_version),
         };
         let result = self.write_one(request_id, op, deadline).await?;
+        if !result.succeeded && result.current_found && result.current_value_omitted {
+            // The node's reply left the value out (a retry answered from its de-duplication
+            // record, or a value over the reply budget): the key's state as read now.
+            return self.mismatch_read_back(key, deadline).await;
+        }
         Ok(cas_response(result))
+    }
+
+    /// The response of a failed CAS whose current state is read after the comparison,
+    /// linearizably: the version the comparison met unless the key changed since.
+    async fn mismatch_read_back(
+        &self,
+        key: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<CompareAndSwapResponse, RouterError> {
+        let view = self.ctx.topology.wait_for_ring(deadline).await?;
+        let shard = view.ring.shard_for_key(&key);
+        let response = self
+            .ctx
+            .forwarder
+            .read(
+                shard,
+                view.ring.shard_count(),
+                vec![key.clone()],
+                Consistency::Linearizable,
+                0,
+                false,
+                deadline,
+            )
+            .await?;
+        let current = single(shard, match_read_results(&[key.as_slice()], response.results))?;
+        Ok(CompareAndSwapResponse {
+            succeeded: false,
+            new_version: 0,
+            current_found: current.found,
+            current_value: current.value,
+            current_version: current.version,
+        })
     }
 
     async fn handle_batch_get(
@@ -316,6 +354,7 @@ impl<N: NodeApi> KvService<N> {
                 let outcome = forwarder
                     .write(group.shard, shard_count, sub_id, shard_ops, deadline)
                     .await
+                    .map_err(|err| err.for_request(request_id))
                     .and_then(|response| {
                         check_result_count(group.shard, op_count, &response.results)?;
                         Ok(response.results)
@@ -549,7 +588,7 @@ impl<N: NodeApi> Kv for KvService<N> {
 #[cfg(test)]
 mod tests {
     use ringkv_proto::metadata;
-    use ringkv_proto::v1::{Consistency, KeyValue};
+    use ringkv_proto::v1::KeyValue;
     use tonic::Code;
 
     use super::*;
@@ -771,6 +810,44 @@ mod tests {
         );
     }
 
+    /// A failed CAS whose node reply left the current value out (a retry answered from its
+    /// record) answers with the key's state read back through the leader.
+    #[tokio::test(start_paused = true)]
+    async fn a_cas_mismatch_without_its_value_reads_the_key_back() {
+        let nodes = Arc::new(FakeNodes::default());
+        let kv = service(&nodes);
+        for id in 1..=3 {
+            nodes.script(
+                &format!("n{id}:7001"),
+                vec![Script::ComparisonFailed { current_version: 1 }],
+            );
+        }
+        let response = kv
+            .handle_compare_and_swap(
+                CompareAndSwapRequest {
+                    key: b"k".to_vec(),
+                    expected_version: 5,
+                    new_value: b"v".to_vec(),
+                    delete: false,
+                    request_id: vec![3; 16],
+                },
+                deadline(),
+            )
+            .await;
+        let Ok(response) = response else {
+            panic!("cas failed: {response:?}")
+        };
+        assert!(!response.succeeded);
+        // The fake read answers version 1 with the address of the node that served it.
+        assert_eq!((response.current_found, response.current_version), (true, 1));
+        assert!(
+            response.current_value.starts_with(b"n"),
+            "{:?}",
+            response.current_value
+        );
+        assert_eq!(nodes.called_addrs().len(), 2, "the write, then the read");
+    }
+
     /// CAS maps to one conditional op, and failures map the node's current state back.
     #[test]
     fn cas_results_map_back() {
@@ -787,6 +864,7 @@ mod tests {
             current_found: true,
             current_value: b"now".to_vec(),
             current_version: 9,
+            current_value_omitted: false,
         });
         assert!(!failure.succeeded);
         assert_eq!(

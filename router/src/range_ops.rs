@@ -460,7 +460,11 @@ async fn delete_shard_range<N: NodeApi>(
             end: rest.end_bytes(),
             limit: DELETE_RANGE_CHUNK_KEYS,
         };
-        let response = ctx.forwarder.delete_range(shard_count, request, deadline).await?;
+        let response = ctx
+            .forwarder
+            .delete_range(shard_count, request, deadline)
+            .await
+            .map_err(|err| err.for_request(request_id))?;
         deleted += response.deleted;
         if !response.more {
             break;

@@ -56,8 +56,9 @@ fn put(shard_id: u32, request_id: u8, key: &[u8], value: &[u8]) -> v1::ShardWrit
 
 /// `WriteBatch` answers every write as `Write` would have: a good write applies, a write
 /// with a key of another shard or a malformed request id fails alone (rejected, with its own
-/// message), a repeated request id returns the first outcome; a batch sent to a follower
-/// fails as a whole, naming the leader; an empty batch is refused.
+/// message), a repeated request id returns the first outcome for the same write and is
+/// refused (marked, rejected) for another; a batch sent to a follower fails as a whole,
+/// naming the leader; an empty batch is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_batch_answers_each_write_on_its_own() -> anyhow::Result<()> {
     let mut cluster = Cluster::nodes_only(ClusterOptions::default()).await?;
@@ -79,11 +80,12 @@ async fn a_write_batch_answers_each_write_on_its_own() -> anyhow::Result<()> {
             put(shard, 1, &key, b"first"),
             put(shard, 2, &other_key, b"elsewhere"),
             malformed,
-            put(shard, 1, &key, b"a retry of the first"),
+            put(shard, 1, &key, b"first"),
+            put(shard, 1, &key, b"another write under the first's id"),
         ],
     };
     let outcomes = client.write_batch(batch).await?.into_inner().outcomes;
-    assert_eq!(outcomes.len(), 4);
+    assert_eq!(outcomes.len(), 5);
     let response = |index: usize| match &outcomes[index].outcome {
         Some(v1::shard_write_outcome::Outcome::Response(response)) => Ok(response.clone()),
         Some(v1::shard_write_outcome::Outcome::Failure(failure)) => {
@@ -102,6 +104,11 @@ async fn a_write_batch_answers_each_write_on_its_own() -> anyhow::Result<()> {
         response(3).expect("the retry").results,
         first.results,
         "a repeated request id returns the first outcome"
+    );
+    let reused = response(4).expect_err("another write under a used request id");
+    assert!(
+        ringkv_proto::metadata::is_request_id_reused(&reused) && ringkv_proto::metadata::is_rejected(&reused),
+        "{reused:?}"
     );
     let stored = cluster.read_replica(leader, shard, &key).await?;
     assert_eq!(stored, Some((b"first".to_vec(), first.results[0].version)));

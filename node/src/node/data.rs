@@ -232,7 +232,8 @@ impl Node {
     /// Deletes the first `limit` keys of `[start, end)` (`None` end = no upper bound) on a
     /// shard in one Raft entry of its own (proposed directly, not batched with writes). A
     /// retry with the same request id within the de-duplication window returns the first
-    /// outcome without deleting again.
+    /// outcome without deleting again; another range or limit under that id is refused
+    /// ([`NodeError::RequestIdReused`]).
     pub async fn delete_range(
         &self,
         group: &Group,
@@ -271,6 +272,7 @@ impl Node {
         match outcome {
             CommandResult::DeleteRange(result) => Ok(result),
             CommandResult::RangeLocked(locked) => Err(NodeError::KeyLocked(locked)),
+            CommandResult::RangeRequestIdReused(request_id) => Err(NodeError::RequestIdReused { request_id }),
             other => Err(NodeError::OutcomeUnknown(format!(
                 "unexpected apply result {other:?}"
             ))),

@@ -263,11 +263,66 @@ pub struct WriteOpResult {
     pub version: u64,
     /// Whether the key existed before the op.
     pub existed: bool,
-    /// On a failed comparison: the current value and version.
-    pub current: Option<Versioned>,
+    /// On a failed comparison: the key's state then (`None`: absent).
+    pub current: Option<Current>,
 }
 
-/// What became of one write of a write entry.
+/// The state of a key that a failed comparison met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Current {
+    pub version: u64,
+    /// The value, when the result carries it: the first application of a write carries the
+    /// values of its failed comparisons within [`CurrentValueBudget`]; a retry answered
+    /// from the de-duplication record carries versions only (the record keeps no values).
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
+/// How many bytes of failed comparisons' current values one entry's results, or one reply,
+/// carry: in order, values are kept while they fit, and from the first that does not on
+/// only versions are (so a batch of failing compare-and-sets on large values cannot make a
+/// reply larger than a gRPC message may be).
+#[derive(Debug)]
+pub struct CurrentValueBudget {
+    left_bytes: usize,
+}
+
+impl CurrentValueBudget {
+    /// The budget of one entry's results and of one reply.
+    pub const BYTES: usize = 4 << 20;
+
+    pub fn new() -> CurrentValueBudget {
+        CurrentValueBudget {
+            left_bytes: Self::BYTES,
+        }
+    }
+
+    /// Keeps the current values of `results` that fit in what is left, in order; drops
+    /// the value of the first that does not and of every later one.
+    pub fn spend(&mut self, results: &mut [WriteOpResult]) {
+        for current in results.iter_mut().filter_map(|result| result.current.as_mut()) {
+            let Some(value) = &current.value else {
+                continue;
+            };
+            match self.left_bytes.checked_sub(value.len()) {
+                Some(left_bytes) => self.left_bytes = left_bytes,
+                None => {
+                    self.left_bytes = 0;
+                    current.value = None;
+                }
+            }
+        }
+    }
+}
+
+impl Default for CurrentValueBudget {
+    fn default() -> Self {
+        CurrentValueBudget::new()
+    }
+}
+
+/// What became of one write of a write entry. (Results are not persisted; new variants go
+/// at the end all the same.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOutcome {
     /// Applied (or applied before, for a retried request id): one result per op.
@@ -275,14 +330,17 @@ pub enum WriteOutcome {
     /// Not applied: a key is locked by a transaction, which must commit or roll back
     /// first. Nothing is recorded, so a retry is evaluated afresh.
     Locked(LockedKey),
+    /// Not applied: this request id is remembered for a different write (another
+    /// fingerprint, see `state_machine/fingerprint.rs`). Nothing is recorded.
+    RequestIdReused(RequestId),
 }
 
 impl WriteOutcome {
-    /// The op results of an applied write; `None` when it met a lock.
+    /// The op results of an applied write; `None` when it was not applied.
     pub fn results(&self) -> Option<&[WriteOpResult]> {
         match self {
             WriteOutcome::Applied(results) => Some(results),
-            WriteOutcome::Locked(_) => None,
+            WriteOutcome::Locked(_) | WriteOutcome::RequestIdReused(_) => None,
         }
     }
 }
@@ -332,6 +390,9 @@ pub enum CommandResult {
     Txn(TxnOutcome),
     /// A delete-range not applied: a key in its range is locked by a transaction.
     RangeLocked(LockedKey),
+    /// A delete-range not applied: its request id is remembered for a different
+    /// delete-range (another fingerprint). Nothing is recorded.
+    RangeRequestIdReused(RequestId),
 }
 
 /// The outcome of a [`RingChange`].

@@ -21,6 +21,7 @@ use crate::raft::types::LockedKey;
 pub fn status(err: NodeError, is_write: bool) -> Status {
     let code = match &err {
         NodeError::InvalidArgument(_)
+        | NodeError::RequestIdReused { .. }
         | NodeError::UnknownShard { .. }
         | NodeError::Malformed { .. }
         | NodeError::RingChangeRejected(_) => Code::InvalidArgument,
@@ -45,6 +46,8 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
     };
     let mut status = match &err {
         NodeError::KeyLocked(locked) => metadata::locked(err.to_string(), &lock_info(locked)),
+        // Marked, so the router returns it as it is and the client names it.
+        NodeError::RequestIdReused { .. } => metadata::request_id_reused(err.to_string()),
         _ => Status::new(code, err.to_string()),
     };
     if let NodeError::NotLeader {
@@ -79,7 +82,8 @@ mod tests {
     use crate::raft::types::GroupId;
 
     /// A not-leader error carries the leader hint; a pre-proposal rejection is marked as
-    /// not applied, a post-proposal one as outcome unknown.
+    /// not applied, a post-proposal one as outcome unknown; a reused request id is a marked
+    /// INVALID_ARGUMENT naming the id.
     #[test]
     fn not_leader_mapping() {
         let rejected = status(
@@ -110,6 +114,20 @@ mod tests {
         );
         assert!(!metadata::is_rejected(&unknown));
         assert!(metadata::is_outcome_unknown(&unknown));
+        let reused = status(
+            NodeError::RequestIdReused {
+                request_id: [0xab; 16],
+            },
+            true,
+        );
+        assert_eq!(reused.code(), Code::InvalidArgument);
+        assert!(metadata::is_request_id_reused(&reused));
+        assert!(metadata::is_rejected(&reused), "nothing was applied");
+        assert!(
+            reused.message().contains(&"ab".repeat(16)) && reused.message().contains("different request"),
+            "{}",
+            reused.message()
+        );
         let bad = status(
             NodeError::UnknownShard {
                 shard: 99,

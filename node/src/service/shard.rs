@@ -12,12 +12,13 @@ mod txn;
 use limits::{check_range, count_limit, page_limit, scan_max_bytes};
 
 use super::status;
+use crate::convert;
 use crate::error::NodeError;
 use crate::group::Group;
 use crate::node::Node;
 use crate::proposal;
 use crate::raft::state_machine::ScanOptions;
-use crate::raft::types::WriteOp;
+use crate::raft::types::{CurrentValueBudget, WriteOp};
 
 /// Most writes in one `WriteBatch` call.
 const MAX_BATCH_WRITES: usize = 256;
@@ -112,11 +113,12 @@ impl ShardKvService {
         let (ring, group) = self.node.shard_group(request.shard_id)?;
         let (request_id, ops) = self.check_write(&ring, request)?;
         let results = self.node.write(&group, request_id, ops).await?;
-        Ok(write_response(results))
+        Ok(convert::write_response(results))
     }
 
     /// Proposes the batch's writes together (so they share an entry where they can) and
-    /// answers each one as `write` would have.
+    /// answers each one as `write` would have, with one [`CurrentValueBudget`] for the whole
+    /// reply.
     async fn write_batch(
         &self,
         request: v1::ShardWriteBatchRequest,
@@ -147,12 +149,17 @@ impl ShardKvService {
             }
         });
         let outcomes = futures::future::join_all(writes).await;
+        // The batch's writes may span entries: the reply has one budget of its own.
+        let mut budget = CurrentValueBudget::new();
         Ok(v1::ShardWriteBatchResponse {
             outcomes: outcomes
                 .into_iter()
                 .map(|outcome| v1::ShardWriteOutcome {
                     outcome: Some(match outcome {
-                        Ok(results) => v1::shard_write_outcome::Outcome::Response(write_response(results)),
+                        Ok(mut results) => {
+                            budget.spend(&mut results);
+                            v1::shard_write_outcome::Outcome::Response(convert::write_response(results))
+                        }
                         Err(err) => v1::shard_write_outcome::Outcome::Failure(metadata::write_failure(
                             &status(err, true),
                         )),
@@ -237,29 +244,6 @@ fn check_read_at(consistency: i32) -> Result<(), NodeError> {
     Err(NodeError::InvalidArgument(
         "a read at a timestamp is served by the leader only (linearizable consistency)".to_string(),
     ))
-}
-
-/// The reply to one write.
-fn write_response(results: Vec<crate::raft::types::WriteOpResult>) -> v1::ShardWriteResponse {
-    v1::ShardWriteResponse {
-        results: results
-            .into_iter()
-            .map(|result| {
-                let (current_found, current_value, current_version) = match result.current {
-                    Some(current) => (true, current.value, current.version),
-                    None => (false, Vec::new(), 0),
-                };
-                v1::WriteOpResult {
-                    succeeded: result.succeeded,
-                    version: result.version,
-                    existed: result.existed,
-                    current_found,
-                    current_value,
-                    current_version,
-                }
-            })
-            .collect(),
-    }
 }
 
 impl ShardKvService {

@@ -478,6 +478,7 @@ impl ShardKv for FakeNode {
                     current_found: current.is_some(),
                     current_value: current.map(|(v, _)| v).unwrap_or_default(),
                     current_version,
+                    current_value_omitted: false,
                 });
                 continue;
             }

@@ -11,29 +11,25 @@
 //! of at least [`ATOMIC_BATCH_BYTES`] is written that way all the same, since the intent
 //! would write each of its values twice.
 //! Writes store versioned values (the version is the entry's log index, unique per key
-//! because one entry never writes a key twice) with compare-and-set; writes and delete-ranges
-//! are de-duplicated by request id ([`super::dedup`]); the system group's entries set or
-//! change the cluster configuration. The caller holds the apply lock for writing.
+//! because one entry never writes a key twice, see [`EntryVersions`]); plain writes and
+//! delete-ranges, de-duplicated by request id and fingerprint, are `writes.rs`; the system
+//! group's entries set or change the cluster configuration. The caller holds the apply lock
+//! for writing.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use openraft::EntryPayload;
 use serde::{Deserialize, Serialize, Serializer};
 use tracing::warn;
 
-use super::dedup::{EntryRecords, DELETE_RANGES, WRITES};
-use super::layout::{
-    data_bounds, data_key, user_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
-};
+use super::layout::{data_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY};
 use super::mvcc::{self, Head, Superseded, HIGH_WATER_KEY};
-use super::{txn, GroupState};
+use super::GroupState;
 use crate::raft::ring_change;
 use crate::raft::types::TSO_MAX_PHYSICAL_MS;
 use crate::raft::types::{
-    ClusterConfig, Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, LockedKey, LogId,
-    RequestId, RingChangeOutcome, RingChangeRejection, StoredMembership, WriteCommand, WriteOpResult,
-    WriteOutcome,
+    ClusterConfig, Command, CommandResult, Entry, LogId, RingChangeOutcome, RingChangeRejection,
+    StoredMembership,
 };
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
@@ -232,98 +228,6 @@ impl GroupState {
         Ok(result)
     }
 
-    /// Applies the writes of one entry. Writes in one entry see each other's effects; a
-    /// request id seen earlier (in this entry or still remembered) returns its first outcome.
-    fn apply_writes(
-        &self,
-        tree: &TreeRef,
-        log_index: u64,
-        writes: &[WriteCommand],
-        batch: &mut Batch,
-        versions: &mut EntryVersions,
-    ) -> Result<CommandResult, StorageError> {
-        let legacy = self.legacy_dedup.load(Ordering::SeqCst);
-        let mut seen: HashMap<RequestId, Vec<WriteOpResult>> = HashMap::new();
-        let mut records = EntryRecords::default();
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for write in writes {
-            records.observe_clock(write.issued_at_ms);
-            let results = match seen.get(&write.request_id) {
-                Some(results) => results.clone(),
-                None => match WRITES.lookup(tree, &write.request_id, legacy)? {
-                    Some(results) => results,
-                    None => {
-                        // A transaction's lock keeps every other write off its key.
-                        let locked = match self.may_have_locks() {
-                            true => first_lock(tree, write)?,
-                            false => None,
-                        };
-                        if let Some(locked) = locked {
-                            outcomes.push(WriteOutcome::Locked(locked));
-                            continue;
-                        }
-                        let results = apply_write(tree, log_index, write, batch, versions)?;
-                        records.record_write(batch, &write.request_id, write.issued_at_ms, &results)?;
-                        results
-                    }
-                },
-            };
-            seen.insert(write.request_id, results.clone());
-            outcomes.push(WriteOutcome::Applied(results));
-        }
-        self.finish_records(tree, batch, records, log_index, legacy)?;
-        Ok(CommandResult::Write(outcomes))
-    }
-
-    /// Lists and prunes the entry's de-duplication records (see [`super::dedup`]).
-    fn finish_records(
-        &self,
-        tree: &TreeRef,
-        batch: &mut Batch,
-        records: EntryRecords,
-        log_index: u64,
-        legacy: bool,
-    ) -> Result<(), StorageError> {
-        let legacy_left = records.finish(tree, batch, &self.dedup, log_index, legacy)?;
-        if legacy && !legacy_left {
-            self.legacy_dedup.store(false, Ordering::SeqCst);
-        }
-        Ok(())
-    }
-
-    /// Deletes the first `limit` keys of the command's range (in key order) in `batch`. A
-    /// request id seen within the window returns its first outcome and deletes nothing.
-    fn apply_delete_range(
-        &self,
-        tree: &TreeRef,
-        log_index: u64,
-        command: &DeleteRangeCommand,
-        batch: &mut Batch,
-        versions: &mut EntryVersions,
-    ) -> Result<CommandResult, StorageError> {
-        let legacy = self.legacy_dedup.load(Ordering::SeqCst);
-        let mut records = EntryRecords::default();
-        records.observe_clock(command.issued_at_ms);
-        let result = match DELETE_RANGES.lookup(tree, &command.request_id, legacy)? {
-            Some(result) => result,
-            None => {
-                let locked = match self.may_have_locks() {
-                    true => command_range_locked(tree, command)?,
-                    false => None,
-                };
-                if let Some(locked) = locked {
-                    // Not applied, nothing recorded: a retry is evaluated afresh.
-                    return Ok(CommandResult::RangeLocked(locked));
-                }
-                let result = delete_first(tree, log_index, command, batch, versions)?;
-                records.record_delete_range(batch, &command.request_id, command.issued_at_ms, &result)?;
-                result
-            }
-        };
-        self.finish_records(tree, batch, records, log_index, legacy)?;
-        Ok(CommandResult::DeleteRange(result))
-    }
-
     /// The multi-version bookkeeping of a write entry carrying commit timestamp `carried`
     /// (0: none).
     pub(super) fn entry_versions(&self, carried: u64) -> EntryVersions {
@@ -404,97 +308,13 @@ impl EntryVersions {
     }
 }
 
-/// The first key of `write` locked by a transaction.
-fn first_lock(tree: &TreeRef, write: &WriteCommand) -> Result<Option<LockedKey>, StorageError> {
-    for op in &write.ops {
-        if let Some(held) = txn::lock(tree, &op.key)? {
-            return Ok(Some(held.of(&op.key)));
-        }
-    }
-    Ok(None)
-}
-
-/// The first lock in a delete-range's range, with its transaction's start: the whole range
-/// waits for it (its chunk may reach the key, and a lock may stand for a key not yet there).
-fn command_range_locked(
-    tree: &TreeRef,
-    command: &DeleteRangeCommand,
-) -> Result<Option<LockedKey>, StorageError> {
-    txn::first_lock_in(tree, &command.start, command.end.as_deref(), u64::MAX)
-}
-
-/// The per-op results of a write seen for the first time; its effects go to `batch`.
-fn apply_write(
-    tree: &TreeRef,
-    log_index: u64,
-    write: &WriteCommand,
-    batch: &mut Batch,
-    versions: &mut EntryVersions,
-) -> Result<Vec<WriteOpResult>, StorageError> {
-    let mut results = Vec::with_capacity(write.ops.len());
-    for op in &write.ops {
-        let head = versions.head(tree, &op.key)?;
-        let existed = head.is_some();
-        let current_version = head.as_ref().map_or(0, |head| head.version);
-        if op
-            .expected_version
-            .is_some_and(|expected| expected != current_version)
-        {
-            results.push(WriteOpResult {
-                succeeded: false,
-                version: 0,
-                existed,
-                current: head.map(Head::versioned),
-            });
-            continue;
-        }
-        versions.set(batch, &op.key, head, log_index, op.value.as_deref());
-        results.push(WriteOpResult {
-            succeeded: true,
-            version: if op.value.is_some() { log_index } else { 0 },
-            existed,
-            current: None,
-        });
-    }
-    Ok(results)
-}
-
-/// Removes in `batch` the first `command.limit` keys of the command's range, in key order.
-fn delete_first(
-    tree: &TreeRef,
-    log_index: u64,
-    command: &DeleteRangeCommand,
-    batch: &mut Batch,
-    versions: &mut EntryVersions,
-) -> Result<DeleteRangeResult, StorageError> {
-    let mut result = DeleteRangeResult::default();
-    let Some((start, end)) = data_bounds(&command.start, command.end.as_deref()) else {
-        return Ok(result);
-    };
-    let limit = u64::from(command.limit);
-    let mut last: Option<Vec<u8>> = None;
-    for pair in tree.range(start, end) {
-        let (key, bytes) = pair?;
-        if result.deleted >= limit {
-            result.more = true;
-            break;
-        }
-        let user = user_key(tree.name(), &key)?;
-        let head = mvcc::decode_head(tree.name(), &bytes)?;
-        versions.set(batch, &user, Some(head), log_index, None);
-        result.deleted += 1;
-        last = Some(user);
-    }
-    result.last_deleted = last;
-    Ok(result)
-}
-
 #[cfg(test)]
 mod tests {
     use openraft::storage::RaftStateMachine;
     use openraft::EntryPayload;
 
     use super::*;
+    use crate::raft::state_machine::dedup::{DELETE_RANGES, WRITES};
     use crate::raft::state_machine::layout::encode_value;
     use crate::raft::state_machine::layout::RANGE_LIST_PREFIX;
     use crate::raft::state_machine::test_support::{
@@ -502,7 +322,7 @@ mod tests {
     };
     use crate::raft::state_machine::DedupPolicy;
     use crate::raft::state_machine::StateMachine;
-    use crate::raft::types::{Versioned, WriteOp};
+    use crate::raft::types::{DeleteRangeResult, Versioned, WriteCommand, WriteOp};
     use crate::storage::prefix_bounds;
 
     /// A retried request id returns the first outcome and is not applied twice; versions
@@ -513,7 +333,7 @@ mod tests {
         let (_engine, state) = open(dir.path());
         let mut sm = StateMachine::new(state.clone());
         let first = sm.apply(vec![put(3, b"k", b"v1", 1)]).await.expect("apply");
-        let retry = sm.apply(vec![put(4, b"k", b"v2", 1)]).await.expect("apply retry");
+        let retry = sm.apply(vec![put(4, b"k", b"v1", 1)]).await.expect("apply retry");
         assert_eq!(first, retry, "a retry returns the first outcome");
         let stored = state.get(b"k").await.expect("get").expect("present");
         assert_eq!((stored.value.as_slice(), stored.version), (&b"v1"[..], 3));
@@ -644,7 +464,7 @@ mod tests {
         }
         let (_engine, state) = open(dir.path());
         let mut sm = StateMachine::new(state.clone());
-        let retry = apply_delete_range(&mut sm, delete_range(11, b"", None, 100, 21)).await;
+        let retry = apply_delete_range(&mut sm, delete_range(11, b"a", Some(b"e"), 2, 21)).await;
         assert_eq!(
             retry.last_deleted,
             Some(b"d".to_vec()),

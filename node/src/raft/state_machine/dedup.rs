@@ -3,11 +3,19 @@
 //! A client retries a write or a delete-range with the same request id when it does not know
 //! whether the first attempt was applied; the state machine must apply it at most once and
 //! answer the retry with the first outcome (invariant 5). One mechanism serves both kinds of
-//! command: a [`DedupTable`] is a record per request id (`record prefix` + id → outcome) plus
-//! one request list per entry that recorded any (`list prefix` + log index → the entry's
-//! clock and ids), which pruning walks oldest first. Writes and delete-ranges keep separate
-//! tables ([`WRITES`], [`DELETE_RANGES`]) because their outcomes differ in type. The number
-//! of records of each table is kept under [`COUNTS_KEY`].
+//! command: a [`DedupTable`] is a record per request id (`record prefix` + id → the command's
+//! fingerprint and outcome) plus one request list per entry that recorded any (`list prefix` +
+//! log index → the entry's clock and ids), which pruning walks oldest first. Writes and
+//! delete-ranges keep separate tables ([`WRITES`], [`DELETE_RANGES`]) because their outcomes
+//! differ in type. The number of records of each table is kept under [`COUNTS_KEY`].
+//!
+//! A retry is recognised by its request id *and* its fingerprint (`fingerprint.rs`): a
+//! command under a remembered id with another fingerprint is a different request reusing the
+//! id, which the caller refuses without applying or recording anything ([`Found::is_retry_of`]).
+//! A write's record keeps what a retry is answered with, and no more: per op whether it
+//! succeeded, the version written, whether the key existed and, for a failed comparison, the
+//! key's version then — not its value (up to a MiB per op), which only the reply to the
+//! first application carries.
 //!
 //! What is remembered ([`DedupPolicy`]): the last `min_records` requests of each table are
 //! always remembered, whatever any clock says; older ones are forgotten once the entry being
@@ -17,21 +25,26 @@
 //! and the records of a busy shard stay bounded. Every decision depends only on the entries
 //! and the tree, so every replica prunes the same records at the same entry.
 //!
-//! Trees written before this layout hold records under the legacy prefixes (`r`/`x`, `q`/`y`:
-//! a record per id and an expiry index keyed by wall-clock expiry). Lookups still find them,
-//! and they drain by their recorded expiry; no new ones are made.
+//! Older formats are still read ("older records", while the caller's flag says the tree may
+//! hold any): records written before fingerprints (`w`, `g`: listed in the same request
+//! lists, pruned with them, and taken as matching any command, since nothing tells what they
+//! answered) and records of the legacy layout (`r`/`x`, `q`/`y`: a record per id and an
+//! expiry index keyed by wall-clock expiry, drained by their recorded expiry). No new ones
+//! are made.
 
 use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::fingerprint::Fingerprint;
 use super::layout::{
     list_key, request_key, split_expiry_key, split_list_key, COUNTS_KEY, RANGE_DEDUP_PREFIX,
-    RANGE_EXPIRY_PREFIX, RANGE_LIST_PREFIX, RANGE_RECORD_PREFIX, WRITE_DEDUP_PREFIX, WRITE_EXPIRY_PREFIX,
-    WRITE_LIST_PREFIX, WRITE_RECORD_PREFIX,
+    RANGE_EXPIRY_PREFIX, RANGE_LIST_PREFIX, RANGE_RECORD_PREFIX, RANGE_UNFINGERPRINTED_PREFIX,
+    WRITE_DEDUP_PREFIX, WRITE_EXPIRY_PREFIX, WRITE_LIST_PREFIX, WRITE_RECORD_PREFIX,
+    WRITE_UNFINGERPRINTED_PREFIX,
 };
-use crate::raft::types::{DeleteRangeResult, RequestId, WriteOpResult};
+use crate::raft::types::{Current, DeleteRangeResult, RequestId, Versioned, WriteOpResult};
 use crate::raft::{decode, encode};
 use crate::storage::{prefix_bounds, Batch, StorageError, TreeRef};
 
@@ -70,21 +83,118 @@ impl DedupPolicy {
     }
 }
 
-/// The de-duplication table of writes: the per-op results of a write command.
-pub(super) const WRITES: DedupTable<Vec<WriteOpResult>> = DedupTable::new(
-    WRITE_RECORD_PREFIX,
-    WRITE_LIST_PREFIX,
-    WRITE_DEDUP_PREFIX,
-    WRITE_EXPIRY_PREFIX,
+/// The de-duplication table of writes: the per-op outcomes of a write command.
+pub(super) const WRITES: DedupTable<Vec<RecordedOp>, Vec<UnfingerprintedOp>> = DedupTable::new(
+    Prefixes {
+        record: WRITE_RECORD_PREFIX,
+        unfingerprinted: WRITE_UNFINGERPRINTED_PREFIX,
+        list: WRITE_LIST_PREFIX,
+        legacy_record: WRITE_DEDUP_PREFIX,
+        legacy_index: WRITE_EXPIRY_PREFIX,
+    },
+    recorded_ops,
 );
 
 /// The de-duplication table of delete-ranges: the outcome of one chunk.
-pub(super) const DELETE_RANGES: DedupTable<DeleteRangeResult> = DedupTable::new(
-    RANGE_RECORD_PREFIX,
-    RANGE_LIST_PREFIX,
-    RANGE_DEDUP_PREFIX,
-    RANGE_EXPIRY_PREFIX,
+pub(super) const DELETE_RANGES: DedupTable<DeleteRangeResult, DeleteRangeResult> = DedupTable::new(
+    Prefixes {
+        record: RANGE_RECORD_PREFIX,
+        unfingerprinted: RANGE_UNFINGERPRINTED_PREFIX,
+        list: RANGE_LIST_PREFIX,
+        legacy_record: RANGE_DEDUP_PREFIX,
+        legacy_index: RANGE_EXPIRY_PREFIX,
+    },
+    std::convert::identity,
 );
+
+/// The outcome of one op of a write, as its record keeps it: what a retry is answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct RecordedOp {
+    succeeded: bool,
+    version: u64,
+    existed: bool,
+    /// A failed comparison's current version (`None`: the key was absent, or the op
+    /// succeeded).
+    current_version: Option<u64>,
+}
+
+impl RecordedOp {
+    /// What the record of `result` keeps.
+    pub(super) fn of(result: &WriteOpResult) -> RecordedOp {
+        RecordedOp {
+            succeeded: result.succeeded,
+            version: result.version,
+            existed: result.existed,
+            current_version: result.current.as_ref().map(|current| current.version),
+        }
+    }
+
+    /// The answer to a retry: the first outcome, a failed comparison's current state as a
+    /// version only.
+    pub(super) fn answer(&self) -> WriteOpResult {
+        WriteOpResult {
+            succeeded: self.succeeded,
+            version: self.version,
+            existed: self.existed,
+            current: self
+                .current_version
+                .map(|version| Current { version, value: None }),
+        }
+    }
+}
+
+/// The outcome of one op in a write record written before fingerprints (`w`, and the legacy
+/// `r`): a failed comparison's value too.
+#[derive(Debug, Deserialize)]
+pub(super) struct UnfingerprintedOp {
+    succeeded: bool,
+    version: u64,
+    existed: bool,
+    current: Option<Versioned>,
+}
+
+fn recorded_ops(ops: Vec<UnfingerprintedOp>) -> Vec<RecordedOp> {
+    ops.into_iter()
+        .map(|op| RecordedOp {
+            succeeded: op.succeeded,
+            version: op.version,
+            existed: op.existed,
+            current_version: op.current.map(|current| current.version),
+        })
+        .collect()
+}
+
+/// A record: the command's fingerprint and its first outcome (`S`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Record<S> {
+    fingerprint: Fingerprint,
+    result: S,
+}
+
+/// A record found for a request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Found<S> {
+    /// `None`: a record of an older format, made before fingerprints.
+    fingerprint: Option<Fingerprint>,
+    /// The first outcome.
+    pub(super) result: S,
+}
+
+impl<S> Found<S> {
+    /// A record just made (by an earlier command of the entry being applied).
+    pub(super) fn new(fingerprint: Fingerprint, result: S) -> Found<S> {
+        Found {
+            fingerprint: Some(fingerprint),
+            result,
+        }
+    }
+
+    /// Whether a command with `fingerprint` is a retry of the recorded one. A record made
+    /// before fingerprints cannot tell, and is taken as the command's own, as it always was.
+    pub(super) fn is_retry_of(&self, fingerprint: &Fingerprint) -> bool {
+        self.fingerprint.is_none_or(|recorded| recorded == *fingerprint)
+    }
+}
 
 /// The request list of one entry: its clock (the latest `issued_at_ms` of its commands) and
 /// the ids it recorded.
@@ -109,72 +219,87 @@ struct LegacyRecord<R> {
     result: R,
 }
 
-/// The first outcomes (of type `R`) of request ids, under their key prefixes of the tree.
-pub(super) struct DedupTable<R> {
+/// The key prefixes of a table.
+struct Prefixes {
     /// Records: this prefix + request id.
-    record_prefix: u8,
+    record: u8,
+    /// Records made before fingerprints: this prefix + request id.
+    unfingerprinted: u8,
     /// Request lists: this prefix + log index (big-endian, so lists sort oldest first).
-    list_prefix: u8,
+    list: u8,
     /// Legacy records: this prefix + request id.
-    legacy_record_prefix: u8,
+    legacy_record: u8,
     /// Legacy expiry index: this prefix + expiry + request id.
-    legacy_index_prefix: u8,
-    result: PhantomData<fn() -> R>,
+    legacy_index: u8,
 }
 
-impl<R> DedupTable<R> {
-    const fn new(
-        record_prefix: u8,
-        list_prefix: u8,
-        legacy_record_prefix: u8,
-        legacy_index_prefix: u8,
-    ) -> DedupTable<R> {
+/// The first outcomes (stored as `S`; as `O` in records of older formats) of request ids,
+/// under their key prefixes of the tree.
+pub(super) struct DedupTable<S, O> {
+    prefixes: Prefixes,
+    /// Reads an outcome of the older formats as the current one.
+    upgrade: fn(O) -> S,
+    result: PhantomData<fn() -> (S, O)>,
+}
+
+impl<S, O> DedupTable<S, O> {
+    const fn new(prefixes: Prefixes, upgrade: fn(O) -> S) -> DedupTable<S, O> {
         DedupTable {
-            record_prefix,
-            list_prefix,
-            legacy_record_prefix,
-            legacy_index_prefix,
+            prefixes,
+            upgrade,
             result: PhantomData,
         }
     }
 }
 
-impl<R: Serialize + DeserializeOwned> DedupTable<R> {
-    /// The first outcome of `request_id`, if its record is still in `tree`. `legacy`: the
-    /// tree may still hold legacy records (see [`drain_legacy`]).
+impl<S: Serialize + DeserializeOwned, O: DeserializeOwned> DedupTable<S, O> {
+    /// The record of `request_id`, if it is still in `tree`. `older`: the tree may still
+    /// hold records of older formats (see [`EntryRecords::finish`]).
     pub(super) fn lookup(
         &self,
         tree: &TreeRef,
         request_id: &RequestId,
-        legacy: bool,
-    ) -> Result<Option<R>, StorageError> {
-        if let Some(bytes) = tree.get(&request_key(self.record_prefix, request_id))? {
-            return Ok(Some(decode(tree.name(), &bytes)?));
+        older: bool,
+    ) -> Result<Option<Found<S>>, StorageError> {
+        if let Some(bytes) = tree.get(&request_key(self.prefixes.record, request_id))? {
+            let record: Record<S> = decode(tree.name(), &bytes)?;
+            return Ok(Some(Found::new(record.fingerprint, record.result)));
         }
-        if legacy {
-            if let Some(bytes) = tree.get(&request_key(self.legacy_record_prefix, request_id))? {
-                return Ok(Some(decode::<LegacyRecord<R>>(tree.name(), &bytes)?.result));
-            }
+        if !older {
+            return Ok(None);
         }
-        Ok(None)
+        let unfingerprinted = match tree.get(&request_key(self.prefixes.unfingerprinted, request_id))? {
+            Some(bytes) => Some(decode::<O>(tree.name(), &bytes)?),
+            None => match tree.get(&request_key(self.prefixes.legacy_record, request_id))? {
+                Some(bytes) => Some(decode::<LegacyRecord<O>>(tree.name(), &bytes)?.result),
+                None => None,
+            },
+        };
+        Ok(unfingerprinted.map(|result| Found {
+            fingerprint: None,
+            result: (self.upgrade)(result),
+        }))
     }
 
-    /// Records in `batch` the first outcome of `request_id` (the entry's request list,
-    /// written by [`EntryRecords::finish`], makes it prunable).
-    pub(super) fn record(
+    /// Records in `batch` the fingerprint and first outcome of `request_id` (the entry's
+    /// request list, written by [`EntryRecords::finish`], makes it prunable).
+    fn record(
         &self,
         batch: &mut Batch,
         request_id: &RequestId,
-        result: &R,
+        fingerprint: Fingerprint,
+        result: &S,
     ) -> Result<(), StorageError> {
-        batch.insert(request_key(self.record_prefix, request_id), encode(result)?);
+        let record = Record { fingerprint, result };
+        batch.insert(request_key(self.prefixes.record, request_id), encode(&record)?);
         Ok(())
     }
 }
 
-impl<R> DedupTable<R> {
+impl<S, O> DedupTable<S, O> {
     /// Writes the request list of the entry at `log_index` and prunes old lists with their
-    /// records; returns the table's new record count.
+    /// records (`older`: and the records of the older format their ids may name); returns
+    /// the table's new record count.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -185,6 +310,7 @@ impl<R> DedupTable<R> {
         now_ms: u64,
         recorded: Vec<RequestId>,
         count: u64,
+        older: bool,
     ) -> Result<u64, StorageError> {
         let mut count = count + recorded.len() as u64;
         if !recorded.is_empty() {
@@ -192,12 +318,12 @@ impl<R> DedupTable<R> {
                 issued_at_ms: now_ms,
                 ids: recorded,
             };
-            batch.insert(list_key(self.list_prefix, log_index), encode(&list)?);
+            batch.insert(list_key(self.prefixes.list, log_index), encode(&list)?);
         }
         if count <= policy.min_records {
             return Ok(count);
         }
-        let (start, end) = prefix_bounds(&[self.list_prefix]);
+        let (start, end) = prefix_bounds(&[self.prefixes.list]);
         let mut expired_lists = 0;
         for pair in tree.range(start, end) {
             let (key, value) = pair?;
@@ -217,7 +343,10 @@ impl<R> DedupTable<R> {
                 expired_lists += 1;
             }
             for id in &list.ids {
-                batch.remove(request_key(self.record_prefix, id));
+                batch.remove(request_key(self.prefixes.record, id));
+                if older {
+                    batch.remove(request_key(self.prefixes.unfingerprinted, id));
+                }
             }
             batch.remove(key);
             count = left;
@@ -226,9 +355,14 @@ impl<R> DedupTable<R> {
     }
 
     /// Removes in `batch` (at most [`MAX_LEGACY_PRUNE_PER_ENTRY`]) legacy records that
-    /// expired before `now_ms`, oldest first. Returns whether any legacy record is left.
-    fn prune_legacy(&self, tree: &TreeRef, now_ms: u64, batch: &mut Batch) -> Result<bool, StorageError> {
-        let (start, end) = prefix_bounds(&[self.legacy_index_prefix]);
+    /// expired before `now_ms`, oldest first. Returns whether any record of an older format
+    /// (legacy, or made before fingerprints) may be left.
+    fn prune_older(&self, tree: &TreeRef, now_ms: u64, batch: &mut Batch) -> Result<bool, StorageError> {
+        // Records made before fingerprints go with their request lists: any still there?
+        // (One removed by this batch still counts, until the next entry looks again.)
+        let (start, end) = prefix_bounds(&[self.prefixes.unfingerprinted]);
+        let unfingerprinted_left = tree.range(start, end).next().transpose()?.is_some();
+        let (start, end) = prefix_bounds(&[self.prefixes.legacy_index]);
         for (pruned, pair) in tree.range(start, end).enumerate() {
             let (key, _) = pair?;
             let Some((expires_at_ms, request_id)) = split_expiry_key(&key) else {
@@ -238,11 +372,11 @@ impl<R> DedupTable<R> {
                 return Ok(true);
             }
             if let Some(request_id) = request_id {
-                batch.remove(request_key(self.legacy_record_prefix, &request_id));
+                batch.remove(request_key(self.prefixes.legacy_record, &request_id));
             }
             batch.remove(key);
         }
-        Ok(false)
+        Ok(unfingerprinted_left)
     }
 }
 
@@ -257,29 +391,32 @@ pub(super) struct EntryRecords {
 }
 
 impl EntryRecords {
-    /// Records in `batch` the outcome of a write first seen in this entry.
+    /// Records in `batch` the fingerprint and outcome of a write first seen in this entry.
     pub(super) fn record_write(
         &mut self,
         batch: &mut Batch,
         request_id: &RequestId,
+        fingerprint: Fingerprint,
         issued_at_ms: u64,
-        results: &Vec<WriteOpResult>,
+        results: &Vec<RecordedOp>,
     ) -> Result<(), StorageError> {
-        WRITES.record(batch, request_id, results)?;
+        WRITES.record(batch, request_id, fingerprint, results)?;
         self.writes.push(*request_id);
         self.now_ms = self.now_ms.max(issued_at_ms);
         Ok(())
     }
 
-    /// Records in `batch` the outcome of a delete-range first seen in this entry.
+    /// Records in `batch` the fingerprint and outcome of a delete-range first seen in this
+    /// entry.
     pub(super) fn record_delete_range(
         &mut self,
         batch: &mut Batch,
         request_id: &RequestId,
+        fingerprint: Fingerprint,
         issued_at_ms: u64,
         result: &DeleteRangeResult,
     ) -> Result<(), StorageError> {
-        DELETE_RANGES.record(batch, request_id, result)?;
+        DELETE_RANGES.record(batch, request_id, fingerprint, result)?;
         self.delete_ranges.push(*request_id);
         self.now_ms = self.now_ms.max(issued_at_ms);
         Ok(())
@@ -291,15 +428,15 @@ impl EntryRecords {
     }
 
     /// Writes the entry's request lists, prunes what `policy` lets go and updates the
-    /// counts, all in `batch`. `legacy`: the tree may still hold legacy records; returns
-    /// whether it still may.
+    /// counts, all in `batch`. `older`: the tree may still hold records of older formats;
+    /// returns whether it still may.
     pub(super) fn finish(
         self,
         tree: &TreeRef,
         batch: &mut Batch,
         policy: &DedupPolicy,
         log_index: u64,
-        legacy: bool,
+        older: bool,
     ) -> Result<bool, StorageError> {
         let before: Counts = match tree.get(COUNTS_KEY)? {
             Some(bytes) => decode(tree.name(), &bytes)?,
@@ -314,6 +451,7 @@ impl EntryRecords {
                 self.now_ms,
                 self.writes,
                 before.writes,
+                older,
             )?,
             delete_ranges: DELETE_RANGES.finish(
                 tree,
@@ -323,16 +461,17 @@ impl EntryRecords {
                 self.now_ms,
                 self.delete_ranges,
                 before.delete_ranges,
+                older,
             )?,
         };
         if after != before {
             batch.insert(COUNTS_KEY.to_vec(), encode(&after)?);
         }
-        if !legacy {
+        if !older {
             return Ok(false);
         }
-        let writes_left = WRITES.prune_legacy(tree, self.now_ms, batch)?;
-        let ranges_left = DELETE_RANGES.prune_legacy(tree, self.now_ms, batch)?;
+        let writes_left = WRITES.prune_older(tree, self.now_ms, batch)?;
+        let ranges_left = DELETE_RANGES.prune_older(tree, self.now_ms, batch)?;
         Ok(writes_left || ranges_left)
     }
 }
@@ -359,8 +498,28 @@ mod tests {
         }
     }
 
-    fn ok() -> Vec<WriteOpResult> {
-        vec![WriteOpResult {
+    const FINGERPRINT: Fingerprint = [9; 16];
+
+    fn ok() -> Vec<RecordedOp> {
+        vec![RecordedOp {
+            succeeded: true,
+            version: 3,
+            existed: false,
+            current_version: None,
+        }]
+    }
+
+    /// A write's outcome as records made before fingerprints encoded it.
+    #[derive(Serialize)]
+    struct OldOp {
+        succeeded: bool,
+        version: u64,
+        existed: bool,
+        current: Option<Versioned>,
+    }
+
+    fn old_ok() -> Vec<OldOp> {
+        vec![OldOp {
             succeeded: true,
             version: 3,
             existed: false,
@@ -375,7 +534,7 @@ mod tests {
         records.observe_clock(issued_at_ms);
         for id in ids {
             records
-                .record_write(&mut batch, &[*id; 16], issued_at_ms, &ok())
+                .record_write(&mut batch, &[*id; 16], FINGERPRINT, issued_at_ms, &ok())
                 .expect("record");
         }
         records
@@ -407,7 +566,8 @@ mod tests {
         decode(tree.name(), &tree.get(COUNTS_KEY).expect("get").expect("counts")).expect("decode")
     }
 
-    /// A recorded outcome is found again by its request id, only in its own table.
+    /// A recorded outcome is found again by its request id, with its fingerprint, only in its
+    /// own table.
     #[test]
     fn recorded_outcomes_are_found_in_their_own_table() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -420,16 +580,19 @@ mod tests {
         let mut batch = Batch::default();
         let mut records = EntryRecords::default();
         records
-            .record_delete_range(&mut batch, &[1; 16], 1_000, &result)
+            .record_delete_range(&mut batch, &[1; 16], FINGERPRINT, 1_000, &result)
             .expect("record");
         records
             .finish(&tree, &mut batch, &policy(10, 20), 5, false)
             .expect("finish");
         tree.apply_batch(batch).expect("apply");
-        assert_eq!(
-            DELETE_RANGES.lookup(&tree, &[1; 16], false).expect("lookup"),
-            Some(result)
-        );
+        let found = DELETE_RANGES
+            .lookup(&tree, &[1; 16], false)
+            .expect("lookup")
+            .expect("found");
+        assert_eq!(found, Found::new(FINGERPRINT, result));
+        assert!(found.is_retry_of(&FINGERPRINT));
+        assert!(!found.is_retry_of(&[8; 16]), "another command under the id");
         assert_eq!(
             DELETE_RANGES.lookup(&tree, &[2; 16], false).expect("lookup"),
             None
@@ -481,14 +644,75 @@ mod tests {
         assert_eq!(lists, 3, "one list per entry left");
     }
 
-    /// Legacy records are still found and drain by their recorded expiry; new records never
-    /// use the legacy prefixes.
+    /// Records made before fingerprints (`w`, `g`, listed in the same request lists) are
+    /// still found while older records may be left, match any command, and are pruned with
+    /// their lists; once none is left, the table says so.
+    #[test]
+    fn records_without_fingerprints_match_and_are_pruned_with_their_lists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, tree) = tree(dir.path());
+        // As the previous format wrote them: the outcome alone under `w`, listed under `l`.
+        tree.insert(
+            &request_key(WRITE_UNFINGERPRINTED_PREFIX, &[7; 16]),
+            &encode(&old_ok()).expect("encode"),
+        )
+        .expect("insert");
+        let list = RequestList {
+            issued_at_ms: 1_000,
+            ids: vec![[7; 16]],
+        };
+        tree.insert(&list_key(WRITE_LIST_PREFIX, 1), &encode(&list).expect("encode"))
+            .expect("insert");
+        tree.insert(
+            COUNTS_KEY,
+            &encode(&Counts {
+                writes: 1,
+                delete_ranges: 0,
+            })
+            .expect("encode"),
+        )
+        .expect("insert");
+        let found = WRITES
+            .lookup(&tree, &[7; 16], true)
+            .expect("lookup")
+            .expect("found");
+        assert_eq!(found.result, ok());
+        assert!(found.is_retry_of(&[1; 16]) && found.is_retry_of(&[2; 16]));
+        assert_eq!(
+            WRITES.lookup(&tree, &[7; 16], false).expect("lookup"),
+            None,
+            "not looked for once none may be left"
+        );
+
+        // Entry 2 records one more write; a cap of 1 prunes entry 1's list and its record.
+        let policy = policy(0, 1);
+        let mut batch = Batch::default();
+        let mut records = EntryRecords::default();
+        records
+            .record_write(&mut batch, &[8; 16], FINGERPRINT, 1_000, &ok())
+            .expect("record");
+        let left = records
+            .finish(&tree, &mut batch, &policy, 2, true)
+            .expect("finish");
+        tree.apply_batch(batch).expect("apply");
+        assert!(left, "the record was still there when the entry looked");
+        assert_eq!(WRITES.lookup(&tree, &[7; 16], true).expect("lookup"), None);
+        assert_eq!(counts(&tree).writes, 1);
+        let mut batch = Batch::default();
+        let left = EntryRecords::default()
+            .finish(&tree, &mut batch, &policy, 3, true)
+            .expect("finish");
+        assert!(!left, "none left");
+    }
+
+    /// Legacy records are still found (matching any command) and drain by their recorded
+    /// expiry; new records never use the legacy prefixes.
     #[test]
     fn legacy_records_are_found_and_drain() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (_engine, tree) = tree(dir.path());
         // As the previous layout wrote them: (expiry, result) under `r`, index under `x`.
-        let legacy = (61_000u64, ok());
+        let legacy = (61_000u64, old_ok());
         tree.insert(
             &request_key(WRITE_DEDUP_PREFIX, &[7; 16]),
             &encode(&legacy).expect("encode"),
@@ -496,7 +720,12 @@ mod tests {
         .expect("insert");
         tree.insert(&expiry_key(WRITE_EXPIRY_PREFIX, 61_000, &[7; 16]), &[])
             .expect("insert");
-        assert_eq!(WRITES.lookup(&tree, &[7; 16], true).expect("lookup"), Some(ok()));
+        let found = WRITES
+            .lookup(&tree, &[7; 16], true)
+            .expect("lookup")
+            .expect("found");
+        assert_eq!(found.result, ok());
+        assert!(found.is_retry_of(&FINGERPRINT));
 
         let mut batch = Batch::default();
         let left = EntryRecords::default()
@@ -516,5 +745,47 @@ mod tests {
         assert!(!left, "drained");
         assert_eq!(WRITES.lookup(&tree, &[7; 16], true).expect("lookup"), None);
         assert_eq!(tree.range(Bound::Unbounded, Bound::Unbounded).count(), 0);
+    }
+
+    /// A failed comparison's record keeps the key's version, not its value; a record of the
+    /// older format that kept the value answers with the version only too.
+    #[test]
+    fn a_failed_comparison_is_recorded_as_its_version() {
+        let failed = WriteOpResult {
+            succeeded: false,
+            version: 0,
+            existed: true,
+            current: Some(Current {
+                version: 5,
+                value: Some(vec![1; 1 << 20]),
+            }),
+        };
+        let recorded = RecordedOp::of(&failed);
+        let bytes = encode(&Record {
+            fingerprint: FINGERPRINT,
+            result: vec![recorded.clone()],
+        })
+        .expect("encode");
+        assert!(bytes.len() < 32, "{} bytes", bytes.len());
+        assert_eq!(
+            recorded.answer(),
+            WriteOpResult {
+                current: Some(Current {
+                    version: 5,
+                    value: None
+                }),
+                ..failed
+            }
+        );
+        let old = vec![UnfingerprintedOp {
+            succeeded: false,
+            version: 0,
+            existed: true,
+            current: Some(Versioned {
+                version: 5,
+                value: b"v".to_vec(),
+            }),
+        }];
+        assert_eq!(recorded_ops(old), vec![recorded]);
     }
 }

@@ -6,11 +6,13 @@
 //! | key | value | what |
 //! | --- | --- | --- |
 //! | `d` ‖ user key | `version \| 1 << 63` (u64 big-endian) ‖ `commit_ts` (u64 big-endian) ‖ flags (u8, 0) ‖ value bytes | a key's latest version (see `mvcc.rs`); the version is the log index of the write. Written before MVCC: version (top bit clear) ‖ value, read as committed at 0 |
-//! | `w` ‖ request id (16 bytes) | postcard `Vec<WriteOpResult>` | de-duplication record of a write |
-//! | `l` ‖ log index (u64 big-endian) | postcard `(issued_at_ms: u64, Vec<request id>)` | the write records made by that entry (pruning walks these oldest first) |
-//! | `g` ‖ request id (16 bytes) | postcard `DeleteRangeResult` | de-duplication record of a delete-range |
-//! | `h` ‖ log index (u64 big-endian) | postcard `(issued_at_ms: u64, Vec<request id>)` | the delete-range records made by that entry |
-//! | `n` | postcard `(writes: u64, delete_ranges: u64)` | how many `w` and `g` records there are |
+//! | `v` ‖ request id (16 bytes) | postcard `(fingerprint: [u8; 16], Vec<(succeeded: bool, version: u64, existed: bool, current_version: Option<u64>)>)` | de-duplication record of a write: the write's fingerprint and per-op outcome (a failed comparison's current version, not its value) |
+//! | `w` ‖ request id (16 bytes) | postcard `Vec<WriteOpResult>` (`current: Option<Versioned>`) | de-duplication record of a write without a fingerprint (read, matching any write, and pruned; no longer written) |
+//! | `l` ‖ log index (u64 big-endian) | postcard `(issued_at_ms: u64, Vec<request id>)` | the write records (`v` or `w`) made by that entry (pruning walks these oldest first) |
+//! | `u` ‖ request id (16 bytes) | postcard `(fingerprint: [u8; 16], DeleteRangeResult)` | de-duplication record of a delete-range |
+//! | `g` ‖ request id (16 bytes) | postcard `DeleteRangeResult` | de-duplication record of a delete-range without a fingerprint (read and pruned; no longer written) |
+//! | `h` ‖ log index (u64 big-endian) | postcard `(issued_at_ms: u64, Vec<request id>)` | the delete-range records (`u` or `g`) made by that entry |
+//! | `n` | postcard `(writes: u64, delete_ranges: u64)` | how many write (`v`, `w`) and delete-range (`u`, `g`) records there are |
 //! | `r` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, Vec<WriteOpResult>)` | legacy write record (read and drained, no longer written) |
 //! | `x` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `r` records (legacy) |
 //! | `q` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, DeleteRangeResult)` | legacy delete-range record |
@@ -43,12 +45,16 @@ use crate::storage::{prefix_bounds, StorageError};
 
 /// Data records: `d` + user key.
 pub(super) const DATA_PREFIX: u8 = b'd';
-/// De-duplication records of writes: `w` + request id.
-pub(super) const WRITE_RECORD_PREFIX: u8 = b'w';
+/// De-duplication records of writes, with their fingerprints: `v` + request id.
+pub(super) const WRITE_RECORD_PREFIX: u8 = b'v';
+/// De-duplication records of writes written before fingerprints: `w` + request id.
+pub(super) const WRITE_UNFINGERPRINTED_PREFIX: u8 = b'w';
 /// Request lists of the write records: `l` + log index.
 pub(super) const WRITE_LIST_PREFIX: u8 = b'l';
-/// De-duplication records of delete-ranges: `g` + request id.
-pub(super) const RANGE_RECORD_PREFIX: u8 = b'g';
+/// De-duplication records of delete-ranges, with their fingerprints: `u` + request id.
+pub(super) const RANGE_RECORD_PREFIX: u8 = b'u';
+/// De-duplication records of delete-ranges written before fingerprints: `g` + request id.
+pub(super) const RANGE_UNFINGERPRINTED_PREFIX: u8 = b'g';
 /// Request lists of the delete-range records: `h` + log index.
 pub(super) const RANGE_LIST_PREFIX: u8 = b'h';
 /// The record counts of both de-duplication tables.
@@ -257,6 +263,17 @@ mod tests {
         assert_eq!(split_list_key(&list_key(b'l', 258)), Some(258));
         assert_eq!(split_list_key(b"l1"), None);
         assert_eq!(COUNTS_KEY, b"n");
+        assert_eq!(
+            [
+                WRITE_RECORD_PREFIX,
+                WRITE_UNFINGERPRINTED_PREFIX,
+                WRITE_LIST_PREFIX,
+                RANGE_RECORD_PREFIX,
+                RANGE_UNFINGERPRINTED_PREFIX,
+                RANGE_LIST_PREFIX
+            ],
+            *b"vwlugh"
+        );
         assert_eq!(
             expiry_key(b'x', 258, &[7; 16]),
             [&[b'x', 0, 0, 0, 0, 0, 0, 1, 2][..], &[7; 16]].concat()

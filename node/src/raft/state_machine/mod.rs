@@ -8,7 +8,8 @@
 //!
 //! - `layout`: every record of the tree (key prefixes, value encodings) and their codecs.
 //! - `dedup`: the de-duplication tables of writes and delete-ranges (first outcome per
-//!   request id within a window).
+//!   request id within a window); `fingerprint`: what tells a retry from another request
+//!   reusing its id.
 //! - `apply`: what each committed entry does, as one atomic batch.
 //! - `read`: `get`, `get_many`, [`GroupState::scan`] and [`GroupState::count`].
 //! - `adapter`: [`StateMachine`] and [`SnapshotBuilder`], the openraft traits.
@@ -19,6 +20,7 @@
 mod adapter;
 mod apply;
 mod dedup;
+mod fingerprint;
 pub(in crate::raft) mod layout;
 pub(crate) mod mvcc;
 mod one_pc;
@@ -28,6 +30,7 @@ pub(in crate::raft) mod test_support;
 mod txn;
 mod txn_read;
 mod validate;
+mod writes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -69,8 +72,9 @@ pub struct GroupState {
     applied_tx: watch::Sender<Option<LogId>>,
     snapshots: SnapshotDir,
     dedup: DedupPolicy,
-    /// The tree may still hold de-duplication records of the legacy layout (cleared by the
-    /// apply that finds none left; set again when a snapshot brings a new tree).
+    /// The tree may still hold de-duplication records of older formats: the legacy layout,
+    /// or records made before fingerprints (cleared by the apply that finds none left; set
+    /// again when a snapshot brings a new tree).
     legacy_dedup: AtomicBool,
     /// Whether the tree may hold transaction locks: false only while it holds none, so the
     /// write and read paths skip their lock lookups when no transaction is committing (set
