@@ -18,6 +18,40 @@ use crate::{
     MAX_SCAN_PAGE_LIMIT,
 };
 
+/// Checks one page of a batch get of `asked` keys: `remaining` names positions in
+/// `asked`, ascending, and `results` answers every other key, in order, at least one.
+/// Returns the positions left, as `usize`.
+fn answered_page(
+    asked: &[Vec<u8>],
+    results: &[proto::KeyValueResult],
+    remaining: &[u32],
+) -> Result<Vec<usize>, Error> {
+    let left: Vec<usize> = remaining.iter().map(|position| *position as usize).collect();
+    let ascending = left.windows(2).all(|pair| pair[0] < pair[1]);
+    let in_range = left.last().is_none_or(|last| *last < asked.len());
+    if !ascending || !in_range || results.is_empty() || results.len() + left.len() != asked.len() {
+        return Err(Error::InvalidResponse(format!(
+            "batch get of {} keys returned {} results and {} remaining positions",
+            asked.len(),
+            results.len(),
+            left.len()
+        )));
+    }
+    let mut left_positions = left.iter().peekable();
+    let answered =
+        (0..asked.len()).filter(|position| left_positions.next_if(|left| **left == *position).is_none());
+    for (position, result) in answered.zip(results) {
+        if result.key != asked[position] {
+            return Err(Error::InvalidResponse(format!(
+                "batch get answered key {} where {} was asked",
+                describe_key(&result.key),
+                describe_key(&asked[position])
+            )));
+        }
+    }
+    Ok(left)
+}
+
 /// Length of the request id every write carries.
 pub const REQUEST_ID_LEN: usize = 16;
 
@@ -160,7 +194,8 @@ impl Client {
         Ok(CasOutcome::from(response))
     }
 
-    /// Reads many keys linearizably; one result per key, in order.
+    /// Reads many keys linearizably; one result per key, in order. Values that do not fit
+    /// in one reply come in several (see [`Client::batch_get_with`]).
     pub async fn batch_get<K: AsRef<[u8]>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -169,6 +204,12 @@ impl Client {
     }
 
     /// Reads many keys with the given consistency; one result per key, in order.
+    ///
+    /// A router's reply holds at most 3.5 MiB of values (so that any gRPC client can receive
+    /// it): the keys that do not fit are asked for again, in as many calls as it takes. The
+    /// answer is the same as one call's, but for [`ReadConsistency::Linearizable`] and
+    /// [`ReadConsistency::Stale`] each call reads when it is made (as each shard of one call
+    /// does): use [`ReadConsistency::At`] for one snapshot of every key.
     pub async fn batch_get_with<K: AsRef<[u8]>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -179,6 +220,11 @@ impl Client {
 
     /// [`Client::batch_get_with`], or (`uncommitted`) the newest values with provisional
     /// ones.
+    ///
+    /// A router answers at most one reply's byte budget of values at a time (3.5 MiB,
+    /// `ringkv_proto::budget`): the keys it leaves out are asked for again, page after page,
+    /// until every key is answered. Each page is read when it is asked for: like the shards
+    /// of one batch, pages are not one snapshot unless the consistency names a timestamp.
     pub(crate) async fn batch_get_inner<K: AsRef<[u8]>>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -189,35 +235,44 @@ impl Client {
             .into_iter()
             .map(|key| checked_key(key.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let expected = keys.len();
-        let message = proto::BatchGetRequest {
-            keys,
-            consistency: proto::Consistency::from(consistency) as i32,
-            read_ts: consistency.read_ts(),
-            read_uncommitted: uncommitted,
-        };
+        let mut values: Vec<Option<Option<Versioned>>> = vec![None; keys.len()];
+        // Positions in `keys` of the keys not answered yet.
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
         let max_bytes = self.routers.config().max_message_bytes;
-        let response = self
-            .routers
-            .call(OpKind::Read, "batch-get", |channel, timeout| {
-                let request = with_deadline(message.clone(), timeout);
-                async move { kv_client(channel, max_bytes).batch_get(request).await }
-            })
-            .await?;
-        if response.results.len() != expected {
-            return Err(Error::InvalidResponse(format!(
-                "batch get of {expected} keys returned {} results",
-                response.results.len()
-            )));
+        while !pending.is_empty() {
+            let message = proto::BatchGetRequest {
+                keys: pending.iter().map(|index| keys[*index].clone()).collect(),
+                consistency: proto::Consistency::from(consistency) as i32,
+                read_ts: consistency.read_ts(),
+                read_uncommitted: uncommitted,
+                allow_paging: true,
+            };
+            let response = self
+                .routers
+                .call(OpKind::Read, "batch-get", |channel, timeout| {
+                    let request = with_deadline(message.clone(), timeout);
+                    async move { kv_client(channel, max_bytes).batch_get(request).await }
+                })
+                .await?;
+            let left = answered_page(&message.keys, &response.results, &response.remaining)?;
+            let mut left_positions = left.iter().peekable();
+            let mut results = response.results.into_iter();
+            for (position, index) in pending.iter().enumerate() {
+                if left_positions.next_if(|left| **left == position).is_some() {
+                    continue;
+                }
+                if let Some(result) = results.next() {
+                    values[*index] = Some(versioned(result.found, result.value, result.version));
+                }
+            }
+            pending = left.iter().map(|position| pending[*position]).collect();
         }
-        Ok(response
-            .results
+        values
             .into_iter()
-            .map(|result| versioned(result.found, result.value, result.version))
-            .collect())
+            .map(|value| {
+                value.ok_or_else(|| Error::InvalidResponse("a batch get left a key unanswered".to_string()))
+            })
+            .collect()
     }
 
     /// Stores many entries (atomic per shard, not across shards); returns the version of
@@ -329,7 +384,9 @@ impl Client {
     /// (default [`DEFAULT_SCAN_PAGE_LIMIT`]), starting after `token` when given.
     ///
     /// Pass [`ScanPage::next`] back, with the same range and options, for the next page;
-    /// it is `None` once the range is exhausted. Each shard's part is linearizable when
+    /// it is `None` once the range is exhausted. A page holds at most one reply's byte
+    /// budget of entries (3.5 MiB), so it may hold fewer than the limit while more remain:
+    /// `next` is what tells (or use [`Client::scan_stream`], which follows the pages). Each shard's part is linearizable when
     /// that shard answers (or possibly stale with [`ReadConsistency::Stale`]); the pages
     /// are not one snapshot of the whole range. Retried on another router on transport
     /// errors, within the request timeout.
@@ -732,6 +789,36 @@ fn checked_key(key: &[u8]) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A page of a batch get answers every key it does not name in `remaining`, in order,
+    /// at least one; anything else breaks the contract.
+    #[test]
+    fn batch_get_pages_are_checked() {
+        let asked: Vec<Vec<u8>> = [b"a", b"b", b"c"].iter().map(|key| key.to_vec()).collect();
+        let result = |key: &[u8]| proto::KeyValueResult {
+            key: key.to_vec(),
+            found: true,
+            value: b"v".to_vec(),
+            version: 1,
+        };
+        let page = [result(b"a"), result(b"c")];
+        assert_eq!(answered_page(&asked, &page, &[1]).ok(), Some(vec![1]));
+        let whole = [result(b"a"), result(b"b"), result(b"c")];
+        assert_eq!(answered_page(&asked, &whole, &[]).ok(), Some(vec![]));
+        let bad: [(&[proto::KeyValueResult], &[u32]); 5] = [
+            (&page, &[0]),          // answers a where b... is left: keys do not match
+            (&page[..1], &[1]),     // too few results
+            (&[], &[0, 1, 2]),      // no progress
+            (&whole[..2], &[2, 2]), // not ascending
+            (&whole[..2], &[3]),    // out of range
+        ];
+        for (results, remaining) in bad {
+            assert!(
+                answered_page(&asked, results, remaining).is_err(),
+                "{remaining:?}"
+            );
+        }
+    }
 
     /// Request ids are 16 random bytes, different each time.
     #[test]

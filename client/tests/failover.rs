@@ -196,3 +196,27 @@ async fn empty_key_rejected_locally() {
     let client = client(vec![dead_endpoint().await.to_string()]).await;
     assert!(matches!(client.get("").await, Err(Error::InvalidArgument(_))));
 }
+
+/// A batch get the router answers in pages (each reply within its byte budget) returns
+/// every key, in order, as one answer: the client asks again for the keys left.
+#[tokio::test]
+async fn batch_gets_follow_the_routers_pages() {
+    let router = MockRouter::default();
+    let addr = router.serve().await;
+    let client = Client::connect(vec![addr.to_string()]).await.expect("client");
+    let keys: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
+    client
+        .batch_put(keys.iter().map(|key| (key.clone(), key.clone())))
+        .await
+        .expect("batch put");
+    router.state.lock().expect("lock").batch_get_page = Some(2);
+    let calls_before = router.calls();
+    let mut asked = keys.clone();
+    asked.push("missing".to_string());
+    let values = client.batch_get(&asked).await.expect("batch get");
+    let got: Vec<Option<Vec<u8>>> = values.into_iter().map(|value| value.map(|v| v.value)).collect();
+    let mut expected: Vec<Option<Vec<u8>>> = keys.iter().map(|key| Some(key.clone().into_bytes())).collect();
+    expected.push(None);
+    assert_eq!(got, expected);
+    assert_eq!(router.calls() - calls_before, 4, "8 keys, 2 per reply");
+}

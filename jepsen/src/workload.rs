@@ -195,6 +195,7 @@ async fn direct_read(direct: &DirectReads, key: u64, rng: &mut StdRng) -> Result
             consistency: v1::Consistency::Linearizable as i32,
             read_ts: 0,
             read_uncommitted: false,
+            max_bytes: 0,
         })
         .await
         .map_err(|status| status.message().to_string())?

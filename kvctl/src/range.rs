@@ -73,8 +73,9 @@ impl RangeArgs {
 pub struct ScanArgs {
     #[command(flatten)]
     pub range: RangeArgs,
-    /// One page: its size, 1..=10000 [default: 100]. With --all: the most entries in all
-    /// [default: no limit].
+    /// One page: its size, 1..=10000 [default: 100] (the router's replies are followed until
+    /// it is filled or the range ends). With --all: the most entries in all [default: no
+    /// limit].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: Option<u32>,
     /// Descending key order.
@@ -181,8 +182,7 @@ pub async fn scan(client: &Client, args: ScanArgs, format: OutputFormat) -> anyh
                 .map_err(|err| UsageError(format!("--page-token: {err}")))
         })
         .transpose()?;
-    let page = client
-        .scan(&range, &options, token.as_ref())
+    let page = scan_page(client, &range, options, limit, token)
         .await
         .with_context(|| format!("scan {range}"))?;
     if page.is_partial() {
@@ -190,6 +190,35 @@ pub async fn scan(client: &Client, args: ScanArgs, format: OutputFormat) -> anyh
     }
     output::emit(&render_scan_page(&page, args.keys_only, format))?;
     Ok(Outcome::Success)
+}
+
+/// One page of up to `limit` entries, following the router's continuation tokens: a router
+/// page ends at its reply's byte budget (3.5 MiB), possibly before the limit, and the user
+/// asked for `limit` entries (or the end of the range). The token printed is the last one.
+async fn scan_page(
+    client: &Client,
+    range: &KeyRange,
+    options: ScanOptions,
+    limit: u32,
+    token: Option<ContinuationToken>,
+) -> Result<ScanPage, ringkv_client::Error> {
+    let mut page = client.scan(range, &options, token.as_ref()).await?;
+    loop {
+        let taken = u32::try_from(page.entries.len()).unwrap_or(u32::MAX);
+        let Some(next) = page.next.clone().filter(|_| taken < limit) else {
+            return Ok(page);
+        };
+        let rest = client
+            .scan(range, &options.clone().limit(limit - taken), Some(&next))
+            .await?;
+        page.entries.extend(rest.entries);
+        page.next = rest.next;
+        for shard in rest.missing_shards {
+            if !page.missing_shards.contains(&shard) {
+                page.missing_shards.push(shard);
+            }
+        }
+    }
 }
 
 /// `scan --all`: prints each chunk as it arrives; a closed stdout ends the scan quietly.

@@ -6,11 +6,14 @@
 //! - [`metadata`] — the `x-ringkv-*` metadata on error statuses (leader hints, rejected,
 //!   outcome unknown), with the one setter and getter of each key.
 //! - [`labels`] — the names shown for the enums (`ReplicaRole::label`, `MemberState::label`).
+//! - [`budget`] — the byte budget of one reply (entries under 3.5 MiB, the whole reply under
+//!   gRPC's default 4 MiB receive limit), and how a reply's entries are counted against it.
 //!
 //! This crate depends on nothing internal; every other ringkv crate depends on it.
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod budget;
 pub mod labels;
 pub mod metadata;
 

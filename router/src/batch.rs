@@ -133,19 +133,9 @@ impl<T> Assembly<T> {
     /// The values in request order, or the failure of every shard that failed: a single
     /// shard's error as is when the batch touched one shard, else a batch failure naming
     /// the failed shards.
-    pub fn finish(mut self) -> Result<Vec<T>, RouterError> {
+    pub fn finish(self) -> Result<Vec<T>, RouterError> {
         if !self.failures.is_empty() {
-            self.failures.sort_by_key(|(shard, _)| *shard);
-            if self.total_shards == 1 && self.failures.len() == 1 {
-                if let Some((_, err)) = self.failures.pop() {
-                    return Err(err);
-                }
-            }
-            return Err(RouterError::BatchFailed(BatchFailure {
-                operation: "batch",
-                total_shards: self.total_shards,
-                failures: self.failures,
-            }));
+            return Err(batch_error(self.total_shards, self.failures));
         }
         let len = self.slots.len();
         let values: Vec<T> = self.slots.into_iter().flatten().collect();
@@ -157,6 +147,23 @@ impl<T> Assembly<T> {
         }
         Ok(values)
     }
+}
+
+/// The error of a batch over `total_shards` shards whose `failures` failed: a single
+/// shard's error as is when the batch touched one shard, else a batch failure naming the
+/// failed shards.
+pub fn batch_error(total_shards: usize, mut failures: Vec<(ShardId, RouterError)>) -> RouterError {
+    failures.sort_by_key(|(shard, _)| *shard);
+    if total_shards == 1 && failures.len() == 1 {
+        if let Some((_, err)) = failures.pop() {
+            return err;
+        }
+    }
+    RouterError::BatchFailed(BatchFailure {
+        operation: "batch",
+        total_shards,
+        failures,
+    })
 }
 
 #[cfg(test)]

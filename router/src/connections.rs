@@ -244,8 +244,12 @@ impl NodeApi for GrpcNodes {
         request: ShardReadRequest,
         timeout: Duration,
     ) -> Result<ShardReadResponse, Status> {
-        // Snapshot and uncommitted reads go alone: a lane merges plain reads only.
-        if request.keys.len() >= MAX_MERGED_KEYS || request.read_ts != 0 || request.read_uncommitted {
+        // Snapshot, uncommitted and budgeted reads go alone: a lane merges plain reads only.
+        if request.keys.len() >= MAX_MERGED_KEYS
+            || request.read_ts != 0
+            || request.read_uncommitted
+            || request.max_bytes != 0
+        {
             let mut client = self.shard_kv(addr)?;
             let response = bounded(timeout, client.read(with_timeout(request, timeout))).await?;
             return Ok(response.into_inner());

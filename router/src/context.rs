@@ -86,6 +86,13 @@ impl<N: NodeApi> RouterContext<N> {
         }
     }
 
+    /// The byte budget of the entries of one reply to a client: the protocol's
+    /// ([`ringkv_proto::budget::REPLY_BUDGET_BYTES`], so a reply fits in gRPC's default 4 MiB
+    /// receive limit), or half of `max_response_bytes` when that is smaller.
+    pub fn reply_budget_bytes(&self) -> usize {
+        ringkv_proto::budget::REPLY_BUDGET_BYTES.min(self.max_response_bytes / 2)
+    }
+
     /// Takes an in-flight permit and computes the request deadline.
     pub fn admit(&self, metadata: &MetadataMap) -> Result<Admission, RouterError> {
         let permit = self.inflight.try_acquire()?;

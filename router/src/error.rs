@@ -80,6 +80,17 @@ pub enum RouterError {
         code: Code,
         message: String,
     },
+    /// A BatchGet's values do not fit in one reply's byte budget and the caller did not
+    /// allow paging.
+    #[error(
+        "the values of {keys} keys do not fit in one reply ({budget_bytes} bytes; the first {fit} \
+         do): ask for fewer keys at once, or set allow_paging to receive them in pages"
+    )]
+    ReplyTooLarge {
+        keys: usize,
+        fit: usize,
+        budget_bytes: usize,
+    },
     /// A node's answer broke the contract (wrong number of results, unknown keys).
     #[error("a node sent an invalid response for shard {shard}: {reason}")]
     BadNodeResponse { shard: ShardId, reason: String },
@@ -207,7 +218,8 @@ fn list_shards(shards: &[ShardId]) -> String {
 
 /// The gRPC status for a router error: the single place where codes are chosen.
 ///
-/// bad input → INVALID_ARGUMENT; overload → RESOURCE_EXHAUSTED; no leader / unreachable /
+/// bad input → INVALID_ARGUMENT; overload, a reply over its budget → RESOURCE_EXHAUSTED; no
+/// leader / unreachable /
 /// ring change → UNAVAILABLE; deadline → DEADLINE_EXCEEDED; outcome unknown → UNAVAILABLE
 /// with `x-ringkv-outcome-unknown: 1`; a reused request id → INVALID_ARGUMENT with
 /// `x-ringkv-request-id-reused: 1`; node errors → the node's own code and message;
@@ -218,7 +230,9 @@ pub fn to_status(err: &RouterError) -> Status {
     let message = err.to_string();
     match err {
         RouterError::InvalidArgument(_) | RouterError::PlanRejected(_) => Status::invalid_argument(message),
-        RouterError::Overloaded { .. } => Status::resource_exhausted(message),
+        RouterError::Overloaded { .. } | RouterError::ReplyTooLarge { .. } => {
+            Status::resource_exhausted(message)
+        }
         RouterError::NoCluster | RouterError::ShardUnavailable { .. } | RouterError::RingChanged { .. } => {
             Status::unavailable(message)
         }

@@ -82,18 +82,32 @@ impl<N: NodeApi> Forwarder<N> {
         uncommitted: bool,
         deadline: Instant,
     ) -> Result<ShardReadResponse, RouterError> {
-        let mode = match consistency {
-            Consistency::Stale if read_ts == 0 => RouteMode::AnyReplica {
-                rotation: usize::from(rand::random::<u16>()),
-            },
-            _ => RouteMode::Leader,
-        };
         let request = ShardReadRequest {
             shard_id: shard.0,
             keys,
             consistency: consistency as i32,
             read_ts,
             read_uncommitted: uncommitted,
+            max_bytes: 0,
+        };
+        self.read_page(shard_count, request, consistency, deadline).await
+    }
+
+    /// `ShardKv.Read` as [`Forwarder::read`] does, of a request built by the caller (with a
+    /// byte budget: the node may answer a prefix of the keys, with `more`).
+    pub async fn read_page(
+        &self,
+        shard_count: u32,
+        request: ShardReadRequest,
+        consistency: Consistency,
+        deadline: Instant,
+    ) -> Result<ShardReadResponse, RouterError> {
+        let shard = ShardId(request.shard_id);
+        let mode = match consistency {
+            Consistency::Stale if request.read_ts == 0 => RouteMode::AnyReplica {
+                rotation: usize::from(rand::random::<u16>()),
+            },
+            _ => RouteMode::Leader,
         };
         let nodes = &self.nodes;
         self.run(shard, shard_count, mode, None, deadline, |target, timeout| {
@@ -665,7 +679,7 @@ pub(crate) mod tests {
                     version: 1,
                 })
                 .collect();
-            play(step, ShardReadResponse { results }).await
+            play(step, ShardReadResponse { results, more: false }).await
         }
 
         async fn write(

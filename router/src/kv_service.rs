@@ -3,7 +3,8 @@
 //!
 //! Put / Delete / CompareAndSwap become one `ShardKv.Write` op; Get one `ShardKv.Read`;
 //! BatchGet / BatchPut are grouped by shard and fanned out (at most `max_fanout` at once),
-//! each shard's BatchPut sub-request carrying an id derived from the batch's request id.
+//! each shard's BatchPut sub-request carrying an id derived from the batch's request id;
+//! a BatchGet is read in rounds within the reply budget (`batch_get`).
 
 use std::sync::Arc;
 
@@ -13,8 +14,8 @@ use ringkv_proto::v1::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, BatchWriteRequest,
     BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse, Consistency, CountRequest,
     CountResponse, DeleteRangeRequest, DeleteRangeResponse, DeleteRequest, DeleteResponse, GetRequest,
-    GetResponse, KeyValueResult, MutationKind, MutationResult, PutRequest, PutResponse, ScanRequest,
-    ScanResponse, WriteKind, WriteOp, WriteOpResult,
+    GetResponse, MutationKind, MutationResult, PutRequest, PutResponse, ScanRequest, ScanResponse, WriteKind,
+    WriteOp, WriteOpResult,
 };
 use ringkv_ring::ShardId;
 use tokio::time::Instant;
@@ -22,6 +23,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
 use crate::batch::{group_by_shard, match_read_results, sub_request_id, Assembly, ShardGroup};
+use crate::batch_get;
 use crate::context::RouterContext;
 use crate::error::{to_status, RequestId, RouterError};
 use crate::node_api::NodeApi;
@@ -172,57 +174,7 @@ impl<N: NodeApi> KvService<N> {
         request: BatchGetRequest,
         deadline: Instant,
     ) -> Result<BatchGetResponse, RouterError> {
-        let keys = request.keys;
-        self.ctx.limits.check_keys("keys", &keys)?;
-        let consistency = parse_consistency(request.consistency)?;
-        check_read_ts(consistency, request.read_ts)?;
-        check_read_uncommitted(consistency, request.read_ts, request.read_uncommitted)?;
-        let read_ts = request.read_ts;
-        let uncommitted = request.read_uncommitted;
-        if keys.is_empty() {
-            return Ok(BatchGetResponse::default());
-        }
-        let view = self.ctx.topology.wait_for_ring(deadline).await?;
-        let shard_count = view.ring.shard_count();
-        let groups = group_by_shard(&keys, |key| view.ring.shard_for_key(key));
-        let forwarder = &self.ctx.forwarder;
-        let keys_ref = &keys;
-        let outcomes: Vec<(ShardGroup, _)> = stream::iter(groups.iter().cloned())
-            .map(|group| async move {
-                let group_keys = group.indices.iter().map(|i| keys_ref[*i].clone()).collect();
-                let outcome = forwarder
-                    .read(
-                        group.shard,
-                        shard_count,
-                        group_keys,
-                        consistency,
-                        read_ts,
-                        uncommitted,
-                        deadline,
-                    )
-                    .await;
-                (group, outcome)
-            })
-            .buffer_unordered(self.ctx.max_fanout)
-            .collect()
-            .await;
-
-        let mut assembly = Assembly::<KeyValueResult>::new(keys.len(), groups.len());
-        for (group, outcome) in outcomes {
-            let matched = outcome.and_then(|response| {
-                let group_keys: Vec<&[u8]> = group.indices.iter().map(|i| keys[*i].as_slice()).collect();
-                match_read_results(&group_keys, response.results).map_err(|reason| {
-                    RouterError::BadNodeResponse {
-                        shard: group.shard,
-                        reason,
-                    }
-                })
-            });
-            fill_or_fail(&mut assembly, &group, matched);
-        }
-        Ok(BatchGetResponse {
-            results: assembly.finish()?,
-        })
+        batch_get::batch_get(&self.ctx, request, deadline).await
     }
 
     async fn handle_batch_put(
@@ -671,9 +623,7 @@ mod tests {
                 kv.handle_batch_get(
                     BatchGetRequest {
                         keys: vec![b"k".to_vec(); 9],
-                        consistency: 0,
-                        read_ts: 0,
-                        read_uncommitted: false,
+                        ..BatchGetRequest::default()
                     },
                     deadline(),
                 )
@@ -761,8 +711,7 @@ mod tests {
                 BatchGetRequest {
                     keys: keys.clone(),
                     consistency: Consistency::Stale as i32,
-                    read_ts: 0,
-                    read_uncommitted: false,
+                    ..BatchGetRequest::default()
                 },
                 deadline(),
             )

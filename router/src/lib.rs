@@ -13,7 +13,8 @@
 //! - Request path: `context` (what handlers share), `validate` (limits),
 //!   `deadline` (`grpc-timeout` → deadline), `inflight` (backpressure),
 //!   `forward` (the retry loop), `backoff`, `classify` (node error → retry /
-//!   ambiguity), `batch` (group by shard, sub-request ids, reassembly),
+//!   ambiguity), `batch` (group by shard, sub-request ids, reassembly), `batch_get`
+//!   (BatchGet in rounds within the reply budget, paged or refused when it does not fit),
 //!   `range` (key ranges, continuation tokens), `scan` (the k-way merge of shard
 //!   pages), `range_ops` (Scan, ScanStream, Count, DeleteRange),
 //!   [`error`] (`RouterError` and its one mapping to gRPC statuses), [`failpoint`]
@@ -47,6 +48,7 @@
 mod admin_service;
 mod backoff;
 mod batch;
+mod batch_get;
 mod classify;
 mod cluster_status;
 pub mod config;

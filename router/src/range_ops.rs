@@ -1,7 +1,9 @@
 //! The range operations of the `Kv` service: paged and streamed scans, counts and
 //! delete-ranges, each scattered to every shard and gathered back.
 //!
-//! - Scan: one page of the [`Merger`]; the continuation token resumes after its last key.
+//! - Scan: one page of the [`Merger`], at most `limit` entries within the reply budget
+//!   ([`RouterContext::reply_budget_bytes`]); the continuation token resumes after its last
+//!   key.
 //! - ScanStream: the merger drained chunk by chunk as the client reads. The stream is a
 //!   `futures` unfold polled by the gRPC server itself, so nothing runs ahead of the
 //!   client: when HTTP/2 flow control stops the client's window, the server stops polling,
@@ -143,7 +145,8 @@ pub async fn scan<N: NodeApi>(
         shard_count,
     };
     let mut merger = Merger::new(pages, parsed.spec.clone(), shard_count, merge_settings(ctx));
-    let max_bytes = (ctx.max_response_bytes / 2) as u64;
+    // The page ends at the reply budget, whatever its limit: the token resumes after it.
+    let max_bytes = ctx.reply_budget_bytes() as u64;
     let chunk = merger.next_chunk(limit, max_bytes, deadline).await?;
     Ok(ScanResponse {
         continuation_token: next_token(&merger, &parsed.query, request.reverse, chunk.exhausted),
@@ -167,7 +170,7 @@ pub async fn scan_stream<N: NodeApi>(
         shard_count,
     };
     let merger = Merger::new(pages, parsed.spec.clone(), shard_count, merge_settings(ctx));
-    let max_bytes = STREAM_CHUNK_BYTES.min((ctx.max_response_bytes / 2) as u64);
+    let max_bytes = STREAM_CHUNK_BYTES.min(ctx.reply_budget_bytes() as u64);
     let state = StreamState {
         merger,
         query: parsed.query,

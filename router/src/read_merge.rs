@@ -17,11 +17,14 @@
 //! same shard and is read at the same consistency, and a node checks the leadership (or
 //! lease) once per request either way. A status that concerns the whole shard (not the
 //! leader, no quorum, timeout) is every read's status. Anything that could concern a single
-//! read (an invalid key) is retried with each read sent alone.
+//! read (an invalid key) is retried with each read sent alone. A node answers a merged read
+//! within its byte budget: when it answers a prefix of the keys (`more`), the reads it
+//! answered whole get their answers at once and the rest are asked for again.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use ringkv_proto::v1::{ShardReadRequest, ShardReadResponse};
+use ringkv_proto::v1::{KeyValueResult, ShardReadRequest, ShardReadResponse};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::{Code, Status};
@@ -83,6 +86,7 @@ impl<S: SendRead> ReadMerge<S> {
             consistency: self.consistency,
             read_ts: 0,
             read_uncommitted: false,
+            max_bytes: 0,
         }
     }
 }
@@ -97,60 +101,86 @@ impl<S: SendRead> Merge for ReadMerge<S> {
     }
 
     async fn send(&self, batch: Vec<Waiting<Self>>) {
-        let timeout = time_left(&batch);
         if batch.len() == 1 {
+            // Alone: the node's answer as is (a partial one, with `more`, goes back to the
+            // caller, as without the lane).
+            let timeout = time_left(&batch);
             for waiting in batch {
                 let answer = self.sender.send(self.request(waiting.item), timeout).await;
                 let _ = waiting.reply.send(answer);
             }
             return;
         }
-        let counts: Vec<usize> = batch.iter().map(|waiting| waiting.item.len()).collect();
-        let total: usize = counts.iter().sum();
-        let mut keys = Vec::with_capacity(total);
-        let mut replies = Vec::with_capacity(batch.len());
         let mut alone = Vec::with_capacity(batch.len());
+        let mut keys = VecDeque::new();
+        let mut reads = VecDeque::with_capacity(batch.len());
         for waiting in batch {
             alone.push((waiting.item.clone(), waiting.deadline));
+            reads.push_back((waiting.item.len(), waiting.deadline, waiting.reply));
             keys.extend(waiting.item);
-            replies.push(waiting.reply);
         }
-        match self.sender.send(self.request(keys), timeout).await {
-            Ok(response) if response.results.len() == total => {
-                let mut results = response.results.into_iter();
-                for (reply, count) in replies.into_iter().zip(counts) {
+        // Results of the keys answered so far that no read has taken yet.
+        let mut answered: VecDeque<KeyValueResult> = VecDeque::new();
+        let mut first_send = true;
+        while !keys.is_empty() {
+            let now = Instant::now();
+            let timeout = reads
+                .iter()
+                .map(|(_, deadline, _)| deadline.saturating_duration_since(now))
+                .min()
+                .unwrap_or_default();
+            let request = self.request(keys.iter().cloned().collect());
+            let response = match self.sender.send(request, timeout).await {
+                Ok(response) => response,
+                Err(status) if first_send && status.code() == Code::InvalidArgument => {
+                    // Possibly one read's key: each read alone gets its own answer.
+                    let mut sends = JoinSet::new();
+                    for ((keys, deadline), (_, _, reply)) in alone.into_iter().zip(reads) {
+                        let sender = self.sender.clone();
+                        let timeout = deadline.saturating_duration_since(Instant::now());
+                        let request = self.request(keys);
+                        sends.spawn(async move {
+                            let _ = reply.send(sender.send(request, timeout).await);
+                        });
+                    }
+                    while sends.join_next().await.is_some() {}
+                    return;
+                }
+                Err(status) => {
+                    for (_, _, reply) in reads {
+                        let _ = reply.send(Err(status.clone()));
+                    }
+                    return;
+                }
+            };
+            first_send = false;
+            // The whole request, or (stopped by the node's byte budget) a prefix of it.
+            let count = response.results.len();
+            let valid = count == keys.len() || (response.more && count > 0 && count < keys.len());
+            if !valid {
+                let status = Status::internal(format!(
+                    "shard {} answered {count} results for {} keys",
+                    self.shard,
+                    keys.len(),
+                ));
+                for (_, _, reply) in reads {
+                    let _ = reply.send(Err(status.clone()));
+                }
+                return;
+            }
+            keys.drain(..count);
+            answered.extend(response.results);
+            // Answer every read whose keys are all answered; ask again for the rest.
+            while reads
+                .front()
+                .is_some_and(|(wanted, _, _)| *wanted <= answered.len())
+            {
+                if let Some((wanted, _, reply)) = reads.pop_front() {
                     let part = ShardReadResponse {
-                        results: results.by_ref().take(count).collect(),
+                        results: answered.drain(..wanted).collect(),
+                        more: false,
                     };
                     let _ = reply.send(Ok(part));
-                }
-            }
-            Ok(response) => {
-                let status = Status::internal(format!(
-                    "shard {} answered {} results for {total} keys",
-                    self.shard,
-                    response.results.len(),
-                ));
-                for reply in replies {
-                    let _ = reply.send(Err(status.clone()));
-                }
-            }
-            Err(status) if status.code() == Code::InvalidArgument => {
-                // Possibly one read's key: each read alone gets its own answer.
-                let mut sends = JoinSet::new();
-                for ((keys, deadline), reply) in alone.into_iter().zip(replies) {
-                    let sender = self.sender.clone();
-                    let timeout = deadline.saturating_duration_since(Instant::now());
-                    let request = self.request(keys);
-                    sends.spawn(async move {
-                        let _ = reply.send(sender.send(request, timeout).await);
-                    });
-                }
-                while sends.join_next().await.is_some() {}
-            }
-            Err(status) => {
-                for reply in replies {
-                    let _ = reply.send(Err(status.clone()));
                 }
             }
         }
@@ -173,6 +203,8 @@ mod tests {
         requests: Arc<Mutex<Vec<Vec<Vec<u8>>>>>,
         calls: Arc<watch::Sender<usize>>,
         open: Arc<watch::Sender<bool>>,
+        /// Answers at most this many keys per request, with `more` (a node's byte budget).
+        max_keys: usize,
     }
 
     impl Echo {
@@ -182,6 +214,7 @@ mod tests {
                 requests: Arc::default(),
                 calls: Arc::new(watch::Sender::new(0)),
                 open: Arc::new(watch::Sender::new(false)),
+                max_keys: usize::MAX,
             }
         }
 
@@ -215,10 +248,12 @@ mod tests {
             if request.keys.iter().any(|key| key == b"bad") {
                 return Err(Status::invalid_argument("bad key"));
             }
+            let more = request.keys.len() > self.max_keys;
             Ok(ShardReadResponse {
                 results: request
                     .keys
                     .into_iter()
+                    .take(self.max_keys)
                     .map(|key| KeyValueResult {
                         value: key.clone(),
                         key,
@@ -226,6 +261,7 @@ mod tests {
                         version: 1,
                     })
                     .collect(),
+                more,
             })
         }
     }
@@ -268,6 +304,37 @@ mod tests {
                 .iter()
                 .all(|keys| keys.len() <= MAX_MERGED_KEYS),
             "no request exceeds the key cap"
+        );
+    }
+
+    /// A merged read the node answers in parts (its byte budget stops each answer after a
+    /// few keys) still gives every read all its own results: the rest is asked for again.
+    #[tokio::test]
+    async fn merged_reads_answered_in_parts_get_all_their_results() {
+        let mut echo = Echo::closed();
+        echo.max_keys = 3;
+        let lane = ReadLane::spawn(echo.clone(), 7, 0);
+        let mut reads = JoinSet::new();
+        for i in 0..10u32 {
+            let lane = lane.clone();
+            reads.spawn(async move {
+                let keys = vec![format!("a{i}").into_bytes(), format!("b{i}").into_bytes()];
+                let response = lane.read(keys.clone(), Duration::from_secs(5)).await;
+                (keys, response)
+            });
+        }
+        echo.wait_for_calls(1).await;
+        echo.open();
+        while let Some(joined) = reads.join_next().await {
+            let (keys, response) = joined.expect("read task");
+            let response = response.expect("read");
+            assert_eq!(values(&response), keys);
+            assert!(!response.more);
+        }
+        let requests = echo.requests.lock().expect("lock").clone();
+        assert!(
+            requests.iter().any(|keys| keys.len() > 3),
+            "some reads were merged: {requests:?}"
         );
     }
 

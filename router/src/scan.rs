@@ -11,13 +11,17 @@
 //! Memory is bounded by the fetch sizes: at most `per_fetch_entries` entries and about
 //! `budget_bytes / shards` bytes per shard (at least [`MIN_FETCH_BYTES`]), whatever the
 //! size of the whole result. The caller drains the merger in chunks ([`Merger::next_chunk`]),
-//! so a streamed scan holds one chunk plus the cursors' buffers.
+//! so a streamed scan holds one chunk plus the cursors' buffers. A chunk's entries are
+//! counted as they encode in a reply ([`repeated_field_bytes`]) and stop before the one that
+//! would pass the chunk's byte budget (a first entry larger than it comes alone): a page
+//! stays within the reply budget whatever its entry limit.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::future::Future;
 
 use futures::stream::{self, StreamExt};
+use ringkv_proto::budget::repeated_field_bytes;
 use ringkv_proto::v1::{Consistency, ScanEntry, ShardScanRequest, ShardScanResponse};
 use ringkv_ring::ShardId;
 use tokio::time::Instant;
@@ -174,9 +178,10 @@ impl<P: ShardPages> Merger<P> {
         self.last_key.as_deref()
     }
 
-    /// The next entries in key order: at most `max_entries`, stopping once they hold
-    /// `max_bytes` (at least one entry). A shard that fails ends the scan with an error
-    /// naming it, unless `allow_partial`.
+    /// The next entries in key order: at most `max_entries`, whose encoded size in a reply
+    /// stays within `max_bytes` (the chunk stops before the entry that would pass it; a first
+    /// entry is always taken). A shard that fails ends the scan with an error naming it,
+    /// unless `allow_partial`.
     pub async fn next_chunk(
         &mut self,
         max_entries: usize,
@@ -186,15 +191,19 @@ impl<P: ShardPages> Merger<P> {
         let mut chunk = Chunk::default();
         let mut bytes = 0u64;
         loop {
-            if self.limit_reached()
-                || chunk.entries.len() >= max_entries
-                || (bytes >= max_bytes && !chunk.entries.is_empty())
-            {
+            if self.limit_reached() || chunk.entries.len() >= max_entries {
                 break;
             }
             if !self.pending.is_empty() {
                 self.refill(deadline).await?;
                 continue;
+            }
+            let Some(next) = self.heap.peek() else {
+                break;
+            };
+            let entry_bytes = repeated_field_bytes(&next.entry) as u64;
+            if !chunk.entries.is_empty() && bytes.saturating_add(entry_bytes) > max_bytes {
+                break;
             }
             let Some(head) = self.heap.pop() else {
                 break;
@@ -209,7 +218,7 @@ impl<P: ShardPages> Merger<P> {
                 None if cursor.more => self.pending.push(head.cursor),
                 None => {}
             }
-            bytes += (head.entry.key.len() + head.entry.value.len()) as u64;
+            bytes = bytes.saturating_add(entry_bytes);
             self.emitted += 1;
             self.last_key = Some(head.entry.key.clone());
             chunk.entries.push(head.entry);
@@ -302,7 +311,9 @@ impl<P: ShardPages> Merger<P> {
     }
 
     /// Takes a shard's page into its cursor after checking it keeps the contract: keys in
-    /// the range asked for, strictly in scan order, and progress whenever more is claimed.
+    /// the range asked for, strictly in scan order, and progress whenever more is claimed
+    /// (an entry, or a `last_key` in the range: a node may end a page before any entry it
+    /// could see, when the shard applied a write meanwhile).
     fn accept(&mut self, index: usize, response: ShardScanResponse) -> Result<(), RouterError> {
         let reverse = self.spec.reverse;
         let cursor = &mut self.cursors[index];
@@ -310,7 +321,7 @@ impl<P: ShardPages> Merger<P> {
             shard: cursor.shard,
             reason,
         };
-        if response.more && response.entries.is_empty() {
+        if response.more && response.entries.is_empty() && response.last_key.is_empty() {
             return Err(bad("no entries but more claimed".to_string()));
         }
         let mut previous: Option<&[u8]> = None;
@@ -330,18 +341,42 @@ impl<P: ShardPages> Merger<P> {
             }
             previous = Some(&entry.key);
         }
-        if let Some(last) = response.entries.last() {
-            cursor.rest = cursor.rest.after(&last.key, reverse);
+        // Where the page stopped: the node's last key looked at (not before the last entry),
+        // or, from older nodes and complete pages, the last entry.
+        let stopped_at = if response.more && !response.last_key.is_empty() {
+            let after_entries = previous.is_none_or(|last_entry| {
+                if reverse {
+                    response.last_key.as_slice() <= last_entry
+                } else {
+                    response.last_key.as_slice() >= last_entry
+                }
+            });
+            if !cursor.rest.contains(&response.last_key) || !after_entries {
+                return Err(bad(
+                    "a page's last key before its entries or outside the range".to_string()
+                ));
+            }
+            Some(response.last_key.as_slice())
+        } else {
+            previous
+        };
+        if let Some(stopped_at) = stopped_at {
+            cursor.rest = cursor.rest.after(stopped_at, reverse);
         }
         cursor.more = response.more && !cursor.rest.is_empty();
         let mut entries = response.entries.into_iter();
-        if let Some(first) = entries.next() {
-            cursor.buffer.extend(entries);
-            self.heap.push(Head {
-                entry: first,
-                cursor: index,
-                reverse,
-            });
+        match entries.next() {
+            Some(first) => {
+                cursor.buffer.extend(entries);
+                self.heap.push(Head {
+                    entry: first,
+                    cursor: index,
+                    reverse,
+                });
+            }
+            // Nothing to merge yet from this shard: fetch on from where its page stopped.
+            None if cursor.more => self.pending.push(index),
+            None => {}
         }
         Ok(())
     }
@@ -364,6 +399,12 @@ pub(crate) mod tests {
         pub(crate) failing: HashSet<u32>,
         pub(crate) fetches: AtomicUsize,
         pub(crate) max_limit_seen: Mutex<u32>,
+        /// Values of this many bytes (0: each value is its key), and pages that stop once
+        /// their keys and values pass `max_bytes` of the request, as a node's do.
+        pub(crate) value_bytes: usize,
+        /// Pages that end after this many keys looked at, with no entry if none was seen
+        /// (keys with this first byte are invisible), as a node's may when an apply ends them.
+        pub(crate) invisible_first_byte: Option<u8>,
     }
 
     impl FakeShards {
@@ -378,6 +419,8 @@ pub(crate) mod tests {
                 failing: HashSet::new(),
                 fetches: AtomicUsize::new(0),
                 max_limit_seen: Mutex::new(0),
+                value_bytes: 0,
+                invisible_first_byte: None,
             }
         }
     }
@@ -415,22 +458,38 @@ pub(crate) mod tests {
             };
             let mut entries = Vec::new();
             let mut more = false;
+            let mut bytes = 0u64;
+            let mut last_key = Vec::new();
             for (key, version) in in_range {
-                if entries.len() == request.limit as usize {
+                let value = match (request.keys_only, self.value_bytes) {
+                    (true, _) => Vec::new(),
+                    (false, 0) => key.clone(),
+                    (false, size) => vec![key[0]; size],
+                };
+                let entry_bytes = (key.len() + value.len()) as u64;
+                let full = !entries.is_empty() && bytes + entry_bytes > request.max_bytes;
+                if entries.len() == request.limit as usize || full {
                     more = true;
                     break;
                 }
+                if self.invisible_first_byte == key.first().copied() {
+                    // Looked at but not visible: the page ends here, with what it has.
+                    more = true;
+                    last_key = key.clone();
+                    break;
+                }
+                bytes += entry_bytes;
                 entries.push(ScanEntry {
                     key: key.clone(),
-                    value: if request.keys_only {
-                        Vec::new()
-                    } else {
-                        key.clone()
-                    },
+                    value,
                     version: *version,
                 });
             }
-            Ok(ShardScanResponse { entries, more })
+            Ok(ShardScanResponse {
+                entries,
+                more,
+                last_key,
+            })
         }
     }
 
@@ -552,16 +611,72 @@ pub(crate) mod tests {
         assert_eq!(merger.missing_shards(), vec![2]);
     }
 
-    /// Chunks stop at the byte budget but always carry at least one entry.
+    /// Chunks stop before the entry that would pass the byte budget (counted as encoded in a
+    /// reply) but always carry at least one entry.
     #[tokio::test]
     async fn chunks_respect_the_byte_budget() {
         let keys: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i, 1, 2, 3]).collect();
         let fake = FakeShards::new(3, &keys);
         let mut merger = Merger::new(&fake, spec(KeyRange::all(), false, None), 3, SETTINGS);
-        let chunk = merger.next_chunk(100, 20, deadline()).await.expect("chunk");
-        // Each entry is 4 key + 4 value bytes: the third crosses 20 bytes.
-        assert_eq!(chunk.entries.len(), 3);
+        let chunk = merger.next_chunk(100, 40, deadline()).await.expect("chunk");
+        // Each entry encodes in 16 bytes (4 key + 4 value bytes, a version, field headers):
+        // a third would pass 40.
+        assert_eq!(chunk.entries.len(), 2);
         let one = merger.next_chunk(100, 1, deadline()).await.expect("chunk");
         assert_eq!(one.entries.len(), 1);
+    }
+
+    /// Pages of large values (issue 14, defect 12): a chunk with a limit of 100 stops at its
+    /// byte budget, and resuming after its last key — what a continuation token names —
+    /// returns every key exactly once, in order, in chunks that never pass the budget.
+    #[tokio::test]
+    async fn pages_of_large_values_stop_at_the_budget_and_resume_after_their_last_key() {
+        let keys: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i, b'k']).collect();
+        let mut fake = FakeShards::new(4, &keys);
+        fake.value_bytes = 1000;
+        let budget = 2500u64;
+        for reverse in [false, true] {
+            let mut seen: Vec<Vec<u8>> = Vec::new();
+            let mut range = KeyRange::all();
+            for _ in 0..100 {
+                let mut merger = Merger::new(&fake, spec(range.clone(), reverse, Some(100)), 4, SETTINGS);
+                let chunk = merger.next_chunk(100, budget, deadline()).await.expect("chunk");
+                let bytes: usize = chunk.entries.iter().map(repeated_field_bytes).sum();
+                assert!(bytes as u64 <= budget, "a page of {bytes} bytes");
+                assert_eq!(chunk.entries.len(), 2, "two ~1 KB entries fit in 2500 bytes");
+                seen.extend(chunk.entries.into_iter().map(|entry| entry.key));
+                if chunk.exhausted {
+                    break;
+                }
+                let last = merger.last_key().expect("a last key").to_vec();
+                range = range.after(&last, reverse);
+            }
+            let mut expected = keys.clone();
+            if reverse {
+                expected.reverse();
+            }
+            assert_eq!(seen, expected, "every key once, in order (reverse: {reverse})");
+        }
+        // An entry larger than the whole budget still comes, alone.
+        let mut merger = Merger::new(&fake, spec(KeyRange::all(), false, Some(100)), 4, SETTINGS);
+        let lone = merger.next_chunk(100, 10, deadline()).await.expect("chunk");
+        assert_eq!(lone.entries.len(), 1);
+    }
+
+    /// A shard page that ends before any entry it could see, with the last key it looked
+    /// at, moves its cursor past that key: the merge goes on and misses nothing visible.
+    #[tokio::test]
+    async fn pages_without_entries_resume_after_their_last_key() {
+        let keys: Vec<Vec<u8>> = (0..30u8).map(|i| vec![i % 3, i]).collect();
+        let mut fake = FakeShards::new(1, &keys);
+        fake.invisible_first_byte = Some(1);
+        let mut merger = Merger::new(&fake, spec(KeyRange::all(), false, None), 1, SETTINGS);
+        let got = drain(&mut merger, 100).await;
+        let visible: Vec<Vec<u8>> = {
+            let mut visible: Vec<Vec<u8>> = keys.iter().filter(|key| key[0] != 1).cloned().collect();
+            visible.sort();
+            visible
+        };
+        assert_eq!(got, visible);
     }
 }

@@ -135,6 +135,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
             consistency: Consistency::Linearizable as i32,
             read_ts: 0,
             read_uncommitted: false,
+            allow_paging: false,
         })
         .await?
         .into_inner();
@@ -278,6 +279,7 @@ async fn invalid_requests_are_rejected() -> anyhow::Result<()> {
             consistency: 0,
             read_ts: 0,
             read_uncommitted: false,
+            allow_paging: false,
         })
         .await
     {

@@ -31,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
                     consistency,
                     read_ts: 0,
                     read_uncommitted: false,
+                    max_bytes: 0,
                 })
                 .await
                 .is_err()

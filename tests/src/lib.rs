@@ -376,6 +376,7 @@ impl Cluster {
                 consistency: v1::Consistency::Stale as i32,
                 read_ts: 0,
                 read_uncommitted: false,
+                max_bytes: 0,
             })
             .await?
             .into_inner();

@@ -111,6 +111,7 @@ async fn a_leader_paused_through_an_election_serves_no_stale_read() -> anyhow::R
             consistency: v1::Consistency::Linearizable as i32,
             read_ts: 0,
             read_uncommitted: false,
+            max_bytes: 0,
         })
         .await;
     match read {

@@ -50,6 +50,9 @@ pub struct MockState {
     pub stream_tokens: Vec<Vec<u8>>,
     /// The limit each ScanStream call was opened with.
     pub stream_limits: Vec<u32>,
+    /// When set, a BatchGet that allows paging answers at most this many keys, taken from
+    /// the end of the request (so the keys left are not a suffix), and names the others.
+    pub batch_get_page: Option<usize>,
 }
 
 #[derive(Clone, Default)]
@@ -262,9 +265,14 @@ impl Kv for MockRouter {
         request: Request<proto::BatchGetRequest>,
     ) -> Result<Response<proto::BatchGetResponse>, Status> {
         self.enter(&request, None).await?;
-        let results = request
-            .get_ref()
-            .keys
+        let page = self
+            .lock()
+            .batch_get_page
+            .filter(|_| request.get_ref().allow_paging);
+        let keys = &request.get_ref().keys;
+        let answered_from = page.map_or(0, |page| keys.len().saturating_sub(page));
+        let remaining: Vec<u32> = (0..answered_from as u32).collect();
+        let results = keys[answered_from..]
             .iter()
             .map(|key| match self.read(key) {
                 Some((value, version)) => proto::KeyValueResult {
@@ -279,7 +287,7 @@ impl Kv for MockRouter {
                 },
             })
             .collect();
-        Ok(Response::new(proto::BatchGetResponse { results }))
+        Ok(Response::new(proto::BatchGetResponse { results, remaining }))
     }
 
     async fn batch_put(

@@ -90,29 +90,34 @@ impl Node {
             .await
     }
 
-    /// Reads `keys` from the local state of `group`, all at one point between entries.
+    /// Reads the first of `keys` whose keys and values fit in `max_bytes` (at least one)
+    /// from the local state of `group`, all at one point between entries.
     pub async fn read_local(
         &self,
         group: &Group,
         keys: &[Vec<u8>],
+        max_bytes: usize,
     ) -> Result<Vec<Option<Versioned>>, NodeError> {
-        Ok(group.state.get_many(keys).await?)
+        Ok(group.state.get_many_within(keys, max_bytes).await?)
     }
 
-    /// Reads `keys` from the local state of `group` with provisional values (READ
-    /// UNCOMMITTED): a locked key reads as its transaction would leave it. Never waits.
+    /// Reads the first of `keys` whose keys and values fit in `max_bytes` (at least one)
+    /// from the local state of `group` with provisional values (READ UNCOMMITTED): a locked
+    /// key reads as its transaction would leave it. Never waits.
     pub async fn read_uncommitted(
         &self,
         group: &Group,
         keys: &[Vec<u8>],
+        max_bytes: usize,
     ) -> Result<Vec<Option<Versioned>>, NodeError> {
-        Ok(group.state.get_many_uncommitted(keys).await?)
+        Ok(group.state.get_many_uncommitted_within(keys, max_bytes).await?)
     }
 
     /// Reads `keys` of shard `group` as of oracle timestamp `read_ts` (a snapshot read): the
     /// leader confirms its leadership, fences writes at or below `read_ts` and waits for those
     /// still being committed (`concurrency.rs`), then reads each key's newest version at or
-    /// before `read_ts`. A key locked by a transaction that started at or before `read_ts`
+    /// before `read_ts` — of the first keys whose keys and values fit in `max_bytes` (at
+    /// least one). A key locked by a transaction that started at or before `read_ts`
     /// refuses the read (it may commit at or below it), unless the `unsafe_ignore_locks`
     /// negative control reads past the lock.
     pub async fn read_at(
@@ -120,12 +125,13 @@ impl Node {
         group: &Group,
         keys: &[Vec<u8>],
         read_ts: u64,
+        max_bytes: usize,
     ) -> Result<Vec<Option<Versioned>>, NodeError> {
         self.prepare_read_at(group, read_ts).await?;
         if !self.config().unsafe_ignore_locks {
             self.check_unlocked(group, keys, read_ts)?;
         }
-        let values = group.state.get_many_at(keys, read_ts).await?;
+        let values = group.state.get_many_at_within(keys, read_ts, max_bytes).await?;
         values.map_err(|below| too_old(read_ts, below))
     }
 
@@ -211,14 +217,15 @@ impl Node {
         self.ensure_linearizable(group).await
     }
 
-    /// Reads one page of a key range from the local state of `group`, at one point between
-    /// entries.
+    /// Reads one page of a key range from the local state of `group`, at one applied state
+    /// (in holds of the apply lock: applies are not stalled by a long page).
     pub async fn scan_local(&self, group: &Group, options: ScanOptions) -> Result<ScanPage, NodeError> {
         Ok(group.state.scan(options).await?)
     }
 
     /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
-    /// local state of `group`, at one point between entries.
+    /// local state of `group`, at one applied state (in holds of the apply lock; an apply
+    /// meanwhile ends the count early, with more).
     pub async fn count_local(
         &self,
         group: &Group,

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 mod limits;
 mod txn;
 
-use limits::{check_range, count_limit, page_limit, scan_max_bytes};
+use limits::{check_range, count_limit, page_limit, reply_max_bytes};
 
 use super::status;
 use crate::convert;
@@ -73,20 +73,27 @@ impl ShardKvService {
                 });
             }
         }
+        let max_bytes = reply_max_bytes(request.max_bytes, self.node.config().max_message_bytes);
         let values = if request.read_uncommitted {
             limits::check_uncommitted(request.read_ts, request.consistency)?;
             self.check_consistency(&group, request.consistency).await?;
-            self.node.read_uncommitted(&group, &request.keys).await?
+            self.node
+                .read_uncommitted(&group, &request.keys, max_bytes)
+                .await?
         } else if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
             if request.consistency == v1::Consistency::Linearizable as i32 {
                 self.node.check_unlocked(&group, &request.keys, u64::MAX)?;
             }
-            self.node.read_local(&group, &request.keys).await?
+            self.node.read_local(&group, &request.keys, max_bytes).await?
         } else {
             check_read_at(request.consistency)?;
-            self.node.read_at(&group, &request.keys, request.read_ts).await?
+            self.node
+                .read_at(&group, &request.keys, request.read_ts, max_bytes)
+                .await?
         };
+        // The byte budget may have stopped the read: the values answer a prefix of the keys.
+        let more = values.len() < request.keys.len();
         let results = request
             .keys
             .into_iter()
@@ -106,7 +113,7 @@ impl ShardKvService {
                 },
             })
             .collect();
-        Ok(v1::ShardReadResponse { results })
+        Ok(v1::ShardReadResponse { results, more })
     }
 
     async fn write(&self, request: v1::ShardWriteRequest) -> Result<v1::ShardWriteResponse, NodeError> {
@@ -256,7 +263,7 @@ impl ShardKvService {
             start: request.start,
             end,
             limit: limit as usize,
-            max_bytes: scan_max_bytes(request.max_bytes, config.max_message_bytes),
+            max_bytes: reply_max_bytes(request.max_bytes, config.max_message_bytes),
             reverse: request.reverse,
             keys_only: request.keys_only,
         };
@@ -287,6 +294,7 @@ impl ShardKvService {
                 })
                 .collect(),
             more: page.more,
+            last_key: page.last_key.unwrap_or_default(),
         })
     }
 
@@ -508,7 +516,7 @@ mod tests {
     }
 
     /// Limits: scan and delete-range pages need 1..=10000; counts default and cap; the byte
-    /// budget defaults to 4 MiB and is capped at half a message.
+    /// budget of a page or a read defaults to 4 MiB and is capped at half a message.
     #[test]
     fn limits() {
         assert!(page_limit(0, "scan").is_err());
@@ -519,9 +527,9 @@ mod tests {
         assert_eq!(count_limit(0), DEFAULT_COUNT_LIMIT);
         assert_eq!(count_limit(7), 7);
         assert_eq!(count_limit(u64::MAX), MAX_COUNT_LIMIT);
-        assert_eq!(scan_max_bytes(0, 16 << 20), 4 << 20);
-        assert_eq!(scan_max_bytes(0, 4 << 20), 2 << 20);
-        assert_eq!(scan_max_bytes(100, 16 << 20), 100);
-        assert_eq!(scan_max_bytes(u64::MAX, 16 << 20), 8 << 20);
+        assert_eq!(reply_max_bytes(0, 16 << 20), 4 << 20);
+        assert_eq!(reply_max_bytes(0, 4 << 20), 2 << 20);
+        assert_eq!(reply_max_bytes(100, 16 << 20), 100);
+        assert_eq!(reply_max_bytes(u64::MAX, 16 << 20), 8 << 20);
     }
 }

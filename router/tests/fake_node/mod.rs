@@ -266,7 +266,11 @@ impl ShardKv for FakeNode {
                 version,
             })
             .collect();
-        Ok(Response::new(ShardScanResponse { entries, more }))
+        Ok(Response::new(ShardScanResponse {
+            entries,
+            more,
+            last_key: Vec::new(),
+        }))
     }
 
     async fn count(
@@ -419,7 +423,7 @@ impl ShardKv for FakeNode {
                 },
             })
             .collect();
-        Ok(Response::new(ShardReadResponse { results }))
+        Ok(Response::new(ShardReadResponse { results, more: false }))
     }
 
     /// Each write as `write` answers it alone (a status becomes that write's failure).

@@ -87,6 +87,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.state
             .check_not_retired()
             .map_err(|err| storage_err(ErrorSubject::StateMachine, ErrorVerb::Write, err))?;
+        self.state.note_apply();
         let tree = self.state.tree();
         let mut results = Vec::new();
         for entry in entries {
@@ -125,6 +126,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let install = async {
             let guard = self.state.apply_lock.clone().write_owned().await;
             self.state.check_not_retired()?;
+            self.state.note_apply();
             let file = snapshot.into_std().await;
             let state = self.state.clone();
             let meta = meta.clone();

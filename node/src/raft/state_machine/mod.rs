@@ -12,6 +12,8 @@
 //!   reusing its id.
 //! - `apply`: what each committed entry does, as one atomic batch.
 //! - `read`: `get`, `get_many`, [`GroupState::scan`] and [`GroupState::count`].
+//! - `holds`: range reads in holds of the apply lock of bounded work (applies run in
+//!   between), each answer at one applied state; `range`: the scans and counts so read.
 //! - `adapter`: [`StateMachine`] and [`SnapshotBuilder`], the openraft traits.
 //! - generations (this file): installing a snapshot fills a new generation of the tree
 //!   aside (see [`crate::raft::snapshot`]), then flips the generation recorded in the node
@@ -21,9 +23,11 @@ mod adapter;
 mod apply;
 mod dedup;
 mod fingerprint;
+mod holds;
 pub(in crate::raft) mod layout;
 pub(crate) mod mvcc;
 mod one_pc;
+mod range;
 mod read;
 #[cfg(test)]
 pub(in crate::raft) mod test_support;
@@ -32,7 +36,7 @@ mod txn_read;
 mod validate;
 mod writes;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::watch;
@@ -67,7 +71,12 @@ pub struct GroupState {
     current: RwLock<(u64, TreeRef)>,
     /// Written while applying, installing or dumping a snapshot; read by multi-key reads,
     /// so a dump is consistent and a read never sees half an entry or a switching tree.
+    /// Range reads hold it in bounded holds (`holds.rs`), so applies never wait long.
     apply_lock: Arc<tokio::sync::RwLock<()>>,
+    /// Bumped under the apply lock (written) before every apply or snapshot install, i.e.
+    /// before anything changes the tree: a range read that finds it unchanged after
+    /// releasing the lock reads on at the same applied state.
+    applies: AtomicU64,
     /// The last applied log id (in memory; durable at the next flush).
     applied_tx: watch::Sender<Option<LogId>>,
     snapshots: SnapshotDir,
@@ -138,6 +147,7 @@ impl GroupState {
             catalog,
             current: RwLock::new((generation, tree)),
             apply_lock: Arc::new(tokio::sync::RwLock::new(())),
+            applies: AtomicU64::new(0),
             applied_tx,
             snapshots,
             dedup,
@@ -172,6 +182,12 @@ impl GroupState {
             "finishing the install of a snapshot a crash interrupted"
         );
         self.install_snapshot_blocking(&meta, file)
+    }
+
+    /// Records, under the apply lock held for writing, that the tree may change now (see
+    /// `applies`).
+    fn note_apply(&self) {
+        self.applies.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Marks the state retired once no apply, install or snapshot dump is running; every

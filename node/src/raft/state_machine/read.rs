@@ -1,14 +1,16 @@
 //! Reads of a group's local state: point reads (`get`, `get_many`), range scans and counts.
 //!
-//! Every read holds the apply lock for reading, so it sees one point between applied entries
-//! (invariant 6) and never a tree being switched by a snapshot install. Range reads iterate
-//! on a blocking thread: a page or a count can touch many records. None of these check
-//! consistency (leadership, ReadIndex); their callers do.
+//! A point read holds the apply lock for reading, so it sees one point between applied
+//! entries (invariant 6) and never a tree being switched by a snapshot install; a read of
+//! many keys stops at a byte budget (`get_many_within`). Range reads run in holds of bounded
+//! work on blocking threads, each answer at one applied state (`holds.rs`), so a long scan or
+//! count never stalls applies. None of these check consistency (leadership, ReadIndex);
+//! their callers do.
 
-use std::ops::ControlFlow;
 use std::sync::{Arc, PoisonError};
 
-use super::layout::{all_data_bounds, data_bounds, user_key};
+use super::layout::all_data_bounds;
+use super::range::{Count, LatestScan, ScanAt};
 use super::{join_error, mvcc, txn, GroupState};
 use crate::raft::txn::LockedKey;
 use crate::raft::types::Versioned;
@@ -23,8 +25,8 @@ pub struct ScanOptions {
     pub end: Option<Vec<u8>>,
     /// Most entries returned (0 returns none).
     pub limit: usize,
-    /// Stop once the returned keys and values hold at least this many bytes; the first
-    /// entry is always returned, whatever its size.
+    /// The returned keys and values stay within this many bytes: the page stops before the
+    /// entry that would pass it. The first entry is always returned, whatever its size.
     pub max_bytes: usize,
     /// Descending key order: start from the greatest key of the range.
     pub reverse: bool,
@@ -37,8 +39,12 @@ pub struct ScanOptions {
 pub struct ScanPage {
     /// Keys with their versions and values (empty values when keys only), in scan order.
     pub entries: Vec<(Vec<u8>, Versioned)>,
-    /// Whether the range holds at least one more key past the last entry (in scan order).
+    /// Whether the range may hold more keys past `last_key` (in scan order): the limit, the
+    /// byte budget or an apply ended the page.
     pub more: bool,
+    /// Set when `more`: the last key the scan looked at (the last entry's, or a later key
+    /// the read could not see); the rest of the range lies after it.
+    pub last_key: Option<Vec<u8>>,
 }
 
 /// The outcome of counting the keys of a range.
@@ -46,7 +52,8 @@ pub struct ScanPage {
 pub struct CountResult {
     /// Keys counted.
     pub count: u64,
-    /// Whether the limit stopped the count with keys left after `last_key`.
+    /// Whether the limit (or an apply, for the latest keys) stopped the count with keys
+    /// left after `last_key`.
     pub more: bool,
     /// The last key counted; set only when `more`.
     pub last_key: Option<Vec<u8>>,
@@ -61,11 +68,21 @@ impl GroupState {
 
     /// Reads `keys` from the local state at one point between applied entries.
     pub async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Versioned>>, StorageError> {
+        self.get_many_within(keys, usize::MAX).await
+    }
+
+    /// Reads the first of `keys` whose keys and values fit in `max_bytes` (at least one),
+    /// at one point between applied entries: the values of a prefix of `keys`.
+    pub async fn get_many_within(
+        &self,
+        keys: &[Vec<u8>],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Versioned>>, StorageError> {
         let _guard = self.apply_lock.read().await;
         let tree = self.tree();
-        keys.iter()
-            .map(|key| Ok(mvcc::head(&tree, key)?.map(mvcc::Head::versioned)))
-            .collect()
+        read_within(keys, max_bytes, |key| {
+            Ok(mvcc::head(&tree, key)?.map(mvcc::Head::versioned))
+        })
     }
 
     /// Reads `keys` as of `read_ts`: the newest version of each committed at or before it
@@ -76,18 +93,34 @@ impl GroupState {
         keys: &[Vec<u8>],
         read_ts: u64,
     ) -> Result<Result<Vec<Option<Versioned>>, mvcc::BelowFloor>, StorageError> {
+        self.get_many_at_within(keys, read_ts, usize::MAX).await
+    }
+
+    /// [`GroupState::get_many_at`] of the first of `keys` whose keys and values fit in
+    /// `max_bytes` (at least one).
+    pub async fn get_many_at_within(
+        &self,
+        keys: &[Vec<u8>],
+        read_ts: u64,
+        max_bytes: usize,
+    ) -> Result<Result<Vec<Option<Versioned>>, mvcc::BelowFloor>, StorageError> {
+        /// Why a read of one key stops the whole read.
+        enum Stop {
+            Storage(StorageError),
+            Below(mvcc::BelowFloor),
+        }
         let _guard = self.apply_lock.read().await;
         let tree = self.tree();
-        let heads = keys
-            .iter()
-            .map(|key| mvcc::head(&tree, key))
-            .collect::<Result<Vec<_>, StorageError>>()?;
         let history = self.history();
-        Ok(keys
-            .iter()
-            .zip(heads)
-            .map(|(key, head)| history.read(key, head, read_ts))
-            .collect())
+        let values = read_within(keys, max_bytes, |key| {
+            let head = mvcc::head(&tree, key).map_err(Stop::Storage)?;
+            history.read(key, head, read_ts).map_err(Stop::Below)
+        });
+        match values {
+            Ok(values) => Ok(Ok(values)),
+            Err(Stop::Below(below)) => Ok(Err(below)),
+            Err(Stop::Storage(err)) => Err(err),
+        }
     }
 
     /// The oldest timestamp reads of this replica can be served at, and how many replaced
@@ -97,49 +130,34 @@ impl GroupState {
         (history.floor(), history.len())
     }
 
-    /// Reads one page of a range from the local state at one point between applied entries
-    /// (no consistency check: callers do that). Iterates on a blocking thread.
+    /// Reads one page of a range from the local state at one applied state (no consistency
+    /// check: callers do that), in holds of the apply lock (`holds.rs`).
     pub async fn scan(&self, options: ScanOptions) -> Result<ScanPage, StorageError> {
-        let guard = self.apply_lock.clone().read_owned().await;
-        let tree = self.tree();
-        tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            scan_tree(&tree, &options)
-        })
-        .await
-        .map_err(join_error)?
+        latest(self.read_in_holds(LatestScan::new(&options)).await?)
     }
 
     /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
-    /// local state at one point between applied entries (no consistency check: callers do
-    /// that). Iterates on a blocking thread.
+    /// local state at one applied state (no consistency check: callers do that), in holds of
+    /// the apply lock (`holds.rs`).
     pub async fn count(
         &self,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         limit: u64,
     ) -> Result<CountResult, StorageError> {
-        let guard = self.apply_lock.clone().read_owned().await;
-        let tree = self.tree();
-        tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            count_tree(&tree, &start, end.as_deref(), limit)
-        })
-        .await
-        .map_err(join_error)?
+        latest(self.read_in_holds(Count::new(start, end, limit, None)).await?)
     }
 
     /// Reads one page of a range as of `read_ts`: each key's newest version committed at or
     /// before it, keys deleted since included, keys created since left out (no consistency
     /// check or fence: callers do that). `Err` when the shard's history does not reach back
-    /// to `read_ts`. Iterates on a blocking thread.
+    /// to `read_ts`. Reads in holds of the apply lock.
     pub async fn scan_at(
         &self,
         options: ScanOptions,
         read_ts: u64,
     ) -> Result<Result<ScanPage, mvcc::BelowFloor>, StorageError> {
-        self.with_history(move |tree, history| scan_tree_at(tree, history, &options, read_ts))
-            .await
+        self.read_in_holds(ScanAt::new(&options, read_ts)).await
     }
 
     /// Counts at most `limit` keys of `[start, end)` present as of `read_ts` (see
@@ -151,10 +169,8 @@ impl GroupState {
         limit: u64,
         read_ts: u64,
     ) -> Result<Result<CountResult, mvcc::BelowFloor>, StorageError> {
-        self.with_history(move |tree, history| {
-            count_tree_at(tree, history, &start, end.as_deref(), limit, read_ts)
-        })
-        .await
+        self.read_in_holds(Count::new(start, end, limit, Some(read_ts)))
+            .await
     }
 
     /// Runs `read` on a blocking thread with the tree and the history, under the apply lock
@@ -222,212 +238,37 @@ impl GroupState {
     }
 }
 
-/// One page of the range of `options` from `tree` (the caller holds the apply lock).
-fn scan_tree(tree: &TreeRef, options: &ScanOptions) -> Result<ScanPage, StorageError> {
-    let mut page = ScanPage::default();
-    let Some((start, end)) = data_bounds(&options.start, options.end.as_deref()) else {
-        return Ok(page);
-    };
-    let pairs = if options.reverse {
-        tree.range_rev(start, end)
-    } else {
-        tree.range(start, end)
-    };
+/// The answer of a read of the latest state, which never meets the history's floor.
+fn latest<T>(answer: Result<T, mvcc::BelowFloor>) -> Result<T, StorageError> {
+    answer.map_err(|below| {
+        StorageError::Engine(format!(
+            "a read of the latest state met the history floor {}",
+            below.floor
+        ))
+    })
+}
+
+/// Reads `keys` in order with `read` until the next key and value would take the values
+/// read past `max_bytes` (the first is always read): the values of a prefix of `keys`. The
+/// value that does not fit has been read, and is dropped: a byte budget bounds what a reply
+/// holds, the work is bounded by the number of keys.
+pub(super) fn read_within<E>(
+    keys: &[Vec<u8>],
+    max_bytes: usize,
+    mut read: impl FnMut(&[u8]) -> Result<Option<Versioned>, E>,
+) -> Result<Vec<Option<Versioned>>, E> {
+    let mut values = Vec::with_capacity(keys.len());
     let mut bytes = 0usize;
-    for pair in pairs {
-        let (key, value) = pair?;
-        // Reading one pair past the page is what tells whether more remain.
-        let budget_spent = !page.entries.is_empty() && bytes >= options.max_bytes;
-        if page.entries.len() >= options.limit || budget_spent {
-            page.more = true;
+    for key in keys {
+        let value = read(key)?;
+        let entry_bytes = key.len() + value.as_ref().map_or(0, |value| value.value.len());
+        if !values.is_empty() && bytes.saturating_add(entry_bytes) > max_bytes {
             break;
         }
-        let key = user_key(tree.name(), &key)?;
-        let versioned = if options.keys_only {
-            Versioned {
-                version: mvcc::decode_version(tree.name(), &value)?,
-                value: Vec::new(),
-            }
-        } else {
-            mvcc::decode_head(tree.name(), &value)?.versioned()
-        };
-        bytes = bytes.saturating_add(key.len() + versioned.value.len());
-        page.entries.push((key, versioned));
+        bytes = bytes.saturating_add(entry_bytes);
+        values.push(value);
     }
-    Ok(page)
-}
-
-/// Counts at most `limit` keys of `[start, end)` in `tree` (the caller holds the apply lock).
-fn count_tree(
-    tree: &TreeRef,
-    start: &[u8],
-    end: Option<&[u8]>,
-    limit: u64,
-) -> Result<CountResult, StorageError> {
-    let mut result = CountResult::default();
-    let Some((start, end)) = data_bounds(start, end) else {
-        return Ok(result);
-    };
-    let mut last: Option<Vec<u8>> = None;
-    for pair in tree.range(start, end) {
-        let (key, _) = pair?;
-        if result.count >= limit {
-            result.more = true;
-            result.last_key = match last {
-                Some(last) => Some(user_key(tree.name(), &last)?),
-                None => None,
-            };
-            break;
-        }
-        result.count += 1;
-        last = Some(key);
-    }
-    Ok(result)
-}
-
-/// Calls `visit` with every key of `[start, end)` present as of `read_ts` and its version
-/// then, in key order (descending when `reverse`), until it breaks. The candidates are the
-/// heads of the range merged with the keys of the history (the caller holds the apply lock,
-/// so both stay at one point between entries).
-fn for_each_at(
-    tree: &TreeRef,
-    history: &mvcc::History,
-    (start, end): (&[u8], Option<&[u8]>),
-    reverse: bool,
-    read_ts: u64,
-    mut visit: impl FnMut(Vec<u8>, Versioned) -> ControlFlow<()>,
-) -> Result<Result<(), mvcc::BelowFloor>, StorageError> {
-    if read_ts < history.floor() {
-        // A key deleted after `read_ts` may have left no trace: nothing is certain.
-        return Ok(Err(mvcc::BelowFloor {
-            floor: history.floor(),
-        }));
-    }
-    let Some((lower, upper)) = data_bounds(start, end) else {
-        return Ok(Ok(()));
-    };
-    let mut heads = if reverse {
-        tree.range_rev(lower, upper)
-    } else {
-        tree.range(lower, upper)
-    };
-    let mut next_head = || -> Result<Option<(Vec<u8>, mvcc::Head)>, StorageError> {
-        match heads.next() {
-            Some(pair) => {
-                let (key, bytes) = pair?;
-                Ok(Some((
-                    user_key(tree.name(), &key)?,
-                    mvcc::decode_head(tree.name(), &bytes)?,
-                )))
-            }
-            None => Ok(None),
-        }
-    };
-    let old_keys = history.keys_in(start, end);
-    let mut old: Box<dyn Iterator<Item = &[u8]>> = if reverse {
-        Box::new(old_keys.rev())
-    } else {
-        Box::new(old_keys)
-    };
-    let mut head = next_head()?;
-    let mut old_key = old.next();
-    loop {
-        // The next candidate in scan order: a head, a key of the history, or both.
-        let head_first = match (&head, old_key) {
-            (None, None) => return Ok(Ok(())),
-            (Some(_), None) => Some(true),
-            (None, Some(_)) => Some(false),
-            (Some((key, _)), Some(old)) if key.as_slice() == old => None,
-            (Some((key, _)), Some(old)) => Some((key.as_slice() < old) != reverse),
-        };
-        let (key, current) = match head_first {
-            Some(false) => {
-                let key = old_key.map(<[u8]>::to_vec).unwrap_or_default();
-                old_key = old.next();
-                (key, None)
-            }
-            both_or_head => {
-                if both_or_head.is_none() {
-                    old_key = old.next();
-                }
-                match head.take() {
-                    Some((key, current)) => {
-                        head = next_head()?;
-                        (key, Some(current))
-                    }
-                    None => return Ok(Ok(())),
-                }
-            }
-        };
-        match history.read(&key, current, read_ts) {
-            Ok(Some(versioned)) => {
-                if visit(key, versioned).is_break() {
-                    return Ok(Ok(()));
-                }
-            }
-            Ok(None) => {}
-            Err(below) => return Ok(Err(below)),
-        }
-    }
-}
-
-/// One page of the range of `options` as of `read_ts` (see [`for_each_at`]).
-fn scan_tree_at(
-    tree: &TreeRef,
-    history: &mvcc::History,
-    options: &ScanOptions,
-    read_ts: u64,
-) -> Result<Result<ScanPage, mvcc::BelowFloor>, StorageError> {
-    let mut page = ScanPage::default();
-    let mut bytes = 0usize;
-    let range = (options.start.as_slice(), options.end.as_deref());
-    let scanned = for_each_at(
-        tree,
-        history,
-        range,
-        options.reverse,
-        read_ts,
-        |key, mut versioned| {
-            // Finding one entry past the page is what tells whether more remain.
-            let budget_spent = !page.entries.is_empty() && bytes >= options.max_bytes;
-            if page.entries.len() >= options.limit || budget_spent {
-                page.more = true;
-                return ControlFlow::Break(());
-            }
-            if options.keys_only {
-                versioned.value = Vec::new();
-            }
-            bytes = bytes.saturating_add(key.len() + versioned.value.len());
-            page.entries.push((key, versioned));
-            ControlFlow::Continue(())
-        },
-    )?;
-    Ok(scanned.map(|()| page))
-}
-
-/// Counts at most `limit` keys of `[start, end)` present as of `read_ts` (see
-/// [`for_each_at`]).
-fn count_tree_at(
-    tree: &TreeRef,
-    history: &mvcc::History,
-    start: &[u8],
-    end: Option<&[u8]>,
-    limit: u64,
-    read_ts: u64,
-) -> Result<Result<CountResult, mvcc::BelowFloor>, StorageError> {
-    let mut result = CountResult::default();
-    let mut last: Option<Vec<u8>> = None;
-    let counted = for_each_at(tree, history, (start, end), false, read_ts, |key, _| {
-        if result.count >= limit {
-            result.more = true;
-            result.last_key = last.take();
-            return ControlFlow::Break(());
-        }
-        result.count += 1;
-        last = Some(key);
-        ControlFlow::Continue(())
-    })?;
-    Ok(counted.map(|()| result))
+    Ok(values)
 }
 
 #[cfg(test)]
@@ -436,6 +277,7 @@ mod tests {
 
     use super::*;
     use crate::raft::state_machine::test_support::{five_keys, keys, open, put, scan_options};
+    use crate::raft::state_machine::StateMachine;
 
     /// Forward and reverse scans honour the range and the limit, report `more` exactly when
     /// a key remains, return versions, and never reach records outside the data prefix.
@@ -526,9 +368,9 @@ mod tests {
         assert_eq!(state.count(Vec::new(), None, 100).await.expect("count").count, 6);
     }
 
-    /// The byte budget stops a page once the returned keys and values reach it, always
-    /// returns the first entry, and counts only the key for keys-only scans (which keep the
-    /// version).
+    /// The byte budget stops a page before the entry that would take its keys and values
+    /// past it, always returns the first entry, and counts only the key for keys-only scans
+    /// (which keep the version).
     #[tokio::test]
     async fn scan_byte_budget_and_keys_only() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -542,7 +384,14 @@ mod tests {
         let two = state.scan(budget(6, false)).await.expect("scan");
         assert_eq!(keys(&two), vec![&b"a"[..], b"b"]);
         assert!(two.more);
-        let three = state.scan(budget(7, false)).await.expect("scan");
+        assert_eq!(
+            two.last_key,
+            Some(b"b".to_vec()),
+            "the page resumes after its last entry"
+        );
+        let still_two = state.scan(budget(8, false)).await.expect("scan");
+        assert_eq!(still_two.entries.len(), 2, "a third entry would pass 8 bytes");
+        let three = state.scan(budget(9, false)).await.expect("scan");
         assert_eq!(three.entries.len(), 3);
         let one = state.scan(budget(1, false)).await.expect("scan");
         assert_eq!(keys(&one), vec![&b"a"[..]]);
@@ -563,6 +412,106 @@ mod tests {
                 value: Vec::new()
             }
         );
+    }
+
+    /// A page of large values stops at its byte budget (never past it, but for a lone first
+    /// entry larger than the budget) and resuming after its `last_key` reads on: every key
+    /// exactly once, in order, across pages.
+    #[tokio::test]
+    async fn pages_of_large_values_stop_at_the_budget_and_resume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let value = vec![7u8; 1000];
+        for i in 0..7u8 {
+            let key = [b'p', b'0' + i];
+            sm.apply(vec![put(u64::from(i) + 1, &key, &value, i)])
+                .await
+                .expect("apply");
+        }
+        // A key of 2 bytes + a value of 1000: two entries fit in 2500 bytes, three do not.
+        let max_bytes = 2500;
+        for reverse in [false, true] {
+            let mut seen = Vec::new();
+            let mut options = ScanOptions {
+                max_bytes,
+                reverse,
+                ..scan_options(b"p", Some(b"q"), 100)
+            };
+            let mut pages = 0;
+            loop {
+                let page = state.scan(options.clone()).await.expect("scan");
+                pages += 1;
+                let bytes: usize = page.entries.iter().map(|(k, v)| k.len() + v.value.len()).sum();
+                assert!(bytes <= max_bytes, "a page of {bytes} bytes");
+                assert!(!page.entries.is_empty());
+                seen.extend(page.entries.iter().map(|(key, _)| key.clone()));
+                if !page.more {
+                    assert_eq!(page.last_key, None);
+                    break;
+                }
+                let last = page
+                    .last_key
+                    .clone()
+                    .expect("a page with more says where it stopped");
+                assert_eq!(
+                    Some(&last),
+                    seen.last(),
+                    "a page of heads stops at its last entry"
+                );
+                if reverse {
+                    options.end = Some(last);
+                } else {
+                    options.start = [last.as_slice(), &[0]].concat();
+                }
+            }
+            let mut expected: Vec<Vec<u8>> = (0..7u8).map(|i| vec![b'p', b'0' + i]).collect();
+            if reverse {
+                expected.reverse();
+            }
+            assert_eq!(seen, expected, "every key once, in order (reverse: {reverse})");
+            assert_eq!(pages, 4, "2 + 2 + 2 + 1 entries");
+        }
+        // A value larger than the whole budget is still answered, alone.
+        let lone = state
+            .scan(ScanOptions {
+                max_bytes: 10,
+                ..scan_options(b"p", Some(b"q"), 100)
+            })
+            .await
+            .expect("scan");
+        assert_eq!(keys(&lone), vec![&b"p0"[..]]);
+        assert!(lone.more);
+    }
+
+    /// A read of many keys stops before the key whose value would take it past its byte
+    /// budget: the values of a prefix of the keys, at least one.
+    #[tokio::test]
+    async fn reads_of_many_keys_stop_at_the_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, _sm) = five_keys(dir.path()).await;
+        let all: Vec<Vec<u8>> = [&b"a"[..], b"b", b"zz", b"c"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        // a, b, c hold 1 key byte + 2 value bytes; zz is absent (2 key bytes).
+        let values = state.get_many_within(&all, 8).await.expect("read");
+        assert_eq!(values.len(), 3, "3 + 3 + 2 bytes fit in 8");
+        assert_eq!(values[2], None);
+        let two = state.get_many_within(&all, 7).await.expect("read");
+        assert_eq!(two.len(), 2);
+        let one = state.get_many_within(&all, 0).await.expect("read");
+        assert_eq!(one.len(), 1, "the first key is always answered");
+        assert_eq!(state.get_many(&all).await.expect("read").len(), 4);
+        let floor = state.history_span().0;
+        let at = state
+            .get_many_at_within(&all, floor.max(5), 7)
+            .await
+            .expect("read")
+            .expect("above the floor");
+        assert_eq!(at.len(), 2);
+        let uncommitted = state.get_many_uncommitted_within(&all, 3).await.expect("read");
+        assert_eq!(uncommitted.len(), 1);
     }
 
     /// Empty and inverted ranges, ranges holding no key, and limit 0 return no entries.

@@ -597,6 +597,58 @@ mod tests {
         );
     }
 
+    /// A read-uncommitted scan resumed after every record (holds of one record) reads what
+    /// one hold reads: heads and locks merged from the cursor on, in both directions.
+    #[tokio::test]
+    async fn uncommitted_scans_resume_between_holds() {
+        use crate::raft::state_machine::holds::HoldBudget;
+        use crate::raft::state_machine::test_support::scan_options;
+        use crate::raft::state_machine::txn_read::ScanUncommitted;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let puts: Vec<_> = (0..6u8)
+            .map(|i| put(u64::from(i) + 1, &[b'a' + i], b"1", i))
+            .collect();
+        sm.apply(puts).await.expect("put");
+        let writes: [(&[u8], Option<&[u8]>); 4] = [
+            (b"b", None),
+            (b"bb", Some(b"new")),
+            (b"d", Some(b"x")),
+            (b"z", Some(b"y")),
+        ];
+        assert_eq!(
+            apply(&mut sm, 7, prewrite(500, &writes, Some(10_000))).await,
+            TxnOutcome::Prewritten
+        );
+        let tiny = HoldBudget {
+            records: 1,
+            bytes: usize::MAX,
+        };
+        for reverse in [false, true] {
+            for limit in [1, 2, 5, 100] {
+                let options = crate::raft::state_machine::ScanOptions {
+                    reverse,
+                    ..scan_options(b"", None, limit)
+                };
+                let whole = state.scan_uncommitted(options.clone()).await.expect("scan");
+                let held = state
+                    .read_in_holds_with(ScanUncommitted::new(&options, true), tiny, || {
+                        std::future::ready(())
+                    })
+                    .await
+                    .expect("scan")
+                    .expect("latest");
+                assert_eq!(held, whole, "reverse {reverse}, limit {limit}");
+            }
+        }
+        let all = state
+            .scan_uncommitted(scan_options(b"", None, 100))
+            .await
+            .expect("scan");
+        assert_eq!(all.entries.len(), 7, "a, bb, c, d, e, f, z: b is deleted");
+    }
+
     /// Garbage collection deletes the records of rolled-back transactions and of those
     /// committed below the safe point, keeps pending ones and later commits; below the safe
     /// point a transaction without a record is forgotten (never reported rolled back) and a

@@ -1,11 +1,13 @@
 //! Reads of a shard's transaction state: provisional values (read uncommitted), the locks
 //! and the records a garbage collection visits. Each holds the apply lock for reading, like
-//! every read (`read.rs`); none checks consistency: callers do.
+//! every read (`read.rs`; a page of provisional values in holds, `holds.rs`); none checks
+//! consistency: callers do.
 
 use std::iter::Peekable;
 
+use super::holds::{Cursor, Held, PageBuilder, RangeRead, Visits};
 use super::layout::{data_bounds, lock_bounds, user_key};
-use super::read::{ScanOptions, ScanPage};
+use super::read::{read_within, ScanOptions, ScanPage};
 use super::{join_error, mvcc, txn, GroupState};
 use crate::raft::decode;
 use crate::raft::txn::{Lock, LockedKey, TxnOp};
@@ -22,30 +24,38 @@ impl GroupState {
         &self,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Versioned>>, StorageError> {
+        self.get_many_uncommitted_within(keys, usize::MAX).await
+    }
+
+    /// [`GroupState::get_many_uncommitted`] of the first of `keys` whose keys and values
+    /// fit in `max_bytes` (at least one).
+    pub async fn get_many_uncommitted_within(
+        &self,
+        keys: &[Vec<u8>],
+        max_bytes: usize,
+    ) -> Result<Vec<Option<Versioned>>, StorageError> {
         let _guard = self.apply_lock.read().await;
         let tree = self.tree();
         let may_have_locks = self.may_have_locks();
-        keys.iter()
-            .map(|key| {
-                let head = mvcc::head(&tree, key)?.map(mvcc::Head::versioned);
-                let lock = if may_have_locks {
-                    txn::lock(&tree, key)?
-                } else {
-                    None
-                };
-                let provisional = |value: Vec<u8>| Versioned { version: 0, value };
-                Ok(match lock.map(|lock| lock.op) {
-                    None => head,
-                    Some(TxnOp::Put(value)) => Some(provisional(value)),
-                    Some(TxnOp::Delete) => None,
-                    Some(TxnOp::Append(suffix)) => {
-                        let mut value = head.map(|head| head.value).unwrap_or_default();
-                        value.extend_from_slice(&suffix);
-                        Some(provisional(value))
-                    }
-                })
+        read_within(keys, max_bytes, |key| {
+            let head = mvcc::head(&tree, key)?.map(mvcc::Head::versioned);
+            let lock = if may_have_locks {
+                txn::lock(&tree, key)?
+            } else {
+                None
+            };
+            let provisional = |value: Vec<u8>| Versioned { version: 0, value };
+            Ok(match lock.map(|lock| lock.op) {
+                None => head,
+                Some(TxnOp::Put(value)) => Some(provisional(value)),
+                Some(TxnOp::Delete) => None,
+                Some(TxnOp::Append(suffix)) => {
+                    let mut value = head.map(|head| head.value).unwrap_or_default();
+                    value.extend_from_slice(&suffix);
+                    Some(provisional(value))
+                }
             })
-            .collect()
+        })
     }
 
     /// Up to `limit` locks of transactions that started below `below`, in key order, and
@@ -88,17 +98,15 @@ impl GroupState {
     /// One page of a range with provisional values (read uncommitted): the heads of the
     /// range and the locks on it merged in scan order, each locked key as its transaction
     /// would leave it (a delete hides the key, a put or an append on a key without a head
-    /// shows it). Iterates on a blocking thread under the apply lock, like every scan.
+    /// shows it). Read at one applied state in holds of the apply lock, like every scan.
     pub async fn scan_uncommitted(&self, options: ScanOptions) -> Result<ScanPage, StorageError> {
-        let guard = self.apply_lock.clone().read_owned().await;
-        let tree = self.tree();
-        let may_have_locks = self.may_have_locks();
-        tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            scan_uncommitted_tree(&tree, &options, may_have_locks)
+        let read = ScanUncommitted::new(&options, self.may_have_locks());
+        self.read_in_holds(read).await?.map_err(|below| {
+            StorageError::Engine(format!(
+                "a read of provisional values met the history floor {}",
+                below.floor
+            ))
         })
-        .await
-        .map_err(join_error)?
     }
 }
 
@@ -117,75 +125,113 @@ fn peek_key(pairs: &mut Pairs<'_>, tree: &TreeRef, data: bool) -> Result<Option<
     }
 }
 
-fn scan_uncommitted_tree(
-    tree: &TreeRef,
-    options: &ScanOptions,
+/// A page of provisional values (see [`GroupState::scan_uncommitted`]). Whether the tree
+/// may hold locks is read once: the page ends at the first apply.
+pub(super) struct ScanUncommitted {
+    cursor: Cursor,
+    page: PageBuilder,
     may_have_locks: bool,
-) -> Result<ScanPage, StorageError> {
-    let mut page = ScanPage::default();
-    let Some((lower, upper)) = data_bounds(&options.start, options.end.as_deref()) else {
-        return Ok(page);
-    };
-    let ordered = |lower, upper| -> Pairs<'_> {
-        let pairs: Box<dyn Iterator<Item = _>> = if options.reverse {
-            Box::new(tree.range_rev(lower, upper))
-        } else {
-            Box::new(tree.range(lower, upper))
+}
+
+impl ScanUncommitted {
+    pub(super) fn new(options: &ScanOptions, may_have_locks: bool) -> ScanUncommitted {
+        ScanUncommitted {
+            cursor: Cursor::new(options.start.clone(), options.end.clone(), options.reverse),
+            page: PageBuilder::new(options),
+            may_have_locks,
+        }
+    }
+}
+
+impl RangeRead for ScanUncommitted {
+    type Answer = ScanPage;
+
+    fn read_ts(&self) -> Option<u64> {
+        None
+    }
+
+    fn hold(
+        &mut self,
+        tree: &TreeRef,
+        _history: Option<&mvcc::History>,
+        visits: &mut Visits,
+    ) -> Result<Result<Held, mvcc::BelowFloor>, StorageError> {
+        let (start, end) = (self.cursor.start.clone(), self.cursor.end.clone());
+        let Some((lower, upper)) = data_bounds(&start, end.as_deref()) else {
+            return Ok(Ok(Held::Done));
         };
-        pairs.peekable()
-    };
-    let mut heads = ordered(lower, upper);
-    let mut locks = match lock_bounds(&options.start, options.end.as_deref()).filter(|_| may_have_locks) {
-        Some((lower, upper)) => ordered(lower, upper),
-        None => (Box::new(std::iter::empty()) as Box<dyn Iterator<Item = _> + '_>).peekable(),
-    };
-    let before = |a: &[u8], b: &[u8]| if options.reverse { a > b } else { a < b };
-    let mut bytes = 0usize;
-    loop {
-        let head_key = peek_key(&mut heads, tree, true)?;
-        let lock_key = peek_key(&mut locks, tree, false)?;
-        // Which comes next in scan order: the head, the lock, or both (the same key).
-        let (take_head, take_lock) = match (&head_key, &lock_key) {
-            (None, None) => return Ok(page),
-            (Some(head), Some(lock)) if head == lock => (true, true),
-            (Some(head), Some(lock)) => (before(head, lock), !before(head, lock)),
-            (Some(_), None) => (true, false),
-            (None, Some(_)) => (false, true),
+        let reverse = self.cursor.reverse;
+        let ordered = |lower, upper| -> Pairs<'_> {
+            let pairs: Box<dyn Iterator<Item = _>> = if reverse {
+                Box::new(tree.range_rev(lower, upper))
+            } else {
+                Box::new(tree.range(lower, upper))
+            };
+            pairs.peekable()
         };
-        let key = if take_head { head_key } else { lock_key }.unwrap_or_default();
-        let head = if take_head {
-            heads.next().transpose()?.map(|(_, value)| value)
-        } else {
-            None
+        let mut heads = ordered(lower, upper);
+        let mut locks = match lock_bounds(&start, end.as_deref()).filter(|_| self.may_have_locks) {
+            Some((lower, upper)) => ordered(lower, upper),
+            None => (Box::new(std::iter::empty()) as Box<dyn Iterator<Item = _> + '_>).peekable(),
         };
-        let lock = if take_lock {
-            locks.next().transpose()?.map(|(_, value)| value)
-        } else {
-            None
-        };
-        let head = head
-            .map(|bytes| mvcc::decode_head(tree.name(), &bytes))
-            .transpose()?;
-        let versioned = match lock {
-            None => head.map(mvcc::Head::versioned),
-            Some(bytes) => {
-                let lock: Lock = decode(tree.name(), &bytes)?;
-                txn::committed_value(lock.op, head.as_ref()).map(|value| Versioned { version: 0, value })
+        let before = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
+        let mut last: Option<Vec<u8>> = None;
+        let held = loop {
+            let head_key = peek_key(&mut heads, tree, true)?;
+            let lock_key = peek_key(&mut locks, tree, false)?;
+            // Which comes next in scan order: the head, the lock, or both (the same key).
+            let (take_head, take_lock) = match (&head_key, &lock_key) {
+                (None, None) => break Held::Done,
+                (Some(head), Some(lock)) if head == lock => (true, true),
+                (Some(head), Some(lock)) => (before(head, lock), !before(head, lock)),
+                (Some(_), None) => (true, false),
+                (None, Some(_)) => (false, true),
+            };
+            if !visits.allow_another() {
+                break Held::Paused;
             }
+            let key = if take_head { head_key } else { lock_key }.unwrap_or_default();
+            let head = if take_head {
+                heads.next().transpose()?.map(|(_, value)| value)
+            } else {
+                None
+            };
+            let lock = if take_lock {
+                locks.next().transpose()?.map(|(_, value)| value)
+            } else {
+                None
+            };
+            let record_bytes = head.as_ref().map_or(0, Vec::len) + lock.as_ref().map_or(0, Vec::len);
+            visits.visit(key.len() + record_bytes);
+            let head = head
+                .map(|bytes| mvcc::decode_head(tree.name(), &bytes))
+                .transpose()?;
+            let versioned = match lock {
+                None => head.map(mvcc::Head::versioned),
+                Some(bytes) => {
+                    let lock: Lock = decode(tree.name(), &bytes)?;
+                    txn::committed_value(lock.op, head.as_ref()).map(|value| Versioned { version: 0, value })
+                }
+            };
+            // Finding one entry past the page is what tells whether more remain.
+            if let Some(versioned) = versioned {
+                if !self.page.offer(&key, versioned) {
+                    break Held::Done;
+                }
+            }
+            last = Some(key);
         };
-        let Some(mut versioned) = versioned else {
-            continue;
-        };
-        // Finding one entry past the page is what tells whether more remain.
-        let budget_spent = !page.entries.is_empty() && bytes >= options.max_bytes;
-        if page.entries.len() >= options.limit || budget_spent {
-            page.more = true;
-            return Ok(page);
+        if let Some(last) = last {
+            self.cursor.pass(&last);
         }
-        if options.keys_only {
-            versioned.value = Vec::new();
-        }
-        bytes = bytes.saturating_add(key.len() + versioned.value.len());
-        page.entries.push((key, versioned));
+        Ok(Ok(held))
+    }
+
+    fn cut(&mut self) {
+        self.page.cut();
+    }
+
+    fn answer(self) -> ScanPage {
+        self.page.finish(&self.cursor)
     }
 }

@@ -10,8 +10,8 @@ pub(super) const MAX_PAGE_LIMIT: u32 = 10_000;
 pub(super) const DEFAULT_COUNT_LIMIT: u64 = 100_000;
 /// Most keys counted by one count call (larger limits are lowered to it).
 pub(super) const MAX_COUNT_LIMIT: u64 = 1_000_000;
-/// Key + value bytes of one scan page when the request leaves `max_bytes` at 0.
-const DEFAULT_SCAN_BYTES: usize = 4 << 20;
+/// Key + value bytes of one scan page or read when the request leaves `max_bytes` at 0.
+const DEFAULT_REPLY_BYTES: usize = 4 << 20;
 
 /// Checks the bounds of a range `[start, end)` (empty end = no upper bound) and returns the
 /// end as an option. `start == end` is a valid, empty range.
@@ -73,11 +73,12 @@ pub(super) fn count_limit(limit: u64) -> u64 {
     }
 }
 
-/// The byte budget of one scan page: 0 means the default; capped at half a message so a
-/// page (which may overshoot by its last entry) still fits in a reply.
-pub(super) fn scan_max_bytes(max_bytes: u64, max_message_bytes: usize) -> usize {
+/// The byte budget of one scan page or read: 0 means the default; capped at half a message,
+/// so a reply within it (or holding one entry, at most a maximal key and value, which a
+/// valid config fits in a message) leaves room for its encoding and other fields.
+pub(super) fn reply_max_bytes(max_bytes: u64, max_message_bytes: usize) -> usize {
     let requested = match max_bytes {
-        0 => DEFAULT_SCAN_BYTES,
+        0 => DEFAULT_REPLY_BYTES,
         bytes => usize::try_from(bytes).unwrap_or(usize::MAX),
     };
     requested.min(max_message_bytes / 2)
