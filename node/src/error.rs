@@ -32,6 +32,10 @@ pub enum NodeError {
     ClusterMismatch { ours: String, theirs: String },
     #[error("cluster already initialised differently: {0}")]
     AlreadyInitialized(String),
+    /// Init found a member that would make it take effect on some nodes only, or mint a
+    /// cluster beside an existing one; nothing was recorded anywhere.
+    #[error("init refused, nothing was changed: {0}")]
+    InitRefused(String),
     #[error("timed out after {timeout_ms} ms waiting for {what}")]
     Timeout {
         what: String,
@@ -141,6 +145,7 @@ impl NodeError {
                 theirs: theirs.clone(),
             },
             NodeError::AlreadyInitialized(msg) => NodeError::AlreadyInitialized(msg.clone()),
+            NodeError::InitRefused(msg) => NodeError::InitRefused(msg.clone()),
             NodeError::Timeout {
                 what,
                 timeout_ms,
@@ -204,6 +209,7 @@ impl NodeError {
             | NodeError::NotInitialized
             | NodeError::ClusterMismatch { .. }
             | NodeError::AlreadyInitialized(_)
+            | NodeError::InitRefused(_)
             | NodeError::WrongNode { .. }
             | NodeError::Malformed { .. }
             | NodeError::RingChangeRejected(_)

@@ -14,6 +14,7 @@ use ringkv_proto::{metadata, v1};
 use tonic::transport::Channel;
 
 use crate::error::NodeError;
+use crate::node::MemberStanding;
 use crate::raft::network::{envelope, Transport};
 use crate::raft::types::{Command, CommandResult, GroupId, NodeId};
 
@@ -78,6 +79,45 @@ impl Peers {
         request
     }
 
+    /// Asks `peer` where it stands (its recorded cluster, whether it is initialised), recording
+    /// nothing. One that cannot be reached, or answers for another node, is a peer failure.
+    pub async fn probe(&self, peer: Peer<'_>) -> Result<MemberStanding, NodeError> {
+        let probe = v1::JoinClusterRequest {
+            cluster_id: String::new(),
+            node_id: peer.node,
+            probe: true,
+        };
+        match self
+            .raft(peer)?
+            .join_cluster(self.request(probe, self.rpc_timeout))
+            .await
+        {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                Ok(MemberStanding {
+                    cluster_id: Some(answer.cluster_id).filter(|id| !id.is_empty()),
+                    initialized: answer.initialized,
+                    system_group_started: answer.system_group_started,
+                })
+            }
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    || status.code() == tonic::Code::InvalidArgument =>
+            {
+                Err(NodeError::InvalidArgument(format!(
+                    "node {} at {} refused to say where it stands: {}",
+                    peer.node,
+                    peer.addr,
+                    status.message()
+                )))
+            }
+            Err(status) => Err(peer.failed(format!(
+                "cannot ask the node where it stands: {}",
+                status.message()
+            ))),
+        }
+    }
+
     /// Asks `peer` to record `cluster_id` as its cluster. A peer that refuses (it belongs to
     /// another cluster, or is another node) is a bad request (`InvalidArgument`); one that
     /// cannot be reached is a peer failure.
@@ -85,6 +125,7 @@ impl Peers {
         let join = v1::JoinClusterRequest {
             cluster_id: cluster_id.to_string(),
             node_id: peer.node,
+            probe: false,
         };
         match self
             .raft(peer)?

@@ -10,6 +10,17 @@
 //! Every node applies the config and the reconciler (`reconcile/`) creates the groups of the
 //! shards it hosts; a shard's first replica in ring order initialises the shard group.
 //! Each step is idempotent, so init can be repeated after a crash or on restart.
+//!
+//! Before step 1 the bootstrapping node asks every member where it stands (a `JoinCluster`
+//! probe, which records nothing) and decides from all the answers ([`plan_init`]) — so init
+//! takes effect on every member or on none. It is refused, with nothing recorded anywhere,
+//! when a member cannot be reached, when members carry different cluster ids, when a member
+//! belongs to an initialised cluster this node is not part of (init never mints a cluster
+//! beside an existing one), and when a member has an empty data directory although the
+//! system group was already started (a node that lost its data must not come back as a
+//! voter without its log and vote; it is added again under a new id). A member that
+//! recorded the id of an init that crashed before it committed is reused: the id is
+//! adopted, so a repeated init completes the first.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError};
@@ -70,7 +81,108 @@ pub fn check_identity(catalog: &TreeRef, config: &NodeConfig) -> Result<Option<S
     Ok(cluster_id)
 }
 
+/// Where a member stands before init: the answer to a `JoinCluster` probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberStanding {
+    /// The cluster id it has recorded.
+    pub cluster_id: Option<String>,
+    /// Whether it has applied a committed cluster configuration.
+    pub initialized: bool,
+    /// Whether its system group has a membership (Raft state).
+    pub system_group_started: bool,
+}
+
+/// Decides an init from where this node (`ours`, not initialised) and every other member
+/// stand: the cluster id to use (`None`: mint one), or why init must not touch any node.
+pub fn plan_init(
+    self_id: NodeId,
+    ours: &MemberStanding,
+    others: &[(NodeId, MemberStanding)],
+) -> Result<Option<String>, NodeError> {
+    let everyone: Vec<(NodeId, &MemberStanding)> = std::iter::once((self_id, ours))
+        .chain(others.iter().map(|(node, standing)| (*node, standing)))
+        .collect();
+    for (node, standing) in &everyone {
+        if standing.initialized && standing.cluster_id != ours.cluster_id {
+            return Err(NodeError::InitRefused(format!(
+                "node {node} already belongs to the initialised cluster {}, which node \
+                 {self_id} is not part of; init never creates a cluster beside an existing one \
+                 (a node that lost its data is added back with `kvctl node add` under a new \
+                 node id)",
+                standing.cluster_id.as_deref().unwrap_or("?")
+            )));
+        }
+    }
+    let mut recorded: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+    for (node, standing) in &everyone {
+        if let Some(cluster_id) = &standing.cluster_id {
+            recorded.entry(cluster_id.as_str()).or_default().push(*node);
+        }
+    }
+    if recorded.len() > 1 {
+        let described: Vec<String> = recorded
+            .iter()
+            .map(|(cluster_id, nodes)| format!("nodes {nodes:?} in cluster {cluster_id}"))
+            .collect();
+        return Err(NodeError::InitRefused(format!(
+            "the members belong to different clusters: {}",
+            described.join(", ")
+        )));
+    }
+    let cluster_id = recorded.keys().next().map(|cluster_id| cluster_id.to_string());
+    let started = everyone.iter().any(|(_, standing)| standing.system_group_started);
+    if started {
+        let empty: Vec<NodeId> = everyone
+            .iter()
+            .filter(|(_, standing)| standing.cluster_id.is_none())
+            .map(|(node, _)| *node)
+            .collect();
+        if !empty.is_empty() {
+            return Err(NodeError::InitRefused(format!(
+                "nodes {empty:?} have empty data directories, but the system group of cluster \
+                 {} was already started with them as voters: they lost their data and must not \
+                 vote again without their log; start each under a new node id and add it with \
+                 `kvctl node add`",
+                cluster_id.as_deref().unwrap_or("?")
+            )));
+        }
+    }
+    Ok(cluster_id)
+}
+
 impl Node {
+    /// Where this node stands, as a `JoinCluster` probe answers.
+    pub fn standing(&self) -> MemberStanding {
+        let system_group_started = {
+            let metrics = self.inner.system.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.voter_ids().next().is_some()
+        };
+        MemberStanding {
+            cluster_id: self.cluster_id(),
+            initialized: self.watch_cluster().borrow().is_some(),
+            system_group_started,
+        }
+    }
+
+    /// Asks every member but this node where it stands, all at once.
+    async fn probe_members(
+        &self,
+        members: &[RingMember],
+    ) -> Result<Vec<(NodeId, MemberStanding)>, NodeError> {
+        let probes = members
+            .iter()
+            .filter(|member| member.node_id != self.node_id())
+            .map(|member| async move {
+                let peer = Peer {
+                    node: member.node_id,
+                    addr: &member.addr,
+                };
+                Ok::<_, NodeError>((member.node_id, self.peers().probe(peer).await?))
+            });
+        futures::future::join_all(probes).await.into_iter().collect()
+    }
+
     /// Records `cluster_id` as this node's cluster (first time only, durably).
     pub fn join_cluster(&self, cluster_id: &str) -> Result<(), NodeError> {
         if cluster_id.is_empty() {
@@ -150,14 +262,12 @@ impl Node {
                 )))
             };
         }
-        let cluster_id = match self.cluster_id() {
+        let standings = self.probe_members(&members).await?;
+        let cluster_id = match plan_init(self.node_id(), &self.standing(), &standings)? {
             Some(cluster_id) => cluster_id,
-            None => {
-                let cluster_id = format!("{:032x}", rand::random::<u128>());
-                self.join_cluster(&cluster_id)?;
-                cluster_id
-            }
+            None => format!("{:032x}", rand::random::<u128>()),
         };
+        self.join_cluster(&cluster_id)?;
         info!(%cluster_id, members = members.len(), shards = request.shards, "initialising cluster");
         for member in members.iter().filter(|m| m.node_id != self.node_id()) {
             let peer = Peer {
@@ -372,6 +482,101 @@ pub fn ring_info(config: &ClusterConfig) -> v1::RingInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stands(cluster_id: Option<&str>, initialized: bool, started: bool) -> MemberStanding {
+        MemberStanding {
+            cluster_id: cluster_id.map(str::to_string),
+            initialized,
+            system_group_started: started,
+        }
+    }
+
+    /// Init's decision from every member's standing: the id to use, or a refusal naming why
+    /// (the case's index in every assertion).
+    #[test]
+    fn init_takes_effect_everywhere_or_nowhere() {
+        let empty = stands(None, false, false);
+        let partial = stands(Some("c1"), false, false);
+        let partial_started = stands(Some("c1"), false, true);
+        let initialised = stands(Some("c1"), true, true);
+        let other = stands(Some("c2"), false, false);
+        // (ours, others, expected id or the refusal's tell-tale words)
+        type Case = (
+            MemberStanding,
+            Vec<MemberStanding>,
+            Result<Option<&'static str>, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            // Fresh: mint.
+            (empty.clone(), vec![empty.clone(), empty.clone()], Ok(None)),
+            // An init that crashed after recording its id somewhere: adopt it.
+            (
+                empty.clone(),
+                vec![partial.clone(), empty.clone()],
+                Ok(Some("c1")),
+            ),
+            (
+                partial.clone(),
+                vec![partial.clone(), empty.clone()],
+                Ok(Some("c1")),
+            ),
+            // Crashed after the system group started, every member still whole: complete it.
+            (
+                partial_started.clone(),
+                vec![partial.clone(), partial.clone()],
+                Ok(Some("c1")),
+            ),
+            // Another member already applied the committed config of our own id: go on.
+            (
+                partial_started.clone(),
+                vec![initialised.clone(), partial.clone()],
+                Ok(Some("c1")),
+            ),
+            // Two members lost their data, one still holds the initialised cluster (defect 14).
+            (
+                empty.clone(),
+                vec![empty.clone(), initialised.clone()],
+                Err("already belongs"),
+            ),
+            // Members of two clusters.
+            (
+                partial.clone(),
+                vec![other.clone(), empty.clone()],
+                Err("different clusters"),
+            ),
+            (
+                empty.clone(),
+                vec![partial.clone(), other.clone()],
+                Err("different clusters"),
+            ),
+            // The system group started, and a member came back empty (defect 8).
+            (
+                partial_started.clone(),
+                vec![empty.clone(), partial.clone()],
+                Err("lost their data"),
+            ),
+            (
+                partial.clone(),
+                vec![partial_started.clone(), empty.clone()],
+                Err("lost their data"),
+            ),
+        ];
+        for (index, (ours, others, expected)) in cases.into_iter().enumerate() {
+            let others: Vec<(NodeId, MemberStanding)> = others
+                .into_iter()
+                .enumerate()
+                .map(|(i, standing)| (i as NodeId + 2, standing))
+                .collect();
+            let planned = plan_init(1, &ours, &others);
+            match (planned, expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got.as_deref(), want, "case {index}"),
+                (Err(NodeError::InitRefused(message)), Err(words)) => {
+                    assert!(message.contains(words), "case {index}: {message}")
+                }
+                (got, want) => panic!("case {index}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     fn request(nodes: &[(u64, &str)], rf: u32) -> v1::InitClusterRequest {
         v1::InitClusterRequest {

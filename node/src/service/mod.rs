@@ -29,6 +29,7 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         NodeError::WrongShard { .. }
         | NodeError::ClusterMismatch { .. }
         | NodeError::AlreadyInitialized(_)
+        | NodeError::InitRefused(_)
         | NodeError::WrongNode { .. }
         | NodeError::CampaignRefused(_) => Code::FailedPrecondition,
         // Final (the router does not retry it): the caller needs a newer timestamp.

@@ -126,10 +126,18 @@ impl RaftRpc for RaftService {
             };
             return Err(status(wrong, false));
         }
+        if request.probe {
+            let standing = self.node.standing();
+            return Ok(Response::new(v1::JoinClusterResponse {
+                cluster_id: standing.cluster_id.unwrap_or_default(),
+                initialized: standing.initialized,
+                system_group_started: standing.system_group_started,
+            }));
+        }
         self.node
             .join_cluster(&request.cluster_id)
             .map_err(|err| status(err, false))?;
-        Ok(Response::new(v1::JoinClusterResponse {}))
+        Ok(Response::new(v1::JoinClusterResponse::default()))
     }
 
     async fn campaign(
