@@ -109,12 +109,14 @@ async fn transactions_commit_atomically_and_conflicts_abort() -> anyhow::Result<
     Ok(())
 }
 
-/// `kvctl txn` reads a script from stdin, runs it as one transaction and prints each line's
-/// result as JSON; a bad line is a usage error (exit 64) and nothing is written.
+/// `kvctl txn` reads a script from stdin (lines or JSON), runs it as one transaction and
+/// prints each line's result as JSON; a bad line is a usage error (exit 64) and nothing is
+/// written. `--interactive` runs each line as it comes: reads see the transaction's own
+/// writes, a mistyped line is skipped, `rollback` leaves nothing behind.
 async fn kvctl_runs_a_script(cluster: &Cluster, client: &Client) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
     let router = cluster.router_addr.clone().context("the router's address")?;
-    let run = |script: &'static str| {
+    let run_with = |extra: &'static [&'static str], script: &'static str| {
         let router = router.clone();
         async move {
             let mut child = tokio::process::Command::new(ringkv_tests::bin_dir()?.join("kvctl"))
@@ -127,6 +129,7 @@ async fn kvctl_runs_a_script(cluster: &Cluster, client: &Client) -> anyhow::Resu
                     "--isolation",
                     "read-committed",
                 ])
+                .args(extra)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -139,6 +142,7 @@ async fn kvctl_runs_a_script(cluster: &Cluster, client: &Client) -> anyhow::Resu
             anyhow::Ok(child.wait_with_output().await?)
         }
     };
+    let run = |script: &'static str| run_with(&[], script);
     let output = run("put cli/a 1\nput cli/b two words\nget cli/b\ndel cli/c\n").await?;
     assert!(
         output.status.success(),
@@ -158,6 +162,55 @@ async fn kvctl_runs_a_script(cluster: &Cluster, client: &Client) -> anyhow::Resu
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("line 2"));
     assert_eq!(client.get(b"cli/a").await?.map(|v| v.value), Some(b"1".to_vec()));
+
+    let output = run(r#"[{"op": "put", "key": "cli/json", "value": "from json"},
+                         {"op": "get", "key": "cli/json"}]"#)
+    .await?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(printed["ops"][1]["value"], "from json", "{printed}");
+    assert_eq!(
+        client.get(b"cli/json").await?.map(|v| v.value),
+        Some(b"from json".to_vec())
+    );
+
+    let output = run_with(
+        &["--interactive"],
+        "put cli/i typed\nget cli/i\nfrob\nget cli/a\ncommit\n",
+    )
+    .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("unknown operation"), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[1]["value"], "typed", "its own write: {lines:?}");
+    assert_eq!(lines[2]["value"], "1", "{lines:?}");
+    assert!(lines[3]["commit_ts"].as_u64().is_some(), "{lines:?}");
+    assert_eq!(
+        client.get(b"cli/i").await?.map(|v| v.value),
+        Some(b"typed".to_vec())
+    );
+
+    let output = run_with(&["--interactive"], "put cli/r gone\nrollback\nput cli/r later\n").await?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("rolled_back"));
+    assert_eq!(
+        client.get(b"cli/r").await?,
+        None,
+        "a rolled back write is not there"
+    );
     Ok(())
 }
 
