@@ -11,7 +11,9 @@
 //!   group counts it (and, if reachable, it reports no replicas left);
 //! - **dead nodes**: a member neither this leader's status polls nor gossip (through any
 //!   peer) heard from for `dead_node_timeout_ms` is declared `dead` — one at a time, never below RF token owners — so its replicas are
-//!   re-created elsewhere.
+//!   re-created elsewhere. Only answers carrying this cluster's id count: a member that
+//!   restarted with an empty data directory answers without it, and is declared dead like
+//!   an unreachable one (gossip likewise only hears members of this cluster).
 //!
 //! - **leader balance** (`balance_leaders`): once no ring change is pending and every shard
 //!   is settled, one shard leadership per pass moves from the node leading most to a voter
@@ -398,6 +400,18 @@ async fn poll_members(node: &Node, config: &ClusterConfig) -> Vec<v1::NodeStatus
                 addr: &addr,
             };
             match node.peers().status(peer).await {
+                // A member that answers without this cluster's id lost its data directory
+                // (or is another cluster's node at the address): it is not this member
+                // alive, so it is not heard, and the timeout declares it dead.
+                Ok(status) if status.node_id == node_id && status.cluster_id != config.cluster_id => {
+                    warn!(
+                        node_id,
+                        %addr,
+                        answered_cluster = %status.cluster_id,
+                        "a member answers without this cluster's id (its data directory was lost?): not counted as alive"
+                    );
+                    None
+                }
                 Ok(status) if status.node_id == node_id => Some(status),
                 Ok(status) => {
                     warn!(expected = node_id, found = status.node_id, %addr, "a different node answers at a member's address");

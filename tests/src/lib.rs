@@ -128,6 +128,12 @@ impl Cluster {
 
     /// Starts (or restarts) node `id`; waits until it listens.
     pub async fn start_node(&mut self, id: u64) -> Result<String> {
+        self.start_node_listening(id, "127.0.0.1:0").await
+    }
+
+    /// Starts (or restarts) node `id` listening on `listen` (port 0: the recorded port, or a
+    /// free one); waits until it listens.
+    pub async fn start_node_listening(&mut self, id: u64, listen: &str) -> Result<String> {
         let data_dir = self.dir.path().join(format!("node-{id}"));
         std::fs::create_dir_all(&data_dir)?;
         let addr_file = data_dir.join("addr");
@@ -135,7 +141,7 @@ impl Cluster {
         let process = Launch::new(format!("node {id}"), binaries()?.node)
             .arg("--node-id")
             .arg(id.to_string())
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(&data_dir)
             .arg("--addr-file")
             .arg(&addr_file)

@@ -486,3 +486,44 @@ async fn dead_node_is_replaced_and_cleans_up_on_return() -> Result<()> {
     check_readable(&client, &acked).await?;
     Ok(())
 }
+
+/// A node that restarts at its old address with an empty data directory (a lost disk) is
+/// not the member it was: it answers status polls without the cluster's id, so it is declared
+/// dead like an unreachable node and its replicas are re-created on the others — instead of
+/// being counted alive forever while every shard it held stays under-replicated (issue 14,
+/// defect 13). It stays outside the cluster (no Raft traffic before it records a cluster id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_is_declared_dead_and_replaced() -> Result<()> {
+    let mut cluster = Cluster::start(options(4, &["--dead-node-timeout-ms", "3000"])).await?;
+    let client = cluster.client().await?;
+    let mut acked = BTreeMap::new();
+    for i in 0..100 {
+        let key = format!("lost{i}").into_bytes();
+        let version = client.put(&key, b"v".to_vec()).await?;
+        acked.insert(key, (b"v".to_vec(), version));
+    }
+    let addr = cluster.node_addr(3)?;
+    cluster.stop_node(3).await?;
+    std::fs::remove_dir_all(&cluster.nodes[&3].data_dir)?;
+    cluster.start_node_listening(3, &addr).await?;
+    assert_eq!(
+        cluster.node_status(3).await?.cluster_id,
+        "",
+        "the wiped node has no cluster"
+    );
+
+    wait_until("node 3 declared dead", REBALANCE_WAIT, || async {
+        (member_state(&cluster, 1, 3).await == Some(v1::MemberState::Dead)).then_some(())
+    })
+    .await?;
+    wait_settled(&cluster, &client, &[1, 2, 4]).await?;
+    check_readable(&client, &acked).await?;
+    let status = cluster.node_status(3).await?;
+    assert_eq!(status.cluster_id, "", "the wiped node was not let back in");
+    assert!(
+        status.replicas.iter().all(|replica| replica.shard_id.is_none()),
+        "the wiped node hosts no shard: {:?}",
+        status.replicas
+    );
+    Ok(())
+}
