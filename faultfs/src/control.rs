@@ -3,8 +3,8 @@
 //!
 //! A unix stream socket at `<MOUNTPOINT>.faultfs.sock` (next to the mountpoint, not inside it, so
 //! the served directory shows nothing extra) unless `--control-socket` says otherwise. Protocol:
-//! one request line (`drop-unsynced` or `stats`), one JSON answer line ([`Answer`]), then the server
-//! closes the connection. Requests are served one at a time.
+//! one request line (`drop-unsynced`, `stats`, `fail-syncs` or `heal-syncs`), one JSON answer line
+//! ([`Answer`]), then the server closes the connection. Requests are served one at a time.
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Write};
@@ -34,6 +34,10 @@ pub enum Request {
     DropUnsynced,
     /// Report the counters only.
     Stats,
+    /// Make file syncs fail with `EIO` from now on, then report.
+    FailSyncs,
+    /// Make file syncs work again, then report.
+    HealSyncs,
 }
 
 impl Request {
@@ -41,6 +45,8 @@ impl Request {
         match self {
             Request::DropUnsynced => "drop-unsynced",
             Request::Stats => "stats",
+            Request::FailSyncs => "fail-syncs",
+            Request::HealSyncs => "heal-syncs",
         }
     }
 
@@ -48,6 +54,8 @@ impl Request {
         match line.trim() {
             "drop-unsynced" => Some(Request::DropUnsynced),
             "stats" => Some(Request::Stats),
+            "fail-syncs" => Some(Request::FailSyncs),
+            "heal-syncs" => Some(Request::HealSyncs),
             _ => None,
         }
     }
@@ -185,9 +193,14 @@ fn answer(stream: UnixStream, control: &Control) -> io::Result<()> {
         warn!(request = line.trim(), "unknown control request");
         return writeln!(
             writer,
-            "{{\"error\":\"unknown request; expected drop-unsynced or stats\"}}"
+            "{{\"error\":\"unknown request; expected drop-unsynced, stats, fail-syncs or heal-syncs\"}}"
         );
     };
+    match request {
+        Request::FailSyncs => control.fail_syncs(true),
+        Request::HealSyncs => control.fail_syncs(false),
+        Request::DropUnsynced | Request::Stats => {}
+    }
     let dropped = (request == Request::DropUnsynced).then(|| control.drop_unsynced());
     let answer = Answer {
         dropped,

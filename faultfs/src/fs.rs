@@ -106,6 +106,8 @@ pub(crate) struct State {
     dirs: HashMap<u64, DirHandle>,
     next_fh: u64,
     stats: Stats,
+    /// File syncs fail with `EIO` (a failing disk) while set.
+    fail_syncs: bool,
 }
 
 impl State {
@@ -124,6 +126,7 @@ impl State {
             dirs: HashMap::new(),
             next_fh: 1,
             stats: Stats::default(),
+            fail_syncs: false,
         }
     }
 
@@ -411,6 +414,15 @@ impl State {
         }
         let (_, file) = self.files.get(&fh).ok_or(Errno::EBADF)?;
         let node = self.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        if self.fail_syncs {
+            // What a failing disk does under Linux at worst: the sync reports EIO and the
+            // dirty pages are gone, so a later sync finds nothing left to write and succeeds.
+            if let Some(layer) = node.layer.take() {
+                self.stats.dropped_bytes += layer.volatile_bytes();
+            }
+            self.stats.failed_syncs += 1;
+            return Err(Errno::EIO);
+        }
         if let Some(layer) = node.layer.take() {
             let plan = layer.clone().sync_plan();
             let written = plan.written_bytes();
@@ -551,8 +563,14 @@ impl State {
         report
     }
 
+    /// Makes file syncs fail with `EIO` (losing their unsynced data), or work again.
+    pub(crate) fn set_fail_syncs(&mut self, fail: bool) {
+        self.fail_syncs = fail;
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.stats.clone();
+        stats.syncs_failing = self.fail_syncs;
         let layers = self.nodes.values().filter_map(|n| n.layer.as_ref());
         for layer in layers.filter(|layer| layer.is_dirty()) {
             stats.volatile_files += 1;

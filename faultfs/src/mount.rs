@@ -48,6 +48,12 @@ impl Control {
     pub fn stats(&self) -> Stats {
         lock(&self.state).stats()
     }
+
+    /// From now on every file `fsync`/`fdatasync` fails with `EIO` and loses the file's
+    /// unsynced data (a failing disk, as Linux reports it at worst); `false` heals.
+    pub fn fail_syncs(&self, fail: bool) {
+        lock(&self.state).set_fail_syncs(fail);
+    }
 }
 
 /// A mounted fault filesystem. Dropping it unmounts (best effort); prefer [`FaultMount::unmount`],

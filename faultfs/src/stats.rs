@@ -26,6 +26,12 @@ pub struct Stats {
     pub volatile_bytes: u64,
     /// Files that now have unsynced changes (data or size).
     pub volatile_files: u64,
+    /// File syncs answered `EIO` while syncs were failing (their unsynced data was lost).
+    #[serde(default)]
+    pub failed_syncs: u64,
+    /// Whether file syncs fail now ([`crate::Control::fail_syncs`]).
+    #[serde(default)]
+    pub syncs_failing: bool,
 }
 
 /// What one drop threw away.

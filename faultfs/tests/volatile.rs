@@ -214,3 +214,28 @@ fn file_replaced_behind_the_mount_does_not_inherit_unsynced_data() {
     fs::write(fx.backing.join("f"), b"replacement").unwrap();
     assert_eq!(read(&fx.mnt.join("f")), b"replacement");
 }
+
+/// While syncs fail, an fdatasync answers EIO and the file's unsynced bytes are lost (a later
+/// successful sync cannot bring them back: Linux's worst case); after healing, syncs work.
+#[test]
+fn failing_syncs_answer_eio_and_lose_the_unsynced_data() {
+    let Some(fx) = Fixture::mount("failing_syncs_answer_eio_and_lose_the_unsynced_data") else {
+        return;
+    };
+    let path = fx.mnt.join("wal");
+    let mut file = File::create(&path).unwrap();
+    file.write_all(b"AAAA").unwrap();
+    file.sync_data().unwrap();
+    file.write_all(b"BBBB").unwrap();
+    fx.control().fail_syncs(true);
+    assert!(fx.control().stats().syncs_failing);
+    let failed = file.sync_data().expect_err("a sync of a failing disk must fail");
+    assert_eq!(failed.raw_os_error(), Some(libc::EIO), "{failed}");
+    fx.control().fail_syncs(false);
+    file.sync_data().expect("healed");
+    assert_eq!(read(&path), b"AAAA", "the bytes of the failed sync are gone");
+    drop(file);
+    let stats = fx.control().stats();
+    assert_eq!((stats.failed_syncs, stats.dropped_bytes), (1, 4));
+    assert!(!stats.syncs_failing);
+}

@@ -372,6 +372,34 @@ impl Cluster {
         ))
     }
 
+    /// Makes node `id`'s file syncs fail with `EIO` (losing their unsynced data), or heals
+    /// them.
+    pub fn fail_syncs(&mut self, id: usize, fail: bool) -> Result<()> {
+        let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let disk = node
+            .disk
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {id} has no faultfs mount (run with a disk nemesis)"))?;
+        disk.control().fail_syncs(fail);
+        Ok(())
+    }
+
+    /// Reaps node `id` if its process has exited by itself; its exit code (`None` inside when
+    /// killed by a signal). `None`: not running, or still running.
+    pub fn reap_node(&mut self, id: usize) -> Result<Option<Option<i32>>> {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            bail!("no node {id}");
+        };
+        let Some(process) = node.process.as_mut() else {
+            return Ok(None);
+        };
+        let Some(status) = process.try_wait().context("checking the node's process")? else {
+            return Ok(None);
+        };
+        node.process = None;
+        Ok(Some(status.code()))
+    }
+
     /// Each node's disk counters (fsyncs, fdatasyncs, bytes dropped), for the summary.
     pub fn disk_stats(&self) -> Vec<(usize, ringkv_faultfs::Stats)> {
         self.nodes

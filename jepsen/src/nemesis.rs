@@ -69,6 +69,14 @@ pub enum NemesisKind {
     LoseUnsyncedMinority,
     /// A power cut of every node at once.
     LoseUnsyncedAll,
+    /// One node's disk starts failing: every fsync/fdatasync answers `EIO` and loses the
+    /// file's unsynced data (its data directory is a `ringkv-faultfs` mount). The node must
+    /// stop by itself (fail-stop, exit code 74) at its next sync; healed: the disk works
+    /// again and the node is restarted (killed first, as a crash, if it was still running).
+    FailSyncsOne,
+    /// The disks of a majority fail at once: the cluster must stop acknowledging rather
+    /// than acknowledge what no quorum holds.
+    FailSyncsMajority,
     /// `kill -9` one router (its clients fail over to the others, or wait when it is the
     /// only one), restarted on its old address at heal. A router keeps nothing: a commit it
     /// was coordinating is left to readers.
@@ -103,7 +111,11 @@ impl NemesisKind {
     pub fn needs_disk_faults(self) -> bool {
         matches!(
             self,
-            NemesisKind::LoseUnsyncedOne | NemesisKind::LoseUnsyncedMinority | NemesisKind::LoseUnsyncedAll
+            NemesisKind::LoseUnsyncedOne
+                | NemesisKind::LoseUnsyncedMinority
+                | NemesisKind::LoseUnsyncedAll
+                | NemesisKind::FailSyncsOne
+                | NemesisKind::FailSyncsMajority
         )
     }
 
@@ -137,6 +149,8 @@ impl NemesisKind {
             NemesisKind::LoseUnsyncedOne => "lose-unsynced-one",
             NemesisKind::LoseUnsyncedMinority => "lose-unsynced-minority",
             NemesisKind::LoseUnsyncedAll => "lose-unsynced-all",
+            NemesisKind::FailSyncsOne => "fail-syncs-one",
+            NemesisKind::FailSyncsMajority => "fail-syncs-majority",
             NemesisKind::KillRouter => "kill-router",
             NemesisKind::PauseRouter => "pause-router",
         }
@@ -181,6 +195,8 @@ enum Active {
     RouterKilled(usize),
     /// Router index (from 0) to resume.
     RouterPaused(usize),
+    /// Nodes whose syncs fail: heal their disks, then restart them.
+    DisksFailing(Vec<usize>),
     /// A membership change: nothing to heal (the cluster carries it out in the background;
     /// [`Cluster::reap`] follows up at every step).
     Membership,
@@ -404,6 +420,20 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
                 format!("power cut {victims:?}: {}", lost.join("; ")),
             ))
         }
+        NemesisKind::FailSyncsOne | NemesisKind::FailSyncsMajority => {
+            let count = match kind {
+                NemesisKind::FailSyncsOne => 1,
+                _ => n / 2 + 1,
+            };
+            let victims = random_nodes(&nodes, count, rng);
+            for id in &victims {
+                cluster.fail_syncs(*id, true)?;
+            }
+            Ok((
+                Active::DisksFailing(victims.clone()),
+                format!("syncs of {victims:?} fail with EIO"),
+            ))
+        }
         NemesisKind::ClockSkew => {
             let victims = random_nodes(&nodes, ((n - 1) / 2).max(1), rng);
             let mut offsets = Vec::new();
@@ -611,6 +641,22 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<()> {
                 if let Err(err) = cluster.signal(id, libc::SIGCONT) {
                     warn!(node = id, %err, "cannot resume node");
                 }
+            }
+        }
+        Active::DisksFailing(victims) => {
+            for id in victims {
+                cluster.fail_syncs(id, false)?;
+                match cluster.reap_node(id)? {
+                    Some(code) => info!(node = id, exit_code = ?code, "the node stopped on its failed disk"),
+                    None if cluster.is_running(id) => {
+                        // No sync was attempted (or the fail-stop is broken): crash it, so
+                        // what it holds is what a restart finds.
+                        warn!(node = id, "the node still runs after its disk failed; killing it");
+                        cluster.kill_node(id)?;
+                    }
+                    None => {}
+                }
+                cluster.start_node(id).await?;
             }
         }
         Active::RouterKilled(index) => cluster.start_router(index).await?,

@@ -473,8 +473,8 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     };
     for (id, disk) in cluster.disk_stats() {
         liveness.notes.push(format!(
-            "disk of node {id}: {} fsyncs, {} fdatasyncs, {} directory fsyncs; {} of {} written bytes synced; {} bytes lost in {} drops",
-            disk.fsyncs, disk.fdatasyncs, disk.dir_fsyncs, disk.synced_bytes, disk.written_bytes, disk.dropped_bytes, disk.drops
+            "disk of node {id}: {} fsyncs, {} fdatasyncs, {} directory fsyncs; {} of {} written bytes synced; {} bytes lost in {} drops and {} failed syncs",
+            disk.fsyncs, disk.fdatasyncs, disk.dir_fsyncs, disk.synced_bytes, disk.written_bytes, disk.dropped_bytes, disk.drops, disk.failed_syncs
         ));
     }
     let healed_at = Instant::now();

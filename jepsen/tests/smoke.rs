@@ -427,6 +427,62 @@ async fn smoke_power_cuts_are_valid() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Failing disks — one node's, then a majority's: every sync answers EIO and loses its
+/// unsynced data. Each such node stops by itself (fail-stop, exit code 74) instead of going on
+/// from a state it could not persist; no acknowledged write is lost and the cluster serves
+/// again once the disks work and the nodes restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_failing_disks_stop_their_nodes() -> anyhow::Result<()> {
+    if !fuse_or_skip("smoke_failing_disks_stop_their_nodes") {
+        return Ok(());
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let options = options(
+        16,
+        vec![NemesisKind::FailSyncsOne, NemesisKind::FailSyncsMajority],
+        &out,
+        0x5eed_000a,
+    );
+    let report = runner::run(options).await?;
+    let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
+    assert_eq!(report.verdict.validity, Validity::Valid, "{summary}");
+    assert!(
+        report
+            .nemesis_log
+            .iter()
+            .any(|line| line.starts_with("start fail-syncs")),
+        "a disk failed: {:?}",
+        report.nemesis_log
+    );
+    let mut stopped = 0;
+    for entry in walk(&report.dir)? {
+        if entry.extension().is_some_and(|ext| ext == "log") {
+            let log = std::fs::read_to_string(&entry).unwrap_or_default();
+            stopped += log.matches("the node stops (exit code 74)").count();
+        }
+    }
+    assert!(stopped >= 1, "no node stopped on its failed disk: {summary}");
+    Ok(())
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// Negative control: nodes that acknowledge appends without fsync lose acknowledged writes
 /// at a power cut; the harness catches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! `ringkv-faultfs`: mount the fault filesystem, or ask a running mount to drop its unsynced data
-//! or report its counters. Signals of `mount`: SIGUSR1 drops unsynced data (like `drop-unsynced`),
+//! `ringkv-faultfs`: mount the fault filesystem, or ask a running mount to drop its unsynced data,
+//! report its counters, or make its syncs fail (and heal them). Signals of `mount`: SIGUSR1 drops unsynced data (like `drop-unsynced`),
 //! SIGTERM/SIGINT unmount and exit.
 
 use std::path::{Path, PathBuf};
@@ -51,6 +51,21 @@ enum Command {
         #[arg(long)]
         control_socket: Option<PathBuf>,
     },
+    /// Make every file fsync/fdatasync of a running mount fail with EIO (losing the file's
+    /// unsynced data) until `heal-syncs`: a failing disk.
+    FailSyncs {
+        mountpoint: PathBuf,
+        /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+    /// Make the syncs of a running mount work again.
+    HealSyncs {
+        mountpoint: PathBuf,
+        /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
 }
 
 fn socket_path(mountpoint: &Path, flag: Option<PathBuf>) -> PathBuf {
@@ -84,6 +99,14 @@ fn main() -> anyhow::Result<()> {
             mountpoint,
             control_socket,
         } => print_answer(&socket_path(&mountpoint, control_socket), Request::Stats),
+        Command::FailSyncs {
+            mountpoint,
+            control_socket,
+        } => print_answer(&socket_path(&mountpoint, control_socket), Request::FailSyncs),
+        Command::HealSyncs {
+            mountpoint,
+            control_socket,
+        } => print_answer(&socket_path(&mountpoint, control_socket), Request::HealSyncs),
     }
 }
 

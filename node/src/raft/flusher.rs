@@ -3,11 +3,12 @@
 //!
 //! Correctness rests on one ordering: a caller writes its entries to the WAL *before*
 //! handing over the callback, and the flusher starts a flush only after receiving it, so
-//! that flush covers the entries.
+//! that flush covers the entries. A failed fdatasync stops the node (`storage::fail_stop`):
+//! no waiter of that flush or any later one is ever acknowledged.
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, trace};
+use tracing::trace;
 
 use ringkv_wal::Wal;
 
@@ -89,7 +90,8 @@ async fn run(wal: Wal, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken
             }
         };
         if let Err(err) = &result {
-            error!(%err, "fsync failed");
+            // Nothing in this batch or after it may be acknowledged: fail-stop.
+            crate::storage::fail_stop::storage_failed("an fdatasync of the write-ahead log", err);
         }
         trace!(waiters = batch.len(), "group commit");
         for waiter in batch.drain(..) {

@@ -5,6 +5,7 @@
 //! is an ordered map of byte strings with atomic [`Batch`]es; [`Engine::flush`] makes every
 //! write made before it durable (one fsync for all trees: group commit happens above).
 
+pub mod fail_stop;
 mod sled_engine;
 
 use std::ops::Bound;

@@ -149,10 +149,16 @@ impl Engine for SledEngine {
             .collect())
     }
 
+    /// A failure here stops the process ([`super::fail_stop`]): a flush is a durability
+    /// point, and after a failed sync nothing says what the files still hold.
     fn flush(&self) -> StorageResult<()> {
-        self.db.flush()?;
+        if let Err(err) = self.db.flush() {
+            super::fail_stop::storage_failed("a flush of the state machine (sled)", &err);
+        }
         let mut synced = self.synced.lock().unwrap_or_else(PoisonError::into_inner);
-        synced.sync(&self.dir)?;
+        if let Err(err) = synced.sync(&self.dir) {
+            super::fail_stop::storage_failed("an fdatasync of the state machine's files", &err);
+        }
         Ok(())
     }
 }
