@@ -62,7 +62,8 @@ pub struct NodeConfig {
     pub max_message_bytes: usize,
     /// How long a write's request id de-duplicates retries beyond the last
     /// [`crate::raft::state_machine::DedupPolicy::MIN_RECORDS`] requests of its shard, which are
-    /// always kept (by the entries' clocks; every node must use the same value).
+    /// always kept. Measured by the shard leaders' monotonic clocks, so no wall-clock fault
+    /// shortens it (`dedup_clock.rs`); every node must use the same value.
     pub dedup_window_ms: u64,
     /// Gossip seeds (`host:port` of other nodes or routers). Gossip runs over UDP on the
     /// node's listen address; ring members are always seeds too.
@@ -120,6 +121,11 @@ pub struct NodeConfig {
     /// seen on one shard and not on another (fractured reads). For testing only: the
     /// fault-injection harness must catch a cluster running with this on.
     pub unsafe_ignore_locks: bool,
+    /// NEGATIVE CONTROL ONLY — breaks request de-duplication on purpose: shard leaders stamp
+    /// write entries with their wall clocks (as before issue 14) instead of the
+    /// de-duplication clock, so a leader whose wall clock jumps past the window forgets
+    /// records beyond the last `MIN_RECORDS` requests and their retries apply twice.
+    pub unsafe_dedup_wall_clock: bool,
     /// How long replaced versions stay in memory for snapshot reads (and transactions), in
     /// ms of oracle time: a read at an older timestamp is refused (see `mvcc.rs`).
     pub mvcc_window_ms: u64,
@@ -176,6 +182,7 @@ impl Default for NodeConfig {
             unsafe_tso_ignore_bound: false,
             unsafe_local_commit_ts: false,
             unsafe_ignore_locks: false,
+            unsafe_dedup_wall_clock: false,
             // FoundationDB keeps 5 s; a transaction may run this long.
             mvcc_window_ms: 10_000,
             mvcc_history_max_bytes: 256 << 20,

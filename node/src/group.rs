@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::concurrency::{ConcurrencyManager, TimestampSlot};
 use crate::config::NodeConfig;
+use crate::dedup_clock::DedupClock;
 use crate::error::NodeError;
 use crate::hibernation::Hibernation;
 use crate::proposal::{BatcherSettings, Timestamps, WriteBatcher};
@@ -65,6 +66,8 @@ pub struct Group {
     pub hibernation: Arc<Hibernation>,
     /// The fence between this shard's write timestamps and its snapshot reads.
     pub concurrency: Arc<ConcurrencyManager>,
+    /// The de-duplication stamps of the write entries this replica proposes as leader.
+    pub dedup_clock: Arc<DedupClock>,
 }
 
 /// What opening a group needs; shared by every group of the node.
@@ -148,6 +151,7 @@ impl GroupDeps {
             cancel.clone(),
         ));
         let concurrency = Arc::new(ConcurrencyManager::new(config.unsafe_local_commit_ts));
+        let dedup_clock = Arc::new(DedupClock::new(state.clone(), config.unsafe_dedup_wall_clock));
         let batcher = match group_id {
             GroupId::System => None,
             GroupId::Shard(_) => {
@@ -161,6 +165,7 @@ impl GroupDeps {
                 let timestamps = Timestamps {
                     source: self.timestamps.clone(),
                     manager: concurrency.clone(),
+                    dedup_clock: dedup_clock.clone(),
                 };
                 let (batcher, task) = WriteBatcher::spawn(
                     raft.clone(),
@@ -193,6 +198,7 @@ impl GroupDeps {
             cancel,
             hibernation,
             concurrency,
+            dedup_clock,
         }))
     }
 

@@ -22,6 +22,8 @@
 //!   keep-alive per peer and interval stands in for the heartbeats of sleeping groups.
 //! - [`pacing`]: spacing out periodic passes over every group while nothing is pending.
 //! - [`proposal`]: proposing to a group (leader check, timeout) and per-shard write batching.
+//! - [`dedup_clock`]: the clock a shard leader stamps on write entries, which ages
+//!   de-duplication records (its monotonic clock, never its wall clock).
 //! - [`service`]: the gRPC services (`ShardKv`, `Raft`, `Admin`) and error → status mapping.
 //! - [`server`]: the composition root: opens the node, starts the reconciler, the system
 //!   duties and gossip, binds the listener, serves, shuts down in order.
@@ -29,6 +31,7 @@
 pub mod concurrency;
 pub mod config;
 pub mod convert;
+pub mod dedup_clock;
 pub mod error;
 pub mod gossip_agent;
 pub mod group;

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::concurrency::{ConcurrencyManager, TimestampSlot, TimestampSource};
+use crate::dedup_clock::DedupClock;
 use crate::error::NodeError;
 use crate::raft::types::{
     Command, CommandResult, GroupId, NodeId, Raft, RequestId, TimedWrites, WriteCommand, WriteOpResult,
@@ -88,9 +89,20 @@ pub async fn propose(
     }
 }
 
-/// Proposes `make(commit_ts)` at a fresh commit timestamp from `source`: the entry is handed
-/// to openraft before any later timestamp of the shard is fetched, so the shard's log holds
-/// its entries in timestamp order (`concurrency.rs`). The timestamp stays registered until
+/// What a leader knows as it makes the entry it proposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proposing {
+    /// The entry's commit timestamp, fresh from the oracle.
+    pub commit_ts: u64,
+    /// The term this replica leads and proposes in (unchanged since before the fetch):
+    /// what write entries' de-duplication stamps are anchored to (`dedup_clock.rs`).
+    pub term: u64,
+}
+
+/// Proposes `make(proposing)` at a fresh commit timestamp from `source`: the entry is
+/// handed to openraft before any later timestamp of the shard is fetched, so the shard's
+/// log holds its entries in timestamp order (`concurrency.rs`), and so do their
+/// de-duplication stamps, made in `make`. The timestamp stays registered until
 /// openraft resolves the write — committed and applied, or failed — not until the caller
 /// stops waiting: a write that times out here may still commit, and a snapshot read must go
 /// on waiting for it. That wait's task ends with openraft's answer (openraft answers every
@@ -101,7 +113,7 @@ pub async fn propose_timed(
     node_id: NodeId,
     timestamps: (&Arc<ConcurrencyManager>, &dyn TimestampSource),
     timeout_ms: u64,
-    make: impl FnOnce(u64) -> Command,
+    make: impl FnOnce(Proposing) -> Command,
 ) -> Result<CommandResult, NodeError> {
     let not_leader = || NodeError::NotLeader {
         group,
@@ -123,8 +135,12 @@ pub async fn propose_timed(
         if raft.metrics().borrow().current_term != term {
             return Err(not_leader());
         }
+        let proposing = Proposing {
+            commit_ts: registered.commit_ts(),
+            term,
+        };
         let answer = raft
-            .client_write_ff(make(registered.commit_ts()))
+            .client_write_ff(make(proposing))
             .await
             .map_err(|fatal| NodeError::Fatal(fatal.to_string()))?;
         (registered, answer)
@@ -202,11 +218,13 @@ pub struct WriteBatcher {
     tx: mpsc::Sender<PendingWrite>,
 }
 
-/// Where a shard's entries get their commit timestamps (see `concurrency.rs`).
+/// Where a shard's entries get their commit timestamps (see `concurrency.rs`) and their
+/// de-duplication stamps (`dedup_clock.rs`).
 #[derive(Clone)]
 pub struct Timestamps {
     pub source: TimestampSlot,
     pub manager: Arc<ConcurrencyManager>,
+    pub dedup_clock: Arc<DedupClock>,
 }
 
 impl WriteBatcher {
@@ -339,14 +357,17 @@ async fn commit_entry(
     writes: Vec<PendingWrite>,
 ) {
     let _open = gate.read_owned().await;
-    let (commands, replies): (Vec<WriteCommand>, Vec<Reply>) = writes
+    let (mut commands, replies): (Vec<WriteCommand>, Vec<Reply>) = writes
         .into_iter()
         .map(|pending| (pending.write, pending.reply))
         .unzip();
     let count = commands.len();
     if settings.unsafe_ack_before_commit {
+        let term = raft.metrics().borrow().current_term;
+        stamp(&mut commands, timestamps.dedup_clock.stamp(term));
         return ack_before_commit(&raft, settings, commands, replies).await;
     }
+    let dedup_clock = timestamps.dedup_clock.clone();
     let outcome = match timestamps.source.get() {
         Some(source) => {
             propose_timed(
@@ -355,9 +376,10 @@ async fn commit_entry(
                 settings.node_id,
                 (&timestamps.manager, source.as_ref()),
                 settings.write_timeout_ms,
-                |commit_ts| {
+                |proposing| {
+                    stamp(&mut commands, dedup_clock.stamp(proposing.term));
                     Command::WriteAt(TimedWrites {
-                        commit_ts,
+                        commit_ts: proposing.commit_ts,
                         writes: commands,
                     })
                 },
@@ -391,6 +413,13 @@ async fn commit_entry(
                 let _ = reply.send(Err(err.duplicate()));
             }
         }
+    }
+}
+
+/// Stamps every write of an entry with the leader's de-duplication clock.
+fn stamp(commands: &mut [WriteCommand], issued_at_ms: u64) {
+    for command in commands {
+        command.issued_at_ms = issued_at_ms;
     }
 }
 

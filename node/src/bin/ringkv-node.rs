@@ -49,6 +49,10 @@ struct Args {
     /// How long replaced versions stay readable by snapshot reads and transactions, in ms.
     #[arg(long)]
     mvcc_window_ms: Option<u64>,
+    /// How long a request id de-duplicates retries beyond the last 16,384 requests of its
+    /// shard, in ms (the same on every node).
+    #[arg(long)]
+    dedup_window_ms: Option<u64>,
     /// Most bytes of replaced versions the node keeps in memory (all shards together).
     #[arg(long)]
     mvcc_history_max_bytes: Option<usize>,
@@ -115,6 +119,10 @@ struct Args {
     /// return the newest committed version (fractured reads).
     #[arg(long, hide = true)]
     unsafe_ignore_locks: bool,
+    /// NEGATIVE CONTROL ONLY: shard leaders stamp write entries with their wall clocks, so a
+    /// leader whose clock jumps past the de-duplication window forgets live records.
+    #[arg(long, hide = true)]
+    unsafe_dedup_wall_clock: bool,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -155,6 +163,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(ms) = args.mvcc_window_ms {
         config.mvcc_window_ms = ms;
+    }
+    if let Some(ms) = args.dedup_window_ms {
+        config.dedup_window_ms = ms;
     }
     if let Some(bytes) = args.mvcc_history_max_bytes {
         config.mvcc_history_max_bytes = bytes;
@@ -207,6 +218,7 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     config.unsafe_tso_ignore_bound |= args.unsafe_tso_ignore_bound;
     config.unsafe_local_commit_ts |= args.unsafe_local_commit_ts;
     config.unsafe_ignore_locks |= args.unsafe_ignore_locks;
+    config.unsafe_dedup_wall_clock |= args.unsafe_dedup_wall_clock;
     config.validate()?;
     Ok(config)
 }

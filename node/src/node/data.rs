@@ -84,7 +84,8 @@ impl Node {
         batcher
             .write(WriteCommand {
                 request_id,
-                issued_at_ms: now_ms(),
+                // Stamped by the batcher as the leader proposes it (`dedup_clock.rs`).
+                issued_at_ms: 0,
                 ops,
             })
             .await
@@ -255,12 +256,13 @@ impl Node {
                 group.id
             )));
         }
-        let command = DeleteRangeCommand {
+        let mut command = DeleteRangeCommand {
             request_id,
             start,
             end,
             limit,
-            issued_at_ms: now_ms(),
+            // Stamped as the leader proposes it (`dedup_clock.rs`).
+            issued_at_ms: 0,
         };
         // Deletions are versions: they commit at an oracle timestamp, fenced like writes.
         let source = self.timestamp_source().ok_or(NodeError::NotInitialized)?;
@@ -273,7 +275,13 @@ impl Node {
             self.node_id(),
             (&group.concurrency, source.as_ref()),
             self.config().write_timeout_ms,
-            |commit_ts| Command::DeleteRangeAt(TimedDeleteRange { commit_ts, command }),
+            |proposing| {
+                command.issued_at_ms = group.dedup_clock.stamp(proposing.term);
+                Command::DeleteRangeAt(TimedDeleteRange {
+                    commit_ts: proposing.commit_ts,
+                    command,
+                })
+            },
         )
         .await?;
         match outcome {

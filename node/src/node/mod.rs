@@ -107,6 +107,9 @@ impl Node {
         if config.unsafe_ignore_locks {
             warn!("NEGATIVE CONTROL: reads at a timestamp ignore transaction locks below it");
         }
+        if config.unsafe_dedup_wall_clock {
+            warn!("NEGATIVE CONTROL: shard leaders stamp write entries with their wall clocks");
+        }
         if config.unsafe_skip_fsync || config.unsafe_skip_read_index || config.unsafe_ack_before_commit {
             warn!(
                 skip_fsync = config.unsafe_skip_fsync,

@@ -118,7 +118,12 @@ impl Node {
             self.node_id(),
             (&group.concurrency, source.as_ref()),
             self.config().write_timeout_ms,
-            |commit_ts| Command::TxnOnePc(TxnOnePc { commit_ts, ..one }),
+            |proposing| {
+                Command::TxnOnePc(TxnOnePc {
+                    commit_ts: proposing.commit_ts,
+                    ..one
+                })
+            },
         )
         .await?;
         match result {

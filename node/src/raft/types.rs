@@ -210,8 +210,9 @@ pub type RequestId = [u8; 16];
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteCommand {
     pub request_id: RequestId,
-    /// Proposer's wall clock (ms since the Unix epoch): ages de-duplication records
-    /// deterministically on every replica.
+    /// The leader's de-duplication stamp (`dedup_clock.rs`: its monotonic clock continued
+    /// from the shard's, in ms; entries written before it carry the proposer's wall clock):
+    /// ages de-duplication records deterministically on every replica.
     pub issued_at_ms: u64,
     pub ops: Vec<WriteOp>,
 }
@@ -239,7 +240,8 @@ pub struct DeleteRangeCommand {
     pub end: Option<Vec<u8>>,
     /// Most keys deleted by this entry.
     pub limit: u32,
-    /// Proposer's wall clock (ms since the Unix epoch): ages the de-duplication record.
+    /// The leader's de-duplication stamp, as [`WriteCommand::issued_at_ms`]: ages the
+    /// de-duplication record.
     pub issued_at_ms: u64,
 }
 

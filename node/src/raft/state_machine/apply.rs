@@ -531,7 +531,8 @@ mod tests {
         assert_eq!(again.last_deleted, Some(b"b".to_vec()));
     }
 
-    /// A leader whose clock runs far ahead cannot make a retry apply twice: the last
+    /// Entries stamped far ahead (by a wall clock, as before the de-duplication clock, or a
+    /// monotonic clock that jumped) cannot make a recent retry apply twice: the last
     /// `min_records` requests are remembered whatever the entries' clocks say.
     #[tokio::test]
     async fn a_clock_far_ahead_does_not_forget_recent_requests() {

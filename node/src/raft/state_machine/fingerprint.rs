@@ -11,7 +11,7 @@
 //! only on the shard count, which never changes), a delete-range's chunks from the outcomes of
 //! the chunks before them (which a retry gets again from their records).
 //!
-//! Fingerprints are stored in de-duplication records (`dedup.rs`): this function must never
+//! Fingerprints are stored in de-duplication records (`dedup/`): this function must never
 //! change, or retries across an upgrade would be refused as reused ids
 //! (`fingerprints_never_change` pins it).
 

@@ -8,11 +8,11 @@
 //! | `d` ‖ user key | `version \| 1 << 63` (u64 big-endian) ‖ `commit_ts` (u64 big-endian) ‖ flags (u8, 0) ‖ value bytes | a key's latest version (see `mvcc.rs`); the version is the log index of the write. Written before MVCC: version (top bit clear) ‖ value, read as committed at 0 |
 //! | `v` ‖ request id (16 bytes) | postcard `(fingerprint: [u8; 16], Vec<(succeeded: bool, version: u64, existed: bool, current_version: Option<u64>)>)` | de-duplication record of a write: the write's fingerprint and per-op outcome (a failed comparison's current version, not its value) |
 //! | `w` ‖ request id (16 bytes) | postcard `Vec<WriteOpResult>` (`current: Option<Versioned>`) | de-duplication record of a write without a fingerprint (read, matching any write, and pruned; no longer written) |
-//! | `l` ‖ log index (u64 big-endian) | postcard `(issued_at_ms: u64, Vec<request id>)` | the write records (`v` or `w`) made by that entry (pruning walks these oldest first) |
+//! | `l` ‖ log index (u64 big-endian) | postcard `(clock_ms: u64, Vec<request id>)` | the write records (`v` or `w`) made by that entry (pruning walks these oldest first), and the shard's de-duplication clock after it (written before that clock: the entry's own `issued_at_ms`) |
 //! | `u` ‖ request id (16 bytes) | postcard `(fingerprint: [u8; 16], DeleteRangeResult)` | de-duplication record of a delete-range |
 //! | `g` ‖ request id (16 bytes) | postcard `DeleteRangeResult` | de-duplication record of a delete-range without a fingerprint (read and pruned; no longer written) |
-//! | `h` ‖ log index (u64 big-endian) | postcard `(issued_at_ms: u64, Vec<request id>)` | the delete-range records (`u` or `g`) made by that entry |
-//! | `n` | postcard `(writes: u64, delete_ranges: u64)` | how many write (`v`, `w`) and delete-range (`u`, `g`) records there are |
+//! | `h` ‖ log index (u64 big-endian) | postcard `(clock_ms: u64, Vec<request id>)` | the delete-range records (`u` or `g`) made by that entry, as `l` |
+//! | `n` | postcard `(writes: u64, delete_ranges: u64, clock_ms: u64)` | how many write (`v`, `w`) and delete-range (`u`, `g`) records there are, and the shard's de-duplication clock (the highest `issued_at_ms` applied). Written before the clock: the two counts only (the clock is then the newest `l`/`h` list's) |
 //! | `r` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, Vec<WriteOpResult>)` | legacy write record (read and drained, no longer written) |
 //! | `x` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `r` records (legacy) |
 //! | `q` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, DeleteRangeResult)` | legacy delete-range record |

@@ -8,8 +8,8 @@
 //!
 //! - `layout`: every record of the tree (key prefixes, value encodings) and their codecs.
 //! - `dedup`: the de-duplication tables of writes and delete-ranges (first outcome per
-//!   request id within a window); `fingerprint`: what tells a retry from another request
-//!   reusing its id.
+//!   request id within a window of the shard's de-duplication clock); `fingerprint`: what
+//!   tells a retry from another request reusing its id.
 //! - `apply`: what each committed entry does, as one atomic batch.
 //! - `read`: `get`, `get_many`, [`GroupState::scan`] and [`GroupState::count`].
 //! - `holds`: range reads in holds of the apply lock of bounded work (applies run in
@@ -30,7 +30,7 @@ mod one_pc;
 mod range;
 mod read;
 #[cfg(test)]
-pub(in crate::raft) mod test_support;
+pub(crate) mod test_support;
 mod txn;
 mod txn_read;
 mod validate;
@@ -85,6 +85,9 @@ pub struct GroupState {
     /// or records made before fingerprints (cleared by the apply that finds none left; set
     /// again when a snapshot brings a new tree).
     legacy_dedup: AtomicBool,
+    /// The shard's de-duplication clock as applied (see `dedup/`): what a new leader's
+    /// stamps continue from (`dedup_clock.rs`).
+    dedup_clock_ms: AtomicU64,
     /// Whether the tree may hold transaction locks: false only while it holds none, so the
     /// write and read paths skip their lock lookups when no transaction is committing (set
     /// before a prewrite is written, recomputed after every other transaction command and
@@ -141,6 +144,7 @@ impl GroupState {
         let (applied_tx, _) = watch::channel(applied);
         let history = mvcc::History::new(history, mvcc::high_water(&tree)?);
         let may_have_locks = AtomicBool::new(txn::holds_locks(&tree)?);
+        let dedup_clock_ms = AtomicU64::new(dedup::clock_ms(&tree)?);
         let state = Arc::new(GroupState {
             group,
             engine,
@@ -152,6 +156,7 @@ impl GroupState {
             snapshots,
             dedup,
             legacy_dedup: AtomicBool::new(true),
+            dedup_clock_ms,
             may_have_locks,
             cluster_tx,
             retired: AtomicBool::new(false),
@@ -237,6 +242,12 @@ impl GroupState {
         self.cluster_tx.subscribe()
     }
 
+    /// The shard's de-duplication clock, as far as this replica applied (0: no entry carried
+    /// one yet). A new leader's stamps continue from it (`dedup_clock.rs`).
+    pub fn dedup_clock_ms(&self) -> u64 {
+        self.dedup_clock_ms.load(Ordering::SeqCst)
+    }
+
     /// The timestamp oracle's persisted bound in milliseconds, as far as this replica applied
     /// (system group only; 0 before the first [`crate::raft::types::Command::TsoAdvance`]).
     pub fn tso_limit_ms(&self) -> Result<u64, StorageError> {
@@ -314,6 +325,8 @@ impl GroupState {
         // A snapshot taken mid-commit carries locks.
         self.may_have_locks
             .store(txn::holds_locks(&tree)?, Ordering::SeqCst);
+        self.dedup_clock_ms
+            .store(dedup::clock_ms(&tree)?, Ordering::SeqCst);
         match self.current.write() {
             Ok(mut current) => *current = (generation, tree),
             Err(poisoned) => *poisoned.into_inner() = (generation, tree),

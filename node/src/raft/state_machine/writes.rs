@@ -1,7 +1,7 @@
 //! Plain writes and delete-ranges: what a `Write`/`WriteAt` or `DeleteRange`/`DeleteRangeAt`
 //! entry does to the shard (called by `apply.rs`, whose batch and versions they fill).
 //!
-//! Each command is de-duplicated by its request id and fingerprint (`dedup.rs`,
+//! Each command is de-duplicated by its request id and fingerprint (`dedup/`,
 //! `fingerprint.rs`, invariant 5): a retry gets the first outcome, a different command
 //! reusing a remembered id is refused and applies nothing, a command met by a transaction's
 //! lock applies nothing either (neither records anything). A first-seen write applies its ops
@@ -82,8 +82,9 @@ impl GroupState {
         Ok(CommandResult::Write(outcomes))
     }
 
-    /// Lists and prunes the entry's de-duplication records (see [`super::dedup`]).
-    /// `older`: the tree may still hold records of older formats (cleared once none is).
+    /// Lists and prunes the entry's de-duplication records and advances the shard's
+    /// de-duplication clock (see [`super::dedup`]). `older`: the tree may still hold records
+    /// of older formats (cleared once none is).
     fn finish_records(
         &self,
         tree: &TreeRef,
@@ -92,10 +93,13 @@ impl GroupState {
         log_index: u64,
         older: bool,
     ) -> Result<(), StorageError> {
-        let older_left = records.finish(tree, batch, &self.dedup, log_index, older)?;
-        if older && !older_left {
+        let finished = records.finish(tree, batch, &self.dedup, log_index, older)?;
+        if older && !finished.older_left {
             self.legacy_dedup.store(false, Ordering::SeqCst);
         }
+        // Published before the batch is written (under the apply lock): a leader anchoring
+        // now may take it, and it is only ever a clock some entry of the log carried.
+        self.dedup_clock_ms.store(finished.clock_ms, Ordering::SeqCst);
         Ok(())
     }
 

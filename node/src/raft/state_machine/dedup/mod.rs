@@ -18,12 +18,21 @@
 //! first application carries.
 //!
 //! What is remembered ([`DedupPolicy`]): the last `min_records` requests of each table are
-//! always remembered, whatever any clock says; older ones are forgotten once the entry being
-//! applied was issued more than the window after them (by the proposers' wall clocks, as the
-//! entries carry them), and the table never holds more than `max_records`. So a leader whose
-//! clock jumps ahead can shorten the window only down to the last `min_records` requests,
-//! and the records of a busy shard stay bounded. Every decision depends only on the entries
-//! and the tree, so every replica prunes the same records at the same entry.
+//! always remembered; older ones are forgotten once the shard's de-duplication clock has
+//! moved more than the window past them; and a table never holds more than `max_records`
+//! (the oldest entries' records go first). Each entry prunes a bounded amount: at most
+//! [`MAX_EXPIRED_LISTS_PER_ENTRY`] lists for their age, and for the cap only as many records
+//! as the entry added (plus the rest of the last list it removes).
+//!
+//! The shard's de-duplication clock is the highest clock its entries carried (kept with
+//! the counts under [`COUNTS_KEY`]; each request list records it as of its entry). An
+//! entry's clock is its leader's stamp (`dedup_clock.rs`): the clock its replica had
+//! applied when its term began plus the time its *monotonic* clock measured since — never a
+//! wall clock. So the shard's clock moves no faster than real time, and a leader whose
+//! wall clock jumps or strobes ages no record early: a retry within the window of its first
+//! attempt is recognised (as long as the cap allows), and within the last `min_records`
+//! requests in any case. Every decision depends only on the entries and the tree, so every
+//! replica prunes the same records at the same entry.
 //!
 //! Older formats are still read ("older records", while the caller's flag says the tree may
 //! hold any): records written before fingerprints (`w`, `g`: listed in the same request
@@ -31,6 +40,9 @@
 //! answered) and records of the legacy layout (`r`/`x`, `q`/`y`: a record per id and an
 //! expiry index keyed by wall-clock expiry, drained by their recorded expiry). No new ones
 //! are made.
+
+mod counts;
+mod outcome;
 
 use std::marker::PhantomData;
 
@@ -44,12 +56,17 @@ use super::layout::{
     WRITE_DEDUP_PREFIX, WRITE_EXPIRY_PREFIX, WRITE_LIST_PREFIX, WRITE_RECORD_PREFIX,
     WRITE_UNFINGERPRINTED_PREFIX,
 };
-use crate::raft::types::{Current, DeleteRangeResult, RequestId, Versioned, WriteOpResult};
+use crate::raft::types::{DeleteRangeResult, RequestId};
 use crate::raft::{decode, encode};
 use crate::storage::{prefix_bounds, Batch, StorageError, TreeRef};
+pub(super) use counts::clock_ms;
+use counts::Counts;
+use outcome::recorded_ops;
+pub(super) use outcome::{RecordedOp, UnfingerprintedOp};
 
 /// Request lists pruned per entry and table for being older than the window (the cap is
-/// enforced in full: an entry adds at most one list).
+/// enforced in full: an entry adds at most one list, so it removes at most as many records
+/// as it added, plus the rest of the last list it removes).
 const MAX_EXPIRED_LISTS_PER_ENTRY: usize = 8;
 
 /// Legacy records removed per applied entry and table while they drain.
@@ -59,7 +76,8 @@ const MAX_LEGACY_PRUNE_PER_ENTRY: usize = 64;
 /// window comes from the node configuration, like every node's `dedup_window_ms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupPolicy {
-    /// Records older than this (by the entries' clocks) may be forgotten…
+    /// Records older than this by the shard's de-duplication clock (its leaders' monotonic
+    /// clocks, see the module docs) may be forgotten…
     pub window_ms: u64,
     /// …but the last this many of each table never are, whatever the clocks say…
     pub min_records: u64,
@@ -107,63 +125,6 @@ pub(super) const DELETE_RANGES: DedupTable<DeleteRangeResult, DeleteRangeResult>
     std::convert::identity,
 );
 
-/// The outcome of one op of a write, as its record keeps it: what a retry is answered with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct RecordedOp {
-    succeeded: bool,
-    version: u64,
-    existed: bool,
-    /// A failed comparison's current version (`None`: the key was absent, or the op
-    /// succeeded).
-    current_version: Option<u64>,
-}
-
-impl RecordedOp {
-    /// What the record of `result` keeps.
-    pub(super) fn of(result: &WriteOpResult) -> RecordedOp {
-        RecordedOp {
-            succeeded: result.succeeded,
-            version: result.version,
-            existed: result.existed,
-            current_version: result.current.as_ref().map(|current| current.version),
-        }
-    }
-
-    /// The answer to a retry: the first outcome, a failed comparison's current state as a
-    /// version only.
-    pub(super) fn answer(&self) -> WriteOpResult {
-        WriteOpResult {
-            succeeded: self.succeeded,
-            version: self.version,
-            existed: self.existed,
-            current: self
-                .current_version
-                .map(|version| Current { version, value: None }),
-        }
-    }
-}
-
-/// The outcome of one op in a write record written before fingerprints (`w`, and the legacy
-/// `r`): a failed comparison's value too.
-#[derive(Debug, Deserialize)]
-pub(super) struct UnfingerprintedOp {
-    succeeded: bool,
-    version: u64,
-    existed: bool,
-    current: Option<Versioned>,
-}
-
-fn recorded_ops(ops: Vec<UnfingerprintedOp>) -> Vec<RecordedOp> {
-    ops.into_iter()
-        .map(|op| RecordedOp {
-            succeeded: op.succeeded,
-            version: op.version,
-            existed: op.existed,
-            current_version: op.current.map(|current| current.version),
-        })
-        .collect()
-}
-
 /// A record: the command's fingerprint and its first outcome (`S`).
 #[derive(Debug, Serialize, Deserialize)]
 struct Record<S> {
@@ -196,19 +157,13 @@ impl<S> Found<S> {
     }
 }
 
-/// The request list of one entry: its clock (the latest `issued_at_ms` of its commands) and
-/// the ids it recorded.
+/// The request list of one entry: the shard's de-duplication clock once the entry was
+/// applied (lists written before that clock existed hold the entry's own clock, the latest
+/// `issued_at_ms` of its commands: the same encoding) and the ids it recorded.
 #[derive(Debug, Serialize, Deserialize)]
 struct RequestList {
-    issued_at_ms: u64,
+    clock_ms: u64,
     ids: Vec<RequestId>,
-}
-
-/// The record counts of both tables (`COUNTS_KEY`; absent = both zero).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Counts {
-    writes: u64,
-    delete_ranges: u64,
 }
 
 /// A legacy record: postcard encodes a struct as its fields in order.
@@ -298,8 +253,8 @@ impl<S: Serialize + DeserializeOwned, O: DeserializeOwned> DedupTable<S, O> {
 
 impl<S, O> DedupTable<S, O> {
     /// Writes the request list of the entry at `log_index` and prunes old lists with their
-    /// records (`older`: and the records of the older format their ids may name); returns
-    /// the table's new record count.
+    /// records (`older`: and the records of the older format their ids may name), by the
+    /// shard's clock `clock_ms` after the entry; returns the table's new record count.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -307,7 +262,7 @@ impl<S, O> DedupTable<S, O> {
         batch: &mut Batch,
         policy: &DedupPolicy,
         log_index: u64,
-        now_ms: u64,
+        clock_ms: u64,
         recorded: Vec<RequestId>,
         count: u64,
         older: bool,
@@ -315,7 +270,7 @@ impl<S, O> DedupTable<S, O> {
         let mut count = count + recorded.len() as u64;
         if !recorded.is_empty() {
             let list = RequestList {
-                issued_at_ms: now_ms,
+                clock_ms,
                 ids: recorded,
             };
             batch.insert(list_key(self.prefixes.list, log_index), encode(&list)?);
@@ -334,7 +289,7 @@ impl<S, O> DedupTable<S, O> {
             let left = count.saturating_sub(list.ids.len() as u64);
             let over_cap = count > policy.max_records;
             let expired = left >= policy.min_records
-                && list.issued_at_ms.saturating_add(policy.window_ms) < now_ms
+                && list.clock_ms.saturating_add(policy.window_ms) < clock_ms
                 && expired_lists < MAX_EXPIRED_LISTS_PER_ENTRY;
             if !over_cap && !expired {
                 break;
@@ -355,9 +310,11 @@ impl<S, O> DedupTable<S, O> {
     }
 
     /// Removes in `batch` (at most [`MAX_LEGACY_PRUNE_PER_ENTRY`]) legacy records that
-    /// expired before `now_ms`, oldest first. Returns whether any record of an older format
-    /// (legacy, or made before fingerprints) may be left.
-    fn prune_older(&self, tree: &TreeRef, now_ms: u64, batch: &mut Batch) -> Result<bool, StorageError> {
+    /// expired before `clock_ms` (their expiry was the proposer's wall clock plus the
+    /// window; the shard's clock continues from its entries' clocks), oldest first. Returns
+    /// whether any record of an older format (legacy, or made before fingerprints) may be
+    /// left.
+    fn prune_older(&self, tree: &TreeRef, clock_ms: u64, batch: &mut Batch) -> Result<bool, StorageError> {
         // Records made before fingerprints go with their request lists: any still there?
         // (One removed by this batch still counts, until the next entry looks again.)
         let (start, end) = prefix_bounds(&[self.prefixes.unfingerprinted]);
@@ -368,7 +325,7 @@ impl<S, O> DedupTable<S, O> {
             let Some((expires_at_ms, request_id)) = split_expiry_key(&key) else {
                 return Ok(true);
             };
-            if expires_at_ms >= now_ms || pruned == MAX_LEGACY_PRUNE_PER_ENTRY {
+            if expires_at_ms >= clock_ms || pruned == MAX_LEGACY_PRUNE_PER_ENTRY {
                 return Ok(true);
             }
             if let Some(request_id) = request_id {
@@ -387,7 +344,16 @@ pub(super) struct EntryRecords {
     writes: Vec<RequestId>,
     delete_ranges: Vec<RequestId>,
     /// The latest `issued_at_ms` of the entry's commands: the entry's clock.
-    now_ms: u64,
+    entry_clock_ms: u64,
+}
+
+/// What [`EntryRecords::finish`] leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Finished {
+    /// Whether the tree may still hold records of older formats.
+    pub(super) older_left: bool,
+    /// The shard's de-duplication clock after the entry.
+    pub(super) clock_ms: u64,
 }
 
 impl EntryRecords {
@@ -402,7 +368,7 @@ impl EntryRecords {
     ) -> Result<(), StorageError> {
         WRITES.record(batch, request_id, fingerprint, results)?;
         self.writes.push(*request_id);
-        self.now_ms = self.now_ms.max(issued_at_ms);
+        self.entry_clock_ms = self.entry_clock_ms.max(issued_at_ms);
         Ok(())
     }
 
@@ -418,18 +384,18 @@ impl EntryRecords {
     ) -> Result<(), StorageError> {
         DELETE_RANGES.record(batch, request_id, fingerprint, result)?;
         self.delete_ranges.push(*request_id);
-        self.now_ms = self.now_ms.max(issued_at_ms);
+        self.entry_clock_ms = self.entry_clock_ms.max(issued_at_ms);
         Ok(())
     }
 
     /// Advances the entry's clock (a command that recorded nothing still carries one).
     pub(super) fn observe_clock(&mut self, issued_at_ms: u64) {
-        self.now_ms = self.now_ms.max(issued_at_ms);
+        self.entry_clock_ms = self.entry_clock_ms.max(issued_at_ms);
     }
 
-    /// Writes the entry's request lists, prunes what `policy` lets go and updates the
-    /// counts, all in `batch`. `older`: the tree may still hold records of older formats;
-    /// returns whether it still may.
+    /// Advances the shard's clock to the entry's, writes the entry's request lists, prunes
+    /// what `policy` lets go and updates the counts and clock, all in `batch`. `older`: the
+    /// tree may still hold records of older formats.
     pub(super) fn finish(
         self,
         tree: &TreeRef,
@@ -437,18 +403,20 @@ impl EntryRecords {
         policy: &DedupPolicy,
         log_index: u64,
         older: bool,
-    ) -> Result<bool, StorageError> {
-        let before: Counts = match tree.get(COUNTS_KEY)? {
-            Some(bytes) => decode(tree.name(), &bytes)?,
-            None => Counts::default(),
-        };
+    ) -> Result<Finished, StorageError> {
+        debug_assert!(policy.min_records <= policy.max_records, "{policy:?}");
+        let before = Counts::read(tree)?;
+        // The highest clock any entry carried: a stamp below it (a leader that anchored
+        // before it applied its predecessors' last entries) never moves the clock back.
+        let clock_ms = before.clock_ms.max(self.entry_clock_ms);
+        let added = (self.writes.len() as u64, self.delete_ranges.len() as u64);
         let after = Counts {
             writes: WRITES.finish(
                 tree,
                 batch,
                 policy,
                 log_index,
-                self.now_ms,
+                clock_ms,
                 self.writes,
                 before.writes,
                 older,
@@ -458,21 +426,27 @@ impl EntryRecords {
                 batch,
                 policy,
                 log_index,
-                self.now_ms,
+                clock_ms,
                 self.delete_ranges,
                 before.delete_ranges,
                 older,
             )?,
+            clock_ms,
         };
+        debug_assert!(
+            after.writes <= policy.max_records.max(added.0)
+                && after.delete_ranges <= policy.max_records.max(added.1),
+            "the cap holds: {before:?} + {added:?} -> {after:?}"
+        );
         if after != before {
             batch.insert(COUNTS_KEY.to_vec(), encode(&after)?);
         }
-        if !older {
-            return Ok(false);
-        }
-        let writes_left = WRITES.prune_older(tree, self.now_ms, batch)?;
-        let ranges_left = DELETE_RANGES.prune_older(tree, self.now_ms, batch)?;
-        Ok(writes_left || ranges_left)
+        let older_left = older && {
+            let writes_left = WRITES.prune_older(tree, clock_ms, batch)?;
+            let ranges_left = DELETE_RANGES.prune_older(tree, clock_ms, batch)?;
+            writes_left || ranges_left
+        };
+        Ok(Finished { older_left, clock_ms })
     }
 }
 
@@ -482,6 +456,7 @@ mod tests {
 
     use super::*;
     use crate::raft::state_machine::layout::expiry_key;
+    use crate::raft::types::{Current, Versioned, WriteOpResult};
     use crate::storage::{self, EngineRef};
 
     fn tree(dir: &std::path::Path) -> (EngineRef, TreeRef) {
@@ -527,20 +502,59 @@ mod tests {
         }]
     }
 
-    /// Applies one entry at `index` recording the writes `ids`, issued at `issued_at_ms`.
-    fn entry(tree: &TreeRef, policy: &DedupPolicy, index: u64, issued_at_ms: u64, ids: &[u8]) {
+    /// Applies one entry at `index` recording the writes `ids`, stamped `issued_at_ms`;
+    /// returns how many write records it removed.
+    fn apply_entry(
+        tree: &TreeRef,
+        policy: &DedupPolicy,
+        index: u64,
+        issued_at_ms: u64,
+        ids: &[RequestId],
+    ) -> usize {
         let mut batch = Batch::default();
         let mut records = EntryRecords::default();
         records.observe_clock(issued_at_ms);
         for id in ids {
             records
-                .record_write(&mut batch, &[*id; 16], FINGERPRINT, issued_at_ms, &ok())
+                .record_write(&mut batch, id, FINGERPRINT, issued_at_ms, &ok())
                 .expect("record");
         }
         records
             .finish(tree, &mut batch, policy, index, false)
             .expect("finish");
+        let removed = batch
+            .ops
+            .iter()
+            .filter(|(key, value)| key.first() == Some(&WRITE_RECORD_PREFIX) && value.is_none())
+            .count();
         tree.apply_batch(batch).expect("apply");
+        removed
+    }
+
+    /// Applies one entry at `index` recording the writes `[id; 16]` of `ids`.
+    fn entry(tree: &TreeRef, policy: &DedupPolicy, index: u64, issued_at_ms: u64, ids: &[u8]) {
+        let ids: Vec<RequestId> = ids.iter().map(|id| [*id; 16]).collect();
+        apply_entry(tree, policy, index, issued_at_ms, &ids);
+    }
+
+    /// Request id number `n`.
+    fn nth_id(n: u64) -> RequestId {
+        let mut id = [0; 16];
+        id[8..].copy_from_slice(&n.to_be_bytes());
+        id
+    }
+
+    /// The write records in `tree`, counted.
+    fn write_records(tree: &TreeRef) -> u64 {
+        let (start, end) = prefix_bounds(&[WRITE_RECORD_PREFIX]);
+        tree.range(start, end).count() as u64
+    }
+
+    /// Every pair of `tree`.
+    fn dump(tree: &TreeRef) -> Vec<(Vec<u8>, Vec<u8>)> {
+        tree.range(Bound::Unbounded, Bound::Unbounded)
+            .collect::<Result<_, _>>()
+            .expect("dump")
     }
 
     /// Entries 1..=`entries` at clock 1,000, entry `i` recording ids `2(i-1)` and `2(i-1)+1`.
@@ -563,7 +577,7 @@ mod tests {
     }
 
     fn counts(tree: &TreeRef) -> Counts {
-        decode(tree.name(), &tree.get(COUNTS_KEY).expect("get").expect("counts")).expect("decode")
+        Counts::read(tree).expect("counts")
     }
 
     /// A recorded outcome is found again by its request id, with its fingerprint, only in its
@@ -602,7 +616,8 @@ mod tests {
             counts(&tree),
             Counts {
                 writes: 0,
-                delete_ranges: 1
+                delete_ranges: 1,
+                clock_ms: 1_000,
             }
         );
     }
@@ -658,20 +673,14 @@ mod tests {
         )
         .expect("insert");
         let list = RequestList {
-            issued_at_ms: 1_000,
+            clock_ms: 1_000,
             ids: vec![[7; 16]],
         };
         tree.insert(&list_key(WRITE_LIST_PREFIX, 1), &encode(&list).expect("encode"))
             .expect("insert");
-        tree.insert(
-            COUNTS_KEY,
-            &encode(&Counts {
-                writes: 1,
-                delete_ranges: 0,
-            })
-            .expect("encode"),
-        )
-        .expect("insert");
+        // The counts as written before the clock: (writes, delete_ranges).
+        tree.insert(COUNTS_KEY, &encode(&(1u64, 0u64)).expect("encode"))
+            .expect("insert");
         let found = WRITES
             .lookup(&tree, &[7; 16], true)
             .expect("lookup")
@@ -693,7 +702,8 @@ mod tests {
             .expect("record");
         let left = records
             .finish(&tree, &mut batch, &policy, 2, true)
-            .expect("finish");
+            .expect("finish")
+            .older_left;
         tree.apply_batch(batch).expect("apply");
         assert!(left, "the record was still there when the entry looked");
         assert_eq!(WRITES.lookup(&tree, &[7; 16], true).expect("lookup"), None);
@@ -701,7 +711,8 @@ mod tests {
         let mut batch = Batch::default();
         let left = EntryRecords::default()
             .finish(&tree, &mut batch, &policy, 3, true)
-            .expect("finish");
+            .expect("finish")
+            .older_left;
         assert!(!left, "none left");
     }
 
@@ -730,7 +741,8 @@ mod tests {
         let mut batch = Batch::default();
         let left = EntryRecords::default()
             .finish(&tree, &mut batch, &policy(4, 8), 1, true)
-            .expect("finish");
+            .expect("finish")
+            .older_left;
         tree.apply_batch(batch).expect("apply");
         assert!(left, "not expired yet");
         assert!(WRITES.lookup(&tree, &[7; 16], true).expect("lookup").is_some());
@@ -740,11 +752,14 @@ mod tests {
         records.observe_clock(61_001);
         let left = records
             .finish(&tree, &mut batch, &policy(4, 8), 2, true)
-            .expect("finish");
+            .expect("finish")
+            .older_left;
         tree.apply_batch(batch).expect("apply");
         assert!(!left, "drained");
         assert_eq!(WRITES.lookup(&tree, &[7; 16], true).expect("lookup"), None);
-        assert_eq!(tree.range(Bound::Unbounded, Bound::Unbounded).count(), 0);
+        let left: Vec<Vec<u8>> = dump(&tree).into_iter().map(|(key, _)| key).collect();
+        assert_eq!(left, vec![COUNTS_KEY.to_vec()], "only the counts and clock");
+        assert_eq!(clock_ms(&tree).expect("clock"), 61_001);
     }
 
     /// A failed comparison's record keeps the key's version, not its value; a record of the
@@ -787,5 +802,258 @@ mod tests {
             }),
         }];
         assert_eq!(recorded_ops(old), vec![recorded]);
+    }
+
+    /// Today's lists and records, with the counts written before the clock (two fields),
+    /// still decode: the shard's clock is then the newest list's, and the records are
+    /// pruned once it passes the window; the counts are written with the clock from then on.
+    #[test]
+    fn lists_and_counts_written_before_the_clock_are_read_and_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, tree) = tree(dir.path());
+        // As the previous build wrote them: records under `v` and `u`, lists holding their
+        // entries' own clocks, counts as `(writes, delete_ranges)`.
+        let record = Record {
+            fingerprint: FINGERPRINT,
+            result: ok(),
+        };
+        tree.insert(
+            &request_key(WRITE_RECORD_PREFIX, &[1; 16]),
+            &encode(&record).expect("encode"),
+        )
+        .expect("insert");
+        let range_record = Record {
+            fingerprint: FINGERPRINT,
+            result: DeleteRangeResult::default(),
+        };
+        tree.insert(
+            &request_key(RANGE_RECORD_PREFIX, &[2; 16]),
+            &encode(&range_record).expect("encode"),
+        )
+        .expect("insert");
+        for (prefix, index, clock_ms, id) in [
+            (WRITE_LIST_PREFIX, 1, 1_000u64, 1u8),
+            (RANGE_LIST_PREFIX, 2, 2_000, 2),
+        ] {
+            let list = (clock_ms, vec![[id; 16]]);
+            tree.insert(&list_key(prefix, index), &encode(&list).expect("encode"))
+                .expect("insert");
+        }
+        tree.insert(COUNTS_KEY, &encode(&(1u64, 1u64)).expect("encode"))
+            .expect("insert");
+        assert_eq!(
+            counts(&tree),
+            Counts {
+                writes: 1,
+                delete_ranges: 1,
+                clock_ms: 2_000
+            }
+        );
+        assert_eq!(clock_ms(&tree).expect("clock"), 2_000);
+        assert!(WRITES.lookup(&tree, &[1; 16], false).expect("lookup").is_some());
+        assert!(DELETE_RANGES
+            .lookup(&tree, &[2; 16], false)
+            .expect("lookup")
+            .is_some());
+
+        // An entry with no clock of its own keeps the shard's; one past the window of both
+        // lists prunes them.
+        let policy = policy(0, 100);
+        entry(&tree, &policy, 3, 0, &[]);
+        assert_eq!(counts(&tree).clock_ms, 2_000);
+        assert!(WRITES.lookup(&tree, &[1; 16], false).expect("lookup").is_some());
+        entry(&tree, &policy, 4, 2_000 + 60_001, &[]);
+        assert_eq!(WRITES.lookup(&tree, &[1; 16], false).expect("lookup"), None);
+        assert_eq!(
+            DELETE_RANGES.lookup(&tree, &[2; 16], false).expect("lookup"),
+            None
+        );
+        assert_eq!(
+            counts(&tree),
+            Counts {
+                writes: 0,
+                delete_ranges: 0,
+                clock_ms: 62_001
+            }
+        );
+        let stored = tree.get(COUNTS_KEY).expect("get").expect("counts");
+        assert_eq!(
+            decode::<(u64, u64, u64)>(tree.name(), &stored).expect("decode"),
+            (0, 0, 62_001),
+            "written with the clock"
+        );
+    }
+
+    /// The shard's clock is the highest its entries carried: an entry stamped below it (a
+    /// leader that anchored before applying its predecessor's last entries) is listed at
+    /// the shard's clock, so its records age no faster than the entries before it.
+    #[test]
+    fn the_shard_clock_never_goes_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, tree) = tree(dir.path());
+        let policy = policy(0, 100);
+        // A retry-only entry (nothing recorded) carries 10,000; the next is stamped 5,000.
+        entry(&tree, &policy, 1, 10_000, &[]);
+        entry(&tree, &policy, 2, 5_000, &[2]);
+        assert_eq!(counts(&tree).clock_ms, 10_000);
+        // Past 5,000 + the window, not past 10,000 + the window: still remembered.
+        entry(&tree, &policy, 3, 66_000, &[]);
+        assert_eq!(remembered(&tree, [2]), vec![2]);
+        entry(&tree, &policy, 4, 70_001, &[]);
+        assert_eq!(remembered(&tree, [2]), Vec::<u8>::new());
+    }
+
+    /// Issue 14, defect 5: under sustained batched load — a thousand entries of 256 records
+    /// each (31 times the cap), all within the window — a table never holds more than
+    /// `max_records`, its count is the records it holds, and no entry removes more than it
+    /// added plus the rest of one list. Once the clock passes the window, ageing removes at
+    /// most `MAX_EXPIRED_LISTS_PER_ENTRY` lists per entry, and never the last `min_records`.
+    #[test]
+    fn sustained_batched_load_stays_under_the_cap() {
+        const PER_ENTRY: u64 = 256;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, tree) = tree(dir.path());
+        let policy = policy(1_024, 8_192);
+        let mut next_id = 0;
+        let mut batch_of = |n: u64| -> Vec<RequestId> {
+            let ids = (next_id..next_id + n).map(nth_id).collect();
+            next_id += n;
+            ids
+        };
+        let entries = 1_000;
+        for index in 1..=entries {
+            let removed = apply_entry(&tree, &policy, index, 1_000, &batch_of(PER_ENTRY));
+            let count = counts(&tree).writes;
+            assert!(count <= policy.max_records, "entry {index}: {count} records");
+            assert!(
+                removed as u64 <= PER_ENTRY + (PER_ENTRY - 1),
+                "entry {index} removed {removed}"
+            );
+            if index % 100 == 0 {
+                assert_eq!(count, write_records(&tree), "entry {index}: the count is exact");
+            }
+        }
+        assert_eq!(counts(&tree).writes, policy.max_records);
+        assert_eq!(
+            remembered_ids(&tree, (entries * PER_ENTRY - 8_192)..entries * PER_ENTRY),
+            8_192
+        );
+
+        // The clock passes the window: entries of one record each age 8 lists per entry,
+        // down to the last `min_records`.
+        let mut index = entries;
+        loop {
+            index += 1;
+            let removed = apply_entry(&tree, &policy, index, 1_000 + 60_001, &batch_of(1));
+            // 8 lists for their age, and one for the cap (the entry's record, plus the
+            // rest of that list).
+            assert!(
+                removed as u64 <= 8 * PER_ENTRY + PER_ENTRY,
+                "entry {index} removed {removed}"
+            );
+            let count = counts(&tree).writes;
+            assert!(count >= policy.min_records, "entry {index}: {count} records");
+            if removed == 0 {
+                break;
+            }
+        }
+        let count = counts(&tree).writes;
+        assert_eq!(count, write_records(&tree));
+        assert!(count < policy.min_records + PER_ENTRY, "{count} records left");
+        let newest = next_id;
+        assert_eq!(
+            remembered_ids(&tree, newest - policy.min_records..newest),
+            policy.min_records,
+            "the last min_records are remembered"
+        );
+    }
+
+    /// How many of the request ids numbered `range` are remembered.
+    fn remembered_ids(tree: &TreeRef, range: std::ops::Range<u64>) -> u64 {
+        range
+            .filter(|n| WRITES.lookup(tree, &nth_id(*n), false).expect("lookup").is_some())
+            .count() as u64
+    }
+
+    /// One entry of a generated history: how many writes it records and how its clock moves
+    /// (a jump or strobe of minutes either way, or a step).
+    #[derive(Debug, Clone)]
+    struct Step {
+        records: u64,
+        clock_delta_ms: i64,
+    }
+
+    fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        use proptest::prelude::*;
+        let delta = prop_oneof![
+            4 => 0i64..2_000,
+            1 => Just(5 * 60_000i64),
+            1 => Just(-5 * 60_000i64),
+        ];
+        proptest::collection::vec(
+            (0u64..=64, delta).prop_map(|(records, clock_delta_ms)| Step {
+                records,
+                clock_delta_ms,
+            }),
+            1..80,
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Whatever the entries' sizes and clocks (jumps and strobes of five minutes): the
+        /// count stays within the cap and equals the records held; no entry prunes more
+        /// than the bound; a request is remembered while fewer than `min_records` were
+        /// recorded after its entry; and a replica that restarted from a copy of the tree
+        /// midway (a snapshot) ends with exactly the same tree (pruning depends only on
+        /// the entries and the tree).
+        #[test]
+        fn pruning_is_bounded_and_deterministic(history in steps()) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let engine = storage::open(dir.path()).expect("engine");
+            let replica = engine.open_tree("replica").expect("tree");
+            let copied = engine.open_tree("copied").expect("tree");
+            let policy = DedupPolicy { window_ms: 60_000, min_records: 32, max_records: 256 };
+            let mut clock_ms: i64 = 10_000_000;
+            let mut next_id = 0;
+            // Request ids recorded by each entry so far, oldest first.
+            let mut recorded: Vec<Vec<u64>> = Vec::new();
+            for (index, step) in (1u64..).zip(&history) {
+                clock_ms = (clock_ms + step.clock_delta_ms).max(0);
+                let ids: Vec<u64> = (next_id..next_id + step.records).collect();
+                next_id += step.records;
+                let request_ids: Vec<RequestId> = ids.iter().map(|n| nth_id(*n)).collect();
+                let removed = apply_entry(&replica, &policy, index, clock_ms as u64, &request_ids);
+                if index as usize == history.len() / 2 {
+                    for (key, value) in dump(&replica) {
+                        copied.insert(&key, &value).expect("copy");
+                    }
+                } else if index as usize > history.len() / 2 {
+                    apply_entry(&copied, &policy, index, clock_ms as u64, &request_ids);
+                }
+                recorded.push(ids);
+                let count = counts(&replica).writes;
+                proptest::prop_assert!(count <= policy.max_records);
+                proptest::prop_assert_eq!(count, write_records(&replica));
+                proptest::prop_assert!(removed as u64 <= 8 * 64 + step.records + 63);
+                let mut newer = 0;
+                for ids in recorded.iter().rev() {
+                    if newer >= policy.min_records {
+                        break;
+                    }
+                    for n in ids {
+                        proptest::prop_assert!(
+                            WRITES.lookup(&replica, &nth_id(*n), false).expect("lookup").is_some(),
+                            "request {} forgotten with {} recorded after it", n, newer
+                        );
+                    }
+                    newer += ids.len() as u64;
+                }
+            }
+            if history.len() > 1 {
+                proptest::prop_assert_eq!(dump(&replica), dump(&copied));
+            }
+        }
     }
 }
