@@ -261,6 +261,39 @@ fn node_args(options: &RunOptions) -> Vec<String> {
     args
 }
 
+/// One key per shard (of `shards`) for the liveness probe: the first
+/// `jepsen/liveness/<n>` that lands on each (a key's shard depends on the shard count only).
+fn liveness_keys(shards: u32) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Option<Vec<u8>>> = vec![None; shards as usize];
+    let mut missing = keys.len();
+    let mut n = 0u64;
+    // A key lands on each shard with probability 1/shards: a few thousand tries are plenty.
+    while missing > 0 && n < 1_000_000 {
+        let key = format!("jepsen/liveness/{n}").into_bytes();
+        let shard = ringkv_ring::shard::shard_of_hash(ringkv_ring::key_hash(&key), shards).0 as usize;
+        if let Some(slot @ None) = keys.get_mut(shard) {
+            *slot = Some(key);
+            missing -= 1;
+        }
+        n += 1;
+    }
+    keys.into_iter().flatten().collect()
+}
+
+/// Whether a write and then a linearizable read of it succeed on the shard of every key.
+async fn serves_every_shard(client: &ringkv_client::Client, keys: &[Vec<u8>]) -> bool {
+    for key in keys {
+        let Ok(version) = client.put(key, b"1".to_vec()).await else {
+            return false;
+        };
+        match client.get(key).await {
+            Ok(Some(read)) if read.version >= version => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 async fn ring_of(cluster: &Cluster) -> Option<ringkv_ring::Ring> {
     let status = cluster.node_status(1).await?;
     let info = status.ring?;
@@ -479,18 +512,21 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     }
     let healed_at = Instant::now();
     let probe = cluster.client(Duration::from_secs(2)).await?;
+    let shards = cluster.ring().await.map_or(1, |ring| ring.shards.max(1));
+    let keys = liveness_keys(shards);
     let live = ringkv_launcher::wait_for(
-        "the cluster to serve after healing",
+        "every shard to serve a write and a linearizable read after healing",
         options.liveness_timeout,
-        || async { probe.put(b"jepsen/liveness", b"1".to_vec()).await.ok() },
+        || async { serves_every_shard(&probe, &keys).await.then_some(()) },
     )
     .await;
     match live {
         Ok(_) => {
             liveness.validity = Validity::Valid;
             liveness.notes.push(format!(
-                "served again {:.1}s after healing",
-                healed_at.elapsed().as_secs_f64()
+                "served again {:.1}s after healing (a write and a linearizable read on each of {} shards)",
+                healed_at.elapsed().as_secs_f64(),
+                keys.len()
             ));
         }
         Err(err) => {
@@ -777,4 +813,23 @@ fn downsample(points: Vec<plot::Point>) -> Vec<plot::Point> {
     let ok_step = ok.len().div_ceil(ok_budget).max(1);
     kept.extend(ok.into_iter().step_by(ok_step));
     kept
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    /// The liveness probe has one key on every shard.
+    #[test]
+    fn liveness_keys_cover_every_shard() {
+        for shards in [1u32, 4, 16, 64] {
+            let keys = liveness_keys(shards);
+            let mut covered: Vec<u32> = keys
+                .iter()
+                .map(|key| ringkv_ring::shard::shard_of_hash(ringkv_ring::key_hash(key), shards).0)
+                .collect();
+            covered.sort_unstable();
+            assert_eq!(covered, (0..shards).collect::<Vec<_>>(), "{shards} shards");
+        }
+    }
 }
