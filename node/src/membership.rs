@@ -11,10 +11,8 @@
 //!   group counts it (and, if reachable, it reports no replicas left);
 //! - **dead nodes**: a member neither this leader's status polls nor gossip (through any
 //!   peer) heard from for `dead_node_timeout_ms` is declared `dead` — one at a time, never below RF token owners — so its replicas are
-//!   re-created elsewhere. Only answers carrying this cluster's id count: a member that
-//!   restarted with an empty data directory answers without it, and is declared dead like
-//!   an unreachable one (gossip likewise only hears members of this cluster).
-//!
+//!   re-created elsewhere. Only answers with this cluster's id count (a member back with
+//!   an empty data directory is declared dead like an unreachable one).
 //! - **leader balance** (`balance_leaders`): once no ring change is pending and every shard
 //!   is settled, one shard leadership per pass moves from the node leading most to a voter
 //!   leading fewest (`transfer.rs`), until every active node leads within one of every other.
@@ -400,16 +398,8 @@ async fn poll_members(node: &Node, config: &ClusterConfig) -> Vec<v1::NodeStatus
                 addr: &addr,
             };
             match node.peers().status(peer).await {
-                // A member that answers without this cluster's id lost its data directory
-                // (or is another cluster's node at the address): it is not this member
-                // alive, so it is not heard, and the timeout declares it dead.
                 Ok(status) if status.node_id == node_id && status.cluster_id != config.cluster_id => {
-                    warn!(
-                        node_id,
-                        %addr,
-                        answered_cluster = %status.cluster_id,
-                        "a member answers without this cluster's id (its data directory was lost?): not counted as alive"
-                    );
+                    warn!(node_id, %addr, "a member answers without this cluster's id (data lost?): not alive");
                     None
                 }
                 Ok(status) if status.node_id == node_id => Some(status),

@@ -14,7 +14,6 @@ use ringkv_proto::{metadata, v1};
 use tonic::transport::Channel;
 
 use crate::error::NodeError;
-use crate::node::MemberStanding;
 use crate::raft::network::{envelope, Transport};
 use crate::raft::types::{Command, CommandResult, GroupId, NodeId};
 
@@ -46,6 +45,17 @@ impl Peer<'_> {
     fn status_failed(&self, status: &tonic::Status) -> NodeError {
         self.failed(status.message())
     }
+}
+
+/// Where a member stands before init: the answer to a `JoinCluster` probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberStanding {
+    /// The cluster id it has recorded.
+    pub cluster_id: Option<String>,
+    /// Whether it has applied a committed cluster configuration.
+    pub initialized: bool,
+    /// Whether its system group has a membership (Raft state).
+    pub system_group_started: bool,
 }
 
 impl Peers {

@@ -35,7 +35,7 @@ use super::Node;
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::group;
-use crate::peers::Peer;
+use crate::peers::{MemberStanding, Peer};
 use crate::raft::types::{
     ClusterConfig, Command, CommandResult, GroupId, NodeId, RingChange, RingChangeKind, RingChangeOutcome,
 };
@@ -79,17 +79,6 @@ pub fn check_identity(catalog: &TreeRef, config: &NodeConfig) -> Result<Option<S
         }
     }
     Ok(cluster_id)
-}
-
-/// Where a member stands before init: the answer to a `JoinCluster` probe.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MemberStanding {
-    /// The cluster id it has recorded.
-    pub cluster_id: Option<String>,
-    /// Whether it has applied a committed cluster configuration.
-    pub initialized: bool,
-    /// Whether its system group has a membership (Raft state).
-    pub system_group_started: bool,
 }
 
 /// Decides an init from where this node (`ours`, not initialised) and every other member

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use bootstrap::{check_identity, ring_info, MemberStanding};
+pub use bootstrap::{check_identity, ring_info};
 pub use data::now_ms;
 pub use status::MoveCounters;
 
