@@ -276,7 +276,8 @@ impl Client {
     }
 
     /// Stores many entries (atomic per shard, not across shards); returns the version of
-    /// each entry, in order.
+    /// each entry, in order. Like [`Client::batch_write`], a batch that fails after it
+    /// reached a router may be partly applied: that is [`Error::OutcomeUnknown`].
     pub async fn batch_put<K: AsRef<[u8]>, V: Into<Vec<u8>>>(
         &self,
         entries: impl IntoIterator<Item = (K, V)>,
@@ -299,9 +300,11 @@ impl Client {
             request_id: new_request_id(),
         };
         let max_bytes = self.routers.config().max_message_bytes;
+        // Each shard applies its part on its own: a failure after the batch reached a
+        // router may follow a partial application.
         let response = self
             .routers
-            .call(OpKind::Write, "batch-put", |channel, timeout| {
+            .call(OpKind::StepwiseWrite, "batch-put", |channel, timeout| {
                 let request = with_deadline(message.clone(), timeout);
                 async move { kv_client(channel, max_bytes).batch_put(request).await }
             })

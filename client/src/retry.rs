@@ -7,6 +7,13 @@
 //! and no later attempt settles it, the operation reports
 //! [`Error::OutcomeUnknown`] — never a plain failure.
 //!
+//! Ambiguity is sticky: once an attempt of a write may have been applied, only a success
+//! settles the operation. Every other end — a definite refusal of a later attempt (a router
+//! configured with other limits, a ring change, a request id a pruned de-duplication record
+//! no longer vouches for), a transient error, spent attempts or time — is reported as
+//! [`Error::OutcomeUnknown`], with the last error in its message: a later attempt's refusal
+//! says nothing about what the earlier one did.
+//!
 //! Read streams (scan, count) that break after they opened are reopened by their caller
 //! within a [`ResumeBudget`].
 
@@ -83,19 +90,19 @@ impl RetryState {
         }
     }
 
-    /// The error to report when the operation ends with `error`.
+    /// The error to report when the operation ends with `error`: after an attempt that
+    /// may have been applied, always [`Error::OutcomeUnknown`] (naming `error`), whatever
+    /// `error` is — a later attempt's answer, definite or not, does not tell whether the
+    /// earlier one was applied.
     pub(crate) fn final_error(&self, error: Error) -> Error {
         if !self.ambiguous {
             return error;
         }
         match error {
             Error::OutcomeUnknown(_) => error,
-            // Only transient failures leave the earlier ambiguity unresolved; a definite
-            // answer to the same request id would have reported the first outcome.
-            transient if transient.is_retryable() => Error::OutcomeUnknown(format!(
-                "the write may have been applied; last error: {transient}"
+            last => Error::OutcomeUnknown(format!(
+                "an earlier attempt may have been applied; last error: {last}"
             )),
-            definite => definite,
         }
     }
 }
@@ -244,15 +251,159 @@ mod tests {
         assert!(matches!(last, Decision::Fail(Error::OutcomeUnknown(_))));
     }
 
-    /// A definite answer after an ambiguous attempt is reported as is.
+    /// The ends of a write after an attempt that may have been applied: one row per
+    /// (what made it ambiguous, how the operation ended). Every row ends outcome-unknown,
+    /// naming the last error.
     #[test]
-    fn definite_after_ambiguous_is_reported() {
+    fn every_end_after_an_ambiguous_attempt_is_outcome_unknown() {
+        let txn_abort = || Error::TxnAborted {
+            reason: "WRITE_CONFLICT".into(),
+            retryable: true,
+            message: "write conflict on k".into(),
+        };
+        // (kind, the ambiguous first failure, the last failure, whether attempts are left)
+        let cases: Vec<(OpKind, Failure, Failure, bool, &str)> = vec![
+            // The review's path: the attempt timed out at the router (outcome unknown), the
+            // retry met a router whose shard had no leader, and the attempts ran out.
+            (
+                OpKind::Write,
+                failure(
+                    Error::OutcomeUnknown("commit timed out".into()),
+                    Delivery::MaybeApplied,
+                ),
+                failure(Error::Unavailable("not the leader".into()), Delivery::Answered),
+                false,
+                "not the leader",
+            ),
+            // A connection reset, then a router with a smaller max_value_bytes refuses.
+            (
+                OpKind::Write,
+                failure(Error::Transport("reset".into()), Delivery::MaybeApplied),
+                failure(
+                    Error::InvalidArgument("value too large".into()),
+                    Delivery::Answered,
+                ),
+                true,
+                "value too large",
+            ),
+            // A definite refusal of another kind, with attempts left.
+            (
+                OpKind::Write,
+                failure(Error::Transport("reset".into()), Delivery::MaybeApplied),
+                failure(
+                    Error::FailedPrecondition("not initialised".into()),
+                    Delivery::Answered,
+                ),
+                true,
+                "not initialised",
+            ),
+            // A request id refused as reused after the first attempt may have applied (a
+            // delete-range retried past its first chunk's de-duplication record).
+            (
+                OpKind::StepwiseWrite,
+                failure(Error::Transport("reset".into()), Delivery::MaybeApplied),
+                failure(Error::RequestIdReused("id 07 reused".into()), Delivery::Answered),
+                true,
+                "id 07 reused",
+            ),
+            // A commit whose outcome the router could not learn, retried and refused as
+            // aborted: reported as an abort, `transact` would run the body again.
+            (
+                OpKind::Write,
+                failure(
+                    Error::OutcomeUnknown("commit not confirmed".into()),
+                    Delivery::MaybeApplied,
+                ),
+                failure(txn_abort(), Delivery::Answered),
+                true,
+                "write conflict",
+            ),
+            // Attempts spent on a refused connection.
+            (
+                OpKind::Write,
+                failure(Error::Transport("reset".into()), Delivery::MaybeApplied),
+                failure(Error::Transport("refused".into()), Delivery::NotSent),
+                false,
+                "refused",
+            ),
+            // A server error without a dedicated variant.
+            (
+                OpKind::Write,
+                failure(Error::Transport("reset".into()), Delivery::MaybeApplied),
+                failure(
+                    Error::Other {
+                        code: tonic::Code::Internal,
+                        message: "disk".into(),
+                    },
+                    Delivery::Answered,
+                ),
+                true,
+                "disk",
+            ),
+            // A stepwise write the router answered UNAVAILABLE (maybe partly applied), then
+            // refused as invalid.
+            (
+                OpKind::StepwiseWrite,
+                failure(
+                    Error::Unavailable("shard 3 has no leader".into()),
+                    Delivery::Answered,
+                ),
+                failure(Error::InvalidArgument("bad range".into()), Delivery::Answered),
+                true,
+                "bad range",
+            ),
+        ];
+        for (index, (kind, first, last, attempts_left, cause)) in cases.into_iter().enumerate() {
+            let mut state = RetryState::new(kind);
+            let decision = state.on_failure(first, true);
+            assert!(matches!(decision, Decision::Retry), "case {index}: {decision:?}");
+            match state.on_failure(last, attempts_left) {
+                Decision::Fail(Error::OutcomeUnknown(message)) => {
+                    assert!(message.contains(cause), "case {index}: {message}")
+                }
+                other => panic!("case {index}: expected outcome unknown, got {other:?}"),
+            }
+        }
+    }
+
+    /// The end of the operation by its deadline, after an ambiguous attempt, is
+    /// outcome-unknown too (`final_error` is what the IO loop reports then).
+    #[test]
+    fn a_deadline_after_an_ambiguous_attempt_is_outcome_unknown() {
         let mut state = RetryState::new(OpKind::Write);
         let _ = state.on_failure(
             failure(Error::Transport("reset".into()), Delivery::MaybeApplied),
             true,
         );
-        let decision = state.on_failure(
+        let error = state.final_error(Error::DeadlineExceeded("put did not complete".into()));
+        assert!(matches!(error, Error::OutcomeUnknown(ref m) if m.contains("did not complete")));
+    }
+
+    /// Without an ambiguous attempt, definite failures stay definite, for writes and reads.
+    #[test]
+    fn definite_failures_without_ambiguity_stay_definite() {
+        for kind in [OpKind::Read, OpKind::Write, OpKind::StepwiseWrite] {
+            let mut state = RetryState::new(kind);
+            let _ = state.on_failure(
+                failure(Error::Transport("refused".into()), Delivery::NotSent),
+                true,
+            );
+            let decision = state.on_failure(
+                failure(Error::InvalidArgument("bad".into()), Delivery::Answered),
+                true,
+            );
+            assert!(
+                matches!(decision, Decision::Fail(Error::InvalidArgument(_))),
+                "{kind:?}: {decision:?}"
+            );
+        }
+        // A read whose connection broke is not ambiguous: reads change nothing.
+        let mut read = RetryState::new(OpKind::Read);
+        let _ = read.on_failure(
+            failure(Error::Transport("reset".into()), Delivery::MaybeApplied),
+            true,
+        );
+        let decision = read.on_failure(
             failure(Error::InvalidArgument("bad".into()), Delivery::Answered),
             true,
         );

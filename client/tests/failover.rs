@@ -138,6 +138,49 @@ async fn outcome_unknown_is_reported_not_failed() {
     assert!(ids.windows(2).all(|pair| pair[0] == pair[1]));
 }
 
+/// Once an attempt may have been applied, a later definite refusal is not a failure: the
+/// write is reported outcome-unknown, naming the refusal (the review's path: the write
+/// timed out at one router, another router refused the retry).
+#[tokio::test]
+async fn a_refusal_after_an_ambiguous_attempt_is_outcome_unknown() {
+    let first = MockRouter::default();
+    first.fail_next(outcome_unknown("commit timed out"));
+    let second = MockRouter::default();
+    second.fail_next(Status::invalid_argument(
+        "value is 2 bytes, more than max_value_bytes = 1",
+    ));
+    let client = client(vec![
+        first.serve().await.to_string(),
+        second.serve().await.to_string(),
+    ])
+    .await;
+    let error = client.put("k", "vv").await.expect_err("ambiguous, then refused");
+    assert!(
+        matches!(error, Error::OutcomeUnknown(ref m) if m.contains("max_value_bytes")),
+        "{error:?}"
+    );
+    assert_eq!(first.request_ids(), second.request_ids());
+}
+
+/// A batch put is applied shard by shard: UNAVAILABLE after it reached a router may follow a
+/// partial application, so retries that run out end outcome-unknown, not unavailable.
+#[tokio::test]
+async fn a_batch_put_that_keeps_failing_is_outcome_unknown() {
+    let router = MockRouter::default();
+    for _ in 0..3 {
+        router.fail_next(Status::unavailable(
+            "batch failed on 1 of 2 shards: shard 3 has no leader",
+        ));
+    }
+    let client = client(vec![router.serve().await.to_string()]).await;
+    let error = client
+        .batch_put([("a", "1"), ("b", "2")])
+        .await
+        .expect_err("unavailable");
+    assert!(matches!(error, Error::OutcomeUnknown(_)), "{error:?}");
+    assert_eq!(router.calls(), 3, "retried with the same id while attempts last");
+}
+
 /// An outcome-unknown followed by a success is a success (the cluster de-duplicated).
 #[tokio::test]
 async fn outcome_unknown_then_success_succeeds() {

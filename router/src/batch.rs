@@ -147,6 +147,19 @@ impl<T> Assembly<T> {
         }
         Ok(values)
     }
+
+    /// [`Assembly::finish`] for a write: when some shards failed after others applied
+    /// their part, the batch failure is marked partly applied (outcome unknown).
+    pub fn finish_write(self) -> Result<Vec<T>, RouterError> {
+        let applied_shards = self.total_shards.saturating_sub(self.failures.len());
+        self.finish().map_err(|err| match err {
+            RouterError::BatchFailed(mut batch) => {
+                batch.partly_applied = applied_shards > 0;
+                RouterError::BatchFailed(batch)
+            }
+            other => other,
+        })
+    }
 }
 
 /// The error of a batch over `total_shards` shards whose `failures` failed: a single
@@ -163,6 +176,7 @@ pub fn batch_error(total_shards: usize, mut failures: Vec<(ShardId, RouterError)
         operation: "batch",
         total_shards,
         failures,
+        partly_applied: false,
     })
 }
 
@@ -305,5 +319,35 @@ mod tests {
         let mut single = Assembly::<u64>::new(1, 1);
         single.fail(ShardId(2), RouterError::NoCluster);
         assert!(matches!(single.finish(), Err(RouterError::NoCluster)));
+    }
+
+    /// A write whose shards failed after others applied their part is partly applied
+    /// (outcome unknown); one whose every shard failed is not.
+    #[test]
+    fn a_write_failing_after_other_shards_applied_is_partly_applied() {
+        let unavailable = |shard| RouterError::ShardUnavailable {
+            shard: ShardId(shard),
+            attempts: 3,
+            last_error: "no leader".into(),
+        };
+        let mut partial = Assembly::<u64>::new(3, 2);
+        let applied = ShardGroup {
+            shard: ShardId(1),
+            indices: vec![0, 2],
+        };
+        assert!(partial.fill(&applied, vec![10, 12]).is_ok());
+        partial.fail(ShardId(7), unavailable(7));
+        match partial.finish_write() {
+            Err(err @ RouterError::BatchFailed(_)) => assert!(err.is_outcome_unknown(), "{err}"),
+            other => panic!("expected a batch failure, got {other:?}"),
+        }
+
+        let mut none_applied = Assembly::<u64>::new(2, 2);
+        none_applied.fail(ShardId(1), unavailable(1));
+        none_applied.fail(ShardId(7), unavailable(7));
+        match none_applied.finish_write() {
+            Err(err @ RouterError::BatchFailed(_)) => assert!(!err.is_outcome_unknown(), "{err}"),
+            other => panic!("expected a batch failure, got {other:?}"),
+        }
     }
 }

@@ -80,18 +80,34 @@ pub struct RouterConfig {
     /// Most concurrent sub-requests of one batch (and `NodeStatus` polls of one refresh).
     pub max_fanout: usize,
     /// Most client requests served at once; beyond it requests fail fast with
-    /// `RESOURCE_EXHAUSTED`.
+    /// `RESOURCE_EXHAUSTED`. Streams (`ScanStream`, `Count`) do not count: they have
+    /// `max_open_streams`.
     pub max_inflight_requests: usize,
+    /// Most streams (`ScanStream`, `Count`) open at once, apart from
+    /// `max_inflight_requests`; beyond it a stream is refused with `RESOURCE_EXHAUSTED`.
+    /// With `stream_buffer_bytes`, it bounds the router memory streams use.
+    pub max_open_streams: usize,
+    /// A stream whose reader takes no message for this long is cut (`DEADLINE_EXCEEDED`),
+    /// and what it holds is freed.
+    pub stream_idle_timeout_ms: u64,
+    /// A stream open this long is cut (`DEADLINE_EXCEEDED`); a client resumes a scan from
+    /// its last continuation token.
+    pub stream_total_timeout_ms: u64,
     /// First retry backoff; doubles per retry up to `retry_max_backoff_ms`, with jitter.
     pub retry_initial_backoff_ms: u64,
     /// Largest retry backoff.
     pub retry_max_backoff_ms: u64,
     /// How long a graceful shutdown waits for in-flight requests before cutting them.
     pub shutdown_timeout_ms: u64,
-    /// Bytes of shard pages one scan buffers across all shards (each shard's fetch gets
-    /// `scan_buffer_bytes / shards`, at least 64 KiB): the router memory one scan needs,
-    /// however large its result.
+    /// Bytes of shard pages one `Scan` page buffers across all shards (each shard's fetch
+    /// gets `scan_buffer_bytes / shards`, at least 64 KiB): the router memory one scan page
+    /// needs, however large its result. Streams have `stream_buffer_bytes`.
     pub scan_buffer_bytes: u64,
+    /// Bytes of shard pages one streamed scan buffers ahead of its reader, split like
+    /// `scan_buffer_bytes` (at least 64 KiB per shard fetch). A stream holds this, plus the
+    /// message being made and the one or two its transport holds (256 KiB each), for
+    /// as long as it is open.
+    pub stream_buffer_bytes: u64,
     /// How often the router collects the records of old transactions (`txn_gc.rs`); 0 never
     /// (`Txn.Gc` / `kvctl txn-gc` still do on demand).
     pub txn_gc_interval_ms: u64,
@@ -145,10 +161,15 @@ impl Default for RouterConfig {
             max_response_bytes: 64 * MIB,
             max_fanout: 32,
             max_inflight_requests: 4096,
+            // 64 streams of 2 MiB of pages and about 1 MiB of messages and encoding: ≈ 200 MiB.
+            max_open_streams: 64,
+            stream_idle_timeout_ms: 30_000,
+            stream_total_timeout_ms: 600_000,
             retry_initial_backoff_ms: 10,
             retry_max_backoff_ms: 200,
             shutdown_timeout_ms: 10_000,
             scan_buffer_bytes: 16 * MIB as u64,
+            stream_buffer_bytes: 2 * MIB as u64,
             txn_gc_interval_ms: 300_000,
             txn_gc_age_ms: 600_000,
             unsafe_skip_write_conflict: false,
@@ -217,6 +238,8 @@ impl RouterConfig {
             ("retry_max_backoff_ms", self.retry_max_backoff_ms),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
             ("txn_gc_age_ms", self.txn_gc_age_ms),
+            ("stream_idle_timeout_ms", self.stream_idle_timeout_ms),
+            ("stream_total_timeout_ms", self.stream_total_timeout_ms),
         ] {
             if value_ms == 0 || value_ms > MAX_DURATION_MS {
                 return Err(invalid(
@@ -234,10 +257,24 @@ impl RouterConfig {
                 ),
             ));
         }
-        if !(64 * 1024..=1 << 30).contains(&self.scan_buffer_bytes) {
+        for (field, bytes) in [
+            ("scan_buffer_bytes", self.scan_buffer_bytes),
+            ("stream_buffer_bytes", self.stream_buffer_bytes),
+        ] {
+            if !(64 * 1024..=1 << 30).contains(&bytes) {
+                return Err(invalid(
+                    field,
+                    format!("must be between 64 KiB and 1 GiB, got {bytes}"),
+                ));
+            }
+        }
+        if self.stream_idle_timeout_ms > self.stream_total_timeout_ms {
             return Err(invalid(
-                "scan_buffer_bytes",
-                format!("must be between 64 KiB and 1 GiB, got {}", self.scan_buffer_bytes),
+                "stream_idle_timeout_ms",
+                format!(
+                    "({}) must not exceed stream_total_timeout_ms ({})",
+                    self.stream_idle_timeout_ms, self.stream_total_timeout_ms
+                ),
             ));
         }
         if self.default_request_timeout_ms > self.max_request_timeout_ms {
@@ -304,6 +341,9 @@ impl RouterConfig {
         if self.max_inflight_requests == 0 {
             return Err(invalid("max_inflight_requests", "must be at least 1"));
         }
+        if self.max_open_streams == 0 {
+            return Err(invalid("max_open_streams", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -340,6 +380,16 @@ impl RouterConfig {
     /// [`Self::connect_timeout_ms`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// [`Self::stream_idle_timeout_ms`] as a duration.
+    pub fn stream_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_idle_timeout_ms)
+    }
+
+    /// [`Self::stream_total_timeout_ms`] as a duration.
+    pub fn stream_total_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_total_timeout_ms)
     }
 
     /// [`Self::shutdown_timeout_ms`] as a duration.
@@ -403,6 +453,10 @@ mod tests {
         assert_eq!(config.max_request_bytes, 8 << 20);
         assert_eq!(config.max_fanout, 32);
         assert_eq!(config.max_inflight_requests, 4096);
+        assert_eq!(config.max_open_streams, 64);
+        assert_eq!(config.stream_idle_timeout_ms, 30_000);
+        assert_eq!(config.stream_total_timeout_ms, 600_000);
+        assert_eq!(config.stream_buffer_bytes, 2 << 20);
         assert_eq!(config.retry_initial_backoff_ms, 10);
         assert_eq!(config.retry_max_backoff_ms, 200);
     }
@@ -468,6 +522,35 @@ mod tests {
                     ..with_seed()
                 },
                 "max_key_bytes",
+            ),
+            (
+                RouterConfig {
+                    max_open_streams: 0,
+                    ..with_seed()
+                },
+                "max_open_streams",
+            ),
+            (
+                RouterConfig {
+                    stream_idle_timeout_ms: 0,
+                    ..with_seed()
+                },
+                "stream_idle_timeout_ms",
+            ),
+            (
+                RouterConfig {
+                    stream_idle_timeout_ms: 60_000,
+                    stream_total_timeout_ms: 30_000,
+                    ..with_seed()
+                },
+                "stream_idle_timeout_ms",
+            ),
+            (
+                RouterConfig {
+                    stream_buffer_bytes: 1024,
+                    ..with_seed()
+                },
+                "stream_buffer_bytes",
             ),
         ];
         for (config, field) in cases {

@@ -17,6 +17,7 @@ use crate::forward::{ForwardSettings, Forwarder};
 use crate::inflight::InflightLimiter;
 use crate::node_api::NodeApi;
 use crate::secondaries::SecondaryCommits;
+use crate::streams::{StreamSettings, StreamSlot, StreamSlots};
 use crate::topology::TopologyHandle;
 use crate::validate::Limits;
 
@@ -34,8 +35,12 @@ pub struct RouterContext<N> {
     pub max_fanout: usize,
     /// Largest response message to a client.
     pub max_response_bytes: usize,
-    /// Bytes of shard pages one scan buffers.
+    /// Bytes of shard pages one scan page buffers.
     pub scan_buffer_bytes: u64,
+    /// Bytes of shard pages one streamed scan buffers ahead of its reader.
+    pub stream_buffer_bytes: u64,
+    /// Server streams: their slots (apart from `inflight`), deadlines and tasks.
+    pub streams: StreamSlots,
     /// Node liveness as the router's gossip sees it.
     pub gossip: Arc<crate::gossip::GossipView>,
     /// NEGATIVE CONTROL ONLY: transactions skip the write-conflict check.
@@ -51,6 +56,13 @@ pub struct RouterContext<N> {
 /// An admitted request: its in-flight permit (released on drop) and its deadline.
 pub struct Admission {
     pub _permit: OwnedSemaphorePermit,
+    pub deadline: Instant,
+}
+
+/// An admitted stream: its stream slot and the deadline of its opening (and of each round
+/// of shard calls).
+pub struct StreamAdmission {
+    pub slot: StreamSlot,
     pub deadline: Instant,
 }
 
@@ -78,6 +90,12 @@ impl<N: NodeApi> RouterContext<N> {
             max_fanout: config.max_fanout.max(1),
             max_response_bytes: config.max_response_bytes,
             scan_buffer_bytes: config.scan_buffer_bytes,
+            stream_buffer_bytes: config.stream_buffer_bytes,
+            streams: StreamSlots::new(StreamSettings {
+                max_open_streams: config.max_open_streams,
+                idle_timeout: config.stream_idle_timeout(),
+                total_timeout: config.stream_total_timeout(),
+            }),
             gossip: Arc::default(),
             unsafe_skip_write_conflict: config.unsafe_skip_write_conflict,
             unsafe_skip_read_validation: config.unsafe_skip_read_validation,
@@ -98,6 +116,16 @@ impl<N: NodeApi> RouterContext<N> {
         let permit = self.inflight.try_acquire()?;
         Ok(Admission {
             _permit: permit,
+            deadline: self.timeouts.deadline(metadata),
+        })
+    }
+
+    /// Takes a stream slot (never an in-flight permit: streams that wait for slow readers
+    /// must not starve unary requests) and computes the opening's deadline.
+    pub fn admit_stream(&self, metadata: &MetadataMap) -> Result<StreamAdmission, RouterError> {
+        let slot = self.streams.try_open()?;
+        Ok(StreamAdmission {
+            slot,
             deadline: self.timeouts.deadline(metadata),
         })
     }

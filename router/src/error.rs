@@ -32,6 +32,21 @@ pub enum RouterError {
     /// More than `max_inflight_requests` requests are being served.
     #[error("too many requests in flight (max_inflight_requests = {max_inflight_requests})")]
     Overloaded { max_inflight_requests: usize },
+    /// `max_open_streams` streams (ScanStream, Count) are open.
+    #[error("too many streams open (max_open_streams = {max_open_streams}); close one or retry later")]
+    TooManyStreams { max_open_streams: usize },
+    /// A stream's reader took no message for `stream_idle_timeout_ms`: the router cut it.
+    #[error(
+        "stream cut: its reader took no message for {idle_timeout_ms} ms (stream_idle_timeout_ms); \
+         a scan resumes from its last continuation token, a count starts over"
+    )]
+    StreamIdle { idle_timeout_ms: u64 },
+    /// A stream stayed open for `stream_total_timeout_ms`: the router cut it.
+    #[error(
+        "stream cut: open for {total_timeout_ms} ms (stream_total_timeout_ms); a scan resumes \
+         from its last continuation token, a count starts over"
+    )]
+    StreamExpired { total_timeout_ms: u64 },
     /// No ring is known: the cluster is not initialised or no node answered.
     #[error("cluster not initialised or no node reachable")]
     NoCluster,
@@ -141,11 +156,13 @@ impl RouterError {
         }
     }
 
-    /// Whether a write covered by this error may have been applied.
+    /// Whether a write covered by this error may have been applied (in part or whole).
     pub fn is_outcome_unknown(&self) -> bool {
         match self {
             RouterError::OutcomeUnknown { .. } | RouterError::TxnOutcomeUnknown { .. } => true,
-            RouterError::BatchFailed(batch) => batch.failures.iter().any(|(_, err)| err.is_outcome_unknown()),
+            RouterError::BatchFailed(batch) => {
+                batch.partly_applied || batch.failures.iter().any(|(_, err)| err.is_outcome_unknown())
+            }
             _ => false,
         }
     }
@@ -160,6 +177,10 @@ pub struct BatchFailure {
     pub total_shards: usize,
     /// The failed shards, sorted by shard id.
     pub failures: Vec<(ShardId, RouterError)>,
+    /// A write only: part of it was applied before it failed (a shard's part of a batch, a
+    /// chunk of a delete-range), so it is neither done nor undone — outcome unknown, never
+    /// a plain failure, whatever its failed shards said. Always false for reads.
+    pub partly_applied: bool,
 }
 
 impl BatchFailure {
@@ -187,6 +208,12 @@ impl fmt::Display for BatchFailure {
         let unknown = self.outcome_unknown_shards();
         if !unknown.is_empty() {
             write!(f, "; write outcome unknown on shards {}", list_shards(&unknown))?;
+        }
+        if self.partly_applied {
+            write!(
+                f,
+                "; part of the write was applied (outcome unknown: retry with the same request_id)"
+            )?;
         }
         for (shard, err) in self.failures.iter().take(MAX_DETAILED_SHARD_ERRORS) {
             write!(f, "; shard {shard}: {err}")?;
@@ -218,9 +245,9 @@ fn list_shards(shards: &[ShardId]) -> String {
 
 /// The gRPC status for a router error: the single place where codes are chosen.
 ///
-/// bad input → INVALID_ARGUMENT; overload, a reply over its budget → RESOURCE_EXHAUSTED; no
-/// leader / unreachable /
-/// ring change → UNAVAILABLE; deadline → DEADLINE_EXCEEDED; outcome unknown → UNAVAILABLE
+/// bad input → INVALID_ARGUMENT; overload, too many streams, a reply over its budget →
+/// RESOURCE_EXHAUSTED; no leader / unreachable /
+/// ring change → UNAVAILABLE; deadline, a stream cut → DEADLINE_EXCEEDED; outcome unknown → UNAVAILABLE
 /// with `x-ringkv-outcome-unknown: 1`; a reused request id → INVALID_ARGUMENT with
 /// `x-ringkv-request-id-reused: 1`; node errors → the node's own code and message;
 /// partial batch failure → UNAVAILABLE naming the shards (or the shared code when every
@@ -230,8 +257,11 @@ pub fn to_status(err: &RouterError) -> Status {
     let message = err.to_string();
     match err {
         RouterError::InvalidArgument(_) | RouterError::PlanRejected(_) => Status::invalid_argument(message),
-        RouterError::Overloaded { .. } | RouterError::ReplyTooLarge { .. } => {
-            Status::resource_exhausted(message)
+        RouterError::Overloaded { .. }
+        | RouterError::TooManyStreams { .. }
+        | RouterError::ReplyTooLarge { .. } => Status::resource_exhausted(message),
+        RouterError::StreamIdle { .. } | RouterError::StreamExpired { .. } => {
+            Status::deadline_exceeded(message)
         }
         RouterError::NoCluster | RouterError::ShardUnavailable { .. } | RouterError::RingChanged { .. } => {
             Status::unavailable(message)
@@ -437,6 +467,7 @@ mod tests {
             operation: "batch",
             total_shards: 4,
             failures: vec![(ShardId(1), unavailable(1)), (ShardId(3), unknown(3))],
+            partly_applied: false,
         });
         let status = to_status(&err);
         assert_eq!(status.code(), Code::Unavailable);
@@ -448,10 +479,32 @@ mod tests {
             operation: "batch",
             total_shards: 4,
             failures: vec![(ShardId(1), unavailable(1)), (ShardId(2), unavailable(2))],
+            partly_applied: false,
         });
         let status = to_status(&definite);
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!metadata::is_outcome_unknown(&status));
+    }
+
+    /// A write that failed on some shards after others applied their part is outcome
+    /// unknown, whatever its failed shards said: not a definite failure.
+    #[test]
+    fn a_partly_applied_write_is_outcome_unknown() {
+        let err = RouterError::BatchFailed(BatchFailure {
+            operation: "batch",
+            total_shards: 4,
+            failures: vec![(ShardId(1), unavailable(1)), (ShardId(2), unavailable(2))],
+            partly_applied: true,
+        });
+        assert!(err.is_outcome_unknown());
+        let status = to_status(&err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(metadata::is_outcome_unknown(&status));
+        assert!(
+            status.message().contains("part of the write was applied"),
+            "{}",
+            status.message()
+        );
     }
 
     /// A batch whose shards all failed with the same code keeps that code.
@@ -467,6 +520,7 @@ mod tests {
             operation: "batch",
             total_shards: 2,
             failures: vec![(ShardId(0), node_error(0)), (ShardId(1), node_error(1))],
+            partly_applied: false,
         });
         assert_eq!(to_status(&err).code(), Code::InvalidArgument);
     }
@@ -490,6 +544,7 @@ mod tests {
                 operation: "batch",
                 total_shards: 3,
                 failures,
+                partly_applied: false,
             }))
         };
         let all = batch(vec![(ShardId(1), reused(1)), (ShardId(2), reused(2))]);

@@ -117,7 +117,11 @@ impl<N: NodeApi> Forwarder<N> {
         .await
     }
 
-    /// `ShardKv.Write` of `ops` (one Raft entry) with a fixed request id, through the leader.
+    /// `ShardKv.Write` of `ops` (one Raft entry) with a fixed request id, through the leader:
+    /// one result per op. Every attempt sends the same request, id included — the
+    /// client's, or the one the router chose for a request that came without (chosen once
+    /// per request; see `validate::request_id_or_random`) — so the node's
+    /// de-duplication makes each retry safe, after an ambiguous attempt too.
     pub async fn write(
         &self,
         shard: ShardId,
@@ -126,6 +130,7 @@ impl<N: NodeApi> Forwarder<N> {
         ops: Vec<WriteOp>,
         deadline: Instant,
     ) -> Result<ShardWriteResponse, RouterError> {
+        let op_count = ops.len();
         let request = ShardWriteRequest {
             shard_id: shard.0,
             request_id: request_id.to_vec(),
@@ -140,7 +145,19 @@ impl<N: NodeApi> Forwarder<N> {
             deadline,
             |target, timeout| {
                 let request = request.clone();
-                async move { nodes.write(&target.addr, request, timeout).await }
+                async move {
+                    let response = nodes.write(&target.addr, request, timeout).await?;
+                    if response.results.len() != op_count {
+                        // The node took the write but its answer breaks the contract: the
+                        // write may be applied, so this is an unflagged (ambiguous) failure,
+                        // reported outcome-unknown, never as a plain error.
+                        return Err(Status::internal(format!(
+                            "the node answered {} results for {op_count} ops",
+                            response.results.len()
+                        )));
+                    }
+                    Ok(response)
+                }
             },
         )
         .await
@@ -239,7 +256,7 @@ impl<N: NodeApi> Forwarder<N> {
                 {
                     Ok(target) => target,
                     Err(RouteError::ShardCountChanged { expected, actual }) => {
-                        return Err(RouterError::RingChanged { expected, actual });
+                        return Err(state.ring_changed(expected, actual));
                     }
                     Err(err) => {
                         state.record(&Classified::no_route(err.to_string()), "router");
@@ -534,6 +551,15 @@ impl RetryState {
         }
     }
 
+    /// The error when the shard count changed under the request: the request stops, but a
+    /// write that an earlier attempt may have applied stays outcome-unknown.
+    fn ring_changed(&self, expected: u32, actual: u32) -> RouterError {
+        if let Some(request_id) = self.ambiguous_write() {
+            return self.outcome_unknown(request_id);
+        }
+        RouterError::RingChanged { expected, actual }
+    }
+
     /// The error for a failure that is not retried.
     fn fatal(&self, addr: &str, code: Code, message: &str) -> RouterError {
         if let Some(request_id) = self.ambiguous_write() {
@@ -604,6 +630,8 @@ pub(crate) mod tests {
         /// Writes: every op's comparison failed on a key at this version, whose value the
         /// reply leaves out (other calls: answer successfully).
         ComparisonFailed { current_version: u64 },
+        /// Writes: answer one result fewer than the ops (other calls: answer successfully).
+        ShortReply,
     }
 
     /// An in-process fake of the node calls: scripted per address, recording every call.
@@ -614,6 +642,8 @@ pub(crate) mod tests {
         default: Mutex<HashMap<String, fn() -> Script>>,
         pub(crate) calls: Mutex<Vec<(String, Vec<u8>)>>,
         pub(crate) statuses: Mutex<HashMap<String, Result<NodeStatusResponse, Status>>>,
+        /// Shards whose writes and delete-ranges every node refuses (rejected UNAVAILABLE).
+        pub(crate) refused_shards: Mutex<Vec<u32>>,
     }
 
     impl FakeNodes {
@@ -645,6 +675,20 @@ pub(crate) mod tests {
             default.map_or(Script::Ok, |make| make())
         }
 
+        /// Refuses every write and delete-range of `shard` from now on.
+        pub(crate) fn refuse_shard(&self, shard: u32) {
+            if let Ok(mut refused) = self.refused_shards.lock() {
+                refused.push(shard);
+            }
+        }
+
+        fn refuses(&self, shard: u32) -> bool {
+            self.refused_shards
+                .lock()
+                .map(|refused| refused.contains(&shard))
+                .unwrap_or(false)
+        }
+
         pub(crate) fn called_addrs(&self) -> Vec<String> {
             self.calls
                 .lock()
@@ -655,7 +699,7 @@ pub(crate) mod tests {
 
     async fn play<T>(step: Script, ok: T) -> Result<T, Status> {
         match step {
-            Script::Ok | Script::ComparisonFailed { .. } => Ok(ok),
+            Script::Ok | Script::ComparisonFailed { .. } | Script::ShortReply => Ok(ok),
             Script::Fail(status) => Err(status),
             Script::Hang => std::future::pending().await,
         }
@@ -689,9 +733,19 @@ pub(crate) mod tests {
             _timeout: Duration,
         ) -> Result<ShardWriteResponse, Status> {
             let step = self.next(addr, request.request_id.clone());
+            if self.refuses(request.shard_id) {
+                let mut status = Status::unavailable("no leader");
+                metadata::set_rejected(&mut status);
+                return Err(status);
+            }
+            let answered = match step {
+                Script::ShortReply => request.ops.len().saturating_sub(1),
+                _ => request.ops.len(),
+            };
             let results = request
                 .ops
                 .iter()
+                .take(answered)
                 .enumerate()
                 .map(|(index, _)| match step {
                     Script::ComparisonFailed { current_version } => WriteOpResult {
@@ -738,6 +792,11 @@ pub(crate) mod tests {
             _timeout: Duration,
         ) -> Result<ShardDeleteRangeResponse, Status> {
             let step = self.next(addr, request.request_id.clone());
+            if self.refuses(request.shard_id) {
+                let mut status = Status::unavailable("no leader");
+                metadata::set_rejected(&mut status);
+                return Err(status);
+            }
             play(step, ShardDeleteRangeResponse::default()).await
         }
 
@@ -938,6 +997,77 @@ pub(crate) mod tests {
         assert_eq!(Instant::now() - start, Duration::from_millis(300));
         let attempts = nodes.called_addrs().len();
         assert!((4..=30).contains(&attempts), "{attempts} attempts");
+    }
+
+    /// A write whose shard count changes after an ambiguous attempt stops, outcome-unknown
+    /// (the attempt may have been applied under the old ring); before, it was reported as a
+    /// plain "the cluster changed" UNAVAILABLE.
+    #[tokio::test(start_paused = true)]
+    async fn a_ring_change_after_an_ambiguous_attempt_is_outcome_unknown() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        nodes.script(&replicas[0], vec![Script::Hang]);
+        let forwarder = forwarder(&nodes, &topology);
+        let write = forwarder.write(SHARD, 8, [4u8; 16], put_op(), deadline_in(1000));
+        let resize = async {
+            while nodes.called_addrs().is_empty() {
+                tokio::task::yield_now().await;
+            }
+            let mut ring = ring_info(3, 16, 3);
+            ring.epoch = 2;
+            let pass = topology.begin_pass();
+            topology.finish_pass(
+                pass,
+                &[NodeObservation {
+                    addr: "n1:7001".into(),
+                    status: NodeStatusResponse {
+                        node_id: 1,
+                        cluster_id: "test-cluster".into(),
+                        ring: Some(ring),
+                        ..NodeStatusResponse::default()
+                    },
+                }],
+            );
+        };
+        let (result, ()) = tokio::join!(write, resize);
+        let Err(err) = result else {
+            panic!("expected an error")
+        };
+        assert!(matches!(err, RouterError::OutcomeUnknown { .. }), "{err}");
+        assert!(metadata::is_outcome_unknown(&to_status(&err)));
+        assert_eq!(nodes.called_addrs().len(), 1, "not sent under the new ring");
+
+        // A write that no attempt reached still reports the ring change.
+        let again = forwarder
+            .write(SHARD, 8, [5u8; 16], put_op(), deadline_in(1000))
+            .await;
+        assert!(matches!(again, Err(RouterError::RingChanged { .. })), "{again:?}");
+    }
+
+    /// A node that took a write but answered a result count that breaks the contract may
+    /// have applied it: outcome unknown (marked), not an INTERNAL failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_answer_with_the_wrong_result_count_is_outcome_unknown() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        nodes.script(&replicas[0], vec![Script::ShortReply]);
+        let forwarder = forwarder(&nodes, &topology);
+        let result = forwarder
+            .write(SHARD, 8, [6u8; 16], put_op(), deadline_in(1000))
+            .await;
+        let Err(err) = result else {
+            panic!("expected an error")
+        };
+        assert!(matches!(err, RouterError::OutcomeUnknown { .. }), "{err}");
+        let status = to_status(&err);
+        assert!(metadata::is_outcome_unknown(&status));
+        assert!(
+            status.message().contains("0 results for 1 ops"),
+            "{}",
+            status.message()
+        );
     }
 
     /// A node's INVALID_ARGUMENT is returned as is, without retrying.

@@ -27,7 +27,8 @@ use crate::batch_get;
 use crate::context::RouterContext;
 use crate::error::{to_status, RequestId, RouterError};
 use crate::node_api::NodeApi;
-use crate::range_ops::{self, ResponseStream};
+use crate::range_ops;
+use crate::streams::ResponseStream;
 use crate::validate::{check_read_ts, check_read_uncommitted, parse_consistency, request_id_or_random};
 
 /// The client-facing key-value service.
@@ -301,16 +302,12 @@ impl<N: NodeApi> KvService<N> {
         let forwarder = &self.ctx.forwarder;
         let outcomes: Vec<(ShardGroup, _)> = stream::iter(sub_requests)
             .map(|(group, shard_ops)| async move {
-                let op_count = shard_ops.len();
                 let sub_id = sub_request_id(&request_id, group.shard);
                 let outcome = forwarder
                     .write(group.shard, shard_count, sub_id, shard_ops, deadline)
                     .await
-                    .map_err(|err| err.for_request(request_id))
-                    .and_then(|response| {
-                        check_result_count(group.shard, op_count, &response.results)?;
-                        Ok(response.results)
-                    });
+                    .map(|response| response.results)
+                    .map_err(|err| err.for_request(request_id));
                 (group, outcome)
             })
             .buffer_unordered(self.ctx.max_fanout)
@@ -320,7 +317,7 @@ impl<N: NodeApi> KvService<N> {
         for (group, outcome) in outcomes {
             fill_or_fail(&mut assembly, &group, outcome);
         }
-        assembly.finish()
+        assembly.finish_write()
     }
 
     /// One op on one key's shard, through the leader.
@@ -337,20 +334,9 @@ impl<N: NodeApi> KvService<N> {
             .forwarder
             .write(shard, view.ring.shard_count(), request_id, vec![op], deadline)
             .await?;
-        check_result_count(shard, 1, &response.results)?;
+        // The forwarder checked one result per op.
         single(shard, Ok(response.results))
     }
-}
-
-/// A node must return one result per op.
-fn check_result_count(shard: ShardId, expected: usize, results: &[WriteOpResult]) -> Result<(), RouterError> {
-    if results.len() != expected {
-        return Err(RouterError::BadNodeResponse {
-            shard,
-            reason: format!("{} results for {expected} ops", results.len()),
-        });
-    }
-    Ok(())
 }
 
 /// The only element of a one-element result list.
@@ -446,22 +432,31 @@ impl<N: NodeApi> Kv for KvService<N> {
         )
     }
 
+    /// A stream takes a stream slot, not an in-flight permit (see `streams`).
     async fn scan_stream(
         &self,
         request: Request<ScanRequest>,
     ) -> Result<Response<Self::ScanStreamStream>, Status> {
-        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        let admission = self
+            .ctx
+            .admit_stream(request.metadata())
+            .map_err(|e| to_status(&e))?;
+        let opened = range_ops::scan_stream(&self.ctx, request.into_inner(), admission.deadline).await;
         respond(
             "scan_stream",
-            range_ops::scan_stream(&self.ctx, request.into_inner(), admission).await,
+            opened.map(|stream| self.ctx.streams.serve(admission.slot, stream)),
         )
     }
 
     async fn count(&self, request: Request<CountRequest>) -> Result<Response<Self::CountStream>, Status> {
-        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        let admission = self
+            .ctx
+            .admit_stream(request.metadata())
+            .map_err(|e| to_status(&e))?;
+        let opened = range_ops::count(&self.ctx, request.into_inner(), admission.deadline).await;
         respond(
             "count",
-            range_ops::count(&self.ctx, request.into_inner(), admission).await,
+            opened.map(|stream| self.ctx.streams.serve(admission.slot, stream)),
         )
     }
 
@@ -757,6 +752,78 @@ mod tests {
             "{}",
             status.message()
         );
+    }
+
+    /// A batch put whose shards failed for sure after the other shards applied their part
+    /// is partly applied: outcome unknown (marked), never the plain UNAVAILABLE of a batch
+    /// that failed. The same holds for a request that came without a request id (the
+    /// router's own id names it).
+    #[tokio::test(start_paused = true)]
+    async fn a_partly_applied_batch_put_is_outcome_unknown() {
+        let nodes = Arc::new(FakeNodes::default());
+        let kv = service(&nodes);
+        let entries: Vec<KeyValue> = (0..8u8)
+            .map(|i| KeyValue {
+                key: vec![b'p', i],
+                value: vec![i],
+            })
+            .collect();
+        let Some(view) = kv.ctx.topology.ring() else {
+            panic!("ring expected")
+        };
+        let groups = group_by_shard(&entries, |e| view.ring.shard_for_key(&e.key));
+        assert!(groups.len() >= 2, "the batch spans shards");
+        nodes.refuse_shard(groups[0].shard.0);
+        let result = kv
+            .handle_batch_put(
+                BatchPutRequest {
+                    entries,
+                    request_id: vec![],
+                },
+                deadline(),
+            )
+            .await;
+        let Err(err) = result else {
+            panic!("expected a failure")
+        };
+        let status = to_status(&err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(metadata::is_outcome_unknown(&status), "{}", status.message());
+        assert!(
+            status.message().contains("part of the write was applied"),
+            "{}",
+            status.message()
+        );
+    }
+
+    /// A delete-range that failed on one shard after the others deleted their part is
+    /// outcome unknown; one that every shard refused is a plain failure.
+    #[tokio::test(start_paused = true)]
+    async fn a_partly_applied_delete_range_is_outcome_unknown() {
+        let nodes = Arc::new(FakeNodes::default());
+        let kv = service(&nodes);
+        let request = DeleteRangeRequest {
+            start: b"a".to_vec(),
+            end: b"z".to_vec(),
+            ..DeleteRangeRequest::default()
+        };
+        nodes.refuse_shard(2);
+        let partial = range_ops::delete_range(&kv.ctx, request.clone(), deadline()).await;
+        let Err(err) = partial else {
+            panic!("expected a failure")
+        };
+        assert!(metadata::is_outcome_unknown(&to_status(&err)), "{err}");
+
+        for shard in 0..8 {
+            nodes.refuse_shard(shard);
+        }
+        let refused = range_ops::delete_range(&kv.ctx, request, deadline()).await;
+        let Err(err) = refused else {
+            panic!("expected a failure")
+        };
+        let status = to_status(&err);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!metadata::is_outcome_unknown(&status), "{err}");
     }
 
     /// A failed CAS whose node reply left the current value out (a retry answered from its

@@ -16,7 +16,8 @@
 //!   ambiguity), `batch` (group by shard, sub-request ids, reassembly), `batch_get`
 //!   (BatchGet in rounds within the reply budget, paged or refused when it does not fit),
 //!   `range` (key ranges, continuation tokens), `scan` (the k-way merge of shard
-//!   pages), `range_ops` (Scan, ScanStream, Count, DeleteRange),
+//!   pages), `range_ops` (Scan, ScanStream, Count, DeleteRange), `streams` (server
+//!   streams: their own slots, idle and total deadlines, one message at a time),
 //!   [`error`] (`RouterError` and its one mapping to gRPC statuses), [`failpoint`]
 //!   (test-only exits inside a commit, `--unsafe-failpoint`).
 //! - Transactions: `txn_service` (`Txn`), `txn` (the two-phase commit coordinator),
@@ -34,11 +35,14 @@
 //!
 //! # Invariants
 //! - Nothing is sent to a node before the request passed validation.
-//! - A write keeps one request id across all its retries; an ambiguous write that did not
-//!   finally succeed is reported as "write outcome unknown" (with
-//!   `x-ringkv-outcome-unknown: 1`), never as a plain failure.
+//! - A write keeps one request id across all its retries — the client's, or one the router
+//!   chose once for a request without (`validate::request_id_or_random`); an ambiguous
+//!   write that did not finally succeed, or a batch partly applied, is reported as "write
+//!   outcome unknown" (with `x-ringkv-outcome-unknown: 1`), never as a plain failure.
 //! - Every wait is bounded: per attempt by `rpc_timeout_ms`, per request by its deadline,
-//!   fan-out by `max_fanout`, concurrency by `max_inflight_requests`.
+//!   fan-out by `max_fanout`, concurrency by `max_inflight_requests`; streams by
+//!   `max_open_streams` (slots of their own), `stream_idle_timeout_ms`,
+//!   `stream_total_timeout_ms` and `stream_buffer_bytes`.
 //! - The router keeps no durable state: everything it knows is learnt from nodes.
 //!
 //! # Dependencies
@@ -73,6 +77,7 @@ mod refresher;
 mod scan;
 mod secondaries;
 pub mod server;
+mod streams;
 mod topology;
 mod tso;
 mod tso_service;

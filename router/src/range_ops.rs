@@ -5,17 +5,19 @@
 //!   ([`RouterContext::reply_budget_bytes`]); the continuation token resumes after its last
 //!   key.
 //! - ScanStream: the merger drained chunk by chunk as the client reads. The stream is a
-//!   `futures` unfold polled by the gRPC server itself, so nothing runs ahead of the
-//!   client: when HTTP/2 flow control stops the client's window, the server stops polling,
-//!   and no shard is asked for more. Router memory is one chunk plus the cursors' buffers.
+//!   `futures` unfold that `streams` polls for one chunk at a time, when the transport asks
+//!   for it, so nothing runs ahead of the client: when HTTP/2 flow control stops the
+//!   client's window, no shard is asked for more. Router memory is one chunk plus the
+//!   cursors' buffers (`stream_buffer_bytes`), under the idle and total deadlines of
+//!   `streams`.
 //! - Count: every shard counted in parallel (each in bounded calls), progress streamed.
 //! - DeleteRange: every shard deleted in parallel in chunks of one Raft entry each, each
 //!   chunk with a request id derived from the request's, so retrying the whole request is
 //!   safe.
 //!
 //! Streams refresh their per-round deadline: each round of shard calls gets the request's
-//! timeout, so a long scan is bounded per step, not as a whole (the client bounds the
-//! whole with its own deadline).
+//! timeout, so a long scan is bounded per step; the whole is bounded by
+//! `stream_total_timeout_ms` (`streams`), and by the client's own deadline.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,27 +31,28 @@ use ringkv_proto::v1::{
 };
 use ringkv_ring::ShardId;
 use tokio::time::Instant;
-use tonic::Status;
 
 use crate::batch::chunk_request_id;
-use crate::context::{Admission, RouterContext};
+use crate::context::RouterContext;
 use crate::error::{to_status, BatchFailure, RouterError};
 use crate::node_api::NodeApi;
 use crate::range::{decode_token, encode_token, KeyRange};
 use crate::scan::{MergeSettings, Merger, ScanSpec, ShardPages};
+use crate::streams::ResponseStream;
 use crate::validate::{check_read_ts, check_read_uncommitted, parse_consistency, request_id_or_random};
 
 /// The most entries one Scan page returns.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 /// Entries per message of a streamed scan.
 const STREAM_CHUNK_ENTRIES: usize = 256;
-/// Bytes per message of a streamed scan (at least one entry).
-const STREAM_CHUNK_BYTES: u64 = 1 << 20;
+/// Bytes per message of a streamed scan (at least one entry). Small: the transport holds
+/// up to two messages ahead of a reader that stopped reading (and tonic's encoder keeps a
+/// buffer of the largest) for as long as the stream is open — 1 MiB messages made an unread
+/// stream hold about 4.5 MiB, 256 KiB ones about 2.3 MiB (`tests/tests/scan_memory.rs`).
+const STREAM_CHUNK_BYTES: u64 = 256 << 10;
 /// Keys one delete-range chunk deletes (one Raft entry).
 const DELETE_RANGE_CHUNK_KEYS: u32 = 1000;
 
-/// A server stream of the `Kv` service.
-pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Shard pages through the forwarder's retry loop.
 pub struct ContextPages<N> {
@@ -115,10 +118,16 @@ fn parse_scan(
     })
 }
 
-fn merge_settings(ctx: &RouterContext<impl NodeApi>) -> MergeSettings {
+/// The merge of a scan: a page buffers up to `scan_buffer_bytes` of shard pages, a stream
+/// (held open while its reader reads) up to `stream_buffer_bytes`.
+fn merge_settings(ctx: &RouterContext<impl NodeApi>, streamed: bool) -> MergeSettings {
     MergeSettings {
         max_fanout: ctx.max_fanout,
-        budget_bytes: ctx.scan_buffer_bytes,
+        budget_bytes: if streamed {
+            ctx.stream_buffer_bytes
+        } else {
+            ctx.scan_buffer_bytes
+        },
     }
 }
 
@@ -144,7 +153,12 @@ pub async fn scan<N: NodeApi>(
         ctx: Arc::clone(ctx),
         shard_count,
     };
-    let mut merger = Merger::new(pages, parsed.spec.clone(), shard_count, merge_settings(ctx));
+    let mut merger = Merger::new(
+        pages,
+        parsed.spec.clone(),
+        shard_count,
+        merge_settings(ctx, false),
+    );
     // The page ends at the reply budget, whatever its limit: the token resumes after it.
     let max_bytes = ctx.reply_budget_bytes() as u64;
     let chunk = merger.next_chunk(limit, max_bytes, deadline).await?;
@@ -156,20 +170,21 @@ pub async fn scan<N: NodeApi>(
 }
 
 /// `Kv.ScanStream`: the whole range (or up to its limit) in chunks, as the client reads.
+/// `deadline` bounds the opening, and each round of shard calls gets as long.
 pub async fn scan_stream<N: NodeApi>(
     ctx: &Arc<RouterContext<N>>,
     request: ScanRequest,
-    admission: Admission,
+    deadline: Instant,
 ) -> Result<ResponseStream<ScanResponse>, RouterError> {
     let parsed = parse_scan(ctx, &request, true)?;
-    let round_timeout = admission.deadline.saturating_duration_since(Instant::now());
-    let view = ctx.topology.wait_for_ring(admission.deadline).await?;
+    let round_timeout = deadline.saturating_duration_since(Instant::now());
+    let view = ctx.topology.wait_for_ring(deadline).await?;
     let shard_count = view.ring.shard_count();
     let pages = ContextPages {
         ctx: Arc::clone(ctx),
         shard_count,
     };
-    let merger = Merger::new(pages, parsed.spec.clone(), shard_count, merge_settings(ctx));
+    let merger = Merger::new(pages, parsed.spec.clone(), shard_count, merge_settings(ctx, true));
     let max_bytes = STREAM_CHUNK_BYTES.min(ctx.reply_budget_bytes() as u64);
     let state = StreamState {
         merger,
@@ -178,7 +193,6 @@ pub async fn scan_stream<N: NodeApi>(
         round_timeout,
         max_bytes,
         finished: false,
-        _admission: admission,
     };
     let stream = stream::unfold(state, |mut state| async move {
         if state.finished {
@@ -221,22 +235,21 @@ struct StreamState<N> {
     round_timeout: Duration,
     max_bytes: u64,
     finished: bool,
-    /// Held for the life of the stream: a stream counts as one request in flight.
-    _admission: Admission,
 }
 
-/// `Kv.Count`: progress as shards finish, then the exact count.
+/// `Kv.Count`: progress as shards finish, then the exact count. `deadline` bounds the
+/// opening, and each shard call gets as long.
 pub async fn count<N: NodeApi>(
     ctx: &Arc<RouterContext<N>>,
     request: CountRequest,
-    admission: Admission,
+    deadline: Instant,
 ) -> Result<ResponseStream<CountResponse>, RouterError> {
     let range = KeyRange::parse(&ctx.limits, &request.start, &request.end, &request.prefix)?;
     let consistency = parse_consistency(request.consistency)?;
     check_read_ts(consistency, request.read_ts)?;
     let (consistency, read_ts) = (consistency as i32, request.read_ts);
-    let round_timeout = admission.deadline.saturating_duration_since(Instant::now());
-    let view = ctx.topology.wait_for_ring(admission.deadline).await?;
+    let round_timeout = deadline.saturating_duration_since(Instant::now());
+    let view = ctx.topology.wait_for_ring(deadline).await?;
     let shard_count = view.ring.shard_count();
     let shards: Vec<u32> = if range.is_empty() {
         Vec::new()
@@ -280,7 +293,6 @@ pub async fn count<N: NodeApi>(
         failures: Vec::new(),
         allow_partial: request.allow_partial,
         finished: false,
-        _admission: admission,
     };
     let stream = stream::unfold(state, |mut state| async move {
         if state.finished {
@@ -315,6 +327,7 @@ pub async fn count<N: NodeApi>(
                         operation: "count",
                         total_shards: state.shards_total as usize,
                         failures,
+                        partly_applied: false,
                     });
                     return Some((Err(to_status(&err)), state));
                 }
@@ -348,7 +361,6 @@ struct CountState {
     failures: Vec<(ShardId, RouterError)>,
     allow_partial: bool,
     finished: bool,
-    _admission: Admission,
 }
 
 /// Counts one shard's part of `range` in bounded calls, each with a fresh deadline.
@@ -415,7 +427,7 @@ pub async fn delete_range<N: NodeApi>(
     }
     let view = ctx.topology.wait_for_ring(deadline).await?;
     let shard_count = view.ring.shard_count();
-    let outcomes: Vec<(ShardId, Result<u64, RouterError>)> = stream::iter(0..shard_count)
+    let outcomes: Vec<(ShardId, Result<u64, ShardDeleteFailure>)> = stream::iter(0..shard_count)
         .map(|shard| {
             let range = range.clone();
             async move {
@@ -429,10 +441,19 @@ pub async fn delete_range<N: NodeApi>(
         .await;
     let mut deleted = 0;
     let mut failures = Vec::new();
+    // A shard that finished, or a failed shard whose earlier chunks were applied: the
+    // delete-range as a whole is then partly applied (outcome unknown), not failed.
+    let mut partly_applied = false;
     for (shard, outcome) in outcomes {
         match outcome {
-            Ok(count) => deleted += count,
-            Err(err) => failures.push((shard, err)),
+            Ok(count) => {
+                deleted += count;
+                partly_applied = true;
+            }
+            Err(failure) => {
+                partly_applied |= failure.chunks_applied > 0;
+                failures.push((shard, failure.error));
+            }
         }
     }
     if !failures.is_empty() {
@@ -441,9 +462,17 @@ pub async fn delete_range<N: NodeApi>(
             operation: "delete-range",
             total_shards: shard_count as usize,
             failures,
+            partly_applied,
         }));
     }
     Ok(DeleteRangeResponse { deleted })
+}
+
+/// How one shard's part of a delete-range failed.
+struct ShardDeleteFailure {
+    error: RouterError,
+    /// Chunks applied before the failure.
+    chunks_applied: u64,
 }
 
 async fn delete_shard_range<N: NodeApi>(
@@ -453,9 +482,13 @@ async fn delete_shard_range<N: NodeApi>(
     mut rest: KeyRange,
     request_id: [u8; 16],
     deadline: Instant,
-) -> Result<u64, RouterError> {
+) -> Result<u64, ShardDeleteFailure> {
     let mut deleted = 0;
     for chunk in 0u64.. {
+        let failed = |error: RouterError| ShardDeleteFailure {
+            error,
+            chunks_applied: chunk,
+        };
         let request = ShardDeleteRangeRequest {
             shard_id: shard.0,
             request_id: chunk_request_id(&request_id, shard, chunk).to_vec(),
@@ -467,15 +500,19 @@ async fn delete_shard_range<N: NodeApi>(
             .forwarder
             .delete_range(shard_count, request, deadline)
             .await
-            .map_err(|err| err.for_request(request_id))?;
+            .map_err(|err| failed(err.for_request(request_id)))?;
         deleted += response.deleted;
         if !response.more {
             break;
         }
         if response.deleted == 0 || !rest.contains(&response.last_deleted) {
-            return Err(RouterError::BadNodeResponse {
-                shard,
-                reason: "a partial delete-range without progress inside the range".to_string(),
+            // This chunk was applied too.
+            return Err(ShardDeleteFailure {
+                error: RouterError::BadNodeResponse {
+                    shard,
+                    reason: "a partial delete-range without progress inside the range".to_string(),
+                },
+                chunks_applied: chunk + 1,
             });
         }
         rest = rest.after(&response.last_deleted, false);

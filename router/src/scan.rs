@@ -307,6 +307,7 @@ impl<P: ShardPages> Merger<P> {
             operation: "scan",
             total_shards: self.cursors.len(),
             failures,
+            partly_applied: false,
         }))
     }
 

@@ -3,7 +3,8 @@
 //! and shut down gracefully.
 //!
 //! Shutdown order: stop accepting and drain in-flight requests (bounded by
-//! `shutdown_timeout_ms`), then stop the timestamp client and join the refresher.
+//! `shutdown_timeout_ms`), join the streams' tasks, then stop the timestamp client and
+//! join the refresher.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use crate::kv_service::KvService;
 use crate::node_api::NodeApi;
 use crate::refresher::{RefreshSettings, Refresher};
 use crate::secondaries::SecondaryCommits;
+use crate::streams::StreamSlots;
 use crate::topology::TopologyHandle;
 use crate::tso::TsoClient;
 use crate::tso_service::TsoService;
@@ -104,6 +106,7 @@ impl Router {
         ));
         let ctx = Arc::new(RouterContext::new(&config, nodes, topology.clone()));
         let secondaries = ctx.secondaries.clone();
+        let streams = ctx.streams.clone();
         let txn_gc = (config.txn_gc_interval_ms > 0).then(|| {
             TxnGcTask::spawn(
                 Arc::clone(&ctx),
@@ -164,6 +167,7 @@ impl Router {
             gossip,
             txn_gc,
             secondaries,
+            streams,
             shutdown_timeout: config.shutdown_timeout(),
         })
     }
@@ -181,6 +185,7 @@ pub struct RouterHandle {
     gossip: Option<RouterGossip>,
     txn_gc: Option<TxnGcTask>,
     secondaries: SecondaryCommits,
+    streams: StreamSlots,
     shutdown_timeout: Duration,
 }
 
@@ -219,6 +224,8 @@ impl RouterHandle {
                 }
             },
         };
+        // The server dropped its streams: their tasks end at once.
+        self.streams.shutdown(self.shutdown_timeout).await;
         if let Some(txn_gc) = self.txn_gc.take() {
             txn_gc.shutdown().await;
         }

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::context::RouterContext;
 use crate::error::to_status;
 use crate::node_api::NodeApi;
-use crate::range_ops::ResponseStream;
+use crate::streams::ResponseStream;
 use crate::tso::TsoClient;
 use crate::{txn, txn_gc};
 

@@ -86,7 +86,10 @@ pub fn parse_request_id(bytes: &[u8]) -> Result<Option<RequestId>, RouterError> 
     }
 }
 
-/// The client's request id, or a fresh random one.
+/// The client's request id, or a fresh random one for a request that came without. Called
+/// once per request: every attempt of it, and every shard's part (`batch::sub_request_id`,
+/// `batch::chunk_request_id`), carries this id, so the router's own retries of a request
+/// without an id are as safe as a client's retries with one (the node de-duplicates them).
 pub fn request_id_or_random(bytes: &[u8]) -> Result<RequestId, RouterError> {
     Ok(parse_request_id(bytes)?.unwrap_or_else(rand::random))
 }

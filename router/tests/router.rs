@@ -178,6 +178,64 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
     nodes.stop().await
 }
 
+/// A write that came without a request id gets one from the router, chosen once per
+/// request: every retry of it — per shard for a batch — carries that id, so an attempt
+/// the node applied but whose answer was lost is de-duplicated, not applied twice, and
+/// the write succeeds (with an id chosen anew per attempt, every answer would be lost).
+#[tokio::test]
+async fn writes_without_a_request_id_are_retried_under_the_routers_id() -> anyhow::Result<()> {
+    let nodes = fake_node::start(3, 8, 2, true, true).await?;
+    let (router, channel) = start_router(nodes.addrs.clone()).await?;
+    let mut kv = KvClient::new(channel);
+    let store = &nodes.cluster.store;
+    let applied =
+        || -> anyhow::Result<u64> { Ok(*store.writes_applied.lock().map_err(|_| anyhow!("poisoned"))?) };
+    *store.lose_first_answers.lock().map_err(|_| anyhow!("poisoned"))? = true;
+
+    let put = kv
+        .put(PutRequest {
+            key: b"lost".to_vec(),
+            value: b"once".to_vec(),
+            request_id: vec![],
+        })
+        .await?
+        .into_inner();
+    ensure!(applied()? == 1, "the put was applied {} times", applied()?);
+    let read = kv
+        .get(GetRequest {
+            key: b"lost".to_vec(),
+            consistency: Consistency::Linearizable as i32,
+            read_ts: 0,
+            read_uncommitted: false,
+        })
+        .await?
+        .into_inner();
+    ensure!(read.found && read.version == put.version);
+
+    let entries: Vec<KeyValue> = (0..40u32)
+        .map(|i| KeyValue {
+            key: format!("lost-{i}").into_bytes(),
+            value: b"once".to_vec(),
+        })
+        .collect();
+    let batch = kv
+        .batch_put(BatchPutRequest {
+            entries: entries.clone(),
+            request_id: vec![],
+        })
+        .await?
+        .into_inner();
+    ensure!(batch.versions.len() == entries.len());
+    // (An id chosen anew per attempt would lose every answer: the writes could not succeed.)
+    let shard_parts = applied()? - 1;
+    ensure!(
+        (2..=8).contains(&shard_parts),
+        "{shard_parts} shard writes applied for a batch over at most 8 shards: some twice?"
+    );
+    router.shutdown().await?;
+    nodes.stop().await
+}
+
 /// ClusterStatus lists every node and shard with placement and leader.
 #[tokio::test]
 async fn cluster_status_merges_nodes() -> anyhow::Result<()> {

@@ -50,6 +50,10 @@ pub struct Store {
     applied: Mutex<HashMap<(u32, Vec<u8>), ShardWriteResponse>>,
     pub writes_applied: Mutex<u64>,
     pub not_leader_replies: Mutex<u64>,
+    /// When set, the first answer to each (shard, request id) is lost after the write was
+    /// applied: the router sees a broken call (UNKNOWN), an ambiguous attempt.
+    pub lose_first_answers: Mutex<bool>,
+    answered: Mutex<std::collections::HashSet<(u32, Vec<u8>)>>,
 }
 
 /// The shared state of a fake cluster.
@@ -510,7 +514,21 @@ impl ShardKv for FakeNode {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) += 1;
         let response = ShardWriteResponse { results };
-        applied.insert(dedup_key, response.clone());
+        applied.insert(dedup_key.clone(), response.clone());
+        let lose = *store
+            .lose_first_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let first_answer = store
+            .answered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(dedup_key);
+        if lose && first_answer {
+            return Err(Status::unknown(
+                "the connection broke after the write was applied",
+            ));
+        }
         Ok(Response::new(response))
     }
 }
