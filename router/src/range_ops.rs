@@ -53,7 +53,6 @@ const STREAM_CHUNK_BYTES: u64 = 256 << 10;
 /// Keys one delete-range chunk deletes (one Raft entry).
 const DELETE_RANGE_CHUNK_KEYS: u32 = 1000;
 
-
 /// Shard pages through the forwarder's retry loop.
 pub struct ContextPages<N> {
     ctx: Arc<RouterContext<N>>,
