@@ -45,7 +45,9 @@ pub enum NemesisKind {
     Pause,
     /// Skew the wall clocks of a minority of nodes by up to ±30 s (libfaketime).
     ClockSkew,
-    /// Jump one node's wall clock by minutes, forward or back.
+    /// Jump one node's wall clock by whole minutes, forward or back: 1 up to the run's
+    /// `clock_bump_max` (5 minutes unless set; past the nodes' de-duplication window when
+    /// they run a shorter `--dedup-window-ms`).
     ClockBump,
     /// Flip one node's wall clock back and forth every 200 ms.
     ClockStrobe,
@@ -260,11 +262,14 @@ pub fn bridge(nodes: &[usize]) -> Vec<(usize, usize)> {
     pairs_between(&[left, right])
 }
 
-/// Runs the nemesis schedule until `stop` fires, then heals everything.
+/// Runs the nemesis schedule until `stop` fires, then heals everything. `clock_bump_max`
+/// bounds `clock-bump`'s jumps.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_schedule(
     cluster: &tokio::sync::Mutex<Cluster>,
     kinds: &[NemesisKind],
     schedule: Schedule,
+    clock_bump_max: Duration,
     rng: &mut StdRng,
     recorder: &Recorder,
     stop: &CancellationToken,
@@ -300,7 +305,7 @@ pub async fn run_schedule(
                 );
                 log.push(format!("membership {action}"));
             }
-            start(&mut cluster, kind, rng).await?
+            start(&mut cluster, kind, clock_bump_max, rng).await?
         };
         let line = format!("start {} {detail}", kind.name());
         info!(nemesis = kind.name(), %detail, "fault started");
@@ -342,7 +347,12 @@ fn random_nodes(nodes: &[usize], count: usize, rng: &mut StdRng) -> Vec<usize> {
     shuffled
 }
 
-async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Result<(Active, String)> {
+async fn start(
+    cluster: &mut Cluster,
+    kind: NemesisKind,
+    clock_bump_max: Duration,
+    rng: &mut StdRng,
+) -> Result<(Active, String)> {
     let nodes = cluster.node_ids();
     let n = nodes.len();
     let block = |cluster: &Cluster, pairs: &[(usize, usize)]| cluster.block(pairs);
@@ -452,7 +462,10 @@ async fn start(cluster: &mut Cluster, kind: NemesisKind, rng: &mut StdRng) -> Re
         }
         NemesisKind::ClockBump => {
             let victim = nodes[rng.random_range(0..n)];
-            let minutes = rng.random_range(1..=5i64) * if rng.random_bool(0.5) { 1 } else { -1 };
+            let max_minutes = i64::try_from(clock_bump_max.as_secs() / 60)
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let minutes = rng.random_range(1..=max_minutes) * if rng.random_bool(0.5) { 1 } else { -1 };
             cluster.set_clock_offset(victim, minutes * 60)?;
             Ok((
                 Active::Clock {

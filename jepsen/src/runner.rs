@@ -38,6 +38,11 @@ pub struct RunOptions {
     /// Registers in the register workload.
     pub keys: u64,
     pub schedule: Schedule,
+    /// Largest jump of the `clock-bump` nemesis (whole minutes, at least one).
+    pub clock_bump_max: Duration,
+    /// The nodes' de-duplication window (`--dedup-window-ms`; `None`: the nodes' default, 5
+    /// minutes). Below `clock_bump_max`, clock bumps jump past it.
+    pub dedup_window_ms: Option<u64>,
     /// Parent of the run directory.
     pub out_dir: PathBuf,
     pub bin_dir: PathBuf,
@@ -107,6 +112,8 @@ impl RunOptions {
                 quiet: Duration::from_secs(3),
                 fault: Duration::from_secs(5),
             },
+            clock_bump_max: Duration::from_secs(5 * 60),
+            dedup_window_ms: None,
             out_dir,
             bin_dir,
             snapshot_pressure: false,
@@ -257,6 +264,10 @@ fn node_args(options: &RunOptions) -> Vec<String> {
     }
     if options.unsafe_ignore_locks {
         args.push("--unsafe-ignore-locks".to_string());
+    }
+    if let Some(window_ms) = options.dedup_window_ms {
+        args.push("--dedup-window-ms".to_string());
+        args.push(window_ms.to_string());
     }
     args
 }
@@ -479,6 +490,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
             &cluster,
             &options.nemeses,
             options.schedule,
+            options.clock_bump_max,
             &mut rng,
             &recorder,
             &stop
@@ -703,7 +715,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -712,6 +724,10 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.routers,
         options.workloads,
         options.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        options.clock_bump_max,
+        options
+            .dedup_window_ms
+            .map_or_else(|| "the nodes' default".to_string(), |ms| format!("{ms} ms")),
         options.unsafe_skip_read_index,
         options.unsafe_read_lease_ms,
         options.unsafe_skip_fsync,

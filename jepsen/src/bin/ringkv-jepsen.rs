@@ -67,6 +67,13 @@ struct RunArgs {
     /// Seconds each fault lasts.
     #[arg(long, default_value_t = 5)]
     fault_s: u64,
+    /// Largest jump of the clock-bump nemesis, in seconds (whole minutes, at least one).
+    #[arg(long, default_value_t = 300)]
+    clock_bump_max_s: u64,
+    /// The nodes' de-duplication window in ms (their default when absent: 5 minutes); set
+    /// it below --clock-bump-max-s so that clock bumps jump past it.
+    #[arg(long)]
+    dedup_window_ms: Option<u64>,
     /// Tiny snapshot/purge thresholds so lagging nodes install snapshots.
     #[arg(long)]
     snapshot_pressure: bool,
@@ -174,6 +181,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
         quiet: Duration::from_secs(args.quiet_s),
         fault: Duration::from_secs(args.fault_s),
     };
+    options.clock_bump_max = Duration::from_secs(args.clock_bump_max_s);
+    options.dedup_window_ms = args.dedup_window_ms;
     options.snapshot_pressure = args.snapshot_pressure;
     options.value_bytes = args.value_bytes;
     options.unsafe_skip_read_index = args.unsafe_skip_read_index;
