@@ -73,12 +73,15 @@ pub enum NemesisKind {
     LoseUnsyncedAll,
     /// One node's disk starts failing: every fsync/fdatasync answers `EIO` and loses the
     /// file's unsynced data (its data directory is a `ringkv-faultfs` mount). The node must
-    /// stop by itself (fail-stop, exit code 74) at its next sync; healed: the disk works
-    /// again and the node is restarted (killed first, as a crash, if it was still running).
+    /// stop by itself (fail-stop, exit code 74) at its next sync; healed as a reboot that
+    /// fixes the disk: a node still running is killed, unsynced data is dropped, the disk
+    /// works again and the node restarts.
     FailSyncsOne,
     /// The disks of a majority fail at once: the cluster must stop acknowledging rather
     /// than acknowledge what no quorum holds.
     FailSyncsMajority,
+    /// Every node's disk fails at once.
+    FailSyncsAll,
     /// `kill -9` one router (its clients fail over to the others, or wait when it is the
     /// only one), restarted on its old address at heal. A router keeps nothing: a commit it
     /// was coordinating is left to readers.
@@ -118,6 +121,7 @@ impl NemesisKind {
                 | NemesisKind::LoseUnsyncedAll
                 | NemesisKind::FailSyncsOne
                 | NemesisKind::FailSyncsMajority
+                | NemesisKind::FailSyncsAll
         )
     }
 
@@ -153,6 +157,7 @@ impl NemesisKind {
             NemesisKind::LoseUnsyncedAll => "lose-unsynced-all",
             NemesisKind::FailSyncsOne => "fail-syncs-one",
             NemesisKind::FailSyncsMajority => "fail-syncs-majority",
+            NemesisKind::FailSyncsAll => "fail-syncs-all",
             NemesisKind::KillRouter => "kill-router",
             NemesisKind::PauseRouter => "pause-router",
         }
@@ -430,10 +435,11 @@ async fn start(
                 format!("power cut {victims:?}: {}", lost.join("; ")),
             ))
         }
-        NemesisKind::FailSyncsOne | NemesisKind::FailSyncsMajority => {
+        NemesisKind::FailSyncsOne | NemesisKind::FailSyncsMajority | NemesisKind::FailSyncsAll => {
             let count = match kind {
                 NemesisKind::FailSyncsOne => 1,
-                _ => n / 2 + 1,
+                NemesisKind::FailSyncsMajority => n / 2 + 1,
+                _ => n,
             };
             let victims = random_nodes(&nodes, count, rng);
             for id in &victims {
@@ -657,18 +663,20 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<()> {
             }
         }
         Active::DisksFailing(victims) => {
+            // The machine is rebooted to fix its disk: a node still running is killed, and
+            // whatever was never synced is lost, as at a power cut.
             for id in victims {
-                cluster.fail_syncs(id, false)?;
                 match cluster.reap_node(id)? {
                     Some(code) => info!(node = id, exit_code = ?code, "the node stopped on its failed disk"),
                     None if cluster.is_running(id) => {
-                        // No sync was attempted (or the fail-stop is broken): crash it, so
-                        // what it holds is what a restart finds.
                         warn!(node = id, "the node still runs after its disk failed; killing it");
                         cluster.kill_node(id)?;
                     }
                     None => {}
                 }
+                let lost = cluster.lose_unsynced(id)?;
+                info!(node = id, %lost, "disk fixed");
+                cluster.fail_syncs(id, false)?;
                 cluster.start_node(id).await?;
             }
         }
