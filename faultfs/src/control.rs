@@ -3,8 +3,9 @@
 //!
 //! A unix stream socket at `<MOUNTPOINT>.faultfs.sock` (next to the mountpoint, not inside it, so
 //! the served directory shows nothing extra) unless `--control-socket` says otherwise. Protocol:
-//! one request line (`drop-unsynced`, `stats`, `fail-syncs` or `heal-syncs`), one JSON answer line
-//! ([`Answer`]), then the server closes the connection. Requests are served one at a time.
+//! one request line ([`Request`]: `drop-unsynced`, `stats`, `fail-syncs`, `slow-syncs <ms>`,
+//! `fast-syncs` or `heal-syncs`), one JSON answer line ([`Answer`]), then the server closes the
+//! connection. Requests are served one at a time.
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Write};
@@ -36,28 +37,46 @@ pub enum Request {
     Stats,
     /// Make file syncs fail with `EIO` from now on, then report.
     FailSyncs,
-    /// Make file syncs work again, then report.
+    /// Make every sync take `delay_ms` before it runs and succeeds (a slow disk), then report;
+    /// the line is `slow-syncs <ms>`.
+    SlowSyncs { delay_ms: u64 },
+    /// Make syncs fast again (undo `slow-syncs` only), then report.
+    FastSyncs,
+    /// Make syncs work normally again, neither failing nor slow, then report.
     HealSyncs,
 }
 
+/// Every request line the server knows, for the answer to an unknown one.
+const KNOWN_REQUESTS: &str = "drop-unsynced, stats, fail-syncs, slow-syncs <ms>, fast-syncs or heal-syncs";
+
 impl Request {
-    fn as_line(self) -> &'static str {
+    /// The request as sent on the wire (without the newline).
+    pub fn to_line(self) -> String {
         match self {
-            Request::DropUnsynced => "drop-unsynced",
-            Request::Stats => "stats",
-            Request::FailSyncs => "fail-syncs",
-            Request::HealSyncs => "heal-syncs",
+            Request::DropUnsynced => "drop-unsynced".into(),
+            Request::Stats => "stats".into(),
+            Request::FailSyncs => "fail-syncs".into(),
+            Request::SlowSyncs { delay_ms } => format!("slow-syncs {delay_ms}"),
+            Request::FastSyncs => "fast-syncs".into(),
+            Request::HealSyncs => "heal-syncs".into(),
         }
     }
 
-    fn parse(line: &str) -> Option<Self> {
-        match line.trim() {
-            "drop-unsynced" => Some(Request::DropUnsynced),
-            "stats" => Some(Request::Stats),
-            "fail-syncs" => Some(Request::FailSyncs),
-            "heal-syncs" => Some(Request::HealSyncs),
-            _ => None,
-        }
+    /// Parses one request line; `None` for anything else.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split_whitespace();
+        let request = match (words.next()?, words.next()) {
+            ("drop-unsynced", None) => Request::DropUnsynced,
+            ("stats", None) => Request::Stats,
+            ("fail-syncs", None) => Request::FailSyncs,
+            ("slow-syncs", Some(delay_ms)) => Request::SlowSyncs {
+                delay_ms: delay_ms.parse().ok()?,
+            },
+            ("fast-syncs", None) => Request::FastSyncs,
+            ("heal-syncs", None) => Request::HealSyncs,
+            _ => return None,
+        };
+        words.next().is_none().then_some(request)
     }
 }
 
@@ -87,7 +106,7 @@ pub fn request(socket: &Path, request: Request) -> Result<Answer, Error> {
     let mut stream = UnixStream::connect(socket).map_err(socket_error)?;
     stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(socket_error)?;
     stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(socket_error)?;
-    writeln!(stream, "{}", request.as_line()).map_err(socket_error)?;
+    writeln!(stream, "{}", request.to_line()).map_err(socket_error)?;
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
@@ -193,12 +212,14 @@ fn answer(stream: UnixStream, control: &Control) -> io::Result<()> {
         warn!(request = line.trim(), "unknown control request");
         return writeln!(
             writer,
-            "{{\"error\":\"unknown request; expected drop-unsynced, stats, fail-syncs or heal-syncs\"}}"
+            "{{\"error\":\"unknown request; expected {KNOWN_REQUESTS}\"}}"
         );
     };
     match request {
         Request::FailSyncs => control.fail_syncs(true),
-        Request::HealSyncs => control.fail_syncs(false),
+        Request::SlowSyncs { delay_ms } => control.slow_syncs(Duration::from_millis(delay_ms)),
+        Request::FastSyncs => control.slow_syncs(Duration::ZERO),
+        Request::HealSyncs => control.heal_syncs(),
         Request::DropUnsynced | Request::Stats => {}
     }
     let dropped = (request == Request::DropUnsynced).then(|| control.drop_unsynced());
@@ -208,4 +229,35 @@ fn answer(stream: UnixStream, control: &Control) -> io::Result<()> {
     };
     let json = serde_json::to_string(&answer).map_err(io::Error::other)?;
     writeln!(writer, "{json}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every request survives the wire: parsed back from the line it is sent as.
+    #[test]
+    fn requests_round_trip_through_their_lines() {
+        let requests = [
+            Request::DropUnsynced,
+            Request::Stats,
+            Request::FailSyncs,
+            Request::SlowSyncs { delay_ms: 250 },
+            Request::FastSyncs,
+            Request::HealSyncs,
+        ];
+        for request in requests {
+            assert_eq!(Request::parse(&request.to_line()), Some(request), "{request:?}");
+        }
+        for bad in [
+            "",
+            "slow-syncs",
+            "slow-syncs -1",
+            "slow-syncs 1 2",
+            "stats now",
+            "fill-syncs",
+        ] {
+            assert_eq!(Request::parse(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //! [`VolatileFile`] layer per inode until the file is synced.
 //!
 //! One mutex guards all state and the FUSE session runs one request thread, so requests are
-//! serialised; this is a test filesystem, correctness first. Every request replies with the
+//! serialised; this is a test filesystem, correctness first. The one exception is a slow sync
+//! ([`State::set_sync_delay`]): its handler hands the request to [`SlowSyncs`] and returns, so
+//! the delay holds up only the caller, never other requests. Every request replies with the
 //! backing directory's errno when the backing call fails.
 //!
 //! Kernel caching is switched off where it could show dropped data after a drop: files are opened
@@ -18,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, DirEntryExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
@@ -27,7 +29,9 @@ use fuser::{
 };
 use tracing::{info, warn};
 
+use crate::error::Error;
 use crate::layer::{ReadPiece, VolatileFile};
+use crate::slow::{SlowSyncs, SyncTarget};
 use crate::stats::{DropReport, Stats};
 
 /// Attributes and entries are never cached by the kernel (see the module docs).
@@ -108,6 +112,8 @@ pub(crate) struct State {
     stats: Stats,
     /// File syncs fail with `EIO` (a failing disk) while set.
     fail_syncs: bool,
+    /// How long every file and directory sync takes before it runs (a slow disk); zero: no delay.
+    sync_delay: Duration,
 }
 
 impl State {
@@ -127,6 +133,7 @@ impl State {
             next_fh: 1,
             stats: Stats::default(),
             fail_syncs: false,
+            sync_delay: Duration::ZERO,
         }
     }
 
@@ -406,7 +413,7 @@ impl State {
     }
 
     /// Writes the inode's volatile layer to the backing file and syncs it there too.
-    fn fsync(&mut self, ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
+    pub(crate) fn fsync(&mut self, ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
         if datasync {
             self.stats.fdatasyncs += 1;
         } else {
@@ -563,14 +570,41 @@ impl State {
         report
     }
 
+    /// Syncs a directory (counted; metadata is durable anyway, see the crate docs).
+    pub(crate) fn fsync_dir(&mut self, ino: u64) -> Result<(), Errno> {
+        self.stats.dir_fsyncs += 1;
+        let path = self.path_or_enoent(ino)?;
+        File::open(path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(Errno::from)
+    }
+
     /// Makes file syncs fail with `EIO` (losing their unsynced data), or work again.
     pub(crate) fn set_fail_syncs(&mut self, fail: bool) {
         self.fail_syncs = fail;
     }
 
+    /// Makes every sync arriving from now on take `delay` before it runs; zero: no delay.
+    pub(crate) fn set_sync_delay(&mut self, delay: Duration) {
+        if delay != self.sync_delay {
+            info!(delay_ms = delay.as_millis(), "sync delay changed");
+        }
+        self.sync_delay = delay;
+    }
+
+    /// When a sync arriving now may run: `None` at once, else after the sync delay (counted).
+    fn sync_due(&mut self) -> Option<Instant> {
+        if self.sync_delay.is_zero() {
+            return None;
+        }
+        self.stats.slowed_syncs += 1;
+        Some(Instant::now() + self.sync_delay)
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.stats.clone();
         stats.syncs_failing = self.fail_syncs;
+        stats.sync_delay_ms = u64::try_from(self.sync_delay.as_millis()).unwrap_or(u64::MAX);
         let layers = self.nodes.values().filter_map(|n| n.layer.as_ref());
         for layer in layers.filter(|layer| layer.is_dirty()) {
             stats.volatile_files += 1;
@@ -667,7 +701,36 @@ pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 /// The [`fuser::Filesystem`] served on the mountpoint.
 pub(crate) struct FaultFs {
-    pub(crate) state: Arc<Mutex<State>>,
+    state: Arc<Mutex<State>>,
+    /// Answers syncs that must wait (a slow disk) without holding up the request thread.
+    slow_syncs: SlowSyncs,
+}
+
+impl FaultFs {
+    /// The filesystem over `state`, with its slow-sync thread started.
+    pub(crate) fn new(state: Arc<Mutex<State>>) -> Result<Self, Error> {
+        let slow_syncs = SlowSyncs::start(Arc::clone(&state))?;
+        Ok(Self { state, slow_syncs })
+    }
+
+    /// Runs a sync now, or hands it to the slow-sync thread when syncs are slow.
+    fn sync(&self, target: SyncTarget, reply: ReplyEmpty) {
+        let mut state = lock(&self.state);
+        if let Some(due) = state.sync_due() {
+            drop(state);
+            self.slow_syncs.defer(due, target, reply);
+            return;
+        }
+        let synced = match target {
+            SyncTarget::File { ino, fh, datasync } => state.fsync(ino, fh, datasync),
+            SyncTarget::Dir { ino } => state.fsync_dir(ino),
+        };
+        drop(state);
+        match synced {
+            Ok(()) => reply.ok(),
+            Err(errno) => reply.error(errno),
+        }
+    }
 }
 
 /// Files are opened without the page cache (see the module docs).
@@ -852,10 +915,12 @@ impl Filesystem for FaultFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        match lock(&self.state).fsync(ino.0, fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(errno) => reply.error(errno),
-        }
+        let target = SyncTarget::File {
+            ino: ino.0,
+            fh: fh.0,
+            datasync,
+        };
+        self.sync(target, reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -893,15 +958,7 @@ impl Filesystem for FaultFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let mut state = lock(&self.state);
-        state.stats.dir_fsyncs += 1;
-        let synced = state
-            .path_or_enoent(ino.0)
-            .and_then(|p| File::open(p).and_then(|dir| dir.sync_all()).map_err(Errno::from));
-        match synced {
-            Ok(()) => reply.ok(),
-            Err(errno) => reply.error(errno),
-        }
+        self.sync(SyncTarget::Dir { ino: ino.0 }, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -29,6 +29,8 @@
 //! - [`layer`]: the volatile layer of one file, pure (no IO), unit-tested against a plain model.
 //! - `fs`: the [`fuser::Filesystem`] — inode table, handles, reads through the layer, syncs.
 //! - [`mount`]: [`FaultMount`] (mount, unmount, the session thread) and [`Control`] (drop, stats).
+//! - `slow`: the thread that answers syncs after their delay (slow syncs), so a slow sync holds
+//!   up only its caller, never the FUSE request thread.
 //! - [`control`]: the control socket that `ringkv-faultfs drop-unsynced` talks to.
 //! - [`stats`]: the counters ([`Stats`]) and what one drop lost ([`DropReport`]).
 //!
@@ -39,6 +41,7 @@ pub mod error;
 mod fs;
 pub mod layer;
 pub mod mount;
+mod slow;
 pub mod stats;
 
 pub use error::Error;

@@ -6,6 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionUnmounter};
 use tracing::{info, warn};
@@ -54,6 +55,22 @@ impl Control {
     pub fn fail_syncs(&self, fail: bool) {
         lock(&self.state).set_fail_syncs(fail);
     }
+
+    /// From now on every `fsync`/`fdatasync` (of files and directories) waits `delay` before it
+    /// runs and succeeds (a slow disk); [`Duration::ZERO`] makes syncs fast again. Only the
+    /// syncing caller waits: reads, writes and other requests are served meanwhile. A sync
+    /// already waiting keeps the delay it arrived with.
+    pub fn slow_syncs(&self, delay: Duration) {
+        lock(&self.state).set_sync_delay(delay);
+    }
+
+    /// Syncs work normally again: neither failing ([`Control::fail_syncs`]) nor slow
+    /// ([`Control::slow_syncs`]).
+    pub fn heal_syncs(&self) {
+        let mut state = lock(&self.state);
+        state.set_fail_syncs(false);
+        state.set_sync_delay(Duration::ZERO);
+    }
 }
 
 /// A mounted fault filesystem. Dropping it unmounts (best effort); prefer [`FaultMount::unmount`],
@@ -91,9 +108,7 @@ impl FaultMount {
             });
         }
         let state = Arc::new(Mutex::new(State::new(backing_root.clone())));
-        let filesystem = FaultFs {
-            state: Arc::clone(&state),
-        };
+        let filesystem = FaultFs::new(Arc::clone(&state))?;
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::FSName(format!("ringkv-faultfs:{}", backing_root.display())),

@@ -32,6 +32,12 @@ pub struct Stats {
     /// Whether file syncs fail now ([`crate::Control::fail_syncs`]).
     #[serde(default)]
     pub syncs_failing: bool,
+    /// File and directory syncs that waited for the sync delay ([`crate::Control::slow_syncs`]).
+    #[serde(default)]
+    pub slowed_syncs: u64,
+    /// How long a sync arriving now waits before it runs, in milliseconds (0: not slowed).
+    #[serde(default)]
+    pub sync_delay_ms: u64,
 }
 
 /// What one drop threw away.

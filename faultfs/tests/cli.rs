@@ -124,3 +124,54 @@ fn binary_drops_on_command_and_unmounts_on_sigterm() {
     );
     assert_eq!(std::fs::read(backing.join("f")).unwrap(), b"synced");
 }
+
+/// `slow-syncs <ms>` slows every sync of the mount through the control socket; `fast-syncs`
+/// and `heal-syncs` undo it; an unknown or malformed request gets an error line, not a crash.
+#[test]
+fn binary_slows_syncs_on_command() {
+    if !common::fuse_or_skip("binary_slows_syncs_on_command") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+    std::fs::create_dir(&backing).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let process = MountProcess::start(&backing, &mnt);
+
+    let output = Command::new(BIN)
+        .args(["slow-syncs".as_ref(), mnt.as_os_str(), "250".as_ref()])
+        .output()
+        .expect("run ringkv-faultfs slow-syncs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Answer = serde_json::from_slice(&output.stdout).expect("a JSON answer");
+    assert_eq!(answer.stats.sync_delay_ms, 250);
+
+    let mut file = std::fs::File::create(mnt.join("f")).unwrap();
+    file.write_all(b"data").unwrap();
+    let started = std::time::Instant::now();
+    file.sync_data().unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+
+    assert_eq!(control("fast-syncs", &mnt).stats.sync_delay_ms, 0);
+    let again = ringkv_faultfs::control::request(
+        &default_socket_path(&mnt),
+        ringkv_faultfs::control::Request::SlowSyncs { delay_ms: 100 },
+    )
+    .expect("the library client");
+    assert_eq!(again.stats.sync_delay_ms, 100);
+    assert_eq!(control("heal-syncs", &mnt).stats.sync_delay_ms, 0);
+
+    for bad in ["slow-syncs", "slow-syncs soon", "slow-syncs 5 6", "fly"] {
+        let mut stream = std::os::unix::net::UnixStream::connect(default_socket_path(&mnt)).unwrap();
+        writeln!(stream, "{bad}").unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        assert!(line.contains("unknown request"), "{bad:?} answered {line:?}");
+    }
+    drop(file);
+    process.terminate();
+}

@@ -375,13 +375,25 @@ impl Cluster {
     /// Makes node `id`'s file syncs fail with `EIO` (losing their unsynced data), or heals
     /// them.
     pub fn fail_syncs(&mut self, id: usize, fail: bool) -> Result<()> {
+        self.disk_control(id)?.fail_syncs(fail);
+        Ok(())
+    }
+
+    /// Makes every fsync/fdatasync of node `id` take `delay` before it succeeds (a slow disk;
+    /// its reads and writes are not slowed); [`Duration::ZERO`] makes them fast again.
+    pub fn slow_syncs(&mut self, id: usize, delay: Duration) -> Result<()> {
+        self.disk_control(id)?.slow_syncs(delay);
+        Ok(())
+    }
+
+    /// The fault controls of node `id`'s faultfs mount.
+    fn disk_control(&self, id: usize) -> Result<ringkv_faultfs::Control> {
         let node = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
         let disk = node
             .disk
             .as_ref()
             .ok_or_else(|| anyhow!("node {id} has no faultfs mount (run with a disk nemesis)"))?;
-        disk.control().fail_syncs(fail);
-        Ok(())
+        Ok(disk.control())
     }
 
     /// Reaps node `id` if its process has exited by itself; its exit code (`None` inside when

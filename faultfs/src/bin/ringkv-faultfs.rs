@@ -1,5 +1,5 @@
 //! `ringkv-faultfs`: mount the fault filesystem, or ask a running mount to drop its unsynced data,
-//! report its counters, or make its syncs fail (and heal them). Signals of `mount`: SIGUSR1 drops unsynced data (like `drop-unsynced`),
+//! report its counters, or make its syncs fail or slow (and heal them). Signals of `mount`: SIGUSR1 drops unsynced data (like `drop-unsynced`),
 //! SIGTERM/SIGINT unmount and exit.
 
 use std::path::{Path, PathBuf};
@@ -59,7 +59,25 @@ enum Command {
         #[arg(long)]
         control_socket: Option<PathBuf>,
     },
-    /// Make the syncs of a running mount work again.
+    /// Make every fsync/fdatasync of a running mount wait DELAY_MS milliseconds before it runs
+    /// and succeeds (a slow disk; other requests are not held up) until `fast-syncs` or
+    /// `heal-syncs`.
+    SlowSyncs {
+        mountpoint: PathBuf,
+        /// How long each sync waits, in milliseconds (0: not at all).
+        delay_ms: u64,
+        /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+    /// Make the syncs of a running mount fast again (undoes `slow-syncs` only).
+    FastSyncs {
+        mountpoint: PathBuf,
+        /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+    /// Make the syncs of a running mount work normally again: neither failing nor slow.
     HealSyncs {
         mountpoint: PathBuf,
         /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
@@ -103,6 +121,18 @@ fn main() -> anyhow::Result<()> {
             mountpoint,
             control_socket,
         } => print_answer(&socket_path(&mountpoint, control_socket), Request::FailSyncs),
+        Command::SlowSyncs {
+            mountpoint,
+            delay_ms,
+            control_socket,
+        } => print_answer(
+            &socket_path(&mountpoint, control_socket),
+            Request::SlowSyncs { delay_ms },
+        ),
+        Command::FastSyncs {
+            mountpoint,
+            control_socket,
+        } => print_answer(&socket_path(&mountpoint, control_socket), Request::FastSyncs),
         Command::HealSyncs {
             mountpoint,
             control_socket,
