@@ -4,7 +4,7 @@
 //! A unix stream socket at `<MOUNTPOINT>.faultfs.sock` (next to the mountpoint, not inside it, so
 //! the served directory shows nothing extra) unless `--control-socket` says otherwise. Protocol:
 //! one request line ([`Request`]: `drop-unsynced`, `stats`, `fail-syncs`, `slow-syncs <ms>`,
-//! `fast-syncs` or `heal-syncs`), one JSON answer line ([`Answer`]), then the server closes the
+//! `fast-syncs`, `heal-syncs`, `fill [<bytes>]` or `unfill`), one JSON answer line ([`Answer`]), then the server closes the
 //! connection. Requests are served one at a time.
 
 use std::ffi::OsString;
@@ -44,10 +44,16 @@ pub enum Request {
     FastSyncs,
     /// Make syncs work normally again, neither failing nor slow, then report.
     HealSyncs,
+    /// Make the disk full once writes have taken `headroom_bytes` more of new space (`0`: at
+    /// once), then report; the line is `fill` or `fill <bytes>`.
+    Fill { headroom_bytes: u64 },
+    /// Give the disk unlimited space again, then report.
+    Unfill,
 }
 
 /// Every request line the server knows, for the answer to an unknown one.
-const KNOWN_REQUESTS: &str = "drop-unsynced, stats, fail-syncs, slow-syncs <ms>, fast-syncs or heal-syncs";
+const KNOWN_REQUESTS: &str =
+    "drop-unsynced, stats, fail-syncs, slow-syncs <ms>, fast-syncs, heal-syncs, fill [<bytes>] or unfill";
 
 impl Request {
     /// The request as sent on the wire (without the newline).
@@ -59,6 +65,9 @@ impl Request {
             Request::SlowSyncs { delay_ms } => format!("slow-syncs {delay_ms}"),
             Request::FastSyncs => "fast-syncs".into(),
             Request::HealSyncs => "heal-syncs".into(),
+            Request::Fill { headroom_bytes: 0 } => "fill".into(),
+            Request::Fill { headroom_bytes } => format!("fill {headroom_bytes}"),
+            Request::Unfill => "unfill".into(),
         }
     }
 
@@ -74,6 +83,11 @@ impl Request {
             },
             ("fast-syncs", None) => Request::FastSyncs,
             ("heal-syncs", None) => Request::HealSyncs,
+            ("fill", None) => Request::Fill { headroom_bytes: 0 },
+            ("fill", Some(headroom_bytes)) => Request::Fill {
+                headroom_bytes: headroom_bytes.parse().ok()?,
+            },
+            ("unfill", None) => Request::Unfill,
             _ => return None,
         };
         words.next().is_none().then_some(request)
@@ -220,6 +234,8 @@ fn answer(stream: UnixStream, control: &Control) -> io::Result<()> {
         Request::SlowSyncs { delay_ms } => control.slow_syncs(Duration::from_millis(delay_ms)),
         Request::FastSyncs => control.slow_syncs(Duration::ZERO),
         Request::HealSyncs => control.heal_syncs(),
+        Request::Fill { headroom_bytes } => control.fill(headroom_bytes),
+        Request::Unfill => control.unfill(),
         Request::DropUnsynced | Request::Stats => {}
     }
     let dropped = (request == Request::DropUnsynced).then(|| control.drop_unsynced());
@@ -245,10 +261,14 @@ mod tests {
             Request::SlowSyncs { delay_ms: 250 },
             Request::FastSyncs,
             Request::HealSyncs,
+            Request::Fill { headroom_bytes: 0 },
+            Request::Fill { headroom_bytes: 4096 },
+            Request::Unfill,
         ];
         for request in requests {
             assert_eq!(Request::parse(&request.to_line()), Some(request), "{request:?}");
         }
+        assert_eq!(Request::Fill { headroom_bytes: 0 }.to_line(), "fill");
         for bad in [
             "",
             "slow-syncs",
@@ -256,6 +276,8 @@ mod tests {
             "slow-syncs 1 2",
             "stats now",
             "fill-syncs",
+            "fill lots",
+            "unfill 5",
         ] {
             assert_eq!(Request::parse(bad), None, "{bad:?}");
         }

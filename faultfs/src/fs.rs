@@ -114,6 +114,8 @@ pub(crate) struct State {
     fail_syncs: bool,
     /// How long every file and directory sync takes before it runs (a slow disk); zero: no delay.
     sync_delay: Duration,
+    /// New space that writes may still take: `None` unlimited, `Some(0)` a full disk.
+    space_left: Option<u64>,
 }
 
 impl State {
@@ -134,6 +136,7 @@ impl State {
             stats: Stats::default(),
             fail_syncs: false,
             sync_delay: Duration::ZERO,
+            space_left: None,
         }
     }
 
@@ -340,6 +343,9 @@ impl State {
 
     fn create(&mut self, parent: u64, name: &OsStr, mode: u32, flags: i32) -> Result<(FileAttr, u64), Errno> {
         let path = self.child_path(parent, name)?;
+        if fs::symlink_metadata(&path).is_err() {
+            self.check_room_for_an_entry()?;
+        }
         let created = OpenOptions::new()
             .read(true)
             .write(true)
@@ -391,13 +397,20 @@ impl State {
     fn write(&mut self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         let written = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
         let (_, file) = self.files.get(&fh).ok_or(Errno::EBADF)?;
-        let has_layer = self.nodes.get(&ino).is_some_and(|n| n.layer.is_some());
+        let layer_len = self
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.layer.as_ref())
+            .map(VolatileFile::len);
         // The backing size matters only when the layer is made (one fstat, not one per write).
-        let durable_len = if has_layer {
-            0
-        } else {
-            file.metadata().map_err(Errno::from)?.len()
+        let durable_len = match layer_len {
+            Some(_) => 0,
+            None => file.metadata().map_err(Errno::from)?.len(),
         };
+        if self.space_left.is_some() {
+            let end = offset.saturating_add(data.len() as u64);
+            self.take_space(end.saturating_sub(layer_len.unwrap_or(durable_len)))?;
+        }
         self.layer_mut(ino, || Ok(durable_len))?.write(offset, data);
         self.stats.written_bytes += data.len() as u64;
         Ok(written)
@@ -452,6 +465,7 @@ impl State {
 
     fn mkdir(&mut self, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr, Errno> {
         let path = self.child_path(parent, name)?;
+        self.check_room_for_an_entry()?;
         fs::DirBuilder::new()
             .mode(mode)
             .create(&path)
@@ -461,6 +475,7 @@ impl State {
 
     fn symlink(&mut self, parent: u64, name: &OsStr, target: &Path) -> Result<FileAttr, Errno> {
         let path = self.child_path(parent, name)?;
+        self.check_room_for_an_entry()?;
         std::os::unix::fs::symlink(target, &path).map_err(Errno::from)?;
         self.lookup(parent, name)
     }
@@ -592,6 +607,37 @@ impl State {
         self.sync_delay = delay;
     }
 
+    /// Makes the disk full once writes have taken `headroom_bytes` more of new space (`0`: full
+    /// now); `None` gives it unlimited space again.
+    pub(crate) fn set_space_left(&mut self, space_left: Option<u64>) {
+        if space_left != self.space_left {
+            info!(?space_left, "space left changed");
+        }
+        self.space_left = space_left;
+    }
+
+    /// Takes `bytes` of new space, or fails with `ENOSPC` (counted) when less is left.
+    fn take_space(&mut self, bytes: u64) -> Result<(), Errno> {
+        let Some(left) = self.space_left else {
+            return Ok(());
+        };
+        if bytes > left {
+            self.stats.enospc_errors += 1;
+            return Err(Errno::ENOSPC);
+        }
+        self.space_left = Some(left - bytes);
+        Ok(())
+    }
+
+    /// A new directory entry (file, directory, symlink) needs room: `ENOSPC` on a full disk.
+    fn check_room_for_an_entry(&mut self) -> Result<(), Errno> {
+        if self.space_left == Some(0) {
+            self.stats.enospc_errors += 1;
+            return Err(Errno::ENOSPC);
+        }
+        Ok(())
+    }
+
     /// When a sync arriving now may run: `None` at once, else after the sync delay (counted).
     fn sync_due(&mut self) -> Option<Instant> {
         if self.sync_delay.is_zero() {
@@ -605,6 +651,7 @@ impl State {
         let mut stats = self.stats.clone();
         stats.syncs_failing = self.fail_syncs;
         stats.sync_delay_ms = u64::try_from(self.sync_delay.as_millis()).unwrap_or(u64::MAX);
+        stats.space_left_bytes = self.space_left;
         let layers = self.nodes.values().filter_map(|n| n.layer.as_ref());
         for layer in layers.filter(|layer| layer.is_dirty()) {
             stats.volatile_files += 1;
@@ -645,6 +692,15 @@ fn read_backing(file: &File, offset: u64, size: u64) -> Result<Vec<u8>, Errno> {
     }
     data.truncate(filled);
     Ok(data)
+}
+
+/// Free blocks as `statfs` reports them: the backing filesystem's, fewer when a fill leaves
+/// less space (`block_bytes` is the unit of block counts).
+fn free_blocks(backing_free: u64, block_bytes: u64, space_left: Option<u64>) -> u64 {
+    match space_left {
+        Some(left) => backing_free.min(left / block_bytes.max(1)),
+        None => backing_free,
+    }
 }
 
 fn apply_plan(file: &File, plan: crate::layer::SyncPlan) -> io::Result<()> {
@@ -962,12 +1018,15 @@ impl Filesystem for FaultFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let root = lock(&self.state).backing_root.clone();
+        let (root, space_left) = {
+            let state = lock(&self.state);
+            (state.backing_root.clone(), state.space_left)
+        };
         match nix::sys::statvfs::statvfs(&root) {
             Ok(st) => reply.statfs(
                 st.blocks(),
-                st.blocks_free(),
-                st.blocks_available(),
+                free_blocks(st.blocks_free(), st.fragment_size(), space_left),
+                free_blocks(st.blocks_available(), st.fragment_size(), space_left),
                 st.files(),
                 st.files_free(),
                 u32::try_from(st.block_size()).unwrap_or(4096),
@@ -1013,6 +1072,7 @@ impl Filesystem for FaultFs {
         let grown = state.attr(ino.0).and_then(|attr| {
             let end = offset.saturating_add(length);
             if end > attr.size {
+                state.take_space(end - attr.size)?;
                 state.set_size(ino.0, Some(fh.0), end)
             } else {
                 Ok(())

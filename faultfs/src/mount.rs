@@ -64,6 +64,20 @@ impl Control {
         lock(&self.state).set_sync_delay(delay);
     }
 
+    /// Makes the disk full once writes have taken `headroom_bytes` more of new space (`0`: full
+    /// at once). A full disk answers `ENOSPC` to a write that extends a file, a preallocation
+    /// that grows one, and the creation of a file, directory or symlink; reads, overwrites
+    /// inside a file, truncation, renames, unlinks and syncs keep working. Space freed by
+    /// truncating or unlinking is not given back (the disk fills up once). See the README.
+    pub fn fill(&self, headroom_bytes: u64) {
+        lock(&self.state).set_space_left(Some(headroom_bytes));
+    }
+
+    /// Undoes [`Control::fill`]: writes may take new space again.
+    pub fn unfill(&self) {
+        lock(&self.state).set_space_left(None);
+    }
+
     /// Syncs work normally again: neither failing ([`Control::fail_syncs`]) nor slow
     /// ([`Control::slow_syncs`]).
     pub fn heal_syncs(&self) {

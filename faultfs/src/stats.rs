@@ -38,6 +38,12 @@ pub struct Stats {
     /// How long a sync arriving now waits before it runs, in milliseconds (0: not slowed).
     #[serde(default)]
     pub sync_delay_ms: u64,
+    /// Writes, preallocations and creations answered `ENOSPC` ([`crate::Control::fill`]).
+    #[serde(default)]
+    pub enospc_errors: u64,
+    /// New space writes may still take before the disk is full; `None`: not filled.
+    #[serde(default)]
+    pub space_left_bytes: Option<u64>,
 }
 
 /// What one drop threw away.

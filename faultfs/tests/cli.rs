@@ -126,10 +126,11 @@ fn binary_drops_on_command_and_unmounts_on_sigterm() {
 }
 
 /// `slow-syncs <ms>` slows every sync of the mount through the control socket; `fast-syncs`
-/// and `heal-syncs` undo it; an unknown or malformed request gets an error line, not a crash.
+/// and `heal-syncs` undo it; `fill` and `unfill` fill and free the disk; an unknown or
+/// malformed request gets an error line, not a crash.
 #[test]
-fn binary_slows_syncs_on_command() {
-    if !common::fuse_or_skip("binary_slows_syncs_on_command") {
+fn binary_slows_syncs_and_fills_on_command() {
+    if !common::fuse_or_skip("binary_slows_syncs_and_fills_on_command") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -164,6 +165,12 @@ fn binary_slows_syncs_on_command() {
     .expect("the library client");
     assert_eq!(again.stats.sync_delay_ms, 100);
     assert_eq!(control("heal-syncs", &mnt).stats.sync_delay_ms, 0);
+
+    assert_eq!(control("fill", &mnt).stats.space_left_bytes, Some(0));
+    let refused = std::fs::File::create(mnt.join("g")).expect_err("the disk is full");
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC));
+    assert_eq!(control("unfill", &mnt).stats.space_left_bytes, None);
+    std::fs::File::create(mnt.join("g")).expect("unfilled");
 
     for bad in ["slow-syncs", "slow-syncs soon", "slow-syncs 5 6", "fly"] {
         let mut stream = std::os::unix::net::UnixStream::connect(default_socket_path(&mnt)).unwrap();

@@ -1,5 +1,5 @@
 //! `ringkv-faultfs`: mount the fault filesystem, or ask a running mount to drop its unsynced data,
-//! report its counters, or make its syncs fail or slow (and heal them). Signals of `mount`: SIGUSR1 drops unsynced data (like `drop-unsynced`),
+//! report its counters, make its syncs fail or slow, or its disk full (and heal them). Signals of `mount`: SIGUSR1 drops unsynced data (like `drop-unsynced`),
 //! SIGTERM/SIGINT unmount and exit.
 
 use std::path::{Path, PathBuf};
@@ -84,6 +84,24 @@ enum Command {
         #[arg(long)]
         control_socket: Option<PathBuf>,
     },
+    /// Make the disk of a running mount full: writes that need new space and file creation
+    /// fail with ENOSPC (reads keep working) until `unfill`.
+    Fill {
+        mountpoint: PathBuf,
+        /// New space writes may still take before the disk is full.
+        #[arg(long, default_value_t = 0)]
+        headroom_bytes: u64,
+        /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+    /// Give the disk of a running mount unlimited space again.
+    Unfill {
+        mountpoint: PathBuf,
+        /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
 }
 
 fn socket_path(mountpoint: &Path, flag: Option<PathBuf>) -> PathBuf {
@@ -137,6 +155,18 @@ fn main() -> anyhow::Result<()> {
             mountpoint,
             control_socket,
         } => print_answer(&socket_path(&mountpoint, control_socket), Request::HealSyncs),
+        Command::Fill {
+            mountpoint,
+            headroom_bytes,
+            control_socket,
+        } => print_answer(
+            &socket_path(&mountpoint, control_socket),
+            Request::Fill { headroom_bytes },
+        ),
+        Command::Unfill {
+            mountpoint,
+            control_socket,
+        } => print_answer(&socket_path(&mountpoint, control_socket), Request::Unfill),
     }
 }
 
