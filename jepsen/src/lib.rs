@@ -9,6 +9,7 @@
 //!   timestamps (unique, real-time order), snapshot (consistent prefixes of chains) and
 //!   Elle-style list-append and rw-register transactions against an isolation level.
 //! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
+//! - [`netem`]: the userspace network emulator (latency, jitter, loss, reordering per link).
 //! - [`cluster`]: the cluster under test (real processes, loopback or namespaces).
 //! - [`nemesis`]: faults (partitions, kills, pauses) on a seeded schedule, healed at the end.
 //! - [`workload`]: register, set, timestamp and snapshot clients that record every operation;
@@ -24,6 +25,7 @@ pub mod edn;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod netem;
 pub mod plot;
 pub mod runner;
 pub mod rw_register;
