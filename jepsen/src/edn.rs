@@ -251,6 +251,14 @@ fn f_name(f: &F) -> &str {
         F::Transfer => "transfer",
         F::BankRead => "bank-read",
         F::RwTxn => "rw-txn",
+        F::StaleRead => "stale-read",
+        F::BatchWrite => "batch-write",
+        F::BatchRead => "batch-read",
+        F::ScanWrite => "scan-write",
+        F::Scan => "scan",
+        F::RangeFill => "range-fill",
+        F::DeleteRange => "delete-range",
+        F::RangeRead => "range-read",
     }
 }
 
@@ -297,6 +305,50 @@ fn value_to_edn(value: &OpValue) -> Edn {
                 })
                 .collect(),
         ),
+        OpValue::GroupRead {
+            group,
+            shards,
+            ts,
+            values,
+        } => Edn::Vector(vec![
+            Edn::unsigned(*group),
+            Edn::Vector(
+                shards
+                    .iter()
+                    .map(|shard| Edn::unsigned(u64::from(*shard)))
+                    .collect(),
+            ),
+            Edn::optional(*ts),
+            values.as_ref().map_or(Edn::Nil, |values| {
+                Edn::Vector(values.iter().map(|value| Edn::optional(*value)).collect())
+            }),
+        ]),
+        OpValue::Scan {
+            range,
+            page_limit,
+            pages,
+            ts,
+            entries,
+        } => Edn::Vector(vec![
+            Edn::unsigned(*range),
+            Edn::unsigned(u64::from(*page_limit)),
+            Edn::unsigned(u64::from(*pages)),
+            Edn::optional(*ts),
+            entries.as_ref().map_or(Edn::Nil, |entries| {
+                Edn::Vector(
+                    entries
+                        .iter()
+                        .map(|(key, value)| Edn::Vector(vec![Edn::unsigned(*key), Edn::unsigned(*value)]))
+                        .collect(),
+                )
+            }),
+        ]),
+        OpValue::RangeFill { range, keys, value } => Edn::Vector(vec![
+            Edn::unsigned(*range),
+            Edn::unsigned(*keys),
+            Edn::unsigned(*value),
+        ]),
+        OpValue::Range(range) => Edn::unsigned(*range),
     }
 }
 
@@ -547,6 +599,14 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
         (_, "rw-txn") => F::RwTxn,
         (_, "transfer") => F::Transfer,
         (_, "bank-read") => F::BankRead,
+        (_, "stale-read") => F::StaleRead,
+        (_, "batch-write") => F::BatchWrite,
+        (_, "batch-read") => F::BatchRead,
+        (_, "scan-write") => F::ScanWrite,
+        (_, "scan") => F::Scan,
+        (_, "range-fill") => F::RangeFill,
+        (_, "delete-range") => F::DeleteRange,
+        (_, "range-read") => F::RangeRead,
         (_, name) => F::Nemesis(name.to_string()),
     };
     let value_edn = value.get("value").unwrap_or(&Edn::Nil);
@@ -575,17 +635,19 @@ fn value_from_edn(f: &F, op_type: OpType, value: &Edn) -> Result<OpValue, String
         (F::Timestamp, Edn::Nil) => Ok(OpValue::Timestamp(None)),
         (F::BankRead, Edn::Nil) => Ok(OpValue::Balances(None)),
         (_, Edn::Nil) => Ok(OpValue::Nil),
-        (F::Read | F::Write, Edn::Vector(items)) => match items.as_slice() {
-            [key, Edn::Nil] => Ok(OpValue::Register {
-                key: to_u64(key, "key")?,
-                value: None,
-            }),
-            [key, register_value] => Ok(OpValue::Register {
-                key: to_u64(key, "key")?,
-                value: Some(to_u64(register_value, "value")?),
-            }),
-            _ => Err(shape_error("[key value]")),
-        },
+        (F::Read | F::Write | F::StaleRead | F::BatchWrite | F::ScanWrite, Edn::Vector(items)) => {
+            match items.as_slice() {
+                [key, Edn::Nil] => Ok(OpValue::Register {
+                    key: to_u64(key, "key")?,
+                    value: None,
+                }),
+                [key, register_value] => Ok(OpValue::Register {
+                    key: to_u64(key, "key")?,
+                    value: Some(to_u64(register_value, "value")?),
+                }),
+                _ => Err(shape_error("[key value]")),
+            }
+        }
         (F::Cas, Edn::Vector(items)) => match items.as_slice() {
             [key, Edn::Vector(pair)] => match pair.as_slice() {
                 [from, to] => Ok(OpValue::Cas {
@@ -672,10 +734,65 @@ fn value_from_edn(f: &F, op_type: OpType, value: &Edn) -> Result<OpValue, String
             }
             Ok(OpValue::Balances(Some(balances)))
         }
+        (F::BatchRead, Edn::Vector(items)) => match items.as_slice() {
+            [group, Edn::Vector(shards), ts, values] => Ok(OpValue::GroupRead {
+                group: to_u64(group, "group")?,
+                shards: shards
+                    .iter()
+                    .map(|shard| {
+                        let shard = to_u64(shard, "shard")?;
+                        u32::try_from(shard).map_err(|_| format!(":shard {shard} is out of range"))
+                    })
+                    .collect::<Result<_, _>>()?,
+                ts: to_optional_u64(ts, "ts")?,
+                values: optional_values(values)
+                    .ok_or_else(|| shape_error("[group [shards] ts [values]]"))??,
+            }),
+            _ => Err(shape_error("[group [shards] ts [values]]")),
+        },
+        (F::Scan | F::RangeRead, Edn::Vector(items)) => match items.as_slice() {
+            [range, page_limit, pages, ts, entries] => Ok(OpValue::Scan {
+                range: to_u64(range, "range")?,
+                page_limit: to_u32(page_limit, "page-limit")?,
+                pages: to_u32(pages, "pages")?,
+                ts: to_optional_u64(ts, "ts")?,
+                entries: match entries {
+                    Edn::Nil => None,
+                    Edn::Vector(entries) => Some(
+                        entries
+                            .iter()
+                            .map(|entry| match entry {
+                                Edn::Vector(pair) => match pair.as_slice() {
+                                    [key, value] => Ok((to_u64(key, "key")?, to_u64(value, "value")?)),
+                                    _ => Err(shape_error("[range limit pages ts [[key value] ...]]")),
+                                },
+                                _ => Err(shape_error("[range limit pages ts [[key value] ...]]")),
+                            })
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    _ => return Err(shape_error("[range limit pages ts [[key value] ...]]")),
+                },
+            }),
+            _ => Err(shape_error("[range limit pages ts [[key value] ...]]")),
+        },
+        (F::RangeFill, Edn::Vector(items)) => match items.as_slice() {
+            [range, keys, fill_value] => Ok(OpValue::RangeFill {
+                range: to_u64(range, "range")?,
+                keys: to_u64(keys, "keys")?,
+                value: to_u64(fill_value, "value")?,
+            }),
+            _ => Err(shape_error("[range keys value]")),
+        },
+        (F::DeleteRange, range) => Ok(OpValue::Range(to_u64(range, "range")?)),
         (F::Nemesis(_), Edn::String(text)) => Ok(OpValue::Text(text.clone())),
         // Jepsen nemeses often carry structured values: keep them as their EDN text.
         (F::Nemesis(_), other) => Ok(OpValue::Text(other.to_string())),
-        (F::Read | F::Write, _) => Err(shape_error("[key value]")),
+        (F::Read | F::Write | F::StaleRead | F::BatchWrite | F::ScanWrite, _) => {
+            Err(shape_error("[key value]"))
+        }
+        (F::BatchRead, _) => Err(shape_error("[group [shards] ts [values]]")),
+        (F::Scan | F::RangeRead, _) => Err(shape_error("[range limit pages ts [[key value] ...]]")),
+        (F::RangeFill, _) => Err(shape_error("[range keys value]")),
         (F::Cas, _) => Err(shape_error("[key [from to]]")),
         (F::ReadAll, _) => Err(shape_error("a vector or nil")),
         (F::ChainWrite, _) => Err(shape_error("[chain n]")),
@@ -684,6 +801,26 @@ fn value_from_edn(f: &F, op_type: OpType, value: &Edn) -> Result<OpValue, String
         (F::Transfer, _) => Err(shape_error("{:from a, :to b, :amount n}")),
         (F::BankRead, _) => Err(shape_error("{account balance ...} or nil")),
     }
+}
+
+/// A vector of optional values (`Some(Ok(None))` for `nil`); `None` when it is neither.
+fn optional_values(values: &Edn) -> Option<Result<Option<Vec<Option<u64>>>, String>> {
+    match values {
+        Edn::Nil => Some(Ok(None)),
+        Edn::Vector(values) => Some(
+            values
+                .iter()
+                .map(|value| to_optional_u64(value, "value"))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+        ),
+        _ => None,
+    }
+}
+
+fn to_u32(value: &Edn, what: &str) -> Result<u32, String> {
+    let number = to_u64(value, what)?;
+    u32::try_from(number).map_err(|_| format!(":{what} {number} is out of range"))
 }
 
 fn to_optional_u64(value: &Edn, what: &str) -> Result<Option<u64>, String> {

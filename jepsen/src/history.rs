@@ -78,6 +78,27 @@ pub enum F {
     /// Rw-register workload: one transaction of [`RwMicroOp`]s (Elle's rw-register
     /// transaction; EDN `:f :rw-txn`, so that it is never taken for a list-append one).
     RwTxn,
+    /// Register workload: a read of any replica (`ReadConsistency::Stale`), which may be
+    /// old but must return a value some write wrote ([`OpValue::Register`]).
+    StaleRead,
+    /// Batch workload: one batch writing the same value to every key of a group, or
+    /// deleting every key of it ([`OpValue::Register`]: the group and the value, `nil` for
+    /// the deletes).
+    BatchWrite,
+    /// Batch workload: every key of a group read together ([`OpValue::GroupRead`]).
+    BatchRead,
+    /// Scan workload: a put (or, with `nil`, a delete) of one scan key
+    /// ([`OpValue::Register`]).
+    ScanWrite,
+    /// Scan workload: every page of a scan of the workload's keys ([`OpValue::Scan`]).
+    Scan,
+    /// Delete-range workload: one batch writing a fresh value to every key of a range
+    /// ([`OpValue::RangeFill`]).
+    RangeFill,
+    /// Delete-range workload: a delete-range of one range ([`OpValue::Range`]).
+    DeleteRange,
+    /// Delete-range workload: every page of a scan of one range ([`OpValue::Scan`]).
+    RangeRead,
 }
 
 /// The argument or result of an operation.
@@ -152,6 +173,47 @@ pub enum OpValue {
     /// in a `fail` or `info` completion) every read is `value: None`; in an `ok` completion
     /// every read carries what it returned.
     RwTxn(Vec<RwMicroOp>),
+    /// Every key of batch group `group` read together: key `j` of the group at position `j`.
+    GroupRead {
+        /// Group id.
+        group: u64,
+        /// The shard of each key of the group (key `j` at position `j`): a batch is atomic
+        /// on the keys of one shard.
+        shards: Vec<u32>,
+        /// The timestamp of the oracle the keys were read at; `None` (`nil`) for a
+        /// linearizable read, in the invocation and in a read that did not succeed.
+        ts: Option<u64>,
+        /// The value of each key (`None`: no value); `None` (`nil`) in the invocation and in
+        /// a read that did not succeed.
+        values: Option<Vec<Option<u64>>>,
+    },
+    /// A scan of range `range` (the scan workload's one range is 0), paged `page_limit`
+    /// entries at a time.
+    Scan {
+        /// Range id.
+        range: u64,
+        /// Most entries asked for per page.
+        page_limit: u32,
+        /// Pages the scan took (0 in the invocation).
+        pages: u32,
+        /// The timestamp of the oracle every page was read at; `None` (`nil`) when each
+        /// shard's part is read linearizably when it answers.
+        ts: Option<u64>,
+        /// The `(key, value)` pairs returned, in the order returned; `None` (`nil`) in the
+        /// invocation and in a scan that did not succeed.
+        entries: Option<Vec<(u64, u64)>>,
+    },
+    /// Value `value` written to keys `0..keys` of range `range`, in one batch.
+    RangeFill {
+        /// Range id.
+        range: u64,
+        /// Keys of the range written.
+        keys: u64,
+        /// The value written, unique per fill.
+        value: u64,
+    },
+    /// A range id (the argument of a delete-range).
+    Range(u64),
 }
 
 /// One step of a list-append transaction (Elle's `[:append k v]` and `[:r k list]`).

@@ -6,27 +6,30 @@
 //! - [`history`]: operations (invoke + ok/fail/info), the recorder, JSON export.
 //! - [`edn`]: Jepsen EDN export and a parser for reading histories back.
 //! - [`checker`]: linearizability (Wing–Gong–Lowe, per key), set (lost/duplicated adds),
-//!   timestamps (unique, real-time order), snapshot (consistent prefixes of chains) and
-//!   Elle-style list-append and rw-register transactions against an isolation level.
+//!   timestamps (unique, real-time order), snapshot (consistent prefixes of chains),
+//!   Elle-style list-append and rw-register transactions against an isolation level, and
+//!   the batch, scan, delete-range and stale-read promises.
 //! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
-//! - [`netem`]: the userspace network emulator (latency, jitter, loss, reordering per link).
 //! - [`cluster`]: the cluster under test (real processes, loopback or namespaces).
 //! - [`nemesis`]: faults (partitions, kills, pauses) on a seeded schedule, healed at the end.
 //! - [`workload`]: register, set, timestamp and snapshot clients that record every operation;
-//!   [`append`], [`rw_register`] and [`bank`]: the transactional workloads.
+//!   [`append`], [`rw_register`] and [`bank`]: the transactional workloads; [`batch`],
+//!   [`scan`] and [`delete_range`]: batch atomicity per shard, scan paging, delete-range.
 //! - [`runner`]: one run end to end, writing the results directory.
 //! - [`plot`]: the latency-over-time SVG with fault windows shaded.
 
 pub mod append;
 pub mod bank;
+pub mod batch;
 pub mod checker;
 pub mod cluster;
+pub mod delete_range;
 pub mod edn;
 pub mod history;
 pub mod nemesis;
 pub mod net;
-pub mod netem;
 pub mod plot;
 pub mod runner;
 pub mod rw_register;
+pub mod scan;
 pub mod workload;

@@ -88,6 +88,8 @@ pub struct RunOptions {
     pub liveness_timeout: Duration,
     /// Keep node data directories after the run.
     pub keep_data: bool,
+    /// How many violations the verdict lists: a sample per kind (default) or all.
+    pub listing: checker::Listing,
 }
 
 impl RunOptions {
@@ -134,6 +136,7 @@ impl RunOptions {
             op_timeout: Duration::from_secs(2),
             liveness_timeout: Duration::from_secs(30),
             keep_data: false,
+            listing: checker::Listing::Sample,
         }
     }
 }
@@ -393,6 +396,15 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         let client = cluster.client(options.op_timeout).await?;
         crate::bank::set_up(&client, options.liveness_timeout).await?;
     }
+    let batch = crate::batch::BatchShared::new(options.shards, options.value_bytes);
+    let scan = crate::scan::ScanShared::new(options.value_bytes);
+    let ranges = crate::delete_range::RangeShared::new(options.value_bytes);
+    if options.workloads.contains(&Workload::Scan) {
+        // The keys present for the whole run, written (and recorded) before any scan.
+        let client = cluster.client(options.op_timeout).await?;
+        let setup_process = options.workloads.len() as u64 * options.concurrency as u64;
+        crate::scan::set_up(setup_process, &client, &scan, &recorder, options.liveness_timeout).await?;
+    }
     for workload in &options.workloads {
         for index in 0..options.concurrency {
             let client = cluster.client(options.op_timeout).await?;
@@ -445,6 +457,39 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                         client,
                         rw_register.clone(),
                         options.isolation,
+                        recorder,
+                        seed,
+                        stop,
+                    ));
+                }
+                Workload::Batch => {
+                    let seed = rng.random();
+                    clients.spawn(crate::batch::batch_client(
+                        process,
+                        client,
+                        batch.clone(),
+                        recorder,
+                        seed,
+                        stop,
+                    ));
+                }
+                Workload::Scan => {
+                    let seed = rng.random();
+                    clients.spawn(crate::scan::scan_client(
+                        process,
+                        client,
+                        scan.clone(),
+                        recorder,
+                        seed,
+                        stop,
+                    ));
+                }
+                Workload::DeleteRange => {
+                    let seed = rng.random();
+                    clients.spawn(crate::delete_range::range_client(
+                        process,
+                        client,
+                        ranges.clone(),
                         recorder,
                         seed,
                         stop,
@@ -607,33 +652,12 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
 
     let history = recorder.history();
     let mut verdicts = vec![liveness];
-    if options.workloads.contains(&Workload::Register) {
-        verdicts.push(checker::linearizable::check(
-            &history,
-            &checker::linearizable::LinearizableConfig::default(),
-        ));
-    }
-    if options.workloads.contains(&Workload::Set) {
-        verdicts.push(checker::set::check(&history));
-    }
-    if options.workloads.contains(&Workload::Timestamp) {
-        verdicts.push(checker::timestamps::check(&history));
-    }
-    if options.workloads.contains(&Workload::Snapshot) {
-        verdicts.push(checker::snapshot::check(&history));
-    }
-    if options.workloads.contains(&Workload::Append) {
-        verdicts.push(checker::elle::check(&history, checked_level(options.isolation)));
-    }
-    if options.workloads.contains(&Workload::RwRegister) {
-        verdicts.push(checker::elle::rw_register::check(
-            &history,
-            checked_level(options.isolation),
-        ));
-    }
-    if options.workloads.contains(&Workload::Bank) {
-        verdicts.push(checker::bank::check(&history, checked_level(options.isolation)));
-    }
+    verdicts.extend(check_workloads(
+        &history,
+        &options.workloads,
+        options.isolation,
+        options.listing,
+    ));
     let verdict = checker::combine(verdicts);
     drop(cluster);
     let report = RunReport {
@@ -652,6 +676,45 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         }
     }
     Ok(report)
+}
+
+/// The verdict of each checker of `workloads` on `history` (transactions checked at
+/// `isolation`), listing as many violations as `listing` says.
+pub fn check_workloads(
+    history: &History,
+    workloads: &[Workload],
+    isolation: ringkv_client::Isolation,
+    listing: checker::Listing,
+) -> Vec<Verdict> {
+    let level = checked_level(isolation);
+    let mut verdicts = Vec::new();
+    for (position, workload) in workloads.iter().enumerate() {
+        if workloads[..position].contains(workload) {
+            continue;
+        }
+        match workload {
+            Workload::Register => {
+                let config = checker::linearizable::LinearizableConfig {
+                    listing,
+                    ..Default::default()
+                };
+                verdicts.push(checker::linearizable::check(history, &config));
+                verdicts.push(checker::stale::check(history, listing));
+            }
+            Workload::Set => verdicts.push(checker::set::check_with(history, listing)),
+            Workload::Timestamp => verdicts.push(checker::timestamps::check_with(history, listing)),
+            Workload::Snapshot => verdicts.push(checker::snapshot::check_with(history, listing)),
+            Workload::Append => verdicts.push(checker::elle::check_with(history, level, listing)),
+            Workload::RwRegister => {
+                verdicts.push(checker::elle::rw_register::check_with(history, level, listing));
+            }
+            Workload::Bank => verdicts.push(checker::bank::check_with(history, level, listing)),
+            Workload::Batch => verdicts.push(checker::batch::check(history, listing)),
+            Workload::Scan => verdicts.push(checker::scan::check(history, listing)),
+            Workload::DeleteRange => verdicts.push(checker::delete_range::check(history, listing)),
+        }
+    }
+    verdicts
 }
 
 fn write_results(dir: &Path, options: &RunOptions, history: &History, report: &RunReport) -> Result<()> {

@@ -45,6 +45,32 @@ pub enum Workload {
     /// run's isolation level; checked for the anomalies that level forbids
     /// (`checker::elle::rw_register`).
     RwRegister,
+    /// Batches writing one value to every key of a small group (or deleting them all),
+    /// groups on one shard or two, and reads of whole groups; checked atomic per shard
+    /// (`checker::batch`).
+    Batch,
+    /// Paged scans with small page limits over keys put and deleted concurrently; checked
+    /// in order, without duplicates, invented or skipped keys (`checker::scan`).
+    Scan,
+    /// Ranges filled, scanned and deleted with delete-range, replayed after failures;
+    /// nothing written before an acknowledged delete-range may be read after it
+    /// (`checker::delete_range`).
+    DeleteRange,
+}
+
+impl Workload {
+    /// Every workload, as `--workload all` runs them.
+    pub fn all() -> Vec<Workload> {
+        use clap::ValueEnum;
+        Workload::value_variants().to_vec()
+    }
+
+    /// The name `--workload` takes.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |value| value.get_name().to_string())
+    }
 }
 
 /// Where register reads go.
@@ -134,14 +160,14 @@ pub fn chain_key(chain: u64, j: u64) -> Vec<u8> {
 }
 
 /// Whether an error proves the operation did not take effect.
-fn is_definite(err: &Error) -> bool {
+pub(crate) fn is_definite(err: &Error) -> bool {
     !matches!(
         err,
         Error::OutcomeUnknown(_) | Error::DeadlineExceeded(_) | Error::Transport(_)
     )
 }
 
-fn completion_for(err: &Error) -> OpType {
+pub(crate) fn completion_for(err: &Error) -> OpType {
     if is_definite(err) {
         OpType::Fail
     } else {
@@ -151,7 +177,7 @@ fn completion_for(err: &Error) -> OpType {
 
 /// A register value as stored: the number, then (when padded) a space and dots up to
 /// `value_bytes`.
-fn encode_value(value: u64, value_bytes: usize) -> Vec<u8> {
+pub(crate) fn encode_value(value: u64, value_bytes: usize) -> Vec<u8> {
     let mut bytes = value.to_string().into_bytes();
     if bytes.len() < value_bytes {
         bytes.push(b' ');
@@ -162,7 +188,7 @@ fn encode_value(value: u64, value_bytes: usize) -> Vec<u8> {
 
 /// A register (or chain) value read back; something unparsable is recorded as a value
 /// nobody wrote.
-fn parse_value(bytes: &[u8]) -> u64 {
+pub(crate) fn parse_value(bytes: &[u8]) -> u64 {
     let number = bytes.split(|&b| b == b' ').next().unwrap_or_default();
     std::str::from_utf8(number)
         .ok()
@@ -219,7 +245,21 @@ pub async fn register_client(
         let key = rng.random_range(0..shared.keys);
         let key_bytes = register_key(key);
         let roll: f64 = rng.random();
-        if roll < 0.45 {
+        if roll < 0.1 {
+            // A read of any replica: it may be old, never invented (`checker::stale`).
+            let op = recorder.invoke(
+                Process::Client(process),
+                F::StaleRead,
+                OpValue::Register { key, value: None },
+            );
+            match client.get_with(&key_bytes, ReadConsistency::Stale).await {
+                Ok(found) => {
+                    let value = found.map(|versioned| parse_value(&versioned.value));
+                    let _ = recorder.complete(&op, OpType::Ok, OpValue::Register { key, value }, None);
+                }
+                Err(err) => complete_err(&recorder, &op, OpType::Fail, err.to_string()),
+            }
+        } else if roll < 0.45 {
             let direct = shared.direct.as_ref().filter(|_| rng.random_bool(0.3));
             let op = recorder.invoke(
                 Process::Client(process),
@@ -289,11 +329,11 @@ async fn cas(client: &Client, recorder: &Recorder, op: &Op, key: &[u8], from: u6
     }
 }
 
-fn complete_err(recorder: &Recorder, op: &Op, op_type: OpType, error: String) {
+pub(crate) fn complete_err(recorder: &Recorder, op: &Op, op_type: OpType, error: String) {
     let _ = recorder.complete(op, op_type, op.value.clone(), Some(error));
 }
 
-fn complete_ok(recorder: &Recorder, op: &Op) {
+pub(crate) fn complete_ok(recorder: &Recorder, op: &Op) {
     let _ = recorder.complete(op, OpType::Ok, op.value.clone(), None);
 }
 

@@ -36,6 +36,10 @@ enum Command {
         /// workloads) ran at.
         #[arg(long, value_enum, default_value = "repeatable-read")]
         isolation: IsolationArg,
+        /// List every violation found, not the first few of each kind (per key for
+        /// linearizability).
+        #[arg(long)]
+        all_violations: bool,
     },
 }
 
@@ -50,9 +54,14 @@ struct RunArgs {
     /// Faults to inject (comma-separated); `all` for every one.
     #[arg(long, value_delimiter = ',', default_value = "kill-one,partition-majority")]
     nemesis: Vec<String>,
-    /// Workloads (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "register,set")]
-    workload: Vec<Workload>,
+    /// Workloads (comma-separated): register, set, timestamp, snapshot, append, bank,
+    /// rw-register, batch, scan, delete-range; `all` for every one.
+    #[arg(long, value_delimiter = ',', default_value = "register,set")]
+    workload: Vec<String>,
+    /// List every violation found, not the first few of each kind (per key for
+    /// linearizability).
+    #[arg(long)]
+    all_violations: bool,
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     #[arg(long, default_value_t = 4)]
@@ -153,6 +162,35 @@ fn parse_nemeses(names: &[String]) -> Result<Vec<NemesisKind>, String> {
     Ok(kinds)
 }
 
+fn parse_workloads(names: &[String]) -> Result<Vec<Workload>, String> {
+    use clap::ValueEnum;
+    let mut workloads = Vec::new();
+    for name in names {
+        let named = if name == "all" {
+            Workload::all()
+        } else {
+            vec![Workload::from_str(name, true).map_err(|_| {
+                let known: Vec<String> = Workload::all().into_iter().map(Workload::name).collect();
+                format!("unknown workload {name:?}; known: {}, all", known.join(", "))
+            })?]
+        };
+        for workload in named {
+            if !workloads.contains(&workload) {
+                workloads.push(workload);
+            }
+        }
+    }
+    Ok(workloads)
+}
+
+fn listing(all_violations: bool) -> checker::Listing {
+    if all_violations {
+        checker::Listing::All
+    } else {
+        checker::Listing::Sample
+    }
+}
+
 fn exit_for(validity: Validity) -> ExitCode {
     match validity {
         Validity::Valid => ExitCode::SUCCESS,
@@ -172,7 +210,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     if let Some(seed) = args.seed {
         options.seed = seed;
     }
-    options.workloads = args.workload;
+    options.workloads = parse_workloads(&args.workload).map_err(anyhow::Error::msg)?;
+    options.listing = listing(args.all_violations);
     options.nodes = args.nodes;
     options.shards = args.shards;
     options.replication_factor = args.nodes.min(3) as u32;
@@ -225,40 +264,43 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run(args).await,
-            Command::Check { history, isolation } => {
+            Command::Check {
+                history,
+                isolation,
+                all_violations,
+            } => {
                 let text = std::fs::read_to_string(&history)?;
                 let history = ringkv_jepsen::edn::parse_history(&text)?;
-                // Each checker whose operations the history holds.
+                // Each workload whose operations the history holds.
                 let has = |wanted: &dyn Fn(&F) -> bool| history.ops.iter().any(|op| wanted(&op.f));
-                let mut verdicts = Vec::new();
-                if has(&|f| matches!(f, F::Read | F::Write | F::Cas)) {
-                    verdicts.push(checker::linearizable::check(
-                        &history,
-                        &checker::linearizable::LinearizableConfig::default(),
-                    ));
-                }
-                if has(&|f| matches!(f, F::Add | F::ReadAll)) {
-                    verdicts.push(checker::set::check(&history));
-                }
-                if history
-                    .ops
-                    .iter()
-                    .any(|op| matches!(op.f, F::ChainWrite | F::SnapshotRead))
-                {
-                    verdicts.push(checker::snapshot::check(&history));
-                }
-                if history.ops.iter().any(|op| matches!(op.f, F::Txn)) {
-                    let level = ringkv_jepsen::append::checked_level(isolation.into());
-                    verdicts.push(checker::elle::check(&history, level));
-                }
-                if has(&|f| matches!(f, F::RwTxn)) {
-                    let level = ringkv_jepsen::append::checked_level(isolation.into());
-                    verdicts.push(checker::elle::rw_register::check(&history, level));
-                }
-                if has(&|f| matches!(f, F::Transfer | F::BankRead)) {
-                    let level = ringkv_jepsen::append::checked_level(isolation.into());
-                    verdicts.push(checker::bank::check(&history, level));
-                }
+                let workloads: Vec<Workload> = [
+                    (
+                        Workload::Register,
+                        has(&|f| matches!(f, F::Read | F::Write | F::Cas | F::StaleRead)),
+                    ),
+                    (Workload::Set, has(&|f| matches!(f, F::Add | F::ReadAll))),
+                    (
+                        Workload::Snapshot,
+                        has(&|f| matches!(f, F::ChainWrite | F::SnapshotRead)),
+                    ),
+                    (Workload::Append, has(&|f| matches!(f, F::Txn))),
+                    (Workload::RwRegister, has(&|f| matches!(f, F::RwTxn))),
+                    (Workload::Bank, has(&|f| matches!(f, F::Transfer | F::BankRead))),
+                    (
+                        Workload::Batch,
+                        has(&|f| matches!(f, F::BatchWrite | F::BatchRead)),
+                    ),
+                    (Workload::Scan, has(&|f| matches!(f, F::ScanWrite | F::Scan))),
+                    (
+                        Workload::DeleteRange,
+                        has(&|f| matches!(f, F::RangeFill | F::DeleteRange | F::RangeRead)),
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(workload, present)| present.then_some(workload))
+                .collect();
+                let verdicts =
+                    runner::check_workloads(&history, &workloads, isolation.into(), listing(all_violations));
                 let verdict = checker::combine(verdicts);
                 println!("{}", serde_json::to_string_pretty(&verdict)?);
                 Ok(verdict.validity)

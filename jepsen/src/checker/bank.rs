@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use crate::checker::elle::Isolation;
-use crate::checker::{Anomaly, Validity, Verdict};
+use crate::checker::{Anomaly, Listing, Validity, Verdict};
 use crate::history::{History, OpType, OpValue, F};
 
 /// Accounts of the bank workload.
@@ -41,6 +41,12 @@ const GARBAGE: i64 = crate::bank::GARBAGE;
 
 /// Checks every bank read of `history` against `level`.
 pub fn check(history: &History, level: Isolation) -> Verdict {
+    check_with(history, level, Listing::Sample)
+}
+
+/// [`check`], listing as many anomalies of each kind as `listing` says.
+pub fn check_with(history: &History, level: Isolation, listing: Listing) -> Verdict {
+    let max_listed = listing.limit(MAX_LISTED_PER_KIND);
     let pairs = match history.pairs() {
         Ok(pairs) => pairs,
         Err(err) => return Verdict::unknown(CHECKER_NAME, format!("malformed history: {err}")),
@@ -99,7 +105,7 @@ pub fn check(history: &History, level: Isolation) -> Verdict {
                 for (kind, description) in found {
                     let count = counts.entry(kind).or_default();
                     *count += 1;
-                    if *count <= MAX_LISTED_PER_KIND {
+                    if *count <= max_listed {
                         anomalies.push(Anomaly {
                             kind: kind.to_string(),
                             key: None,

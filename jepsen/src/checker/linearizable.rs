@@ -79,7 +79,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checker::{Anomaly, Checker, Validity, Verdict};
+use crate::checker::{Anomaly, Checker, Listing, Validity, Verdict};
 use crate::history::{History, OpPair, OpType, OpValue, Process, F};
 
 /// Name of this checker in verdicts.
@@ -109,6 +109,10 @@ pub struct LinearizableConfig {
     /// Most keys searched at the same time (at least 1). Peak memory is about
     /// `max_threads * max_states_per_key * 100` bytes in the worst case.
     pub max_threads: usize,
+    /// How many impossible observations are listed per key: `MAX_IMPOSSIBLE_PER_KEY` by
+    /// default (the rest counted in a note), or every one.
+    #[serde(default)]
+    pub listing: Listing,
 }
 
 impl Default for LinearizableConfig {
@@ -117,6 +121,7 @@ impl Default for LinearizableConfig {
         Self {
             max_states_per_key: 10_000_000,
             max_threads: available.clamp(1, 4),
+            listing: Listing::Sample,
         }
     }
 }
@@ -365,7 +370,15 @@ fn extract(pairs: &[OpPair<'_>]) -> Extracted {
                 | F::Txn
                 | F::Transfer
                 | F::BankRead
-                | F::RwTxn,
+                | F::RwTxn
+                | F::StaleRead
+                | F::BatchWrite
+                | F::BatchRead
+                | F::ScanWrite
+                | F::Scan
+                | F::RangeFill
+                | F::DeleteRange
+                | F::RangeRead,
                 _,
             ) => {
                 extracted.ignored_other += 1;
@@ -437,7 +450,7 @@ fn check_keys(jobs: &[(u64, Vec<KeyOp>)], config: &LinearizableConfig) -> (Vec<K
     let work = || {
         let mut results = Vec::new();
         while let Some((key, ops)) = jobs.get(next_job.fetch_add(1, Ordering::Relaxed)) {
-            results.push(check_key(*key, ops, max_states));
+            results.push(check_key(*key, ops, max_states, config.listing));
         }
         results
     };
@@ -459,9 +472,9 @@ fn check_keys(jobs: &[(u64, Vec<KeyOp>)], config: &LinearizableConfig) -> (Vec<K
 }
 
 /// Checks one key's sub-history: reductions 1–3, then the search.
-fn check_key(key: u64, ops: &[KeyOp], max_states: u64) -> KeyResult {
+fn check_key(key: u64, ops: &[KeyOp], max_states: u64, listing: Listing) -> KeyResult {
     let mut stats = KeyStats::default();
-    let (anomalies, total) = impossible_observations(key, ops);
+    let (anomalies, total) = impossible_observations(key, ops, listing.limit(MAX_IMPOSSIBLE_PER_KEY));
     if total > 0 {
         return KeyResult {
             key,
@@ -476,8 +489,8 @@ fn check_key(key: u64, ops: &[KeyOp], max_states: u64) -> KeyResult {
 }
 
 /// Reduction 1: `ok` ops that observed a value no op could have left in the register by then.
-/// Returns at most `MAX_IMPOSSIBLE_PER_KEY` anomalies and the total found.
-fn impossible_observations(key: u64, ops: &[KeyOp]) -> (Vec<Anomaly>, usize) {
+/// Returns at most `max_listed` anomalies and the total found.
+fn impossible_observations(key: u64, ops: &[KeyOp], max_listed: usize) -> (Vec<Anomaly>, usize) {
     let mut producers: HashMap<Option<u64>, Vec<usize>> = HashMap::new();
     for (id, op) in ops.iter().enumerate() {
         if let Some(value) = op.op.produced() {
@@ -565,7 +578,7 @@ fn impossible_observations(key: u64, ops: &[KeyOp]) -> (Vec<Anomaly>, usize) {
             continue;
         }
         total += 1;
-        if anomalies.len() >= MAX_IMPOSSIBLE_PER_KEY {
+        if anomalies.len() >= max_listed {
             continue;
         }
         if candidates.iter().all(|id| *id == observer_id) && value.is_some() {
@@ -1479,6 +1492,7 @@ mod tests {
         LinearizableConfig {
             max_states_per_key: 1_000_000,
             max_threads: 2,
+            listing: Listing::Sample,
         }
     }
 
@@ -1718,6 +1732,32 @@ mod tests {
         assert_eq!(validity(&observed), Validity::Invalid);
     }
 
+    /// By default five impossible observations are listed per key and the rest counted in
+    /// a note; `Listing::All` lists every one.
+    #[test]
+    fn all_violations_lists_every_impossible_observation() {
+        let mut history = Builder::default();
+        history.write(0, 1, 1).ok(0);
+        for _ in 0..9 {
+            history.read(1, 1).ok_read(1, 1, Some(99));
+        }
+        let sample = check(&history.build(), &config());
+        assert_eq!(sample.validity, Validity::Invalid);
+        assert_eq!(sample.anomalies.len(), MAX_IMPOSSIBLE_PER_KEY);
+        assert!(
+            sample
+                .notes
+                .iter()
+                .any(|note| note.contains("9 impossible observations")),
+            "{sample:?}"
+        );
+        let all = LinearizableConfig {
+            listing: Listing::All,
+            ..config()
+        };
+        assert_eq!(check(&history.build(), &all).anomalies.len(), 9);
+    }
+
     /// The search bound turns an undecided search into Unknown with a note.
     #[test]
     fn search_bound_gives_unknown() {
@@ -1732,6 +1772,7 @@ mod tests {
         let tight = LinearizableConfig {
             max_states_per_key: 2,
             max_threads: 1,
+            listing: Listing::Sample,
         };
         let verdict = check(&history.build(), &tight);
         assert_eq!(verdict.validity, Validity::Unknown);

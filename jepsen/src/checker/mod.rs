@@ -14,6 +14,19 @@
 //!   what the level guarantees.
 //! - [`bank`]: transfers between accounts: every snapshot read sums to the total, with no
 //!   negative balance.
+//! - [`batch`]: batches over groups of keys, read together: atomic per shard, never a
+//!   value nobody wrote, never older than a batch settled before the read.
+//! - [`scan`]: paged scans of keys added and deleted concurrently: in order, no duplicate,
+//!   no key nobody wrote, none skipped that was there, unchanged, for the whole scan.
+//! - [`delete_range`]: ranges filled and deleted: nothing written before an acknowledged
+//!   delete-range is read after it.
+//! - [`stale`]: reads of any replica: old values allowed, never one nobody wrote.
+//! - [`mutations`]: the writes a key (or group, or range) saw, and which one was certainly
+//!   in effect over an interval, for the three checkers above.
+//!
+//! How many violations a verdict lists is a [`Listing`]: the first few of each kind (per
+//! key for linearizability) by default, with a note counting the rest; [`Listing::All`]
+//! lists every one found (`--all-violations`).
 //!
 //! Every checker returns a [`Verdict`]; [`combine`] merges the verdicts of several checkers
 //! (or several keys) into one. A verdict serializes to JSON as
@@ -21,11 +34,18 @@
 //! "notes": [...]}`.
 
 pub mod bank;
+pub mod batch;
+pub mod delete_range;
 pub mod elle;
 pub mod linearizable;
+pub(crate) mod mutations;
+pub mod scan;
 pub mod set;
 pub mod snapshot;
+pub mod stale;
 pub mod timestamps;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -122,6 +142,77 @@ impl Verdict {
             anomalies: Vec::new(),
             notes: vec![note],
         }
+    }
+}
+
+/// How many of the violations it finds a checker lists in its verdict (it counts them all).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Listing {
+    /// The first few of each kind (per key for linearizability), and a note counting the
+    /// rest: a report a person reads. The default.
+    #[default]
+    Sample,
+    /// Every violation found (`--all-violations`).
+    All,
+}
+
+impl Listing {
+    /// The most items to list where a sample lists `sample`.
+    pub fn limit(self, sample: usize) -> usize {
+        match self {
+            Listing::Sample => sample,
+            Listing::All => usize::MAX,
+        }
+    }
+}
+
+/// Anomalies of one checker, counted by kind and listed up to the [`Listing`]'s limit per
+/// kind.
+#[derive(Debug)]
+pub(crate) struct AnomalyList {
+    limit_per_kind: usize,
+    listed: Vec<Anomaly>,
+    counts: BTreeMap<String, usize>,
+}
+
+impl AnomalyList {
+    /// Lists up to `listing.limit(sample_per_kind)` anomalies of each kind.
+    pub(crate) fn new(listing: Listing, sample_per_kind: usize) -> AnomalyList {
+        AnomalyList {
+            limit_per_kind: listing.limit(sample_per_kind),
+            listed: Vec::new(),
+            counts: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, anomaly: Anomaly) {
+        let count = self.counts.entry(anomaly.kind.clone()).or_insert(0);
+        *count += 1;
+        if *count <= self.limit_per_kind {
+            self.listed.push(anomaly);
+        }
+    }
+
+    /// Whether none was found.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// The listed anomalies, and a note for each kind with more found than listed.
+    pub(crate) fn finish(self) -> (Vec<Anomaly>, Vec<String>) {
+        let notes = self
+            .counts
+            .iter()
+            .filter(|(_, count)| **count > self.limit_per_kind)
+            .map(|(kind, count)| {
+                format!(
+                    "{kind}: {count} found, the first {} listed (--all-violations lists every one)",
+                    self.limit_per_kind
+                )
+            })
+            .collect();
+        (self.listed, notes)
     }
 }
 
@@ -223,7 +314,7 @@ pub(crate) mod fixtures {
             self
         }
 
-        fn invoke(&mut self, process: u64, f: F, value: OpValue) -> &mut Self {
+        pub(crate) fn invoke(&mut self, process: u64, f: F, value: OpValue) -> &mut Self {
             let previous = self.outstanding.insert(process, (f.clone(), value.clone()));
             assert!(
                 previous.is_none(),
@@ -232,7 +323,7 @@ pub(crate) mod fixtures {
             self.push(process, OpType::Invoke, f, value)
         }
 
-        fn finish(&mut self, process: u64, op_type: OpType, value: Option<OpValue>) -> &mut Self {
+        pub(crate) fn finish(&mut self, process: u64, op_type: OpType, value: Option<OpValue>) -> &mut Self {
             self.txn_results.remove(&process);
             self.rw_txn_results.remove(&process);
             let (f, invoke_value) = self

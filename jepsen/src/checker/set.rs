@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::checker::{Anomaly, Checker, Validity, Verdict};
+use crate::checker::{Anomaly, Checker, Listing, Validity, Verdict};
 use crate::history::{History, HistoryError, OpType, OpValue, F};
 
 /// Name of this checker in verdicts.
@@ -99,6 +99,12 @@ struct FinalRead {
 
 /// Analyzes the `add` and `read-all` ops of `history` (other ops are ignored).
 pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
+    analyze_with(history, Listing::Sample)
+}
+
+/// [`analyze`], keeping as many history indexes per anomaly kind as `listing` says.
+pub fn analyze_with(history: &History, listing: Listing) -> Result<SetAnalysis, SetError> {
+    let max_anomaly_ops = listing.limit(MAX_ANOMALY_OPS);
     let mut attempts: HashMap<u64, Vec<AddAttempt>> = HashMap::new();
     let mut reads: Vec<FinalRead> = Vec::new();
     for pair in history.pairs()? {
@@ -145,7 +151,15 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
             | F::Txn
             | F::Transfer
             | F::BankRead
-            | F::RwTxn => {}
+            | F::RwTxn
+            | F::StaleRead
+            | F::BatchWrite
+            | F::BatchRead
+            | F::ScanWrite
+            | F::Scan
+            | F::RangeFill
+            | F::DeleteRange
+            | F::RangeRead => {}
         }
     }
 
@@ -279,7 +293,7 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
             .map(|(kind, indexes)| {
                 (
                     kind.to_string(),
-                    indexes.into_iter().take(MAX_ANOMALY_OPS).collect(),
+                    indexes.into_iter().take(max_anomaly_ops).collect(),
                 )
             })
             .collect(),
@@ -289,7 +303,13 @@ pub fn analyze(history: &History) -> Result<SetAnalysis, SetError> {
 /// Checks the set workload of `history`: `Invalid` when any element is lost, duplicated or
 /// unexpected; `Unknown` without a successful final read or when the history is malformed.
 pub fn check(history: &History) -> Verdict {
-    let analysis = match analyze(history) {
+    check_with(history, Listing::Sample)
+}
+
+/// [`check`], quoting as many elements and history indexes per anomaly as `listing` says.
+pub fn check_with(history: &History, listing: Listing) -> Verdict {
+    let max_described = listing.limit(MAX_DESCRIBED_ELEMENTS);
+    let analysis = match analyze_with(history, listing) {
         Ok(analysis) => analysis,
         Err(error) => return Verdict::unknown(CHECKER_NAME, format!("malformed history: {error}")),
     };
@@ -341,11 +361,14 @@ pub fn check(history: &History) -> Verdict {
         verdict.validity = Validity::Invalid;
         let mut listed: Vec<String> = elements
             .iter()
-            .take(MAX_DESCRIBED_ELEMENTS)
+            .take(max_described)
             .map(|element| element.to_string())
             .collect();
-        if elements.len() > MAX_DESCRIBED_ELEMENTS {
-            listed.push(format!("... {} more", elements.len() - MAX_DESCRIBED_ELEMENTS));
+        if elements.len() > max_described {
+            listed.push(format!(
+                "... {} more (--all-violations lists every one)",
+                elements.len() - max_described
+            ));
         }
         verdict.anomalies.push(Anomaly {
             kind: kind.to_string(),
@@ -402,6 +425,26 @@ mod tests {
         assert_eq!(verdict.anomalies[0].kind, "lost");
         assert_eq!(verdict.anomalies[0].ops, vec![2, 3, 4, 5]);
         assert_eq!(analyze(&history.build()).expect("analyze").lost, vec![2]);
+    }
+
+    /// By default a lost anomaly quotes 20 elements and counts the rest; `Listing::All`
+    /// quotes every one.
+    #[test]
+    fn all_violations_quotes_every_lost_element() {
+        let mut history = Builder::default();
+        for element in 100..130 {
+            history.add(0, element).ok(0);
+        }
+        history.read_all(1).ok_read_all(1, &[]);
+        let sample = check(&history.build());
+        assert!(
+            sample.anomalies[0].description.contains("... 10 more"),
+            "{sample:?}"
+        );
+        assert!(!sample.anomalies[0].description.contains("129"));
+        let all = check_with(&history.build(), Listing::All);
+        assert!(all.anomalies[0].description.contains("129"), "{all:?}");
+        assert!(!all.anomalies[0].description.contains("more"));
     }
 
     /// An element returned twice by a final read is duplicated.

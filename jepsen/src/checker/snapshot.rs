@@ -40,7 +40,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use crate::checker::{Anomaly, Checker, Validity, Verdict};
+use crate::checker::{Anomaly, Checker, Listing, Validity, Verdict};
 use crate::history::{History, OpPair, OpType, OpValue, Process, F};
 pub use crate::workload::CHAIN_KEYS;
 
@@ -149,6 +149,12 @@ fn show(value: Option<u64>) -> String {
 
 /// Checks the `chain-write` and `snapshot-read` ops of `history` (other ops are ignored).
 pub fn check(history: &History) -> Verdict {
+    check_with(history, Listing::Sample)
+}
+
+/// [`check`], listing as many anomalies as `listing` says.
+pub fn check_with(history: &History, listing: Listing) -> Verdict {
+    let max_listed = listing.limit(MAX_LISTED_ANOMALIES);
     let pairs = match history.pairs() {
         Ok(pairs) => pairs,
         Err(err) => return Verdict::unknown(CHECKER_NAME, format!("malformed history: {err}")),
@@ -174,7 +180,7 @@ pub fn check(history: &History) -> Verdict {
     let mut count = 0usize;
     let mut report = |anomaly: Anomaly| {
         count += 1;
-        if anomalies.len() < MAX_LISTED_ANOMALIES {
+        if anomalies.len() < max_listed {
             anomalies.push(anomaly);
         }
     };
@@ -348,7 +354,10 @@ pub fn check(history: &History) -> Verdict {
         format!("{saw_unknown_outcome} values seen were written by writes of unknown outcome"),
     ];
     if count > anomalies.len() {
-        notes.push(format!("{count} anomalies, the first {} listed", anomalies.len()));
+        notes.push(format!(
+            "{count} anomalies, the first {} listed (--all-violations lists every one)",
+            anomalies.len()
+        ));
     }
     Verdict {
         validity: if count == 0 {
@@ -447,7 +456,15 @@ fn extract(pairs: &[OpPair<'_>]) -> Result<Extracted, String> {
             | F::Txn
             | F::Transfer
             | F::BankRead
-            | F::RwTxn => {}
+            | F::RwTxn
+            | F::StaleRead
+            | F::BatchWrite
+            | F::BatchRead
+            | F::ScanWrite
+            | F::Scan
+            | F::RangeFill
+            | F::DeleteRange
+            | F::RangeRead => {}
         }
     }
     Ok(extracted)

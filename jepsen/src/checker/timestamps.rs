@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use crate::checker::{Anomaly, Checker, Validity, Verdict};
+use crate::checker::{Anomaly, Checker, Listing, Validity, Verdict};
 use crate::history::{History, OpType, OpValue, F};
 
 /// Name of this checker in verdicts.
@@ -44,6 +44,12 @@ struct Taken {
 
 /// Checks the `timestamp` ops of `history` (other ops are ignored).
 pub fn check(history: &History) -> Verdict {
+    check_with(history, Listing::Sample)
+}
+
+/// [`check`], listing as many anomalies as `listing` says.
+pub fn check_with(history: &History, listing: Listing) -> Verdict {
+    let max_listed = listing.limit(MAX_LISTED_ANOMALIES);
     let pairs = match history.pairs() {
         Ok(pairs) => pairs,
         Err(err) => return Verdict::unknown(CHECKER_NAME, format!("malformed history: {err}")),
@@ -72,7 +78,7 @@ pub fn check(history: &History) -> Verdict {
     let mut count = 0usize;
     let mut report = |anomaly: Anomaly| {
         count += 1;
-        if anomalies.len() < MAX_LISTED_ANOMALIES {
+        if anomalies.len() < max_listed {
             anomalies.push(anomaly);
         }
     };
@@ -149,7 +155,10 @@ pub fn check(history: &History) -> Verdict {
         taken.len()
     )];
     if count > anomalies.len() {
-        notes.push(format!("{count} anomalies, the first {} listed", anomalies.len()));
+        notes.push(format!(
+            "{count} anomalies, the first {} listed (--all-violations lists every one)",
+            anomalies.len()
+        ));
     }
     Verdict {
         validity: if count == 0 {

@@ -75,7 +75,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checker::{Anomaly, Checker, Validity, Verdict};
+use crate::checker::{Anomaly, Checker, Listing, Validity, Verdict};
 use crate::history::{History, HistoryError};
 
 /// Name of this checker in verdicts.
@@ -361,7 +361,8 @@ impl Model {
 pub struct Report {
     /// The workload's model: names the checker in the verdict.
     pub model: Model,
-    /// The anomalies found, at most [`MAX_LISTED_PER_KIND`] of each kind, in the order found.
+    /// The anomalies found, at most [`MAX_LISTED_PER_KIND`] of each kind (unless asked for
+    /// all), in the order found.
     pub anomalies: Vec<Anomaly>,
     /// How many anomalies of each kind were found (listed or not).
     pub counts: BTreeMap<AnomalyKind, usize>,
@@ -442,9 +443,14 @@ impl Report {
             ));
         }
         for (kind, count) in &self.counts {
-            if *count > MAX_LISTED_PER_KIND {
+            let listed = self
+                .anomalies
+                .iter()
+                .filter(|anomaly| anomaly.kind == kind.name())
+                .count();
+            if *count > listed {
                 notes.push(format!(
-                    "{kind}: {count} found, the first {MAX_LISTED_PER_KIND} listed"
+                    "{kind}: {count} found, the first {listed} listed (--all-violations lists every one)"
                 ));
             }
         }
@@ -463,18 +469,34 @@ impl Report {
     }
 }
 
-/// Collects anomalies: counts every one, lists the first [`MAX_LISTED_PER_KIND`] per kind.
-#[derive(Debug, Default)]
+/// Collects anomalies: counts every one, lists the first [`MAX_LISTED_PER_KIND`] per kind
+/// (every one with [`Listing::All`]).
+#[derive(Debug)]
 struct Findings {
     listed: Vec<Anomaly>,
     counts: BTreeMap<AnomalyKind, usize>,
+    limit_per_kind: usize,
+}
+
+impl Default for Findings {
+    fn default() -> Self {
+        Findings::new(Listing::Sample)
+    }
 }
 
 impl Findings {
+    fn new(listing: Listing) -> Findings {
+        Findings {
+            listed: Vec::new(),
+            counts: BTreeMap::new(),
+            limit_per_kind: listing.limit(MAX_LISTED_PER_KIND),
+        }
+    }
+
     fn add(&mut self, kind: AnomalyKind, key: Option<u64>, description: String, ops: Vec<u64>) {
         let count = self.counts.entry(kind).or_insert(0);
         *count += 1;
-        if *count <= MAX_LISTED_PER_KIND {
+        if *count <= self.limit_per_kind {
             self.listed.push(Anomaly {
                 kind: kind.name().to_string(),
                 key,
@@ -489,8 +511,13 @@ impl Findings {
 /// are ignored). Fails when the history does not fit the model: broken invoke/complete
 /// pairing, a transaction without micro-operations, an `ok` one without read results.
 pub fn analyze(history: &History) -> Result<Report, ModelError> {
+    analyze_with(history, Listing::Sample)
+}
+
+/// [`analyze`], listing as many anomalies of each kind as `listing` says.
+pub fn analyze_with(history: &History, listing: Listing) -> Result<Report, ModelError> {
     let mut txns = txns::extract(history)?;
-    let mut findings = Findings::default();
+    let mut findings = Findings::new(listing);
     txns::strip_aborted_reads(&mut txns, &mut findings);
     let observed = txns::observe(&txns, &mut findings);
     let graph = graph::Graph::build(&txns, &observed);
@@ -509,7 +536,12 @@ pub fn analyze(history: &History) -> Result<Report, ModelError> {
 /// Checks the `:txn` operations of `history` against `level`; `Unknown` when the history does
 /// not fit the model.
 pub fn check(history: &History, level: Isolation) -> Verdict {
-    match analyze(history) {
+    check_with(history, level, Listing::Sample)
+}
+
+/// [`check`], listing as many anomalies of each kind as `listing` says.
+pub fn check_with(history: &History, level: Isolation, listing: Listing) -> Verdict {
+    match analyze_with(history, listing) {
         Ok(report) => report.verdict(level),
         Err(error) => Verdict::unknown(CHECKER_NAME, error.to_string()),
     }

@@ -47,7 +47,7 @@ use super::graph::{Edge, EdgeKind, Graph};
 use super::txns::{self, Outcome, Txn};
 use super::versions::{self, KeyFacts, Rules, Touch, Version};
 use super::{AnomalyKind, Findings, Isolation, Model, ModelError, Report, TxnCounts};
-use crate::checker::{Checker, Verdict};
+use crate::checker::{Checker, Listing, Verdict};
 use crate::history::{History, OpValue, RwMicroOp, F};
 
 /// Name of this checker in verdicts.
@@ -85,9 +85,14 @@ struct KeyAccess {
 /// when the history does not fit the model: broken invoke/complete pairing, an `ok`
 /// transaction without read results, a value written twice to one key.
 pub fn analyze(history: &History, level: Isolation) -> Result<Report, ModelError> {
+    analyze_with(history, level, Listing::Sample)
+}
+
+/// [`analyze`], listing as many anomalies of each kind as `listing` says.
+pub fn analyze_with(history: &History, level: Isolation, listing: Listing) -> Result<Report, ModelError> {
     let txns = extract(history)?;
     let writers = index_writers(&txns)?;
-    let mut findings = Findings::default();
+    let mut findings = Findings::new(listing);
     let committed = committed(&txns, &writers, level);
     let (observations, accesses) = read_observations(&txns, &writers, &committed, &mut findings);
     report_lost_updates(&txns, &accesses, &mut findings);
@@ -215,7 +220,12 @@ pub fn analyze(history: &History, level: Isolation) -> Result<Report, ModelError
 /// Checks the `:rw-txn` operations of `history` against `level`; `Unknown` when the history
 /// does not fit the model.
 pub fn check(history: &History, level: Isolation) -> Verdict {
-    match analyze(history, level) {
+    check_with(history, level, Listing::Sample)
+}
+
+/// [`check`], listing as many anomalies of each kind as `listing` says.
+pub fn check_with(history: &History, level: Isolation, listing: Listing) -> Verdict {
+    match analyze_with(history, level, listing) {
         Ok(report) => report.verdict(level),
         Err(error) => Verdict::unknown(CHECKER_NAME, error.to_string()),
     }
