@@ -55,8 +55,10 @@ pub struct ClusterSpec {
     pub bin_dir: PathBuf,
     /// Run nodes under libfaketime so the clock nemesis can skew their wall clocks.
     pub fake_clock: bool,
-    /// Put each node's data directory on a `ringkv-faultfs` mount, so the lose-unsynced
-    /// nemesis can drop what a node wrote but did not fsync (a power cut).
+    /// Put each node's data directory on a `ringkv-faultfs` mount, so the disk nemeses can
+    /// drop what a node wrote but did not fsync (a power cut), fail or slow its syncs and fill
+    /// its disk ([`Cluster::lose_unsynced`], [`Cluster::fail_syncs`], [`Cluster::slow_syncs`],
+    /// [`Cluster::fill_disk`]).
     pub disk_faults: bool,
 }
 
@@ -383,6 +385,47 @@ impl Cluster {
     /// its reads and writes are not slowed); [`Duration::ZERO`] makes them fast again.
     pub fn slow_syncs(&mut self, id: usize, delay: Duration) -> Result<()> {
         self.disk_control(id)?.slow_syncs(delay);
+        Ok(())
+    }
+
+    /// Makes node `id`'s disk full once its writes have taken `headroom_bytes` more of new
+    /// space (`0`: at once): writes that need new space and file creation fail with `ENOSPC`,
+    /// reads keep working. A node writing to it stops itself at its next write (exit code 74;
+    /// an idle node may run on). To heal: [`Cluster::reap_node`] (or kill it), then
+    /// [`Cluster::unfill_disk`] before [`Cluster::start_node`] — a node started on a full
+    /// disk stops again at once.
+    pub fn fill_disk(&mut self, id: usize, headroom_bytes: u64) -> Result<()> {
+        self.disk_control(id)?.fill(headroom_bytes);
+        Ok(())
+    }
+
+    /// Gives node `id`'s disk unlimited space again (undoes [`Cluster::fill_disk`]).
+    pub fn unfill_disk(&mut self, id: usize) -> Result<()> {
+        self.disk_control(id)?.unfill();
+        Ok(())
+    }
+
+    /// Undoes every disk fault of node `id` — failing syncs, slow syncs, a full disk — without
+    /// touching its process or its unsynced data: the disk works normally from now on.
+    pub fn heal_disk(&mut self, id: usize) -> Result<()> {
+        let control = self.disk_control(id)?;
+        control.heal_syncs();
+        control.unfill();
+        Ok(())
+    }
+
+    /// Undoes the disk faults of every node with a faultfs mount ([`Cluster::heal_disk`]);
+    /// before restarting the nodes at the end of a run, so none starts on a full disk.
+    pub fn heal_disks(&mut self) -> Result<()> {
+        let ids: Vec<usize> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.disk.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.heal_disk(id)?;
+        }
         Ok(())
     }
 

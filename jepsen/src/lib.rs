@@ -10,6 +10,7 @@
 //!   Elle-style list-append and rw-register transactions against an isolation level, and
 //!   the batch, scan, delete-range and stale-read promises.
 //! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
+//! - [`netem`]: the userspace network emulator (latency, jitter, loss, reordering per link).
 //! - [`cluster`]: the cluster under test (real processes, loopback or namespaces).
 //! - [`nemesis`]: faults (partitions, kills, pauses) on a seeded schedule, healed at the end.
 //! - [`workload`]: register, set, timestamp and snapshot clients that record every operation;
@@ -28,6 +29,7 @@ pub mod edn;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod netem;
 pub mod plot;
 pub mod runner;
 pub mod rw_register;

@@ -1,9 +1,16 @@
 //! Nemeses: faults injected on a seeded schedule, each recorded in the history as a
 //! `:nemesis` op when it starts and when it is healed, and all healed at the end.
+//!
+//! Network faults beyond drops — slow, jittered (reordering) and lossy links — are the
+//! userspace emulator's ([`crate::netem`], driven through [`crate::net::Network::emulate`]);
+//! the links they pick are pure functions here ([`links_of_node`], [`every_link`]). A router
+//! is cut off from nodes with [`crate::net::Network::cut_router`].
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{anyhow, Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
@@ -14,6 +21,19 @@ use tracing::{info, warn};
 
 use crate::cluster::{Cluster, Fate};
 use crate::history::{OpValue, Recorder, F};
+use crate::net::Network;
+use crate::netem::LinkFault;
+
+/// `slow-link-one`: every link of the victim gets a delay drawn from this range …
+const SLOW_LINK_DELAY_MS: std::ops::RangeInclusive<u64> = 50..=200;
+/// … with a jitter of this fraction of the delay (so its packets reorder too).
+const SLOW_LINK_JITTER_FRACTION: f64 = 0.25;
+/// `slow-network`: every link gets a delay drawn from this range …
+const SLOW_NETWORK_DELAY_MS: std::ops::RangeInclusive<u64> = 20..=100;
+/// … and a jitter of this fraction of it: packets sent within the jitter overtake each other.
+const SLOW_NETWORK_JITTER_FRACTION: f64 = 0.5;
+/// `lossy-network`: every link loses a share of its packets drawn from this range (percent).
+const LOSSY_NETWORK_PERCENT: std::ops::RangeInclusive<u32> = 5..=20;
 
 /// The faults the harness can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -88,6 +108,18 @@ pub enum NemesisKind {
     KillRouter,
     /// SIGSTOP one router, SIGCONT at heal: its calls in flight stall, then go on late.
     PauseRouter,
+    /// Cut a random router off from a random non-empty proper subset of the nodes (every
+    /// node when there is only one): what it sends them is dropped silently. Its clients
+    /// fail over to the other routers (`--routers 2` or more).
+    PartitionRouter,
+    /// Every link of one random node gets 50–200 ms of latency (one draw per fault) with a
+    /// jitter of a quarter of it, both ways (the userspace emulator, `netem.rs`).
+    SlowLinkOne,
+    /// Every link between nodes gets 20–100 ms of latency with a jitter of half of it, so
+    /// packets reorder.
+    SlowNetwork,
+    /// Every link between nodes loses 5–20 % of its packets (one draw per fault).
+    LossyNetwork,
 }
 
 impl NemesisKind {
@@ -100,6 +132,10 @@ impl NemesisKind {
                 | NemesisKind::PartitionBridge
                 | NemesisKind::PartitionLeader
                 | NemesisKind::PartitionOneWay
+                | NemesisKind::PartitionRouter
+                | NemesisKind::SlowLinkOne
+                | NemesisKind::SlowNetwork
+                | NemesisKind::LossyNetwork
         )
     }
 
@@ -160,6 +196,10 @@ impl NemesisKind {
             NemesisKind::FailSyncsAll => "fail-syncs-all",
             NemesisKind::KillRouter => "kill-router",
             NemesisKind::PauseRouter => "pause-router",
+            NemesisKind::PartitionRouter => "partition-router",
+            NemesisKind::SlowLinkOne => "slow-link-one",
+            NemesisKind::SlowNetwork => "slow-network",
+            NemesisKind::LossyNetwork => "lossy-network",
         }
     }
 
@@ -188,6 +228,10 @@ impl NemesisKind {
             TransferLeader,
             KillRouter,
             PauseRouter,
+            PartitionRouter,
+            SlowLinkOne,
+            SlowNetwork,
+            LossyNetwork,
         ]
     }
 }
@@ -195,6 +239,8 @@ impl NemesisKind {
 /// An active fault and how to heal it.
 #[derive(Debug)]
 enum Active {
+    /// Any fault of the namespace network (partitions, cut routers, emulated links): healed
+    /// by [`Network::heal`].
     Partition,
     Killed(Vec<usize>),
     Paused(Vec<usize>),
@@ -267,6 +313,46 @@ pub fn bridge(nodes: &[usize]) -> Vec<(usize, usize)> {
     pairs_between(&[left, right])
 }
 
+/// Every directed link between `node` and the other `nodes`, both ways.
+pub fn links_of_node(node: usize, nodes: &[usize]) -> Vec<(usize, usize)> {
+    nodes
+        .iter()
+        .filter(|other| **other != node)
+        .flat_map(|&other| [(node, other), (other, node)])
+        .collect()
+}
+
+/// Every directed link between two different `nodes`.
+pub fn every_link(nodes: &[usize]) -> Vec<(usize, usize)> {
+    nodes
+        .iter()
+        .flat_map(|&from| {
+            nodes
+                .iter()
+                .filter(move |to| **to != from)
+                .map(move |&to| (from, to))
+        })
+        .collect()
+}
+
+/// The nodes a router is cut off from: a random non-empty proper subset of `nodes` (all of
+/// them when there is only one), sorted.
+pub fn router_cut_nodes(nodes: &[usize], rng: &mut impl Rng) -> Vec<usize> {
+    let count = if nodes.len() <= 1 {
+        nodes.len()
+    } else {
+        rng.random_range(1..nodes.len())
+    };
+    let mut chosen: Vec<usize> = nodes.choose_multiple(rng, count).copied().collect();
+    chosen.sort_unstable();
+    chosen
+}
+
+/// A link fault of `delay` with a jitter of `jitter_fraction` of it.
+fn jittered(delay: Duration, jitter_fraction: f64) -> LinkFault {
+    LinkFault::slow(delay, delay.mul_f64(jitter_fraction))
+}
+
 /// Runs the nemesis schedule until `stop` fires, then heals everything. `clock_bump_max`
 /// bounds `clock-bump`'s jumps.
 #[allow(clippy::too_many_arguments)]
@@ -328,7 +414,7 @@ pub async fn run_schedule(
             heal(&mut cluster, active).await
         };
         let outcome = match &healed {
-            Ok(()) => "healed".to_string(),
+            Ok(detail) => detail.clone(),
             Err(err) => format!("heal failed: {err}"),
         };
         recorder.nemesis(
@@ -536,6 +622,63 @@ async fn start(
                 ))
             }
         }
+        NemesisKind::SlowLinkOne | NemesisKind::SlowNetwork | NemesisKind::LossyNetwork => {
+            let (links, fault, detail) = match kind {
+                NemesisKind::SlowLinkOne => {
+                    let victim = nodes[rng.random_range(0..n)];
+                    let delay = Duration::from_millis(rng.random_range(SLOW_LINK_DELAY_MS));
+                    let fault = jittered(delay, SLOW_LINK_JITTER_FRACTION);
+                    let detail = format!("links of {victim} delayed {delay:?} ± {:?}", fault.jitter);
+                    (links_of_node(victim, &nodes), fault, detail)
+                }
+                NemesisKind::SlowNetwork => {
+                    let delay = Duration::from_millis(rng.random_range(SLOW_NETWORK_DELAY_MS));
+                    let fault = jittered(delay, SLOW_NETWORK_JITTER_FRACTION);
+                    let detail = format!("every link delayed {delay:?} ± {:?}", fault.jitter);
+                    (every_link(&nodes), fault, detail)
+                }
+                _ => {
+                    let percent = rng.random_range(LOSSY_NETWORK_PERCENT);
+                    let fault = LinkFault::lossy(f64::from(percent) / 100.0);
+                    (every_link(&nodes), fault, format!("every link loses {percent} %"))
+                }
+            };
+            let net = network_of(cluster)?;
+            let mut slot_links = BTreeMap::new();
+            for (from, to) in links {
+                slot_links.insert(
+                    (node_slot(cluster, net, from)?, node_slot(cluster, net, to)?),
+                    fault,
+                );
+            }
+            net.emulate(&slot_links, rng.random())?;
+            Ok((Active::Partition, detail))
+        }
+        NemesisKind::PartitionRouter => {
+            let running: Vec<usize> = (0..cluster.router_count())
+                .filter(|index| cluster.router_running(*index))
+                .collect();
+            let Some(router) = running.choose(rng).copied() else {
+                return Ok((Active::Membership, "no router running".to_string()));
+            };
+            let running_nodes: Vec<usize> = nodes
+                .iter()
+                .copied()
+                .filter(|id| cluster.is_running(*id))
+                .collect();
+            let cut = router_cut_nodes(&running_nodes, rng);
+            let net = network_of(cluster)?;
+            let slots = cut
+                .iter()
+                .map(|id| node_slot(cluster, net, *id))
+                .collect::<Result<Vec<_>>>()?;
+            let pid = router_pid(cluster, router)?;
+            net.cut_router(router, pid, &slots)?;
+            Ok((
+                Active::Partition,
+                format!("router {} cut off from {cut:?}", router + 1),
+            ))
+        }
         NemesisKind::Pause => {
             let leaders = cluster.leading_nodes().await;
             let candidates: Vec<usize> = if leaders.is_empty() {
@@ -548,6 +691,67 @@ async fn start(
             Ok((Active::Paused(vec![victim]), format!("paused {victim}")))
         }
     }
+}
+
+fn network_of(cluster: &Cluster) -> Result<&Network> {
+    cluster
+        .network()
+        .ok_or_else(|| anyhow!("network faults need the namespace network (run as root)"))
+}
+
+/// The network slot of node `id`: the last octet of its address.
+fn node_slot(cluster: &Cluster, net: &Network, id: usize) -> Result<usize> {
+    let addr = cluster.node_addr(id).ok_or_else(|| anyhow!("no node {id}"))?;
+    net.nodes()
+        .iter()
+        .find(|host| addr.starts_with(&format!("{}:", host.ip)))
+        .map(|host| host.index)
+        .ok_or_else(|| anyhow!("node {id} ({addr}) is in no network slot"))
+}
+
+/// The pid of router `index` (from 0): the `ringkv-router` process started with the
+/// cluster's address file of that router (`<cluster dir>/router-<index>.addr`, the directory
+/// of its log), found in `/proc`.
+fn router_pid(cluster: &Cluster, index: usize) -> Result<u32> {
+    let cluster_dir = cluster
+        .log_files()
+        .into_iter()
+        .find(|path| path.file_name().is_some_and(|name| name == "router.log"))
+        .and_then(|log| log.parent().map(Path::to_path_buf))
+        .ok_or_else(|| anyhow!("the cluster has no router log"))?;
+    let addr_file = cluster_dir.join(format!("router-{index}.addr"));
+    find_process_with_arg(Path::new("/proc"), &addr_file)
+        .with_context(|| format!("looking for router {} in /proc", index + 1))?
+        .ok_or_else(|| {
+            anyhow!(
+                "no running process has `{}` on its command line",
+                addr_file.display()
+            )
+        })
+}
+
+/// The pid of a process under `proc_dir` one of whose arguments is exactly `arg`.
+fn find_process_with_arg(proc_dir: &Path, arg: &Path) -> std::io::Result<Option<u32>> {
+    let wanted = arg.as_os_str().as_encoded_bytes();
+    for entry in std::fs::read_dir(proc_dir)? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline_path: PathBuf = entry.path().join("cmdline");
+        // A process may exit between the listing and the read.
+        let Ok(cmdline) = std::fs::read(&cmdline_path) else {
+            continue;
+        };
+        if cmdline.split(|byte| *byte == 0).any(|word| word == wanted) {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
 }
 
 /// What a membership nemesis does, given the ring: it adds when it cannot remove (only RF
@@ -642,12 +846,31 @@ async fn add_node(cluster: &mut Cluster) -> (Option<usize>, String) {
     }
 }
 
-async fn heal(cluster: &mut Cluster, active: Active) -> Result<()> {
+/// Heals `active`; what the schedule records (`healed`, plus what the link emulator did).
+async fn heal(cluster: &mut Cluster, active: Active) -> Result<String> {
     match active {
         Active::Membership => {}
         Active::Partition => {
             if let Some(net) = cluster.network() {
+                let router_drops = if net.active_router_drops().is_empty() {
+                    None
+                } else {
+                    Some(match net.router_packets_dropped() {
+                        Ok(dropped) => dropped.to_string(),
+                        Err(err) => format!("(count unknown: {err})"),
+                    })
+                };
+                let emulated = net.stop_emulation()?;
                 net.heal()?;
+                if let Some(stats) = emulated {
+                    return Ok(format!(
+                        "healed; emulator: {} packets queued, {} released ({} reordered), {} lost, {} dropped on a full queue",
+                        stats.queued, stats.released, stats.reordered, stats.dropped_by_loss, stats.dropped_full
+                    ));
+                }
+                if let Some(dropped) = router_drops {
+                    return Ok(format!("healed; {dropped} packets of the cut router dropped"));
+                }
             }
         }
         Active::Killed(victims) => {
@@ -692,7 +915,7 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok("healed".to_string())
 }
 
 /// Heals every fault that could still be active (used at the end of a run).
@@ -743,6 +966,93 @@ mod tests {
             let cut = blocked.iter().filter(|(a, b)| a == node || b == node).count();
             assert_eq!(5 - cut, 3, "node {node} sees a majority");
         }
+    }
+
+    /// A slow node's links are every link to and from it, and no other.
+    #[test]
+    fn links_of_a_node_go_both_ways() {
+        assert_eq!(links_of_node(2, &[1, 2, 3]), vec![(2, 1), (1, 2), (2, 3), (3, 2)]);
+        assert!(links_of_node(1, &[1]).is_empty());
+    }
+
+    /// Every link is every ordered pair of distinct nodes: n × (n − 1).
+    #[test]
+    fn every_link_is_every_ordered_pair() {
+        let links = every_link(&[1, 2, 3, 4]);
+        assert_eq!(links.len(), 12);
+        assert!(links.iter().all(|(from, to)| from != to));
+        let unique: std::collections::BTreeSet<_> = links.iter().collect();
+        assert_eq!(unique.len(), 12);
+    }
+
+    /// A router is never cut off from every node when there are several, and always from
+    /// at least one; every size from 1 to n − 1 occurs.
+    #[test]
+    fn router_cuts_are_non_empty_proper_subsets() {
+        use rand::SeedableRng;
+        let mut rng = StdRng::seed_from_u64(3);
+        let nodes = [1, 2, 3, 4, 5];
+        let mut sizes = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let cut = router_cut_nodes(&nodes, &mut rng);
+            assert!((1..nodes.len()).contains(&cut.len()), "{cut:?}");
+            assert!(cut.windows(2).all(|pair| pair[0] < pair[1]), "{cut:?}");
+            sizes.insert(cut.len());
+        }
+        assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(router_cut_nodes(&[7], &mut rng), vec![7]);
+    }
+
+    /// The slow nemeses' faults: jitter is the given share of the delay; every draw is
+    /// within the emulator's bounds.
+    #[test]
+    fn slow_faults_are_valid_link_faults() {
+        let slow_link = jittered(
+            Duration::from_millis(*SLOW_LINK_DELAY_MS.end()),
+            SLOW_LINK_JITTER_FRACTION,
+        );
+        assert_eq!(slow_link.jitter, Duration::from_millis(50));
+        assert!(slow_link.validate().is_ok());
+        let slow_network = jittered(
+            Duration::from_millis(*SLOW_NETWORK_DELAY_MS.end()),
+            SLOW_NETWORK_JITTER_FRACTION,
+        );
+        assert!(slow_network.validate().is_ok());
+        assert!(LinkFault::lossy(f64::from(*LOSSY_NETWORK_PERCENT.end()) / 100.0)
+            .validate()
+            .is_ok());
+    }
+
+    /// The new network nemeses are part of `all` and need the namespace network.
+    #[test]
+    fn network_nemeses_are_in_all() {
+        for kind in [
+            NemesisKind::PartitionRouter,
+            NemesisKind::SlowLinkOne,
+            NemesisKind::SlowNetwork,
+            NemesisKind::LossyNetwork,
+        ] {
+            assert!(NemesisKind::all().contains(&kind), "{}", kind.name());
+            assert!(kind.needs_network(), "{}", kind.name());
+        }
+    }
+
+    /// A process is found by one exact argument of its command line.
+    #[test]
+    fn finds_a_process_by_an_argument() {
+        let proc_dir = tempfile::tempdir().unwrap();
+        for (pid, args) in [
+            ("12", "ringkv-router\0--addr-file\0/run/x/router-0.addr\0"),
+            ("34", "bash\0/run/x/router-1.addr\0"),
+        ] {
+            std::fs::create_dir(proc_dir.path().join(pid)).unwrap();
+            std::fs::write(proc_dir.path().join(pid).join("cmdline"), args).unwrap();
+        }
+        std::fs::create_dir(proc_dir.path().join("self")).unwrap();
+        let find = |arg: &str| find_process_with_arg(proc_dir.path(), Path::new(arg)).unwrap();
+        assert_eq!(find("/run/x/router-1.addr"), Some(34));
+        assert_eq!(find("/run/x/router-0.addr"), Some(12));
+        assert_eq!(find("/run/x/router-0"), None);
     }
 
     /// A bridge of 3 blocks only the two ends; of 5, the two sides of the middle node.

@@ -29,7 +29,24 @@
 //! lossy network. This is what Jepsen does. Rules go in `INPUT` only, never `OUTPUT`: a packet
 //! dropped in `OUTPUT` is a local error (`sendto` fails with `EPERM` for UDP and ICMP), which a
 //! real partition never causes. A namespace's whole filter table is rewritten atomically with
-//! `iptables-restore`. The host namespace is never filtered: the router keeps reaching every node.
+//! `iptables-restore`. The host namespace is never filtered by a node partition: the routers
+//! keep reaching every node.
+//!
+//! Slow, lossy and reordering links are the userspace emulator's ([`crate::netem`]), set with
+//! [`Network::emulate`]: `mangle`-table rules in the receiving namespaces queue the links'
+//! packets to it (before the filter table, so a partition still drops a delayed packet).
+//!
+//! A router is cut off from some nodes with [`Network::cut_router`]. Every router runs in the
+//! host namespace and reaches the nodes from the bridge's address, so the address cannot tell
+//! routers apart: each router process is put into a `net_cls` cgroup of its own (cgroup v1;
+//! mounted under `/run/ringkv-jepsen-net/net_cls` when no `net_cls` hierarchy is), and one
+//! host `mangle OUTPUT` rule sets a DSCP value of its own on every packet it sends into the
+//! bridge (`-m cgroup --cgroup <classid> -j DSCP`). The DSCP bits travel in the IP header into
+//! the namespaces, where the cut nodes drop them on arrival (`-A INPUT -s <bridge> -m dscp
+//! --dscp N -j DROP`), as silently as a partition. `net_cls` and not cgroup v2 because a
+//! socket's v2 cgroup is fixed when the socket is created, while moving a process into a
+//! `net_cls` cgroup re-tags the sockets it has: the router's connections opened before the cut
+//! are cut too. The rules and cgroups go at teardown.
 //!
 //! # br_netfilter
 //!
@@ -46,7 +63,7 @@
 //! Root, `ip` (iproute2) and `iptables` (both the nf_tables and the legacy variant work);
 //! `jepsen/scripts/install-deps.sh` installs them. [`check_prerequisites`] says what is missing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Write as _;
@@ -57,6 +74,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 use tracing::{debug, info, warn};
+
+use crate::netem::{self, Emulator, Inbox, LinkFault, NetemStats};
 
 /// Every namespace, bridge and veth this module creates starts with this.
 pub const NAME_PREFIX: &str = "rkv";
@@ -86,6 +105,21 @@ const OWNER_DIR: &str = "/run/ringkv-jepsen-net";
 
 /// Comment tag on the host `FORWARD` rule that lets bridged traffic through br_netfilter.
 const FORWARD_RULE_COMMENT_PREFIX: &str = "ringkv-jepsen:";
+
+/// Directory, under the `net_cls` root, of every run's router cgroups (`<prefix>-r<index>`).
+const ROUTER_CGROUP_PARENT: &str = "ringkv-jepsen";
+
+/// Router `i`'s packets carry DSCP `FIRST_ROUTER_DSCP + i` (0 is everyone's default).
+const FIRST_ROUTER_DSCP: usize = 8;
+
+/// Router `i`'s cgroup has `net_cls.classid` `ROUTER_CLASSID_BASE + i` (major `0x52`, "R").
+const ROUTER_CLASSID_BASE: u32 = 0x0052_0000;
+
+/// Where a `net_cls` hierarchy is mounted when none is.
+const NET_CLS_MOUNT: &str = "/run/ringkv-jepsen-net/net_cls";
+
+/// Routers that can be cut off: DSCP values are 6 bits.
+pub const MAX_ROUTERS: usize = 64 - FIRST_ROUTER_DSCP;
 
 /// Where `ip netns add` bind-mounts named namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -191,6 +225,40 @@ pub enum NetError {
         /// How many candidates were tried.
         attempts: u64,
     },
+    /// A link fault is out of range (see [`LinkFault::validate`]).
+    #[error("invalid fault on link {from} -> {to}: {reason}")]
+    InvalidLinkFault {
+        /// Sending node.
+        from: usize,
+        /// Receiving node.
+        to: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The network emulator's queue could not be opened in a node's namespace, or its thread
+    /// could not start.
+    #[error("network emulator (NFQUEUE) for node {node}: {source}")]
+    Emulator {
+        /// The node whose queue failed (0: the thread).
+        node: usize,
+        /// The netlink or thread error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No `net_cls` cgroup hierarchy is mounted and mounting one failed, so routers cannot be
+    /// told apart.
+    #[error("cutting a router off needs a net_cls cgroup hierarchy; mounting one on {NET_CLS_MOUNT} failed: {source}")]
+    NoNetCls {
+        /// The `mount` error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Router indices beyond the DSCP values set aside for them.
+    #[error("router {router} cannot be cut off: at most {MAX_ROUTERS} routers have a DSCP tag")]
+    TooManyRouters {
+        /// The router index (from 0).
+        router: usize,
+    },
     /// `cleanup_stale` only removes resources named with [`NAME_PREFIX`].
     #[error("prefix pattern {pattern:?} must start with {NAME_PREFIX:?}")]
     InvalidPrefixPattern {
@@ -251,6 +319,8 @@ pub struct HostNet {
 struct FaultState {
     /// Directed drops `(from, to)`: packets from node `from` to node `to` are dropped.
     drops: BTreeSet<(usize, usize)>,
+    /// Routers cut off: `(router's DSCP tag, node)` drops packets the router sends to `node`.
+    router_drops: BTreeSet<(u8, usize)>,
     /// The filter table last written into each namespace (index 0 is node 1); `None` when
     /// unknown, which forces a rewrite.
     applied_tables: Vec<Option<String>>,
@@ -273,7 +343,30 @@ pub struct Network {
     /// was inserted because br_netfilter is active.
     forward_rule: Option<Vec<String>>,
     faults: Mutex<FaultState>,
+    /// The running emulator and the links it serves, when any link is emulated.
+    emulation: Mutex<Option<Emulation>>,
+    /// Routers tagged so far (router index → its cgroup and host rule).
+    router_tags: Mutex<BTreeMap<usize, RouterTag>>,
     torn_down: bool,
+}
+
+/// The emulator and the links whose packets its rules queue.
+#[derive(Debug)]
+struct Emulation {
+    emulator: Emulator,
+    links: BTreeMap<(usize, usize), LinkFault>,
+}
+
+/// How a router's packets are told apart from other routers'.
+#[derive(Debug)]
+struct RouterTag {
+    dscp: u8,
+    /// The `net_cls` root (where processes go back at teardown).
+    cgroup_root: PathBuf,
+    /// The router's cgroup directory.
+    cgroup: PathBuf,
+    /// Arguments after `-A`/`-D OUTPUT` of the host `mangle` rule setting the DSCP tag.
+    rule: Vec<String>,
 }
 
 impl Network {
@@ -310,8 +403,11 @@ impl Network {
             forward_rule: None,
             faults: Mutex::new(FaultState {
                 drops: BTreeSet::new(),
+                router_drops: BTreeSet::new(),
                 applied_tables: vec![None; node_count],
             }),
+            emulation: Mutex::new(None),
+            router_tags: Mutex::new(BTreeMap::new()),
             torn_down: false,
         };
         network.create_bridge(run_hash)?;
@@ -605,13 +701,210 @@ impl Network {
         self.add_drops(&[(from, to)])
     }
 
-    /// Removes every drop: rewrites an empty filter table into every node namespace.
+    /// Removes every fault: stops the link emulation (its rules first, then the emulator,
+    /// which releases what it holds) and rewrites an empty filter table into every node
+    /// namespace (node partitions and cut routers).
     pub fn heal(&self) -> Result<(), NetError> {
+        let emulation_stopped = self.stop_emulation();
         let mut faults = self.lock_faults();
         faults.drops.clear();
+        faults.router_drops.clear();
         // Forget what was applied so every namespace is rewritten, whatever happened before.
         faults.applied_tables.iter_mut().for_each(|table| *table = None);
+        self.apply(&mut faults)?;
+        emulation_stopped.map(drop)
+    }
+
+    /// Emulates `links`: each directed link `(from, to)` delays, drops or reorders the packets
+    /// `to` receives from `from` as its [`LinkFault`] says (see [`crate::netem`]). Replaces the
+    /// links emulated before (an empty map stops the emulation); partitions stay. `seed` seeds
+    /// the per-packet draws.
+    pub fn emulate(&self, links: &BTreeMap<(usize, usize), LinkFault>, seed: u64) -> Result<(), NetError> {
+        for (&(from, to), fault) in links {
+            self.check_pair(from, to)?;
+            fault
+                .validate()
+                .map_err(|reason| NetError::InvalidLinkFault { from, to, reason })?;
+        }
+        self.stop_emulation()?;
+        if links.is_empty() {
+            return Ok(());
+        }
+        let receivers: BTreeSet<usize> = links.keys().map(|&(_, to)| to).collect();
+        let mut inboxes = Vec::with_capacity(receivers.len());
+        for &node in &receivers {
+            let queue = self
+                .in_namespace(node, netem::open_queue)?
+                .map_err(|source| NetError::Emulator { node, source })?;
+            let links_in = links
+                .iter()
+                .filter(|((_, to), _)| *to == node)
+                .map(|(&(from, _), fault)| (self.host_ip(from), *fault))
+                .collect();
+            inboxes.push(Inbox {
+                node,
+                queue,
+                links: links_in,
+            });
+        }
+        let emulator =
+            Emulator::start(inboxes, seed).map_err(|source| NetError::Emulator { node: 0, source })?;
+        *self.lock_emulation() = Some(Emulation {
+            emulator,
+            links: links.clone(),
+        });
+        if let Err(err) = self.write_mangle_tables(links) {
+            if let Err(stop_err) = self.stop_emulation() {
+                warn!(%stop_err, "stopping the emulator after its rules failed");
+            }
+            return Err(err);
+        }
+        info!(prefix = %self.prefix, links = links.len(), "emulating slow or lossy links");
+        Ok(())
+    }
+
+    /// The emulated links, sorted.
+    pub fn emulated_links(&self) -> BTreeMap<(usize, usize), LinkFault> {
+        self.lock_emulation()
+            .as_ref()
+            .map(|emulation| emulation.links.clone())
+            .unwrap_or_default()
+    }
+
+    /// What the running emulator did so far; `None` when no link is emulated.
+    pub fn emulator_stats(&self) -> Option<NetemStats> {
+        self.lock_emulation()
+            .as_ref()
+            .map(|emulation| emulation.emulator.stats())
+    }
+
+    /// Removes the emulator's rules, then stops it (it releases what it holds) and joins its
+    /// thread; its final counters, `None` when nothing was emulated. [`Network::heal`] does
+    /// this too.
+    pub fn stop_emulation(&self) -> Result<Option<NetemStats>, NetError> {
+        let Some(emulation) = self.lock_emulation().take() else {
+            return Ok(None);
+        };
+        // Rules first: with them gone no packet is queued, and `--queue-bypass` accepts any
+        // that would meet an unread queue in between.
+        let rules_removed = self.write_mangle_tables(&BTreeMap::new());
+        let stats = emulation.emulator.stop();
+        debug!(prefix = %self.prefix, ?stats, "stopped the network emulator");
+        rules_removed.map(|()| Some(stats))
+    }
+
+    /// Writes every namespace's `mangle` table for `links` (empty: no rule); tries every
+    /// namespace and returns the first error.
+    fn write_mangle_tables(&self, links: &BTreeMap<(usize, usize), LinkFault>) -> Result<(), NetError> {
+        let mut first_error = None;
+        for node in &self.nodes {
+            let table = netem::mangle_table(node.index, links, |index| self.host_ip(index));
+            keep_first_error(&mut first_error, self.restore_tables(node, &table));
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Cuts router `router` (its index, from 0; its process `pid` in the host namespace) off
+    /// from `nodes`: what it sends them is dropped on arrival, silently. Adds to the faults in
+    /// place; [`Network::heal`] removes it. A router restarted under a new pid is cut by
+    /// calling this again with that pid.
+    pub fn cut_router(&self, router: usize, pid: u32, nodes: &[usize]) -> Result<(), NetError> {
+        for &node in nodes {
+            self.check_index(node)?;
+        }
+        let dscp = self.tag_router(router, pid)?;
+        let mut faults = self.lock_faults();
+        faults.router_drops.extend(nodes.iter().map(|&node| (dscp, node)));
         self.apply(&mut faults)
+    }
+
+    /// Packets of cut routers dropped so far, summed over the nodes (read from the drop
+    /// rules' counters, which start at zero whenever a table is rewritten).
+    pub fn router_packets_dropped(&self) -> Result<u64, NetError> {
+        let mut dropped = 0;
+        for node in &self.nodes {
+            let mut list = self.ip();
+            list.args(["netns", "exec", &node.namespace])
+                .arg(&self.tools.iptables)
+                .args(["-w", IPTABLES_LOCK_WAIT_SECS, "-v", "-S", "INPUT"]);
+            dropped += run(list, None)?
+                .lines()
+                .filter(|rule| rule.contains("-m dscp"))
+                .filter_map(rule_packet_count)
+                .sum::<u64>();
+        }
+        Ok(dropped)
+    }
+
+    /// The nodes each router is cut off from, by router DSCP tag.
+    pub fn active_router_drops(&self) -> Vec<(u8, usize)> {
+        self.lock_faults().router_drops.iter().copied().collect()
+    }
+
+    /// Puts `pid` into router `router`'s cgroup, creating it and its host DSCP rule on first
+    /// use; the router's DSCP tag.
+    fn tag_router(&self, router: usize, pid: u32) -> Result<u8, NetError> {
+        if router >= MAX_ROUTERS {
+            return Err(NetError::TooManyRouters { router });
+        }
+        let mut tags = self.lock_router_tags();
+        let tag = match tags.entry(router) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => entry.insert(self.new_router_tag(router)?),
+        };
+        let procs = tag.cgroup.join("cgroup.procs");
+        fs::write(&procs, format!("{pid}\n")).map_err(|source| NetError::Io { path: procs, source })?;
+        Ok(tag.dscp)
+    }
+
+    /// Creates router `router`'s cgroup and the host rule tagging its packets.
+    fn new_router_tag(&self, router: usize) -> Result<RouterTag, NetError> {
+        let cgroup_root = net_cls_root()?;
+        let cgroup = cgroup_root
+            .join(ROUTER_CGROUP_PARENT)
+            .join(format!("{}-r{router}", self.prefix));
+        fs::create_dir_all(&cgroup).map_err(|source| NetError::Io {
+            path: cgroup.clone(),
+            source,
+        })?;
+        let too_many = |_| NetError::TooManyRouters { router };
+        let classid = ROUTER_CLASSID_BASE + u32::try_from(router).map_err(too_many)?;
+        let classid_file = cgroup.join("net_cls.classid");
+        fs::write(&classid_file, format!("{classid}\n")).map_err(|source| NetError::Io {
+            path: classid_file,
+            source,
+        })?;
+        let dscp = u8::try_from(FIRST_ROUTER_DSCP + router).map_err(too_many)?;
+        let rule = router_tag_rule(&self.bridge, classid, dscp, &self.prefix);
+        let mut append = Command::new(&self.tools.iptables);
+        append
+            .args(["-w", IPTABLES_LOCK_WAIT_SECS, "-t", "mangle", "-A", "OUTPUT"])
+            .args(&rule);
+        run(append, None)?;
+        Ok(RouterTag {
+            dscp,
+            cgroup_root,
+            cgroup,
+            rule,
+        })
+    }
+
+    /// Removes the routers' host rules and cgroups (their processes go back to the root).
+    fn remove_router_tags(&self) -> Result<(), NetError> {
+        let mut first_error = None;
+        let tags = std::mem::take(&mut *self.lock_router_tags());
+        for tag in tags.into_values() {
+            keep_first_error(
+                &mut first_error,
+                delete_mangle_output_rule(&self.tools, &tag.rule),
+            );
+            keep_first_error(&mut first_error, remove_cgroup(&tag.cgroup_root, &tag.cgroup));
+            // Shared by parallel runs: removed only once empty.
+            if let Some(parent) = tag.cgroup.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The directed drops `(from, to)` in place, sorted.
@@ -629,6 +922,8 @@ impl Network {
 
     fn remove_everything(&mut self) -> Result<(), NetError> {
         let mut first_error = None;
+        keep_first_error(&mut first_error, self.stop_emulation().map(drop));
+        keep_first_error(&mut first_error, self.remove_router_tags());
         if let Some(rule) = self.forward_rule.take() {
             keep_first_error(&mut first_error, delete_forward_rule(&self.tools, &rule));
         }
@@ -666,23 +961,49 @@ impl Network {
     fn apply(&self, faults: &mut FaultState) -> Result<(), NetError> {
         debug_assert_eq!(faults.applied_tables.len(), self.planned_node_count);
         for node in &self.nodes {
-            let table = filter_table(node.index, &faults.drops, |index| self.host_ip(index));
+            let table = filter_table(
+                node.index,
+                &faults.drops,
+                &faults.router_drops,
+                self.bridge_ip(),
+                |index| self.host_ip(index),
+            );
             let slot = &mut faults.applied_tables[node.index - 1];
             if slot.as_deref() == Some(table.as_str()) {
                 continue;
             }
             // Unknown until the restore succeeds: a failed write must be retried next time.
             *slot = None;
-            let mut restore = self.ip();
-            restore
-                .args(["netns", "exec", &node.namespace])
-                .arg(&self.tools.iptables_restore)
-                .args(["-w", IPTABLES_LOCK_WAIT_SECS]);
-            run(restore, Some(&table))?;
+            self.restore_tables(node, &table)?;
             *slot = Some(table);
         }
-        debug!(prefix = %self.prefix, drops = ?faults.drops, "applied partition rules");
+        debug!(prefix = %self.prefix, drops = ?faults.drops, router_drops = ?faults.router_drops, "applied partition rules");
         Ok(())
+    }
+
+    /// Writes `tables` (`iptables-restore` input; only the tables it names change) into
+    /// `node`'s namespace.
+    fn restore_tables(&self, node: &HostNet, tables: &str) -> Result<(), NetError> {
+        let mut restore = self.ip();
+        restore
+            .args(["netns", "exec", &node.namespace])
+            .arg(&self.tools.iptables_restore)
+            .args(["-w", IPTABLES_LOCK_WAIT_SECS]);
+        run(restore, Some(tables)).map(drop)
+    }
+
+    fn lock_emulation(&self) -> MutexGuard<'_, Option<Emulation>> {
+        // The emulation is taken out whole, never left half changed.
+        self.emulation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_router_tags(&self) -> MutexGuard<'_, BTreeMap<usize, RouterTag>> {
+        // A tag is inserted only once its rule exists.
+        self.router_tags
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_faults(&self) -> MutexGuard<'_, FaultState> {
@@ -765,6 +1086,13 @@ pub fn cleanup_stale(prefix_pattern: &str) -> Result<StaleCleanup, NetError> {
     let links = list_dir_names(Path::new(SYS_CLASS_NET))?;
     let markers = list_dir_names(Path::new(OWNER_DIR))?;
     let forward_rules = list_forward_rules(&tools)?;
+    let mangle_rules = list_mangle_output_rules(&tools)?;
+    let cgroup_root = existing_net_cls_root();
+    let router_cgroups = cgroup_root
+        .as_ref()
+        .map(|root| list_dir_names(&root.join(ROUTER_CGROUP_PARENT)))
+        .transpose()?
+        .unwrap_or_default();
 
     let mut prefixes = BTreeSet::new();
     prefixes.extend(
@@ -782,7 +1110,15 @@ pub fn cleanup_stale(prefix_pattern: &str) -> Result<StaleCleanup, NetError> {
     prefixes.extend(
         forward_rules
             .iter()
+            .chain(&mangle_rules)
             .filter_map(|rule| prefix_of_forward_rule(rule)),
+    );
+    prefixes.extend(
+        router_cgroups
+            .iter()
+            .filter_map(|name| name.rsplit_once("-r"))
+            .map(|(prefix, _)| prefix.to_owned())
+            .filter(|prefix| prefix.starts_with(NAME_PREFIX)),
     );
 
     let mut report = StaleCleanup::default();
@@ -799,6 +1135,20 @@ pub fn cleanup_stale(prefix_pattern: &str) -> Result<StaleCleanup, NetError> {
             .filter(|rule| prefix_of_forward_rule(rule).as_ref() == Some(&prefix))
         {
             delete_forward_rule(&tools, &forward_rule_args(rule))?;
+        }
+        for rule in mangle_rules
+            .iter()
+            .filter(|rule| prefix_of_forward_rule(rule).as_ref() == Some(&prefix))
+        {
+            delete_mangle_output_rule(&tools, &forward_rule_args(rule))?;
+        }
+        if let Some(root) = &cgroup_root {
+            for name in router_cgroups
+                .iter()
+                .filter(|name| name.rsplit_once("-r").is_some_and(|(owner, _)| owner == prefix))
+            {
+                remove_cgroup(root, &root.join(ROUTER_CGROUP_PARENT).join(name))?;
+            }
         }
         for link in links
             .iter()
@@ -968,8 +1318,15 @@ fn partition_pairs(groups: &[Vec<usize>]) -> Result<Vec<(usize, usize)>, NetErro
 }
 
 /// The whole filter table for node `node`'s namespace, in `iptables-restore` format: one
-/// `INPUT` drop per node whose packets `node` must not receive.
-fn filter_table(node: usize, drops: &BTreeSet<(usize, usize)>, ip_of: impl Fn(usize) -> Ipv4Addr) -> String {
+/// `INPUT` drop per node whose packets `node` must not receive, and one per router cut off
+/// from `node` (the bridge's packets carrying that router's DSCP tag).
+fn filter_table(
+    node: usize,
+    drops: &BTreeSet<(usize, usize)>,
+    router_drops: &BTreeSet<(u8, usize)>,
+    bridge_ip: Ipv4Addr,
+    ip_of: impl Fn(usize) -> Ipv4Addr,
+) -> String {
     let mut table =
         String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     for &(from, to) in drops {
@@ -978,8 +1335,60 @@ fn filter_table(node: usize, drops: &BTreeSet<(usize, usize)>, ip_of: impl Fn(us
             table.push_str(&format!("-A INPUT -s {}/32 -j DROP\n", ip_of(from)));
         }
     }
+    for &(dscp, to) in router_drops {
+        if to == node {
+            table.push_str(&format!(
+                "-A INPUT -s {bridge_ip}/32 -m dscp --dscp {dscp} -j DROP\n"
+            ));
+        }
+    }
     table.push_str("COMMIT\n");
     table
+}
+
+/// Match and target of the host `mangle OUTPUT` rule tagging router packets into `bridge`
+/// with `dscp`, for sockets of processes in the `net_cls` cgroup of `classid`.
+fn router_tag_rule(bridge: &str, classid: u32, dscp: u8, prefix: &str) -> Vec<String> {
+    let comment = format!("{FORWARD_RULE_COMMENT_PREFIX}{prefix}");
+    let dscp = dscp.to_string();
+    let classid = classid.to_string();
+    [
+        "-o",
+        bridge,
+        "-m",
+        "cgroup",
+        "--cgroup",
+        &classid,
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-j",
+        "DSCP",
+        "--set-dscp",
+        &dscp,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The packet counter of an `iptables -v -S` rule (`… -c <packets> <bytes> …`).
+fn rule_packet_count(rule: &str) -> Option<u64> {
+    let mut words = rule.split_whitespace().skip_while(|word| *word != "-c");
+    words.next()?;
+    words.next()?.parse().ok()
+}
+
+/// The mount point of a `net_cls` cgroup (v1) hierarchy in a `/proc/self/mounts` listing.
+fn parse_net_cls_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let _source = fields.next()?;
+        let mount_point = fields.next()?;
+        let is_net_cls =
+            fields.next()? == "cgroup" && fields.next()?.split(',').any(|option| option == "net_cls");
+        is_net_cls.then(|| PathBuf::from(mount_point))
+    })
 }
 
 /// Match and target of the host rule accepting traffic bridged within `bridge`.
@@ -1144,6 +1553,89 @@ fn delete_forward_rule(tools: &Tools, rule: &[String]) -> Result<(), NetError> {
         .args(["-w", IPTABLES_LOCK_WAIT_SECS, "-D", "FORWARD"])
         .args(rule);
     run(delete, None).map(drop)
+}
+
+fn delete_mangle_output_rule(tools: &Tools, rule: &[String]) -> Result<(), NetError> {
+    let mut check = Command::new(&tools.iptables);
+    check
+        .args(["-w", IPTABLES_LOCK_WAIT_SECS, "-t", "mangle", "-C", "OUTPUT"])
+        .args(rule);
+    if run(check, None).is_err() {
+        return Ok(());
+    }
+    let mut delete = Command::new(&tools.iptables);
+    delete
+        .args(["-w", IPTABLES_LOCK_WAIT_SECS, "-t", "mangle", "-D", "OUTPUT"])
+        .args(rule);
+    run(delete, None).map(drop)
+}
+
+fn list_mangle_output_rules(tools: &Tools) -> Result<Vec<String>, NetError> {
+    let mut list = Command::new(&tools.iptables);
+    list.args(["-w", IPTABLES_LOCK_WAIT_SECS, "-t", "mangle", "-S", "OUTPUT"]);
+    Ok(run(list, None)?.lines().map(str::to_owned).collect())
+}
+
+/// Where a `net_cls` hierarchy is mounted already, if anywhere.
+fn existing_net_cls_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    parse_net_cls_mount(&mounts)
+}
+
+/// The `net_cls` root: an existing mount, else one mounted on [`NET_CLS_MOUNT`] (left
+/// mounted: parallel runs share it, and it holds nothing once their cgroups are gone).
+fn net_cls_root() -> Result<PathBuf, NetError> {
+    if let Some(root) = existing_net_cls_root() {
+        return Ok(root);
+    }
+    fs::create_dir_all(NET_CLS_MOUNT).map_err(|source| NetError::Io {
+        path: NET_CLS_MOUNT.into(),
+        source,
+    })?;
+    let to_c_string =
+        |text: &str| std::ffi::CString::new(text).map_err(|err| NetError::NoNetCls { source: err.into() });
+    let source = to_c_string("net_cls")?;
+    let target = to_c_string(NET_CLS_MOUNT)?;
+    let fstype = to_c_string("cgroup")?;
+    let options = to_c_string("net_cls")?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let status = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        )
+    };
+    if status != 0 {
+        let source = std::io::Error::last_os_error();
+        // A parallel run may have mounted it in between.
+        return existing_net_cls_root().ok_or(NetError::NoNetCls { source });
+    }
+    Ok(PathBuf::from(NET_CLS_MOUNT))
+}
+
+/// Moves every process of `cgroup` back to `root` and removes the cgroup; nothing when it is
+/// gone already.
+fn remove_cgroup(root: &Path, cgroup: &Path) -> Result<(), NetError> {
+    let io_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| NetError::Io { path, source }
+    };
+    let procs = match fs::read_to_string(cgroup.join("cgroup.procs")) {
+        Ok(procs) => procs,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(io_error(cgroup)(source)),
+    };
+    let root_procs = root.join("cgroup.procs");
+    for pid in procs.split_whitespace() {
+        // A process that exited meanwhile cannot be moved: nothing to do for it.
+        if let Err(err) = fs::write(&root_procs, format!("{pid}\n")) {
+            debug!(pid, %err, "moving a process out of a router cgroup");
+        }
+    }
+    fs::remove_dir(cgroup).map_err(io_error(cgroup))
 }
 
 fn owner_marker_path(prefix: &str) -> PathBuf {
@@ -1327,11 +1819,56 @@ mod tests {
     fn filter_tables_drop_on_arrival_only() {
         let drops = BTreeSet::from([(2, 1)]);
         let ip_of = |index: usize| Ipv4Addr::new(10, 1, 2, u8::try_from(index).unwrap());
-        let receiver = filter_table(1, &drops, ip_of);
-        let sender = filter_table(2, &drops, ip_of);
+        let bridge = Ipv4Addr::new(10, 1, 2, 254);
+        let receiver = filter_table(1, &drops, &BTreeSet::new(), bridge, ip_of);
+        let sender = filter_table(2, &drops, &BTreeSet::new(), bridge, ip_of);
         assert!(receiver.contains("-A INPUT -s 10.1.2.2/32 -j DROP\n"));
         assert!(!receiver.contains("-A OUTPUT"));
         assert!(!sender.contains("-A "));
         assert!(sender.ends_with("COMMIT\n"));
+    }
+
+    /// A cut router is a drop of the bridge's packets carrying its DSCP tag, in the cut
+    /// nodes' tables only.
+    #[test]
+    fn router_cuts_drop_the_routers_tag_on_arrival() {
+        let router_drops = BTreeSet::from([(9, 2)]);
+        let ip_of = |index: usize| Ipv4Addr::new(10, 1, 2, u8::try_from(index).unwrap());
+        let bridge = Ipv4Addr::new(10, 1, 2, 254);
+        let cut = filter_table(2, &BTreeSet::new(), &router_drops, bridge, ip_of);
+        let other = filter_table(1, &BTreeSet::new(), &router_drops, bridge, ip_of);
+        assert!(cut.contains("-A INPUT -s 10.1.2.254/32 -m dscp --dscp 9 -j DROP\n"));
+        assert!(!other.contains("-A "));
+        let rule = router_tag_rule("rkv0a1b2c-br", 0x0052_0001, 9, "rkv0a1b2c").join(" ");
+        assert_eq!(
+            rule,
+            "-o rkv0a1b2c-br -m cgroup --cgroup 5373953 -m comment \
+             --comment ringkv-jepsen:rkv0a1b2c -j DSCP --set-dscp 9"
+        );
+        let counted = "-A INPUT -s 10.1.2.254/32 -m dscp --dscp 0x09 -c 17 1020 -j DROP";
+        assert_eq!(rule_packet_count(counted), Some(17));
+        assert_eq!(rule_packet_count("-P INPUT ACCEPT"), None);
+        let listed = format!("-A OUTPUT {}", rule.replace("--set-dscp 9", "--set-dscp 0x09"));
+        assert_eq!(prefix_of_forward_rule(&listed).as_deref(), Some("rkv0a1b2c"));
+    }
+
+    /// A `net_cls` hierarchy is found in a mounts listing, alone or with `net_prio`.
+    #[test]
+    fn finds_the_net_cls_mount() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup /sys/fs/cgroup/net_cls,net_prio cgroup rw,nosuid,net_cls,net_prio 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
+        assert_eq!(
+            parse_net_cls_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/net_cls,net_prio"))
+        );
+        assert_eq!(
+            parse_net_cls_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"),
+            None
+        );
+        assert_eq!(
+            parse_net_cls_mount("cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"),
+            None
+        );
     }
 }

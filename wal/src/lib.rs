@@ -19,9 +19,11 @@
 //!   [`WalOptions::max_segments`] exist, the groups pinning the oldest one (an idle group's
 //!   log or vote) are rewritten into the active segment first — unless they hold more than
 //!   half a segment, which only busy groups do (they free it at their next purge).
-//! - **Fail-stop**: after a failed write or sync the log accepts nothing more (a partial
-//!   record would hide every later one from recovery, and a failed fsync may have dropped
-//!   pages); the node must restart and recover.
+//! - **Fail-stop**: after a failed write or sync (`ENOSPC`, `EIO`, …) the log accepts
+//!   nothing more (a partial record would hide every later one from recovery, and a failed
+//!   fsync may have dropped pages); the node must restart and recover. The failure is
+//!   reported once to [`WalOptions::on_failure`], so the process can stop at once instead of
+//!   waiting for its next write to be refused (which an idle group never makes).
 //!
 //! Entries and values are opaque bytes; groups are `u64` ids. Appending at an index that
 //! exists overwrites it (truncation is explicit, as Raft asks for it); gaps are allowed.
@@ -56,13 +58,17 @@ pub enum WalError {
     Failed(String),
 }
 
-/// Sizes of the log.
+/// Sizes of the log, and what to do when it fails.
 #[derive(Debug, Clone, Copy)]
 pub struct WalOptions {
     /// A new segment starts once the active one holds this many bytes.
     pub segment_bytes: u64,
     /// More segments than this make [`Wal::collect_garbage`] rewrite what pins the oldest.
     pub max_segments: usize,
+    /// Called once, with the reason, when a write or sync fails and the log stops accepting
+    /// writes (after it marked itself failed, before the failing call returns). A node passes
+    /// its fail-stop here; `None` only returns [`WalError::Failed`] from then on.
+    pub on_failure: Option<fn(&str)>,
 }
 
 impl Default for WalOptions {
@@ -70,6 +76,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes: 64 << 20,
             max_segments: 8,
+            on_failure: None,
         }
     }
 }
@@ -386,9 +393,13 @@ impl Wal {
         // References to old segments only ever drop, so the candidates stay free.
         self.sync()?;
         for id in &candidates {
-            std::fs::remove_file(segment::path(&self.inner.dir, *id))?;
+            if let Err(err) = std::fs::remove_file(segment::path(&self.inner.dir, *id)) {
+                return Err(self.fail(format!("deleting segment {id} failed: {err}")));
+            }
         }
-        segment::sync_dir(&self.inner.dir)?;
+        if let Err(err) = segment::sync_dir(&self.inner.dir) {
+            return Err(self.fail(format!("syncing the log directory failed: {err}")));
+        }
         let mut state = self.lock_state();
         for id in &candidates {
             state.index.segments.remove(id);
@@ -430,11 +441,23 @@ impl Wal {
         }
     }
 
-    /// Marks the log failed (every later write and sync is refused).
+    /// Marks the log failed (every later write and sync is refused) and reports it.
     fn fail(&self, reason: String) -> WalError {
-        tracing::error!(%reason, "write-ahead log failed; refusing further writes");
         let mut state = self.lock_state();
-        state.failed.get_or_insert(reason.clone());
+        self.fail_locked(&mut state, reason)
+    }
+
+    /// [`Wal::fail`] with the state already locked. The first failure is logged and passed
+    /// to [`WalOptions::on_failure`] (which may end the process); later ones only return.
+    fn fail_locked(&self, state: &mut State, reason: String) -> WalError {
+        if state.failed.is_some() {
+            return WalError::Failed(reason);
+        }
+        tracing::error!(%reason, "write-ahead log failed; refusing further writes");
+        state.failed = Some(reason.clone());
+        if let Some(on_failure) = self.inner.options.on_failure {
+            on_failure(&reason);
+        }
         WalError::Failed(reason)
     }
 
@@ -507,10 +530,7 @@ impl Wal {
             .ok_or_else(|| WalError::Corrupt("active segment missing".to_string()))?;
         let offset = state.active_len;
         if let Err(err) = held.file.write_all_at(frame, offset) {
-            let reason = format!("write failed: {err}");
-            tracing::error!(%reason, "write-ahead log failed; refusing further writes");
-            state.failed = Some(reason.clone());
-            return Err(WalError::Failed(reason));
+            return Err(self.fail_locked(state, format!("write failed: {err}")));
         }
         state.active_len += frame.len() as u64;
         self.inner
@@ -531,11 +551,7 @@ impl Wal {
             .and_then(|()| segment::create(&self.inner.dir, next));
         let file = match created {
             Ok(file) => file,
-            Err(err) => {
-                let reason = format!("starting segment {next} failed: {err}");
-                state.failed = Some(reason.clone());
-                return Err(WalError::Failed(reason));
-            }
+            Err(err) => return Err(self.fail_locked(state, format!("starting segment {next} failed: {err}"))),
         };
         self.inner.syncs.fetch_add(1, Ordering::Relaxed);
         state.index.segments.insert(

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ringkv_ring::Ring;
-use ringkv_wal::{Wal, WalOptions};
+use ringkv_wal::Wal;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -75,7 +75,7 @@ async fn open_wal(config: &NodeConfig, engine: &EngineRef) -> Result<Wal, NodeEr
     let dir = config.data_dir.join("wal");
     let engine = engine.clone();
     let open = move || -> Result<Wal, StorageError> {
-        let (wal, _) = Wal::open(&dir, WalOptions::default())?;
+        let (wal, _) = Wal::open(&dir, crate::storage::wal_options())?;
         migrate_legacy_logs(&engine, &wal)?;
         Ok(wal)
     };

@@ -4,6 +4,10 @@
 //! engine can be measured against sled later: an [`Engine`] opens named [`Tree`]s; a tree
 //! is an ordered map of byte strings with atomic [`Batch`]es; [`Engine::flush`] makes every
 //! write made before it durable (one fsync for all trees: group commit happens above).
+//!
+//! A write or flush that fails with an IO error (a full disk, a failing one) never returns:
+//! it stops the node ([`fail_stop`]); so does a failed write or sync of the write-ahead log
+//! opened with [`wal_options`]. Reads keep returning their errors.
 
 pub mod fail_stop;
 mod sled_engine;
@@ -74,6 +78,15 @@ pub trait Engine: Send + Sync + 'static {
 
 /// A handle to the engine, shared between tasks.
 pub type EngineRef = Arc<dyn Engine>;
+
+/// The options of the node's write-ahead log: default sizes, and fail-stop on a failed write
+/// or sync ([`fail_stop::wal_failed`]).
+pub fn wal_options() -> ringkv_wal::WalOptions {
+    ringkv_wal::WalOptions {
+        on_failure: Some(fail_stop::wal_failed),
+        ..ringkv_wal::WalOptions::default()
+    }
+}
 
 /// Opens the default engine (sled) in `dir`.
 pub fn open(dir: &Path) -> StorageResult<EngineRef> {

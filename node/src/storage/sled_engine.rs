@@ -17,6 +17,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{Batch, Engine, Pair, StorageError, StorageResult, Tree, TreeRef};
 
+/// The result of a write to sled: an IO error (a full or failing disk) stops the node
+/// ([`super::fail_stop`]) — sled keeps the first IO error and fails every later write with it,
+/// and what reached its files is unknown. Other errors are returned.
+fn written<T>(result: sled::Result<T>, what: &str) -> StorageResult<T> {
+    match result {
+        Err(sled::Error::Io(err)) => super::fail_stop::storage_failed(what, &err),
+        other => Ok(other?),
+    }
+}
+
 impl From<sled::Error> for StorageError {
     fn from(err: sled::Error) -> Self {
         match err {
@@ -128,7 +138,10 @@ impl SledEngine {
 
 impl Engine for SledEngine {
     fn open_tree(&self, name: &str) -> StorageResult<TreeRef> {
-        let tree = self.db.open_tree(name)?;
+        let tree = written(
+            self.db.open_tree(name),
+            "opening a tree of the state machine (sled)",
+        )?;
         Ok(Arc::new(SledTree {
             name: name.to_string(),
             tree,
@@ -136,7 +149,10 @@ impl Engine for SledEngine {
     }
 
     fn drop_tree(&self, name: &str) -> StorageResult<()> {
-        self.db.drop_tree(name)?;
+        written(
+            self.db.drop_tree(name),
+            "dropping a tree of the state machine (sled)",
+        )?;
         Ok(())
     }
 
@@ -183,12 +199,15 @@ impl Tree for SledTree {
     }
 
     fn insert(&self, key: &[u8], value: &[u8]) -> StorageResult<()> {
-        self.tree.insert(key, value)?;
+        written(
+            self.tree.insert(key, value),
+            "a write to the state machine (sled)",
+        )?;
         Ok(())
     }
 
     fn remove(&self, key: &[u8]) -> StorageResult<()> {
-        self.tree.remove(key)?;
+        written(self.tree.remove(key), "a write to the state machine (sled)")?;
         Ok(())
     }
 
@@ -200,7 +219,10 @@ impl Tree for SledTree {
                 None => sled_batch.remove(key),
             }
         }
-        self.tree.apply_batch(sled_batch)?;
+        written(
+            self.tree.apply_batch(sled_batch),
+            "a write to the state machine (sled)",
+        )?;
         Ok(())
     }
 
@@ -229,7 +251,85 @@ impl Tree for SledTree {
     }
 
     fn clear(&self) -> StorageResult<()> {
-        self.tree.clear()?;
+        written(self.tree.clear(), "clearing a tree of the state machine (sled)")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::*;
+
+    /// Set in the child process of [`a_failed_write_stops_the_node`]: where it writes.
+    const CHILD_DIR: &str = "RINGKV_SLED_FAIL_STOP_CHILD_DIR";
+    /// The child's file size limit (`prlimit --fsize`).
+    const FILE_LIMIT_BYTES: u64 = 4 << 20;
+    /// `SIGXFSZ` on Linux (x86-64 and arm64).
+    const SIGXFSZ: i32 = 25;
+
+    /// A write sled cannot make stops the process with exit code 74 and says why, instead of
+    /// returning an error that stops one Raft group. The child process writes past its file
+    /// size limit (`EFBIG`), which fails a write the way a full disk (`ENOSPC`) does.
+    #[test]
+    fn a_failed_write_stops_the_node() {
+        if let Ok(dir) = std::env::var(CHILD_DIR) {
+            write_until_it_fails(Path::new(&dir));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = Command::new("prlimit")
+            .arg(format!("--fsize={FILE_LIMIT_BYTES}"))
+            .arg(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "storage::sled_engine::tests::a_failed_write_stops_the_node",
+            ])
+            .args(["--test-threads=1", "--nocapture"])
+            .env(CHILD_DIR, dir.path())
+            .output()
+            .expect("run the child under prlimit");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(super::super::fail_stop::EXIT_STORAGE_FAILED),
+            "the child ended with {}: {stderr}",
+            output.status
+        );
+        assert!(
+            stderr.contains("a write to the state machine (sled) failed"),
+            "{stderr}"
+        );
+    }
+
+    /// The child: inserts far more than the file size limit allows; never returns.
+    fn write_until_it_fails(dir: &Path) -> ! {
+        // The default action of SIGXFSZ kills the process; with a handler installed, a write
+        // past the limit fails with EFBIG instead.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _xfsz = runtime
+            .block_on(async {
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
+            })
+            .expect("SIGXFSZ handler");
+        let engine = SledEngine::open(dir).expect("open");
+        let tree = engine.open_tree("t").expect("tree");
+        let value = vec![7u8; 1024];
+        for key in 0..(64u32 << 10) {
+            if let Err(err) = tree.insert(&key.to_be_bytes(), &value) {
+                eprintln!("a failed write returned instead of stopping the node: {err}");
+                std::process::exit(1);
+            }
+        }
+        if let Err(err) = engine.flush() {
+            eprintln!("a failed flush returned instead of stopping the node: {err}");
+            std::process::exit(1);
+        }
+        eprintln!("64 MiB written past a {FILE_LIMIT_BYTES}-byte file size limit");
+        std::process::exit(0)
     }
 }
