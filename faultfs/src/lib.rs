@@ -16,6 +16,12 @@
 //! backing file for real). Size changes (truncate, extend, `O_TRUNC`, preallocation) are volatile
 //! too. [`Control::drop_unsynced`] throws the whole layer away: the page-cache loss of a power cut.
 //!
+//! It also fails, slows and fills on command ([`Control`], or the control socket): every file
+//! sync answers `EIO` and loses the file's unsynced data ([`Control::fail_syncs`]); every sync
+//! waits a delay, then succeeds, without holding up other requests ([`Control::slow_syncs`]);
+//! writes that need new space and creations answer `ENOSPC` while reads go on
+//! ([`Control::fill`]).
+//!
 //! # Metadata (create, rename, unlink, mkdir, chmod, ...)
 //! Applied to the backing directory at once, i.e. treated as durable, with one exception: a regular
 //! file created through the mount and never synced since is removed by a drop (its data was all
@@ -34,7 +40,8 @@
 //! - [`control`]: the control socket that `ringkv-faultfs drop-unsynced` talks to.
 //! - [`stats`]: the counters ([`Stats`]) and what one drop lost ([`DropReport`]).
 //!
-//! The binary (`src/main.rs`) is `ringkv-faultfs mount | drop-unsynced | stats`; see the README.
+//! The binary (`src/bin/ringkv-faultfs.rs`) is `ringkv-faultfs mount | drop-unsynced | stats |
+//! fail-syncs | slow-syncs | fast-syncs | heal-syncs | fill | unfill`; see the README.
 
 pub mod control;
 pub mod error;
