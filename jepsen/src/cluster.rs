@@ -382,7 +382,8 @@ impl Cluster {
     }
 
     /// Makes every fsync/fdatasync of node `id` take `delay` before it succeeds (a slow disk;
-    /// its reads and writes are not slowed); [`Duration::ZERO`] makes them fast again.
+    /// its reads and writes are not slowed); [`Duration::ZERO`] makes them fast again. A node
+    /// killed meanwhile exits only once its pending sync is answered (at most `delay` later).
     pub fn slow_syncs(&mut self, id: usize, delay: Duration) -> Result<()> {
         self.disk_control(id)?.slow_syncs(delay);
         Ok(())
