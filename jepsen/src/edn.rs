@@ -20,8 +20,12 @@
 //! `:transfer` is `{:from 1, :to 2, :amount 5}` and a `:bank-read` maps every account to its
 //! balance, `{0 100, 1 95, 2 nil}` (`nil` in the invocation; Jepsen's bank checker calls it
 //! `:read`), an `:rw-txn` is Elle's rw-register transaction, a vector of micro-operations
-//! `[[:w 3 7] [:r 4 2] [:r 5 nil]]` (below), a nemesis value is a string. A [`OpValue::Nil`]
-//! prints as `nil`.
+//! `[[:w 3 7] [:r 4 2] [:r 5 nil]]` (below), a nemesis value is a string. A `:stale-read`,
+//! a `:batch-write` (`[group value]`, `nil` deleting the group) and a `:scan-write` are
+//! `[key value]` like a register op; a `:batch-read` is `[group [shard ...] ts [v ...]]`
+//! (`ts` `nil` for a linearizable read); a `:scan` and a `:range-read` are
+//! `[range page-limit pages ts [[key value] ...]]`; a `:range-fill` is `[range keys value]`
+//! and a `:delete-range` its range. A [`OpValue::Nil`] prints as `nil`.
 //! Jepsen's own set checker calls the final read `:read`; ringkv keeps `:read-all` so that a
 //! set read is never confused with a register read.
 //!
