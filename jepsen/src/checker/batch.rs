@@ -13,7 +13,7 @@
 //!   failed;
 //! - `stale-read`: on every key, the batch certainly in effect throughout the read (one that
 //!   completed before it began, with no other batch of the group in flight since, see
-//!   [`super::mutations`]), if there is one; nothing before any batch.
+//!   `checker::mutations`), if there is one; nothing before any batch.
 //!
 //! Across shards nothing is promised: a cross-shard batch may be seen on one shard and not
 //! yet on another (at a timestamp too: each shard's part commits at its own), and one of

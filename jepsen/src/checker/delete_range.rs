@@ -11,7 +11,7 @@
 //! - `never-written`: each value was written to that key by a fill invoked before the read
 //!   completed that did not fail;
 //! - `lost-write`: when a fill was certainly in effect throughout the read (see
-//!   [`super::mutations`]), every key it wrote is returned with its value;
+//!   `checker::mutations`), every key it wrote is returned with its value;
 //! - `out-of-order` / `duplicate`: keys strictly ascending, as every scan.
 //!
 //! A delete-range of unknown outcome may have deleted any part of the range (chunks are

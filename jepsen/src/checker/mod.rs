@@ -21,8 +21,8 @@
 //! - [`delete_range`]: ranges filled and deleted: nothing written before an acknowledged
 //!   delete-range is read after it.
 //! - [`stale`]: reads of any replica: old values allowed, never one nobody wrote.
-//! - [`mutations`]: the writes a key (or group, or range) saw, and which one was certainly
-//!   in effect over an interval, for the three checkers above.
+//! - `mutations` (crate-private): the writes a key (or group, or range) saw, and which one
+//!   was certainly in effect over an interval, for the three checkers above.
 //!
 //! How many violations a verdict lists is a [`Listing`]: the first few of each kind (per
 //! key for linearizability) by default, with a note counting the rest; [`Listing::All`]

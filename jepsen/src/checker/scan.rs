@@ -10,7 +10,7 @@
 //!   completed that did not fail;
 //! - `skipped`: a key whose put was certainly in effect throughout the scan (completed
 //!   before it began, nothing else on that key in flight since; see
-//!   [`super::mutations`]) is returned, with that put's value (`wrong-value` otherwise);
+//!   `checker::mutations`) is returned, with that put's value (`wrong-value` otherwise);
 //! - `deleted-key-seen`: a key whose delete was certainly in effect throughout the scan is
 //!   not returned.
 //!
