@@ -785,12 +785,29 @@ impl Network {
         let Some(emulation) = self.lock_emulation().take() else {
             return Ok(None);
         };
-        // Rules first: with them gone no packet is queued, and `--queue-bypass` accepts any
-        // that would meet an unread queue in between.
-        let rules_removed = self.write_mangle_tables(&BTreeMap::new());
+        // Rules first: with them gone no packet is queued. They are flushed from the chain,
+        // not rewritten with the table: a rewrite re-registers the chain's netfilter hook,
+        // which drops every packet the emulator still holds.
+        let rules_removed = self.flush_emulation_rules(&emulation.links);
         let stats = emulation.emulator.stop();
         debug!(prefix = %self.prefix, ?stats, "stopped the network emulator");
         rules_removed.map(|()| Some(stats))
+    }
+
+    /// Flushes the `mangle INPUT` chain (only the emulator's rules live there) of every node
+    /// that `links` lead to; tries every one and returns the first error.
+    fn flush_emulation_rules(&self, links: &BTreeMap<(usize, usize), LinkFault>) -> Result<(), NetError> {
+        let receivers: BTreeSet<usize> = links.keys().map(|&(_, to)| to).collect();
+        let mut first_error = None;
+        for node in self.nodes.iter().filter(|node| receivers.contains(&node.index)) {
+            let mut flush = self.ip();
+            flush
+                .args(["netns", "exec", &node.namespace])
+                .arg(&self.tools.iptables)
+                .args(["-w", IPTABLES_LOCK_WAIT_SECS, "-t", "mangle", "-F", "INPUT"]);
+            keep_first_error(&mut first_error, run(flush, None).map(drop));
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Writes every namespace's `mangle` table for `links` (empty: no rule); tries every

@@ -28,8 +28,9 @@
 //! # Shutdown
 //!
 //! [`crate::net::Network::heal`] removes the rules first (no new packet is queued), then
-//! [`Emulator::stop`] tells the thread to accept every packet it holds, unbind its queues and
-//! return; the thread is joined. Dropping an [`Emulator`] (a panicking harness, a dropped
+//! [`Emulator::stop`] tells the thread to accept every packet it holds and every one still
+//! waiting in the kernel's queues (unbinding would drop those), unbind its queues and return;
+//! the thread is joined. Dropping an [`Emulator`] (a panicking harness, a dropped
 //! network) does the same. `--queue-bypass` makes a rule whose queue nobody reads accept its
 //! packets, so a dead emulator never blackholes a link.
 
@@ -357,10 +358,14 @@ impl Pump {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        // Healing releases what is held: the packets were only late, never lost.
+        // Healing releases what is held: the packets were only late, never lost. So are those
+        // still waiting in the kernel's queues, which unbinding would drop.
         while let Some(packet) = self.held.pop() {
             self.verdict(packet.inbox, packet.message, nfq::Verdict::Accept);
             bump(&self.counters.released);
+        }
+        for inbox_index in 0..self.inboxes.len() {
+            self.release_waiting(inbox_index);
         }
         for inbox in &mut self.inboxes {
             if let Err(err) = inbox.queue.unbind(QUEUE_NUM) {
@@ -417,6 +422,19 @@ impl Pump {
                     });
                 }
             }
+        }
+    }
+
+    /// Accepts every packet waiting in an inbox's kernel queue (at most [`KERNEL_QUEUE_MAX_LEN`]:
+    /// the rules are gone, so no more arrive).
+    fn release_waiting(&mut self, inbox_index: usize) {
+        for _ in 0..KERNEL_QUEUE_MAX_LEN {
+            let Ok(message) = self.inboxes[inbox_index].queue.recv() else {
+                return;
+            };
+            bump(&self.counters.queued);
+            bump(&self.counters.released);
+            self.verdict(inbox_index, message, nfq::Verdict::Accept);
         }
     }
 
