@@ -32,6 +32,8 @@ const SLOW_LINK_JITTER_FRACTION: f64 = 0.25;
 const SLOW_NETWORK_DELAY_MS: std::ops::RangeInclusive<u64> = 20..=100;
 /// … and a jitter of this fraction of it: packets sent within the jitter overtake each other.
 const SLOW_NETWORK_JITTER_FRACTION: f64 = 0.5;
+/// … and this share of its packets skip the delay, overtaking the ones held.
+const SLOW_NETWORK_REORDER_PROBABILITY: f64 = 0.05;
 /// `lossy-network`: every link loses a share of its packets drawn from this range (percent).
 const LOSSY_NETWORK_PERCENT: std::ops::RangeInclusive<u32> = 5..=20;
 
@@ -116,7 +118,7 @@ pub enum NemesisKind {
     /// jitter of a quarter of it, both ways (the userspace emulator, `netem.rs`).
     SlowLinkOne,
     /// Every link between nodes gets 20–100 ms of latency with a jitter of half of it, so
-    /// packets reorder.
+    /// packets reorder; 5 % of the packets skip the delay and overtake the others.
     SlowNetwork,
     /// Every link between nodes loses 5–20 % of its packets (one draw per fault).
     LossyNetwork,
@@ -633,8 +635,15 @@ async fn start(
                 }
                 NemesisKind::SlowNetwork => {
                     let delay = Duration::from_millis(rng.random_range(SLOW_NETWORK_DELAY_MS));
-                    let fault = jittered(delay, SLOW_NETWORK_JITTER_FRACTION);
-                    let detail = format!("every link delayed {delay:?} ± {:?}", fault.jitter);
+                    let fault = LinkFault {
+                        reorder_probability: SLOW_NETWORK_REORDER_PROBABILITY,
+                        ..jittered(delay, SLOW_NETWORK_JITTER_FRACTION)
+                    };
+                    let detail = format!(
+                        "every link delayed {delay:?} ± {:?}, {} % of packets overtaking",
+                        fault.jitter,
+                        SLOW_NETWORK_REORDER_PROBABILITY * 100.0
+                    );
                     (every_link(&nodes), fault, detail)
                 }
                 _ => {
@@ -864,7 +873,7 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<String> {
                 net.heal()?;
                 if let Some(stats) = emulated {
                     return Ok(format!(
-                        "healed; emulator: {} packets queued, {} released ({} reordered), {} lost, {} dropped on a full queue",
+                        "healed; emulator: {} packets queued, {} released ({} overtaking), {} lost, {} dropped on a full queue",
                         stats.queued, stats.released, stats.reordered, stats.dropped_by_loss, stats.dropped_full
                     ));
                 }

@@ -377,7 +377,8 @@ fn bin_dir() -> std::path::PathBuf {
 
 /// A short run with two routers through a router cut off from some nodes, one node's slow
 /// links, a slow jittered network and a lossy one (each once, 1 s quiet + 4 s of fault) comes
-/// out valid, and the emulator really held and dropped packets.
+/// out valid, and the emulator really held, reordered and dropped packets and the cut router
+/// lost some.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_slow_lossy_links_and_a_cut_router_are_valid() -> anyhow::Result<()> {
     if let Err(err) = net::check_prerequisites() {
@@ -441,6 +442,14 @@ async fn smoke_slow_lossy_links_and_a_cut_router_are_valid() -> anyhow::Result<(
     assert!(
         emulated.iter().all(|line| !line.contains(" 0 packets queued")),
         "the emulator held packets in every emulated fault: {emulated:?}"
+    );
+    assert!(
+        report
+            .nemesis_log
+            .iter()
+            .any(|line| line.starts_with("stop slow-network") && !line.contains("(0 overtaking)")),
+        "packets overtook others on the slow network: {:?}",
+        report.nemesis_log
     );
     let router_drops: Vec<u64> = report
         .nemesis_log
