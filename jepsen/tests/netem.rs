@@ -464,3 +464,70 @@ async fn smoke_slow_lossy_links_and_a_cut_router_are_valid() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// The `net_cls` hierarchy's mount point, from `/proc/self/mounts`.
+fn net_cls_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let is_net_cls = fields.get(2) == Some(&"cgroup")
+            && fields
+                .get(3)
+                .is_some_and(|options| options.split(',').any(|option| option == "net_cls"));
+        is_net_cls.then(|| std::path::PathBuf::from(fields[1]))
+    })
+}
+
+/// A crashed run's router leftovers — its cgroup and its host DSCP rule — are removed by
+/// `cleanup_stale`, like its namespaces.
+#[test]
+fn cleanup_stale_removes_a_crashed_runs_router_tags() {
+    let Some(live) = network_or_skip("router-leftovers", 1) else {
+        return;
+    };
+    // Tagging a router mounts the net_cls hierarchy when none is.
+    let prober = Prober::start(PROBE_NEW_CONNECTION, SocketAddr::from(([127, 0, 0, 1], 9)));
+    live.cut_router(0, prober.pid(), &[]).expect("tag a router");
+    let root = net_cls_root().expect("a net_cls hierarchy is mounted");
+
+    let crashed_prefix = format!("rkvy{:05}", std::process::id() % 100_000);
+    let crashed_cgroup = root.join(format!("ringkv-jepsen/{crashed_prefix}-r0"));
+    std::fs::create_dir_all(&crashed_cgroup).expect("create a leftover cgroup");
+    let comment = format!("ringkv-jepsen:{crashed_prefix}");
+    let rule = [
+        "-o",
+        &format!("{crashed_prefix}-br"),
+        "-m",
+        "cgroup",
+        "--cgroup",
+        "5373952",
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-j",
+        "DSCP",
+        "--set-dscp",
+        "8",
+    ];
+    let added = Command::new("iptables")
+        .args(["-w", "5", "-t", "mangle", "-A", "OUTPUT"])
+        .args(rule)
+        .status()
+        .expect("run iptables");
+    assert!(added.success(), "add a leftover rule");
+
+    let report = net::cleanup_stale(&crashed_prefix).expect("cleanup crashed run");
+    assert_eq!(report.removed, vec![crashed_prefix.clone()]);
+    assert!(!crashed_cgroup.exists(), "the leftover cgroup is gone");
+    let mangle = Command::new("iptables")
+        .args(["-w", "5", "-t", "mangle", "-S", "OUTPUT"])
+        .output()
+        .expect("list host mangle rules");
+    assert!(
+        !String::from_utf8_lossy(&mangle.stdout).contains(&comment),
+        "the leftover rule is gone"
+    );
+    drop(prober);
+    live.teardown().expect("teardown");
+}
