@@ -3,7 +3,7 @@
 //!
 //! A unix stream socket at `<MOUNTPOINT>.faultfs.sock` (next to the mountpoint, not inside it, so
 //! the served directory shows nothing extra) unless `--control-socket` says otherwise. Protocol:
-//! one request line ([`Request`]: `drop-unsynced`, `stats`, `fail-syncs`, `slow-syncs <ms>`,
+//! one request line ([`Request`]: `drop-unsynced`, `stats`, `fail-syncs [keep]`, `slow-syncs <ms>`,
 //! `fast-syncs`, `heal-syncs`, `fill [<bytes>]` or `unfill`), one JSON answer line ([`Answer`]), then the server closes the
 //! connection. Requests are served one at a time.
 
@@ -35,8 +35,10 @@ pub enum Request {
     DropUnsynced,
     /// Report the counters only.
     Stats,
-    /// Make file syncs fail with `EIO` from now on, then report.
-    FailSyncs,
+    /// Make file syncs fail with `EIO` from now on, then report. Their unsynced data is lost
+    /// at once (`fail-syncs`), or with `keep_unsynced` kept readable until a drop
+    /// (`fail-syncs keep`, [`crate::FailedSyncData::Kept`]).
+    FailSyncs { keep_unsynced: bool },
     /// Make every sync take `delay_ms` before it runs and succeeds (a slow disk), then report;
     /// the line is `slow-syncs <ms>`.
     SlowSyncs { delay_ms: u64 },
@@ -53,7 +55,7 @@ pub enum Request {
 
 /// Every request line the server knows, for the answer to an unknown one.
 const KNOWN_REQUESTS: &str =
-    "drop-unsynced, stats, fail-syncs, slow-syncs <ms>, fast-syncs, heal-syncs, fill [<bytes>] or unfill";
+    "drop-unsynced, stats, fail-syncs [keep], slow-syncs <ms>, fast-syncs, heal-syncs, fill [<bytes>] or unfill";
 
 impl Request {
     /// The request as sent on the wire (without the newline).
@@ -61,7 +63,8 @@ impl Request {
         match self {
             Request::DropUnsynced => "drop-unsynced".into(),
             Request::Stats => "stats".into(),
-            Request::FailSyncs => "fail-syncs".into(),
+            Request::FailSyncs { keep_unsynced: false } => "fail-syncs".into(),
+            Request::FailSyncs { keep_unsynced: true } => "fail-syncs keep".into(),
             Request::SlowSyncs { delay_ms } => format!("slow-syncs {delay_ms}"),
             Request::FastSyncs => "fast-syncs".into(),
             Request::HealSyncs => "heal-syncs".into(),
@@ -77,7 +80,8 @@ impl Request {
         let request = match (words.next()?, words.next()) {
             ("drop-unsynced", None) => Request::DropUnsynced,
             ("stats", None) => Request::Stats,
-            ("fail-syncs", None) => Request::FailSyncs,
+            ("fail-syncs", None) => Request::FailSyncs { keep_unsynced: false },
+            ("fail-syncs", Some("keep")) => Request::FailSyncs { keep_unsynced: true },
             ("slow-syncs", Some(delay_ms)) => Request::SlowSyncs {
                 delay_ms: delay_ms.parse().ok()?,
             },
@@ -230,7 +234,8 @@ fn answer(stream: UnixStream, control: &Control) -> io::Result<()> {
         );
     };
     match request {
-        Request::FailSyncs => control.fail_syncs(true),
+        Request::FailSyncs { keep_unsynced: false } => control.fail_syncs(true),
+        Request::FailSyncs { keep_unsynced: true } => control.fail_syncs_keeping_unsynced(),
         Request::SlowSyncs { delay_ms } => control.slow_syncs(Duration::from_millis(delay_ms)),
         Request::FastSyncs => control.slow_syncs(Duration::ZERO),
         Request::HealSyncs => control.heal_syncs(),
@@ -257,7 +262,8 @@ mod tests {
         let requests = [
             Request::DropUnsynced,
             Request::Stats,
-            Request::FailSyncs,
+            Request::FailSyncs { keep_unsynced: false },
+            Request::FailSyncs { keep_unsynced: true },
             Request::SlowSyncs { delay_ms: 250 },
             Request::FastSyncs,
             Request::HealSyncs,
@@ -269,6 +275,10 @@ mod tests {
             assert_eq!(Request::parse(&request.to_line()), Some(request), "{request:?}");
         }
         assert_eq!(Request::Fill { headroom_bytes: 0 }.to_line(), "fill");
+        assert_eq!(
+            Request::FailSyncs { keep_unsynced: true }.to_line(),
+            "fail-syncs keep"
+        );
         for bad in [
             "",
             "slow-syncs",
@@ -278,6 +288,8 @@ mod tests {
             "fill-syncs",
             "fill lots",
             "unfill 5",
+            "fail-syncs lose",
+            "fail-syncs keep now",
         ] {
             assert_eq!(Request::parse(bad), None, "{bad:?}");
         }

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::layer::{ReadPiece, VolatileFile};
+use crate::mount::FailedSyncData;
 use crate::slow::{SlowSyncs, SyncTarget};
 use crate::stats::{DropReport, Stats};
 
@@ -110,8 +111,9 @@ pub(crate) struct State {
     dirs: HashMap<u64, DirHandle>,
     next_fh: u64,
     stats: Stats,
-    /// File syncs fail with `EIO` (a failing disk) while set.
-    fail_syncs: bool,
+    /// File syncs fail with `EIO` (a failing disk) while set, and this says what happens to the
+    /// file's unsynced data then.
+    failing_syncs: Option<FailedSyncData>,
     /// How long every file and directory sync takes before it runs (a slow disk); zero: no delay.
     sync_delay: Duration,
     /// New space that writes may still take: `None` unlimited, `Some(0)` a full disk.
@@ -134,7 +136,7 @@ impl State {
             dirs: HashMap::new(),
             next_fh: 1,
             stats: Stats::default(),
-            fail_syncs: false,
+            failing_syncs: None,
             sync_delay: Duration::ZERO,
             space_left: None,
         }
@@ -434,14 +436,23 @@ impl State {
         }
         let (_, file) = self.files.get(&fh).ok_or(Errno::EBADF)?;
         let node = self.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
-        if self.fail_syncs {
-            // What a failing disk does under Linux at worst: the sync reports EIO and the
-            // dirty pages are gone, so a later sync finds nothing left to write and succeeds.
-            if let Some(layer) = node.layer.take() {
-                self.stats.dropped_bytes += layer.volatile_bytes();
+        match self.failing_syncs {
+            None => {}
+            Some(FailedSyncData::Lost) => {
+                // What a failing disk does under Linux at worst: the sync reports EIO and the
+                // dirty pages are gone, so a later sync finds nothing left to write and succeeds.
+                if let Some(layer) = node.layer.take() {
+                    self.stats.dropped_bytes += layer.volatile_bytes();
+                }
+                self.stats.failed_syncs += 1;
+                return Err(Errno::EIO);
             }
-            self.stats.failed_syncs += 1;
-            return Err(Errno::EIO);
+            Some(FailedSyncData::Kept) => {
+                // The pages stay in the page cache: the process reads its writes back until
+                // a drop (a power cut, or their eviction) loses them.
+                self.stats.failed_syncs += 1;
+                return Err(Errno::EIO);
+            }
         }
         if let Some(layer) = node.layer.take() {
             let plan = layer.clone().sync_plan();
@@ -594,9 +605,13 @@ impl State {
             .map_err(Errno::from)
     }
 
-    /// Makes file syncs fail with `EIO` (losing their unsynced data), or work again.
-    pub(crate) fn set_fail_syncs(&mut self, fail: bool) {
-        self.fail_syncs = fail;
+    /// Makes file syncs fail with `EIO`, losing or keeping their unsynced data as `failing`
+    /// says; `None`: syncs work again.
+    pub(crate) fn set_failing_syncs(&mut self, failing: Option<FailedSyncData>) {
+        if failing != self.failing_syncs {
+            info!(?failing, "failing syncs changed");
+        }
+        self.failing_syncs = failing;
     }
 
     /// Makes every sync arriving from now on take `delay` before it runs; zero: no delay.
@@ -649,7 +664,8 @@ impl State {
 
     pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.stats.clone();
-        stats.syncs_failing = self.fail_syncs;
+        stats.syncs_failing = self.failing_syncs.is_some();
+        stats.failing_syncs_keep_unsynced = self.failing_syncs == Some(FailedSyncData::Kept);
         stats.sync_delay_ms = u64::try_from(self.sync_delay.as_millis()).unwrap_or(u64::MAX);
         stats.space_left_bytes = self.space_left;
         let layers = self.nodes.values().filter_map(|n| n.layer.as_ref());

@@ -17,7 +17,8 @@
 //! too. [`Control::drop_unsynced`] throws the whole layer away: the page-cache loss of a power cut.
 //!
 //! It also fails, slows and fills on command ([`Control`], or the control socket): every file
-//! sync answers `EIO` and loses the file's unsynced data ([`Control::fail_syncs`]); every sync
+//! sync answers `EIO` and loses the file's unsynced data ([`Control::fail_syncs`]), or keeps it
+//! readable until a drop ([`Control::fail_syncs_keeping_unsynced`]); every sync
 //! waits a delay, then succeeds, without holding up other requests ([`Control::slow_syncs`]);
 //! writes that need new space and creations answer `ENOSPC` while reads go on
 //! ([`Control::fill`]).
@@ -52,5 +53,5 @@ mod slow;
 pub mod stats;
 
 pub use error::Error;
-pub use mount::{fuse_available, Control, FaultMount};
+pub use mount::{fuse_available, Control, FailedSyncData, FaultMount};
 pub use stats::{DropReport, Stats};

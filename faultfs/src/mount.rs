@@ -31,6 +31,22 @@ pub fn fuse_available() -> Result<(), Error> {
     Ok(())
 }
 
+/// What a failing disk does with a file's unsynced data when a sync of the file answers `EIO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedSyncData {
+    /// Lost at once: the worst case Linux allows (the dirty pages are dropped, so a later sync
+    /// finds nothing to write and succeeds). A process that reads its recent writes back then
+    /// finds them gone.
+    Lost,
+    /// Kept readable until a drop, what Linux usually does: the pages stay in the page cache
+    /// (marked clean), so the process reads its writes back as if nothing happened, and loses
+    /// them only at their eviction or a power cut ([`Control::drop_unsynced`]). A process that
+    /// ignores the error goes on serving data no disk holds. (Linux never writes such pages
+    /// again; here a sync after [`Control::heal_syncs`] writes them, so drop before healing to
+    /// model a reboot.)
+    Kept,
+}
+
 /// Drops the volatile layer and reads the counters of one mounted filesystem; cheap to clone.
 #[derive(Clone)]
 pub struct Control {
@@ -53,7 +69,15 @@ impl Control {
     /// From now on every file `fsync`/`fdatasync` fails with `EIO` and loses the file's
     /// unsynced data (a failing disk, as Linux reports it at worst); `false` heals.
     pub fn fail_syncs(&self, fail: bool) {
-        lock(&self.state).set_fail_syncs(fail);
+        lock(&self.state).set_failing_syncs(fail.then_some(FailedSyncData::Lost));
+    }
+
+    /// From now on every file `fsync`/`fdatasync` fails with `EIO` but keeps the file's
+    /// unsynced data readable until [`Control::drop_unsynced`] ([`FailedSyncData::Kept`]: a
+    /// failing disk under the page cache); [`Control::heal_syncs`] or `fail_syncs(false)`
+    /// heals.
+    pub fn fail_syncs_keeping_unsynced(&self) {
+        lock(&self.state).set_failing_syncs(Some(FailedSyncData::Kept));
     }
 
     /// From now on every `fsync`/`fdatasync` (of files and directories) waits `delay` before it
@@ -82,7 +106,7 @@ impl Control {
     /// ([`Control::slow_syncs`]).
     pub fn heal_syncs(&self) {
         let mut state = lock(&self.state);
-        state.set_fail_syncs(false);
+        state.set_failing_syncs(None);
         state.set_sync_delay(Duration::ZERO);
     }
 }

@@ -32,6 +32,10 @@ pub struct Stats {
     /// Whether file syncs fail now ([`crate::Control::fail_syncs`]).
     #[serde(default)]
     pub syncs_failing: bool,
+    /// Whether failing syncs keep the unsynced data readable until a drop
+    /// ([`crate::Control::fail_syncs_keeping_unsynced`]) rather than lose it at once.
+    #[serde(default)]
+    pub failing_syncs_keep_unsynced: bool,
     /// File and directory syncs that waited for the sync delay ([`crate::Control::slow_syncs`]).
     #[serde(default)]
     pub slowed_syncs: u64,

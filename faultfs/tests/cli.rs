@@ -126,7 +126,8 @@ fn binary_drops_on_command_and_unmounts_on_sigterm() {
 }
 
 /// `slow-syncs <ms>` slows every sync of the mount through the control socket; `fast-syncs`
-/// and `heal-syncs` undo it; `fill` and `unfill` fill and free the disk; an unknown or
+/// and `heal-syncs` undo it; `fill` and `unfill` fill and free the disk; `fail-syncs
+/// --keep-unsynced` fails syncs keeping the data readable, `fail-syncs` losing it; an unknown or
 /// malformed request gets an error line, not a crash.
 #[test]
 fn binary_slows_syncs_and_fills_on_command() {
@@ -172,7 +173,39 @@ fn binary_slows_syncs_and_fills_on_command() {
     assert_eq!(control("unfill", &mnt).stats.space_left_bytes, None);
     std::fs::File::create(mnt.join("g")).expect("unfilled");
 
-    for bad in ["slow-syncs", "slow-syncs soon", "slow-syncs 5 6", "fly"] {
+    let output = Command::new(BIN)
+        .args(["fail-syncs".as_ref(), mnt.as_os_str(), "--keep-unsynced".as_ref()])
+        .output()
+        .expect("run ringkv-faultfs fail-syncs --keep-unsynced");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Answer = serde_json::from_slice(&output.stdout).expect("a JSON answer");
+    assert!(answer.stats.syncs_failing && answer.stats.failing_syncs_keep_unsynced);
+    file.write_all(b"+kept").unwrap();
+    let failed = file.sync_data().expect_err("the disk fails");
+    assert_eq!(failed.raw_os_error(), Some(libc::EIO), "{failed}");
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"data+kept");
+    let answer = control("fail-syncs", &mnt);
+    assert!(answer.stats.syncs_failing && !answer.stats.failing_syncs_keep_unsynced);
+    file.sync_data().expect_err("the disk fails");
+    assert_eq!(
+        std::fs::read(mnt.join("f")).unwrap(),
+        b"data",
+        "lost at the failed sync"
+    );
+    let answer = control("heal-syncs", &mnt);
+    assert!(!answer.stats.syncs_failing && !answer.stats.failing_syncs_keep_unsynced);
+
+    for bad in [
+        "slow-syncs",
+        "slow-syncs soon",
+        "slow-syncs 5 6",
+        "fly",
+        "fail-syncs maybe",
+    ] {
         let mut stream = std::os::unix::net::UnixStream::connect(default_socket_path(&mnt)).unwrap();
         writeln!(stream, "{bad}").unwrap();
         let mut line = String::new();

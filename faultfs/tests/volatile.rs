@@ -239,3 +239,51 @@ fn failing_syncs_answer_eio_and_lose_the_unsynced_data() {
     assert_eq!((stats.failed_syncs, stats.dropped_bytes), (1, 4));
     assert!(!stats.syncs_failing);
 }
+
+/// While syncs fail keeping the unsynced data (`fail-syncs keep`), an fdatasync answers EIO yet
+/// the process still reads its unsynced bytes back (the page cache keeps them); a drop loses
+/// them, as a power cut of that machine would.
+#[test]
+fn failing_syncs_that_keep_the_data_answer_eio_and_lose_it_at_the_drop() {
+    let Some(fx) = Fixture::mount("failing_syncs_that_keep_the_data_answer_eio_and_lose_it_at_the_drop")
+    else {
+        return;
+    };
+    let path = fx.mnt.join("wal");
+    let mut file = File::create(&path).unwrap();
+    file.write_all(b"AAAA").unwrap();
+    file.sync_data().unwrap();
+    file.write_all(b"BBBB").unwrap();
+    fx.control().fail_syncs_keeping_unsynced();
+    let stats = fx.control().stats();
+    assert!(
+        stats.syncs_failing && stats.failing_syncs_keep_unsynced,
+        "{stats:?}"
+    );
+    let failed = file.sync_data().expect_err("a sync of a failing disk must fail");
+    assert_eq!(failed.raw_os_error(), Some(libc::EIO), "{failed}");
+    assert_eq!(
+        read(&path),
+        b"AAAABBBB",
+        "the bytes of the failed sync are still readable"
+    );
+    file.write_all(b"CC").unwrap();
+    file.sync_all()
+        .expect_err("every sync fails while the disk fails");
+    assert_eq!(read(&path), b"AAAABBBBCC");
+    drop(file);
+    let stats = fx.control().stats();
+    assert_eq!(
+        (stats.failed_syncs, stats.dropped_bytes, stats.volatile_bytes),
+        (2, 0, 6)
+    );
+    let dropped = fx.control().drop_unsynced();
+    assert_eq!(dropped.dropped_bytes, 6);
+    assert_eq!(read(&path), b"AAAA", "the drop lost what no sync made durable");
+    fx.control().heal_syncs();
+    let stats = fx.control().stats();
+    assert!(
+        !stats.syncs_failing && !stats.failing_syncs_keep_unsynced,
+        "{stats:?}"
+    );
+}

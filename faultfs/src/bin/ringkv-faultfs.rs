@@ -55,6 +55,10 @@ enum Command {
     /// unsynced data) until `heal-syncs`: a failing disk.
     FailSyncs {
         mountpoint: PathBuf,
+        /// Keep the unsynced data of a failed sync readable until `drop-unsynced` (a failing
+        /// disk under the page cache) instead of losing it at once.
+        #[arg(long)]
+        keep_unsynced: bool,
         /// Control socket [default: <MOUNTPOINT>.faultfs.sock].
         #[arg(long)]
         control_socket: Option<PathBuf>,
@@ -137,8 +141,12 @@ fn main() -> anyhow::Result<()> {
         } => print_answer(&socket_path(&mountpoint, control_socket), Request::Stats),
         Command::FailSyncs {
             mountpoint,
+            keep_unsynced,
             control_socket,
-        } => print_answer(&socket_path(&mountpoint, control_socket), Request::FailSyncs),
+        } => print_answer(
+            &socket_path(&mountpoint, control_socket),
+            Request::FailSyncs { keep_unsynced },
+        ),
         Command::SlowSyncs {
             mountpoint,
             delay_ms,
