@@ -53,6 +53,8 @@ pub struct ReadCounters {
     pub lease: AtomicU64,
     /// ReadIndex rounds run (heartbeats to the followers).
     pub rounds: AtomicU64,
+    /// Rounds that did not confirm the leadership.
+    pub failed_rounds: AtomicU64,
 }
 
 /// What a group's read task needs besides its Raft handle.
@@ -135,7 +137,11 @@ async fn check(raft: &Raft, settings: &ReadSettings) -> Result<(), NodeError> {
         }
     }
     settings.counters.rounds.fetch_add(1, Ordering::Relaxed);
-    round(raft, settings).await
+    let confirmed = round(raft, settings).await;
+    if confirmed.is_err() {
+        settings.counters.failed_rounds.fetch_add(1, Ordering::Relaxed);
+    }
+    confirmed
 }
 
 /// The index the state machine must reach, if the lease holds now.

@@ -29,6 +29,12 @@ use crate::tso::Oracle;
 
 const CATALOG_TREE: &str = "node";
 const LISTEN_ADDR_KEY: &[u8] = b"listen_addr";
+/// Streams a peer may cancel before this server accepted them, per connection (h2's guard
+/// against "rapid reset" floods; its default is 20). Raft RPCs to a follower whose disk is
+/// slow time out every heartbeat interval, and each timeout cancels a stream: at 20, h2
+/// closed the whole shared node-to-node connection (GOAWAY `ENHANCE_YOUR_CALM`), failing
+/// every group's RPCs on it — leadership confirmations included. A flood is still bounded.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +141,7 @@ impl NodeServer {
         node.set_timestamp_source(oracle.clone());
         let cancel = CancellationToken::new();
         let router = tonic::transport::Server::builder()
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
             .add_service(
                 ShardKvServer::new(ShardKvService::new(node.clone()))
                     .max_decoding_message_size(max_message_bytes)

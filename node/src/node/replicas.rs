@@ -13,7 +13,8 @@ use super::Node;
 use crate::error::NodeError;
 use crate::peers::Peer;
 use crate::proposal;
-use crate::raft::types::{GroupId, NodeId};
+use crate::raft::log_store;
+use crate::raft::types::{GroupId, NodeId, Vote};
 use crate::transfer::{self, CampaignOrder, TransferContext};
 
 impl Node {
@@ -112,6 +113,19 @@ impl Node {
         self.counters().replicas_deleted.fetch_add(1, Ordering::Relaxed);
         info!(group = %group_id, "deleted replica");
         Ok(())
+    }
+
+    /// The highest vote a replica of `group_id` on this node has saved: its log's, or a
+    /// deleted predecessor's (whose promises a re-created replica keeps). Answers a leader's
+    /// leadership confirmation without passing through the group's Raft core (issue 14,
+    /// defect 7: the core may be waiting on a slow log flush).
+    pub fn promised_vote(&self, group_id: GroupId) -> Result<Option<Vote>, NodeError> {
+        let saved = log_store::saved_vote(&self.inner.deps.wal, group_id)?;
+        let deleted = self.inner.deps.tombstone(group_id)?.vote;
+        Ok(match (saved, deleted) {
+            (Some(saved), Some(deleted)) => Some(if deleted > saved { deleted } else { saved }),
+            (saved, deleted) => saved.or(deleted),
+        })
     }
 
     /// What a deleted replica of `group_id` here had promised (see `log_store::Tombstone`):

