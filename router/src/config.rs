@@ -139,6 +139,12 @@ pub struct RouterConfig {
     /// get a smaller timestamp. 0: off. Not settable from a config file.
     #[serde(skip)]
     pub unsafe_tso_prefetch: u32,
+    /// NEGATIVE CONTROL ONLY — breaks exactly-once writes on purpose: every attempt of a
+    /// shard write gets a request id of its own instead of the request's, so a retry after
+    /// an attempt that applied without an answer applies a second time (the retry TiDB's
+    /// Jepsen analysis found losing updates). Not settable from a config file.
+    #[serde(skip)]
+    pub unsafe_fresh_request_id_per_attempt: bool,
 }
 
 impl Default for RouterConfig {
@@ -176,6 +182,7 @@ impl Default for RouterConfig {
             unsafe_skip_read_validation: false,
             unsafe_tso_prefetch: 0,
             unsafe_resolve_without_primary: false,
+            unsafe_fresh_request_id_per_attempt: false,
             unsafe_failpoint: None,
         }
     }

@@ -75,6 +75,7 @@ impl<N: NodeApi> RouterContext<N> {
                 max: Duration::from_millis(config.retry_max_backoff_ms),
             },
             unsafe_resolve_without_primary: config.unsafe_resolve_without_primary,
+            unsafe_fresh_request_id_per_attempt: config.unsafe_fresh_request_id_per_attempt,
         };
         RouterContext {
             forwarder: Forwarder::new(Arc::clone(&nodes), topology.clone(), settings),

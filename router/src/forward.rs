@@ -50,6 +50,10 @@ pub struct ForwardSettings {
     /// NEGATIVE CONTROL ONLY (`--unsafe-resolve-without-primary`): a lock met is rolled
     /// back at once, without asking its primary's record (see [`Forwarder::resolve_lock`]).
     pub unsafe_resolve_without_primary: bool,
+    /// NEGATIVE CONTROL ONLY (`--unsafe-fresh-request-id-per-attempt`): each attempt of a
+    /// write or delete-range carries a random request id instead of the request's, so the
+    /// node cannot recognise a retry (see [`Forwarder::write`]).
+    pub unsafe_fresh_request_id_per_attempt: bool,
 }
 
 /// Sends shard requests to nodes, retrying within the request deadline.
@@ -137,6 +141,7 @@ impl<N: NodeApi> Forwarder<N> {
             ops,
         };
         let nodes = &self.nodes;
+        let fresh_ids = self.settings.unsafe_fresh_request_id_per_attempt;
         self.run(
             shard,
             shard_count,
@@ -144,7 +149,10 @@ impl<N: NodeApi> Forwarder<N> {
             Some(request_id),
             deadline,
             |target, timeout| {
-                let request = request.clone();
+                let mut request = request.clone();
+                if fresh_ids {
+                    request.request_id = rand::random::<RequestId>().to_vec();
+                }
                 async move {
                     let response = nodes.write(&target.addr, request, timeout).await?;
                     if response.results.len() != op_count {
@@ -212,6 +220,7 @@ impl<N: NodeApi> Forwarder<N> {
             .try_into()
             .map_err(|_| RouterError::Internal("delete-range request id is not 16 bytes".to_string()))?;
         let nodes = &self.nodes;
+        let fresh_ids = self.settings.unsafe_fresh_request_id_per_attempt;
         self.run(
             shard,
             shard_count,
@@ -219,7 +228,10 @@ impl<N: NodeApi> Forwarder<N> {
             Some(write_id),
             deadline,
             |target, timeout| {
-                let request = request.clone();
+                let mut request = request.clone();
+                if fresh_ids {
+                    request.request_id = rand::random::<RequestId>().to_vec();
+                }
                 async move { nodes.delete_range(&target.addr, request, timeout).await }
             },
         )
@@ -844,6 +856,7 @@ pub(crate) mod tests {
                     max: Duration::from_millis(50),
                 },
                 unsafe_resolve_without_primary: false,
+                unsafe_fresh_request_id_per_attempt: false,
             },
         )
     }
@@ -949,6 +962,26 @@ pub(crate) mod tests {
         let calls = nodes.calls.lock().map(|c| c.clone()).unwrap_or_default();
         assert_eq!(calls.len(), 2);
         assert!(calls.iter().all(|(_, id)| id == &vec![9u8; 16]));
+    }
+
+    /// The negative control `--unsafe-fresh-request-id-per-attempt` really breaks the retry:
+    /// no attempt carries the request's id, and no two carry the same.
+    #[tokio::test(start_paused = true)]
+    async fn the_fresh_id_control_gives_every_attempt_its_own_id() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        nodes.script(&replicas[0], vec![Script::Hang]);
+        let mut forwarder = forwarder(&nodes, &topology);
+        forwarder.settings.unsafe_fresh_request_id_per_attempt = true;
+        let result = forwarder
+            .write(SHARD, 8, [9u8; 16], put_op(), deadline_in(1000))
+            .await;
+        assert!(result.is_ok());
+        let calls = nodes.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        assert_eq!(calls.len(), 2);
+        assert!(calls.iter().all(|(_, id)| id != &vec![9u8; 16] && id.len() == 16));
+        assert_ne!(calls[0].1, calls[1].1);
     }
 
     /// When the deadline passes after an ambiguous attempt, the write's outcome is unknown.

@@ -60,6 +60,9 @@ impl Router {
         if config.unsafe_resolve_without_primary {
             warn!("NEGATIVE CONTROL: locks met are rolled back without asking their primary's record");
         }
+        if config.unsafe_fresh_request_id_per_attempt {
+            warn!("NEGATIVE CONTROL: every attempt of a shard write gets a fresh request id");
+        }
         if config.unsafe_tso_prefetch > 0 {
             warn!(
                 count = config.unsafe_tso_prefetch,

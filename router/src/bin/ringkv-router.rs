@@ -62,6 +62,10 @@ struct Cli {
     /// them out from the router's own range (real-time order breaks across routers).
     #[arg(long, hide = true, value_name = "N")]
     unsafe_tso_prefetch: Option<u32>,
+    /// NEGATIVE CONTROL ONLY: give every attempt of a shard write a fresh request id (a
+    /// retry after an attempt that applied unanswered applies again).
+    #[arg(long, hide = true)]
+    unsafe_fresh_request_id_per_attempt: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -109,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.unsafe_skip_write_conflict |= cli.unsafe_skip_write_conflict;
     config.unsafe_skip_read_validation |= cli.unsafe_skip_read_validation;
     config.unsafe_resolve_without_primary |= cli.unsafe_resolve_without_primary;
+    config.unsafe_fresh_request_id_per_attempt |= cli.unsafe_fresh_request_id_per_attempt;
     config.unsafe_failpoint = cli.unsafe_failpoint.or(config.unsafe_failpoint);
     if let Some(count) = cli.unsafe_tso_prefetch {
         config.unsafe_tso_prefetch = count;
