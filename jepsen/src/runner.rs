@@ -80,6 +80,12 @@ pub struct RunOptions {
     /// Each router hands out timestamps from a range of this many it took ahead (0: off;
     /// with two routers or more, real-time order breaks: caught at serializable).
     pub unsafe_tso_prefetch: u32,
+    /// The routers give every attempt of a shard write a fresh request id
+    /// (`--unsafe-fresh-request-id-per-attempt`): a retry after an attempt that applied
+    /// unanswered applies again (caught by the register workload).
+    pub unsafe_fresh_request_ids: bool,
+    /// The routers' timeout of one attempt to a node (`--rpc-timeout-ms`; `None`: theirs).
+    pub router_rpc_timeout_ms: Option<u64>,
     /// Routers; clients start at each in turn and fail over to the others.
     pub routers: usize,
     /// Client request timeout.
@@ -132,6 +138,8 @@ impl RunOptions {
             unsafe_ignore_locks: false,
             unsafe_resolve_without_primary: false,
             unsafe_tso_prefetch: 0,
+            unsafe_fresh_request_ids: false,
+            router_rpc_timeout_ms: None,
             routers: 1,
             op_timeout: Duration::from_secs(2),
             liveness_timeout: Duration::from_secs(30),
@@ -216,6 +224,13 @@ fn router_args(options: &RunOptions) -> Vec<String> {
     if options.unsafe_tso_prefetch > 0 {
         args.push("--unsafe-tso-prefetch".to_string());
         args.push(options.unsafe_tso_prefetch.to_string());
+    }
+    if options.unsafe_fresh_request_ids {
+        args.push("--unsafe-fresh-request-id-per-attempt".to_string());
+    }
+    if let Some(ms) = options.router_rpc_timeout_ms {
+        args.push("--rpc-timeout-ms".to_string());
+        args.push(ms.to_string());
     }
     args
 }

@@ -36,6 +36,10 @@ struct Cli {
     /// Collect the records of transactions older than this, in ms [default: 600000].
     #[arg(long, value_name = "MS")]
     txn_gc_age_ms: Option<u64>,
+    /// Timeout of one attempt of a request to a node, in ms; a request retries within its
+    /// deadline [default: 2000].
+    #[arg(long, value_name = "MS")]
+    rpc_timeout_ms: Option<u64>,
     /// Once bound, write the listening address to this file (atomically).
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
@@ -109,6 +113,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(ms) = cli.txn_gc_age_ms {
         config.txn_gc_age_ms = ms;
+    }
+    if let Some(ms) = cli.rpc_timeout_ms {
+        config.rpc_timeout_ms = ms;
     }
     config.unsafe_skip_write_conflict |= cli.unsafe_skip_write_conflict;
     config.unsafe_skip_read_validation |= cli.unsafe_skip_read_validation;
