@@ -24,6 +24,7 @@
 //!   fsync may have dropped pages); the node must restart and recover. The failure is
 //!   reported once to [`WalOptions::on_failure`], so the process can stop at once instead of
 //!   waiting for its next write to be refused (which an idle group never makes).
+//!   [`WalOptions::unsafe_ignore_failures`] switches this off for a negative control.
 //!
 //! Entries and values are opaque bytes; groups are `u64` ids. Appending at an index that
 //! exists overwrites it (truncation is explicit, as Raft asks for it); gaps are allowed.
@@ -69,6 +70,13 @@ pub struct WalOptions {
     /// writes (after it marked itself failed, before the failing call returns). A node passes
     /// its fail-stop here; `None` only returns [`WalError::Failed`] from then on.
     pub on_failure: Option<fn(&str)>,
+    /// NEGATIVE CONTROL ONLY — breaks durability on purpose: a failed write or sync (of a
+    /// segment or of the log's directory) is logged and treated as success; the log neither
+    /// stops nor calls `on_failure`, so its caller acknowledges what may not be on disk (and
+    /// a failed write leaves a hole that reads and recovery find corrupt). Failures that
+    /// leave nothing to go on with (a segment that cannot be created or deleted) still stop
+    /// the log. A fault-injection harness must catch a node running with it.
+    pub unsafe_ignore_failures: bool,
 }
 
 impl Default for WalOptions {
@@ -77,6 +85,7 @@ impl Default for WalOptions {
             segment_bytes: 64 << 20,
             max_segments: 8,
             on_failure: None,
+            unsafe_ignore_failures: false,
         }
     }
 }
@@ -360,7 +369,10 @@ impl Wal {
             return Ok(());
         }
         if let Err(err) = file.sync_data() {
-            return Err(self.fail(format!("fdatasync failed: {err}")));
+            let reason = format!("fdatasync failed: {err}");
+            if !self.ignored(&reason) {
+                return Err(self.fail(reason));
+            }
         }
         self.inner.syncs.fetch_add(1, Ordering::Relaxed);
         *synced = target;
@@ -398,7 +410,10 @@ impl Wal {
             }
         }
         if let Err(err) = segment::sync_dir(&self.inner.dir) {
-            return Err(self.fail(format!("syncing the log directory failed: {err}")));
+            let reason = format!("syncing the log directory failed: {err}");
+            if !self.ignored(&reason) {
+                return Err(self.fail(reason));
+            }
         }
         let mut state = self.lock_state();
         for id in &candidates {
@@ -439,6 +454,19 @@ impl Wal {
             Some(reason) => Err(WalError::Failed(reason.clone())),
             None => Ok(state),
         }
+    }
+
+    /// Whether a failed write or sync goes on as if it had succeeded
+    /// ([`WalOptions::unsafe_ignore_failures`], a negative control); logs `reason` if so.
+    fn ignored(&self, reason: &str) -> bool {
+        if !self.inner.options.unsafe_ignore_failures {
+            return false;
+        }
+        tracing::error!(
+            %reason,
+            "NEGATIVE CONTROL: ignoring a failed write or sync of the write-ahead log"
+        );
+        true
     }
 
     /// Marks the log failed (every later write and sync is refused) and reports it.
@@ -530,7 +558,10 @@ impl Wal {
             .ok_or_else(|| WalError::Corrupt("active segment missing".to_string()))?;
         let offset = state.active_len;
         if let Err(err) = held.file.write_all_at(frame, offset) {
-            return Err(self.fail_locked(state, format!("write failed: {err}")));
+            let reason = format!("write failed: {err}");
+            if !self.ignored(&reason) {
+                return Err(self.fail_locked(state, reason));
+            }
         }
         state.active_len += frame.len() as u64;
         self.inner
@@ -542,17 +573,32 @@ impl Wal {
     /// Syncs the active segment and starts the next one.
     fn rotate(&self, state: &mut State) -> Result<(), WalError> {
         let next = state.active + 1;
-        let created = state
+        let mut synced = state
             .index
             .segments
             .get(&state.active)
             .ok_or_else(|| WalError::Corrupt("active segment missing".to_string()))
-            .and_then(|held| held.file.sync_data().map_err(WalError::from))
-            .and_then(|()| segment::create(&self.inner.dir, next));
+            .and_then(|held| held.file.sync_data().map_err(WalError::from));
+        if let Err(WalError::Io(err)) = &synced {
+            if self.ignored(&format!("syncing segment {} failed: {err}", state.active)) {
+                synced = Ok(());
+            }
+        }
+        let created = synced.and_then(|()| segment::create_unsynced(&self.inner.dir, next));
         let file = match created {
             Ok(file) => file,
             Err(err) => return Err(self.fail_locked(state, format!("starting segment {next} failed: {err}"))),
         };
+        let durable = file
+            .sync_data()
+            .map_err(WalError::from)
+            .and_then(|()| segment::sync_dir(&self.inner.dir));
+        if let Err(err) = durable {
+            let reason = format!("starting segment {next} failed: {err}");
+            if !self.ignored(&reason) {
+                return Err(self.fail_locked(state, reason));
+            }
+        }
         self.inner.syncs.fetch_add(1, Ordering::Relaxed);
         state.index.segments.insert(
             next,

@@ -36,6 +36,14 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<u64>, WalError> {
 
 /// Creates segment `id` with its header and makes its directory entry durable.
 pub(crate) fn create(dir: &Path, id: u64) -> Result<File, WalError> {
+    let file = create_unsynced(dir, id)?;
+    file.sync_data()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// [`create`] without its syncs: the caller makes the file and its entry durable.
+pub(crate) fn create_unsynced(dir: &Path, id: u64) -> Result<File, WalError> {
     let path = path(dir, id);
     let mut file = File::options()
         .read(true)
@@ -43,8 +51,6 @@ pub(crate) fn create(dir: &Path, id: u64) -> Result<File, WalError> {
         .create_new(true)
         .open(&path)?;
     file.write_all(MAGIC)?;
-    file.sync_data()?;
-    sync_dir(dir)?;
     Ok(file)
 }
 

@@ -11,7 +11,7 @@ fn small() -> WalOptions {
     WalOptions {
         segment_bytes: 512,
         max_segments: 3,
-        on_failure: None,
+        ..WalOptions::default()
     }
 }
 

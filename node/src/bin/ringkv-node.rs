@@ -123,6 +123,11 @@ struct Args {
     /// leader whose clock jumps past the de-duplication window forgets live records.
     #[arg(long, hide = true)]
     unsafe_dedup_wall_clock: bool,
+    /// NEGATIVE CONTROL ONLY: a failed sync or write of the log or the state machine is
+    /// logged and treated as success instead of stopping the node (fail-stop), so the node
+    /// acknowledges writes its disk may not hold.
+    #[arg(long, hide = true)]
+    unsafe_ignore_sync_errors: bool,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -247,6 +252,10 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = load_config(&args)?;
+    if args.unsafe_ignore_sync_errors {
+        // Process-wide, like fail-stop itself; before the node opens its storage.
+        ringkv_node::storage::fail_stop::ignore_storage_errors();
+    }
     let handle = NodeServer::start(config).await?;
     if let Some(path) = &args.addr_file {
         handle

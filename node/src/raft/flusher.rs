@@ -4,7 +4,8 @@
 //! Correctness rests on one ordering: a caller writes its entries to the WAL *before*
 //! handing over the callback, and the flusher starts a flush only after receiving it, so
 //! that flush covers the entries. A failed fdatasync stops the node (`storage::fail_stop`):
-//! no waiter of that flush or any later one is ever acknowledged.
+//! no waiter of that flush or any later one is ever acknowledged. (Under the negative control
+//! `fail_stop::ignore_storage_errors` the failure is logged and the waiters are acknowledged.)
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -89,10 +90,12 @@ async fn run(wal: Wal, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken
                 Err(join_err) => Err(format!("flush task failed: {join_err}")),
             }
         };
-        if let Err(err) = &result {
-            // Nothing in this batch or after it may be acknowledged: fail-stop.
-            crate::storage::fail_stop::storage_failed("an fdatasync of the write-ahead log", err);
-        }
+        // Nothing in this batch or after it may be acknowledged: fail-stop (which returns only
+        // under the negative control, which acknowledges the batch all the same).
+        let result: Result<(), String> = result.or_else(|err| {
+            crate::storage::fail_stop::storage_failed("an fdatasync of the write-ahead log", &err);
+            Ok(())
+        });
         trace!(waiters = batch.len(), "group commit");
         for waiter in batch.drain(..) {
             match waiter {

@@ -23,21 +23,56 @@
 //!
 //! This is the one place that exits the process from inside the node library: it is what
 //! fail-stop means, and every caller that could hit it is a durability point.
+//!
+//! **Negative control.** [`ignore_storage_errors`] (`ringkv-node --unsafe-ignore-sync-errors`)
+//! turns fail-stop off for the whole process: a failed sync or write of the log or of sled is
+//! logged and treated as success, so the node goes on acknowledging writes its disk may not
+//! hold (on Linux the pages of a failed sync stay readable in the page cache, so the node
+//! sees nothing wrong) — and loses them at the next power cut. The harness must catch it
+//! (`jepsen/tests/fail_stop_control.rs`). It is a process-wide switch, set once by the binary
+//! before any storage opens, because fail-stop itself is a decision about the process.
 
 use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::error;
+use tracing::{error, warn};
 
 /// The exit code of a node whose storage failed (`EX_IOERR` of `sysexits.h`).
 pub const EXIT_STORAGE_FAILED: i32 = 74;
+
+/// Set by [`ignore_storage_errors`]: storage failures are logged and ignored.
+static IGNORING_STORAGE_ERRORS: AtomicBool = AtomicBool::new(false);
+
+/// NEGATIVE CONTROL ONLY — breaks durability on purpose: from now on a failed write or sync
+/// of the write-ahead log (opened with [`super::wal_options`] after this call) or of sled is
+/// logged and treated as success instead of stopping the process. Call it before the node
+/// opens its storage.
+pub fn ignore_storage_errors() {
+    warn!(
+        "NEGATIVE CONTROL: failed syncs and writes of the log and the state machine are ignored; \
+         this node acknowledges writes its disk may not hold"
+    );
+    IGNORING_STORAGE_ERRORS.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`ignore_storage_errors`] was called.
+pub fn ignoring_storage_errors() -> bool {
+    IGNORING_STORAGE_ERRORS.load(Ordering::SeqCst)
+}
 
 /// The write-ahead log's `on_failure`: a failed write or sync of the log stops the node.
 pub fn wal_failed(reason: &str) {
     storage_failed("the write-ahead log", &reason)
 }
 
-/// Logs that `what` failed with `err` and ends the process with [`EXIT_STORAGE_FAILED`].
-pub fn storage_failed(what: &str, err: &dyn Display) -> ! {
+/// Logs that `what` failed with `err` and ends the process with [`EXIT_STORAGE_FAILED`] —
+/// unless storage errors are ignored ([`ignore_storage_errors`]): then it logs and returns,
+/// and the caller goes on as if `what` had succeeded.
+pub fn storage_failed(what: &str, err: &dyn Display) {
+    if ignoring_storage_errors() {
+        error!(%err, "NEGATIVE CONTROL: {what} failed; ignored, the node goes on");
+        return;
+    }
     error!(%err, "{what} failed: stopping the node (fail-stop); nothing more is acknowledged");
     eprintln!("fatal: {what} failed: {err}; the node stops (exit code {EXIT_STORAGE_FAILED})");
     std::process::exit(EXIT_STORAGE_FAILED)

@@ -7,7 +7,9 @@
 //!
 //! A write or flush that fails with an IO error (a full disk, a failing one) never returns:
 //! it stops the node ([`fail_stop`]); so does a failed write or sync of the write-ahead log
-//! opened with [`wal_options`]. Reads keep returning their errors.
+//! opened with [`wal_options`]. Reads keep returning their errors. (Under the negative
+//! control [`fail_stop::ignore_storage_errors`] a failed flush or log sync returns success and
+//! a failed sled write returns its error.)
 
 pub mod fail_stop;
 mod sled_engine;
@@ -80,10 +82,12 @@ pub trait Engine: Send + Sync + 'static {
 pub type EngineRef = Arc<dyn Engine>;
 
 /// The options of the node's write-ahead log: default sizes, and fail-stop on a failed write
-/// or sync ([`fail_stop::wal_failed`]).
+/// or sync ([`fail_stop::wal_failed`]) — or, under the negative control
+/// [`fail_stop::ignore_storage_errors`], failed writes and syncs treated as success.
 pub fn wal_options() -> ringkv_wal::WalOptions {
     ringkv_wal::WalOptions {
         on_failure: Some(fail_stop::wal_failed),
+        unsafe_ignore_failures: fail_stop::ignoring_storage_errors(),
         ..ringkv_wal::WalOptions::default()
     }
 }

@@ -19,10 +19,14 @@ use super::{Batch, Engine, Pair, StorageError, StorageResult, Tree, TreeRef};
 
 /// The result of a write to sled: an IO error (a full or failing disk) stops the node
 /// ([`super::fail_stop`]) — sled keeps the first IO error and fails every later write with it,
-/// and what reached its files is unknown. Other errors are returned.
+/// and what reached its files is unknown. Other errors are returned (and so is an IO error
+/// under the negative control, which does not stop the node).
 fn written<T>(result: sled::Result<T>, what: &str) -> StorageResult<T> {
     match result {
-        Err(sled::Error::Io(err)) => super::fail_stop::storage_failed(what, &err),
+        Err(sled::Error::Io(err)) => {
+            super::fail_stop::storage_failed(what, &err);
+            Err(StorageError::Io(err))
+        }
         other => Ok(other?),
     }
 }
@@ -166,7 +170,8 @@ impl Engine for SledEngine {
     }
 
     /// A failure here stops the process ([`super::fail_stop`]): a flush is a durability
-    /// point, and after a failed sync nothing says what the files still hold.
+    /// point, and after a failed sync nothing says what the files still hold. (Under the
+    /// negative control the failure is logged and the flush reports success.)
     fn flush(&self) -> StorageResult<()> {
         if let Err(err) = self.db.flush() {
             super::fail_stop::storage_failed("a flush of the state machine (sled)", &err);
@@ -265,6 +270,8 @@ mod tests {
 
     /// Set in the child process of [`a_failed_write_stops_the_node`]: where it writes.
     const CHILD_DIR: &str = "RINGKV_SLED_FAIL_STOP_CHILD_DIR";
+    /// Set in the child process too: it ignores storage errors (the negative control).
+    const CHILD_IGNORES: &str = "RINGKV_SLED_FAIL_STOP_CHILD_IGNORES";
     /// The child's file size limit (`prlimit --fsize`).
     const FILE_LIMIT_BYTES: u64 = 4 << 20;
     /// `SIGXFSZ` on Linux (x86-64 and arm64).
@@ -276,20 +283,12 @@ mod tests {
     #[test]
     fn a_failed_write_stops_the_node() {
         if let Ok(dir) = std::env::var(CHILD_DIR) {
+            if std::env::var_os(CHILD_IGNORES).is_some() {
+                crate::storage::fail_stop::ignore_storage_errors();
+            }
             write_until_it_fails(Path::new(&dir));
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let output = Command::new("prlimit")
-            .arg(format!("--fsize={FILE_LIMIT_BYTES}"))
-            .arg(std::env::current_exe().expect("test binary"))
-            .args([
-                "--exact",
-                "storage::sled_engine::tests::a_failed_write_stops_the_node",
-            ])
-            .args(["--test-threads=1", "--nocapture"])
-            .env(CHILD_DIR, dir.path())
-            .output()
-            .expect("run the child under prlimit");
+        let output = run_child(false);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(
             output.status.code(),
@@ -301,6 +300,39 @@ mod tests {
             stderr.contains("a write to the state machine (sled) failed"),
             "{stderr}"
         );
+    }
+
+    /// Under the negative control (`--unsafe-ignore-sync-errors`) the same write returns its
+    /// error and the process runs on.
+    #[test]
+    fn a_failed_write_under_the_negative_control_returns_instead() {
+        let output = run_child(true);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("a failed write returned instead of stopping the node"),
+            "{stderr}"
+        );
+    }
+
+    /// Runs [`a_failed_write_stops_the_node`]'s child under a file size limit, ignoring
+    /// storage errors if `ignore` says so.
+    fn run_child(ignore: bool) -> std::process::Output {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new("prlimit");
+        child
+            .arg(format!("--fsize={FILE_LIMIT_BYTES}"))
+            .arg(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "storage::sled_engine::tests::a_failed_write_stops_the_node",
+            ])
+            .args(["--test-threads=1", "--nocapture"])
+            .env(CHILD_DIR, dir.path());
+        if ignore {
+            child.env(CHILD_IGNORES, "1");
+        }
+        child.output().expect("run the child under prlimit")
     }
 
     /// The child: inserts far more than the file size limit allows; never returns.
