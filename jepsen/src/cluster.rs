@@ -120,6 +120,8 @@ pub struct Cluster {
     clients_made: std::sync::atomic::AtomicUsize,
     /// Addresses of every node not retired, shared with the direct-read clients.
     addr_book: Arc<RwLock<Vec<String>>>,
+    /// What a failed sync does with the unsynced data ([`Cluster::fail_syncs`]).
+    failed_sync_data: ringkv_faultfs::FailedSyncData,
 }
 
 impl Cluster {
@@ -144,6 +146,7 @@ impl Cluster {
             router_addrs: Vec::new(),
             clients_made: std::sync::atomic::AtomicUsize::new(0),
             addr_book: Arc::default(),
+            failed_sync_data: ringkv_faultfs::FailedSyncData::Lost,
         };
         for id in 1..=cluster.spec.nodes {
             cluster.place_node(id)?;
@@ -374,11 +377,24 @@ impl Cluster {
         ))
     }
 
-    /// Makes node `id`'s file syncs fail with `EIO` (losing their unsynced data), or heals
-    /// them.
+    /// Makes node `id`'s file syncs fail with `EIO`, or heals them. The unsynced data of a
+    /// failed sync is lost at once, or kept readable until [`Cluster::lose_unsynced`] — as
+    /// [`Cluster::set_failed_sync_data`] said.
     pub fn fail_syncs(&mut self, id: usize, fail: bool) -> Result<()> {
-        self.disk_control(id)?.fail_syncs(fail);
+        let control = self.disk_control(id)?;
+        match (fail, self.failed_sync_data) {
+            (true, ringkv_faultfs::FailedSyncData::Kept) => control.fail_syncs_keeping_unsynced(),
+            _ => control.fail_syncs(fail),
+        }
         Ok(())
+    }
+
+    /// What [`Cluster::fail_syncs`] does with the unsynced data of a failed sync from now on:
+    /// lose it at once (the default: Linux's worst case, a node that reads its recent log
+    /// back finds it gone) or keep it readable until the data is dropped (the page cache: a
+    /// node that ignores the error sees nothing wrong and goes on serving).
+    pub fn set_failed_sync_data(&mut self, data: ringkv_faultfs::FailedSyncData) {
+        self.failed_sync_data = data;
     }
 
     /// Makes every fsync/fdatasync of node `id` take `delay` before it succeeds (a slow disk;

@@ -895,9 +895,11 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<String> {
             }
         }
         Active::DisksFailing(victims) => {
-            // The machine is rebooted to fix its disk: a node still running is killed, and
-            // whatever was never synced is lost, as at a power cut.
-            for id in victims {
+            // The machines are rebooted to fix their disks: a node still running is killed,
+            // and whatever was never synced is lost, as at a power cut. Every victim is down
+            // before any restarts: a restarted node would otherwise catch up from a victim
+            // still running on its page cache, and what the victims lost would survive.
+            for &id in &victims {
                 match cluster.reap_node(id)? {
                     Some(code) => info!(node = id, exit_code = ?code, "the node stopped on its failed disk"),
                     None if cluster.is_running(id) => {
@@ -906,6 +908,8 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<String> {
                     }
                     None => {}
                 }
+            }
+            for id in victims {
                 let lost = cluster.lose_unsynced(id)?;
                 info!(node = id, %lost, "disk fixed");
                 cluster.fail_syncs(id, false)?;

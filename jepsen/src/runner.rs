@@ -63,6 +63,14 @@ pub struct RunOptions {
     pub unsafe_ack_before_commit: bool,
     /// Shard leaders commit writes at local timestamps (caught by the snapshot workload).
     pub unsafe_local_commit_ts: bool,
+    /// Nodes treat a failed sync or write of their storage as success instead of stopping
+    /// (`--unsafe-ignore-sync-errors`); caught with `fail_syncs_keep_unsynced` and
+    /// `fail-syncs-all`, whose reboot loses what the nodes acknowledged meanwhile.
+    pub unsafe_ignore_sync_errors: bool,
+    /// The fail-syncs nemeses keep the unsynced data of a failed sync readable until the
+    /// reboot that heals them (the page cache, what Linux usually does) instead of losing it
+    /// at once (its worst case).
+    pub fail_syncs_keep_unsynced: bool,
     /// Isolation level of the append, rw-register and bank workloads' transactions.
     pub isolation: ringkv_client::Isolation,
     /// The router commits repeatable-read transactions without the write-conflict check
@@ -132,6 +140,8 @@ impl RunOptions {
             unsafe_skip_fsync: false,
             unsafe_ack_before_commit: false,
             unsafe_local_commit_ts: false,
+            unsafe_ignore_sync_errors: false,
+            fail_syncs_keep_unsynced: false,
             isolation: ringkv_client::Isolation::RepeatableRead,
             unsafe_skip_write_conflict: false,
             unsafe_skip_read_validation: false,
@@ -245,7 +255,9 @@ fn node_args(options: &RunOptions) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    if options.snapshot_pressure {
+    let snapshot_pressure =
+        options.snapshot_pressure || options.nemeses.iter().any(|kind| kind.needs_snapshot_pressure());
+    if snapshot_pressure {
         args.extend(
             [
                 "--snapshot-logs-since-last",
@@ -282,6 +294,9 @@ fn node_args(options: &RunOptions) -> Vec<String> {
     }
     if options.unsafe_ignore_locks {
         args.push("--unsafe-ignore-locks".to_string());
+    }
+    if options.unsafe_ignore_sync_errors {
+        args.push("--unsafe-ignore-sync-errors".to_string());
     }
     if let Some(window_ms) = options.dedup_window_ms {
         args.push("--dedup-window-ms".to_string());
@@ -387,7 +402,10 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     if spec.disk_faults {
         ringkv_faultfs::fuse_available().context("the lose-unsynced nemeses need FUSE")?;
     }
-    let cluster = Cluster::start(spec, &cluster_dir, placement).await?;
+    let mut cluster = Cluster::start(spec, &cluster_dir, placement).await?;
+    if options.fail_syncs_keep_unsynced {
+        cluster.set_failed_sync_data(ringkv_faultfs::FailedSyncData::Kept);
+    }
     let recorder = Recorder::new(Instant::now());
     let stop = CancellationToken::new();
     let mut rng = StdRng::seed_from_u64(options.seed);

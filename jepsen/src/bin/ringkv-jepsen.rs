@@ -108,6 +108,15 @@ struct RunArgs {
     /// oracle's (the snapshot workload catches it).
     #[arg(long)]
     unsafe_local_commit_ts: bool,
+    /// Negative control: nodes treat a failed sync or write of their log or state machine
+    /// as success instead of stopping (fail-stop); run it with `--fail-syncs-keep-unsynced`
+    /// and `fail-syncs-all` (the set and register workloads catch the lost writes).
+    #[arg(long)]
+    unsafe_ignore_sync_errors: bool,
+    /// The fail-syncs nemeses keep the unsynced data of a failed sync readable until the
+    /// reboot that heals them (the page cache) instead of losing it at once.
+    #[arg(long)]
+    fail_syncs_keep_unsynced: bool,
     /// Isolation level of the append, rw-register and bank workloads' transactions.
     #[arg(long, value_enum, default_value = "repeatable-read")]
     isolation: IsolationArg,
@@ -229,6 +238,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_skip_fsync = args.unsafe_skip_fsync;
     options.unsafe_ack_before_commit = args.unsafe_ack_before_commit;
     options.unsafe_local_commit_ts = args.unsafe_local_commit_ts;
+    options.unsafe_ignore_sync_errors = args.unsafe_ignore_sync_errors;
+    options.fail_syncs_keep_unsynced = args.fail_syncs_keep_unsynced;
     options.isolation = args.isolation.into();
     options.unsafe_skip_write_conflict = args.unsafe_skip_write_conflict;
     options.unsafe_skip_read_validation = args.unsafe_skip_read_validation;
