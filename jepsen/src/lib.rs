@@ -18,6 +18,7 @@
 //!   [`scan`] and [`delete_range`]: batch atomicity per shard, scan paging, delete-range.
 //! - [`runner`]: one run end to end, writing the results directory.
 //! - [`plot`]: the latency-over-time SVG with fault windows shaded.
+//! - [`testing`]: what the integration tests share (binaries, FUSE check, a small cluster).
 
 pub mod append;
 pub mod bank;
@@ -34,4 +35,5 @@ pub mod plot;
 pub mod runner;
 pub mod rw_register;
 pub mod scan;
+pub mod testing;
 pub mod workload;

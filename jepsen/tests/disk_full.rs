@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ringkv_jepsen::cluster::{Cluster, ClusterSpec, Placement};
+use ringkv_jepsen::cluster::Cluster;
+use ringkv_jepsen::testing;
 use tokio_util::sync::CancellationToken;
 
 const WRITERS: u64 = 4;
@@ -26,37 +27,11 @@ const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_disk_fills_up_stops_and_loses_nothing() -> anyhow::Result<()> {
-    if let Err(err) = ringkv_faultfs::fuse_available() {
-        if std::env::var("RINGKV_SKIP_FUSE_TESTS").as_deref() == Ok("1") {
-            eprintln!("skipping: {err} (RINGKV_SKIP_FUSE_TESTS=1)");
-            return Ok(());
-        }
+    if !testing::fuse_or_skip("a_node_whose_disk_fills_up_stops_and_loses_nothing") {
+        return Ok(());
     }
-    let bin_dir = ringkv_launcher::binaries::env_bin_dir()
-        .map_or_else(ringkv_launcher::binaries::executable_dir, Ok)
-        .context("locating the binaries")?;
     let dir = tempfile::tempdir()?;
-    let network = ringkv_jepsen::net::Network::create("disk-full", 3)?;
-    let spec = ClusterSpec {
-        nodes: 3,
-        slots: 3,
-        shards: 2,
-        replication_factor: 3,
-        node_args: [
-            "--heartbeat-interval-ms",
-            "100",
-            "--election-timeout-min-ms",
-            "500",
-        ]
-        .map(String::from)
-        .to_vec(),
-        routers: 1,
-        router_args: Vec::new(),
-        bin_dir,
-        fake_clock: false,
-        disk_faults: true,
-    };
-    let mut cluster = Cluster::start(spec, dir.path(), Placement::Namespaces(Box::new(network))).await?;
+    let mut cluster = testing::three_nodes_on_faultfs("disk-full", 2, &[], dir.path()).await?;
     let client = cluster.client(Duration::from_secs(5)).await?;
     let leaders = cluster.wait_for_leaders(Duration::from_secs(30)).await?;
     // The leader of a shard: its own append fails, so a new leader must take over.

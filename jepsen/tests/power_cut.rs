@@ -14,44 +14,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use ringkv_jepsen::cluster::{Cluster, ClusterSpec, Placement};
+use ringkv_jepsen::testing;
 
 const KEYS: u32 = 20;
 const ROUNDS: u32 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_restored_after_a_power_cut_serves_no_stale_read() -> anyhow::Result<()> {
-    if let Err(err) = ringkv_faultfs::fuse_available() {
-        if std::env::var("RINGKV_SKIP_FUSE_TESTS").as_deref() == Ok("1") {
-            eprintln!("skipping: {err} (RINGKV_SKIP_FUSE_TESTS=1)");
-            return Ok(());
-        }
+    if !testing::fuse_or_skip("a_leader_restored_after_a_power_cut_serves_no_stale_read") {
+        return Ok(());
     }
-    let bin_dir = ringkv_launcher::binaries::env_bin_dir()
-        .map_or_else(ringkv_launcher::binaries::executable_dir, Ok)
-        .context("locating the binaries")?;
     let dir = tempfile::tempdir()?;
-    let network = ringkv_jepsen::net::Network::create("c07", 3)?;
-    let spec = ClusterSpec {
-        nodes: 3,
-        slots: 3,
-        shards: 1,
-        replication_factor: 3,
-        node_args: [
-            "--heartbeat-interval-ms",
-            "100",
-            "--election-timeout-min-ms",
-            "500",
-        ]
-        .map(String::from)
-        .to_vec(),
-        routers: 1,
-        router_args: Vec::new(),
-        bin_dir,
-        fake_clock: false,
-        disk_faults: true,
-    };
-    let mut cluster = Cluster::start(spec, dir.path(), Placement::Namespaces(Box::new(network))).await?;
+    let mut cluster = testing::three_nodes_on_faultfs("c07", 1, &[], dir.path()).await?;
     let client = cluster.client(Duration::from_secs(5)).await?;
     let mut acknowledged = BTreeMap::new();
     for round in 0..ROUNDS {

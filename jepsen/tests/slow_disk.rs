@@ -15,15 +15,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ringkv_client::ReadConsistency;
-use ringkv_jepsen::cluster::{Cluster, ClusterSpec, Placement};
+use ringkv_jepsen::cluster::Cluster;
+use ringkv_jepsen::testing;
 use tokio_util::sync::CancellationToken;
 
 /// Every fsync of a follower takes this long: ten heartbeat intervals, the confirmation
 /// round's timeout (a third of the election timeout: no election comes of it).
 const SLOW_SYNC: Duration = Duration::from_millis(1000);
 /// At least this many reads, and until this many writes went through meanwhile.
-const READS: u32 = 20;
-const WRITES: u64 = 2;
+const READS: u32 = 100;
+const WRITES: u64 = 1;
 /// Longest the reads go on waiting for the writes.
 const TEST_DEADLINE: Duration = Duration::from_secs(60);
 /// Longest a read may take: a confirmation round takes a network round trip, but a round
@@ -34,39 +35,17 @@ const WRITERS: u64 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linearizable_reads_are_served_while_follower_disks_are_slow() -> anyhow::Result<()> {
-    if let Err(err) = ringkv_faultfs::fuse_available() {
-        if std::env::var("RINGKV_SKIP_FUSE_TESTS").as_deref() == Ok("1") {
-            eprintln!("skipping: {err} (RINGKV_SKIP_FUSE_TESTS=1)");
-            return Ok(());
-        }
+    if !testing::fuse_or_skip("linearizable_reads_are_served_while_follower_disks_are_slow") {
+        return Ok(());
     }
-    let bin_dir = ringkv_launcher::binaries::env_bin_dir()
-        .map_or_else(ringkv_launcher::binaries::executable_dir, Ok)
-        .context("locating the binaries")?;
     let dir = tempfile::tempdir()?;
-    let network = ringkv_jepsen::net::Network::create("c08", 3)?;
-    let spec = ClusterSpec {
-        nodes: 3,
-        slots: 3,
-        shards: 1,
-        replication_factor: 3,
-        node_args: [
-            "--heartbeat-interval-ms",
-            "100",
-            "--election-timeout-min-ms",
-            "3000",
-            // Every linearizable read takes a confirmation round (no leader lease).
-            "--no-lease-reads",
-        ]
-        .map(String::from)
-        .to_vec(),
-        routers: 1,
-        router_args: Vec::new(),
-        bin_dir,
-        fake_clock: false,
-        disk_faults: true,
-    };
-    let mut cluster = Cluster::start(spec, dir.path(), Placement::Namespaces(Box::new(network))).await?;
+    let node_args = [
+        "--election-timeout-min-ms",
+        "3000",
+        // Every linearizable read takes a confirmation round (no leader lease).
+        "--no-lease-reads",
+    ];
+    let mut cluster = testing::three_nodes_on_faultfs("c08", 1, &node_args, dir.path()).await?;
     let client = cluster.client(Duration::from_secs(10)).await?;
     client.put("slow-disk/read", b"before".to_vec()).await?;
     let leaders = cluster.wait_for_leaders(Duration::from_secs(30)).await?;
