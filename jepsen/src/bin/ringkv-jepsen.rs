@@ -140,6 +140,14 @@ struct RunArgs {
     /// (with `--routers 2` or more, serializable runs catch the real-time violations).
     #[arg(long, default_value_t = 0)]
     unsafe_tso_prefetch: u32,
+    /// Negative control: the routers give every attempt of a shard write a fresh request
+    /// id (the register workload catches writes applied twice; pair it with a short
+    /// `--router-rpc-timeout-ms`, e.g. 15, so applied writes are retried without faults).
+    #[arg(long)]
+    unsafe_fresh_request_ids: bool,
+    /// The routers' timeout of one attempt to a node, in ms (default: theirs, 2000).
+    #[arg(long)]
+    router_rpc_timeout_ms: Option<u64>,
     /// Routers; clients start at each in turn and fail over to the others.
     #[arg(long, default_value_t = 1)]
     routers: usize,
@@ -246,6 +254,8 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_ignore_locks = args.unsafe_ignore_locks;
     options.unsafe_resolve_without_primary = args.unsafe_resolve_without_primary;
     options.unsafe_tso_prefetch = args.unsafe_tso_prefetch;
+    options.unsafe_fresh_request_ids = args.unsafe_fresh_request_ids;
+    options.router_rpc_timeout_ms = args.router_rpc_timeout_ms;
     options.routers = args.routers.max(1);
     options.keep_data = args.keep_data;
     let report = runner::run(options).await?;
