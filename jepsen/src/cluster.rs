@@ -89,6 +89,10 @@ pub enum Fate {
     Replaced,
     /// A replaced node running again after the cluster declared it dead.
     Returned,
+    /// Restarted by the wipe nemesis under its old id with an empty data directory: no fault
+    /// target; the cluster must refuse it as a voter and declare it dead, and it is stopped
+    /// once it holds no replica.
+    Wiped,
     /// Removed or dead, holds no replica, stopped; its slot is free.
     Retired,
 }
@@ -721,6 +725,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// `kill -9` member `id`, empties its data directory (a lost disk) and starts it again
+    /// under the same id and address; from now on it is [`Fate::Wiped`]. What the wiped
+    /// directory held is gone for good (the results keep the node's log only).
+    pub async fn wipe_node(&mut self, id: usize) -> Result<()> {
+        if self.is_running(id) {
+            self.kill_node(id)?;
+        }
+        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        // The directory may be a faultfs mount point, which cannot be removed itself.
+        empty_dir(&node.data_dir).with_context(|| format!("wiping {}", node.data_dir.display()))?;
+        node.fate = Fate::Wiped;
+        self.start_node(id).await
+    }
+
+    /// The log file of node `id` (appended to across restarts).
+    pub fn node_log(&self, id: usize) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
+    }
+
     /// Stops node `id` and frees its slot (its data directory stays for the results).
     fn retire(&mut self, id: usize) {
         if let Some(node) = self.nodes.get_mut(&id) {
@@ -765,7 +788,7 @@ impl Cluster {
                     self.start_node(id).await?;
                     actions.push(format!("restarted node {id}, which the cluster declared dead"));
                 }
-                Fate::Member | Fate::Returned if self.is_running(id) => {
+                Fate::Member | Fate::Returned | Fate::Wiped if self.is_running(id) => {
                     let holds_shards = statuses
                         .get(&id)
                         .map(|status| status.replicas.iter().any(|replica| replica.shard_id.is_some()));
@@ -870,6 +893,19 @@ impl Cluster {
         logs.extend((0..self.routers.len()).map(|index| self.router_log(index)));
         logs
     }
+}
+
+/// Removes everything inside `dir`, keeping `dir` itself.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Cluster {

@@ -36,6 +36,28 @@ const SLOW_NETWORK_JITTER_FRACTION: f64 = 0.5;
 const SLOW_NETWORK_REORDER_PROBABILITY: f64 = 0.05;
 /// `lossy-network`: every link loses a share of its packets drawn from this range (percent).
 const LOSSY_NETWORK_PERCENT: std::ops::RangeInclusive<u32> = 5..=20;
+/// `slow-disk-*`: every sync of a victim takes a delay drawn from this range (one draw per
+/// victim and fault): several heartbeat intervals, below the election timeout's scale.
+const SLOW_DISK_DELAY_MS: std::ops::RangeInclusive<u64> = 200..=1000;
+/// `disk-full-one`: the disk fills once the victim has written this much more (one draw per
+/// fault; 0: at once), so a write batch can be half-written when it fills. A debug build
+/// under the smoke run's load writes a few tens of KiB a second per node: more headroom
+/// would outlast a fault.
+const DISK_FULL_HEADROOM_BYTES: std::ops::RangeInclusive<u64> = 0..=64 << 10;
+/// `disk-full-one` at heal: how long a victim still running gets to stop by itself (at its
+/// next write) before it is killed.
+const DISK_FULL_STOP_WAIT: Duration = Duration::from_secs(10);
+/// `partition-during-membership`: how long to watch for a replica set in flight (learners
+/// catching up or a joint configuration) after the change was asked for.
+const MEMBERSHIP_IN_FLIGHT_WAIT: Duration = Duration::from_secs(3);
+/// `kill-during-snapshot` without a free slot: how long the victim stays down, lagging …
+const SNAPSHOT_LAG_WAIT: Duration = Duration::from_secs(2);
+/// … and how long after its start the harness watches its log for the first install.
+const SNAPSHOT_INSTALL_WAIT: Duration = Duration::from_secs(8);
+/// How often the bounded waits above look again.
+const WATCH_INTERVAL: Duration = Duration::from_millis(25);
+/// The line a node logs when a group finished installing a snapshot.
+const SNAPSHOT_INSTALLED_LINE: &str = "installed snapshot";
 
 /// The faults the harness can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -122,6 +144,35 @@ pub enum NemesisKind {
     SlowNetwork,
     /// Every link between nodes loses 5–20 % of its packets (one draw per fault).
     LossyNetwork,
+    /// Every fsync/fdatasync of one node takes 200–1000 ms (faultfs; reads and writes stay
+    /// fast); fast again at heal.
+    SlowDiskOne,
+    /// The syncs of a minority of the nodes take 200–1000 ms each (one draw per node).
+    SlowDiskMinority,
+    /// One node's disk fills up, after 0–64 KiB more of writes (faultfs: `ENOSPC` for
+    /// writes that need new space). The node must stop by itself at its next write
+    /// (fail-stop, exit code 74); healed as `fail-syncs-*` are: the node gets up to 10 s more
+    /// to stop, one still running is then killed, the disk gets space again, the node
+    /// restarts.
+    DiskFullOne,
+    /// Issue 14, defect 8: `kill -9` a member, empty its data directory and start it again
+    /// under the same node id and address (after adding a fresh node, as `replace-node`
+    /// does). It must not come back as a voter with no log or vote: it answers without the
+    /// cluster's id, the cluster declares it dead after the dead-node timeout and re-creates
+    /// its replicas elsewhere, and the harness stops it once the ring says so.
+    WipeNode,
+    /// Isolate a follower of a random shard, then ask the shard's leader to `TransferLeader`
+    /// to it: the transfer must fail or time out cleanly and the old leader keep serving.
+    TransferToPartitioned,
+    /// Start an add-node or a decommission (as `add-node` / `decommission-node` choose), wait
+    /// (up to 3 s) until some group has learners or a joint configuration, and isolate one of
+    /// that group's nodes while the change is in flight.
+    PartitionDuringMembership,
+    /// Add a fresh node (snapshot pressure is switched on, so its new replicas start from
+    /// snapshots) and `kill -9` it the moment its log shows its first snapshot install (the
+    /// other groups' installs are in flight), or after 8 s; restarted at heal. With no free
+    /// slot, a member killed for 2 s and restarted is the victim instead.
+    KillDuringSnapshot,
 }
 
 impl NemesisKind {
@@ -138,6 +189,11 @@ impl NemesisKind {
                 | NemesisKind::SlowLinkOne
                 | NemesisKind::SlowNetwork
                 | NemesisKind::LossyNetwork
+                // A wiped node must come back at its old address, which on loopback its
+                // data directory kept.
+                | NemesisKind::WipeNode
+                | NemesisKind::TransferToPartitioned
+                | NemesisKind::PartitionDuringMembership
         )
     }
 
@@ -146,8 +202,19 @@ impl NemesisKind {
     pub fn changes_membership(self) -> bool {
         matches!(
             self,
-            NemesisKind::AddNode | NemesisKind::DecommissionNode | NemesisKind::ReplaceNode
+            NemesisKind::AddNode
+                | NemesisKind::DecommissionNode
+                | NemesisKind::ReplaceNode
+                | NemesisKind::WipeNode
+                | NemesisKind::PartitionDuringMembership
+                | NemesisKind::KillDuringSnapshot
         )
+    }
+
+    /// Whether the nemesis needs the nodes to snapshot and purge their logs often, so that a
+    /// node that was down must install snapshots.
+    pub fn needs_snapshot_pressure(self) -> bool {
+        self == NemesisKind::KillDuringSnapshot
     }
 
     /// Whether the nemesis needs the nodes' data directories on faultfs mounts.
@@ -160,6 +227,9 @@ impl NemesisKind {
                 | NemesisKind::FailSyncsOne
                 | NemesisKind::FailSyncsMajority
                 | NemesisKind::FailSyncsAll
+                | NemesisKind::SlowDiskOne
+                | NemesisKind::SlowDiskMinority
+                | NemesisKind::DiskFullOne
         )
     }
 
@@ -202,11 +272,19 @@ impl NemesisKind {
             NemesisKind::SlowLinkOne => "slow-link-one",
             NemesisKind::SlowNetwork => "slow-network",
             NemesisKind::LossyNetwork => "lossy-network",
+            NemesisKind::SlowDiskOne => "slow-disk-one",
+            NemesisKind::SlowDiskMinority => "slow-disk-minority",
+            NemesisKind::DiskFullOne => "disk-full-one",
+            NemesisKind::WipeNode => "wipe-node",
+            NemesisKind::TransferToPartitioned => "transfer-to-partitioned",
+            NemesisKind::PartitionDuringMembership => "partition-during-membership",
+            NemesisKind::KillDuringSnapshot => "kill-during-snapshot",
         }
     }
 
-    /// Every nemesis but the disk faults: `lose-unsynced-*` put every node on a FUSE mount
-    /// (slower, and needs `/dev/fuse`), so runs name them explicitly.
+    /// Every nemesis but the power cuts and failing disks (`lose-unsynced-*`,
+    /// `fail-syncs-*`), which runs name explicitly. The slow and full disks are in, so a run
+    /// of `all` puts every node's data directory on a FUSE mount (slower; needs `/dev/fuse`).
     pub fn all() -> Vec<NemesisKind> {
         use NemesisKind::*;
         vec![
@@ -234,6 +312,13 @@ impl NemesisKind {
             SlowLinkOne,
             SlowNetwork,
             LossyNetwork,
+            SlowDiskOne,
+            SlowDiskMinority,
+            DiskFullOne,
+            WipeNode,
+            TransferToPartitioned,
+            PartitionDuringMembership,
+            KillDuringSnapshot,
         ]
     }
 }
@@ -252,6 +337,10 @@ enum Active {
     RouterPaused(usize),
     /// Nodes whose syncs fail: heal their disks, then restart them.
     DisksFailing(Vec<usize>),
+    /// Nodes whose syncs are slow: make them fast again.
+    DisksSlow(Vec<usize>),
+    /// Nodes whose disks are full: reap (or kill) them, give the disks space, restart them.
+    DisksFull(Vec<usize>),
     /// A membership change: nothing to heal (the cluster carries it out in the background;
     /// [`Cluster::reap`] follows up at every step).
     Membership,
@@ -538,6 +627,50 @@ async fn start(
                 format!("syncs of {victims:?} fail with EIO"),
             ))
         }
+        NemesisKind::SlowDiskOne | NemesisKind::SlowDiskMinority => {
+            let count = if kind == NemesisKind::SlowDiskOne {
+                1
+            } else {
+                ((n - 1) / 2).max(1)
+            };
+            let victims = random_nodes(&nodes, count, rng);
+            let mut delays = Vec::new();
+            for id in &victims {
+                let delay = Duration::from_millis(rng.random_range(SLOW_DISK_DELAY_MS));
+                cluster.slow_syncs(*id, delay)?;
+                delays.push(format!("{id}: {delay:?}"));
+            }
+            Ok((
+                Active::DisksSlow(victims),
+                format!("syncs slowed ({})", delays.join(", ")),
+            ))
+        }
+        NemesisKind::DiskFullOne => {
+            let victim = nodes[rng.random_range(0..n)];
+            let headroom = rng.random_range(DISK_FULL_HEADROOM_BYTES);
+            cluster.fill_disk(victim, headroom)?;
+            Ok((
+                Active::DisksFull(vec![victim]),
+                format!("disk of {victim} full after {headroom} more bytes"),
+            ))
+        }
+        NemesisKind::WipeNode => Ok((Active::Membership, wipe_node(cluster, rng).await)),
+        NemesisKind::TransferToPartitioned => {
+            let detail = transfer_to_partitioned(cluster, rng).await?;
+            Ok((Active::Partition, detail))
+        }
+        NemesisKind::PartitionDuringMembership => {
+            let change = if rng.random_bool(0.5) {
+                NemesisKind::AddNode
+            } else {
+                NemesisKind::DecommissionNode
+            };
+            let mut detail = change_membership(cluster, change, rng).await;
+            detail.push_str("; ");
+            detail.push_str(&partition_in_flight(cluster, rng).await?);
+            Ok((Active::Partition, detail))
+        }
+        NemesisKind::KillDuringSnapshot => kill_during_snapshot(cluster, rng).await,
         NemesisKind::ClockSkew => {
             let victims = random_nodes(&nodes, ((n - 1) / 2).max(1), rng);
             let mut offsets = Vec::new();
@@ -791,7 +924,7 @@ async fn change_membership(cluster: &mut Cluster, kind: NemesisKind, rng: &mut S
                 Err(err) => format!("decommission failed: {err:#}"),
             }
         }
-        _ if cluster.fates().values().any(|fate| *fate == Fate::Replaced) => {
+        _ if replacement_pending(cluster) => {
             // One replacement at a time: a second victim could take a quorum of some shard
             // (or of the system group, which declares nodes dead) down with the first.
             let (_, detail) = add_node(cluster).await;
@@ -820,22 +953,251 @@ async fn change_membership(cluster: &mut Cluster, kind: NemesisKind, rng: &mut S
     }
 }
 
-/// Moves a random shard's leadership to a random other voter; a refusal is the detail.
-async fn transfer_leader(cluster: &Cluster, rng: &mut StdRng) -> String {
-    let mut led: Vec<(u32, usize, Vec<usize>)> = Vec::new();
-    for (id, status) in cluster.statuses().await {
-        for replica in status.replicas {
+/// Whether a node killed for good or wiped is not declared dead yet: one replacement at a
+/// time, as a second victim could take a quorum of some shard (or of the system group, which
+/// declares nodes dead) down with the first.
+fn replacement_pending(cluster: &Cluster) -> bool {
+    cluster
+        .fates()
+        .values()
+        .any(|fate| matches!(fate, Fate::Replaced | Fate::Wiped))
+}
+
+/// `wipe-node`: adds a fresh node first (so that declaring the victim dead keeps RF owners),
+/// then wipes a running owner and restarts it under its id; the detail says what the wiped
+/// node answers (it must have no cluster id and no replica). Refusals are the detail.
+async fn wipe_node(cluster: &mut Cluster, rng: &mut StdRng) -> String {
+    if replacement_pending(cluster) {
+        return "a replaced or wiped node is not declared dead yet: no second victim".to_string();
+    }
+    let owners = cluster.ring_owners().await;
+    let candidates: Vec<usize> = cluster
+        .node_ids()
+        .into_iter()
+        .filter(|id| owners.contains(id) && cluster.is_running(*id))
+        .collect();
+    let (added, mut detail) = if cluster.has_free_slot() {
+        add_node(cluster).await
+    } else {
+        (None, "no free slot".to_string())
+    };
+    if owners.len() + usize::from(added.is_some()) <= cluster.replication_factor() {
+        detail.push_str("; too few owners to wipe one");
+        return detail;
+    }
+    let Some(victim) = candidates.choose(rng).copied() else {
+        return detail;
+    };
+    if let Err(err) = cluster.wipe_node(victim).await {
+        return format!("{detail}; wiping node {victim} failed: {err:#}");
+    }
+    let answer = match cluster.node_status(victim).await {
+        Some(status)
+            if status.cluster_id.is_empty()
+                && status.replicas.iter().all(|replica| replica.shard_id.is_none()) =>
+        {
+            "it answers without a cluster id, holding no shard".to_string()
+        }
+        Some(status) => {
+            let shards: Vec<u32> = status
+                .replicas
+                .iter()
+                .filter_map(|replica| replica.shard_id)
+                .collect();
+            warn!(node = victim, cluster_id = %status.cluster_id, ?shards, "a wiped node answers as a member");
+            format!(
+                "it answers as a member (must not): cluster id {:?}, shards {shards:?}",
+                status.cluster_id
+            )
+        }
+        None => "it does not answer its status".to_string(),
+    };
+    format!("{detail}; wiped node {victim} and restarted it: {answer}")
+}
+
+/// Shards with a leader among the running nodes: (shard, leader, its other voters).
+fn led_shards(statuses: &BTreeMap<usize, v1::NodeStatusResponse>) -> Vec<(u32, usize, Vec<usize>)> {
+    let mut led = Vec::new();
+    for (id, status) in statuses {
+        for replica in &status.replicas {
             if let (Some(shard), v1::ReplicaRole::Leader) = (replica.shard_id, replica.role()) {
                 let others = replica
                     .voters
                     .iter()
                     .map(|voter| *voter as usize)
-                    .filter(|voter| *voter != id)
+                    .filter(|voter| voter != id)
                     .collect();
-                led.push((shard, id, others));
+                led.push((shard, *id, others));
             }
         }
     }
+    led
+}
+
+/// `transfer-to-partitioned`: isolates a follower of a random shard and asks the leader to
+/// hand it the leadership; the detail is the transfer's outcome and who leads afterwards.
+async fn transfer_to_partitioned(cluster: &Cluster, rng: &mut StdRng) -> Result<String> {
+    let led: Vec<(u32, usize, Vec<usize>)> = led_shards(&cluster.statuses().await)
+        .into_iter()
+        .filter(|(_, _, others)| !others.is_empty())
+        .collect();
+    let Some((shard, from, others)) = led.choose(rng).cloned() else {
+        return Ok("no shard leader with a follower known".to_string());
+    };
+    let Some(target) = others.choose(rng).copied() else {
+        return Ok(format!("shard {shard} has no other voter"));
+    };
+    let rest: Vec<usize> = cluster
+        .node_ids()
+        .into_iter()
+        .filter(|id| *id != target)
+        .collect();
+    cluster.block(&pairs_between(&[vec![target], rest]))?;
+    let outcome = match cluster.transfer_leader(shard, from, target).await {
+        Ok(term) => format!("transfer {from} -> {target} succeeded (term {term})"),
+        Err(err) => format!("transfer {from} -> {target} failed: {err:#}"),
+    };
+    let leader = match cluster.leaders().await.get(&shard) {
+        Some(leader) if *leader == from => format!("{from} still leads"),
+        Some(leader) => format!("now led by {leader}"),
+        None => "no leader known".to_string(),
+    };
+    Ok(format!(
+        "isolated {target}, a follower of shard {shard}; {outcome}; {leader}"
+    ))
+}
+
+/// The first group found with a replica set in flight — learners catching up, or a joint
+/// configuration — as (shard, every voter and learner, joint); `None` when all are settled.
+fn membership_in_flight(
+    statuses: &BTreeMap<usize, v1::NodeStatusResponse>,
+) -> Option<(Option<u32>, Vec<usize>, bool)> {
+    statuses
+        .values()
+        .flat_map(|status| &status.replicas)
+        .find_map(|replica| {
+            if replica.role() != v1::ReplicaRole::Leader || (replica.learners.is_empty() && !replica.joint) {
+                return None;
+            }
+            let mut nodes: Vec<usize> = replica
+                .voters
+                .iter()
+                .chain(&replica.learners)
+                .map(|id| *id as usize)
+                .collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            Some((replica.shard_id, nodes, replica.joint))
+        })
+}
+
+/// `partition-during-membership`, after the change was asked for: watches (bounded) for a
+/// group in flight and isolates one of its nodes — or, when none shows, a random member.
+async fn partition_in_flight(cluster: &Cluster, rng: &mut StdRng) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + MEMBERSHIP_IN_FLIGHT_WAIT;
+    let in_flight = loop {
+        if let Some(found) = membership_in_flight(&cluster.statuses().await) {
+            break Some(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    };
+    let members = cluster.node_ids();
+    let (victim, what) = match &in_flight {
+        Some((group, nodes, joint)) => {
+            let in_group: Vec<usize> = nodes.iter().copied().filter(|id| members.contains(id)).collect();
+            let group = group.map_or("the system group".to_string(), |shard| format!("shard {shard}"));
+            let state = if *joint { "joint" } else { "with learners" };
+            (
+                in_group.choose(rng).copied(),
+                format!("{group} {state} {nodes:?}"),
+            )
+        }
+        None => (
+            None,
+            format!("no group in flight within {MEMBERSHIP_IN_FLIGHT_WAIT:?}"),
+        ),
+    };
+    let Some(victim) = victim.or_else(|| members.choose(rng).copied()) else {
+        return Ok(format!("{what}; no member to isolate"));
+    };
+    let rest: Vec<usize> = members.iter().copied().filter(|id| *id != victim).collect();
+    cluster.block(&pairs_between(&[vec![victim], rest]))?;
+    Ok(format!("{what}: isolated {victim}"))
+}
+
+/// How many snapshot installs a node's log shows after byte `from`, and the log's length.
+fn snapshot_installs_since(log: &Path, from: u64) -> (usize, u64) {
+    use std::io::{Read, Seek};
+    let Ok(mut file) = std::fs::File::open(log) else {
+        return (0, from);
+    };
+    let mut text = String::new();
+    if file.seek(std::io::SeekFrom::Start(from)).is_err() || file.read_to_string(&mut text).is_err() {
+        return (0, from);
+    }
+    (
+        text.matches(SNAPSHOT_INSTALLED_LINE).count(),
+        from + text.len() as u64,
+    )
+}
+
+/// `kill-during-snapshot`: finds a node about to install snapshots and `kill -9`s it as soon
+/// as its log shows the first install (the other groups' installs are then in flight), or at
+/// the end of a bounded wait. The node is a fresh one added now (its new replicas start from
+/// snapshots, the logs being purged under snapshot pressure); with no free slot, a member
+/// killed, kept down for a while and restarted (a leader postpones its purge while a
+/// replication to the node is in flight, so this finds fewer installs). Restarted at heal.
+async fn kill_during_snapshot(cluster: &mut Cluster, rng: &mut StdRng) -> Result<(Active, String)> {
+    let (victim, log_start, mut detail) = if cluster.has_free_slot() {
+        match cluster.add_node().await {
+            Ok(id) => (id, 0, format!("added node {id}")),
+            Err(err) => return Ok((Active::Membership, format!("add failed: {err:#}"))),
+        }
+    } else {
+        let running: Vec<usize> = cluster
+            .node_ids()
+            .into_iter()
+            .filter(|id| cluster.is_running(*id))
+            .collect();
+        let Some(victim) = running.choose(rng).copied() else {
+            return Ok((Active::Membership, "no member running".to_string()));
+        };
+        cluster.kill_node(victim)?;
+        tokio::time::sleep(SNAPSHOT_LAG_WAIT).await;
+        let log_start = std::fs::metadata(cluster.node_log(victim)).map_or(0, |meta| meta.len());
+        cluster.start_node(victim).await?;
+        let detail = format!("no free slot: killed {victim}, restarted it {SNAPSHOT_LAG_WAIT:?} later");
+        (victim, log_start, detail)
+    };
+    let log = cluster.node_log(victim);
+    let started = tokio::time::Instant::now();
+    let installs = loop {
+        let (installs, _) = snapshot_installs_since(&log, log_start);
+        if installs > 0 || started.elapsed() >= SNAPSHOT_INSTALL_WAIT {
+            break installs;
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    };
+    cluster.kill_node(victim)?;
+    if installs > 0 {
+        detail.push_str(&format!(
+            "; killed {victim} {:?} later, {installs} snapshot install(s) done",
+            started.elapsed()
+        ));
+    } else {
+        detail.push_str(&format!(
+            "; no snapshot install within {SNAPSHOT_INSTALL_WAIT:?}: killed {victim} anyway"
+        ));
+    }
+    Ok((Active::Killed(vec![victim]), detail))
+}
+
+/// Moves a random shard's leadership to a random other voter; a refusal is the detail.
+async fn transfer_leader(cluster: &Cluster, rng: &mut StdRng) -> String {
+    let led = led_shards(&cluster.statuses().await);
     let Some((shard, from, others)) = led.choose(rng).cloned() else {
         return "no shard leader known".to_string();
     };
@@ -916,6 +1278,32 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<String> {
                 cluster.start_node(id).await?;
             }
         }
+        Active::DisksSlow(victims) => {
+            for id in victims {
+                cluster.slow_syncs(id, Duration::ZERO)?;
+            }
+        }
+        Active::DisksFull(victims) => {
+            // As with failing disks: every victim down first, then the disks get space again
+            // (a node started on a full disk stops at once) and the nodes restart.
+            let mut outcomes = Vec::new();
+            for &id in &victims {
+                match stopped_by_itself(cluster, id, DISK_FULL_STOP_WAIT).await? {
+                    Some(code) => outcomes.push(format!("{id} stopped itself (exit code {code:?})")),
+                    None if cluster.is_running(id) => {
+                        warn!(node = id, "the node still runs on its full disk; killing it");
+                        cluster.kill_node(id)?;
+                        outcomes.push(format!("{id} still ran (killed)"));
+                    }
+                    None => outcomes.push(format!("{id} was down")),
+                }
+            }
+            for id in victims {
+                cluster.unfill_disk(id)?;
+                cluster.start_node(id).await?;
+            }
+            return Ok(format!("healed; {}", outcomes.join(", ")));
+        }
         Active::RouterKilled(index) => cluster.start_router(index).await?,
         Active::RouterPaused(index) => cluster.signal_router(index, libc::SIGCONT)?,
         Active::Clock { nodes, strobe } => {
@@ -929,6 +1317,19 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<String> {
         }
     }
     Ok("healed".to_string())
+}
+
+/// Reaps node `id` once it has exited by itself, waiting up to `wait` for it: its exit code
+/// (`None` inside when a signal ended it); `None` when it is down already or still runs.
+async fn stopped_by_itself(cluster: &mut Cluster, id: usize, wait: Duration) -> Result<Option<Option<i32>>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let exited = cluster.reap_node(id)?;
+        if exited.is_some() || !cluster.is_running(id) || tokio::time::Instant::now() >= deadline {
+            return Ok(exited);
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    }
 }
 
 /// Heals every fault that could still be active (used at the end of a run).
@@ -947,6 +1348,8 @@ pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
             cluster.set_clock_offset(*id, 0)?;
         }
     }
+    // Disks work again before any node starts: a node started on a full disk stops at once.
+    cluster.heal_disks()?;
     // Nodes killed for good come back too: whether or not the cluster declared them dead
     // yet, they must rejoin or clean up without serving anything stale.
     for id in ids {
@@ -1066,6 +1469,154 @@ mod tests {
         assert_eq!(find("/run/x/router-1.addr"), Some(34));
         assert_eq!(find("/run/x/router-0.addr"), Some(12));
         assert_eq!(find("/run/x/router-0"), None);
+    }
+
+    /// The disk and membership-under-fault nemeses are part of `all`; the disk ones mount
+    /// faultfs, the ones that restart a node at its address or partition need the network,
+    /// the ones that add nodes get spare slots, and only kill-during-snapshot forces snapshot
+    /// pressure.
+    #[test]
+    fn disk_and_membership_fault_nemeses_are_in_all() {
+        use NemesisKind::*;
+        let all = NemesisKind::all();
+        for kind in [
+            SlowDiskOne,
+            SlowDiskMinority,
+            DiskFullOne,
+            WipeNode,
+            TransferToPartitioned,
+            PartitionDuringMembership,
+            KillDuringSnapshot,
+        ] {
+            assert!(all.contains(&kind), "{}", kind.name());
+            assert_eq!(
+                kind.needs_disk_faults(),
+                matches!(kind, SlowDiskOne | SlowDiskMinority | DiskFullOne),
+                "{}",
+                kind.name()
+            );
+            assert_eq!(
+                kind.needs_network(),
+                matches!(kind, WipeNode | TransferToPartitioned | PartitionDuringMembership),
+                "{}",
+                kind.name()
+            );
+            assert_eq!(
+                kind.changes_membership(),
+                matches!(kind, WipeNode | PartitionDuringMembership | KillDuringSnapshot),
+                "{}",
+                kind.name()
+            );
+            assert_eq!(
+                kind.needs_snapshot_pressure(),
+                kind == KillDuringSnapshot,
+                "{}",
+                kind.name()
+            );
+        }
+        let names: std::collections::BTreeSet<&str> = all.iter().map(|kind| kind.name()).collect();
+        assert_eq!(names.len(), all.len(), "names are unique");
+    }
+
+    fn replica(shard: Option<u32>, role: v1::ReplicaRole, voters: &[u64]) -> v1::ReplicaInfo {
+        let mut replica = v1::ReplicaInfo {
+            shard_id: shard,
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
+        replica.set_role(role);
+        replica
+    }
+
+    fn statuses(nodes: Vec<(usize, Vec<v1::ReplicaInfo>)>) -> BTreeMap<usize, v1::NodeStatusResponse> {
+        nodes
+            .into_iter()
+            .map(|(id, replicas)| {
+                (
+                    id,
+                    v1::NodeStatusResponse {
+                        node_id: id as u64,
+                        replicas,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// A group is in flight when its leader reports learners or a joint configuration; the
+    /// nodes to isolate are its voters and learners. Followers' views and settled groups
+    /// are not.
+    #[test]
+    fn membership_in_flight_is_a_leader_with_learners_or_joint() {
+        use v1::ReplicaRole::{Follower, Leader};
+        let settled = statuses(vec![
+            (1, vec![replica(Some(0), Leader, &[1, 2, 3])]),
+            (2, vec![replica(Some(0), Follower, &[1, 2, 3])]),
+        ]);
+        assert_eq!(membership_in_flight(&settled), None);
+
+        let mut follower_with_learner = replica(Some(1), Follower, &[1, 2, 3]);
+        follower_with_learner.learners = vec![4];
+        let mut leader_with_learner = replica(Some(2), Leader, &[2, 3, 1]);
+        leader_with_learner.learners = vec![4];
+        let learning = statuses(vec![
+            (1, vec![follower_with_learner]),
+            (2, vec![leader_with_learner]),
+        ]);
+        assert_eq!(
+            membership_in_flight(&learning),
+            Some((Some(2), vec![1, 2, 3, 4], false))
+        );
+
+        let mut joint = replica(None, Leader, &[1, 2, 3, 4]);
+        joint.joint = true;
+        assert_eq!(
+            membership_in_flight(&statuses(vec![(3, vec![joint])])),
+            Some((None, vec![1, 2, 3, 4], true))
+        );
+    }
+
+    /// The shards a transfer can start from: each leader with its other voters; the system
+    /// group and followers are not listed.
+    #[test]
+    fn led_shards_lists_leaders_and_their_other_voters() {
+        use v1::ReplicaRole::{Follower, Leader};
+        let led = led_shards(&statuses(vec![
+            (
+                1,
+                vec![
+                    replica(Some(0), Leader, &[1, 2, 3]),
+                    replica(None, Leader, &[1, 2, 3]),
+                ],
+            ),
+            (
+                2,
+                vec![
+                    replica(Some(0), Follower, &[1, 2, 3]),
+                    replica(Some(1), Leader, &[2]),
+                ],
+            ),
+        ]));
+        assert_eq!(led, vec![(0, 1, vec![2, 3]), (1, 2, vec![])]);
+    }
+
+    /// Snapshot installs are counted only after the given offset of the log.
+    #[test]
+    fn snapshot_installs_are_counted_from_an_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("node-1.log");
+        std::fs::write(&log, "x installed snapshot group=s1\n").unwrap();
+        let (before, length) = snapshot_installs_since(&log, 0);
+        assert_eq!(before, 1);
+        let mut text = std::fs::read_to_string(&log).unwrap();
+        text.push_str("started\ninstalled snapshot group=s2\ninstalled snapshot group=system\n");
+        std::fs::write(&log, text).unwrap();
+        assert_eq!(snapshot_installs_since(&log, length).0, 2);
+        assert_eq!(
+            snapshot_installs_since(&dir.path().join("missing.log"), 0),
+            (0, 0)
+        );
     }
 
     /// A bridge of 3 blocks only the two ends; of 5, the two sides of the middle node.

@@ -191,7 +191,10 @@ async fn negative_control_fresh_request_ids_are_caught() -> anyhow::Result<()> {
         options.router_rpc_timeout_ms = Some(RETRYING_RPC_TIMEOUT_MS);
         let report = runner::run(options).await?;
         let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
-        assert_eq!(report.verdict.validity, expected, "fresh ids: {fresh_ids}: {summary}");
+        assert_eq!(
+            report.verdict.validity, expected,
+            "fresh ids: {fresh_ids}: {summary}"
+        );
         assert!(report.ops > 100, "the workload ran: {summary}");
     }
     Ok(())
@@ -492,6 +495,51 @@ async fn smoke_failing_disks_stop_their_nodes() -> anyhow::Result<()> {
         }
     }
     assert!(stopped >= 1, "no node stopped on its failed disk: {summary}");
+    Ok(())
+}
+
+/// The disk nemeses and the membership-under-fault ones in one short run (CI time: one run
+/// for all seven, each once): slow syncs on one node and on a minority, a disk that fills up
+/// (its node stops itself, exit code 74), a node wiped and restarted under its old id (it
+/// must not come back as a voter), a leader transfer to an isolated follower (refused or
+/// timed out, the old leader keeps serving), a partition while a replica set is in flight,
+/// and a node killed as it installs snapshots. The register and set workloads stay valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_disk_and_membership_faults_are_valid() -> anyhow::Result<()> {
+    if !fuse_or_skip("smoke_disk_and_membership_faults_are_valid") {
+        return Ok(());
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let kinds = vec![
+        NemesisKind::SlowDiskOne,
+        NemesisKind::SlowDiskMinority,
+        NemesisKind::DiskFullOne,
+        NemesisKind::WipeNode,
+        NemesisKind::TransferToPartitioned,
+        NemesisKind::PartitionDuringMembership,
+        NemesisKind::KillDuringSnapshot,
+    ];
+    let mut options = options(32, kinds.clone(), &out, 0x5eed_0012);
+    options.schedule = Schedule {
+        quiet: Duration::from_secs(1),
+        fault: Duration::from_secs(3),
+    };
+    let report = runner::run(options).await?;
+    let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
+    assert_eq!(report.verdict.validity, Validity::Valid, "{summary}");
+    let log = report.nemesis_log.join("\n");
+    for kind in kinds {
+        assert!(
+            log.contains(&format!("start {} ", kind.name())),
+            "{} ran:\n{log}",
+            kind.name()
+        );
+    }
+    assert!(
+        !log.contains("answers as a member") && !log.contains("succeeded (term"),
+        "no wiped node came back as a member, no transfer to an isolated node succeeded:\n{log}"
+    );
     Ok(())
 }
 
