@@ -1037,9 +1037,15 @@ fn led_shards(statuses: &BTreeMap<usize, v1::NodeStatusResponse>) -> Vec<(u32, u
 /// `transfer-to-partitioned`: isolates a follower of a random shard and asks the leader to
 /// hand it the leadership; the detail is the transfer's outcome and who leads afterwards.
 async fn transfer_to_partitioned(cluster: &Cluster, rng: &mut StdRng) -> Result<String> {
+    // Targets are members: a leader may still list a replaced or wiped node as a voter.
+    let members = cluster.node_ids();
     let led: Vec<(u32, usize, Vec<usize>)> = led_shards(&cluster.statuses().await)
         .into_iter()
-        .filter(|(_, _, others)| !others.is_empty())
+        .map(|(shard, leader, others)| {
+            let others = others.into_iter().filter(|id| members.contains(id)).collect();
+            (shard, leader, others)
+        })
+        .filter(|(_, _, others): &(u32, usize, Vec<usize>)| !others.is_empty())
         .collect();
     let Some((shard, from, others)) = led.choose(rng).cloned() else {
         return Ok("no shard leader with a follower known".to_string());
@@ -1047,11 +1053,7 @@ async fn transfer_to_partitioned(cluster: &Cluster, rng: &mut StdRng) -> Result<
     let Some(target) = others.choose(rng).copied() else {
         return Ok(format!("shard {shard} has no other voter"));
     };
-    let rest: Vec<usize> = cluster
-        .node_ids()
-        .into_iter()
-        .filter(|id| *id != target)
-        .collect();
+    let rest: Vec<usize> = members.iter().copied().filter(|id| *id != target).collect();
     cluster.block(&pairs_between(&[vec![target], rest]))?;
     let outcome = match cluster.transfer_leader(shard, from, target).await {
         Ok(term) => format!("transfer {from} -> {target} succeeded (term {term})"),

@@ -520,10 +520,12 @@ async fn smoke_disk_and_membership_faults_are_valid() -> anyhow::Result<()> {
         NemesisKind::PartitionDuringMembership,
         NemesisKind::KillDuringSnapshot,
     ];
+    // Seven faults of 1 + 2 s, plus the time their starts and heals take (adding nodes,
+    // waiting for a snapshot install, a full disk's node stopping): every kind runs once.
     let mut options = options(32, kinds.clone(), &out, 0x5eed_0012);
     options.schedule = Schedule {
         quiet: Duration::from_secs(1),
-        fault: Duration::from_secs(3),
+        fault: Duration::from_secs(2),
     };
     let report = runner::run(options).await?;
     let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
@@ -540,6 +542,11 @@ async fn smoke_disk_and_membership_faults_are_valid() -> anyhow::Result<()> {
         !log.contains("answers as a member") && !log.contains("succeeded (term"),
         "no wiped node came back as a member, no transfer to an isolated node succeeded:\n{log}"
     );
+    assert!(
+        log.contains("stopped itself (exit code Some(74))"),
+        "the node on the full disk stopped by itself:\n{log}"
+    );
+    eprintln!("{} ops recorded\n{log}", report.ops);
     Ok(())
 }
 
