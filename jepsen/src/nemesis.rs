@@ -37,7 +37,8 @@ const SLOW_NETWORK_REORDER_PROBABILITY: f64 = 0.05;
 /// `lossy-network`: every link loses a share of its packets drawn from this range (percent).
 const LOSSY_NETWORK_PERCENT: std::ops::RangeInclusive<u32> = 5..=20;
 /// `slow-disk-*`: every sync of a victim takes a delay drawn from this range (one draw per
-/// victim and fault): several heartbeat intervals, below the election timeout's scale.
+/// victim and fault): 2–10 heartbeat intervals of the runs' 100 ms, and up to twice their
+/// minimum election timeout.
 const SLOW_DISK_DELAY_MS: std::ops::RangeInclusive<u64> = 200..=1000;
 /// `disk-full-one`: the disk fills once the victim has written this much more (one draw per
 /// fault; 0: at once), so a write batch can be half-written when it fills. A debug build
@@ -211,8 +212,8 @@ impl NemesisKind {
         )
     }
 
-    /// Whether the nemesis needs the nodes to snapshot and purge their logs often, so that a
-    /// node that was down must install snapshots.
+    /// Whether the nemesis needs the nodes to snapshot and purge their logs often, so that new
+    /// replicas start from snapshots.
     pub fn needs_snapshot_pressure(self) -> bool {
         self == NemesisKind::KillDuringSnapshot
     }
@@ -1069,8 +1070,10 @@ async fn transfer_to_partitioned(cluster: &Cluster, rng: &mut StdRng) -> Result<
     ))
 }
 
-/// The first group found with a replica set in flight — learners catching up, or a joint
-/// configuration — as (shard, every voter and learner, joint); `None` when all are settled.
+/// The first group found with a replica set in flight — a shard with learners catching up,
+/// or any group in a joint configuration (the system group always has learners: every member
+/// beyond its voters) — as (shard, every voter and learner, joint); `None` when all are
+/// settled.
 fn membership_in_flight(
     statuses: &BTreeMap<usize, v1::NodeStatusResponse>,
 ) -> Option<(Option<u32>, Vec<usize>, bool)> {
@@ -1078,7 +1081,8 @@ fn membership_in_flight(
         .values()
         .flat_map(|status| &status.replicas)
         .find_map(|replica| {
-            if replica.role() != v1::ReplicaRole::Leader || (replica.learners.is_empty() && !replica.joint) {
+            let learning = replica.shard_id.is_some() && !replica.learners.is_empty();
+            if replica.role() != v1::ReplicaRole::Leader || !(learning || replica.joint) {
                 return None;
             }
             let mut nodes: Vec<usize> = replica
@@ -1546,9 +1550,9 @@ mod tests {
             .collect()
     }
 
-    /// A group is in flight when its leader reports learners or a joint configuration; the
-    /// nodes to isolate are its voters and learners. Followers' views and settled groups
-    /// are not.
+    /// A shard is in flight when its leader reports learners or a joint configuration, the
+    /// system group only when joint; the nodes to isolate are its voters and learners.
+    /// Followers' views and settled groups are not.
     #[test]
     fn membership_in_flight_is_a_leader_with_learners_or_joint() {
         use v1::ReplicaRole::{Follower, Leader};
@@ -1557,6 +1561,13 @@ mod tests {
             (2, vec![replica(Some(0), Follower, &[1, 2, 3])]),
         ]);
         assert_eq!(membership_in_flight(&settled), None);
+        let mut system_with_learners = replica(None, Leader, &[1, 2, 3]);
+        system_with_learners.learners = vec![4, 5];
+        assert_eq!(
+            membership_in_flight(&statuses(vec![(1, vec![system_with_learners])])),
+            None,
+            "the system group always has learners"
+        );
 
         let mut follower_with_learner = replica(Some(1), Follower, &[1, 2, 3]);
         follower_with_learner.learners = vec![4];
