@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start a cluster, run workloads under faults, check the history.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Re-check a recorded history (history.edn).
     Check {
         /// The EDN history file.
@@ -284,7 +284,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
             Command::Check {
                 history,
                 isolation,
