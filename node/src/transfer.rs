@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use openraft::error::Fatal;
 use openraft::ServerState;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{CampaignRefusal, NodeError};
 use crate::hibernation::Hibernation;
 use crate::raft::types::{GroupId, NodeId, Raft};
+use crate::storage::fail_stop;
 
 type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 
@@ -85,7 +87,8 @@ impl Leadership {
 }
 
 /// Follows the group's metrics to record when it became leader, and wakes a hibernating
-/// group when its role or term changes. Stops with `cancel` or when the group shuts down.
+/// group when its role or term changes; stops the node (fail-stop) when a storage error
+/// stopped the group. Stops with `cancel` or when the group shuts down.
 pub async fn watch_leadership(
     raft: Raft,
     leadership: Arc<Leadership>,
@@ -97,6 +100,12 @@ pub async fn watch_leadership(
     loop {
         let role = {
             let current = metrics.borrow_and_update();
+            if let Err(Fatal::StorageError(err)) = &current.running_state {
+                // A storage error stopped this group's Raft core (e.g. a snapshot file on a
+                // full disk): the node must not run on without it.
+                fail_stop::storage_failed("the storage of a Raft group", err);
+                break;
+            }
             leadership.observe(current.state, current.current_term);
             (current.state, current.current_term, current.current_leader)
         };
