@@ -1,0 +1,54 @@
+//! ringkv certificates: a cluster CA, and the certificates it signs for nodes, routers and
+//! clients, written as PEM files and read back with their checks.
+//!
+//! Nothing in ringkv speaks TLS yet; this crate makes and checks the certificates that the
+//! TLS wiring of nodes, routers, clients and gossip (issue 15) will present and verify.
+//!
+//! - `role` — the [`Role`] a certificate grants and its encoding, a SAN URI
+//!   `ringkv://role/<node|router|client>` (the module docs say why).
+//! - `issue` — [`CertificateAuthority`]: create a CA or load one, and issue leaves
+//!   ([`LeafRequest`] → [`IssuedCert`]).
+//! - `inspect` — [`CertInfo`]: what a certificate says, and [`CertInfo::verify`]: signed by
+//!   the CA, valid now, one known role.
+//! - `files` — `<name>.crt` / `<name>.key` in a directory; keys 0600; no overwrite unless asked.
+//! - `validity` — [`Validity`] windows and their defaults (CA 10 years, leaves 1 year).
+//! - `error` — [`CertError`], one variant per bad input.
+//!
+//! ```
+//! use ringkv_tls::{CertificateAuthority, LeafRequest, Role, Validity};
+//!
+//! let ca = CertificateAuthority::create("demo", Validity::days_from_now(3650)?)?;
+//! let node = ca.issue(&LeafRequest {
+//!     role: Role::Node,
+//!     hosts: vec!["127.0.0.1".into(), "node1.example".into()],
+//!     user: None,
+//!     validity: Validity::days_from_now(365)?,
+//! })?;
+//! let der = ringkv_tls::parse_certificate_pem(&node.cert_pem, "node.crt")?;
+//! let info = ringkv_tls::CertInfo::from_der(&der, "node.crt")?;
+//! assert_eq!(info.verify(ca.info(), std::time::SystemTime::now())?, Role::Node);
+//! # Ok::<(), ringkv_tls::CertError>(())
+//! ```
+
+mod error;
+mod files;
+mod inspect;
+mod issue;
+mod role;
+mod validity;
+
+pub use error::CertError;
+pub use files::{
+    leaf_base_name, read_text, write_pair, CertPaths, CA_BASE_NAME, CERTS_DIR_MODE, CERT_FILE_MODE,
+    KEY_FILE_MODE,
+};
+pub use inspect::{parse_certificate_pem, read_certificate, CertInfo};
+pub use issue::{check_user, CertificateAuthority, IssuedCert, LeafRequest, MAX_NAME_CHARS};
+pub use role::{Role, ROLE_URI_PREFIX};
+pub use validity::{
+    format_time, Validity, CLOCK_SKEW_ALLOWANCE, DEFAULT_CA_LIFETIME_DAYS, DEFAULT_LEAF_LIFETIME_DAYS,
+    MAX_LIFETIME_DAYS,
+};
+
+#[cfg(test)]
+mod tests;

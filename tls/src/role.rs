@@ -1,0 +1,76 @@
+//! The role a certificate grants, and how it is written into the certificate.
+//!
+//! A role is a SAN URI `ringkv://role/<node|router|client>`. Why a SAN URI, not the subject
+//! or an extended key usage: the subject's common name already says who (a user name for
+//! clients, so it cannot also say what); a private EKU OID would be opaque in
+//! `openssl x509 -text` and rustls/webpki would check it as a key purpose; URI SANs are
+//! the convention of SPIFFE ids, every tool prints them, and a verifier reads them from the
+//! peer's DER with one parse. A certificate carries exactly one role URI.
+
+use std::fmt;
+
+/// The URI prefix of role SANs; the role name follows.
+pub const ROLE_URI_PREFIX: &str = "ringkv://role/";
+
+/// What a certificate may do in a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A storage node: serves and dials (server and client auth), SANs for its addresses.
+    Node,
+    /// A router: serves clients and dials nodes (server and client auth), SANs for its addresses.
+    Router,
+    /// A client (a user): client auth only, the user name as common name.
+    Client,
+}
+
+impl Role {
+    /// Every role, in a stable order.
+    pub const ALL: [Role; 3] = [Role::Node, Role::Router, Role::Client];
+
+    /// The lowercase name: `node`, `router`, `client`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Router => "router",
+            Role::Client => "client",
+        }
+    }
+
+    /// The SAN URI that encodes this role, e.g. `ringkv://role/node`.
+    pub fn uri(self) -> String {
+        format!("{ROLE_URI_PREFIX}{}", self.name())
+    }
+
+    /// Whether the certificate also authenticates a server (nodes and routers accept
+    /// connections; clients only dial).
+    pub fn is_server(self) -> bool {
+        matches!(self, Role::Node | Role::Router)
+    }
+
+    /// The role named `name` (`node`, `router`, `client`).
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.name() == name)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each role's URI names it back.
+    #[test]
+    fn role_uris_round_trip() {
+        for role in Role::ALL {
+            let uri = role.uri();
+            let name = uri.strip_prefix(ROLE_URI_PREFIX).expect("prefix");
+            assert_eq!(Role::from_name(name), Some(role), "{uri}");
+        }
+        assert_eq!(Role::from_name("admin"), None);
+    }
+}
