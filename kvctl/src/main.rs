@@ -10,6 +10,8 @@
 //! - `cluster` — `cluster init` (talks to the nodes), `cluster status` and `cluster plan`
 //!   (a router).
 //! - `membership` — `node add`, `node decommission`, `cluster plan`, `rebalance status`.
+//! - `cert` — `cert create-ca | create-node | create-router | create-client | show`: the
+//!   cluster CA and role certificates (`ringkv-tls`), as PEM files.
 //! - `playground` — a complete local cluster of real processes (unix only).
 //! - `output` — what the renderings share: the output format, bytes as cells and JSON
 //!   fields, aligned tables, writing to stdout; `value` — keys and values from arguments, files and
@@ -17,6 +19,7 @@
 //!   exit code mapping.
 
 mod batch;
+mod cert;
 mod cluster;
 mod exit;
 mod kv;
@@ -137,6 +140,9 @@ enum Command {
     /// Collect the records of old transactions now (routers also do it periodically).
     #[command(name = "txn-gc")]
     TxnGc(txn_gc::TxnGcArgs),
+    /// Create the cluster CA and certificates for nodes, routers and clients; show one.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Start a local cluster of real processes (nodes + router) and keep it running.
     #[cfg(unix)]
     Playground(playground::PlaygroundArgs),
@@ -224,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Timestamp(args) => {
             timestamp::run(&connect(endpoints, router_config).await?, args, output).await
         }
+        Command::Cert(command) => cert::run(command, output),
         #[cfg(unix)]
         Command::Playground(args) => playground::run(args).await,
     }

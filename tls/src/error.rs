@@ -1,6 +1,7 @@
 //! The one error type of the crate: every bad input has its own variant, so callers (kvctl
 //! today, the TLS wiring of nodes and routers next) can tell a usage mistake from a refused
-//! certificate.
+//! certificate. An IO error is part of its variant's message, not a separate source, so
+//! the message is whole however it is printed.
 
 use std::path::PathBuf;
 
@@ -9,19 +10,11 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum CertError {
     /// A file could not be read (missing, unreadable).
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {}: {io_error}", path.display())]
+    Read { path: PathBuf, io_error: std::io::Error },
     /// A file or its directory could not be written.
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot write {}: {io_error}", path.display())]
+    Write { path: PathBuf, io_error: std::io::Error },
     /// The file exists and overwriting was not asked for.
     #[error("{} already exists; refusing to overwrite it", path.display())]
     AlreadyExists { path: PathBuf },

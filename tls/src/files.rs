@@ -68,9 +68,9 @@ pub fn write_pair(paths: &CertPaths, issued: &IssuedCert, overwrite: bool) -> Re
 
 /// Reads a whole text file.
 pub fn read_text(path: &Path) -> Result<String, CertError> {
-    fs::read_to_string(path).map_err(|source| CertError::Read {
+    fs::read_to_string(path).map_err(|io_error| CertError::Read {
         path: path.to_path_buf(),
-        source,
+        io_error,
     })
 }
 
@@ -79,16 +79,16 @@ fn create_dir(dir: &Path) -> Result<(), CertError> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, CERTS_DIR_MODE);
-    builder.create(dir).map_err(|source| CertError::Write {
+    builder.create(dir).map_err(|io_error| CertError::Write {
         path: dir.to_path_buf(),
-        source,
+        io_error,
     })
 }
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
-    let write_error = |source| CertError::Write {
+    let write_error = |io_error| CertError::Write {
         path: path.to_path_buf(),
-        source,
+        io_error,
     };
     let mut temporary_name = path.as_os_str().to_owned();
     temporary_name.push(".tmp");
