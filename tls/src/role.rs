@@ -2,10 +2,11 @@
 //!
 //! A role is a SAN URI `ringkv://role/<node|router|client>`. Why a SAN URI, not the subject
 //! or an extended key usage: the subject's common name already says who (a user name for
-//! clients, so it cannot also say what); a private EKU OID would be opaque in
-//! `openssl x509 -text` and rustls/webpki would check it as a key purpose; URI SANs are
-//! the convention of SPIFFE ids, every tool prints them, and a verifier reads them from the
-//! peer's DER with one parse. A certificate carries exactly one role URI.
+//! clients, so it cannot also say what); an extended key usage says what the key may do in
+//! TLS (webpki checks serverAuth/clientAuth there), and a private EKU OID prints as a bare
+//! number in `openssl x509 -text`; URI SANs are the convention of SPIFFE ids, every tool
+//! prints them, and a verifier reads them from the peer's DER with one parse. A certificate
+//! carries exactly one role URI.
 
 use std::fmt;
 
