@@ -60,6 +60,13 @@ pub struct NodeConfig {
     pub max_ops_per_write: usize,
     /// Largest gRPC message accepted or sent.
     pub max_message_bytes: usize,
+    /// Most client requests (`ShardKv`, `Tso`, `Admin`) this node serves at once, over all
+    /// connections; beyond it a request is refused at once with `RESOURCE_EXHAUSTED`
+    /// (marked not applied, so a router retries it within its deadline).
+    pub max_inflight_requests: usize,
+    /// Most peer requests (`Raft`: replication, votes, snapshots, joins) this node serves at
+    /// once, counted apart from client requests so client load cannot starve Raft.
+    pub max_inflight_peer_requests: usize,
     /// How long a write's request id de-duplicates retries beyond the last
     /// [`crate::raft::state_machine::DedupPolicy::MIN_RECORDS`] requests of its shard, which are
     /// always kept. Measured by the shard leaders' monotonic clocks, so no wall-clock fault
@@ -166,6 +173,10 @@ impl Default for NodeConfig {
             max_value_bytes: 1 << 20,
             max_ops_per_write: 1_000,
             max_message_bytes: 16 << 20,
+            // Above what routers send: a router serves at most 4,096 requests at once.
+            max_inflight_requests: 8192,
+            // 256 groups with a few replication and heartbeat calls each in flight.
+            max_inflight_peer_requests: 8192,
             dedup_window_ms: 5 * 60 * 1000,
             gossip_seeds: Vec::new(),
             gossip_interval_ms: 500,
@@ -290,6 +301,9 @@ impl NodeConfig {
         }
         if self.max_ops_per_write == 0 {
             return fail("max_ops_per_write must be positive".to_string());
+        }
+        if self.max_inflight_requests == 0 || self.max_inflight_peer_requests == 0 {
+            return fail("max_inflight_requests and max_inflight_peer_requests must be positive".to_string());
         }
         if self.max_message_bytes < self.max_value_bytes + self.max_key_bytes + 4096 {
             return fail("max_message_bytes must hold at least one maximal key and value".to_string());

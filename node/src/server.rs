@@ -21,6 +21,7 @@ use crate::membership::SystemDuties;
 use crate::node::Node;
 use crate::reconcile::Reconciler;
 use crate::service::admin::AdminService;
+use crate::service::inflight::{Bounded, InflightLimit};
 use crate::service::raft::RaftService;
 use crate::service::shard::ShardKvService;
 use crate::service::tso::TsoService;
@@ -35,6 +36,15 @@ const LISTEN_ADDR_KEY: &[u8] = b"listen_addr";
 /// closed the whole shared node-to-node connection (GOAWAY `ENHANCE_YOUR_CALM`), failing
 /// every group's RPCs on it — leadership confirmations included. A flood is still bounded.
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+/// Most HTTP/2 streams (requests in flight) one connection may open at once (tonic sets no
+/// limit by default). A peer or router beyond it waits for a stream to close (the client
+/// queues), so this bounds what one connection holds; `max_inflight_requests` and
+/// `max_inflight_peer_requests` bound all connections together. Above what the cluster
+/// itself opens on one connection: a router serves at most 4,096 requests at once.
+pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 4096;
+/// Largest `Admin` or `Tso` message accepted (their requests are small; tonic's default,
+/// made explicit). Replies, such as a node status of many groups, are not limited.
+pub const MAX_CONTROL_REQUEST_BYTES: usize = 4 << 20;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +142,8 @@ impl NodeServer {
             None => local_addr.to_string(),
         };
         let max_message_bytes = config.max_message_bytes;
+        let client_limit = InflightLimit::new("max_inflight_requests", config.max_inflight_requests);
+        let peer_limit = InflightLimit::new("max_inflight_peer_requests", config.max_inflight_peer_requests);
         let node = Node::open(config, advertise, engine, catalog).await?;
         let liveness = LivenessView::default();
         let reconciler = Reconciler::spawn(node.clone());
@@ -142,18 +154,29 @@ impl NodeServer {
         let cancel = CancellationToken::new();
         let router = tonic::transport::Server::builder()
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
-            .add_service(
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
+            .add_service(Bounded::new(
                 ShardKvServer::new(ShardKvService::new(node.clone()))
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes),
-            )
-            .add_service(
+                client_limit.clone(),
+            ))
+            .add_service(Bounded::new(
                 RaftServer::new(RaftService::new(node.clone()))
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes),
-            )
-            .add_service(AdminServer::new(AdminService::new(node.clone(), oracle.clone())))
-            .add_service(TsoServer::new(TsoService::new(oracle.clone())));
+                peer_limit,
+            ))
+            .add_service(Bounded::new(
+                AdminServer::new(AdminService::new(node.clone(), oracle.clone()))
+                    .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES),
+                client_limit.clone(),
+            ))
+            .add_service(Bounded::new(
+                TsoServer::new(TsoService::new(oracle.clone()))
+                    .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES),
+                client_limit,
+            ));
         let shutdown = cancel.clone();
         let serve = tokio::spawn(async move {
             // Nagle would hold small responses behind delayed ACKs (tens of ms per request).

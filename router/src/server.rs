@@ -43,6 +43,10 @@ use crate::txn_service::TxnService;
 const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a client keep-alive ping may go unanswered.
 const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most HTTP/2 streams (requests in flight) one client connection may open at once (tonic
+/// sets no limit by default); a client beyond it waits for a stream to close. All
+/// connections together are bounded by `max_inflight_requests` and `max_open_streams`.
+pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Entry point: `Router::start(config)`.
 pub struct Router;
@@ -136,7 +140,9 @@ impl Router {
         let kv = KvServer::new(KvService::new(Arc::clone(&ctx)))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
-        let tso_service = TsoServer::new(TsoService::new(Arc::clone(&ctx), Arc::clone(&tso)));
+        let tso_service = TsoServer::new(TsoService::new(Arc::clone(&ctx), Arc::clone(&tso)))
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(config.max_response_bytes);
         let txn_service = TxnServer::new(TxnService::new(
             Arc::clone(&ctx),
             Arc::clone(&tso),
@@ -153,6 +159,7 @@ impl Router {
         let serve = Server::builder()
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
             .add_service(kv)
             .add_service(admin)
             .add_service(tso_service)

@@ -4,8 +4,10 @@
 //! - [`raft`]: `Raft` — the multi-raft transport, cluster join, system proposals.
 //! - [`admin`]: `Admin` — cluster bootstrap and node status.
 //! - [`tso`]: `Tso` — timestamps from the timestamp oracle.
+//! - [`inflight`]: the bound on requests in flight, around every service.
 
 pub mod admin;
+pub mod inflight;
 pub mod raft;
 pub mod shard;
 pub mod tso;

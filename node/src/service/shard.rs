@@ -58,7 +58,7 @@ impl ShardKvService {
         let (ring, group) = self.node.shard_group(request.shard_id)?;
         if request.keys.is_empty() || request.keys.len() > self.node.config().max_ops_per_write {
             return Err(NodeError::InvalidArgument(format!(
-                "a read needs 1..={} keys, got {}",
+                "a read needs 1..={} keys (max_ops_per_write), got {}",
                 self.node.config().max_ops_per_write,
                 request.keys.len()
             )));
@@ -132,7 +132,7 @@ impl ShardKvService {
     ) -> Result<v1::ShardWriteBatchResponse, NodeError> {
         if request.writes.is_empty() || request.writes.len() > MAX_BATCH_WRITES {
             return Err(NodeError::InvalidArgument(format!(
-                "a write batch needs 1..={MAX_BATCH_WRITES} writes, got {}",
+                "a write batch needs 1..={MAX_BATCH_WRITES} writes (MAX_BATCH_WRITES), got {}",
                 request.writes.len()
             )));
         }
@@ -191,7 +191,7 @@ impl ShardKvService {
         let max_ops = self.node.config().max_ops_per_write;
         if request.ops.is_empty() || request.ops.len() > max_ops {
             return Err(NodeError::InvalidArgument(format!(
-                "a write needs 1..={max_ops} ops, got {}",
+                "a write needs 1..={max_ops} ops (max_ops_per_write), got {}",
                 request.ops.len()
             )));
         }
