@@ -14,11 +14,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use ringkv_proto::metadata;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
 use tonic::Status;
+
+use super::status;
+use crate::error::NodeError;
 
 /// A shared bound on requests in flight, named after its config field.
 #[derive(Debug, Clone)]
@@ -42,13 +44,12 @@ impl InflightLimit {
     /// A permit held for one request, or the `RESOURCE_EXHAUSTED` status to answer.
     pub fn try_acquire(&self) -> Result<OwnedSemaphorePermit, Status> {
         Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
-            let mut status = Status::resource_exhausted(format!(
-                "node overloaded: {} requests in flight, the limit {} = {}; retry later",
+            let overloaded = NodeError::Overloaded(format!(
+                "{} requests in flight, the limit {} = {}; retry later",
                 self.max_inflight, self.field, self.max_inflight
             ));
-            // Refused before decoding: nothing was applied.
-            metadata::set_rejected(&mut status);
-            status
+            // Refused before decoding: marked as not applied, whatever the call.
+            status(overloaded, true)
         })
     }
 }
@@ -104,6 +105,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringkv_proto::metadata;
     use std::time::Duration;
 
     use tokio::sync::watch;

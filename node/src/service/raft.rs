@@ -52,6 +52,25 @@ impl RaftService {
     }
 }
 
+/// Most entries one `AppendEntries` may carry. Far above what a leader sends (openraft's
+/// `max_payload_entries`, 300 by default, within the 1 MiB replication batch), it bounds the
+/// work one append hands to the Raft core and the log; the message's bytes (and so what
+/// decoding it costs) are bounded by `max_message_bytes`.
+pub const MAX_APPEND_ENTRIES: usize = 65_536;
+
+/// Refuses an append of more than [`MAX_APPEND_ENTRIES`] entries.
+fn check_append_entries(entries: usize) -> Result<(), Status> {
+    if entries > MAX_APPEND_ENTRIES {
+        return Err(status(
+            NodeError::InvalidArgument(format!(
+                "an append carries {entries} entries, more than MAX_APPEND_ENTRIES = {MAX_APPEND_ENTRIES}"
+            )),
+            false,
+        ));
+    }
+    Ok(())
+}
+
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
     postcard::from_bytes(payload).map_err(|err| {
         let malformed = NodeError::Malformed {
@@ -95,6 +114,7 @@ impl RaftRpc for RaftService {
         let message = request.into_inner();
         let group = self.group(&message)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&message.payload)?;
+        check_append_entries(rpc.entries.len())?;
         reply(&group.raft.append_entries(rpc).await)
     }
 
@@ -282,6 +302,22 @@ mod tests {
 
     fn answer(leader: Vote, promised: Option<Vote>) -> AppendEntriesResponse<NodeId> {
         confirmation(&leader, promised)
+    }
+
+    /// Appends up to MAX_APPEND_ENTRIES entries pass; one more is refused, naming the limit.
+    #[test]
+    fn appends_are_bounded_in_entries() {
+        assert!(check_append_entries(0).is_ok());
+        assert!(check_append_entries(MAX_APPEND_ENTRIES).is_ok());
+        let refused = check_append_entries(MAX_APPEND_ENTRIES + 1).expect_err("one too many");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused
+                .message()
+                .contains("65537 entries, more than MAX_APPEND_ENTRIES = 65536"),
+            "{}",
+            refused.message()
+        );
     }
 
     #[test]
