@@ -83,7 +83,7 @@ pub struct RouterConfig {
     /// `RESOURCE_EXHAUSTED`. Streams (`ScanStream`, `Count`) do not count: they have
     /// `max_open_streams`.
     pub max_inflight_requests: usize,
-    /// Most streams (`ScanStream`, `Count`) open at once, apart from
+    /// Most streams (`ScanStream`, `Count`, `Txn.Gc`) open at once, apart from
     /// `max_inflight_requests`; beyond it a stream is refused with `RESOURCE_EXHAUSTED`.
     /// With `stream_buffer_bytes`, it bounds the router memory streams use.
     pub max_open_streams: usize,

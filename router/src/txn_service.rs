@@ -41,8 +41,13 @@ impl<N: NodeApi> Txn for TxnService<N> {
     type GcStream = ResponseStream<TxnGcProgress>;
 
     /// Runs on its own task, which ends with the collection or when the caller goes away
-    /// (its progress can no longer be sent).
+    /// (its progress can no longer be sent). The task holds a stream slot, so collections
+    /// running at once are bounded by `max_open_streams` with the other streams.
     async fn gc(&self, request: Request<TxnGcRequest>) -> Result<Response<Self::GcStream>, Status> {
+        let admission = self
+            .ctx
+            .admit_stream(request.metadata())
+            .map_err(|e| to_status(&e))?;
         let age = match request.into_inner().age_ms {
             0 => self.gc_age,
             ms => Duration::from_millis(ms),
@@ -50,6 +55,7 @@ impl<N: NodeApi> Txn for TxnService<N> {
         let (sender, receiver) = tokio::sync::mpsc::channel(GC_PROGRESS_BUFFER);
         let (ctx, tso) = (Arc::clone(&self.ctx), Arc::clone(&self.tso));
         tokio::spawn(async move {
+            let _slot = admission.slot;
             let progress = sender.clone();
             let run = txn_gc::collect(&ctx, &tso, age, |step| {
                 // A full buffer drops a step; the last one is sent below, awaited.

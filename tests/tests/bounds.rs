@@ -189,3 +189,46 @@ async fn a_node_refuses_requests_beyond_its_inflight_limit() -> anyhow::Result<(
         .expect("the node serves once the flood is over");
     Ok(())
 }
+
+/// `Txn.Gc` takes a stream slot: with `max_open_streams = 1` and a `ScanStream` open, a
+/// collection is refused with RESOURCE_EXHAUSTED naming the limit (collections on demand
+/// were unbounded in number), and runs once the stream is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_on_demand_share_the_stream_slots() -> anyhow::Result<()> {
+    let options = ClusterOptions {
+        router_config: vec!["max_open_streams = 1".to_string()],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(options).await?;
+    let mut kv = cluster.kv().await?;
+    let addr = cluster
+        .router_addr
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no router"))?;
+    let mut txn = v1::txn_client::TxnClient::connect(format!("http://{addr}")).await?;
+    let open = kv
+        .scan_stream(v1::ScanRequest {
+            prefix: b"bounds/".to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let refused = txn
+        .gc(v1::TxnGcRequest::default())
+        .await
+        .expect_err("the only stream slot is taken");
+    assert_refused(&refused, Code::ResourceExhausted, "max_open_streams = 1");
+    drop(open);
+    let mut progress = ringkv_tests::wait_until("a collection once the stream is closed", WAIT, || {
+        let mut txn = txn.clone();
+        async move { txn.gc(v1::TxnGcRequest::default()).await.ok() }
+    })
+    .await?
+    .into_inner();
+    while let Some(step) = progress.message().await? {
+        if step.phase == v1::txn_gc_progress::Phase::Done as i32 {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the collection ended without its last step")
+}
