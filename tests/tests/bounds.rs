@@ -232,3 +232,52 @@ async fn collections_on_demand_share_the_stream_slots() -> anyhow::Result<()> {
     }
     anyhow::bail!("the collection ended without its last step")
 }
+
+/// The `SETTINGS_MAX_CONCURRENT_STREAMS` a server at `addr` announces on a new HTTP/2
+/// connection (`None`: not announced, so unlimited).
+async fn announced_max_streams(addr: &str) -> anyhow::Result<Option<u32>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+    const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    // An empty SETTINGS frame: length 0, type SETTINGS, no flags, stream 0.
+    stream.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await?;
+    let read = async {
+        loop {
+            let mut header = [0u8; 9];
+            stream.read_exact(&mut header).await?;
+            let length = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            anyhow::ensure!(length <= 1 << 14, "a frame of {length} bytes");
+            let mut payload = vec![0u8; length];
+            stream.read_exact(&mut payload).await?;
+            if header[3] != SETTINGS || header[4] & ACK != 0 {
+                continue;
+            }
+            let announced = payload.chunks_exact(6).find_map(|setting| {
+                (u16::from_be_bytes([setting[0], setting[1]]) == MAX_CONCURRENT_STREAMS)
+                    .then(|| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]))
+            });
+            return Ok(announced);
+        }
+    };
+    tokio::time::timeout(WAIT, read).await?
+}
+
+/// Nodes and routers bound the HTTP/2 streams one connection may open at once (tonic
+/// announces no limit by default): 4096 at a node, 1024 at a router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_bound_the_streams_of_a_connection() -> anyhow::Result<()> {
+    let mut cluster = Cluster::nodes_only(ClusterOptions {
+        nodes: 1,
+        shards: 1,
+        replication_factor: 1,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let router = cluster.start_router().await?;
+    assert_eq!(announced_max_streams(&cluster.node_addr(1)?).await?, Some(4096));
+    assert_eq!(announced_max_streams(&router).await?, Some(1024));
+    Ok(())
+}
