@@ -31,7 +31,7 @@ const DEFAULT_CLUSTER_NAME: &str = "default";
 /// `kvctl cert ...`
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
-    /// Create the cluster CA: <certs-dir>/ca.crt and its key (--ca-key).
+    /// Create the cluster CA: ca.crt in the certs directory, and its key (--ca-key).
     CreateCa(CreateCaArgs),
     /// Create a node certificate (server and client auth) signed by the CA.
     CreateNode(CreateHostArgs),
@@ -49,7 +49,7 @@ pub struct CommonArgs {
     /// Directory of the certificates and keys.
     #[arg(long, value_name = "DIR", env = "RINGKV_CERTS_DIR", default_value = DEFAULT_CERTS_DIR)]
     pub certs_dir: PathBuf,
-    /// The CA's private key [default: <certs-dir>/ca.key].
+    /// The CA's private key [default: ca.key in the certs directory].
     #[arg(long, value_name = "PATH")]
     pub ca_key: Option<PathBuf>,
     /// Validity in days [default: 3650 for the CA, 365 for the others].
@@ -325,7 +325,7 @@ fn sans(info: &CertInfo) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// The CA key defaults to <certs-dir>/ca.key; --ca-key moves it.
+    /// The CA key defaults to `<certs-dir>/ca.key`; --ca-key moves it.
     #[test]
     fn ca_key_defaults_to_the_certs_dir() {
         let mut common = CommonArgs {
