@@ -51,12 +51,13 @@ const DISK_FULL_STOP_WAIT: Duration = Duration::from_secs(10);
 /// `partition-during-membership`: how long to watch for a replica set in flight (learners
 /// catching up or a joint configuration) after the change was asked for.
 const MEMBERSHIP_IN_FLIGHT_WAIT: Duration = Duration::from_secs(3);
-/// `kill-during-snapshot` without a free slot: how long the victim stays down, lagging …
-const SNAPSHOT_LAG_WAIT: Duration = Duration::from_secs(2);
+/// `kill-during-snapshot` without a free slot: the victim stays down until the others applied
+/// this many more entries on some shard (more than snapshot pressure's 30 per snapshot) …
+const SNAPSHOT_LAG_ENTRIES: u64 = 60;
+/// … or at most this long …
+const SNAPSHOT_LAG_WAIT: Duration = Duration::from_secs(5);
 /// … and how long after its start the harness watches its log for the first install.
 const SNAPSHOT_INSTALL_WAIT: Duration = Duration::from_secs(8);
-/// How often the bounded waits above look again.
-const WATCH_INTERVAL: Duration = Duration::from_millis(25);
 /// The line a node logs when a group finished installing a snapshot.
 const SNAPSHOT_INSTALLED_LINE: &str = "installed snapshot";
 
@@ -1100,16 +1101,12 @@ fn membership_in_flight(
 /// `partition-during-membership`, after the change was asked for: watches (bounded) for a
 /// group in flight and isolates one of its nodes — or, when none shows, a random member.
 async fn partition_in_flight(cluster: &Cluster, rng: &mut StdRng) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + MEMBERSHIP_IN_FLIGHT_WAIT;
-    let in_flight = loop {
-        if let Some(found) = membership_in_flight(&cluster.statuses().await) {
-            break Some(found);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            break None;
-        }
-        tokio::time::sleep(WATCH_INTERVAL).await;
-    };
+    let in_flight =
+        ringkv_launcher::wait_for("a replica set in flight", MEMBERSHIP_IN_FLIGHT_WAIT, || async {
+            membership_in_flight(&cluster.statuses().await)
+        })
+        .await
+        .ok();
     let members = cluster.node_ids();
     let (victim, what) = match &in_flight {
         Some((group, nodes, joint)) => {
@@ -1171,22 +1168,42 @@ async fn kill_during_snapshot(cluster: &mut Cluster, rng: &mut StdRng) -> Result
         let Some(victim) = running.choose(rng).copied() else {
             return Ok((Active::Membership, "no member running".to_string()));
         };
+        let before = applied_indexes(&cluster.statuses().await);
         cluster.kill_node(victim)?;
-        tokio::time::sleep(SNAPSHOT_LAG_WAIT).await;
+        let down = tokio::time::Instant::now();
+        // Down until the others applied more entries on some shard than a snapshot covers
+        // (bounded): its logs are purged past the victim, which must install a snapshot.
+        let lagging = ringkv_launcher::wait_for(
+            "the others to move past the victim",
+            SNAPSHOT_LAG_WAIT,
+            || async {
+                let now = applied_indexes(&cluster.statuses().await);
+                now.iter()
+                    .any(|(shard, index)| {
+                        *index >= before.get(shard).copied().unwrap_or(0) + SNAPSHOT_LAG_ENTRIES
+                    })
+                    .then_some(())
+            },
+        )
+        .await
+        .is_ok();
         let log_start = std::fs::metadata(cluster.node_log(victim)).map_or(0, |meta| meta.len());
         cluster.start_node(victim).await?;
-        let detail = format!("no free slot: killed {victim}, restarted it {SNAPSHOT_LAG_WAIT:?} later");
+        let detail = format!(
+            "no free slot: killed {victim}, restarted it {:?} later ({})",
+            down.elapsed(),
+            if lagging { "lagging" } else { "not lagging yet" }
+        );
         (victim, log_start, detail)
     };
     let log = cluster.node_log(victim);
     let started = tokio::time::Instant::now();
-    let installs = loop {
+    let installs = ringkv_launcher::wait_for("a snapshot install", SNAPSHOT_INSTALL_WAIT, || {
         let (installs, _) = snapshot_installs_since(&log, log_start);
-        if installs > 0 || started.elapsed() >= SNAPSHOT_INSTALL_WAIT {
-            break installs;
-        }
-        tokio::time::sleep(WATCH_INTERVAL).await;
-    };
+        std::future::ready((installs > 0).then_some(installs))
+    })
+    .await
+    .unwrap_or(0);
     cluster.kill_node(victim)?;
     if installs > 0 {
         detail.push_str(&format!(
@@ -1328,14 +1345,30 @@ async fn heal(cluster: &mut Cluster, active: Active) -> Result<String> {
 /// Reaps node `id` once it has exited by itself, waiting up to `wait` for it: its exit code
 /// (`None` inside when a signal ended it); `None` when it is down already or still runs.
 async fn stopped_by_itself(cluster: &mut Cluster, id: usize, wait: Duration) -> Result<Option<Option<i32>>> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let exited = cluster.reap_node(id)?;
-        if exited.is_some() || !cluster.is_running(id) || tokio::time::Instant::now() >= deadline {
-            return Ok(exited);
+    let stopped = ringkv_launcher::wait_for("the node to stop by itself", wait, || {
+        let probe = match cluster.reap_node(id) {
+            Ok(Some(code)) => Some(Ok(Some(code))),
+            Ok(None) if !cluster.is_running(id) => Some(Ok(None)),
+            Ok(None) => None,
+            Err(err) => Some(Err(err)),
+        };
+        std::future::ready(probe)
+    })
+    .await;
+    // Still running when the wait ran out.
+    stopped.unwrap_or(Ok(None))
+}
+
+/// The highest applied index of each shard over `statuses` (the system group left out).
+fn applied_indexes(statuses: &BTreeMap<usize, v1::NodeStatusResponse>) -> BTreeMap<u32, u64> {
+    let mut applied = BTreeMap::new();
+    for replica in statuses.values().flat_map(|status| &status.replicas) {
+        if let Some(shard) = replica.shard_id {
+            let entry = applied.entry(shard).or_insert(0);
+            *entry = (*entry).max(replica.applied_index);
         }
-        tokio::time::sleep(WATCH_INTERVAL).await;
     }
+    applied
 }
 
 /// Heals every fault that could still be active (used at the end of a run).

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use ringkv_jepsen::checker::{Validity, Verdict};
 use ringkv_jepsen::nemesis::{NemesisKind, Schedule};
 use ringkv_jepsen::runner::{self, RunOptions};
+use ringkv_jepsen::testing;
 use ringkv_jepsen::workload::Workload;
 
 /// The runs take turns: two clusters at once on a 2-core machine would measure the machine,
@@ -40,19 +41,6 @@ const RUN_SECONDS: u64 = 25;
 fn bin_dir() -> PathBuf {
     ringkv_launcher::binaries::env_bin_dir()
         .unwrap_or_else(|| ringkv_launcher::binaries::executable_dir().expect("locating the test executable"))
-}
-
-/// Skips (returns false) without FUSE only when `RINGKV_SKIP_FUSE_TESTS=1`; otherwise the run
-/// fails with a readable error.
-fn fuse_or_skip(test: &str) -> bool {
-    match ringkv_faultfs::fuse_available() {
-        Ok(()) => true,
-        Err(err) if std::env::var("RINGKV_SKIP_FUSE_TESTS").as_deref() == Ok("1") => {
-            eprintln!("skipping {test}: {err} (RINGKV_SKIP_FUSE_TESTS=1)");
-            false
-        }
-        Err(_) => true,
-    }
 }
 
 /// The set and register workloads while every node's disk fails, keeping the unsynced data
@@ -124,7 +112,7 @@ async fn run(name: &str, options: RunOptions) -> anyhow::Result<(runner::RunRepo
 /// valid: the control below fails because of its flag, not because of the schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_disks_that_keep_the_page_cache_stop_every_node_and_lose_nothing() -> anyhow::Result<()> {
-    if !fuse_or_skip("failing_disks_that_keep_the_page_cache_stop_every_node_and_lose_nothing") {
+    if !testing::fuse_or_skip("failing_disks_that_keep_the_page_cache_stop_every_node_and_lose_nothing") {
         return Ok(());
     }
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -145,7 +133,7 @@ async fn failing_disks_that_keep_the_page_cache_stop_every_node_and_lose_nothing
 /// harness catches it (lost adds, or register reads older than an acknowledged write).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_nodes_serving_after_failed_syncs_are_caught() -> anyhow::Result<()> {
-    if !fuse_or_skip("negative_control_nodes_serving_after_failed_syncs_are_caught") {
+    if !testing::fuse_or_skip("negative_control_nodes_serving_after_failed_syncs_are_caught") {
         return Ok(());
     }
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ringkv_jepsen::checker::Validity;
 use ringkv_jepsen::nemesis::{NemesisKind, Schedule};
 use ringkv_jepsen::runner::{self, RunOptions};
+use ringkv_jepsen::testing;
 use ringkv_jepsen::workload::Workload;
 
 /// The runs take turns: three clusters at once on a 2-core machine would measure the
@@ -416,25 +417,12 @@ async fn serializable_is_strict_and_skipping_read_validation_is_caught() -> anyh
     Ok(())
 }
 
-/// Whether the FUSE tests run here: they need root and `/dev/fuse`. Without them a test
-/// fails, unless `RINGKV_SKIP_FUSE_TESTS=1` says to skip (and it prints why).
-fn fuse_or_skip(test: &str) -> bool {
-    match ringkv_faultfs::fuse_available() {
-        Ok(()) => true,
-        Err(err) if std::env::var("RINGKV_SKIP_FUSE_TESTS").as_deref() == Ok("1") => {
-            eprintln!("skipping {test}: {err} (RINGKV_SKIP_FUSE_TESTS=1)");
-            false
-        }
-        Err(_) => true, // the run itself fails with a readable error
-    }
-}
-
 /// Power cuts — one node, a minority, all of them — lose every write a node did not
 /// fsync (its data directory is a `ringkv-faultfs` mount); no acknowledged write is lost and
 /// the cluster serves again after the last one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_power_cuts_are_valid() -> anyhow::Result<()> {
-    if !fuse_or_skip("smoke_power_cuts_are_valid") {
+    if !testing::fuse_or_skip("smoke_power_cuts_are_valid") {
         return Ok(());
     }
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -465,7 +453,7 @@ async fn smoke_power_cuts_are_valid() -> anyhow::Result<()> {
 /// again once the disks work and the nodes restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_failing_disks_stop_their_nodes() -> anyhow::Result<()> {
-    if !fuse_or_skip("smoke_failing_disks_stop_their_nodes") {
+    if !testing::fuse_or_skip("smoke_failing_disks_stop_their_nodes") {
         return Ok(());
     }
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -506,7 +494,7 @@ async fn smoke_failing_disks_stop_their_nodes() -> anyhow::Result<()> {
 /// and a node killed as it installs snapshots. The register and set workloads stay valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_disk_and_membership_faults_are_valid() -> anyhow::Result<()> {
-    if !fuse_or_skip("smoke_disk_and_membership_faults_are_valid") {
+    if !testing::fuse_or_skip("smoke_disk_and_membership_faults_are_valid") {
         return Ok(());
     }
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -573,7 +561,7 @@ fn walk(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
 /// at a power cut; the harness catches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_control_skipped_fsyncs_are_caught() -> anyhow::Result<()> {
-    if !fuse_or_skip("negative_control_skipped_fsyncs_are_caught") {
+    if !testing::fuse_or_skip("negative_control_skipped_fsyncs_are_caught") {
         return Ok(());
     }
     let _turn = ONE_AT_A_TIME.lock().await;
