@@ -1,5 +1,6 @@
 //! [`ClientConfig`]: timeouts and retry bounds, with a validating builder.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::Error;
@@ -44,6 +45,44 @@ pub struct ClientConfig {
     pub max_retry_backoff: Duration,
     /// Largest gRPC message sent or accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Mutual TLS: connect over https, checking the server against the cluster CA and
+    /// presenting the client's certificate. None: plain http (an `--insecure` cluster).
+    pub tls: Option<ClientTls>,
+}
+
+/// The client's TLS identity, PEM: the cluster CA, its certificate and its key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The cluster CA's certificate: servers must present certificates it signed.
+    pub ca_pem: String,
+    /// The client's certificate, signed by the CA (any role: a client, or a router's or
+    /// node's when a tool acts for them).
+    pub cert_pem: String,
+    /// The client's private key.
+    pub key_pem: String,
+}
+
+impl ClientTls {
+    /// Reads the three PEM files (`--ca`, `--cert`, `--key`). Their contents are checked
+    /// by the TLS handshake, not here.
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTls, Error> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|err| Error::InvalidArgument(format!("cannot read {}: {err}", path.display())))
+        };
+        Ok(ClientTls {
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        })
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
 }
 
 impl Default for ClientConfig {
@@ -56,6 +95,7 @@ impl Default for ClientConfig {
             retry_backoff: DEFAULT_RETRY_BACKOFF,
             max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            tls: None,
         }
     }
 }
@@ -140,6 +180,12 @@ impl ClientConfigBuilder {
     /// Largest gRPC message sent or accepted (default 64 MiB).
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.config.max_message_bytes = bytes;
+        self
+    }
+
+    /// Connect with mutual TLS (default: none, plain http).
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.config.tls = Some(tls);
         self
     }
 

@@ -21,7 +21,8 @@
 //!
 //! Module dependencies run one way: `client` → `scan` → `routers` → `retry`, `endpoint`,
 //! `error`; `scan` does not know [`Client`].
-//! - `endpoint` — parsing `host:port` / `http://host:port`.
+//! - `endpoint` — parsing `host:port` / `http://host:port` / `https://host:port`; https
+//!   channels with the config's [`ClientTls`] (mutual TLS).
 //!
 //! # Example
 //!
@@ -104,7 +105,7 @@ mod types;
 pub use admin::init_cluster;
 pub use client::{new_request_id, Client, REQUEST_ID_LEN};
 pub use config::{
-    ClientConfig, ClientConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
+    ClientConfig, ClientConfigBuilder, ClientTls, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF,
     DEFAULT_STREAM_IDLE_TIMEOUT,
 };

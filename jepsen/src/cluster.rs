@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ringkv_launcher::binaries::Binaries;
-use ringkv_launcher::{cluster as launch, Launch, Process};
+use ringkv_launcher::{cluster as launch, Launch, Process, Security};
 use ringkv_proto::v1::{self, admin_client::AdminClient};
 
 use crate::net::Network;
@@ -315,6 +315,8 @@ impl Cluster {
             .arg(&node.data_dir)
             .arg("--addr-file")
             .arg(&addr_file)
+            // The harness runs without TLS in this slice of issue 15.
+            .args(Security::Insecure.node_args())
             .args(&self.spec.node_args)
             .log(log);
         if self.spec.fake_clock {
@@ -487,7 +489,7 @@ impl Cluster {
     /// Bootstraps the cluster through node 1.
     async fn init(&self) -> Result<()> {
         let addrs: Vec<String> = self.nodes.values().map(|node| node.addr.clone()).collect();
-        launch::init_cluster(&addrs, self.spec.shards, self.spec.replication_factor)
+        launch::init_cluster(&addrs, self.spec.shards, self.spec.replication_factor, None)
             .await
             .context("cluster init")?;
         Ok(())
@@ -526,6 +528,7 @@ impl Cluster {
             .arg(nodes.join(","))
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(Security::Insecure.router_args())
             .args(self.spec.router_args.iter())
             .log(self.router_log(index))
             .spawn()?;
@@ -575,7 +578,7 @@ impl Cluster {
     /// Node `id`'s status, if it answers within a second.
     pub async fn node_status(&self, id: usize) -> Option<v1::NodeStatusResponse> {
         let addr = self.node_addr(id)?;
-        launch::node_status(&addr, STATUS_TIMEOUT).await.ok()
+        launch::node_status(&addr, STATUS_TIMEOUT, None).await.ok()
     }
 
     /// Statuses of every running node that answers, by node id.
@@ -814,7 +817,7 @@ impl Cluster {
 
     /// The leader of every shard as claimed by running nodes (highest term wins).
     pub async fn leaders(&self) -> BTreeMap<u32, usize> {
-        launch::shard_leaders(&self.running_members(), STATUS_TIMEOUT)
+        launch::shard_leaders(&self.running_members(), STATUS_TIMEOUT, None)
             .await
             .into_iter()
             .map(|(shard, id)| (shard, id as usize))
@@ -823,7 +826,7 @@ impl Cluster {
 
     /// The leader of the system group (which serves the timestamp oracle), if one claims it.
     pub async fn system_leader(&self) -> Option<usize> {
-        launch::system_leader(&self.running_members(), STATUS_TIMEOUT)
+        launch::system_leader(&self.running_members(), STATUS_TIMEOUT, None)
             .await
             .map(|id| id as usize)
     }
@@ -836,9 +839,14 @@ impl Cluster {
     }
 
     pub async fn wait_for_leaders(&self, timeout: Duration) -> Result<BTreeMap<u32, usize>> {
-        let leaders =
-            launch::wait_for_leaders(&self.running_members(), self.spec.shards, timeout, STATUS_TIMEOUT)
-                .await?;
+        let leaders = launch::wait_for_leaders(
+            &self.running_members(),
+            self.spec.shards,
+            timeout,
+            STATUS_TIMEOUT,
+            None,
+        )
+        .await?;
         Ok(leaders
             .into_iter()
             .map(|(shard, id)| (shard, id as usize))

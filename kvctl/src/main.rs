@@ -35,11 +35,12 @@ mod txn;
 mod txn_gc;
 mod value;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ringkv_client::{Client, ClientConfig, DEFAULT_CONNECT_TIMEOUT};
+use ringkv_client::{Client, ClientConfig, ClientTls, DEFAULT_CONNECT_TIMEOUT};
 use tracing_subscriber::EnvFilter;
 
 use crate::exit::{exit_code, Outcome, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
@@ -78,7 +79,7 @@ struct Cli {
 /// Options of every command.
 #[derive(Args, Debug)]
 struct GlobalArgs {
-    /// Router endpoints (host:port or http://host:port), comma-separated.
+    /// Router endpoints (host:port, http://host:port or https://host:port), comma-separated.
     #[arg(
         short = 'e',
         long,
@@ -96,6 +97,16 @@ struct GlobalArgs {
     /// for each chunk, and as long as chunks come.
     #[arg(long, value_name = "MS", global = true, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout: Option<u64>,
+    /// The cluster CA's certificate (PEM): connect over TLS (https), checking the servers
+    /// against it. With --cert and --key (`kvctl cert` makes them).
+    #[arg(long, value_name = "PATH", env = "RINGKV_CA", global = true, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// The client certificate (PEM) presented to routers and nodes.
+    #[arg(long, value_name = "PATH", env = "RINGKV_CERT", global = true, requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "PATH", env = "RINGKV_KEY", global = true, requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -183,14 +194,37 @@ fn init_tracing() {
         .try_init();
 }
 
-/// A client configuration with `timeout_ms` (or `default`) as the request timeout.
-fn client_config(timeout_ms: Option<u64>, default: Duration) -> anyhow::Result<ClientConfig> {
+/// A client configuration with `timeout_ms` (or `default`) as the request timeout, over
+/// `tls` when given.
+fn client_config(
+    timeout_ms: Option<u64>,
+    default: Duration,
+    tls: Option<&ClientTls>,
+) -> anyhow::Result<ClientConfig> {
     let request_timeout = timeout_ms.map_or(default, Duration::from_millis);
-    Ok(ClientConfig::builder()
+    let builder = ClientConfig::builder()
         .request_timeout(request_timeout)
         .stream_idle_timeout(request_timeout.max(ringkv_client::DEFAULT_STREAM_IDLE_TIMEOUT))
-        .connect_timeout(request_timeout.min(DEFAULT_CONNECT_TIMEOUT))
-        .build()?)
+        .connect_timeout(request_timeout.min(DEFAULT_CONNECT_TIMEOUT));
+    Ok(match tls {
+        Some(tls) => builder.tls(tls.clone()).build()?,
+        None => builder.build()?,
+    })
+}
+
+/// The TLS settings of `--ca`, `--cert` and `--key` (clap requires all three or none); an
+/// unreadable file is a usage error.
+fn client_tls(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<ClientTls>> {
+    let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else {
+        return Ok(None);
+    };
+    ClientTls::from_files(&ca, &cert, &key)
+        .map(Some)
+        .map_err(|err| exit::UsageError(format!("--ca/--cert/--key: {err}")).into())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<Outcome> {
@@ -198,8 +232,18 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         endpoints,
         output,
         timeout,
+        ca,
+        cert,
+        key,
     } = cli.global;
-    let router_config = client_config(timeout, ringkv_client::DEFAULT_REQUEST_TIMEOUT)?;
+    // `kvctl cert` and `kvctl playground` make or start things; they read no certificates.
+    let tls = match &cli.command {
+        Command::Cert(_) => None,
+        #[cfg(unix)]
+        Command::Playground(_) => None,
+        _ => client_tls(ca, cert, key)?,
+    };
+    let router_config = client_config(timeout, ringkv_client::DEFAULT_REQUEST_TIMEOUT, tls.as_ref())?;
     match cli.command {
         Command::Get(args) => kv::get(&connect(endpoints, router_config).await?, args, output).await,
         Command::Put(args) => kv::put(&connect(endpoints, router_config).await?, args, output).await,
@@ -213,7 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             range::delrange(&connect(endpoints, router_config).await?, args, output).await
         }
         Command::Cluster(command) => {
-            let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT)?;
+            let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT, tls.as_ref())?;
             cluster::run(command, endpoints, router_config, node_config, output).await
         }
         Command::Node(command) => {

@@ -153,6 +153,8 @@ impl Plan {
             node.addr.clone().into(),
             "--data-dir".into(),
             node.data_dir.clone().into_os_string(),
+            // The playground runs without TLS for now (issue 15: secure by default next).
+            "--insecure".into(),
         ]
     }
 
@@ -163,6 +165,7 @@ impl Plan {
             self.router_addr.clone().into(),
             "--nodes".into(),
             self.node_addrs().join(",").into(),
+            "--insecure".into(),
         ]
     }
 }
@@ -450,7 +453,7 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
     }
     wait_for_nodes(plan, supervisor).await?;
 
-    let init = launch::init_cluster(&plan.node_addrs(), plan.shards, plan.replication_factor)
+    let init = launch::init_cluster(&plan.node_addrs(), plan.shards, plan.replication_factor, None)
         .await
         .context(
             "cluster init failed (a data dir made with other --nodes/--shards settings needs another --dir)",
@@ -727,7 +730,8 @@ mod tests {
                 "--listen",
                 "127.0.0.1:7001",
                 "--data-dir",
-                "pg/node-1"
+                "pg/node-1",
+                "--insecure"
             ]
         );
         let router: Vec<String> = plan
@@ -741,7 +745,8 @@ mod tests {
                 "--listen",
                 "127.0.0.1:7000",
                 "--nodes",
-                "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+                "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+                "--insecure"
             ]
         );
     }

@@ -1,10 +1,11 @@
 //! Bringing up a cluster of started nodes: `cluster init`, node statuses, and waiting
-//! until every shard has a leader.
+//! until every shard has a leader. Each call takes the client TLS settings of a TLS
+//! cluster (None: plain http, an `--insecure` cluster).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ringkv_client::{admin, ClientConfig, DEFAULT_CONNECT_TIMEOUT};
+use ringkv_client::{admin, ClientConfig, ClientTls, DEFAULT_CONNECT_TIMEOUT};
 use ringkv_proto::v1 as proto;
 
 use crate::{wait_for, LaunchError};
@@ -12,12 +13,15 @@ use crate::{wait_for, LaunchError};
 /// Deadline of `cluster init` (it creates every shard group).
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A client configuration with `timeout` per request and for connecting.
-fn probe_config(timeout: Duration) -> Result<ClientConfig, ringkv_client::Error> {
-    ClientConfig::builder()
+/// A client configuration with `timeout` per request and for connecting, over `tls`.
+fn probe_config(timeout: Duration, tls: Option<&ClientTls>) -> Result<ClientConfig, ringkv_client::Error> {
+    let builder = ClientConfig::builder()
         .request_timeout(timeout)
-        .connect_timeout(timeout.min(DEFAULT_CONNECT_TIMEOUT))
-        .build()
+        .connect_timeout(timeout.min(DEFAULT_CONNECT_TIMEOUT));
+    match tls {
+        Some(tls) => builder.tls(tls.clone()).build(),
+        None => builder.build(),
+    }
 }
 
 /// Bootstraps the cluster from its nodes (`host:port`, the first one receives the
@@ -26,8 +30,9 @@ pub async fn init_cluster(
     node_addrs: &[String],
     shards: u32,
     replication_factor: u32,
+    tls: Option<&ClientTls>,
 ) -> Result<proto::InitClusterResponse, ringkv_client::Error> {
-    let config = probe_config(INIT_TIMEOUT)?;
+    let config = probe_config(INIT_TIMEOUT, tls)?;
     admin::init_cluster_with(node_addrs, shards, replication_factor, &config).await
 }
 
@@ -35,8 +40,9 @@ pub async fn init_cluster(
 pub async fn node_status(
     addr: &str,
     timeout: Duration,
+    tls: Option<&ClientTls>,
 ) -> Result<proto::NodeStatusResponse, ringkv_client::Error> {
-    admin::node_status(addr, &probe_config(timeout)?).await
+    admin::node_status(addr, &probe_config(timeout, tls)?).await
 }
 
 /// The leader of every shard claimed in `statuses` (node id, its status); when two nodes
@@ -63,10 +69,14 @@ pub fn leaders_of<'a>(
 
 /// The shard leaders the `nodes` (node id, address) claim; nodes that do not answer
 /// within `status_timeout` are left out.
-pub async fn shard_leaders(nodes: &[(u64, String)], status_timeout: Duration) -> BTreeMap<u32, u64> {
+pub async fn shard_leaders(
+    nodes: &[(u64, String)],
+    status_timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> BTreeMap<u32, u64> {
     let mut statuses = Vec::with_capacity(nodes.len());
     for (node_id, addr) in nodes {
-        if let Ok(status) = node_status(addr, status_timeout).await {
+        if let Ok(status) = node_status(addr, status_timeout, tls).await {
             statuses.push((*node_id, status));
         }
     }
@@ -75,10 +85,14 @@ pub async fn shard_leaders(nodes: &[(u64, String)], status_timeout: Duration) ->
 
 /// The node that claims to lead the system group with the highest term, among the `nodes`
 /// (node id, address) that answer within `status_timeout`.
-pub async fn system_leader(nodes: &[(u64, String)], status_timeout: Duration) -> Option<u64> {
+pub async fn system_leader(
+    nodes: &[(u64, String)],
+    status_timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Option<u64> {
     let mut best: Option<(u64, u64)> = None;
     for (node_id, addr) in nodes {
-        let Ok(status) = node_status(addr, status_timeout).await else {
+        let Ok(status) = node_status(addr, status_timeout, tls).await else {
             continue;
         };
         let claim = status
@@ -100,10 +114,11 @@ pub async fn wait_for_leaders(
     shards: u32,
     timeout: Duration,
     status_timeout: Duration,
+    tls: Option<&ClientTls>,
 ) -> Result<BTreeMap<u32, u64>, LaunchError> {
     let expected = usize::try_from(shards).unwrap_or(usize::MAX);
     wait_for("a leader for every shard", timeout, || async {
-        let leaders = shard_leaders(nodes, status_timeout).await;
+        let leaders = shard_leaders(nodes, status_timeout, tls).await;
         (leaders.len() == expected).then_some(leaders)
     })
     .await

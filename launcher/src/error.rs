@@ -49,6 +49,9 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    /// The cluster's certificates could not be created or read.
+    #[error("certificates: {0}")]
+    Certificates(String),
     /// A condition did not hold within its timeout.
     #[error("timed out after {timeout:?} waiting for {what}")]
     Timeout {

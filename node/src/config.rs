@@ -139,6 +139,25 @@ pub struct NodeConfig {
     /// Most bytes of replaced versions all of the node's shards keep in memory together;
     /// past it the oldest go first, shortening the window.
     pub mvcc_history_max_bytes: usize,
+    /// Mutual TLS: the cluster CA, this node's certificate (role `node`) and its key. The
+    /// node serves TLS only, requires callers' certificates of this CA, and dials its peers
+    /// with its own certificate. Required unless `insecure`.
+    pub tls: Option<TlsPaths>,
+    /// Serve and dial without TLS: anyone who can reach the port owns the cluster. For
+    /// tests and local experiments; refused together with `tls`.
+    pub insecure: bool,
+}
+
+/// The files of a process's TLS identity (`--ca`, `--cert`, `--key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The cluster CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), signed by the CA, role `node`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -197,6 +216,8 @@ impl Default for NodeConfig {
             // FoundationDB keeps 5 s; a transaction may run this long.
             mvcc_window_ms: 10_000,
             mvcc_history_max_bytes: 256 << 20,
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -227,6 +248,7 @@ impl NodeConfig {
             election_timeout_max_ms: 1000,
             hibernate_after_ms: 2_000,
             keepalive_interval_ms: 200,
+            insecure: true,
             ..NodeConfig::default()
         }
     }
@@ -329,6 +351,19 @@ impl NodeConfig {
         if self.dedup_window_ms < 1000 {
             return fail("dedup_window_ms must be at least 1000".to_string());
         }
+        match (&self.tls, self.insecure) {
+            (None, false) => {
+                return fail(
+                    "no TLS configured: give --ca, --cert and --key (see `kvctl cert`), or \
+                     --insecure to run a cluster that anyone who can reach it owns"
+                        .to_string(),
+                )
+            }
+            (Some(_), true) => {
+                return fail("--insecure and --ca/--cert/--key exclude each other".to_string())
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -342,6 +377,7 @@ mod tests {
     fn validation() {
         let mut config = NodeConfig {
             node_id: 1,
+            insecure: true,
             ..NodeConfig::default()
         };
         assert!(config.validate().is_ok());
@@ -353,6 +389,31 @@ mod tests {
         assert!(err.to_string().contains("node_id"));
         let parsed: Result<NodeConfig, _> = toml::from_str("node_id = 3\nbogus = 1\n");
         assert!(parsed.is_err(), "unknown fields are rejected");
+    }
+
+    /// Without TLS a node starts only when told it runs insecure, and says why not.
+    #[test]
+    fn tls_or_insecure_is_required() {
+        let open = NodeConfig {
+            node_id: 1,
+            ..NodeConfig::default()
+        };
+        let err = open.validate().expect_err("no TLS, not insecure");
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        let both = NodeConfig {
+            tls: Some(TlsPaths {
+                ca: "ca.crt".into(),
+                cert: "node.crt".into(),
+                key: "node.key".into(),
+            }),
+            ..NodeConfig::for_test(1, PathBuf::from("x"))
+        };
+        assert!(both.validate().is_err(), "both");
+        let secure = NodeConfig {
+            insecure: false,
+            ..both
+        };
+        assert!(secure.validate().is_ok());
     }
 
     /// The catch-up budget's former name still configures it.

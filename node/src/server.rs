@@ -11,6 +11,7 @@ use ringkv_proto::v1::tso_server::TsoServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tracing::{error, info, warn};
 
 use crate::config::{ConfigError, NodeConfig};
@@ -23,6 +24,7 @@ use crate::reconcile::Reconciler;
 use crate::service::admin::AdminService;
 use crate::service::inflight::{Bounded, InflightLimit};
 use crate::service::raft::RaftService;
+use crate::service::roles::{RoleCache, RoleGate};
 use crate::service::shard::ShardKvService;
 use crate::service::tso::TsoService;
 use crate::storage::{self, StorageError, TreeRef};
@@ -57,6 +59,40 @@ pub enum StartError {
     Bind { addr: String, source: std::io::Error },
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error("TLS: {0}")]
+    Tls(#[from] ringkv_tls::CertError),
+    #[error("cannot set up TLS: {0}")]
+    TlsSetup(String),
+}
+
+/// How the node speaks TLS: as a server (its certificate, callers' certificates required)
+/// and as a client of its peers (the same certificate). None: `--insecure`.
+struct NodeTls {
+    server: ServerTlsConfig,
+    peers: ClientTlsConfig,
+}
+
+/// Reads and checks the node's certificate files (role `node`, signed by the CA, valid).
+fn load_tls(config: &NodeConfig) -> Result<Option<NodeTls>, StartError> {
+    let Some(paths) = &config.tls else {
+        return Ok(None);
+    };
+    let files = ringkv_tls::TlsFiles {
+        ca: paths.ca.clone(),
+        cert: paths.cert.clone(),
+        key: paths.key.clone(),
+    };
+    let material = files.load(&[ringkv_tls::Role::Node])?;
+    let ca = Certificate::from_pem(&material.ca_pem);
+    let identity = Identity::from_pem(&material.cert_pem, &material.key_pem);
+    info!(subject = %material.info.subject, "serving mutual TLS");
+    Ok(Some(NodeTls {
+        // Client certificates are required (not optional) and must chain to the CA.
+        server: ServerTlsConfig::new()
+            .identity(identity.clone())
+            .client_ca_root(ca.clone()),
+        peers: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
+    }))
 }
 
 /// Starts nodes.
@@ -109,6 +145,7 @@ impl NodeServer {
     /// Opens the data directory, binds the listener and starts serving.
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
         config.validate()?;
+        let tls = load_tls(&config)?;
         let storage_err = |source| StartError::Storage {
             dir: config.data_dir.display().to_string(),
             source,
@@ -144,7 +181,8 @@ impl NodeServer {
         let max_message_bytes = config.max_message_bytes;
         let client_limit = InflightLimit::new("max_inflight_requests", config.max_inflight_requests);
         let peer_limit = InflightLimit::new("max_inflight_peer_requests", config.max_inflight_peer_requests);
-        let node = Node::open(config, advertise, engine, catalog).await?;
+        let peer_tls = tls.as_ref().map(|tls| tls.peers.clone());
+        let node = Node::open(config, advertise, engine, catalog, peer_tls).await?;
         let liveness = LivenessView::default();
         let reconciler = Reconciler::spawn(node.clone());
         let duties = SystemDuties::spawn(node.clone(), liveness.clone());
@@ -152,30 +190,61 @@ impl NodeServer {
         let oracle = Oracle::start(node.clone());
         node.set_timestamp_source(oracle.clone());
         let cancel = CancellationToken::new();
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        // With TLS every service checks the caller's role (`service/roles.rs`); without,
+        // there is no certificate to check.
+        let roles = match tls {
+            Some(tls) => {
+                builder = builder
+                    .tls_config(tls.server)
+                    .map_err(|err| StartError::TlsSetup(err.to_string()))?;
+                Some(RoleCache::default())
+            }
+            None => {
+                warn!(
+                    %local_addr,
+                    "INSECURE: no TLS (--insecure); this cluster is open: anyone who can reach \
+                     its ports can read, write and reconfigure it"
+                );
+                None
+            }
+        };
+        let router = builder
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
-            .add_service(Bounded::new(
-                ShardKvServer::new(ShardKvService::new(node.clone()))
-                    .max_decoding_message_size(max_message_bytes)
-                    .max_encoding_message_size(max_message_bytes),
-                client_limit.clone(),
+            .add_service(RoleGate::new(
+                Bounded::new(
+                    ShardKvServer::new(ShardKvService::new(node.clone()))
+                        .max_decoding_message_size(max_message_bytes)
+                        .max_encoding_message_size(max_message_bytes),
+                    client_limit.clone(),
+                ),
+                roles.clone(),
             ))
-            .add_service(Bounded::new(
-                RaftServer::new(RaftService::new(node.clone()))
-                    .max_decoding_message_size(max_message_bytes)
-                    .max_encoding_message_size(max_message_bytes),
-                peer_limit,
+            .add_service(RoleGate::new(
+                Bounded::new(
+                    RaftServer::new(RaftService::new(node.clone()))
+                        .max_decoding_message_size(max_message_bytes)
+                        .max_encoding_message_size(max_message_bytes),
+                    peer_limit,
+                ),
+                roles.clone(),
             ))
-            .add_service(Bounded::new(
-                AdminServer::new(AdminService::new(node.clone(), oracle.clone()))
-                    .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES),
-                client_limit.clone(),
+            .add_service(RoleGate::new(
+                Bounded::new(
+                    AdminServer::new(AdminService::new(node.clone(), oracle.clone()))
+                        .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES),
+                    client_limit.clone(),
+                ),
+                roles.clone(),
             ))
-            .add_service(Bounded::new(
-                TsoServer::new(TsoService::new(oracle.clone()))
-                    .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES),
-                client_limit,
+            .add_service(RoleGate::new(
+                Bounded::new(
+                    TsoServer::new(TsoService::new(oracle.clone()))
+                        .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES),
+                    client_limit,
+                ),
+                roles,
             ));
         let shutdown = cancel.clone();
         let serve = tokio::spawn(async move {

@@ -145,6 +145,25 @@ pub struct RouterConfig {
     /// Jepsen analysis found losing updates). Not settable from a config file.
     #[serde(skip)]
     pub unsafe_fresh_request_id_per_attempt: bool,
+    /// Mutual TLS: the cluster CA, this router's certificate (role `router`) and its key.
+    /// The router serves TLS only, requires clients' certificates of this CA (any role),
+    /// and dials nodes with its own certificate. Required unless `insecure`.
+    pub tls: Option<TlsPaths>,
+    /// Serve and dial without TLS: anyone who can reach the port reads and writes every
+    /// key. For tests and local experiments; refused together with `tls`.
+    pub insecure: bool,
+}
+
+/// The files of the router's TLS identity (`--ca`, `--cert`, `--key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The cluster CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// This router's certificate (PEM), signed by the CA, role `router`.
+    pub cert: PathBuf,
+    /// This router's private key (PEM).
+    pub key: PathBuf,
 }
 
 impl Default for RouterConfig {
@@ -183,6 +202,8 @@ impl Default for RouterConfig {
             unsafe_tso_prefetch: 0,
             unsafe_resolve_without_primary: false,
             unsafe_fresh_request_id_per_attempt: false,
+            tls: None,
+            insecure: false,
             unsafe_failpoint: None,
         }
     }
@@ -202,6 +223,7 @@ impl RouterConfig {
             retry_initial_backoff_ms: 2,
             retry_max_backoff_ms: 50,
             shutdown_timeout_ms: 2_000,
+            insecure: true,
             ..RouterConfig::default()
         }
     }
@@ -351,6 +373,22 @@ impl RouterConfig {
         if self.max_open_streams == 0 {
             return Err(invalid("max_open_streams", "must be at least 1"));
         }
+        match (&self.tls, self.insecure) {
+            (None, false) => {
+                return Err(invalid(
+                    "tls",
+                    "no TLS configured: give --ca, --cert and --key (see `kvctl cert`), or \
+                     --insecure to serve every key to anyone who can reach the router",
+                ))
+            }
+            (Some(_), true) => {
+                return Err(invalid(
+                    "tls",
+                    "--insecure and --ca/--cert/--key exclude each other",
+                ))
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -440,6 +478,7 @@ mod tests {
     fn with_seed() -> RouterConfig {
         RouterConfig {
             seed_nodes: vec!["127.0.0.1:7100".to_string()],
+            insecure: true,
             ..RouterConfig::default()
         }
     }

@@ -19,7 +19,7 @@ use ringkv_proto::v1::{
     ShardWriteBatchResponse, ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest,
     TransferLeaderResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 use crate::config::RouterConfig;
@@ -35,9 +35,11 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How node connections are made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ChannelSettings {
     pub connect_timeout: Duration,
+    /// Mutual TLS with the router's certificate (None: `--insecure`, plain HTTP/2).
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// One lazily connected channel per node address.
@@ -73,17 +75,26 @@ impl ChannelPool {
     }
 
     fn endpoint(&self, addr: &str) -> Result<Endpoint, Status> {
-        let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.to_string()
+        let authority = addr
+            .strip_prefix("http://")
+            .or_else(|| addr.strip_prefix("https://"))
+            .unwrap_or(addr);
+        let scheme = if self.settings.tls.is_some() {
+            "https"
         } else {
-            format!("http://{addr}")
+            "http"
         };
-        let endpoint = Endpoint::from_shared(uri).map_err(|err| {
-            // Nothing can be sent to a malformed address: classify it as unreachable.
-            let mut status = Status::unavailable(format!("invalid node address {addr:?}: {err}"));
-            status.set_source(Arc::new(tonic::ConnectError(Box::new(err))));
-            status
-        })?;
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
+            .and_then(|endpoint| match &self.settings.tls {
+                Some(tls) => endpoint.tls_config(tls.clone()),
+                None => Ok(endpoint),
+            })
+            .map_err(|err| {
+                // Nothing can be sent to a malformed address: classify it as unreachable.
+                let mut status = Status::unavailable(format!("invalid node address {addr:?}: {err}"));
+                status.set_source(Arc::new(tonic::ConnectError(Box::new(err))));
+                status
+            })?;
         Ok(endpoint
             .connect_timeout(self.settings.connect_timeout)
             .tcp_nodelay(true)
@@ -178,10 +189,12 @@ where
 }
 
 impl GrpcNodes {
-    pub fn new(config: &RouterConfig) -> Self {
+    /// Connections to nodes as `config` says, with mutual TLS when `tls` is set.
+    pub fn new(config: &RouterConfig, tls: Option<ClientTlsConfig>) -> Self {
         GrpcNodes {
             pool: ChannelPool::new(ChannelSettings {
                 connect_timeout: config.connect_timeout(),
+                tls,
             }),
             max_response_bytes: config.max_response_bytes,
             read_lanes: Mutex::new(HashMap::new()),
@@ -411,6 +424,7 @@ mod tests {
     async fn channels_are_cached_and_addresses_checked() {
         let pool = ChannelPool::new(ChannelSettings {
             connect_timeout: Duration::from_millis(100),
+            tls: None,
         });
         assert!(pool.channel("127.0.0.1:1").is_ok());
         assert!(pool.channel("127.0.0.1:1").is_ok());

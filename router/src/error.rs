@@ -349,6 +349,10 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] ringkv_tls::CertError),
+    #[error("cannot set up TLS: {0}")]
+    TlsSetup(String),
 }
 
 /// Fatal errors while serving.

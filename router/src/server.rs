@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::admin_service::AdminService;
@@ -76,14 +76,18 @@ impl Router {
         if let Some(failpoint) = config.unsafe_failpoint {
             warn!(%failpoint, "TEST FAILPOINT: the router exits when a commit reaches it");
         }
-        let nodes = Arc::new(GrpcNodes::new(&config));
-        Self::start_with(config, nodes).await
+        let tls = load_tls(&config)?;
+        let node_tls = tls.as_ref().map(|(_, client)| client.clone());
+        let nodes = Arc::new(GrpcNodes::new(&config, node_tls));
+        Self::start_with(config, nodes, tls.map(|(server, _)| server)).await
     }
 
-    /// Starts a router whose node calls go through `nodes`.
+    /// Starts a router whose node calls go through `nodes`, serving TLS with `tls` (None:
+    /// `--insecure`).
     pub(crate) async fn start_with<N: NodeApi>(
         config: RouterConfig,
         nodes: Arc<N>,
+        tls: Option<ServerTlsConfig>,
     ) -> Result<RouterHandle, StartError> {
         let bind_error = |source| StartError::Bind {
             addr: config.listen_addr,
@@ -156,7 +160,22 @@ impl Router {
 
         let stop_serving = CancellationToken::new();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let serve = Server::builder()
+        let mut builder = Server::builder();
+        match tls {
+            // Any role of the cluster's CA may call the router; which user may do what is a
+            // later slice of issue 15 (users and permissions).
+            Some(tls) => {
+                builder = builder
+                    .tls_config(tls)
+                    .map_err(|err| StartError::TlsSetup(err.to_string()))?
+            }
+            None => warn!(
+                %local_addr,
+                "INSECURE: no TLS (--insecure); anyone who can reach this router reads and \
+                 writes every key"
+            ),
+        }
+        let serve = builder
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
@@ -181,6 +200,30 @@ impl Router {
             shutdown_timeout: config.shutdown_timeout(),
         })
     }
+}
+
+/// Reads and checks the router's certificate files (role `router`, signed by the CA,
+/// valid): the server's TLS (clients' certificates of the CA required) and the client TLS
+/// towards nodes (the same certificate). None: `--insecure`.
+fn load_tls(config: &RouterConfig) -> Result<Option<(ServerTlsConfig, ClientTlsConfig)>, StartError> {
+    let Some(paths) = &config.tls else {
+        return Ok(None);
+    };
+    let files = ringkv_tls::TlsFiles {
+        ca: paths.ca.clone(),
+        cert: paths.cert.clone(),
+        key: paths.key.clone(),
+    };
+    let material = files.load(&[ringkv_tls::Role::Router])?;
+    let ca = Certificate::from_pem(&material.ca_pem);
+    let identity = Identity::from_pem(&material.cert_pem, &material.key_pem);
+    info!(subject = %material.info.subject, "serving mutual TLS");
+    Ok(Some((
+        ServerTlsConfig::new()
+            .identity(identity.clone())
+            .client_ca_root(ca.clone()),
+        ClientTlsConfig::new().ca_certificate(ca).identity(identity),
+    )))
 }
 
 /// A running router. Dropping it without [`RouterHandle::shutdown`] leaves its tasks

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ringkv_launcher::binaries::{env_bin_dir, executable_dir, Binaries};
-use ringkv_launcher::{cluster as launch, Launch, Process};
+use ringkv_launcher::{cluster as launch, ClusterCerts, Launch, Process, Security};
 use ringkv_proto::v1::{
     self, admin_client::AdminClient, kv_client::KvClient, shard_kv_client::ShardKvClient,
 };
 use ringkv_ring::{MemberState, Ring, RingConfig, RingMember};
-use tonic::transport::Channel;
+use ringkv_tls::Role;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Default time allowed for a condition in tests (generous for slow CI machines).
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -54,6 +55,9 @@ pub struct ClusterOptions {
     pub node_args: Vec<String>,
     /// Lines of a TOML config file for the router (empty: no config file).
     pub router_config: Vec<String>,
+    /// Mutual TLS: a CA and certificates are made under the cluster's directory
+    /// (`certs/`); false: every process runs `--insecure`.
+    pub tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -69,6 +73,7 @@ impl Default for ClusterOptions {
                 "500".into(),
             ],
             router_config: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -98,6 +103,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, NodeProcess>,
     router: Option<Process>,
     pub router_addr: Option<String>,
+    /// TLS or not, as `options.tls` asked.
+    pub security: Security,
 }
 
 impl Cluster {
@@ -112,12 +119,19 @@ impl Cluster {
 
     /// Starts `options.nodes` nodes and initialises the cluster, without a router.
     pub async fn nodes_only(options: ClusterOptions) -> Result<Cluster> {
+        let dir = tempfile::tempdir().context("creating the cluster directory")?;
+        let security = if options.tls {
+            Security::Tls(ClusterCerts::create(&dir.path().join("certs"), "test")?)
+        } else {
+            Security::Insecure
+        };
         let mut cluster = Cluster {
-            dir: tempfile::tempdir().context("creating the cluster directory")?,
+            dir,
             options,
             nodes: BTreeMap::new(),
             router: None,
             router_addr: None,
+            security,
         };
         for id in 1..=cluster.options.nodes {
             cluster.start_node(id).await?;
@@ -145,6 +159,7 @@ impl Cluster {
             .arg(&data_dir)
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(self.security.node_args())
             .args(&self.options.node_args)
             .log(self.node_log(id))
             .spawn()?;
@@ -208,6 +223,7 @@ impl Cluster {
             &self.node_addrs(),
             self.options.shards,
             self.options.replication_factor,
+            self.security.client_tls()?.as_ref(),
         )
         .await?)
     }
@@ -234,6 +250,7 @@ impl Cluster {
             .arg(self.node_addrs().join(","))
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(self.security.router_args())
             .args(extra_args)
             .log(self.dir.path().join("router.log"))
             .spawn()?;
@@ -249,19 +266,43 @@ impl Cluster {
     /// A client connected to the router.
     pub async fn client(&self) -> Result<ringkv_client::Client> {
         let addr = self.router_addr.clone().ok_or_else(|| anyhow!("no router"))?;
-        Ok(ringkv_client::Client::connect(vec![addr]).await?)
+        match self.security.client_tls()? {
+            Some(tls) => {
+                let config = ringkv_client::ClientConfig::builder().tls(tls).build()?;
+                Ok(ringkv_client::Client::connect_with(vec![addr], config).await?)
+            }
+            None => Ok(ringkv_client::Client::connect(vec![addr]).await?),
+        }
     }
 
     /// The raw `Kv` gRPC client of the router (no client-library retries).
     pub async fn kv(&self) -> Result<KvClient<Channel>> {
         let addr = self.router_addr.clone().ok_or_else(|| anyhow!("no router"))?;
-        let channel = Channel::from_shared(format!("http://{addr}"))?
+        let channel = self
+            .endpoint(&addr, Role::Client)?
             .connect_timeout(Duration::from_secs(2))
             .connect()
             .await?;
         Ok(KvClient::new(channel)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20))
+    }
+
+    /// An endpoint for `addr`: plain http, or https presenting the certificate of `role`.
+    pub fn endpoint(&self, addr: &str, role: Role) -> Result<Endpoint> {
+        match &self.security {
+            Security::Insecure => Ok(Channel::from_shared(format!("http://{addr}"))?),
+            Security::Tls(certs) => {
+                let paths = certs.paths(role);
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(std::fs::read(certs.ca())?))
+                    .identity(Identity::from_pem(
+                        std::fs::read(&paths.cert)?,
+                        std::fs::read(&paths.key)?,
+                    ));
+                Ok(Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?)
+            }
+        }
     }
 
     /// The router's process id.
@@ -279,7 +320,9 @@ impl Cluster {
 
     async fn channel(&self, id: u64) -> Result<Channel> {
         let addr = self.node_addr(id)?;
-        Ok(Channel::from_shared(format!("http://{addr}"))?
+        // With TLS the test acts as a peer node: every node service accepts it.
+        Ok(self
+            .endpoint(&addr, Role::Node)?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .connect()
@@ -357,7 +400,9 @@ impl Cluster {
 
     /// The leader of every shard, as claimed by the running nodes (highest term wins).
     pub async fn leaders(&self) -> BTreeMap<u32, u64> {
-        launch::shard_leaders(&self.running_nodes(), STATUS_TIMEOUT).await
+        // Unreadable certificates: no node answers, no leaders.
+        let tls = self.security.client_tls().ok().flatten();
+        launch::shard_leaders(&self.running_nodes(), STATUS_TIMEOUT, tls.as_ref()).await
     }
 
     /// Waits until every shard has a leader among the running nodes.
@@ -367,6 +412,7 @@ impl Cluster {
             self.options.shards,
             timeout,
             STATUS_TIMEOUT,
+            self.security.client_tls()?.as_ref(),
         )
         .await?)
     }

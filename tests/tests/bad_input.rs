@@ -205,6 +205,7 @@ async fn node_refuses_bad_config_and_foreign_data() -> anyhow::Result<()> {
             "127.0.0.1:0",
             "--cluster-id",
             "some-other-cluster",
+            "--insecure",
         ])
         .arg("--data-dir")
         .arg(&data_dir)
@@ -213,7 +214,7 @@ async fn node_refuses_bad_config_and_foreign_data() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cluster id mismatch"), "{stderr}");
     let output = Command::new(&node_bin)
-        .args(["--node-id", "2", "--listen", "127.0.0.1:0"])
+        .args(["--node-id", "2", "--listen", "127.0.0.1:0", "--insecure"])
         .arg("--data-dir")
         .arg(&data_dir)
         .output()?;

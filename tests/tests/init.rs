@@ -50,6 +50,7 @@ async fn init_never_mints_a_cluster_beside_an_existing_one() -> anyhow::Result<(
         ],
         cluster.options.shards,
         cluster.options.replication_factor,
+        None,
     )
     .await;
     let message = match through_survivor {

@@ -72,6 +72,16 @@ pub enum CertError {
     /// The leaf would outlive the CA that signs it.
     #[error("the certificate would be valid until {not_after}, after its CA expires ({ca_not_after})")]
     OutlivesCa { not_after: String, ca_not_after: String },
+    /// The certificate's role is not one this process may hold (a node needs a node certificate).
+    #[error("{subject} is a {role} certificate; this needs a {expected} certificate")]
+    WrongRole {
+        subject: String,
+        role: String,
+        expected: String,
+    },
+    /// The private key is not the key of the certificate it was given with.
+    #[error("{} is not the key of the certificate {subject}", key.display())]
+    KeyMismatch { key: PathBuf, subject: String },
     /// rcgen refused to build or sign the certificate.
     #[error("cannot generate the certificate: {0}")]
     Generate(#[from] rcgen::Error),

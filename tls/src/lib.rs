@@ -1,8 +1,9 @@
 //! ringkv certificates: a cluster CA, and the certificates it signs for nodes, routers and
 //! clients, written as PEM files and read back with their checks.
 //!
-//! Nothing in ringkv speaks TLS yet; this crate makes and checks the certificates that the
-//! TLS wiring of nodes, routers, clients and gossip (issue 15) will present and verify.
+//! This crate makes and checks the certificates; nodes and routers present and verify them
+//! on every gRPC connection (mutual TLS, tonic on rustls), and read their files through
+//! [`TlsFiles`]. It does not depend on tonic or rustls.
 //!
 //! - `role` — the [`Role`] a certificate grants and its encoding, a SAN URI
 //!   `ringkv://role/<node|router|client>` (the module docs say why).
@@ -11,6 +12,8 @@
 //! - `inspect` — [`CertInfo`]: what a certificate says, and [`CertInfo::verify`]: signed by
 //!   the CA, valid now, one known role.
 //! - `files` — `<name>.crt` / `<name>.key` in a directory; keys 0600; no overwrite unless asked.
+//! - `material` — [`TlsFiles`] → [`TlsMaterial`]: a process's CA, certificate and key, read
+//!   and checked at start; [`peer_role`]: the role of a peer's certificate.
 //! - `validity` — [`Validity`] windows and their defaults (CA 10 years, leaves 1 year).
 //! - `error` — [`CertError`], one variant per bad input.
 //!
@@ -34,6 +37,7 @@ mod error;
 mod files;
 mod inspect;
 mod issue;
+mod material;
 mod role;
 mod validity;
 
@@ -44,6 +48,7 @@ pub use files::{
 };
 pub use inspect::{parse_certificate_pem, read_certificate, CertInfo};
 pub use issue::{check_user, CertificateAuthority, IssuedCert, LeafRequest, MAX_NAME_CHARS};
+pub use material::{peer_role, TlsFiles, TlsMaterial};
 pub use role::{Role, ROLE_URI_PREFIX};
 pub use validity::{
     format_time, Validity, CLOCK_SKEW_ALLOWANCE, DEFAULT_CA_LIFETIME_DAYS, DEFAULT_LEAF_LIFETIME_DAYS,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ringkv_client::{Client, ClientConfig};
 use ringkv_launcher::binaries::{env_bin_dir, executable_dir, is_release_build, Binaries, BIN_DIR_ENV};
-use ringkv_launcher::{cluster, Launch};
+use ringkv_launcher::{cluster, Launch, Security};
 
 use super::{
     fresh_dir, wait_until_serving, RunningSystem, Started, SystemInfo, SystemKind, MEMBERS, STARTUP_TIMEOUT,
@@ -46,14 +46,16 @@ pub async fn start(binaries: &Binaries, shards: u32, parent: &Path) -> Result<Ru
             .arg(&data_dir)
             .arg("--addr-file")
             .arg(&addr_file)
+            // Without TLS until the benchmark measures its cost (issue 15).
+            .args(Security::Insecure.node_args())
             .log(dir.join(format!("node-{node_id}.log")));
         let process = started.spawn(launch)?;
         let addr = process.wait_for_addr_file(&addr_file, STARTUP_TIMEOUT).await?;
         nodes.push((node_id, addr));
     }
     let addrs: Vec<String> = nodes.iter().map(|(_, addr)| addr.clone()).collect();
-    cluster::init_cluster(&addrs, shards, MEMBERS).await?;
-    cluster::wait_for_leaders(&nodes, shards, STARTUP_TIMEOUT, STATUS_TIMEOUT).await?;
+    cluster::init_cluster(&addrs, shards, MEMBERS, None).await?;
+    cluster::wait_for_leaders(&nodes, shards, STARTUP_TIMEOUT, STATUS_TIMEOUT, None).await?;
 
     let router_addr_file = dir.join("router.addr");
     let router = started.spawn(
@@ -62,6 +64,7 @@ pub async fn start(binaries: &Binaries, shards: u32, parent: &Path) -> Result<Ru
             .arg(addrs.join(","))
             .arg("--addr-file")
             .arg(&router_addr_file)
+            .args(Security::Insecure.router_args())
             .log(dir.join("router.log")),
     )?;
     let router_addr = router

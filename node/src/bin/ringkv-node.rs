@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use ringkv_node::config::TlsPaths;
 use ringkv_node::{NodeConfig, NodeServer};
 use tracing::info;
 
@@ -128,6 +129,20 @@ struct Args {
     /// acknowledges writes its disk may not hold.
     #[arg(long, hide = true)]
     unsafe_ignore_sync_errors: bool,
+    /// The cluster CA's certificate (PEM): callers and peers must present certificates it
+    /// signed. With --cert and --key; see `kvctl cert`.
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// This node's certificate (PEM, role node, signed by the CA).
+    #[arg(long, requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+    /// Serve and dial without TLS: anyone who can reach the node owns the cluster. For
+    /// tests and local experiments only.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    insecure: bool,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -224,6 +239,18 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     config.unsafe_local_commit_ts |= args.unsafe_local_commit_ts;
     config.unsafe_ignore_locks |= args.unsafe_ignore_locks;
     config.unsafe_dedup_wall_clock |= args.unsafe_dedup_wall_clock;
+    if let (Some(ca), Some(cert), Some(key)) = (&args.ca, &args.cert, &args.key) {
+        config.tls = Some(TlsPaths {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+        config.insecure = false;
+    }
+    if args.insecure {
+        config.insecure = true;
+        config.tls = None;
+    }
     config.validate()?;
     Ok(config)
 }

@@ -97,6 +97,7 @@ impl Node {
         addr: String,
         engine: EngineRef,
         catalog: TreeRef,
+        peer_tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Node, NodeError> {
         let cluster_id = check_identity(&catalog, &config)?;
         let tasks = TaskTracker::new();
@@ -130,6 +131,7 @@ impl Node {
             rpc_timeout,
             config.max_message_bytes,
             config.catch_up_bytes_per_sec,
+            peer_tls,
         );
         if let Some(cluster_id) = &cluster_id {
             transport.set_cluster_id(cluster_id);

@@ -18,7 +18,7 @@ use ringkv_proto::v1::raft_client::RaftClient;
 use ringkv_proto::v1::{RaftMessage, RaftReply};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::catch_up::Pacer;
 use super::types::{GroupId, NodeId, TypeConfig};
@@ -45,6 +45,8 @@ pub struct Transport {
     /// Paces the catch-up traffic of every group of this node — snapshot chunks here, log
     /// entries for lagging followers where they are read — to one byte rate (None = unlimited).
     catch_up_pacer: Option<Arc<Pacer>>,
+    /// Mutual TLS to peers with this node's certificate (None: `--insecure`, plain HTTP/2).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Transport {
@@ -53,6 +55,7 @@ impl Transport {
         connect_timeout: Duration,
         max_message_bytes: usize,
         catch_up_bytes_per_sec: u64,
+        tls: Option<ClientTlsConfig>,
     ) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
@@ -61,6 +64,7 @@ impl Transport {
             connect_timeout,
             max_message_bytes,
             catch_up_pacer: Pacer::new(catch_up_bytes_per_sec),
+            tls,
         })
     }
 
@@ -96,15 +100,20 @@ impl Transport {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|err| TransportError::Unreachable {
-                addr: addr.to_string(),
-                detail: format!("invalid address: {err}"),
-            })?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+        let invalid = |err: tonic::transport::Error| TransportError::Unreachable {
+            addr: addr.to_string(),
+            detail: format!("invalid address: {err}"),
+        };
+        let endpoint = match &self.tls {
+            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+                .and_then(|endpoint| endpoint.tls_config(tls.clone()))
+                .map_err(invalid)?,
+            None => Endpoint::from_shared(format!("http://{addr}")).map_err(invalid)?,
+        }
+        .connect_timeout(self.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)

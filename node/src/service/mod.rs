@@ -5,10 +5,12 @@
 //! - [`admin`]: `Admin` — cluster bootstrap and node status.
 //! - [`tso`]: `Tso` — timestamps from the timestamp oracle.
 //! - [`inflight`]: the bound on requests in flight, around every service.
+//! - [`roles`]: with TLS, which certificate roles each service accepts, around every service.
 
 pub mod admin;
 pub mod inflight;
 pub mod raft;
+pub mod roles;
 pub mod shard;
 pub mod tso;
 

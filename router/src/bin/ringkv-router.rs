@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use ringkv_router::config::TlsPaths;
 use ringkv_router::failpoint::Failpoint;
 use ringkv_router::log_format::JsonLines;
 use ringkv_router::{Router, RouterConfig};
@@ -40,6 +41,20 @@ struct Cli {
     /// deadline [default: 2000].
     #[arg(long, value_name = "MS")]
     rpc_timeout_ms: Option<u64>,
+    /// The cluster CA's certificate (PEM): clients must present certificates it signed,
+    /// and nodes' certificates are checked against it. With --cert and --key.
+    #[arg(long, value_name = "PATH", requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// This router's certificate (PEM, role router, signed by the CA).
+    #[arg(long, value_name = "PATH", requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// This router's private key (PEM).
+    #[arg(long, value_name = "PATH", requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+    /// Serve and dial without TLS: anyone who can reach the router reads and writes every
+    /// key. For tests and local experiments only.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    insecure: bool,
     /// Once bound, write the listening address to this file (atomically).
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
@@ -124,6 +139,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.unsafe_failpoint = cli.unsafe_failpoint.or(config.unsafe_failpoint);
     if let Some(count) = cli.unsafe_tso_prefetch {
         config.unsafe_tso_prefetch = count;
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (&cli.ca, &cli.cert, &cli.key) {
+        config.tls = Some(TlsPaths {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+        config.insecure = false;
+    }
+    if cli.insecure {
+        config.insecure = true;
+        config.tls = None;
     }
     config.validate().context("bad configuration (see --help)")?;
 

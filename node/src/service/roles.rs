@@ -1,0 +1,229 @@
+//! Who may call which service, checked once per request from the caller's TLS certificate.
+//!
+//! With TLS on, the handshake already proved that the caller holds a certificate of this
+//! cluster's CA, valid now (rustls's client verifier). [`RoleGate`] wraps a generated
+//! tonic server, like [`Bounded`](super::inflight::Bounded), and reads the role URI of
+//! that certificate (`ringkv://role/<role>`, see `ringkv-tls`) before the request is
+//! decoded: a role the service does not accept is answered `PERMISSION_DENIED` naming the
+//! service, the role and who the certificate names, and the service never sees the
+//! request. So a client certificate cannot speak `Raft` (no forged votes or appends).
+//!
+//! Who is accepted ([`SERVICE_ROLES`]): `Raft` — nodes only; `ShardKv` and `Tso` — routers,
+//! and nodes (nodes forward timestamps to the system leader); `Admin` — nodes, routers and
+//! clients. `Admin` is open to every certificate of the cluster until users and
+//! permissions exist (issue 15, a later slice): a client certificate may still init the
+//! cluster or change the ring.
+//!
+//! Without TLS (`--insecure`) no gate is installed: there is no certificate to read.
+//! The refusals are made here, not through `NodeError`: like a failed handshake, they
+//! happen before any service runs.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use ringkv_proto::v1;
+use ringkv_tls::Role;
+use tonic::codegen::{http, Service};
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+
+/// Which roles each service accepts, by service name.
+pub const SERVICE_ROLES: [(&str, &[Role]); 4] = [
+    (v1::raft_server::SERVICE_NAME, &[Role::Node]),
+    (v1::shard_kv_server::SERVICE_NAME, &[Role::Router, Role::Node]),
+    (v1::tso_server::SERVICE_NAME, &[Role::Router, Role::Node]),
+    (
+        v1::admin_server::SERVICE_NAME,
+        &[Role::Node, Role::Router, Role::Client],
+    ),
+];
+
+/// Most distinct peer certificates whose roles are remembered (a node meets its peers and
+/// routers, a handful); past it the memory starts over.
+const MAX_REMEMBERED_CERTS: usize = 1024;
+
+/// A certificate's role, or why it has none.
+type RoleOrReason = Result<Role, String>;
+
+/// The roles of the certificates seen, by DER: a certificate is parsed once, not once per
+/// request (Raft messages come thousands a second). Shared by every gate of a server.
+#[derive(Debug, Clone, Default)]
+pub struct RoleCache {
+    roles: Arc<Mutex<HashMap<Vec<u8>, RoleOrReason>>>,
+}
+
+impl RoleCache {
+    /// The role of the certificate `der`, or why it has none.
+    fn role_of(&self, der: &[u8]) -> RoleOrReason {
+        let mut roles = self.roles.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = roles.get(der) {
+            return known.clone();
+        }
+        let role = ringkv_tls::peer_role(der).map_err(|err| err.to_string());
+        if roles.len() >= MAX_REMEMBERED_CERTS {
+            roles.clear();
+        }
+        roles.insert(der.to_vec(), role.clone());
+        role
+    }
+}
+
+/// The roles `service` accepts (none for an unknown service: nothing is let through).
+pub fn accepted_roles(service: &str) -> &'static [Role] {
+    SERVICE_ROLES
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, roles)| *roles)
+        .unwrap_or(&[])
+}
+
+/// Whether the caller whose leaf certificate is `peer_cert` (DER; None: it presented none)
+/// may call `service`; the status to answer if not.
+pub fn check_caller(service: &str, peer_cert: Option<&[u8]>, cache: &RoleCache) -> Result<Role, Status> {
+    let Some(der) = peer_cert else {
+        return Err(Status::unauthenticated(format!(
+            "{service} needs a client certificate of this cluster's CA"
+        )));
+    };
+    let role = cache.role_of(der).map_err(|reason| {
+        Status::permission_denied(format!("{service} refused the caller's certificate: {reason}"))
+    })?;
+    let accepted = accepted_roles(service);
+    if accepted.contains(&role) {
+        return Ok(role);
+    }
+    let names: Vec<&str> = accepted.iter().map(|role| role.name()).collect();
+    Err(Status::permission_denied(format!(
+        "{service} accepts only {} certificates; the caller presented a {role} certificate",
+        names.join(", ")
+    )))
+}
+
+/// A gRPC service that answers only callers whose certificate role it accepts; with no
+/// cache (the server runs without TLS) it lets every call through.
+#[derive(Debug, Clone)]
+pub struct RoleGate<S> {
+    inner: S,
+    cache: Option<RoleCache>,
+}
+
+impl<S: NamedService> RoleGate<S> {
+    /// Checks roles when `cache` is set (TLS on), else passes calls through.
+    pub fn new(inner: S, cache: Option<RoleCache>) -> RoleGate<S> {
+        RoleGate { inner, cache }
+    }
+}
+
+impl<S: NamedService> NamedService for RoleGate<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for RoleGate<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
+        + NamedService,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Some(cache) = &self.cache else {
+            return Box::pin(self.inner.call(request));
+        };
+        let peer_certs = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        let leaf = peer_certs.as_ref().and_then(|certs| certs.first());
+        match check_caller(S::NAME, leaf.map(|cert| cert.as_ref()), cache) {
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+            Ok(_role) => Box::pin(self.inner.call(request)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use ringkv_tls::{CertificateAuthority, LeafRequest, Validity};
+    use tonic::Code;
+
+    use super::*;
+
+    fn leaf_der(ca: &CertificateAuthority, role: Role) -> Vec<u8> {
+        let (hosts, user) = match role {
+            Role::Client => (vec![], Some("alice".to_string())),
+            _ => (vec!["127.0.0.1".to_string()], None),
+        };
+        let issued = ca
+            .issue(&LeafRequest {
+                role,
+                hosts,
+                user,
+                validity: Validity::days_from_now(1).expect("validity"),
+            })
+            .expect("issue");
+        ringkv_tls::parse_certificate_pem(&issued.cert_pem, "leaf").expect("pem")
+    }
+
+    /// Each service accepts exactly its roles; a client certificate cannot speak Raft,
+    /// and the refusal names the service and the role; no certificate is unauthenticated.
+    #[test]
+    fn services_accept_only_their_roles() {
+        let ca =
+            CertificateAuthority::create("test", Validity::days_from_now(2).expect("validity")).expect("ca");
+        let cache = RoleCache::default();
+        let cases = [
+            ("ringkv.v1.Raft", Role::Node, true),
+            ("ringkv.v1.Raft", Role::Router, false),
+            ("ringkv.v1.Raft", Role::Client, false),
+            ("ringkv.v1.ShardKv", Role::Router, true),
+            ("ringkv.v1.ShardKv", Role::Node, true),
+            ("ringkv.v1.ShardKv", Role::Client, false),
+            ("ringkv.v1.Tso", Role::Router, true),
+            ("ringkv.v1.Tso", Role::Client, false),
+            ("ringkv.v1.Admin", Role::Client, true),
+            ("ringkv.v1.Admin", Role::Router, true),
+            ("ringkv.v1.Admin", Role::Node, true),
+            ("ringkv.v1.Unknown", Role::Node, false),
+        ];
+        for (index, (service, role, accepted)) in cases.into_iter().enumerate() {
+            let der = leaf_der(&ca, role);
+            // Twice: the second answer comes from the cache and must be the same.
+            for _ in 0..2 {
+                let answer = check_caller(service, Some(&der), &cache);
+                assert_eq!(answer.is_ok(), accepted, "case {index}: {service} {role}");
+                if let Err(status) = answer {
+                    assert_eq!(status.code(), Code::PermissionDenied, "case {index}");
+                    assert!(
+                        status.message().contains(service),
+                        "case {index}: {}",
+                        status.message()
+                    );
+                    assert!(status.message().contains(role.name()), "case {index}");
+                }
+            }
+        }
+        let none = check_caller("ringkv.v1.Admin", None, &cache).expect_err("no certificate");
+        assert_eq!(none.code(), Code::Unauthenticated);
+        let no_role =
+            check_caller("ringkv.v1.Admin", Some(&ca.info().der), &cache).expect_err("a CA has no role");
+        assert_eq!(no_role.code(), Code::PermissionDenied);
+        assert!(ca.info().check_valid_at(SystemTime::now()).is_ok());
+    }
+}

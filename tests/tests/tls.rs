@@ -1,0 +1,306 @@
+//! Mutual TLS on every connection (issue 15): a TLS cluster serves clients that present a
+//! certificate of its CA; callers without one, with another CA's, or with an expired one
+//! are refused by routers and nodes; a client certificate cannot speak `Raft`; and a node
+//! or router given neither TLS files nor `--insecure` does not start.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use ringkv_client::{Client, ClientConfig, ClientTls};
+use ringkv_launcher::{ClusterCerts, Security};
+use ringkv_proto::v1;
+use ringkv_tests::{bin_dir, Cluster, ClusterOptions};
+use ringkv_tls::{CertificateAuthority, IssuedCert, LeafRequest, Role, Validity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::Code;
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// Deadline of each probe: a refusal must come well within it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn tls_options() -> ClusterOptions {
+    ClusterOptions {
+        shards: 4,
+        tls: true,
+        ..ClusterOptions::default()
+    }
+}
+
+fn certs(cluster: &Cluster) -> &ClusterCerts {
+    match &cluster.security {
+        Security::Tls(certs) => certs,
+        Security::Insecure => panic!("the test cluster runs TLS"),
+    }
+}
+
+fn ca_of(certs: &ClusterCerts) -> CertificateAuthority {
+    let paths = certs.ca_paths();
+    CertificateAuthority::load(&paths.cert, &paths.key).expect("the cluster's CA")
+}
+
+fn client_cert(ca: &CertificateAuthority, validity: Validity) -> IssuedCert {
+    ca.issue(&LeafRequest {
+        role: Role::Client,
+        hosts: Vec::new(),
+        user: Some("mallory".to_string()),
+        validity,
+    })
+    .expect("issue a client certificate")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
+}
+
+/// A client of the router that trusts the cluster's CA and presents `identity`; one
+/// attempt per call.
+async fn client_presenting(cluster: &Cluster, identity: &IssuedCert) -> anyhow::Result<Client> {
+    let config = ClientConfig::builder()
+        .request_timeout(PROBE_TIMEOUT)
+        .max_attempts(1)
+        .tls(ClientTls {
+            ca_pem: read(&certs(cluster).ca()),
+            cert_pem: identity.cert_pem.clone(),
+            key_pem: identity.key_pem.clone(),
+        })
+        .build()?;
+    let router = cluster.router_addr.clone().expect("a router");
+    Ok(Client::connect_with(vec![router], config).await?)
+}
+
+/// A raw channel to `addr` that trusts the cluster's CA and presents `identity`, or no
+/// certificate at all.
+async fn channel_presenting(
+    cluster: &Cluster,
+    addr: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&certs(cluster).ca())));
+    if let Some((cert_pem, key_pem)) = identity {
+        tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .expect("a valid URI")
+        .tls_config(tls)?
+        .connect_timeout(PROBE_TIMEOUT)
+        .timeout(PROBE_TIMEOUT)
+        .connect()
+        .await
+}
+
+/// `Admin.NodeStatus` at `addr` presenting `identity`: the status, or why it failed.
+async fn node_status_presenting(
+    cluster: &Cluster,
+    addr: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<v1::NodeStatusResponse, String> {
+    let channel = channel_presenting(cluster, addr, identity)
+        .await
+        .map_err(|err| format!("connect: {err}"))?;
+    v1::admin_client::AdminClient::new(channel)
+        .node_status(v1::NodeStatusRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| format!("{status}"))
+}
+
+/// A TLS cluster (nodes replicating over TLS, the router dialling nodes with its
+/// certificate) serves puts and gets to a client presenting a certificate of its CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_clients_with_certificates() -> anyhow::Result<()> {
+    let cluster = Cluster::start(tls_options()).await?;
+    let client = cluster.client().await?;
+    for index in 0..20 {
+        let key = format!("tls/{index}");
+        let version = client.put(&key, format!("value {index}")).await?;
+        let read = client.get(&key).await?.expect("the key was written");
+        assert_eq!(read.value, format!("value {index}").into_bytes(), "key {key}");
+        assert_eq!(read.version, version, "key {key}");
+    }
+    // Every node's log says it serves TLS.
+    for id in 1..=cluster.options.nodes {
+        let log = read(&cluster.node_log(id));
+        assert!(log.contains("serving mutual TLS"), "node {id}: {log}");
+    }
+    Ok(())
+}
+
+/// Routers and nodes refuse callers without a certificate, with a certificate of another
+/// CA, with an expired certificate of the cluster's CA, and over plain http; they keep
+/// serving callers with good certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_a_valid_certificate_are_refused() -> anyhow::Result<()> {
+    let cluster = Cluster::start(tls_options()).await?;
+    let ca = ca_of(certs(&cluster));
+    let other_ca = CertificateAuthority::create("other", Validity::days_from_now(30)?)?;
+    let now = SystemTime::now();
+    let refused = [
+        ("another CA", client_cert(&other_ca, Validity::days_from_now(1)?)),
+        (
+            "an expired certificate",
+            client_cert(&ca, Validity::between(now - 3 * DAY, now - DAY)?),
+        ),
+    ];
+    let node = cluster.node_addr(1)?;
+    for (what, issued) in &refused {
+        let client = client_presenting(&cluster, issued).await?;
+        let answer = client.put("refused", "x").await;
+        assert!(answer.is_err(), "router, {what}: {answer:?}");
+        let answer = node_status_presenting(&cluster, &node, Some((&issued.cert_pem, &issued.key_pem))).await;
+        assert!(answer.is_err(), "node, {what}: {answer:?}");
+    }
+    // No certificate at all, over TLS.
+    let answer = node_status_presenting(&cluster, &node, None).await;
+    assert!(answer.is_err(), "node, no certificate: {answer:?}");
+    let router = cluster.router_addr.clone().expect("a router");
+    let no_cert = match channel_presenting(&cluster, &router, None).await {
+        Err(err) => Err(err.to_string()),
+        Ok(channel) => v1::kv_client::KvClient::new(channel)
+            .get(v1::GetRequest {
+                key: b"refused".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|status| status.to_string()),
+    };
+    assert!(no_cert.is_err(), "router, no certificate: {no_cert:?}");
+    // Plain http to a TLS port.
+    let plain = Client::connect_with(
+        vec![router.clone()],
+        ClientConfig::builder()
+            .request_timeout(PROBE_TIMEOUT)
+            .max_attempts(1)
+            .build()?,
+    )
+    .await?
+    .get("refused")
+    .await;
+    assert!(plain.is_err(), "router, plain http: {plain:?}");
+
+    // Nothing was written, and good certificates are still served.
+    let client = cluster.client().await?;
+    assert_eq!(client.get("refused").await?, None);
+    client.put("accepted", "yes").await?;
+    Ok(())
+}
+
+/// A client (or router) certificate calling `Raft` on a node is refused with
+/// PERMISSION_DENIED naming the service and the role, and the forged vote changes nothing:
+/// the system group keeps its term and the cluster keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_cannot_speak_raft() -> anyhow::Result<()> {
+    let cluster = Cluster::start(tls_options()).await?;
+    let certs = certs(&cluster);
+    let node = cluster.node_addr(1)?;
+    let system_term = |status: &v1::NodeStatusResponse| {
+        status
+            .replicas
+            .iter()
+            .find(|replica| replica.shard_id.is_none())
+            .map(|replica| replica.term)
+    };
+    let before = cluster.node_status(1).await?;
+    let term_before = system_term(&before).expect("node 1 hosts the system group");
+    // A vote request with a near-maximum term, as openraft encodes it (postcard): term,
+    // candidate node id, not committed, no last log id. Accepted, it would make every
+    // later election of the system group fail.
+    let mut payload = Vec::new();
+    let mut term: u64 = 1 << 60;
+    while term >= 0x80 {
+        payload.push((term as u8) | 0x80);
+        term >>= 7;
+    }
+    payload.push(term as u8);
+    payload.extend_from_slice(&[2, 0, 0]);
+    let forged = v1::RaftMessage {
+        cluster_id: before.cluster_id.clone(),
+        shard_id: 0,
+        system: true,
+        from_node: 2,
+        payload,
+        to_node: 1,
+    };
+    for role in [Role::Client, Role::Router] {
+        let paths = certs.paths(role);
+        let (cert_pem, key_pem) = (read(&paths.cert), read(&paths.key));
+        let channel = channel_presenting(&cluster, &node, Some((&cert_pem, &key_pem))).await?;
+        let refused = v1::raft_client::RaftClient::new(channel)
+            .vote(forged.clone())
+            .await
+            .expect_err("a forged vote with a non-node certificate");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{role}: {refused}");
+        assert!(
+            refused.message().contains("ringkv.v1.Raft")
+                && refused.message().contains("only node certificates")
+                && refused.message().contains(&format!("a {role} certificate")),
+            "{role}: {}",
+            refused.message()
+        );
+        // The same certificate may still ask for the node's status.
+        let channel = channel_presenting(&cluster, &node, Some((&cert_pem, &key_pem))).await?;
+        v1::admin_client::AdminClient::new(channel)
+            .node_status(v1::NodeStatusRequest {})
+            .await?;
+    }
+    let after = cluster.node_status(1).await?;
+    assert_eq!(
+        system_term(&after),
+        Some(term_before),
+        "the forged vote changed nothing"
+    );
+    cluster
+        .client()
+        .await?
+        .put("after/forged", "still serving")
+        .await?;
+    Ok(())
+}
+
+/// A node or router started with neither TLS files nor `--insecure` exits at once with a
+/// message saying what to give; a node given a client certificate says it needs a node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_without_tls_or_insecure_refuse_to_start() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let node_bin = bin_dir()?.join("ringkv-node");
+    let base = |data_dir: &str| {
+        let mut command = Command::new(&node_bin);
+        command
+            .args(["--node-id", "1", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(scratch.path().join(data_dir));
+        command
+    };
+    let output = base("open").output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no TLS configured") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+
+    let output = Command::new(bin_dir()?.join("ringkv-router"))
+        .args(["--listen", "127.0.0.1:0", "--nodes", "127.0.0.1:1"])
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no TLS configured") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+
+    let certs = ClusterCerts::create(&scratch.path().join("certs"), "refusals")?;
+    let client = certs.paths(Role::Client);
+    let output = base("wrong-role")
+        .arg("--ca")
+        .arg(certs.ca())
+        .arg("--cert")
+        .arg(&client.cert)
+        .arg("--key")
+        .arg(&client.key)
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs a node certificate"), "{stderr}");
+    Ok(())
+}
