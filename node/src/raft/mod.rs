@@ -11,6 +11,7 @@
 //! - [`ring_change`]: ring membership changes as a pure function of the committed config,
 //!   applied by the system group's state machine.
 //! - [`network`]: the openraft network over the `Raft` gRPC service.
+//! - [`pipeline`]: one stream per peer carrying the small Raft messages of every group.
 //! - [`catch_up`]: one byte rate per node for snapshot chunks and the log entries read for
 //!   followers that lag.
 
@@ -18,6 +19,7 @@ pub mod catch_up;
 pub mod flusher;
 pub mod log_store;
 pub mod network;
+pub mod pipeline;
 pub mod ring_change;
 pub mod snapshot;
 pub mod state_machine;

@@ -15,12 +15,13 @@ use openraft::raft::{
 };
 use openraft::BasicNode;
 use ringkv_proto::v1::raft_client::RaftClient;
-use ringkv_proto::v1::{RaftMessage, RaftReply};
+use ringkv_proto::v1::{RaftMessage, RaftReply, RaftRpc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::catch_up::Pacer;
+use super::pipeline::Pipeline;
 use super::types::{GroupId, NodeId, TypeConfig};
 
 /// Errors reaching a peer.
@@ -39,6 +40,9 @@ pub struct Transport {
     node_id: NodeId,
     cluster_id: RwLock<String>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// The `Raft.Pipeline` stream to each peer (appends, leadership confirmations, votes);
+    /// `None`: the peer has no pipeline (an older version), its messages go unary.
+    pipelines: Mutex<HashMap<String, Option<Arc<Pipeline>>>>,
     connect_timeout: Duration,
     /// Largest gRPC message accepted or sent (snapshot chunks and append batches fit in it).
     max_message_bytes: usize,
@@ -61,6 +65,7 @@ impl Transport {
             node_id,
             cluster_id: RwLock::new(String::new()),
             channels: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
             connect_timeout,
             max_message_bytes,
             catch_up_pacer: Pacer::new(catch_up_bytes_per_sec),
@@ -127,6 +132,36 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The pipeline to `addr`, started at first use (None: the peer has none).
+    fn pipeline(&self, addr: &str) -> Result<Option<Arc<Pipeline>>, TransportError> {
+        let mut pipelines = match self.pipelines.lock() {
+            Ok(pipelines) => pipelines,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(pipeline) = pipelines.get(addr) {
+            return Ok(pipeline.clone());
+        }
+        let pipeline = Arc::new(Pipeline::start(
+            addr.to_string(),
+            self.raft_client(addr)?,
+            self.max_message_bytes,
+            self.connect_timeout,
+        ));
+        pipelines.insert(addr.to_string(), Some(pipeline.clone()));
+        Ok(Some(pipeline))
+    }
+
+    /// Sends the messages for `addr` unary from now on (its node has no pipeline).
+    fn without_pipeline(&self, addr: &str) {
+        let mut pipelines = match self.pipelines.lock() {
+            Ok(pipelines) => pipelines,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        pipelines.insert(addr.to_string(), None);
+    }
+}
+
 /// Creates the connections of one group.
 pub struct NetworkFactory {
     group: GroupId,
@@ -166,6 +201,19 @@ enum Rpc {
     ConfirmLeadership,
     Vote,
     Snapshot,
+}
+
+impl Rpc {
+    /// The frame kind it travels as on a pipeline; snapshots stay unary (a chunk must not
+    /// hold the small messages up).
+    fn pipelined(self) -> Option<RaftRpc> {
+        match self {
+            Rpc::Append => Some(RaftRpc::AppendEntries),
+            Rpc::ConfirmLeadership => Some(RaftRpc::ConfirmLeadership),
+            Rpc::Vote => Some(RaftRpc::Vote),
+            Rpc::Snapshot => None,
+        }
+    }
 }
 
 /// Builds the envelope for a group message.
@@ -215,6 +263,33 @@ impl Connection {
         request: &Req,
         option: &RPCOption,
     ) -> Result<Result<RaftReply, tonic::Status>, CallError<E>> {
+        let message = self.message(request)?;
+        if let Some(kind) = rpc.pipelined() {
+            let pipeline = self
+                .transport
+                .pipeline(&self.addr)
+                .map_err(|err| RPCError::Unreachable(Unreachable::new(&err)))?;
+            if let Some(pipeline) = pipeline {
+                match pipeline.call(kind, message).await {
+                    Err(status) if status.code() == tonic::Code::Unimplemented => {
+                        tracing::info!(peer = %self.addr, "the peer has no raft pipeline: unary RPCs to it");
+                        self.transport.without_pipeline(&self.addr);
+                        return self.send_unary(rpc, self.message(request)?, option).await;
+                    }
+                    answered => return Ok(answered),
+                }
+            }
+        }
+        self.send_unary(rpc, message, option).await
+    }
+
+    /// The envelope of `request` for the target.
+    // The error type is openraft's (`RaftNetwork`'s signatures), large or not.
+    #[allow(clippy::result_large_err)]
+    fn message<Req: Serialize, E: std::error::Error>(
+        &self,
+        request: &Req,
+    ) -> Result<RaftMessage, CallError<E>> {
         let payload = postcard::to_allocvec(request)
             .map_err(|err| RPCError::Network(NetworkError::new(&TransportError::Codec(err.to_string()))))?;
         let mut message = envelope(
@@ -224,6 +299,16 @@ impl Connection {
             payload,
         );
         message.to_node = self.target;
+        Ok(message)
+    }
+
+    /// Sends one message as a unary RPC.
+    async fn send_unary<E: std::error::Error>(
+        &self,
+        rpc: Rpc,
+        message: RaftMessage,
+        option: &RPCOption,
+    ) -> Result<Result<RaftReply, tonic::Status>, CallError<E>> {
         let mut client = self
             .transport
             .raft_client(&self.addr)

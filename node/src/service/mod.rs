@@ -2,6 +2,7 @@
 //!
 //! - [`shard`]: `ShardKv` — shard-addressed reads and writes from routers.
 //! - [`raft`]: `Raft` — the multi-raft transport, cluster join, system proposals.
+//! - [`raft_pipeline`]: `Raft.Pipeline` — the frames of many groups on one stream per peer.
 //! - [`admin`]: `Admin` — cluster bootstrap and node status.
 //! - [`tso`]: `Tso` — timestamps from the timestamp oracle.
 //! - [`inflight`]: the bound on requests in flight, around every service.
@@ -10,6 +11,7 @@
 pub mod admin;
 pub mod inflight;
 pub mod raft;
+pub mod raft_pipeline;
 pub mod roles;
 pub mod shard;
 pub mod tso;

@@ -7,10 +7,11 @@ use openraft::raft::{
 };
 use ringkv_proto::v1::{self, raft_server::Raft as RaftRpc};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use super::status;
+use super::{raft_pipeline, status};
 use crate::error::NodeError;
 use crate::group::Group;
 use crate::node::Node;
@@ -19,13 +20,64 @@ use crate::rebalance::MembershipView;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
+#[derive(Clone)]
 pub struct RaftService {
     node: Node,
+    /// Cancelled when the server shuts down: pipeline streams end then (a graceful
+    /// shutdown waits for every stream, and a peer never ends its pipeline).
+    stopping: CancellationToken,
 }
 
 impl RaftService {
-    pub fn new(node: Node) -> RaftService {
-        RaftService { node }
+    pub fn new(node: Node, stopping: CancellationToken) -> RaftService {
+        RaftService { node, stopping }
+    }
+
+    /// Cancelled when the server shuts down.
+    pub(super) fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// `AppendEntries`, unary or a pipeline frame.
+    pub(super) async fn append(&self, message: v1::RaftMessage) -> Result<v1::RaftReply, Status> {
+        let group = self.group(&message)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&message.payload)?;
+        check_append_entries(rpc.entries.len())?;
+        reply(&group.raft.append_entries(rpc).await)
+    }
+
+    /// `ConfirmLeadership`, unary or a pipeline frame.
+    pub(super) fn confirm(&self, message: v1::RaftMessage) -> Result<v1::RaftReply, Status> {
+        let group = self.group(&message)?;
+        let leader: Vote = decode(&message.payload)?;
+        let promised = self
+            .node
+            .promised_vote(group.id)
+            .map_err(|err| status(err, false))?;
+        let answer: Result<_, RaftError<NodeId>> = Ok(confirmation(&leader, promised));
+        reply(&answer)
+    }
+
+    /// `Vote`, unary or a pipeline frame.
+    pub(super) async fn answer_vote(&self, message: v1::RaftMessage) -> Result<v1::RaftReply, Status> {
+        let group = self.group(&message)?;
+        let rpc: VoteRequest<NodeId> = decode(&message.payload)?;
+        // A replica re-created here keeps its deleted predecessor's promises.
+        let tombstone = self
+            .node
+            .group_tombstone(group.id)
+            .map_err(|err| status(err, false))?;
+        if let Some(reason) = tombstone.refuses(&rpc.vote, rpc.last_log_id) {
+            debug!(group = %group.id, candidate = %rpc.vote, %reason, "vote refused");
+            let current = group.raft.metrics().borrow().vote;
+            let refused: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse {
+                vote: current,
+                vote_granted: false,
+                last_log_id: tombstone.last_log_id,
+            });
+            return reply(&refused);
+        }
+        reply(&group.raft.vote(rpc).await)
     }
 
     fn group(&self, message: &v1::RaftMessage) -> Result<Arc<Group>, Status> {
@@ -81,7 +133,7 @@ fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
     })
 }
 
-fn reply<T: Serialize>(value: &T) -> Result<Response<v1::RaftReply>, Status> {
+fn reply<T: Serialize>(value: &T) -> Result<v1::RaftReply, Status> {
     let payload = postcard::to_allocvec(value).map_err(|err| {
         let encode = NodeError::Encode {
             what: "raft reply",
@@ -89,7 +141,7 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<v1::RaftReply>, Status> {
         };
         status(encode, false)
     })?;
-    Ok(Response::new(v1::RaftReply { payload }))
+    Ok(v1::RaftReply { payload })
 }
 
 /// The answer to a leadership confirmation from `leader`, given the highest vote this
@@ -111,50 +163,31 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftReply>, Status> {
-        let message = request.into_inner();
-        let group = self.group(&message)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&message.payload)?;
-        check_append_entries(rpc.entries.len())?;
-        reply(&group.raft.append_entries(rpc).await)
+        self.append(request.into_inner()).await.map(Response::new)
     }
 
     async fn confirm_leadership(
         &self,
         request: Request<v1::RaftMessage>,
     ) -> Result<Response<v1::RaftReply>, Status> {
-        let message = request.into_inner();
-        let group = self.group(&message)?;
-        let leader: Vote = decode(&message.payload)?;
-        let promised = self
-            .node
-            .promised_vote(group.id)
-            .map_err(|err| status(err, false))?;
-        let answer: Result<_, RaftError<NodeId>> = Ok(confirmation(&leader, promised));
-        reply(&answer)
+        self.confirm(request.into_inner()).map(Response::new)
     }
 
     async fn vote(&self, request: Request<v1::RaftMessage>) -> Result<Response<v1::RaftReply>, Status> {
-        let message = request.into_inner();
-        let group = self.group(&message)?;
-        let rpc: VoteRequest<NodeId> = decode(&message.payload)?;
-        // A replica re-created here keeps its deleted predecessor's promises.
-        let tombstone = self
-            .node
-            .group_tombstone(group.id)
-            .map_err(|err| status(err, false))?;
-        if let Some(reason) = tombstone.refuses(&rpc.vote, rpc.last_log_id) {
-            debug!(group = %group.id, candidate = %rpc.vote, %reason, "vote refused");
-            let current = group.raft.metrics().borrow().vote;
-            let refused: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse {
-                vote: current,
-                vote_granted: false,
-                last_log_id: tombstone.last_log_id,
-            });
-            return reply(&refused);
-        }
-        reply(&group.raft.vote(rpc).await)
+        self.answer_vote(request.into_inner()).await.map(Response::new)
     }
 
+    type PipelineStream = raft_pipeline::Replies;
+
+    async fn pipeline(
+        &self,
+        request: Request<tonic::Streaming<v1::RaftFrames>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        Ok(Response::new(raft_pipeline::serve(
+            self.clone(),
+            request.into_inner(),
+        )))
+    }
     async fn install_snapshot(
         &self,
         request: Request<v1::RaftMessage>,
@@ -162,7 +195,7 @@ impl RaftRpc for RaftService {
         let message = request.into_inner();
         let group = self.group(&message)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&message.payload)?;
-        reply(&group.raft.install_snapshot(rpc).await)
+        reply(&group.raft.install_snapshot(rpc).await).map(Response::new)
     }
 
     async fn join_cluster(
@@ -292,7 +325,7 @@ impl RaftRpc for RaftService {
             .propose(&group, command)
             .await
             .map_err(|err| err.to_string());
-        reply(&outcome)
+        reply(&outcome).map(Response::new)
     }
 }
 
