@@ -1,9 +1,13 @@
 //! `kvctl playground`: a complete local cluster of real processes in one command.
 //!
 //! Node `i` (1-based) runs as
-//! `ringkv-node --node-id i --listen 127.0.0.1:<port+i> --data-dir <dir>/node-i`, the
-//! router as `ringkv-router --listen 127.0.0.1:<port> --nodes <node addrs>`; each
-//! appends its stdout and stderr to a log file in `<dir>`. Startup waits on conditions,
+//! `ringkv-node --node-id i --listen 127.0.0.1:<port+i> --data-dir <dir>/node-i <TLS>`, the
+//! router as `ringkv-router --listen 127.0.0.1:<port> --nodes <node addrs> <TLS>`; each
+//! appends its stdout and stderr to a log file in `<dir>`. Secure by default: the first run
+//! makes a CA and node, router and client (`root`) certificates in `<dir>/certs`
+//! (`ringkv-launcher`'s `ClusterCerts`), every process speaks mutual TLS with them (`<TLS>`
+//! is `--ca … --cert … --key …`), and the summary says how kvctl picks them up
+//! (`RINGKV_CA`, `RINGKV_CERT`, `RINGKV_KEY`); `--insecure` runs without TLS. Startup waits on conditions,
 //! each bounded by `--startup-timeout`: every node answers `NodeStatus`, then the
 //! (idempotent) cluster init, then the router reports a leader for every shard. The data
 //! dir is kept, so running the playground again resumes the same cluster.
@@ -33,7 +37,8 @@ use ringkv_client::{admin, Client, ClientConfig};
 use ringkv_launcher::binaries::{
     env_bin_dir, executable_dir, find_binary, is_release_build, Binaries, BIN_DIR_ENV, NODE_BIN, ROUTER_BIN,
 };
-use ringkv_launcher::{cluster as launch, Launch, LaunchError, Process};
+use ringkv_launcher::{cluster as launch, ClusterCerts, Launch, LaunchError, Process, Security};
+use ringkv_tls::Role;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
@@ -70,7 +75,14 @@ pub struct PlaygroundArgs {
     /// Seconds to wait for each startup step (nodes up, shard leaders elected).
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub startup_timeout: u64,
+    /// Run without TLS: anyone who can reach the ports owns the cluster. By default the
+    /// playground makes a CA and certificates in <dir>/certs and speaks mutual TLS.
+    #[arg(long)]
+    pub insecure: bool,
 }
+
+/// The certificates directory under the playground's directory.
+const CERTS_DIR: &str = "certs";
 
 /// One storage node of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +114,8 @@ pub struct Plan {
     pub replication_factor: u32,
     /// Bound of each startup step.
     pub startup_timeout: Duration,
+    /// Mutual TLS with the certificates in `<dir>/certs` (made at the first start), or not.
+    pub security: Security,
 }
 
 impl Plan {
@@ -136,6 +150,11 @@ impl Plan {
             shards: args.shards,
             replication_factor,
             startup_timeout: Duration::from_secs(args.startup_timeout),
+            security: if args.insecure {
+                Security::Insecure
+            } else {
+                Security::Tls(ClusterCerts::in_dir(&dir.join(CERTS_DIR)))
+            },
         })
     }
 
@@ -145,28 +164,44 @@ impl Plan {
     }
 
     /// Command-line arguments of one node (see the node CLI contract).
-    pub fn node_args(node: &NodeSpec) -> Vec<OsString> {
-        vec![
+    pub fn node_args(&self, node: &NodeSpec) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
             "--node-id".into(),
             node.node_id.to_string().into(),
             "--listen".into(),
             node.addr.clone().into(),
             "--data-dir".into(),
             node.data_dir.clone().into_os_string(),
-            // The playground runs without TLS for now (issue 15: secure by default next).
-            "--insecure".into(),
-        ]
+        ];
+        args.extend(self.security.node_args());
+        args
     }
 
     /// Command-line arguments of the router.
     pub fn router_args(&self) -> Vec<OsString> {
-        vec![
+        let mut args: Vec<OsString> = vec![
             "--listen".into(),
             self.router_addr.clone().into(),
             "--nodes".into(),
             self.node_addrs().join(",").into(),
-            "--insecure".into(),
-        ]
+        ];
+        args.extend(self.security.router_args());
+        args
+    }
+
+    /// A probe's client configuration: `timeout` per request and connect, one attempt when
+    /// `single_attempt`, over TLS with the client certificate when the playground is secure.
+    fn probe_config(&self, timeout: Duration, single_attempt: bool) -> anyhow::Result<ClientConfig> {
+        let mut builder = ClientConfig::builder()
+            .request_timeout(timeout)
+            .connect_timeout(timeout);
+        if single_attempt {
+            builder = builder.max_attempts(1);
+        }
+        if let Some(tls) = self.security.client_tls()? {
+            builder = builder.tls(tls);
+        }
+        Ok(builder.build()?)
     }
 }
 
@@ -440,6 +475,13 @@ pub fn leaders_ready(status: &proto::ClusterStatusResponse, expected_shards: u32
 /// Startup: nodes, init, router, leaders. Children spawned so far stay in `supervisor`.
 async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) -> anyhow::Result<String> {
     std::fs::create_dir_all(&plan.dir).with_context(|| format!("cannot create {}", plan.dir.display()))?;
+    if let Security::Tls(certs) = &plan.security {
+        // The first run makes them; later runs reuse them (the cluster keeps its CA).
+        if !certs.ca().exists() {
+            ClusterCerts::create(certs.dir(), "playground")?;
+            eprintln!("made a CA and certificates in {}", certs.dir().display());
+        }
+    }
     for node in &plan.nodes {
         std::fs::create_dir_all(&node.data_dir)
             .with_context(|| format!("cannot create {}", node.data_dir.display()))?;
@@ -447,17 +489,23 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
             &format!("node {}", node.node_id),
             &node.addr,
             &binaries.node,
-            &Plan::node_args(node),
+            &plan.node_args(node),
             &node.log,
         )?;
     }
     wait_for_nodes(plan, supervisor).await?;
 
-    let init = launch::init_cluster(&plan.node_addrs(), plan.shards, plan.replication_factor, None)
-        .await
-        .context(
-            "cluster init failed (a data dir made with other --nodes/--shards settings needs another --dir)",
-        )?;
+    let tls = plan.security.client_tls()?;
+    let init = launch::init_cluster(
+        &plan.node_addrs(),
+        plan.shards,
+        plan.replication_factor,
+        tls.as_ref(),
+    )
+    .await
+    .context(
+        "cluster init failed (a data dir made with other --nodes/--shards settings needs another --dir)",
+    )?;
     if init.already_initialized {
         eprintln!("resuming cluster {}", init.cluster_id);
     } else {
@@ -477,10 +525,7 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
 
 /// Waits until every node answers NodeStatus with its expected id.
 async fn wait_for_nodes(plan: &Plan, supervisor: &mut Supervisor) -> anyhow::Result<()> {
-    let probe = ClientConfig::builder()
-        .request_timeout(PROBE_TIMEOUT)
-        .connect_timeout(PROBE_TIMEOUT)
-        .build()?;
+    let probe = plan.probe_config(PROBE_TIMEOUT, false)?;
     let deadline = Instant::now() + plan.startup_timeout;
     let mut up = vec![false; plan.nodes.len()];
     let mut progress = Progress::new();
@@ -522,11 +567,7 @@ async fn wait_for_nodes(plan: &Plan, supervisor: &mut Supervisor) -> anyhow::Res
 
 /// Waits until the router reports a leader for every shard.
 async fn wait_for_leaders(plan: &Plan, supervisor: &mut Supervisor) -> anyhow::Result<()> {
-    let probe = ClientConfig::builder()
-        .request_timeout(PROBE_TIMEOUT)
-        .connect_timeout(PROBE_TIMEOUT)
-        .max_attempts(1)
-        .build()?;
+    let probe = plan.probe_config(PROBE_TIMEOUT, true)?;
     let client = Client::connect_with(vec![plan.router_addr.clone()], probe).await?;
     let deadline = Instant::now() + plan.startup_timeout;
     let mut progress = Progress::new();
@@ -587,10 +628,27 @@ fn summary(plan: &Plan, supervisor: &Supervisor, cluster_id: &str, default_route
         .children
         .first()
         .map_or_else(|| "<pid>".to_string(), |child| child.process.pid().to_string());
+    let security = match &plan.security {
+        Security::Insecure => {
+            "INSECURE (--insecure): no TLS, anyone who can reach the ports owns it\n\n".to_string()
+        }
+        Security::Tls(certs) => {
+            let client = certs.paths(Role::Client);
+            format!(
+                "mutual TLS: the CA and certificates are in {}; kvctl uses them with\n  \
+                 export RINGKV_CA={} RINGKV_CERT={} RINGKV_KEY={}\n\n",
+                certs.dir().display(),
+                certs.ca().display(),
+                client.cert.display(),
+                client.key.display()
+            )
+        }
+    };
     format!(
         "\nringkv playground is up: {} nodes, {} shards, replication factor {}, cluster {cluster_id}\n\n\
          {table}\n\n\
-         data dir: {}\n\n\
+         data dir: {}\n\
+         {security}\
          try:\n  \
          kvctl{endpoint_flag} put hello world\n  \
          kvctl{endpoint_flag} get hello\n  \
@@ -697,6 +755,7 @@ mod tests {
             replication_factor: None,
             port: 7000,
             startup_timeout: 60,
+            insecure: false,
         }
     }
 
@@ -717,13 +776,14 @@ mod tests {
     /// Node and router command lines follow the CLI contracts.
     #[test]
     fn command_lines() {
+        let strings = |args: Vec<OsString>| -> Vec<String> {
+            args.into_iter()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect()
+        };
         let plan = Plan::new(&args(), Path::new("pg")).expect("valid");
-        let node: Vec<String> = Plan::node_args(&plan.nodes[0])
-            .into_iter()
-            .map(|arg| arg.to_string_lossy().into_owned())
-            .collect();
         assert_eq!(
-            node,
+            strings(plan.node_args(&plan.nodes[0])),
             [
                 "--node-id",
                 "1",
@@ -731,23 +791,46 @@ mod tests {
                 "127.0.0.1:7001",
                 "--data-dir",
                 "pg/node-1",
-                "--insecure"
+                "--ca",
+                "pg/certs/ca.crt",
+                "--cert",
+                "pg/certs/node.crt",
+                "--key",
+                "pg/certs/node.key"
             ]
         );
-        let router: Vec<String> = plan
-            .router_args()
-            .into_iter()
-            .map(|arg| arg.to_string_lossy().into_owned())
-            .collect();
         assert_eq!(
-            router,
+            strings(plan.router_args()),
             [
                 "--listen",
                 "127.0.0.1:7000",
                 "--nodes",
                 "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
-                "--insecure"
+                "--ca",
+                "pg/certs/ca.crt",
+                "--cert",
+                "pg/certs/router.crt",
+                "--key",
+                "pg/certs/router.key"
             ]
+        );
+        let insecure = Plan::new(
+            &PlaygroundArgs {
+                insecure: true,
+                ..args()
+            },
+            Path::new("pg"),
+        )
+        .expect("valid");
+        assert_eq!(
+            strings(insecure.node_args(&insecure.nodes[0]))
+                .last()
+                .map(String::as_str),
+            Some("--insecure")
+        );
+        assert_eq!(
+            strings(insecure.router_args()).last().map(String::as_str),
+            Some("--insecure")
         );
     }
 

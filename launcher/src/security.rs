@@ -25,7 +25,7 @@ pub const LOCAL_HOSTS: [&str; 3] = ["127.0.0.1", "::1", "localhost"];
 pub const CLIENT_USER: &str = "root";
 
 /// How the processes of a cluster talk.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Security {
     /// No TLS: nodes and routers get `--insecure`.
     Insecure,

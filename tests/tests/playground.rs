@@ -1,12 +1,15 @@
 //! `kvctl playground`: a real local cluster in one command survives `kill -9` of a node,
-//! stops cleanly on SIGTERM, and resumes with its data.
+//! stops cleanly on SIGTERM, and resumes with its data; it speaks mutual TLS by default,
+//! with the certificates it made in its directory.
 
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use ringkv_launcher::ClusterCerts;
 use ringkv_tests::{bin_dir, wait_until, WAIT};
+use ringkv_tls::Role;
 
 /// Kills the playground (and so, through PDEATHSIG, its children) if the test fails.
 struct Playground(Option<Child>);
@@ -74,8 +77,16 @@ fn node_pid(data_dir: &Path) -> Option<i32> {
     None
 }
 
-async fn connect_when_ready(port: u16) -> Result<ringkv_client::Client> {
-    let client = ringkv_client::Client::connect(vec![format!("127.0.0.1:{port}")]).await?;
+/// A client of the playground's router, presenting the client certificate the playground
+/// made in `<dir>/certs` (waiting for it to be made).
+async fn connect_when_ready(dir: &Path, port: u16) -> Result<ringkv_client::Client> {
+    let certs = ClusterCerts::in_dir(&dir.join("certs"));
+    let tls = wait_until("the playground's certificates", WAIT, || async {
+        certs.client_tls(Role::Client).ok()
+    })
+    .await?;
+    let config = ringkv_client::ClientConfig::builder().tls(tls).build()?;
+    let client = ringkv_client::Client::connect_with(vec![format!("127.0.0.1:{port}")], config).await?;
     wait_until("the playground to accept writes", WAIT, || async {
         client.put(b"ready-probe", b"1".to_vec()).await.ok()
     })
@@ -91,7 +102,7 @@ async fn playground_survives_kill_and_resumes() -> Result<()> {
     let dir = scratch.path().join("pg");
     let port = free_port_block()?;
     let mut playground = start_playground(&dir, port)?;
-    let client = connect_when_ready(port).await?;
+    let client = connect_when_ready(&dir, port).await?;
 
     let mut written = Vec::new();
     for i in 0..30u32 {
@@ -139,7 +150,7 @@ async fn playground_survives_kill_and_resumes() -> Result<()> {
 
     // Started again on the same directory, it resumes with the same data.
     let _playground = start_playground(&dir, port)?;
-    let client = connect_when_ready(port).await?;
+    let client = connect_when_ready(&dir, port).await?;
     for (key, value, version) in &written {
         let got = client.get(key).await?.context("key after playground restart")?;
         assert_eq!((&got.value, got.version), (value, *version));
