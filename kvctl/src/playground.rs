@@ -76,7 +76,7 @@ pub struct PlaygroundArgs {
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub startup_timeout: u64,
     /// Run without TLS: anyone who can reach the ports owns the cluster. By default the
-    /// playground makes a CA and certificates in <dir>/certs and speaks mutual TLS.
+    /// playground makes a CA and certificates in DIR/certs (DIR: --dir) and speaks mutual TLS.
     #[arg(long)]
     pub insecure: bool,
 }
