@@ -8,10 +8,11 @@ use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::raft_server::RaftServer;
 use ringkv_proto::v1::shard_kv_server::ShardKvServer;
 use ringkv_proto::v1::tso_server::TsoServer;
+use ringkv_tls::{ReloadingIdentity, TlsIncoming};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tracing::{error, info, warn};
 
 use crate::config::{ConfigError, NodeConfig};
@@ -61,14 +62,13 @@ pub enum StartError {
     Node(#[from] NodeError),
     #[error("TLS: {0}")]
     Tls(#[from] ringkv_tls::CertError),
-    #[error("cannot set up TLS: {0}")]
-    TlsSetup(String),
 }
 
-/// How the node speaks TLS: as a server (its certificate, callers' certificates required)
-/// and as a client of its peers (the same certificate). None: `--insecure`.
+/// How the node speaks TLS: as a server (its certificate, callers' certificates of the CA
+/// required, both re-read when the files change) and as a client of its peers (the
+/// certificate it started with). None: `--insecure`.
 struct NodeTls {
-    server: ServerTlsConfig,
+    server: Arc<ringkv_tls::rustls::ServerConfig>,
     peers: ClientTlsConfig,
 }
 
@@ -83,14 +83,12 @@ fn load_tls(config: &NodeConfig) -> Result<Option<NodeTls>, StartError> {
         key: paths.key.clone(),
     };
     let material = files.load(&[ringkv_tls::Role::Node])?;
+    let server = ReloadingIdentity::load(files, ringkv_tls::Role::Node)?.server_config()?;
     let ca = Certificate::from_pem(&material.ca_pem);
     let identity = Identity::from_pem(&material.cert_pem, &material.key_pem);
-    info!(subject = %material.info.subject, "serving mutual TLS");
+    info!(subject = %material.info.subject, serial = %material.info.serial, "serving mutual TLS");
     Ok(Some(NodeTls {
-        // Client certificates are required (not optional) and must chain to the CA.
-        server: ServerTlsConfig::new()
-            .identity(identity.clone())
-            .client_ca_root(ca.clone()),
+        server,
         peers: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
     }))
 }
@@ -190,16 +188,11 @@ impl NodeServer {
         let oracle = Oracle::start(node.clone());
         node.set_timestamp_source(oracle.clone());
         let cancel = CancellationToken::new();
-        let mut builder = tonic::transport::Server::builder();
         // With TLS every service checks the caller's role (`service/roles.rs`); without,
         // there is no certificate to check.
-        let roles = match tls {
-            Some(tls) => {
-                builder = builder
-                    .tls_config(tls.server)
-                    .map_err(|err| StartError::TlsSetup(err.to_string()))?;
-                Some(RoleCache::default())
-            }
+        let server_tls = tls.map(|tls| tls.server);
+        let roles = match &server_tls {
+            Some(_) => Some(RoleCache::default()),
             None => {
                 warn!(
                     %local_addr,
@@ -209,7 +202,7 @@ impl NodeServer {
                 None
             }
         };
-        let router = builder
+        let router = tonic::transport::Server::builder()
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
             .add_service(RoleGate::new(
@@ -248,12 +241,25 @@ impl NodeServer {
             ));
         let shutdown = cancel.clone();
         let serve = tokio::spawn(async move {
-            // Nagle would hold small responses behind delayed ACKs (tens of ms per request).
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            if let Err(err) = router
-                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-                .await
-            {
+            let served = match server_tls {
+                // TLS of our own (`ringkv-tls`), so rotated files are served without a restart.
+                Some(config) => {
+                    let (accepting, connections) = TlsIncoming::start(listener, config);
+                    let served = router
+                        .serve_with_incoming_shutdown(connections, shutdown.cancelled_owned())
+                        .await;
+                    accepting.shutdown().await;
+                    served
+                }
+                None => {
+                    // Nagle would hold small responses behind delayed ACKs (tens of ms per request).
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                        .await
+                }
+            };
+            if let Err(err) = served {
                 error!(%err, "grpc server failed");
             }
         });

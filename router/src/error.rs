@@ -351,8 +351,6 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] ringkv_tls::CertError),
-    #[error("cannot set up TLS: {0}")]
-    TlsSetup(String),
 }
 
 /// Fatal errors while serving.

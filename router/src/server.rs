@@ -15,11 +15,13 @@ use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::kv_server::KvServer;
 use ringkv_proto::v1::tso_server::TsoServer;
 use ringkv_proto::v1::txn_server::TxnServer;
+use ringkv_tls::rustls::ServerConfig;
+use ringkv_tls::{ReloadingIdentity, TlsIncoming};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server};
 use tracing::{info, warn};
 
 use crate::admin_service::AdminService;
@@ -87,7 +89,7 @@ impl Router {
     pub(crate) async fn start_with<N: NodeApi>(
         config: RouterConfig,
         nodes: Arc<N>,
-        tls: Option<ServerTlsConfig>,
+        tls: Option<Arc<ServerConfig>>,
     ) -> Result<RouterHandle, StartError> {
         let bind_error = |source| StartError::Bind {
             addr: config.listen_addr,
@@ -159,32 +161,39 @@ impl Router {
             .max_encoding_message_size(config.max_response_bytes);
 
         let stop_serving = CancellationToken::new();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut builder = Server::builder();
-        match tls {
-            // Any role of the cluster's CA may call the router; which user may do what is a
-            // later slice of issue 15 (users and permissions).
-            Some(tls) => {
-                builder = builder
-                    .tls_config(tls)
-                    .map_err(|err| StartError::TlsSetup(err.to_string()))?
-            }
-            None => warn!(
+        if tls.is_none() {
+            warn!(
                 %local_addr,
                 "INSECURE: no TLS (--insecure); anyone who can reach this router reads and \
                  writes every key"
-            ),
+            );
         }
-        let serve = builder
+        let routes = Server::builder()
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
             .add_service(kv)
             .add_service(admin)
             .add_service(tso_service)
-            .add_service(txn_service)
-            .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
-        let server = tokio::spawn(serve);
+            .add_service(txn_service);
+        let stop = stop_serving.clone().cancelled_owned();
+        let server = tokio::spawn(async move {
+            match tls {
+                // Any role of the cluster's CA may call the router (which user may do what
+                // is a later slice of issue 15); TLS of our own (`ringkv-tls`), so rotated
+                // files are served without a restart.
+                Some(config) => {
+                    let (accepting, connections) = TlsIncoming::start(listener, config);
+                    let served = routes.serve_with_incoming_shutdown(connections, stop).await;
+                    accepting.shutdown().await;
+                    served
+                }
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    routes.serve_with_incoming_shutdown(incoming, stop).await
+                }
+            }
+        });
         info!(%local_addr, seeds = ?config.seed_nodes, "router listening");
 
         Ok(RouterHandle {
@@ -203,9 +212,10 @@ impl Router {
 }
 
 /// Reads and checks the router's certificate files (role `router`, signed by the CA,
-/// valid): the server's TLS (clients' certificates of the CA required) and the client TLS
-/// towards nodes (the same certificate). None: `--insecure`.
-fn load_tls(config: &RouterConfig) -> Result<Option<(ServerTlsConfig, ClientTlsConfig)>, StartError> {
+/// valid): the server's TLS (clients' certificates of the CA required; both re-read when
+/// the files change) and the client TLS towards nodes (the certificate it started with).
+/// None: `--insecure`.
+fn load_tls(config: &RouterConfig) -> Result<Option<(Arc<ServerConfig>, ClientTlsConfig)>, StartError> {
     let Some(paths) = &config.tls else {
         return Ok(None);
     };
@@ -215,13 +225,12 @@ fn load_tls(config: &RouterConfig) -> Result<Option<(ServerTlsConfig, ClientTlsC
         key: paths.key.clone(),
     };
     let material = files.load(&[ringkv_tls::Role::Router])?;
+    let server = ReloadingIdentity::load(files, ringkv_tls::Role::Router)?.server_config()?;
     let ca = Certificate::from_pem(&material.ca_pem);
     let identity = Identity::from_pem(&material.cert_pem, &material.key_pem);
-    info!(subject = %material.info.subject, "serving mutual TLS");
+    info!(subject = %material.info.subject, serial = %material.info.serial, "serving mutual TLS");
     Ok(Some((
-        ServerTlsConfig::new()
-            .identity(identity.clone())
-            .client_ca_root(ca.clone()),
+        server,
         ClientTlsConfig::new().ca_certificate(ca).identity(identity),
     )))
 }

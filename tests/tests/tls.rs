@@ -1,17 +1,22 @@
 //! Mutual TLS on every connection (issue 15): a TLS cluster serves clients that present a
 //! certificate of its CA; callers without one, with another CA's, or with an expired one
-//! are refused by routers and nodes; a client certificate cannot speak `Raft`; and a node
-//! or router given neither TLS files nor `--insecure` does not start.
+//! are refused by routers and nodes; a client certificate cannot speak `Raft`; certificates
+//! rotate without a restart; and a node or router given neither TLS files nor `--insecure`
+//! does not start.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use ringkv_client::{Client, ClientConfig, ClientTls};
+use ringkv_launcher::security::LOCAL_HOSTS;
 use ringkv_launcher::{ClusterCerts, Security};
 use ringkv_proto::v1;
-use ringkv_tests::{bin_dir, Cluster, ClusterOptions};
-use ringkv_tls::{CertificateAuthority, IssuedCert, LeafRequest, Role, Validity};
+use ringkv_tests::{bin_dir, wait_until, Cluster, ClusterOptions, WAIT};
+use ringkv_tls::{
+    parse_certificate_pem, presented_certificate, write_pair, CertInfo, CertificateAuthority, IssuedCert,
+    LeafRequest, Role, TlsFiles, TlsMaterial, Validity,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Code;
 
@@ -302,5 +307,88 @@ async fn processes_without_tls_or_insecure_refuse_to_start() -> anyhow::Result<(
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("needs a node certificate"), "{stderr}");
+    Ok(())
+}
+
+/// The serial of the certificate the server at `addr` presents now (None: no handshake).
+async fn presented_serial(addr: &str, client: &TlsMaterial) -> Option<String> {
+    presented_certificate(addr, client, PROBE_TIMEOUT)
+        .await
+        .ok()
+        .map(|info| info.serial)
+}
+
+fn serial_of(issued: &IssuedCert) -> anyhow::Result<String> {
+    let der = parse_certificate_pem(&issued.cert_pem, "the new certificate")?;
+    Ok(CertInfo::from_der(&der, "the new certificate")?.serial)
+}
+
+/// Certificates rotate without a restart: new node and router certificates of the same CA
+/// written over the files are what the next handshakes present (within a few reload
+/// checks), and the cluster serves throughout; files that fail the checks (a client
+/// certificate given as the nodes') are refused with a warning, and the nodes keep
+/// presenting the certificate they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_without_a_restart() -> anyhow::Result<()> {
+    let cluster = Cluster::start(tls_options()).await?;
+    let certs = certs(&cluster).clone();
+    let ca = ca_of(&certs);
+    let client_paths = certs.paths(Role::Client);
+    let prober = TlsFiles {
+        ca: certs.ca(),
+        cert: client_paths.cert.clone(),
+        key: client_paths.key.clone(),
+    }
+    .load(&[Role::Client])?;
+    let node = cluster.node_addr(1)?;
+    let router = cluster.router_addr.clone().expect("a router");
+    let client = cluster.client().await?;
+    client.put("rotation/before", "1").await?;
+
+    for (role, addr) in [(Role::Node, &node), (Role::Router, &router)] {
+        let before = presented_serial(addr, &prober).await.expect("a handshake");
+        let renewed = ca.issue(&LeafRequest {
+            role,
+            hosts: LOCAL_HOSTS.iter().map(|host| host.to_string()).collect(),
+            user: None,
+            validity: Validity::days_from_now(30)?,
+        })?;
+        let renewed_serial = serial_of(&renewed)?;
+        assert_ne!(before, renewed_serial);
+        write_pair(&certs.paths(role), &renewed, true)?;
+        wait_until(
+            &format!("the {role} to present its renewed certificate"),
+            WAIT,
+            || async {
+                (presented_serial(addr, &prober).await.as_deref() == Some(renewed_serial.as_str()))
+                    .then_some(())
+            },
+        )
+        .await?;
+        client.put(format!("rotation/{role}"), "served").await?;
+    }
+
+    // A bad rotation: the nodes' files now hold a client certificate.
+    let refusals = || read(&cluster.node_log(1)).matches("are refused").count();
+    let refused_before = refusals();
+    let serving = presented_serial(&node, &prober).await.expect("a handshake");
+    let wrong = client_cert(&ca, Validity::days_from_now(30)?);
+    write_pair(&certs.paths(Role::Node), &wrong, true)?;
+    wait_until("node 1 to refuse the wrong files", WAIT, || async {
+        // A handshake makes the node look at its files.
+        let _ = presented_serial(&node, &prober).await;
+        (refusals() > refused_before).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        presented_serial(&node, &prober).await,
+        Some(serving),
+        "the previous certificate stays"
+    );
+    client.put("rotation/after", "still served").await?;
+    assert_eq!(
+        client.get("rotation/before").await?.map(|read| read.value),
+        Some(b"1".to_vec())
+    );
     Ok(())
 }

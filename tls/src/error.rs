@@ -82,6 +82,9 @@ pub enum CertError {
     /// The private key is not the key of the certificate it was given with.
     #[error("{} is not the key of the certificate {subject}", key.display())]
     KeyMismatch { key: PathBuf, subject: String },
+    /// rustls refused a certificate, key or configuration.
+    #[error("{what}: {reason}")]
+    Rustls { what: String, reason: String },
     /// rcgen refused to build or sign the certificate.
     #[error("cannot generate the certificate: {0}")]
     Generate(#[from] rcgen::Error),

@@ -2,8 +2,9 @@
 //! clients, written as PEM files and read back with their checks.
 //!
 //! This crate makes and checks the certificates; nodes and routers present and verify them
-//! on every gRPC connection (mutual TLS, tonic on rustls), and read their files through
-//! [`TlsFiles`]. It does not depend on tonic or rustls.
+//! on every gRPC connection (mutual TLS, tonic on rustls), read their files through
+//! [`TlsFiles`], and serve with [`ReloadingIdentity`] and [`TlsIncoming`] (rustls on ring,
+//! so rotated files take effect without a restart). It does not depend on tonic.
 //!
 //! - `role` — the [`Role`] a certificate grants and its encoding, a SAN URI
 //!   `ringkv://role/<node|router|client>` (the module docs say why).
@@ -14,6 +15,11 @@
 //! - `files` — `<name>.crt` / `<name>.key` in a directory; keys 0600; no overwrite unless asked.
 //! - `material` — [`TlsFiles`] → [`TlsMaterial`]: a process's CA, certificate and key, read
 //!   and checked at start; [`peer_role`]: the role of a peer's certificate.
+//! - `reload` — [`ReloadingIdentity`]: a server's rustls configuration that re-reads its
+//!   files when they change (certificate rotation without a restart).
+//! - `incoming` — [`TlsIncoming`]: accepting TLS connections with that configuration for
+//!   tonic (handshakes concurrent and bounded).
+//! - `probe` — [`presented_certificate`]: which certificate a server presents now.
 //! - `validity` — [`Validity`] windows and their defaults (CA 10 years, leaves 1 year).
 //! - `error` — [`CertError`], one variant per bad input.
 //!
@@ -35,9 +41,12 @@
 
 mod error;
 mod files;
+mod incoming;
 mod inspect;
 mod issue;
 mod material;
+mod probe;
+mod reload;
 mod role;
 mod validity;
 
@@ -46,10 +55,15 @@ pub use files::{
     leaf_base_name, read_text, write_pair, CertPaths, CA_BASE_NAME, CERTS_DIR_MODE, CERT_FILE_MODE,
     KEY_FILE_MODE,
 };
+pub use incoming::{TlsConnections, TlsIncoming, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_HANDSHAKES};
 pub use inspect::{parse_certificate_pem, read_certificate, CertInfo};
 pub use issue::{check_user, CertificateAuthority, IssuedCert, LeafRequest, MAX_NAME_CHARS};
 pub use material::{peer_role, TlsFiles, TlsMaterial};
+pub use probe::presented_certificate;
+pub use reload::{ReloadingIdentity, RELOAD_CHECK_INTERVAL};
 pub use role::{Role, ROLE_URI_PREFIX};
+/// The rustls this crate configures (ring only), for the types of its configurations.
+pub use rustls;
 pub use validity::{
     format_time, Validity, CLOCK_SKEW_ALLOWANCE, DEFAULT_CA_LIFETIME_DAYS, DEFAULT_LEAF_LIFETIME_DAYS,
     MAX_LIFETIME_DAYS,
