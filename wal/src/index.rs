@@ -16,9 +16,10 @@ pub(crate) struct Loc {
     pub len: u32,
 }
 
-/// A segment file and how many live entries and values it holds.
+/// A segment file and how many live entries and values it holds. The file is `None` while
+/// the segment is only queued (the writer thread creates it when it gets there).
 pub(crate) struct Segment {
-    pub file: Arc<File>,
+    pub file: Option<Arc<File>>,
     pub refs: usize,
 }
 

@@ -6,6 +6,12 @@
 //! one `fdatasync` ([`Wal::sync`]) makes the appends of every group durable at once (group
 //! commit across shards), and an in-memory index per group says where each entry is.
 //!
+//! - **Writer thread** (module `writer`): callers only queue records (bounded by
+//!   [`WalOptions::max_queued_bytes`]) and update the index, so what they queued is readable
+//!   at once and no caller waits on IO; one thread per log writes everything queued with one
+//!   `write` per segment, runs one `fdatasync` for every waiter ([`Wal::on_durable`],
+//!   [`Wal::sync`]) and calls them back. [`Wal::close`] (or dropping the last handle)
+//!   writes what is queued and joins the thread.
 //! - **Records** (module `record`): append, truncate, purge, set a small value (the vote,
 //!   …), drop a group — each framed with its length and a CRC-32 of its body.
 //! - **Segments** (module `segment`): files `<id>.wal` of about
@@ -22,8 +28,10 @@
 //! - **Fail-stop**: after a failed write or sync (`ENOSPC`, `EIO`, …) the log accepts
 //!   nothing more (a partial record would hide every later one from recovery, and a failed
 //!   fsync may have dropped pages); the node must restart and recover. The failure is
-//!   reported once to [`WalOptions::on_failure`], so the process can stop at once instead of
-//!   waiting for its next write to be refused (which an idle group never makes).
+//!   reported once to [`WalOptions::on_failure`], before any waiter is failed, so the process
+//!   can stop at once instead of waiting for its next write to be refused (which an idle
+//!   group never makes). A write fails on the writer thread, after the append that queued it
+//!   returned: its waiters, and every later call, get [`WalError::Failed`].
 //!   [`WalOptions::unsafe_ignore_failures`] switches this off for a negative control.
 //!
 //! Entries and values are opaque bytes; groups are `u64` ids. Appending at an index that
@@ -32,21 +40,23 @@
 mod index;
 mod record;
 mod segment;
+mod writer;
 
 use std::fs::File;
 use std::ops::Bound;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use tracing::{info, warn};
 
 use index::{Index, Loc, Segment};
 use record::{Record, FRAME_HEADER};
+use writer::{Op, Waiter};
 
-/// Errors of the log. Every one but [`WalError::TooLarge`] means the disk failed or holds
-/// something this code did not write.
+/// Errors of the log. Every one but [`WalError::TooLarge`] and [`WalError::Closed`] means
+/// the disk failed or holds something this code did not write.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("wal io error: {0}")]
@@ -57,6 +67,8 @@ pub enum WalError {
     TooLarge,
     #[error("wal stopped after an earlier failure ({0}); restart the node to recover")]
     Failed(String),
+    #[error("wal closed")]
+    Closed,
 }
 
 /// Sizes of the log, and what to do when it fails.
@@ -66,8 +78,11 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     /// More segments than this make [`Wal::collect_garbage`] rewrite what pins the oldest.
     pub max_segments: usize,
+    /// Most bytes of records queued for the writer thread and not yet written; a write that
+    /// finds the queue this full waits for room (backpressure).
+    pub max_queued_bytes: usize,
     /// Called once, with the reason, when a write or sync fails and the log stops accepting
-    /// writes (after it marked itself failed, before the failing call returns). A node passes
+    /// writes (after it marked itself failed, before any waiter learns of it). A node passes
     /// its fail-stop here; `None` only returns [`WalError::Failed`] from then on.
     pub on_failure: Option<fn(&str)>,
     /// NEGATIVE CONTROL ONLY — breaks durability on purpose: a failed write or sync (of a
@@ -84,6 +99,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes: 64 << 20,
             max_segments: 8,
+            max_queued_bytes: 64 << 20,
             on_failure: None,
             unsafe_ignore_failures: false,
         }
@@ -96,6 +112,8 @@ pub struct WalStats {
     pub segments: usize,
     pub groups: usize,
     pub appended_bytes: u64,
+    /// `write` calls of the writer thread (each writes a batch of records).
+    pub writes: u64,
     pub syncs: u64,
     pub deleted_segments: u64,
     pub rewritten_groups: u64,
@@ -110,116 +128,106 @@ pub struct Recovery {
     pub truncated_bytes: u64,
 }
 
-/// The log. Clones share it.
+/// The log. Clones share it; the last clone dropped (or [`Wal::close`]) stops its writer
+/// thread after it wrote everything queued.
 #[derive(Clone)]
 pub struct Wal {
     inner: Arc<Inner>,
+    writer: Arc<WriterHandle>,
 }
 
-struct Inner {
+/// What the callers and the writer thread share.
+pub(crate) struct Inner {
     dir: PathBuf,
     options: WalOptions,
+    /// Held only for index updates, queueing and copies: never across IO.
     state: Mutex<State>,
-    /// The position every byte before which is durable; held while syncing, so concurrent
-    /// callers share one fsync.
-    synced: Mutex<Position>,
+    /// Signalled when the writer has work: queued records, waiters, closing.
+    work: Condvar,
+    /// Signalled when the writer freed queue room, or the log failed or closed.
+    room: Condvar,
     appended_bytes: AtomicU64,
+    writes: AtomicU64,
     syncs: AtomicU64,
     deleted_segments: AtomicU64,
     rewritten_groups: AtomicU64,
 }
 
-/// A byte position in the stream of segments.
-type Position = (u64, u64);
-
-struct State {
-    index: Index,
-    active: u64,
-    active_len: u64,
-    /// Reused frame buffer.
-    buf: Vec<u8>,
-    /// Why the log stopped accepting writes, if it did.
-    failed: Option<String>,
+/// The owner of the writer thread: dropping the last one stops and joins it.
+struct WriterHandle {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl WriterHandle {
+    /// Asks the writer to finish what is queued and waits for it to exit.
+    fn stop(&self) {
+        self.inner.lock_state().closing = true;
+        self.inner.work.notify_all();
+        self.inner.room.notify_all();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            if thread.thread().id() == std::thread::current().id() {
+                // The last handle went away in a callback, on the writer thread itself: it
+                // exits on its own once the queue is empty (`closing` is set).
+                return;
+            }
+            if thread.join().is_err() {
+                tracing::error!("the write-ahead log's writer thread panicked");
+            }
+        }
+    }
+}
+
+/// A byte position in the stream of segments.
+pub(crate) type Position = (u64, u64);
+
+pub(crate) struct State {
+    index: Index,
+    /// The segment records are queued into, and its length once the queue is written.
+    active: u64,
+    active_len: u64,
+    /// Records (and segment starts) not yet written, in stream order: reads of their
+    /// entries are served from here. Bounded by [`WalOptions::max_queued_bytes`].
+    queue: std::collections::VecDeque<Op>,
+    queued_bytes: usize,
+    /// Every byte before this is written (what is at or after it is in `queue`).
+    written: Position,
+    /// Every byte before this is durable.
+    synced: Position,
+    /// Callers waiting for a position to be written or durable, in arrival order.
+    waiters: Vec<Waiter>,
+    /// Why the log stopped accepting writes, if it did.
+    failed: Option<String>,
+    /// Set by [`Wal::close`] (or the last drop): no new writes; the writer drains and exits.
+    closing: bool,
+    /// Set by the writer thread as it exits: nobody calls waiters back any more.
+    stopped: bool,
+}
+
+/// How to call back a caller waiting on the writer: with the outcome of the write (and
+/// sync) covering what it waited for.
+pub type Done = Box<dyn FnOnce(Result<(), WalError>) + Send>;
+
 impl Wal {
-    /// Opens (or creates) the log in `dir` and recovers every group from its segments.
+    /// Opens (or creates) the log in `dir`, recovers every group from its segments and starts
+    /// the log's writer thread.
     pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, Recovery), WalError> {
         std::fs::create_dir_all(dir)?;
         if let Some(parent) = dir.parent() {
             segment::sync_dir(parent)?;
         }
-        let ids = segment::list(dir)?;
-        let mut index = Index::default();
-        let mut recovery = Recovery {
-            segments: ids.len(),
-            ..Recovery::default()
-        };
-        let mut active = None;
-        for (n, &id) in ids.iter().enumerate() {
-            let last = n + 1 == ids.len();
-            let path = segment::path(dir, id);
-            let bytes = std::fs::read(&path)?;
-            let file = Arc::new(File::options().read(true).write(true).open(&path)?);
-            index.segments.insert(
-                id,
-                Segment {
-                    file: file.clone(),
-                    refs: 0,
-                },
-            );
-            let (frames, end) = segment::frames(&bytes)?;
-            for frame in &frames {
-                index.apply(id, frame.offset + FRAME_HEADER as u64, &frame.record);
-            }
-            recovery.records += frames.len() as u64;
-            let mut len = bytes.len() as u64;
-            if let segment::End::Torn { at, reason } = end {
-                if !last {
-                    return Err(WalError::Corrupt(format!(
-                        "segment {id} is invalid at byte {at} ({reason}) but is not the last"
-                    )));
-                }
-                recovery.truncated_bytes = len - at;
-                if recovery.truncated_bytes > 0 {
-                    warn!(
-                        segment = id,
-                        at,
-                        reason,
-                        bytes = recovery.truncated_bytes,
-                        "cutting the torn tail of the log"
-                    );
-                }
-                if at < segment::HEADER {
-                    file.set_len(0)?;
-                    file.write_all_at(segment::MAGIC, 0)?;
-                    len = segment::HEADER;
-                } else {
-                    file.set_len(at)?;
-                    len = at;
-                }
-                file.sync_all()?;
-            }
-            if last {
-                // What a killed process wrote may still be only in the page cache.
-                file.sync_all()?;
-                active = Some((id, len));
-            }
-        }
-        let (active, active_len) = match active {
-            Some(active) => active,
-            None => {
-                let file = segment::create(dir, 1)?;
-                index.segments.insert(
-                    1,
-                    Segment {
-                        file: Arc::new(file),
-                        refs: 0,
-                    },
-                );
-                (1, segment::HEADER)
-            }
-        };
+        let (index, recovery, active, active_len) = recover(dir)?;
         if recovery.segments > 0 {
             info!(
                 segments = recovery.segments,
@@ -228,89 +236,118 @@ impl Wal {
                 "write-ahead log recovered"
             );
         }
-        let wal = Wal {
-            inner: Arc::new(Inner {
-                dir: dir.to_path_buf(),
-                options,
-                state: Mutex::new(State {
-                    index,
-                    active,
-                    active_len,
-                    buf: Vec::new(),
-                    failed: None,
-                }),
-                synced: Mutex::new((active, active_len)),
-                appended_bytes: AtomicU64::new(0),
-                syncs: AtomicU64::new(0),
-                deleted_segments: AtomicU64::new(0),
-                rewritten_groups: AtomicU64::new(0),
+        let active_file = index
+            .segments
+            .get(&active)
+            .and_then(|held| held.file.clone())
+            .ok_or_else(|| WalError::Corrupt("active segment missing".to_string()))?;
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            options,
+            state: Mutex::new(State {
+                index,
+                active,
+                active_len,
+                queue: std::collections::VecDeque::new(),
+                queued_bytes: 0,
+                written: (active, active_len),
+                synced: (active, active_len),
+                waiters: Vec::new(),
+                failed: None,
+                closing: false,
+                stopped: false,
             }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            appended_bytes: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            deleted_segments: AtomicU64::new(0),
+            rewritten_groups: AtomicU64::new(0),
+        });
+        let thread = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("ringkv-wal-writer".to_string())
+                .spawn(move || writer::run(&inner, active, active_file))?
         };
-        Ok((wal, recovery))
+        let writer = Arc::new(WriterHandle {
+            inner: inner.clone(),
+            thread: Mutex::new(Some(thread)),
+        });
+        Ok((Wal { inner, writer }, recovery))
     }
 
-    /// Writes `entries` as `group`'s entries `first, first + 1, …` (overwriting any at those
-    /// indexes). Durable after the next [`Wal::sync`].
+    /// Queues `entries` as `group`'s entries `first, first + 1, …` (overwriting any at those
+    /// indexes). They are readable at once, written by the writer thread soon, and durable
+    /// once a later [`Wal::sync`] or [`Wal::on_durable`] returns. Waits only when the queue
+    /// is full ([`WalOptions::max_queued_bytes`]).
     pub fn append<E: AsRef<[u8]>>(&self, group: u64, first: u64, entries: &[E]) -> Result<(), WalError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut state = self.state()?;
-        self.append_locked(&mut state, group, first, entries)
+        let mut frame = Vec::new();
+        let positions = record::encode_append(&mut frame, group, first, entries)?;
+        let mut state = self.writable()?;
+        self.inner
+            .queue_append(&mut state, group, first, frame, &positions);
+        Ok(())
     }
 
     /// Removes `group`'s entries with index ≥ `from`.
     pub fn truncate(&self, group: u64, from: u64) -> Result<(), WalError> {
-        self.write_record(
-            |buf| record::encode_truncate(buf, group, from),
-            Record::Truncate { group, from },
-        )
+        let mut frame = Vec::new();
+        record::encode_truncate(&mut frame, group, from)?;
+        self.queue_record(frame, Record::Truncate { group, from })
     }
 
     /// Removes `group`'s entries with index ≤ `upto`.
     pub fn purge(&self, group: u64, upto: u64) -> Result<(), WalError> {
-        self.write_record(
-            |buf| record::encode_purge(buf, group, upto),
-            Record::Purge { group, upto },
-        )
+        let mut frame = Vec::new();
+        record::encode_purge(&mut frame, group, upto)?;
+        self.queue_record(frame, Record::Purge { group, upto })
     }
 
-    /// Sets `group`'s value `key` (small: a vote, a log id).
+    /// Sets `group`'s value `key` (small: a vote, a log id). Readable at once (from memory:
+    /// [`Wal::meta`] never waits for IO).
     pub fn set_meta(&self, group: u64, key: u8, value: &[u8]) -> Result<(), WalError> {
-        self.write_record(
-            |buf| record::encode_meta(buf, group, key, value),
-            Record::Meta { group, key, value },
-        )
+        let mut frame = Vec::new();
+        record::encode_meta(&mut frame, group, key, value)?;
+        self.queue_record(frame, Record::Meta { group, key, value })
     }
 
     /// Forgets every entry and value of `group`.
     pub fn drop_group(&self, group: u64) -> Result<(), WalError> {
-        self.write_record(|buf| record::encode_drop(buf, group), Record::Drop { group })
+        let mut frame = Vec::new();
+        record::encode_drop(&mut frame, group)?;
+        self.queue_record(frame, Record::Drop { group })
     }
 
     /// `group`'s value `key`.
     pub fn meta(&self, group: u64, key: u8) -> Option<Vec<u8>> {
-        let state = self.lock_state();
+        let state = self.inner.lock_state();
         let group = state.index.groups.get(&group)?;
         group.meta.get(&key).map(|(value, _)| value.clone())
     }
 
     /// The groups with any entry or value.
     pub fn groups(&self) -> Vec<u64> {
-        let mut groups: Vec<u64> = self.lock_state().index.groups.keys().copied().collect();
+        let mut groups: Vec<u64> = self.inner.lock_state().index.groups.keys().copied().collect();
         groups.sort_unstable();
         groups
     }
 
     /// The lowest and highest index of `group`'s entries.
     pub fn bounds(&self, group: u64) -> Option<(u64, u64)> {
-        let state = self.lock_state();
+        let state = self.inner.lock_state();
         let entries = &state.index.groups.get(&group)?.entries;
         Some((*entries.first_key_value()?.0, *entries.last_key_value()?.0))
     }
 
     /// `group`'s entries with index in `(start, end)`, ascending, as `(index, bytes)`; stops
     /// once `max_bytes` would be exceeded (but returns at least one entry if any exists).
+    /// Entries not written yet are copied from the writer's queue; the others are read from
+    /// their segments after the state is unlocked.
     pub fn read(
         &self,
         group: u64,
@@ -318,8 +355,8 @@ impl Wal {
         end: Bound<u64>,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
-        let (locs, files) = {
-            let state = self.lock_state();
+        let (locs, sources) = {
+            let state = self.inner.lock_state();
             let mut locs = state.index.locs(group, start, end);
             let mut total = 0usize;
             let keep = locs
@@ -331,52 +368,42 @@ impl Wal {
                 .count()
                 .max(1);
             locs.truncate(keep);
-            let files: Vec<Arc<File>> = locs
-                .iter()
-                .map(|(_, loc)| {
-                    state
-                        .index
-                        .segments
-                        .get(&loc.segment)
-                        .map(|held| held.file.clone())
-                        .ok_or_else(|| WalError::Corrupt(format!("entry in missing segment {}", loc.segment)))
-                })
-                .collect::<Result<_, _>>()?;
-            (locs, files)
+            let sources = sources(&state, &locs)?;
+            (locs, sources)
         };
-        read_runs(&locs, &files)
+        read_runs(&locs, sources)
     }
 
-    /// Makes everything written before this call durable: one `fdatasync` of the active
-    /// segment (earlier segments were synced when the next one started). Concurrent callers
-    /// share a sync.
+    /// Makes everything queued before this call durable: waits for the writer thread to
+    /// write it and run the `fdatasync` covering it (shared with every other waiter of the
+    /// batch). Must not be called from a [`Done`] callback (it runs on the writer thread).
     pub fn sync(&self) -> Result<(), WalError> {
-        let (file, target) = {
-            let state = self.state()?;
-            let held = state
-                .index
-                .segments
-                .get(&state.active)
-                .ok_or_else(|| WalError::Corrupt("active segment missing".to_string()))?;
-            (held.file.clone(), (state.active, state.active_len))
-        };
-        let mut synced = self
-            .inner
-            .synced
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *synced >= target {
-            return Ok(());
-        }
-        if let Err(err) = file.sync_data() {
-            let reason = format!("fdatasync failed: {err}");
-            if !self.ignored(&reason) {
-                return Err(self.fail(reason));
-            }
-        }
-        self.inner.syncs.fetch_add(1, Ordering::Relaxed);
-        *synced = target;
-        Ok(())
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.on_durable(Box::new(move |result| {
+            let _ = tx.send(result);
+        }));
+        rx.recv().unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Calls `done` once everything queued before this call is durable (or with the error
+    /// that stopped the log). `done` runs on the writer thread (or at once, on this one, if
+    /// nothing needs to wait): it must be quick and must not wait on the log.
+    pub fn on_durable(&self, done: Done) {
+        self.inner.wait_for(done, true);
+    }
+
+    /// Calls `done` once everything queued before this call is written, without waiting for
+    /// a sync — the unsafe negative control `--unsafe-skip-fsync` acknowledges this way.
+    pub fn on_written(&self, done: Done) {
+        self.inner.wait_for(done, false);
+    }
+
+    /// Makes everything queued durable, then stops the writer thread; later writes fail
+    /// with [`WalError::Closed`] (reads go on). The node calls it last at shutdown.
+    pub fn close(&self) -> Result<(), WalError> {
+        let synced = self.sync();
+        self.writer.stop();
+        synced
     }
 
     /// Deletes the oldest segments that hold nothing live, after a sync makes the records
@@ -386,9 +413,9 @@ impl Wal {
     /// were deleted.
     pub fn collect_garbage(&self) -> Result<usize, WalError> {
         let candidates = {
-            let mut state = self.state()?;
+            let mut state = self.writable()?;
             if state.index.segments.len() > self.inner.options.max_segments {
-                self.rewrite_oldest(&mut state)?;
+                self.inner.rewrite_oldest(&mut state)?;
             }
             let active = state.active;
             state
@@ -402,20 +429,21 @@ impl Wal {
         if candidates.is_empty() {
             return Ok(0);
         }
-        // References to old segments only ever drop, so the candidates stay free.
+        // References to old segments only ever drop, so the candidates stay free; the sync
+        // also means the writer has moved past them (it started every later segment).
         self.sync()?;
         for id in &candidates {
             if let Err(err) = std::fs::remove_file(segment::path(&self.inner.dir, *id)) {
-                return Err(self.fail(format!("deleting segment {id} failed: {err}")));
+                return Err(self.inner.fail(format!("deleting segment {id} failed: {err}")));
             }
         }
         if let Err(err) = segment::sync_dir(&self.inner.dir) {
             let reason = format!("syncing the log directory failed: {err}");
-            if !self.ignored(&reason) {
-                return Err(self.fail(reason));
+            if !self.inner.ignored(&reason) {
+                return Err(self.inner.fail(reason));
             }
         }
-        let mut state = self.lock_state();
+        let mut state = self.inner.lock_state();
         for id in &candidates {
             state.index.segments.remove(id);
         }
@@ -427,39 +455,59 @@ impl Wal {
 
     /// Counters since the log was opened.
     pub fn stats(&self) -> WalStats {
-        let state = self.lock_state();
+        let state = self.inner.lock_state();
         WalStats {
             segments: state.index.segments.len(),
             groups: state.index.groups.len(),
             appended_bytes: self.inner.appended_bytes.load(Ordering::Relaxed),
+            writes: self.inner.writes.load(Ordering::Relaxed),
             syncs: self.inner.syncs.load(Ordering::Relaxed),
             deleted_segments: self.inner.deleted_segments.load(Ordering::Relaxed),
             rewritten_groups: self.inner.rewritten_groups.load(Ordering::Relaxed),
         }
     }
 
-    fn lock_state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the index half-updated in a way that
-        // matters more than the panic itself; keep serving reads.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The state, once the queue has room, unless the log has failed or closed.
+    fn writable(&self) -> Result<MutexGuard<'_, State>, WalError> {
+        let mut state = self.inner.lock_state();
+        loop {
+            if let Some(reason) = &state.failed {
+                return Err(WalError::Failed(reason.clone()));
+            }
+            if state.closing {
+                return Err(WalError::Closed);
+            }
+            if state.queued_bytes < self.inner.options.max_queued_bytes {
+                return Ok(state);
+            }
+            state = self
+                .inner
+                .room
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
     }
 
-    /// The state, unless the log has failed.
-    fn state(&self) -> Result<MutexGuard<'_, State>, WalError> {
-        let state = self.lock_state();
-        match &state.failed {
-            Some(reason) => Err(WalError::Failed(reason.clone())),
-            None => Ok(state),
-        }
+    /// Queues an encoded record other than an append and applies it to the index.
+    fn queue_record(&self, frame: Vec<u8>, record: Record<'_>) -> Result<(), WalError> {
+        let mut state = self.writable()?;
+        let (segment, offset) = self.inner.queue_frame(&mut state, frame);
+        state.index.apply(segment, offset + FRAME_HEADER as u64, &record);
+        Ok(())
+    }
+}
+
+impl Inner {
+    pub(crate) fn lock_state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the index half-updated in a way that
+        // matters more than the panic itself; keep serving reads.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether a failed write or sync goes on as if it had succeeded
     /// ([`WalOptions::unsafe_ignore_failures`], a negative control); logs `reason` if so.
-    fn ignored(&self, reason: &str) -> bool {
-        if !self.inner.options.unsafe_ignore_failures {
+    pub(crate) fn ignored(&self, reason: &str) -> bool {
+        if !self.options.unsafe_ignore_failures {
             return false;
         }
         tracing::error!(
@@ -475,141 +523,97 @@ impl Wal {
         self.fail_locked(&mut state, reason)
     }
 
-    /// [`Wal::fail`] with the state already locked. The first failure is logged and passed
-    /// to [`WalOptions::on_failure`] (which may end the process); later ones only return.
-    fn fail_locked(&self, state: &mut State, reason: String) -> WalError {
+    /// [`Inner::fail`] with the state already locked. The first failure is logged and
+    /// passed to [`WalOptions::on_failure`] (which may end the process); later ones only
+    /// return. Wakes writers waiting for room (they are refused now).
+    pub(crate) fn fail_locked(&self, state: &mut State, reason: String) -> WalError {
         if state.failed.is_some() {
             return WalError::Failed(reason);
         }
         tracing::error!(%reason, "write-ahead log failed; refusing further writes");
         state.failed = Some(reason.clone());
-        if let Some(on_failure) = self.inner.options.on_failure {
+        if let Some(on_failure) = self.options.on_failure {
             on_failure(&reason);
         }
+        self.room.notify_all();
+        self.work.notify_all();
         WalError::Failed(reason)
     }
 
-    /// Encodes a record with `encode`, writes it and applies `record` to the index.
-    fn write_record(
-        &self,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), WalError>,
-        record: Record<'_>,
-    ) -> Result<(), WalError> {
-        let mut state = self.state()?;
-        self.record_locked(&mut state, encode, record)
+    /// Registers `done` for everything queued so far (written, and durable if `durable`).
+    fn wait_for(&self, done: Done, durable: bool) {
+        let mut state = self.lock_state();
+        if let Some(reason) = &state.failed {
+            let reason = reason.clone();
+            drop(state);
+            done(Err(WalError::Failed(reason)));
+            return;
+        }
+        let target = (state.active, state.active_len);
+        let reached = if durable { state.synced } else { state.written };
+        if reached >= target {
+            drop(state);
+            done(Ok(()));
+            return;
+        }
+        if state.stopped {
+            drop(state);
+            done(Err(WalError::Closed));
+            return;
+        }
+        state.waiters.push(Waiter {
+            target,
+            durable,
+            done,
+        });
+        drop(state);
+        self.work.notify_one();
     }
 
-    /// [`Wal::write_record`] with the state already locked.
-    fn record_locked(
-        &self,
-        state: &mut State,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), WalError>,
-        record: Record<'_>,
-    ) -> Result<(), WalError> {
-        let mut buf = std::mem::take(&mut state.buf);
-        buf.clear();
-        let result = encode(&mut buf)
-            .and_then(|()| self.write_frame(state, &buf))
-            .map(|(segment, offset)| state.index.apply(segment, offset + FRAME_HEADER as u64, &record));
-        state.buf = buf;
-        result
-    }
-
-    /// [`Wal::append`] with the state already locked.
-    fn append_locked<E: AsRef<[u8]>>(
+    /// Queues an append frame and applies it to the index.
+    fn queue_append(
         &self,
         state: &mut State,
         group: u64,
         first: u64,
-        entries: &[E],
-    ) -> Result<(), WalError> {
-        let mut buf = std::mem::take(&mut state.buf);
-        buf.clear();
-        let result = record::encode_append(&mut buf, group, first, entries).and_then(|positions| {
-            let (segment, offset) = self.write_frame(state, &buf)?;
-            let entries = positions
-                .iter()
-                .map(|&(at, len)| (at - FRAME_HEADER, len))
-                .collect();
-            let record = Record::Append {
-                group,
-                first,
-                entries,
-            };
-            state.index.apply(segment, offset + FRAME_HEADER as u64, &record);
-            Ok(())
-        });
-        state.buf = buf;
-        result
-    }
-
-    /// Writes one frame at the end of the active segment (starting a new segment first if
-    /// the active one is full); returns the segment and offset it was written at.
-    fn write_frame(&self, state: &mut State, frame: &[u8]) -> Result<(u64, u64), WalError> {
-        if state.active_len > segment::HEADER
-            && state.active_len + frame.len() as u64 > self.inner.options.segment_bytes
-        {
-            self.rotate(state)?;
-        }
-        let held = state
-            .index
-            .segments
-            .get(&state.active)
-            .ok_or_else(|| WalError::Corrupt("active segment missing".to_string()))?;
-        let offset = state.active_len;
-        if let Err(err) = held.file.write_all_at(frame, offset) {
-            let reason = format!("write failed: {err}");
-            if !self.ignored(&reason) {
-                return Err(self.fail_locked(state, reason));
-            }
-        }
-        state.active_len += frame.len() as u64;
-        self.inner
-            .appended_bytes
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
-        Ok((state.active, offset))
-    }
-
-    /// Syncs the active segment and starts the next one.
-    fn rotate(&self, state: &mut State) -> Result<(), WalError> {
-        let next = state.active + 1;
-        let mut synced = state
-            .index
-            .segments
-            .get(&state.active)
-            .ok_or_else(|| WalError::Corrupt("active segment missing".to_string()))
-            .and_then(|held| held.file.sync_data().map_err(WalError::from));
-        if let Err(WalError::Io(err)) = &synced {
-            if self.ignored(&format!("syncing segment {} failed: {err}", state.active)) {
-                synced = Ok(());
-            }
-        }
-        let created = synced.and_then(|()| segment::create_unsynced(&self.inner.dir, next));
-        let file = match created {
-            Ok(file) => file,
-            Err(err) => return Err(self.fail_locked(state, format!("starting segment {next} failed: {err}"))),
+        frame: Vec<u8>,
+        positions: &[(usize, u32)],
+    ) {
+        let (segment, offset) = self.queue_frame(state, frame);
+        let entries = positions
+            .iter()
+            .map(|&(at, len)| (at - FRAME_HEADER, len))
+            .collect();
+        let record = Record::Append {
+            group,
+            first,
+            entries,
         };
-        let durable = file
-            .sync_data()
-            .map_err(WalError::from)
-            .and_then(|()| segment::sync_dir(&self.inner.dir));
-        if let Err(err) = durable {
-            let reason = format!("starting segment {next} failed: {err}");
-            if !self.ignored(&reason) {
-                return Err(self.fail_locked(state, reason));
-            }
+        state.index.apply(segment, offset + FRAME_HEADER as u64, &record);
+    }
+
+    /// Puts one frame at the end of the stream (queueing the start of a new segment first
+    /// if the active one is full); returns the segment and offset it will be written at.
+    fn queue_frame(&self, state: &mut State, frame: Vec<u8>) -> (u64, u64) {
+        let len = frame.len() as u64;
+        if state.active_len > segment::HEADER && state.active_len + len > self.options.segment_bytes {
+            let next = state.active + 1;
+            state.index.segments.insert(next, Segment { file: None, refs: 0 });
+            state.queue.push_back(Op::Start { segment: next });
+            state.active = next;
+            state.active_len = segment::HEADER;
         }
-        self.inner.syncs.fetch_add(1, Ordering::Relaxed);
-        state.index.segments.insert(
-            next,
-            Segment {
-                file: Arc::new(file),
-                refs: 0,
-            },
-        );
-        state.active = next;
-        state.active_len = segment::HEADER;
-        Ok(())
+        let (segment, offset) = (state.active, state.active_len);
+        state.queued_bytes += frame.len();
+        state.queue.push_back(Op::Frame {
+            segment,
+            offset,
+            bytes: Arc::from(frame),
+        });
+        state.active_len += len;
+        self.appended_bytes.fetch_add(len, Ordering::Relaxed);
+        self.work.notify_one();
+        (segment, offset)
     }
 
     /// Rewrites the live entries and values of every group pinning the oldest segment into
@@ -636,33 +640,18 @@ impl Wal {
             .filter_map(|group| state.index.groups.get(group))
             .map(|index| index.live_bytes())
             .sum();
-        if live_bytes > self.inner.options.segment_bytes / 2 {
+        if live_bytes > self.options.segment_bytes / 2 {
             return Ok(());
         }
         for group in pinning {
             let locs = state.index.locs(group, Bound::Unbounded, Bound::Unbounded);
-            let files: Vec<Arc<File>> = locs
-                .iter()
-                .filter_map(|(_, loc)| {
-                    state
-                        .index
-                        .segments
-                        .get(&loc.segment)
-                        .map(|held| held.file.clone())
-                })
-                .collect();
-            if files.len() != locs.len() {
-                return Err(WalError::Corrupt(format!(
-                    "group {group} has an entry in a missing segment"
-                )));
-            }
-            let entries = read_runs(&locs, &files)?;
+            let entries = read_runs(&locs, sources(state, &locs)?)?;
             // One append per run of consecutive indexes (a log may have a gap).
             let mut run: Vec<Vec<u8>> = Vec::new();
             let mut run_first = 0;
             for (index, bytes) in entries {
                 if !run.is_empty() && index != run_first + run.len() as u64 {
-                    self.append_locked(state, group, run_first, &std::mem::take(&mut run))?;
+                    self.requeue_run(state, group, run_first, &std::mem::take(&mut run))?;
                 }
                 if run.is_empty() {
                     run_first = index;
@@ -670,7 +659,7 @@ impl Wal {
                 run.push(bytes);
             }
             if !run.is_empty() {
-                self.append_locked(state, group, run_first, &run)?;
+                self.requeue_run(state, group, run_first, &run)?;
             }
             let meta: Vec<(u8, Vec<u8>)> = state
                 .index
@@ -685,34 +674,181 @@ impl Wal {
                 })
                 .unwrap_or_default();
             for (key, value) in meta {
+                let mut frame = Vec::new();
+                record::encode_meta(&mut frame, group, key, &value)?;
+                let (segment, offset) = self.queue_frame(state, frame);
                 let record = Record::Meta {
                     group,
                     key,
                     value: &value,
                 };
-                self.record_locked(state, |buf| record::encode_meta(buf, group, key, &value), record)?;
+                state.index.apply(segment, offset + FRAME_HEADER as u64, &record);
             }
-            self.inner.rewritten_groups.fetch_add(1, Ordering::Relaxed);
+            self.rewritten_groups.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// Queues one run of a group's consecutive entries again (a rewrite).
+    fn requeue_run(
+        &self,
+        state: &mut State,
+        group: u64,
+        first: u64,
+        run: &[Vec<u8>],
+    ) -> Result<(), WalError> {
+        let mut frame = Vec::new();
+        let positions = record::encode_append(&mut frame, group, first, run)?;
+        self.queue_append(state, group, first, frame, &positions);
         Ok(())
     }
 }
 
-/// Reads the entries at `locs` (with the file of each), one read per run of entries that
-/// lie next to each other in the same segment.
-fn read_runs(locs: &[(u64, Loc)], files: &[Arc<File>]) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
+/// Reads every segment of `dir`: the index they hold, what recovery found, and the active
+/// (last) segment and its length. Cuts a torn tail of the last segment; creates the first
+/// segment of an empty log.
+fn recover(dir: &Path) -> Result<(Index, Recovery, u64, u64), WalError> {
+    let ids = segment::list(dir)?;
+    let mut index = Index::default();
+    let mut recovery = Recovery {
+        segments: ids.len(),
+        ..Recovery::default()
+    };
+    let mut active = None;
+    for (n, &id) in ids.iter().enumerate() {
+        let last = n + 1 == ids.len();
+        let path = segment::path(dir, id);
+        let bytes = std::fs::read(&path)?;
+        let file = Arc::new(File::options().read(true).write(true).open(&path)?);
+        index.segments.insert(
+            id,
+            Segment {
+                file: Some(file.clone()),
+                refs: 0,
+            },
+        );
+        let (frames, end) = segment::frames(&bytes)?;
+        for frame in &frames {
+            index.apply(id, frame.offset + FRAME_HEADER as u64, &frame.record);
+        }
+        recovery.records += frames.len() as u64;
+        let mut len = bytes.len() as u64;
+        if let segment::End::Torn { at, reason } = end {
+            if !last {
+                return Err(WalError::Corrupt(format!(
+                    "segment {id} is invalid at byte {at} ({reason}) but is not the last"
+                )));
+            }
+            recovery.truncated_bytes = len - at;
+            if recovery.truncated_bytes > 0 {
+                warn!(
+                    segment = id,
+                    at,
+                    reason,
+                    bytes = recovery.truncated_bytes,
+                    "cutting the torn tail of the log"
+                );
+            }
+            if at < segment::HEADER {
+                use std::os::unix::fs::FileExt;
+                file.set_len(0)?;
+                file.write_all_at(segment::MAGIC, 0)?;
+                len = segment::HEADER;
+            } else {
+                file.set_len(at)?;
+                len = at;
+            }
+            file.sync_all()?;
+        }
+        if last {
+            // What a killed process wrote may still be only in the page cache.
+            file.sync_all()?;
+            active = Some((id, len));
+        }
+    }
+    let (active, active_len) = match active {
+        Some(active) => active,
+        None => {
+            let file = segment::create(dir, 1)?;
+            index.segments.insert(
+                1,
+                Segment {
+                    file: Some(Arc::new(file)),
+                    refs: 0,
+                },
+            );
+            (1, segment::HEADER)
+        }
+    };
+    Ok((index, recovery, active, active_len))
+}
+
+/// Where the bytes of an entry come from.
+enum Source {
+    /// Not written yet: copied from the writer's queue.
+    Queued(Vec<u8>),
+    /// Its segment file.
+    File(Arc<File>),
+}
+
+/// The source of each of `locs`: the queue for what is not written yet, else the segment.
+fn sources(state: &State, locs: &[(u64, Loc)]) -> Result<Vec<Source>, WalError> {
+    locs.iter()
+        .map(|(_, loc)| {
+            if loc.len == 0 {
+                // Nothing to read (and it may lie right at the end of what is written).
+                return Ok(Source::Queued(Vec::new()));
+            }
+            if (loc.segment, loc.offset) >= state.written {
+                return writer::queued_bytes(&state.queue, loc)
+                    .map(Source::Queued)
+                    .ok_or_else(|| {
+                        WalError::Corrupt(format!(
+                            "entry at {}:{} is neither written nor queued",
+                            loc.segment, loc.offset
+                        ))
+                    });
+            }
+            state
+                .index
+                .segments
+                .get(&loc.segment)
+                .and_then(|held| held.file.clone())
+                .map(Source::File)
+                .ok_or_else(|| WalError::Corrupt(format!("entry in missing segment {}", loc.segment)))
+        })
+        .collect()
+}
+
+/// Reads the entries at `locs` from their `sources`: one read per run of entries that lie
+/// next to each other in the same segment file.
+fn read_runs(locs: &[(u64, Loc)], sources: Vec<Source>) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
     let mut out = Vec::with_capacity(locs.len());
+    let mut sources = sources.into_iter().peekable();
     let mut i = 0;
-    while i < locs.len() {
+    while let Some(source) = sources.next() {
+        let file = match source {
+            Source::Queued(bytes) => {
+                out.push((locs[i].0, bytes));
+                i += 1;
+                continue;
+            }
+            Source::File(file) => file,
+        };
         let start = locs[i].1;
         let mut end = i + 1;
         let mut run_end = start.offset + start.len as u64;
         // Entries of one append lie 4 bytes apart (each is preceded by its length).
-        while end < locs.len() && locs[end].1.segment == start.segment && locs[end].1.offset == run_end + 4 {
+        while end < locs.len()
+            && matches!(sources.peek(), Some(Source::File(_)))
+            && locs[end].1.segment == start.segment
+            && locs[end].1.offset == run_end + 4
+        {
             run_end = locs[end].1.offset + locs[end].1.len as u64;
             end += 1;
+            sources.next();
         }
-        let bytes = segment::read_at(&files[i], start.offset, (run_end - start.offset) as usize)?;
+        let bytes = segment::read_at(&file, start.offset, (run_end - start.offset) as usize)?;
         for (index, loc) in &locs[i..end] {
             let from = (loc.offset - start.offset) as usize;
             out.push((*index, bytes[from..from + loc.len as usize].to_vec()));

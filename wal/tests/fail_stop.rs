@@ -24,8 +24,9 @@ fn set_file_size_limit(bytes: libc::rlim_t) {
     assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
 }
 
-/// A write that cannot be made marks the log failed and calls `on_failure` once; every later
-/// write and sync is refused; a reopen recovers what was synced.
+/// A write that cannot be made (by the writer thread) marks the log failed and calls
+/// `on_failure` once; the sync waiting for it fails; every later write and sync is refused;
+/// a reopen recovers what was synced.
 #[test]
 fn a_failed_write_is_reported_once_and_stops_the_log() {
     // SAFETY: ignoring SIGXFSZ makes a write past the limit fail with EFBIG instead of killing
@@ -47,7 +48,19 @@ fn a_failed_write_is_reported_once_and_stops_the_log() {
         .expect("a segment");
 
     set_file_size_limit(segment_len + 16);
-    let failed = wal.append(7, 3, &[vec![0u8; 4096]]);
+    wal.append(7, 3, &[vec![0u8; 4096]])
+        .expect("queued: the writer thread writes it");
+    let (tx, rx) = std::sync::mpsc::channel();
+    wal.on_durable(Box::new(move |result| {
+        // Reported before any waiter learns of it.
+        let _ = tx.send((result, FAILURES.load(Ordering::SeqCst)));
+    }));
+    let (waited, reported) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the waiter is answered");
+    assert!(matches!(waited, Err(WalError::Failed(_))), "{waited:?}");
+    assert_eq!(reported, 1, "on_failure ran before the waiter was failed");
+    let failed = wal.sync();
     assert!(matches!(failed, Err(WalError::Failed(_))), "{failed:?}");
     assert_eq!(FAILURES.load(Ordering::SeqCst), 1, "the failure is reported");
     let refused = wal.append(7, 3, &[b"small".to_vec()]);

@@ -65,8 +65,6 @@ struct NodeInner {
     /// Shards with a move, a transfer or a removal check in flight (never two for one shard).
     claimed_shards: Mutex<HashSet<u32>>,
     counters: MoveCounters,
-    /// Stops the group-commit flusher (last).
-    flusher_cancel: CancellationToken,
 }
 
 /// Opens the node's write-ahead log (`<data dir>/wal`) and moves into it any log a data
@@ -101,7 +99,6 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let cluster_id = check_identity(&catalog, &config)?;
         let tasks = TaskTracker::new();
-        let flusher_cancel = CancellationToken::new();
         if config.unsafe_local_commit_ts {
             warn!("NEGATIVE CONTROL: shard writes commit at local timestamps, not the oracle's");
         }
@@ -120,11 +117,7 @@ impl Node {
             );
         }
         let wal = open_wal(&config, &engine).await?;
-        let (flusher, flusher_task) =
-            Flusher::spawn(wal.clone(), flusher_cancel.clone(), config.unsafe_skip_fsync);
-        tasks.spawn(async move {
-            let _ = flusher_task.await;
-        });
+        let flusher = Flusher::new(wal.clone(), config.unsafe_skip_fsync);
         let rpc_timeout = Duration::from_millis(config.rpc_timeout_ms);
         let transport = Transport::new(
             config.node_id,
@@ -186,7 +179,6 @@ impl Node {
             init_lock: tokio::sync::Mutex::new(()),
             claimed_shards: Mutex::new(HashSet::new()),
             counters: MoveCounters::default(),
-            flusher_cancel,
         });
         let node = Node { inner };
         info!(node_id = node.node_id(), addr = %node.addr(), "node started");
@@ -336,9 +328,9 @@ impl Node {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Stops every group, then the purgers and the flusher (so groups can finish their
-    /// in-flight IO), and flushes the engine. The reconciler, the system duties and gossip
-    /// (which use the node) are stopped first by their owner.
+    /// Stops every group, then the purgers, then closes the WAL (its writer thread writes
+    /// and syncs what is queued, then exits) and flushes the engine. The reconciler, the
+    /// system duties and gossip (which use the node) are stopped first by their owner.
     pub async fn shutdown(&self) {
         for group in self.groups() {
             if let Err(err) = group.raft.shutdown().await {
@@ -347,13 +339,12 @@ impl Node {
         }
         let deps = &self.inner.deps;
         deps.tasks_cancel.cancel();
-        self.inner.flusher_cancel.cancel();
         deps.tasks.close();
         deps.tasks.wait().await;
         let engine = deps.engine.clone();
         let wal = deps.wal.clone();
         let flush = move || -> Result<(), crate::storage::StorageError> {
-            wal.sync()?;
+            wal.close()?;
             engine.flush()
         };
         match tokio::task::spawn_blocking(flush).await {

@@ -1,124 +1,112 @@
-//! Group commit: one task owns [`Wal::sync`]; appends from every group hand it their
-//! completion callback and are acknowledged after the next fdatasync that covers them.
+//! Group commit, node side: appends of every group queue their entries in the WAL, then hand
+//! their `LogFlushed` callback here, and the WAL's writer thread calls it back after the
+//! `fdatasync` that covers them (one sync acknowledges the appends of every group queued
+//! meanwhile; see `ringkv_wal`'s `writer` module).
 //!
-//! Correctness rests on one ordering: a caller writes its entries to the WAL *before*
-//! handing over the callback, and the flusher starts a flush only after receiving it, so
-//! that flush covers the entries. A failed fdatasync stops the node (`storage::fail_stop`):
-//! no waiter of that flush or any later one is ever acknowledged. (Under the negative control
-//! `fail_stop::ignore_storage_errors` the failure is logged and the waiters are acknowledged.)
+//! Correctness rests on one ordering: a caller queues its entries in the WAL *before*
+//! handing over the callback, and the WAL waits for everything queued before the callback
+//! was registered. A failed write or fdatasync stops the node (the WAL's `on_failure` is
+//! `storage::fail_stop`): no waiter of that batch or any later one is acknowledged. (Under
+//! the negative control `fail_stop::ignore_storage_errors` the WAL logs the failure and the
+//! waiters are acknowledged.)
 
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
-use tracing::trace;
+use tokio::sync::oneshot;
 
-use ringkv_wal::Wal;
+use ringkv_wal::{Wal, WalError};
 
 use super::types::TypeConfig;
 use crate::storage::StorageError;
 
-/// Largest number of waiters acknowledged by one fsync; bounds the batch.
-const MAX_BATCH: usize = 4096;
-/// Bound of the request queue (callers wait when it is full: backpressure).
-const QUEUE_CAPACITY: usize = 8192;
-
-enum Waiter {
-    Log(openraft::storage::LogFlushed<TypeConfig>),
-    Notify(oneshot::Sender<Result<(), String>>),
-}
-
-/// Handle to the flusher task; cheap to clone.
+/// Acknowledges appends once the WAL made them durable; cheap to clone. Owns no task: the
+/// WAL's writer thread does the work and is stopped by `Wal::close` at node shutdown.
 #[derive(Clone)]
 pub struct Flusher {
-    tx: mpsc::Sender<Waiter>,
+    wal: Wal,
+    /// The unsafe negative control `--unsafe-skip-fsync`: waiters are acknowledged once
+    /// their entries are written, without a sync.
+    skip_fsync: bool,
 }
 
 impl Flusher {
-    /// Starts the flusher task; it stops when `cancel` fires (after flushing once more).
-    /// `skip_fsync` is the unsafe negative control: waiters are acknowledged without a flush.
-    pub fn spawn(
-        wal: Wal,
-        cancel: CancellationToken,
-        skip_fsync: bool,
-    ) -> (Flusher, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let handle = tokio::spawn(run(wal, rx, cancel, skip_fsync));
-        (Flusher { tx }, handle)
+    pub fn new(wal: Wal, skip_fsync: bool) -> Flusher {
+        Flusher { wal, skip_fsync }
     }
 
-    /// Acknowledges `callback` once everything written so far is durable.
-    pub async fn flush_log(&self, callback: openraft::storage::LogFlushed<TypeConfig>) {
-        if let Err(mpsc::error::SendError(Waiter::Log(callback))) = self.tx.send(Waiter::Log(callback)).await
-        {
-            callback.log_io_completed(Err(std::io::Error::other("flusher stopped")));
-        }
+    /// Acknowledges `callback` once everything queued in the WAL so far is durable. Returns
+    /// at once; the WAL's writer thread calls back.
+    pub fn flush_log(&self, callback: openraft::storage::LogFlushed<TypeConfig>) {
+        let done: ringkv_wal::Done = Box::new(move |result: Result<(), WalError>| {
+            callback.log_io_completed(result.map_err(std::io::Error::other));
+        });
+        self.register(done);
     }
 
-    /// Waits until everything written so far is durable.
+    /// Waits until everything queued in the WAL so far is durable (without blocking a
+    /// worker thread).
     pub async fn flush(&self) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Waiter::Notify(tx))
-            .await
-            .map_err(|_| StorageError::Engine("flusher stopped".to_string()))?;
+        self.register(Box::new(move |result| {
+            let _ = tx.send(result);
+        }));
         rx.await
-            .map_err(|_| StorageError::Engine("flusher stopped".to_string()))?
-            .map_err(StorageError::Engine)
+            .map_err(|_| StorageError::Engine("the write-ahead log's writer stopped".to_string()))?
+            .map_err(StorageError::from)
+    }
+
+    fn register(&self, done: ringkv_wal::Done) {
+        if self.skip_fsync {
+            self.wal.on_written(done);
+        } else {
+            self.wal.on_durable(done);
+        }
     }
 }
 
-async fn run(wal: Wal, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken, skip_fsync: bool) {
-    let mut batch = Vec::with_capacity(64);
-    loop {
-        let first = tokio::select! {
-            waiter = rx.recv() => waiter,
-            _ = cancel.cancelled() => None,
-        };
-        let Some(first) = first else { break };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(waiter) => batch.push(waiter),
-                Err(_) => break,
-            }
-        }
-        let sync_wal = wal.clone();
-        let result = if skip_fsync {
-            Ok(())
-        } else {
-            match tokio::task::spawn_blocking(move || sync_wal.sync()).await {
-                Ok(result) => result.map_err(|err| err.to_string()),
-                Err(join_err) => Err(format!("flush task failed: {join_err}")),
-            }
-        };
-        // Nothing in this batch or after it may be acknowledged: fail-stop (which returns only
-        // under the negative control, which acknowledges the batch all the same).
-        let result: Result<(), String> = result.or_else(|err| {
-            crate::storage::fail_stop::storage_failed("an fdatasync of the write-ahead log", &err);
-            Ok(())
-        });
-        trace!(waiters = batch.len(), "group commit");
-        for waiter in batch.drain(..) {
-            match waiter {
-                Waiter::Log(callback) => {
-                    callback.log_io_completed(result.clone().map_err(std::io::Error::other))
-                }
-                Waiter::Notify(tx) => {
-                    let _ = tx.send(result.clone());
-                }
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn open_wal(dir: &std::path::Path) -> Wal {
+        Wal::open(&dir.join("wal"), ringkv_wal::WalOptions::default())
+            .expect("wal")
+            .0
     }
-    // Fail whoever is still queued rather than leaving them waiting forever.
-    rx.close();
-    let final_flush = wal.sync().map_err(|err| err.to_string());
-    while let Ok(waiter) = rx.try_recv() {
-        match waiter {
-            Waiter::Log(callback) => {
-                callback.log_io_completed(final_flush.clone().map_err(std::io::Error::other))
-            }
-            Waiter::Notify(tx) => {
-                let _ = tx.send(final_flush.clone());
-            }
-        }
+
+    /// `flush` waits for the sync covering what was queued before it, and the entries are
+    /// on disk afterwards (a reopen reads them back).
+    #[tokio::test]
+    async fn a_flush_covers_what_was_queued_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open_wal(dir.path());
+        let flusher = Flusher::new(wal.clone(), false);
+        wal.append(1, 1, &[b"one".to_vec()]).expect("append");
+        let syncs = wal.stats().syncs;
+        tokio::time::timeout(Duration::from_secs(10), flusher.flush())
+            .await
+            .expect("in time")
+            .expect("flush");
+        assert!(wal.stats().syncs > syncs, "the flush ran a sync");
+        wal.close().expect("close");
+        drop(wal);
+        drop(flusher);
+        let reopened = open_wal(dir.path());
+        assert_eq!(reopened.bounds(1), Some((1, 1)));
+    }
+
+    /// After the log closed, a flush answers at once instead of waiting for a writer that is gone.
+    #[tokio::test]
+    async fn a_flush_after_close_does_not_hang() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open_wal(dir.path());
+        let flusher = Flusher::new(wal.clone(), false);
+        wal.close().expect("close");
+        assert!(wal.append(1, 1, &[b"late".to_vec()]).is_err());
+        let flushed = tokio::time::timeout(Duration::from_secs(10), flusher.flush())
+            .await
+            .expect("in time");
+        // Nothing was queued: already durable.
+        assert!(flushed.is_ok(), "{flushed:?}");
     }
 }

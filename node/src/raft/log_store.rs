@@ -408,8 +408,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(())
         };
         write().map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Write, err))?;
-        // Acknowledged by the group-commit flusher after the covering fdatasync.
-        self.flusher.flush_log(callback).await;
+        // Acknowledged by the WAL's writer thread after the covering fdatasync.
+        self.flusher.flush_log(callback);
         Ok(())
     }
 
@@ -488,7 +488,6 @@ pub fn migrate_legacy_logs(engine: &EngineRef, wal: &Wal) -> Result<(), StorageE
 #[cfg(test)]
 mod tests {
     use openraft::Vote as RaftVote;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::raft::state_machine::test_support::{log_id, put};
@@ -578,8 +577,7 @@ mod tests {
         let group = GroupId::Shard(3);
         {
             let wal = open_wal(dir.path());
-            let cancel = CancellationToken::new();
-            let (flusher, task) = Flusher::spawn(wal.clone(), cancel.clone(), false);
+            let flusher = Flusher::new(wal.clone(), false);
             let (mut store, _purges) =
                 LogStore::open(wal.clone(), group, engine.clone(), flusher, 1 << 20, unpaced());
             let encoded: Vec<Vec<u8>> = (1..=5)
@@ -590,11 +588,10 @@ mod tests {
             store.save_vote(&vote).await.expect("vote");
             store.truncate(log_id(2, 5)).await.expect("truncate");
             store.purge_now(log_id(2, 2)).await.expect("purge");
-            cancel.cancel();
-            task.await.expect("flusher");
+            wal.close().expect("close");
         }
         let wal = open_wal(dir.path());
-        let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
+        let flusher = Flusher::new(wal.clone(), false);
         let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20, unpaced());
         assert_eq!(store.read_vote().await.expect("vote"), Some(RaftVote::new(2, 1)));
         let state = store.get_log_state().await.expect("state");
@@ -617,7 +614,7 @@ mod tests {
         let engine = storage::open(&dir.path().join("db")).expect("engine");
         let group = GroupId::Shard(4);
         let wal = open_wal(dir.path());
-        let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
+        let flusher = Flusher::new(wal.clone(), false);
         let (mut store, _purges) = LogStore::open(wal.clone(), group, engine, flusher, 1 << 20, unpaced());
         let encoded: Vec<Vec<u8>> = (9000..9003)
             .map(|i| encode(&put(i, b"k", b"v", i as u8)).expect("encode"))
@@ -660,8 +657,7 @@ mod tests {
         };
         {
             let wal = open_wal(dir.path());
-            let cancel = CancellationToken::new();
-            let (flusher, task) = Flusher::spawn(wal.clone(), cancel.clone(), false);
+            let flusher = Flusher::new(wal.clone(), false);
             let (mut store, _purges) =
                 LogStore::open(wal.clone(), group, engine.clone(), flusher, 1 << 20, unpaced());
             wal.append(wal_group(group), 1, &encoded(1..=5)).expect("append");
@@ -672,11 +668,10 @@ mod tests {
                 .expect("append");
             wal.sync().expect("sync");
             // The crash: nothing else runs.
-            cancel.cancel();
-            task.await.expect("flusher");
+            wal.close().expect("close");
         }
         let wal = open_wal(dir.path());
-        let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
+        let flusher = Flusher::new(wal.clone(), false);
         let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20, unpaced());
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 20)));
@@ -744,7 +739,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = storage::open(&dir.path().join("db")).expect("engine");
         let wal = open_wal(dir.path());
-        let (flusher, _task) = Flusher::spawn(wal.clone(), CancellationToken::new(), false);
+        let flusher = Flusher::new(wal.clone(), false);
         let group = GroupId::Shard(3);
         // 1 MiB/s; each read is four 100 KiB entries (over the 256 KiB threshold).
         let catch_up = CatchUp::new(

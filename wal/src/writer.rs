@@ -1,0 +1,340 @@
+//! The log's writer thread: the only place that writes or syncs segments while the log is
+//! open.
+//!
+//! Callers queue encoded records under the state lock (which updates the index, so their
+//! entries are readable at once, from the queue) and return. The writer takes everything
+//! queued — the records of every group — writes each segment's share with one `write`,
+//! runs one `fdatasync` when anyone waits for durability, then calls the waiters back: group
+//! commit of writes and syncs together. No lock is held across IO, so an append, a read or
+//! a [`crate::Wal::meta`] never waits behind a slow disk (under FUSE a `write` waits for a
+//! running fsync of the same file: that wait is the writer's alone); only a full queue
+//! ([`crate::WalOptions::max_queued_bytes`]) makes a caller wait.
+//!
+//! A failed write or sync marks the log failed ([`crate::WalOptions::on_failure`] first),
+//! fails every waiter and every later one, and writes nothing more; what is queued stays
+//! readable. The thread exits when the log closes, after writing what was queued.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::index::Loc;
+use crate::{segment, Done, Inner, Position, WalError};
+
+/// Most bytes the writer takes from the queue for one batch (at least one record).
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// One queued step of the stream, in order.
+pub(crate) enum Op {
+    /// A frame to write at `offset` of `segment`.
+    Frame {
+        segment: u64,
+        offset: u64,
+        bytes: Arc<[u8]>,
+    },
+    /// Sync the segment written so far, then create `segment` (header, file and directory
+    /// synced) and write to it from now on.
+    Start { segment: u64 },
+}
+
+impl Op {
+    /// The stream position right after this step.
+    fn end(&self) -> Position {
+        match self {
+            Op::Frame {
+                segment,
+                offset,
+                bytes,
+            } => (*segment, offset + bytes.len() as u64),
+            Op::Start { segment } => (*segment, segment::HEADER),
+        }
+    }
+
+    /// The stream position where this step starts.
+    fn start(&self) -> Position {
+        match self {
+            Op::Frame { segment, offset, .. } => (*segment, *offset),
+            Op::Start { segment } => (*segment, 0),
+        }
+    }
+
+    fn queued_bytes(&self) -> usize {
+        match self {
+            Op::Frame { bytes, .. } => bytes.len(),
+            Op::Start { .. } => 0,
+        }
+    }
+}
+
+/// A caller waiting until `target` is written (and durable, if `durable`).
+pub(crate) struct Waiter {
+    pub target: Position,
+    pub durable: bool,
+    pub done: Done,
+}
+
+/// What the writer takes from the queue at once.
+struct Batch {
+    /// Copies of the queued steps (they stay queued, for reads, until written).
+    ops: Vec<Op>,
+    /// The stream position after them.
+    end: Position,
+    /// The waiters they satisfy.
+    waiters: Vec<Waiter>,
+}
+
+/// Segments the writer started, with their files (to publish in the index).
+type Started = Vec<(u64, Arc<File>)>;
+
+/// The bytes of the entry at `loc` if it is still queued.
+pub(crate) fn queued_bytes(queue: &std::collections::VecDeque<Op>, loc: &Loc) -> Option<Vec<u8>> {
+    let at = (loc.segment, loc.offset);
+    let after = queue.partition_point(|op| op.start() <= at);
+    let Op::Frame {
+        segment,
+        offset,
+        bytes,
+    } = queue.get(after.checked_sub(1)?)?
+    else {
+        return None;
+    };
+    if *segment != loc.segment {
+        return None;
+    }
+    let from = usize::try_from(loc.offset - offset).ok()?;
+    bytes.get(from..from + loc.len as usize).map(<[u8]>::to_vec)
+}
+
+/// The writer thread's loop: take a batch, write it, sync if anyone waits for durability,
+/// publish, call back. `active`/`file` are the segment being written when the log opened.
+pub(crate) fn run(inner: &Inner, active: u64, file: Arc<File>) {
+    let mut current = (active, file);
+    let mut buf = Vec::new();
+    loop {
+        let Some(Batch {
+            ops: batch,
+            end,
+            waiters,
+        }) = next_batch(inner)
+        else {
+            return;
+        };
+        let (outcome, started) = write_batch(inner, &mut current, &batch, &mut buf);
+        let wants_sync = waiters.iter().any(|waiter| waiter.durable);
+        let outcome = outcome.and_then(|()| {
+            if wants_sync {
+                sync(inner, &current.1)
+            } else {
+                Ok(())
+            }
+        });
+        let failure = {
+            let mut state = inner.lock_state();
+            for (segment, file) in started {
+                if let Some(held) = state.index.segments.get_mut(&segment) {
+                    held.file = Some(file);
+                }
+            }
+            match outcome {
+                Ok(()) => {
+                    let freed: usize = batch.iter().map(Op::queued_bytes).sum();
+                    for _ in 0..batch.len() {
+                        state.queue.pop_front();
+                    }
+                    state.queued_bytes -= freed;
+                    state.written = end;
+                    if wants_sync {
+                        state.synced = end;
+                    }
+                    inner.room.notify_all();
+                    None
+                }
+                Err(reason) => {
+                    inner.fail_locked(&mut state, reason.clone());
+                    Some(reason)
+                }
+            }
+        };
+        for waiter in waiters {
+            let result = match &failure {
+                None => Ok(()),
+                Some(reason) => Err(WalError::Failed(reason.clone())),
+            };
+            call(waiter.done, result);
+        }
+    }
+}
+
+/// Waits for work and takes the next batch: up to [`MAX_BATCH_BYTES`] of queued steps and the
+/// waiters they satisfy. `None` when the writer must exit.
+fn next_batch(inner: &Inner) -> Option<Batch> {
+    let mut state = inner.lock_state();
+    loop {
+        if let Some(reason) = state.failed.clone() {
+            // Nothing more is written: fail whoever waits; exit once closing.
+            let waiters = std::mem::take(&mut state.waiters);
+            if waiters.is_empty() {
+                if state.closing {
+                    state.stopped = true;
+                    return None;
+                }
+                state = inner
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
+            drop(state);
+            for waiter in waiters {
+                call(waiter.done, Err(WalError::Failed(reason.clone())));
+            }
+            state = inner.lock_state();
+            continue;
+        }
+        if !state.queue.is_empty() || !state.waiters.is_empty() {
+            break;
+        }
+        if state.closing {
+            state.stopped = true;
+            return None;
+        }
+        state = inner
+            .work
+            .wait(state)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    for op in &state.queue {
+        if !batch.is_empty() && bytes + op.queued_bytes() > MAX_BATCH_BYTES {
+            break;
+        }
+        bytes += op.queued_bytes();
+        batch.push(match op {
+            Op::Frame {
+                segment,
+                offset,
+                bytes,
+            } => Op::Frame {
+                segment: *segment,
+                offset: *offset,
+                bytes: bytes.clone(),
+            },
+            Op::Start { segment } => Op::Start { segment: *segment },
+        });
+    }
+    let end = batch.last().map_or(state.written, Op::end);
+    let (ready, later): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut state.waiters)
+        .into_iter()
+        .partition(|waiter| waiter.target <= end);
+    state.waiters = later;
+    Some(Batch {
+        ops: batch,
+        end,
+        waiters: ready,
+    })
+}
+
+/// Writes `batch` in order: each run of frames of one segment with one `write`, each
+/// segment start as its own steps. Returns the outcome (a failure's reason) and the
+/// segments started, with their files.
+fn write_batch(
+    inner: &Inner,
+    current: &mut (u64, Arc<File>),
+    batch: &[Op],
+    buf: &mut Vec<u8>,
+) -> (Result<(), String>, Started) {
+    let mut started = Vec::new();
+    let mut run_offset = 0u64;
+    buf.clear();
+    for op in batch {
+        match op {
+            Op::Frame { offset, bytes, .. } => {
+                if buf.is_empty() {
+                    run_offset = *offset;
+                }
+                buf.extend_from_slice(bytes);
+            }
+            Op::Start { segment } => {
+                if let Err(reason) = write_run(inner, &current.1, buf, run_offset) {
+                    return (Err(reason), started);
+                }
+                match start_segment(inner, &current.1, current.0, *segment) {
+                    Ok(file) => {
+                        *current = (*segment, file.clone());
+                        started.push((*segment, file));
+                    }
+                    Err(reason) => return (Err(reason), started),
+                }
+            }
+        }
+    }
+    (write_run(inner, &current.1, buf, run_offset), started)
+}
+
+/// Writes the frames gathered in `buf` at `offset` of `file` with one `write`, and empties
+/// `buf`.
+fn write_run(inner: &Inner, file: &File, buf: &mut Vec<u8>, offset: u64) -> Result<(), String> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let written = file.write_all_at(buf, offset);
+    inner.writes.fetch_add(1, Ordering::Relaxed);
+    buf.clear();
+    match written {
+        Err(err) => {
+            let reason = format!("write failed: {err}");
+            if inner.ignored(&reason) {
+                Ok(())
+            } else {
+                Err(reason)
+            }
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// One `fdatasync` of the segment being written.
+fn sync(inner: &Inner, file: &File) -> Result<(), String> {
+    if let Err(err) = file.sync_data() {
+        let reason = format!("fdatasync failed: {err}");
+        if !inner.ignored(&reason) {
+            return Err(reason);
+        }
+    }
+    inner.syncs.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Syncs segment `previous` (only the last segment may end in a torn write) and creates
+/// segment `next`, its header and directory entry durable.
+fn start_segment(inner: &Inner, previous_file: &File, previous: u64, next: u64) -> Result<Arc<File>, String> {
+    if let Err(err) = previous_file.sync_data() {
+        let reason = format!("syncing segment {previous} failed: {err}");
+        if !inner.ignored(&reason) {
+            return Err(format!("starting segment {next} failed: {reason}"));
+        }
+    }
+    let file = segment::create_unsynced(&inner.dir, next)
+        .map_err(|err| format!("starting segment {next} failed: {err}"))?;
+    let durable = file
+        .sync_data()
+        .map_err(WalError::from)
+        .and_then(|()| segment::sync_dir(&inner.dir));
+    if let Err(err) = durable {
+        let reason = format!("starting segment {next} failed: {err}");
+        if !inner.ignored(&reason) {
+            return Err(reason);
+        }
+    }
+    inner.syncs.fetch_add(1, Ordering::Relaxed);
+    Ok(Arc::new(file))
+}
+
+/// Calls a waiter back; a panicking callback is logged and does not stop the writer.
+fn call(done: Done, result: Result<(), WalError>) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result))).is_err() {
+        tracing::error!("a write-ahead log waiter's callback panicked");
+    }
+}
