@@ -191,8 +191,9 @@ async fn callers_without_a_valid_certificate_are_refused() -> anyhow::Result<()>
     Ok(())
 }
 
-/// A client (or router) certificate calling `Raft` on a node is refused with
-/// PERMISSION_DENIED naming the service and the role, and the forged vote changes nothing:
+/// A client (or router) certificate calling `Raft` on a node (a unary vote, or a vote on the
+/// pipeline stream) is refused with PERMISSION_DENIED naming the service and the role, and
+/// the forged vote changes nothing:
 /// the system group keeps its term and the cluster keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_cannot_speak_raft() -> anyhow::Result<()> {
@@ -243,6 +244,20 @@ async fn a_client_certificate_cannot_speak_raft() -> anyhow::Result<()> {
             "{role}: {}",
             refused.message()
         );
+        // The same vote framed on the pipeline stream (how nodes send votes) is refused too.
+        let channel = channel_presenting(&cluster, &node, Some((&cert_pem, &key_pem))).await?;
+        let frames = v1::RaftFrames {
+            frames: vec![v1::RaftFrame {
+                id: 1,
+                rpc: v1::RaftRpc::Vote as i32,
+                message: Some(forged.clone()),
+            }],
+        };
+        let refused = v1::raft_client::RaftClient::new(channel)
+            .pipeline(futures::stream::iter(vec![frames]))
+            .await
+            .expect_err("a pipeline opened with a non-node certificate");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{role}: {refused}");
         // The same certificate may still ask for the node's status.
         let channel = channel_presenting(&cluster, &node, Some((&cert_pem, &key_pem))).await?;
         v1::admin_client::AdminClient::new(channel)
