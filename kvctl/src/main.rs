@@ -99,13 +99,36 @@ struct GlobalArgs {
     timeout: Option<u64>,
     /// The cluster CA's certificate (PEM): connect over TLS (https), checking the servers
     /// against it. With --cert and --key (`kvctl cert` makes them).
-    #[arg(long, value_name = "PATH", env = "RINGKV_CA", global = true, requires_all = ["cert", "key"])]
+    // Ids of their own: a global argument shares its id with every subcommand's, and
+    // `get` and `put` have a positional `key`.
+    #[arg(
+        long = "ca",
+        id = "tls_ca",
+        value_name = "PATH",
+        env = "RINGKV_CA",
+        global = true,
+        requires_all = ["tls_cert", "tls_key"]
+    )]
     ca: Option<PathBuf>,
     /// The client certificate (PEM) presented to routers and nodes.
-    #[arg(long, value_name = "PATH", env = "RINGKV_CERT", global = true, requires_all = ["ca", "key"])]
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        value_name = "PATH",
+        env = "RINGKV_CERT",
+        global = true,
+        requires_all = ["tls_ca", "tls_key"]
+    )]
     cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, value_name = "PATH", env = "RINGKV_KEY", global = true, requires_all = ["ca", "cert"])]
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        value_name = "PATH",
+        env = "RINGKV_KEY",
+        global = true,
+        requires_all = ["tls_ca", "tls_cert"]
+    )]
     key: Option<PathBuf>,
 }
 

@@ -318,6 +318,8 @@ async fn processes_without_tls_or_insecure_refuse_to_start() -> anyhow::Result<(
         .arg(&client.cert)
         .arg("--key")
         .arg(&client.key)
+        .arg("--gossip-key")
+        .arg(certs.gossip_key())
         .output()?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -405,5 +407,47 @@ async fn certificates_rotate_without_a_restart() -> anyhow::Result<()> {
         client.get("rotation/before").await?.map(|read| read.value),
         Some(b"1".to_vec())
     );
+    Ok(())
+}
+
+/// kvctl writes and reads through a TLS router with `RINGKV_CA`/`RINGKV_CERT`/`RINGKV_KEY`
+/// or `--ca`/`--cert`/`--key` (the same flags as the `key` argument of `get` and `put`
+/// once made kvctl panic), and is refused without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_speaks_tls_with_its_certificate() -> anyhow::Result<()> {
+    let cluster = Cluster::start(tls_options()).await?;
+    let certs = certs(&cluster);
+    let client = certs.paths(Role::Client);
+    let router = cluster.router_addr.clone().expect("a router");
+    let kvctl = || -> anyhow::Result<Command> {
+        let mut command = Command::new(bin_dir()?.join("kvctl"));
+        command
+            .args(["-e", &router, "--timeout", "5000"])
+            .env_remove("RINGKV_CA")
+            .env_remove("RINGKV_CERT")
+            .env_remove("RINGKV_KEY");
+        Ok(command)
+    };
+    let put = kvctl()?
+        .env("RINGKV_CA", certs.ca())
+        .env("RINGKV_CERT", &client.cert)
+        .env("RINGKV_KEY", &client.key)
+        .args(["put", "kvctl/key", "over-tls"])
+        .output()?;
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let get = kvctl()?
+        .arg("--ca")
+        .arg(certs.ca())
+        .arg("--cert")
+        .arg(&client.cert)
+        .arg("--key")
+        .arg(&client.key)
+        .args(["get", "kvctl/key"])
+        .output()?;
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    assert!(String::from_utf8_lossy(&get.stdout).contains("over-tls"));
+    let without = kvctl()?.args(["get", "kvctl/key"]).output()?;
+    assert!(!without.status.success(), "plain http to a TLS router");
+    assert_ne!(without.status.code(), Some(101), "an error, not a panic");
     Ok(())
 }
