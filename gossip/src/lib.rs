@@ -36,21 +36,34 @@
 //! forgets the member. Chitchat itself sends UDP datagrams of at most 64 KiB; a member's state
 //! that does not fit is replicated over several rounds, so keep values small.
 //!
+//! # Authentication
+//!
+//! With [`GossipConfig::auth`] set, every datagram carries an HMAC-SHA256 tag under the
+//! cluster's gossip key, and datagrams without a valid one are dropped before chitchat decodes
+//! them and counted ([`Gossip::rejected_datagrams`]); see [`auth`]. Without it gossip is open to
+//! anyone who can send UDP to the port (insecure clusters only).
+//!
 //! # Modules
 //!
 //! - [`announcement`]: what nodes and routers publish about themselves — the gossip keys
 //!   and their value syntax, written and read through one type ([`Announcement`]).
+//! - [`key`]: the cluster's gossip key ([`GossipKeys`]) and its file (`gossip.key`).
+//! - [`auth`]: the authenticated UDP transport ([`AuthenticatedUdpTransport`]) and its frame.
 
 pub mod announcement;
+pub mod auth;
+pub mod key;
 
 pub use announcement::{Announcement, AnnouncementError, LeaderClaim, Load, NodeAnnouncement};
+pub use auth::{AuthStats, AuthenticatedUdpTransport};
+pub use key::{GossipKey, GossipKeyError, GossipKeys, GOSSIP_KEY_FILE_NAME};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::UdpTransport;
+use chitchat::transport::{Transport, UdpTransport};
 use chitchat::{
     spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
@@ -120,12 +133,15 @@ pub struct GossipConfig {
     pub dead_grace: Duration,
     /// Key/values published at start, as if by [`Gossip::set_many`].
     pub initial_state: Vec<(String, String)>,
+    /// The cluster's gossip keys: every datagram is authenticated with them (see [`auth`]).
+    /// `None`: unauthenticated gossip, which anyone reaching the port can join or forge.
+    pub auth: Option<GossipKeys>,
 }
 
 impl GossipConfig {
     /// A configuration with the defaults: no advertise address override, no seeds,
-    /// [`DEFAULT_INTERVAL`], [`DEFAULT_PHI_THRESHOLD`], [`DEFAULT_DEAD_GRACE`] and no initial
-    /// state.
+    /// [`DEFAULT_INTERVAL`], [`DEFAULT_PHI_THRESHOLD`], [`DEFAULT_DEAD_GRACE`], no initial
+    /// state and no authentication.
     pub fn new(
         cluster_name: impl Into<String>,
         member_id: impl Into<String>,
@@ -141,6 +157,7 @@ impl GossipConfig {
             phi_threshold: DEFAULT_PHI_THRESHOLD,
             dead_grace: DEFAULT_DEAD_GRACE,
             initial_state: Vec::new(),
+            auth: None,
         }
     }
 
@@ -293,6 +310,7 @@ impl MemberView {
 /// the background tasks, without waiting for them.
 pub struct Gossip {
     shared: Arc<Shared>,
+    auth_stats: Option<Arc<AuthStats>>,
     handle: ChitchatHandle,
     local_addr: SocketAddr,
     advertise_addr: SocketAddr,
@@ -321,6 +339,13 @@ impl Gossip {
             .duration_since(UNIX_EPOCH)
             .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
+        let auth_stats = config.auth.as_ref().map(|_| Arc::new(AuthStats::default()));
+        let transport: Box<dyn Transport> = match (&config.auth, &auth_stats) {
+            (Some(keys), Some(stats)) => {
+                Box::new(AuthenticatedUdpTransport::new(keys.clone(), stats.clone()))
+            }
+            _ => Box::new(UdpTransport),
+        };
         let pick_port = config.listen.port() == 0;
         let attempts = if pick_port { PORT_ZERO_ATTEMPTS } else { 1 };
         let mut last_failure = None;
@@ -351,14 +376,11 @@ impl Gossip {
                 // V0 is readable by every chitchat version; V1 only by newer ones.
                 protocol_version: ProtocolVersion::V0,
             };
-            match spawn_chitchat(chitchat_config, config.initial_state.clone(), &UdpTransport).await {
+            match spawn_chitchat(chitchat_config, config.initial_state.clone(), transport.as_ref()).await {
                 Ok(handle) => {
-                    return Ok(Gossip::assemble(
-                        handle,
-                        bind_addr,
-                        advertise_addr,
-                        config.interval,
-                    ));
+                    let mut gossip = Gossip::assemble(handle, bind_addr, advertise_addr, config.interval);
+                    gossip.auth_stats = auth_stats;
+                    return Ok(gossip);
                 }
                 Err(err) => {
                     let reason = format!("{err:#}");
@@ -390,6 +412,7 @@ impl Gossip {
         let sampler = tokio::spawn(run_sampler(shared.clone(), interval, stop_rx));
         Gossip {
             shared,
+            auth_stats: None,
             handle,
             local_addr,
             advertise_addr,
@@ -407,6 +430,19 @@ impl Gossip {
     /// The address advertised to other members.
     pub fn advertise_addr(&self) -> SocketAddr {
         self.advertise_addr
+    }
+
+    /// Whether datagrams are authenticated ([`GossipConfig::auth`] was set).
+    pub fn is_authenticated(&self) -> bool {
+        self.auth_stats.is_some()
+    }
+
+    /// Datagrams dropped since start because they failed authentication (0 without
+    /// [`GossipConfig::auth`]).
+    pub fn rejected_datagrams(&self) -> u64 {
+        self.auth_stats
+            .as_ref()
+            .map_or(0, |stats| stats.rejected_datagrams())
     }
 
     /// This member's [`GossipConfig::member_id`].

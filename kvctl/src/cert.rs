@@ -5,14 +5,16 @@
 //! `./playground-data`): `ca.crt`, `node.crt`/`node.key`, `router.crt`/`router.key`,
 //! `client.<user>.crt`/`client.<user>.key`. The CA key is `<certs-dir>/ca.key` unless
 //! `--ca-key` puts it elsewhere (keep it off the machines that only need `ca.crt`). Keys are
-//! 0600; nothing is overwritten without `--overwrite`. Nodes and routers do not use these
-//! files yet: TLS wiring is the next slice of issue 15.
+//! 0600; nothing is overwritten without `--overwrite`. `create-ca` also writes the cluster's
+//! gossip key, `gossip.key` (0600, `ringkv_gossip::key`), which every node and router needs
+//! (`--gossip-key`) to authenticate gossip.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use ringkv_gossip::{GossipKeyError, GossipKeys, GOSSIP_KEY_FILE_NAME};
 use ringkv_tls::{
     format_time, leaf_base_name, read_certificate, write_pair, CertError, CertInfo, CertPaths,
     CertificateAuthority, IssuedCert, LeafRequest, Role, Validity, CA_BASE_NAME, DEFAULT_CA_LIFETIME_DAYS,
@@ -31,7 +33,8 @@ const DEFAULT_CLUSTER_NAME: &str = "default";
 /// `kvctl cert ...`
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
-    /// Create the cluster CA: ca.crt in the certs directory, and its key (--ca-key).
+    /// Create the cluster CA: ca.crt in the certs directory, and its key (--ca-key); and the
+    /// cluster's gossip key, gossip.key in the certs directory.
     CreateCa(CreateCaArgs),
     /// Create a node certificate (server and client auth) signed by the CA.
     CreateNode(CreateHostArgs),
@@ -155,8 +158,25 @@ fn create_ca(args: CreateCaArgs, format: OutputFormat) -> anyhow::Result<Outcome
         cert_pem: ca.cert_pem().to_string(),
         key_pem: ca.key_pem(),
     };
+    let gossip_key_path = args.common.certs_dir.join(GOSSIP_KEY_FILE_NAME);
+    let gossip_keys = GossipKeys::generate().map_err(gossip_key_error)?;
+    // Refused before anything is written, like the CA's own files.
+    if !args.common.overwrite && gossip_key_path.symlink_metadata().is_ok() {
+        return Err(gossip_key_error(GossipKeyError::AlreadyExists {
+            path: gossip_key_path,
+        }));
+    }
     write_pair(&paths, &issued, args.common.overwrite).map_err(cert_error)?;
-    output::emit(&render_created("CA", &paths, ca.info(), format))?;
+    gossip_keys
+        .write(&gossip_key_path, args.common.overwrite)
+        .map_err(gossip_key_error)?;
+    output::emit(&render_created(
+        "CA",
+        &paths,
+        ca.info(),
+        Some(&gossip_key_path),
+        format,
+    ))?;
     Ok(Outcome::Success)
 }
 
@@ -178,7 +198,7 @@ fn create_leaf(
     let paths = CertPaths::new(&common.certs_dir, &leaf_base_name(role, request.user.as_deref()));
     write_pair(&paths, &issued, common.overwrite).map_err(cert_error)?;
     let info = read_certificate(&paths.cert).map_err(cert_error)?;
-    output::emit(&render_created(role.name(), &paths, &info, format))?;
+    output::emit(&render_created(role.name(), &paths, &info, None, format))?;
     Ok(Outcome::Success)
 }
 
@@ -201,6 +221,13 @@ fn show(args: ShowArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
 
 /// A certificate error as kvctl reports it: bad flags are usage errors (exit 64), anything
 /// else (a file exists, a file is missing or not a certificate, a check failed) exits 1.
+fn gossip_key_error(error: GossipKeyError) -> anyhow::Error {
+    match error {
+        GossipKeyError::AlreadyExists { .. } => anyhow::anyhow!("{error} (pass --overwrite to replace it)"),
+        other => other.into(),
+    }
+}
+
 fn cert_error(error: CertError) -> anyhow::Error {
     match error {
         CertError::InvalidHost { .. }
@@ -216,10 +243,17 @@ fn cert_error(error: CertError) -> anyhow::Error {
 }
 
 /// The files written and what they hold.
-fn render_created(kind: &str, paths: &CertPaths, info: &CertInfo, format: OutputFormat) -> String {
+/// What a `create-*` command prints: the files it wrote (`gossip_key`: `create-ca`'s).
+fn render_created(
+    kind: &str,
+    paths: &CertPaths,
+    info: &CertInfo,
+    gossip_key: Option<&Path>,
+    format: OutputFormat,
+) -> String {
     match format {
         OutputFormat::Table => {
-            let rows = vec![
+            let mut rows = vec![
                 vec![
                     paths.cert.display().to_string(),
                     format!(
@@ -233,16 +267,28 @@ fn render_created(kind: &str, paths: &CertPaths, info: &CertInfo, format: Output
                     format!("{kind} private key (mode 0600)"),
                 ],
             ];
+            if let Some(path) = gossip_key {
+                rows.push(vec![
+                    path.display().to_string(),
+                    "cluster gossip key (mode 0600; every node and router: --gossip-key)".to_string(),
+                ]);
+            }
             render_table(&["FILE", "CONTENT"], rows, &[])
         }
-        OutputFormat::Json => to_json(&json!({
-            "kind": kind,
-            "certificate": paths.cert.display().to_string(),
-            "key": paths.key.display().to_string(),
-            "subject": info.subject,
-            "sans": sans(info),
-            "not_after": format_time(info.not_after),
-        })),
+        OutputFormat::Json => {
+            let mut created = json!({
+                "kind": kind,
+                "certificate": paths.cert.display().to_string(),
+                "key": paths.key.display().to_string(),
+                "subject": info.subject,
+                "sans": sans(info),
+                "not_after": format_time(info.not_after),
+            });
+            if let Some(path) = gossip_key {
+                created["gossip_key"] = json!(path.display().to_string());
+            }
+            to_json(&created)
+        }
     }
 }
 

@@ -480,6 +480,10 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
         if !certs.ca().exists() {
             ClusterCerts::create(certs.dir(), "playground")?;
             eprintln!("made a CA and certificates in {}", certs.dir().display());
+        } else if !certs.gossip_key().exists() {
+            // Made by a kvctl from before authenticated gossip.
+            ringkv_gossip::GossipKeys::generate()?.write(&certs.gossip_key(), false)?;
+            eprintln!("made a gossip key in {}", certs.dir().display());
         }
     }
     for node in &plan.nodes {

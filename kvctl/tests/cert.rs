@@ -55,6 +55,11 @@ fn create_ca_and_certificates_then_show() {
         created.contains("ca.crt") && created.contains("CN=ringkv CA test"),
         "{created}"
     );
+    // The cluster's gossip key beside the CA, private, and readable by nodes and routers.
+    let gossip_key = certs.join("gossip.key");
+    assert!(created.contains("gossip.key"), "{created}");
+    assert_eq!(mode(&gossip_key), 0o600);
+    ringkv_gossip::GossipKeys::load(&gossip_key).expect("a gossip key file");
     succeed(&[
         "create-node",
         "--certs-dir",
@@ -159,6 +164,7 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     succeed(&["create-ca", "--certs-dir", certs_dir]);
     succeed(&["create-ca", "--certs-dir", other_dir]);
     let ca_before = std::fs::read(certs.join("ca.crt")).expect("ca.crt");
+    let gossip_key_before = std::fs::read(certs.join("gossip.key")).expect("gossip.key");
     let again = kvctl_cert(&["create-ca", "--certs-dir", certs_dir]);
     assert_eq!(code(&again), 1);
     let stderr = text(&again.stderr);
@@ -171,6 +177,23 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
         ca_before,
         "ca.crt unchanged"
     );
+    assert_eq!(
+        std::fs::read(certs.join("gossip.key")).expect("gossip.key"),
+        gossip_key_before,
+        "gossip.key unchanged"
+    );
+    // A gossip key alone (no CA) is not overwritten either, and nothing is written.
+    let lone_dir = dir.path().join("lone");
+    std::fs::create_dir_all(&lone_dir).expect("dir");
+    std::fs::write(lone_dir.join("gossip.key"), "x").expect("write");
+    let lone = kvctl_cert(&["create-ca", "--certs-dir", lone_dir.to_str().expect("utf-8 path")]);
+    assert_eq!(code(&lone), 1);
+    assert!(
+        text(&lone.stderr).contains("--overwrite"),
+        "{}",
+        text(&lone.stderr)
+    );
+    assert!(!lone_dir.join("ca.crt").exists(), "nothing written");
 
     let bad_host = kvctl_cert(&["create-node", "--certs-dir", certs_dir, "--host", "not a host"]);
     assert_eq!(code(&bad_host), 64);

@@ -6,12 +6,14 @@
 //! [`Security::Tls`] holds a [`ClusterCerts`]: a CA made for the cluster and, signed by it,
 //! one node certificate (shared by the nodes: they all listen on loopback), one router
 //! certificate and one client certificate (user `root`), written with `ringkv-tls` into a
-//! directory of the cluster.
+//! directory of the cluster; and the cluster's gossip key (`gossip.key`, `ringkv_gossip::key`),
+//! passed to nodes and routers with `--gossip-key` so their gossip is authenticated.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use ringkv_client::ClientTls;
+use ringkv_gossip::{GossipKeys, GOSSIP_KEY_FILE_NAME};
 use ringkv_tls::{
     leaf_base_name, write_pair, CertPaths, CertificateAuthority, LeafRequest, Role, Validity, CA_BASE_NAME,
     DEFAULT_CA_LIFETIME_DAYS, DEFAULT_LEAF_LIFETIME_DAYS,
@@ -60,15 +62,16 @@ impl Security {
 }
 
 /// A cluster's CA and its node, router and client certificates, in one directory
-/// (`ca.crt`, `ca.key`, `node.crt`, `node.key`, `router.*`, `client.root.*`).
+/// (`ca.crt`, `ca.key`, `node.crt`, `node.key`, `router.*`, `client.root.*`), and its gossip
+/// key (`gossip.key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterCerts {
     dir: PathBuf,
 }
 
 impl ClusterCerts {
-    /// Creates a CA named `cluster_name` and the three leaf certificates in `dir` (made if
-    /// missing; existing files are refused).
+    /// Creates a CA named `cluster_name`, the three leaf certificates and the gossip key in
+    /// `dir` (made if missing; existing files are refused).
     pub fn create(dir: &Path, cluster_name: &str) -> Result<ClusterCerts, LaunchError> {
         let failed = |err: ringkv_tls::CertError| LaunchError::Certificates(err.to_string());
         let ca = CertificateAuthority::create(
@@ -101,6 +104,9 @@ impl ClusterCerts {
             };
             write_pair(&certs.paths(role), &issued, false).map_err(failed)?;
         }
+        GossipKeys::generate()
+            .and_then(|keys| keys.write(&dir.join(GOSSIP_KEY_FILE_NAME), false))
+            .map_err(|err| LaunchError::Certificates(err.to_string()))?;
         Ok(ClusterCerts {
             dir: dir.to_path_buf(),
         })
@@ -134,17 +140,27 @@ impl ClusterCerts {
         CertPaths::new(&self.dir, &leaf_base_name(role, user))
     }
 
-    /// `--ca <ca.crt> --cert <role.crt> --key <role.key>`.
+    /// The cluster's gossip key file.
+    pub fn gossip_key(&self) -> PathBuf {
+        self.dir.join(GOSSIP_KEY_FILE_NAME)
+    }
+
+    /// `--ca <ca.crt> --cert <role.crt> --key <role.key>`, and for nodes and routers
+    /// `--gossip-key <gossip.key>`.
     pub fn args(&self, role: Role) -> Vec<OsString> {
         let paths = self.paths(role);
-        vec![
+        let mut args: Vec<OsString> = vec![
             "--ca".into(),
             self.ca().into(),
             "--cert".into(),
             paths.cert.into(),
             "--key".into(),
             paths.key.into(),
-        ]
+        ];
+        if matches!(role, Role::Node | Role::Router) {
+            args.extend(["--gossip-key".into(), self.gossip_key().into()]);
+        }
+        args
     }
 
     /// Client TLS settings presenting the certificate of `role` (a tool acting for a node

@@ -146,6 +146,11 @@ pub struct NodeConfig {
     /// Serve and dial without TLS: anyone who can reach the port owns the cluster. For
     /// tests and local experiments; refused together with `tls`.
     pub insecure: bool,
+    /// The cluster's gossip key file (`gossip.key`, written by `kvctl cert create-ca`): every
+    /// gossip datagram is authenticated with it (`ringkv_gossip::auth`). Required with `tls`;
+    /// without it (insecure clusters) anyone who can send UDP to the port can forge liveness
+    /// and leader claims.
+    pub gossip_key: Option<PathBuf>,
 }
 
 /// The files of a process's TLS identity (`--ca`, `--cert`, `--key`).
@@ -218,6 +223,7 @@ impl Default for NodeConfig {
             mvcc_history_max_bytes: 256 << 20,
             tls: None,
             insecure: false,
+            gossip_key: None,
         }
     }
 }
@@ -364,6 +370,14 @@ impl NodeConfig {
             }
             _ => {}
         }
+        if self.tls.is_some() && self.gossip_key.is_none() {
+            return fail(
+                "TLS without --gossip-key: give the cluster's gossip key (gossip.key beside the \
+                 CA, see `kvctl cert create-ca`), or anyone who can send UDP to the node could \
+                 forge gossip"
+                    .to_string(),
+            );
+        }
         Ok(())
     }
 }
@@ -409,9 +423,17 @@ mod tests {
             ..NodeConfig::for_test(1, PathBuf::from("x"))
         };
         assert!(both.validate().is_err(), "both");
-        let secure = NodeConfig {
+        let without_gossip_key = NodeConfig {
             insecure: false,
             ..both
+        };
+        let err = without_gossip_key
+            .validate()
+            .expect_err("TLS without a gossip key");
+        assert!(err.to_string().contains("--gossip-key"), "{err}");
+        let secure = NodeConfig {
+            gossip_key: Some("gossip.key".into()),
+            ..without_gossip_key
         };
         assert!(secure.validate().is_ok());
     }

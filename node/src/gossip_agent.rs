@@ -9,15 +9,24 @@
 //! node that started without seeds and learnt the ring afterwards) restarts its agent with
 //! the ring's members as seeds.
 //!
+//! With the cluster's gossip key (`gossip_key` in the config, required with TLS) every
+//! datagram is authenticated (`ringkv_gossip::auth`): a process without the key can neither
+//! join nor forge liveness or leader claims; its datagrams are dropped and counted, with a
+//! rate-limited warning. The key is read once, when the agent starts (a bad file stops the
+//! node's start); without one (insecure clusters) gossip is open, and the start says so.
+//!
 //! Shutdown: [`GossipAgent::shutdown`] stops the loop, which shuts chitchat down.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ringkv_gossip::announcement::CLUSTER_NAME;
-use ringkv_gossip::{Announcement, Gossip, GossipConfig, LeaderClaim, Liveness, Load, NodeAnnouncement};
+use ringkv_gossip::{
+    Announcement, Gossip, GossipConfig, GossipKeys, LeaderClaim, Liveness, Load, NodeAnnouncement,
+};
 use ringkv_ring::MemberState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -76,10 +85,21 @@ impl GossipAgent {
             .to_socket_addrs()
             .ok()
             .and_then(|mut addrs| addrs.next());
-        let gossip = start_gossip(&node, bound, advertise).await?;
-        info!(addr = %gossip.local_addr(), "gossip started");
+        let keys = load_keys(node.config().gossip_key.as_deref())?;
+        let gossip = start_gossip(&node, bound, advertise, keys.as_ref()).await?;
+        info!(addr = %gossip.local_addr(), authenticated = gossip.is_authenticated(), "gossip started");
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(node, liveness, gossip, bound, advertise, cancel.clone()));
+        let task = tokio::spawn(run(
+            node,
+            liveness,
+            gossip,
+            GossipEndpoint {
+                bound,
+                advertise,
+                keys,
+            },
+            cancel.clone(),
+        ));
         Ok(GossipAgent { cancel, task })
     }
 
@@ -106,12 +126,41 @@ fn seeds(node: &Node) -> Vec<String> {
     seeds
 }
 
+/// Reads the gossip key file, if one is configured; logs which key signs, or that gossip is
+/// open.
+fn load_keys(path: Option<&Path>) -> Result<Option<GossipKeys>, String> {
+    let Some(path) = path else {
+        warn!(
+            "gossip is not authenticated (no --gossip-key): anyone who can send UDP to this \
+             node can forge liveness and leader claims"
+        );
+        return Ok(None);
+    };
+    let keys = GossipKeys::load(path).map_err(|err| err.to_string())?;
+    info!(
+        path = %path.display(),
+        key_id = %keys.current().id_hex(),
+        also_accepted = ?keys.also_accepted().map(|key| key.id_hex()),
+        "gossip is authenticated"
+    );
+    Ok(Some(keys))
+}
+
+/// Where and how gossip (re)starts.
+struct GossipEndpoint {
+    bound: SocketAddr,
+    advertise: Option<SocketAddr>,
+    keys: Option<GossipKeys>,
+}
+
 async fn start_gossip(
     node: &Node,
     bound: SocketAddr,
     advertise: Option<SocketAddr>,
+    keys: Option<&GossipKeys>,
 ) -> Result<Gossip, String> {
     let mut config = GossipConfig::new(CLUSTER_NAME, format!("node-{}", node.node_id()), bound);
+    config.auth = keys.cloned();
     config.advertise = advertise;
     config.seeds = seeds(node);
     config.interval = Duration::from_millis(node.config().gossip_interval_ms);
@@ -160,8 +209,7 @@ async fn run(
     node: Node,
     liveness: LivenessView,
     mut gossip: Gossip,
-    bound: SocketAddr,
-    advertise: Option<SocketAddr>,
+    endpoint: GossipEndpoint,
     cancel: CancellationToken,
 ) {
     let interval = Duration::from_millis(node.config().gossip_interval_ms);
@@ -205,7 +253,12 @@ async fn run(
             last_restart = Instant::now();
             gossip.shutdown().await;
             gossip = loop {
-                match start_gossip(&node, bound, advertise).await {
+                let GossipEndpoint {
+                    bound,
+                    advertise,
+                    keys,
+                } = &endpoint;
+                match start_gossip(&node, *bound, *advertise, keys.as_ref()).await {
                     Ok(gossip) => break gossip,
                     Err(err) => {
                         warn!(%err, "gossip restart failed; retrying");

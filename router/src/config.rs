@@ -152,6 +152,11 @@ pub struct RouterConfig {
     /// Serve and dial without TLS: anyone who can reach the port reads and writes every
     /// key. For tests and local experiments; refused together with `tls`.
     pub insecure: bool,
+    /// The cluster's gossip key file (`gossip.key`, written by `kvctl cert create-ca`): every
+    /// gossip datagram is authenticated with it (`ringkv_gossip::auth`). Required with `tls`;
+    /// without it (insecure clusters) anyone who can send UDP to the router's gossip port can
+    /// feed it forged leader claims.
+    pub gossip_key: Option<PathBuf>,
 }
 
 /// The files of the router's TLS identity (`--ca`, `--cert`, `--key`).
@@ -204,6 +209,7 @@ impl Default for RouterConfig {
             unsafe_fresh_request_id_per_attempt: false,
             tls: None,
             insecure: false,
+            gossip_key: None,
             unsafe_failpoint: None,
         }
     }
@@ -389,6 +395,14 @@ impl RouterConfig {
             }
             _ => {}
         }
+        if self.tls.is_some() && self.gossip_key.is_none() {
+            return Err(invalid(
+                "gossip_key",
+                "TLS without --gossip-key: give the cluster's gossip key (gossip.key beside the \
+                 CA, see `kvctl cert create-ca`), or anyone who can send UDP to the router could \
+                 forge gossip",
+            ));
+        }
         Ok(())
     }
 
@@ -505,6 +519,29 @@ mod tests {
         assert_eq!(config.stream_buffer_bytes, 2 << 20);
         assert_eq!(config.retry_initial_backoff_ms, 10);
         assert_eq!(config.retry_max_backoff_ms, 200);
+    }
+
+    /// With TLS a router starts only with a gossip key, and says which flag is missing.
+    #[test]
+    fn tls_requires_a_gossip_key() {
+        let without_gossip_key = RouterConfig {
+            tls: Some(TlsPaths {
+                ca: "ca.crt".into(),
+                cert: "router.crt".into(),
+                key: "router.key".into(),
+            }),
+            insecure: false,
+            ..with_seed()
+        };
+        let err = without_gossip_key
+            .validate()
+            .expect_err("TLS without a gossip key");
+        assert!(err.to_string().contains("--gossip-key"), "{err}");
+        let secure = RouterConfig {
+            gossip_key: Some("gossip.key".into()),
+            ..without_gossip_key
+        };
+        assert!(secure.validate().is_ok());
     }
 
     /// `for_test` is valid once given a seed.

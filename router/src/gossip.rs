@@ -5,19 +5,25 @@
 //! from the nodes, which hold it from the system group). The liveness view feeds
 //! `ClusterStatus`.
 //!
+//! With the cluster's gossip key (`gossip_key`, required with TLS) every datagram is
+//! authenticated (`ringkv_gossip::auth`): leader claims come only from holders of the key;
+//! anything else is dropped and counted, with a rate-limited warning. Without it (insecure
+//! clusters) gossip is open, and the start says so.
+//!
 //! Shutdown: [`RouterGossip::shutdown`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ringkv_gossip::announcement::CLUSTER_NAME;
-use ringkv_gossip::{Announcement, Gossip, GossipConfig, Liveness};
+use ringkv_gossip::{Announcement, Gossip, GossipConfig, GossipKeys, Liveness};
 use ringkv_ring::NodeId;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::topology::TopologyHandle;
 
@@ -59,15 +65,17 @@ pub struct RouterGossip {
 
 impl RouterGossip {
     /// Starts gossip on `bound` (UDP) with `seeds` (node addresses double as gossip
-    /// addresses).
+    /// addresses), authenticated with the keys in `gossip_key` if given.
     pub async fn start(
         bound: SocketAddr,
         seeds: Vec<String>,
         interval: Duration,
         topology: TopologyHandle,
         view: Arc<GossipView>,
+        gossip_key: Option<&Path>,
     ) -> Result<RouterGossip, String> {
         let mut config = GossipConfig::new(CLUSTER_NAME, format!("router-{bound}"), bound);
+        config.auth = load_keys(gossip_key)?;
         config.seeds = seeds;
         config.interval = interval;
         config.initial_state = Announcement::Router.to_state().into_iter().collect();
@@ -83,6 +91,26 @@ impl RouterGossip {
             warn!(%err, "router gossip task failed");
         }
     }
+}
+
+/// Reads the gossip key file, if one is configured; logs which key signs, or that gossip is
+/// open.
+pub fn load_keys(path: Option<&Path>) -> Result<Option<GossipKeys>, String> {
+    let Some(path) = path else {
+        warn!(
+            "gossip is not authenticated (no --gossip-key): anyone who can send UDP to this \
+             router can feed it forged leader claims"
+        );
+        return Ok(None);
+    };
+    let keys = GossipKeys::load(path).map_err(|err| err.to_string())?;
+    info!(
+        path = %path.display(),
+        key_id = %keys.current().id_hex(),
+        also_accepted = ?keys.also_accepted().map(|key| key.id_hex()),
+        "gossip is authenticated"
+    );
+    Ok(Some(keys))
 }
 
 async fn run(

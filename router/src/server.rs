@@ -134,6 +134,7 @@ impl Router {
             config.gossip_interval(),
             topology,
             Arc::clone(&ctx.gossip),
+            config.gossip_key.as_deref(),
         )
         .await
         {

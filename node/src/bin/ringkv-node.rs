@@ -143,6 +143,10 @@ struct Args {
     /// tests and local experiments only.
     #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
     insecure: bool,
+    /// The cluster's gossip key file (gossip.key beside the CA, see `kvctl cert create-ca`):
+    /// every gossip datagram is authenticated with it. Required with --ca.
+    #[arg(long)]
+    gossip_key: Option<PathBuf>,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -251,7 +255,14 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
         config.insecure = true;
         config.tls = None;
     }
+    if let Some(path) = &args.gossip_key {
+        config.gossip_key = Some(path.clone());
+    }
     config.validate()?;
+    if let Some(path) = &config.gossip_key {
+        // Checked here because the node serves on without gossip if gossip fails to start.
+        ringkv_gossip::GossipKeys::load(path).context("bad --gossip-key")?;
+    }
     Ok(config)
 }
 

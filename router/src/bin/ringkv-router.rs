@@ -55,6 +55,10 @@ struct Cli {
     /// key. For tests and local experiments only.
     #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
     insecure: bool,
+    /// The cluster's gossip key file (gossip.key beside the CA, see `kvctl cert create-ca`):
+    /// every gossip datagram is authenticated with it. Required with --ca.
+    #[arg(long, value_name = "PATH")]
+    gossip_key: Option<PathBuf>,
     /// Once bound, write the listening address to this file (atomically).
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
@@ -152,7 +156,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config.insecure = true;
         config.tls = None;
     }
+    if let Some(path) = &cli.gossip_key {
+        config.gossip_key = Some(path.clone());
+    }
     config.validate().context("bad configuration (see --help)")?;
+    if let Some(path) = &config.gossip_key {
+        // Checked here because the router serves on without gossip if gossip fails to start.
+        ringkv_gossip::GossipKeys::load(path).context("bad --gossip-key")?;
+    }
 
     let router = Router::start(config).await?;
     if let Some(path) = &cli.addr_file {
