@@ -223,7 +223,7 @@ impl GossipKeys {
             let mut secret = [0u8; GOSSIP_KEY_LEN];
             hex::decode_to_slice(line, &mut secret).map_err(|_| {
                 format!(
-                    "line {line_number}: a key is {} hex digits, got {} characters that are not",
+                    "line {line_number}: expected a key of {} hex digits, got {} characters",
                     GOSSIP_KEY_LEN * 2,
                     line.chars().count()
                 )

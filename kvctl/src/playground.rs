@@ -800,7 +800,9 @@ mod tests {
                 "--cert",
                 "pg/certs/node.crt",
                 "--key",
-                "pg/certs/node.key"
+                "pg/certs/node.key",
+                "--gossip-key",
+                "pg/certs/gossip.key"
             ]
         );
         assert_eq!(
@@ -815,7 +817,9 @@ mod tests {
                 "--cert",
                 "pg/certs/router.crt",
                 "--key",
-                "pg/certs/router.key"
+                "pg/certs/router.key",
+                "--gossip-key",
+                "pg/certs/gossip.key"
             ]
         );
         let insecure = Plan::new(
