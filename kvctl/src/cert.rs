@@ -117,9 +117,10 @@ pub struct CreateHostArgs {
 pub struct CreateClientArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The user name (letters, digits, '.', '_', '-'): the common name, and the file names
-    /// `client.<user>.crt` / `.key`.
-    #[arg(long, value_name = "NAME")]
+    /// The user name (letters, digits, '.', '_', '-'): the certificate's identity for
+    /// permissions (a SAN URI `ringkv://user/<name>`, and the common name), and the file
+    /// names `client.<user>.crt` / `.key`. `root` may do everything.
+    #[arg(long, value_name = "NAME", default_value = "root")]
     pub user: String,
 }
 

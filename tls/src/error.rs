@@ -51,6 +51,13 @@ pub enum CertError {
     /// More than one role URI: a certificate has exactly one role.
     #[error("{subject} carries more than one ringkv role")]
     MultipleRoles { subject: String },
+    /// A client certificate without a `ringkv://user/<name>` URI: made before users existed
+    /// (its common name is not trusted as an identity), or not by `kvctl cert create-client`.
+    #[error("{subject} names no user (no ringkv://user/<name> URI): re-issue it with `kvctl cert create-client --user <name>`")]
+    NoUser { subject: String },
+    /// More than one user URI, or one whose name is not a valid user name.
+    #[error("{subject} has a bad ringkv user URI: {reason}")]
+    BadUser { subject: String, reason: String },
     /// A host is neither an IP address nor a valid DNS name.
     #[error("invalid host {host:?}: {reason}")]
     InvalidHost { host: String, reason: String },

@@ -10,7 +10,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
 use x509_parser::prelude::FromDer;
 
-use crate::role::ROLE_URI_PREFIX;
+use crate::role::{ROLE_URI_PREFIX, USER_URI_PREFIX};
 use crate::validity::{format_time, from_unix_seconds};
 use crate::{read_text, CertError, Role};
 
@@ -101,6 +101,27 @@ impl CertInfo {
                 subject: self.subject.clone(),
                 uri: uri.clone(),
             })
+    }
+
+    /// The user its `ringkv://user/<name>` URI names (client certificates); `NoUser` when
+    /// it has none, `BadUser` when it has several or the name is not a valid user name.
+    pub fn user(&self) -> Result<String, CertError> {
+        let mut user_uris = self.uris.iter().filter(|uri| uri.starts_with(USER_URI_PREFIX));
+        let Some(uri) = user_uris.next() else {
+            return Err(CertError::NoUser {
+                subject: self.subject.clone(),
+            });
+        };
+        let bad = |reason: String| CertError::BadUser {
+            subject: self.subject.clone(),
+            reason,
+        };
+        if user_uris.next().is_some() {
+            return Err(bad("more than one user URI".to_string()));
+        }
+        let name = uri.strip_prefix(USER_URI_PREFIX).unwrap_or_default();
+        crate::check_user(name).map_err(|err| bad(err.to_string()))?;
+        Ok(name.to_string())
     }
 
     /// Whether `now` is inside the validity window.

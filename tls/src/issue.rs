@@ -36,7 +36,8 @@ pub struct LeafRequest {
     pub role: Role,
     /// Node and router: DNS names or IP addresses peers dial (at least one). Client: none.
     pub hosts: Vec<String>,
-    /// Client: the user name, the certificate's common name. Node and router: ignored.
+    /// Client: the user name, the certificate's common name and its `ringkv://user/<name>`
+    /// URI. Node and router: ignored.
     pub user: Option<String>,
     /// When the certificate is valid; must end before the CA's own validity does.
     pub validity: Validity,
@@ -131,6 +132,9 @@ impl CertificateAuthority {
             Role::Client => {
                 let user = request.user.as_deref().unwrap_or_default();
                 check_user(user)?;
+                params
+                    .subject_alt_names
+                    .push(SanType::URI(crate::role::user_uri(user).try_into()?));
                 common_name(user)
             }
             Role::Node | Role::Router => common_name(&format!("ringkv {}", request.role)),

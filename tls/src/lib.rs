@@ -7,14 +7,16 @@
 //! so rotated files take effect without a restart). It does not depend on tonic.
 //!
 //! - `role` — the [`Role`] a certificate grants and its encoding, a SAN URI
-//!   `ringkv://role/<node|router|client>` (the module docs say why).
+//!   `ringkv://role/<node|router|client>` (the module docs say why), and a client's user,
+//!   a second SAN URI `ringkv://user/<name>`.
 //! - `issue` — [`CertificateAuthority`]: create a CA or load one, and issue leaves
 //!   ([`LeafRequest`] → [`IssuedCert`]).
 //! - `inspect` — [`CertInfo`]: what a certificate says, and [`CertInfo::verify`]: signed by
 //!   the CA, valid now, one known role.
 //! - `files` — `<name>.crt` / `<name>.key` in a directory; keys 0600; no overwrite unless asked.
 //! - `material` — [`TlsFiles`] → [`TlsMaterial`]: a process's CA, certificate and key, read
-//!   and checked at start; [`peer_role`]: the role of a peer's certificate.
+//!   and checked at start; [`peer_role`]: the role of a peer's certificate;
+//!   [`peer_identity`]: its role and user.
 //! - `reload` — [`ReloadingIdentity`]: a server's rustls configuration that re-reads its
 //!   files when they change (certificate rotation without a restart).
 //! - `incoming` — [`TlsIncoming`]: accepting TLS connections with that configuration for
@@ -58,10 +60,10 @@ pub use files::{
 pub use incoming::{TlsConnections, TlsIncoming, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_HANDSHAKES};
 pub use inspect::{parse_certificate_pem, read_certificate, CertInfo};
 pub use issue::{check_user, CertificateAuthority, IssuedCert, LeafRequest, MAX_NAME_CHARS};
-pub use material::{peer_role, TlsFiles, TlsMaterial};
+pub use material::{peer_identity, peer_role, TlsFiles, TlsMaterial};
 pub use probe::presented_certificate;
 pub use reload::{ReloadingIdentity, RELOAD_CHECK_INTERVAL};
-pub use role::{Role, ROLE_URI_PREFIX};
+pub use role::{user_uri, Role, ROLE_URI_PREFIX, USER_URI_PREFIX};
 /// The rustls this crate configures (ring only), for the types of its configurations.
 pub use rustls;
 pub use validity::{

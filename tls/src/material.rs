@@ -93,3 +93,12 @@ impl TlsFiles {
 pub fn peer_role(der: &[u8]) -> Result<Role, CertError> {
     CertInfo::from_der(der, "the peer certificate")?.role()
 }
+
+/// Who a peer's certificate (DER, as the TLS handshake delivered it) says it is: its role,
+/// and for a client certificate its user (`Err` inside: a client certificate that names no
+/// valid user, so it can be refused with the reason while its role is still known).
+pub fn peer_identity(der: &[u8]) -> Result<(Role, Result<String, CertError>), CertError> {
+    let info = CertInfo::from_der(der, "the peer certificate")?;
+    let role = info.role()?;
+    Ok((role, info.user()))
+}

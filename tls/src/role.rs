@@ -6,12 +6,24 @@
 //! TLS (webpki checks serverAuth/clientAuth there), and a private EKU OID prints as a bare
 //! number in `openssl x509 -text`; URI SANs are the convention of SPIFFE ids, every tool
 //! prints them, and a verifier reads them from the peer's DER with one parse. A certificate
-//! carries exactly one role URI.
+//! carries exactly one role URI. A client certificate also names its user, a second URI
+//! `ringkv://user/<name>` ([`USER_URI_PREFIX`]).
 
 use std::fmt;
 
 /// The URI prefix of role SANs; the role name follows.
 pub const ROLE_URI_PREFIX: &str = "ringkv://role/";
+
+/// The URI prefix of user SANs, beside the role URI of client certificates; the user name
+/// follows (`ringkv://user/alice`). The user is the client's identity for permissions (the
+/// common name says the same for people reading the certificate, but is not trusted: client
+/// certificates made before users existed carry only it).
+pub const USER_URI_PREFIX: &str = "ringkv://user/";
+
+/// The SAN URI naming user `name`.
+pub fn user_uri(name: &str) -> String {
+    format!("{USER_URI_PREFIX}{name}")
+}
 
 /// What a certificate may do in a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -80,7 +80,16 @@ fn each_role_round_trips_and_verifies() {
         );
         assert_eq!(info.subject, subject, "case {index}");
         assert_eq!(info.issuer, "CN=ringkv CA test", "case {index}");
-        assert_eq!(info.uris, vec![role.uri()], "case {index}");
+        let mut uris = vec![role.uri()];
+        uris.extend(user.map(crate::user_uri));
+        assert_eq!(info.uris, uris, "case {index}");
+        match user {
+            Some(user) => assert_eq!(info.user().expect("user"), user, "case {index}"),
+            None => assert!(
+                matches!(info.user(), Err(CertError::NoUser { .. })),
+                "case {index}"
+            ),
+        }
         assert!(!info.is_ca, "case {index}");
         assert_eq!(key_purposes(&info), purposes, "case {index}");
         let ips: Vec<IpAddr> = hosts.iter().filter_map(|host| host.parse().ok()).collect();

@@ -1,0 +1,436 @@
+//! ringkv permissions (issue 15): who may read, write or administer which keys.
+//!
+//! etcd's model. A role grants [`Permission::Read`], [`Permission::Write`] (which implies
+//! read) or [`Permission::Admin`] (which implies both) on key prefixes (`""` is every key);
+//! a user has roles; the user [`ROOT_USER`] may do everything. Until the table is
+//! [enabled](AuthTable::enabled) every authenticated caller acts as root (etcd's default),
+//! so a new cluster can be set up before anyone holds a role.
+//!
+//! A user is who a client certificate names (`ringkv://user/<name>`, see `ringkv-tls`);
+//! passwords and tokens are a later slice of issue 15.
+//!
+//! This crate is the pure part, shared by the router and the node (the router must not
+//! depend on the node): the [`AuthTable`], the changes the system group commits
+//! ([`AuthChange`], applied by [`AuthTable::apply`] on every node, deterministically) and the
+//! one check both make, [`AuthTable::check`] for an [`Access`]: a key, a key range (allowed
+//! only if it lies within the granted prefixes, taken together) or the cluster (admin
+//! operations: admin on `""`). No IO, no gRPC: the callers map [`Denied`] to
+//! `PERMISSION_DENIED`.
+//!
+//! The table is stored with postcard in the system group's state machine: new enum variants
+//! go at the end, and fields are never reordered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The user who may do everything, always (it needs no role and cannot be removed).
+pub const ROOT_USER: &str = "root";
+/// Most roles a table holds.
+pub const MAX_ROLES: usize = 1024;
+/// Most users a table holds.
+pub const MAX_USERS: usize = 16_384;
+/// Most grants one role holds.
+pub const MAX_GRANTS_PER_ROLE: usize = 256;
+/// Most roles one user holds.
+pub const MAX_ROLES_PER_USER: usize = 64;
+/// Longest granted prefix, in bytes (the longest key the router accepts).
+pub const MAX_PREFIX_BYTES: usize = 4096;
+/// Longest role or user name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// What a grant allows; each level implies the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Permission {
+    /// Get, batch get, scan, count.
+    Read,
+    /// Put, delete, compare-and-swap, batch writes, delete-range, transactions (and read).
+    Write,
+    /// Write, and on `""`: the cluster's admin operations and the permission table itself.
+    Admin,
+}
+
+impl Permission {
+    /// Every permission, weakest first.
+    pub const ALL: [Permission; 3] = [Permission::Read, Permission::Write, Permission::Admin];
+
+    /// The lowercase name: `read`, `write`, `admin`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Write => "write",
+            Permission::Admin => "admin",
+        }
+    }
+
+    /// The permission named `name`.
+    pub fn from_name(name: &str) -> Option<Permission> {
+        Permission::ALL
+            .into_iter()
+            .find(|permission| permission.name() == name)
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One grant of a role: a permission on every key starting with `prefix`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The key prefix (`""`: every key).
+    #[serde(with = "serde_bytes")]
+    pub prefix: Vec<u8>,
+    /// What it allows there.
+    pub permission: Permission,
+}
+
+/// The permission table: roles, users and whether it is enforced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthTable {
+    /// Whether permissions are enforced; until then every caller acts as root.
+    pub enabled: bool,
+    /// Each role's grants, at most one per prefix, sorted by prefix.
+    pub roles: BTreeMap<String, Vec<Grant>>,
+    /// Each user's roles ([`ROOT_USER`] is never listed: it needs none).
+    pub users: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A change of the permission table, committed in the system group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthChange {
+    /// A new role without grants.
+    AddRole { role: String },
+    /// Remove a role, and take it from every user who has it.
+    DeleteRole { role: String },
+    /// Grant (or replace the grant of the same prefix).
+    Grant { role: String, grant: Grant },
+    /// Remove the role's grant on `prefix`.
+    Revoke {
+        role: String,
+        #[serde(with = "serde_bytes")]
+        prefix: Vec<u8>,
+    },
+    /// A new user with these (existing) roles.
+    AddUser { user: String, roles: Vec<String> },
+    /// Remove a user.
+    DeleteUser { user: String },
+    /// Give a user a role.
+    GrantRole { user: String, role: String },
+    /// Take a role from a user.
+    RevokeRole { user: String, role: String },
+    /// Start enforcing permissions (idempotent).
+    Enable,
+}
+
+/// Why a change was refused; nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AuthRejection {
+    #[error("role {0:?} already exists")]
+    RoleExists(String),
+    #[error("no role {0:?}")]
+    NoSuchRole(String),
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("no user {0:?}")]
+    NoSuchUser(String),
+    #[error("user root is built in: it may do everything and needs no role")]
+    RootIsBuiltIn,
+    #[error("role {role:?} has no grant on prefix {prefix}")]
+    NoSuchGrant { role: String, prefix: String },
+    #[error("user {user:?} does not have role {role:?}")]
+    NoSuchUserRole { user: String, role: String },
+    #[error("invalid name {name:?}: 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'")]
+    InvalidName { name: String },
+    #[error("a prefix has at most {MAX_PREFIX_BYTES} bytes")]
+    PrefixTooLong,
+    #[error("too many {what} (at most {max})")]
+    TooMany { what: String, max: usize },
+}
+
+/// What a request touches, and so what must be allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// One key.
+    Key(&'a [u8]),
+    /// The keys from `start` (inclusive) to `end` (exclusive; `None`: no end).
+    Range { start: &'a [u8], end: Option<&'a [u8]> },
+    /// The cluster itself: init, node add or decommission, leader transfer, the permission
+    /// table. Needs admin on `""`.
+    Cluster,
+}
+
+impl fmt::Display for Access<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Access::Key(key) => write!(f, "key {}", show_bytes(key)),
+            Access::Range {
+                start,
+                end: Some(end),
+            } => {
+                write!(f, "range [{}, {})", show_bytes(start), show_bytes(end))
+            }
+            Access::Range { start, end: None } => write!(f, "range [{}, end)", show_bytes(start)),
+            Access::Cluster => f.write_str("the cluster"),
+        }
+    }
+}
+
+/// A refused access: who, what permission, on what. Its message is what callers see.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("user {user:?} lacks {permission} permission on {what}")]
+pub struct Denied {
+    /// The user refused.
+    pub user: String,
+    /// The permission it would need.
+    pub permission: Permission,
+    /// The key, range or "the cluster" (printed).
+    pub what: String,
+}
+
+impl AuthTable {
+    /// Whether `user` may do what needs `permission` on `access`: always while the table is
+    /// not enabled, always for root; else some of the user's roles grant at least
+    /// `permission` on prefixes that together cover `access`.
+    pub fn check(&self, user: &str, permission: Permission, access: Access<'_>) -> Result<(), Denied> {
+        if !self.enabled || user == ROOT_USER || self.allows(user, permission, access) {
+            return Ok(());
+        }
+        let permission = match access {
+            Access::Cluster => Permission::Admin,
+            _ => permission,
+        };
+        Err(Denied {
+            user: user.to_string(),
+            permission,
+            what: access.to_string(),
+        })
+    }
+
+    /// Whether `user`'s grants (ignoring `enabled` and root) cover `access` with `permission`.
+    fn allows(&self, user: &str, permission: Permission, access: Access<'_>) -> bool {
+        let granted = self.granted_intervals(user, permission);
+        match access {
+            Access::Key(key) => granted.iter().any(|(start, end)| {
+                key >= start.as_slice() && end.as_ref().is_none_or(|end| key < end.as_slice())
+            }),
+            Access::Range { start, end } => covers(&granted, start, end),
+            Access::Cluster => self.allows(
+                user,
+                Permission::Admin,
+                Access::Range {
+                    start: b"",
+                    end: None,
+                },
+            ),
+        }
+    }
+
+    /// The key intervals `[start, end)` where `user` holds at least `permission`, sorted and
+    /// merged where they touch or overlap.
+    fn granted_intervals(&self, user: &str, permission: Permission) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let Some(roles) = self.users.get(user) else {
+            return Vec::new();
+        };
+        let mut intervals: Vec<(Vec<u8>, Option<Vec<u8>>)> = roles
+            .iter()
+            .filter_map(|role| self.roles.get(role))
+            .flatten()
+            .filter(|grant| grant.permission >= permission)
+            .map(|grant| (grant.prefix.clone(), prefix_end(&grant.prefix)))
+            .collect();
+        intervals.sort();
+        let mut merged: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(intervals.len());
+        for (start, end) in intervals {
+            if let Some((_, last_end)) = merged.last_mut() {
+                match last_end {
+                    None => continue,
+                    Some(last) if start <= *last => {
+                        if end.as_ref().is_none_or(|end| end > last) {
+                            *last_end = end;
+                        }
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
+            merged.push((start, end));
+        }
+        merged
+    }
+
+    /// The table after `change`, or why it is refused (the table is then unchanged). Pure:
+    /// every node applies the same committed changes and gets the same table.
+    pub fn apply(&self, change: &AuthChange) -> Result<AuthTable, AuthRejection> {
+        let mut next = self.clone();
+        match change {
+            AuthChange::AddRole { role } => {
+                check_name(role)?;
+                if next.roles.contains_key(role) {
+                    return Err(AuthRejection::RoleExists(role.clone()));
+                }
+                check_count("roles", next.roles.len() + 1, MAX_ROLES)?;
+                next.roles.insert(role.clone(), Vec::new());
+            }
+            AuthChange::DeleteRole { role } => {
+                if next.roles.remove(role).is_none() {
+                    return Err(AuthRejection::NoSuchRole(role.clone()));
+                }
+                for roles in next.users.values_mut() {
+                    roles.remove(role);
+                }
+            }
+            AuthChange::Grant { role, grant } => {
+                if grant.prefix.len() > MAX_PREFIX_BYTES {
+                    return Err(AuthRejection::PrefixTooLong);
+                }
+                let grants = next
+                    .roles
+                    .get_mut(role)
+                    .ok_or_else(|| AuthRejection::NoSuchRole(role.clone()))?;
+                match grants.binary_search_by(|held| held.prefix.cmp(&grant.prefix)) {
+                    Ok(at) => grants[at] = grant.clone(),
+                    Err(at) => {
+                        check_count("grants in a role", grants.len() + 1, MAX_GRANTS_PER_ROLE)?;
+                        grants.insert(at, grant.clone());
+                    }
+                }
+            }
+            AuthChange::Revoke { role, prefix } => {
+                let grants = next
+                    .roles
+                    .get_mut(role)
+                    .ok_or_else(|| AuthRejection::NoSuchRole(role.clone()))?;
+                let at = grants
+                    .binary_search_by(|held| held.prefix.cmp(prefix))
+                    .map_err(|_| AuthRejection::NoSuchGrant {
+                        role: role.clone(),
+                        prefix: show_bytes(prefix),
+                    })?;
+                grants.remove(at);
+            }
+            AuthChange::AddUser { user, roles } => {
+                check_name(user)?;
+                if user == ROOT_USER {
+                    return Err(AuthRejection::RootIsBuiltIn);
+                }
+                if next.users.contains_key(user) {
+                    return Err(AuthRejection::UserExists(user.clone()));
+                }
+                check_count("users", next.users.len() + 1, MAX_USERS)?;
+                check_count("roles of a user", roles.len(), MAX_ROLES_PER_USER)?;
+                if let Some(missing) = roles.iter().find(|role| !next.roles.contains_key(*role)) {
+                    return Err(AuthRejection::NoSuchRole(missing.clone()));
+                }
+                next.users.insert(user.clone(), roles.iter().cloned().collect());
+            }
+            AuthChange::DeleteUser { user } => {
+                if user == ROOT_USER {
+                    return Err(AuthRejection::RootIsBuiltIn);
+                }
+                if next.users.remove(user).is_none() {
+                    return Err(AuthRejection::NoSuchUser(user.clone()));
+                }
+            }
+            AuthChange::GrantRole { user, role } => {
+                if user == ROOT_USER {
+                    return Err(AuthRejection::RootIsBuiltIn);
+                }
+                if !next.roles.contains_key(role) {
+                    return Err(AuthRejection::NoSuchRole(role.clone()));
+                }
+                let roles = next
+                    .users
+                    .get_mut(user)
+                    .ok_or_else(|| AuthRejection::NoSuchUser(user.clone()))?;
+                roles.insert(role.clone());
+                check_count("roles of a user", roles.len(), MAX_ROLES_PER_USER)?;
+            }
+            AuthChange::RevokeRole { user, role } => {
+                let roles = next
+                    .users
+                    .get_mut(user)
+                    .ok_or_else(|| AuthRejection::NoSuchUser(user.clone()))?;
+                if !roles.remove(role) {
+                    return Err(AuthRejection::NoSuchUserRole {
+                        user: user.clone(),
+                        role: role.clone(),
+                    });
+                }
+            }
+            AuthChange::Enable => next.enabled = true,
+        }
+        Ok(next)
+    }
+}
+
+/// Whether the merged, sorted `intervals` cover `[start, end)` (an empty range: whether
+/// they cover `start`, so nothing is learnt about keys one may not read).
+fn covers(intervals: &[(Vec<u8>, Option<Vec<u8>>)], start: &[u8], end: Option<&[u8]>) -> bool {
+    intervals.iter().any(|(from, to)| {
+        let starts_inside = start >= from.as_slice() && to.as_ref().is_none_or(|to| start < to.as_slice());
+        let ends_inside = match (end, to) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(end), Some(to)) => end <= to.as_slice() || end <= start,
+        };
+        starts_inside && ends_inside
+    })
+}
+
+/// The first key after every key starting with `prefix` (`None`: there is none, the
+/// prefix is empty or all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A key or prefix as people read it: quoted text when it is printable ASCII, else hex.
+pub fn show_bytes(bytes: &[u8]) -> String {
+    if bytes.iter().all(|byte| byte.is_ascii_graphic() || *byte == b' ') {
+        format!("{:?}", String::from_utf8_lossy(bytes))
+    } else {
+        let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("0x{hex}")
+    }
+}
+
+/// A role or user name: 1 to [`MAX_NAME_CHARS`] of `[A-Za-z0-9._-]`, not starting with '.'
+/// (the rule of certificate user names).
+pub fn check_name(name: &str) -> Result<(), AuthRejection> {
+    let valid = !name.is_empty()
+        && name.chars().count() <= MAX_NAME_CHARS
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(AuthRejection::InvalidName {
+            name: name.to_string(),
+        })
+    }
+}
+
+fn check_count(what: &str, count: usize, max: usize) -> Result<(), AuthRejection> {
+    if count > max {
+        return Err(AuthRejection::TooMany {
+            what: what.to_string(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
