@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,11 @@ impl GossipAgent {
             .and_then(|mut addrs| addrs.next());
         let keys = load_keys(node.config().gossip_key.as_deref())?;
         let gossip = start_gossip(&node, bound, advertise, keys.as_ref()).await?;
+        let counters = node.gossip_counters();
+        counters
+            .authenticated
+            .store(gossip.is_authenticated(), Ordering::Relaxed);
+        counters.started.store(true, Ordering::Relaxed);
         info!(addr = %gossip.local_addr(), authenticated = gossip.is_authenticated(), "gossip started");
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(
@@ -215,6 +221,8 @@ async fn run(
     let interval = Duration::from_millis(node.config().gossip_interval_ms);
     let mut last_published = BTreeMap::new();
     let mut last_restart = Instant::now();
+    // Datagrams the chitchat instances before the last restart dropped.
+    let mut rejected_before_restart = 0u64;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -248,9 +256,14 @@ async fn run(
             );
         }
         liveness.set(view);
+        let rejected = rejected_before_restart.saturating_add(gossip.rejected_datagrams());
+        node.gossip_counters()
+            .rejected_datagrams
+            .store(rejected, Ordering::Relaxed);
         if !heard_others && !seeds(&node).is_empty() && last_restart.elapsed() > RESTART_GAP {
             debug!("gossip hears no peer; restarting with the ring's members as seeds");
             last_restart = Instant::now();
+            rejected_before_restart = rejected;
             gossip.shutdown().await;
             gossip = loop {
                 let GossipEndpoint {

@@ -206,6 +206,7 @@ mod tests {
             moves: None,
             reads: None,
             tso: None,
+            gossip: None,
         }
     }
 

@@ -617,6 +617,7 @@ mod tests {
                 moves: None,
                 reads: None,
                 tso: None,
+                gossip: None,
             },
         }
     }

@@ -104,7 +104,7 @@ async fn wait_for_every_node_alive_at_the_router(cluster: &Cluster) -> anyhow::R
 /// A TLS cluster gossips authenticated (the router hears every node alive, and nodes and
 /// router log no rejection); forgers without the key — plain chitchat and chitchat under
 /// another key — impersonating node 1 and claiming every shard are dropped and counted by
-/// the nodes and the router, hear nobody, and change neither the router's view of liveness
+/// the nodes (their status counts them) and the router, hear nobody, and change neither the router's view of liveness
 /// nor the shards' leaders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_gossip_changes_nothing_in_a_tls_cluster() -> anyhow::Result<()> {
@@ -121,6 +121,13 @@ async fn forged_gossip_changes_nothing_in_a_tls_cluster() -> anyhow::Result<()> 
         !log_has_rejection(&router_log),
         "the router rejected the nodes' gossip"
     );
+    for id in 1..=cluster.options.nodes {
+        let gossip = cluster.node_status(id).await?.gossip;
+        assert!(
+            gossip.is_some_and(|gossip| gossip.authenticated && gossip.rejected_datagrams == 0),
+            "node {id}: {gossip:?}"
+        );
+    }
     let leaders_before = cluster.wait_for_leaders(WAIT).await?;
 
     let unauthenticated = forger(&cluster, None).await?;
@@ -135,6 +142,13 @@ async fn forged_gossip_changes_nothing_in_a_tls_cluster() -> anyhow::Result<()> 
             (log_has_rejection(&cluster.node_log(1)) && log_has_rejection(&router_log)).then_some(())
         },
     )
+    .await?;
+    // Node 1's status counts them.
+    let rejected = wait_until("node 1's status counts the forged datagrams", WAIT, || async {
+        let gossip = cluster.node_status(1).await.ok()?.gossip?;
+        assert!(gossip.authenticated, "node 1 gossips authenticated");
+        (gossip.rejected_datagrams >= 2).then_some(gossip.rejected_datagrams)
+    })
     .await?;
     // Nobody answers them (the negative control's forger is answered within a round).
     tokio::time::sleep(OBSERVATION).await;
@@ -161,6 +175,11 @@ async fn forged_gossip_changes_nothing_in_a_tls_cluster() -> anyhow::Result<()> 
             .put(format!("gossip-auth/{index}").into_bytes(), b"v".to_vec())
             .await?;
     }
+    let gossip = cluster.node_status(1).await?.gossip;
+    assert!(
+        gossip.is_some_and(|gossip| gossip.rejected_datagrams >= rejected),
+        "the count only grows: {gossip:?}"
+    );
     unauthenticated.shutdown().await;
     signed_by_a_stranger.shutdown().await;
     Ok(())
@@ -172,6 +191,8 @@ async fn forged_gossip_changes_nothing_in_a_tls_cluster() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_insecure_cluster_answers_a_forger() -> anyhow::Result<()> {
     let cluster = Cluster::start(options(false)).await?;
+    let gossip = cluster.node_status(1).await?.gossip;
+    assert!(gossip.is_some_and(|gossip| !gossip.authenticated), "{gossip:?}");
     let unauthenticated = forger(&cluster, None).await?;
     wait_until("the forger hears the nodes", WAIT, || async {
         let heard = heard_by(&unauthenticated).await;

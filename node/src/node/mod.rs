@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 pub use bootstrap::{check_identity, ring_info};
 pub use data::now_ms;
-pub use status::MoveCounters;
+pub use status::{GossipCounters, MoveCounters};
 
 use crate::concurrency::{TimestampSlot, TimestampSource};
 use crate::config::NodeConfig;
@@ -65,6 +65,7 @@ struct NodeInner {
     /// Shards with a move, a transfer or a removal check in flight (never two for one shard).
     claimed_shards: Mutex<HashSet<u32>>,
     counters: MoveCounters,
+    gossip_counters: GossipCounters,
 }
 
 /// Opens the node's write-ahead log (`<data dir>/wal`) and moves into it any log a data
@@ -179,6 +180,7 @@ impl Node {
             init_lock: tokio::sync::Mutex::new(()),
             claimed_shards: Mutex::new(HashSet::new()),
             counters: MoveCounters::default(),
+            gossip_counters: GossipCounters::default(),
         });
         let node = Node { inner };
         info!(node_id = node.node_id(), addr = %node.addr(), "node started");
@@ -242,6 +244,11 @@ impl Node {
     /// Replica moves and deletions so far.
     pub fn counters(&self) -> &MoveCounters {
         &self.inner.counters
+    }
+
+    /// What the gossip agent reports for the node status.
+    pub fn gossip_counters(&self) -> &GossipCounters {
+        &self.inner.gossip_counters
     }
 
     /// Every group hosted here, the system group first, then shards in order.

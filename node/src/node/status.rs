@@ -1,7 +1,7 @@
 //! The node's status report (`Admin.NodeStatus`): the ring it holds, each replica's Raft
 //! state, and the replica moves it ran.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ringkv_proto::v1;
 
@@ -29,6 +29,25 @@ impl MoveCounters {
     }
 }
 
+/// What the gossip agent reports: whether gossip is authenticated, and how many datagrams
+/// it dropped (summed over the agent's restarts of chitchat).
+#[derive(Debug, Default)]
+pub struct GossipCounters {
+    /// Set once the agent started; the status has no gossip section before.
+    pub started: AtomicBool,
+    pub authenticated: AtomicBool,
+    pub rejected_datagrams: AtomicU64,
+}
+
+impl GossipCounters {
+    fn to_proto(&self) -> Option<v1::GossipCounters> {
+        self.started.load(Ordering::Relaxed).then(|| v1::GossipCounters {
+            authenticated: self.authenticated.load(Ordering::Relaxed),
+            rejected_datagrams: self.rejected_datagrams.load(Ordering::Relaxed),
+        })
+    }
+}
+
 impl Node {
     /// This node's status.
     pub fn status(&self) -> v1::NodeStatusResponse {
@@ -44,6 +63,7 @@ impl Node {
             reads: Some(self.read_counters()),
             // Filled in by the Admin service, which holds the oracle.
             tso: None,
+            gossip: self.gossip_counters().to_proto(),
         }
     }
 }

@@ -631,6 +631,7 @@ impl Admin for FakeNode {
             moves: None,
             reads: None,
             tso: None,
+            gossip: None,
         }))
     }
 
