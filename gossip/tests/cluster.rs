@@ -300,3 +300,42 @@ async fn listen_on_unspecified_ip_with_advertise_port_zero() {
     }
     gossip.shutdown().await;
 }
+
+/// Members sharing a gossip key form a cluster; a member with another key, and one without
+/// authentication, are never admitted, and every member counts their datagrams as rejected.
+#[tokio::test]
+async fn only_members_with_the_key_gossip_together() {
+    use ringkv_gossip::{GossipKey, GossipKeys};
+    let keys = GossipKeys::new(GossipKey::generate().expect("a random key"));
+    let authenticated = |member: &str, seeds: &[&Gossip]| {
+        let mut config = config("auth", member, seeds);
+        config.auth = Some(keys.clone());
+        config
+    };
+    let a = start(authenticated("a", &[])).await;
+    let b = start(authenticated("b", &[&a])).await;
+    assert!(a.is_authenticated() && b.is_authenticated());
+    let mut stranger_config = config("auth", "stranger", &[&a, &b]);
+    stranger_config.auth = Some(GossipKeys::new(GossipKey::generate().expect("a random key")));
+    let stranger = start(stranger_config).await;
+    let plain = start(config("auth", "plain", &[&a, &b])).await;
+    let ids = |members: &[MemberView]| -> Vec<String> {
+        members.iter().map(|member| member.member_id.clone()).collect()
+    };
+    wait_for(&a, "b alive", |members| {
+        members
+            .iter()
+            .any(|member| member.member_id == "b" && member.liveness == Liveness::Alive)
+    })
+    .await;
+    // Both outsiders have been heard from (and dropped) by both members.
+    poll_for(&a, "a rejected both outsiders", |_| a.rejected_datagrams() >= 2).await;
+    poll_for(&b, "b rejected both outsiders", |_| b.rejected_datagrams() >= 2).await;
+    assert_eq!(ids(&a.members().await), ["a", "b"]);
+    assert_eq!(ids(&b.members().await), ["a", "b"]);
+    assert_eq!(ids(&stranger.members().await), ["stranger"]);
+    assert_eq!(ids(&plain.members().await), ["plain"]);
+    for member in [a, b, stranger, plain] {
+        member.shutdown().await;
+    }
+}
