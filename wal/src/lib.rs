@@ -8,7 +8,11 @@
 //!
 //! - **Writer thread** (module `writer`): callers only queue records (bounded by
 //!   [`WalOptions::max_queued_bytes`]) and update the index, so what they queued is readable
-//!   at once and no caller waits on IO; one thread per log writes everything queued with one
+//!   at once and no caller waits on IO. A caller that finds the queue full waits for room:
+//!   [`Wal::append`] and the other plain writes block their thread; async callers use
+//!   [`Wal::append_async`], [`Wal::set_meta_async`], [`Wal::truncate_async`] and
+//!   [`Wal::purge_async`], which wait without blocking it (a slow disk must not park a
+//!   runtime's workers). One thread per log writes everything queued with one
 //!   `write` per segment, runs one `fdatasync` for every waiter ([`Wal::on_durable`],
 //!   [`Wal::sync`]) and calls them back. [`Wal::close`] (or dropping the last handle)
 //!   writes what is queued and joins the thread.
@@ -24,14 +28,18 @@
 //!   has made the records that released them durable; when more than
 //!   [`WalOptions::max_segments`] exist, the groups pinning the oldest one (an idle group's
 //!   log or vote) are rewritten into the active segment first — unless they hold more than
-//!   half a segment, which only busy groups do (they free it at their next purge).
+//!   half a segment, which only busy groups do (they free it at their next purge). A rewrite
+//!   reads with the state unlocked and queues its copies as appends do (waiting for room);
+//!   it skips an entry the group changed meanwhile. Collections run one at a time.
 //! - **Fail-stop**: after a failed write or sync (`ENOSPC`, `EIO`, …) the log accepts
 //!   nothing more (a partial record would hide every later one from recovery, and a failed
 //!   fsync may have dropped pages); the node must restart and recover. The failure is
 //!   reported once to [`WalOptions::on_failure`], before any waiter is failed, so the process
 //!   can stop at once instead of waiting for its next write to be refused (which an idle
 //!   group never makes). A write fails on the writer thread, after the append that queued it
-//!   returned: its waiters, and every later call, get [`WalError::Failed`].
+//!   returned: its waiters, and every later call, get [`WalError::Failed`]. A panic on the
+//!   writer thread is handled as such a failure (reported, waiters failed), so nothing waits
+//!   forever for a thread that is gone.
 //!   [`WalOptions::unsafe_ignore_failures`] switches this off for a negative control.
 //!
 //! Entries and values are opaque bytes; groups are `u64` ids. Appending at an index that
@@ -79,7 +87,8 @@ pub struct WalOptions {
     /// More segments than this make [`Wal::collect_garbage`] rewrite what pins the oldest.
     pub max_segments: usize,
     /// Most bytes of records queued for the writer thread and not yet written; a write that
-    /// finds the queue this full waits for room (backpressure).
+    /// finds the queue this full waits for room (backpressure; the `_async` writes without
+    /// blocking their thread).
     pub max_queued_bytes: usize,
     /// Called once, with the reason, when a write or sync fails and the log stops accepting
     /// writes (after it marked itself failed, before any waiter learns of it). A node passes
@@ -144,8 +153,18 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Signalled when the writer has work: queued records, waiters, closing.
     work: Condvar,
-    /// Signalled when the writer freed queue room, or the log failed or closed.
+    /// Signalled when the writer freed queue room, or the log failed or closed (see
+    /// [`Inner::wake_room_waiters`]).
     room: Condvar,
+    /// The same signal for async callers ([`Wal::append_async`], …), who wait for room
+    /// without blocking their thread.
+    room_async: tokio::sync::Notify,
+    /// Held by [`Wal::collect_garbage`] throughout: two collections at once would choose
+    /// the same segments, and the second would fail deleting what the first deleted.
+    collecting: Mutex<()>,
+    /// Test hook: the writer thread panics in its next batch, after writing it.
+    #[cfg(test)]
+    panic_next: std::sync::atomic::AtomicBool,
     appended_bytes: AtomicU64,
     writes: AtomicU64,
     syncs: AtomicU64,
@@ -170,7 +189,7 @@ impl WriterHandle {
     fn stop(&self) {
         self.inner.lock_state().closing = true;
         self.inner.work.notify_all();
-        self.inner.room.notify_all();
+        self.inner.wake_room_waiters();
         let thread = self
             .thread
             .lock()
@@ -188,6 +207,10 @@ impl WriterHandle {
         }
     }
 }
+
+/// Most bytes of entries a rewrite ([`Wal::collect_garbage`]) queues before it waits for
+/// room again, as appends do.
+const REWRITE_CHUNK_BYTES: usize = 1 << 20;
 
 /// A byte position in the stream of segments.
 pub(crate) type Position = (u64, u64);
@@ -259,6 +282,10 @@ impl Wal {
             }),
             work: Condvar::new(),
             room: Condvar::new(),
+            room_async: tokio::sync::Notify::new(),
+            collecting: Mutex::new(()),
+            #[cfg(test)]
+            panic_next: std::sync::atomic::AtomicBool::new(false),
             appended_bytes: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -281,7 +308,8 @@ impl Wal {
     /// Queues `entries` as `group`'s entries `first, first + 1, …` (overwriting any at those
     /// indexes). They are readable at once, written by the writer thread soon, and durable
     /// once a later [`Wal::sync`] or [`Wal::on_durable`] returns. Waits only when the queue
-    /// is full ([`WalOptions::max_queued_bytes`]).
+    /// is full ([`WalOptions::max_queued_bytes`]), blocking the thread: async callers use
+    /// [`Wal::append_async`].
     pub fn append<E: AsRef<[u8]>>(&self, group: u64, first: u64, entries: &[E]) -> Result<(), WalError> {
         if entries.is_empty() {
             return Ok(());
@@ -289,6 +317,25 @@ impl Wal {
         let mut frame = Vec::new();
         let positions = record::encode_append(&mut frame, group, first, entries)?;
         let mut state = self.writable()?;
+        self.inner
+            .queue_append(&mut state, group, first, frame, &positions);
+        Ok(())
+    }
+
+    /// [`Wal::append`] for async callers: waits for queue room without blocking the thread
+    /// (a full queue behind a slow disk must not park a runtime's workers).
+    pub async fn append_async<E: AsRef<[u8]> + Sync>(
+        &self,
+        group: u64,
+        first: u64,
+        entries: &[E],
+    ) -> Result<(), WalError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut frame = Vec::new();
+        let positions = record::encode_append(&mut frame, group, first, entries)?;
+        let mut state = self.writable_async().await?;
         self.inner
             .queue_append(&mut state, group, first, frame, &positions);
         Ok(())
@@ -314,6 +361,30 @@ impl Wal {
         let mut frame = Vec::new();
         record::encode_meta(&mut frame, group, key, value)?;
         self.queue_record(frame, Record::Meta { group, key, value })
+    }
+
+    /// [`Wal::truncate`] for async callers (waits for queue room without blocking).
+    pub async fn truncate_async(&self, group: u64, from: u64) -> Result<(), WalError> {
+        let mut frame = Vec::new();
+        record::encode_truncate(&mut frame, group, from)?;
+        self.queue_record_async(frame, Record::Truncate { group, from })
+            .await
+    }
+
+    /// [`Wal::purge`] for async callers (waits for queue room without blocking).
+    pub async fn purge_async(&self, group: u64, upto: u64) -> Result<(), WalError> {
+        let mut frame = Vec::new();
+        record::encode_purge(&mut frame, group, upto)?;
+        self.queue_record_async(frame, Record::Purge { group, upto })
+            .await
+    }
+
+    /// [`Wal::set_meta`] for async callers (waits for queue room without blocking).
+    pub async fn set_meta_async(&self, group: u64, key: u8, value: &[u8]) -> Result<(), WalError> {
+        let mut frame = Vec::new();
+        record::encode_meta(&mut frame, group, key, value)?;
+        self.queue_record_async(frame, Record::Meta { group, key, value })
+            .await
     }
 
     /// Forgets every entry and value of `group`.
@@ -410,13 +481,17 @@ impl Wal {
     /// that released them durable; first, if there are more than
     /// [`WalOptions::max_segments`], rewrites the groups pinning the oldest segment into the
     /// active one (when what they hold is at most half a segment). Returns how many segments
-    /// were deleted.
+    /// were deleted. Blocks on IO (a sync, reads of what it rewrites): not for async callers.
+    /// Collections run one at a time; a segment file found already gone counts as deleted.
     pub fn collect_garbage(&self) -> Result<usize, WalError> {
+        let _collecting = self
+            .inner
+            .collecting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.rewrite_oldest()?;
         let candidates = {
-            let mut state = self.writable()?;
-            if state.index.segments.len() > self.inner.options.max_segments {
-                self.inner.rewrite_oldest(&mut state)?;
-            }
+            let state = self.writable()?;
             let active = state.active;
             state
                 .index
@@ -433,8 +508,15 @@ impl Wal {
         // also means the writer has moved past them (it started every later segment).
         self.sync()?;
         for id in &candidates {
-            if let Err(err) = std::fs::remove_file(segment::path(&self.inner.dir, *id)) {
-                return Err(self.inner.fail(format!("deleting segment {id} failed: {err}")));
+            match std::fs::remove_file(segment::path(&self.inner.dir, *id)) {
+                Ok(()) => {}
+                // Gone already: what deleting it was for.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    warn!(segment = id, "a free segment of the log was already deleted");
+                }
+                Err(err) => {
+                    return Err(self.inner.fail(format!("deleting segment {id} failed: {err}")));
+                }
             }
         }
         if let Err(err) = segment::sync_dir(&self.inner.dir) {
@@ -453,6 +535,135 @@ impl Wal {
         Ok(candidates.len())
     }
 
+    /// When there are more than [`WalOptions::max_segments`], rewrites the live entries and
+    /// values of every group pinning the oldest segment into the active one, so the oldest
+    /// can be deleted. Reads what it copies with the state unlocked, and queues the copies
+    /// as appends do (waiting for room, at most [`REWRITE_CHUNK_BYTES`] at a time), each
+    /// entry only if the index still points where it was read (a group may append,
+    /// truncate or purge meanwhile). Runs under [`Inner::collecting`], so nothing else
+    /// deletes segments meanwhile.
+    fn rewrite_oldest(&self) -> Result<(), WalError> {
+        let (oldest, reads) = {
+            let state = self.writable()?;
+            if state.index.segments.len() <= self.inner.options.max_segments {
+                return Ok(());
+            }
+            let Some((&oldest, _)) = state.index.segments.first_key_value() else {
+                return Ok(());
+            };
+            if oldest == state.active {
+                return Ok(());
+            }
+            let pinning: Vec<u64> = state
+                .index
+                .groups
+                .iter()
+                .filter(|(_, group)| group.references(oldest))
+                .map(|(id, _)| *id)
+                .collect();
+            // Worth it for idle groups holding a few entries and their vote; groups with much
+            // live log are busy and free the segment themselves at their next purge.
+            let live_bytes: u64 = pinning
+                .iter()
+                .filter_map(|group| state.index.groups.get(group))
+                .map(|index| index.live_bytes())
+                .sum();
+            if live_bytes > self.inner.options.segment_bytes / 2 {
+                return Ok(());
+            }
+            let mut reads = Vec::with_capacity(pinning.len());
+            for group in pinning {
+                let locs = state.index.locs(group, Bound::Unbounded, Bound::Unbounded);
+                let sources = sources(&state, &locs)?;
+                reads.push((group, locs, sources));
+            }
+            (oldest, reads)
+        };
+        for (group, locs, sources) in reads {
+            let entries = read_runs(&locs, sources)?;
+            self.requeue_entries(group, &locs, entries)?;
+            self.requeue_meta(group, oldest)?;
+            self.inner.rewritten_groups.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Queues `group`'s `entries` (read from `locs`) again, one append per run of consecutive
+    /// indexes, skipping every entry whose location changed since it was read.
+    fn requeue_entries(
+        &self,
+        group: u64,
+        locs: &[(u64, Loc)],
+        entries: Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), WalError> {
+        debug_assert_eq!(locs.len(), entries.len());
+        let mut pending = locs.iter().zip(entries).peekable();
+        while pending.peek().is_some() {
+            let mut state = self.writable()?;
+            let mut chunk_bytes = 0usize;
+            let mut run: Vec<Vec<u8>> = Vec::new();
+            let mut run_first = 0;
+            while chunk_bytes < REWRITE_CHUNK_BYTES {
+                let Some(((index, loc), (_, bytes))) = pending.next() else {
+                    break;
+                };
+                let current = state
+                    .index
+                    .groups
+                    .get(&group)
+                    .and_then(|held| held.entries.get(index))
+                    == Some(loc);
+                let follows = !run.is_empty() && *index == run_first + run.len() as u64;
+                if !run.is_empty() && (!current || !follows) {
+                    self.inner
+                        .requeue_run(&mut state, group, run_first, &std::mem::take(&mut run))?;
+                }
+                if !current {
+                    continue;
+                }
+                if run.is_empty() {
+                    run_first = *index;
+                }
+                chunk_bytes += bytes.len();
+                run.push(bytes);
+            }
+            if !run.is_empty() {
+                self.inner.requeue_run(&mut state, group, run_first, &run)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues again `group`'s values held in segment `oldest` (current values, from memory).
+    fn requeue_meta(&self, group: u64, oldest: u64) -> Result<(), WalError> {
+        let mut state = self.writable()?;
+        let meta: Vec<(u8, Vec<u8>)> = state
+            .index
+            .groups
+            .get(&group)
+            .map(|index| {
+                index
+                    .meta
+                    .iter()
+                    .filter(|(_, (_, segment))| *segment == oldest)
+                    .map(|(key, (value, _))| (*key, value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (key, value) in meta {
+            let mut frame = Vec::new();
+            record::encode_meta(&mut frame, group, key, &value)?;
+            let (segment, offset) = self.inner.queue_frame(&mut state, frame);
+            let record = Record::Meta {
+                group,
+                key,
+                value: &value,
+            };
+            state.index.apply(segment, offset + FRAME_HEADER as u64, &record);
+        }
+        Ok(())
+    }
+
     /// Counters since the log was opened.
     pub fn stats(&self) -> WalStats {
         let state = self.inner.lock_state();
@@ -467,24 +678,32 @@ impl Wal {
         }
     }
 
-    /// The state, once the queue has room, unless the log has failed or closed.
+    /// The state, once the queue has room, unless the log has failed or closed. Blocks the
+    /// thread while the queue is full: for callers that are not async.
     fn writable(&self) -> Result<MutexGuard<'_, State>, WalError> {
         let mut state = self.inner.lock_state();
-        loop {
-            if let Some(reason) = &state.failed {
-                return Err(WalError::Failed(reason.clone()));
-            }
-            if state.closing {
-                return Err(WalError::Closed);
-            }
-            if state.queued_bytes < self.inner.options.max_queued_bytes {
-                return Ok(state);
-            }
+        while !self.inner.admits(&state)? {
             state = self
                 .inner
                 .room
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        Ok(state)
+    }
+
+    /// [`Wal::writable`] for async callers: waits for room without blocking the thread.
+    async fn writable_async(&self) -> Result<MutexGuard<'_, State>, WalError> {
+        loop {
+            // Created before the check, so a wake-up between the check and the wait counts.
+            let room = self.inner.room_async.notified();
+            {
+                let state = self.inner.lock_state();
+                if self.inner.admits(&state)? {
+                    return Ok(state);
+                }
+            }
+            room.await;
         }
     }
 
@@ -495,9 +714,36 @@ impl Wal {
         state.index.apply(segment, offset + FRAME_HEADER as u64, &record);
         Ok(())
     }
+
+    /// [`Wal::queue_record`] for async callers.
+    async fn queue_record_async(&self, frame: Vec<u8>, record: Record<'_>) -> Result<(), WalError> {
+        let mut state = self.writable_async().await?;
+        let (segment, offset) = self.inner.queue_frame(&mut state, frame);
+        state.index.apply(segment, offset + FRAME_HEADER as u64, &record);
+        Ok(())
+    }
 }
 
 impl Inner {
+    /// Whether a write may be queued now: `Ok(false)` while the queue is full; an error once
+    /// the log failed or closed.
+    fn admits(&self, state: &State) -> Result<bool, WalError> {
+        if let Some(reason) = &state.failed {
+            return Err(WalError::Failed(reason.clone()));
+        }
+        if state.closing {
+            return Err(WalError::Closed);
+        }
+        Ok(state.queued_bytes < self.options.max_queued_bytes)
+    }
+
+    /// Wakes every caller waiting for queue room, blocked or async (to queue, or to learn
+    /// that the log failed or closed).
+    pub(crate) fn wake_room_waiters(&self) {
+        self.room.notify_all();
+        self.room_async.notify_waiters();
+    }
+
     pub(crate) fn lock_state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the index half-updated in a way that
         // matters more than the panic itself; keep serving reads.
@@ -535,7 +781,7 @@ impl Inner {
         if let Some(on_failure) = self.options.on_failure {
             on_failure(&reason);
         }
-        self.room.notify_all();
+        self.wake_room_waiters();
         self.work.notify_all();
         WalError::Failed(reason)
     }
@@ -614,79 +860,6 @@ impl Inner {
         self.appended_bytes.fetch_add(len, Ordering::Relaxed);
         self.work.notify_one();
         (segment, offset)
-    }
-
-    /// Rewrites the live entries and values of every group pinning the oldest segment into
-    /// the active segment, so the oldest can be deleted.
-    fn rewrite_oldest(&self, state: &mut State) -> Result<(), WalError> {
-        let Some((&oldest, _)) = state.index.segments.first_key_value() else {
-            return Ok(());
-        };
-        if oldest == state.active {
-            return Ok(());
-        }
-        let pinning: Vec<u64> = state
-            .index
-            .groups
-            .iter()
-            .filter(|(_, group)| group.references(oldest))
-            .map(|(id, _)| *id)
-            .collect();
-        // Worth it for idle groups holding a few entries and their vote; groups with much
-        // live log are busy and free the segment themselves at their next purge. Copying
-        // them would stall every append (the state is locked) for nothing.
-        let live_bytes: u64 = pinning
-            .iter()
-            .filter_map(|group| state.index.groups.get(group))
-            .map(|index| index.live_bytes())
-            .sum();
-        if live_bytes > self.options.segment_bytes / 2 {
-            return Ok(());
-        }
-        for group in pinning {
-            let locs = state.index.locs(group, Bound::Unbounded, Bound::Unbounded);
-            let entries = read_runs(&locs, sources(state, &locs)?)?;
-            // One append per run of consecutive indexes (a log may have a gap).
-            let mut run: Vec<Vec<u8>> = Vec::new();
-            let mut run_first = 0;
-            for (index, bytes) in entries {
-                if !run.is_empty() && index != run_first + run.len() as u64 {
-                    self.requeue_run(state, group, run_first, &std::mem::take(&mut run))?;
-                }
-                if run.is_empty() {
-                    run_first = index;
-                }
-                run.push(bytes);
-            }
-            if !run.is_empty() {
-                self.requeue_run(state, group, run_first, &run)?;
-            }
-            let meta: Vec<(u8, Vec<u8>)> = state
-                .index
-                .groups
-                .get(&group)
-                .map(|index| {
-                    index
-                        .meta
-                        .iter()
-                        .map(|(key, (value, _))| (*key, value.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (key, value) in meta {
-                let mut frame = Vec::new();
-                record::encode_meta(&mut frame, group, key, &value)?;
-                let (segment, offset) = self.queue_frame(state, frame);
-                let record = Record::Meta {
-                    group,
-                    key,
-                    value: &value,
-                };
-                state.index.apply(segment, offset + FRAME_HEADER as u64, &record);
-            }
-            self.rewritten_groups.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
     }
 
     /// Queues one run of a group's consecutive entries again (a rewrite).

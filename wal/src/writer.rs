@@ -12,7 +12,10 @@
 //!
 //! A failed write or sync marks the log failed ([`crate::WalOptions::on_failure`] first),
 //! fails every waiter and every later one, and writes nothing more; what is queued stays
-//! readable. The thread exits when the log closes, after writing what was queued.
+//! readable. A panic on the thread is such a failure too (reported to `on_failure`, every
+//! waiter failed), and the thread exits: nobody would call a waiter back or free queue room
+//! again, so without it `sync`, `close` and every `LogFlushed` would wait forever. The
+//! thread exits when the log closes, after writing what was queued.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -108,52 +111,22 @@ pub(crate) fn queued_bytes(queue: &std::collections::VecDeque<Op>, loc: &Loc) ->
 
 /// The writer thread's loop: take a batch, write it, sync if anyone waits for durability,
 /// publish, call back. `active`/`file` are the segment being written when the log opened.
+/// A panic stops the log ([`stop_after_panic`]).
 pub(crate) fn run(inner: &Inner, active: u64, file: Arc<File>) {
     let mut current = (active, file);
     let mut buf = Vec::new();
     loop {
-        let Some(Batch {
-            ops: batch,
-            end,
-            waiters,
-        }) = next_batch(inner)
-        else {
-            return;
-        };
-        let (outcome, started) = write_batch(inner, &mut current, &batch, &mut buf);
-        let wants_sync = waiters.iter().any(|waiter| waiter.durable);
-        let outcome = outcome.and_then(|()| {
-            if wants_sync {
-                sync(inner, &current.1)
-            } else {
-                Ok(())
-            }
-        });
-        let failure = {
-            let mut state = inner.lock_state();
-            for (segment, file) in started {
-                if let Some(held) = state.index.segments.get_mut(&segment) {
-                    held.file = Some(file);
-                }
-            }
-            match outcome {
-                Ok(()) => {
-                    let freed: usize = batch.iter().map(Op::queued_bytes).sum();
-                    for _ in 0..batch.len() {
-                        state.queue.pop_front();
-                    }
-                    state.queued_bytes -= freed;
-                    state.written = end;
-                    if wants_sync {
-                        state.synced = end;
-                    }
-                    inner.room.notify_all();
-                    None
-                }
-                Err(reason) => {
-                    inner.fail_locked(&mut state, reason.clone());
-                    Some(reason)
-                }
+        // The batch's waiters live out here, so a panic cannot drop them unanswered.
+        let mut waiters = Vec::new();
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            step(inner, &mut current, &mut buf, &mut waiters)
+        }));
+        let failure = match stepped {
+            Ok(Step::Wrote(outcome)) => outcome.err(),
+            Ok(Step::Exit) => return,
+            Err(panic) => {
+                stop_after_panic(inner, panic.as_ref(), waiters);
+                return;
             }
         };
         for waiter in waiters {
@@ -163,6 +136,88 @@ pub(crate) fn run(inner: &Inner, active: u64, file: Arc<File>) {
             };
             call(waiter.done, result);
         }
+    }
+}
+
+/// What one step of the writer did.
+enum Step {
+    /// The log closed and everything queued is written: the thread exits.
+    Exit,
+    /// A batch was written (and synced, if a waiter needed that), or failed for this reason.
+    Wrote(Result<(), String>),
+}
+
+/// One batch: takes it (its waiters into `waiters`), writes it, syncs it if a waiter needs
+/// that, and publishes the outcome.
+fn step(inner: &Inner, current: &mut (u64, Arc<File>), buf: &mut Vec<u8>, waiters: &mut Vec<Waiter>) -> Step {
+    let Some(Batch {
+        ops: batch,
+        end,
+        waiters: ready,
+    }) = next_batch(inner)
+    else {
+        return Step::Exit;
+    };
+    *waiters = ready;
+    let (outcome, started) = write_batch(inner, current, &batch, buf);
+    #[cfg(test)]
+    if inner.panic_next.swap(false, Ordering::SeqCst) {
+        panic!("injected panic on the writer thread");
+    }
+    let wants_sync = waiters.iter().any(|waiter| waiter.durable);
+    let outcome = outcome.and_then(|()| {
+        if wants_sync {
+            sync(inner, &current.1)
+        } else {
+            Ok(())
+        }
+    });
+    let mut state = inner.lock_state();
+    for (segment, file) in started {
+        if let Some(held) = state.index.segments.get_mut(&segment) {
+            held.file = Some(file);
+        }
+    }
+    match outcome {
+        Ok(()) => {
+            let freed: usize = batch.iter().map(Op::queued_bytes).sum();
+            for _ in 0..batch.len() {
+                state.queue.pop_front();
+            }
+            state.queued_bytes -= freed;
+            state.written = end;
+            if wants_sync {
+                state.synced = end;
+            }
+            inner.wake_room_waiters();
+            Step::Wrote(Ok(()))
+        }
+        Err(reason) => {
+            inner.fail_locked(&mut state, reason.clone());
+            Step::Wrote(Err(reason))
+        }
+    }
+}
+
+/// After a panic on the writer thread: marks the log failed as a failed write does
+/// ([`crate::WalOptions::on_failure`] first), fails `waiters` (the batch's) and every queued
+/// waiter, and marks the writer stopped; the thread then exits. Later writes and waits are
+/// refused at once (the log is failed).
+fn stop_after_panic(inner: &Inner, panic: &(dyn std::any::Any + Send), mut waiters: Vec<Waiter>) {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    let reason = {
+        let mut state = inner.lock_state();
+        inner.fail_locked(&mut state, format!("the writer thread panicked: {message}"));
+        waiters.append(&mut state.waiters);
+        state.stopped = true;
+        state.failed.clone().unwrap_or(message)
+    };
+    for waiter in waiters {
+        call(waiter.done, Err(WalError::Failed(reason.clone())));
     }
 }
 
@@ -336,5 +391,74 @@ fn start_segment(inner: &Inner, previous_file: &File, previous: u64, next: u64) 
 fn call(done: Done, result: Result<(), WalError>) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result))).is_err() {
         tracing::error!("a write-ahead log waiter's callback panicked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use crate::{Wal, WalError, WalOptions};
+
+    static PANICS_REPORTED: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_panic(reason: &str) {
+        assert!(reason.contains("panicked"), "{reason}");
+        PANICS_REPORTED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Runs `call` on another thread and waits up to 10 s for its answer (`None` if it hangs).
+    fn answered<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(call());
+        });
+        rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    /// A panic on the writer thread stops the log as a failed write does: `on_failure` hears
+    /// of it first, the waiter of the batch and every later sync fail instead of waiting
+    /// forever, writes are refused, and `close` returns.
+    #[test]
+    fn a_panic_on_the_writer_thread_stops_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = WalOptions {
+            on_failure: Some(count_panic),
+            ..WalOptions::default()
+        };
+        let (wal, _) = Wal::open(dir.path(), options).expect("open");
+        wal.append(1, 1, &[b"one".to_vec()]).expect("append");
+        wal.sync().expect("sync");
+
+        wal.inner.panic_next.store(true, Ordering::SeqCst);
+        wal.append(1, 2, &[b"two".to_vec()]).expect("queued");
+        let (tx, rx) = mpsc::channel();
+        wal.on_durable(Box::new(move |result| {
+            let _ = tx.send((result, PANICS_REPORTED.load(Ordering::SeqCst)));
+        }));
+        let (waited, reported) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waiter of the batch is answered");
+        assert!(matches!(waited, Err(WalError::Failed(_))), "{waited:?}");
+        assert_eq!(reported, 1, "on_failure ran before the waiter was failed");
+
+        let synced = answered({
+            let wal = wal.clone();
+            move || wal.sync()
+        })
+        .expect("a later sync is answered");
+        assert!(matches!(synced, Err(WalError::Failed(_))), "{synced:?}");
+        let refused = wal.append(1, 3, &[b"three".to_vec()]);
+        assert!(matches!(refused, Err(WalError::Failed(_))), "{refused:?}");
+        assert_eq!(wal.meta(1, b'v'), None, "reads go on");
+        let closed = answered({
+            let wal = wal.clone();
+            move || wal.close()
+        })
+        .expect("close returns");
+        assert!(matches!(closed, Err(WalError::Failed(_))), "{closed:?}");
+        assert_eq!(PANICS_REPORTED.load(Ordering::SeqCst), 1, "reported once");
     }
 }

@@ -187,8 +187,10 @@ impl LogStore {
     pub async fn purge_now(&self, log_id: LogId) -> Result<(), StorageError> {
         let engine = self.engine.clone();
         blocking(move || engine.flush()).await?;
-        self.wal.set_meta(self.group, PURGED, &encode(&log_id)?)?;
-        self.wal.purge(self.group, log_id.index)?;
+        self.wal
+            .set_meta_async(self.group, PURGED, &encode(&log_id)?)
+            .await?;
+        self.wal.purge_async(self.group, log_id.index).await?;
         let wal = self.wal.clone();
         blocking(move || wal.collect_garbage().map(drop).map_err(StorageError::from)).await
     }
@@ -345,7 +347,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
         let write = async {
-            self.wal.set_meta(self.group, VOTE, &encode(vote)?)?;
+            self.wal.set_meta_async(self.group, VOTE, &encode(vote)?).await?;
             self.flusher.flush().await
         };
         write
@@ -361,11 +363,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
         self.catch_up.set_committed(committed.map(|log_id| log_id.index));
         // Not synced: after a crash the committed id is recomputed from a quorum.
-        let write = || -> Result<(), StorageError> {
-            self.wal.set_meta(self.group, COMMITTED, &encode(&committed)?)?;
-            Ok(())
+        let write = async {
+            self.wal
+                .set_meta_async(self.group, COMMITTED, &encode(&committed)?)
+                .await?;
+            Ok::<(), StorageError>(())
         };
-        write().map_err(|err| storage_err(ErrorSubject::Store, ErrorVerb::Write, err))
+        write
+            .await
+            .map_err(|err| storage_err(ErrorSubject::Store, ErrorVerb::Write, err))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
@@ -390,24 +396,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .await
                 .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Write, err))?;
         }
-        let write = || -> Result<(), StorageError> {
+        let write = async {
             // openraft appends consecutive entries; write each run of them as one record.
-            let mut run: Vec<Vec<u8>> = Vec::new();
-            let mut first = 0;
+            // A full WAL queue (a slow disk) makes this wait without parking the worker.
+            let mut runs: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
             for entry in entries {
                 let index = entry.log_id.index;
-                if !run.is_empty() && index != first + run.len() as u64 {
-                    self.wal.append(self.group, first, &std::mem::take(&mut run))?;
+                let encoded = encode(&entry)?;
+                match runs.last_mut() {
+                    Some((first, run)) if index == *first + run.len() as u64 => run.push(encoded),
+                    _ => runs.push((index, vec![encoded])),
                 }
-                if run.is_empty() {
-                    first = index;
-                }
-                run.push(encode(&entry)?);
             }
-            self.wal.append(self.group, first, &run)?;
-            Ok(())
+            for (first, run) in &runs {
+                self.wal.append_async(self.group, *first, run).await?;
+            }
+            Ok::<(), StorageError>(())
         };
-        write().map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Write, err))?;
+        write
+            .await
+            .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Write, err))?;
         // Acknowledged by the WAL's writer thread after the covering fdatasync.
         self.flusher.flush_log(callback);
         Ok(())
@@ -415,7 +423,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         self.wal
-            .truncate(self.group, log_id.index)
+            .truncate_async(self.group, log_id.index)
+            .await
             .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Delete, err))
     }
 
@@ -680,6 +689,75 @@ mod tests {
         assert_eq!(entries.len(), 3, "no hole after the purge point");
         // Appending right after the log's end needs nothing.
         store.close_gap_before(24).await.expect("contiguous");
+    }
+
+    /// With the WAL's queue full (a slow disk) a log write waits for room without parking
+    /// its thread: another task of the same current-thread runtime runs meanwhile (before,
+    /// the write blocked the thread on a condition variable, and on a node every worker
+    /// could end up parked there, stalling gRPC and leadership confirmations).
+    #[tokio::test]
+    async fn a_full_wal_queue_does_not_park_the_runtime() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = storage::open(&dir.path().join("db")).expect("engine");
+        let options = ringkv_wal::WalOptions {
+            max_queued_bytes: 1,
+            ..ringkv_wal::WalOptions::default()
+        };
+        let wal = Wal::open(&dir.path().join("wal"), options).expect("wal").0;
+        // Hold the writer thread: it calls this waiter back, which waits until released.
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        wal.append(9, 1, &[b"first".to_vec()]).expect("append");
+        wal.on_written(Box::new(move |_| {
+            let _ = held_tx.send(());
+            let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        }));
+        held_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer is held");
+        wal.append(9, 2, &[b"fills the queue".to_vec()]).expect("queued");
+        // Releases the writer once the other task ran, or after 5 s without it.
+        let (ran_tx, ran_rx) = mpsc::channel();
+        let watchdog = std::thread::spawn(move || {
+            let ran = ran_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+            let _ = release_tx.send(());
+            ran
+        });
+        let flusher = Flusher::new(wal.clone(), false);
+        let (mut store, _purges) = LogStore::open(
+            wal.clone(),
+            GroupId::Shard(3),
+            engine,
+            flusher,
+            1 << 20,
+            unpaced(),
+        );
+        let write = tokio::spawn(async move { store.save_committed(Some(log_id(1, 7))).await });
+        // The write starts first and finds the queue full.
+        tokio::task::yield_now().await;
+        let other = tokio::spawn(async move {
+            let _ = ran_tx.send(());
+        });
+        let written = tokio::time::timeout(Duration::from_secs(30), write)
+            .await
+            .expect("the write finishes once the writer is released")
+            .expect("write task");
+        assert!(written.is_ok(), "{written:?}");
+        other.await.expect("other task");
+        assert!(
+            watchdog.join().expect("watchdog"),
+            "another task ran while the write waited for room"
+        );
+        let committed = wal
+            .meta(wal_group(GroupId::Shard(3)), COMMITTED)
+            .expect("committed");
+        assert_eq!(
+            decode::<Option<LogId>>("test", &committed).expect("decode"),
+            Some(log_id(1, 7))
+        );
     }
 
     /// A log kept in a sled tree by an older version moves into the WAL intact, and the
