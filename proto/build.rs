@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ringkv/v1/node.proto",
         "proto/ringkv/v1/tso.proto",
         "proto/ringkv/v1/txn.proto",
+        "proto/ringkv/v1/auth.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

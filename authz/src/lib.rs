@@ -158,6 +158,8 @@ pub enum Access<'a> {
     Key(&'a [u8]),
     /// The keys from `start` (inclusive) to `end` (exclusive; `None`: no end).
     Range { start: &'a [u8], end: Option<&'a [u8]> },
+    /// Every key starting with this prefix.
+    Prefix(&'a [u8]),
     /// The cluster itself: init, node add or decommission, leader transfer, the permission
     /// table. Needs admin on `""`.
     Cluster,
@@ -174,6 +176,7 @@ impl fmt::Display for Access<'_> {
                 write!(f, "range [{}, {})", show_bytes(start), show_bytes(end))
             }
             Access::Range { start, end: None } => write!(f, "range [{}, end)", show_bytes(start)),
+            Access::Prefix(prefix) => write!(f, "prefix {}", show_bytes(prefix)),
             Access::Cluster => f.write_str("the cluster"),
         }
     }
@@ -218,6 +221,7 @@ impl AuthTable {
                 key >= start.as_slice() && end.as_ref().is_none_or(|end| key < end.as_slice())
             }),
             Access::Range { start, end } => covers(&granted, start, end),
+            Access::Prefix(prefix) => covers(&granted, prefix, prefix_end(prefix).as_deref()),
             Access::Cluster => self.allows(
                 user,
                 Permission::Admin,

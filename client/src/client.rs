@@ -678,6 +678,39 @@ impl Client {
             .await
     }
 
+    /// Changes the permission table (issue 15): a role, a grant, a user, or enabling
+    /// permissions. Needs admin. Answers the table after the change; a repeated change that
+    /// already took effect is refused with the reason (e.g. the role already exists).
+    pub async fn change_auth(
+        &self,
+        change: proto::change_auth_request::Change,
+    ) -> Result<proto::ChangeAuthResponse, Error> {
+        let max_bytes = self.routers.config().max_message_bytes;
+        self.routers
+            .call(OpKind::Write, "change permissions", |channel, timeout| {
+                let request = with_deadline(
+                    proto::ChangeAuthRequest {
+                        change: Some(change.clone()),
+                    },
+                    timeout,
+                );
+                async move { admin_client(channel, max_bytes).change_auth(request).await }
+            })
+            .await
+    }
+
+    /// The permission table (roles, users, whether enforced) and who the caller is taken
+    /// for. Needs admin.
+    pub async fn get_auth(&self) -> Result<proto::GetAuthResponse, Error> {
+        let max_bytes = self.routers.config().max_message_bytes;
+        self.routers
+            .call(OpKind::Read, "read permissions", |channel, timeout| {
+                let request = with_deadline(proto::GetAuthRequest {}, timeout);
+                async move { admin_client(channel, max_bytes).get_auth(request).await }
+            })
+            .await
+    }
+
     /// Starts decommissioning a node: every replica moves away, then the node becomes
     /// `removed` and can be stopped. Idempotent.
     pub async fn decommission_node(&self, node_id: u64) -> Result<proto::RingChangeResponse, Error> {

@@ -18,6 +18,7 @@
 //!   stdin; `progress` — progress bars on stderr; `exit` — exit codes and the error →
 //!   exit code mapping.
 
+mod auth;
 mod batch;
 mod cert;
 mod cluster;
@@ -174,6 +175,15 @@ enum Command {
     /// Collect the records of old transactions now (routers also do it periodically).
     #[command(name = "txn-gc")]
     TxnGc(txn_gc::TxnGcArgs),
+    /// Roles: grants of read, write or admin on key prefixes (needs admin).
+    #[command(subcommand)]
+    Role(auth::RoleCommand),
+    /// Users (as client certificates name them) and their roles (needs admin).
+    #[command(subcommand)]
+    User(auth::UserCommand),
+    /// Turn permissions on (`enable`) or see whether they are (`status`).
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Create the cluster CA and certificates for nodes, routers and clients; show one.
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -296,6 +306,15 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::TxnGc(args) => txn_gc::run(&connect(endpoints, router_config).await?, args, output).await,
         Command::Timestamp(args) => {
             timestamp::run(&connect(endpoints, router_config).await?, args, output).await
+        }
+        Command::Role(command) => {
+            auth::role(&connect(endpoints, router_config).await?, command, output).await
+        }
+        Command::User(command) => {
+            auth::user(&connect(endpoints, router_config).await?, command, output).await
+        }
+        Command::Auth(command) => {
+            auth::auth(&connect(endpoints, router_config).await?, command, output).await
         }
         Command::Cert(command) => cert::run(command, output),
         #[cfg(unix)]

@@ -9,7 +9,8 @@
 //! is `--ca … --cert … --key …`), and the summary says how kvctl picks them up
 //! (`RINGKV_CA`, `RINGKV_CERT`, `RINGKV_KEY`); `--insecure` runs without TLS. Startup waits on conditions,
 //! each bounded by `--startup-timeout`: every node answers `NodeStatus`, then the
-//! (idempotent) cluster init, then the router reports a leader for every shard. The data
+//! (idempotent) cluster init, then the router reports a leader for every shard; with TLS,
+//! permissions are then enabled (the client certificate is root's). The data
 //! dir is kept, so running the playground again resumes the same cluster.
 //!
 //! Children never outlive the playground: they run in their own process group (so
@@ -524,7 +525,24 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
         &plan.router_log,
     )?;
     wait_for_leaders(plan, supervisor).await?;
+    if tls.is_some() {
+        enable_permissions(plan).await?;
+    }
     Ok(init.cluster_id)
+}
+
+/// Turns permissions on (issue 15; idempotent, so a resumed playground does it again): the
+/// playground's client certificate is root's, so its commands still just work, and any
+/// other user needs roles (`kvctl user add`, `kvctl role grant`).
+async fn enable_permissions(plan: &Plan) -> anyhow::Result<()> {
+    let probe = plan.probe_config(PROBE_TIMEOUT, true)?;
+    let client = Client::connect_with(vec![plan.router_addr.clone()], probe).await?;
+    client
+        .change_auth(ringkv_proto::v1::change_auth_request::Change::Enable(true))
+        .await
+        .context("enabling permissions")?;
+    eprintln!("permissions enabled: the client certificate is root's (kvctl user/role to add others)");
+    Ok(())
 }
 
 /// Waits until every node answers NodeStatus with its expected id.

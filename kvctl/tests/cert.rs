@@ -113,7 +113,7 @@ fn create_ca_and_certificates_then_show() {
             "client.ada.crt",
             "client",
             "CN=ada",
-            vec!["URI:ringkv://role/client"],
+            vec!["URI:ringkv://role/client", "URI:ringkv://user/ada"],
         ),
     ];
     for (file, role, subject, sans) in cases {

@@ -54,6 +54,12 @@ pub enum NodeError {
     RingChangeRejected(#[from] RingChangeRejection),
     #[error("campaign refused: {0}")]
     CampaignRefused(#[from] CampaignRefusal),
+    /// The caller's user lacks the permission (issue 15; see `ringkv-authz`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(#[from] ringkv_authz::Denied),
+    /// A change of the permission table refused; nothing changed.
+    #[error("permission change refused: {0}")]
+    AuthRejected(#[from] ringkv_authz::AuthRejection),
     #[error("cannot encode {what}: {detail}")]
     Encode { what: &'static str, detail: String },
     #[error("peer {node} failed: {detail}")]
@@ -166,6 +172,8 @@ impl NodeError {
             },
             NodeError::RingChangeRejected(rejection) => NodeError::RingChangeRejected(rejection.clone()),
             NodeError::CampaignRefused(refusal) => NodeError::CampaignRefused(refusal.clone()),
+            NodeError::PermissionDenied(denied) => NodeError::PermissionDenied(denied.clone()),
+            NodeError::AuthRejected(rejection) => NodeError::AuthRejected(rejection.clone()),
             NodeError::SnapshotTooOld { read_ts, floor } => NodeError::SnapshotTooOld {
                 read_ts: *read_ts,
                 floor: *floor,
@@ -214,6 +222,8 @@ impl NodeError {
             | NodeError::Malformed { .. }
             | NodeError::RingChangeRejected(_)
             | NodeError::CampaignRefused(_)
+            | NodeError::PermissionDenied(_)
+            | NodeError::AuthRejected(_)
             | NodeError::Overloaded(_)
             | NodeError::SnapshotTooOld { .. }
             | NodeError::TxnForgotten { .. }

@@ -23,6 +23,7 @@ use crate::membership::SystemDuties;
 use crate::node::Node;
 use crate::reconcile::Reconciler;
 use crate::service::admin::AdminService;
+use crate::service::authz::{AuthorizedShardKv, Authorizer};
 use crate::service::inflight::{Bounded, InflightLimit};
 use crate::service::raft::RaftService;
 use crate::service::roles::{RoleCache, RoleGate};
@@ -207,9 +208,12 @@ impl NodeServer {
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
             .add_service(RoleGate::new(
                 Bounded::new(
-                    ShardKvServer::new(ShardKvService::new(node.clone()))
-                        .max_decoding_message_size(max_message_bytes)
-                        .max_encoding_message_size(max_message_bytes),
+                    ShardKvServer::new(AuthorizedShardKv::new(
+                        ShardKvService::new(node.clone()),
+                        Authorizer::new(node.clone()),
+                    ))
+                    .max_decoding_message_size(max_message_bytes)
+                    .max_encoding_message_size(max_message_bytes),
                     client_limit.clone(),
                 ),
                 roles.clone(),

@@ -10,6 +10,7 @@
 //! | `x-ringkv-outcome-unknown` | node and router | `1`: the write may or may not have been applied |
 //! | `x-ringkv-txn-abort`       | router          | a transaction aborted (ABORTED): why           |
 //! | `x-ringkv-retryable`       | router          | `1`: running the transaction again may succeed |
+//! | `x-ringkv-user` (request) | router → node   | the user the router acts for (issue 15)        |
 //! | `x-ringkv-request-id-reused` | node and router | `1`: INVALID_ARGUMENT because the write's request id was used for a different request; nothing was applied |
 //!
 //! A "key locked" error (`RESOURCE_EXHAUSTED`) carries the lock it met as its status
@@ -45,6 +46,11 @@ const REQUEST_ID_REUSED: &str = "x-ringkv-request-id-reused";
 const FLAG_SET: &str = "1";
 
 /// Longest leader address hint a reader accepts (the hint is network input).
+/// The request metadata key by which a router tells a node which user it acts for (the user
+/// its caller's client certificate names). A node believes it only from a router's
+/// certificate (issue 15); a client's own certificate names its user.
+pub const USER: &str = "x-ringkv-user";
+
 pub const MAX_LEADER_ADDR_BYTES: usize = 256;
 
 /// The leader a not-leader error names: at least one of the two parts is present.

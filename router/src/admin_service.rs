@@ -131,6 +131,44 @@ impl<N: NodeApi> AdminService<N> {
 
     /// Sends a leader transfer to the shard's leader; a node that is no longer the leader
     /// is skipped (after a refresh) up to a few times, a definite refusal returns at once.
+    /// Asks ring members in turn until one answers; a refusal (a bad argument, a refused
+    /// change, a denied permission) is the answer.
+    async fn ask_members<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, Status>
+    where
+        F: Fn(String, std::time::Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let view = self
+            .ctx
+            .topology
+            .wait_for_ring(deadline)
+            .await
+            .map_err(|err| to_status(&err))?;
+        let mut last_error = Status::unavailable("no ring member to ask");
+        for member in &view.info.members {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            if timeout.is_zero() {
+                break;
+            }
+            match call(member.addr.clone(), timeout).await {
+                Ok(answer) => return Ok(answer),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied
+                    ) =>
+                {
+                    return Err(status)
+                }
+                Err(status) => {
+                    debug!(addr = %member.addr, code = ?status.code(), "not answered; trying another member");
+                    last_error = status;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
     async fn handle_transfer_leader(
         &self,
         request: TransferLeaderRequest,
@@ -239,6 +277,7 @@ impl<N: NodeApi> Admin for AdminService<N> {
         &self,
         request: Request<AddNodeRequest>,
     ) -> Result<Response<RingChangeResponse>, Status> {
+        self.ctx.auth.authorize_admin()?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         let request = request.into_inner();
         if request.node_id == 0 || request.addr.is_empty() {
@@ -256,6 +295,7 @@ impl<N: NodeApi> Admin for AdminService<N> {
         &self,
         request: Request<DecommissionNodeRequest>,
     ) -> Result<Response<RingChangeResponse>, Status> {
+        self.ctx.auth.authorize_admin()?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         self.handle_ring_change(
             RingChangeRequest::Decommission(request.into_inner()),
@@ -270,11 +310,45 @@ impl<N: NodeApi> Admin for AdminService<N> {
         &self,
         request: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
+        self.ctx.auth.authorize_admin()?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         self.handle_transfer_leader(request.into_inner(), admission.deadline)
             .await
             .map(Response::new)
             .map_err(|err| to_status(&err))
+    }
+
+    /// Forwarded to a ring member with the caller's user (`x-ringkv-user`); the node checks
+    /// admin again and commits the change.
+    async fn change_auth(
+        &self,
+        request: Request<ringkv_proto::v1::ChangeAuthRequest>,
+    ) -> Result<Response<ringkv_proto::v1::ChangeAuthResponse>, Status> {
+        self.ctx.auth.authorize_admin()?;
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        let change = request.into_inner();
+        let response = self
+            .ask_members(admission.deadline, |addr, timeout| {
+                let change = change.clone();
+                async move { self.ctx.nodes.change_auth(&addr, change, timeout).await }
+            })
+            .await?;
+        self.ctx.auth.learn(response.table.clone());
+        Ok(Response::new(response))
+    }
+
+    async fn get_auth(
+        &self,
+        request: Request<ringkv_proto::v1::GetAuthRequest>,
+    ) -> Result<Response<ringkv_proto::v1::GetAuthResponse>, Status> {
+        self.ctx.auth.authorize_admin()?;
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        let response = self
+            .ask_members(admission.deadline, |addr, timeout| async move {
+                self.ctx.nodes.get_auth(&addr, timeout).await
+            })
+            .await?;
+        Ok(Response::new(response))
     }
 
     async fn plan_ring_change(

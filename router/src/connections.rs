@@ -227,10 +227,16 @@ impl GrpcNodes {
     }
 }
 
-/// A request carrying its deadline to the node (`grpc-timeout`).
+/// A request carrying its deadline to the node (`grpc-timeout`) and the user the request
+/// it serves acts for (`x-ringkv-user`, when the calling task set one: `auth.rs`).
 fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
+    if let Some(user) = crate::auth::current_user() {
+        if let Ok(value) = user.parse() {
+            request.metadata_mut().insert(ringkv_proto::metadata::USER, value);
+        }
+    }
     request
 }
 
@@ -359,6 +365,29 @@ impl NodeApi for GrpcNodes {
             ),
         };
         Ok(reply)
+    }
+
+    async fn get_auth(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<ringkv_proto::v1::GetAuthResponse, Status> {
+        let mut client =
+            AdminClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes);
+        let request = with_timeout(ringkv_proto::v1::GetAuthRequest {}, timeout);
+        Ok(bounded(timeout, client.get_auth(request)).await?.into_inner())
+    }
+
+    async fn change_auth(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::ChangeAuthRequest,
+        timeout: Duration,
+    ) -> Result<ringkv_proto::v1::ChangeAuthResponse, Status> {
+        let mut client =
+            AdminClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes);
+        let request = with_timeout(request, timeout);
+        Ok(bounded(timeout, client.change_auth(request)).await?.into_inner())
     }
 
     async fn node_status(&self, addr: &str, timeout: Duration) -> Result<NodeStatusResponse, Status> {

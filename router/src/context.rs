@@ -51,6 +51,8 @@ pub struct RouterContext<N> {
     pub failpoint: Option<Failpoint>,
     /// Transactions' secondary commits running after their answers.
     pub secondaries: SecondaryCommits,
+    /// The permission table and the callers' users (`auth.rs`).
+    pub auth: crate::auth::AuthView,
 }
 
 /// An admitted request: its in-flight permit (released on drop) and its deadline.
@@ -102,6 +104,7 @@ impl<N: NodeApi> RouterContext<N> {
             unsafe_skip_read_validation: config.unsafe_skip_read_validation,
             failpoint: config.unsafe_failpoint,
             secondaries: SecondaryCommits::default(),
+            auth: crate::auth::AuthView::default(),
         }
     }
 

@@ -29,6 +29,13 @@ pub enum RouterError {
     /// The request breaks a limit or is malformed; nothing was sent to a node.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The caller's user lacks a permission the request needs (issue 15, `auth.rs`);
+    /// nothing was sent to a node.
+    #[error("permission denied: {0}")]
+    PermissionDenied(#[from] ringkv_authz::Denied),
+    /// The caller's certificate names no usable user.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// More than `max_inflight_requests` requests are being served.
     #[error("too many requests in flight (max_inflight_requests = {max_inflight_requests})")]
     Overloaded { max_inflight_requests: usize },
@@ -257,6 +264,9 @@ pub fn to_status(err: &RouterError) -> Status {
     let message = err.to_string();
     match err {
         RouterError::InvalidArgument(_) | RouterError::PlanRejected(_) => Status::invalid_argument(message),
+        RouterError::PermissionDenied(_) | RouterError::Unauthenticated(_) => {
+            Status::permission_denied(message)
+        }
         RouterError::Overloaded { .. }
         | RouterError::TooManyStreams { .. }
         | RouterError::ReplyTooLarge { .. } => Status::resource_exhausted(message),

@@ -416,6 +416,7 @@ impl<N: NodeApi> Kv for KvService<N> {
         &self,
         request: Request<BatchWriteRequest>,
     ) -> Result<Response<BatchWriteResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "batch_write",
@@ -425,6 +426,7 @@ impl<N: NodeApi> Kv for KvService<N> {
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "scan",
@@ -437,6 +439,7 @@ impl<N: NodeApi> Kv for KvService<N> {
         &self,
         request: Request<ScanRequest>,
     ) -> Result<Response<Self::ScanStreamStream>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self
             .ctx
             .admit_stream(request.metadata())
@@ -449,6 +452,7 @@ impl<N: NodeApi> Kv for KvService<N> {
     }
 
     async fn count(&self, request: Request<CountRequest>) -> Result<Response<Self::CountStream>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self
             .ctx
             .admit_stream(request.metadata())
@@ -464,6 +468,7 @@ impl<N: NodeApi> Kv for KvService<N> {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "delete_range",
@@ -472,6 +477,7 @@ impl<N: NodeApi> Kv for KvService<N> {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "get",
@@ -480,6 +486,7 @@ impl<N: NodeApi> Kv for KvService<N> {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "put",
@@ -488,6 +495,7 @@ impl<N: NodeApi> Kv for KvService<N> {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "delete",
@@ -499,6 +507,7 @@ impl<N: NodeApi> Kv for KvService<N> {
         &self,
         request: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "compare_and_swap",
@@ -511,6 +520,7 @@ impl<N: NodeApi> Kv for KvService<N> {
         &self,
         request: Request<BatchGetRequest>,
     ) -> Result<Response<BatchGetResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "batch_get",
@@ -523,6 +533,7 @@ impl<N: NodeApi> Kv for KvService<N> {
         &self,
         request: Request<BatchPutRequest>,
     ) -> Result<Response<BatchPutResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         respond(
             "batch_put",

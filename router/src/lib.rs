@@ -50,6 +50,7 @@
 //! node crate: nodes are known only through the protobuf contract.
 
 mod admin_service;
+mod auth;
 mod backoff;
 mod batch;
 mod batch_get;

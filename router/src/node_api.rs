@@ -65,6 +65,35 @@ pub trait NodeApi: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<NodeStatusResponse, Status>> + Send;
 
+    /// `Admin.GetAuth`: the permission table as the node applied it.
+    fn get_auth(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ringkv_proto::v1::GetAuthResponse, Status>> + Send {
+        let _ = (addr, timeout);
+        async {
+            Err(Status::unimplemented(
+                "permissions are not supported by this node api",
+            ))
+        }
+    }
+
+    /// `Admin.ChangeAuth` at a node (which commits it in the system group).
+    fn change_auth(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::ChangeAuthRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ringkv_proto::v1::ChangeAuthResponse, Status>> + Send {
+        let _ = (addr, request, timeout);
+        async {
+            Err(Status::unimplemented(
+                "permissions are not supported by this node api",
+            ))
+        }
+    }
+
     /// `Admin.AddNode` / `Admin.DecommissionNode` at a node (which forwards the ring change
     /// to the system leader).
     fn change_ring(

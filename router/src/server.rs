@@ -25,6 +25,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server};
 use tracing::{info, warn};
 
 use crate::admin_service::AdminService;
+use crate::auth::UserScope;
 use crate::config::RouterConfig;
 use crate::connections::GrpcNodes;
 use crate::context::RouterContext;
@@ -41,6 +42,9 @@ use crate::tso_service::TsoService;
 use crate::txn_gc::TxnGcTask;
 use crate::txn_service::TxnService;
 
+/// How often the router fetches the permission table at most (`auth.rs`): a change made
+/// through another router takes effect here within about this long.
+const AUTH_REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 /// Interval of HTTP/2 keep-alive pings to clients.
 const CLIENT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a client keep-alive ping may go unanswered.
@@ -157,10 +161,19 @@ impl Router {
         ))
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_response_bytes);
-        let admin = AdminServer::new(AdminService::new(ctx))
+        let admin = AdminServer::new(AdminService::new(Arc::clone(&ctx)))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
 
+        let users = ctx.auth.users();
+        let stop_auth = CancellationToken::new();
+        let auth_refresh = ctx.auth.spawn_refresh(
+            Arc::clone(&ctx.nodes),
+            ctx.topology.clone(),
+            config.refresh_interval().min(AUTH_REFRESH_INTERVAL),
+            config.rpc_timeout(),
+            stop_auth.clone(),
+        );
         let stop_serving = CancellationToken::new();
         if tls.is_none() {
             warn!(
@@ -173,10 +186,10 @@ impl Router {
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
-            .add_service(kv)
-            .add_service(admin)
-            .add_service(tso_service)
-            .add_service(txn_service);
+            .add_service(UserScope::new(kv, users.clone()))
+            .add_service(UserScope::new(admin, users.clone()))
+            .add_service(UserScope::new(tso_service, users.clone()))
+            .add_service(UserScope::new(txn_service, users.clone()));
         let stop = stop_serving.clone().cancelled_owned();
         let server = tokio::spawn(async move {
             match tls {
@@ -202,6 +215,8 @@ impl Router {
             stop_serving,
             server,
             refresher,
+            stop_auth,
+            auth_refresh,
             tso,
             gossip,
             txn_gc,
@@ -244,6 +259,8 @@ pub struct RouterHandle {
     stop_serving: CancellationToken,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     refresher: Refresher,
+    stop_auth: CancellationToken,
+    auth_refresh: JoinHandle<()>,
     tso: Arc<TsoClient>,
     gossip: Option<RouterGossip>,
     txn_gc: Option<TxnGcTask>,
@@ -295,6 +312,8 @@ impl RouterHandle {
         self.secondaries.shutdown(self.shutdown_timeout).await;
         self.tso.shutdown().await;
         self.refresher.shutdown().await;
+        self.stop_auth.cancel();
+        let _ = self.auth_refresh.await;
         if let Some(gossip) = self.gossip.take() {
             gossip.shutdown().await;
         }

@@ -44,6 +44,7 @@ impl<N: NodeApi> Txn for TxnService<N> {
     /// (its progress can no longer be sent). The task holds a stream slot, so collections
     /// running at once are bounded by `max_open_streams` with the other streams.
     async fn gc(&self, request: Request<TxnGcRequest>) -> Result<Response<Self::GcStream>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self
             .ctx
             .admit_stream(request.metadata())
@@ -76,6 +77,7 @@ impl<N: NodeApi> Txn for TxnService<N> {
         &self,
         request: Request<TxnCommitRequest>,
     ) -> Result<Response<TxnCommitResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         txn::commit(&self.ctx, &self.tso, request.into_inner(), admission.deadline)
             .await
@@ -87,6 +89,7 @@ impl<N: NodeApi> Txn for TxnService<N> {
         &self,
         request: Request<TxnStatusRequest>,
     ) -> Result<Response<TxnStatusResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         txn::status(&self.ctx, request.into_inner(), admission.deadline)
             .await

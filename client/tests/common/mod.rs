@@ -478,6 +478,20 @@ impl Kv for MockRouter {
 
 #[tonic::async_trait]
 impl Admin for MockRouter {
+    async fn change_auth(
+        &self,
+        _request: Request<proto::ChangeAuthRequest>,
+    ) -> Result<Response<proto::ChangeAuthResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_auth(
+        &self,
+        _request: Request<proto::GetAuthRequest>,
+    ) -> Result<Response<proto::GetAuthResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn init_cluster(
         &self,
         _request: Request<proto::InitClusterRequest>,

@@ -98,6 +98,9 @@ pub enum Command {
     TxnGc(TxnGc),
     /// Shard groups: a single-shard transaction committed in one entry.
     TxnOnePc(TxnOnePc),
+    /// System group: change the permission table (roles, users, enabled; see
+    /// `ringkv-authz`), applied by every node with [`ringkv_authz::AuthTable::apply`].
+    Auth(ringkv_authz::AuthChange),
 }
 
 /// A [`Command::DeleteRangeAt`]: the delete-range and its commit timestamp.
@@ -164,6 +167,7 @@ impl fmt::Display for Command {
             Command::DeleteRange(range) => write!(f, "delete-range(limit {})", range.limit),
             Command::ChangeRing(change) => write!(f, "change-ring({})", change.kind),
             Command::TsoAdvance(limit_ms) => write!(f, "tso-advance({limit_ms} ms)"),
+            Command::Auth(change) => write!(f, "auth({change:?})"),
             Command::WriteAt(timed) => {
                 write!(f, "write({} writes at {})", timed.writes.len(), timed.commit_ts)
             }
@@ -395,6 +399,9 @@ pub enum CommandResult {
     /// A delete-range not applied: its request id is remembered for a different
     /// delete-range (another fingerprint). Nothing is recorded.
     RangeRequestIdReused(RequestId),
+    /// The permission table after a [`Command::Auth`], or why the change was refused
+    /// (nothing changed).
+    Auth(Result<ringkv_authz::AuthTable, ringkv_authz::AuthRejection>),
 }
 
 /// The outcome of a [`RingChange`].

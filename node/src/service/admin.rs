@@ -1,10 +1,15 @@
-//! `Admin` on a node: bootstrap and this node's status. Cluster-wide status is a router's job.
+//! `Admin` on a node: bootstrap, this node's status, ring changes, leader transfer and the
+//! permission table. Cluster-wide status is a router's job.
+//!
+//! Everything but `NodeStatus` needs admin on the cluster (issue 15; see `authz.rs`):
+//! init, node add and decommission, leader transfer, changing and reading the permissions.
 
 use std::sync::Arc;
 
 use ringkv_proto::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
+use super::authz::{self, Authorizer};
 use super::status;
 use crate::node::Node;
 use crate::tso::Oracle;
@@ -12,11 +17,23 @@ use crate::tso::Oracle;
 pub struct AdminService {
     node: Node,
     oracle: Arc<Oracle>,
+    auth: Authorizer,
 }
 
 impl AdminService {
     pub fn new(node: Node, oracle: Arc<Oracle>) -> AdminService {
-        AdminService { node, oracle }
+        let auth = Authorizer::new(node.clone());
+        AdminService { node, oracle, auth }
+    }
+
+    /// Refuses the call unless its caller holds admin on the cluster.
+    fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.auth
+            .check(
+                request,
+                &[(ringkv_authz::Permission::Admin, ringkv_authz::Access::Cluster)],
+            )
+            .map_err(|err| status(err, false))
     }
 }
 
@@ -26,6 +43,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::InitClusterRequest>,
     ) -> Result<Response<v1::InitClusterResponse>, Status> {
+        self.check_admin(&request)?;
         self.node
             .init_cluster(request.into_inner())
             .await
@@ -52,6 +70,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::AddNodeRequest>,
     ) -> Result<Response<v1::RingChangeResponse>, Status> {
+        self.check_admin(&request)?;
         let request = request.into_inner();
         self.node
             .add_node(request.node_id, request.addr)
@@ -64,6 +83,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::DecommissionNodeRequest>,
     ) -> Result<Response<v1::RingChangeResponse>, Status> {
+        self.check_admin(&request)?;
         self.node
             .decommission_node(request.into_inner().node_id)
             .await
@@ -75,6 +95,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::TransferLeaderRequest>,
     ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        self.check_admin(&request)?;
         let request = request.into_inner();
         let term = self
             .node
@@ -84,6 +105,32 @@ impl Admin for AdminService {
         Ok(Response::new(v1::TransferLeaderResponse {
             leader_id: request.to_node,
             term,
+        }))
+    }
+
+    async fn change_auth(
+        &self,
+        request: Request<v1::ChangeAuthRequest>,
+    ) -> Result<Response<v1::ChangeAuthResponse>, Status> {
+        self.check_admin(&request)?;
+        let change = authz::change_from_proto(request.into_inner()).map_err(|err| status(err, false))?;
+        let table = authz::change_auth(&self.node, change)
+            .await
+            .map_err(|err| status(err, false))?;
+        Ok(Response::new(v1::ChangeAuthResponse {
+            table: Some(authz::table_to_proto(&table)),
+        }))
+    }
+
+    async fn get_auth(
+        &self,
+        request: Request<v1::GetAuthRequest>,
+    ) -> Result<Response<v1::GetAuthResponse>, Status> {
+        self.check_admin(&request)?;
+        let table = self.auth.table().map_err(|err| status(err, false))?;
+        Ok(Response::new(v1::GetAuthResponse {
+            table: Some(authz::table_to_proto(&table)),
+            caller: Authorizer::user_of(&request),
         }))
     }
 

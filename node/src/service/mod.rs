@@ -6,9 +6,13 @@
 //! - [`admin`]: `Admin` — cluster bootstrap and node status.
 //! - [`tso`]: `Tso` — timestamps from the timestamp oracle.
 //! - [`inflight`]: the bound on requests in flight, around every service.
-//! - [`roles`]: with TLS, which certificate roles each service accepts, around every service.
+//! - [`roles`]: with TLS, which certificate roles each service accepts, around every service,
+//!   and who each request acts for.
+//! - [`authz`]: the permission check of `ShardKv` and `Admin` requests, and the permission
+//!   table's admin calls.
 
 pub mod admin;
+pub mod authz;
 pub mod inflight;
 pub mod raft;
 pub mod raft_pipeline;
@@ -37,7 +41,9 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         | NodeError::AlreadyInitialized(_)
         | NodeError::InitRefused(_)
         | NodeError::WrongNode { .. }
-        | NodeError::CampaignRefused(_) => Code::FailedPrecondition,
+        | NodeError::CampaignRefused(_)
+        | NodeError::AuthRejected(_) => Code::FailedPrecondition,
+        NodeError::PermissionDenied(_) => Code::PermissionDenied,
         // Final (the router does not retry it): the caller needs a newer timestamp.
         NodeError::SnapshotTooOld { .. } | NodeError::TxnForgotten { .. } => Code::OutOfRange,
         NodeError::NotLeader { .. }

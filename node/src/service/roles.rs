@@ -8,11 +8,15 @@
 //! service, the role and who the certificate names, and the service never sees the
 //! request. So a client certificate cannot speak `Raft` (no forged votes or appends).
 //!
-//! Who is accepted ([`SERVICE_ROLES`]): `Raft` — nodes only; `ShardKv` and `Tso` — routers,
-//! and nodes (nodes forward timestamps to the system leader); `Admin` — nodes, routers and
-//! clients. `Admin` is open to every certificate of the cluster until users and
-//! permissions exist (issue 15, a later slice): a client certificate may still init the
-//! cluster or change the ring.
+//! Who is accepted ([`SERVICE_ROLES`]): `Raft` — nodes only; `Tso` — routers, and nodes
+//! (nodes forward timestamps to the system leader); `ShardKv` and `Admin` — nodes, routers
+//! and clients, whose requests then go through the permission check of `authz.rs`.
+//!
+//! The gate also says who the caller acts for, a [`Caller`] put in the request's extensions:
+//! a client certificate's own user (`ringkv://user/<name>`; a client certificate naming none
+//! is refused here), the user a router names in `x-ringkv-user` (believed only from a router
+//! certificate; a router without it acts for itself, as root: its own transaction
+//! collection and status polls), and root for nodes.
 //!
 //! Without TLS (`--insecure`) no gate is installed: there is no certificate to read.
 //! The refusals are made here, not through `NodeError`: like a failed handshake, they
@@ -35,7 +39,10 @@ use tonic::Status;
 /// Which roles each service accepts, by service name.
 pub const SERVICE_ROLES: [(&str, &[Role]); 4] = [
     (v1::raft_server::SERVICE_NAME, &[Role::Node]),
-    (v1::shard_kv_server::SERVICE_NAME, &[Role::Router, Role::Node]),
+    (
+        v1::shard_kv_server::SERVICE_NAME,
+        &[Role::Router, Role::Node, Role::Client],
+    ),
     (v1::tso_server::SERVICE_NAME, &[Role::Router, Role::Node]),
     (
         v1::admin_server::SERVICE_NAME,
@@ -47,8 +54,18 @@ pub const SERVICE_ROLES: [(&str, &[Role]); 4] = [
 /// routers, a handful); past it the memory starts over.
 const MAX_REMEMBERED_CERTS: usize = 1024;
 
-/// A certificate's role, or why it has none.
-type RoleOrReason = Result<Role, String>;
+/// A certificate's role and user (`None`: a node or router certificate), or why it is refused.
+type RoleOrReason = Result<(Role, Option<String>), String>;
+
+/// Who a request acts for, put in its extensions by [`RoleGate`] (absent without TLS: then
+/// nothing is authenticated and every caller acts as root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The role of the certificate that called.
+    pub role: Role,
+    /// The user whose permissions apply.
+    pub user: String,
+}
 
 /// The roles of the certificates seen, by DER: a certificate is parsed once, not once per
 /// request (Raft messages come thousands a second). Shared by every gate of a server.
@@ -64,7 +81,12 @@ impl RoleCache {
         if let Some(known) = roles.get(der) {
             return known.clone();
         }
-        let role = ringkv_tls::peer_role(der).map_err(|err| err.to_string());
+        let role = match ringkv_tls::peer_identity(der) {
+            Err(err) => Err(err.to_string()),
+            Ok((Role::Client, Err(no_user))) => Err(no_user.to_string()),
+            Ok((Role::Client, Ok(user))) => Ok((Role::Client, Some(user))),
+            Ok((role, _)) => Ok((role, None)),
+        };
         if roles.len() >= MAX_REMEMBERED_CERTS {
             roles.clear();
         }
@@ -83,25 +105,45 @@ pub fn accepted_roles(service: &str) -> &'static [Role] {
 }
 
 /// Whether the caller whose leaf certificate is `peer_cert` (DER; None: it presented none)
-/// may call `service`; the status to answer if not.
-pub fn check_caller(service: &str, peer_cert: Option<&[u8]>, cache: &RoleCache) -> Result<Role, Status> {
+/// may call `service`, and who it acts for (`forwarded_user`: the `x-ringkv-user` metadata,
+/// believed from routers only); the status to answer if not.
+pub fn check_caller(
+    service: &str,
+    peer_cert: Option<&[u8]>,
+    forwarded_user: Option<&str>,
+    cache: &RoleCache,
+) -> Result<Caller, Status> {
     let Some(der) = peer_cert else {
         return Err(Status::unauthenticated(format!(
             "{service} needs a client certificate of this cluster's CA"
         )));
     };
-    let role = cache.role_of(der).map_err(|reason| {
+    let (role, user) = cache.role_of(der).map_err(|reason| {
         Status::permission_denied(format!("{service} refused the caller's certificate: {reason}"))
     })?;
     let accepted = accepted_roles(service);
     if accepted.contains(&role) {
-        return Ok(role);
+        let user = match (role, user, forwarded_user) {
+            (Role::Client, Some(user), _) => user,
+            (Role::Router, _, Some(forwarded)) => {
+                ringkv_tls::check_user(forwarded).map_err(|err| {
+                    Status::invalid_argument(format!("{service}: bad {}: {err}", v1_user_key()))
+                })?;
+                forwarded.to_string()
+            }
+            _ => ringkv_authz::ROOT_USER.to_string(),
+        };
+        return Ok(Caller { role, user });
     }
     let names: Vec<&str> = accepted.iter().map(|role| role.name()).collect();
     Err(Status::permission_denied(format!(
         "{service} accepts only {} certificates; the caller presented a {role} certificate",
         names.join(", ")
     )))
+}
+
+fn v1_user_key() -> &'static str {
+    ringkv_proto::metadata::USER
 }
 
 /// A gRPC service that answers only callers whose certificate role it accepts; with no
@@ -140,18 +182,30 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let Some(cache) = &self.cache else {
             return Box::pin(self.inner.call(request));
         };
+        let forwarded_user = request
+            .headers()
+            .get(ringkv_proto::metadata::USER)
+            .map(|value| value.to_str().unwrap_or("\u{fffd}").to_string());
         let peer_certs = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
         let leaf = peer_certs.as_ref().and_then(|certs| certs.first());
-        match check_caller(S::NAME, leaf.map(|cert| cert.as_ref()), cache) {
+        match check_caller(
+            S::NAME,
+            leaf.map(|cert| cert.as_ref()),
+            forwarded_user.as_deref(),
+            cache,
+        ) {
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
-            Ok(_role) => Box::pin(self.inner.call(request)),
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
         }
     }
 }
@@ -194,7 +248,7 @@ mod tests {
             ("ringkv.v1.Raft", Role::Client, false),
             ("ringkv.v1.ShardKv", Role::Router, true),
             ("ringkv.v1.ShardKv", Role::Node, true),
-            ("ringkv.v1.ShardKv", Role::Client, false),
+            ("ringkv.v1.ShardKv", Role::Client, true),
             ("ringkv.v1.Tso", Role::Router, true),
             ("ringkv.v1.Tso", Role::Client, false),
             ("ringkv.v1.Admin", Role::Client, true),
@@ -206,7 +260,7 @@ mod tests {
             let der = leaf_der(&ca, role);
             // Twice: the second answer comes from the cache and must be the same.
             for _ in 0..2 {
-                let answer = check_caller(service, Some(&der), &cache);
+                let answer = check_caller(service, Some(&der), None, &cache);
                 assert_eq!(answer.is_ok(), accepted, "case {index}: {service} {role}");
                 if let Err(status) = answer {
                     assert_eq!(status.code(), Code::PermissionDenied, "case {index}");
@@ -219,11 +273,37 @@ mod tests {
                 }
             }
         }
-        let none = check_caller("ringkv.v1.Admin", None, &cache).expect_err("no certificate");
+        let none = check_caller("ringkv.v1.Admin", None, None, &cache).expect_err("no certificate");
         assert_eq!(none.code(), Code::Unauthenticated);
-        let no_role =
-            check_caller("ringkv.v1.Admin", Some(&ca.info().der), &cache).expect_err("a CA has no role");
+        let no_role = check_caller("ringkv.v1.Admin", Some(&ca.info().der), None, &cache)
+            .expect_err("a CA has no role");
         assert_eq!(no_role.code(), Code::PermissionDenied);
         assert!(ca.info().check_valid_at(SystemTime::now()).is_ok());
+    }
+
+    /// Who a caller acts for: a client its certificate's user (whatever it claims in the
+    /// metadata), a router the user it forwards (or root without one), a node root.
+    #[test]
+    fn callers_act_for_the_right_user() {
+        let ca =
+            CertificateAuthority::create("test", Validity::days_from_now(2).expect("validity")).expect("ca");
+        let cache = RoleCache::default();
+        let service = "ringkv.v1.ShardKv";
+        let cases = [
+            (Role::Client, None, "alice"),
+            (Role::Client, Some("root"), "alice"),
+            (Role::Router, Some("bob"), "bob"),
+            (Role::Router, None, "root"),
+            (Role::Node, Some("bob"), "root"),
+        ];
+        for (index, (role, forwarded, user)) in cases.into_iter().enumerate() {
+            let der = leaf_der(&ca, role);
+            let caller = check_caller(service, Some(&der), forwarded, &cache).expect("accepted");
+            assert_eq!(caller.user, user, "case {index}");
+            assert_eq!(caller.role, role, "case {index}");
+        }
+        let router = leaf_der(&ca, Role::Router);
+        let bad = check_caller(service, Some(&router), Some("../x"), &cache).expect_err("bad user");
+        assert_eq!(bad.code(), Code::InvalidArgument);
     }
 }

@@ -535,6 +535,20 @@ impl ShardKv for FakeNode {
 
 #[tonic::async_trait]
 impl Admin for FakeNode {
+    async fn change_auth(
+        &self,
+        _request: Request<v1::ChangeAuthRequest>,
+    ) -> Result<Response<v1::ChangeAuthResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_auth(
+        &self,
+        _request: Request<v1::GetAuthRequest>,
+    ) -> Result<Response<v1::GetAuthResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn init_cluster(
         &self,
         _request: Request<InitClusterRequest>,

@@ -22,7 +22,9 @@ use openraft::EntryPayload;
 use serde::{Deserialize, Serialize, Serializer};
 use tracing::warn;
 
-use super::layout::{data_key, APPLIED_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY};
+use super::layout::{
+    data_key, APPLIED_KEY, AUTH_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
+};
 use super::mvcc::{self, Head, Superseded, HIGH_WATER_KEY};
 use super::GroupState;
 use crate::raft::ring_change;
@@ -193,6 +195,17 @@ impl GroupState {
                     batch.insert(TSO_LIMIT_KEY.to_vec(), encode(&limit)?);
                 }
                 CommandResult::TsoLimit(limit)
+            }
+            EntryPayload::Normal(Command::Auth(change)) => {
+                let current: ringkv_authz::AuthTable = match tree.get(AUTH_KEY)? {
+                    Some(bytes) => decode(tree.name(), &bytes)?,
+                    None => Default::default(),
+                };
+                let outcome = current.apply(change);
+                if let Ok(next) = &outcome {
+                    batch.insert(AUTH_KEY.to_vec(), encode(next)?);
+                }
+                CommandResult::Auth(outcome)
             }
         };
         if let Some(versions) = &versions {

@@ -83,6 +83,8 @@ pub(in crate::raft) const MEMBERSHIP_KEY: &[u8] = b"m";
 pub(super) const CLUSTER_KEY: &[u8] = b"c";
 /// The timestamp oracle's persisted bound (milliseconds).
 pub(super) const TSO_LIMIT_KEY: &[u8] = b"o";
+/// The permission table (system group; `ringkv_authz::AuthTable`, postcard).
+pub(super) const AUTH_KEY: &[u8] = b"e";
 
 /// Bytes of a request id in a key.
 const REQUEST_ID_BYTES: usize = std::mem::size_of::<RequestId>();

@@ -53,7 +53,8 @@ use super::types::{ClusterConfig, GroupId, LogId, SnapshotMeta, StoredMembership
 use super::{decode, encode};
 use crate::storage::{EngineRef, StorageError, TreeRef};
 use layout::{
-    catalog_key, sm_tree_name, sm_tree_prefix, APPLIED_KEY, CLUSTER_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
+    catalog_key, sm_tree_name, sm_tree_prefix, APPLIED_KEY, AUTH_KEY, CLUSTER_KEY, MEMBERSHIP_KEY,
+    TSO_LIMIT_KEY,
 };
 
 /// Removes the catalog record of `group`'s state-machine generation (its trees are
@@ -255,6 +256,16 @@ impl GroupState {
         match tree.get(TSO_LIMIT_KEY)? {
             Some(bytes) => decode(tree.name(), &bytes),
             None => Ok(0),
+        }
+    }
+
+    /// The permission table, as far as this replica applied (system group only; the default,
+    /// not enabled, before the first [`crate::raft::types::Command::Auth`]).
+    pub fn auth_table(&self) -> Result<ringkv_authz::AuthTable, StorageError> {
+        let tree = self.tree();
+        match tree.get(AUTH_KEY)? {
+            Some(bytes) => decode(tree.name(), &bytes),
+            None => Ok(Default::default()),
         }
     }
 
