@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use ringkv_bench::output::{utc_date, write_results};
-use ringkv_bench::report::{headline_ratios, markdown_table, medians, ratio_table, Report};
+use ringkv_bench::report::{headline_ratios, markdown_table, medians, ratio_table, tls_cost_table, Report};
 use ringkv_bench::suite::{self, Environment, Progress, Source, SystemPlan};
 use ringkv_bench::system::SystemKind;
 use ringkv_bench::workload::{Distribution, Workload};
@@ -70,12 +70,29 @@ struct CompareArgs {
     /// Results directory [default: docs/benchmarks/<today, UTC>].
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Measure ringkv a second time with mutual TLS and add the cost of TLS (with ÷
+    /// without) to the results.
+    #[arg(long)]
+    tls_cost: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
 
+/// How the ringkv cluster the tool starts talks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SecurityArg {
+    /// Plain http, `--insecure` (comparable with results from before TLS).
+    Insecure,
+    /// Mutual TLS with certificates made for the cluster; the tool's client presents the
+    /// client certificate.
+    Tls,
+}
+
 #[derive(Args, Debug)]
 struct CommonArgs {
+    /// How the ringkv cluster the tool starts talks.
+    #[arg(long, value_enum, default_value = "insecure")]
+    security: SecurityArg,
     /// Workloads (comma-separated) [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<Workload>,
@@ -174,6 +191,11 @@ impl CommonArgs {
     }
 
     fn plan(&self, kind: SystemKind) -> SystemPlan {
+        self.plan_with(kind, self.security == SecurityArg::Tls)
+    }
+
+    /// The plan of `kind`; a ringkv the tool starts speaks TLS when `tls` is set.
+    fn plan_with(&self, kind: SystemKind, tls: bool) -> SystemPlan {
         let (endpoints, pids) = match kind {
             SystemKind::Ringkv => (&self.ringkv_endpoints, &self.ringkv_pids),
             SystemKind::Etcd => (&self.etcd_endpoints, &self.etcd_pids),
@@ -186,7 +208,26 @@ impl CommonArgs {
                 pids: pids.clone(),
             }
         };
-        SystemPlan { kind, source }
+        let tls = tls && kind == SystemKind::Ringkv && source == Source::Start;
+        SystemPlan { kind, source, tls }
+    }
+
+    /// Refuses TLS for a ringkv the tool does not start.
+    fn check_security(&self, tls_cost: bool) -> Result<(), BenchError> {
+        let tls = tls_cost || self.security == SecurityArg::Tls;
+        if tls && !self.ringkv_endpoints.is_empty() {
+            return Err(BenchError::Usage(
+                "--security tls and --tls-cost start their own ringkv; they cannot be used with \
+                 --ringkv-endpoints"
+                    .into(),
+            ));
+        }
+        if tls_cost && self.security == SecurityArg::Tls {
+            return Err(BenchError::Usage(
+                "--tls-cost measures ringkv without and with TLS; leave --security at insecure".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn environment(&self) -> Environment {
@@ -204,8 +245,9 @@ fn now_unix_s() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-/// Runs the benchmark of `plans` and assembles the report.
-async fn benchmark(common: &CommonArgs, plans: &[SystemPlan]) -> Result<Report, BenchError> {
+/// Runs the benchmark of `plans` and assembles the report; with `tls_cost`, the medians of
+/// runs over TLS go to `tls_medians`.
+async fn benchmark(common: &CommonArgs, plans: &[SystemPlan], tls_cost: bool) -> Result<Report, BenchError> {
     let config = common.config();
     config.validate()?;
     let started_unix_s = now_unix_s();
@@ -213,7 +255,9 @@ async fn benchmark(common: &CommonArgs, plans: &[SystemPlan]) -> Result<Report, 
     let outcome = suite::run(&config, plans, &common.environment(), &progress).await;
     progress.finish();
     let (systems, runs) = outcome?;
-    let medians = medians(&runs);
+    let (tls_medians, medians) = medians(&runs)
+        .into_iter()
+        .partition(|run| tls_cost && run.key.tls);
     Ok(Report {
         tool: format!("ringkv-bench {}", env!("CARGO_PKG_VERSION")),
         started_unix_s,
@@ -223,14 +267,16 @@ async fn benchmark(common: &CommonArgs, plans: &[SystemPlan]) -> Result<Report, 
         systems,
         runs,
         medians,
+        tls_medians,
     })
 }
 
 async fn execute(cli: Cli) -> Result<(), BenchError> {
     match cli.command {
         Command::Run(args) => {
+            args.common.check_security(false)?;
             let plans: Vec<SystemPlan> = args.systems.iter().map(|kind| args.common.plan(*kind)).collect();
-            let report = benchmark(&args.common, &plans).await?;
+            let report = benchmark(&args.common, &plans, false).await?;
             println!("{}", markdown_table(&report.medians));
             if let Some(path) = &args.json {
                 let json = serde_json::to_string_pretty(&report).map_err(|source| BenchError::Json {
@@ -245,10 +291,12 @@ async fn execute(cli: Cli) -> Result<(), BenchError> {
             }
         }
         Command::Compare(args) => {
-            let plans = [
-                args.common.plan(SystemKind::Ringkv),
-                args.common.plan(SystemKind::Etcd),
-            ];
+            args.common.check_security(args.tls_cost)?;
+            let mut plans = vec![args.common.plan(SystemKind::Ringkv)];
+            if args.tls_cost {
+                plans.push(args.common.plan_with(SystemKind::Ringkv, true));
+            }
+            plans.push(args.common.plan(SystemKind::Etcd));
             let dir = args
                 .out_dir
                 .clone()
@@ -260,9 +308,12 @@ async fn execute(cli: Cli) -> Result<(), BenchError> {
                     dir.display()
                 )));
             }
-            let report = benchmark(&args.common, &plans).await?;
+            let report = benchmark(&args.common, &plans, args.tls_cost).await?;
             println!("{}", ratio_table(&headline_ratios(&report.medians)));
             println!("{}", markdown_table(&report.medians));
+            if args.tls_cost {
+                println!("{}", tls_cost_table(&report.medians, &report.tls_medians));
+            }
             write_results(&dir, &report, true)?;
             eprintln!("results written to {}", dir.display());
         }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::charts::{isolation_chart, latency_charts, throughput_charts, PlotFile};
-use crate::report::{headline_ratios, markdown_table, ratio_table, Report};
+use crate::report::{headline_ratios, markdown_table, ratio_table, tls_cost_table, Report};
 use crate::BenchError;
 
 /// `YYYY-MM-DD` (UTC) of `unix_s` seconds since the epoch.
@@ -83,6 +83,16 @@ pub fn readme_text(report: &Report, plots: &[PlotFile]) -> String {
          `VmHWM`; bench CPU s is the load generator's own CPU time in the window (it shares the \
          machine with the servers). Latency is measured from each operation's intended start.\n",
     );
+    if !report.tls_medians.is_empty() {
+        text.push_str("\n## TLS cost\n\n");
+        text.push_str(
+            "ringkv measured again with mutual TLS between every process and from the client \
+             (`--tls-cost`; certificates made for the cluster, the client presenting its own), in \
+             the same repetitions; ratios are with TLS ÷ without (ops/s below 1×, latencies above \
+             1× are the cost). The runs above, and the plots, are without TLS.\n\n",
+        );
+        text.push_str(&tls_cost_table(&report.medians, &report.tls_medians));
+    }
     if !plots.is_empty() {
         text.push_str("\n## Plots\n\n");
         for plot in plots {

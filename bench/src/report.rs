@@ -70,9 +70,21 @@ pub struct RunKey {
     pub distribution: Distribution,
     /// Closed or open loop.
     pub mode: LoopMode,
+    /// ringkv over mutual TLS (absent in results from before TLS: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 impl RunKey {
+    /// `ringkv`, `ringkv (TLS)`, `etcd`.
+    pub fn system_label(&self) -> String {
+        if self.tls {
+            format!("{} (TLS)", self.system.name())
+        } else {
+            self.system.name().to_string()
+        }
+    }
+
     /// Closed-loop outstanding operations, or open-loop workers.
     pub fn clients(&self) -> usize {
         self.mode.workers()
@@ -262,8 +274,12 @@ pub struct Report {
     pub systems: Vec<SystemInfo>,
     /// Every measured run.
     pub runs: Vec<RunResult>,
-    /// Medians over the repetitions.
+    /// Medians over the repetitions (without the runs of `tls_medians`).
     pub medians: Vec<RunResult>,
+    /// `compare --tls-cost`: medians of the extra ringkv runs over mutual TLS, the same
+    /// workloads and loops as ringkv's runs in `medians`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_medians: Vec<RunResult>,
 }
 
 fn ms(micros: u64) -> String {
@@ -306,7 +322,7 @@ pub fn markdown_table(results: &[RunResult]) -> String {
         let key = &result.key;
         table.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |\n",
-            key.system.name(),
+            key.system_label(),
             key.workload.describe(),
             key.distribution.name(),
             loop_label(key.mode),
@@ -324,6 +340,51 @@ pub fn markdown_table(results: &[RunResult]) -> String {
                 format!("{:.0}", bytes / (1024.0 * 1024.0))
             }),
             result.client_cpu_s,
+        ));
+    }
+    table
+}
+
+/// The cost of TLS: for each run in `tls_medians`, its figures beside those of the same
+/// run without TLS in `medians`, as ratios with TLS ÷ without (ops/s below 1 and
+/// latencies above 1 are the cost); a run without its counterpart is left out.
+pub fn tls_cost_table(medians: &[RunResult], tls_medians: &[RunResult]) -> String {
+    let mut table = String::from(
+        "| workload | keys | loop | clients | ops/s without | ops/s with TLS | ops/s ratio \
+         | p50 ms without | p50 ms with TLS | p50 ratio | p99 ms without | p99 ms with TLS | p99 ratio |\n\
+         | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let ratio = |with: f64, without: f64| {
+        if without > 0.0 {
+            format!("{:.2}×", with / without)
+        } else {
+            "—".to_string()
+        }
+    };
+    for with in tls_medians {
+        let plain_key = RunKey {
+            tls: false,
+            ..with.key.clone()
+        };
+        let Some(without) = medians.iter().find(|run| run.key == plain_key) else {
+            continue;
+        };
+        let key = &with.key;
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            key.workload.describe(),
+            key.distribution.name(),
+            loop_label(key.mode),
+            key.clients(),
+            thousands(without.ops_per_s),
+            thousands(with.ops_per_s),
+            ratio(with.ops_per_s, without.ops_per_s),
+            ms(without.latency.p50_us),
+            ms(with.latency.p50_us),
+            ratio(with.latency.p50_us as f64, without.latency.p50_us as f64),
+            ms(without.latency.p99_us),
+            ms(with.latency.p99_us),
+            ratio(with.latency.p99_us as f64, without.latency.p99_us as f64),
         ));
     }
     table
@@ -511,6 +572,7 @@ pub(crate) mod tests {
                 workload,
                 distribution: Distribution::Uniform,
                 mode: LoopMode::Closed { outstanding: clients },
+                tls: false,
             },
             repetition,
             measured_s: 10.0,
@@ -578,6 +640,44 @@ pub(crate) mod tests {
             table.contains("| puts/s, 64 clients (higher is better) | 1,000 | 4,000 | 0.25× |"),
             "{table}"
         );
+    }
+
+    /// The TLS cost divides each TLS run by the same run without TLS; a TLS run without its
+    /// counterpart is left out; the TLS runs' key survives a JSON round trip and results
+    /// from before TLS (no `tls` field) decode as runs without it.
+    #[test]
+    fn tls_cost_ratios() {
+        let with_tls = |mut run: RunResult| {
+            run.key.tls = true;
+            run
+        };
+        let medians = vec![
+            result(SystemKind::Ringkv, Workload::Put, 64, 0, 1000.0),
+            result(SystemKind::Etcd, Workload::Put, 64, 0, 4000.0),
+        ];
+        let tls_medians = vec![
+            with_tls(result(SystemKind::Ringkv, Workload::Put, 64, 0, 800.0)),
+            with_tls(result(SystemKind::Ringkv, Workload::Put, 1, 0, 100.0)),
+        ];
+        let table = tls_cost_table(&medians, &tls_medians);
+        assert!(
+            table.contains("| put | uniform | closed | 64 | 1,000 | 800 | 0.80× | 1.00 | 1.25 | 1.25× |"),
+            "{table}"
+        );
+        assert_eq!(
+            table.lines().count(),
+            3,
+            "the 1-client TLS run has no counterpart: {table}"
+        );
+        assert!(markdown_table(&tls_medians).contains("| ringkv (TLS) | put |"));
+
+        let json = serde_json::to_value(&tls_medians[0]).expect("encodes");
+        assert_eq!(json["tls"], serde_json::Value::Bool(true));
+        let mut old = serde_json::to_value(&medians[0]).expect("encodes");
+        assert!(old.get("tls").is_none(), "runs without TLS are written as before");
+        old.as_object_mut().expect("an object").remove("tls");
+        let decoded: RunResult = serde_json::from_value(old).expect("decodes");
+        assert!(!decoded.key.tls);
     }
 
     /// Thousands separators.

@@ -41,6 +41,8 @@ pub struct SystemPlan {
     pub kind: SystemKind,
     /// Started or external.
     pub source: Source,
+    /// A started ringkv speaks mutual TLS (issue 15); its runs are keyed apart.
+    pub tls: bool,
 }
 
 /// Where things are on this machine.
@@ -160,7 +162,7 @@ pub async fn run(
                 config.repetitions
             ));
             let mut running = start(plan, launcher, config, &work_dir).await?;
-            if !infos.iter().any(|info| info.system == plan.kind) {
+            if !infos.contains(&running.info) {
                 infos.push(running.info.clone());
             }
             let outcome = measure_system(config, &mut running, repetition, progress).await;
@@ -182,7 +184,7 @@ async fn start(
             Ok(RunningSystem::external(plan.kind, endpoints.clone(), pids))
         }
         (Launcher::Ringkv(binaries), Source::Start) => {
-            system::ringkv::start(binaries, config.shards, work_dir).await
+            system::ringkv::start(binaries, config.shards, plan.tls, work_dir).await
         }
         (Launcher::Etcd(etcd), Source::Start) => system::etcd::start(etcd, work_dir).await,
         (Launcher::External, Source::Start) => Err(BenchError::Usage(format!(
@@ -200,7 +202,9 @@ async fn measure_system(
 ) -> Result<Vec<RunResult>, BenchError> {
     match running.info.system {
         SystemKind::Ringkv => {
-            let target = RingkvTarget::connect(&running.endpoints, config.connections).await?;
+            let target =
+                RingkvTarget::connect(&running.endpoints, running.client_tls.clone(), config.connections)
+                    .await?;
             measure(&target, config, running, repetition, progress).await
         }
         SystemKind::Etcd => {
@@ -248,10 +252,11 @@ async fn measure<T: Target>(
                 workload: *workload,
                 distribution: config.distribution_of(*workload),
                 mode,
+                tls: running.client_tls.is_some(),
             };
             let label = format!(
                 "{} rep {repetition}: {} ({}), {} ×{}",
-                system.name(),
+                key.system_label(),
                 workload.describe(),
                 key.distribution.name(),
                 loop_label(mode),

@@ -117,6 +117,88 @@ async fn ringkv_run_reports_sane_results() {
     assert_empty(&work_dir);
 }
 
+/// `--security tls`: the cluster the tool starts speaks mutual TLS and the tool's client
+/// presents the client certificate; every run is marked as over TLS.
+#[tokio::test]
+async fn ringkv_run_over_tls_reports_sane_results() {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let work_dir = scratch.path().join("work");
+    let json = scratch.path().join("results.json");
+    let mut args = tiny_run("ringkv", "1", &json, &work_dir);
+    args.extend(["--security".to_string(), "tls".to_string()]);
+    let output = run_to_end(&args).await;
+    assert_eq!(check_report(&json, "ringkv"), 5);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("results JSON")).expect("valid JSON");
+    let setup = report["systems"][0]["setup"].as_str().expect("setup");
+    assert!(setup.contains("mutual TLS"), "{setup}");
+    for run in report["runs"].as_array().expect("runs") {
+        assert_eq!(run["tls"], Value::Bool(true), "{run}");
+    }
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("| ringkv (TLS) | put | uniform | closed | 2 |"),
+        "{table}"
+    );
+    assert_empty(&work_dir);
+}
+
+/// `compare --tls-cost` measures ringkv without and with TLS (and etcd) and writes the TLS
+/// cost into its README; skipped when etcd is not installed.
+#[tokio::test]
+async fn compare_reports_the_cost_of_tls() {
+    if let Err(err) = ringkv_bench::system::etcd::locate_etcd(None) {
+        eprintln!("skipping the compare test: {err}");
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let work_dir = scratch.path().join("work");
+    let out_dir = scratch.path().join("results");
+    let args: Vec<String> = [
+        "compare",
+        "--tls-cost",
+        "--workloads",
+        "put",
+        "--clients",
+        "2",
+        "--records",
+        "50",
+        "--warmup-s",
+        "0.2",
+        "--duration-s",
+        "1",
+        "--repetitions",
+        "1",
+        "--connections",
+        "1",
+        "--shards",
+        "2",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .chain(["--work-dir".to_string(), work_dir.display().to_string()])
+    .chain(["--out-dir".to_string(), out_dir.display().to_string()])
+    .collect();
+    run_to_end(&args).await;
+    let readme = std::fs::read_to_string(out_dir.join("README.md")).expect("README written");
+    let section = readme
+        .split("## TLS cost")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no TLS cost section:\n{readme}"));
+    assert!(section.contains("| put | uniform | closed | 2 |"), "{section}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).expect("results JSON"))
+            .expect("valid JSON");
+    assert_eq!(
+        report["medians"].as_array().map(Vec::len),
+        Some(2),
+        "ringkv and etcd without TLS"
+    );
+    assert_eq!(report["tls_medians"].as_array().map(Vec::len), Some(1));
+    assert_eq!(report["tls_medians"][0]["tls"], Value::Bool(true));
+    assert_empty(&work_dir);
+}
+
 /// The same against etcd (3 members started by the tool); skipped when etcd is not
 /// installed (`bench/scripts/install-etcd.sh`).
 #[tokio::test]

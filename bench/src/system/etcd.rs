@@ -115,5 +115,5 @@ pub async fn start(etcd: &Path, parent: &Path) -> Result<RunningSystem, BenchErr
             etcd.display()
         ),
     };
-    Ok(started.into_system(info, endpoints))
+    Ok(started.into_system(info, endpoints, None))
 }

@@ -13,6 +13,7 @@ pub mod ringkv;
 
 use std::time::Duration;
 
+use ringkv_client::ClientTls;
 use ringkv_launcher::{Launch, Process};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +69,9 @@ pub struct RunningSystem {
     pub endpoints: Vec<String>,
     /// The server processes whose usage is measured.
     pub servers: Vec<ServerProcess>,
+    /// The client certificate to connect with (a ringkv started with TLS), `None` for plain
+    /// http.
+    pub client_tls: Option<ClientTls>,
     /// What the tool started (`None` for an external system).
     started: Option<Started>,
 }
@@ -90,6 +94,7 @@ impl RunningSystem {
                     pid: *pid,
                 })
                 .collect(),
+            client_tls: None,
             started: None,
         }
     }
@@ -168,10 +173,16 @@ impl Started {
         }
     }
 
-    fn into_system(mut self, info: SystemInfo, endpoints: Vec<String>) -> RunningSystem {
+    fn into_system(
+        mut self,
+        info: SystemInfo,
+        endpoints: Vec<String>,
+        client_tls: Option<ClientTls>,
+    ) -> RunningSystem {
         RunningSystem {
             info,
             endpoints,
+            client_tls,
             servers: std::mem::take(&mut self.servers),
             started: Some(self),
         }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ringkv_client::{Client, ClientConfig, Isolation, KeyRange, ReadConsistency, ScanOptions};
+use ringkv_client::{Client, ClientConfig, ClientTls, Isolation, KeyRange, ReadConsistency, ScanOptions};
 
 use crate::target::{Target, TargetError};
 use crate::workload::{Consistency, TxnIsolation};
@@ -19,9 +19,16 @@ pub struct RingkvTarget {
 }
 
 impl RingkvTarget {
-    /// `connections` clients of the routers at `endpoints`.
-    pub async fn connect(endpoints: &[String], connections: usize) -> Result<RingkvTarget, BenchError> {
-        let config = ClientConfig::default();
+    /// `connections` clients of the routers at `endpoints`, over TLS with `tls`.
+    pub async fn connect(
+        endpoints: &[String],
+        tls: Option<ClientTls>,
+        connections: usize,
+    ) -> Result<RingkvTarget, BenchError> {
+        let config = match tls {
+            Some(tls) => ClientConfig::builder().tls(tls).build()?,
+            None => ClientConfig::default(),
+        };
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
             clients.push(Client::connect_with(endpoints.to_vec(), config.clone()).await?);
