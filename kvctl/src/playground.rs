@@ -531,18 +531,34 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
     Ok(init.cluster_id)
 }
 
-/// Turns permissions on (issue 15; idempotent, so a resumed playground does it again): the
+/// Turns permissions on (issue 15; idempotent, so a resumed playground checks again): the
 /// playground's client certificate is root's, so its commands still just work, and any
-/// other user needs roles (`kvctl user add`, `kvctl role grant`).
+/// other user needs roles (`kvctl user add`, `kvctl role grant`). Retried until the startup
+/// deadline: right after a restart the system group may still be electing its leader.
 async fn enable_permissions(plan: &Plan) -> anyhow::Result<()> {
     let probe = plan.probe_config(PROBE_TIMEOUT, true)?;
     let client = Client::connect_with(vec![plan.router_addr.clone()], probe).await?;
-    client
-        .change_auth(ringkv_proto::v1::change_auth_request::Change::Enable(true))
-        .await
-        .context("enabling permissions")?;
-    eprintln!("permissions enabled: the client certificate is root's (kvctl user/role to add others)");
-    Ok(())
+    let deadline = Instant::now() + plan.startup_timeout;
+    loop {
+        let enabled = match client.get_auth().await {
+            Ok(answer) if answer.table.as_ref().is_some_and(|table| table.enabled) => Ok(()),
+            Ok(_) => client
+                .change_auth(ringkv_proto::v1::change_auth_request::Change::Enable(true))
+                .await
+                .map(|_| ()),
+            Err(err) => Err(err),
+        };
+        match enabled {
+            Ok(()) => {
+                eprintln!("permissions enabled: the client certificate is root's (kvctl user/role to add others)");
+                return Ok(());
+            }
+            Err(err) if Instant::now() >= deadline => {
+                return Err(anyhow::Error::new(err).context("enabling permissions"))
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
 }
 
 /// Waits until every node answers NodeStatus with its expected id.
