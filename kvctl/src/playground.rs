@@ -550,7 +550,9 @@ async fn enable_permissions(plan: &Plan) -> anyhow::Result<()> {
         };
         match enabled {
             Ok(()) => {
-                eprintln!("permissions enabled: the client certificate is root's (kvctl user/role to add others)");
+                eprintln!(
+                    "permissions enabled: the client certificate is root's (kvctl user/role to add others)"
+                );
                 return Ok(());
             }
             Err(err) if Instant::now() >= deadline => {
