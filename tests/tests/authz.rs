@@ -303,3 +303,53 @@ async fn permissions_are_enforced_at_the_router_and_the_nodes() -> anyhow::Resul
     assert_eq!(root.get("other/x").await?.expect("other/x").value, b"secret");
     Ok(())
 }
+
+/// `kvctl role`, `kvctl user` and `kvctl auth` manage the table with the root certificate;
+/// the table they print is what they set, and `auth status` says who the caller is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_manages_roles_users_and_auth() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions {
+        shards: 2,
+        tls: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let certs = certs(&cluster);
+    let client = certs.paths(Role::Client);
+    let router = cluster.router_addr.clone().expect("a router");
+    let kvctl = |args: &[&str]| -> anyhow::Result<String> {
+        let output = std::process::Command::new(ringkv_tests::bin_dir()?.join("kvctl"))
+            .args(["-e", &router, "--timeout", "10000"])
+            .env("RINGKV_CA", certs.ca())
+            .env("RINGKV_CERT", &client.cert)
+            .env("RINGKV_KEY", &client.key)
+            .args(args)
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        anyhow::ensure!(output.status.success(), "kvctl {args:?}: {stderr}");
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    kvctl(&["role", "add", "app-reader"])?;
+    kvctl(&["role", "grant", "app-reader", "read", "app/"])?;
+    kvctl(&["user", "add", "alice", "--role", "app-reader"])?;
+    let roles: serde_json::Value = serde_json::from_str(&kvctl(&["-o", "json", "role", "list"])?)?;
+    assert_eq!(
+        roles,
+        serde_json::json!([{"role": "app-reader", "grants": [{"permission": "read", "prefix": "app/"}]}])
+    );
+    let users: serde_json::Value = serde_json::from_str(&kvctl(&["-o", "json", "user", "list"])?)?;
+    assert_eq!(
+        users,
+        serde_json::json!([{"user": "alice", "roles": ["app-reader"]}])
+    );
+    kvctl(&["auth", "enable"])?;
+    let status: serde_json::Value = serde_json::from_str(&kvctl(&["-o", "json", "auth", "status"])?)?;
+    assert_eq!(status["enabled"], true, "{status}");
+    assert_eq!(status["you"], "root", "{status}");
+    kvctl(&["user", "revoke-role", "alice", "app-reader"])?;
+    kvctl(&["role", "del", "app-reader"])?;
+    kvctl(&["user", "del", "alice"])?;
+    let users: serde_json::Value = serde_json::from_str(&kvctl(&["-o", "json", "user", "list"])?)?;
+    assert_eq!(users, serde_json::json!([]));
+    Ok(())
+}
