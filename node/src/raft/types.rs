@@ -502,7 +502,10 @@ mod tests {
         assert_eq!(encode(&check), vec![10, 1, 1, 7, 2]);
         assert_eq!(result(&CommandResult::Txn(TxnOutcome::Prewritten)), vec![6, 0]);
         // The permission table's change and result (issue 15) came after every other.
-        assert_eq!(encode(&Command::Auth(ringkv_authz::AuthChange::Enable)), vec![13, 8]);
+        assert_eq!(
+            encode(&Command::Auth(ringkv_authz::AuthChange::Enable)),
+            vec![13, 8]
+        );
         assert_eq!(
             result(&CommandResult::Auth(Ok(ringkv_authz::AuthTable::default()))),
             vec![9, 0, 0, 0, 0]
