@@ -11,6 +11,12 @@
 //! Spawning, address files, init and leader waits are `ringkv-launcher`'s (shared with the
 //! end-to-end tests and `kvctl playground`); this module keeps what is particular to fault
 //! injection: slots in the namespace network, fates, libfaketime clocks, membership changes.
+//!
+//! Security: without TLS (`--insecure`), or with mutual TLS ([`ClusterSpec::tls`]):
+//! `ringkv-launcher`'s `ClusterCerts` in `<dir>/certs`, node and router certificates valid for
+//! loopback and every namespace address, authenticated gossip, and every client of the
+//! harness (workload clients, direct reads, admin calls, status probes) presenting the
+//! client certificate (user root).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +24,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use ringkv_client::ClientTls;
 use ringkv_launcher::binaries::Binaries;
-use ringkv_launcher::{cluster as launch, Launch, Process, Security};
+use ringkv_launcher::{cluster as launch, ClusterCerts, Launch, Process, Security};
 use ringkv_proto::v1::{self, admin_client::AdminClient};
 
 use crate::net::Network;
@@ -60,6 +67,8 @@ pub struct ClusterSpec {
     /// its disk ([`Cluster::lose_unsynced`], [`Cluster::fail_syncs`], [`Cluster::slow_syncs`],
     /// [`Cluster::fill_disk`]).
     pub disk_faults: bool,
+    /// Mutual TLS between every process and from the harness (else `--insecure`).
+    pub tls: bool,
 }
 
 /// Where Debian's libfaketime lives (multi-threaded variant).
@@ -126,6 +135,10 @@ pub struct Cluster {
     addr_book: Arc<RwLock<Vec<String>>>,
     /// What a failed sync does with the unsynced data ([`Cluster::fail_syncs`]).
     failed_sync_data: ringkv_faultfs::FailedSyncData,
+    /// How the processes talk.
+    security: Security,
+    /// The harness's client certificate (with TLS).
+    client_tls: Option<ClientTls>,
 }
 
 impl Cluster {
@@ -140,6 +153,22 @@ impl Cluster {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
+        let security = if spec.tls {
+            let hosts: Vec<String> = match &placement {
+                Placement::Loopback => Vec::new(),
+                Placement::Namespaces(net) => (1..=net.node_count())
+                    .map(|slot| net.host_ip(slot).to_string())
+                    .collect(),
+            };
+            Security::Tls(ClusterCerts::create_for_hosts(
+                &dir.join("certs"),
+                "ringkv-jepsen",
+                &hosts,
+            )?)
+        } else {
+            Security::Insecure
+        };
+        let client_tls = security.client_tls()?;
         let mut cluster = Cluster {
             spec,
             binaries,
@@ -151,6 +180,8 @@ impl Cluster {
             clients_made: std::sync::atomic::AtomicUsize::new(0),
             addr_book: Arc::default(),
             failed_sync_data: ringkv_faultfs::FailedSyncData::Lost,
+            security,
+            client_tls,
         };
         for id in 1..=cluster.spec.nodes {
             cluster.place_node(id)?;
@@ -315,8 +346,7 @@ impl Cluster {
             .arg(&node.data_dir)
             .arg("--addr-file")
             .arg(&addr_file)
-            // The harness runs without TLS in this slice of issue 15.
-            .args(Security::Insecure.node_args())
+            .args(self.security.node_args())
             .args(&self.spec.node_args)
             .log(log);
         if self.spec.fake_clock {
@@ -489,9 +519,14 @@ impl Cluster {
     /// Bootstraps the cluster through node 1.
     async fn init(&self) -> Result<()> {
         let addrs: Vec<String> = self.nodes.values().map(|node| node.addr.clone()).collect();
-        launch::init_cluster(&addrs, self.spec.shards, self.spec.replication_factor, None)
-            .await
-            .context("cluster init")?;
+        launch::init_cluster(
+            &addrs,
+            self.spec.shards,
+            self.spec.replication_factor,
+            self.client_tls.as_ref(),
+        )
+        .await
+        .context("cluster init")?;
         Ok(())
     }
 
@@ -528,7 +563,7 @@ impl Cluster {
             .arg(nodes.join(","))
             .arg("--addr-file")
             .arg(&addr_file)
-            .args(Security::Insecure.router_args())
+            .args(self.security.router_args())
             .args(self.spec.router_args.iter())
             .log(self.router_log(index))
             .spawn()?;
@@ -578,7 +613,9 @@ impl Cluster {
     /// Node `id`'s status, if it answers within a second.
     pub async fn node_status(&self, id: usize) -> Option<v1::NodeStatusResponse> {
         let addr = self.node_addr(id)?;
-        launch::node_status(&addr, STATUS_TIMEOUT, None).await.ok()
+        launch::node_status(&addr, STATUS_TIMEOUT, self.client_tls.as_ref())
+            .await
+            .ok()
     }
 
     /// Statuses of every running node that answers, by node id.
@@ -635,13 +672,20 @@ impl Cluster {
             .collect()
     }
 
-    async fn admin(addr: &str) -> Result<AdminClient<tonic::transport::Channel>> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(15))
-            .connect()
-            .await?;
+    async fn admin(&self, addr: &str) -> Result<AdminClient<tonic::transport::Channel>> {
+        let channel = connect(
+            addr,
+            self.client_tls.as_ref(),
+            Duration::from_secs(1),
+            Duration::from_secs(15),
+        )
+        .await?;
         Ok(AdminClient::new(channel))
+    }
+
+    /// The harness's client certificate, `None` without TLS.
+    pub fn client_tls(&self) -> Option<ClientTls> {
+        self.client_tls.clone()
     }
 
     /// Starts a node with a fresh id (ids are never reused) in a free slot and asks the
@@ -661,7 +705,7 @@ impl Cluster {
                 node_id: id as u64,
                 addr: addr.clone(),
             };
-            match Self::admin(&member).await {
+            match self.admin(&member).await {
                 Ok(mut admin) => match admin.add_node(request).await {
                     Ok(_) => return Ok(id),
                     Err(status) => last_error = format!("{member}: {}", status.message()),
@@ -689,7 +733,7 @@ impl Cluster {
         let mut members = self.member_addrs(Some(id));
         members.extend(self.member_addrs(None));
         for member in members {
-            match Self::admin(&member).await {
+            match self.admin(&member).await {
                 Ok(mut admin) => match admin
                     .decommission_node(v1::DecommissionNodeRequest { node_id: id as u64 })
                     .await
@@ -707,7 +751,8 @@ impl Cluster {
     /// new term.
     pub async fn transfer_leader(&self, shard: u32, from: usize, to: usize) -> Result<u64> {
         let addr = self.node_addr(from).ok_or_else(|| anyhow!("no node {from}"))?;
-        let response = Self::admin(&addr)
+        let response = self
+            .admin(&addr)
             .await?
             .transfer_leader(v1::TransferLeaderRequest {
                 shard_id: shard,
@@ -817,7 +862,7 @@ impl Cluster {
 
     /// The leader of every shard as claimed by running nodes (highest term wins).
     pub async fn leaders(&self) -> BTreeMap<u32, usize> {
-        launch::shard_leaders(&self.running_members(), STATUS_TIMEOUT, None)
+        launch::shard_leaders(&self.running_members(), STATUS_TIMEOUT, self.client_tls.as_ref())
             .await
             .into_iter()
             .map(|(shard, id)| (shard, id as usize))
@@ -826,7 +871,7 @@ impl Cluster {
 
     /// The leader of the system group (which serves the timestamp oracle), if one claims it.
     pub async fn system_leader(&self) -> Option<usize> {
-        launch::system_leader(&self.running_members(), STATUS_TIMEOUT, None)
+        launch::system_leader(&self.running_members(), STATUS_TIMEOUT, self.client_tls.as_ref())
             .await
             .map(|id| id as usize)
     }
@@ -844,7 +889,7 @@ impl Cluster {
             self.spec.shards,
             timeout,
             STATUS_TIMEOUT,
-            None,
+            self.client_tls.as_ref(),
         )
         .await?;
         Ok(leaders
@@ -856,9 +901,11 @@ impl Cluster {
     /// A client of the routers with the given per-request timeout: each client starts at the
     /// next router in turn and fails over to the others.
     pub async fn client(&self, timeout: Duration) -> Result<ringkv_client::Client> {
-        let config = ringkv_client::ClientConfig::builder()
-            .request_timeout(timeout)
-            .build()?;
+        let mut config = ringkv_client::ClientConfig::builder().request_timeout(timeout);
+        if let Some(tls) = &self.client_tls {
+            config = config.tls(tls.clone());
+        }
+        let config = config.build()?;
         let mut routers = self.router_addrs.clone();
         if !routers.is_empty() {
             let made = self
@@ -901,6 +948,30 @@ impl Cluster {
         logs.extend((0..self.routers.len()).map(|index| self.router_log(index)));
         logs
     }
+}
+
+/// A channel to one node (`host:port`): https presenting `tls`'s certificate, else plain
+/// http; connected within `connect_timeout`, each call bounded by `timeout`.
+pub async fn connect(
+    addr: &str,
+    tls: Option<&ClientTls>,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let endpoint = match tls {
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+        )?,
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+    };
+    Ok(endpoint
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .connect()
+        .await?)
 }
 
 /// Removes everything inside `dir`, keeping `dir` itself.

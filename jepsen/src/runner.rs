@@ -104,6 +104,8 @@ pub struct RunOptions {
     pub keep_data: bool,
     /// How many violations the verdict lists: a sample per kind (default) or all.
     pub listing: checker::Listing,
+    /// Mutual TLS between every process and from the harness (`--security tls`).
+    pub tls: bool,
 }
 
 impl RunOptions {
@@ -155,6 +157,7 @@ impl RunOptions {
             liveness_timeout: Duration::from_secs(30),
             keep_data: false,
             listing: checker::Listing::Sample,
+            tls: false,
         }
     }
 }
@@ -398,6 +401,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         bin_dir: options.bin_dir.clone(),
         fake_clock,
         disk_faults: options.nemeses.iter().any(|kind| kind.needs_disk_faults()),
+        tls: options.tls,
     };
     if spec.disk_faults {
         ringkv_faultfs::fuse_available().context("the lose-unsynced nemeses need FUSE")?;
@@ -416,6 +420,7 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         ring_of(&cluster).await.map(|ring| DirectReads {
             node_addrs: cluster.addr_book(),
             ring,
+            tls: cluster.client_tls(),
         })
     } else {
         None

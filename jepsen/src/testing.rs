@@ -61,6 +61,7 @@ pub async fn three_nodes_on_faultfs(
         bin_dir: bin_dir()?,
         fake_clock: false,
         disk_faults: true,
+        tls: false,
     };
     Cluster::start(spec, dir, Placement::Namespaces(Box::new(network))).await
 }

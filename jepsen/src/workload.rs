@@ -81,6 +81,8 @@ pub struct DirectReads {
     /// correct node refuses when it is not the leader.
     pub node_addrs: Arc<std::sync::RwLock<Vec<String>>>,
     pub ring: ringkv_ring::Ring,
+    /// The harness's client certificate when the cluster speaks TLS.
+    pub tls: Option<ringkv_client::ClientTls>,
 }
 
 /// Shared state of the register workload.
@@ -209,11 +211,14 @@ async fn direct_read(direct: &DirectReads, key: u64, rng: &mut StdRng) -> Result
     };
     let key_bytes = register_key(key);
     let shard = direct.ring.shard_for_key(&key_bytes).0;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|err| err.to_string())?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(1));
-    let channel = endpoint.connect().await.map_err(|err| err.to_string())?;
+    let channel = crate::cluster::connect(
+        &addr,
+        direct.tls.as_ref(),
+        Duration::from_millis(500),
+        Duration::from_secs(1),
+    )
+    .await
+    .map_err(|err| format!("{err:#}"))?;
     let response = v1::shard_kv_client::ShardKvClient::new(channel)
         .read(v1::ShardReadRequest {
             shard_id: shard,

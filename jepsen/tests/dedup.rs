@@ -68,6 +68,7 @@ async fn put_retried_across_a_clock_jump(unsafe_wall_clock: bool) -> anyhow::Res
         bin_dir,
         fake_clock: true,
         disk_faults: false,
+        tls: false,
     };
     let cluster = Cluster::start(spec, dir.path(), Placement::Loopback).await?;
     let leader = *cluster

@@ -110,6 +110,29 @@ async fn smoke_partition_and_kill_is_valid() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same faults with mutual TLS between every process and from the harness (`--security
+/// tls`; issue 15): nodes in network namespaces with certificates for their addresses,
+/// authenticated gossip, workload clients, direct reads and probes presenting the client
+/// certificate; a partition and a node kill, register and set workloads, come out valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_with_tls_is_valid() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut options = options(
+        16,
+        vec![NemesisKind::PartitionMajority, NemesisKind::KillOne],
+        &out,
+        0x5eed_0015,
+    );
+    options.tls = true;
+    options.workloads = vec![Workload::Register, Workload::Set];
+    let report = runner::run(options).await?;
+    let summary = std::fs::read_to_string(report.dir.join("summary.txt"))?;
+    assert_eq!(report.verdict.validity, Validity::Valid, "{summary}");
+    assert!(report.ops > 100, "the workload ran over TLS: {summary}");
+    Ok(())
+}
+
 /// Membership changes under load and faults: nodes are added, decommissioned and replaced
 /// (killed for good, declared dead, restarted to clean up) while a partition and kills run;
 /// the register and set workloads stay valid.

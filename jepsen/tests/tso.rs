@@ -56,6 +56,7 @@ async fn timestamps_around_a_fast_leader(unsafe_ignore_bound: bool) -> anyhow::R
         bin_dir,
         fake_clock: true,
         disk_faults: false,
+        tls: false,
     };
     let mut cluster = Cluster::start(spec, dir.path(), Placement::Loopback).await?;
     let client = cluster.client(Duration::from_secs(5)).await?;

@@ -2,9 +2,11 @@
 //!
 //! [`Security::Insecure`] passes `--insecure` to nodes and routers (they refuse to start
 //! without TLS otherwise) and clients connect over plain http: the default of the tests,
-//! the fault-injection harness and the benchmark in this slice of issue 15.
+//! the fault-injection harness (`ringkv-jepsen run --security tls` for TLS) and the benchmark
+//! (`ringkv-bench --security tls`).
 //! [`Security::Tls`] holds a [`ClusterCerts`]: a CA made for the cluster and, signed by it,
-//! one node certificate (shared by the nodes: they all listen on loopback), one router
+//! one node certificate (shared by the nodes; valid for loopback and the hosts given to
+//! [`ClusterCerts::create_for_hosts`]), one router
 //! certificate and one client certificate (user `root`), written with `ringkv-tls` into a
 //! directory of the cluster; and the cluster's gossip key (`gossip.key`, `ringkv_gossip::key`),
 //! passed to nodes and routers with `--gossip-key` so their gossip is authenticated.
@@ -73,6 +75,17 @@ impl ClusterCerts {
     /// Creates a CA named `cluster_name`, the three leaf certificates and the gossip key in
     /// `dir` (made if missing; existing files are refused).
     pub fn create(dir: &Path, cluster_name: &str) -> Result<ClusterCerts, LaunchError> {
+        ClusterCerts::create_for_hosts(dir, cluster_name, &[])
+    }
+
+    /// [`ClusterCerts::create`] with node and router certificates valid for `extra_hosts`
+    /// (IP addresses or DNS names) besides [`LOCAL_HOSTS`]: for nodes listening outside
+    /// loopback, e.g. in the fault-injection harness's network namespaces.
+    pub fn create_for_hosts(
+        dir: &Path,
+        cluster_name: &str,
+        extra_hosts: &[String],
+    ) -> Result<ClusterCerts, LaunchError> {
         let failed = |err: ringkv_tls::CertError| LaunchError::Certificates(err.to_string());
         let ca = CertificateAuthority::create(
             cluster_name,
@@ -87,9 +100,14 @@ impl ClusterCerts {
         for role in Role::ALL {
             let (hosts, user) = match role {
                 Role::Client => (Vec::new(), Some(CLIENT_USER.to_string())),
-                Role::Node | Role::Router => {
-                    (LOCAL_HOSTS.iter().map(|host| host.to_string()).collect(), None)
-                }
+                Role::Node | Role::Router => (
+                    LOCAL_HOSTS
+                        .iter()
+                        .map(|host| host.to_string())
+                        .chain(extra_hosts.iter().cloned())
+                        .collect(),
+                    None,
+                ),
             };
             let issued = ca
                 .issue(&LeafRequest {

@@ -43,8 +43,22 @@ enum Command {
     },
 }
 
+/// `--security`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SecurityArg {
+    /// Plain http (`--insecure`).
+    Insecure,
+    /// Mutual TLS.
+    Tls,
+}
+
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// How the cluster's processes and the harness talk: `insecure` (plain http,
+    /// `--insecure`) or `tls` (mutual TLS with certificates made for the run, authenticated
+    /// gossip, the harness presenting a client certificate).
+    #[arg(long, value_enum, default_value = "insecure")]
+    security: SecurityArg,
     /// How long the workload runs, in seconds.
     #[arg(long, default_value_t = 60)]
     duration_s: u64,
@@ -258,6 +272,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.router_rpc_timeout_ms = args.router_rpc_timeout_ms;
     options.routers = args.routers.max(1);
     options.keep_data = args.keep_data;
+    options.tls = args.security == SecurityArg::Tls;
     let report = runner::run(options).await?;
     println!(
         "{}",
