@@ -1,5 +1,5 @@
 //! The cluster's gossip key: 32 random bytes shared by every node and router of a cluster,
-//! with which [`crate::auth`] authenticates each gossip datagram (HMAC-SHA256).
+//! with which the `auth` module authenticates each gossip datagram (HMAC-SHA256).
 //!
 //! # The key file
 //!
