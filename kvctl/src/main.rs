@@ -201,6 +201,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing();
+    let plain = cli.global.ca.is_none();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -212,10 +213,29 @@ fn main() -> ExitCode {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => {
             eprintln!("error: {err:#}");
+            if plain && is_transport(&err) {
+                eprintln!("{TLS_HINT}");
+            }
             exit_code(&err)
         }
     };
     ExitCode::from(code)
+}
+
+/// Printed after a broken connection when kvctl spoke plain HTTP/2: a secure cluster (the
+/// playground's default) closes such connections without a gRPC answer.
+const TLS_HINT: &str = "hint: kvctl connected without TLS; if the cluster uses TLS (kvctl playground \
+does by default), give --ca, --cert and --key or set RINGKV_CA, RINGKV_CERT and RINGKV_KEY \
+(the playground prints the line to export)";
+
+/// Whether `err` is a broken or refused connection (not an answer from a server).
+fn is_transport(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ringkv_client::Error>(),
+            Some(ringkv_client::Error::Transport(_))
+        )
+    })
 }
 
 /// Logs go to stderr, `warn` unless `RUST_LOG` says otherwise.

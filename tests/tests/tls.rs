@@ -449,5 +449,9 @@ async fn kvctl_speaks_tls_with_its_certificate() -> anyhow::Result<()> {
     let without = kvctl()?.args(["get", "kvctl/key"]).output()?;
     assert!(!without.status.success(), "plain http to a TLS router");
     assert_ne!(without.status.code(), Some(101), "an error, not a panic");
+    // The broken connection comes with a hint at what is missing, not a bare "broken pipe".
+    let said = String::from_utf8_lossy(&without.stderr);
+    assert!(said.contains("hint: kvctl connected without TLS"), "{said}");
+    assert!(said.contains("RINGKV_CA"), "{said}");
     Ok(())
 }
