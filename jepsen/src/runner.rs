@@ -104,7 +104,8 @@ pub struct RunOptions {
     pub keep_data: bool,
     /// How many violations the verdict lists: a sample per kind (default) or all.
     pub listing: checker::Listing,
-    /// Mutual TLS between every process and from the harness (`--security tls`).
+    /// Mutual TLS between every process and from the harness (the default; `--security
+    /// insecure` turns it off).
     pub tls: bool,
 }
 
@@ -157,7 +158,7 @@ impl RunOptions {
             liveness_timeout: Duration::from_secs(30),
             keep_data: false,
             listing: checker::Listing::Sample,
-            tls: false,
+            tls: true,
         }
     }
 }

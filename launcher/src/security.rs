@@ -1,9 +1,9 @@
 //! Whether a launched cluster speaks mutual TLS, and its certificates when it does.
 //!
 //! [`Security::Insecure`] passes `--insecure` to nodes and routers (they refuse to start
-//! without TLS otherwise) and clients connect over plain http: the default of the tests,
-//! the fault-injection harness (`ringkv-jepsen run --security tls` for TLS) and the benchmark
-//! (`ringkv-bench --security tls`).
+//! without TLS otherwise) and clients connect over plain http: the default of the tests and
+//! the benchmark (`ringkv-bench --security tls` for TLS); the fault-injection harness runs
+//! TLS unless given `ringkv-jepsen run --security insecure`.
 //! [`Security::Tls`] holds a [`ClusterCerts`]: a CA made for the cluster and, signed by it,
 //! one node certificate (shared by the nodes; valid for loopback and the hosts given to
 //! [`ClusterCerts::create_for_hosts`]), one router

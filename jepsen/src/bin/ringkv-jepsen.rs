@@ -54,10 +54,10 @@ enum SecurityArg {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// How the cluster's processes and the harness talk: `insecure` (plain http,
-    /// `--insecure`) or `tls` (mutual TLS with certificates made for the run, authenticated
-    /// gossip, the harness presenting a client certificate).
-    #[arg(long, value_enum, default_value = "insecure")]
+    /// How the cluster's processes and the harness talk: `tls` (mutual TLS with certificates
+    /// made for the run, authenticated gossip, the harness presenting a client certificate)
+    /// or `insecure` (plain http, `--insecure`).
+    #[arg(long, value_enum, default_value = "tls")]
     security: SecurityArg,
     /// How long the workload runs, in seconds.
     #[arg(long, default_value_t = 60)]
