@@ -21,7 +21,14 @@ async fn serves_and_stops_on_sigterm() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let addr_file = dir.path().join("router.addr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv-router"))
-        .args(["--listen", "127.0.0.1:0", "--insecure", "--log-format", "json", "--nodes"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--log-format",
+            "json",
+            "--nodes",
+        ])
         .arg(nodes.addrs.join(","))
         .arg("--addr-file")
         .arg(&addr_file)
