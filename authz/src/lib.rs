@@ -165,6 +165,24 @@ pub enum Access<'a> {
     Cluster,
 }
 
+impl<'a> Access<'a> {
+    /// `[start, end)` with an empty `end` meaning no end (the wire's convention).
+    pub fn range(start: &'a [u8], end: &'a [u8]) -> Access<'a> {
+        Access::Range {
+            start,
+            end: (!end.is_empty()).then_some(end),
+        }
+    }
+
+    /// `permission` on each of `keys`.
+    pub fn keys(
+        permission: Permission,
+        keys: impl IntoIterator<Item = &'a Vec<u8>>,
+    ) -> impl Iterator<Item = (Permission, Access<'a>)> {
+        keys.into_iter().map(move |key| (permission, Access::Key(key)))
+    }
+}
+
 impl fmt::Display for Access<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -147,17 +147,7 @@ fn range<'a>(start: &'a [u8], end: &'a [u8], prefix: &'a [u8]) -> Access<'a> {
     if !prefix.is_empty() {
         return Access::Prefix(prefix);
     }
-    Access::Range {
-        start,
-        end: (!end.is_empty()).then_some(end),
-    }
-}
-
-fn keys<'a>(
-    permission: Permission,
-    keys: impl IntoIterator<Item = &'a Vec<u8>>,
-) -> impl Iterator<Item = (Permission, Access<'a>)> {
-    keys.into_iter().map(move |key| (permission, Access::Key(key)))
+    Access::range(start, end)
 }
 
 impl Touches for v1::GetRequest {
@@ -186,19 +176,19 @@ impl Touches for v1::CompareAndSwapRequest {
 
 impl Touches for v1::BatchGetRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        keys(Permission::Read, &self.keys).collect()
+        Access::keys(Permission::Read, &self.keys).collect()
     }
 }
 
 impl Touches for v1::BatchPutRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        keys(Permission::Write, self.entries.iter().map(|entry| &entry.key)).collect()
+        Access::keys(Permission::Write, self.entries.iter().map(|entry| &entry.key)).collect()
     }
 }
 
 impl Touches for v1::BatchWriteRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        keys(
+        Access::keys(
             Permission::Write,
             self.mutations.iter().map(|mutation| &mutation.key),
         )
@@ -230,8 +220,9 @@ impl Touches for v1::DeleteRangeRequest {
 
 impl Touches for v1::TxnCommitRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        let mut touched: Vec<_> = keys(Permission::Write, self.mutations.iter().map(|m| &m.key)).collect();
-        touched.extend(keys(Permission::Read, &self.read_keys));
+        let mut touched: Vec<_> =
+            Access::keys(Permission::Write, self.mutations.iter().map(|m| &m.key)).collect();
+        touched.extend(Access::keys(Permission::Read, &self.read_keys));
         touched.extend(
             self.read_ranges
                 .iter()

@@ -34,30 +34,15 @@ pub trait Touches {
     fn touches(&self) -> Vec<(Permission, Access<'_>)>;
 }
 
-/// `[start, end)` with an empty end meaning no end (the shard messages' convention).
-fn range<'a>(start: &'a [u8], end: &'a [u8]) -> Access<'a> {
-    Access::Range {
-        start,
-        end: (!end.is_empty()).then_some(end),
-    }
-}
-
-fn keys<'a>(
-    permission: Permission,
-    keys: impl IntoIterator<Item = &'a Vec<u8>>,
-) -> impl Iterator<Item = (Permission, Access<'a>)> {
-    keys.into_iter().map(move |key| (permission, Access::Key(key)))
-}
-
 impl Touches for v1::ShardReadRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        keys(Permission::Read, &self.keys).collect()
+        Access::keys(Permission::Read, &self.keys).collect()
     }
 }
 
 impl Touches for v1::ShardWriteRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        keys(Permission::Write, self.ops.iter().map(|op| &op.key)).collect()
+        Access::keys(Permission::Write, self.ops.iter().map(|op| &op.key)).collect()
     }
 }
 
@@ -69,25 +54,26 @@ impl Touches for v1::ShardWriteBatchRequest {
 
 impl Touches for v1::ShardScanRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        vec![(Permission::Read, range(&self.start, &self.end))]
+        vec![(Permission::Read, Access::range(&self.start, &self.end))]
     }
 }
 
 impl Touches for v1::ShardCountRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        vec![(Permission::Read, range(&self.start, &self.end))]
+        vec![(Permission::Read, Access::range(&self.start, &self.end))]
     }
 }
 
 impl Touches for v1::ShardDeleteRangeRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        vec![(Permission::Write, range(&self.start, &self.end))]
+        vec![(Permission::Write, Access::range(&self.start, &self.end))]
     }
 }
 
 impl Touches for v1::ShardTxnPrewriteRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        let mut touched: Vec<_> = keys(Permission::Write, self.mutations.iter().map(|m| &m.key)).collect();
+        let mut touched: Vec<_> =
+            Access::keys(Permission::Write, self.mutations.iter().map(|m| &m.key)).collect();
         touched.push((Permission::Write, Access::Key(&self.primary)));
         touched
     }
@@ -95,13 +81,13 @@ impl Touches for v1::ShardTxnPrewriteRequest {
 
 impl Touches for v1::ShardTxnCommitRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        keys(Permission::Read, &self.keys).collect()
+        Access::keys(Permission::Read, &self.keys).collect()
     }
 }
 
 impl Touches for v1::ShardTxnRollbackRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        keys(Permission::Read, &self.keys).collect()
+        Access::keys(Permission::Read, &self.keys).collect()
     }
 }
 
@@ -113,11 +99,11 @@ impl Touches for v1::ShardTxnCheckStatusRequest {
 
 impl Touches for v1::ShardTxnValidateRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        let mut touched: Vec<_> = keys(Permission::Read, &self.keys).collect();
+        let mut touched: Vec<_> = Access::keys(Permission::Read, &self.keys).collect();
         touched.extend(
             self.ranges
                 .iter()
-                .map(|read| (Permission::Read, range(&read.start, &read.end))),
+                .map(|read| (Permission::Read, Access::range(&read.start, &read.end))),
         );
         touched
     }
@@ -125,12 +111,13 @@ impl Touches for v1::ShardTxnValidateRequest {
 
 impl Touches for v1::ShardTxnOnePcRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
-        let mut touched: Vec<_> = keys(Permission::Write, self.mutations.iter().map(|m| &m.key)).collect();
-        touched.extend(keys(Permission::Read, &self.read_keys));
+        let mut touched: Vec<_> =
+            Access::keys(Permission::Write, self.mutations.iter().map(|m| &m.key)).collect();
+        touched.extend(Access::keys(Permission::Read, &self.read_keys));
         touched.extend(
             self.read_ranges
                 .iter()
-                .map(|read| (Permission::Read, range(&read.start, &read.end))),
+                .map(|read| (Permission::Read, Access::range(&read.start, &read.end))),
         );
         touched
     }
