@@ -1,0 +1,28 @@
+//! Prometheus metrics of ringkv nodes and routers, with nothing internal underneath.
+//!
+//! - `histogram`: [`Histogram`], fixed latency buckets counted with atomics (no lock, no
+//!   allocation per observation), and [`Snapshot`], the counts a scrape reads;
+//! - `text`: [`Exposition`], the Prometheus text format (version 0.0.4) written family by
+//!   family, label values escaped;
+//! - `check`: [`check_exposition`], a strict reader of that format (tests use it on what a
+//!   process serves);
+//! - `rpc`: [`RpcMetrics`] and [`Measured`], requests, response codes and latency per
+//!   method of a generated tonic server, counted before the service sees the request;
+//! - `http`: [`MetricsServer`], the `/metrics` endpoint (HTTP/1.1 on hyper, a bounded number
+//!   of connections, stopped with its handle).
+//!
+//! Nothing here is global: each process builds its metrics, renders them on every scrape
+//! from its own state (so a series of a group a node no longer hosts is simply not written)
+//! and hands the renderer to the endpoint.
+
+mod check;
+mod histogram;
+mod http;
+mod rpc;
+mod text;
+
+pub use check::{check_exposition, ExpositionError};
+pub use histogram::{Histogram, Snapshot, LATENCY_BOUNDS_SECONDS};
+pub use http::{MetricsServer, Render};
+pub use rpc::{Measured, RpcMetrics};
+pub use text::{Exposition, Family, Kind};

@@ -1,0 +1,292 @@
+//! Requests, response codes and latency per method of a gRPC service.
+//!
+//! [`Measured`] wraps a generated tonic server (it stays a `NamedService`) and counts each
+//! call by the method its path names, from the call until the response's headers: for a
+//! unary call the whole handler, for a stream the time to its first message. The code is
+//! the `grpc-status` of the response's headers (a refusal, or any unary error); a success,
+//! or a stream that fails after it started, is `OK`. Per call: a scan of the service's
+//! method paths, an `Arc` clone and three relaxed atomic additions — no lock, no allocation.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::codegen::{http, Service};
+use tonic::server::NamedService;
+
+use crate::histogram::Histogram;
+use crate::text::{Exposition, Kind};
+
+/// gRPC status codes by number, as the `code` label spells them.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+const UNKNOWN_CODE: usize = 2;
+
+/// One method's counters.
+#[derive(Debug)]
+struct Method {
+    name: String,
+    /// `/<package>.<Service>/<Method>`, the request path that names it.
+    path: String,
+    responses: [AtomicU64; CODE_NAMES.len()],
+    latency: Histogram,
+}
+
+/// The metrics of one gRPC service: per method, responses by code and a latency histogram.
+/// The methods are fixed at construction (from the service's descriptor), so the series
+/// are bounded: methods × codes that occurred.
+#[derive(Debug)]
+pub struct RpcMetrics {
+    /// The full service name, `ringkv.v1.ShardKv`.
+    service: String,
+    methods: Vec<Method>,
+}
+
+impl RpcMetrics {
+    /// Metrics of `service` (its full name) with these methods; a call to any other path is
+    /// not counted.
+    pub fn new(service: &str, methods: impl IntoIterator<Item = String>) -> Arc<RpcMetrics> {
+        let methods = methods
+            .into_iter()
+            .map(|name| Method {
+                path: format!("/{service}/{name}"),
+                name,
+                responses: Default::default(),
+                latency: Histogram::default(),
+            })
+            .collect();
+        Arc::new(RpcMetrics {
+            service: service.to_string(),
+            methods,
+        })
+    }
+
+    fn method_index(&self, path: &str) -> Option<usize> {
+        self.methods.iter().position(|method| method.path == path)
+    }
+
+    fn record(&self, method: usize, code: usize, started: Instant) {
+        let Some(method) = self.methods.get(method) else {
+            return;
+        };
+        method.responses[code.min(CODE_NAMES.len() - 1)].fetch_add(1, Ordering::Relaxed);
+        method.latency.observe(started.elapsed());
+    }
+
+    /// Calls of `method` (its name) answered with `code` (its name, `OK`): for tests.
+    pub fn responses(&self, method: &str, code: &str) -> u64 {
+        let code = CODE_NAMES.iter().position(|name| *name == code);
+        self.methods
+            .iter()
+            .find(|candidate| candidate.name == method)
+            .zip(code)
+            .map_or(0, |(method, code)| method.responses[code].load(Ordering::Relaxed))
+    }
+
+    /// Writes `ringkv_grpc_requests_total{service,method,code}` (codes that occurred) and
+    /// `ringkv_grpc_request_duration_seconds{service,method}` (methods called at least once)
+    /// of every service in `services`.
+    pub fn write_all(exposition: &mut Exposition, services: &[&RpcMetrics]) {
+        let mut requests = exposition.family(
+            "ringkv_grpc_requests_total",
+            Kind::Counter,
+            "gRPC requests served, by service, method and response code.",
+        );
+        for service in services {
+            for method in &service.methods {
+                for (code, count) in CODE_NAMES.iter().zip(&method.responses) {
+                    let count = count.load(Ordering::Relaxed);
+                    if count > 0 {
+                        let labels = [
+                            ("service", service.service.as_str()),
+                            ("method", method.name.as_str()),
+                            ("code", code),
+                        ];
+                        requests.sample(&labels, count as f64);
+                    }
+                }
+            }
+        }
+        let mut latency = exposition.family(
+            "ringkv_grpc_request_duration_seconds",
+            Kind::Histogram,
+            "Time from a gRPC request's arrival to its response headers (a unary call's whole handling).",
+        );
+        for service in services {
+            for method in &service.methods {
+                let snapshot = method.latency.snapshot();
+                if snapshot.count() > 0 {
+                    let labels = [
+                        ("service", service.service.as_str()),
+                        ("method", method.name.as_str()),
+                    ];
+                    latency.histogram(&labels, &snapshot);
+                }
+            }
+        }
+    }
+}
+
+/// A generated gRPC server whose calls are counted in an [`RpcMetrics`].
+#[derive(Debug, Clone)]
+pub struct Measured<S> {
+    inner: S,
+    metrics: Arc<RpcMetrics>,
+}
+
+impl<S> Measured<S> {
+    pub fn new(inner: S, metrics: Arc<RpcMetrics>) -> Measured<S> {
+        Measured { inner, metrics }
+    }
+}
+
+impl<S: NamedService> NamedService for Measured<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> Service<http::Request<B>> for Measured<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Unpin,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = MeasuredCall<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = self.metrics.method_index(request.uri().path());
+        MeasuredCall {
+            call: self.inner.call(request),
+            counted: method.map(|method| (Arc::clone(&self.metrics), method, Instant::now())),
+        }
+    }
+}
+
+/// A call in flight; counted when its response (or error) is ready.
+pub struct MeasuredCall<F> {
+    call: F,
+    /// The metrics, the method's index and when the call arrived; `None` for a path that
+    /// names no method of the service, or once counted.
+    counted: Option<(Arc<RpcMetrics>, usize, Instant)>,
+}
+
+impl<F, R, E> Future for MeasuredCall<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let output = std::task::ready!(Pin::new(&mut this.call).poll(cx));
+        if let Some((metrics, method, started)) = this.counted.take() {
+            let code = match &output {
+                Ok(response) => response_code(response),
+                Err(_) => UNKNOWN_CODE,
+            };
+            metrics.record(method, code, started);
+        }
+        Poll::Ready(output)
+    }
+}
+
+/// The `grpc-status` of a response's headers; none (the status follows in the trailers) is
+/// `OK`, an unreadable one `UNKNOWN`.
+fn response_code<R>(response: &http::Response<R>) -> usize {
+    match response.headers().get("grpc-status") {
+        None => 0,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|code| code.parse::<usize>().ok())
+            .filter(|code| *code < CODE_NAMES.len())
+            .unwrap_or(UNKNOWN_CODE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    /// Answers `grpc-status: 5` for the path `/s.S/Missing`, OK otherwise.
+    #[derive(Clone)]
+    struct Answer;
+
+    impl Service<http::Request<()>> for Answer {
+        type Response = http::Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            let mut response = http::Response::new(());
+            if request.uri().path().ends_with("/Missing") {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static("5"));
+            }
+            std::future::ready(Ok(response))
+        }
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).expect("a request")
+    }
+
+    /// Calls are counted per method and code; other paths are not counted; the exposition
+    /// names them and has latency buckets for the methods called.
+    #[tokio::test]
+    async fn counts_calls_by_method_and_code() {
+        let metrics = RpcMetrics::new(
+            "s.S",
+            ["Get".to_string(), "Missing".to_string(), "Idle".to_string()],
+        );
+        let mut service = Measured::new(Answer, Arc::clone(&metrics));
+        for path in ["/s.S/Get", "/s.S/Get", "/s.S/Missing", "/s.S/Other", "/t.T/Get"] {
+            service.call(request(path)).await.expect("infallible");
+        }
+        assert_eq!(metrics.responses("Get", "OK"), 2);
+        assert_eq!(metrics.responses("Missing", "NOT_FOUND"), 1);
+        assert_eq!(metrics.responses("Missing", "OK"), 0);
+        let mut exposition = Exposition::new();
+        RpcMetrics::write_all(&mut exposition, &[&metrics]);
+        let text = exposition.finish();
+        crate::check_exposition(&text).expect("valid");
+        assert!(text.contains("ringkv_grpc_requests_total{service=\"s.S\",method=\"Get\",code=\"OK\"} 2\n"));
+        assert!(text.contains(
+            "ringkv_grpc_requests_total{service=\"s.S\",method=\"Missing\",code=\"NOT_FOUND\"} 1\n"
+        ));
+        assert!(
+            text.contains("ringkv_grpc_request_duration_seconds_count{service=\"s.S\",method=\"Get\"} 2\n")
+        );
+        assert!(!text.contains("Idle"), "a method never called writes no series");
+    }
+}
