@@ -11,11 +11,11 @@ use anyhow::Context as _;
 use clap::Args;
 use futures::stream::{FuturesUnordered, StreamExt};
 use ringkv_client::{Client, Error as ClientError, Mutation, Versioned};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::exit::{Outcome, UsageError};
 use crate::load::{InputFormat, Record, Records};
-use crate::output::{self, display_bytes, insert_bytes, keyed_object, render_table, to_json, OutputFormat};
+use crate::output::{self, display_bytes, render_table, to_json, Format, OutputFormat, Shape};
 use crate::progress;
 use crate::value::decode_key;
 
@@ -58,7 +58,7 @@ pub struct MputArgs {
 }
 
 /// `kvctl mget`: one row per key, in order; exit 1 when any key does not exist.
-pub async fn mget(client: &Client, args: MgetArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
+pub async fn mget(client: &Client, args: MgetArgs, format: Format) -> anyhow::Result<Outcome> {
     let keys = args
         .keys
         .into_iter()
@@ -69,7 +69,7 @@ pub async fn mget(client: &Client, args: MgetArgs, format: OutputFormat) -> anyh
         .batch_get_with(&keys, consistency)
         .await
         .with_context(|| format!("mget of {} keys", keys.len()))?;
-    output::emit(&render_mget(&keys, &results, format))?;
+    output::emit_raw(&render_mget(&keys, &results, format))?;
     let missing = results.iter().filter(|result| result.is_none()).count();
     if missing > 0 {
         eprintln!("{missing} of {} keys not found", keys.len());
@@ -289,45 +289,15 @@ async fn write_batch(client: &Client, batch: Vec<Record>) -> anyhow::Result<u64>
     Ok(keys)
 }
 
-/// The results of `mget`, one per key in order. JSON: an array of `get` objects, with
-/// `found: false` for absent keys.
-pub fn render_mget(keys: &[Vec<u8>], results: &[Option<Versioned>], format: OutputFormat) -> String {
-    match format {
-        OutputFormat::Table => {
-            let rows = keys
-                .iter()
-                .zip(results)
-                .map(|(key, result)| match result {
-                    Some(found) => vec![
-                        display_bytes(key),
-                        found.version.to_string(),
-                        display_bytes(&found.value),
-                    ],
-                    None => vec![display_bytes(key), "-".into(), "(not found)".into()],
-                })
-                .collect();
-            render_table(&["KEY", "VERSION", "VALUE"], rows, &[1])
-        }
-        OutputFormat::Json => {
-            let items = keys
-                .iter()
-                .zip(results)
-                .map(|(key, result)| {
-                    let mut object = keyed_object(key);
-                    object.insert("found".into(), json!(result.is_some()));
-                    object.insert(
-                        "version".into(),
-                        json!(result.as_ref().map_or(0, |found| found.version)),
-                    );
-                    if let Some(found) = result {
-                        insert_bytes(&mut object, "value", &found.value);
-                    }
-                    Value::Object(object)
-                })
-                .collect();
-            to_json(&Value::Array(items))
-        }
-    }
+/// The results of `mget`, one per key in order (as `get`'s, [`crate::kv::get_records`]).
+/// JSON: an array of `get` objects, with `found: false` and version 0 for absent keys.
+pub fn render_mget(keys: &[Vec<u8>], results: &[Option<Versioned>], format: Format) -> Vec<u8> {
+    let records = crate::kv::get_records(
+        keys.iter()
+            .zip(results)
+            .map(|(key, result)| (key.as_slice(), result.as_ref())),
+    );
+    records.render(format, Shape::Many)
 }
 
 /// The result of `mput`: keys loaded, batches written, time taken and rate.
@@ -361,6 +331,8 @@ pub fn render_mput(loaded: u64, batches: u64, elapsed: Duration, format: OutputF
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     /// Repeated keys are usage errors naming both lines.
@@ -409,8 +381,7 @@ mod tests {
             }),
             None,
         ];
-        let value: Value =
-            serde_json::from_str(&render_mget(&keys, &results, OutputFormat::Json)).expect("json");
+        let value: Value = serde_json::from_slice(&render_mget(&keys, &results, Format::Json)).expect("json");
         assert_eq!(
             value,
             json!([
@@ -418,8 +389,15 @@ mod tests {
                 {"key": "b", "found": false, "version": 0},
             ])
         );
-        let table = render_mget(&keys, &results, OutputFormat::Table);
-        assert!(table.contains("(not found)"), "{table}");
+        let table = String::from_utf8(render_mget(&keys, &results, Format::Table)).expect("utf-8");
+        assert_eq!(
+            table
+                .lines()
+                .nth(2)
+                .map(|line| line.split_whitespace().collect::<Vec<_>>()),
+            Some(vec!["b", "0", "-"]),
+            "a missing key has no value:\n{table}"
+        );
     }
 
     /// The `mput` summary: keys, batches, seconds and rate.

@@ -7,7 +7,10 @@
 //! | 2    | compare-and-swap mismatch |
 //! | 3    | unavailable, deadline exceeded, transport or overload (retry later) |
 //! | 4    | outcome unknown: the write may or may not have been applied |
-//! | 64   | usage error (bad flags, bad hex, conflicting options) |
+//! | 64   | usage error (bad flags, bad hex, conflicting options), found by kvctl |
+//! | 65   | data error: the cluster refused the input as invalid (gRPC `INVALID_ARGUMENT`: a key or value too large, a bad range) |
+//!
+//! The help (`kvctl --help`) and the README state the same table.
 
 use ringkv_client::Error as ClientError;
 
@@ -23,6 +26,8 @@ pub const EXIT_UNAVAILABLE: u8 = 3;
 pub const EXIT_OUTCOME_UNKNOWN: u8 = 4;
 /// Bad command line (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
+/// Input the cluster refused as invalid (sysexits `EX_DATAERR`).
+pub const EXIT_DATA_ERROR: u8 = 65;
 
 /// How a command that did not fail ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +60,8 @@ pub struct UsageError(pub String);
 pub fn client_exit_code(error: &ClientError) -> u8 {
     if error.is_outcome_unknown() {
         EXIT_OUTCOME_UNKNOWN
+    } else if matches!(error, ClientError::InvalidArgument(_)) {
+        EXIT_DATA_ERROR
     } else if error.is_retryable() {
         EXIT_UNAVAILABLE
     } else {
@@ -89,7 +96,7 @@ mod tests {
             (ClientError::DeadlineExceeded("x".into()), EXIT_UNAVAILABLE),
             (ClientError::Transport("x".into()), EXIT_UNAVAILABLE),
             (ClientError::ResourceExhausted("x".into()), EXIT_UNAVAILABLE),
-            (ClientError::InvalidArgument("x".into()), EXIT_FAILURE),
+            (ClientError::InvalidArgument("x".into()), EXIT_DATA_ERROR),
             (ClientError::FailedPrecondition("x".into()), EXIT_FAILURE),
             (ClientError::NotFound("x".into()), EXIT_FAILURE),
             (ClientError::RequestIdReused("x".into()), EXIT_FAILURE),

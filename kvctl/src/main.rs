@@ -1,7 +1,8 @@
 //! `kvctl`: the ringkv command-line tool.
 //!
 //! Each command module parses its arguments, calls the client library and renders its own
-//! results (table or JSON).
+//! results: the key-value commands in every `-o` format (`output::Records`), the others as
+//! a table or JSON.
 //!
 //! - `kv` — `get`, `put`, `del`, `cas` against the routers.
 //! - `batch` — `mget`, and `mput` (bulk load in concurrent batches); `load` parses its
@@ -45,7 +46,7 @@ use ringkv_client::{Client, ClientConfig, ClientTls, DEFAULT_CONNECT_TIMEOUT};
 use tracing_subscriber::EnvFilter;
 
 use crate::exit::{exit_code, Outcome, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
-use crate::output::OutputFormat;
+use crate::output::Format;
 
 /// The walkthrough at the end of `kvctl --help`.
 const EXAMPLES: &str = "Examples:
@@ -65,9 +66,11 @@ const INIT_DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// kvctl — read, write and operate a ringkv cluster.
 ///
-/// Exit codes: 0 ok; 1 not found (get, mget) or error; 2 CAS mismatch; 3 unavailable or
-/// deadline exceeded; 4 outcome unknown (the write may have been applied, or partly for
-/// mput and delrange); 64 usage error or bad input.
+/// Exit codes: 0 ok; 1 not found (get, mget) or another error; 2 CAS mismatch; 3
+/// unavailable, deadline exceeded or overloaded (retry later); 4 outcome unknown (the
+/// write may have been applied, or partly for mput, del and delrange); 64 usage error
+/// (bad flags or arguments); 65 bad data (the cluster refused a key, value or range as
+/// invalid).
 #[derive(Parser, Debug)]
 #[command(name = "kvctl", version, propagate_version = true, after_help = EXAMPLES)]
 struct Cli {
@@ -90,9 +93,11 @@ struct GlobalArgs {
         global = true
     )]
     endpoints: Vec<String>,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table, global = true)]
-    output: OutputFormat,
+    /// Output format: data on stdout, anything else (footers, progress, warnings) on
+    /// stderr. jsonl, tsv and raw are for the commands that print keys and values (get,
+    /// mget, put, del, cas, scan, count, delrange); the others print table or json.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
     /// Request timeout in milliseconds, retries included [default: 5000; 30000 for
     /// `cluster init`]. `scan --all` and `count` wait up to the larger of this and 30 s
     /// for each chunk, and as long as chunks come.
@@ -297,17 +302,30 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         _ => client_tls(ca, cert, key)?,
     };
     let router_config = client_config(timeout, ringkv_client::DEFAULT_REQUEST_TIMEOUT, tls.as_ref())?;
+    // The commands that print keys and values take every format; the others a document.
+    let format = output;
+    let output = match &cli.command {
+        Command::Get(_)
+        | Command::Put(_)
+        | Command::Del(_)
+        | Command::Cas(_)
+        | Command::Mget(_)
+        | Command::Scan(_)
+        | Command::Count(_)
+        | Command::Delrange(_) => output::OutputFormat::Table,
+        _ => format.document(command_name(&cli.command))?,
+    };
     match cli.command {
-        Command::Get(args) => kv::get(&connect(endpoints, router_config).await?, args, output).await,
-        Command::Put(args) => kv::put(&connect(endpoints, router_config).await?, args, output).await,
-        Command::Del(args) => kv::del(&connect(endpoints, router_config).await?, args, output).await,
-        Command::Cas(args) => kv::cas(&connect(endpoints, router_config).await?, args, output).await,
-        Command::Mget(args) => batch::mget(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Get(args) => kv::get(&connect(endpoints, router_config).await?, args, format).await,
+        Command::Put(args) => kv::put(&connect(endpoints, router_config).await?, args, format).await,
+        Command::Del(args) => kv::del(&connect(endpoints, router_config).await?, args, format).await,
+        Command::Cas(args) => kv::cas(&connect(endpoints, router_config).await?, args, format).await,
+        Command::Mget(args) => batch::mget(&connect(endpoints, router_config).await?, args, format).await,
         Command::Mput(args) => batch::mput(&connect(endpoints, router_config).await?, args, output).await,
-        Command::Scan(args) => range::scan(&connect(endpoints, router_config).await?, args, output).await,
-        Command::Count(args) => range::count(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Scan(args) => range::scan(&connect(endpoints, router_config).await?, args, format).await,
+        Command::Count(args) => range::count(&connect(endpoints, router_config).await?, args, format).await,
         Command::Delrange(args) => {
-            range::delrange(&connect(endpoints, router_config).await?, args, output).await
+            range::delrange(&connect(endpoints, router_config).await?, args, format).await
         }
         Command::Cluster(command) => {
             let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT, tls.as_ref())?;
@@ -339,6 +357,25 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Cert(command) => cert::run(command, output),
         #[cfg(unix)]
         Command::Playground(args) => playground::run(args).await,
+    }
+}
+
+/// The command's name in messages (`-o tsv` is not for `cluster`).
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Mput(_) => "mput",
+        Command::Cluster(_) => "cluster",
+        Command::Node(_) => "node",
+        Command::Rebalance(_) => "rebalance",
+        Command::Leader(_) => "leader",
+        Command::Timestamp(_) => "timestamp",
+        Command::Txn(_) => "txn",
+        Command::TxnGc(_) => "txn-gc",
+        Command::Role(_) => "role",
+        Command::User(_) => "user",
+        Command::Auth(_) => "auth",
+        Command::Cert(_) => "cert",
+        _ => "this command",
     }
 }
 

@@ -1,10 +1,19 @@
-//! What every command's output shares: the output format, bytes as table cells and JSON
-//! fields, aligned tables (whole or streamed), and writing to stdout. Each command module
-//! renders its own results with these (pure functions returning strings).
+//! What every command's output shares: the output formats, bytes as table cells and JSON
+//! fields, aligned tables (whole or streamed), records rendered in every format, and
+//! writing to stdout. Each command module renders its own results with these (pure
+//! functions returning strings).
+//!
+//! Data goes to stdout, everything else (progress, footers such as "2 entries; next page:
+//! …", hints, warnings) to stderr, so `kvctl … -o tsv | cut -f1` sees only data.
 //!
 //! Bytes are shown as UTF-8 when they are valid UTF-8 (control characters escaped),
 //! else as `0x`-prefixed hex. JSON objects carry `value` as a string when it is UTF-8,
 //! else `value: null` plus `value_hex` (keys likewise with `key_hex`).
+//!
+//! [`Format`] is what `-o` asks for; the commands that print key-value data (`get`, `mget`,
+//! `put`, `del`, `cas`, `scan`, `count`, `delrange`) render [`Records`] in all five formats.
+//! The others render a table or one JSON document ([`OutputFormat`], see
+//! [`Format::document`]).
 
 use std::io::Write;
 
@@ -12,11 +21,62 @@ use clap::ValueEnum;
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use serde_json::{Map, Value};
 
+use crate::exit::UsageError;
+
 /// Longest value shown in a table cell, in characters; longer values are cut.
 pub const MAX_TABLE_VALUE_CHARS: usize = 200;
 
-/// How results are printed.
+/// What `-o` asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// One JSON document.
+    Json,
+    /// One JSON object per line (per key or entry).
+    Jsonl,
+    /// Tab-separated columns with a header line; bytes as in a table but never cut, with
+    /// `\`, tab, newline and carriage return escaped as `\\`, `\t`, `\n`, `\r`.
+    Tsv,
+    /// The bare values (keys with `--keys-only`), one per line; `get` writes the value's
+    /// bytes exactly, without a newline.
+    Raw,
+}
+
+impl Format {
+    /// The format of a command that prints a table or one JSON document: `table` and
+    /// `json` as asked; the record formats are a usage error naming the commands that
+    /// have them.
+    pub fn document(self, command: &str) -> Result<OutputFormat, UsageError> {
+        match self {
+            Format::Table => Ok(OutputFormat::Table),
+            Format::Json => Ok(OutputFormat::Json),
+            Format::Jsonl | Format::Tsv | Format::Raw => Err(UsageError(format!(
+                "-o {} is for commands that print keys and values ({RECORD_COMMANDS}); \
+                 `{command}` prints table or json",
+                self.name()
+            ))),
+        }
+    }
+
+    /// The name `-o` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Table => "table",
+            Format::Json => "json",
+            Format::Jsonl => "jsonl",
+            Format::Tsv => "tsv",
+            Format::Raw => "raw",
+        }
+    }
+}
+
+/// The commands that print in every format.
+pub const RECORD_COMMANDS: &str = "get, mget, put, del, cas, scan, count, delrange";
+
+/// How commands that print a table or one JSON document print it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OutputFormat {
     /// Aligned columns for people.
     #[default]
@@ -124,6 +184,11 @@ pub fn to_json(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
 }
 
+/// Compact JSON text of a value, on one line, with a newline.
+pub fn json_line(value: &Value) -> String {
+    format!("{value}\n")
+}
+
 /// `1 entry`, `2 entries`.
 pub fn plural(count: u64, one: &str, many: &str) -> String {
     format!("{count} {}", if count == 1 { one } else { many })
@@ -201,6 +266,254 @@ impl StreamingTable {
         let mut line = line.trim_end().to_string();
         line.push('\n');
         line
+    }
+}
+
+/// One field of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// Key or value bytes.
+    Bytes(Vec<u8>),
+    /// A count, a version.
+    Number(u64),
+    /// A yes or no (`yes`/`no` in a table, `true`/`false` in TSV).
+    Bool(bool),
+    /// A word such as `swapped`.
+    Text(String),
+    /// Nothing (a missing key's value): left out of JSON, `-` in a table, an empty TSV
+    /// cell, an empty line in raw output.
+    Absent,
+}
+
+/// A column of [`Records`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// The JSON field and TSV header; upper-cased, the table header.
+    pub name: &'static str,
+    /// Left out of tables (which say it otherwise, e.g. `found` by a `-` value).
+    pub hidden_in_table: bool,
+}
+
+impl Column {
+    /// A column shown in every format.
+    pub const fn new(name: &'static str) -> Self {
+        Column {
+            name,
+            hidden_in_table: false,
+        }
+    }
+
+    /// A column of JSON and TSV only.
+    pub const fn hidden_in_table(name: &'static str) -> Self {
+        Column {
+            name,
+            hidden_in_table: true,
+        }
+    }
+}
+
+/// How a JSON rendering of records is shaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// The result of one key: one object (the first record).
+    One,
+    /// An array of objects.
+    Many,
+}
+
+/// Rows of typed fields under named columns, rendered in every [`Format`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Records {
+    columns: Vec<Column>,
+    raw_column: usize,
+    rows: Vec<Vec<Field>>,
+}
+
+impl Records {
+    /// No rows yet; raw output prints the `raw_column` field of each row.
+    pub fn new(columns: &[Column], raw_column: &str) -> Self {
+        let raw_column = columns
+            .iter()
+            .position(|column| column.name == raw_column)
+            .unwrap_or(0);
+        Records {
+            columns: columns.to_vec(),
+            raw_column,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row: one field per column.
+    pub fn push(&mut self, row: Vec<Field>) {
+        debug_assert_eq!(row.len(), self.columns.len(), "one field per column");
+        self.rows.push(row);
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Each row as a JSON object (absent fields left out).
+    pub fn json_objects(&self) -> Vec<Value> {
+        self.rows.iter().map(|row| self.json_object(row)).collect()
+    }
+
+    fn json_object(&self, row: &[Field]) -> Value {
+        let mut object = Map::new();
+        for (column, field) in self.columns.iter().zip(row) {
+            match field {
+                Field::Bytes(bytes) => insert_bytes(&mut object, column.name, bytes),
+                Field::Number(number) => {
+                    object.insert(column.name.into(), Value::from(*number));
+                }
+                Field::Bool(flag) => {
+                    object.insert(column.name.into(), Value::Bool(*flag));
+                }
+                Field::Text(text) => {
+                    object.insert(column.name.into(), Value::String(text.clone()));
+                }
+                Field::Absent => {}
+            }
+        }
+        Value::Object(object)
+    }
+
+    /// The whole rendering, ending with a newline (nothing at all for no rows, except a
+    /// table's or TSV's header and JSON's `[]`).
+    pub fn render(&self, format: Format, shape: Shape) -> Vec<u8> {
+        match format {
+            Format::Table => {
+                let mut text = self.table();
+                text.push('\n');
+                text.into_bytes()
+            }
+            Format::Json => {
+                let document = match shape {
+                    Shape::One => self.rows.first().map_or(Value::Null, |row| self.json_object(row)),
+                    Shape::Many => Value::Array(self.json_objects()),
+                };
+                let mut text = to_json(&document);
+                text.push('\n');
+                text.into_bytes()
+            }
+            Format::Jsonl | Format::Tsv | Format::Raw => self.lines(format, true),
+        }
+    }
+
+    /// An aligned table of the columns not hidden in tables (numbers right-aligned).
+    pub fn table(&self) -> String {
+        let (headers, rows, numeric) = self.table_parts();
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        render_table(&headers, rows, &numeric)
+    }
+
+    /// Headers, cells and numeric column indexes of the table rendering.
+    pub fn table_parts(&self) -> (Vec<String>, Vec<Vec<String>>, Vec<usize>) {
+        let shown: Vec<usize> = (0..self.columns.len())
+            .filter(|index| !self.columns[*index].hidden_in_table)
+            .collect();
+        let headers = shown
+            .iter()
+            .map(|index| self.columns[*index].name.to_uppercase().replace('_', " "))
+            .collect();
+        let rows = self
+            .rows
+            .iter()
+            .map(|row| shown.iter().map(|index| table_cell(&row[*index])).collect())
+            .collect();
+        let numeric = shown
+            .iter()
+            .enumerate()
+            .filter(|(_, index)| {
+                !self.rows.is_empty()
+                    && self
+                        .rows
+                        .iter()
+                        .all(|row| matches!(row[**index], Field::Number(_)))
+            })
+            .map(|(position, _)| position)
+            .collect();
+        (headers, rows, numeric)
+    }
+
+    /// The rows in a line format (`jsonl`, `tsv`, `raw`), each line ending with a
+    /// newline; TSV starts with its header line when `header`. Table and JSON (not line
+    /// formats) give JSON lines.
+    pub fn lines(&self, format: Format, header: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        match format {
+            Format::Tsv => {
+                if header {
+                    let names: Vec<&str> = self.columns.iter().map(|column| column.name).collect();
+                    out.extend_from_slice(names.join("\t").as_bytes());
+                    out.push(b'\n');
+                }
+                for row in &self.rows {
+                    let cells: Vec<String> = row.iter().map(tsv_cell).collect();
+                    out.extend_from_slice(cells.join("\t").as_bytes());
+                    out.push(b'\n');
+                }
+            }
+            Format::Raw => {
+                for row in &self.rows {
+                    out.extend_from_slice(&raw_field(&row[self.raw_column]));
+                    out.push(b'\n');
+                }
+            }
+            Format::Table | Format::Json | Format::Jsonl => {
+                for row in &self.rows {
+                    out.extend_from_slice(self.json_object(row).to_string().as_bytes());
+                    out.push(b'\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A field in a table cell.
+fn table_cell(field: &Field) -> String {
+    match field {
+        Field::Bytes(bytes) => display_bytes(bytes),
+        Field::Number(number) => number.to_string(),
+        Field::Bool(flag) => if *flag { "yes" } else { "no" }.to_string(),
+        Field::Text(text) => text.clone(),
+        Field::Absent => "-".to_string(),
+    }
+}
+
+/// A field in a TSV cell: never cut; backslash, tab, newline and carriage return escaped.
+pub fn tsv_cell(field: &Field) -> String {
+    let text = match field {
+        Field::Bytes(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_string(),
+            Err(_) => format!("0x{}", hex::encode(bytes)),
+        },
+        Field::Number(number) => number.to_string(),
+        Field::Bool(flag) => flag.to_string(),
+        Field::Text(text) => text.clone(),
+        Field::Absent => String::new(),
+    };
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '\t' => escaped.push_str("\\t"),
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// A field as raw output: bytes as they are, anything else as its text.
+fn raw_field(field: &Field) -> Vec<u8> {
+    match field {
+        Field::Bytes(bytes) => bytes.clone(),
+        Field::Absent => Vec::new(),
+        other => tsv_cell(other).into_bytes(),
     }
 }
 

@@ -1,4 +1,7 @@
 //! `scan`, `count`, `delrange`: commands over a range of keys.
+//!
+//! A scan's data (its entries; with `-o json` the whole document, token included) goes to
+//! stdout, its footer (`2 entries; next page: --page-token …`) to stderr.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -16,8 +19,8 @@ use serde_json::{json, Value};
 
 use crate::exit::{Outcome, UsageError};
 use crate::output::{
-    self, display_bytes, insert_bytes, join_shards, keyed_object, plural, render_table, to_json,
-    OutputFormat, StreamingTable,
+    self, join_shards, json_line, plural, render_table, to_json, Column, Field, Format, Records, Shape,
+    StreamingTable,
 };
 use crate::progress;
 use crate::value::decode_arg;
@@ -81,7 +84,7 @@ pub struct ScanArgs {
     /// Descending key order.
     #[arg(long)]
     pub reverse: bool,
-    /// Keys and versions only, no values.
+    /// Keys only: no versions, no values.
     #[arg(long)]
     pub keys_only: bool,
     /// Serve each shard's part from any replica (fast, possibly stale).
@@ -153,7 +156,7 @@ pub(crate) fn consistency(stale: bool, at: Option<u64>) -> ReadConsistency {
 
 /// `kvctl scan`: one page (and the token of the next), or with `--all` the whole range
 /// streamed to stdout as it arrives.
-pub async fn scan(client: &Client, args: ScanArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
+pub async fn scan(client: &Client, args: ScanArgs, format: Format) -> anyhow::Result<Outcome> {
     let range = args.range.key_range()?;
     let mut options = ScanOptions::new()
         .reverse(args.reverse)
@@ -188,7 +191,10 @@ pub async fn scan(client: &Client, args: ScanArgs, format: OutputFormat) -> anyh
     if page.is_partial() {
         eprintln!("{}", partial_warning(&page.missing_shards));
     }
-    output::emit(&render_scan_page(&page, args.keys_only, format))?;
+    output::emit_raw(&render_scan_page(&page, args.keys_only, format))?;
+    if format != Format::Json {
+        eprintln!("{}", scan_page_footer(&page));
+    }
     Ok(Outcome::Success)
 }
 
@@ -227,7 +233,7 @@ async fn scan_all(
     range: &KeyRange,
     options: &ScanOptions,
     keys_only: bool,
-    format: OutputFormat,
+    format: Format,
 ) -> anyhow::Result<Outcome> {
     let mut printer = ScanPrinter::new(BufWriter::new(std::io::stdout()), format, keys_only);
     let mut chunks = client.scan_stream(range, options);
@@ -241,7 +247,11 @@ async fn scan_all(
     .await;
     let missing = printer.missing_shards();
     let error_text = result.as_ref().err().map(|error| format!("{error:#}"));
+    let footer = printer.footer(error_text.is_some());
     let finished = printer.finish(error_text.as_deref());
+    if let Some(footer) = footer {
+        eprintln!("{footer}");
+    }
     if let Err(error) = result {
         if is_broken_pipe(&error) {
             return Ok(Outcome::Success);
@@ -266,7 +276,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 /// `kvctl count`: the number of keys, with a progress bar on stderr when it is a
 /// terminal.
-pub async fn count(client: &Client, args: CountArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
+pub async fn count(client: &Client, args: CountArgs, format: Format) -> anyhow::Result<Outcome> {
     let range = args.range.key_range()?;
     let options = CountOptions::new()
         .consistency(consistency(args.stale, args.at))
@@ -287,12 +297,12 @@ pub async fn count(client: &Client, args: CountArgs, format: OutputFormat) -> an
     if result.is_partial() {
         eprintln!("{}", partial_warning(&result.missing_shards));
     }
-    output::emit(&render_count(&result, format))?;
+    output::emit_raw(&render_count(&result, format))?;
     Ok(Outcome::Success)
 }
 
 /// `kvctl delrange`: deletes `[START, END)`, a prefix, or with `--all --yes` every key.
-pub async fn delrange(client: &Client, args: DelrangeArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
+pub async fn delrange(client: &Client, args: DelrangeArgs, format: Format) -> anyhow::Result<Outcome> {
     let deleted = if args.all {
         if !args.yes {
             return Err(
@@ -312,7 +322,7 @@ pub async fn delrange(client: &Client, args: DelrangeArgs, format: OutputFormat)
             .await
             .with_context(|| format!("delrange {range}"))?
     };
-    output::emit(&render_delete_range(deleted, format))?;
+    output::emit_raw(&render_delete_range(deleted, format))?;
     Ok(Outcome::Success)
 }
 
@@ -342,84 +352,80 @@ pub fn partial_warning(missing_shards: &[u32]) -> String {
     )
 }
 
-/// Column headers of scan results.
-fn scan_headers(keys_only: bool) -> &'static [&'static str] {
-    if keys_only {
-        &["KEY", "VERSION"]
+/// Scan entries as records: key, version and value, or with `keys_only` the key alone. Raw
+/// output is the values (the keys with `keys_only`).
+pub fn scan_records(entries: &[ScanEntry], keys_only: bool) -> Records {
+    let mut records = if keys_only {
+        Records::new(&[Column::new("key")], "key")
     } else {
-        &["KEY", "VERSION", "VALUE"]
-    }
-}
-
-/// One table row of a scan result.
-fn scan_row(entry: &ScanEntry, keys_only: bool) -> Vec<String> {
-    let mut row = vec![display_bytes(&entry.key), entry.version.to_string()];
-    if !keys_only {
-        row.push(display_bytes(&entry.value));
-    }
-    row
-}
-
-/// One scan entry as JSON: key, version and, unless keys-only, value.
-pub fn scan_entry_json(entry: &ScanEntry, keys_only: bool) -> Value {
-    let mut object = keyed_object(&entry.key);
-    object.insert("version".into(), json!(entry.version));
-    if !keys_only {
-        insert_bytes(&mut object, "value", &entry.value);
-    }
-    Value::Object(object)
-}
-
-/// One page of `scan`: the entries, then a line with their number and the token of the
-/// next page. JSON: `{"entries": [...], "next_page_token": "<hex>" | null,
-/// "missing_shards": [...]}`.
-pub fn render_scan_page(page: &ScanPage, keys_only: bool, format: OutputFormat) -> String {
-    match format {
-        OutputFormat::Table => {
-            let mut out = String::new();
-            if !page.entries.is_empty() {
-                let rows = page
-                    .entries
-                    .iter()
-                    .map(|entry| scan_row(entry, keys_only))
-                    .collect();
-                let _ = writeln!(out, "{}\n", render_table(scan_headers(keys_only), rows, &[1]));
-            }
-            let count = u64::try_from(page.entries.len()).unwrap_or(u64::MAX);
-            let _ = write!(out, "{}", plural(count, "entry", "entries"));
-            match &page.next {
-                Some(token) => {
-                    let _ = write!(out, "; next page: --page-token {token}");
-                }
-                None => out.push_str("; end of range"),
-            }
-            if page.is_partial() {
-                let _ = write!(
-                    out,
-                    "; PARTIAL: missing shards {}",
-                    join_shards(page.missing_shards.iter().copied())
-                );
-            }
-            out
+        Records::new(
+            &[Column::new("key"), Column::new("version"), Column::new("value")],
+            "value",
+        )
+    };
+    for entry in entries {
+        let mut row = vec![Field::Bytes(entry.key.clone())];
+        if !keys_only {
+            row.push(Field::Number(entry.version));
+            row.push(Field::Bytes(entry.value.clone()));
         }
-        OutputFormat::Json => to_json(&json!({
-            "entries": page
-                .entries
-                .iter()
-                .map(|entry| scan_entry_json(entry, keys_only))
-                .collect::<Vec<_>>(),
-            "next_page_token": page.next.as_ref().map(|token| token.to_string()),
-            "missing_shards": page.missing_shards,
-        })),
+        records.push(row);
     }
+    records
+}
+
+/// The data of one page of `scan`: the entries (a table, or lines); JSON: `{"entries":
+/// [...], "next_page_token": "<hex>" | null, "missing_shards": [...]}`. The rest is the
+/// footer ([`scan_page_footer`]).
+pub fn render_scan_page(page: &ScanPage, keys_only: bool, format: Format) -> Vec<u8> {
+    let records = scan_records(&page.entries, keys_only);
+    match format {
+        Format::Table if records.is_empty() => Vec::new(),
+        Format::Table | Format::Jsonl | Format::Tsv | Format::Raw => records.render(format, Shape::Many),
+        Format::Json => {
+            let mut text = to_json(&json!({
+                "entries": records.json_objects(),
+                "next_page_token": page.next.as_ref().map(|token| token.to_string()),
+                "missing_shards": page.missing_shards,
+            }));
+            text.push('\n');
+            text.into_bytes()
+        }
+    }
+}
+
+/// The line about a page that goes to stderr: its number of entries, the token of the
+/// next page (or the end of the range), the missing shards.
+pub fn scan_page_footer(page: &ScanPage) -> String {
+    let mut out = plural(
+        u64::try_from(page.entries.len()).unwrap_or(u64::MAX),
+        "entry",
+        "entries",
+    );
+    match &page.next {
+        Some(token) => {
+            let _ = write!(out, "; next page: --page-token {token}");
+        }
+        None => out.push_str("; end of range"),
+    }
+    if page.is_partial() {
+        let _ = write!(
+            out,
+            "; PARTIAL: missing shards {}",
+            join_shards(page.missing_shards.iter().copied())
+        );
+    }
+    out
 }
 
 /// Writes a streamed scan (`scan --all`) as its chunks arrive, in constant memory: a
-/// table, or one JSON document `{"entries": [...], "count": N, "missing_shards": [...]}`
-/// (plus `"error"` when the scan failed part way) with one entry per line.
+/// table, lines (`jsonl`, `tsv` after its header, `raw`), or one JSON document
+/// `{"entries": [...], "count": N, "missing_shards": [...]}` (plus `"error"` when the scan
+/// failed part way) with one entry per line. The table's and the lines' footer is
+/// [`ScanPrinter::footer`], for stderr.
 pub struct ScanPrinter<W: Write> {
     out: W,
-    format: OutputFormat,
+    format: Format,
     keys_only: bool,
     table: StreamingTable,
     count: u64,
@@ -428,12 +434,17 @@ pub struct ScanPrinter<W: Write> {
 
 impl<W: Write> ScanPrinter<W> {
     /// A printer writing to `out`.
-    pub fn new(out: W, format: OutputFormat, keys_only: bool) -> Self {
+    pub fn new(out: W, format: Format, keys_only: bool) -> Self {
+        let headers: &[&str] = if keys_only {
+            &["KEY"]
+        } else {
+            &["KEY", "VERSION", "VALUE"]
+        };
         ScanPrinter {
             out,
             format,
             keys_only,
-            table: StreamingTable::new(scan_headers(keys_only), &[1]),
+            table: StreamingTable::new(headers, &[1]),
             count: 0,
             missing_shards: BTreeSet::new(),
         }
@@ -441,36 +452,38 @@ impl<W: Write> ScanPrinter<W> {
 
     /// Writes what comes before the first entry.
     pub fn begin(&mut self) -> std::io::Result<()> {
-        if self.format == OutputFormat::Json {
-            self.out.write_all(b"{\n  \"entries\": [")?;
+        match self.format {
+            Format::Json => self.out.write_all(b"{\n  \"entries\": ["),
+            Format::Tsv => self
+                .out
+                .write_all(&scan_records(&[], self.keys_only).lines(Format::Tsv, true)),
+            Format::Table | Format::Jsonl | Format::Raw => Ok(()),
         }
-        Ok(())
     }
 
     /// Writes the entries of one chunk and flushes them.
     pub fn chunk(&mut self, page: &ScanPage) -> std::io::Result<()> {
         self.missing_shards.extend(page.missing_shards.iter().copied());
+        let records = scan_records(&page.entries, self.keys_only);
         match self.format {
-            OutputFormat::Table => {
-                if !page.entries.is_empty() {
-                    let rows: Vec<Vec<String>> = page
-                        .entries
-                        .iter()
-                        .map(|entry| scan_row(entry, self.keys_only))
-                        .collect();
+            Format::Table => {
+                if !records.is_empty() {
+                    let (_, rows, _) = records.table_parts();
                     self.out.write_all(self.table.lines(&rows).as_bytes())?;
                 }
             }
-            OutputFormat::Json => {
-                for (index, entry) in page.entries.iter().enumerate() {
+            Format::Json => {
+                for (index, entry) in records.json_objects().iter().enumerate() {
                     let separator = if self.count == 0 && index == 0 {
                         "\n"
                     } else {
                         ",\n"
                     };
-                    let line = scan_entry_json(entry, self.keys_only).to_string();
-                    write!(self.out, "{separator}    {line}")?;
+                    write!(self.out, "{separator}    {entry}")?;
                 }
+            }
+            Format::Jsonl | Format::Tsv | Format::Raw => {
+                self.out.write_all(&records.lines(self.format, false))?;
             }
         }
         self.count += u64::try_from(page.entries.len()).unwrap_or(u64::MAX);
@@ -482,52 +495,60 @@ impl<W: Write> ScanPrinter<W> {
         self.missing_shards.iter().copied().collect()
     }
 
-    /// Writes what comes after the last entry: the count (and `error`, when the scan
-    /// failed part way).
+    /// The line for stderr after the entries (none for JSON, whose document says it): the
+    /// count, the missing shards, whether the scan `failed` part way.
+    pub fn footer(&self, failed: bool) -> Option<String> {
+        if self.format == Format::Json {
+            return None;
+        }
+        let mut footer = plural(self.count, "entry", "entries");
+        if !self.missing_shards.is_empty() {
+            let _ = write!(
+                footer,
+                "; PARTIAL: missing shards {}",
+                join_shards(self.missing_shards.iter().copied())
+            );
+        }
+        if failed {
+            footer.push_str("; the scan FAILED before the end of the range");
+        }
+        Some(footer)
+    }
+
+    /// Writes what comes after the last entry: for JSON, the count (and `error`, when the
+    /// scan failed part way).
     pub fn finish(mut self, error: Option<&str>) -> std::io::Result<()> {
-        match self.format {
-            OutputFormat::Table => {
-                let mut footer = String::new();
-                if self.count > 0 {
-                    footer.push('\n');
-                }
-                footer.push_str(&plural(self.count, "entry", "entries"));
-                if !self.missing_shards.is_empty() {
-                    let _ = write!(
-                        footer,
-                        "; PARTIAL: missing shards {}",
-                        join_shards(self.missing_shards.iter().copied())
-                    );
-                }
-                if error.is_some() {
-                    footer.push_str("; the scan FAILED before the end of the range");
-                }
-                writeln!(self.out, "{footer}")?;
+        if self.format == Format::Json {
+            let close = if self.count == 0 { "]" } else { "\n  ]" };
+            let missing = Value::from(self.missing_shards());
+            write!(
+                self.out,
+                "{close},\n  \"count\": {},\n  \"missing_shards\": {missing}",
+                self.count
+            )?;
+            if let Some(error) = error {
+                write!(self.out, ",\n  \"error\": {}", Value::from(error))?;
             }
-            OutputFormat::Json => {
-                let close = if self.count == 0 { "]" } else { "\n  ]" };
-                let missing = Value::from(self.missing_shards());
-                write!(
-                    self.out,
-                    "{close},\n  \"count\": {},\n  \"missing_shards\": {missing}",
-                    self.count
-                )?;
-                if let Some(error) = error {
-                    write!(self.out, ",\n  \"error\": {}", Value::from(error))?;
-                }
-                self.out.write_all(b"\n}\n")?;
-            }
+            self.out.write_all(b"\n}\n")?;
         }
         self.out.flush()
     }
 }
 
-/// The result of `count`.
-pub fn render_count(result: &CountResult, format: OutputFormat) -> String {
+/// The result of `count`: a table; JSON `{"count", "shards_total", "shards_counted",
+/// "missing_shards": [...]}` (one line for `jsonl`); TSV with those columns (missing shards
+/// comma-separated). Raw output is the count.
+pub fn render_count(result: &CountResult, format: Format) -> Vec<u8> {
     let counted = u32::try_from(result.missing_shards.len())
         .map_or(0, |missing| result.shards_total.saturating_sub(missing));
-    match format {
-        OutputFormat::Table => {
+    let document = json!({
+        "count": result.count,
+        "shards_total": result.shards_total,
+        "shards_counted": counted,
+        "missing_shards": result.missing_shards,
+    });
+    let text = match format {
+        Format::Table => {
             let mut headers = vec!["COUNT", "SHARDS"];
             let mut row = vec![
                 result.count.to_string(),
@@ -537,23 +558,42 @@ pub fn render_count(result: &CountResult, format: OutputFormat) -> String {
                 headers.push("MISSING SHARDS");
                 row.push(join_shards(result.missing_shards.iter().copied()));
             }
-            render_table(&headers, vec![row], &[0])
+            format!("{}\n", render_table(&headers, vec![row], &[0]))
         }
-        OutputFormat::Json => to_json(&json!({
-            "count": result.count,
-            "shards_total": result.shards_total,
-            "shards_counted": counted,
-            "missing_shards": result.missing_shards,
-        })),
-    }
+        Format::Json => format!("{}\n", to_json(&document)),
+        Format::Jsonl => json_line(&document),
+        Format::Tsv | Format::Raw => {
+            let columns = [
+                Column::new("count"),
+                Column::new("shards_total"),
+                Column::new("shards_counted"),
+                Column::new("missing_shards"),
+            ];
+            let mut records = Records::new(&columns, "count");
+            records.push(vec![
+                Field::Number(result.count),
+                Field::Number(u64::from(result.shards_total)),
+                Field::Number(u64::from(counted)),
+                Field::Text(
+                    result
+                        .missing_shards
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ]);
+            return records.render(format, Shape::One);
+        }
+    };
+    text.into_bytes()
 }
 
-/// The result of `delrange`.
-pub fn render_delete_range(deleted: u64, format: OutputFormat) -> String {
-    match format {
-        OutputFormat::Table => render_table(&["DELETED"], vec![vec![deleted.to_string()]], &[0]),
-        OutputFormat::Json => to_json(&json!({ "deleted": deleted })),
-    }
+/// The result of `delrange`: the number of keys deleted (`{"deleted": N}`).
+pub fn render_delete_range(deleted: u64, format: Format) -> Vec<u8> {
+    let mut records = Records::new(&[Column::new("deleted")], "deleted");
+    records.push(vec![Field::Number(deleted)]);
+    records.render(format, Shape::One)
 }
 
 #[cfg(test)]
@@ -632,7 +672,12 @@ mod tests {
         }
     }
 
-    /// A scan page as JSON: entries (binary-safe), the next token as hex, missing shards.
+    fn text(bytes: Vec<u8>) -> String {
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    /// A scan page as JSON: entries (binary-safe), the next token as hex, missing shards;
+    /// keys-only entries are keys alone.
     #[test]
     fn scan_page_json_shape() {
         let page = ScanPage {
@@ -641,7 +686,7 @@ mod tests {
             missing_shards: vec![],
         };
         let value: Value =
-            serde_json::from_str(&render_scan_page(&page, false, OutputFormat::Json)).expect("json");
+            serde_json::from_slice(&render_scan_page(&page, false, Format::Json)).expect("json");
         assert_eq!(
             value,
             json!({
@@ -659,14 +704,15 @@ mod tests {
             missing_shards: vec![2, 5],
         };
         let value: Value =
-            serde_json::from_str(&render_scan_page(&last, true, OutputFormat::Json)).expect("json");
+            serde_json::from_slice(&render_scan_page(&last, true, Format::Json)).expect("json");
         assert_eq!(
             value,
-            json!({"entries": [{"key": "k", "version": 1}], "next_page_token": null, "missing_shards": [2, 5]})
+            json!({"entries": [{"key": "k"}], "next_page_token": null, "missing_shards": [2, 5]})
         );
     }
 
-    /// A scan page table lists the entries, then the count and the next-page token.
+    /// A scan page table lists the entries; the count and the next-page token are the
+    /// footer (for stderr).
     #[test]
     fn scan_page_table() {
         let page = ScanPage {
@@ -674,8 +720,9 @@ mod tests {
             next: Some("ff".parse().expect("token")),
             missing_shards: vec![7],
         };
-        let table = render_scan_page(&page, false, OutputFormat::Table);
+        let table = text(render_scan_page(&page, false, Format::Table));
         let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
         assert_eq!(
             lines[0].split_whitespace().collect::<Vec<_>>(),
             ["KEY", "VERSION", "VALUE"]
@@ -685,13 +732,47 @@ mod tests {
             ["bb", "10", "yy"]
         );
         assert_eq!(
-            lines.last().copied(),
-            Some("2 entries; next page: --page-token ff; PARTIAL: missing shards 7")
+            scan_page_footer(&page),
+            "2 entries; next page: --page-token ff; PARTIAL: missing shards 7"
         );
         let empty = ScanPage::default();
+        assert!(render_scan_page(&empty, true, Format::Table).is_empty());
+        assert_eq!(scan_page_footer(&empty), "0 entries; end of range");
+    }
+
+    /// A scan page in the line formats: one JSON object, TSV row or raw value per entry;
+    /// keys only with --keys-only.
+    #[test]
+    fn scan_page_lines() {
+        let page = ScanPage {
+            entries: vec![entry(b"a", b"x", 3), entry(b"b\tc", b"y\nz", 4)],
+            ..ScanPage::default()
+        };
+        let jsonl = text(render_scan_page(&page, false, Format::Jsonl));
+        let objects: Vec<Value> = jsonl
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect();
         assert_eq!(
-            render_scan_page(&empty, true, OutputFormat::Table),
-            "0 entries; end of range"
+            objects,
+            [
+                json!({"key": "a", "version": 3, "value": "x"}),
+                json!({"key": "b\tc", "version": 4, "value": "y\nz"})
+            ]
+        );
+        assert_eq!(
+            text(render_scan_page(&page, false, Format::Tsv)),
+            "key\tversion\tvalue\na\t3\tx\nb\\tc\t4\ty\\nz\n"
+        );
+        assert_eq!(
+            text(render_scan_page(&page, true, Format::Tsv)),
+            "key\na\nb\\tc\n"
+        );
+        assert_eq!(render_scan_page(&page, false, Format::Raw), b"x\ny\nz\n");
+        assert_eq!(render_scan_page(&page, true, Format::Raw), b"a\nb\tc\n");
+        assert_eq!(
+            text(render_scan_page(&page, true, Format::Table)),
+            "KEY\na\nb\\tc\n"
         );
     }
 
@@ -699,7 +780,7 @@ mod tests {
     #[test]
     fn scan_printer_json_document() {
         let mut out = Vec::new();
-        let mut printer = ScanPrinter::new(&mut out, OutputFormat::Json, false);
+        let mut printer = ScanPrinter::new(&mut out, Format::Json, false);
         printer.begin().expect("write");
         printer
             .chunk(&ScanPage {
@@ -715,6 +796,7 @@ mod tests {
                 ..ScanPage::default()
             })
             .expect("write");
+        assert_eq!(printer.footer(false), None);
         printer.finish(None).expect("write");
         let value: Value = serde_json::from_slice(&out).expect("one JSON document");
         assert_eq!(value["count"], json!(3));
@@ -726,7 +808,7 @@ mod tests {
         assert!(value.get("error").is_none());
 
         let mut out = Vec::new();
-        let mut printer = ScanPrinter::new(&mut out, OutputFormat::Json, true);
+        let mut printer = ScanPrinter::new(&mut out, Format::Json, true);
         printer.begin().expect("write");
         printer.finish(Some("unavailable: \"no leader\"")).expect("write");
         let value: Value = serde_json::from_slice(&out).expect("one JSON document");
@@ -736,11 +818,12 @@ mod tests {
         );
     }
 
-    /// A streamed scan table ends with the count, and says when it failed.
+    /// A streamed scan table has only entries on stdout; the footer counts them and says
+    /// when it failed.
     #[test]
     fn scan_printer_table() {
         let mut out = Vec::new();
-        let mut printer = ScanPrinter::new(&mut out, OutputFormat::Table, true);
+        let mut printer = ScanPrinter::new(&mut out, Format::Table, true);
         printer.begin().expect("write");
         printer
             .chunk(&ScanPage {
@@ -748,12 +831,30 @@ mod tests {
                 ..ScanPage::default()
             })
             .expect("write");
-        printer.finish(Some("boom")).expect("write");
-        let text = String::from_utf8(out).expect("utf-8");
         assert_eq!(
-            text,
-            "KEY  VERSION\na          1\n\n1 entry; the scan FAILED before the end of the range\n"
+            printer.footer(true).as_deref(),
+            Some("1 entry; the scan FAILED before the end of the range")
         );
+        printer.finish(Some("boom")).expect("write");
+        assert_eq!(text(out), "KEY\na\n");
+    }
+
+    /// A streamed TSV scan has one header line, then a row per entry across chunks.
+    #[test]
+    fn scan_printer_tsv() {
+        let mut out = Vec::new();
+        let mut printer = ScanPrinter::new(&mut out, Format::Tsv, false);
+        printer.begin().expect("write");
+        for (key, value) in [(b"a", b"1"), (b"b", b"2")] {
+            printer
+                .chunk(&ScanPage {
+                    entries: vec![entry(key, value, 1)],
+                    ..ScanPage::default()
+                })
+                .expect("write");
+        }
+        printer.finish(None).expect("write");
+        assert_eq!(text(out), "key\tversion\tvalue\na\t1\t1\nb\t1\t2\n");
     }
 
     /// Counts show the shards counted, and name the missing ones.
@@ -764,7 +865,7 @@ mod tests {
             shards_total: 16,
             missing_shards: vec![],
         };
-        let table = render_count(&full, OutputFormat::Table);
+        let table = text(render_count(&full, Format::Table));
         assert_eq!(
             table
                 .lines()
@@ -777,12 +878,17 @@ mod tests {
             shards_total: 4,
             missing_shards: vec![1, 3],
         };
-        assert!(render_count(&partial, OutputFormat::Table).contains("1, 3"));
-        let value: Value = serde_json::from_str(&render_count(&partial, OutputFormat::Json)).expect("json");
+        assert!(text(render_count(&partial, Format::Table)).contains("1, 3"));
+        let expected = json!({"count": 10, "shards_total": 4, "shards_counted": 2, "missing_shards": [1, 3]});
+        for format in [Format::Json, Format::Jsonl] {
+            let value: Value = serde_json::from_slice(&render_count(&partial, format)).expect("json");
+            assert_eq!(value, expected, "{format:?}");
+        }
         assert_eq!(
-            value,
-            json!({"count": 10, "shards_total": 4, "shards_counted": 2, "missing_shards": [1, 3]})
+            text(render_count(&partial, Format::Tsv)),
+            "count\tshards_total\tshards_counted\tmissing_shards\n10\t4\t2\t1,3\n"
         );
+        assert_eq!(render_count(&partial, Format::Raw), b"10\n");
         assert_eq!(
             partial_warning(&[1, 3]),
             "warning: partial result: shards 1, 3 did not answer"
@@ -792,8 +898,9 @@ mod tests {
     /// The `delrange` summary.
     #[test]
     fn delrange_output() {
-        let value: Value = serde_json::from_str(&render_delete_range(42, OutputFormat::Json)).expect("json");
+        let value: Value = serde_json::from_slice(&render_delete_range(42, Format::Json)).expect("json");
         assert_eq!(value, json!({"deleted": 42}));
-        assert!(render_delete_range(42, OutputFormat::Table).ends_with("42"));
+        assert!(text(render_delete_range(42, Format::Table)).ends_with("42\n"));
+        assert_eq!(render_delete_range(42, Format::Raw), b"42\n");
     }
 }
