@@ -20,6 +20,8 @@
 //! - [`hibernation`]: quiet shard groups stop their Raft timers (one group's state, pure).
 //! - [`keepalive`]: the node's hibernation driver: puts quiet groups to sleep, and one
 //!   keep-alive per peer and interval stands in for the heartbeats of sleeping groups.
+//! - [`log_limit`]: third-party warnings and errors written at most once per call site
+//!   and interval (the binary's log format).
 //! - [`pacing`]: spacing out periodic passes over every group while nothing is pending.
 //! - [`proposal`]: proposing to a group (leader check, timeout) and per-shard write batching.
 //! - [`dedup_clock`]: the clock a shard leader stamps on write entries, which ages
@@ -37,6 +39,7 @@ pub mod gossip_agent;
 pub mod group;
 pub mod hibernation;
 pub mod keepalive;
+pub mod log_limit;
 pub mod membership;
 pub mod node;
 pub mod pacing;
