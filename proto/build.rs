@@ -1,5 +1,6 @@
 //! Compiles `proto/ringkv/v1/*.proto` with protox (a pure-Rust protobuf
-//! compiler), so building ringkv never needs a system `protoc`.
+//! compiler), so building ringkv never needs a system `protoc`. The compiled descriptors
+//! are also written to `$OUT_DIR/ringkv_descriptor.bin` (server reflection, method names).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -14,6 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("ringkv_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -6,8 +6,8 @@
 //!   family, label values escaped;
 //! - `check`: [`check_exposition`], a strict reader of that format (tests use it on what a
 //!   process serves);
-//! - `rpc`: [`RpcMetrics`] and [`Measured`], requests, response codes and latency per
-//!   method of a generated tonic server, counted before the service sees the request;
+//! - `rpc`: [`RpcMetrics`] and [`MeasureLayer`], requests, response codes and latency per
+//!   method of a tonic server's services, counted before any service sees the request;
 //! - `http`: [`MetricsServer`], the `/metrics` endpoint (HTTP/1.1 on hyper, a bounded number
 //!   of connections, stopped with its handle).
 //!
@@ -24,5 +24,5 @@ mod text;
 pub use check::{check_exposition, ExpositionError};
 pub use histogram::{Histogram, Snapshot, LATENCY_BOUNDS_SECONDS};
 pub use http::{MetricsServer, Render};
-pub use rpc::{Measured, RpcMetrics};
+pub use rpc::{MeasureLayer, Measured, MeasuredCall, RpcMetrics};
 pub use text::{Exposition, Family, Kind};

@@ -1,11 +1,13 @@
-//! Requests, response codes and latency per method of a gRPC service.
+//! Requests, response codes and latency per method of a process's gRPC services.
 //!
-//! [`Measured`] wraps a generated tonic server (it stays a `NamedService`) and counts each
-//! call by the method its path names, from the call until the response's headers: for a
-//! unary call the whole handler, for a stream the time to its first message. The code is
-//! the `grpc-status` of the response's headers (a refusal, or any unary error); a success,
-//! or a stream that fails after it started, is `OK`. Per call: a scan of the service's
-//! method paths, an `Arc` clone and three relaxed atomic additions — no lock, no allocation.
+//! [`MeasureLayer`] goes on a whole tonic server (`Server::builder().layer(..)`) and counts
+//! each call by the method its path names, from its arrival (before any other layer or
+//! service, so refusals count too) until the response's headers: for a unary call the
+//! whole handling, for a stream the time to its first message. The code is the
+//! `grpc-status` of the response's headers (a refusal, or any unary error); a success, or a
+//! stream that fails after it started, is `OK`. Per call: a scan of the method paths, an
+//! `Arc` clone and three relaxed atomic additions — no lock, no allocation. Paths that name
+//! no method given at construction (health, reflection) are not counted.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +17,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tonic::codegen::{http, Service};
-use tonic::server::NamedService;
 
 use crate::histogram::Histogram;
 use crate::text::{Exposition, Kind};
@@ -45,6 +46,8 @@ const UNKNOWN_CODE: usize = 2;
 /// One method's counters.
 #[derive(Debug)]
 struct Method {
+    /// The full service name, `ringkv.v1.ShardKv`.
+    service: String,
     name: String,
     /// `/<package>.<Service>/<Method>`, the request path that names it.
     path: String,
@@ -52,33 +55,30 @@ struct Method {
     latency: Histogram,
 }
 
-/// The metrics of one gRPC service: per method, responses by code and a latency histogram.
-/// The methods are fixed at construction (from the service's descriptor), so the series
-/// are bounded: methods × codes that occurred.
+/// The metrics of a process's gRPC services: per method, responses by code and a latency
+/// histogram. The methods are fixed at construction (from the services' descriptors), so
+/// the series are bounded: methods × codes that occurred.
 #[derive(Debug)]
 pub struct RpcMetrics {
-    /// The full service name, `ringkv.v1.ShardKv`.
-    service: String,
     methods: Vec<Method>,
 }
 
 impl RpcMetrics {
-    /// Metrics of `service` (its full name) with these methods; a call to any other path is
-    /// not counted.
-    pub fn new(service: &str, methods: impl IntoIterator<Item = String>) -> Arc<RpcMetrics> {
-        let methods = methods
+    /// Metrics of these services (full name, method names).
+    pub fn new(services: impl IntoIterator<Item = (String, Vec<String>)>) -> Arc<RpcMetrics> {
+        let methods = services
             .into_iter()
-            .map(|name| Method {
-                path: format!("/{service}/{name}"),
-                name,
-                responses: Default::default(),
-                latency: Histogram::default(),
+            .flat_map(|(service, names)| {
+                names.into_iter().map(move |name| Method {
+                    path: format!("/{service}/{name}"),
+                    service: service.clone(),
+                    name,
+                    responses: Default::default(),
+                    latency: Histogram::default(),
+                })
             })
             .collect();
-        Arc::new(RpcMetrics {
-            service: service.to_string(),
-            methods,
-        })
+        Arc::new(RpcMetrics { methods })
     }
 
     fn method_index(&self, path: &str) -> Option<usize> {
@@ -93,37 +93,36 @@ impl RpcMetrics {
         method.latency.observe(started.elapsed());
     }
 
-    /// Calls of `method` (its name) answered with `code` (its name, `OK`): for tests.
+    /// Calls of `method` (its name, in any service) answered with `code` (its name, `OK`).
     pub fn responses(&self, method: &str, code: &str) -> u64 {
-        let code = CODE_NAMES.iter().position(|name| *name == code);
+        let Some(code) = CODE_NAMES.iter().position(|name| *name == code) else {
+            return 0;
+        };
         self.methods
             .iter()
-            .find(|candidate| candidate.name == method)
-            .zip(code)
-            .map_or(0, |(method, code)| method.responses[code].load(Ordering::Relaxed))
+            .filter(|candidate| candidate.name == method)
+            .map(|method| method.responses[code].load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Writes `ringkv_grpc_requests_total{service,method,code}` (codes that occurred) and
-    /// `ringkv_grpc_request_duration_seconds{service,method}` (methods called at least once)
-    /// of every service in `services`.
-    pub fn write_all(exposition: &mut Exposition, services: &[&RpcMetrics]) {
+    /// `ringkv_grpc_request_duration_seconds{service,method}` (methods called at least once).
+    pub fn write(&self, exposition: &mut Exposition) {
         let mut requests = exposition.family(
             "ringkv_grpc_requests_total",
             Kind::Counter,
             "gRPC requests served, by service, method and response code.",
         );
-        for service in services {
-            for method in &service.methods {
-                for (code, count) in CODE_NAMES.iter().zip(&method.responses) {
-                    let count = count.load(Ordering::Relaxed);
-                    if count > 0 {
-                        let labels = [
-                            ("service", service.service.as_str()),
-                            ("method", method.name.as_str()),
-                            ("code", code),
-                        ];
-                        requests.sample(&labels, count as f64);
-                    }
+        for method in &self.methods {
+            for (code, count) in CODE_NAMES.iter().zip(&method.responses) {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    let labels = [
+                        ("service", method.service.as_str()),
+                        ("method", method.name.as_str()),
+                        ("code", code),
+                    ];
+                    requests.sample(&labels, count as f64);
                 }
             }
         }
@@ -132,42 +131,52 @@ impl RpcMetrics {
             Kind::Histogram,
             "Time from a gRPC request's arrival to its response headers (a unary call's whole handling).",
         );
-        for service in services {
-            for method in &service.methods {
-                let snapshot = method.latency.snapshot();
-                if snapshot.count() > 0 {
-                    let labels = [
-                        ("service", service.service.as_str()),
-                        ("method", method.name.as_str()),
-                    ];
-                    latency.histogram(&labels, &snapshot);
-                }
+        for method in &self.methods {
+            let snapshot = method.latency.snapshot();
+            if snapshot.count() > 0 {
+                let labels = [
+                    ("service", method.service.as_str()),
+                    ("method", method.name.as_str()),
+                ];
+                latency.histogram(&labels, &snapshot);
             }
         }
     }
 }
 
-/// A generated gRPC server whose calls are counted in an [`RpcMetrics`].
+/// The tower layer that counts every call of a server in an [`RpcMetrics`].
+#[derive(Debug, Clone)]
+pub struct MeasureLayer {
+    metrics: Arc<RpcMetrics>,
+}
+
+impl MeasureLayer {
+    pub fn new(metrics: Arc<RpcMetrics>) -> MeasureLayer {
+        MeasureLayer { metrics }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for MeasureLayer {
+    type Service = Measured<S>;
+
+    fn layer(&self, inner: S) -> Measured<S> {
+        Measured {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// A service whose calls are counted in an [`RpcMetrics`].
 #[derive(Debug, Clone)]
 pub struct Measured<S> {
     inner: S,
     metrics: Arc<RpcMetrics>,
 }
 
-impl<S> Measured<S> {
-    pub fn new(inner: S, metrics: Arc<RpcMetrics>) -> Measured<S> {
-        Measured { inner, metrics }
-    }
-}
-
-impl<S: NamedService> NamedService for Measured<S> {
-    const NAME: &'static str = S::NAME;
-}
-
 impl<S, B, R> Service<http::Request<B>> for Measured<S>
 where
     S: Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Unpin,
 {
     type Response = http::Response<R>;
     type Error = S::Error;
@@ -186,23 +195,26 @@ where
     }
 }
 
-/// A call in flight; counted when its response (or error) is ready.
-pub struct MeasuredCall<F> {
-    call: F,
-    /// The metrics, the method's index and when the call arrived; `None` for a path that
-    /// names no method of the service, or once counted.
-    counted: Option<(Arc<RpcMetrics>, usize, Instant)>,
+pin_project_lite::pin_project! {
+    /// A call in flight; counted when its response (or error) is ready.
+    pub struct MeasuredCall<F> {
+        #[pin]
+        call: F,
+        // The metrics, the method's index and when the call arrived; `None` for a path
+        // that names no method, or once counted.
+        counted: Option<(Arc<RpcMetrics>, usize, Instant)>,
+    }
 }
 
 impl<F, R, E> Future for MeasuredCall<F>
 where
-    F: Future<Output = Result<http::Response<R>, E>> + Unpin,
+    F: Future<Output = Result<http::Response<R>, E>>,
 {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        let output = std::task::ready!(Pin::new(&mut this.call).poll(cx));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.call.poll(cx));
         if let Some((metrics, method, started)) = this.counted.take() {
             let code = match &output {
                 Ok(response) => response_code(response),
@@ -265,11 +277,10 @@ mod tests {
     /// names them and has latency buckets for the methods called.
     #[tokio::test]
     async fn counts_calls_by_method_and_code() {
-        let metrics = RpcMetrics::new(
-            "s.S",
-            ["Get".to_string(), "Missing".to_string(), "Idle".to_string()],
-        );
-        let mut service = Measured::new(Answer, Arc::clone(&metrics));
+        let methods = vec!["Get".to_string(), "Missing".to_string(), "Idle".to_string()];
+        let metrics = RpcMetrics::new([("s.S".to_string(), methods)]);
+        let layer = MeasureLayer::new(Arc::clone(&metrics));
+        let mut service = tower_layer::Layer::layer(&layer, Answer);
         for path in ["/s.S/Get", "/s.S/Get", "/s.S/Missing", "/s.S/Other", "/t.T/Get"] {
             service.call(request(path)).await.expect("infallible");
         }
@@ -277,7 +288,7 @@ mod tests {
         assert_eq!(metrics.responses("Missing", "NOT_FOUND"), 1);
         assert_eq!(metrics.responses("Missing", "OK"), 0);
         let mut exposition = Exposition::new();
-        RpcMetrics::write_all(&mut exposition, &[&metrics]);
+        metrics.write(&mut exposition);
         let text = exposition.finish();
         crate::check_exposition(&text).expect("valid");
         assert!(text.contains("ringkv_grpc_requests_total{service=\"s.S\",method=\"Get\",code=\"OK\"} 2\n"));

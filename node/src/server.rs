@@ -20,8 +20,10 @@ use crate::error::NodeError;
 use crate::gossip_agent::{GossipAgent, LivenessView};
 use crate::keepalive::Hibernator;
 use crate::membership::SystemDuties;
+use crate::health::Health;
 use crate::node::Node;
 use crate::reconcile::Reconciler;
+use crate::metrics::NodeMetrics;
 use crate::service::admin::AdminService;
 use crate::service::authz::{AuthorizedShardKv, Authorizer};
 use crate::service::inflight::{Bounded, InflightLimit};
@@ -112,6 +114,8 @@ pub struct NodeHandle {
 
 /// The address to bind: the configured one, except that port 0 reuses the port recorded
 /// in the data directory (peers know the node by its address).
+    health: Health,
+    metrics: Option<ringkv_metrics::MetricsServer>,
 fn listen_addr(config: &NodeConfig, catalog: &TreeRef) -> Result<SocketAddr, StartError> {
     let configured: SocketAddr = config
         .listen
@@ -138,6 +142,34 @@ fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, addr)?;
     std::fs::rename(&tmp, path)
+/// Serves the node's metrics at `addr` (`--metrics-addr`) and records where.
+async fn start_metrics(
+    addr: &str,
+    node: &Node,
+    oracle: &Arc<Oracle>,
+    liveness: &LivenessView,
+    rpc: &Arc<ringkv_metrics::RpcMetrics>,
+) -> Result<ringkv_metrics::MetricsServer, StartError> {
+    let bind_err = |source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let socket_addr = addr
+        .parse()
+        .map_err(|_| ConfigError(format!("metrics_addr must be ip:port, got {addr:?}")))?;
+    let scraped = NodeMetrics {
+        node: node.clone(),
+        oracle: oracle.clone(),
+        liveness: liveness.clone(),
+        rpc: rpc.clone(),
+    };
+    let server = ringkv_metrics::MetricsServer::start(socket_addr, Arc::new(move || scraped.render()))
+        .await
+        .map_err(bind_err)?;
+    node.set_metrics_addr(server.local_addr());
+    Ok(server)
+}
+
 }
 
 impl NodeServer {
@@ -148,6 +180,7 @@ impl NodeServer {
         let storage_err = |source| StartError::Storage {
             dir: config.data_dir.display().to_string(),
             source,
+        let metrics_addr = config.metrics_addr.clone();
         };
         std::fs::create_dir_all(&config.data_dir).map_err(|err| storage_err(err.into()))?;
         let engine = storage::open(&config.data_dir.join("db")).map_err(storage_err)?;
@@ -194,6 +227,14 @@ impl NodeServer {
         let server_tls = tls.map(|tls| tls.server);
         let roles = match &server_tls {
             Some(_) => Some(RoleCache::default()),
+        let rpc_metrics = crate::metrics::rpc_metrics();
+        let metrics = match metrics_addr {
+            None => None,
+            Some(addr) => Some(start_metrics(&addr, &node, &oracle, &liveness, &rpc_metrics).await?),
+        };
+        let (health, health_service) = Health::start(&node).await;
+        let reflection = crate::health::reflection()
+            .map_err(|err| NodeError::Fatal(format!("server reflection: {err}")))?;
             None => {
                 warn!(
                     %local_addr,
@@ -212,6 +253,7 @@ impl NodeServer {
                         ShardKvService::new(node.clone()),
                         Authorizer::new(node.clone()),
                     ))
+            .layer(ringkv_metrics::MeasureLayer::new(rpc_metrics))
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes),
                     client_limit.clone(),
@@ -242,7 +284,11 @@ impl NodeServer {
                     client_limit,
                 ),
                 roles,
-            ));
+            ))
+            // Outside the role gate: with TLS the handshake already asks for a certificate
+            // of the cluster's CA (`health.rs`).
+            .add_service(health_service)
+            .add_service(reflection);
         let shutdown = cancel.clone();
         let serve = tokio::spawn(async move {
             let served = match server_tls {
@@ -301,12 +347,14 @@ impl NodeHandle {
 
     /// Writes the advertised address to `path` atomically (tests and tools wait for it).
     pub fn write_addr_file(&self, path: &Path) -> std::io::Result<()> {
+            health,
+            metrics,
         write_addr_file(path, self.node.addr())
     }
 
-    /// Stops gossip and serving, then the reconciler and the system duties (and the moves
-    /// they run), the hibernation driver and the timestamp oracle, then every Raft group,
-    /// and flushes storage.
+    /// Reports health NOT_SERVING, stops gossip and serving, then the reconciler and the
+    /// system duties (and the moves they run), the hibernation driver, the timestamp oracle
+    /// and the metrics endpoint, then every Raft group, and flushes storage.
     pub async fn shutdown(self) {
         if let Some(gossip) = self.gossip {
             gossip.shutdown().await;
@@ -322,3 +370,7 @@ impl NodeHandle {
         self.node.shutdown().await;
     }
 }
+        self.health.shutdown().await;
+        if let Some(metrics) = self.metrics {
+            metrics.shutdown().await;
+        }

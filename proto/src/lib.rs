@@ -8,6 +8,8 @@
 //! - [`labels`] — the names shown for the enums (`ReplicaRole::label`, `MemberState::label`).
 //! - [`budget`] — the byte budget of one reply (entries under 3.5 MiB, the whole reply under
 //!   gRPC's default 4 MiB receive limit), and how a reply's entries are counted against it.
+//! - [`descriptor`] — the compiled descriptors (server reflection) and each service's methods.
+//! - [`watch`] — where a `Kv.Watch` got to per shard, and the re-sent events a resumed
 //!
 //! This crate depends on nothing internal; every other ringkv crate depends on it.
 
@@ -15,6 +17,7 @@
 
 pub mod budget;
 pub mod labels;
+pub mod descriptor;
 pub mod metadata;
 
 /// Generated code for the `ringkv.v1` package.

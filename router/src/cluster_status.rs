@@ -207,6 +207,7 @@ mod tests {
             reads: None,
             tso: None,
             gossip: None,
+            ..NodeStatusResponse::default()
         }
     }
 

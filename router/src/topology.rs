@@ -618,6 +618,7 @@ mod tests {
                 reads: None,
                 tso: None,
                 gossip: None,
+                ..NodeStatusResponse::default()
             },
         }
     }

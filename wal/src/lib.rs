@@ -126,7 +126,22 @@ pub struct WalStats {
     pub syncs: u64,
     pub deleted_segments: u64,
     pub rewritten_groups: u64,
+    /// Bytes the writer thread wrote to segment files (appends, values and rewrites).
+    pub written_bytes: u64,
+    /// The writer's fdatasyncs of the active segment by latency: per bucket of
+    /// [`SYNC_LATENCY_BOUNDS_SECONDS`] (not cumulative), the last one beyond the last bound.
+    pub sync_latency_counts: [u64; SYNC_LATENCY_BUCKETS],
+    /// The time those fdatasyncs took together, in nanoseconds.
+    pub sync_latency_nanos: u64,
 }
+
+/// Upper bounds (seconds) of the buckets the writer counts its fdatasyncs in (those of the
+/// Prometheus histograms of `ringkv-metrics`; the node checks that they match).
+pub const SYNC_LATENCY_BOUNDS_SECONDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets of the sync latency: one per bound and one beyond.
+pub const SYNC_LATENCY_BUCKETS: usize = SYNC_LATENCY_BOUNDS_SECONDS.len() + 1;
 
 /// What recovery found when the log was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -170,6 +185,10 @@ pub(crate) struct Inner {
     syncs: AtomicU64,
     deleted_segments: AtomicU64,
     rewritten_groups: AtomicU64,
+    written_bytes: AtomicU64,
+    /// See [`WalStats::sync_latency_counts`].
+    sync_latency_counts: [AtomicU64; SYNC_LATENCY_BUCKETS],
+    sync_latency_nanos: AtomicU64,
 }
 
 /// The owner of the writer thread: dropping the last one stops and joins it.
@@ -291,6 +310,9 @@ impl Wal {
             syncs: AtomicU64::new(0),
             deleted_segments: AtomicU64::new(0),
             rewritten_groups: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
+            sync_latency_counts: Default::default(),
+            sync_latency_nanos: AtomicU64::new(0),
         });
         let thread = {
             let inner = inner.clone();
@@ -675,6 +697,11 @@ impl Wal {
             syncs: self.inner.syncs.load(Ordering::Relaxed),
             deleted_segments: self.inner.deleted_segments.load(Ordering::Relaxed),
             rewritten_groups: self.inner.rewritten_groups.load(Ordering::Relaxed),
+            written_bytes: self.inner.written_bytes.load(Ordering::Relaxed),
+            sync_latency_counts: std::array::from_fn(|bucket| {
+                self.inner.sync_latency_counts[bucket].load(Ordering::Relaxed)
+            }),
+            sync_latency_nanos: self.inner.sync_latency_nanos.load(Ordering::Relaxed),
         }
     }
 
@@ -725,6 +752,15 @@ impl Wal {
 }
 
 impl Inner {
+    /// Counts one fdatasync of the writer that took `took`.
+    pub(crate) fn count_sync(&self, took: std::time::Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = SYNC_LATENCY_BOUNDS_SECONDS.partition_point(|bound| *bound < seconds);
+        self.sync_latency_counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sync_latency_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
     /// Whether a write may be queued now: `Ok(false)` while the queue is full; an error once
     /// the log failed or closed.
     fn admits(&self, state: &State) -> Result<bool, WalError> {

@@ -336,6 +336,9 @@ fn write_run(inner: &Inner, file: &File, buf: &mut Vec<u8>, offset: u64) -> Resu
     }
     let written = file.write_all_at(buf, offset);
     inner.writes.fetch_add(1, Ordering::Relaxed);
+    if written.is_ok() {
+        inner.written_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    }
     buf.clear();
     match written {
         Err(err) => {
@@ -352,7 +355,10 @@ fn write_run(inner: &Inner, file: &File, buf: &mut Vec<u8>, offset: u64) -> Resu
 
 /// One `fdatasync` of the segment being written.
 fn sync(inner: &Inner, file: &File) -> Result<(), String> {
-    if let Err(err) = file.sync_data() {
+    let started = std::time::Instant::now();
+    let synced = file.sync_data();
+    inner.count_sync(started.elapsed());
+    if let Err(err) = synced {
         let reason = format!("fdatasync failed: {err}");
         if !inner.ignored(&reason) {
             return Err(reason);

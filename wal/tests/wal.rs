@@ -322,3 +322,20 @@ proptest! {
         prop_assert_eq!(observe(&wal), model);
     }
 }
+
+/// The writer counts the bytes it writes and its fdatasyncs by latency (the node's metrics).
+#[test]
+fn counts_written_bytes_and_sync_latencies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), small()).expect("open");
+    for index in 1..=10u64 {
+        wal.append(1, index, &[vec![7u8; 30]]).expect("append");
+    }
+    wal.sync().expect("sync");
+    let stats = wal.stats();
+    assert!(stats.written_bytes >= 10 * 30, "{stats:?}");
+    let counted: u64 = stats.sync_latency_counts.iter().sum();
+    assert!(counted >= 1, "{stats:?}");
+    assert!(counted <= stats.syncs, "{stats:?}");
+    assert!(stats.sync_latency_nanos > 0, "{stats:?}");
+}

@@ -147,6 +147,10 @@ struct Args {
     /// every gossip datagram is authenticated with it. Required with --ca.
     #[arg(long)]
     gossip_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP; port 0 picks a
+    /// free one, shown by `kvctl endpoint status`). Off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -175,6 +179,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
+    }
+    if let Some(addr) = &args.metrics_addr {
+        config.metrics_addr = Some(addr.clone());
     }
     if let Some(cluster_id) = &args.cluster_id {
         config.cluster_id = Some(cluster_id.clone());
@@ -266,28 +273,16 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     Ok(config)
 }
 
-/// Logs on stderr, colours only on a terminal (none in a log file), third-party warnings
-/// and errors at most once per call site and 10 s (`log_limit`).
 fn init_tracing(format: &str) {
-    use ringkv_node::log_limit::{RateLimited, DEFAULT_REPEAT_INTERVAL};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_writer(std::io::stderr);
     if format == "json" {
-        let inner = tracing_subscriber::fmt::format().json();
-        builder
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(RateLimited::new(inner, true, DEFAULT_REPEAT_INTERVAL))
-            .init();
+        builder.json().init();
     } else {
-        let inner = tracing_subscriber::fmt::format().with_ansi(ansi);
-        builder
-            .event_format(RateLimited::new(inner, false, DEFAULT_REPEAT_INTERVAL))
-            .init();
+        builder.init();
     }
 }
 

@@ -69,6 +69,8 @@ struct NodeInner {
 }
 
 /// Opens the node's write-ahead log (`<data dir>/wal`) and moves into it any log a data
+    /// Where `/metrics` is served (`--metrics-addr`), once it is; for the status.
+    metrics_addr: std::sync::OnceLock<String>,
 /// directory from before the WAL kept in sled.
 async fn open_wal(config: &NodeConfig, engine: &EngineRef) -> Result<Wal, NodeError> {
     let dir = config.data_dir.join("wal");
@@ -184,6 +186,7 @@ impl Node {
         });
         let node = Node { inner };
         info!(node_id = node.node_id(), addr = %node.addr(), "node started");
+            metrics_addr: std::sync::OnceLock::new(),
         Ok(node)
     }
 
@@ -250,6 +253,16 @@ impl Node {
     pub fn gossip_counters(&self) -> &GossipCounters {
         &self.inner.gossip_counters
     }
+    /// Records where the node serves its metrics (reported by `NodeStatus`); once.
+    pub fn set_metrics_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.inner.metrics_addr.set(addr.to_string());
+    }
+
+    /// Where the node serves its metrics, if it does.
+    pub fn metrics_addr(&self) -> Option<&str> {
+        self.inner.metrics_addr.get().map(String::as_str)
+    }
+
 
     /// Every group hosted here, the system group first, then shards in order.
     pub fn groups(&self) -> Vec<Arc<Group>> {

@@ -64,12 +64,33 @@ impl Node {
             // Filled in by the Admin service, which holds the oracle.
             tso: None,
             gossip: self.gossip_counters().to_proto(),
+            metrics_addr: self.metrics_addr().unwrap_or_default().to_string(),
+            storage: Some(self.storage_info()),
+            process_role: "node".to_string(),
         }
     }
 }
 
 impl Node {
-    fn read_counters(&self) -> v1::ReadCounters {
+    /// What the data directory holds on disk (a walk of a few directories: for status
+    /// calls and scrapes, not for request paths).
+    pub fn storage_info(&self) -> v1::StorageInfo {
+        let data_dir = &self.config().data_dir;
+        let wal = dir_usage(&data_dir.join("wal"));
+        v1::StorageInfo {
+            db_bytes: dir_usage(&data_dir.join("db")).bytes,
+            wal_bytes: wal.bytes,
+            wal_segments: u32::try_from(wal.files).unwrap_or(u32::MAX),
+            snapshot_bytes: dir_usage(&data_dir.join("snapshots")).bytes,
+        }
+    }
+
+    /// The write-ahead log's counters (bytes written, fdatasync latencies).
+    pub fn wal_stats(&self) -> ringkv_wal::WalStats {
+        self.inner.deps.wal.stats()
+    }
+
+    pub fn read_counters(&self) -> v1::ReadCounters {
         let counters = &self.inner.deps.read_counters;
         v1::ReadCounters {
             lease_checks: counters.lease.load(Ordering::Relaxed),
@@ -97,6 +118,45 @@ impl Node {
         }
         (led, replicas)
     }
+}
+
+/// Files under a directory and their bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct DirUsage {
+    files: u64,
+    bytes: u64,
+}
+
+/// Most directory entries [`dir_usage`] looks at: a bound on a status call's work.
+const MAX_DIR_ENTRIES: usize = 100_000;
+
+/// The files under `dir` (recursively, at most [`MAX_DIR_ENTRIES`] entries) and their
+/// sizes; what cannot be read counts as nothing.
+fn dir_usage(dir: &std::path::Path) -> DirUsage {
+    let mut usage = DirUsage::default();
+    let mut pending = vec![dir.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_DIR_ENTRIES {
+                return usage;
+            }
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                usage.files += 1;
+                usage.bytes += metadata.len();
+            }
+        }
+    }
+    usage
 }
 
 /// One replica's Raft state as reported over the wire.
