@@ -20,16 +20,18 @@
 //! - [`hibernation`]: quiet shard groups stop their Raft timers (one group's state, pure).
 //! - [`keepalive`]: the node's hibernation driver: puts quiet groups to sleep, and one
 //!   keep-alive per peer and interval stands in for the heartbeats of sleeping groups.
+//! - [`log_limit`]: third-party warnings and errors written at most once per call site
+//!   and interval (the binary's log format).
 //! - [`pacing`]: spacing out periodic passes over every group while nothing is pending.
 //! - [`proposal`]: proposing to a group (leader check, timeout) and per-shard write batching.
 //! - [`dedup_clock`]: the clock a shard leader stamps on write entries, which ages
 //!   de-duplication records (its monotonic clock, never its wall clock).
 //! - [`service`]: the gRPC services (`ShardKv`, `Raft`, `Admin`) and error → status mapping.
+//! - [`metrics`]: the Prometheus metrics a scrape renders from the node's state;
+//!   [`health`]: the gRPC health service and server reflection.
 //! - [`server`]: the composition root: opens the node, starts the reconciler, the system
 //!   duties and gossip, binds the listener, serves, shuts down in order.
 
-//! - [`metrics`]: the Prometheus metrics a scrape renders from the node's state;
-//!   [`health`]: the gRPC health service and server reflection.
 pub mod concurrency;
 pub mod config;
 pub mod convert;
@@ -37,16 +39,17 @@ pub mod dedup_clock;
 pub mod error;
 pub mod gossip_agent;
 pub mod group;
+pub mod health;
 pub mod hibernation;
 pub mod keepalive;
+pub mod log_limit;
 pub mod membership;
+pub mod metrics;
 pub mod node;
-pub mod health;
 pub mod pacing;
 pub mod peers;
 pub mod proposal;
 pub mod raft;
-pub mod metrics;
 pub mod read_index;
 pub mod rebalance;
 pub mod reconcile;

@@ -177,11 +177,11 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     if let Some(addr) = &args.advertise_addr {
         config.advertise_addr = Some(addr.clone());
     }
-    if let Some(dir) = &args.data_dir {
-        config.data_dir = dir.clone();
-    }
     if let Some(addr) = &args.metrics_addr {
         config.metrics_addr = Some(addr.clone());
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
     }
     if let Some(cluster_id) = &args.cluster_id {
         config.cluster_id = Some(cluster_id.clone());
@@ -273,16 +273,28 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     Ok(config)
 }
 
+/// Logs on stderr, colours only on a terminal (none in a log file), third-party warnings
+/// and errors at most once per call site and 10 s (`log_limit`).
 fn init_tracing(format: &str) {
+    use ringkv_node::log_limit::{RateLimited, DEFAULT_REPEAT_INTERVAL};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if format == "json" {
-        builder.json().init();
+        let inner = tracing_subscriber::fmt::format().json();
+        builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(RateLimited::new(inner, true, DEFAULT_REPEAT_INTERVAL))
+            .init();
     } else {
-        builder.init();
+        let inner = tracing_subscriber::fmt::format().with_ansi(ansi);
+        builder
+            .event_format(RateLimited::new(inner, false, DEFAULT_REPEAT_INTERVAL))
+            .init();
     }
 }
 

@@ -234,6 +234,14 @@ pub fn envelope(cluster_id: String, group: GroupId, from_node: NodeId, payload: 
 
 type CallError<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
+/// How long a message waits for a peer to open its group (bounded by half the RPC's time
+/// to live): right after `cluster init`, or when a move reaches a new replica, a leader
+/// may address a peer a few milliseconds before the peer has opened the group. Failing at
+/// once would log an openraft ERROR at every healthy start.
+const NOT_HOSTED_GRACE: Duration = Duration::from_millis(500);
+/// Pause between two sends to a peer that does not host the group yet.
+const NOT_HOSTED_RETRY: Duration = Duration::from_millis(25);
+
 impl Connection {
     /// Sends one RPC. `entries_hint`: for appends, how many entries to retry with when the
     /// message is too large for gRPC.
@@ -249,11 +257,19 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let reply = self
-            .send(rpc, request, option)
-            .await?
-            .map_err(|status| self.failed(rpc, &status, entries_hint))?;
-        self.decode_reply(reply)
+        let grace_until = tokio::time::Instant::now() + NOT_HOSTED_GRACE.min(option.hard_ttl() / 2);
+        loop {
+            match self.send(rpc, request, option).await? {
+                Ok(reply) => return self.decode_reply(reply),
+                Err(status)
+                    if status.code() == tonic::Code::NotFound
+                        && tokio::time::Instant::now() + NOT_HOSTED_RETRY < grace_until =>
+                {
+                    tokio::time::sleep(NOT_HOSTED_RETRY).await;
+                }
+                Err(status) => return Err(self.failed(rpc, &status, entries_hint)),
+            }
+        }
     }
 
     /// Sends one RPC: the reply, or the gRPC status the peer answered with.
@@ -408,6 +424,42 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option, 1).await
+        match self.send(Rpc::Vote, &rpc, &option).await? {
+            Ok(reply) => self.decode_reply(reply),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(withheld_vote(rpc)),
+            Err(status) => Err(self.failed(Rpc::Vote, &status, 1)),
+        }
+    }
+}
+
+/// The answer of a peer that does not host the group (yet: it creates it on `cluster init`
+/// or when a move reaches it): a vote withheld, as a member without the group's state
+/// would give. It carries the candidate's own vote, so the candidate neither counts it
+/// nor steps down. As an error, openraft would log an ERROR for every group at every
+/// healthy start, when one node's groups campaign before its peers have opened theirs.
+fn withheld_vote(request: VoteRequest<NodeId>) -> VoteResponse<NodeId> {
+    VoteResponse {
+        vote: request.vote,
+        vote_granted: false,
+        last_log_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId, Vote};
+
+    use super::*;
+
+    /// A peer without the group withholds its vote with the candidate's own vote: neither
+    /// granted nor newer, so the candidate neither counts it nor steps down.
+    #[test]
+    fn unhosted_peer_withholds_its_vote() {
+        let vote = Vote::new(3, 1);
+        let request = VoteRequest::new(vote, Some(LogId::new(CommittedLeaderId::new(2, 1), 7)));
+        let answer = withheld_vote(request);
+        assert!(!answer.vote_granted);
+        assert_eq!(answer.vote, vote);
+        assert_eq!(answer.last_log_id, None);
     }
 }

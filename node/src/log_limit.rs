@@ -1,0 +1,226 @@
+//! Repeated warnings and errors from the crates ringkv builds on, rate-limited: an event
+//! format that writes the same WARN or ERROR event (same call site) of a third-party crate
+//! (openraft, tonic, h2, sled …) at most once per interval, and says on the next one it
+//! writes how many it suppressed. A peer that stays down otherwise fills the log with one
+//! openraft ERROR per group and election round.
+//!
+//! ringkv's own call sites are left alone: they know what repeats and throttle it where
+//! they log (gossip's dropped datagrams, for one), and tests read some of their lines.
+//! Installed by the binary; the library never initialises tracing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::callsite::Identifier;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Default: one line per call site and 10 s.
+pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Most call sites remembered (call sites are static, so a bound is only a guard).
+const MAX_CALL_SITES: usize = 4096;
+
+/// What to do with one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write it; `suppressed` events of its call site were dropped since the last written.
+    Write { suppressed: u64 },
+    /// Drop it (counted).
+    Suppress,
+}
+
+/// The decision, without IO: per key, the first event of each interval is written.
+#[derive(Debug)]
+pub struct Limiter<K> {
+    interval: Duration,
+    windows: HashMap<K, Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    written_at: Instant,
+    suppressed: u64,
+}
+
+impl<K: std::hash::Hash + Eq> Limiter<K> {
+    /// At most one event per key and `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Limiter {
+            interval,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// The verdict on an event of `key` at `now`.
+    pub fn check(&mut self, key: K, now: Instant) -> Verdict {
+        if self.windows.len() >= MAX_CALL_SITES && !self.windows.contains_key(&key) {
+            return Verdict::Write { suppressed: 0 };
+        }
+        let window = match self.windows.entry(key) {
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(Window {
+                    written_at: now,
+                    suppressed: 0,
+                });
+                return Verdict::Write { suppressed: 0 };
+            }
+            std::collections::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
+        };
+        if now.saturating_duration_since(window.written_at) < self.interval {
+            window.suppressed += 1;
+            return Verdict::Suppress;
+        }
+        let suppressed = std::mem::take(&mut window.suppressed);
+        window.written_at = now;
+        Verdict::Write { suppressed }
+    }
+}
+
+/// An event format that rate-limits third-party WARN and ERROR events and formats the
+/// rest with `inner`. A written event after suppressed ones is preceded by a line saying
+/// how many (a JSON object with `json`).
+#[derive(Debug)]
+pub struct RateLimited<F> {
+    inner: F,
+    json: bool,
+    limiter: Mutex<Limiter<Identifier>>,
+}
+
+impl<F> RateLimited<F> {
+    /// `inner` behind a limit of one event per call site and `interval`.
+    pub fn new(inner: F, json: bool, interval: Duration) -> Self {
+        RateLimited {
+            inner,
+            json,
+            limiter: Mutex::new(Limiter::new(interval)),
+        }
+    }
+}
+
+/// Whether events of `target` at `level` are rate-limited.
+pub fn is_limited(target: &str, level: Level) -> bool {
+    level <= Level::WARN && !target.starts_with("ringkv")
+}
+
+impl<S, N, F> FormatEvent<S, N> for RateLimited<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let metadata = event.metadata();
+        if !is_limited(metadata.target(), *metadata.level()) {
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let verdict = match self.limiter.lock() {
+            Ok(mut limiter) => limiter.check(metadata.callsite(), Instant::now()),
+            // A panic while another event held the lock: write everything.
+            Err(_) => Verdict::Write { suppressed: 0 },
+        };
+        match verdict {
+            // Nothing written: the fmt layer writes no line.
+            Verdict::Suppress => Ok(()),
+            Verdict::Write { suppressed: 0 } => self.inner.format_event(ctx, writer, event),
+            Verdict::Write { suppressed } => {
+                let site = format!(
+                    "{}:{}",
+                    metadata.file().unwrap_or(metadata.target()),
+                    metadata.line().unwrap_or(0)
+                );
+                if self.json {
+                    writeln!(
+                        writer,
+                        "{{\"level\":\"{}\",\"target\":{},\"message\":\"suppressed repeats of the next event\",\"suppressed\":{suppressed},\"site\":{}}}",
+                        metadata.level().as_str(),
+                        json_string(metadata.target()),
+                        json_string(&site),
+                    )?;
+                } else {
+                    writeln!(
+                        writer,
+                        "{:>5} {}: suppressed {suppressed} repeats of the next event ({site})",
+                        metadata.level().as_str(),
+                        metadata.target(),
+                    )?;
+                }
+                self.inner.format_event(ctx, writer, event)
+            }
+        }
+    }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first event of a key is written, repeats within the interval are counted, and
+    /// the next one after it says how many were dropped; keys are independent.
+    #[test]
+    fn one_per_interval_with_the_count() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut limiter = Limiter::new(10 * second);
+        assert_eq!(limiter.check("a", start), Verdict::Write { suppressed: 0 });
+        assert_eq!(limiter.check("a", start), Verdict::Suppress);
+        assert_eq!(limiter.check("a", start + 9 * second), Verdict::Suppress);
+        assert_eq!(
+            limiter.check("b", start + 9 * second),
+            Verdict::Write { suppressed: 0 }
+        );
+        assert_eq!(
+            limiter.check("a", start + 10 * second),
+            Verdict::Write { suppressed: 2 }
+        );
+        assert_eq!(limiter.check("a", start + 11 * second), Verdict::Suppress);
+        assert_eq!(
+            limiter.check("a", start + 25 * second),
+            Verdict::Write { suppressed: 1 }
+        );
+        assert_eq!(
+            limiter.check("a", start + 40 * second),
+            Verdict::Write { suppressed: 0 }
+        );
+    }
+
+    /// Targets and sites become valid JSON strings.
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+
+    /// Only third-party WARN and ERROR events are limited.
+    #[test]
+    fn third_party_warnings_and_errors_only() {
+        assert!(is_limited("openraft::core::raft_core", Level::ERROR));
+        assert!(is_limited("h2::proto", Level::WARN));
+        assert!(!is_limited("openraft::core", Level::INFO));
+        assert!(!is_limited("ringkv_node::server", Level::ERROR));
+    }
+}
