@@ -104,6 +104,18 @@ pub enum NodeError {
         hex(.request_id)
     )]
     RequestIdReused { request_id: RequestId },
+    /// A watch from a timestamp older than the shard's history (see
+    /// `raft/state_machine/watches.rs`).
+    #[error(
+        "watch from timestamp {after_ts}: the shard's history before {floor} is gone (compacted: \
+         versions are kept for --mvcc-window-ms, and not across a restart); resume from {floor} \
+         or later (changes in between are lost)"
+    )]
+    WatchCompacted { after_ts: u64, floor: u64 },
+    /// A watch ended by the replica (its state replaced by a snapshot, its leadership or
+    /// its replica gone): watch again from the last progress.
+    #[error("watch interrupted: {0}")]
+    WatchInterrupted(String),
 }
 
 /// Lowercase hex of a request id.
@@ -186,6 +198,11 @@ impl NodeError {
                 start_ts: *start_ts,
                 safe_point: *safe_point,
             },
+            NodeError::WatchCompacted { after_ts, floor } => NodeError::WatchCompacted {
+                after_ts: *after_ts,
+                floor: *floor,
+            },
+            NodeError::WatchInterrupted(msg) => NodeError::WatchInterrupted(msg.clone()),
             NodeError::Encode { what, detail } => NodeError::Encode {
                 what,
                 detail: detail.clone(),
@@ -228,7 +245,9 @@ impl NodeError {
             | NodeError::SnapshotTooOld { .. }
             | NodeError::TxnForgotten { .. }
             | NodeError::KeyLocked(_)
-            | NodeError::RequestIdReused { .. } => true,
+            | NodeError::RequestIdReused { .. }
+            | NodeError::WatchCompacted { .. }
+            | NodeError::WatchInterrupted(_) => true,
         }
     }
 }

@@ -202,6 +202,19 @@ impl Touches for v1::ScanRequest {
     }
 }
 
+impl Touches for v1::WatchRequest {
+    fn touches(&self) -> Vec<(Permission, Access<'_>)> {
+        use v1::watch_request::Target;
+        let access = match &self.target {
+            Some(Target::Key(key)) => Access::Key(key),
+            Some(Target::Prefix(prefix)) => Access::Prefix(prefix),
+            Some(Target::Range(range)) => Access::range(&range.start, &range.end),
+            None => return Vec::new(),
+        };
+        vec![(Permission::Read, access)]
+    }
+}
+
 impl Touches for v1::CountRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
         vec![(Permission::Read, range(&self.start, &self.end, &self.prefix))]

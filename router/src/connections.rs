@@ -367,6 +367,20 @@ impl NodeApi for GrpcNodes {
         Ok(reply)
     }
 
+    async fn watch(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::ShardWatchRequest,
+        timeout: Duration,
+    ) -> Result<crate::node_api::ShardWatchStream, Status> {
+        let mut client = self.shard_kv(addr)?;
+        // No grpc-timeout: the stream lasts as long as the watch.
+        let mut request = with_timeout(request, timeout);
+        request.metadata_mut().remove("grpc-timeout");
+        let response = bounded(timeout, client.watch(request)).await?;
+        Ok(Box::pin(response.into_inner()))
+    }
+
     async fn get_auth(
         &self,
         addr: &str,

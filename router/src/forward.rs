@@ -189,6 +189,29 @@ impl<N: NodeApi> Forwarder<N> {
         .await
     }
 
+    /// Opens `ShardKv.Watch` of one shard's part of a range at its leader.
+    pub async fn watch(
+        &self,
+        shard_count: u32,
+        request: ringkv_proto::v1::ShardWatchRequest,
+        deadline: Instant,
+    ) -> Result<crate::node_api::ShardWatchStream, RouterError> {
+        let shard = ShardId(request.shard_id);
+        let nodes = &self.nodes;
+        self.run(
+            shard,
+            shard_count,
+            RouteMode::Leader,
+            None,
+            deadline,
+            |target, timeout| {
+                let request = request.clone();
+                async move { nodes.watch(&target.addr, request, timeout).await }
+            },
+        )
+        .await
+    }
+
     /// `ShardKv.Count` of one shard's part of a range.
     pub async fn count(
         &self,

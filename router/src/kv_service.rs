@@ -411,6 +411,7 @@ fn respond<T>(rpc: &'static str, result: Result<T, RouterError>) -> Result<Respo
 impl<N: NodeApi> Kv for KvService<N> {
     type ScanStreamStream = ResponseStream<ScanResponse>;
     type CountStream = ResponseStream<CountResponse>;
+    type WatchStream = ResponseStream<ringkv_proto::v1::WatchResponse>;
 
     async fn batch_write(
         &self,
@@ -460,6 +461,23 @@ impl<N: NodeApi> Kv for KvService<N> {
         let opened = range_ops::count(&self.ctx, request.into_inner(), admission.deadline).await;
         respond(
             "count",
+            opened.map(|stream| self.ctx.streams.serve(admission.slot, stream)),
+        )
+    }
+
+    /// A watch takes a stream slot; its shard streams are its own (see `watch`).
+    async fn watch(
+        &self,
+        request: Request<ringkv_proto::v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.ctx.auth.authorize(&request)?;
+        let admission = self
+            .ctx
+            .admit_stream(request.metadata())
+            .map_err(|e| to_status(&e))?;
+        let opened = crate::watch::watch(&self.ctx, request.into_inner(), admission.deadline).await;
+        respond(
+            "watch",
             opened.map(|stream| self.ctx.streams.serve(admission.slot, stream)),
         )
     }

@@ -17,7 +17,8 @@
 //!   (BatchGet in rounds within the reply budget, paged or refused when it does not fit),
 //!   `range` (key ranges, continuation tokens), `scan` (the k-way merge of shard
 //!   pages), `range_ops` (Scan, ScanStream, Count, DeleteRange), `streams` (server
-//!   streams: their own slots, idle and total deadlines, one message at a time),
+//!   streams: their own slots, idle and total deadlines, one message at a time), `watch`
+//!   (`Kv.Watch`: a task per shard following its leader's `ShardKv.Watch`, fanned in),
 //!   [`error`] (`RouterError` and its one mapping to gRPC statuses), [`failpoint`]
 //!   (test-only exits inside a commit, `--unsafe-failpoint`).
 //! - Transactions: `txn_service` (`Txn`), `txn` (the two-phase commit coordinator),
@@ -86,6 +87,7 @@ mod txn;
 mod txn_gc;
 mod txn_service;
 mod validate;
+mod watch;
 mod write_merge;
 
 pub use config::{ConfigError, RouterConfig};

@@ -16,6 +16,11 @@ use ringkv_proto::v1::{
 };
 use tonic::Status;
 
+/// The messages of a node's `ShardKv.Watch` stream.
+pub type ShardWatchStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<ringkv_proto::v1::ShardWatchResponse, Status>> + Send>,
+>;
+
 /// Calls to the node at `addr` (`host:port`), each bounded by `timeout`.
 pub trait NodeApi: Send + Sync + 'static {
     /// `ShardKv.Read`.
@@ -64,6 +69,18 @@ pub trait NodeApi: Send + Sync + 'static {
         addr: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<NodeStatusResponse, Status>> + Send;
+
+    /// `ShardKv.Watch`: opens the stream (within `timeout`); the stream itself has no
+    /// deadline.
+    fn watch(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::ShardWatchRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ShardWatchStream, Status>> + Send {
+        let _ = (addr, request, timeout);
+        async { Err(Status::unimplemented("watch is not supported by this node api")) }
+    }
 
     /// `Admin.GetAuth`: the permission table as the node applied it.
     fn get_auth(

@@ -419,6 +419,15 @@ impl Kv for MockRouter {
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
+    type WatchStream = MockStream<proto::WatchResponse>;
+
+    async fn watch(
+        &self,
+        _request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("the mock router has no watches"))
+    }
+
     type CountStream = MockStream<proto::CountResponse>;
 
     async fn count(

@@ -135,6 +135,12 @@ impl Touches for v1::ShardTxnScanLocksRequest {
     }
 }
 
+impl Touches for v1::ShardWatchRequest {
+    fn touches(&self) -> Vec<(Permission, Access<'_>)> {
+        vec![(Permission::Read, Access::range(&self.start, &self.end))]
+    }
+}
+
 /// The permission table as this node applied it, and the check of a caller against it.
 #[derive(Clone)]
 pub struct Authorizer {
@@ -210,6 +216,16 @@ macro_rules! authorized {
                     ShardKv::$method(&self.inner, request).await
                 }
             )*
+
+            type WatchStream = <ShardKvService as ShardKv>::WatchStream;
+
+            async fn watch(
+                &self,
+                request: Request<v1::ShardWatchRequest>,
+            ) -> Result<Response<Self::WatchStream>, Status> {
+                self.check(&request, false)?;
+                ShardKv::watch(&self.inner, request).await
+            }
         }
     };
 }

@@ -45,13 +45,16 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         | NodeError::AuthRejected(_) => Code::FailedPrecondition,
         NodeError::PermissionDenied(_) => Code::PermissionDenied,
         // Final (the router does not retry it): the caller needs a newer timestamp.
-        NodeError::SnapshotTooOld { .. } | NodeError::TxnForgotten { .. } => Code::OutOfRange,
+        NodeError::SnapshotTooOld { .. }
+        | NodeError::TxnForgotten { .. }
+        | NodeError::WatchCompacted { .. } => Code::OutOfRange,
         NodeError::NotLeader { .. }
         | NodeError::NoQuorum { .. }
         | NodeError::NotInitialized
         | NodeError::OutcomeUnknown(_)
         | NodeError::Peer { .. }
-        | NodeError::Fatal(_) => Code::Unavailable,
+        | NodeError::Fatal(_)
+        | NodeError::WatchInterrupted(_) => Code::Unavailable,
         NodeError::Timeout { .. } => Code::DeadlineExceeded,
         NodeError::Storage(_) | NodeError::Encode { .. } => Code::Internal,
         // Busy: the router retries it within the request's deadline.

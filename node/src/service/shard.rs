@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 mod limits;
 mod txn;
+mod watch;
 
 use limits::{check_range, count_limit, page_limit, reply_max_bytes};
 
@@ -481,6 +482,16 @@ impl ShardKv for ShardKvService {
     ) -> Result<Response<v1::ShardTxnScanLocksResponse>, Status> {
         let result = self.txn_scan_locks(request.into_inner()).await;
         result.map(Response::new).map_err(|err| status(err, true))
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::ShardWatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let result = self.watch(request.into_inner()).await;
+        result.map(Response::new).map_err(|err| status(err, false))
     }
 }
 

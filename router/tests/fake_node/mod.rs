@@ -396,6 +396,16 @@ impl ShardKv for FakeNode {
         Err(Status::unimplemented("the fake node has no transactions"))
     }
 
+    type WatchStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::ShardWatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        _request: Request<v1::ShardWatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("the fake node has no watches"))
+    }
+
     async fn read(&self, request: Request<ShardReadRequest>) -> Result<Response<ShardReadResponse>, Status> {
         let request = request.into_inner();
         let keys: Vec<&[u8]> = request.keys.iter().map(Vec::as_slice).collect();

@@ -222,6 +222,7 @@ impl GroupState {
             self.recount_locks(tree)?;
         }
         if let Some(versions) = versions {
+            self.watches.publish(entry.log_id.index, &versions);
             self.history().record(versions.commit_ts, versions.replaced);
         }
         self.applied_tx.send_replace(Some(entry.log_id));
@@ -272,6 +273,21 @@ impl EntryVersions {
             heads: HashMap::new(),
             replaced: Vec::new(),
         }
+    }
+
+    /// Every key the entry changed with its head after the entry (`None`: deleted), in key
+    /// order; a key deleted that had no head before changed nothing and is left out.
+    pub(super) fn changes(&self) -> Vec<(&[u8], Option<&Head>)> {
+        let replaced: std::collections::HashSet<&[u8]> =
+            self.replaced.iter().map(|old| old.key.as_slice()).collect();
+        let mut changes: Vec<(&[u8], Option<&Head>)> = self
+            .heads
+            .iter()
+            .filter(|(key, head)| head.is_some() || replaced.contains(key.as_slice()))
+            .map(|(key, head)| (key.as_slice(), head.as_ref()))
+            .collect();
+        changes.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        changes
     }
 
     /// `key`'s head as the entry sees it.

@@ -14,6 +14,8 @@
 //! - `read`: `get`, `get_many`, [`GroupState::scan`] and [`GroupState::count`].
 //! - `holds`: range reads in holds of the apply lock of bounded work (applies run in
 //!   between), each answer at one applied state; `range`: the scans and counts so read.
+//! - `watches`: watches of a range's changes (catch-up from the history,
+//!   `watch_catch_up`, then each applied entry's changes through a bounded queue).
 //! - `adapter`: [`StateMachine`] and [`SnapshotBuilder`], the openraft traits.
 //! - generations (this file): installing a snapshot fills a new generation of the tree
 //!   aside (see [`crate::raft::snapshot`]), then flips the generation recorded in the node
@@ -34,6 +36,8 @@ pub(crate) mod test_support;
 mod txn;
 mod txn_read;
 mod validate;
+mod watch_catch_up;
+mod watches;
 mod writes;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +51,7 @@ pub use dedup::DedupPolicy;
 pub use mvcc::{HistoryBudget, HistoryPolicy};
 pub use read::{CountResult, ScanOptions, ScanPage};
 pub use validate::{ReadSet, MAX_CONFLICTS};
+pub use watches::{Change, ChangeKind, Watch, WatchEnd, WatchPage, WatchRange};
 
 use super::snapshot::{self, SnapshotDir};
 use super::types::{ClusterConfig, GroupId, LogId, SnapshotMeta, StoredMembership};
@@ -102,6 +107,8 @@ pub struct GroupState {
     /// Versions superseded within the window (see `mvcc.rs`); changed under the apply lock.
     /// (Shared so a range read on a blocking thread can hold it.)
     history: Arc<Mutex<mvcc::History>>,
+    /// The watches of this replica's changes (`watches.rs`), fed by every applied write.
+    watches: watches::WatchHub,
 }
 
 impl GroupState {
@@ -162,6 +169,7 @@ impl GroupState {
             cluster_tx,
             retired: AtomicBool::new(false),
             history: Arc::new(Mutex::new(history)),
+            watches: Default::default(),
         });
         state.finish_interrupted_install(applied)?;
         Ok(state)
@@ -333,6 +341,7 @@ impl GroupState {
         };
         // The snapshot brings no history: reads below its newest version are refused.
         self.history().reset(mvcc::high_water(&tree)?);
+        self.watches.reset();
         // A snapshot taken mid-commit carries locks.
         self.may_have_locks
             .store(txn::holds_locks(&tree)?, Ordering::SeqCst);

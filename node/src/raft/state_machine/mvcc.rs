@@ -416,6 +416,32 @@ impl History {
     }
 }
 
+impl History {
+    /// `key`'s versions in memory, oldest first: what a watch's catch-up reads (`watch.rs`).
+    pub(super) fn versions_of<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = OldVersionRef<'a>> + 'a {
+        self.versions
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|old| OldVersionRef {
+                version: old.version,
+                commit_ts: old.commit_ts,
+                superseded_ts: old.superseded_ts,
+                value: &old.value,
+            })
+    }
+}
+
+/// A version in memory, as [`History::versions_of`] shows it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OldVersionRef<'a> {
+    pub version: u64,
+    pub commit_ts: u64,
+    /// When a later write replaced it or a delete removed it.
+    pub superseded_ts: u64,
+    pub value: &'a [u8],
+}
+
 impl Drop for History {
     fn drop(&mut self) {
         self.policy.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);

@@ -1,0 +1,304 @@
+//! `Kv.Watch`: one stream per client, fed by one `ShardKv.Watch` per shard the target
+//! touches (a key: its shard; a prefix or range: every shard, keys being hash-sharded).
+//!
+//! Each shard is followed by a task of the stream's own (a `JoinSet` the stream owns, so
+//! they end with it) that opens the shard's watch at its leader through the forwarder's
+//! retry loop, drops the events its [`WatchPosition`] already delivered, and hands each
+//! node message on as one `WatchResponse` with the shard's progress. When the node's stream
+//! ends or fails retryably (the leader stepped down or died, its state was replaced), the
+//! task watches again at the current leader from the shard's progress: nothing is lost,
+//! and copies are dropped by the position.
+//!
+//! Bounds: the messages waiting for the reader take at most `stream_buffer_bytes` (and 256
+//! messages): a reader that falls further behind has its watch cut with RESOURCE_EXHAUSTED
+//! naming the limit, and everything the watch holds is dropped. The stream takes a stream
+//! slot and is served by `streams.rs` (idle and total deadlines).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ringkv_proto::v1::{
+    watch_request::Target, ShardProgress, ShardWatchRequest, WatchRequest, WatchResponse,
+};
+use ringkv_proto::watch::WatchPosition;
+use ringkv_ring::keys::prefix_end;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use crate::context::RouterContext;
+use crate::error::{to_status, RouterError};
+use crate::node_api::NodeApi;
+use crate::streams::ResponseStream;
+
+/// Most messages waiting for the reader (besides the byte bound).
+const MAX_BUFFERED_MESSAGES: usize = 256;
+/// Pause before watching a shard again after its stream ended.
+const REOPEN_PAUSE: Duration = Duration::from_millis(50);
+
+/// What the shard tasks of one watch share with its stream.
+struct Shared {
+    /// Bytes of messages waiting for the reader.
+    buffered: AtomicUsize,
+    limit_bytes: usize,
+    /// The error that ends the watch, delivered before anything still buffered.
+    failure: Mutex<Option<Status>>,
+    failed: Notify,
+}
+
+impl Shared {
+    fn fail(&self, status: Status) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        failure.get_or_insert(status);
+        drop(failure);
+        self.failed.notify_one();
+    }
+
+    fn take_failure(&self) -> Option<Status> {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// One shard's part of a watch.
+#[derive(Clone)]
+struct ShardWatch {
+    shard_id: u32,
+    shard_count: u32,
+    start: Vec<u8>,
+    end: Vec<u8>,
+    keys_only: bool,
+    /// Changes after it, until the first progress (0: from now).
+    start_ts: u64,
+}
+
+/// The range `[start, end)` (empty end: no end) a watch follows, and the single key when
+/// it watches one.
+fn target_range(
+    request: &WatchRequest,
+    max_key_bytes: usize,
+) -> Result<(Vec<u8>, Vec<u8>, Option<Vec<u8>>), RouterError> {
+    let too_long = |what: &str, bytes: &[u8]| {
+        (bytes.len() > max_key_bytes).then(|| {
+            RouterError::InvalidArgument(format!(
+                "watch {what} is {} bytes, the limit is {max_key_bytes} (max_key_bytes)",
+                bytes.len()
+            ))
+        })
+    };
+    match &request.target {
+        None => Err(RouterError::InvalidArgument(
+            "a watch names a key, a prefix or a range".to_string(),
+        )),
+        Some(Target::Key(key)) => {
+            if key.is_empty() {
+                return Err(RouterError::InvalidArgument(
+                    "watch key must not be empty".to_string(),
+                ));
+            }
+            if let Some(err) = too_long("key", key) {
+                return Err(err);
+            }
+            let mut end = key.clone();
+            end.push(0);
+            Ok((key.clone(), end, Some(key.clone())))
+        }
+        Some(Target::Prefix(prefix)) => {
+            if let Some(err) = too_long("prefix", prefix) {
+                return Err(err);
+            }
+            Ok((prefix.clone(), prefix_end(prefix).unwrap_or_default(), None))
+        }
+        Some(Target::Range(range)) => {
+            if let Some(err) = too_long("range start", &range.start).or(too_long("range end", &range.end)) {
+                return Err(err);
+            }
+            if !range.end.is_empty() && range.start > range.end {
+                return Err(RouterError::InvalidArgument(
+                    "watch range start is greater than its end".to_string(),
+                ));
+            }
+            Ok((range.start.clone(), range.end.clone(), None))
+        }
+    }
+}
+
+/// Opens a watch: one task per shard it touches, fanned in to one stream.
+pub async fn watch<N: NodeApi>(
+    ctx: &Arc<RouterContext<N>>,
+    request: WatchRequest,
+    deadline: Instant,
+) -> Result<ResponseStream<WatchResponse>, RouterError> {
+    let (start, end, key) = target_range(&request, ctx.limits.max_key_bytes)?;
+    let view = ctx.topology.wait_for_ring(deadline).await?;
+    let shard_count = view.ring.shard_count();
+    let shards: Vec<u32> = match &key {
+        Some(key) => vec![view.ring.shard_for_key(key).0],
+        None => (0..shard_count).collect(),
+    };
+    let position = WatchPosition::from_progress(&request.resume);
+    let shared = Arc::new(Shared {
+        buffered: AtomicUsize::new(0),
+        limit_bytes: ctx.stream_buffer_bytes as usize,
+        failure: Mutex::new(None),
+        failed: Notify::new(),
+    });
+    let (tx, rx) = mpsc::channel(MAX_BUFFERED_MESSAGES);
+    let open_timeout = deadline.saturating_duration_since(Instant::now());
+    let mut tasks = JoinSet::new();
+    for shard_id in shards {
+        let resumed = position.progress(shard_id);
+        let shard = ShardWatch {
+            shard_id,
+            shard_count,
+            start: start.clone(),
+            end: end.clone(),
+            keys_only: request.keys_only,
+            start_ts: if resumed > 0 { resumed } else { request.start_ts },
+        };
+        tasks.spawn(follow_shard(
+            Arc::clone(ctx),
+            shard,
+            position.clone(),
+            open_timeout,
+            tx.clone(),
+            Arc::clone(&shared),
+        ));
+    }
+    drop(tx);
+    let state = (rx, shared, tasks, false);
+    Ok(Box::pin(futures::stream::unfold(
+        state,
+        |(mut rx, shared, tasks, done)| async move {
+            if done {
+                return None;
+            }
+            let next = tokio::select! {
+                biased;
+                () = shared.failed.notified() => None,
+                message = rx.recv() => message,
+            };
+            if let Some(status) = shared.take_failure() {
+                return Some((Err(status), (rx, shared, tasks, true)));
+            }
+            match next {
+                Some(message) => {
+                    shared
+                        .buffered
+                        .fetch_sub(message_bytes(&message), Ordering::SeqCst);
+                    Some((Ok(message), (rx, shared, tasks, false)))
+                }
+                // Every shard task ended without a failure: only at shutdown.
+                None => Some((
+                    Err(Status::unavailable("watch ended: the router is shutting down")),
+                    (rx, shared, tasks, true),
+                )),
+            }
+        },
+    )))
+}
+
+/// What a message costs in the buffer: its keys and values, and a little per event.
+fn message_bytes(message: &WatchResponse) -> usize {
+    let events: usize = message
+        .events
+        .iter()
+        .map(|event| event.key.len() + event.value.len() + 32)
+        .sum();
+    events + 16 * message.progress.len()
+}
+
+/// Whether a shard stream that failed with `status` is watched again (from its progress).
+fn reopens(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded | Code::Aborted
+    )
+}
+
+/// Follows one shard until the watch ends: opens its watch at the leader, hands on what
+/// is new, and watches again from the shard's progress when the node's stream ends.
+async fn follow_shard<N: NodeApi>(
+    ctx: Arc<RouterContext<N>>,
+    shard: ShardWatch,
+    mut position: WatchPosition,
+    open_timeout: Duration,
+    tx: mpsc::Sender<WatchResponse>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let progress = position.progress(shard.shard_id);
+        let request = ShardWatchRequest {
+            shard_id: shard.shard_id,
+            start: shard.start.clone(),
+            end: shard.end.clone(),
+            after_ts: if progress > 0 { progress } else { shard.start_ts },
+            keys_only: shard.keys_only,
+        };
+        let deadline = Instant::now() + open_timeout;
+        let mut stream = match ctx.forwarder.watch(shard.shard_count, request, deadline).await {
+            Ok(stream) => stream,
+            Err(err) => return shared.fail(to_status(&err)),
+        };
+        while let Some(message) = stream.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(status) if reopens(&status) => {
+                    tracing::debug!(shard = shard.shard_id, %status, "watch stream of a shard ended; watching again");
+                    break;
+                }
+                Err(status) => return shared.fail(status),
+            };
+            let mut events = Vec::with_capacity(message.events.len());
+            for event in message.events {
+                match position.admit(&event) {
+                    Ok(true) => events.push(event),
+                    Ok(false) => {}
+                    Err(_) => {
+                        return shared.fail(Status::resource_exhausted(format!(
+                            "watch of shard {}: more than {} events delivered above its progress \
+                             (MAX_EVENTS_ABOVE_PROGRESS); watch again from the last progress",
+                            shard.shard_id,
+                            ringkv_proto::watch::MAX_EVENTS_ABOVE_PROGRESS
+                        )))
+                    }
+                }
+            }
+            let mut progress = Vec::new();
+            if message.progress_ts > position.progress(shard.shard_id) {
+                position.advance(shard.shard_id, message.progress_ts);
+                progress.push(ShardProgress {
+                    shard_id: shard.shard_id,
+                    ts: message.progress_ts,
+                });
+            }
+            if events.is_empty() && progress.is_empty() {
+                continue;
+            }
+            let response = WatchResponse { events, progress };
+            let bytes = message_bytes(&response);
+            let buffered = shared.buffered.fetch_add(bytes, Ordering::SeqCst) + bytes;
+            let lagging = || {
+                Status::resource_exhausted(format!(
+                    "watch cut: its reader fell behind, more than {} bytes of events waited unread \
+                     (stream_buffer_bytes); watch again from the last progress",
+                    shared.limit_bytes
+                ))
+            };
+            if buffered > shared.limit_bytes {
+                return shared.fail(lagging());
+            }
+            match tx.try_send(response) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => return shared.fail(lagging()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(REOPEN_PAUSE).await;
+    }
+}
