@@ -13,6 +13,8 @@ use tonic::{Code, Status};
 
 use crate::config::ConfigError;
 
+pub mod details;
+
 /// Longest node error text embedded in one of our messages (node text is network input).
 const MAX_EMBEDDED_MESSAGE_BYTES: usize = 512;
 /// Most per-shard error texts spelled out in a batch failure message.
@@ -29,6 +31,10 @@ pub enum RouterError {
     /// The request breaks a limit or is malformed; nothing was sent to a node.
     #[error("{0}")]
     InvalidArgument(String),
+    /// One field of the request is malformed or breaks a limit (the rich error model's
+    /// BadRequest field violation names it); nothing was sent to a node.
+    #[error("{message}")]
+    BadField { field: String, message: String },
     /// The caller's user lacks a permission the request needs (issue 15, `auth.rs`);
     /// nothing was sent to a node.
     #[error("permission denied: {0}")]
@@ -260,10 +266,18 @@ fn list_shards(shards: &[ShardId]) -> String {
 /// partial batch failure → UNAVAILABLE naming the shards (or the shared code when every
 /// failed shard failed the same way, marked as a reused request id when that is what every
 /// failed shard said).
+///
+/// Every status also carries the rich error model's details ([`details`]).
 pub fn to_status(err: &RouterError) -> Status {
+    details::with_details(err, status_code_and_metadata(err))
+}
+
+fn status_code_and_metadata(err: &RouterError) -> Status {
     let message = err.to_string();
     match err {
-        RouterError::InvalidArgument(_) | RouterError::PlanRejected(_) => Status::invalid_argument(message),
+        RouterError::InvalidArgument(_) | RouterError::BadField { .. } | RouterError::PlanRejected(_) => {
+            Status::invalid_argument(message)
+        }
         RouterError::PermissionDenied(_) | RouterError::Unauthenticated(_) => {
             Status::permission_denied(message)
         }
@@ -301,7 +315,10 @@ pub fn to_status(err: &RouterError) -> Status {
             if !batch.failures.is_empty() && batch.failures.iter().all(reused) {
                 return metadata::request_id_reused(message);
             }
-            let mut codes = batch.failures.iter().map(|(_, err)| to_status(err).code());
+            let mut codes = batch
+                .failures
+                .iter()
+                .map(|(_, err)| status_code_and_metadata(err).code());
             let first = codes.next().unwrap_or(Code::Unavailable);
             let shared = codes.all(|code| code == first);
             if shared {

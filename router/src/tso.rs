@@ -157,6 +157,10 @@ impl std::fmt::Debug for TsoClient {
 fn copy_error(err: &RouterError) -> RouterError {
     match err {
         RouterError::InvalidArgument(message) => RouterError::InvalidArgument(message.clone()),
+        RouterError::BadField { field, message } => RouterError::BadField {
+            field: field.clone(),
+            message: message.clone(),
+        },
         RouterError::Internal(message) => RouterError::Internal(message.clone()),
         other => RouterError::Unavailable(other.to_string()),
     }

@@ -479,7 +479,11 @@ impl<N: NodeApi> Coordinator<'_, N> {
                 .await
             {
                 Ok(reply) => reply,
-                Err(err @ (RouterError::InvalidArgument(_) | RouterError::Node { .. })) => return Err(err),
+                Err(
+                    err @ (RouterError::InvalidArgument(_)
+                    | RouterError::BadField { .. }
+                    | RouterError::Node { .. }),
+                ) => return Err(err),
                 // The entry may have been committed: its record says.
                 Err(err) => {
                     return Err(RouterError::TxnOutcomeUnknown {

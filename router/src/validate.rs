@@ -27,14 +27,17 @@ impl Limits {
     /// A key is 1..=`max_key_bytes` bytes. `field` names it in the message (`key`, `keys[3]`).
     pub fn check_key(&self, field: &dyn std::fmt::Display, key: &[u8]) -> Result<(), RouterError> {
         if key.is_empty() {
-            return Err(RouterError::InvalidArgument(format!("{field} must not be empty")));
+            return Err(bad_field(field, format!("{field} must not be empty")));
         }
         if key.len() > self.max_key_bytes {
-            return Err(RouterError::InvalidArgument(format!(
-                "{field} is {} bytes, more than max_key_bytes = {}",
-                key.len(),
-                self.max_key_bytes
-            )));
+            return Err(bad_field(
+                field,
+                format!(
+                    "{field} is {} bytes, more than max_key_bytes = {}",
+                    key.len(),
+                    self.max_key_bytes
+                ),
+            ));
         }
         Ok(())
     }
@@ -42,11 +45,14 @@ impl Limits {
     /// A value is at most `max_value_bytes` bytes (empty values are allowed).
     pub fn check_value(&self, field: &dyn std::fmt::Display, value: &[u8]) -> Result<(), RouterError> {
         if value.len() > self.max_value_bytes {
-            return Err(RouterError::InvalidArgument(format!(
-                "{field} is {} bytes, more than max_value_bytes = {}",
-                value.len(),
-                self.max_value_bytes
-            )));
+            return Err(bad_field(
+                field,
+                format!(
+                    "{field} is {} bytes, more than max_value_bytes = {}",
+                    value.len(),
+                    self.max_value_bytes
+                ),
+            ));
         }
         Ok(())
     }
@@ -54,10 +60,13 @@ impl Limits {
     /// A batch has at most `max_batch_keys` items.
     pub fn check_batch_len(&self, field: &str, len: usize) -> Result<(), RouterError> {
         if len > self.max_batch_keys {
-            return Err(RouterError::InvalidArgument(format!(
-                "{field} has {len} items, more than max_batch_keys = {}",
-                self.max_batch_keys
-            )));
+            return Err(bad_field(
+                field,
+                format!(
+                    "{field} has {len} items, more than max_batch_keys = {}",
+                    self.max_batch_keys
+                ),
+            ));
         }
         Ok(())
     }
@@ -72,6 +81,15 @@ impl Limits {
     }
 }
 
+/// A malformed `field` (its name as the request spells it, with an index in a batch:
+/// `keys[3]`), for the rich error model's field violation.
+fn bad_field(field: impl std::fmt::Display, message: String) -> RouterError {
+    RouterError::BadField {
+        field: field.to_string(),
+        message,
+    }
+}
+
 /// A client's request id: empty (the router picks one) or exactly 16 bytes.
 pub fn parse_request_id(bytes: &[u8]) -> Result<Option<RequestId>, RouterError> {
     if bytes.is_empty() {
@@ -79,10 +97,13 @@ pub fn parse_request_id(bytes: &[u8]) -> Result<Option<RequestId>, RouterError> 
     }
     match RequestId::try_from(bytes) {
         Ok(id) => Ok(Some(id)),
-        Err(_) => Err(RouterError::InvalidArgument(format!(
-            "request_id must be empty or exactly 16 bytes, got {} bytes",
-            bytes.len()
-        ))),
+        Err(_) => Err(bad_field(
+            "request_id",
+            format!(
+                "request_id must be empty or exactly 16 bytes, got {} bytes",
+                bytes.len()
+            ),
+        )),
     }
 }
 
@@ -97,16 +118,18 @@ pub fn request_id_or_random(bytes: &[u8]) -> Result<RequestId, RouterError> {
 /// A known read consistency.
 pub fn parse_consistency(value: i32) -> Result<Consistency, RouterError> {
     Consistency::try_from(value).map_err(|_| {
-        RouterError::InvalidArgument(format!(
-            "unknown consistency {value} (expected 0 = linearizable or 1 = stale)"
-        ))
+        bad_field(
+            "consistency",
+            format!("unknown consistency {value} (expected 0 = linearizable or 1 = stale)"),
+        )
     })
 }
 
 /// A read at a timestamp goes through the leader: stale consistency cannot ask for one.
 pub fn check_read_ts(consistency: Consistency, read_ts: u64) -> Result<(), RouterError> {
     if read_ts != 0 && consistency == Consistency::Stale {
-        return Err(RouterError::InvalidArgument(
+        return Err(bad_field(
+            "read_ts",
             "a read at a timestamp is served by the shard leader: it cannot be stale".to_string(),
         ));
     }
@@ -120,7 +143,8 @@ pub fn check_read_uncommitted(
     uncommitted: bool,
 ) -> Result<(), RouterError> {
     if uncommitted && (read_ts != 0 || consistency == Consistency::Stale) {
-        return Err(RouterError::InvalidArgument(
+        return Err(bad_field(
+            "read_uncommitted",
             "read_uncommitted reads the latest values through the leader: it takes neither read_ts nor stale consistency"
                 .to_string(),
         ));
@@ -140,8 +164,8 @@ mod tests {
 
     fn message(result: Result<(), RouterError>) -> String {
         match result {
-            Err(RouterError::InvalidArgument(message)) => message,
-            other => panic!("expected InvalidArgument, got {other:?}"),
+            Err(RouterError::BadField { message, .. }) => message,
+            other => panic!("expected BadField, got {other:?}"),
         }
     }
 
@@ -188,7 +212,9 @@ mod tests {
         assert!(matches!(parse_request_id(b""), Ok(None)));
         assert!(matches!(parse_request_id(&[7u8; 16]), Ok(Some(id)) if id == [7u8; 16]));
         let err = parse_request_id(&[7u8; 5]);
-        assert!(matches!(err, Err(RouterError::InvalidArgument(ref m)) if m.contains("got 5 bytes")));
+        assert!(
+            matches!(err, Err(RouterError::BadField { ref field, ref message }) if field == "request_id" && message.contains("got 5 bytes"))
+        );
         let first = request_id_or_random(b"").ok();
         let second = request_id_or_random(b"").ok();
         assert!(first.is_some() && first != second);
