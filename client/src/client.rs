@@ -11,6 +11,7 @@ use crate::error::Failure;
 use crate::retry::{OpKind, ResumeBudget};
 use crate::routers::{admin_client, kv_client, tso_client, with_deadline, Routers};
 use crate::scan::{scan_request, ScanCursor, ScanStream};
+use crate::watch::{WatchOptions, WatchPosition, WatchStream};
 use crate::types::{describe_key, versioned, WireRange};
 use crate::{
     CasOutcome, ClientConfig, ContinuationToken, CountOptions, CountProgress, CountResult, Error, KeyRange,
@@ -476,6 +477,33 @@ impl Client {
     /// ```
     pub fn scan_stream(&self, range: &KeyRange, options: &ScanOptions) -> ScanStream {
         ScanStream::new(Arc::clone(&self.routers), range, options)
+    }
+
+    /// Watches the changes of a key, a prefix or a range: every put and delete committed
+    /// after `options.start_ts` (0: from now), per key in commit order. A break (a router
+    /// gone, the router's stream deadline) is resumed from each shard's progress, without
+    /// losing or repeating an event.
+    ///
+    /// ```no_run
+    /// use futures::TryStreamExt;
+    /// use ringkv_client::{Client, WatchOptions, WatchTarget};
+    ///
+    /// # async fn example(client: Client) -> Result<(), ringkv_client::Error> {
+    /// let mut events = client.watch(WatchOptions::new(WatchTarget::Prefix(b"user/".to_vec())));
+    /// while let Some(event) = events.try_next().await? {
+    ///     println!("{:?} {:?} at {}", event.kind, event.key, event.commit_ts);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn watch(&self, options: WatchOptions) -> WatchStream {
+        WatchStream::new(Arc::clone(&self.routers), options, WatchPosition::default())
+    }
+
+    /// Resumes a watch from `position` ([`WatchStream::position`] of an earlier one with
+    /// the same target): exactly the events it had not delivered.
+    pub fn watch_from(&self, options: WatchOptions, position: WatchPosition) -> WatchStream {
+        WatchStream::new(Arc::clone(&self.routers), options, position)
     }
 
     /// Counts the keys of `range`.

@@ -18,6 +18,8 @@
 //!   times, rotates and backs off as `retry` decides.
 //! - [`scan`](ScanStream) — checking scan results; streamed scans that resume after a
 //!   break.
+//! - [`watch`](WatchStream) — watches of a key, prefix or range, resumed from each shard's
+//!   progress after a break without losing or repeating an event.
 //!
 //! Module dependencies run one way: `client` → `scan` → `routers` → `retry`, `endpoint`,
 //! `error`; `scan` does not know [`Client`].
@@ -101,6 +103,7 @@ mod scan;
 pub mod timestamp;
 mod txn;
 mod types;
+mod watch;
 
 pub use admin::init_cluster;
 pub use client::{new_request_id, Client, REQUEST_ID_LEN};
@@ -113,6 +116,7 @@ pub use endpoint::normalize_endpoint;
 pub use error::Error;
 pub use ringkv_proto::v1 as proto;
 pub use scan::ScanStream;
+pub use watch::{WatchEvent, WatchEventKind, WatchOptions, WatchPosition, WatchStream, WatchTarget};
 pub use txn::{Committed, Isolation, Transaction, TxnGcProgress, TxnState, MAX_TRANSACT_RUNS};
 pub use types::{
     CasOutcome, ContinuationToken, CountOptions, CountProgress, CountResult, KeyRange, Mutation,

@@ -36,6 +36,7 @@ mod timestamp;
 mod txn;
 mod txn_gc;
 mod value;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -175,6 +176,9 @@ enum Command {
     /// Take timestamps of the cluster's timestamp oracle (what transactions are ordered by).
     #[command(alias = "tso")]
     Timestamp(timestamp::TimestampArgs),
+    /// Print the changes of a key or a prefix as they commit, from now or from a revision
+    /// (`--from-revision`); JSON lines with `-o json`.
+    Watch(watch::WatchArgs),
     /// Run a script of gets, puts and deletes as one transaction (stdin or a file).
     Txn(txn::TxnArgs),
     /// Collect the records of old transactions now (routers also do it periodically).
@@ -312,7 +316,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         | Command::Mget(_)
         | Command::Scan(_)
         | Command::Count(_)
-        | Command::Delrange(_) => output::OutputFormat::Table,
+        | Command::Delrange(_)
+        | Command::Watch(_) => output::OutputFormat::Table,
         _ => format.document(command_name(&cli.command))?,
     };
     match cli.command {
@@ -345,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Timestamp(args) => {
             timestamp::run(&connect(endpoints, router_config).await?, args, output).await
         }
+        Command::Watch(args) => watch::run(&connect(endpoints, router_config).await?, args, format).await,
         Command::Role(command) => {
             auth::role(&connect(endpoints, router_config).await?, command, output).await
         }
