@@ -131,6 +131,11 @@ pub fn plan_init(
     let mut seen_addrs = HashSet::new();
     let mut nodes = Vec::with_capacity(statuses.len());
     for (endpoint, status) in statuses {
+        if status.process_role == "router" {
+            return Err(Error::InvalidArgument(format!(
+                "{endpoint} is a router, not a storage node: give the nodes' addresses"
+            )));
+        }
         if status.node_id == 0 {
             return Err(Error::InvalidResponse(format!(
                 "node {endpoint} reports node id 0"
@@ -235,6 +240,22 @@ mod tests {
             addr: addr.to_string(),
             ..Default::default()
         }
+    }
+
+    /// A router's address among the nodes is refused, naming it (a router answers
+    /// NodeStatus for itself since issue 16).
+    #[test]
+    fn plan_refuses_a_router() {
+        let router = proto::NodeStatusResponse {
+            process_role: "router".to_string(),
+            ..status(0, "127.0.0.1:7000")
+        };
+        let statuses = vec![
+            ("127.0.0.1:7001".to_string(), status(1, "127.0.0.1:7001")),
+            ("127.0.0.1:7000".to_string(), router),
+        ];
+        let err = plan_init(&statuses, 16, 2).expect_err("a router is not a node");
+        assert!(err.to_string().contains("127.0.0.1:7000 is a router"), "{err}");
     }
 
     /// The plan lists every node with its advertised address, in the given order.

@@ -32,6 +32,7 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// A running `/metrics` endpoint.
+#[derive(Debug)]
 pub struct MetricsServer {
     local_addr: SocketAddr,
     cancel: CancellationToken,

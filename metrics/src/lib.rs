@@ -24,5 +24,5 @@ mod text;
 pub use check::{check_exposition, ExpositionError};
 pub use histogram::{Histogram, Snapshot, LATENCY_BOUNDS_SECONDS};
 pub use http::{MetricsServer, Render};
-pub use rpc::{MeasureLayer, Measured, MeasuredCall, RpcMetrics};
+pub use rpc::{MeasureLayer, Measured, MeasuredCall, MethodCounts, RpcMetrics};
 pub use text::{Exposition, Family, Kind};

@@ -42,6 +42,9 @@ const CODE_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 const UNKNOWN_CODE: usize = 2;
+/// The metadata ringkv marks a failure with when the write may or may not have applied
+/// (`ringkv_proto::metadata`; this crate depends on nothing internal).
+const OUTCOME_UNKNOWN_HEADER: &str = "x-ringkv-outcome-unknown";
 
 /// One method's counters.
 #[derive(Debug)]
@@ -52,6 +55,8 @@ struct Method {
     /// `/<package>.<Service>/<Method>`, the request path that names it.
     path: String,
     responses: [AtomicU64; CODE_NAMES.len()],
+    /// Failures marked `x-ringkv-outcome-unknown` (the write may or may not have applied).
+    outcome_unknown: AtomicU64,
     latency: Histogram,
 }
 
@@ -74,6 +79,7 @@ impl RpcMetrics {
                     service: service.clone(),
                     name,
                     responses: Default::default(),
+                    outcome_unknown: AtomicU64::new(0),
                     latency: Histogram::default(),
                 })
             })
@@ -85,12 +91,33 @@ impl RpcMetrics {
         self.methods.iter().position(|method| method.path == path)
     }
 
-    fn record(&self, method: usize, code: usize, started: Instant) {
+    fn record(&self, method: usize, answer: Answer, started: Instant) {
         let Some(method) = self.methods.get(method) else {
             return;
         };
-        method.responses[code.min(CODE_NAMES.len() - 1)].fetch_add(1, Ordering::Relaxed);
+        method.responses[answer.code.min(CODE_NAMES.len() - 1)].fetch_add(1, Ordering::Relaxed);
+        if answer.outcome_unknown {
+            method.outcome_unknown.fetch_add(1, Ordering::Relaxed);
+        }
         method.latency.observe(started.elapsed());
+    }
+
+    /// What calls of `service`'s `method` were answered so far.
+    pub fn counts(&self, service: &str, method: &str) -> MethodCounts {
+        let mut counts = MethodCounts::default();
+        for found in self
+            .methods
+            .iter()
+            .filter(|candidate| candidate.service == service && candidate.name == method)
+        {
+            counts.ok += found.responses[0].load(Ordering::Relaxed);
+            counts.failed += found.responses[1..]
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .sum::<u64>();
+            counts.outcome_unknown += found.outcome_unknown.load(Ordering::Relaxed);
+        }
+        counts
     }
 
     /// Calls of `method` (its name, in any service) answered with `code` (its name, `OK`).
@@ -142,6 +169,23 @@ impl RpcMetrics {
             }
         }
     }
+}
+
+/// How one method's calls were answered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MethodCounts {
+    pub ok: u64,
+    /// Any other code, outcome-unknown failures included.
+    pub failed: u64,
+    /// Failures marked `x-ringkv-outcome-unknown`.
+    pub outcome_unknown: u64,
+}
+
+/// How a response answered: its code, and whether it is marked outcome-unknown.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    code: usize,
+    outcome_unknown: bool,
 }
 
 /// The tower layer that counts every call of a server in an [`RpcMetrics`].
@@ -216,11 +260,17 @@ where
         let this = self.project();
         let output = std::task::ready!(this.call.poll(cx));
         if let Some((metrics, method, started)) = this.counted.take() {
-            let code = match &output {
-                Ok(response) => response_code(response),
-                Err(_) => UNKNOWN_CODE,
+            let answer = match &output {
+                Ok(response) => Answer {
+                    code: response_code(response),
+                    outcome_unknown: response.headers().contains_key(OUTCOME_UNKNOWN_HEADER),
+                },
+                Err(_) => Answer {
+                    code: UNKNOWN_CODE,
+                    outcome_unknown: false,
+                },
             };
-            metrics.record(method, code, started);
+            metrics.record(method, answer, started);
         }
         Poll::Ready(output)
     }
@@ -245,11 +295,12 @@ mod tests {
     use super::*;
     use std::convert::Infallible;
 
-    /// Answers `grpc-status: 5` for the path `/s.S/Missing`, OK otherwise.
+    /// Answers `grpc-status: 5` for the path `/s.S/Missing`, 14 marked outcome-unknown for
+    /// `/s.S/Lost`, OK otherwise.
     #[derive(Clone)]
-    struct Answer;
+    struct Answering;
 
-    impl Service<http::Request<()>> for Answer {
+    impl Service<http::Request<()>> for Answering {
         type Response = http::Response<()>;
         type Error = Infallible;
         type Future = std::future::Ready<Result<http::Response<()>, Infallible>>;
@@ -265,6 +316,11 @@ mod tests {
                     .headers_mut()
                     .insert("grpc-status", http::HeaderValue::from_static("5"));
             }
+            if request.uri().path().ends_with("/Lost") {
+                let headers = response.headers_mut();
+                headers.insert("grpc-status", http::HeaderValue::from_static("14"));
+                headers.insert(OUTCOME_UNKNOWN_HEADER, http::HeaderValue::from_static("1"));
+            }
             std::future::ready(Ok(response))
         }
     }
@@ -277,16 +333,26 @@ mod tests {
     /// names them and has latency buckets for the methods called.
     #[tokio::test]
     async fn counts_calls_by_method_and_code() {
-        let methods = vec!["Get".to_string(), "Missing".to_string(), "Idle".to_string()];
+        let methods = ["Get", "Missing", "Lost", "Idle"].map(String::from).to_vec();
         let metrics = RpcMetrics::new([("s.S".to_string(), methods)]);
         let layer = MeasureLayer::new(Arc::clone(&metrics));
-        let mut service = tower_layer::Layer::layer(&layer, Answer);
-        for path in ["/s.S/Get", "/s.S/Get", "/s.S/Missing", "/s.S/Other", "/t.T/Get"] {
+        let mut service = tower_layer::Layer::layer(&layer, Answering);
+        for path in [
+            "/s.S/Get",
+            "/s.S/Get",
+            "/s.S/Missing",
+            "/s.S/Lost",
+            "/s.S/Other",
+            "/t.T/Get",
+        ] {
             service.call(request(path)).await.expect("infallible");
         }
         assert_eq!(metrics.responses("Get", "OK"), 2);
         assert_eq!(metrics.responses("Missing", "NOT_FOUND"), 1);
         assert_eq!(metrics.responses("Missing", "OK"), 0);
+        let lost = metrics.counts("s.S", "Lost");
+        assert_eq!((lost.ok, lost.failed, lost.outcome_unknown), (0, 1, 1));
+        assert_eq!(metrics.counts("s.S", "Get").ok, 2);
         let mut exposition = Exposition::new();
         metrics.write(&mut exposition);
         let text = exposition.finish();

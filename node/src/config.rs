@@ -151,14 +151,14 @@ pub struct NodeConfig {
     /// without it (insecure clusters) anyone who can send UDP to the port can forge liveness
     /// and leader claims.
     pub gossip_key: Option<PathBuf>,
-}
-
-/// The files of a process's TLS identity (`--ca`, `--cert`, `--key`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     /// `host:port` of the Prometheus endpoint (`GET /metrics`, plain HTTP; port 0 picks a
     /// free port, reported in `Admin.NodeStatus.metrics_addr`). None (the default): no
     /// endpoint. It shows counters and Raft state, no keys or values.
     pub metrics_addr: Option<String>,
+}
+
+/// The files of a process's TLS identity (`--ca`, `--cert`, `--key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsPaths {
     /// The cluster CA's certificate (PEM).
@@ -228,12 +228,12 @@ impl Default for NodeConfig {
             tls: None,
             insecure: false,
             gossip_key: None,
+            metrics_addr: None,
         }
     }
 }
 
 /// How long a leader's lease lasts for reads (see [`NodeConfig::read_lease`]).
-            metrics_addr: None,
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadLease {
     /// From the time a quorum acknowledged the leadership.
@@ -289,14 +289,14 @@ impl NodeConfig {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return fail(format!("listen must be an ip:port, got {:?}", self.listen));
         }
-        if let Some(addr) = &self.advertise_addr {
-            if addr.is_empty() || !addr.contains(':') {
-                return fail(format!("advertise_addr must be host:port, got {addr:?}"));
-            }
-        }
         if let Some(addr) = &self.metrics_addr {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return fail(format!("metrics_addr must be ip:port, got {addr:?}"));
+            }
+        }
+        if let Some(addr) = &self.advertise_addr {
+            if addr.is_empty() || !addr.contains(':') {
+                return fail(format!("advertise_addr must be host:port, got {addr:?}"));
             }
         }
         if self.heartbeat_interval_ms == 0 {

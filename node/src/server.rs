@@ -18,12 +18,12 @@ use tracing::{error, info, warn};
 use crate::config::{ConfigError, NodeConfig};
 use crate::error::NodeError;
 use crate::gossip_agent::{GossipAgent, LivenessView};
+use crate::health::Health;
 use crate::keepalive::Hibernator;
 use crate::membership::SystemDuties;
-use crate::health::Health;
+use crate::metrics::NodeMetrics;
 use crate::node::Node;
 use crate::reconcile::Reconciler;
-use crate::metrics::NodeMetrics;
 use crate::service::admin::AdminService;
 use crate::service::authz::{AuthorizedShardKv, Authorizer};
 use crate::service::inflight::{Bounded, InflightLimit};
@@ -110,12 +110,12 @@ pub struct NodeHandle {
     hibernator: Hibernator,
     oracle: Arc<Oracle>,
     gossip: Option<GossipAgent>,
+    health: Health,
+    metrics: Option<ringkv_metrics::MetricsServer>,
 }
 
 /// The address to bind: the configured one, except that port 0 reuses the port recorded
 /// in the data directory (peers know the node by its address).
-    health: Health,
-    metrics: Option<ringkv_metrics::MetricsServer>,
 fn listen_addr(config: &NodeConfig, catalog: &TreeRef) -> Result<SocketAddr, StartError> {
     let configured: SocketAddr = config
         .listen
@@ -138,10 +138,6 @@ fn listen_addr(config: &NodeConfig, catalog: &TreeRef) -> Result<SocketAddr, Sta
     })
 }
 
-fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, addr)?;
-    std::fs::rename(&tmp, path)
 /// Serves the node's metrics at `addr` (`--metrics-addr`) and records where.
 async fn start_metrics(
     addr: &str,
@@ -170,17 +166,21 @@ async fn start_metrics(
     Ok(server)
 }
 
+fn write_addr_file(path: &Path, addr: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr)?;
+    std::fs::rename(&tmp, path)
 }
 
 impl NodeServer {
     /// Opens the data directory, binds the listener and starts serving.
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
         config.validate()?;
+        let metrics_addr = config.metrics_addr.clone();
         let tls = load_tls(&config)?;
         let storage_err = |source| StartError::Storage {
             dir: config.data_dir.display().to_string(),
             source,
-        let metrics_addr = config.metrics_addr.clone();
         };
         std::fs::create_dir_all(&config.data_dir).map_err(|err| storage_err(err.into()))?;
         let engine = storage::open(&config.data_dir.join("db")).map_err(storage_err)?;
@@ -221,12 +221,6 @@ impl NodeServer {
         let hibernator = Hibernator::spawn(node.clone(), liveness.clone());
         let oracle = Oracle::start(node.clone());
         node.set_timestamp_source(oracle.clone());
-        let cancel = CancellationToken::new();
-        // With TLS every service checks the caller's role (`service/roles.rs`); without,
-        // there is no certificate to check.
-        let server_tls = tls.map(|tls| tls.server);
-        let roles = match &server_tls {
-            Some(_) => Some(RoleCache::default()),
         let rpc_metrics = crate::metrics::rpc_metrics();
         let metrics = match metrics_addr {
             None => None,
@@ -235,6 +229,12 @@ impl NodeServer {
         let (health, health_service) = Health::start(&node).await;
         let reflection = crate::health::reflection()
             .map_err(|err| NodeError::Fatal(format!("server reflection: {err}")))?;
+        let cancel = CancellationToken::new();
+        // With TLS every service checks the caller's role (`service/roles.rs`); without,
+        // there is no certificate to check.
+        let server_tls = tls.map(|tls| tls.server);
+        let roles = match &server_tls {
+            Some(_) => Some(RoleCache::default()),
             None => {
                 warn!(
                     %local_addr,
@@ -247,13 +247,13 @@ impl NodeServer {
         let router = tonic::transport::Server::builder()
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
+            .layer(ringkv_metrics::MeasureLayer::new(rpc_metrics))
             .add_service(RoleGate::new(
                 Bounded::new(
                     ShardKvServer::new(AuthorizedShardKv::new(
                         ShardKvService::new(node.clone()),
                         Authorizer::new(node.clone()),
                     ))
-            .layer(ringkv_metrics::MeasureLayer::new(rpc_metrics))
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes),
                     client_limit.clone(),
@@ -332,6 +332,8 @@ impl NodeServer {
             hibernator,
             oracle,
             gossip,
+            health,
+            metrics,
         })
     }
 }
@@ -347,8 +349,6 @@ impl NodeHandle {
 
     /// Writes the advertised address to `path` atomically (tests and tools wait for it).
     pub fn write_addr_file(&self, path: &Path) -> std::io::Result<()> {
-            health,
-            metrics,
         write_addr_file(path, self.node.addr())
     }
 
@@ -356,6 +356,7 @@ impl NodeHandle {
     /// system duties (and the moves they run), the hibernation driver, the timestamp oracle
     /// and the metrics endpoint, then every Raft group, and flushes storage.
     pub async fn shutdown(self) {
+        self.health.shutdown().await;
         if let Some(gossip) = self.gossip {
             gossip.shutdown().await;
         }
@@ -367,10 +368,9 @@ impl NodeHandle {
         self.duties.shutdown().await;
         self.hibernator.shutdown().await;
         self.oracle.shutdown().await;
-        self.node.shutdown().await;
-    }
-}
-        self.health.shutdown().await;
         if let Some(metrics) = self.metrics {
             metrics.shutdown().await;
         }
+        self.node.shutdown().await;
+    }
+}

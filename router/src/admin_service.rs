@@ -3,8 +3,9 @@
 //! once) and merges the answers (`cluster_status.rs`); `RebalanceStatus` does the same and
 //! compares shard voters with placement, `PlanRingChange` evaluates a change on the ring
 //! (`rebalance.rs`). `AddNode` and `DecommissionNode` go to a ring member, which forwards
-//! them to the system leader. `InitCluster` and `NodeStatus` are node rpcs: the router
-//! answers UNIMPLEMENTED saying where to send them.
+//! them to the system leader. `InitCluster` is a node rpc: the router answers
+//! UNIMPLEMENTED saying where to send it. `NodeStatus` answers for the router itself
+//! (`process_role` "router": address, version, metrics address; no replicas, no ring).
 
 use std::sync::Arc;
 
@@ -33,11 +34,29 @@ const TRANSFER_ATTEMPTS: usize = 3;
 /// The router's admin service.
 pub struct AdminService<N> {
     ctx: Arc<RouterContext<N>>,
+    /// What `NodeStatus` answers about this router.
+    itself: NodeStatusResponse,
 }
 
 impl<N: NodeApi> AdminService<N> {
     pub fn new(ctx: Arc<RouterContext<N>>) -> Self {
-        AdminService { ctx }
+        let itself = NodeStatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            process_role: "router".to_string(),
+            ..NodeStatusResponse::default()
+        };
+        AdminService { ctx, itself }
+    }
+
+    /// `NodeStatus` reports this router at `addr`, with its metrics endpoint if it has one.
+    pub fn reporting(
+        mut self,
+        addr: std::net::SocketAddr,
+        metrics_addr: Option<std::net::SocketAddr>,
+    ) -> Self {
+        self.itself.addr = addr.to_string();
+        self.itself.metrics_addr = metrics_addr.map(|addr| addr.to_string()).unwrap_or_default();
+        self
     }
 
     async fn handle_cluster_status(&self, deadline: Instant) -> Result<ClusterStatusResponse, RouterError> {
@@ -267,10 +286,7 @@ impl<N: NodeApi> Admin for AdminService<N> {
         &self,
         _request: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
-        Err(to_status(&RouterError::Unimplemented(
-            "NodeStatus is served by storage nodes, not routers: send it to a node's address \
-             (or ask the router for ClusterStatus)",
-        )))
+        Ok(Response::new(self.itself.clone()))
     }
 
     async fn add_node(

@@ -157,6 +157,10 @@ pub struct RouterConfig {
     /// without it (insecure clusters) anyone who can send UDP to the router's gossip port can
     /// feed it forged leader claims.
     pub gossip_key: Option<PathBuf>,
+    /// `ip:port` of the Prometheus endpoint (`GET /metrics`, plain HTTP; port 0 picks a
+    /// free port, reported by the router's `Admin.NodeStatus`). None (the default): no
+    /// endpoint. It shows counters, no keys or values.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The files of the router's TLS identity (`--ca`, `--cert`, `--key`).
@@ -210,6 +214,7 @@ impl Default for RouterConfig {
             tls: None,
             insecure: false,
             gossip_key: None,
+            metrics_addr: None,
             unsafe_failpoint: None,
         }
     }

@@ -9,7 +9,9 @@
 //!   [`RouterHandle`]: bind, serve, graceful shutdown), [`log_format`] (JSON log lines
 //!   for the binary).
 //! - Services, one per file: `kv_service` (`Kv`: validation, shard lookup, batches) and
-//!   `admin_service` (`Admin`: cluster status; node rpcs answer UNIMPLEMENTED).
+//!   `admin_service` (`Admin`: cluster status; `NodeStatus` answers for the router itself,
+//!   `InitCluster` UNIMPLEMENTED); `observe` (Prometheus metrics at `--metrics-addr`, the
+//!   gRPC health service, server reflection).
 //! - Request path: `context` (what handlers share), `validate` (limits),
 //!   `deadline` (`grpc-timeout` → deadline), `inflight` (backpressure),
 //!   `forward` (the retry loop), `backoff`, `classify` (node error → retry /
@@ -71,6 +73,7 @@ mod kv_service;
 mod lane;
 pub mod log_format;
 mod node_api;
+mod observe;
 mod range;
 mod range_ops;
 mod read_merge;

@@ -33,6 +33,7 @@ use crate::error::{ServeError, StartError};
 use crate::gossip::RouterGossip;
 use crate::kv_service::KvService;
 use crate::node_api::NodeApi;
+use crate::observe::{Health, RouterMetrics};
 use crate::refresher::{RefreshSettings, Refresher};
 use crate::secondaries::SecondaryCommits;
 use crate::streams::StreamSlots;
@@ -121,6 +122,26 @@ impl Router {
             config.rpc_timeout(),
             config.unsafe_tso_prefetch,
         ));
+        let rpc_metrics = crate::observe::rpc_metrics();
+        let metrics = match config.metrics_addr {
+            None => None,
+            Some(addr) => {
+                let scraped = RouterMetrics {
+                    rpc: Arc::clone(&rpc_metrics),
+                    tso: Arc::clone(&tso),
+                };
+                let render = Arc::new(move || scraped.render());
+                let server = ringkv_metrics::MetricsServer::start(addr, render)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some(server)
+            }
+        };
+        let (health, health_service) = Health::start().await;
+        let reflection = crate::observe::reflection().map_err(|err| crate::config::ConfigError::Invalid {
+            field: "server reflection",
+            reason: err.to_string(),
+        })?;
         let ctx = Arc::new(RouterContext::new(&config, nodes, topology.clone()));
         let secondaries = ctx.secondaries.clone();
         let streams = ctx.streams.clone();
@@ -161,7 +182,8 @@ impl Router {
         ))
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_response_bytes);
-        let admin = AdminServer::new(AdminService::new(Arc::clone(&ctx)))
+        let metrics_addr = metrics.as_ref().map(ringkv_metrics::MetricsServer::local_addr);
+        let admin = AdminServer::new(AdminService::new(Arc::clone(&ctx)).reporting(local_addr, metrics_addr))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
 
@@ -185,12 +207,16 @@ impl Router {
         let routes = Server::builder()
             .http2_keepalive_interval(Some(CLIENT_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
+            .layer(ringkv_metrics::MeasureLayer::new(rpc_metrics))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
             .add_service(UserScope::new(kv, users.clone()))
             .add_service(UserScope::new(admin, users.clone()))
             .add_service(UserScope::new(tso_service, users.clone()))
             .add_service(UserScope::new(txn_service, users.clone()));
         let stop = stop_serving.clone().cancelled_owned();
+        // Outside the user scope: with TLS the handshake already asks for a certificate of
+        // the cluster's CA (`observe.rs`).
+        let routes = routes.add_service(health_service).add_service(reflection);
         let server = tokio::spawn(async move {
             match tls {
                 // Any role of the cluster's CA may call the router (which user may do what
@@ -223,6 +249,8 @@ impl Router {
             secondaries,
             streams,
             shutdown_timeout: config.shutdown_timeout(),
+            health,
+            metrics,
         })
     }
 }
@@ -267,6 +295,8 @@ pub struct RouterHandle {
     secondaries: SecondaryCommits,
     streams: StreamSlots,
     shutdown_timeout: Duration,
+    health: Health,
+    metrics: Option<ringkv_metrics::MetricsServer>,
 }
 
 impl RouterHandle {
@@ -286,6 +316,7 @@ impl RouterHandle {
             result = &mut self.server => Some(result),
             () = signal => None,
         };
+        self.health.stop_serving().await;
         self.stop_serving.cancel();
         let served = match ended_early {
             Some(result) => result,
@@ -311,6 +342,9 @@ impl RouterHandle {
         }
         self.secondaries.shutdown(self.shutdown_timeout).await;
         self.tso.shutdown().await;
+        if let Some(metrics) = self.metrics.take() {
+            metrics.shutdown().await;
+        }
         self.refresher.shutdown().await;
         self.stop_auth.cancel();
         let _ = self.auth_refresh.await;

@@ -353,7 +353,7 @@ fn write_run(inner: &Inner, file: &File, buf: &mut Vec<u8>, offset: u64) -> Resu
     }
 }
 
-/// One `fdatasync` of the segment being written.
+/// One `fdatasync` of the segment being written, counted by its latency.
 fn sync(inner: &Inner, file: &File) -> Result<(), String> {
     let started = std::time::Instant::now();
     let synced = file.sync_data();

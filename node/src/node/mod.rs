@@ -66,11 +66,11 @@ struct NodeInner {
     claimed_shards: Mutex<HashSet<u32>>,
     counters: MoveCounters,
     gossip_counters: GossipCounters,
+    /// Where `/metrics` is served (`--metrics-addr`), once it is; for the status.
+    metrics_addr: std::sync::OnceLock<String>,
 }
 
 /// Opens the node's write-ahead log (`<data dir>/wal`) and moves into it any log a data
-    /// Where `/metrics` is served (`--metrics-addr`), once it is; for the status.
-    metrics_addr: std::sync::OnceLock<String>,
 /// directory from before the WAL kept in sled.
 async fn open_wal(config: &NodeConfig, engine: &EngineRef) -> Result<Wal, NodeError> {
     let dir = config.data_dir.join("wal");
@@ -183,10 +183,10 @@ impl Node {
             claimed_shards: Mutex::new(HashSet::new()),
             counters: MoveCounters::default(),
             gossip_counters: GossipCounters::default(),
+            metrics_addr: std::sync::OnceLock::new(),
         });
         let node = Node { inner };
         info!(node_id = node.node_id(), addr = %node.addr(), "node started");
-            metrics_addr: std::sync::OnceLock::new(),
         Ok(node)
     }
 
@@ -250,9 +250,6 @@ impl Node {
     }
 
     /// What the gossip agent reports for the node status.
-    pub fn gossip_counters(&self) -> &GossipCounters {
-        &self.inner.gossip_counters
-    }
     /// Records where the node serves its metrics (reported by `NodeStatus`); once.
     pub fn set_metrics_addr(&self, addr: std::net::SocketAddr) {
         let _ = self.inner.metrics_addr.set(addr.to_string());
@@ -263,6 +260,9 @@ impl Node {
         self.inner.metrics_addr.get().map(String::as_str)
     }
 
+    pub fn gossip_counters(&self) -> &GossipCounters {
+        &self.inner.gossip_counters
+    }
 
     /// Every group hosted here, the system group first, then shards in order.
     pub fn groups(&self) -> Vec<Arc<Group>> {

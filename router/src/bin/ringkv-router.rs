@@ -59,6 +59,10 @@ struct Cli {
     /// every gossip datagram is authenticated with it. Required with --ca.
     #[arg(long, value_name = "PATH")]
     gossip_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (plain HTTP; port 0 picks a free
+    /// one, shown by `kvctl endpoint status`). Off by default.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Once bound, write the listening address to this file (atomically).
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
@@ -155,6 +159,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.insecure {
         config.insecure = true;
         config.tls = None;
+    }
+    if let Some(addr) = cli.metrics_addr {
+        config.metrics_addr = Some(addr);
     }
     if let Some(path) = &cli.gossip_key {
         config.gossip_key = Some(path.clone());

@@ -656,6 +656,7 @@ impl Admin for FakeNode {
             reads: None,
             tso: None,
             gossip: None,
+            ..NodeStatusResponse::default()
         }))
     }
 

@@ -1,0 +1,156 @@
+//! Metrics and health of a node, end to end (issue 16): after puts and gets through the
+//! router, a node's `/metrics` is valid Prometheus text whose request counters moved, with
+//! latency buckets, each hosted group's term and applied index, and the WAL's fsync
+//! histogram; the standard gRPC health service answers SERVING.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context};
+use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// The body of `GET /metrics` at `addr` (HTTP/1.1, one request per connection).
+async fn scrape(addr: &str) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no end of headers in {response:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("scrape of {addr} answered {head:?}");
+    }
+    Ok(body.to_string())
+}
+
+/// The samples of `text` by series (name with labels) → value.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = if value == "+Inf" {
+                f64::INFINITY
+            } else {
+                value.parse().ok()?
+            };
+            Some((series.to_string(), value))
+        })
+        .collect()
+}
+
+/// Sum of the samples whose series starts with `prefix`.
+fn sum_of(samples: &HashMap<String, f64>, prefix: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(series, _)| series.starts_with(prefix))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// After puts and gets, every node's `/metrics` is valid exposition: ShardKv requests
+/// counted (with latency buckets) across the nodes, each hosted group's term and applied
+/// index, WAL fsyncs in the histogram; health says SERVING for the process and ShardKv.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_metrics_move_with_requests_and_health_serves() -> anyhow::Result<()> {
+    let mut options = ClusterOptions {
+        shards: 4,
+        ..ClusterOptions::default()
+    };
+    options
+        .node_args
+        .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+    let mut cluster = Cluster::start(options).await?;
+    cluster.init().await?;
+    cluster.start_router().await?;
+    let client = cluster.client().await?;
+    for index in 0..40 {
+        let key = format!("metrics-{index}");
+        client.put(&key, b"v".to_vec()).await?;
+        client.get(&key).await?.context("a key just written")?;
+    }
+
+    let mut shard_kv_requests = 0.0;
+    for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+        let status = cluster.node_status(id).await?;
+        assert!(
+            !status.metrics_addr.is_empty(),
+            "node {id} reports its metrics address"
+        );
+        assert_eq!(status.process_role, "node");
+        let storage = status.storage.context("a node reports its storage")?;
+        assert!(
+            storage.wal_bytes > 0 && storage.db_bytes > 0,
+            "node {id}: {storage:?}"
+        );
+
+        let text = scrape(&status.metrics_addr).await?;
+        ringkv_metrics::check_exposition(&text).map_err(|err| anyhow!("node {id}: {err}\n{text}"))?;
+        let samples = samples(&text);
+        shard_kv_requests += sum_of(
+            &samples,
+            "ringkv_grpc_requests_total{service=\"ringkv.v1.ShardKv\"",
+        );
+        assert!(
+            sum_of(&samples, "ringkv_wal_fsync_duration_seconds_count") > 0.0,
+            "node {id} counted WAL fsyncs"
+        );
+        for replica in &status.replicas {
+            let group = replica
+                .shard_id
+                .map_or("system".to_string(), |shard| shard.to_string());
+            let term = samples.get(&format!("ringkv_raft_term{{group=\"{group}\"}}"));
+            assert!(
+                term.is_some_and(|term| *term >= 1.0),
+                "node {id} group {group}: term {term:?}"
+            );
+            assert!(
+                samples.contains_key(&format!("ringkv_raft_applied_index{{group=\"{group}\"}}")),
+                "node {id} group {group}: applied index"
+            );
+        }
+
+        let addr = cluster.nodes[&id].addr.clone().context("a node address")?;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let mut health = HealthClient::new(channel);
+        for service in ["", "ringkv.v1.ShardKv"] {
+            let answer = health
+                .check(HealthCheckRequest {
+                    service: service.to_string(),
+                })
+                .await?
+                .into_inner();
+            assert_eq!(
+                answer.status(),
+                ServingStatus::Serving,
+                "node {id} service {service:?}"
+            );
+        }
+    }
+    assert!(
+        shard_kv_requests >= 80.0,
+        "ShardKv requests counted: {shard_kv_requests}"
+    );
+
+    // Buckets of the latency histogram, on the nodes that served reads or writes.
+    let buckets = wait_until("ShardKv latency buckets", WAIT, || async {
+        for id in cluster.nodes.keys() {
+            let status = cluster.node_status(*id).await.ok()?;
+            let text = scrape(&status.metrics_addr).await.ok()?;
+            if text.contains("ringkv_grpc_request_duration_seconds_bucket{service=\"ringkv.v1.ShardKv\"") {
+                return Some(text);
+            }
+        }
+        None
+    })
+    .await?;
+    assert!(buckets.contains("le=\"+Inf\""));
+    Ok(())
+}
