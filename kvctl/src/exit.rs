@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! | ---- | ------- |
 //! | 0    | success |
-//! | 1    | key not found, or any other error |
+//! | 1    | key not found, a failed check (`check perf`: FAIL), or any other error |
 //! | 2    | compare-and-swap mismatch |
 //! | 3    | unavailable, deadline exceeded, transport or overload (retry later) |
 //! | 4    | outcome unknown: the write may or may not have been applied |
@@ -38,6 +38,8 @@ pub enum Outcome {
     NotFound,
     /// The CAS comparison failed (the current state was already printed).
     CasMismatch,
+    /// A check found the cluster wanting (the verdict was already printed).
+    CheckFailed,
 }
 
 impl Outcome {
@@ -45,7 +47,7 @@ impl Outcome {
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Success => EXIT_OK,
-            Outcome::NotFound => EXIT_FAILURE,
+            Outcome::NotFound | Outcome::CheckFailed => EXIT_FAILURE,
             Outcome::CasMismatch => EXIT_CAS_MISMATCH,
         }
     }

@@ -22,6 +22,7 @@
 mod auth;
 mod batch;
 mod cert;
+mod check;
 mod cluster;
 mod exit;
 mod kv;
@@ -67,7 +68,7 @@ const INIT_DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// kvctl — read, write and operate a ringkv cluster.
 ///
-/// Exit codes: 0 ok; 1 not found (get, mget) or another error; 2 CAS mismatch; 3
+/// Exit codes: 0 ok; 1 not found (get, mget), check FAIL, or another error; 2 CAS mismatch; 3
 /// unavailable, deadline exceeded or overloaded (retry later); 4 outcome unknown (the
 /// write may have been applied, or partly for mput, del and delrange); 64 usage error
 /// (bad flags or arguments); 65 bad data (the cluster refused a key, value or range as
@@ -193,6 +194,9 @@ enum Command {
     /// Turn permissions on (`enable`) or see whether they are (`status`).
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Check the cluster: `check perf` puts at a fixed rate and says PASS or FAIL.
+    #[command(subcommand)]
+    Check(check::CheckCommand),
     /// Create the cluster CA and certificates for nodes, routers and clients; show one.
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -247,12 +251,13 @@ fn is_transport(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Logs go to stderr, `warn` unless `RUST_LOG` says otherwise.
+/// Logs go to stderr, `warn` unless `RUST_LOG` says otherwise; colours only on a terminal.
 fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -317,7 +322,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         | Command::Scan(_)
         | Command::Count(_)
         | Command::Delrange(_)
-        | Command::Watch(_) => output::OutputFormat::Table,
+        | Command::Watch(_)
+        | Command::Check(_) => output::OutputFormat::Table,
         _ => format.document(command_name(&cli.command))?,
     };
     match cli.command {
@@ -359,6 +365,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Auth(command) => {
             auth::auth(&connect(endpoints, router_config).await?, command, output).await
+        }
+        Command::Check(command) => {
+            check::run(&connect(endpoints, router_config).await?, command, format).await
         }
         Command::Cert(command) => cert::run(command, output),
         #[cfg(unix)]

@@ -11,7 +11,8 @@
 //! else `value: null` plus `value_hex` (keys likewise with `key_hex`).
 //!
 //! [`Format`] is what `-o` asks for; the commands that print key-value data (`get`, `mget`,
-//! `put`, `del`, `cas`, `scan`, `count`, `delrange`) render [`Records`] in all five formats.
+//! `put`, `del`, `cas`, `scan`, `count`, `delrange`, and `check perf`) render [`Records`] in all
+//! five formats.
 //! The others render a table or one JSON document ([`OutputFormat`], see
 //! [`Format::document`]).
 
@@ -73,7 +74,7 @@ impl Format {
 }
 
 /// The commands that print in every format.
-pub const RECORD_COMMANDS: &str = "get, mget, put, del, cas, scan, count, delrange";
+pub const RECORD_COMMANDS: &str = "get, mget, put, del, cas, scan, count, delrange, check perf";
 
 /// How commands that print a table or one JSON document print it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

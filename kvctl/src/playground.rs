@@ -19,6 +19,13 @@
 //! from the kernel if kvctl itself dies (`PR_SET_PDEATHSIG`; kvctl runs a
 //! current-thread runtime, so the spawning thread is the main thread).
 //!
+//! A node (or the router) that exits is reported, not restarted at once (so `kill -9`
+//! shows the cluster surviving). `kvctl playground restart-node N` — or `kvctl playground`
+//! run again with the same `--dir` while the first one runs — brings it back: the running
+//! playground writes its pid to `<dir>/playground.pid`, and on SIGUSR1 starts again every
+//! child that exited, with the same command line; the asking kvctl waits until the node
+//! listens.
+//!
 //! Locating the binaries, spawning, exit checks and init are `ringkv-launcher`'s (shared
 //! with the end-to-end tests and the fault-injection harness); the plan, the progress
 //! display and the supervision until Ctrl-C are the playground's.
@@ -80,7 +87,23 @@ pub struct PlaygroundArgs {
     /// playground makes a CA and certificates in DIR/certs (DIR: --dir) and speaks mutual TLS.
     #[arg(long)]
     pub insecure: bool,
+    #[command(subcommand)]
+    pub action: Option<PlaygroundAction>,
 }
+
+/// What to ask of a running playground.
+#[derive(clap::Subcommand, Debug)]
+pub enum PlaygroundAction {
+    /// Start node N again after it exited or was killed (the playground of --dir and
+    /// --port must be running); waits until it listens.
+    RestartNode {
+        /// The node's id (1-based).
+        node_id: u16,
+    },
+}
+
+/// The file under the playground's directory that holds the running playground's pid.
+const PID_FILE: &str = "playground.pid";
 
 /// The certificates directory under the playground's directory.
 const CERTS_DIR: &str = "certs";
@@ -310,9 +333,13 @@ impl ShutdownSignals {
     }
 }
 
-/// One child process.
+/// One child process, and how to start it again.
 struct ChildProcess {
     addr: String,
+    name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    log: PathBuf,
     process: Process,
     /// Waiting for it failed: it is no longer watched.
     abandoned: bool,
@@ -340,6 +367,39 @@ impl Supervisor {
         args: &[OsString],
         log: &Path,
     ) -> anyhow::Result<()> {
+        let process = Self::launch(name, program, args, log)?;
+        self.children.push(ChildProcess {
+            addr: addr.to_string(),
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            log: log.to_path_buf(),
+            process,
+            abandoned: false,
+        });
+        Ok(())
+    }
+
+    /// Starts every child that exited again, with the same command line; returns their
+    /// names and pids.
+    fn restart_exited(&mut self) -> Vec<(String, anyhow::Result<u32>)> {
+        let mut restarted = Vec::new();
+        for child in &mut self.children {
+            if child.is_watched() {
+                continue;
+            }
+            let result = Self::launch(&child.name, &child.program, &child.args, &child.log).map(|process| {
+                child.process = process;
+                child.abandoned = false;
+                child.process.pid()
+            });
+            restarted.push((child.name.clone(), result));
+        }
+        restarted
+    }
+
+    /// Spawns one child, after a line in its log saying so.
+    fn launch(name: &str, program: &Path, args: &[OsString], log: &Path) -> anyhow::Result<Process> {
         let launch = Launch::new(name, program)
             .args(args)
             .log(log)
@@ -359,18 +419,12 @@ impl Supervisor {
             launch.command_line()
         )
         .with_context(|| format!("cannot write log {}", log.display()))?;
-        let process = launch.spawn().map_err(|err| match err {
+        launch.spawn().map_err(|err| match err {
             LaunchError::Spawn { source, .. } => {
                 anyhow::Error::new(source).context(format!("cannot start {name} ({})", program.display()))
             }
             other => other.into(),
-        })?;
-        self.children.push(ChildProcess {
-            addr: addr.to_string(),
-            process,
-            abandoned: false,
-        });
-        Ok(())
+        })
     }
 
     /// Fails with the end of its log when a child has exited.
@@ -711,8 +765,34 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<Outcome> {
     let dir =
         std::fs::canonicalize(&args.dir).with_context(|| format!("cannot resolve {}", args.dir.display()))?;
     let plan = Plan::new(&args, &dir)?;
+    let pid_file = dir.join(PID_FILE);
+    let running = running_playground(&pid_file);
+    match (&args.action, running) {
+        (Some(PlaygroundAction::RestartNode { node_id }), Some(pid)) => {
+            return restart_node(&plan, pid, *node_id).await;
+        }
+        (Some(PlaygroundAction::RestartNode { .. }), None) => {
+            bail!(
+                "no playground is running in {} (start one with `kvctl playground --dir {}`)",
+                dir.display(),
+                dir.display()
+            );
+        }
+        (None, Some(pid)) => {
+            eprintln!(
+                "a playground is running in {} (pid {pid}): asking it to start its exited processes",
+                dir.display()
+            );
+            for node in &plan.nodes {
+                restart_node(&plan, pid, u16::try_from(node.node_id).unwrap_or(u16::MAX)).await?;
+            }
+            return Ok(Outcome::Success);
+        }
+        (None, None) => {}
+    }
     let binaries = locate_binaries().await?;
     check_ports_free(&plan)?;
+    let mut restarts = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut signals = ShutdownSignals::new()?;
     let mut supervisor = Supervisor::default();
 
@@ -737,16 +817,83 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<Outcome> {
         }
     };
     println!("{}", summary(&plan, &supervisor, &cluster_id, args.port == 7000));
+    if let Err(err) = std::fs::write(&pid_file, std::process::id().to_string()) {
+        eprintln!(
+            "warning: cannot write {}: {err} (restart-node will not find this playground)",
+            pid_file.display()
+        );
+    }
 
-    let signal = supervise(&mut supervisor, &mut signals).await;
+    let signal = supervise(&mut supervisor, &mut signals, &mut restarts).await;
     eprintln!("\nreceived {signal}; stopping the playground");
+    let _ = std::fs::remove_file(&pid_file);
     supervisor.shutdown(STOP_GRACE).await;
     eprintln!("stopped (data kept in {})", plan.dir.display());
     Ok(Outcome::Success)
 }
 
-/// Reports children that exit (without restarting them) until a shutdown signal.
-async fn supervise(supervisor: &mut Supervisor, signals: &mut ShutdownSignals) -> &'static str {
+/// The pid in `pid_file`, when that process is alive.
+fn running_playground(pid_file: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    // SAFETY: kill(2) with signal 0 sends nothing, it only says whether the process exists.
+    let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+    alive.then_some(pid)
+}
+
+/// Whether something accepts connections on `addr` right now.
+async fn listening(addr: &str) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// `restart-node N`: asks the playground `pid` to start its exited children again
+/// (SIGUSR1) unless node N is listening, then waits until it does.
+async fn restart_node(plan: &Plan, pid: i32, node_id: u16) -> anyhow::Result<Outcome> {
+    let node = plan
+        .nodes
+        .iter()
+        .find(|node| node.node_id == u64::from(node_id))
+        .ok_or_else(|| UsageError(format!("the playground has nodes 1..={}", plan.nodes.len())))?;
+    if listening(&node.addr).await {
+        eprintln!("node {node_id} is running on {}", node.addr);
+        return Ok(Outcome::Success);
+    }
+    // SAFETY: kill(2) on the pid of the playground's pid file, checked alive just before.
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+        bail!(
+            "cannot signal the playground (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let deadline = Instant::now() + plan.startup_timeout;
+    while !listening(&node.addr).await {
+        if Instant::now() >= deadline {
+            bail!(
+                "node {node_id} does not listen on {} after {}s (see {})",
+                node.addr,
+                plan.startup_timeout.as_secs(),
+                node.log.display()
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    eprintln!(
+        "node {node_id} is back on {} (log: {})",
+        node.addr,
+        node.log.display()
+    );
+    Ok(Outcome::Success)
+}
+
+/// Reports children that exit until a shutdown signal; on SIGUSR1 (`restart-node`)
+/// starts the exited ones again.
+async fn supervise(
+    supervisor: &mut Supervisor,
+    signals: &mut ShutdownSignals,
+    restarts: &mut Signal,
+) -> &'static str {
     loop {
         let exited = {
             let mut waits: FuturesUnordered<_> = supervisor
@@ -758,8 +905,18 @@ async fn supervise(supervisor: &mut Supervisor, signals: &mut ShutdownSignals) -
                 .collect();
             tokio::select! {
                 signal = signals.recv() => return signal,
-                Some(exit) = waits.next(), if !waits.is_empty() => exit,
+                _ = restarts.recv() => None,
+                Some(exit) = waits.next(), if !waits.is_empty() => Some(exit),
             }
+        };
+        let Some(exited) = exited else {
+            for (name, result) in supervisor.restart_exited() {
+                match result {
+                    Ok(pid) => eprintln!("restarted {name} (pid {pid})"),
+                    Err(err) => eprintln!("cannot restart {name}: {err:#}"),
+                }
+            }
+            continue;
         };
         let (index, result) = exited;
         let Some(child) = supervisor.children.get_mut(index) else {
@@ -768,7 +925,7 @@ async fn supervise(supervisor: &mut Supervisor, signals: &mut ShutdownSignals) -
         match result {
             Ok(status) => {
                 eprintln!(
-                    "{} (pid {}) exited: {status}; not restarting it (log: {})",
+                    "{} (pid {}) exited: {status}; `kvctl playground restart-node` starts it again (log: {})",
                     child.process.name(),
                     child.process.pid(),
                     child.process.log().unwrap_or(Path::new("")).display()
@@ -796,6 +953,7 @@ mod tests {
             port: 7000,
             startup_timeout: 60,
             insecure: false,
+            action: None,
         }
     }
 

@@ -16,6 +16,9 @@ pub const LOAD_TEMPLATE: &str =
 /// `count`: the running count and shards done in the message (see [`count_message`]).
 pub const COUNT_TEMPLATE: &str = "{spinner} counting: {msg}  [{elapsed}]";
 
+/// `check perf`: puts started of the run's total.
+pub const CHECK_TEMPLATE: &str = "{spinner} check perf: {wide_bar} {human_pos}/{human_len} puts  [{elapsed}]";
+
 /// `txn-gc`: shards done of the phase, the phase and its counts in the message (see
 /// [`gc_message`]).
 pub const GC_TEMPLATE: &str = "{spinner} txn-gc: {wide_bar} shards {pos}/{len}  {msg}  [{elapsed}]";
@@ -68,7 +71,7 @@ mod tests {
     /// Every template parses (a typo would silently fall back to the default style).
     #[test]
     fn templates_parse() {
-        for template in [LOAD_TEMPLATE, COUNT_TEMPLATE, GC_TEMPLATE] {
+        for template in [LOAD_TEMPLATE, COUNT_TEMPLATE, GC_TEMPLATE, CHECK_TEMPLATE] {
             assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
         }
     }

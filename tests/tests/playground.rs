@@ -1,5 +1,6 @@
 //! `kvctl playground`: a real local cluster in one command survives `kill -9` of a node,
-//! stops cleanly on SIGTERM, and resumes with its data; it speaks mutual TLS by default,
+//! starts it again on `kvctl playground restart-node`, stops cleanly on SIGTERM, and
+//! resumes with its data; it speaks mutual TLS by default,
 //! with the certificates it made in its directory.
 
 use std::net::TcpListener;
@@ -95,7 +96,8 @@ async fn connect_when_ready(dir: &Path, port: u16) -> Result<ringkv_client::Clie
 }
 
 /// One command starts a 3-node cluster; `kill -9` of a node loses nothing and writes go on;
-/// SIGTERM stops every process; starting again resumes with the same data.
+/// `restart-node` starts the killed node again; SIGTERM stops every process (the restarted
+/// one too); starting again resumes with the same data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn playground_survives_kill_and_resumes() -> Result<()> {
     let scratch = tempfile::tempdir()?;
@@ -129,6 +131,26 @@ async fn playground_survives_kill_and_resumes() -> Result<()> {
         let version = client.put(&key, b"after".to_vec()).await?;
         written.push((key, b"after".to_vec(), version));
     }
+
+    // `kvctl playground restart-node 2` has the running playground start it again.
+    let restart = Command::new(bin_dir()?.join("kvctl"))
+        .args(["playground", "--port", &port.to_string(), "--dir"])
+        .arg(&dir)
+        .args(["restart-node", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running kvctl playground restart-node")?;
+    assert!(
+        restart.status.success(),
+        "restart-node: {}; stderr: {}",
+        restart.status,
+        String::from_utf8_lossy(&restart.stderr)
+    );
+    let restarted = node_pid(&node2).context("node 2 runs again")?;
+    assert_ne!(restarted, pid, "a new process");
+    let key = b"pg-after-restart".to_vec();
+    let version = client.put(&key, b"back".to_vec()).await?;
+    written.push((key, b"back".to_vec(), version));
 
     // SIGTERM: the playground stops its children and exits 0.
     let mut child = playground.0.take().context("playground process")?;
