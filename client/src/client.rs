@@ -11,8 +11,8 @@ use crate::error::Failure;
 use crate::retry::{OpKind, ResumeBudget};
 use crate::routers::{admin_client, kv_client, tso_client, with_deadline, Routers};
 use crate::scan::{scan_request, ScanCursor, ScanStream};
-use crate::watch::{WatchOptions, WatchPosition, WatchStream};
 use crate::types::{describe_key, versioned, WireRange};
+use crate::watch::{WatchOptions, WatchPosition, WatchStream};
 use crate::{
     CasOutcome, ClientConfig, ContinuationToken, CountOptions, CountProgress, CountResult, Error, KeyRange,
     Mutation, MutationResult, ReadConsistency, ScanOptions, ScanPage, Versioned, DEFAULT_SCAN_PAGE_LIMIT,

@@ -116,10 +116,10 @@ pub use endpoint::normalize_endpoint;
 pub use error::Error;
 pub use ringkv_proto::v1 as proto;
 pub use scan::ScanStream;
-pub use watch::{WatchEvent, WatchEventKind, WatchOptions, WatchPosition, WatchStream, WatchTarget};
 pub use txn::{Committed, Isolation, Transaction, TxnGcProgress, TxnState, MAX_TRANSACT_RUNS};
 pub use types::{
     CasOutcome, ContinuationToken, CountOptions, CountProgress, CountResult, KeyRange, Mutation,
     MutationResult, ReadConsistency, ScanEntry, ScanOptions, ScanPage, Versioned, DEFAULT_SCAN_PAGE_LIMIT,
     MAX_SCAN_PAGE_LIMIT,
 };
+pub use watch::{WatchEvent, WatchEventKind, WatchOptions, WatchPosition, WatchStream, WatchTarget};
