@@ -1,4 +1,5 @@
-//! Talking to storage nodes directly: `NodeStatus` and cluster bootstrap.
+//! Talking to storage nodes (and routers) directly: `NodeStatus`, the standard gRPC health
+//! check ([`health`]) and cluster bootstrap.
 //!
 //! [`init_cluster`] asks every node for its identity (`Admin.NodeStatus`), then sends
 //! `Admin.InitCluster` with all of them to the first node. Init is idempotent on the
@@ -37,6 +38,39 @@ pub async fn node_status(endpoint: &str, config: &ClientConfig) -> Result<proto:
         Ok(Err(status)) => Err(Error::from(status)),
         Err(_elapsed) => Err(Error::DeadlineExceeded(format!(
             "node {endpoint} did not answer NodeStatus within {:?}",
+            config.request_timeout
+        ))),
+    }
+}
+
+/// What the standard gRPC health service (`grpc.health.v1.Health`) of a node or router said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Serving,
+    NotServing,
+    /// UNKNOWN, or a status this client does not know.
+    Unknown,
+}
+
+/// Asks `endpoint`'s health service about `service` (`""`: the whole process); one attempt
+/// bounded by `config.request_timeout`.
+pub async fn health(endpoint: &str, service: &str, config: &ClientConfig) -> Result<Health, Error> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = lazy_channel(endpoint, config)?;
+    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: service.to_string(),
+    });
+    request.set_timeout(config.request_timeout);
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    match tokio::time::timeout(config.request_timeout, client.check(request)).await {
+        Ok(Ok(response)) => Ok(match response.into_inner().status() {
+            ServingStatus::Serving => Health::Serving,
+            ServingStatus::NotServing => Health::NotServing,
+            ServingStatus::Unknown | ServingStatus::ServiceUnknown => Health::Unknown,
+        }),
+        Ok(Err(status)) => Err(Error::from(status)),
+        Err(_elapsed) => Err(Error::DeadlineExceeded(format!(
+            "{endpoint} did not answer a health check within {:?}",
             config.request_timeout
         ))),
     }

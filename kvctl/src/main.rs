@@ -10,6 +10,8 @@
 //! - `range` — `scan` (a page, or `--all` streamed), `count`, `delrange`.
 //! - `cluster` — `cluster init` (talks to the nodes), `cluster status` and `cluster plan`
 //!   (a router).
+//! - `endpoint` — `endpoint status` and `endpoint health`: each node's and router's own
+//!   status, and a health ping (etcdctl's).
 //! - `membership` — `node add`, `node decommission`, `cluster plan`, `rebalance status`.
 //! - `cert` — `cert create-ca | create-node | create-router | create-client | show`: the
 //!   cluster CA and role certificates (`ringkv-tls`), as PEM files.
@@ -24,6 +26,7 @@ mod batch;
 mod cert;
 mod check;
 mod cluster;
+mod endpoint;
 mod exit;
 mod kv;
 mod load;
@@ -165,6 +168,10 @@ enum Command {
     /// Cluster bootstrap, status, and plans of ring changes.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Each node's and router's own status, or a health ping of each (exit 1 if any is not
+    /// serving); --cluster asks every ring member.
+    #[command(subcommand)]
+    Endpoint(endpoint::EndpointCommand),
     /// Add a node to the ring or decommission one.
     #[command(subcommand)]
     Node(membership::NodeCommand),
@@ -338,6 +345,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Delrange(args) => {
             range::delrange(&connect(endpoints, router_config).await?, args, format).await
         }
+        Command::Endpoint(command) => endpoint::run(command, endpoints, router_config, output).await,
         Command::Cluster(command) => {
             let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT, tls.as_ref())?;
             cluster::run(command, endpoints, router_config, node_config, output).await
@@ -380,6 +388,7 @@ fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Mput(_) => "mput",
         Command::Cluster(_) => "cluster",
+        Command::Endpoint(_) => "endpoint",
         Command::Node(_) => "node",
         Command::Rebalance(_) => "rebalance",
         Command::Leader(_) => "leader",

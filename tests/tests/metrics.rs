@@ -1,12 +1,15 @@
-//! Metrics and health of a node, end to end (issue 16): after puts and gets through the
-//! router, a node's `/metrics` is valid Prometheus text whose request counters moved, with
-//! latency buckets, each hosted group's term and applied index, and the WAL's fsync
-//! histogram; the standard gRPC health service answers SERVING.
+//! Metrics and health, end to end (issue 16): after puts and gets through the router, a
+//! node's and the router's `/metrics` are valid Prometheus text whose request counters
+//! moved, with latency buckets (and, at a node, each hosted group's term and applied index
+//! and the WAL's fsync histogram; at the router, transaction outcomes); the standard gRPC
+//! health service answers SERVING; `kvctl endpoint health` exits 0 on a live cluster and 1
+//! with a node down, and `kvctl endpoint status` reports every member.
 
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context};
-use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
+use ringkv_client::Isolation;
+use ringkv_tests::{bin_dir, wait_until, Cluster, ClusterOptions, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -152,5 +155,124 @@ async fn node_metrics_move_with_requests_and_health_serves() -> anyhow::Result<(
     })
     .await?;
     assert!(buckets.contains("le=\"+Inf\""));
+    Ok(())
+}
+
+/// Runs kvctl against `router` with `args`; its exit code and stdout.
+async fn kvctl(router: &str, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let output = tokio::process::Command::new(bin_dir()?.join("kvctl"))
+        .args(["-e", router, "--timeout", "3000"])
+        .args(args)
+        .env_remove("RINGKV_CA")
+        .env_remove("RINGKV_CERT")
+        .env_remove("RINGKV_KEY")
+        .output()
+        .await?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
+/// The router's `/metrics` counts Kv requests (with latency buckets) and transaction
+/// commits; its health and NodeStatus answer for it; `kvctl endpoint health --cluster` exits
+/// 0 while every member serves and 1 once a node is down, and `endpoint status` reports
+/// each node's sizes and the router's role.
+#[tokio::test(flavor = "multi_thread")]
+async fn router_metrics_and_kvctl_endpoint_health() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions {
+        shards: 4,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    cluster.init().await?;
+    let router = cluster
+        .start_router_with(&["--metrics-addr", "127.0.0.1:0"])
+        .await?;
+    let client = cluster.client().await?;
+    for index in 0..10 {
+        let key = format!("router-metrics-{index}");
+        client.put(&key, b"v".to_vec()).await?;
+        client.get(&key).await?.context("a key just written")?;
+    }
+    let mut txn = client.begin(Isolation::RepeatableRead).await?;
+    txn.put("router-metrics-txn", b"t".to_vec());
+    txn.commit().await?;
+
+    let config = ringkv_client::ClientConfig::default();
+    let itself = ringkv_client::admin::node_status(&router, &config).await?;
+    assert_eq!(itself.process_role, "router");
+    assert!(
+        !itself.metrics_addr.is_empty(),
+        "the router reports its metrics address"
+    );
+    let health = ringkv_client::admin::health(&router, "", &config).await?;
+    assert_eq!(health, ringkv_client::admin::Health::Serving);
+
+    let text = scrape(&itself.metrics_addr).await?;
+    ringkv_metrics::check_exposition(&text).map_err(|err| anyhow!("router: {err}\n{text}"))?;
+    let samples = samples(&text);
+    let puts = samples
+        .get("ringkv_grpc_requests_total{service=\"ringkv.v1.Kv\",method=\"Put\",code=\"OK\"}")
+        .copied();
+    assert!(
+        puts.is_some_and(|puts| puts >= 10.0),
+        "router puts counted: {puts:?}"
+    );
+    assert!(
+        text.contains("ringkv_grpc_request_duration_seconds_bucket{service=\"ringkv.v1.Kv\",method=\"Get\",le=\"+Inf\"}"),
+        "latency buckets of Kv.Get"
+    );
+    assert_eq!(
+        samples
+            .get("ringkv_txn_commits_total{outcome=\"committed\"}")
+            .copied(),
+        Some(1.0),
+        "one transaction committed"
+    );
+    assert!(
+        sum_of(&samples, "ringkv_tso_requests_total") >= 1.0,
+        "the commit took timestamps"
+    );
+
+    let (code, stdout) = kvctl(&router, &["endpoint", "health", "--cluster", "-o", "json"]).await?;
+    assert_eq!(code, Some(0), "every endpoint healthy: {stdout}");
+    let health: serde_json::Value = serde_json::from_str(&stdout)?;
+    let endpoints = health["endpoints"].as_array().context("endpoints")?;
+    assert_eq!(endpoints.len(), 4, "the router and three nodes: {stdout}");
+    assert!(
+        endpoints.iter().all(|endpoint| endpoint["healthy"] == true),
+        "{stdout}"
+    );
+
+    let (code, stdout) = kvctl(&router, &["endpoint", "status", "--cluster", "-o", "json"]).await?;
+    assert_eq!(code, Some(0), "{stdout}");
+    let status: serde_json::Value = serde_json::from_str(&stdout)?;
+    let endpoints = status["endpoints"].as_array().context("endpoints")?;
+    assert_eq!(endpoints[0]["role"], "router", "{stdout}");
+    for node in &endpoints[1..] {
+        assert_eq!(node["role"], "node", "{stdout}");
+        assert_eq!(node["health"], "SERVING", "{stdout}");
+        assert!(
+            node["db_bytes"].as_u64().is_some_and(|bytes| bytes > 0),
+            "{stdout}"
+        );
+        assert!(
+            node["system_term"].as_u64().is_some_and(|term| term >= 1),
+            "{stdout}"
+        );
+    }
+
+    cluster.kill_node(3)?;
+    let (code, stdout) = kvctl(&router, &["endpoint", "health", "--cluster", "-o", "json"]).await?;
+    assert_eq!(code, Some(1), "a node is down: {stdout}");
+    let health: serde_json::Value = serde_json::from_str(&stdout)?;
+    let unhealthy: Vec<_> = health["endpoints"]
+        .as_array()
+        .context("endpoints")?
+        .iter()
+        .filter(|endpoint| endpoint["healthy"] == false)
+        .collect();
+    assert_eq!(unhealthy.len(), 1, "only the killed node: {stdout}");
     Ok(())
 }

@@ -1,0 +1,374 @@
+//! `kvctl endpoint status | health`, as etcdctl's: what each node and router says about
+//! itself (`Admin.NodeStatus`: role, id, version, leaders, Raft term and applied index of the
+//! system group, data directory sizes, metrics address) and whether it serves (the standard
+//! gRPC health check), or a health ping per endpoint with its latency.
+//!
+//! The endpoints are `--endpoints` (routers, or any node), `--nodes`, and with `--cluster`
+//! every ring member a router knows (its `ClusterStatus`). `health` exits 1 when any
+//! endpoint is not serving or does not answer. Key counts are not reported: a node keeps
+//! no count of its keys (`kvctl count` counts them through a router).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use futures::stream::{self, StreamExt};
+use ringkv_client::admin::{self, Health};
+use ringkv_client::{proto, Client, ClientConfig};
+use serde_json::{json, Value};
+
+use crate::exit::Outcome;
+use crate::output::{self, render_table, to_json, OutputFormat};
+
+/// Most endpoints asked at once.
+const MAX_ENDPOINT_FANOUT: usize = 16;
+
+/// `kvctl endpoint ...`
+#[derive(Subcommand, Debug)]
+pub enum EndpointCommand {
+    /// Each endpoint's role, id, version, serving state, leaders, Raft summary and sizes.
+    Status(EndpointArgs),
+    /// Ping each endpoint's gRPC health service; exit 1 if any is not serving.
+    Health(EndpointArgs),
+}
+
+/// Which endpoints to ask.
+#[derive(Args, Debug)]
+pub struct EndpointArgs {
+    /// Also every ring member the routers at --endpoints know.
+    #[arg(long)]
+    pub cluster: bool,
+    /// More endpoints (nodes or routers, host:port), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+}
+
+/// Runs an `endpoint` subcommand against `endpoints` (and what its arguments add).
+pub async fn run(
+    command: EndpointCommand,
+    endpoints: Vec<String>,
+    config: ClientConfig,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
+    match command {
+        EndpointCommand::Status(args) => {
+            let targets = targets(&endpoints, &args, &config).await?;
+            let statuses = ask_all(&targets, &config, status_of).await;
+            output::emit(&render_status(&statuses, format))?;
+            Ok(Outcome::Success)
+        }
+        EndpointCommand::Health(args) => {
+            let targets = targets(&endpoints, &args, &config).await?;
+            let pings = ask_all(&targets, &config, ping).await;
+            output::emit(&render_health(&pings, format))?;
+            let all_healthy = pings.iter().all(|ping| ping.health == Ok(Health::Serving));
+            Ok(if all_healthy {
+                Outcome::Success
+            } else {
+                Outcome::CheckFailed
+            })
+        }
+    }
+}
+
+/// The endpoints to ask, each once, in the order given (ring members last).
+async fn targets(
+    endpoints: &[String],
+    args: &EndpointArgs,
+    config: &ClientConfig,
+) -> anyhow::Result<Vec<String>> {
+    let mut targets: Vec<String> = Vec::new();
+    let mut add = |addr: &str| {
+        if !targets.iter().any(|seen| seen == addr) {
+            targets.push(addr.to_string());
+        }
+    };
+    endpoints.iter().chain(&args.nodes).for_each(|addr| add(addr));
+    if args.cluster {
+        let client = Client::connect_with(endpoints.to_vec(), config.clone()).await?;
+        let status = client
+            .cluster_status()
+            .await
+            .context("cluster status (--cluster)")?;
+        status.nodes.iter().for_each(|node| add(&node.addr));
+    }
+    Ok(targets)
+}
+
+/// Asks every target with `ask`, at most [`MAX_ENDPOINT_FANOUT`] at once, answers in the
+/// targets' order.
+async fn ask_all<'a, T, F, Fut>(targets: &'a [String], config: &'a ClientConfig, ask: F) -> Vec<T>
+where
+    F: Fn(&'a str, &'a ClientConfig) -> Fut,
+    Fut: std::future::Future<Output = T> + 'a,
+{
+    stream::iter(targets.iter().map(|target| ask(target, config)))
+        .buffered(MAX_ENDPOINT_FANOUT)
+        .collect()
+        .await
+}
+
+/// One endpoint's answers to `NodeStatus` and the health check.
+struct EndpointStatus {
+    endpoint: String,
+    status: Result<proto::NodeStatusResponse, String>,
+    health: Result<Health, String>,
+}
+
+async fn status_of(endpoint: &str, config: &ClientConfig) -> EndpointStatus {
+    let (status, health) = futures::join!(
+        admin::node_status(endpoint, config),
+        admin::health(endpoint, "", config)
+    );
+    EndpointStatus {
+        endpoint: endpoint.to_string(),
+        status: status.map_err(|err| err.to_string()),
+        health: health.map_err(|err| err.to_string()),
+    }
+}
+
+/// One endpoint's health check and how long it took.
+struct Ping {
+    endpoint: String,
+    health: Result<Health, String>,
+    took: Duration,
+}
+
+async fn ping(endpoint: &str, config: &ClientConfig) -> Ping {
+    let started = Instant::now();
+    let health = admin::health(endpoint, "", config).await;
+    Ping {
+        endpoint: endpoint.to_string(),
+        health: health.map_err(|err| err.to_string()),
+        took: started.elapsed(),
+    }
+}
+
+fn health_label(health: &Result<Health, String>) -> &'static str {
+    match health {
+        Ok(Health::Serving) => "SERVING",
+        Ok(Health::NotServing) => "NOT_SERVING",
+        Ok(Health::Unknown) => "UNKNOWN",
+        Err(_) => "UNREACHABLE",
+    }
+}
+
+/// What a status says, summarised: (leaders, replicas, system group term, system group
+/// applied index).
+fn raft_summary(status: &proto::NodeStatusResponse) -> (usize, usize, Option<(u64, u64)>) {
+    let leaders = status
+        .replicas
+        .iter()
+        .filter(|replica| replica.role() == proto::ReplicaRole::Leader)
+        .count();
+    let system = status
+        .replicas
+        .iter()
+        .find(|replica| replica.shard_id.is_none())
+        .map(|replica| (replica.term, replica.applied_index));
+    (leaders, status.replicas.len(), system)
+}
+
+/// Bytes as people read them (KiB, MiB, GiB, binary).
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn render_status(statuses: &[EndpointStatus], format: OutputFormat) -> String {
+    match format {
+        OutputFormat::Table => {
+            let rows = statuses
+                .iter()
+                .map(|answer| {
+                    let health = health_label(&answer.health).to_string();
+                    match &answer.status {
+                        Err(err) => vec![
+                            answer.endpoint.clone(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            health,
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            format!("error: {err}"),
+                        ],
+                        Ok(status) => {
+                            let (leaders, replicas, system) = raft_summary(status);
+                            let storage = status.storage.as_ref();
+                            let size = |bytes: Option<u64>| bytes.map_or("-".to_string(), human_bytes);
+                            vec![
+                                answer.endpoint.clone(),
+                                status.process_role.clone(),
+                                if status.node_id == 0 {
+                                    "-".into()
+                                } else {
+                                    status.node_id.to_string()
+                                },
+                                status.version.clone(),
+                                health,
+                                format!("{leaders}/{replicas}"),
+                                system.map_or("-".into(), |(term, _)| term.to_string()),
+                                system.map_or("-".into(), |(_, applied)| applied.to_string()),
+                                size(storage.map(|storage| storage.db_bytes)),
+                                size(storage.map(|storage| storage.wal_bytes)),
+                                status.metrics_addr.clone(),
+                            ]
+                        }
+                    }
+                })
+                .collect();
+            render_table(
+                &[
+                    "ENDPOINT",
+                    "ROLE",
+                    "ID",
+                    "VERSION",
+                    "HEALTH",
+                    "LEADERS/REPLICAS",
+                    "SYSTEM TERM",
+                    "SYSTEM APPLIED",
+                    "DB SIZE",
+                    "WAL SIZE",
+                    "METRICS",
+                ],
+                rows,
+                &[2, 6, 7, 8, 9],
+            )
+        }
+        OutputFormat::Json => {
+            let endpoints: Vec<Value> = statuses
+                .iter()
+                .map(|answer| {
+                    let mut object = json!({
+                        "endpoint": answer.endpoint,
+                        "health": health_label(&answer.health),
+                    });
+                    match &answer.status {
+                        Err(err) => object["error"] = json!(err),
+                        Ok(status) => {
+                            let (leaders, replicas, system) = raft_summary(status);
+                            object["role"] = json!(status.process_role);
+                            object["node_id"] = json!(status.node_id);
+                            object["version"] = json!(status.version);
+                            object["cluster_id"] = json!(status.cluster_id);
+                            object["leaders"] = json!(leaders);
+                            object["replicas"] = json!(replicas);
+                            if let Some((term, applied)) = system {
+                                object["system_term"] = json!(term);
+                                object["system_applied_index"] = json!(applied);
+                            }
+                            if let Some(storage) = &status.storage {
+                                object["db_bytes"] = json!(storage.db_bytes);
+                                object["wal_bytes"] = json!(storage.wal_bytes);
+                                object["wal_segments"] = json!(storage.wal_segments);
+                                object["snapshot_bytes"] = json!(storage.snapshot_bytes);
+                            }
+                            object["metrics_addr"] = json!(status.metrics_addr);
+                        }
+                    }
+                    object
+                })
+                .collect();
+            to_json(&json!({ "endpoints": endpoints }))
+        }
+    }
+}
+
+fn render_health(pings: &[Ping], format: OutputFormat) -> String {
+    let took_ms = |ping: &Ping| ping.took.as_secs_f64() * 1000.0;
+    match format {
+        OutputFormat::Table => {
+            let rows = pings
+                .iter()
+                .map(|ping| {
+                    vec![
+                        ping.endpoint.clone(),
+                        (ping.health == Ok(Health::Serving)).to_string(),
+                        health_label(&ping.health).to_string(),
+                        format!("{:.1} ms", took_ms(ping)),
+                        ping.health.as_ref().err().cloned().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            render_table(&["ENDPOINT", "HEALTHY", "STATUS", "TOOK", "ERROR"], rows, &[3])
+        }
+        OutputFormat::Json => {
+            let endpoints: Vec<Value> = pings
+                .iter()
+                .map(|ping| {
+                    let mut object = json!({
+                        "endpoint": ping.endpoint,
+                        "healthy": ping.health == Ok(Health::Serving),
+                        "status": health_label(&ping.health),
+                        "took_ms": took_ms(ping),
+                    });
+                    if let Err(err) = &ping.health {
+                        object["error"] = json!(err);
+                    }
+                    object
+                })
+                .collect();
+            to_json(&json!({ "endpoints": endpoints }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes read as people read them.
+    #[test]
+    fn human_bytes_reads_as_people_read() {
+        let cases = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (5 << 20, "5.0 MiB"),
+            (3 << 30, "3.0 GiB"),
+        ];
+        for (index, (bytes, expected)) in cases.iter().enumerate() {
+            assert_eq!(human_bytes(*bytes), *expected, "case {index}");
+        }
+    }
+
+    /// A health table says which endpoints are healthy; JSON carries the same.
+    #[test]
+    fn health_renders_each_endpoint() {
+        let pings = [
+            Ping {
+                endpoint: "a:1".into(),
+                health: Ok(Health::Serving),
+                took: Duration::from_millis(2),
+            },
+            Ping {
+                endpoint: "b:2".into(),
+                health: Err("connection refused".into()),
+                took: Duration::from_millis(1),
+            },
+        ];
+        let table = render_health(&pings, OutputFormat::Table);
+        assert!(table.contains("a:1") && table.contains("SERVING"), "{table}");
+        assert!(
+            table.contains("UNREACHABLE") && table.contains("connection refused"),
+            "{table}"
+        );
+        let document: Value = serde_json::from_str(&render_health(&pings, OutputFormat::Json)).expect("json");
+        assert_eq!(document["endpoints"][0]["healthy"], json!(true));
+        assert_eq!(document["endpoints"][1]["healthy"], json!(false));
+    }
+}
