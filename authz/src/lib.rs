@@ -6,8 +6,10 @@
 //! [enabled](AuthTable::enabled) every authenticated caller acts as root (etcd's default),
 //! so a new cluster can be set up before anyone holds a role.
 //!
-//! A user is who a client certificate names (`ringkv://user/<name>`, see `ringkv-tls`);
-//! passwords and tokens are a later slice of issue 15.
+//! A user is who a client certificate names (`ringkv://user/<name>`, see `ringkv-tls`), or
+//! who a token names: a user with a password ([`password`], hashed, kept in the table) logs
+//! in for a short-lived token ([`token`]), signed with a key also kept in the table so every
+//! router and node checks it on its own.
 //!
 //! This crate is the pure part, shared by the router and the node (the router must not
 //! depend on the node): the [`AuthTable`], the changes the system group commits
@@ -18,12 +20,19 @@
 //! `PERMISSION_DENIED`.
 //!
 //! The table is stored with postcard in the system group's state machine: new enum variants
-//! go at the end, and fields are never reordered.
+//! go at the end, and fields are never reordered. The stored form ([`AuthTable::to_stored`])
+//! starts with a format byte since passwords and tokens came; tables stored before it
+//! (three fields, starting with the `enabled` byte 0 or 1) still decode.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub mod password;
+pub mod token;
+
+pub use token::TokenKey;
 
 /// The user who may do everything, always (it needs no role and cannot be removed).
 pub const ROOT_USER: &str = "root";
@@ -39,6 +48,15 @@ pub const MAX_ROLES_PER_USER: usize = 64;
 pub const MAX_PREFIX_BYTES: usize = 4096;
 /// Longest role or user name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+/// How long a token is valid unless the table says otherwise ([`AuthTable::token_ttl_ms`]).
+pub const DEFAULT_TOKEN_TTL_MS: u64 = 5 * 60 * 1000;
+/// Shortest token lifetime a table may set.
+pub const MIN_TOKEN_TTL_MS: u64 = 1000;
+/// Longest token lifetime a table may set (a day).
+pub const MAX_TOKEN_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// The first byte of the stored form of a table with passwords and tokens (older tables
+/// start with 0 or 1, their `enabled`).
+const STORED_FORMAT_V2: u8 = 2;
 
 /// What a grant allows; each level implies the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -97,6 +115,31 @@ pub struct AuthTable {
     pub roles: BTreeMap<String, Vec<Grant>>,
     /// Each user's roles ([`ROOT_USER`] is never listed: it needs none).
     pub users: BTreeMap<String, BTreeSet<String>>,
+    /// The password hash of each user who has one ([`ROOT_USER`] may have one too).
+    pub passwords: BTreeMap<String, PasswordHash>,
+    /// The key tokens are signed with (none until the first login).
+    pub token_key: Option<TokenKey>,
+    /// How long a new token is valid, in ms (0: [`DEFAULT_TOKEN_TTL_MS`]).
+    pub token_ttl_ms: u64,
+}
+
+/// A password hash as stored ([`password::hash_password`]); never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PasswordHash(pub String);
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordHash(..)")
+    }
+}
+
+/// The table as stored before passwords and tokens (decoded from old trees and snapshots).
+#[derive(Deserialize)]
+struct AuthTableV1 {
+    enabled: bool,
+    roles: BTreeMap<String, Vec<Grant>>,
+    users: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// A change of the permission table, committed in the system group.
@@ -124,6 +167,21 @@ pub enum AuthChange {
     RevokeRole { user: String, role: String },
     /// Start enforcing permissions (idempotent).
     Enable,
+    /// Set (or replace) a user's password hash; the user exists or is root.
+    SetPassword { user: String, hash: PasswordHash },
+    /// Set the token key if the table has none (a first login's proposal; a no-op otherwise,
+    /// so two nodes proposing at once agree on the first).
+    InitTokenKey {
+        #[serde(with = "serde_bytes")]
+        secret: Vec<u8>,
+    },
+    /// Replace the token key by a new one (id + 1): every token issued before is refused.
+    RotateTokenKey {
+        #[serde(with = "serde_bytes")]
+        secret: Vec<u8>,
+    },
+    /// How long new tokens are valid ([`MIN_TOKEN_TTL_MS`] to [`MAX_TOKEN_TTL_MS`]).
+    SetTokenTtl { ttl_ms: u64 },
 }
 
 /// Why a change was refused; nothing changed.
@@ -149,6 +207,10 @@ pub enum AuthRejection {
     PrefixTooLong,
     #[error("too many {what} (at most {max})")]
     TooMany { what: String, max: usize },
+    #[error("a token key's secret has {expected} bytes")]
+    BadTokenSecret { expected: usize },
+    #[error("a token lifetime is {MIN_TOKEN_TTL_MS} ms to {MAX_TOKEN_TTL_MS} ms")]
+    BadTokenTtl,
 }
 
 /// What a request touches, and so what must be allowed.
@@ -213,6 +275,50 @@ pub struct Denied {
 }
 
 impl AuthTable {
+    /// The stored form: a format byte (2) then the table in postcard.
+    pub fn to_stored(&self) -> Result<Vec<u8>, String> {
+        let bytes = vec![STORED_FORMAT_V2];
+        postcard::to_extend(self, bytes).map_err(|err| err.to_string())
+    }
+
+    /// A table from its stored form, or from the form stored before passwords and tokens.
+    pub fn from_stored(bytes: &[u8]) -> Result<AuthTable, String> {
+        match bytes.split_first() {
+            Some((&STORED_FORMAT_V2, table)) => postcard::from_bytes(table).map_err(|err| err.to_string()),
+            _ => {
+                let old: AuthTableV1 = postcard::from_bytes(bytes).map_err(|err| err.to_string())?;
+                Ok(AuthTable {
+                    enabled: old.enabled,
+                    roles: old.roles,
+                    users: old.users,
+                    ..AuthTable::default()
+                })
+            }
+        }
+    }
+
+    /// How long a new token is valid, in ms.
+    pub fn token_ttl_ms(&self) -> u64 {
+        match self.token_ttl_ms {
+            0 => DEFAULT_TOKEN_TTL_MS,
+            ttl_ms => ttl_ms,
+        }
+    }
+
+    /// The table without secrets (password hashes, the token key's secret): what is shown
+    /// to people and sent beyond nodes and routers.
+    pub fn without_secrets(&self) -> AuthTable {
+        AuthTable {
+            passwords: self
+                .passwords
+                .keys()
+                .map(|user| (user.clone(), PasswordHash(String::new())))
+                .collect(),
+            token_key: None,
+            ..self.clone()
+        }
+    }
+
     /// Whether `user` may do what needs `permission` on `access`: always while the table is
     /// not enabled, always for root; else some of the user's roles grant at least
     /// `permission` on prefixes that together cover `access`.
@@ -356,6 +462,7 @@ impl AuthTable {
                 if next.users.remove(user).is_none() {
                     return Err(AuthRejection::NoSuchUser(user.clone()));
                 }
+                next.passwords.remove(user);
             }
             AuthChange::GrantRole { user, role } => {
                 if user == ROOT_USER {
@@ -384,6 +491,35 @@ impl AuthTable {
                 }
             }
             AuthChange::Enable => next.enabled = true,
+            AuthChange::SetPassword { user, hash } => {
+                if user != ROOT_USER && !next.users.contains_key(user) {
+                    return Err(AuthRejection::NoSuchUser(user.clone()));
+                }
+                next.passwords.insert(user.clone(), hash.clone());
+            }
+            AuthChange::InitTokenKey { secret } => {
+                check_secret(secret)?;
+                if next.token_key.is_none() {
+                    next.token_key = Some(TokenKey {
+                        id: 1,
+                        secret: secret.clone(),
+                    });
+                }
+            }
+            AuthChange::RotateTokenKey { secret } => {
+                check_secret(secret)?;
+                let id = next.token_key.as_ref().map_or(1, |key| key.id.wrapping_add(1));
+                next.token_key = Some(TokenKey {
+                    id,
+                    secret: secret.clone(),
+                });
+            }
+            AuthChange::SetTokenTtl { ttl_ms } => {
+                if !(MIN_TOKEN_TTL_MS..=MAX_TOKEN_TTL_MS).contains(ttl_ms) {
+                    return Err(AuthRejection::BadTokenTtl);
+                }
+                next.token_ttl_ms = *ttl_ms;
+            }
         }
         Ok(next)
     }
@@ -442,6 +578,15 @@ pub fn check_name(name: &str) -> Result<(), AuthRejection> {
             name: name.to_string(),
         })
     }
+}
+
+fn check_secret(secret: &[u8]) -> Result<(), AuthRejection> {
+    if secret.len() != token::TOKEN_SECRET_BYTES {
+        return Err(AuthRejection::BadTokenSecret {
+            expected: token::TOKEN_SECRET_BYTES,
+        });
+    }
+    Ok(())
 }
 
 fn check_count(what: &str, count: usize, max: usize) -> Result<(), AuthRejection> {

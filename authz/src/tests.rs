@@ -293,20 +293,177 @@ fn changes_apply_or_are_refused() {
     );
 }
 
-/// The stored form is postcard of the table: it round-trips, and a fixed table's bytes
-/// stay the same (they are in every system group's state machine).
+/// The stored form: a table stored before passwords and tokens (postcard of its three
+/// fields, as every system group holds it) still decodes, and today's form round-trips.
 #[test]
-fn stored_form_is_stable() {
+fn stored_form_reads_old_tables() {
     let table = table_of(&[
         role("r"),
         give("r", "a", Permission::Write),
         user("u", &["r"]),
         AuthChange::Enable,
     ]);
-    let bytes = postcard::to_allocvec(&table).expect("encode");
-    assert_eq!(bytes, vec![1, 1, 1, b'r', 1, 1, b'a', 1, 1, 1, b'u', 1, 1, b'r']);
-    let back: AuthTable = postcard::from_bytes(&bytes).expect("decode");
-    assert_eq!(back, table);
+    let old_bytes = vec![1, 1, 1, b'r', 1, 1, b'a', 1, 1, 1, b'u', 1, 1, b'r'];
+    assert_eq!(AuthTable::from_stored(&old_bytes).expect("old form"), table);
+    let disabled_old = [0, 0, 0];
+    assert_eq!(
+        AuthTable::from_stored(&disabled_old).expect("old empty form"),
+        AuthTable::default()
+    );
+    let with_secrets = table
+        .apply(&AuthChange::SetPassword {
+            user: "u".into(),
+            hash: PasswordHash("h".into()),
+        })
+        .and_then(|table| table.apply(&AuthChange::InitTokenKey { secret: vec![7; 32] }))
+        .and_then(|table| table.apply(&AuthChange::SetTokenTtl { ttl_ms: 2000 }))
+        .expect("apply");
+    let stored = with_secrets.to_stored().expect("encode");
+    assert_eq!(stored.first(), Some(&2));
+    assert_eq!(AuthTable::from_stored(&stored).expect("decode"), with_secrets);
+    assert!(
+        AuthTable::from_stored(&[2, 9]).is_err(),
+        "a truncated table is refused"
+    );
+}
+
+/// Passwords, token keys and lifetimes change as asked and no other way; a deleted user
+/// loses its password; secrets never show in debug output or in the shown table.
+#[test]
+fn credential_changes_apply_or_are_refused() {
+    let table = table_of(&[role("r"), user("u", &["r"])]);
+    let hash = |text: &str| PasswordHash(text.into());
+    let set = |user: &str| AuthChange::SetPassword {
+        user: user.into(),
+        hash: hash("secret-hash"),
+    };
+    let with_password = table.apply(&set("u")).expect("existing user");
+    let root = with_password
+        .apply(&set(ROOT_USER))
+        .expect("root may have a password");
+    assert_eq!(root.passwords.len(), 2);
+    assert_eq!(
+        table.apply(&set("ghost")),
+        Err(AuthRejection::NoSuchUser("ghost".into()))
+    );
+    let deleted = root
+        .apply(&AuthChange::DeleteUser { user: "u".into() })
+        .expect("delete");
+    assert!(!deleted.passwords.contains_key("u"));
+
+    let first = table
+        .apply(&AuthChange::InitTokenKey { secret: vec![1; 32] })
+        .expect("init");
+    let again = first
+        .apply(&AuthChange::InitTokenKey { secret: vec![2; 32] })
+        .expect("init again");
+    assert_eq!(again.token_key, first.token_key, "the first key stays");
+    let rotated = again
+        .apply(&AuthChange::RotateTokenKey { secret: vec![3; 32] })
+        .expect("rotate");
+    assert_eq!(rotated.token_key.as_ref().map(|key| key.id), Some(2));
+    assert_eq!(
+        table.apply(&AuthChange::RotateTokenKey { secret: vec![3; 5] }),
+        Err(AuthRejection::BadTokenSecret { expected: 32 })
+    );
+    assert_eq!(table.token_ttl_ms(), DEFAULT_TOKEN_TTL_MS);
+    assert_eq!(
+        table.apply(&AuthChange::SetTokenTtl { ttl_ms: 10 }),
+        Err(AuthRejection::BadTokenTtl)
+    );
+    let debug = format!("{:?} {:?}", rotated, set("u"));
+    assert!(
+        !debug.contains("secret-hash") && !debug.contains("[3, 3"),
+        "{debug}"
+    );
+    let shown = root
+        .apply(&AuthChange::RotateTokenKey { secret: vec![3; 32] })
+        .expect("rotate");
+    let shown = shown.without_secrets();
+    assert!(shown.token_key.is_none());
+    assert!(shown.passwords.values().all(|hash| hash.0.is_empty()));
+}
+
+/// A hash checks its password only, and names its own cost.
+#[test]
+fn passwords_hash_and_verify() {
+    let stored = password::hash_password("correct horse", password::MIN_ITERATIONS).expect("hash");
+    assert!(stored.starts_with("pbkdf2-sha256$10000$"), "{stored}");
+    assert_eq!(password::verify_password("correct horse", &stored), Ok(true));
+    assert_eq!(password::verify_password("correct horsf", &stored), Ok(false));
+    let again = password::hash_password("correct horse", password::MIN_ITERATIONS).expect("hash");
+    assert_ne!(again, stored, "salted");
+    assert_eq!(
+        password::hash_password("short", password::MIN_ITERATIONS),
+        Err(password::PasswordError::BadLength)
+    );
+    for malformed in [
+        "",
+        "md5$1$00$00",
+        "pbkdf2-sha256$1$00$00",
+        "pbkdf2-sha256$10000$zz$00",
+    ] {
+        assert_eq!(
+            password::verify_password("x", malformed),
+            Err(password::PasswordError::MalformedHash),
+            "{malformed}"
+        );
+    }
+    assert_eq!(
+        password::verify_password("anything", &password::decoy_hash(password::MIN_ITERATIONS)),
+        Ok(false)
+    );
+}
+
+/// A token stands for its user until it expires, while its key is the table's and its
+/// user exists; forged, foreign, rotated, expired and malformed tokens are refused.
+#[test]
+fn tokens_verify_only_while_valid() {
+    use token::{sign, verify, TokenError};
+    let table = table_of(&[
+        role("r"),
+        user("u.x-1", &["r"]),
+        AuthChange::InitTokenKey { secret: vec![1; 32] },
+    ]);
+    let key = table.token_key.clone().expect("key");
+    let now_ms = 1_000_000;
+    let token = sign(&key, "u.x-1", now_ms + 5000);
+    assert_eq!(verify(&table, &token, now_ms), Ok("u.x-1".to_string()));
+    let root = sign(&key, ROOT_USER, now_ms + 5000);
+    assert_eq!(verify(&table, &root, now_ms), Ok(ROOT_USER.to_string()));
+    assert_eq!(verify(&table, &token, now_ms + 5000), Err(TokenError::Expired));
+
+    let foreign = TokenKey {
+        id: 1,
+        secret: vec![9; 32],
+    };
+    let cases = [
+        (sign(&foreign, "u.x-1", now_ms + 5000), TokenError::BadSignature),
+        (token.replace("u.x-1", "root"), TokenError::BadSignature),
+        (
+            token.replacen(&(now_ms + 5000).to_string(), &(now_ms + 9000).to_string(), 1),
+            TokenError::BadSignature,
+        ),
+        (sign(&key, "gone", now_ms + 5000), TokenError::NoSuchUser),
+        ("rk1:1:2".to_string(), TokenError::Malformed),
+        ("x".repeat(300), TokenError::Malformed),
+        (format!("{token}:extra"), TokenError::Malformed),
+    ];
+    for (index, (forged, refusal)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            verify(&table, &forged, now_ms),
+            Err(refusal),
+            "case {index}: {forged}"
+        );
+    }
+    let rotated = table
+        .apply(&AuthChange::RotateTokenKey { secret: vec![2; 32] })
+        .expect("rotate");
+    assert_eq!(verify(&rotated, &token, now_ms), Err(TokenError::BadSignature));
+    assert_eq!(
+        verify(&AuthTable::default(), &token, now_ms),
+        Err(TokenError::NoKey)
+    );
 }
 
 /// `prefix_end` is the first key past the prefix.

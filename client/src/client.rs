@@ -727,6 +727,28 @@ impl Client {
             .await
     }
 
+    /// Logs in as `user` with `password` (issue 15): a token and its expiry (unix ms), for
+    /// [`ClientAuth::Token`](crate::ClientAuth::Token) or `kvctl --token`. A wrong user or
+    /// password is UNAUTHENTICATED (the same message either way).
+    pub async fn login(&self, user: &str, password: &str) -> Result<proto::LoginResponse, Error> {
+        let login = proto::LoginRequest {
+            user: user.to_string(),
+            password: password.to_string(),
+        };
+        self.routers
+            .call(OpKind::Read, "log in", |channel, timeout| {
+                let request = with_deadline(login.clone(), timeout);
+                async move { proto::auth_client::AuthClient::new(channel).login(request).await }
+            })
+            .await
+    }
+
+    /// The token this client sends and its expiry (unix ms; `None` for a given token),
+    /// logging in first if it authenticates with a password; `None` without credentials.
+    pub async fn token(&self) -> Result<Option<(String, Option<u64>)>, Error> {
+        self.routers.token().await
+    }
+
     /// The permission table (roles, users, whether enforced) and who the caller is taken
     /// for. Needs admin.
     pub async fn get_auth(&self) -> Result<proto::GetAuthResponse, Error> {

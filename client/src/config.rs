@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::credentials::ClientAuth;
 use crate::Error;
 
 /// Default overall deadline of one operation, retries included.
@@ -48,6 +49,9 @@ pub struct ClientConfig {
     /// Mutual TLS: connect over https, checking the server against the cluster CA and
     /// presenting the client's certificate. None: plain http (an `--insecure` cluster).
     pub tls: Option<ClientTls>,
+    /// A token or a user and password (issue 15): the calls act for that user, whatever
+    /// user the certificate names. Needs `tls`. None: the certificate's user.
+    pub auth: Option<ClientAuth>,
 }
 
 /// The client's TLS identity, PEM: the cluster CA, its certificate and its key.
@@ -96,6 +100,7 @@ impl Default for ClientConfig {
             max_retry_backoff: DEFAULT_MAX_RETRY_BACKOFF,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             tls: None,
+            auth: None,
         }
     }
 }
@@ -134,6 +139,13 @@ impl ClientConfig {
         }
         if self.max_message_bytes == 0 {
             return Err(Error::InvalidArgument("max message size must be positive".into()));
+        }
+        if self.auth.is_some() && self.tls.is_none() {
+            return Err(Error::InvalidArgument(
+                "a token or password needs TLS (--ca, --cert, --key): servers read tokens only \
+                 from callers with a certificate of the cluster's CA"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -186,6 +198,12 @@ impl ClientConfigBuilder {
     /// Connect with mutual TLS (default: none, plain http).
     pub fn tls(mut self, tls: ClientTls) -> Self {
         self.config.tls = Some(tls);
+        self
+    }
+
+    /// Authenticate with a token or a user and password (needs [`Self::tls`]).
+    pub fn auth(mut self, auth: ClientAuth) -> Self {
+        self.config.auth = Some(auth);
         self
     }
 

@@ -95,6 +95,7 @@
 pub mod admin;
 mod client;
 mod config;
+mod credentials;
 mod endpoint;
 mod error;
 mod retry;
@@ -112,6 +113,7 @@ pub use config::{
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RETRY_BACKOFF, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF,
     DEFAULT_STREAM_IDLE_TIMEOUT,
 };
+pub use credentials::{ClientAuth, RENEW_BEFORE_EXPIRY};
 pub use endpoint::normalize_endpoint;
 pub use error::Error;
 pub use ringkv_proto::v1 as proto;

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_proto::v1::admin_client::AdminClient;
@@ -14,10 +15,12 @@ use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::tso_client::TsoClient;
 use ringkv_proto::v1::txn_client::TxnClient;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 use tracing::debug;
 
+use crate::credentials::{AuthChannel, Bearer, Credentials};
 use crate::endpoint::{authority_of, lazy_channel, normalize_endpoint};
 use crate::error::Failure;
 use crate::retry::{backoff_for_round, Decision, OpKind, RetryState};
@@ -31,19 +34,36 @@ const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 const MIN_RETRY_BUDGET: Duration = Duration::from_millis(100);
 
 /// The routers of a client, in rotation order, with the shared configuration.
-#[derive(Debug)]
 pub(crate) struct Routers {
     endpoints: Vec<RouterEndpoint>,
     /// Index (modulo the endpoint count) of the router tried first.
     current: AtomicUsize,
     config: ClientConfig,
+    /// A token or password login (none: the certificate's user).
+    credentials: Option<Arc<Credentials>>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Routers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routers")
+            .field("endpoints", &self.endpoints)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 struct RouterEndpoint {
     /// `host:port` for messages.
     address: String,
     channel: Channel,
+    /// `channel` sending the client's token with each call.
+    authenticated: AuthChannel,
+}
+
+impl std::fmt::Debug for RouterEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.address)
+    }
 }
 
 impl Routers {
@@ -51,6 +71,10 @@ impl Routers {
     /// (`host:port` or `http://host:port`); nothing is connected yet.
     pub(crate) fn new(endpoints: &[String], config: ClientConfig) -> Result<Routers, Error> {
         config.validate()?;
+        let credentials = match &config.auth {
+            Some(auth) => Some(Arc::new(Credentials::new(auth.clone())?)),
+            None => None,
+        };
         let mut routers: Vec<RouterEndpoint> = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let uri = normalize_endpoint(endpoint)?;
@@ -59,7 +83,12 @@ impl Routers {
                 continue;
             }
             let channel = lazy_channel(&uri, &config)?;
-            routers.push(RouterEndpoint { address, channel });
+            let authenticated = InterceptedService::new(channel.clone(), Bearer(credentials.clone()));
+            routers.push(RouterEndpoint {
+                address,
+                channel,
+                authenticated,
+            });
         }
         if routers.is_empty() {
             return Err(Error::InvalidArgument("no router endpoints given".into()));
@@ -68,7 +97,22 @@ impl Routers {
             endpoints: routers,
             current: AtomicUsize::new(0),
             config,
+            credentials,
         })
+    }
+
+    /// The token in use and its expiry (unix ms, when known), after logging in if the
+    /// client has a password and no fresh token; `None`: the client has no credentials.
+    pub(crate) async fn token(&self) -> Result<Option<(String, Option<u64>)>, Error> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(None);
+        };
+        let router = &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()];
+        credentials
+            .ensure(&router.channel, self.config.request_timeout)
+            .await
+            .map_err(|status| Failure::from_status(&status).error)?;
+        Ok(credentials.token())
     }
 
     /// The router addresses (`host:port`), in rotation order.
@@ -102,7 +146,7 @@ impl Routers {
         mut attempt: F,
     ) -> Result<T, Error>
     where
-        F: FnMut(Channel, Duration) -> Fut,
+        F: FnMut(AuthChannel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let config = &self.config;
@@ -121,14 +165,25 @@ impl Routers {
             attempts += 1;
             let raw_index = self.current.load(Ordering::Relaxed);
             let router = &self.endpoints[raw_index % self.endpoints.len()];
-            let outcome = tokio::time::timeout(
-                remaining + DEADLINE_SLACK,
-                attempt(router.channel.clone(), remaining),
-            )
-            .await;
+            let credentials = self.credentials.as_deref();
+            let call = async {
+                if let Some(credentials) = credentials {
+                    credentials.ensure(&router.channel, remaining).await?;
+                }
+                attempt(router.authenticated.clone(), remaining).await
+            };
+            let outcome = tokio::time::timeout(remaining + DEADLINE_SLACK, call).await;
             let mut failure = match outcome {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => Failure::from_status(&status),
+                Ok(Err(status)) => {
+                    if status.code() == tonic::Code::Unauthenticated {
+                        // Log in again next time (a rotated key, a token expired early).
+                        if let Some(credentials) = credentials {
+                            credentials.forget();
+                        }
+                    }
+                    Failure::from_status(&status)
+                }
                 Err(_elapsed) => Failure::deadline(format!(
                     "{operation} did not complete within {:?}",
                     config.request_timeout
@@ -175,24 +230,24 @@ pub(crate) fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<
 
 /// An `Admin` client on `channel` (router-served calls) with the configured limit on
 /// response size.
-pub(crate) fn admin_client(channel: Channel, max_message_bytes: usize) -> AdminClient<Channel> {
+pub(crate) fn admin_client(channel: AuthChannel, max_message_bytes: usize) -> AdminClient<AuthChannel> {
     AdminClient::new(channel).max_decoding_message_size(max_message_bytes)
 }
 
 /// A `Tso` client on `channel`.
-pub(crate) fn tso_client(channel: Channel) -> TsoClient<Channel> {
+pub(crate) fn tso_client(channel: AuthChannel) -> TsoClient<AuthChannel> {
     TsoClient::new(channel)
 }
 
 /// A `Txn` client on `channel` with the configured message size limits.
-pub(crate) fn txn_client(channel: Channel, max_message_bytes: usize) -> TxnClient<Channel> {
+pub(crate) fn txn_client(channel: AuthChannel, max_message_bytes: usize) -> TxnClient<AuthChannel> {
     TxnClient::new(channel)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes)
 }
 
 /// A `Kv` client on `channel` with the configured message size limits.
-pub(crate) fn kv_client(channel: Channel, max_message_bytes: usize) -> KvClient<Channel> {
+pub(crate) fn kv_client(channel: AuthChannel, max_message_bytes: usize) -> KvClient<AuthChannel> {
     KvClient::new(channel)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes)

@@ -1,8 +1,13 @@
 //! `kvctl role`, `kvctl user` and `kvctl auth` (issue 15): the permission table.
 //!
-//! A user is who a client certificate names (`kvctl cert create-client --user NAME`); a role
-//! grants read, write or admin on key prefixes; `root` may do everything. Every command
-//! needs admin (before `kvctl auth enable`, every certificate acts as root).
+//! A user is who a client certificate names (`kvctl cert create-client --user NAME`), or who
+//! logs in with a password (`--user NAME`, a token from `Auth.Login`, which overrides the
+//! certificate's user); a role grants read, write or admin on key prefixes; `root` may do
+//! everything. Every command needs admin (before `kvctl auth enable`, every certificate acts
+//! as root), but `auth token`.
+//!
+//! Passwords are typed at the terminal (echo off) or read as one line from stdin, never
+//! taken from the command line (`credentials.rs`).
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
@@ -35,9 +40,12 @@ pub enum RoleCommand {
 pub enum UserCommand {
     /// Create a user (the name its client certificate carries) with roles.
     Add(UserAddArgs),
-    /// Delete a user.
+    /// Delete a user (its tokens stop working at once).
     #[command(alias = "delete")]
     Del(NameArgs),
+    /// Set a user's (or root's) password: typed at the terminal, or one line of stdin.
+    /// Tokens issued before stay valid until they expire.
+    Passwd(NameArgs),
     /// List the users and their roles.
     List,
     /// Give a user a role.
@@ -54,6 +62,19 @@ pub enum AuthCommand {
     Enable,
     /// Whether permissions are enforced, who you are taken for, and how many roles and users.
     Status,
+    /// Log in (--user, with --password or at the prompt) and print a token for scripts:
+    /// `RINGKV_TOKEN=$(kvctl --user alice auth token) kvctl get k`.
+    Token,
+    /// Replace the key tokens are signed with: every token issued so far stops working.
+    RotateKey,
+    /// How long new tokens stay valid, in milliseconds (default 300000, 1000 to 86400000).
+    TokenTtl(TokenTtlArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokenTtlArgs {
+    /// Milliseconds.
+    pub ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +108,10 @@ pub struct UserAddArgs {
     /// A role to give it (repeat for more).
     #[arg(long = "role", value_name = "ROLE")]
     pub roles: Vec<String>,
+    /// Give it a password too (typed at the terminal, or one line of stdin), so it can log
+    /// in with `--user` without a certificate of its own.
+    #[arg(long)]
+    pub set_password: bool,
 }
 
 #[derive(Args, Debug)]
@@ -243,11 +268,24 @@ pub async fn user(client: &Client, command: UserCommand, format: OutputFormat) -
     match command {
         UserCommand::Add(args) => {
             let what = format!("adding user {}", args.name);
-            let user = proto::AuthUser {
-                name: args.name,
-                roles: args.roles,
+            let password = match args.set_password {
+                true => Some(crate::credentials::read_new_password(&args.name)?),
+                false => None,
             };
-            change(client, Change::AddUser(user), &what, format).await
+            let user = proto::AuthUser {
+                name: args.name.clone(),
+                roles: args.roles,
+                has_password: false,
+            };
+            let Some(password) = password else {
+                return change(client, Change::AddUser(user), &what, format).await;
+            };
+            client.change_auth(Change::AddUser(user)).await.context(what)?;
+            set_password(client, args.name, password, format).await
+        }
+        UserCommand::Passwd(args) => {
+            let password = crate::credentials::read_new_password(&args.name)?;
+            set_password(client, args.name, password, format).await
         }
         UserCommand::Del(args) => {
             let what = format!("deleting user {}", args.name);
@@ -273,20 +311,22 @@ pub async fn user(client: &Client, command: UserCommand, format: OutputFormat) -
             let (table, _) = table(client).await?;
             let text = match format {
                 OutputFormat::Table => {
-                    let mut rows = vec![vec!["root".to_string(), "(everything)".to_string()]];
-                    rows.extend(
-                        table
-                            .users
-                            .iter()
-                            .map(|user| vec![user.name.clone(), user.roles.join(", ")]),
-                    );
-                    render_table(&["user", "roles"], rows, &[])
+                    let yes_no = |yes: bool| if yes { "yes" } else { "no" }.to_string();
+                    let mut rows = vec![vec![
+                        "root".to_string(),
+                        "(everything)".to_string(),
+                        yes_no(table.root_has_password),
+                    ]];
+                    rows.extend(table.users.iter().map(|user| {
+                        vec![user.name.clone(), user.roles.join(", "), yes_no(user.has_password)]
+                    }));
+                    render_table(&["user", "roles", "password"], rows, &[])
                 }
                 OutputFormat::Json => to_json(&Value::Array(
                     table
                         .users
                         .iter()
-                        .map(|user| json!({ "user": user.name, "roles": user.roles }))
+                        .map(|user| json!({ "user": user.name, "roles": user.roles, "password": user.has_password }))
                         .collect(),
                 )),
             };
@@ -296,10 +336,45 @@ pub async fn user(client: &Client, command: UserCommand, format: OutputFormat) -
     }
 }
 
+/// Sets `user`'s password (the node hashes it; the plaintext goes over TLS only).
+async fn set_password(
+    client: &Client,
+    user: String,
+    password: String,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
+    let what = format!("setting the password of {user}");
+    let change_request = Change::SetPassword(proto::UserPassword { user, password });
+    change(client, change_request, &what, format).await
+}
+
 /// Runs `kvctl auth ...`.
 pub async fn auth(client: &Client, command: AuthCommand, format: OutputFormat) -> anyhow::Result<Outcome> {
     match command {
         AuthCommand::Enable => change(client, Change::Enable(true), "enabling permissions", format).await,
+        AuthCommand::RotateKey => {
+            change(
+                client,
+                Change::RotateTokenKey(true),
+                "rotating the token key",
+                format,
+            )
+            .await
+        }
+        AuthCommand::TokenTtl(args) => {
+            let what = format!("setting the token lifetime to {} ms", args.ms);
+            change(client, Change::SetTokenTtlMs(args.ms), &what, format).await
+        }
+        AuthCommand::Token => {
+            let Some((token, _expiry)) = client.token().await.context("logging in")? else {
+                return Err(crate::exit::UsageError(
+                    "auth token needs --user (with --password, RINGKV_PASSWORD or the prompt)".into(),
+                )
+                .into());
+            };
+            output::emit(&token)?;
+            Ok(Outcome::Success)
+        }
         AuthCommand::Status => {
             let (table, caller) = table(client).await?;
             let text = match format {

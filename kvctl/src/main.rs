@@ -16,6 +16,8 @@
 //! - `cert` — `cert create-ca | create-node | create-router | create-client | show`: the
 //!   cluster CA and role certificates (`ringkv-tls`), as PEM files.
 //! - `playground` — a complete local cluster of real processes (unix only).
+//! - `auth` — `role`, `user`, `auth`: the permission table, passwords and tokens;
+//!   `credentials` — the profile kvctl reads its defaults from, and password prompts.
 //! - `output` — what the renderings share: the output format, bytes as cells and JSON
 //!   fields, aligned tables, writing to stdout; `value` — keys and values from arguments, files and
 //!   stdin; `progress` — progress bars on stderr; `exit` — exit codes and the error →
@@ -26,6 +28,7 @@ mod batch;
 mod cert;
 mod check;
 mod cluster;
+mod credentials;
 mod endpoint;
 mod exit;
 mod kv;
@@ -47,7 +50,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ringkv_client::{Client, ClientConfig, ClientTls, DEFAULT_CONNECT_TIMEOUT};
+use ringkv_client::{Client, ClientAuth, ClientConfig, ClientTls, DEFAULT_CONNECT_TIMEOUT};
 use tracing_subscriber::EnvFilter;
 
 use crate::exit::{exit_code, Outcome, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
@@ -141,6 +144,38 @@ struct GlobalArgs {
         requires_all = ["tls_ca", "tls_cert"]
     )]
     key: Option<PathBuf>,
+    /// Act as this user, logging in with its password for a short-lived token (overrides
+    /// the certificate's user; TLS is still needed). Without --password, asked at the
+    /// terminal.
+    #[arg(
+        long = "user",
+        id = "auth_user",
+        value_name = "NAME",
+        env = "RINGKV_USER",
+        global = true
+    )]
+    user: Option<String>,
+    /// The password of --user (prefer the prompt or RINGKV_PASSWORD: a flag shows in `ps`).
+    #[arg(
+        long = "password",
+        id = "auth_password",
+        value_name = "PASSWORD",
+        env = "RINGKV_PASSWORD",
+        hide_env_values = true,
+        global = true,
+        requires = "auth_user"
+    )]
+    password: Option<String>,
+    /// Act as the user of this token (`kvctl auth token` prints one); overrides --user.
+    #[arg(
+        long = "token",
+        id = "auth_token",
+        value_name = "TOKEN",
+        env = "RINGKV_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +248,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before parsing: the profile provides defaults for the flags' variables.
+    if let Err(err) = credentials::load_profile() {
+        eprintln!("error: {err:#}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -269,21 +309,54 @@ fn init_tracing() {
 }
 
 /// A client configuration with `timeout_ms` (or `default`) as the request timeout, over
-/// `tls` when given.
+/// `tls` when given, as the user of `auth` when given.
 fn client_config(
     timeout_ms: Option<u64>,
     default: Duration,
     tls: Option<&ClientTls>,
+    auth: Option<&ClientAuth>,
 ) -> anyhow::Result<ClientConfig> {
     let request_timeout = timeout_ms.map_or(default, Duration::from_millis);
     let builder = ClientConfig::builder()
         .request_timeout(request_timeout)
         .stream_idle_timeout(request_timeout.max(ringkv_client::DEFAULT_STREAM_IDLE_TIMEOUT))
         .connect_timeout(request_timeout.min(DEFAULT_CONNECT_TIMEOUT));
+    let builder = match auth {
+        Some(auth) => builder.auth(auth.clone()),
+        None => builder,
+    };
     Ok(match tls {
         Some(tls) => builder.tls(tls.clone()).build()?,
         None => builder.build()?,
     })
+}
+
+/// The credentials of `--token`, or `--user` and `--password` (asked at the terminal when
+/// missing and stdin is one).
+fn client_auth(
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+) -> anyhow::Result<Option<ClientAuth>> {
+    if let Some(token) = token {
+        return Ok(Some(ClientAuth::Token(token)));
+    }
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    let password = match password {
+        Some(password) => password,
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            credentials::read_password(&format!("password for {user}: "))?
+        }
+        None => {
+            return Err(exit::UsageError(format!(
+                "--user {user} needs a password: --password, RINGKV_PASSWORD, or run at a terminal"
+            ))
+            .into())
+        }
+    };
+    Ok(Some(ClientAuth::Password { user, password }))
 }
 
 /// The TLS settings of `--ca`, `--cert` and `--key` (clap requires all three or none); an
@@ -309,6 +382,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         ca,
         cert,
         key,
+        user,
+        password,
+        token,
     } = cli.global;
     // `kvctl cert` and `kvctl playground` make or start things; they read no certificates.
     let tls = match &cli.command {
@@ -317,7 +393,26 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Playground(_) => None,
         _ => client_tls(ca, cert, key)?,
     };
-    let router_config = client_config(timeout, ringkv_client::DEFAULT_REQUEST_TIMEOUT, tls.as_ref())?;
+    let auth = match &cli.command {
+        Command::Cert(_) => None,
+        #[cfg(unix)]
+        Command::Playground(_) => None,
+        _ => client_auth(user, password, token)?,
+    };
+    if auth.is_some() && tls.is_none() {
+        return Err(exit::UsageError(
+            "--user/--password/--token need TLS: give --ca, --cert and --key (any client certificate \
+             of the cluster's CA will do; the token decides the user)"
+                .to_string(),
+        )
+        .into());
+    }
+    let router_config = client_config(
+        timeout,
+        ringkv_client::DEFAULT_REQUEST_TIMEOUT,
+        tls.as_ref(),
+        auth.as_ref(),
+    )?;
     // The commands that print keys and values take every format; the others a document.
     let format = output;
     let output = match &cli.command {
@@ -347,7 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Endpoint(command) => endpoint::run(command, endpoints, router_config, output).await,
         Command::Cluster(command) => {
-            let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT, tls.as_ref())?;
+            let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT, tls.as_ref(), None)?;
             cluster::run(command, endpoints, router_config, node_config, output).await
         }
         Command::Node(command) => {

@@ -10,8 +10,13 @@
 //! (`RINGKV_CA`, `RINGKV_CERT`, `RINGKV_KEY`); `--insecure` runs without TLS. Startup waits on conditions,
 //! each bounded by `--startup-timeout`: every node answers `NodeStatus`, then the
 //! (idempotent) cluster init, then the router reports a leader for every shard; with TLS,
-//! permissions are then enabled (the client certificate is root's). The data
-//! dir is kept, so running the playground again resumes the same cluster.
+//! permissions are then enabled (the client certificate is root's), and root gets a
+//! generated password (while the shards elect, so startup takes no longer), printed once in
+//! the summary and stored nowhere but as the cluster's hash. The playground writes
+//! `<dir>/profile` (the router's address and the TLS files), which kvctl reads when run from
+//! the directory holding the default `./playground-data` (or with `RINGKV_PROFILE`), so
+//! `kvctl put hello world` just works. The data dir is kept, so running the playground again
+//! resumes the same cluster.
 //!
 //! Children never outlive the playground: they run in their own process group (so
 //! Ctrl-C reaches only kvctl, which stops them in order: SIGTERM, a grace period, then
@@ -528,7 +533,14 @@ pub fn leaders_ready(status: &proto::ClusterStatusResponse, expected_shards: u32
 }
 
 /// Startup: nodes, init, router, leaders. Children spawned so far stay in `supervisor`.
-async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) -> anyhow::Result<String> {
+/// What a started playground reports once.
+struct Started {
+    cluster_id: String,
+    /// Root's password when this start made it (a resumed cluster keeps its own).
+    root_password: Option<String>,
+}
+
+async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) -> anyhow::Result<Started> {
     std::fs::create_dir_all(&plan.dir).with_context(|| format!("cannot create {}", plan.dir.display()))?;
     if let Security::Tls(certs) = &plan.security {
         // The first run makes them; later runs reuse them (the cluster keeps its CA).
@@ -552,6 +564,7 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
             &node.log,
         )?;
     }
+    write_profile(plan)?;
     wait_for_nodes(plan, supervisor).await?;
 
     let tls = plan.security.client_tls()?;
@@ -578,11 +591,80 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
         &plan.router_args(),
         &plan.router_log,
     )?;
-    wait_for_leaders(plan, supervisor).await?;
-    if tls.is_some() {
-        enable_permissions(plan).await?;
+    let root_password = match tls {
+        Some(_) => {
+            // Hashing a password is slow on purpose: done while the shards elect.
+            let (leaders, password) =
+                tokio::join!(wait_for_leaders(plan, supervisor), set_root_password(plan));
+            leaders?;
+            let password = password?;
+            enable_permissions(plan).await?;
+            password
+        }
+        None => {
+            wait_for_leaders(plan, supervisor).await?;
+            None
+        }
+    };
+    Ok(Started {
+        cluster_id: init.cluster_id,
+        root_password,
+    })
+}
+
+/// Writes `<dir>/profile`: the router's address and, with TLS, the CA and root's client
+/// certificate, so kvctl run beside the data dir needs no flags (`credentials.rs`).
+fn write_profile(plan: &Plan) -> anyhow::Result<()> {
+    let path = plan.dir.join(crate::credentials::PROFILE_FILE_NAME);
+    let text = match &plan.security {
+        Security::Tls(certs) => {
+            let client = certs.paths(Role::Client);
+            crate::credentials::profile_text(&plan.router_addr, &certs.ca(), &client.cert, &client.key)
+        }
+        Security::Insecure => format!(
+            "# written by kvctl playground --insecure\nRINGKV_ENDPOINTS={}\n",
+            plan.router_addr
+        ),
+    };
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Length of a generated root password (letters and digits: about 143 bits).
+const ROOT_PASSWORD_CHARS: usize = 24;
+
+/// Gives root a generated password unless it has one (issue 15): returned to be printed
+/// once, stored nowhere but as the cluster's hash. Retried until the startup deadline, like
+/// [`enable_permissions`] (the router may still be starting).
+async fn set_root_password(plan: &Plan) -> anyhow::Result<Option<String>> {
+    use rand::distr::{Alphanumeric, SampleString};
+    let probe = plan.probe_config(PROBE_TIMEOUT * 5, true)?;
+    let client = Client::connect_with(vec![plan.router_addr.clone()], probe).await?;
+    let deadline = Instant::now() + plan.startup_timeout;
+    let password = Alphanumeric.sample_string(&mut rand::rng(), ROOT_PASSWORD_CHARS);
+    loop {
+        let set = match client.get_auth().await {
+            Ok(answer) if answer.table.as_ref().is_some_and(|table| table.root_has_password) => {
+                return Ok(None)
+            }
+            Ok(_) => client
+                .change_auth(ringkv_proto::v1::change_auth_request::Change::SetPassword(
+                    ringkv_proto::v1::UserPassword {
+                        user: "root".to_string(),
+                        password: password.clone(),
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            Err(err) => Err(err),
+        };
+        match set {
+            Ok(()) => return Ok(Some(password)),
+            Err(err) if Instant::now() >= deadline => {
+                return Err(anyhow::Error::new(err).context("setting root's password"))
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
     }
-    Ok(init.cluster_id)
 }
 
 /// Turns permissions on (issue 15; idempotent, so a resumed playground checks again): the
@@ -700,7 +782,8 @@ async fn wait_for_leaders(plan: &Plan, supervisor: &mut Supervisor) -> anyhow::R
 }
 
 /// The "it is up" text: endpoints, pids, logs and what to try.
-fn summary(plan: &Plan, supervisor: &Supervisor, cluster_id: &str, default_router: bool) -> String {
+fn summary(plan: &Plan, supervisor: &Supervisor, started: &Started, default_router: bool) -> String {
+    let cluster_id = &started.cluster_id;
     let mut rows = Vec::new();
     for child in &supervisor.children {
         rows.push(vec![
@@ -728,10 +811,26 @@ fn summary(plan: &Plan, supervisor: &Supervisor, cluster_id: &str, default_route
         }
         Security::Tls(certs) => {
             let client = certs.paths(Role::Client);
+            let password = match &started.root_password {
+                Some(password) => {
+                    format!("root's password (shown this once; log in with --user root): {password}\n")
+                }
+                None => String::new(),
+            };
+            let profile = plan.dir.join(crate::credentials::PROFILE_FILE_NAME);
+            let found_from = match (plan.dir.file_name(), plan.dir.parent()) {
+                (Some(name), Some(parent)) if name == "playground-data" => {
+                    format!("run from {} or ", parent.display())
+                }
+                _ => String::new(),
+            };
             format!(
-                "mutual TLS: the CA and certificates are in {}; kvctl uses them with\n  \
-                 export RINGKV_CA={} RINGKV_CERT={} RINGKV_KEY={}\n\n",
+                "mutual TLS: the CA and certificates are in {}; kvctl finds them in the profile {} \
+                 ({found_from}with export RINGKV_PROFILE={}), or use\n  \
+                 export RINGKV_CA={} RINGKV_CERT={} RINGKV_KEY={}\n{password}\n",
                 certs.dir().display(),
+                profile.display(),
+                profile.display(),
                 certs.ca().display(),
                 client.cert.display(),
                 client.key.display()
@@ -803,8 +902,8 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<Outcome> {
             Ok(None)
         }
     };
-    let cluster_id = match started {
-        Ok(Some(cluster_id)) => cluster_id,
+    let started = match started {
+        Ok(Some(started)) => started,
         Ok(None) => {
             eprintln!("stopping the playground");
             supervisor.shutdown(STOP_GRACE).await;
@@ -816,7 +915,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<Outcome> {
             return Err(err);
         }
     };
-    println!("{}", summary(&plan, &supervisor, &cluster_id, args.port == 7000));
+    println!("{}", summary(&plan, &supervisor, &started, args.port == 7000));
     if let Err(err) = std::fs::write(&pid_file, std::process::id().to_string()) {
         eprintln!(
             "warning: cannot write {}: {err} (restart-node will not find this playground)",

@@ -67,6 +67,10 @@ pub struct NodeConfig {
     /// Most peer requests (`Raft`: replication, votes, snapshots, joins) this node serves at
     /// once, counted apart from client requests so client load cannot starve Raft.
     pub max_inflight_peer_requests: usize,
+    /// PBKDF2 rounds of the password hashes this node makes (issue 15; each hash names its
+    /// own rounds, so changing this affects new passwords only). The default is OWASP's
+    /// recommendation; tests lower it (debug builds hash slowly).
+    pub password_hash_iterations: u32,
     /// How long a write's request id de-duplicates retries beyond the last
     /// [`crate::raft::state_machine::DedupPolicy::MIN_RECORDS`] requests of its shard, which are
     /// always kept. Measured by the shard leaders' monotonic clocks, so no wall-clock fault
@@ -205,6 +209,7 @@ impl Default for NodeConfig {
             max_inflight_requests: 8192,
             // 256 groups with a few replication and heartbeat calls each in flight.
             max_inflight_peer_requests: 8192,
+            password_hash_iterations: ringkv_authz::password::ITERATIONS,
             dedup_window_ms: 5 * 60 * 1000,
             gossip_seeds: Vec::new(),
             gossip_interval_ms: 500,
@@ -339,6 +344,14 @@ impl NodeConfig {
         }
         if self.max_ops_per_write == 0 {
             return fail("max_ops_per_write must be positive".to_string());
+        }
+        let rounds = ringkv_authz::password::MIN_ITERATIONS..=ringkv_authz::password::MAX_ITERATIONS;
+        if !rounds.contains(&self.password_hash_iterations) {
+            return fail(format!(
+                "password_hash_iterations must be in {}..={}",
+                rounds.start(),
+                rounds.end()
+            ));
         }
         if self.max_inflight_requests == 0 || self.max_inflight_peer_requests == 0 {
             return fail("max_inflight_requests and max_inflight_peer_requests must be positive".to_string());

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ringkv_proto::v1::admin_server::AdminServer;
+use ringkv_proto::v1::auth_server::AuthServer;
 use ringkv_proto::v1::raft_server::RaftServer;
 use ringkv_proto::v1::shard_kv_server::ShardKvServer;
 use ringkv_proto::v1::tso_server::TsoServer;
@@ -26,7 +27,9 @@ use crate::node::Node;
 use crate::reconcile::Reconciler;
 use crate::service::admin::AdminService;
 use crate::service::authz::{AuthorizedShardKv, Authorizer};
+use crate::service::credentials::PasswordHasher;
 use crate::service::inflight::{Bounded, InflightLimit};
+use crate::service::login::LoginService;
 use crate::service::raft::RaftService;
 use crate::service::roles::{RoleCache, RoleGate};
 use crate::service::shard::ShardKvService;
@@ -211,6 +214,7 @@ impl NodeServer {
             None => local_addr.to_string(),
         };
         let max_message_bytes = config.max_message_bytes;
+        let hasher = PasswordHasher::new(config.password_hash_iterations);
         let client_limit = InflightLimit::new("max_inflight_requests", config.max_inflight_requests);
         let peer_limit = InflightLimit::new("max_inflight_peer_requests", config.max_inflight_peer_requests);
         let peer_tls = tls.as_ref().map(|tls| tls.peers.clone());
@@ -234,7 +238,7 @@ impl NodeServer {
         // there is no certificate to check.
         let server_tls = tls.map(|tls| tls.server);
         let roles = match &server_tls {
-            Some(_) => Some(RoleCache::default()),
+            Some(_) => Some(RoleCache::with_tokens(node.system_group().state.watch_auth())),
             None => {
                 warn!(
                     %local_addr,
@@ -252,7 +256,7 @@ impl NodeServer {
                 Bounded::new(
                     ShardKvServer::new(AuthorizedShardKv::new(
                         ShardKvService::new(node.clone()),
-                        Authorizer::new(node.clone()),
+                        Authorizer::new(&node),
                     ))
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes),
@@ -271,7 +275,15 @@ impl NodeServer {
             ))
             .add_service(RoleGate::new(
                 Bounded::new(
-                    AdminServer::new(AdminService::new(node.clone(), oracle.clone()))
+                    AdminServer::new(AdminService::new(node.clone(), oracle.clone(), hasher.clone()))
+                        .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES),
+                    client_limit.clone(),
+                ),
+                roles.clone(),
+            ))
+            .add_service(RoleGate::new(
+                Bounded::new(
+                    AuthServer::new(LoginService::new(node.clone(), hasher))
                         .max_decoding_message_size(MAX_CONTROL_REQUEST_BYTES),
                     client_limit.clone(),
                 ),

@@ -11,6 +11,7 @@
 //! | `x-ringkv-txn-abort`       | router          | a transaction aborted (ABORTED): why           |
 //! | `x-ringkv-retryable`       | router          | `1`: running the transaction again may succeed |
 //! | `x-ringkv-user` (request) | router → node   | the user the router acts for (issue 15)        |
+//! | `authorization` (request) | client → router or node | `Bearer <token>`: the caller acts for the token's user (issue 15; [`bearer_token`]) |
 //! | `x-ringkv-request-id-reused` | node and router | `1`: INVALID_ARGUMENT because the write's request id was used for a different request; nothing was applied |
 //!
 //! A "key locked" error (`RESOURCE_EXHAUSTED`) carries the lock it met as its status
@@ -50,6 +51,16 @@ const FLAG_SET: &str = "1";
 /// its caller's client certificate names). A node believes it only from a router's
 /// certificate (issue 15); a client's own certificate names its user.
 pub const USER: &str = "x-ringkv-user";
+
+/// Request metadata: `Bearer <token>`, a token from `Auth.Login` (issue 15).
+pub const AUTHORIZATION: &str = "authorization";
+/// What precedes the token in [`AUTHORIZATION`].
+pub const BEARER_PREFIX: &str = "Bearer ";
+
+/// The token of an [`AUTHORIZATION`] value (`None`: not a bearer token).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    value.strip_prefix(BEARER_PREFIX).map(str::trim)
+}
 
 pub const MAX_LEADER_ADDR_BYTES: usize = 256;
 

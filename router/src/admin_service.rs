@@ -151,8 +151,8 @@ impl<N: NodeApi> AdminService<N> {
     /// Sends a leader transfer to the shard's leader; a node that is no longer the leader
     /// is skipped (after a refresh) up to a few times, a definite refusal returns at once.
     /// Asks ring members in turn until one answers; a refusal (a bad argument, a refused
-    /// change, a denied permission) is the answer.
-    async fn ask_members<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, Status>
+    /// change, a denied permission, a refused login) is the answer.
+    pub(crate) async fn ask_members<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, Status>
     where
         F: Fn(String, std::time::Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
@@ -174,7 +174,10 @@ impl<N: NodeApi> AdminService<N> {
                 Err(status)
                     if matches!(
                         status.code(),
-                        Code::InvalidArgument | Code::FailedPrecondition | Code::PermissionDenied
+                        Code::InvalidArgument
+                            | Code::FailedPrecondition
+                            | Code::PermissionDenied
+                            | Code::Unauthenticated
                     ) =>
                 {
                     return Err(status)
@@ -343,13 +346,15 @@ impl<N: NodeApi> Admin for AdminService<N> {
         self.ctx.auth.authorize_admin()?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
         let change = request.into_inner();
-        let response = self
+        let mut response = self
             .ask_members(admission.deadline, |addr, timeout| {
                 let change = change.clone();
                 async move { self.ctx.nodes.change_auth(&addr, change, timeout).await }
             })
             .await?;
-        self.ctx.auth.learn(response.table.clone());
+        self.ctx
+            .auth
+            .learn(response.table.clone(), response.token_key.take());
         Ok(Response::new(response))
     }
 
@@ -359,11 +364,13 @@ impl<N: NodeApi> Admin for AdminService<N> {
     ) -> Result<Response<ringkv_proto::v1::GetAuthResponse>, Status> {
         self.ctx.auth.authorize_admin()?;
         let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
-        let response = self
+        let mut response = self
             .ask_members(admission.deadline, |addr, timeout| async move {
                 self.ctx.nodes.get_auth(&addr, timeout).await
             })
             .await?;
+        // The token key is for routers; never for a client.
+        response.token_key = None;
         Ok(Response::new(response))
     }
 

@@ -1,16 +1,21 @@
 //! Permissions at the router (issue 15): who the caller is, what its request touches, and
 //! the permission table the router learns from the nodes.
 //!
-//! - Identity: the user a caller's client certificate names (`ringkv://user/<name>`, read
-//!   once per certificate); a client certificate naming none is refused; node and router
-//!   certificates act as root; without TLS (`--insecure`) every caller is root.
+//! - Identity: the user of the token the request carries (`authorization: Bearer <token>`,
+//!   from a password login, `Auth.Login`, which the router forwards to a node: see
+//!   `auth_service.rs`), checked here with the token key the router fetches with the table;
+//!   a token overrides the certificate's user, and one that does not check out is
+//!   `UNAUTHENTICATED` (no fall back). Without a token: the user a caller's client
+//!   certificate names (`ringkv://user/<name>`, read once per certificate); a client
+//!   certificate naming none is refused; node and router certificates act as root; without
+//!   TLS (`--insecure`) every caller is root and tokens are ignored.
 //! - [`Touches`]: what each `Kv` and `Txn` request touches: reads need read, writes and
 //!   deletes write, a delete-range of everything (`all`, or no bounds) and transaction
 //!   collection admin on the cluster. Scans, counts, batches and transactions list every key
 //!   and range, and one refusal refuses the request as a whole before any node is called.
-//! - [`AuthView`]: the table, fetched with `Admin.GetAuth` from a ring member every refresh
-//!   interval (and kept when no member answers), so a change takes effect at the router
-//!   within about a second.
+//! - [`AuthView`]: the table and its token key, fetched with `Admin.GetAuth` from a ring
+//!   member every refresh interval (and kept when no member answers), so a change takes
+//!   effect at the router within about a second (a deleted user's tokens, a rotated key).
 //! - The user the request acts for is forwarded to the nodes in `x-ringkv-user`
 //!   ([`USER`], a task-local the node calls of a request read): nodes check the same rules.
 //!   Plain reads and writes that a lane merges across callers go as the router itself
@@ -60,15 +65,29 @@ const MAX_REMEMBERED_CERTS: usize = 4096;
 /// The users of the certificates seen, by DER (a certificate is parsed once).
 #[derive(Default)]
 pub struct UserCache {
-    users: Mutex<HashMap<Vec<u8>, Result<String, String>>>,
+    users: Mutex<HashMap<Vec<u8>, UserOrReason>>,
 }
+
+/// A certificate's user (`None`: a client certificate naming none), or why it is refused.
+type UserOrReason = Result<Option<String>, String>;
 
 impl UserCache {
     /// The user of the caller whose leaf certificate is `der` (None: no TLS, root): a client
     /// certificate's user, root for node and router certificates, or why it is refused.
     pub fn user_of(&self, der: Option<&[u8]>) -> Result<String, RouterError> {
+        self.certificate_user(der)?.ok_or_else(|| {
+            RouterError::Unauthenticated(
+                "the client certificate names no user (ringkv://user/<name>); log in with a \
+                 password and send its token"
+                    .to_string(),
+            )
+        })
+    }
+
+    /// As [`UserCache::user_of`], but `None` for a client certificate naming no user.
+    fn certificate_user(&self, der: Option<&[u8]>) -> Result<Option<String>, RouterError> {
         let Some(der) = der else {
-            return Ok(ROOT_USER.to_string());
+            return Ok(Some(ROOT_USER.to_string()));
         };
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
         let user = match users.get(der) {
@@ -76,8 +95,8 @@ impl UserCache {
             None => {
                 let user = match ringkv_tls::peer_identity(der) {
                     Err(err) => Err(err.to_string()),
-                    Ok((ringkv_tls::Role::Client, user)) => user.map_err(|err| err.to_string()),
-                    Ok(_) => Ok(ROOT_USER.to_string()),
+                    Ok((ringkv_tls::Role::Client, user)) => Ok(user.ok()),
+                    Ok(_) => Ok(Some(ROOT_USER.to_string())),
                 };
                 if users.len() >= MAX_REMEMBERED_CERTS {
                     users.clear();
@@ -90,17 +109,19 @@ impl UserCache {
     }
 }
 
-/// A gRPC service whose requests run with [`USER`] set to the caller's user (a client
-/// certificate naming none is refused with `PERMISSION_DENIED` before the service runs).
+/// A gRPC service whose requests run with [`USER`] set to the caller's user: its token's,
+/// else its certificate's (a bad token is refused with `UNAUTHENTICATED`, a client
+/// certificate naming no user without a token with `PERMISSION_DENIED`, before the service
+/// runs).
 #[derive(Clone)]
 pub struct UserScope<S> {
     inner: S,
-    users: Arc<UserCache>,
+    view: AuthView,
 }
 
 impl<S> UserScope<S> {
-    pub fn new(inner: S, users: Arc<UserCache>) -> UserScope<S> {
-        UserScope { inner, users }
+    pub fn new(inner: S, view: AuthView) -> UserScope<S> {
+        UserScope { inner, view }
     }
 }
 
@@ -130,7 +151,11 @@ where
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
         let leaf = certs.as_ref().and_then(|certs| certs.first());
-        match self.users.user_of(leaf.map(|cert| cert.as_ref())) {
+        let token = request
+            .headers()
+            .get(ringkv_proto::metadata::AUTHORIZATION)
+            .map(|value| value.to_str().unwrap_or("\u{fffd}"));
+        match self.view.user_of(leaf.map(|cert| cert.as_ref()), token) {
             Err(err) => Box::pin(std::future::ready(Ok(to_status(&err).into_http()))),
             Ok(user) => Box::pin(USER.scope(user, self.inner.call(request))),
         }
@@ -270,20 +295,28 @@ impl AuthView {
         Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Adopts `table` (a change's answer) at once, before the next refresh.
-    pub fn learn(&self, table: Option<v1::AuthTable>) {
-        if let Some(Ok(table)) = table.map(table_from_proto) {
+    /// Adopts `table` and its token key (a change's answer) at once, before the next refresh.
+    pub fn learn(&self, table: Option<v1::AuthTable>, token_key: Option<v1::TokenKey>) {
+        if let Some(Ok(table)) = table.map(|table| table_from_proto(table, token_key)) {
             self.set(table);
         }
     }
 
-    fn set(&self, table: AuthTable) {
-        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+    /// Who a request acts for: the user of `authorization` (`Bearer <token>`) if given and
+    /// TLS is on, else its certificate's (`leaf`, DER; none: no TLS, root).
+    pub fn user_of(&self, leaf: Option<&[u8]>, authorization: Option<&str>) -> Result<String, RouterError> {
+        let (Some(_), Some(value)) = (leaf, authorization) else {
+            return self.users.user_of(leaf);
+        };
+        // The certificate must still be one this router accepts (a role of the CA).
+        self.users.certificate_user(leaf)?;
+        let token = ringkv_proto::metadata::bearer_token(value).unwrap_or(value);
+        ringkv_authz::token::verify(&self.table(), token, now_unix_ms())
+            .map_err(|err| RouterError::TokenRefused(err.to_string()))
     }
 
-    /// The users of the callers' certificates, for [`UserScope`].
-    pub fn users(&self) -> Arc<UserCache> {
-        Arc::clone(&self.users)
+    fn set(&self, table: AuthTable) {
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
     }
 
     /// Whether the request's user (set by [`UserScope`]; none: root) may do all `request`
@@ -337,7 +370,10 @@ impl AuthView {
         };
         for member in &ring.info.members {
             match nodes.get_auth(&member.addr, rpc_timeout).await {
-                Ok(response) => match response.table.map(table_from_proto) {
+                Ok(response) => match response
+                    .table
+                    .map(|table| table_from_proto(table, response.token_key))
+                {
                     Some(Ok(table)) => return self.set(table),
                     Some(Err(err)) => debug!(addr = %member.addr, %err, "bad permission table"),
                     None => debug!(addr = %member.addr, "no permission table in the answer"),
@@ -350,8 +386,16 @@ impl AuthView {
     }
 }
 
-/// The table from its protobuf message.
-pub fn table_from_proto(table: v1::AuthTable) -> Result<AuthTable, String> {
+/// Now in unix milliseconds (tokens' expiry is in unix milliseconds).
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The table from its protobuf message, with the token key sent beside it (a router
+/// verifies tokens with it). Password hashes are not sent: a router checks no password.
+pub fn table_from_proto(table: v1::AuthTable, token_key: Option<v1::TokenKey>) -> Result<AuthTable, String> {
     let mut roles = std::collections::BTreeMap::new();
     for role in table.roles {
         let grants = role
@@ -381,5 +425,11 @@ pub fn table_from_proto(table: v1::AuthTable) -> Result<AuthTable, String> {
         enabled: table.enabled,
         roles,
         users,
+        token_key: token_key.map(|key| ringkv_authz::TokenKey {
+            id: key.id,
+            secret: key.secret,
+        }),
+        token_ttl_ms: table.token_ttl_ms,
+        ..AuthTable::default()
     })
 }

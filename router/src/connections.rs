@@ -404,6 +404,17 @@ impl NodeApi for GrpcNodes {
         Ok(bounded(timeout, client.change_auth(request)).await?.into_inner())
     }
 
+    async fn login(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::LoginRequest,
+        timeout: Duration,
+    ) -> Result<ringkv_proto::v1::LoginResponse, Status> {
+        let mut client = ringkv_proto::v1::auth_client::AuthClient::new(self.pool.channel(addr)?);
+        let request = with_timeout(request, timeout);
+        Ok(bounded(timeout, client.login(request)).await?.into_inner())
+    }
+
     async fn node_status(&self, addr: &str, timeout: Duration) -> Result<NodeStatusResponse, Status> {
         let mut client =
             AdminClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes);

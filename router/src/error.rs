@@ -42,6 +42,10 @@ pub enum RouterError {
     /// The caller's certificate names no usable user.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller's token does not check out (forged, of another cluster, expired, its
+    /// user gone, the key rotated): `UNAUTHENTICATED`.
+    #[error("{0}")]
+    TokenRefused(String),
     /// More than `max_inflight_requests` requests are being served.
     #[error("too many requests in flight (max_inflight_requests = {max_inflight_requests})")]
     Overloaded { max_inflight_requests: usize },
@@ -281,6 +285,7 @@ fn status_code_and_metadata(err: &RouterError) -> Status {
         RouterError::PermissionDenied(_) | RouterError::Unauthenticated(_) => {
             Status::permission_denied(message)
         }
+        RouterError::TokenRefused(_) => Status::unauthenticated(message),
         RouterError::Overloaded { .. }
         | RouterError::TooManyStreams { .. }
         | RouterError::ReplyTooLarge { .. } => Status::resource_exhausted(message),

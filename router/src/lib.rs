@@ -54,6 +54,7 @@
 
 mod admin_service;
 mod auth;
+mod auth_service;
 mod backoff;
 mod batch;
 mod batch_get;

@@ -111,6 +111,21 @@ pub trait NodeApi: Send + Sync + 'static {
         }
     }
 
+    /// `Auth.Login` at a node (which checks the password and signs the token).
+    fn login(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::LoginRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ringkv_proto::v1::LoginResponse, Status>> + Send {
+        let _ = (addr, request, timeout);
+        async {
+            Err(Status::unimplemented(
+                "password logins are not supported by this node api",
+            ))
+        }
+    }
+
     /// `Admin.AddNode` / `Admin.DecommissionNode` at a node (which forwards the ring change
     /// to the system leader).
     fn change_ring(

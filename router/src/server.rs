@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_proto::v1::admin_server::AdminServer;
+use ringkv_proto::v1::auth_server::AuthServer;
 use ringkv_proto::v1::kv_server::KvServer;
 use ringkv_proto::v1::tso_server::TsoServer;
 use ringkv_proto::v1::txn_server::TxnServer;
@@ -26,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::admin_service::AdminService;
 use crate::auth::UserScope;
+use crate::auth_service::LoginService;
 use crate::config::RouterConfig;
 use crate::connections::GrpcNodes;
 use crate::context::RouterContext;
@@ -187,7 +189,9 @@ impl Router {
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
 
-        let users = ctx.auth.users();
+        let view = ctx.auth.clone();
+        let login = AuthServer::new(LoginService::new(Arc::clone(&ctx)))
+            .max_decoding_message_size(config.max_request_bytes);
         let stop_auth = CancellationToken::new();
         let auth_refresh = ctx.auth.spawn_refresh(
             Arc::clone(&ctx.nodes),
@@ -209,10 +213,12 @@ impl Router {
             .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE_TIMEOUT))
             .layer(ringkv_metrics::MeasureLayer::new(rpc_metrics))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
-            .add_service(UserScope::new(kv, users.clone()))
-            .add_service(UserScope::new(admin, users.clone()))
-            .add_service(UserScope::new(tso_service, users.clone()))
-            .add_service(UserScope::new(txn_service, users.clone()));
+            .add_service(UserScope::new(kv, view.clone()))
+            .add_service(UserScope::new(admin, view.clone()))
+            .add_service(UserScope::new(tso_service, view.clone()))
+            .add_service(UserScope::new(txn_service, view))
+            // Logging in needs no user: it is how a caller without one gets one.
+            .add_service(login);
         let stop = stop_serving.clone().cancelled_owned();
         // Outside the user scope: with TLS the handshake already asks for a certificate of
         // the cluster's CA (`observe.rs`).

@@ -118,6 +118,7 @@ fn add_user(user: &str, roles: &[&str]) -> Change {
     Change::AddUser(v1::AuthUser {
         name: user.into(),
         roles: roles.iter().map(|role| role.to_string()).collect(),
+        ..Default::default()
     })
 }
 
@@ -340,7 +341,7 @@ async fn kvctl_manages_roles_users_and_auth() -> anyhow::Result<()> {
     let users: serde_json::Value = serde_json::from_str(&kvctl(&["-o", "json", "user", "list"])?)?;
     assert_eq!(
         users,
-        serde_json::json!([{"user": "alice", "roles": ["app-reader"]}])
+        serde_json::json!([{"user": "alice", "roles": ["app-reader"], "password": false}])
     );
     kvctl(&["auth", "enable"])?;
     let status: serde_json::Value = serde_json::from_str(&kvctl(&["-o", "json", "auth", "status"])?)?;

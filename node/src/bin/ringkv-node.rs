@@ -151,6 +151,9 @@ struct Args {
     /// free one, shown by `kvctl endpoint status`). Off by default.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
+    /// PBKDF2 rounds of new password hashes (default 600000; at least 10000).
+    #[arg(long)]
+    password_hash_iterations: Option<u32>,
     /// After binding, write the advertised address to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -197,6 +200,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(ms) = args.dedup_window_ms {
         config.dedup_window_ms = ms;
+    }
+    if let Some(rounds) = args.password_hash_iterations {
+        config.password_hash_iterations = rounds;
     }
     if let Some(bytes) = args.mvcc_history_max_bytes {
         config.mvcc_history_max_bytes = bytes;

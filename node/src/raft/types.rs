@@ -508,7 +508,15 @@ mod tests {
         );
         assert_eq!(
             result(&CommandResult::Auth(Ok(ringkv_authz::AuthTable::default()))),
-            vec![9, 0, 0, 0, 0]
+            vec![9, 0, 0, 0, 0, 0, 0, 0]
+        );
+        // Passwords and tokens (issue 15) came after the first nine changes: entries of
+        // those nine decode as before.
+        assert_eq!(
+            encode(&Command::Auth(ringkv_authz::AuthChange::SetTokenTtl {
+                ttl_ms: 1
+            })),
+            vec![13, 12, 1]
         );
     }
 

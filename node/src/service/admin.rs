@@ -10,6 +10,7 @@ use ringkv_proto::v1::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
 use super::authz::{self, Authorizer};
+use super::credentials::PasswordHasher;
 use super::status;
 use crate::node::Node;
 use crate::tso::Oracle;
@@ -18,12 +19,18 @@ pub struct AdminService {
     node: Node,
     oracle: Arc<Oracle>,
     auth: Authorizer,
+    hasher: PasswordHasher,
 }
 
 impl AdminService {
-    pub fn new(node: Node, oracle: Arc<Oracle>) -> AdminService {
-        let auth = Authorizer::new(node.clone());
-        AdminService { node, oracle, auth }
+    pub fn new(node: Node, oracle: Arc<Oracle>, hasher: PasswordHasher) -> AdminService {
+        let auth = Authorizer::new(&node);
+        AdminService {
+            node,
+            oracle,
+            auth,
+            hasher,
+        }
     }
 
     /// Refuses the call unless its caller holds admin on the cluster.
@@ -113,12 +120,15 @@ impl Admin for AdminService {
         request: Request<v1::ChangeAuthRequest>,
     ) -> Result<Response<v1::ChangeAuthResponse>, Status> {
         self.check_admin(&request)?;
-        let change = authz::change_from_proto(request.into_inner()).map_err(|err| status(err, false))?;
+        let change = authz::change_from_proto(request.get_ref().clone(), &self.hasher)
+            .await
+            .map_err(|err| status(err, false))?;
         let table = authz::change_auth(&self.node, change)
             .await
             .map_err(|err| status(err, false))?;
         Ok(Response::new(v1::ChangeAuthResponse {
             table: Some(authz::table_to_proto(&table)),
+            token_key: authz::token_key_for(&request, &table),
         }))
     }
 
@@ -127,10 +137,11 @@ impl Admin for AdminService {
         request: Request<v1::GetAuthRequest>,
     ) -> Result<Response<v1::GetAuthResponse>, Status> {
         self.check_admin(&request)?;
-        let table = self.auth.table().map_err(|err| status(err, false))?;
+        let table = self.auth.table();
         Ok(Response::new(v1::GetAuthResponse {
             table: Some(authz::table_to_proto(&table)),
             caller: Authorizer::user_of(&request),
+            token_key: authz::token_key_for(&request, &table),
         }))
     }
 

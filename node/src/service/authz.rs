@@ -17,12 +17,18 @@
 //! needs admin on the cluster.
 //!
 //! The table is the system group's, as this node applied it (every node is a member of
-//! the system group), read from its state machine per check.
+//! the system group), kept in memory by the state machine (`GroupState::watch_auth`: set by
+//! each applied `Command::Auth` and each snapshot install), so a check reads no storage.
+
+use std::sync::Arc;
 
 use ringkv_authz::{Access, AuthTable, Permission};
 use ringkv_proto::v1::{self, shard_kv_server::ShardKv};
+use ringkv_tls::Role;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use super::credentials::PasswordHasher;
 use super::roles::Caller;
 use super::shard::ShardKvService;
 use super::status;
@@ -144,17 +150,19 @@ impl Touches for v1::ShardWatchRequest {
 /// The permission table as this node applied it, and the check of a caller against it.
 #[derive(Clone)]
 pub struct Authorizer {
-    node: Node,
+    table: watch::Receiver<Arc<AuthTable>>,
 }
 
 impl Authorizer {
-    pub fn new(node: Node) -> Authorizer {
-        Authorizer { node }
+    pub fn new(node: &Node) -> Authorizer {
+        Authorizer {
+            table: node.system_group().state.watch_auth(),
+        }
     }
 
     /// The table as this node's system group replica applied it.
-    pub fn table(&self) -> Result<AuthTable, NodeError> {
-        Ok(self.node.system_group().state.auth_table()?)
+    pub fn table(&self) -> Arc<AuthTable> {
+        Arc::clone(&self.table.borrow())
     }
 
     /// Whether the caller of `request` may do everything `touched` lists; no caller (no
@@ -170,7 +178,7 @@ impl Authorizer {
         if caller.user == ringkv_authz::ROOT_USER {
             return Ok(());
         }
-        let table = self.table()?;
+        let table = self.table();
         for (permission, access) in touched {
             table.check(&caller.user, *permission, *access)?;
         }
@@ -265,9 +273,25 @@ pub fn table_to_proto(table: &AuthTable) -> v1::AuthTable {
             .map(|(name, roles)| v1::AuthUser {
                 name: name.clone(),
                 roles: roles.iter().cloned().collect(),
+                has_password: table.passwords.contains_key(name),
             })
             .collect(),
+        token_ttl_ms: table.token_ttl_ms(),
+        root_has_password: table.passwords.contains_key(ringkv_authz::ROOT_USER),
     }
+}
+
+/// The token key for a caller that verifies tokens itself: a router or a node (none for
+/// clients, and none without TLS: no tokens then).
+pub fn token_key_for<T>(request: &Request<T>, table: &AuthTable) -> Option<v1::TokenKey> {
+    let caller = request.extensions().get::<Caller>()?;
+    if !matches!(caller.role, Role::Router | Role::Node) {
+        return None;
+    }
+    table.token_key.as_ref().map(|key| v1::TokenKey {
+        id: key.id,
+        secret: key.secret.clone(),
+    })
 }
 
 fn grant_to_proto(grant: &ringkv_authz::Grant) -> v1::Grant {
@@ -302,8 +326,12 @@ fn grant_from_proto(grant: Option<v1::Grant>) -> Result<ringkv_authz::Grant, Nod
     })
 }
 
-/// The change a `ChangeAuthRequest` asks for.
-pub fn change_from_proto(request: v1::ChangeAuthRequest) -> Result<ringkv_authz::AuthChange, NodeError> {
+/// The change a `ChangeAuthRequest` asks for: a password is hashed here (by `hasher`, never
+/// stored or proposed in plaintext), a new token key's secret drawn here.
+pub async fn change_from_proto(
+    request: v1::ChangeAuthRequest,
+    hasher: &PasswordHasher,
+) -> Result<ringkv_authz::AuthChange, NodeError> {
     use ringkv_authz::AuthChange;
     use v1::change_auth_request::Change;
     let Some(change) = request.change else {
@@ -334,6 +362,14 @@ pub fn change_from_proto(request: v1::ChangeAuthRequest) -> Result<ringkv_authz:
             role: binding.role,
         },
         Change::Enable(_) => AuthChange::Enable,
+        Change::SetPassword(v1::UserPassword { user, password }) => AuthChange::SetPassword {
+            user,
+            hash: hasher.hash(password).await?,
+        },
+        Change::RotateTokenKey(_) => AuthChange::RotateTokenKey {
+            secret: ringkv_authz::token::new_secret().map_err(|err| NodeError::Fatal(err.to_string()))?,
+        },
+        Change::SetTokenTtlMs(ttl_ms) => AuthChange::SetTokenTtl { ttl_ms },
     })
 }
 

@@ -10,10 +10,13 @@
 //!   and who each request acts for.
 //! - [`authz`]: the permission check of `ShardKv` and `Admin` requests, and the permission
 //!   table's admin calls.
+//! - [`login`]: `Auth` — password logins for tokens; [`credentials`]: password hashing.
 
 pub mod admin;
 pub mod authz;
+pub mod credentials;
 pub mod inflight;
+pub mod login;
 pub mod raft;
 pub mod raft_pipeline;
 pub mod roles;

@@ -10,13 +10,18 @@
 //!
 //! Who is accepted ([`SERVICE_ROLES`]): `Raft` — nodes only; `Tso` — routers, and nodes
 //! (nodes forward timestamps to the system leader); `ShardKv` and `Admin` — nodes, routers
-//! and clients, whose requests then go through the permission check of `authz.rs`.
+//! and clients, whose requests then go through the permission check of `authz.rs`; `Auth`
+//! (password logins, `login.rs`) — everyone, with or without a user.
 //!
 //! The gate also says who the caller acts for, a [`Caller`] put in the request's extensions:
-//! a client certificate's own user (`ringkv://user/<name>`; a client certificate naming none
-//! is refused here), the user a router names in `x-ringkv-user` (believed only from a router
-//! certificate; a router without it acts for itself, as root: its own transaction
-//! collection and status polls), and root for nodes.
+//! for a client certificate, the user of the token in `authorization: Bearer <token>` if
+//! the request carries one (it overrides the certificate's user; a token that does not
+//! check out is `UNAUTHENTICATED`, never a fall back to the certificate), else the
+//! certificate's own user (`ringkv://user/<name>`; a client certificate naming none and no
+//! token is refused here); the user a router names in `x-ringkv-user` (believed only from a
+//! router certificate; a router without it acts for itself, as root: its own transaction
+//! collection and status polls); root for nodes. Tokens are checked against the permission
+//! table this node applied (in memory: `GroupState::watch_auth`).
 //!
 //! Without TLS (`--insecure`) no gate is installed: there is no certificate to read.
 //! The refusals are made here, not through `NodeError`: like a failed handshake, they
@@ -29,15 +34,17 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use ringkv_authz::AuthTable;
 use ringkv_proto::v1;
 use ringkv_tls::Role;
+use tokio::sync::watch;
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
 /// Which roles each service accepts, by service name.
-pub const SERVICE_ROLES: [(&str, &[Role]); 4] = [
+pub const SERVICE_ROLES: [(&str, &[Role]); 5] = [
     (v1::raft_server::SERVICE_NAME, &[Role::Node]),
     (
         v1::shard_kv_server::SERVICE_NAME,
@@ -48,13 +55,18 @@ pub const SERVICE_ROLES: [(&str, &[Role]); 4] = [
         v1::admin_server::SERVICE_NAME,
         &[Role::Node, Role::Router, Role::Client],
     ),
+    (
+        v1::auth_server::SERVICE_NAME,
+        &[Role::Node, Role::Router, Role::Client],
+    ),
 ];
 
 /// Most distinct peer certificates whose roles are remembered (a node meets its peers and
 /// routers, a handful); past it the memory starts over.
 const MAX_REMEMBERED_CERTS: usize = 1024;
 
-/// A certificate's role and user (`None`: a node or router certificate), or why it is refused.
+/// A certificate's role and user (`None`: a node or router certificate, or a client
+/// certificate naming no user), or why it is refused.
 type RoleOrReason = Result<(Role, Option<String>), String>;
 
 /// Who a request acts for, put in its extensions by [`RoleGate`] (absent without TLS: then
@@ -72,9 +84,31 @@ pub struct Caller {
 #[derive(Debug, Clone, Default)]
 pub struct RoleCache {
     roles: Arc<Mutex<HashMap<Vec<u8>, RoleOrReason>>>,
+    /// The permission table tokens are checked against (none: tokens are refused).
+    tokens: Option<watch::Receiver<Arc<AuthTable>>>,
 }
 
 impl RoleCache {
+    /// A cache whose gates check tokens against `table` (the system group's, as applied).
+    pub fn with_tokens(table: watch::Receiver<Arc<AuthTable>>) -> RoleCache {
+        RoleCache {
+            roles: Arc::default(),
+            tokens: Some(table),
+        }
+    }
+
+    /// The user `token` stands for, or the `UNAUTHENTICATED` status to answer.
+    fn token_user(&self, service: &str, token: &str) -> Result<String, Status> {
+        let Some(table) = &self.tokens else {
+            return Err(Status::unauthenticated(format!(
+                "{service}: this node accepts no tokens"
+            )));
+        };
+        let table = Arc::clone(&table.borrow());
+        ringkv_authz::token::verify(&table, token, super::credentials::now_unix_ms())
+            .map_err(|err| Status::unauthenticated(format!("{service}: {err}")))
+    }
+
     /// The role of the certificate `der`, or why it has none.
     fn role_of(&self, der: &[u8]) -> RoleOrReason {
         let mut roles = self.roles.lock().unwrap_or_else(PoisonError::into_inner);
@@ -83,7 +117,7 @@ impl RoleCache {
         }
         let role = match ringkv_tls::peer_identity(der) {
             Err(err) => Err(err.to_string()),
-            Ok((Role::Client, Err(no_user))) => Err(no_user.to_string()),
+            Ok((Role::Client, Err(_no_user))) => Ok((Role::Client, None)),
             Ok((Role::Client, Ok(user))) => Ok((Role::Client, Some(user))),
             Ok((role, _)) => Ok((role, None)),
         };
@@ -104,13 +138,22 @@ pub fn accepted_roles(service: &str) -> &'static [Role] {
         .unwrap_or(&[])
 }
 
+/// What a request says about who it acts for, besides its certificate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claims<'a> {
+    /// The `x-ringkv-user` metadata (believed from routers only).
+    pub forwarded_user: Option<&'a str>,
+    /// The token of `authorization: Bearer <token>` (read from clients only).
+    pub token: Option<&'a str>,
+}
+
 /// Whether the caller whose leaf certificate is `peer_cert` (DER; None: it presented none)
-/// may call `service`, and who it acts for (`forwarded_user`: the `x-ringkv-user` metadata,
-/// believed from routers only); the status to answer if not.
+/// may call `service`, and who it acts for (see the module docs); the status to answer if
+/// not.
 pub fn check_caller(
     service: &str,
     peer_cert: Option<&[u8]>,
-    forwarded_user: Option<&str>,
+    claims: Claims<'_>,
     cache: &RoleCache,
 ) -> Result<Caller, Status> {
     let Some(der) = peer_cert else {
@@ -123,8 +166,18 @@ pub fn check_caller(
     })?;
     let accepted = accepted_roles(service);
     if accepted.contains(&role) {
-        let user = match (role, user, forwarded_user) {
-            (Role::Client, Some(user), _) => user,
+        let user = match (role, user, claims.forwarded_user) {
+            (Role::Client, _, _) if service == v1::auth_server::SERVICE_NAME => String::new(),
+            (Role::Client, user, _) => match (claims.token, user) {
+                (Some(token), _) => cache.token_user(service, token)?,
+                (None, Some(user)) => user,
+                (None, None) => {
+                    return Err(Status::permission_denied(format!(
+                        "{service} refused the caller's certificate: a client certificate naming \
+                         no user (ringkv://user/<name>) needs a token (log in with a password)"
+                    )))
+                }
+            },
             (Role::Router, _, Some(forwarded)) => {
                 ringkv_tls::check_user(forwarded).map_err(|err| {
                     Status::invalid_argument(format!("{service}: bad {}: {err}", v1_user_key()))
@@ -186,21 +239,28 @@ where
         let Some(cache) = &self.cache else {
             return Box::pin(self.inner.call(request));
         };
-        let forwarded_user = request
-            .headers()
-            .get(ringkv_proto::metadata::USER)
-            .map(|value| value.to_str().unwrap_or("\u{fffd}").to_string());
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .map(|value| value.to_str().unwrap_or("\u{fffd}").to_string())
+        };
+        let forwarded_user = header(ringkv_proto::metadata::USER);
+        let authorization = header(ringkv_proto::metadata::AUTHORIZATION);
+        // A malformed `authorization` is a token that does not check out, not no token.
+        let token = authorization
+            .as_deref()
+            .map(|value| ringkv_proto::metadata::bearer_token(value).unwrap_or(value));
         let peer_certs = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
         let leaf = peer_certs.as_ref().and_then(|certs| certs.first());
-        match check_caller(
-            S::NAME,
-            leaf.map(|cert| cert.as_ref()),
-            forwarded_user.as_deref(),
-            cache,
-        ) {
+        let claims = Claims {
+            forwarded_user: forwarded_user.as_deref(),
+            token,
+        };
+        match check_caller(S::NAME, leaf.map(|cert| cert.as_ref()), claims, cache) {
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
@@ -260,7 +320,7 @@ mod tests {
             let der = leaf_der(&ca, role);
             // Twice: the second answer comes from the cache and must be the same.
             for _ in 0..2 {
-                let answer = check_caller(service, Some(&der), None, &cache);
+                let answer = check_caller(service, Some(&der), Claims::default(), &cache);
                 assert_eq!(answer.is_ok(), accepted, "case {index}: {service} {role}");
                 if let Err(status) = answer {
                     assert_eq!(status.code(), Code::PermissionDenied, "case {index}");
@@ -273,9 +333,10 @@ mod tests {
                 }
             }
         }
-        let none = check_caller("ringkv.v1.Admin", None, None, &cache).expect_err("no certificate");
+        let none =
+            check_caller("ringkv.v1.Admin", None, Claims::default(), &cache).expect_err("no certificate");
         assert_eq!(none.code(), Code::Unauthenticated);
-        let no_role = check_caller("ringkv.v1.Admin", Some(&ca.info().der), None, &cache)
+        let no_role = check_caller("ringkv.v1.Admin", Some(&ca.info().der), Claims::default(), &cache)
             .expect_err("a CA has no role");
         assert_eq!(no_role.code(), Code::PermissionDenied);
         assert!(ca.info().check_valid_at(SystemTime::now()).is_ok());
@@ -298,12 +359,68 @@ mod tests {
         ];
         for (index, (role, forwarded, user)) in cases.into_iter().enumerate() {
             let der = leaf_der(&ca, role);
-            let caller = check_caller(service, Some(&der), forwarded, &cache).expect("accepted");
+            let claims = Claims {
+                forwarded_user: forwarded,
+                token: None,
+            };
+            let caller = check_caller(service, Some(&der), claims, &cache).expect("accepted");
             assert_eq!(caller.user, user, "case {index}");
             assert_eq!(caller.role, role, "case {index}");
         }
         let router = leaf_der(&ca, Role::Router);
-        let bad = check_caller(service, Some(&router), Some("../x"), &cache).expect_err("bad user");
+        let claims = Claims {
+            forwarded_user: Some("../x"),
+            token: None,
+        };
+        let bad = check_caller(service, Some(&router), claims, &cache).expect_err("bad user");
         assert_eq!(bad.code(), Code::InvalidArgument);
+    }
+
+    /// A client's token overrides its certificate's user; a token that does not check out
+    /// is UNAUTHENTICATED (no fall back to the certificate); logging in needs no user.
+    #[test]
+    fn tokens_override_certificate_users() {
+        let ca =
+            CertificateAuthority::create("test", Validity::days_from_now(2).expect("validity")).expect("ca");
+        let table = AuthTable::default()
+            .apply(&ringkv_authz::AuthChange::AddUser {
+                user: "bob".into(),
+                roles: Vec::new(),
+            })
+            .and_then(|table| table.apply(&ringkv_authz::AuthChange::InitTokenKey { secret: vec![5; 32] }))
+            .expect("table");
+        let key = table.token_key.clone().expect("key");
+        let (_keep, tokens) = watch::channel(Arc::new(table));
+        let cache = RoleCache::with_tokens(tokens);
+        let service = "ringkv.v1.ShardKv";
+        let alice = leaf_der(&ca, Role::Client);
+        let valid = ringkv_authz::token::sign(&key, "bob", super::super::credentials::now_unix_ms() + 60_000);
+        fn with(token: Option<&str>) -> Claims<'_> {
+            Claims {
+                forwarded_user: None,
+                token,
+            }
+        }
+        let caller = check_caller(service, Some(&alice), with(Some(&valid)), &cache).expect("token");
+        assert_eq!(caller.user, "bob");
+        let forged = check_caller(
+            service,
+            Some(&alice),
+            with(Some("rk1:1:99999999999999:root:00")),
+            &cache,
+        )
+        .expect_err("forged");
+        assert_eq!(forged.code(), Code::Unauthenticated);
+        let expired = ringkv_authz::token::sign(&key, "bob", 1);
+        let refused = check_caller(service, Some(&alice), with(Some(&expired)), &cache).expect_err("expired");
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(refused.message().contains("expired"), "{}", refused.message());
+        assert!(check_caller("ringkv.v1.Auth", Some(&alice), with(None), &cache).is_ok());
+        assert_eq!(
+            check_caller(service, Some(&alice), with(None), &cache)
+                .expect("cert")
+                .user,
+            "alice"
+        );
     }
 }

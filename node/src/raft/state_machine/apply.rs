@@ -198,12 +198,12 @@ impl GroupState {
             }
             EntryPayload::Normal(Command::Auth(change)) => {
                 let current: ringkv_authz::AuthTable = match tree.get(AUTH_KEY)? {
-                    Some(bytes) => decode(tree.name(), &bytes)?,
+                    Some(bytes) => super::decode_auth_table(tree.name(), &bytes)?,
                     None => Default::default(),
                 };
                 let outcome = current.apply(change);
                 if let Ok(next) = &outcome {
-                    batch.insert(AUTH_KEY.to_vec(), encode(next)?);
+                    batch.insert(AUTH_KEY.to_vec(), super::encode_auth_table(next)?);
                 }
                 CommandResult::Auth(outcome)
             }
@@ -226,6 +226,9 @@ impl GroupState {
             self.history().record(versions.commit_ts, versions.replaced);
         }
         self.applied_tx.send_replace(Some(entry.log_id));
+        if let CommandResult::Auth(Ok(table)) = &result {
+            self.auth_tx.send_replace(std::sync::Arc::new(table.clone()));
+        }
         let new_config = match &result {
             CommandResult::Cluster(config) | CommandResult::Ring(RingChangeOutcome::Applied(config)) => {
                 Some(config.clone())

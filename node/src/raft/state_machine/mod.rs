@@ -100,6 +100,10 @@ pub struct GroupState {
     /// at open and snapshot install; see `txn.rs`).
     may_have_locks: AtomicBool,
     cluster_tx: watch::Sender<Option<ClusterConfig>>,
+    /// The permission table as applied (system group; the default elsewhere): set at open,
+    /// by each applied `Command::Auth` and by a snapshot install, so the permission checks
+    /// read it from memory (`service/authz.rs`, `service/roles.rs`).
+    auth_tx: watch::Sender<Arc<ringkv_authz::AuthTable>>,
     /// Set (under the apply lock) when the replica is being deleted: openraft's state-machine
     /// worker may outlive `Raft::shutdown`, and a late apply or snapshot install must not
     /// recreate the trees the deletion removes.
@@ -141,6 +145,7 @@ impl GroupState {
             None => None,
         };
         let (cluster_tx, _) = watch::channel(cluster);
+        let (auth_tx, _) = watch::channel(Arc::new(read_auth_table(&tree)?));
         let mut applied: Option<LogId> = match tree.get(APPLIED_KEY)? {
             Some(bytes) => Some(decode(tree.name(), &bytes)?),
             None => None,
@@ -167,6 +172,7 @@ impl GroupState {
             dedup_clock_ms,
             may_have_locks,
             cluster_tx,
+            auth_tx,
             retired: AtomicBool::new(false),
             history: Arc::new(Mutex::new(history)),
             watches: Default::default(),
@@ -251,6 +257,11 @@ impl GroupState {
         self.cluster_tx.subscribe()
     }
 
+    /// The permission table as applied, kept current (see the `auth_tx` field).
+    pub fn watch_auth(&self) -> watch::Receiver<Arc<ringkv_authz::AuthTable>> {
+        self.auth_tx.subscribe()
+    }
+
     /// The shard's de-duplication clock, as far as this replica applied (0: no entry carried
     /// one yet). A new leader's stamps continue from it (`dedup_clock.rs`).
     pub fn dedup_clock_ms(&self) -> u64 {
@@ -270,11 +281,7 @@ impl GroupState {
     /// The permission table, as far as this replica applied (system group only; the default,
     /// not enabled, before the first [`crate::raft::types::Command::Auth`]).
     pub fn auth_table(&self) -> Result<ringkv_authz::AuthTable, StorageError> {
-        let tree = self.tree();
-        match tree.get(AUTH_KEY)? {
-            Some(bytes) => decode(tree.name(), &bytes),
-            None => Ok(Default::default()),
-        }
+        read_auth_table(&self.tree())
     }
 
     fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
@@ -354,12 +361,39 @@ impl GroupState {
         self.legacy_dedup.store(true, Ordering::SeqCst);
         drop(old_tree);
         self.engine.drop_tree(&sm_tree_name(self.group, old_generation))?;
+        self.auth_tx
+            .send_replace(Arc::new(read_auth_table(&self.tree())?));
         self.applied_tx.send_replace(last_applied);
         if cluster.is_some() {
             self.cluster_tx.send_replace(cluster);
         }
         Ok(())
     }
+}
+
+/// The permission table stored in `tree` (the default, not enabled, when none is).
+fn read_auth_table(tree: &TreeRef) -> Result<ringkv_authz::AuthTable, StorageError> {
+    match tree.get(AUTH_KEY)? {
+        Some(bytes) => decode_auth_table(tree.name(), &bytes),
+        None => Ok(Default::default()),
+    }
+}
+
+/// Decodes the permission table as stored: today's form or the one stored before
+/// passwords and tokens (`AuthTable::from_stored`).
+pub(super) fn decode_auth_table(tree: &str, bytes: &[u8]) -> Result<ringkv_authz::AuthTable, StorageError> {
+    ringkv_authz::AuthTable::from_stored(bytes).map_err(|detail| StorageError::Corrupt {
+        tree: tree.to_string(),
+        detail,
+    })
+}
+
+/// The stored form of the permission table.
+pub(super) fn encode_auth_table(table: &ringkv_authz::AuthTable) -> Result<Vec<u8>, StorageError> {
+    table.to_stored().map_err(|detail| StorageError::Corrupt {
+        tree: "encode".to_string(),
+        detail,
+    })
 }
 
 fn join_error(err: tokio::task::JoinError) -> StorageError {
