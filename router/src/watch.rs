@@ -74,12 +74,28 @@ struct ShardWatch {
     start_ts: u64,
 }
 
-/// The range `[start, end)` (empty end: no end) a watch follows, and the single key when
-/// it watches one.
-fn target_range(
-    request: &WatchRequest,
-    max_key_bytes: usize,
-) -> Result<(Vec<u8>, Vec<u8>, Option<Vec<u8>>), RouterError> {
+/// The keys a watch follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Watched {
+    /// `[start, end)`; an empty end: no end.
+    start: Vec<u8>,
+    end: Vec<u8>,
+    /// The single key, when it watches one (its shard alone is watched).
+    key: Option<Vec<u8>>,
+}
+
+impl Watched {
+    fn range(start: &[u8], end: &[u8]) -> Watched {
+        Watched {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            key: None,
+        }
+    }
+}
+
+/// What `request` watches, checked.
+fn target_range(request: &WatchRequest, max_key_bytes: usize) -> Result<Watched, RouterError> {
     let too_long = |what: &str, bytes: &[u8]| {
         (bytes.len() > max_key_bytes).then(|| {
             RouterError::InvalidArgument(format!(
@@ -103,13 +119,17 @@ fn target_range(
             }
             let mut end = key.clone();
             end.push(0);
-            Ok((key.clone(), end, Some(key.clone())))
+            Ok(Watched {
+                start: key.clone(),
+                end,
+                key: Some(key.clone()),
+            })
         }
         Some(Target::Prefix(prefix)) => {
             if let Some(err) = too_long("prefix", prefix) {
                 return Err(err);
             }
-            Ok((prefix.clone(), prefix_end(prefix).unwrap_or_default(), None))
+            Ok(Watched::range(prefix, &prefix_end(prefix).unwrap_or_default()))
         }
         Some(Target::Range(range)) => {
             if let Some(err) = too_long("range start", &range.start).or(too_long("range end", &range.end)) {
@@ -120,7 +140,7 @@ fn target_range(
                     "watch range start is greater than its end".to_string(),
                 ));
             }
-            Ok((range.start.clone(), range.end.clone(), None))
+            Ok(Watched::range(&range.start, &range.end))
         }
     }
 }
@@ -131,7 +151,7 @@ pub async fn watch<N: NodeApi>(
     request: WatchRequest,
     deadline: Instant,
 ) -> Result<ResponseStream<WatchResponse>, RouterError> {
-    let (start, end, key) = target_range(&request, ctx.limits.max_key_bytes)?;
+    let Watched { start, end, key } = target_range(&request, ctx.limits.max_key_bytes)?;
     let view = ctx.topology.wait_for_ring(deadline).await?;
     let shard_count = view.ring.shard_count();
     let shards: Vec<u32> = match &key {
@@ -300,5 +320,59 @@ async fn follow_shard<N: NodeApi>(
             return;
         }
         tokio::time::sleep(REOPEN_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringkv_proto::v1::KeyRange;
+
+    use super::*;
+
+    fn request(target: Target) -> WatchRequest {
+        WatchRequest {
+            target: Some(target),
+            ..WatchRequest::default()
+        }
+    }
+
+    /// A key watches `[key, key\0)` on its shard, a prefix its range (empty: everything), a
+    /// range itself; a missing target, an empty key, an oversized key or a reversed range
+    /// is refused.
+    #[test]
+    fn targets_become_ranges() {
+        let key = target_range(&request(Target::Key(b"k".to_vec())), 8).expect("key");
+        assert_eq!(
+            (key.start.as_slice(), key.end.as_slice()),
+            (&b"k"[..], &b"k\0"[..])
+        );
+        assert_eq!(key.key.as_deref(), Some(&b"k"[..]));
+        let prefix = target_range(&request(Target::Prefix(b"ab".to_vec())), 8).expect("prefix");
+        assert_eq!(prefix, Watched::range(b"ab", b"ac"));
+        let all = target_range(&request(Target::Prefix(Vec::new())), 8).expect("all");
+        assert_eq!(all, Watched::range(b"", b""));
+        let range = KeyRange {
+            start: b"a".to_vec(),
+            end: b"c".to_vec(),
+        };
+        assert_eq!(
+            target_range(&request(Target::Range(range)), 8).expect("range"),
+            Watched::range(b"a", b"c")
+        );
+        let refused = [
+            WatchRequest::default(),
+            request(Target::Key(Vec::new())),
+            request(Target::Key(vec![b'k'; 9])),
+            request(Target::Range(KeyRange {
+                start: b"c".to_vec(),
+                end: b"a".to_vec(),
+            })),
+        ];
+        for (case, bad) in refused.iter().enumerate() {
+            assert!(
+                matches!(target_range(bad, 8), Err(RouterError::InvalidArgument(_))),
+                "case {case}"
+            );
+        }
     }
 }

@@ -51,7 +51,8 @@ pub use dedup::DedupPolicy;
 pub use mvcc::{HistoryBudget, HistoryPolicy};
 pub use read::{CountResult, ScanOptions, ScanPage};
 pub use validate::{ReadSet, MAX_CONFLICTS};
-pub use watches::{Change, ChangeKind, Watch, WatchEnd, WatchPage, WatchRange};
+pub use watch_catch_up::{Change, ChangeKind};
+pub use watches::{Watch, WatchEnd, WatchPage, WatchRange};
 
 use super::snapshot::{self, SnapshotDir};
 use super::types::{ClusterConfig, GroupId, LogId, SnapshotMeta, StoredMembership};

@@ -9,8 +9,35 @@
 
 use super::layout::{data_bounds, user_key};
 use super::mvcc::{self, Head};
-use super::watches::{Change, ChangeKind, WatchEnd};
 use crate::storage::{StorageError, TreeRef};
+
+/// What a queued change costs beyond its key and value.
+const CHANGE_OVERHEAD: usize = 48;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Put,
+    Delete,
+}
+
+/// One change of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub key: Vec<u8>,
+    /// The value put (empty for a delete, or when the watch asked for keys only).
+    pub value: Vec<u8>,
+    /// The version a put made (0 for a delete).
+    pub version: u64,
+    pub commit_ts: u64,
+}
+
+impl Change {
+    /// What the change costs in a queue or a message.
+    pub fn bytes(&self) -> usize {
+        self.key.len() + self.value.len() + CHANGE_OVERHEAD
+    }
+}
 
 /// The changes of `key` committed after `after_ts`, oldest first, from its head and its
 /// versions in memory (the caller checked `after_ts` is not below the history's floor).
@@ -86,7 +113,7 @@ impl CatchUpRead {
         history: &mvcc::History,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
-    ) -> Result<CatchUpPage, WatchEnd> {
+    ) -> Result<Result<CatchUpPage, mvcc::BelowFloor>, StorageError> {
         let CatchUpRead {
             after_ts,
             keys_only,
@@ -94,16 +121,15 @@ impl CatchUpRead {
             max_bytes,
         } = *self;
         if after_ts < history.floor() {
-            return Err(WatchEnd::Compacted {
-                after_ts,
+            return Ok(Err(mvcc::BelowFloor {
                 floor: history.floor(),
-            });
+            }));
         }
         let Some((lower, upper)) = data_bounds(&start, end.as_deref()) else {
-            return Ok(CatchUpPage {
+            return Ok(Ok(CatchUpPage {
                 changes: Vec::new(),
                 next: None,
-            });
+            }));
         };
         let mut records = tree.range(lower, upper);
         let mut next_head = || -> Result<Option<(Vec<u8>, Head)>, StorageError> {
@@ -127,16 +153,16 @@ impl CatchUpRead {
         loop {
             // The next key in order: a head's, a key of the history's, or both.
             let key = match (&head, old) {
-                (None, None) => return Ok(CatchUpPage { changes, next: None }),
+                (None, None) => return Ok(Ok(CatchUpPage { changes, next: None })),
                 (Some((head_key, _)), Some(old)) if old < head_key.as_slice() => old.to_vec(),
                 (Some((head_key, _)), _) => head_key.clone(),
                 (None, Some(old)) => old.to_vec(),
             };
             if visited >= keys_per_hold || (bytes >= max_bytes && !changes.is_empty()) {
-                return Ok(CatchUpPage {
+                return Ok(Ok(CatchUpPage {
                     changes,
                     next: Some(key),
-                });
+                }));
             }
             visited += 1;
             let current = match head.take() {

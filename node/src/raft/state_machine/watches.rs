@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use super::apply::EntryVersions;
 use super::layout::lock_bounds;
 use super::mvcc::Head;
-use super::watch_catch_up::CatchUpRead;
+use super::watch_catch_up::{CatchUpRead, Change, ChangeKind};
 use super::{join_error, GroupState};
 use crate::raft::decode;
 use crate::raft::txn::Lock;
@@ -40,37 +40,10 @@ use crate::storage::{StorageError, TreeRef};
 pub const MAX_WATCHERS_PER_SHARD: usize = 1024;
 /// Most bytes of changes a watch's queue holds for its reader.
 pub const WATCH_QUEUE_BYTES: usize = 4 << 20;
-/// What a queued change costs beyond its key and value.
-const CHANGE_OVERHEAD: usize = 48;
 /// Keys (with their versions) one catch-up page looks at in one hold of the apply lock.
 const CATCH_UP_KEYS_PER_HOLD: usize = 1024;
 /// Most locks read to find the oldest transaction: beyond, progress waits.
 const MAX_LOCKS_SCANNED: usize = 10_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    Put,
-    Delete,
-}
-
-/// One change of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub kind: ChangeKind,
-    pub key: Vec<u8>,
-    /// The value put (empty for a delete, or when the watch asked for keys only).
-    pub value: Vec<u8>,
-    /// The version a put made (0 for a delete).
-    pub version: u64,
-    pub commit_ts: u64,
-}
-
-impl Change {
-    /// What the change costs in a queue or a message.
-    pub fn bytes(&self) -> usize {
-        self.key.len() + self.value.len() + CHANGE_OVERHEAD
-    }
-}
 
 /// The keys a watch follows: `[start, end)` (`None` end: no upper bound).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,7 +409,11 @@ impl GroupState {
                 page.read(&tree, &history, start, end)
             })
             .await
-            .map_err(join_error)??;
+            .map_err(join_error)??
+            .map_err(|below| WatchEnd::Compacted {
+                after_ts,
+                floor: below.floor,
+            })?;
             watch
                 .covered
                 .push((page.next.clone().or(watch.watcher.range.end.clone()), applied));
