@@ -1,7 +1,8 @@
 //! Repeated warnings and errors from the crates ringkv builds on, rate-limited: an event
 //! format that writes the same WARN or ERROR event (same call site) of a third-party crate
 //! (openraft, tonic, h2, sled …) at most once per interval, and says on the next one it
-//! writes how many it suppressed. A peer that stays down otherwise fills the log with one
+//! writes how many it suppressed (`… (and 12 more like it, not shown)`; in JSON a
+//! `"suppressed": 12` field). A peer that stays down otherwise fills the log with one
 //! openraft ERROR per group and election round.
 //!
 //! ringkv's own call sites are left alone: they know what repeats and throttle it where
@@ -82,8 +83,8 @@ impl<K: std::hash::Hash + Eq> Limiter<K> {
 }
 
 /// An event format that rate-limits third-party WARN and ERROR events and formats the
-/// rest with `inner`. A written event after suppressed ones is preceded by a line saying
-/// how many (a JSON object with `json`).
+/// rest with `inner`. A written event after suppressed ones says how many (`json`: as a
+/// field of its object).
 #[derive(Debug)]
 pub struct RateLimited<F> {
     inner: F,
@@ -133,47 +134,18 @@ where
             Verdict::Suppress => Ok(()),
             Verdict::Write { suppressed: 0 } => self.inner.format_event(ctx, writer, event),
             Verdict::Write { suppressed } => {
-                let site = format!(
-                    "{}:{}",
-                    metadata.file().unwrap_or(metadata.target()),
-                    metadata.line().unwrap_or(0)
-                );
-                if self.json {
-                    writeln!(
-                        writer,
-                        "{{\"level\":\"{}\",\"target\":{},\"message\":\"suppressed repeats of the next event\",\"suppressed\":{suppressed},\"site\":{}}}",
-                        metadata.level().as_str(),
-                        json_string(metadata.target()),
-                        json_string(&site),
-                    )?;
-                } else {
-                    writeln!(
-                        writer,
-                        "{:>5} {}: suppressed {suppressed} repeats of the next event ({site})",
-                        metadata.level().as_str(),
-                        metadata.target(),
-                    )?;
+                // The event on one line, with the count: `… (and 12 more like it)`, or a
+                // `"suppressed": 12` field in JSON.
+                let mut line = String::new();
+                self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+                let body = line.trim_end_matches('\n');
+                match body.strip_suffix('}').filter(|_| self.json) {
+                    Some(open) => writeln!(writer, "{open},\"suppressed\":{suppressed}}}"),
+                    None => writeln!(writer, "{body} (and {suppressed} more like it, not shown)"),
                 }
-                self.inner.format_event(ctx, writer, event)
             }
         }
     }
-}
-
-/// `text` as a JSON string literal.
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -209,10 +181,42 @@ mod tests {
         );
     }
 
-    /// Targets and sites become valid JSON strings.
+    /// Captures what the fmt layer writes.
+    struct Capture(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("capture lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Through the fmt layer: repeats of a third-party error within the interval write
+    /// nothing, not even an empty line; ringkv's own errors are all written.
     #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    fn repeats_write_nothing() {
+        let captured = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = captured.clone();
+        let inner = tracing_subscriber::fmt::format().with_ansi(false);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Capture(sink.clone()))
+            .with_ansi(false)
+            .event_format(RateLimited::new(inner, false, Duration::from_secs(3600)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for attempt in 0..3 {
+                tracing::error!(target: "openraft::replication", attempt, "peer unreachable");
+                tracing::error!(target: "ringkv_node::server", attempt, "our own");
+            }
+        });
+        let text = String::from_utf8(captured.lock().expect("capture lock").clone()).expect("utf-8");
+        assert_eq!(text.matches("peer unreachable").count(), 1, "{text}");
+        assert_eq!(text.matches("our own").count(), 3, "{text}");
+        assert_eq!(text.lines().count(), 4, "no empty lines: {text}");
     }
 
     /// Only third-party WARN and ERROR events are limited.
