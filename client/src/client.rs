@@ -847,6 +847,35 @@ impl Client {
         Ok(response.first..response.first + u64::from(count))
     }
 
+    /// Keeps every node's version history from `read_ts` on for `ttl` (renew before it
+    /// lapses; a zero `ttl` releases), so reads at `read_ts` stay possible for longer than
+    /// the nodes' `--mvcc-window-ms` — what a backup needs. `hold_id` (non-zero, random)
+    /// names the hold. Needs admin. Fails naming the nodes that did not take it.
+    pub async fn hold_history(
+        &self,
+        hold_id: u64,
+        read_ts: u64,
+        ttl: std::time::Duration,
+    ) -> Result<u32, Error> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let max_bytes = self.routers.config().max_message_bytes;
+        let response = self
+            .routers
+            .call(OpKind::Read, "hold history", |channel, timeout| {
+                let request = with_deadline(
+                    proto::HoldHistoryRequest {
+                        hold_id,
+                        read_ts,
+                        ttl_ms,
+                    },
+                    timeout,
+                );
+                async move { admin_client(channel, max_bytes).hold_history(request).await }
+            })
+            .await?;
+        Ok(response.nodes)
+    }
+
     /// How far shard replicas are from the placement of the current ring.
     pub async fn rebalance_status(&self) -> Result<proto::RebalanceStatusResponse, Error> {
         let max_bytes = self.routers.config().max_message_bytes;

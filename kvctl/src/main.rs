@@ -13,6 +13,8 @@
 //! - `endpoint` — `endpoint status` and `endpoint health`: each node's and router's own
 //!   status, and a health ping (etcdctl's).
 //! - `membership` — `node add`, `node decommission`, `cluster plan`, `rebalance status`.
+//! - `backup` — `backup` and `restore`: every key as of one timestamp, to and from a
+//!   directory.
 //! - `cert` — `cert create-ca | create-node | create-router | create-client | show`: the
 //!   cluster CA and role certificates (`ringkv-tls`), as PEM files.
 //! - `playground` — a complete local cluster of real processes (unix only).
@@ -24,6 +26,7 @@
 //!   exit code mapping.
 
 mod auth;
+mod backup;
 mod batch;
 mod cert;
 mod check;
@@ -227,6 +230,11 @@ enum Command {
     /// Collect the records of old transactions now (routers also do it periodically).
     #[command(name = "txn-gc")]
     TxnGc(txn_gc::TxnGcArgs),
+    /// Copy every key as of one timestamp into a directory (online, paced, consistent
+    /// across shards; needs admin for the nodes to keep history while it runs).
+    Backup(backup::BackupArgs),
+    /// Load a directory written by `kvctl backup` into an empty cluster.
+    Restore(backup::RestoreArgs),
     /// Roles: grants of read, write or admin on key prefixes (needs admin).
     #[command(subcommand)]
     Role(auth::RoleCommand),
@@ -456,6 +464,12 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Txn(args) => txn::run(&connect(endpoints, router_config).await?, args, output).await,
         Command::TxnGc(args) => txn_gc::run(&connect(endpoints, router_config).await?, args, output).await,
+        Command::Backup(args) => {
+            backup::backup(&connect(endpoints, router_config).await?, args, output).await
+        }
+        Command::Restore(args) => {
+            backup::restore(&connect(endpoints, router_config).await?, args, output).await
+        }
         Command::Timestamp(args) => {
             timestamp::run(&connect(endpoints, router_config).await?, args, output).await
         }
@@ -490,6 +504,8 @@ fn command_name(command: &Command) -> &'static str {
         Command::Timestamp(_) => "timestamp",
         Command::Txn(_) => "txn",
         Command::TxnGc(_) => "txn-gc",
+        Command::Backup(_) => "backup",
+        Command::Restore(_) => "restore",
         Command::Role(_) => "role",
         Command::User(_) => "user",
         Command::Auth(_) => "auth",

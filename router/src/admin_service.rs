@@ -325,6 +325,18 @@ impl<N: NodeApi> Admin for AdminService<N> {
         .map_err(|err| to_status(&err))
     }
 
+    async fn hold_history(
+        &self,
+        request: Request<ringkv_proto::v1::HoldHistoryRequest>,
+    ) -> Result<Response<ringkv_proto::v1::HoldHistoryResponse>, Status> {
+        self.ctx.auth.authorize_admin()?;
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        crate::history_hold::hold_on_every_node(&self.ctx, request.into_inner(), admission.deadline)
+            .await
+            .map(Response::new)
+            .map_err(|err| to_status(&err))
+    }
+
     async fn transfer_leader(
         &self,
         request: Request<TransferLeaderRequest>,

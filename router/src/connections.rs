@@ -415,6 +415,21 @@ impl NodeApi for GrpcNodes {
         Ok(bounded(timeout, client.login(request)).await?.into_inner())
     }
 
+    async fn hold_history(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::HoldHistoryRequest,
+        timeout: Duration,
+    ) -> Result<ringkv_proto::v1::HoldHistoryResponse, Status> {
+        let mut client =
+            AdminClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes);
+        Ok(
+            bounded(timeout, client.hold_history(with_timeout(request, timeout)))
+                .await?
+                .into_inner(),
+        )
+    }
+
     async fn node_status(&self, addr: &str, timeout: Duration) -> Result<NodeStatusResponse, Status> {
         let mut client =
             AdminClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes);

@@ -69,6 +69,7 @@ pub mod error;
 pub mod failpoint;
 mod forward;
 mod gossip;
+mod history_hold;
 mod inflight;
 mod kv_service;
 mod lane;

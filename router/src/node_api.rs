@@ -63,6 +63,17 @@ pub trait NodeApi: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<ShardDeleteRangeResponse, Status>> + Send;
 
+    /// `Admin.HoldHistory` on one node. Fakes that never see a backup keep the default.
+    fn hold_history(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::HoldHistoryRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ringkv_proto::v1::HoldHistoryResponse, Status>> + Send {
+        let _ = (addr, request, timeout);
+        async { Err(Status::unimplemented("HoldHistory")) }
+    }
+
     /// `Admin.NodeStatus`.
     fn node_status(
         &self,

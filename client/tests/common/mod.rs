@@ -522,6 +522,13 @@ impl Admin for MockRouter {
         Err(Status::unimplemented("mock router"))
     }
 
+    async fn hold_history(
+        &self,
+        _request: Request<proto::HoldHistoryRequest>,
+    ) -> Result<Response<proto::HoldHistoryResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn transfer_leader(
         &self,
         _request: Request<proto::TransferLeaderRequest>,

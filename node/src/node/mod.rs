@@ -265,6 +265,11 @@ impl Node {
     }
 
     /// Every group hosted here, the system group first, then shards in order.
+    /// The history budget and holds every shard of this node shares (`Admin.HoldHistory`).
+    pub fn history_budget(&self) -> &Arc<HistoryBudget> {
+        &self.inner.deps.history_budget
+    }
+
     pub fn groups(&self) -> Vec<Arc<Group>> {
         let mut shards: Vec<Arc<Group>> = self
             .inner

@@ -171,4 +171,21 @@ impl Admin for AdminService {
             "cluster status is served by routers; point kvctl at a router endpoint",
         ))
     }
+
+    async fn hold_history(
+        &self,
+        request: Request<v1::HoldHistoryRequest>,
+    ) -> Result<Response<v1::HoldHistoryResponse>, Status> {
+        self.check_admin(&request)?;
+        let request = request.into_inner();
+        self.node
+            .history_budget()
+            .hold(
+                request.hold_id,
+                request.read_ts,
+                std::time::Duration::from_millis(request.ttl_ms),
+            )
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        Ok(Response::new(v1::HoldHistoryResponse { nodes: 1 }))
+    }
 }

@@ -573,6 +573,13 @@ impl Admin for FakeNode {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn hold_history(
+        &self,
+        _request: Request<v1::HoldHistoryRequest>,
+    ) -> Result<Response<v1::HoldHistoryResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn transfer_leader(
         &self,
         _request: Request<v1::TransferLeaderRequest>,

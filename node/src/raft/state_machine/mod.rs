@@ -48,7 +48,7 @@ use tracing::info;
 
 pub use adapter::{SnapshotBuilder, StateMachine};
 pub use dedup::DedupPolicy;
-pub use mvcc::{HistoryBudget, HistoryPolicy};
+pub use mvcc::{HistoryBudget, HistoryPolicy, HoldError};
 pub use read::{CountResult, ScanOptions, ScanPage};
 pub use validate::{ReadSet, MAX_CONFLICTS};
 pub use watch_catch_up::{Change, ChangeKind};
