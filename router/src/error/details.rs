@@ -60,9 +60,7 @@ pub fn reason(err: &RouterError) -> &'static str {
         RouterError::Internal(_) => "INTERNAL",
         RouterError::TxnAborted { .. } => "TXN_ABORTED",
         RouterError::TxnOutcomeUnknown { .. } => "TXN_OUTCOME_UNKNOWN",
-        // Kinds added while this mapping is being extended get a generic reason.
-        #[allow(unreachable_patterns)]
-        _ => "ERROR",
+        RouterError::TokenRefused(_) => "TOKEN_REFUSED",
     }
 }
 
