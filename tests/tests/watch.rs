@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use futures::StreamExt;
 use ringkv_client::{Client, Error, WatchEvent, WatchEventKind, WatchOptions, WatchStream, WatchTarget};
-use ringkv_tests::{Cluster, ClusterOptions};
+use ringkv_tests::{Cluster, ClusterOptions, WAIT as SLOW_WAIT};
 
 /// Per key, what a watch should show or showed: `Some(value)` for a put, `None` for a delete.
 type History = BTreeMap<Vec<u8>, Vec<Option<Vec<u8>>>>;
@@ -255,6 +256,101 @@ async fn a_slow_reader_is_cut_naming_the_limit() -> anyhow::Result<()> {
     assert_eq!(
         client.get(b"s/first").await?.map(|found| found.value),
         Some(b"x".to_vec())
+    );
+    Ok(())
+}
+
+/// Runs kvctl against the cluster's router.
+async fn kvctl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let router = cluster.router_addr.clone().context("no router")?;
+    let output = tokio::process::Command::new(ringkv_tests::bin_dir()?.join("kvctl"))
+        .env_remove("RINGKV_ENDPOINTS")
+        .args(["-e", &router, "--timeout", "10000"])
+        .args(args)
+        .output()
+        .await?;
+    Ok(output)
+}
+
+/// `kvctl watch --prefix P --from-revision R -o json` prints each change after R as a JSON
+/// line; once the history no longer reaches back to R (a short `--mvcc-window-ms` and more
+/// writes), a watch from R is refused as compacted, naming where to resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_watch_prints_json_lines_and_refuses_compacted_history() -> anyhow::Result<()> {
+    let mut options = ClusterOptions {
+        shards: 2,
+        ..ClusterOptions::default()
+    };
+    options
+        .node_args
+        .extend(["--mvcc-window-ms", "300"].map(String::from));
+    let cluster = Cluster::start(options).await?;
+    let client = cluster.client().await?;
+    let start = client.timestamp().await?;
+    client.put(b"k/a", b"1".to_vec()).await?;
+    client.put(b"k/b", b"2".to_vec()).await?;
+    anyhow::ensure!(client.delete(b"k/a").await?, "k/a existed");
+    let revision = start.to_string();
+    let args = [
+        "-o",
+        "json",
+        "watch",
+        "--prefix",
+        "k/",
+        "--from-revision",
+        &revision,
+        "--limit",
+        "3",
+    ];
+    let output = kvctl(&cluster, &args).await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "kvctl watch: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let of = |key: &str| -> Vec<(String, Option<String>)> {
+        lines
+            .iter()
+            .filter(|line| line["key"] == key)
+            .map(|line| {
+                let kind = line["type"].as_str().unwrap_or_default().to_string();
+                (kind, line["value"].as_str().map(str::to_string))
+            })
+            .collect()
+    };
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(
+        of("k/a"),
+        vec![
+            ("put".to_string(), Some("1".to_string())),
+            ("delete".to_string(), None)
+        ]
+    );
+    assert_eq!(of("k/b"), vec![("put".to_string(), Some("2".to_string()))]);
+    assert!(lines.iter().all(|line| line["revision"].as_u64() > Some(start)));
+
+    // Writes age the history past `start` (oracle time moves with every write).
+    ringkv_tests::wait_until("the history to pass the start", SLOW_WAIT, || async {
+        client.put(b"k/a", b"again".to_vec()).await.ok()?;
+        client.put(b"k/b", b"again".to_vec()).await.ok()?;
+        let mut watch = client.watch(prefix_watch("k/", start));
+        match tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
+            Ok(Some(Err(Error::InvalidArgument(message)))) if message.contains("compacted") => Some(()),
+            _ => None,
+        }
+    })
+    .await?;
+    let args = ["watch", "k/a", "--from-revision", &revision];
+    let output = kvctl(&cluster, &args).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a compacted watch fails");
+    assert!(
+        stderr.contains("compacted") && stderr.contains("resume from"),
+        "{stderr}"
     );
     Ok(())
 }
