@@ -9,7 +9,8 @@
 //! - `rpc`: [`RpcMetrics`] and [`MeasureLayer`], requests, response codes and latency per
 //!   method of a tonic server's services, counted before any service sees the request;
 //! - `http`: [`MetricsServer`], the `/metrics` endpoint (HTTP/1.1 on hyper, a bounded number
-//!   of connections, stopped with its handle).
+//!   of connections, stopped with its handle);
+//! - `reflection`: [`reflection`], gRPC server reflection over a process's descriptors.
 //!
 //! Nothing here is global: each process builds its metrics, renders them on every scrape
 //! from its own state (so a series of a group a node no longer hosts is simply not written)
@@ -18,11 +19,13 @@
 mod check;
 mod histogram;
 mod http;
+mod reflection;
 mod rpc;
 mod text;
 
 pub use check::{check_exposition, ExpositionError};
 pub use histogram::{Histogram, Snapshot, LATENCY_BOUNDS_SECONDS};
 pub use http::{MetricsServer, Render};
+pub use reflection::reflection;
 pub use rpc::{MeasureLayer, Measured, MeasuredCall, MethodCounts, RpcMetrics};
 pub use text::{Exposition, Family, Kind};

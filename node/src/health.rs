@@ -1,5 +1,5 @@
-//! The standard gRPC health service (`grpc.health.v1.Health`) and server reflection of a
-//! node, for load balancers, orchestrators and `grpcurl`.
+//! The standard gRPC health service (`grpc.health.v1.Health`) of a node, for load balancers,
+//! orchestrators and `grpcurl` (server reflection is `ringkv_metrics::reflection`).
 //!
 //! Health answers for two names:
 //! - `""` (the process): `SERVING` from the moment the node serves gRPC — it can then be
@@ -87,15 +87,4 @@ async fn follow_cluster(node: Node, reporter: HealthReporter, cancel: Cancellati
             changed = cluster.changed() => if changed.is_err() { return },
         }
     }
-}
-
-/// The server reflection service (v1) over the `ringkv.v1` and health descriptors.
-pub fn reflection() -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-    tonic_reflection::server::Error,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ringkv_proto::descriptor::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
 }

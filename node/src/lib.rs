@@ -28,7 +28,7 @@
 //!   de-duplication records (its monotonic clock, never its wall clock).
 //! - [`service`]: the gRPC services (`ShardKv`, `Raft`, `Admin`) and error → status mapping.
 //! - [`metrics`]: the Prometheus metrics a scrape renders from the node's state;
-//!   [`health`]: the gRPC health service and server reflection.
+//!   [`health`]: the gRPC health service.
 //! - [`server`]: the composition root: opens the node, starts the reconciler, the system
 //!   duties and gossip, binds the listener, serves, shuts down in order.
 

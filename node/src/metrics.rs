@@ -33,6 +33,60 @@ pub fn rpc_metrics() -> Arc<RpcMetrics> {
     RpcMetrics::new(services.map(|name| (name.to_string(), ringkv_proto::descriptor::service_methods(name))))
 }
 
+/// One group's openraft metrics.
+type GroupMetrics = openraft::RaftMetrics<u64, openraft::BasicNode>;
+
+fn index_of(log_id: Option<openraft::LogId<u64>>) -> u64 {
+    log_id.map_or(0, |log_id| log_id.index)
+}
+
+/// The gauges written for every hosted group: name, help, value.
+#[allow(clippy::type_complexity)]
+const GROUP_GAUGES: [(&str, &str, fn(&GroupMetrics) -> u64); 8] = [
+    ("ringkv_raft_term", "Raft term of each group hosted here.", |m| {
+        m.current_term
+    }),
+    (
+        "ringkv_raft_is_leader",
+        "1 where this node leads the group.",
+        |m| u64::from(m.state == openraft::ServerState::Leader),
+    ),
+    (
+        "ringkv_raft_leader_id",
+        "The leader this replica knows (0: none).",
+        |m| m.current_leader.unwrap_or(0),
+    ),
+    (
+        "ringkv_raft_last_log_index",
+        "Last log index of the replica.",
+        |m| m.last_log_index.unwrap_or(0),
+    ),
+    (
+        "ringkv_raft_applied_index",
+        "Last log index applied to the state machine.",
+        |m| index_of(m.last_applied),
+    ),
+    (
+        "ringkv_raft_apply_lag_entries",
+        "Log entries not yet applied (last log index - applied index).",
+        |m| {
+            m.last_log_index
+                .unwrap_or(0)
+                .saturating_sub(index_of(m.last_applied))
+        },
+    ),
+    (
+        "ringkv_raft_log_entries",
+        "Entries in the replica's log (last log index - purged index).",
+        |m| m.last_log_index.unwrap_or(0).saturating_sub(index_of(m.purged)),
+    ),
+    (
+        "ringkv_raft_snapshot_index",
+        "Last log index covered by the replica's snapshot (changes: snapshots built or installed).",
+        |m| index_of(m.snapshot),
+    ),
+];
+
 /// What a scrape of the node reads.
 pub struct NodeMetrics {
     pub node: Node,
@@ -66,70 +120,12 @@ impl NodeMetrics {
                 (label, metrics)
             })
             .collect();
-        let gauge =
-            |exposition: &mut Exposition,
-             name,
-             help,
-             value: &dyn Fn(&openraft::RaftMetrics<u64, openraft::BasicNode>) -> f64| {
-                let mut family = exposition.family(name, Kind::Gauge, help);
-                for (label, metrics) in &groups {
-                    family.sample(&[("group", label)], value(metrics));
-                }
-            };
-        gauge(
-            exposition,
-            "ringkv_raft_term",
-            "Raft term of each group hosted here.",
-            &|m| m.current_term as f64,
-        );
-        gauge(
-            exposition,
-            "ringkv_raft_is_leader",
-            "1 where this node leads the group.",
-            &|m| f64::from(u8::from(m.state == openraft::ServerState::Leader)),
-        );
-        gauge(
-            exposition,
-            "ringkv_raft_leader_id",
-            "The leader this replica knows (0: none).",
-            &|m| m.current_leader.unwrap_or(0) as f64,
-        );
-        gauge(
-            exposition,
-            "ringkv_raft_last_log_index",
-            "Last log index of the replica.",
-            &|m| m.last_log_index.unwrap_or(0) as f64,
-        );
-        gauge(
-            exposition,
-            "ringkv_raft_applied_index",
-            "Last log index applied to the state machine.",
-            &|m| m.last_applied.map_or(0, |log_id| log_id.index) as f64,
-        );
-        gauge(
-            exposition,
-            "ringkv_raft_apply_lag_entries",
-            "Log entries not yet applied (last log index - applied index).",
-            &|m| {
-                let applied = m.last_applied.map_or(0, |log_id| log_id.index);
-                m.last_log_index.unwrap_or(0).saturating_sub(applied) as f64
-            },
-        );
-        gauge(
-            exposition,
-            "ringkv_raft_log_entries",
-            "Entries in the replica's log (last log index - purged index).",
-            &|m| {
-                let purged = m.purged.map_or(0, |log_id| log_id.index);
-                m.last_log_index.unwrap_or(0).saturating_sub(purged) as f64
-            },
-        );
-        gauge(
-            exposition,
-            "ringkv_raft_snapshot_index",
-            "Last log index covered by the replica's snapshot (changes: snapshots built or installed).",
-            &|m| m.snapshot.map_or(0, |log_id| log_id.index) as f64,
-        );
+        for (name, help, value) in GROUP_GAUGES {
+            let mut family = exposition.family(name, Kind::Gauge, help);
+            for (label, metrics) in &groups {
+                family.sample(&[("group", label)], value(metrics) as f64);
+            }
+        }
         let mut lag = exposition.family(
             "ringkv_raft_follower_lag_entries",
             Kind::Gauge,

@@ -231,7 +231,7 @@ impl NodeServer {
             Some(addr) => Some(start_metrics(&addr, &node, &oracle, &liveness, &rpc_metrics).await?),
         };
         let (health, health_service) = Health::start(&node).await;
-        let reflection = crate::health::reflection()
+        let reflection = ringkv_metrics::reflection(&[ringkv_proto::descriptor::FILE_DESCRIPTOR_SET])
             .map_err(|err| NodeError::Fatal(format!("server reflection: {err}")))?;
         let cancel = CancellationToken::new();
         // With TLS every service checks the caller's role (`service/roles.rs`); without,

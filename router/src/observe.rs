@@ -1,4 +1,5 @@
-//! The router's metrics (`--metrics-addr`), health and server reflection.
+//! The router's metrics (`--metrics-addr`) and health (server reflection is
+//! `ringkv_metrics::reflection`).
 //!
 //! Metrics are rendered at every scrape: requests by service, method and code with latency
 //! histograms (counted as they arrive by `ringkv_metrics::MeasureLayer` around the whole
@@ -96,15 +97,4 @@ impl Health {
             .set_service_status("", ServingStatus::NotServing)
             .await;
     }
-}
-
-/// The server reflection service (v1) over the `ringkv.v1` and health descriptors.
-pub fn reflection() -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-    tonic_reflection::server::Error,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ringkv_proto::descriptor::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
 }

@@ -140,10 +140,11 @@ impl Router {
             }
         };
         let (health, health_service) = Health::start().await;
-        let reflection = crate::observe::reflection().map_err(|err| crate::config::ConfigError::Invalid {
-            field: "server reflection",
-            reason: err.to_string(),
-        })?;
+        let reflection = ringkv_metrics::reflection(&[ringkv_proto::descriptor::FILE_DESCRIPTOR_SET])
+            .map_err(|err| crate::config::ConfigError::Invalid {
+                field: "server reflection",
+                reason: err.to_string(),
+            })?;
         let ctx = Arc::new(RouterContext::new(&config, nodes, topology.clone()));
         let secondaries = ctx.secondaries.clone();
         let streams = ctx.streams.clone();

@@ -5,7 +5,7 @@
 //! health service answers SERVING; `kvctl endpoint health` exits 0 on a live cluster and 1
 //! with a node down, and `kvctl endpoint status` reports every member.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, bail, Context};
 use ringkv_client::Isolation;
@@ -45,6 +45,21 @@ fn samples(text: &str) -> HashMap<String, f64> {
             Some((series.to_string(), value))
         })
         .collect()
+}
+
+/// The `ringkv_*` metric names a dashboard's text mentions.
+fn dashboard_metrics(text: &str) -> HashSet<String> {
+    let mut names = HashSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("ringkv_") {
+        let name: String = rest[start..]
+            .chars()
+            .take_while(|character| character.is_ascii_alphanumeric() || *character == '_')
+            .collect();
+        rest = &rest[start + name.len()..];
+        names.insert(name);
+    }
+    names
 }
 
 /// Sum of the samples whose series starts with `prefix`.
@@ -180,11 +195,14 @@ async fn kvctl(router: &str, args: &[&str]) -> anyhow::Result<(Option<i32>, Stri
 /// each node's sizes and the router's role.
 #[tokio::test(flavor = "multi_thread")]
 async fn router_metrics_and_kvctl_endpoint_health() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions {
+    let mut options = ClusterOptions {
         shards: 4,
         ..ClusterOptions::default()
-    })
-    .await?;
+    };
+    options
+        .node_args
+        .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+    let mut cluster = Cluster::start(options).await?;
     cluster.init().await?;
     let router = cluster
         .start_router_with(&["--metrics-addr", "127.0.0.1:0"])
@@ -234,6 +252,31 @@ async fn router_metrics_and_kvctl_endpoint_health() -> anyhow::Result<()> {
         sum_of(&samples, "ringkv_tso_requests_total") >= 1.0,
         "the commit took timestamps"
     );
+
+    // Every metric the Grafana dashboard queries is one the router or a node exposes.
+    let node = cluster.node_status(1).await?;
+    let families: HashSet<String> = [text.as_str(), scrape(&node.metrics_addr).await?.as_str()]
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/grafana/ringkv.json"
+    ))?;
+    serde_json::from_str::<serde_json::Value>(&dashboard).context("the dashboard is JSON")?;
+    for queried in dashboard_metrics(&dashboard) {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| queried.strip_suffix(suffix))
+            .unwrap_or(&queried);
+        assert!(
+            families.contains(family),
+            "the dashboard queries {queried}, which nothing exposes"
+        );
+    }
 
     let (code, stdout) = kvctl(&router, &["endpoint", "health", "--cluster", "-o", "json"]).await?;
     assert_eq!(code, Some(0), "every endpoint healthy: {stdout}");
