@@ -526,6 +526,50 @@ mod tests {
 
     use super::*;
 
+    /// A hold keeps a timestamp readable past the window until it is released or lapses;
+    /// bad holds are refused.
+    #[test]
+    fn holds_keep_history_past_the_window() {
+        let ms = |ms: u64| ms << LOGICAL_BITS;
+        let policy = HistoryPolicy::standalone(10, usize::MAX);
+        let budget = policy.budget.clone();
+        let mut history = History::new(policy, ms(100));
+        let old = |value: &[u8]| Superseded {
+            key: b"k".to_vec(),
+            version: 1,
+            commit_ts: ms(100),
+            expires_at: None,
+            value: value.to_vec(),
+        };
+        budget.hold(7, ms(105), Duration::from_secs(60)).expect("hold");
+        history.record(ms(110), vec![old(b"v1")]);
+        // 100 ms later, far past the 10 ms window: the held timestamp still reads v1.
+        history.record(ms(210), Vec::new());
+        let head = Some(Head {
+            version: 2,
+            commit_ts: ms(110),
+            expires_at: None,
+            value: b"v2".to_vec(),
+        });
+        let read = history.read(b"k", head.clone(), ms(105)).expect("held: above the floor");
+        assert_eq!(read.map(|v| v.value), Some(b"v1".to_vec()));
+        // Released: the next entry evicts it, and the read is refused.
+        budget.hold(7, ms(105), Duration::ZERO).expect("release");
+        history.record(ms(220), Vec::new());
+        assert!(history.read(b"k", head, ms(105)).is_err());
+
+        assert_eq!(budget.hold(0, 1, Duration::from_secs(1)), Err(HoldError::NoId));
+        assert!(matches!(
+            budget.hold(1, 1, HistoryBudget::MAX_HOLD + Duration::from_secs(1)),
+            Err(HoldError::TooLong(_))
+        ));
+        for id in 1..=HistoryBudget::MAX_HOLDS as u64 {
+            budget.hold(id, 1, Duration::from_secs(60)).expect("within the bound");
+        }
+        assert_eq!(budget.hold(1_000, 1, Duration::from_secs(60)), Err(HoldError::TooMany));
+        budget.hold(1, 2, Duration::from_secs(60)).expect("a renewal always fits");
+    }
+
     #[test]
     fn heads_of_both_formats_decode() {
         let legacy = [&7u64.to_be_bytes()[..], b"old"].concat();
