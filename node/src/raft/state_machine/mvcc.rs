@@ -538,7 +538,6 @@ mod tests {
             key: b"k".to_vec(),
             version: 1,
             commit_ts: ms(100),
-            expires_at: None,
             value: value.to_vec(),
         };
         budget.hold(7, ms(105), Duration::from_secs(60)).expect("hold");
@@ -548,7 +547,6 @@ mod tests {
         let head = Some(Head {
             version: 2,
             commit_ts: ms(110),
-            expires_at: None,
             value: b"v2".to_vec(),
         });
         let read = history.read(b"k", head.clone(), ms(105)).expect("held: above the floor");
