@@ -8,6 +8,7 @@
 //! - `batch` — `mget`, and `mput` (bulk load in concurrent batches); `load` parses its
 //!   JSON-lines and CSV input.
 //! - `range` — `scan` (a page, or `--all` streamed), `count`, `delrange`.
+//! - `watch` — `watch KEY | --prefix P [--from-revision R]`: changes as they commit.
 //! - `cluster` — `cluster init` (talks to the nodes), `cluster status` and `cluster plan`
 //!   (a router).
 //! - `endpoint` — `endpoint status` and `endpoint health`: each node's and router's own
