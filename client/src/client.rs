@@ -136,6 +136,7 @@ impl Client {
     /// Stores `value` under `key`; returns the new version.
     pub async fn put(&self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) -> Result<u64, Error> {
         let message = proto::PutRequest {
+            ttl_ms: 0,
             key: checked_key(key.as_ref())?,
             value: value.into(),
             request_id: new_request_id(),
@@ -178,6 +179,7 @@ impl Client {
     ) -> Result<CasOutcome, Error> {
         let delete = new_value.is_none();
         let message = proto::CompareAndSwapRequest {
+            ttl_ms: 0,
             key: checked_key(key.as_ref())?,
             expected_version,
             new_value: new_value.unwrap_or_default(),
@@ -894,7 +896,7 @@ pub fn new_request_id() -> Vec<u8> {
 }
 
 /// Rejects the empty key locally (the contract requires at least one byte).
-fn checked_key(key: &[u8]) -> Result<Vec<u8>, Error> {
+pub(crate) fn checked_key(key: &[u8]) -> Result<Vec<u8>, Error> {
     if key.is_empty() {
         return Err(Error::InvalidArgument("key must not be empty".into()));
     }
@@ -911,6 +913,7 @@ mod tests {
     fn batch_get_pages_are_checked() {
         let asked: Vec<Vec<u8>> = [b"a", b"b", b"c"].iter().map(|key| key.to_vec()).collect();
         let result = |key: &[u8]| proto::KeyValueResult {
+            expires_at_ts: 0,
             key: key.to_vec(),
             found: true,
             value: b"v".to_vec(),

@@ -10,6 +10,8 @@
 //! # Modules
 //! - [`client`](Client) — the key-value API: get, put, delete, compare-and-swap, batches,
 //!   ordered range scans (paged or streamed), counts, range deletes, cluster status.
+//! - [`ttl`](Ttl) — keys that expire: puts and compare-and-sets with a TTL, `expire`,
+//!   `persist`, the time a key has left.
 //! - [`config`](ClientConfig) — timeouts and retry bounds with a validating builder.
 //! - [`admin`] — talking to storage nodes directly: `NodeStatus` and cluster bootstrap.
 //! - [`error`](Error) — the error type; the single `tonic::Status` → [`Error`] mapping.
@@ -102,6 +104,7 @@ mod retry;
 mod routers;
 mod scan;
 pub mod timestamp;
+mod ttl;
 mod txn;
 mod types;
 mod watch;
@@ -118,6 +121,7 @@ pub use endpoint::normalize_endpoint;
 pub use error::Error;
 pub use ringkv_proto::v1 as proto;
 pub use scan::ScanStream;
+pub use ttl::Ttl;
 pub use txn::{Committed, Isolation, Transaction, TxnGcProgress, TxnState, MAX_TRANSACT_RUNS};
 pub use types::{
     CasOutcome, ContinuationToken, CountOptions, CountProgress, CountResult, KeyRange, Mutation,

@@ -57,6 +57,9 @@ pub struct PutArgs {
     /// The key and an argument value are hex-encoded.
     #[arg(long)]
     pub hex: bool,
+    /// The value expires this long after the write (`500ms`, `30s`, `10m`; see `expire`).
+    #[arg(long, value_parser = crate::ttl::parse_ttl)]
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// Keys deleted by one request of `del` (the routers' default `max_batch_keys` is 1000).
@@ -98,6 +101,10 @@ pub struct CasArgs {
     /// The key and an argument value are hex-encoded.
     #[arg(long)]
     pub hex: bool,
+    /// The new value expires this long after the write (an expired key counts as absent,
+    /// version 0).
+    #[arg(long, value_parser = crate::ttl::parse_ttl)]
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// `kvctl get`: prints the value; a missing key exits 1, printed as `found: false` in
@@ -128,10 +135,11 @@ pub async fn put(client: &Client, args: PutArgs, format: Format) -> anyhow::Resu
     let source = value_source(args.value, args.file, args.stdin, args.hex)?
         .ok_or_else(|| UsageError("give a value, --file or --stdin".into()))?;
     let value = read_source(source)?;
-    let version = client
-        .put(&key, value)
-        .await
-        .with_context(|| format!("put {}", display_bytes(&key)))?;
+    let version = match args.ttl {
+        Some(ttl) => client.put_with_ttl(&key, value, ttl).await,
+        None => client.put(&key, value).await,
+    }
+    .with_context(|| format!("put {}", display_bytes(&key)))?;
     output::emit_raw(&render_put(&key, version, format))?;
     Ok(Outcome::Success)
 }
@@ -189,10 +197,20 @@ pub async fn cas(client: &Client, args: CasArgs, format: Format) -> anyhow::Resu
             .ok_or_else(|| UsageError("give a value, --file, --stdin or --delete".into()))?;
         Some(read_source(source)?)
     };
-    let outcome = client
-        .compare_and_swap(&key, args.expect_version, new_value)
-        .await
-        .with_context(|| format!("cas {}", display_bytes(&key)))?;
+    crate::ttl::check_ttl_with_delete(args.ttl, args.delete)?;
+    let outcome = match (args.ttl, new_value) {
+        (Some(ttl), Some(value)) => {
+            client
+                .compare_and_swap_with_ttl(&key, args.expect_version, value, ttl)
+                .await
+        }
+        (_, new_value) => {
+            client
+                .compare_and_swap(&key, args.expect_version, new_value)
+                .await
+        }
+    }
+    .with_context(|| format!("cas {}", display_bytes(&key)))?;
     output::emit_raw(&render_cas(&key, &outcome, format))?;
     match outcome {
         CasOutcome::Swapped { .. } => Ok(Outcome::Success),

@@ -5,6 +5,8 @@
 //! a table or JSON.
 //!
 //! - `kv` — `get`, `put`, `del`, `cas` against the routers.
+//! - `ttl` — keys that expire: `expire`, `persist`, `ttl`, and the `--ttl` of `put` and
+//!   `cas`.
 //! - `batch` — `mget`, and `mput` (bulk load in concurrent batches); `load` parses its
 //!   JSON-lines and CSV input.
 //! - `range` — `scan` (a page, or `--all` streamed), `count`, `delrange`.
@@ -44,6 +46,7 @@ mod playground;
 mod progress;
 mod range;
 mod timestamp;
+mod ttl;
 mod txn;
 mod txn_gc;
 mod value;
@@ -64,6 +67,7 @@ use crate::output::Format;
 const EXAMPLES: &str = "Examples:
   kvctl put user/1 ada                    store a value
   kvctl get user/1                        read it back
+  kvctl put session/7 tok --ttl 30s       a value that expires (kvctl ttl / expire / persist)
   kvctl mget user/1 user/2                read several keys
   kvctl mput users.jsonl                  bulk load {\"key\": ..., \"value\": ...} lines (or .csv)
   kvctl scan --prefix user/ --limit 10    one page; repeat with the printed --page-token
@@ -193,6 +197,12 @@ enum Command {
     Del(kv::DelArgs),
     /// Compare-and-swap: write only if the key has the expected version (exit 2 if not).
     Cas(kv::CasArgs),
+    /// Make a key expire after a time to live, keeping its value (exit 1 when missing).
+    Expire(ttl::ExpireArgs),
+    /// Make a key never expire, keeping its value (exit 1 when missing or not expiring).
+    Persist(ttl::KeyArgs),
+    /// Show what a key has left to live (exit 1 when it does not exist).
+    Ttl(ttl::KeyArgs),
     /// Read many keys at once (exit 1 when any does not exist).
     Mget(batch::MgetArgs),
     /// Load keys from a JSON-lines or CSV file (or stdin) in concurrent batches.
@@ -429,6 +439,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         | Command::Put(_)
         | Command::Del(_)
         | Command::Cas(_)
+        | Command::Expire(_)
+        | Command::Persist(_)
+        | Command::Ttl(_)
         | Command::Mget(_)
         | Command::Scan(_)
         | Command::Count(_)
@@ -442,6 +455,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Put(args) => kv::put(&connect(endpoints, router_config).await?, args, format).await,
         Command::Del(args) => kv::del(&connect(endpoints, router_config).await?, args, format).await,
         Command::Cas(args) => kv::cas(&connect(endpoints, router_config).await?, args, format).await,
+        Command::Expire(args) => ttl::expire(&connect(endpoints, router_config).await?, args, format).await,
+        Command::Persist(args) => ttl::persist(&connect(endpoints, router_config).await?, args, format).await,
+        Command::Ttl(args) => ttl::ttl(&connect(endpoints, router_config).await?, args, format).await,
         Command::Mget(args) => batch::mget(&connect(endpoints, router_config).await?, args, format).await,
         Command::Mput(args) => batch::mput(&connect(endpoints, router_config).await?, args, output).await,
         Command::Scan(args) => range::scan(&connect(endpoints, router_config).await?, args, format).await,

@@ -151,6 +151,7 @@ mod tests {
                     key: key.to_vec(),
                     value: Some(vec![value]),
                     expected_version: None,
+                    expiry: Default::default(),
                 }],
             }])),
         }

@@ -22,6 +22,7 @@
 //!   keep-alive per peer and interval stands in for the heartbeats of sleeping groups.
 //! - [`log_limit`]: third-party warnings and errors written at most once per call site
 //!   and interval (the binary's log format).
+//! - [`expiry_purger`]: removes expired keys (TTL) from the shards led here, through Raft.
 //! - [`pacing`]: spacing out periodic passes over every group while nothing is pending.
 //! - [`proposal`]: proposing to a group (leader check, timeout) and per-shard write batching.
 //! - [`dedup_clock`]: the clock a shard leader stamps on write entries, which ages
@@ -37,6 +38,7 @@ pub mod config;
 pub mod convert;
 pub mod dedup_clock;
 pub mod error;
+pub mod expiry_purger;
 pub mod gossip_agent;
 pub mod group;
 pub mod health;

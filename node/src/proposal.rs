@@ -378,7 +378,7 @@ async fn commit_entry(
                 settings.write_timeout_ms,
                 |proposing| {
                     stamp(&mut commands, dedup_clock.stamp(proposing.term));
-                    Command::WriteAt(TimedWrites {
+                    Command::write_at(TimedWrites {
                         commit_ts: proposing.commit_ts,
                         writes: commands,
                     })
@@ -453,6 +453,71 @@ async fn ack_before_commit(
             ]),
             Err(fatal) => Err(NodeError::Fatal(fatal.to_string())),
         };
-        let _ = reply.send(outcome);
+        reply.send(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::WriteOp;
+
+    fn put(request_id: RequestId, value: &[u8]) -> WriteCommand {
+        WriteCommand {
+            request_id,
+            issued_at_ms: 0,
+            ops: vec![WriteOp {
+                key: b"k".to_vec(),
+                value: Some(value.to_vec()),
+                expected_version: None,
+                expiry: Default::default(),
+            }],
+        }
+    }
+
+    /// A retry of a write that is still queued joins it (issue 14): nothing more is queued,
+    /// and the retry gets the outcome of the write its abandoned first attempt queued. A
+    /// write reusing the id with other content is queued as before.
+    #[tokio::test]
+    async fn a_retry_joins_the_pending_write() {
+        let (tx, mut queue) = mpsc::channel(8);
+        let batcher = WriteBatcher {
+            tx,
+            pending: Arc::default(),
+        };
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.write(put([3; 16], b"v")).await }
+        });
+        let queued = tokio::time::timeout(Duration::from_secs(10), queue.recv())
+            .await
+            .expect("the first attempt is queued")
+            .expect("the queue is open");
+        // The first attempt's caller gives up (the router abandoned its gRPC call).
+        first.abort();
+        let retry = batcher.write(put([3; 16], b"v"));
+        tokio::pin!(retry);
+        assert!(futures::poll!(&mut retry).is_pending(), "the retry waits");
+        assert!(
+            queue.try_recv().is_err(),
+            "the retry joined: nothing more is queued"
+        );
+
+        let mut reuse = Box::pin(batcher.write(put([3; 16], b"other")));
+        assert!(futures::poll!(&mut reuse).is_pending());
+        let reused = queue.try_recv().expect("other content under the id is queued");
+        assert_eq!(reused.write.ops[0].value.as_deref(), Some(&b"other"[..]));
+
+        let applied = WriteOpResult {
+            succeeded: true,
+            version: 9,
+            ..WriteOpResult::default()
+        };
+        queued.reply.send(Ok(vec![applied.clone()]));
+        let outcome = tokio::time::timeout(Duration::from_secs(10), retry)
+            .await
+            .expect("the retry is answered with the write it joined");
+        assert_eq!(outcome.expect("applied"), vec![applied]);
+        assert_eq!(batcher.pending.len(), 0, "an answered write is no longer pending");
     }
 }

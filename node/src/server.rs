@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::error::NodeError;
+use crate::expiry_purger::ExpiryPurger;
 use crate::gossip_agent::{GossipAgent, LivenessView};
 use crate::health::Health;
 use crate::keepalive::Hibernator;
@@ -111,6 +112,7 @@ pub struct NodeHandle {
     reconciler: Reconciler,
     duties: SystemDuties,
     hibernator: Hibernator,
+    purger: ExpiryPurger,
     oracle: Arc<Oracle>,
     gossip: Option<GossipAgent>,
     health: Health,
@@ -223,6 +225,7 @@ impl NodeServer {
         let reconciler = Reconciler::spawn(node.clone());
         let duties = SystemDuties::spawn(node.clone(), liveness.clone());
         let hibernator = Hibernator::spawn(node.clone(), liveness.clone());
+        let purger = ExpiryPurger::spawn(node.clone());
         let oracle = Oracle::start(node.clone());
         node.set_timestamp_source(oracle.clone());
         let rpc_metrics = crate::metrics::rpc_metrics();
@@ -342,6 +345,7 @@ impl NodeServer {
             reconciler,
             duties,
             hibernator,
+            purger,
             oracle,
             gossip,
             health,
@@ -379,6 +383,7 @@ impl NodeHandle {
         self.reconciler.shutdown().await;
         self.duties.shutdown().await;
         self.hibernator.shutdown().await;
+        self.purger.shutdown().await;
         self.oracle.shutdown().await;
         if let Some(metrics) = self.metrics {
             metrics.shutdown().await;

@@ -199,6 +199,12 @@ impl Touches for v1::CompareAndSwapRequest {
     }
 }
 
+impl Touches for v1::ExpireRequest {
+    fn touches(&self) -> Vec<(Permission, Access<'_>)> {
+        vec![(Permission::Write, Access::Key(&self.key))]
+    }
+}
+
 impl Touches for v1::BatchGetRequest {
     fn touches(&self) -> Vec<(Permission, Access<'_>)> {
         Access::keys(Permission::Read, &self.keys).collect()

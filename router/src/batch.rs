@@ -186,6 +186,7 @@ mod tests {
 
     fn result(key: &[u8], version: u64) -> KeyValueResult {
         KeyValueResult {
+            expires_at_ts: 0,
             key: key.to_vec(),
             found: version != 0,
             value: key.to_vec(),

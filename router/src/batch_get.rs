@@ -234,6 +234,7 @@ mod tests {
 
     fn result(key: &[u8], value_bytes: usize) -> KeyValueResult {
         KeyValueResult {
+            expires_at_ts: 0,
             key: key.to_vec(),
             found: true,
             value: vec![1; value_bytes],

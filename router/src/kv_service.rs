@@ -13,9 +13,9 @@ use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, BatchWriteRequest,
     BatchWriteResponse, CompareAndSwapRequest, CompareAndSwapResponse, Consistency, CountRequest,
-    CountResponse, DeleteRangeRequest, DeleteRangeResponse, DeleteRequest, DeleteResponse, GetRequest,
-    GetResponse, MutationKind, MutationResult, PutRequest, PutResponse, ScanRequest, ScanResponse, WriteKind,
-    WriteOp, WriteOpResult,
+    CountResponse, DeleteRangeRequest, DeleteRangeResponse, DeleteRequest, DeleteResponse, ExpireRequest,
+    ExpireResponse, GetRequest, GetResponse, MutationKind, MutationResult, PutRequest, PutResponse,
+    ScanRequest, ScanResponse, WriteKind, WriteOp, WriteOpResult,
 };
 use ringkv_ring::ShardId;
 use tokio::time::Instant;
@@ -69,6 +69,7 @@ impl<N: NodeApi> KvService<N> {
             found: result.found,
             value: result.value,
             version: result.version,
+            expires_at_ts: result.expires_at_ts,
         })
     }
 
@@ -81,9 +82,34 @@ impl<N: NodeApi> KvService<N> {
             kind: WriteKind::Put as i32,
             value: request.value,
             expected_version: None,
+            ttl_ms: request.ttl_ms,
+            keep_value: false,
         };
         let result = self.write_one(request_id, op, deadline).await?;
         Ok(PutResponse {
+            version: result.version,
+        })
+    }
+
+    /// Sets (`ttl_ms` > 0) or removes a key's time to live, keeping its value.
+    async fn handle_expire(
+        &self,
+        request: ExpireRequest,
+        deadline: Instant,
+    ) -> Result<ExpireResponse, RouterError> {
+        self.ctx.limits.check_key(&"key", &request.key)?;
+        let request_id = request_id_or_random(&request.request_id)?;
+        let op = WriteOp {
+            key: request.key,
+            kind: WriteKind::Put as i32,
+            value: Vec::new(),
+            expected_version: None,
+            ttl_ms: request.ttl_ms,
+            keep_value: true,
+        };
+        let result = self.write_one(request_id, op, deadline).await?;
+        Ok(ExpireResponse {
+            applied: result.succeeded,
             version: result.version,
         })
     }
@@ -100,6 +126,8 @@ impl<N: NodeApi> KvService<N> {
             kind: WriteKind::Delete as i32,
             value: Vec::new(),
             expected_version: None,
+            ttl_ms: 0,
+            keep_value: false,
         };
         let result = self.write_one(request_id, op, deadline).await?;
         Ok(DeleteResponse {
@@ -116,6 +144,11 @@ impl<N: NodeApi> KvService<N> {
         if !request.delete {
             self.ctx.limits.check_value(&"new_value", &request.new_value)?;
         }
+        if request.delete && request.ttl_ms != 0 {
+            return Err(RouterError::InvalidArgument(
+                "a time to live belongs to a put, not a delete".to_string(),
+            ));
+        }
         let request_id = request_id_or_random(&request.request_id)?;
         let (kind, value) = if request.delete {
             (WriteKind::Delete, Vec::new())
@@ -128,6 +161,8 @@ impl<N: NodeApi> KvService<N> {
             kind: kind as i32,
             value,
             expected_version: Some(request.expected_version),
+            ttl_ms: request.ttl_ms,
+            keep_value: false,
         };
         let result = self.write_one(request_id, op, deadline).await?;
         if !result.succeeded && result.current_found && result.current_value_omitted {
@@ -197,6 +232,8 @@ impl<N: NodeApi> KvService<N> {
         let ops = entries
             .into_iter()
             .map(|entry| WriteOp {
+                keep_value: false,
+                ttl_ms: 0,
                 key: entry.key,
                 kind: WriteKind::Put as i32,
                 value: entry.value,
@@ -251,6 +288,8 @@ impl<N: NodeApi> KvService<N> {
             .into_iter()
             .zip(kinds)
             .map(|(mutation, kind)| WriteOp {
+                keep_value: false,
+                ttl_ms: 0,
                 key: mutation.key,
                 kind: match kind {
                     MutationKind::Put => WriteKind::Put,
@@ -534,6 +573,15 @@ impl<N: NodeApi> Kv for KvService<N> {
         )
     }
 
+    async fn expire(&self, request: Request<ExpireRequest>) -> Result<Response<ExpireResponse>, Status> {
+        self.ctx.auth.authorize(&request)?;
+        let admission = self.ctx.admit(request.metadata()).map_err(|e| to_status(&e))?;
+        respond(
+            "expire",
+            self.handle_expire(request.into_inner(), admission.deadline).await,
+        )
+    }
+
     async fn batch_get(
         &self,
         request: Request<BatchGetRequest>,
@@ -608,6 +656,7 @@ mod tests {
             (
                 kv.handle_put(
                     PutRequest {
+                        ttl_ms: 0,
                         key: vec![1; 17],
                         value: vec![],
                         request_id: vec![],
@@ -621,6 +670,7 @@ mod tests {
             (
                 kv.handle_put(
                     PutRequest {
+                        ttl_ms: 0,
                         key: b"k".to_vec(),
                         value: vec![0; 33],
                         request_id: vec![],
@@ -870,6 +920,7 @@ mod tests {
         let response = kv
             .handle_compare_and_swap(
                 CompareAndSwapRequest {
+                    ttl_ms: 0,
                     key: b"k".to_vec(),
                     expected_version: 5,
                     new_value: b"v".to_vec(),

@@ -255,6 +255,7 @@ mod tests {
                     .into_iter()
                     .take(self.max_keys)
                     .map(|key| KeyValueResult {
+                        expires_at_ts: 0,
                         value: key.clone(),
                         key,
                         found: true,

@@ -56,6 +56,7 @@ async fn serves_and_stops_on_sigterm() -> anyhow::Result<()> {
     let addr = std::fs::read_to_string(&addr_file)?;
     let mut kv = KvClient::connect(format!("http://{}", addr.trim())).await?;
     kv.put(PutRequest {
+        ttl_ms: 0,
         key: b"k".to_vec(),
         value: b"v".to_vec(),
         request_id: vec![],

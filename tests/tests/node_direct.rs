@@ -20,6 +20,8 @@ async fn write_at_leader_reaches_every_replica() -> anyhow::Result<()> {
             shard_id: shard,
             request_id: vec![7; 16],
             ops: vec![v1::WriteOp {
+                keep_value: false,
+                ttl_ms: 0,
                 key: key.clone(),
                 kind: v1::WriteKind::Put as i32,
                 value: b"world".to_vec(),
@@ -46,6 +48,8 @@ fn put(shard_id: u32, request_id: u8, key: &[u8], value: &[u8]) -> v1::ShardWrit
         shard_id,
         request_id: vec![request_id; 16],
         ops: vec![v1::WriteOp {
+            keep_value: false,
+            ttl_ms: 0,
             key: key.to_vec(),
             kind: v1::WriteKind::Put as i32,
             value: value.to_vec(),

@@ -124,6 +124,7 @@ async fn run_case(kv: &mut Kv, prefix: &str, ops: &[Op], queries: &[Query]) -> a
         match op {
             Op::Put(key, value) => {
                 kv.put(PutRequest {
+                    ttl_ms: 0,
                     key: full(key),
                     value: vec![*value],
                     request_id: vec![],
@@ -411,6 +412,7 @@ async fn paging_under_concurrent_writes() -> anyhow::Result<()> {
                     .await?;
                 } else {
                     kv.put(PutRequest {
+                        ttl_ms: 0,
                         key,
                         value: n.to_be_bytes().to_vec(),
                         request_id: vec![],

@@ -205,6 +205,7 @@ impl Kv for MockRouter {
         let found = self.read(&request.get_ref().key);
         Ok(Response::new(match found {
             Some((value, version)) => proto::GetResponse {
+                expires_at_ts: 0,
                 found: true,
                 value,
                 version,
@@ -227,6 +228,13 @@ impl Kv for MockRouter {
         self.enter(&request, Some(&request.get_ref().request_id)).await?;
         let existed = self.lock().data.remove(&request.get_ref().key).is_some();
         Ok(Response::new(proto::DeleteResponse { existed }))
+    }
+
+    async fn expire(
+        &self,
+        _request: Request<proto::ExpireRequest>,
+    ) -> Result<Response<proto::ExpireResponse>, Status> {
+        Err(Status::unimplemented("the mock router keeps no expiries"))
     }
 
     async fn compare_and_swap(
@@ -276,6 +284,7 @@ impl Kv for MockRouter {
             .iter()
             .map(|key| match self.read(key) {
                 Some((value, version)) => proto::KeyValueResult {
+                    expires_at_ts: 0,
                     key: key.clone(),
                     found: true,
                     value,

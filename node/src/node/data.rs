@@ -92,14 +92,16 @@ impl Node {
     }
 
     /// Reads the first of `keys` whose keys and values fit in `max_bytes` (at least one)
-    /// from the local state of `group`, all at one point between entries.
+    /// from the local state of `group`, all at one point between entries, with each value's
+    /// expiry (oracle time; values expired at [`Node::expiry_clock`] are absent).
     pub async fn read_local(
         &self,
         group: &Group,
         keys: &[Vec<u8>],
         max_bytes: usize,
-    ) -> Result<Vec<Option<Versioned>>, NodeError> {
-        Ok(group.state.get_many_within(keys, max_bytes).await?)
+    ) -> Result<Vec<Option<(Versioned, Option<u64>)>>, NodeError> {
+        let now_ts = self.expiry_clock(group).await?;
+        Ok(group.state.get_many_live_within(keys, max_bytes, now_ts).await?)
     }
 
     /// Reads the first of `keys` whose keys and values fit in `max_bytes` (at least one)
@@ -221,7 +223,8 @@ impl Node {
     /// Reads one page of a key range from the local state of `group`, at one applied state
     /// (in holds of the apply lock: applies are not stalled by a long page).
     pub async fn scan_local(&self, group: &Group, options: ScanOptions) -> Result<ScanPage, NodeError> {
-        Ok(group.state.scan(options).await?)
+        let now_ts = self.expiry_clock(group).await?;
+        Ok(group.state.scan_live(options, now_ts).await?)
     }
 
     /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
@@ -234,7 +237,8 @@ impl Node {
         end: Option<Vec<u8>>,
         limit: u64,
     ) -> Result<CountResult, NodeError> {
-        Ok(group.state.count(start, end, limit).await?)
+        let now_ts = self.expiry_clock(group).await?;
+        Ok(group.state.count_live(start, end, limit, now_ts).await?)
     }
 
     /// Deletes the first `limit` keys of `[start, end)` (`None` end = no upper bound) on a

@@ -4,6 +4,7 @@
 //! - this file: the [`Node`] handle, the group registry, shard claims, shutdown;
 //! - `bootstrap`: identity, `cluster init`, joining, ring changes, system proposals;
 //! - `data`: the read and write paths of shard groups (proposals, ReadIndex, batching);
+//! - `expiry`: expiring keys (TTL): the clock latest reads judge expiry at, purge entries;
 //! - `replicas`: leader transfer and replica deletion, the operations moves need;
 //! - `status`: the node's status report.
 //!
@@ -13,6 +14,7 @@
 
 mod bootstrap;
 mod data;
+mod expiry;
 mod replicas;
 mod status;
 mod txn;
@@ -32,6 +34,7 @@ use tracing::{info, warn};
 
 pub use bootstrap::{check_identity, ring_info};
 pub use data::now_ms;
+pub use expiry::PURGE_LIMIT;
 pub use status::{GossipCounters, MoveCounters};
 
 use crate::concurrency::{TimestampSlot, TimestampSource};

@@ -2,6 +2,7 @@
 //! `Db`, one group-commit flusher and one gRPC connection per peer node.
 //!
 //! - [`types`]: the openraft type config, commands and results.
+//! - [`expiry`]: what writes say about their keys' expiry (TTL), and its entries.
 //! - [`flusher`]: group commit — one fsync acknowledges appends of every group.
 //! - [`log_store`]: the durable Raft log and vote (`RaftLogStorage`).
 //! - [`state_machine`]: key → versioned value, CAS, request de-duplication, the cluster
@@ -16,6 +17,7 @@
 //!   followers that lag.
 
 pub mod catch_up;
+pub mod expiry;
 pub mod flusher;
 pub mod log_store;
 pub mod network;

@@ -6,6 +6,7 @@ use openraft::BasicNode;
 use ringkv_ring::{MemberState, RingConfig, RingMember};
 use serde::{Deserialize, Serialize};
 
+pub use super::expiry::{ExpiringWrites, Expiry, TimedPurge, TtlCommand};
 pub use super::txn::{
     LockedKey, TxnCheckStatus, TxnCommit, TxnGc, TxnOnePc, TxnOutcome, TxnPrewrite, TxnRollback,
 };
@@ -101,6 +102,24 @@ pub enum Command {
     /// System group: change the permission table (roles, users, enabled; see
     /// `ringkv-authz`), applied by every node with [`ringkv_authz::AuthTable::apply`].
     Auth(ringkv_authz::AuthChange),
+    /// Shard groups: writes whose ops carry expiries, or the removal of expired keys
+    /// (issue 16; see `raft/expiry.rs`).
+    Ttl(TtlCommand),
+}
+
+impl Command {
+    /// The entry of `timed`: a [`Command::WriteAt`], or a [`TtlCommand::WriteAt`] when an
+    /// op carries an expiry (which [`Command::WriteAt`] does not encode).
+    pub fn write_at(timed: TimedWrites) -> Command {
+        let expiring = timed
+            .writes
+            .iter()
+            .any(|write| write.ops.iter().any(|op| op.expiry != Expiry::Never));
+        match expiring {
+            true => Command::Ttl(TtlCommand::WriteAt(ExpiringWrites(timed))),
+            false => Command::WriteAt(timed),
+        }
+    }
 }
 
 /// A [`Command::DeleteRangeAt`]: the delete-range and its commit timestamp.
@@ -168,6 +187,15 @@ impl fmt::Display for Command {
             Command::ChangeRing(change) => write!(f, "change-ring({})", change.kind),
             Command::TsoAdvance(limit_ms) => write!(f, "tso-advance({limit_ms} ms)"),
             Command::Auth(change) => write!(f, "auth({change:?})"),
+            Command::Ttl(TtlCommand::WriteAt(ExpiringWrites(timed))) => write!(
+                f,
+                "write({} writes with expiries at {})",
+                timed.writes.len(),
+                timed.commit_ts
+            ),
+            Command::Ttl(TtlCommand::Purge(purge)) => {
+                write!(f, "purge-expired(up to {} at {})", purge.limit, purge.commit_ts)
+            }
             Command::WriteAt(timed) => {
                 write!(f, "write({} writes at {})", timed.writes.len(), timed.commit_ts)
             }
@@ -228,8 +256,13 @@ pub struct WriteOp {
     /// `Some(value)` stores the value, `None` deletes the key.
     #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
-    /// Apply only if the key's version equals this (0 = absent).
+    /// Apply only if the key's version equals this (0 = absent; an expired key is absent).
     pub expected_version: Option<u64>,
+    /// What the op does to the key's expiry. Not encoded here: a [`Command::WriteAt`]
+    /// carries none, a [`TtlCommand::WriteAt`] encodes it beside the writes
+    /// (`raft/expiry.rs`), so entries written before it decode unchanged.
+    #[serde(skip)]
+    pub expiry: Expiry,
 }
 
 /// Deletes the first `limit` keys (in key order) of `[start, end)` on a shard.
@@ -549,6 +582,7 @@ mod tests {
             key: b"key".to_vec(),
             value: Some(value.clone()),
             expected_version: Some(7),
+            expiry: Default::default(),
         };
         let plain = PlainOp {
             key: b"key".to_vec(),

@@ -19,7 +19,7 @@ use crate::group::Group;
 use crate::node::Node;
 use crate::proposal;
 use crate::raft::state_machine::ScanOptions;
-use crate::raft::types::{CurrentValueBudget, WriteOp};
+use crate::raft::types::{CurrentValueBudget, Expiry, Versioned, WriteOp};
 
 /// Most writes in one `WriteBatch` call.
 const MAX_BATCH_WRITES: usize = 256;
@@ -78,9 +78,11 @@ impl ShardKvService {
         let values = if request.read_uncommitted {
             limits::check_uncommitted(request.read_ts, request.consistency)?;
             self.check_consistency(&group, request.consistency).await?;
-            self.node
-                .read_uncommitted(&group, &request.keys, max_bytes)
-                .await?
+            never_expiring(
+                self.node
+                    .read_uncommitted(&group, &request.keys, max_bytes)
+                    .await?,
+            )
         } else if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
             if request.consistency == v1::Consistency::Linearizable as i32 {
@@ -89,9 +91,11 @@ impl ShardKvService {
             self.node.read_local(&group, &request.keys, max_bytes).await?
         } else {
             check_read_at(request.consistency)?;
-            self.node
-                .read_at(&group, &request.keys, request.read_ts, max_bytes)
-                .await?
+            never_expiring(
+                self.node
+                    .read_at(&group, &request.keys, request.read_ts, max_bytes)
+                    .await?,
+            )
         };
         // The byte budget may have stopped the read: the values answer a prefix of the keys.
         let more = values.len() < request.keys.len();
@@ -100,17 +104,19 @@ impl ShardKvService {
             .into_iter()
             .zip(values)
             .map(|(key, value)| match value {
-                Some(versioned) => v1::KeyValueResult {
+                Some((versioned, expires_at)) => v1::KeyValueResult {
                     key,
                     found: true,
                     value: versioned.value,
                     version: versioned.version,
+                    expires_at_ts: expires_at.unwrap_or(0),
                 },
                 None => v1::KeyValueResult {
                     key,
                     found: false,
                     value: Vec::new(),
                     version: 0,
+                    expires_at_ts: 0,
                 },
             })
             .collect();
@@ -217,7 +223,20 @@ impl ShardKvService {
             }
             let kind = v1::WriteKind::try_from(op.kind)
                 .map_err(|_| NodeError::InvalidArgument(format!("unknown write kind {}", op.kind)))?;
+            let expiry = match (op.keep_value, op.ttl_ms, kind) {
+                (false, 0, _) => Expiry::Never,
+                (false, ttl_ms, v1::WriteKind::Put) => Expiry::After { ttl_ms },
+                (false, _, _) => {
+                    return Err(NodeError::InvalidArgument(
+                        "a time to live belongs to a put".to_string(),
+                    ))
+                }
+                (true, 0, _) => Expiry::Persist,
+                (true, ttl_ms, _) => Expiry::Refresh { ttl_ms },
+            };
             let value = match kind {
+                // `expire` and `persist` keep the key's value.
+                _ if expiry.keeps_value() => None,
                 v1::WriteKind::Put => {
                     if op.value.len() > max_value {
                         return Err(NodeError::InvalidArgument(format!(
@@ -238,10 +257,20 @@ impl ShardKvService {
                 key: op.key,
                 value,
                 expected_version: op.expected_version,
+                expiry,
             });
         }
         Ok((request_id, ops))
     }
+}
+
+/// Values read without their expiry (reads at a timestamp, provisional reads): answered
+/// as never expiring.
+fn never_expiring(values: Vec<Option<Versioned>>) -> Vec<Option<(Versioned, Option<u64>)>> {
+    values
+        .into_iter()
+        .map(|value| value.map(|value| (value, None)))
+        .collect()
 }
 
 /// A read at a timestamp is served by the leader only: its consistency must be linearizable.

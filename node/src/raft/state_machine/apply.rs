@@ -22,6 +22,7 @@ use openraft::EntryPayload;
 use serde::{Deserialize, Serialize, Serializer};
 use tracing::warn;
 
+use super::expiry;
 use super::layout::{
     data_key, APPLIED_KEY, AUTH_KEY, CLUSTER_KEY, INTENT_KEY, MEMBERSHIP_KEY, TSO_LIMIT_KEY,
 };
@@ -30,8 +31,8 @@ use super::GroupState;
 use crate::raft::ring_change;
 use crate::raft::types::TSO_MAX_PHYSICAL_MS;
 use crate::raft::types::{
-    ClusterConfig, Command, CommandResult, Entry, LogId, RingChangeOutcome, RingChangeRejection,
-    StoredMembership,
+    ClusterConfig, Command, CommandResult, Entry, ExpiringWrites, LogId, RingChangeOutcome,
+    RingChangeRejection, StoredMembership, TtlCommand,
 };
 use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
@@ -140,6 +141,21 @@ impl GroupState {
                 &timed.writes,
                 &mut batch,
                 versions.insert(self.entry_versions(timed.commit_ts)),
+            )?,
+            EntryPayload::Normal(Command::Ttl(TtlCommand::WriteAt(ExpiringWrites(timed)))) => self
+                .apply_writes(
+                    tree,
+                    entry.log_id.index,
+                    &timed.writes,
+                    &mut batch,
+                    versions.insert(self.entry_versions(timed.commit_ts)),
+                )?,
+            EntryPayload::Normal(Command::Ttl(TtlCommand::Purge(purge))) => self.apply_purge(
+                tree,
+                entry.log_id.index,
+                purge.limit,
+                &mut batch,
+                versions.insert(self.entry_versions(purge.commit_ts)),
             )?,
             EntryPayload::Normal(Command::SetCluster(config)) => match tree.get(CLUSTER_KEY)? {
                 Some(bytes) => CommandResult::Cluster(decode(tree.name(), &bytes)?),
@@ -312,22 +328,47 @@ impl EntryVersions {
         version: u64,
         value: Option<&[u8]>,
     ) {
+        self.set_expiring(batch, key, current, version, value, None);
+    }
+
+    /// [`EntryVersions::set`] of a value that expires at `expires_at` (oracle time), kept in
+    /// the expiry index (`expiry.rs`) while it is the head.
+    pub(super) fn set_expiring(
+        &mut self,
+        batch: &mut Batch,
+        key: &[u8],
+        current: Option<Head>,
+        version: u64,
+        value: Option<&[u8]>,
+        expires_at: Option<u64>,
+    ) {
+        if let Some(old_expiry) = current.as_ref().and_then(|head| head.expires_at) {
+            batch.remove(expiry::index_key(old_expiry, key));
+        }
         if !self.heads.contains_key(key) {
             if let Some(old) = current {
                 self.replaced.push(Superseded {
                     key: key.to_vec(),
                     version: old.version,
                     commit_ts: old.commit_ts,
+                    expires_at: old.expires_at,
                     value: old.value,
                 });
             }
         }
         let head = match value {
             Some(value) => {
-                batch.insert(data_key(key), mvcc::encode_head(version, self.commit_ts, value));
+                if let Some(expires_at) = expires_at {
+                    batch.insert(expiry::index_key(expires_at, key), Vec::new());
+                }
+                batch.insert(
+                    data_key(key),
+                    mvcc::encode_head(version, self.commit_ts, expires_at, value),
+                );
                 Some(Head {
                     version,
                     commit_ts: self.commit_ts,
+                    expires_at,
                     value: value.to_vec(),
                 })
             }
@@ -378,6 +419,7 @@ mod tests {
                     key: b"k".to_vec(),
                     value: Some(b"v3".to_vec()),
                     expected_version: Some(2),
+                    expiry: Default::default(),
                 }],
             }])),
         };
@@ -410,6 +452,7 @@ mod tests {
                     key: b"k".to_vec(),
                     value: Some(b"v2".to_vec()),
                     expected_version: Some(expected),
+                    expiry: Default::default(),
                 }],
             }])),
         };
@@ -580,6 +623,7 @@ mod tests {
                     key: b"k".to_vec(),
                     value: Some(vec![request_id]),
                     expected_version: None,
+                    expiry: Default::default(),
                 }],
             }])),
         };
@@ -650,6 +694,7 @@ mod tests {
             key: key.to_vec(),
             value: value.map(<[u8]>::to_vec),
             expected_version: None,
+            expiry: Default::default(),
         };
         let entry = |index: u64, commit_ts: u64, ops: Vec<WriteOp>| Entry {
             log_id: log_id(1, index),

@@ -4,7 +4,8 @@
 //! A 128-bit SipHash-2-4 with fixed keys of the command's content, computed when the entry is
 //! applied: every replica computes the same from the same entry, and neither the wire nor the
 //! log format changes. It covers what the command does — each op's key, value (or deletion)
-//! and expected version, in order; a delete-range's start, end and limit — and not its clock
+//! and expected version, in order, then their expiries when one is set (TTL); a
+//! delete-range's start, end and limit — and not its clock
 //! (`issued_at_ms`: a retry through another router or leader carries another one). A retry of
 //! a router's sub-request has the same fingerprint because the router derives sub-requests
 //! deterministically: a batch's ops of one shard in request order (the shard of a key depends
@@ -19,7 +20,7 @@ use std::hash::Hasher;
 
 use siphasher::sip128::{Hasher128, SipHasher24};
 
-use crate::raft::types::{DeleteRangeCommand, WriteCommand};
+use crate::raft::types::{DeleteRangeCommand, Expiry, WriteCommand};
 
 /// The fingerprint of a command: 16 bytes of SipHash-2-4.
 pub(super) type Fingerprint = [u8; 16];
@@ -77,6 +78,21 @@ pub(super) fn of_write(write: &WriteCommand) -> Fingerprint {
             content.number(expected);
         }
     }
+    // Expiries (TTL) after every op, and only when one is set: a write without one hashes
+    // what it hashed before they existed.
+    if write.ops.iter().any(|op| op.expiry != Expiry::Never) {
+        content.present(true);
+        for op in &write.ops {
+            let (kind, ttl_ms) = match op.expiry {
+                Expiry::Never => (0, 0),
+                Expiry::After { ttl_ms } => (1, ttl_ms),
+                Expiry::Refresh { ttl_ms } => (2, ttl_ms),
+                Expiry::Persist => (3, 0),
+            };
+            content.number(kind);
+            content.number(ttl_ms);
+        }
+    }
     content.finish()
 }
 
@@ -102,6 +118,7 @@ mod tests {
             key: key.to_vec(),
             value: value.map(<[u8]>::to_vec),
             expected_version,
+            expiry: Default::default(),
         }
     }
 

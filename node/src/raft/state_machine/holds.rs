@@ -372,6 +372,7 @@ mod tests {
                     key: key.to_vec(),
                     value: value.map(<[u8]>::to_vec),
                     expected_version: None,
+                    expiry: Default::default(),
                 }],
             }])),
         }

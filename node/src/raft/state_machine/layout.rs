@@ -5,7 +5,7 @@
 //!
 //! | key | value | what |
 //! | --- | --- | --- |
-//! | `d` ‖ user key | `version \| 1 << 63` (u64 big-endian) ‖ `commit_ts` (u64 big-endian) ‖ flags (u8, 0) ‖ value bytes | a key's latest version (see `mvcc.rs`); the version is the log index of the write. Written before MVCC: version (top bit clear) ‖ value, read as committed at 0 |
+//! | `d` ‖ user key | `version \| 1 << 63` (u64 big-endian) ‖ `commit_ts` (u64 big-endian) ‖ flags (u8: 0, or 1 = an expiry follows) ‖ [`expires_at` (u64 big-endian), flag 1 only] ‖ value bytes | a key's latest version (see `mvcc.rs`); the version is the log index of the write. Written before MVCC: version (top bit clear) ‖ value, read as committed at 0 |
 //! | `v` ‖ request id (16 bytes) | postcard `(fingerprint: [u8; 16], Vec<(succeeded: bool, version: u64, existed: bool, current_version: Option<u64>)>)` | de-duplication record of a write: the write's fingerprint and per-op outcome (a failed comparison's current version, not its value) |
 //! | `w` ‖ request id (16 bytes) | postcard `Vec<WriteOpResult>` (`current: Option<Versioned>`) | de-duplication record of a write without a fingerprint (read, matching any write, and pruned; no longer written) |
 //! | `l` ‖ log index (u64 big-endian) | postcard `(clock_ms: u64, Vec<request id>)` | the write records (`v` or `w`) made by that entry (pruning walks these oldest first), and the shard's de-duplication clock after it (written before that clock: the entry's own `issued_at_ms`) |
@@ -17,6 +17,7 @@
 //! | `x` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `r` records (legacy) |
 //! | `q` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, DeleteRangeResult)` | legacy delete-range record |
 //! | `y` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `q` records (legacy) |
+//! | `z` ‖ expires_at (u64 big-endian) ‖ user key | empty | expiry index: one record per head that expires (shards; see `expiry.rs`) |
 //! | `a` | postcard `LogId` | last applied log id |
 //! | `i` | postcard `(LogId, Vec<(key, Option<value>)>)` | the last applied entry's writes, recorded before they are made (see `apply.rs`) |
 //! | `m` | postcard `StoredMembership` | last applied membership |

@@ -11,6 +11,7 @@
 //!   request id within a window of the shard's de-duplication clock); `fingerprint`: what
 //!   tells a retry from another request reusing its id.
 //! - `apply`: what each committed entry does, as one atomic batch.
+//! - `expiry`: expiring keys (TTL): their index, `expire`/`persist`, the purge entry.
 //! - `read`: `get`, `get_many`, [`GroupState::scan`] and [`GroupState::count`].
 //! - `holds`: range reads in holds of the apply lock of bounded work (applies run in
 //!   between), each answer at one applied state; `range`: the scans and counts so read.
@@ -24,6 +25,7 @@
 mod adapter;
 mod apply;
 mod dedup;
+mod expiry;
 mod fingerprint;
 mod holds;
 pub(in crate::raft) mod layout;

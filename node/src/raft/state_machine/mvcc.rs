@@ -4,9 +4,12 @@
 //! keeps its last seconds of versions in memory and only the newest on disk.
 //!
 //! - A **head** is the `d` record: `version | HEAD_V2` (u64 big-endian) ‖ `commit_ts` (u64
-//!   big-endian) ‖ flags (u8, 0; none are defined) ‖ value. A head written before MVCC (the
-//!   version's top bit clear: versions are log indexes, far below 2^63) reads as committed at
-//!   timestamp 0.
+//!   big-endian) ‖ flags (u8) ‖ `expires_at` (u64 big-endian, only with flag
+//!   [`FLAG_EXPIRES`]) ‖ value. Flags 0 (every head before TTL): no expiry. A head written
+//!   before MVCC (the version's top bit clear: versions are log indexes, far below 2^63)
+//!   reads as committed at timestamp 0.
+//! - **Expiry** (TTL, `raft/expiry.rs`): a version with `expires_at` `E` is invisible to
+//!   reads at `R ≥ E` and absent for writes committed at or above `E`.
 //! - **Commit timestamps rise with the log.** A write entry commits every key it writes at one
 //!   timestamp: the oracle timestamp it carries, or one above the highest timestamp the shard
 //!   applied (`s`, on disk) if that is not higher. Shard leaders propose entries in the order
@@ -39,8 +42,11 @@ use super::layout::data_key;
 pub(super) const HIGH_WATER_KEY: &[u8] = b"s";
 /// Marks a head in the multi-version format (versions are log indexes, below 2^63).
 const HEAD_V2: u64 = 1 << 63;
-/// Bytes of a head before its value: version, commit timestamp, flags.
+/// Bytes of a head before its value: version, commit timestamp, flags (and 8 more with an
+/// expiry).
 const HEAD_BYTES: usize = 8 + 8 + 1;
+/// Head flag: an expiry instant (u64 big-endian) follows the flags.
+pub(super) const FLAG_EXPIRES: u8 = 1;
 /// Bytes a history version costs beyond its key and value (maps, queues, timestamps).
 const VERSION_OVERHEAD: usize = 96;
 /// Bits of an oracle timestamp below its milliseconds (see `tso/window.rs`).
@@ -53,10 +59,22 @@ pub struct Head {
     pub version: u64,
     /// When it was committed (0 for data written before MVCC).
     pub commit_ts: u64,
+    /// When it stops being visible (oracle time), if it expires.
+    pub expires_at: Option<u64>,
     pub value: Vec<u8>,
 }
 
+/// Whether a version with expiry `expires_at` is still visible at timestamp `ts`.
+pub fn live_at(expires_at: Option<u64>, ts: u64) -> bool {
+    expires_at.is_none_or(|expires_at| ts < expires_at)
+}
+
 impl Head {
+    /// Whether the head is visible at `ts` (not expired; its commit is not checked).
+    pub fn live_at(&self, ts: u64) -> bool {
+        live_at(self.expires_at, ts)
+    }
+
     /// The value as the single-key API shows it.
     pub fn versioned(self) -> Versioned {
         Versioned {
@@ -74,47 +92,82 @@ fn corrupt(tree: &str, detail: &str) -> StorageError {
 }
 
 /// The `d` record value of a head.
-pub(super) fn encode_head(version: u64, commit_ts: u64, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEAD_BYTES + value.len());
+pub(super) fn encode_head(version: u64, commit_ts: u64, expires_at: Option<u64>, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD_BYTES + 8 + value.len());
     out.extend_from_slice(&(version | HEAD_V2).to_be_bytes());
     out.extend_from_slice(&commit_ts.to_be_bytes());
-    out.push(0);
+    match expires_at {
+        Some(expires_at) => {
+            out.push(FLAG_EXPIRES);
+            out.extend_from_slice(&expires_at.to_be_bytes());
+        }
+        None => out.push(0),
+    }
     out.extend_from_slice(value);
     out
 }
 
-/// Where a `d` record value's bytes start, with its version and commit timestamp.
-fn head_parts<'a>(tree: &str, bytes: &'a [u8]) -> Result<(u64, u64, &'a [u8]), StorageError> {
+/// The parts of a `d` record value: version, commit timestamp, expiry, value bytes.
+struct HeadParts<'a> {
+    version: u64,
+    commit_ts: u64,
+    expires_at: Option<u64>,
+    value: &'a [u8],
+}
+
+fn head_parts<'a>(tree: &str, bytes: &'a [u8]) -> Result<HeadParts<'a>, StorageError> {
     let Some((version, rest)) = bytes.split_first_chunk::<8>() else {
         return Err(corrupt(tree, "stored value shorter than its version"));
     };
     let version = u64::from_be_bytes(*version);
     if version & HEAD_V2 == 0 {
-        return Ok((version, 0, rest));
+        return Ok(HeadParts {
+            version,
+            commit_ts: 0,
+            expires_at: None,
+            value: rest,
+        });
     }
     let Some((commit_ts, rest)) = rest.split_first_chunk::<8>() else {
         return Err(corrupt(tree, "versioned head shorter than its commit timestamp"));
     };
-    match rest.split_first() {
-        Some((0, value)) => Ok((version & !HEAD_V2, u64::from_be_bytes(*commit_ts), value)),
-        Some((flags, _)) => Err(corrupt(tree, &format!("head with unknown flags {flags:#04x}"))),
-        None => Err(corrupt(tree, "versioned head without flags")),
-    }
+    let (expires_at, value) = match rest.split_first() {
+        Some((0, value)) => (None, value),
+        Some((&FLAG_EXPIRES, rest)) => match rest.split_first_chunk::<8>() {
+            Some((expires_at, value)) => (Some(u64::from_be_bytes(*expires_at)), value),
+            None => return Err(corrupt(tree, "expiring head shorter than its expiry")),
+        },
+        Some((flags, _)) => return Err(corrupt(tree, &format!("head with unknown flags {flags:#04x}"))),
+        None => return Err(corrupt(tree, "versioned head without flags")),
+    };
+    Ok(HeadParts {
+        version: version & !HEAD_V2,
+        commit_ts: u64::from_be_bytes(*commit_ts),
+        expires_at,
+        value,
+    })
 }
 
 /// A `d` record value, in either format.
 pub(super) fn decode_head(tree: &str, bytes: &[u8]) -> Result<Head, StorageError> {
-    let (version, commit_ts, value) = head_parts(tree, bytes)?;
+    let parts = head_parts(tree, bytes)?;
     Ok(Head {
-        version,
-        commit_ts,
-        value: value.to_vec(),
+        version: parts.version,
+        commit_ts: parts.commit_ts,
+        expires_at: parts.expires_at,
+        value: parts.value.to_vec(),
     })
 }
 
 /// The version of a `d` record value, without copying its value.
 pub(super) fn decode_version(tree: &str, bytes: &[u8]) -> Result<u64, StorageError> {
-    Ok(head_parts(tree, bytes)?.0)
+    Ok(head_parts(tree, bytes)?.version)
+}
+
+/// The version and expiry of a `d` record value, without copying its value.
+pub(super) fn decode_version_expiry(tree: &str, bytes: &[u8]) -> Result<(u64, Option<u64>), StorageError> {
+    let parts = head_parts(tree, bytes)?;
+    Ok((parts.version, parts.expires_at))
 }
 
 /// `key`'s head.
@@ -152,6 +205,7 @@ pub struct Superseded {
     pub key: Vec<u8>,
     pub version: u64,
     pub commit_ts: u64,
+    pub expires_at: Option<u64>,
     pub value: Vec<u8>,
 }
 
@@ -167,6 +221,7 @@ struct OldVersion {
     version: u64,
     commit_ts: u64,
     superseded_ts: u64,
+    expires_at: Option<u64>,
     value: Vec<u8>,
 }
 
@@ -350,6 +405,7 @@ impl History {
                 version: old.version,
                 commit_ts: old.commit_ts,
                 superseded_ts: commit_ts,
+                expires_at: old.expires_at,
                 value: old.value,
             });
         }
@@ -392,7 +448,7 @@ impl History {
 
     /// `key` at `read_ts`, given its head: the head if committed by then (right at any
     /// timestamp), else the version live at `read_ts` if one was — known only at or above
-    /// the floor.
+    /// the floor. A version expired at `read_ts` is absent.
     pub fn read(
         &self,
         key: &[u8],
@@ -401,7 +457,7 @@ impl History {
     ) -> Result<Option<Versioned>, BelowFloor> {
         if let Some(head) = head {
             if head.commit_ts <= read_ts {
-                return Ok(Some(head.versioned()));
+                return Ok(head.live_at(read_ts).then(|| head.versioned()));
             }
         }
         if read_ts < self.floor {
@@ -412,7 +468,7 @@ impl History {
                 .iter()
                 .rev()
                 .find(|old| old.commit_ts <= read_ts)
-                .filter(|old| old.superseded_ts > read_ts)
+                .filter(|old| old.superseded_ts > read_ts && live_at(old.expires_at, read_ts))
         });
         Ok(live.map(|old| Versioned {
             version: old.version,
@@ -449,7 +505,8 @@ impl History {
         let within = |ts: u64| ts > after && ts <= upto;
         match head {
             Some(head) if within(head.commit_ts) => return Ok(Some(head.commit_ts)),
-            Some(head) if head.commit_ts <= after => return Ok(None),
+            // Expiring is a change too: the value vanishes at its expiry.
+            Some(head) if head.commit_ts <= after => return Ok(head.expires_at.filter(|at| within(*at))),
             _ => {}
         }
         if after < self.floor {
@@ -457,8 +514,9 @@ impl History {
         }
         let changed = self.versions.get(key).and_then(|versions| {
             versions.iter().find_map(|old| {
-                [old.commit_ts, old.superseded_ts]
+                [Some(old.commit_ts), old.expires_at, Some(old.superseded_ts)]
                     .into_iter()
+                    .flatten()
                     .find(|ts| within(*ts))
             })
         });
@@ -538,6 +596,7 @@ mod tests {
             key: b"k".to_vec(),
             version: 1,
             commit_ts: ms(100),
+            expires_at: None,
             value: value.to_vec(),
         };
         budget.hold(7, ms(105), Duration::from_secs(60)).expect("hold");
@@ -547,9 +606,12 @@ mod tests {
         let head = Some(Head {
             version: 2,
             commit_ts: ms(110),
+            expires_at: None,
             value: b"v2".to_vec(),
         });
-        let read = history.read(b"k", head.clone(), ms(105)).expect("held: above the floor");
+        let read = history
+            .read(b"k", head.clone(), ms(105))
+            .expect("held: above the floor");
         assert_eq!(read.map(|v| v.value), Some(b"v1".to_vec()));
         // Released: the next entry evicts it, and the read is refused.
         budget.hold(7, ms(105), Duration::ZERO).expect("release");
@@ -562,10 +624,17 @@ mod tests {
             Err(HoldError::TooLong(_))
         ));
         for id in 1..=HistoryBudget::MAX_HOLDS as u64 {
-            budget.hold(id, 1, Duration::from_secs(60)).expect("within the bound");
+            budget
+                .hold(id, 1, Duration::from_secs(60))
+                .expect("within the bound");
         }
-        assert_eq!(budget.hold(1_000, 1, Duration::from_secs(60)), Err(HoldError::TooMany));
-        budget.hold(1, 2, Duration::from_secs(60)).expect("a renewal always fits");
+        assert_eq!(
+            budget.hold(1_000, 1, Duration::from_secs(60)),
+            Err(HoldError::TooMany)
+        );
+        budget
+            .hold(1, 2, Duration::from_secs(60))
+            .expect("a renewal always fits");
     }
 
     #[test]
@@ -576,24 +645,49 @@ mod tests {
             Head {
                 version: 7,
                 commit_ts: 0,
+                expires_at: None,
                 value: b"old".to_vec()
             }
         );
         for value in [b"v".to_vec(), Vec::new()] {
-            let encoded = encode_head(9, 1 << 40, &value);
-            assert_eq!(
-                decode_head("t", &encoded).expect("head"),
-                Head {
-                    version: 9,
-                    commit_ts: 1 << 40,
-                    value
-                }
-            );
-            assert_eq!(decode_version("t", &encoded).expect("version"), 9);
+            for expires_at in [None, Some(1 << 41)] {
+                let encoded = encode_head(9, 1 << 40, expires_at, &value);
+                assert_eq!(
+                    decode_head("t", &encoded).expect("head"),
+                    Head {
+                        version: 9,
+                        commit_ts: 1 << 40,
+                        expires_at,
+                        value: value.clone()
+                    }
+                );
+                assert_eq!(decode_version("t", &encoded).expect("version"), 9);
+                assert_eq!(
+                    decode_version_expiry("t", &encoded).expect("version"),
+                    (9, expires_at)
+                );
+            }
         }
+        // A head without an expiry is byte for byte the format before TTL.
+        assert_eq!(
+            encode_head(9, 5, None, b"v"),
+            [
+                &(9u64 | HEAD_V2).to_be_bytes()[..],
+                &5u64.to_be_bytes(),
+                &[0],
+                b"v"
+            ]
+            .concat()
+        );
+        let mut short = encode_head(9, 5, None, b"v");
+        short[16] = FLAG_EXPIRES;
+        assert!(
+            decode_head("t", &short).is_err(),
+            "an expiry flag without its expiry"
+        );
         assert!(decode_head("t", &[0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0]).is_err());
-        let mut flagged = encode_head(9, 5, b"v");
-        flagged[16] = 1;
+        let mut flagged = encode_head(9, 5, None, b"v");
+        flagged[16] = 2;
         assert!(decode_head("t", &flagged).is_err(), "unknown flags are refused");
         assert!(decode_head("t", &[0; 7]).is_err());
     }
@@ -657,13 +751,14 @@ mod tests {
                                 key: vec![*key],
                                 version: old.version,
                                 commit_ts: old.commit_ts,
+                                expires_at: None,
                                 value: old.value.clone(),
                             });
                         }
                     }
                     match value {
                         Some(value) => {
-                            heads.insert(*key, Head { version: log_index, commit_ts, value: vec![*value] });
+                            heads.insert(*key, Head { version: log_index, commit_ts, expires_at: None, value: vec![*value] });
                         }
                         None => {
                             heads.remove(key);

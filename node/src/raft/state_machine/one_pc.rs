@@ -77,7 +77,9 @@ impl GroupState {
         }
         for mutation in &one.mutations {
             let head = versions.head(tree, &mutation.key)?;
-            let value = committed_value(mutation.op.clone(), head.as_ref());
+            // An expired value is absent to the commit (an append starts from empty).
+            let live = head.as_ref().filter(|head| head.live_at(commit_ts));
+            let value = committed_value(mutation.op.clone(), live);
             versions.set(batch, &mutation.key, head, log_index, value.as_deref());
         }
         set_record(batch, start_ts, TxnStatus::Committed { commit_ts })?;

@@ -25,11 +25,12 @@ fn data_records<'t>(
     })
 }
 
-/// A page of the latest values: the heads of the range.
+/// A page of the latest values: the heads of the range (those not expired at `now_ts`).
 pub(super) struct LatestScan {
     cursor: Cursor,
     page: PageBuilder,
     keys_only: bool,
+    now_ts: Option<u64>,
 }
 
 impl LatestScan {
@@ -38,8 +39,24 @@ impl LatestScan {
             cursor: Cursor::new(options.start.clone(), options.end.clone(), options.reverse),
             page: PageBuilder::new(options),
             keys_only: options.keys_only,
+            now_ts: None,
         }
     }
+
+    /// Leaves out the values expired at `now_ts` (`None`: none counts as expired).
+    pub(super) fn expiring_at(mut self, now_ts: Option<u64>) -> LatestScan {
+        self.now_ts = now_ts;
+        self
+    }
+}
+
+/// Whether a head (its `d` record value) has expired at `now_ts` (`None`: nothing has).
+fn expired(tree: &TreeRef, bytes: &[u8], now_ts: Option<u64>) -> Result<bool, StorageError> {
+    let Some(now_ts) = now_ts else {
+        return Ok(false);
+    };
+    let (_, expires_at) = mvcc::decode_version_expiry(tree.name(), bytes)?;
+    Ok(!mvcc::live_at(expires_at, now_ts))
 }
 
 impl RangeRead for LatestScan {
@@ -65,6 +82,10 @@ impl RangeRead for LatestScan {
             let (record_key, value) = record?;
             visits.visit(record_key.len() + value.len());
             let key = user_key(tree.name(), &record_key)?;
+            if expired(tree, &value, self.now_ts)? {
+                self.cursor.pass(&key);
+                continue;
+            }
             let versioned = if self.keys_only {
                 Versioned {
                     version: mvcc::decode_version(tree.name(), &value)?,
@@ -91,11 +112,13 @@ impl RangeRead for LatestScan {
     }
 }
 
-/// A count of the keys of a range: the latest ones, or those present at `read_ts`.
+/// A count of the keys of a range: the latest ones (not expired at `now_ts`), or those
+/// present at `read_ts`.
 pub(super) struct Count {
     cursor: Cursor,
     limit: u64,
     read_ts: Option<u64>,
+    now_ts: Option<u64>,
     /// The last key counted (empty before the first): where a count that stops resumes.
     last_counted: Vec<u8>,
     result: CountResult,
@@ -109,9 +132,16 @@ impl Count {
             cursor: Cursor::new(start, end, false),
             limit,
             read_ts,
+            now_ts: None,
             last_counted: Vec::new(),
             result: CountResult::default(),
         }
+    }
+
+    /// Leaves out the latest values expired at `now_ts` (`None`: none counts as expired).
+    pub(super) fn expiring_at(mut self, now_ts: Option<u64>) -> Count {
+        self.now_ts = now_ts;
+        self
     }
 
     /// Counts `key`, or answers `false` (and more) when the limit is reached. The key's
@@ -159,6 +189,7 @@ impl RangeRead for Count {
         // Data record keys are counted as they are (the data prefix and the user key): only
         // the last one is decoded.
         let mut last: Option<Vec<u8>> = None;
+        let mut passed: Option<Vec<u8>> = None;
         let mut held = Held::Done;
         for record in records {
             if !visits.allow_another() {
@@ -167,17 +198,26 @@ impl RangeRead for Count {
             }
             let (record_key, value) = record?;
             visits.visit(record_key.len() + value.len());
+            if expired(tree, &value, self.now_ts)? {
+                passed = Some(record_key);
+                continue;
+            }
             if self.result.count >= self.limit {
                 self.result.more = true;
                 break;
             }
             self.result.count += 1;
             last = Some(record_key);
+            passed = None;
         }
         if let Some(last) = last {
             let key = user_key(tree.name(), &last)?;
             self.cursor.pass(&key);
             self.last_counted = key;
+        }
+        // Expired keys after the last one counted are passed too.
+        if let Some(passed) = passed {
+            self.cursor.pass(&user_key(tree.name(), &passed)?);
         }
         Ok(Ok(held))
     }

@@ -78,11 +78,36 @@ impl GroupState {
         keys: &[Vec<u8>],
         max_bytes: usize,
     ) -> Result<Vec<Option<Versioned>>, StorageError> {
+        let values = self.get_many_live_within(keys, max_bytes, None).await?;
+        Ok(values
+            .into_iter()
+            .map(|value| value.map(|(versioned, _)| versioned))
+            .collect())
+    }
+
+    /// [`GroupState::get_many_within`] of the values not expired at oracle timestamp
+    /// `now_ts` (`None`: none counts as expired), with their expiry (`None`: never).
+    pub async fn get_many_live_within(
+        &self,
+        keys: &[Vec<u8>],
+        max_bytes: usize,
+        now_ts: Option<u64>,
+    ) -> Result<Vec<Option<(Versioned, Option<u64>)>>, StorageError> {
         let _guard = self.apply_lock.read().await;
         let tree = self.tree();
-        read_within(keys, max_bytes, |key| {
-            Ok(mvcc::head(&tree, key)?.map(mvcc::Head::versioned))
-        })
+        // One per key read (`read_within` may read one key more than it answers).
+        let mut expiries = Vec::with_capacity(keys.len());
+        let values = read_within(keys, max_bytes, |key| {
+            let head = mvcc::head(&tree, key)?;
+            let live = head.filter(|head| now_ts.is_none_or(|now_ts| head.live_at(now_ts)));
+            expiries.push(live.as_ref().and_then(|head| head.expires_at));
+            Ok::<_, StorageError>(live.map(mvcc::Head::versioned))
+        })?;
+        Ok(values
+            .into_iter()
+            .zip(expiries)
+            .map(|(value, expires_at)| value.map(|value| (value, expires_at)))
+            .collect())
     }
 
     /// Reads `keys` as of `read_ts`: the newest version of each committed at or before it
@@ -133,7 +158,20 @@ impl GroupState {
     /// Reads one page of a range from the local state at one applied state (no consistency
     /// check: callers do that), in holds of the apply lock (`holds.rs`).
     pub async fn scan(&self, options: ScanOptions) -> Result<ScanPage, StorageError> {
-        latest(self.read_in_holds(LatestScan::new(&options)).await?)
+        self.scan_live(options, None).await
+    }
+
+    /// [`GroupState::scan`] of the values not expired at oracle timestamp `now_ts`
+    /// (`None`: none counts as expired).
+    pub async fn scan_live(
+        &self,
+        options: ScanOptions,
+        now_ts: Option<u64>,
+    ) -> Result<ScanPage, StorageError> {
+        latest(
+            self.read_in_holds(LatestScan::new(&options).expiring_at(now_ts))
+                .await?,
+        )
     }
 
     /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
@@ -145,7 +183,20 @@ impl GroupState {
         end: Option<Vec<u8>>,
         limit: u64,
     ) -> Result<CountResult, StorageError> {
-        latest(self.read_in_holds(Count::new(start, end, limit, None)).await?)
+        self.count_live(start, end, limit, None).await
+    }
+
+    /// [`GroupState::count`] of the values not expired at oracle timestamp `now_ts`
+    /// (`None`: none counts as expired).
+    pub async fn count_live(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u64,
+        now_ts: Option<u64>,
+    ) -> Result<CountResult, StorageError> {
+        let count = Count::new(start, end, limit, None).expiring_at(now_ts);
+        latest(self.read_in_holds(count).await?)
     }
 
     /// Reads one page of a range as of `read_ts`: each key's newest version committed at or
@@ -646,6 +697,7 @@ mod tests {
                             key: key(*k),
                             value: value.map(|v| vec![v]),
                             expected_version: None,
+                            expiry: Default::default(),
                         })
                         .collect();
                     let entry = crate::raft::types::Entry {

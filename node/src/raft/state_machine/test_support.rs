@@ -30,6 +30,7 @@ pub(crate) fn put(index: u64, key: &[u8], value: &[u8], request_id: u8) -> Entry
                 key: key.to_vec(),
                 value: Some(value.to_vec()),
                 expected_version: None,
+                expiry: Default::default(),
             }],
         }])),
     }

@@ -342,7 +342,8 @@ impl GroupState {
                 continue;
             };
             let head = versions.head(tree, key)?;
-            let value = committed_value(held.op, head.as_ref());
+            // An expired value is absent to the commit (an append starts from empty).
+            let value = committed_value(held.op, head.as_ref().filter(|head| head.live_at(commit_ts)));
             versions.set(batch, key, head, log_index, value.as_deref());
             batch.remove(lock_key(key));
         }
@@ -857,6 +858,7 @@ mod tests {
                         key: b"w".to_vec(),
                         value: Some(b"at 300".to_vec()),
                         expected_version: None,
+                        expiry: Default::default(),
                     }],
                 }],
             })),
@@ -1032,6 +1034,7 @@ mod tests {
                 key: key.to_vec(),
                 value: Some(b"plain".to_vec()),
                 expected_version: None,
+                expiry: Default::default(),
             }],
         };
         let entry = |index: u64, writes: Vec<WriteCommand>| Entry {

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use super::apply::EntryVersions;
 use super::dedup::{EntryRecords, Found, RecordedOp, DELETE_RANGES, WRITES};
 use super::layout::{data_bounds, user_key};
-use super::{fingerprint, mvcc, txn, GroupState};
+use super::{expiry, fingerprint, mvcc, txn, GroupState};
 use crate::raft::types::{
     CommandResult, Current, CurrentValueBudget, DeleteRangeCommand, DeleteRangeResult, LockedKey, RequestId,
     WriteCommand, WriteOpResult, WriteOutcome,
@@ -175,10 +175,12 @@ fn apply_write(
     versions: &mut EntryVersions,
 ) -> Result<Vec<WriteOpResult>, StorageError> {
     let mut results = Vec::with_capacity(write.ops.len());
+    let commit_ts = versions.commit_ts;
     for op in &write.ops {
         let head = versions.head(tree, &op.key)?;
-        let existed = head.is_some();
-        let current_version = head.as_ref().map_or(0, |head| head.version);
+        // A value expired at the entry's commit timestamp is absent (`raft/expiry.rs`).
+        let existed = head.as_ref().is_some_and(|head| head.live_at(commit_ts));
+        let current_version = head.as_ref().filter(|_| existed).map_or(0, |head| head.version);
         if op
             .expected_version
             .is_some_and(|expected| expected != current_version)
@@ -187,14 +189,21 @@ fn apply_write(
                 succeeded: false,
                 version: 0,
                 existed,
-                current: head.map(|head| Current {
+                current: head.filter(|_| existed).map(|head| Current {
                     version: head.version,
                     value: Some(head.value),
                 }),
             });
             continue;
         }
-        versions.set(batch, &op.key, head, log_index, op.value.as_deref());
+        if op.expiry.keeps_value() {
+            results.push(expiry::change_expiry(
+                batch, versions, &op.key, head, log_index, op.expiry,
+            ));
+            continue;
+        }
+        let expires_at = op.value.as_ref().and(op.expiry.instant(commit_ts));
+        versions.set_expiring(batch, &op.key, head, log_index, op.value.as_deref(), expires_at);
         results.push(WriteOpResult {
             succeeded: true,
             version: if op.value.is_some() { log_index } else { 0 },
@@ -270,6 +279,7 @@ mod tests {
             key: key.to_vec(),
             value: value.map(<[u8]>::to_vec),
             expected_version,
+            expiry: Default::default(),
         }
     }
 
