@@ -64,6 +64,18 @@ fn count(history: &History) -> usize {
     history.values().map(Vec::len).sum()
 }
 
+/// A cluster of `shards` shards, a client, and a timestamp taken before anything is written.
+async fn start_cluster(shards: u32) -> anyhow::Result<(Cluster, Client, u64)> {
+    let cluster = Cluster::start(ClusterOptions {
+        shards,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let client = cluster.client().await?;
+    let start = client.timestamp().await?;
+    Ok((cluster, client, start))
+}
+
 /// Puts `key = value` and records it.
 async fn put(client: &Client, expected: &mut History, key: &str, value: &str) -> anyhow::Result<()> {
     client.put(key.as_bytes(), value.as_bytes().to_vec()).await?;
@@ -84,13 +96,7 @@ async fn delete(client: &Client, expected: &mut History, key: &str) -> anyhow::R
 /// key in commit order, with versions; a key watched alone shows only its own changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_and_deletes_across_shards_arrive_per_key_in_order() -> anyhow::Result<()> {
-    let cluster = Cluster::start(ClusterOptions {
-        shards: 4,
-        ..ClusterOptions::default()
-    })
-    .await?;
-    let client = cluster.client().await?;
-    let start = client.timestamp().await?;
+    let (_cluster, client, start) = start_cluster(4).await?;
     let mut everything = client.watch(prefix_watch("w/", start));
     let mut one_key = client.watch(WatchOptions::new(WatchTarget::Key(b"w/3".to_vec())).after(start));
     let mut expected = History::new();
@@ -131,13 +137,7 @@ async fn puts_and_deletes_across_shards_arrive_per_key_in_order() -> anyhow::Res
 /// the events it had not: none lost, none twice, whatever was written in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_watch_loses_and_repeats_nothing() -> anyhow::Result<()> {
-    let cluster = Cluster::start(ClusterOptions {
-        shards: 4,
-        ..ClusterOptions::default()
-    })
-    .await?;
-    let client = cluster.client().await?;
-    let start = client.timestamp().await?;
+    let (_cluster, client, start) = start_cluster(4).await?;
     let options = prefix_watch("r/", start);
     let mut expected = History::new();
     for key in 0..10 {
@@ -168,13 +168,7 @@ async fn a_resumed_watch_loses_and_repeats_nothing() -> anyhow::Result<()> {
 /// leader from the shard's progress, and every write shows exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_changes_mid_watch_lose_nothing() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions {
-        shards: 2,
-        ..ClusterOptions::default()
-    })
-    .await?;
-    let client = cluster.client().await?;
-    let start = client.timestamp().await?;
+    let (mut cluster, client, start) = start_cluster(2).await?;
     let mut watch = client.watch(prefix_watch("t/", start));
     let mut expected = History::new();
     let mut step = 0;

@@ -70,11 +70,9 @@ pub enum WatchEnd {
     Reset,
     #[error("this shard replica serves {max} watches already (MAX_WATCHERS_PER_SHARD)")]
     TooMany { max: usize },
-    #[error(
-        "watch from timestamp {after_ts}: the shard's history before {floor} is gone (compacted: \
-         versions are kept for --mvcc-window-ms, and not across a restart); resume from {floor} \
-         or later (changes in between are lost)"
-    )]
+    /// The history does not reach back to `after_ts` (the service says so to the client:
+    /// `NodeError::WatchCompacted`).
+    #[error("watch from {after_ts} is below the history's floor {floor}")]
     Compacted { after_ts: u64, floor: u64 },
     #[error(transparent)]
     Storage(#[from] StorageError),
