@@ -201,6 +201,8 @@ impl Plan {
             node.addr.clone().into(),
             "--data-dir".into(),
             node.data_dir.clone().into_os_string(),
+            "--metrics-addr".into(),
+            any_port(&node.addr).into(),
         ];
         args.extend(self.security.node_args());
         args
@@ -213,6 +215,8 @@ impl Plan {
             self.router_addr.clone().into(),
             "--nodes".into(),
             self.node_addrs().join(",").into(),
+            "--metrics-addr".into(),
+            any_port(&self.router_addr).into(),
         ];
         args.extend(self.security.router_args());
         args
@@ -231,6 +235,15 @@ impl Plan {
             builder = builder.tls(tls);
         }
         Ok(builder.build()?)
+    }
+}
+
+/// `addr`'s host with port 0: a metrics endpoint on any free port of the same interface
+/// (each process reports the port it took in its `NodeStatus`).
+fn any_port(addr: &str) -> String {
+    match addr.rsplit_once(':') {
+        Some((host, _port)) => format!("{host}:0"),
+        None => format!("{addr}:0"),
     }
 }
 
@@ -538,6 +551,8 @@ struct Started {
     cluster_id: String,
     /// Root's password when this start made it (a resumed cluster keeps its own).
     root_password: Option<String>,
+    /// Each process's `/metrics` URL by its gRPC address (as its `NodeStatus` reports).
+    metrics: std::collections::HashMap<String, String>,
 }
 
 async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) -> anyhow::Result<Started> {
@@ -609,7 +624,22 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
     Ok(Started {
         cluster_id: init.cluster_id,
         root_password,
+        metrics: metrics_urls(plan).await?,
     })
+}
+
+/// Each process's `/metrics` URL, by gRPC address; a process that does not say is left out.
+async fn metrics_urls(plan: &Plan) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let probe = plan.probe_config(PROBE_TIMEOUT, true)?;
+    let mut urls = std::collections::HashMap::new();
+    for addr in plan.node_addrs().into_iter().chain([plan.router_addr.clone()]) {
+        if let Ok(status) = admin::node_status(&addr, &probe).await {
+            if !status.metrics_addr.is_empty() {
+                urls.insert(addr, format!("http://{}/metrics", status.metrics_addr));
+            }
+        }
+    }
+    Ok(urls)
 }
 
 /// Writes `<dir>/profile`: the router's address and, with TLS, the CA and root's client
@@ -791,11 +821,12 @@ fn summary(plan: &Plan, supervisor: &Supervisor, started: &Started, default_rout
             child.addr.clone(),
             child.process.pid().to_string(),
             child.process.log().unwrap_or(Path::new("")).display().to_string(),
+            started.metrics.get(&child.addr).cloned().unwrap_or_default(),
         ]);
     }
     // The router first: it is the endpoint clients use.
     rows.rotate_right(1);
-    let table = crate::output::render_table(&["PROCESS", "ADDRESS", "PID", "LOG"], rows, &[]);
+    let table = crate::output::render_table(&["PROCESS", "ADDRESS", "PID", "LOG", "METRICS"], rows, &[]);
     let endpoint_flag = if default_router {
         String::new()
     } else {
@@ -847,6 +878,7 @@ fn summary(plan: &Plan, supervisor: &Supervisor, started: &Started, default_rout
          kvctl{endpoint_flag} get hello\n  \
          kvctl{endpoint_flag} scan --prefix h\n  \
          kvctl{endpoint_flag} cluster status\n  \
+         kvctl{endpoint_flag} endpoint status --cluster    # every process: health, leaders, sizes\n  \
          kill -9 {node_pid}    # kill node 1 and watch the cluster survive\n\n\
          Ctrl-C to stop.",
         plan.nodes.len(),
@@ -1088,6 +1120,8 @@ mod tests {
                 "127.0.0.1:7001",
                 "--data-dir",
                 "pg/node-1",
+                "--metrics-addr",
+                "127.0.0.1:0",
                 "--ca",
                 "pg/certs/ca.crt",
                 "--cert",
@@ -1105,6 +1139,8 @@ mod tests {
                 "127.0.0.1:7000",
                 "--nodes",
                 "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+                "--metrics-addr",
+                "127.0.0.1:0",
                 "--ca",
                 "pg/certs/ca.crt",
                 "--cert",
