@@ -163,15 +163,15 @@ struct GlobalArgs {
         global = true
     )]
     user: Option<String>,
-    /// The password of --user (prefer the prompt or RINGKV_PASSWORD: a flag shows in `ps`).
+    /// The password of --user (prefer the prompt or RINGKV_PASSWORD: a flag shows in `ps`);
+    /// ignored without --user.
     #[arg(
         long = "password",
         id = "auth_password",
         value_name = "PASSWORD",
         env = "RINGKV_PASSWORD",
         hide_env_values = true,
-        global = true,
-        requires = "auth_user"
+        global = true
     )]
     password: Option<String>,
     /// Act as the user of this token (`kvctl auth token` prints one); overrides --user.

@@ -370,7 +370,13 @@ impl AuthView {
         })
     }
 
-    async fn refresh<N: NodeApi>(&self, nodes: &N, topology: &TopologyHandle, rpc_timeout: Duration) {
+    /// Fetches the table from the first ring member that answers (kept if none does).
+    pub(crate) async fn refresh<N: NodeApi>(
+        &self,
+        nodes: &N,
+        topology: &TopologyHandle,
+        rpc_timeout: Duration,
+    ) {
         let Some(ring) = topology.ring() else {
             return;
         };

@@ -56,6 +56,16 @@ fn start_playground(dir: &Path, port: u16) -> Result<Playground> {
     Ok(Playground(Some(child)))
 }
 
+/// What the playground printed once it was up (its summary and what came before).
+async fn summary(dir: &Path, port: u16) -> Result<String> {
+    let out = dir.with_extension(format!("{port}.out"));
+    Ok(wait_until("the playground's summary", WAIT, || async {
+        let text = std::fs::read_to_string(&out).ok()?;
+        text.contains("Ctrl-C to stop").then_some(text)
+    })
+    .await?)
+}
+
 /// Pid of the playground node whose data dir is `data_dir`, found in /proc.
 fn node_pid(data_dir: &Path) -> Option<i32> {
     let needle = data_dir.to_string_lossy().into_owned();
@@ -105,6 +115,36 @@ async fn playground_survives_kill_and_resumes() -> Result<()> {
     let port = free_port_block()?;
     let mut playground = start_playground(&dir, port)?;
     let client = connect_when_ready(&dir, port).await?;
+    // Root's generated password is printed once, and the profile makes kvctl just work.
+    let root_password = summary(&dir, port)
+        .await?
+        .lines()
+        .find_map(|line| {
+            line.split_once("log in with --user root): ")
+                .map(|(_, pw)| pw.trim().to_string())
+        })
+        .context("the first start prints root's password")?;
+    let kvctl = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new(bin_dir()?.join("kvctl"))
+            .env("RINGKV_PROFILE", dir.join("profile"))
+            .env("RINGKV_PASSWORD", &root_password)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    };
+    let put = kvctl(&["put", "pg-profile", "x"])?;
+    assert!(
+        put.status.success(),
+        "kvctl with the profile: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let status = kvctl(&["--user", "root", "-o", "json", "auth", "status"])?;
+    assert!(
+        status.status.success(),
+        "root logs in: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(String::from_utf8_lossy(&status.stdout).contains("\"root\""));
 
     let mut written = Vec::new();
     for i in 0..30u32 {
@@ -170,9 +210,11 @@ async fn playground_survives_kill_and_resumes() -> Result<()> {
         );
     }
 
-    // Started again on the same directory, it resumes with the same data.
+    // Started again on the same directory, it resumes with the same data (and root keeps
+    // its password, not printed again).
     let _playground = start_playground(&dir, port)?;
     let client = connect_when_ready(&dir, port).await?;
+    assert!(!summary(&dir, port).await?.contains("root's password"));
     for (key, value, version) in &written {
         let got = client.get(key).await?.context("key after playground restart")?;
         assert_eq!((&got.value, got.version), (value, *version));
