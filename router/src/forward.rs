@@ -283,8 +283,6 @@ impl<N: NodeApi> Forwarder<N> {
             if now >= deadline {
                 return Err(state.give_up());
             }
-        // A write's attempts, and how long the next may take.
-        let mut write_attempts = WriteAttempts::default();
             let target = match redirect.take() {
                 Some(target) => target,
                 None => match self
@@ -303,23 +301,11 @@ impl<N: NodeApi> Forwarder<N> {
                     }
                 },
             };
-            let attempt_timeout = match write_id {
-                Some(_) => {
-                    let node_timeout = self.write_latency.attempt_timeout(&target.addr);
-                    write_attempts.start(&target.addr, node_timeout)
-                }
-                None => self.settings.rpc_timeout,
-            }
-            .min(deadline - now);
+            let attempt_timeout = self.settings.rpc_timeout.min(deadline - now);
             state.attempts += 1;
             let outcome = tokio::time::timeout(attempt_timeout, call(target.clone(), attempt_timeout)).await;
             let classified = match outcome {
-                Ok(Ok(value)) => {
-                    if let Some(took) = write_attempts.latency_at(&target.addr) {
-                        self.write_latency.record(&target.addr, took);
-                    }
-                    return Ok(value);
-                }
+                Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) => classify(&status),
                 Err(_elapsed) => Classified::timeout(),
             };
@@ -328,12 +314,6 @@ impl<N: NodeApi> Forwarder<N> {
                 addr = %target.addr,
                 attempt = state.attempts,
                 failure = %classified.detail,
-            // Out of time (here, or at the node, which bounds the call by the same timeout):
-            // the write's next attempt, and the node's, get longer.
-            if write_id.is_some() && now.elapsed() >= attempt_timeout {
-                write_attempts.timed_out(attempt_timeout, self.write_latency.cap());
-                self.write_latency.timed_out(&target.addr, attempt_timeout);
-            }
                 "shard request attempt failed"
             );
             state.record(&classified, &target.addr);
@@ -776,6 +756,7 @@ pub(crate) mod tests {
                     found: true,
                     value: addr.as_bytes().to_vec(),
                     version: 1,
+                    expires_at_ts: 0,
                 })
                 .collect();
             play(step, ShardReadResponse { results, more: false }).await
@@ -783,7 +764,6 @@ pub(crate) mod tests {
 
         async fn write(
             &self,
-                    expires_at_ts: 0,
             addr: &str,
             request: ShardWriteRequest,
             _timeout: Duration,
@@ -937,6 +917,8 @@ pub(crate) mod tests {
             kind: WriteKind::Put as i32,
             value: b"v".to_vec(),
             expected_version: None,
+            ttl_ms: 0,
+            keep_value: false,
         }]
     }
 
@@ -944,8 +926,6 @@ pub(crate) mod tests {
         Instant::now() + Duration::from_millis(ms)
     }
 
-            keep_value: false,
-            ttl_ms: 0,
     /// A not-leader hint is followed at once, and the leader is cached for the next request.
     #[tokio::test(start_paused = true)]
     async fn follows_leader_hints() {
@@ -1021,49 +1001,6 @@ pub(crate) mod tests {
         let mut forwarder = forwarder(&nodes, &topology);
         forwarder.settings.unsafe_fresh_request_id_per_attempt = true;
         let result = forwarder
-    /// A write that takes its node longer than `rpc_timeout` still completes (issue 14):
-    /// the attempt after one that ran out of time gets twice as long, and the node's
-    /// latency lengthens its writes' attempts from then on.
-    #[tokio::test(start_paused = true)]
-    async fn write_attempts_outlast_a_slow_node() {
-        let nodes = Arc::new(FakeNodes::default());
-        let topology = topology_3_nodes();
-        let replicas = placement(&topology);
-        for addr in &replicas {
-            nodes.always(addr, || Script::Slow(Duration::from_millis(150)));
-        }
-        let forwarder = forwarder(&nodes, &topology);
-        let start = Instant::now();
-        let result = forwarder
-            .write(SHARD, 8, [9u8; 16], put_op(), deadline_in(1000))
-            .await;
-        assert!(result.is_ok(), "{result:?}");
-        assert_eq!(
-            nodes.called_addrs().len(),
-            2,
-            "one attempt timed out, the next one succeeded"
-        );
-        assert!(Instant::now() - start < Duration::from_millis(400));
-        let answered = &nodes.called_addrs()[1];
-        assert!(forwarder.write_latency.attempt_timeout(answered) > Duration::from_millis(150));
-        // Reads keep `rpc_timeout`: every attempt times out.
-        let read = forwarder
-            .read(
-                SHARD,
-                8,
-                vec![b"k".to_vec()],
-                Consistency::Linearizable,
-                0,
-                false,
-                deadline_in(500),
-            )
-            .await;
-        assert!(
-            matches!(read, Err(RouterError::DeadlineExceeded { .. })),
-            "{read:?}"
-        );
-    }
-
             .write(SHARD, 8, [9u8; 16], put_op(), deadline_in(1000))
             .await;
         assert!(result.is_ok());
