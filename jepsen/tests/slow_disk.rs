@@ -8,8 +8,9 @@
 //! saved vote (openraft patch 8, `Raft.ConfirmLeadership`).
 //!
 //! Writes need a follower's flush, so they slow down with its disk — in proportion to the
-//! sync time: `writes_keep_pace_with_slow_follower_disks` (300 ms syncs). At 1 s syncs they
-//! do not yet (`writes_keep_pace_with_follower_syncs_of_a_second`, ignored: a known limit).
+//! sync time: `writes_keep_pace_with_slow_follower_disks` (300 ms syncs) and
+//! `writes_keep_pace_with_follower_syncs_of_a_second` (1 s syncs: writes then outlast the
+//! router's attempt timeout, issue 14).
 //!
 //! Needs root (network namespaces) and FUSE (the nodes' disks are `ringkv-faultfs` mounts).
 
@@ -179,14 +180,15 @@ async fn writes_keep_pace_with_slow_follower_disks() -> anyhow::Result<()> {
     .await
 }
 
-/// The same at 1 s syncs: fails today. Writes then take 2–4 s (2–4 sync intervals, as
-/// above), longer than the router's attempt timeout (`rpc_timeout_ms`, 2 s): the router
-/// abandons each attempt and retries, and a retry waits for a new entry again, so almost no
-/// write completes (1–7 in 20 s, each over its 6 s deadline). With the router's attempt
-/// timeout at 10 s the same cluster completes 28–29 writes in 20 s, none over 4.2 s — with
-/// the old inline WAL writes as with the writer thread: the WAL was not the bottleneck.
+/// The same at 1 s syncs. Writes then take 2–4 s (2–4 sync intervals, as above), longer
+/// than the router's attempt timeout (`rpc_timeout_ms`, 2 s). Before issue 14's fix the
+/// router abandoned each attempt and retried, and each retry waited for a new entry behind
+/// the router's other writes, so almost no write completed (1–7 in 20 s, each over its
+/// 6 s deadline). Now the node joins a retry to the write it still has pending (or answers
+/// it from the write it applied), the router sends a retry at once and alone, and it gives
+/// a node's write attempts a timeout adapted to its write latency: 28–30 writes in 20 s,
+/// none over 4.1 s (with a 10 s attempt timeout and none of this, 28–29).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known limit: writes behind 1 s follower syncs outlast the router's 2 s attempt timeout (ARCHITECTURE.md, Known limits)"]
 async fn writes_keep_pace_with_follower_syncs_of_a_second() -> anyhow::Result<()> {
     writes_keep_pace(
         "writes_keep_pace_with_follower_syncs_of_a_second",

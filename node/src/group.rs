@@ -110,7 +110,7 @@ impl GroupDeps {
             },
         )?;
         let tombstone = self.tombstone(group_id)?;
-        if log_store::restore_vote(&self.wal, group_id, &tombstone)? {
+        if log_store::restore_vote(&self.wal, group_id, &tombstone).await? {
             info!(group = %group_id, ?tombstone, "re-created replica starts from the vote of its deleted predecessor");
         }
         let (log, purge_requests) = LogStore::open(

@@ -3,7 +3,8 @@
 //! [`propose`] checks leadership first (so a rejection is definite), then waits for the
 //! entry to commit and apply. [`WriteBatcher`] turns concurrent writes to one shard into
 //! one Raft entry: openraft 0.9 appends (and fsyncs) each proposal separately, so without
-//! batching a shard's write rate is bounded by one fsync per write.
+//! batching a shard's write rate is bounded by one fsync per write. A retry of a write that
+//! is still queued or being committed joins it instead of proposing it again (`pending`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,10 +20,14 @@ use tokio_util::sync::CancellationToken;
 use crate::concurrency::{ConcurrencyManager, TimestampSlot, TimestampSource};
 use crate::dedup_clock::DedupClock;
 use crate::error::NodeError;
+use crate::raft::state_machine::write_fingerprint;
 use crate::raft::types::{
     Command, CommandResult, GroupId, NodeId, Raft, RequestId, TimedWrites, WriteCommand, WriteOpResult,
     WriteOutcome,
 };
+use pending::{Admission, PendingWrites, Reply};
+
+mod pending;
 
 /// The known leader of a group with its address.
 pub fn leader_hint(raft: &Raft) -> Option<(NodeId, String)> {
@@ -183,8 +188,6 @@ const MAX_WRITES_PER_ENTRY: usize = 256;
 /// per server CPU-second; a single client's latency is unchanged.
 const MAX_INFLIGHT_ENTRIES: usize = 1;
 
-type Reply = oneshot::Sender<Result<Vec<WriteOpResult>, NodeError>>;
-
 struct PendingWrite {
     write: WriteCommand,
     reply: Reply,
@@ -216,6 +219,8 @@ pub struct BatcherSettings {
 #[derive(Clone)]
 pub struct WriteBatcher {
     tx: mpsc::Sender<PendingWrite>,
+    /// The writes queued or being committed, which a retry joins.
+    pending: Arc<PendingWrites>,
 }
 
 /// Where a shard's entries get their commit timestamps (see `concurrency.rs`) and their
@@ -241,19 +246,32 @@ impl WriteBatcher {
         impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        (
-            WriteBatcher { tx },
-            run(raft, settings, timestamps, gate, rx, cancel),
-        )
+        let batcher = WriteBatcher {
+            tx,
+            pending: Arc::default(),
+        };
+        (batcher, run(raft, settings, timestamps, gate, rx, cancel))
     }
 
-    /// Commits `write` (in an entry with other writes) and returns its outcome.
+    /// Commits `write` (in an entry with other writes) and returns its outcome. A retry
+    /// (the same request id and content) of a write still queued or being committed waits
+    /// for that write's outcome instead, and one of a write applied lately gets its outcome
+    /// at once (`pending`).
     pub async fn write(&self, write: WriteCommand) -> Result<Vec<WriteOpResult>, NodeError> {
-        let (reply, outcome) = oneshot::channel();
-        self.tx
-            .send(PendingWrite { write, reply })
+        let (waiter, outcome) = oneshot::channel();
+        let fingerprint = write_fingerprint(&write);
+        // Room first, so a write admitted as pending is queued without another wait (a
+        // pending write that was never queued would never be answered).
+        let room = self
+            .tx
+            .reserve()
             .await
             .map_err(|_| NodeError::Fatal("the shard is shutting down".to_string()))?;
+        match self.pending.admit(write.request_id, fingerprint, waiter) {
+            Admission::Answered(results) => return Ok(results),
+            Admission::Joined => drop(room),
+            Admission::Leads(reply) | Admission::Alone(reply) => room.send(PendingWrite { write, reply }),
+        }
         outcome.await.map_err(|_| {
             NodeError::OutcomeUnknown("the write was dropped while the shard shut down".to_string())
         })?
@@ -336,7 +354,7 @@ async fn run(
     // In-flight entries finish (or fail) on their own; queued writes are refused.
     rx.close();
     let refuse = |pending: PendingWrite| {
-        let _ = pending
+        pending
             .reply
             .send(Err(NodeError::Fatal("the shard is shutting down".to_string())));
     };
@@ -392,7 +410,7 @@ async fn commit_entry(
     match outcome {
         Ok(CommandResult::Write(outcomes)) if outcomes.len() == count => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(match outcome {
+                reply.send(match outcome {
                     WriteOutcome::Applied(results) => Ok(results),
                     WriteOutcome::Locked(locked) => Err(NodeError::KeyLocked(locked)),
                     WriteOutcome::RequestIdReused(request_id) => {
@@ -403,14 +421,14 @@ async fn commit_entry(
         }
         Ok(other) => {
             for reply in replies {
-                let _ = reply.send(Err(NodeError::OutcomeUnknown(format!(
+                reply.send(Err(NodeError::OutcomeUnknown(format!(
                     "unexpected apply result {other:?}"
                 ))));
             }
         }
         Err(err) => {
             for reply in replies {
-                let _ = reply.send(Err(err.duplicate()));
+                reply.send(Err(err.duplicate()));
             }
         }
     }
@@ -432,7 +450,7 @@ async fn ack_before_commit(
 ) {
     if !is_leader(raft, settings.node_id) {
         for reply in replies {
-            let _ = reply.send(Err(NodeError::NotLeader {
+            reply.send(Err(NodeError::NotLeader {
                 group: settings.group,
                 leader: leader_hint(raft),
                 proposed: false,
@@ -453,6 +471,71 @@ async fn ack_before_commit(
             ]),
             Err(fatal) => Err(NodeError::Fatal(fatal.to_string())),
         };
-        let _ = reply.send(outcome);
+        reply.send(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::WriteOp;
+
+    fn put(request_id: RequestId, value: &[u8]) -> WriteCommand {
+        WriteCommand {
+            request_id,
+            issued_at_ms: 0,
+            ops: vec![WriteOp {
+                key: b"k".to_vec(),
+                value: Some(value.to_vec()),
+                expected_version: None,
+                expiry: Default::default(),
+            }],
+        }
+    }
+
+    /// A retry of a write that is still queued joins it (issue 14): nothing more is queued,
+    /// and the retry gets the outcome of the write its abandoned first attempt queued. A
+    /// write reusing the id with other content is queued as before.
+    #[tokio::test]
+    async fn a_retry_joins_the_pending_write() {
+        let (tx, mut queue) = mpsc::channel(8);
+        let batcher = WriteBatcher {
+            tx,
+            pending: Arc::default(),
+        };
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.write(put([3; 16], b"v")).await }
+        });
+        let queued = tokio::time::timeout(Duration::from_secs(10), queue.recv())
+            .await
+            .expect("the first attempt is queued")
+            .expect("the queue is open");
+        // The first attempt's caller gives up (the router abandoned its gRPC call).
+        first.abort();
+        let retry = batcher.write(put([3; 16], b"v"));
+        tokio::pin!(retry);
+        assert!(futures::poll!(&mut retry).is_pending(), "the retry waits");
+        assert!(
+            queue.try_recv().is_err(),
+            "the retry joined: nothing more is queued"
+        );
+
+        let mut reuse = Box::pin(batcher.write(put([3; 16], b"other")));
+        assert!(futures::poll!(&mut reuse).is_pending());
+        let reused = queue.try_recv().expect("other content under the id is queued");
+        assert_eq!(reused.write.ops[0].value.as_deref(), Some(&b"other"[..]));
+
+        let applied = WriteOpResult {
+            succeeded: true,
+            version: 9,
+            ..WriteOpResult::default()
+        };
+        queued.reply.send(Ok(vec![applied.clone()]));
+        let outcome = tokio::time::timeout(Duration::from_secs(10), retry)
+            .await
+            .expect("the retry is answered with the write it joined");
+        assert_eq!(outcome.expect("applied"), vec![applied]);
+        assert_eq!(batcher.pending.len(), 0, "an answered write is no longer pending");
     }
 }

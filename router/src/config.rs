@@ -62,7 +62,8 @@ pub struct RouterConfig {
     /// Cap on a client's `grpc-timeout`: no request is retried for longer than this.
     pub max_request_timeout_ms: u64,
     /// Timeout of one attempt against one node (also of one `NodeStatus` poll); an attempt
-    /// gets `min(rpc_timeout_ms, time left before the request deadline)`.
+    /// gets `min(rpc_timeout_ms, time left before the request deadline)` — a write's up to
+    /// 5 times longer at a node whose writes take longer (`attempt_timeout.rs`).
     pub rpc_timeout_ms: u64,
     /// Timeout for opening a TCP connection to a node.
     pub connect_timeout_ms: u64,

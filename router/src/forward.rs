@@ -2,7 +2,8 @@
 //! good, or the request deadline passes.
 //!
 //! Each attempt goes to the cached leader (or a placement replica when none is known; any
-//! replica for stale reads) with a timeout of `min(rpc_timeout, time left)`. Not-leader
+//! replica for stale reads) with a timeout of `min(rpc_timeout, time left)` — for a write,
+//! longer at a node whose writes take longer (`attempt_timeout`). Not-leader
 //! hints are followed at once (a few times in a row); other retriable failures back off
 //! (bounded, jittered), ask for a topology refresh and try again. Writes keep their request
 //! id across attempts, so the node's de-duplication makes retries safe; if any attempt was
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 use tracing::debug;
 
+use crate::attempt_timeout::{WriteAttempts, WriteLatency};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::classify::{classify, Classified, Failure};
 use crate::error::{RequestId, RouterError};
@@ -61,6 +63,8 @@ pub struct Forwarder<N> {
     nodes: Arc<N>,
     topology: TopologyHandle,
     settings: ForwardSettings,
+    /// How long writes take at each node: their attempts' timeouts.
+    write_latency: WriteLatency,
 }
 
 impl<N: NodeApi> Forwarder<N> {
@@ -69,6 +73,7 @@ impl<N: NodeApi> Forwarder<N> {
             nodes,
             topology,
             settings,
+            write_latency: WriteLatency::new(settings.rpc_timeout),
         }
     }
 
@@ -278,6 +283,8 @@ impl<N: NodeApi> Forwarder<N> {
         let mut backoff = Backoff::new(self.settings.backoff);
         let mut redirect: Option<Target> = None;
         let mut redirects_in_a_row = 0u32;
+        // A write's attempts, and how long the next may take.
+        let mut write_attempts = WriteAttempts::default();
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -301,14 +308,32 @@ impl<N: NodeApi> Forwarder<N> {
                     }
                 },
             };
-            let attempt_timeout = self.settings.rpc_timeout.min(deadline - now);
+            let attempt_timeout = match write_id {
+                Some(_) => {
+                    let node_timeout = self.write_latency.attempt_timeout(&target.addr);
+                    write_attempts.start(&target.addr, node_timeout)
+                }
+                None => self.settings.rpc_timeout,
+            }
+            .min(deadline - now);
             state.attempts += 1;
             let outcome = tokio::time::timeout(attempt_timeout, call(target.clone(), attempt_timeout)).await;
             let classified = match outcome {
-                Ok(Ok(value)) => return Ok(value),
+                Ok(Ok(value)) => {
+                    if let Some(took) = write_attempts.latency_at(&target.addr) {
+                        self.write_latency.record(&target.addr, took);
+                    }
+                    return Ok(value);
+                }
                 Ok(Err(status)) => classify(&status),
                 Err(_elapsed) => Classified::timeout(),
             };
+            // Out of time (here, or at the node, which bounds the call by the same timeout):
+            // the write's next attempt, and the node's, get longer.
+            if write_id.is_some() && now.elapsed() >= attempt_timeout {
+                write_attempts.timed_out(attempt_timeout, self.write_latency.cap());
+                self.write_latency.timed_out(&target.addr, attempt_timeout);
+            }
             debug!(
                 shard = shard.0,
                 addr = %target.addr,
@@ -662,6 +687,8 @@ pub(crate) mod tests {
         Fail(Status),
         /// Never answer.
         Hang,
+        /// Answer successfully after this long.
+        Slow(Duration),
         /// Writes: every op's comparison failed on a key at this version, whose value the
         /// reply leaves out (other calls: answer successfully).
         ComparisonFailed { current_version: u64 },
@@ -737,6 +764,10 @@ pub(crate) mod tests {
             Script::Ok | Script::ComparisonFailed { .. } | Script::ShortReply => Ok(ok),
             Script::Fail(status) => Err(status),
             Script::Hang => std::future::pending().await,
+            Script::Slow(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(ok)
+            }
         }
     }
 
@@ -752,11 +783,11 @@ pub(crate) mod tests {
                 .keys
                 .iter()
                 .map(|key| KeyValueResult {
+                    expires_at_ts: 0,
                     key: key.clone(),
                     found: true,
                     value: addr.as_bytes().to_vec(),
                     version: 1,
-                    expires_at_ts: 0,
                 })
                 .collect();
             play(step, ShardReadResponse { results, more: false }).await
@@ -913,12 +944,12 @@ pub(crate) mod tests {
 
     fn put_op() -> Vec<WriteOp> {
         vec![WriteOp {
+            keep_value: false,
+            ttl_ms: 0,
             key: b"k".to_vec(),
             kind: WriteKind::Put as i32,
             value: b"v".to_vec(),
             expected_version: None,
-            ttl_ms: 0,
-            keep_value: false,
         }]
     }
 
@@ -988,6 +1019,49 @@ pub(crate) mod tests {
         let calls = nodes.calls.lock().map(|c| c.clone()).unwrap_or_default();
         assert_eq!(calls.len(), 2);
         assert!(calls.iter().all(|(_, id)| id == &vec![9u8; 16]));
+    }
+
+    /// A write that takes its node longer than `rpc_timeout` still completes (issue 14):
+    /// the attempt after one that ran out of time gets twice as long, and the node's
+    /// latency lengthens its writes' attempts from then on.
+    #[tokio::test(start_paused = true)]
+    async fn write_attempts_outlast_a_slow_node() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        let replicas = placement(&topology);
+        for addr in &replicas {
+            nodes.always(addr, || Script::Slow(Duration::from_millis(150)));
+        }
+        let forwarder = forwarder(&nodes, &topology);
+        let start = Instant::now();
+        let result = forwarder
+            .write(SHARD, 8, [9u8; 16], put_op(), deadline_in(1000))
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(
+            nodes.called_addrs().len(),
+            2,
+            "one attempt timed out, the next one succeeded"
+        );
+        assert!(Instant::now() - start < Duration::from_millis(400));
+        let answered = &nodes.called_addrs()[1];
+        assert!(forwarder.write_latency.attempt_timeout(answered) > Duration::from_millis(150));
+        // Reads keep `rpc_timeout`: every attempt times out.
+        let read = forwarder
+            .read(
+                SHARD,
+                8,
+                vec![b"k".to_vec()],
+                Consistency::Linearizable,
+                0,
+                false,
+                deadline_in(500),
+            )
+            .await;
+        assert!(
+            matches!(read, Err(RouterError::DeadlineExceeded { .. })),
+            "{read:?}"
+        );
     }
 
     /// The negative control `--unsafe-fresh-request-id-per-attempt` really breaks the retry:

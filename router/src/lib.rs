@@ -14,7 +14,8 @@
 //!   gRPC health service, server reflection).
 //! - Request path: `context` (what handlers share), `validate` (limits),
 //!   `deadline` (`grpc-timeout` → deadline), `inflight` (backpressure),
-//!   `forward` (the retry loop), `backoff`, `classify` (node error → retry /
+//!   `forward` (the retry loop), `attempt_timeout` (a write attempt's timeout, adapted
+//!   to the node's write latency), `backoff`, `classify` (node error → retry /
 //!   ambiguity), `batch` (group by shard, sub-request ids, reassembly), `batch_get`
 //!   (BatchGet in rounds within the reply budget, paged or refused when it does not fit),
 //!   `range` (key ranges, continuation tokens), `scan` (the k-way merge of shard
@@ -42,7 +43,8 @@
 //!   chose once for a request without (`validate::request_id_or_random`); an ambiguous
 //!   write that did not finally succeed, or a batch partly applied, is reported as "write
 //!   outcome unknown" (with `x-ringkv-outcome-unknown: 1`), never as a plain failure.
-//! - Every wait is bounded: per attempt by `rpc_timeout_ms`, per request by its deadline,
+//! - Every wait is bounded: per attempt by `rpc_timeout_ms` (a write's by up to 5 times it
+//!   at a node whose writes take longer: `attempt_timeout`), per request by its deadline,
 //!   fan-out by `max_fanout`, concurrency by `max_inflight_requests`; streams by
 //!   `max_open_streams` (slots of their own), `stream_idle_timeout_ms`,
 //!   `stream_total_timeout_ms` and `stream_buffer_bytes`.
@@ -53,6 +55,7 @@
 //! node crate: nodes are known only through the protobuf contract.
 
 mod admin_service;
+mod attempt_timeout;
 mod auth;
 mod auth_service;
 mod backoff;

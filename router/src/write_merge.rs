@@ -16,7 +16,16 @@
 //! connection) is every write's status, with the same meaning it has for one write. A batch
 //! the node refuses as a whole as invalid (or does not know: a node of an older version) is
 //! sent again write by write. Every send is bounded by the latest deadline of its writes.
+//!
+//! A write sent again through the same lane (a retry: the same request id, after an attempt
+//! that timed out or failed) goes alone and at once, neither behind the call in flight nor
+//! held by writes merged with it: the node answers it as soon as the write it retries is
+//! answered (it joins the write still pending there, or is answered from the write applied;
+//! `node/src/proposal/pending.rs`), so a retry does not wait for an entry of other writes
+//! (issue 14). The lane remembers the last [`MAX_SENT_IDS`] request ids it sent.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ringkv_proto::metadata;
@@ -36,6 +45,9 @@ pub const MAX_INFLIGHT: usize = 1;
 pub const MAX_MERGED_WRITES: usize = 128;
 /// Most key and value bytes in one merged call (a larger write goes alone).
 pub const MAX_MERGED_BYTES: usize = 1 << 20;
+/// Request ids a lane remembers having sent, to tell a retry (16 bytes each, at most 4096
+/// lanes: 16 MiB at worst). A retry comes within seconds of its first attempt.
+pub const MAX_SENT_IDS: usize = 256;
 
 /// Sends a lone write or a batch.
 pub trait SendWrite: Clone + Send + Sync + 'static {
@@ -56,14 +68,38 @@ pub trait SendWrite: Clone + Send + Sync + 'static {
 #[derive(Clone)]
 pub struct WriteLane<S: SendWrite> {
     lane: Lane<WriteMerge<S>>,
+    sender: S,
+    /// The request ids this lane sent lately, oldest first.
+    sent: Arc<Mutex<VecDeque<Vec<u8>>>>,
 }
 
 impl<S: SendWrite> WriteLane<S> {
     /// Starts the lane of `shard`, sending through `sender`.
     pub fn spawn(sender: S, shard: u32) -> WriteLane<S> {
         WriteLane {
-            lane: Lane::spawn(WriteMerge { sender, shard }, MAX_INFLIGHT),
+            lane: Lane::spawn(
+                WriteMerge {
+                    sender: sender.clone(),
+                    shard,
+                },
+                MAX_INFLIGHT,
+            ),
+            sender,
+            sent: Arc::default(),
         }
+    }
+
+    /// Whether `request` was sent through this lane before (then it is not remembered again).
+    fn resent(&self, request: &ShardWriteRequest) -> bool {
+        let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+        if sent.contains(&request.request_id) {
+            return true;
+        }
+        if sent.len() >= MAX_SENT_IDS {
+            sent.pop_front();
+        }
+        sent.push_back(request.request_id.clone());
+        false
     }
 
     /// Commits `request` (a write to this lane's shard) within `timeout`.
@@ -72,6 +108,9 @@ impl<S: SendWrite> WriteLane<S> {
         request: ShardWriteRequest,
         timeout: Duration,
     ) -> Result<ShardWriteResponse, Status> {
+        if self.resent(&request) {
+            return self.sender.send(request, timeout).await;
+        }
         self.lane.call(request, timeout).await
     }
 }
@@ -278,9 +317,14 @@ mod tests {
     }
 
     fn write(key: &str) -> ShardWriteRequest {
+        // Each key its own request id (a lane sends a request id it sent before alone).
+        let mut request_id = vec![1; 16];
+        for (at, byte) in key.bytes().take(16).enumerate() {
+            request_id[at] = byte;
+        }
         ShardWriteRequest {
             shard_id: 3,
-            request_id: vec![1; 16],
+            request_id,
             ops: vec![WriteOp {
                 key: key.as_bytes().to_vec(),
                 value: b"v".to_vec(),
@@ -318,6 +362,29 @@ mod tests {
             answers.push(write.await.expect("task"));
         }
         answers
+    }
+
+    /// A write sent again (a retry: the same request id) goes alone and at once, not
+    /// behind the call in flight that still carries its first attempt (issue 14).
+    #[tokio::test]
+    async fn a_resent_write_goes_at_once() {
+        let node = Node::closed(true);
+        let lane = WriteLane::spawn(node.clone(), 3);
+        let first = {
+            let lane = lane.clone();
+            tokio::spawn(async move { lane.write(write("retried"), Duration::from_secs(5)).await })
+        };
+        node.wait_for_calls(1).await;
+        // The router gives up on the first attempt; the lane's call is still in flight.
+        first.abort();
+        let retry = {
+            let lane = lane.clone();
+            tokio::spawn(async move { lane.write(write("retried"), Duration::from_secs(5)).await })
+        };
+        node.wait_for_calls(2).await;
+        node.open.send_replace(true);
+        let answer = retry.await.expect("task").expect("the retry is answered");
+        assert_eq!(answer.results[0].version, 7);
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader};
 use ringkv_wal::Wal;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::info;
 
 use super::catch_up::CatchUp;
@@ -117,17 +117,31 @@ pub fn tombstone(wal: &Wal, group: GroupId) -> Result<Tombstone, StorageError> {
 
 /// Restores the vote of a replica re-created after `tombstone`: a fresh log has none, and
 /// without it the replica could vote twice in a term it voted in before. Returns whether a
-/// vote was written (then synced before the group starts).
-pub fn restore_vote(wal: &Wal, group: GroupId, tombstone: &Tombstone) -> Result<bool, StorageError> {
+/// vote was written (then synced before the group starts). Waits for the WAL's writer
+/// thread without blocking the caller's runtime worker: a slow disk's sync must not stall
+/// the other tasks of the node opening its groups.
+pub async fn restore_vote(wal: &Wal, group: GroupId, tombstone: &Tombstone) -> Result<bool, StorageError> {
     let id = wal_group(group);
     match (&tombstone.vote, wal.meta(id, VOTE)) {
         (Some(vote), None) => {
-            wal.set_meta(id, VOTE, &encode(vote)?)?;
-            wal.sync()?;
+            wal.set_meta_async(id, VOTE, &encode(vote)?).await?;
+            durable(wal).await?;
             Ok(true)
         }
         _ => Ok(false),
     }
+}
+
+/// Waits until everything queued in `wal` before the call is synced, whatever the node's
+/// `--unsafe-skip-fsync` (what [`Wal::sync`] does, without blocking the thread).
+async fn durable(wal: &Wal) -> Result<(), StorageError> {
+    let (tx, rx) = oneshot::channel();
+    wal.on_durable(Box::new(move |result| {
+        let _ = tx.send(result);
+    }));
+    rx.await
+        .map_err(|_| StorageError::Engine("the write-ahead log's writer stopped".to_string()))?
+        .map_err(StorageError::from)
 }
 
 /// The log store of one group. Clones share the same log.
@@ -559,10 +573,10 @@ mod tests {
         assert_eq!(dropped.vote, Some(vote));
         assert_eq!(dropped.last_log_id, Some(entry.log_id));
         wal.drop_group(wal_group(group)).expect("drop");
-        assert!(restore_vote(&wal, group, &dropped).expect("restore"));
+        assert!(restore_vote(&wal, group, &dropped).await.expect("restore"));
         assert_eq!(tombstone(&wal, group).expect("tombstone").vote, Some(vote));
         assert!(
-            !restore_vote(&wal, group, &dropped).expect("restore"),
+            !restore_vote(&wal, group, &dropped).await.expect("restore"),
             "a stored vote stays"
         );
     }

@@ -23,7 +23,7 @@ use siphasher::sip128::{Hasher128, SipHasher24};
 use crate::raft::types::{DeleteRangeCommand, Expiry, WriteCommand};
 
 /// The fingerprint of a command: 16 bytes of SipHash-2-4.
-pub(super) type Fingerprint = [u8; 16];
+pub(crate) type Fingerprint = [u8; 16];
 
 /// SipHash keys: ASCII `"ringkv-d"` and `"edup-fp1"`, the same on every replica.
 const KEY_0: u64 = u64::from_be_bytes(*b"ringkv-d");
@@ -64,7 +64,7 @@ impl Content {
 }
 
 /// The fingerprint of a write: its ops in order.
-pub(super) fn of_write(write: &WriteCommand) -> Fingerprint {
+pub(crate) fn of_write(write: &WriteCommand) -> Fingerprint {
     let mut content = Content::new(WRITE_TAG);
     content.number(write.ops.len() as u64);
     for op in &write.ops {

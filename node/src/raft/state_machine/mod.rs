@@ -55,6 +55,8 @@ pub use read::{CountResult, ScanOptions, ScanPage};
 pub use validate::{ReadSet, MAX_CONFLICTS};
 pub use watch_catch_up::{Change, ChangeKind};
 pub use watches::{Watch, WatchEnd, WatchPage, WatchRange};
+// What tells a retry of a write from another write reusing its request id (`fingerprint.rs`).
+pub(crate) use fingerprint::{of_write as write_fingerprint, Fingerprint};
 
 use super::snapshot::{self, SnapshotDir};
 use super::types::{ClusterConfig, GroupId, LogId, SnapshotMeta, StoredMembership};
