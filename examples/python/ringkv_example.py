@@ -106,10 +106,43 @@ class OutcomeUnknown(Exception):
     """A write that may or may not have been applied, after every allowed retry."""
 
 
-def write(call, request, attempts_log=None):
-    """Sends a write with the retry contract: the same request id on every attempt, retries
-    only where RetryInfo (or an unknown outcome) says so, "outcome unknown" never reported
-    as a failure. Returns the reply; raises grpc.RpcError for a definite failure and
+# Codes with which a router says the write was not applied (with or without details).
+DEFINITE = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def maybe_applied(details):
+    """Whether the failed attempt may have applied the write: the router said so
+    (OUTCOME_UNKNOWN), or nothing says it did not — no router answer at all (a connection
+    that broke after the request left, our own deadline) or an error that is not one of
+    the router's definite ones (INTERNAL, UNKNOWN, DATA_LOSS, ...)."""
+    if details.reason == "OUTCOME_UNKNOWN":
+        return True
+    if details.code in DEFINITE:
+        return False
+    # UNAVAILABLE or DEADLINE_EXCEEDED with a router reason: not applied (a write that may
+    # have been is OUTCOME_UNKNOWN); without one, nobody knows.
+    return details.reason is None or details.code not in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+
+
+def write(call, request, attempts_log=None, first_timeout_s=ATTEMPT_TIMEOUT_S):
+    """Sends a write with the retry contract: the same request id on every attempt; a retry
+    where RetryInfo says it is safe, or where the attempt may have applied (then only the
+    same request id makes it safe); "maybe applied" is sticky and never reported as a
+    failure. Returns the reply; raises grpc.RpcError for a definite failure and
     OutcomeUnknown when the outcome could not be settled within the budget."""
     if not request.request_id:
         request.request_id = uuid.uuid4().bytes
@@ -117,13 +150,12 @@ def write(call, request, attempts_log=None):
     deadline = time.monotonic() + WRITE_BUDGET_S
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            return call(request, timeout=ATTEMPT_TIMEOUT_S)
+            return call(request, timeout=first_timeout_s if attempt == 1 else ATTEMPT_TIMEOUT_S)
         except grpc.RpcError as error:
             details = Details(error)
             if attempts_log is not None:
                 attempts_log.append(details.as_dict())
-            own_deadline = details.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED) and details.reason is None
-            unknown = details.reason == "OUTCOME_UNKNOWN" or own_deadline
+            unknown = maybe_applied(details)
             ambiguous = ambiguous or unknown
             if details.retry_delay_s is None and not unknown:
                 if ambiguous:
@@ -217,7 +249,24 @@ def main():
     )
     report("cas", cas.succeeded and cas.new_version > first.version, new_version=cas.new_version)
 
-    # 7. An ordered scan of the example's keys across every shard.
+    # 7. Our own deadline fires on the first attempt (it may or may not have reached the
+    # shard): the write is retried under its request id and applied once.
+    attempts = []
+    late = kv_pb2.PutRequest(key=(args.prefix + "late").encode(), value=b"once")
+    done = write(stub.Put, late, attempts, first_timeout_s=0.000001)
+    got = stub.Get(kv_pb2.GetRequest(key=late.key), timeout=ATTEMPT_TIMEOUT_S)
+    report(
+        "own_deadline_retry",
+        done.version > 0
+        and len(attempts) >= 1
+        and attempts[0]["code"] == "DEADLINE_EXCEEDED"
+        and got.value == b"once"
+        and got.version == done.version,
+        version=done.version,
+        failed_attempts=len(attempts),
+    )
+
+    # 8. An ordered scan of the example's keys across every shard.
     for i in range(5):
         write(stub.Put, kv_pb2.PutRequest(key=(args.prefix + f"k{i}").encode(), value=str(i).encode()))
     scan = stub.Scan(kv_pb2.ScanRequest(start=(args.prefix + "k").encode(), end=(args.prefix + "l").encode(), limit=100), timeout=ATTEMPT_TIMEOUT_S)

@@ -15,10 +15,10 @@
 //! directory are fsynced. Versions and expiry times are not kept: restored keys get new
 //! versions and do not expire.
 //!
-//! **Restore** checks the manifest, refuses a cluster that already holds keys (unless
-//! `--allow-existing`), and loads the records in batches (atomic per shard, several in
-//! flight), checking each file's CRC-32 as it reads — a mismatch stops the restore, naming
-//! the file, after the batches before it were written.
+//! **Restore** checks the manifest and reads every file through, checking its CRC-32 and
+//! record count, before it writes anything; refuses a cluster that already holds keys
+//! (unless `--allow-existing`); then loads the records in batches (atomic per shard, at
+//! most four in flight, each an owned task).
 
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use ringkv_client::{Client, CountOptions, KeyRange, ReadConsistency, ScanOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -194,14 +194,14 @@ pub async fn backup(client: &Client, args: BackupArgs, format: OutputFormat) -> 
             .context("taking the backup's timestamp")?,
     };
     let hold_id = rand::random::<u64>().max(1);
-    let held = client.hold_history(hold_id, read_ts, HOLD_TTL).await;
-    if let Err(err) = &held {
+    if let Err(err) = client.hold_history(hold_id, read_ts, HOLD_TTL).await {
+        // Some nodes may have taken it: keep renewing (they answer again when they can).
         eprintln!(
-            "warning: the nodes did not keep their history for the backup ({err}); a backup \
-             longer than their --mvcc-window-ms fails with \"snapshot too old\""
+            "warning: not every node keeps its history for the backup ({err}); a backup \
+             longer than their --mvcc-window-ms may fail with \"snapshot too old\""
         );
     }
-    let renewer = held.is_ok().then(|| {
+    let renewer = {
         let client = client.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HOLD_RENEW);
@@ -213,13 +213,21 @@ pub async fn backup(client: &Client, args: BackupArgs, format: OutputFormat) -> 
                 }
             }
         })
-    });
-    let copied = copy_out(client, &args, read_ts).await;
-    if let Some(renewer) = renewer {
-        renewer.abort();
-        // Released at once; had this failed, the hold lapses by itself after HOLD_TTL.
-        let _ = client.hold_history(hold_id, read_ts, Duration::ZERO).await;
-    }
+    };
+    // The renewer stops with this guard on every path out (an error, a panic unwinding).
+    let stop_renewing = renewer.abort_handle();
+    let copied = {
+        struct AbortOnDrop(tokio::task::AbortHandle);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _guard = AbortOnDrop(stop_renewing);
+        copy_out(client, &args, read_ts).await
+    };
+    // Released at once; had this failed, the hold lapses by itself after HOLD_TTL.
+    let _ = client.hold_history(hold_id, read_ts, Duration::ZERO).await;
     let manifest = copied?;
     let text = serde_json::to_string_pretty(&manifest)?;
     let tmp = args.dir.join(format!("{MANIFEST}.tmp"));
@@ -402,9 +410,26 @@ fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
-/// `kvctl restore DIR`.
+/// Reads every data file through and checks its CRC-32 and record count, writing nothing.
+fn verify(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+    let bar = progress::bar(Some(manifest.keys), progress::LOAD_TEMPLATE);
+    bar.set_message("checking the backup");
+    let result = manifest.files.iter().try_for_each(|meta| {
+        let mut records = Records::open(dir, meta)?;
+        while records.next_record()?.is_some() {
+            bar.inc(1);
+        }
+        Ok(())
+    });
+    bar.finish_and_clear();
+    result
+}
+
+/// `kvctl restore DIR`: checks every file first, then loads the records in batches, at most
+/// [`RESTORE_IN_FLIGHT`] at once.
 pub async fn restore(client: &Client, args: RestoreArgs, format: OutputFormat) -> anyhow::Result<Outcome> {
     let manifest = read_manifest(&args.dir)?;
+    verify(&args.dir, &manifest)?;
     if !args.allow_existing {
         let present = client
             .count(&KeyRange::all(), &CountOptions::new())
@@ -420,7 +445,8 @@ pub async fn restore(client: &Client, args: RestoreArgs, format: OutputFormat) -
     let started = Instant::now();
     let bar = progress::bar(Some(manifest.keys), progress::LOAD_TEMPLATE);
     let mut pacer = Pacer::new(args.max_rate_mib);
-    let mut in_flight = futures::stream::FuturesUnordered::new();
+    // Owned: dropping the set (an error below) aborts the batches still running.
+    let mut in_flight = tokio::task::JoinSet::new();
     let mut restored = 0u64;
     let result: anyhow::Result<()> = async {
         let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -432,17 +458,17 @@ pub async fn restore(client: &Client, args: RestoreArgs, format: OutputFormat) -
                 batch.push((key, value));
                 if batch.len() >= RESTORE_BATCH_KEYS || batch_bytes >= RESTORE_BATCH_BYTES {
                     pacer.moved(batch_bytes as u64).await;
-                    if in_flight.len() >= RESTORE_IN_FLIGHT {
+                    while in_flight.len() >= RESTORE_IN_FLIGHT {
                         restored += settle(&mut in_flight).await?;
                         bar.set_position(restored);
                     }
-                    in_flight.push(put_batch(client, std::mem::take(&mut batch)));
+                    in_flight.spawn(put_batch(client.clone(), std::mem::take(&mut batch)));
                     batch_bytes = 0;
                 }
             }
         }
         if !batch.is_empty() {
-            in_flight.push(put_batch(client, batch));
+            in_flight.spawn(put_batch(client.clone(), batch));
         }
         while !in_flight.is_empty() {
             restored += settle(&mut in_flight).await?;
@@ -452,24 +478,26 @@ pub async fn restore(client: &Client, args: RestoreArgs, format: OutputFormat) -
     }
     .await;
     bar.finish_and_clear();
-    result.with_context(|| format!("restore stopped after {restored} keys"))?;
+    result.with_context(|| {
+        format!(
+            "restore stopped after {restored} keys were written (batches in flight may or may \
+             not have been): running it again with --allow-existing writes every key again"
+        )
+    })?;
     output::emit(&summary(&manifest, &args.dir, started.elapsed(), format))?;
     Ok(Outcome::Success)
 }
 
-async fn put_batch(client: &Client, batch: Vec<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<u64> {
+async fn put_batch(client: Client, batch: Vec<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<u64> {
     let keys = batch.len() as u64;
     client.batch_put(batch).await.context("writing a batch")?;
     Ok(keys)
 }
 
 /// Waits for one batch in flight; its key count.
-async fn settle<F>(in_flight: &mut futures::stream::FuturesUnordered<F>) -> anyhow::Result<u64>
-where
-    F: std::future::Future<Output = anyhow::Result<u64>>,
-{
-    match in_flight.next().await {
-        Some(done) => done,
+async fn settle(in_flight: &mut tokio::task::JoinSet<anyhow::Result<u64>>) -> anyhow::Result<u64> {
+    match in_flight.join_next().await {
+        Some(done) => done.context("a batch task failed")?,
         None => Ok(0),
     }
 }

@@ -176,6 +176,25 @@ pub fn percentile(sorted: &[Duration], percent: usize) -> Duration {
 
 /// `kvctl check perf`.
 async fn perf(client: &Client, args: PerfArgs, format: Format) -> anyhow::Result<Outcome> {
+    // The run overwrites and then deletes everything under its prefix: never someone's data.
+    if args.prefix.is_empty() {
+        anyhow::bail!("--prefix must not be empty: check perf deletes every key under it at the end");
+    }
+    let present = client
+        .count(
+            &KeyRange::prefix(args.prefix.as_bytes()),
+            &ringkv_client::CountOptions::new(),
+        )
+        .await
+        .with_context(|| format!("checking that nothing is stored under {}", args.prefix))?;
+    if present.count > 0 {
+        anyhow::bail!(
+            "{} keys are stored under {:?}: check perf writes and then deletes every key under its \
+             prefix, so it runs only under an empty one (give another --prefix)",
+            present.count,
+            args.prefix
+        );
+    }
     let total = u64::from(args.rate) * args.seconds;
     let bar = progress::bar(Some(total), progress::CHECK_TEMPLATE);
     let value = vec![b'x'; usize::try_from(args.value_size).unwrap_or(0)];

@@ -85,6 +85,7 @@ async fn a_python_client_follows_the_retry_contract() -> anyhow::Result<()> {
             "get",
             "bad_field",
             "cas",
+            "own_deadline_retry",
             "scan"
         ],
         "{stdout}\n{stderr}"

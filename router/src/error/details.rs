@@ -5,8 +5,8 @@
 //!   [`DOMAIN`]) and what the error is about as `metadata` (shard, request id, ...);
 //! - `google.rpc.RetryInfo`, only where sending the *same* request again is safe and may
 //!   succeed, with the delay to wait first: nothing was applied (no leader, overload, a ring
-//!   change), or the outcome is unknown and the retry carries the same `request_id` (the
-//!   shard answers it with the first outcome, see README "Retries and request ids");
+//!   change under the request). Never on "outcome unknown": that retry is safe only with the
+//!   same `request_id` (`ErrorInfo.metadata.request_id`; README "Errors and retries");
 //! - `google.rpc.BadRequest` field violations for input the router refused, naming the field;
 //! - `google.rpc.RequestInfo` with the write's request id, where there is one.
 //!
@@ -30,7 +30,6 @@ pub const DOMAIN: &str = "ringkv";
 /// election timeout for a missing leader, less for overload.
 const RETRY_AFTER_NO_LEADER: Duration = Duration::from_millis(300);
 const RETRY_AFTER_OVERLOAD: Duration = Duration::from_millis(50);
-const RETRY_AFTER_OUTCOME_UNKNOWN: Duration = Duration::from_millis(100);
 
 /// `ErrorInfo.reason` of `err`: a constant per kind of error (`[A-Z0-9_]+`).
 pub fn reason(err: &RouterError) -> &'static str {
@@ -71,12 +70,18 @@ pub fn reason(err: &RouterError) -> &'static str {
 pub fn retry_after(err: &RouterError) -> Option<Duration> {
     match err {
         RouterError::Overloaded { .. } | RouterError::TooManyStreams { .. } => Some(RETRY_AFTER_OVERLOAD),
+        // Definitely not applied: a write whose attempt may have applied is OutcomeUnknown.
         RouterError::NoCluster
         | RouterError::ShardUnavailable { .. }
         | RouterError::RingChanged { .. }
-        | RouterError::Unavailable(_)
         | RouterError::DeadlineExceeded { .. } => Some(RETRY_AFTER_NO_LEADER),
-        RouterError::OutcomeUnknown { .. } => Some(RETRY_AFTER_OUTCOME_UNKNOWN),
+        // Not RetryInfo: re-sending "the same request" is safe only with the same request id
+        // (`ErrorInfo.metadata.request_id`, which the router made up when the caller sent
+        // none), and a client that knows that reads the reason. `Unavailable` also ends
+        // cluster-level operations (a ring change) that may have taken effect.
+        RouterError::OutcomeUnknown { .. } | RouterError::Unavailable(_) => None,
+        // Partly applied: like an unknown outcome, safe only with the same request id.
+        RouterError::BatchFailed(batch) if batch.partly_applied => None,
         RouterError::BatchFailed(batch) => {
             // Every failed shard must be retryable for the batch to be.
             let delays: Option<Vec<Duration>> =
@@ -235,8 +240,8 @@ mod tests {
             Some(&*"ab".repeat(16))
         );
         assert!(
-            details.retry_info().is_some(),
-            "a retry with the same request id is safe"
+            details.retry_info().is_none(),
+            "re-sending is safe only with the request id, which RetryInfo cannot say"
         );
         assert_eq!(
             details.request_info().map(|info| info.request_id.clone()),
@@ -292,7 +297,7 @@ mod tests {
             partly_applied: true,
         });
         assert_eq!(reason(&all_retryable), "OUTCOME_UNKNOWN");
-        assert!(retry_after(&all_retryable).is_some());
+        assert!(retry_after(&all_retryable).is_none());
         let info = to_status(&all_retryable).get_error_details();
         let info = info.error_info().expect("error info");
         assert_eq!(

@@ -27,6 +27,7 @@ mod apply;
 mod dedup;
 mod expiry;
 mod fingerprint;
+mod history_budget;
 mod holds;
 pub(in crate::raft) mod layout;
 pub(crate) mod mvcc;
