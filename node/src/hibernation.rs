@@ -271,6 +271,9 @@ impl Sleep {
 pub struct Hibernation {
     raft: Raft,
     sleep: Mutex<Sleep>,
+    /// Changes of role, term or known leader the leadership watch reported (the node's
+    /// `ringkv_raft_role_changes_total`).
+    role_changes: std::sync::atomic::AtomicU64,
 }
 
 impl Hibernation {
@@ -278,6 +281,7 @@ impl Hibernation {
         Hibernation {
             raft,
             sleep: Mutex::new(Sleep::new(Instant::now())),
+            role_changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -300,7 +304,14 @@ impl Hibernation {
 
     /// The role or term changed: see [`Sleep::role_changed`].
     pub fn role_changed(&self) {
+        self.role_changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.step(|sleep| ((), sleep.role_changed(Instant::now())));
+    }
+
+    /// How many times the role, term or known leader changed since the replica opened.
+    pub fn role_changes(&self) -> u64 {
+        self.role_changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A copy of the current state.

@@ -117,21 +117,29 @@ impl NodeMetrics {
                     GroupId::Shard(shard) => shard.to_string(),
                 };
                 let metrics = group.raft.metrics().borrow().clone();
-                (label, metrics)
+                (label, metrics, group.hibernation.role_changes())
             })
             .collect();
         for (name, help, value) in GROUP_GAUGES {
             let mut family = exposition.family(name, Kind::Gauge, help);
-            for (label, metrics) in &groups {
+            for (label, metrics, _) in &groups {
                 family.sample(&[("group", label)], value(metrics) as f64);
             }
+        }
+        let mut changes = exposition.family(
+            "ringkv_raft_role_changes_total",
+            Kind::Counter,
+            "Changes of the replica's role, term or known leader (elections, leader changes, step-downs) since it opened.",
+        );
+        for (label, _, role_changes) in &groups {
+            changes.sample(&[("group", label)], *role_changes as f64);
         }
         let mut lag = exposition.family(
             "ringkv_raft_follower_lag_entries",
             Kind::Gauge,
             "On a leader: entries each follower's matched log is behind the leader's last log.",
         );
-        for (label, metrics) in &groups {
+        for (label, metrics, _) in &groups {
             let Some(replication) = &metrics.replication else {
                 continue;
             };

@@ -127,6 +127,11 @@ async fn node_metrics_move_with_requests_and_health_serves() -> anyhow::Result<(
                 term.is_some_and(|term| *term >= 1.0),
                 "node {id} group {group}: term {term:?}"
             );
+            let changes = samples.get(&format!("ringkv_raft_role_changes_total{{group=\"{group}\"}}"));
+            assert!(
+                changes.is_some_and(|changes| *changes >= 1.0),
+                "node {id} group {group}: role changes {changes:?}"
+            );
             assert!(
                 samples.contains_key(&format!("ringkv_raft_applied_index{{group=\"{group}\"}}")),
                 "node {id} group {group}: applied index"
