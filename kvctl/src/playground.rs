@@ -963,12 +963,25 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// The pid in `pid_file`, when that process is alive.
+/// The pid in `pid_file`, when that process is alive and is a kvctl playground (a stale
+/// file after a crash may name a pid the system has since given to another process, which
+/// SIGUSR1 would kill).
 fn running_playground(pid_file: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
     // SAFETY: kill(2) with signal 0 sends nothing, it only says whether the process exists.
     let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
-    alive.then_some(pid)
+    (alive && is_playground(pid)).then_some(pid)
+}
+
+/// Whether process `pid` runs `kvctl ... playground` (its command line, from /proc).
+fn is_playground(pid: i32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        // No /proc (not Linux): trust the pid file, as before.
+        return !Path::new("/proc/self").exists();
+    };
+    let mut args = cmdline.split(|byte| *byte == 0);
+    let program = args.next().unwrap_or_default();
+    program.ends_with(b"kvctl") && args.any(|arg| arg == b"playground")
 }
 
 /// Whether something accepts connections on `addr` right now.
