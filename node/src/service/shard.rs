@@ -6,10 +6,12 @@ use ringkv_proto::v1::{self, shard_kv_server::ShardKv};
 use ringkv_ring::Ring;
 use tonic::{Request, Response, Status};
 
+mod expiry;
 mod limits;
 mod txn;
 mod watch;
 
+use expiry::never_expiring;
 use limits::{check_range, count_limit, page_limit, reply_max_bytes};
 
 use super::status;
@@ -19,7 +21,7 @@ use crate::group::Group;
 use crate::node::Node;
 use crate::proposal;
 use crate::raft::state_machine::ScanOptions;
-use crate::raft::types::{CurrentValueBudget, Expiry, Versioned, WriteOp};
+use crate::raft::types::{CurrentValueBudget, WriteOp};
 
 /// Most writes in one `WriteBatch` call.
 const MAX_BATCH_WRITES: usize = 256;
@@ -103,22 +105,7 @@ impl ShardKvService {
             .keys
             .into_iter()
             .zip(values)
-            .map(|(key, value)| match value {
-                Some((versioned, expires_at)) => v1::KeyValueResult {
-                    key,
-                    found: true,
-                    value: versioned.value,
-                    version: versioned.version,
-                    expires_at_ts: expires_at.unwrap_or(0),
-                },
-                None => v1::KeyValueResult {
-                    key,
-                    found: false,
-                    value: Vec::new(),
-                    version: 0,
-                    expires_at_ts: 0,
-                },
-            })
+            .map(|(key, value)| expiry::read_result(key, value))
             .collect();
         Ok(v1::ShardReadResponse { results, more })
     }
@@ -223,17 +210,7 @@ impl ShardKvService {
             }
             let kind = v1::WriteKind::try_from(op.kind)
                 .map_err(|_| NodeError::InvalidArgument(format!("unknown write kind {}", op.kind)))?;
-            let expiry = match (op.keep_value, op.ttl_ms, kind) {
-                (false, 0, _) => Expiry::Never,
-                (false, ttl_ms, v1::WriteKind::Put) => Expiry::After { ttl_ms },
-                (false, _, _) => {
-                    return Err(NodeError::InvalidArgument(
-                        "a time to live belongs to a put".to_string(),
-                    ))
-                }
-                (true, 0, _) => Expiry::Persist,
-                (true, ttl_ms, _) => Expiry::Refresh { ttl_ms },
-            };
+            let expiry = expiry::of_op(&op, kind)?;
             let value = match kind {
                 // `expire` and `persist` keep the key's value.
                 _ if expiry.keeps_value() => None,
@@ -262,15 +239,6 @@ impl ShardKvService {
         }
         Ok((request_id, ops))
     }
-}
-
-/// Values read without their expiry (reads at a timestamp, provisional reads): answered
-/// as never expiring.
-fn never_expiring(values: Vec<Option<Versioned>>) -> Vec<Option<(Versioned, Option<u64>)>> {
-    values
-        .into_iter()
-        .map(|value| value.map(|value| (value, None)))
-        .collect()
 }
 
 /// A read at a timestamp is served by the leader only: its consistency must be linearizable.
