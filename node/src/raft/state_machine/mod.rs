@@ -431,4 +431,40 @@ mod tests {
             "a dump after retire fails"
         );
     }
+    /// The permission table in memory follows what is applied: an applied `Command::Auth`
+    /// and a snapshot install both replace it (the node's permission checks read only it).
+    #[tokio::test]
+    async fn the_applied_permission_table_is_watched() {
+        use openraft::EntryPayload;
+
+        use crate::raft::types::{Command, Entry};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let applied = state.watch_auth();
+        assert!(!applied.borrow().enabled);
+        let enable = Entry {
+            log_id: super::test_support::log_id(2, 3),
+            payload: EntryPayload::Normal(Command::Auth(ringkv_authz::AuthChange::Enable)),
+        };
+        sm.apply(vec![enable]).await.expect("apply");
+        assert!(applied.borrow().enabled, "an applied change");
+
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let target_dir = tempfile::tempdir().expect("tempdir");
+        let (_target_engine, target) = open(target_dir.path());
+        let installed = target.watch_auth();
+        assert!(!installed.borrow().enabled);
+        StateMachine::new(target.clone())
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        assert!(installed.borrow().enabled, "a snapshot install");
+    }
 }
