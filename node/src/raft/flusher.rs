@@ -44,13 +44,7 @@ impl Flusher {
     /// Waits until everything queued in the WAL so far is durable (without blocking a
     /// worker thread).
     pub async fn flush(&self) -> Result<(), StorageError> {
-        let (tx, rx) = oneshot::channel();
-        self.register(Box::new(move |result| {
-            let _ = tx.send(result);
-        }));
-        rx.await
-            .map_err(|_| StorageError::Engine("the write-ahead log's writer stopped".to_string()))?
-            .map_err(StorageError::from)
+        wait_for(|done| self.register(done)).await
     }
 
     fn register(&self, done: ringkv_wal::Done) {
@@ -60,6 +54,23 @@ impl Flusher {
             self.wal.on_durable(done);
         }
     }
+}
+
+/// Waits until everything queued in `wal` so far is durable, whatever
+/// `--unsafe-skip-fsync` says: what [`Wal::sync`] does, without blocking a worker thread.
+pub async fn synced(wal: &Wal) -> Result<(), StorageError> {
+    wait_for(|done| wal.on_durable(done)).await
+}
+
+/// Hands `register` the WAL callback and waits for it.
+async fn wait_for(register: impl FnOnce(ringkv_wal::Done)) -> Result<(), StorageError> {
+    let (tx, rx) = oneshot::channel();
+    register(Box::new(move |result| {
+        let _ = tx.send(result);
+    }));
+    rx.await
+        .map_err(|_| StorageError::Engine("the write-ahead log's writer stopped".to_string()))?
+        .map_err(StorageError::from)
 }
 
 #[cfg(test)]

@@ -17,11 +17,11 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader};
 use ringkv_wal::Wal;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tracing::info;
 
 use super::catch_up::CatchUp;
-use super::flusher::Flusher;
+use super::flusher::{self, Flusher};
 use super::types::{Entry, GroupId, LogId, RaftStorageError, TypeConfig, Vote};
 use super::{decode, encode, storage_err};
 use crate::storage::{EngineRef, StorageError};
@@ -125,23 +125,11 @@ pub async fn restore_vote(wal: &Wal, group: GroupId, tombstone: &Tombstone) -> R
     match (&tombstone.vote, wal.meta(id, VOTE)) {
         (Some(vote), None) => {
             wal.set_meta_async(id, VOTE, &encode(vote)?).await?;
-            durable(wal).await?;
+            flusher::synced(wal).await?;
             Ok(true)
         }
         _ => Ok(false),
     }
-}
-
-/// Waits until everything queued in `wal` before the call is synced, whatever the node's
-/// `--unsafe-skip-fsync` (what [`Wal::sync`] does, without blocking the thread).
-async fn durable(wal: &Wal) -> Result<(), StorageError> {
-    let (tx, rx) = oneshot::channel();
-    wal.on_durable(Box::new(move |result| {
-        let _ = tx.send(result);
-    }));
-    rx.await
-        .map_err(|_| StorageError::Engine("the write-ahead log's writer stopped".to_string()))?
-        .map_err(StorageError::from)
 }
 
 /// The log store of one group. Clones share the same log.
