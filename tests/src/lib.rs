@@ -305,6 +305,45 @@ impl Cluster {
         }
     }
 
+    /// The cluster's certificates (a test that calls this started the cluster with TLS).
+    pub fn certs(&self) -> Result<&ClusterCerts> {
+        match &self.security {
+            Security::Tls(certs) => Ok(certs),
+            Security::Insecure => bail!("the test cluster runs without TLS"),
+        }
+    }
+
+    /// A client certificate of the cluster's CA naming `user`.
+    pub fn user_cert(&self, user: &str) -> Result<ringkv_tls::IssuedCert> {
+        let paths = self.certs()?.ca_paths();
+        let ca = ringkv_tls::CertificateAuthority::load(&paths.cert, &paths.key)?;
+        Ok(ca.issue(&ringkv_tls::LeafRequest {
+            role: Role::Client,
+            hosts: Vec::new(),
+            user: Some(user.to_string()),
+            validity: ringkv_tls::Validity::days_from_now(1)?,
+        })?)
+    }
+
+    /// A channel straight to `addr` presenting `identity` (connected, calls bounded by
+    /// `timeout`).
+    pub async fn channel_as(
+        &self,
+        addr: &str,
+        identity: &ringkv_tls::IssuedCert,
+        timeout: Duration,
+    ) -> Result<Channel> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(self.certs()?.ca())?))
+            .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+        Ok(Channel::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect()
+            .await?)
+    }
+
     /// The router's process id.
     pub fn router_pid(&self) -> Option<u32> {
         self.router.as_ref().map(Process::pid)

@@ -10,11 +10,9 @@
 use std::time::Duration;
 
 use ringkv_client::{Client, ClientAuth, ClientConfig, ClientTls, Error, KeyRange, ScanOptions};
-use ringkv_launcher::{ClusterCerts, Security};
 use ringkv_proto::v1::{self, change_auth_request::Change};
 use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
-use ringkv_tls::{CertificateAuthority, IssuedCert, LeafRequest, Role, Validity};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use ringkv_tls::{IssuedCert, Role};
 use tonic::Code;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,29 +34,6 @@ async fn start_cluster(nodes: u64, shards: u32) -> anyhow::Result<Cluster> {
     Cluster::start(options).await
 }
 
-fn certs(cluster: &Cluster) -> &ClusterCerts {
-    match &cluster.security {
-        Security::Tls(certs) => certs,
-        Security::Insecure => panic!("the test cluster runs TLS"),
-    }
-}
-
-fn read(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
-}
-
-/// A client certificate of the cluster's CA for `user`.
-fn user_cert(cluster: &Cluster, user: &str) -> anyhow::Result<IssuedCert> {
-    let paths = certs(cluster).ca_paths();
-    let ca = CertificateAuthority::load(&paths.cert, &paths.key)?;
-    Ok(ca.issue(&LeafRequest {
-        role: Role::Client,
-        hosts: Vec::new(),
-        user: Some(user.to_string()),
-        validity: Validity::days_from_now(1)?,
-    })?)
-}
-
 /// A client of the router presenting `identity`, authenticated by `auth`; one attempt.
 async fn client_as(
     cluster: &Cluster,
@@ -69,7 +44,7 @@ async fn client_as(
         .request_timeout(PROBE_TIMEOUT)
         .max_attempts(1)
         .tls(ClientTls {
-            ca_pem: read(&certs(cluster).ca()),
+            ca_pem: std::fs::read_to_string(cluster.certs()?.ca())?,
             cert_pem: identity.cert_pem.clone(),
             key_pem: identity.key_pem.clone(),
         });
@@ -86,19 +61,6 @@ fn password(user: &str, password: &str) -> Option<ClientAuth> {
         user: user.into(),
         password: password.into(),
     })
-}
-
-/// A channel straight to a node, presenting `identity`.
-async fn node_channel(cluster: &Cluster, addr: &str, identity: &IssuedCert) -> anyhow::Result<Channel> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&certs(cluster).ca())))
-        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
-    Ok(Channel::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect_timeout(PROBE_TIMEOUT)
-        .timeout(PROBE_TIMEOUT)
-        .connect()
-        .await?)
 }
 
 /// The code and message of a failed call (panics on success).
@@ -147,7 +109,7 @@ async fn passwords_log_in_for_tokens_that_act_as_the_user() -> anyhow::Result<()
     let root = cluster.client().await?;
     // Password users connect with any client certificate of the CA: this one names a user
     // without roles, whom the token overrides.
-    let anonymous = user_cert(&cluster, "anonymous")?;
+    let anonymous = cluster.user_cert("anonymous")?;
 
     root.change_auth(Change::AddRole("app-reader".into())).await?;
     root.change_auth(Change::Grant(v1::RoleGrant {
@@ -241,7 +203,7 @@ async fn passwords_log_in_for_tokens_that_act_as_the_user() -> anyhow::Result<()
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
     let mut denied_at_nodes = 0;
     for addr in cluster.node_addrs() {
-        let channel = node_channel(&cluster, &addr, &anonymous).await?;
+        let channel = cluster.channel_as(&addr, &anonymous, PROBE_TIMEOUT).await?;
         let mut shard_kv = v1::shard_kv_client::ShardKvClient::new(channel);
         let mut request = tonic::Request::new(v1::ShardReadRequest {
             shard_id: 0,
@@ -388,9 +350,9 @@ async fn passwords_log_in_for_tokens_that_act_as_the_user() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvctl_logs_in_with_passwords_and_tokens() -> anyhow::Result<()> {
     let cluster = start_cluster(3, 2).await?;
-    let certs = certs(&cluster);
+    let certs = cluster.certs()?;
     let root_cert = certs.paths(Role::Client);
-    let anonymous = user_cert(&cluster, "anonymous")?;
+    let anonymous = cluster.user_cert("anonymous")?;
     let dir = tempfile::tempdir()?;
     let anonymous_cert = dir.path().join("anonymous.crt");
     let anonymous_key = dir.path().join("anonymous.key");

@@ -6,37 +6,12 @@
 use std::time::Duration;
 
 use ringkv_client::{Client, ClientConfig, ClientTls, Error, Isolation, KeyRange, ScanOptions};
-use ringkv_launcher::{ClusterCerts, Security};
 use ringkv_proto::v1::{self, change_auth_request::Change};
 use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
-use ringkv_tls::{CertificateAuthority, IssuedCert, LeafRequest, Role, Validity};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use ringkv_tls::{IssuedCert, Role};
 use tonic::Code;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn certs(cluster: &Cluster) -> &ClusterCerts {
-    match &cluster.security {
-        Security::Tls(certs) => certs,
-        Security::Insecure => panic!("the test cluster runs TLS"),
-    }
-}
-
-fn read(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|err| panic!("reading {}: {err}", path.display()))
-}
-
-/// A client certificate of the cluster's CA for `user`.
-fn user_cert(cluster: &Cluster, user: &str) -> anyhow::Result<IssuedCert> {
-    let paths = certs(cluster).ca_paths();
-    let ca = CertificateAuthority::load(&paths.cert, &paths.key)?;
-    Ok(ca.issue(&LeafRequest {
-        role: Role::Client,
-        hosts: Vec::new(),
-        user: Some(user.to_string()),
-        validity: Validity::days_from_now(1)?,
-    })?)
-}
 
 /// A client of the router presenting `identity`, one attempt per call.
 async fn client_as(cluster: &Cluster, identity: &IssuedCert) -> anyhow::Result<Client> {
@@ -44,26 +19,13 @@ async fn client_as(cluster: &Cluster, identity: &IssuedCert) -> anyhow::Result<C
         .request_timeout(PROBE_TIMEOUT)
         .max_attempts(1)
         .tls(ClientTls {
-            ca_pem: read(&certs(cluster).ca()),
+            ca_pem: std::fs::read_to_string(cluster.certs()?.ca())?,
             cert_pem: identity.cert_pem.clone(),
             key_pem: identity.key_pem.clone(),
         })
         .build()?;
     let router = cluster.router_addr.clone().expect("a router");
     Ok(Client::connect_with(vec![router], config).await?)
-}
-
-/// A channel straight to a node, presenting `identity`.
-async fn node_channel(cluster: &Cluster, addr: &str, identity: &IssuedCert) -> anyhow::Result<Channel> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&certs(cluster).ca())))
-        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
-    Ok(Channel::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect_timeout(PROBE_TIMEOUT)
-        .timeout(PROBE_TIMEOUT)
-        .connect()
-        .await?)
 }
 
 /// That `answer` is PERMISSION_DENIED naming every one of `words`.
@@ -132,8 +94,8 @@ async fn permissions_are_enforced_at_the_router_and_the_nodes() -> anyhow::Resul
     })
     .await?;
     let root = cluster.client().await?;
-    let alice_cert = user_cert(&cluster, "alice")?;
-    let bob_cert = user_cert(&cluster, "bob")?;
+    let alice_cert = cluster.user_cert("alice")?;
+    let bob_cert = cluster.user_cert("bob")?;
     let alice = client_as(&cluster, &alice_cert).await?;
     let bob = client_as(&cluster, &bob_cert).await?;
 
@@ -246,7 +208,7 @@ async fn permissions_are_enforced_at_the_router_and_the_nodes() -> anyhow::Resul
     // Straight at the nodes: alice's own certificate names her, whatever metadata she sends.
     let mut read_app_x = 0;
     for addr in cluster.node_addrs() {
-        let channel = node_channel(&cluster, &addr, &alice_cert).await?;
+        let channel = cluster.channel_as(&addr, &alice_cert, PROBE_TIMEOUT).await?;
         let mut shard_kv = v1::shard_kv_client::ShardKvClient::new(channel.clone());
         for shard_id in 0..4 {
             let read = |key: &str| v1::ShardReadRequest {
@@ -315,7 +277,7 @@ async fn kvctl_manages_roles_users_and_auth() -> anyhow::Result<()> {
         ..ClusterOptions::default()
     })
     .await?;
-    let certs = certs(&cluster);
+    let certs = cluster.certs()?;
     let client = certs.paths(Role::Client);
     let router = cluster.router_addr.clone().expect("a router");
     let kvctl = |args: &[&str]| -> anyhow::Result<String> {
