@@ -10,7 +10,6 @@
 //!   gRPC's default 4 MiB receive limit), and how a reply's entries are counted against it.
 //! - [`descriptor`] — the compiled descriptors (server reflection) and each service's methods.
 //! - [`watch`] — where a `Kv.Watch` got to per shard, and the re-sent events a resumed
-//! - [`watch`] — where a `Kv.Watch` got to per shard, and the re-sent events a resumed
 //!   watch drops.
 //!
 //! This crate depends on nothing internal; every other ringkv crate depends on it.
@@ -18,8 +17,8 @@
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
 pub mod budget;
-pub mod labels;
 pub mod descriptor;
+pub mod labels;
 pub mod metadata;
 pub mod watch;
 

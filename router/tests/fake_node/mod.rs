@@ -426,6 +426,7 @@ impl ShardKv for FakeNode {
             .iter()
             .map(|key| match data.get(key) {
                 Some((value, version)) => KeyValueResult {
+                    expires_at_ts: 0,
                     key: key.clone(),
                     found: true,
                     value: value.clone(),
