@@ -119,8 +119,9 @@ pub fn verify(table: &AuthTable, token: &str, now_ms: u64) -> Result<String, Tok
     Ok(user.to_string())
 }
 
-/// The expiry a token read from `token` claims, without checking it (for clients, which
-/// cannot check: they know no key). `None`: not a token.
-pub fn claimed_expiry_ms(token: &str) -> Option<u64> {
-    token.split(':').nth(2)?.parse().ok()
+/// Now in unix milliseconds, the clock token expiries are read against.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }

@@ -317,7 +317,7 @@ impl AuthView {
         // The certificate must still be one this router accepts (a role of the CA).
         self.users.certificate_user(leaf)?;
         let token = ringkv_proto::metadata::bearer_token(value).unwrap_or(value);
-        ringkv_authz::token::verify(&self.table(), token, now_unix_ms())
+        ringkv_authz::token::verify(&self.table(), token, ringkv_authz::token::now_unix_ms())
             .map_err(|err| RouterError::TokenRefused(err.to_string()))
     }
 
@@ -396,13 +396,6 @@ impl AuthView {
             }
         }
     }
-}
-
-/// Now in unix milliseconds (tokens' expiry is in unix milliseconds).
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The table from its protobuf message, with the token key sent beside it (a router

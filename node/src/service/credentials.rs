@@ -1,10 +1,8 @@
 //! Credentials at a node (issue 15): the hashing of passwords, slow on purpose
 //! (`ringkv_authz::password`), on blocking threads, at most [`MAX_CONCURRENT_HASHES`] at
-//! once (further callers wait for a turn within their deadline), and the clock tokens'
-//! expiries are read against.
+//! once (further callers wait for a turn within their deadline).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ringkv_authz::password::{self, PasswordError};
 use ringkv_authz::PasswordHash;
@@ -74,11 +72,4 @@ impl PasswordHasher {
             .await
             .map_err(|err| NodeError::Fatal(format!("password hashing failed: {err}")))
     }
-}
-
-/// Now in unix milliseconds.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::authz::change_auth;
-use super::credentials::{now_unix_ms, PasswordHasher};
+use super::credentials::PasswordHasher;
 use crate::error::NodeError;
 use crate::node::Node;
 
@@ -77,7 +77,7 @@ impl Auth for LoginService {
             .token_key
             .as_ref()
             .ok_or_else(|| Status::unavailable("no token key committed yet; try again"))?;
-        let expires_at_unix_ms = now_unix_ms().saturating_add(table.token_ttl_ms());
+        let expires_at_unix_ms = token::now_unix_ms().saturating_add(table.token_ttl_ms());
         Ok(Response::new(v1::LoginResponse {
             token: token::sign(key, &user, expires_at_unix_ms),
             expires_at_unix_ms,

@@ -105,7 +105,7 @@ impl RoleCache {
             )));
         };
         let table = Arc::clone(&table.borrow());
-        ringkv_authz::token::verify(&table, token, super::credentials::now_unix_ms())
+        ringkv_authz::token::verify(&table, token, ringkv_authz::token::now_unix_ms())
             .map_err(|err| Status::unauthenticated(format!("{service}: {err}")))
     }
 
@@ -394,7 +394,7 @@ mod tests {
         let cache = RoleCache::with_tokens(tokens);
         let service = "ringkv.v1.ShardKv";
         let alice = leaf_der(&ca, Role::Client);
-        let valid = ringkv_authz::token::sign(&key, "bob", super::super::credentials::now_unix_ms() + 60_000);
+        let valid = ringkv_authz::token::sign(&key, "bob", ringkv_authz::token::now_unix_ms() + 60_000);
         fn with(token: Option<&str>) -> Claims<'_> {
             Claims {
                 forwarded_user: None,
