@@ -10,7 +10,7 @@
 //! (`roles.rs`, the router's `auth.rs`).
 //!
 //! Hashing is slow on purpose: it runs on blocking threads, a few at once
-//! ([`PasswordHasher`](super::credentials::PasswordHasher)).
+//! ([`PasswordHasher`]).
 
 use std::sync::Arc;
 
