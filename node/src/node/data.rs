@@ -113,7 +113,11 @@ impl Node {
         keys: &[Vec<u8>],
         max_bytes: usize,
     ) -> Result<Vec<Option<Versioned>>, NodeError> {
-        Ok(group.state.get_many_uncommitted_within(keys, max_bytes).await?)
+        let now_ts = self.expiry_clock(group).await?;
+        Ok(group
+            .state
+            .get_many_uncommitted_live_within(keys, max_bytes, now_ts)
+            .await?)
     }
 
     /// Reads `keys` of shard `group` as of oracle timestamp `read_ts` (a snapshot read): the

@@ -268,7 +268,8 @@ impl ShardKvService {
         let page = if request.read_uncommitted {
             limits::check_uncommitted(request.read_ts, request.consistency)?;
             self.check_consistency(&group, request.consistency).await?;
-            group.state.scan_uncommitted(options).await?
+            let now_ts = self.node.expiry_clock(&group).await?;
+            group.state.scan_uncommitted_live(options, now_ts).await?
         } else if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
             if request.consistency == v1::Consistency::Linearizable as i32 {

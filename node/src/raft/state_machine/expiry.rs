@@ -312,6 +312,29 @@ mod tests {
         assert_eq!(state.earliest_expiry().expect("index"), Some(ms(1_100)));
     }
 
+    /// Reads of provisional values (read uncommitted) agree about expiry: a committed value
+    /// expired at the reading timestamp is absent to a get and a scan.
+    #[tokio::test]
+    async fn uncommitted_reads_leave_expired_values_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let ttl = Expiry::After { ttl_ms: 100 };
+        results(&mut sm, write_at(1, 1_000, vec![op(b"k", Some(b"v"), None, ttl)])).await;
+        for (now_ms, present) in [(1_099, true), (1_100, false)] {
+            let got = state
+                .get_many_uncommitted_live_within(&[b"k".to_vec()], usize::MAX, Some(ms(now_ms)))
+                .await
+                .expect("get");
+            assert_eq!(got[0].is_some(), present, "get at {now_ms} ms");
+            let page = state
+                .scan_uncommitted_live(scan_options(b"", None, 10), Some(ms(now_ms)))
+                .await
+                .expect("scan");
+            assert_eq!(page.entries.len(), usize::from(present), "scan at {now_ms} ms");
+        }
+    }
+
     /// A write committed at or after a key's expiry finds the key absent (a CAS expecting
     /// version 0 succeeds, one expecting the old version fails, a delete finds nothing);
     /// before it, present. A put without a TTL drops the expiry and its index record.

@@ -34,11 +34,24 @@ impl GroupState {
         keys: &[Vec<u8>],
         max_bytes: usize,
     ) -> Result<Vec<Option<Versioned>>, StorageError> {
+        self.get_many_uncommitted_live_within(keys, max_bytes, None).await
+    }
+
+    /// [`GroupState::get_many_uncommitted_within`] with committed values expired at oracle
+    /// timestamp `now_ts` absent (`None`: none counts as expired; TTL, `raft/expiry.rs`).
+    pub async fn get_many_uncommitted_live_within(
+        &self,
+        keys: &[Vec<u8>],
+        max_bytes: usize,
+        now_ts: Option<u64>,
+    ) -> Result<Vec<Option<Versioned>>, StorageError> {
         let _guard = self.apply_lock.read().await;
         let tree = self.tree();
         let may_have_locks = self.may_have_locks();
         read_within(keys, max_bytes, |key| {
-            let head = mvcc::head(&tree, key)?.map(mvcc::Head::versioned);
+            let head = mvcc::head(&tree, key)?
+                .filter(|head| now_ts.is_none_or(|now_ts| head.live_at(now_ts)))
+                .map(mvcc::Head::versioned);
             let lock = if may_have_locks {
                 txn::lock(&tree, key)?
             } else {
@@ -100,7 +113,18 @@ impl GroupState {
     /// would leave it (a delete hides the key, a put or an append on a key without a head
     /// shows it). Read at one applied state in holds of the apply lock, like every scan.
     pub async fn scan_uncommitted(&self, options: ScanOptions) -> Result<ScanPage, StorageError> {
-        let read = ScanUncommitted::new(&options, self.may_have_locks());
+        self.scan_uncommitted_live(options, None).await
+    }
+
+    /// [`GroupState::scan_uncommitted`] with committed values expired at oracle timestamp
+    /// `now_ts` left out (`None`: none counts as expired).
+    pub async fn scan_uncommitted_live(
+        &self,
+        options: ScanOptions,
+        now_ts: Option<u64>,
+    ) -> Result<ScanPage, StorageError> {
+        let mut read = ScanUncommitted::new(&options, self.may_have_locks());
+        read.now_ts = now_ts;
         self.read_in_holds(read).await?.map_err(|below| {
             StorageError::Engine(format!(
                 "a read of provisional values met the history floor {}",
@@ -131,6 +155,8 @@ pub(super) struct ScanUncommitted {
     cursor: Cursor,
     page: PageBuilder,
     may_have_locks: bool,
+    /// Committed values expired at this oracle timestamp are absent.
+    now_ts: Option<u64>,
 }
 
 impl ScanUncommitted {
@@ -139,6 +165,7 @@ impl ScanUncommitted {
             cursor: Cursor::new(options.start.clone(), options.end.clone(), options.reverse),
             page: PageBuilder::new(options),
             may_have_locks,
+            now_ts: None,
         }
     }
 }
@@ -203,9 +230,11 @@ impl RangeRead for ScanUncommitted {
             };
             let record_bytes = head.as_ref().map_or(0, Vec::len) + lock.as_ref().map_or(0, Vec::len);
             visits.visit(key.len() + record_bytes);
+            let now_ts = self.now_ts;
             let head = head
                 .map(|bytes| mvcc::decode_head(tree.name(), &bytes))
-                .transpose()?;
+                .transpose()?
+                .filter(|head| now_ts.is_none_or(|now_ts| head.live_at(now_ts)));
             let versioned = match lock {
                 None => head.map(mvcc::Head::versioned),
                 Some(bytes) => {
