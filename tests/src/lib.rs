@@ -550,6 +550,22 @@ impl Cluster {
         bail!("no node answered for shard {shard}'s locks: {refusals:?}")
     }
 
+    /// Runs the `kvctl` binary against this cluster's router (no endpoints from the
+    /// environment; a 10 s request timeout), within [`WAIT`].
+    pub async fn kvctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        let router = self.router_addr.clone().context("no router")?;
+        let output = tokio::process::Command::new(bin_dir()?.join("kvctl"))
+            .env_remove("RINGKV_ENDPOINTS")
+            .args(["-e", &router, "--timeout", "10000"])
+            .args(args)
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(WAIT, output)
+            .await
+            .map_err(|_| anyhow!("kvctl {args:?} did not finish within {WAIT:?}"))?
+            .context("running kvctl")
+    }
+
     /// Path of node `id`'s log file.
     pub fn node_log(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node-{id}.log"))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use ringkv_client::{Client, KeyRange, ScanOptions};
-use ringkv_tests::{bin_dir, wait_until, Cluster, ClusterOptions, WAIT};
+use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
 
 const WRITERS: usize = 4;
 /// Keys loaded before the backup: with values this large the paced backup takes seconds.
@@ -39,17 +39,6 @@ fn options() -> ClusterOptions {
     options
 }
 
-async fn kvctl(router: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
-    let output = tokio::process::Command::new(bin_dir()?.join("kvctl"))
-        .args(["-e", router])
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    Ok(tokio::time::timeout(WAIT, output)
-        .await
-        .map_err(|_| anyhow::anyhow!("kvctl {args:?} did not finish within {WAIT:?}"))??)
-}
-
 /// Every key and value of a cluster, latest state.
 async fn everything(client: &Client) -> anyhow::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let entries: Vec<_> = client
@@ -71,10 +60,6 @@ fn writer_key(writer: usize) -> Vec<u8> {
 async fn a_backup_under_load_is_the_state_at_its_timestamp_and_restores() -> anyhow::Result<()> {
     let source = Cluster::start(options()).await?;
     let client = source.client().await?;
-    let router = source
-        .router_addr
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no router"))?;
     let statics: Vec<(Vec<u8>, Vec<u8>)> = (0..STATIC_KEYS)
         .map(|i| {
             let value = vec![b'a' + u8::try_from(i % 26).unwrap_or(0); STATIC_VALUE_BYTES];
@@ -131,9 +116,8 @@ async fn a_backup_under_load_is_the_state_at_its_timestamp_and_restores() -> any
     let backup_dir = dir.path().join("backup");
     let backup_dir_str = backup_dir.to_str().ok_or_else(|| anyhow::anyhow!("path"))?;
     let started = Instant::now();
-    let output = kvctl(
-        &router,
-        &[
+    let output = source
+        .kvctl(&[
             "-o",
             "json",
             "backup",
@@ -142,9 +126,8 @@ async fn a_backup_under_load_is_the_state_at_its_timestamp_and_restores() -> any
             &read_ts.to_string(),
             "--max-rate-mib",
             "1",
-        ],
-    )
-    .await?;
+        ])
+        .await?;
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -206,11 +189,7 @@ async fn a_backup_under_load_is_the_state_at_its_timestamp_and_restores() -> any
     // A new cluster restored from it holds exactly the backup; a second restore into the
     // now non-empty cluster is refused.
     let target = Cluster::start(options()).await?;
-    let target_router = target
-        .router_addr
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no router"))?;
-    let output = kvctl(&target_router, &["restore", backup_dir_str]).await?;
+    let output = target.kvctl(&["restore", backup_dir_str]).await?;
     assert!(
         output.status.success(),
         "restore failed: {}",
@@ -218,7 +197,7 @@ async fn a_backup_under_load_is_the_state_at_its_timestamp_and_restores() -> any
     );
     let restored = everything(&target.client().await?).await?;
     assert_eq!(restored, restored_from);
-    let again = kvctl(&target_router, &["restore", backup_dir_str]).await?;
+    let again = target.kvctl(&["restore", backup_dir_str]).await?;
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("empty cluster"),

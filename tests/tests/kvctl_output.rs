@@ -7,19 +7,12 @@
 use std::process::Output;
 
 use anyhow::{ensure, Context, Result};
-use ringkv_tests::{bin_dir, Cluster, ClusterOptions, WAIT};
+use ringkv_tests::{Cluster, ClusterOptions, WAIT};
 use serde_json::{json, Value};
 
 /// Runs kvctl against the cluster's router.
 async fn kvctl(cluster: &Cluster, args: &[&str]) -> Result<Output> {
-    let router = cluster.router_addr.clone().context("no router")?;
-    tokio::process::Command::new(bin_dir()?.join("kvctl"))
-        .env_remove("RINGKV_ENDPOINTS")
-        .args(["-e", &router, "--timeout", "10000"])
-        .args(args)
-        .output()
-        .await
-        .context("running kvctl")
+    cluster.kvctl(args).await
 }
 
 /// kvctl's stdout, after checking it exited with `code`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use ringkv_client::{CasOutcome, Client, CountOptions, KeyRange, ReadConsistency, ScanOptions, Ttl};
-use ringkv_tests::{bin_dir, wait_until, Cluster, ClusterOptions, WAIT};
+use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
 use serde_json::Value;
 
 /// How long the tests' short-lived keys live.
@@ -178,14 +178,7 @@ async fn compare_and_set_with_a_ttl() -> Result<()> {
 
 /// Runs kvctl against the cluster's router.
 async fn kvctl(cluster: &Cluster, args: &[&str]) -> Result<Output> {
-    let router = cluster.router_addr.clone().context("no router")?;
-    tokio::process::Command::new(bin_dir()?.join("kvctl"))
-        .env_remove("RINGKV_ENDPOINTS")
-        .args(["-e", &router, "--timeout", "10000"])
-        .args(args)
-        .output()
-        .await
-        .context("running kvctl")
+    cluster.kvctl(args).await
 }
 
 /// kvctl's stdout as JSON, after checking it exited with `code`.
