@@ -40,7 +40,8 @@ pub enum CertCommand {
     CreateNode(CreateHostArgs),
     /// Create a router certificate (server and client auth) signed by the CA.
     CreateRouter(CreateHostArgs),
-    /// Create a client certificate (client auth only) for a user, signed by the CA.
+    /// Create a client certificate (client auth only) for a user (`--user NAME`, default
+    /// root), signed by the CA.
     CreateClient(CreateClientArgs),
     /// Print what a certificate says: role, subject, SANs, validity, issuer.
     Show(ShowArgs),
@@ -117,11 +118,11 @@ pub struct CreateHostArgs {
 pub struct CreateClientArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The user name (letters, digits, '.', '_', '-'): the certificate's identity for
-    /// permissions (a SAN URI `ringkv://user/<name>`, and the common name), and the file
-    /// names `client.<user>.crt` / `.key`. `root` may do everything.
-    #[arg(long, value_name = "NAME", default_value = "root")]
-    pub user: String,
+    // The user is kvctl's global `--user NAME` (also `RINGKV_USER`; default `root`): letters,
+    // digits, '.', '_', '-'; the certificate's identity for permissions (a SAN URI
+    // `ringkv://user/<name>`, and the common name), and the file names
+    // `client.<user>.crt` / `.key`. `root` may do everything. (A flag of its own would clash
+    // with the global one, which clap refuses.)
 }
 
 /// Arguments of `kvctl cert show`.
@@ -135,15 +136,19 @@ pub struct ShowArgs {
     pub ca_cert: Option<PathBuf>,
 }
 
-/// Runs `kvctl cert ...`.
-pub fn run(command: CertCommand, format: OutputFormat) -> anyhow::Result<Outcome> {
+/// Runs `kvctl cert ...`; `user` is the global `--user` (the user of `create-client`).
+pub fn run(command: CertCommand, user: Option<String>, format: OutputFormat) -> anyhow::Result<Outcome> {
     match command {
         CertCommand::CreateCa(args) => create_ca(args, format),
         CertCommand::CreateNode(args) => create_leaf(&args.common, Role::Node, args.hosts, None, format),
         CertCommand::CreateRouter(args) => create_leaf(&args.common, Role::Router, args.hosts, None, format),
-        CertCommand::CreateClient(args) => {
-            create_leaf(&args.common, Role::Client, Vec::new(), Some(args.user), format)
-        }
+        CertCommand::CreateClient(args) => create_leaf(
+            &args.common,
+            Role::Client,
+            Vec::new(),
+            Some(user.unwrap_or_else(|| "root".to_string())),
+            format,
+        ),
         CertCommand::Show(args) => show(args, format),
     }
 }

@@ -412,6 +412,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Playground(_) => None,
         _ => client_tls(ca, cert, key)?,
     };
+    // `cert create-client --user NAME` names the certificate's user with the same flag.
+    let cert_user = user.clone();
     let auth = match &cli.command {
         Command::Cert(_) => None,
         #[cfg(unix)]
@@ -503,7 +505,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Check(command) => {
             check::run(&connect(endpoints, router_config).await?, command, format).await
         }
-        Command::Cert(command) => cert::run(command, output),
+        Command::Cert(command) => cert::run(command, cert_user, output),
         #[cfg(unix)]
         Command::Playground(args) => playground::run(args).await,
     }
