@@ -143,7 +143,9 @@ pub struct RouterConfig {
     /// NEGATIVE CONTROL ONLY — breaks exactly-once writes on purpose: every attempt of a
     /// shard write gets a request id of its own instead of the request's, so a retry after
     /// an attempt that applied without an answer applies a second time (the retry TiDB's
-    /// Jepsen analysis found losing updates). Not settable from a config file.
+    /// Jepsen analysis found losing updates). Write attempts then keep the fixed
+    /// `rpc_timeout_ms` (no adaptation), as such a router's did. Not settable from a config
+    /// file.
     #[serde(skip)]
     pub unsafe_fresh_request_id_per_attempt: bool,
     /// Mutual TLS: the cluster CA, this router's certificate (role `router`) and its key.

@@ -308,12 +308,14 @@ impl<N: NodeApi> Forwarder<N> {
                     }
                 },
             };
+            // The fresh-id negative control keeps the old fixed timer, so its retries after
+            // attempts that applied keep coming (what the control must show to be caught).
             let attempt_timeout = match write_id {
-                Some(_) => {
+                Some(_) if !self.settings.unsafe_fresh_request_id_per_attempt => {
                     let node_timeout = self.write_latency.attempt_timeout(&target.addr);
                     write_attempts.start(&target.addr, node_timeout)
                 }
-                None => self.settings.rpc_timeout,
+                _ => self.settings.rpc_timeout,
             }
             .min(deadline - now);
             state.attempts += 1;
