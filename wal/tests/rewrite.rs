@@ -4,6 +4,7 @@
 
 use std::ops::Bound;
 use std::sync::mpsc;
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use ringkv_wal::{Wal, WalOptions};
@@ -35,17 +36,7 @@ fn a_rewrite_waits_for_queue_room() {
     wal.sync().expect("sync");
     assert!(wal.stats().segments > 2, "{:?}", wal.stats());
 
-    // Hold the writer thread in a callback until released.
-    let (held_tx, held_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    wal.append(3, 1, &[b"hold".to_vec()]).expect("append");
-    wal.on_written(Box::new(move |_| {
-        let _ = held_tx.send(());
-        let _ = release_rx.recv_timeout(Duration::from_secs(60));
-    }));
-    held_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the writer is held");
+    let release_tx = hold_writer(&wal);
     let before = wal.stats().appended_bytes;
     let collector = {
         let wal = wal.clone();
@@ -82,4 +73,31 @@ fn a_rewrite_waits_for_queue_room() {
         .read(1, Bound::Unbounded, Bound::Unbounded, usize::MAX)
         .expect("read");
     assert_eq!(entries.len() as u64, IDLE_ENTRIES, "the copies are durable");
+}
+
+/// Holds the writer thread in an `on_written` callback until the returned sender sends (or
+/// 60 s pass). A callback registered once the writer has already written everything runs at
+/// once on the caller's thread: it then returns without waiting, and another append is
+/// tried, until one is registered while its append is still queued.
+fn hold_writer(wal: &Wal) -> mpsc::Sender<()> {
+    let caller: ThreadId = std::thread::current().id();
+    for index in 1..=1000u64 {
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        wal.append(3, index, &[b"hold".to_vec()]).expect("append");
+        wal.on_written(Box::new(move |_| {
+            let on_writer = std::thread::current().id() != caller;
+            let _ = held_tx.send(on_writer);
+            if on_writer {
+                let _ = release_rx.recv_timeout(Duration::from_secs(60));
+            }
+        }));
+        let on_writer = held_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the callback runs");
+        if on_writer {
+            return release_tx;
+        }
+    }
+    panic!("every append was written before its callback was registered");
 }
