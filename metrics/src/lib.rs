@@ -1,4 +1,5 @@
-//! Prometheus metrics of ringkv nodes and routers, with nothing internal underneath.
+//! Prometheus metrics of ringkv nodes and routers, with nothing internal underneath, and
+//! the rate limit on their repeated log lines.
 //!
 //! - `histogram`: [`Histogram`], fixed latency buckets counted with atomics (no lock, no
 //!   allocation per observation), and [`Snapshot`], the counts a scrape reads;
@@ -10,7 +11,9 @@
 //!   method of a tonic server's services, counted before any service sees the request;
 //! - `http`: [`MetricsServer`], the `/metrics` endpoint (HTTP/1.1 on hyper, a bounded number
 //!   of connections, stopped with its handle);
-//! - `reflection`: [`reflection`], gRPC server reflection over a process's descriptors.
+//! - `reflection`: [`reflection`], gRPC server reflection over a process's descriptors;
+//! - [`log_limit`]: repeated WARN and ERROR log lines written at most once per call site
+//!   and interval, with a count of those left out.
 //!
 //! Nothing here is global: each process builds its metrics, renders them on every scrape
 //! from its own state (so a series of a group a node no longer hosts is simply not written)
@@ -19,6 +22,7 @@
 mod check;
 mod histogram;
 mod http;
+pub mod log_limit;
 mod reflection;
 mod rpc;
 mod text;

@@ -20,8 +20,6 @@
 //! - [`hibernation`]: quiet shard groups stop their Raft timers (one group's state, pure).
 //! - [`keepalive`]: the node's hibernation driver: puts quiet groups to sleep, and one
 //!   keep-alive per peer and interval stands in for the heartbeats of sleeping groups.
-//! - [`log_limit`]: third-party warnings and errors written at most once per call site
-//!   and interval (the binary's log format).
 //! - [`expiry_purger`]: removes expired keys (TTL) from the shards led here, through Raft.
 //! - [`pacing`]: spacing out periodic passes over every group while nothing is pending.
 //! - [`proposal`]: proposing to a group (leader check, timeout) and per-shard write batching.
@@ -44,7 +42,6 @@ pub mod group;
 pub mod health;
 pub mod hibernation;
 pub mod keepalive;
-pub mod log_limit;
 pub mod membership;
 pub mod metrics;
 pub mod node;

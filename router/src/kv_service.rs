@@ -29,16 +29,19 @@ use crate::error::{to_status, RequestId, RouterError};
 use crate::node_api::NodeApi;
 use crate::range_ops;
 use crate::streams::ResponseStream;
+use crate::tso::TsoClient;
 use crate::validate::{check_read_ts, check_read_uncommitted, parse_consistency, request_id_or_random};
 
 /// The client-facing key-value service.
 pub struct KvService<N> {
     ctx: Arc<RouterContext<N>>,
+    /// The oracle: where a watch from now takes its opening timestamp.
+    tso: Arc<TsoClient>,
 }
 
 impl<N: NodeApi> KvService<N> {
-    pub fn new(ctx: Arc<RouterContext<N>>) -> Self {
-        KvService { ctx }
+    pub fn new(ctx: Arc<RouterContext<N>>, tso: Arc<TsoClient>) -> Self {
+        KvService { ctx, tso }
     }
 
     async fn handle_get(&self, request: GetRequest, deadline: Instant) -> Result<GetResponse, RouterError> {
@@ -514,7 +517,8 @@ impl<N: NodeApi> Kv for KvService<N> {
             .ctx
             .admit_stream(request.metadata())
             .map_err(|e| to_status(&e))?;
-        let opened = crate::watch::watch(&self.ctx, request.into_inner(), admission.deadline).await;
+        let opened =
+            crate::watch::watch(&self.ctx, &self.tso, request.into_inner(), admission.deadline).await;
         respond(
             "watch",
             opened.map(|stream| self.ctx.streams.serve(admission.slot, stream)),
@@ -626,7 +630,8 @@ mod tests {
         config.max_batch_keys = 8;
         config.rpc_timeout_ms = 50;
         let ctx = RouterContext::new(&config, Arc::clone(nodes), topology_3_nodes());
-        KvService::new(Arc::new(ctx))
+        let tso = TsoClient::spawn(Arc::clone(nodes), topology_3_nodes(), config.rpc_timeout());
+        KvService::new(Arc::new(ctx), Arc::new(tso))
     }
 
     fn deadline() -> Instant {

@@ -172,7 +172,7 @@ impl Router {
                 None
             }
         };
-        let kv = KvServer::new(KvService::new(Arc::clone(&ctx)))
+        let kv = KvServer::new(KvService::new(Arc::clone(&ctx), Arc::clone(&tso)))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
         let tso_service = TsoServer::new(TsoService::new(Arc::clone(&ctx), Arc::clone(&tso)))

@@ -33,6 +33,7 @@ use crate::context::RouterContext;
 use crate::error::{to_status, RouterError};
 use crate::node_api::NodeApi;
 use crate::streams::ResponseStream;
+use crate::tso::TsoClient;
 
 /// Most messages waiting for the reader (besides the byte bound).
 const MAX_BUFFERED_MESSAGES: usize = 256;
@@ -72,6 +73,9 @@ struct ShardWatch {
     keys_only: bool,
     /// Changes after it, until the first progress (0: from now).
     start_ts: u64,
+    /// The first stream opens from the node's now, though the position already holds the
+    /// watch's opening timestamp (see [`watch`]); streams after it open from the position.
+    first_from_now: bool,
 }
 
 /// The keys a watch follows.
@@ -146,8 +150,16 @@ fn target_range(request: &WatchRequest, max_key_bytes: usize) -> Result<Watched,
 }
 
 /// Opens a watch: one task per shard it touches, fanned in to one stream.
+///
+/// A watch from now (`start_ts` 0) starts at an oracle timestamp `T` taken as it opens: the
+/// first message gives every shard not resumed the progress `T`, and a shard whose stream
+/// breaks before its node's first progress is watched again from `T` — not from a later
+/// "now", which would lose what committed in between — and so is a client's watch resumed
+/// from that message. The first stream of each such shard still opens from the node's own
+/// now (no catch-up read of the range); events at or below `T` are dropped as delivered.
 pub async fn watch<N: NodeApi>(
     ctx: &Arc<RouterContext<N>>,
+    tso: &TsoClient,
     request: WatchRequest,
     deadline: Instant,
 ) -> Result<ResponseStream<WatchResponse>, RouterError> {
@@ -158,7 +170,20 @@ pub async fn watch<N: NodeApi>(
         Some(key) => vec![view.ring.shard_for_key(key).0],
         None => (0..shard_count).collect(),
     };
-    let position = WatchPosition::from_progress(&request.resume);
+    let mut position = WatchPosition::from_progress(&request.resume);
+    let from_now_ts = match request.start_ts {
+        0 => Some(tso.timestamps(1, deadline).await?.start),
+        _ => None,
+    };
+    let mut opening = Vec::new();
+    if let Some(now_ts) = from_now_ts {
+        for &shard_id in &shards {
+            if position.progress(shard_id) == 0 {
+                position.advance(shard_id, now_ts);
+                opening.push(ShardProgress { shard_id, ts: now_ts });
+            }
+        }
+    }
     let shared = Arc::new(Shared {
         buffered: AtomicUsize::new(0),
         limit_bytes: ctx.stream_buffer_bytes as usize,
@@ -166,17 +191,27 @@ pub async fn watch<N: NodeApi>(
         failed: Notify::new(),
     });
     let (tx, rx) = mpsc::channel(MAX_BUFFERED_MESSAGES);
+    let first_from_now: Vec<u32> = opening.iter().map(|opened| opened.shard_id).collect();
+    if !opening.is_empty() {
+        // First in the channel, before any shard task runs; it cannot be full yet.
+        let first = WatchResponse {
+            events: Vec::new(),
+            progress: opening,
+        };
+        shared.buffered.fetch_add(message_bytes(&first), Ordering::SeqCst);
+        let _ = tx.try_send(first);
+    }
     let open_timeout = deadline.saturating_duration_since(Instant::now());
     let mut tasks = JoinSet::new();
     for shard_id in shards {
-        let resumed = position.progress(shard_id);
         let shard = ShardWatch {
             shard_id,
             shard_count,
             start: start.clone(),
             end: end.clone(),
             keys_only: request.keys_only,
-            start_ts: if resumed > 0 { resumed } else { request.start_ts },
+            start_ts: request.start_ts,
+            first_from_now: first_from_now.contains(&shard_id),
         };
         tasks.spawn(follow_shard(
             Arc::clone(ctx),
@@ -248,13 +283,19 @@ async fn follow_shard<N: NodeApi>(
     tx: mpsc::Sender<WatchResponse>,
     shared: Arc<Shared>,
 ) {
+    let mut from_now = shard.first_from_now;
     loop {
         let progress = position.progress(shard.shard_id);
+        let after_ts = match (std::mem::take(&mut from_now), progress) {
+            (true, _) => 0,
+            (false, 0) => shard.start_ts,
+            (false, progress) => progress,
+        };
         let request = ShardWatchRequest {
             shard_id: shard.shard_id,
             start: shard.start.clone(),
             end: shard.end.clone(),
-            after_ts: if progress > 0 { progress } else { shard.start_ts },
+            after_ts,
             keys_only: shard.keys_only,
         };
         let deadline = Instant::now() + open_timeout;
@@ -325,9 +366,149 @@ async fn follow_shard<N: NodeApi>(
 
 #[cfg(test)]
 mod tests {
-    use ringkv_proto::v1::KeyRange;
+    use std::sync::atomic::AtomicU64;
+
+    use ringkv_proto::v1::{
+        GetTimestampsRequest, GetTimestampsResponse, KeyRange, NodeStatusResponse, ShardCountRequest,
+        ShardCountResponse, ShardDeleteRangeRequest, ShardDeleteRangeResponse, ShardReadRequest,
+        ShardReadResponse, ShardScanRequest, ShardScanResponse, ShardWatchResponse, ShardWriteRequest,
+        ShardWriteResponse,
+    };
 
     use super::*;
+    use crate::config::RouterConfig;
+    use crate::forward::tests::topology_3_nodes;
+    use crate::node_api::ShardWatchStream;
+
+    /// The oracle's only timestamp in [`FakeShard`].
+    const OPENING_TS: u64 = 7_000;
+
+    /// Nodes whose oracle answers [`OPENING_TS`] and whose shard watch breaks (UNAVAILABLE)
+    /// before any progress the first time, then stays open after one progress; every
+    /// watch's `after_ts` is recorded.
+    #[derive(Default)]
+    struct FakeShard {
+        watch_after: Mutex<Vec<u64>>,
+        timestamps: AtomicU64,
+    }
+
+    impl NodeApi for FakeShard {
+        async fn read(&self, _: &str, _: ShardReadRequest, _: Duration) -> Result<ShardReadResponse, Status> {
+            Err(Status::unimplemented("read"))
+        }
+        async fn write(
+            &self,
+            _: &str,
+            _: ShardWriteRequest,
+            _: Duration,
+        ) -> Result<ShardWriteResponse, Status> {
+            Err(Status::unimplemented("write"))
+        }
+        async fn scan(&self, _: &str, _: ShardScanRequest, _: Duration) -> Result<ShardScanResponse, Status> {
+            Err(Status::unimplemented("scan"))
+        }
+        async fn count(
+            &self,
+            _: &str,
+            _: ShardCountRequest,
+            _: Duration,
+        ) -> Result<ShardCountResponse, Status> {
+            Err(Status::unimplemented("count"))
+        }
+        async fn delete_range(
+            &self,
+            _: &str,
+            _: ShardDeleteRangeRequest,
+            _: Duration,
+        ) -> Result<ShardDeleteRangeResponse, Status> {
+            Err(Status::unimplemented("delete range"))
+        }
+        async fn node_status(&self, _: &str, _: Duration) -> Result<NodeStatusResponse, Status> {
+            Err(Status::unimplemented("status"))
+        }
+        async fn timestamps(
+            &self,
+            _: &str,
+            request: GetTimestampsRequest,
+            _: Duration,
+        ) -> Result<GetTimestampsResponse, Status> {
+            self.timestamps.fetch_add(1, Ordering::SeqCst);
+            Ok(GetTimestampsResponse {
+                first: OPENING_TS,
+                count: request.count,
+            })
+        }
+        async fn watch(
+            &self,
+            _: &str,
+            request: ShardWatchRequest,
+            _: Duration,
+        ) -> Result<ShardWatchStream, Status> {
+            let first = {
+                let mut calls = self.watch_after.lock().unwrap_or_else(PoisonError::into_inner);
+                calls.push(request.after_ts);
+                calls.len() == 1
+            };
+            let stream: ShardWatchStream = if first {
+                Box::pin(futures::stream::iter([Err(Status::unavailable(
+                    "leader stepped down",
+                ))]))
+            } else {
+                let progress = ShardWatchResponse {
+                    events: Vec::new(),
+                    progress_ts: OPENING_TS + 5,
+                };
+                Box::pin(futures::stream::iter([Ok(progress)]).chain(futures::stream::pending()))
+            };
+            Ok(stream)
+        }
+    }
+
+    /// A watch from now gives its shard the opening timestamp as progress first; the
+    /// shard's first stream opens from the node's now (`after_ts` 0), and when it breaks
+    /// before any progress the shard is watched again from the opening timestamp, not from
+    /// a later now (which would lose what committed in between).
+    #[tokio::test]
+    async fn a_watch_from_now_reopens_from_its_opening_timestamp() {
+        let nodes = Arc::new(FakeShard::default());
+        let config = RouterConfig::for_test(vec!["n1:7001".into()]);
+        let ctx = Arc::new(RouterContext::new(
+            &config,
+            Arc::clone(&nodes),
+            topology_3_nodes(),
+        ));
+        let tso = TsoClient::spawn(Arc::clone(&nodes), topology_3_nodes(), Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stream = watch(&ctx, &tso, request(Target::Key(b"k".to_vec())), deadline)
+            .await
+            .expect("watch opens");
+        let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a first message")
+            .expect("the stream goes on")
+            .expect("no error");
+        assert!(first.events.is_empty());
+        assert_eq!(first.progress.len(), 1, "{first:?}");
+        assert_eq!(first.progress[0].ts, OPENING_TS, "{first:?}");
+        let second = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the reopened stream's progress")
+            .expect("the stream goes on")
+            .expect("no error");
+        assert_eq!(second.progress[0].ts, OPENING_TS + 5, "{second:?}");
+        let calls = nodes
+            .watch_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        assert_eq!(
+            calls,
+            vec![0, OPENING_TS],
+            "from now, then from the opening timestamp"
+        );
+        assert_eq!(nodes.timestamps.load(Ordering::SeqCst), 1);
+        tso.shutdown().await;
+    }
 
     fn request(target: Target) -> WatchRequest {
         WatchRequest {

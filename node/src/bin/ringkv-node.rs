@@ -282,7 +282,7 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
 /// Logs on stderr, colours only on a terminal (none in a log file), third-party warnings
 /// and errors at most once per call site and 10 s (`log_limit`).
 fn init_tracing(format: &str) {
-    use ringkv_node::log_limit::{RateLimited, DEFAULT_REPEAT_INTERVAL};
+    use ringkv_metrics::log_limit::{RateLimited, Scope, DEFAULT_REPEAT_INTERVAL};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -294,12 +294,22 @@ fn init_tracing(format: &str) {
         let inner = tracing_subscriber::fmt::format().json();
         builder
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(RateLimited::new(inner, true, DEFAULT_REPEAT_INTERVAL))
+            .event_format(RateLimited::new(
+                inner,
+                true,
+                Scope::ThirdParty,
+                DEFAULT_REPEAT_INTERVAL,
+            ))
             .init();
     } else {
         let inner = tracing_subscriber::fmt::format().with_ansi(ansi);
         builder
-            .event_format(RateLimited::new(inner, false, DEFAULT_REPEAT_INTERVAL))
+            .event_format(RateLimited::new(
+                inner,
+                false,
+                Scope::ThirdParty,
+                DEFAULT_REPEAT_INTERVAL,
+            ))
             .init();
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use ringkv_metrics::log_limit::{RateLimited, Scope, DEFAULT_REPEAT_INTERVAL};
 use ringkv_router::config::TlsPaths;
 use ringkv_router::failpoint::Failpoint;
 use ringkv_router::log_format::JsonLines;
@@ -225,12 +226,23 @@ async fn shutdown_signal() {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
+    // Every WARN and ERROR call site at most once per 10 s, the router's own included:
+    // one line per failed request would flood the log while a node is down.
+    let (scope, interval) = (Scope::Everything, DEFAULT_REPEAT_INTERVAL);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.event_format(JsonLines).init(),
+        LogFormat::Text => {
+            let inner = tracing_subscriber::fmt::format().with_ansi(ansi);
+            builder
+                .event_format(RateLimited::new(inner, false, scope, interval))
+                .init();
+        }
+        LogFormat::Json => builder
+            .event_format(RateLimited::new(JsonLines, true, scope, interval))
+            .init(),
     }
 }

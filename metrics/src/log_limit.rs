@@ -5,9 +5,12 @@
 //! `"suppressed": 12` field). A peer that stays down otherwise fills the log with one
 //! openraft ERROR per group and election round.
 //!
-//! ringkv's own call sites are left alone: they know what repeats and throttle it where
-//! they log (gossip's dropped datagrams, for one), and tests read some of their lines.
-//! Installed by the binary; the library never initialises tracing.
+//! Which events are limited is the [`Scope`]: a node limits only third-party crates (its own
+//! call sites know what repeats and throttle it where they log, gossip's dropped datagrams
+//! for one, and tests read some of their lines); a router limits every WARN and ERROR call
+//! site, its own included (one `request failed` per failed request would otherwise flood
+//! the log while a node is down). Installed by the binary; the libraries never initialise
+//! tracing.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -82,30 +85,42 @@ impl<K: std::hash::Hash + Eq> Limiter<K> {
     }
 }
 
-/// An event format that rate-limits third-party WARN and ERROR events and formats the
-/// rest with `inner`. A written event after suppressed ones says how many (`json`: as a
+/// Which WARN and ERROR events a [`RateLimited`] format limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Those of crates other than ringkv's (targets not starting with `ringkv`).
+    ThirdParty,
+    /// All of them, ringkv's own included.
+    Everything,
+}
+
+/// An event format that rate-limits the WARN and ERROR events of its [`Scope`] and formats
+/// the rest with `inner`. A written event after suppressed ones says how many (`json`: as a
 /// field of its object).
 #[derive(Debug)]
 pub struct RateLimited<F> {
     inner: F,
     json: bool,
+    scope: Scope,
     limiter: Mutex<Limiter<Identifier>>,
 }
 
 impl<F> RateLimited<F> {
-    /// `inner` behind a limit of one event per call site and `interval`.
-    pub fn new(inner: F, json: bool, interval: Duration) -> Self {
+    /// `inner` behind a limit of one event per call site of `scope` and `interval`;
+    /// `json`: `inner` writes one JSON object per line (the count goes in as a field).
+    pub fn new(inner: F, json: bool, scope: Scope, interval: Duration) -> Self {
         RateLimited {
             inner,
             json,
+            scope,
             limiter: Mutex::new(Limiter::new(interval)),
         }
     }
 }
 
-/// Whether events of `target` at `level` are rate-limited.
-pub fn is_limited(target: &str, level: Level) -> bool {
-    level <= Level::WARN && !target.starts_with("ringkv")
+/// Whether events of `target` at `level` are rate-limited in `scope`.
+pub fn is_limited(scope: Scope, target: &str, level: Level) -> bool {
+    level <= Level::WARN && (scope == Scope::Everything || !target.starts_with("ringkv"))
 }
 
 impl<S, N, F> FormatEvent<S, N> for RateLimited<F>
@@ -121,7 +136,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let metadata = event.metadata();
-        if !is_limited(metadata.target(), *metadata.level()) {
+        if !is_limited(self.scope, metadata.target(), *metadata.level()) {
             return self.inner.format_event(ctx, writer, event);
         }
         let verdict = match self.limiter.lock() {
@@ -205,7 +220,12 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || Capture(sink.clone()))
             .with_ansi(false)
-            .event_format(RateLimited::new(inner, false, Duration::from_secs(3600)))
+            .event_format(RateLimited::new(
+                inner,
+                false,
+                Scope::ThirdParty,
+                Duration::from_secs(3600),
+            ))
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             for attempt in 0..3 {
@@ -219,12 +239,16 @@ mod tests {
         assert_eq!(text.lines().count(), 4, "no empty lines: {text}");
     }
 
-    /// Only third-party WARN and ERROR events are limited.
+    /// Only WARN and ERROR events are limited; ringkv's own only in `Scope::Everything`.
     #[test]
-    fn third_party_warnings_and_errors_only() {
-        assert!(is_limited("openraft::core::raft_core", Level::ERROR));
-        assert!(is_limited("h2::proto", Level::WARN));
-        assert!(!is_limited("openraft::core", Level::INFO));
-        assert!(!is_limited("ringkv_node::server", Level::ERROR));
+    fn warnings_and_errors_of_the_scope_only() {
+        use Scope::{Everything, ThirdParty};
+        assert!(is_limited(ThirdParty, "openraft::core::raft_core", Level::ERROR));
+        assert!(is_limited(ThirdParty, "h2::proto", Level::WARN));
+        assert!(!is_limited(ThirdParty, "openraft::core", Level::INFO));
+        assert!(!is_limited(ThirdParty, "ringkv_node::server", Level::ERROR));
+        assert!(is_limited(Everything, "ringkv_router::kv_service", Level::WARN));
+        assert!(is_limited(Everything, "h2::proto", Level::WARN));
+        assert!(!is_limited(Everything, "ringkv_router::kv_service", Level::INFO));
     }
 }
