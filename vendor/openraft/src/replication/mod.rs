@@ -289,7 +289,14 @@ where
                             return Ok(());
                         }
                         ReplicationError::RPCError(err) => {
-                            tracing::error!(err = display(&err), "RPCError");
+                            // ringkv patch: a slow or unreachable peer is the weather of a
+                            // distributed system, retried here: a warning, not an error.
+                            match &err {
+                                RPCError::Timeout(_) | RPCError::Unreachable(_) => {
+                                    tracing::warn!(err = display(&err), "RPCError")
+                                }
+                                _ => tracing::error!(err = display(&err), "RPCError"),
+                            }
 
                             let retry = match &err {
                                 RPCError::Timeout(_) => false,
