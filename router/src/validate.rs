@@ -152,6 +152,17 @@ pub fn check_read_uncommitted(
     Ok(())
 }
 
+/// A write's expiry is relative (`ttl_ms`) or absolute (`expires_at_ts`, leases), not both.
+pub fn check_one_expiry(ttl_ms: u64, expires_at_ts: u64) -> Result<(), RouterError> {
+    if ttl_ms != 0 && expires_at_ts != 0 {
+        return Err(bad_field(
+            "expires_at_ts",
+            "set ttl_ms or expires_at_ts, not both".to_string(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
