@@ -112,12 +112,8 @@ impl Client {
             })
             .await?;
         let expires_at_ts = (response.expires_at_ts != 0).then_some(response.expires_at_ts);
-        Ok(
-            versioned(response.found, response.value, response.version).map(|value| ExpiringValue {
-                value,
-                expires_at_ts,
-            }),
-        )
+        Ok(versioned(response.found, response.value, response.version)
+            .map(|value| ExpiringValue { value, expires_at_ts }))
     }
 }
 

@@ -46,7 +46,7 @@ pub const MAX_KEYS_PER_LEASE: usize = 1_024;
 /// under it (another keep-alive, attach or revoke of the same lease).
 pub const MAX_RECORD_RACES: usize = 16;
 /// Attached keys written at once by a keep-alive or a revoke.
-const KEY_WRITE_CONCURRENCY: usize = 16;
+const KEY_WRITE_CONCURRENCY: usize = 64;
 /// The first bytes of a lease record's value (its format's version).
 const RECORD_MAGIC: &[u8] = b"ringkv-lease-v1\n";
 
@@ -160,8 +160,8 @@ pub(crate) enum AttachWrite {
 /// What attaching a key did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Attached {
-    /// The key was written (this version) and is on the lease's list.
-    Written { version: u64, expires_at_ts: u64 },
+    /// The keys were written (these versions, in key order) and are on the lease's list.
+    Written { versions: Vec<u64>, expires_at_ts: u64 },
     /// [`AttachWrite::Create`] found the key present: nothing was written.
     Taken,
 }
@@ -188,7 +188,9 @@ fn checked_ttl_ms(ttl: Duration) -> Result<u64, Error> {
 }
 
 fn lease_not_found(id: LeaseId) -> Error {
-    Error::NotFound(format!("lease {id} not found: it expired, was revoked or never existed"))
+    Error::NotFound(format!(
+        "lease {id} not found: it expired, was revoked or never existed"
+    ))
 }
 
 impl Client {
@@ -344,87 +346,174 @@ impl Client {
 
     /// Stores `value` under `key`, attached to lease `id`: the key vanishes when the lease
     /// expires or is revoked. NOT_FOUND when the lease is gone; INVALID_ARGUMENT when it
-    /// holds [`MAX_KEYS_PER_LEASE`] keys already.
+    /// would hold more than [`MAX_KEYS_PER_LEASE`] keys.
     pub async fn put_with_lease(
         &self,
         key: impl AsRef<[u8]>,
         value: impl Into<Vec<u8>>,
         id: LeaseId,
     ) -> Result<u64, Error> {
-        match self.attach(id, key.as_ref(), AttachWrite::Put(value.into())).await? {
-            Attached::Written { version, .. } => Ok(version),
-            Attached::Taken => Err(Error::InvalidResponse("a put found its key taken".into())),
-        }
+        let versions = self
+            .put_many_with_lease(vec![(key.as_ref().to_vec(), value.into())], id)
+            .await?;
+        versions
+            .first()
+            .copied()
+            .ok_or_else(|| Error::InvalidResponse("an attach wrote nothing".into()))
     }
 
-    /// Writes `key` with lease `id`'s deadline, then adds it to the lease's record (see
-    /// the module docs); deletes it again when the lease is gone by then.
-    pub(crate) async fn attach(&self, id: LeaseId, key: &[u8], write: AttachWrite) -> Result<Attached, Error> {
-        if key.starts_with(LEASE_KEY_PREFIX) {
+    /// [`Client::put_with_lease`] of many keys (distinct), written concurrently and added
+    /// to the lease's record in one step; their versions, in order. Checked against
+    /// [`MAX_KEYS_PER_LEASE`] before anything is written.
+    pub async fn put_many_with_lease(
+        &self,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        id: LeaseId,
+    ) -> Result<Vec<u64>, Error> {
+        let request_order: Vec<Vec<u8>> = entries.iter().map(|(key, _)| key.clone()).collect();
+        let writes = entries
+            .into_iter()
+            .map(|(key, value)| (key, AttachWrite::Put(value)))
+            .collect();
+        let Attached::Written { versions, .. } = self.attach(id, writes).await? else {
+            return Err(Error::InvalidResponse("a put found its key taken".into()));
+        };
+        // `attach` answers in key order.
+        let mut key_order = request_order.clone();
+        key_order.sort();
+        let by_key: std::collections::BTreeMap<Vec<u8>, u64> = key_order.into_iter().zip(versions).collect();
+        Ok(request_order
+            .iter()
+            .map(|key| by_key.get(key).copied().unwrap_or(0))
+            .collect())
+    }
+
+    /// Writes each key with lease `id`'s deadline, then adds them to the lease's record (see
+    /// the module docs); deletes them again when the lease is gone by then.
+    pub(crate) async fn attach(
+        &self,
+        id: LeaseId,
+        writes: Vec<(Vec<u8>, AttachWrite)>,
+    ) -> Result<Attached, Error> {
+        let keys: BTreeSet<Vec<u8>> = writes.iter().map(|(key, _)| key.clone()).collect();
+        if keys.len() != writes.len() {
+            return Err(Error::InvalidArgument(
+                "a key given twice to attach to a lease".into(),
+            ));
+        }
+        if keys.iter().any(|key| key.starts_with(LEASE_KEY_PREFIX)) {
             return Err(Error::InvalidArgument(
                 "keys under __ringkv/lease/ are lease records: they cannot be attached to a lease".into(),
             ));
         }
-        let mut written: Option<(u64, u64)> = None;
+        // The versions written and the deadline they were written with.
+        let mut written: Option<(Vec<u64>, u64)> = None;
         for _ in 0..MAX_RECORD_RACES {
             let Some(live) = self.live_record(id).await? else {
-                if let Some((version, _)) = written {
-                    // The lease ended between the write and the record: undo the write.
-                    self.compare_and_swap_expiring_at(key, version, None, 0).await?;
+                if let Some((versions, _)) = &written {
+                    // The lease ended between the writes and the record: undo the writes.
+                    self.undo_writes(&keys, versions).await?;
                 }
                 return Err(lease_not_found(id));
             };
-            if !live.record.keys.contains(key) && live.record.keys.len() >= MAX_KEYS_PER_LEASE {
+            let after = live.record.keys.union(&keys).count();
+            if after > MAX_KEYS_PER_LEASE {
                 return Err(Error::InvalidArgument(format!(
-                    "lease {id} holds {MAX_KEYS_PER_LEASE} keys, the most a lease holds (MAX_KEYS_PER_LEASE)"
+                    "lease {id} would hold {after} keys; a lease holds at most {MAX_KEYS_PER_LEASE} (MAX_KEYS_PER_LEASE)"
                 )));
             }
-            written = match written {
-                None => match &write {
-                    AttachWrite::Put(value) => Some((
-                        self.put_expiring_at(key, value.clone(), live.expires_at_ts).await?,
-                        live.expires_at_ts,
-                    )),
-                    AttachWrite::Create(value) => {
-                        match self
-                            .compare_and_swap_expiring_at(key, 0, Some(value.clone()), live.expires_at_ts)
-                            .await?
-                        {
-                            CasOutcome::Swapped { new_version } => Some((new_version, live.expires_at_ts)),
-                            CasOutcome::Mismatch { .. } => return Ok(Attached::Taken),
-                        }
-                    }
+            let deadline = live.expires_at_ts;
+            let versions = match written.take() {
+                None => match self.write_attached(&writes, deadline).await? {
+                    Some(versions) => versions,
+                    None => return Ok(Attached::Taken),
                 },
-                // A keep-alive moved the deadline since the write: follow it.
-                Some((version, deadline)) if deadline != live.expires_at_ts => {
-                    let refreshed = self.expire_at(key, live.expires_at_ts).await?;
-                    Some((refreshed.unwrap_or(version), live.expires_at_ts))
+                // A keep-alive moved the deadline since the writes: follow it.
+                Some((versions, written_at)) if written_at != deadline => {
+                    let refreshed: Vec<Option<u64>> = stream::iter(keys.iter().cloned())
+                        .map(|key| async move { self.expire_at(&key, deadline).await })
+                        .buffered(KEY_WRITE_CONCURRENCY)
+                        .try_collect()
+                        .await?;
+                    refreshed
+                        .into_iter()
+                        .zip(versions)
+                        .map(|(refreshed, version)| refreshed.unwrap_or(version))
+                        .collect()
                 }
-                unchanged => unchanged,
+                Some((versions, _)) => versions,
             };
-            let Some((version, expires_at_ts)) = written else {
-                continue;
-            };
+            written = Some((versions.clone(), deadline));
             let mut record = live.record.clone();
-            record.keys.insert(key.to_vec());
+            record.keys.extend(keys.iter().cloned());
             if record == live.record {
-                return Ok(Attached::Written { version, expires_at_ts });
+                return Ok(Attached::Written {
+                    versions,
+                    expires_at_ts: deadline,
+                });
             }
             let outcome = self
-                .compare_and_swap_expiring_at(
-                    &id.record_key(),
-                    live.version,
-                    Some(record.encode()),
-                    live.expires_at_ts,
-                )
+                .compare_and_swap_expiring_at(&id.record_key(), live.version, Some(record.encode()), deadline)
                 .await?;
             if outcome.is_swapped() {
-                return Ok(Attached::Written { version, expires_at_ts });
+                return Ok(Attached::Written {
+                    versions,
+                    expires_at_ts: deadline,
+                });
             }
         }
         Err(Error::Unavailable(format!(
             "lease {id} kept changing under {MAX_RECORD_RACES} attach attempts"
         )))
+    }
+
+    /// Writes `writes` (keys in [`BTreeSet`] order) expiring at `deadline`; their versions,
+    /// or `None` when a [`AttachWrite::Create`] found its key present (the others undone).
+    async fn write_attached(
+        &self,
+        writes: &[(Vec<u8>, AttachWrite)],
+        deadline: u64,
+    ) -> Result<Option<Vec<u64>>, Error> {
+        let mut sorted: Vec<(Vec<u8>, AttachWrite)> = writes.to_vec();
+        sorted.sort_by(|left, right| left.0.cmp(&right.0));
+        let outcomes: Vec<Option<u64>> = stream::iter(sorted.iter().cloned())
+            .map(|(key, write)| async move {
+                match write {
+                    AttachWrite::Put(value) => Ok(Some(self.put_expiring_at(&key, value, deadline).await?)),
+                    AttachWrite::Create(value) => {
+                        match self
+                            .compare_and_swap_expiring_at(&key, 0, Some(value), deadline)
+                            .await?
+                        {
+                            CasOutcome::Swapped { new_version } => Ok(Some(new_version)),
+                            CasOutcome::Mismatch { .. } => Ok::<_, Error>(None),
+                        }
+                    }
+                }
+            })
+            .buffered(KEY_WRITE_CONCURRENCY)
+            .try_collect()
+            .await?;
+        if outcomes.iter().all(Option::is_some) {
+            return Ok(Some(outcomes.into_iter().flatten().collect()));
+        }
+        for ((key, _), outcome) in sorted.iter().zip(&outcomes) {
+            if let Some(version) = outcome {
+                self.compare_and_swap_expiring_at(key, *version, None, 0).await?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes `keys` if they still have the `versions` an attach wrote.
+    async fn undo_writes(&self, keys: &BTreeSet<Vec<u8>>, versions: &[u64]) -> Result<(), Error> {
+        let pairs: Vec<(Vec<u8>, u64)> = keys.iter().cloned().zip(versions.iter().copied()).collect();
+        stream::iter(pairs)
+            .map(|(key, version)| async move { self.compare_and_swap_expiring_at(&key, version, None, 0).await })
+            .buffer_unordered(KEY_WRITE_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
     }
 }
 
@@ -460,7 +549,10 @@ mod tests {
         assert!(checked_ttl_ms(Duration::ZERO).is_err());
         assert!(checked_ttl_ms(Duration::from_millis(MAX_LEASE_TTL_MS + 1)).is_err());
         assert_eq!(checked_ttl_ms(Duration::from_secs(2)).ok(), Some(2_000));
-        assert_eq!(oracle_time_until(5 << LOGICAL_BITS, 2 << LOGICAL_BITS), Duration::from_millis(3));
+        assert_eq!(
+            oracle_time_until(5 << LOGICAL_BITS, 2 << LOGICAL_BITS),
+            Duration::from_millis(3)
+        );
         assert_eq!(oracle_time_until(1, 2), Duration::ZERO);
     }
 }

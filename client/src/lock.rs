@@ -92,8 +92,12 @@ impl Client {
         let value = holder_value(lease, &proposal);
         loop {
             let before_ts = self.timestamp().await?;
-            match self.attach(lease, &key, AttachWrite::Create(value.clone())).await? {
-                Attached::Written { version, .. } => {
+            match self
+                .attach(lease, vec![(key.clone(), AttachWrite::Create(value.clone()))])
+                .await?
+            {
+                Attached::Written { versions, .. } => {
+                    let version = versions.first().copied().unwrap_or(0);
                     let fencing_token = self.creation_ts(&key, version, before_ts).await?;
                     return Ok(Held {
                         key,
@@ -144,7 +148,10 @@ impl Client {
 
     /// Every leader of election `name` as it changes, the current one first: a stream
     /// that lasts as long as the watch under it.
-    pub fn observe(&self, name: impl AsRef<[u8]>) -> impl Stream<Item = Result<Leader, Error>> + Send + 'static {
+    pub fn observe(
+        &self,
+        name: impl AsRef<[u8]>,
+    ) -> impl Stream<Item = Result<Leader, Error>> + Send + 'static {
         let client = self.clone();
         let key = name.as_ref().to_vec();
         struct Observing {
@@ -270,8 +277,14 @@ mod tests {
     fn holder_values_round_trip() {
         let value = holder_value(LeaseId(0xabc), b"node-1:8080");
         assert_eq!(value, b"0000000000000abc:node-1:8080".to_vec());
-        assert_eq!(parse_holder(&value), Some((LeaseId(0xabc), b"node-1:8080".to_vec())));
-        assert_eq!(parse_holder(b"0000000000000abc:"), Some((LeaseId(0xabc), Vec::new())));
+        assert_eq!(
+            parse_holder(&value),
+            Some((LeaseId(0xabc), b"node-1:8080".to_vec()))
+        );
+        assert_eq!(
+            parse_holder(b"0000000000000abc:"),
+            Some((LeaseId(0xabc), Vec::new()))
+        );
         assert_eq!(parse_holder(b"plain value"), None);
     }
 }

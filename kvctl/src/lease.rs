@@ -188,8 +188,9 @@ async fn keep_alive(client: &Client, id: LeaseId, format: Format) -> anyhow::Res
 
 fn print_extension(id: LeaseId, expires_at_ts: u64, format: Format) -> anyhow::Result<()> {
     let line = match format {
-        Format::Json | Format::Jsonl => serde_json::json!({"id": id.to_string(), "expires_at_ts": expires_at_ts})
-            .to_string(),
+        Format::Json | Format::Jsonl => {
+            serde_json::json!({"id": id.to_string(), "expires_at_ts": expires_at_ts}).to_string()
+        }
         _ => format!("lease {id} kept alive until {expires_at_ts}"),
     };
     output::emit(&line)?;

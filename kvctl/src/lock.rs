@@ -156,7 +156,10 @@ pub async fn lock(client: &Client, args: LockArgs, format: Format) -> anyhow::Re
         }
     };
     release(client, keeper).await;
-    let code = status.code().and_then(|code| u8::try_from(code).ok()).unwrap_or(EXIT_FAILURE);
+    let code = status
+        .code()
+        .and_then(|code| u8::try_from(code).ok())
+        .unwrap_or(EXIT_FAILURE);
     Ok(Outcome::Exit(code))
 }
 

@@ -97,7 +97,10 @@ async fn attached_keys_live_with_their_lease_and_vanish_when_it_expires() -> Res
     ensure!(put.status.success(), "kvctl put --lease: {put:?}");
     client.put("l/plain", "stays").await?;
     let status = client.lease_time_to_live(lease.id).await?;
-    ensure!(status.keys == vec![b"l/a".to_vec(), b"l/b".to_vec()], "{status:?}");
+    ensure!(
+        status.keys == vec![b"l/a".to_vec(), b"l/b".to_vec()],
+        "{status:?}"
+    );
     for key in ["l/a", "l/b"] {
         let value = client.get_expiring(key).await?.context("attached key")?;
         ensure!(
@@ -106,7 +109,10 @@ async fn attached_keys_live_with_their_lease_and_vanish_when_it_expires() -> Res
         );
     }
     let listed = cluster.kvctl(&["lease", "list"]).await?;
-    ensure!(String::from_utf8_lossy(&listed.stdout).contains(&id), "{listed:?}");
+    ensure!(
+        String::from_utf8_lossy(&listed.stdout).contains(&id),
+        "{listed:?}"
+    );
 
     // Kept alive past its first deadline, the lease and its keys stay.
     let keeper = client.keep_lease_alive(lease);
@@ -126,10 +132,16 @@ async fn attached_keys_live_with_their_lease_and_vanish_when_it_expires() -> Res
         client.lease_time_to_live(lease.id).await,
         Err(Error::NotFound(_))
     ));
-    ensure!(client.get("l/plain").await?.is_some(), "a key without a lease stays");
+    ensure!(
+        client.get("l/plain").await?.is_some(),
+        "a key without a lease stays"
+    );
     let ttl = cluster.kvctl(&["lease", "ttl", &id]).await?;
     ensure!(ttl.status.code() == Some(1), "{ttl:?}");
-    ensure!(String::from_utf8_lossy(&ttl.stderr).contains("not found"), "{ttl:?}");
+    ensure!(
+        String::from_utf8_lossy(&ttl.stderr).contains("not found"),
+        "{ttl:?}"
+    );
     Ok(())
 }
 
@@ -160,8 +172,14 @@ async fn revoke_removes_attached_keys_and_bad_input_is_refused() -> Result<()> {
     // An unknown (here: revoked) lease.
     let put = cluster.kvctl(&["put", "--lease", &id, "r/4", "v"]).await?;
     ensure!(put.status.code() == Some(1), "{put:?}");
-    ensure!(String::from_utf8_lossy(&put.stderr).contains("not found"), "{put:?}");
-    ensure!(client.get("r/4").await?.is_none(), "nothing written for a gone lease");
+    ensure!(
+        String::from_utf8_lossy(&put.stderr).contains("not found"),
+        "{put:?}"
+    );
+    ensure!(
+        client.get("r/4").await?.is_none(),
+        "nothing written for a gone lease"
+    );
     let again = cluster.kvctl(&["lease", "revoke", &id]).await?;
     ensure!(again.status.code() == Some(1), "{again:?}");
     // TTLs out of bounds; a malformed id.
@@ -169,7 +187,10 @@ async fn revoke_removes_attached_keys_and_bad_input_is_refused() -> Result<()> {
     ensure!(zero.status.code() == Some(64), "{zero:?}");
     let long = cluster.kvctl(&["lease", "grant", "2d"]).await?;
     ensure!(long.status.code() == Some(65), "{long:?}");
-    ensure!(String::from_utf8_lossy(&long.stderr).contains("a lease TTL is"), "{long:?}");
+    ensure!(
+        String::from_utf8_lossy(&long.stderr).contains("a lease TTL is"),
+        "{long:?}"
+    );
     ensure!(matches!(
         client.lease_grant(Duration::ZERO).await,
         Err(Error::InvalidArgument(_))
@@ -179,9 +200,13 @@ async fn revoke_removes_attached_keys_and_bad_input_is_refused() -> Result<()> {
 
     // The most keys a lease holds, then one more.
     let full = client.lease_grant(Duration::from_secs(120)).await?;
-    for index in 0..MAX_KEYS_PER_LEASE {
-        client.put_with_lease(format!("many/{index}"), "v", full.id).await?;
-    }
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..MAX_KEYS_PER_LEASE)
+        .map(|index| (format!("many/{index}").into_bytes(), b"v".to_vec()))
+        .collect();
+    let versions = client.put_many_with_lease(entries, full.id).await?;
+    ensure!(versions.len() == MAX_KEYS_PER_LEASE && versions.iter().all(|version| *version > 0));
+    let status = client.lease_time_to_live(full.id).await?;
+    ensure!(status.keys.len() == MAX_KEYS_PER_LEASE);
     match client.put_with_lease("many/one-too-many", "v", full.id).await {
         Err(Error::InvalidArgument(message)) => {
             ensure!(message.contains("MAX_KEYS_PER_LEASE"), "{message}")
@@ -243,7 +268,10 @@ async fn a_waiter_takes_the_lock_after_the_holder_dies_or_releases() -> Result<(
     let second_token = token_of(&second_line)?;
     ensure!(second_token > first_token, "{second_token} after {first_token}");
     let now_holder = client.leader("locks/w").await?.context("a holder")?;
-    ensure!(now_holder.lease != holder.lease, "the second holds it under its own lease");
+    ensure!(
+        now_holder.lease != holder.lease,
+        "the second holds it under its own lease"
+    );
 
     // The library waits too, and takes it the moment kvctl releases (SIGTERM revokes).
     let waiter = {
@@ -255,7 +283,9 @@ async fn a_waiter_takes_the_lock_after_the_holder_dies_or_releases() -> Result<(
         })
     };
     ensure!(second.stop(libc::SIGTERM).await? == Some(0));
-    let (lease, held) = tokio::time::timeout(WAIT, waiter).await.context("the library's lock")???;
+    let (lease, held) = tokio::time::timeout(WAIT, waiter)
+        .await
+        .context("the library's lock")???;
     ensure!(held.fencing_token > second_token, "{held:?} after {second_token}");
     ensure!(client.unlock(&held).await?, "unlock releases");
     ensure!(client.get("locks/w").await?.is_none());
@@ -279,7 +309,10 @@ async fn listeners_see_each_new_leader() -> Result<()> {
     let mut beta = Running::spawn(&cluster, &["elect", "--ttl", "2s", "elections/e", "beta"])?;
     alpha.stop(libc::SIGKILL).await?;
     let beta_line = beta.line().await?;
-    ensure!(token_of(&beta_line)? > token_of(&alpha_line)?, "{beta_line} after {alpha_line}");
+    ensure!(
+        token_of(&beta_line)? > token_of(&alpha_line)?,
+        "{beta_line} after {alpha_line}"
+    );
     let next = listener.line().await?;
     ensure!(next.starts_with("beta "), "{next}");
     ensure!(token_of(&next)? == token_of(&beta_line)?, "{next} vs {beta_line}");
