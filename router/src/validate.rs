@@ -238,4 +238,13 @@ mod tests {
         assert!(matches!(parse_consistency(1), Ok(Consistency::Stale)));
         assert!(parse_consistency(9).is_err());
     }
+
+    /// A write's expiry is a TTL or an absolute deadline, never both.
+    #[test]
+    fn an_expiry_is_relative_or_absolute() {
+        assert!(check_one_expiry(0, 0).is_ok());
+        assert!(check_one_expiry(5, 0).is_ok());
+        assert!(check_one_expiry(0, 5).is_ok());
+        assert!(check_one_expiry(5, 5).is_err());
+    }
 }

@@ -197,6 +197,25 @@ async fn revoke_removes_attached_keys_and_bad_input_is_refused() -> Result<()> {
     ));
     let bad_id = cluster.kvctl(&["lease", "ttl", "not-hex"]).await?;
     ensure!(bad_id.status.code() == Some(64), "{bad_id:?}");
+    // On the wire: a TTL and an absolute expiry together.
+    let both = cluster
+        .kv()
+        .await?
+        .put(ringkv_client::proto::PutRequest {
+            key: b"r/both".to_vec(),
+            value: b"v".to_vec(),
+            request_id: Vec::new(),
+            ttl_ms: 1_000,
+            expires_at_ts: client.timestamp().await?,
+        })
+        .await;
+    match both {
+        Err(status) => ensure!(
+            status.code() == tonic::Code::InvalidArgument && status.message().contains("not both"),
+            "{status:?}"
+        ),
+        Ok(reply) => bail!("a put with both expiries was taken: {reply:?}"),
+    }
 
     // The most keys a lease holds, then one more.
     let full = client.lease_grant(Duration::from_secs(120)).await?;
