@@ -21,6 +21,22 @@
 //! A holder paused past its lease's deadline still believes it holds the lock while
 //! another does; only a resource that refuses tokens lower than the highest it has seen
 //! is safe (README "Leases, locks and elections").
+//!
+//! ```no_run
+//! # async fn example(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+//! use std::time::Duration;
+//!
+//! let lease = client.lease_grant(Duration::from_secs(10)).await?;
+//! let keeper = client.keep_lease_alive(lease); // every TTL/3, until shut down or lost
+//! let held = client.lock("jobs/nightly", lease.id).await?;
+//! // Send held.fencing_token with every write to the guarded resource; stop when
+//! // keeper.lost() resolves.
+//! client.unlock(&held).await?;
+//! keeper.shutdown().await;
+//! client.lease_revoke(lease.id).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::time::Duration;
 

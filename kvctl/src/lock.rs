@@ -148,6 +148,14 @@ pub async fn lock(client: &Client, args: LockArgs, format: Format) -> anyhow::Re
     };
     let status = tokio::select! {
         status = child.wait() => status.context("waiting for the command")?,
+        outcome = interrupted() => {
+            // Interrupted while the command runs: stop it, then release.
+            let _ = child.kill().await;
+            release(client, keeper).await;
+            outcome?;
+            eprintln!("interrupted: the command was stopped and the lock released");
+            return Ok(Outcome::Exit(EXIT_FAILURE));
+        }
         why = keeper.lost() => {
             // The lock may be someone else's now: stop the command.
             let _ = child.kill().await;
