@@ -41,6 +41,7 @@
 use std::time::Duration;
 
 use futures::stream::{self, Stream, StreamExt};
+use tracing::debug;
 
 use crate::lease::{AttachWrite, Attached, LeaseId};
 use crate::watch::{WatchEventKind, WatchOptions, WatchStream, WatchTarget};
@@ -114,13 +115,23 @@ impl Client {
             {
                 Attached::Written { versions, .. } => {
                     let version = versions.first().copied().unwrap_or(0);
-                    let fencing_token = self.creation_ts(&key, version, before_ts).await?;
-                    return Ok(Held {
+                    let mut held = Held {
                         key,
                         lease,
-                        fencing_token,
+                        fencing_token: 0,
                         proposal,
-                    });
+                    };
+                    match self.creation_ts(&held.key, version, before_ts).await {
+                        Ok(fencing_token) => held.fencing_token = fencing_token,
+                        Err(err) => {
+                            // Held without a token is of no use: let go before failing.
+                            if let Err(unlock_err) = self.unlock(&held).await {
+                                debug!(%unlock_err, "could not release a lock whose token was not found");
+                            }
+                            return Err(err);
+                        }
+                    }
+                    return Ok(held);
                 }
                 Attached::Taken => self.wait_for_release(&key, before_ts).await?,
             }

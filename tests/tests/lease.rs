@@ -339,3 +339,87 @@ async fn listeners_see_each_new_leader() -> Result<()> {
     listener.stop(libc::SIGTERM).await?;
     Ok(())
 }
+
+/// With permissions on, leases and locks are plain `Kv` calls checked as always: a user
+/// with write on the lease prefix and the lock's key grants, attaches and locks; without
+/// write on the lease prefix, a grant is PERMISSION_DENIED naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_locks_need_the_permissions_of_their_keys() -> Result<()> {
+    use ringkv_client::{ClientConfig, ClientTls};
+    use ringkv_proto::v1::{self, change_auth_request::Change};
+
+    let cluster = Cluster::start(ClusterOptions {
+        shards: 4,
+        tls: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let root = cluster.client().await?;
+    let client_as = |user: &str| -> Result<ringkv_client::ClientConfig> {
+        let identity = cluster.user_cert(user)?;
+        Ok(ClientConfig::builder()
+            .max_attempts(1)
+            .tls(ClientTls {
+                ca_pem: std::fs::read_to_string(cluster.certs()?.ca())?,
+                cert_pem: identity.cert_pem.clone(),
+                key_pem: identity.key_pem.clone(),
+            })
+            .build()?)
+    };
+    let router = cluster.router_addr.clone().context("a router")?;
+    let carol = Client::connect_with(vec![router.clone()], client_as("carol")?).await?;
+    let dave = Client::connect_with(vec![router], client_as("dave")?).await?;
+    let grant = |role: &str, prefix: &str| {
+        Change::Grant(v1::RoleGrant {
+            role: role.into(),
+            grant: Some(v1::Grant {
+                prefix: prefix.as_bytes().to_vec(),
+                permission: v1::Permission::Write as i32,
+            }),
+        })
+    };
+    let add_user = |user: &str, role: &str| {
+        Change::AddUser(v1::AuthUser {
+            name: user.into(),
+            roles: vec![role.to_string()],
+            ..Default::default()
+        })
+    };
+    for change in [
+        Change::AddRole("locker".into()),
+        grant("locker", "__ringkv/lease/"),
+        grant("locker", "locks/"),
+        Change::AddRole("no-leases".into()),
+        grant("no-leases", "locks/"),
+        add_user("carol", "locker"),
+        add_user("dave", "no-leases"),
+        Change::Enable(true),
+    ] {
+        root.change_auth(change).await?;
+    }
+    wait_until("the router to enforce permissions", WAIT, || async {
+        dave.lease_grant(SHORT_TTL).await.is_err().then_some(())
+    })
+    .await?;
+    match dave.lease_grant(SHORT_TTL).await {
+        Err(Error::Other { code, message }) => ensure!(
+            code == tonic::Code::PermissionDenied && message.contains("__ringkv/lease/"),
+            "{code:?}: {message}"
+        ),
+        other => bail!("a grant without permission on the lease prefix: {other:?}"),
+    }
+    let lease = carol.lease_grant(Duration::from_secs(10)).await?;
+    carol.put_with_lease("locks/attached", "v", lease.id).await?;
+    let held = carol.lock("locks/p", lease.id).await?;
+    ensure!(held.fencing_token > 0);
+    ensure!(matches!(
+        carol.put_with_lease("elsewhere/k", "v", lease.id).await,
+        Err(Error::Other {
+            code: tonic::Code::PermissionDenied,
+            ..
+        })
+    ));
+    carol.lease_revoke(lease.id).await?;
+    ensure!(root.get("locks/p").await?.is_none() && root.get("locks/attached").await?.is_none());
+    Ok(())
+}
