@@ -23,6 +23,10 @@
 //!
 //! Races between those are settled by the record's compare-and-set: each read-modify-write
 //! runs again (at most [`MAX_RECORD_RACES`] times) when the record changed under it.
+//!
+//! The record's value, for clients in other languages: `ringkv-lease-v1\n`, the TTL in
+//! milliseconds (u64 big-endian), the number of attached keys (u32 big-endian), then each
+//! key as its length (u32 big-endian) and its bytes, in bytewise order.
 
 use std::collections::BTreeSet;
 use std::fmt;
