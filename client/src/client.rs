@@ -137,6 +137,7 @@ impl Client {
     pub async fn put(&self, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) -> Result<u64, Error> {
         let message = proto::PutRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: checked_key(key.as_ref())?,
             value: value.into(),
             request_id: new_request_id(),
@@ -180,6 +181,7 @@ impl Client {
         let delete = new_value.is_none();
         let message = proto::CompareAndSwapRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: checked_key(key.as_ref())?,
             expected_version,
             new_value: new_value.unwrap_or_default(),

@@ -12,6 +12,10 @@
 //!   ordered range scans (paged or streamed), counts, range deletes, cluster status.
 //! - [`ttl`](Ttl) — keys that expire: puts and compare-and-sets with a TTL, `expire`,
 //!   `persist`, the time a key has left.
+//! - [`lease`](Lease) — leases on keys with an absolute expiry (`expiry_at`): grant,
+//!   keep-alive (once, or in the background with [`LeaseKeeper`]), revoke, time-to-live,
+//!   list, `put_with_lease`.
+//! - [`lock`](Held) — locks and leader elections on leases, with fencing tokens.
 //! - [`config`](ClientConfig) — timeouts and retry bounds with a validating builder.
 //! - [`admin`] — talking to storage nodes directly: `NodeStatus` and cluster bootstrap.
 //! - [`error`](Error) — the error type; the single `tonic::Status` → [`Error`] mapping.
@@ -100,6 +104,10 @@ mod config;
 mod credentials;
 mod endpoint;
 mod error;
+mod expiry_at;
+mod lease;
+mod lease_keeper;
+mod lock;
 mod retry;
 mod routers;
 mod scan;
@@ -119,6 +127,13 @@ pub use config::{
 pub use credentials::{ClientAuth, RENEW_BEFORE_EXPIRY};
 pub use endpoint::normalize_endpoint;
 pub use error::Error;
+pub use expiry_at::ExpiringValue;
+pub use lease::{
+    Lease, LeaseId, LeaseStatus, LEASE_KEY_PREFIX, MAX_KEYS_PER_LEASE, MAX_LEASE_TTL_MS, MAX_RECORD_RACES,
+    MIN_LEASE_TTL_MS,
+};
+pub use lease_keeper::{KeeperState, LeaseKeeper, KEEP_ALIVE_RETRY_PAUSE};
+pub use lock::{Held, Leader, MAX_WAIT_SLICE, TOKEN_LOOKUP_TIMEOUT};
 pub use ringkv_proto::v1 as proto;
 pub use scan::ScanStream;
 pub use ttl::Ttl;

@@ -53,6 +53,7 @@ impl Client {
             value: value.into(),
             request_id: new_request_id(),
             ttl_ms: ttl_ms(ttl)?,
+            expires_at_ts: 0,
         };
         let max_bytes = self.routers().config().max_message_bytes;
         let response = self
@@ -81,6 +82,7 @@ impl Client {
             delete: false,
             request_id: new_request_id(),
             ttl_ms: ttl_ms(ttl)?,
+            expires_at_ts: 0,
         };
         let max_bytes = self.routers().config().max_message_bytes;
         let response = self
@@ -110,6 +112,7 @@ impl Client {
             key: checked_key(key)?,
             ttl_ms,
             request_id: new_request_id(),
+            expires_at_ts: 0,
         };
         let max_bytes = self.routers().config().max_message_bytes;
         let response = self

@@ -80,6 +80,7 @@ async fn put_retried_across_a_clock_jump(unsafe_wall_clock: bool) -> anyhow::Res
     let mut kv = KvClient::connect(format!("http://{router}")).await?;
     let retried = PutRequest {
         ttl_ms: 0,
+        expires_at_ts: 0,
         key: b"retried".to_vec(),
         value: b"once".to_vec(),
         request_id: vec![0x5a; 16],
@@ -95,6 +96,7 @@ async fn put_retried_across_a_clock_jump(unsafe_wall_clock: bool) -> anyhow::Res
             for n in (writer..LATER_REQUESTS).step_by(WRITERS) {
                 let put = PutRequest {
                     ttl_ms: 0,
+                    expires_at_ts: 0,
                     key: format!("later-{n}").into_bytes(),
                     value: b"v".to_vec(),
                     request_id: Vec::new(),

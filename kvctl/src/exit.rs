@@ -40,6 +40,9 @@ pub enum Outcome {
     CasMismatch,
     /// A check found the cluster wanting (the verdict was already printed).
     CheckFailed,
+    /// Exit with this code: the status of a command kvctl ran for the user (`lock NAME --
+    /// COMMAND`), or 1 when a held lock or leadership was lost (already said on stderr).
+    Exit(u8),
 }
 
 impl Outcome {
@@ -49,6 +52,7 @@ impl Outcome {
             Outcome::Success => EXIT_OK,
             Outcome::NotFound | Outcome::CheckFailed => EXIT_FAILURE,
             Outcome::CasMismatch => EXIT_CAS_MISMATCH,
+            Outcome::Exit(code) => code,
         }
     }
 }

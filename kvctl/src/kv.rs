@@ -58,8 +58,12 @@ pub struct PutArgs {
     #[arg(long)]
     pub hex: bool,
     /// The value expires this long after the write (`500ms`, `30s`, `10m`; see `expire`).
-    #[arg(long, value_parser = crate::ttl::parse_ttl)]
+    #[arg(long, value_parser = crate::ttl::parse_ttl, conflicts_with = "lease")]
     pub ttl: Option<std::time::Duration>,
+    /// Attach the key to this lease (`lease grant`): it vanishes when the lease expires or
+    /// is revoked.
+    #[arg(long, value_name = "ID", value_parser = crate::lease::parse_lease_id)]
+    pub lease: Option<ringkv_client::LeaseId>,
 }
 
 /// Keys deleted by one request of `del` (the routers' default `max_batch_keys` is 1000).
@@ -135,9 +139,10 @@ pub async fn put(client: &Client, args: PutArgs, format: Format) -> anyhow::Resu
     let source = value_source(args.value, args.file, args.stdin, args.hex)?
         .ok_or_else(|| UsageError("give a value, --file or --stdin".into()))?;
     let value = read_source(source)?;
-    let version = match args.ttl {
-        Some(ttl) => client.put_with_ttl(&key, value, ttl).await,
-        None => client.put(&key, value).await,
+    let version = match (args.ttl, args.lease) {
+        (_, Some(lease)) => client.put_with_lease(&key, value, lease).await,
+        (Some(ttl), None) => client.put_with_ttl(&key, value, ttl).await,
+        (None, None) => client.put(&key, value).await,
     }
     .with_context(|| format!("put {}", display_bytes(&key)))?;
     output::emit_raw(&render_put(&key, version, format))?;

@@ -11,6 +11,9 @@
 //!   JSON-lines and CSV input.
 //! - `range` — `scan` (a page, or `--all` streamed), `count`, `delrange`.
 //! - `watch` — `watch KEY | --prefix P [--from-revision R]`: changes as they commit.
+//! - `lease` — `lease grant|keep-alive|revoke|ttl|list` and `put --lease`'s id flag;
+//!   `lock` — `lock NAME [-- COMMAND]` and `elect NAME PROPOSAL | --listen NAME`, with
+//!   fencing tokens, on a lease of their own (unix only).
 //! - `cluster` — `cluster init` (talks to the nodes), `cluster status` and `cluster plan`
 //!   (a router).
 //! - `endpoint` — `endpoint status` and `endpoint health`: each node's and router's own
@@ -38,7 +41,10 @@ mod credentials;
 mod endpoint;
 mod exit;
 mod kv;
+mod lease;
 mod load;
+#[cfg(unix)]
+mod lock;
 mod membership;
 mod output;
 #[cfg(unix)]
@@ -236,6 +242,19 @@ enum Command {
     /// Print the changes of a key or a prefix as they commit, from now or from a revision
     /// (`--from-revision`); JSON lines with `-o json`.
     Watch(watch::WatchArgs),
+    /// Leases: grant, keep-alive, revoke, ttl, list (keys attached with `put --lease`
+    /// vanish with their lease).
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
+    /// Acquire a lock (waiting while another holds it), print its fencing token, and hold
+    /// it until interrupted, or run a command after `--` with the token in
+    /// RINGKV_LOCK_TOKEN and release.
+    #[cfg(unix)]
+    Lock(lock::LockArgs),
+    /// Campaign to lead an election and hold the leadership until interrupted, or
+    /// (`--listen`) print each leader as it changes.
+    #[cfg(unix)]
+    Elect(lock::ElectArgs),
     /// Run a script of gets, puts and deletes as one transaction (stdin or a file).
     Txn(txn::TxnArgs),
     /// Collect the records of old transactions now (routers also do it periodically).
@@ -449,7 +468,10 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         | Command::Count(_)
         | Command::Delrange(_)
         | Command::Watch(_)
+        | Command::Lease(_)
         | Command::Check(_) => output::OutputFormat::Table,
+        #[cfg(unix)]
+        Command::Lock(_) | Command::Elect(_) => output::OutputFormat::Table,
         _ => format.document(command_name(&cli.command))?,
     };
     match cli.command {
@@ -493,6 +515,13 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             timestamp::run(&connect(endpoints, router_config).await?, args, output).await
         }
         Command::Watch(args) => watch::run(&connect(endpoints, router_config).await?, args, format).await,
+        Command::Lease(command) => {
+            lease::run(&connect(endpoints, router_config).await?, command, format).await
+        }
+        #[cfg(unix)]
+        Command::Lock(args) => lock::lock(&connect(endpoints, router_config).await?, args, format).await,
+        #[cfg(unix)]
+        Command::Elect(args) => lock::elect(&connect(endpoints, router_config).await?, args, format).await,
         Command::Role(command) => {
             auth::role(&connect(endpoints, router_config).await?, command, output).await
         }

@@ -948,6 +948,7 @@ pub(crate) mod tests {
         vec![WriteOp {
             keep_value: false,
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: b"k".to_vec(),
             kind: WriteKind::Put as i32,
             value: b"v".to_vec(),

@@ -30,7 +30,9 @@ use crate::node_api::NodeApi;
 use crate::range_ops;
 use crate::streams::ResponseStream;
 use crate::tso::TsoClient;
-use crate::validate::{check_read_ts, check_read_uncommitted, parse_consistency, request_id_or_random};
+use crate::validate::{
+    check_one_expiry, check_read_ts, check_read_uncommitted, parse_consistency, request_id_or_random,
+};
 
 /// The client-facing key-value service.
 pub struct KvService<N> {
@@ -78,6 +80,7 @@ impl<N: NodeApi> KvService<N> {
 
     async fn handle_put(&self, request: PutRequest, deadline: Instant) -> Result<PutResponse, RouterError> {
         self.ctx.limits.check_key(&"key", &request.key)?;
+        check_one_expiry(request.ttl_ms, request.expires_at_ts)?;
         self.ctx.limits.check_value(&"value", &request.value)?;
         let request_id = request_id_or_random(&request.request_id)?;
         let op = WriteOp {
@@ -86,6 +89,7 @@ impl<N: NodeApi> KvService<N> {
             value: request.value,
             expected_version: None,
             ttl_ms: request.ttl_ms,
+            expires_at_ts: request.expires_at_ts,
             keep_value: false,
         };
         let result = self.write_one(request_id, op, deadline).await?;
@@ -101,6 +105,7 @@ impl<N: NodeApi> KvService<N> {
         deadline: Instant,
     ) -> Result<ExpireResponse, RouterError> {
         self.ctx.limits.check_key(&"key", &request.key)?;
+        check_one_expiry(request.ttl_ms, request.expires_at_ts)?;
         let request_id = request_id_or_random(&request.request_id)?;
         let op = WriteOp {
             key: request.key,
@@ -108,6 +113,7 @@ impl<N: NodeApi> KvService<N> {
             value: Vec::new(),
             expected_version: None,
             ttl_ms: request.ttl_ms,
+            expires_at_ts: request.expires_at_ts,
             keep_value: true,
         };
         let result = self.write_one(request_id, op, deadline).await?;
@@ -130,6 +136,7 @@ impl<N: NodeApi> KvService<N> {
             value: Vec::new(),
             expected_version: None,
             ttl_ms: 0,
+            expires_at_ts: 0,
             keep_value: false,
         };
         let result = self.write_one(request_id, op, deadline).await?;
@@ -147,7 +154,8 @@ impl<N: NodeApi> KvService<N> {
         if !request.delete {
             self.ctx.limits.check_value(&"new_value", &request.new_value)?;
         }
-        if request.delete && request.ttl_ms != 0 {
+        check_one_expiry(request.ttl_ms, request.expires_at_ts)?;
+        if request.delete && (request.ttl_ms != 0 || request.expires_at_ts != 0) {
             return Err(RouterError::InvalidArgument(
                 "a time to live belongs to a put, not a delete".to_string(),
             ));
@@ -165,6 +173,7 @@ impl<N: NodeApi> KvService<N> {
             value,
             expected_version: Some(request.expected_version),
             ttl_ms: request.ttl_ms,
+            expires_at_ts: request.expires_at_ts,
             keep_value: false,
         };
         let result = self.write_one(request_id, op, deadline).await?;
@@ -237,6 +246,7 @@ impl<N: NodeApi> KvService<N> {
             .map(|entry| WriteOp {
                 keep_value: false,
                 ttl_ms: 0,
+                expires_at_ts: 0,
                 key: entry.key,
                 kind: WriteKind::Put as i32,
                 value: entry.value,
@@ -293,6 +303,7 @@ impl<N: NodeApi> KvService<N> {
             .map(|(mutation, kind)| WriteOp {
                 keep_value: false,
                 ttl_ms: 0,
+                expires_at_ts: 0,
                 key: mutation.key,
                 kind: match kind {
                     MutationKind::Put => WriteKind::Put,
@@ -662,6 +673,7 @@ mod tests {
                 kv.handle_put(
                     PutRequest {
                         ttl_ms: 0,
+                        expires_at_ts: 0,
                         key: vec![1; 17],
                         value: vec![],
                         request_id: vec![],
@@ -676,6 +688,7 @@ mod tests {
                 kv.handle_put(
                     PutRequest {
                         ttl_ms: 0,
+                        expires_at_ts: 0,
                         key: b"k".to_vec(),
                         value: vec![0; 33],
                         request_id: vec![],
@@ -926,6 +939,7 @@ mod tests {
             .handle_compare_and_swap(
                 CompareAndSwapRequest {
                     ttl_ms: 0,
+                    expires_at_ts: 0,
                     key: b"k".to_vec(),
                     expected_version: 5,
                     new_value: b"v".to_vec(),

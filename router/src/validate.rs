@@ -152,6 +152,17 @@ pub fn check_read_uncommitted(
     Ok(())
 }
 
+/// A write's expiry is relative (`ttl_ms`) or absolute (`expires_at_ts`, leases), not both.
+pub fn check_one_expiry(ttl_ms: u64, expires_at_ts: u64) -> Result<(), RouterError> {
+    if ttl_ms != 0 && expires_at_ts != 0 {
+        return Err(bad_field(
+            "expires_at_ts",
+            "set ttl_ms or expires_at_ts, not both".to_string(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +237,14 @@ mod tests {
         assert!(matches!(parse_consistency(0), Ok(Consistency::Linearizable)));
         assert!(matches!(parse_consistency(1), Ok(Consistency::Stale)));
         assert!(parse_consistency(9).is_err());
+    }
+
+    /// A write's expiry is a TTL or an absolute deadline, never both.
+    #[test]
+    fn an_expiry_is_relative_or_absolute() {
+        assert!(check_one_expiry(0, 0).is_ok());
+        assert!(check_one_expiry(5, 0).is_ok());
+        assert!(check_one_expiry(0, 5).is_ok());
+        assert!(check_one_expiry(5, 5).is_err());
     }
 }

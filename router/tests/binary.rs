@@ -57,6 +57,7 @@ async fn serves_and_stops_on_sigterm() -> anyhow::Result<()> {
     let mut kv = KvClient::connect(format!("http://{}", addr.trim())).await?;
     kv.put(PutRequest {
         ttl_ms: 0,
+        expires_at_ts: 0,
         key: b"k".to_vec(),
         value: b"v".to_vec(),
         request_id: vec![],

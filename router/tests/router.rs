@@ -35,6 +35,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
     let put = kv
         .put(PutRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: b"alpha".to_vec(),
             value: b"one".to_vec(),
             request_id: vec![],
@@ -68,6 +69,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
     let cas_fail = kv
         .compare_and_swap(CompareAndSwapRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: b"alpha".to_vec(),
             expected_version: put.version + 100,
             new_value: b"two".to_vec(),
@@ -82,6 +84,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
     let cas_ok = kv
         .compare_and_swap(CompareAndSwapRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: b"alpha".to_vec(),
             expected_version: put.version,
             new_value: b"two".to_vec(),
@@ -198,6 +201,7 @@ async fn writes_without_a_request_id_are_retried_under_the_routers_id() -> anyho
     let put = kv
         .put(PutRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: b"lost".to_vec(),
             value: b"once".to_vec(),
             request_id: vec![],
@@ -313,6 +317,7 @@ async fn invalid_requests_are_rejected() -> anyhow::Result<()> {
     let err = kv
         .put(PutRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: vec![b'k'; 5000],
             value: vec![],
             request_id: vec![],
@@ -330,6 +335,7 @@ async fn invalid_requests_are_rejected() -> anyhow::Result<()> {
     let err = kv
         .put(PutRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: b"k".to_vec(),
             value: vec![0; 9 << 20],
             request_id: vec![],
@@ -369,6 +375,7 @@ async fn unreachable_seed_is_unavailable() -> anyhow::Result<()> {
     let err = kv
         .put(PutRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             request_id: vec![],

@@ -53,6 +53,7 @@ async fn bad_requests_get_clear_errors() -> anyhow::Result<()> {
         ops: vec![v1::WriteOp {
             keep_value: false,
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: key.clone(),
             kind: v1::WriteKind::Put as i32,
             value: b"v".to_vec(),

@@ -10,6 +10,7 @@ fn put_op(key: Vec<u8>) -> v1::WriteOp {
     v1::WriteOp {
         keep_value: false,
         ttl_ms: 0,
+        expires_at_ts: 0,
         key,
         kind: v1::WriteKind::Put as i32,
         value: b"v".to_vec(),

@@ -22,6 +22,7 @@ async fn write_at_leader_reaches_every_replica() -> anyhow::Result<()> {
             ops: vec![v1::WriteOp {
                 keep_value: false,
                 ttl_ms: 0,
+                expires_at_ts: 0,
                 key: key.clone(),
                 kind: v1::WriteKind::Put as i32,
                 value: b"world".to_vec(),
@@ -50,6 +51,7 @@ fn put(shard_id: u32, request_id: u8, key: &[u8], value: &[u8]) -> v1::ShardWrit
         ops: vec![v1::WriteOp {
             keep_value: false,
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: key.to_vec(),
             kind: v1::WriteKind::Put as i32,
             value: value.to_vec(),

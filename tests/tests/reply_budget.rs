@@ -54,6 +54,7 @@ async fn large_values_come_in_replies_within_the_budget() -> anyhow::Result<()> 
     for i in 0..VALUES {
         kv.put(PutRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: big_key(i),
             value: big_value(i),
             request_id: Vec::new(),
@@ -240,6 +241,7 @@ async fn a_long_count_does_not_stall_writes() -> anyhow::Result<()> {
         let put_started = Instant::now();
         let put = kv.put(PutRequest {
             ttl_ms: 0,
+            expires_at_ts: 0,
             key: format!("other/{puts}").into_bytes(),
             value: b"w".to_vec(),
             request_id: Vec::new(),

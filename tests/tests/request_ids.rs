@@ -40,6 +40,7 @@ async fn a_reused_request_id_is_refused_and_writes_nothing() -> anyhow::Result<(
     let request_id = vec![0x5a; 16];
     let put = |key: &[u8]| PutRequest {
         ttl_ms: 0,
+        expires_at_ts: 0,
         key: key.to_vec(),
         value: b"v".to_vec(),
         request_id: request_id.clone(),

@@ -125,6 +125,7 @@ async fn run_case(kv: &mut Kv, prefix: &str, ops: &[Op], queries: &[Query]) -> a
             Op::Put(key, value) => {
                 kv.put(PutRequest {
                     ttl_ms: 0,
+                    expires_at_ts: 0,
                     key: full(key),
                     value: vec![*value],
                     request_id: vec![],
@@ -413,6 +414,7 @@ async fn paging_under_concurrent_writes() -> anyhow::Result<()> {
                 } else {
                     kv.put(PutRequest {
                         ttl_ms: 0,
+                        expires_at_ts: 0,
                         key,
                         value: n.to_be_bytes().to_vec(),
                         request_id: vec![],

@@ -42,18 +42,28 @@ pub enum Expiry {
     /// Not a put: the key's live value, kept, no longer expires (`persist`). A key absent,
     /// expired or without an expiry is left alone (the op does not succeed).
     Persist,
+    /// A put whose value expires at this oracle timestamp, whatever the entry's commit
+    /// timestamp (a lease's deadline, shared by all its keys). At or below the commit
+    /// timestamp, the value is expired at once: invisible to every read at or after it.
+    AtTs { expires_at_ts: u64 },
+    /// As [`Expiry::Refresh`], to this absolute oracle timestamp (a lease's keep-alive).
+    RefreshAtTs { expires_at_ts: u64 },
 }
 
 impl Expiry {
     /// Whether the op keeps the key's value and changes only its expiry.
     pub fn keeps_value(self) -> bool {
-        matches!(self, Expiry::Refresh { .. } | Expiry::Persist)
+        matches!(
+            self,
+            Expiry::Refresh { .. } | Expiry::Persist | Expiry::RefreshAtTs { .. }
+        )
     }
 
     /// The expiry instant (oracle time) a value written by this op at `commit_ts` gets.
     pub fn instant(self, commit_ts: u64) -> Option<u64> {
         match self {
             Expiry::After { ttl_ms } | Expiry::Refresh { ttl_ms } => Some(expires_at(commit_ts, ttl_ms)),
+            Expiry::AtTs { expires_at_ts } | Expiry::RefreshAtTs { expires_at_ts } => Some(expires_at_ts),
             Expiry::Never | Expiry::Persist => None,
         }
     }

@@ -312,6 +312,78 @@ mod tests {
         assert_eq!(state.earliest_expiry().expect("index"), Some(ms(1_100)));
     }
 
+    /// An absolute expiry (leases) is the same instant whatever the commit timestamp: a put
+    /// and a refresh to a deadline after the commit expire exactly there, and a put whose
+    /// deadline is at or below its commit timestamp is expired at once for every read.
+    #[tokio::test]
+    async fn an_absolute_expiry_ignores_the_commit_timestamp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let at = |ms_at: u64| Expiry::AtTs {
+            expires_at_ts: ms(ms_at),
+        };
+        let refresh_at = |ms_at: u64| Expiry::RefreshAtTs {
+            expires_at_ts: ms(ms_at),
+        };
+        results(
+            &mut sm,
+            write_at(1, 990, vec![op(b"p", Some(b"v"), None, Expiry::Never)]),
+        )
+        .await;
+        let put = results(
+            &mut sm,
+            write_at(2, 1_000, vec![op(b"k", Some(b"v"), None, at(1_200))]),
+        )
+        .await;
+        assert!(put[0].succeeded);
+        let both = vec![b"k".to_vec(), b"p".to_vec()];
+        let only_p = vec![b"p".to_vec()];
+        for (now_ms, expected) in [(1_199, &both), (1_200, &only_p)] {
+            for (view, keys) in views(&state, now_ms).await.iter().enumerate() {
+                assert_eq!(keys, expected, "view {view} at {now_ms} ms");
+            }
+        }
+        // A keep-alive moves the deadline to an instant of its own, kept exactly.
+        let refreshed = results(
+            &mut sm,
+            write_at(3, 1_100, vec![op(b"k", None, None, refresh_at(1_500))]),
+        )
+        .await;
+        assert!(refreshed[0].succeeded && refreshed[0].version == 3);
+        for (now_ms, expected) in [(1_499, &both), (1_500, &only_p)] {
+            for (view, keys) in views(&state, now_ms).await.iter().enumerate() {
+                assert_eq!(keys, expected, "view {view} at {now_ms} ms, refreshed");
+            }
+        }
+        // A write that commits after its deadline is never seen.
+        results(
+            &mut sm,
+            write_at(4, 1_600, vec![op(b"k", Some(b"late"), None, at(1_550))]),
+        )
+        .await;
+        for now_ms in [1_600, 1_601, 9_000] {
+            for (view, keys) in views(&state, now_ms).await.iter().enumerate() {
+                assert_eq!(keys, &only_p, "view {view} at {now_ms} ms, late write");
+            }
+        }
+        // And a refresh that commits after the deadline it asks for expires the key at once.
+        results(
+            &mut sm,
+            write_at(5, 1_700, vec![op(b"p", Some(b"v"), None, Expiry::Never)]),
+        )
+        .await;
+        let late = results(
+            &mut sm,
+            write_at(6, 1_800, vec![op(b"p", None, None, refresh_at(1_750))]),
+        )
+        .await;
+        assert!(late[0].succeeded);
+        for (view, keys) in views(&state, 1_800).await.iter().enumerate() {
+            assert!(keys.is_empty(), "view {view} after a late refresh: {keys:?}");
+        }
+    }
+
     /// Reads of provisional values (read uncommitted) agree about expiry: a committed value
     /// expired at the reading timestamp is absent to a get and a scan.
     #[tokio::test]

@@ -88,6 +88,8 @@ pub(crate) fn of_write(write: &WriteCommand) -> Fingerprint {
                 Expiry::After { ttl_ms } => (1, ttl_ms),
                 Expiry::Refresh { ttl_ms } => (2, ttl_ms),
                 Expiry::Persist => (3, 0),
+                Expiry::AtTs { expires_at_ts } => (4, expires_at_ts),
+                Expiry::RefreshAtTs { expires_at_ts } => (5, expires_at_ts),
             };
             content.number(kind);
             content.number(ttl_ms);

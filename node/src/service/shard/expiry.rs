@@ -6,8 +6,29 @@ use crate::error::NodeError;
 use crate::raft::types::{Expiry, Versioned};
 
 /// The expiry a write op asks for: `keep_value` (expire/persist) keeps the key's value and
-/// sets (`ttl_ms` > 0) or removes its expiry; otherwise a put's `ttl_ms` (0: never).
+/// sets (`ttl_ms` > 0 or `expires_at_ts` > 0) or removes its expiry; otherwise a put's
+/// `ttl_ms` or `expires_at_ts` (both 0: never; both set: refused).
 pub(super) fn of_op(op: &v1::WriteOp, kind: v1::WriteKind) -> Result<Expiry, NodeError> {
+    if op.expires_at_ts != 0 {
+        if op.ttl_ms != 0 {
+            return Err(NodeError::InvalidArgument(
+                "set ttl_ms or expires_at_ts, not both".to_string(),
+            ));
+        }
+        return Ok(match (op.keep_value, kind) {
+            (true, _) => Expiry::RefreshAtTs {
+                expires_at_ts: op.expires_at_ts,
+            },
+            (false, v1::WriteKind::Put) => Expiry::AtTs {
+                expires_at_ts: op.expires_at_ts,
+            },
+            (false, _) => {
+                return Err(NodeError::InvalidArgument(
+                    "an expiry belongs to a put".to_string(),
+                ))
+            }
+        });
+    }
     Ok(match (op.keep_value, op.ttl_ms, kind) {
         (false, 0, _) => Expiry::Never,
         (false, ttl_ms, v1::WriteKind::Put) => Expiry::After { ttl_ms },
