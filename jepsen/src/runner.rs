@@ -438,6 +438,20 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     let batch = crate::batch::BatchShared::new(options.shards, options.value_bytes);
     let scan = crate::scan::ScanShared::new(options.value_bytes);
     let ranges = crate::delete_range::RangeShared::new(options.value_bytes);
+    let ttl = crate::ttl::TtlShared::new(
+        cluster.router_addrs.clone(),
+        cluster.client_tls(),
+        options.op_timeout,
+    );
+    // Watchers start after a timestamp taken before any writer starts, and outlive the
+    // writers: they catch up after the heal.
+    let mut watchers = tokio::task::JoinSet::new();
+    let watch = if options.workloads.contains(&Workload::Watch) {
+        let client = cluster.client(options.op_timeout).await?;
+        Some(crate::watch::WatchShared::set_up(&client, options.shards, options.liveness_timeout).await?)
+    } else {
+        None
+    };
     if options.workloads.contains(&Workload::Scan) {
         // The keys present for the whole run, written (and recorded) before any scan.
         let client = cluster.client(options.op_timeout).await?;
@@ -529,6 +543,32 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                         process,
                         client,
                         ranges.clone(),
+                        recorder,
+                        seed,
+                        stop,
+                    ));
+                }
+                Workload::Watch => {
+                    let Some(watch) = watch.clone() else { continue };
+                    if crate::watch::WatchShared::is_watcher(index, options.concurrency) {
+                        watchers.spawn(crate::watch::watcher(
+                            process,
+                            client,
+                            watch,
+                            recorder,
+                            options.liveness_timeout,
+                        ));
+                    } else {
+                        let seed = rng.random();
+                        clients.spawn(crate::watch::writer(process, client, watch, recorder, seed, stop));
+                    }
+                }
+                Workload::Ttl => {
+                    let seed = rng.random();
+                    clients.spawn(crate::ttl::ttl_client(
+                        process,
+                        client,
+                        ttl.clone(),
                         recorder,
                         seed,
                         stop,
@@ -689,6 +729,13 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         }
     }
 
+    if let Some(watch) = &watch {
+        // Every writer stopped and the cluster serves again: the watchers take their final
+        // timestamp and watch until they passed it (each within the liveness bound).
+        watch.finish();
+        while watchers.join_next().await.is_some() {}
+    }
+
     let history = recorder.history();
     let mut verdicts = vec![liveness];
     verdicts.extend(check_workloads(
@@ -751,6 +798,8 @@ pub fn check_workloads(
             Workload::Batch => verdicts.push(checker::batch::check(history, listing)),
             Workload::Scan => verdicts.push(checker::scan::check(history, listing)),
             Workload::DeleteRange => verdicts.push(checker::delete_range::check(history, listing)),
+            Workload::Watch => verdicts.push(checker::watch::check(history, listing)),
+            Workload::Ttl => verdicts.push(checker::ttl::check(history, listing)),
         }
     }
     verdicts
@@ -877,6 +926,10 @@ fn plot_data(history: &History) -> (Vec<plot::Point>, Vec<plot::Window>) {
     let mut windows = Vec::new();
     let mut open: Vec<(String, f64, String)> = Vec::new();
     for op in &history.ops {
+        // A watch op is a whole stream, not a request: its length is no latency.
+        if op.f == F::Watch {
+            continue;
+        }
         let t = op.time_ns as f64 / 1e9;
         match (&op.process, op.op_type) {
             (Process::Client(p), OpType::Invoke) => {

@@ -331,6 +331,14 @@ fn main() -> ExitCode {
                         Workload::DeleteRange,
                         has(&|f| matches!(f, F::RangeFill | F::DeleteRange | F::RangeRead)),
                     ),
+                    (
+                        Workload::Watch,
+                        has(&|f| matches!(f, F::WatchPut | F::WatchDelete | F::Watch)),
+                    ),
+                    (
+                        Workload::Ttl,
+                        has(&|f| matches!(f, F::TtlPut | F::TtlExpire | F::TtlRead | F::TtlReadAt)),
+                    ),
                 ]
                 .into_iter()
                 .filter_map(|(workload, present)| present.then_some(workload))
