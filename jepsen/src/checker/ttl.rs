@@ -7,7 +7,10 @@
 //! never). For each:
 //!
 //! - `read-expired`: a value returned expires after `ts` (otherwise it was served when it
-//!   had already expired);
+//!   had already expired). Reads at a timestamp come back without their expiry (the nodes
+//!   answer `expires_at_ts` 0 for them, counted in a note): for them the expiry is the
+//!   put's, at the latest its time to live after the first timestamp taken once the put was
+//!   acknowledged (when no expire or persist came in between);
 //! - `never-written` / `failed-write-read`: the value was put to that key by a put that did
 //!   not certainly fail;
 //! - `wrong-expiry`: a value put without a time to live carries an expiry only when an
@@ -137,6 +140,7 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
     let mut anomalies = AnomalyList::new(listing, SAMPLE_PER_KIND);
     let no_expiries = Vec::new();
     let mut expired_reads = 0usize;
+    let mut unreported_expiries = 0usize;
     for read in &reads {
         match read.found {
             None => expired_reads += 1,
@@ -144,12 +148,12 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
                 let expiries = expiries.get(&read.key).unwrap_or(&no_expiries);
                 check_present_read(
                     read,
-                    value,
-                    expires_at_ts,
+                    (value, expires_at_ts),
                     &puts,
                     expiries,
                     &clock,
                     &mut anomalies,
+                    &mut unreported_expiries,
                 );
             }
         }
@@ -166,6 +170,14 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
         puts.values().filter(|put| put.outcome == OpType::Ok).count(),
         expiries.values().map(Vec::len).sum::<usize>()
     )];
+    if unreported_expiries > 0 {
+        notes.push(format!(
+            "{unreported_expiries} reads at a timestamp answered expires_at_ts 0 (\"never\") for a value \
+             put with a time to live: the nodes read at a timestamp without the expiry; those reads \
+             were checked against the expiry their put implies (its time to live after the first \
+             timestamp taken once it was acknowledged)"
+        ));
+    }
     let validity = if anomalies.is_empty() {
         Validity::Valid
     } else {
@@ -204,12 +216,12 @@ fn anomaly(kind: &str, read: &Read, description: String, mut ops: Vec<u64>) -> A
 /// A read that returned `value` expiring at `expires_at_ts`.
 fn check_present_read(
     read: &Read,
-    value: u64,
-    expires_at_ts: u64,
+    (value, expires_at_ts): (u64, u64),
     puts: &HashMap<u64, Put>,
     expiries: &[Expiry],
     clock: &Clock,
     anomalies: &mut AnomalyList,
+    unreported_expiries: &mut usize,
 ) {
     if expires_at_ts != 0 && expires_at_ts <= read.ts {
         anomalies.push(anomaly(
@@ -253,6 +265,29 @@ fn check_present_read(
             format!("value {value} was put without a time to live and no expire came in between, yet expires at {expires_at_ts}"),
             vec![put.invoke],
         ));
+    }
+    if expires_at_ts == 0 && put.ttl_ms != 0 && !read.linearizable {
+        // Reads at a timestamp answer without the expiry (0), so the expiry comes from the
+        // put: it committed below the first timestamp asked for after it was acknowledged.
+        *unreported_expiries += 1;
+        let upper = put.completion.and_then(|completion| clock.after(completion));
+        let expired_by = upper.map(|upper| upper.saturating_add(put.ttl_ms << LOGICAL_BITS));
+        if !in_between(true)
+            && !in_between(false)
+            && expired_by.is_some_and(|expired_by| expired_by <= read.ts)
+        {
+            anomalies.push(anomaly(
+                "read-expired",
+                read,
+                format!(
+                    "value {value}, put with a time to live of {} ms and acknowledged before timestamp \
+                     {upper:?} was asked for, had expired by {expired_by:?}",
+                    put.ttl_ms
+                ),
+                vec![put.invoke],
+            ));
+        }
+        return;
     }
     if expires_at_ts == 0 && put.ttl_ms != 0 && !in_between(true) {
         anomalies.push(anomaly(
@@ -412,14 +447,26 @@ mod tests {
         builder
     }
 
-    fn verdict(builder: Builder) -> Verdict {
+    fn check_built(builder: Builder) -> Verdict {
         check(&History { ops: builder.ops }, Listing::All)
     }
 
     #[test]
     fn values_before_their_expiry_are_valid() {
-        let verdict = verdict(base());
+        let verdict = check_built(base());
         assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
+        // Read at a timestamp without its expiry, before the put's implied one: counted.
+        let mut builder = base();
+        builder.read(F::TtlReadAt, 1_101 * MS, Some((7, 0)));
+        let verdict = check_built(builder);
+        assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
+        assert!(
+            verdict
+                .notes
+                .iter()
+                .any(|note| note.starts_with("1 reads at a timestamp")),
+            "{verdict:?}"
+        );
     }
 
     /// Negative controls: a value served at or after its expiry; a value back after the key
@@ -448,7 +495,12 @@ mod tests {
             ),
             (
                 "wrong-expiry",
-                Box::new(|b| b.read(F::TtlReadAt, 1_101 * MS, Some((7, 0)))),
+                Box::new(|b| b.read(F::TtlRead, 1_101 * MS, Some((7, 0)))),
+            ),
+            // At a timestamp without the expiry: the put's implies 1,150 at the latest.
+            (
+                "read-expired",
+                Box::new(|b| b.read(F::TtlReadAt, 1_150 * MS, Some((7, 0)))),
             ),
             (
                 "expiry-outside-write",
@@ -462,7 +514,7 @@ mod tests {
         for (kind, extend) in cases {
             let mut builder = base();
             extend(&mut builder);
-            let verdict = verdict(builder);
+            let verdict = check_built(builder);
             assert_eq!(verdict.validity, Validity::Invalid, "{kind}: {verdict:?}");
             assert!(
                 verdict.anomalies.iter().any(|anomaly| anomaly.kind == kind),
@@ -481,7 +533,7 @@ mod tests {
         builder.write(F::TtlPut, 0, Some(10), 300, OpType::Ok);
         builder.write(F::TtlExpire, 0, None, 0, OpType::Ok);
         builder.read(F::TtlRead, 1_300 * MS, Some((10, 0)));
-        let verdict = verdict(builder);
+        let verdict = check_built(builder);
         assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
     }
 
