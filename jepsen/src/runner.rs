@@ -311,7 +311,7 @@ fn node_args(options: &RunOptions) -> Vec<String> {
 
 /// One key per shard (of `shards`) for the liveness probe: the first
 /// `jepsen/liveness/<n>` that lands on each (a key's shard depends on the shard count only).
-fn liveness_keys(shards: u32) -> Vec<Vec<u8>> {
+pub(crate) fn liveness_keys(shards: u32) -> Vec<Vec<u8>> {
     let mut keys: Vec<Option<Vec<u8>>> = vec![None; shards as usize];
     let mut missing = keys.len();
     let mut n = 0u64;

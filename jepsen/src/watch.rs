@@ -19,7 +19,10 @@
 //! the recorded progress and counts it. When the writers are done
 //! ([`WatchShared::finish`]), each watcher takes one more timestamp of the oracle (a
 //! `timestamp` op) and watches until every shard's progress passed it: then it has seen
-//! every acknowledged write, unless a gap says otherwise.
+//! every acknowledged write, unless a gap says otherwise. A shard's progress moves only
+//! with what it applies, so the watcher also puts a fence key on every shard (the liveness
+//! probe's keys, outside the prefix, not recorded) once it has the timestamp, and again
+//! every [`FENCE_EVERY`] until it caught up.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +51,10 @@ const WATCHERS_PER_WRITER: f64 = 0.4;
 /// pacing: the client library already waited out its own retry budget).
 const REOPEN_PAUSE: Duration = Duration::from_millis(100);
 
+/// How often a catching-up watcher puts its fence keys again while a shard's progress has
+/// not passed its final timestamp.
+const FENCE_EVERY: Duration = Duration::from_secs(1);
+
 /// How often a catching-up watcher looks whether its progress passed the final timestamp.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
@@ -62,6 +69,9 @@ pub struct WatchShared {
     pub start_ts: u64,
     /// Shards of the cluster (0..shards): each watcher's first position names them all.
     shards: u32,
+    /// One key outside the prefix on each shard: written after the final timestamp, so
+    /// every shard's progress passes it.
+    fence_keys: Vec<Vec<u8>>,
     next_value: AtomicU64,
     /// Cancelled once every writer stopped and the cluster was healed: watchers then catch
     /// up and stop.
@@ -80,6 +90,7 @@ impl WatchShared {
         Ok(Arc::new(WatchShared {
             start_ts,
             shards: shards.max(1),
+            fence_keys: crate::runner::liveness_keys(shards.max(1)),
             next_value: AtomicU64::new(1),
             finished: CancellationToken::new(),
         }))
@@ -181,6 +192,7 @@ pub async fn watcher(
                 None => return,
             }
         }
+        let mut fenced_at: Option<Instant> = None;
         let from = progress_of(&position, shared.shards);
         let op = recorder.invoke(
             Process::Client(process),
@@ -204,6 +216,10 @@ pub async fn watcher(
                     }
                     if give_up_at.is_some_and(|deadline| Instant::now() >= deadline) {
                         break StreamEnd::GaveUp;
+                    }
+                    if fenced_at.is_none_or(|at| at.elapsed() >= FENCE_EVERY) {
+                        fenced_at = Some(Instant::now());
+                        put_fences(&client, &shared.fence_keys).await;
                     }
                 }
                 item = stream.next() => match item {
@@ -239,6 +255,13 @@ pub async fn watcher(
                 tokio::time::sleep(REOPEN_PAUSE).await;
             }
         }
+    }
+}
+
+/// Puts every fence key once (failures are left to the next round).
+async fn put_fences(client: &Client, keys: &[Vec<u8>]) {
+    for key in keys {
+        let _ = client.put(key, b"fence".to_vec()).await;
     }
 }
 

@@ -116,6 +116,8 @@ struct Watcher {
     deletes: HashMap<u64, usize>,
     gaps: usize,
     compacted: usize,
+    /// Whether its last stream's progress passed its last timestamp on every shard.
+    caught_up: bool,
     streams: usize,
     events: usize,
 }
@@ -154,6 +156,8 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
     let mut deletes: Vec<Write> = Vec::new();
     let mut streams: BTreeMap<Process, Vec<Stream<'_>>> = BTreeMap::new();
     let mut timestamps = Vec::new();
+    // Each process's last timestamp: a watcher's final one.
+    let mut final_timestamps: HashMap<Process, u64> = HashMap::new();
     let mut ops_checked = 0usize;
     for pair in &pairs {
         let outcome = pair.outcome();
@@ -197,6 +201,7 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
             (F::Timestamp, OpValue::Timestamp(Some(ts))) => {
                 if let Some(completion) = completion {
                     timestamps.push((pair.invoke.index, completion, *ts));
+                    final_timestamps.insert(pair.process(), *ts);
                 }
             }
             _ => {}
@@ -235,8 +240,16 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
         .iter()
         .map(|(process, watcher)| {
             format!(
-                "watcher {process:?}: {} streams, {} events, {} compacted, {} gaps in its coverage",
-                watcher.streams, watcher.events, watcher.compacted, watcher.gaps
+                "watcher {process:?}: {} streams, {} events, {} compacted, {} gaps in its coverage, {}",
+                watcher.streams,
+                watcher.events,
+                watcher.compacted,
+                watcher.gaps,
+                if watcher.caught_up {
+                    "caught up with its final timestamp"
+                } else {
+                    "did not catch up with a final timestamp"
+                }
             )
         })
         .collect();
