@@ -216,7 +216,7 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
     let mut commit_ts_of: HashMap<u64, (u64, Process)> = HashMap::new();
     let mut watchers: BTreeMap<Process, Watcher> = BTreeMap::new();
     for (process, streams) in &streams {
-        let watcher = check_watcher(
+        let mut watcher = check_watcher(
             *process,
             streams,
             &puts,
@@ -224,6 +224,10 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
             &mut key_shards,
             &mut anomalies,
         );
+        let final_ts = final_timestamps.get(process).copied();
+        watcher.caught_up = streams.last().zip(final_ts).is_some_and(|(last, final_ts)| {
+            !last.to.is_empty() && last.to.values().all(|progress| *progress >= final_ts)
+        });
         watchers.insert(*process, watcher);
     }
     let unchecked = check_lost_puts(
@@ -723,6 +727,24 @@ mod tests {
     fn exact_delivery_is_valid() {
         let verdict = check(&base(all_events(), all_events()).history(), Listing::All);
         assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
+        // Neither watcher took a final timestamp.
+        assert!(
+            verdict
+                .notes
+                .iter()
+                .all(|note| !note.contains("caught up with its final")),
+            "{verdict:?}"
+        );
+        let mut builder = base(all_events(), all_events());
+        builder.timestamp(3, 90);
+        builder.stream(3, 100, 120, Vec::new(), None);
+        let verdict = check(&builder.history(), Listing::All);
+        assert!(
+            verdict.notes.iter().any(
+                |note| note.starts_with("watcher Client(3)") && note.contains("caught up with its final")
+            ),
+            "{verdict:?}"
+        );
     }
 
     /// Negative control: an acknowledged put one watcher dropped is lost.
