@@ -311,7 +311,7 @@ fn node_args(options: &RunOptions) -> Vec<String> {
 
 /// One key per shard (of `shards`) for the liveness probe: the first
 /// `jepsen/liveness/<n>` that lands on each (a key's shard depends on the shard count only).
-pub(crate) fn liveness_keys(shards: u32) -> Vec<Vec<u8>> {
+fn liveness_keys(shards: u32) -> Vec<Vec<u8>> {
     let mut keys: Vec<Option<Vec<u8>>> = vec![None; shards as usize];
     let mut missing = keys.len();
     let mut n = 0u64;
@@ -448,7 +448,15 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     let mut watchers = tokio::task::JoinSet::new();
     let watch = if options.workloads.contains(&Workload::Watch) {
         let client = cluster.client(options.op_timeout).await?;
-        Some(crate::watch::WatchShared::set_up(&client, options.shards, options.liveness_timeout).await?)
+        Some(
+            crate::watch::WatchShared::set_up(
+                &client,
+                options.shards,
+                liveness_keys(options.shards.max(1)),
+                options.liveness_timeout,
+            )
+            .await?,
+        )
     } else {
         None
     };

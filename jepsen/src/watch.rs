@@ -22,7 +22,7 @@
 //! every acknowledged write, unless a gap says otherwise. A shard's progress moves only
 //! with what it applies, so the watcher also puts a fence key on every shard (the liveness
 //! probe's keys, outside the prefix, not recorded) once it has the timestamp, and again
-//! every [`FENCE_EVERY`] until it caught up.
+//! every second (`FENCE_EVERY`) until it caught up.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,8 +79,14 @@ pub struct WatchShared {
 }
 
 impl WatchShared {
-    /// Takes the start timestamp (before any writer starts).
-    pub async fn set_up(client: &Client, shards: u32, timeout: Duration) -> anyhow::Result<Arc<WatchShared>> {
+    /// Takes the start timestamp (before any writer starts); `fence_keys` are one key on
+    /// each shard, outside the prefix.
+    pub async fn set_up(
+        client: &Client,
+        shards: u32,
+        fence_keys: Vec<Vec<u8>>,
+        timeout: Duration,
+    ) -> anyhow::Result<Arc<WatchShared>> {
         let start_ts = ringkv_launcher::wait_for(
             "a timestamp of the oracle to start watches at",
             timeout,
@@ -90,7 +96,7 @@ impl WatchShared {
         Ok(Arc::new(WatchShared {
             start_ts,
             shards: shards.max(1),
-            fence_keys: crate::runner::liveness_keys(shards.max(1)),
+            fence_keys,
             next_value: AtomicU64::new(1),
             finished: CancellationToken::new(),
         }))
@@ -245,7 +251,7 @@ pub async fn watcher(
             StreamEnd::Ended(error) => {
                 // OUT_OF_RANGE reaches the client as an invalid argument naming "compacted".
                 if let Some(Error::InvalidArgument(message)) = &error {
-                    if is_compacted(message) {
+                    if crate::checker::watch::is_compacted(message) {
                         skip_compacted(&client, &mut position, message).await;
                     }
                 }
@@ -333,11 +339,6 @@ async fn skip_compacted(client: &Client, position: &mut WatchPosition, message: 
             position.advance(shard_id, floor);
         }
     }
-}
-
-/// Whether a watch's error is "compacted" (the shard's history no longer reaches back).
-pub fn is_compacted(error: &str) -> bool {
-    error.contains("compacted")
 }
 
 /// `(after_ts, floor)` of a compacted error: "watch from timestamp A: the shard's history

@@ -435,6 +435,9 @@ mod tests {
 
     const MS: u64 = 1 << LOGICAL_BITS;
 
+    /// Ops appended to the base history by one negative control.
+    type Extension = Box<dyn Fn(&mut Builder)>;
+
     /// A put with a 100 ms TTL committed between 1,000 and 1,050 ms; reads before its
     /// expiry see it, later ones find it absent.
     fn base() -> Builder {
@@ -473,7 +476,7 @@ mod tests {
     /// was seen expired (linearizable and at timestamps); an expiry the put did not decide.
     #[test]
     fn expired_and_resurrected_values_are_caught() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Builder)>)> = vec![
+        let cases: Vec<(&str, Extension)> = vec![
             (
                 "read-expired",
                 Box::new(|b| b.read(F::TtlReadAt, 1_120 * MS, Some((7, 1_120 * MS)))),

@@ -37,6 +37,12 @@ pub const CHECKER_NAME: &str = "watch";
 /// Anomalies of each kind listed by default.
 const SAMPLE_PER_KIND: usize = 16;
 
+/// Whether a watch's error is "compacted" (OUT_OF_RANGE: the shard's history no longer
+/// reaches back to where the watch resumed from).
+pub fn is_compacted(error: &str) -> bool {
+    error.contains("compacted")
+}
+
 /// A put or delete attempt.
 #[derive(Debug, Clone, Copy)]
 struct Write {
@@ -328,7 +334,7 @@ fn check_watcher(
     let mut last: HashMap<u64, (u64, u64)> = HashMap::new();
     for stream in streams {
         watcher.streams += 1;
-        if stream.error.is_some_and(crate::watch::is_compacted) {
+        if stream.error.is_some_and(is_compacted) {
             watcher.compacted += 1;
         }
         for (shard, from) in &stream.from {
