@@ -92,6 +92,9 @@ pub struct RunOptions {
     /// (`--unsafe-fresh-request-id-per-attempt`): a retry after an attempt that applied
     /// unanswered applies again (caught by the register workload).
     pub unsafe_fresh_request_ids: bool,
+    /// Watchers resume every watch from now instead of from their position, while
+    /// recording the position (caught by the watch workload: lost events).
+    pub unsafe_watch_resume_from_now: bool,
     /// The routers' timeout of one attempt to a node (`--rpc-timeout-ms`; `None`: theirs).
     pub router_rpc_timeout_ms: Option<u64>,
     /// Routers; clients start at each in turn and fail over to the others.
@@ -152,6 +155,7 @@ impl RunOptions {
             unsafe_resolve_without_primary: false,
             unsafe_tso_prefetch: 0,
             unsafe_fresh_request_ids: false,
+            unsafe_watch_resume_from_now: false,
             router_rpc_timeout_ms: None,
             routers: 1,
             op_timeout: Duration::from_secs(2),
@@ -450,10 +454,13 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         let client = cluster.client(options.op_timeout).await?;
         Some(
             crate::watch::WatchShared::set_up(
+                options.workloads.len() as u64 * options.concurrency as u64,
                 &client,
+                &recorder,
                 options.shards,
                 liveness_keys(options.shards.max(1)),
                 options.liveness_timeout,
+                options.unsafe_watch_resume_from_now,
             )
             .await?,
         )
@@ -874,7 +881,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={} watch-resume-from-now={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -899,6 +906,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.unsafe_tso_prefetch,
         options.unsafe_ignore_sync_errors,
         options.unsafe_fresh_request_ids,
+        options.unsafe_watch_resume_from_now,
         options.fail_syncs_keep_unsynced,
         options
             .router_rpc_timeout_ms

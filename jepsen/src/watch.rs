@@ -10,6 +10,12 @@
 //! is one `watch` op: the progress it resumed from, the progress it ended at and the
 //! events it delivered, so the checker sees exactly what each stream covered.
 //!
+//! Watchers also end their stream themselves every [`RECONNECT_EVERY`] and resume, so
+//! resuming from a position is exercised in quiet times too. The negative control
+//! `--unsafe-watch-resume-from-now` resumes every watch from now instead, as a client that
+//! forgot its position would, while recording the position it claims to resume from: the
+//! changes committed while it was away are lost, and the checker must say so.
+//!
 //! Every watcher starts from one timestamp of the oracle taken before any writer starts
 //! ([`WatchShared::start_ts`]), so every write is after it. "Compacted" (OUT_OF_RANGE: a
 //! shard's in-memory history no longer reaches back to the progress, after a node restart
@@ -51,6 +57,9 @@ const WATCHERS_PER_WRITER: f64 = 0.4;
 /// pacing: the client library already waited out its own retry budget).
 const REOPEN_PAUSE: Duration = Duration::from_millis(100);
 
+/// How long a watcher keeps one stream before it ends it and resumes from its position.
+pub const RECONNECT_EVERY: Duration = Duration::from_secs(3);
+
 /// How often a catching-up watcher puts its fence keys again while a shard's progress has
 /// not passed its final timestamp.
 const FENCE_EVERY: Duration = Duration::from_secs(1);
@@ -76,21 +85,39 @@ pub struct WatchShared {
     /// Cancelled once every writer stopped and the cluster was healed: watchers then catch
     /// up and stop.
     finished: CancellationToken,
+    /// Negative control: resume every watch from now, not from the watcher's position.
+    unsafe_resume_from_now: bool,
 }
 
 impl WatchShared {
-    /// Takes the start timestamp (before any writer starts); `fence_keys` are one key on
-    /// each shard, outside the prefix.
+    /// Takes the start timestamp before any writer starts, recorded as a `timestamp` op of
+    /// `process` (every write commits above it: the checker's lower bound for writes no
+    /// watcher delivered); `fence_keys` are one key on each shard, outside the prefix.
     pub async fn set_up(
+        process: u64,
         client: &Client,
+        recorder: &Recorder,
         shards: u32,
         fence_keys: Vec<Vec<u8>>,
         timeout: Duration,
+        unsafe_resume_from_now: bool,
     ) -> anyhow::Result<Arc<WatchShared>> {
         let start_ts = ringkv_launcher::wait_for(
             "a timestamp of the oracle to start watches at",
             timeout,
-            || async { client.timestamp().await.ok() },
+            || async {
+                let op = recorder.invoke(Process::Client(process), F::Timestamp, OpValue::Timestamp(None));
+                match client.timestamp().await {
+                    Ok(ts) => {
+                        let _ = recorder.complete(&op, OpType::Ok, OpValue::Timestamp(Some(ts)), None);
+                        Some(ts)
+                    }
+                    Err(err) => {
+                        complete_err(recorder, &op, completion_for(&err), err.to_string());
+                        None
+                    }
+                }
+            },
         )
         .await?;
         Ok(Arc::new(WatchShared {
@@ -99,6 +126,7 @@ impl WatchShared {
             fence_keys,
             next_value: AtomicU64::new(1),
             finished: CancellationToken::new(),
+            unsafe_resume_from_now,
         }))
     }
 
@@ -161,6 +189,8 @@ pub async fn writer(
 enum StreamEnd {
     /// The writers are done: the watcher takes its final timestamp and watches on.
     Finished,
+    /// The watcher ended the stream itself, to resume it ([`RECONNECT_EVERY`]).
+    Reconnect,
     /// Every shard's progress passed the final timestamp.
     CaughtUp,
     /// The stream ended with this error (or, `None`, without one).
@@ -209,12 +239,21 @@ pub async fn watcher(
                 events: None,
             },
         );
-        let mut stream = client.watch_from(options.clone(), position.clone());
+        let resumes_from_now =
+            shared.unsafe_resume_from_now && from.iter().any(|(_, ts)| *ts > shared.start_ts);
+        let mut stream = if resumes_from_now {
+            // The negative control: from now, whatever the position (recorded as `from`) says.
+            client.watch(WatchOptions::new(options.target.clone()))
+        } else {
+            client.watch_from(options.clone(), position.clone())
+        };
+        let reconnect_at = tokio::time::Instant::now() + RECONNECT_EVERY;
         let mut events = Vec::new();
         let mut poll = tokio::time::interval(CATCH_UP_POLL);
         let end = loop {
             tokio::select! {
                 () = shared.finished.cancelled(), if target.is_none() => break StreamEnd::Finished,
+                () = tokio::time::sleep_until(reconnect_at), if target.is_none() => break StreamEnd::Reconnect,
                 _ = poll.tick(), if target.is_some() => {
                     let position = stream.position();
                     if target.is_some_and(|target| caught_up(&position, shared.shards, target)) {
@@ -247,7 +286,7 @@ pub async fn watcher(
         );
         match end {
             StreamEnd::CaughtUp | StreamEnd::GaveUp => return,
-            StreamEnd::Finished => {}
+            StreamEnd::Finished | StreamEnd::Reconnect => {}
             StreamEnd::Ended(error) => {
                 // OUT_OF_RANGE reaches the client as an invalid argument naming "compacted".
                 if let Some(Error::InvalidArgument(message)) = &error {
@@ -282,7 +321,7 @@ fn record_stream(
     end: &StreamEnd,
 ) {
     let error = match end {
-        StreamEnd::Finished | StreamEnd::CaughtUp => None,
+        StreamEnd::Finished | StreamEnd::CaughtUp | StreamEnd::Reconnect => None,
         StreamEnd::GaveUp => Some("gave up catching up with the final timestamp".to_string()),
         StreamEnd::Ended(Some(error)) => Some(error.to_string()),
         StreamEnd::Ended(None) => Some("the watch stream ended".to_string()),

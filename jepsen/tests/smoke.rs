@@ -185,6 +185,35 @@ async fn smoke_watch_and_ttl_are_valid() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Negative control: watchers that resume every watch from now instead of from their
+/// position (a client that forgot where it was) lose what committed while they were
+/// away; the watch checker must find it (`lost`), without any fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_watch_resumed_from_now_is_caught() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let out = tempfile::tempdir()?;
+    let mut options = options(15, Vec::new(), &out, 0x5eed_0017);
+    options.workloads = vec![Workload::Watch];
+    options.unsafe_watch_resume_from_now = true;
+    let report = runner::run(options).await?;
+    assert_eq!(
+        report.verdict.validity,
+        Validity::Invalid,
+        "events lost on resume must be caught: {:?}",
+        report.verdict
+    );
+    assert!(
+        report
+            .verdict
+            .anomalies
+            .iter()
+            .any(|anomaly| anomaly.kind == "lost" || anomaly.kind == "lost-delete"),
+        "{:?}",
+        report.verdict
+    );
+    Ok(())
+}
+
 /// Membership changes under load and faults: nodes are added, decommissioned and replaced
 /// (killed for good, declared dead, restarted to clean up) while a partition and kills run;
 /// the register and set workloads stay valid.
