@@ -169,6 +169,10 @@ async fn smoke_watch_and_ttl_are_valid() -> anyhow::Result<()> {
         .iter()
         .any(|note| note.starts_with("watch: watcher") && !note.contains(" 0 events"));
     assert!(delivered, "the watchers delivered events: {summary}");
+    let expired = report.verdict.notes.iter().any(|note| {
+        note.starts_with("ttl: ") && note.contains(" found the key absent") && !note.contains(", 0 found")
+    });
+    assert!(expired, "some reads found a key expired: {summary}");
     let log = report.nemesis_log.join("\n");
     for fault in [
         "start partition",
