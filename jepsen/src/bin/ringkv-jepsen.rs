@@ -159,6 +159,10 @@ struct RunArgs {
     /// `--router-rpc-timeout-ms`, e.g. 15, so applied writes are retried without faults).
     #[arg(long)]
     unsafe_fresh_request_ids: bool,
+    /// Negative control: watchers resume every watch from now instead of from their
+    /// position (the watch workload catches the events lost in between).
+    #[arg(long)]
+    unsafe_watch_resume_from_now: bool,
     /// The routers' timeout of one attempt to a node, in ms (default: theirs, 2000).
     #[arg(long)]
     router_rpc_timeout_ms: Option<u64>,
@@ -269,6 +273,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_resolve_without_primary = args.unsafe_resolve_without_primary;
     options.unsafe_tso_prefetch = args.unsafe_tso_prefetch;
     options.unsafe_fresh_request_ids = args.unsafe_fresh_request_ids;
+    options.unsafe_watch_resume_from_now = args.unsafe_watch_resume_from_now;
     options.router_rpc_timeout_ms = args.router_rpc_timeout_ms;
     options.routers = args.routers.max(1);
     options.keep_data = args.keep_data;
@@ -330,6 +335,14 @@ fn main() -> ExitCode {
                     (
                         Workload::DeleteRange,
                         has(&|f| matches!(f, F::RangeFill | F::DeleteRange | F::RangeRead)),
+                    ),
+                    (
+                        Workload::Watch,
+                        has(&|f| matches!(f, F::WatchPut | F::WatchDelete | F::Watch)),
+                    ),
+                    (
+                        Workload::Ttl,
+                        has(&|f| matches!(f, F::TtlPut | F::TtlExpire | F::TtlRead | F::TtlReadAt)),
                     ),
                 ]
                 .into_iter()

@@ -378,7 +378,14 @@ fn extract(pairs: &[OpPair<'_>]) -> Extracted {
                 | F::Scan
                 | F::RangeFill
                 | F::DeleteRange
-                | F::RangeRead,
+                | F::RangeRead
+                | F::WatchPut
+                | F::WatchDelete
+                | F::Watch
+                | F::TtlPut
+                | F::TtlExpire
+                | F::TtlRead
+                | F::TtlReadAt,
                 _,
             ) => {
                 extracted.ignored_other += 1;

@@ -20,6 +20,10 @@
 //!   no key nobody wrote, none skipped that was there, unchanged, for the whole scan.
 //! - [`delete_range`]: ranges filled and deleted: nothing written before an acknowledged
 //!   delete-range is read after it.
+//! - [`watch`]: watch streams resumed across faults: every acknowledged put and delete
+//!   delivered exactly once, per key in commit order, nothing nobody wrote.
+//! - [`ttl`]: keys with a time to live: no read returns a value past its expiry, and no
+//!   key comes back after it was seen expired.
 //! - [`stale`]: reads of any replica: old values allowed, never one nobody wrote.
 //! - `mutations` (crate-private): the writes a key (or group, or range) saw, and which one
 //!   was certainly in effect over an interval, for the three checkers above.
@@ -44,6 +48,8 @@ pub mod set;
 pub mod snapshot;
 pub mod stale;
 pub mod timestamps;
+pub mod ttl;
+pub mod watch;
 
 use std::collections::BTreeMap;
 

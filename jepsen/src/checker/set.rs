@@ -159,7 +159,14 @@ pub fn analyze_with(history: &History, listing: Listing) -> Result<SetAnalysis, 
             | F::Scan
             | F::RangeFill
             | F::DeleteRange
-            | F::RangeRead => {}
+            | F::RangeRead
+            | F::WatchPut
+            | F::WatchDelete
+            | F::Watch
+            | F::TtlPut
+            | F::TtlExpire
+            | F::TtlRead
+            | F::TtlReadAt => {}
         }
     }
 

@@ -464,7 +464,14 @@ fn extract(pairs: &[OpPair<'_>]) -> Result<Extracted, String> {
             | F::Scan
             | F::RangeFill
             | F::DeleteRange
-            | F::RangeRead => {}
+            | F::RangeRead
+            | F::WatchPut
+            | F::WatchDelete
+            | F::Watch
+            | F::TtlPut
+            | F::TtlExpire
+            | F::TtlRead
+            | F::TtlReadAt => {}
         }
     }
     Ok(extracted)
