@@ -363,9 +363,22 @@ impl History {
         head: Option<Head>,
         read_ts: u64,
     ) -> Result<Option<Versioned>, BelowFloor> {
+        Ok(self
+            .read_expiring(key, head, read_ts)?
+            .map(|(versioned, _)| versioned))
+    }
+
+    /// [`History::read`] with the version's expiry (`None`: it never expires).
+    pub fn read_expiring(
+        &self,
+        key: &[u8],
+        head: Option<Head>,
+        read_ts: u64,
+    ) -> Result<Option<(Versioned, Option<u64>)>, BelowFloor> {
         if let Some(head) = head {
             if head.commit_ts <= read_ts {
-                return Ok(head.live_at(read_ts).then(|| head.versioned()));
+                let expires_at = head.expires_at;
+                return Ok(head.live_at(read_ts).then(|| (head.versioned(), expires_at)));
             }
         }
         if read_ts < self.floor {
@@ -378,9 +391,12 @@ impl History {
                 .find(|old| old.commit_ts <= read_ts)
                 .filter(|old| old.superseded_ts > read_ts && live_at(old.expires_at, read_ts))
         });
-        Ok(live.map(|old| Versioned {
-            version: old.version,
-            value: old.value.clone(),
+        Ok(live.map(|old| {
+            let versioned = Versioned {
+                version: old.version,
+                value: old.value.clone(),
+            };
+            (versioned, old.expires_at)
         }))
     }
 }
