@@ -354,22 +354,11 @@ impl History {
         self.policy.budget.release(freed);
     }
 
-    /// `key` at `read_ts`, given its head: the head if committed by then (right at any
-    /// timestamp), else the version live at `read_ts` if one was — known only at or above
-    /// the floor. A version expired at `read_ts` is absent.
+    /// `key` at `read_ts`, given its head, with the version's expiry (`None`: never): the
+    /// head if committed by then (right at any timestamp), else the version live at
+    /// `read_ts` if one was — known only at or above the floor. A version expired at
+    /// `read_ts` is absent.
     pub fn read(
-        &self,
-        key: &[u8],
-        head: Option<Head>,
-        read_ts: u64,
-    ) -> Result<Option<Versioned>, BelowFloor> {
-        Ok(self
-            .read_expiring(key, head, read_ts)?
-            .map(|(versioned, _)| versioned))
-    }
-
-    /// [`History::read`] with the version's expiry (`None`: it never expires).
-    pub fn read_expiring(
         &self,
         key: &[u8],
         head: Option<Head>,
@@ -537,7 +526,7 @@ mod tests {
         let read = history
             .read(b"k", head.clone(), ms(105))
             .expect("held: above the floor");
-        assert_eq!(read.map(|v| v.value), Some(b"v1".to_vec()));
+        assert_eq!(read.map(|(v, _)| v.value), Some(b"v1".to_vec()));
         // Released: the next entry evicts it, and the read is refused.
         budget.hold(7, ms(105), Duration::ZERO).expect("release");
         history.record(ms(220), Vec::new());
@@ -713,7 +702,7 @@ mod tests {
                         let head_covers = head.as_ref().is_some_and(|head| head.commit_ts <= read_ts);
                         match history.read(&[key], head, read_ts) {
                             Ok(got) => {
-                                let got = got.map(|versioned| (versioned.version, versioned.value));
+                                let got = got.map(|(versioned, _)| (versioned.version, versioned.value));
                                 prop_assert_eq!(got, model_read(&model, key, read_ts), "key {} at {}", key, read_ts);
                             }
                             Err(below) => {

@@ -146,7 +146,7 @@ impl GroupState {
         let mut expiries = Vec::with_capacity(keys.len());
         let values = read_within(keys, max_bytes, |key| {
             let head = mvcc::head(&tree, key).map_err(Stop::Storage)?;
-            let read = history.read_expiring(key, head, read_ts).map_err(Stop::Below)?;
+            let read = history.read(key, head, read_ts).map_err(Stop::Below)?;
             expiries.push(read.as_ref().and_then(|(_, expires_at)| *expires_at));
             Ok(read.map(|(versioned, _)| versioned))
         });
