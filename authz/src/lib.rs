@@ -30,6 +30,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod password;
+pub mod throttle;
 pub mod token;
 
 pub use token::TokenKey;

@@ -497,7 +497,11 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             auth::role(&connect(endpoints, router_config).await?, command, output).await
         }
         Command::User(command) => {
-            auth::user(&connect(endpoints, router_config).await?, command, output).await
+            let login = match &auth {
+                Some(ClientAuth::Password { user, password }) => Some((user.as_str(), password.as_str())),
+                _ => None,
+            };
+            auth::user(&connect(endpoints, router_config).await?, command, login, output).await
         }
         Command::Auth(command) => {
             auth::auth(&connect(endpoints, router_config).await?, command, output).await

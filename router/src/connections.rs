@@ -240,6 +240,17 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
     request
 }
 
+/// `request` naming the client it is forwarded for (`x-ringkv-client-addr`: the node counts
+/// failed logins per client, not per router).
+fn with_client_addr<T>(mut request: Request<T>, client: Option<std::net::IpAddr>) -> Request<T> {
+    if let Some(value) = client.and_then(|client| client.to_string().parse().ok()) {
+        request
+            .metadata_mut()
+            .insert(ringkv_proto::metadata::CLIENT_ADDR, value);
+    }
+    request
+}
+
 /// Bounds a whole call, connecting included, by `timeout`; an expired call fails like a
 /// tonic client timeout (CANCELLED with a `TimeoutExpired` source).
 async fn bounded<T>(
@@ -408,11 +419,26 @@ impl NodeApi for GrpcNodes {
         &self,
         addr: &str,
         request: ringkv_proto::v1::LoginRequest,
+        client: Option<std::net::IpAddr>,
         timeout: Duration,
     ) -> Result<ringkv_proto::v1::LoginResponse, Status> {
-        let mut client = ringkv_proto::v1::auth_client::AuthClient::new(self.pool.channel(addr)?);
-        let request = with_timeout(request, timeout);
-        Ok(bounded(timeout, client.login(request)).await?.into_inner())
+        let mut auth = ringkv_proto::v1::auth_client::AuthClient::new(self.pool.channel(addr)?);
+        let request = with_client_addr(with_timeout(request, timeout), client);
+        Ok(bounded(timeout, auth.login(request)).await?.into_inner())
+    }
+
+    async fn change_password(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::ChangePasswordRequest,
+        client: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> Result<ringkv_proto::v1::ChangePasswordResponse, Status> {
+        let mut auth = ringkv_proto::v1::auth_client::AuthClient::new(self.pool.channel(addr)?);
+        let request = with_client_addr(with_timeout(request, timeout), client);
+        Ok(bounded(timeout, auth.change_password(request))
+            .await?
+            .into_inner())
     }
 
     async fn hold_history(
