@@ -221,14 +221,14 @@ impl Router {
             // Logging in needs no user: it is how a caller without one gets one.
             .add_service(login);
         let stop = stop_serving.clone().cancelled_owned();
-        // Outside the user scope: with TLS the handshake already asks for a certificate of
-        // the cluster's CA (`observe.rs`).
+        // Outside the user scope: health and reflection answer any TLS client, with a
+        // certificate of the cluster's CA or (unless `require_client_cert`) without one
+        // (`observe.rs`); they show no keys.
         let routes = routes.add_service(health_service).add_service(reflection);
         let server = tokio::spawn(async move {
             match tls {
-                // Any role of the cluster's CA may call the router (which user may do what
-                // is a later slice of issue 15); TLS of our own (`ringkv-tls`), so rotated
-                // files are served without a restart.
+                // Who acts for which user is `auth.rs`'s; TLS of our own (`ringkv-tls`), so
+                // rotated files are served without a restart.
                 Some(config) => {
                     let (accepting, connections) = TlsIncoming::start(listener, config);
                     let served = routes.serve_with_incoming_shutdown(connections, stop).await;
@@ -263,8 +263,8 @@ impl Router {
 }
 
 /// Reads and checks the router's certificate files (role `router`, signed by the CA,
-/// valid): the server's TLS (clients' certificates of the CA required; both re-read when
-/// the files change) and the client TLS towards nodes (the certificate it started with).
+/// valid): the server's TLS (clients' certificates of the CA checked, and required with
+/// `require_client_cert`; both re-read when the files change) and the client TLS towards nodes (the certificate it started with).
 /// None: `--insecure`.
 fn load_tls(config: &RouterConfig) -> Result<Option<(Arc<ServerConfig>, ClientTlsConfig)>, StartError> {
     let Some(paths) = &config.tls else {
@@ -276,7 +276,13 @@ fn load_tls(config: &RouterConfig) -> Result<Option<(Arc<ServerConfig>, ClientTl
         key: paths.key.clone(),
     };
     let material = files.load(&[ringkv_tls::Role::Router])?;
-    let server = ReloadingIdentity::load(files, ringkv_tls::Role::Router)?.server_config()?;
+    let identity = ReloadingIdentity::load(files, ringkv_tls::Role::Router)?;
+    // Clients without a certificate authenticate with tokens (`auth.rs`); nodes, which
+    // serve no such clients, always require certificates.
+    let server = match config.require_client_cert {
+        true => identity.server_config()?,
+        false => identity.server_config_client_cert_optional()?,
+    };
     let ca = Certificate::from_pem(&material.ca_pem);
     let identity = Identity::from_pem(&material.cert_pem, &material.key_pem);
     info!(subject = %material.info.subject, serial = %material.info.serial, "serving mutual TLS");

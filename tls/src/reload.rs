@@ -10,6 +10,13 @@
 //! and the previous identity stays: a bad rotation never takes a server down. Connections
 //! already open keep the certificates they were made with.
 //!
+//! A server requires clients' certificates ([`ReloadingIdentity::server_config`]), or, for a
+//! router's client port only, verifies those it is sent and lets clients without one connect
+//! ([`ReloadingIdentity::server_config_client_cert_optional`]): such a client is
+//! authenticated by the token it sends instead (the router's `auth.rs`). A client
+//! certificate that is sent must still be of the current CA: a certificate of another CA is
+//! refused at the handshake either way.
+//!
 //! Only the server side follows its files: the client side of a process (a node dialling
 //! its peers, a router dialling nodes) keeps the certificate it started with.
 
@@ -84,10 +91,25 @@ impl ReloadingIdentity {
     /// A rustls server configuration presenting the current certificate and requiring
     /// clients' certificates of the current CA (HTTP/2 by ALPN).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, CertError> {
+        self.config(true)
+    }
+
+    /// As [`ReloadingIdentity::server_config`], but a client may connect without a
+    /// certificate (one it sends must be of the current CA): for a router's client port,
+    /// whose callers without a certificate must send a token.
+    pub fn server_config_client_cert_optional(self: &Arc<Self>) -> Result<Arc<ServerConfig>, CertError> {
+        self.config(false)
+    }
+
+    fn config(self: &Arc<Self>, client_cert_required: bool) -> Result<Arc<ServerConfig>, CertError> {
+        let verifier = VerifyWithCurrent {
+            identity: self.clone(),
+            client_cert_required,
+        };
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|err| rustls_error("the TLS protocol versions", err))?
-            .with_client_cert_verifier(Arc::new(VerifyWithCurrent(self.clone())))
+            .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(ResolveCurrent(self.clone())));
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
@@ -198,13 +220,20 @@ impl ResolvesServerCert for ResolveCurrent {
     }
 }
 
-/// Verifies clients against the current CA (a certificate is required).
+/// Verifies clients against the current CA (a certificate is required, or optional).
 #[derive(Debug)]
-struct VerifyWithCurrent(Arc<ReloadingIdentity>);
+struct VerifyWithCurrent {
+    identity: Arc<ReloadingIdentity>,
+    client_cert_required: bool,
+}
 
 impl ClientCertVerifier for VerifyWithCurrent {
-    fn client_auth_mandatory(&self) -> bool {
+    fn offer_client_auth(&self) -> bool {
         true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.client_cert_required
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -219,7 +248,7 @@ impl ClientCertVerifier for VerifyWithCurrent {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
+        self.identity
             .current()
             .client_verifier
             .verify_client_cert(end_entity, intermediates, now)
@@ -231,7 +260,7 @@ impl ClientCertVerifier for VerifyWithCurrent {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.identity
             .current()
             .client_verifier
             .verify_tls12_signature(message, cert, dss)
@@ -243,13 +272,13 @@ impl ClientCertVerifier for VerifyWithCurrent {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.identity
             .current()
             .client_verifier
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current().client_verifier.supported_verify_schemes()
+        self.identity.current().client_verifier.supported_verify_schemes()
     }
 }
