@@ -17,14 +17,16 @@
 //! certificate that is sent must still be of the current CA: a certificate of another CA is
 //! refused at the handshake either way.
 //!
-//! Only the server side follows its files: the client side of a process (a node dialling
-//! its peers, a router dialling nodes) keeps the certificate it started with.
+//! The client side of a process (a node dialling its peers, a router dialling nodes) follows
+//! the same files through [`ReloadingIdentity::client_config`] (`dial.rs`): each new
+//! connection presents the current certificate and checks the server against the current CA.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -40,24 +42,26 @@ use crate::{parse_certificate_pem, CertError, Role, TlsFiles, TlsMaterial};
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The ALPN protocol of gRPC.
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// What the server presents and whom it accepts, as read from the files at `stamps`.
 #[derive(Clone)]
-struct Loaded {
+pub(crate) struct Loaded {
     /// Modification times of the CA, certificate and key files when they were read.
     stamps: [Option<SystemTime>; 3],
     /// The certificate's subject and serial, for the logs.
     serial: String,
-    certified_key: Arc<CertifiedKey>,
+    pub(crate) certified_key: Arc<CertifiedKey>,
     client_verifier: Arc<dyn ClientCertVerifier>,
+    /// Checks the servers this process dials (`dial.rs`) against the same CA.
+    pub(crate) server_verifier: Arc<WebPkiServerVerifier>,
 }
 
 /// A server's TLS identity that re-reads its files when they change.
 pub struct ReloadingIdentity {
     files: TlsFiles,
     role: Role,
-    provider: Arc<CryptoProvider>,
+    pub(crate) provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Loaded>>,
     next_check: Mutex<Instant>,
 }
@@ -122,7 +126,7 @@ impl ReloadingIdentity {
 
     /// The identity to use now, re-read first if its files changed (checked at most once
     /// per [`RELOAD_CHECK_INTERVAL`]).
-    fn current(&self) -> Arc<Loaded> {
+    pub(crate) fn current(&self) -> Arc<Loaded> {
         self.reload_if_changed();
         self.current
             .read()
@@ -173,7 +177,7 @@ fn stamps(files: &TlsFiles) -> [Option<SystemTime>; 3] {
     })
 }
 
-fn rustls_error(what: &str, err: impl fmt::Display) -> CertError {
+pub(crate) fn rustls_error(what: &str, err: impl fmt::Display) -> CertError {
     CertError::Rustls {
         what: what.to_string(),
         reason: err.to_string(),
@@ -199,7 +203,11 @@ fn read(files: &TlsFiles, role: Role, provider: &Arc<CryptoProvider>) -> Result<
             &ca_what,
         )?))
         .map_err(|err| rustls_error(&ca_what, err))?;
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let roots = Arc::new(roots);
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|err| rustls_error(&ca_what, err))?;
+    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|err| rustls_error(&ca_what, err))?;
     Ok(Loaded {
@@ -207,6 +215,7 @@ fn read(files: &TlsFiles, role: Role, provider: &Arc<CryptoProvider>) -> Result<
         serial: format!("{} ({})", material.info.serial, material.info.subject),
         certified_key: Arc::new(certified_key),
         client_verifier,
+        server_verifier,
     })
 }
 
