@@ -19,7 +19,8 @@ use ringkv_proto::v1::{
     ShardWriteBatchResponse, ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest,
     TransferLeaderResponse,
 };
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use ringkv_tls::rustls::ClientConfig;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use crate::config::RouterConfig;
@@ -38,8 +39,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ChannelSettings {
     pub connect_timeout: Duration,
-    /// Mutual TLS with the router's certificate (None: `--insecure`, plain HTTP/2).
-    pub tls: Option<ClientTlsConfig>,
+    /// Mutual TLS with the router's certificate, re-read when its files change
+    /// (`ringkv_tls::DialConnector`; None: `--insecure`, plain HTTP/2).
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// One lazily connected channel per node address.
@@ -64,7 +66,10 @@ impl ChannelPool {
             return Ok(channel.clone());
         }
         let endpoint = self.endpoint(addr)?;
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.settings.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(ringkv_tls::DialConnector::new(tls.clone())),
+            None => endpoint.connect_lazy(),
+        };
         if channels.len() >= MAX_CHANNELS {
             if let Some(evicted) = channels.keys().next().cloned() {
                 channels.remove(&evicted);
@@ -79,16 +84,8 @@ impl ChannelPool {
             .strip_prefix("http://")
             .or_else(|| addr.strip_prefix("https://"))
             .unwrap_or(addr);
-        let scheme = if self.settings.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
-            .and_then(|endpoint| match &self.settings.tls {
-                Some(tls) => endpoint.tls_config(tls.clone()),
-                None => Ok(endpoint),
-            })
+        // http:// even with TLS: the TLS is the connector's (`channel`), tonic adds none.
+        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
             .map_err(|err| {
                 // Nothing can be sent to a malformed address: classify it as unreachable.
                 let mut status = Status::unavailable(format!("invalid node address {addr:?}: {err}"));
@@ -190,7 +187,7 @@ where
 
 impl GrpcNodes {
     /// Connections to nodes as `config` says, with mutual TLS when `tls` is set.
-    pub fn new(config: &RouterConfig, tls: Option<ClientTlsConfig>) -> Self {
+    pub fn new(config: &RouterConfig, tls: Option<Arc<ClientConfig>>) -> Self {
         GrpcNodes {
             pool: ChannelPool::new(ChannelSettings {
                 connect_timeout: config.connect_timeout(),

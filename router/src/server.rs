@@ -16,13 +16,13 @@ use ringkv_proto::v1::auth_server::AuthServer;
 use ringkv_proto::v1::kv_server::KvServer;
 use ringkv_proto::v1::tso_server::TsoServer;
 use ringkv_proto::v1::txn_server::TxnServer;
-use ringkv_tls::rustls::ServerConfig;
+use ringkv_tls::rustls::{ClientConfig, ServerConfig};
 use ringkv_tls::{ReloadingIdentity, TlsIncoming};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server};
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::admin_service::AdminService;
@@ -264,9 +264,9 @@ impl Router {
 
 /// Reads and checks the router's certificate files (role `router`, signed by the CA,
 /// valid): the server's TLS (clients' certificates of the CA checked, and required with
-/// `require_client_cert`; both re-read when the files change) and the client TLS towards nodes (the certificate it started with).
-/// None: `--insecure`.
-fn load_tls(config: &RouterConfig) -> Result<Option<(Arc<ServerConfig>, ClientTlsConfig)>, StartError> {
+/// `require_client_cert`) and the client TLS towards nodes, all re-read when the files
+/// change. None: `--insecure`.
+fn load_tls(config: &RouterConfig) -> Result<Option<(Arc<ServerConfig>, Arc<ClientConfig>)>, StartError> {
     let Some(paths) = &config.tls else {
         return Ok(None);
     };
@@ -283,13 +283,8 @@ fn load_tls(config: &RouterConfig) -> Result<Option<(Arc<ServerConfig>, ClientTl
         true => identity.server_config()?,
         false => identity.server_config_client_cert_optional()?,
     };
-    let ca = Certificate::from_pem(&material.ca_pem);
-    let identity = Identity::from_pem(&material.cert_pem, &material.key_pem);
     info!(subject = %material.info.subject, serial = %material.info.serial, "serving mutual TLS");
-    Ok(Some((
-        server,
-        ClientTlsConfig::new().ca_certificate(ca).identity(identity),
-    )))
+    Ok(Some((server, identity.client_config()?)))
 }
 
 /// A running router. Dropping it without [`RouterHandle::shutdown`] leaves its tasks

@@ -7,12 +7,18 @@
 //! is a rustls client configuration whose certificate resolver and server verifier ask the
 //! [`ReloadingIdentity`] on every handshake (which re-reads changed files, at most once per
 //! [`RELOAD_CHECK_INTERVAL`](crate::RELOAD_CHECK_INTERVAL), with the start-up checks), and
-//! [`connect`] opens one TLS connection with it; nodes and routers hand [`connect`] to tonic
-//! as a channel's connector, so every connection and reconnection of every channel presents
-//! the current certificate. Connections already open keep theirs.
+//! [`connect`] opens one TLS connection with it; [`DialConnector`] is that as the connector
+//! nodes and routers give tonic for their channels (`Endpoint::connect_with_connector_lazy`,
+//! with an `http://` URI: the TLS is ours), so every connection and reconnection of every
+//! channel presents the current certificate. Connections already open keep theirs.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
@@ -51,6 +57,43 @@ pub async fn connect(config: Arc<ClientConfig>, authority: &str) -> io::Result<T
     let stream = TcpStream::connect(authority).await?;
     stream.set_nodelay(true)?;
     TlsConnector::from(config).connect(server_name, stream).await
+}
+
+/// A tonic connector dialling with a [`ReloadingIdentity::client_config`]: the authority of
+/// each URI it is asked for (its scheme is ignored: give tonic `http://host:port` so tonic
+/// adds no TLS of its own).
+#[derive(Clone, Debug)]
+pub struct DialConnector {
+    config: Arc<ClientConfig>,
+}
+
+impl DialConnector {
+    pub fn new(config: Arc<ClientConfig>) -> DialConnector {
+        DialConnector { config }
+    }
+}
+
+/// A connection [`DialConnector`] made, as hyper reads and writes it.
+pub type DialedConnection = TokioIo<TlsStream<TcpStream>>;
+
+impl tower_service::Service<http::Uri> for DialConnector {
+    type Response = DialedConnection;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<DialedConnection>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host:port in {uri}")))?;
+            connect(config, authority.as_str()).await.map(TokioIo::new)
+        })
+    }
 }
 
 /// Presents the current certificate.

@@ -55,7 +55,7 @@ mod reload;
 mod role;
 mod validity;
 
-pub use dial::connect;
+pub use dial::{connect, DialConnector, DialedConnection};
 pub use error::CertError;
 pub use files::{
     leaf_base_name, read_text, write_pair, CertPaths, CA_BASE_NAME, CERTS_DIR_MODE, CERT_FILE_MODE,
