@@ -72,7 +72,10 @@ impl KeySource {
         if let Some(file) = &self.file {
             self.reload_if_changed(file);
         }
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn reload_if_changed(&self, file: &WatchedFile) {
@@ -121,8 +124,8 @@ mod tests {
 
     /// A changed file is used within a few checks; a malformed one is refused and the keys
     /// before it stay.
-    #[test]
-    fn the_key_file_is_followed() {
+    #[tokio::test]
+    async fn the_key_file_is_followed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gossip.key");
         let first = GossipKeys::generate().expect("keys");
@@ -130,24 +133,37 @@ mod tests {
         let source = KeySource::from_file(path.clone()).expect("load");
         assert_eq!(source.keys().current().id(), first.current().id());
 
-        let second = GossipKeys::with_also_accepted(
-            GossipKey::generate().expect("key"),
-            first.current().clone(),
-        );
+        let second =
+            GossipKeys::with_also_accepted(GossipKey::generate().expect("key"), first.current().clone());
         second.write(&path, true).expect("rewrite");
         let deadline = Instant::now() + Duration::from_secs(30);
         while source.keys().current().id() != second.current().id() {
             assert!(Instant::now() < deadline, "the new key file was never used");
             // Looked at once per interval: poll a few times per interval.
-            std::thread::sleep(KEY_RELOAD_CHECK_INTERVAL / 4);
+            tokio::time::sleep(KEY_RELOAD_CHECK_INTERVAL / 4).await;
         }
         assert!(source.keys().also_accepted().is_some());
 
         std::fs::write(&path, "not a key\n").expect("break the file");
-        let deadline = Instant::now() + KEY_RELOAD_CHECK_INTERVAL * 3;
-        while Instant::now() < deadline {
-            assert_eq!(source.keys().current().id(), second.current().id(), "the good keys stay");
-            std::thread::sleep(KEY_RELOAD_CHECK_INTERVAL / 4);
+        let broken = modified(&path);
+        let looked_at = || {
+            let file = source.file.as_ref().expect("a file");
+            file.check.lock().unwrap_or_else(PoisonError::into_inner).1 == broken
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !looked_at() {
+            assert!(Instant::now() < deadline, "the broken file was never looked at");
+            assert_eq!(
+                source.keys().current().id(),
+                second.current().id(),
+                "the good keys stay"
+            );
+            tokio::time::sleep(KEY_RELOAD_CHECK_INTERVAL / 4).await;
         }
+        assert_eq!(
+            source.keys().current().id(),
+            second.current().id(),
+            "the good keys stay"
+        );
     }
 }

@@ -85,13 +85,12 @@ impl ChannelPool {
             .or_else(|| addr.strip_prefix("https://"))
             .unwrap_or(addr);
         // http:// even with TLS: the TLS is the connector's (`channel`), tonic adds none.
-        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
-            .map_err(|err| {
-                // Nothing can be sent to a malformed address: classify it as unreachable.
-                let mut status = Status::unavailable(format!("invalid node address {addr:?}: {err}"));
-                status.set_source(Arc::new(tonic::ConnectError(Box::new(err))));
-                status
-            })?;
+        let endpoint = Endpoint::from_shared(format!("http://{authority}")).map_err(|err| {
+            // Nothing can be sent to a malformed address: classify it as unreachable.
+            let mut status = Status::unavailable(format!("invalid node address {addr:?}: {err}"));
+            status.set_source(Arc::new(tonic::ConnectError(Box::new(err))));
+            status
+        })?;
         Ok(endpoint
             .connect_timeout(self.settings.connect_timeout)
             .tcp_nodelay(true)

@@ -262,11 +262,14 @@ impl Router {
     }
 }
 
+/// The router's TLS as a server (to clients) and as a client (of nodes).
+type RouterTls = (Arc<ServerConfig>, Arc<ClientConfig>);
+
 /// Reads and checks the router's certificate files (role `router`, signed by the CA,
 /// valid): the server's TLS (clients' certificates of the CA checked, and required with
 /// `require_client_cert`) and the client TLS towards nodes, all re-read when the files
 /// change. None: `--insecure`.
-fn load_tls(config: &RouterConfig) -> Result<Option<(Arc<ServerConfig>, Arc<ClientConfig>)>, StartError> {
+fn load_tls(config: &RouterConfig) -> Result<Option<RouterTls>, StartError> {
     let Some(paths) = &config.tls else {
         return Ok(None);
     };

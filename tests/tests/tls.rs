@@ -505,16 +505,19 @@ async fn dialled_connections_present_rotated_certificates() -> anyhow::Result<()
     .load(&[Role::Client])?;
     let router = cluster.router_addr.clone().expect("a router");
     wait_until("the router to present its renewed certificate", WAIT, || async {
-        (presented_serial(&router, &prober).await.as_deref() == Some(renewed_router_serial.as_str())).then_some(())
+        (presented_serial(&router, &prober).await.as_deref() == Some(renewed_router_serial.as_str()))
+            .then_some(())
     })
     .await?;
     // The node restarts on the new files: it accepts only the new CA.
     cluster.stop_node(1).await?;
     cluster.start_node(1).await?;
     let client = client_presenting(&cluster, &client_cert).await?;
-    wait_until("a write through the router to the restarted node", WAIT, || async {
-        client.put("rotation/after", "2").await.ok()
-    })
+    wait_until(
+        "a write through the router to the restarted node",
+        WAIT,
+        || async { client.put("rotation/after", "2").await.ok() },
+    )
     .await?;
     assert_eq!(
         client.get("rotation/before").await?.map(|read| read.value),

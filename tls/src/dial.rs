@@ -52,8 +52,12 @@ impl ReloadingIdentity {
 pub async fn connect(config: Arc<ClientConfig>, authority: &str) -> io::Result<TlsStream<TcpStream>> {
     let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let server_name = ServerName::try_from(host.to_string())
-        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, format!("server name {host:?}: {err}")))?;
+    let server_name = ServerName::try_from(host.to_string()).map_err(|err| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("server name {host:?}: {err}"),
+        )
+    })?;
     let stream = TcpStream::connect(authority).await?;
     stream.set_nodelay(true)?;
     TlsConnector::from(config).connect(server_name, stream).await
@@ -88,9 +92,9 @@ impl tower_service::Service<http::Uri> for DialConnector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let config = self.config.clone();
         Box::pin(async move {
-            let authority = uri
-                .authority()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host:port in {uri}")))?;
+            let authority = uri.authority().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("no host:port in {uri}"))
+            })?;
             connect(config, authority.as_str()).await.map(TokioIo::new)
         })
     }
@@ -101,7 +105,11 @@ impl tower_service::Service<http::Uri> for DialConnector {
 struct PresentCurrent(Arc<ReloadingIdentity>);
 
 impl ResolvesClientCert for PresentCurrent {
-    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
         Some(self.0.current().certified_key.clone())
     }
 

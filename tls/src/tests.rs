@@ -331,7 +331,11 @@ async fn dialled_connections_present_the_rotated_certificate() {
             let Ok(connection) = acceptor.accept(stream).await else {
                 continue;
             };
-            let der = connection.get_ref().1.peer_certificates().and_then(|certs| certs.first().cloned());
+            let der = connection
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first().cloned());
             let serial = der.map(|der| CertInfo::from_der(der.as_ref(), "peer").expect("parse").serial);
             if seen.send(serial.unwrap_or_default()).await.is_err() {
                 return;
@@ -352,7 +356,10 @@ async fn dialled_connections_present_the_rotated_certificate() {
         if serials.recv().await == Some(serial_of(&second)) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the rotated certificate was never presented");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated certificate was never presented"
+        );
         // Files are looked at at most once per RELOAD_CHECK_INTERVAL: poll a few times per interval.
         tokio::time::sleep(RELOAD_CHECK_INTERVAL / 4).await;
     }
@@ -366,7 +373,9 @@ async fn dialled_connections_present_the_rotated_certificate() {
     };
     write_pair(&other_ca, &other_ca_files, false).expect("write other CA");
     let stranger_paths = CertPaths::new(other_dir.path(), "node");
-    let stranger = other.issue(&request(Role::Node, &["127.0.0.1"], None)).expect("issue");
+    let stranger = other
+        .issue(&request(Role::Node, &["127.0.0.1"], None))
+        .expect("issue");
     write_pair(&stranger_paths, &stranger, false).expect("write stranger");
     let stranger_server = ReloadingIdentity::load(
         TlsFiles {

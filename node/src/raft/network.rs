@@ -16,9 +16,9 @@ use openraft::raft::{
 use openraft::BasicNode;
 use ringkv_proto::v1::raft_client::RaftClient;
 use ringkv_proto::v1::{RaftMessage, RaftReply, RaftRpc};
+use ringkv_tls::rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use ringkv_tls::rustls::ClientConfig;
 use tonic::transport::{Channel, Endpoint};
 
 use super::catch_up::Pacer;
