@@ -4,7 +4,8 @@
 //! logs in with a password (`--user NAME`, a token from `Auth.Login`, which overrides the
 //! certificate's user); a role grants read, write or admin on key prefixes; `root` may do
 //! everything. Every command needs admin (before `kvctl auth enable`, every certificate acts
-//! as root), but `auth token`.
+//! as root), but `auth token` and `user passwd` without a name (a user changing its own
+//! password with its current one, `Auth.ChangePassword`).
 //!
 //! Passwords are typed at the terminal (echo off) or read as one line from stdin, never
 //! taken from the command line (`credentials.rs`).
