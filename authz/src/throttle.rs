@@ -151,6 +151,7 @@ impl LoginThrottle {
     /// Whether a login of `user` from `address` (None: unknown) may be tried at `now`; if
     /// not, who waits and how long (the longer of the two waits).
     pub fn check(&self, user: &str, address: Option<IpAddr>, now: Instant) -> Result<(), Throttled> {
+        let user = user_key(user);
         let user_wait = lock(&self.users).wait(&user.to_string(), now);
         let address_wait = address.and_then(|address| lock(&self.addresses).wait(&address, now));
         let (of, retry_after) = match (user_wait, address_wait, address) {
@@ -166,7 +167,7 @@ impl LoginThrottle {
 
     /// Counts a failed login (a wrong password, or a user that does not exist).
     pub fn failed(&self, user: &str, address: Option<IpAddr>, now: Instant) {
-        lock(&self.users).failed(&user.to_string(), now);
+        lock(&self.users).failed(&user_key(user).to_string(), now);
         if let Some(address) = address {
             lock(&self.addresses).failed(&address, now);
         }
@@ -174,9 +175,22 @@ impl LoginThrottle {
 
     /// A successful login: the user's count starts over (its address's does not).
     pub fn succeeded(&self, user: &str) {
-        lock(&self.users).clear(&user.to_string());
+        lock(&self.users).clear(&user_key(user).to_string());
     }
 }
+
+/// What a user name is counted as: itself if it is a valid name (at most
+/// [`MAX_NAME_CHARS`](crate::MAX_NAME_CHARS) characters), else one shared key for every
+/// invalid name (they never log in; a table of megabyte-long names would not be bounded).
+fn user_key(user: &str) -> &str {
+    match crate::check_name(user) {
+        Ok(()) => user,
+        Err(_) => INVALID_NAME_KEY,
+    }
+}
+
+/// The key every invalid user name is counted under (not a valid name itself).
+const INVALID_NAME_KEY: &str = "(an invalid name)";
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -247,7 +261,7 @@ mod tests {
         assert!(throttle.check("carol", HOME, now + FORGET_AFTER).is_ok());
     }
 
-    /// The tables stay bounded.
+    /// The tables stay bounded, in entries and in the bytes of their keys.
     #[test]
     fn tables_are_bounded() {
         let throttle = LoginThrottle::default();
@@ -256,5 +270,12 @@ mod tests {
             throttle.failed(&format!("u{guess}"), None, now);
         }
         assert!(lock(&throttle.users).entries.len() <= MAX_TRACKED_KEYS);
+        let long = "x".repeat(1 << 20);
+        for _ in 0..FREE_FAILURES_PER_USER {
+            throttle.failed(&long, None, now);
+        }
+        let refused = throttle.check(&long, None, now).expect_err("blocked");
+        assert!(refused.to_string().len() < 200, "{refused}");
+        assert!(lock(&throttle.users).entries.keys().all(|key| key.len() <= 64));
     }
 }
