@@ -42,6 +42,10 @@ pub struct MetLock {
 
 /// Not-leader hints followed in a row without backing off (leadership may be moving).
 const MAX_REDIRECTS_WITHOUT_BACKOFF: u32 = 3;
+/// Least time left for a write attempt to start: one that cannot finish (a node's write
+/// waits on its log's sync) would only leave the write's outcome unknown, where giving up
+/// before it leaves it definitely not applied by this router.
+const MIN_WRITE_ATTEMPT: Duration = Duration::from_millis(1);
 
 /// Per-attempt bounds of the retry loop, and how it resolves the locks it meets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,7 +291,7 @@ impl<N: NodeApi> Forwarder<N> {
         let mut write_attempts = WriteAttempts::default();
         loop {
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || (write_id.is_some() && deadline - now < MIN_WRITE_ATTEMPT) {
                 return Err(state.give_up());
             }
             let target = match redirect.take() {
@@ -1321,6 +1325,26 @@ pub(crate) mod tests {
             "not retried: {:?}",
             nodes.called_addrs()
         );
+    }
+
+    /// A write with less than `MIN_WRITE_ATTEMPT` left sends nothing and ends definitely
+    /// not applied (DEADLINE_EXCEEDED), not as an outcome unknown of an attempt that could
+    /// not finish.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_time_for_an_attempt_sends_nothing() {
+        let nodes = Arc::new(FakeNodes::default());
+        let topology = topology_3_nodes();
+        for addr in placement(&topology) {
+            nodes.always(&addr, || Script::Hang);
+        }
+        let forwarder = forwarder(&nodes, &topology);
+        let deadline = Instant::now() + MIN_WRITE_ATTEMPT / 2;
+        let result = forwarder.write(SHARD, 8, [9u8; 16], put_op(), deadline).await;
+        assert!(
+            matches!(result, Err(RouterError::DeadlineExceeded { attempts: 0, .. })),
+            "{result:?}"
+        );
+        assert!(nodes.called_addrs().is_empty(), "{:?}", nodes.called_addrs());
     }
 
     /// Reads whose attempts all time out end with DEADLINE_EXCEEDED at the deadline.
