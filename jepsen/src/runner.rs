@@ -92,6 +92,10 @@ pub struct RunOptions {
     /// (`--unsafe-fresh-request-id-per-attempt`): a retry after an attempt that applied
     /// unanswered applies again (caught by the register workload).
     pub unsafe_fresh_request_ids: bool,
+    /// The lock workload's resource accepts every fencing token
+    /// (`--unsafe-unfenced-resource`): a stale holder's write lands after a newer holder's
+    /// (caught by the lock workload).
+    pub unsafe_unfenced_resource: bool,
     /// The routers' timeout of one attempt to a node (`--rpc-timeout-ms`; `None`: theirs).
     pub router_rpc_timeout_ms: Option<u64>,
     /// Routers; clients start at each in turn and fail over to the others.
@@ -152,6 +156,7 @@ impl RunOptions {
             unsafe_resolve_without_primary: false,
             unsafe_tso_prefetch: 0,
             unsafe_fresh_request_ids: false,
+            unsafe_unfenced_resource: false,
             router_rpc_timeout_ms: None,
             routers: 1,
             op_timeout: Duration::from_secs(2),
@@ -534,6 +539,17 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                         stop,
                     ));
                 }
+                Workload::Lock => {
+                    let seed = rng.random();
+                    clients.spawn(crate::lock::lock_client(
+                        process,
+                        client,
+                        options.unsafe_unfenced_resource,
+                        recorder,
+                        seed,
+                        stop,
+                    ));
+                }
                 Workload::Bank => {
                     let seed = rng.random();
                     clients.spawn(crate::bank::bank_client(
@@ -751,6 +767,7 @@ pub fn check_workloads(
             Workload::Batch => verdicts.push(checker::batch::check(history, listing)),
             Workload::Scan => verdicts.push(checker::scan::check(history, listing)),
             Workload::DeleteRange => verdicts.push(checker::delete_range::check(history, listing)),
+            Workload::Lock => verdicts.push(checker::lock::check(history, listing)),
         }
     }
     verdicts

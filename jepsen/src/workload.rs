@@ -56,6 +56,10 @@ pub enum Workload {
     /// nothing written before an acknowledged delete-range may be read after it
     /// (`checker::delete_range`).
     DeleteRange,
+    /// Clients take turns holding a few locks on 1 s leases (some pausing past their TTL)
+    /// and write to a resource that refuses lower fencing tokens; accepted writes must be
+    /// in token order (`checker::lock`), overlapping holders are reported.
+    Lock,
 }
 
 impl Workload {

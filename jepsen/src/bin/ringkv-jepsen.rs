@@ -69,7 +69,7 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "kill-one,partition-majority")]
     nemesis: Vec<String>,
     /// Workloads (comma-separated): register, set, timestamp, snapshot, append, bank,
-    /// rw-register, batch, scan, delete-range; `all` for every one.
+    /// rw-register, batch, scan, delete-range, lock; `all` for every one.
     #[arg(long, value_delimiter = ',', default_value = "register,set")]
     workload: Vec<String>,
     /// List every violation found, not the first few of each kind (per key for
@@ -159,6 +159,10 @@ struct RunArgs {
     /// `--router-rpc-timeout-ms`, e.g. 15, so applied writes are retried without faults).
     #[arg(long)]
     unsafe_fresh_request_ids: bool,
+    /// Negative control: the lock workload's resource accepts every fencing token (the
+    /// lock workload catches a stale holder's write landing after a newer holder's).
+    #[arg(long)]
+    unsafe_unfenced_resource: bool,
     /// The routers' timeout of one attempt to a node, in ms (default: theirs, 2000).
     #[arg(long)]
     router_rpc_timeout_ms: Option<u64>,
@@ -269,6 +273,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_resolve_without_primary = args.unsafe_resolve_without_primary;
     options.unsafe_tso_prefetch = args.unsafe_tso_prefetch;
     options.unsafe_fresh_request_ids = args.unsafe_fresh_request_ids;
+    options.unsafe_unfenced_resource = args.unsafe_unfenced_resource;
     options.router_rpc_timeout_ms = args.router_rpc_timeout_ms;
     options.routers = args.routers.max(1);
     options.keep_data = args.keep_data;
@@ -330,6 +335,10 @@ fn main() -> ExitCode {
                     (
                         Workload::DeleteRange,
                         has(&|f| matches!(f, F::RangeFill | F::DeleteRange | F::RangeRead)),
+                    ),
+                    (
+                        Workload::Lock,
+                        has(&|f| matches!(f, F::LockAcquire | F::GuardedWrite | F::LockRelease)),
                     ),
                 ]
                 .into_iter()

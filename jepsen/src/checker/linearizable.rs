@@ -378,7 +378,10 @@ fn extract(pairs: &[OpPair<'_>]) -> Extracted {
                 | F::Scan
                 | F::RangeFill
                 | F::DeleteRange
-                | F::RangeRead,
+                | F::RangeRead
+                | F::LockAcquire
+                | F::GuardedWrite
+                | F::LockRelease,
                 _,
             ) => {
                 extracted.ignored_other += 1;

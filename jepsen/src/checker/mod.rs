@@ -20,6 +20,8 @@
 //!   no key nobody wrote, none skipped that was there, unchanged, for the whole scan.
 //! - [`delete_range`]: ranges filled and deleted: nothing written before an acknowledged
 //!   delete-range is read after it.
+//! - [`lock`]: writes guarded by locks' fencing tokens: accepted in token order; tokens
+//!   unique and increasing; overlapping holders reported (not promised under pauses).
 //! - [`stale`]: reads of any replica: old values allowed, never one nobody wrote.
 //! - `mutations` (crate-private): the writes a key (or group, or range) saw, and which one
 //!   was certainly in effect over an interval, for the three checkers above.
@@ -38,6 +40,7 @@ pub mod batch;
 pub mod delete_range;
 pub mod elle;
 pub mod linearizable;
+pub mod lock;
 pub(crate) mod mutations;
 pub mod scan;
 pub mod set;

@@ -159,7 +159,10 @@ pub fn analyze_with(history: &History, listing: Listing) -> Result<SetAnalysis, 
             | F::Scan
             | F::RangeFill
             | F::DeleteRange
-            | F::RangeRead => {}
+            | F::RangeRead
+                | F::LockAcquire
+                | F::GuardedWrite
+                | F::LockRelease => {}
         }
     }
 

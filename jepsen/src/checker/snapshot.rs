@@ -464,7 +464,10 @@ fn extract(pairs: &[OpPair<'_>]) -> Result<Extracted, String> {
             | F::Scan
             | F::RangeFill
             | F::DeleteRange
-            | F::RangeRead => {}
+            | F::RangeRead
+                | F::LockAcquire
+                | F::GuardedWrite
+                | F::LockRelease => {}
         }
     }
     Ok(extracted)
