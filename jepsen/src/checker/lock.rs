@@ -44,11 +44,13 @@ struct Acquired {
     token: u64,
 }
 
-/// What a place in a resource's order is known to hold, and which op said so.
+/// What a place in a resource's order is known to hold, which op said so first, and the
+/// `ok` write that took it, once one did.
 #[derive(Debug, Clone, Copy)]
 struct Placed {
     token: u64,
     op: u64,
+    written_by: Option<u64>,
 }
 
 /// One client's holding of a lock, from the history's point of view.
@@ -101,25 +103,27 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
     let mut ops_checked = 0;
 
     let mut place = |anomalies: &mut AnomalyList, lock: u64, seq: u64, token: u64, op: u64, ok_write: bool| {
-        let places = placed.entry(lock).or_default();
-        match places.get(&seq) {
-            None => {
-                places.insert(seq, Placed { token, op });
-            }
-            Some(known) if known.token != token || (ok_write && known.op != op) => {
-                anomalies.push(Anomaly {
-                    kind: "forked-resource".to_string(),
-                    key: Some(lock),
-                    description: format!(
-                        "lock {lock}'s resource: place {seq} holds token {} (op {}) and token {token} (op {op}): \
-                         two writes took effect on one state",
-                        known.token, known.op
-                    ),
-                    ops: vec![known.op, op],
-                });
-            }
-            Some(_) => {}
+        let places = placed.entry(lock).or_insert_with(BTreeMap::new);
+        let written_by = ok_write.then_some(op);
+        let known = places.entry(seq).or_insert(Placed { token, op, written_by });
+        let second_writer = match (known.written_by, written_by) {
+            (Some(first), Some(second)) if first != second => Some(first),
+            _ => None,
+        };
+        if known.token != token || second_writer.is_some() {
+            let other = second_writer.unwrap_or(known.op);
+            anomalies.push(Anomaly {
+                kind: "forked-resource".to_string(),
+                key: Some(lock),
+                description: format!(
+                    "lock {lock}'s resource: place {seq} holds token {} (op {other}) and token {token} (op {op}): \
+                     two writes took effect on one state",
+                    known.token
+                ),
+                ops: vec![other, op],
+            });
         }
+        known.written_by = known.written_by.or(written_by);
     };
 
     for pair in &pairs {
@@ -494,6 +498,22 @@ mod tests {
         write(&mut builder, 1, 20, (2, 10), OpType::Ok);
         let verdict = check(&builder.build(), Listing::Sample);
         assert_eq!(kinds(&verdict), ["fencing-violated"]);
+    }
+
+    /// A write invoked first may read the state a write invoked later took: not a fork
+    /// (a run's history had it, op 238 reading what op 240 wrote).
+    #[test]
+    fn reading_a_later_invoked_write_is_not_a_fork() {
+        let mut builder = Builder::default();
+        acquire(&mut builder, 1, 10);
+        acquire(&mut builder, 2, 20);
+        builder
+            .invoke(2, F::GuardedWrite, write_value(20, None, None))
+            .invoke(1, F::GuardedWrite, write_value(10, None, None))
+            .finish(1, OpType::Ok, Some(write_value(10, Some(1), Some((0, 0)))))
+            .finish(2, OpType::Ok, Some(write_value(20, Some(2), Some((1, 10)))));
+        let verdict = check(&builder.build(), Listing::Sample);
+        assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
     }
 
     /// Two writes that both took effect on one state: a compare-and-set that was not atomic.
