@@ -108,7 +108,11 @@ async fn guarded_write(client: &Client, lock: u64, token: u64, unfenced: bool) -
             },
         };
         if !unfenced && token < seen.1 {
-            return failed(OpType::Fail, Some(seen), format!("refused: the resource saw token {}", seen.1));
+            return failed(
+                OpType::Fail,
+                Some(seen),
+                format!("refused: the resource saw token {}", seen.1),
+            );
         }
         let seq = seen.0 + 1;
         match client
@@ -154,7 +158,12 @@ async fn record_guarded_write(
     };
     let op = recorder.invoke(Process::Client(process), F::GuardedWrite, value(None, None));
     let outcome = guarded_write(client, lock, token, unfenced).await;
-    let _ = recorder.complete(&op, outcome.op_type, value(outcome.seq, outcome.seen), outcome.error);
+    let _ = recorder.complete(
+        &op,
+        outcome.op_type,
+        value(outcome.seq, outcome.seen),
+        outcome.error,
+    );
 }
 
 /// Acquires `lock` with `lease`, recorded; the token when it is held.
@@ -166,7 +175,11 @@ async fn record_acquire(
     lease: ringkv_client::LeaseId,
     stop: &CancellationToken,
 ) -> Option<u64> {
-    let op = recorder.invoke(Process::Client(process), F::LockAcquire, OpValue::Lock { lock, token: None });
+    let op = recorder.invoke(
+        Process::Client(process),
+        F::LockAcquire,
+        OpValue::Lock { lock, token: None },
+    );
     let acquired = tokio::select! {
         () = stop.cancelled() => {
             complete_err(recorder, &op, OpType::Info, "stopped while waiting".to_string());
@@ -185,7 +198,12 @@ async fn record_acquire(
             None
         }
         Err(_) => {
-            complete_err(recorder, &op, OpType::Info, format!("not acquired within {ACQUIRE_TIMEOUT:?}"));
+            complete_err(
+                recorder,
+                &op,
+                OpType::Info,
+                format!("not acquired within {ACQUIRE_TIMEOUT:?}"),
+            );
             None
         }
     }

@@ -834,7 +834,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={} unfenced-resource={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -859,6 +859,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.unsafe_tso_prefetch,
         options.unsafe_ignore_sync_errors,
         options.unsafe_fresh_request_ids,
+        options.unsafe_unfenced_resource,
         options.fail_syncs_keep_unsynced,
         options
             .router_rpc_timeout_ms

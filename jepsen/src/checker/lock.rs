@@ -102,10 +102,19 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
     let mut writes: BTreeMap<u64, Vec<(u64, u64, WriteClass)>> = BTreeMap::new();
     let mut ops_checked = 0;
 
-    let mut place = |anomalies: &mut AnomalyList, lock: u64, seq: u64, token: u64, op: u64, ok_write: bool| {
+    let mut place = |anomalies: &mut AnomalyList,
+                     lock: u64,
+                     seq: u64,
+                     token: u64,
+                     op: u64,
+                     ok_write: bool| {
         let places = placed.entry(lock).or_insert_with(BTreeMap::new);
         let written_by = ok_write.then_some(op);
-        let known = places.entry(seq).or_insert(Placed { token, op, written_by });
+        let known = places.entry(seq).or_insert(Placed {
+            token,
+            op,
+            written_by,
+        });
         let second_writer = match (known.written_by, written_by) {
             (Some(first), Some(second)) if first != second => Some(first),
             _ => None,
@@ -138,7 +147,9 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
         match (pair.f(), pair.result_value()) {
             (F::LockAcquire, OpValue::Lock { lock, token }) => {
                 ops_checked += 1;
-                open_holding.remove(&process).map(|(lock, holding)| holdings.entry(lock).or_default().push(holding));
+                open_holding
+                    .remove(&process)
+                    .map(|(lock, holding)| holdings.entry(lock).or_default().push(holding));
                 match (outcome, token) {
                     (OpType::Ok, Some(token)) => {
                         counts.acquired += 1;
@@ -158,7 +169,10 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
                         open_holding.insert(process, (*lock, holding));
                     }
                     (OpType::Ok, None) => {
-                        return Verdict::unknown(CHECKER_NAME, format!("op {invoke}: an ok acquisition without a token"))
+                        return Verdict::unknown(
+                            CHECKER_NAME,
+                            format!("op {invoke}: an ok acquisition without a token"),
+                        )
                     }
                     (OpType::Fail, _) => counts.acquire_failed += 1,
                     _ => counts.acquire_unknown += 1,
@@ -184,7 +198,10 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
                         WriteClass::Accepted
                     }
                     (OpType::Ok, None, _) => {
-                        return Verdict::unknown(CHECKER_NAME, format!("op {invoke}: an ok guarded write without its place"))
+                        return Verdict::unknown(
+                            CHECKER_NAME,
+                            format!("op {invoke}: an ok guarded write without its place"),
+                        )
                     }
                     (OpType::Fail, None, Some((_, seen_token))) if seen_token > token => {
                         counts.refused += 1;
@@ -200,7 +217,14 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
                     }
                 };
                 writes.entry(*lock).or_default().push((invoke, *token, class));
-                extend_holding(&mut open_holding, process, *lock, *token, completion, completion_ns);
+                extend_holding(
+                    &mut open_holding,
+                    process,
+                    *lock,
+                    *token,
+                    completion,
+                    completion_ns,
+                );
             }
             (F::LockRelease, OpValue::Lock { lock, token }) => {
                 ops_checked += 1;
@@ -210,9 +234,18 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
                     _ => {}
                 }
                 if let Some(token) = token {
-                    extend_holding(&mut open_holding, process, *lock, *token, invoke, pair.invoke.time_ns);
+                    extend_holding(
+                        &mut open_holding,
+                        process,
+                        *lock,
+                        *token,
+                        invoke,
+                        pair.invoke.time_ns,
+                    );
                 }
-                open_holding.remove(&process).map(|(lock, holding)| holdings.entry(lock).or_default().push(holding));
+                open_holding
+                    .remove(&process)
+                    .map(|(lock, holding)| holdings.entry(lock).or_default().push(holding));
             }
             _ => {}
         }
@@ -231,7 +264,11 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
         count_overlaps(lock_holdings, &mut counts);
     }
     for (lock, lock_writes) in &writes {
-        count_stale_writes(lock_writes, acquisitions.get(lock).map_or(&[][..], Vec::as_slice), &mut counts);
+        count_stale_writes(
+            lock_writes,
+            acquisitions.get(lock).map_or(&[][..], Vec::as_slice),
+            &mut counts,
+        );
     }
 
     let validity = if anomalies.is_empty() {
@@ -242,7 +279,11 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
     let (anomalies, mut notes) = anomalies.finish();
     notes.push(format!(
         "acquisitions: {} ok, {} failed, {} unknown; releases: {} ok, {} after the lease lapsed",
-        counts.acquired, counts.acquire_failed, counts.acquire_unknown, counts.released, counts.release_lapsed
+        counts.acquired,
+        counts.acquire_failed,
+        counts.acquire_unknown,
+        counts.released,
+        counts.release_lapsed
     ));
     notes.push(format!(
         "guarded writes: {} accepted, {} refused (a higher token seen), {} failed otherwise, {} unknown",
@@ -254,8 +295,8 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
         counts.longest_overlap_ns / 1_000_000
     ));
     notes.push(format!(
-        "stale writes (invoked after a higher token was acquired): {} refused, {} accepted before the resource saw \
-         the newer token, {} failed otherwise or unknown",
+        "stale writes (invoked after a higher token was acquired): {} refused, {} accepted (a fenced resource \
+         accepts one only before the newer holder's first write), {} failed otherwise or unknown",
         counts.stale_refused, counts.stale_accepted, counts.stale_other
     ));
     Verdict {
@@ -332,7 +373,10 @@ fn check_tokens(lock: u64, acquired: &mut [Acquired], anomalies: &mut AnomalyLis
             anomalies.push(Anomaly {
                 kind: "duplicate-token".to_string(),
                 key: Some(lock),
-                description: format!("two acquisitions of lock {lock} returned token {}", acquisition.token),
+                description: format!(
+                    "two acquisitions of lock {lock} returned token {}",
+                    acquisition.token
+                ),
                 ops: vec![other, acquisition.invoke],
             });
         }
@@ -383,7 +427,10 @@ fn count_stale_writes(writes: &[(u64, u64, WriteClass)], acquired: &[Acquired], 
     }
     for (invoke, token, class) in writes {
         let completed_before = highest_by_completion.partition_point(|(completion, _)| completion < invoke);
-        let Some((_, highest)) = completed_before.checked_sub(1).map(|last| highest_by_completion[last]) else {
+        let Some((_, highest)) = completed_before
+            .checked_sub(1)
+            .map(|last| highest_by_completion[last])
+        else {
             continue;
         };
         if highest > *token {
@@ -425,7 +472,13 @@ mod tests {
 
     /// A guarded write of `token` that read `seen` and completed `op_type` (placed at
     /// `seen.0 + 1` unless refused).
-    fn write(builder: &mut Builder, process: u64, token: u64, seen: (u64, u64), op_type: OpType) -> &mut Builder {
+    fn write(
+        builder: &mut Builder,
+        process: u64,
+        token: u64,
+        seen: (u64, u64),
+        op_type: OpType,
+    ) -> &mut Builder {
         let seq = (op_type != OpType::Fail).then_some(seen.0 + 1);
         builder
             .invoke(process, F::GuardedWrite, write_value(token, None, None))
@@ -470,8 +523,14 @@ mod tests {
         assert_eq!(verdict.validity, Validity::Valid, "{verdict:?}");
         let notes = verdict.notes.join("\n");
         assert!(notes.contains("3 accepted, 1 refused"), "{notes}");
-        assert!(notes.contains("overlaps (two holders at once, not promised under pauses): 1"), "{notes}");
-        assert!(notes.contains("stale writes (invoked after a higher token was acquired): 1 refused"), "{notes}");
+        assert!(
+            notes.contains("overlaps (two holders at once, not promised under pauses): 1"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("stale writes (invoked after a higher token was acquired): 1 refused"),
+            "{notes}"
+        );
     }
 
     /// The negative control: a stale holder's lower token accepted after a higher one.
@@ -540,6 +599,9 @@ mod tests {
         let verdict = check(&builder.build(), Listing::Sample);
         let mut found = kinds(&verdict);
         found.sort_unstable();
-        assert_eq!(found, ["duplicate-token", "token-not-increasing", "token-not-increasing"]);
+        assert_eq!(
+            found,
+            ["duplicate-token", "token-not-increasing", "token-not-increasing"]
+        );
     }
 }

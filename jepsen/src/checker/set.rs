@@ -160,9 +160,9 @@ pub fn analyze_with(history: &History, listing: Listing) -> Result<SetAnalysis, 
             | F::RangeFill
             | F::DeleteRange
             | F::RangeRead
-                | F::LockAcquire
-                | F::GuardedWrite
-                | F::LockRelease => {}
+            | F::LockAcquire
+            | F::GuardedWrite
+            | F::LockRelease => {}
         }
     }
 

@@ -465,9 +465,9 @@ fn extract(pairs: &[OpPair<'_>]) -> Result<Extracted, String> {
             | F::RangeFill
             | F::DeleteRange
             | F::RangeRead
-                | F::LockAcquire
-                | F::GuardedWrite
-                | F::LockRelease => {}
+            | F::LockAcquire
+            | F::GuardedWrite
+            | F::LockRelease => {}
         }
     }
     Ok(extracted)
