@@ -108,7 +108,7 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
                      token: u64,
                      op: u64,
                      ok_write: bool| {
-        let places = placed.entry(lock).or_insert_with(BTreeMap::new);
+        let places = placed.entry(lock).or_default();
         let written_by = ok_write.then_some(op);
         let known = places.entry(seq).or_insert(Placed {
             token,
@@ -147,9 +147,7 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
         match (pair.f(), pair.result_value()) {
             (F::LockAcquire, OpValue::Lock { lock, token }) => {
                 ops_checked += 1;
-                open_holding
-                    .remove(&process)
-                    .map(|(lock, holding)| holdings.entry(lock).or_default().push(holding));
+                close_holding(&mut open_holding, &mut holdings, process);
                 match (outcome, token) {
                     (OpType::Ok, Some(token)) => {
                         counts.acquired += 1;
@@ -243,9 +241,7 @@ pub fn check(history: &History, listing: Listing) -> Verdict {
                         pair.invoke.time_ns,
                     );
                 }
-                open_holding
-                    .remove(&process)
-                    .map(|(lock, holding)| holdings.entry(lock).or_default().push(holding));
+                close_holding(&mut open_holding, &mut holdings, process);
             }
             _ => {}
         }
@@ -314,6 +310,17 @@ enum WriteClass {
     Accepted,
     Refused,
     Other,
+}
+
+/// Ends `process`'s open holding, if any.
+fn close_holding(
+    open_holding: &mut HashMap<u64, (u64, Holding)>,
+    holdings: &mut BTreeMap<u64, Vec<Holding>>,
+    process: u64,
+) {
+    if let Some((lock, holding)) = open_holding.remove(&process) {
+        holdings.entry(lock).or_default().push(holding);
+    }
 }
 
 /// Extends `process`'s open holding of `lock` with `token` to `end`.
