@@ -50,6 +50,10 @@ pub const PAUSE_ONE_IN: u32 = 4;
 /// past it the acquisition is recorded as of unknown outcome and its lease revoked.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pause before granting a lease again after a grant failed (bounded pacing: a faulted
+/// cluster is not hammered; a failed grant is not an operation of the model).
+const LEASE_GRANT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Most guarded writes per holding.
 const MAX_WRITES_PER_HOLDING: u32 = 3;
 
@@ -224,16 +228,15 @@ pub async fn lock_client(
         let lease = match client.lease_grant(LEASE_TTL).await {
             Ok(lease) => lease,
             Err(_) => {
-                // Not an operation of the model: try again after a bounded pause, so a
-                // faulted cluster is not hammered.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(LEASE_GRANT_RETRY_PAUSE).await;
                 continue;
             }
         };
         let keeper = client.keep_lease_alive(lease);
         let Some(token) = record_acquire(process, &client, &recorder, lock, lease.id, &stop).await else {
             keeper.shutdown().await;
-            // Frees a lock whose acquisition may have landed; it expires anyway.
+            // Frees a lock whose acquisition may have landed; when the revoke fails the
+            // lease (and the lock) expires after its TTL anyway.
             let _ = client.lease_revoke(lease.id).await;
             continue;
         };
@@ -276,6 +279,7 @@ pub async fn lock_client(
         if let Some(keeper) = keeper {
             keeper.shutdown().await;
         }
+        // The lease is of no more use (it expires after its TTL when the revoke fails).
         let _ = client.lease_revoke(lease.id).await;
     }
 }
