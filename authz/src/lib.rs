@@ -9,7 +9,8 @@
 //! A user is who a client certificate names (`ringkv://user/<name>`, see `ringkv-tls`), or
 //! who a token names: a user with a password ([`password`], hashed, kept in the table) logs
 //! in for a short-lived token ([`token`]), signed with a key also kept in the table so every
-//! router and node checks it on its own.
+//! router and node checks it on its own; failed logins make the next attempts wait
+//! ([`throttle`], counted in each router and node).
 //!
 //! This crate is the pure part, shared by the router and the node (the router must not
 //! depend on the node): the [`AuthTable`], the changes the system group commits
@@ -30,6 +31,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod password;
+pub mod throttle;
 pub mod token;
 
 pub use token::TokenKey;

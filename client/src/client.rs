@@ -747,6 +747,35 @@ impl Client {
             .await
     }
 
+    /// Sets `user`'s own password to `new_password` if `old_password` is its current one
+    /// (issue 15; no admin needed). A wrong user or old password is UNAUTHENTICATED, like a
+    /// failed login, and counts as one (too many: RESOURCE_EXHAUSTED, with how long to wait).
+    /// If an attempt took effect but its answer was lost, a retry is refused as a wrong old
+    /// password: logging in with the new one tells.
+    pub async fn change_password(
+        &self,
+        user: &str,
+        old_password: &str,
+        new_password: &str,
+    ) -> Result<(), Error> {
+        let change = proto::ChangePasswordRequest {
+            user: user.to_string(),
+            old_password: old_password.to_string(),
+            new_password: new_password.to_string(),
+        };
+        self.routers
+            .call(OpKind::Write, "change password", |channel, timeout| {
+                let request = with_deadline(change.clone(), timeout);
+                async move {
+                    proto::auth_client::AuthClient::new(channel)
+                        .change_password(request)
+                        .await
+                }
+            })
+            .await
+            .map(|_: proto::ChangePasswordResponse| ())
+    }
+
     /// The token this client sends and its expiry (unix ms; `None` for a given token),
     /// logging in first if it authenticates with a password; `None` without credentials.
     pub async fn token(&self) -> Result<Option<(String, Option<u64>)>, Error> {

@@ -46,15 +46,20 @@ pub struct ClientConfig {
     pub max_retry_backoff: Duration,
     /// Largest gRPC message sent or accepted, in bytes.
     pub max_message_bytes: usize,
-    /// Mutual TLS: connect over https, checking the server against the cluster CA and
-    /// presenting the client's certificate. None: plain http (an `--insecure` cluster).
+    /// TLS: connect over https, checking the server against the cluster CA and presenting
+    /// the client's certificate, if it has one. None: plain http (an `--insecure` cluster).
     pub tls: Option<ClientTls>,
     /// A token or a user and password (issue 15): the calls act for that user, whatever
-    /// user the certificate names. Needs `tls`. None: the certificate's user.
+    /// user the certificate names. Needs `tls`; with a [CA-only](ClientTls::ca_only) `tls`
+    /// it is the only credential (routers accept that; nodes require certificates). None:
+    /// the certificate's user.
     pub auth: Option<ClientAuth>,
 }
 
-/// The client's TLS identity, PEM: the cluster CA, its certificate and its key.
+/// The client's TLS identity, PEM: the cluster CA, its certificate and its key. Without a
+/// certificate ([`ClientTls::ca_only`]: `cert_pem` and `key_pem` empty) the client checks
+/// the server and presents nothing: a router lets it in, and its calls must carry a token
+/// ([`ClientConfig::auth`]); a node refuses it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientTls {
     /// The cluster CA's certificate: servers must present certificates it signed.
@@ -67,6 +72,28 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
+    /// Server-authenticated TLS without a client certificate: authenticate with
+    /// [`ClientConfig::auth`] (routers only).
+    pub fn ca_only(ca_pem: String) -> ClientTls {
+        ClientTls {
+            ca_pem,
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        }
+    }
+
+    /// Reads the CA's PEM file (`--ca` without `--cert`/`--key`), see [`ClientTls::ca_only`].
+    pub fn from_ca_file(ca: &Path) -> Result<ClientTls, Error> {
+        std::fs::read_to_string(ca)
+            .map(ClientTls::ca_only)
+            .map_err(|err| Error::InvalidArgument(format!("cannot read {}: {err}", ca.display())))
+    }
+
+    /// Whether a client certificate is presented.
+    pub fn has_certificate(&self) -> bool {
+        !self.cert_pem.is_empty()
+    }
+
     /// Reads the three PEM files (`--ca`, `--cert`, `--key`). Their contents are checked
     /// by the TLS handshake, not here.
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<ClientTls, Error> {

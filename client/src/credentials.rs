@@ -6,7 +6,8 @@
 //! again once the token is within [`RENEW_BEFORE_EXPIRY`] of its expiry or a call was refused
 //! `UNAUTHENTICATED` (a rotated token key); logins are serialised, so many concurrent calls
 //! make one. The header is added by [`Bearer`], a tonic interceptor on each router channel.
-//! TLS is still needed: servers read tokens only from callers with a certificate of the CA.
+//! TLS is still needed: a router reads tokens from TLS callers, with a certificate of the CA
+//! or (unless it requires one) without; a node only from callers with a certificate.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

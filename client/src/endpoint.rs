@@ -52,9 +52,11 @@ pub(crate) fn lazy_channel(address: &str, config: &ClientConfig) -> Result<Chann
     let invalid = |err: tonic::transport::Error| Error::InvalidArgument(format!("endpoint {uri:?}: {err}"));
     let endpoint = match &config.tls {
         Some(tls) => {
-            let tls_config = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+            let tls_config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            let tls_config = match tls.has_certificate() {
+                true => tls_config.identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+                false => tls_config,
+            };
             Endpoint::from_shared(format!("https://{authority}"))
                 .and_then(|endpoint| endpoint.tls_config(tls_config))
                 .map_err(invalid)?

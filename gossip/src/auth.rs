@@ -42,6 +42,7 @@ use ring::hmac;
 use tracing::warn;
 
 use crate::key::{GossipKeys, GOSSIP_KEY_ID_LEN};
+use crate::key_source::KeySource;
 
 /// The first bytes of every authenticated datagram (chitchat's own start with `0x53 0xb0`).
 pub const FRAME_MAGIC: [u8; 2] = *b"rG";
@@ -133,17 +134,20 @@ impl AuthStats {
 /// [module docs](self)).
 #[derive(Debug, Clone)]
 pub struct AuthenticatedUdpTransport {
-    keys: Arc<GossipKeys>,
+    keys: Arc<KeySource>,
     stats: Arc<AuthStats>,
 }
 
 impl AuthenticatedUdpTransport {
     /// A transport signing and checking with `keys`, counting into `stats`.
     pub fn new(keys: GossipKeys, stats: Arc<AuthStats>) -> AuthenticatedUdpTransport {
-        AuthenticatedUdpTransport {
-            keys: Arc::new(keys),
-            stats,
-        }
+        AuthenticatedUdpTransport::with_source(Arc::new(KeySource::fixed(keys)), stats)
+    }
+
+    /// A transport signing and checking with the keys `source` has at each datagram (a key
+    /// file it follows), counting into `stats`.
+    pub fn with_source(source: Arc<KeySource>, stats: Arc<AuthStats>) -> AuthenticatedUdpTransport {
+        AuthenticatedUdpTransport { keys: source, stats }
     }
 }
 
@@ -166,7 +170,7 @@ impl Transport for AuthenticatedUdpTransport {
 
 struct AuthenticatedUdpSocket {
     socket: tokio::net::UdpSocket,
-    keys: Arc<GossipKeys>,
+    keys: Arc<KeySource>,
     stats: Arc<AuthStats>,
     send_buf: Vec<u8>,
     recv_buf: Box<[u8]>,
@@ -205,7 +209,7 @@ impl Socket for AuthenticatedUdpSocket {
 
     async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
         self.send_buf.clear();
-        seal(&self.keys, &envelope, &mut self.send_buf);
+        seal(&self.keys.keys(), &envelope, &mut self.send_buf);
         let num_bytes_sent = self
             .socket
             .send_to(&self.send_buf, to)
@@ -225,7 +229,8 @@ impl Socket for AuthenticatedUdpSocket {
                 }
                 Err(err) => return Err(err).context("fatal UDP recv error"),
             };
-            let opened = open(&self.keys, &self.recv_buf[..num_bytes_received]);
+            let keys = self.keys.keys();
+            let opened = open(&keys, &self.recv_buf[..num_bytes_received]);
             let mut message = match opened {
                 Ok(message) => message,
                 Err(rejection) => {

@@ -9,13 +9,16 @@
 //! with it and accepts it. A second key is *also accepted* (the previous key, or the next one
 //! during a rotation), never used to sign.
 //!
-//! # Rotation, without a partition at any step
+//! # Rotation, without a partition at any step, without restarts
 //!
-//! 1. Add the new key as the second line on every process, restart them one by one (they
-//!    still sign with the old key, and now also accept the new one).
-//! 2. Swap the lines (new first) on every process, restart them one by one: they sign with the
-//!    new key; those not restarted yet accept it already, and are still accepted.
-//! 3. Remove the old key's line, restart them one by one.
+//! Nodes and routers follow their key file (`key_source`): each step takes effect within
+//! about a second of the file's change. Finish a step on every process before the next.
+//!
+//! 1. Add the new key as the second line on every process (they still sign with the old key,
+//!    and now also accept the new one).
+//! 2. Swap the lines (new first) on every process: they sign with the new key; those not
+//!    changed yet accept it already, and are still accepted.
+//! 3. Remove the old key's line.
 //!
 //! Each key has a [`GossipKey::id`] (4 bytes derived from the key by SHA-256, revealing nothing
 //! of it) that travels with each datagram, so the receiver checks the tag with that key only.

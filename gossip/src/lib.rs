@@ -48,11 +48,13 @@
 //! - [`announcement`]: what nodes and routers publish about themselves — the gossip keys
 //!   and their value syntax, written and read through one type ([`Announcement`]).
 //! - [`key`]: the cluster's gossip key ([`GossipKeys`]) and its file (`gossip.key`).
+//! - [`key_source`]: the keys a transport uses now, following the file when it changes.
 //! - [`auth`]: the authenticated UDP transport ([`AuthenticatedUdpTransport`]) and its frame.
 
 pub mod announcement;
 pub mod auth;
 pub mod key;
+pub mod key_source;
 
 pub use announcement::{Announcement, AnnouncementError, LeaderClaim, Load, NodeAnnouncement};
 pub use auth::{AuthStats, AuthenticatedUdpTransport};
@@ -136,6 +138,9 @@ pub struct GossipConfig {
     /// The cluster's gossip keys: every datagram is authenticated with them (see [`auth`]).
     /// `None`: unauthenticated gossip, which anyone reaching the port can join or forge.
     pub auth: Option<GossipKeys>,
+    /// The file `auth` was read from: followed, its keys used within about a second of a
+    /// change (`key_source`), so a key rotation needs no restart. `None`: `auth` is fixed.
+    pub auth_file: Option<std::path::PathBuf>,
 }
 
 impl GossipConfig {
@@ -158,6 +163,7 @@ impl GossipConfig {
             dead_grace: DEFAULT_DEAD_GRACE,
             initial_state: Vec::new(),
             auth: None,
+            auth_file: None,
         }
     }
 
@@ -342,7 +348,14 @@ impl Gossip {
         let auth_stats = config.auth.as_ref().map(|_| Arc::new(AuthStats::default()));
         let transport: Box<dyn Transport> = match (&config.auth, &auth_stats) {
             (Some(keys), Some(stats)) => {
-                Box::new(AuthenticatedUdpTransport::new(keys.clone(), stats.clone()))
+                let source = match &config.auth_file {
+                    Some(path) => key_source::KeySource::following(keys.clone(), path.clone()),
+                    None => key_source::KeySource::fixed(keys.clone()),
+                };
+                Box::new(AuthenticatedUdpTransport::with_source(
+                    Arc::new(source),
+                    stats.clone(),
+                ))
             }
             _ => Box::new(UdpTransport),
         };

@@ -62,7 +62,7 @@ use std::fmt::{self, Write as _};
 
 use std::collections::HashMap;
 
-use crate::history::{History, MicroOp, Op, OpType, OpValue, Process, RwMicroOp, F};
+use crate::history::{History, MicroOp, Op, OpType, OpValue, Process, RwMicroOp, WatchedEvent, F};
 
 /// Deepest nesting of vectors and maps the parser accepts (ours is at most 3).
 pub const MAX_DEPTH: usize = 64;
@@ -268,6 +268,13 @@ fn f_name(f: &F) -> &str {
         F::LockAcquire => "lock-acquire",
         F::GuardedWrite => "guarded-write",
         F::LockRelease => "lock-release",
+        F::WatchPut => "watch-put",
+        F::WatchDelete => "watch-delete",
+        F::Watch => "watch",
+        F::TtlPut => "ttl-put",
+        F::TtlExpire => "expire",
+        F::TtlRead => "ttl-read",
+        F::TtlReadAt => "ttl-read-at",
     }
 }
 
@@ -372,6 +379,100 @@ fn value_to_edn(value: &OpValue) -> Edn {
                 Edn::Vector(vec![Edn::unsigned(seen_seq), Edn::unsigned(seen_token)])
             }),
         ]),
+        OpValue::KeyWrite { key, value, result } => Edn::Vector(vec![
+            Edn::unsigned(*key),
+            Edn::optional(*value),
+            Edn::optional(*result),
+        ]),
+        OpValue::Watch { from, to, events } => Edn::Vector(vec![
+            progress_to_edn(from),
+            to.as_ref().map_or(Edn::Nil, |to| progress_to_edn(to)),
+            events.as_ref().map_or(Edn::Nil, |events| {
+                Edn::Vector(
+                    events
+                        .iter()
+                        .map(|event| {
+                            Edn::Vector(vec![
+                                Edn::unsigned(event.key),
+                                Edn::optional(event.value),
+                                Edn::unsigned(event.version),
+                                Edn::unsigned(event.commit_ts),
+                                Edn::unsigned(u64::from(event.shard)),
+                            ])
+                        })
+                        .collect(),
+                )
+            }),
+        ]),
+        OpValue::TtlWrite { key, value, ttl_ms } => Edn::Vector(vec![
+            Edn::unsigned(*key),
+            Edn::optional(*value),
+            Edn::unsigned(*ttl_ms),
+        ]),
+        OpValue::TtlRead {
+            key,
+            ts,
+            value,
+            expires_at_ts,
+        } => Edn::Vector(vec![
+            Edn::unsigned(*key),
+            Edn::optional(*ts),
+            Edn::optional(*value),
+            Edn::optional(*expires_at_ts),
+        ]),
+    }
+}
+
+/// `[[shard progress] ...]` of a watch.
+fn progress_to_edn(progress: &[(u32, u64)]) -> Edn {
+    Edn::Vector(
+        progress
+            .iter()
+            .map(|(shard, ts)| Edn::Vector(vec![Edn::unsigned(u64::from(*shard)), Edn::unsigned(*ts)]))
+            .collect(),
+    )
+}
+
+/// `[[shard progress] ...]` read back.
+fn progress_from_edn(progress: &Edn) -> Result<Vec<(u32, u64)>, String> {
+    let Edn::Vector(items) = progress else {
+        return Err(format!(
+            "a watch's progress must be a vector, found {}",
+            progress.describe()
+        ));
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            Edn::Vector(pair) => match pair.as_slice() {
+                [shard, ts] => Ok((to_u32(shard, "shard")?, to_u64(ts, "progress")?)),
+                _ => Err("a watch's progress entry must be [shard ts]".to_string()),
+            },
+            other => Err(format!(
+                "a watch's progress entry must be a vector, found {}",
+                other.describe()
+            )),
+        })
+        .collect()
+}
+
+/// `[key value version commit-ts shard]` of one watch event read back.
+fn watched_event_from_edn(event: &Edn) -> Result<WatchedEvent, String> {
+    match event {
+        Edn::Vector(items) => match items.as_slice() {
+            [key, value, version, commit_ts, shard] => Ok(WatchedEvent {
+                key: to_u64(key, "key")?,
+                value: to_optional_u64(value, "value")?,
+                version: to_u64(version, "version")?,
+                commit_ts: to_u64(commit_ts, "commit-ts")?,
+                shard: to_u32(shard, "shard")?,
+            }),
+            _ => Err("a watch event must be [key value version commit-ts shard]".to_string()),
+        },
+        other => Err(format!(
+            "a watch event must be a vector, found {}",
+            other.describe()
+        )),
     }
 }
 
@@ -633,6 +734,13 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
         (_, "lock-acquire") => F::LockAcquire,
         (_, "guarded-write") => F::GuardedWrite,
         (_, "lock-release") => F::LockRelease,
+        (_, "watch-put") => F::WatchPut,
+        (_, "watch-delete") => F::WatchDelete,
+        (_, "watch") => F::Watch,
+        (_, "ttl-put") => F::TtlPut,
+        (_, "expire") => F::TtlExpire,
+        (_, "ttl-read") => F::TtlRead,
+        (_, "ttl-read-at") => F::TtlReadAt,
         (_, name) => F::Nemesis(name.to_string()),
     };
     let value_edn = value.get("value").unwrap_or(&Edn::Nil);
@@ -837,6 +945,55 @@ fn value_from_edn(f: &F, op_type: OpType, value: &Edn) -> Result<OpValue, String
         },
         (F::LockAcquire | F::LockRelease, _) => Err(shape_error("[lock token]")),
         (F::GuardedWrite, _) => Err(shape_error("[lock token seq [seen-seq seen-token]]")),
+        (F::WatchPut | F::WatchDelete, Edn::Vector(items)) => match items.as_slice() {
+            [key, written, result] => Ok(OpValue::KeyWrite {
+                key: to_u64(key, "key")?,
+                value: to_optional_u64(written, "value")?,
+                result: to_optional_u64(result, "result")?,
+            }),
+            _ => Err(shape_error("[key value result]")),
+        },
+        (F::Watch, Edn::Vector(items)) => match items.as_slice() {
+            [from, to, events] => Ok(OpValue::Watch {
+                from: progress_from_edn(from)?,
+                to: match to {
+                    Edn::Nil => None,
+                    to => Some(progress_from_edn(to)?),
+                },
+                events: match events {
+                    Edn::Nil => None,
+                    Edn::Vector(events) => Some(
+                        events
+                            .iter()
+                            .map(watched_event_from_edn)
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    _ => return Err(shape_error("[from to [events]]")),
+                },
+            }),
+            _ => Err(shape_error("[from to [events]]")),
+        },
+        (F::TtlPut | F::TtlExpire, Edn::Vector(items)) => match items.as_slice() {
+            [key, written, ttl_ms] => Ok(OpValue::TtlWrite {
+                key: to_u64(key, "key")?,
+                value: to_optional_u64(written, "value")?,
+                ttl_ms: to_u64(ttl_ms, "ttl-ms")?,
+            }),
+            _ => Err(shape_error("[key value ttl-ms]")),
+        },
+        (F::TtlRead | F::TtlReadAt, Edn::Vector(items)) => match items.as_slice() {
+            [key, ts, read, expires_at_ts] => Ok(OpValue::TtlRead {
+                key: to_u64(key, "key")?,
+                ts: to_optional_u64(ts, "ts")?,
+                value: to_optional_u64(read, "value")?,
+                expires_at_ts: to_optional_u64(expires_at_ts, "expires-at-ts")?,
+            }),
+            _ => Err(shape_error("[key ts value expires-at-ts]")),
+        },
+        (F::WatchPut | F::WatchDelete, _) => Err(shape_error("[key value result]")),
+        (F::Watch, _) => Err(shape_error("[from to [events]]")),
+        (F::TtlPut | F::TtlExpire, _) => Err(shape_error("[key value ttl-ms]")),
+        (F::TtlRead | F::TtlReadAt, _) => Err(shape_error("[key ts value expires-at-ts]")),
         (F::Nemesis(_), Edn::String(text)) => Ok(OpValue::Text(text.clone())),
         // Jepsen nemeses often carry structured values: keep them as their EDN text.
         (F::Nemesis(_), other) => Ok(OpValue::Text(other.to_string())),

@@ -109,6 +109,25 @@ pub enum F {
     /// Lock workload: release a lock held with a token ([`OpValue::Lock`]); `fail` when the
     /// holder's lease had lapsed and it no longer held it.
     LockRelease,
+    /// Watch workload: a put of a unique value to one watched key ([`OpValue::KeyWrite`]:
+    /// the version assigned as its result).
+    WatchPut,
+    /// Watch workload: a delete of one watched key ([`OpValue::KeyWrite`] without a value:
+    /// whether a value existed as its result).
+    WatchDelete,
+    /// Watch workload: one watch stream of a watcher, from where its last one got to
+    /// ([`OpValue::Watch`]).
+    Watch,
+    /// TTL workload: a put with a time to live (or none) of one key ([`OpValue::TtlWrite`]).
+    TtlPut,
+    /// TTL workload: `expire` (a time to live) or `persist` (time to live 0) of one key
+    /// ([`OpValue::TtlWrite`] without a value).
+    TtlExpire,
+    /// TTL workload: a linearizable get of one key, after a timestamp of the oracle taken
+    /// once the op was invoked ([`OpValue::TtlRead`]).
+    TtlRead,
+    /// TTL workload: a get of one key at a timestamp of the oracle ([`OpValue::TtlRead`]).
+    TtlReadAt,
 }
 
 /// The argument or result of an operation.
@@ -247,6 +266,68 @@ pub enum OpValue {
         /// invocation and when the resource could not be read.
         seen: Option<(u64, u64)>,
     },
+    /// A put (`value`) or delete (`None`) of watch key `key`. `result`: `None` in the
+    /// invocation and in a completion that is not `ok`; for an acknowledged put the version
+    /// it got, for an acknowledged delete 1 when a value existed (and was deleted), else 0.
+    KeyWrite {
+        /// Watch key.
+        key: u64,
+        /// The value put, unique in the run; `None` (`nil`) for a delete.
+        value: Option<u64>,
+        /// The put's version, or whether the delete found a value (1) or not (0).
+        result: Option<u64>,
+    },
+    /// One watch stream of a watcher: it started from `from` (per shard, the progress it
+    /// resumed from: every change at or below it was delivered before) and ended at `to`
+    /// (the same, when the stream ended), delivering `events` in between.
+    Watch {
+        /// `(shard, progress)` the stream resumed from.
+        from: Vec<(u32, u64)>,
+        /// `(shard, progress)` when it ended; `None` (`nil`) in the invocation.
+        to: Option<Vec<(u32, u64)>>,
+        /// The events it delivered, in delivery order; `None` (`nil`) in the invocation.
+        events: Option<Vec<WatchedEvent>>,
+    },
+    /// A put with a time to live (`value`), or an expire / persist (`None`) of TTL key
+    /// `key`.
+    TtlWrite {
+        /// TTL key.
+        key: u64,
+        /// The value put, unique in the run; `None` (`nil`) for expire and persist.
+        value: Option<u64>,
+        /// Time to live in ms; 0: none (a put that never expires, or a persist).
+        ttl_ms: u64,
+    },
+    /// A get of TTL key `key`: `ts` is the timestamp of the oracle the read was judged
+    /// against — for [`F::TtlReadAt`] the one it read at, for [`F::TtlRead`] one taken before
+    /// the get was sent (the node judges expiry at a later one) — `value` what it returned
+    /// and `expires_at_ts` the value's expiry (0: never).
+    TtlRead {
+        /// TTL key.
+        key: u64,
+        /// The timestamp; `None` (`nil`) in the invocation and in a read that failed.
+        ts: Option<u64>,
+        /// The value read; `None` (`nil`) when absent, in the invocation and in a failed read.
+        value: Option<u64>,
+        /// Its expiry as an oracle timestamp (0: never); `None` (`nil`) when absent, in the
+        /// invocation and in a failed read.
+        expires_at_ts: Option<u64>,
+    },
+}
+
+/// One event a watch delivered (watch workload).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WatchedEvent {
+    /// Watch key.
+    pub key: u64,
+    /// The value put; `None` (`nil`) for a delete.
+    pub value: Option<u64>,
+    /// The key's version after a put (0 for a delete).
+    pub version: u64,
+    /// The oracle timestamp the change committed at.
+    pub commit_ts: u64,
+    /// The shard holding the key.
+    pub shard: u32,
 }
 
 /// One step of a list-append transaction (Elle's `[:append k v]` and `[:r k list]`).

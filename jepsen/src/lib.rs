@@ -8,7 +8,7 @@
 //! - [`checker`]: linearizability (Wing–Gong–Lowe, per key), set (lost/duplicated adds),
 //!   timestamps (unique, real-time order), snapshot (consistent prefixes of chains),
 //!   Elle-style list-append and rw-register transactions against an isolation level, and
-//!   the batch, scan, delete-range and stale-read promises.
+//!   the batch, scan, delete-range, stale-read, watch and TTL promises.
 //! - [`net`]: network namespaces per node and silent packet-drop partitions (root only).
 //! - [`netem`]: the userspace network emulator (latency, jitter, loss, reordering per link).
 //! - [`cluster`]: the cluster under test (real processes, loopback or namespaces).
@@ -16,7 +16,8 @@
 //! - [`workload`]: register, set, timestamp and snapshot clients that record every operation;
 //!   [`append`], [`rw_register`] and [`bank`]: the transactional workloads; [`batch`],
 //!   [`scan`] and [`delete_range`]: batch atomicity per shard, scan paging, delete-range;
-//!   [`lock`]: locks on leases guarding a resource with fencing tokens.
+//!   [`watch`] and [`ttl`]: watches resumed across faults, keys that expire; [`lock`]: locks
+//!   on leases guarding a resource with fencing tokens.
 //! - [`runner`]: one run end to end, writing the results directory.
 //! - [`plot`]: the latency-over-time SVG with fault windows shaded.
 //! - [`testing`]: what the integration tests share (binaries, FUSE check, a small cluster).
@@ -38,4 +39,6 @@ pub mod runner;
 pub mod rw_register;
 pub mod scan;
 pub mod testing;
+pub mod ttl;
+pub mod watch;
 pub mod workload;

@@ -96,6 +96,9 @@ pub struct RunOptions {
     /// (`--unsafe-unfenced-resource`): a stale holder's write lands after a newer holder's
     /// (caught by the lock workload).
     pub unsafe_unfenced_resource: bool,
+    /// Watchers resume every watch from now instead of from their position, while
+    /// recording the position (caught by the watch workload: lost events).
+    pub unsafe_watch_resume_from_now: bool,
     /// The routers' timeout of one attempt to a node (`--rpc-timeout-ms`; `None`: theirs).
     pub router_rpc_timeout_ms: Option<u64>,
     /// Routers; clients start at each in turn and fail over to the others.
@@ -157,6 +160,7 @@ impl RunOptions {
             unsafe_tso_prefetch: 0,
             unsafe_fresh_request_ids: false,
             unsafe_unfenced_resource: false,
+            unsafe_watch_resume_from_now: false,
             router_rpc_timeout_ms: None,
             routers: 1,
             op_timeout: Duration::from_secs(2),
@@ -443,6 +447,31 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
     let batch = crate::batch::BatchShared::new(options.shards, options.value_bytes);
     let scan = crate::scan::ScanShared::new(options.value_bytes);
     let ranges = crate::delete_range::RangeShared::new(options.value_bytes);
+    let ttl = crate::ttl::TtlShared::new(
+        cluster.router_addrs.clone(),
+        cluster.client_tls(),
+        options.op_timeout,
+    );
+    // Watchers start after a timestamp taken before any writer starts, and outlive the
+    // writers: they catch up after the heal.
+    let mut watchers = tokio::task::JoinSet::new();
+    let watch = if options.workloads.contains(&Workload::Watch) {
+        let client = cluster.client(options.op_timeout).await?;
+        Some(
+            crate::watch::WatchShared::set_up(
+                options.workloads.len() as u64 * options.concurrency as u64,
+                &client,
+                &recorder,
+                options.shards,
+                liveness_keys(options.shards.max(1)),
+                options.liveness_timeout,
+                options.unsafe_watch_resume_from_now,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     if options.workloads.contains(&Workload::Scan) {
         // The keys present for the whole run, written (and recorded) before any scan.
         let client = cluster.client(options.op_timeout).await?;
@@ -545,6 +574,32 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                         process,
                         client,
                         options.unsafe_unfenced_resource,
+                        recorder,
+                        seed,
+                        stop,
+                    ));
+                }
+                Workload::Watch => {
+                    let Some(watch) = watch.clone() else { continue };
+                    if crate::watch::WatchShared::is_watcher(index, options.concurrency) {
+                        watchers.spawn(crate::watch::watcher(
+                            process,
+                            client,
+                            watch,
+                            recorder,
+                            options.liveness_timeout,
+                        ));
+                    } else {
+                        let seed = rng.random();
+                        clients.spawn(crate::watch::writer(process, client, watch, recorder, seed, stop));
+                    }
+                }
+                Workload::Ttl => {
+                    let seed = rng.random();
+                    clients.spawn(crate::ttl::ttl_client(
+                        process,
+                        client,
+                        ttl.clone(),
                         recorder,
                         seed,
                         stop,
@@ -705,6 +760,13 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
         }
     }
 
+    if let Some(watch) = &watch {
+        // Every writer stopped and the cluster serves again: the watchers take their final
+        // timestamp and watch until they passed it (each within the liveness bound).
+        watch.finish();
+        while watchers.join_next().await.is_some() {}
+    }
+
     let history = recorder.history();
     let mut verdicts = vec![liveness];
     verdicts.extend(check_workloads(
@@ -768,6 +830,8 @@ pub fn check_workloads(
             Workload::Scan => verdicts.push(checker::scan::check(history, listing)),
             Workload::DeleteRange => verdicts.push(checker::delete_range::check(history, listing)),
             Workload::Lock => verdicts.push(checker::lock::check(history, listing)),
+            Workload::Watch => verdicts.push(checker::watch::check(history, listing)),
+            Workload::Ttl => verdicts.push(checker::ttl::check(history, listing)),
         }
     }
     verdicts
@@ -834,7 +898,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={} unfenced-resource={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={} watch-resume-from-now={} unfenced-resource={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -859,6 +923,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.unsafe_tso_prefetch,
         options.unsafe_ignore_sync_errors,
         options.unsafe_fresh_request_ids,
+        options.unsafe_watch_resume_from_now,
         options.unsafe_unfenced_resource,
         options.fail_syncs_keep_unsynced,
         options
@@ -895,6 +960,10 @@ fn plot_data(history: &History) -> (Vec<plot::Point>, Vec<plot::Window>) {
     let mut windows = Vec::new();
     let mut open: Vec<(String, f64, String)> = Vec::new();
     for op in &history.ops {
+        // A watch op is a whole stream, not a request: its length is no latency.
+        if op.f == F::Watch {
+            continue;
+        }
         let t = op.time_ns as f64 / 1e9;
         match (&op.process, op.op_type) {
             (Process::Client(p), OpType::Invoke) => {

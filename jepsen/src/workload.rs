@@ -56,6 +56,13 @@ pub enum Workload {
     /// nothing written before an acknowledged delete-range may be read after it
     /// (`checker::delete_range`).
     DeleteRange,
+    /// Writers put and delete a few keys while watchers watch their prefix, resuming from
+    /// their last position after every break; every acknowledged write must be delivered
+    /// exactly once, per key in commit order (`checker::watch`).
+    Watch,
+    /// Puts with times to live, expires and persists, read linearizably and at timestamps;
+    /// no value may be read past its expiry or come back after it expired (`checker::ttl`).
+    Ttl,
     /// Clients take turns holding a few locks on 1 s leases (some pausing past their TTL)
     /// and write to a resource that refuses lower fencing tokens; accepted writes must be
     /// in token order (`checker::lock`), overlapping holders are reported.

@@ -4,7 +4,8 @@
 //! logs in with a password (`--user NAME`, a token from `Auth.Login`, which overrides the
 //! certificate's user); a role grants read, write or admin on key prefixes; `root` may do
 //! everything. Every command needs admin (before `kvctl auth enable`, every certificate acts
-//! as root), but `auth token`.
+//! as root), but `auth token` and `user passwd` without a name (a user changing its own
+//! password with its current one, `Auth.ChangePassword`).
 //!
 //! Passwords are typed at the terminal (echo off) or read as one line from stdin, never
 //! taken from the command line (`credentials.rs`).
@@ -43,9 +44,11 @@ pub enum UserCommand {
     /// Delete a user (its tokens stop working at once).
     #[command(alias = "delete")]
     Del(NameArgs),
-    /// Set a user's (or root's) password: typed at the terminal, or one line of stdin.
-    /// Tokens issued before stay valid until they expire.
-    Passwd(NameArgs),
+    /// Set a user's (or root's) password (admin), or without NAME your own (the --user's,
+    /// whose current password --password, RINGKV_PASSWORD or the prompt gives; no admin
+    /// needed). The new one is typed at the terminal, or one line of stdin. Tokens issued
+    /// before stay valid until they expire.
+    Passwd(PasswdArgs),
     /// List the users and their roles.
     List,
     /// Give a user a role.
@@ -81,6 +84,12 @@ pub struct TokenTtlArgs {
 pub struct NameArgs {
     /// The role or user name.
     pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PasswdArgs {
+    /// The user whose password an admin sets; none: your own (--user's).
+    pub name: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -263,8 +272,14 @@ pub async fn role(client: &Client, command: RoleCommand, format: OutputFormat) -
     }
 }
 
-/// Runs `kvctl user ...`.
-pub async fn user(client: &Client, command: UserCommand, format: OutputFormat) -> anyhow::Result<Outcome> {
+/// Runs `kvctl user ...`; `login` is the `--user` and its password, if given (`user passwd`
+/// without a name changes that user's own password).
+pub async fn user(
+    client: &Client,
+    command: UserCommand,
+    login: Option<(&str, &str)>,
+    format: OutputFormat,
+) -> anyhow::Result<Outcome> {
     match command {
         UserCommand::Add(args) => {
             let what = format!("adding user {}", args.name);
@@ -283,9 +298,32 @@ pub async fn user(client: &Client, command: UserCommand, format: OutputFormat) -
             client.change_auth(Change::AddUser(user)).await.context(what)?;
             set_password(client, args.name, password, format).await
         }
-        UserCommand::Passwd(args) => {
-            let password = crate::credentials::read_new_password(&args.name)?;
-            set_password(client, args.name, password, format).await
+        UserCommand::Passwd(PasswdArgs { name: Some(name) }) => {
+            let password = crate::credentials::read_new_password(&name)?;
+            set_password(client, name, password, format).await
+        }
+        UserCommand::Passwd(PasswdArgs { name: None }) => {
+            let Some((user, old_password)) = login else {
+                return Err(crate::exit::UsageError(
+                    "user passwd without a NAME changes your own password: give --user (and its \
+                     current password with --password, RINGKV_PASSWORD or at the prompt); an \
+                     admin sets another user's with `user passwd NAME`"
+                        .into(),
+                )
+                .into());
+            };
+            let password = crate::credentials::read_new_password(user)?;
+            let what = format!("changing the password of {user}");
+            client
+                .change_password(user, old_password, &password)
+                .await
+                .with_context(|| what.clone())?;
+            let text = match format {
+                OutputFormat::Table => format!("{what}: done"),
+                OutputFormat::Json => to_json(&json!({ "done": what })),
+            };
+            output::emit(&text)?;
+            Ok(Outcome::Success)
         }
         UserCommand::Del(args) => {
             let what = format!("deleting user {}", args.name);

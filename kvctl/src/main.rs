@@ -126,7 +126,8 @@ struct GlobalArgs {
     #[arg(long, value_name = "MS", global = true, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout: Option<u64>,
     /// The cluster CA's certificate (PEM): connect over TLS (https), checking the servers
-    /// against it. With --cert and --key (`kvctl cert` makes them).
+    /// against it. With --cert and --key (`kvctl cert` makes them), or alone with --user
+    /// (password) or --token: a router then needs no client certificate.
     // Ids of their own: a global argument shares its id with every subcommand's, and
     // `get` and `put` have a positional `key`.
     #[arg(
@@ -134,8 +135,7 @@ struct GlobalArgs {
         id = "tls_ca",
         value_name = "PATH",
         env = "RINGKV_CA",
-        global = true,
-        requires_all = ["tls_cert", "tls_key"]
+        global = true
     )]
     ca: Option<PathBuf>,
     /// The client certificate (PEM) presented to routers and nodes.
@@ -397,18 +397,20 @@ fn client_auth(
     Ok(Some(ClientAuth::Password { user, password }))
 }
 
-/// The TLS settings of `--ca`, `--cert` and `--key` (clap requires all three or none); an
+/// The TLS settings of `--ca`, `--cert` and `--key` (clap requires the CA with a
+/// certificate and a key, which come together; the CA alone: no client certificate); an
 /// unreadable file is a usage error.
 fn client_tls(
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
 ) -> anyhow::Result<Option<ClientTls>> {
-    let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else {
-        return Ok(None);
+    let read = match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) => ClientTls::from_files(&ca, &cert, &key),
+        (Some(ca), None, None) => ClientTls::from_ca_file(&ca),
+        _ => return Ok(None),
     };
-    ClientTls::from_files(&ca, &cert, &key)
-        .map(Some)
+    read.map(Some)
         .map_err(|err| exit::UsageError(format!("--ca/--cert/--key: {err}")).into())
 }
 
@@ -441,8 +443,17 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     if auth.is_some() && tls.is_none() {
         return Err(exit::UsageError(
-            "--user/--password/--token need TLS: give --ca, --cert and --key (any client certificate \
-             of the cluster's CA will do; the token decides the user)"
+            "--user/--password/--token need TLS: give --ca (a router needs no client certificate \
+             then; add --cert and --key for nodes, any client certificate of the cluster's CA: the \
+             token decides the user)"
+                .to_string(),
+        )
+        .into());
+    }
+    if auth.is_none() && tls.as_ref().is_some_and(|tls| !tls.has_certificate()) {
+        return Err(exit::UsageError(
+            "--ca without --cert/--key presents no client certificate: give --user (and a \
+             password) or --token, or a client certificate with --cert and --key"
                 .to_string(),
         )
         .into());
@@ -526,7 +537,11 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             auth::role(&connect(endpoints, router_config).await?, command, output).await
         }
         Command::User(command) => {
-            auth::user(&connect(endpoints, router_config).await?, command, output).await
+            let login = match &auth {
+                Some(ClientAuth::Password { user, password }) => Some((user.as_str(), password.as_str())),
+                _ => None,
+            };
+            auth::user(&connect(endpoints, router_config).await?, command, login, output).await
         }
         Command::Auth(command) => {
             auth::auth(&connect(endpoints, router_config).await?, command, output).await

@@ -167,6 +167,8 @@ async fn start_gossip(
 ) -> Result<Gossip, String> {
     let mut config = GossipConfig::new(CLUSTER_NAME, format!("node-{}", node.node_id()), bound);
     config.auth = keys.cloned();
+    // Followed: a key rotation takes effect without a restart.
+    config.auth_file = node.config().gossip_key.clone();
     config.advertise = advertise;
     config.seeds = seeds(node);
     config.interval = Duration::from_millis(node.config().gossip_interval_ms);

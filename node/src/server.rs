@@ -13,7 +13,6 @@ use ringkv_tls::{ReloadingIdentity, TlsIncoming};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tracing::{error, info, warn};
 
 use crate::config::{ConfigError, NodeConfig};
@@ -72,11 +71,11 @@ pub enum StartError {
 }
 
 /// How the node speaks TLS: as a server (its certificate, callers' certificates of the CA
-/// required, both re-read when the files change) and as a client of its peers (the
-/// certificate it started with). None: `--insecure`.
+/// required) and as a client of its peers (its certificate, peers' checked against the CA),
+/// all re-read when the files change. None: `--insecure`.
 struct NodeTls {
     server: Arc<ringkv_tls::rustls::ServerConfig>,
-    peers: ClientTlsConfig,
+    peers: Arc<ringkv_tls::rustls::ClientConfig>,
 }
 
 /// Reads and checks the node's certificate files (role `node`, signed by the CA, valid).
@@ -90,13 +89,11 @@ fn load_tls(config: &NodeConfig) -> Result<Option<NodeTls>, StartError> {
         key: paths.key.clone(),
     };
     let material = files.load(&[ringkv_tls::Role::Node])?;
-    let server = ReloadingIdentity::load(files, ringkv_tls::Role::Node)?.server_config()?;
-    let ca = Certificate::from_pem(&material.ca_pem);
-    let identity = Identity::from_pem(&material.cert_pem, &material.key_pem);
+    let identity = ReloadingIdentity::load(files, ringkv_tls::Role::Node)?;
     info!(subject = %material.info.subject, serial = %material.info.serial, "serving mutual TLS");
     Ok(Some(NodeTls {
-        server,
-        peers: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
+        server: identity.server_config()?,
+        peers: identity.client_config()?,
     }))
 }
 

@@ -52,6 +52,11 @@ const FLAG_SET: &str = "1";
 /// certificate (issue 15); a client's own certificate names its user.
 pub const USER: &str = "x-ringkv-user";
 
+/// The request metadata key by which a router tells a node the address of the client whose
+/// password login (or password change) it forwards, so the node counts failed logins per
+/// client, not per router. A node believes it only from a router's certificate.
+pub const CLIENT_ADDR: &str = "x-ringkv-client-addr";
+
 /// Request metadata: `Bearer <token>`, a token from `Auth.Login` (issue 15).
 pub const AUTHORIZATION: &str = "authorization";
 /// What precedes the token in [`AUTHORIZATION`].

@@ -157,6 +157,21 @@ impl<N: NodeApi> AdminService<N> {
         F: Fn(String, std::time::Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
+        self.ask_members_until(deadline, |_| false, call).await
+    }
+
+    /// As [`AdminService::ask_members`], and a status for which `also_final` holds is the
+    /// answer too (a throttled login: another member would refuse it as well).
+    pub(crate) async fn ask_members_until<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        also_final: impl Fn(&Status) -> bool,
+        call: F,
+    ) -> Result<T, Status>
+    where
+        F: Fn(String, std::time::Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
         let view = self
             .ctx
             .topology
@@ -178,7 +193,7 @@ impl<N: NodeApi> AdminService<N> {
                             | Code::FailedPrecondition
                             | Code::PermissionDenied
                             | Code::Unauthenticated
-                    ) =>
+                    ) || also_final(&status) =>
                 {
                     return Err(status)
                 }

@@ -8,7 +8,10 @@
 //!   `UNAUTHENTICATED` (no fall back). Without a token: the user a caller's client
 //!   certificate names (`ringkv://user/<name>`, read once per certificate); a client
 //!   certificate naming none is refused; node and router certificates act as root; without
-//!   TLS (`--insecure`) every caller is root and tokens are ignored.
+//!   TLS (`--insecure`) every caller is root and tokens are ignored. A TLS connection
+//!   without a client certificate (allowed unless `require_client_cert`) is authenticated
+//!   by its token alone: a call without one is `UNAUTHENTICATED` (`NO_CREDENTIALS`), but
+//!   `Auth` (a login, a password change), which is outside the scope.
 //! - [`Touches`]: what each `Kv` and `Txn` request touches: reads need read, writes and
 //!   deletes write, a delete-range of everything (`all`, or no bounds) and transaction
 //!   collection admin on the cluster. Scans, counts, batches and transactions list every key
@@ -146,21 +149,41 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let certs = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs);
+        let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+        let certs = tls.and_then(TlsConnectInfo::peer_certs);
         let leaf = certs.as_ref().and_then(|certs| certs.first());
+        let peer = match (tls, leaf) {
+            (None, _) => Peer::Plain,
+            (Some(_), Some(leaf)) => Peer::Certificate(leaf.as_ref()),
+            (Some(_), None) => Peer::NoCertificate,
+        };
         let token = request
             .headers()
             .get(ringkv_proto::metadata::AUTHORIZATION)
             .map(|value| value.to_str().unwrap_or("\u{fffd}"));
-        match self.view.user_of(leaf.map(|cert| cert.as_ref()), token) {
+        match self.view.user_of(peer, token) {
             Err(err) => Box::pin(std::future::ready(Ok(to_status(&err).into_http()))),
             Ok(user) => Box::pin(USER.scope(user, self.inner.call(request))),
         }
     }
 }
+
+/// How a caller reached the router.
+#[derive(Clone, Copy, Debug)]
+pub enum Peer<'a> {
+    /// Without TLS (`--insecure`): root.
+    Plain,
+    /// Over TLS with this client certificate (DER), verified against the CA.
+    Certificate(&'a [u8]),
+    /// Over TLS without a client certificate: only a token says who it is.
+    NoCertificate,
+}
+
+/// What a TLS caller without a client certificate and without a token is told.
+const NO_CREDENTIALS: &str = "this connection presented no client certificate and the call carries \
+     no token: log in with a password first (Auth.Login; kvctl --user NAME, with --password or \
+     at the prompt) and send the token (authorization: Bearer <token>; kvctl --token), or \
+     connect with a client certificate of the cluster's CA (--cert/--key)";
 
 /// What one request touches: `(permission, access)` pairs, all of which must be allowed.
 pub trait Touches {
@@ -309,13 +332,21 @@ impl AuthView {
     }
 
     /// Who a request acts for: the user of `authorization` (`Bearer <token>`) if given and
-    /// TLS is on, else its certificate's (`leaf`, DER; none: no TLS, root).
-    pub fn user_of(&self, leaf: Option<&[u8]>, authorization: Option<&str>) -> Result<String, RouterError> {
-        let (Some(_), Some(value)) = (leaf, authorization) else {
-            return self.users.user_of(leaf);
+    /// TLS is on, else its certificate's (none: no TLS, root); a TLS caller without a
+    /// certificate needs the token.
+    pub fn user_of(&self, peer: Peer<'_>, authorization: Option<&str>) -> Result<String, RouterError> {
+        let leaf = match (peer, authorization) {
+            (Peer::Plain, _) => return self.users.user_of(None),
+            (Peer::Certificate(leaf), None) => return self.users.user_of(Some(leaf)),
+            (Peer::NoCertificate, None) => return Err(RouterError::NoCredentials(NO_CREDENTIALS.into())),
+            (Peer::Certificate(leaf), Some(_)) => Some(leaf),
+            (Peer::NoCertificate, Some(_)) => None,
         };
-        // The certificate must still be one this router accepts (a role of the CA).
-        self.users.certificate_user(leaf)?;
+        if let Some(leaf) = leaf {
+            // The certificate must still be one this router accepts (a role of the CA).
+            self.users.certificate_user(Some(leaf))?;
+        }
+        let value = authorization.unwrap_or_default();
         let token = ringkv_proto::metadata::bearer_token(value).unwrap_or(value);
         ringkv_authz::token::verify(&self.table(), token, ringkv_authz::token::now_unix_ms())
             .map_err(|err| RouterError::TokenRefused(err.to_string()))

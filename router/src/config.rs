@@ -149,9 +149,14 @@ pub struct RouterConfig {
     #[serde(skip)]
     pub unsafe_fresh_request_id_per_attempt: bool,
     /// Mutual TLS: the cluster CA, this router's certificate (role `router`) and its key.
-    /// The router serves TLS only, requires clients' certificates of this CA (any role),
+    /// The router serves TLS only, checks clients' certificates against this CA (any role),
     /// and dials nodes with its own certificate. Required unless `insecure`.
     pub tls: Option<TlsPaths>,
+    /// With `tls`: refuse TLS clients without a certificate of the CA at the handshake. By
+    /// default such a client may connect, and every call but a login must carry a valid
+    /// token (`Auth.Login` with a password): etcd's password users over server-authenticated
+    /// TLS. A certificate that is sent must be of the CA either way.
+    pub require_client_cert: bool,
     /// Serve and dial without TLS: anyone who can reach the port reads and writes every
     /// key. For tests and local experiments; refused together with `tls`.
     pub insecure: bool,
@@ -215,6 +220,7 @@ impl Default for RouterConfig {
             unsafe_resolve_without_primary: false,
             unsafe_fresh_request_id_per_attempt: false,
             tls: None,
+            require_client_cert: false,
             insecure: false,
             gossip_key: None,
             metrics_addr: None,

@@ -19,7 +19,8 @@ use ringkv_proto::v1::{
     ShardWriteBatchResponse, ShardWriteRequest, ShardWriteResponse, TransferLeaderRequest,
     TransferLeaderResponse,
 };
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use ringkv_tls::rustls::ClientConfig;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use crate::config::RouterConfig;
@@ -38,8 +39,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ChannelSettings {
     pub connect_timeout: Duration,
-    /// Mutual TLS with the router's certificate (None: `--insecure`, plain HTTP/2).
-    pub tls: Option<ClientTlsConfig>,
+    /// Mutual TLS with the router's certificate, re-read when its files change
+    /// (`ringkv_tls::DialConnector`; None: `--insecure`, plain HTTP/2).
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// One lazily connected channel per node address.
@@ -64,7 +66,10 @@ impl ChannelPool {
             return Ok(channel.clone());
         }
         let endpoint = self.endpoint(addr)?;
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.settings.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(ringkv_tls::DialConnector::new(tls.clone())),
+            None => endpoint.connect_lazy(),
+        };
         if channels.len() >= MAX_CHANNELS {
             if let Some(evicted) = channels.keys().next().cloned() {
                 channels.remove(&evicted);
@@ -79,22 +84,13 @@ impl ChannelPool {
             .strip_prefix("http://")
             .or_else(|| addr.strip_prefix("https://"))
             .unwrap_or(addr);
-        let scheme = if self.settings.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
-            .and_then(|endpoint| match &self.settings.tls {
-                Some(tls) => endpoint.tls_config(tls.clone()),
-                None => Ok(endpoint),
-            })
-            .map_err(|err| {
-                // Nothing can be sent to a malformed address: classify it as unreachable.
-                let mut status = Status::unavailable(format!("invalid node address {addr:?}: {err}"));
-                status.set_source(Arc::new(tonic::ConnectError(Box::new(err))));
-                status
-            })?;
+        // http:// even with TLS: the TLS is the connector's (`channel`), tonic adds none.
+        let endpoint = Endpoint::from_shared(format!("http://{authority}")).map_err(|err| {
+            // Nothing can be sent to a malformed address: classify it as unreachable.
+            let mut status = Status::unavailable(format!("invalid node address {addr:?}: {err}"));
+            status.set_source(Arc::new(tonic::ConnectError(Box::new(err))));
+            status
+        })?;
         Ok(endpoint
             .connect_timeout(self.settings.connect_timeout)
             .tcp_nodelay(true)
@@ -190,7 +186,7 @@ where
 
 impl GrpcNodes {
     /// Connections to nodes as `config` says, with mutual TLS when `tls` is set.
-    pub fn new(config: &RouterConfig, tls: Option<ClientTlsConfig>) -> Self {
+    pub fn new(config: &RouterConfig, tls: Option<Arc<ClientConfig>>) -> Self {
         GrpcNodes {
             pool: ChannelPool::new(ChannelSettings {
                 connect_timeout: config.connect_timeout(),
@@ -236,6 +232,17 @@ fn with_timeout<T>(message: T, timeout: Duration) -> Request<T> {
         if let Ok(value) = user.parse() {
             request.metadata_mut().insert(ringkv_proto::metadata::USER, value);
         }
+    }
+    request
+}
+
+/// `request` naming the client it is forwarded for (`x-ringkv-client-addr`: the node counts
+/// failed logins per client, not per router).
+fn with_client_addr<T>(mut request: Request<T>, client: Option<std::net::IpAddr>) -> Request<T> {
+    if let Some(value) = client.and_then(|client| client.to_string().parse().ok()) {
+        request
+            .metadata_mut()
+            .insert(ringkv_proto::metadata::CLIENT_ADDR, value);
     }
     request
 }
@@ -408,11 +415,26 @@ impl NodeApi for GrpcNodes {
         &self,
         addr: &str,
         request: ringkv_proto::v1::LoginRequest,
+        client: Option<std::net::IpAddr>,
         timeout: Duration,
     ) -> Result<ringkv_proto::v1::LoginResponse, Status> {
-        let mut client = ringkv_proto::v1::auth_client::AuthClient::new(self.pool.channel(addr)?);
-        let request = with_timeout(request, timeout);
-        Ok(bounded(timeout, client.login(request)).await?.into_inner())
+        let mut auth = ringkv_proto::v1::auth_client::AuthClient::new(self.pool.channel(addr)?);
+        let request = with_client_addr(with_timeout(request, timeout), client);
+        Ok(bounded(timeout, auth.login(request)).await?.into_inner())
+    }
+
+    async fn change_password(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::ChangePasswordRequest,
+        client: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> Result<ringkv_proto::v1::ChangePasswordResponse, Status> {
+        let mut auth = ringkv_proto::v1::auth_client::AuthClient::new(self.pool.channel(addr)?);
+        let request = with_client_addr(with_timeout(request, timeout), client);
+        Ok(bounded(timeout, auth.change_password(request))
+            .await?
+            .into_inner())
     }
 
     async fn hold_history(

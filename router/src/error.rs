@@ -46,6 +46,14 @@ pub enum RouterError {
     /// user gone, the key rotated): `UNAUTHENTICATED`.
     #[error("{0}")]
     TokenRefused(String),
+    /// Too many failed password logins of this user or from this address: the login was not
+    /// tried (`RESOURCE_EXHAUSTED`, with RetryInfo).
+    #[error("{0}")]
+    LoginThrottled(#[from] ringkv_authz::throttle::Throttled),
+    /// A TLS connection without a client certificate sent no token, and the call is not a
+    /// login (`UNAUTHENTICATED`).
+    #[error("{0}")]
+    NoCredentials(String),
     /// More than `max_inflight_requests` requests are being served.
     #[error("too many requests in flight (max_inflight_requests = {max_inflight_requests})")]
     Overloaded { max_inflight_requests: usize },
@@ -285,7 +293,8 @@ fn status_code_and_metadata(err: &RouterError) -> Status {
         RouterError::PermissionDenied(_) | RouterError::Unauthenticated(_) => {
             Status::permission_denied(message)
         }
-        RouterError::TokenRefused(_) => Status::unauthenticated(message),
+        RouterError::TokenRefused(_) | RouterError::NoCredentials(_) => Status::unauthenticated(message),
+        RouterError::LoginThrottled(_) => Status::resource_exhausted(message),
         RouterError::Overloaded { .. }
         | RouterError::TooManyStreams { .. }
         | RouterError::ReplyTooLarge { .. } => Status::resource_exhausted(message),

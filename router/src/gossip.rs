@@ -76,6 +76,8 @@ impl RouterGossip {
     ) -> Result<RouterGossip, String> {
         let mut config = GossipConfig::new(CLUSTER_NAME, format!("router-{bound}"), bound);
         config.auth = load_keys(gossip_key)?;
+        // Followed: a key rotation takes effect without a restart.
+        config.auth_file = gossip_key.map(Path::to_path_buf);
         config.seeds = seeds;
         config.interval = interval;
         config.initial_state = Announcement::Router.to_state().into_iter().collect();

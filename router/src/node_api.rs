@@ -122,17 +122,36 @@ pub trait NodeApi: Send + Sync + 'static {
         }
     }
 
-    /// `Auth.Login` at a node (which checks the password and signs the token).
+    /// `Auth.Login` at a node (which checks the password and signs the token), for a client
+    /// at `client` (the node counts failed logins per client address).
     fn login(
         &self,
         addr: &str,
         request: ringkv_proto::v1::LoginRequest,
+        client: Option<std::net::IpAddr>,
         timeout: Duration,
     ) -> impl Future<Output = Result<ringkv_proto::v1::LoginResponse, Status>> + Send {
-        let _ = (addr, request, timeout);
+        let _ = (addr, request, client, timeout);
         async {
             Err(Status::unimplemented(
                 "password logins are not supported by this node api",
+            ))
+        }
+    }
+
+    /// `Auth.ChangePassword` at a node (which checks the old password and commits the new
+    /// one's hash), for a client at `client`.
+    fn change_password(
+        &self,
+        addr: &str,
+        request: ringkv_proto::v1::ChangePasswordRequest,
+        client: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ringkv_proto::v1::ChangePasswordResponse, Status>> + Send {
+        let _ = (addr, request, client, timeout);
+        async {
+            Err(Status::unimplemented(
+                "password changes are not supported by this node api",
             ))
         }
     }

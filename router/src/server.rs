@@ -16,13 +16,13 @@ use ringkv_proto::v1::auth_server::AuthServer;
 use ringkv_proto::v1::kv_server::KvServer;
 use ringkv_proto::v1::tso_server::TsoServer;
 use ringkv_proto::v1::txn_server::TxnServer;
-use ringkv_tls::rustls::ServerConfig;
+use ringkv_tls::rustls::{ClientConfig, ServerConfig};
 use ringkv_tls::{ReloadingIdentity, TlsIncoming};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server};
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::admin_service::AdminService;
@@ -221,14 +221,14 @@ impl Router {
             // Logging in needs no user: it is how a caller without one gets one.
             .add_service(login);
         let stop = stop_serving.clone().cancelled_owned();
-        // Outside the user scope: with TLS the handshake already asks for a certificate of
-        // the cluster's CA (`observe.rs`).
+        // Outside the user scope: health and reflection answer any TLS client, with a
+        // certificate of the cluster's CA or (unless `require_client_cert`) without one
+        // (`observe.rs`); they show no keys.
         let routes = routes.add_service(health_service).add_service(reflection);
         let server = tokio::spawn(async move {
             match tls {
-                // Any role of the cluster's CA may call the router (which user may do what
-                // is a later slice of issue 15); TLS of our own (`ringkv-tls`), so rotated
-                // files are served without a restart.
+                // Who acts for which user is `auth.rs`'s; TLS of our own (`ringkv-tls`), so
+                // rotated files are served without a restart.
                 Some(config) => {
                     let (accepting, connections) = TlsIncoming::start(listener, config);
                     let served = routes.serve_with_incoming_shutdown(connections, stop).await;
@@ -262,11 +262,14 @@ impl Router {
     }
 }
 
+/// The router's TLS as a server (to clients) and as a client (of nodes).
+type RouterTls = (Arc<ServerConfig>, Arc<ClientConfig>);
+
 /// Reads and checks the router's certificate files (role `router`, signed by the CA,
-/// valid): the server's TLS (clients' certificates of the CA required; both re-read when
-/// the files change) and the client TLS towards nodes (the certificate it started with).
-/// None: `--insecure`.
-fn load_tls(config: &RouterConfig) -> Result<Option<(Arc<ServerConfig>, ClientTlsConfig)>, StartError> {
+/// valid): the server's TLS (clients' certificates of the CA checked, and required with
+/// `require_client_cert`) and the client TLS towards nodes, all re-read when the files
+/// change. None: `--insecure`.
+fn load_tls(config: &RouterConfig) -> Result<Option<RouterTls>, StartError> {
     let Some(paths) = &config.tls else {
         return Ok(None);
     };
@@ -276,14 +279,15 @@ fn load_tls(config: &RouterConfig) -> Result<Option<(Arc<ServerConfig>, ClientTl
         key: paths.key.clone(),
     };
     let material = files.load(&[ringkv_tls::Role::Router])?;
-    let server = ReloadingIdentity::load(files, ringkv_tls::Role::Router)?.server_config()?;
-    let ca = Certificate::from_pem(&material.ca_pem);
-    let identity = Identity::from_pem(&material.cert_pem, &material.key_pem);
+    let identity = ReloadingIdentity::load(files, ringkv_tls::Role::Router)?;
+    // Clients without a certificate authenticate with tokens (`auth.rs`); nodes, which
+    // serve no such clients, always require certificates.
+    let server = match config.require_client_cert {
+        true => identity.server_config()?,
+        false => identity.server_config_client_cert_optional()?,
+    };
     info!(subject = %material.info.subject, serial = %material.info.serial, "serving mutual TLS");
-    Ok(Some((
-        server,
-        ClientTlsConfig::new().ca_certificate(ca).identity(identity),
-    )))
+    Ok(Some((server, identity.client_config()?)))
 }
 
 /// A running router. Dropping it without [`RouterHandle::shutdown`] leaves its tasks

@@ -1,6 +1,6 @@
 //! Mutual TLS on every connection (issue 15): a TLS cluster serves clients that present a
-//! certificate of its CA; callers without one, with another CA's, or with an expired one
-//! are refused by routers and nodes; a client certificate cannot speak `Raft`; certificates
+//! certificate of its CA; callers with another CA's or an expired one are refused by routers
+//! and nodes, callers without one by nodes (routers let them in, but then want a token); a client certificate cannot speak `Raft`; certificates
 //! rotate without a restart; and a node or router given neither TLS files nor `--insecure`
 //! does not start.
 
@@ -131,8 +131,9 @@ async fn a_tls_cluster_serves_clients_with_certificates() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Routers and nodes refuse callers without a certificate, with a certificate of another
-/// CA, with an expired certificate of the cluster's CA, and over plain http; they keep
+/// Routers and nodes refuse callers with a certificate of another CA, with an expired
+/// certificate of the cluster's CA, and over plain http; nodes refuse callers without a
+/// certificate, routers their calls without a token; they keep
 /// serving callers with good certificates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_without_a_valid_certificate_are_refused() -> anyhow::Result<()> {
@@ -158,19 +159,18 @@ async fn callers_without_a_valid_certificate_are_refused() -> anyhow::Result<()>
     // No certificate at all, over TLS.
     let answer = node_status_presenting(&cluster, &node, None).await;
     assert!(answer.is_err(), "node, no certificate: {answer:?}");
+    // A router lets a TLS client without a certificate in, but a call without a token is
+    // UNAUTHENTICATED (password users: tests/auth_limits.rs).
     let router = cluster.router_addr.clone().expect("a router");
-    let no_cert = match channel_presenting(&cluster, &router, None).await {
-        Err(err) => Err(err.to_string()),
-        Ok(channel) => v1::kv_client::KvClient::new(channel)
-            .get(v1::GetRequest {
-                key: b"refused".to_vec(),
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-            .map_err(|status| status.to_string()),
-    };
-    assert!(no_cert.is_err(), "router, no certificate: {no_cert:?}");
+    let channel = channel_presenting(&cluster, &router, None).await?;
+    let no_cert = v1::kv_client::KvClient::new(channel)
+        .get(v1::GetRequest {
+            key: b"refused".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("router, no certificate and no token");
+    assert_eq!(no_cert.code(), tonic::Code::Unauthenticated, "{no_cert:?}");
     // Plain http to a TLS port.
     let plain = Client::connect_with(
         vec![router.clone()],
@@ -453,5 +453,75 @@ async fn kvctl_speaks_tls_with_its_certificate() -> anyhow::Result<()> {
     let said = String::from_utf8_lossy(&without.stderr);
     assert!(said.contains("hint: kvctl connected without TLS"), "{said}");
     assert!(said.contains("RINGKV_CA"), "{said}");
+    Ok(())
+}
+
+/// The dialling side follows its files too: after the whole cluster moves to a new CA (new
+/// CA, node, router and client files written over the old ones), the router — never
+/// restarted — reaches nodes restarted on the new files, which accept only the new CA:
+/// its connections to them present its rotated certificate. (Before, the router kept
+/// dialling with the certificate it started with, and the nodes refused it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialled_connections_present_rotated_certificates() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 1,
+        shards: 1,
+        replication_factor: 1,
+        tls: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let certs = certs(&cluster).clone();
+    cluster.client().await?.put("rotation/before", "1").await?;
+
+    let new_ca = CertificateAuthority::create("renewed", Validity::days_from_now(60)?)?;
+    let leaf = |role: Role| {
+        new_ca.issue(&LeafRequest {
+            role,
+            hosts: LOCAL_HOSTS.iter().map(|host| host.to_string()).collect(),
+            user: None,
+            validity: Validity::days_from_now(30).expect("validity"),
+        })
+    };
+    let router_cert = leaf(Role::Router)?;
+    let renewed_router_serial = serial_of(&router_cert)?;
+    write_pair(&certs.paths(Role::Node), &leaf(Role::Node)?, true)?;
+    write_pair(&certs.paths(Role::Router), &router_cert, true)?;
+    let client_cert = client_cert(&new_ca, Validity::days_from_now(30)?);
+    let new_ca_files = IssuedCert {
+        cert_pem: new_ca.cert_pem().to_string(),
+        key_pem: new_ca.key_pem(),
+    };
+    write_pair(&certs.ca_paths(), &new_ca_files, true)?;
+    // The router serves with the new files (its server side reloads on a handshake).
+    let probe_dir = tempfile::tempdir()?;
+    let probe_paths = ringkv_tls::CertPaths::new(probe_dir.path(), "probe");
+    write_pair(&probe_paths, &client_cert, false)?;
+    let prober = TlsFiles {
+        ca: certs.ca(),
+        cert: probe_paths.cert.clone(),
+        key: probe_paths.key.clone(),
+    }
+    .load(&[Role::Client])?;
+    let router = cluster.router_addr.clone().expect("a router");
+    wait_until("the router to present its renewed certificate", WAIT, || async {
+        (presented_serial(&router, &prober).await.as_deref() == Some(renewed_router_serial.as_str()))
+            .then_some(())
+    })
+    .await?;
+    // The node restarts on the new files: it accepts only the new CA.
+    cluster.stop_node(1).await?;
+    cluster.start_node(1).await?;
+    let client = client_presenting(&cluster, &client_cert).await?;
+    wait_until(
+        "a write through the router to the restarted node",
+        WAIT,
+        || async { client.put("rotation/after", "2").await.ok() },
+    )
+    .await?;
+    assert_eq!(
+        client.get("rotation/before").await?.map(|read| read.value),
+        Some(b"1".to_vec())
+    );
     Ok(())
 }

@@ -3,8 +3,8 @@
 //!
 //! This crate makes and checks the certificates; nodes and routers present and verify them
 //! on every gRPC connection (mutual TLS, tonic on rustls), read their files through
-//! [`TlsFiles`], and serve with [`ReloadingIdentity`] and [`TlsIncoming`] (rustls on ring,
-//! so rotated files take effect without a restart). It does not depend on tonic.
+//! [`TlsFiles`], serve with [`ReloadingIdentity`] and [`TlsIncoming`] and dial with
+//! [`connect`] (rustls on ring, so rotated files take effect without a restart). It does not depend on tonic.
 //!
 //! - `role` — the [`Role`] a certificate grants and its encoding, a SAN URI
 //!   `ringkv://role/<node|router|client>` (the module docs say why), and a client's user,
@@ -21,6 +21,8 @@
 //!   files when they change (certificate rotation without a restart).
 //! - `incoming` — [`TlsIncoming`]: accepting TLS connections with that configuration for
 //!   tonic (handshakes concurrent and bounded).
+//! - `dial` — [`ReloadingIdentity::client_config`] and [`connect`]: the client side, also
+//!   following the files (a node dialling its peers, a router dialling nodes).
 //! - `probe` — [`presented_certificate`]: which certificate a server presents now.
 //! - `validity` — [`Validity`] windows and their defaults (CA 10 years, leaves 1 year).
 //! - `error` — [`CertError`], one variant per bad input.
@@ -41,6 +43,7 @@
 //! # Ok::<(), ringkv_tls::CertError>(())
 //! ```
 
+mod dial;
 mod error;
 mod files;
 mod incoming;
@@ -52,6 +55,7 @@ mod reload;
 mod role;
 mod validity;
 
+pub use dial::{connect, DialConnector, DialedConnection};
 pub use error::CertError;
 pub use files::{
     leaf_base_name, read_text, write_pair, CertPaths, CA_BASE_NAME, CERTS_DIR_MODE, CERT_FILE_MODE,

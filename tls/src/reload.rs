@@ -10,14 +10,23 @@
 //! and the previous identity stays: a bad rotation never takes a server down. Connections
 //! already open keep the certificates they were made with.
 //!
-//! Only the server side follows its files: the client side of a process (a node dialling
-//! its peers, a router dialling nodes) keeps the certificate it started with.
+//! A server requires clients' certificates ([`ReloadingIdentity::server_config`]), or, for a
+//! router's client port only, verifies those it is sent and lets clients without one connect
+//! ([`ReloadingIdentity::server_config_client_cert_optional`]): such a client is
+//! authenticated by the token it sends instead (the router's `auth.rs`). A client
+//! certificate that is sent must still be of the current CA: a certificate of another CA is
+//! refused at the handshake either way.
+//!
+//! The client side of a process (a node dialling its peers, a router dialling nodes) follows
+//! the same files through [`ReloadingIdentity::client_config`] (`dial.rs`): each new
+//! connection presents the current certificate and checks the server against the current CA.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -33,24 +42,26 @@ use crate::{parse_certificate_pem, CertError, Role, TlsFiles, TlsMaterial};
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The ALPN protocol of gRPC.
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// What the server presents and whom it accepts, as read from the files at `stamps`.
 #[derive(Clone)]
-struct Loaded {
+pub(crate) struct Loaded {
     /// Modification times of the CA, certificate and key files when they were read.
     stamps: [Option<SystemTime>; 3],
     /// The certificate's subject and serial, for the logs.
     serial: String,
-    certified_key: Arc<CertifiedKey>,
+    pub(crate) certified_key: Arc<CertifiedKey>,
     client_verifier: Arc<dyn ClientCertVerifier>,
+    /// Checks the servers this process dials (`dial.rs`) against the same CA.
+    pub(crate) server_verifier: Arc<WebPkiServerVerifier>,
 }
 
 /// A server's TLS identity that re-reads its files when they change.
 pub struct ReloadingIdentity {
     files: TlsFiles,
     role: Role,
-    provider: Arc<CryptoProvider>,
+    pub(crate) provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Loaded>>,
     next_check: Mutex<Instant>,
 }
@@ -84,10 +95,25 @@ impl ReloadingIdentity {
     /// A rustls server configuration presenting the current certificate and requiring
     /// clients' certificates of the current CA (HTTP/2 by ALPN).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, CertError> {
+        self.config(true)
+    }
+
+    /// As [`ReloadingIdentity::server_config`], but a client may connect without a
+    /// certificate (one it sends must be of the current CA): for a router's client port,
+    /// whose callers without a certificate must send a token.
+    pub fn server_config_client_cert_optional(self: &Arc<Self>) -> Result<Arc<ServerConfig>, CertError> {
+        self.config(false)
+    }
+
+    fn config(self: &Arc<Self>, client_cert_required: bool) -> Result<Arc<ServerConfig>, CertError> {
+        let verifier = VerifyWithCurrent {
+            identity: self.clone(),
+            client_cert_required,
+        };
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|err| rustls_error("the TLS protocol versions", err))?
-            .with_client_cert_verifier(Arc::new(VerifyWithCurrent(self.clone())))
+            .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(ResolveCurrent(self.clone())));
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
@@ -100,7 +126,7 @@ impl ReloadingIdentity {
 
     /// The identity to use now, re-read first if its files changed (checked at most once
     /// per [`RELOAD_CHECK_INTERVAL`]).
-    fn current(&self) -> Arc<Loaded> {
+    pub(crate) fn current(&self) -> Arc<Loaded> {
         self.reload_if_changed();
         self.current
             .read()
@@ -151,7 +177,7 @@ fn stamps(files: &TlsFiles) -> [Option<SystemTime>; 3] {
     })
 }
 
-fn rustls_error(what: &str, err: impl fmt::Display) -> CertError {
+pub(crate) fn rustls_error(what: &str, err: impl fmt::Display) -> CertError {
     CertError::Rustls {
         what: what.to_string(),
         reason: err.to_string(),
@@ -177,7 +203,11 @@ fn read(files: &TlsFiles, role: Role, provider: &Arc<CryptoProvider>) -> Result<
             &ca_what,
         )?))
         .map_err(|err| rustls_error(&ca_what, err))?;
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let roots = Arc::new(roots);
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|err| rustls_error(&ca_what, err))?;
+    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|err| rustls_error(&ca_what, err))?;
     Ok(Loaded {
@@ -185,6 +215,7 @@ fn read(files: &TlsFiles, role: Role, provider: &Arc<CryptoProvider>) -> Result<
         serial: format!("{} ({})", material.info.serial, material.info.subject),
         certified_key: Arc::new(certified_key),
         client_verifier,
+        server_verifier,
     })
 }
 
@@ -198,13 +229,20 @@ impl ResolvesServerCert for ResolveCurrent {
     }
 }
 
-/// Verifies clients against the current CA (a certificate is required).
+/// Verifies clients against the current CA (a certificate is required, or optional).
 #[derive(Debug)]
-struct VerifyWithCurrent(Arc<ReloadingIdentity>);
+struct VerifyWithCurrent {
+    identity: Arc<ReloadingIdentity>,
+    client_cert_required: bool,
+}
 
 impl ClientCertVerifier for VerifyWithCurrent {
-    fn client_auth_mandatory(&self) -> bool {
+    fn offer_client_auth(&self) -> bool {
         true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.client_cert_required
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -219,7 +257,7 @@ impl ClientCertVerifier for VerifyWithCurrent {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
+        self.identity
             .current()
             .client_verifier
             .verify_client_cert(end_entity, intermediates, now)
@@ -231,7 +269,7 @@ impl ClientCertVerifier for VerifyWithCurrent {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.identity
             .current()
             .client_verifier
             .verify_tls12_signature(message, cert, dss)
@@ -243,13 +281,13 @@ impl ClientCertVerifier for VerifyWithCurrent {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.identity
             .current()
             .client_verifier
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current().client_verifier.supported_verify_schemes()
+        self.identity.current().client_verifier.supported_verify_schemes()
     }
 }

@@ -295,3 +295,110 @@ fn bad_inputs_get_typed_errors() {
         .expect("name");
     assert!(matches!(error, CertError::InvalidClusterName { .. }), "{error}");
 }
+
+/// The dialling side follows its files: after the client's files are replaced, new
+/// connections present the new certificate (and a server certificate of the CA is
+/// checked on each).
+#[tokio::test]
+async fn dialled_connections_present_the_rotated_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = new_ca("dial");
+    let ca_paths = CertPaths::new(dir.path(), CA_BASE_NAME);
+    let ca_files = IssuedCert {
+        cert_pem: ca.cert_pem().to_string(),
+        key_pem: ca.key_pem(),
+    };
+    write_pair(&ca_paths, &ca_files, false).expect("write CA");
+    let node_paths = CertPaths::new(dir.path(), "node");
+    let router_paths = CertPaths::new(dir.path(), "router");
+    let issue = |role| ca.issue(&request(role, &["127.0.0.1"], None)).expect("issue");
+    write_pair(&node_paths, &issue(Role::Node), false).expect("write node");
+    let first = issue(Role::Router);
+    write_pair(&router_paths, &first, false).expect("write router");
+    let files = |paths: &CertPaths| TlsFiles {
+        ca: ca_paths.cert.clone(),
+        cert: paths.cert.clone(),
+        key: paths.key.clone(),
+    };
+    let server = ReloadingIdentity::load(files(&node_paths), Role::Node).expect("server identity");
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config().expect("server config"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    // The server answers each connection with the serial of the client certificate it saw.
+    let (seen, mut serials) = tokio::sync::mpsc::channel::<String>(16);
+    let accepting = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(connection) = acceptor.accept(stream).await else {
+                continue;
+            };
+            let der = connection
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first().cloned());
+            let serial = der.map(|der| CertInfo::from_der(der.as_ref(), "peer").expect("parse").serial);
+            if seen.send(serial.unwrap_or_default()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let client = ReloadingIdentity::load(files(&router_paths), Role::Router).expect("client identity");
+    let config = client.client_config().expect("client config");
+    let serial_of = |issued: &IssuedCert| info_of(issued).serial;
+    connect(config.clone(), &addr).await.expect("connect");
+    assert_eq!(serials.recv().await, Some(serial_of(&first)));
+
+    let second = issue(Role::Router);
+    write_pair(&router_paths, &second, true).expect("rotate router");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        connect(config.clone(), &addr).await.expect("connect");
+        if serials.recv().await == Some(serial_of(&second)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated certificate was never presented"
+        );
+        // Files are looked at at most once per RELOAD_CHECK_INTERVAL: poll a few times per interval.
+        tokio::time::sleep(RELOAD_CHECK_INTERVAL / 4).await;
+    }
+    // A server presenting another CA's certificate is refused by the dialler.
+    let other = new_ca("other");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other_ca = CertPaths::new(other_dir.path(), CA_BASE_NAME);
+    let other_ca_files = IssuedCert {
+        cert_pem: other.cert_pem().to_string(),
+        key_pem: other.key_pem(),
+    };
+    write_pair(&other_ca, &other_ca_files, false).expect("write other CA");
+    let stranger_paths = CertPaths::new(other_dir.path(), "node");
+    let stranger = other
+        .issue(&request(Role::Node, &["127.0.0.1"], None))
+        .expect("issue");
+    write_pair(&stranger_paths, &stranger, false).expect("write stranger");
+    let stranger_server = ReloadingIdentity::load(
+        TlsFiles {
+            ca: other_ca.cert.clone(),
+            cert: stranger_paths.cert.clone(),
+            key: stranger_paths.key.clone(),
+        },
+        Role::Node,
+    )
+    .expect("stranger identity");
+    let stranger_acceptor =
+        tokio_rustls::TlsAcceptor::from(stranger_server.server_config().expect("stranger config"));
+    let stranger_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stranger_addr = stranger_listener.local_addr().expect("addr").to_string();
+    let stranger_task = tokio::spawn(async move {
+        if let Ok((stream, _)) = stranger_listener.accept().await {
+            let _ = stranger_acceptor.accept(stream).await;
+        }
+    });
+    assert!(
+        connect(config, &stranger_addr).await.is_err(),
+        "a server of another CA is refused"
+    );
+    stranger_task.abort();
+    accepting.abort();
+}

@@ -69,7 +69,7 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "kill-one,partition-majority")]
     nemesis: Vec<String>,
     /// Workloads (comma-separated): register, set, timestamp, snapshot, append, bank,
-    /// rw-register, batch, scan, delete-range, lock; `all` for every one.
+    /// rw-register, batch, scan, delete-range, watch, ttl, lock; `all` for every one.
     #[arg(long, value_delimiter = ',', default_value = "register,set")]
     workload: Vec<String>,
     /// List every violation found, not the first few of each kind (per key for
@@ -163,6 +163,10 @@ struct RunArgs {
     /// lock workload catches a stale holder's write landing after a newer holder's).
     #[arg(long)]
     unsafe_unfenced_resource: bool,
+    /// Negative control: watchers resume every watch from now instead of from their
+    /// position (the watch workload catches the events lost in between).
+    #[arg(long)]
+    unsafe_watch_resume_from_now: bool,
     /// The routers' timeout of one attempt to a node, in ms (default: theirs, 2000).
     #[arg(long)]
     router_rpc_timeout_ms: Option<u64>,
@@ -274,6 +278,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_tso_prefetch = args.unsafe_tso_prefetch;
     options.unsafe_fresh_request_ids = args.unsafe_fresh_request_ids;
     options.unsafe_unfenced_resource = args.unsafe_unfenced_resource;
+    options.unsafe_watch_resume_from_now = args.unsafe_watch_resume_from_now;
     options.router_rpc_timeout_ms = args.router_rpc_timeout_ms;
     options.routers = args.routers.max(1);
     options.keep_data = args.keep_data;
@@ -339,6 +344,14 @@ fn main() -> ExitCode {
                     (
                         Workload::Lock,
                         has(&|f| matches!(f, F::LockAcquire | F::GuardedWrite | F::LockRelease)),
+                    ),
+                    (
+                        Workload::Watch,
+                        has(&|f| matches!(f, F::WatchPut | F::WatchDelete | F::Watch)),
+                    ),
+                    (
+                        Workload::Ttl,
+                        has(&|f| matches!(f, F::TtlPut | F::TtlExpire | F::TtlRead | F::TtlReadAt)),
                     ),
                 ]
                 .into_iter()

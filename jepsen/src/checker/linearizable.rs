@@ -379,6 +379,13 @@ fn extract(pairs: &[OpPair<'_>]) -> Extracted {
                 | F::RangeFill
                 | F::DeleteRange
                 | F::RangeRead
+                | F::WatchPut
+                | F::WatchDelete
+                | F::Watch
+                | F::TtlPut
+                | F::TtlExpire
+                | F::TtlRead
+                | F::TtlReadAt
                 | F::LockAcquire
                 | F::GuardedWrite
                 | F::LockRelease,

@@ -22,6 +22,10 @@
 //!   delete-range is read after it.
 //! - [`lock`]: writes guarded by locks' fencing tokens: accepted in token order; tokens
 //!   unique and increasing; overlapping holders reported (not promised under pauses).
+//! - [`watch`]: watch streams resumed across faults: every acknowledged put and delete
+//!   delivered exactly once, per key in commit order, nothing nobody wrote.
+//! - [`ttl`]: keys with a time to live: no read returns a value past its expiry, and no
+//!   key comes back after it was seen expired.
 //! - [`stale`]: reads of any replica: old values allowed, never one nobody wrote.
 //! - `mutations` (crate-private): the writes a key (or group, or range) saw, and which one
 //!   was certainly in effect over an interval, for the three checkers above.
@@ -47,6 +51,8 @@ pub mod set;
 pub mod snapshot;
 pub mod stale;
 pub mod timestamps;
+pub mod ttl;
+pub mod watch;
 
 use std::collections::BTreeMap;
 

@@ -160,6 +160,13 @@ pub fn analyze_with(history: &History, listing: Listing) -> Result<SetAnalysis, 
             | F::RangeFill
             | F::DeleteRange
             | F::RangeRead
+            | F::WatchPut
+            | F::WatchDelete
+            | F::Watch
+            | F::TtlPut
+            | F::TtlExpire
+            | F::TtlRead
+            | F::TtlReadAt
             | F::LockAcquire
             | F::GuardedWrite
             | F::LockRelease => {}

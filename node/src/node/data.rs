@@ -133,7 +133,7 @@ impl Node {
         keys: &[Vec<u8>],
         read_ts: u64,
         max_bytes: usize,
-    ) -> Result<Vec<Option<Versioned>>, NodeError> {
+    ) -> Result<Vec<Option<(Versioned, Option<u64>)>>, NodeError> {
         self.prepare_read_at(group, read_ts).await?;
         if !self.config().unsafe_ignore_locks {
             self.check_unlocked(group, keys, read_ts)?;

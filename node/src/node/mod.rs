@@ -101,7 +101,7 @@ impl Node {
         addr: String,
         engine: EngineRef,
         catalog: TreeRef,
-        peer_tls: Option<tonic::transport::ClientTlsConfig>,
+        peer_tls: Option<Arc<ringkv_tls::rustls::ClientConfig>>,
     ) -> Result<Node, NodeError> {
         let cluster_id = check_identity(&catalog, &config)?;
         let tasks = TaskTracker::new();

@@ -16,9 +16,10 @@ use openraft::raft::{
 use openraft::BasicNode;
 use ringkv_proto::v1::raft_client::RaftClient;
 use ringkv_proto::v1::{RaftMessage, RaftReply, RaftRpc};
+use ringkv_tls::rustls::ClientConfig;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use super::catch_up::Pacer;
 use super::pipeline::Pipeline;
@@ -49,8 +50,9 @@ pub struct Transport {
     /// Paces the catch-up traffic of every group of this node — snapshot chunks here, log
     /// entries for lagging followers where they are read — to one byte rate (None = unlimited).
     catch_up_pacer: Option<Arc<Pacer>>,
-    /// Mutual TLS to peers with this node's certificate (None: `--insecure`, plain HTTP/2).
-    tls: Option<ClientTlsConfig>,
+    /// Mutual TLS to peers with this node's certificate, re-read when its files change
+    /// (`ringkv_tls::DialConnector`; None: `--insecure`, plain HTTP/2).
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl Transport {
@@ -59,7 +61,7 @@ impl Transport {
         connect_timeout: Duration,
         max_message_bytes: usize,
         catch_up_bytes_per_sec: u64,
-        tls: Option<ClientTlsConfig>,
+        tls: Option<Arc<ClientConfig>>,
     ) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
@@ -109,17 +111,18 @@ impl Transport {
             addr: addr.to_string(),
             detail: format!("invalid address: {err}"),
         };
-        let endpoint = match &self.tls {
-            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
-                .and_then(|endpoint| endpoint.tls_config(tls.clone()))
-                .map_err(invalid)?,
-            None => Endpoint::from_shared(format!("http://{addr}")).map_err(invalid)?,
-        }
-        .connect_timeout(self.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        // http:// even with TLS: the TLS is the connector's (it presents the certificate the
+        // files hold at each connection), tonic adds none.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(invalid)?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = match &self.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(ringkv_tls::DialConnector::new(tls.clone())),
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -93,11 +93,9 @@ impl ShardKvService {
             self.node.read_local(&group, &request.keys, max_bytes).await?
         } else {
             check_read_at(request.consistency)?;
-            never_expiring(
-                self.node
-                    .read_at(&group, &request.keys, request.read_ts, max_bytes)
-                    .await?,
-            )
+            self.node
+                .read_at(&group, &request.keys, request.read_ts, max_bytes)
+                .await?
         };
         // The byte budget may have stopped the read: the values answer a prefix of the keys.
         let more = values.len() < request.keys.len();

@@ -52,6 +52,10 @@ struct Cli {
     /// This router's private key (PEM).
     #[arg(long, value_name = "PATH", requires_all = ["ca", "cert"])]
     key: Option<PathBuf>,
+    /// Refuse clients without a certificate of the CA at the TLS handshake (by default they
+    /// may connect, and every call but a login must carry a token from a password login).
+    #[arg(long, requires = "ca")]
+    require_client_cert: bool,
     /// Serve and dial without TLS: anyone who can reach the router reads and writes every
     /// key. For tests and local experiments only.
     #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
@@ -156,6 +160,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key: key.clone(),
         });
         config.insecure = false;
+    }
+    if cli.require_client_cert {
+        config.require_client_cert = true;
     }
     if cli.insecure {
         config.insecure = true;

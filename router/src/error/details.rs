@@ -60,6 +60,8 @@ pub fn reason(err: &RouterError) -> &'static str {
         RouterError::TxnAborted { .. } => "TXN_ABORTED",
         RouterError::TxnOutcomeUnknown { .. } => "TXN_OUTCOME_UNKNOWN",
         RouterError::TokenRefused(_) => "TOKEN_REFUSED",
+        RouterError::LoginThrottled(_) => "LOGIN_THROTTLED",
+        RouterError::NoCredentials(_) => "NO_CREDENTIALS",
     }
 }
 
@@ -89,6 +91,8 @@ pub fn retry_after(err: &RouterError) -> Option<Duration> {
             delays.and_then(|delays| delays.into_iter().max())
         }
         RouterError::TxnAborted { retryable: true, .. } => Some(Duration::ZERO),
+        // Another login, even with the right password, is refused until then.
+        RouterError::LoginThrottled(throttled) => Some(throttled.retry_after),
         _ => None,
     }
 }

@@ -312,6 +312,47 @@ mod tests {
         assert_eq!(state.earliest_expiry().expect("index"), Some(ms(1_100)));
     }
 
+    /// A read at a timestamp answers the expiry of the version it finds, a replaced one in
+    /// the history as well as the head (the jepsen `ttl` workload found such reads answered
+    /// "never").
+    #[tokio::test]
+    async fn reads_at_a_timestamp_answer_the_version_expiry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let key = vec![b"k".to_vec()];
+        results(
+            &mut sm,
+            write_at(
+                1,
+                1_000,
+                vec![op(b"k", Some(b"old"), None, Expiry::After { ttl_ms: 500 })],
+            ),
+        )
+        .await;
+        results(
+            &mut sm,
+            write_at(2, 1_100, vec![op(b"k", Some(b"new"), None, Expiry::Never)]),
+        )
+        .await;
+        let read_at = |ts_ms| {
+            let state = state.clone();
+            let key = key.clone();
+            async move {
+                let values = state
+                    .get_many_at_within(&key, ms(ts_ms), usize::MAX)
+                    .await
+                    .expect("read")
+                    .expect("above the floor");
+                values[0]
+                    .clone()
+                    .map(|(versioned, expires_at)| (versioned.value, expires_at))
+            }
+        };
+        assert_eq!(read_at(1_050).await, Some((b"old".to_vec(), Some(ms(1_500)))));
+        assert_eq!(read_at(1_150).await, Some((b"new".to_vec(), None)));
+    }
+
     /// An absolute expiry (leases) is the same instant whatever the commit timestamp: a put
     /// and a refresh to a deadline after the commit expire exactly there, and a put whose
     /// deadline is at or below its commit timestamp is expired at once for every read.

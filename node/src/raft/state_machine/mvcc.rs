@@ -354,18 +354,20 @@ impl History {
         self.policy.budget.release(freed);
     }
 
-    /// `key` at `read_ts`, given its head: the head if committed by then (right at any
-    /// timestamp), else the version live at `read_ts` if one was — known only at or above
-    /// the floor. A version expired at `read_ts` is absent.
+    /// `key` at `read_ts`, given its head, with the version's expiry (`None`: never): the
+    /// head if committed by then (right at any timestamp), else the version live at
+    /// `read_ts` if one was — known only at or above the floor. A version expired at
+    /// `read_ts` is absent.
     pub fn read(
         &self,
         key: &[u8],
         head: Option<Head>,
         read_ts: u64,
-    ) -> Result<Option<Versioned>, BelowFloor> {
+    ) -> Result<Option<(Versioned, Option<u64>)>, BelowFloor> {
         if let Some(head) = head {
             if head.commit_ts <= read_ts {
-                return Ok(head.live_at(read_ts).then(|| head.versioned()));
+                let expires_at = head.expires_at;
+                return Ok(head.live_at(read_ts).then(|| (head.versioned(), expires_at)));
             }
         }
         if read_ts < self.floor {
@@ -378,9 +380,12 @@ impl History {
                 .find(|old| old.commit_ts <= read_ts)
                 .filter(|old| old.superseded_ts > read_ts && live_at(old.expires_at, read_ts))
         });
-        Ok(live.map(|old| Versioned {
-            version: old.version,
-            value: old.value.clone(),
+        Ok(live.map(|old| {
+            let versioned = Versioned {
+                version: old.version,
+                value: old.value.clone(),
+            };
+            (versioned, old.expires_at)
         }))
     }
 }
@@ -521,7 +526,7 @@ mod tests {
         let read = history
             .read(b"k", head.clone(), ms(105))
             .expect("held: above the floor");
-        assert_eq!(read.map(|v| v.value), Some(b"v1".to_vec()));
+        assert_eq!(read.map(|(v, _)| v.value), Some(b"v1".to_vec()));
         // Released: the next entry evicts it, and the read is refused.
         budget.hold(7, ms(105), Duration::ZERO).expect("release");
         history.record(ms(220), Vec::new());
@@ -697,7 +702,7 @@ mod tests {
                         let head_covers = head.as_ref().is_some_and(|head| head.commit_ts <= read_ts);
                         match history.read(&[key], head, read_ts) {
                             Ok(got) => {
-                                let got = got.map(|versioned| (versioned.version, versioned.value));
+                                let got = got.map(|(versioned, _)| (versioned.version, versioned.value));
                                 prop_assert_eq!(got, model_read(&model, key, read_ts), "key {} at {}", key, read_ts);
                             }
                             Err(below) => {

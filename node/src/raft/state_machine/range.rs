@@ -375,7 +375,7 @@ fn for_each_at(
             }
         };
         match history.read(&key, current, read_ts) {
-            Ok(Some(versioned)) => {
+            Ok(Some((versioned, _))) => {
                 if visit(&key, versioned).is_break() {
                     break Held::Done;
                 }

@@ -118,7 +118,13 @@ impl GroupState {
         keys: &[Vec<u8>],
         read_ts: u64,
     ) -> Result<Result<Vec<Option<Versioned>>, mvcc::BelowFloor>, StorageError> {
-        self.get_many_at_within(keys, read_ts, usize::MAX).await
+        let values = self.get_many_at_within(keys, read_ts, usize::MAX).await?;
+        Ok(values.map(|values| {
+            values
+                .into_iter()
+                .map(|value| value.map(|(versioned, _)| versioned))
+                .collect()
+        }))
     }
 
     /// [`GroupState::get_many_at`] of the first of `keys` whose keys and values fit in
@@ -128,7 +134,7 @@ impl GroupState {
         keys: &[Vec<u8>],
         read_ts: u64,
         max_bytes: usize,
-    ) -> Result<Result<Vec<Option<Versioned>>, mvcc::BelowFloor>, StorageError> {
+    ) -> Result<Result<Vec<Option<(Versioned, Option<u64>)>>, mvcc::BelowFloor>, StorageError> {
         /// Why a read of one key stops the whole read.
         enum Stop {
             Storage(StorageError),
@@ -137,12 +143,19 @@ impl GroupState {
         let _guard = self.apply_lock.read().await;
         let tree = self.tree();
         let history = self.history();
+        let mut expiries = Vec::with_capacity(keys.len());
         let values = read_within(keys, max_bytes, |key| {
             let head = mvcc::head(&tree, key).map_err(Stop::Storage)?;
-            history.read(key, head, read_ts).map_err(Stop::Below)
+            let read = history.read(key, head, read_ts).map_err(Stop::Below)?;
+            expiries.push(read.as_ref().and_then(|(_, expires_at)| *expires_at));
+            Ok(read.map(|(versioned, _)| versioned))
         });
         match values {
-            Ok(values) => Ok(Ok(values)),
+            Ok(values) => Ok(Ok(values
+                .into_iter()
+                .zip(expiries)
+                .map(|(value, expires_at)| value.map(|value| (value, expires_at)))
+                .collect())),
             Err(Stop::Below(below)) => Ok(Err(below)),
             Err(Stop::Storage(err)) => Err(err),
         }

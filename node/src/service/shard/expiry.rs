@@ -42,8 +42,7 @@ pub(super) fn of_op(op: &v1::WriteOp, kind: v1::WriteKind) -> Result<Expiry, Nod
     })
 }
 
-/// Values read without their expiry (reads at a timestamp, provisional reads): answered
-/// as never expiring.
+/// Values read without their expiry (provisional reads): answered as never expiring.
 pub(super) fn never_expiring(values: Vec<Option<Versioned>>) -> Vec<Option<(Versioned, Option<u64>)>> {
     values
         .into_iter()
