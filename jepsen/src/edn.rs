@@ -25,7 +25,9 @@
 //! `[key value]` like a register op; a `:batch-read` is `[group [shard ...] ts [v ...]]`
 //! (`ts` `nil` for a linearizable read); a `:scan` and a `:range-read` are
 //! `[range page-limit pages ts [[key value] ...]]`; a `:range-fill` is `[range keys value]`
-//! and a `:delete-range` its range. A [`OpValue::Nil`] prints as `nil`.
+//! and a `:delete-range` its range; a `:lock-acquire` and a `:lock-release` are `[lock token]`
+//! (`nil` before the token is known) and a `:guarded-write` `[lock token seq [seen-seq
+//! seen-token]]`. A [`OpValue::Nil`] prints as `nil`.
 //! Jepsen's own set checker calls the final read `:read`; ringkv keeps `:read-all` so that a
 //! set read is never confused with a register read.
 //!
@@ -263,6 +265,9 @@ fn f_name(f: &F) -> &str {
         F::RangeFill => "range-fill",
         F::DeleteRange => "delete-range",
         F::RangeRead => "range-read",
+        F::LockAcquire => "lock-acquire",
+        F::GuardedWrite => "guarded-write",
+        F::LockRelease => "lock-release",
         F::WatchPut => "watch-put",
         F::WatchDelete => "watch-delete",
         F::Watch => "watch",
@@ -360,6 +365,20 @@ fn value_to_edn(value: &OpValue) -> Edn {
             Edn::unsigned(*value),
         ]),
         OpValue::Range(range) => Edn::unsigned(*range),
+        OpValue::Lock { lock, token } => Edn::Vector(vec![Edn::unsigned(*lock), Edn::optional(*token)]),
+        OpValue::GuardedWrite {
+            lock,
+            token,
+            seq,
+            seen,
+        } => Edn::Vector(vec![
+            Edn::unsigned(*lock),
+            Edn::unsigned(*token),
+            Edn::optional(*seq),
+            seen.map_or(Edn::Nil, |(seen_seq, seen_token)| {
+                Edn::Vector(vec![Edn::unsigned(seen_seq), Edn::unsigned(seen_token)])
+            }),
+        ]),
         OpValue::KeyWrite { key, value, result } => Edn::Vector(vec![
             Edn::unsigned(*key),
             Edn::optional(*value),
@@ -712,6 +731,9 @@ fn op_from_edn(value: &Edn, position: u64) -> Result<Op, String> {
         (_, "range-fill") => F::RangeFill,
         (_, "delete-range") => F::DeleteRange,
         (_, "range-read") => F::RangeRead,
+        (_, "lock-acquire") => F::LockAcquire,
+        (_, "guarded-write") => F::GuardedWrite,
+        (_, "lock-release") => F::LockRelease,
         (_, "watch-put") => F::WatchPut,
         (_, "watch-delete") => F::WatchDelete,
         (_, "watch") => F::Watch,
@@ -896,6 +918,33 @@ fn value_from_edn(f: &F, op_type: OpType, value: &Edn) -> Result<OpValue, String
             _ => Err(shape_error("[range keys value]")),
         },
         (F::DeleteRange, range) => Ok(OpValue::Range(to_u64(range, "range")?)),
+        (F::LockAcquire | F::LockRelease, Edn::Vector(items)) => match items.as_slice() {
+            [lock, token] => Ok(OpValue::Lock {
+                lock: to_u64(lock, "lock")?,
+                token: to_optional_u64(token, "token")?,
+            }),
+            _ => Err(shape_error("[lock token]")),
+        },
+        (F::GuardedWrite, Edn::Vector(items)) => match items.as_slice() {
+            [lock, token, seq, seen] => Ok(OpValue::GuardedWrite {
+                lock: to_u64(lock, "lock")?,
+                token: to_u64(token, "token")?,
+                seq: to_optional_u64(seq, "seq")?,
+                seen: match seen {
+                    Edn::Nil => None,
+                    Edn::Vector(pair) => match pair.as_slice() {
+                        [seen_seq, seen_token] => {
+                            Some((to_u64(seen_seq, "seen seq")?, to_u64(seen_token, "seen token")?))
+                        }
+                        _ => return Err(shape_error("[lock token seq [seen-seq seen-token]]")),
+                    },
+                    _ => return Err(shape_error("[lock token seq [seen-seq seen-token]]")),
+                },
+            }),
+            _ => Err(shape_error("[lock token seq [seen-seq seen-token]]")),
+        },
+        (F::LockAcquire | F::LockRelease, _) => Err(shape_error("[lock token]")),
+        (F::GuardedWrite, _) => Err(shape_error("[lock token seq [seen-seq seen-token]]")),
         (F::WatchPut | F::WatchDelete, Edn::Vector(items)) => match items.as_slice() {
             [key, written, result] => Ok(OpValue::KeyWrite {
                 key: to_u64(key, "key")?,
@@ -1773,6 +1822,23 @@ mod tests {
                 0..5
             ))
             .prop_map(|balances| (F::BankRead, OpValue::Balances(balances))),
+            (any::<u64>(), proptest::option::of(any::<u64>()))
+                .prop_map(|(lock, token)| (F::LockAcquire, OpValue::Lock { lock, token })),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of((any::<u64>(), any::<u64>()))
+            )
+                .prop_map(|(lock, token, seq, seen)| (
+                    F::GuardedWrite,
+                    OpValue::GuardedWrite {
+                        lock,
+                        token,
+                        seq,
+                        seen
+                    }
+                )),
             Just((F::SnapshotRead, OpValue::Nil)),
             Just((F::Write, OpValue::Nil)),
         ];

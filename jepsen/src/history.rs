@@ -99,6 +99,16 @@ pub enum F {
     DeleteRange,
     /// Delete-range workload: every page of a scan of one range ([`OpValue::Scan`]).
     RangeRead,
+    /// Lock workload: acquire a lock ([`OpValue::Lock`]; the fencing token in an `ok`
+    /// completion).
+    LockAcquire,
+    /// Lock workload: a write to the lock's resource guarded by a fencing token
+    /// ([`OpValue::GuardedWrite`]); `fail` with `refused` when the resource had seen a
+    /// higher token.
+    GuardedWrite,
+    /// Lock workload: release a lock held with a token ([`OpValue::Lock`]); `fail` when the
+    /// holder's lease had lapsed and it no longer held it.
+    LockRelease,
     /// Watch workload: a put of a unique value to one watched key ([`OpValue::KeyWrite`]:
     /// the version assigned as its result).
     WatchPut,
@@ -233,6 +243,29 @@ pub enum OpValue {
     },
     /// A range id (the argument of a delete-range).
     Range(u64),
+    /// A lock and the fencing token it was (or is being) held with: `None` (`nil`) in an
+    /// acquisition's invocation and in one that did not succeed.
+    Lock {
+        /// Lock id.
+        lock: u64,
+        /// Fencing token.
+        token: Option<u64>,
+    },
+    /// A write to lock `lock`'s resource with fencing token `token`. The resource is one key
+    /// holding `[seq token]`: how many writes it accepted, and the token of the last one.
+    GuardedWrite {
+        /// Lock id.
+        lock: u64,
+        /// The writer's fencing token.
+        token: u64,
+        /// The write's place in the resource's order (`seen.0 + 1`) when it took effect, or
+        /// would have (outcome unknown); `None` (`nil`) in the invocation and when refused.
+        seq: Option<u64>,
+        /// The resource's `(seq, token)` the write read last: the state it replaced, or the
+        /// one that refused it; `(0, 0)` for a resource never written; `None` (`nil`) in the
+        /// invocation and when the resource could not be read.
+        seen: Option<(u64, u64)>,
+    },
     /// A put (`value`) or delete (`None`) of watch key `key`. `result`: `None` in the
     /// invocation and in a completion that is not `ok`; for an acknowledged put the version
     /// it got, for an acknowledged delete 1 when a value existed (and was deleted), else 0.

@@ -16,7 +16,8 @@
 //! - [`workload`]: register, set, timestamp and snapshot clients that record every operation;
 //!   [`append`], [`rw_register`] and [`bank`]: the transactional workloads; [`batch`],
 //!   [`scan`] and [`delete_range`]: batch atomicity per shard, scan paging, delete-range;
-//!   [`watch`] and [`ttl`]: watches resumed across faults, keys that expire.
+//!   [`watch`] and [`ttl`]: watches resumed across faults, keys that expire; [`lock`]: locks
+//!   on leases guarding a resource with fencing tokens.
 //! - [`runner`]: one run end to end, writing the results directory.
 //! - [`plot`]: the latency-over-time SVG with fault windows shaded.
 //! - [`testing`]: what the integration tests share (binaries, FUSE check, a small cluster).
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod delete_range;
 pub mod edn;
 pub mod history;
+pub mod lock;
 pub mod nemesis;
 pub mod net;
 pub mod netem;

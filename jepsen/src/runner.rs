@@ -92,6 +92,10 @@ pub struct RunOptions {
     /// (`--unsafe-fresh-request-id-per-attempt`): a retry after an attempt that applied
     /// unanswered applies again (caught by the register workload).
     pub unsafe_fresh_request_ids: bool,
+    /// The lock workload's resource accepts every fencing token
+    /// (`--unsafe-unfenced-resource`): a stale holder's write lands after a newer holder's
+    /// (caught by the lock workload).
+    pub unsafe_unfenced_resource: bool,
     /// Watchers resume every watch from now instead of from their position, while
     /// recording the position (caught by the watch workload: lost events).
     pub unsafe_watch_resume_from_now: bool,
@@ -155,6 +159,7 @@ impl RunOptions {
             unsafe_resolve_without_primary: false,
             unsafe_tso_prefetch: 0,
             unsafe_fresh_request_ids: false,
+            unsafe_unfenced_resource: false,
             unsafe_watch_resume_from_now: false,
             router_rpc_timeout_ms: None,
             routers: 1,
@@ -563,6 +568,17 @@ pub async fn run(options: RunOptions) -> Result<RunReport> {
                         stop,
                     ));
                 }
+                Workload::Lock => {
+                    let seed = rng.random();
+                    clients.spawn(crate::lock::lock_client(
+                        process,
+                        client,
+                        options.unsafe_unfenced_resource,
+                        recorder,
+                        seed,
+                        stop,
+                    ));
+                }
                 Workload::Watch => {
                     let Some(watch) = watch.clone() else { continue };
                     if crate::watch::WatchShared::is_watcher(index, options.concurrency) {
@@ -813,6 +829,7 @@ pub fn check_workloads(
             Workload::Batch => verdicts.push(checker::batch::check(history, listing)),
             Workload::Scan => verdicts.push(checker::scan::check(history, listing)),
             Workload::DeleteRange => verdicts.push(checker::delete_range::check(history, listing)),
+            Workload::Lock => verdicts.push(checker::lock::check(history, listing)),
             Workload::Watch => verdicts.push(checker::watch::check(history, listing)),
             Workload::Ttl => verdicts.push(checker::ttl::check(history, listing)),
         }
@@ -881,7 +898,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={} watch-resume-from-now={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={} watch-resume-from-now={} unfenced-resource={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -907,6 +924,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.unsafe_ignore_sync_errors,
         options.unsafe_fresh_request_ids,
         options.unsafe_watch_resume_from_now,
+        options.unsafe_unfenced_resource,
         options.fail_syncs_keep_unsynced,
         options
             .router_rpc_timeout_ms

@@ -63,6 +63,10 @@ pub enum Workload {
     /// Puts with times to live, expires and persists, read linearizably and at timestamps;
     /// no value may be read past its expiry or come back after it expired (`checker::ttl`).
     Ttl,
+    /// Clients take turns holding a few locks on 1 s leases (some pausing past their TTL)
+    /// and write to a resource that refuses lower fencing tokens; accepted writes must be
+    /// in token order (`checker::lock`), overlapping holders are reported.
+    Lock,
 }
 
 impl Workload {

@@ -69,7 +69,7 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "kill-one,partition-majority")]
     nemesis: Vec<String>,
     /// Workloads (comma-separated): register, set, timestamp, snapshot, append, bank,
-    /// rw-register, batch, scan, delete-range; `all` for every one.
+    /// rw-register, batch, scan, delete-range, watch, ttl, lock; `all` for every one.
     #[arg(long, value_delimiter = ',', default_value = "register,set")]
     workload: Vec<String>,
     /// List every violation found, not the first few of each kind (per key for
@@ -159,6 +159,10 @@ struct RunArgs {
     /// `--router-rpc-timeout-ms`, e.g. 15, so applied writes are retried without faults).
     #[arg(long)]
     unsafe_fresh_request_ids: bool,
+    /// Negative control: the lock workload's resource accepts every fencing token (the
+    /// lock workload catches a stale holder's write landing after a newer holder's).
+    #[arg(long)]
+    unsafe_unfenced_resource: bool,
     /// Negative control: watchers resume every watch from now instead of from their
     /// position (the watch workload catches the events lost in between).
     #[arg(long)]
@@ -273,6 +277,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Validity> {
     options.unsafe_resolve_without_primary = args.unsafe_resolve_without_primary;
     options.unsafe_tso_prefetch = args.unsafe_tso_prefetch;
     options.unsafe_fresh_request_ids = args.unsafe_fresh_request_ids;
+    options.unsafe_unfenced_resource = args.unsafe_unfenced_resource;
     options.unsafe_watch_resume_from_now = args.unsafe_watch_resume_from_now;
     options.router_rpc_timeout_ms = args.router_rpc_timeout_ms;
     options.routers = args.routers.max(1);
@@ -335,6 +340,10 @@ fn main() -> ExitCode {
                     (
                         Workload::DeleteRange,
                         has(&|f| matches!(f, F::RangeFill | F::DeleteRange | F::RangeRead)),
+                    ),
+                    (
+                        Workload::Lock,
+                        has(&|f| matches!(f, F::LockAcquire | F::GuardedWrite | F::LockRelease)),
                     ),
                     (
                         Workload::Watch,

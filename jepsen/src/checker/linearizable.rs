@@ -385,7 +385,10 @@ fn extract(pairs: &[OpPair<'_>]) -> Extracted {
                 | F::TtlPut
                 | F::TtlExpire
                 | F::TtlRead
-                | F::TtlReadAt,
+                | F::TtlReadAt
+                | F::LockAcquire
+                | F::GuardedWrite
+                | F::LockRelease,
                 _,
             ) => {
                 extracted.ignored_other += 1;

@@ -20,6 +20,8 @@
 //!   no key nobody wrote, none skipped that was there, unchanged, for the whole scan.
 //! - [`delete_range`]: ranges filled and deleted: nothing written before an acknowledged
 //!   delete-range is read after it.
+//! - [`lock`]: writes guarded by locks' fencing tokens: accepted in token order; tokens
+//!   unique and increasing; overlapping holders reported (not promised under pauses).
 //! - [`watch`]: watch streams resumed across faults: every acknowledged put and delete
 //!   delivered exactly once, per key in commit order, nothing nobody wrote.
 //! - [`ttl`]: keys with a time to live: no read returns a value past its expiry, and no
@@ -42,6 +44,7 @@ pub mod batch;
 pub mod delete_range;
 pub mod elle;
 pub mod linearizable;
+pub mod lock;
 pub(crate) mod mutations;
 pub mod scan;
 pub mod set;

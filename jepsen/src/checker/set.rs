@@ -166,7 +166,10 @@ pub fn analyze_with(history: &History, listing: Listing) -> Result<SetAnalysis, 
             | F::TtlPut
             | F::TtlExpire
             | F::TtlRead
-            | F::TtlReadAt => {}
+            | F::TtlReadAt
+            | F::LockAcquire
+            | F::GuardedWrite
+            | F::LockRelease => {}
         }
     }
 

@@ -471,7 +471,10 @@ fn extract(pairs: &[OpPair<'_>]) -> Result<Extracted, String> {
             | F::TtlPut
             | F::TtlExpire
             | F::TtlRead
-            | F::TtlReadAt => {}
+            | F::TtlReadAt
+            | F::LockAcquire
+            | F::GuardedWrite
+            | F::LockRelease => {}
         }
     }
     Ok(extracted)
