@@ -64,15 +64,7 @@ impl Client {
             ttl_ms: 0,
             expires_at_ts: if delete { 0 } else { expires_at_ts },
         };
-        let max_bytes = self.routers().config().max_message_bytes;
-        let response = self
-            .routers()
-            .call(OpKind::Write, "compare-and-swap", |channel, timeout| {
-                let request = with_deadline(message.clone(), timeout);
-                async move { kv_client(channel, max_bytes).compare_and_swap(request).await }
-            })
-            .await?;
-        Ok(CasOutcome::from(response))
+        self.send_compare_and_swap(message).await
     }
 
     /// Moves `key`'s expiry to oracle timestamp `expires_at_ts`, keeping its value (under
@@ -84,15 +76,7 @@ impl Client {
             request_id: new_request_id(),
             expires_at_ts: nonzero_deadline(expires_at_ts)?,
         };
-        let max_bytes = self.routers().config().max_message_bytes;
-        let response = self
-            .routers()
-            .call(OpKind::Write, "expire", |channel, timeout| {
-                let request = with_deadline(message.clone(), timeout);
-                async move { kv_client(channel, max_bytes).expire(request).await }
-            })
-            .await?;
-        Ok(response.applied.then_some(response.version))
+        self.send_expire(message).await
     }
 
     /// Reads `key` linearizably with its expiry; `None` when absent or expired.

@@ -84,15 +84,7 @@ impl Client {
             ttl_ms: ttl_ms(ttl)?,
             expires_at_ts: 0,
         };
-        let max_bytes = self.routers().config().max_message_bytes;
-        let response = self
-            .routers()
-            .call(OpKind::Write, "compare-and-swap", |channel, timeout| {
-                let request = with_deadline(message.clone(), timeout);
-                async move { kv_client(channel, max_bytes).compare_and_swap(request).await }
-            })
-            .await?;
-        Ok(CasOutcome::from(response))
+        self.send_compare_and_swap(message).await
     }
 
     /// Makes `key` expire `ttl` after this write commits, keeping its value (under a new
@@ -114,6 +106,27 @@ impl Client {
             request_id: new_request_id(),
             expires_at_ts: 0,
         };
+        self.send_expire(message).await
+    }
+
+    /// Sends a compare-and-swap (one request id for every attempt).
+    pub(crate) async fn send_compare_and_swap(
+        &self,
+        message: proto::CompareAndSwapRequest,
+    ) -> Result<CasOutcome, Error> {
+        let max_bytes = self.routers().config().max_message_bytes;
+        let response = self
+            .routers()
+            .call(OpKind::Write, "compare-and-swap", |channel, timeout| {
+                let request = with_deadline(message.clone(), timeout);
+                async move { kv_client(channel, max_bytes).compare_and_swap(request).await }
+            })
+            .await?;
+        Ok(CasOutcome::from(response))
+    }
+
+    /// Sends an expire (one request id for every attempt): the new version when applied.
+    pub(crate) async fn send_expire(&self, message: proto::ExpireRequest) -> Result<Option<u64>, Error> {
         let max_bytes = self.routers().config().max_message_bytes;
         let response = self
             .routers()
