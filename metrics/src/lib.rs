@@ -31,5 +31,5 @@ pub use check::{check_exposition, ExpositionError};
 pub use histogram::{Histogram, Snapshot, LATENCY_BOUNDS_SECONDS};
 pub use http::{MetricsServer, Render};
 pub use reflection::reflection;
-pub use rpc::{MeasureLayer, Measured, MeasuredCall, MethodCounts, RpcMetrics};
+pub use rpc::{CallCounter, MeasureLayer, Measured, MeasuredCall, MethodCounts, RpcMetrics};
 pub use text::{Exposition, Family, Kind};

@@ -102,6 +102,20 @@ impl RpcMetrics {
         method.latency.observe(started.elapsed());
     }
 
+    /// The counter of `service`'s `method` (its full and short names), for calls that are
+    /// not gRPC requests of their own — frames of a pipeline stream, each answered as its
+    /// unary call would be; None for a method not given at construction.
+    pub fn method(self: &Arc<Self>, service: &str, method: &str) -> Option<CallCounter> {
+        let index = self
+            .methods
+            .iter()
+            .position(|candidate| candidate.service == service && candidate.name == method)?;
+        Some(CallCounter {
+            metrics: Arc::clone(self),
+            index,
+        })
+    }
+
     /// What calls of `service`'s `method` were answered so far.
     pub fn counts(&self, service: &str, method: &str) -> MethodCounts {
         let mut counts = MethodCounts::default();
@@ -186,6 +200,33 @@ pub struct MethodCounts {
 struct Answer {
     code: usize,
     outcome_unknown: bool,
+}
+
+/// Counts the calls of one method that arrive other than as gRPC requests (see
+/// [`RpcMetrics::method`]): the same series as the method's own requests.
+#[derive(Debug, Clone)]
+pub struct CallCounter {
+    metrics: Arc<RpcMetrics>,
+    index: usize,
+}
+
+impl CallCounter {
+    /// One call that arrived at `started`, answered with gRPC `code` (0: OK; an unknown
+    /// code counts as UNKNOWN), marked outcome-unknown or not.
+    pub fn observe(&self, code: i32, outcome_unknown: bool, started: Instant) {
+        let code = usize::try_from(code)
+            .ok()
+            .filter(|code| *code < CODE_NAMES.len())
+            .unwrap_or(UNKNOWN_CODE);
+        self.metrics.record(
+            self.index,
+            Answer {
+                code,
+                outcome_unknown,
+            },
+            started,
+        );
+    }
 }
 
 /// The tower layer that counts every call of a server in an [`RpcMetrics`].

@@ -251,11 +251,11 @@ impl NodeServer {
         let router = tonic::transport::Server::builder()
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS_PER_CONNECTION)
-            .layer(ringkv_metrics::MeasureLayer::new(rpc_metrics))
+            .layer(ringkv_metrics::MeasureLayer::new(rpc_metrics.clone()))
             .add_service(RoleGate::new(
                 Bounded::new(
                     ShardKvServer::new(AuthorizedShardKv::new(
-                        ShardKvService::new(node.clone()),
+                        ShardKvService::new(node.clone(), cancel.clone(), &rpc_metrics),
                         Authorizer::new(&node),
                     ))
                     .max_decoding_message_size(max_message_bytes)

@@ -23,8 +23,13 @@ use ringkv_tls::rustls::ClientConfig;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use prost::Message;
+use ringkv_proto::v1::shard_frame::Call;
+use ringkv_proto::v1::shard_frame_reply::Answer;
+
 use crate::config::RouterConfig;
 use crate::node_api::{NodeApi, RingChangeRequest, TxnCall, TxnReply};
+use crate::node_pipeline::{self, NodePipeline};
 use crate::read_merge::{ReadLane, SendRead, MAX_MERGED_KEYS};
 use crate::write_merge::{SendWrite, WriteLane};
 
@@ -113,6 +118,10 @@ pub struct GrpcNodes {
     read_lanes: Mutex<HashMap<(String, u32, i32), ReadLane<LaneSender>>>,
     /// Writes per (node address, shard), merged while others are in flight.
     write_lanes: Mutex<HashMap<(String, u32), WriteLane<LaneSender>>>,
+    /// The lanes' pipeline per node address.
+    pipelines: Mutex<HashMap<String, Arc<NodePipeline>>>,
+    /// How long opening a pipeline stream may take.
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for GrpcNodes {
@@ -124,14 +133,32 @@ impl std::fmt::Debug for GrpcNodes {
     }
 }
 
-/// Sends a lane's (merged) reads or writes to its node.
+/// Sends a lane's (merged) reads or writes to its node: on the node's pipeline, or unary
+/// when the call is large or the node has none.
 #[derive(Clone)]
 struct LaneSender {
     client: ShardKvClient<Channel>,
+    pipeline: Arc<NodePipeline>,
+}
+
+impl LaneSender {
+    /// `call` on the pipeline, bounded by `timeout`, acting for the task's user (none on a
+    /// lane's task: the router itself, which checked every merged request).
+    async fn piped(&self, call: Call, timeout: Duration) -> Result<Answer, Status> {
+        let user = crate::auth::current_user().unwrap_or_default();
+        bounded(timeout, self.pipeline.call(call, user, timeout)).await
+    }
 }
 
 impl SendRead for LaneSender {
     async fn send(&self, request: ShardReadRequest, timeout: Duration) -> Result<ShardReadResponse, Status> {
+        if self.pipeline.carries(request.encoded_len()) {
+            let answer = self.piped(Call::Read(request), timeout).await?;
+            return node_pipeline::expect(answer, |answer| match answer {
+                Answer::Read(read) => Some(read),
+                _ => None,
+            });
+        }
         let mut client = self.client.clone();
         let response = bounded(timeout, client.read(with_timeout(request, timeout))).await?;
         Ok(response.into_inner())
@@ -144,6 +171,13 @@ impl SendWrite for LaneSender {
         request: ShardWriteRequest,
         timeout: Duration,
     ) -> Result<ShardWriteResponse, Status> {
+        if self.pipeline.carries(request.encoded_len()) {
+            let answer = self.piped(Call::Write(request), timeout).await?;
+            return node_pipeline::expect(answer, |answer| match answer {
+                Answer::Write(write) => Some(write),
+                _ => None,
+            });
+        }
         let mut client = self.client.clone();
         let response = bounded(timeout, client.write(with_timeout(request, timeout))).await?;
         Ok(response.into_inner())
@@ -154,6 +188,13 @@ impl SendWrite for LaneSender {
         request: ShardWriteBatchRequest,
         timeout: Duration,
     ) -> Result<ShardWriteBatchResponse, Status> {
+        if self.pipeline.carries(request.encoded_len()) {
+            let answer = self.piped(Call::WriteBatch(request), timeout).await?;
+            return node_pipeline::expect(answer, |answer| match answer {
+                Answer::WriteBatch(batch) => Some(batch),
+                _ => None,
+            });
+        }
         let mut client = self.client.clone();
         let response = bounded(timeout, client.write_batch(with_timeout(request, timeout))).await?;
         Ok(response.into_inner())
@@ -195,15 +236,15 @@ impl GrpcNodes {
             max_response_bytes: config.max_response_bytes,
             read_lanes: Mutex::new(HashMap::new()),
             write_lanes: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            connect_timeout: config.connect_timeout(),
         }
     }
 
     /// The read lane of `shard` at `consistency` on `addr`, started on first use.
     fn read_lane(&self, addr: &str, shard: u32, consistency: i32) -> Result<ReadLane<LaneSender>, Status> {
         lane(&self.read_lanes, (addr.to_string(), shard, consistency), || {
-            let sender = LaneSender {
-                client: self.shard_kv(addr)?,
-            };
+            let sender = self.lane_sender(addr)?;
             Ok(ReadLane::spawn(sender, shard, consistency))
         })
     }
@@ -211,11 +252,23 @@ impl GrpcNodes {
     /// The write lane of `shard` on `addr`, started on first use.
     fn write_lane(&self, addr: &str, shard: u32) -> Result<WriteLane<LaneSender>, Status> {
         lane(&self.write_lanes, (addr.to_string(), shard), || {
-            let sender = LaneSender {
-                client: self.shard_kv(addr)?,
-            };
+            let sender = self.lane_sender(addr)?;
             Ok(WriteLane::spawn(sender, shard))
         })
+    }
+
+    /// What a new lane to `addr` sends with: the node's pipeline (started on first use)
+    /// and its unary client.
+    fn lane_sender(&self, addr: &str) -> Result<LaneSender, Status> {
+        let client = self.shard_kv(addr)?;
+        let pipeline = lane(&self.pipelines, addr.to_string(), || {
+            Ok(Arc::new(NodePipeline::start(
+                addr.to_string(),
+                client.clone(),
+                self.connect_timeout,
+            )))
+        })?;
+        Ok(LaneSender { client, pipeline })
     }
 
     fn shard_kv(&self, addr: &str) -> Result<ShardKvClient<Channel>, Status> {

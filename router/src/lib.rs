@@ -35,7 +35,9 @@
 //! - Nodes: `node_api` (the calls the router makes, a trait so tests use fakes),
 //!   `connections` (one lazily connected channel per node, the gRPC implementation), and
 //!   `lane` with `read_merge` and `write_merge` (concurrent reads, and writes, of one shard
-//!   on one node merged into one call while the previous one is in flight).
+//!   on one node merged into one call while the previous one is in flight), and
+//!   `node_pipeline` (the lanes' calls to one node as frames on one `ShardKv.Pipeline`
+//!   stream).
 //!
 //! # Invariants
 //! - Nothing is sent to a node before the request passed validation.
@@ -78,6 +80,7 @@ mod kv_service;
 mod lane;
 pub mod log_format;
 mod node_api;
+mod node_pipeline;
 mod observe;
 mod range;
 mod range_ops;

@@ -245,6 +245,49 @@ async fn writes_without_a_request_id_are_retried_under_the_routers_id() -> anyho
 }
 
 /// ClusterStatus lists every node and shard with placement and leader.
+/// Nodes without `ShardKv.Pipeline` (an older version) answer it UNIMPLEMENTED: the
+/// router's first attempt to each is not applied, and it goes on with unary calls — every
+/// put is applied exactly once and read back.
+#[tokio::test]
+async fn nodes_without_a_pipeline_get_unary_calls() -> anyhow::Result<()> {
+    let nodes = fake_node::start(3, 8, 2, true, true).await?;
+    let store = &nodes.cluster.store;
+    *store.without_pipeline.lock().map_err(|_| anyhow!("poisoned"))? = true;
+    let (router, channel) = start_router(nodes.addrs.clone()).await?;
+    let mut kv = KvClient::new(channel);
+    for i in 0..20u32 {
+        let key = format!("old-{i}").into_bytes();
+        let put = kv
+            .put(PutRequest {
+                ttl_ms: 0,
+                expires_at_ts: 0,
+                key: key.clone(),
+                value: b"v".to_vec(),
+                request_id: vec![],
+            })
+            .await?
+            .into_inner();
+        let read = kv
+            .get(GetRequest {
+                key,
+                consistency: Consistency::Linearizable as i32,
+                read_ts: 0,
+                read_uncommitted: false,
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            read.found && read.version == put.version,
+            "put {i} did not read back"
+        );
+    }
+    let applied = *store.writes_applied.lock().map_err(|_| anyhow!("poisoned"))?;
+    ensure!(applied == 20, "20 puts were applied {applied} times");
+    router.shutdown().await?;
+    nodes.stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn cluster_status_merges_nodes() -> anyhow::Result<()> {
     let nodes = fake_node::start(3, 4, 3, true, true).await?;

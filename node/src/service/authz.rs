@@ -30,7 +30,7 @@ use tonic::{Request, Response, Status};
 
 use super::credentials::PasswordHasher;
 use super::roles::Caller;
-use super::shard::ShardKvService;
+use super::shard::{FrameAuth, ShardKvService};
 use super::status;
 use crate::error::NodeError;
 use crate::node::Node;
@@ -155,9 +155,12 @@ pub struct Authorizer {
 
 impl Authorizer {
     pub fn new(node: &Node) -> Authorizer {
-        Authorizer {
-            table: node.system_group().state.watch_auth(),
-        }
+        Authorizer::watching(node.system_group().state.watch_auth())
+    }
+
+    /// Checks against the table `table` holds, as it changes.
+    pub fn watching(table: watch::Receiver<Arc<AuthTable>>) -> Authorizer {
+        Authorizer { table }
     }
 
     /// The table as this node's system group replica applied it.
@@ -172,15 +175,20 @@ impl Authorizer {
         request: &Request<T>,
         touched: &[(Permission, Access<'_>)],
     ) -> Result<(), NodeError> {
-        let Some(caller) = request.extensions().get::<Caller>() else {
-            return Ok(());
-        };
-        if caller.user == ringkv_authz::ROOT_USER {
+        match request.extensions().get::<Caller>() {
+            Some(caller) => self.check_user(&caller.user, touched),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `user` may do everything `touched` lists.
+    pub fn check_user(&self, user: &str, touched: &[(Permission, Access<'_>)]) -> Result<(), NodeError> {
+        if user == ringkv_authz::ROOT_USER {
             return Ok(());
         }
         let table = self.table();
         for (permission, access) in touched {
-            table.check(&caller.user, *permission, *access)?;
+            table.check(user, *permission, *access)?;
         }
         Ok(())
     }
@@ -226,6 +234,20 @@ macro_rules! authorized {
             )*
 
             type WatchStream = <ShardKvService as ShardKv>::WatchStream;
+            type PipelineStream = <ShardKvService as ShardKv>::PipelineStream;
+
+            /// Each frame is checked as its unary call would be, for the user it names
+            /// (believed from routers only: `FrameAuth`).
+            async fn pipeline(
+                &self,
+                request: Request<tonic::Streaming<v1::ShardFrames>>,
+            ) -> Result<Response<Self::PipelineStream>, Status> {
+                let auth = request
+                    .extensions()
+                    .get::<Caller>()
+                    .map(|caller| FrameAuth::new(self.auth.clone(), caller.clone()));
+                Ok(Response::new(self.inner.serve_pipeline(auth, request.into_inner())))
+            }
 
             async fn watch(
                 &self,

@@ -54,6 +54,8 @@ pub struct Store {
     /// applied: the router sees a broken call (UNKNOWN), an ambiguous attempt.
     pub lose_first_answers: Mutex<bool>,
     answered: Mutex<std::collections::HashSet<(u32, Vec<u8>)>>,
+    /// When set, nodes answer `ShardKv.Pipeline` UNIMPLEMENTED (an older version).
+    pub without_pipeline: Mutex<bool>,
 }
 
 /// The shared state of a fake cluster.
@@ -66,6 +68,7 @@ pub struct FakeCluster {
     pub report_leaders: bool,
 }
 
+#[derive(Clone)]
 pub struct FakeNode {
     node_id: u64,
     cluster: Arc<FakeCluster>,
@@ -398,6 +401,29 @@ impl ShardKv for FakeNode {
 
     type WatchStream =
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::ShardWatchResponse, Status>> + Send>>;
+    type PipelineStream = ringkv_pipeline::Replies<v1::ShardFrameReplies>;
+
+    /// Each frame answered as its unary call (the real node's contract).
+    async fn pipeline(
+        &self,
+        request: Request<tonic::Streaming<v1::ShardFrames>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        if *self
+            .cluster
+            .store
+            .without_pipeline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            return Err(Status::unimplemented("this fake node has no pipeline"));
+        }
+        Ok(Response::new(ringkv_pipeline::serve(
+            self.clone(),
+            request.into_inner(),
+            CancellationToken::new(),
+            Default::default(),
+        )))
+    }
 
     async fn watch(
         &self,
@@ -541,6 +567,55 @@ impl ShardKv for FakeNode {
             ));
         }
         Ok(Response::new(response))
+    }
+}
+
+impl ringkv_pipeline::receiver::Answer for FakeNode {
+    type Frames = v1::ShardFrames;
+    type Frame = v1::ShardFrame;
+    type Reply = v1::ShardFrameReply;
+    type Replies = v1::ShardFrameReplies;
+    const NAME: &'static str = "shard pipeline";
+
+    fn unpack(frames: v1::ShardFrames) -> Vec<v1::ShardFrame> {
+        frames.frames
+    }
+
+    fn pack(replies: Vec<v1::ShardFrameReply>) -> v1::ShardFrameReplies {
+        v1::ShardFrameReplies { replies }
+    }
+
+    fn reply_bytes(reply: &v1::ShardFrameReply) -> usize {
+        prost::Message::encoded_len(reply)
+    }
+
+    fn answer(
+        &self,
+        frame: v1::ShardFrame,
+    ) -> impl std::future::Future<Output = v1::ShardFrameReply> + Send + 'static {
+        use v1::shard_frame::Call;
+        use v1::shard_frame_reply::Answer;
+        let node = self.clone();
+        async move {
+            let answered = match frame.call {
+                Some(Call::Read(read)) => ShardKv::read(&node, Request::new(read))
+                    .await
+                    .map(|response| Answer::Read(response.into_inner())),
+                Some(Call::Write(write)) => ShardKv::write(&node, Request::new(write))
+                    .await
+                    .map(|response| Answer::Write(response.into_inner())),
+                Some(Call::WriteBatch(batch)) => ShardKv::write_batch(&node, Request::new(batch))
+                    .await
+                    .map(|response| Answer::WriteBatch(response.into_inner())),
+                None => Err(Status::invalid_argument("a frame without a call")),
+            };
+            let answer =
+                answered.unwrap_or_else(|status| Answer::Failed(ringkv_pipeline::status::to_frame(&status)));
+            v1::ShardFrameReply {
+                id: frame.id,
+                answer: Some(answer),
+            }
+        }
     }
 }
 
