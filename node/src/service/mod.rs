@@ -44,6 +44,7 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         | NodeError::AlreadyInitialized(_)
         | NodeError::InitRefused(_)
         | NodeError::WrongNode { .. }
+        | NodeError::MemberLostData { .. }
         | NodeError::CampaignRefused(_)
         | NodeError::AuthRejected(_) => Code::FailedPrecondition,
         NodeError::PermissionDenied(_) => Code::PermissionDenied,
