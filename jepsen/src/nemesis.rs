@@ -91,11 +91,11 @@ pub enum NemesisKind {
     Pause,
     /// Skew the wall clocks of a minority of nodes by up to ±30 s (libfaketime).
     ClockSkew,
-    /// Jump one node's wall clock by whole minutes, forward or back: 1 up to the run's
-    /// `clock_bump_max` (5 minutes unless set; past the nodes' de-duplication window when
-    /// they run a shorter `--dedup-window-ms`).
+    /// Jump the wall clock of the node leading the most groups (`clock_victim`) by whole
+    /// minutes, forward or back: 1 up to the run's `clock_bump_max` (5 minutes unless set;
+    /// past the nodes' de-duplication window when they run a shorter `--dedup-window-ms`).
     ClockBump,
-    /// Flip one node's wall clock back and forth every 200 ms.
+    /// Flip the wall clock of the node leading the most groups back and forth every 200 ms.
     ClockStrobe,
     /// Start a node with a fresh id and add it to the ring (`AddNode`); the shards rebalance
     /// onto it while the next faults run. With no free slot left, decommissions instead.

@@ -219,7 +219,9 @@ async fn smoke_large_values_under_kills_and_partitions_are_valid() -> anyhow::Re
     assert_eq!(report.verdict.validity, Validity::Valid, "{summary}");
     assert!(report.ops > 100, "the workload ran: {summary}");
     assert!(
-        summary.contains(&format!("value bytes: {VALUE_BYTES} (register, scan); batch {VALUE_BYTES}")),
+        summary.contains(&format!(
+            "value bytes: {VALUE_BYTES} (register, scan); batch {VALUE_BYTES}"
+        )),
         "the summary records the value size: {summary}"
     );
     let log = report.nemesis_log.join("\n");

@@ -317,9 +317,7 @@ impl Node {
             // A member added again at its address: an idempotent repeat if the node still
             // has its data, a node that came back empty under its old id if not. (Other
             // cases — another address, a removed or dead id — the ring change refuses.)
-            Some(member)
-                if member.addr == addr && !member.state.is_gone() && node_id != self.node_id() =>
-            {
+            Some(member) if member.addr == addr && !member.state.is_gone() && node_id != self.node_id() => {
                 let standing = self.peers().probe(peer).await?;
                 member_kept_its_data(node_id, &config.cluster_id, &standing)?;
             }
