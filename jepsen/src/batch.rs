@@ -29,7 +29,7 @@ pub const GROUPS: u64 = 8;
 
 /// Largest value a batch writes per key: a group's batch stays well under the request and
 /// reply limits whatever `--value-bytes` asks for.
-const MAX_VALUE_BYTES: usize = 512 * 1024;
+pub(crate) const MAX_VALUE_BYTES: usize = 512 * 1024;
 
 /// Largest group (all its values) read linearizably in one call; larger ones are read at
 /// a timestamp (a linearizable read that pages is not one read per shard).

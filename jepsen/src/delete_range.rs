@@ -32,7 +32,7 @@ pub const RANGE_KEYS: u64 = 12;
 pub const REPLAYS: usize = 3;
 
 /// Largest value a fill writes per key (a fill is one batch of every key of a range).
-const MAX_VALUE_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_VALUE_BYTES: usize = 256 * 1024;
 
 /// Page limit of range reads.
 const PAGE_LIMIT: u32 = 4;

@@ -91,11 +91,11 @@ pub enum NemesisKind {
     Pause,
     /// Skew the wall clocks of a minority of nodes by up to ±30 s (libfaketime).
     ClockSkew,
-    /// Jump one node's wall clock by whole minutes, forward or back: 1 up to the run's
-    /// `clock_bump_max` (5 minutes unless set; past the nodes' de-duplication window when
-    /// they run a shorter `--dedup-window-ms`).
+    /// Jump the wall clock of the node leading the most groups (`clock_victim`) by whole
+    /// minutes, forward or back: 1 up to the run's `clock_bump_max` (5 minutes unless set;
+    /// past the nodes' de-duplication window when they run a shorter `--dedup-window-ms`).
     ClockBump,
-    /// Flip one node's wall clock back and forth every 200 ms.
+    /// Flip the wall clock of the node leading the most groups back and forth every 200 ms.
     ClockStrobe,
     /// Start a node with a fresh id and add it to the ring (`AddNode`); the shards rebalance
     /// onto it while the next faults run. With no free slot left, decommissions instead.
@@ -531,6 +531,41 @@ fn random_nodes(nodes: &[usize], count: usize, rng: &mut StdRng) -> Vec<usize> {
     shuffled
 }
 
+/// Where `clock-bump` and `clock-strobe` move the clock: the node leading the most groups
+/// (every shard's, plus the system group's, whose leader serves the timestamp oracle) — the
+/// leader is where de-duplication records are aged, expiries judged and leases held, so its
+/// clock is the one that must go past every window (issue 14). A random one of those tied;
+/// a random node when no leader is known. Also says what the victim led, for the log.
+async fn clock_victim(cluster: &Cluster, nodes: &[usize], rng: &mut StdRng) -> (usize, String) {
+    let mut leaders: Vec<usize> = cluster.leaders().await.into_values().collect();
+    leaders.extend(cluster.system_leader().await);
+    let groups = leaders.len();
+    let busiest = leading_the_most(&leaders);
+    match busiest.choose(rng).copied() {
+        Some(victim) => {
+            let led = leaders.iter().filter(|leader| **leader == victim).count();
+            (victim, format!("leading {led} of {groups} groups"))
+        }
+        None => (
+            nodes[rng.random_range(0..nodes.len())],
+            "no leader known: a random node".to_string(),
+        ),
+    }
+}
+
+/// The nodes that appear most often in `leaders` (one entry per group led), in id order.
+fn leading_the_most(leaders: &[usize]) -> Vec<usize> {
+    let mut led: BTreeMap<usize, usize> = BTreeMap::new();
+    for leader in leaders {
+        *led.entry(*leader).or_default() += 1;
+    }
+    let most = led.values().copied().max().unwrap_or(0);
+    led.into_iter()
+        .filter(|(_, count)| *count == most)
+        .map(|(node, _)| node)
+        .collect()
+}
+
 async fn start(
     cluster: &mut Cluster,
     kind: NemesisKind,
@@ -690,7 +725,7 @@ async fn start(
             ))
         }
         NemesisKind::ClockBump => {
-            let victim = nodes[rng.random_range(0..n)];
+            let (victim, led) = clock_victim(cluster, &nodes, rng).await;
             let max_minutes = i64::try_from(clock_bump_max.as_secs() / 60)
                 .unwrap_or(i64::MAX)
                 .max(1);
@@ -701,11 +736,11 @@ async fn start(
                     nodes: vec![victim],
                     strobe: None,
                 },
-                format!("clock of {victim} bumped {minutes:+} min"),
+                format!("clock of {victim} ({led}) bumped {minutes:+} min"),
             ))
         }
         NemesisKind::ClockStrobe => {
-            let victim = nodes[rng.random_range(0..n)];
+            let (victim, led) = clock_victim(cluster, &nodes, rng).await;
             let delta = rng.random_range(5..=60i64);
             let clock_file = cluster.clock_file(victim);
             let stop = CancellationToken::new();
@@ -727,7 +762,7 @@ async fn start(
                     nodes: vec![victim],
                     strobe: Some((stop, handle)),
                 },
-                format!("clock of {victim} strobing between +0 and +{delta} s"),
+                format!("clock of {victim} ({led}) strobing between +0 and +{delta} s"),
             ))
         }
         NemesisKind::AddNode | NemesisKind::DecommissionNode | NemesisKind::ReplaceNode => {
@@ -1411,6 +1446,15 @@ pub async fn heal_all(cluster: &mut Cluster) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Clock faults go to the node leading the most groups; ties are all candidates; with no
+    /// leader known there is none (the caller then picks a random node).
+    #[test]
+    fn clock_faults_target_the_node_leading_the_most_groups() {
+        assert_eq!(leading_the_most(&[2, 1, 2, 3, 2, 1]), vec![2]);
+        assert_eq!(leading_the_most(&[3, 1, 1, 3]), vec![1, 3]);
+        assert!(leading_the_most(&[]).is_empty());
+    }
 
     /// A majorities ring of 5 lets every node see exactly a majority (itself + 2).
     #[test]

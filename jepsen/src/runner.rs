@@ -888,6 +888,17 @@ pub fn validity_str(validity: Validity) -> &'static str {
     }
 }
 
+/// The summary's value size: what `--value-bytes` asked for, and what the workloads that cap
+/// it used.
+fn value_bytes(asked: usize) -> String {
+    if asked == 0 {
+        return "0 (the numbers alone)".to_string();
+    }
+    let batch = asked.min(crate::batch::MAX_VALUE_BYTES);
+    let ranges = asked.min(crate::delete_range::MAX_VALUE_BYTES);
+    format!("{asked} (register, scan); batch {batch}, delete-range {ranges}")
+}
+
 fn summary(options: &RunOptions, history: &History, report: &RunReport) -> String {
     let mut counts = std::collections::BTreeMap::new();
     for op in &history.ops {
@@ -898,7 +909,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         }
     }
     let mut text = format!(
-        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={} watch-resume-from-now={} unfenced-resource={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
+        "ringkv jepsen run\nseed: {}\nduration: {:?}\nnodes: {}, shards: {}, rf: {}, routers: {}\nworkloads: {:?}\nvalue bytes: {}\nnemeses: {:?}\nclock-bump max: {:?}, dedup window: {}\nunsafe: skip-read-index={} read-lease-ms={} skip-fsync={} ack-before-commit={} local-commit-ts={} skip-write-conflict={} skip-read-validation={} ignore-locks={} resolve-without-primary={} tso-prefetch={} ignore-sync-errors={} fresh-request-ids={} watch-resume-from-now={} unfenced-resource={}\nfailed syncs keep their data: {}, routers' attempt timeout: {}\nisolation: {:?}\nops recorded: {}\nvalid: {}\n\ncompletions:\n",
         options.seed,
         options.duration,
         options.nodes,
@@ -906,6 +917,7 @@ fn summary(options: &RunOptions, history: &History, report: &RunReport) -> Strin
         options.replication_factor,
         options.routers,
         options.workloads,
+        value_bytes(options.value_bytes),
         options.nemeses.iter().map(|k| k.name()).collect::<Vec<_>>(),
         options.clock_bump_max,
         options

@@ -52,6 +52,17 @@ pub enum NodeError {
     Malformed { what: &'static str, detail: String },
     #[error("ring change refused: {0}")]
     RingChangeRejected(#[from] RingChangeRejection),
+    /// `AddNode` for a member whose node answers without the cluster's id: it came back
+    /// with an empty data directory (or another cluster's), so it has no log or vote and
+    /// may not be a voter under its old id (issue 14, defect 8).
+    #[error(
+        "node {node_id} is a member but answers {}: add it under a new node id",
+        lost_data_answer(.answered_cluster)
+    )]
+    MemberLostData {
+        node_id: NodeId,
+        answered_cluster: Option<String>,
+    },
     #[error("campaign refused: {0}")]
     CampaignRefused(#[from] CampaignRefusal),
     /// The caller's user lacks the permission (issue 15; see `ringkv-authz`).
@@ -123,6 +134,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+fn lost_data_answer(answered_cluster: &Option<String>) -> String {
+    match answered_cluster {
+        None => "without the cluster's id (its data directory was lost)".to_string(),
+        Some(other) => format!("as a node of cluster {other}, not of this cluster"),
+    }
+}
+
 fn leader_hint(leader: &Option<(NodeId, String)>) -> String {
     match leader {
         Some((id, addr)) => format!(": the leader is node {id} at {addr}"),
@@ -183,6 +201,13 @@ impl NodeError {
                 detail: detail.clone(),
             },
             NodeError::RingChangeRejected(rejection) => NodeError::RingChangeRejected(rejection.clone()),
+            NodeError::MemberLostData {
+                node_id,
+                answered_cluster,
+            } => NodeError::MemberLostData {
+                node_id: *node_id,
+                answered_cluster: answered_cluster.clone(),
+            },
             NodeError::CampaignRefused(refusal) => NodeError::CampaignRefused(refusal.clone()),
             NodeError::PermissionDenied(denied) => NodeError::PermissionDenied(denied.clone()),
             NodeError::AuthRejected(rejection) => NodeError::AuthRejected(rejection.clone()),
@@ -238,6 +263,7 @@ impl NodeError {
             | NodeError::WrongNode { .. }
             | NodeError::Malformed { .. }
             | NodeError::RingChangeRejected(_)
+            | NodeError::MemberLostData { .. }
             | NodeError::CampaignRefused(_)
             | NodeError::PermissionDenied(_)
             | NodeError::AuthRejected(_)

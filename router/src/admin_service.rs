@@ -101,13 +101,20 @@ impl<N: NodeApi> AdminService<N> {
     }
 
     /// Sends a ring change to ring members in turn until one answers (it forwards the
-    /// change to the system leader); a definite refusal is returned at once.
+    /// change to the system leader); a definite refusal is returned at once, with the node's
+    /// code (`FAILED_PRECONDITION` for a member that lost its data and must be added under a
+    /// new id; `INVALID_ARGUMENT` for a refused change).
     async fn handle_ring_change(
         &self,
         change: RingChangeRequest,
         deadline: Instant,
-    ) -> Result<RingChangeResponse, RouterError> {
-        let view = self.ctx.topology.wait_for_ring(deadline).await?;
+    ) -> Result<RingChangeResponse, Status> {
+        let view = self
+            .ctx
+            .topology
+            .wait_for_ring(deadline)
+            .await
+            .map_err(|err| to_status(&err))?;
         let mut last_error = String::from("no ring member to ask");
         for member in view
             .info
@@ -129,13 +136,13 @@ impl<N: NodeApi> AdminService<N> {
                     self.ctx.topology.request_refresh();
                     return Ok(response);
                 }
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists
-                    ) =>
-                {
-                    return Err(RouterError::InvalidArgument(status.message().to_string()));
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    return Err(Status::failed_precondition(status.message()));
+                }
+                Err(status) if matches!(status.code(), Code::InvalidArgument | Code::AlreadyExists) => {
+                    return Err(to_status(&RouterError::InvalidArgument(
+                        status.message().to_string(),
+                    )));
                 }
                 Err(status) => {
                     debug!(addr = %member.addr, code = ?status.code(), "ring change not taken; trying another member");
@@ -143,9 +150,9 @@ impl<N: NodeApi> AdminService<N> {
                 }
             }
         }
-        Err(RouterError::Unavailable(format!(
+        Err(to_status(&RouterError::Unavailable(format!(
             "no node took the ring change: {last_error}"
-        )))
+        ))))
     }
 
     /// Sends a leader transfer to the shard's leader; a node that is no longer the leader
@@ -322,7 +329,6 @@ impl<N: NodeApi> Admin for AdminService<N> {
         self.handle_ring_change(RingChangeRequest::Add(request), admission.deadline)
             .await
             .map(Response::new)
-            .map_err(|err| to_status(&err))
     }
 
     async fn decommission_node(
@@ -337,7 +343,6 @@ impl<N: NodeApi> Admin for AdminService<N> {
         )
         .await
         .map(Response::new)
-        .map_err(|err| to_status(&err))
     }
 
     async fn hold_history(

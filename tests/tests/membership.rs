@@ -527,3 +527,45 @@ async fn a_node_that_lost_its_data_is_declared_dead_and_replaced() -> Result<()>
     );
     Ok(())
 }
+
+/// `node add` under the id of a member whose node came back with an empty data directory
+/// is refused (FAILED_PRECONDITION, and kvctl exits non-zero naming it) instead of
+/// answering "unchanged" as for a repeat: the node has no log and no vote, so it may only
+/// come back under a new id (issue 14, defect 8). The same command for a member that kept
+/// its data stays an idempotent success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_its_data_is_not_added_again_under_its_id() -> Result<()> {
+    const LOST_DATA: &str =
+        "node 3 is a member but answers without the cluster's id (its data directory was lost): \
+         add it under a new node id";
+    let mut cluster = Cluster::start(options(3, &[])).await?;
+    let client = cluster.client().await?;
+    let kept = client.add_node(1, &cluster.node_addr(1)?).await?;
+    assert!(!kept.changed, "a member with its data is added again as a no-op");
+
+    let addr = cluster.node_addr(3)?;
+    cluster.stop_node(3).await?;
+    std::fs::remove_dir_all(&cluster.nodes[&3].data_dir)?;
+    cluster.start_node_listening(3, &addr).await?;
+    match client.add_node(3, &addr).await {
+        Err(ringkv_client::Error::FailedPrecondition(message)) => {
+            assert!(message.contains(LOST_DATA), "{message}")
+        }
+        other => bail!("adding the wiped node 3 again: {other:?}"),
+    }
+    let output = cluster.kvctl(&["node", "add", "3", &addr]).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "kvctl node add succeeded: {stderr}");
+    assert!(stderr.contains(LOST_DATA), "{stderr}");
+    assert_eq!(
+        cluster.node_status(3).await?.cluster_id,
+        "",
+        "the wiped node was not let back in"
+    );
+    assert_eq!(
+        member_state(&cluster, 1, 3).await,
+        Some(v1::MemberState::Active),
+        "the ring still lists node 3 as it was"
+    );
+    Ok(())
+}

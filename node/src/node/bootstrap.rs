@@ -305,14 +305,23 @@ impl Node {
                 "add node needs a non-zero node id and an address".to_string(),
             ));
         }
-        let known = config.members.iter().any(|member| member.node_id == node_id);
-        if !known {
-            self.ready_for_ring_change(&config)?;
-            let peer = Peer {
-                node: node_id,
-                addr: &addr,
-            };
-            self.peers().join(peer, &config.cluster_id).await?;
+        let peer = Peer {
+            node: node_id,
+            addr: &addr,
+        };
+        match config.members.iter().find(|member| member.node_id == node_id) {
+            None => {
+                self.ready_for_ring_change(&config)?;
+                self.peers().join(peer, &config.cluster_id).await?;
+            }
+            // A member added again at its address: an idempotent repeat if the node still
+            // has its data, a node that came back empty under its old id if not. (Other
+            // cases — another address, a removed or dead id — the ring change refuses.)
+            Some(member) if member.addr == addr && !member.state.is_gone() && node_id != self.node_id() => {
+                let standing = self.peers().probe(peer).await?;
+                member_kept_its_data(node_id, &config.cluster_id, &standing)?;
+            }
+            Some(_) => {}
         }
         self.change_ring(RingChangeKind::AddNode { node_id, addr }).await
     }
@@ -468,9 +477,46 @@ pub fn ring_info(config: &ClusterConfig) -> v1::RingInfo {
     }
 }
 
+/// Whether member `node_id`, asked again to join, still is the member the ring lists: it
+/// answers with `cluster_id`. One that answers without it lost its data directory (or is
+/// another cluster's node at that address): it holds no log and no vote, so letting it back
+/// as a voter under its old id could undo what it had promised (issue 14, defect 8).
+fn member_kept_its_data(
+    node_id: NodeId,
+    cluster_id: &str,
+    standing: &MemberStanding,
+) -> Result<(), NodeError> {
+    if standing.cluster_id.as_deref() == Some(cluster_id) {
+        return Ok(());
+    }
+    Err(NodeError::MemberLostData {
+        node_id,
+        answered_cluster: standing.cluster_id.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A member asked to join again is let through (an idempotent repeat) only when it
+    /// answers with the cluster's id; without it, or with another cluster's, it is refused
+    /// with a message that says to add it under a new id.
+    #[test]
+    fn a_member_that_lost_its_data_is_not_let_back_under_its_id() {
+        assert!(member_kept_its_data(3, "c1", &stands(Some("c1"), true, true)).is_ok());
+        let wiped = member_kept_its_data(3, "c1", &stands(None, false, false))
+            .expect_err("a wiped member is refused");
+        assert!(matches!(wiped, NodeError::MemberLostData { node_id: 3, .. }));
+        assert_eq!(
+            wiped.to_string(),
+            "node 3 is a member but answers without the cluster's id (its data directory was lost): \
+             add it under a new node id"
+        );
+        let other = member_kept_its_data(3, "c1", &stands(Some("c2"), true, true))
+            .expect_err("another cluster's node is refused");
+        assert!(other.to_string().contains("cluster c2"), "{other}");
+    }
 
     fn stands(cluster_id: Option<&str>, initialized: bool, started: bool) -> MemberStanding {
         MemberStanding {

@@ -693,6 +693,98 @@ mod tests {
         store.close_gap_before(24).await.expect("contiguous");
     }
 
+    /// The same crash through the path openraft takes: the follower's store is asked to
+    /// purge up to the installed snapshot (deferred: no purger runs here), then `append`s
+    /// the entries after it, and the node dies before the purger records anything. The
+    /// reopened log has no hole, and openraft's start-up (`get_initial_state`, which reads
+    /// every log id from the purge point on) succeeds. Without the purge `append` carries
+    /// out first, the log would be 1..=5, a hole, 21..=23 with no purge point, and the start
+    /// would fail on the missing entries (issue 14, defect 2).
+    #[tokio::test]
+    async fn a_crash_after_appending_past_a_snapshot_leaves_a_group_that_opens() {
+        use openraft::storage::{RaftLogStorageExt, StorageHelper};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (engine, state) = crate::raft::state_machine::test_support::open(dir.path());
+        let group = GroupId::Shard(0);
+        {
+            let wal = open_wal(dir.path());
+            let flusher = Flusher::new(wal.clone(), false);
+            let (mut store, _purges) =
+                LogStore::open(wal.clone(), group, engine.clone(), flusher, 1 << 20, unpaced());
+            store
+                .blocking_append((1..=5).map(|i| put(i, b"k", b"v", i as u8)))
+                .await
+                .expect("append 1..=5");
+            // The snapshot covers 1..=20: openraft asks for the purge, the purger is slow.
+            store.purge(log_id(2, 20)).await.expect("purge request");
+            store
+                .blocking_append((21..=23).map(|i| put(i, b"k", b"v", i as u8)))
+                .await
+                .expect("append after the snapshot");
+            // The crash: the appends are durable (acknowledged), nothing else runs.
+            drop(store);
+            wal.close().expect("close");
+        }
+        let wal = open_wal(dir.path());
+        let flusher = Flusher::new(wal.clone(), false);
+        let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20, unpaced());
+        let log = store.get_log_state().await.expect("log state");
+        assert_eq!(log.last_purged_log_id, Some(log_id(2, 20)));
+        assert_eq!(log.last_log_id, Some(log_id(2, 23)));
+        let entries = store.try_get_log_entries(21..24).await.expect("entries");
+        let indexes: Vec<u64> = entries.iter().map(|entry| entry.log_id.index).collect();
+        assert_eq!(indexes, vec![21, 22, 23], "no hole after the purge point");
+        let mut state_machine = crate::raft::state_machine::StateMachine::new(state);
+        StorageHelper::new(&mut store, &mut state_machine)
+            .get_initial_state()
+            .await
+            .expect("the group opens after the crash");
+    }
+
+    /// Entries that would follow the log's end after a gap no snapshot explains (no purge
+    /// requested up to just before them) are refused with an error, and nothing is written:
+    /// reads return the log as it was, never the refused entries in place of missing ones.
+    #[tokio::test]
+    async fn an_append_after_an_unexplained_gap_is_refused() {
+        use openraft::storage::RaftLogStorageExt;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = storage::open(&dir.path().join("db")).expect("engine");
+        let group = GroupId::Shard(4);
+        let wal = open_wal(dir.path());
+        let flusher = Flusher::new(wal.clone(), false);
+        let (mut store, _purges) = LogStore::open(wal, group, engine, flusher, 1 << 20, unpaced());
+        store
+            .blocking_append((1..=5).map(|i| put(i, b"k", b"v", i as u8)))
+            .await
+            .expect("append 1..=5");
+        let refused = store
+            .blocking_append((21..=23).map(|i| put(i, b"k", b"v", i as u8)))
+            .await
+            .expect_err("no purge explains the gap");
+        assert!(
+            refused.to_string().contains("with no purge up to them"),
+            "{refused}"
+        );
+        // A purge requested up to another point does not explain it either.
+        store.purge(log_id(2, 15)).await.expect("purge request");
+        store
+            .blocking_append((21..=23).map(|i| put(i, b"k", b"v", i as u8)))
+            .await
+            .expect_err("a purge up to 15 does not explain entries from 21");
+        let log = store.get_log_state().await.expect("log state");
+        assert_eq!(log.last_log_id, Some(log_id(2, 5)), "nothing was appended");
+        let entries = store.try_get_log_entries(1..24).await.expect("entries");
+        let indexes: Vec<u64> = entries.iter().map(|entry| entry.log_id.index).collect();
+        assert_eq!(indexes, vec![1, 2, 3, 4, 5]);
+        assert!(store
+            .try_get_log_entries(21..24)
+            .await
+            .expect("entries")
+            .is_empty());
+    }
+
     /// With the WAL's queue full (a slow disk) a log write waits for room without parking
     /// its thread: another task of the same current-thread runtime runs meanwhile (before,
     /// the write blocked the thread on a condition variable, and on a node every worker

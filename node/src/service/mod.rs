@@ -44,6 +44,7 @@ pub fn status(err: NodeError, is_write: bool) -> Status {
         | NodeError::AlreadyInitialized(_)
         | NodeError::InitRefused(_)
         | NodeError::WrongNode { .. }
+        | NodeError::MemberLostData { .. }
         | NodeError::CampaignRefused(_)
         | NodeError::AuthRejected(_) => Code::FailedPrecondition,
         NodeError::PermissionDenied(_) => Code::PermissionDenied,
@@ -103,6 +104,25 @@ mod tests {
     /// A not-leader error carries the leader hint; a pre-proposal rejection is marked as
     /// not applied, a post-proposal one as outcome unknown; a reused request id is a marked
     /// INVALID_ARGUMENT naming the id.
+    /// A member that lost its data, asked to join again, is a failed precondition (the
+    /// router passes it on as it is): the cluster is fine, the node must come under a new id.
+    #[test]
+    fn a_member_that_lost_its_data_is_a_failed_precondition() {
+        let lost = status(
+            NodeError::MemberLostData {
+                node_id: 3,
+                answered_cluster: None,
+            },
+            false,
+        );
+        assert_eq!(lost.code(), Code::FailedPrecondition);
+        assert!(
+            lost.message().contains("add it under a new node id"),
+            "{}",
+            lost.message()
+        );
+    }
+
     #[test]
     fn not_leader_mapping() {
         let rejected = status(
