@@ -5,8 +5,15 @@
 //!
 //! The endpoints are `--endpoints` (routers, or any node), `--nodes`, and with `--cluster`
 //! every ring member a router knows (its `ClusterStatus`). `health` exits 1 when any
-//! endpoint is not serving or does not answer. Key counts are not reported: a node keeps
-//! no count of its keys (`kvctl count` counts them through a router).
+//! endpoint is not serving or does not answer.
+//!
+//! `status` shows each node's keys, as etcdctl does, unless `--no-keys`: the node counts the
+//! keys of every shard replica it holds (`NodeStatusRequest.count_keys`, bounded per
+//! replica, expired keys left out), and kvctl sums them over the replicas the node holds
+//! (`KEYS HELD`: every copy, so a key counts once per replica) and over those it leads
+//! (`KEYS LED`: summed over the nodes, each key once). Counting needs admin when permissions
+//! are on; a node that refuses (or fails) the count is asked again without it, and the
+//! count's error is shown instead.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +45,10 @@ pub struct EndpointArgs {
     /// Also every ring member the routers at --endpoints know.
     #[arg(long)]
     pub cluster: bool,
+    /// `status`: do not count each node's keys (counting walks every replica's keys, and
+    /// needs admin when permissions are on).
+    #[arg(long)]
+    pub no_keys: bool,
     /// More endpoints (nodes or routers, host:port), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
@@ -53,8 +64,17 @@ pub async fn run(
     match command {
         EndpointCommand::Status(args) => {
             let targets = targets(&endpoints, &args, &config).await?;
-            let statuses = ask_all(&targets, &config, status_of).await;
+            let count_keys = !args.no_keys;
+            let statuses = ask_all(&targets, &config, |endpoint, config| {
+                status_of(endpoint, config, count_keys)
+            })
+            .await;
             output::emit(&render_status(&statuses, format))?;
+            for answer in &statuses {
+                if let KeyCounts::Failed(err) = &answer.keys {
+                    eprintln!("{}: keys not counted: {err}", answer.endpoint);
+                }
+            }
             Ok(Outcome::Success)
         }
         EndpointCommand::Health(args) => {
@@ -113,17 +133,83 @@ struct EndpointStatus {
     endpoint: String,
     status: Result<proto::NodeStatusResponse, String>,
     health: Result<Health, String>,
+    /// What became of the key counts: not asked, counted, or why not.
+    keys: KeyCounts,
 }
 
-async fn status_of(endpoint: &str, config: &ClientConfig) -> EndpointStatus {
-    let (status, health) = futures::join!(
-        admin::node_status(endpoint, config),
-        admin::health(endpoint, "", config)
-    );
+/// Whether an endpoint's status carries key counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyCounts {
+    NotAsked,
+    Counted,
+    /// The count failed (or was refused) with this error; the status came without it.
+    Failed(String),
+}
+
+async fn status_of(endpoint: &str, config: &ClientConfig, count_keys: bool) -> EndpointStatus {
+    let status = async {
+        if !count_keys {
+            return (admin::node_status(endpoint, config).await, KeyCounts::NotAsked);
+        }
+        match admin::node_status_with_key_counts(endpoint, config).await {
+            Ok(status) => (Ok(status), KeyCounts::Counted),
+            // Refused (no admin) or failed: the rest of the status is still worth showing.
+            Err(count_error) => (
+                admin::node_status(endpoint, config).await,
+                KeyCounts::Failed(count_error.to_string()),
+            ),
+        }
+    };
+    let ((status, keys), health) = futures::join!(status, admin::health(endpoint, "", config));
     EndpointStatus {
         endpoint: endpoint.to_string(),
         status: status.map_err(|err| err.to_string()),
         health: health.map_err(|err| err.to_string()),
+        keys,
+    }
+}
+
+/// A node's keys summed over its shard replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct KeySums {
+    /// Over every shard replica it holds.
+    held: u64,
+    /// Over the shard replicas it leads.
+    led: u64,
+    /// Some replica's count stopped at the node's bound: the sums are lower bounds.
+    partial: bool,
+}
+
+/// The key sums of a status counted with keys; `None` for a router (no replicas) or a
+/// status without counts.
+fn key_sums(answer: &EndpointStatus) -> Option<KeySums> {
+    let (Ok(status), KeyCounts::Counted) = (&answer.status, &answer.keys) else {
+        return None;
+    };
+    if status.process_role == "router" {
+        return None;
+    }
+    let mut sums = KeySums::default();
+    for replica in status
+        .replicas
+        .iter()
+        .filter(|replica| replica.shard_id.is_some())
+    {
+        sums.held += replica.key_count;
+        if replica.role() == proto::ReplicaRole::Leader {
+            sums.led += replica.key_count;
+        }
+        sums.partial |= replica.key_count_partial;
+    }
+    Some(sums)
+}
+
+/// A key sum for a table cell: `>=N` when partial.
+fn key_cell(count: u64, partial: bool) -> String {
+    if partial {
+        format!(">={count}")
+    } else {
+        count.to_string()
     }
 }
 
@@ -204,12 +290,18 @@ fn render_status(statuses: &[EndpointStatus], format: OutputFormat) -> String {
                             "-".into(),
                             "-".into(),
                             "-".into(),
+                            "-".into(),
+                            "-".into(),
                             format!("error: {err}"),
                         ],
                         Ok(status) => {
                             let (leaders, replicas, system) = raft_summary(status);
                             let storage = status.storage.as_ref();
                             let size = |bytes: Option<u64>| bytes.map_or("-".to_string(), human_bytes);
+                            let sums = key_sums(answer);
+                            let keys = |pick: fn(&KeySums) -> u64| {
+                                sums.map_or("-".to_string(), |sums| key_cell(pick(&sums), sums.partial))
+                            };
                             vec![
                                 answer.endpoint.clone(),
                                 status.process_role.clone(),
@@ -225,6 +317,8 @@ fn render_status(statuses: &[EndpointStatus], format: OutputFormat) -> String {
                                 system.map_or("-".into(), |(_, applied)| applied.to_string()),
                                 size(storage.map(|storage| storage.db_bytes)),
                                 size(storage.map(|storage| storage.wal_bytes)),
+                                keys(|sums| sums.held),
+                                keys(|sums| sums.led),
                                 status.metrics_addr.clone(),
                             ]
                         }
@@ -243,10 +337,12 @@ fn render_status(statuses: &[EndpointStatus], format: OutputFormat) -> String {
                     "SYSTEM APPLIED",
                     "DB SIZE",
                     "WAL SIZE",
+                    "KEYS HELD",
+                    "KEYS LED",
                     "METRICS",
                 ],
                 rows,
-                &[2, 6, 7, 8, 9],
+                &[2, 6, 7, 8, 9, 10, 11],
             )
         }
         OutputFormat::Json => {
@@ -278,7 +374,16 @@ fn render_status(statuses: &[EndpointStatus], format: OutputFormat) -> String {
                                 object["snapshot_bytes"] = json!(storage.snapshot_bytes);
                             }
                             object["metrics_addr"] = json!(status.metrics_addr);
+                            if let Some(sums) = key_sums(answer) {
+                                object["keys_held"] = json!(sums.held);
+                                object["keys_led"] = json!(sums.led);
+                                object["keys_partial"] = json!(sums.partial);
+                                object["shard_keys"] = shard_keys(status);
+                            }
                         }
+                    }
+                    if let KeyCounts::Failed(err) = &answer.keys {
+                        object["keys_error"] = json!(err);
                     }
                     object
                 })
@@ -286,6 +391,25 @@ fn render_status(statuses: &[EndpointStatus], format: OutputFormat) -> String {
             to_json(&json!({ "endpoints": endpoints }))
         }
     }
+}
+
+/// Each shard replica's role and key count, for JSON.
+fn shard_keys(status: &proto::NodeStatusResponse) -> Value {
+    let replicas: Vec<Value> = status
+        .replicas
+        .iter()
+        .filter_map(|replica| {
+            replica.shard_id.map(|shard| {
+                json!({
+                    "shard": shard,
+                    "role": format!("{:?}", replica.role()).to_lowercase(),
+                    "keys": replica.key_count,
+                    "partial": replica.key_count_partial,
+                })
+            })
+        })
+        .collect();
+    Value::Array(replicas)
 }
 
 fn render_health(pings: &[Ping], format: OutputFormat) -> String {
