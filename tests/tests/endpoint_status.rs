@@ -2,7 +2,9 @@
 //! reports the keys of the shard replicas it holds and of those it leads; summed over the
 //! nodes, the led counts are the cluster's keys and the held counts every replica's copy;
 //! keys whose TTL passed are not counted (the counts agree with gets), and `--no-keys`
-//! leaves the counts out.
+//! leaves the counts out. Also the output formats of the commands that are not key-value
+//! ones: `endpoint` prints jsonl and tsv too, and a format a command does not print is a
+//! usage error (exit 64) that says which it does.
 
 use std::process::Output;
 use std::time::Duration;
@@ -140,6 +142,82 @@ async fn endpoint_status_counts_each_nodes_keys() -> Result<()> {
         ensure!(
             node.get("keys_held").is_none() && node.get("keys_error").is_none(),
             "{node}"
+        );
+    }
+    Ok(())
+}
+
+/// `endpoint status` and `endpoint health` print one line per endpoint in jsonl and tsv;
+/// `-o raw` there, and the line formats for commands that print a table or one JSON
+/// document, are usage errors (exit 64) naming the formats they print.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_formats_of_commands_without_keys() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    // Wait until every member answers (the router knows the ring).
+    wait_until("every member healthy", WAIT, || async {
+        let output = cluster
+            .kvctl(&["-o", "jsonl", "endpoint", "health", "--cluster"])
+            .await
+            .ok()?;
+        let text = String::from_utf8(output.stdout).ok()?;
+        let lines: Vec<Value> = text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        (output.status.code() == Some(0)
+            && lines.len() == 4
+            && lines.iter().all(|line| line["healthy"] == true))
+        .then_some(())
+    })
+    .await?;
+
+    let output = cluster
+        .kvctl(&["-o", "tsv", "endpoint", "status", "--cluster"])
+        .await?;
+    ensure!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout)?;
+    let rows: Vec<Vec<&str>> = text.lines().map(|line| line.split('\t').collect()).collect();
+    ensure!(rows.len() == 5, "a header and four endpoints: {text}");
+    let header = &rows[0];
+    ensure!(header[0] == "endpoint" && header.contains(&"keys_held"), "{text}");
+    let role = header.iter().position(|name| *name == "role").context("role")?;
+    let keys_held = header
+        .iter()
+        .position(|name| *name == "keys_held")
+        .context("keys_held")?;
+    for row in &rows[1..] {
+        ensure!(row.len() == header.len(), "{text}");
+        match row[role] {
+            "node" => ensure!(row[keys_held].parse::<u64>().is_ok(), "{text}"),
+            "router" => ensure!(row[keys_held].is_empty(), "{text}"),
+            other => anyhow::bail!("role {other}: {text}"),
+        }
+    }
+
+    let output = cluster
+        .kvctl(&["-o", "jsonl", "endpoint", "status", "--no-keys"])
+        .await?;
+    let text = String::from_utf8(output.stdout.clone())?;
+    ensure!(output.status.success() && text.lines().count() == 1, "{output:?}");
+    let line: Value = serde_json::from_str(text.trim_end())?;
+    ensure!(line["role"] == "router", "{line}");
+
+    for (args, says) in [
+        (
+            &["-o", "raw", "endpoint", "status"][..],
+            "table, json, jsonl or tsv",
+        ),
+        (&["-o", "tsv", "cluster", "status"][..], "prints table or json"),
+        (&["-o", "jsonl", "user", "list"][..], "prints table or json"),
+        (&["-o", "raw", "timestamp"][..], "prints table or json"),
+    ] {
+        let output = cluster.kvctl(args).await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.code() == Some(64) && output.stdout.is_empty() && stderr.contains(says),
+            "{args:?}: exit {:?}, stderr {stderr}",
+            output.status.code()
         );
     }
     Ok(())
