@@ -210,9 +210,12 @@ async fn a_backup_under_load_is_the_state_at_its_timestamp_and_restores() -> any
     Ok(())
 }
 
+/// A backup's records: key → (value, expiry as an oracle timestamp, 0 = never).
+type BackupRecords = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
+
 /// The records of a backup directory with their expiries (0: never), read independently of
 /// kvctl (the format is documented in `kvctl/src/backup.rs`).
-fn read_backup_with_expiry(dir: &Path) -> anyhow::Result<BTreeMap<Vec<u8>, (Vec<u8>, u64)>> {
+fn read_backup_with_expiry(dir: &Path) -> anyhow::Result<BackupRecords> {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
     let mut records = BTreeMap::new();
     for file in manifest["files"].as_array().into_iter().flatten() {
