@@ -56,7 +56,7 @@ impl Node {
     }
 
     /// Fills in the key counts of the shard replicas of `replicas` (a status of this node),
-    /// one replica after another, each bounded by [`MAX_STATUS_KEYS_PER_REPLICA`]. A replica
+    /// one replica after another, each bounded by `MAX_STATUS_KEYS_PER_REPLICA`. A replica
     /// gone since the status was taken keeps 0 and is marked partial.
     pub async fn count_status_keys(&self, replicas: &mut [v1::ReplicaInfo]) -> Result<(), NodeError> {
         for replica in replicas {
