@@ -335,9 +335,11 @@ async fn a_waiter_takes_the_lock_after_the_holder_dies_or_releases() -> Result<(
     Ok(())
 }
 
-/// `kvctl elect --listen` prints the leader, then the next one when the first dies.
+/// `kvctl elect --listen` prints the leader; a vacancy once the leader dies and its lease
+/// expires; the next leader with its fencing token; and a vacancy again when that one
+/// resigns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listeners_see_each_new_leader() -> Result<()> {
+async fn listeners_see_each_new_leader_and_vacancies() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let mut alpha = Running::spawn(&cluster, &["elect", "--ttl", "2s", "elections/e", "alpha"])?;
     let alpha_line = alpha.line().await?;
@@ -345,8 +347,11 @@ async fn listeners_see_each_new_leader() -> Result<()> {
     let mut listener = Running::spawn(&cluster, &["elect", "--listen", "elections/e"])?;
     let first = listener.line().await?;
     ensure!(first.starts_with("alpha "), "{first}");
-    let mut beta = Running::spawn(&cluster, &["elect", "--ttl", "2s", "elections/e", "beta"])?;
+    // Killed: no resignation, so the vacancy is its lease's deadline passing.
     alpha.stop(libc::SIGKILL).await?;
+    let vacancy = listener.line().await?;
+    ensure!(vacancy == "no leader", "{vacancy}");
+    let mut beta = Running::spawn(&cluster, &["elect", "--ttl", "2s", "elections/e", "beta"])?;
     let beta_line = beta.line().await?;
     ensure!(
         token_of(&beta_line)? > token_of(&alpha_line)?,
@@ -355,7 +360,10 @@ async fn listeners_see_each_new_leader() -> Result<()> {
     let next = listener.line().await?;
     ensure!(next.starts_with("beta "), "{next}");
     ensure!(token_of(&next)? == token_of(&beta_line)?, "{next} vs {beta_line}");
+    // Resigned (SIGTERM deletes its key): a vacancy again.
     ensure!(beta.stop(libc::SIGTERM).await? == Some(0));
+    let resigned = listener.line().await?;
+    ensure!(resigned == "no leader", "{resigned}");
     listener.stop(libc::SIGTERM).await?;
     Ok(())
 }
