@@ -1,8 +1,8 @@
 //! `kvctl`: the ringkv command-line tool.
 //!
 //! Each command module parses its arguments, calls the client library and renders its own
-//! results: the key-value commands in every `-o` format (`output::Records`), the others as
-//! a table or JSON.
+//! results: the key-value commands in every `-o` format (`output::Records`), `endpoint` in
+//! all but raw, the others as a table or JSON (a line format there is a usage error).
 //!
 //! - `kv` — `get`, `put`, `del`, `cas` against the routers.
 //! - `ttl` — keys that expire: `expire`, `persist`, `ttl`, and the `--ttl` of `put` and
@@ -17,10 +17,10 @@
 //! - `cluster` — `cluster init` (talks to the nodes), `cluster status` and `cluster plan`
 //!   (a router).
 //! - `endpoint` — `endpoint status` and `endpoint health`: each node's and router's own
-//!   status, and a health ping (etcdctl's).
+//!   status (with the keys each node holds), and a health ping (etcdctl's).
 //! - `membership` — `node add`, `node decommission`, `cluster plan`, `rebalance status`.
-//! - `backup` — `backup` and `restore`: every key as of one timestamp, to and from a
-//!   directory.
+//! - `backup` — `backup` and `restore`: every key as of one timestamp, with its expiry, to
+//!   and from a directory.
 //! - `cert` — `cert create-ca | create-node | create-router | create-client | show`: the
 //!   cluster CA and role certificates (`ringkv-tls`), as PEM files.
 //! - `playground` — a complete local cluster of real processes (unix only).
