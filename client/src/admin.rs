@@ -28,8 +28,28 @@ pub const MAX_INIT_NODES: usize = 1024;
 /// Asks one node (`host:port`) for its identity, ring and replicas; one attempt bounded
 /// by `config.request_timeout`.
 pub async fn node_status(endpoint: &str, config: &ClientConfig) -> Result<proto::NodeStatusResponse, Error> {
+    node_status_asking(endpoint, proto::NodeStatusRequest::default(), config).await
+}
+
+/// [`node_status`] with each shard replica's key count (`ReplicaInfo.key_count`): the
+/// node walks the keys of every replica it holds (bounded per replica), so this costs more
+/// than a plain status, and needs admin when permissions are on. A router answers without
+/// counts (it holds no keys).
+pub async fn node_status_with_key_counts(
+    endpoint: &str,
+    config: &ClientConfig,
+) -> Result<proto::NodeStatusResponse, Error> {
+    let request = proto::NodeStatusRequest { count_keys: true };
+    node_status_asking(endpoint, request, config).await
+}
+
+async fn node_status_asking(
+    endpoint: &str,
+    request: proto::NodeStatusRequest,
+    config: &ClientConfig,
+) -> Result<proto::NodeStatusResponse, Error> {
     let channel = lazy_channel(endpoint, config)?;
-    let mut request = tonic::Request::new(proto::NodeStatusRequest {});
+    let mut request = tonic::Request::new(request);
     request.set_timeout(config.request_timeout);
     let mut admin = AdminClient::new(channel).max_decoding_message_size(config.max_message_bytes);
     let call = admin.node_status(request);

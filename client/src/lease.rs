@@ -20,6 +20,13 @@
 //!   revoked) the key is deleted again and the call fails with NOT_FOUND.
 //! - Revoke: delete every attached key, then the record by compare-and-set (a key
 //!   attached meanwhile makes it start over).
+//! - Detach: a key listed in the record that has since been written without an expiry (a
+//!   plain `put`, `persist`) is no longer attached, as in etcd where a put without a lease
+//!   detaches the key: keep-alive and revoke leave it alone (each key is moved or deleted by
+//!   compare-and-set on the version it was read at) and keep-alive drops it from the list.
+//!   A key written with an expiry of its own (`put --ttl`) still counts as attached: a key's
+//!   deadline may differ from the record's after a keep-alive that failed part-way, so an
+//!   expiry alone cannot tell the two apart.
 //!
 //! Races between those are settled by the record's compare-and-set: each read-modify-write
 //! runs again (at most [`MAX_RECORD_RACES`] times) when the record changed under it.
@@ -252,17 +259,17 @@ impl Client {
                 return Err(lease_not_found(id));
             };
             let deadline = deadline_after(self.timestamp().await?, live.record.ttl_ms);
-            let refreshed: Vec<(Vec<u8>, Option<u64>)> = stream::iter(live.record.keys.iter().cloned())
+            let refreshed: Vec<(Vec<u8>, bool)> = stream::iter(live.record.keys.iter().cloned())
                 .map(|key| async move {
-                    let version = self.expire_at(&key, deadline).await?;
-                    Ok::<_, Error>((key, version))
+                    let attached = self.move_attached_key(&key, Some(deadline)).await?;
+                    Ok::<_, Error>((key, attached))
                 })
                 .buffer_unordered(KEY_WRITE_CONCURRENCY)
                 .try_collect()
                 .await?;
             let mut record = live.record.clone();
-            for (key, version) in refreshed {
-                if version.is_none() {
+            for (key, attached) in refreshed {
+                if !attached {
                     record.keys.remove(&key);
                 }
             }
@@ -295,7 +302,7 @@ impl Client {
                 return Err(lease_not_found(id));
             };
             let existed: Vec<bool> = stream::iter(live.record.keys.iter().cloned())
-                .map(|key| async move { self.delete(&key).await })
+                .map(|key| async move { self.move_attached_key(&key, None).await })
                 .buffer_unordered(KEY_WRITE_CONCURRENCY)
                 .try_collect()
                 .await?;
@@ -311,6 +318,39 @@ impl Client {
         }
         Err(Error::Unavailable(format!(
             "lease {id} kept changing under {MAX_RECORD_RACES} revoke attempts"
+        )))
+    }
+
+    /// Moves attached `key` to `deadline`, keeping its value, or deletes it (`None`), by
+    /// compare-and-set on the version read: answers whether the key was still attached (present
+    /// with an expiry). A key present without one was written since without the lease
+    /// (detached) and is left alone.
+    async fn move_attached_key(&self, key: &[u8], deadline: Option<u64>) -> Result<bool, Error> {
+        for _ in 0..MAX_RECORD_RACES {
+            let Some(found) = self.get_expiring(key).await? else {
+                return Ok(false);
+            };
+            if found.expires_at_ts.is_none() {
+                return Ok(false);
+            }
+            let version = found.value.version;
+            let outcome = match deadline {
+                Some(deadline) => {
+                    self.compare_and_swap_expiring_at(key, version, Some(found.value.value), deadline)
+                        .await?
+                }
+                None => self.compare_and_swap_expiring_at(key, version, None, 0).await?,
+            };
+            match outcome {
+                CasOutcome::Swapped { .. } => return Ok(true),
+                CasOutcome::Mismatch { current: None } => return Ok(false),
+                // Written meanwhile: look at it again.
+                CasOutcome::Mismatch { current: Some(_) } => continue,
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "key {} kept changing under {MAX_RECORD_RACES} attempts to move it with its lease",
+            String::from_utf8_lossy(key)
         )))
     }
 

@@ -43,7 +43,7 @@ use std::time::Duration;
 use futures::stream::{self, Stream, StreamExt};
 use tracing::debug;
 
-use crate::lease::{AttachWrite, Attached, LeaseId};
+use crate::lease::{oracle_time_until, AttachWrite, Attached, LeaseId};
 use crate::watch::{WatchEventKind, WatchOptions, WatchStream, WatchTarget};
 use crate::{Client, Error};
 
@@ -52,6 +52,9 @@ pub const TOKEN_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a waiter sleeps before it looks at the lock again, whatever the holder's
 /// deadline (a bounded poll behind the watch, in case the holder's deadline moves far).
 pub const MAX_WAIT_SLICE: Duration = Duration::from_secs(30);
+/// The least an observer waits before it reads a leader's key at its deadline again (the
+/// oracle may still be a millisecond short of it): bounds the re-reads to a slow poll.
+pub const MIN_DEADLINE_RECHECK: Duration = Duration::from_millis(20);
 
 /// A lock or leadership held: the key, the lease it is attached to, its fencing token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,26 +182,41 @@ impl Client {
         &self,
         name: impl AsRef<[u8]>,
     ) -> impl Stream<Item = Result<Leader, Error>> + Send + 'static {
-        let client = self.clone();
-        let key = name.as_ref().to_vec();
+        self.observe_changes(name)
+            .filter_map(|item: Result<Option<Leader>, Error>| std::future::ready(item.transpose()))
+    }
+
+    /// [`Client::observe`] with vacancies: `None` when the election has no leader — at the
+    /// start, once the leader's key is deleted (resigned, revoked, purged), or once its
+    /// deadline passes without a keep-alive (looked at with a read then: an expired key is
+    /// invisible at once but deleted by the background purge only later). A vacancy is
+    /// reported once, until the next leader.
+    pub fn observe_changes(
+        &self,
+        name: impl AsRef<[u8]>,
+    ) -> impl Stream<Item = Result<Option<Leader>, Error>> + Send + 'static {
         struct Observing {
             client: Client,
             key: Vec<u8>,
             watch: Option<WatchStream>,
+            /// The leader's lease; `None` while vacant.
             last: Option<LeaseId>,
+            /// The leader key's expiry (oracle timestamp), looked at when it passes.
+            deadline: Option<u64>,
         }
         let start = Observing {
-            client,
-            key,
+            client: self.clone(),
+            key: name.as_ref().to_vec(),
             watch: None,
             last: None,
+            deadline: None,
         };
         stream::unfold(Some(start), |state| async move {
             let mut state = state?;
             let Some(watch) = state.watch.as_mut() else {
                 let opened = async {
                     let since = state.client.timestamp().await?;
-                    let current = state.client.leader(&state.key).await?;
+                    let current = state.client.holder_with_deadline(&state.key).await?;
                     let watch = state
                         .client
                         .watch(WatchOptions::new(WatchTarget::Key(state.key.clone())).after(since));
@@ -208,38 +226,91 @@ impl Client {
                     Err(err) => Some((Err(err), None)),
                     Ok((current, watch)) => {
                         state.watch = Some(watch);
-                        state.last = current.as_ref().map(|leader| leader.lease);
-                        // No leader yet: an empty item, filtered out below.
-                        Some((Ok(current), Some(state)))
+                        state.last = current.as_ref().map(|(leader, _)| leader.lease);
+                        state.deadline = current.as_ref().and_then(|(_, deadline)| *deadline);
+                        Some((Ok(current.map(|(leader, _)| leader)), Some(state)))
                     }
                 };
             };
             loop {
-                let event = match watch.next().await? {
-                    Ok(event) => event,
-                    Err(err) => return Some((Err(err), None)),
+                let wait = match state.deadline {
+                    None => None,
+                    Some(deadline) => match state.client.timestamp().await {
+                        Ok(now_ts) => Some(oracle_time_until(deadline, now_ts).max(MIN_DEADLINE_RECHECK)),
+                        Err(err) => return Some((Err(err), None)),
+                    },
                 };
-                match event.kind {
-                    WatchEventKind::Delete => state.last = None,
-                    WatchEventKind::Put => {
-                        let Some((lease, proposal)) = parse_holder(&event.value) else {
+                let event = tokio::select! {
+                    event = watch.next() => Some(event),
+                    () = tokio::time::sleep(wait.unwrap_or(MAX_WAIT_SLICE)), if wait.is_some() => None,
+                };
+                let vacant_or_new = match event {
+                    // The deadline passed with no event: is the leader still there?
+                    None => match state.client.holder_with_deadline(&state.key).await {
+                        Err(err) => return Some((Err(err), None)),
+                        // Kept alive (its event not seen yet): wait for the new deadline.
+                        Ok(Some((leader, deadline))) if state.last == Some(leader.lease) => {
+                            state.deadline = deadline;
                             continue;
-                        };
-                        if state.last == Some(lease) {
-                            continue; // a keep-alive of the same leader
                         }
-                        state.last = Some(lease);
-                        let leader = Leader {
-                            lease,
-                            proposal,
-                            fencing_token: Some(event.commit_ts),
-                        };
-                        return Some((Ok(Some(leader)), Some(state)));
+                        // Gone, or another leader already: the old one's term is over (a
+                        // new leader is reported with its fencing token from its event).
+                        Ok(_) => None,
+                    },
+                    Some(None) => return None,
+                    Some(Some(Err(err))) => return Some((Err(err), None)),
+                    Some(Some(Ok(event))) => match event.kind {
+                        WatchEventKind::Delete => None,
+                        WatchEventKind::Put => {
+                            let Some((lease, proposal)) = parse_holder(&event.value) else {
+                                continue;
+                            };
+                            // A keep-alive moves the deadline; a new leader brings its own.
+                            let deadline = match state.client.get_expiring(&state.key).await {
+                                Ok(found) => found.and_then(|found| found.expires_at_ts),
+                                Err(err) => return Some((Err(err), None)),
+                            };
+                            let leader = Leader {
+                                lease,
+                                proposal,
+                                fencing_token: Some(event.commit_ts),
+                            };
+                            Some((leader, deadline))
+                        }
+                    },
+                };
+                match vacant_or_new {
+                    None => {
+                        state.deadline = None;
+                        if state.last.take().is_some() {
+                            return Some((Ok(None), Some(state)));
+                        }
+                    }
+                    Some((leader, deadline)) => {
+                        state.deadline = deadline;
+                        if state.last != Some(leader.lease) {
+                            state.last = Some(leader.lease);
+                            return Some((Ok(Some(leader)), Some(state)));
+                        }
                     }
                 }
             }
         })
-        .filter_map(|item: Result<Option<Leader>, Error>| std::future::ready(item.transpose()))
+    }
+
+    /// The holder of `key` and its key's expiry (oracle timestamp), if held.
+    async fn holder_with_deadline(&self, key: &[u8]) -> Result<Option<(Leader, Option<u64>)>, Error> {
+        let Some(found) = self.get_expiring(key).await? else {
+            return Ok(None);
+        };
+        Ok(parse_holder(&found.value.value).map(|(lease, proposal)| {
+            let leader = Leader {
+                lease,
+                proposal,
+                fencing_token: None,
+            };
+            (leader, found.expires_at_ts)
+        }))
     }
 
     /// The commit timestamp of the write that gave `key` version `version`, committed

@@ -364,6 +364,7 @@ mod tests {
                 key: key.as_bytes().to_vec(),
                 value: b"v".to_vec(),
                 version: 1,
+                ..Default::default()
             })
             .collect()
     }

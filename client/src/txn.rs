@@ -270,6 +270,8 @@ impl Transaction {
                 key: key.clone(),
                 value,
                 version: 0,
+                // A transaction's own write has no TTL.
+                expires_at_ts: None,
             };
             match write {
                 Buffered::Put(value) => {

@@ -465,6 +465,8 @@ pub struct ScanEntry {
     pub value: Vec<u8>,
     /// The version of the value.
     pub version: u64,
+    /// When the value expires (an oracle timestamp); `None`: never.
+    pub expires_at_ts: Option<u64>,
 }
 
 impl From<proto::ScanEntry> for ScanEntry {
@@ -473,6 +475,7 @@ impl From<proto::ScanEntry> for ScanEntry {
             key: entry.key,
             value: entry.value,
             version: entry.version,
+            expires_at_ts: (entry.expires_at_ts != 0).then_some(entry.expires_at_ts),
         }
     }
 }

@@ -9,16 +9,26 @@
 //! Online: writes go on meanwhile. Paced by `--max-rate-mib`, with a progress bar.
 //!
 //! **Format** (`DIR`): `data-NNNNNN.rkv` files of records `u32 key length ‖ key ‖ u32 value
-//! length ‖ value` (big-endian lengths), in key order, each at most [`FILE_BYTES`]; then
-//! `manifest.json` (format [`FORMAT`], `read_ts`, per file its keys, bytes and CRC-32), written
-//! last and atomically: a directory without a manifest is an unfinished backup. Files and the
-//! directory are fsynced. Versions and expiry times are not kept: restored keys get new
-//! versions and do not expire.
+//! length ‖ value ‖ u64 expires_at_ts` (big-endian; the expiry is the value's as of the
+//! backup's timestamp, an absolute oracle timestamp, 0 = never), in key order, each at most
+//! [`FILE_BYTES`]; then `manifest.json` (format [`FORMAT`], `read_ts`, per file its keys,
+//! bytes and CRC-32 over its records), written last and atomically: a directory without a
+//! manifest is an unfinished backup. Files and the directory are fsynced. Versions are not
+//! kept: restored keys get new versions. Format [`FORMAT_WITHOUT_EXPIRY`] (older kvctl)
+//! has records without the expiry; restore still reads it, and its keys do not expire.
+//!
+//! **Expiry** (TTLs and lease deadlines) is kept as the absolute oracle timestamp: oracle
+//! timestamps are milliseconds since the Unix epoch in every cluster, so a key restored
+//! into a new cluster expires when it would have in the old one, and a lease's keys still
+//! expire with its record. Restore takes a timestamp of the target cluster first and
+//! skips the keys whose expiry it has passed (counted as `EXPIRED` in its summary); a key
+//! whose expiry passes while restore runs is written with it and is expired at once.
 //!
 //! **Restore** checks the manifest and reads every file through, checking its CRC-32 and
 //! record count, before it writes anything; refuses a cluster that already holds keys
-//! (unless `--allow-existing`); then loads the records in batches (atomic per shard, at
-//! most four in flight, each an owned task).
+//! (unless `--allow-existing`); then loads the records in batches (at most four in flight,
+//! each an owned task): the keys without an expiry in one batch put (atomic per shard),
+//! the others one put each with their expiry.
 
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -36,8 +46,10 @@ use crate::exit::Outcome;
 use crate::output::{self, render_table, to_json, OutputFormat};
 use crate::progress;
 
-/// The manifest's `format`.
-const FORMAT: &str = "ringkv-backup-1";
+/// The manifest's `format`: records with their expiry.
+const FORMAT: &str = "ringkv-backup-2";
+/// The format before expiries were kept: records of a key and a value.
+const FORMAT_WITHOUT_EXPIRY: &str = "ringkv-backup-1";
 const MANIFEST: &str = "manifest.json";
 /// Largest data file.
 const FILE_BYTES: u64 = 256 << 20;
@@ -134,8 +146,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn record(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<u64> {
-        let size = 8 + key.len() as u64 + value.len() as u64;
+    /// Writes one record: `key`, `value` and its expiry (oracle timestamp; `None`: never).
+    fn record(&mut self, key: &[u8], value: &[u8], expires_at_ts: Option<u64>) -> anyhow::Result<u64> {
+        let size = 16 + key.len() as u64 + value.len() as u64;
         if self
             .file
             .as_ref()
@@ -165,6 +178,9 @@ impl Writer {
             crc.update(&len.to_be_bytes());
             crc.update(part);
         }
+        let expiry = expires_at_ts.unwrap_or(0).to_be_bytes();
+        out.write_all(&expiry)?;
+        crc.update(&expiry);
         meta.keys += 1;
         meta.bytes += size;
         Ok(size)
@@ -238,7 +254,7 @@ pub async fn backup(client: &Client, args: BackupArgs, format: OutputFormat) -> 
     }
     fs::rename(&tmp, args.dir.join(MANIFEST))?;
     File::open(&args.dir)?.sync_all()?;
-    output::emit(&summary(&manifest, &args.dir, started.elapsed(), format))?;
+    output::emit(&summary(&manifest, &args.dir, started.elapsed(), None, format))?;
     Ok(Outcome::Success)
 }
 
@@ -280,7 +296,7 @@ async fn copy_out(client: &Client, args: &BackupArgs, read_ts: u64) -> anyhow::R
     let mut pacer = Pacer::new(args.max_rate_mib);
     let result = async {
         while let Some(entry) = entries.try_next().await.context("reading the cluster")? {
-            let size = writer.record(&entry.key, &entry.value)?;
+            let size = writer.record(&entry.key, &entry.value, entry.expires_at_ts)?;
             bar.inc(1);
             bar.set_message(progress::rate_message(&bar));
             pacer.moved(size).await;
@@ -299,29 +315,57 @@ async fn copy_out(client: &Client, args: &BackupArgs, read_ts: u64) -> anyhow::R
     })
 }
 
-fn summary(manifest: &Manifest, dir: &Path, took: Duration, format: OutputFormat) -> String {
+/// What a backup wrote or a restore loaded; `expired` (restore only): the keys skipped
+/// because their expiry had passed.
+fn summary(
+    manifest: &Manifest,
+    dir: &Path,
+    took: Duration,
+    expired: Option<u64>,
+    format: OutputFormat,
+) -> String {
     match format {
-        OutputFormat::Table => render_table(
-            &["DIRECTORY", "READ TS", "KEYS", "BYTES", "FILES", "SECONDS"],
-            vec![vec![
+        OutputFormat::Table => {
+            let mut headers = vec!["DIRECTORY", "READ TS", "KEYS", "BYTES", "FILES", "SECONDS"];
+            let mut row = vec![
                 dir.display().to_string(),
                 manifest.read_ts.to_string(),
                 manifest.keys.to_string(),
                 manifest.bytes.to_string(),
                 manifest.files.len().to_string(),
                 format!("{:.1}", took.as_secs_f64()),
-            ]],
-            &[1, 2, 3, 4, 5],
-        ),
-        OutputFormat::Json => to_json(&json!({
-            "dir": dir.display().to_string(),
-            "read_ts": manifest.read_ts,
-            "keys": manifest.keys,
-            "bytes": manifest.bytes,
-            "files": manifest.files.len(),
-            "seconds": took.as_secs_f64(),
-        })),
+            ];
+            if let Some(expired) = expired {
+                headers.push("EXPIRED");
+                row.push(expired.to_string());
+            }
+            render_table(&headers, vec![row], &[1, 2, 3, 4, 5, 6])
+        }
+        OutputFormat::Json => {
+            let mut document = json!({
+                "dir": dir.display().to_string(),
+                "format": manifest.format,
+                "read_ts": manifest.read_ts,
+                "keys": manifest.keys,
+                "bytes": manifest.bytes,
+                "files": manifest.files.len(),
+                "seconds": took.as_secs_f64(),
+            });
+            if let Some(expired) = expired {
+                document["expired_skipped"] = json!(expired);
+            }
+            to_json(&document)
+        }
     }
+}
+
+/// One record of a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    /// Oracle timestamp; `None`: never (and every record of [`FORMAT_WITHOUT_EXPIRY`]).
+    expires_at_ts: Option<u64>,
 }
 
 /// Reads the records of one data file, checking its CRC-32 at the end.
@@ -331,10 +375,12 @@ struct Records {
     crc: crc32fast::Hasher,
     expected_crc: u32,
     left: u64,
+    /// Records end with their expiry ([`FORMAT`]), or not ([`FORMAT_WITHOUT_EXPIRY`]).
+    with_expiry: bool,
 }
 
 impl Records {
-    fn open(dir: &Path, meta: &DataFile) -> anyhow::Result<Records> {
+    fn open(dir: &Path, meta: &DataFile, with_expiry: bool) -> anyhow::Result<Records> {
         if meta.name.contains('/') || meta.name.contains("..") {
             bail!("the manifest names a data file outside the backup: {}", meta.name);
         }
@@ -346,7 +392,18 @@ impl Records {
             crc: crc32fast::Hasher::new(),
             expected_crc: meta.crc32,
             left: meta.keys,
+            with_expiry,
         })
+    }
+
+    fn expiry(&mut self) -> anyhow::Result<Option<u64>> {
+        let mut expiry = [0u8; 8];
+        self.input
+            .read_exact(&mut expiry)
+            .with_context(|| format!("{}: cut short", self.name))?;
+        self.crc.update(&expiry);
+        let expires_at_ts = u64::from_be_bytes(expiry);
+        Ok((expires_at_ts != 0).then_some(expires_at_ts))
     }
 
     fn part(&mut self) -> anyhow::Result<Vec<u8>> {
@@ -371,7 +428,7 @@ impl Records {
     }
 
     /// The next record; `None` once the manifest's count was read and the CRC matched.
-    fn next_record(&mut self) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    fn next_record(&mut self) -> anyhow::Result<Option<Record>> {
         if self.left == 0 {
             let crc = std::mem::take(&mut self.crc).finalize();
             if crc != self.expected_crc {
@@ -390,7 +447,12 @@ impl Records {
         self.left -= 1;
         let key = self.part()?;
         let value = self.part()?;
-        Ok(Some((key, value)))
+        let expires_at_ts = if self.with_expiry { self.expiry()? } else { None };
+        Ok(Some(Record {
+            key,
+            value,
+            expires_at_ts,
+        }))
     }
 }
 
@@ -400,9 +462,9 @@ fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
         .with_context(|| format!("reading {} (a backup without one is unfinished)", path.display()))?;
     let manifest: Manifest = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a backup manifest", path.display()))?;
-    if manifest.format != FORMAT {
+    if manifest.format != FORMAT && manifest.format != FORMAT_WITHOUT_EXPIRY {
         bail!(
-            "{}: format {:?}, this kvctl reads {FORMAT:?}",
+            "{}: format {:?}, this kvctl reads {FORMAT:?} and {FORMAT_WITHOUT_EXPIRY:?}",
             path.display(),
             manifest.format
         );
@@ -415,7 +477,7 @@ fn verify(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
     let bar = progress::bar(Some(manifest.keys), progress::LOAD_TEMPLATE);
     bar.set_message("checking the backup");
     let result = manifest.files.iter().try_for_each(|meta| {
-        let mut records = Records::open(dir, meta)?;
+        let mut records = Records::open(dir, meta, manifest.format == FORMAT)?;
         while records.next_record()?.is_some() {
             bar.inc(1);
         }
@@ -443,24 +505,38 @@ pub async fn restore(client: &Client, args: RestoreArgs, format: OutputFormat) -
         }
     }
     let started = Instant::now();
+    // Keys whose expiry the target's oracle has passed are not written.
+    let now_ts = client
+        .timestamp()
+        .await
+        .context("taking the restore's timestamp")?;
+    let with_expiry = manifest.format == FORMAT;
     let bar = progress::bar(Some(manifest.keys), progress::LOAD_TEMPLATE);
     let mut pacer = Pacer::new(args.max_rate_mib);
     // Owned: dropping the set (an error below) aborts the batches still running.
     let mut in_flight = tokio::task::JoinSet::new();
     let mut restored = 0u64;
+    let mut expired = 0u64;
     let result: anyhow::Result<()> = async {
-        let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut batch: Vec<Record> = Vec::new();
         let mut batch_bytes = 0;
         for meta in &manifest.files {
-            let mut records = Records::open(&args.dir, meta)?;
-            while let Some((key, value)) = records.next_record()? {
-                batch_bytes += key.len() + value.len();
-                batch.push((key, value));
+            let mut records = Records::open(&args.dir, meta, with_expiry)?;
+            while let Some(record) = records.next_record()? {
+                if record
+                    .expires_at_ts
+                    .is_some_and(|expires_at| expires_at <= now_ts)
+                {
+                    expired += 1;
+                    continue;
+                }
+                batch_bytes += record.key.len() + record.value.len();
+                batch.push(record);
                 if batch.len() >= RESTORE_BATCH_KEYS || batch_bytes >= RESTORE_BATCH_BYTES {
                     pacer.moved(batch_bytes as u64).await;
                     while in_flight.len() >= RESTORE_IN_FLIGHT {
                         restored += settle(&mut in_flight).await?;
-                        bar.set_position(restored);
+                        bar.set_position(restored + expired);
                     }
                     in_flight.spawn(put_batch(client.clone(), std::mem::take(&mut batch)));
                     batch_bytes = 0;
@@ -472,7 +548,7 @@ pub async fn restore(client: &Client, args: RestoreArgs, format: OutputFormat) -
         }
         while !in_flight.is_empty() {
             restored += settle(&mut in_flight).await?;
-            bar.set_position(restored);
+            bar.set_position(restored + expired);
         }
         Ok(())
     }
@@ -484,13 +560,37 @@ pub async fn restore(client: &Client, args: RestoreArgs, format: OutputFormat) -
              not have been): running it again with --allow-existing writes every key again"
         )
     })?;
-    output::emit(&summary(&manifest, &args.dir, started.elapsed(), format))?;
+    output::emit(&summary(
+        &manifest,
+        &args.dir,
+        started.elapsed(),
+        Some(expired),
+        format,
+    ))?;
     Ok(Outcome::Success)
 }
 
-async fn put_batch(client: Client, batch: Vec<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<u64> {
+/// Writes one batch of records: those without an expiry in one batch put (atomic per
+/// shard), the others one put each with their absolute expiry.
+async fn put_batch(client: Client, batch: Vec<Record>) -> anyhow::Result<u64> {
     let keys = batch.len() as u64;
-    client.batch_put(batch).await.context("writing a batch")?;
+    let (expiring, lasting): (Vec<Record>, Vec<Record>) = batch
+        .into_iter()
+        .partition(|record| record.expires_at_ts.is_some());
+    if !lasting.is_empty() {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = lasting
+            .into_iter()
+            .map(|record| (record.key, record.value))
+            .collect();
+        client.batch_put(pairs).await.context("writing a batch")?;
+    }
+    for record in expiring {
+        let expires_at_ts = record.expires_at_ts.unwrap_or(0);
+        client
+            .put_expiring_at(&record.key, record.value, expires_at_ts)
+            .await
+            .with_context(|| format!("writing {} with its expiry", String::from_utf8_lossy(&record.key)))?;
+    }
     Ok(keys)
 }
 
@@ -516,22 +616,23 @@ mod tests {
             file: None,
             done: Vec::new(),
         };
-        let records: Vec<(Vec<u8>, Vec<u8>)> = (0..100u32)
-            .map(|i| {
-                (
-                    format!("key-{i:03}").into_bytes(),
-                    vec![u8::try_from(i % 256).unwrap_or(0); i as usize],
-                )
+        let records: Vec<Record> = (0..100u32)
+            .map(|i| Record {
+                key: format!("key-{i:03}").into_bytes(),
+                value: vec![u8::try_from(i % 256).unwrap_or(0); i as usize],
+                expires_at_ts: (i % 3 == 0).then_some((u64::from(i) + 1) << 20),
             })
             .collect();
-        for (key, value) in &records {
-            writer.record(key, value).expect("record");
+        for record in &records {
+            writer
+                .record(&record.key, &record.value, record.expires_at_ts)
+                .expect("record");
         }
         writer.close_file().expect("close");
         let meta = writer.done[0].clone();
         assert_eq!(meta.keys, 100);
         let mut read = Vec::new();
-        let mut reader = Records::open(&dir, &meta).expect("open");
+        let mut reader = Records::open(&dir, &meta, true).expect("open");
         while let Some(record) = reader.next_record().expect("read") {
             read.push(record);
         }
@@ -542,7 +643,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0x55;
         fs::write(&path, &bytes).expect("write");
-        let mut reader = Records::open(&dir, &meta).expect("open");
+        let mut reader = Records::open(&dir, &meta, true).expect("open");
         let error = loop {
             match reader.next_record() {
                 Ok(Some(_)) => continue,
@@ -551,6 +652,47 @@ mod tests {
             }
         };
         assert!(error.to_string().contains("CRC-32"), "{error}");
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A file of the format before expiries (key and value per record) still reads, its
+    /// keys without an expiry.
+    #[test]
+    fn records_without_expiry_still_read() {
+        let dir = std::env::temp_dir().join(format!("kvctl-backup-v1-{}", rand::random::<u64>()));
+        fs::create_dir_all(&dir).expect("dir");
+        let mut bytes = Vec::new();
+        for (key, value) in [(&b"a"[..], &b"1"[..]), (b"bb", b"")] {
+            for part in [key, value] {
+                bytes.extend_from_slice(&u32::try_from(part.len()).expect("len").to_be_bytes());
+                bytes.extend_from_slice(part);
+            }
+        }
+        fs::write(dir.join("data-000000.rkv"), &bytes).expect("write");
+        let meta = DataFile {
+            name: "data-000000.rkv".to_string(),
+            keys: 2,
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+        };
+        let mut reader = Records::open(&dir, &meta, false).expect("open");
+        let mut read = Vec::new();
+        while let Some(record) = reader.next_record().expect("read") {
+            read.push(record);
+        }
+        let expected = vec![
+            Record {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+                expires_at_ts: None,
+            },
+            Record {
+                key: b"bb".to_vec(),
+                value: Vec::new(),
+                expires_at_ts: None,
+            },
+        ];
+        assert_eq!(read, expected);
         fs::remove_dir_all(&dir).expect("cleanup");
     }
 
@@ -563,6 +705,6 @@ mod tests {
             bytes: 1,
             crc32: 0,
         };
-        assert!(Records::open(Path::new("/tmp"), &meta).is_err());
+        assert!(Records::open(Path::new("/tmp"), &meta, true).is_err());
     }
 }

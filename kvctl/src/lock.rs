@@ -213,33 +213,40 @@ pub async fn elect(client: &Client, args: ElectArgs, format: Format) -> anyhow::
     hold(client, keeper).await
 }
 
-/// `kvctl elect --listen NAME`: a line per leader.
+/// `kvctl elect --listen NAME`: a line per leader, and one per vacancy (`no leader`; JSON
+/// `{"vacant": true}`) when the leader resigned, its lease was revoked or it expired.
 async fn listen(client: &Client, name: &str, format: Format) -> anyhow::Result<Outcome> {
-    let mut leaders = Box::pin(client.observe(name));
+    let mut changes = Box::pin(client.observe_changes(name));
     loop {
         let next = tokio::select! {
-            next = leaders.try_next() => next.with_context(|| format!("elect --listen {name}"))?,
+            next = changes.try_next() => next.with_context(|| format!("elect --listen {name}"))?,
             outcome = interrupted() => return outcome.map(|()| Outcome::Success),
         };
-        let Some(leader) = next else {
+        let Some(change) = next else {
             return Ok(Outcome::Success);
         };
-        let token = leader
-            .fencing_token
-            .map_or_else(|| "-".to_string(), |token| token.to_string());
-        let line = match format {
-            Format::Json | Format::Jsonl => {
+        let json = matches!(format, Format::Json | Format::Jsonl);
+        let line = match change {
+            None if json => serde_json::json!({ "vacant": true }).to_string(),
+            None => "no leader".to_string(),
+            Some(leader) if json => {
                 let mut object = serde_json::Map::new();
+                object.insert("vacant".to_string(), false.into());
                 object.insert("lease".to_string(), leader.lease.to_string().into());
                 output::insert_bytes(&mut object, "proposal", &leader.proposal);
                 object.insert("fencing_token".to_string(), leader.fencing_token.into());
                 serde_json::Value::Object(object).to_string()
             }
-            _ => format!(
-                "{} (lease {}, fencing token {token})",
-                display_bytes(&leader.proposal),
-                leader.lease
-            ),
+            Some(leader) => {
+                let token = leader
+                    .fencing_token
+                    .map_or_else(|| "-".to_string(), |token| token.to_string());
+                format!(
+                    "{} (lease {}, fencing token {token})",
+                    display_bytes(&leader.proposal),
+                    leader.lease
+                )
+            }
         };
         output::emit(&line)?;
     }

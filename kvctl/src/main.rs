@@ -1,8 +1,8 @@
 //! `kvctl`: the ringkv command-line tool.
 //!
 //! Each command module parses its arguments, calls the client library and renders its own
-//! results: the key-value commands in every `-o` format (`output::Records`), the others as
-//! a table or JSON.
+//! results: the key-value commands in every `-o` format (`output::Records`), `endpoint` in
+//! all but raw, the others as a table or JSON (a line format there is a usage error).
 //!
 //! - `kv` — `get`, `put`, `del`, `cas` against the routers.
 //! - `ttl` — keys that expire: `expire`, `persist`, `ttl`, and the `--ttl` of `put` and
@@ -17,10 +17,10 @@
 //! - `cluster` — `cluster init` (talks to the nodes), `cluster status` and `cluster plan`
 //!   (a router).
 //! - `endpoint` — `endpoint status` and `endpoint health`: each node's and router's own
-//!   status, and a health ping (etcdctl's).
+//!   status (with the keys each node holds), and a health ping (etcdctl's).
 //! - `membership` — `node add`, `node decommission`, `cluster plan`, `rebalance status`.
-//! - `backup` — `backup` and `restore`: every key as of one timestamp, to and from a
-//!   directory.
+//! - `backup` — `backup` and `restore`: every key as of one timestamp, with its expiry, to
+//!   and from a directory.
 //! - `cert` — `cert create-ca | create-node | create-router | create-client | show`: the
 //!   cluster CA and role certificates (`ringkv-tls`), as PEM files.
 //! - `playground` — a complete local cluster of real processes (unix only).
@@ -117,7 +117,9 @@ struct GlobalArgs {
     endpoints: Vec<String>,
     /// Output format: data on stdout, anything else (footers, progress, warnings) on
     /// stderr. jsonl, tsv and raw are for the commands that print keys and values (get,
-    /// mget, put, del, cas, scan, count, delrange); the others print table or json.
+    /// mget, put, del, cas, scan, count, delrange, ttl, expire, persist, lease, watch,
+    /// check perf) and endpoint (not raw); the others print table or json, and refuse
+    /// the rest with exit 64.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
     /// Request timeout in milliseconds, retries included [default: 5000; 30000 for
@@ -480,6 +482,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         | Command::Delrange(_)
         | Command::Watch(_)
         | Command::Lease(_)
+        | Command::Endpoint(_)
         | Command::Check(_) => output::OutputFormat::Table,
         #[cfg(unix)]
         Command::Lock(_) | Command::Elect(_) => output::OutputFormat::Table,
@@ -500,7 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Delrange(args) => {
             range::delrange(&connect(endpoints, router_config).await?, args, format).await
         }
-        Command::Endpoint(command) => endpoint::run(command, endpoints, router_config, output).await,
+        Command::Endpoint(command) => endpoint::run(command, endpoints, router_config, format).await,
         Command::Cluster(command) => {
             let node_config = client_config(timeout, INIT_DEFAULT_TIMEOUT, tls.as_ref(), None)?;
             cluster::run(command, endpoints, router_config, node_config, output).await
@@ -560,7 +563,6 @@ fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Mput(_) => "mput",
         Command::Cluster(_) => "cluster",
-        Command::Endpoint(_) => "endpoint",
         Command::Node(_) => "node",
         Command::Rebalance(_) => "rebalance",
         Command::Leader(_) => "leader",

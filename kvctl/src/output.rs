@@ -11,10 +11,11 @@
 //! else `value: null` plus `value_hex` (keys likewise with `key_hex`).
 //!
 //! [`Format`] is what `-o` asks for; the commands that print key-value data (`get`, `mget`,
-//! `put`, `del`, `cas`, `scan`, `count`, `delrange`, and `check perf`) render [`Records`] in all
-//! five formats.
+//! `put`, `del`, `cas`, `scan`, `count`, `delrange`, the TTL and lease commands, and `check
+//! perf`) render [`Records`] in all five formats, and `endpoint status|health` in all but
+//! raw (one row per endpoint: there is no single value to print bare).
 //! The others render a table or one JSON document ([`OutputFormat`], see
-//! [`Format::document`]).
+//! [`Format::document`]): a line format there is a usage error naming the formats they print.
 
 use std::io::Write;
 
@@ -54,7 +55,7 @@ impl Format {
             Format::Table => Ok(OutputFormat::Table),
             Format::Json => Ok(OutputFormat::Json),
             Format::Jsonl | Format::Tsv | Format::Raw => Err(UsageError(format!(
-                "-o {} is for commands that print keys and values ({RECORD_COMMANDS}); \
+                "-o {} is for commands that print keys and values or rows ({RECORD_COMMANDS}); \
                  `{command}` prints table or json",
                 self.name()
             ))),
@@ -73,8 +74,9 @@ impl Format {
     }
 }
 
-/// The commands that print in every format.
-pub const RECORD_COMMANDS: &str = "get, mget, put, del, cas, scan, count, delrange, check perf";
+/// The commands that print in the line formats (`endpoint` in all but raw).
+pub const RECORD_COMMANDS: &str =
+    "get, mget, put, del, cas, scan, count, delrange, ttl, expire, persist, lease, watch (jsonl), check perf, endpoint (not raw)";
 
 /// How commands that print a table or one JSON document print it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

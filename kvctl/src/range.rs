@@ -666,6 +666,7 @@ mod tests {
 
     fn entry(key: &[u8], value: &[u8], version: u64) -> ScanEntry {
         ScanEntry {
+            expires_at_ts: None,
             key: key.to_vec(),
             value: value.to_vec(),
             version,

@@ -233,7 +233,7 @@ impl Peers {
     /// `peer`'s status.
     pub async fn status(&self, peer: Peer<'_>) -> Result<v1::NodeStatusResponse, NodeError> {
         self.admin(peer)?
-            .node_status(self.request(v1::NodeStatusRequest {}, self.rpc_timeout))
+            .node_status(self.request(v1::NodeStatusRequest::default(), self.rpc_timeout))
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| peer.status_failed(&status))

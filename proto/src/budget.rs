@@ -55,6 +55,7 @@ mod tests {
                 key: vec![i; 10 + usize::from(i)],
                 value: vec![i; 300 * usize::from(i)],
                 version: u64::MAX >> i,
+                ..Default::default()
             })
             .collect();
         let counted: usize = entries.iter().map(repeated_field_bytes).sum();

@@ -510,7 +510,7 @@ impl NodeApi for GrpcNodes {
             AdminClient::new(self.pool.channel(addr)?).max_decoding_message_size(self.max_response_bytes);
         let response = bounded(
             timeout,
-            client.node_status(with_timeout(NodeStatusRequest {}, timeout)),
+            client.node_status(with_timeout(NodeStatusRequest::default(), timeout)),
         )
         .await?;
         Ok(response.into_inner())

@@ -484,6 +484,7 @@ pub(crate) mod tests {
                     key: key.clone(),
                     value,
                     version: *version,
+                    ..Default::default()
                 });
             }
             Ok(ShardScanResponse {

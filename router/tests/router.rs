@@ -313,7 +313,10 @@ async fn cluster_status_merges_nodes() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("init succeeded on a router"))?;
     ensure!(init.code() == Code::Unimplemented && init.message().contains("node"));
     // NodeStatus at a router answers for the router itself (issue 16: `kvctl endpoint`).
-    let itself = admin.node_status(NodeStatusRequest {}).await?.into_inner();
+    let itself = admin
+        .node_status(NodeStatusRequest::default())
+        .await?
+        .into_inner();
     ensure!(itself.process_role == "router" && !itself.version.is_empty() && !itself.addr.is_empty());
     ensure!(itself.replicas.is_empty() && itself.ring.is_none());
 

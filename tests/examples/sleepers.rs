@@ -11,7 +11,10 @@ async fn main() -> anyhow::Result<()> {
         let mut admin = v1::admin_client::AdminClient::connect(format!("http://{addr}"))
             .await?
             .max_decoding_message_size(64 << 20);
-        let status = admin.node_status(v1::NodeStatusRequest {}).await?.into_inner();
+        let status = admin
+            .node_status(v1::NodeStatusRequest::default())
+            .await?
+            .into_inner();
         let shards: Vec<&v1::ReplicaInfo> = status.replicas.iter().filter(|r| r.shard_id.is_some()).collect();
         let leaders = shards
             .iter()

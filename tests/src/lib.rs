@@ -381,7 +381,7 @@ impl Cluster {
         Ok(self
             .admin(id)
             .await?
-            .node_status(v1::NodeStatusRequest {})
+            .node_status(v1::NodeStatusRequest::default())
             .await?
             .into_inner())
     }

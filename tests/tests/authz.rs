@@ -256,6 +256,19 @@ async fn permissions_are_enforced_at_the_router_and_the_nodes() -> anyhow::Resul
                 .await,
             &["alice", "admin"],
         );
+        // A status is anyone's; one that counts every replica's keys is admin's.
+        let status = admin
+            .node_status(v1::NodeStatusRequest::default())
+            .await?
+            .into_inner();
+        assert!(status.node_id != 0, "{status:?}");
+        assert_status_denied(
+            "alice counts a node's keys",
+            admin
+                .node_status(v1::NodeStatusRequest { count_keys: true })
+                .await,
+            &["alice", "admin"],
+        );
     }
     assert!(read_app_x >= 1, "alice read app/x at its shard's leader");
     assert_eq!(

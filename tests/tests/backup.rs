@@ -1,7 +1,9 @@
 //! `kvctl backup` and `kvctl restore` with real processes (issue 16, item 5): a backup taken
 //! under write load is exactly the acknowledged state at its timestamp, across shards; it
 //! outlasts the nodes' version-history window (the nodes hold their history for it); and a
-//! new cluster restored from it holds exactly those keys and values.
+//! new cluster restored from it holds exactly those keys and values. Expiries (TTLs and
+//! lease deadlines) are kept: a restored key expires at the same oracle timestamp, and one
+//! whose expiry passed before the restore is not restored.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures::TryStreamExt;
-use ringkv_client::{Client, KeyRange, ScanOptions};
+use ringkv_client::{Client, KeyRange, ScanOptions, Ttl};
 use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
 
 const WRITERS: usize = 4;
@@ -207,9 +210,12 @@ async fn a_backup_under_load_is_the_state_at_its_timestamp_and_restores() -> any
     Ok(())
 }
 
-/// The records of a backup directory, read independently of kvctl (the format is
-/// documented in `kvctl/src/backup.rs`).
-fn read_backup(dir: &Path) -> anyhow::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+/// A backup's records: key → (value, expiry as an oracle timestamp, 0 = never).
+type BackupRecords = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
+
+/// The records of a backup directory with their expiries (0: never), read independently of
+/// kvctl (the format is documented in `kvctl/src/backup.rs`).
+fn read_backup_with_expiry(dir: &Path) -> anyhow::Result<BackupRecords> {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
     let mut records = BTreeMap::new();
     for file in manifest["files"].as_array().into_iter().flatten() {
@@ -218,20 +224,132 @@ fn read_backup(dir: &Path) -> anyhow::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
             .ok_or_else(|| anyhow::anyhow!("a file without a name"))?;
         let bytes = std::fs::read(dir.join(name))?;
         let mut rest = bytes.as_slice();
-        let mut take = || -> anyhow::Result<Vec<u8>> {
-            anyhow::ensure!(rest.len() >= 4, "cut short");
-            let (len, tail) = rest.split_at(4);
-            let len = u32::from_be_bytes(len.try_into()?) as usize;
-            anyhow::ensure!(tail.len() >= len, "cut short");
-            let (part, tail) = tail.split_at(len);
+        // `len` bytes, or (`None`) a u32 length and that many bytes.
+        let mut take = |len: Option<usize>| -> anyhow::Result<Vec<u8>> {
+            let len = match len {
+                Some(len) => len,
+                None => {
+                    anyhow::ensure!(rest.len() >= 4, "cut short");
+                    let (len, tail) = rest.split_at(4);
+                    rest = tail;
+                    u32::from_be_bytes(len.try_into()?) as usize
+                }
+            };
+            anyhow::ensure!(rest.len() >= len, "cut short");
+            let (part, tail) = rest.split_at(len);
             rest = tail;
             Ok(part.to_vec())
         };
         for _ in 0..file["keys"].as_u64().unwrap_or(0) {
-            let key = take()?;
-            let value = take()?;
-            records.insert(key, value);
+            let key = take(None)?;
+            let value = take(None)?;
+            let expires_at_ts = u64::from_be_bytes(take(Some(8))?.as_slice().try_into()?);
+            records.insert(key, (value, expires_at_ts));
         }
     }
     Ok(records)
+}
+
+/// The records of a backup directory without their expiries.
+fn read_backup(dir: &Path) -> anyhow::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    Ok(read_backup_with_expiry(dir)?
+        .into_iter()
+        .map(|(key, (value, _))| (key, value))
+        .collect())
+}
+
+/// A key's expiry (`None`: persistent), failing when it is missing.
+async fn expiry_of(client: &Client, key: &str) -> anyhow::Result<Option<u64>> {
+    match client.ttl(key).await? {
+        Ttl::Missing => anyhow::bail!("{key} is missing"),
+        Ttl::Persistent => Ok(None),
+        Ttl::Expires { expires_at_ts, .. } => Ok(Some(expires_at_ts)),
+    }
+}
+
+/// A backup keeps each key's expiry (a TTL's, a lease's deadline) as the oracle timestamp
+/// it was; restored into a new cluster, a key expires at that same timestamp (`kvctl ttl`
+/// shows the time left), a key without one stays persistent, and a key whose expiry passed
+/// before the restore is skipped (counted in the summary), not restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_keeps_expiries_and_restores_them() -> anyhow::Result<()> {
+    let source = Cluster::start(ClusterOptions::default()).await?;
+    let client = source.client().await?;
+    client.put("ex/plain", "p").await?;
+    client
+        .put_with_ttl("ex/long", "l", Duration::from_secs(600))
+        .await?;
+    let lease = client.lease_grant(Duration::from_secs(600)).await?;
+    client.put_with_lease("ex/leased", "x", lease.id).await?;
+    client
+        .put_with_ttl("ex/short", "s", Duration::from_secs(2))
+        .await?;
+    // The backup's timestamp is taken before the short TTL can pass.
+    let backup_ts = client.timestamp().await?;
+    let long_expiry = expiry_of(&client, "ex/long").await?.context("ex/long expires")?;
+    let short_expiry = expiry_of(&client, "ex/short")
+        .await?
+        .context("ex/short expires")?;
+    let leased_expiry = expiry_of(&client, "ex/leased").await?;
+    anyhow::ensure!(leased_expiry == Some(lease.expires_at_ts), "{leased_expiry:?}");
+
+    let backup_dir = tempfile::tempdir()?;
+    let dir = backup_dir.path().join("expiring");
+    let dir_str = dir.to_str().context("utf-8 path")?;
+    let output = source
+        .kvctl(&["backup", dir_str, "--at", &backup_ts.to_string()])
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let backed_up = read_backup_with_expiry(&dir)?;
+    let expiry_in_backup = |key: &str| backed_up.get(key.as_bytes()).map(|(_, expiry)| *expiry);
+    assert_eq!(expiry_in_backup("ex/plain"), Some(0));
+    assert_eq!(expiry_in_backup("ex/long"), Some(long_expiry));
+    assert_eq!(expiry_in_backup("ex/short"), Some(short_expiry));
+    assert_eq!(expiry_in_backup("ex/leased"), Some(lease.expires_at_ts));
+    assert_eq!(
+        expiry_in_backup(&String::from_utf8_lossy(&lease.id.record_key())),
+        Some(lease.expires_at_ts),
+        "the lease record keeps its deadline too"
+    );
+
+    // Restore once the short TTL has passed (by the oracle's clock).
+    wait_until("ex/short to expire", WAIT, || async {
+        matches!(client.get("ex/short").await, Ok(None)).then_some(())
+    })
+    .await?;
+    let target = Cluster::start(ClusterOptions::default()).await?;
+    let output = target.kvctl(&["-o", "json", "restore", dir_str]).await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(summary["expired_skipped"], 1, "{summary}");
+    assert_eq!(summary["format"], "ringkv-backup-2", "{summary}");
+
+    let restored = target.client().await?;
+    assert_eq!(expiry_of(&restored, "ex/plain").await?, None);
+    assert_eq!(expiry_of(&restored, "ex/long").await?, Some(long_expiry));
+    assert_eq!(
+        expiry_of(&restored, "ex/leased").await?,
+        Some(lease.expires_at_ts)
+    );
+    assert_eq!(restored.ttl("ex/short").await?, Ttl::Missing);
+    assert!(restored.get("ex/short").await?.is_none());
+    let status = restored.lease_time_to_live(lease.id).await?;
+    assert_eq!(status.lease.expires_at_ts, lease.expires_at_ts);
+    assert_eq!(status.keys, vec![b"ex/leased".to_vec()]);
+
+    // kvctl shows the time left in the new cluster: under the TTL, and most of it.
+    let output = target.kvctl(&["-o", "json", "ttl", "ex/long"]).await?;
+    anyhow::ensure!(output.status.success(), "{output:?}");
+    let ttl: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let left_ms = ttl["ttl_ms"].as_u64().context("ttl_ms")?;
+    assert!(left_ms <= 600_000 && left_ms > 300_000, "{ttl}");
+    Ok(())
 }

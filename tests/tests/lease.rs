@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use ringkv_client::{Client, Error, LeaseId, MAX_KEYS_PER_LEASE};
+use ringkv_client::{Client, Error, LeaseId, Ttl, MAX_KEYS_PER_LEASE};
 use ringkv_tests::{bin_dir, wait_until, Cluster, ClusterOptions, WAIT};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -159,14 +159,34 @@ async fn revoke_removes_attached_keys_and_bad_input_is_refused() -> Result<()> {
     for key in ["r/1", "r/2", "r/3"] {
         client.put_with_lease(key, "v", lease).await?;
     }
+    // A put without the lease detaches a key (etcd's rule): a keep-alive leaves it without
+    // an expiry and drops it from the lease; a revoke does not delete it.
+    client.put("r/2", "mine").await?;
     let once = cluster.kvctl(&["lease", "keep-alive", "--once", &id]).await?;
     ensure!(once.status.success(), "{once:?}");
+    ensure!(client.ttl("r/2").await? == Ttl::Persistent, "r/2 detached");
+    let status = client.lease_time_to_live(lease).await?;
+    ensure!(
+        status.keys == vec![b"r/1".to_vec(), b"r/3".to_vec()],
+        "{:?}",
+        status.keys
+    );
+    ensure!(
+        matches!(client.ttl("r/1").await?, Ttl::Expires { expires_at_ts, .. } if expires_at_ts == status.lease.expires_at_ts),
+        "r/1 follows the lease"
+    );
+    client.put("r/3", "mine too").await?;
     let revoked = cluster.kvctl(&["-o", "json", "lease", "revoke", &id]).await?;
     ensure!(revoked.status.success(), "{revoked:?}");
     let revoked: serde_json::Value = serde_json::from_slice(&revoked.stdout)?;
-    ensure!(revoked["keys_deleted"] == 3, "{revoked}");
-    for key in ["r/1", "r/2", "r/3"] {
-        ensure!(client.get(key).await?.is_none(), "{key} after revoke");
+    ensure!(revoked["keys_deleted"] == 1, "{revoked}");
+    ensure!(client.get("r/1").await?.is_none(), "r/1 after revoke");
+    for (key, value) in [("r/2", &b"mine"[..]), ("r/3", b"mine too")] {
+        let kept = client
+            .get(key)
+            .await?
+            .with_context(|| format!("{key} after revoke"))?;
+        ensure!(kept.value == value, "{key}: {kept:?}");
     }
 
     // An unknown (here: revoked) lease.
@@ -315,9 +335,11 @@ async fn a_waiter_takes_the_lock_after_the_holder_dies_or_releases() -> Result<(
     Ok(())
 }
 
-/// `kvctl elect --listen` prints the leader, then the next one when the first dies.
+/// `kvctl elect --listen` prints the leader; a vacancy once the leader dies and its lease
+/// expires; the next leader with its fencing token; and a vacancy again when that one
+/// resigns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listeners_see_each_new_leader() -> Result<()> {
+async fn listeners_see_each_new_leader_and_vacancies() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let mut alpha = Running::spawn(&cluster, &["elect", "--ttl", "2s", "elections/e", "alpha"])?;
     let alpha_line = alpha.line().await?;
@@ -325,8 +347,11 @@ async fn listeners_see_each_new_leader() -> Result<()> {
     let mut listener = Running::spawn(&cluster, &["elect", "--listen", "elections/e"])?;
     let first = listener.line().await?;
     ensure!(first.starts_with("alpha "), "{first}");
-    let mut beta = Running::spawn(&cluster, &["elect", "--ttl", "2s", "elections/e", "beta"])?;
+    // Killed: no resignation, so the vacancy is its lease's deadline passing.
     alpha.stop(libc::SIGKILL).await?;
+    let vacancy = listener.line().await?;
+    ensure!(vacancy == "no leader", "{vacancy}");
+    let mut beta = Running::spawn(&cluster, &["elect", "--ttl", "2s", "elections/e", "beta"])?;
     let beta_line = beta.line().await?;
     ensure!(
         token_of(&beta_line)? > token_of(&alpha_line)?,
@@ -335,7 +360,10 @@ async fn listeners_see_each_new_leader() -> Result<()> {
     let next = listener.line().await?;
     ensure!(next.starts_with("beta "), "{next}");
     ensure!(token_of(&next)? == token_of(&beta_line)?, "{next} vs {beta_line}");
+    // Resigned (SIGTERM deletes its key): a vacancy again.
     ensure!(beta.stop(libc::SIGTERM).await? == Some(0));
+    let resigned = listener.line().await?;
+    ensure!(resigned == "no leader", "{resigned}");
     listener.stop(libc::SIGTERM).await?;
     Ok(())
 }

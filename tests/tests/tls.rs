@@ -104,7 +104,7 @@ async fn node_status_presenting(
         .await
         .map_err(|err| format!("connect: {err}"))?;
     v1::admin_client::AdminClient::new(channel)
-        .node_status(v1::NodeStatusRequest {})
+        .node_status(v1::NodeStatusRequest::default())
         .await
         .map(tonic::Response::into_inner)
         .map_err(|status| format!("{status}"))
@@ -261,7 +261,7 @@ async fn a_client_certificate_cannot_speak_raft() -> anyhow::Result<()> {
         // The same certificate may still ask for the node's status.
         let channel = channel_presenting(&cluster, &node, Some((&cert_pem, &key_pem))).await?;
         v1::admin_client::AdminClient::new(channel)
-            .node_status(v1::NodeStatusRequest {})
+            .node_status(v1::NodeStatusRequest::default())
             .await?;
     }
     let after = cluster.node_status(1).await?;

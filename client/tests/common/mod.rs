@@ -173,6 +173,7 @@ impl MockRouter {
                 key: key.clone(),
                 value: value.clone(),
                 version: *version,
+                ..Default::default()
             })
             .collect();
         if reverse {

@@ -5,6 +5,7 @@
 //! - `bootstrap`: identity, `cluster init`, joining, ring changes, system proposals;
 //! - `data`: the read and write paths of shard groups (proposals, ReadIndex, batching);
 //! - `expiry`: expiring keys (TTL): the clock latest reads judge expiry at, purge entries;
+//! - `key_count`: the bounded per-replica key counts a status asks for;
 //! - `replicas`: leader transfer and replica deletion, the operations moves need;
 //! - `status`: the node's status report.
 //!
@@ -15,6 +16,7 @@
 mod bootstrap;
 mod data;
 mod expiry;
+mod key_count;
 mod replicas;
 mod status;
 mod txn;

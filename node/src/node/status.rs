@@ -179,5 +179,8 @@ fn replica_info(group: &Group) -> v1::ReplicaInfo {
         snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
         purged_index: metrics.purged.map_or(0, |log_id| log_id.index),
         hibernating: group.hibernation.get().is_asleep(),
+        // Counted only when asked (`key_count.rs`).
+        key_count: 0,
+        key_count_partial: false,
     }
 }

@@ -271,6 +271,7 @@ impl ShardKv for FakeNode {
                 key,
                 value: if request.keys_only { Vec::new() } else { value },
                 version,
+                ..Default::default()
             })
             .collect();
         Ok(Response::new(ShardScanResponse {

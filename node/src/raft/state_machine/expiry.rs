@@ -143,7 +143,7 @@ mod tests {
 
     use super::*;
     use crate::raft::state_machine::test_support::{log_id, open, scan_options};
-    use crate::raft::state_machine::StateMachine;
+    use crate::raft::state_machine::{ScanOptions, StateMachine};
     use crate::raft::types::{Command, Entry, TimedPurge, TimedWrites, TtlCommand, WriteCommand, WriteOp};
 
     /// Oracle timestamp of `ms` milliseconds (logical part 0).
@@ -351,6 +351,64 @@ mod tests {
         };
         assert_eq!(read_at(1_050).await, Some((b"old".to_vec(), Some(ms(1_500)))));
         assert_eq!(read_at(1_150).await, Some((b"new".to_vec(), None)));
+    }
+
+    /// Scan pages carry each entry's expiry (what a backup keeps), for the latest values,
+    /// keys only, and at a timestamp (the version's expiry then).
+    #[tokio::test]
+    async fn scan_pages_answer_each_entry_expiry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        results(
+            &mut sm,
+            write_at(
+                1,
+                1_000,
+                vec![
+                    op(b"a", Some(b"1"), None, Expiry::After { ttl_ms: 500 }),
+                    op(b"b", Some(b"2"), None, Expiry::Never),
+                ],
+            ),
+        )
+        .await;
+        results(
+            &mut sm,
+            write_at(
+                2,
+                1_100,
+                vec![op(b"a", Some(b"3"), None, Expiry::After { ttl_ms: 900 })],
+            ),
+        )
+        .await;
+        let options = |keys_only| ScanOptions {
+            keys_only,
+            ..scan_options(b"", None, 10)
+        };
+        let expiries = |page: crate::raft::state_machine::ScanPage| {
+            page.entries
+                .iter()
+                .map(|(key, _)| key.clone())
+                .zip(page.expiries)
+                .collect::<Vec<_>>()
+        };
+        let latest = vec![(b"a".to_vec(), Some(ms(2_000))), (b"b".to_vec(), None)];
+        for keys_only in [false, true] {
+            let page = state
+                .scan_live(options(keys_only), Some(ms(1_200)))
+                .await
+                .expect("scan");
+            assert_eq!(expiries(page), latest, "keys only: {keys_only}");
+        }
+        let page = state
+            .scan_at(options(false), ms(1_050))
+            .await
+            .expect("scan")
+            .expect("above the floor");
+        assert_eq!(
+            expiries(page),
+            vec![(b"a".to_vec(), Some(ms(1_500))), (b"b".to_vec(), None)]
+        );
     }
 
     /// An absolute expiry (leases) is the same instant whatever the commit timestamp: a put

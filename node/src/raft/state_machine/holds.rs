@@ -141,9 +141,9 @@ impl PageBuilder {
         }
     }
 
-    /// Takes the next entry in scan order, or answers false when the page is full (which
-    /// then has more: this entry).
-    pub(super) fn offer(&mut self, key: &[u8], mut versioned: Versioned) -> bool {
+    /// Takes the next entry in scan order with its expiry (`None`: never), or answers false
+    /// when the page is full (which then has more: this entry).
+    pub(super) fn offer(&mut self, key: &[u8], mut versioned: Versioned, expires_at: Option<u64>) -> bool {
         if self.keys_only {
             versioned.value = Vec::new();
         }
@@ -155,6 +155,7 @@ impl PageBuilder {
         }
         self.bytes = self.bytes.saturating_add(entry_bytes);
         self.page.entries.push((key.to_vec(), versioned));
+        self.page.expiries.push(expires_at);
         true
     }
 

@@ -158,11 +158,6 @@ pub(super) fn decode_head(tree: &str, bytes: &[u8]) -> Result<Head, StorageError
     })
 }
 
-/// The version of a `d` record value, without copying its value.
-pub(super) fn decode_version(tree: &str, bytes: &[u8]) -> Result<u64, StorageError> {
-    Ok(head_parts(tree, bytes)?.version)
-}
-
 /// The version and expiry of a `d` record value, without copying its value.
 pub(super) fn decode_version_expiry(tree: &str, bytes: &[u8]) -> Result<(u64, Option<u64>), StorageError> {
     let parts = head_parts(tree, bytes)?;
@@ -575,7 +570,6 @@ mod tests {
                         value: value.clone()
                     }
                 );
-                assert_eq!(decode_version("t", &encoded).expect("version"), 9);
                 assert_eq!(
                     decode_version_expiry("t", &encoded).expect("version"),
                     (9, expires_at)

@@ -86,16 +86,20 @@ impl RangeRead for LatestScan {
                 self.cursor.pass(&key);
                 continue;
             }
-            let versioned = if self.keys_only {
-                Versioned {
-                    version: mvcc::decode_version(tree.name(), &value)?,
+            let (versioned, expires_at) = if self.keys_only {
+                let (version, expires_at) = mvcc::decode_version_expiry(tree.name(), &value)?;
+                let versioned = Versioned {
+                    version,
                     value: Vec::new(),
-                }
+                };
+                (versioned, expires_at)
             } else {
-                mvcc::decode_head(tree.name(), &value)?.versioned()
+                let head = mvcc::decode_head(tree.name(), &value)?;
+                let expires_at = head.expires_at;
+                (head.versioned(), expires_at)
             };
             // Reading one entry past the page is what tells whether more remain.
-            if !self.page.offer(&key, versioned) {
+            if !self.page.offer(&key, versioned, expires_at) {
                 return Ok(Ok(Held::Done));
             }
             self.cursor.pass(&key);
@@ -173,7 +177,7 @@ impl RangeRead for Count {
     ) -> Result<Result<Held, mvcc::BelowFloor>, StorageError> {
         if let (Some(read_ts), Some(history)) = (self.read_ts, history) {
             let mut cursor = self.cursor.clone();
-            let held = for_each_at(tree, history, &mut cursor, read_ts, visits, |key, _| {
+            let held = for_each_at(tree, history, &mut cursor, read_ts, visits, |key, _, _| {
                 if self.take(key) {
                     ControlFlow::Continue(())
                 } else {
@@ -276,9 +280,9 @@ impl RangeRead for ScanAt {
             &mut self.cursor,
             self.read_ts,
             visits,
-            |key, versioned| {
+            |key, versioned, expires_at| {
                 // Finding one entry past the page is what tells whether more remain.
-                if page.offer(key, versioned) {
+                if page.offer(key, versioned, expires_at) {
                     ControlFlow::Continue(())
                 } else {
                     ControlFlow::Break(())
@@ -296,8 +300,8 @@ impl RangeRead for ScanAt {
     }
 }
 
-/// Calls `visit` with every key of `cursor`'s range present as of `read_ts` and its version
-/// then, in scan order, until it breaks (`Done`) or the hold's `visits` run out (`Paused`);
+/// Calls `visit` with every key of `cursor`'s range present as of `read_ts`, its version
+/// then and that version's expiry, in scan order, until it breaks (`Done`) or the hold's `visits` run out (`Paused`);
 /// the cursor passes every key looked at but the one `visit` refused. The candidates are the
 /// heads of the range merged with the keys of the history (the caller holds the apply lock,
 /// so both stay at one point between entries).
@@ -307,7 +311,7 @@ fn for_each_at(
     cursor: &mut Cursor,
     read_ts: u64,
     visits: &mut Visits,
-    mut visit: impl FnMut(&[u8], Versioned) -> ControlFlow<()>,
+    mut visit: impl FnMut(&[u8], Versioned, Option<u64>) -> ControlFlow<()>,
 ) -> Result<Result<Held, mvcc::BelowFloor>, StorageError> {
     if read_ts < history.floor() {
         // A key deleted after `read_ts` may have left no trace: nothing is certain.
@@ -375,8 +379,8 @@ fn for_each_at(
             }
         };
         match history.read(&key, current, read_ts) {
-            Ok(Some((versioned, _))) => {
-                if visit(&key, versioned).is_break() {
+            Ok(Some((versioned, expires_at))) => {
+                if visit(&key, versioned, expires_at).is_break() {
                     break Held::Done;
                 }
             }

@@ -39,6 +39,9 @@ pub struct ScanOptions {
 pub struct ScanPage {
     /// Keys with their versions and values (empty values when keys only), in scan order.
     pub entries: Vec<(Vec<u8>, Versioned)>,
+    /// Each entry's expiry (oracle time; `None`: never), in the order of `entries` (what a
+    /// backup keeps of a key's TTL). A provisional value of a transaction has none.
+    pub expiries: Vec<Option<u64>>,
     /// Whether the range may hold more keys past `last_key` (in scan order): the limit, the
     /// byte budget or an apply ended the page.
     pub more: bool,

@@ -235,16 +235,20 @@ impl RangeRead for ScanUncommitted {
                 .map(|bytes| mvcc::decode_head(tree.name(), &bytes))
                 .transpose()?
                 .filter(|head| now_ts.is_none_or(|now_ts| head.live_at(now_ts)));
-            let versioned = match lock {
-                None => head.map(mvcc::Head::versioned),
+            let entry = match lock {
+                None => head.map(|head| {
+                    let expires_at = head.expires_at;
+                    (head.versioned(), expires_at)
+                }),
                 Some(bytes) => {
                     let lock: Lock = decode(tree.name(), &bytes)?;
-                    txn::committed_value(lock.op, head.as_ref()).map(|value| Versioned { version: 0, value })
+                    txn::committed_value(lock.op, head.as_ref())
+                        .map(|value| (Versioned { version: 0, value }, None))
                 }
             };
             // Finding one entry past the page is what tells whether more remain.
-            if let Some(versioned) = versioned {
-                if !self.page.offer(&key, versioned) {
+            if let Some((versioned, expires_at)) = entry {
+                if !self.page.offer(&key, versioned, expires_at) {
                     break Held::Done;
                 }
             }

@@ -45,10 +45,12 @@ impl ShardKvService {
             entries: page
                 .entries
                 .into_iter()
-                .map(|(key, versioned)| v1::ScanEntry {
+                .zip(page.expiries)
+                .map(|((key, versioned), expires_at)| v1::ScanEntry {
                     key,
                     value: versioned.value,
                     version: versioned.version,
+                    expires_at_ts: expires_at.unwrap_or(0),
                 })
                 .collect(),
             more: page.more,
