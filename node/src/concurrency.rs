@@ -158,11 +158,13 @@ impl ConcurrencyManager {
     /// Fences writes at or below `read_ts`, then waits until none registered at or below it
     /// is still being committed. The read may then run: it sees every write at or below
     /// `read_ts` that will ever commit (once applied) and none above.
-    pub async fn prepare_read(&self, read_ts: u64) {
+    /// Answers whether it waited for any write.
+    pub async fn prepare_read(&self, read_ts: u64) -> bool {
         {
             let mut state = self.lock();
             state.max_read_ts = state.max_read_ts.max(read_ts);
         }
+        let mut waited = false;
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -170,8 +172,9 @@ impl ConcurrencyManager {
             released.as_mut().enable();
             let pending = self.lock().inflight.range(..=read_ts).next().is_some();
             if !pending {
-                return;
+                return waited;
             }
+            waited = true;
             released.await;
         }
     }
@@ -221,10 +224,15 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!reader.is_finished(), "the write at 20 is still being committed");
         drop(below);
-        tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
             .await
             .expect("the read goes on once the write at 20 is done")
             .expect("reader task");
+        assert!(
+            waited,
+            "the read says it waited (its caller confirms leadership again)"
+        );
+        assert!(!manager.prepare_read(25).await, "nothing left to wait for");
         drop(above);
         assert!(manager.register(25).is_none(), "25 is fenced by the read at 25");
         assert!(manager.register(26).is_some());

@@ -17,12 +17,25 @@ impl Node {
     /// The oracle timestamp a read of `group`'s latest values judges expiry at: one taken
     /// after the read arrived, so a value whose expiry the oracle passed before is never
     /// answered. `None` (no call to the oracle) while the shard holds no key that expires.
+    ///
+    /// The timestamp is a read timestamp like a snapshot read's, fenced the same way
+    /// (`concurrency.rs`): writes still being committed at or below it are waited for, and
+    /// later ones commit above it. Without the fence an `expire` or `persist` whose commit
+    /// timestamp was taken before the read's, but applied after the read found the key
+    /// expired, would revive it (the jepsen ttl workload's `resurrected`: CI's smoke run
+    /// caught one once the clock faults moved to shard leaders). After a wait, the
+    /// leadership is confirmed again, as for a snapshot read: writes it waited for that
+    /// failed here may still commit under a new leader.
     pub async fn expiry_clock(&self, group: &Group) -> Result<Option<u64>, NodeError> {
         if group.state.earliest_expiry()?.is_none() {
             return Ok(None);
         }
         let source = self.timestamp_source().ok_or(NodeError::NotInitialized)?;
-        Ok(Some(source.timestamp().await?))
+        let now_ts = source.timestamp().await?;
+        if group.concurrency.prepare_read(now_ts).await && !self.config().unsafe_skip_read_index {
+            self.ensure_linearizable(group).await?;
+        }
+        Ok(Some(now_ts))
     }
 
     /// Whether shard `group` holds a key expired at oracle timestamp `now_ts`.
