@@ -144,16 +144,17 @@ struct LaneSender {
 impl LaneSender {
     /// `call` on the pipeline, bounded by `timeout`, acting for the task's user (none on a
     /// lane's task: the router itself, which checked every merged request).
-    async fn piped(&self, call: Call, timeout: Duration) -> Result<Answer, Status> {
+    async fn piped(&self, call: Call, encoded_bytes: usize, timeout: Duration) -> Result<Answer, Status> {
         let user = crate::auth::current_user().unwrap_or_default();
-        bounded(timeout, self.pipeline.call(call, user, timeout)).await
+        bounded(timeout, self.pipeline.call(call, encoded_bytes, user, timeout)).await
     }
 }
 
 impl SendRead for LaneSender {
     async fn send(&self, request: ShardReadRequest, timeout: Duration) -> Result<ShardReadResponse, Status> {
-        if self.pipeline.carries(request.encoded_len()) {
-            let answer = self.piped(Call::Read(request), timeout).await?;
+        let encoded_bytes = request.encoded_len();
+        if self.pipeline.carries(encoded_bytes) {
+            let answer = self.piped(Call::Read(request), encoded_bytes, timeout).await?;
             return node_pipeline::expect(answer, |answer| match answer {
                 Answer::Read(read) => Some(read),
                 _ => None,
@@ -171,8 +172,9 @@ impl SendWrite for LaneSender {
         request: ShardWriteRequest,
         timeout: Duration,
     ) -> Result<ShardWriteResponse, Status> {
-        if self.pipeline.carries(request.encoded_len()) {
-            let answer = self.piped(Call::Write(request), timeout).await?;
+        let encoded_bytes = request.encoded_len();
+        if self.pipeline.carries(encoded_bytes) {
+            let answer = self.piped(Call::Write(request), encoded_bytes, timeout).await?;
             return node_pipeline::expect(answer, |answer| match answer {
                 Answer::Write(write) => Some(write),
                 _ => None,
@@ -188,8 +190,11 @@ impl SendWrite for LaneSender {
         request: ShardWriteBatchRequest,
         timeout: Duration,
     ) -> Result<ShardWriteBatchResponse, Status> {
-        if self.pipeline.carries(request.encoded_len()) {
-            let answer = self.piped(Call::WriteBatch(request), timeout).await?;
+        let encoded_bytes = request.encoded_len();
+        if self.pipeline.carries(encoded_bytes) {
+            let answer = self
+                .piped(Call::WriteBatch(request), encoded_bytes, timeout)
+                .await?;
             return node_pipeline::expect(answer, |answer| match answer {
                 Answer::WriteBatch(batch) => Some(batch),
                 _ => None,

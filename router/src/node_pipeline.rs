@@ -21,7 +21,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use prost::Message;
 use ringkv_pipeline::{Pipeline, Protocol};
 use ringkv_proto::metadata;
 use ringkv_proto::v1::shard_frame::Call;
@@ -37,8 +36,15 @@ pub const MAX_FRAME_BYTES: usize = 256 << 10;
 /// Bytes of frames in one stream message; well under any node's `max_message_bytes`
 /// (which holds at least one maximal value).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
-/// What a frame adds to its message beyond its call (tag, id, timeout, lengths).
+/// What a frame adds to its message beyond its call and user (tags, id, timeout, lengths).
 const FRAME_OVERHEAD_BYTES: usize = 32;
+
+/// A frame with its size, measured once (the lane measured the call to choose the
+/// pipeline; the driver budgets stream messages with it).
+pub struct SizedFrame {
+    frame: ShardFrame,
+    bytes: usize,
+}
 
 /// Frames to one node over its `ShardKv` client.
 pub struct ShardProtocol {
@@ -46,20 +52,20 @@ pub struct ShardProtocol {
 }
 
 impl Protocol for ShardProtocol {
-    type Request = ShardFrame;
+    type Request = SizedFrame;
     type Reply = Answer;
     type Frames = ShardFrames;
     type Replies = ShardFrameReplies;
     const NAME: &'static str = "shard pipeline";
 
-    fn request_bytes(frame: &ShardFrame) -> usize {
-        frame.encoded_len() + FRAME_OVERHEAD_BYTES
+    fn request_bytes(sized: &SizedFrame) -> usize {
+        sized.bytes
     }
 
-    fn frames(frames: Vec<(u64, ShardFrame)>) -> ShardFrames {
+    fn frames(frames: Vec<(u64, SizedFrame)>) -> ShardFrames {
         let frames = frames
             .into_iter()
-            .map(|(id, frame)| ShardFrame { id, ..frame })
+            .map(|(id, sized)| ShardFrame { id, ..sized.frame })
             .collect();
         ShardFrames { frames }
     }
@@ -109,16 +115,24 @@ impl NodePipeline {
         encoded_bytes <= MAX_FRAME_BYTES && !self.unary_only.load(Ordering::Relaxed)
     }
 
-    /// Sends `call`, acting for `user` (empty: the router itself), and waits up to
-    /// `timeout` (the node stops working on it then too).
-    pub async fn call(&self, call: Call, user: String, timeout: Duration) -> Result<Answer, Status> {
+    /// Sends `call` (`encoded_bytes` long, as [`NodePipeline::carries`] measured it),
+    /// acting for `user` (empty: the router itself), and waits up to `timeout` (the node
+    /// stops working on it then too).
+    pub async fn call(
+        &self,
+        call: Call,
+        encoded_bytes: usize,
+        user: String,
+        timeout: Duration,
+    ) -> Result<Answer, Status> {
+        let bytes = encoded_bytes + user.len() + FRAME_OVERHEAD_BYTES;
         let frame = ShardFrame {
             id: 0,
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
             user,
             call: Some(call),
         };
-        match self.pipeline.call(frame).await {
+        match self.pipeline.call(SizedFrame { frame, bytes }).await {
             Err(status) if status.code() == Code::Unimplemented => {
                 self.unary_only.store(true, Ordering::Relaxed);
                 tracing::info!("a node has no shard pipeline: unary calls to it from now on");
