@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{debug, info};
 
 pub use adapter::{SnapshotBuilder, StateMachine};
 pub use dedup::DedupPolicy;
@@ -100,6 +100,10 @@ pub struct GroupState {
     /// The shard's de-duplication clock as applied (see `dedup/`): what a new leader's
     /// stamps continue from (`dedup_clock.rs`).
     dedup_clock_ms: AtomicU64,
+    /// The de-duplication record counts and clock as applied, read and written by each
+    /// applied write entry (under the apply lock): their record in the tree lags while
+    /// entries go through intent records (`apply.rs`).
+    dedup_counts: Mutex<dedup::Counts>,
     /// Whether the tree may hold transaction locks: false only while it holds none, so the
     /// write and read paths skip their lock lookups when no transaction is committing (set
     /// before a prewrite is written, recomputed after every other transaction command and
@@ -156,14 +160,15 @@ impl GroupState {
             Some(bytes) => Some(decode(tree.name(), &bytes)?),
             None => None,
         };
-        if let Some(finished) = apply::redo_intent(&tree, applied)? {
-            info!(group = %group, log_id = %finished, "finished applying an entry a crash interrupted");
-            applied = Some(finished);
+        if let Some(settled) = apply::redo_intent(&tree, applied)? {
+            debug!(group = %group, log_id = %settled, "settled the last entry's intent record");
+            applied = Some(settled);
         }
         let (applied_tx, _) = watch::channel(applied);
         let history = mvcc::History::new(history, mvcc::high_water(&tree)?);
         let may_have_locks = AtomicBool::new(txn::holds_locks(&tree)?);
-        let dedup_clock_ms = AtomicU64::new(dedup::clock_ms(&tree)?);
+        let dedup_counts = dedup::Counts::read(&tree)?;
+        let dedup_clock_ms = AtomicU64::new(dedup_counts.clock_ms);
         let state = Arc::new(GroupState {
             group,
             engine,
@@ -176,6 +181,7 @@ impl GroupState {
             dedup,
             legacy_dedup: AtomicBool::new(true),
             dedup_clock_ms,
+            dedup_counts: Mutex::new(dedup_counts),
             may_have_locks,
             cluster_tx,
             auth_tx,
@@ -249,6 +255,10 @@ impl GroupState {
         self.current().1
     }
 
+    fn dedup_counts(&self) -> std::sync::MutexGuard<'_, dedup::Counts> {
+        self.dedup_counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn history(&self) -> std::sync::MutexGuard<'_, mvcc::History> {
         self.history.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -290,12 +300,11 @@ impl GroupState {
         read_auth_table(&self.tree())
     }
 
+    /// The last applied log id (in memory: its record may lag, see `apply.rs`) and the
+    /// membership as applied.
     fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let tree = self.tree();
-        let applied = match tree.get(APPLIED_KEY)? {
-            Some(bytes) => Some(decode(tree.name(), &bytes)?),
-            None => None,
-        };
+        let applied = *self.applied_tx.borrow();
         let membership = match tree.get(MEMBERSHIP_KEY)? {
             Some(bytes) => decode(tree.name(), &bytes)?,
             None => StoredMembership::default(),
@@ -306,8 +315,21 @@ impl GroupState {
     /// Dumps the state to a new snapshot file. Runs on a blocking thread with the apply
     /// lock held.
     fn build_snapshot_blocking(&self) -> Result<(SnapshotMeta, std::fs::File), StorageError> {
+        self.settle_intent()?;
         let (last_applied, membership) = self.applied_state()?;
         snapshot::dump(&self.tree(), last_applied, membership, &self.snapshots)
+    }
+
+    /// Writes out the bookkeeping the last entry's intent record carries (`apply.rs`), so
+    /// the tree's own records are current: a dump copies them. Under the apply lock.
+    fn settle_intent(&self) -> Result<(), StorageError> {
+        let tree = self.tree();
+        let recorded: Option<LogId> = match tree.get(APPLIED_KEY)? {
+            Some(bytes) => Some(decode(tree.name(), &bytes)?),
+            None => None,
+        };
+        apply::redo_intent(&tree, recorded)?;
+        Ok(())
     }
 
     /// Loads a received snapshot into a new tree generation and switches to it. Runs on a
@@ -358,8 +380,9 @@ impl GroupState {
         // A snapshot taken mid-commit carries locks.
         self.may_have_locks
             .store(txn::holds_locks(&tree)?, Ordering::SeqCst);
-        self.dedup_clock_ms
-            .store(dedup::clock_ms(&tree)?, Ordering::SeqCst);
+        let dedup_counts = dedup::Counts::read(&tree)?;
+        *self.dedup_counts() = dedup_counts;
+        self.dedup_clock_ms.store(dedup_counts.clock_ms, Ordering::SeqCst);
         match self.current.write() {
             Ok(mut current) => *current = (generation, tree),
             Err(poisoned) => *poisoned.into_inner() = (generation, tree),

@@ -93,13 +93,17 @@ impl GroupState {
         log_index: u64,
         older: bool,
     ) -> Result<(), StorageError> {
-        let finished = records.finish(tree, batch, &self.dedup, log_index, older)?;
+        let mut counts = self.dedup_counts();
+        let finished = records.finish(tree, batch, &self.dedup, log_index, older, *counts)?;
         if older && !finished.older_left {
             self.legacy_dedup.store(false, Ordering::SeqCst);
         }
-        // Published before the batch is written (under the apply lock): a leader anchoring
-        // now may take it, and it is only ever a clock some entry of the log carried.
-        self.dedup_clock_ms.store(finished.clock_ms, Ordering::SeqCst);
+        // Kept before the batch is written (under the apply lock): an error writing it fails
+        // the group's state machine, which is opened again from the tree. A leader anchoring
+        // now may take the clock: it is only ever a clock some entry of the log carried.
+        *counts = finished.counts;
+        self.dedup_clock_ms
+            .store(finished.counts.clock_ms, Ordering::SeqCst);
         Ok(())
     }
 

@@ -13,16 +13,16 @@ use crate::storage::{prefix_bounds, StorageError, TreeRef};
 /// clock, the record holds the two counts only, and the clock is then the newest request
 /// list's.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub(super) struct Counts {
-    pub(super) writes: u64,
-    pub(super) delete_ranges: u64,
+pub(in crate::raft::state_machine) struct Counts {
+    pub(in crate::raft::state_machine) writes: u64,
+    pub(in crate::raft::state_machine) delete_ranges: u64,
     /// The highest clock the shard's entries carried (see [`super`]).
-    pub(super) clock_ms: u64,
+    pub(in crate::raft::state_machine) clock_ms: u64,
 }
 
 impl Counts {
     /// The counts and clock as `tree` holds them.
-    pub(super) fn read(tree: &TreeRef) -> Result<Counts, StorageError> {
+    pub(in crate::raft::state_machine) fn read(tree: &TreeRef) -> Result<Counts, StorageError> {
         let Some(bytes) = tree.get(COUNTS_KEY)? else {
             return Ok(Counts::default());
         };
@@ -45,6 +45,7 @@ impl Counts {
 }
 
 /// The shard's de-duplication clock as `tree` holds it (0: no entry carried one yet).
+#[cfg(test)]
 pub(in crate::raft::state_machine) fn clock_ms(tree: &TreeRef) -> Result<u64, StorageError> {
     Ok(Counts::read(tree)?.clock_ms)
 }

@@ -59,8 +59,9 @@ use super::layout::{
 use crate::raft::types::{DeleteRangeResult, RequestId};
 use crate::raft::{decode, encode};
 use crate::storage::{prefix_bounds, Batch, StorageError, TreeRef};
+#[cfg(test)]
 pub(super) use counts::clock_ms;
-use counts::Counts;
+pub(super) use counts::Counts;
 use outcome::recorded_ops;
 pub(super) use outcome::{RecordedOp, UnfingerprintedOp};
 
@@ -352,8 +353,8 @@ pub(super) struct EntryRecords {
 pub(super) struct Finished {
     /// Whether the tree may still hold records of older formats.
     pub(super) older_left: bool,
-    /// The shard's de-duplication clock after the entry.
-    pub(super) clock_ms: u64,
+    /// The record counts and the shard's de-duplication clock after the entry.
+    pub(super) counts: Counts,
 }
 
 impl EntryRecords {
@@ -394,8 +395,11 @@ impl EntryRecords {
     }
 
     /// Advances the shard's clock to the entry's, writes the entry's request lists, prunes
-    /// what `policy` lets go and updates the counts and clock, all in `batch`. `older`: the
-    /// tree may still hold records of older formats.
+    /// what `policy` lets go and updates the counts and clock, all in `batch`. `before`: the
+    /// counts and clock after the previous entry (kept in memory by the caller: the record
+    /// under [`COUNTS_KEY`] may lag, see `apply.rs`). `older`: the tree may still hold
+    /// records of older formats.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn finish(
         self,
         tree: &TreeRef,
@@ -403,9 +407,9 @@ impl EntryRecords {
         policy: &DedupPolicy,
         log_index: u64,
         older: bool,
+        before: Counts,
     ) -> Result<Finished, StorageError> {
         debug_assert!(policy.min_records <= policy.max_records, "{policy:?}");
-        let before = Counts::read(tree)?;
         // The highest clock any entry carried: a stamp below it (a leader that anchored
         // before it applied its predecessors' last entries) never moves the clock back.
         let clock_ms = before.clock_ms.max(self.entry_clock_ms);
@@ -446,7 +450,10 @@ impl EntryRecords {
             let ranges_left = DELETE_RANGES.prune_older(tree, clock_ms, batch)?;
             writes_left || ranges_left
         };
-        Ok(Finished { older_left, clock_ms })
+        Ok(Finished {
+            older_left,
+            counts: after,
+        })
     }
 }
 
@@ -520,7 +527,7 @@ mod tests {
                 .expect("record");
         }
         records
-            .finish(tree, &mut batch, policy, index, false)
+            .finish(tree, &mut batch, policy, index, false, counts(tree))
             .expect("finish");
         let removed = batch
             .ops
@@ -597,7 +604,7 @@ mod tests {
             .record_delete_range(&mut batch, &[1; 16], FINGERPRINT, 1_000, &result)
             .expect("record");
         records
-            .finish(&tree, &mut batch, &policy(10, 20), 5, false)
+            .finish(&tree, &mut batch, &policy(10, 20), 5, false, counts(&tree))
             .expect("finish");
         tree.apply_batch(batch).expect("apply");
         let found = DELETE_RANGES
@@ -701,7 +708,7 @@ mod tests {
             .record_write(&mut batch, &[8; 16], FINGERPRINT, 1_000, &ok())
             .expect("record");
         let left = records
-            .finish(&tree, &mut batch, &policy, 2, true)
+            .finish(&tree, &mut batch, &policy, 2, true, counts(&tree))
             .expect("finish")
             .older_left;
         tree.apply_batch(batch).expect("apply");
@@ -710,7 +717,7 @@ mod tests {
         assert_eq!(counts(&tree).writes, 1);
         let mut batch = Batch::default();
         let left = EntryRecords::default()
-            .finish(&tree, &mut batch, &policy, 3, true)
+            .finish(&tree, &mut batch, &policy, 3, true, counts(&tree))
             .expect("finish")
             .older_left;
         assert!(!left, "none left");
@@ -740,7 +747,7 @@ mod tests {
 
         let mut batch = Batch::default();
         let left = EntryRecords::default()
-            .finish(&tree, &mut batch, &policy(4, 8), 1, true)
+            .finish(&tree, &mut batch, &policy(4, 8), 1, true, counts(&tree))
             .expect("finish")
             .older_left;
         tree.apply_batch(batch).expect("apply");
@@ -751,7 +758,7 @@ mod tests {
         let mut records = EntryRecords::default();
         records.observe_clock(61_001);
         let left = records
-            .finish(&tree, &mut batch, &policy(4, 8), 2, true)
+            .finish(&tree, &mut batch, &policy(4, 8), 2, true, counts(&tree))
             .expect("finish")
             .older_left;
         tree.apply_batch(batch).expect("apply");
