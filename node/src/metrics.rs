@@ -137,12 +137,11 @@ impl NodeMetrics {
                     GroupId::System => "system".to_string(),
                     GroupId::Shard(shard) => shard.to_string(),
                 };
+                // Read before openraft's metrics: both only grow, so the commit index is
+                // then never above the last log index read after it.
+                let committed = group.catch_up.committed_index().unwrap_or(0);
                 let metrics = group.raft.metrics().borrow().clone();
-                let commit_index = group
-                    .catch_up
-                    .committed_index()
-                    .unwrap_or(0)
-                    .max(index_of(metrics.last_applied));
+                let commit_index = committed.max(index_of(metrics.last_applied));
                 let log_bytes = log_sizes
                     .get(&wal_group(group.id))
                     .map_or(0, |size| size.entry_bytes);
