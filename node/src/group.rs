@@ -68,6 +68,9 @@ pub struct Group {
     pub concurrency: Arc<ConcurrencyManager>,
     /// The de-duplication stamps of the write entries this replica proposes as leader.
     pub dedup_clock: Arc<DedupClock>,
+    /// The committed index openraft last gave the log store (`save_committed`; openraft's
+    /// metrics have none), and the catch-up pacing of the group's replication reads.
+    pub catch_up: CatchUp,
 }
 
 /// What opening a group needs; shared by every group of the node.
@@ -97,7 +100,8 @@ impl GroupDeps {
     pub async fn open(&self, group_id: GroupId) -> Result<Arc<Group>, NodeError> {
         let config = &self.config;
         let cancel = self.tasks_cancel.child_token();
-        let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(group_id.name()))?;
+        let snapshots = SnapshotDir::open(config.data_dir.join("snapshots").join(group_id.name()))?
+            .counted_by(self.transport.snapshot_progress().clone());
         let state = GroupState::open(
             group_id,
             self.engine.clone(),
@@ -113,17 +117,18 @@ impl GroupDeps {
         if log_store::restore_vote(&self.wal, group_id, &tombstone).await? {
             info!(group = %group_id, ?tombstone, "re-created replica starts from the vote of its deleted predecessor");
         }
+        // A follower catching up gets an RPC (its heartbeat too) at least this often.
+        let catch_up = CatchUp::new(
+            self.transport.catch_up_pacer(),
+            Duration::from_millis(config.election_timeout_min_ms / 4),
+        );
         let (log, purge_requests) = LogStore::open(
             self.wal.clone(),
             group_id,
             self.engine.clone(),
             self.flusher.clone(),
             REPLICATION_BATCH_BYTES.min(config.max_message_bytes / 2),
-            // A follower catching up gets an RPC (its heartbeat too) at least this often.
-            CatchUp::new(
-                self.transport.catch_up_pacer(),
-                Duration::from_millis(config.election_timeout_min_ms / 4),
-            ),
+            catch_up.clone(),
         );
         self.tasks.spawn(run_purger(
             group_id,
@@ -199,6 +204,7 @@ impl GroupDeps {
             hibernation,
             concurrency,
             dedup_clock,
+            catch_up,
         }))
     }
 

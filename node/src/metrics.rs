@@ -6,10 +6,13 @@
 //! openraft metrics (so a group's series exist exactly while this node hosts a replica of
 //! it: bounded by the groups placed here, gone with the replica), the WAL's counters, the
 //! move, read, oracle and gossip counters `NodeStatus` reports, and gossip's view of the
-//! members. openraft 0.9 reports no commit index: a replica's lag is its last log index
-//! minus its applied index, and a leader reports each follower's replication lag.
-//! Elections and snapshots show as changes of `ringkv_raft_term` and
-//! `ringkv_raft_snapshot_index` (PromQL `changes()`).
+//! members. openraft 0.9's metrics have no commit index; the log store keeps the one
+//! openraft saves before each apply (`save_committed`), so a replica reports its commit
+//! index, its commit lag (committed, not yet applied) and its apply lag (in the log, not
+//! yet applied); a leader reports each follower's replication lag. A group's log size in
+//! bytes comes from the WAL's index, which keeps each group's total as entries come and go.
+//! Elections show as changes of `ringkv_raft_term`; snapshots being built, sent, received
+//! and installed as `ringkv_snapshots_in_progress`, with counters of finished ones.
 
 use std::sync::Arc;
 
@@ -19,6 +22,7 @@ use ringkv_proto::v1;
 
 use crate::gossip_agent::LivenessView;
 use crate::node::Node;
+use crate::raft::log_store::wal_group;
 use crate::raft::types::GroupId;
 use crate::tso::Oracle;
 
@@ -87,6 +91,19 @@ const GROUP_GAUGES: [(&str, &str, fn(&GroupMetrics) -> u64); 8] = [
     ),
 ];
 
+/// One hosted group as a scrape reads it.
+struct GroupSample {
+    /// The `group` label: `system` or the shard id.
+    label: String,
+    metrics: GroupMetrics,
+    role_changes: u64,
+    /// The committed index openraft last saved, never below the applied index (a replica
+    /// reopened applies what its log store says was committed before openraft saves again).
+    commit_index: u64,
+    /// Bytes of the group's live log entries in the WAL.
+    log_bytes: u64,
+}
+
 /// What a scrape of the node reads.
 pub struct NodeMetrics {
     pub node: Node,
@@ -100,15 +117,19 @@ impl NodeMetrics {
     pub fn render(&self) -> String {
         let mut exposition = Exposition::new();
         self.rpc.write(&mut exposition);
-        self.write_groups(&mut exposition);
+        let groups = self.group_samples();
+        write_groups(&groups, &mut exposition);
+        write_group_progress(&groups, &mut exposition);
         self.write_storage(&mut exposition);
         self.write_counters(&mut exposition);
+        self.write_snapshots_and_moves(&mut exposition);
         exposition.finish()
     }
 
-    fn write_groups(&self, exposition: &mut Exposition) {
-        let groups: Vec<_> = self
-            .node
+    /// Every hosted group's numbers, read once per scrape (one WAL lock for all log sizes).
+    fn group_samples(&self) -> Vec<GroupSample> {
+        let log_sizes = self.node.log_sizes();
+        self.node
             .groups()
             .into_iter()
             .map(|group| {
@@ -116,46 +137,73 @@ impl NodeMetrics {
                     GroupId::System => "system".to_string(),
                     GroupId::Shard(shard) => shard.to_string(),
                 };
+                // Read before openraft's metrics: both only grow, so the commit index is
+                // then never above the last log index read after it.
+                let committed = group.catch_up.committed_index().unwrap_or(0);
                 let metrics = group.raft.metrics().borrow().clone();
-                (label, metrics, group.hibernation.role_changes())
-            })
-            .collect();
-        for (name, help, value) in GROUP_GAUGES {
-            let mut family = exposition.family(name, Kind::Gauge, help);
-            for (label, metrics, _) in &groups {
-                family.sample(&[("group", label)], value(metrics) as f64);
-            }
-        }
-        let mut changes = exposition.family(
-            "ringkv_raft_role_changes_total",
-            Kind::Counter,
-            "Changes of the replica's role, term or known leader (elections, leader changes, step-downs) since it opened.",
-        );
-        for (label, _, role_changes) in &groups {
-            changes.sample(&[("group", label)], *role_changes as f64);
-        }
-        let mut lag = exposition.family(
-            "ringkv_raft_follower_lag_entries",
-            Kind::Gauge,
-            "On a leader: entries each follower's matched log is behind the leader's last log.",
-        );
-        for (label, metrics, _) in &groups {
-            let Some(replication) = &metrics.replication else {
-                continue;
-            };
-            let last = metrics.last_log_index.unwrap_or(0);
-            for (follower, matched) in replication.iter() {
-                if *follower == metrics.id {
-                    continue;
+                let commit_index = committed.max(index_of(metrics.last_applied));
+                let log_bytes = log_sizes
+                    .get(&wal_group(group.id))
+                    .map_or(0, |size| size.entry_bytes);
+                GroupSample {
+                    label,
+                    metrics,
+                    role_changes: group.hibernation.role_changes(),
+                    commit_index,
+                    log_bytes,
                 }
-                let follower = follower.to_string();
-                let matched = matched.map_or(0, |log_id| log_id.index);
-                lag.sample(
-                    &[("group", label), ("follower", &follower)],
-                    last.saturating_sub(matched) as f64,
-                );
-            }
-        }
+            })
+            .collect()
+    }
+
+    fn write_snapshots_and_moves(&self, exposition: &mut Exposition) {
+        let snapshots = self.node.snapshot_progress().read();
+        exposition
+            .family(
+                "ringkv_snapshots_in_progress",
+                Kind::Gauge,
+                "Snapshots this node is building, sending (one per group and follower), receiving or installing now.",
+            )
+            .sample(&[("phase", "building")], snapshots.building as f64)
+            .sample(&[("phase", "sending")], snapshots.sending as f64)
+            .sample(&[("phase", "receiving")], snapshots.receiving as f64)
+            .sample(&[("phase", "installing")], snapshots.installing as f64);
+        exposition
+            .family(
+                "ringkv_snapshots_total",
+                Kind::Counter,
+                "Snapshots this node finished building, sending, receiving or installing.",
+            )
+            .sample(&[("phase", "built")], snapshots.built as f64)
+            .sample(&[("phase", "sent")], snapshots.sent as f64)
+            .sample(&[("phase", "received")], snapshots.received as f64)
+            .sample(&[("phase", "installed")], snapshots.installed as f64);
+        exposition
+            .family(
+                "ringkv_snapshot_bytes_total",
+                Kind::Counter,
+                "Bytes of snapshot chunks this node sent or received (the bulk of a replica move's data).",
+            )
+            .sample(&[("direction", "sent")], snapshots.sent_bytes as f64)
+            .sample(&[("direction", "received")], snapshots.received_bytes as f64);
+        let moves = self.node.counters();
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed) as f64
+        };
+        exposition
+            .family(
+                "ringkv_moves_planned",
+                Kind::Gauge,
+                "Shards led here whose voters differ from placement, as of the reconciler's last pass (running moves included).",
+            )
+            .sample(&[], load(&moves.planned));
+        exposition
+            .family(
+                "ringkv_moves_in_progress",
+                Kind::Gauge,
+                "Replica moves running on this node as a shard leader.",
+            )
+            .sample(&[], load(&moves.in_progress));
     }
 
     fn write_storage(&self, exposition: &mut Exposition) {
@@ -298,6 +346,77 @@ impl NodeMetrics {
             .sample(&[("liveness", "alive")], count(Liveness::Alive))
             .sample(&[("liveness", "suspect")], count(Liveness::Suspect))
             .sample(&[("liveness", "dead")], count(Liveness::Dead));
+    }
+}
+
+fn write_groups(groups: &[GroupSample], exposition: &mut Exposition) {
+    for (name, help, value) in GROUP_GAUGES {
+        let mut family = exposition.family(name, Kind::Gauge, help);
+        for group in groups {
+            family.sample(&[("group", &group.label)], value(&group.metrics) as f64);
+        }
+    }
+    let mut changes = exposition.family(
+        "ringkv_raft_role_changes_total",
+        Kind::Counter,
+        "Changes of the replica's role, term or known leader (elections, leader changes, step-downs) since it opened.",
+    );
+    for group in groups {
+        changes.sample(&[("group", &group.label)], group.role_changes as f64);
+    }
+    let mut lag = exposition.family(
+        "ringkv_raft_follower_lag_entries",
+        Kind::Gauge,
+        "On a leader: entries each follower's matched log is behind the leader's last log.",
+    );
+    for GroupSample { label, metrics, .. } in groups {
+        let Some(replication) = &metrics.replication else {
+            continue;
+        };
+        let last = metrics.last_log_index.unwrap_or(0);
+        for (follower, matched) in replication.iter() {
+            if *follower == metrics.id {
+                continue;
+            }
+            let follower = follower.to_string();
+            let matched = matched.map_or(0, |log_id| log_id.index);
+            lag.sample(
+                &[("group", label), ("follower", &follower)],
+                last.saturating_sub(matched) as f64,
+            );
+        }
+    }
+}
+
+/// The gauges openraft's metrics alone do not give: commit index and lag, log bytes.
+fn write_group_progress(groups: &[GroupSample], exposition: &mut Exposition) {
+    let mut commit = exposition.family(
+        "ringkv_raft_commit_index",
+        Kind::Gauge,
+        "Last log index this replica knows committed (as openraft saves it before applying).",
+    );
+    for group in groups {
+        commit.sample(&[("group", &group.label)], group.commit_index as f64);
+    }
+    let mut lag = exposition.family(
+        "ringkv_raft_commit_lag_entries",
+        Kind::Gauge,
+        "Committed entries not yet applied (commit index - applied index).",
+    );
+    for group in groups {
+        let applied = index_of(group.metrics.last_applied);
+        lag.sample(
+            &[("group", &group.label)],
+            group.commit_index.saturating_sub(applied) as f64,
+        );
+    }
+    let mut bytes = exposition.family(
+        "ringkv_raft_log_bytes",
+        Kind::Gauge,
+        "Bytes of the replica's live log entries in the WAL (encoded entries, record framing not counted).",
+    );
+    for group in groups {
+        bytes.sample(&[("group", &group.label)], group.log_bytes as f64);
     }
 }
 

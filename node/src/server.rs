@@ -231,8 +231,16 @@ impl NodeServer {
             Some(addr) => Some(start_metrics(&addr, &node, &oracle, &liveness, &rpc_metrics).await?),
         };
         let (health, health_service) = Health::start(&node).await;
-        let reflection = ringkv_metrics::reflection(&[ringkv_proto::descriptor::FILE_DESCRIPTOR_SET])
-            .map_err(|err| NodeError::Fatal(format!("server reflection: {err}")))?;
+        let served = [
+            ringkv_proto::v1::shard_kv_server::SERVICE_NAME,
+            ringkv_proto::v1::raft_server::SERVICE_NAME,
+            ringkv_proto::v1::admin_server::SERVICE_NAME,
+            ringkv_proto::v1::auth_server::SERVICE_NAME,
+            ringkv_proto::v1::tso_server::SERVICE_NAME,
+        ];
+        let reflection =
+            ringkv_metrics::reflection(&[ringkv_proto::descriptor::FILE_DESCRIPTOR_SET], &served)
+                .map_err(|err| NodeError::Fatal(format!("server reflection: {err}")))?;
         let cancel = CancellationToken::new();
         // With TLS every service checks the caller's role (`service/roles.rs`); without,
         // there is no certificate to check.

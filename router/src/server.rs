@@ -140,11 +140,20 @@ impl Router {
             }
         };
         let (health, health_service) = Health::start().await;
-        let reflection = ringkv_metrics::reflection(&[ringkv_proto::descriptor::FILE_DESCRIPTOR_SET])
-            .map_err(|err| crate::config::ConfigError::Invalid {
-                field: "server reflection",
-                reason: err.to_string(),
-            })?;
+        let served = [
+            ringkv_proto::v1::kv_server::SERVICE_NAME,
+            ringkv_proto::v1::admin_server::SERVICE_NAME,
+            ringkv_proto::v1::tso_server::SERVICE_NAME,
+            ringkv_proto::v1::txn_server::SERVICE_NAME,
+            ringkv_proto::v1::auth_server::SERVICE_NAME,
+        ];
+        let reflection =
+            ringkv_metrics::reflection(&[ringkv_proto::descriptor::FILE_DESCRIPTOR_SET], &served).map_err(
+                |err| crate::config::ConfigError::Invalid {
+                    field: "server reflection",
+                    reason: err.to_string(),
+                },
+            )?;
         let ctx = Arc::new(RouterContext::new(&config, nodes, topology.clone()));
         let secondaries = ctx.secondaries.clone();
         let streams = ctx.streams.clone();

@@ -28,6 +28,9 @@ pub(crate) struct Segment {
 #[derive(Default)]
 pub(crate) struct GroupIndex {
     pub entries: BTreeMap<u64, Loc>,
+    /// Sum of the entries' lengths, kept as they come and go (read by every metrics scrape,
+    /// which must not walk every entry of every group under the state lock).
+    pub entry_bytes: u64,
     /// Value and the segment holding its record.
     pub meta: BTreeMap<u8, (Vec<u8>, u64)>,
 }
@@ -35,9 +38,8 @@ pub(crate) struct GroupIndex {
 impl GroupIndex {
     /// Bytes of the live entries and values (what a rewrite would copy).
     pub fn live_bytes(&self) -> u64 {
-        let entries: u64 = self.entries.values().map(|loc| u64::from(loc.len)).sum();
         let meta: u64 = self.meta.values().map(|(value, _)| value.len() as u64).sum();
-        entries + meta
+        self.entry_bytes + meta
     }
 
     /// Whether any live entry or value of this group is in `segment`.
@@ -71,8 +73,11 @@ impl Index {
                         len: *len,
                     };
                     self.add_ref(segment);
-                    let old = self.group(*group).entries.insert(first + i as u64, loc);
+                    let index = self.group(*group);
+                    let old = index.entries.insert(first + i as u64, loc);
+                    index.entry_bytes += u64::from(*len);
                     if let Some(old) = old {
+                        index.entry_bytes = index.entry_bytes.saturating_sub(u64::from(old.len));
                         self.release(old.segment);
                     }
                 }
@@ -82,6 +87,7 @@ impl Index {
                     return;
                 };
                 let removed = index.entries.split_off(from);
+                index.entry_bytes = index.entry_bytes.saturating_sub(bytes_of(&removed));
                 self.release_all(removed.values().map(|loc| loc.segment));
             }
             Record::Purge { group, upto } => {
@@ -93,6 +99,7 @@ impl Index {
                     None => BTreeMap::new(),
                 };
                 let removed = std::mem::replace(&mut index.entries, kept);
+                index.entry_bytes = index.entry_bytes.saturating_sub(bytes_of(&removed));
                 self.release_all(removed.values().map(|loc| loc.segment));
             }
             Record::Meta { group, key, value } => {
@@ -144,6 +151,11 @@ impl Index {
             self.release(segment);
         }
     }
+}
+
+/// Sum of the lengths of `entries`.
+fn bytes_of(entries: &BTreeMap<u64, Loc>) -> u64 {
+    entries.values().map(|loc| u64::from(loc.len)).sum()
 }
 
 /// `BTreeMap::range` panics on an empty or inverted range; such a range holds nothing.

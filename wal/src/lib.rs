@@ -50,6 +50,7 @@ mod record;
 mod segment;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -133,6 +134,14 @@ pub struct WalStats {
     pub sync_latency_counts: [u64; SYNC_LATENCY_BUCKETS],
     /// The time those fdatasyncs took together, in nanoseconds.
     pub sync_latency_nanos: u64,
+}
+
+/// One group's live entries ([`Wal::log_sizes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogSize {
+    pub entries: usize,
+    /// Bytes of the entries as appended (record framing not counted).
+    pub entry_bytes: u64,
 }
 
 /// Upper bounds (seconds) of the buckets the writer counts its fdatasyncs in (those of the
@@ -428,6 +437,24 @@ impl Wal {
         let mut groups: Vec<u64> = self.inner.lock_state().index.groups.keys().copied().collect();
         groups.sort_unstable();
         groups
+    }
+
+    /// Every group's live entries: how many and their bytes (kept by the index as entries
+    /// come and go, so this is one pass over the groups, not over their entries).
+    pub fn log_sizes(&self) -> BTreeMap<u64, LogSize> {
+        let state = self.inner.lock_state();
+        state
+            .index
+            .groups
+            .iter()
+            .map(|(group, index)| {
+                let size = LogSize {
+                    entries: index.entries.len(),
+                    entry_bytes: index.entry_bytes,
+                };
+                (*group, size)
+            })
+            .collect()
     }
 
     /// The lowest and highest index of `group`'s entries.

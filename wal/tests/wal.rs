@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use proptest::prelude::*;
-use ringkv_wal::{Wal, WalError, WalOptions};
+use ringkv_wal::{LogSize, Wal, WalError, WalOptions};
 
 fn small() -> WalOptions {
     WalOptions {
@@ -250,6 +250,31 @@ struct Model {
     meta: HashMap<u64, Vec<u8>>,
 }
 
+impl Model {
+    /// Each group's entries and their bytes, as [`Wal::log_sizes`] should count them.
+    fn sizes(&self) -> BTreeMap<u64, LogSize> {
+        self.entries
+            .iter()
+            .map(|(group, entries)| {
+                let size = LogSize {
+                    entries: entries.len(),
+                    entry_bytes: entries.values().map(|bytes| bytes.len() as u64).sum(),
+                };
+                (*group, size)
+            })
+            .collect()
+    }
+}
+
+/// The log's own count of each group's entries and bytes (groups with entries only: a
+/// group holding only a value has no log to size).
+fn log_sizes(wal: &Wal) -> BTreeMap<u64, LogSize> {
+    wal.log_sizes()
+        .into_iter()
+        .filter(|(_, size)| size.entries > 0)
+        .collect()
+}
+
 fn observe(wal: &Wal) -> Model {
     let mut model = Model::default();
     for group in 0..4 {
@@ -315,10 +340,12 @@ proptest! {
             }
             model.entries.retain(|_, entries| !entries.is_empty());
             prop_assert_eq!(observe(&wal), model.clone(), "after step {} ({:?})", step, op);
+            prop_assert_eq!(log_sizes(&wal), model.sizes(), "sizes after step {} ({:?})", step, op);
         }
         drop(wal);
         let (wal, recovery) = Wal::open(dir.path(), small()).expect("final reopen");
         prop_assert_eq!(recovery.truncated_bytes, 0);
+        prop_assert_eq!(log_sizes(&wal), model.sizes());
         prop_assert_eq!(observe(&wal), model);
     }
 }

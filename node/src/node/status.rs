@@ -9,13 +9,18 @@ use super::{ring_info, Node};
 use crate::group::Group;
 use crate::raft::types::GroupId;
 
-/// Replica moves and deletions, reported in the node status.
+/// Replica moves and deletions, reported in the node status (the gauges in the metrics only).
 #[derive(Debug, Default)]
 pub struct MoveCounters {
     pub started: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
     pub replicas_deleted: AtomicU64,
+    /// Shards led here whose voters differ from placement, as of the reconciler's last pass
+    /// (running moves included).
+    pub planned: AtomicU64,
+    /// Moves running now.
+    pub in_progress: AtomicU64,
 }
 
 impl MoveCounters {
@@ -88,6 +93,16 @@ impl Node {
     /// The write-ahead log's counters (bytes written, fdatasync latencies).
     pub fn wal_stats(&self) -> ringkv_wal::WalStats {
         self.inner.deps.wal.stats()
+    }
+
+    /// Each group's live log entries and their bytes, by the group's id in the WAL.
+    pub fn log_sizes(&self) -> std::collections::BTreeMap<u64, ringkv_wal::LogSize> {
+        self.inner.deps.wal.log_sizes()
+    }
+
+    /// What the node's snapshots are doing (builds, transfers, installs).
+    pub fn snapshot_progress(&self) -> &crate::raft::snapshot::SnapshotProgress {
+        self.inner.deps.transport.snapshot_progress()
     }
 
     pub fn read_counters(&self) -> v1::ReadCounters {

@@ -83,6 +83,12 @@ impl CatchUp {
         self.committed.fetch_max(value, Ordering::Relaxed);
     }
 
+    /// The group's committed index as openraft last saved it (None: nothing committed since
+    /// the replica opened).
+    pub fn committed_index(&self) -> Option<u64> {
+        self.committed.load(Ordering::Relaxed).checked_sub(1)
+    }
+
     /// Whether entries up to `last_index` are all committed.
     pub fn is_committed(&self, last_index: u64) -> bool {
         last_index < self.committed.load(Ordering::Relaxed)

@@ -616,6 +616,29 @@ mod tests {
         assert_eq!(limited.len(), 2);
     }
 
+    /// The committed log id openraft saves reaches the group's handle the metrics read
+    /// (`ringkv_raft_commit_index`): the handle given to the log store, not a copy.
+    #[tokio::test]
+    async fn saved_committed_index_reaches_the_groups_handle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = storage::open(&dir.path().join("db")).expect("engine");
+        let wal = open_wal(dir.path());
+        let flusher = Flusher::new(wal.clone(), false);
+        let handle = unpaced();
+        let (mut store, _purges) =
+            LogStore::open(wal, GroupId::Shard(5), engine, flusher, 1 << 20, handle.clone());
+        assert_eq!(handle.committed_index(), None);
+        store.save_committed(Some(log_id(2, 17))).await.expect("save");
+        assert_eq!(handle.committed_index(), Some(17));
+        store.save_committed(Some(log_id(2, 0))).await.expect("save");
+        assert_eq!(handle.committed_index(), Some(17), "never goes back");
+        assert_eq!(
+            store.read_committed().await.expect("read"),
+            Some(log_id(2, 0)),
+            "the stored value is openraft's"
+        );
+    }
+
     /// A log whose entries start above what was purged (a hole) answers a read from below
     /// them with an error, never with the entries above the hole in place of those asked
     /// for; a read from a purged index still gets what follows the purge.

@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::catch_up::Pacer;
 use super::pipeline::Pipeline;
+use super::snapshot::SnapshotProgress;
 use super::types::{GroupId, NodeId, TypeConfig};
 
 /// Errors reaching a peer.
@@ -53,6 +54,8 @@ pub struct Transport {
     /// Mutual TLS to peers with this node's certificate, re-read when its files change
     /// (`ringkv_tls::DialConnector`; None: `--insecure`, plain HTTP/2).
     tls: Option<Arc<ClientConfig>>,
+    /// The node's snapshot activity: chunks sent here, builds and installs by its groups.
+    snapshot_progress: Arc<SnapshotProgress>,
 }
 
 impl Transport {
@@ -72,6 +75,7 @@ impl Transport {
             max_message_bytes,
             catch_up_pacer: Pacer::new(catch_up_bytes_per_sec),
             tls,
+            snapshot_progress: Arc::default(),
         })
     }
 
@@ -96,6 +100,11 @@ impl Transport {
     /// The node's catch-up pacer (None = unlimited).
     pub fn catch_up_pacer(&self) -> Option<Arc<Pacer>> {
         self.catch_up_pacer.clone()
+    }
+
+    /// The node's snapshot activity (for its metrics).
+    pub fn snapshot_progress(&self) -> &Arc<SnapshotProgress> {
+        &self.snapshot_progress
     }
 
     /// A (lazily connected, shared) channel to `addr`.
@@ -419,7 +428,12 @@ impl RaftNetwork<TypeConfig> for Connection {
         if let Some(pacer) = &self.transport.catch_up_pacer {
             pacer.pace(rpc.data.len()).await;
         }
-        self.call(Rpc::Snapshot, &rpc, &option, 1).await
+        let progress = self.transport.snapshot_progress.clone();
+        progress.sending_chunk(self.group, self.target, rpc.data.len());
+        let last = rpc.done;
+        let answer = self.call(Rpc::Snapshot, &rpc, &option, 1).await;
+        progress.chunk_sent(self.group, self.target, last, answer.is_ok());
+        answer
     }
 
     async fn vote(

@@ -124,6 +124,10 @@ impl Executor {
             never_init: &never_init,
             move_slots: self.moves.available_permits(),
         });
+        self.node
+            .counters()
+            .planned
+            .store(plan::moves_wanted(&ring, &local) as u64, Ordering::Relaxed);
         let quiet = claimed.is_empty() && actions.iter().all(|action| matches!(action, Action::Skip { .. }));
         let mut failures = Vec::new();
         for action in actions {
@@ -220,6 +224,7 @@ impl Executor {
             let started = Instant::now();
             let counters = node.counters();
             counters.started.fetch_add(1, Ordering::Relaxed);
+            counters.in_progress.fetch_add(1, Ordering::Relaxed);
             let hand_over = !executor.handover_failed(shard);
             let outcome = tokio::select! {
                 outcome = rebalance::move_toward(&group, &target, timeout, hand_over) => Some(outcome),
@@ -253,6 +258,7 @@ impl Executor {
                 }
                 None => {}
             }
+            counters.in_progress.fetch_sub(1, Ordering::Relaxed);
             node.release_shard(shard);
             drop(permit);
         });

@@ -163,6 +163,20 @@ pub fn plan(inputs: Inputs<'_>) -> Vec<Action> {
     actions
 }
 
+/// How many shards led here have voters other than placement gives them: the moves this
+/// node has to make (those [`plan()`] turns into [`Action::Move`] when slots allow).
+pub fn moves_wanted(ring: &Ring, local: &BTreeMap<u32, MembershipView>) -> usize {
+    local
+        .iter()
+        .filter(|(shard, view)| {
+            let wanted: BTreeSet<NodeId> = addresses(ring, &ring.replicas(ShardId(**shard)))
+                .into_keys()
+                .collect();
+            view.leader && !view.settled(&wanted)
+        })
+        .count()
+}
+
 /// `node id → address` of `nodes` (members the ring does not know are left out).
 fn addresses(ring: &Ring, nodes: &[NodeId]) -> BTreeMap<NodeId, String> {
     nodes

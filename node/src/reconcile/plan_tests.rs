@@ -345,3 +345,34 @@ fn executing_the_plan_reaches_a_fixed_point() {
     }
     panic!("no fixed point after three passes");
 }
+
+/// The moves a node reports wanted are the moves [`plan`] makes when neither the move limit
+/// nor a claim holds one back, in every case of the table.
+#[test]
+fn moves_wanted_are_the_moves_planned_without_limits() {
+    let no_claims = HashSet::new();
+    let mut cases_with_moves = 0;
+    for (index, case) in cases().iter().enumerate() {
+        let unlimited = plan(Inputs {
+            ring: &case.ring,
+            epoch: case.epoch,
+            me: ME,
+            local: &case.local,
+            claimed: &no_claims,
+            never_init: &case.never_init,
+            move_slots: usize::MAX,
+        });
+        let moves = unlimited
+            .iter()
+            .filter(|action| matches!(action, Action::Move { .. }))
+            .count();
+        cases_with_moves += usize::from(moves > 0);
+        assert_eq!(
+            moves_wanted(&case.ring, &case.local),
+            moves,
+            "case {index}: {}",
+            case.rule
+        );
+    }
+    assert!(cases_with_moves > 0, "the table has cases with moves");
+}

@@ -195,7 +195,12 @@ impl RaftRpc for RaftService {
         let message = request.into_inner();
         let group = self.group(&message)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&message.payload)?;
-        reply(&group.raft.install_snapshot(rpc).await).map(Response::new)
+        let progress = self.node.snapshot_progress();
+        progress.receiving_chunk(group.id, rpc.data.len());
+        let last = rpc.done;
+        let answer = group.raft.install_snapshot(rpc).await;
+        progress.chunk_received(group.id, last, answer.is_ok());
+        reply(&answer).map(Response::new)
     }
 
     async fn join_cluster(

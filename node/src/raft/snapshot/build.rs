@@ -21,6 +21,7 @@ pub(crate) fn dump(
     last_membership: StoredMembership,
     snapshots: &SnapshotDir,
 ) -> Result<(SnapshotMeta, File), StorageError> {
+    let building = snapshots.progress().building();
     let snapshot_id = new_snapshot_id(last_applied);
     let temp = snapshots.temp_path();
     let mut writer = SnapshotWriter::create(&temp)?;
@@ -37,6 +38,7 @@ pub(crate) fn dump(
     snapshots.publish(&meta, &temp)?;
     // Opened while the apply lock is still held: no other publish can remove it first.
     let file = File::open(snapshots.data_path(&meta.snapshot_id))?;
+    building.succeeded();
     Ok((meta, file))
 }
 

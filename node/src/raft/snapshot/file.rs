@@ -11,6 +11,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::progress::SnapshotProgress;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::{decode, encode};
 use crate::storage::{Pair, StorageError};
@@ -23,6 +24,8 @@ pub struct SnapshotDir {
     dir: PathBuf,
     /// Serialises publishing with opening the current snapshot.
     files: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Where builds and installs of this group's snapshots are counted (the node's).
+    progress: std::sync::Arc<SnapshotProgress>,
 }
 
 impl SnapshotDir {
@@ -31,7 +34,18 @@ impl SnapshotDir {
         Ok(SnapshotDir {
             dir,
             files: Default::default(),
+            progress: Default::default(),
         })
+    }
+
+    /// The same directory, its builds and installs counted in `progress`.
+    pub fn counted_by(self, progress: std::sync::Arc<SnapshotProgress>) -> SnapshotDir {
+        SnapshotDir { progress, ..self }
+    }
+
+    /// Where this group's builds and installs are counted.
+    pub fn progress(&self) -> &SnapshotProgress {
+        &self.progress
     }
 
     pub fn data_path(&self, snapshot_id: &str) -> PathBuf {

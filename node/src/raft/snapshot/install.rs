@@ -29,6 +29,7 @@ pub(crate) fn load(
     snapshots: &SnapshotDir,
 ) -> Result<(TreeRef, usize), StorageError> {
     validate_snapshot_id(&meta.snapshot_id)?;
+    let installing = snapshots.progress().installing();
     file.seek(SeekFrom::Start(0))?;
     engine.drop_tree(tree_name)?;
     let tree = engine.open_tree(tree_name)?;
@@ -55,6 +56,7 @@ pub(crate) fn load(
     // The snapshot file is in place before the state switches to it, so a restart
     // never finds state ahead of every snapshot it could send.
     snapshots.publish(meta, &copy_path)?;
+    installing.succeeded();
     Ok((tree, pairs))
 }
 
