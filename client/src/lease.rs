@@ -45,8 +45,26 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use crate::timestamp::LOGICAL_BITS;
 use crate::{CasOutcome, Client, Error, KeyRange, ScanOptions};
 
-/// Where lease records live (a prefix users must be allowed to write to use leases).
+/// The reserved keyspace: ringkv's own bookkeeping kept as keys (lease records). Scans
+/// and counts leave it out unless their whole range lies inside it (a range of
+/// [`LEASE_KEY_PREFIX`], say); [`every_range_with_reserved`] names all keys with it.
+pub const RESERVED_KEY_PREFIX: &[u8] = b"__ringkv/";
+/// The first key after the reserved keyspace.
+const RESERVED_KEY_END: &[u8] = b"__ringkv0";
+/// Where lease records live, in the reserved keyspace (a prefix users must be allowed to
+/// write to use leases).
 pub const LEASE_KEY_PREFIX: &[u8] = b"__ringkv/lease/";
+
+/// Ranges that together hold every key, the reserved keyspace included, in key order: the
+/// keys below it, the reserved keyspace, the keys above it. (A scan of
+/// [`KeyRange::all`] leaves the reserved keyspace out; a backup copies these instead.)
+pub fn every_range_with_reserved() -> [KeyRange; 3] {
+    [
+        KeyRange::ending_before(RESERVED_KEY_PREFIX),
+        KeyRange::prefix(RESERVED_KEY_PREFIX),
+        KeyRange::starting_at(RESERVED_KEY_END),
+    ]
+}
 /// The shortest TTL a lease may be granted (a keep-alive runs every third of it).
 pub const MIN_LEASE_TTL_MS: u64 = 1_000;
 /// The longest TTL a lease may be granted: one day.

@@ -129,8 +129,8 @@ pub use endpoint::normalize_endpoint;
 pub use error::Error;
 pub use expiry_at::ExpiringValue;
 pub use lease::{
-    Lease, LeaseId, LeaseStatus, LEASE_KEY_PREFIX, MAX_KEYS_PER_LEASE, MAX_LEASE_TTL_MS, MAX_RECORD_RACES,
-    MIN_LEASE_TTL_MS,
+    every_range_with_reserved, Lease, LeaseId, LeaseStatus, LEASE_KEY_PREFIX, MAX_KEYS_PER_LEASE,
+    MAX_LEASE_TTL_MS, MAX_RECORD_RACES, MIN_LEASE_TTL_MS, RESERVED_KEY_PREFIX,
 };
 pub use lease_keeper::{KeeperState, LeaseKeeper, KEEP_ALIVE_RETRY_PAUSE};
 pub use lock::{Held, Leader, MAX_WAIT_SLICE, TOKEN_LOOKUP_TIMEOUT};

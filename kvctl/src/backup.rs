@@ -3,7 +3,9 @@
 //!
 //! **Backup** takes a timestamp `T` (or `--at`), asks every node to keep its version
 //! history from `T` on (`Admin.HoldHistory`, renewed while it runs, released at the end),
-//! and streams the whole key space as of `T` (`Client::scan_stream` at `ReadConsistency::At`:
+//! and streams the whole key space as of `T`, the reserved keyspace of lease records
+//! included (`Client::scan_stream` at `ReadConsistency::At` of each range of
+//! `every_range_with_reserved`:
 //! every shard answers at `T`, so the copy is the acknowledged state at `T` across shards —
 //! writes acknowledged before `T` was taken are in it, writes that started after are not).
 //! Online: writes go on meanwhile. Paced by `--max-rate-mib`, with a progress bar.
@@ -37,8 +39,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use futures::TryStreamExt;
-use ringkv_client::{Client, CountOptions, KeyRange, ReadConsistency, ScanOptions};
+use futures::{stream, StreamExt, TryStreamExt};
+use ringkv_client::{
+    every_range_with_reserved, Client, CountOptions, KeyRange, ReadConsistency, ScanOptions,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -280,14 +284,25 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
 /// Streams every key as of `read_ts` into data files.
 async fn copy_out(client: &Client, args: &BackupArgs, read_ts: u64) -> anyhow::Result<Manifest> {
     let at = ReadConsistency::At(read_ts);
-    let total = client
-        .count(&KeyRange::all(), &CountOptions::new().consistency(at))
-        .await
-        .context("counting the keys to back up")?;
-    let bar = progress::bar(Some(total.count), progress::LOAD_TEMPLATE);
-    let mut entries = client
-        .scan_stream(&KeyRange::all(), &ScanOptions::new().consistency(at))
-        .entries();
+    // A scan of everything leaves the reserved keyspace (lease records) out: the backup
+    // copies it too, as its own range, in key order.
+    let ranges = every_range_with_reserved();
+    let mut total = 0;
+    for range in &ranges {
+        total += client
+            .count(range, &CountOptions::new().consistency(at))
+            .await
+            .context("counting the keys to back up")?
+            .count;
+    }
+    let bar = progress::bar(Some(total), progress::LOAD_TEMPLATE);
+    let mut entries = stream::iter(ranges)
+        .map(|range| {
+            client
+                .scan_stream(&range, &ScanOptions::new().consistency(at))
+                .entries()
+        })
+        .flatten();
     let mut writer = Writer {
         dir: args.dir.clone(),
         file: None,

@@ -3,7 +3,9 @@
 //! Node `i` (1-based) runs as
 //! `ringkv-node --node-id i --listen 127.0.0.1:<port+i> --data-dir <dir>/node-i <TLS>`, the
 //! router as `ringkv-router --listen 127.0.0.1:<port> --nodes <node addrs> <TLS>`; each
-//! appends its stdout and stderr to a log file in `<dir>`. Secure by default: the first run
+//! appends its stdout and stderr to a log file in `<dir>`. `--port 0` picks a block of free
+//! ports at the first start and keeps it in `<dir>/port` (tests and CI run playgrounds side
+//! by side that way). Secure by default: the first run
 //! makes a CA and node, router and client (`root`) certificates in `<dir>/certs`
 //! (`ringkv-launcher`'s `ClusterCerts`), every process speaks mutual TLS with them (`<TLS>`
 //! is `--ca … --cert … --key …`), and the summary says how kvctl picks them up
@@ -67,7 +69,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Arguments of `kvctl playground`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct PlaygroundArgs {
     /// Directory for the nodes' data and the logs; kept across runs (a restart resumes
     /// the same cluster).
@@ -82,8 +84,10 @@ pub struct PlaygroundArgs {
     /// Replicas per shard [default: 3, or the node count when smaller].
     #[arg(long)]
     pub replication_factor: Option<u32>,
-    /// Router port; node i listens on port+i.
-    #[arg(long, default_value_t = 7000)]
+    /// Router port; node i listens on port+i. 0: a block of free ports chosen at the first
+    /// start and kept in DIR/port (later runs and restart-node use it again); the summary
+    /// and DIR/profile name the router's address.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
     /// Seconds to wait for each startup step (nodes up, shard leaders elected).
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -97,7 +101,7 @@ pub struct PlaygroundArgs {
 }
 
 /// What to ask of a running playground.
-#[derive(clap::Subcommand, Debug)]
+#[derive(clap::Subcommand, Debug, Clone)]
 pub enum PlaygroundAction {
     /// Start node N again after it exited or was killed (the playground of --dir and
     /// --port must be running); waits until it listens.
@@ -109,6 +113,13 @@ pub enum PlaygroundAction {
 
 /// The file under the playground's directory that holds the running playground's pid.
 const PID_FILE: &str = "playground.pid";
+
+/// The router's port unless `--port` says otherwise.
+const DEFAULT_PORT: u16 = 7000;
+/// The file under the playground's directory that keeps the ports chosen for `--port 0`.
+const PORT_FILE: &str = "port";
+/// Blocks of ports tried for `--port 0` before giving up.
+const MAX_PORT_BLOCK_TRIES: usize = 50;
 
 /// The certificates directory under the playground's directory.
 const CERTS_DIR: &str = "certs";
@@ -889,12 +900,23 @@ fn summary(plan: &Plan, supervisor: &Supervisor, started: &Started, default_rout
 }
 
 /// `kvctl playground`.
-pub async fn run(args: PlaygroundArgs) -> anyhow::Result<Outcome> {
-    // Validate before touching the disk, then lay out under the absolute data dir.
-    Plan::new(&args, &args.dir)?;
+pub async fn run(mut args: PlaygroundArgs) -> anyhow::Result<Outcome> {
+    // Validate before touching the disk (`--port 0` is chosen under the data dir, below),
+    // then lay out under the absolute data dir.
+    let port_to_choose = args.port == 0;
+    Plan::new(
+        &PlaygroundArgs {
+            port: if port_to_choose { DEFAULT_PORT } else { args.port },
+            ..args.clone()
+        },
+        &args.dir,
+    )?;
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir =
         std::fs::canonicalize(&args.dir).with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+    if port_to_choose {
+        args.port = chosen_port(&dir, args.nodes)?;
+    }
     let plan = Plan::new(&args, &dir)?;
     let pid_file = dir.join(PID_FILE);
     let running = running_playground(&pid_file);
@@ -947,7 +969,10 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<Outcome> {
             return Err(err);
         }
     };
-    println!("{}", summary(&plan, &supervisor, &started, args.port == 7000));
+    println!(
+        "{}",
+        summary(&plan, &supervisor, &started, args.port == DEFAULT_PORT)
+    );
     if let Err(err) = std::fs::write(&pid_file, std::process::id().to_string()) {
         eprintln!(
             "warning: cannot write {}: {err} (restart-node will not find this playground)",
@@ -961,6 +986,42 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<Outcome> {
     supervisor.shutdown(STOP_GRACE).await;
     eprintln!("stopped (data kept in {})", plan.dir.display());
     Ok(Outcome::Success)
+}
+
+/// The router's port for `--port 0`: the one chosen at the playground's first start (kept
+/// in `<dir>/port`, so a resumed cluster's nodes keep the addresses the cluster knows them
+/// by), else the base of `nodes + 1` consecutive ports free right now — found by binding
+/// port 0 and then the ports above it — written to that file. (Another process may take a
+/// port between the check and the start: the start then fails naming it.)
+fn chosen_port(dir: &Path, nodes: u16) -> anyhow::Result<u16> {
+    let path = dir.join(PORT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return text
+                .trim()
+                .parse()
+                .with_context(|| format!("{} does not hold a port: {text:?}", path.display()))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    }
+    for _ in 0..MAX_PORT_BLOCK_TRIES {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a probe port")?;
+        let base = probe.local_addr()?.port();
+        drop(probe);
+        let Some(last) = base.checked_add(nodes) else {
+            continue;
+        };
+        if (base..=last).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            std::fs::write(&path, base.to_string())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            return Ok(base);
+        }
+    }
+    bail!(
+        "no block of {} free ports found after {MAX_PORT_BLOCK_TRIES} tries; pick one with --port",
+        u32::from(nodes) + 1
+    )
 }
 
 /// The pid in `pid_file`, when that process is alive and is a kvctl playground (a stale
@@ -1094,7 +1155,7 @@ mod tests {
             nodes: 3,
             shards: 16,
             replication_factor: None,
-            port: 7000,
+            port: DEFAULT_PORT,
             startup_timeout: 60,
             insecure: false,
             action: None,
@@ -1221,6 +1282,20 @@ mod tests {
             Path::new("pg")
         )
         .is_ok());
+    }
+
+    /// `--port 0` chooses a block of free ports once and keeps it for later runs.
+    #[test]
+    fn port_zero_is_chosen_once_and_kept() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let chosen = chosen_port(dir.path(), 3).expect("a free block");
+        assert!(chosen > 0 && chosen.checked_add(3).is_some());
+        assert_eq!(chosen_port(dir.path(), 3).expect("kept"), chosen);
+        std::fs::write(dir.path().join(PORT_FILE), "x").expect("write");
+        assert!(
+            chosen_port(dir.path(), 3).is_err(),
+            "a damaged port file is an error"
+        );
     }
 
     /// `--release` is added only for a kvctl built in a release dir.

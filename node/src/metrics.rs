@@ -322,6 +322,21 @@ impl NodeMetrics {
                 &[("kind", "read_index_failed")],
                 status.read_index_rounds_failed as f64,
             );
+        let purged = self.node.purge_counters();
+        exposition
+            .family(
+                "ringkv_expiry_purge_entries_total",
+                Kind::Counter,
+                "Purge entries this node proposed as a shard leader and saw applied (each removes at most 1024 expired keys).",
+            )
+            .sample(&[], load(&purged.entries));
+        exposition
+            .family(
+                "ringkv_expired_keys_purged_total",
+                Kind::Counter,
+                "Expired keys removed from storage by this node's purge entries.",
+            )
+            .sample(&[], load(&purged.keys_purged));
         let gossip = self.node.gossip_counters();
         exposition
             .family(

@@ -45,6 +45,50 @@ fn binaries() -> Result<Binaries> {
 /// `wait_for`, shared with the fault-injection harness).
 pub use ringkv_launcher::wait_for as wait_until;
 
+/// The purge counters of the nodes at `metrics_addrs` summed: (purge entries, expired
+/// keys purged) — what `ringkv_expiry_purge_entries_total` and
+/// `ringkv_expired_keys_purged_total` report.
+pub async fn purge_totals(metrics_addrs: &[String]) -> Result<(u64, u64)> {
+    let mut entries = 0;
+    let mut keys = 0;
+    for addr in metrics_addrs {
+        let text = scrape_metrics(addr).await?;
+        let counter = |name: &str| -> Result<u64> {
+            let value = text
+                .lines()
+                .find_map(|line| {
+                    line.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .with_context(|| format!("{addr} reports no {name}"))?;
+            Ok(value as u64)
+        };
+        entries += counter("ringkv_expiry_purge_entries_total")?;
+        keys += counter("ringkv_expired_keys_purged_total")?;
+    }
+    Ok((entries, keys))
+}
+
+/// The body of `GET /metrics` at `addr` (HTTP/1.1, one request per connection).
+pub async fn scrape_metrics(addr: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no end of headers in {response:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("scrape of {addr} answered {head:?}");
+    }
+    Ok(body.to_string())
+}
+
 /// Options for a test cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -115,6 +159,19 @@ impl Cluster {
         cluster.start_router().await?;
         cluster.wait_for_leaders(WAIT).await?;
         Ok(cluster)
+    }
+
+    /// Where each node serves `/metrics` (nodes started with `--metrics-addr`), in id order.
+    pub async fn metrics_addrs(&self) -> Result<Vec<String>> {
+        let mut addrs = Vec::new();
+        for id in self.nodes.keys() {
+            let addr = self.node_status(*id).await?.metrics_addr;
+            if addr.is_empty() {
+                bail!("node {id} serves no metrics (start it with --metrics-addr)");
+            }
+            addrs.push(addr);
+        }
+        Ok(addrs)
     }
 
     /// Starts `options.nodes` nodes and initialises the cluster, without a router.

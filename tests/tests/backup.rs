@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::TryStreamExt;
-use ringkv_client::{Client, KeyRange, ScanOptions, Ttl};
+use ringkv_client::{Client, CountOptions, KeyRange, LeaseId, ScanOptions, Ttl, RESERVED_KEY_PREFIX};
 use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
 
 const WRITERS: usize = 4;
@@ -267,6 +267,75 @@ async fn expiry_of(client: &Client, key: &str) -> anyhow::Result<Option<u64>> {
     }
 }
 
+/// A scan or count of everything (client and kvctl) leaves the lease's record out: it lives
+/// in the reserved keyspace; a scan of that keyspace (the lease list) still finds it.
+async fn reserved_keys_stay_out_of_scans_and_counts(
+    cluster: &Cluster,
+    client: &Client,
+    lease: LeaseId,
+) -> anyhow::Result<()> {
+    let record = lease.record_key();
+    // Neighbours of the reserved keyspace on either side, which scans must keep.
+    client.put("__ringkv.below", "b").await?;
+    client.put("__ringkv0above", "a").await?;
+    let all = everything(client).await?;
+    anyhow::ensure!(
+        !all.keys().any(|key| key.starts_with(RESERVED_KEY_PREFIX)),
+        "a scan of everything shows the reserved keyspace: {:?}",
+        all.keys()
+            .map(|key| String::from_utf8_lossy(key))
+            .collect::<Vec<_>>()
+    );
+    let counted = client.count(&KeyRange::all(), &CountOptions::new()).await?.count;
+    anyhow::ensure!(counted == all.len() as u64, "count {counted}, scan {}", all.len());
+    for args in [&["-o", "tsv", "scan"][..], &["-o", "raw", "count"][..]] {
+        let output = cluster.kvctl(args).await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        anyhow::ensure!(output.status.success(), "kvctl {args:?}: {output:?}");
+        anyhow::ensure!(!stdout.contains("__ringkv/"), "kvctl {args:?}: {stdout}");
+        if args.contains(&"count") {
+            anyhow::ensure!(stdout.trim() == counted.to_string(), "kvctl count: {stdout}");
+        }
+    }
+    // Paged one and two keys at a time, both ways: every page ends at a key outside the
+    // reserved keyspace or at its edge, and the pages add up to the scan of everything.
+    let wanted: Vec<Vec<u8>> = all.keys().cloned().collect();
+    for (limit, reverse) in [(1, false), (2, false), (1, true), (2, true)] {
+        let options = ScanOptions::new().limit(limit).reverse(reverse);
+        let mut paged = Vec::new();
+        let mut token = None;
+        loop {
+            let page = client.scan(&KeyRange::all(), &options, token.as_ref()).await?;
+            paged.extend(page.entries.into_iter().map(|entry| entry.key));
+            match page.next {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        if reverse {
+            paged.reverse();
+        }
+        anyhow::ensure!(
+            paged == wanted,
+            "pages of {limit} (reverse: {reverse}): {paged:?}"
+        );
+    }
+    anyhow::ensure!(
+        all.contains_key(b"__ringkv.below".as_slice()) && all.contains_key(b"__ringkv0above".as_slice())
+    );
+    let reserved: Vec<_> = client
+        .scan_stream(&KeyRange::prefix(RESERVED_KEY_PREFIX), &ScanOptions::new())
+        .entries()
+        .try_collect()
+        .await?;
+    anyhow::ensure!(
+        reserved.iter().any(|entry| entry.key == record),
+        "a scan of the reserved keyspace finds the lease record"
+    );
+    anyhow::ensure!(client.lease_list().await?.contains(&lease));
+    Ok(())
+}
+
 /// A backup keeps each key's expiry (a TTL's, a lease's deadline) as the oracle timestamp
 /// it was; restored into a new cluster, a key expires at that same timestamp (`kvctl ttl`
 /// shows the time left), a key without one stays persistent, and a key whose expiry passed
@@ -292,6 +361,7 @@ async fn a_backup_keeps_expiries_and_restores_them() -> anyhow::Result<()> {
         .context("ex/short expires")?;
     let leased_expiry = expiry_of(&client, "ex/leased").await?;
     anyhow::ensure!(leased_expiry == Some(lease.expires_at_ts), "{leased_expiry:?}");
+    reserved_keys_stay_out_of_scans_and_counts(&source, &client, lease.id).await?;
 
     let backup_dir = tempfile::tempdir()?;
     let dir = backup_dir.path().join("expiring");

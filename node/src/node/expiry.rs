@@ -2,6 +2,8 @@
 //! write paths: the timestamp a read of the latest values judges expiry at, and the purge
 //! entries a shard leader proposes to remove expired keys.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::error::NodeError;
 use crate::group::Group;
 use crate::proposal;
@@ -12,6 +14,16 @@ use super::Node;
 /// Most expired keys one purge entry deletes: one entry's worth of work, bounded like a
 /// delete-range chunk.
 pub const PURGE_LIMIT: u32 = 1_024;
+
+/// What this node's purge entries did (as a shard leader), for `/metrics`: an operator
+/// sees expired keys leave storage, not only vanish from reads.
+#[derive(Debug, Default)]
+pub struct PurgeCounters {
+    /// Purge entries applied (each removes at most [`PURGE_LIMIT`] keys).
+    pub entries: AtomicU64,
+    /// Expired keys those entries removed from storage.
+    pub keys_purged: AtomicU64,
+}
 
 impl Node {
     /// The oracle timestamp a read of `group`'s latest values judges expiry at: one taken
@@ -70,7 +82,12 @@ impl Node {
         )
         .await?;
         match outcome {
-            CommandResult::DeleteRange(result) => Ok(result),
+            CommandResult::DeleteRange(result) => {
+                let counters = self.purge_counters();
+                counters.entries.fetch_add(1, Ordering::Relaxed);
+                counters.keys_purged.fetch_add(result.deleted, Ordering::Relaxed);
+                Ok(result)
+            }
             other => Err(NodeError::OutcomeUnknown(format!(
                 "unexpected apply result {other:?}"
             ))),

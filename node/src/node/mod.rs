@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 pub use bootstrap::{check_identity, ring_info};
 pub use data::now_ms;
-pub use expiry::PURGE_LIMIT;
+pub use expiry::{PurgeCounters, PURGE_LIMIT};
 pub use status::{GossipCounters, MoveCounters};
 
 use crate::concurrency::{TimestampSlot, TimestampSource};
@@ -71,6 +71,8 @@ struct NodeInner {
     claimed_shards: Mutex<HashSet<u32>>,
     counters: MoveCounters,
     gossip_counters: GossipCounters,
+    /// Expired keys this node's purge entries removed.
+    purge_counters: PurgeCounters,
     /// Where `/metrics` is served (`--metrics-addr`), once it is; for the status.
     metrics_addr: std::sync::OnceLock<String>,
 }
@@ -188,6 +190,7 @@ impl Node {
             claimed_shards: Mutex::new(HashSet::new()),
             counters: MoveCounters::default(),
             gossip_counters: GossipCounters::default(),
+            purge_counters: PurgeCounters::default(),
             metrics_addr: std::sync::OnceLock::new(),
         });
         let node = Node { inner };
@@ -267,6 +270,11 @@ impl Node {
 
     pub fn gossip_counters(&self) -> &GossipCounters {
         &self.inner.gossip_counters
+    }
+
+    /// Purge entries this node proposed and the expired keys they removed.
+    pub fn purge_counters(&self) -> &PurgeCounters {
+        &self.inner.purge_counters
     }
 
     /// Every group hosted here, the system group first, then shards in order.

@@ -14,6 +14,7 @@ mod expiry;
 mod limits;
 mod pipeline;
 mod ranges;
+mod reserved;
 mod txn;
 mod watch;
 

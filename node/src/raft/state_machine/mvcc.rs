@@ -219,6 +219,15 @@ struct OldVersion {
     value: Vec<u8>,
 }
 
+impl OldVersion {
+    /// Its `superseded_ts`, unless it had expired by then: replacing or deleting (purging) an
+    /// expired value changes nothing a read sees — its expiry was the change.
+    fn replaced_while_live(&self) -> Option<u64> {
+        let live = self.expires_at.is_none_or(|at| at > self.superseded_ts);
+        live.then_some(self.superseded_ts)
+    }
+}
+
 /// What a shard keeps of history: for how long, and the node's budget it draws on.
 #[derive(Debug, Clone)]
 pub struct HistoryPolicy {
@@ -386,17 +395,19 @@ impl History {
 }
 
 impl History {
-    /// The newest timestamp `key`'s value was replaced or deleted at, when after `ts`.
+    /// The newest timestamp a value of `key` was written, replaced or deleted at (not the
+    /// purge of an expired one: `OldVersion::replaced_while_live`), when after `ts`.
     /// `Err` when `ts` is below the floor: a change after it may be forgotten.
     pub fn superseded_after(&self, key: &[u8], ts: u64) -> Result<Option<u64>, BelowFloor> {
         if ts < self.floor {
             return Err(BelowFloor { floor: self.floor });
         }
-        let newest = self
-            .versions
-            .get(key)
-            .and_then(|versions| versions.iter().map(|old| old.superseded_ts).max());
-        Ok(newest.filter(|superseded| *superseded > ts))
+        let versions = self.versions.get(key).into_iter().flatten();
+        let newest = versions
+            .flat_map(|old| [Some(old.commit_ts), old.replaced_while_live()])
+            .flatten()
+            .max();
+        Ok(newest.filter(|changed| *changed > ts))
     }
 
     /// A timestamp in `(after, upto]` at which `key` (whose head is `head`) was written or
@@ -422,7 +433,7 @@ impl History {
         }
         let changed = self.versions.get(key).and_then(|versions| {
             versions.iter().find_map(|old| {
-                [Some(old.commit_ts), old.expires_at, Some(old.superseded_ts)]
+                [Some(old.commit_ts), old.expires_at, old.replaced_while_live()]
                     .into_iter()
                     .flatten()
                     .find(|ts| within(*ts))
@@ -492,6 +503,50 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// Purging a value that had expired is no change: neither a write conflict for a
+    /// transaction that started after the expiry nor a changed read for serializable
+    /// validation; deleting a live value, or a write after the start, still is.
+    #[test]
+    fn purging_an_expired_value_changes_nothing() {
+        let ms = |ms: u64| ms << LOGICAL_BITS;
+        let mut history = History::new(HistoryPolicy::standalone(60_000, usize::MAX), ms(100));
+        let old = |key: &[u8], commit_ms: u64, expires_ms: Option<u64>| Superseded {
+            key: key.to_vec(),
+            version: 1,
+            commit_ts: ms(commit_ms),
+            expires_at: expires_ms.map(ms),
+            value: b"v".to_vec(),
+        };
+        // "gone" expired at 110 and was purged at 130; "live" was deleted at 130 while live.
+        history.record(
+            ms(130),
+            vec![old(b"gone", 100, Some(110)), old(b"live", 100, None)],
+        );
+        assert_eq!(
+            history.superseded_after(b"gone", ms(120)),
+            Ok(None),
+            "purged after its expiry"
+        );
+        assert_eq!(history.changed_between(b"gone", None, ms(120), ms(140)), Ok(None));
+        assert_eq!(
+            history.superseded_after(b"gone", ms(105)),
+            Ok(None),
+            "expiry is no write"
+        );
+        assert_eq!(
+            history.changed_between(b"gone", None, ms(105), ms(140)),
+            Ok(Some(ms(110)))
+        );
+        assert_eq!(history.superseded_after(b"live", ms(120)), Ok(Some(ms(130))));
+        assert_eq!(
+            history.changed_between(b"live", None, ms(120), ms(140)),
+            Ok(Some(ms(130)))
+        );
+        // A value written after the start, expired and purged since, is still a write.
+        history.record(ms(160), vec![old(b"late", 135, Some(140))]);
+        assert_eq!(history.superseded_after(b"late", ms(120)), Ok(Some(ms(135))));
+    }
 
     /// A hold keeps a timestamp readable past the window until it is released or lapses;
     /// bad holds are refused.

@@ -1,13 +1,28 @@
-//! Range calls of `ShardKv`: scans, counts and range deletes of one shard.
+//! Range calls of `ShardKv`: scans, counts and range deletes of one shard. Scans and
+//! counts leave the reserved keyspace out unless the range lies inside it (`reserved.rs`);
+//! a range delete deletes what its range holds.
 
 use ringkv_proto::v1;
 
 use super::limits::{self, check_range, count_limit, page_limit, reply_max_bytes};
+use super::reserved;
 use super::{check_read_at, ShardKvService};
 use crate::error::NodeError;
 use crate::raft::state_machine::ScanOptions;
 
+/// How a scan reads its pieces: the latest values, provisional ones included, or as of a
+/// timestamp (checks that cover the whole range are done before the first piece).
+#[derive(Clone, Copy)]
+enum ScanMode {
+    Uncommitted { now_ts: Option<u64> },
+    Latest,
+    At { read_ts: u64 },
+}
+
 impl ShardKvService {
+    /// A page of one shard's keys. The reserved keyspace is left out unless the range lies
+    /// inside it (`reserved.rs`): the range is read as its pieces on either side, the
+    /// limit and byte budget shared, in scan order.
     pub(super) async fn scan(
         &self,
         request: v1::ShardScanRequest,
@@ -16,48 +31,80 @@ impl ShardKvService {
         let config = self.node.config();
         let end = check_range(config.max_key_bytes, &request.start, request.end)?;
         let limit = page_limit(request.limit, "scan")?;
-        let options = ScanOptions {
-            start: request.start,
-            end,
-            limit: limit as usize,
-            max_bytes: reply_max_bytes(request.max_bytes, config.max_message_bytes),
-            reverse: request.reverse,
-            keys_only: request.keys_only,
-        };
-        let page = if request.read_uncommitted {
+        let mode = if request.read_uncommitted {
             limits::check_uncommitted(request.read_ts, request.consistency)?;
             self.check_consistency(&group, request.consistency).await?;
-            let now_ts = self.node.expiry_clock(&group).await?;
-            group.state.scan_uncommitted_live(options, now_ts).await?
+            ScanMode::Uncommitted {
+                now_ts: self.node.expiry_clock(&group).await?,
+            }
         } else if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
             if request.consistency == v1::Consistency::Linearizable as i32 {
-                let end = options.end.as_deref();
                 self.node
-                    .check_range_unlocked(&group, &options.start, end, u64::MAX)?;
+                    .check_range_unlocked(&group, &request.start, end.as_deref(), u64::MAX)?;
             }
-            self.node.scan_local(&group, options).await?
+            ScanMode::Latest
         } else {
             check_read_at(request.consistency)?;
-            self.node.scan_at(&group, options, request.read_ts).await?
+            ScanMode::At {
+                read_ts: request.read_ts,
+            }
         };
-        Ok(v1::ShardScanResponse {
-            entries: page
-                .entries
-                .into_iter()
-                .zip(page.expiries)
-                .map(|((key, versioned), expires_at)| v1::ScanEntry {
+        let mut pieces = reserved::user_pieces(&request.start, end.as_deref());
+        if request.reverse {
+            pieces.reverse();
+        }
+        let mut limit_left = limit as usize;
+        let mut bytes_left = reply_max_bytes(request.max_bytes, config.max_message_bytes);
+        let mut response = v1::ShardScanResponse::default();
+        for (index, (start, end)) in pieces.into_iter().enumerate() {
+            if limit_left == 0 || bytes_left == 0 {
+                // The page is full with the range's last pieces unread.
+                response.more = true;
+                response.last_key = reserved::boundary_after(request.reverse);
+                break;
+            }
+            let options = ScanOptions {
+                start,
+                end,
+                limit: limit_left,
+                max_bytes: bytes_left,
+                reverse: request.reverse,
+                keys_only: request.keys_only,
+            };
+            let page = match mode {
+                ScanMode::Uncommitted { now_ts } => {
+                    group.state.scan_uncommitted_live(options, now_ts).await?
+                }
+                ScanMode::Latest => self.node.scan_local(&group, options).await?,
+                ScanMode::At { read_ts } => self.node.scan_at(&group, options, read_ts).await?,
+            };
+            limit_left = limit_left.saturating_sub(page.entries.len());
+            for ((key, versioned), expires_at) in page.entries.into_iter().zip(page.expiries) {
+                bytes_left = bytes_left.saturating_sub(key.len() + versioned.value.len());
+                response.entries.push(v1::ScanEntry {
                     key,
                     value: versioned.value,
                     version: versioned.version,
                     expires_at_ts: expires_at.unwrap_or(0),
-                })
-                .collect(),
-            more: page.more,
-            last_key: page.last_key.unwrap_or_default(),
-        })
+                });
+            }
+            if page.more {
+                response.more = true;
+                response.last_key = match page.last_key {
+                    Some(last_key) => last_key,
+                    // Nothing of this piece looked at: resume where the last piece ended.
+                    None if index > 0 => reserved::boundary_after(request.reverse),
+                    None => Vec::new(),
+                };
+                break;
+            }
+        }
+        Ok(response)
     }
 
+    /// A count of one shard's keys, leaving out the reserved keyspace as [`Self::scan`]
+    /// does (the limit shared by the pieces).
     pub(super) async fn count(
         &self,
         request: v1::ShardCountRequest,
@@ -65,24 +112,46 @@ impl ShardKvService {
         let (_ring, group) = self.node.shard_group(request.shard_id)?;
         let end = check_range(self.node.config().max_key_bytes, &request.start, request.end)?;
         let limit = count_limit(request.limit);
-        let result = if request.read_ts == 0 {
+        if request.read_ts == 0 {
             self.check_consistency(&group, request.consistency).await?;
             if request.consistency == v1::Consistency::Linearizable as i32 {
                 self.node
                     .check_range_unlocked(&group, &request.start, end.as_deref(), u64::MAX)?;
             }
-            self.node.count_local(&group, request.start, end, limit).await?
         } else {
             check_read_at(request.consistency)?;
-            self.node
-                .count_at(&group, request.start, end, limit, request.read_ts)
-                .await?
-        };
-        Ok(v1::ShardCountResponse {
-            count: result.count,
-            more: result.more,
-            last_key: result.last_key.unwrap_or_default(),
-        })
+        }
+        let mut limit_left = limit;
+        let mut response = v1::ShardCountResponse::default();
+        for (index, (start, end)) in reserved::user_pieces(&request.start, end.as_deref())
+            .into_iter()
+            .enumerate()
+        {
+            if limit_left == 0 {
+                response.more = true;
+                response.last_key = reserved::boundary_after(false);
+                break;
+            }
+            let result = if request.read_ts == 0 {
+                self.node.count_local(&group, start, end, limit_left).await?
+            } else {
+                self.node
+                    .count_at(&group, start, end, limit_left, request.read_ts)
+                    .await?
+            };
+            response.count += result.count;
+            limit_left = limit_left.saturating_sub(result.count);
+            if result.more {
+                response.more = true;
+                response.last_key = match result.last_key {
+                    Some(last_key) => last_key,
+                    None if index > 0 => reserved::boundary_after(false),
+                    None => Vec::new(),
+                };
+                break;
+            }
+        }
+        Ok(response)
     }
 
     pub(super) async fn delete_range(
