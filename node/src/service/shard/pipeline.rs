@@ -4,7 +4,7 @@
 //! Each frame is answered exactly as its unary call (`Read`, `Write`, `WriteBatch`) would
 //! be — the same checks, the same permission check for the user it acts for, the same
 //! status on failure (leader hints and "rejected"/"outcome unknown" marks travel in
-//! [`FrameStatus`](v1::FrameStatus)). What a unary call's `grpc-timeout` did, a frame's
+//! [`FrameStatus`](ringkv_proto::v1::FrameStatus)). What a unary call's `grpc-timeout` did, a frame's
 //! `timeout_ms` does: the node stops working on it then (a write may still apply: it is
 //! answered "outcome unknown"). The stream's task and its bounds are `ringkv-pipeline`'s.
 
