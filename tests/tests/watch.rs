@@ -489,3 +489,62 @@ async fn kvctl_watch_of_a_range_prints_its_changes_only() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// Across a clean restart of every node (SIGTERM: each flushes its state, so none re-applies
+/// entries from its log at start), a watch cannot resume from before it — a node's history
+/// of replaced versions is in memory (ARCHITECTURE.md, known limits) — and says so: refused
+/// as compacted, naming the timestamp to resume from. A watch resumed from that timestamp
+/// delivers exactly the changes after it: the ones written after the restart, none from
+/// before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_restart_a_watch_is_refused_naming_where_to_resume() -> anyhow::Result<()> {
+    let (mut cluster, client, start) = start_cluster(1).await?;
+    let mut before = History::new();
+    put(&client, &mut before, "x/a", "1").await?;
+    put(&client, &mut before, "x/b", "1").await?;
+    delete(&client, &mut before, "x/a").await?;
+    put(&client, &mut before, "x/b", "2").await?;
+    for node in 1..=3 {
+        cluster.stop_node(node).await?;
+    }
+    for node in 1..=3 {
+        cluster.start_node(node).await?;
+    }
+    cluster.wait_for_leaders(SLOW_WAIT).await?;
+
+    let message = ringkv_tests::wait_until(
+        "the watch from before the restart to be refused",
+        SLOW_WAIT,
+        || async {
+            let mut watch = client.watch(prefix_watch("x/", start));
+            match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+                Ok(Some(Err(Error::InvalidArgument(message)))) => Some(message),
+                _ => None,
+            }
+        },
+    )
+    .await?;
+    let floor: u64 = message
+        .split("resume from ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no timestamp to resume from")?
+        .parse()?;
+    assert!(message.contains("compacted") && floor > start, "{message}");
+
+    let mut after = History::new();
+    put(&client, &mut after, "x/a", "3").await?;
+    delete(&client, &mut after, "x/b").await?;
+    let mut resumed = client.watch(prefix_watch("x/", floor));
+    let mut seen = Vec::new();
+    collect_until(&mut resumed, &mut seen, |seen| seen.len() >= 2).await?;
+    put(&client, &mut after, "x/last", "end").await?;
+    collect_until(&mut resumed, &mut seen, |seen| seen.len() > 2).await?;
+    assert!(seen.iter().all(|event| event.commit_ts > floor), "{seen:?}");
+    assert_eq!(
+        history_of(&seen)?,
+        after,
+        "the changes after the restart, once each"
+    );
+    Ok(())
+}
