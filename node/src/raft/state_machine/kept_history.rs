@@ -108,10 +108,10 @@ impl GroupState {
         }
         let generation = self.current().0;
         let applied = *self.applied_tx.borrow();
-        let history = self.history();
-        let high_water = history.high_water();
-        let (floor, versions) = history.saved();
-        drop(history);
+        let (high_water, (floor, versions)) = {
+            let history = self.history();
+            (history.high_water(), history.saved())
+        };
         let (engine, group) = (self.engine.clone(), self.group);
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
@@ -153,18 +153,21 @@ mod tests {
         let mut sm = StateMachine::new(state.clone());
         sm.apply(vec![put(1, b"k", b"v1", 1)]).await.expect("apply");
         sm.apply(vec![put(2, b"k", b"v2", 2)]).await.expect("apply");
-        let history = state.history();
-        let (floor, held) = (history.floor(), history.len());
-        assert!(floor < history.high_water() && held == 1);
-        drop(history);
+        let (floor, held, high_water) = {
+            let history = state.history();
+            (history.floor(), history.len(), history.high_water())
+        };
+        assert!(floor < high_water && held == 1);
         state.save_history().await.expect("save");
         engine.flush().expect("flush");
         drop((sm, state, engine));
 
         let (engine, state) = open(dir.path());
-        let history = state.history();
-        assert_eq!((history.floor(), history.len()), (floor, held), "taken back");
-        drop(history);
+        let restored = {
+            let history = state.history();
+            (history.floor(), history.len())
+        };
+        assert_eq!(restored, (floor, held), "taken back");
         let name = tree_name(GroupId::Shard(0));
         assert!(!engine.tree_names().expect("names").contains(&name), "read once");
         let mut sm = StateMachine::new(state.clone());
