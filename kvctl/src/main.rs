@@ -10,7 +10,7 @@
 //! - `batch` — `mget`, and `mput` (bulk load in concurrent batches); `load` parses its
 //!   JSON-lines and CSV input.
 //! - `range` — `scan` (a page, or `--all` streamed), `count`, `delrange`.
-//! - `watch` — `watch KEY | --prefix P [--from-revision R]`: changes as they commit.
+//! - `watch` — `watch KEY [END] | --prefix P [--from-revision R]`: changes as they commit.
 //! - `lease` — `lease grant|keep-alive|revoke|ttl|list` and `put --lease`'s id flag;
 //!   `lock` — `lock NAME [-- COMMAND]` and `elect NAME PROPOSAL | --listen NAME`, with
 //!   fencing tokens, on a lease of their own (unix only).
@@ -79,7 +79,8 @@ const EXAMPLES: &str = "Examples:
   kvctl scan --prefix user/ --limit 10    one page; repeat with the printed --page-token
   kvctl scan user/ user0 --all -o json    stream a whole range as one JSON document
   kvctl count --prefix user/              count keys (progress on stderr)
-  kvctl delrange --prefix user/           delete a range (--all --yes: every key)";
+  kvctl delrange --prefix user/           delete a range (--all --yes: every key)
+  kvctl watch user/ user0 -o jsonl        each change of a range as it commits";
 
 /// The playground router's address, the default endpoint.
 const DEFAULT_ENDPOINT: &str = "127.0.0.1:7000";
@@ -241,8 +242,8 @@ enum Command {
     /// Take timestamps of the cluster's timestamp oracle (what transactions are ordered by).
     #[command(alias = "tso")]
     Timestamp(timestamp::TimestampArgs),
-    /// Print the changes of a key or a prefix as they commit, from now or from a revision
-    /// (`--from-revision`); JSON lines with `-o json`.
+    /// Print the changes of a key, a range (KEY END) or a prefix as they commit, from now or
+    /// from a revision (`--from-revision`); one event per line in every format.
     Watch(watch::WatchArgs),
     /// Leases: grant, keep-alive, revoke, ttl, list (keys attached with `put --lease`
     /// vanish with their lease).

@@ -11,9 +11,10 @@
 //! else `value: null` plus `value_hex` (keys likewise with `key_hex`).
 //!
 //! [`Format`] is what `-o` asks for; the commands that print key-value data (`get`, `mget`,
-//! `put`, `del`, `cas`, `scan`, `count`, `delrange`, the TTL and lease commands, and `check
-//! perf`) render [`Records`] in all five formats, and `endpoint status|health` in all but
-//! raw (one row per endpoint: there is no single value to print bare).
+//! `put`, `del`, `cas`, `scan`, `count`, `delrange`, the TTL and lease commands, `watch`
+//! (a stream: its `json` is JSON lines) and `check perf`) render [`Records`] in all five
+//! formats, and `endpoint status|health` in all but raw (one row per endpoint: there is no
+//! single value to print bare).
 //! The others render a table or one JSON document ([`OutputFormat`], see
 //! [`Format::document`]): a line format there is a usage error naming the formats they print.
 
@@ -76,7 +77,7 @@ impl Format {
 
 /// The commands that print in the line formats (`endpoint` in all but raw).
 pub const RECORD_COMMANDS: &str =
-    "get, mget, put, del, cas, scan, count, delrange, ttl, expire, persist, lease, watch (jsonl), check perf, endpoint (not raw)";
+    "get, mget, put, del, cas, scan, count, delrange, ttl, expire, persist, lease, watch, check perf, endpoint (not raw)";
 
 /// How commands that print a table or one JSON document print it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

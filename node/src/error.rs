@@ -86,8 +86,8 @@ pub enum NodeError {
     /// `raft/state_machine/mvcc.rs`).
     #[error(
         "snapshot too old: read timestamp {read_ts} is below {floor}, the oldest this shard's version \
-         history reaches (versions are kept for --mvcc-window-ms, and not across a restart or a \
-         snapshot install); read at a newer timestamp"
+         history reaches (versions are kept for --mvcc-window-ms, across a clean restart but not a \
+         crash or a snapshot install); read at a newer timestamp"
     )]
     SnapshotTooOld { read_ts: u64, floor: u64 },
     /// A transaction below the shard's transaction safe point has no record: it was
@@ -119,7 +119,7 @@ pub enum NodeError {
     /// `raft/state_machine/watches.rs`).
     #[error(
         "watch from timestamp {after_ts}: the shard's history before {floor} is gone (compacted: \
-         versions are kept for --mvcc-window-ms, and not across a restart); resume from {floor} \
+         versions are kept for --mvcc-window-ms, across a clean restart but not a crash); resume from {floor} \
          or later (changes in between are lost)"
     )]
     WatchCompacted { after_ts: u64, floor: u64 },

@@ -71,11 +71,9 @@ struct ShardWatch {
     start: Vec<u8>,
     end: Vec<u8>,
     keys_only: bool,
-    /// Changes after it, until the first progress (0: from now).
+    /// Changes after it, until the first progress (a watch from now holds its opening
+    /// timestamp as progress from the start, see [`watch`]).
     start_ts: u64,
-    /// The first stream opens from the node's now, though the position already holds the
-    /// watch's opening timestamp (see [`watch`]); streams after it open from the position.
-    first_from_now: bool,
 }
 
 /// The keys a watch follows.
@@ -152,11 +150,13 @@ fn target_range(request: &WatchRequest, max_key_bytes: usize) -> Result<Watched,
 /// Opens a watch: one task per shard it touches, fanned in to one stream.
 ///
 /// A watch from now (`start_ts` 0) starts at an oracle timestamp `T` taken as it opens: the
-/// first message gives every shard not resumed the progress `T`, and a shard whose stream
-/// breaks before its node's first progress is watched again from `T` — not from a later
-/// "now", which would lose what committed in between — and so is a client's watch resumed
-/// from that message. The first stream of each such shard still opens from the node's own
-/// now (no catch-up read of the range); events at or below `T` are dropped as delivered.
+/// first message gives every shard not resumed the progress `T`, and every stream of such a
+/// shard opens from its progress, the first one from `T` too — not from the node's own
+/// "now", which is later by the time the stream reaches it and would lose what committed in
+/// between (a put acknowledged after the first message, committed above `T`, applied
+/// before the node's watch subscribed). A node whose applied timestamps are all at or
+/// below `T` opens such a watch without a catch-up read of the range
+/// (`raft/state_machine/watches.rs`), so a watch from now stays cheap on a quiet shard.
 pub async fn watch<N: NodeApi>(
     ctx: &Arc<RouterContext<N>>,
     tso: &TsoClient,
@@ -176,6 +176,7 @@ pub async fn watch<N: NodeApi>(
         _ => None,
     };
     let mut opening = Vec::new();
+    // Every shard not resumed starts at the opening timestamp, its first stream included.
     if let Some(now_ts) = from_now_ts {
         for &shard_id in &shards {
             if position.progress(shard_id) == 0 {
@@ -191,7 +192,6 @@ pub async fn watch<N: NodeApi>(
         failed: Notify::new(),
     });
     let (tx, rx) = mpsc::channel(MAX_BUFFERED_MESSAGES);
-    let first_from_now: Vec<u32> = opening.iter().map(|opened| opened.shard_id).collect();
     if !opening.is_empty() {
         // First in the channel, before any shard task runs; it cannot be full yet.
         let first = WatchResponse {
@@ -211,7 +211,6 @@ pub async fn watch<N: NodeApi>(
             end: end.clone(),
             keys_only: request.keys_only,
             start_ts: request.start_ts,
-            first_from_now: first_from_now.contains(&shard_id),
         };
         tasks.spawn(follow_shard(
             Arc::clone(ctx),
@@ -283,13 +282,10 @@ async fn follow_shard<N: NodeApi>(
     tx: mpsc::Sender<WatchResponse>,
     shared: Arc<Shared>,
 ) {
-    let mut from_now = shard.first_from_now;
     loop {
-        let progress = position.progress(shard.shard_id);
-        let after_ts = match (std::mem::take(&mut from_now), progress) {
-            (true, _) => 0,
-            (false, 0) => shard.start_ts,
-            (false, progress) => progress,
+        let after_ts = match position.progress(shard.shard_id) {
+            0 => shard.start_ts,
+            progress => progress,
         };
         let request = ShardWatchRequest {
             shard_id: shard.shard_id,
@@ -464,10 +460,10 @@ mod tests {
         }
     }
 
-    /// A watch from now gives its shard the opening timestamp as progress first; the
-    /// shard's first stream opens from the node's now (`after_ts` 0), and when it breaks
-    /// before any progress the shard is watched again from the opening timestamp, not from
-    /// a later now (which would lose what committed in between).
+    /// A watch from now gives its shard the opening timestamp as progress first, and the
+    /// shard's streams open from it — the first one too, not from the node's later now
+    /// (which would lose what committed in between), and the one after a break before any
+    /// progress.
     #[tokio::test]
     async fn a_watch_from_now_reopens_from_its_opening_timestamp() {
         let nodes = Arc::new(FakeShard::default());
@@ -503,8 +499,8 @@ mod tests {
             .clone();
         assert_eq!(
             calls,
-            vec![0, OPENING_TS],
-            "from now, then from the opening timestamp"
+            vec![OPENING_TS, OPENING_TS],
+            "from the opening timestamp, twice"
         );
         assert_eq!(nodes.timestamps.load(Ordering::SeqCst), 1);
         tso.shutdown().await;

@@ -366,13 +366,21 @@ impl Node {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Stops every group, then the purgers, then closes the WAL (its writer thread writes
+    /// Stops every group and saves each one's history, then the purgers, then closes the
+    /// WAL (its writer thread writes
     /// and syncs what is queued, then exits) and flushes the engine. The reconciler, the
     /// system duties and gossip (which use the node) are stopped first by their owner.
     pub async fn shutdown(&self) {
         for group in self.groups() {
             if let Err(err) = group.raft.shutdown().await {
                 warn!(group = %group.id, %err, "raft group did not shut down cleanly");
+            }
+        }
+        // Flushed with the state below, so the next start serves watches and reads at
+        // timestamps from before it (`raft/state_machine/kept_history.rs`).
+        for group in self.groups() {
+            if let Err(err) = group.state.save_history().await {
+                warn!(group = %group.id, %err, "could not save the group's history for the next start");
             }
         }
         let deps = &self.inner.deps;

@@ -15,6 +15,7 @@
 //! - `read`: `get`, `get_many`, [`GroupState::scan`] and [`GroupState::count`].
 //! - `holds`: range reads in holds of the apply lock of bounded work (applies run in
 //!   between), each answer at one applied state; `range`: the scans and counts so read.
+//! - `kept_history`: the history saved at a clean shutdown, taken back at open.
 //! - `watches`: watches of a range's changes (catch-up from the history,
 //!   `watch_catch_up`, then each applied entry's changes through a bounded queue).
 //! - `adapter`: [`StateMachine`] and [`SnapshotBuilder`], the openraft traits.
@@ -29,6 +30,7 @@ mod expiry;
 mod fingerprint;
 mod history_budget;
 mod holds;
+mod kept_history;
 pub(in crate::raft) mod layout;
 pub(crate) mod mvcc;
 mod one_pc;
@@ -142,6 +144,8 @@ impl GroupState {
             None => 0u64,
         };
         let current_name = sm_tree_name(group, generation);
+        // Before the stale trees go (its tree is one of them).
+        let kept = kept_history::take(&engine, group)?;
         let prefix = sm_tree_prefix(group);
         for name in engine.tree_names()? {
             if name.starts_with(&prefix) && name != current_name {
@@ -165,7 +169,10 @@ impl GroupState {
             applied = Some(settled);
         }
         let (applied_tx, _) = watch::channel(applied);
-        let history = mvcc::History::new(history, mvcc::high_water(&tree)?);
+        let mut history = mvcc::History::new(history, mvcc::high_water(&tree)?);
+        if let Some(kept) = kept {
+            kept.restore_into(group, generation, applied, &mut history);
+        }
         let may_have_locks = AtomicBool::new(txn::holds_locks(&tree)?);
         let dedup_counts = dedup::Counts::read(&tree)?;
         let dedup_clock_ms = AtomicU64::new(dedup_counts.clock_ms);

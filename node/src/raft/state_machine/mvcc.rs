@@ -36,6 +36,9 @@ use crate::storage::{StorageError, TreeRef};
 
 pub use super::history_budget::{HistoryBudget, HoldError};
 use super::layout::data_key;
+pub use saved::SavedVersion;
+
+mod saved;
 
 /// The highest commit timestamp the shard applied (u64 big-endian).
 pub(super) const HIGH_WATER_KEY: &[u8] = b"s";
