@@ -585,6 +585,56 @@ mod tests {
         );
     }
 
+    /// A crash right after the last entry's intent record, with the bookkeeping records
+    /// lagging several entries behind: the reopened state finishes the entry (its value and
+    /// de-duplication record) and takes the bookkeeping from the intent, not the records.
+    #[tokio::test]
+    async fn a_crash_after_an_intent_with_lagging_records_recovers_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let expected = {
+            let (engine, state) = open(dir.path());
+            let mut sm = StateMachine::new(state.clone());
+            for (index, key) in (3u64..).zip([b"a", b"b", b"c"]) {
+                sm.apply(vec![put(index, key, b"v", index as u8)])
+                    .await
+                    .expect("apply");
+            }
+            let expected = (
+                *state.watch_applied().borrow(),
+                state.history().high_water(),
+                *state.dedup_counts(),
+            );
+            // The last entry's writes after its intent never reached the tree.
+            let tree = state.tree();
+            tree.remove(&data_key(b"c")).expect("remove");
+            let (start, end) = crate::storage::prefix_bounds(&[super::super::layout::WRITE_RECORD_PREFIX]);
+            let last_record = tree.range(start, end).map(|pair| pair.expect("pair").0).last();
+            tree.remove(&last_record.expect("a record")).expect("remove");
+            assert_eq!(tree.get(APPLIED_KEY).expect("get"), None, "the records lag");
+            engine.flush().expect("flush");
+            expected
+        };
+        let (_engine, state) = open(dir.path());
+        let reopened = (
+            *state.watch_applied().borrow(),
+            state.history().high_water(),
+            *state.dedup_counts(),
+        );
+        assert_eq!(reopened, expected);
+        let value = state.get(b"c").await.expect("get").expect("finished");
+        assert_eq!((value.value, value.version), (b"v".to_vec(), 5));
+        let mut sm = StateMachine::new(state.clone());
+        let retry = sm.apply(vec![put(6, b"c", b"v", 5)]).await.expect("retry");
+        let CommandResult::Write(outcomes) = &retry[0] else {
+            panic!("write result expected")
+        };
+        assert_eq!(
+            outcomes[0].results().expect("applied")[0].version,
+            5,
+            "the first outcome: the record was finished too"
+        );
+    }
+
     /// A delete-range removes the first `limit` keys of its range per entry and reports
     /// whether keys remain; a retried request id returns the first outcome without deleting
     /// again, also after a restart.
