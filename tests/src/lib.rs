@@ -122,6 +122,16 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// The same options with every node serving `/metrics` on a free port (found with
+    /// [`Cluster::metrics_addrs`] or a node's status).
+    pub fn with_node_metrics(mut self) -> Self {
+        self.node_args
+            .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+        self
+    }
+}
+
 /// One node process.
 pub struct NodeProcess {
     pub id: u64,

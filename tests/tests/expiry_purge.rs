@@ -61,13 +61,11 @@ async fn keep_writing(client: Client, stop: Arc<AtomicBool>) -> Result<Served> {
 /// writer's puts keep being answered quickly; reads never see them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_keys_are_purged_in_bounded_chunks_while_writes_go_on() -> Result<()> {
-    let mut options = ClusterOptions {
+    let options = ClusterOptions {
         shards: 1,
         ..ClusterOptions::default()
-    };
-    options
-        .node_args
-        .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+    }
+    .with_node_metrics();
     let cluster = Cluster::start(options).await?;
     let client = cluster.client().await?;
     let metrics_addrs = cluster.metrics_addrs().await?;

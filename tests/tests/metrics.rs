@@ -10,27 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, Context};
 use ringkv_client::Isolation;
-use ringkv_tests::{bin_dir, wait_until, Cluster, ClusterOptions, WAIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ringkv_tests::{bin_dir, scrape_metrics as scrape, wait_until, Cluster, ClusterOptions, WAIT};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-/// The body of `GET /metrics` at `addr` (HTTP/1.1, one request per connection).
-async fn scrape(addr: &str) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers in {response:?}"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("scrape of {addr} answered {head:?}");
-    }
-    Ok(body.to_string())
-}
 
 /// The samples of `text` by series (name with labels) → value.
 fn samples(text: &str) -> HashMap<String, f64> {
@@ -156,13 +139,11 @@ async fn quiet_groups(cluster: &Cluster, id: u64) -> anyhow::Result<HashMap<Stri
 /// index, WAL fsyncs in the histogram; health says SERVING for the process and ShardKv.
 #[tokio::test(flavor = "multi_thread")]
 async fn node_metrics_move_with_requests_and_health_serves() -> anyhow::Result<()> {
-    let mut options = ClusterOptions {
+    let options = ClusterOptions {
         shards: 4,
         ..ClusterOptions::default()
-    };
-    options
-        .node_args
-        .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+    }
+    .with_node_metrics();
     let mut cluster = Cluster::start(options).await?;
     cluster.init().await?;
     cluster.start_router().await?;
@@ -313,13 +294,11 @@ async fn kvctl(router: &str, args: &[&str]) -> anyhow::Result<(Option<i32>, Stri
 /// each node's sizes and the router's role.
 #[tokio::test(flavor = "multi_thread")]
 async fn router_metrics_and_kvctl_endpoint_health() -> anyhow::Result<()> {
-    let mut options = ClusterOptions {
+    let options = ClusterOptions {
         shards: 4,
         ..ClusterOptions::default()
-    };
-    options
-        .node_args
-        .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+    }
+    .with_node_metrics();
     let mut cluster = Cluster::start(options).await?;
     cluster.init().await?;
     let router = cluster

@@ -41,10 +41,7 @@ async fn wait_until_get_finds_absent(client: &Client, key: &str) -> Result<()> {
 /// commit (removing an expired value is no write conflict, nor a change of a read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_isolation_level_reads_an_expired_key_as_absent_and_may_insert_it() -> Result<()> {
-    let mut options = ClusterOptions::default();
-    options
-        .node_args
-        .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+    let options = ClusterOptions::default().with_node_metrics();
     let cluster = Cluster::start(options).await?;
     let client = cluster.client().await?;
     let metrics_addrs = cluster.metrics_addrs().await?;
@@ -129,10 +126,7 @@ fn is_serialization_failure(outcome: &Result<ringkv_client::Committed, Error>) -
 /// snapshot, where the key is still present.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_of_a_key_that_expired_before_the_commit_does_not_hold() -> Result<()> {
-    let mut options = ClusterOptions::default();
-    options
-        .node_args
-        .extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+    let options = ClusterOptions::default().with_node_metrics();
     let cluster = Cluster::start(options).await?;
     let client = cluster.client().await?;
     let metrics_addrs = cluster.metrics_addrs().await?;

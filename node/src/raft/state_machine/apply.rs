@@ -519,6 +519,15 @@ mod tests {
         );
     }
 
+    /// The applied log id, high-water mark and de-duplication counts as memory holds them.
+    fn bookkeeping_in_memory(state: &GroupState) -> (Option<LogId>, u64, super::super::dedup::Counts) {
+        (
+            *state.watch_applied().borrow(),
+            state.history().high_water(),
+            *state.dedup_counts(),
+        )
+    }
+
     /// After an intent record the entry's bookkeeping stays in it: the applied record, the
     /// high-water mark and the counts lag in the tree while memory is current; a snapshot
     /// dump writes them out first, and a reopen recovers them all from the intent.
@@ -539,13 +548,6 @@ mod tests {
                 super::super::dedup::Counts::read(tree).expect("counts"),
             )
         };
-        let in_memory = |state: &GroupState| {
-            (
-                *state.watch_applied().borrow(),
-                state.history().high_water(),
-                *state.dedup_counts(),
-            )
-        };
         let current = {
             let (engine, state) = open(dir.path());
             let mut sm = StateMachine::new(state.clone());
@@ -553,7 +555,7 @@ mod tests {
             sm.apply(vec![put(4, b"b", b"2", 2), put(5, b"c", b"3", 3)])
                 .await
                 .expect("apply");
-            let current = in_memory(&state);
+            let current = bookkeeping_in_memory(&state);
             assert_eq!(current.0, Some(log_id(2, 5)));
             assert_eq!(current.2.writes, 3, "three requests recorded");
             let lagging = recorded(&state.tree());
@@ -565,13 +567,17 @@ mod tests {
             assert_eq!(snapshot.meta.last_log_id, Some(log_id(2, 5)));
             assert_eq!(recorded(&state.tree()), current);
             sm.apply(vec![put(6, b"d", b"4", 4)]).await.expect("apply");
-            let current = in_memory(&state);
+            let current = bookkeeping_in_memory(&state);
             assert_eq!(recorded(&state.tree()).0, Some(log_id(2, 5)), "lagging again");
             engine.flush().expect("flush");
             current
         };
         let (_engine, state) = open(dir.path());
-        assert_eq!(in_memory(&state), current, "recovered from the intent record");
+        assert_eq!(
+            bookkeeping_in_memory(&state),
+            current,
+            "recovered from the intent record"
+        );
         assert_eq!(recorded(&state.tree()), current, "and written out");
         let mut sm = StateMachine::new(state.clone());
         let retry = sm.apply(vec![put(7, b"a", b"1", 1)]).await.expect("retry");
@@ -599,11 +605,7 @@ mod tests {
                     .await
                     .expect("apply");
             }
-            let expected = (
-                *state.watch_applied().borrow(),
-                state.history().high_water(),
-                *state.dedup_counts(),
-            );
+            let expected = bookkeeping_in_memory(&state);
             // The last entry's writes after its intent never reached the tree.
             let tree = state.tree();
             tree.remove(&data_key(b"c")).expect("remove");
@@ -615,11 +617,7 @@ mod tests {
             expected
         };
         let (_engine, state) = open(dir.path());
-        let reopened = (
-            *state.watch_applied().borrow(),
-            state.history().high_water(),
-            *state.dedup_counts(),
-        );
+        let reopened = bookkeeping_in_memory(&state);
         assert_eq!(reopened, expected);
         let value = state.get(b"c").await.expect("get").expect("finished");
         assert_eq!((value.value, value.version), (b"v".to_vec(), 5));
