@@ -487,7 +487,7 @@ mod tests {
             let tree = state.tree();
             tree.insert(APPLIED_KEY, &encode(&log_id(2, 3)).expect("encode"))
                 .expect("insert");
-            let (start, end) = crate::storage::prefix_bounds(&[super::super::layout::WRITE_RECORD_PREFIX]);
+            let (start, end) = crate::storage::prefix_bounds(&[super::super::layout::WRITE_BUCKET_PREFIX]);
             let dedup: Vec<Vec<u8>> = tree.range(start, end).map(|pair| pair.expect("pair").0).collect();
             assert!(!dedup.is_empty());
             for key in dedup {
@@ -557,7 +557,7 @@ mod tests {
                 .expect("apply");
             let current = bookkeeping_in_memory(&state);
             assert_eq!(current.0, Some(log_id(2, 5)));
-            assert_eq!(current.2.writes, 3, "three requests recorded");
+            assert_eq!(current.2.writes_recorded, 3, "three requests recorded");
             let lagging = recorded(&state.tree());
             assert_eq!(lagging.0, None, "no entry wrote the applied record itself");
             assert_ne!(lagging, current);
@@ -609,9 +609,12 @@ mod tests {
             // The last entry's writes after its intent never reached the tree.
             let tree = state.tree();
             tree.remove(&data_key(b"c")).expect("remove");
-            let (start, end) = crate::storage::prefix_bounds(&[super::super::layout::WRITE_RECORD_PREFIX]);
-            let last_record = tree.range(start, end).map(|pair| pair.expect("pair").0).last();
-            tree.remove(&last_record.expect("a record")).expect("remove");
+            let last_record = super::super::dedup::write_bucket_key(&[5; 16]);
+            assert!(
+                tree.get(&last_record).expect("get").is_some(),
+                "the last entry's record"
+            );
+            tree.remove(&last_record).expect("remove");
             assert_eq!(tree.get(APPLIED_KEY).expect("get"), None, "the records lag");
             engine.flush().expect("flush");
             expected
@@ -712,30 +715,30 @@ mod tests {
         }
         apply_delete_range(&mut sm, delete_range(6, b"", None, 1, 20)).await;
         let tree = state.tree();
-        assert!(DELETE_RANGES
-            .lookup(&tree, &[20; 16], false)
-            .expect("lookup")
-            .is_some());
+        let remembered_range = |id: u8| {
+            DELETE_RANGES
+                .lookup(&tree, &[id; 16], false, &policy, *state.dedup_counts())
+                .expect("lookup")
+                .is_some()
+        };
+        let remembered_write = |id: u8| {
+            WRITES
+                .lookup(&tree, &[id; 16], false, &policy, *state.dedup_counts())
+                .expect("lookup")
+                .is_some()
+        };
+        assert!(remembered_range(20));
         let mut later = delete_range(7, b"x", None, 1, 21);
         if let EntryPayload::Normal(Command::DeleteRange(command)) = &mut later.payload {
             // Past the window of every record so far (issued at 1_000, window 60_000).
             command.issued_at_ms = 1_000 + 60_000 + 1;
         }
         apply_delete_range(&mut sm, later).await;
-        assert!(DELETE_RANGES
-            .lookup(&tree, &[20; 16], false)
-            .expect("lookup")
-            .is_none());
-        assert!(
-            WRITES.lookup(&tree, &[1; 16], false).expect("lookup").is_none(),
-            "expired write records too"
-        );
-        assert!(
-            WRITES.lookup(&tree, &[3; 16], false).expect("lookup").is_some(),
-            "the last write record is within min_records"
-        );
+        assert!(!remembered_range(20));
+        assert!(!remembered_write(1), "expired write records too");
+        assert!(remembered_write(3), "the last write record is within min_records");
         let (start, end) = prefix_bounds(&[RANGE_LIST_PREFIX]);
-        assert_eq!(tree.range(start, end).count(), 1, "only the newest list is left");
+        assert_eq!(tree.range(start, end).count(), 0, "no request lists: buckets");
         // The expired id deletes again.
         let again = apply_delete_range(&mut sm, delete_range(8, b"", None, 1, 20)).await;
         assert_eq!(again.last_deleted, Some(b"b".to_vec()));

@@ -6,13 +6,15 @@
 //! | key | value | what |
 //! | --- | --- | --- |
 //! | `d` ‖ user key | `version \| 1 << 63` (u64 big-endian) ‖ `commit_ts` (u64 big-endian) ‖ flags (u8: 0, or 1 = an expiry follows) ‖ [`expires_at` (u64 big-endian), flag 1 only] ‖ value bytes | a key's latest version (see `mvcc.rs`); the version is the log index of the write. Written before MVCC: version (top bit clear) ‖ value, read as committed at 0 |
-//! | `v` ‖ request id (16 bytes) | postcard `(fingerprint: [u8; 16], Vec<(succeeded: bool, version: u64, existed: bool, current_version: Option<u64>)>)` | de-duplication record of a write: the write's fingerprint and per-op outcome (a failed comparison's current version, not its value) |
+//! | `b` ‖ bucket (u16 big-endian) | postcard `Vec<(request id: [u8; 16], sequence: u64, clock_ms: u64, fingerprint: [u8; 16], Vec<(succeeded: bool, version: u64, existed: bool, current_version: Option<u64>)>)>` | a bucket of write de-duplication records (see `dedup/buckets.rs`): the writes whose request ids hash to it, oldest first, each with its sequence number in the table, the shard's de-duplication clock after its entry, its fingerprint and per-op outcome |
+//! | `j` ‖ bucket (u16 big-endian) | postcard `Vec<(request id, sequence, clock_ms, fingerprint, DeleteRangeResult)>` | a bucket of delete-range de-duplication records, as `b` |
+//! | `v` ‖ request id (16 bytes) | postcard `(fingerprint: [u8; 16], Vec<(succeeded: bool, version: u64, existed: bool, current_version: Option<u64>)>)` | de-duplication record of a write of the previous layout: the write's fingerprint and per-op outcome (a failed comparison's current version, not its value; read and drained, no longer written) |
 //! | `w` ‖ request id (16 bytes) | postcard `Vec<WriteOpResult>` (`current: Option<Versioned>`) | de-duplication record of a write without a fingerprint (read, matching any write, and pruned; no longer written) |
-//! | `l` ‖ log index (u64 big-endian) | postcard `(clock_ms: u64, Vec<request id>)` | the write records (`v` or `w`) made by that entry (pruning walks these oldest first), and the shard's de-duplication clock after it (written before that clock: the entry's own `issued_at_ms`) |
-//! | `u` ‖ request id (16 bytes) | postcard `(fingerprint: [u8; 16], DeleteRangeResult)` | de-duplication record of a delete-range |
+//! | `l` ‖ log index (u64 big-endian) | postcard `(clock_ms: u64, Vec<request id>)` | the write records (`v` or `w`) made by that entry (pruning walks these oldest first), and the shard's de-duplication clock after it (written before that clock: the entry's own `issued_at_ms`); previous layout, no longer written |
+//! | `u` ‖ request id (16 bytes) | postcard `(fingerprint: [u8; 16], DeleteRangeResult)` | de-duplication record of a delete-range of the previous layout |
 //! | `g` ‖ request id (16 bytes) | postcard `DeleteRangeResult` | de-duplication record of a delete-range without a fingerprint (read and pruned; no longer written) |
 //! | `h` ‖ log index (u64 big-endian) | postcard `(clock_ms: u64, Vec<request id>)` | the delete-range records (`u` or `g`) made by that entry, as `l` |
-//! | `n` | postcard `(writes: u64, delete_ranges: u64, clock_ms: u64)` | how many write (`v`, `w`) and delete-range (`u`, `g`) records there are, and the shard's de-duplication clock (the highest `issued_at_ms` applied). Written before the clock: the two counts only (the clock is then the newest `l`/`h` list's) |
+//! | `n` | postcard `(writes: u64, delete_ranges: u64, clock_ms: u64, writes_recorded: u64, delete_ranges_recorded: u64)` | how many write (`v`, `w`) and delete-range (`u`, `g`) records of the previous layout are left, the shard's de-duplication clock (the highest `issued_at_ms` applied), and how many writes and delete-ranges were recorded in buckets (`b`, `j`). Written before buckets: the first three fields; before the clock: the first two (the clock is then the newest `l`/`h` list's) |
 //! | `r` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, Vec<WriteOpResult>)` | legacy write record (read and drained, no longer written) |
 //! | `x` ‖ expires_at_ms (u64 big-endian) ‖ request id | empty | expiry index of the `r` records (legacy) |
 //! | `q` ‖ request id (16 bytes) | postcard `(expires_at_ms: u64, DeleteRangeResult)` | legacy delete-range record |
@@ -46,7 +48,11 @@ use crate::storage::{prefix_bounds, StorageError};
 
 /// Data records: `d` + user key.
 pub(super) const DATA_PREFIX: u8 = b'd';
-/// De-duplication records of writes, with their fingerprints: `v` + request id.
+/// Buckets of de-duplication records of writes: `b` + bucket (u16 big-endian).
+pub(super) const WRITE_BUCKET_PREFIX: u8 = b'b';
+/// Buckets of de-duplication records of delete-ranges: `j` + bucket (u16 big-endian).
+pub(super) const RANGE_BUCKET_PREFIX: u8 = b'j';
+/// De-duplication records of writes of the previous layout: `v` + request id.
 pub(super) const WRITE_RECORD_PREFIX: u8 = b'v';
 /// De-duplication records of writes written before fingerprints: `w` + request id.
 pub(super) const WRITE_UNFINGERPRINTED_PREFIX: u8 = b'w';
@@ -192,6 +198,7 @@ pub(super) fn request_key(prefix: u8, request_id: &RequestId) -> Vec<u8> {
 }
 
 /// A request list key (`prefix` + log index, big-endian): lists sort oldest first.
+#[cfg(test)]
 pub(super) fn list_key(prefix: u8, log_index: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 8);
     out.push(prefix);

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use super::apply::EntryVersions;
-use super::dedup::{EntryRecords, Found, RecordedOp, DELETE_RANGES, WRITES};
+use super::dedup::{EntryRecords, Found, RecordedOp};
 use super::layout::{data_bounds, user_key};
 use super::{expiry, fingerprint, mvcc, txn, GroupState};
 use crate::raft::types::{
@@ -37,9 +37,8 @@ impl GroupState {
         batch: &mut Batch,
         versions: &mut EntryVersions,
     ) -> Result<CommandResult, StorageError> {
-        let older = self.legacy_dedup.load(Ordering::SeqCst);
         let mut seen: HashMap<RequestId, Found<Vec<RecordedOp>>> = HashMap::new();
-        let mut records = EntryRecords::default();
+        let mut records = self.entry_records();
         let mut budget = CurrentValueBudget::new();
         let mut outcomes = Vec::with_capacity(writes.len());
         for write in writes {
@@ -47,7 +46,7 @@ impl GroupState {
             let fingerprint = fingerprint::of_write(write);
             let earlier = match seen.get(&write.request_id) {
                 Some(found) => Some(found.clone()),
-                None => WRITES.lookup(tree, &write.request_id, older)?,
+                None => records.lookup_write(tree, &write.request_id)?,
             };
             if let Some(found) = earlier {
                 outcomes.push(match found.is_retry_of(&fingerprint) {
@@ -69,35 +68,40 @@ impl GroupState {
             budget.spend(&mut results);
             let recorded: Vec<RecordedOp> = results.iter().map(RecordedOp::of).collect();
             records.record_write(
-                batch,
                 &write.request_id,
                 fingerprint,
                 write.issued_at_ms,
-                &recorded,
-            )?;
+                recorded.clone(),
+            );
             seen.insert(write.request_id, Found::new(fingerprint, recorded));
             outcomes.push(WriteOutcome::Applied(results));
         }
-        self.finish_records(tree, batch, records, log_index, older)?;
+        self.finish_records(tree, batch, records, log_index)?;
         Ok(CommandResult::Write(outcomes))
     }
 
-    /// Lists and prunes the entry's de-duplication records and advances the shard's
-    /// de-duplication clock (see [`super::dedup`]). `older`: the tree may still hold records
-    /// of older formats (cleared once none is).
+    /// The de-duplication records of the entry about to be applied, after the previous
+    /// entry's counts and clock.
+    fn entry_records(&self) -> EntryRecords {
+        let older = self.legacy_dedup.load(Ordering::SeqCst);
+        EntryRecords::new(self.dedup, *self.dedup_counts(), older)
+    }
+
+    /// Writes and prunes the entry's de-duplication records and advances the shard's
+    /// de-duplication clock (see [`super::dedup`]); once no record of an older layout is
+    /// left, says so for the next entries.
     fn finish_records(
         &self,
         tree: &TreeRef,
         batch: &mut Batch,
         records: EntryRecords,
         log_index: u64,
-        older: bool,
     ) -> Result<(), StorageError> {
-        let mut counts = self.dedup_counts();
-        let finished = records.finish(tree, batch, &self.dedup, log_index, older, *counts)?;
-        if older && !finished.older_left {
+        let finished = records.finish(tree, batch, log_index)?;
+        if !finished.older_left {
             self.legacy_dedup.store(false, Ordering::SeqCst);
         }
+        let mut counts = self.dedup_counts();
         // Kept before the batch is written (under the apply lock): an error writing it fails
         // the group's state machine, which is opened again from the tree. A leader anchoring
         // now may take the clock: it is only ever a clock some entry of the log carried.
@@ -118,11 +122,10 @@ impl GroupState {
         batch: &mut Batch,
         versions: &mut EntryVersions,
     ) -> Result<CommandResult, StorageError> {
-        let older = self.legacy_dedup.load(Ordering::SeqCst);
-        let mut records = EntryRecords::default();
+        let mut records = self.entry_records();
         records.observe_clock(command.issued_at_ms);
         let fingerprint = fingerprint::of_delete_range(command);
-        let result = match DELETE_RANGES.lookup(tree, &command.request_id, older)? {
+        let result = match records.lookup_delete_range(tree, &command.request_id)? {
             Some(found) if found.is_retry_of(&fingerprint) => found.result,
             // Another delete-range's id: not applied, nothing recorded.
             Some(_) => return Ok(CommandResult::RangeRequestIdReused(command.request_id)),
@@ -137,16 +140,15 @@ impl GroupState {
                 }
                 let result = delete_first(tree, log_index, command, batch, versions)?;
                 records.record_delete_range(
-                    batch,
                     &command.request_id,
                     fingerprint,
                     command.issued_at_ms,
-                    &result,
-                )?;
+                    result.clone(),
+                );
                 result
             }
         };
-        self.finish_records(tree, batch, records, log_index, older)?;
+        self.finish_records(tree, batch, records, log_index)?;
         Ok(CommandResult::DeleteRange(result))
     }
 }

@@ -1,23 +1,31 @@
-//! What a shard keeps about its de-duplication tables besides their records: the record
-//! count of each table and the shard's de-duplication clock (see [`super`]), in one record.
+//! What a shard keeps about its de-duplication tables besides their records: how many
+//! requests each table recorded in buckets, how many records of the previous layout it
+//! still holds, and the shard's de-duplication clock (see [`super`]), in one record.
 
 use serde::Serialize;
 
-use super::RequestList;
+use super::older::RequestList;
 use crate::raft::decode;
 use crate::raft::state_machine::layout::{COUNTS_KEY, RANGE_LIST_PREFIX, WRITE_LIST_PREFIX};
 use crate::storage::{prefix_bounds, StorageError, TreeRef};
 
-/// The record counts of both tables and the shard's de-duplication clock (`COUNTS_KEY`;
-/// absent = all zero): postcard `(writes, delete_ranges, clock_ms)`. Written before the
-/// clock, the record holds the two counts only, and the clock is then the newest request
-/// list's.
+/// The counts of both tables and the shard's de-duplication clock (`COUNTS_KEY`; absent =
+/// all zero): postcard `(writes, delete_ranges, clock_ms, writes_recorded,
+/// delete_ranges_recorded)`. Older builds wrote a prefix of it: before buckets the first
+/// three fields (nothing recorded in buckets yet), before the clock the first two (the
+/// clock is then the newest request list's).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub(in crate::raft::state_machine) struct Counts {
+    /// Write records of the previous layout still held (`v`, `w`).
     pub(in crate::raft::state_machine) writes: u64,
+    /// Delete-range records of the previous layout still held (`u`, `g`).
     pub(in crate::raft::state_machine) delete_ranges: u64,
     /// The highest clock the shard's entries carried (see [`super`]).
     pub(in crate::raft::state_machine) clock_ms: u64,
+    /// Writes recorded in buckets so far: the sequence number of the latest.
+    pub(in crate::raft::state_machine) writes_recorded: u64,
+    /// Delete-ranges recorded in buckets so far.
+    pub(in crate::raft::state_machine) delete_ranges_recorded: u64,
 }
 
 impl Counts {
@@ -32,14 +40,25 @@ impl Counts {
         };
         let ((writes, delete_ranges), rest) =
             postcard::take_from_bytes::<(u64, u64)>(&bytes).map_err(corrupt)?;
-        let clock_ms = match rest.is_empty() {
-            true => newest_list_clock(tree)?,
-            false => postcard::from_bytes(rest).map_err(corrupt)?,
+        if rest.is_empty() {
+            return Ok(Counts {
+                writes,
+                delete_ranges,
+                clock_ms: newest_list_clock(tree)?,
+                ..Counts::default()
+            });
+        }
+        let (clock_ms, rest) = postcard::take_from_bytes::<u64>(rest).map_err(corrupt)?;
+        let (writes_recorded, delete_ranges_recorded) = match rest.is_empty() {
+            true => (0, 0),
+            false => postcard::from_bytes::<(u64, u64)>(rest).map_err(corrupt)?,
         };
         Ok(Counts {
             writes,
             delete_ranges,
             clock_ms,
+            writes_recorded,
+            delete_ranges_recorded,
         })
     }
 }
