@@ -48,10 +48,10 @@
 
 mod buckets;
 mod counts;
+#[cfg(test)]
+mod dedup_tests;
 mod older;
 mod outcome;
-#[cfg(test)]
-mod tests;
 
 use std::marker::PhantomData;
 
