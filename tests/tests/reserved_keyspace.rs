@@ -1,14 +1,15 @@
 //! The reserved keyspace `__ringkv/` (lease records) through a real router and nodes (issue
-//! 16): `delrange` of everything and a watch of everything leave it out, as scans and counts
-//! do, so deleting every key leaves leases working; a range or a watch lying inside the
-//! reserved keyspace still reaches it. Every wait is a condition with a timeout.
+//! 16): `delrange` of everything, a watch of everything and a serializable transaction's
+//! scan of everything leave it out, as scans and counts do, so deleting every key leaves
+//! leases working and a keep-alive is no conflict; a range, a watch or a scan lying inside
+//! the reserved keyspace still reaches it. Every wait is a condition with a timeout.
 
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::TryStreamExt;
 use ringkv_client::{
-    Client, CountOptions, Error, KeyRange, WatchEvent, WatchEventKind, WatchOptions, WatchStream,
+    Client, CountOptions, Error, Isolation, KeyRange, WatchEvent, WatchEventKind, WatchOptions, WatchStream,
     WatchTarget, RESERVED_KEY_PREFIX,
 };
 use ringkv_tests::{Cluster, ClusterOptions, WAIT};
@@ -52,7 +53,9 @@ fn keys_of(events: &[WatchEvent], kind: WatchEventKind) -> Vec<String> {
 /// keys and not the lease's record: the lease is still found and kept alive (its keys, now
 /// gone, leave it). The watch of everything saw the keys' puts and deletes and no change of
 /// the record; the watch of the reserved keyspace saw the record's grant and keep-alive. A
-/// `delrange` of the reserved keyspace itself then deletes the record: the lease is gone.
+/// serializable transaction that scanned everything commits across a keep-alive; one that
+/// scanned the reserved keyspace aborts. A `delrange` of the reserved keyspace itself then
+/// deletes the record: the lease is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delrange_and_watches_of_everything_leave_lease_records_out() -> Result<()> {
     let cluster = Cluster::start(ClusterOptions::default()).await?;
@@ -142,6 +145,31 @@ async fn delrange_and_watches_of_everything_leave_lease_records_out() -> Result<
             .is_some_and(|event| event.key == record && event.kind == WatchEventKind::Put),
         "the grant's record write: {record_changes:?}"
     );
+
+    // A serializable transaction that scanned everything does not conflict with a lease's
+    // write (its scan left the record out); one that scanned the reserved keyspace does.
+    let mut everything_scanner = client.begin(Isolation::Serializable).await?;
+    let seen = everything_scanner.scan(&KeyRange::all(), 100).await?;
+    ensure!(
+        seen.len() == 1,
+        "the scan of everything sees the marker: {seen:?}"
+    );
+    everything_scanner.put("ks/summary", "1");
+    let mut reserved_scanner = client.begin(Isolation::Serializable).await?;
+    let records = reserved_scanner
+        .scan(&KeyRange::prefix(RESERVED_KEY_PREFIX), 100)
+        .await?;
+    ensure!(records.iter().any(|entry| entry.key == record), "{records:?}");
+    reserved_scanner.put("ks/records", "1");
+    client.lease_keep_alive_once(lease.id).await?;
+    everything_scanner
+        .commit()
+        .await
+        .context("a lease's keep-alive conflicts with a scan of everything")?;
+    match reserved_scanner.commit().await {
+        Err(Error::TxnAborted { reason, .. }) if reason == "SERIALIZATION_FAILURE" => {}
+        other => bail!("a scan of the reserved keyspace must conflict with a keep-alive: {other:?}"),
+    }
 
     // A range inside the reserved keyspace deletes what it holds.
     let prefix = String::from_utf8(RESERVED_KEY_PREFIX.to_vec())?;
