@@ -486,7 +486,8 @@ impl Client {
     /// Watches the changes of a key, a prefix or a range: every put and delete committed
     /// after `options.start_ts` (0: from now), per key in commit order. A break (a router
     /// gone, the router's stream deadline) is resumed from each shard's progress, without
-    /// losing or repeating an event.
+    /// losing or repeating an event. Lease records (the reserved keyspace `__ringkv/`) are
+    /// left out unless the target lies inside that prefix.
     ///
     /// ```no_run
     /// use futures::TryStreamExt;
@@ -641,7 +642,9 @@ impl Client {
     }
 
     /// Deletes every key of the cluster; returns how many were deleted. Like
-    /// [`Client::delete_range`], it may be partly applied when it fails.
+    /// [`Client::delete_range`], it may be partly applied when it fails. Lease records (the
+    /// reserved keyspace `__ringkv/`) stay, as scans and counts leave them out: a range
+    /// inside that prefix deletes them.
     ///
     /// ```no_run
     /// # async fn example(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {

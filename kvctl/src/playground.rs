@@ -5,7 +5,7 @@
 //! router as `ringkv-router --listen 127.0.0.1:<port> --nodes <node addrs> <TLS>`; each
 //! appends its stdout and stderr to a log file in `<dir>`. `--port 0` picks a block of free
 //! ports at the first start and keeps it in `<dir>/port` (tests and CI run playgrounds side
-//! by side that way). Secure by default: the first run
+//! by side that way), holding the ports bound until each process is about to bind its own. Secure by default: the first run
 //! makes a CA and node, router and client (`root`) certificates in `<dir>/certs`
 //! (`ringkv-launcher`'s `ClusterCerts`), every process speaks mutual TLS with them (`<TLS>`
 //! is `--ca … --cert … --key …`), and the summary says how kvctl picks them up
@@ -325,10 +325,11 @@ async fn locate_binaries() -> anyhow::Result<Binaries> {
     }
 }
 
-/// Fails early when a port the plan needs is taken (e.g. by another playground).
-fn check_ports_free(plan: &Plan) -> anyhow::Result<()> {
+/// Fails early when a port the plan needs is taken (e.g. by another playground); ports
+/// this process holds for the plan (`--port 0`) are free for it.
+fn check_ports_free(plan: &Plan, held: &HeldPorts) -> anyhow::Result<()> {
     let addrs = std::iter::once(&plan.router_addr).chain(plan.nodes.iter().map(|node| &node.addr));
-    for addr in addrs {
+    for addr in addrs.filter(|addr| !held.holds(addr)) {
         if let Err(err) = std::net::TcpListener::bind(addr.as_str()) {
             bail!("cannot use {addr}: {err} (is another playground running? pick other ports with --port)");
         }
@@ -566,7 +567,14 @@ struct Started {
     metrics: std::collections::HashMap<String, String>,
 }
 
-async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) -> anyhow::Result<Started> {
+/// Starts the nodes, initialises the cluster and starts the router, releasing each held
+/// port (`--port 0`) just before the process that listens on it starts.
+async fn start(
+    plan: &Plan,
+    binaries: &Binaries,
+    supervisor: &mut Supervisor,
+    held_ports: &mut HeldPorts,
+) -> anyhow::Result<Started> {
     std::fs::create_dir_all(&plan.dir).with_context(|| format!("cannot create {}", plan.dir.display()))?;
     if let Security::Tls(certs) = &plan.security {
         // The first run makes them; later runs reuse them (the cluster keeps its CA).
@@ -582,6 +590,7 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
     for node in &plan.nodes {
         std::fs::create_dir_all(&node.data_dir)
             .with_context(|| format!("cannot create {}", node.data_dir.display()))?;
+        held_ports.release(&node.addr);
         supervisor.spawn(
             &format!("node {}", node.node_id),
             &node.addr,
@@ -610,6 +619,7 @@ async fn start(plan: &Plan, binaries: &Binaries, supervisor: &mut Supervisor) ->
         eprintln!("initialised cluster {}", init.cluster_id);
     }
 
+    held_ports.release(&plan.router_addr);
     supervisor.spawn(
         "router",
         &plan.router_addr,
@@ -914,8 +924,9 @@ pub async fn run(mut args: PlaygroundArgs) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir =
         std::fs::canonicalize(&args.dir).with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+    let mut held_ports = HeldPorts::default();
     if port_to_choose {
-        args.port = chosen_port(&dir, args.nodes)?;
+        (args.port, held_ports) = chosen_port(&dir, args.nodes)?;
     }
     let plan = Plan::new(&args, &dir)?;
     let pid_file = dir.join(PID_FILE);
@@ -944,13 +955,13 @@ pub async fn run(mut args: PlaygroundArgs) -> anyhow::Result<Outcome> {
         (None, None) => {}
     }
     let binaries = locate_binaries().await?;
-    check_ports_free(&plan)?;
+    check_ports_free(&plan, &held_ports)?;
     let mut restarts = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut signals = ShutdownSignals::new()?;
     let mut supervisor = Supervisor::default();
 
     let started = tokio::select! {
-        result = start(&plan, &binaries, &mut supervisor) => result.map(Some),
+        result = start(&plan, &binaries, &mut supervisor, &mut held_ports) => result.map(Some),
         signal = signals.recv() => {
             eprintln!("\nreceived {signal} during startup");
             Ok(None)
@@ -991,37 +1002,82 @@ pub async fn run(mut args: PlaygroundArgs) -> anyhow::Result<Outcome> {
 /// The router's port for `--port 0`: the one chosen at the playground's first start (kept
 /// in `<dir>/port`, so a resumed cluster's nodes keep the addresses the cluster knows them
 /// by), else the base of `nodes + 1` consecutive ports free right now — found by binding
-/// port 0 and then the ports above it — written to that file. (Another process may take a
-/// port between the check and the start: the start then fails naming it.)
-fn chosen_port(dir: &Path, nodes: u16) -> anyhow::Result<u16> {
+/// port 0 and then the ports above it — written to that file, with the block held bound
+/// ([`HeldPorts`]) until each process is about to bind its port.
+fn chosen_port(dir: &Path, nodes: u16) -> anyhow::Result<(u16, HeldPorts)> {
     let path = dir.join(PORT_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            return text
+            let port = text
                 .trim()
                 .parse()
-                .with_context(|| format!("{} does not hold a port: {text:?}", path.display()))
+                .with_context(|| format!("{} does not hold a port: {text:?}", path.display()))?;
+            return Ok((port, HeldPorts::default()));
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     }
+    let (base, held) = free_port_block(nodes)?;
+    std::fs::write(&path, base.to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((base, held))
+}
+
+/// A base port `p` with `p..=p+nodes` free, held bound: the router's port and the nodes'.
+fn free_port_block(nodes: u16) -> anyhow::Result<(u16, HeldPorts)> {
     for _ in 0..MAX_PORT_BLOCK_TRIES {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a probe port")?;
         let base = probe.local_addr()?.port();
-        drop(probe);
         let Some(last) = base.checked_add(nodes) else {
             continue;
         };
-        if (base..=last).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()) {
-            std::fs::write(&path, base.to_string())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            return Ok(base);
+        let mut held = HeldPorts::default();
+        held.listeners.insert(base, probe);
+        let rest_bound =
+            (base + 1..=last).all(|port| match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => {
+                    held.listeners.insert(port, listener);
+                    true
+                }
+                Err(_) => false,
+            });
+        if rest_bound {
+            return Ok((base, held));
         }
     }
     bail!(
         "no block of {} free ports found after {MAX_PORT_BLOCK_TRIES} tries; pick one with --port",
         u32::from(nodes) + 1
     )
+}
+
+/// The ports `--port 0` chose, held bound by this process until the process that listens
+/// on each is about to start ([`HeldPorts::release`]). Choosing free ports and binding
+/// them later leaves a window in which another process takes one: another playground
+/// choosing at the same time, or any process binding port 0 (which hands out ports of the
+/// same range). Held, a port cannot be taken (another playground's probe skips it); the
+/// window shrinks to the moment between the release and the child's bind.
+#[derive(Debug, Default)]
+struct HeldPorts {
+    listeners: std::collections::BTreeMap<u16, std::net::TcpListener>,
+}
+
+impl HeldPorts {
+    /// Lets go of `addr`'s port, for the process about to listen on it.
+    fn release(&mut self, addr: &str) {
+        let port = addr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        if let Some(port) = port {
+            self.listeners.remove(&port);
+        }
+    }
+
+    /// Whether this process holds `addr`'s port (free for the plan, taken for anyone else).
+    fn holds(&self, addr: &str) -> bool {
+        addr.rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .is_some_and(|port| self.listeners.contains_key(&port))
+    }
 }
 
 /// The pid in `pid_file`, when that process is alive and is a kvctl playground (a stale
@@ -1288,14 +1344,50 @@ mod tests {
     #[test]
     fn port_zero_is_chosen_once_and_kept() {
         let dir = tempfile::tempdir().expect("a temporary dir");
-        let chosen = chosen_port(dir.path(), 3).expect("a free block");
+        let (chosen, held) = chosen_port(dir.path(), 3).expect("a free block");
         assert!(chosen > 0 && chosen.checked_add(3).is_some());
-        assert_eq!(chosen_port(dir.path(), 3).expect("kept"), chosen);
+        assert_eq!(held.listeners.len(), 4, "the block is held");
+        let (kept, held_again) = chosen_port(dir.path(), 3).expect("kept");
+        assert_eq!(kept, chosen);
+        assert!(
+            held_again.listeners.is_empty(),
+            "a kept block is not chosen again"
+        );
         std::fs::write(dir.path().join(PORT_FILE), "x").expect("write");
         assert!(
             chosen_port(dir.path(), 3).is_err(),
             "a damaged port file is an error"
         );
+    }
+
+    /// A chosen block stays bound until each port is released for its process: nothing
+    /// else can bind it meanwhile (the race of two playgrounds choosing at once, or of a
+    /// process binding port 0 between the choice and the start), and another playground
+    /// choosing at the same time gets a block apart from it. Released, the port binds.
+    #[test]
+    fn chosen_ports_are_held_until_released() {
+        let (first_dir, second_dir) = (
+            tempfile::tempdir().expect("a temporary dir"),
+            tempfile::tempdir().expect("a temporary dir"),
+        );
+        let (base, mut held) = chosen_port(first_dir.path(), 3).expect("a free block");
+        let addr = |port: u16| format!("127.0.0.1:{port}");
+        for port in base..=base + 3 {
+            assert!(held.holds(&addr(port)));
+            assert!(
+                std::net::TcpListener::bind(addr(port)).is_err(),
+                "port {port} of the held block is taken by nobody else"
+            );
+        }
+        let (other, _other_held) = chosen_port(second_dir.path(), 3).expect("another block");
+        assert!(
+            other > base + 3 || other + 3 < base,
+            "blocks {base} and {other} overlap"
+        );
+        held.release(&addr(base + 1));
+        assert!(!held.holds(&addr(base + 1)));
+        std::net::TcpListener::bind(addr(base + 1)).expect("a released port binds");
+        assert!(held.holds(&addr(base)), "the other ports stay held");
     }
 
     /// `--release` is added only for a kvctl built in a release dir.

@@ -137,7 +137,8 @@ pub struct DelrangeArgs {
     /// START, END and PREFIX are hex-encoded.
     #[arg(long)]
     pub hex: bool,
-    /// Delete every key of the cluster (requires --yes).
+    /// Delete every key of the cluster (requires --yes); lease records (the reserved
+    /// keyspace __ringkv/) stay: delete them with --prefix __ringkv/.
     #[arg(long, conflicts_with_all = ["start", "end", "prefix"])]
     pub all: bool,
     /// Confirm --all.

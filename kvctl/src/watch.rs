@@ -30,6 +30,7 @@ pub struct WatchArgs {
     /// RANGE_END).
     pub end: Option<OsString>,
     /// Watch every key starting with PREFIX ("" for every key; instead of KEY and END).
+    /// Lease records (__ringkv/) are left out unless PREFIX lies inside __ringkv/.
     #[arg(long, value_name = "PREFIX", conflicts_with_all = ["key", "end"])]
     pub prefix: Option<OsString>,
     /// KEY, END and PREFIX are hex-encoded.

@@ -389,7 +389,10 @@ async fn count_shard<N: NodeApi>(
         if !response.more {
             return Ok(total);
         }
-        if response.count == 0 || !rest.contains(&response.last_key) {
+        // Progress is a last key inside what is left: the next call starts after it. A
+        // node may count nothing before it, when it ends its answer at the reserved
+        // keyspace's edge (an entry applied between the range's pieces there).
+        if !rest.contains(&response.last_key) {
             return Err(RouterError::BadNodeResponse {
                 shard,
                 reason: "a partial count without progress inside the range".to_string(),
@@ -504,7 +507,10 @@ async fn delete_shard_range<N: NodeApi>(
         if !response.more {
             break;
         }
-        if response.deleted == 0 || !rest.contains(&response.last_deleted) {
+        // Progress is a last key inside what is left: the next chunk starts after it. A
+        // node may delete nothing before it: the reserved keyspace's edge, when the chunk
+        // ends with the piece of the range below it.
+        if !rest.contains(&response.last_deleted) {
             // This chunk was applied too.
             return Err(ShardDeleteFailure {
                 error: RouterError::BadNodeResponse {

@@ -224,13 +224,6 @@ impl Node {
         self.ensure_linearizable(group).await
     }
 
-    /// Reads one page of a key range from the local state of `group`, at one applied state
-    /// (in holds of the apply lock: applies are not stalled by a long page).
-    pub async fn scan_local(&self, group: &Group, options: ScanOptions) -> Result<ScanPage, NodeError> {
-        let now_ts = self.expiry_clock(group).await?;
-        Ok(group.state.scan_live(options, now_ts).await?)
-    }
-
     /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
     /// local state of `group`, at one applied state (in holds of the apply lock; an apply
     /// meanwhile ends the count early, with more).

@@ -249,6 +249,17 @@ impl FakeNode {
     }
 }
 
+/// The reserved keyspace's edge (`__ringkv/`) when `[start, end)` (empty end: no bound)
+/// reaches across it from below. A node answers the piece of such a range below the edge
+/// first and may end a count there with nothing counted (an entry applied before the piece
+/// above); it ends a delete-range chunk there always. This fake ends both there always, so
+/// a router must go on after the edge rather than take it for no progress.
+fn reserved_edge<'a>(start: &[u8], end: &'a [u8]) -> Option<&'a [u8]> {
+    const RESERVED_PREFIX: &[u8] = b"__ringkv/";
+    const RESERVED_END: &[u8] = b"__ringkv0";
+    (start < RESERVED_PREFIX && (end.is_empty() || end > RESERVED_END)).then_some(RESERVED_PREFIX)
+}
+
 #[tonic::async_trait]
 impl ShardKv for FakeNode {
     async fn scan(&self, request: Request<ShardScanRequest>) -> Result<Response<ShardScanResponse>, Status> {
@@ -286,10 +297,11 @@ impl ShardKv for FakeNode {
         request: Request<ShardCountRequest>,
     ) -> Result<Response<ShardCountResponse>, Status> {
         let request = request.into_inner();
+        let edge = reserved_edge(&request.start, &request.end);
         let keys = self.shard_keys(
             request.shard_id,
             &request.start,
-            &request.end,
+            edge.unwrap_or(&request.end),
             request.consistency,
         )?;
         // Small calls, so routers must continue after last_key.
@@ -300,10 +312,10 @@ impl ShardKv for FakeNode {
         };
         let more = keys.len() > limit;
         let counted = keys.len().min(limit);
-        let last_key = if more {
-            keys[counted - 1].0.clone()
-        } else {
-            Vec::new()
+        let (more, last_key) = match (more, edge) {
+            (true, _) => (true, keys[counted - 1].0.clone()),
+            (false, Some(edge)) => (true, edge.to_vec()),
+            (false, None) => (false, Vec::new()),
         };
         Ok(Response::new(ShardCountResponse {
             count: counted as u64,
@@ -317,14 +329,15 @@ impl ShardKv for FakeNode {
         request: Request<ShardDeleteRangeRequest>,
     ) -> Result<Response<ShardDeleteRangeResponse>, Status> {
         let request = request.into_inner();
+        let edge = reserved_edge(&request.start, &request.end);
         let keys = self.shard_keys(
             request.shard_id,
             &request.start,
-            &request.end,
+            edge.unwrap_or(&request.end),
             Consistency::Linearizable as i32,
         )?;
         let limit = request.limit as usize;
-        let more = keys.len() > limit;
+        let more = keys.len() > limit || edge.is_some();
         let mut data = self
             .cluster
             .store
@@ -335,6 +348,9 @@ impl ShardKv for FakeNode {
         for (key, _) in keys.iter().take(limit) {
             data.remove(key);
             last_deleted = key.clone();
+        }
+        if let (Some(edge), true) = (edge, keys.len() <= limit) {
+            last_deleted = edge.to_vec();
         }
         Ok(Response::new(ShardDeleteRangeResponse {
             deleted: keys.len().min(limit) as u64,

@@ -199,6 +199,23 @@ pub(super) trait RangeRead: Send + 'static {
     fn answer(self) -> Self::Answer;
 }
 
+/// The applied state an answer of the latest state is read at: the apply counter its first
+/// hold saw. The reads that make up one answer (a range's pieces on either side of the
+/// reserved keyspace, `service/shard/reserved.rs`) share one, so a later read that finds
+/// the counter moved ends the answer before reading anything: every entry of the answer was
+/// read at one applied state, as if it were one read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AppliedState {
+    applies: Option<u64>,
+}
+
+impl AppliedState {
+    /// No read yet: the first hold of the first read sets it.
+    pub fn new() -> AppliedState {
+        AppliedState::default()
+    }
+}
+
 impl GroupState {
     /// Runs `read` in holds of the apply lock of [`HOLD_BUDGET`] each (see the module docs).
     /// `Err` when a read at a timestamp finds the history does not reach back to it.
@@ -206,15 +223,46 @@ impl GroupState {
         &self,
         read: R,
     ) -> Result<Result<R::Answer, mvcc::BelowFloor>, StorageError> {
-        self.read_in_holds_with(read, HOLD_BUDGET, || std::future::ready(()))
+        self.read_in_holds_sharing(read, &mut AppliedState::new()).await
+    }
+
+    /// [`GroupState::read_in_holds`] as one of the reads of an answer at `applied` (a
+    /// latest read ends before its first hold when an entry applied since the answer's
+    /// first read).
+    pub(super) async fn read_in_holds_sharing<R: RangeRead>(
+        &self,
+        read: R,
+        applied: &mut AppliedState,
+    ) -> Result<Result<R::Answer, mvcc::BelowFloor>, StorageError> {
+        self.read_in_holds_in(read, applied, HOLD_BUDGET, || std::future::ready(()))
             .await
     }
 
     /// [`GroupState::read_in_holds`] with a hold budget and `between` awaited between two
     /// holds, with the lock released (tests apply entries there).
+    #[cfg(test)]
     pub(super) async fn read_in_holds_with<R, F, Fut>(
         &self,
+        read: R,
+        budget: HoldBudget,
+        between: F,
+    ) -> Result<Result<R::Answer, mvcc::BelowFloor>, StorageError>
+    where
+        R: RangeRead,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        self.read_in_holds_in(read, &mut AppliedState::new(), budget, between)
+            .await
+    }
+
+    /// The loop of holds: a read of the latest state checks at every hold that the apply
+    /// counter is the one `applied` recorded (set at the first hold of the answer's first
+    /// read), and ends the answer where the last hold stopped when it moved.
+    async fn read_in_holds_in<R, F, Fut>(
+        &self,
         mut read: R,
+        applied: &mut AppliedState,
         budget: HoldBudget,
         mut between: F,
     ) -> Result<Result<R::Answer, mvcc::BelowFloor>, StorageError>
@@ -223,16 +271,17 @@ impl GroupState {
         F: FnMut() -> Fut,
         Fut: Future<Output = ()>,
     {
-        let mut first_applies: Option<u64> = None;
         loop {
             let guard = self.apply_lock.clone().read_owned().await;
             let applies = self.applies.load(Ordering::SeqCst);
             let latest = read.read_ts().is_none();
-            if latest && first_applies.is_some_and(|first| first != applies) {
+            if latest && applied.applies.is_some_and(|first| first != applies) {
                 read.cut();
                 return Ok(Ok(read.answer()));
             }
-            first_applies.get_or_insert(applies);
+            if latest {
+                applied.applies.get_or_insert(applies);
+            }
             let tree = self.tree();
             let history = (!latest).then(|| Arc::clone(&self.history));
             let (returned, held) = tokio::task::spawn_blocking(move || {
@@ -360,6 +409,85 @@ mod tests {
         assert!(!at.more);
         let applied = next_index.load(Ordering::SeqCst) - 12;
         assert!(applied >= 3, "an apply after each hold but the last: {applied}");
+    }
+
+    /// The reads of one answer share its applied state: a read after an entry applied since
+    /// the answer's first read ends before it reads anything (`more`, no last key: the caller
+    /// resumes where the first read ended), so the pieces of a range on either side of the
+    /// reserved keyspace never mix two applied states. Without an apply in between, the
+    /// second read reads on as a read of its own would.
+    #[tokio::test]
+    async fn reads_of_one_answer_end_at_an_apply_between_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_engine, state, sm) = ten_keys(dir.path()).await;
+        let first_piece = || Count::new(b"k0".to_vec(), Some(b"k5".to_vec()), 100, None);
+        let second_piece = || Count::new(b"k5".to_vec(), Some(b"l".to_vec()), 100, None);
+
+        let mut applied = AppliedState::new();
+        let first = state
+            .read_in_holds_sharing(first_piece(), &mut applied)
+            .await
+            .expect("count")
+            .expect("latest");
+        assert_eq!(first.count, 5);
+        // Written between the two pieces: on the second piece's side.
+        sm.lock()
+            .await
+            .apply(vec![put(11, b"k55", b"v", 11)])
+            .await
+            .expect("apply between the pieces");
+        let second = state
+            .read_in_holds_sharing(second_piece(), &mut applied)
+            .await
+            .expect("count")
+            .expect("latest");
+        assert_eq!(
+            second,
+            CountResult {
+                count: 0,
+                more: true,
+                last_key: None,
+            },
+            "the second piece does not read a state after the first piece's"
+        );
+        let scan = state
+            .read_in_holds_sharing(LatestScan::new(&scan_options(b"k5", None, 100)), &mut applied)
+            .await
+            .expect("scan")
+            .expect("latest");
+        assert!(scan.entries.is_empty() && scan.more && scan.last_key.is_none());
+
+        // A new answer starts at the state as it is now, and reads both pieces through.
+        let mut applied = AppliedState::new();
+        for (piece, expected) in [(first_piece(), 5), (second_piece(), 6)] {
+            let counted = state
+                .read_in_holds_sharing(piece, &mut applied)
+                .await
+                .expect("count")
+                .expect("latest");
+            assert_eq!((counted.count, counted.more), (expected, false));
+        }
+        // A read at a timestamp is not one of the latest state's: an apply does not end it.
+        let read_ts = state.history().high_water();
+        let mut applied = AppliedState::new();
+        let at =
+            |start: &[u8], end: &[u8]| Count::new(start.to_vec(), Some(end.to_vec()), 100, Some(read_ts));
+        state
+            .read_in_holds_sharing(at(b"k0", b"k5"), &mut applied)
+            .await
+            .expect("count")
+            .expect("above the floor");
+        sm.lock()
+            .await
+            .apply(vec![put(12, b"k56", b"v", 12)])
+            .await
+            .expect("apply");
+        let later = state
+            .read_in_holds_sharing(at(b"k5", b"l"), &mut applied)
+            .await
+            .expect("count")
+            .expect("above the floor");
+        assert_eq!((later.count, later.more), (6, false));
     }
 
     /// A write entry at `index` putting (`Some`) or deleting `key`.

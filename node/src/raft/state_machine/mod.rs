@@ -53,6 +53,7 @@ use tracing::{debug, info};
 
 pub use adapter::{SnapshotBuilder, StateMachine};
 pub use dedup::DedupPolicy;
+pub use holds::AppliedState;
 pub use mvcc::{HistoryBudget, HistoryPolicy, HoldError};
 pub use read::{CountResult, ScanOptions, ScanPage};
 pub use validate::{ReadSet, MAX_CONFLICTS};

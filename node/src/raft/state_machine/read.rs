@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, PoisonError};
 
+use super::holds::AppliedState;
 use super::layout::all_data_bounds;
 use super::range::{Count, LatestScan, ScanAt};
 use super::{join_error, mvcc, txn, GroupState};
@@ -184,10 +185,21 @@ impl GroupState {
         options: ScanOptions,
         now_ts: Option<u64>,
     ) -> Result<ScanPage, StorageError> {
-        latest(
-            self.read_in_holds(LatestScan::new(&options).expiring_at(now_ts))
-                .await?,
-        )
+        self.scan_live_sharing(options, now_ts, &mut AppliedState::new())
+            .await
+    }
+
+    /// [`GroupState::scan_live`] as one of the reads of an answer at `applied` (see
+    /// [`AppliedState`]): ends before reading anything when an entry applied since the
+    /// answer's first read.
+    pub async fn scan_live_sharing(
+        &self,
+        options: ScanOptions,
+        now_ts: Option<u64>,
+        applied: &mut AppliedState,
+    ) -> Result<ScanPage, StorageError> {
+        let scan = LatestScan::new(&options).expiring_at(now_ts);
+        latest(self.read_in_holds_sharing(scan, applied).await?)
     }
 
     /// Counts at most `limit` keys of `[start, end)` (`None` end = no upper bound) in the
@@ -211,8 +223,23 @@ impl GroupState {
         limit: u64,
         now_ts: Option<u64>,
     ) -> Result<CountResult, StorageError> {
+        self.count_live_sharing(start, end, limit, now_ts, &mut AppliedState::new())
+            .await
+    }
+
+    /// [`GroupState::count_live`] as one of the reads of an answer at `applied` (see
+    /// [`AppliedState`]): ends before counting anything when an entry applied since the
+    /// answer's first read.
+    pub async fn count_live_sharing(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u64,
+        now_ts: Option<u64>,
+        applied: &mut AppliedState,
+    ) -> Result<CountResult, StorageError> {
         let count = Count::new(start, end, limit, None).expiring_at(now_ts);
-        latest(self.read_in_holds(count).await?)
+        latest(self.read_in_holds_sharing(count, applied).await?)
     }
 
     /// Reads one page of a range as of `read_ts`: each key's newest version committed at or

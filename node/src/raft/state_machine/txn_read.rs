@@ -5,7 +5,7 @@
 
 use std::iter::Peekable;
 
-use super::holds::{Cursor, Held, PageBuilder, RangeRead, Visits};
+use super::holds::{AppliedState, Cursor, Held, PageBuilder, RangeRead, Visits};
 use super::layout::{data_bounds, lock_bounds, user_key};
 use super::read::{read_within, ScanOptions, ScanPage};
 use super::{join_error, mvcc, txn, GroupState};
@@ -123,9 +123,21 @@ impl GroupState {
         options: ScanOptions,
         now_ts: Option<u64>,
     ) -> Result<ScanPage, StorageError> {
+        self.scan_uncommitted_live_sharing(options, now_ts, &mut AppliedState::new())
+            .await
+    }
+
+    /// [`GroupState::scan_uncommitted_live`] as one of the reads of an answer at `applied`
+    /// (see [`AppliedState`]).
+    pub async fn scan_uncommitted_live_sharing(
+        &self,
+        options: ScanOptions,
+        now_ts: Option<u64>,
+        applied: &mut AppliedState,
+    ) -> Result<ScanPage, StorageError> {
         let mut read = ScanUncommitted::new(&options, self.may_have_locks());
         read.now_ts = now_ts;
-        self.read_in_holds(read).await?.map_err(|below| {
+        self.read_in_holds_sharing(read, applied).await?.map_err(|below| {
             StorageError::Engine(format!(
                 "a read of provisional values met the history floor {}",
                 below.floor

@@ -1,5 +1,5 @@
 //! The reserved keyspace `__ringkv/` (lease records, `client/src/lease.rs`) left out of
-//! range reads that do not ask for it.
+//! range reads, range deletes and watches that do not ask for it.
 //!
 //! ringkv keeps some bookkeeping as ordinary keys, so it replicates, expires, backs up and
 //! moves with the shards like any key. A user who scans or counts "everything" (or any
@@ -14,6 +14,9 @@
 //! reserved keyspace runs as its pieces on either side ([`user_pieces`]), in scan order;
 //! when a page ends between two pieces, its last key is the boundary of the reserved
 //! keyspace ([`boundary_after`]): the continuation starts outside it and skips it again.
+//! A watch leaves out the changes of reserved keys unless its range lies inside the
+//! reserved keyspace ([`watch_leaves_out_reserved`]); its progress covers them all the
+//! same, so a watch resumed from it never sees them either.
 
 /// Keys under this prefix are ringkv's own bookkeeping.
 pub const RESERVED_PREFIX: &[u8] = b"__ringkv/";
@@ -26,6 +29,17 @@ pub type Piece = (Vec<u8>, Option<Vec<u8>>);
 /// Whether `[start, end)` lies wholly inside the reserved keyspace (an explicit read of it).
 fn inside_reserved(start: &[u8], end: Option<&[u8]>) -> bool {
     start >= RESERVED_PREFIX && end.is_some_and(|end| end <= RESERVED_END)
+}
+
+/// Whether a watch of `[start, end)` leaves out the changes of reserved keys: unless its
+/// range lies inside the reserved keyspace, as for range reads.
+pub fn watch_leaves_out_reserved(start: &[u8], end: Option<&[u8]>) -> bool {
+    !inside_reserved(start, end)
+}
+
+/// Whether `key` is one of ringkv's own (under [`RESERVED_PREFIX`]).
+pub fn is_reserved(key: &[u8]) -> bool {
+    key.starts_with(RESERVED_PREFIX)
 }
 
 /// The pieces of `[start, end)` a range read covers, in key order: the whole range when it

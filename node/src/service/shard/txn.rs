@@ -3,7 +3,7 @@
 
 use ringkv_proto::v1;
 
-use super::ShardKvService;
+use super::{reserved, ShardKvService};
 use crate::error::NodeError;
 use crate::node::Prewrite;
 use crate::raft::state_machine::ReadSet;
@@ -85,7 +85,9 @@ impl ShardKvService {
         Ok(parsed)
     }
 
-    /// Checks and converts what a serializable transaction read on shard `shard_id`.
+    /// Checks and converts what a serializable transaction read on shard `shard_id`. A range
+    /// scanned is validated as the pieces its scan read (`reserved.rs`): a write to the
+    /// reserved keyspace (a lease's record) is no conflict for a scan that left it out.
     fn parse_reads(
         &self,
         shard_id: u32,
@@ -106,7 +108,7 @@ impl ShardKvService {
         let mut parsed = Vec::with_capacity(ranges.len());
         for range in ranges {
             let end = super::limits::check_range(max_key_bytes, &range.start, range.end)?;
-            parsed.push((range.start, end));
+            parsed.extend(reserved::user_pieces(&range.start, end.as_deref()));
         }
         Ok(ReadSet { keys, ranges: parsed })
     }

@@ -8,7 +8,10 @@
 //! [`PROGRESS_INTERVAL`]), is deleted or its state is replaced by a snapshot — the router
 //! watches again at the new leader from the last progress —, and with RESOURCE_EXHAUSTED
 //! when the reader fell a whole watch buffer behind. Between changes it sends progress
-//! every [`PROGRESS_INTERVAL`] while the shard's resolved timestamp moves.
+//! every [`PROGRESS_INTERVAL`] while the shard's resolved timestamp moves. A watch whose
+//! range is not inside the reserved keyspace (`reserved.rs`) leaves reserved keys' changes
+//! out of its messages (a watch of everything never sees lease records), here rather than
+//! in the router so every caller gets the same stream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::limits::check_range;
-use super::ShardKvService;
+use super::{reserved, ShardKvService};
 use crate::error::NodeError;
 use crate::group::Group;
 use crate::proposal;
@@ -42,6 +45,7 @@ impl ShardKvService {
         let node_id = self.node.node_id();
         let shard_id = request.shard_id;
         check_leader(&group, node_id)?;
+        let leave_out_reserved = reserved::watch_leaves_out_reserved(&request.start, end.as_deref());
         let range = WatchRange {
             start: request.start,
             end,
@@ -56,7 +60,12 @@ impl ShardKvService {
         // Owned by its stream: it ends when the reader goes, the replica stops leading or
         // is deleted (its cancel token), or the watch ends.
         tokio::spawn(async move {
-            if let Err(err) = serve(&group, shard_id, watch, node_id, &tx).await {
+            let stream = WatchStreamOf {
+                shard_id,
+                node_id,
+                leave_out_reserved,
+            };
+            if let Err(err) = serve(&group, stream, watch, &tx).await {
                 let _ = tx.send(Err(status(err, false))).await;
             }
         });
@@ -100,14 +109,27 @@ fn event(shard_id: u32, change: Change) -> v1::WatchEvent {
     }
 }
 
+/// Who serves a watch stream, and what it leaves out.
+#[derive(Clone, Copy)]
+struct WatchStreamOf {
+    shard_id: u32,
+    node_id: NodeId,
+    /// Leave out the changes of reserved keys (a range not inside the reserved keyspace).
+    leave_out_reserved: bool,
+}
+
 /// Sends the watch's pages until it ends; `Ok` when the reader went away.
 async fn serve(
     group: &Arc<Group>,
-    shard_id: u32,
+    stream: WatchStreamOf,
     mut watch: Watch,
-    node_id: NodeId,
     tx: &mpsc::Sender<Result<v1::ShardWatchResponse, Status>>,
 ) -> Result<(), NodeError> {
+    let WatchStreamOf {
+        shard_id,
+        node_id,
+        leave_out_reserved,
+    } = stream;
     let mut last_progress = 0;
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -119,11 +141,15 @@ async fn serve(
             .await
             .map_err(|end| watch_error(group, end))?;
         let progress = page.progress.filter(|progress| *progress > last_progress);
-        if !page.changes.is_empty() || progress.is_some() {
+        let changes: Vec<Change> = page
+            .changes
+            .into_iter()
+            .filter(|change| !(leave_out_reserved && reserved::is_reserved(&change.key)))
+            .collect();
+        if !changes.is_empty() || progress.is_some() {
             last_progress = progress.unwrap_or(last_progress);
             let message = v1::ShardWatchResponse {
-                events: page
-                    .changes
+                events: changes
                     .into_iter()
                     .map(|change| event(shard_id, change))
                     .collect(),
