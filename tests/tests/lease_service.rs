@@ -10,6 +10,8 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use futures::channel::mpsc;
+use futures::SinkExt;
 use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::lease_client::LeaseClient;
 use ringkv_proto::v1::{
@@ -18,8 +20,6 @@ use ringkv_proto::v1::{
 };
 use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
 use ringkv_tls::Role;
-use futures::channel::mpsc;
-use futures::SinkExt;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
@@ -47,10 +47,7 @@ struct KeepAlive {
 impl KeepAlive {
     async fn open(leases: &mut LeaseClient<Channel>) -> Result<KeepAlive> {
         let (send, requests) = mpsc::channel(4);
-        let answers = leases
-            .lease_keep_alive(requests)
-            .await?
-            .into_inner();
+        let answers = leases.lease_keep_alive(requests).await?.into_inner();
         Ok(KeepAlive { send, answers })
     }
 
@@ -61,7 +58,11 @@ impl KeepAlive {
             .await
             .context("no keep-alive answer in time")??
             .context("the keep-alive stream ended")?;
-        ensure!(answer.id == id, "answer for {} to a keep-alive of {id}", answer.id);
+        ensure!(
+            answer.id == id,
+            "answer for {} to a keep-alive of {id}",
+            answer.id
+        );
         Ok(answer)
     }
 }
@@ -122,7 +123,10 @@ async fn leases_over_grpc_live_while_kept_alive_and_take_their_keys() -> Result<
         status.code() == Code::NotFound && status.message().contains("not found"),
         "{status:?}"
     );
-    ensure!(!key_found(&mut kv, b"svc/orphan").await?, "the refused attach left its key");
+    ensure!(
+        !key_found(&mut kv, b"svc/orphan").await?,
+        "the refused attach left its key"
+    );
     let mut with_ttl = put_with_lease(b"svc/both", 0x5eed);
     with_ttl.ttl_ms = 5_000;
     let status = kv.put(with_ttl).await.err().context("lease and ttl together")?;
@@ -134,7 +138,10 @@ async fn leases_over_grpc_live_while_kept_alive_and_take_their_keys() -> Result<
         .await?
         .into_inner();
     ensure!(granted.id != 0 && granted.ttl_ms == SHORT_TTL_MS && granted.expires_at_ts > 0);
-    let put = kv.put(put_with_lease(b"svc/session", granted.id)).await?.into_inner();
+    let put = kv
+        .put(put_with_lease(b"svc/session", granted.id))
+        .await?
+        .into_inner();
     ensure!(put.version > 0);
     let status = leases
         .lease_time_to_live(LeaseTimeToLiveRequest {
@@ -146,7 +153,10 @@ async fn leases_over_grpc_live_while_kept_alive_and_take_their_keys() -> Result<
     ensure!(status.keys == vec![b"svc/session".to_vec()], "{status:?}");
     ensure!(status.granted_ttl_ms == SHORT_TTL_MS && status.remaining_ms <= SHORT_TTL_MS);
     let listed = leases.lease_leases(LeaseLeasesRequest {}).await?.into_inner();
-    ensure!(listed.ids.contains(&granted.id) && !listed.truncated, "{listed:?}");
+    ensure!(
+        listed.ids.contains(&granted.id) && !listed.truncated,
+        "{listed:?}"
+    );
 
     // Kept alive for twice its TTL: the key stays, each answer extends the deadline.
     let mut stream = KeepAlive::open(&mut leases).await?;
@@ -157,7 +167,10 @@ async fn leases_over_grpc_live_while_kept_alive_and_take_their_keys() -> Result<
         pacing.tick().await;
         let answer = stream.once(granted.id).await?;
         ensure!(answer.ttl_ms == SHORT_TTL_MS, "{answer:?}");
-        ensure!(answer.expires_at_ts > last_deadline, "{answer:?} did not extend {last_deadline}");
+        ensure!(
+            answer.expires_at_ts > last_deadline,
+            "{answer:?} did not extend {last_deadline}"
+        );
         last_deadline = answer.expires_at_ts;
     }
     ensure!(
@@ -237,11 +250,17 @@ async fn a_router_restart_loses_no_lease() -> Result<()> {
 
     let pid = cluster.router_pid().context("no router pid")?;
     // SAFETY: kill(2) on the test's own child process; no memory is touched.
-    ensure!(unsafe { libc::kill(pid as i32, libc::SIGTERM) } == 0, "SIGTERM to the router");
+    ensure!(
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) } == 0,
+        "SIGTERM to the router"
+    );
     let ended = tokio::time::timeout(WAIT, stream.answers.message())
         .await
         .context("the keep-alive stream outlived the router's shutdown")?;
-    ensure!(matches!(ended, Ok(None)), "the stream did not end cleanly: {ended:?}");
+    ensure!(
+        matches!(ended, Ok(None)),
+        "the stream did not end cleanly: {ended:?}"
+    );
     let exit = cluster.wait_for_router_exit(WAIT).await?;
     ensure!(exit.success(), "the router stopped with {exit}");
 
@@ -263,5 +282,103 @@ async fn a_router_restart_loses_no_lease() -> Result<()> {
         "{answer:?}"
     );
     ensure!(key_found(&mut KvClient::new(channel_after), b"svc/survivor").await?);
+    Ok(())
+}
+
+/// Each step of a lease call acts as the caller: a user without write on `__ringkv/lease/`
+/// cannot grant, and a user with it cannot attach a key it may not write (nothing is
+/// written); one with both gets the whole lease lifecycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_calls_need_the_permissions_of_their_keys() -> Result<()> {
+    use ringkv_proto::v1::{self, change_auth_request::Change};
+
+    let cluster = Cluster::start(ClusterOptions {
+        shards: 2,
+        tls: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let root = cluster.client().await?;
+    let grant = |role: &str, prefix: &str| {
+        Change::Grant(v1::RoleGrant {
+            role: role.into(),
+            grant: Some(v1::Grant {
+                prefix: prefix.as_bytes().to_vec(),
+                permission: v1::Permission::Write as i32,
+            }),
+        })
+    };
+    let add_user = |user: &str, role: &str| {
+        Change::AddUser(v1::AuthUser {
+            name: user.into(),
+            roles: vec![role.to_string()],
+            ..Default::default()
+        })
+    };
+    for change in [
+        Change::AddRole("leaser".into()),
+        grant("leaser", "__ringkv/lease/"),
+        grant("leaser", "svc/"),
+        Change::AddRole("no-leases".into()),
+        grant("no-leases", "svc/"),
+        add_user("carol", "leaser"),
+        add_user("dave", "no-leases"),
+        Change::Enable(true),
+    ] {
+        root.change_auth(change).await?;
+    }
+    let router = cluster.router_addr.clone().context("a router")?;
+    let call_timeout = Duration::from_secs(30);
+    let carol = cluster
+        .channel_as(&router, &cluster.user_cert("carol")?, call_timeout)
+        .await?;
+    let dave = cluster
+        .channel_as(&router, &cluster.user_cert("dave")?, call_timeout)
+        .await?;
+
+    let mut dave_leases = LeaseClient::new(dave);
+    wait_until("the router to enforce permissions", WAIT, || {
+        let mut dave_leases = dave_leases.clone();
+        async move {
+            let refused = dave_leases
+                .lease_grant(LeaseGrantRequest { ttl_ms: SHORT_TTL_MS })
+                .await;
+            matches!(refused, Err(status) if status.code() == Code::PermissionDenied).then_some(())
+        }
+    })
+    .await?;
+    let status = dave_leases
+        .lease_grant(LeaseGrantRequest { ttl_ms: SHORT_TTL_MS })
+        .await
+        .err()
+        .context("dave granted a lease")?;
+    ensure!(status.message().contains("__ringkv/lease/"), "{status:?}");
+
+    let mut leases = LeaseClient::new(carol.clone());
+    let mut kv = KvClient::new(carol);
+    let granted = leases
+        .lease_grant(LeaseGrantRequest { ttl_ms: 60_000 })
+        .await?
+        .into_inner();
+    let status = kv
+        .put(put_with_lease(b"other/x", granted.id))
+        .await
+        .err()
+        .context("carol attached a key outside her prefixes")?;
+    ensure!(status.code() == Code::PermissionDenied, "{status:?}");
+    kv.put(put_with_lease(b"svc/mine", granted.id)).await?;
+    let mut stream = KeepAlive::open(&mut leases).await?;
+    ensure!(stream.once(granted.id).await?.ttl_ms == 60_000);
+    let revoked = leases
+        .lease_revoke(LeaseRevokeRequest { id: granted.id })
+        .await?
+        .into_inner();
+    ensure!(revoked.deleted_keys == 1, "{revoked:?}");
+    let root_kv = cluster.kv().await?;
+    ensure!(
+        !key_found(&mut root_kv.clone(), b"other/x").await?,
+        "a refused attach wrote"
+    );
+    ensure!(!key_found(&mut root_kv.clone(), b"svc/mine").await?);
     Ok(())
 }
