@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{self, FuturesUnordered, StreamExt};
+use futures::stream::{self, FuturesUnordered, Stream, StreamExt};
 use ringkv_lease::{LeaseId, LeaseStatus};
 use ringkv_proto::v1::lease_server::Lease as LeaseRpc;
 use ringkv_proto::v1::{
@@ -171,16 +171,19 @@ impl<N: NodeApi> LeaseRpc for LeaseService<N> {
             .ctx
             .admit_stream(request.metadata())
             .map_err(|e| to_status(&e))?;
-        let keeper = KeepAliveStream {
-            ctx: Arc::clone(&self.ctx),
-            tso: Arc::clone(&self.tso),
-            user: acting_user(),
-            requests: request.into_inner(),
-            requests_open: true,
-            running: FuturesUnordered::new(),
-            asked_again: HashMap::new(),
-            shutdown: self.shutdown.clone(),
-        };
+        let (ctx, tso, user) = (Arc::clone(&self.ctx), Arc::clone(&self.tso), acting_user());
+        // The stream's task runs outside the request's scope: each keep-alive runs under the
+        // caller's user, whose permissions its steps are checked against.
+        let keep_alive: KeepAliveFn = Box::new(move |id| {
+            let store = RouterLeaseStore {
+                ctx: Arc::clone(&ctx),
+                tso: Arc::clone(&tso),
+                deadline: Instant::now() + ctx.timeouts.default_timeout,
+            };
+            let keep_alive = async move { (id, ringkv_lease::keep_alive_once(&store, id).await) };
+            Box::pin(USER.scope(user.clone(), keep_alive))
+        });
+        let keeper = KeepAliveStream::new(Box::pin(request.into_inner()), keep_alive, self.shutdown.clone());
         Ok(Response::new(
             self.ctx.streams.serve(admission.slot, keeper.into_answers()),
         ))
@@ -209,25 +212,38 @@ impl<N: NodeApi> LeaseRpc for LeaseService<N> {
 
 /// One keep-alive's outcome.
 type KeepAliveDone = (LeaseId, Result<ringkv_lease::Lease, RouterError>);
+/// One keep-alive, running.
+type KeepAliveFuture = Pin<Box<dyn Future<Output = KeepAliveDone> + Send>>;
+/// Starts one keep-alive of a lease.
+type KeepAliveFn = Box<dyn Fn(LeaseId) -> KeepAliveFuture + Send>;
+/// What the client sends on a keep-alive stream.
+type KeepAliveRequests = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send>>;
 
 /// The state of one `LeaseKeepAlive` stream (see the module docs).
-struct KeepAliveStream<N> {
-    ctx: Arc<RouterContext<N>>,
-    tso: Arc<TsoClient>,
-    /// The caller, whose permissions each keep-alive's steps are checked against (the
-    /// keep-alives run on the stream's task, outside the request's scope).
-    user: String,
-    requests: Streaming<LeaseKeepAliveRequest>,
+struct KeepAliveStream {
+    requests: KeepAliveRequests,
     /// The client may still send requests.
     requests_open: bool,
+    keep_alive: KeepAliveFn,
     /// The keep-alives running, at most [`MAX_KEEP_ALIVES_IN_FLIGHT_PER_STREAM`].
-    running: FuturesUnordered<Pin<Box<dyn Future<Output = KeepAliveDone> + Send>>>,
+    running: FuturesUnordered<KeepAliveFuture>,
     /// The lease ids running, and whether each was sent again meanwhile.
     asked_again: HashMap<LeaseId, bool>,
     shutdown: CancellationToken,
 }
 
-impl<N: NodeApi> KeepAliveStream<N> {
+impl KeepAliveStream {
+    fn new(requests: KeepAliveRequests, keep_alive: KeepAliveFn, shutdown: CancellationToken) -> Self {
+        KeepAliveStream {
+            requests,
+            requests_open: true,
+            keep_alive,
+            running: FuturesUnordered::new(),
+            asked_again: HashMap::new(),
+            shutdown,
+        }
+    }
+
     /// The answers, ending after the first error.
     fn into_answers(self) -> ResponseStream<LeaseKeepAliveResponse> {
         Box::pin(stream::unfold(Some(self), |state| async move {
@@ -240,15 +256,8 @@ impl<N: NodeApi> KeepAliveStream<N> {
     }
 
     fn start(&mut self, id: LeaseId) {
-        let store = RouterLeaseStore {
-            ctx: Arc::clone(&self.ctx),
-            tso: Arc::clone(&self.tso),
-            deadline: Instant::now() + self.ctx.timeouts.default_timeout,
-        };
         self.asked_again.insert(id, false);
-        let keep_alive = async move { (id, ringkv_lease::keep_alive_once(&store, id).await) };
-        self.running
-            .push(Box::pin(USER.scope(self.user.clone(), keep_alive)));
+        self.running.push((self.keep_alive)(id));
     }
 
     /// The next answer; `None` when the client closed its side and every keep-alive was
@@ -268,8 +277,8 @@ impl<N: NodeApi> KeepAliveStream<N> {
                     }
                     return Some(answer(id, outcome));
                 }
-                request = self.requests.message(), if self.requests_open && room => match request {
-                    Ok(Some(request)) => {
+                request = self.requests.next(), if self.requests_open && room => match request {
+                    Some(Ok(request)) => {
                         let id = match lease_id("id", request.id) {
                             Ok(id) => id,
                             Err(err) => return Some(Err(to_status(&err))),
@@ -279,8 +288,8 @@ impl<N: NodeApi> KeepAliveStream<N> {
                             None => self.start(id),
                         }
                     }
-                    Ok(None) => self.requests_open = false,
-                    Err(status) => {
+                    None => self.requests_open = false,
+                    Some(Err(status)) => {
                         debug!(%status, "keep-alive stream broken by the client");
                         return None;
                     }
@@ -311,5 +320,179 @@ fn answer(
             warn!(lease = %id, %err, "keep-alive failed; ending the stream");
             Err(to_status(&err))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::channel::mpsc;
+    use futures::FutureExt;
+    use tokio::sync::oneshot;
+    use tonic::Code;
+
+    use super::*;
+
+    type Outcome = Result<ringkv_lease::Lease, RouterError>;
+
+    /// A keep-alive started, and how the test finishes it.
+    type Running = (LeaseId, oneshot::Sender<Outcome>);
+
+    /// Keep-alives the test finishes by hand, in the order they started.
+    #[derive(Clone, Default)]
+    struct Started(Arc<Mutex<Vec<Running>>>);
+
+    impl Started {
+        fn keep_alive(&self) -> KeepAliveFn {
+            let started = self.clone();
+            Box::new(move |id| {
+                let (finish, finished) = oneshot::channel();
+                started.0.lock().unwrap().push((id, finish));
+                Box::pin(async move {
+                    let outcome = finished
+                        .await
+                        .unwrap_or_else(|_| Err(RouterError::Internal("dropped".into())));
+                    (id, outcome)
+                })
+            })
+        }
+
+        fn ids(&self) -> Vec<u64> {
+            self.0.lock().unwrap().iter().map(|(id, _)| id.0).collect()
+        }
+
+        /// Finishes the `index`th keep-alive started.
+        fn finish(&self, index: usize, outcome: Outcome) {
+            let (_, finish) = self.0.lock().unwrap().remove(index);
+            finish.send(outcome).unwrap();
+        }
+    }
+
+    fn lease(id: u64) -> Outcome {
+        Ok(ringkv_lease::Lease {
+            id: LeaseId(id),
+            ttl: Duration::from_secs(2),
+            expires_at_ts: 42,
+        })
+    }
+
+    struct Harness {
+        send: mpsc::UnboundedSender<Result<LeaseKeepAliveRequest, Status>>,
+        answers: ResponseStream<LeaseKeepAliveResponse>,
+        started: Started,
+        shutdown: CancellationToken,
+    }
+
+    fn harness() -> Harness {
+        let (send, requests) = mpsc::unbounded();
+        let started = Started::default();
+        let shutdown = CancellationToken::new();
+        let keeper = KeepAliveStream::new(Box::pin(requests), started.keep_alive(), shutdown.clone());
+        Harness {
+            send,
+            answers: keeper.into_answers(),
+            started,
+            shutdown,
+        }
+    }
+
+    impl Harness {
+        fn ask(&self, id: u64) {
+            self.send
+                .unbounded_send(Ok(LeaseKeepAliveRequest { id }))
+                .unwrap();
+        }
+
+        /// The next answer if one is ready now (everything here is in memory: one poll
+        /// reads every request sent and finishes every keep-alive finished).
+        fn ready(&mut self) -> Option<Option<Result<LeaseKeepAliveResponse, Status>>> {
+            self.answers.next().now_or_never()
+        }
+    }
+
+    /// An id sent again while its keep-alive runs starts no second one: it runs once more
+    /// after the first finishes, and each run is answered once.
+    #[tokio::test]
+    async fn one_keep_alive_per_lease_id_at_a_time() {
+        let mut stream = harness();
+        for _ in 0..3 {
+            stream.ask(7);
+        }
+        assert!(stream.ready().is_none());
+        assert_eq!(stream.started.ids(), vec![7]);
+        stream.started.finish(0, lease(7));
+        let answer = stream.ready().unwrap().unwrap().unwrap();
+        assert_eq!((answer.id, answer.ttl_ms, answer.expires_at_ts), (7, 2_000, 42));
+        assert_eq!(stream.started.ids(), vec![7], "the repeat runs once more");
+        stream.started.finish(0, lease(7));
+        assert_eq!(stream.ready().unwrap().unwrap().unwrap().id, 7);
+        assert!(stream.ready().is_none());
+        assert!(stream.started.ids().is_empty(), "no third run");
+    }
+
+    /// At most MAX_KEEP_ALIVES_IN_FLIGHT_PER_STREAM run at once; the next request is read
+    /// only when one finishes.
+    #[tokio::test]
+    async fn keep_alives_in_flight_are_bounded() {
+        let mut stream = harness();
+        let max = MAX_KEEP_ALIVES_IN_FLIGHT_PER_STREAM as u64;
+        for id in 1..=max + 1 {
+            stream.ask(id);
+        }
+        assert!(stream.ready().is_none());
+        assert_eq!(stream.started.ids(), (1..=max).collect::<Vec<_>>());
+        stream.started.finish(0, lease(1));
+        assert_eq!(stream.ready().unwrap().unwrap().unwrap().id, 1);
+        assert!(stream.ready().is_none());
+        assert_eq!(stream.started.ids().last(), Some(&(max + 1)));
+        assert_eq!(stream.started.ids().len(), MAX_KEEP_ALIVES_IN_FLIGHT_PER_STREAM);
+    }
+
+    /// A lease that is gone is answered with TTL 0 and the stream goes on; another failure
+    /// ends the stream with its status; a zero id is INVALID_ARGUMENT.
+    #[tokio::test]
+    async fn gone_leases_answer_ttl_zero_and_errors_end_the_stream() {
+        let mut stream = harness();
+        stream.ask(3);
+        assert!(stream.ready().is_none());
+        stream
+            .started
+            .finish(0, Err(RouterError::NotFound("gone".into())));
+        let answer = stream.ready().unwrap().unwrap().unwrap();
+        assert_eq!((answer.id, answer.ttl_ms, answer.expires_at_ts), (3, 0, 0));
+        stream.ask(4);
+        assert!(stream.ready().is_none());
+        stream
+            .started
+            .finish(0, Err(RouterError::Unavailable("no leader".into())));
+        let status = stream.ready().unwrap().unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(stream.ready().unwrap().is_none(), "the stream ended");
+
+        let mut stream = harness();
+        stream.ask(0);
+        let status = stream.ready().unwrap().unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(stream.ready().unwrap().is_none());
+    }
+
+    /// Shutdown ends the stream cleanly even with keep-alives running; a client that
+    /// closes its side gets the answers still due, then the end.
+    #[tokio::test]
+    async fn shutdown_and_the_clients_close_end_the_stream() {
+        let mut stream = harness();
+        stream.ask(5);
+        assert!(stream.ready().is_none());
+        stream.shutdown.cancel();
+        assert!(stream.ready().unwrap().is_none());
+
+        let mut stream = harness();
+        stream.ask(6);
+        stream.send.close_channel();
+        assert!(stream.ready().is_none());
+        stream.started.finish(0, lease(6));
+        assert_eq!(stream.ready().unwrap().unwrap().unwrap().id, 6);
+        assert!(stream.ready().unwrap().is_none());
     }
 }
