@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/ringkv/v1/tso.proto",
         "proto/ringkv/v1/txn.proto",
         "proto/ringkv/v1/auth.proto",
+        "proto/ringkv/v1/lease.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

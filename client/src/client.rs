@@ -141,6 +141,7 @@ impl Client {
             key: checked_key(key.as_ref())?,
             value: value.into(),
             request_id: new_request_id(),
+            lease: 0,
         };
         let max_bytes = self.routers.config().max_message_bytes;
         let response = self

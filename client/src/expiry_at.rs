@@ -33,6 +33,7 @@ impl Client {
             request_id: new_request_id(),
             ttl_ms: 0,
             expires_at_ts: nonzero_deadline(expires_at_ts)?,
+            lease: 0,
         };
         let max_bytes = self.routers().config().max_message_bytes;
         let response = self

@@ -54,6 +54,7 @@ impl Client {
             request_id: new_request_id(),
             ttl_ms: ttl_ms(ttl)?,
             expires_at_ts: 0,
+            lease: 0,
         };
         let max_bytes = self.routers().config().max_message_bytes;
         let response = self

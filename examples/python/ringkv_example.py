@@ -9,7 +9,10 @@ what a client in any language must do:
 - OUTCOME_UNKNOWN (or the client's own deadline firing mid-write) means "maybe applied":
   retry with the same request id, which the shard answers with the first outcome;
 - errors are read from the standard rich error model (google.rpc.ErrorInfo, RetryInfo,
-  BadRequest), not from ringkv-specific metadata.
+  BadRequest), not from ringkv-specific metadata;
+- leases (etcd's model) through the routers' `Lease` service (lease.proto): grant, attach a
+  key with `Put(lease=...)`, keep alive over the bidirectional stream, time-to-live,
+  revoke — nothing of the lease algorithm is re-implemented here.
 
 Run `examples/python/install-deps.sh` once, then:
 
@@ -34,12 +37,15 @@ from google.rpc import error_details_pb2
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_ROOT = os.path.join(HERE, "..", "..", "proto", "proto")
-PROTOS = ["ringkv/v1/kv.proto"]
+PROTOS = ["ringkv/v1/kv.proto", "ringkv/v1/lease.proto"]
 
 # Bounds of the retry loop: attempts and total time per write.
 MAX_ATTEMPTS = 8
 WRITE_BUDGET_S = 20.0
 ATTEMPT_TIMEOUT_S = 5.0
+# The example lease's TTL, and how long it is kept alive (past the TTL, to show it lives on).
+LEASE_TTL_MS = 2000
+KEEP_ALIVE_FOR_S = 3.0
 
 
 def generate_stubs():
@@ -53,9 +59,9 @@ def generate_stubs():
     if protoc.main(args + PROTOS) != 0:
         raise SystemExit("generating the stubs from proto/ failed")
     sys.path.insert(0, out)
-    from ringkv.v1 import kv_pb2, kv_pb2_grpc  # noqa: E402
+    from ringkv.v1 import kv_pb2, kv_pb2_grpc, lease_pb2, lease_pb2_grpc  # noqa: E402
 
-    return kv_pb2, kv_pb2_grpc
+    return kv_pb2, kv_pb2_grpc, lease_pb2, lease_pb2_grpc
 
 
 class Details:
@@ -180,7 +186,7 @@ def main():
     parser.add_argument("--prefix", default="py-example/")
     args = parser.parse_args()
 
-    kv_pb2, kv_pb2_grpc = generate_stubs()
+    kv_pb2, kv_pb2_grpc, lease_pb2, lease_pb2_grpc = generate_stubs()
     if args.ca:
         with open(args.ca, "rb") as ca, open(args.cert, "rb") as cert, open(args.key, "rb") as key:
             credentials = grpc.ssl_channel_credentials(ca.read(), key.read(), cert.read())
@@ -188,6 +194,7 @@ def main():
     else:
         channel = grpc.insecure_channel(args.router)
     stub = kv_pb2_grpc.KvStub(channel)
+    leases = lease_pb2_grpc.LeaseStub(channel)
     ok = True
 
     def report(step, passed, **fields):
@@ -273,7 +280,74 @@ def main():
     keys = [entry.key.decode() for entry in scan.entries]
     report("scan", keys == [args.prefix + f"k{i}" for i in range(5)], keys=keys)
 
+    # 9. Leases: grant one (a retry after a lost answer may grant a second, which expires
+    # unused: lease.proto's retry contract), attach a key to it with a put.
+    granted = leases.LeaseGrant(lease_pb2.LeaseGrantRequest(ttl_ms=LEASE_TTL_MS), timeout=ATTEMPT_TIMEOUT_S)
+    session = (args.prefix + "session").encode()
+    attached = stub.Put(kv_pb2.PutRequest(key=session, value=b"me", lease=granted.id), timeout=ATTEMPT_TIMEOUT_S)
+    status = leases.LeaseTimeToLive(
+        lease_pb2.LeaseTimeToLiveRequest(id=granted.id, keys=True), timeout=ATTEMPT_TIMEOUT_S
+    )
+    report(
+        "lease_attach",
+        granted.id != 0 and attached.version > 0 and list(status.keys) == [session]
+        and status.granted_ttl_ms == LEASE_TTL_MS,
+        lease=f"{granted.id:016x}",
+        keys=[key.decode() for key in status.keys],
+    )
+
+    # 10. Keep it alive over the stream for longer than its TTL: the key stays.
+    answers = keep_alive(leases, lease_pb2, granted.id, KEEP_ALIVE_FOR_S)
+    got = stub.Get(kv_pb2.GetRequest(key=session), timeout=ATTEMPT_TIMEOUT_S)
+    report(
+        "lease_keep_alive",
+        len(answers) >= 3 and all(answer.ttl_ms == LEASE_TTL_MS for answer in answers) and got.found,
+        answers=len(answers),
+        key_found=got.found,
+    )
+
+    # 11. Revoke it: the key goes with it, and a keep-alive now answers TTL 0 (as etcd's).
+    revoked = leases.LeaseRevoke(lease_pb2.LeaseRevokeRequest(id=granted.id), timeout=ATTEMPT_TIMEOUT_S)
+    got = stub.Get(kv_pb2.GetRequest(key=session), timeout=ATTEMPT_TIMEOUT_S)
+    after = keep_alive(leases, lease_pb2, granted.id, 0)
+    report(
+        "lease_revoke",
+        revoked.deleted_keys == 1 and not got.found and [answer.ttl_ms for answer in after] == [0],
+        deleted_keys=revoked.deleted_keys,
+    )
+
+    # 12. A TTL out of range: INVALID_ARGUMENT naming the field, not retryable.
+    try:
+        leases.LeaseGrant(lease_pb2.LeaseGrantRequest(ttl_ms=10), timeout=ATTEMPT_TIMEOUT_S)
+        report("lease_bad_ttl", False, error="accepted")
+    except grpc.RpcError as error:
+        details = Details(error)
+        report(
+            "lease_bad_ttl",
+            details.code == grpc.StatusCode.INVALID_ARGUMENT
+            and [field for field, _ in details.field_violations] == ["ttl_ms"]
+            and details.retry_delay_s is None,
+            **details.as_dict(),
+        )
+
     return 0 if ok else 1
+
+
+def keep_alive(leases, lease_pb2, lease_id, for_s):
+    """Keeps `lease_id` alive over one LeaseKeepAlive stream for `for_s` seconds, a
+    keep-alive every third of its TTL (as etcd's clients do), and answers every answer; with
+    `for_s` 0, one keep-alive."""
+
+    def requests():
+        end = time.monotonic() + for_s
+        while True:
+            yield lease_pb2.LeaseKeepAliveRequest(id=lease_id)
+            if time.monotonic() >= end:
+                return
+            # The keep-alive interval (pacing, not a wait for a condition).
+            time.sleep(LEASE_TTL_MS / 3000)
+
+    return list(leases.LeaseKeepAlive(requests(), timeout=for_s + ATTEMPT_TIMEOUT_S))
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ async fn put_retried_across_a_clock_jump(unsafe_wall_clock: bool) -> anyhow::Res
         key: b"retried".to_vec(),
         value: b"once".to_vec(),
         request_id: vec![0x5a; 16],
+        lease: 0,
     };
     let first = kv.put(retried.clone()).await?.into_inner().version;
     let started = Instant::now();
@@ -100,6 +101,7 @@ async fn put_retried_across_a_clock_jump(unsafe_wall_clock: bool) -> anyhow::Res
                     key: format!("later-{n}").into_bytes(),
                     value: b"v".to_vec(),
                     request_id: Vec::new(),
+                    lease: 0,
                 };
                 kv.put(put).await.with_context(|| format!("put {n}"))?;
             }

@@ -53,7 +53,7 @@ pub enum LeaseCommand {
 
 /// Parses a lease id (1 to 16 hex digits, not zero).
 pub fn parse_lease_id(text: &str) -> Result<LeaseId, String> {
-    text.parse().map_err(|err: ringkv_client::Error| err.to_string())
+    text.parse::<LeaseId>().map_err(|err| err.to_string())
 }
 
 fn millis(duration: Duration) -> u64 {

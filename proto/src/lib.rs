@@ -1,6 +1,7 @@
 //! The `ringkv.v1` wire contract: protobuf messages and tonic services.
 //!
 //! - `Kv` — the client API served by routers (`kv.proto`).
+//! - `Lease` — leases (etcd's model) served by routers (`lease.proto`).
 //! - `Admin` — cluster bootstrap and status (`admin.proto`).
 //! - `ShardKv`, `Raft` — internal router→node and node→node services (`node.proto`).
 //! - [`metadata`] — the `x-ringkv-*` metadata on error statuses (leader hints, rejected,

@@ -363,6 +363,12 @@ impl AuthView {
             .map_err(|err| to_status(&err))
     }
 
+    /// [`AuthView::authorize`] of a request the router makes on its caller's behalf (the
+    /// steps of a lease operation, `lease_store`), for the acting user.
+    pub fn authorize_message<T: Touches>(&self, message: &T) -> Result<(), RouterError> {
+        self.check(&acting_user(), &message.touches())
+    }
+
     /// Whether the request's user holds admin on the cluster; the status to answer if not.
     pub fn authorize_admin(&self) -> Result<(), Status> {
         self.check(&acting_user(), &[(Permission::Admin, Access::Cluster)])

@@ -146,6 +146,10 @@ pub enum RouterError {
     /// A cluster-level operation found no node able to serve it.
     #[error("{0}")]
     Unavailable(String),
+    /// What the request names does not exist: a lease that expired, was revoked or never
+    /// existed (`NOT_FOUND`).
+    #[error("{0}")]
+    NotFound(String),
     /// A planned ring change cannot be made.
     #[error(transparent)]
     PlanRejected(#[from] PlanRejection),
@@ -320,6 +324,7 @@ fn status_code_and_metadata(err: &RouterError) -> Status {
         RouterError::BadNodeResponse { .. } | RouterError::Internal(_) => Status::internal(message),
         RouterError::Unimplemented(_) => Status::unimplemented(message),
         RouterError::Unavailable(_) => Status::unavailable(message),
+        RouterError::NotFound(_) => Status::not_found(message),
         RouterError::BatchFailed(batch) => {
             if err.is_outcome_unknown() {
                 return outcome_unknown_status(message);

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
+use ringkv_lease::LeaseId;
 use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, BatchWriteRequest,
@@ -26,12 +27,14 @@ use crate::batch::{group_by_shard, match_read_results, sub_request_id, Assembly,
 use crate::batch_get;
 use crate::context::RouterContext;
 use crate::error::{to_status, RequestId, RouterError};
+use crate::lease_store::RouterLeaseStore;
 use crate::node_api::NodeApi;
 use crate::range_ops;
 use crate::streams::ResponseStream;
 use crate::tso::TsoClient;
 use crate::validate::{
-    check_one_expiry, check_read_ts, check_read_uncommitted, parse_consistency, request_id_or_random,
+    bad_field, check_one_expiry, check_read_ts, check_read_uncommitted, parse_consistency,
+    request_id_or_random,
 };
 
 /// The client-facing key-value service.
@@ -83,6 +86,9 @@ impl<N: NodeApi> KvService<N> {
         check_one_expiry(request.ttl_ms, request.expires_at_ts)?;
         self.ctx.limits.check_value(&"value", &request.value)?;
         let request_id = request_id_or_random(&request.request_id)?;
+        if request.lease != 0 {
+            return self.put_with_lease(request, deadline).await;
+        }
         let op = WriteOp {
             key: request.key,
             kind: WriteKind::Put as i32,
@@ -96,6 +102,38 @@ impl<N: NodeApi> KvService<N> {
         Ok(PutResponse {
             version: result.version,
         })
+    }
+
+    /// A put attached to a lease: the lease algorithm's attach (`ringkv-lease`), run by
+    /// the router as the client library would.
+    async fn put_with_lease(
+        &self,
+        request: PutRequest,
+        deadline: Instant,
+    ) -> Result<PutResponse, RouterError> {
+        if request.ttl_ms != 0 || request.expires_at_ts != 0 {
+            return Err(bad_field(
+                "lease",
+                "a key attached to a lease expires with it: set lease, or ttl_ms / expires_at_ts, not both"
+                    .to_string(),
+            ));
+        }
+        let store = RouterLeaseStore {
+            ctx: Arc::clone(&self.ctx),
+            tso: Arc::clone(&self.tso),
+            deadline,
+        };
+        let versions = ringkv_lease::put_many_with_lease(
+            &store,
+            vec![(request.key, request.value)],
+            LeaseId(request.lease),
+        )
+        .await?;
+        let version = versions
+            .first()
+            .copied()
+            .ok_or_else(|| RouterError::Internal("an attach answered no version".into()))?;
+        Ok(PutResponse { version })
     }
 
     /// Sets (`ttl_ms` > 0) or removes a key's time to live, keeping its value.
@@ -442,7 +480,7 @@ fn cas_response(result: WriteOpResult) -> CompareAndSwapResponse {
 }
 
 /// Logs a failed request where it is handled and turns the result into a gRPC reply.
-fn respond<T>(rpc: &'static str, result: Result<T, RouterError>) -> Result<Response<T>, Status> {
+pub fn respond<T>(rpc: &'static str, result: Result<T, RouterError>) -> Result<Response<T>, Status> {
     match result {
         Ok(value) => Ok(Response::new(value)),
         Err(err) => {
@@ -677,6 +715,7 @@ mod tests {
                         key: vec![1; 17],
                         value: vec![],
                         request_id: vec![],
+                        lease: 0,
                     },
                     deadline(),
                 )
@@ -692,6 +731,7 @@ mod tests {
                         key: b"k".to_vec(),
                         value: vec![0; 33],
                         request_id: vec![],
+                        lease: 0,
                     },
                     deadline(),
                 )

@@ -10,7 +10,9 @@
 //!   for the binary).
 //! - Services, one per file: `kv_service` (`Kv`: validation, shard lookup, batches) and
 //!   `admin_service` (`Admin`: cluster status; `NodeStatus` answers for the router itself,
-//!   `InitCluster` UNIMPLEMENTED); `observe` (Prometheus metrics at `--metrics-addr`, the
+//!   `InitCluster` UNIMPLEMENTED), `lease_service` (`Lease`: etcd's leases with a bounded
+//!   keep-alive stream, on `lease_store`, the router's steps of the shared lease algorithm
+//!   of `ringkv-lease`; the state stays in the lease records); `observe` (Prometheus metrics at `--metrics-addr`, the
 //!   gRPC health service, server reflection).
 //! - Request path: `context` (what handlers share), `validate` (limits),
 //!   `deadline` (`grpc-timeout` → deadline), `inflight` (backpressure),
@@ -53,8 +55,9 @@
 //! - The router keeps no durable state: everything it knows is learnt from nodes.
 //!
 //! # Dependencies
-//! Depends on `ringkv-proto` (wire contract) and `ringkv-ring` (placement), never on the
-//! node crate: nodes are known only through the protobuf contract.
+//! Depends on `ringkv-proto` (wire contract), `ringkv-ring` (placement) and `ringkv-lease`
+//! (the lease algorithm it shares with the client library), never on the node crate: nodes
+//! are known only through the protobuf contract.
 
 mod admin_service;
 mod attempt_timeout;
@@ -78,6 +81,8 @@ mod history_hold;
 mod inflight;
 mod kv_service;
 mod lane;
+mod lease_service;
+mod lease_store;
 pub mod log_format;
 mod node_api;
 mod node_pipeline;

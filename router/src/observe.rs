@@ -20,13 +20,14 @@ use tonic_health::ServingStatus;
 
 use crate::tso::TsoClient;
 
-/// Per-method metrics of the router's gRPC services (`Kv`, `Txn`, `Tso`, `Admin`).
+/// Per-method metrics of the router's gRPC services (`Kv`, `Txn`, `Tso`, `Admin`, `Lease`).
 pub fn rpc_metrics() -> Arc<RpcMetrics> {
     let services = [
         v1::kv_server::SERVICE_NAME,
         v1::txn_server::SERVICE_NAME,
         v1::tso_server::SERVICE_NAME,
         v1::admin_server::SERVICE_NAME,
+        v1::lease_server::SERVICE_NAME,
     ];
     RpcMetrics::new(services.map(|name| (name.to_string(), ringkv_proto::descriptor::service_methods(name))))
 }

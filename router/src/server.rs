@@ -1,8 +1,9 @@
 //! Starting and stopping a router: bind the listener (port 0 supported), start the
-//! topology refresher and the timestamp client, serve `Kv`, `Admin` and `Tso` with tonic,
-//! and shut down gracefully.
+//! topology refresher and the timestamp client, serve `Kv`, `Admin`, `Tso`, `Txn` and
+//! `Lease` with tonic, and shut down gracefully.
 //!
-//! Shutdown order: stop accepting and drain in-flight requests (bounded by
+//! Shutdown order: stop accepting (which also ends every `Lease.LeaseKeepAlive` stream,
+//! cleanly, so they do not hold the drain up) and drain in-flight requests (bounded by
 //! `shutdown_timeout_ms`), join the streams' tasks, then stop the timestamp client and
 //! join the refresher.
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::auth_server::AuthServer;
 use ringkv_proto::v1::kv_server::KvServer;
+use ringkv_proto::v1::lease_server::LeaseServer;
 use ringkv_proto::v1::tso_server::TsoServer;
 use ringkv_proto::v1::txn_server::TxnServer;
 use ringkv_tls::rustls::{ClientConfig, ServerConfig};
@@ -34,6 +36,7 @@ use crate::context::RouterContext;
 use crate::error::{ServeError, StartError};
 use crate::gossip::RouterGossip;
 use crate::kv_service::KvService;
+use crate::lease_service::LeaseService;
 use crate::node_api::NodeApi;
 use crate::observe::{Health, RouterMetrics};
 use crate::refresher::{RefreshSettings, Refresher};
@@ -146,6 +149,7 @@ impl Router {
             ringkv_proto::v1::tso_server::SERVICE_NAME,
             ringkv_proto::v1::txn_server::SERVICE_NAME,
             ringkv_proto::v1::auth_server::SERVICE_NAME,
+            ringkv_proto::v1::lease_server::SERVICE_NAME,
         ];
         let reflection =
             ringkv_metrics::reflection(&[ringkv_proto::descriptor::FILE_DESCRIPTOR_SET], &served).map_err(
@@ -211,6 +215,13 @@ impl Router {
             stop_auth.clone(),
         );
         let stop_serving = CancellationToken::new();
+        let lease_service = LeaseServer::new(LeaseService::new(
+            Arc::clone(&ctx),
+            Arc::clone(&tso),
+            stop_serving.clone(),
+        ))
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.max_response_bytes);
         if tls.is_none() {
             warn!(
                 %local_addr,
@@ -226,7 +237,8 @@ impl Router {
             .add_service(UserScope::new(kv, view.clone()))
             .add_service(UserScope::new(admin, view.clone()))
             .add_service(UserScope::new(tso_service, view.clone()))
-            .add_service(UserScope::new(txn_service, view))
+            .add_service(UserScope::new(txn_service, view.clone()))
+            .add_service(UserScope::new(lease_service, view))
             // Logging in needs no user: it is how a caller without one gets one.
             .add_service(login);
         let stop = stop_serving.clone().cancelled_owned();

@@ -83,7 +83,7 @@ impl Limits {
 
 /// A malformed `field` (its name as the request spells it, with an index in a batch:
 /// `keys[3]`), for the rich error model's field violation.
-fn bad_field(field: impl std::fmt::Display, message: String) -> RouterError {
+pub fn bad_field(field: impl std::fmt::Display, message: String) -> RouterError {
     RouterError::BadField {
         field: field.to_string(),
         message,

@@ -61,6 +61,7 @@ async fn serves_and_stops_on_sigterm() -> anyhow::Result<()> {
         key: b"k".to_vec(),
         value: b"v".to_vec(),
         request_id: vec![],
+        lease: 0,
     })
     .await?;
     let got = kv

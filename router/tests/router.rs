@@ -39,6 +39,7 @@ async fn kv_round_trip_follows_hints() -> anyhow::Result<()> {
             key: b"alpha".to_vec(),
             value: b"one".to_vec(),
             request_id: vec![],
+            lease: 0,
         })
         .await?
         .into_inner();
@@ -205,6 +206,7 @@ async fn writes_without_a_request_id_are_retried_under_the_routers_id() -> anyho
             key: b"lost".to_vec(),
             value: b"once".to_vec(),
             request_id: vec![],
+            lease: 0,
         })
         .await?
         .into_inner();
@@ -264,6 +266,7 @@ async fn nodes_without_a_pipeline_get_unary_calls() -> anyhow::Result<()> {
                 key: key.clone(),
                 value: b"v".to_vec(),
                 request_id: vec![],
+                lease: 0,
             })
             .await?
             .into_inner();
@@ -367,6 +370,7 @@ async fn invalid_requests_are_rejected() -> anyhow::Result<()> {
             key: vec![b'k'; 5000],
             value: vec![],
             request_id: vec![],
+            lease: 0,
         })
         .await
         .err()
@@ -385,6 +389,7 @@ async fn invalid_requests_are_rejected() -> anyhow::Result<()> {
             key: b"k".to_vec(),
             value: vec![0; 9 << 20],
             request_id: vec![],
+            lease: 0,
         })
         .await
         .err()
@@ -425,6 +430,7 @@ async fn unreachable_seed_is_unavailable() -> anyhow::Result<()> {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
             request_id: vec![],
+            lease: 0,
         })
         .await
         .err()

@@ -227,6 +227,7 @@ async fn revoke_removes_attached_keys_and_bad_input_is_refused() -> Result<()> {
             request_id: Vec::new(),
             ttl_ms: 1_000,
             expires_at_ts: client.timestamp().await?,
+            lease: 0,
         })
         .await;
     match both {

@@ -694,7 +694,8 @@ async fn reflection_lists_the_served_services() -> anyhow::Result<()> {
             "ringkv.v1.Txn",
             "ringkv.v1.Admin",
             "ringkv.v1.Auth",
-            "ringkv.v1.Tso"
+            "ringkv.v1.Tso",
+            "ringkv.v1.Lease"
         ]),
         "a router's services"
     );

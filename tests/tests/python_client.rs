@@ -2,7 +2,11 @@
 //! written from the protos alone with grpcio, runs against a `kvctl playground` (mutual TLS
 //! and permissions on, as a user gets it; on ports it chose, `--port 0`) and must find what README "Errors and retries" promises — a retried write under its request
 //! id answered with its first outcome, a reused id refused as `REQUEST_ID_REUSED`, bad input
-//! naming its field in a `google.rpc.BadRequest`, no `RetryInfo` where a retry is unsafe.
+//! naming its field in a `google.rpc.BadRequest`, no `RetryInfo` where a retry is unsafe —
+//! and leases through the routers' `Lease` service (issue 16, item 2, for any language): a
+//! key attached with `Put(lease)`, kept alive over the `LeaseKeepAlive` stream past its TTL,
+//! gone with the revoked lease, a keep-alive of it answered with TTL 0, a bad TTL refused
+//! naming `ttl_ms`.
 //!
 //! Needs Python with the example's packages: `examples/python/install-deps.sh` (which
 //! `.ci/run` runs) puts them in `target/python-venv`; `RINGKV_PYTHON` names another
@@ -146,7 +150,11 @@ async fn a_python_client_follows_the_retry_contract() -> anyhow::Result<()> {
             "bad_field",
             "cas",
             "own_deadline_retry",
-            "scan"
+            "scan",
+            "lease_attach",
+            "lease_keep_alive",
+            "lease_revoke",
+            "lease_bad_ttl"
         ],
         "{stdout}\n{stderr}"
     );

@@ -58,6 +58,7 @@ async fn large_values_come_in_replies_within_the_budget() -> anyhow::Result<()> 
             key: big_key(i),
             value: big_value(i),
             request_id: Vec::new(),
+            lease: 0,
         })
         .await
         .with_context(|| format!("put {i}"))?;
@@ -245,6 +246,7 @@ async fn a_long_count_does_not_stall_writes() -> anyhow::Result<()> {
             key: format!("other/{puts}").into_bytes(),
             value: b"w".to_vec(),
             request_id: Vec::new(),
+            lease: 0,
         });
         tokio::select! {
             counted = &mut count => {

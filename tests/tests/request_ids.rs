@@ -44,6 +44,7 @@ async fn a_reused_request_id_is_refused_and_writes_nothing() -> anyhow::Result<(
         key: key.to_vec(),
         value: b"v".to_vec(),
         request_id: request_id.clone(),
+        lease: 0,
     };
     let get = |key: &[u8]| GetRequest {
         key: key.to_vec(),

@@ -129,6 +129,7 @@ async fn run_case(kv: &mut Kv, prefix: &str, ops: &[Op], queries: &[Query]) -> a
                     key: full(key),
                     value: vec![*value],
                     request_id: vec![],
+                    lease: 0,
                 })
                 .await?;
                 model.insert(full(key), vec![*value]);
@@ -418,6 +419,7 @@ async fn paging_under_concurrent_writes() -> anyhow::Result<()> {
                         key,
                         value: n.to_be_bytes().to_vec(),
                         request_id: vec![],
+                        lease: 0,
                     })
                     .await?;
                 }

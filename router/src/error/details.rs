@@ -55,6 +55,7 @@ pub fn reason(err: &RouterError) -> &'static str {
         RouterError::BatchFailed(_) => "BATCH_FAILED",
         RouterError::Unimplemented(_) => "UNIMPLEMENTED",
         RouterError::Unavailable(_) => "UNAVAILABLE",
+        RouterError::NotFound(_) => "NOT_FOUND",
         RouterError::PlanRejected(_) => "PLAN_REJECTED",
         RouterError::Internal(_) => "INTERNAL",
         RouterError::TxnAborted { .. } => "TXN_ABORTED",

@@ -1,4 +1,4 @@
-//! The reserved keyspace `__ringkv/` (lease records, `client/src/lease.rs`) left out of
+//! The reserved keyspace `__ringkv/` (lease records, `lease/src/lib.rs`) left out of
 //! range reads, range deletes and watches that do not ask for it.
 //!
 //! ringkv keeps some bookkeeping as ordinary keys, so it replicates, expires, backs up and
