@@ -24,14 +24,14 @@
 //! as they are, so recording costs the same whatever the outcomes hold.
 //!
 //! How many buckets: a bucket becomes a key that exists only once a request has hashed to
-//! it, and until then recording one is an insert, so fewer buckets reach that steady state
-//! sooner (a shard's first 4,096 requests touch 63 % of 4,096 buckets, 22 % of 16,384); more
-//! buckets keep each smaller. At [`BUCKETS`] = 4,096 a bucket holds 4 records on average
-//! while a table remembers its last 16,384 requests (about 200 bytes) and 64 at the cap of
-//! 262,144 (about 3 KiB, under a sustained 870 writes per second to one shard for the
-//! 5-minute window). A bucket holds at most [`MAX_RECORDS_PER_BUCKET`], out of reach for
-//! random request ids; ids made to collide push out the oldest records of their own bucket
-//! first.
+//! it, and until then recording one is an insert; and every record a bucket holds is
+//! rewritten with it, and sled rewrites whole pages of buckets. At [`BUCKETS`] = 16,384 a
+//! bucket holds one record on average while a table remembers its last 16,384 requests and
+//! 16 at the cap of 262,144 (under a sustained 870 writes per second to one shard for the
+//! 5-minute window). 4,096 buckets filled sooner but wrote 68 % more bytes per put in steady
+//! state (`docs/benchmarks/2026-12-06-dedup-buckets`). A bucket holds at most
+//! [`MAX_RECORDS_PER_BUCKET`], out of reach for random request ids; ids made to collide push
+//! out the oldest records of their own bucket first.
 
 use std::collections::HashMap;
 use std::hash::Hasher;
@@ -48,10 +48,10 @@ use crate::raft::{decode, encode};
 use crate::storage::{Batch, StorageError, TreeRef};
 
 /// Buckets per table.
-pub(super) const BUCKETS: u64 = 4_096;
+pub(super) const BUCKETS: u64 = 16_384;
 
 /// The most records one bucket holds (its oldest go first).
-pub(super) const MAX_RECORDS_PER_BUCKET: usize = 256;
+pub(super) const MAX_RECORDS_PER_BUCKET: usize = 64;
 
 /// The hash keys choosing a request id's bucket: fixed, since every replica, and every
 /// build, must choose the same one.
@@ -98,7 +98,7 @@ impl Horizon {
 pub(super) fn bucket_of(request_id: &RequestId) -> u16 {
     let mut hasher = SipHasher13::new_with_keys(BUCKET_HASH_KEYS.0, BUCKET_HASH_KEYS.1);
     hasher.write(request_id);
-    // BUCKETS is 2^12: the remainder fits a u16.
+    // BUCKETS is 2^14: the remainder fits a u16.
     (hasher.finish() % BUCKETS) as u16
 }
 

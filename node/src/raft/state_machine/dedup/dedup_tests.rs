@@ -208,7 +208,7 @@ fn recorded_outcomes_are_found_in_their_own_table() {
 }
 
 /// Ids spread over the buckets as random ones would: a thousand ids differing in their
-/// last bytes land in about 4,096 × (1 − e^(−1,000/4,096)) ≈ 887 buckets (a hash, not the
+/// last bytes land in about 16,384 × (1 − e^(−1,000/16,384)) ≈ 970 buckets (a hash, not the
 /// ids' bytes, chooses), and every bucket number is below [`BUCKETS`].
 #[test]
 fn request_ids_spread_over_the_buckets() {
@@ -618,7 +618,7 @@ fn sustained_batched_load_stays_under_the_cap() {
     let (buckets, held, most) = write_buckets(&tree);
     assert_eq!(buckets as u64, BUCKETS, "every bucket written");
     // The 8,192 remembered, and records let go in buckets not written since: a bucket is
-    // written once per 4,096 requests on average, so about as many more.
+    // written once per 16,384 requests on average, so up to about as many more.
     assert!(
         held as u64 <= policy.max_records + 2 * BUCKETS,
         "{held} records held"
