@@ -21,8 +21,9 @@ fn callbacks_fire_in_order_after_the_sync_covering_them() {
     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
     let (tx, rx) = mpsc::channel();
     for n in 0..50u64 {
-        wal.append(1, n + 1, &[n.to_le_bytes()]).expect("append");
+        // Read before the append: the writer may sync it before the next line runs.
         let syncs_before = wal.stats().syncs;
+        wal.append(1, n + 1, &[n.to_le_bytes()]).expect("append");
         let (tx, observer) = (tx.clone(), wal.clone());
         wal.on_durable(Box::new(move |result| {
             let syncs = observer.stats().syncs;
