@@ -215,7 +215,7 @@ impl<S: Serialize + DeserializeOwned> EntryBuckets<S> {
         request_id: &RequestId,
         horizon: &Horizon,
     ) -> Result<Option<Found<S>>, StorageError> {
-        let name = tree.name().to_string();
+        let name = tree.name();
         let bucket = self.bucket(tree, bucket_of(request_id))?;
         let Some(placed) = bucket
             .records
@@ -226,11 +226,8 @@ impl<S: Serialize + DeserializeOwned> EntryBuckets<S> {
         else {
             return Ok(None);
         };
-        let record: BucketRecord<'_> = decode_borrowed(&name, &bucket.bytes[placed.span.clone()])?;
-        Ok(Some(Found::new(
-            record.fingerprint,
-            decode(&name, record.result)?,
-        )))
+        let record: BucketRecord<'_> = decode_borrowed(name, &bucket.bytes[placed.span.clone()])?;
+        Ok(Some(Found::new(record.fingerprint, decode(name, record.result)?)))
     }
 
     /// Records the fingerprint and first outcome of `request_id` (written by
