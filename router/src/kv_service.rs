@@ -418,20 +418,29 @@ impl<N: NodeApi> KvService<N> {
         op: WriteOp,
         deadline: Instant,
     ) -> Result<WriteOpResult, RouterError> {
-        let view = self.ctx.topology.wait_for_ring(deadline).await?;
-        let shard = view.ring.shard_for_key(&op.key);
-        let response = self
-            .ctx
-            .forwarder
-            .write(shard, view.ring.shard_count(), request_id, vec![op], deadline)
-            .await?;
-        // The forwarder checked one result per op.
-        single(shard, Ok(response.results))
+        write_one(&self.ctx, request_id, op, deadline).await
     }
 }
 
+/// One op on one key's shard, through the leader (the `Lease` service's steps too).
+pub(crate) async fn write_one<N: NodeApi>(
+    ctx: &RouterContext<N>,
+    request_id: RequestId,
+    op: WriteOp,
+    deadline: Instant,
+) -> Result<WriteOpResult, RouterError> {
+    let view = ctx.topology.wait_for_ring(deadline).await?;
+    let shard = view.ring.shard_for_key(&op.key);
+    let response = ctx
+        .forwarder
+        .write(shard, view.ring.shard_count(), request_id, vec![op], deadline)
+        .await?;
+    // The forwarder checked one result per op.
+    single(shard, Ok(response.results))
+}
+
 /// The only element of a one-element result list.
-fn single<T>(shard: ShardId, results: Result<Vec<T>, String>) -> Result<T, RouterError> {
+pub(crate) fn single<T>(shard: ShardId, results: Result<Vec<T>, String>) -> Result<T, RouterError> {
     let bad = |reason: String| RouterError::BadNodeResponse { shard, reason };
     let mut results = results.map_err(bad)?;
     if results.len() != 1 {

@@ -15,12 +15,12 @@ use ringkv_lease::{CasResult, LeaseError, LeaseStore, StoredValue, LEASE_KEY_PRE
 use ringkv_proto::v1::{
     Consistency, GetRequest, KeyValueResult, PutRequest, ScanRequest, WriteKind, WriteOp, WriteOpResult,
 };
-use ringkv_ring::ShardId;
 use tokio::time::Instant;
 
 use crate::batch::match_read_results;
 use crate::context::RouterContext;
 use crate::error::{RequestId, RouterError};
+use crate::kv_service;
 use crate::node_api::NodeApi;
 use crate::range_ops;
 use crate::tso::TsoClient;
@@ -64,32 +64,9 @@ impl<N: NodeApi> RouterLeaseStore<N> {
     async fn write_one(&self, op: WriteOp) -> Result<WriteOpResult, RouterError> {
         self.authorize_write(&op.key)?;
         self.ctx.limits.check_value(&"value", &op.value)?;
-        let view = self.ctx.topology.wait_for_ring(self.deadline).await?;
-        let shard = view.ring.shard_for_key(&op.key);
         let request_id: RequestId = rand::random();
-        let response = self
-            .ctx
-            .forwarder
-            .write(
-                shard,
-                view.ring.shard_count(),
-                request_id,
-                vec![op],
-                self.deadline,
-            )
-            .await?;
-        only_result(shard, Ok(response.results))
+        kv_service::write_one(&self.ctx, request_id, op, self.deadline).await
     }
-}
-
-/// The only element of a one-element result list.
-fn only_result<T>(shard: ShardId, results: Result<Vec<T>, String>) -> Result<T, RouterError> {
-    let bad = |reason: String| RouterError::BadNodeResponse { shard, reason };
-    let mut results = results.map_err(bad)?;
-    if results.len() != 1 {
-        return Err(bad(format!("{} results for one key", results.len())));
-    }
-    results.pop().ok_or_else(|| bad("no result".into()))
 }
 
 fn write_op(
@@ -150,7 +127,7 @@ impl<N: NodeApi> LeaseStore for RouterLeaseStore<N> {
                 self.deadline,
             )
             .await?;
-        let found: KeyValueResult = only_result(shard, match_read_results(&[key], response.results))?;
+        let found: KeyValueResult = kv_service::single(shard, match_read_results(&[key], response.results))?;
         if !found.found {
             return Ok(None);
         }

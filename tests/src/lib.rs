@@ -16,7 +16,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use ringkv_launcher::binaries::{env_bin_dir, executable_dir, Binaries};
 use ringkv_launcher::{cluster as launch, ClusterCerts, Launch, Process, Security};
 use ringkv_proto::v1::{
-    self, admin_client::AdminClient, kv_client::KvClient, shard_kv_client::ShardKvClient,
+    self, admin_client::AdminClient, change_auth_request::Change, kv_client::KvClient,
+    shard_kv_client::ShardKvClient,
 };
 use ringkv_ring::{MemberState, Ring, RingConfig, RingMember};
 use ringkv_tls::Role;
@@ -659,4 +660,24 @@ impl Drop for Cluster {
             let _ = dir.keep();
         }
     }
+}
+
+/// The permission change granting `role` `permission` on keys under `prefix`.
+pub fn grant(role: &str, prefix: &str, permission: v1::Permission) -> Change {
+    Change::Grant(v1::RoleGrant {
+        role: role.into(),
+        grant: Some(v1::Grant {
+            prefix: prefix.as_bytes().to_vec(),
+            permission: permission as i32,
+        }),
+    })
+}
+
+/// The permission change adding `user` (no password) with `roles`.
+pub fn add_user(user: &str, roles: &[&str]) -> Change {
+    Change::AddUser(v1::AuthUser {
+        name: user.into(),
+        roles: roles.iter().map(|role| role.to_string()).collect(),
+        ..Default::default()
+    })
 }

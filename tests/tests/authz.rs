@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ringkv_client::{Client, ClientConfig, ClientTls, Error, Isolation, KeyRange, ScanOptions};
 use ringkv_proto::v1::{self, change_auth_request::Change};
-use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
+use ringkv_tests::{add_user, grant, wait_until, Cluster, ClusterOptions, WAIT};
 use ringkv_tls::{IssuedCert, Role};
 use tonic::Code;
 
@@ -64,24 +64,6 @@ fn assert_status_denied<T: std::fmt::Debug>(what: &str, answer: Result<T, tonic:
 async fn change(client: &Client, change: Change) -> anyhow::Result<()> {
     client.change_auth(change).await?;
     Ok(())
-}
-
-fn grant(role: &str, prefix: &str, permission: v1::Permission) -> Change {
-    Change::Grant(v1::RoleGrant {
-        role: role.into(),
-        grant: Some(v1::Grant {
-            prefix: prefix.as_bytes().to_vec(),
-            permission: permission as i32,
-        }),
-    })
-}
-
-fn add_user(user: &str, roles: &[&str]) -> Change {
-    Change::AddUser(v1::AuthUser {
-        name: user.into(),
-        roles: roles.iter().map(|role| role.to_string()).collect(),
-        ..Default::default()
-    })
 }
 
 /// The permission scenario of issue 15, through the router and straight at the nodes.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use ringkv_client::{Client, Error, LeaseId, Ttl, MAX_KEYS_PER_LEASE};
-use ringkv_tests::{bin_dir, wait_until, Cluster, ClusterOptions, WAIT};
+use ringkv_tests::{add_user, bin_dir, grant, wait_until, Cluster, ClusterOptions, WAIT};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -398,30 +398,16 @@ async fn leases_and_locks_need_the_permissions_of_their_keys() -> Result<()> {
     let router = cluster.router_addr.clone().context("a router")?;
     let carol = Client::connect_with(vec![router.clone()], client_as("carol")?).await?;
     let dave = Client::connect_with(vec![router], client_as("dave")?).await?;
-    let grant = |role: &str, prefix: &str| {
-        Change::Grant(v1::RoleGrant {
-            role: role.into(),
-            grant: Some(v1::Grant {
-                prefix: prefix.as_bytes().to_vec(),
-                permission: v1::Permission::Write as i32,
-            }),
-        })
-    };
-    let add_user = |user: &str, role: &str| {
-        Change::AddUser(v1::AuthUser {
-            name: user.into(),
-            roles: vec![role.to_string()],
-            ..Default::default()
-        })
-    };
+    let write_grant = |role: &str, prefix: &str| grant(role, prefix, v1::Permission::Write);
+    let user_with_role = |user: &str, role: &str| add_user(user, &[role]);
     for change in [
         Change::AddRole("locker".into()),
-        grant("locker", "__ringkv/lease/"),
-        grant("locker", "locks/"),
+        write_grant("locker", "__ringkv/lease/"),
+        write_grant("locker", "locks/"),
         Change::AddRole("no-leases".into()),
-        grant("no-leases", "locks/"),
-        add_user("carol", "locker"),
-        add_user("dave", "no-leases"),
+        write_grant("no-leases", "locks/"),
+        user_with_role("carol", "locker"),
+        user_with_role("dave", "no-leases"),
         Change::Enable(true),
     ] {
         root.change_auth(change).await?;

@@ -18,7 +18,7 @@ use ringkv_proto::v1::{
     GetRequest, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
     LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest,
 };
-use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
+use ringkv_tests::{add_user, grant, wait_until, Cluster, ClusterOptions, WAIT};
 use ringkv_tls::Role;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
@@ -299,30 +299,16 @@ async fn lease_calls_need_the_permissions_of_their_keys() -> Result<()> {
     })
     .await?;
     let root = cluster.client().await?;
-    let grant = |role: &str, prefix: &str| {
-        Change::Grant(v1::RoleGrant {
-            role: role.into(),
-            grant: Some(v1::Grant {
-                prefix: prefix.as_bytes().to_vec(),
-                permission: v1::Permission::Write as i32,
-            }),
-        })
-    };
-    let add_user = |user: &str, role: &str| {
-        Change::AddUser(v1::AuthUser {
-            name: user.into(),
-            roles: vec![role.to_string()],
-            ..Default::default()
-        })
-    };
+    let write_grant = |role: &str, prefix: &str| grant(role, prefix, v1::Permission::Write);
+    let user_with_role = |user: &str, role: &str| add_user(user, &[role]);
     for change in [
         Change::AddRole("leaser".into()),
-        grant("leaser", "__ringkv/lease/"),
-        grant("leaser", "svc/"),
+        write_grant("leaser", "__ringkv/lease/"),
+        write_grant("leaser", "svc/"),
         Change::AddRole("no-leases".into()),
-        grant("no-leases", "svc/"),
-        add_user("carol", "leaser"),
-        add_user("dave", "no-leases"),
+        write_grant("no-leases", "svc/"),
+        user_with_role("carol", "leaser"),
+        user_with_role("dave", "no-leases"),
         Change::Enable(true),
     ] {
         root.change_auth(change).await?;
