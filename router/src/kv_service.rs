@@ -18,7 +18,6 @@ use ringkv_proto::v1::{
     ExpireResponse, GetRequest, GetResponse, MutationKind, MutationResult, PutRequest, PutResponse,
     ScanRequest, ScanResponse, WriteKind, WriteOp, WriteOpResult,
 };
-use ringkv_ring::ShardId;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
@@ -29,6 +28,7 @@ use crate::context::RouterContext;
 use crate::error::{to_status, RequestId, RouterError};
 use crate::lease_store::RouterLeaseStore;
 use crate::node_api::NodeApi;
+use crate::one_key::{single, write_one};
 use crate::range_ops;
 use crate::streams::ResponseStream;
 use crate::tso::TsoClient;
@@ -420,35 +420,6 @@ impl<N: NodeApi> KvService<N> {
     ) -> Result<WriteOpResult, RouterError> {
         write_one(&self.ctx, request_id, op, deadline).await
     }
-}
-
-/// One op on one key's shard, through the leader (the `Lease` service's steps too).
-pub(crate) async fn write_one<N: NodeApi>(
-    ctx: &RouterContext<N>,
-    request_id: RequestId,
-    op: WriteOp,
-    deadline: Instant,
-) -> Result<WriteOpResult, RouterError> {
-    let view = ctx.topology.wait_for_ring(deadline).await?;
-    let shard = view.ring.shard_for_key(&op.key);
-    let response = ctx
-        .forwarder
-        .write(shard, view.ring.shard_count(), request_id, vec![op], deadline)
-        .await?;
-    // The forwarder checked one result per op.
-    single(shard, Ok(response.results))
-}
-
-/// The only element of a one-element result list.
-pub(crate) fn single<T>(shard: ShardId, results: Result<Vec<T>, String>) -> Result<T, RouterError> {
-    let bad = |reason: String| RouterError::BadNodeResponse { shard, reason };
-    let mut results = results.map_err(bad)?;
-    if results.len() != 1 {
-        return Err(bad(format!("{} results for one key", results.len())));
-    }
-    results
-        .pop()
-        .ok_or_else(|| bad("no result for the key".to_string()))
 }
 
 /// Places a shard's values, or records its failure.

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use crate::batch::match_read_results;
 use crate::context::RouterContext;
 use crate::error::{RequestId, RouterError};
-use crate::kv_service;
 use crate::node_api::NodeApi;
+use crate::one_key;
 use crate::range_ops;
 use crate::tso::TsoClient;
 
@@ -65,7 +65,7 @@ impl<N: NodeApi> RouterLeaseStore<N> {
         self.authorize_write(&op.key)?;
         self.ctx.limits.check_value(&"value", &op.value)?;
         let request_id: RequestId = rand::random();
-        kv_service::write_one(&self.ctx, request_id, op, self.deadline).await
+        one_key::write_one(&self.ctx, request_id, op, self.deadline).await
     }
 }
 
@@ -127,7 +127,7 @@ impl<N: NodeApi> LeaseStore for RouterLeaseStore<N> {
                 self.deadline,
             )
             .await?;
-        let found: KeyValueResult = kv_service::single(shard, match_read_results(&[key], response.results))?;
+        let found: KeyValueResult = one_key::single(shard, match_read_results(&[key], response.results))?;
         if !found.found {
             return Ok(None);
         }

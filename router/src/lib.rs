@@ -16,7 +16,8 @@
 //!   gRPC health service, server reflection).
 //! - Request path: `context` (what handlers share), `validate` (limits),
 //!   `deadline` (`grpc-timeout` → deadline), `inflight` (backpressure),
-//!   `forward` (the retry loop), `attempt_timeout` (a write attempt's timeout, adapted
+//!   `forward` (the retry loop), `one_key` (one key's write and answer, shared by `Kv` and
+//!   `Lease`), `attempt_timeout` (a write attempt's timeout, adapted
 //!   to the node's write latency), `backoff`, `classify` (node error → retry /
 //!   ambiguity), `batch` (group by shard, sub-request ids, reassembly), `batch_get`
 //!   (BatchGet in rounds within the reply budget, paged or refused when it does not fit),
@@ -87,6 +88,7 @@ pub mod log_format;
 mod node_api;
 mod node_pipeline;
 mod observe;
+mod one_key;
 mod range;
 mod range_ops;
 mod read_merge;
