@@ -280,9 +280,12 @@ def main():
     keys = [entry.key.decode() for entry in scan.entries]
     report("scan", keys == [args.prefix + f"k{i}" for i in range(5)], keys=keys)
 
-    # 9. Leases: grant one (a retry after a lost answer may grant a second, which expires
-    # unused: lease.proto's retry contract), attach a key to it with a put.
-    granted = leases.LeaseGrant(lease_pb2.LeaseGrantRequest(ttl_ms=LEASE_TTL_MS), timeout=ATTEMPT_TIMEOUT_S)
+    # 9. Leases: grant one under a request id (the lease's id derives from it, so a retry
+    # after a lost answer answers the same lease: lease.proto's retry contract), attach a key
+    # to it with a put.
+    grant = lease_pb2.LeaseGrantRequest(ttl_ms=LEASE_TTL_MS, request_id=uuid.uuid4().bytes)
+    granted = write(leases.LeaseGrant, grant)
+    retried = leases.LeaseGrant(grant, timeout=ATTEMPT_TIMEOUT_S)
     session = (args.prefix + "session").encode()
     attached = stub.Put(kv_pb2.PutRequest(key=session, value=b"me", lease=granted.id), timeout=ATTEMPT_TIMEOUT_S)
     status = leases.LeaseTimeToLive(
@@ -291,8 +294,9 @@ def main():
     report(
         "lease_attach",
         granted.id != 0 and attached.version > 0 and list(status.keys) == [session]
-        and status.granted_ttl_ms == LEASE_TTL_MS,
+        and status.granted_ttl_ms == LEASE_TTL_MS and retried.id == granted.id,
         lease=f"{granted.id:016x}",
+        retried_grant=f"{retried.id:016x}",
         keys=[key.decode() for key in status.keys],
     )
 

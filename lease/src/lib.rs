@@ -15,7 +15,10 @@
 //! work on the nodes: expiry is the existing TTL mechanism.
 //!
 //! - Grant: a compare-and-set creating the record with `ttl_ms` (deadline = its commit
-//!   timestamp + TTL).
+//!   timestamp + TTL). A grant under a request id ([`grant_for_request`]) takes the id
+//!   [`LeaseId::for_request`] derives from it, and answers the record already there: a
+//!   retry of it (after a lost answer, through any router) answers the same lease instead
+//!   of granting a second one.
 //! - Keep-alive: `T` = a fresh oracle timestamp, `D = T + TTL`; every attached key's
 //!   expiry moves to `D` (keys already gone are dropped from the list), then the record
 //!   is compare-and-set to `D`. Keys first: a keep-alive that fails part-way leaves keys
@@ -56,7 +59,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use ops::{attach, grant, keep_alive_once, list, put_many_with_lease, revoke, time_to_live};
+pub use ops::{
+    attach, grant, grant_for_request, keep_alive_once, list, put_many_with_lease, revoke, time_to_live,
+};
 pub use store::{CasResult, LeaseStore, StoredValue};
 
 /// Where lease records live, in the reserved keyspace `__ringkv/` (a prefix users must be
@@ -71,6 +76,10 @@ pub const MAX_KEYS_PER_LEASE: usize = 1_024;
 /// How often a read-modify-write of a lease record runs again when the record changed
 /// under it (another keep-alive, attach or revoke of the same lease).
 pub const MAX_RECORD_RACES: usize = 16;
+
+/// The fixed SipHash keys of [`LeaseId::for_request`]: part of the wire contract (a
+/// retry through a router of another version must derive the same id), never changed.
+const GRANT_ID_KEYS: (u64, u64) = (0x7269_6e67_6b76_6c65, 0x6173_652d_6772_6e74);
 /// Bits of an oracle timestamp's logical counter (`physical_ms << 18 | logical`).
 pub const TIMESTAMP_LOGICAL_BITS: u32 = 18;
 
@@ -128,6 +137,16 @@ impl LeaseId {
     pub fn of_record_key(key: &[u8]) -> Option<LeaseId> {
         let suffix = key.strip_prefix(LEASE_KEY_PREFIX)?;
         std::str::from_utf8(suffix).ok()?.parse().ok()
+    }
+
+    /// The lease id a grant under `request_id` takes: a keyed SipHash-1-3 of the bytes
+    /// with fixed keys (so every router and every version derives the same), non-zero.
+    /// Two request ids share an id with probability 2^-64 per pair.
+    pub fn for_request(request_id: &[u8]) -> LeaseId {
+        use std::hash::Hasher;
+        let mut hasher = siphasher::sip::SipHasher13::new_with_keys(GRANT_ID_KEYS.0, GRANT_ID_KEYS.1);
+        hasher.write(request_id);
+        LeaseId(hasher.finish().max(1))
     }
 
     /// A lease id from a wire field: non-zero.
@@ -229,5 +248,17 @@ mod tests {
             Duration::from_millis(3)
         );
         assert_eq!(oracle_time_until(1, 2), Duration::ZERO);
+    }
+
+    /// A grant's id under a request id is part of the wire contract: a retry through a
+    /// router of another version must find the same lease. Pinned, distinct, non-zero.
+    #[test]
+    fn grant_ids_derive_from_request_ids_stably() {
+        assert_eq!(LeaseId::for_request(&[0; 16]), LeaseId(0xe046_14f3_6b7b_e4b1));
+        let ids: std::collections::BTreeSet<LeaseId> = (0..1000u32)
+            .map(|n| LeaseId::for_request(&n.to_le_bytes()))
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(!ids.contains(&LeaseId(0)));
     }
 }

@@ -51,6 +51,49 @@ pub async fn grant<S: LeaseStore>(store: &S, ttl: Duration) -> Result<Lease, S::
     Err(LeaseError::Unavailable("no free lease id found".into()).into())
 }
 
+/// Grants the lease of `request_id` ([`LeaseId::for_request`]) with `ttl`, or answers it
+/// when its record is already there: an earlier attempt of the same request granted it.
+/// So a grant retried after a lost answer answers the lease it granted, never a second
+/// one. A lease revoked (or expired) before the retry is granted again, with the same id
+/// and no keys. INVALID_ARGUMENT when the record there has another TTL: the request id was
+/// used for another grant.
+pub async fn grant_for_request<S: LeaseStore>(
+    store: &S,
+    request_id: &[u8],
+    ttl: Duration,
+) -> Result<Lease, S::Error> {
+    let ttl_ms = checked_ttl_ms(ttl)?;
+    let id = LeaseId::for_request(request_id);
+    let record = LeaseRecord {
+        ttl_ms,
+        keys: BTreeSet::new(),
+    };
+    for _ in 0..MAX_RECORD_RACES {
+        // Created now, or already there: either way the lease is the record read next.
+        store
+            .create_with_ttl(&id.record_key(), record.encode(), ttl)
+            .await?;
+        let Some(live) = live_record(store, id).await? else {
+            // Revoked or expired between the create and the read: create it again.
+            continue;
+        };
+        if live.record.ttl_ms != ttl_ms {
+            return Err(LeaseError::InvalidArgument(format!(
+                "lease {id} of this request id was granted with a TTL of {} ms, not {ttl_ms} ms: \
+                 a request id names one grant",
+                live.record.ttl_ms
+            ))
+            .into());
+        }
+        return Ok(Lease {
+            id,
+            ttl,
+            expires_at_ts: live.expires_at_ts,
+        });
+    }
+    Err(LeaseError::Unavailable(format!("lease {id} kept vanishing as it was granted")).into())
+}
+
 /// The lease's record, or `None` when it expired or was revoked.
 async fn live_record<S: LeaseStore>(store: &S, id: LeaseId) -> Result<Option<LiveRecord>, S::Error> {
     let Some(found) = store.get_expiring(&id.record_key()).await? else {

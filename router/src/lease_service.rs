@@ -43,7 +43,7 @@ use crate::lease_store::{RouterLeaseStore, MAX_LISTED_LEASES};
 use crate::node_api::NodeApi;
 use crate::streams::ResponseStream;
 use crate::tso::TsoClient;
-use crate::validate::bad_field;
+use crate::validate::{bad_field, parse_request_id};
 
 /// Most keep-alives one `LeaseKeepAlive` stream runs at once (each of another lease id).
 pub const MAX_KEEP_ALIVES_IN_FLIGHT_PER_STREAM: usize = 64;
@@ -76,7 +76,11 @@ impl<N: NodeApi> LeaseService<N> {
     ) -> Result<LeaseGrantResponse, RouterError> {
         let ttl = Duration::from_millis(request.ttl_ms);
         ringkv_lease::checked_ttl_ms(ttl).map_err(|err| bad_field("ttl_ms", err.to_string()))?;
-        let lease = ringkv_lease::grant(&self.store(deadline), ttl).await?;
+        let store = self.store(deadline);
+        let lease = match parse_request_id(&request.request_id)? {
+            Some(request_id) => ringkv_lease::grant_for_request(&store, &request_id, ttl).await?,
+            None => ringkv_lease::grant(&store, ttl).await?,
+        };
         Ok(LeaseGrantResponse {
             id: lease.id.0,
             ttl_ms: request.ttl_ms,

@@ -78,6 +78,13 @@ async fn key_found(kv: &mut KvClient<Channel>, key: &[u8]) -> Result<bool> {
         .found)
 }
 
+fn grant_request(ttl_ms: u64) -> LeaseGrantRequest {
+    LeaseGrantRequest {
+        ttl_ms,
+        ..LeaseGrantRequest::default()
+    }
+}
+
 fn put_with_lease(key: &[u8], lease: u64) -> PutRequest {
     PutRequest {
         key: key.to_vec(),
@@ -102,7 +109,7 @@ async fn leases_over_grpc_live_while_kept_alive_and_take_their_keys() -> Result<
 
     // Bad input: a TTL out of range names its field; a zero id; an unknown lease.
     let status = leases
-        .lease_grant(LeaseGrantRequest { ttl_ms: 10 })
+        .lease_grant(grant_request(10))
         .await
         .err()
         .context("a 10 ms TTL was granted")?;
@@ -134,7 +141,7 @@ async fn leases_over_grpc_live_while_kept_alive_and_take_their_keys() -> Result<
 
     // Grant and attach; TimeToLive lists the key, Leases the lease.
     let granted = leases
-        .lease_grant(LeaseGrantRequest { ttl_ms: SHORT_TTL_MS })
+        .lease_grant(grant_request(SHORT_TTL_MS))
         .await?
         .into_inner();
     ensure!(granted.id != 0 && granted.ttl_ms == SHORT_TTL_MS && granted.expires_at_ts > 0);
@@ -196,10 +203,7 @@ async fn leases_over_grpc_live_while_kept_alive_and_take_their_keys() -> Result<
     ensure!(status.code() == Code::NotFound, "{status:?}");
 
     // Revoke deletes the attached keys at once.
-    let revoked = leases
-        .lease_grant(LeaseGrantRequest { ttl_ms: 60_000 })
-        .await?
-        .into_inner();
+    let revoked = leases.lease_grant(grant_request(60_000)).await?.into_inner();
     for key in [&b"svc/r1"[..], b"svc/r2"] {
         kv.put(put_with_lease(key, revoked.id)).await?;
     }
@@ -237,11 +241,14 @@ async fn a_router_restart_loses_no_lease() -> Result<()> {
     .await?;
     let channel_before = channel(&cluster).await?;
     let mut leases = LeaseClient::new(channel_before.clone());
-    // Long enough to outlive a router restart in a debug build.
-    let granted = leases
-        .lease_grant(LeaseGrantRequest { ttl_ms: 30_000 })
-        .await?
-        .into_inner();
+    // Long enough to outlive a router restart in a debug build. Granted under a request id,
+    // retried below through the restarted router.
+    let request_id: [u8; 16] = rand::random();
+    let under_request_id = LeaseGrantRequest {
+        ttl_ms: 30_000,
+        request_id: request_id.to_vec(),
+    };
+    let granted = leases.lease_grant(under_request_id.clone()).await?.into_inner();
     KvClient::new(channel_before)
         .put(put_with_lease(b"svc/survivor", granted.id))
         .await?;
@@ -267,6 +274,45 @@ async fn a_router_restart_loses_no_lease() -> Result<()> {
     cluster.start_router().await?;
     let channel_after = channel(&cluster).await?;
     let mut leases = LeaseClient::new(channel_after.clone());
+    let leases_before = leases.lease_leases(LeaseLeasesRequest {}).await?.into_inner().ids;
+
+    // The grant retried after its answer was lost, through another router: the same lease,
+    // no second one.
+    let retried = leases.lease_grant(under_request_id.clone()).await?.into_inner();
+    ensure!(
+        retried.id == granted.id && retried.ttl_ms == 30_000,
+        "the retried grant answered {retried:?}, the first {granted:?}"
+    );
+    let leases_after = leases.lease_leases(LeaseLeasesRequest {}).await?.into_inner().ids;
+    ensure!(
+        leases_after == leases_before,
+        "the retried grant changed the leases: {leases_before:?} -> {leases_after:?}"
+    );
+    // The same request id for another grant, and a request id of the wrong size.
+    let status = leases
+        .lease_grant(LeaseGrantRequest {
+            ttl_ms: 60_000,
+            request_id: request_id.to_vec(),
+        })
+        .await
+        .err()
+        .context("one request id granted two TTLs")?;
+    ensure!(
+        status.code() == Code::InvalidArgument && status.message().contains("30000 ms"),
+        "{status:?}"
+    );
+    let status = leases
+        .lease_grant(LeaseGrantRequest {
+            ttl_ms: 30_000,
+            request_id: vec![7; 15],
+        })
+        .await
+        .err()
+        .context("a 15-byte request id was taken")?;
+    ensure!(
+        status.code() == Code::InvalidArgument && status.message().contains("request_id"),
+        "{status:?}"
+    );
     let status = leases
         .lease_time_to_live(LeaseTimeToLiveRequest {
             id: granted.id,
@@ -326,15 +372,13 @@ async fn lease_calls_need_the_permissions_of_their_keys() -> Result<()> {
     wait_until("the router to enforce permissions", WAIT, || {
         let mut dave_leases = dave_leases.clone();
         async move {
-            let refused = dave_leases
-                .lease_grant(LeaseGrantRequest { ttl_ms: SHORT_TTL_MS })
-                .await;
+            let refused = dave_leases.lease_grant(grant_request(SHORT_TTL_MS)).await;
             matches!(refused, Err(status) if status.code() == Code::PermissionDenied).then_some(())
         }
     })
     .await?;
     let status = dave_leases
-        .lease_grant(LeaseGrantRequest { ttl_ms: SHORT_TTL_MS })
+        .lease_grant(grant_request(SHORT_TTL_MS))
         .await
         .err()
         .context("dave granted a lease")?;
@@ -342,10 +386,7 @@ async fn lease_calls_need_the_permissions_of_their_keys() -> Result<()> {
 
     let mut leases = LeaseClient::new(carol.clone());
     let mut kv = KvClient::new(carol);
-    let granted = leases
-        .lease_grant(LeaseGrantRequest { ttl_ms: 60_000 })
-        .await?
-        .into_inner();
+    let granted = leases.lease_grant(grant_request(60_000)).await?.into_inner();
     let status = kv
         .put(put_with_lease(b"other/x", granted.id))
         .await

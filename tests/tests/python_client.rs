@@ -4,7 +4,7 @@
 //! id answered with its first outcome, a reused id refused as `REQUEST_ID_REUSED`, bad input
 //! naming its field in a `google.rpc.BadRequest`, no `RetryInfo` where a retry is unsafe —
 //! and leases through the routers' `Lease` service (issue 16, item 2, for any language): a
-//! key attached with `Put(lease)`, kept alive over the `LeaseKeepAlive` stream past its TTL,
+//! grant retried under its request id answering the same lease, a key attached with `Put(lease)`, kept alive over the `LeaseKeepAlive` stream past its TTL,
 //! gone with the revoked lease, a keep-alive of it answered with TTL 0, a bad TTL refused
 //! naming `ttl_ms`.
 //!
