@@ -10,8 +10,12 @@
 //! fresh entries never do.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The committed index goes to the log at most this often per group (see
+/// [`CatchUp::set_committed`]).
+pub const COMMITTED_SAVE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Reads of catch-up entries at least this large are paced (smaller ones are cheap enough).
 pub const CATCH_UP_READ_BYTES: usize = 256 << 10;
@@ -66,6 +70,8 @@ pub struct CatchUp {
     /// The group's committed index + 1 (0 = nothing committed), shared by the log store
     /// and its replication readers.
     committed: Arc<AtomicU64>,
+    /// When the log store last wrote the committed index to the log.
+    committed_saved_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl CatchUp {
@@ -74,13 +80,31 @@ impl CatchUp {
             pacer,
             max_wait,
             committed: Arc::new(AtomicU64::new(0)),
+            committed_saved_at: Arc::default(),
         }
     }
 
-    /// Records the group's committed index.
-    pub fn set_committed(&self, index: Option<u64>) {
+    /// Records the group's committed index; whether the log store should also write it to
+    /// the log now. That copy is only a hint openraft re-applies up to when the replica
+    /// starts: it is never synced, so a power cut already leaves it behind the true commit
+    /// (a restored leader serves reads only after applying its whole log, openraft patch 4),
+    /// and a follower learns the rest from its leader. Written for every entry it was a WAL
+    /// record per commit per group (64 clients' puts, 16 shards, three alternating pairs:
+    /// +9 % puts per server CPU-second, +14 % puts/s without it); at most every
+    /// [`COMMITTED_SAVE_INTERVAL`] it stays within that of the commit while writes flow.
+    pub fn set_committed(&self, index: Option<u64>) -> bool {
         let value = index.map_or(0, |index| index.saturating_add(1));
         self.committed.fetch_max(value, Ordering::Relaxed);
+        let mut saved_at = self
+            .committed_saved_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if saved_at.is_some_and(|at| now.duration_since(at) < COMMITTED_SAVE_INTERVAL) {
+            return false;
+        }
+        *saved_at = Some(now);
+        true
     }
 
     /// The group's committed index as openraft last saved it (None: nothing committed since
