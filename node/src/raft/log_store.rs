@@ -640,7 +640,7 @@ mod tests {
             "a save within COMMITTED_SAVE_INTERVAL of the last one is not written"
         );
         // The interval is wall-clock time: let it pass.
-        std::thread::sleep(super::super::catch_up::COMMITTED_SAVE_INTERVAL);
+        tokio::time::sleep(super::super::catch_up::COMMITTED_SAVE_INTERVAL).await;
         store.save_committed(Some(log_id(2, 21))).await.expect("save");
         assert_eq!(
             store.read_committed().await.expect("read"),
