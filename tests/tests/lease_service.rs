@@ -289,26 +289,19 @@ async fn a_router_restart_loses_no_lease() -> Result<()> {
         "the retried grant changed the leases: {leases_before:?} -> {leases_after:?}"
     );
     // The same request id for another grant, and a request id of the wrong size.
-    let status = leases
-        .lease_grant(LeaseGrantRequest {
-            ttl_ms: 60_000,
-            request_id: request_id.to_vec(),
-        })
-        .await
-        .err()
-        .context("one request id granted two TTLs")?;
+    let refused = |ttl_ms: u64, request_id: Vec<u8>, what: &'static str| {
+        let mut leases = leases.clone();
+        async move {
+            let request = LeaseGrantRequest { ttl_ms, request_id };
+            leases.lease_grant(request).await.err().context(what)
+        }
+    };
+    let status = refused(60_000, request_id.to_vec(), "one request id granted two TTLs").await?;
     ensure!(
         status.code() == Code::InvalidArgument && status.message().contains("30000 ms"),
         "{status:?}"
     );
-    let status = leases
-        .lease_grant(LeaseGrantRequest {
-            ttl_ms: 30_000,
-            request_id: vec![7; 15],
-        })
-        .await
-        .err()
-        .context("a 15-byte request id was taken")?;
+    let status = refused(30_000, vec![7; 15], "a 15-byte request id was taken").await?;
     ensure!(
         status.code() == Code::InvalidArgument && status.message().contains("request_id"),
         "{status:?}"

@@ -93,14 +93,18 @@ impl CatchUp {
     /// +9 % puts per server CPU-second, +14 % puts/s without it); at most every
     /// [`COMMITTED_SAVE_INTERVAL`] it stays within that of the commit while writes flow.
     pub fn set_committed(&self, index: Option<u64>) -> bool {
+        self.set_committed_at(index, Instant::now())
+    }
+
+    /// [`CatchUp::set_committed`] at `now`.
+    fn set_committed_at(&self, index: Option<u64>, now: Instant) -> bool {
         let value = index.map_or(0, |index| index.saturating_add(1));
         self.committed.fetch_max(value, Ordering::Relaxed);
         let mut saved_at = self
             .committed_saved_at
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if saved_at.is_some_and(|at| now.duration_since(at) < COMMITTED_SAVE_INTERVAL) {
+        if saved_at.is_some_and(|at| now.saturating_duration_since(at) < COMMITTED_SAVE_INTERVAL) {
             return false;
         }
         *saved_at = Some(now);
@@ -133,6 +137,25 @@ impl CatchUp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The committed index is always recorded; the log is asked to write it at most once
+    /// per [`COMMITTED_SAVE_INTERVAL`].
+    #[test]
+    fn the_committed_index_is_saved_at_most_once_per_interval() {
+        let catch_up = CatchUp::new(None, Duration::from_secs(10));
+        let start = Instant::now();
+        assert!(
+            catch_up.set_committed_at(Some(1), start),
+            "the first save is written"
+        );
+        assert!(!catch_up.set_committed_at(Some(2), start + COMMITTED_SAVE_INTERVAL / 2));
+        assert_eq!(catch_up.committed_index(), Some(2), "recorded all the same");
+        assert!(
+            catch_up.set_committed_at(Some(3), start + COMMITTED_SAVE_INTERVAL),
+            "written once the interval passed"
+        );
+        assert!(!catch_up.set_committed_at(Some(4), start + COMMITTED_SAVE_INTERVAL));
+    }
 
     /// Large reads of committed entries wait for the rate; fresh or small ones never do.
     #[tokio::test(start_paused = true)]

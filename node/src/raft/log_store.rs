@@ -639,14 +639,6 @@ mod tests {
             Some(log_id(2, 17)),
             "a save within COMMITTED_SAVE_INTERVAL of the last one is not written"
         );
-        // The interval is wall-clock time: let it pass.
-        tokio::time::sleep(super::super::catch_up::COMMITTED_SAVE_INTERVAL).await;
-        store.save_committed(Some(log_id(2, 21))).await.expect("save");
-        assert_eq!(
-            store.read_committed().await.expect("read"),
-            Some(log_id(2, 21)),
-            "the stored value is openraft's"
-        );
     }
 
     /// A log whose entries start above what was purged (a hole) answers a read from below
