@@ -20,9 +20,12 @@
 //!   …), drop a group — each framed with its length and a CRC-32 of its body.
 //! - **Segments** (module `segment`): files `<id>.wal` of about
 //!   [`WalOptions::segment_bytes`]; the active one is synced before the next is created, so
-//!   only the last segment can end in a torn write. Recovery replays every segment in order
-//!   and cuts the last one at its first invalid frame; an invalid frame in any earlier
-//!   segment is corruption and fails the open.
+//!   only the last segment can end in a torn write. The writer preallocates the active
+//!   segment [`WalOptions::preallocate_bytes`] ahead (`fallocate`), so a sync after a write
+//!   need not write a new file size. Recovery replays every segment in order and cuts the
+//!   last one at its first invalid frame (zeros from there to the end are room preallocated
+//!   and not yet written: kept, not cut); an invalid frame in any earlier segment is
+//!   corruption and fails the open.
 //! - **Purge by segment**: every segment counts the live entries and values it holds.
 //!   [`Wal::collect_garbage`] deletes the oldest segments once they hold none, after a sync
 //!   has made the records that released them durable; when more than
@@ -91,6 +94,10 @@ pub struct WalOptions {
     /// finds the queue this full waits for room (backpressure; the `_async` writes without
     /// blocking their thread).
     pub max_queued_bytes: usize,
+    /// How far ahead of its writes the active segment is preallocated (`fallocate`), so an
+    /// `fdatasync` writes data and no new file size; 0 = never (the file grows with each
+    /// write). Recovery reads the unwritten rest (zeros) as room, not as a torn write.
+    pub preallocate_bytes: u64,
     /// Called once, with the reason, when a write or sync fails and the log stops accepting
     /// writes (after it marked itself failed, before any waiter learns of it). A node passes
     /// its fail-stop here; `None` only returns [`WalError::Failed`] from then on.
@@ -110,6 +117,7 @@ impl Default for WalOptions {
             segment_bytes: 64 << 20,
             max_segments: 8,
             max_queued_bytes: 64 << 20,
+            preallocate_bytes: 4 << 20,
             on_failure: None,
             unsafe_ignore_failures: false,
         }
@@ -129,6 +137,9 @@ pub struct WalStats {
     pub rewritten_groups: u64,
     /// Bytes the writer thread wrote to segment files (appends, values and rewrites).
     pub written_bytes: u64,
+    /// `fallocate` calls that preallocated room in the active segment
+    /// ([`WalOptions::preallocate_bytes`]).
+    pub preallocations: u64,
     /// The writer's fdatasyncs of the active segment by latency: per bucket of
     /// [`SYNC_LATENCY_BOUNDS_SECONDS`] (not cumulative), the last one beyond the last bound.
     pub sync_latency_counts: [u64; SYNC_LATENCY_BUCKETS],
@@ -157,7 +168,8 @@ pub const SYNC_LATENCY_BUCKETS: usize = SYNC_LATENCY_BOUNDS_SECONDS.len() + 1;
 pub struct Recovery {
     pub segments: usize,
     pub records: u64,
-    /// Bytes cut from the end of the last segment (a torn write or unwritten space).
+    /// Bytes cut from the end of the last segment: a torn write (preallocated space not yet
+    /// written, which reads as zeros, is kept and not counted).
     pub truncated_bytes: u64,
 }
 
@@ -195,6 +207,9 @@ pub(crate) struct Inner {
     deleted_segments: AtomicU64,
     rewritten_groups: AtomicU64,
     written_bytes: AtomicU64,
+    preallocations: AtomicU64,
+    /// Set when the file system has no `fallocate`: the writer stops asking.
+    no_fallocate: std::sync::atomic::AtomicBool,
     /// See [`WalStats::sync_latency_counts`].
     sync_latency_counts: [AtomicU64; SYNC_LATENCY_BUCKETS],
     sync_latency_nanos: AtomicU64,
@@ -278,7 +293,7 @@ impl Wal {
         if let Some(parent) = dir.parent() {
             segment::sync_dir(parent)?;
         }
-        let (index, recovery, active, active_len) = recover(dir)?;
+        let (index, recovery, active, active_len, allocated) = recover(dir)?;
         if recovery.segments > 0 {
             info!(
                 segments = recovery.segments,
@@ -320,6 +335,8 @@ impl Wal {
             deleted_segments: AtomicU64::new(0),
             rewritten_groups: AtomicU64::new(0),
             written_bytes: AtomicU64::new(0),
+            preallocations: AtomicU64::new(0),
+            no_fallocate: std::sync::atomic::AtomicBool::new(false),
             sync_latency_counts: Default::default(),
             sync_latency_nanos: AtomicU64::new(0),
         });
@@ -327,7 +344,7 @@ impl Wal {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name("ringkv-wal-writer".to_string())
-                .spawn(move || writer::run(&inner, active, active_file))?
+                .spawn(move || writer::run(&inner, active, active_file, allocated))?
         };
         let writer = Arc::new(WriterHandle {
             inner: inner.clone(),
@@ -725,6 +742,7 @@ impl Wal {
             deleted_segments: self.inner.deleted_segments.load(Ordering::Relaxed),
             rewritten_groups: self.inner.rewritten_groups.load(Ordering::Relaxed),
             written_bytes: self.inner.written_bytes.load(Ordering::Relaxed),
+            preallocations: self.inner.preallocations.load(Ordering::Relaxed),
             sync_latency_counts: std::array::from_fn(|bucket| {
                 self.inner.sync_latency_counts[bucket].load(Ordering::Relaxed)
             }),
@@ -941,9 +959,10 @@ impl Inner {
 }
 
 /// Reads every segment of `dir`: the index they hold, what recovery found, and the active
-/// (last) segment and its length. Cuts a torn tail of the last segment; creates the first
-/// segment of an empty log.
-fn recover(dir: &Path) -> Result<(Index, Recovery, u64, u64), WalError> {
+/// (last) segment, the length of its frames and its file's length (preallocated space
+/// included). Cuts a torn tail of the last segment; creates the first segment of an empty
+/// log.
+fn recover(dir: &Path) -> Result<(Index, Recovery, u64, u64, u64), WalError> {
     let ids = segment::list(dir)?;
     let mut index = Index::default();
     let mut recovery = Recovery {
@@ -969,6 +988,10 @@ fn recover(dir: &Path) -> Result<(Index, Recovery, u64, u64), WalError> {
         }
         recovery.records += frames.len() as u64;
         let mut len = bytes.len() as u64;
+        let mut allocated = len;
+        if let segment::End::Unwritten { at } = end {
+            len = at;
+        }
         if let segment::End::Torn { at, reason } = end {
             if !last {
                 return Err(WalError::Corrupt(format!(
@@ -994,15 +1017,16 @@ fn recover(dir: &Path) -> Result<(Index, Recovery, u64, u64), WalError> {
                 file.set_len(at)?;
                 len = at;
             }
+            allocated = len;
             file.sync_all()?;
         }
         if last {
             // What a killed process wrote may still be only in the page cache.
             file.sync_all()?;
-            active = Some((id, len));
+            active = Some((id, len, allocated));
         }
     }
-    let (active, active_len) = match active {
+    let (active, active_len, allocated) = match active {
         Some(active) => active,
         None => {
             let file = segment::create(dir, 1)?;
@@ -1013,10 +1037,10 @@ fn recover(dir: &Path) -> Result<(Index, Recovery, u64, u64), WalError> {
                     refs: 0,
                 },
             );
-            (1, segment::HEADER)
+            (1, segment::HEADER, segment::HEADER)
         }
     };
-    Ok((index, recovery, active, active_len))
+    Ok((index, recovery, active, active_len, allocated))
 }
 
 /// Where the bytes of an entry come from.

@@ -109,11 +109,23 @@ pub(crate) fn queued_bytes(queue: &std::collections::VecDeque<Op>, loc: &Loc) ->
     bytes.get(from..from + loc.len as usize).map(<[u8]>::to_vec)
 }
 
+/// The segment the writer writes to.
+struct Current {
+    segment: u64,
+    file: Arc<File>,
+    /// The file's length: what the writer preallocated (or what was there at open).
+    allocated: u64,
+}
+
 /// The writer thread's loop: take a batch, write it, sync if anyone waits for durability,
-/// publish, call back. `active`/`file` are the segment being written when the log opened.
-/// A panic stops the log ([`stop_after_panic`]).
-pub(crate) fn run(inner: &Inner, active: u64, file: Arc<File>) {
-    let mut current = (active, file);
+/// publish, call back. `active`/`file`/`allocated` are the segment being written when the
+/// log opened and its file's length. A panic stops the log ([`stop_after_panic`]).
+pub(crate) fn run(inner: &Inner, active: u64, file: Arc<File>, allocated: u64) {
+    let mut current = Current {
+        segment: active,
+        file,
+        allocated,
+    };
     let mut buf = Vec::new();
     loop {
         // The batch's waiters live out here, so a panic cannot drop them unanswered.
@@ -149,7 +161,7 @@ enum Step {
 
 /// One batch: takes it (its waiters into `waiters`), writes it, syncs it if a waiter needs
 /// that, and publishes the outcome.
-fn step(inner: &Inner, current: &mut (u64, Arc<File>), buf: &mut Vec<u8>, waiters: &mut Vec<Waiter>) -> Step {
+fn step(inner: &Inner, current: &mut Current, buf: &mut Vec<u8>, waiters: &mut Vec<Waiter>) -> Step {
     let Some(Batch {
         ops: batch,
         end,
@@ -167,7 +179,7 @@ fn step(inner: &Inner, current: &mut (u64, Arc<File>), buf: &mut Vec<u8>, waiter
     let wants_sync = waiters.iter().any(|waiter| waiter.durable);
     let outcome = outcome.and_then(|()| {
         if wants_sync {
-            sync(inner, &current.1)
+            sync(inner, &current.file)
         } else {
             Ok(())
         }
@@ -296,7 +308,7 @@ fn next_batch(inner: &Inner) -> Option<Batch> {
 /// segments started, with their files.
 fn write_batch(
     inner: &Inner,
-    current: &mut (u64, Arc<File>),
+    current: &mut Current,
     batch: &[Op],
     buf: &mut Vec<u8>,
 ) -> (Result<(), String>, Started) {
@@ -312,12 +324,16 @@ fn write_batch(
                 buf.extend_from_slice(bytes);
             }
             Op::Start { segment } => {
-                if let Err(reason) = write_run(inner, &current.1, buf, run_offset) {
+                if let Err(reason) = write_run(inner, current, buf, run_offset) {
                     return (Err(reason), started);
                 }
-                match start_segment(inner, &current.1, current.0, *segment) {
+                match start_segment(inner, &current.file, current.segment, *segment) {
                     Ok(file) => {
-                        *current = (*segment, file.clone());
+                        *current = Current {
+                            segment: *segment,
+                            file: file.clone(),
+                            allocated: segment::HEADER,
+                        };
                         started.push((*segment, file));
                     }
                     Err(reason) => return (Err(reason), started),
@@ -325,16 +341,17 @@ fn write_batch(
             }
         }
     }
-    (write_run(inner, &current.1, buf, run_offset), started)
+    (write_run(inner, current, buf, run_offset), started)
 }
 
-/// Writes the frames gathered in `buf` at `offset` of `file` with one `write`, and empties
-/// `buf`.
-fn write_run(inner: &Inner, file: &File, buf: &mut Vec<u8>, offset: u64) -> Result<(), String> {
+/// Writes the frames gathered in `buf` at `offset` of the current segment with one `write`
+/// (preallocating first where they would pass its end), and empties `buf`.
+fn write_run(inner: &Inner, current: &mut Current, buf: &mut Vec<u8>, offset: u64) -> Result<(), String> {
     if buf.is_empty() {
         return Ok(());
     }
-    let written = file.write_all_at(buf, offset);
+    preallocate(inner, current, offset + buf.len() as u64);
+    let written = current.file.write_all_at(buf, offset);
     inner.writes.fetch_add(1, Ordering::Relaxed);
     if written.is_ok() {
         inner.written_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -350,6 +367,41 @@ fn write_run(inner: &Inner, file: &File, buf: &mut Vec<u8>, offset: u64) -> Resu
             }
         }
         Ok(()) => Ok(()),
+    }
+}
+
+/// Makes the current segment at least `end` bytes long with preallocated space, and
+/// [`crate::WalOptions::preallocate_bytes`] beyond where it was when it falls short (not past
+/// the segment size, unless `end` is). A failure only costs the speed: the write that follows
+/// grows the file as it would have anyway (and reports a full or failed disk itself); a file
+/// system without `fallocate` is not asked again.
+fn preallocate(inner: &Inner, current: &mut Current, end: u64) {
+    let ahead = inner.options.preallocate_bytes;
+    if end <= current.allocated || ahead == 0 || inner.no_fallocate.load(Ordering::Relaxed) {
+        return;
+    }
+    let to = current
+        .allocated
+        .saturating_add(ahead)
+        .min(inner.options.segment_bytes)
+        .max(end);
+    match segment::preallocate(&current.file, current.allocated, to) {
+        Ok(()) => {
+            current.allocated = to;
+            inner.preallocations.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(err) => {
+            let unsupported = matches!(
+                err.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+            );
+            if unsupported {
+                inner.no_fallocate.store(true, Ordering::Relaxed);
+                tracing::info!(%err, "no fallocate here: the log's segments grow with each write");
+            } else {
+                tracing::debug!(segment = current.segment, %err, "preallocating the log failed");
+            }
+        }
     }
 }
 

@@ -35,6 +35,8 @@ fn a_failed_write_is_reported_once_and_stops_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = WalOptions {
         on_failure: Some(count_failure),
+        // Room preallocated past the limit would take the write: the entry below outgrows it.
+        preallocate_bytes: 4096,
         ..WalOptions::default()
     };
     let (wal, _) = Wal::open(dir.path(), options).expect("open");
@@ -48,7 +50,7 @@ fn a_failed_write_is_reported_once_and_stops_the_log() {
         .expect("a segment");
 
     set_file_size_limit(segment_len + 16);
-    wal.append(7, 3, &[vec![0u8; 4096]])
+    wal.append(7, 3, &[vec![0u8; 64 << 10]])
         .expect("queued: the writer thread writes it");
     let (tx, rx) = std::sync::mpsc::channel();
     wal.on_durable(Box::new(move |result| {

@@ -90,16 +90,17 @@ fn reads_honour_the_byte_budget() {
 fn torn_tail_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+        // Without preallocation the file ends where the second record does.
+        let unallocated = WalOptions {
+            preallocate_bytes: 0,
+            ..WalOptions::default()
+        };
+        let (wal, _) = Wal::open(dir.path(), unallocated).expect("open");
         wal.append(1, 1, &[b"one".as_slice()]).expect("append");
         wal.append(1, 2, &[b"two".as_slice()]).expect("append");
         wal.sync().expect("sync");
     }
-    let segment = std::fs::read_dir(dir.path())
-        .expect("dir")
-        .map(|entry| entry.expect("entry").path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "wal"))
-        .expect("segment");
+    let segment = only_segment(dir.path());
     let len = std::fs::metadata(&segment).expect("meta").len();
     // Cut the second record in half, then add garbage after a valid prefix.
     let file = std::fs::OpenOptions::new()
@@ -121,6 +122,74 @@ fn torn_tail_is_cut() {
         entries(&wal, 1),
         vec![(1, b"one".to_vec()), (2, b"again".to_vec())]
     );
+}
+
+fn only_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .expect("segment")
+}
+
+/// The active segment is preallocated ahead of the writes: the file is longer than its
+/// records, and recovery takes the zeros after them for unwritten room, not a torn write
+/// (nothing is cut, the room stays), and appends go on after the last record.
+#[test]
+fn preallocated_room_is_not_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = WalOptions {
+        preallocate_bytes: 64 << 10,
+        ..WalOptions::default()
+    };
+    {
+        let (wal, _) = Wal::open(dir.path(), options).expect("open");
+        wal.append(1, 1, &[b"one".as_slice(), b"two"]).expect("append");
+        wal.sync().expect("sync");
+        assert_eq!(wal.stats().preallocations, 1);
+    }
+    let segment = only_segment(dir.path());
+    let bytes = std::fs::read(&segment).expect("read");
+    let data_end = bytes.iter().rposition(|&byte| byte != 0).expect("records") + 1;
+    assert!(data_end < 200, "two small records, {data_end} bytes");
+    assert_eq!(bytes.len(), (64 << 10) + 8, "preallocated past the header");
+    for round in 0..2u64 {
+        let (wal, recovery) = Wal::open(dir.path(), options).expect("reopen");
+        assert_eq!(recovery.truncated_bytes, 0, "round {round}: {recovery:?}");
+        let len = std::fs::metadata(&segment).expect("meta").len();
+        assert_eq!(len, (64 << 10) + 8, "round {round}: the room is kept");
+        let expected: Vec<(u64, Vec<u8>)> = [b"one".to_vec(), b"two".to_vec()]
+            .into_iter()
+            .chain((0..round).map(|n| format!("more{n}").into_bytes()))
+            .enumerate()
+            .map(|(at, entry)| (at as u64 + 1, entry))
+            .collect();
+        assert_eq!(entries(&wal, 1), expected, "round {round}");
+        wal.append(1, 3 + round, &[format!("more{round}").into_bytes()])
+            .expect("append");
+        wal.sync().expect("sync");
+    }
+
+    // A record torn inside the room (its last bytes never reached the disk, zeros follow):
+    // cut, and the room allocated again by the next write.
+    let bytes = std::fs::read(&segment).expect("read");
+    let data_end = bytes.iter().rposition(|&byte| byte != 0).expect("records") + 1;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0; 4], data_end as u64 - 4).expect("tear");
+    drop(file);
+    let (wal, recovery) = Wal::open(dir.path(), options).expect("reopen");
+    assert!(recovery.truncated_bytes > 0, "{recovery:?}");
+    assert_eq!(entries(&wal, 1).len(), 3, "the torn fourth entry is gone");
+    wal.append(1, 4, &[b"again".as_slice()]).expect("append");
+    wal.sync().expect("sync");
+    drop(wal);
+    let (wal, recovery) = Wal::open(dir.path(), options).expect("reopen");
+    assert_eq!(recovery.truncated_bytes, 0, "{recovery:?}");
+    assert_eq!(entries(&wal, 1).last(), Some(&(4, b"again".to_vec())));
+    assert!(std::fs::metadata(&segment).expect("meta").len() > (64 << 10));
 }
 
 /// A damaged record in a segment that is not the last is corruption: the open fails
