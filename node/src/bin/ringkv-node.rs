@@ -61,6 +61,9 @@ struct Args {
     /// entries for followers that lag, e.g. new replicas of a move (0 = unlimited).
     #[arg(long)]
     catch_up_bytes_per_sec: Option<u64>,
+    /// How far ahead of its writes the write-ahead log preallocates its segment (0 = never).
+    #[arg(long)]
+    wal_preallocate_bytes: Option<u64>,
     /// Raft heartbeat interval.
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
@@ -209,6 +212,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(n) = args.catch_up_bytes_per_sec {
         config.catch_up_bytes_per_sec = n;
+    }
+    if let Some(bytes) = args.wal_preallocate_bytes {
+        config.wal_preallocate_bytes = bytes;
     }
     if let Some(ms) = args.heartbeat_interval_ms {
         config.heartbeat_interval_ms = ms;

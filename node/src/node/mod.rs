@@ -81,9 +81,10 @@ struct NodeInner {
 /// directory from before the WAL kept in sled.
 async fn open_wal(config: &NodeConfig, engine: &EngineRef) -> Result<Wal, NodeError> {
     let dir = config.data_dir.join("wal");
+    let options = crate::storage::wal_options(config.wal_preallocate_bytes);
     let engine = engine.clone();
     let open = move || -> Result<Wal, StorageError> {
-        let (wal, _) = Wal::open(&dir, crate::storage::wal_options())?;
+        let (wal, _) = Wal::open(&dir, options)?;
         migrate_legacy_logs(&engine, &wal)?;
         Ok(wal)
     };

@@ -81,11 +81,13 @@ pub trait Engine: Send + Sync + 'static {
 /// A handle to the engine, shared between tasks.
 pub type EngineRef = Arc<dyn Engine>;
 
-/// The options of the node's write-ahead log: default sizes, and fail-stop on a failed write
-/// or sync ([`fail_stop::wal_failed`]) — or, under the negative control
+/// The options of the node's write-ahead log: default sizes, `preallocate_bytes` (the
+/// node's `wal_preallocate_bytes`), and fail-stop on a failed write or sync
+/// ([`fail_stop::wal_failed`]) — or, under the negative control
 /// [`fail_stop::ignore_storage_errors`], failed writes and syncs treated as success.
-pub fn wal_options() -> ringkv_wal::WalOptions {
+pub fn wal_options(preallocate_bytes: u64) -> ringkv_wal::WalOptions {
     ringkv_wal::WalOptions {
+        preallocate_bytes,
         on_failure: Some(fail_stop::wal_failed),
         unsafe_ignore_failures: fail_stop::ignoring_storage_errors(),
         ..ringkv_wal::WalOptions::default()
