@@ -41,8 +41,8 @@ pub struct NodeConfig {
     /// (`fallocate`; 0 = never): a sync after a write into allocated space writes no new
     /// file size. On a journaled file system that spares a journal commit per sync (a lone
     /// client's put p50 −25 %, 64 clients' puts +8 % on ext4 with a journal here); on ext4
-    /// without a journal the first write to each allocated block costs an extent change
-    /// instead (64 clients' puts −12 % there). See ARCHITECTURE.md "Decisions".
+    /// without a journal, where a size change is a plain inode write, it measured neutral.
+    /// See ARCHITECTURE.md "Decisions".
     pub wal_preallocate_bytes: u64,
     /// Build a snapshot of a group after this many log entries since the last one.
     pub snapshot_logs_since_last: u64,

@@ -139,9 +139,9 @@ fn all_zero(bytes: &[u8]) -> bool {
 /// (`fallocate`, mode 0: the file's size grows with it), so the `fdatasync` after a write into
 /// it need not write a new file size. On a journaled ext4 that is a journal commit per sync:
 /// 1.2 KB write-and-syncs took 724 µs appending and 271–358 µs into allocated space here,
-/// and a lone client's put p50 fell a quarter. Without a journal it costs instead: the
-/// first write to each allocated ("unwritten") block changes an extent (ARCHITECTURE.md
-/// "Decisions").
+/// and a lone client's put p50 fell a quarter. Without a journal (a size change is a plain
+/// inode write, and the first write to each allocated, "unwritten" block changes an extent
+/// instead) it measured neutral (ARCHITECTURE.md "Decisions").
 pub(crate) fn preallocate(file: &File, from: u64, to: u64) -> std::io::Result<()> {
     let invalid = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
     let offset = libc::off_t::try_from(from).map_err(invalid)?;
