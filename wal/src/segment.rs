@@ -75,7 +75,7 @@ pub(crate) enum End {
     /// ([`preallocate`]) and had not written yet (or, in a segment before the last, the room
     /// its last frame did not need).
     Unwritten { at: u64 },
-    /// The bytes from `at` on are not a valid frame: a torn write, unwritten space, or (if
+    /// The bytes from `at` on are not a valid frame and not all zeros: a torn write, or (if
     /// this is not the last segment) corruption.
     Torn { at: u64, reason: &'static str },
 }

@@ -9,19 +9,9 @@
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
-use ringkv_faultfs::FaultMount;
-use ringkv_wal::{Wal, WalOptions};
+mod common;
 
-fn fuse_or_skip(test: &str) -> bool {
-    match ringkv_faultfs::fuse_available() {
-        Ok(()) => true,
-        Err(err) if std::env::var("RINGKV_SKIP_FUSE_TESTS").as_deref() == Ok("1") => {
-            eprintln!("skipping {test}: {err} (RINGKV_SKIP_FUSE_TESTS=1)");
-            false
-        }
-        Err(err) => panic!("{test} needs FUSE: {err}; set RINGKV_SKIP_FUSE_TESTS=1 to skip"),
-    }
-}
+use ringkv_wal::{Wal, WalOptions};
 
 fn entries(wal: &Wal) -> Vec<(u64, Vec<u8>)> {
     wal.read(1, Bound::Unbounded, Bound::Unbounded, usize::MAX)
@@ -34,15 +24,14 @@ fn numbered(from: u64, to: u64, tag: &str) -> Vec<Vec<u8>> {
 
 #[test]
 fn synced_entries_and_preallocated_room_survive_a_power_cut() {
-    if !fuse_or_skip("synced_entries_and_preallocated_room_survive_a_power_cut") {
+    let Some(common::FuseDir {
+        dir: _dir,
+        mount,
+        mnt,
+    }) = common::mount_or_skip("synced_entries_and_preallocated_room_survive_a_power_cut")
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let backing = dir.path().join("backing");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&backing).expect("backing");
-    std::fs::create_dir(&mnt).expect("mountpoint");
-    let mount = FaultMount::mount(&backing, &mnt).expect("mount");
+    };
     let control = mount.control();
     let options = WalOptions {
         preallocate_bytes: 64 << 10,

@@ -10,7 +10,8 @@
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
-use ringkv_faultfs::FaultMount;
+mod common;
+
 use ringkv_wal::{Wal, WalOptions};
 
 /// Every sync takes this long.
@@ -18,31 +19,19 @@ const SLOW_SYNC: Duration = Duration::from_millis(1000);
 /// The calls under test must return well within one sync.
 const FAST: Duration = Duration::from_millis(300);
 
-fn fuse_or_skip(test: &str) -> bool {
-    match ringkv_faultfs::fuse_available() {
-        Ok(()) => true,
-        Err(err) if std::env::var("RINGKV_SKIP_FUSE_TESTS").as_deref() == Ok("1") => {
-            eprintln!("skipping {test}: {err} (RINGKV_SKIP_FUSE_TESTS=1)");
-            false
-        }
-        Err(err) => panic!("{test} needs FUSE: {err}; set RINGKV_SKIP_FUSE_TESTS=1 to skip"),
-    }
-}
-
 /// While a sync of the active segment runs (slowed to a second), an append of another
 /// group, a value write and read, and a read of the new entry all return at once; the
 /// entry is durable after the next sync.
 #[test]
 fn appends_and_reads_do_not_wait_for_a_running_sync() {
-    if !fuse_or_skip("appends_and_reads_do_not_wait_for_a_running_sync") {
+    let Some(common::FuseDir {
+        dir: _dir,
+        mount,
+        mnt,
+    }) = common::mount_or_skip("appends_and_reads_do_not_wait_for_a_running_sync")
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let backing = dir.path().join("backing");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&backing).expect("backing");
-    std::fs::create_dir(&mnt).expect("mountpoint");
-    let mount = FaultMount::mount(&backing, &mnt).expect("mount");
+    };
     let control = mount.control();
     let (wal, _) = Wal::open(&mnt.join("wal"), WalOptions::default()).expect("open");
     wal.append(1, 1, &[b"first".to_vec()]).expect("append");
