@@ -19,13 +19,15 @@
 //! - **Records** (module `record`): append, truncate, purge, set a small value (the vote,
 //!   …), drop a group — each framed with its length and a CRC-32 of its body.
 //! - **Segments** (module `segment`): files `<id>.wal` of about
-//!   [`WalOptions::segment_bytes`]; the active one is synced before the next is created, so
-//!   only the last segment can end in a torn write. The writer preallocates the active
-//!   segment [`WalOptions::preallocate_bytes`] ahead (`fallocate`), so a sync after a write
-//!   need not write a new file size. Recovery replays every segment in order and cuts the
-//!   last one at its first invalid frame (zeros from there to the end are room preallocated
-//!   and not yet written: kept, not cut); an invalid frame in any earlier segment is
-//!   corruption and fails the open.
+//!   [`WalOptions::segment_bytes`]; the active one is cut to the end of its frames and synced
+//!   before the next is created, so only the last segment can end in a torn write or in
+//!   zeros. The writer preallocates the active segment [`WalOptions::preallocate_bytes`]
+//!   ahead (`fallocate`), so a sync after a write need not write a new file size. Recovery
+//!   replays every segment in order and cuts the last one at its first invalid frame (zeros
+//!   from there to the end are room preallocated and not yet written: kept, not cut); an
+//!   invalid frame or a zeroed end in any earlier segment is corruption and fails the open
+//!   (segments of format version 1, which kept their room when the writer moved on, may end
+//!   in zeros wherever they are).
 //! - **Purge by segment**: every segment counts the live entries and values it holds.
 //!   [`Wal::collect_garbage`] deletes the oldest segments once they hold none, after a sync
 //!   has made the records that released them durable; when more than
@@ -344,7 +346,7 @@ impl Wal {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name("ringkv-wal-writer".to_string())
-                .spawn(move || writer::run(&inner, active, active_file, allocated))?
+                .spawn(move || writer::run(&inner, active, active_file, active_len, allocated))?
         };
         let writer = Arc::new(WriterHandle {
             inner: inner.clone(),
@@ -982,7 +984,11 @@ fn recover(dir: &Path) -> Result<(Index, Recovery, u64, u64, u64), WalError> {
                 refs: 0,
             },
         );
-        let (frames, end) = segment::frames(&bytes)?;
+        let segment::Contents {
+            frames,
+            end,
+            cut_when_done,
+        } = segment::frames(&bytes)?;
         for frame in &frames {
             index.apply(id, frame.offset + FRAME_HEADER as u64, &frame.record);
         }
@@ -990,6 +996,14 @@ fn recover(dir: &Path) -> Result<(Index, Recovery, u64, u64, u64), WalError> {
         let mut len = bytes.len() as u64;
         let mut allocated = len;
         if let segment::End::Unwritten { at } = end {
+            if !last && cut_when_done {
+                // The writer cut this segment to its frames before it started the next one:
+                // zeros here replaced synced frames.
+                return Err(WalError::Corrupt(format!(
+                    "segment {id} ends in {} zero bytes after byte {at} but is not the last",
+                    len - at
+                )));
+            }
             len = at;
         }
         if let segment::End::Torn { at, reason } = end {

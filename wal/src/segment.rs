@@ -9,8 +9,13 @@ use std::path::{Path, PathBuf};
 use crate::record::{self, Record, FRAME_HEADER};
 use crate::WalError;
 
-/// The first bytes of every segment: the format and its version.
-pub(crate) const MAGIC: &[u8; 8] = b"RKVWAL01";
+/// The first bytes of every segment: the format and its version. The writer cuts a version 2
+/// segment to the end of its frames before it starts the next one, so of those only the last
+/// may end in preallocated room.
+pub(crate) const MAGIC: &[u8; 8] = b"RKVWAL02";
+/// Version 1 segments have the same frames, but were left with the room preallocated past
+/// their frames when the writer moved on: any of them may end in zeros.
+const MAGIC_V1: &[u8; 8] = b"RKVWAL01";
 /// Bytes before the first frame.
 pub(crate) const HEADER: u64 = MAGIC.len() as u64;
 
@@ -72,31 +77,45 @@ pub(crate) enum End {
     /// Every byte belongs to a valid frame.
     Clean,
     /// The frames end at `at` and every byte after it is zero: space the writer preallocated
-    /// ([`preallocate`]) and had not written yet (or, in a segment before the last, the room
-    /// its last frame did not need).
+    /// ([`preallocate`]) and had not written yet. Only the last segment may end so, unless it
+    /// is a version 1 segment ([`Contents::cut_when_done`]).
     Unwritten { at: u64 },
     /// The bytes from `at` on are not a valid frame and not all zeros: a torn write, or (if
     /// this is not the last segment) corruption.
     Torn { at: u64, reason: &'static str },
 }
 
+/// What a segment's bytes hold.
+pub(crate) struct Contents<'a> {
+    /// Its valid frames, in order.
+    pub frames: Vec<Frame<'a>>,
+    /// How the bytes after them end.
+    pub end: End,
+    /// Whether the writer cut the segment to its frames when it moved on to the next one
+    /// (version 2): then only the last segment may end in [`End::Unwritten`] room.
+    pub cut_when_done: bool,
+}
+
 /// The valid frames of a segment's bytes, in order, and how the bytes ended. A missing,
 /// short or zeroed header counts as a segment torn at its start.
-pub(crate) fn frames(bytes: &[u8]) -> Result<(Vec<Frame<'_>>, End), WalError> {
+pub(crate) fn frames(bytes: &[u8]) -> Result<Contents<'_>, WalError> {
     if bytes.len() < MAGIC.len() || all_zero(&bytes[..MAGIC.len()]) {
-        return Ok((
-            Vec::new(),
-            End::Torn {
+        return Ok(Contents {
+            frames: Vec::new(),
+            end: End::Torn {
                 at: 0,
                 reason: "no header",
             },
-        ));
+            cut_when_done: true,
+        });
     }
-    if &bytes[..MAGIC.len()] != MAGIC {
+    let header = &bytes[..MAGIC.len()];
+    if header != MAGIC && header != MAGIC_V1 {
         return Err(WalError::Corrupt(
             "segment does not start with the ringkv WAL header".to_string(),
         ));
     }
+    let cut_when_done = header == MAGIC;
     let mut frames = Vec::new();
     let mut at = MAGIC.len();
     while at < bytes.len() {
@@ -110,17 +129,24 @@ pub(crate) fn frames(bytes: &[u8]) -> Result<(Vec<Frame<'_>>, End), WalError> {
                 }
             }
         };
+        let ended = |frames, reason| {
+            Ok(Contents {
+                frames,
+                end: torn(reason),
+                cut_when_done,
+            })
+        };
         let Some((len, crc)) = record::frame_len(&bytes[at..]) else {
-            return Ok((frames, torn("no valid frame header")));
+            return ended(frames, "no valid frame header");
         };
         let Some(body) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
-            return Ok((frames, torn("frame runs past the end")));
+            return ended(frames, "frame runs past the end");
         };
         if crc32fast::hash(body) != crc {
-            return Ok((frames, torn("checksum mismatch")));
+            return ended(frames, "checksum mismatch");
         }
         let Some(record) = record::decode(body) else {
-            return Ok((frames, torn("malformed record")));
+            return ended(frames, "malformed record");
         };
         frames.push(Frame {
             offset: at as u64,
@@ -128,7 +154,11 @@ pub(crate) fn frames(bytes: &[u8]) -> Result<(Vec<Frame<'_>>, End), WalError> {
         });
         at += FRAME_HEADER + len;
     }
-    Ok((frames, End::Clean))
+    Ok(Contents {
+        frames,
+        end: End::Clean,
+        cut_when_done,
+    })
 }
 
 fn all_zero(bytes: &[u8]) -> bool {

@@ -115,16 +115,20 @@ struct Current {
     file: Arc<File>,
     /// The file's length: what the writer preallocated (or what was there at open).
     allocated: u64,
+    /// Where the frames written to it end.
+    end: u64,
 }
 
 /// The writer thread's loop: take a batch, write it, sync if anyone waits for durability,
-/// publish, call back. `active`/`file`/`allocated` are the segment being written when the
-/// log opened and its file's length. A panic stops the log ([`stop_after_panic`]).
-pub(crate) fn run(inner: &Inner, active: u64, file: Arc<File>, allocated: u64) {
+/// publish, call back. `active`/`file`/`end`/`allocated` are the segment being written when
+/// the log opened, where its frames end and its file's length. A panic stops the log
+/// ([`stop_after_panic`]).
+pub(crate) fn run(inner: &Inner, active: u64, file: Arc<File>, end: u64, allocated: u64) {
     let mut current = Current {
         segment: active,
         file,
         allocated,
+        end,
     };
     let mut buf = Vec::new();
     loop {
@@ -327,12 +331,13 @@ fn write_batch(
                 if let Err(reason) = write_run(inner, current, buf, run_offset) {
                     return (Err(reason), started);
                 }
-                match start_segment(inner, &current.file, current.segment, *segment) {
+                match start_segment(inner, current, *segment) {
                     Ok(file) => {
                         *current = Current {
                             segment: *segment,
                             file: file.clone(),
                             allocated: segment::HEADER,
+                            end: segment::HEADER,
                         };
                         started.push((*segment, file));
                     }
@@ -352,6 +357,7 @@ fn write_run(inner: &Inner, current: &mut Current, buf: &mut Vec<u8>, offset: u6
     }
     preallocate(inner, current, offset + buf.len() as u64);
     let written = current.file.write_all_at(buf, offset);
+    current.end = current.end.max(offset + buf.len() as u64);
     inner.writes.fetch_add(1, Ordering::Relaxed);
     if written.is_ok() {
         inner.written_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
@@ -420,10 +426,20 @@ fn sync(inner: &Inner, file: &File) -> Result<(), String> {
     Ok(())
 }
 
-/// Syncs segment `previous` (only the last segment may end in a torn write) and creates
-/// segment `next`, its header and directory entry durable.
-fn start_segment(inner: &Inner, previous_file: &File, previous: u64, next: u64) -> Result<Arc<File>, String> {
-    if let Err(err) = previous_file.sync_data() {
+/// Cuts the segment written so far to the end of its frames (its preallocated room) and syncs
+/// it (only the last segment may end in a torn write or in zeros), then creates segment
+/// `next`, its header and directory entry durable.
+fn start_segment(inner: &Inner, current: &Current, next: u64) -> Result<Arc<File>, String> {
+    let previous = current.segment;
+    if current.allocated > current.end {
+        if let Err(err) = current.file.set_len(current.end) {
+            let reason = format!("cutting segment {previous} to its frames failed: {err}");
+            if !inner.ignored(&reason) {
+                return Err(format!("starting segment {next} failed: {reason}"));
+            }
+        }
+    }
+    if let Err(err) = current.file.sync_data() {
         let reason = format!("syncing segment {previous} failed: {err}");
         if !inner.ignored(&reason) {
             return Err(format!("starting segment {next} failed: {reason}"));

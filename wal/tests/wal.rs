@@ -221,6 +221,80 @@ fn corruption_before_the_last_segment_fails_the_open() {
     }
 }
 
+/// The segment files of `dir`, oldest first.
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// The writer cuts a segment to the end of its frames before it starts the next, so only
+/// the last segment may end in preallocated room. A zeroed end of an earlier segment is
+/// synced entries lost, and fails the open; a format version 1 segment, written when
+/// segments kept their room, still opens with its room.
+#[test]
+fn only_the_last_segment_ends_in_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = WalOptions {
+        segment_bytes: 4096,
+        max_segments: 100,
+        preallocate_bytes: 4096,
+        ..WalOptions::default()
+    };
+    let written: Vec<(u64, Vec<u8>)> = (1..=40u64).map(|index| (index, vec![index as u8; 200])).collect();
+    {
+        let (wal, _) = Wal::open(dir.path(), options).expect("open");
+        for (index, entry) in &written {
+            wal.append(1, *index, &[entry]).expect("append");
+        }
+        wal.sync().expect("sync");
+        assert!(wal.stats().preallocations > 2, "{:?}", wal.stats());
+    }
+    let files = segments(dir.path());
+    assert!(files.len() >= 3, "small segments rotate: {files:?}");
+    for earlier in &files[..files.len() - 1] {
+        let bytes = std::fs::read(earlier).expect("read");
+        assert!(bytes.len() < 4096, "{earlier:?} was cut: {} bytes", bytes.len());
+        let last_entry_byte = *bytes.last().expect("frames");
+        assert_ne!(last_entry_byte, 0, "{earlier:?} ends in its last frame");
+    }
+    let last = std::fs::read(files.last().expect("last")).expect("read");
+    assert_eq!(last.len(), 4096, "the last segment keeps its room");
+    let (wal, recovery) = Wal::open(dir.path(), options).expect("reopen");
+    assert_eq!(recovery.truncated_bytes, 0, "{recovery:?}");
+    assert_eq!(entries(&wal, 1), written);
+    drop(wal);
+
+    // The first segment's end zeroed (the disk lost its last frame and kept the length):
+    // corruption, not room.
+    let first = &files[0];
+    let original = std::fs::read(first).expect("read");
+    let mut zeroed = original.clone();
+    zeroed.resize(4096, 0);
+    // Every frame here is one 200-byte entry's append: its length is the first frame's.
+    let body_len = u32::from_le_bytes(original[8..12].try_into().expect("4 bytes")) as usize;
+    let frame_start = original.len() - (8 + body_len);
+    zeroed[frame_start..].fill(0);
+    std::fs::write(first, &zeroed).expect("write");
+    match Wal::open(dir.path(), options) {
+        Err(WalError::Corrupt(reason)) => assert!(reason.contains("zero bytes"), "{reason}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a zeroed end of an earlier segment went unnoticed"),
+    }
+
+    // A version 1 segment that kept its room past its last frame opens as before.
+    let mut roomy = original;
+    roomy[..8].copy_from_slice(b"RKVWAL01");
+    roomy.resize(4096, 0);
+    std::fs::write(first, &roomy).expect("write");
+    let (wal, recovery) = Wal::open(dir.path(), options).expect("a version 1 segment opens");
+    assert_eq!(recovery.truncated_bytes, 0, "{recovery:?}");
+    assert_eq!(entries(&wal, 1), written);
+}
+
 /// Purged segments are deleted; an idle group pinning the oldest segment is rewritten
 /// forward once there are too many segments, and keeps its entries and vote.
 #[test]
