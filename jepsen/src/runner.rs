@@ -264,6 +264,11 @@ fn node_args(options: &RunOptions) -> Vec<String> {
         "100",
         "--election-timeout-min-ms",
         "500",
+        // Small segments: the log rotates every few seconds under the workloads, so kills
+        // and power cuts meet rotations (a segment cut to its frames, synced, the next
+        // created) and recovery reads many segments.
+        "--wal-segment-bytes",
+        "1048576",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// The smallest `wal_segment_bytes` accepted.
+pub const MIN_WAL_SEGMENT_BYTES: u64 = 1 << 20;
+
 /// Configuration of one storage node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,6 +47,12 @@ pub struct NodeConfig {
     /// without a journal, where a size change is a plain inode write, it measured neutral.
     /// See ARCHITECTURE.md "Decisions".
     pub wal_preallocate_bytes: u64,
+    /// Size of the write-ahead log's segment files (at least 1 MiB). Purge is by segment, so
+    /// smaller segments give disk space back sooner and rotate more often (each rotation cuts
+    /// the segment to its last frame and syncs it, then creates the next). The
+    /// fault-injection harness runs its nodes with 1 MiB segments, so that power cuts meet
+    /// rotations.
+    pub wal_segment_bytes: u64,
     /// Build a snapshot of a group after this many log entries since the last one.
     pub snapshot_logs_since_last: u64,
     /// Log entries kept after a snapshot (lagging followers within this catch up from the log).
@@ -200,6 +209,7 @@ impl Default for NodeConfig {
             hibernate_after_ms: 5_000,
             keepalive_interval_ms: 1_000,
             wal_preallocate_bytes: 4 << 20,
+            wal_segment_bytes: 64 << 20,
             snapshot_logs_since_last: 10_000,
             logs_to_keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
@@ -332,6 +342,12 @@ impl NodeConfig {
                 "hibernate_after_ms must be 0 (never) or at least keepalive_interval_ms".to_string(),
             );
         }
+        if self.wal_segment_bytes < MIN_WAL_SEGMENT_BYTES {
+            return fail(format!(
+                "wal_segment_bytes must be at least {MIN_WAL_SEGMENT_BYTES} (1 MiB), got {}",
+                self.wal_segment_bytes
+            ));
+        }
         if self.snapshot_logs_since_last == 0 {
             return fail("snapshot_logs_since_last must be positive".to_string());
         }
@@ -427,6 +443,14 @@ mod tests {
         };
         assert!(config.validate().is_ok());
         assert!(NodeConfig::for_test(1, PathBuf::from("x")).validate().is_ok());
+        let small_segments = NodeConfig {
+            wal_segment_bytes: MIN_WAL_SEGMENT_BYTES - 1,
+            ..config.clone()
+        };
+        let err = small_segments.validate().expect_err("segments below 1 MiB");
+        assert!(err.to_string().contains("wal_segment_bytes"), "{err}");
+        let parsed: NodeConfig = toml::from_str("node_id = 3\nwal_segment_bytes = 2097152\n").expect("toml");
+        assert_eq!(parsed.wal_segment_bytes, 2 << 20);
         config.election_timeout_max_ms = config.election_timeout_min_ms;
         assert!(config.validate().is_err());
         let zero = NodeConfig::default();

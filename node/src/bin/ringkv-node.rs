@@ -64,6 +64,9 @@ struct Args {
     /// How far ahead of its writes the write-ahead log preallocates its segment (0 = never).
     #[arg(long)]
     wal_preallocate_bytes: Option<u64>,
+    /// Size of the write-ahead log's segment files (at least 1 MiB).
+    #[arg(long)]
+    wal_segment_bytes: Option<u64>,
     /// Raft heartbeat interval.
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
@@ -215,6 +218,9 @@ fn load_config(args: &Args) -> anyhow::Result<NodeConfig> {
     }
     if let Some(bytes) = args.wal_preallocate_bytes {
         config.wal_preallocate_bytes = bytes;
+    }
+    if let Some(bytes) = args.wal_segment_bytes {
+        config.wal_segment_bytes = bytes;
     }
     if let Some(ms) = args.heartbeat_interval_ms {
         config.heartbeat_interval_ms = ms;

@@ -81,7 +81,7 @@ struct NodeInner {
 /// directory from before the WAL kept in sled.
 async fn open_wal(config: &NodeConfig, engine: &EngineRef) -> Result<Wal, NodeError> {
     let dir = config.data_dir.join("wal");
-    let options = crate::storage::wal_options(config.wal_preallocate_bytes);
+    let options = crate::storage::wal_options(config.wal_preallocate_bytes, config.wal_segment_bytes);
     let engine = engine.clone();
     let open = move || -> Result<Wal, StorageError> {
         let (wal, _) = Wal::open(&dir, options)?;

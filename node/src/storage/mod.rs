@@ -81,13 +81,14 @@ pub trait Engine: Send + Sync + 'static {
 /// A handle to the engine, shared between tasks.
 pub type EngineRef = Arc<dyn Engine>;
 
-/// The options of the node's write-ahead log: default sizes, `preallocate_bytes` (the
-/// node's `wal_preallocate_bytes`), and fail-stop on a failed write or sync
-/// ([`fail_stop::wal_failed`]) — or, under the negative control
-/// [`fail_stop::ignore_storage_errors`], failed writes and syncs treated as success.
-pub fn wal_options(preallocate_bytes: u64) -> ringkv_wal::WalOptions {
+/// The options of the node's write-ahead log: `preallocate_bytes` and `segment_bytes` (the
+/// node's `wal_preallocate_bytes` and `wal_segment_bytes`), default sizes otherwise, and
+/// fail-stop on a failed write or sync ([`fail_stop::wal_failed`]) — or, under the negative
+/// control [`fail_stop::ignore_storage_errors`], failed writes and syncs treated as success.
+pub fn wal_options(preallocate_bytes: u64, segment_bytes: u64) -> ringkv_wal::WalOptions {
     ringkv_wal::WalOptions {
         preallocate_bytes,
+        segment_bytes,
         on_failure: Some(fail_stop::wal_failed),
         unsafe_ignore_failures: fail_stop::ignoring_storage_errors(),
         ..ringkv_wal::WalOptions::default()
