@@ -6,7 +6,8 @@
 //!
 //! # Map
 //! - Process: [`config`] (typed config, `validate()`), [`server`] ([`Router`],
-//!   [`RouterHandle`]: bind, serve, graceful shutdown), [`log_format`] (JSON log lines
+//!   [`RouterHandle`]: bind, serve, graceful shutdown; each client connection's writes
+//!   gathered by `coalesce`), [`log_format`] (JSON log lines
 //!   for the binary).
 //! - Services, one per file: `kv_service` (`Kv`: validation, shard lookup, batches) and
 //!   `admin_service` (`Admin`: cluster status; `NodeStatus` answers for the router itself,
@@ -69,6 +70,7 @@ mod batch;
 mod batch_get;
 mod classify;
 mod cluster_status;
+mod coalesce;
 pub mod config;
 mod connections;
 mod context;
