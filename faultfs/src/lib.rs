@@ -53,5 +53,5 @@ mod slow;
 pub mod stats;
 
 pub use error::Error;
-pub use mount::{fuse_available, Control, FailedSyncData, FaultMount};
+pub use mount::{fuse_available, fuse_or_skip, Control, FailedSyncData, FaultMount, SKIP_FUSE_TESTS_ENV};
 pub use stats::{DropReport, Stats};

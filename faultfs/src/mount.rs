@@ -31,6 +31,27 @@ pub fn fuse_available() -> Result<(), Error> {
     Ok(())
 }
 
+/// The environment variable that, set to `1`, skips the tests needing FUSE where it is
+/// unavailable instead of failing them.
+pub const SKIP_FUSE_TESTS_ENV: &str = "RINGKV_SKIP_FUSE_TESTS";
+
+/// For tests that mount a fault filesystem: whether `test` runs. `true` when FUSE is
+/// available; `false` (after saying why) when it is not and [`SKIP_FUSE_TESTS_ENV`] is `1`.
+/// Otherwise panics with the reason, so a machine without FUSE never passes those tests
+/// silently.
+pub fn fuse_or_skip(test: &str) -> bool {
+    match fuse_available() {
+        Ok(()) => true,
+        Err(err) if std::env::var(SKIP_FUSE_TESTS_ENV).as_deref() == Ok("1") => {
+            eprintln!("skipping {test}: {err} ({SKIP_FUSE_TESTS_ENV}=1)");
+            false
+        }
+        Err(err) => panic!(
+            "{test} needs FUSE: {err}. Run as root with /dev/fuse, or set {SKIP_FUSE_TESTS_ENV}=1 to skip"
+        ),
+    }
+}
+
 /// What a failing disk does with a file's unsynced data when a sync of the file answers `EIO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailedSyncData {

@@ -15,19 +15,10 @@ pub fn bin_dir() -> Result<PathBuf> {
         .context("locating the binaries")
 }
 
-/// Whether a test that needs FUSE runs: it does unless FUSE is missing and
-/// `RINGKV_SKIP_FUSE_TESTS=1` says to skip (then it prints why). Without that variable a
-/// missing FUSE fails the test with a readable error.
-pub fn fuse_or_skip(test: &str) -> bool {
-    match ringkv_faultfs::fuse_available() {
-        Ok(()) => true,
-        Err(err) if std::env::var("RINGKV_SKIP_FUSE_TESTS").as_deref() == Ok("1") => {
-            eprintln!("skipping {test}: {err} (RINGKV_SKIP_FUSE_TESTS=1)");
-            false
-        }
-        Err(_) => true,
-    }
-}
+/// Whether a test that needs FUSE runs (`ringkv_faultfs::fuse_or_skip`): skipped, with the
+/// reason, only where FUSE is missing and `RINGKV_SKIP_FUSE_TESTS=1`; a missing FUSE otherwise
+/// fails the test with the reason.
+pub use ringkv_faultfs::fuse_or_skip;
 
 /// Starts three nodes (replication factor 3) with `shards` shards and one router, each node
 /// on a faultfs disk in a network namespace of the network `name` (short: it names the

@@ -7,24 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ringkv_faultfs::{Control, FaultMount};
 
-/// Set to `1` to skip (with a message) instead of failing where FUSE is unavailable.
-pub const SKIP_ENV: &str = "RINGKV_SKIP_FUSE_TESTS";
-
-/// `true` when FUSE tests can run; `false` (after saying why) when they are skipped on purpose.
-/// Panics with the reason when FUSE is unavailable and skipping was not asked for, so a machine
-/// without FUSE never passes these tests silently.
-pub fn fuse_or_skip(test: &str) -> bool {
-    match ringkv_faultfs::fuse_available() {
-        Ok(()) => true,
-        Err(err) if std::env::var(SKIP_ENV).as_deref() == Ok("1") => {
-            eprintln!("skipping {test}: {err} ({SKIP_ENV}=1)");
-            false
-        }
-        Err(err) => {
-            panic!("{test} needs FUSE: {err}. Run as root with /dev/fuse, or set {SKIP_ENV}=1 to skip")
-        }
-    }
-}
+pub use ringkv_faultfs::fuse_or_skip;
 
 /// A mounted fault filesystem over `backing`, served at `mnt`. Field order matters: the mount is
 /// dropped (unmounted) before the temp dir is removed.

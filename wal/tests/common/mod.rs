@@ -17,13 +17,8 @@ pub struct FuseDir {
 /// A fresh mount for `test`, or `None` when FUSE is missing and the environment says to
 /// skip (without it, a missing FUSE fails the test).
 pub fn mount_or_skip(test: &str) -> Option<FuseDir> {
-    match ringkv_faultfs::fuse_available() {
-        Ok(()) => {}
-        Err(err) if std::env::var("RINGKV_SKIP_FUSE_TESTS").as_deref() == Ok("1") => {
-            eprintln!("skipping {test}: {err} (RINGKV_SKIP_FUSE_TESTS=1)");
-            return None;
-        }
-        Err(err) => panic!("{test} needs FUSE: {err}; set RINGKV_SKIP_FUSE_TESTS=1 to skip"),
+    if !ringkv_faultfs::fuse_or_skip(test) {
+        return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let backing = dir.path().join("backing");
