@@ -5,9 +5,12 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use ringkv_proto::v1 as proto;
+use ringkv_proto::v1::kv_frame::Call;
+use ringkv_proto::v1::kv_frame_reply::Answer;
 use tracing::debug;
 
 use crate::error::Failure;
+use crate::pipeline::expect;
 use crate::retry::{OpKind, ResumeBudget};
 use crate::routers::{admin_client, kv_client, tso_client, with_deadline, Routers};
 use crate::scan::{scan_request, ScanCursor, ScanStream};
@@ -51,6 +54,16 @@ fn answered_page(
         }
     }
     Ok(left)
+}
+
+/// A frame's answer as its unary call's response: the kind `want` picks, or the status.
+fn framed<T>(
+    answered: Result<Answer, tonic::Status>,
+    want: impl FnOnce(Answer) -> Option<T>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    answered
+        .and_then(|answer| expect(answer, want))
+        .map(tonic::Response::new)
 }
 
 /// Length of the request id every write carries.
@@ -125,9 +138,18 @@ impl Client {
         let max_bytes = self.routers.config().max_message_bytes;
         let response = self
             .routers
-            .call(OpKind::Read, "get", |channel, timeout| {
-                let request = with_deadline(message.clone(), timeout);
-                async move { kv_client(channel, max_bytes).get(request).await }
+            .call_on(OpKind::Read, "get", |router, timeout| {
+                let (pipeline, channel, message) = (router.pipeline(), router.channel(), message.clone());
+                async move {
+                    if let Some(answered) = pipeline.call(Call::Get(message.clone()), timeout).await {
+                        return framed(answered, |answer| match answer {
+                            Answer::Get(response) => Some(response),
+                            _ => None,
+                        });
+                    }
+                    let request = with_deadline(message, timeout);
+                    kv_client(channel, max_bytes).get(request).await
+                }
             })
             .await?;
         Ok(versioned(response.found, response.value, response.version))
@@ -146,9 +168,18 @@ impl Client {
         let max_bytes = self.routers.config().max_message_bytes;
         let response = self
             .routers
-            .call(OpKind::Write, "put", |channel, timeout| {
-                let request = with_deadline(message.clone(), timeout);
-                async move { kv_client(channel, max_bytes).put(request).await }
+            .call_on(OpKind::Write, "put", |router, timeout| {
+                let (pipeline, channel, message) = (router.pipeline(), router.channel(), message.clone());
+                async move {
+                    if let Some(answered) = pipeline.call(Call::Put(message.clone()), timeout).await {
+                        return framed(answered, |answer| match answer {
+                            Answer::Put(response) => Some(response),
+                            _ => None,
+                        });
+                    }
+                    let request = with_deadline(message, timeout);
+                    kv_client(channel, max_bytes).put(request).await
+                }
             })
             .await?;
         Ok(response.version)
@@ -163,9 +194,18 @@ impl Client {
         let max_bytes = self.routers.config().max_message_bytes;
         let response = self
             .routers
-            .call(OpKind::Write, "delete", |channel, timeout| {
-                let request = with_deadline(message.clone(), timeout);
-                async move { kv_client(channel, max_bytes).delete(request).await }
+            .call_on(OpKind::Write, "delete", |router, timeout| {
+                let (pipeline, channel, message) = (router.pipeline(), router.channel(), message.clone());
+                async move {
+                    if let Some(answered) = pipeline.call(Call::Delete(message.clone()), timeout).await {
+                        return framed(answered, |answer| match answer {
+                            Answer::Delete(response) => Some(response),
+                            _ => None,
+                        });
+                    }
+                    let request = with_deadline(message, timeout);
+                    kv_client(channel, max_bytes).delete(request).await
+                }
             })
             .await?;
         Ok(response.existed)
@@ -192,9 +232,19 @@ impl Client {
         let max_bytes = self.routers.config().max_message_bytes;
         let response = self
             .routers
-            .call(OpKind::Write, "compare-and-swap", |channel, timeout| {
-                let request = with_deadline(message.clone(), timeout);
-                async move { kv_client(channel, max_bytes).compare_and_swap(request).await }
+            .call_on(OpKind::Write, "compare-and-swap", |router, timeout| {
+                let (pipeline, channel, message) = (router.pipeline(), router.channel(), message.clone());
+                async move {
+                    let call = Call::CompareAndSwap(message.clone());
+                    if let Some(answered) = pipeline.call(call, timeout).await {
+                        return framed(answered, |answer| match answer {
+                            Answer::CompareAndSwap(response) => Some(response),
+                            _ => None,
+                        });
+                    }
+                    let request = with_deadline(message, timeout);
+                    kv_client(channel, max_bytes).compare_and_swap(request).await
+                }
             })
             .await?;
         Ok(CasOutcome::from(response))

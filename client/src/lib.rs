@@ -108,6 +108,7 @@ mod expiry_at;
 mod lease;
 mod lease_keeper;
 mod lock;
+mod pipeline;
 mod retry;
 mod routers;
 mod scan;

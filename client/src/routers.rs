@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::credentials::{AuthChannel, Bearer, Credentials};
 use crate::endpoint::{authority_of, lazy_channel, normalize_endpoint};
 use crate::error::Failure;
+use crate::pipeline::KvPipeline;
 use crate::retry::{backoff_for_round, Decision, OpKind, RetryState};
 use crate::{ClientConfig, Error};
 
@@ -52,12 +53,26 @@ impl std::fmt::Debug for Routers {
     }
 }
 
-struct RouterEndpoint {
+pub(crate) struct RouterEndpoint {
     /// `host:port` for messages.
     address: String,
     channel: Channel,
     /// `channel` sending the client's token with each call.
     authenticated: AuthChannel,
+    /// Gets, puts, deletes and compare-and-swaps as frames on one stream (`pipeline.rs`).
+    pipeline: Arc<KvPipeline>,
+}
+
+impl RouterEndpoint {
+    /// The channel to the router, sending the client's token with each call.
+    pub(crate) fn channel(&self) -> AuthChannel {
+        self.authenticated.clone()
+    }
+
+    /// The router's `Kv.Pipeline`.
+    pub(crate) fn pipeline(&self) -> Arc<KvPipeline> {
+        Arc::clone(&self.pipeline)
+    }
 }
 
 impl std::fmt::Debug for RouterEndpoint {
@@ -84,10 +99,18 @@ impl Routers {
             }
             let channel = lazy_channel(&uri, &config)?;
             let authenticated = InterceptedService::new(channel.clone(), Bearer(credentials.clone()));
+            let pipeline = Arc::new(KvPipeline::new(
+                address.clone(),
+                authenticated.clone(),
+                config.max_message_bytes,
+                config.connect_timeout,
+                config.pipeline,
+            ));
             routers.push(RouterEndpoint {
                 address,
                 channel,
                 authenticated,
+                pipeline,
             });
         }
         if routers.is_empty() {
@@ -149,6 +172,24 @@ impl Routers {
         F: FnMut(AuthChannel, Duration) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
+        self.call_on(kind, operation, |router, remaining| {
+            attempt(router.channel(), remaining)
+        })
+        .await
+    }
+
+    /// [`Routers::call`] whose `attempt` gets the router itself (its channel and its
+    /// pipeline).
+    pub(crate) async fn call_on<T, F, Fut>(
+        &self,
+        kind: OpKind,
+        operation: &str,
+        mut attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(&RouterEndpoint, Duration) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
         let config = &self.config;
         let endpoint_count = u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX);
         let deadline = Instant::now() + config.request_timeout;
@@ -170,7 +211,7 @@ impl Routers {
                 if let Some(credentials) = credentials {
                     credentials.ensure(&router.channel, remaining).await?;
                 }
-                attempt(router.authenticated.clone(), remaining).await
+                attempt(router, remaining).await
             };
             let outcome = tokio::time::timeout(remaining + DEADLINE_SLACK, call).await;
             let mut failure = match outcome {

@@ -263,3 +263,34 @@ async fn batch_gets_follow_the_routers_pages() {
     assert_eq!(got, expected);
     assert_eq!(router.calls() - calls_before, 4, "8 keys, 2 per reply");
 }
+
+/// A router without `Kv.Pipeline` (an older version) is asked for it once; that call and
+/// every later one go unary, and nothing fails. `pipeline(false)` never asks.
+#[tokio::test]
+async fn a_router_without_the_pipeline_gets_unary_calls() {
+    let router = MockRouter::default();
+    let addr = router.serve().await;
+    let client = client(vec![addr.to_string()]).await;
+    let version = client.put("k", "v").await.expect("put");
+    for _ in 0..3 {
+        let read = client.get("k").await.expect("get");
+        assert_eq!(read.map(|read| read.version), Some(version));
+    }
+    assert!(client.delete("k").await.expect("delete"));
+    assert_eq!(router.lock_state().pipeline_opens, 1);
+    assert_eq!(router.calls(), 5, "every call was served unary");
+
+    let unary = MockRouter::default();
+    let addr = unary.serve().await;
+    let config = ClientConfig::builder()
+        .request_timeout(Duration::from_secs(5))
+        .pipeline(false)
+        .build()
+        .expect("valid config");
+    let client = Client::connect_with(vec![addr.to_string()], config)
+        .await
+        .expect("client");
+    client.put("k", "v").await.expect("put");
+    assert_eq!(unary.lock_state().pipeline_opens, 0);
+    assert_eq!(unary.calls(), 1);
+}

@@ -124,6 +124,16 @@ impl<N: NodeApi> RouterContext<N> {
         })
     }
 
+    /// [`RouterContext::admit`] for a pipeline frame: the client waits `timeout` (None: not
+    /// said), as a unary call's `grpc-timeout` would say.
+    pub fn admit_within(&self, timeout: Option<Duration>) -> Result<Admission, RouterError> {
+        let permit = self.inflight.try_acquire()?;
+        Ok(Admission {
+            _permit: permit,
+            deadline: Instant::now() + self.timeouts.budget_for(timeout),
+        })
+    }
+
     /// Takes a stream slot (never an in-flight permit: streams that wait for slow readers
     /// must not starve unary requests) and computes the opening's deadline.
     pub fn admit_stream(&self, metadata: &MetadataMap) -> Result<StreamAdmission, RouterError> {

@@ -22,7 +22,12 @@ pub struct TimeoutPolicy {
 impl TimeoutPolicy {
     /// The budget for a request given its (optional, raw) `grpc-timeout` header value.
     pub fn budget(&self, header: Option<&str>) -> Duration {
-        let Some(client_timeout) = header.and_then(parse_grpc_timeout) else {
+        self.budget_for(header.and_then(parse_grpc_timeout))
+    }
+
+    /// The budget for a request whose client waits `client_timeout` (None: not said).
+    pub fn budget_for(&self, client_timeout: Option<Duration>) -> Duration {
+        let Some(client_timeout) = client_timeout else {
             return self.default_timeout.min(self.max_timeout);
         };
         let capped = client_timeout.min(self.max_timeout);

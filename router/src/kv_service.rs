@@ -37,16 +37,43 @@ use crate::validate::{
     request_id_or_random,
 };
 
+mod pipeline;
+
+pub(crate) use pipeline::{FrameCounters, PipelineServing};
+
 /// The client-facing key-value service.
 pub struct KvService<N> {
     ctx: Arc<RouterContext<N>>,
     /// The oracle: where a watch from now takes its opening timestamp.
     tso: Arc<TsoClient>,
+    /// What `Kv.Pipeline` streams need (`pipeline.rs`).
+    pipeline: PipelineServing,
+}
+
+impl<N> Clone for KvService<N> {
+    fn clone(&self) -> Self {
+        KvService {
+            ctx: Arc::clone(&self.ctx),
+            tso: Arc::clone(&self.tso),
+            pipeline: self.pipeline.clone(),
+        }
+    }
 }
 
 impl<N: NodeApi> KvService<N> {
     pub fn new(ctx: Arc<RouterContext<N>>, tso: Arc<TsoClient>) -> Self {
-        KvService { ctx, tso }
+        KvService {
+            ctx,
+            tso,
+            pipeline: PipelineServing::default(),
+        }
+    }
+
+    /// Ends `Kv.Pipeline` streams when `serving` says so, counting their frames where it
+    /// says.
+    pub(crate) fn with_pipeline(mut self, serving: PipelineServing) -> Self {
+        self.pipeline = serving;
+        self
     }
 
     async fn handle_get(&self, request: GetRequest, deadline: Instant) -> Result<GetResponse, RouterError> {
@@ -483,6 +510,15 @@ impl<N: NodeApi> Kv for KvService<N> {
     type ScanStreamStream = ResponseStream<ScanResponse>;
     type CountStream = ResponseStream<CountResponse>;
     type WatchStream = ResponseStream<ringkv_proto::v1::WatchResponse>;
+    type PipelineStream = pipeline::Replies;
+
+    /// Frames on one stream, each answered as its unary call (`pipeline.rs`).
+    async fn pipeline(
+        &self,
+        request: Request<tonic::Streaming<ringkv_proto::v1::KvFrames>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        Ok(Response::new(self.serve_pipeline(request)))
+    }
 
     async fn batch_write(
         &self,

@@ -37,7 +37,7 @@ use crate::connections::GrpcNodes;
 use crate::context::RouterContext;
 use crate::error::{ServeError, StartError};
 use crate::gossip::RouterGossip;
-use crate::kv_service::KvService;
+use crate::kv_service::{FrameCounters, KvService, PipelineServing};
 use crate::lease_service::LeaseService;
 use crate::node_api::NodeApi;
 use crate::observe::{Health, RouterMetrics};
@@ -187,7 +187,12 @@ impl Router {
                 None
             }
         };
-        let kv = KvServer::new(KvService::new(Arc::clone(&ctx), Arc::clone(&tso)))
+        let stop_serving = CancellationToken::new();
+        let kv_pipeline = PipelineServing {
+            stopping: stop_serving.clone(),
+            counters: FrameCounters::new(&rpc_metrics),
+        };
+        let kv = KvServer::new(KvService::new(Arc::clone(&ctx), Arc::clone(&tso)).with_pipeline(kv_pipeline))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);
         let tso_service = TsoServer::new(TsoService::new(Arc::clone(&ctx), Arc::clone(&tso)))
@@ -216,7 +221,6 @@ impl Router {
             config.rpc_timeout(),
             stop_auth.clone(),
         );
-        let stop_serving = CancellationToken::new();
         let lease_service = LeaseServer::new(LeaseService::new(
             Arc::clone(&ctx),
             Arc::clone(&tso),

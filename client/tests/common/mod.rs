@@ -53,6 +53,8 @@ pub struct MockState {
     /// When set, a BatchGet that allows paging answers at most this many keys, taken from
     /// the end of the request (so the keys left are not a suffix), and names the others.
     pub batch_get_page: Option<usize>,
+    /// Times a client tried to open `Kv.Pipeline` (which the mock does not have).
+    pub pipeline_opens: usize,
 }
 
 #[derive(Clone, Default)]
@@ -101,6 +103,11 @@ impl MockRouter {
     /// Breaks the next ScanStream or Count stream after `messages` messages.
     pub fn break_stream_after(&self, messages: usize) {
         self.lock().stream_breaks.push_back(messages);
+    }
+
+    /// The mock's state, for assertions.
+    pub fn lock_state(&self) -> std::sync::MutexGuard<'_, MockState> {
+        self.lock()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MockState> {
@@ -427,6 +434,17 @@ impl Kv for MockRouter {
             return Ok(Response::new(Box::pin(stalled)));
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    type PipelineStream = MockStream<proto::KvFrameReplies>;
+
+    /// Like an older router: no pipeline, so the client sends every call unary.
+    async fn pipeline(
+        &self,
+        _request: Request<tonic::Streaming<proto::KvFrames>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        self.lock().pipeline_opens += 1;
+        Err(Status::unimplemented("the mock router has no kv pipeline"))
     }
 
     type WatchStream = MockStream<proto::WatchResponse>;
