@@ -9,6 +9,7 @@
 //! TLS is still needed: a router reads tokens from TLS callers, with a certificate of the CA
 //! or (unless it requires one) without; a node only from callers with a certificate.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +61,9 @@ pub(crate) struct Credentials {
     auth: ClientAuth,
     current: RwLock<Option<Current>>,
     login: tokio::sync::Mutex<()>,
+    /// Bumped whenever the token in use changes (a login, a forgotten token): a stream
+    /// opened with an older token is reopened (`pipeline.rs`).
+    generation: AtomicU64,
 }
 
 impl Credentials {
@@ -77,6 +81,7 @@ impl Credentials {
             auth,
             current: RwLock::new(current),
             login: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -98,7 +103,13 @@ impl Credentials {
     pub(crate) fn forget(&self) {
         if matches!(self.auth, ClientAuth::Password { .. }) {
             *self.current.write().unwrap_or_else(PoisonError::into_inner) = None;
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// Which token is in use: changes whenever it does.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Logs in on `channel` unless a password login's token is fresh (a given token: nothing
@@ -135,6 +146,7 @@ impl Credentials {
             expires_at_unix_ms: Some(answer.expires_at_unix_ms),
             renew_at_unix_ms: Some(answer.expires_at_unix_ms.saturating_sub(margin_ms)),
         });
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 

@@ -16,8 +16,9 @@
 //! larger than [`MAX_FRAME_BYTES`] go unary (they would hold up the small ones). A router
 //! without the RPC (an older version) answers `UNIMPLEMENTED`: the call goes unary at once
 //! and so does every later call to that router. The stream carries the token it was
-//! opened with: when a frame is refused `UNAUTHENTICATED` (an expired token, a rotated key),
-//! the stream is dropped so the next call opens one with the token logged in anew.
+//! opened with: once the client's token changes (a login renewed it, a refusal made the
+//! client forget it) the next call opens a new stream, and a frame refused
+//! `UNAUTHENTICATED` drops its stream too. Calls in flight on a replaced stream finish on it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,7 +32,7 @@ use ringkv_proto::v1::{KvFrame, KvFrameReplies, KvFrames};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
-use crate::credentials::AuthChannel;
+use crate::credentials::{AuthChannel, Credentials};
 
 /// Calls larger than this (encoded) go unary.
 pub(crate) const MAX_FRAME_BYTES: usize = 64 << 10;
@@ -98,8 +99,11 @@ pub(crate) struct KvPipeline {
     channel: AuthChannel,
     max_message_bytes: usize,
     open_timeout: Duration,
-    /// The stream's driver, once started (dropped to reopen with a fresh token).
-    current: Mutex<Option<Arc<Pipeline<KvProtocol>>>>,
+    /// Whose token the stream carries (None: the certificate's user).
+    credentials: Option<Arc<Credentials>>,
+    /// The stream's driver once started, with the credentials' generation when it was
+    /// (dropped to reopen with a fresh token).
+    current: Mutex<Option<(Arc<Pipeline<KvProtocol>>, u64)>>,
     /// Set when pipelining is off, or once the router answered `UNIMPLEMENTED`.
     unary_only: AtomicBool,
 }
@@ -114,11 +118,13 @@ impl std::fmt::Debug for KvPipeline {
 }
 
 impl KvPipeline {
-    /// The pipeline to the router at `addr` over `channel` (nothing starts before the first
-    /// call); `enabled: false` sends every call unary.
+    /// The pipeline to the router at `addr` over `channel`, which sends the token of
+    /// `credentials` (nothing starts before the first call); `enabled: false` sends every
+    /// call unary.
     pub(crate) fn new(
         addr: String,
         channel: AuthChannel,
+        credentials: Option<Arc<Credentials>>,
         max_message_bytes: usize,
         open_timeout: Duration,
         enabled: bool,
@@ -128,6 +134,7 @@ impl KvPipeline {
             channel,
             max_message_bytes,
             open_timeout,
+            credentials,
             current: Mutex::new(None),
             unary_only: AtomicBool::new(!enabled),
         }
@@ -164,23 +171,31 @@ impl KvPipeline {
         }
     }
 
-    /// The running pipeline, started if there is none.
+    /// The running pipeline, started if there is none or if it carries an older token.
     fn pipeline(&self) -> Arc<Pipeline<KvProtocol>> {
+        let generation = self
+            .credentials
+            .as_ref()
+            .map_or(0, |credentials| credentials.generation());
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let pipeline = current.get_or_insert_with(|| {
-            let protocol = KvProtocol {
-                client: KvClient::new(self.channel.clone())
-                    .max_decoding_message_size(self.max_message_bytes)
-                    .max_encoding_message_size(self.max_message_bytes),
-            };
-            Arc::new(Pipeline::start(
-                self.addr.clone(),
-                protocol,
-                MAX_MESSAGE_BYTES.min(self.max_message_bytes),
-                self.open_timeout,
-            ))
-        });
-        Arc::clone(pipeline)
+        match current.as_ref() {
+            Some((running, opened)) if *opened == generation => Arc::clone(running),
+            _ => {
+                let protocol = KvProtocol {
+                    client: KvClient::new(self.channel.clone())
+                        .max_decoding_message_size(self.max_message_bytes)
+                        .max_encoding_message_size(self.max_message_bytes),
+                };
+                let started = Arc::new(Pipeline::start(
+                    self.addr.clone(),
+                    protocol,
+                    MAX_MESSAGE_BYTES.min(self.max_message_bytes),
+                    self.open_timeout,
+                ));
+                *current = Some((Arc::clone(&started), generation));
+                started
+            }
+        }
     }
 
     /// Drops `stale` (if it is still the running pipeline) so the next call opens a stream
@@ -189,7 +204,7 @@ impl KvPipeline {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         if current
             .as_ref()
-            .is_some_and(|running| Arc::ptr_eq(running, stale))
+            .is_some_and(|(running, _)| Arc::ptr_eq(running, stale))
         {
             *current = None;
         }

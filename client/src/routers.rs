@@ -102,6 +102,7 @@ impl Routers {
             let pipeline = Arc::new(KvPipeline::new(
                 address.clone(),
                 authenticated.clone(),
+                credentials.clone(),
                 config.max_message_bytes,
                 config.connect_timeout,
                 config.pipeline,
