@@ -22,13 +22,16 @@
 //! - `retry` — the failover and stream-resume decisions, pure and unit-tested.
 //! - `routers` — the routers' channels and the IO loop of failover (`call`), which
 //!   times, rotates and backs off as `retry` decides.
+//! - `pipeline` — gets, puts, deletes and compare-and-swaps as frames on one
+//!   `Kv.Pipeline` stream per router, answered as their unary calls (unary for large
+//!   calls, for routers without the stream, and with [`ClientConfig::pipeline`] off).
 //! - [`scan`](ScanStream) — checking scan results; streamed scans that resume after a
 //!   break.
 //! - [`watch`](WatchStream) — watches of a key, prefix or range, resumed from each shard's
 //!   progress after a break without losing or repeating an event.
 //!
-//! Module dependencies run one way: `client` → `scan` → `routers` → `retry`, `endpoint`,
-//! `error`; `scan` does not know [`Client`].
+//! Module dependencies run one way: `client` → `scan` → `routers` → `pipeline`, `retry`,
+//! `endpoint`, `error`; `scan` does not know [`Client`].
 //! - `endpoint` — parsing `host:port` / `http://host:port` / `https://host:port`; https
 //!   channels with the config's [`ClientTls`] (mutual TLS).
 //!

@@ -95,6 +95,10 @@ async fn run<A: Answer>(
     let mut answering = FuturesUnordered::new();
     let mut reading = true;
     loop {
+        // The sender ended the stream and every frame it sent is answered.
+        if !reading && answering.is_empty() {
+            return;
+        }
         tokio::select! {
             // The server is shutting down: end the stream (the sender fails what it had in
             // flight and reconnects, to this node once it is back).

@@ -9,7 +9,9 @@
 //!   [`RouterHandle`]: bind, serve, graceful shutdown; each client connection's writes
 //!   gathered by `coalesce`), [`log_format`] (JSON log lines
 //!   for the binary).
-//! - Services, one per file: `kv_service` (`Kv`: validation, shard lookup, batches) and
+//! - Services, one per file: `kv_service` (`Kv`: validation, shard lookup, batches; its
+//!   `pipeline` serves `Kv.Pipeline`, a client's calls as frames on one stream, each
+//!   answered as its unary call) and
 //!   `admin_service` (`Admin`: cluster status; `NodeStatus` answers for the router itself,
 //!   `InitCluster` UNIMPLEMENTED), `lease_service` (`Lease`: etcd's leases with a bounded
 //!   keep-alive stream, on `lease_store`, the router's steps of the shared lease algorithm
