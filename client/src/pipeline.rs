@@ -14,8 +14,10 @@
 //! sending: ambiguous for a write, as a unary call's), and a stream that could not be
 //! opened fails them as the open failed (a refused connection: nothing was sent). Calls
 //! larger than [`MAX_FRAME_BYTES`] go unary (they would hold up the small ones). A router
-//! without the RPC (an older version) answers `UNIMPLEMENTED`: the call goes unary at once
-//! and so does every later call to that router. The stream carries the token it was
+//! without the RPC (an older version) answers the stream's open `UNIMPLEMENTED` with no
+//! message (what a gRPC server says of a method it lacks; a frame refused `UNIMPLEMENTED`
+//! by the router carries one): the call goes unary at once and so does every later call
+//! to that router. A pipeline whose driver stopped is replaced at the next call. The stream carries the token it was
 //! opened with: once the client's token changes (a login renewed it, a refusal made the
 //! client forget it) the next call opens a new stream, and a frame refused
 //! `UNAUTHENTICATED` drops its stream too. Calls in flight on a replaced stream finish on it.
@@ -35,10 +37,11 @@ use tonic::{Code, Status, Streaming};
 use crate::credentials::{AuthChannel, Credentials};
 
 /// Calls larger than this (encoded) go unary.
-pub(crate) const MAX_FRAME_BYTES: usize = 64 << 10;
-/// Bytes of frames in one stream message: well under a router's `max_request_bytes`
-/// (8 MiB by default, and never less than one maximal value).
-const MAX_MESSAGE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_FRAME_BYTES: usize = 32 << 10;
+/// Bytes of frames in one stream message: under the smallest `max_request_bytes` a router
+/// accepts (its largest key and value plus 64 KiB), so a message never breaks the stream
+/// for its size; about 200 small calls.
+const MAX_MESSAGE_BYTES: usize = 64 << 10;
 /// What a frame adds to its message beyond its call (tags, id, timeout, lengths).
 const FRAME_OVERHEAD_BYTES: usize = 24;
 
@@ -149,7 +152,8 @@ impl KvPipeline {
         }
         let frame = KvFrame {
             id: 0,
-            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            // At least 1: 0 would mean "the router's default".
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).max(1),
             call: Some(call),
         };
         let bytes = prost::Message::encoded_len(&frame) + FRAME_OVERHEAD_BYTES;
@@ -158,12 +162,13 @@ impl KvPipeline {
         }
         let pipeline = self.pipeline();
         match pipeline.call(SizedFrame { frame, bytes }).await {
-            Err(status) if status.code() == Code::Unimplemented => {
+            Err(status) if status.code() == Code::Unimplemented && status.message().is_empty() => {
                 self.unary_only.store(true, Ordering::Relaxed);
                 tracing::info!(router = %self.addr, "the router has no kv pipeline: unary calls to it from now on");
                 None
             }
-            Err(status) if status.code() == Code::Unauthenticated => {
+            // A stale token, or a driver that stopped: the next call starts afresh.
+            Err(status) if status.code() == Code::Unauthenticated || pipeline.stopped() => {
                 self.forget(&pipeline);
                 Some(Err(status))
             }
@@ -179,7 +184,8 @@ impl KvPipeline {
             .map_or(0, |credentials| credentials.generation());
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         match current.as_ref() {
-            Some((running, opened)) if *opened == generation => Arc::clone(running),
+            // A stream opened at a later generation than this caller saw is newer still.
+            Some((running, opened)) if *opened >= generation => Arc::clone(running),
             _ => {
                 let protocol = KvProtocol {
                     client: KvClient::new(self.channel.clone())

@@ -7,11 +7,14 @@
 //! `INVALID_ARGUMENT`; while `max_in_flight` frames are being answered no more are read
 //! (the sender's stream backs up); `replies_queued` stream messages of answers wait for the
 //! sender to read them before answering stops. The task ends when the sender ends the
-//! stream (after answering what it read), when the stream fails, when the sender stops
-//! reading answers, or when `stopping` is cancelled (a graceful shutdown waits for every
+//! stream (after answering what it read), when the stream fails, when the sender has read
+//! no answer for `send_stall` while answers wait (frames stop being worked on while their
+//! answers cannot leave: a sender that stops reading must not hold what they hold), or
+//! when `stopping` is cancelled (a graceful shutdown waits for every
 //! stream, and a sender never ends its own).
 
 use std::future::Future;
+use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -34,6 +37,8 @@ pub struct Limits {
     /// Bytes of answers in one stream message ([`Answer::reply_bytes`]); an answer larger
     /// than this goes alone.
     pub max_reply_bytes: usize,
+    /// Longest wait for the sender to make room for answers; then the stream ends.
+    pub send_stall: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +49,7 @@ impl Default for Limits {
             replies_queued: 16,
             max_replies: 1_024,
             max_reply_bytes: 4 << 20,
+            send_stall: Duration::from_secs(10),
         }
     }
 }
@@ -133,7 +139,7 @@ async fn run<A: Answer>(
                     let reply_bytes = A::reply_bytes(&reply);
                     if ready.len() >= limits.max_replies || bytes + reply_bytes > limits.max_reply_bytes {
                         let full = std::mem::take(&mut ready);
-                        if replies.send(Ok(A::pack(full))).await.is_err() {
+                        if !send(&replies, A::pack(full), limits.send_stall).await {
                             return;
                         }
                         bytes = 0;
@@ -141,11 +147,20 @@ async fn run<A: Answer>(
                     bytes += reply_bytes;
                     ready.push(reply);
                 }
-                if replies.send(Ok(A::pack(ready))).await.is_err() {
+                if !send(&replies, A::pack(ready), limits.send_stall).await {
                     return;
                 }
             },
             else => return,
         }
     }
+}
+
+/// Queues a stream message of answers; false when the stream is gone or its sender made no
+/// room for `stall` (the stream then ends).
+async fn send<R>(replies: &mpsc::Sender<Result<R, Status>>, message: R, stall: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(stall, replies.send(Ok(message))).await,
+        Ok(Ok(()))
+    )
 }

@@ -104,6 +104,12 @@ impl<P: Protocol> Pipeline<P> {
         }
     }
 
+    /// Whether the driver task has ended (it runs until the pipeline is dropped, so only if
+    /// it failed): every call is refused from then on.
+    pub fn stopped(&self) -> bool {
+        self.driver.is_finished()
+    }
+
     /// Sends `request` and waits for its answer: the reply, or the status the peer (or the
     /// stream) failed it with. `UNIMPLEMENTED`: the peer has no pipeline.
     pub async fn call(&self, request: P::Request) -> Result<P::Reply, Status> {

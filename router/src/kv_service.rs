@@ -39,7 +39,7 @@ use crate::validate::{
 
 mod pipeline;
 
-pub(crate) use pipeline::{FrameCounters, PipelineServing};
+pub(crate) use pipeline::PipelineServing;
 
 /// The client-facing key-value service.
 pub struct KvService<N> {

@@ -37,7 +37,7 @@ use crate::connections::GrpcNodes;
 use crate::context::RouterContext;
 use crate::error::{ServeError, StartError};
 use crate::gossip::RouterGossip;
-use crate::kv_service::{FrameCounters, KvService, PipelineServing};
+use crate::kv_service::{KvService, PipelineServing};
 use crate::lease_service::LeaseService;
 use crate::node_api::NodeApi;
 use crate::observe::{Health, RouterMetrics};
@@ -188,10 +188,7 @@ impl Router {
             }
         };
         let stop_serving = CancellationToken::new();
-        let kv_pipeline = PipelineServing {
-            stopping: stop_serving.clone(),
-            counters: FrameCounters::new(&rpc_metrics),
-        };
+        let kv_pipeline = PipelineServing::new(stop_serving.clone(), &rpc_metrics, config.max_response_bytes);
         let kv = KvServer::new(KvService::new(Arc::clone(&ctx), Arc::clone(&tso)).with_pipeline(kv_pipeline))
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(config.max_response_bytes);

@@ -13,8 +13,10 @@
 //! token (`authorization`), checked again for every frame so a deleted user or a rotated key
 //! stops a long-lived stream as it stops unary calls, else its certificate's user. A
 //! stream takes no stream slot (those bound streams that hold buffers for slow readers):
-//! each frame takes an in-flight permit as its unary call would, the stream's task and its
-//! bounds are `ringkv-pipeline`'s, and it ends when the router stops serving.
+//! each frame takes an in-flight permit as its unary call would, at most
+//! [`MAX_IN_FLIGHT_PER_STREAM`] at once; the stream's task and its bounds are
+//! `ringkv-pipeline`'s (a client that reads no answer for its `send_stall` loses the
+//! stream), and it ends when the router stops serving.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,13 +39,40 @@ use crate::node_api::NodeApi;
 /// The answers of one stream, as tonic sends them.
 pub type Replies = ringkv_pipeline::Replies<KvFrameReplies>;
 
-/// What a `Kv.Pipeline` stream needs beyond the service: when to end, and where its frames
-/// are counted.
+/// Frames of one stream answered at once: a quarter of the router's default
+/// `max_inflight_requests`, so one stream cannot take every permit.
+const MAX_IN_FLIGHT_PER_STREAM: usize = 1_024;
+
+/// What a `Kv.Pipeline` stream needs beyond the service: when to end, where its frames are
+/// counted, and its bounds.
 #[derive(Clone)]
 pub(crate) struct PipelineServing {
     /// Cancelled when the router stops serving: open streams end then.
     pub stopping: CancellationToken,
     pub counters: FrameCounters,
+    pub limits: ringkv_pipeline::Limits,
+}
+
+impl PipelineServing {
+    /// Streams that end with `stopping`, count in `metrics`, and send answers of at most
+    /// half of `max_response_bytes` per message (so a message of answers fits what the
+    /// router may send).
+    pub fn new(
+        stopping: CancellationToken,
+        metrics: &Arc<RpcMetrics>,
+        max_response_bytes: usize,
+    ) -> PipelineServing {
+        let defaults = ringkv_pipeline::Limits::default();
+        PipelineServing {
+            stopping,
+            counters: FrameCounters::new(metrics),
+            limits: ringkv_pipeline::Limits {
+                max_in_flight: MAX_IN_FLIGHT_PER_STREAM,
+                max_reply_bytes: defaults.max_reply_bytes.min(max_response_bytes / 2),
+                ..defaults
+            },
+        }
+    }
 }
 
 impl Default for PipelineServing {
@@ -51,6 +80,10 @@ impl Default for PipelineServing {
         PipelineServing {
             stopping: CancellationToken::new(),
             counters: FrameCounters::none(),
+            limits: ringkv_pipeline::Limits {
+                max_in_flight: MAX_IN_FLIGHT_PER_STREAM,
+                ..ringkv_pipeline::Limits::default()
+            },
         }
     }
 }
@@ -137,7 +170,7 @@ impl<N: NodeApi> KvService<N> {
                 .map(|value| Arc::from(value.to_str().unwrap_or("\u{fffd}"))),
         };
         let stopping = self.pipeline.stopping.clone();
-        ringkv_pipeline::serve(answers, request.into_inner(), stopping, Default::default())
+        ringkv_pipeline::serve(answers, request.into_inner(), stopping, self.pipeline.limits)
     }
 }
 
@@ -197,13 +230,11 @@ async fn answer<N: NodeApi>(
     };
     let started = Instant::now();
     let counter = service.pipeline.counters.of(&call).cloned();
-    let user = service
-        .ctx
-        .auth
-        .user_of(opener.peer(), token)
-        .map_err(|err| to_status(&err))?;
     let timeout = (frame.timeout_ms > 0).then(|| Duration::from_millis(u64::from(frame.timeout_ms)));
-    let answered = USER.scope(user, answer_call(&service, timeout, call)).await;
+    let answered = match service.ctx.auth.user_of(opener.peer(), token) {
+        Ok(user) => USER.scope(user, answer_call(&service, timeout, call)).await,
+        Err(err) => Err(to_status(&err)),
+    };
     if let Some(counter) = counter {
         match &answered {
             Ok(_) => counter.observe(0, false, started),
