@@ -1,14 +1,17 @@
 //! [`Client`]: the typed key-value API over a set of routers, with failover.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 
 use ringkv_proto::v1 as proto;
+use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::kv_frame::Call;
 use ringkv_proto::v1::kv_frame_reply::Answer;
 use tracing::debug;
 
+use crate::credentials::AuthChannel;
 use crate::error::Failure;
 use crate::pipeline::expect;
 use crate::retry::{OpKind, ResumeBudget};
@@ -56,16 +59,6 @@ fn answered_page(
     Ok(left)
 }
 
-/// A frame's answer as its unary call's response: the kind `want` picks, or the status.
-fn framed<T>(
-    answered: Result<Answer, tonic::Status>,
-    want: impl FnOnce(Answer) -> Option<T>,
-) -> Result<tonic::Response<T>, tonic::Status> {
-    answered
-        .and_then(|answer| expect(answer, want))
-        .map(tonic::Response::new)
-}
-
 /// Length of the request id every write carries.
 pub const REQUEST_ID_LEN: usize = 16;
 
@@ -108,6 +101,40 @@ impl Client {
         &self.routers
     }
 
+    /// One `Kv` call with failover: `message` as a frame (`frame` makes it, `pick` takes its
+    /// answer) on the router's pipeline, or as the unary call `unary` makes when it does not
+    /// go framed (`pipeline.rs`).
+    async fn kv_call<M, T, U, UF>(
+        &self,
+        kind: OpKind,
+        operation: &str,
+        message: M,
+        frame: fn(M) -> Call,
+        pick: fn(Answer) -> Option<T>,
+        unary: U,
+    ) -> Result<T, Error>
+    where
+        M: Clone,
+        U: Fn(KvClient<AuthChannel>, tonic::Request<M>) -> UF,
+        UF: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let max_bytes = self.routers.config().max_message_bytes;
+        let unary = &unary;
+        self.routers
+            .call_on(kind, operation, |router, timeout| {
+                let (pipeline, channel, message) = (router.pipeline(), router.channel(), message.clone());
+                async move {
+                    if let Some(answered) = pipeline.call(frame(message.clone()), timeout).await {
+                        return answered
+                            .and_then(|answer| expect(answer, pick))
+                            .map(tonic::Response::new);
+                    }
+                    unary(kv_client(channel, max_bytes), with_deadline(message, timeout)).await
+                }
+            })
+            .await
+    }
+
     /// Reads `key` linearizably; `None` when it is absent.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, Error> {
         self.get_with(key, ReadConsistency::Linearizable).await
@@ -135,22 +162,18 @@ impl Client {
             read_ts: consistency.read_ts(),
             read_uncommitted: uncommitted,
         };
-        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
-            .routers
-            .call_on(OpKind::Read, "get", |router, timeout| {
-                let (pipeline, channel, message) = (router.pipeline(), router.channel(), message.clone());
-                async move {
-                    if let Some(answered) = pipeline.call(Call::Get(message.clone()), timeout).await {
-                        return framed(answered, |answer| match answer {
-                            Answer::Get(response) => Some(response),
-                            _ => None,
-                        });
-                    }
-                    let request = with_deadline(message, timeout);
-                    kv_client(channel, max_bytes).get(request).await
-                }
-            })
+            .kv_call(
+                OpKind::Read,
+                "get",
+                message,
+                Call::Get,
+                |answer| match answer {
+                    Answer::Get(response) => Some(response),
+                    _ => None,
+                },
+                |mut kv, request| async move { kv.get(request).await },
+            )
             .await?;
         Ok(versioned(response.found, response.value, response.version))
     }
@@ -165,22 +188,18 @@ impl Client {
             request_id: new_request_id(),
             lease: 0,
         };
-        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
-            .routers
-            .call_on(OpKind::Write, "put", |router, timeout| {
-                let (pipeline, channel, message) = (router.pipeline(), router.channel(), message.clone());
-                async move {
-                    if let Some(answered) = pipeline.call(Call::Put(message.clone()), timeout).await {
-                        return framed(answered, |answer| match answer {
-                            Answer::Put(response) => Some(response),
-                            _ => None,
-                        });
-                    }
-                    let request = with_deadline(message, timeout);
-                    kv_client(channel, max_bytes).put(request).await
-                }
-            })
+            .kv_call(
+                OpKind::Write,
+                "put",
+                message,
+                Call::Put,
+                |answer| match answer {
+                    Answer::Put(response) => Some(response),
+                    _ => None,
+                },
+                |mut kv, request| async move { kv.put(request).await },
+            )
             .await?;
         Ok(response.version)
     }
@@ -191,22 +210,18 @@ impl Client {
             key: checked_key(key.as_ref())?,
             request_id: new_request_id(),
         };
-        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
-            .routers
-            .call_on(OpKind::Write, "delete", |router, timeout| {
-                let (pipeline, channel, message) = (router.pipeline(), router.channel(), message.clone());
-                async move {
-                    if let Some(answered) = pipeline.call(Call::Delete(message.clone()), timeout).await {
-                        return framed(answered, |answer| match answer {
-                            Answer::Delete(response) => Some(response),
-                            _ => None,
-                        });
-                    }
-                    let request = with_deadline(message, timeout);
-                    kv_client(channel, max_bytes).delete(request).await
-                }
-            })
+            .kv_call(
+                OpKind::Write,
+                "delete",
+                message,
+                Call::Delete,
+                |answer| match answer {
+                    Answer::Delete(response) => Some(response),
+                    _ => None,
+                },
+                |mut kv, request| async move { kv.delete(request).await },
+            )
             .await?;
         Ok(response.existed)
     }
@@ -229,23 +244,18 @@ impl Client {
             delete,
             request_id: new_request_id(),
         };
-        let max_bytes = self.routers.config().max_message_bytes;
         let response = self
-            .routers
-            .call_on(OpKind::Write, "compare-and-swap", |router, timeout| {
-                let (pipeline, channel, message) = (router.pipeline(), router.channel(), message.clone());
-                async move {
-                    let call = Call::CompareAndSwap(message.clone());
-                    if let Some(answered) = pipeline.call(call, timeout).await {
-                        return framed(answered, |answer| match answer {
-                            Answer::CompareAndSwap(response) => Some(response),
-                            _ => None,
-                        });
-                    }
-                    let request = with_deadline(message, timeout);
-                    kv_client(channel, max_bytes).compare_and_swap(request).await
-                }
-            })
+            .kv_call(
+                OpKind::Write,
+                "compare-and-swap",
+                message,
+                Call::CompareAndSwap,
+                |answer| match answer {
+                    Answer::CompareAndSwap(response) => Some(response),
+                    _ => None,
+                },
+                |mut kv, request| async move { kv.compare_and_swap(request).await },
+            )
             .await?;
         Ok(CasOutcome::from(response))
     }
