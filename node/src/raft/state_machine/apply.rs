@@ -12,9 +12,10 @@
 //! would write each of its values twice.
 //!
 //! The entry's bookkeeping — its applied log id, the commit high-water mark and the
-//! de-duplication counts ([`INTENT_CARRIED_KEYS`]) — is written to its own records only by
-//! an atomic batch: after an intent it stays in the intent record, since the next entry's
-//! intent (or batch) replaces it anyway. The records lag behind while entries go through
+//! de-duplication counts ([`INTENT_CARRIED_KEYS`]) — is in every entry's batch, whole (not
+//! only what the entry changed), and written to its own records only by an atomic batch:
+//! after an intent it stays in the intent record, since the next entry's intent (or batch)
+//! carries it again. The records lag behind while entries go through
 //! intents; the intent newer than the applied record is always the last entry's, and
 //! [`redo_intent`] writes its bookkeeping out when the state is opened and before a
 //! snapshot is dumped. Meanwhile the values live in memory (the applied watch, the
@@ -245,10 +246,21 @@ impl GroupState {
                 CommandResult::Auth(outcome)
             }
         };
-        if let Some(versions) = &versions {
+        // Every batch carries the whole bookkeeping, not only what its entry changed: a small
+        // batch leaves it in the intent record, which the next entry's replaces, so a mark
+        // or count left out here would never reach the tree. (It once did: the high-water
+        // mark of a commit followed by a prewrite was lost, and a reopened or snapshot-fed
+        // replica took an old mark as its history floor and answered reads below the
+        // newest commit "absent" instead of refusing them as too old.)
+        let high_water = match &versions {
             // A transaction commits at its own timestamp, which may be below the mark.
-            let high_water = self.history().high_water().max(versions.commit_ts);
-            batch.insert(HIGH_WATER_KEY.to_vec(), high_water.to_be_bytes().to_vec());
+            Some(versions) => self.history().high_water().max(versions.commit_ts),
+            None => self.history().high_water(),
+        };
+        batch.insert(HIGH_WATER_KEY.to_vec(), high_water.to_be_bytes().to_vec());
+        if !batch.ops.iter().any(|(key, _)| key.as_slice() == COUNTS_KEY) {
+            let counts = *self.dedup_counts();
+            batch.insert(COUNTS_KEY.to_vec(), encode(&counts)?);
         }
         batch.insert(APPLIED_KEY.to_vec(), encode(&entry.log_id)?);
         write_atomically(tree, entry.log_id, batch)?;
@@ -589,6 +601,39 @@ mod tests {
             3,
             "the first outcome"
         );
+    }
+
+    /// An entry that changes no bookkeeping (a prewrite: no version, no request recorded)
+    /// still carries all of it in its intent record, so the mark and counts of the entry
+    /// before it are what a reopen finds.
+    #[tokio::test]
+    async fn an_entry_that_changes_no_bookkeeping_still_carries_it() {
+        use crate::raft::txn::{TxnMutation, TxnOp, TxnPrewrite};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let current = {
+            let (engine, state) = open(dir.path());
+            let mut sm = StateMachine::new(state.clone());
+            sm.apply(vec![put(3, b"a", b"1", 1)]).await.expect("apply");
+            let prewrite = Command::TxnPrewrite(TxnPrewrite {
+                start_ts: 1,
+                primary: b"b".to_vec(),
+                mutations: vec![TxnMutation {
+                    key: b"b".to_vec(),
+                    op: TxnOp::Put(b"2".to_vec()),
+                }],
+                check_conflicts: true,
+                expires_ts: Some(10_000),
+            });
+            crate::raft::state_machine::test_support::apply_txn(&mut sm, 4, prewrite).await;
+            let current = bookkeeping_in_memory(&state);
+            assert!(current.1 > 0, "the put raised the high-water mark");
+            assert_eq!(current.2.writes_recorded, 1, "the put was recorded");
+            engine.flush().expect("flush");
+            current
+        };
+        let (_engine, state) = open(dir.path());
+        assert_eq!(bookkeeping_in_memory(&state), current);
     }
 
     /// A crash right after the last entry's intent record, with the bookkeeping records

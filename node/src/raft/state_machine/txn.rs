@@ -840,6 +840,69 @@ mod tests {
         assert_eq!(at(2_000).await[0], Some((5, b"new".to_vec())));
     }
 
+    /// A commit followed by entries that write no version (a prewrite, a rollback): after a
+    /// reopen or a snapshot install the shard's history floor is still the commit's
+    /// timestamp, so a read below it is refused as too old instead of answered "absent" (a
+    /// repeatable-read transaction once saw a bank account vanish that way).
+    #[tokio::test]
+    async fn the_floor_survives_entries_without_versions() {
+        use openraft::RaftSnapshotBuilder;
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (engine, state) = open(dir.path());
+        let mut sm = StateMachine::new(state.clone());
+        let writes: [(&[u8], Option<&[u8]>); 1] = [(b"k", Some(b"first"))];
+        apply(&mut sm, 1, prewrite(100, &writes, Some(10_000))).await;
+        apply(&mut sm, 2, commit(100, 110, &[b"k"], true)).await;
+        let writes: [(&[u8], Option<&[u8]>); 1] = [(b"k", Some(b"second"))];
+        apply(&mut sm, 3, prewrite(200, &writes, Some(10_000))).await;
+        apply(&mut sm, 4, commit(200, 210, &[b"k"], true)).await;
+        let other: [(&[u8], Option<&[u8]>); 1] = [(b"other", Some(b"x"))];
+        assert_eq!(
+            apply(&mut sm, 5, prewrite(300, &other, Some(10_000))).await,
+            TxnOutcome::Prewritten
+        );
+        let read_at = |state: Arc<GroupState>, ts: u64| async move {
+            state
+                .get_many_at(&[b"k".to_vec()], ts)
+                .await
+                .expect("read")
+                .map(|values| values[0].as_ref().map(|v| v.value.clone()))
+        };
+        assert_eq!(read_at(state.clone(), 150).await, Ok(Some(b"first".to_vec())));
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot");
+        drop((sm, state));
+        engine.flush().expect("flush");
+        drop(engine);
+
+        let (_engine, reopened) = open(dir.path());
+        assert_eq!(
+            read_at(reopened.clone(), 150).await,
+            Err(mvcc::BelowFloor { floor: 210 }),
+            "reopened"
+        );
+        assert_eq!(read_at(reopened, 210).await, Ok(Some(b"second".to_vec())));
+
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        let (_engine, fresh) = open(elsewhere.path());
+        let mut installer = StateMachine::new(fresh.clone());
+        installer
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("install");
+        assert_eq!(
+            read_at(fresh, 150).await,
+            Err(mvcc::BelowFloor { floor: 210 }),
+            "installed"
+        );
+    }
+
     /// A key locked by another transaction or written after the start refuses the whole
     /// prewrite; read committed (no conflict check) takes the newer write.
     #[tokio::test]
