@@ -430,7 +430,9 @@ pub async fn snapshot_writer(
 }
 
 /// One snapshot reader process: reads every key of a chain as of a fresh timestamp of the
-/// oracle, mostly one of the newest chains. Waits for the first chain to start.
+/// oracle, mostly one of the newest chains, and reads it again after a while; now and then it
+/// reads again a snapshot it read seconds ago ([`OLD_SNAPSHOT_AGE`]). Waits for the first
+/// chain to start.
 pub async fn snapshot_reader(
     process: u64,
     client: Client,
@@ -450,7 +452,22 @@ pub async fn snapshot_reader(
             }
         }
     }
+    // Snapshots this reader read first, at least OLD_SNAPSHOT_SPACING apart (oldest first).
+    let mut remembered: std::collections::VecDeque<(u64, u64, std::time::Instant)> =
+        std::collections::VecDeque::with_capacity(OLD_SNAPSHOTS_KEPT);
     while !stop.is_cancelled() {
+        // Now and then a snapshot seconds old, read again: a replica that restarted or
+        // installed a snapshot since must still serve it as it was, or refuse it as too old
+        // (never answer "absent" for keys written since).
+        let old = remembered
+            .iter()
+            .filter(|(_, _, read_at)| read_at.elapsed() >= OLD_SNAPSHOT_AGE)
+            .count();
+        if old > 0 && rng.random_bool(0.2) {
+            let (chain, ts, _) = remembered[rng.random_range(0..old)];
+            read_again(process, &client, &recorder, chain, ts).await;
+            continue;
+        }
         let chains = *started.borrow();
         let chain = if rng.random_bool(0.75) {
             rng.random_range(chains.saturating_sub(RECENT_CHAINS)..chains)
@@ -482,6 +499,15 @@ pub async fn snapshot_reader(
                         values: Some(values),
                     };
                     let _ = recorder.complete(&op, OpType::Ok, value, None);
+                    let spaced = remembered
+                        .back()
+                        .is_none_or(|(_, _, read_at)| read_at.elapsed() >= OLD_SNAPSHOT_SPACING);
+                    if spaced {
+                        if remembered.len() == OLD_SNAPSHOTS_KEPT {
+                            remembered.pop_front();
+                        }
+                        remembered.push_back((chain, ts, std::time::Instant::now()));
+                    }
                     ts
                 }
                 // A failed read changed nothing.
@@ -511,31 +537,44 @@ pub async fn snapshot_reader(
         if stop.is_cancelled() {
             break;
         }
-        let op = recorder.invoke(
-            Process::Client(process),
-            F::SnapshotRead,
-            OpValue::SnapshotRead {
+        read_again(process, &client, &recorder, chain, ts).await;
+    }
+}
+
+/// Reads `chain` as of `ts`, a timestamp taken earlier (the checker compares it with the
+/// first read at `ts`, if any).
+async fn read_again(process: u64, client: &Client, recorder: &Recorder, chain: u64, ts: u64) {
+    let op = recorder.invoke(
+        Process::Client(process),
+        F::SnapshotRead,
+        OpValue::SnapshotRead {
+            chain,
+            ts: Some(ts),
+            values: None,
+        },
+    );
+    match read_chain_at(client, chain, ts).await {
+        Ok(values) => {
+            let value = OpValue::SnapshotRead {
                 chain,
                 ts: Some(ts),
-                values: None,
-            },
-        );
-        match read_chain_at(&client, chain, ts).await {
-            Ok(values) => {
-                let value = OpValue::SnapshotRead {
-                    chain,
-                    ts: Some(ts),
-                    values: Some(values),
-                };
-                let _ = recorder.complete(&op, OpType::Ok, value, None);
-            }
-            Err(err) => complete_err(&recorder, &op, OpType::Fail, err),
+                values: Some(values),
+            };
+            let _ = recorder.complete(&op, OpType::Ok, value, None);
         }
+        // Too old (below a replica's history floor) among others: changed nothing.
+        Err(err) => complete_err(recorder, &op, OpType::Fail, err),
     }
 }
 
 /// Longest a reader waits for two more chain writes before it reads a snapshot again.
 const REREAD_AFTER: Duration = Duration::from_millis(500);
+/// Snapshots a reader remembers to read again later, and how far apart they are taken: some
+/// seconds of them, within the nodes' default multi-version window (10 s).
+const OLD_SNAPSHOTS_KEPT: usize = 16;
+const OLD_SNAPSHOT_SPACING: Duration = Duration::from_millis(500);
+/// How old a snapshot is before it is read again as an old one.
+const OLD_SNAPSHOT_AGE: Duration = Duration::from_secs(2);
 
 /// Reads every key of `chain` as of `ts`.
 async fn read_chain_at(client: &Client, chain: u64, ts: u64) -> Result<Vec<Option<u64>>, String> {

@@ -29,8 +29,10 @@
 //! - **repeatable** (`unrepeatable-snapshot`): a reader reads the same snapshot again (its
 //!   invocation names the timestamp) after the chain's writes went on; it must see exactly
 //!   what the first read saw. A write committing at or below a timestamp after a read at it
-//!   was served (a broken fence, or commit timestamps not from the oracle) changes it. The
-//!   lower real-time bound does not apply to the second read (its timestamp is older).
+//!   was served (a broken fence, or commit timestamps not from the oracle) changes it, and
+//!   so does a replica that lost track of how old its history is (readers also read again
+//!   snapshots seconds old, across restarts and snapshot installs). The lower real-time
+//!   bound does not apply to the second read (its timestamp is older).
 //!
 //! The prefix check is skipped for a read that saw an unknown value or a failed write (it
 //! would only restate them). Failed and indeterminate reads changed nothing and are not
