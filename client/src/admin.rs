@@ -265,6 +265,7 @@ fn annotate(error: Error, context: &str) -> Error {
         Error::OutcomeUnknown(m) => Error::OutcomeUnknown(format!("{context}: {m}")),
         Error::RequestIdReused(m) => Error::RequestIdReused(format!("{context}: {m}")),
         Error::ResourceExhausted(m) => Error::ResourceExhausted(format!("{context}: {m}")),
+        Error::OutOfRange(m) => Error::OutOfRange(format!("{context}: {m}")),
         Error::FailedPrecondition(m) => Error::FailedPrecondition(format!("{context}: {m}")),
         Error::Transport(m) => Error::Transport(format!("{context}: {m}")),
         Error::InvalidResponse(m) => Error::InvalidResponse(format!("{context}: {m}")),

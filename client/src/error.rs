@@ -39,6 +39,14 @@ pub enum Error {
     /// repeat its request exactly; a new request needs a new request id. Not retryable.
     #[error("request id reused: {0}")]
     RequestIdReused(String),
+    /// The history the request needs is gone (gRPC OUT_OF_RANGE): a read at a timestamp
+    /// below a shard's version history ("snapshot too old": older than the nodes'
+    /// `--mvcc-window-ms`, or from before a replica's crash or snapshot install; read at a
+    /// newer timestamp), or a watch resumed from a position whose events were compacted
+    /// (the message names where to resume). A transaction's read refused this way aborts it
+    /// instead ([`Error::TxnAborted`] `TXN_TOO_OLD`, retryable). Not retryable as is.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
     /// The cluster is overloaded or a limit (request size, batch size) was hit.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
@@ -151,7 +159,8 @@ impl Failure {
             };
         }
         let error = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(message),
+            Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::OutOfRange => Error::OutOfRange(message),
             Code::NotFound => Error::NotFound(message),
             Code::Unavailable => Error::Unavailable(message),
             Code::DeadlineExceeded => Error::DeadlineExceeded(message),

@@ -180,6 +180,24 @@ impl Transaction {
         }
     }
 
+    /// A read of the transaction's snapshot that the cluster no longer holds (OUT_OF_RANGE:
+    /// the transaction outlived the shards' version history, or a replica lost that history
+    /// in a crash or a snapshot install) aborts it, retryably: run again, it reads a newer
+    /// snapshot ([`Client::transact`] does so).
+    fn too_old(&self, err: Error) -> Error {
+        match err {
+            Error::OutOfRange(message) => Error::TxnAborted {
+                reason: "TXN_TOO_OLD".to_string(),
+                retryable: true,
+                message: format!(
+                    "transaction aborted (TXN_TOO_OLD): its snapshot at {} can no longer be read: {message}",
+                    self.start_ts
+                ),
+            },
+            other => other,
+        }
+    }
+
     /// Whether point reads see provisional values ([`Isolation::ReadUncommitted`]).
     fn dirty(&self) -> bool {
         self.isolation == Isolation::ReadUncommitted
@@ -205,7 +223,8 @@ impl Transaction {
                 let committed = self
                     .client
                     .get_inner(key, self.consistency(), self.dirty())
-                    .await?;
+                    .await
+                    .map_err(|err| self.too_old(err))?;
                 self.record_keys([&key.to_vec()]);
                 Ok(Some(appended(committed, suffix)))
             }
@@ -213,7 +232,8 @@ impl Transaction {
                 let found = self
                     .client
                     .get_inner(key, self.consistency(), self.dirty())
-                    .await?;
+                    .await
+                    .map_err(|err| self.too_old(err))?;
                 self.record_keys([&key.to_vec()]);
                 Ok(found)
             }
@@ -252,7 +272,8 @@ impl Transaction {
             .scan_stream(range, &options)
             .entries()
             .try_collect()
-            .await?;
+            .await
+            .map_err(|err| self.too_old(err))?;
         // Past the last committed entry read, more committed entries may exist: own writes
         // there cannot be placed among them.
         let horizon = (committed.len() >= want)
@@ -318,7 +339,8 @@ impl Transaction {
             let values = self
                 .client
                 .batch_get_inner(to_read.iter().copied(), self.consistency(), self.dirty())
-                .await?;
+                .await
+                .map_err(|err| self.too_old(err))?;
             self.record_keys(to_read.iter().copied());
             values
         }

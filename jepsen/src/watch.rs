@@ -288,8 +288,8 @@ pub async fn watcher(
             StreamEnd::CaughtUp | StreamEnd::GaveUp => return,
             StreamEnd::Finished | StreamEnd::Reconnect => {}
             StreamEnd::Ended(error) => {
-                // OUT_OF_RANGE reaches the client as an invalid argument naming "compacted".
-                if let Some(Error::InvalidArgument(message)) = &error {
+                // OUT_OF_RANGE naming "compacted".
+                if let Some(Error::OutOfRange(message)) = &error {
                     if crate::checker::watch::is_compacted(message) {
                         skip_compacted(&client, &mut position, message).await;
                     }

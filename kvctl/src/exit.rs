@@ -8,7 +8,7 @@
 //! | 3    | unavailable, deadline exceeded, transport or overload (retry later) |
 //! | 4    | outcome unknown: the write may or may not have been applied |
 //! | 64   | usage error (bad flags, bad hex, conflicting options), found by kvctl |
-//! | 65   | data error: the cluster refused the input as invalid (gRPC `INVALID_ARGUMENT`: a key or value too large, a bad range) |
+//! | 65   | data error: the cluster refused the input as invalid (gRPC `INVALID_ARGUMENT`: a key or value too large, a bad range) or too old (`OUT_OF_RANGE`: a snapshot no longer held) |
 //!
 //! The help (`kvctl --help`) and the README state the same table.
 
@@ -66,7 +66,10 @@ pub struct UsageError(pub String);
 pub fn client_exit_code(error: &ClientError) -> u8 {
     if error.is_outcome_unknown() {
         EXIT_OUTCOME_UNKNOWN
-    } else if matches!(error, ClientError::InvalidArgument(_)) {
+    } else if matches!(
+        error,
+        ClientError::InvalidArgument(_) | ClientError::OutOfRange(_)
+    ) {
         EXIT_DATA_ERROR
     } else if error.is_retryable() {
         EXIT_UNAVAILABLE
@@ -103,6 +106,7 @@ mod tests {
             (ClientError::Transport("x".into()), EXIT_UNAVAILABLE),
             (ClientError::ResourceExhausted("x".into()), EXIT_UNAVAILABLE),
             (ClientError::InvalidArgument("x".into()), EXIT_DATA_ERROR),
+            (ClientError::OutOfRange("x".into()), EXIT_DATA_ERROR),
             (ClientError::FailedPrecondition("x".into()), EXIT_FAILURE),
             (ClientError::NotFound("x".into()), EXIT_FAILURE),
             (ClientError::RequestIdReused("x".into()), EXIT_FAILURE),

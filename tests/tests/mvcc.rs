@@ -83,7 +83,7 @@ async fn reads_at_a_timestamp_see_the_writes_before_it() -> anyhow::Result<()> {
         || async {
             client.put(b"k", b"three".to_vec()).await.ok()?;
             match at(after_one).await {
-                Err(Error::InvalidArgument(message)) => Some(message),
+                Err(Error::OutOfRange(message)) => Some(message),
                 _ => None,
             }
         },

@@ -333,7 +333,7 @@ async fn kvctl_watch_prints_json_lines_and_refuses_compacted_history() -> anyhow
         client.put(b"k/b", b"again".to_vec()).await.ok()?;
         let mut watch = client.watch(prefix_watch("k/", start));
         match tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
-            Ok(Some(Err(Error::InvalidArgument(message)))) if message.contains("compacted") => Some(()),
+            Ok(Some(Err(Error::OutOfRange(message)))) if message.contains("compacted") => Some(()),
             _ => None,
         }
     })
