@@ -8,9 +8,10 @@
 //! still take effect later, so it ends its chain and the writer starts a new one (see
 //! [`crate::checker::snapshot`] for what a read must see).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -431,7 +432,7 @@ pub async fn snapshot_writer(
 
 /// One snapshot reader process: reads every key of a chain as of a fresh timestamp of the
 /// oracle, mostly one of the newest chains, and reads it again after a while; now and then it
-/// reads again a snapshot it read seconds ago ([`OLD_SNAPSHOT_AGE`]). Waits for the first
+/// reads again a snapshot it read seconds ago (at least 2 s). Waits for the first
 /// chain to start.
 pub async fn snapshot_reader(
     process: u64,
@@ -453,8 +454,7 @@ pub async fn snapshot_reader(
         }
     }
     // Snapshots this reader read first, at least OLD_SNAPSHOT_SPACING apart (oldest first).
-    let mut remembered: std::collections::VecDeque<(u64, u64, std::time::Instant)> =
-        std::collections::VecDeque::with_capacity(OLD_SNAPSHOTS_KEPT);
+    let mut remembered: VecDeque<(u64, u64, Instant)> = VecDeque::with_capacity(OLD_SNAPSHOTS_KEPT);
     while !stop.is_cancelled() {
         // Now and then a snapshot seconds old, read again: a replica that restarted or
         // installed a snapshot since must still serve it as it was, or refuse it as too old
@@ -506,7 +506,7 @@ pub async fn snapshot_reader(
                         if remembered.len() == OLD_SNAPSHOTS_KEPT {
                             remembered.pop_front();
                         }
-                        remembered.push_back((chain, ts, std::time::Instant::now()));
+                        remembered.push_back((chain, ts, Instant::now()));
                     }
                     ts
                 }
