@@ -17,10 +17,11 @@
 //! without the RPC (an older version) answers the stream's open `UNIMPLEMENTED` with no
 //! message (what a gRPC server says of a method it lacks; a frame refused `UNIMPLEMENTED`
 //! by the router carries one): the call goes unary at once and so does every later call
-//! to that router. A pipeline whose driver stopped is replaced at the next call. The stream carries the token it was
-//! opened with: once the client's token changes (a login renewed it, a refusal made the
-//! client forget it) the next call opens a new stream, and a frame refused
-//! `UNAUTHENTICATED` drops its stream too. Calls in flight on a replaced stream finish on it.
+//! to that router. A pipeline whose driver stopped is replaced at the next call. The
+//! stream carries the token it was opened with: once the client's token changes (a login
+//! renewed it, a refusal made the client forget it) the next call opens a new stream, and
+//! a frame refused `UNAUTHENTICATED` drops its stream too. Calls in flight on a replaced
+//! stream finish on it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -424,7 +424,8 @@ mod tests {
     use crate::raft::state_machine::layout::encode_value;
     use crate::raft::state_machine::layout::RANGE_LIST_PREFIX;
     use crate::raft::state_machine::test_support::{
-        apply_delete_range, delete_range, five_keys, keys, log_id, open, open_with_policy, put, scan_options,
+        apply_delete_range, apply_txn, delete_range, five_keys, keys, log_id, open, open_with_policy,
+        prewrite, put, scan_options,
     };
     use crate::raft::state_machine::DedupPolicy;
     use crate::raft::state_machine::StateMachine;
@@ -608,24 +609,12 @@ mod tests {
     /// before it are what a reopen finds.
     #[tokio::test]
     async fn an_entry_that_changes_no_bookkeeping_still_carries_it() {
-        use crate::raft::txn::{TxnMutation, TxnOp, TxnPrewrite};
-
         let dir = tempfile::tempdir().expect("tempdir");
         let current = {
             let (engine, state) = open(dir.path());
             let mut sm = StateMachine::new(state.clone());
             sm.apply(vec![put(3, b"a", b"1", 1)]).await.expect("apply");
-            let prewrite = Command::TxnPrewrite(TxnPrewrite {
-                start_ts: 1,
-                primary: b"b".to_vec(),
-                mutations: vec![TxnMutation {
-                    key: b"b".to_vec(),
-                    op: TxnOp::Put(b"2".to_vec()),
-                }],
-                check_conflicts: true,
-                expires_ts: Some(10_000),
-            });
-            crate::raft::state_machine::test_support::apply_txn(&mut sm, 4, prewrite).await;
+            apply_txn(&mut sm, 4, prewrite(1, &[(b"b", Some(b"2"))], Some(10_000))).await;
             let current = bookkeeping_in_memory(&state);
             assert!(current.1 > 0, "the put raised the high-water mark");
             assert_eq!(current.2.writes_recorded, 1, "the put was recorded");

@@ -8,6 +8,7 @@ use openraft::{CommittedLeaderId, EntryPayload};
 
 use super::{GroupState, ScanOptions, ScanPage, StateMachine};
 use crate::raft::snapshot::SnapshotDir;
+use crate::raft::txn::{TxnMutation, TxnOp, TxnPrewrite};
 use crate::raft::types::{
     Command, CommandResult, DeleteRangeCommand, DeleteRangeResult, Entry, GroupId, LogId, WriteCommand,
     WriteOp,
@@ -34,6 +35,29 @@ pub(crate) fn put(index: u64, key: &[u8], value: &[u8], request_id: u8) -> Entry
             }],
         }])),
     }
+}
+
+/// A prewrite command of a transaction started at `start_ts` (write-conflict checks on)
+/// putting or deleting (`None`) each key; the first key is its primary, whose lock expires
+/// at `primary_expires`.
+pub(crate) fn prewrite(
+    start_ts: u64,
+    writes: &[(&[u8], Option<&[u8]>)],
+    primary_expires: Option<u64>,
+) -> Command {
+    Command::TxnPrewrite(TxnPrewrite {
+        start_ts,
+        primary: writes.first().map(|(key, _)| key.to_vec()).unwrap_or_default(),
+        mutations: writes
+            .iter()
+            .map(|(key, value)| TxnMutation {
+                key: key.to_vec(),
+                op: value.map_or(TxnOp::Delete, |value| TxnOp::Put(value.to_vec())),
+            })
+            .collect(),
+        check_conflicts: true,
+        expires_ts: primary_expires,
+    })
 }
 
 /// A delete-range entry at `index`, issued at 1 000 ms.

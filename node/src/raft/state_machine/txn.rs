@@ -460,29 +460,13 @@ mod tests {
     use openraft::EntryPayload;
 
     use super::*;
-    use crate::raft::state_machine::test_support::{log_id, open, put};
+    use crate::raft::state_machine::test_support::{log_id, open, prewrite, put};
     use crate::raft::state_machine::StateMachine;
     use crate::raft::txn::TxnMutation;
     use crate::raft::types::{Command, CommandResult, Entry};
 
     async fn apply(sm: &mut StateMachine, index: u64, command: Command) -> TxnOutcome {
         crate::raft::state_machine::test_support::apply_txn(sm, index, command).await
-    }
-
-    fn prewrite(start_ts: u64, writes: &[(&[u8], Option<&[u8]>)], primary_expires: Option<u64>) -> Command {
-        Command::TxnPrewrite(TxnPrewrite {
-            start_ts,
-            primary: writes.first().map(|(key, _)| key.to_vec()).unwrap_or_default(),
-            mutations: writes
-                .iter()
-                .map(|(key, value)| TxnMutation {
-                    key: key.to_vec(),
-                    op: value.map_or(TxnOp::Delete, |value| TxnOp::Put(value.to_vec())),
-                })
-                .collect(),
-            check_conflicts: true,
-            expires_ts: primary_expires,
-        })
     }
 
     fn commit(start_ts: u64, commit_ts: u64, keys: &[&[u8]], primary: bool) -> Command {

@@ -192,9 +192,8 @@ mod tests {
     use openraft::EntryPayload;
 
     use super::*;
-    use crate::raft::state_machine::test_support::{log_id, open};
+    use crate::raft::state_machine::test_support::{log_id, open, prewrite};
     use crate::raft::state_machine::StateMachine;
-    use crate::raft::txn::{TxnMutation, TxnOp, TxnPrewrite};
     use crate::raft::types::{Command, Entry, TimedWrites, WriteCommand, WriteOp};
 
     /// An entry at `index` committing `writes` (`None`: delete) at `commit_ts`.
@@ -297,16 +296,7 @@ mod tests {
         );
         assert_eq!(validate(300, 400, range(b"d", None)).await, vec![]);
         // Locks: another transaction's that started before the commit, not the reader's own.
-        let prewrite = Command::TxnPrewrite(TxnPrewrite {
-            start_ts: 380,
-            primary: b"d".to_vec(),
-            mutations: vec![TxnMutation {
-                key: b"d".to_vec(),
-                op: TxnOp::Put(b"x".to_vec()),
-            }],
-            check_conflicts: true,
-            expires_ts: None,
-        });
+        let prewrite = prewrite(380, &[(b"d", Some(b"x"))], None);
         sm.apply(vec![Entry {
             log_id: log_id(2, 4),
             payload: EntryPayload::Normal(prewrite),
