@@ -314,14 +314,15 @@ impl NodeMetrics {
             .family(
                 "ringkv_read_checks_total",
                 Kind::Counter,
-                "Leadership checks behind linearizable reads, by kind.",
+                "Leadership checks behind linearizable reads and the oracle's timestamps, by kind (proven: answered from the last lease check, no message).",
             )
             .sample(&[("kind", "lease")], status.lease_checks as f64)
             .sample(&[("kind", "read_index")], status.read_index_rounds as f64)
             .sample(
                 &[("kind", "read_index_failed")],
                 status.read_index_rounds_failed as f64,
-            );
+            )
+            .sample(&[("kind", "proven")], status.leadership_proven as f64);
         let purged = self.node.purge_counters();
         exposition
             .family(

@@ -19,6 +19,11 @@
 //! Either way the read then waits until the state machine applied up to the commit index
 //! (or this leader's first entry) seen at the check.
 //!
+//! Callers that need only the leadership, not the state machine (the timestamp oracle, after
+//! it allocates), ask [`ReadBatcher::confirm_leading`]: the last lease check proved that no
+//! other leader can exist until some instant, and until then the answer needs no message
+//! at all (the proof counts from before the check was sent, so it errs early).
+//!
 //! [`ReadBatcher`] runs one check for every read that arrived before the check started:
 //! reads queue while a check is in flight and the next check serves them all. Why sharing
 //! is safe: a check that *starts* after a read arrived confirms a commit index at least as
@@ -27,12 +32,13 @@
 //! check's commit index may predate a write the reader saw acknowledged).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::metrics::WaitError;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReadLease;
@@ -55,6 +61,8 @@ pub struct ReadCounters {
     pub rounds: AtomicU64,
     /// Rounds that did not confirm the leadership.
     pub failed_rounds: AtomicU64,
+    /// Leadership confirmations answered from the last lease check, without a message.
+    pub proven: AtomicU64,
 }
 
 /// What a group's read task needs besides its Raft handle.
@@ -74,6 +82,33 @@ pub struct ReadSettings {
 pub struct ReadBatcher {
     tx: mpsc::Sender<Waiter>,
     group: GroupId,
+    proof: Arc<LeaseProof>,
+}
+
+/// What the last successful lease check proved: in `term`, no other leader can exist
+/// before `until`.
+struct LeaseProof {
+    last: Mutex<Option<(u64, Instant)>>,
+    /// Whether this replica ordered a campaign in a term (which ends its lease).
+    leadership: Arc<Leadership>,
+    unsafe_ignore_transfers: bool,
+    counters: Arc<ReadCounters>,
+}
+
+impl LeaseProof {
+    fn record(&self, term: u64, until: Instant) {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|(old_term, old_until)| (term, until) > (old_term, old_until)) {
+            *last = Some((term, until));
+        }
+    }
+
+    /// Whether the proof still holds now for `term`.
+    fn holds(&self, term: u64) -> bool {
+        let last = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let proven = last.is_some_and(|(proven_term, until)| proven_term == term && Instant::now() < until);
+        proven && (self.unsafe_ignore_transfers || self.leadership.lease_holds(term))
+    }
 }
 
 impl ReadBatcher {
@@ -89,8 +124,14 @@ impl ReadBatcher {
     ) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let group = settings.group;
-        let task = run(raft, settings, rx, cancel);
-        (ReadBatcher { tx, group }, task)
+        let proof = Arc::new(LeaseProof {
+            last: Mutex::new(None),
+            leadership: settings.leadership.clone(),
+            unsafe_ignore_transfers: settings.lease.is_some_and(|lease| lease.unsafe_ignore_transfers),
+            counters: settings.counters.clone(),
+        });
+        let task = run(raft, settings, proof.clone(), rx, cancel);
+        (ReadBatcher { tx, group, proof }, task)
     }
 
     /// Waits until a read on the group at this moment would be linearizable.
@@ -100,9 +141,27 @@ impl ReadBatcher {
         self.tx.send(tx).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
+
+    /// Waits until this replica is known to lead the group in `term` at this moment: at
+    /// once while the last lease check's proof holds, else after a check of its own (as
+    /// [`ReadBatcher::confirm`], which also waits for the state machine). The caller
+    /// still checks that `term` is the term it leads (a check proves the current one).
+    pub async fn confirm_leading(&self, term: u64) -> Result<(), NodeError> {
+        if self.proof.holds(term) {
+            self.proof.counters.proven.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.confirm().await
+    }
 }
 
-async fn run(raft: Raft, settings: ReadSettings, mut rx: mpsc::Receiver<Waiter>, cancel: CancellationToken) {
+async fn run(
+    raft: Raft,
+    settings: ReadSettings,
+    proof: Arc<LeaseProof>,
+    mut rx: mpsc::Receiver<Waiter>,
+    cancel: CancellationToken,
+) {
     let group = settings.group;
     let mut batch: Vec<Waiter> = Vec::new();
     loop {
@@ -119,7 +178,7 @@ async fn run(raft: Raft, settings: ReadSettings, mut rx: mpsc::Receiver<Waiter>,
             }
         }
         let result = tokio::select! {
-            result = check(&raft, &settings) => result,
+            result = check(&raft, &settings, &proof) => result,
             _ = cancel.cancelled() => Err(NodeError::Fatal(format!("{group} is shutting down"))),
         };
         for waiter in batch.drain(..) {
@@ -129,9 +188,9 @@ async fn run(raft: Raft, settings: ReadSettings, mut rx: mpsc::Receiver<Waiter>,
 }
 
 /// One check for a batch of reads: under the lease if it holds, else a ReadIndex round.
-async fn check(raft: &Raft, settings: &ReadSettings) -> Result<(), NodeError> {
+async fn check(raft: &Raft, settings: &ReadSettings, proof: &LeaseProof) -> Result<(), NodeError> {
     if let Some(lease) = settings.lease {
-        if let Some(read_log_id) = lease_check(raft, settings, lease).await? {
+        if let Some(read_log_id) = lease_check(raft, settings, lease, proof).await? {
             settings.counters.lease.fetch_add(1, Ordering::Relaxed);
             return wait_applied(raft, settings, read_log_id).await;
         }
@@ -149,7 +208,10 @@ async fn lease_check(
     raft: &Raft,
     settings: &ReadSettings,
     lease: ReadLease,
+    proof: &LeaseProof,
 ) -> Result<Option<u64>, NodeError> {
+    // Counted from before the question: the core's clock, when it answers, is later.
+    let asked = Instant::now();
     let Some(read) = raft
         .lease_read(lease.duration)
         .await
@@ -160,6 +222,7 @@ async fn lease_check(
     if !lease.unsafe_ignore_transfers && !settings.leadership.lease_holds(read.term) {
         return Ok(None);
     }
+    proof.record(read.term, asked + read.remaining);
     Ok(Some(read.read_log_id.map_or(0, |log_id| log_id.index)))
 }
 

@@ -188,3 +188,118 @@ async fn followers_point_at_the_leader_and_bad_counts_are_refused() -> anyhow::R
     assert!(via_router.first >= answer.first + 3);
     Ok(())
 }
+
+fn signal(cluster: &Cluster, id: u64, signal: libc::c_int) -> anyhow::Result<()> {
+    let pid = cluster.nodes[&id]
+        .pid()
+        .ok_or_else(|| anyhow!("node {id} is not running"))?;
+    // SAFETY: kill(2) with a pid this test started.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("signalling node {id}"));
+    }
+    Ok(())
+}
+
+/// How often node `id`'s oracle confirmed its leadership from the last lease check's proof.
+async fn leadership_proven(cluster: &Cluster, id: u64) -> anyhow::Result<u64> {
+    let reads = cluster
+        .node_status(id)
+        .await?
+        .reads
+        .ok_or_else(|| anyhow!("node {id} reports no read counters"))?;
+    Ok(reads.leadership_proven)
+}
+
+/// An oracle confirms its leadership after each batch from the proof its last lease check
+/// left, without a message, while that proof holds. A system leader paused while another
+/// node took over hands out nothing below its successor once it resumes: the proof ran out
+/// during the pause, whatever the paused node's clock says, so the oracle asks again, and
+/// no quorum confirms it. Three rounds, each pausing the system leader of the moment.
+///
+/// Verified to fail when the lease is trusted for a minute
+/// (`RINGKV_TEST_UNSAFE_READ_LEASE_MS=60000`). A round catches that only when the resumed
+/// node answers before it hears of the new term, so the control failed in about one round
+/// in three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_leader_paused_through_an_election_hands_out_nothing_below_its_successor(
+) -> anyhow::Result<()> {
+    let mut options = ClusterOptions {
+        shards: 1,
+        ..ClusterOptions::default()
+    };
+    if let Ok(ms) = std::env::var("RINGKV_TEST_UNSAFE_READ_LEASE_MS") {
+        options.node_args.extend(["--unsafe-read-lease-ms".into(), ms]);
+    }
+    let cluster = Cluster::start(options).await?;
+    for round in 1..=3 {
+        pause_the_system_leader_through_an_election(&cluster)
+            .await
+            .with_context(|| format!("round {round}"))?;
+    }
+    Ok(())
+}
+
+async fn pause_the_system_leader_through_an_election(cluster: &Cluster) -> anyhow::Result<()> {
+    let old = system_leader(cluster).await?;
+    let mut at_old = TsoClient::connect(format!("http://{}", cluster.node_addr(old)?)).await?;
+    let proven_before = leadership_proven(cluster, old).await?;
+    wait_until("the oracle to confirm a batch from its lease proof", WAIT, || {
+        let mut at_old = at_old.clone();
+        async move {
+            at_old
+                .get_timestamps(GetTimestampsRequest { count: 1 })
+                .await
+                .ok()?;
+            let proven = leadership_proven(cluster, old).await.ok()?;
+            (proven > proven_before).then_some(())
+        }
+    })
+    .await?;
+
+    signal(cluster, old, libc::SIGSTOP)?;
+    let paused = async {
+        let others: Vec<u64> = cluster.nodes.keys().copied().filter(|&id| id != old).collect();
+        let new = wait_until("another node to lead the system group", WAIT, || async {
+            for &id in &others {
+                let Ok(status) = cluster.node_status(id).await else {
+                    continue;
+                };
+                let leads = status
+                    .replicas
+                    .iter()
+                    .any(|replica| replica.shard_id.is_none() && replica.role() == ReplicaRole::Leader);
+                if leads {
+                    return Some(id);
+                }
+            }
+            None
+        })
+        .await?;
+        let at_new = TsoClient::connect(format!("http://{}", cluster.node_addr(new)?)).await?;
+        let successor = wait_until("a timestamp from the new system leader", WAIT, || async {
+            let answer = at_new
+                .clone()
+                .get_timestamps(GetTimestampsRequest { count: 1 })
+                .await;
+            answer.ok().map(|answer| answer.into_inner().first)
+        })
+        .await?;
+        anyhow::Ok(successor)
+    }
+    .await;
+    signal(cluster, old, libc::SIGCONT)?;
+    let successor = paused?;
+
+    match at_old.get_timestamps(GetTimestampsRequest { count: 1 }).await {
+        Err(status) => assert_ne!(status.code(), tonic::Code::Ok),
+        Ok(answer) => {
+            let first = answer.into_inner().first;
+            assert!(
+                first > successor,
+                "the resumed old system leader handed out {first}, below {successor} its successor handed out first"
+            );
+        }
+    }
+    Ok(())
+}

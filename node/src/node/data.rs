@@ -69,6 +69,13 @@ impl Node {
         group.reads.confirm().await
     }
 
+    /// Waits until this replica is known to lead `group` in `term` now: at once while the
+    /// last lease check still proves it, else after a check (`ReadBatcher::confirm_leading`).
+    pub async fn confirm_leading(&self, group: &Group, term: u64) -> Result<(), NodeError> {
+        group.hibernation.touch();
+        group.reads.confirm_leading(term).await
+    }
+
     /// Applies `ops` on a shard, atomically and in order (batched with concurrent writes
     /// into one Raft entry).
     pub async fn write(

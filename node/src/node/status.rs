@@ -111,6 +111,7 @@ impl Node {
             lease_checks: counters.lease.load(Ordering::Relaxed),
             read_index_rounds: counters.rounds.load(Ordering::Relaxed),
             read_index_rounds_failed: counters.failed_rounds.load(Ordering::Relaxed),
+            leadership_proven: counters.proven.load(Ordering::Relaxed),
         }
     }
 

@@ -324,8 +324,9 @@ async fn allocate(
         }
     };
     // The range was allocated under `term`; it is handed out only if this node still led
-    // in that term after allocating it.
-    node.ensure_linearizable(&system).await?;
+    // in that term after allocating it (no other leader, no other oracle, then). The last
+    // lease check's proof answers without a message while it holds.
+    node.confirm_leading(&system, term).await?;
     if leader_term(node)? != term {
         return Err(NodeError::NotLeader {
             group: GroupId::System,

@@ -705,11 +705,12 @@ where
         let resp = match self.engine.leader_handler() {
             Err(forward) => Err(forward.into()),
             Ok(lh) => {
-                let valid = matches!(acked, Some(t) if now < t + lease);
-                Ok(valid.then(|| crate::raft::LeaseRead {
+                let remaining = acked.and_then(|t| (now < t + lease).then(|| (t + lease) - now));
+                Ok(remaining.map(|remaining| crate::raft::LeaseRead {
                     term,
                     read_log_id: lh.get_read_log_id(),
                     applied,
+                    remaining,
                 }))
             }
         };

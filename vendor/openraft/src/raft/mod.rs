@@ -206,6 +206,10 @@ pub struct LeaseRead<NID: crate::NodeId> {
     pub read_log_id: Option<LogId<NID>>,
     /// What the state machine had applied when the lease was checked.
     pub applied: Option<LogId<NID>>,
+    /// How much longer the lease held when the core checked it: no other leader can exist
+    /// until that long after the check (a caller that started its clock before calling
+    /// [`Raft::lease_read`] may count from there, which only errs on the early side).
+    pub remaining: Duration,
 }
 
 #[derive(Clone)]
