@@ -304,6 +304,13 @@ impl NodeMetrics {
             .sample(&[("where", "forwarded")], tso.forwarded as f64);
         exposition
             .family(
+                "ringkv_tso_framed_requests_total",
+                Kind::Counter,
+                "Other nodes' timestamp requests answered here as Raft.Pipeline frames (also in ringkv_tso_requests_total).",
+            )
+            .sample(&[], tso.framed as f64);
+        exposition
+            .family(
                 "ringkv_tso_advances_total",
                 Kind::Counter,
                 "Oracle bounds committed to the system group.",

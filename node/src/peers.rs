@@ -5,17 +5,21 @@
 //! Raft replication itself (append, vote, snapshot) goes through openraft's network
 //! (`raft/network.rs`), which shares the same connections.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::raft_client::RaftClient;
+use ringkv_proto::v1::RaftRpc;
 use ringkv_proto::{metadata, v1};
 use tonic::transport::Channel;
+use tonic::Code;
 
 use crate::error::NodeError;
 use crate::raft::network::{envelope, Transport};
 use crate::raft::types::{Command, CommandResult, GroupId, NodeId};
+use crate::tso::Forwarded;
 
 /// Calls to other nodes.
 #[derive(Clone)]
@@ -44,6 +48,22 @@ impl Peer<'_> {
 
     fn status_failed(&self, status: &tonic::Status) -> NodeError {
         self.failed(status.message())
+    }
+}
+
+/// The range `answer` gives for a request of `count` timestamps; "not the leader" names the
+/// leader the peer knows, so the caller can follow.
+fn answer_range(peer: Peer<'_>, answer: Forwarded, count: u32) -> Result<Range<u64>, NodeError> {
+    match answer {
+        Forwarded::Issued { first } => match first.checked_add(u64::from(count)) {
+            Some(end) if first > 0 => Ok(first..end),
+            _ => Err(peer.failed(format!("answered {count} timestamps from {first}"))),
+        },
+        Forwarded::NotLeader { leader } => Err(NodeError::NotLeader {
+            group: GroupId::System,
+            leader,
+            proposed: false,
+        }),
     }
 }
 
@@ -201,8 +221,13 @@ impl Peers {
             .map_err(|status| peer.status_failed(&status))
     }
 
-    /// `count` timestamps from the timestamp oracle at `peer` (the system leader, we hope).
-    pub async fn timestamps(&self, peer: Peer<'_>, count: u32) -> Result<std::ops::Range<u64>, NodeError> {
+    /// `count` timestamps from the timestamp oracle at `peer` (the system leader, we hope):
+    /// as a frame on the peer's `Raft.Pipeline` stream, or with `Tso.GetTimestamps` when the
+    /// peer takes no such frame (an older version).
+    pub async fn timestamps(&self, peer: Peer<'_>, count: u32) -> Result<Range<u64>, NodeError> {
+        if let Some(answer) = self.timestamps_framed(peer, count).await? {
+            return answer_range(peer, answer, count);
+        }
         let channel = self
             .transport
             .channel(peer.addr)
@@ -220,14 +245,58 @@ impl Peers {
                 None => peer.status_failed(&status),
             })?
             .into_inner();
-        let end = answer.first.checked_add(u64::from(count));
-        match (answer.first > 0 && answer.count == count, end) {
-            (true, Some(end)) => Ok(answer.first..end),
-            _ => Err(peer.failed(format!(
+        if answer.count != count {
+            return Err(peer.failed(format!(
                 "answered {} timestamps from {} for {count}",
                 answer.count, answer.first
-            ))),
+            )));
         }
+        answer_range(peer, Forwarded::Issued { first: answer.first }, count)
+    }
+
+    /// Timestamps asked for as a frame on the peer's `Raft.Pipeline` stream, among the Raft
+    /// messages to it: no HTTP/2 stream, headers or task of its own. `None`: the peer takes
+    /// no such frame (or no pipeline at all); ask it unary.
+    async fn timestamps_framed(&self, peer: Peer<'_>, count: u32) -> Result<Option<Forwarded>, NodeError> {
+        let Some(pipeline) = self
+            .transport
+            .pipeline(peer.addr)
+            .map_err(|err| peer.failed(err))?
+        else {
+            return Ok(None);
+        };
+        let payload = postcard::to_allocvec(&count).map_err(|err| peer.failed(err))?;
+        let mut message = envelope(
+            self.transport.cluster_id(),
+            GroupId::System,
+            self.transport.node_id(),
+            payload,
+        );
+        message.to_node = peer.node;
+        let call = tokio::time::timeout(self.rpc_timeout, pipeline.call(RaftRpc::Timestamps, message));
+        let reply = match call.await {
+            Err(_elapsed) => {
+                return Err(peer.failed(format!(
+                    "no timestamps within {} ms",
+                    self.rpc_timeout.as_millis()
+                )))
+            }
+            Ok(Ok(reply)) => reply,
+            // A peer without pipelines, or with one that does not know this frame.
+            Ok(Err(status))
+                if status.code() == Code::Unimplemented
+                    || (status.code() == Code::InvalidArgument
+                        && status.message().contains("unknown kind")) =>
+            {
+                return Ok(None)
+            }
+            Ok(Err(status)) => return Err(peer.status_failed(&status)),
+        };
+        postcard::from_bytes(&reply.payload).map(Some).map_err(|err| {
+            peer.failed(format!(
+                "an undecodable answer to a request for timestamps: {err}"
+            ))
+        })
     }
 
     /// `peer`'s status.

@@ -274,7 +274,7 @@ impl NodeServer {
             ))
             .add_service(RoleGate::new(
                 Bounded::new(
-                    RaftServer::new(RaftService::new(node.clone(), cancel.clone()))
+                    RaftServer::new(RaftService::new(node.clone(), oracle.clone(), cancel.clone()))
                         .max_decoding_message_size(max_message_bytes)
                         .max_encoding_message_size(max_message_bytes),
                     peer_limit,

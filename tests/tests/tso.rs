@@ -34,12 +34,17 @@ async fn system_leader(cluster: &Cluster) -> anyhow::Result<u64> {
 
 /// `(requests, batches, advances)` node `id`'s oracle has served.
 async fn oracle_counters(cluster: &Cluster, id: u64) -> anyhow::Result<(u64, u64, u64)> {
-    let tso = cluster
+    let tso = tso_counters(cluster, id).await?;
+    Ok((tso.requests, tso.batches, tso.advances))
+}
+
+/// Node `id`'s oracle counters.
+async fn tso_counters(cluster: &Cluster, id: u64) -> anyhow::Result<ringkv_proto::v1::TsoCounters> {
+    cluster
         .node_status(id)
         .await?
         .tso
-        .ok_or_else(|| anyhow!("node {id} reports no oracle counters"))?;
-    Ok((tso.requests, tso.batches, tso.advances))
+        .ok_or_else(|| anyhow!("node {id} reports no oracle counters"))
 }
 
 /// Takes `rounds` timestamps one after another in each of `tasks` concurrent tasks; checks
@@ -301,5 +306,41 @@ async fn pause_the_system_leader_through_an_election(cluster: &Cluster) -> anyho
             );
         }
     }
+    Ok(())
+}
+
+/// A node whose shards write asks the system leader for their commit timestamps as frames
+/// on its `Raft.Pipeline` stream, not with `Tso.GetTimestamps` calls of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_ask_the_system_leader_for_timestamps_on_their_raft_pipeline() -> anyhow::Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let leaders = cluster.wait_for_leaders(WAIT).await?;
+    let system = system_leader(&cluster).await?;
+    if leaders.values().all(|&leader| leader == system) {
+        bail!("every shard is led by the system leader {system}: nothing to forward ({leaders:?})");
+    }
+    let others: Vec<u64> = cluster.nodes.keys().copied().filter(|&id| id != system).collect();
+    let mut forwarded_before = 0;
+    for &id in &others {
+        forwarded_before += tso_counters(&cluster, id).await?.forwarded;
+    }
+    let framed_before = tso_counters(&cluster, system).await?.framed;
+    let client = cluster.client().await?;
+    // Keys enough to reach every shard.
+    for key in 0..64 {
+        client.put(format!("k{key}").as_bytes(), b"v".to_vec()).await?;
+    }
+    let mut forwarded = 0;
+    for &id in &others {
+        forwarded += tso_counters(&cluster, id).await?.forwarded;
+    }
+    let forwarded = forwarded - forwarded_before;
+    let framed = tso_counters(&cluster, system).await?.framed - framed_before;
+    assert!(forwarded > 0, "the other nodes forwarded no batch");
+    // Without frames the forwards would be unary calls, and none would be counted here.
+    assert!(
+        framed > 0,
+        "the system leader answered no frame for {forwarded} forwarded batches"
+    );
     Ok(())
 }

@@ -146,7 +146,7 @@ impl Transport {
 
 impl Transport {
     /// The pipeline to `addr`, started at first use (None: the peer has none).
-    fn pipeline(&self, addr: &str) -> Result<Option<Arc<Pipeline>>, TransportError> {
+    pub(crate) fn pipeline(&self, addr: &str) -> Result<Option<Arc<Pipeline>>, TransportError> {
         let mut pipelines = match self.pipelines.lock() {
             Ok(pipelines) => pipelines,
             Err(poisoned) => poisoned.into_inner(),

@@ -81,6 +81,7 @@ impl Admin for AdminService {
             batches: tso.batches,
             advances: tso.advances,
             forwarded: tso.forwarded,
+            framed: tso.framed,
         });
         Ok(Response::new(status))
     }

@@ -17,20 +17,27 @@ use crate::group::Group;
 use crate::node::Node;
 use crate::raft::types::{Command, CommandResult, GroupId, NodeId, TypeConfig, Vote};
 use crate::rebalance::MembershipView;
+use crate::tso::{Forwarded, Oracle};
 use std::cmp::Ordering;
 use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct RaftService {
     node: Node,
+    /// Answers other nodes' requests for timestamps (pipeline frames).
+    oracle: Arc<Oracle>,
     /// Cancelled when the server shuts down: pipeline streams end then (a graceful
     /// shutdown waits for every stream, and a peer never ends its pipeline).
     stopping: CancellationToken,
 }
 
 impl RaftService {
-    pub fn new(node: Node, stopping: CancellationToken) -> RaftService {
-        RaftService { node, stopping }
+    pub fn new(node: Node, oracle: Arc<Oracle>, stopping: CancellationToken) -> RaftService {
+        RaftService {
+            node,
+            oracle,
+            stopping,
+        }
     }
 
     /// Cancelled when the server shuts down.
@@ -58,6 +65,18 @@ impl RaftService {
         reply(&answer)
     }
 
+    /// Timestamps for another node (a pipeline frame only: `Tso.GetTimestamps` is the
+    /// unary way), answered as that RPC would, "not the leader" with the leader's hint.
+    pub(super) async fn timestamps(&self, message: v1::RaftMessage) -> Result<v1::RaftReply, Status> {
+        self.addressed_here(&message)?;
+        let count: u32 = decode(&message.payload)?;
+        let answer = self.oracle.timestamps_for_peer(count).await;
+        let forwarded = Forwarded::of(answer).map_err(|err| status(err, false))?;
+        let payload = postcard::to_allocvec(&forwarded)
+            .map_err(|err| Status::internal(format!("cannot encode timestamps: {err}")))?;
+        Ok(v1::RaftReply { payload })
+    }
+
     /// `Vote`, unary or a pipeline frame.
     pub(super) async fn answer_vote(&self, message: v1::RaftMessage) -> Result<v1::RaftReply, Status> {
         let group = self.group(&message)?;
@@ -81,6 +100,21 @@ impl RaftService {
     }
 
     fn group(&self, message: &v1::RaftMessage) -> Result<Arc<Group>, Status> {
+        self.addressed_here(message)?;
+        let group_id = if message.system {
+            GroupId::System
+        } else {
+            GroupId::Shard(message.shard_id)
+        };
+        self.node
+            .group(group_id)
+            .ok_or_else(|| status(NodeError::ShardNotHosted(message.shard_id), false))
+    }
+}
+
+impl RaftService {
+    /// Refuses a message of another cluster, or one meant for another node id.
+    fn addressed_here(&self, message: &v1::RaftMessage) -> Result<(), Status> {
         self.node
             .check_cluster(&message.cluster_id)
             .map_err(|err| status(err, false))?;
@@ -93,14 +127,7 @@ impl RaftService {
                 false,
             ));
         }
-        let group_id = if message.system {
-            GroupId::System
-        } else {
-            GroupId::Shard(message.shard_id)
-        };
-        self.node
-            .group(group_id)
-            .ok_or_else(|| status(NodeError::ShardNotHosted(message.shard_id), false))
+        Ok(())
     }
 }
 

@@ -55,6 +55,7 @@ async fn answer(service: RaftService, frame: RaftFrame) -> RaftFrameReply {
         (Ok(RaftRpc::AppendEntries), Some(message)) => service.append(message).await,
         (Ok(RaftRpc::ConfirmLeadership), Some(message)) => service.confirm(message),
         (Ok(RaftRpc::Vote), Some(message)) => service.answer_vote(message).await,
+        (Ok(RaftRpc::Timestamps), Some(message)) => service.timestamps(message).await,
         (Ok(RaftRpc::Unspecified) | Err(_), Some(_)) => Err(Status::invalid_argument(format!(
             "a raft pipeline frame of unknown kind {}",
             frame.rpc

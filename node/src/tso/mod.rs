@@ -5,9 +5,12 @@
 //!   pure and table-tested.
 //! - [`Oracle`] (this file) serves requests on every node: one task per node takes every
 //!   request waiting in a bounded queue as one batch, allocates one contiguous range for the
-//!   batch, confirms the system group's leadership once for the whole batch (ReadIndex or the
-//!   leader lease), and splits the range among the requests. A node that does not lead the
-//!   system group answers "not leader" with a hint; nothing is pre-allocated for later.
+//!   batch, confirms the system group's leadership once for the whole batch (from the last
+//!   lease check's proof while it holds, else a lease check or a ReadIndex round:
+//!   `read_index.rs`), and splits the range among the requests. A node that does not lead
+//!   the system group answers "not leader" with a hint; nothing is pre-allocated for later.
+//!   The node's own requests go to the leader as frames of its `Raft.Pipeline` stream
+//!   ([`Forwarded`] is the answer).
 //!
 //! Why timestamps increase across leaders, whatever the clocks do: a leader hands out only
 //! timestamps below a bound committed in the system group (`Command::TsoAdvance`); a new
@@ -25,6 +28,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::ServerState;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,10 +39,31 @@ use crate::error::NodeError;
 use crate::node::{now_ms, Node};
 use crate::peers::Peer;
 use crate::proposal::leader_hint;
-use crate::raft::types::{Command, CommandResult, GroupId};
+use crate::raft::types::{Command, CommandResult, GroupId, NodeId};
 
 pub use window::{compose, logical, physical_ms, LOGICAL_BITS};
 use window::{Step, Window};
+
+/// A `Raft.Pipeline` frame's answer to a node asking for timestamps (`RAFT_RPC_TIMESTAMPS`,
+/// postcard-encoded): what `Tso.GetTimestamps` answers, the leader hint included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// The requested count of timestamps, from this one on.
+    Issued { first: u64 },
+    /// The peer does not lead the system group; the leader it knows, if any.
+    NotLeader { leader: Option<(NodeId, String)> },
+}
+
+impl Forwarded {
+    /// The answer to a request for timestamps: `Err` for what the frame fails with.
+    pub fn of(answer: Result<Range<u64>, NodeError>) -> Result<Forwarded, NodeError> {
+        match answer {
+            Ok(range) => Ok(Forwarded::Issued { first: range.start }),
+            Err(NodeError::NotLeader { leader, .. }) => Ok(Forwarded::NotLeader { leader }),
+            Err(err) => Err(err),
+        }
+    }
+}
 
 /// Most timestamps one request may ask for.
 pub const MAX_TIMESTAMPS_PER_REQUEST: u32 = 1 << 16;
@@ -69,6 +94,8 @@ pub struct OracleCounters {
     pub advances: u64,
     /// Batches passed on to the system leader (this node did not lead).
     pub forwarded: u64,
+    /// Other nodes' requests answered as `Raft.Pipeline` frames (also in `requests`).
+    pub framed: u64,
 }
 
 /// The node's timestamp oracle: a queue and the task that serves it.
@@ -105,6 +132,19 @@ impl Oracle {
     /// "not leader" (with a hint) instead of asking the leader: what the `Tso` service does.
     pub async fn timestamps_here(&self, count: u32) -> Result<Range<u64>, NodeError> {
         self.request(count, false).await
+    }
+
+    /// [`Oracle::timestamps_here`] for another node's oracle, asking on its `Raft.Pipeline`
+    /// stream (counted apart).
+    pub async fn timestamps_for_peer(&self, count: u32) -> Result<Range<u64>, NodeError> {
+        let answer = self.request(count, false).await;
+        if answer.is_ok() {
+            self.counters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .framed += 1;
+        }
+        answer
     }
 
     async fn request(&self, count: u32, forward: bool) -> Result<Range<u64>, NodeError> {
