@@ -13,13 +13,13 @@ use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::raft_client::RaftClient;
 use ringkv_proto::v1::RaftRpc;
 use ringkv_proto::{metadata, v1};
+use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::error::NodeError;
 use crate::raft::network::{envelope, Transport};
 use crate::raft::types::{Command, CommandResult, GroupId, NodeId};
-use crate::tso::Forwarded;
 
 /// Calls to other nodes.
 #[derive(Clone)]
@@ -48,6 +48,27 @@ impl Peer<'_> {
 
     fn status_failed(&self, status: &tonic::Status) -> NodeError {
         self.failed(status.message())
+    }
+}
+
+/// A `Raft.Pipeline` frame's answer to a node asking for timestamps (`RAFT_RPC_TIMESTAMPS`,
+/// postcard-encoded): what `Tso.GetTimestamps` answers, the leader hint included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// The requested count of timestamps, from this one on.
+    Issued { first: u64 },
+    /// The peer does not lead the system group; the leader it knows, if any.
+    NotLeader { leader: Option<(NodeId, String)> },
+}
+
+impl Forwarded {
+    /// The answer to a request for timestamps: `Err` for what the frame fails with.
+    pub fn of(answer: Result<Range<u64>, NodeError>) -> Result<Forwarded, NodeError> {
+        match answer {
+            Ok(range) => Ok(Forwarded::Issued { first: range.start }),
+            Err(NodeError::NotLeader { leader, .. }) => Ok(Forwarded::NotLeader { leader }),
+            Err(err) => Err(err),
+        }
     }
 }
 

@@ -15,9 +15,10 @@ use super::{raft_pipeline, status};
 use crate::error::NodeError;
 use crate::group::Group;
 use crate::node::Node;
+use crate::peers::Forwarded;
 use crate::raft::types::{Command, CommandResult, GroupId, NodeId, TypeConfig, Vote};
 use crate::rebalance::MembershipView;
-use crate::tso::{Forwarded, Oracle};
+use crate::tso::Oracle;
 use std::cmp::Ordering;
 use std::sync::Arc;
 

@@ -10,7 +10,7 @@
 //!   `read_index.rs`), and splits the range among the requests. A node that does not lead
 //!   the system group answers "not leader" with a hint; nothing is pre-allocated for later.
 //!   The node's own requests go to the leader as frames of its `Raft.Pipeline` stream
-//!   ([`Forwarded`] is the answer).
+//!   (`peers::Forwarded` is the answer).
 //!
 //! Why timestamps increase across leaders, whatever the clocks do: a leader hands out only
 //! timestamps below a bound committed in the system group (`Command::TsoAdvance`); a new
@@ -28,7 +28,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::ServerState;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,31 +38,10 @@ use crate::error::NodeError;
 use crate::node::{now_ms, Node};
 use crate::peers::Peer;
 use crate::proposal::leader_hint;
-use crate::raft::types::{Command, CommandResult, GroupId, NodeId};
+use crate::raft::types::{Command, CommandResult, GroupId};
 
 pub use window::{compose, logical, physical_ms, LOGICAL_BITS};
 use window::{Step, Window};
-
-/// A `Raft.Pipeline` frame's answer to a node asking for timestamps (`RAFT_RPC_TIMESTAMPS`,
-/// postcard-encoded): what `Tso.GetTimestamps` answers, the leader hint included.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Forwarded {
-    /// The requested count of timestamps, from this one on.
-    Issued { first: u64 },
-    /// The peer does not lead the system group; the leader it knows, if any.
-    NotLeader { leader: Option<(NodeId, String)> },
-}
-
-impl Forwarded {
-    /// The answer to a request for timestamps: `Err` for what the frame fails with.
-    pub fn of(answer: Result<Range<u64>, NodeError>) -> Result<Forwarded, NodeError> {
-        match answer {
-            Ok(range) => Ok(Forwarded::Issued { first: range.start }),
-            Err(NodeError::NotLeader { leader, .. }) => Ok(Forwarded::NotLeader { leader }),
-            Err(err) => Err(err),
-        }
-    }
-}
 
 /// Most timestamps one request may ask for.
 pub const MAX_TIMESTAMPS_PER_REQUEST: u32 = 1 << 16;
