@@ -273,3 +273,59 @@ fn check_error(
         RaftError::Fatal(fatal) => NodeError::Fatal(fatal.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_proof(unsafe_ignore_transfers: bool) -> LeaseProof {
+        LeaseProof {
+            last: Mutex::new(None),
+            leadership: Arc::new(Leadership::default()),
+            unsafe_ignore_transfers,
+            counters: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn a_proof_holds_in_its_term_until_it_runs_out() {
+        let proof = empty_proof(false);
+        assert!(!proof.holds(5), "nothing proven yet");
+        let now = Instant::now();
+        proof.record(5, now + Duration::from_secs(60));
+        assert!(proof.holds(5));
+        assert!(!proof.holds(6), "a proof of term 5 says nothing of term 6");
+        assert!(!proof.holds(4));
+
+        let ran_out = empty_proof(false);
+        ran_out.record(5, now);
+        assert!(!ran_out.holds(5), "a proof that ran out");
+    }
+
+    #[test]
+    fn the_later_proof_is_kept() {
+        let proof = empty_proof(false);
+        let now = Instant::now();
+        proof.record(5, now + Duration::from_secs(60));
+        proof.record(5, now);
+        assert!(
+            proof.holds(5),
+            "an older check's proof does not shorten a newer one"
+        );
+        proof.record(6, now);
+        assert!(!proof.holds(5), "a newer term's proof replaces the old term's");
+        assert!(!proof.holds(6));
+    }
+
+    #[test]
+    fn an_ordered_campaign_ends_the_proof_of_its_term() {
+        let safe = empty_proof(false);
+        let control = empty_proof(true);
+        for proof in [&safe, &control] {
+            proof.record(5, Instant::now() + Duration::from_secs(60));
+            proof.leadership.end_lease(5);
+        }
+        assert!(!safe.holds(5));
+        assert!(control.holds(5), "the negative control keeps trusting it");
+    }
+}

@@ -70,6 +70,12 @@ impl Leadership {
         self.no_lease_term.load(Ordering::SeqCst) != term
     }
 
+    /// This replica orders a campaign in `term`: its lease proves nothing in that term from
+    /// now on.
+    pub fn end_lease(&self, term: u64) {
+        self.no_lease_term.store(term, Ordering::SeqCst);
+    }
+
     /// How long this replica has led in `term`, if it leads in that term.
     pub fn led_for(&self, term: u64) -> Option<Duration> {
         let since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
@@ -261,7 +267,7 @@ where
     // 4. The target campaigns (it checks that we still lead it at this term and that it has
     //    our log); wait, gate closed, until it leads. Lease reads stop first: the target may
     //    win without our vote.
-    ctx.leadership.no_lease_term.store(term, Ordering::SeqCst);
+    ctx.leadership.end_lease(term);
     campaign(CampaignOrder {
         addr: target_addr,
         term,
