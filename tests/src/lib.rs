@@ -261,6 +261,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sends `signal` to node `id` (SIGSTOP and SIGCONT pause and resume it).
+    pub fn signal_node(&self, id: u64, signal: libc::c_int) -> Result<()> {
+        let process = self
+            .nodes
+            .get(&id)
+            .and_then(|node| node.process.as_ref())
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        process
+            .signal(signal)
+            .with_context(|| format!("signalling node {id}"))?;
+        Ok(())
+    }
+
     /// SIGTERM node `id` and wait for it to exit.
     pub async fn stop_node(&mut self, id: u64) -> Result<()> {
         let mut process = self.take_process(id)?;

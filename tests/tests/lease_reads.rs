@@ -15,18 +15,6 @@ async fn read_counters(cluster: &Cluster, id: u64) -> anyhow::Result<(u64, u64)>
     Ok((reads.lease_checks, reads.read_index_rounds))
 }
 
-fn signal(cluster: &Cluster, id: u64, signal: libc::c_int) -> anyhow::Result<()> {
-    let pid = cluster.nodes[&id]
-        .pid()
-        .ok_or_else(|| anyhow!("node {id} is not running"))?;
-    // SAFETY: kill(2) with a pid this test started.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("signalling node {id}"));
-    }
-    Ok(())
-}
-
 /// Sequential linearizable gets on a busy-enough leader are confirmed under its lease, not
 /// by a heartbeat round each; with `--no-lease-reads` every one takes a round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +77,7 @@ async fn a_leader_paused_through_an_election_serves_no_stale_read() -> anyhow::R
     client.get(b"k").await?.context("the key written")?;
     let mut shard_kv = cluster.shard_kv(old_leader).await?;
 
-    signal(&cluster, old_leader, libc::SIGSTOP)?;
+    cluster.signal_node(old_leader, libc::SIGSTOP)?;
     let paused = async {
         let new_leader = wait_until("another node to lead shard 0", WAIT, || async {
             let leaders = cluster.leaders().await;
@@ -100,7 +88,7 @@ async fn a_leader_paused_through_an_election_serves_no_stale_read() -> anyhow::R
         anyhow::Ok((new_leader, version))
     }
     .await;
-    signal(&cluster, old_leader, libc::SIGCONT)?;
+    cluster.signal_node(old_leader, libc::SIGCONT)?;
     let (new_leader, new_version) = paused?;
     assert_ne!(new_leader, old_leader);
 

@@ -10,9 +10,15 @@ use ringkv_tests::{wait_until, Cluster, ClusterOptions, WAIT};
 
 /// The node that leads the system group, as the nodes themselves report it.
 async fn system_leader(cluster: &Cluster) -> anyhow::Result<u64> {
+    system_leader_other_than(cluster, None).await
+}
+
+/// The node other than `except` that leads the system group (a paused node is not asked:
+/// its status would not come).
+async fn system_leader_other_than(cluster: &Cluster, except: Option<u64>) -> anyhow::Result<u64> {
     let leader = wait_until("a system leader", WAIT, || async {
         for (&id, node) in &cluster.nodes {
-            if !node.is_running() {
+            if !node.is_running() || Some(id) == except {
                 continue;
             }
             let Ok(status) = cluster.node_status(id).await else {
@@ -194,18 +200,6 @@ async fn followers_point_at_the_leader_and_bad_counts_are_refused() -> anyhow::R
     Ok(())
 }
 
-fn signal(cluster: &Cluster, id: u64, signal: libc::c_int) -> anyhow::Result<()> {
-    let pid = cluster.nodes[&id]
-        .pid()
-        .ok_or_else(|| anyhow!("node {id} is not running"))?;
-    // SAFETY: kill(2) with a pid this test started.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("signalling node {id}"));
-    }
-    Ok(())
-}
-
 /// How often node `id`'s oracle confirmed its leadership from the last lease check's proof.
 async fn leadership_proven(cluster: &Cluster, id: u64) -> anyhow::Result<u64> {
     let reads = cluster
@@ -262,25 +256,9 @@ async fn pause_the_system_leader_through_an_election(cluster: &Cluster) -> anyho
     })
     .await?;
 
-    signal(cluster, old, libc::SIGSTOP)?;
+    cluster.signal_node(old, libc::SIGSTOP)?;
     let paused = async {
-        let others: Vec<u64> = cluster.nodes.keys().copied().filter(|&id| id != old).collect();
-        let new = wait_until("another node to lead the system group", WAIT, || async {
-            for &id in &others {
-                let Ok(status) = cluster.node_status(id).await else {
-                    continue;
-                };
-                let leads = status
-                    .replicas
-                    .iter()
-                    .any(|replica| replica.shard_id.is_none() && replica.role() == ReplicaRole::Leader);
-                if leads {
-                    return Some(id);
-                }
-            }
-            None
-        })
-        .await?;
+        let new = system_leader_other_than(cluster, Some(old)).await?;
         let at_new = TsoClient::connect(format!("http://{}", cluster.node_addr(new)?)).await?;
         let successor = wait_until("a timestamp from the new system leader", WAIT, || async {
             let answer = at_new
@@ -293,7 +271,7 @@ async fn pause_the_system_leader_through_an_election(cluster: &Cluster) -> anyho
         anyhow::Ok(successor)
     }
     .await;
-    signal(cluster, old, libc::SIGCONT)?;
+    cluster.signal_node(old, libc::SIGCONT)?;
     let successor = paused?;
 
     match at_old.get_timestamps(GetTimestampsRequest { count: 1 }).await {
