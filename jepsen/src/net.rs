@@ -214,7 +214,7 @@ pub enum NetError {
         node: usize,
     },
     /// Resources with this run's prefix exist already.
-    #[error("network {prefix} already exists (same run id twice, or leftovers of a crashed run): call net::cleanup_stale(\"{prefix}\")")]
+    #[error("network {prefix} already exists: a live run uses the same run id")]
     AlreadyExists {
         /// The colliding prefix.
         prefix: String,
@@ -383,6 +383,12 @@ impl Network {
         let run_hash = fnv1a_64(run_id.as_bytes());
         let prefix = prefix_from_hash(run_hash);
         let bridge = bridge_name(&prefix);
+        // A run that died without tearing its network down (killed, interrupted) left it under
+        // this name: its leftovers go first. A live run's network is left alone, and refused
+        // below.
+        if !cleanup_stale(&prefix)?.removed.is_empty() {
+            info!(run_id, %prefix, "removed what a dead run of the same id left behind");
+        }
         if !claim_owner_marker(&prefix)? {
             return Err(NetError::AlreadyExists { prefix });
         }

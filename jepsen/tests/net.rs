@@ -409,6 +409,43 @@ fn teardown_removes_everything() {
     assert!(!listed("netns", &dropped_namespace) && !listed("link", &dropped_bridge));
 }
 
+/// A run id whose earlier run died without tearing its network down (interrupted, killed)
+/// builds its network again: what the dead run left is removed first. A live run's network
+/// under the same id is still refused.
+#[test]
+fn a_run_id_reused_after_a_crash_builds_its_network_again() {
+    let run_id = unique_run_id("reused");
+    let Some(crashed) = network_or_skip("reused", 1) else {
+        return;
+    };
+    drop(crashed);
+    let crashed = Network::create(&run_id, 1).expect("create");
+    let prefix = crashed.prefix().to_owned();
+    // The crashed run tears nothing down, and its process is gone: its owner marker names
+    // one that has exited.
+    std::mem::forget(crashed);
+    let mut exited = Command::new("true").spawn().expect("spawn true");
+    let exited_pid = exited.id();
+    exited.wait().expect("wait for true");
+    std::fs::write(
+        format!("/run/ringkv-jepsen-net/{prefix}.owner"),
+        format!("{exited_pid}\n"),
+    )
+    .expect("write the owner marker");
+
+    let again = Network::create(&run_id, 1).expect("the dead run's leftovers are removed first");
+    assert_eq!(again.prefix(), prefix);
+    assert!(listed("netns", again.namespace(1)) && listed("link", again.bridge_name()));
+    assert!(
+        matches!(
+            Network::create(&run_id, 1),
+            Err(net::NetError::AlreadyExists { .. })
+        ),
+        "a live run's network is not taken over"
+    );
+    again.teardown().expect("teardown");
+}
+
 /// cleanup_stale removes a crashed run's leftovers and leaves live networks alone.
 #[test]
 fn cleanup_stale_removes_leftovers_but_not_live_networks() {

@@ -309,7 +309,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run(*args).await,
+            // Dropping an interrupted run tears its cluster down (processes killed, disks
+            // unmounted, network namespaces and rules removed) before the process exits.
+            Command::Run(args) => tokio::select! {
+                result = run(*args) => result,
+                signal = stop_signal() => Err(anyhow::anyhow!("{signal}: the run stopped, its cluster is torn down")),
+            },
             Command::Check {
                 history,
                 isolation,
@@ -371,6 +376,18 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(3)
         }
+    }
+}
+
+/// The first SIGINT or SIGTERM, by name (neither can be listened for: never).
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+            _ = interrupt.recv() => "interrupted",
+            _ = terminate.recv() => "terminated",
+        },
+        _ => std::future::pending().await,
     }
 }
 
