@@ -153,10 +153,7 @@ pub async fn propose_timed(
             .map_err(|fatal| NodeError::Fatal(fatal.to_string()))?;
         (registered, answer)
     };
-    let mut pending = Resolving {
-        answer: Some(answer),
-        registered: Some(registered),
-    };
+    let mut pending = Resolving::new(answer, registered);
     let resolved = match tokio::time::timeout(Duration::from_millis(timeout_ms), pending.resolved()).await {
         Err(_elapsed) => {
             return Err(NodeError::Timeout {

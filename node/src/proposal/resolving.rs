@@ -8,11 +8,19 @@ use crate::concurrency::WriteTimestamp;
 /// while someone waits for it: dropped unresolved (the caller timed out or went away), it
 /// hands both to a task that waits for the answer.
 pub(super) struct Resolving<A: std::future::Future + Unpin + Send + 'static> {
-    pub(super) answer: Option<A>,
-    pub(super) registered: Option<WriteTimestamp>,
+    answer: Option<A>,
+    registered: Option<WriteTimestamp>,
 }
 
 impl<A: std::future::Future + Unpin + Send + 'static> Resolving<A> {
+    /// openraft's `answer` to a write whose timestamp is `registered`.
+    pub(super) fn new(answer: A, registered: WriteTimestamp) -> Resolving<A> {
+        Resolving {
+            answer: Some(answer),
+            registered: Some(registered),
+        }
+    }
+
     /// openraft's answer; the registration ends with it.
     pub(super) async fn resolved(&mut self) -> Option<A::Output> {
         let answer = self.answer.as_mut()?;
@@ -61,18 +69,24 @@ mod tests {
         }
     }
 
+    /// A write registered at 100 and openraft's answer to it, with the sender of the answer.
+    async fn pending_write(
+        manager: &Arc<ConcurrencyManager>,
+    ) -> (
+        Resolving<oneshot::Receiver<&'static str>>,
+        oneshot::Sender<&'static str>,
+    ) {
+        let registered = manager.write_timestamp(&Fixed).await.expect("timestamp");
+        let (answer_tx, answer) = oneshot::channel();
+        (Resolving::new(answer, registered), answer_tx)
+    }
+
     /// A write's timestamp stays registered until openraft answers, even when its caller's
-    /// wait ends first: a snapshot read at that timestamp waits for the answer. An answered
-    /// wait releases it at once.
+    /// wait ends first: a snapshot read at that timestamp waits for the answer.
     #[tokio::test]
     async fn a_wait_that_ends_first_keeps_the_timestamp_until_openraft_answers() {
         let manager = Arc::new(ConcurrencyManager::default());
-        let registered = manager.write_timestamp(&Fixed).await.expect("timestamp");
-        let (answer_tx, answer) = oneshot::channel::<&str>();
-        let mut pending = Resolving {
-            answer: Some(answer),
-            registered: Some(registered),
-        };
+        let (mut pending, answer_tx) = pending_write(&manager).await;
         let waited = tokio::time::timeout(Duration::from_millis(20), pending.resolved()).await;
         assert!(waited.is_err(), "nothing answered yet");
         drop(pending);
@@ -88,14 +102,13 @@ mod tests {
             .expect("the read goes on once openraft answered")
             .expect("read task");
         assert!(read_waited);
+    }
 
+    /// An answered wait releases the timestamp at once.
+    #[tokio::test]
+    async fn an_answered_wait_releases_the_timestamp() {
         let manager = Arc::new(ConcurrencyManager::default());
-        let registered = manager.write_timestamp(&Fixed).await.expect("timestamp");
-        let (answer_tx, answer) = oneshot::channel::<&str>();
-        let mut pending = Resolving {
-            answer: Some(answer),
-            registered: Some(registered),
-        };
+        let (mut pending, answer_tx) = pending_write(&manager).await;
         answer_tx.send("applied").expect("the answer is awaited");
         assert_eq!(pending.resolved().await, Some(Ok("applied")));
         assert!(!manager.prepare_read(100).await, "released with the answer");
