@@ -281,6 +281,9 @@ pub(crate) struct State {
     closing: bool,
     /// Set by the writer thread as it exits: nobody calls waiters back any more.
     stopped: bool,
+    /// Set by the writer thread while it sleeps on [`Inner::work`]: only then does new work
+    /// signal it (see [`Inner::wake_writer`]).
+    writer_asleep: bool,
 }
 
 /// How to call back a caller waiting on the writer: with the outcome of the write (and
@@ -324,6 +327,7 @@ impl Wal {
                 failed: None,
                 closing: false,
                 stopped: false,
+                writer_asleep: false,
             }),
             work: Condvar::new(),
             room: Condvar::new(),
@@ -895,8 +899,21 @@ impl Inner {
             durable,
             done,
         });
+        let wake = std::mem::take(&mut state.writer_asleep);
         drop(state);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
+    /// Wakes the writer thread for new work if it sleeps. A busy writer takes the work from
+    /// the queue when its batch is done, so the signal (a `futex` call per queued record,
+    /// even with nobody waiting) is saved; the flag is read and cleared under the state lock
+    /// the writer sets it under before it sleeps, so no signal is lost.
+    fn wake_writer(&self, state: &mut State) {
+        if std::mem::take(&mut state.writer_asleep) {
+            self.work.notify_one();
+        }
     }
 
     /// Queues an append frame and applies it to the index.
@@ -941,7 +958,7 @@ impl Inner {
         });
         state.active_len += len;
         self.appended_bytes.fetch_add(len, Ordering::Relaxed);
-        self.work.notify_one();
+        self.wake_writer(state);
         (segment, offset)
     }
 

@@ -20,10 +20,10 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
 use crate::index::Loc;
-use crate::{segment, Done, Inner, Position, WalError};
+use crate::{segment, Done, Inner, Position, State, WalError};
 
 /// Most bytes the writer takes from the queue for one batch (at least one record).
 const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -237,6 +237,18 @@ fn stop_after_panic(inner: &Inner, panic: &(dyn std::any::Any + Send), mut waite
     }
 }
 
+/// Sleeps on [`Inner::work`] until a caller wakes the writer, marked asleep meanwhile (only
+/// a sleeping writer is signalled: `Inner::wake_writer`).
+fn sleep<'a>(inner: &'a Inner, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    state.writer_asleep = true;
+    let mut state = inner
+        .work
+        .wait(state)
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    state.writer_asleep = false;
+    state
+}
+
 /// Waits for work and takes the next batch: up to [`MAX_BATCH_BYTES`] of queued steps and the
 /// waiters they satisfy. `None` when the writer must exit.
 fn next_batch(inner: &Inner) -> Option<Batch> {
@@ -250,10 +262,7 @@ fn next_batch(inner: &Inner) -> Option<Batch> {
                     state.stopped = true;
                     return None;
                 }
-                state = inner
-                    .work
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                state = sleep(inner, state);
                 continue;
             }
             drop(state);
@@ -270,10 +279,7 @@ fn next_batch(inner: &Inner) -> Option<Batch> {
             state.stopped = true;
             return None;
         }
-        state = inner
-            .work
-            .wait(state)
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state = sleep(inner, state);
     }
     let mut batch = Vec::new();
     let mut bytes = 0usize;

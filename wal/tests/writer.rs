@@ -145,3 +145,43 @@ fn close_flushes_and_refuses_later_writes() {
     assert_eq!(entries(&wal, 3).len(), 20);
     assert_eq!(wal.meta(3, b'v'), Some(b"vote".to_vec()));
 }
+
+/// The writer is signalled only while it sleeps (a busy one finds new work when its batch is
+/// done). Callers on several threads, some finding it asleep after a pause and some while it
+/// writes, are all acknowledged: no signal is lost between the writer marking itself asleep
+/// and the callers reading the mark.
+#[test]
+fn no_caller_is_left_waiting_whether_the_writer_sleeps_or_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    let threads: Vec<_> = (0..4u64)
+        .map(|group| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                for n in 0..300u64 {
+                    wal.append(group, n + 1, &[n.to_le_bytes()]).expect("append");
+                    let (tx, rx) = mpsc::sync_channel(1);
+                    let callback: ringkv_wal::Done = Box::new(move |result| {
+                        let _ = tx.send(result.is_ok());
+                    });
+                    match n % 3 {
+                        0 => wal.on_durable(callback),
+                        _ => wal.on_written(callback),
+                    }
+                    let acknowledged = rx.recv_timeout(Duration::from_secs(10));
+                    assert_eq!(acknowledged, Ok(true), "group {group}, entry {n}");
+                    if n % 50 == 0 {
+                        // Long enough for the writer to run out of work and sleep.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("a caller thread failed");
+    }
+    for group in 0..4 {
+        assert_eq!(entries(&wal, group).len(), 300, "group {group}");
+    }
+}
