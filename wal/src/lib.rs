@@ -284,6 +284,8 @@ pub(crate) struct State {
     /// Set by the writer thread while it sleeps on [`Inner::work`]: only then does new work
     /// signal it (see [`Inner::wake_writer`]).
     writer_asleep: bool,
+    /// Threads blocked on [`Inner::room`]: only then does freed room signal it.
+    blocked_for_room: usize,
 }
 
 /// How to call back a caller waiting on the writer: with the outcome of the write (and
@@ -328,6 +330,7 @@ impl Wal {
                 closing: false,
                 stopped: false,
                 writer_asleep: false,
+                blocked_for_room: 0,
             }),
             work: Condvar::new(),
             room: Condvar::new(),
@@ -761,11 +764,13 @@ impl Wal {
     fn writable(&self) -> Result<MutexGuard<'_, State>, WalError> {
         let mut state = self.inner.lock_state();
         while !self.inner.admits(&state)? {
+            state.blocked_for_room += 1;
             state = self
                 .inner
                 .room
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.blocked_for_room -= 1;
         }
         Ok(state)
     }
@@ -828,6 +833,16 @@ impl Inner {
     /// that the log failed or closed).
     pub(crate) fn wake_room_waiters(&self) {
         self.room.notify_all();
+        self.room_async.notify_waiters();
+    }
+
+    /// [`Inner::wake_room_waiters`] with the state locked, for the writer after each batch:
+    /// the blocked threads are signalled only if there are any (a `futex` call otherwise
+    /// spent per batch); the async waiters' signal costs nothing without waiters.
+    pub(crate) fn wake_room_waiters_locked(&self, state: &State) {
+        if state.blocked_for_room > 0 {
+            self.room.notify_all();
+        }
         self.room_async.notify_waiters();
     }
 

@@ -205,7 +205,7 @@ fn step(inner: &Inner, current: &mut Current, buf: &mut Vec<u8>, waiters: &mut V
             if wants_sync {
                 state.synced = end;
             }
-            inner.wake_room_waiters();
+            inner.wake_room_waiters_locked(&state);
             Step::Wrote(Ok(()))
         }
         Err(reason) => {

@@ -147,18 +147,24 @@ fn close_flushes_and_refuses_later_writes() {
 }
 
 /// The writer is signalled only while it sleeps (a busy one finds new work when its batch is
-/// done). Callers on several threads, some finding it asleep after a pause and some while it
-/// writes, are all acknowledged: no signal is lost between the writer marking itself asleep
-/// and the callers reading the mark.
+/// done). Callers on several threads, some finding it asleep and some while it writes, are
+/// all acknowledged: no signal is lost between the writer marking itself asleep and the
+/// callers reading the mark. Every 50 records the callers meet at a barrier, so the writer
+/// runs out of work, and then come back at once.
 #[test]
 fn no_caller_is_left_waiting_whether_the_writer_sleeps_or_works() {
+    const THREADS: u64 = 4;
     let dir = tempfile::tempdir().expect("tempdir");
     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
-    let threads: Vec<_> = (0..4u64)
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(THREADS as usize));
+    let threads: Vec<_> = (0..THREADS)
         .map(|group| {
-            let wal = wal.clone();
+            let (wal, barrier) = (wal.clone(), barrier.clone());
             std::thread::spawn(move || {
                 for n in 0..300u64 {
+                    if n % 50 == 0 {
+                        barrier.wait();
+                    }
                     wal.append(group, n + 1, &[n.to_le_bytes()]).expect("append");
                     let (tx, rx) = mpsc::sync_channel(1);
                     let callback: ringkv_wal::Done = Box::new(move |result| {
@@ -170,10 +176,6 @@ fn no_caller_is_left_waiting_whether_the_writer_sleeps_or_works() {
                     }
                     let acknowledged = rx.recv_timeout(Duration::from_secs(10));
                     assert_eq!(acknowledged, Ok(true), "group {group}, entry {n}");
-                    if n % 50 == 0 {
-                        // Long enough for the writer to run out of work and sleep.
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
                 }
             })
         })
@@ -181,7 +183,7 @@ fn no_caller_is_left_waiting_whether_the_writer_sleeps_or_works() {
     for thread in threads {
         thread.join().expect("a caller thread failed");
     }
-    for group in 0..4 {
+    for group in 0..THREADS {
         assert_eq!(entries(&wal, group).len(), 300, "group {group}");
     }
 }
