@@ -98,8 +98,8 @@ impl Leadership {
 ///
 /// It follows openraft's *server* metrics (role, vote, leader, membership), which are sent
 /// only when one of them changes. The full metrics are sent on every pass of the Raft core's
-/// loop (several per entry), and following them woke this task as often: under a write load
-/// that was about four wake-ups per put across the replicas, for a role that did not change.
+/// loop (several per entry), and following them woke this task as often, for a role that had
+/// not changed.
 pub async fn watch_leadership(
     raft: Raft,
     leadership: Arc<Leadership>,
