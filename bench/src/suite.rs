@@ -128,9 +128,10 @@ pub fn modes(config: &BenchConfig) -> Vec<LoopMode> {
 }
 
 /// The order the systems run in during `repetition` (1-based): as given in odd repetitions,
-/// reversed in even ones. On a shared machine the run that comes first after a pause did
-/// better in 6 of 7 paired put runs (2026-12-07), so a fixed order would favour the system
-/// listed first in every repetition; alternating spreads that over both.
+/// reversed in even ones. In paired put runs of two builds on this shared machine
+/// (2026-12-07), the first run of a pair came out ahead in 6 of 7 pairs, whichever build it
+/// was; a fixed order could favour the system listed first in every repetition, and
+/// alternating spreads whatever the order does over both.
 pub fn run_order(repetition: u32, systems: usize) -> Vec<usize> {
     let order = 0..systems;
     match repetition % 2 {
