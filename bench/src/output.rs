@@ -49,7 +49,8 @@ pub fn readme_text(report: &Report, plots: &[PlotFile]) -> String {
     let mut text = format!("# ringkv vs etcd, {}\n\n", utc_date(report.started_unix_s));
     text.push_str(&format!(
         "Measured by `{}` ({}): {} repetition(s), each system started fresh for each (never \
-         both at once; the first system of one repetition runs second in the next), {} records of {} B loaded first, {} s warm-up and {} s measured per run, \
+         both at once; the first system of one repetition runs second in the next), {} records \
+         of {} B loaded first, {} s warm-up and {} s measured per run, \
          {} connection(s) per system, on a machine with {} CPUs. Figures are medians over the \
          repetitions. These machines are shared and noisy: compare the ratios, not absolute \
          numbers across runs.\n\n",
