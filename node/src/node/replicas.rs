@@ -111,7 +111,10 @@ impl Node {
         group.state.retire().await;
         // Dropping the trees and syncing sled blocks for hundreds of milliseconds with a
         // shard of data: on a worker, it stalled every group of the node with it (answers
-        // to AppendEntries timed out, and writes waited ~250–480 ms during moves).
+        // to AppendEntries timed out, and writes waited ~250–480 ms during moves). Freeing
+        // a tree's pages also competes with every other tree's writes in sled, so the
+        // node deletes one replica at a time (a move often retires several at once).
+        let _one_at_a_time = self.inner.deleting.lock().await;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.deps.destroy(group_id))
             .await
