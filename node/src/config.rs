@@ -215,7 +215,7 @@ impl Default for NodeConfig {
             snapshot_chunk_bytes: 1 << 20,
             // A 1 GB move (3 -> 4 nodes) on 2 cores and one disk: three leader nodes send
             // to the new node at once, so it takes in up to three budgets. Writes during
-            // the move ran at 2.0-2.2x their steady p99 at 8 MiB/s (~38 s) against
+            // the move ran at 2.0-2.3x their steady p99 at 8 MiB/s (~38 s) against
             // 2.7-3.3x at 16 MiB/s (~27 s) (docs/benchmarks/rebalance-2026-12-07).
             catch_up_bytes_per_sec: 8 << 20,
             rpc_timeout_ms: 2_000,
