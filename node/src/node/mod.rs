@@ -69,8 +69,9 @@ struct NodeInner {
     init_lock: tokio::sync::Mutex<()>,
     /// Shards with a move, a transfer or a removal check in flight (never two for one shard).
     claimed_shards: Mutex<HashSet<u32>>,
-    /// Held while a replica is deleted: one at a time per node (`replicas.rs`).
-    deleting: tokio::sync::Mutex<()>,
+    /// Held, on the blocking thread that deletes a replica, while it does: one deletion at
+    /// a time per node (`replicas.rs`).
+    deleting: Mutex<()>,
     counters: MoveCounters,
     gossip_counters: GossipCounters,
     /// Expired keys this node's purge entries removed.
@@ -191,7 +192,7 @@ impl Node {
             cluster_id: RwLock::new(cluster_id),
             init_lock: tokio::sync::Mutex::new(()),
             claimed_shards: Mutex::new(HashSet::new()),
-            deleting: tokio::sync::Mutex::new(()),
+            deleting: Mutex::new(()),
             counters: MoveCounters::default(),
             gossip_counters: GossipCounters::default(),
             purge_counters: PurgeCounters::default(),

@@ -113,12 +113,16 @@ impl Node {
         // shard of data: on a worker, it stalled every group of the node with it (answers
         // to AppendEntries timed out, and writes waited ~250–480 ms during moves). Freeing
         // a tree's pages also competes with every other tree's writes in sled, so the
-        // node deletes one replica at a time (a move often retires several at once).
-        let _one_at_a_time = self.inner.deleting.lock().await;
+        // node deletes one replica at a time (a move often retires several at once). The
+        // lock is taken on the blocking thread, so a caller that stops waiting cannot let
+        // a second deletion start beside one still running.
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.deps.destroy(group_id))
-            .await
-            .map_err(|err| NodeError::Fatal(format!("deleting the replica of {group_id} failed: {err}")))??;
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = inner.deleting.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.deps.destroy(group_id)
+        })
+        .await
+        .map_err(|err| NodeError::Fatal(format!("deleting the replica of {group_id} failed: {err}")))??;
         self.counters().replicas_deleted.fetch_add(1, Ordering::Relaxed);
         info!(group = %group_id, "deleted replica");
         Ok(())
