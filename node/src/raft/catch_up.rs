@@ -50,6 +50,16 @@ impl Pacer {
         tokio::time::sleep_until(start.min(tokio::time::Instant::now() + max_wait)).await;
     }
 
+    /// How many bytes a send asked for now could take so that its reservation ends within
+    /// `horizon`: what is left of the horizon after the reservations already made, at the
+    /// rate (0 when they reach past it).
+    async fn room_within(&self, horizon: Duration) -> usize {
+        let next_free = *self.next_free.lock().await;
+        let now = tokio::time::Instant::now();
+        let left = (now + horizon).saturating_duration_since(next_free.max(now));
+        (left.as_secs_f64() * self.bytes_per_sec) as usize
+    }
+
     /// Reserves the next slot for `bytes`; returns when it starts.
     async fn reserve(&self, bytes: usize) -> tokio::time::Instant {
         let mut next_free = self.next_free.lock().await;
@@ -122,10 +132,28 @@ impl CatchUp {
         last_index < self.committed.load(Ordering::Relaxed)
     }
 
+    /// How many bytes of entries a replication read starting at `first_index` should take,
+    /// at most `max_bytes`. A read of committed entries is cut to what the node's budget has
+    /// room for within the longest wait (down to one entry: a limit of 1 byte). The wait of
+    /// [`CatchUp::pace_read`] is capped, so uncut reads let several followers catching up at
+    /// once (a node leads several moving shards) each take a full batch per capped wait: up
+    /// to twice the budget with two moves from one node, and never less than a batch per
+    /// wait each, however low the budget was set. Cut reads hold the node to its budget.
+    pub async fn read_limit(&self, first_index: u64, max_bytes: usize) -> usize {
+        match &self.pacer {
+            Some(pacer) if self.is_committed(first_index) => {
+                pacer.room_within(self.max_wait).await.clamp(1, max_bytes.max(1))
+            }
+            _ => max_bytes,
+        }
+    }
+
     /// Waits for the budget of a replication read of `bytes` ending at `last_index`, when
-    /// those entries were already committed and the read is large.
-    pub async fn pace_read(&self, last_index: u64, bytes: usize) {
-        if bytes < CATCH_UP_READ_BYTES || !self.is_committed(last_index) {
+    /// those entries were already committed and the read is large or stopped at the limit
+    /// [`CatchUp::read_limit`] cut for the budget (`cut`: more entries were left to read).
+    /// A small read of every entry the follower lacks (one slightly behind) never waits.
+    pub async fn pace_read(&self, last_index: u64, bytes: usize, cut: bool) {
+        if (bytes < CATCH_UP_READ_BYTES && !cut) || !self.is_committed(last_index) {
             return;
         }
         if let Some(pacer) = &self.pacer {
@@ -167,7 +195,7 @@ mod tests {
             let catch_up = catch_up.clone();
             async move {
                 let start = tokio::time::Instant::now();
-                catch_up.pace_read(last, bytes).await;
+                catch_up.pace_read(last, bytes, false).await;
                 start.elapsed()
             }
         };
@@ -191,14 +219,99 @@ mod tests {
         let catch_up = CatchUp::new(Pacer::new(1 << 20), Duration::from_millis(200));
         catch_up.set_committed(Some(9));
         let start = tokio::time::Instant::now();
-        catch_up.pace_read(9, 4 << 20).await;
-        catch_up.pace_read(9, 4 << 20).await;
+        catch_up.pace_read(9, 4 << 20, false).await;
+        catch_up.pace_read(9, 4 << 20, false).await;
         assert_eq!(start.elapsed(), Duration::from_millis(200));
         let unlimited = CatchUp::new(None, Duration::from_secs(1));
         unlimited.set_committed(Some(9));
         let start = tokio::time::Instant::now();
-        unlimited.pace_read(9, 64 << 20).await;
+        unlimited.pace_read(9, 64 << 20, false).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    /// Reads of committed entries are cut to the room the budget has within the longest
+    /// wait (down to one entry); fresh entries and an unlimited node read in full.
+    #[tokio::test(start_paused = true)]
+    async fn committed_reads_are_cut_to_the_budget_room() {
+        // 8 MiB/s and a 125 ms wait: 1 MiB of room when nothing is reserved.
+        let catch_up = CatchUp::new(Pacer::new(8 << 20), Duration::from_millis(125));
+        catch_up.set_committed(Some(100));
+        assert_eq!(catch_up.read_limit(50, 4 << 20).await, 1 << 20);
+        assert_eq!(
+            catch_up.read_limit(50, 100 << 10).await,
+            100 << 10,
+            "within the room"
+        );
+        catch_up.pace_read(100, 1 << 20, true).await;
+        assert_eq!(
+            catch_up.read_limit(50, 4 << 20).await,
+            1,
+            "the budget is spent up to the horizon: one entry"
+        );
+        assert_eq!(catch_up.read_limit(101, 4 << 20).await, 4 << 20, "fresh entries");
+        tokio::time::advance(Duration::from_millis(125)).await;
+        assert_eq!(catch_up.read_limit(50, 4 << 20).await, 1 << 20, "room again");
+        let unlimited = CatchUp::new(None, Duration::from_millis(125));
+        unlimited.set_committed(Some(100));
+        assert_eq!(unlimited.read_limit(50, 4 << 20).await, 4 << 20);
+    }
+
+    /// A small read that took every entry the follower lacks never waits, even while the
+    /// budget is spent; one the budget cut waits for it whatever its size.
+    #[tokio::test(start_paused = true)]
+    async fn only_cut_or_large_reads_wait() {
+        let catch_up = CatchUp::new(Pacer::new(1 << 20), Duration::from_secs(10));
+        catch_up.set_committed(Some(100));
+        catch_up.pace_read(100, 1 << 20, false).await;
+        let start = tokio::time::Instant::now();
+        catch_up.pace_read(100, 4 << 10, false).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "small, not cut");
+        catch_up.pace_read(100, 4 << 10, true).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "cut: waits for its slot");
+    }
+
+    /// Several followers catching up at once from one node (entries of 4 KiB, reads of at
+    /// most 1 MiB, each followed by a 10 ms round trip) together stay near the node's budget,
+    /// and no read waits longer than the bound. Before reads were cut, each follower took
+    /// 1 MiB per capped wait: 8 MiB/s each at a budget of 1 MiB/s.
+    #[tokio::test(start_paused = true)]
+    async fn followers_catching_up_together_share_the_budget() {
+        const RATE: u64 = 1 << 20;
+        const ENTRY: usize = 4 << 10;
+        let max_wait = Duration::from_millis(125);
+        let catch_up = CatchUp::new(Pacer::new(RATE), max_wait);
+        catch_up.set_committed(Some(u64::MAX - 1));
+        let run_for = Duration::from_secs(20);
+        let began = tokio::time::Instant::now();
+        let followers: Vec<_> = (0..3)
+            .map(|_| {
+                let catch_up = catch_up.clone();
+                tokio::spawn(async move {
+                    let (mut sent, mut longest_wait) = (0usize, Duration::ZERO);
+                    while began.elapsed() < run_for {
+                        let limit = catch_up.read_limit(0, 1 << 20).await;
+                        let bytes = (limit / ENTRY).max(1) * ENTRY;
+                        let asked = tokio::time::Instant::now();
+                        catch_up.pace_read(0, bytes, limit < 1 << 20).await;
+                        longest_wait = longest_wait.max(asked.elapsed());
+                        sent += bytes;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    (sent, longest_wait)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for follower in followers {
+            let (sent, longest_wait) = follower.await.expect("follower");
+            assert!(longest_wait <= max_wait, "{longest_wait:?}");
+            total += sent;
+        }
+        let budget = RATE as f64 * run_for.as_secs_f64();
+        assert!(
+            (total as f64) < budget * 1.25 && (total as f64) > budget * 0.75,
+            "{total} bytes in {run_for:?} at a budget of {budget}"
+        );
     }
 
     /// Chunks share the rate: the third 1 MB chunk at 1 MB/s may start only after 2 s.

@@ -302,18 +302,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     /// Entries `start..end`, cut at a byte budget so one replication RPC fits in a gRPC
-    /// message (always at least one entry). Only replication reads this way: a large read of
-    /// committed entries (a follower catching up) first waits for the node's catch-up budget.
+    /// message (always at least one entry). Only replication reads this way: a read of
+    /// committed entries (a follower catching up) is also cut to what the node's catch-up
+    /// budget has room for, and a large one waits for that budget.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, RaftStorageError> {
+        let limit = self.catch_up.read_limit(start, self.max_batch_bytes).await;
         let (entries, bytes) = self
-            .entries_and_bytes_in(Bound::Included(start), Bound::Excluded(end), self.max_batch_bytes)
+            .entries_and_bytes_in(Bound::Included(start), Bound::Excluded(end), limit)
             .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))?;
         if let Some(last) = entries.last() {
-            self.catch_up.pace_read(last.log_id.index, bytes).await;
+            let cut = limit < self.max_batch_bytes && last.log_id.index.saturating_add(1) < end;
+            self.catch_up.pace_read(last.log_id.index, bytes, cut).await;
         }
         Ok(entries)
     }
