@@ -20,6 +20,12 @@ pub const COMMITTED_SAVE_INTERVAL: Duration = Duration::from_millis(100);
 /// Reads of catch-up entries at least this large are paced (smaller ones are cheap enough).
 pub const CATCH_UP_READ_BYTES: usize = 256 << 10;
 
+/// The budget never cuts a read below this: a follower only slightly behind (lagging the
+/// commit by a few entries, as the slower follower of a group often does) still gets all it
+/// lacks at once while the node's budget is spent on moves, and the budget's overshoot is at
+/// most this much per follower catching up per capped wait.
+pub const CATCH_UP_MIN_READ_BYTES: usize = 64 << 10;
+
 /// Paces bytes to a rate shared by every caller: each send reserves its share of time
 /// after the previous reservation and waits until its slot starts.
 pub struct Pacer {
@@ -134,7 +140,7 @@ impl CatchUp {
 
     /// How many bytes of entries a replication read starting at `first_index` should take,
     /// at most `max_bytes`. A read of committed entries is cut to what the node's budget has
-    /// room for within the longest wait (down to one entry: a limit of 1 byte). The wait of
+    /// room for within the longest wait (never below [`CATCH_UP_MIN_READ_BYTES`]). The wait of
     /// [`CatchUp::pace_read`] is capped, so uncut reads let several followers catching up at
     /// once (a node leads several moving shards) each take a full batch per capped wait: up
     /// to twice the budget with two moves from one node, and never less than a batch per
@@ -142,7 +148,8 @@ impl CatchUp {
     pub async fn read_limit(&self, first_index: u64, max_bytes: usize) -> usize {
         match &self.pacer {
             Some(pacer) if self.is_committed(first_index) => {
-                pacer.room_within(self.max_wait).await.clamp(1, max_bytes.max(1))
+                let room = pacer.room_within(self.max_wait).await;
+                room.max(CATCH_UP_MIN_READ_BYTES).min(max_bytes)
             }
             _ => max_bytes,
         }
@@ -230,7 +237,8 @@ mod tests {
     }
 
     /// Reads of committed entries are cut to the room the budget has within the longest
-    /// wait (down to one entry); fresh entries and an unlimited node read in full.
+    /// wait (never below the smallest read); fresh entries and an unlimited node read in
+    /// full.
     #[tokio::test(start_paused = true)]
     async fn committed_reads_are_cut_to_the_budget_room() {
         // 8 MiB/s and a 125 ms wait: 1 MiB of room when nothing is reserved.
@@ -245,9 +253,10 @@ mod tests {
         catch_up.pace_read(100, 1 << 20, true).await;
         assert_eq!(
             catch_up.read_limit(50, 4 << 20).await,
-            1,
-            "the budget is spent up to the horizon: one entry"
+            CATCH_UP_MIN_READ_BYTES,
+            "the budget is spent up to the horizon: the smallest read"
         );
+        assert_eq!(catch_up.read_limit(50, 1 << 10).await, 1 << 10);
         assert_eq!(catch_up.read_limit(101, 4 << 20).await, 4 << 20, "fresh entries");
         tokio::time::advance(Duration::from_millis(125)).await;
         assert_eq!(catch_up.read_limit(50, 4 << 20).await, 1 << 20, "room again");
@@ -273,10 +282,10 @@ mod tests {
     /// Several followers catching up at once from one node (entries of 4 KiB, reads of at
     /// most 1 MiB, each followed by a 10 ms round trip) together stay near the node's budget,
     /// and no read waits longer than the bound. Before reads were cut, each follower took
-    /// 1 MiB per capped wait: 8 MiB/s each at a budget of 1 MiB/s.
+    /// 1 MiB per capped wait: 8 MiB/s each, 24 MiB/s in all at a budget of 4 MiB/s.
     #[tokio::test(start_paused = true)]
     async fn followers_catching_up_together_share_the_budget() {
-        const RATE: u64 = 1 << 20;
+        const RATE: u64 = 4 << 20;
         const ENTRY: usize = 4 << 10;
         let max_wait = Duration::from_millis(125);
         let catch_up = CatchUp::new(Pacer::new(RATE), max_wait);
