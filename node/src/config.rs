@@ -216,7 +216,7 @@ impl Default for NodeConfig {
             // A 1 GB move (3 -> 4 nodes) on 2 cores and one disk: three leader nodes send
             // to the new node at once, so it takes in up to three budgets. With the budget
             // held across a node's concurrent moves, writes during the move ran at
-            // 1.7-1.8x their steady p99 at 5 MiB/s (~68 s), 1.7-2.0x at 6 MiB/s (~57 s),
+            // 1.5-1.8x their steady p99 at 5 MiB/s (~68 s), 1.7-2.0x at 6 MiB/s (~57 s),
             // 2.0-2.3x at 8 MiB/s (~45 s) and 1.4-1.5x at 4 MiB/s (~90 s)
             // (docs/benchmarks/rebalance-2026-12-07b).
             catch_up_bytes_per_sec: 5 << 20,
