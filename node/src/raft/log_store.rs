@@ -1,11 +1,10 @@
 //! The durable Raft log of one group, kept in the node's shared write-ahead log
 //! ([`ringkv_wal::Wal`], one stream of segments for every group).
 //!
-//! Entries are postcard-encoded [`Entry`]s at their log index; the group's small values are
-//! `VOTE`, `COMMITTED` and `PURGED` (postcard too). Appends are acknowledged through
-//! the group-commit [`Flusher`] only after an fdatasync covers them; the vote is synced
-//! before `save_vote` returns. Entries are purged only after the state machine covering them
-//! is durable (the sled engine is flushed first).
+//! Entries are postcard-encoded [`Entry`]s at their log index; the group's small values are `VOTE`,
+//! `COMMITTED` and `PURGED` (postcard too). Appends are acknowledged through the group-commit
+//! [`Flusher`] only after an fdatasync covers them; the vote is synced before `save_vote` returns.
+//! Entries are purged only after the state machine covering them is durable (sled flushed first).
 //!
 //! Logs of data directories written before the WAL (a `<group>.log` tree in sled: `e` +
 //! index → entry, `v` vote, `c` committed, `p` purged, the same encodings) are moved into
@@ -301,10 +300,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))
     }
 
-    /// Entries `start..end`, cut at a byte budget so one replication RPC fits in a gRPC
-    /// message (always at least one entry). Only replication reads this way: a read of
-    /// committed entries (a follower catching up) is also cut to what the node's catch-up
-    /// budget has room for, and a large one waits for that budget.
+    /// Replication reads: one gRPC message at most, committed entries paced (`CatchUp::read_limit`).
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
@@ -314,9 +310,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let (entries, bytes) = self
             .entries_and_bytes_in(Bound::Included(start), Bound::Excluded(end), limit)
             .map_err(|err| storage_err(ErrorSubject::Logs, ErrorVerb::Read, err))?;
-        if let Some(last) = entries.last() {
-            let cut = limit < self.max_batch_bytes && last.log_id.index.saturating_add(1) < end;
-            self.catch_up.pace_read(last.log_id.index, bytes, cut).await;
+        if let Some(last) = entries.last().map(|entry| entry.log_id.index) {
+            let cut = limit < self.max_batch_bytes && last.saturating_add(1) < end; // entries left
+            self.catch_up.pace_read(last, bytes, cut).await;
         }
         Ok(entries)
     }
