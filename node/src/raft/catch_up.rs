@@ -280,8 +280,8 @@ mod tests {
     }
 
     /// Several followers catching up at once from one node (entries of 4 KiB, reads of at
-    /// most 1 MiB, each followed by a 10 ms round trip) together stay near the node's budget,
-    /// and no read waits longer than the bound. Before reads were cut, each follower took
+    /// most 1 MiB, each follower reading again as soon as its last read went) together stay
+    /// near the node's budget, and no read waits longer than the bound. Before reads were cut, each follower took
     /// 1 MiB per capped wait: 8 MiB/s each, 24 MiB/s in all at a budget of 4 MiB/s.
     #[tokio::test(start_paused = true)]
     async fn followers_catching_up_together_share_the_budget() {
@@ -304,7 +304,7 @@ mod tests {
                         catch_up.pace_read(0, bytes, limit < 1 << 20).await;
                         longest_wait = longest_wait.max(asked.elapsed());
                         sent += bytes;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        tokio::task::yield_now().await;
                     }
                     (sent, longest_wait)
                 })
